@@ -1,0 +1,2 @@
+//! The `crat` command.
+fn main() {}

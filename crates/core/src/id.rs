@@ -1,0 +1,211 @@
+//! Identities and identifiers, each a typed newtype with a stable text form.
+//!
+//! | type | bytes | text form | example |
+//! |---|---|---|---|
+//! | [`NodeId`] | 32 (ed25519 public key) | 64 lowercase hex digits | `3b6a27bc…` |
+//! | [`ModelId`] | 32 (blake3 of the model bytes) | 64 lowercase hex digits (as `b3sum` prints) | `af1349b9…` |
+//! | [`DeploymentId`] | 16 | `dep_` + 32 hex digits | `dep_00112233…` |
+//! | [`TaskId`] | 16 | `task_` + 32 hex digits | `task_00112233…` |
+//! | [`KeyId`] | 16 | `key_` + 32 hex digits | `key_00112233…` |
+//!
+//! `Display` writes the text form and `FromStr` reads exactly that form back (lowercase or
+//! uppercase hex is accepted; `Display` always writes lowercase). The 16-byte ids are random
+//! values chosen by whoever creates the object; this crate reads no randomness itself, so
+//! callers pass the bytes in ([`DeploymentId::from_bytes`]).
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+
+/// Why a text id could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The text does not start with the prefix this id type uses.
+    #[error("{kind}: expected prefix {prefix:?}")]
+    Prefix {
+        /// The id type being parsed.
+        kind: &'static str,
+        /// The prefix it needs.
+        prefix: &'static str,
+    },
+    /// The text after the prefix is not the right number of hex digits.
+    #[error("{kind}: expected {digits} hex digits")]
+    Hex {
+        /// The id type being parsed.
+        kind: &'static str,
+        /// How many hex digits it needs.
+        digits: usize,
+    },
+    /// The 32 bytes are not a valid ed25519 public key (not a curve point).
+    #[error("node id is not a valid ed25519 public key")]
+    NotAKey,
+}
+
+fn parse_hex<const N: usize>(
+    s: &str,
+    kind: &'static str,
+    prefix: &'static str,
+) -> Result<[u8; N], IdError> {
+    let digits = s
+        .strip_prefix(prefix)
+        .ok_or(IdError::Prefix { kind, prefix })?;
+    let mut out = [0u8; N];
+    hex::decode_to_slice(digits, &mut out).map_err(|_| IdError::Hex {
+        kind,
+        digits: 2 * N,
+    })?;
+    Ok(out)
+}
+
+macro_rules! byte_id {
+    ($(#[$doc:meta])* $name:ident, $n:literal, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name([u8; $n]);
+
+        impl $name {
+            /// Number of bytes in this id.
+            pub const LEN: usize = $n;
+
+            /// Wraps raw bytes.
+            pub const fn from_bytes(bytes: [u8; $n]) -> Self {
+                Self(bytes)
+            }
+
+            /// The raw bytes.
+            pub const fn as_bytes(&self) -> &[u8; $n] {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str($prefix)?;
+                for b in self.0 {
+                    write!(f, "{b:02x}")?;
+                }
+                Ok(())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({self})", stringify!($name))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                parse_hex::<$n>(s, stringify!($name), $prefix).map(Self)
+            }
+        }
+    };
+}
+
+byte_id!(
+    /// A node's identity: its ed25519 public key. The same key signs its registration and is
+    /// pinned in its QUIC certificate. The dispatcher has one too (it signs tickets).
+    NodeId, 32, ""
+);
+byte_id!(
+    /// A model's identity: the blake3 hash of its ONNX bytes (content addressing).
+    ModelId, 32, ""
+);
+byte_id!(
+    /// One deployment of a model with a pricing plan.
+    DeploymentId, 16, "dep_"
+);
+byte_id!(
+    /// One inference task; retries of the same task keep the same id, so it is charged once.
+    TaskId, 16, "task_"
+);
+byte_id!(
+    /// The public identifier of an SDK key (the secret part is never sent after creation).
+    KeyId, 16, "key_"
+);
+
+impl NodeId {
+    /// The id of an ed25519 verifying key.
+    pub fn from_key(key: &VerifyingKey) -> Self {
+        Self(key.to_bytes())
+    }
+
+    /// The ed25519 verifying key, or [`IdError::NotAKey`] if the bytes are not a curve point.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, IdError> {
+        VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::NotAKey)
+    }
+}
+
+impl From<&VerifyingKey> for NodeId {
+    fn from(key: &VerifyingKey) -> Self {
+        Self::from_key(key)
+    }
+}
+
+impl ModelId {
+    /// The id of a model: blake3 of its bytes.
+    pub fn of_bytes(model: &[u8]) -> Self {
+        Self(*blake3::hash(model).as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_forms_round_trip() {
+        let d = DeploymentId::from_bytes([0xab; 16]);
+        assert_eq!(d.to_string(), format!("dep_{}", "ab".repeat(16)));
+        assert_eq!(d.to_string().parse::<DeploymentId>(), Ok(d));
+        let t = TaskId::from_bytes([1; 16]);
+        assert_eq!(t.to_string().parse::<TaskId>(), Ok(t));
+        let k = KeyId::from_bytes([2; 16]);
+        assert_eq!(k.to_string().parse::<KeyId>(), Ok(k));
+        let m = ModelId::of_bytes(b"model");
+        assert_eq!(m.to_string(), blake3::hash(b"model").to_hex().as_str());
+        assert_eq!(m.to_string().parse::<ModelId>(), Ok(m));
+        assert_eq!(
+            format!("{}", "AB".repeat(16)).parse::<KeyId>().map(|_| ()),
+            Err(IdError::Prefix {
+                kind: "KeyId",
+                prefix: "key_"
+            })
+        );
+    }
+
+    #[test]
+    fn bad_text_is_rejected() {
+        assert!(matches!(
+            "dep_12".parse::<DeploymentId>(),
+            Err(IdError::Hex { digits: 32, .. })
+        ));
+        assert!(matches!(
+            "task_".parse::<TaskId>(),
+            Err(IdError::Hex { .. })
+        ));
+        assert!(matches!(
+            "zz".repeat(32).parse::<NodeId>(),
+            Err(IdError::Hex { digits: 64, .. })
+        ));
+        // Prefix of another id type.
+        assert!(matches!(
+            DeploymentId::from_bytes([0; 16]).to_string().parse::<TaskId>(),
+            Err(IdError::Prefix { .. })
+        ));
+    }
+
+    #[test]
+    fn node_id_is_a_key() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let id = NodeId::from_key(&sk.verifying_key());
+        assert_eq!(id.verifying_key(), Ok(sk.verifying_key()));
+        assert_eq!(id.to_string().len(), 64);
+        assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
+    }
+}

@@ -1,0 +1,3 @@
+//! `crat-rewards`: round economics as specified in `ECONOMICS.md`.
+//!
+//! **Not implemented yet** (issue 4). It exports nothing today.
