@@ -12,6 +12,9 @@
 //! uppercase hex is accepted; `Display` always writes lowercase). The 16-byte ids are random
 //! values chosen by whoever creates the object; this crate reads no randomness itself, so
 //! callers pass the bytes in ([`DeploymentId::from_bytes`]).
+//!
+//! Serde uses the text form in human-readable formats (JSON, TOML) and the raw bytes in
+//! binary ones (postcard on the wire).
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,9 +66,29 @@ fn parse_hex<const N: usize>(
 macro_rules! byte_id {
     ($(#[$doc:meta])* $name:ident, $n:literal, $prefix:literal) => {
         $(#[$doc])*
-        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(transparent)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name([u8; $n]);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    self.0.serialize(s)
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    text.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; $n]>::deserialize(d).map(Self)
+                }
+            }
+        }
 
         impl $name {
             /// Number of bytes in this id.
@@ -198,6 +221,18 @@ mod tests {
             DeploymentId::from_bytes([0; 16]).to_string().parse::<TaskId>(),
             Err(IdError::Prefix { .. })
         ));
+    }
+
+    #[test]
+    fn serde_text_in_json_bytes_in_postcard() {
+        let d = DeploymentId::from_bytes([0xab; 16]);
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{d}\""));
+        assert_eq!(serde_json::from_str::<DeploymentId>(&json).unwrap(), d);
+        assert!(serde_json::from_str::<DeploymentId>("\"task_00\"").is_err());
+        let bin = postcard::to_stdvec(&d).unwrap();
+        assert_eq!(bin, vec![0xab; 16]);
+        assert_eq!(postcard::from_bytes::<DeploymentId>(&bin).unwrap(), d);
     }
 
     #[test]
