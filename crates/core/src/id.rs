@@ -194,7 +194,7 @@ mod tests {
         assert_eq!(m.to_string(), blake3::hash(b"model").to_hex().as_str());
         assert_eq!(m.to_string().parse::<ModelId>(), Ok(m));
         assert_eq!(
-            format!("{}", "AB".repeat(16)).parse::<KeyId>().map(|_| ()),
+            "AB".repeat(16).parse::<KeyId>().map(|_| ()),
             Err(IdError::Prefix {
                 kind: "KeyId",
                 prefix: "key_"
@@ -218,7 +218,9 @@ mod tests {
         ));
         // Prefix of another id type.
         assert!(matches!(
-            DeploymentId::from_bytes([0; 16]).to_string().parse::<TaskId>(),
+            DeploymentId::from_bytes([0; 16])
+                .to_string()
+                .parse::<TaskId>(),
             Err(IdError::Prefix { .. })
         ));
     }

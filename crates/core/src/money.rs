@@ -112,7 +112,12 @@ impl Credits {
 }
 
 fn write_micro(f: &mut fmt::Formatter<'_>, prefix: &str, units: u64, suffix: &str) -> fmt::Result {
-    write!(f, "{prefix}{}.{:06}{suffix}", units / 1_000_000, units % 1_000_000)
+    write!(
+        f,
+        "{prefix}{}.{:06}{suffix}",
+        units / 1_000_000,
+        units % 1_000_000
+    )
 }
 
 impl fmt::Display for MicroUsd {
@@ -144,7 +149,10 @@ mod tests {
     fn checked_arithmetic() {
         assert_eq!(MicroUsd::MAX.checked_add(MicroUsd::new(1)), None);
         assert_eq!(MicroUsd::new(5).checked_sub(MicroUsd::new(6)), None);
-        assert_eq!(MicroUsd::new(5).saturating_sub(MicroUsd::new(6)), MicroUsd::ZERO);
+        assert_eq!(
+            MicroUsd::new(5).saturating_sub(MicroUsd::new(6)),
+            MicroUsd::ZERO
+        );
         assert_eq!(MicroCrat::new(3).checked_mul(4), Some(MicroCrat::new(12)));
         assert_eq!(MicroCrat::new(u64::MAX).checked_mul(2), None);
         assert_eq!(
@@ -165,6 +173,9 @@ mod tests {
     #[test]
     fn serde_is_a_plain_integer() {
         assert_eq!(serde_json::to_string(&MicroUsd::new(42)).unwrap(), "42");
-        assert_eq!(serde_json::from_str::<MicroCrat>("7").unwrap(), MicroCrat::new(7));
+        assert_eq!(
+            serde_json::from_str::<MicroCrat>("7").unwrap(),
+            MicroCrat::new(7)
+        );
     }
 }

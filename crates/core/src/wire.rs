@@ -1,0 +1,796 @@
+//! Every message of the three conversations, and their one encoding.
+//!
+//! | conversation | requester → responder | module |
+//! |---|---|---|
+//! | node ↔ dispatcher | [`NodeRequest`] → [`DispatcherReply`]; pushes [`DispatcherPush`] → [`NodeAck`] | here |
+//! | client ↔ dispatcher | [`ClientRequest`] → [`DispatcherResponse`] | here |
+//! | client ↔ node | [`ClientToNode`] → [`NodeToClient`] | here |
+//!
+//! Each exchange is one request and one response (on QUIC, one bidirectional stream).
+//!
+//! # Encoding
+//! A message is encoded as the protocol version ([`PROTOCOL_VERSION`], 2 bytes little-endian)
+//! followed by its postcard encoding. [`decode`] refuses another version, trailing bytes and
+//! non-canonical encodings (over-long varints), so one message has exactly one encoding and a
+//! decoded message re-encodes to the same bytes. Size caps are applied before decoding by the
+//! framing layer in `crat-transport`; nothing here allocates more than the input's length.
+//!
+//! ```
+//! use crat_core::wire::{self, ClientToNode, NodeToClient};
+//! let bytes = wire::encode(&ClientToNode::Ping)?;
+//! assert_eq!(wire::decode::<ClientToNode>(&bytes)?, ClientToNode::Ping);
+//! // A reply type cannot be read as a request... and neither can garbage.
+//! assert!(wire::decode::<ClientToNode>(&[1, 0, 0xff]).is_err());
+//! # Ok::<(), crat_core::wire::CodecError>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crate::money::Credits;
+use crate::pricing::{DeployPlan, PriceQuote};
+use crate::sign::{Registration, Signed, Ticket};
+use crate::tensor::NamedTensor;
+
+/// The protocol version every message starts with.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Longest peer address text.
+pub const PEER_ADDR_BYTES_MAX: usize = 256;
+/// Longest error message carried in a [`WireError`].
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
+/// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
+pub const CHUNK_BYTES_MAX: u32 = 768 * 1024;
+/// Most usage records in one [`UsageReport`].
+pub const USAGE_RECORDS_MAX: usize = 4096;
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// Fewer than the two version bytes.
+    #[error("message is shorter than its version header")]
+    Truncated,
+    /// Another protocol version.
+    #[error("protocol version {got} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    Version {
+        /// The version the peer sent.
+        got: u16,
+    },
+    /// The body is not a valid message of the expected type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Bytes left over after one complete message.
+    #[error("{0} trailing bytes after the message")]
+    Trailing(usize),
+    /// A valid message written in a non-canonical way (e.g. over-long varints).
+    #[error("message is not canonically encoded")]
+    NonCanonical,
+    /// The message could not be serialized.
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+}
+
+/// A type that travels as a whole message (has the version header).
+pub trait Message: Serialize + DeserializeOwned {}
+
+/// Appends the encoding of `msg` (version + postcard) to `out`.
+pub fn encode_into<M: Message>(msg: &M, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    postcard::to_io(msg, &mut *out)
+        .map(|_| ())
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// The encoding of `msg`: version + postcard.
+pub fn encode<M: Message>(msg: &M) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(encoded_len(msg)?);
+    encode_into(msg, &mut out)?;
+    Ok(out)
+}
+
+/// Exact length of `encode(msg)`, computed without encoding.
+pub fn encoded_len<M: Message>(msg: &M) -> Result<usize, CodecError> {
+    postcard::experimental::serialized_size(msg)
+        .map(|n| n + 2)
+        .map_err(|e| CodecError::Encode(e.to_string()))
+}
+
+/// Decodes exactly one message of type `M` from `bytes`.
+pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
+    let (version, body) = bytes
+        .split_first_chunk::<2>()
+        .ok_or(CodecError::Truncated)?;
+    let got = u16::from_le_bytes(*version);
+    if got != PROTOCOL_VERSION {
+        return Err(CodecError::Version { got });
+    }
+    let (msg, rest) =
+        postcard::take_from_bytes::<M>(body).map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(CodecError::Trailing(rest.len()));
+    }
+    // postcard's encoding is deterministic and only varints have longer spellings, so a
+    // message is canonical exactly when re-encoding it takes as many bytes as we consumed.
+    if encoded_len(&msg)? != bytes.len() {
+        return Err(CodecError::NonCanonical);
+    }
+    Ok(msg)
+}
+
+/// Where a peer can be reached, as text: `ip:port` for QUIC, `mem:name` in memory.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerAddr(String);
+
+/// A peer address that is empty or longer than [`PEER_ADDR_BYTES_MAX`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer address must be 1..={PEER_ADDR_BYTES_MAX} bytes")]
+pub struct PeerAddrError;
+
+impl PeerAddr {
+    /// A peer address from text.
+    pub fn new(text: impl Into<String>) -> Result<Self, PeerAddrError> {
+        let text = text.into();
+        if text.is_empty() || text.len() > PEER_ADDR_BYTES_MAX {
+            return Err(PeerAddrError);
+        }
+        Ok(Self(text))
+    }
+
+    /// The address text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = PeerAddrError;
+    fn try_from(s: String) -> Result<Self, PeerAddrError> {
+        Self::new(s)
+    }
+}
+
+impl From<PeerAddr> for String {
+    fn from(a: PeerAddr) -> String {
+        a.0
+    }
+}
+
+impl From<std::net::SocketAddr> for PeerAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        Self(a.to_string())
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = PeerAddrError;
+    fn from_str(s: &str) -> Result<Self, PeerAddrError> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerAddr({})", self.0)
+    }
+}
+
+/// What went wrong, as a machine-readable code. SDK error types map from these.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The request is malformed or makes no sense in this state.
+    BadRequest,
+    /// The SDK key is unknown or its secret is wrong.
+    Unauthenticated,
+    /// The SDK key has expired.
+    KeyExpired,
+    /// The SDK key was revoked.
+    KeyRevoked,
+    /// The balance or allowance does not cover the cost.
+    InsufficientCredits,
+    /// The model was refused (not ONNX, hash mismatch, unsupported).
+    ModelRejected,
+    /// Something exceeds a size cap.
+    TooLarge,
+    /// The named model, deployment or upload does not exist.
+    NotFound,
+    /// No node can take the work now.
+    NoCapacity,
+    /// The inputs do not match the model (names, dtypes, shapes).
+    InvalidInput,
+    /// The ticket is forged, expired, for another deployment or another node.
+    TicketRejected,
+    /// The peer is over a rate or queue limit; retry later.
+    Busy,
+    /// The work did not finish within its time limit.
+    Timeout,
+    /// The peer failed internally; the request may be retried elsewhere.
+    Internal,
+}
+
+/// An error returned in place of a response.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct WireError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail, at most [`ERROR_MESSAGE_BYTES_MAX`] bytes.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with a message, truncated to [`ERROR_MESSAGE_BYTES_MAX`] at a char boundary.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > ERROR_MESSAGE_BYTES_MAX {
+            let mut cut = ERROR_MESSAGE_BYTES_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        Self { code, message }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}
+
+/// An SDK key: its public id and its secret. The dispatcher stores only a hash of the secret.
+///
+/// Text form: `sk_` + 32 hex digits of the id + `_` + 64 hex digits of the secret.
+/// `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdkKey {
+    /// The key's public id.
+    pub id: KeyId,
+    /// The secret.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Display for SdkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.id.to_string();
+        let id_hex = id.strip_prefix("key_").unwrap_or(&id);
+        write!(f, "sk_{id_hex}_{}", hex::encode(self.secret))
+    }
+}
+
+impl fmt::Debug for SdkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SdkKey({}, secret: <redacted>)", self.id)
+    }
+}
+
+/// Text that is not an SDK key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an SDK key looks like sk_<32 hex digits>_<64 hex digits>")]
+pub struct SdkKeyError;
+
+impl FromStr for SdkKey {
+    type Err = SdkKeyError;
+    fn from_str(s: &str) -> Result<Self, SdkKeyError> {
+        let rest = s.strip_prefix("sk_").ok_or(SdkKeyError)?;
+        let (id, secret_hex) = rest.split_once('_').ok_or(SdkKeyError)?;
+        let id: KeyId = format!("key_{id}").parse().map_err(|_| SdkKeyError)?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(secret_hex, &mut secret).map_err(|_| SdkKeyError)?;
+        Ok(Self { id, secret })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// node ↔ dispatcher
+
+/// A node's load, sent with every heartbeat.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct NodeLoad {
+    /// Tasks running now.
+    pub inflight: u32,
+    /// Tasks waiting in queues.
+    pub queued: u32,
+    /// Accelerator utilisation in basis points (0..=10,000).
+    pub utilisation_bps: u16,
+}
+
+/// Sent by a node every heartbeat interval; missing several marks it offline.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Increases by one per heartbeat since registration.
+    pub seq: u64,
+    /// Current load.
+    pub load: NodeLoad,
+    /// Models loaded in memory.
+    pub loaded_models: Vec<ModelId>,
+    /// Deployments this node serves and is ready for.
+    pub ready: Vec<DeploymentId>,
+}
+
+/// What one task used, reported by the node that ran it; charged once per task id.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// The task.
+    pub task: TaskId,
+    /// Its deployment.
+    pub deployment: DeploymentId,
+    /// The key to charge.
+    pub key: KeyId,
+    /// Nonce of the ticket the task came with.
+    pub ticket_nonce: [u8; 16],
+    /// Input bytes (what per-request pricing reads).
+    pub input_bytes: u64,
+    /// Output bytes.
+    pub output_bytes: u64,
+    /// Time spent computing, in microseconds.
+    pub compute_us: u64,
+}
+
+/// A batch of usage records, at most [`USAGE_RECORDS_MAX`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// The records.
+    pub records: Vec<UsageRecord>,
+}
+
+/// Where a replica stands on its node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ReplicaState {
+    /// Fetching or loading the model.
+    Loading,
+    /// Serving.
+    Ready,
+    /// Could not load; the reason is the backend's.
+    Failed(String),
+}
+
+/// An instruction to serve a deployment.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Its model.
+    pub model: ModelId,
+    /// The model's size, for the cache budget.
+    pub model_bytes: u64,
+    /// The plan's input limit, enforced by the node.
+    pub max_input_bytes: u64,
+}
+
+/// Network demand as the dispatcher sees it; nodes start their idle workload when it is low.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Demand {
+    /// Demand relative to capacity, in basis points (0 idle … 10,000 saturated).
+    pub level_bps: u16,
+}
+
+/// Requests a node sends to the dispatcher.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum NodeRequest {
+    /// Join the network.
+    Register(Signed<Registration>),
+    /// I am alive; this is my load.
+    Heartbeat(Heartbeat),
+    /// Send me a piece of a model.
+    FetchModel {
+        /// The model.
+        model: ModelId,
+        /// Byte offset.
+        offset: u64,
+        /// Bytes wanted, at most [`CHUNK_BYTES_MAX`].
+        len: u32,
+    },
+    /// A replica changed state.
+    ReplicaState {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Its new state.
+        state: ReplicaState,
+    },
+    /// Tasks I ran.
+    Usage(UsageReport),
+}
+
+impl Message for NodeRequest {}
+
+/// The dispatcher's replies to [`NodeRequest`]s.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DispatcherReply {
+    /// Registration accepted.
+    Registered {
+        /// The dispatcher's key, which signs tickets.
+        dispatcher: NodeId,
+        /// How often to heartbeat.
+        heartbeat_interval_ms: u32,
+        /// What to serve.
+        assignments: Vec<Assignment>,
+    },
+    /// Heartbeat received.
+    HeartbeatAck {
+        /// Current demand.
+        demand: Demand,
+        /// The full set of deployments this node should serve.
+        assignments: Vec<Assignment>,
+    },
+    /// A piece of a model.
+    ModelChunk {
+        /// Byte offset.
+        offset: u64,
+        /// The model's total size.
+        total_bytes: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Usage stored: how many records were new and how many were already known.
+    UsageAck {
+        /// Newly charged.
+        accepted: u32,
+        /// Already charged before (same task id).
+        duplicates: u32,
+    },
+    /// Done.
+    Ok,
+    /// Refused.
+    Error(WireError),
+}
+
+impl Message for DispatcherReply {}
+
+/// Requests the dispatcher pushes to a node on the node's connection.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DispatcherPush {
+    /// Start serving a deployment.
+    Assign(Assignment),
+    /// Stop serving a deployment.
+    Unassign {
+        /// The deployment.
+        deployment: DeploymentId,
+    },
+    /// Demand changed.
+    Demand(Demand),
+}
+
+impl Message for DispatcherPush {}
+
+/// A node's answer to a [`DispatcherPush`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum NodeAck {
+    /// Done.
+    Ok,
+    /// Refused.
+    Error(WireError),
+}
+
+impl Message for NodeAck {}
+
+// ---------------------------------------------------------------------------------------------
+// client ↔ dispatcher
+
+/// Where a deployment stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DeploymentState {
+    /// Replicas are being placed and loaded.
+    Pending,
+    /// Enough replicas are warm.
+    Ready,
+    /// Fewer replicas than the plan needs are warm.
+    Degraded,
+    /// Stopped by its owner or out of credits.
+    Stopped,
+}
+
+/// A deployment as the dispatcher describes it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DeploymentInfo {
+    /// Its id.
+    pub id: DeploymentId,
+    /// Its model.
+    pub model: ModelId,
+    /// Its plan.
+    pub plan: DeployPlan,
+    /// Its state.
+    pub state: DeploymentState,
+    /// Replicas ready now.
+    pub replicas_ready: u32,
+    /// Replicas the plan needs.
+    pub replicas_wanted: u32,
+    /// What it cost / costs.
+    pub price: PriceQuote,
+    /// Credits left in a per-request allowance (0 for per-instance plans).
+    pub allowance_left: Credits,
+}
+
+/// One replica a client may call.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Replica {
+    /// The node's identity (pinned when connecting).
+    pub node: NodeId,
+    /// Its addresses.
+    pub addrs: Vec<PeerAddr>,
+}
+
+/// Permission to call a deployment's replicas directly.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Lease {
+    /// Where to send tasks.
+    pub replicas: Vec<Replica>,
+    /// The ticket to present to them.
+    pub ticket: Signed<Ticket>,
+}
+
+/// Status of an SDK key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum KeyStatus {
+    /// Usable.
+    Active,
+    /// Past its lifetime.
+    Expired,
+    /// Revoked by its owner or an operator.
+    Revoked,
+}
+
+/// An SDK key as the dispatcher describes it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Its id.
+    pub id: KeyId,
+    /// Its status.
+    pub status: KeyStatus,
+    /// When it was created (Unix seconds).
+    pub created_at_s: u64,
+    /// When it expires, if ever (Unix seconds).
+    pub expires_at_s: Option<u64>,
+}
+
+/// What a client asks of the dispatcher.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClientCall {
+    /// Start or resume uploading a model.
+    UploadBegin {
+        /// blake3 of the whole model.
+        model: ModelId,
+        /// Its size.
+        total_bytes: u64,
+    },
+    /// One piece of an upload.
+    UploadChunk {
+        /// The model being uploaded.
+        model: ModelId,
+        /// Where this piece starts.
+        offset: u64,
+        /// The bytes, at most [`CHUNK_BYTES_MAX`].
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// All pieces sent: verify and store.
+    UploadFinish {
+        /// The model.
+        model: ModelId,
+    },
+    /// What would deploying cost?
+    Quote {
+        /// The model.
+        model: ModelId,
+        /// The plan.
+        plan: DeployPlan,
+    },
+    /// Deploy a stored model.
+    Deploy {
+        /// The model.
+        model: ModelId,
+        /// The plan.
+        plan: DeployPlan,
+    },
+    /// Describe a deployment.
+    Deployment {
+        /// Which.
+        deployment: DeploymentId,
+    },
+    /// Stop a deployment.
+    Undeploy {
+        /// Which.
+        deployment: DeploymentId,
+    },
+    /// Replicas and a ticket for a deployment.
+    Lease {
+        /// Which.
+        deployment: DeploymentId,
+    },
+    /// Credits left.
+    Balance,
+    /// Status of the calling key.
+    KeyStatus,
+}
+
+/// A client's request: the key that authenticates it and the call.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// The caller's SDK key.
+    pub key: SdkKey,
+    /// What it asks.
+    pub call: ClientCall,
+}
+
+impl Message for ClientRequest {}
+
+/// The dispatcher's answers to a [`ClientRequest`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum DispatcherResponse {
+    /// Upload progress (also the answer to `UploadBegin`, for resuming).
+    Upload {
+        /// Bytes received so far, contiguous from 0.
+        received_bytes: u64,
+        /// The model's size.
+        total_bytes: u64,
+        /// Largest chunk the dispatcher accepts.
+        chunk_bytes_max: u32,
+    },
+    /// Model verified and stored.
+    ModelStored {
+        /// Its id.
+        model: ModelId,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A price.
+    Quote(PriceQuote),
+    /// A deployment's description (answer to `Deploy` and `Deployment`).
+    Deployment(DeploymentInfo),
+    /// A lease.
+    Lease(Lease),
+    /// Credits left.
+    Balance(Credits),
+    /// A key's status.
+    Key(KeyInfo),
+    /// Done.
+    Ok,
+    /// Refused.
+    Error(WireError),
+}
+
+impl Message for DispatcherResponse {}
+
+// ---------------------------------------------------------------------------------------------
+// client ↔ node
+
+/// One inference task, sent straight to a node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// The task (the same id on every retry).
+    pub task: TaskId,
+    /// The deployment to run.
+    pub deployment: DeploymentId,
+    /// The dispatcher's permission.
+    pub ticket: Signed<Ticket>,
+    /// Named inputs.
+    pub inputs: Vec<NamedTensor>,
+}
+
+/// What a client sends a node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ClientToNode {
+    /// Run a task.
+    Infer(Box<InferRequest>),
+    /// Are you there?
+    Ping,
+}
+
+impl Message for ClientToNode {}
+
+/// A node's answer to a [`ClientToNode`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum NodeToClient {
+    /// The task's outputs.
+    Outputs {
+        /// The task.
+        task: TaskId,
+        /// Named outputs.
+        outputs: Vec<NamedTensor>,
+        /// Time spent computing, in microseconds.
+        compute_us: u64,
+    },
+    /// Here.
+    Pong,
+    /// Refused or failed.
+    Error(WireError),
+}
+
+impl Message for NodeToClient {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Tensor;
+
+    #[test]
+    fn version_trailing_and_canonical() {
+        let bytes = encode(&NodeAck::Ok).unwrap();
+        assert_eq!(bytes, vec![1, 0, 0]);
+        assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
+        assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
+        assert_eq!(
+            decode::<NodeAck>(&[2, 0, 0]),
+            Err(CodecError::Version { got: 2 })
+        );
+        assert_eq!(
+            decode::<NodeAck>(&[1, 0, 0, 0]),
+            Err(CodecError::Trailing(1))
+        );
+        assert!(matches!(
+            decode::<NodeAck>(&[1, 0]),
+            Err(CodecError::Malformed(_))
+        ));
+        // Variant 0 spelled as a two-byte varint.
+        assert_eq!(
+            decode::<NodeAck>(&[1, 0, 0x80, 0x00]),
+            Err(CodecError::NonCanonical)
+        );
+    }
+
+    #[test]
+    fn tensor_messages_are_validated_on_decode() {
+        let msg = NodeToClient::Outputs {
+            task: TaskId::from_bytes([1; 16]),
+            outputs: vec![NamedTensor::new(
+                "y",
+                Tensor::from_slice(&[2], &[1.0f32, 2.0]).unwrap(),
+            )],
+            compute_us: 5,
+        };
+        let mut bytes = encode(&msg).unwrap();
+        assert_eq!(decode::<NodeToClient>(&bytes).unwrap(), msg);
+        // Shape dim 2 → 3: the data no longer matches the shape.
+        // Layout tail: shape dim (1) | data len (1) | 8 data bytes | compute_us (1).
+        let pos = bytes.len() - 1 - 8 - 1 - 1;
+        assert_eq!(bytes[pos], 2);
+        bytes[pos] = 3;
+        assert!(matches!(
+            decode::<NodeToClient>(&bytes),
+            Err(CodecError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn sdk_key_text_and_redaction() {
+        let k = SdkKey {
+            id: KeyId::from_bytes([0xaa; 16]),
+            secret: [0x55; 32],
+        };
+        let text = k.to_string();
+        assert_eq!(text, format!("sk_{}_{}", "aa".repeat(16), "55".repeat(32)));
+        assert_eq!(text.parse::<SdkKey>().unwrap(), k);
+        assert!(!format!("{k:?}").contains("5555"));
+        assert!("sk_00_11".parse::<SdkKey>().is_err());
+    }
+
+    #[test]
+    fn wire_error_truncates_at_char_boundary() {
+        let e = WireError::new(ErrorCode::Internal, "é".repeat(1000));
+        assert!(e.message.len() <= ERROR_MESSAGE_BYTES_MAX);
+        assert!(e.message.len() >= ERROR_MESSAGE_BYTES_MAX - 1);
+    }
+
+    #[test]
+    fn peer_addr_bounds() {
+        assert!(PeerAddr::new("").is_err());
+        assert!(PeerAddr::new("x".repeat(PEER_ADDR_BYTES_MAX + 1)).is_err());
+        assert_eq!(PeerAddr::new("mem:a").unwrap().as_str(), "mem:a");
+        let bad = postcard::to_stdvec(&String::new()).unwrap();
+        assert!(postcard::from_bytes::<PeerAddr>(&bad).is_err());
+    }
+}
