@@ -63,3 +63,6 @@ pub mod pricing;
 pub mod sign;
 pub mod tensor;
 pub mod wire;
+
+#[cfg(feature = "proptest")]
+pub mod strategies;

@@ -77,6 +77,13 @@ pub enum CodecError {
 /// A type that travels as a whole message (has the version header).
 pub trait Message: Serialize + DeserializeOwned {}
 
+/// A response type that can carry a [`WireError`] in place of an answer, so a server can
+/// refuse any request (oversized, undecodable, unauthorised) with a typed error.
+pub trait Reply: Message {
+    /// The response that carries `error`.
+    fn error(error: WireError) -> Self;
+}
+
 /// Appends the encoding of `msg` (version + postcard) to `out`.
 pub fn encode_into<M: Message>(msg: &M, out: &mut Vec<u8>) -> Result<(), CodecError> {
     out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -451,6 +458,12 @@ pub enum DispatcherReply {
 
 impl Message for DispatcherReply {}
 
+impl Reply for DispatcherReply {
+    fn error(error: WireError) -> Self {
+        Self::Error(error)
+    }
+}
+
 /// Requests the dispatcher pushes to a node on the node's connection.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum DispatcherPush {
@@ -477,6 +490,12 @@ pub enum NodeAck {
 }
 
 impl Message for NodeAck {}
+
+impl Reply for NodeAck {
+    fn error(error: WireError) -> Self {
+        Self::Error(error)
+    }
+}
 
 // ---------------------------------------------------------------------------------------------
 // client ↔ dispatcher
@@ -665,6 +684,12 @@ pub enum DispatcherResponse {
 
 impl Message for DispatcherResponse {}
 
+impl Reply for DispatcherResponse {
+    fn error(error: WireError) -> Self {
+        Self::Error(error)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // client ↔ node
 
@@ -711,6 +736,12 @@ pub enum NodeToClient {
 }
 
 impl Message for NodeToClient {}
+
+impl Reply for NodeToClient {
+    fn error(error: WireError) -> Self {
+        Self::Error(error)
+    }
+}
 
 #[cfg(test)]
 mod tests {

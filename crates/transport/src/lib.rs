@@ -1,1 +1,264 @@
-//! `crat-transport`.
+//! `crat-transport`: how CryptoRAT peers talk.
+//!
+//! The sdk, the node and the dispatcher are written against two traits:
+//! - [`Transport`]: an endpoint with an ed25519 identity that dials peers (pinning the identity
+//!   it expects) and accepts incoming connections;
+//! - [`Connection`]: a connection to one authenticated peer carrying independent
+//!   request/response exchanges in both directions (on QUIC, one bidirectional stream each).
+//!
+//! Two implementations: [`memory`] (in-process, for tests, the single-process demo and
+//! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
+//! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
+//!
+//! Bodies are [`Frame`]s: length-prefixed [`crat_core::wire`] messages whose size is capped per
+//! conversation ([`FrameLimits`]) before anything is allocated. [`ConnectionExt::call`] and
+//! [`serve`] are the typed layer most code uses.
+//!
+//! ```
+//! use crat_core::id::NodeId;
+//! use crat_core::wire::{ClientToNode, NodeToClient};
+//! use crat_transport::memory::MemoryNetwork;
+//! use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), crat_transport::TransportError> {
+//! let net = MemoryNetwork::new();
+//! let node_id = NodeId::from_bytes([1; 32]);
+//! let node = net.bind("mem:node", node_id)?;
+//! let client = net.bind("mem:client", NodeId::from_bytes([2; 32]))?;
+//! let limits = FrameLimits::default();
+//!
+//! // The node answers every Ping with a Pong.
+//! tokio::spawn(async move {
+//!     while let Ok(conn) = node.accept().await {
+//!         tokio::spawn(serve(conn, Conversation::ClientNode, limits, 64, |req: ClientToNode| async move {
+//!             match req {
+//!                 ClientToNode::Ping => NodeToClient::Pong,
+//!                 ClientToNode::Infer(_) => unimplemented!("not in this example"),
+//!             }
+//!         }));
+//!     }
+//! });
+//!
+//! let conn = client.connect(&"mem:node".parse().unwrap(), &node_id).await?;
+//! assert_eq!(conn.remote_id(), node_id);
+//! let reply: NodeToClient = conn.call(&ClientToNode::Ping, Conversation::ClientNode, limits).await?;
+//! assert_eq!(reply, NodeToClient::Pong);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use crat_core::id::NodeId;
+use crat_core::wire::{ErrorCode, Message, PeerAddr, Reply, WireError};
+
+pub mod frame;
+pub mod memory;
+pub mod quic;
+
+pub use frame::{Conversation, Frame, FrameError, FrameLimits};
+
+/// What can go wrong moving frames between peers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// A frame was oversized, truncated, trailed by bytes or not a valid message.
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The address cannot be used by this transport.
+    #[error("invalid address {addr}: {reason}")]
+    Addr {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nobody answered at the address, or the handshake failed.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer proved a different identity than the one pinned.
+    #[error("peer is {actual}, expected {expected}")]
+    Identity {
+        /// The identity pinned when dialling.
+        expected: NodeId,
+        /// The identity the peer proved.
+        actual: NodeId,
+    },
+    /// The connection is closed (by either side, or it timed out idle).
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// The peer abandoned this exchange (reset the stream, or dropped it unanswered).
+    #[error("exchange aborted by peer: {0}")]
+    Aborted(String),
+    /// The exchange did not complete within its time limit.
+    #[error("timed out after {0} ms")]
+    Timeout(u64),
+    /// Too many exchanges are in flight on this connection.
+    #[error("too many exchanges in flight")]
+    Busy,
+    /// A local I/O or TLS setup failure.
+    #[error("transport setup: {0}")]
+    Setup(String),
+}
+
+/// An endpoint with an identity: dials peers and accepts their connections.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// The connections this transport makes.
+    type Connection: Connection;
+
+    /// This endpoint's identity.
+    fn local_id(&self) -> NodeId;
+
+    /// Where peers reach this endpoint.
+    fn local_addr(&self) -> PeerAddr;
+
+    /// Connects to `addr` and checks that the peer proves identity `expected`.
+    async fn connect(
+        &self,
+        addr: &PeerAddr,
+        expected: &NodeId,
+    ) -> Result<Self::Connection, TransportError>;
+
+    /// The next incoming connection, already authenticated. Errors once the endpoint is closed.
+    async fn accept(&self) -> Result<Self::Connection, TransportError>;
+
+    /// Stops accepting and closes every connection.
+    fn close(&self);
+}
+
+/// A connection to one authenticated peer. Cheap to clone; clones share the connection.
+#[async_trait]
+pub trait Connection: Clone + Send + Sync + 'static {
+    /// An exchange the peer started, waiting to be read and answered.
+    type Incoming: IncomingExchange;
+
+    /// The peer's proven identity.
+    fn remote_id(&self) -> NodeId;
+
+    /// The peer's address.
+    fn remote_addr(&self) -> PeerAddr;
+
+    /// One exchange: sends `request`, returns the peer's response frame (body ≤
+    /// `response_bytes_max`).
+    async fn request(
+        &self,
+        request: Frame,
+        response_bytes_max: u32,
+    ) -> Result<Frame, TransportError>;
+
+    /// Waits for the peer to start an exchange.
+    async fn accept_exchange(&self) -> Result<Self::Incoming, TransportError>;
+
+    /// Closes the connection; pending and future exchanges fail with [`TransportError::Closed`].
+    fn close(&self, reason: &str);
+}
+
+/// An exchange started by the peer: read its request, then answer it once.
+#[async_trait]
+pub trait IncomingExchange: Send + 'static {
+    /// Reads the request frame (body ≤ `request_bytes_max`).
+    async fn read_request(&mut self, request_bytes_max: u32) -> Result<Frame, TransportError>;
+
+    /// Sends the response and ends the exchange.
+    async fn respond(self, response: Frame) -> Result<(), TransportError>;
+}
+
+/// Typed request/response over any [`Connection`].
+#[async_trait]
+pub trait ConnectionExt: Connection {
+    /// Encodes `request`, sends it and decodes the response, with the frame caps of
+    /// `conversation`.
+    async fn call<Req, Resp>(
+        &self,
+        request: &Req,
+        conversation: Conversation,
+        limits: FrameLimits,
+    ) -> Result<Resp, TransportError>
+    where
+        Req: Message + Sync,
+        Resp: Message,
+    {
+        let max = limits.frame_bytes_max(conversation);
+        let frame = Frame::encode(request, max)?;
+        let response = self.request(frame, max).await?;
+        Ok(response.decode()?)
+    }
+}
+
+impl<C: Connection> ConnectionExt for C {}
+
+/// Answers every exchange the peer starts on `conn` with `handler`, running at most
+/// `concurrency_max` handlers at once, until the connection closes.
+///
+/// A request that is oversized or does not decode is answered with a typed error
+/// ([`ErrorCode::TooLarge`] or [`ErrorCode::BadRequest`]) and the connection keeps serving; the
+/// handler only ever sees valid messages.
+pub async fn serve<C, Req, Resp, H, F>(
+    conn: C,
+    conversation: Conversation,
+    limits: FrameLimits,
+    concurrency_max: usize,
+    handler: H,
+) -> TransportError
+where
+    C: Connection,
+    Req: Message + Send + 'static,
+    Resp: Reply + Send + 'static,
+    H: Fn(Req) -> F + Send + Sync + 'static,
+    F: Future<Output = Resp> + Send + 'static,
+{
+    let max = limits.frame_bytes_max(conversation);
+    let handler = Arc::new(handler);
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency_max.max(1)));
+    loop {
+        let mut incoming = match conn.accept_exchange().await {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return TransportError::Closed("serve stopped".into());
+        };
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let request = incoming
+                .read_request(max)
+                .await
+                .and_then(|frame| Ok(frame.decode::<Req>()?));
+            let response = match request {
+                Ok(request) => handler(request).await,
+                Err(TransportError::Frame(e)) => {
+                    tracing::debug!(error = %e, "refusing bad request frame");
+                    let code = match e {
+                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        _ => ErrorCode::BadRequest,
+                    };
+                    Resp::error(WireError::new(code, e.to_string()))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "request not received");
+                    return;
+                }
+            };
+            match Frame::encode(&response, max) {
+                Ok(frame) => {
+                    if let Err(e) = incoming.respond(frame).await {
+                        tracing::debug!(error = %e, "response not delivered");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "response cannot be framed"),
+            }
+        });
+    }
+}

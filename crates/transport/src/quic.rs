@@ -1,0 +1,495 @@
+//! QUIC transport on quinn + rustls, with peers identified by ed25519 keys.
+//!
+//! - Each endpoint presents a self-signed certificate around its ed25519 key; the dialling
+//!   side pins the [`NodeId`] it expects and the handshake fails on any other (no CA, no
+//!   trust on first use). Both sides present certificates, so both learn the other's id.
+//! - ALPN `crat/1`, TLS 1.3 only, ed25519 signatures only.
+//! - One bidirectional stream per exchange; concurrent streams, idle time, handshakes and the
+//!   accept queue are all bounded ([`QuicConfig`]); keep-alives keep quiet connections open.
+//!
+//! # Security
+//! The identity check proves who the peer is, nothing more: whether that peer may register,
+//! run a task or be paid is decided by the signed messages above this layer (registrations,
+//! tickets). A server accepts connections from any identity.
+
+mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use crat_core::id::NodeId;
+use crat_core::wire::PeerAddr;
+use ed25519_dalek::SigningKey;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::frame::{FrameError, LEN_PREFIX_BYTES, check_prefix};
+use crate::{Connection, Frame, IncomingExchange, Transport, TransportError};
+
+/// The ALPN protocol id of this protocol version.
+pub const ALPN: &[u8] = b"crat/1";
+/// Server name used in the handshake (the identity check ignores names).
+const SERVER_NAME: &str = "crat";
+
+/// Limits and timers of the QUIC transport.
+#[derive(Clone, Debug)]
+pub struct QuicConfig {
+    /// Bidirectional streams (exchanges) a peer may have open at once. Default 256.
+    pub streams_concurrent_max: u32,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout_ms: u32,
+    /// Keep-alive interval; must be below the idle timeout. Default 10 s.
+    pub keep_alive_interval_ms: u32,
+    /// Limit on one exchange, request sent to response read. Default 120 s.
+    pub exchange_timeout_ms: u64,
+    /// Limit on a handshake. Default 10 s.
+    pub handshake_timeout_ms: u64,
+    /// Handshakes in progress at once; more incoming connections are refused. Default 64.
+    pub handshakes_concurrent_max: usize,
+    /// Established connections waiting for [`Transport::accept`]. Default 64.
+    pub accept_queue_max: usize,
+    /// Per-stream flow-control window. Default 16 MiB.
+    pub stream_window_bytes: u32,
+    /// Per-connection receive and send windows. Default 64 MiB.
+    pub connection_window_bytes: u32,
+    /// Upper bound for path-MTU discovery. Default 1452 (safe on the internet); loopback and
+    /// jumbo-frame networks can raise it.
+    pub mtu_bytes_max: u16,
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            streams_concurrent_max: 256,
+            idle_timeout_ms: 30_000,
+            keep_alive_interval_ms: 10_000,
+            exchange_timeout_ms: 120_000,
+            handshake_timeout_ms: 10_000,
+            handshakes_concurrent_max: 64,
+            accept_queue_max: 64,
+            stream_window_bytes: 16 << 20,
+            connection_window_bytes: 64 << 20,
+            mtu_bytes_max: 1452,
+        }
+    }
+}
+
+impl QuicConfig {
+    fn transport(&self) -> Result<Arc<quinn::TransportConfig>, TransportError> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.streams_concurrent_max))
+            .max_concurrent_uni_streams(VarInt::from_u32(0))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms.into()))
+                    .map_err(|e| TransportError::Setup(format!("idle timeout: {e}")))?,
+            ))
+            .keep_alive_interval(Some(Duration::from_millis(
+                self.keep_alive_interval_ms.into(),
+            )))
+            .stream_receive_window(VarInt::from_u32(self.stream_window_bytes))
+            .receive_window(VarInt::from_u32(self.connection_window_bytes))
+            .send_window(self.connection_window_bytes.into());
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(self.mtu_bytes_max.max(1200));
+        t.mtu_discovery_config(Some(mtu));
+        Ok(Arc::new(t))
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = rustls::crypto::ring::default_provider();
+    // AES-128-GCM first: the fastest suite with AES-NI, and the one QUIC's initial packets use.
+    p.cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(p)
+}
+
+fn setup(what: &str) -> impl FnOnce(rustls::Error) -> TransportError + '_ {
+    move |e| TransportError::Setup(format!("{what}: {e}"))
+}
+
+/// A QUIC endpoint with an ed25519 identity: dials and accepts.
+pub struct QuicTransport {
+    endpoint: quinn::Endpoint,
+    id: NodeId,
+    local_addr: SocketAddr,
+    config: QuicConfig,
+    transport: Arc<quinn::TransportConfig>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    cert: rustls_pki_types::CertificateDer<'static>,
+    key: rustls_pki_types::PrivateKeyDer<'static>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<QuicConnection>>,
+    acceptor: tokio::task::JoinHandle<()>,
+}
+
+impl QuicTransport {
+    /// Binds a UDP socket at `addr` (port 0 picks one) with identity `key`. Must run inside
+    /// a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        key: &SigningKey,
+        config: QuicConfig,
+    ) -> Result<Self, TransportError> {
+        let provider = provider();
+        let (cert, private) = tls::self_signed(key)?;
+        let transport = config.transport()?;
+
+        let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(setup("server TLS"))?
+            .with_client_cert_verifier(tls::AnyPeer::new(&provider))
+            .with_single_cert(vec![cert.clone()], private.clone_key())
+            .map_err(setup("server certificate"))?;
+        server.alpn_protocols = vec![ALPN.to_vec()];
+        let server = QuicServerConfig::try_from(server)
+            .map_err(|e| TransportError::Setup(format!("server QUIC: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport.clone());
+
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|e| TransportError::Setup(format!("bind {addr}: {e}")))?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Setup(format!("local address: {e}")))?;
+        let (tx, rx) = mpsc::channel(config.accept_queue_max.max(1));
+        let acceptor = tokio::spawn(accept_loop(
+            endpoint.clone(),
+            tx,
+            Arc::new(Semaphore::new(config.handshakes_concurrent_max.max(1))),
+            Duration::from_millis(config.handshake_timeout_ms),
+            Duration::from_millis(config.exchange_timeout_ms),
+        ));
+        Ok(Self {
+            endpoint,
+            id: NodeId::from_key(&key.verifying_key()),
+            local_addr,
+            config,
+            transport,
+            provider,
+            cert,
+            key: private,
+            incoming: tokio::sync::Mutex::new(rx),
+            acceptor,
+        })
+    }
+
+    /// The bound socket address.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn client_config(
+        &self,
+        expected: NodeId,
+    ) -> Result<(quinn::ClientConfig, Arc<tls::PinnedServer>), TransportError> {
+        let verifier = Arc::new(tls::PinnedServer::new(expected, &self.provider));
+        let mut client = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(setup("client TLS"))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .map_err(setup("client certificate"))?;
+        client.alpn_protocols = vec![ALPN.to_vec()];
+        let client = QuicClientConfig::try_from(client)
+            .map_err(|e| TransportError::Setup(format!("client QUIC: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(self.transport.clone());
+        Ok((client, verifier))
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: mpsc::Sender<QuicConnection>,
+    handshakes: Arc<Semaphore>,
+    handshake_timeout: Duration,
+    exchange_timeout: Duration,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!("too many handshakes in progress; refusing a connection");
+            incoming.refuse();
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = match tokio::time::timeout(handshake_timeout, incoming).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "handshake failed"),
+                Err(_) => return tracing::debug!("handshake timed out"),
+            };
+            match QuicConnection::new(conn, exchange_timeout) {
+                Ok(conn) => {
+                    // Waits while the accept queue is full; the permit stays held meanwhile,
+                    // so a backlog throttles new handshakes.
+                    let _ = tx.send(conn).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "peer without a usable identity"),
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Transport for QuicTransport {
+    type Connection = QuicConnection;
+
+    fn local_id(&self) -> NodeId {
+        self.id
+    }
+
+    fn local_addr(&self) -> PeerAddr {
+        self.local_addr.into()
+    }
+
+    async fn connect(
+        &self,
+        addr: &PeerAddr,
+        expected: &NodeId,
+    ) -> Result<QuicConnection, TransportError> {
+        let socket: SocketAddr = addr.as_str().parse().map_err(|e| TransportError::Addr {
+            addr: addr.to_string(),
+            reason: format!("not ip:port ({e})"),
+        })?;
+        let (config, verifier) = self.client_config(*expected)?;
+        let connect_err = |reason: String| TransportError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(config, socket, SERVER_NAME)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let handshake = Duration::from_millis(self.config.handshake_timeout_ms);
+        let conn = match tokio::time::timeout(handshake, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let seen = verifier.seen.lock().ok().and_then(|s| *s);
+                return Err(match seen {
+                    Some(actual) if actual != *expected => TransportError::Identity {
+                        expected: *expected,
+                        actual,
+                    },
+                    _ => connect_err(e.to_string()),
+                });
+            }
+            Err(_) => return Err(TransportError::Timeout(self.config.handshake_timeout_ms)),
+        };
+        QuicConnection::new(conn, Duration::from_millis(self.config.exchange_timeout_ms))
+    }
+
+    async fn accept(&self) -> Result<QuicConnection, TransportError> {
+        self.incoming
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| TransportError::Closed("endpoint closed".into()))
+    }
+
+    fn close(&self) {
+        self.endpoint.close(VarInt::from_u32(0), b"endpoint closed");
+        self.acceptor.abort();
+    }
+}
+
+impl Drop for QuicTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A QUIC connection to an authenticated peer.
+#[derive(Clone)]
+pub struct QuicConnection {
+    conn: quinn::Connection,
+    remote_id: NodeId,
+    exchange_timeout: Duration,
+}
+
+impl QuicConnection {
+    fn new(conn: quinn::Connection, exchange_timeout: Duration) -> Result<Self, TransportError> {
+        let certs = conn
+            .peer_identity()
+            .and_then(|any| {
+                any.downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                    .ok()
+            })
+            .ok_or_else(|| TransportError::Connect {
+                addr: conn.remote_address().to_string(),
+                reason: "peer presented no certificate".into(),
+            })?;
+        let remote_id = certs
+            .first()
+            .ok_or_else(|| TransportError::Connect {
+                addr: conn.remote_address().to_string(),
+                reason: "peer presented no certificate".into(),
+            })
+            .and_then(|c| {
+                tls::peer_id(c).map_err(|e| TransportError::Connect {
+                    addr: conn.remote_address().to_string(),
+                    reason: e.to_string(),
+                })
+            })?;
+        Ok(Self {
+            conn,
+            remote_id,
+            exchange_timeout,
+        })
+    }
+
+    /// The underlying quinn connection (statistics, RTT).
+    pub fn quinn(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    fn timeout_err(&self) -> TransportError {
+        TransportError::Timeout(self.exchange_timeout.as_millis() as u64)
+    }
+}
+
+fn conn_err(e: quinn::ConnectionError) -> TransportError {
+    match e {
+        quinn::ConnectionError::TimedOut => TransportError::Closed("idle timeout".into()),
+        other => TransportError::Closed(other.to_string()),
+    }
+}
+
+fn write_err(e: quinn::WriteError) -> TransportError {
+    match e {
+        quinn::WriteError::ConnectionLost(c) => conn_err(c),
+        other => TransportError::Aborted(other.to_string()),
+    }
+}
+
+fn read_err(e: quinn::ReadError) -> TransportError {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => conn_err(c),
+        other => TransportError::Aborted(other.to_string()),
+    }
+}
+
+fn read_exact_err(e: quinn::ReadExactError, expected: usize) -> TransportError {
+    match e {
+        quinn::ReadExactError::FinishedEarly(got) => FrameError::Truncated {
+            expected: expected as u64,
+            got: got as u64,
+        }
+        .into(),
+        quinn::ReadExactError::ReadError(e) => read_err(e),
+    }
+}
+
+/// Reads one frame from `recv`: the prefix, checked against `max` before allocating, the
+/// body, then the end of the stream (anything after the frame is an error).
+async fn read_frame(recv: &mut RecvStream, max: u32) -> Result<Frame, TransportError> {
+    let mut prefix = [0u8; LEN_PREFIX_BYTES];
+    recv.read_exact(&mut prefix)
+        .await
+        .map_err(|e| read_exact_err(e, LEN_PREFIX_BYTES))?;
+    let len = match check_prefix(prefix, max) {
+        Ok(len) => len,
+        Err(e) => {
+            // Tell the peer to stop sending; nothing of the body is read or stored.
+            let _ = recv.stop(VarInt::from_u32(1));
+            return Err(e.into());
+        }
+    };
+    let mut buf = vec![0u8; LEN_PREFIX_BYTES + len];
+    buf[..LEN_PREFIX_BYTES].copy_from_slice(&prefix);
+    recv.read_exact(&mut buf[LEN_PREFIX_BYTES..])
+        .await
+        .map_err(|e| read_exact_err(e, len))?;
+    let mut probe = [0u8; 1];
+    match recv.read(&mut probe).await.map_err(read_err)? {
+        None => Ok(Frame::from_checked(buf)),
+        Some(n) => {
+            let _ = recv.stop(VarInt::from_u32(1));
+            Err(FrameError::Trailing(n as u64).into())
+        }
+    }
+}
+
+async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), TransportError> {
+    send.write_all(frame.as_bytes()).await.map_err(write_err)?;
+    send.finish()
+        .map_err(|e| TransportError::Aborted(e.to_string()))
+}
+
+#[async_trait]
+impl Connection for QuicConnection {
+    type Incoming = QuicIncoming;
+
+    fn remote_id(&self) -> NodeId {
+        self.remote_id
+    }
+
+    fn remote_addr(&self) -> PeerAddr {
+        self.conn.remote_address().into()
+    }
+
+    async fn request(
+        &self,
+        request: Frame,
+        response_bytes_max: u32,
+    ) -> Result<Frame, TransportError> {
+        let exchange = async {
+            let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
+            let written = write_frame(&mut send, &request).await;
+            if let Err(e) = &written
+                && !matches!(e, TransportError::Aborted(_))
+            {
+                return Err(e.clone());
+            }
+            // Even when the peer stopped reading (an oversized request, say), its answer
+            // says why; report the write error only if there is no answer.
+            match read_frame(&mut recv, response_bytes_max).await {
+                Ok(frame) => Ok(frame),
+                Err(read) => Err(written.err().unwrap_or(read)),
+            }
+        };
+        tokio::time::timeout(self.exchange_timeout, exchange)
+            .await
+            .map_err(|_| self.timeout_err())?
+    }
+
+    async fn accept_exchange(&self) -> Result<QuicIncoming, TransportError> {
+        let (send, recv) = self.conn.accept_bi().await.map_err(conn_err)?;
+        Ok(QuicIncoming {
+            send,
+            recv,
+            timeout: self.exchange_timeout,
+        })
+    }
+
+    fn close(&self, reason: &str) {
+        self.conn.close(VarInt::from_u32(0), reason.as_bytes());
+    }
+}
+
+/// An exchange the peer started on a [`QuicConnection`].
+pub struct QuicIncoming {
+    send: SendStream,
+    recv: RecvStream,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl IncomingExchange for QuicIncoming {
+    async fn read_request(&mut self, request_bytes_max: u32) -> Result<Frame, TransportError> {
+        tokio::time::timeout(self.timeout, read_frame(&mut self.recv, request_bytes_max))
+            .await
+            .map_err(|_| TransportError::Timeout(self.timeout.as_millis() as u64))?
+    }
+
+    async fn respond(mut self, response: Frame) -> Result<(), TransportError> {
+        tokio::time::timeout(self.timeout, write_frame(&mut self.send, &response))
+            .await
+            .map_err(|_| TransportError::Timeout(self.timeout.as_millis() as u64))?
+    }
+}

@@ -1,0 +1,268 @@
+//! QUIC over loopback: pinned handshakes, 1,000 concurrent exchanges on one connection, a
+//! 64 MiB tensor message, and peers that vanish or stall surfacing as bounded errors.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use crat_core::tensor::{DType, NamedTensor, Tensor};
+use crat_core::wire::{ClientToNode, InferRequest, NodeToClient};
+use crat_transport::quic::QuicConfig;
+use crat_transport::{
+    Connection, ConnectionExt, Conversation, FrameLimits, IncomingExchange, Transport,
+    TransportError, serve,
+};
+
+const LIMITS: FrameLimits = FrameLimits {
+    control_bytes_max: 1 << 20,
+    tensor_bytes_max: 64 << 20,
+};
+
+async fn echo(req: ClientToNode) -> NodeToClient {
+    match req {
+        ClientToNode::Ping => NodeToClient::Pong,
+        ClientToNode::Infer(r) => NodeToClient::Outputs {
+            task: r.task,
+            outputs: r.inputs,
+            compute_us: 0,
+        },
+    }
+}
+
+fn spawn_echo_server<T: Transport>(server: T) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok(conn) = server.accept().await {
+            tokio::spawn(serve(conn, Conversation::ClientNode, LIMITS, 256, echo));
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_handshake_and_wrong_identity() {
+    let (server, client) = (quic(1), quic(2));
+    let addr = server.local_addr();
+    let accept = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        (conn.remote_id(), server)
+    });
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    assert_eq!(conn.remote_id(), id(1));
+    let (seen_by_server, _server) = accept.await.unwrap();
+    assert_eq!(seen_by_server, id(2));
+    // Expecting anyone else fails the handshake, naming who answered.
+    match client.connect(&addr, &id(3)).await {
+        Err(TransportError::Identity { expected, actual }) => {
+            assert_eq!((expected, actual), (id(3), id(1)));
+        }
+        other => panic!("expected an identity error, got {:?}", other.err()),
+    }
+    // Nobody listening: a bounded connect error, not a hang.
+    let fast = QuicConfig {
+        handshake_timeout_ms: 1_000,
+        ..QuicConfig::default()
+    };
+    let lonely = quic_with(4, fast);
+    let dead_addr = "127.0.0.1:9".parse().unwrap();
+    let started = Instant::now();
+    assert!(lonely.connect(&dead_addr, &id(1)).await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_exchanges_on_one_connection() {
+    let server = quic(1);
+    let addr = server.local_addr();
+    let _server = spawn_echo_server(server);
+    let client = quic(2);
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..1_000u32 {
+        let conn = conn.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Tensor::from_slice(&[1], &[i as f32]).unwrap();
+            let req = ClientToNode::Infer(Box::new(InferRequest {
+                task: crat_core::id::TaskId::from_bytes([0; 16]),
+                deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
+                ticket: ticket(),
+                inputs: vec![NamedTensor::new("i", t.clone())],
+            }));
+            let reply: NodeToClient = conn.call(&req, Conversation::ClientNode, LIMITS).await?;
+            match reply {
+                NodeToClient::Outputs { outputs, .. } if outputs[0].tensor == t => Ok(()),
+                other => panic!("exchange {i} got {other:?}"),
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let r: Result<(), TransportError> = t.await.unwrap();
+        r.unwrap();
+        ok += 1;
+    }
+    assert_eq!(ok, 1_000);
+}
+
+fn ticket() -> crat_core::sign::Signed<crat_core::sign::Ticket> {
+    crat_core::sign::Signed::sign(
+        crat_core::sign::Ticket {
+            deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
+            key: crat_core::id::KeyId::from_bytes([0; 16]),
+            credit_budget: crat_core::money::Credits::new(1),
+            issued_at_s: 0,
+            expires_at_s: 1,
+            nonce: [0; 16],
+            audience: vec![],
+        },
+        &key(50),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_tensor_arrives_intact() {
+    let server = quic(1);
+    let addr = server.local_addr();
+    let _server = spawn_echo_server(server);
+    let client = quic(2);
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let len = 64usize << 20;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let t = Tensor::new(DType::U8, vec![len as u64], data).unwrap();
+    let req = ClientToNode::Infer(Box::new(InferRequest {
+        task: crat_core::id::TaskId::from_bytes([1; 16]),
+        deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
+        ticket: ticket(),
+        inputs: vec![NamedTensor::new("big", t.clone())],
+    }));
+    let reply: NodeToClient = conn
+        .call(&req, Conversation::ClientNode, LIMITS)
+        .await
+        .unwrap();
+    match reply {
+        NodeToClient::Outputs { outputs, .. } => {
+            assert_eq!(outputs.len(), 1);
+            assert!(outputs[0].tensor == t, "64 MiB tensor changed in transit");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_closing_mid_exchange_is_an_error() {
+    let server = quic(1);
+    let addr = server.local_addr();
+    let client = quic(2);
+    let (read_tx, read_rx) = tokio::sync::oneshot::channel();
+    let server_task = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        let mut incoming = conn.accept_exchange().await.unwrap();
+        incoming.read_request(1 << 20).await.unwrap();
+        read_tx.send(()).unwrap();
+        // Goes away without answering.
+        server.close();
+    });
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let call = tokio::spawn(async move {
+        conn.call::<_, NodeToClient>(&ClientToNode::Ping, Conversation::ClientNode, LIMITS)
+            .await
+    });
+    read_rx.await.unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .expect("bounded")
+        .unwrap();
+    assert!(
+        matches!(result, Err(TransportError::Closed(_))),
+        "{result:?}"
+    );
+    server_task.await.unwrap();
+}
+
+#[test]
+fn peer_vanishing_silently_is_an_error_within_the_idle_timeout() {
+    // The server runs on its own runtime, which is torn down without closing anything: no
+    // close frame is ever sent, as when a machine loses power.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = QuicConfig {
+        idle_timeout_ms: 1_000,
+        keep_alive_interval_ms: 300,
+        ..QuicConfig::default()
+    };
+    let server = server_rt.block_on(async { quic_with(1, config.clone()) });
+    let addr = server.local_addr();
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let server = Arc::new(server);
+    let s = server.clone();
+    server_rt.spawn(async move {
+        let conn = s.accept().await.unwrap();
+        let mut incoming = conn.accept_exchange().await.unwrap();
+        incoming.read_request(1 << 20).await.unwrap();
+        read_tx.send(()).unwrap();
+        std::future::pending::<()>().await;
+    });
+
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    client_rt.block_on(async move {
+        let client = quic_with(2, config);
+        let conn = client.connect(&addr, &id(1)).await.unwrap();
+        let call = tokio::spawn(async move {
+            conn.call::<_, NodeToClient>(&ClientToNode::Ping, Conversation::ClientNode, LIMITS)
+                .await
+        });
+        tokio::task::spawn_blocking(move || read_rx.recv().unwrap())
+            .await
+            .unwrap();
+        server_rt.shutdown_background();
+        std::mem::forget(server);
+        let started = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("bounded by the idle timeout")
+            .unwrap();
+        assert!(
+            matches!(result, Err(TransportError::Closed(_))),
+            "{result:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_peer_hits_the_exchange_timeout() {
+    let config = QuicConfig {
+        exchange_timeout_ms: 300,
+        ..QuicConfig::default()
+    };
+    let server = quic_with(1, config.clone());
+    let addr = server.local_addr();
+    let _server = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        tokio::spawn(serve(
+            conn,
+            Conversation::ClientNode,
+            LIMITS,
+            4,
+            |_: ClientToNode| async {
+                std::future::pending::<()>().await;
+                NodeToClient::Pong
+            },
+        ));
+        std::future::pending::<()>().await;
+    });
+    let client = quic_with(2, config);
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let result = conn
+        .call::<_, NodeToClient>(&ClientToNode::Ping, Conversation::ClientNode, LIMITS)
+        .await;
+    assert_eq!(result, Err(TransportError::Timeout(300)));
+}
