@@ -1,0 +1,615 @@
+//! The rules of `ECONOMICS.md`, in order. Every payout and CRAT movement is computed here and
+//! nowhere else.
+
+use std::cmp::Ordering;
+
+use crat_core::money::{MicroCrat, MicroUsd};
+
+use crate::outcome::{Aggregates, NodeOutcome, RoundOutcome};
+use crate::params::BPS;
+use crate::round::{NodeInput, RoundInputs};
+use crate::{Interval, Params, RewardsError};
+
+/// Most nodes in one round. Node positions are kept as `u32` while ranking.
+pub const ROUND_NODES_MAX: usize = 1 << 26;
+
+/// Most online intervals one node may report for one round (a node flapping every second
+/// for a whole day reports 43,200).
+pub const ONLINE_INTERVALS_MAX: usize = 1 << 17;
+
+/// Seconds in a day: guaranteed USD scales the daily mining income by `length_s / 86400`.
+const DAY_S: u128 = 86_400;
+
+/// Seconds in an hour: peak CRAT is paid per full hour.
+const HOUR_S: u64 = 3_600;
+
+/// One node's intermediate quantities, rule by rule: what [`crate::explain`] shows and what
+/// the outcome is built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeBreakdown {
+    /// Rule 1: seconds online inside the round, overlaps merged.
+    pub uptime_s: u64,
+    /// Rule 1: seconds online inside the peak windows.
+    pub peak_uptime_s: u64,
+    /// Rule 1: `uptime_total_s_before + uptime_s`.
+    pub uptime_total_s: u64,
+    /// Rule 2: `uptime_s ≥ length_s − commit_downtime_s_max`.
+    pub committed: bool,
+    /// Rule 3: the round's share of the daily mining income when committed, else 0.
+    pub guaranteed_usd_micro: MicroUsd,
+    /// Rule 5: enough uptime and no failed validation.
+    pub eligible: bool,
+    /// Rule 6: the rank score `rating × crat_start_micro`.
+    pub score: u128,
+    /// Rule 9: `streak_start + 1` when committed, else 0.
+    pub streak_end: u64,
+    /// Rule 9: streak CRAT.
+    pub streak_crat_micro: MicroCrat,
+    /// Rule 10: peak CRAT.
+    pub peak_crat_micro: MicroCrat,
+    /// Rule 11: validation CRAT.
+    pub validation_crat_micro: MicroCrat,
+    /// Rules 9–11 summed.
+    pub crat_issued_micro: MicroCrat,
+    /// Rule 12: the balance after slashing.
+    pub crat_after_slash_micro: MicroCrat,
+    /// Rule 12: `crat_start_micro − crat_after_slash_micro`.
+    pub crat_slashed_micro: MicroCrat,
+    /// Rule 13: the balance at the end of the round.
+    pub crat_end_micro: MicroCrat,
+}
+
+/// The bonus schedule of a round (rules 7 and 8): how many ranks are paid and what each gets.
+///
+/// ```
+/// use crat_core::money::MicroUsd;
+/// use crat_rewards::BonusSchedule;
+///
+/// // A pool of 100,001 µUSD with a 12,000 µUSD minimum pays k = 3 ranks
+/// // (2 × 100001 ≥ 12000 × 3 × 4, but not ≥ 12000 × 4 × 5).
+/// let s = BonusSchedule::new(MicroUsd::new(100_001), MicroUsd::new(12_000), 10);
+/// assert_eq!(s.paid_ranks, 3);
+/// assert_eq!(s.weight_total, 6);
+/// // 100001 × 3 / 6 = 50000, × 2 / 6 = 33333, × 1 / 6 = 16666: 99,999 in all, so the
+/// // remainder of 2 µUSD adds 1 to ranks 1 and 2.
+/// assert_eq!(s.remainder_usd_micro, 2);
+/// let shares: Vec<u64> = (1..=4).map(|r| s.share(r).get()).collect();
+/// assert_eq!(shares, [50_001, 33_334, 16_666, 0]);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BonusSchedule {
+    /// The pool to pay out.
+    pub pool_usd_micro: MicroUsd,
+    /// `k`: the largest integer in `[0, eligible]` with `2 × pool ≥ min_bonus × k × (k + 1)`.
+    pub paid_ranks: u64,
+    /// `W = k(k + 1)/2`.
+    pub weight_total: u128,
+    /// `pool − Σ floor(pool × (k + 1 − i) / W)`; ranks `1..=remainder` get 1 µUSD more.
+    pub remainder_usd_micro: u64,
+}
+
+/// Rule 7: the largest `k` in `[0, eligible]` with `2 × pool ≥ min_bonus × k × (k + 1)`.
+///
+/// With `q = floor(2 × pool / min_bonus)` the condition is `k(k + 1) ≤ q`, i.e.
+/// `2k + 1 ≤ isqrt(4q + 1)`, so the unbounded maximum is `(isqrt(4q + 1) − 1) / 2`.
+/// A `min_bonus` of zero pays every eligible rank.
+pub fn paid_ranks(pool: MicroUsd, min_bonus: MicroUsd, eligible: u64) -> u64 {
+    if min_bonus.get() == 0 {
+        return eligible;
+    }
+    let q = 2 * u128::from(pool.get()) / u128::from(min_bonus.get());
+    // q < 2^66, so 4q + 1 < 2^68 and the root is below 2^34: every step fits.
+    let k = (4 * q + 1).isqrt().saturating_sub(1) / 2;
+    u64::try_from(k).map_or(eligible, |k| k.min(eligible))
+}
+
+impl BonusSchedule {
+    /// The schedule for a pool shared among `eligible` ranked nodes.
+    pub fn new(pool: MicroUsd, min_bonus: MicroUsd, eligible: u64) -> Self {
+        let k = paid_ranks(pool, min_bonus, eligible);
+        let p = u128::from(pool.get());
+        let w = u128::from(k) * (u128::from(k) + 1) / 2;
+        let mut remainder = 0;
+        if k > 0 {
+            // Σ_{j=1..k} floor(p·j / W), stepping quotient and remainder instead of dividing.
+            let (step_q, step_r) = (p / w, p % w);
+            let (mut q, mut r, mut sum) = (0u128, 0u128, 0u128);
+            for _ in 0..k {
+                q += step_q;
+                r += step_r;
+                if r >= w {
+                    q += 1;
+                    r -= w;
+                }
+                sum += q;
+            }
+            // sum ≤ p (each term ≤ p·j/W and Σ j = W), and p − sum < k ≤ u64::MAX.
+            remainder = u64::try_from(p - sum).unwrap_or(u64::MAX);
+        }
+        Self {
+            pool_usd_micro: pool,
+            paid_ranks: k,
+            weight_total: w,
+            remainder_usd_micro: remainder,
+        }
+    }
+
+    /// Rule 8: the bonus of rank `rank` (1 first): `pool × (k + 1 − rank) / W`, plus 1 µUSD
+    /// for ranks `1..=remainder`; 0 for rank 0 and ranks above `k`.
+    pub fn share(&self, rank: u64) -> MicroUsd {
+        if rank == 0 || rank > self.paid_ranks {
+            return MicroUsd::ZERO;
+        }
+        let weight = u128::from(self.paid_ranks + 1 - rank);
+        let base = u128::from(self.pool_usd_micro.get()) * weight / self.weight_total;
+        // base ≤ pool, and a remainder unit is only added when Σ base < pool.
+        let base = u64::try_from(base).unwrap_or(u64::MAX);
+        MicroUsd::new(base + u64::from(rank <= self.remainder_usd_micro))
+    }
+
+    /// Bonus paid over all ranks: the whole pool when `k ≥ 1`, else 0.
+    pub fn paid_usd_micro(&self) -> MicroUsd {
+        if self.paid_ranks > 0 {
+            self.pool_usd_micro
+        } else {
+            MicroUsd::ZERO
+        }
+    }
+
+    /// Pool carried to the next round: the whole pool when `k = 0`, else 0.
+    pub fn carry_out_usd_micro(&self) -> MicroUsd {
+        if self.paid_ranks > 0 {
+            MicroUsd::ZERO
+        } else {
+            self.pool_usd_micro
+        }
+    }
+}
+
+/// Rule 12, one failed validation: `balance × (10000 − slash_bps) / 10000`.
+pub(crate) fn slash_once(balance: u64, slash_bps: u64) -> u64 {
+    let kept = u128::from(balance) * u128::from(BPS - slash_bps) / u128::from(BPS);
+    // kept ≤ balance because slash_bps ≤ 10000 (validated).
+    u64::try_from(kept).unwrap_or(balance)
+}
+
+/// Rule 12: [`slash_once`] applied `failed` times. Stops early at a fixed point (a zero
+/// balance, or `slash_bps = 0`), which gives the same result and bounds the loop: with
+/// `slash_bps ≥ 1` every step lowers a positive balance.
+pub(crate) fn slash(balance: u64, failed: u64, slash_bps: u64) -> u64 {
+    let mut b = balance;
+    for _ in 0..failed {
+        let next = slash_once(b, slash_bps);
+        if next == b {
+            break;
+        }
+        b = next;
+    }
+    b
+}
+
+/// A round's validated constants.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a> {
+    pub(crate) params: &'a Params,
+    pub(crate) start_s: u64,
+    pub(crate) end_s: u64,
+    pub(crate) length_s: u64,
+    /// Peak windows in absolute seconds, clipped to the round, sorted and merged.
+    pub(crate) peaks: Vec<Interval>,
+    /// Rule 2's right-hand side: `length_s − commit_downtime_s_max`, floored at 0.
+    pub(crate) commit_uptime_min_s: u64,
+    /// Rule 5's right-hand side: `bonus_uptime_bps_min × length_s`.
+    pub(crate) eligible_rhs: u128,
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(inputs: &'a RoundInputs) -> Result<Self, RewardsError> {
+        let params = &inputs.params;
+        params.validate()?;
+        let round = &inputs.round;
+        if round.length_s == 0 {
+            return Err(RewardsError::out_of_range(
+                "round.length_s",
+                "must be at least 1",
+            ));
+        }
+        if round.length_s != params.round_s {
+            return Err(RewardsError::out_of_range(
+                "round.length_s",
+                format!(
+                    "{} differs from params.round_s {}",
+                    round.length_s, params.round_s
+                ),
+            ));
+        }
+        let end_s = round
+            .start_s
+            .checked_add(round.length_s)
+            .ok_or_else(|| RewardsError::overflow("round.start_s", "start_s + length_s"))?;
+        if inputs.nodes.len() > ROUND_NODES_MAX {
+            return Err(RewardsError::TooManyNodes {
+                count: inputs.nodes.len(),
+            });
+        }
+        let mut peaks: Vec<Interval> = params
+            .peak_windows
+            .iter()
+            .map(|w| {
+                Interval::new(
+                    round.start_s.saturating_add(w.start_s).min(end_s),
+                    round.start_s.saturating_add(w.end_s).min(end_s),
+                )
+            })
+            .filter(|w| w.start_s < w.end_s)
+            .collect();
+        merge_sorted_in_place(&mut peaks, false);
+        Ok(Self {
+            params,
+            start_s: round.start_s,
+            end_s,
+            length_s: round.length_s,
+            peaks,
+            commit_uptime_min_s: round.length_s.saturating_sub(params.commit_downtime_s_max),
+            eligible_rhs: u128::from(params.bonus_uptime_bps_min) * u128::from(round.length_s),
+        })
+    }
+
+    /// Rule 1's first half: `online` clipped to the round, sorted and merged into `merged`.
+    pub(crate) fn merge_online(
+        &self,
+        index: usize,
+        online: &[Interval],
+        merged: &mut Vec<Interval>,
+    ) -> Result<(), RewardsError> {
+        if online.len() > ONLINE_INTERVALS_MAX {
+            return Err(RewardsError::out_of_range(
+                format!("nodes[{index}].online"),
+                format!(
+                    "{} intervals, more than {ONLINE_INTERVALS_MAX}",
+                    online.len()
+                ),
+            ));
+        }
+        merged.clear();
+        let mut sorted = true;
+        let mut last_start = 0;
+        for (j, iv) in online.iter().enumerate() {
+            if iv.end_s < iv.start_s {
+                return Err(RewardsError::out_of_range(
+                    format!("nodes[{index}].online[{j}]"),
+                    format!("interval end {} before start {}", iv.end_s, iv.start_s),
+                ));
+            }
+            let s = iv.start_s.max(self.start_s);
+            let e = iv.end_s.min(self.end_s);
+            if s < e {
+                sorted &= s >= last_start;
+                last_start = s;
+                merged.push(Interval::new(s, e));
+            }
+        }
+        merge_sorted_in_place(merged, sorted);
+        Ok(())
+    }
+
+    /// All of rules 1–3, 5, 6 (score) and 9–13 for one node.
+    pub(crate) fn breakdown(
+        &self,
+        index: usize,
+        node: &NodeInput,
+        merged: &mut Vec<Interval>,
+    ) -> Result<NodeBreakdown, RewardsError> {
+        let p = self.params;
+        self.merge_online(index, &node.online, merged)?;
+        let mut uptime_s = 0;
+        let mut peak_uptime_s = 0;
+        for iv in merged.iter() {
+            uptime_s += iv.len_s();
+            for w in &self.peaks {
+                let s = iv.start_s.max(w.start_s);
+                let e = iv.end_s.min(w.end_s);
+                peak_uptime_s += e.saturating_sub(s);
+            }
+        }
+        let field = |name: &str| format!("nodes[{index}].{name}");
+        let uptime_total_s = node
+            .uptime_total_s_before
+            .checked_add(uptime_s)
+            .ok_or_else(|| {
+                RewardsError::overflow(field("uptime_total_s_before"), "uptime_total_s")
+            })?;
+
+        let committed = uptime_s >= self.commit_uptime_min_s;
+        let guaranteed = if committed {
+            u128::from(node.mining_income_usd_micro_per_day.get()) * u128::from(self.length_s)
+                / DAY_S
+        } else {
+            0
+        };
+        let guaranteed = to_u64(guaranteed).ok_or_else(|| {
+            RewardsError::overflow(
+                field("mining_income_usd_micro_per_day"),
+                "guaranteed_usd_micro",
+            )
+        })?;
+
+        let eligible = u128::from(uptime_s) * u128::from(BPS) >= self.eligible_rhs
+            && node.validations_failed == 0;
+        let score = u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get());
+
+        let streak_end = if committed {
+            node.streak_start
+                .checked_add(1)
+                .ok_or_else(|| RewardsError::overflow(field("streak_start"), "streak_end"))?
+        } else {
+            0
+        };
+        let streak_crat = if streak_end >= p.streak_min {
+            u128::from(p.streak_unit_crat_micro.get())
+                * u128::from((streak_end - 1).min(p.streak_cap))
+        } else {
+            0
+        };
+        let streak_crat = to_u64(streak_crat)
+            .ok_or_else(|| RewardsError::overflow(field("streak_start"), "streak CRAT"))?;
+        let peak_crat =
+            u128::from(p.peak_unit_crat_micro_per_hour.get()) * u128::from(peak_uptime_s / HOUR_S);
+        let peak_crat = to_u64(peak_crat)
+            .ok_or_else(|| RewardsError::overflow(field("online"), "peak CRAT"))?;
+        let validation_crat =
+            u128::from(p.validation_unit_crat_micro.get()) * u128::from(node.validations_ok);
+        let validation_crat = to_u64(validation_crat)
+            .ok_or_else(|| RewardsError::overflow(field("validations_ok"), "validation CRAT"))?;
+        let issued = to_u64(
+            u128::from(streak_crat) + u128::from(peak_crat) + u128::from(validation_crat),
+        )
+        .ok_or_else(|| RewardsError::overflow(field("validations_ok"), "crat_issued_micro"))?;
+
+        let start = node.crat_start_micro.get();
+        let after_slash = slash(start, node.validations_failed, p.slash_bps);
+        let end = to_u64(
+            u128::from(after_slash)
+                + u128::from(issued)
+                + u128::from(node.crat_external_micro.get()),
+        )
+        .ok_or_else(|| RewardsError::overflow(field("crat_external_micro"), "crat_end_micro"))?;
+
+        Ok(NodeBreakdown {
+            uptime_s,
+            peak_uptime_s,
+            uptime_total_s,
+            committed,
+            guaranteed_usd_micro: MicroUsd::new(guaranteed),
+            eligible,
+            score,
+            streak_end,
+            streak_crat_micro: MicroCrat::new(streak_crat),
+            peak_crat_micro: MicroCrat::new(peak_crat),
+            validation_crat_micro: MicroCrat::new(validation_crat),
+            crat_issued_micro: MicroCrat::new(issued),
+            crat_after_slash_micro: MicroCrat::new(after_slash),
+            crat_slashed_micro: MicroCrat::new(start - after_slash),
+            crat_end_micro: MicroCrat::new(end),
+        })
+    }
+}
+
+fn to_u64(v: u128) -> Option<u64> {
+    u64::try_from(v).ok()
+}
+
+/// Sorts (unless `sorted`) and merges overlapping or touching intervals, in place.
+fn merge_sorted_in_place(v: &mut Vec<Interval>, sorted: bool) {
+    if !sorted {
+        v.sort_unstable();
+    }
+    let mut w = 0;
+    for r in 0..v.len() {
+        let cur = v[r];
+        if w > 0 && cur.start_s <= v[w - 1].end_s {
+            v[w - 1].end_s = v[w - 1].end_s.max(cur.end_s);
+        } else {
+            v[w] = cur;
+            w += 1;
+        }
+    }
+    v.truncate(w);
+}
+
+/// The first 8 bytes of an id, big-endian: comparing these first orders ids like their bytes.
+fn id_prefix(node: &NodeInput) -> u64 {
+    let b = node.id.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Rule 6's sort key, precomputed so the sort touches one small array.
+#[derive(Clone, Copy)]
+struct RankKey {
+    score: u128,
+    uptime_total_s: u64,
+    registered_at_s: u64,
+    id_prefix: u64,
+    index: u32,
+}
+
+/// Rule 6: `score` descending, `uptime_total_s` descending, `registered_at_s` ascending, id
+/// bytes ascending (prefix first, the full id only when the prefixes tie).
+fn cmp_rank(nodes: &[NodeInput], a: &RankKey, b: &RankKey) -> Ordering {
+    b.score
+        .cmp(&a.score)
+        .then(b.uptime_total_s.cmp(&a.uptime_total_s))
+        .then(a.registered_at_s.cmp(&b.registered_at_s))
+        .then(a.id_prefix.cmp(&b.id_prefix))
+        .then_with(|| nodes[a.index as usize].id.cmp(&nodes[b.index as usize].id))
+}
+
+/// Computes a round: all of `ECONOMICS.md`'s rules, after checking the inputs.
+///
+/// Errors name the offending field (`nodes[3].online[1]: interval end 5 before start 9`).
+/// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
+/// the same outcome.
+pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
+    let ctx = Ctx::new(inputs)?;
+    let nodes = &inputs.nodes;
+    let n = nodes.len();
+
+    // Rules 1–3, 5, 9–13 per node, in input order, with one scratch buffer for intervals.
+    let mut merged = Vec::with_capacity(16);
+    let mut pre: Vec<NodeOutcome> = Vec::with_capacity(n);
+    let mut ranked: Vec<RankKey> = Vec::with_capacity(n);
+    let mut by_id: Vec<(u64, u32)> = Vec::with_capacity(n);
+    let mut guaranteed_paid: u64 = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let b = ctx.breakdown(i, node, &mut merged)?;
+        guaranteed_paid = guaranteed_paid
+            .checked_add(b.guaranteed_usd_micro.get())
+            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
+        let index = i as u32;
+        let prefix = id_prefix(node);
+        if b.eligible {
+            ranked.push(RankKey {
+                score: b.score,
+                uptime_total_s: b.uptime_total_s,
+                registered_at_s: node.registered_at_s,
+                id_prefix: prefix,
+                index,
+            });
+        }
+        by_id.push((prefix, index));
+        pre.push(NodeOutcome {
+            id: node.id,
+            uptime_s: b.uptime_s,
+            peak_uptime_s: b.peak_uptime_s,
+            committed: b.committed,
+            eligible: b.eligible,
+            rank: None,
+            guaranteed_usd_micro: b.guaranteed_usd_micro,
+            bonus_usd_micro: MicroUsd::ZERO,
+            crat_issued_micro: b.crat_issued_micro,
+            crat_slashed_micro: b.crat_slashed_micro,
+            crat_end_micro: b.crat_end_micro,
+            streak_end: b.streak_end,
+            uptime_total_s: b.uptime_total_s,
+        });
+    }
+
+    // Ids in byte order (index breaks ties between duplicates, so the order is total);
+    // duplicates end up adjacent.
+    by_id.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| nodes[a.1 as usize].id.cmp(&nodes[b.1 as usize].id))
+            .then(a.1.cmp(&b.1))
+    });
+    for pair in by_id.windows(2) {
+        let (a, b) = (pair[0].1 as usize, pair[1].1 as usize);
+        if pair[0].0 == pair[1].0 && nodes[a].id == nodes[b].id {
+            return Err(RewardsError::DuplicateNode {
+                index: b,
+                first: a,
+                id: nodes[a].id,
+            });
+        }
+    }
+
+    // Rule 6: rank; ids are unique now, so the order is total and the unstable sort is
+    // deterministic.
+    ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+
+    // Rules 4, 7, 8.
+    let pool = pool_usd_micro(inputs)?;
+    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, ranked.len() as u64);
+
+    // Output: eligible nodes in rank order, then the others in id order.
+    let mut out: Vec<NodeOutcome> = Vec::with_capacity(n);
+    for (r, key) in ranked.iter().enumerate() {
+        let rank = r as u64 + 1;
+        let mut o = pre[key.index as usize].clone();
+        o.rank = Some(rank);
+        o.bonus_usd_micro = schedule.share(rank);
+        out.push(o);
+    }
+    for &(_, index) in &by_id {
+        let o = &pre[index as usize];
+        if !o.eligible {
+            out.push(o.clone());
+        }
+    }
+
+    Ok(RoundOutcome {
+        nodes: out,
+        aggregates: Aggregates {
+            pool_usd_micro: pool,
+            paid_ranks: schedule.paid_ranks,
+            bonus_paid_usd_micro: schedule.paid_usd_micro(),
+            guaranteed_paid_usd_micro: MicroUsd::new(guaranteed_paid),
+            carry_out_usd_micro: schedule.carry_out_usd_micro(),
+        },
+    })
+}
+
+/// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.
+pub(crate) fn pool_usd_micro(inputs: &RoundInputs) -> Result<MicroUsd, RewardsError> {
+    let r = &inputs.round;
+    let share = u128::from(r.income_usd_micro.get()) * u128::from(inputs.params.bonus_share_bps)
+        / u128::from(BPS);
+    to_u64(share + u128::from(r.carry_in_usd_micro.get()))
+        .map(MicroUsd::new)
+        .ok_or_else(|| RewardsError::overflow("round.carry_in_usd_micro", "pool_usd_micro"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paid_ranks_is_maximal() {
+        for pool in [
+            0u64,
+            1,
+            9_999,
+            10_000,
+            19_999,
+            20_000,
+            59_999,
+            60_000,
+            1_000_000,
+            u64::MAX,
+        ] {
+            for min in [1u64, 7, 10_000, u64::MAX] {
+                let k = paid_ranks(MicroUsd::new(pool), MicroUsd::new(min), u64::MAX);
+                let fits = |k: u128| 2 * u128::from(pool) >= u128::from(min) * k * (k + 1);
+                assert!(fits(u128::from(k)), "pool {pool} min {min} k {k}");
+                assert!(!fits(u128::from(k) + 1), "pool {pool} min {min} k {k}");
+            }
+        }
+        assert_eq!(paid_ranks(MicroUsd::new(1_000_000), MicroUsd::new(1), 5), 5);
+        assert_eq!(paid_ranks(MicroUsd::ZERO, MicroUsd::new(1), 5), 0);
+    }
+
+    #[test]
+    fn shares_sum_to_pool() {
+        for (pool, k_elig) in [
+            (100_000u64, 10u64),
+            (7, 3),
+            (1_000_003, 1000),
+            (u64::MAX, 1 << 20),
+        ] {
+            let s = BonusSchedule::new(MicroUsd::new(pool), MicroUsd::new(1), k_elig);
+            let total: u128 = (1..=s.paid_ranks)
+                .map(|r| u128::from(s.share(r).get()))
+                .sum();
+            assert_eq!(total, u128::from(pool));
+            assert!(s.remainder_usd_micro < s.paid_ranks.max(1));
+        }
+    }
+
+    #[test]
+    fn slash_halves_and_stops() {
+        assert_eq!(slash(1_000_001, 2, 5_000), 250_000);
+        assert_eq!(slash(3, u64::MAX, 5_000), 0);
+        assert_eq!(slash(3, u64::MAX, 0), 3);
+        assert_eq!(slash(5, 1, 10_000), 0);
+    }
+}

@@ -1,0 +1,303 @@
+//! Running rounds one after another: the outputs of round r (CRAT balance, streak, total
+//! uptime, unpaid pool) become the inputs of round r + 1. The dispatcher's round closer and
+//! the simulator both drive rounds through this.
+
+use crat_core::gpu_table::GpuAssessment;
+use crat_core::hardware::PowerRating;
+use crat_core::id::NodeId;
+use crat_core::money::{MicroCrat, MicroUsd};
+use serde::{Deserialize, Serialize};
+
+use crate::{Interval, NodeInput, Params, RewardsError, Round, RoundInputs, RoundOutcome, compute};
+
+/// The next round's inputs after `inputs` closed with `outcome`: same parameters and nodes
+/// (in the same order), `index + 1`, `start_s + length_s`, `carry_in = carry_out`, and per
+/// node `crat_start = crat_end`, `streak_start = streak_end`,
+/// `uptime_total_s_before = uptime_total_s`. The round's activity is cleared: income 0, no
+/// online intervals, no validations, no external CRAT; the caller fills them in.
+pub fn carry_forward(
+    inputs: &RoundInputs,
+    outcome: &RoundOutcome,
+) -> Result<RoundInputs, RewardsError> {
+    let r = &inputs.round;
+    let start_s = r
+        .start_s
+        .checked_add(r.length_s)
+        .ok_or_else(|| RewardsError::overflow("round.start_s", "next round's start_s"))?;
+    let index = r
+        .index
+        .checked_add(1)
+        .ok_or_else(|| RewardsError::overflow("round.index", "next round's index"))?;
+    // The outcome lists nodes in rank order; index it by id.
+    let mut by_id: Vec<(&NodeId, usize)> = outcome
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (&o.id, i))
+        .collect();
+    by_id.sort_unstable();
+    let nodes = inputs
+        .nodes
+        .iter()
+        .map(|n| {
+            let o = by_id
+                .binary_search_by(|(id, _)| (*id).cmp(&n.id))
+                .map(|pos| &outcome.nodes[by_id[pos].1])
+                .map_err(|_| RewardsError::UnknownNode { id: n.id })?;
+            Ok(NodeInput {
+                crat_start_micro: o.crat_end_micro,
+                streak_start: o.streak_end,
+                uptime_total_s_before: o.uptime_total_s,
+                online: Vec::new(),
+                validations_ok: 0,
+                validations_failed: 0,
+                crat_external_micro: MicroCrat::ZERO,
+                ..n.clone()
+            })
+        })
+        .collect::<Result<Vec<_>, RewardsError>>()?;
+    Ok(RoundInputs {
+        params: inputs.params.clone(),
+        round: Round {
+            index,
+            start_s,
+            length_s: r.length_s,
+            income_usd_micro: MicroUsd::ZERO,
+            carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
+        },
+        nodes,
+    })
+}
+
+/// What a node is, as opposed to what it did in a round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeProfile {
+    /// The node.
+    pub id: NodeId,
+    /// Its power rating.
+    pub rating: PowerRating,
+    /// When it registered.
+    pub registered_at_s: u64,
+    /// Its GPU's average daily mining income.
+    pub mining_income_usd_micro_per_day: MicroUsd,
+}
+
+impl NodeProfile {
+    /// A profile rated by the GPU table ([`crat_core::gpu_table::GpuTable::assess`]).
+    pub fn from_assessment(id: NodeId, registered_at_s: u64, gpu: &GpuAssessment) -> Self {
+        Self {
+            id,
+            rating: gpu.rating,
+            registered_at_s,
+            mining_income_usd_micro_per_day: gpu.mining_income_usd_micro_per_day,
+        }
+    }
+}
+
+/// What a node did in one round.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeActivity {
+    /// Online intervals, absolute seconds.
+    pub online: Vec<Interval>,
+    /// Correct validations of other nodes' work.
+    pub validations_ok: u64,
+    /// Failed validations of its own work.
+    pub validations_failed: u64,
+    /// CRAT credited from outside the rules (airdrops, purchases).
+    pub crat_external_micro: MicroCrat,
+}
+
+/// State a node carries from round to round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CarriedState {
+    /// CRAT balance.
+    pub crat_micro: MicroCrat,
+    /// Consecutive committed rounds.
+    pub streak: u64,
+    /// Total uptime so far.
+    pub uptime_total_s: u64,
+}
+
+/// A closed round: its inputs (so anyone can recompute it) and its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedRound {
+    /// What went in.
+    pub inputs: RoundInputs,
+    /// What came out.
+    pub outcome: RoundOutcome,
+}
+
+/// Runs rounds back to back. Holds the next round's inputs with the activity still empty:
+/// registered nodes with their carried state, the round's index and start, and the pool
+/// carried in. Serializable, so a dispatcher can persist it between rounds.
+///
+/// Every registered node takes part in every round; a node that did nothing in a round is
+/// simply not committed (its streak resets). Deregister nodes that left for good.
+///
+/// ```
+/// use crat_core::hardware::PowerRating;
+/// use crat_core::id::NodeId;
+/// use crat_core::money::MicroUsd;
+/// use crat_rewards::{Interval, NodeActivity, NodeProfile, Params, RoundDriver};
+///
+/// let mut driver = RoundDriver::new(Params::default(), 0, 0);
+/// let id = NodeId::from_bytes([1; 32]);
+/// driver.register(NodeProfile {
+///     id,
+///     rating: PowerRating::MAX,
+///     registered_at_s: 0,
+///     mining_income_usd_micro_per_day: MicroUsd::new(500_000),
+/// });
+/// for round in 0..3u64 {
+///     let day = Interval::new(round * 86_400, (round + 1) * 86_400);
+///     let activity = NodeActivity { online: vec![day], ..Default::default() };
+///     let closed = driver.close_round(MicroUsd::new(1_000_000), [(id, activity)])?;
+///     assert_eq!(closed.outcome.nodes[0].streak_end, round + 1);
+/// }
+/// assert_eq!(driver.state(&id).map(|s| s.streak), Some(3));
+/// # Ok::<(), crat_rewards::RewardsError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundDriver {
+    /// The next round's inputs; nodes sorted by id, activity empty.
+    next: RoundInputs,
+}
+
+impl RoundDriver {
+    /// A driver whose first round has number `first_index` and starts at `first_start_s`,
+    /// with no nodes and nothing carried in.
+    pub fn new(params: Params, first_index: u64, first_start_s: u64) -> Self {
+        let length_s = params.round_s;
+        Self {
+            next: RoundInputs {
+                params,
+                round: Round {
+                    index: first_index,
+                    start_s: first_start_s,
+                    length_s,
+                    income_usd_micro: MicroUsd::ZERO,
+                    carry_in_usd_micro: MicroUsd::ZERO,
+                },
+                nodes: Vec::new(),
+            },
+        }
+    }
+
+    /// The next round (its income is filled in by [`RoundDriver::close_round`]).
+    pub fn next_round(&self) -> &Round {
+        &self.next.round
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &Params {
+        &self.next.params
+    }
+
+    /// Registers a node with zero CRAT, no streak and no uptime, or updates the profile of a
+    /// registered node (its carried state is kept).
+    pub fn register(&mut self, profile: NodeProfile) {
+        match self.position(&profile.id) {
+            Ok(i) => {
+                let n = &mut self.next.nodes[i];
+                n.rating = profile.rating;
+                n.registered_at_s = profile.registered_at_s;
+                n.mining_income_usd_micro_per_day = profile.mining_income_usd_micro_per_day;
+            }
+            Err(i) => self
+                .next
+                .nodes
+                .insert(i, node_input(profile, CarriedState::default())),
+        }
+    }
+
+    /// Registers a node with a given carried state (migrating from another ledger), or
+    /// replaces both profile and state of a registered one.
+    pub fn register_with_state(&mut self, profile: NodeProfile, state: CarriedState) {
+        let node = node_input(profile, state);
+        match self.position(&node.id) {
+            Ok(i) => self.next.nodes[i] = node,
+            Err(i) => self.next.nodes.insert(i, node),
+        }
+    }
+
+    /// Removes a node; `false` if it was not registered.
+    pub fn deregister(&mut self, id: &NodeId) -> bool {
+        match self.position(id) {
+            Ok(i) => {
+                self.next.nodes.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A registered node's carried state.
+    pub fn state(&self, id: &NodeId) -> Option<CarriedState> {
+        let n = &self.next.nodes[self.position(id).ok()?];
+        Some(CarriedState {
+            crat_micro: n.crat_start_micro,
+            streak: n.streak_start,
+            uptime_total_s: n.uptime_total_s_before,
+        })
+    }
+
+    /// Number of registered nodes.
+    pub fn node_count(&self) -> usize {
+        self.next.nodes.len()
+    }
+
+    /// Closes the next round with the round's client income and each node's activity (nodes
+    /// not listed did nothing), then carries its outcome into the round after.
+    ///
+    /// On error (activity for an unregistered node or twice for one node, invalid inputs)
+    /// the driver is unchanged.
+    pub fn close_round(
+        &mut self,
+        income: MicroUsd,
+        activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
+    ) -> Result<ClosedRound, RewardsError> {
+        let mut inputs = self.next.clone();
+        inputs.round.income_usd_micro = income;
+        let mut seen = vec![false; inputs.nodes.len()];
+        for (id, a) in activity {
+            let i = self
+                .position(&id)
+                .map_err(|_| RewardsError::UnknownNode { id })?;
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(RewardsError::DuplicateActivity { id });
+            }
+            let n = &mut inputs.nodes[i];
+            n.online = a.online;
+            n.validations_ok = a.validations_ok;
+            n.validations_failed = a.validations_failed;
+            n.crat_external_micro = a.crat_external_micro;
+        }
+        let outcome = compute(&inputs)?;
+        self.next = carry_forward(&inputs, &outcome)?;
+        Ok(ClosedRound { inputs, outcome })
+    }
+
+    fn position(&self, id: &NodeId) -> Result<usize, usize> {
+        self.next.nodes.binary_search_by(|n| n.id.cmp(id))
+    }
+}
+
+fn node_input(p: NodeProfile, s: CarriedState) -> NodeInput {
+    NodeInput {
+        id: p.id,
+        rating: p.rating,
+        registered_at_s: p.registered_at_s,
+        mining_income_usd_micro_per_day: p.mining_income_usd_micro_per_day,
+        crat_start_micro: s.crat_micro,
+        streak_start: s.streak,
+        uptime_total_s_before: s.uptime_total_s,
+        online: Vec::new(),
+        validations_ok: 0,
+        validations_failed: 0,
+        crat_external_micro: MicroCrat::ZERO,
+    }
+}

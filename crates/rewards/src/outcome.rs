@@ -1,0 +1,88 @@
+//! The outputs of one round (`ECONOMICS.md`, "Outputs of a round").
+
+use crat_core::id::NodeId;
+use crat_core::money::{MicroCrat, MicroUsd};
+use serde::{Deserialize, Serialize};
+
+/// One node's results. Field order is the interchange order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeOutcome {
+    /// The node.
+    pub id: NodeId,
+    /// Seconds online inside the round (overlaps counted once).
+    pub uptime_s: u64,
+    /// Seconds online inside the peak windows.
+    pub peak_uptime_s: u64,
+    /// Online for the whole round, give or take `commit_downtime_s_max`.
+    pub committed: bool,
+    /// Eligible for a bonus (enough uptime, no failed validation).
+    pub eligible: bool,
+    /// Rank among eligible nodes, 1 first; `None` (JSON `null`) when not eligible.
+    pub rank: Option<u64>,
+    /// Guaranteed USD: the GPU's mining income for the round when committed, else 0.
+    pub guaranteed_usd_micro: MicroUsd,
+    /// Bonus USD by rank.
+    pub bonus_usd_micro: MicroUsd,
+    /// CRAT issued this round: streak + peak + validation.
+    pub crat_issued_micro: MicroCrat,
+    /// CRAT removed by slashing.
+    pub crat_slashed_micro: MicroCrat,
+    /// CRAT held at the end of the round.
+    pub crat_end_micro: MicroCrat,
+    /// Consecutive committed rounds including this one (0 when not committed).
+    pub streak_end: u64,
+    /// Uptime over all rounds so far.
+    pub uptime_total_s: u64,
+}
+
+/// Round totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregates {
+    /// The bonus pool: the income share plus the carry in.
+    pub pool_usd_micro: MicroUsd,
+    /// `k`, the number of ranks paid.
+    pub paid_ranks: u64,
+    /// Bonus paid over all ranks (the pool when `k ≥ 1`, else 0).
+    pub bonus_paid_usd_micro: MicroUsd,
+    /// Guaranteed USD paid over all nodes.
+    pub guaranteed_paid_usd_micro: MicroUsd,
+    /// Pool carried to the next round (the pool when `k = 0`, else 0).
+    pub carry_out_usd_micro: MicroUsd,
+}
+
+/// A computed round: nodes in rank order (eligible nodes, rank 1 first), then the others in
+/// id order; and the totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundOutcome {
+    /// Per-node results in rank order, then id order.
+    pub nodes: Vec<NodeOutcome>,
+    /// Round totals.
+    pub aggregates: Aggregates,
+}
+
+impl RoundOutcome {
+    /// The result for one node (a linear search).
+    pub fn node(&self, id: &NodeId) -> Option<&NodeOutcome> {
+        self.nodes.iter().find(|n| n.id == *id)
+    }
+
+    /// The interchange JSON: `{"nodes":[…],"aggregates":{…}}`, one node per line, field
+    /// names and order as in `ECONOMICS.md`. The same outcome always gives the same bytes.
+    pub fn to_json(&self) -> String {
+        let mut out = Vec::with_capacity(64 + self.nodes.len() * 330);
+        out.extend_from_slice(b"{\"nodes\":[");
+        for (i, node) in self.nodes.iter().enumerate() {
+            out.extend_from_slice(if i == 0 { b"\n" } else { b",\n" });
+            // Writing plain structs of integers, bools and hex strings into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, node);
+        }
+        out.extend_from_slice(b"\n],\n\"aggregates\":");
+        let _ = serde_json::to_writer(&mut out, &self.aggregates);
+        out.extend_from_slice(b"}\n");
+        // serde_json writes valid UTF-8.
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
