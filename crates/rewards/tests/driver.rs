@@ -1,0 +1,163 @@
+//! Three rounds through the multi-round driver: a streak that breaks and restarts, a pool that
+//! is carried over and paid out.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use common::{DAY, id};
+use crat_core::hardware::PowerRating;
+use crat_core::money::{MicroCrat, MicroUsd};
+use crat_rewards::{
+    CarriedState, Interval, NodeActivity, NodeProfile, Params, RewardsError, RoundDriver,
+    carry_forward, compute,
+};
+
+fn profile(b: u8) -> NodeProfile {
+    NodeProfile {
+        id: id(b),
+        rating: PowerRating::MAX,
+        registered_at_s: u64::from(b),
+        mining_income_usd_micro_per_day: MicroUsd::new(400_000),
+    }
+}
+
+fn online(round: u64, from: u64, to: u64) -> NodeActivity {
+    NodeActivity {
+        online: vec![Interval::new(round * DAY + from, round * DAY + to)],
+        ..NodeActivity::default()
+    }
+}
+
+#[test]
+fn three_rounds_with_a_streak_that_breaks_and_restarts() {
+    let mut d = RoundDriver::new(Params::default(), 0, 0);
+    // A: 10 CRAT and a streak of 5 carried from before; B: new.
+    d.register_with_state(
+        profile(1),
+        CarriedState {
+            crat_micro: MicroCrat::new(10_000_000),
+            streak: 5,
+            uptime_total_s: 0,
+        },
+    );
+    d.register(profile(2));
+    let (a, b) = (id(1), id(2));
+
+    // Round 0: both online all day. Pool 80,000; k = min(3, 2) = 2; W = 3:
+    // A (score 5 × 10,000,000) gets 53,333 + 1, B (score 0) 26,666.
+    // A: streak 6 → 5 CRAT + 6 peak hours × 0.5 = 18 CRAT. B: streak 1 → 0 + 3 = 3 CRAT.
+    let r0 = d
+        .close_round(
+            MicroUsd::new(100_000),
+            [(a, online(0, 0, DAY)), (b, online(0, 0, DAY))],
+        )
+        .unwrap();
+    let (oa, ob) = (r0.outcome.node(&a).unwrap(), r0.outcome.node(&b).unwrap());
+    assert_eq!((oa.rank, oa.bonus_usd_micro.get()), (Some(1), 53_334));
+    assert_eq!((ob.rank, ob.bonus_usd_micro.get()), (Some(2), 26_666));
+    assert_eq!((oa.streak_end, oa.crat_end_micro.get()), (6, 18_000_000));
+    assert_eq!((ob.streak_end, ob.crat_end_micro.get()), (1, 3_000_000));
+    assert_eq!(oa.guaranteed_usd_micro.get(), 400_000);
+    assert_eq!(r0.inputs.round.index, 0);
+
+    // Round 1: A offline (streak breaks), B online 10,000 s (not eligible, not committed).
+    // Nobody eligible: pool 400,000 is carried.
+    let r1 = d
+        .close_round(MicroUsd::new(500_000), [(b, online(1, 0, 10_000))])
+        .unwrap();
+    assert_eq!(r1.inputs.round.index, 1);
+    assert_eq!(r1.inputs.round.start_s, DAY);
+    assert_eq!(r1.inputs.nodes[0].crat_start_micro.get(), 18_000_000);
+    assert_eq!(r1.inputs.nodes[0].streak_start, 6);
+    let (oa, ob) = (r1.outcome.node(&a).unwrap(), r1.outcome.node(&b).unwrap());
+    assert_eq!(
+        (oa.streak_end, oa.crat_end_micro.get(), oa.uptime_total_s),
+        (0, 18_000_000, DAY)
+    );
+    assert_eq!(
+        (ob.streak_end, ob.crat_end_micro.get(), ob.uptime_total_s),
+        (0, 3_000_000, DAY + 10_000)
+    );
+    assert_eq!(r1.outcome.aggregates.carry_out_usd_micro.get(), 400_000);
+    assert_eq!(r1.outcome.aggregates.guaranteed_paid_usd_micro.get(), 0);
+
+    // Round 2: both online again; A's streak restarts at 1 (below streak_min: no streak CRAT).
+    // Pool = 0 + 400,000 carried; q = 80 → k = min(8, 2) = 2; W = 3: 266,666 + 1 and 133,333.
+    let r2 = d
+        .close_round(
+            MicroUsd::ZERO,
+            [(a, online(2, 0, DAY)), (b, online(2, 0, DAY))],
+        )
+        .unwrap();
+    assert_eq!(r2.inputs.round.carry_in_usd_micro.get(), 400_000);
+    let (oa, ob) = (r2.outcome.node(&a).unwrap(), r2.outcome.node(&b).unwrap());
+    assert_eq!(
+        (
+            oa.streak_end,
+            oa.crat_issued_micro.get(),
+            oa.crat_end_micro.get()
+        ),
+        (1, 3_000_000, 21_000_000)
+    );
+    assert_eq!((ob.streak_end, ob.crat_end_micro.get()), (1, 6_000_000));
+    assert_eq!((oa.rank, oa.bonus_usd_micro.get()), (Some(1), 266_667));
+    assert_eq!((ob.rank, ob.bonus_usd_micro.get()), (Some(2), 133_333));
+    assert_eq!(r2.outcome.aggregates.carry_out_usd_micro.get(), 0);
+    assert_eq!(oa.uptime_total_s, 2 * DAY);
+
+    // The driver now holds round 3's starting state.
+    assert_eq!(d.next_round().index, 3);
+    assert_eq!(d.next_round().start_s, 3 * DAY);
+    assert_eq!(
+        d.state(&a),
+        Some(CarriedState {
+            crat_micro: MicroCrat::new(21_000_000),
+            streak: 1,
+            uptime_total_s: 2 * DAY
+        })
+    );
+    // Every closed round recomputes from its stored inputs alone.
+    for closed in [&r0, &r1, &r2] {
+        assert_eq!(compute(&closed.inputs).unwrap(), closed.outcome);
+    }
+    // carry_forward is what the driver applies between rounds.
+    let next = carry_forward(&r1.inputs, &r1.outcome).unwrap();
+    assert_eq!(next.round, {
+        let mut r = r2.inputs.round.clone();
+        r.income_usd_micro = MicroUsd::ZERO;
+        r
+    });
+    // The driver's state survives serialization (a dispatcher persists it).
+    let saved = serde_json::to_string(&d).unwrap();
+    assert_eq!(serde_json::from_str::<RoundDriver>(&saved).unwrap(), d);
+}
+
+#[test]
+fn driver_rejects_bad_activity_and_stays_unchanged() {
+    let mut d = RoundDriver::new(Params::default(), 0, 0);
+    d.register(profile(1));
+    let before = d.clone();
+    assert_eq!(
+        d.close_round(MicroUsd::ZERO, [(id(9), NodeActivity::default())]),
+        Err(RewardsError::UnknownNode { id: id(9) })
+    );
+    assert_eq!(
+        d.close_round(
+            MicroUsd::ZERO,
+            [
+                (id(1), NodeActivity::default()),
+                (id(1), NodeActivity::default())
+            ]
+        ),
+        Err(RewardsError::DuplicateActivity { id: id(1) })
+    );
+    let reversed = NodeActivity {
+        online: vec![Interval::new(5, 1)],
+        ..NodeActivity::default()
+    };
+    assert!(d.close_round(MicroUsd::ZERO, [(id(1), reversed)]).is_err());
+    assert_eq!(d, before);
+    assert!(d.deregister(&id(1)));
+    assert!(!d.deregister(&id(1)));
+    assert_eq!(d.node_count(), 0);
+}
