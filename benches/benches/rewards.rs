@@ -1,2 +1,81 @@
-//! Placeholder until this benchmark is written.
-fn main() {}
+//! Closing a round with `crat-rewards`: 10,000, 100,000 and 1,000,000 nodes, each with one to
+//! four online intervals (some overlapping, some reaching outside the round), random ratings,
+//! CRAT balances, streaks and validations. Goal (issue 4): 1,000,000 nodes ≤ 200 ms and
+//! 10,000 nodes ≤ 2 ms.
+//!
+//! `cargo bench -p crat-benches --bench rewards`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use crat_core::hardware::PowerRating;
+use crat_core::id::NodeId;
+use crat_core::money::{MicroCrat, MicroUsd};
+use crat_rewards::{Interval, NodeInput, Params, Round, RoundInputs, compute};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const DAY: u64 = 86_400;
+
+/// A round of `n` nodes, the same for a given `n` on every run (fixed seed).
+fn round(n: usize) -> RoundInputs {
+    let mut rng = StdRng::seed_from_u64(0xC0FFEE ^ n as u64);
+    let start = 1_700_000_000;
+    let nodes = (0..n)
+        .map(|_| {
+            let intervals = rng.gen_range(1..=4);
+            let online = (0..intervals)
+                .map(|_| {
+                    let s = start + rng.gen_range(0..DAY + 3_600) - 1_800;
+                    Interval::new(s, s + rng.gen_range(0..DAY / 2))
+                })
+                .collect();
+            NodeInput {
+                id: NodeId::from_bytes(rng.r#gen()),
+                rating: PowerRating::new(rng.gen_range(1..=5)).unwrap_or(PowerRating::MIN),
+                registered_at_s: rng.gen_range(1_600_000_000..start),
+                mining_income_usd_micro_per_day: MicroUsd::new(rng.gen_range(10_000..1_000_000)),
+                crat_start_micro: MicroCrat::new(rng.gen_range(0..100_000_000)),
+                streak_start: rng.gen_range(0..40),
+                uptime_total_s_before: rng.gen_range(0..10_000_000),
+                online,
+                validations_ok: rng.gen_range(0..5),
+                validations_failed: u64::from(rng.gen_ratio(1, 20)),
+                crat_external_micro: MicroCrat::ZERO,
+            }
+        })
+        .collect();
+    RoundInputs {
+        params: Params::default(),
+        round: Round {
+            index: 1,
+            start_s: start,
+            length_s: DAY,
+            // $10,000 of client income: pool 8,000,000,000 µUSD pays about 1,264 ranks.
+            income_usd_micro: MicroUsd::new(10_000_000_000),
+            carry_in_usd_micro: MicroUsd::ZERO,
+        },
+        nodes,
+    }
+}
+
+fn close_round(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rewards/close_round");
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let inputs = round(n);
+        if n >= 1_000_000 {
+            group.sample_size(10);
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(8));
+        }
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &inputs, |b, inputs| {
+            b.iter(|| compute(black_box(inputs)).map(|o| o.aggregates))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, close_round);
+criterion_main!(benches);

@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
 use crate::outcome::{Aggregates, NodeOutcome, RoundOutcome};
@@ -11,14 +12,14 @@ use crate::round::{NodeInput, RoundInputs};
 use crate::{Interval, Params, RewardsError};
 
 /// Most nodes in one round. Node positions are kept as `u32` while ranking.
-pub const ROUND_NODES_MAX: usize = 1 << 26;
+pub const ROUND_NODES_MAX: usize = 1 << INDEX_BITS;
 
 /// Most online intervals one node may report for one round (a node flapping every second
 /// for a whole day reports 43,200).
 pub const ONLINE_INTERVALS_MAX: usize = 1 << 17;
 
 /// Seconds in a day: guaranteed USD scales the daily mining income by `length_s / 86400`.
-const DAY_S: u128 = 86_400;
+const DAY_S: u64 = 86_400;
 
 /// Seconds in an hour: peak CRAT is paid per full hour.
 const HOUR_S: u64 = 3_600;
@@ -141,7 +142,14 @@ impl BonusSchedule {
             return MicroUsd::ZERO;
         }
         let weight = u128::from(self.paid_ranks + 1 - rank);
-        let base = u128::from(self.pool_usd_micro.get()) * weight / self.weight_total;
+        let pool = u128::from(self.pool_usd_micro.get());
+        let base = match (
+            u64::try_from(pool * weight),
+            u64::try_from(self.weight_total),
+        ) {
+            (Ok(product), Ok(w)) => u128::from(product / w),
+            _ => pool * weight / self.weight_total,
+        };
         // base ≤ pool, and a remainder unit is only added when Σ base < pool.
         let base = u64::try_from(base).unwrap_or(u64::MAX);
         MicroUsd::new(base + u64::from(rank <= self.remainder_usd_micro))
@@ -168,7 +176,7 @@ impl BonusSchedule {
 
 /// Rule 12, one failed validation: `balance × (10000 − slash_bps) / 10000`.
 pub(crate) fn slash_once(balance: u64, slash_bps: u64) -> u64 {
-    let kept = u128::from(balance) * u128::from(BPS - slash_bps) / u128::from(BPS);
+    let kept = mul_div(balance, BPS - slash_bps, BPS);
     // kept ≤ balance because slash_bps ≤ 10000 (validated).
     u64::try_from(kept).unwrap_or(balance)
 }
@@ -293,15 +301,15 @@ impl<'a> Ctx<'a> {
         Ok(())
     }
 
-    /// All of rules 1–3, 5, 6 (score) and 9–13 for one node.
-    pub(crate) fn breakdown(
+    /// Rule 1: `(uptime_s, peak_uptime_s)` of one node; `merged` is left holding its merged
+    /// intervals.
+    pub(crate) fn uptime(
         &self,
         index: usize,
-        node: &NodeInput,
+        online: &[Interval],
         merged: &mut Vec<Interval>,
-    ) -> Result<NodeBreakdown, RewardsError> {
-        let p = self.params;
-        self.merge_online(index, &node.online, merged)?;
+    ) -> Result<(u64, u64), RewardsError> {
+        self.merge_online(index, online, merged)?;
         let mut uptime_s = 0;
         let mut peak_uptime_s = 0;
         for iv in merged.iter() {
@@ -312,18 +320,56 @@ impl<'a> Ctx<'a> {
                 peak_uptime_s += e.saturating_sub(s);
             }
         }
-        let field = |name: &str| format!("nodes[{index}].{name}");
-        let uptime_total_s = node
-            .uptime_total_s_before
+        Ok((uptime_s, peak_uptime_s))
+    }
+
+    /// Rule 1's total: `uptime_total_s_before + uptime_s`.
+    fn uptime_total(index: usize, node: &NodeInput, uptime_s: u64) -> Result<u64, RewardsError> {
+        node.uptime_total_s_before
             .checked_add(uptime_s)
             .ok_or_else(|| {
-                RewardsError::overflow(field("uptime_total_s_before"), "uptime_total_s")
-            })?;
+                RewardsError::overflow(
+                    format!("nodes[{index}].uptime_total_s_before"),
+                    "uptime_total_s",
+                )
+            })
+    }
+
+    /// Rule 5: enough uptime and no failed validation.
+    fn eligible(&self, node: &NodeInput, uptime_s: u64) -> bool {
+        u128::from(uptime_s) * u128::from(BPS) >= self.eligible_rhs && node.validations_failed == 0
+    }
+
+    /// All of rules 1–3, 5, 6 (score) and 9–13 for one node.
+    pub(crate) fn breakdown(
+        &self,
+        index: usize,
+        node: &NodeInput,
+        merged: &mut Vec<Interval>,
+    ) -> Result<NodeBreakdown, RewardsError> {
+        let (uptime_s, peak_uptime_s) = self.uptime(index, &node.online, merged)?;
+        self.breakdown_after_uptime(index, node, uptime_s, peak_uptime_s)
+    }
+
+    /// Rules 2–3, 5, 6 (score) and 9–13 for one node whose rule 1 is done.
+    pub(crate) fn breakdown_after_uptime(
+        &self,
+        index: usize,
+        node: &NodeInput,
+        uptime_s: u64,
+        peak_uptime_s: u64,
+    ) -> Result<NodeBreakdown, RewardsError> {
+        let p = self.params;
+        let field = |name: &str| format!("nodes[{index}].{name}");
+        let uptime_total_s = Self::uptime_total(index, node, uptime_s)?;
 
         let committed = uptime_s >= self.commit_uptime_min_s;
         let guaranteed = if committed {
-            u128::from(node.mining_income_usd_micro_per_day.get()) * u128::from(self.length_s)
-                / DAY_S
+            mul_div(
+                node.mining_income_usd_micro_per_day.get(),
+                self.length_s,
+                DAY_S,
+            )
         } else {
             0
         };
@@ -334,8 +380,7 @@ impl<'a> Ctx<'a> {
             )
         })?;
 
-        let eligible = u128::from(uptime_s) * u128::from(BPS) >= self.eligible_rhs
-            && node.validations_failed == 0;
+        let eligible = self.eligible(node, uptime_s);
         let score = u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get());
 
         let streak_end = if committed {
@@ -395,6 +440,16 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// `a × b / d`, floored, exact: in 64 bits when the product fits (the common case, and much
+/// faster than a 128-bit division), in 128 bits otherwise.
+#[inline]
+fn mul_div(a: u64, b: u64, d: u64) -> u128 {
+    match a.checked_mul(b) {
+        Some(product) => u128::from(product / d),
+        None => u128::from(a) * u128::from(b) / u128::from(d),
+    }
+}
+
 fn to_u64(v: u128) -> Option<u64> {
     u64::try_from(v).ok()
 }
@@ -444,97 +499,188 @@ fn cmp_rank(nodes: &[NodeInput], a: &RankKey, b: &RankKey) -> Ordering {
         .then_with(|| nodes[a.index as usize].id.cmp(&nodes[b.index as usize].id))
 }
 
+/// Bits of an id-order entry that hold the node's position (`ROUND_NODES_MAX` = 2^26).
+const INDEX_BITS: u32 = 26;
+
+/// Node positions in id byte order. Each entry packs the id's first 38 bits above the node's
+/// position, so one integer sort does almost all the work; runs that share those bits are then
+/// put in full-id order. Fails on a duplicate id.
+fn id_order(nodes: &[NodeInput]) -> Result<Vec<u64>, RewardsError> {
+    let mut order: Vec<u64> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (id_prefix(n) >> INDEX_BITS) << INDEX_BITS | i as u64)
+        .collect();
+    radix_sort_high_bits(&mut order);
+    let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
+    let prefix = |e: u64| e >> INDEX_BITS;
+    let mut run = 0;
+    while run < order.len() {
+        let mut end = run + 1;
+        while end < order.len() && prefix(order[end]) == prefix(order[run]) {
+            end += 1;
+        }
+        if end - run > 1 {
+            // Rare for public keys: order the run by full id, then position.
+            order[run..end].sort_unstable_by(|&a, &b| {
+                nodes[index(a)].id.cmp(&nodes[index(b)].id).then(a.cmp(&b))
+            });
+            for pair in order[run..end].windows(2) {
+                let (a, b) = (index(pair[0]), index(pair[1]));
+                if nodes[a].id == nodes[b].id {
+                    return Err(RewardsError::DuplicateNode {
+                        index: b,
+                        first: a,
+                        id: nodes[a].id,
+                    });
+                }
+            }
+        }
+        run = end;
+    }
+    for e in &mut order {
+        *e = index(*e) as u64;
+    }
+    Ok(order)
+}
+
+/// Sorts by bits `INDEX_BITS..64` (the id prefix), least significant digit first, 13 bits a
+/// pass: three linear passes instead of a comparison sort. Entries with equal prefixes may end
+/// in any order; [`id_order`] orders those runs itself.
+fn radix_sort_high_bits(v: &mut Vec<u64>) {
+    const DIGIT_BITS: u32 = 13;
+    const BUCKETS: usize = 1 << DIGIT_BITS;
+    if v.len() < 4096 {
+        v.sort_unstable();
+        return;
+    }
+    let mut from = std::mem::take(v);
+    let mut to = vec![0u64; from.len()];
+    let mut shift = INDEX_BITS;
+    while shift < 64 {
+        let digit = |e: u64| ((e >> shift) as usize) & (BUCKETS - 1);
+        let mut count = vec![0usize; BUCKETS];
+        for &e in &from {
+            count[digit(e)] += 1;
+        }
+        let mut sum = 0;
+        for c in &mut count {
+            let here = *c;
+            *c = sum;
+            sum += here;
+        }
+        for &e in &from {
+            let d = digit(e);
+            to[count[d]] = e;
+            count[d] += 1;
+        }
+        std::mem::swap(&mut from, &mut to);
+        shift += DIGIT_BITS;
+    }
+    *v = from;
+}
+
 /// Computes a round: all of `ECONOMICS.md`'s rules, after checking the inputs.
 ///
 /// Errors name the offending field (`nodes[3].online[1]: interval end 5 before start 9`).
 /// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
 /// the same outcome.
+///
+/// Cost: one pass over the nodes for rule 1 (intervals merged in a reused buffer, no
+/// allocation per node), a sort of all ids and one of the eligible nodes' rank keys, and a
+/// second pass over the nodes that writes each outcome straight to its place in rank order.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     let ctx = Ctx::new(inputs)?;
     let nodes = &inputs.nodes;
     let n = nodes.len();
 
-    // Rules 1–3, 5, 9–13 per node, in input order, with one scratch buffer for intervals.
+    // Rule 1 for every node, and rule 6's keys for the eligible ones.
     let mut merged = Vec::with_capacity(16);
-    let mut pre: Vec<NodeOutcome> = Vec::with_capacity(n);
+    let mut uptimes: Vec<(u64, u64)> = Vec::with_capacity(n);
     let mut ranked: Vec<RankKey> = Vec::with_capacity(n);
-    let mut by_id: Vec<(u64, u32)> = Vec::with_capacity(n);
+    for (i, node) in nodes.iter().enumerate() {
+        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
+        uptimes.push((uptime_s, peak_uptime_s));
+        if ctx.eligible(node, uptime_s) {
+            ranked.push(RankKey {
+                score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
+                uptime_total_s: Ctx::uptime_total(i, node, uptime_s)?,
+                registered_at_s: node.registered_at_s,
+                id_prefix: id_prefix(node),
+                // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
+                index: i as u32,
+            });
+        }
+    }
+
+    // Ids unique; then rule 6's order is total and the unstable sort deterministic.
+    let by_id = id_order(nodes)?;
+    ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+    let eligible = ranked.len();
+
+    // Rules 4, 7, 8.
+    let pool = pool_usd_micro(inputs)?;
+    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
+
+    // Each node's place in the output: eligible nodes in rank order, then the others in id
+    // order.
+    const UNPLACED: u32 = u32::MAX;
+    let mut place: Vec<u32> = vec![UNPLACED; n];
+    for (r, key) in ranked.iter().enumerate() {
+        place[key.index as usize] = r as u32;
+    }
+    drop(ranked);
+    let mut next = eligible as u32;
+    for &i in &by_id {
+        let p = &mut place[i as usize];
+        if *p == UNPLACED {
+            *p = next;
+            next += 1;
+        }
+    }
+    drop(by_id);
+
+    // The other rules, in input order, each outcome written to its place.
+    let blank = NodeOutcome {
+        id: NodeId::from_bytes([0; 32]),
+        uptime_s: 0,
+        peak_uptime_s: 0,
+        committed: false,
+        eligible: false,
+        rank: None,
+        guaranteed_usd_micro: MicroUsd::ZERO,
+        bonus_usd_micro: MicroUsd::ZERO,
+        crat_issued_micro: MicroCrat::ZERO,
+        crat_slashed_micro: MicroCrat::ZERO,
+        crat_end_micro: MicroCrat::ZERO,
+        streak_end: 0,
+        uptime_total_s: 0,
+    };
+    let mut out: Vec<NodeOutcome> = vec![blank; n];
     let mut guaranteed_paid: u64 = 0;
     for (i, node) in nodes.iter().enumerate() {
-        let b = ctx.breakdown(i, node, &mut merged)?;
+        let (uptime_s, peak_uptime_s) = uptimes[i];
+        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
         guaranteed_paid = guaranteed_paid
             .checked_add(b.guaranteed_usd_micro.get())
             .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
-        // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
-        let index = i as u32;
-        let prefix = id_prefix(node);
-        if b.eligible {
-            ranked.push(RankKey {
-                score: b.score,
-                uptime_total_s: b.uptime_total_s,
-                registered_at_s: node.registered_at_s,
-                id_prefix: prefix,
-                index,
-            });
-        }
-        by_id.push((prefix, index));
-        pre.push(NodeOutcome {
+        let place = place[i] as usize;
+        let rank = b.eligible.then_some(place as u64 + 1);
+        out[place] = NodeOutcome {
             id: node.id,
-            uptime_s: b.uptime_s,
-            peak_uptime_s: b.peak_uptime_s,
+            uptime_s,
+            peak_uptime_s,
             committed: b.committed,
             eligible: b.eligible,
-            rank: None,
+            rank,
             guaranteed_usd_micro: b.guaranteed_usd_micro,
-            bonus_usd_micro: MicroUsd::ZERO,
+            bonus_usd_micro: rank.map_or(MicroUsd::ZERO, |r| schedule.share(r)),
             crat_issued_micro: b.crat_issued_micro,
             crat_slashed_micro: b.crat_slashed_micro,
             crat_end_micro: b.crat_end_micro,
             streak_end: b.streak_end,
             uptime_total_s: b.uptime_total_s,
-        });
-    }
-
-    // Ids in byte order (index breaks ties between duplicates, so the order is total);
-    // duplicates end up adjacent.
-    by_id.sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| nodes[a.1 as usize].id.cmp(&nodes[b.1 as usize].id))
-            .then(a.1.cmp(&b.1))
-    });
-    for pair in by_id.windows(2) {
-        let (a, b) = (pair[0].1 as usize, pair[1].1 as usize);
-        if pair[0].0 == pair[1].0 && nodes[a].id == nodes[b].id {
-            return Err(RewardsError::DuplicateNode {
-                index: b,
-                first: a,
-                id: nodes[a].id,
-            });
-        }
-    }
-
-    // Rule 6: rank; ids are unique now, so the order is total and the unstable sort is
-    // deterministic.
-    ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
-
-    // Rules 4, 7, 8.
-    let pool = pool_usd_micro(inputs)?;
-    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, ranked.len() as u64);
-
-    // Output: eligible nodes in rank order, then the others in id order.
-    let mut out: Vec<NodeOutcome> = Vec::with_capacity(n);
-    for (r, key) in ranked.iter().enumerate() {
-        let rank = r as u64 + 1;
-        let mut o = pre[key.index as usize].clone();
-        o.rank = Some(rank);
-        o.bonus_usd_micro = schedule.share(rank);
-        out.push(o);
-    }
-    for &(_, index) in &by_id {
-        let o = &pre[index as usize];
-        if !o.eligible {
-            out.push(o.clone());
-        }
+        };
     }
 
     Ok(RoundOutcome {
@@ -552,8 +698,7 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
 /// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.
 pub(crate) fn pool_usd_micro(inputs: &RoundInputs) -> Result<MicroUsd, RewardsError> {
     let r = &inputs.round;
-    let share = u128::from(r.income_usd_micro.get()) * u128::from(inputs.params.bonus_share_bps)
-        / u128::from(BPS);
+    let share = mul_div(r.income_usd_micro.get(), inputs.params.bonus_share_bps, BPS);
     to_u64(share + u128::from(r.carry_in_usd_micro.get()))
         .map(MicroUsd::new)
         .ok_or_else(|| RewardsError::overflow("round.carry_in_usd_micro", "pool_usd_micro"))
@@ -603,6 +748,58 @@ mod tests {
             assert_eq!(total, u128::from(pool));
             assert!(s.remainder_usd_micro < s.paid_ranks.max(1));
         }
+    }
+
+    fn input(id: [u8; 32]) -> NodeInput {
+        NodeInput {
+            id: NodeId::from_bytes(id),
+            rating: crat_core::hardware::PowerRating::MIN,
+            registered_at_s: 0,
+            mining_income_usd_micro_per_day: MicroUsd::ZERO,
+            crat_start_micro: MicroCrat::ZERO,
+            streak_start: 0,
+            uptime_total_s_before: 0,
+            online: Vec::new(),
+            validations_ok: 0,
+            validations_failed: 0,
+            crat_external_micro: MicroCrat::ZERO,
+        }
+    }
+
+    #[test]
+    fn id_order_matches_a_plain_sort_above_the_radix_threshold() {
+        // 10,000 ids from a simple generator; every 7th shares its first 38 bits (and more)
+        // with another, so the run fix-up is exercised.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut nodes: Vec<NodeInput> = (0..10_000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                for chunk in id.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_be_bytes());
+                }
+                if i % 7 == 0 {
+                    id[..6].copy_from_slice(&[1, 2, 3, 4, 5, (i % 3) as u8]);
+                }
+                input(id)
+            })
+            .collect();
+        let order = id_order(&nodes).unwrap();
+        let mut want: Vec<u64> = (0..nodes.len() as u64).collect();
+        want.sort_by_key(|&i| nodes[i as usize].id);
+        assert_eq!(order, want);
+        // A duplicate anywhere is found.
+        nodes[9_999].id = nodes[14].id;
+        assert_eq!(
+            id_order(&nodes),
+            Err(RewardsError::DuplicateNode {
+                index: 9_999,
+                first: 14,
+                id: nodes[14].id
+            })
+        );
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn node(round_start: u64, length: u64) -> impl Strategy<Value = NodeInput> {
         )
 }
 
-fn inputs(max_nodes: usize) -> impl Strategy<Value = RoundInputs> {
+fn inputs(min_nodes: usize, max_nodes: usize) -> impl Strategy<Value = RoundInputs> {
     (
         params(),
         0u64..2_000_000_000,
@@ -111,25 +111,27 @@ fn inputs(max_nodes: usize) -> impl Strategy<Value = RoundInputs> {
     )
         .prop_flat_map(move |(params, start, income, carry)| {
             let length = params.round_s;
-            prop::collection::vec(node(start, length), 0..max_nodes).prop_map(move |mut nodes| {
-                // Unique ids: the index in the last bytes.
-                for (i, n) in nodes.iter_mut().enumerate() {
-                    let mut b = *n.id.as_bytes();
-                    b[28..].copy_from_slice(&(i as u32).to_be_bytes());
-                    n.id = NodeId::from_bytes(b);
-                }
-                RoundInputs {
-                    params: params.clone(),
-                    round: Round {
-                        index: 1,
-                        start_s: start,
-                        length_s: length,
-                        income_usd_micro: MicroUsd::new(income),
-                        carry_in_usd_micro: MicroUsd::new(carry),
-                    },
-                    nodes,
-                }
-            })
+            prop::collection::vec(node(start, length), min_nodes..max_nodes).prop_map(
+                move |mut nodes| {
+                    // Unique ids: the index in the last bytes.
+                    for (i, n) in nodes.iter_mut().enumerate() {
+                        let mut b = *n.id.as_bytes();
+                        b[28..].copy_from_slice(&(i as u32).to_be_bytes());
+                        n.id = NodeId::from_bytes(b);
+                    }
+                    RoundInputs {
+                        params: params.clone(),
+                        round: Round {
+                            index: 1,
+                            start_s: start,
+                            length_s: length,
+                            income_usd_micro: MicroUsd::new(income),
+                            carry_in_usd_micro: MicroUsd::new(carry),
+                        },
+                        nodes,
+                    }
+                },
+            )
         })
 }
 
@@ -340,7 +342,7 @@ proptest! {
 
     /// Rounds of up to 2,000 nodes.
     #[test]
-    fn invariants_hold_for_large_rounds(inputs in inputs(2_000), seed: u64) {
+    fn invariants_hold_for_large_rounds(inputs in inputs(0, 2_000), seed: u64) {
         invariants(inputs, seed)?;
     }
 }
@@ -350,7 +352,17 @@ proptest! {
 
     /// Many small rounds, where ties, k = eligible and k = 0 are frequent.
     #[test]
-    fn invariants_hold_for_small_rounds(inputs in inputs(12), seed: u64) {
+    fn invariants_hold_for_small_rounds(inputs in inputs(0, 12), seed: u64) {
+        invariants(inputs, seed)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3))]
+
+    /// A few rounds above 4,096 nodes, where ids are ordered by radix sort.
+    #[test]
+    fn invariants_hold_above_the_radix_threshold(inputs in inputs(4_100, 6_000), seed: u64) {
         invariants(inputs, seed)?;
     }
 }
