@@ -167,6 +167,11 @@ impl Frame {
         &self.0
     }
 
+    /// The whole frame as one buffer, prefix included, without copying.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.0
+    }
+
     /// The body's length in bytes.
     pub fn body_len(&self) -> usize {
         self.0.len() - LEN_PREFIX_BYTES

@@ -31,6 +31,8 @@ use crate::{Connection, Frame, IncomingExchange, Transport, TransportError};
 
 /// The ALPN protocol id of this protocol version.
 pub const ALPN: &[u8] = b"crat/1";
+/// Largest datagram that still fits quinn's 10-segment GSO batches in one UDP send.
+const GSO_MTU_BYTES_MAX: u16 = 6_550;
 /// Server name used in the handshake (the identity check ignores names).
 const SERVER_NAME: &str = "crat";
 
@@ -55,9 +57,19 @@ pub struct QuicConfig {
     pub stream_window_bytes: u32,
     /// Per-connection receive and send windows. Default 64 MiB.
     pub connection_window_bytes: u32,
-    /// Upper bound for path-MTU discovery. Default 1452 (safe on the internet); loopback and
-    /// jumbo-frame networks can raise it.
+    /// Upper bound for path-MTU discovery and for the UDP payloads this endpoint accepts.
+    /// Default 1452 (safe on the internet); loopback and jumbo-frame networks can raise it
+    /// (up to 65,527). Up to 6,550 keeps segmentation offload (GSO); above, it is turned off.
+    /// On loopback, 6,500 moves bulk data about 1.6× as fast as 1452 (`cargo bench -p
+    /// crat-benches --bench quic`).
     pub mtu_bytes_max: u16,
+    /// UDP payload size a connection starts with, before discovery. Default 1200 (the QUIC
+    /// minimum, works everywhere). A path that cannot carry it is detected as a black hole
+    /// and falls back to 1200.
+    pub mtu_bytes_initial: u16,
+    /// UDP socket send and receive buffers; the kernel caps them (`net.core.rmem_max`,
+    /// `wmem_max`). Default 4 MiB: bulk transfers drop packets with the usual 208 KiB.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for QuicConfig {
@@ -73,6 +85,8 @@ impl Default for QuicConfig {
             stream_window_bytes: 16 << 20,
             connection_window_bytes: 64 << 20,
             mtu_bytes_max: 1452,
+            mtu_bytes_initial: 1200,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -92,9 +106,17 @@ impl QuicConfig {
             .stream_receive_window(VarInt::from_u32(self.stream_window_bytes))
             .receive_window(VarInt::from_u32(self.connection_window_bytes))
             .send_window(self.connection_window_bytes.into());
+        let mtu_max = self.mtu_bytes_max.clamp(1200, 65_527);
         let mut mtu = quinn::MtuDiscoveryConfig::default();
-        mtu.upper_bound(self.mtu_bytes_max.max(1200));
-        t.mtu_discovery_config(Some(mtu));
+        mtu.upper_bound(mtu_max);
+        t.mtu_discovery_config(Some(mtu))
+            .initial_mtu(self.mtu_bytes_initial.clamp(1200, mtu_max));
+        // quinn sends up to 10 datagrams per GSO batch, and one UDP send carries at most
+        // 65,507 bytes; larger datagrams would make every batch fail (and look like an MTU
+        // black hole), so they go without segmentation offload.
+        if mtu_max > GSO_MTU_BYTES_MAX {
+            t.enable_segmentation_offload(false);
+        }
         Ok(Arc::new(t))
     }
 }
@@ -149,8 +171,25 @@ impl QuicTransport {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport.clone());
 
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|e| TransportError::Setup(format!("bind {addr}: {e}")))?;
+        let io = |what: &'static str| {
+            move |e: std::io::Error| TransportError::Setup(format!("{what} {addr}: {e}"))
+        };
+        let socket = std::net::UdpSocket::bind(addr).map_err(io("bind"))?;
+        let state = quinn::udp::UdpSocketState::new((&socket).into()).map_err(io("socket"))?;
+        // Best effort: the kernel may cap the sizes, which only costs throughput.
+        let _ = state.set_recv_buffer_size((&socket).into(), config.socket_buffer_bytes);
+        let _ = state.set_send_buffer_size((&socket).into(), config.socket_buffer_bytes);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config
+            .max_udp_payload_size(config.mtu_bytes_max.clamp(1200, 65_527))
+            .map_err(|e| TransportError::Setup(format!("max UDP payload: {e}")))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(io("endpoint"))?;
         let local_addr = endpoint
             .local_addr()
             .map_err(|e| TransportError::Setup(format!("local address: {e}")))?;
@@ -415,8 +454,11 @@ async fn read_frame(recv: &mut RecvStream, max: u32) -> Result<Frame, TransportE
     }
 }
 
-async fn write_frame(send: &mut SendStream, frame: &Frame) -> Result<(), TransportError> {
-    send.write_all(frame.as_bytes()).await.map_err(write_err)?;
+async fn write_frame(send: &mut SendStream, frame: Frame) -> Result<(), TransportError> {
+    // Hand the buffer to quinn as it is: no copy of a possibly large frame.
+    send.write_chunk(bytes::Bytes::from(frame.into_vec()))
+        .await
+        .map_err(write_err)?;
     send.finish()
         .map_err(|e| TransportError::Aborted(e.to_string()))
 }
@@ -440,7 +482,7 @@ impl Connection for QuicConnection {
     ) -> Result<Frame, TransportError> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-            let written = write_frame(&mut send, &request).await;
+            let written = write_frame(&mut send, request).await;
             if let Err(e) = &written
                 && !matches!(e, TransportError::Aborted(_))
             {
@@ -488,7 +530,7 @@ impl IncomingExchange for QuicIncoming {
     }
 
     async fn respond(mut self, response: Frame) -> Result<(), TransportError> {
-        tokio::time::timeout(self.timeout, write_frame(&mut self.send, &response))
+        tokio::time::timeout(self.timeout, write_frame(&mut self.send, response))
             .await
             .map_err(|_| TransportError::Timeout(self.timeout.as_millis() as u64))?
     }
