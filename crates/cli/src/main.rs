@@ -1,2 +1,38 @@
-//! The `crat` command.
-fn main() {}
+//! The `crat` command: one binary, one subcommand per area. Each area's verbs live in their
+//! own module; this file only parses the command line and dispatches.
+
+mod rewards;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// CryptoRAT: decentralized ONNX model serving, paid by rounds.
+#[derive(Debug, Parser)]
+#[command(name = "crat", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The areas of the command. Each has its own verbs.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Round economics: compute a round's payouts, or explain one node's.
+    #[command(subcommand)]
+    Rewards(rewards::RewardsCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Rewards(cmd) => rewards::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("crat: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -327,11 +327,13 @@ impl fmt::Display for Explanation {
                             " + 1 (the remainder {} µUSD goes 1 µUSD each to ranks 1..{})",
                             s.remainder_usd_micro, s.remainder_usd_micro
                         )
-                    } else {
+                    } else if s.remainder_usd_micro > 0 {
                         format!(
-                            " (remainder {} µUSD goes to ranks 1..{} only)",
+                            " (the remainder {} µUSD goes to ranks 1..{} only)",
                             s.remainder_usd_micro, s.remainder_usd_micro
                         )
+                    } else {
+                        String::new()
                     };
                     writeln!(
                         f,
