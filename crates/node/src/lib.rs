@@ -1,5 +1,7 @@
 //! `crat-node`: what a node builder composes into a compute-node daemon.
 //!
-//! **Not implemented yet.** This crate is reserved for the hardware probe, the ONNX
-//! inference backends (ort with CUDA/CPU, tract), the model cache, dynamic batching,
-//! the idle workload and the node runtime (issue 3). It exports nothing today.
+//! Work in progress (issue 3): [`backend`] defines the inference-backend interface.
+
+#![forbid(unsafe_code)]
+
+pub mod backend;

@@ -1,0 +1,116 @@
+//! Inference backends: load an ONNX model from bytes, describe it, run batches.
+//!
+//! A backend never reads a path named inside a model: models whose tensors live in external
+//! files are refused at load. [`LoadedModel::run`] is synchronous and CPU/GPU bound; the node
+//! runs it on blocking threads, with a time limit, and catches panics.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crat_core::tensor::{DType, Tensor};
+
+/// One dimension of a declared input or output shape.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Dim {
+    /// A fixed size.
+    Fixed(u64),
+    /// A named (or unnamed, `""`) size chosen at run time, e.g. the batch size `N`.
+    Symbolic(String),
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(n) => write!(f, "{n}"),
+            Dim::Symbolic(s) if s.is_empty() => f.write_str("?"),
+            Dim::Symbolic(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A declared model input or output.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TensorSpec {
+    /// Its name in the graph.
+    pub name: String,
+    /// Its element type.
+    pub dtype: DType,
+    /// Its shape, outermost first.
+    pub shape: Vec<Dim>,
+}
+
+impl TensorSpec {
+    /// True when the outermost dimension is symbolic: requests can be stacked along it.
+    pub fn has_batch_dim(&self) -> bool {
+        matches!(self.shape.first(), Some(Dim::Symbolic(_)))
+    }
+}
+
+/// What a loaded model takes and returns.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ModelInfo {
+    /// Inputs in graph order.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs in graph order.
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl ModelInfo {
+    /// True when every input and output has a symbolic outermost dimension, so requests can
+    /// be merged along it and split back.
+    pub fn batchable(&self) -> bool {
+        !self.inputs.is_empty()
+            && self.inputs.iter().all(TensorSpec::has_batch_dim)
+            && self.outputs.iter().all(TensorSpec::has_batch_dim)
+    }
+}
+
+/// Why a backend could not load or run a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The bytes are not a model this backend can load (not ONNX, unknown operator, invalid
+    /// graph, shapes beyond limits).
+    #[error("cannot load model: {0}")]
+    Load(String),
+    /// The model refers to tensor data in external files, which nodes never read.
+    #[error("model refers to external data ({0}); only self-contained models are served")]
+    ExternalData(String),
+    /// The inputs do not fit the model.
+    #[error("invalid input: {0}")]
+    Input(String),
+    /// The backend failed while running.
+    #[error("inference failed: {0}")]
+    Run(String),
+    /// The backend panicked; the node caught it and keeps serving.
+    #[error("backend panicked: {0}")]
+    Panicked(String),
+    /// The backend (library, execution provider) is not available on this host.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A runtime that turns model bytes into runnable models.
+pub trait InferenceBackend: Send + Sync + 'static {
+    /// Short name: `tract` or `ort`.
+    fn name(&self) -> &'static str;
+
+    /// The execution provider really in use: `cpu` or `cuda`.
+    fn execution_provider(&self) -> &str;
+
+    /// Loads a model from its bytes.
+    fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError>;
+}
+
+/// A model ready to run.
+pub trait LoadedModel: Send + Sync + 'static {
+    /// Its inputs and outputs.
+    fn info(&self) -> &ModelInfo;
+
+    /// Runs one batch. `inputs` are in [`ModelInfo::inputs`] order and already validated
+    /// against it; outputs come back in [`ModelInfo::outputs`] order.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError>;
+
+    /// Approximate memory the loaded model holds, for the cache's byte budget.
+    fn memory_bytes(&self) -> u64;
+}
