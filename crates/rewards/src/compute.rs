@@ -3,7 +3,6 @@
 
 use std::cmp::Ordering;
 
-use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
 use crate::outcome::{Aggregates, NodeOutcome, RoundOutcome};
@@ -352,7 +351,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Rules 2–3, 5, 6 (score) and 9–13 for one node whose rule 1 is done.
-    pub(crate) fn breakdown_after_uptime(
+    fn breakdown_after_uptime(
         &self,
         index: usize,
         node: &NodeInput,
@@ -502,15 +501,15 @@ fn cmp_rank(nodes: &[NodeInput], a: &RankKey, b: &RankKey) -> Ordering {
 /// Bits of an id-order entry that hold the node's position (`ROUND_NODES_MAX` = 2^26).
 const INDEX_BITS: u32 = 26;
 
-/// Node positions in id byte order. Each entry packs the id's first 38 bits above the node's
-/// position, so one integer sort does almost all the work; runs that share those bits are then
-/// put in full-id order. Fails on a duplicate id.
-fn id_order(nodes: &[NodeInput]) -> Result<Vec<u64>, RewardsError> {
-    let mut order: Vec<u64> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (id_prefix(n) >> INDEX_BITS) << INDEX_BITS | i as u64)
-        .collect();
+/// An entry of [`id_order`]: the id's first 38 bits above the node's position.
+fn id_order_entry(index: usize, node: &NodeInput) -> u64 {
+    (id_prefix(node) >> INDEX_BITS) << INDEX_BITS | index as u64
+}
+
+/// Node positions in id byte order, from one [`id_order_entry`] per node: one integer sort
+/// does almost all the work, then runs that share the 38 bits are put in full-id order.
+/// Fails on a duplicate id.
+fn id_order(nodes: &[NodeInput], mut order: Vec<u64>) -> Result<Vec<u64>, RewardsError> {
     radix_sort_high_bits(&mut order);
     let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
     let prefix = |e: u64| e >> INDEX_BITS;
@@ -586,41 +585,57 @@ fn radix_sort_high_bits(v: &mut Vec<u64>) {
 /// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
 /// the same outcome.
 ///
-/// Cost: one pass over the nodes for rule 1 (intervals merged in a reused buffer, no
-/// allocation per node), a sort of all ids and one of the eligible nodes' rank keys, and a
-/// second pass over the nodes that writes each outcome straight to its place in rank order.
+/// Cost: one pass over the nodes applying every per-node rule (intervals merged in one reused
+/// buffer, no allocation per node), a radix sort of the ids and a comparison sort of the
+/// eligible nodes' rank keys, then an in-place permutation of the outcomes into rank order.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     let ctx = Ctx::new(inputs)?;
     let nodes = &inputs.nodes;
     let n = nodes.len();
 
-    // Rule 1 for every node, and rule 6's keys for the eligible ones.
+    // All per-node rules, in input order, and rule 6's keys for the eligible nodes.
     let mut merged = Vec::with_capacity(16);
-    let mut uptimes: Vec<(u64, u64)> = Vec::with_capacity(n);
+    let mut out: Vec<NodeOutcome> = Vec::with_capacity(n);
     let mut ranked: Vec<RankKey> = Vec::with_capacity(n);
+    let mut by_id: Vec<u64> = Vec::with_capacity(n);
+    let mut guaranteed_paid: u64 = 0;
     for (i, node) in nodes.iter().enumerate() {
-        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
-        uptimes.push((uptime_s, peak_uptime_s));
-        if ctx.eligible(node, uptime_s) {
+        let b = ctx.breakdown(i, node, &mut merged)?;
+        guaranteed_paid = guaranteed_paid
+            .checked_add(b.guaranteed_usd_micro.get())
+            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        by_id.push(id_order_entry(i, node));
+        if b.eligible {
             ranked.push(RankKey {
-                score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
-                uptime_total_s: Ctx::uptime_total(i, node, uptime_s)?,
+                score: b.score,
+                uptime_total_s: b.uptime_total_s,
                 registered_at_s: node.registered_at_s,
                 id_prefix: id_prefix(node),
                 // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
                 index: i as u32,
             });
         }
+        out.push(NodeOutcome {
+            id: node.id,
+            uptime_s: b.uptime_s,
+            peak_uptime_s: b.peak_uptime_s,
+            committed: b.committed,
+            eligible: b.eligible,
+            rank: None,
+            guaranteed_usd_micro: b.guaranteed_usd_micro,
+            bonus_usd_micro: MicroUsd::ZERO,
+            crat_issued_micro: b.crat_issued_micro,
+            crat_slashed_micro: b.crat_slashed_micro,
+            crat_end_micro: b.crat_end_micro,
+            streak_end: b.streak_end,
+            uptime_total_s: b.uptime_total_s,
+        });
     }
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
-    let by_id = id_order(nodes)?;
+    let by_id = id_order(nodes, by_id)?;
     ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
     let eligible = ranked.len();
-
-    // Rules 4, 7, 8.
-    let pool = pool_usd_micro(inputs)?;
-    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
 
     // Each node's place in the output: eligible nodes in rank order, then the others in id
     // order.
@@ -640,47 +655,25 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     }
     drop(by_id);
 
-    // The other rules, in input order, each outcome written to its place.
-    let blank = NodeOutcome {
-        id: NodeId::from_bytes([0; 32]),
-        uptime_s: 0,
-        peak_uptime_s: 0,
-        committed: false,
-        eligible: false,
-        rank: None,
-        guaranteed_usd_micro: MicroUsd::ZERO,
-        bonus_usd_micro: MicroUsd::ZERO,
-        crat_issued_micro: MicroCrat::ZERO,
-        crat_slashed_micro: MicroCrat::ZERO,
-        crat_end_micro: MicroCrat::ZERO,
-        streak_end: 0,
-        uptime_total_s: 0,
-    };
-    let mut out: Vec<NodeOutcome> = vec![blank; n];
-    let mut guaranteed_paid: u64 = 0;
-    for (i, node) in nodes.iter().enumerate() {
-        let (uptime_s, peak_uptime_s) = uptimes[i];
-        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
-        guaranteed_paid = guaranteed_paid
-            .checked_add(b.guaranteed_usd_micro.get())
-            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
-        let place = place[i] as usize;
-        let rank = b.eligible.then_some(place as u64 + 1);
-        out[place] = NodeOutcome {
-            id: node.id,
-            uptime_s,
-            peak_uptime_s,
-            committed: b.committed,
-            eligible: b.eligible,
-            rank,
-            guaranteed_usd_micro: b.guaranteed_usd_micro,
-            bonus_usd_micro: rank.map_or(MicroUsd::ZERO, |r| schedule.share(r)),
-            crat_issued_micro: b.crat_issued_micro,
-            crat_slashed_micro: b.crat_slashed_micro,
-            crat_end_micro: b.crat_end_micro,
-            streak_end: b.streak_end,
-            uptime_total_s: b.uptime_total_s,
-        };
+    // Move every outcome to its place, in place: each swap puts one outcome where it belongs.
+    for i in 0..n {
+        loop {
+            let to = place[i] as usize;
+            if to == i {
+                break;
+            }
+            out.swap(i, to);
+            place.swap(i, to);
+        }
+    }
+
+    // Rules 4, 7, 8: ranks and bonuses.
+    let pool = pool_usd_micro(inputs)?;
+    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
+    for (r, o) in out[..eligible].iter_mut().enumerate() {
+        let rank = r as u64 + 1;
+        o.rank = Some(rank);
+        o.bonus_usd_micro = schedule.share(rank);
     }
 
     Ok(RoundOutcome {
@@ -706,6 +699,8 @@ pub(crate) fn pool_usd_micro(inputs: &RoundInputs) -> Result<MicroUsd, RewardsEr
 
 #[cfg(test)]
 mod tests {
+    use crat_core::id::NodeId;
+
     use super::*;
 
     #[test]
@@ -786,14 +781,21 @@ mod tests {
                 input(id)
             })
             .collect();
-        let order = id_order(&nodes).unwrap();
+        let entries = |nodes: &[NodeInput]| {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| id_order_entry(i, n))
+                .collect::<Vec<_>>()
+        };
+        let order = id_order(&nodes, entries(&nodes)).unwrap();
         let mut want: Vec<u64> = (0..nodes.len() as u64).collect();
         want.sort_by_key(|&i| nodes[i as usize].id);
         assert_eq!(order, want);
         // A duplicate anywhere is found.
         nodes[9_999].id = nodes[14].id;
         assert_eq!(
-            id_order(&nodes),
+            id_order(&nodes, entries(&nodes)),
             Err(RewardsError::DuplicateNode {
                 index: 9_999,
                 first: 14,
