@@ -109,23 +109,13 @@ impl BonusSchedule {
         let k = paid_ranks(pool, min_bonus, eligible);
         let p = u128::from(pool.get());
         let w = u128::from(k) * (u128::from(k) + 1) / 2;
-        let mut remainder = 0;
-        if k > 0 {
-            // Σ_{j=1..k} floor(p·j / W), stepping quotient and remainder instead of dividing.
-            let (step_q, step_r) = (p / w, p % w);
-            let (mut q, mut r, mut sum) = (0u128, 0u128, 0u128);
-            for _ in 0..k {
-                q += step_q;
-                r += step_r;
-                if r >= w {
-                    q += 1;
-                    r -= w;
-                }
-                sum += q;
-            }
-            // sum ≤ p (each term ≤ p·j/W and Σ j = W), and p − sum < k ≤ u64::MAX.
-            remainder = u64::try_from(p - sum).unwrap_or(u64::MAX);
-        }
+        let remainder = if k > 0 {
+            // Σ_{j=1..k} floor(p·j / W) ≤ p (each term ≤ p·j/W and Σ j = W); p − sum < k.
+            let sum = floor_sum(u128::from(k) + 1, w, p, 0);
+            u64::try_from(p - sum).unwrap_or(u64::MAX)
+        } else {
+            0
+        };
         Self {
             pool_usd_micro: pool,
             paid_ranks: k,
@@ -170,6 +160,32 @@ impl BonusSchedule {
         } else {
             self.pool_usd_micro
         }
+    }
+}
+
+/// `Σ_{i=0}^{n-1} floor((a·i + b) / m)` for `m ≥ 1`, in O(log m) steps (the Euclid-like
+/// floor sum), so the bonus remainder costs nothing however many ranks are paid.
+///
+/// Overflow: called with `n = k + 1`, `m = W = k(k+1)/2`, `a = pool < 2^64`, `b = 0`; every
+/// partial sum is at most the result `≤ pool`, and `a·n + b < 2^128`.
+fn floor_sum(mut n: u128, mut m: u128, mut a: u128, mut b: u128) -> u128 {
+    let mut sum = 0;
+    loop {
+        if a >= m {
+            sum += n * (n - 1) / 2 * (a / m);
+            a %= m;
+        }
+        if b >= m {
+            sum += n * (b / m);
+            b %= m;
+        }
+        let y_max = a * n + b;
+        if y_max < m {
+            return sum;
+        }
+        n = y_max / m;
+        b = y_max % m;
+        std::mem::swap(&mut m, &mut a);
     }
 }
 
@@ -802,6 +818,27 @@ mod tests {
                 id: nodes[14].id
             })
         );
+    }
+
+    #[test]
+    fn floor_sum_matches_the_plain_sum() {
+        let mut x: u64 = 12345;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = u128::from(x % 300) + 1;
+            let w = k * (k + 1) / 2;
+            let p = u128::from(x >> (x % 64));
+            let plain: u128 = (1..=k).map(|j| p * j / w).sum();
+            assert_eq!(floor_sum(k + 1, w, p, 0), plain, "k {k} p {p}");
+        }
+        // Extremes stay exact and fast.
+        let s = BonusSchedule::new(MicroUsd::MAX, MicroUsd::ZERO, u64::MAX);
+        assert_eq!(s.paid_ranks, u64::MAX);
+        assert!(s.remainder_usd_micro < u64::MAX);
+        let s = BonusSchedule::new(MicroUsd::MAX, MicroUsd::new(1), u64::MAX);
+        assert!(s.remainder_usd_micro < s.paid_ranks);
     }
 
     #[test]
