@@ -1,7 +1,10 @@
 //! `crat-node`: what a node builder composes into a compute-node daemon.
 //!
-//! Work in progress (issue 3): [`backend`] defines the inference-backend interface.
+//! Work in progress (issue 3).
 
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod batch;
+pub mod cache;
+pub mod validate;
