@@ -3,6 +3,7 @@
 
 use std::cmp::Ordering;
 
+use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
 use crate::outcome::{Aggregates, NodeOutcome, RoundOutcome};
@@ -601,57 +602,45 @@ fn radix_sort_high_bits(v: &mut Vec<u64>) {
 /// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
 /// the same outcome.
 ///
-/// Cost: one pass over the nodes applying every per-node rule (intervals merged in one reused
-/// buffer, no allocation per node), a radix sort of the ids and a comparison sort of the
-/// eligible nodes' rank keys, then an in-place permutation of the outcomes into rank order.
+/// Cost: a pass over the nodes for rule 1 (intervals merged in one reused buffer, no
+/// allocation per node), a radix sort of the ids and a comparison sort of the eligible nodes'
+/// rank keys, then a second pass over the nodes that writes each outcome straight to its place
+/// in the output. Listing the nodes in id order (as [`crate::RoundDriver`] does) makes the
+/// writes of the non-eligible nodes sequential.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     let ctx = Ctx::new(inputs)?;
     let nodes = &inputs.nodes;
     let n = nodes.len();
 
-    // All per-node rules, in input order, and rule 6's keys for the eligible nodes.
+    // Rule 1 for every node, and rule 6's keys for the eligible ones.
     let mut merged = Vec::with_capacity(16);
-    let mut out: Vec<NodeOutcome> = Vec::with_capacity(n);
+    let mut uptimes: Vec<(u64, u64)> = Vec::with_capacity(n);
     let mut ranked: Vec<RankKey> = Vec::with_capacity(n);
     let mut by_id: Vec<u64> = Vec::with_capacity(n);
-    let mut guaranteed_paid: u64 = 0;
     for (i, node) in nodes.iter().enumerate() {
-        let b = ctx.breakdown(i, node, &mut merged)?;
-        guaranteed_paid = guaranteed_paid
-            .checked_add(b.guaranteed_usd_micro.get())
-            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
+        uptimes.push((uptime_s, peak_uptime_s));
         by_id.push(id_order_entry(i, node));
-        if b.eligible {
+        if ctx.eligible(node, uptime_s) {
             ranked.push(RankKey {
-                score: b.score,
-                uptime_total_s: b.uptime_total_s,
+                score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
+                uptime_total_s: Ctx::uptime_total(i, node, uptime_s)?,
                 registered_at_s: node.registered_at_s,
                 id_prefix: id_prefix(node),
                 // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
                 index: i as u32,
             });
         }
-        out.push(NodeOutcome {
-            id: node.id,
-            uptime_s: b.uptime_s,
-            peak_uptime_s: b.peak_uptime_s,
-            committed: b.committed,
-            eligible: b.eligible,
-            rank: None,
-            guaranteed_usd_micro: b.guaranteed_usd_micro,
-            bonus_usd_micro: MicroUsd::ZERO,
-            crat_issued_micro: b.crat_issued_micro,
-            crat_slashed_micro: b.crat_slashed_micro,
-            crat_end_micro: b.crat_end_micro,
-            streak_end: b.streak_end,
-            uptime_total_s: b.uptime_total_s,
-        });
     }
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
     let by_id = id_order(nodes, by_id)?;
     ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
     let eligible = ranked.len();
+
+    // Rules 4, 7, 8.
+    let pool = pool_usd_micro(inputs)?;
+    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
 
     // Each node's place in the output: eligible nodes in rank order, then the others in id
     // order.
@@ -671,25 +660,47 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     }
     drop(by_id);
 
-    // Move every outcome to its place, in place: each swap puts one outcome where it belongs.
-    for i in 0..n {
-        loop {
-            let to = place[i] as usize;
-            if to == i {
-                break;
-            }
-            out.swap(i, to);
-            place.swap(i, to);
-        }
-    }
-
-    // Rules 4, 7, 8: ranks and bonuses.
-    let pool = pool_usd_micro(inputs)?;
-    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
-    for (r, o) in out[..eligible].iter_mut().enumerate() {
-        let rank = r as u64 + 1;
-        o.rank = Some(rank);
-        o.bonus_usd_micro = schedule.share(rank);
+    // The other rules, in input order, each outcome written to its place.
+    let blank = NodeOutcome {
+        id: NodeId::from_bytes([0; 32]),
+        uptime_s: 0,
+        peak_uptime_s: 0,
+        committed: false,
+        eligible: false,
+        rank: None,
+        guaranteed_usd_micro: MicroUsd::ZERO,
+        bonus_usd_micro: MicroUsd::ZERO,
+        crat_issued_micro: MicroCrat::ZERO,
+        crat_slashed_micro: MicroCrat::ZERO,
+        crat_end_micro: MicroCrat::ZERO,
+        streak_end: 0,
+        uptime_total_s: 0,
+    };
+    let mut out: Vec<NodeOutcome> = vec![blank; n];
+    let mut guaranteed_paid: u64 = 0;
+    for (i, node) in nodes.iter().enumerate() {
+        let (uptime_s, peak_uptime_s) = uptimes[i];
+        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
+        guaranteed_paid = guaranteed_paid
+            .checked_add(b.guaranteed_usd_micro.get())
+            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        let place = place[i] as usize;
+        let rank = b.eligible.then_some(place as u64 + 1);
+        out[place] = NodeOutcome {
+            id: node.id,
+            uptime_s,
+            peak_uptime_s,
+            committed: b.committed,
+            eligible: b.eligible,
+            rank,
+            guaranteed_usd_micro: b.guaranteed_usd_micro,
+            bonus_usd_micro: rank.map_or(MicroUsd::ZERO, |r| schedule.share(r)),
+            crat_issued_micro: b.crat_issued_micro,
+            crat_slashed_micro: b.crat_slashed_micro,
+            crat_end_micro: b.crat_end_micro,
+            streak_end: b.streak_end,
+            uptime_total_s: b.uptime_total_s,
+        };
     }
 
     Ok(RoundOutcome {
@@ -715,8 +726,6 @@ pub(crate) fn pool_usd_micro(inputs: &RoundInputs) -> Result<MicroUsd, RewardsEr
 
 #[cfg(test)]
 mod tests {
-    use crat_core::id::NodeId;
-
     use super::*;
 
     #[test]
