@@ -7,4 +7,6 @@
 pub mod backend;
 pub mod batch;
 pub mod cache;
+pub mod idle;
+pub mod probe;
 pub mod validate;
