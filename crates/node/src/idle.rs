@@ -36,6 +36,19 @@ pub trait IdleWorkload: Send + Sync {
     fn is_running(&self) -> bool;
 }
 
+#[async_trait]
+impl<W: IdleWorkload + ?Sized> IdleWorkload for Box<W> {
+    async fn start(&self) -> Result<(), IdleError> {
+        (**self).start().await
+    }
+    async fn stop(&self) -> Result<(), IdleError> {
+        (**self).stop().await
+    }
+    fn is_running(&self) -> bool {
+        (**self).is_running()
+    }
+}
+
 /// A command run as a child process while idle.
 pub struct CommandWorkload {
     program: String,

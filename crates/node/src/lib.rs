@@ -9,4 +9,5 @@ pub mod batch;
 pub mod cache;
 pub mod idle;
 pub mod probe;
+pub mod runtime;
 pub mod validate;
