@@ -7,9 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc reuses freed memory instead of faulting in fresh pages for every large frame
-/// (64 MiB tensors), which more than doubles bulk transfer throughput
-/// (`cargo bench -p crat-benches --bench quic`).
+/// mimalloc reuses freed memory for the next large frame (64 MiB tensors) where glibc maps
+/// and faults in fresh pages every time; `benches/benches/quic.rs` measures the difference.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
