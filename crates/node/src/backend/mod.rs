@@ -3,11 +3,46 @@
 //! A backend never reads a path named inside a model: models whose tensors live in external
 //! files are refused at load. [`LoadedModel::run`] is synchronous and CPU/GPU bound; the node
 //! runs it on blocking threads, with a time limit, and catches panics.
+//!
+//! Two backends implement [`InferenceBackend`]:
+//!
+//! - [`tract`] (feature `tract`, default): pure Rust, CPU, one thread per inference, no setup;
+//! - `ort` (feature `ort`; `cuda` adds CUDA): ONNX Runtime loaded at run time from
+//!   `libonnxruntime` (`scripts/install-onnxruntime.sh` installs it), on the CPU or an NVIDIA GPU.
+//!
+//! [`select`] picks the best one that really works on this host (ort + CUDA → ort CPU →
+//! tract) and says why it passed over the others. Both run every model through
+//! [`onnx_check::check_model`] first, which refuses external data and absurd shapes, and
+//! both describe a model from what its graph declares, so the same model has the same
+//! [`ModelInfo`] on either. Neither lets a panic escape [`LoadedModel::run`] or
+//! [`InferenceBackend::load`]: it comes back as [`BackendError::Panicked`].
+//!
+//! ```
+//! use crat_node::backend::select::{SelectConfig, select_backend};
+//!
+//! // With default features and no configuration this is tract; with `ort` and
+//! // ORT_DYLIB_PATH set it is ONNX Runtime.
+//! let selected = select_backend(&SelectConfig::default())?;
+//! println!("{} on {}", selected.backend.name(), selected.backend.execution_provider());
+//! for reason in &selected.fallbacks {
+//!     println!("passed over: {reason}");
+//! }
+//! let model = selected.backend.load(include_bytes!("../../models/tiny_cnn.onnx"))?;
+//! assert_eq!(model.info().outputs[0].name, "probs");
+//! # Ok::<(), crat_node::backend::BackendError>(())
+//! ```
 
 use std::fmt;
 use std::sync::Arc;
 
 use crat_core::tensor::{DType, Tensor};
+
+pub mod onnx_check;
+#[cfg(feature = "ort")]
+pub mod ort;
+pub mod select;
+#[cfg(feature = "tract")]
+pub mod tract;
 
 /// One dimension of a declared input or output shape.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -113,4 +148,40 @@ pub trait LoadedModel: Send + Sync + 'static {
 
     /// Approximate memory the loaded model holds, for the cache's byte budget.
     fn memory_bytes(&self) -> u64;
+}
+
+/// True when every input has a symbolic outermost dimension.
+#[cfg_attr(not(feature = "tract"), allow(dead_code))]
+pub(crate) fn batchable_inputs(info: &ModelInfo) -> bool {
+    !info.inputs.is_empty() && info.inputs.iter().all(TensorSpec::has_batch_dim)
+}
+
+/// Runs `f`, turning a panic inside it into [`BackendError::Panicked`]. Backends wrap every
+/// call into native or third-party code with it, so a bad model or input never unwinds into
+/// the node.
+#[cfg_attr(not(any(feature = "tract", feature = "ort")), allow(dead_code))]
+pub(crate) fn catch_panic<T>(
+    f: impl FnOnce() -> Result<T, BackendError>,
+) -> Result<T, BackendError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        Err(BackendError::Panicked(message))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panics_become_errors() {
+        let r: Result<(), _> = catch_panic(|| panic!("boom {}", 42));
+        assert_eq!(r, Err(BackendError::Panicked("boom 42".into())));
+        let r: Result<u8, _> = catch_panic(|| Ok(7));
+        assert_eq!(r, Ok(7));
+    }
 }

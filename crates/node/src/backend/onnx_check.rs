@@ -1,0 +1,973 @@
+//! The safety check every model passes before a backend sees it.
+//!
+//! [`check_model`] walks the ONNX protobuf (`ModelProto`) with a small, dependency-free wire
+//! reader, so it runs the same whichever backend features are compiled in. It refuses:
+//!
+//! - tensors stored outside the model (`data_location = EXTERNAL` or a non-empty
+//!   `external_data`, such as a `location` of `../../etc/passwd`) → [`BackendError::ExternalData`].
+//!   This covers initializers, sparse initializers, `Constant` and other tensor attributes,
+//!   subgraphs (`If`, `Loop`, `Scan` bodies), model-local functions and training graphs;
+//! - declared shapes (of tensors, graph inputs, outputs and `value_info`) of more than
+//!   [`ELEMENTS_MAX`] elements, negative tensor dimensions, and anything beyond the other limits
+//!   below → [`BackendError::Load`];
+//! - bytes that are not a well-formed `ModelProto` with exactly one graph, graph inputs or outputs
+//!   of types the wire [`Tensor`](crat_core::tensor::Tensor) cannot carry (strings, bfloat16,
+//!   sequences, …) → [`BackendError::Load`].
+//!
+//! It also reads what the graph declares — its inputs (initializers excluded) and outputs, with
+//! names, dtypes and shapes — so both backends describe a model the same way
+//! ([`ModelSummary::info`]).
+//!
+//! # Security
+//! The walker reads only the fields it needs and skips the rest by their wire length; every
+//! length is checked against the bytes left, nesting is bounded by [`NESTING_DEPTH_MAX`], the
+//! number of nodes by [`GRAPH_NODES_MAX`] and the model by [`MODEL_BYTES_MAX`]. It allocates in
+//! proportion to what it reports (names and shapes), never to a size written in the model.
+
+use std::collections::HashSet;
+
+use crat_core::tensor::DType;
+
+use super::{BackendError, Dim, ModelInfo, TensorSpec};
+
+/// Largest model accepted, in bytes: 2 GiB, protobuf's own limit for one message. Models
+/// larger than that need external data, which is refused anyway.
+pub const MODEL_BYTES_MAX: usize = (1 << 31) - 1;
+
+/// Most nodes in a model, counting every subgraph and function body.
+pub const GRAPH_NODES_MAX: usize = 1 << 20;
+
+/// Most elements a declared shape may describe (2^32).
+pub const ELEMENTS_MAX: u64 = 1 << 32;
+
+/// Deepest nesting of messages followed (subgraphs inside attributes, nested types).
+pub const NESTING_DEPTH_MAX: usize = 32;
+
+/// Most graph inputs or outputs a model may declare.
+pub const GRAPH_IO_MAX: usize = 4096;
+
+/// What [`check_model`] learned about a model that passed it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ModelSummary {
+    /// `ModelProto.ir_version`.
+    pub ir_version: i64,
+    /// Version of the default (`ai.onnx`) operator set, 0 when not declared.
+    pub opset: i64,
+    /// Nodes in the model, subgraphs and functions included.
+    pub node_count: usize,
+    /// The declared inputs and outputs. Outputs whose shape the model does not declare are
+    /// listed in [`ModelSummary::undeclared_output_shapes`] with an empty shape here, for the
+    /// backend to fill in.
+    pub info: ModelInfo,
+    /// Indices into `info.outputs` of outputs declared without a shape.
+    pub undeclared_output_shapes: Vec<usize>,
+}
+
+/// Checks that `model` is a self-contained ONNX model within limits and reads its declared
+/// inputs and outputs. See the [module docs](self).
+pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
+    if model.len() > MODEL_BYTES_MAX {
+        return Err(BackendError::Load(format!(
+            "model is {} bytes, above the limit of {MODEL_BYTES_MAX}",
+            model.len()
+        )));
+    }
+    if model.is_empty() {
+        return Err(BackendError::Load("model is empty".into()));
+    }
+    let mut walker = Walker::default();
+    walker.model(model)?;
+    let graph = walker
+        .main_graph
+        .take()
+        .ok_or_else(|| BackendError::Load("not an ONNX model: no graph".into()))?;
+    let initializers: HashSet<&str> = graph.initializers.iter().map(String::as_str).collect();
+    let mut inputs = Vec::new();
+    for io in &graph.inputs {
+        if initializers.contains(io.name.as_str()) {
+            continue;
+        }
+        let spec = io.to_spec("input")?;
+        let shape = spec
+            .1
+            .ok_or_else(|| BackendError::Load(format!("input '{}' declares no shape", io.name)))?;
+        inputs.push(TensorSpec {
+            name: spec.0,
+            dtype: io_dtype(io, "input")?,
+            shape,
+        });
+    }
+    if inputs.is_empty() {
+        return Err(BackendError::Load("model has no inputs".into()));
+    }
+    let mut outputs = Vec::new();
+    let mut undeclared = Vec::new();
+    for io in &graph.outputs {
+        let (name, shape) = io.to_spec("output")?;
+        if shape.is_none() {
+            undeclared.push(outputs.len());
+        }
+        outputs.push(TensorSpec {
+            name,
+            dtype: io_dtype(io, "output")?,
+            shape: shape.unwrap_or_default(),
+        });
+    }
+    if outputs.is_empty() {
+        return Err(BackendError::Load("model has no outputs".into()));
+    }
+    Ok(ModelSummary {
+        ir_version: walker.ir_version,
+        opset: walker.opset,
+        node_count: walker.nodes,
+        info: ModelInfo { inputs, outputs },
+        undeclared_output_shapes: undeclared,
+    })
+}
+
+/// The crate dtype for an ONNX `TensorProto.DataType` code, `None` for types the wire format
+/// does not carry.
+pub fn dtype_from_onnx(code: i64) -> Option<DType> {
+    Some(match code {
+        1 => DType::F32,
+        2 => DType::U8,
+        3 => DType::I8,
+        6 => DType::I32,
+        7 => DType::I64,
+        9 => DType::Bool,
+        10 => DType::F16,
+        11 => DType::F64,
+        _ => return None,
+    })
+}
+
+fn io_dtype(io: &ValueInfo, what: &str) -> Result<DType, BackendError> {
+    match io.elem_type {
+        Some(code) => dtype_from_onnx(code).ok_or_else(|| {
+            BackendError::Load(format!(
+                "{what} '{}' has ONNX element type {code}, which nodes do not serve",
+                io.name
+            ))
+        }),
+        None => Err(BackendError::Load(format!(
+            "{what} '{}' is not a tensor (or declares no element type)",
+            io.name
+        ))),
+    }
+}
+
+/// A graph input or output as declared.
+#[derive(Default)]
+struct ValueInfo {
+    name: String,
+    /// Set only for tensor types.
+    elem_type: Option<i64>,
+    /// `None`: no shape declared.
+    shape: Option<Vec<Dim>>,
+}
+
+impl ValueInfo {
+    fn to_spec(&self, what: &str) -> Result<(String, Option<Vec<Dim>>), BackendError> {
+        if self.name.is_empty() {
+            return Err(BackendError::Load(format!("an {what} has no name")));
+        }
+        Ok((self.name.clone(), self.shape.clone()))
+    }
+}
+
+#[derive(Default)]
+struct GraphIo {
+    inputs: Vec<ValueInfo>,
+    outputs: Vec<ValueInfo>,
+    initializers: Vec<String>,
+}
+
+#[derive(Default)]
+struct Walker {
+    ir_version: i64,
+    opset: i64,
+    nodes: usize,
+    graphs: usize,
+    main_graph: Option<GraphIo>,
+}
+
+// ModelProto / GraphProto / … field numbers, from onnx.proto3.
+const MODEL_IR_VERSION: u32 = 1;
+const MODEL_GRAPH: u32 = 7;
+const MODEL_OPSET_IMPORT: u32 = 8;
+const MODEL_TRAINING_INFO: u32 = 20;
+const MODEL_FUNCTIONS: u32 = 25;
+const OPSET_DOMAIN: u32 = 1;
+const OPSET_VERSION: u32 = 2;
+const TRAINING_INITIALIZATION: u32 = 1;
+const TRAINING_ALGORITHM: u32 = 2;
+const FUNCTION_NODE: u32 = 7;
+const FUNCTION_ATTRIBUTE_PROTO: u32 = 11;
+const GRAPH_NODE: u32 = 1;
+const GRAPH_INITIALIZER: u32 = 5;
+const GRAPH_INPUT: u32 = 11;
+const GRAPH_OUTPUT: u32 = 12;
+const GRAPH_VALUE_INFO: u32 = 13;
+const GRAPH_SPARSE_INITIALIZER: u32 = 15;
+const NODE_ATTRIBUTE: u32 = 5;
+const ATTR_T: u32 = 5;
+const ATTR_G: u32 = 6;
+const ATTR_TENSORS: u32 = 10;
+const ATTR_GRAPHS: u32 = 11;
+const ATTR_SPARSE_TENSOR: u32 = 22;
+const ATTR_SPARSE_TENSORS: u32 = 23;
+const TENSOR_DIMS: u32 = 1;
+const TENSOR_NAME: u32 = 8;
+const TENSOR_EXTERNAL_DATA: u32 = 13;
+const TENSOR_DATA_LOCATION: u32 = 14;
+const TENSOR_LOCATION_EXTERNAL: u64 = 1;
+const ENTRY_KEY: u32 = 1;
+const ENTRY_VALUE: u32 = 2;
+const SPARSE_VALUES: u32 = 1;
+const SPARSE_INDICES: u32 = 2;
+const SPARSE_DIMS: u32 = 3;
+const VALUE_INFO_NAME: u32 = 1;
+const VALUE_INFO_TYPE: u32 = 2;
+const TYPE_TENSOR: u32 = 1;
+const TYPE_SEQUENCE: u32 = 4;
+const TYPE_MAP: u32 = 5;
+const TYPE_SPARSE_TENSOR: u32 = 8;
+const TYPE_OPTIONAL: u32 = 9;
+const TYPE_TENSOR_ELEM_TYPE: u32 = 1;
+const TYPE_TENSOR_SHAPE: u32 = 2;
+const TYPE_SEQUENCE_ELEM: u32 = 1;
+const TYPE_MAP_VALUE: u32 = 2;
+const SHAPE_DIM: u32 = 1;
+const DIM_VALUE: u32 = 1;
+const DIM_PARAM: u32 = 2;
+
+fn malformed(what: &str) -> BackendError {
+    BackendError::Load(format!("not a valid ONNX model: {what}"))
+}
+
+impl Walker {
+    fn model(&mut self, buf: &[u8]) -> Result<(), BackendError> {
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            match (field, value) {
+                (MODEL_IR_VERSION, Value::Varint(v)) => self.ir_version = v as i64,
+                (MODEL_OPSET_IMPORT, Value::Bytes(b)) => {
+                    let (mut domain, mut version) = (String::new(), 0i64);
+                    let mut r = Reader::new(b);
+                    while let Some((f, v)) = r.next()? {
+                        match (f, v) {
+                            (OPSET_DOMAIN, Value::Bytes(s)) => domain = utf8(s, "opset domain")?,
+                            (OPSET_VERSION, Value::Varint(v)) => version = v as i64,
+                            _ => {}
+                        }
+                    }
+                    if domain.is_empty() || domain == "ai.onnx" {
+                        self.opset = version;
+                    }
+                }
+                (MODEL_GRAPH, Value::Bytes(b)) => {
+                    if self.main_graph.is_some() {
+                        return Err(malformed("more than one graph"));
+                    }
+                    let mut io = GraphIo::default();
+                    self.graph(b, 1, Some(&mut io))?;
+                    self.main_graph = Some(io);
+                }
+                (MODEL_TRAINING_INFO, Value::Bytes(b)) => {
+                    let mut r = Reader::new(b);
+                    while let Some((f, v)) = r.next()? {
+                        if let (TRAINING_INITIALIZATION | TRAINING_ALGORITHM, Value::Bytes(g)) =
+                            (f, v)
+                        {
+                            self.graph(g, 2, None)?;
+                        }
+                    }
+                }
+                (MODEL_FUNCTIONS, Value::Bytes(b)) => {
+                    let mut r = Reader::new(b);
+                    while let Some((f, v)) = r.next()? {
+                        match (f, v) {
+                            (FUNCTION_NODE, Value::Bytes(n)) => self.node(n, 2)?,
+                            (FUNCTION_ATTRIBUTE_PROTO, Value::Bytes(a)) => self.attribute(a, 2)?,
+                            _ => {}
+                        }
+                    }
+                }
+                (MODEL_GRAPH | MODEL_OPSET_IMPORT | MODEL_TRAINING_INFO | MODEL_FUNCTIONS, _)
+                | (MODEL_IR_VERSION, _) => return Err(malformed("unexpected wire type")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn graph(
+        &mut self,
+        buf: &[u8],
+        depth: usize,
+        mut io: Option<&mut GraphIo>,
+    ) -> Result<(), BackendError> {
+        depth_check(depth)?;
+        self.graphs += 1;
+        if self.graphs > GRAPH_NODES_MAX {
+            return Err(BackendError::Load(format!(
+                "more than {GRAPH_NODES_MAX} graphs"
+            )));
+        }
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            let Value::Bytes(b) = value else {
+                if matches!(
+                    field,
+                    GRAPH_NODE
+                        | GRAPH_INITIALIZER
+                        | GRAPH_INPUT
+                        | GRAPH_OUTPUT
+                        | GRAPH_VALUE_INFO
+                        | GRAPH_SPARSE_INITIALIZER
+                ) {
+                    return Err(malformed("graph field with the wrong wire type"));
+                }
+                continue;
+            };
+            match field {
+                GRAPH_NODE => self.node(b, depth + 1)?,
+                GRAPH_INITIALIZER => {
+                    let name = self.tensor(b)?;
+                    if let Some(io) = io.as_deref_mut() {
+                        io.initializers.push(name);
+                    }
+                }
+                GRAPH_SPARSE_INITIALIZER => {
+                    let name = self.sparse_tensor(b)?;
+                    if let Some(io) = io.as_deref_mut() {
+                        io.initializers.push(name);
+                    }
+                }
+                GRAPH_INPUT | GRAPH_OUTPUT | GRAPH_VALUE_INFO => {
+                    let info = value_info(b, depth + 1)?;
+                    if let Some(io) = io.as_deref_mut() {
+                        let list = match field {
+                            GRAPH_INPUT => &mut io.inputs,
+                            GRAPH_OUTPUT => &mut io.outputs,
+                            _ => continue,
+                        };
+                        if list.len() >= GRAPH_IO_MAX {
+                            return Err(BackendError::Load(format!(
+                                "more than {GRAPH_IO_MAX} graph inputs or outputs"
+                            )));
+                        }
+                        list.push(info);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, buf: &[u8], depth: usize) -> Result<(), BackendError> {
+        depth_check(depth)?;
+        self.nodes += 1;
+        if self.nodes > GRAPH_NODES_MAX {
+            return Err(BackendError::Load(format!(
+                "more than {GRAPH_NODES_MAX} nodes"
+            )));
+        }
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            match (field, value) {
+                (NODE_ATTRIBUTE, Value::Bytes(b)) => self.attribute(b, depth + 1)?,
+                (NODE_ATTRIBUTE, _) => return Err(malformed("node attribute wire type")),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<(), BackendError> {
+        depth_check(depth)?;
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            let b = match value {
+                Value::Bytes(b) => b,
+                _ if matches!(
+                    field,
+                    ATTR_T
+                        | ATTR_G
+                        | ATTR_TENSORS
+                        | ATTR_GRAPHS
+                        | ATTR_SPARSE_TENSOR
+                        | ATTR_SPARSE_TENSORS
+                ) =>
+                {
+                    return Err(malformed("attribute field with the wrong wire type"));
+                }
+                _ => continue,
+            };
+            match field {
+                ATTR_T | ATTR_TENSORS => {
+                    self.tensor(b)?;
+                }
+                ATTR_SPARSE_TENSOR | ATTR_SPARSE_TENSORS => {
+                    self.sparse_tensor(b)?;
+                }
+                ATTR_G | ATTR_GRAPHS => self.graph(b, depth + 1, None)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks one `TensorProto` and returns its name.
+    fn tensor(&mut self, buf: &[u8]) -> Result<String, BackendError> {
+        let mut name = String::new();
+        let mut external: Option<String> = None;
+        let mut location_external = false;
+        let mut elements: u64 = 1;
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            match (field, value) {
+                (TENSOR_NAME, Value::Bytes(s)) => name = utf8(s, "tensor name")?,
+                (TENSOR_DIMS, Value::Varint(d)) => elements = tensor_dim(elements, d, &name)?,
+                (TENSOR_DIMS, Value::Bytes(packed)) => {
+                    let mut p = Reader::new(packed);
+                    while !p.is_empty() {
+                        elements = tensor_dim(elements, p.varint()?, &name)?;
+                    }
+                }
+                (TENSOR_DATA_LOCATION, Value::Varint(v)) => {
+                    location_external = v == TENSOR_LOCATION_EXTERNAL;
+                }
+                (TENSOR_EXTERNAL_DATA, Value::Bytes(entry)) => {
+                    let (mut key, mut val) = (String::new(), String::new());
+                    let mut e = Reader::new(entry);
+                    while let Some((f, v)) = e.next()? {
+                        match (f, v) {
+                            (ENTRY_KEY, Value::Bytes(s)) => key = lossy(s),
+                            (ENTRY_VALUE, Value::Bytes(s)) => val = lossy(s),
+                            _ => {}
+                        }
+                    }
+                    if external.is_none() || key == "location" {
+                        external = Some(format!("{key}={val}"));
+                    }
+                }
+                (TENSOR_DIMS | TENSOR_NAME | TENSOR_EXTERNAL_DATA | TENSOR_DATA_LOCATION, _) => {
+                    return Err(malformed("tensor field with the wrong wire type"));
+                }
+                _ => {}
+            }
+        }
+        if location_external || external.is_some() {
+            let detail = external.unwrap_or_else(|| "data_location = EXTERNAL".into());
+            return Err(BackendError::ExternalData(format!(
+                "tensor '{}' → {detail}",
+                truncate(&name)
+            )));
+        }
+        Ok(name)
+    }
+
+    fn sparse_tensor(&mut self, buf: &[u8]) -> Result<String, BackendError> {
+        let mut name = String::new();
+        let mut elements: u64 = 1;
+        let mut r = Reader::new(buf);
+        while let Some((field, value)) = r.next()? {
+            match (field, value) {
+                (SPARSE_VALUES, Value::Bytes(b)) => name = self.tensor(b)?,
+                (SPARSE_INDICES, Value::Bytes(b)) => {
+                    self.tensor(b)?;
+                }
+                (SPARSE_DIMS, Value::Varint(d)) => elements = tensor_dim(elements, d, &name)?,
+                (SPARSE_DIMS, Value::Bytes(packed)) => {
+                    let mut p = Reader::new(packed);
+                    while !p.is_empty() {
+                        elements = tensor_dim(elements, p.varint()?, &name)?;
+                    }
+                }
+                (SPARSE_VALUES | SPARSE_INDICES | SPARSE_DIMS, _) => {
+                    return Err(malformed("sparse tensor field with the wrong wire type"));
+                }
+                _ => {}
+            }
+        }
+        Ok(name)
+    }
+}
+
+fn depth_check(depth: usize) -> Result<(), BackendError> {
+    if depth > NESTING_DEPTH_MAX {
+        return Err(BackendError::Load(format!(
+            "messages nested deeper than {NESTING_DEPTH_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// Multiplies a tensor's element count by one more dimension, within limits.
+fn tensor_dim(elements: u64, dim: u64, name: &str) -> Result<u64, BackendError> {
+    let dim = dim as i64;
+    if dim < 0 {
+        return Err(BackendError::Load(format!(
+            "tensor '{}' has negative dimension {dim}",
+            truncate(name)
+        )));
+    }
+    declared_elements(elements, dim as u64, name)
+}
+
+fn declared_elements(elements: u64, dim: u64, name: &str) -> Result<u64, BackendError> {
+    match elements.checked_mul(dim) {
+        Some(n) if n <= ELEMENTS_MAX => Ok(n),
+        _ => Err(BackendError::Load(format!(
+            "'{}' declares a shape of more than {ELEMENTS_MAX} elements",
+            truncate(name)
+        ))),
+    }
+}
+
+fn value_info(buf: &[u8], depth: usize) -> Result<ValueInfo, BackendError> {
+    let mut info = ValueInfo::default();
+    let mut r = Reader::new(buf);
+    let mut ty = None;
+    while let Some((field, value)) = r.next()? {
+        match (field, value) {
+            (VALUE_INFO_NAME, Value::Bytes(s)) => info.name = utf8(s, "value name")?,
+            (VALUE_INFO_TYPE, Value::Bytes(b)) => ty = Some(b),
+            (VALUE_INFO_NAME | VALUE_INFO_TYPE, _) => {
+                return Err(malformed("value info field with the wrong wire type"));
+            }
+            _ => {}
+        }
+    }
+    if let Some(ty) = ty {
+        type_proto(ty, depth + 1, &mut info, true)?;
+    }
+    Ok(info)
+}
+
+/// Reads a `TypeProto`. `top`: whether this is the value's own type (recorded in `info`) or a
+/// nested element type (only checked).
+fn type_proto(
+    buf: &[u8],
+    depth: usize,
+    info: &mut ValueInfo,
+    top: bool,
+) -> Result<(), BackendError> {
+    depth_check(depth)?;
+    let mut r = Reader::new(buf);
+    while let Some((field, value)) = r.next()? {
+        let Value::Bytes(b) = value else { continue };
+        match field {
+            TYPE_TENSOR | TYPE_SPARSE_TENSOR => {
+                let (elem, shape) = tensor_type(b, &info.name)?;
+                if top && field == TYPE_TENSOR {
+                    info.elem_type = elem;
+                    info.shape = shape;
+                }
+            }
+            TYPE_SEQUENCE | TYPE_OPTIONAL | TYPE_MAP => {
+                let inner_field = if field == TYPE_MAP {
+                    TYPE_MAP_VALUE
+                } else {
+                    TYPE_SEQUENCE_ELEM
+                };
+                let mut inner = Reader::new(b);
+                while let Some((f, v)) = inner.next()? {
+                    if let (true, Value::Bytes(t)) = (f == inner_field, v) {
+                        type_proto(t, depth + 1, info, false)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn tensor_type(buf: &[u8], name: &str) -> Result<(Option<i64>, Option<Vec<Dim>>), BackendError> {
+    let mut elem = None;
+    let mut shape = None;
+    let mut r = Reader::new(buf);
+    while let Some((field, value)) = r.next()? {
+        match (field, value) {
+            (TYPE_TENSOR_ELEM_TYPE, Value::Varint(v)) => elem = Some(v as i64),
+            (TYPE_TENSOR_SHAPE, Value::Bytes(b)) => {
+                let mut dims = Vec::new();
+                let mut elements: u64 = 1;
+                let mut s = Reader::new(b);
+                while let Some((f, v)) = s.next()? {
+                    let (SHAPE_DIM, Value::Bytes(d)) = (f, v) else {
+                        continue;
+                    };
+                    if dims.len() >= crat_core::tensor::RANK_MAX * 8 {
+                        return Err(BackendError::Load(format!(
+                            "'{}' declares too many dimensions",
+                            truncate(name)
+                        )));
+                    }
+                    let dim = dimension(d)?;
+                    if let Dim::Fixed(n) = dim {
+                        elements = declared_elements(elements, n, name)?;
+                    }
+                    dims.push(dim);
+                }
+                shape = Some(dims);
+            }
+            (TYPE_TENSOR_ELEM_TYPE | TYPE_TENSOR_SHAPE, _) => {
+                return Err(malformed("tensor type field with the wrong wire type"));
+            }
+            _ => {}
+        }
+    }
+    Ok((elem, shape))
+}
+
+fn dimension(buf: &[u8]) -> Result<Dim, BackendError> {
+    let mut dim = Dim::Symbolic(String::new());
+    let mut r = Reader::new(buf);
+    while let Some((field, value)) = r.next()? {
+        match (field, value) {
+            // Negative values (PaddlePaddle writes -1) mean "unknown", like an unset dimension.
+            (DIM_VALUE, Value::Varint(v)) if (v as i64) >= 0 => dim = Dim::Fixed(v),
+            (DIM_VALUE, Value::Varint(_)) => dim = Dim::Symbolic(String::new()),
+            (DIM_PARAM, Value::Bytes(s)) => dim = Dim::Symbolic(truncate(&lossy(s))),
+            _ => {}
+        }
+    }
+    Ok(dim)
+}
+
+/// Longest name kept in error messages and symbolic dimensions.
+const NAME_CHARS_MAX: usize = 256;
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() <= NAME_CHARS_MAX {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(NAME_CHARS_MAX).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn utf8(bytes: &[u8], what: &str) -> Result<String, BackendError> {
+    std::str::from_utf8(bytes)
+        .map(str::to_owned)
+        .map_err(|_| malformed(&format!("{what} is not UTF-8")))
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// One protobuf field value.
+enum Value<'a> {
+    Varint(u64),
+    Fixed64,
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+/// A protobuf wire-format reader over a byte slice; every read is bounds-checked.
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+/// Longest varint: 10 bytes carry 64 bits.
+const VARINT_BYTES_MAX: usize = 10;
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    fn varint(&mut self) -> Result<u64, BackendError> {
+        let mut value: u64 = 0;
+        for (i, &byte) in self.buf.iter().enumerate().take(VARINT_BYTES_MAX) {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                self.buf = &self.buf[i + 1..];
+                return Ok(value);
+            }
+        }
+        Err(malformed("truncated or overlong varint"))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BackendError> {
+        if n > self.buf.len() {
+            return Err(malformed("field longer than the bytes left (truncated?)"));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    /// The next field, or `None` at the end of the message.
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, BackendError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = key >> 3;
+        if field == 0 || field > u64::from(u32::MAX >> 3) {
+            return Err(malformed("invalid field number"));
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Value::Fixed64
+            }
+            2 => {
+                let len = self.varint()?;
+                let len = usize::try_from(len).map_err(|_| malformed("length overflows"))?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            _ => {
+                return Err(malformed(
+                    "unsupported wire type (groups are not used by ONNX)",
+                ));
+            }
+        };
+        Ok(Some((field as u32, value)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal protobuf writer for building hostile models in tests.
+    #[derive(Default)]
+    struct W(Vec<u8>);
+
+    impl W {
+        fn varint(&mut self, mut v: u64) {
+            loop {
+                let b = (v & 0x7f) as u8;
+                v >>= 7;
+                if v == 0 {
+                    self.0.push(b);
+                    break;
+                }
+                self.0.push(b | 0x80);
+            }
+        }
+        fn int(mut self, field: u32, v: i64) -> Self {
+            self.varint(u64::from(field) << 3);
+            self.varint(v as u64);
+            self
+        }
+        fn bytes(mut self, field: u32, b: &[u8]) -> Self {
+            self.varint((u64::from(field) << 3) | 2);
+            self.varint(b.len() as u64);
+            self.0.extend_from_slice(b);
+            self
+        }
+        fn msg(self, field: u32, m: W) -> Self {
+            self.bytes(field, &m.0)
+        }
+    }
+
+    fn tensor_type(elem: i64, dims: &[Result<i64, &str>]) -> W {
+        let mut shape = W::default();
+        for d in dims {
+            shape = shape.msg(
+                SHAPE_DIM,
+                match d {
+                    Ok(v) => W::default().int(DIM_VALUE, *v),
+                    Err(p) => W::default().bytes(DIM_PARAM, p.as_bytes()),
+                },
+            );
+        }
+        W::default().msg(
+            TYPE_TENSOR,
+            W::default()
+                .int(TYPE_TENSOR_ELEM_TYPE, elem)
+                .msg(TYPE_TENSOR_SHAPE, shape),
+        )
+    }
+
+    fn value(name: &str, ty: W) -> W {
+        W::default()
+            .bytes(VALUE_INFO_NAME, name.as_bytes())
+            .msg(VALUE_INFO_TYPE, ty)
+    }
+
+    fn model(graph: W) -> Vec<u8> {
+        W::default()
+            .int(MODEL_IR_VERSION, 7)
+            .msg(
+                MODEL_OPSET_IMPORT,
+                W::default().bytes(OPSET_DOMAIN, b"").int(OPSET_VERSION, 13),
+            )
+            .msg(MODEL_GRAPH, graph)
+            .0
+    }
+
+    fn identity_graph() -> W {
+        let node = W::default()
+            .bytes(1, b"x")
+            .bytes(2, b"y")
+            .bytes(4, b"Identity");
+        W::default()
+            .msg(GRAPH_NODE, node)
+            .msg(
+                GRAPH_INPUT,
+                value("x", tensor_type(1, &[Err("N"), Ok(3), Ok(-1)])),
+            )
+            .msg(
+                GRAPH_OUTPUT,
+                value("y", tensor_type(1, &[Err("N"), Ok(3), Ok(-1)])),
+            )
+    }
+
+    #[test]
+    fn reads_declared_io() {
+        let s = check_model(&model(identity_graph())).unwrap();
+        assert_eq!(s.opset, 13);
+        assert_eq!(s.ir_version, 7);
+        assert_eq!(s.node_count, 1);
+        assert_eq!(s.info.inputs[0].name, "x");
+        assert_eq!(s.info.inputs[0].dtype, DType::F32);
+        assert_eq!(
+            s.info.inputs[0].shape,
+            vec![
+                Dim::Symbolic("N".into()),
+                Dim::Fixed(3),
+                Dim::Symbolic(String::new())
+            ]
+        );
+        // The output declares no type at all: not servable.
+        let s = check_model(&model(
+            identity_graph().msg(GRAPH_OUTPUT, value("z", tensor_type(8, &[]))),
+        ));
+        assert!(matches!(s, Err(BackendError::Load(_))), "{s:?}");
+    }
+
+    #[test]
+    fn undeclared_output_shape_is_reported() {
+        let node = W::default().bytes(1, b"x").bytes(2, b"y");
+        let g = W::default()
+            .msg(GRAPH_NODE, node)
+            .msg(GRAPH_INPUT, value("x", tensor_type(1, &[Ok(2)])))
+            .msg(
+                GRAPH_OUTPUT,
+                value(
+                    "y",
+                    W::default().msg(TYPE_TENSOR, W::default().int(TYPE_TENSOR_ELEM_TYPE, 7)),
+                ),
+            );
+        let s = check_model(&model(g)).unwrap();
+        assert_eq!(s.undeclared_output_shapes, vec![0]);
+        assert_eq!(s.info.outputs[0].dtype, DType::I64);
+    }
+
+    #[test]
+    fn refuses_external_data_anywhere() {
+        let ext = W::default()
+            .bytes(TENSOR_NAME, b"w")
+            .int(TENSOR_DIMS, 4)
+            .msg(
+                TENSOR_EXTERNAL_DATA,
+                W::default()
+                    .bytes(ENTRY_KEY, b"location")
+                    .bytes(ENTRY_VALUE, b"../../etc/passwd"),
+            );
+        // As an initializer.
+        let err = check_model(&model(
+            identity_graph().msg(GRAPH_INITIALIZER, W(ext.0.clone())),
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, BackendError::ExternalData(m) if m.contains("../../etc/passwd")),
+            "{err:?}"
+        );
+        // Only data_location set.
+        let loc = W::default()
+            .bytes(TENSOR_NAME, b"w")
+            .int(TENSOR_DATA_LOCATION, 1);
+        assert!(matches!(
+            check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, loc))),
+            Err(BackendError::ExternalData(_))
+        ));
+        // Inside a Constant node's attribute, inside an If branch subgraph.
+        let inner_node = W::default().msg(
+            NODE_ATTRIBUTE,
+            W::default()
+                .bytes(1, b"value")
+                .msg(ATTR_T, W(ext.0.clone())),
+        );
+        let branch = W::default().msg(GRAPH_NODE, inner_node);
+        let if_node = W::default()
+            .bytes(4, b"If")
+            .msg(NODE_ATTRIBUTE, W::default().msg(ATTR_G, branch));
+        assert!(matches!(
+            check_model(&model(identity_graph().msg(GRAPH_NODE, if_node))),
+            Err(BackendError::ExternalData(_))
+        ));
+        // As the values of a sparse initializer.
+        let sparse = W::default().msg(SPARSE_VALUES, ext);
+        assert!(matches!(
+            check_model(&model(
+                identity_graph().msg(GRAPH_SPARSE_INITIALIZER, sparse)
+            )),
+            Err(BackendError::ExternalData(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_huge_shapes() {
+        let huge = W::default()
+            .bytes(TENSOR_NAME, b"w")
+            .int(TENSOR_DIMS, 1 << 20)
+            .int(TENSOR_DIMS, 1 << 20);
+        let err = check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, huge))).unwrap_err();
+        assert!(matches!(err, BackendError::Load(_)), "{err:?}");
+        let neg = W::default().bytes(TENSOR_NAME, b"w").int(TENSOR_DIMS, -3);
+        assert!(matches!(
+            check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, neg))),
+            Err(BackendError::Load(_))
+        ));
+        let g = identity_graph().msg(
+            GRAPH_VALUE_INFO,
+            value("t", tensor_type(1, &[Ok(1 << 17), Ok(1 << 17)])),
+        );
+        assert!(matches!(check_model(&model(g)), Err(BackendError::Load(_))));
+    }
+
+    #[test]
+    fn refuses_garbage_and_deep_nesting() {
+        assert!(matches!(check_model(&[]), Err(BackendError::Load(_))));
+        assert!(matches!(
+            check_model(&[0xff; 64]),
+            Err(BackendError::Load(_))
+        ));
+        let good = model(identity_graph());
+        for cut in 1..good.len() {
+            // Every truncation is either malformed or a model missing parts; never a panic.
+            let _ = check_model(&good[..cut]);
+        }
+        // A graph nested in attributes deeper than the limit.
+        let mut g = identity_graph();
+        for _ in 0..NESTING_DEPTH_MAX {
+            let node = W::default().msg(NODE_ATTRIBUTE, W::default().msg(ATTR_G, g));
+            g = W::default().msg(GRAPH_NODE, node);
+        }
+        assert!(matches!(check_model(&model(g)), Err(BackendError::Load(_))));
+        // Two graphs.
+        let mut two = model(identity_graph());
+        two.extend_from_slice(&W::default().msg(MODEL_GRAPH, identity_graph()).0);
+        assert!(matches!(check_model(&two), Err(BackendError::Load(_))));
+    }
+}
