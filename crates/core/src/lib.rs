@@ -59,6 +59,7 @@ pub mod gpu_table;
 pub mod hardware;
 pub mod id;
 pub mod money;
+pub mod placement;
 pub mod pricing;
 pub mod sign;
 pub mod tensor;
