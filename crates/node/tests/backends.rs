@@ -571,6 +571,32 @@ mod agree {
         compare(PADDLE_CLS, paddle_input, "paddle");
     }
 
+    /// An output declared without a shape gets the one each backend infers, the same on both.
+    #[test]
+    fn undeclared_output_shapes_are_inferred() {
+        let x = {
+            let shape = Pb::default()
+                .msg(1, Pb::default().str(2, "N"))
+                .msg(1, Pb::default().int(1, 3));
+            let tt = Pb::default().int(1, 1).msg(2, shape);
+            Pb::default().str(1, "x").msg(2, Pb::default().msg(1, tt))
+        };
+        let y = Pb::default()
+            .str(1, "y")
+            .msg(2, Pb::default().msg(1, Pb::default().int(1, 1)));
+        let node = Pb::default().str(1, "x").str(2, "y").str(4, "Relu");
+        let model = Pb::default()
+            .int(1, 7)
+            .msg(8, Pb::default().str(1, "").int(2, 13))
+            .msg(7, Pb::default().msg(1, node).msg(11, x).msg(12, y))
+            .0;
+        let expected = vec![sym("N"), Dim::Fixed(3)];
+        let tract = TractBackend::new().load(&model).unwrap();
+        assert_eq!(tract.info().outputs[0].shape, expected);
+        let ort = ort::backend().load(&model).unwrap();
+        assert_eq!(ort.info().outputs[0].shape, expected);
+    }
+
     /// Every dtype goes in and comes back out unchanged through both backends (Identity
     /// models built here, one per dtype).
     #[test]

@@ -44,8 +44,8 @@ pub struct SelectConfig {
     pub ort: bool,
     /// The ONNX Runtime library; `None` reads `ORT_DYLIB_PATH`.
     pub ort_dylib_path: Option<PathBuf>,
-    /// Intra-op threads per ONNX Runtime session on the CPU (see
-    /// [`ort::INTRA_THREADS_DEFAULT`](super::ort) — 1 by default).
+    /// Intra-op threads per ONNX Runtime session on the CPU; 1 by default, as in the `ort`
+    /// module's `OrtConfig`.
     pub ort_intra_threads: usize,
     /// Try the CUDA execution provider (when compiled in).
     pub cuda: bool,

@@ -212,31 +212,36 @@ impl TractModel {
         };
         // Plan a batch of one now when the other dimensions are known: a model tract cannot
         // run then fails at load, not at its first request.
+        let mut unresolved = undeclared_output_shapes;
         if let Some(shapes) = loaded.example_shapes() {
             let plan = loaded.plan(&shapes).map_err(|e| match e {
                 BackendError::Run(m) => BackendError::Load(m),
                 e => e,
             })?;
-            for &i in &undeclared_output_shapes {
-                if let Ok(fact) = plan.model().output_fact(i) {
-                    loaded.info.outputs[i].shape = fact
-                        .shape
-                        .iter()
-                        .enumerate()
-                        .map(|(k, d)| match d.to_i64() {
-                            Ok(n) if !(k == 0 && batchable_inputs(&loaded.info)) => {
-                                Dim::Fixed(n as u64)
-                            }
-                            _ => Dim::Symbolic(String::new()),
-                        })
-                        .collect();
-                }
-            }
+            let batch_name =
+                batchable_inputs(&loaded.info).then(|| match &loaded.info.inputs[0].shape[0] {
+                    Dim::Symbolic(s) if is_named(s) => s.clone(),
+                    _ => String::new(),
+                });
+            unresolved.retain(|&i| {
+                let Ok(fact) = plan.model().output_fact(i) else {
+                    return true;
+                };
+                loaded.info.outputs[i].shape = fact
+                    .shape
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| match (k, &batch_name, d.to_i64()) {
+                        // The batch dimension follows the inputs' (planned at 1 or symbolic).
+                        (0, Some(name), _) => Dim::Symbolic(name.clone()),
+                        (_, _, Ok(n)) => Dim::Fixed(n as u64),
+                        (_, _, Err(_)) => Dim::Symbolic(d.to_string()),
+                    })
+                    .collect();
+                false
+            });
         }
-        if let Some(&i) = undeclared_output_shapes
-            .iter()
-            .find(|&&i| loaded.info.outputs[i].shape.is_empty())
-        {
+        if let Some(&i) = unresolved.first() {
             return Err(BackendError::Load(format!(
                 "output '{}' declares no shape and tract cannot infer it",
                 loaded.info.outputs[i].name
