@@ -53,7 +53,7 @@ fn no_churn_zero_income_pays_exactly_mining_income() {
             assert_eq!(closed.inputs.round.income_usd_micro.get(), 0);
             for (input, o) in closed.inputs.nodes.iter().zip({
                 let mut by_id = closed.outcome.nodes.clone();
-                by_id.sort_by(|a, b| a.id.cmp(&b.id));
+                by_id.sort_by_key(|a| a.id);
                 by_id
             }) {
                 assert_eq!(input.id, o.id);
