@@ -2,6 +2,7 @@
 //! own module; this file only parses the command line and dispatches.
 
 mod rewards;
+mod sim;
 
 use std::process::ExitCode;
 
@@ -26,12 +27,16 @@ enum Command {
     /// Round economics: compute a round's payouts, or explain one node's.
     #[command(subcommand)]
     Rewards(rewards::RewardsCommand),
+    /// Simulator: run scenario files (seeds, sweeps) and plot their results.
+    #[command(subcommand)]
+    Sim(sim::SimCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Rewards(cmd) => rewards::run(cmd),
+        Command::Sim(cmd) => sim::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
