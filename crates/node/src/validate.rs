@@ -130,8 +130,9 @@ pub fn validate_inputs(
                     });
                 }
                 Dim::Fixed(_) => {}
-                // An unnamed symbol constrains nothing across inputs.
-                Dim::Symbolic(s) if s.is_empty() => {}
+                // An unnamed symbol (empty, or ONNX's "?" for an unknown dim) constrains
+                // nothing across inputs.
+                Dim::Symbolic(s) if s.is_empty() || s == "?" => {}
                 Dim::Symbolic(s) => {
                     let first = *symbols.entry(s.as_str()).or_insert(got);
                     if first != got {
