@@ -1,6 +1,41 @@
 //! `crat-node`: what a node builder composes into a compute-node daemon.
 //!
-//! Work in progress (issue 3).
+//! | module | what it does |
+//! |---|---|
+//! | [`backend`] | load ONNX models from bytes and run batches: tract (pure Rust, default feature), ONNX Runtime (feature `ort`; `cuda` adds the CUDA execution provider), selection with stated fallbacks |
+//! | [`probe`] | GPUs through NVML, else the CPU; power rating from the shared GPU table |
+//! | [`cache`] | content-addressed model files verified on every read; loaded models under a byte budget, loaded once |
+//! | [`validate`] | request inputs against the model's declared inputs, before anything runs |
+//! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
+//! | [`idle`] | run a configured command (a miner) while idle, stop it when work arrives |
+//! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
+//!
+//! A model served through validation and the batcher, as the runtime does for each task:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use crat_core::tensor::{NamedTensor, Tensor};
+//! use crat_node::backend::InferenceBackend;
+//! use crat_node::backend::tract::TractBackend;
+//! use crat_node::batch::{BatchConfig, Batcher};
+//! use crat_node::validate::validate_inputs;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny_cnn.onnx"))?;
+//! let model = TractBackend::new().load(&bytes)?;
+//! assert_eq!(model.info().inputs[0].name, "input");
+//! let batcher = Batcher::spawn(model.clone(), BatchConfig::default());
+//!
+//! let image = Tensor::from_slice(&[1, 1, 28, 28], &[0.5f32; 784])?;
+//! let inputs = validate_inputs(model.info(), vec![NamedTensor::new("input", image)], 1 << 20)?;
+//! let outputs = batcher.infer(inputs).await?;
+//! let probs = outputs[0].to_vec::<f32>()?;
+//! assert_eq!(probs.len(), 10);
+//! assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+//! # Ok(())
+//! # }
+//! ```
 
 #![forbid(unsafe_code)]
 

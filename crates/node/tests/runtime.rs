@@ -1,0 +1,414 @@
+//! The node runtime against a scripted fake dispatcher, over the in-memory transport, with
+//! the real tract backend and the tiny CNN: registration, model fetch, readiness, serving
+//! tasks with offline ticket checks, batching, typed errors and usage reports.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crat_core::hardware::CpuInfo;
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::money::Credits;
+use crat_core::sign::{Signed, Ticket};
+use crat_core::tensor::{NamedTensor, Tensor};
+use crat_core::wire::{
+    Assignment, ClientToNode, Demand, DispatcherReply, ErrorCode, InferRequest, NodeRequest,
+    NodeToClient, ReplicaState, UsageRecord, WireError,
+};
+use crat_node::backend::InferenceBackend;
+use crat_node::backend::tract::TractBackend;
+use crat_node::batch::BatchConfig;
+use crat_node::cache::{ModelCache, ModelStore};
+use crat_node::probe::{FakeProbe, HardwareProbe};
+use crat_node::runtime::{BatchSizing, Clock, Node, NodeConfig, NodeParts};
+use crat_transport::memory::{MemoryConnection, MemoryNetwork};
+use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
+use ed25519_dalek::SigningKey;
+
+const TINY: &[u8] = include_bytes!("../models/tiny_cnn.onnx");
+const NOW: u64 = 1_000_000;
+
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_s(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Default)]
+struct Seen {
+    states: Vec<(DeploymentId, ReplicaState)>,
+    usage: Vec<UsageRecord>,
+    heartbeats: u64,
+    registered: Option<NodeId>,
+}
+
+fn dep(n: u8) -> DeploymentId {
+    DeploymentId::from_bytes([n; 16])
+}
+
+fn assignment(d: DeploymentId, model: &[u8]) -> Assignment {
+    Assignment {
+        deployment: d,
+        model: ModelId::of_bytes(model),
+        model_bytes: model.len() as u64,
+        max_input_bytes: 1 << 20,
+    }
+}
+
+/// A dispatcher that assigns `models` to whoever registers and serves their bytes.
+fn fake_dispatcher(
+    conn: MemoryConnection,
+    models: Vec<(Assignment, Vec<u8>)>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    let me = conn.clone();
+    tokio::spawn(serve(
+        conn,
+        Conversation::NodeDispatcher,
+        FrameLimits::default(),
+        16,
+        move |req: NodeRequest| {
+            let seen = seen.clone();
+            let models = models.clone();
+            let remote = me.remote_id();
+            async move {
+                let assignments: Vec<Assignment> = models.iter().map(|(a, _)| a.clone()).collect();
+                match req {
+                    NodeRequest::Register(r) => {
+                        let body = r.verify_registration(NOW).unwrap();
+                        assert_eq!(body.node, remote, "registration signer is the QUIC peer");
+                        seen.lock().unwrap().registered = Some(body.node);
+                        DispatcherReply::Registered {
+                            dispatcher: NodeId::from_key(&dispatcher_key().verifying_key()),
+                            heartbeat_interval_ms: 50,
+                            assignments,
+                        }
+                    }
+                    NodeRequest::Heartbeat(_) => {
+                        seen.lock().unwrap().heartbeats += 1;
+                        DispatcherReply::HeartbeatAck {
+                            demand: Demand { level_bps: 9_000 },
+                            assignments,
+                        }
+                    }
+                    NodeRequest::FetchModel { model, offset, len } => {
+                        let Some((_, bytes)) = models.iter().find(|(a, _)| a.model == model) else {
+                            return DispatcherReply::Error(WireError::new(
+                                ErrorCode::NotFound,
+                                "no such model",
+                            ));
+                        };
+                        let start = offset as usize;
+                        let end = (start + len as usize).min(bytes.len());
+                        DispatcherReply::ModelChunk {
+                            offset,
+                            total_bytes: bytes.len() as u64,
+                            data: bytes[start..end].to_vec(),
+                        }
+                    }
+                    NodeRequest::ReplicaState { deployment, state } => {
+                        seen.lock().unwrap().states.push((deployment, state));
+                        DispatcherReply::Ok
+                    }
+                    NodeRequest::Usage(report) => {
+                        let n = report.records.len() as u32;
+                        seen.lock().unwrap().usage.extend(report.records);
+                        DispatcherReply::UsageAck {
+                            accepted: n,
+                            duplicates: 0,
+                        }
+                    }
+                }
+            }
+        },
+    ));
+}
+
+fn dispatcher_key() -> SigningKey {
+    SigningKey::from_bytes(&[1; 32])
+}
+
+fn ticket(
+    signer: &SigningKey,
+    deployment: DeploymentId,
+    node: NodeId,
+    expires_at_s: u64,
+) -> Signed<Ticket> {
+    Signed::sign(
+        Ticket {
+            deployment,
+            key: KeyId::from_bytes([9; 16]),
+            credit_budget: Credits::new(1_000),
+            issued_at_s: NOW - 10,
+            expires_at_s,
+            nonce: [4; 16],
+            audience: vec![node],
+        },
+        signer,
+    )
+}
+
+fn image(seed: u32) -> Tensor {
+    let values: Vec<f32> = (0..784u32)
+        .map(|i| ((i * 31 + seed * 17) % 255) as f32 / 255.0)
+        .collect();
+    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("condition not reached in 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_registers_fetches_serves_and_reports_usage() {
+    let net = MemoryNetwork::new();
+    let dkey = dispatcher_key();
+    let did = NodeId::from_key(&dkey.verifying_key());
+    let dispatcher = net.bind("mem:dispatcher", did).unwrap();
+    let nkey = SigningKey::from_bytes(&[2; 32]);
+    let nid = NodeId::from_key(&nkey.verifying_key());
+    let node_transport = net.bind("mem:node", nid).unwrap();
+
+    let garbage = b"this is not an onnx model".to_vec();
+    let good = assignment(dep(1), TINY);
+    let bad = assignment(dep(2), &garbage);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    {
+        let seen = seen.clone();
+        let models = vec![
+            (good.clone(), TINY.to_vec()),
+            (bad.clone(), garbage.clone()),
+        ];
+        tokio::spawn(async move {
+            while let Ok(conn) = dispatcher.accept().await {
+                fake_dispatcher(conn, models.clone(), seen.clone());
+            }
+        });
+    }
+
+    let dir = std::env::temp_dir().join(format!("crat-node-rt-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let backend: Arc<dyn InferenceBackend> = Arc::new(TractBackend::new());
+    let clock = Arc::new(ManualClock(AtomicU64::new(NOW)));
+    let cpu = CpuInfo {
+        model: "test".into(),
+        cores: 2,
+        memory_bytes: 1 << 30,
+    };
+    let mut config = NodeConfig::new(
+        "mem:dispatcher".parse().unwrap(),
+        did,
+        "mem:node".parse().unwrap(),
+    );
+    config.batch_sizing = BatchSizing::Fixed(16);
+    config.batch = BatchConfig {
+        queue_delay_us_max: 5_000,
+        ..BatchConfig::default()
+    };
+    config.usage_flush_ms = 50;
+    let node = Node::new(
+        NodeParts {
+            key: nkey,
+            transport: node_transport,
+            cache: ModelCache::new(backend.clone(), 1 << 30),
+            store: ModelStore::open(&dir, 1 << 30).unwrap(),
+            hardware: FakeProbe::new(vec![], cpu).probe(),
+            idle: None,
+            clock: clock.clone(),
+        },
+        config,
+    );
+    let running = tokio::spawn({
+        let node = node.clone();
+        async move { node.run().await }
+    });
+
+    // Registered, fetched the model, loaded it, said so; the bad model failed with a reason.
+    wait_for(|| {
+        let s = seen.lock().unwrap();
+        s.states
+            .iter()
+            .any(|(d, st)| *d == dep(1) && *st == ReplicaState::Ready)
+            && s.states
+                .iter()
+                .any(|(d, st)| *d == dep(2) && matches!(st, ReplicaState::Failed(_)))
+    })
+    .await;
+    assert_eq!(seen.lock().unwrap().registered, Some(nid));
+    assert_eq!(node.ready(), vec![dep(1)]);
+    assert!(
+        dir.join(format!("{}.onnx", good.model)).exists(),
+        "model stored on disk"
+    );
+    wait_for(|| seen.lock().unwrap().heartbeats >= 2).await;
+
+    // A client calls the node directly.
+    let client = net.bind("mem:client", NodeId::from_bytes([3; 32])).unwrap();
+    let conn = client
+        .connect(&"mem:node".parse().unwrap(), &nid)
+        .await
+        .unwrap();
+    let call = move |req: ClientToNode| {
+        let conn = conn.clone();
+        async move {
+            conn.call::<_, NodeToClient>(&req, Conversation::ClientNode, FrameLimits::default())
+                .await
+                .unwrap()
+        }
+    };
+    let infer = |task: u8, t: Signed<Ticket>, d: DeploymentId, x: Tensor| {
+        ClientToNode::Infer(Box::new(InferRequest {
+            task: TaskId::from_bytes([task; 16]),
+            deployment: d,
+            ticket: t,
+            inputs: vec![NamedTensor::new("input", x)],
+        }))
+    };
+    let direct = backend.load(TINY).unwrap();
+
+    // 32 concurrent tasks: each gets exactly the outputs a direct backend run gives.
+    let mut tasks = Vec::new();
+    for i in 0..32u8 {
+        let req = infer(
+            i,
+            ticket(&dkey, dep(1), nid, NOW + 60),
+            dep(1),
+            image(u32::from(i)),
+        );
+        let call = call.clone();
+        let direct = direct.clone();
+        tasks.push(tokio::spawn(async move {
+            match call(req).await {
+                NodeToClient::Outputs { task, outputs, .. } => {
+                    assert_eq!(task, TaskId::from_bytes([i; 16]));
+                    assert_eq!(outputs[0].name, "probs");
+                    // Batched and single runs may differ in the last bits (other kernels and
+                    // summation order), never by more than 1e-5.
+                    let want = direct.run(&[image(u32::from(i))]).unwrap()[0]
+                        .to_vec::<f32>()
+                        .unwrap();
+                    let got = outputs[0].tensor.to_vec::<f32>().unwrap();
+                    assert_eq!(outputs[0].tensor.shape(), &[1, 10]);
+                    let diff = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(diff <= 1e-5, "task {i} got another row: max diff {diff}");
+                }
+                other => panic!("task {i}: {other:?}"),
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    // Typed refusals.
+    let code = |r: NodeToClient| match r {
+        NodeToClient::Error(e) => e.code,
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let forger = SigningKey::from_bytes(&[66; 32]);
+    assert_eq!(
+        code(
+            call(infer(
+                100,
+                ticket(&forger, dep(1), nid, NOW + 60),
+                dep(1),
+                image(0)
+            ))
+            .await
+        ),
+        ErrorCode::TicketRejected
+    );
+    assert_eq!(
+        code(
+            call(infer(
+                101,
+                ticket(&dkey, dep(1), nid, NOW - 1),
+                dep(1),
+                image(0)
+            ))
+            .await
+        ),
+        ErrorCode::TicketRejected
+    );
+    assert_eq!(
+        code(
+            call(infer(
+                102,
+                ticket(&dkey, dep(3), nid, NOW + 60),
+                dep(1),
+                image(0)
+            ))
+            .await
+        ),
+        ErrorCode::TicketRejected
+    );
+    let other_node = NodeId::from_bytes([5; 32]);
+    assert_eq!(
+        code(
+            call(infer(
+                103,
+                ticket(&dkey, dep(1), other_node, NOW + 60),
+                dep(1),
+                image(0)
+            ))
+            .await
+        ),
+        ErrorCode::TicketRejected
+    );
+    assert_eq!(
+        code(
+            call(infer(
+                104,
+                ticket(&dkey, dep(2), nid, NOW + 60),
+                dep(2),
+                image(0)
+            ))
+            .await
+        ),
+        ErrorCode::NotFound
+    );
+    let wrong_shape = Tensor::zeros(crat_core::tensor::DType::F32, &[1, 1, 27, 28]).unwrap();
+    assert_eq!(
+        code(
+            call(infer(
+                105,
+                ticket(&dkey, dep(1), nid, NOW + 60),
+                dep(1),
+                wrong_shape
+            ))
+            .await
+        ),
+        ErrorCode::InvalidInput
+    );
+    assert_eq!(call(ClientToNode::Ping).await, NodeToClient::Pong);
+
+    // Usage for exactly the 32 served tasks reaches the dispatcher; nothing stays pending.
+    wait_for(|| seen.lock().unwrap().usage.len() >= 32 && node.usage_pending() == 0).await;
+    let usage = seen.lock().unwrap().usage.clone();
+    assert_eq!(usage.len(), 32);
+    let mut tasks: Vec<TaskId> = usage.iter().map(|u| u.task).collect();
+    tasks.sort();
+    tasks.dedup();
+    assert_eq!(tasks.len(), 32);
+    assert!(
+        usage
+            .iter()
+            .all(|u| u.deployment == dep(1) && u.input_bytes == 784 * 4 && u.output_bytes == 40)
+    );
+
+    running.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
