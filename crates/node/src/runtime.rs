@@ -145,6 +145,9 @@ struct Inner<T: Transport> {
     served: RwLock<HashMap<DeploymentId, Arc<Served>>>,
     /// Deployments being set up (so an assignment repeated by heartbeats starts once).
     starting: Mutex<HashMap<DeploymentId, ()>>,
+    /// Deployments whose model failed to load, with that model: not retried every heartbeat
+    /// (only if the dispatcher assigns another model, or drops and re-adds the deployment).
+    failed: Mutex<HashMap<DeploymentId, ModelId>>,
     usage: Mutex<VecDeque<UsageRecord>>,
     dispatcher: RwLock<Option<T::Connection>>,
     inflight: AtomicU32,
@@ -208,6 +211,7 @@ impl<T: Transport> Node<T> {
                 config,
                 served: RwLock::new(HashMap::new()),
                 starting: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
                 usage: Mutex::new(VecDeque::new()),
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
@@ -516,9 +520,12 @@ impl<T: Transport> Node<T> {
         if complete {
             let keep: Vec<DeploymentId> = assignments.iter().map(|a| a.deployment).collect();
             write(&inner.served).retain(|d, _| keep.contains(d));
+            lock(&inner.failed).retain(|d, _| keep.contains(d));
         }
         for a in assignments {
-            if read(&inner.served).contains_key(&a.deployment) {
+            if read(&inner.served).contains_key(&a.deployment)
+                || lock(&inner.failed).get(&a.deployment) == Some(&a.model)
+            {
                 continue;
             }
             if lock(&inner.starting).insert(a.deployment, ()).is_some() {
@@ -526,11 +533,12 @@ impl<T: Transport> Node<T> {
             }
             let node = self.clone();
             tokio::spawn(async move {
-                let deployment = a.deployment;
+                let (deployment, model) = (a.deployment, a.model);
                 let state = match node.start_deployment(a).await {
                     Ok(()) => ReplicaState::Ready,
                     Err(e) => {
                         tracing::warn!(%deployment, error = %e, "cannot serve deployment");
+                        lock(&node.inner.failed).insert(deployment, model);
                         ReplicaState::Failed(e.to_string())
                     }
                 };

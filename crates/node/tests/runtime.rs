@@ -244,6 +244,16 @@ async fn node_registers_fetches_serves_and_reports_usage() {
     })
     .await;
     assert_eq!(seen.lock().unwrap().registered, Some(nid));
+    // The bad model is not retried on every heartbeat.
+    wait_for(|| seen.lock().unwrap().heartbeats >= 5).await;
+    let failures = seen
+        .lock()
+        .unwrap()
+        .states
+        .iter()
+        .filter(|(d, _)| *d == dep(2))
+        .count();
+    assert_eq!(failures, 1, "one failed load, reported once");
     assert_eq!(node.ready(), vec![dep(1)]);
     assert!(
         dir.join(format!("{}.onnx", good.model)).exists(),
