@@ -13,6 +13,9 @@
 //!    source of payouts and CRAT; metrics are taken from it; providers whose earnings stayed
 //!    below their electricity cost for `behaviour.departure_rounds` rounds leave.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
@@ -64,9 +67,36 @@ struct Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     Hour(u32),
-    Validate { worker: u32, validator: u32 },
     Close,
 }
+
+/// Node ids are uniformly random keys: their first eight bytes are already a good hash,
+/// much cheaper than SipHash over 32 bytes.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+}
+
+type IdHash = BuildHasherDefault<IdHasher>;
+
+/// One chunk of the churn pass: per node its online intervals, the chunk's capacity-seconds
+/// per hour, per node its capacity-seconds in the round.
+type ChurnChunk = (Vec<Vec<Interval>>, Vec<u64>, Vec<u64>);
+
+/// Round-number bit that separates a node's validation stream from its churn stream.
+const VALIDATION_STREAM: u64 = 1 << 63;
 
 /// One run of a scenario with one seed.
 ///
@@ -92,6 +122,8 @@ pub struct Simulation {
     nodes: Vec<Node>,
     /// Registered nodes sorted by id (the driver's order): (id, node index).
     by_id: Vec<(NodeId, u32)>,
+    /// Every node's index by id.
+    index: HashMap<NodeId, u32, IdHash>,
     round: u32,
     start_s: u64,
     initial_nodes: u64,
@@ -126,6 +158,7 @@ impl Simulation {
             driver,
             nodes: Vec::new(),
             by_id: Vec::new(),
+            index: HashMap::default(),
             round: 0,
             start_s,
             initial_nodes: scenario.population.nodes,
@@ -188,6 +221,8 @@ impl Simulation {
         let churn = &self.scenario.churn;
         let stationary_on = churn.mean_on_s as f64 / (churn.mean_on_s + churn.mean_off_s) as f64;
         let first = self.nodes.len() as u64;
+        let mut fresh: Vec<(NodeProfile, crat_rewards::CarriedState)> =
+            Vec::with_capacity(count as usize);
         for index in first..first + count {
             let mut rng = stream_rng(self.seed, index, u64::MAX);
             let mut bytes = [0u8; 32];
@@ -227,7 +262,7 @@ impl Simulation {
                 streak: 0,
                 uptime_total_s: 0,
             };
-            self.driver.register_with_state(profile, state);
+            fresh.push((profile, state));
             let node = Node {
                 id,
                 rating: entry.rating,
@@ -246,10 +281,17 @@ impl Simulation {
                 uptime_total: 0,
                 validations_failed: 0,
             };
-            let pos = self.by_id.partition_point(|(i, _)| *i < id);
-            self.by_id.insert(pos, (id, index as u32));
+            self.by_id.push((id, index as u32));
+            self.index.insert(id, index as u32);
             self.nodes.push(node);
         }
+        // Registering in id order appends to the driver's sorted list (O(1) each), where
+        // random order would shift it on every insert.
+        fresh.sort_unstable_by_key(|a| a.0.id);
+        for (profile, state) in fresh {
+            self.driver.register_with_state(profile, state);
+        }
+        self.by_id.sort_unstable();
         Ok(())
     }
 
@@ -290,43 +332,49 @@ impl Simulation {
             .iter()
             .map(|w| Interval::new(start_s + w.start_s, start_s + w.end_s))
             .collect();
-        let per_node: Vec<(Vec<Interval>, Vec<u64>)> = self
+        let chunks: Vec<ChurnChunk> = self
             .nodes
             .par_chunks_mut(CHURN_CHUNK)
             .enumerate()
-            .flat_map_iter(|(c, chunk)| {
-                let churn = &churn;
-                let outages = &outages;
-                chunk.iter_mut().enumerate().map(move |(k, n)| {
+            .map(|(c, chunk)| {
+                let mut online_all = Vec::with_capacity(chunk.len());
+                let mut caps = Vec::with_capacity(chunk.len());
+                let mut per_hour = vec![0u64; hours];
+                for (k, n) in chunk.iter_mut().enumerate() {
                     let index = (c * CHURN_CHUNK + k) as u64;
                     if n.departed_round.is_some() {
-                        return (Vec::new(), vec![0; hours]);
+                        online_all.push(Vec::new());
+                        caps.push(0);
+                        continue;
                     }
                     let mut rng = stream_rng(seed, index, u64::from(round));
-                    let mut online = advance_churn(n, churn, start_s, end_s, &mut rng);
-                    for (region, w) in outages {
+                    let mut online = advance_churn(n, &churn, start_s, end_s, &mut rng);
+                    for (region, w) in &outages {
                         if *region == n.region {
                             online = cut(online, *w);
                         }
                     }
                     let cap = u64::from(capacity_rps[usize::from(n.rating.get())]);
-                    let mut per_hour = vec![0u64; hours];
+                    let mut total = 0;
                     for iv in &online {
+                        total += cap * iv.len_s();
                         add_hours(&mut per_hour, start_s, *iv, cap);
                     }
-                    (online, per_hour)
-                })
+                    online_all.push(online);
+                    caps.push(total);
+                }
+                (online_all, per_hour, caps)
             })
             .collect();
         let mut capacity_req_hour = vec![0u64; hours];
-        let mut node_capacity: Vec<u64> = Vec::with_capacity(per_node.len());
-        for (_, ph) in &per_node {
-            let mut total = 0;
+        let mut online: Vec<Vec<Interval>> = Vec::with_capacity(self.nodes.len());
+        let mut node_capacity: Vec<u64> = Vec::with_capacity(self.nodes.len());
+        for (o, ph, caps) in chunks {
             for (h, v) in ph.iter().enumerate() {
                 capacity_req_hour[h] += v;
-                total += v;
             }
-            node_capacity.push(total);
+            online.extend(o);
+            node_capacity.extend(caps);
         }
 
         // 2. Per-instance deployments placed at the round's start.
@@ -342,8 +390,8 @@ impl Simulation {
             let candidates: Vec<Candidate> = self
                 .nodes
                 .iter()
-                .zip(&per_node)
-                .map(|(n, (online, _))| Candidate {
+                .zip(&online)
+                .map(|(n, online)| Candidate {
                     id: n.id,
                     rating: n.rating,
                     free_rps: capacity_rps[usize::from(n.rating.get())],
@@ -355,12 +403,6 @@ impl Simulation {
                     c.operator = i as u64 / sc.population.nodes_per_operator;
                     c
                 })
-                .collect();
-            let index_of: std::collections::HashMap<NodeId, usize> = candidates
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.online)
-                .map(|(i, c)| (c.id, i))
                 .collect();
             let mut placer = Placer::new(candidates);
             let rating_min = PowerRating::new(d.rating_min).unwrap_or(PowerRating::MIN);
@@ -387,8 +429,8 @@ impl Simulation {
                     let h_end = (h_start + HOUR_S).min(end_s);
                     let mut delivered: u128 = 0;
                     for a in &assigned {
-                        if let Some(&i) = index_of.get(&a.id) {
-                            let secs = overlap(&per_node[i].0, Interval::new(h_start, h_end));
+                        if let Some(&i) = self.index.get(&a.id) {
+                            let secs = overlap(&online[i as usize], Interval::new(h_start, h_end));
                             delivered += u128::from(a.rps) * u128::from(secs);
                         }
                     }
@@ -401,8 +443,8 @@ impl Simulation {
             }
         }
 
-        // 3. Cross-node events: demand per hour, validations, round close.
-        let mut queue: EventQueue<Event> = EventQueue::new();
+        // 3. Cross-node events through the queue: one demand tick per hour, the round close.
+        let mut queue: EventQueue<Event> = EventQueue::with_limit(hours + 1);
         for h in 0..hours {
             queue.schedule(start_s + h as u64 * HOUR_S, Event::Hour(h as u32))?;
         }
@@ -413,11 +455,7 @@ impl Simulation {
             d.per_request_clients as f64 * d.requests_per_client_per_day as f64 * demand_factor;
         let mut served: u64 = 0;
         let mut dropped: u64 = 0;
-        let mut validations_ok = vec![0u64; self.nodes.len()];
-        let mut validations_failed = vec![0u64; self.nodes.len()];
-        let mut validations = 0u64;
-        let mut validations_caught = 0u64;
-        while let Some((now, ev)) = queue.pop() {
+        while let Some((_, ev)) = queue.pop() {
             match ev {
                 Event::Hour(h) => {
                     let h = h as usize;
@@ -435,63 +473,55 @@ impl Simulation {
                         w *= d.peak_multiplier;
                     }
                     let want = daily_requests * w * h_len as f64 / DAY_S as f64;
-                    // Poisson-ish noise: ±1 request of rounding, drawn from the shared stream.
+                    // Fractional requests round up with their probability (shared stream).
                     let want = (want + rng.r#gen::<f64>()).floor() as u64;
                     let free = capacity_req_hour[h].saturating_sub(reserved_per_hour[h]);
                     let s = want.min(free);
                     served += s;
                     dropped += want - s;
-                    if h + 1 == hours {
-                        // All hours are known: sample the validations, at random times.
-                        let total_cap: u64 = node_capacity.iter().sum();
-                        let n = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000)
-                            as u64;
-                        let n = n.min(sc.validation.per_round_max);
-                        if total_cap > 0 && n > 0 {
-                            let cum: Vec<u64> = node_capacity
-                                .iter()
-                                .scan(0u64, |acc, c| {
-                                    *acc += c;
-                                    Some(*acc)
-                                })
-                                .collect();
-                            for _ in 0..n {
-                                let x = rng.gen_range(0..total_cap);
-                                let worker = cum.partition_point(|&c| c <= x);
-                                let y = rng.gen_range(0..total_cap);
-                                let validator = cum.partition_point(|&c| c <= y);
-                                if validator == worker {
-                                    continue;
-                                }
-                                let t = now + rng.gen_range(0..h_len.max(1));
-                                queue.schedule(
-                                    t,
-                                    Event::Validate {
-                                        worker: worker as u32,
-                                        validator: validator as u32,
-                                    },
-                                )?;
-                            }
-                        }
-                    }
-                }
-                Event::Validate { worker, validator } => {
-                    validations += 1;
-                    let w = worker as usize;
-                    let cheated =
-                        self.nodes[w].cheater && rng.gen_range(0..10_000) < sc.validation.cheat_bps;
-                    // A disagreement goes to a third (honest) node, which sides with the
-                    // validator: the worker's failure is recorded, the validator's check
-                    // counted correct either way.
-                    if cheated {
-                        validations_failed[w] += 1;
-                        validations_caught += 1;
-                    }
-                    validations_ok[validator as usize] += 1;
                 }
                 Event::Close => break,
             }
         }
+
+        // Validations: `sample_bps` of the served tasks are re-run by another node. A task's
+        // worker, and independently its validator, is a node chosen in proportion to the
+        // capacity it had online, so each node's count of validated tasks and of validations
+        // it ran are Poisson draws from its own stream (thread-count independent, O(n)).
+        // A cheater's validated task is wrong with probability `cheat_bps`; the disagreement
+        // goes to a third, honest node, so the worker's failure is recorded and the
+        // validator's check counts as correct.
+        let total_cap: u64 = node_capacity.iter().sum();
+        let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000) as u64;
+        let sampled = sampled.min(sc.validation.per_round_max);
+        let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
+        let draws: Vec<(u64, u64)> = if total_cap == 0 || sampled == 0 {
+            vec![(0, 0); self.nodes.len()]
+        } else {
+            let per_cap = sampled as f64 / total_cap as f64;
+            let nodes = &self.nodes;
+            node_capacity
+                .par_iter()
+                .enumerate()
+                .map(|(i, &cap)| {
+                    if cap == 0 {
+                        return (0, 0);
+                    }
+                    let mut rng = stream_rng(seed, i as u64, u64::from(round) | VALIDATION_STREAM);
+                    let lambda = cap as f64 * per_cap;
+                    let own = poisson(&mut rng, lambda);
+                    let ran = poisson(&mut rng, lambda);
+                    let failed = if nodes[i].cheater {
+                        binomial(&mut rng, own, cheat_p)
+                    } else {
+                        0
+                    };
+                    (ran, failed)
+                })
+                .collect()
+        };
+        let validations: u64 = draws.iter().map(|d| d.0).sum();
+        let validations_caught: u64 = draws.iter().map(|d| d.1).sum();
         let per_request_credits = Credits::new(served.saturating_mul(cost.get()));
         let income_credits = per_request_credits.saturating_add(instance_income);
         let income = sc.pricing.credits_to_usd(income_credits)?;
@@ -499,6 +529,7 @@ impl Simulation {
         // 4. Round close through the rewards driver.
         let by_id = &self.by_id;
         let nodes = &self.nodes;
+        let draws_ref = &draws;
         let activity = by_id.iter().filter_map(|(id, i)| {
             let i = *i as usize;
             if nodes[i].departed_round.is_some() {
@@ -507,15 +538,14 @@ impl Simulation {
             Some((
                 *id,
                 NodeActivity {
-                    online: per_node[i].0.clone(),
-                    validations_ok: validations_ok[i],
-                    validations_failed: validations_failed[i],
+                    online: std::mem::take(&mut online[i]),
+                    validations_ok: draws_ref[i].0,
+                    validations_failed: draws_ref[i].1,
                     crat_external_micro: MicroCrat::ZERO,
                 },
             ))
         });
         let closed = self.driver.close_round(income, activity)?;
-        drop(per_node);
 
         // Metrics and provider behaviour, from the outcome only.
         let mut m = RoundMetrics {
@@ -544,10 +574,10 @@ impl Simulation {
         let electricity = sc.behaviour.electricity_usd_micro_per_day;
         let mut departures = Vec::new();
         for o in &closed.outcome.nodes {
-            let Ok(pos) = self.by_id.binary_search_by(|(id, _)| id.cmp(&o.id)) else {
+            let Some(&i) = self.index.get(&o.id) else {
                 continue;
             };
-            let i = self.by_id[pos].1 as usize;
+            let i = i as usize;
             let n = &mut self.nodes[i];
             let class = usize::from(n.rating.get()) - 1;
             let g = o.guaranteed_usd_micro.get();
@@ -556,7 +586,7 @@ impl Simulation {
             n.bonus_total += b;
             n.crat_end = o.crat_end_micro.get();
             n.uptime_total = o.uptime_total_s;
-            n.validations_failed += validations_failed[i];
+            n.validations_failed += draws[i].1;
             crats.push(n.crat_end);
             if n.departed_round.is_some() {
                 continue;
@@ -684,7 +714,11 @@ fn advance_churn(
             }
             _ => -mean * (1.0 - u).ln(),
         };
-        toggle += if len.is_finite() { len.clamp(1.0, 1e12) } else { 1e12 } as u64;
+        toggle += if len.is_finite() {
+            len.clamp(1.0, 1e12)
+        } else {
+            1e12
+        } as u64;
     }
     if out.len() >= SESSIONS_PER_ROUND_MAX {
         // Stay in the current state until the round ends.
@@ -698,6 +732,41 @@ fn advance_churn(
     }
     n.next_toggle_s = toggle;
     out
+}
+
+/// A Poisson draw with mean `lambda` (Knuth below 30, normal approximation above).
+fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u64 {
+    if lambda <= 0.0 {
+        return 0;
+    }
+    if lambda < 30.0 {
+        let limit = (-lambda).exp();
+        let mut k = 0;
+        let mut p = rng.r#gen::<f64>();
+        while p > limit && k < 1_000 {
+            k += 1;
+            p *= rng.r#gen::<f64>();
+        }
+        return k;
+    }
+    (lambda + lambda.sqrt() * normal(rng)).round().max(0.0) as u64
+}
+
+/// A binomial draw (exact below 64 trials, normal approximation above).
+fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
+    if n < 64 {
+        return (0..n).filter(|_| rng.r#gen::<f64>() < p).count() as u64;
+    }
+    let mean = n as f64 * p;
+    let sd = (mean * (1.0 - p)).sqrt();
+    (mean + sd * normal(rng)).round().clamp(0.0, n as f64) as u64
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut ChaCha8Rng) -> f64 {
+    let u: f64 = rng.r#gen::<f64>();
+    let v: f64 = rng.r#gen::<f64>();
+    (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
 /// `online` minus the window `w` (the node is dark inside it).
