@@ -34,7 +34,8 @@ use crat_core::tensor::{DType, Tensor};
 use super::{BackendError, InferenceBackend};
 
 /// The model every candidate must load and run before it is chosen: the tiny CNN of
-/// `crates/node/models/tiny_cnn.onnx` (input `input` [N,1,28,28] f32, output `probs` [N,10]).
+/// `crates/node/models/tiny_cnn.onnx` (input `input` `[N, 1, 28, 28]` f32, output `probs`
+/// `[N, 10]`).
 pub const PROBE_MODEL: &[u8] = include_bytes!("../../models/tiny_cnn.onnx");
 
 /// What to try.

@@ -41,7 +41,7 @@
 //! several threads; the node scales across cores that way.
 //!
 //! # Security
-//! Models pass [`check_model`](super::onnx_check::check_model) first, and the tract parser is
+//! Models pass [`super::onnx_check::check_model`] first, and the tract parser is
 //! additionally given a data resolver that refuses every external file.
 
 use std::collections::HashMap;
