@@ -184,10 +184,11 @@ async fn batch_loop(
                 let next = match rx.try_recv() {
                     Ok(job) => Some(job),
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        match tokio::time::timeout_at(deadline, rx.recv()).await {
-                            Ok(job) => job,
-                            Err(_) => None,
-                        }
+                        // Past the deadline (or with no delay) this returns at once.
+                        tokio::time::timeout_at(deadline, rx.recv())
+                            .await
+                            .ok()
+                            .flatten()
                     }
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
                 };
