@@ -12,27 +12,13 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::SimError;
 
-/// Default bound on pending events of one [`EventQueue`].
+/// Bound on pending events of one [`EventQueue`] (payload slots are 24-bit numbers).
 pub const EVENTS_PENDING_MAX: usize = 1 << 24;
 
-/// A scheduled event: ordered by `time_s`, then by the sequence number it was given.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry<E> {
-    key: u128,
-    event: E,
-}
-
-impl<E: Eq> Ord for Entry<E> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-}
-
-impl<E: Eq> PartialOrd for Entry<E> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
+/// Bits of an event key that hold the slot of its payload.
+const SLOT_BITS: u32 = 24;
+/// Most events one queue may ever schedule (sequence numbers have 40 bits).
+pub const EVENTS_SCHEDULED_MAX: u64 = 1 << 40;
 
 /// A deterministic, bounded discrete-event queue.
 ///
@@ -50,26 +36,33 @@ impl<E: Eq> PartialOrd for Entry<E> {
 /// # Ok::<(), crat_sim::SimError>(())
 /// ```
 #[derive(Clone, Debug)]
+///
+/// The heap holds plain 128-bit keys, `time << 64 | sequence << 24 | slot`, so that sifting
+/// moves 16 bytes and compares integers; payloads wait in a slab of slots.
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Reverse<Entry<E>>>,
+    heap: BinaryHeap<Reverse<u128>>,
+    slots: Vec<Option<E>>,
+    free: Vec<u32>,
     seq: u64,
     now_s: u64,
     limit: usize,
 }
 
-impl<E: Eq> EventQueue<E> {
+impl<E> EventQueue<E> {
     /// An empty queue holding at most [`EVENTS_PENDING_MAX`] events.
     pub fn new() -> Self {
         Self::with_limit(EVENTS_PENDING_MAX)
     }
 
-    /// An empty queue holding at most `limit` events.
+    /// An empty queue holding at most `limit` events (at most [`EVENTS_PENDING_MAX`]).
     pub fn with_limit(limit: usize) -> Self {
         Self {
             heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             now_s: 0,
-            limit,
+            limit: limit.min(EVENTS_PENDING_MAX),
         }
     }
 
@@ -82,17 +75,39 @@ impl<E: Eq> EventQueue<E> {
                 value: self.limit as u64,
             });
         }
-        let key = (u128::from(time_s.max(self.now_s)) << 64) | u128::from(self.seq);
+        if self.seq >= EVENTS_SCHEDULED_MAX {
+            return Err(SimError::Limit {
+                name: "EVENTS_SCHEDULED_MAX",
+                value: EVENTS_SCHEDULED_MAX,
+            });
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(event);
+                slot
+            }
+            None => {
+                self.slots.push(Some(event));
+                // At most `limit` ≤ 2^24 slots exist, so the index fits 24 bits.
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let key = (u128::from(time_s.max(self.now_s)) << 64)
+            | (u128::from(self.seq) << SLOT_BITS)
+            | u128::from(slot);
         self.seq += 1;
-        self.heap.push(Reverse(Entry { key, event }));
+        self.heap.push(Reverse(key));
         Ok(())
     }
 
     /// The next event and its time, advancing the clock; `None` when empty.
     pub fn pop(&mut self) -> Option<(u64, E)> {
-        let Reverse(Entry { key, event }) = self.heap.pop()?;
-        // The high 64 bits are the time.
+        let Reverse(key) = self.heap.pop()?;
+        // The high 64 bits are the time, the low 24 the slot.
         self.now_s = (key >> 64) as u64;
+        let slot = (key as u32) & ((1 << SLOT_BITS) - 1);
+        self.free.push(slot);
+        let event = self.slots[slot as usize].take()?;
         Some((self.now_s, event))
     }
 
@@ -112,7 +127,7 @@ impl<E: Eq> EventQueue<E> {
     }
 }
 
-impl<E: Eq> Default for EventQueue<E> {
+impl<E> Default for EventQueue<E> {
     fn default() -> Self {
         Self::new()
     }

@@ -8,7 +8,8 @@
 //!    ([`crat_core::placement`]) and priced ([`PricingParams::quote`]);
 //! 3. cross-node events go through the [`EventQueue`]: one demand tick per hour (per-request
 //!    requests served up to the online capacity left, priced by
-//!    [`PricingParams::request_cost`]), sampled validations, and the round close;
+//!    [`PricingParams::request_cost`]) and the round close; sampled validations are then
+//!    drawn per node from its own stream (who ran and who failed how many re-runs);
 //! 4. the round closes through [`RoundDriver::close_round`], whose outcome is the only
 //!    source of payouts and CRAT; metrics are taken from it; providers whose earnings stayed
 //!    below their electricity cost for `behaviour.departure_rounds` rounds leave.
