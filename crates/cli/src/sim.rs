@@ -16,6 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use crat_sim::{Report, Scenario, Simulation, write_nodes_csv};
+use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 
 /// Most Monte-Carlo seeds one invocation may run.
@@ -122,6 +123,14 @@ fn run_scenarios(
     }
     let total = specs.len();
     let several = total > 1;
+    let all_rounds: u64 = specs.iter().map(|s| u64::from(s.scenario.rounds)).sum();
+    // Drawn on standard error when it is a terminal, hidden otherwise.
+    let bar = ProgressBar::new(all_rounds);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} rounds, {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(format!("0/{total} runs"));
     let done = AtomicUsize::new(0);
     let started = Instant::now();
     let statuses: Vec<(usize, String, u64, String, usize)> = specs
@@ -136,26 +145,31 @@ fn run_scenarios(
                 }
             });
             let t = Instant::now();
-            let (status, rounds) = match run_one(spec, &run_dir, export_dir.as_deref(), plot) {
+            let (status, rounds) = match run_one(spec, &run_dir, export_dir.as_deref(), plot, &bar)
+            {
                 Ok(rounds) => ("ok".to_owned(), rounds),
                 Err((rounds, e)) => (format!("failed: {e:#}"), rounds),
             };
             let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-            eprintln!(
-                "[{n}/{total}] run-{:04} seed {} {}{} ({:.1} s)",
-                spec.index,
-                spec.seed,
-                if spec.label.is_empty() {
-                    String::new()
-                } else {
-                    format!("[{}] ", spec.label)
-                },
-                status,
-                t.elapsed().as_secs_f64()
-            );
+            bar.set_message(format!("{n}/{total} runs"));
+            bar.suspend(|| {
+                eprintln!(
+                    "[{n}/{total}] run-{:04} seed {} {}{} ({:.1} s)",
+                    spec.index,
+                    spec.seed,
+                    if spec.label.is_empty() {
+                        String::new()
+                    } else {
+                        format!("[{}] ", spec.label)
+                    },
+                    status,
+                    t.elapsed().as_secs_f64()
+                )
+            });
             (spec.index, spec.label.clone(), spec.seed, status, rounds)
         })
         .collect();
+    bar.finish_and_clear();
     let mut index = String::from("run,label,seed,status,rounds\n");
     let mut failed = 0;
     for (i, label, seed, status, rounds) in &statuses {
@@ -187,6 +201,7 @@ fn run_one(
     dir: &Path,
     export: Option<&Path>,
     plot: bool,
+    bar: &ProgressBar,
 ) -> Result<usize, (usize, anyhow::Error)> {
     let fail = |e: anyhow::Error| (0, e);
     fs::create_dir_all(dir)
@@ -215,6 +230,7 @@ fn run_one(
     while !sim.finished() {
         match sim.step() {
             Ok(closed) => {
+                bar.inc(1);
                 if let Some(e) = export {
                     let r = closed.inputs.round.index;
                     let written = fs::write(
