@@ -735,18 +735,21 @@ fn advance_churn(
     out
 }
 
-/// A Poisson draw with mean `lambda` (Knuth below 30, normal approximation above).
+/// A Poisson draw with mean `lambda`: inversion with one uniform below 30, normal
+/// approximation above.
 fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u64 {
     if lambda <= 0.0 {
         return 0;
     }
     if lambda < 30.0 {
-        let limit = (-lambda).exp();
+        let u = rng.r#gen::<f64>();
+        let mut p = (-lambda).exp();
+        let mut f = p;
         let mut k = 0;
-        let mut p = rng.r#gen::<f64>();
-        while p > limit && k < 1_000 {
+        while u > f && k < 1_000 {
             k += 1;
-            p *= rng.r#gen::<f64>();
+            p *= lambda / k as f64;
+            f += p;
         }
         return k;
     }
