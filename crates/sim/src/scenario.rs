@@ -111,7 +111,7 @@ pub struct Population {
     /// GPU mix; rating and mining income come from the GPU table. Default: GTX 1650 15,
     /// GTX 1660 SUPER 25, RTX 2070 SUPER 25, RTX 3080 20, RTX 4080 SUPER 15.
     pub gpu_mix: Vec<GpuShare>,
-    /// New providers joining at the start of each round (0).
+    /// New providers joining at the start of each round after the first (0).
     pub arrivals_per_round: u64,
     /// Regions nodes are spread over, round-robin (4).
     pub regions: u32,
@@ -201,7 +201,7 @@ impl Default for Churn {
 pub struct Outage {
     /// Region number (0-based).
     pub region: u32,
-    /// Round (0-based) in which it starts.
+    /// Round (0-based) in which it starts; rounds start at [`crate::SIM_START_S`].
     pub round: u32,
     /// Offset of its start within that round, seconds.
     pub start_s: u64,

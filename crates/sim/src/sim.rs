@@ -37,6 +37,11 @@ use crate::scenario::{HOURS_PER_ROUND_MAX, SESSIONS_PER_ROUND_MAX, Scenario, Ses
 /// one node in O(n)); departed nodes beyond it stay registered, idle, until a later round.
 pub const DEREGISTER_MOVES_PER_ROUND_MAX: u64 = 1 << 26;
 
+/// Absolute time of the first round's start: 2023-11-14 00:00 UTC, a midnight, so that
+/// times of day (diurnal patterns, peak windows) read naturally in exported rounds, and
+/// initial registrations can lie before it.
+pub const SIM_START_S: u64 = 1_699_920_000;
+
 /// Nodes per parallel work item of the churn pass.
 const CHURN_CHUNK: usize = 4096;
 
@@ -138,7 +143,7 @@ impl Simulation {
     pub fn new(scenario: &Scenario, seed: u64) -> Result<Self, SimError> {
         scenario.validate()?;
         let params = scenario.rewards.clone();
-        let start_s = 0;
+        let start_s = SIM_START_S;
         let driver = RoundDriver::new(params, 0, start_s);
         let mut capacity_rps = [0u32; 6];
         for (r, c) in capacity_rps.iter_mut().enumerate() {
@@ -320,7 +325,7 @@ impl Simulation {
             .outages
             .iter()
             .filter_map(|o| {
-                let first = u64::from(o.round) * length_s + o.start_s;
+                let first = SIM_START_S + u64::from(o.round) * length_s + o.start_s;
                 let w = Interval::new(first, first + o.duration_s);
                 (w.end_s > start_s && w.start_s < end_s).then_some((o.region, w))
             })

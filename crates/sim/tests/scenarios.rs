@@ -82,6 +82,22 @@ fn equal_crat_and_uptime_bonus_follows_rating() {
     let mut sim = Simulation::new(&s, 8).unwrap();
     let closed = sim.step().unwrap();
     assert!(closed.outcome.aggregates.paid_ranks > 0);
+    // Initial providers registered over the month before the start.
+    assert_eq!(closed.inputs.round.start_s, crat_sim::SIM_START_S);
+    assert!(
+        closed
+            .inputs
+            .nodes
+            .iter()
+            .all(|n| n.registered_at_s <= crat_sim::SIM_START_S)
+    );
+    assert!(
+        closed
+            .inputs
+            .nodes
+            .iter()
+            .any(|n| n.registered_at_s < crat_sim::SIM_START_S)
+    );
     let rating = |id| {
         closed
             .inputs
