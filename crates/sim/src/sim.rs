@@ -93,6 +93,17 @@ impl Hasher for IdHasher {
             self.0 ^= u64::from_le_bytes(b);
         }
     }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+}
+
+/// The first eight bytes of an id: the key of [`Simulation`]'s index (12 bytes an entry
+/// instead of 36; a collision of two random ids on it is checked and resolved).
+fn id_key(id: &NodeId) -> u64 {
+    let b = id.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 type IdHash = BuildHasherDefault<IdHasher>;
@@ -129,7 +140,7 @@ pub struct Simulation {
     /// Registered nodes sorted by id (the driver's order): (id, node index).
     by_id: Vec<(NodeId, u32)>,
     /// Every node's index by id.
-    index: HashMap<NodeId, u32, IdHash>,
+    index: HashMap<u64, u32, IdHash>,
     round: u32,
     start_s: u64,
     initial_nodes: u64,
@@ -288,7 +299,9 @@ impl Simulation {
                 validations_failed: 0,
             };
             self.by_id.push((id, index as u32));
-            self.index.insert(id, index as u32);
+            // On a (vanishingly rare) clash of first bytes the first node keeps the slot and
+            // lookups of the second fall back to `by_id`.
+            self.index.entry(id_key(&id)).or_insert(index as u32);
             self.nodes.push(node);
         }
         // Registering in id order appends to the driver's sorted list (O(1) each), where
@@ -299,6 +312,18 @@ impl Simulation {
         }
         self.by_id.sort_unstable();
         Ok(())
+    }
+
+    /// The index of a registered node.
+    fn lookup(&self, id: &NodeId) -> Option<u32> {
+        match self.index.get(&id_key(id)) {
+            Some(&i) if self.nodes[i as usize].id == *id => Some(i),
+            _ => self
+                .by_id
+                .binary_search_by(|(x, _)| x.cmp(id))
+                .ok()
+                .map(|p| self.by_id[p].1),
+        }
     }
 
     /// Runs one round and returns it as closed by the rewards driver.
@@ -435,7 +460,7 @@ impl Simulation {
                     let h_end = (h_start + HOUR_S).min(end_s);
                     let mut delivered: u128 = 0;
                     for a in &assigned {
-                        if let Some(&i) = self.index.get(&a.id) {
+                        if let Some(i) = self.lookup(&a.id) {
                             let secs = overlap(&online[i as usize], Interval::new(h_start, h_end));
                             delivered += u128::from(a.rps) * u128::from(secs);
                         }
@@ -580,7 +605,7 @@ impl Simulation {
         let electricity = sc.behaviour.electricity_usd_micro_per_day;
         let mut departures = Vec::new();
         for o in &closed.outcome.nodes {
-            let Some(&i) = self.index.get(&o.id) else {
+            let Some(i) = self.lookup(&o.id) else {
                 continue;
             };
             let i = i as usize;
