@@ -26,7 +26,9 @@ use crate::backend::{BackendError, Dim, LoadedModel, ModelInfo};
 pub struct BatchConfig {
     /// Most rows (summed batch dimension) in one run. 1 disables merging.
     pub batch_size_max: u32,
-    /// Longest a request waits for company before its batch runs. Default 500 µs.
+    /// Longest a request waits for company before its batch runs. Default 0: a batch takes
+    /// whatever is queued when a worker frees up, which adds no latency at low load and
+    /// still forms full batches under load (requests queue while the worker is busy).
     pub queue_delay_us_max: u64,
     /// Requests waiting per model; beyond it callers get [`RunError::Busy`]. Default 1024.
     pub queue_len_max: usize,
@@ -40,7 +42,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             batch_size_max: 32,
-            queue_delay_us_max: 500,
+            queue_delay_us_max: 0,
             queue_len_max: 1024,
             workers: 1,
             run_timeout_ms: 30_000,
@@ -183,8 +185,15 @@ async fn batch_loop(
             while total < max {
                 let next = match rx.try_recv() {
                     Ok(job) => Some(job),
+                    // Nothing queued and no time left to wait (always so with no delay):
+                    // run now. Not even a zero-length timer: tokio's timers fire on the next
+                    // millisecond tick, which would add ~1 ms to every request.
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if tokio::time::Instant::now() >= deadline =>
+                    {
+                        None
+                    }
                     Err(mpsc::error::TryRecvError::Empty) => {
-                        // Past the deadline (or with no delay) this returns at once.
                         tokio::time::timeout_at(deadline, rx.recv())
                             .await
                             .ok()
