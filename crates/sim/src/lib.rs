@@ -58,16 +58,20 @@
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
-//! # Performance (2 shared cores, load ≈ 4–5; `crat sim run`, release)
+//! # Performance (2 cores shared with other builds; release `crat sim run`)
 //!
-//! - Event kernel hold with 10⁵ pending: ≈ 11 M events/s
-//!   (`cargo run --release -p crat-sim --example kernel_hold`; criterion:
+//! - Event kernel hold with 10⁵ pending: ≈ 11 M events/s (≈ 90 ns a hold;
+//!   `cargo run --release -p crat-sim --example kernel_hold`; criterion:
 //!   `cargo bench -p crat-benches --bench sim`).
-//! - 10,000 nodes × 1,000 rounds: ≈ 8 s of CPU (goal 2 s not met).
-//! - 1,000,000 nodes × 100 rounds: ≈ 250 s of CPU, peak RSS 1.07 GB (≈ 1.1 KB per node;
-//!   goals 30 s and 1 GB not met). Most of a round is closing it through
-//!   [`RoundDriver`] (per-node id lookups, the carry-forward sort and the inputs' copies)
-//!   and page faults on its fresh buffers.
+//! - 10,000 nodes × 1,000 rounds (default churn, 500 per-request and 100 per-instance
+//!   clients): ≈ 8–9 s wall, 8 s CPU, 80 MB peak (goal 2 s not met).
+//! - 1,000,000 nodes × 100 rounds (5,000 and 1,000 clients): 220 s wall (183 s user +
+//!   38 s system), peak RSS 1,024,180 KiB ≈ 1.0 GiB, ≈ 1.0 KiB per node (goal 30 s not
+//!   met; memory at the 1 GB line).
+//!
+//! About three quarters of a round is closing it through [`RoundDriver`]: a binary
+//! search per node's activity, the carry-forward sort by id, copies of the inputs, and page
+//! faults on their fresh buffers; `compute` itself is a fraction of it.
 //!
 //! [`RoundDriver`]: crat_rewards::RoundDriver
 
