@@ -130,9 +130,8 @@ pub fn validate_inputs(
                     });
                 }
                 Dim::Fixed(_) => {}
-                // An unnamed symbol (empty, or ONNX's "?" for an unknown dim) constrains
-                // nothing across inputs.
-                Dim::Symbolic(s) if s.is_empty() || s == "?" => {}
+                // An unnamed unknown size constrains nothing across inputs.
+                Dim::Symbolic(_) if !dim.is_named_symbol() => {}
                 Dim::Symbolic(s) => {
                     let first = *symbols.entry(s.as_str()).or_insert(got);
                     if first != got {

@@ -53,6 +53,20 @@ pub enum Dim {
     Symbolic(String),
 }
 
+impl Dim {
+    /// True for a symbol that names a size shared across inputs (an ONNX `dim_param` such as
+    /// `N`); false for fixed sizes and for unnamed unknown sizes (empty, ONNX's `?`, or
+    /// tract's generated `unk__…`), which constrain nothing beyond their own position.
+    pub fn is_named_symbol(&self) -> bool {
+        matches!(self, Dim::Symbolic(s) if is_named(s))
+    }
+}
+
+/// See [`Dim::is_named_symbol`].
+pub(crate) fn is_named(s: &str) -> bool {
+    !s.is_empty() && s != "?" && !s.starts_with("unk__")
+}
+
 impl fmt::Display for Dim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

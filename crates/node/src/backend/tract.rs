@@ -60,6 +60,7 @@ use tract_onnx::prelude::{
 use super::onnx_check::{ModelSummary, check_model};
 use super::{
     BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, batchable_inputs, catch_panic,
+    is_named,
 };
 
 /// Most plans (one per set of input shapes) kept per model.
@@ -438,11 +439,6 @@ impl TractModel {
             .map(|(v, spec)| from_tract(v.into_tensor(), spec.dtype))
             .collect()
     }
-}
-
-/// A symbol name tract can bind: not empty and not one of the "unknown" spellings.
-fn is_named(s: &str) -> bool {
-    !s.is_empty() && s != "?" && !s.starts_with("unk__")
 }
 
 impl LoadedModel for TractModel {
