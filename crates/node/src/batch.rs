@@ -543,7 +543,7 @@ mod tests {
     async fn time_limit_and_full_queue() {
         let model = RowSum::new(true);
         let b = Batcher::spawn(
-            model,
+            model.clone(),
             BatchConfig {
                 batch_size_max: 1,
                 queue_len_max: 2,
@@ -551,11 +551,21 @@ mod tests {
                 ..config()
             },
         );
+        /// Polls `f` every millisecond, for at most 10 s (no fixed sleeps: CI may be slow).
+        async fn until(f: impl Fn() -> bool) {
+            for _ in 0..10_000 {
+                if f() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("condition not reached");
+        }
         let slow = tokio::spawn({
             let b = b.clone();
             async move { b.infer(rows_of(&[999.0], 1)).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until(|| model.runs.lock().unwrap().len() == 1).await;
         // One running (its worker is busy), two queued: the next is refused at once.
         let q1 = tokio::spawn({
             let b = b.clone();
@@ -565,7 +575,7 @@ mod tests {
             let b = b.clone();
             async move { b.infer(rows_of(&[1.0], 1)).await }
         });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        until(|| b.queued() == 2).await;
         assert_eq!(b.infer(rows_of(&[1.0], 1)).await, Err(RunError::Busy));
         assert_eq!(slow.await.unwrap(), Err(RunError::Timeout(100)));
         // The queued ones run once the stuck worker comes back.

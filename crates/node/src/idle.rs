@@ -322,19 +322,31 @@ mod tests {
 
     #[tokio::test]
     async fn command_workload_ignoring_sigterm_is_killed_after_grace() {
+        let ready = std::env::temp_dir().join(format!("crat-idle-trap-{}", std::process::id()));
+        let _ = std::fs::remove_file(&ready);
         let w = CommandWorkload::new(
             "sh",
-            vec!["-c".into(), "trap '' TERM; sleep 30".into()],
+            vec![
+                "-c".into(),
+                format!("trap '' TERM; touch {}; sleep 30", ready.display()),
+            ],
             Duration::from_millis(300),
         );
         w.start().await.unwrap();
-        // Give the shell time to install its trap.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Wait until the shell has installed its trap (it says so by creating the file).
+        for _ in 0..10_000 {
+            if ready.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(ready.exists(), "the workload never started");
         let t = std::time::Instant::now();
         w.stop().await.unwrap();
         assert!(t.elapsed() >= Duration::from_millis(300));
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(!w.is_running());
+        let _ = std::fs::remove_file(&ready);
     }
 
     #[tokio::test]
