@@ -306,7 +306,9 @@ impl ModelCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, CacheError>>,
     {
-        let waiter = {
+        // One critical section decides this caller's role, so two callers can never both
+        // become the loader of the same model.
+        let tx = {
             let mut slots = lock(&self.slots);
             slots.clock += 1;
             let clock = slots.clock;
@@ -317,30 +319,28 @@ impl ModelCache {
                     *last_used = clock;
                     return Ok(model.clone());
                 }
-                Some(Slot::Loading(rx)) => Some(rx.clone()),
-                None => None,
+                Some(Slot::Loading(rx)) => Err(rx.clone()),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    slots.slots.insert(id, Slot::Loading(rx));
+                    Ok(tx)
+                }
             }
         };
-        if let Some(mut rx) = waiter {
-            return match rx.wait_for(Option::is_some).await {
-                Ok(result) => result.clone().unwrap_or_else(|| {
-                    Err(CacheError::Io("invariant: waited for a result".into()))
-                }),
-                Err(_) => Err(CacheError::Unavailable {
-                    model: id,
-                    reason: "the loading task went away".into(),
-                }),
-            };
-        }
-        let (tx, rx) = watch::channel(None);
-        // Register as the loader; a second caller arriving now waits on `rx`.
-        {
-            let mut slots = lock(&self.slots);
-            if let Some(Slot::Ready { model, .. }) = slots.slots.get(&id) {
-                return Ok(model.clone());
+        let tx = match tx {
+            Ok(tx) => tx,
+            Err(mut rx) => {
+                return match rx.wait_for(Option::is_some).await {
+                    Ok(result) => result.clone().unwrap_or_else(|| {
+                        Err(CacheError::Io("invariant: waited for a result".into()))
+                    }),
+                    Err(_) => Err(CacheError::Unavailable {
+                        model: id,
+                        reason: "the loading task went away".into(),
+                    }),
+                };
             }
-            slots.slots.insert(id, Slot::Loading(rx));
-        }
+        };
         // If this future is dropped mid-load, the guard frees the slot so others retry.
         let mut guard = LoadGuard {
             cache: self,
