@@ -28,34 +28,62 @@ pub fn carry_forward(
         .index
         .checked_add(1)
         .ok_or_else(|| RewardsError::overflow("round.index", "next round's index"))?;
-    // The outcome lists nodes in rank order; index it by id.
-    let mut by_id: Vec<(&NodeId, usize)> = outcome
-        .nodes
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (&o.id, i))
-        .collect();
-    by_id.sort_unstable();
-    let nodes = inputs
-        .nodes
-        .iter()
-        .map(|n| {
-            let o = by_id
-                .binary_search_by(|(id, _)| (*id).cmp(&n.id))
-                .map(|pos| &outcome.nodes[by_id[pos].1])
-                .map_err(|_| RewardsError::UnknownNode { id: n.id })?;
-            Ok(NodeInput {
-                crat_start_micro: o.crat_end_micro,
-                streak_start: o.streak_end,
-                uptime_total_s_before: o.uptime_total_s,
-                online: Vec::new(),
-                validations_ok: 0,
-                validations_failed: 0,
-                crat_external_micro: MicroCrat::ZERO,
-                ..n.clone()
+    let carried = |n: &NodeInput, o: &crate::NodeOutcome| NodeInput {
+        crat_start_micro: o.crat_end_micro,
+        streak_start: o.streak_end,
+        uptime_total_s_before: o.uptime_total_s,
+        online: Vec::new(),
+        validations_ok: 0,
+        validations_failed: 0,
+        crat_external_micro: MicroCrat::ZERO,
+        ..n.clone()
+    };
+    let nodes = if inputs.nodes.windows(2).all(|w| w[0].id < w[1].id)
+        && inputs.nodes.len() == outcome.nodes.len()
+    {
+        // Inputs in id order (as the driver keeps them): find each outcome's input by binary
+        // search and note where its outcome is; no (id, index) table to build and sort.
+        let mut outcome_of = vec![u32::MAX; inputs.nodes.len()];
+        for (k, o) in outcome.nodes.iter().enumerate() {
+            let i = inputs
+                .nodes
+                .binary_search_by(|n| n.id.cmp(&o.id))
+                .map_err(|_| RewardsError::UnknownNode { id: o.id })?;
+            // Node counts are bounded by ROUND_NODES_MAX, far below u32::MAX.
+            outcome_of[i] = k as u32;
+        }
+        inputs
+            .nodes
+            .iter()
+            .zip(outcome_of)
+            .map(|(n, k)| {
+                outcome
+                    .nodes
+                    .get(k as usize)
+                    .map(|o| carried(n, o))
+                    .ok_or(RewardsError::UnknownNode { id: n.id })
             })
-        })
-        .collect::<Result<Vec<_>, RewardsError>>()?;
+            .collect::<Result<Vec<_>, RewardsError>>()?
+    } else {
+        // Any order: index the outcome (rank order) by id.
+        let mut by_id: Vec<(&NodeId, usize)> = outcome
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (&o.id, i))
+            .collect();
+        by_id.sort_unstable();
+        inputs
+            .nodes
+            .iter()
+            .map(|n| {
+                by_id
+                    .binary_search_by(|(id, _)| (*id).cmp(&n.id))
+                    .map(|pos| carried(n, &outcome.nodes[by_id[pos].1]))
+                    .map_err(|_| RewardsError::UnknownNode { id: n.id })
+            })
+            .collect::<Result<Vec<_>, RewardsError>>()?
+    };
     Ok(RoundInputs {
         params: inputs.params.clone(),
         round: Round {
@@ -263,10 +291,17 @@ impl RoundDriver {
         let mut inputs = self.next.clone();
         inputs.round.income_usd_micro = income;
         let mut seen = vec![false; inputs.nodes.len()];
+        let mut hint = 0usize;
         for (id, a) in activity {
-            let i = self
-                .position(&id)
-                .map_err(|_| RewardsError::UnknownNode { id })?;
+            // Activity usually comes in id order (a ledger query, the simulator): try the
+            // position after the previous one before searching.
+            let i = match inputs.nodes.get(hint) {
+                Some(n) if n.id == id => hint,
+                _ => self
+                    .position(&id)
+                    .map_err(|_| RewardsError::UnknownNode { id })?,
+            };
+            hint = i + 1;
             if std::mem::replace(&mut seen[i], true) {
                 return Err(RewardsError::DuplicateActivity { id });
             }
