@@ -329,80 +329,60 @@ async fn node_registers_fetches_serves_and_reports_usage() {
         other => panic!("expected an error, got {other:?}"),
     };
     let forger = SigningKey::from_bytes(&[66; 32]);
-    assert_eq!(
-        code(
-            call(infer(
-                100,
-                ticket(&forger, dep(1), nid, NOW + 60),
-                dep(1),
-                image(0)
-            ))
-            .await
-        ),
-        ErrorCode::TicketRejected
-    );
-    assert_eq!(
-        code(
-            call(infer(
-                101,
-                ticket(&dkey, dep(1), nid, NOW - 1),
-                dep(1),
-                image(0)
-            ))
-            .await
-        ),
-        ErrorCode::TicketRejected
-    );
-    assert_eq!(
-        code(
-            call(infer(
-                102,
-                ticket(&dkey, dep(3), nid, NOW + 60),
-                dep(1),
-                image(0)
-            ))
-            .await
-        ),
-        ErrorCode::TicketRejected
-    );
     let other_node = NodeId::from_bytes([5; 32]);
-    assert_eq!(
-        code(
-            call(infer(
-                103,
-                ticket(&dkey, dep(1), other_node, NOW + 60),
-                dep(1),
-                image(0)
-            ))
-            .await
-        ),
-        ErrorCode::TicketRejected
-    );
-    assert_eq!(
-        code(
-            call(infer(
-                104,
-                ticket(&dkey, dep(2), nid, NOW + 60),
-                dep(2),
-                image(0)
-            ))
-            .await
-        ),
-        ErrorCode::NotFound
-    );
     let wrong_shape = Tensor::zeros(crat_core::tensor::DType::F32, &[1, 1, 27, 28]).unwrap();
-    assert_eq!(
-        code(
-            call(infer(
-                105,
-                ticket(&dkey, dep(1), nid, NOW + 60),
-                dep(1),
-                wrong_shape
-            ))
-            .await
+    // (task, ticket, deployment asked for, input, expected refusal)
+    let refusals = [
+        (
+            100,
+            ticket(&forger, dep(1), nid, NOW + 60),
+            dep(1),
+            image(0),
+            ErrorCode::TicketRejected,
         ),
-        ErrorCode::InvalidInput
-    );
+        (
+            101,
+            ticket(&dkey, dep(1), nid, NOW - 1),
+            dep(1),
+            image(0),
+            ErrorCode::TicketRejected,
+        ),
+        (
+            102,
+            ticket(&dkey, dep(3), nid, NOW + 60),
+            dep(1),
+            image(0),
+            ErrorCode::TicketRejected,
+        ),
+        (
+            103,
+            ticket(&dkey, dep(1), other_node, NOW + 60),
+            dep(1),
+            image(0),
+            ErrorCode::TicketRejected,
+        ),
+        (
+            104,
+            ticket(&dkey, dep(2), nid, NOW + 60),
+            dep(2),
+            image(0),
+            ErrorCode::NotFound,
+        ),
+        (
+            105,
+            ticket(&dkey, dep(1), nid, NOW + 60),
+            dep(1),
+            wrong_shape,
+            ErrorCode::InvalidInput,
+        ),
+    ];
+    for (task, t, d, x, expected) in refusals {
+        assert_eq!(
+            code(call(infer(task, t, d, x)).await),
+            expected,
+            "task {task}"
+        );
+    }
     assert_eq!(call(ClientToNode::Ping).await, NodeToClient::Pong);
 
     // Usage for exactly the 32 served tasks reaches the dispatcher; nothing stays pending.
