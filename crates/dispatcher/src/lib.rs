@@ -1,4 +1,4 @@
 //! `crat-dispatcher`: the dispatch service.
-//!
-//! **Not implemented yet.** This crate is reserved for the node registry, model
-//! store, ledger, leases and round closer (issue 5). It exports nothing today.
+
+pub mod blob;
+pub mod ledger;

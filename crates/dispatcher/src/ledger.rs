@@ -1,0 +1,321 @@
+//! The ledger: every record that is money or that money is computed from, in a transactional
+//! database. Nothing is acknowledged to a peer before the ledger has committed it.
+//!
+//! [`Ledger`] is the trait the dispatcher uses; [`SqliteLedger`] is the embedded default (one
+//! file under the data directory, WAL journal, versioned migrations). A PostgreSQL backend
+//! implements the same trait.
+//!
+//! Credits move in exactly four ways, each a row of the journal and an update of a balance in
+//! the same transaction: a **grant** adds to an account; a **deploy** takes the plan's
+//! up-front price from the account (for a per-request plan that is the allowance, held by the
+//! deployment); a **usage** charge takes a task's cost from its deployment's allowance, once
+//! per task id; an **undeploy** returns what is left of an allowance to the account. A
+//! round's client income is the deploy charges of per-instance plans plus the usage charges
+//! made inside the round.
+
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::pricing::{DeployPlan, PriceQuote};
+use crat_core::wire::UsageRecord;
+use crat_rewards::{Interval, RoundOutcome};
+
+mod sqlite;
+
+pub use sqlite::SqliteLedger;
+
+/// An account name: 1..=64 bytes of `[a-z0-9_-]`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct AccountName(String);
+
+impl AccountName {
+    /// Longest account name.
+    pub const BYTES_MAX: usize = 64;
+
+    /// Checks and wraps a name.
+    pub fn new(name: impl Into<String>) -> Result<Self, LedgerError> {
+        let name = name.into();
+        let ok = !name.is_empty()
+            && name.len() <= Self::BYTES_MAX
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(LedgerError::Invalid(format!(
+                "account name {name:?} must be 1..={} characters of a-z, 0-9, _ and -",
+                Self::BYTES_MAX
+            )))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for AccountName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An SDK key as stored: never the secret, only its blake3 hash.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct KeyRecord {
+    /// The key's public id.
+    pub id: KeyId,
+    /// The account it spends from.
+    pub account: AccountName,
+    /// blake3 of the 32-byte secret.
+    pub secret_hash: [u8; 32],
+    /// Unix seconds.
+    pub created_at_s: u64,
+    /// Unix seconds; `None` never expires.
+    pub expires_at_s: Option<u64>,
+    /// Unix seconds it was revoked at, if it was.
+    pub revoked_at_s: Option<u64>,
+}
+
+/// A stored model's metadata (the bytes live in the blob store).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ModelRecord {
+    /// Content address.
+    pub id: ModelId,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Who uploaded it first.
+    pub account: AccountName,
+    /// Unix seconds.
+    pub stored_at_s: u64,
+}
+
+/// A deployment as stored.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct DeploymentRecord {
+    /// Its id.
+    pub id: DeploymentId,
+    /// The account that pays.
+    pub account: AccountName,
+    /// The key that created it.
+    pub key: KeyId,
+    /// The model.
+    pub model: ModelId,
+    /// The model's size.
+    pub model_bytes: u64,
+    /// The plan.
+    pub plan: DeployPlan,
+    /// The price when deployed.
+    pub price: PriceQuote,
+    /// What is left of a per-request allowance (0 for per-instance plans).
+    pub allowance_left: Credits,
+    /// Unix seconds.
+    pub created_at_s: u64,
+    /// Unix seconds it was stopped at, if it was.
+    pub stopped_at_s: Option<u64>,
+}
+
+/// One task to charge: a node's usage record with the cost the dispatcher priced it at.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct UsageCharge {
+    /// The record as the node reported it.
+    pub record: UsageRecord,
+    /// The node that ran it.
+    pub node: NodeId,
+    /// Its price under the deployment's plan (0 for per-instance plans).
+    pub cost: Credits,
+    /// When the dispatcher received it (Unix seconds).
+    pub at_s: u64,
+}
+
+/// What [`Ledger::charge_usage`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct UsageOutcome {
+    /// Records stored and charged now.
+    pub accepted: u32,
+    /// Records whose task id was already stored (nothing charged again).
+    pub duplicates: u32,
+    /// Credits taken from allowances by this call.
+    pub charged: Credits,
+    /// Credits that could not be taken because an allowance ran out (recorded per task).
+    pub uncollected: Credits,
+}
+
+/// A stored usage record (for audits and tests).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct UsageRow {
+    /// The task.
+    pub task: TaskId,
+    /// Its deployment.
+    pub deployment: DeploymentId,
+    /// The node that ran it.
+    pub node: NodeId,
+    /// Credits charged.
+    pub charged: Credits,
+    /// Credits owed but not collected (allowance exhausted).
+    pub uncollected: Credits,
+    /// Unix seconds.
+    pub at_s: u64,
+}
+
+/// A node as the ledger keeps it between rounds.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NodeRecord {
+    /// The node.
+    pub id: NodeId,
+    /// Its current power rating (1..=5).
+    pub rating: u8,
+    /// First registration (Unix seconds); never changes once stored.
+    pub registered_at_s: u64,
+    /// Average mining income of its GPU per day.
+    pub mining_income_usd_micro_per_day: MicroUsd,
+    /// CRAT held now (after the last closed round).
+    pub crat_micro: MicroCrat,
+    /// Consecutive committed rounds up to the last closed round.
+    pub streak: u64,
+    /// Uptime in all closed rounds.
+    pub uptime_total_s: u64,
+}
+
+/// One closed round.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RoundRecord {
+    /// Round index (0, 1, …).
+    pub index: u64,
+    /// Unix seconds.
+    pub start_s: u64,
+    /// Seconds.
+    pub length_s: u64,
+    /// Client income of the round.
+    pub income_usd_micro: MicroUsd,
+    /// Bonus pool carried out to the next round.
+    pub carry_out_usd_micro: MicroUsd,
+    /// Total paid (guaranteed + bonus).
+    pub paid_usd_micro: MicroUsd,
+    /// The rewards inputs, in the interchange JSON of ECONOMICS.md.
+    pub inputs_json: String,
+    /// The outcome, in the interchange JSON.
+    pub outcome_json: String,
+}
+
+/// Why the ledger refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// Something that must exist does not.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Something that must be new exists already.
+    #[error("{0} already exists")]
+    Exists(String),
+    /// The account balance does not cover a charge.
+    #[error("balance {balance} credits does not cover {needed}")]
+    InsufficientCredits {
+        /// Balance now.
+        balance: Credits,
+        /// What was asked.
+        needed: Credits,
+    },
+    /// A value outside its domain.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// An arithmetic overflow in a balance.
+    #[error("overflow in {0}")]
+    Overflow(&'static str),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// Stored data does not decode (corruption or a newer schema).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// The dispatcher's database. Every method is one transaction: it commits entirely or
+/// changes nothing. Implementations are internally synchronised.
+pub trait Ledger: Send + Sync + 'static {
+    /// Creates an account with a zero balance.
+    fn create_account(&self, name: &AccountName, now_s: u64) -> Result<(), LedgerError>;
+    /// Adds credits to an account; returns the new balance.
+    fn grant(&self, name: &AccountName, credits: Credits, now_s: u64)
+    -> Result<Credits, LedgerError>;
+    /// An account's balance.
+    fn balance(&self, name: &AccountName) -> Result<Credits, LedgerError>;
+
+    /// Stores a new key (its account must exist).
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), LedgerError>;
+    /// A key by id.
+    fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, LedgerError>;
+    /// Keys of an account, oldest first.
+    fn keys(&self, account: &AccountName) -> Result<Vec<KeyRecord>, LedgerError>;
+    /// Marks a key revoked (no-op if it already is); returns the record after.
+    fn revoke_key(&self, id: &KeyId, now_s: u64) -> Result<KeyRecord, LedgerError>;
+
+    /// Stores a model's metadata; a model already stored is left as it is.
+    fn insert_model(&self, model: &ModelRecord) -> Result<(), LedgerError>;
+    /// A model by id.
+    fn model(&self, id: &ModelId) -> Result<Option<ModelRecord>, LedgerError>;
+
+    /// Stores a deployment and takes `deployment.price.upfront` from its account, atomically;
+    /// [`LedgerError::InsufficientCredits`] (and nothing stored) if the balance is short.
+    /// Returns the balance after.
+    fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Credits, LedgerError>;
+    /// A deployment by id.
+    fn deployment(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>, LedgerError>;
+    /// Deployments not stopped, oldest first.
+    fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError>;
+    /// Stops a deployment and returns its allowance left to the account; returns the record
+    /// after. Stopping a stopped deployment changes nothing.
+    fn stop_deployment(&self, id: &DeploymentId, now_s: u64)
+    -> Result<DeploymentRecord, LedgerError>;
+
+    /// Stores and charges usage records, once per task id: a task already stored is counted
+    /// as a duplicate and charged nothing. Each cost is taken from the deployment's
+    /// allowance; what the allowance cannot cover is recorded as uncollected.
+    fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError>;
+    /// A stored usage record by task id.
+    fn usage(&self, task: &TaskId) -> Result<Option<UsageRow>, LedgerError>;
+    /// Number of stored usage records and the credits charged for them, for a deployment.
+    fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError>;
+
+    /// Stores a node on first registration, or updates its rating and mining income
+    /// (`registered_at_s`, CRAT, streak and uptime total are kept from the stored record).
+    fn upsert_node(&self, node: &NodeRecord) -> Result<(), LedgerError>;
+    /// A node by id.
+    fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, LedgerError>;
+    /// All nodes, in id order.
+    fn nodes(&self) -> Result<Vec<NodeRecord>, LedgerError>;
+    /// Records that `node` was online during `[session_start_s, end_s)`: the session that
+    /// started at `session_start_s` is created or extended to `end_s`.
+    fn record_online(
+        &self,
+        node: &NodeId,
+        session_start_s: u64,
+        end_s: u64,
+    ) -> Result<(), LedgerError>;
+    /// A node's online sessions that overlap `[from_s, to_s)`, unclipped, by start.
+    fn online_sessions(
+        &self,
+        node: &NodeId,
+        from_s: u64,
+        to_s: u64,
+    ) -> Result<Vec<Interval>, LedgerError>;
+    /// Records one validation outcome of a node's work at `at_s`.
+    fn record_validation(&self, node: &NodeId, ok: bool, at_s: u64) -> Result<(), LedgerError>;
+    /// (ok, failed) validations of a node with `at_s` in `[from_s, to_s)`.
+    fn validations(&self, node: &NodeId, from_s: u64, to_s: u64)
+    -> Result<(u64, u64), LedgerError>;
+
+    /// Client income in credits with charge time in `[from_s, to_s)`: per-instance deploy
+    /// charges plus usage charges.
+    fn income(&self, from_s: u64, to_s: u64) -> Result<Credits, LedgerError>;
+    /// Stores a closed round and applies its outcome to the node records (CRAT, streak,
+    /// uptime total), atomically. Storing a round index twice is [`LedgerError::Exists`].
+    fn close_round(&self, round: &RoundRecord, outcome: &RoundOutcome) -> Result<(), LedgerError>;
+    /// The last closed round.
+    fn last_round(&self) -> Result<Option<RoundRecord>, LedgerError>;
+    /// A closed round by index.
+    fn round(&self, index: u64) -> Result<Option<RoundRecord>, LedgerError>;
+    /// Closed rounds, newest first, at most `limit`.
+    fn rounds(&self, limit: u32) -> Result<Vec<RoundRecord>, LedgerError>;
+}
