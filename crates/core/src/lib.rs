@@ -55,6 +55,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod dispatch;
 pub mod gpu_table;
 pub mod hardware;
 pub mod id;

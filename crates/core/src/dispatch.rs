@@ -1,0 +1,960 @@
+//! The dispatch state machine: which nodes are online, which deployments they serve, and
+//! what must be said to whom when something changes. Sans-IO: it reads no clock (every
+//! event carries `now_s`) and sends nothing; each event returns [`Effect`]s for its driver to
+//! carry out (push a message to a node, persist an uptime interval, publish a deployment's
+//! state). The dispatcher service drives it over a real transport and a database; the
+//! simulator can drive the very same machine.
+//!
+//! Rules:
+//! - A node is **online** from its registration until it misses
+//!   [`DispatchConfig::heartbeats_missed_max`] heartbeat intervals. Each online stretch is a
+//!   *session*; [`Effect::Online`] reports it growing so the driver can persist uptime.
+//! - A deployment asks for a number of **replicas** ([`DispatchConfig::replicas`]), placed
+//!   with [`crate::placement`] on online nodes with free capacity and a suitable rating. A
+//!   node's capacity is [`DispatchConfig::rps_per_rating`] × its rating.
+//! - A replica is warm once its node reports it ready (a `ReplicaState` or a heartbeat's
+//!   `ready` list). The deployment is [`DeploymentState::Ready`] when all wanted replicas are
+//!   warm, [`DeploymentState::Degraded`] when some but not all are (after a node went away),
+//!   and [`DeploymentState::Pending`] before its first replica is warm.
+//! - When a node goes offline or a replica fails to load, the replica is placed again on
+//!   another node (never on a node where it failed), on every tick until it fits.
+//!
+//! ```
+//! use crat_core::dispatch::{Dispatch, DispatchConfig, Effect};
+//! use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
+//! use crat_core::id::{DeploymentId, ModelId, NodeId};
+//! use crat_core::pricing::{DeployPlan, PerRequestPlan};
+//! use crat_core::money::Credits;
+//! use crat_core::wire::{DeploymentState, PeerAddr};
+//!
+//! let mut d = Dispatch::new(DispatchConfig { replicas: 1, ..DispatchConfig::default() });
+//! let node = NodeId::from_bytes([7; 32]);
+//! let hw = HardwareInfo { gpus: vec![], cpu: CpuInfo { model: "cpu".into(), cores: 8, memory_bytes: 1 << 34 } };
+//! let addr: PeerAddr = "127.0.0.1:4000".parse()?;
+//! d.node_joined(100, node, PowerRating::new(3)?, vec![addr], hw, 1 << 30);
+//! let dep = DeploymentId::from_bytes([1; 16]);
+//! let plan = DeployPlan::PerRequest(PerRequestPlan { max_input_bytes: 1 << 20, credit_allowance: Credits::new(100) });
+//! let effects = d.deploy(100, dep, ModelId::of_bytes(b"model"), 5, plan)?;
+//! assert!(effects.iter().any(|e| matches!(e, Effect::Push { node: n, .. } if *n == node)));
+//! assert_eq!(d.deployment_state(&dep).map(|s| s.0), Some(DeploymentState::Pending));
+//! d.replica_ready(101, &node, &dep);
+//! assert_eq!(d.deployment_state(&dep).map(|s| s.0), Some(DeploymentState::Ready));
+//! assert_eq!(d.lease_replicas(&dep)?.len(), 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::hardware::{HardwareInfo, PowerRating};
+use crate::id::{DeploymentId, ModelId, NodeId};
+use crate::placement::{Candidate, PlacementError, Placer, Request};
+use crate::pricing::DeployPlan;
+use crate::wire::{
+    Assignment, Demand, DeploymentState, DispatcherPush, Heartbeat, PeerAddr, Replica, ReplicaState,
+};
+
+/// Most nodes the machine tracks.
+pub const NODES_MAX: usize = 1 << 20;
+/// Most deployments the machine tracks.
+pub const DEPLOYMENTS_MAX: usize = 1 << 20;
+
+/// Knobs of the dispatch rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchConfig {
+    /// Expected heartbeat interval. Default 5 s.
+    pub heartbeat_interval_s: u64,
+    /// Heartbeat intervals a node may miss before it is offline. Default 3.
+    pub heartbeats_missed_max: u64,
+    /// Replicas per deployment (at least; a per-instance plan gets more when its guaranteed
+    /// rate needs them). Default 2.
+    pub replicas: u32,
+    /// Rate one replica of a per-instance plan serves at most. Default 100 rps.
+    pub replica_rps_max: u32,
+    /// Rate reserved per replica of a per-request plan. Default 10 rps.
+    pub per_request_replica_rps: u32,
+    /// Capacity per rating point of a node. Default 100 rps (a rating-5 node: 500 rps).
+    pub rps_per_rating: u32,
+    /// Lowest rating a replica's node may have. Default 1.
+    pub rating_min: PowerRating,
+    /// Most replicas of one deployment on one operator (address block); 0 = no limit.
+    /// Default 0 (issue 7 turns it on with its sybil rules).
+    pub per_operator_max: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_s: 5,
+            heartbeats_missed_max: 3,
+            replicas: 2,
+            replica_rps_max: 100,
+            per_request_replica_rps: 10,
+            rps_per_rating: 100,
+            rating_min: PowerRating::MIN,
+            per_operator_max: 0,
+        }
+    }
+}
+
+/// Something the driver must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Send `push` to `node` (best effort: heartbeat answers carry the full assignment set,
+    /// so a lost push is repaired within one heartbeat).
+    Push {
+        /// The node.
+        node: NodeId,
+        /// What to tell it.
+        push: DispatcherPush,
+    },
+    /// `node` was online during `[session_start_s, until_s)`; persist it.
+    Online {
+        /// The node.
+        node: NodeId,
+        /// When the session began.
+        session_start_s: u64,
+        /// Online at least until here.
+        until_s: u64,
+    },
+    /// `node` went offline; its session ended at `last_seen_s`.
+    Offline {
+        /// The node.
+        node: NodeId,
+        /// When the session began.
+        session_start_s: u64,
+        /// Its last heartbeat.
+        last_seen_s: u64,
+    },
+    /// A deployment's state changed.
+    DeploymentState {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// Its new state.
+        state: DeploymentState,
+    },
+}
+
+/// Why a dispatch request was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// The node is not registered.
+    #[error("node {0} is not registered")]
+    UnknownNode(NodeId),
+    /// The deployment is not known.
+    #[error("deployment {0} not found")]
+    UnknownDeployment(DeploymentId),
+    /// Not enough capacity for the deployment's replicas.
+    #[error("{0}")]
+    NoCapacity(PlacementError),
+    /// The deployment has no warm replica yet.
+    #[error("deployment {0} has no ready replica yet")]
+    NotReady(DeploymentId),
+    /// A table is full.
+    #[error("too many {0}")]
+    Full(&'static str),
+    /// The deployment exists already.
+    #[error("deployment {0} exists already")]
+    Exists(DeploymentId),
+}
+
+struct NodeEntry {
+    rating: PowerRating,
+    addrs: Vec<PeerAddr>,
+    model_bytes_max: u64,
+    operator: u64,
+    online: bool,
+    session_start_s: u64,
+    last_seen_s: u64,
+    /// Rate reserved by replicas placed here.
+    used_rps: u32,
+    /// Utilisation reported by the last heartbeat.
+    utilisation_bps: u16,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ReplicaEntry {
+    rps: u32,
+    ready: bool,
+}
+
+struct DeploymentEntry {
+    model: ModelId,
+    model_bytes: u64,
+    max_input_bytes: u64,
+    replicas_wanted: u32,
+    replica_rps: u32,
+    replicas: BTreeMap<NodeId, ReplicaEntry>,
+    /// Nodes where the model failed to load: never placed there again.
+    failed_on: BTreeSet<NodeId>,
+    state: DeploymentState,
+}
+
+impl DeploymentEntry {
+    fn ready_count(&self) -> u32 {
+        self.replicas.values().filter(|r| r.ready).count() as u32
+    }
+
+    fn assignment(&self, id: DeploymentId) -> Assignment {
+        Assignment {
+            deployment: id,
+            model: self.model,
+            model_bytes: self.model_bytes,
+            max_input_bytes: self.max_input_bytes,
+        }
+    }
+}
+
+/// The dispatch state machine. See the [module docs](self).
+pub struct Dispatch {
+    config: DispatchConfig,
+    nodes: BTreeMap<NodeId, NodeEntry>,
+    deployments: BTreeMap<DeploymentId, DeploymentEntry>,
+}
+
+/// The operator of a node: its IPv4 /24 or IPv6 /48 address block (hashed), or the node
+/// itself when no address parses. Nodes of one operator share placement limits.
+pub fn operator_of(node: &NodeId, addrs: &[PeerAddr]) -> u64 {
+    let block = addrs.iter().find_map(|a| {
+        let ip = a.as_str().parse::<std::net::SocketAddr>().ok()?.ip();
+        Some(match ip {
+            std::net::IpAddr::V4(v4) => {
+                let o = v4.octets();
+                vec![4, o[0], o[1], o[2]]
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mut v = vec![6];
+                v.extend_from_slice(&v6.octets()[..6]);
+                v
+            }
+        })
+    });
+    let hash = match block {
+        Some(b) => blake3::hash(&b),
+        None => blake3::hash(node.as_bytes()),
+    };
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&hash.as_bytes()[..8]);
+    u64::from_le_bytes(word)
+}
+
+impl Dispatch {
+    /// An empty machine.
+    pub fn new(config: DispatchConfig) -> Self {
+        Self {
+            config,
+            nodes: BTreeMap::new(),
+            deployments: BTreeMap::new(),
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &DispatchConfig {
+        &self.config
+    }
+
+    /// A node registered (its signature and freshness already checked by the driver).
+    /// Re-registering an online node keeps its session. Returns the effects, among them
+    /// pushes that place waiting replicas on the new capacity.
+    pub fn node_joined(
+        &mut self,
+        now_s: u64,
+        node: NodeId,
+        rating: PowerRating,
+        addrs: Vec<PeerAddr>,
+        _hardware: HardwareInfo,
+        model_bytes_max: u64,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let operator = operator_of(&node, &addrs);
+        match self.nodes.get_mut(&node) {
+            Some(e) => {
+                e.rating = rating;
+                e.addrs = addrs;
+                e.model_bytes_max = model_bytes_max;
+                e.operator = operator;
+                if !e.online {
+                    e.online = true;
+                    e.session_start_s = now_s;
+                }
+                e.last_seen_s = now_s;
+            }
+            None => {
+                if self.nodes.len() >= NODES_MAX {
+                    return effects;
+                }
+                self.nodes.insert(
+                    node,
+                    NodeEntry {
+                        rating,
+                        addrs,
+                        model_bytes_max,
+                        operator,
+                        online: true,
+                        session_start_s: now_s,
+                        last_seen_s: now_s,
+                        used_rps: 0,
+                        utilisation_bps: 0,
+                    },
+                );
+            }
+        }
+        if let Some(e) = self.nodes.get(&node) {
+            effects.push(Effect::Online {
+                node,
+                session_start_s: e.session_start_s,
+                until_s: now_s,
+            });
+        }
+        self.fill_all(&mut effects);
+        effects
+    }
+
+    /// A heartbeat from `node`: it is alive until `now_s`, and these deployments are warm.
+    pub fn heartbeat(
+        &mut self,
+        now_s: u64,
+        node: &NodeId,
+        heartbeat: &Heartbeat,
+    ) -> Result<Vec<Effect>, DispatchError> {
+        let mut effects = Vec::new();
+        let entry = self
+            .nodes
+            .get_mut(node)
+            .ok_or(DispatchError::UnknownNode(*node))?;
+        if !entry.online {
+            // Came back without re-registering (a short network gap): a new session.
+            entry.online = true;
+            entry.session_start_s = now_s;
+        }
+        entry.last_seen_s = entry.last_seen_s.max(now_s);
+        entry.utilisation_bps = heartbeat.load.utilisation_bps.min(10_000);
+        effects.push(Effect::Online {
+            node: *node,
+            session_start_s: entry.session_start_s,
+            until_s: entry.last_seen_s,
+        });
+        for dep in &heartbeat.ready {
+            self.mark_ready(node, dep, &mut effects);
+        }
+        Ok(effects)
+    }
+
+    /// A replica on `node` is warm.
+    pub fn replica_ready(
+        &mut self,
+        _now_s: u64,
+        node: &NodeId,
+        deployment: &DeploymentId,
+    ) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.mark_ready(node, deployment, &mut effects);
+        effects
+    }
+
+    /// A replica changed state on `node`.
+    pub fn replica_state(
+        &mut self,
+        now_s: u64,
+        node: &NodeId,
+        deployment: &DeploymentId,
+        state: &ReplicaState,
+    ) -> Vec<Effect> {
+        match state {
+            ReplicaState::Ready => self.replica_ready(now_s, node, deployment),
+            ReplicaState::Loading => Vec::new(),
+            ReplicaState::Failed(_) => {
+                let mut effects = Vec::new();
+                if let Some(d) = self.deployments.get_mut(deployment) {
+                    d.failed_on.insert(*node);
+                }
+                self.remove_replica(node, deployment, &mut effects);
+                self.fill(deployment, &mut effects);
+                effects
+            }
+        }
+    }
+
+    /// Time passed: nodes silent for too long go offline and their replicas are placed
+    /// again; deployments short of replicas are retried.
+    pub fn tick(&mut self, now_s: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let silence_max = self
+            .config
+            .heartbeat_interval_s
+            .saturating_mul(self.config.heartbeats_missed_max);
+        let gone: Vec<NodeId> = self
+            .nodes
+            .iter()
+            .filter(|(_, e)| e.online && now_s.saturating_sub(e.last_seen_s) > silence_max)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.node_gone(&id, &mut effects);
+        }
+        self.fill_all(&mut effects);
+        effects
+    }
+
+    /// The driver lost the node's connection and knows it is gone (sooner than the
+    /// heartbeat timeout).
+    pub fn node_left(&mut self, node: &NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.nodes.get(node).is_some_and(|e| e.online) {
+            self.node_gone(node, &mut effects);
+            self.fill_all(&mut effects);
+        }
+        effects
+    }
+
+    fn node_gone(&mut self, id: &NodeId, effects: &mut Vec<Effect>) {
+        let Some(e) = self.nodes.get_mut(id) else {
+            return;
+        };
+        e.online = false;
+        effects.push(Effect::Offline {
+            node: *id,
+            session_start_s: e.session_start_s,
+            last_seen_s: e.last_seen_s,
+        });
+        let deps: Vec<DeploymentId> = self
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.replicas.contains_key(id))
+            .map(|(k, _)| *k)
+            .collect();
+        for dep in deps {
+            self.remove_replica(id, &dep, effects);
+        }
+    }
+
+    /// A new deployment: places its replicas (pushing assignments to their nodes) or fails
+    /// with [`DispatchError::NoCapacity`] and changes nothing.
+    pub fn deploy(
+        &mut self,
+        _now_s: u64,
+        id: DeploymentId,
+        model: ModelId,
+        model_bytes: u64,
+        plan: DeployPlan,
+    ) -> Result<Vec<Effect>, DispatchError> {
+        if self.deployments.contains_key(&id) {
+            return Err(DispatchError::Exists(id));
+        }
+        if self.deployments.len() >= DEPLOYMENTS_MAX {
+            return Err(DispatchError::Full("deployments"));
+        }
+        let (replicas_wanted, replica_rps) = self.shape(&plan);
+        let entry = DeploymentEntry {
+            model,
+            model_bytes,
+            max_input_bytes: plan.max_input_bytes(),
+            replicas_wanted,
+            replica_rps,
+            replicas: BTreeMap::new(),
+            failed_on: BTreeSet::new(),
+            state: DeploymentState::Pending,
+        };
+        let placed = self.place(&entry, replicas_wanted)?;
+        self.deployments.insert(id, entry);
+        let mut effects = Vec::new();
+        self.add_replicas(&id, placed, &mut effects);
+        Ok(effects)
+    }
+
+    /// Restores a deployment known from storage (after a restart) without requiring
+    /// capacity now: its replicas are placed as nodes join.
+    pub fn restore(
+        &mut self,
+        id: DeploymentId,
+        model: ModelId,
+        model_bytes: u64,
+        plan: DeployPlan,
+    ) -> Result<(), DispatchError> {
+        if self.deployments.len() >= DEPLOYMENTS_MAX {
+            return Err(DispatchError::Full("deployments"));
+        }
+        let (replicas_wanted, replica_rps) = self.shape(&plan);
+        self.deployments.entry(id).or_insert(DeploymentEntry {
+            model,
+            model_bytes,
+            max_input_bytes: plan.max_input_bytes(),
+            replicas_wanted,
+            replica_rps,
+            replicas: BTreeMap::new(),
+            failed_on: BTreeSet::new(),
+            state: DeploymentState::Pending,
+        });
+        Ok(())
+    }
+
+    /// Stops a deployment: its nodes are told to drop it.
+    pub fn undeploy(&mut self, id: &DeploymentId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if let Some(d) = self.deployments.remove(id) {
+            for (node, r) in d.replicas {
+                if let Some(n) = self.nodes.get_mut(&node) {
+                    n.used_rps = n.used_rps.saturating_sub(r.rps);
+                }
+                effects.push(Effect::Push {
+                    node,
+                    push: DispatcherPush::Unassign { deployment: *id },
+                });
+            }
+            effects.push(Effect::DeploymentState {
+                deployment: *id,
+                state: DeploymentState::Stopped,
+            });
+        }
+        effects
+    }
+
+    /// Warm replicas of a deployment on online nodes, for a lease.
+    pub fn lease_replicas(&self, id: &DeploymentId) -> Result<Vec<Replica>, DispatchError> {
+        let d = self
+            .deployments
+            .get(id)
+            .ok_or(DispatchError::UnknownDeployment(*id))?;
+        let replicas: Vec<Replica> = d
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.ready)
+            .filter_map(|(node, _)| {
+                let n = self.nodes.get(node)?;
+                n.online.then(|| Replica {
+                    node: *node,
+                    addrs: n.addrs.clone(),
+                })
+            })
+            .collect();
+        if replicas.is_empty() {
+            return Err(DispatchError::NotReady(*id));
+        }
+        Ok(replicas)
+    }
+
+    /// A deployment's state, warm replicas and wanted replicas.
+    pub fn deployment_state(&self, id: &DeploymentId) -> Option<(DeploymentState, u32, u32)> {
+        self.deployments
+            .get(id)
+            .map(|d| (d.state, d.ready_count(), d.replicas_wanted))
+    }
+
+    /// Everything `node` should serve now.
+    pub fn assignments_for(&self, node: &NodeId) -> Vec<Assignment> {
+        self.deployments
+            .iter()
+            .filter(|(_, d)| d.replicas.contains_key(node))
+            .map(|(id, d)| d.assignment(*id))
+            .collect()
+    }
+
+    /// Whether `node` is registered and online.
+    pub fn is_online(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|e| e.online)
+    }
+
+    /// Nodes online now.
+    pub fn online_count(&self) -> usize {
+        self.nodes.values().filter(|e| e.online).count()
+    }
+
+    /// Online sessions open now: (node, session start, last seen).
+    pub fn open_sessions(&self) -> Vec<(NodeId, u64, u64)> {
+        self.nodes
+            .iter()
+            .filter(|(_, e)| e.online)
+            .map(|(id, e)| (*id, e.session_start_s, e.last_seen_s))
+            .collect()
+    }
+
+    /// Network demand: mean reported utilisation of online nodes, or the share of capacity
+    /// reserved by replicas if that is higher.
+    pub fn demand(&self) -> Demand {
+        let (mut n, mut util, mut used, mut cap) = (0u64, 0u64, 0u64, 0u64);
+        for e in self.nodes.values().filter(|e| e.online) {
+            n += 1;
+            util += u64::from(e.utilisation_bps);
+            used += u64::from(e.used_rps);
+            cap += u64::from(self.capacity(e.rating));
+        }
+        let mean = util.checked_div(n).unwrap_or(0);
+        let reserved = (used * 10_000).checked_div(cap).unwrap_or(0);
+        Demand {
+            level_bps: mean.max(reserved).min(10_000) as u16,
+        }
+    }
+
+    fn capacity(&self, rating: PowerRating) -> u32 {
+        self.config
+            .rps_per_rating
+            .saturating_mul(u32::from(u8::from(rating)))
+    }
+
+    /// (replicas wanted, rate per replica) for a plan.
+    fn shape(&self, plan: &DeployPlan) -> (u32, u32) {
+        let min = self.config.replicas.max(1);
+        match plan {
+            DeployPlan::PerInstance(p) => {
+                let per_max = self.config.replica_rps_max.max(1);
+                let n = min.max(p.guaranteed_rps.div_ceil(per_max));
+                (n, p.guaranteed_rps.div_ceil(n).max(1))
+            }
+            DeployPlan::PerRequest(_) => (min, self.config.per_request_replica_rps.max(1)),
+        }
+    }
+
+    /// Places `count` more replicas of `d` (excluding nodes that hold one or failed it).
+    fn place(
+        &self,
+        d: &DeploymentEntry,
+        count: u32,
+    ) -> Result<Vec<crate::placement::Assignment>, DispatchError> {
+        let candidates: Vec<Candidate> = self
+            .nodes
+            .iter()
+            .filter(|(id, e)| {
+                e.online
+                    && e.model_bytes_max >= d.model_bytes
+                    && !d.replicas.contains_key(*id)
+                    && !d.failed_on.contains(*id)
+            })
+            .map(|(id, e)| Candidate {
+                id: *id,
+                rating: e.rating,
+                free_rps: self.capacity(e.rating).saturating_sub(e.used_rps),
+                operator: e.operator,
+                online: true,
+            })
+            .collect();
+        let request = Request {
+            rps: d.replica_rps.saturating_mul(count),
+            replicas: Some(count),
+            rating_min: self.config.rating_min,
+            per_operator_max: self.config.per_operator_max,
+        };
+        Placer::new(candidates)
+            .place(&request)
+            .map_err(DispatchError::NoCapacity)
+    }
+
+    fn add_replicas(
+        &mut self,
+        id: &DeploymentId,
+        placed: Vec<crate::placement::Assignment>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(d) = self.deployments.get_mut(id) else {
+            return;
+        };
+        for a in placed {
+            if let Some(n) = self.nodes.get_mut(&a.id) {
+                n.used_rps = n.used_rps.saturating_add(a.rps);
+            }
+            d.replicas.insert(
+                a.id,
+                ReplicaEntry {
+                    rps: a.rps,
+                    ready: false,
+                },
+            );
+            effects.push(Effect::Push {
+                node: a.id,
+                push: DispatcherPush::Assign(d.assignment(*id)),
+            });
+        }
+    }
+
+    fn mark_ready(&mut self, node: &NodeId, dep: &DeploymentId, effects: &mut Vec<Effect>) {
+        let Some(d) = self.deployments.get_mut(dep) else {
+            return;
+        };
+        if let Some(r) = d.replicas.get_mut(node) {
+            r.ready = true;
+        }
+        Self::update_state(dep, d, effects);
+    }
+
+    fn remove_replica(&mut self, node: &NodeId, dep: &DeploymentId, effects: &mut Vec<Effect>) {
+        let Some(d) = self.deployments.get_mut(dep) else {
+            return;
+        };
+        if let Some(r) = d.replicas.remove(node) {
+            if let Some(n) = self.nodes.get_mut(node) {
+                n.used_rps = n.used_rps.saturating_sub(r.rps);
+            }
+            effects.push(Effect::Push {
+                node: *node,
+                push: DispatcherPush::Unassign { deployment: *dep },
+            });
+        }
+        Self::update_state(dep, d, effects);
+    }
+
+    fn update_state(id: &DeploymentId, d: &mut DeploymentEntry, effects: &mut Vec<Effect>) {
+        let ready = d.ready_count();
+        let state = if ready >= d.replicas_wanted {
+            DeploymentState::Ready
+        } else if ready > 0 || d.state != DeploymentState::Pending {
+            DeploymentState::Degraded
+        } else {
+            DeploymentState::Pending
+        };
+        if state != d.state {
+            d.state = state;
+            effects.push(Effect::DeploymentState {
+                deployment: *id,
+                state,
+            });
+        }
+    }
+
+    /// Tops up one deployment's replicas, as many as fit (one at a time, so a partial fit
+    /// still helps).
+    fn fill(&mut self, id: &DeploymentId, effects: &mut Vec<Effect>) {
+        loop {
+            let Some(d) = self.deployments.get(id) else {
+                return;
+            };
+            if d.replicas.len() as u32 >= d.replicas_wanted {
+                return;
+            }
+            match self.place(d, 1) {
+                Ok(placed) => self.add_replicas(id, placed, effects),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn fill_all(&mut self, effects: &mut Vec<Effect>) {
+        let short: Vec<DeploymentId> = self
+            .deployments
+            .iter()
+            .filter(|(_, d)| (d.replicas.len() as u32) < d.replicas_wanted)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in short {
+            self.fill(&id, effects);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::hardware::CpuInfo;
+    use crate::money::Credits;
+    use crate::pricing::{PerInstancePlan, PerRequestPlan, UpdateFrequency};
+    use crate::wire::NodeLoad;
+
+    fn hw() -> HardwareInfo {
+        HardwareInfo {
+            gpus: vec![],
+            cpu: CpuInfo {
+                model: "cpu".into(),
+                cores: 4,
+                memory_bytes: 1 << 33,
+            },
+        }
+    }
+
+    fn join(d: &mut Dispatch, now: u64, b: u8, rating: u8) -> (NodeId, Vec<Effect>) {
+        let id = NodeId::from_bytes([b; 32]);
+        let addr: PeerAddr = format!("10.0.{b}.1:4000").parse().unwrap();
+        let e = d.node_joined(
+            now,
+            id,
+            PowerRating::new(rating).unwrap(),
+            vec![addr],
+            hw(),
+            1 << 30,
+        );
+        (id, e)
+    }
+
+    fn per_request() -> DeployPlan {
+        DeployPlan::PerRequest(PerRequestPlan {
+            max_input_bytes: 1 << 16,
+            credit_allowance: Credits::new(1000),
+        })
+    }
+
+    fn pushes_to(effects: &[Effect]) -> Vec<(NodeId, bool)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Push { node, push } => {
+                    Some((*node, matches!(push, DispatcherPush::Assign(_))))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hb(ready: Vec<DeploymentId>) -> Heartbeat {
+        Heartbeat {
+            seq: 1,
+            load: NodeLoad::default(),
+            loaded_models: vec![],
+            ready,
+        }
+    }
+
+    #[test]
+    fn deploy_waits_for_warm_replicas_then_leases() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let (a, _) = join(&mut d, 0, 1, 3);
+        let (b, _) = join(&mut d, 0, 2, 3);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        let fx = d
+            .deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        let mut to = pushes_to(&fx);
+        to.sort();
+        assert_eq!(to, vec![(a, true), (b, true)]);
+        assert_eq!(d.lease_replicas(&dep), Err(DispatchError::NotReady(dep)));
+        d.replica_ready(1, &a, &dep);
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Degraded, 1, 2)
+        );
+        assert_eq!(d.lease_replicas(&dep).unwrap().len(), 1);
+        d.heartbeat(2, &b, &hb(vec![dep])).unwrap();
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Ready, 2, 2)
+        );
+        assert_eq!(d.assignments_for(&a).len(), 1);
+    }
+
+    #[test]
+    fn no_capacity_changes_nothing() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        join(&mut d, 0, 1, 1);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        // Two replicas wanted, one node.
+        let err = d
+            .deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap_err();
+        assert!(matches!(err, DispatchError::NoCapacity(_)));
+        assert!(d.deployment_state(&dep).is_none());
+        assert_eq!(d.demand().level_bps, 0);
+    }
+
+    #[test]
+    fn silent_node_goes_offline_and_its_replica_moves() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let (b, _) = join(&mut d, 0, 2, 4);
+        let (c, _) = join(&mut d, 0, 3, 1);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        // Most free capacity first: a (500) and b (400).
+        assert_eq!(d.assignments_for(&c).len(), 0);
+        for n in [a, b] {
+            d.replica_ready(1, &n, &dep);
+        }
+        // b and c keep heartbeating, a goes silent.
+        for t in [5, 10, 15] {
+            d.heartbeat(t, &b, &hb(vec![dep])).unwrap();
+            d.heartbeat(t, &c, &hb(vec![])).unwrap();
+        }
+        assert!(
+            d.tick(15)
+                .iter()
+                .all(|e| !matches!(e, Effect::Offline { .. }))
+        );
+        let fx = d.tick(16);
+        assert!(fx.contains(&Effect::Offline {
+            node: a,
+            session_start_s: 0,
+            last_seen_s: 0
+        }));
+        assert!(pushes_to(&fx).contains(&(c, true)));
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Degraded, 1, 2)
+        );
+        d.replica_ready(17, &c, &dep);
+        assert_eq!(d.deployment_state(&dep).unwrap().0, DeploymentState::Ready);
+        let leased: Vec<NodeId> = d
+            .lease_replicas(&dep)
+            .unwrap()
+            .iter()
+            .map(|r| r.node)
+            .collect();
+        assert_eq!(leased, vec![b, c]);
+        // a comes back: a new session.
+        let (_, fx) = join(&mut d, 40, 1, 5);
+        assert!(fx.contains(&Effect::Online {
+            node: a,
+            session_start_s: 40,
+            until_s: 40
+        }));
+    }
+
+    #[test]
+    fn failed_replica_is_placed_elsewhere_never_back() {
+        let cfg = DispatchConfig {
+            replicas: 1,
+            ..DispatchConfig::default()
+        };
+        let mut d = Dispatch::new(cfg);
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let (b, _) = join(&mut d, 0, 2, 1);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&a).len(), 1);
+        let fx = d.replica_state(1, &a, &dep, &ReplicaState::Failed("bad op".into()));
+        assert!(pushes_to(&fx).contains(&(b, true)));
+        assert!(pushes_to(&fx).contains(&(a, false)));
+        let fx = d.replica_state(2, &b, &dep, &ReplicaState::Failed("bad op".into()));
+        assert!(!pushes_to(&fx).iter().any(|(_, assign)| *assign));
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Pending, 0, 1)
+        );
+    }
+
+    #[test]
+    fn per_instance_rate_sets_replicas_and_undeploy_frees_capacity() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        for b in 1..=4 {
+            join(&mut d, 0, b, 5);
+        }
+        let plan = DeployPlan::PerInstance(PerInstancePlan {
+            guaranteed_rps: 250,
+            max_input_bytes: 1 << 16,
+            update_frequency: UpdateFrequency::Never,
+            key_lifetime_s: 86_400,
+        });
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, plan).unwrap();
+        assert_eq!(d.deployment_state(&dep).unwrap().2, 3);
+        assert!(d.demand().level_bps > 0);
+        let fx = d.undeploy(&dep);
+        assert_eq!(pushes_to(&fx).len(), 3);
+        assert_eq!(d.demand().level_bps, 0);
+    }
+
+    #[test]
+    fn operators_group_by_address_block() {
+        let n = NodeId::from_bytes([1; 32]);
+        let a = |s: &str| vec![PeerAddr::new(s).unwrap()];
+        assert_eq!(
+            operator_of(&n, &a("10.1.2.3:1")),
+            operator_of(&n, &a("10.1.2.99:7"))
+        );
+        assert_ne!(
+            operator_of(&n, &a("10.1.2.3:1")),
+            operator_of(&n, &a("10.1.3.3:1"))
+        );
+        assert_ne!(
+            operator_of(&n, &a("mem:x")),
+            operator_of(&NodeId::from_bytes([2; 32]), &a("mem:x"))
+        );
+    }
+}
