@@ -31,7 +31,7 @@
 //! let node = NodeId::from_bytes([7; 32]);
 //! let hw = HardwareInfo { gpus: vec![], cpu: CpuInfo { model: "cpu".into(), cores: 8, memory_bytes: 1 << 34 } };
 //! let addr: PeerAddr = "127.0.0.1:4000".parse()?;
-//! d.node_joined(100, node, PowerRating::new(3)?, vec![addr], hw, 1 << 30);
+//! d.node_joined(100, node, PowerRating::MIN, vec![addr], hw, 1 << 30);
 //! let dep = DeploymentId::from_bytes([1; 16]);
 //! let plan = DeployPlan::PerRequest(PerRequestPlan { max_input_bytes: 1 << 20, credit_allowance: Credits::new(100) });
 //! let effects = d.deploy(100, dep, ModelId::of_bytes(b"model"), 5, plan)?;
