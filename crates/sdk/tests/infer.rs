@@ -187,10 +187,8 @@ async fn a_node_dying_mid_stream_fails_over_and_every_task_completes() {
         check_probs(&out, &want[(i % 4) as usize]);
         done += 1;
         if done == 12 {
-            // Node 0 dies (after reporting what it ran so far, so the check below can see
-            // it); tasks in flight to it fail, later tasks dial it and fail too.
-            let n0 = &w.nodes[0].node;
-            wait_for("node 0 reported its usage", || n0.usage_pending() == 0).await;
+            // Node 0 dies with tasks in flight: they fail over, and later tasks that start
+            // with it find it gone and fail over too.
             w.nodes[0].kill();
         }
     }
@@ -233,6 +231,26 @@ async fn a_node_dying_mid_stream_fails_over_and_every_task_completes() {
     // Only tasks in flight when the node died can have run twice.
     let twice = dead.iter().filter(|t| survivors.contains(t)).count();
     assert!(twice <= CONCURRENCY, "{twice} tasks ran twice");
+    drop(s);
+    eprintln!("{stats:?}, {twice} ran twice, {unreported} unreported");
+
+    // Every node gone: each replica is tried, the lease renewed once, then NoReplica with
+    // the last cause.
+    w.nodes[1].kill();
+    w.nodes[2].kill();
+    let leases = w.fake.state().leases_issued;
+    let err = d.infer(input(0)).await.unwrap_err();
+    match &err {
+        Error::NoReplica { attempts, last } => {
+            assert_eq!(*attempts, 6, "3 replicas, then 3 again after renewing");
+            assert!(
+                matches!(last.as_deref(), Some(Error::Transport(_))),
+                "{err}"
+            );
+        }
+        other => panic!("expected NoReplica, got {other}"),
+    }
+    assert_eq!(w.fake.state().leases_issued, leases + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
