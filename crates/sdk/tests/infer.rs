@@ -204,9 +204,9 @@ async fn a_node_dying_mid_stream_fails_over_and_every_task_completes() {
         w.nodes[1..].iter().all(|n| n.node.usage_pending() == 0)
     })
     .await;
-    let s = w.fake.state();
+    let usage = w.fake.state().usage.clone();
     let mut per_node: HashMap<_, Vec<TaskId>> = HashMap::new();
-    for (node, r) in &s.usage {
+    for (node, r) in &usage {
         per_node.entry(*node).or_default().push(r.task);
     }
     for (node, tasks) in &per_node {
@@ -231,7 +231,6 @@ async fn a_node_dying_mid_stream_fails_over_and_every_task_completes() {
     // Only tasks in flight when the node died can have run twice.
     let twice = dead.iter().filter(|t| survivors.contains(t)).count();
     assert!(twice <= CONCURRENCY, "{twice} tasks ran twice");
-    drop(s);
     eprintln!("{stats:?}, {twice} ran twice, {unreported} unreported");
 
     // Every node gone: each replica is tried, the lease renewed once, then NoReplica with
