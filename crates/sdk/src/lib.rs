@@ -1,1 +1,117 @@
-//! `crat-sdk`: the client library an integrator embeds.
+//! `crat-sdk`: the client library an integrator embeds to use the CryptoRAT network.
+//!
+//! A [`Client`] talks to the dispatcher (upload a model, get a price, deploy, check the
+//! balance and the key); a [`Deployment`] sends tasks straight to the nodes that serve it,
+//! with a lease (replicas + a ticket signed by the dispatcher) fetched and renewed behind the
+//! scenes, pooled node connections, and failover of the same task id to another replica
+//! when a node fails. [`convert`] turns [`ndarray`] arrays into tensors and back.
+//!
+//! The API is generic over the [`Transport`]: [`connect`] gives a client over QUIC;
+//! [`Client::connect`] takes any transport (tests use the in-memory one).
+//!
+//! ```no_run
+//! use crat_core::money::Credits;
+//! use crat_core::pricing::{DeployPlan, PerRequestPlan};
+//! use crat_sdk::convert::{named_array, tensor};
+//! use ndarray::ArrayD;
+//! use std::time::Duration;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = "sk_00112233445566778899aabbccddeeff_\
+//!            0000000000000000000000000000000000000000000000000000000000000000".parse()?;
+//! let dispatcher_id = "0101010101010101010101010101010101010101010101010101010101010101".parse()?;
+//! let client = crat_sdk::connect("203.0.113.7:7400".parse()?, dispatcher_id, key).await?;
+//!
+//! // Upload (resumable, content-addressed) and deploy.
+//! let model = client
+//!     .upload_model_file("tiny_cnn.onnx", |p| println!("{}/{} bytes", p.acked_bytes, p.total_bytes))
+//!     .await?;
+//! let plan = DeployPlan::PerRequest(PerRequestPlan {
+//!     max_input_bytes: 1 << 20,
+//!     credit_allowance: Credits::new(10_000),
+//! });
+//! println!("price: {:?}", client.quote(model, plan).await?);
+//! let deployment = client.deploy(model, plan).await?;
+//! deployment.wait_ready(Duration::from_secs(60)).await?;
+//!
+//! // One task, straight to a node.
+//! let image = ArrayD::<f32>::zeros(vec![1, 1, 28, 28]);
+//! let outputs = deployment.infer(vec![tensor("input", image.view())?]).await?;
+//! let probs = named_array::<f32>(&outputs, "probs")?;
+//! println!("probs {probs:?}, balance {}", client.balance().await?);
+//! println!("{:?}", deployment.stats());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! For many inputs, [`Deployment::infer_many`] runs a stream of tasks with bounded
+//! concurrency and yields results in input order.
+
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crat_core::id::NodeId;
+use crat_core::wire::SdkKey;
+use crat_transport::quic::{QuicConfig, QuicTransport};
+use ed25519_dalek::SigningKey;
+
+mod client;
+mod config;
+pub mod convert;
+mod deployment;
+mod error;
+
+pub use client::{Client, Stats, UploadProgress};
+pub use config::{ClientConfig, Clock, SystemClock};
+pub use crat_transport::Transport;
+pub use deployment::Deployment;
+pub use error::Error;
+
+/// Connects to the dispatcher at `dispatcher_addr` over QUIC, with default settings.
+///
+/// Binds a client endpoint on an ephemeral port (on loopback for a loopback dispatcher,
+/// otherwise on every interface) with a fresh random identity, and pins `dispatcher_id`.
+/// Must run inside a tokio runtime.
+pub async fn connect(
+    dispatcher_addr: SocketAddr,
+    dispatcher_id: NodeId,
+    key: SdkKey,
+) -> Result<Client<QuicTransport>, Error> {
+    connect_quic_with(
+        dispatcher_addr,
+        dispatcher_id,
+        key,
+        ClientConfig::default(),
+        QuicConfig::default(),
+    )
+    .await
+}
+
+/// [`connect`] with explicit client and QUIC settings.
+pub async fn connect_quic_with(
+    dispatcher_addr: SocketAddr,
+    dispatcher_id: NodeId,
+    key: SdkKey,
+    config: ClientConfig,
+    quic: QuicConfig,
+) -> Result<Client<QuicTransport>, Error> {
+    let ip = dispatcher_addr.ip();
+    let local_ip = match (ip.is_loopback(), ip) {
+        (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (false, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (false, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let identity = SigningKey::from_bytes(&rand::random());
+    let transport = QuicTransport::bind(SocketAddr::new(local_ip, 0), &identity, quic)?;
+    Client::connect_with(
+        transport,
+        dispatcher_addr.into(),
+        dispatcher_id,
+        key,
+        config,
+    )
+    .await
+}

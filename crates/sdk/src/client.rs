@@ -1,0 +1,544 @@
+//! The [`Client`]: one dispatcher connection, the node connection pool, and the calls that go
+//! to the dispatcher (upload, quote, deploy, balance, key status).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::money::Credits;
+use crat_core::pricing::{DeployPlan, PriceQuote};
+use crat_core::wire::{
+    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo, PeerAddr, Replica,
+    SdkKey,
+};
+use crat_transport::{ConnectionExt, Conversation, Transport, TransportError};
+use futures_util::StreamExt;
+use futures_util::stream;
+
+use crate::config::ClientConfig;
+use crate::deployment::Deployment;
+use crate::error::Error;
+
+/// How far an upload has come; passed to the progress callback of
+/// [`Client::upload_model`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadProgress {
+    /// The model being uploaded.
+    pub model: ModelId,
+    /// Bytes the dispatcher has acknowledged (including those it had before a resume).
+    pub acked_bytes: u64,
+    /// The model's size.
+    pub total_bytes: u64,
+    /// Where this upload resumed: bytes the dispatcher already had when it began.
+    pub resumed_from_bytes: u64,
+    /// True when the dispatcher already stored the model and nothing was sent.
+    pub already_stored: bool,
+}
+
+/// Counters of a [`Client`] or one [`Deployment`], for dashboards and demos.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Tasks started.
+    pub tasks: u64,
+    /// Tasks that returned outputs.
+    pub completed: u64,
+    /// Tasks that returned an error.
+    pub failed: u64,
+    /// Times a task moved on to another replica (or another try) after a retryable failure.
+    pub failovers: u64,
+    /// Leases fetched to replace an earlier one (near expiry, after a rejected ticket, or
+    /// after every replica failed).
+    pub lease_renewals: u64,
+    /// Tickets a node refused.
+    pub ticket_rejections: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) tasks: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) failovers: AtomicU64,
+    pub(crate) lease_renewals: AtomicU64,
+    pub(crate) ticket_rejections: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> Stats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            tasks: get(&self.tasks),
+            completed: get(&self.completed),
+            failed: get(&self.failed),
+            failovers: get(&self.failovers),
+            lease_renewals: get(&self.lease_renewals),
+            ticket_rejections: get(&self.ticket_rejections),
+        }
+    }
+}
+
+pub(crate) fn bump(counters: &[&Counters], field: fn(&Counters) -> &AtomicU64) {
+    for c in counters {
+        field(c).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain maps and options, valid after any panic.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// True when a transport error means the connection itself is unusable.
+pub(crate) fn breaks_connection(e: &TransportError) -> bool {
+    !matches!(e, TransportError::Frame(_) | TransportError::Busy)
+}
+
+/// A connection slot of the node pool.
+enum Slot<C> {
+    Empty,
+    Open {
+        generation: u64,
+        conn: C,
+    },
+    /// The last dial failed at this time; callers fail over at once instead of queueing up
+    /// to dial a dead node one after the other.
+    Failed {
+        at: tokio::time::Instant,
+        reason: String,
+    },
+}
+
+/// How long a failed dial is remembered before the node is dialled again.
+const DIAL_FAILURE_MEMORY_MS: u64 = 1_000;
+
+/// Node connections, one per node, dialled with the node's pinned id and reused.
+pub(crate) struct NodePool<C> {
+    slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot<C>>>>>,
+    next_generation: AtomicU64,
+    max: usize,
+}
+
+impl<C: crat_transport::Connection> NodePool<C> {
+    fn new(max: usize) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            next_generation: AtomicU64::new(1),
+            max: max.max(1),
+        }
+    }
+
+    /// A connection to `replica`, dialling its addresses in order if none is open.
+    pub(crate) async fn get<T: Transport<Connection = C>>(
+        &self,
+        transport: &T,
+        replica: &Replica,
+        config: &ClientConfig,
+    ) -> Result<(u64, C), Error> {
+        let slot = {
+            let mut slots = lock(&self.slots);
+            if !slots.contains_key(&replica.node)
+                && slots.len() >= self.max
+                && let Some(victim) = slots.keys().next().copied()
+            {
+                slots.remove(&victim);
+            }
+            slots
+                .entry(replica.node)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot::Empty)))
+                .clone()
+        };
+        let mut slot = slot.lock().await;
+        match &*slot {
+            Slot::Open { generation, conn } => return Ok((*generation, conn.clone())),
+            Slot::Failed { at, reason }
+                if at.elapsed().as_millis() < u128::from(DIAL_FAILURE_MEMORY_MS) =>
+            {
+                return Err(Error::Transport(TransportError::Connect {
+                    addr: replica
+                        .addrs
+                        .first()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
+                    reason: format!("recently failed: {reason}"),
+                }));
+            }
+            _ => {}
+        }
+        let mut last = None;
+        for addr in &replica.addrs {
+            match tokio::time::timeout(
+                config.connect_timeout(),
+                transport.connect(addr, &replica.node),
+            )
+            .await
+            {
+                Ok(Ok(conn)) => {
+                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+                    *slot = Slot::Open {
+                        generation,
+                        conn: conn.clone(),
+                    };
+                    return Ok((generation, conn));
+                }
+                Ok(Err(e)) => last = Some(Error::Transport(e)),
+                Err(_) => {
+                    last = Some(Error::Timeout(format!(
+                        "connecting to {} at {addr} took over {} ms",
+                        replica.node, config.connect_timeout_ms
+                    )));
+                }
+            }
+        }
+        let err = last
+            .unwrap_or_else(|| Error::Protocol(format!("replica {} has no address", replica.node)));
+        *slot = Slot::Failed {
+            at: tokio::time::Instant::now(),
+            reason: err.to_string(),
+        };
+        Err(err)
+    }
+
+    /// Forgets connection `generation` to `node` (if it is still the pooled one).
+    pub(crate) async fn drop_conn(&self, node: &NodeId, generation: u64) {
+        let slot = lock(&self.slots).get(node).cloned();
+        if let Some(slot) = slot {
+            let mut slot = slot.lock().await;
+            if matches!(&*slot, Slot::Open { generation: g, .. } if *g == generation) {
+                *slot = Slot::Empty;
+            }
+        }
+    }
+}
+
+pub(crate) struct Inner<T: Transport> {
+    pub(crate) transport: T,
+    dispatcher_addr: PeerAddr,
+    pub(crate) dispatcher_id: NodeId,
+    key: SdkKey,
+    pub(crate) config: ClientConfig,
+    dispatcher: tokio::sync::Mutex<Option<(u64, T::Connection)>>,
+    dispatcher_generation: AtomicU64,
+    pub(crate) pool: NodePool<T::Connection>,
+    pub(crate) stats: Counters,
+}
+
+/// A connection to the network through one dispatcher, authenticated by an SDK key.
+///
+/// Cheap to clone: clones share the dispatcher connection, the node connection pool and the
+/// counters. A lost dispatcher connection is re-established by the next call.
+pub struct Client<T: Transport> {
+    pub(crate) inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Client<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Client<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("dispatcher", &self.inner.dispatcher_addr)
+            .field("key", &self.inner.key.id)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
+    let name = match got {
+        DispatcherResponse::Upload { .. } => "Upload",
+        DispatcherResponse::ModelStored { .. } => "ModelStored",
+        DispatcherResponse::Quote(_) => "Quote",
+        DispatcherResponse::Deployment(_) => "Deployment",
+        DispatcherResponse::Lease(_) => "Lease",
+        DispatcherResponse::Balance(_) => "Balance",
+        DispatcherResponse::Key(_) => "Key",
+        DispatcherResponse::Ok => "Ok",
+        DispatcherResponse::Error(_) => "Error",
+    };
+    Error::Protocol(format!("dispatcher answered {what} with {name}"))
+}
+
+impl<T: Transport> Client<T> {
+    /// Connects to the dispatcher at `dispatcher_addr`, which must prove identity
+    /// `dispatcher_id`, with default settings.
+    pub async fn connect(
+        transport: T,
+        dispatcher_addr: PeerAddr,
+        dispatcher_id: NodeId,
+        key: SdkKey,
+    ) -> Result<Self, Error> {
+        Self::connect_with(
+            transport,
+            dispatcher_addr,
+            dispatcher_id,
+            key,
+            ClientConfig::default(),
+        )
+        .await
+    }
+
+    /// [`Client::connect`] with explicit settings.
+    pub async fn connect_with(
+        transport: T,
+        dispatcher_addr: PeerAddr,
+        dispatcher_id: NodeId,
+        key: SdkKey,
+        config: ClientConfig,
+    ) -> Result<Self, Error> {
+        let client = Self {
+            inner: Arc::new(Inner {
+                transport,
+                dispatcher_addr,
+                dispatcher_id,
+                key,
+                pool: NodePool::new(config.node_connections_max),
+                config,
+                dispatcher: tokio::sync::Mutex::new(None),
+                dispatcher_generation: AtomicU64::new(1),
+                stats: Counters::default(),
+            }),
+        };
+        client.dispatcher_conn().await?;
+        Ok(client)
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The transport endpoint (its identity is the client's QUIC identity).
+    pub fn transport(&self) -> &T {
+        &self.inner.transport
+    }
+
+    /// The id of the SDK key the client authenticates with.
+    pub fn key_id(&self) -> KeyId {
+        self.inner.key.id
+    }
+
+    /// Counters summed over every deployment used through this client.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats.snapshot()
+    }
+
+    /// The pooled dispatcher connection, dialled if there is none; `fresh` if just dialled.
+    async fn dispatcher_conn(&self) -> Result<(u64, T::Connection, bool), Error> {
+        let inner = &self.inner;
+        let mut slot = inner.dispatcher.lock().await;
+        if let Some((generation, conn)) = &*slot {
+            return Ok((*generation, conn.clone(), false));
+        }
+        let conn = tokio::time::timeout(
+            inner.config.connect_timeout(),
+            inner
+                .transport
+                .connect(&inner.dispatcher_addr, &inner.dispatcher_id),
+        )
+        .await
+        .map_err(|_| {
+            Error::Timeout(format!(
+                "connecting to the dispatcher at {} took over {} ms",
+                inner.dispatcher_addr, inner.config.connect_timeout_ms
+            ))
+        })??;
+        let generation = inner.dispatcher_generation.fetch_add(1, Ordering::Relaxed);
+        *slot = Some((generation, conn.clone()));
+        Ok((generation, conn, true))
+    }
+
+    async fn drop_dispatcher(&self, generation: u64) {
+        let mut slot = self.inner.dispatcher.lock().await;
+        if matches!(&*slot, Some((g, _)) if *g == generation) {
+            *slot = None;
+        }
+    }
+
+    /// One dispatcher exchange. A refusal becomes its typed error. A call that fails on a
+    /// reused connection which turns out to be dead is repeated once on a new connection,
+    /// except `Deploy` (not idempotent).
+    pub(crate) async fn call(&self, call: ClientCall) -> Result<DispatcherResponse, Error> {
+        let inner = &self.inner;
+        let may_repeat = !matches!(call, ClientCall::Deploy { .. });
+        let request = ClientRequest {
+            key: inner.key.clone(),
+            call,
+        };
+        let mut repeated = false;
+        loop {
+            let (generation, conn, fresh) = self.dispatcher_conn().await?;
+            let answer = tokio::time::timeout(
+                inner.config.dispatcher_timeout(),
+                conn.call::<_, DispatcherResponse>(
+                    &request,
+                    Conversation::ClientDispatcher,
+                    inner.config.frame_limits,
+                ),
+            )
+            .await;
+            match answer {
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "the dispatcher did not answer within {} ms",
+                        inner.config.dispatcher_timeout_ms
+                    )));
+                }
+                Ok(Err(e)) => {
+                    if breaks_connection(&e) {
+                        self.drop_dispatcher(generation).await;
+                        if !fresh && may_repeat && !repeated {
+                            tracing::debug!(error = %e, "dispatcher connection lost; redialling");
+                            repeated = true;
+                            continue;
+                        }
+                    }
+                    return Err(e.into());
+                }
+                Ok(Ok(DispatcherResponse::Error(e))) => return Err(Error::from_wire(e)),
+                Ok(Ok(answer)) => return Ok(answer),
+            }
+        }
+    }
+
+    /// Uploads a model (ONNX bytes) and returns its id (the blake3 hash of the bytes).
+    ///
+    /// Resumes where an earlier, interrupted upload of the same bytes stopped; returns at once
+    /// if the dispatcher already stores the model. Chunks of the size the dispatcher asks for
+    /// are sent at chunk-aligned offsets, [`ClientConfig::upload_window`] at a time;
+    /// `progress` is called once when the upload begins and after every acknowledged chunk.
+    pub async fn upload_model(
+        &self,
+        model: &[u8],
+        mut progress: impl FnMut(UploadProgress),
+    ) -> Result<ModelId, Error> {
+        let id = ModelId::from_bytes(*blake3::hash(model).as_bytes());
+        let total = model.len() as u64;
+        let begin = self
+            .call(ClientCall::UploadBegin {
+                model: id,
+                total_bytes: total,
+            })
+            .await?;
+        let (received, chunk) = match begin {
+            DispatcherResponse::ModelStored { model, .. } if model == id => {
+                progress(UploadProgress {
+                    model: id,
+                    acked_bytes: total,
+                    total_bytes: total,
+                    resumed_from_bytes: total,
+                    already_stored: true,
+                });
+                return Ok(id);
+            }
+            DispatcherResponse::Upload {
+                received_bytes,
+                total_bytes,
+                chunk_bytes_max,
+            } if total_bytes == total && chunk_bytes_max > 0 => (
+                received_bytes.min(total),
+                u64::from(chunk_bytes_max.min(CHUNK_BYTES_MAX)),
+            ),
+            other => return Err(unexpected("UploadBegin", &other)),
+        };
+        // Chunks start at multiples of the chunk size; re-sending a few received bytes is
+        // harmless (the dispatcher accepts any chunk-aligned write).
+        let start = received - received % chunk;
+        let mut acked = start;
+        let report = |acked| UploadProgress {
+            model: id,
+            acked_bytes: acked,
+            total_bytes: total,
+            resumed_from_bytes: start,
+            already_stored: false,
+        };
+        progress(report(acked));
+        // `chunk` ≤ CHUNK_BYTES_MAX, so it fits in usize.
+        let offsets = (start..total).step_by(chunk as usize);
+        let mut acks = stream::iter(offsets)
+            .map(|offset| async move {
+                let end = offset.saturating_add(chunk).min(total);
+                // Offsets are below `model.len()`, a usize.
+                let data = model[offset as usize..end as usize].to_vec();
+                match self
+                    .call(ClientCall::UploadChunk {
+                        model: id,
+                        offset,
+                        data,
+                    })
+                    .await?
+                {
+                    DispatcherResponse::Upload { .. } => Ok(end - offset),
+                    other => Err(unexpected("UploadChunk", &other)),
+                }
+            })
+            .buffer_unordered(self.inner.config.upload_window.max(1));
+        while let Some(bytes) = acks.next().await {
+            acked += bytes?;
+            progress(report(acked));
+        }
+        drop(acks);
+        match self.call(ClientCall::UploadFinish { model: id }).await? {
+            DispatcherResponse::ModelStored { model, .. } if model == id => Ok(id),
+            other => Err(unexpected("UploadFinish", &other)),
+        }
+    }
+
+    /// Reads a model file and uploads it ([`Client::upload_model`]).
+    pub async fn upload_model_file(
+        &self,
+        path: impl AsRef<Path>,
+        progress: impl FnMut(UploadProgress),
+    ) -> Result<ModelId, Error> {
+        let path = path.as_ref().to_owned();
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??;
+        self.upload_model(&bytes, progress).await
+    }
+
+    /// What deploying `model` under `plan` would cost.
+    pub async fn quote(&self, model: ModelId, plan: DeployPlan) -> Result<PriceQuote, Error> {
+        match self.call(ClientCall::Quote { model, plan }).await? {
+            DispatcherResponse::Quote(q) => Ok(q),
+            other => Err(unexpected("Quote", &other)),
+        }
+    }
+
+    /// Deploys a stored model. Returns once the dispatcher accepted the deployment (and took
+    /// the up-front credits); use [`Deployment::wait_ready`] to wait for warm replicas.
+    pub async fn deploy(&self, model: ModelId, plan: DeployPlan) -> Result<Deployment<T>, Error> {
+        match self.call(ClientCall::Deploy { model, plan }).await? {
+            DispatcherResponse::Deployment(info) if info.model == model => {
+                Ok(Deployment::new(self.clone(), info.id))
+            }
+            other => Err(unexpected("Deploy", &other)),
+        }
+    }
+
+    /// A handle on an existing deployment (no call is made; [`Deployment::info`] checks it).
+    pub fn deployment(&self, id: DeploymentId) -> Deployment<T> {
+        Deployment::new(self.clone(), id)
+    }
+
+    /// Credits left on the account.
+    pub async fn balance(&self) -> Result<Credits, Error> {
+        match self.call(ClientCall::Balance).await? {
+            DispatcherResponse::Balance(c) => Ok(c),
+            other => Err(unexpected("Balance", &other)),
+        }
+    }
+
+    /// The status of the key this client uses.
+    pub async fn key_status(&self) -> Result<KeyInfo, Error> {
+        match self.call(ClientCall::KeyStatus).await? {
+            DispatcherResponse::Key(k) => Ok(k),
+            other => Err(unexpected("KeyStatus", &other)),
+        }
+    }
+}

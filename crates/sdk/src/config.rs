@@ -1,0 +1,118 @@
+//! Client settings and the clock the SDK reads.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crat_transport::FrameLimits;
+
+/// Where the SDK reads the time (Unix seconds) when deciding that a lease is due for renewal.
+/// Tests drive it by hand; [`SystemClock`] is the default.
+pub trait Clock: Send + Sync + 'static {
+    /// Unix seconds now.
+    fn now_s(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_s(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// Limits, timeouts and retry policy of a [`Client`](crate::Client).
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// Limit on one dispatcher exchange (request sent to answer read). Default 30 s.
+    pub dispatcher_timeout_ms: u64,
+    /// Limit on one task on one node (request sent to outputs read). Past it the task is
+    /// retried on another replica. Default 60 s.
+    pub infer_timeout_ms: u64,
+    /// Limit on dialling one address. Default 10 s.
+    pub connect_timeout_ms: u64,
+    /// Most attempts (node calls) for one task, over all replicas and lease renewals.
+    /// `None` (the default): 2 × the lease's replicas + 2.
+    pub attempts_max: Option<u32>,
+    /// A lease is renewed once less than this share of its ticket's lifetime is left,
+    /// in percent. Default 20.
+    pub lease_renew_margin_pct: u8,
+    /// ... or once less than this many seconds are left, whichever comes first. Default 5.
+    /// The margin is capped at half the ticket's lifetime, so a short-lived ticket is still
+    /// used for half its life rather than renewed before every task.
+    pub lease_renew_margin_s_min: u64,
+    /// Upload chunks in flight at once. Default 8.
+    pub upload_window: usize,
+    /// Node connections kept open in the pool (one per node). Default 256.
+    pub node_connections_max: usize,
+    /// First pause between deployment polls in
+    /// [`Deployment::wait_ready`](crate::Deployment::wait_ready). Default 100 ms.
+    pub ready_poll_ms_initial: u64,
+    /// Longest pause between deployment polls (the pause doubles up to it). Default 2 s.
+    pub ready_poll_ms_max: u64,
+    /// Frame caps; must match what the dispatcher and nodes accept. Default
+    /// [`FrameLimits::default`].
+    pub frame_limits: FrameLimits,
+    /// The clock for lease renewal. Default [`SystemClock`].
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            dispatcher_timeout_ms: 30_000,
+            infer_timeout_ms: 60_000,
+            connect_timeout_ms: 10_000,
+            attempts_max: None,
+            lease_renew_margin_pct: 20,
+            lease_renew_margin_s_min: 5,
+            upload_window: 8,
+            node_connections_max: 256,
+            ready_poll_ms_initial: 100,
+            ready_poll_ms_max: 2_000,
+            frame_limits: FrameLimits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("dispatcher_timeout_ms", &self.dispatcher_timeout_ms)
+            .field("infer_timeout_ms", &self.infer_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("attempts_max", &self.attempts_max)
+            .field("lease_renew_margin_pct", &self.lease_renew_margin_pct)
+            .field("lease_renew_margin_s_min", &self.lease_renew_margin_s_min)
+            .field("upload_window", &self.upload_window)
+            .field("node_connections_max", &self.node_connections_max)
+            .field("ready_poll_ms_initial", &self.ready_poll_ms_initial)
+            .field("ready_poll_ms_max", &self.ready_poll_ms_max)
+            .field("frame_limits", &self.frame_limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfig {
+    pub(crate) fn dispatcher_timeout(&self) -> Duration {
+        Duration::from_millis(self.dispatcher_timeout_ms)
+    }
+
+    pub(crate) fn infer_timeout(&self) -> Duration {
+        Duration::from_millis(self.infer_timeout_ms)
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Seconds before a ticket's end at which it is renewed, for a ticket living `lifetime_s`.
+    pub(crate) fn renew_margin_s(&self, lifetime_s: u64) -> u64 {
+        let pct = lifetime_s.saturating_mul(u64::from(self.lease_renew_margin_pct)) / 100;
+        pct.max(self.lease_renew_margin_s_min).min(lifetime_s / 2)
+    }
+}

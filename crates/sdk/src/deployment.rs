@@ -1,0 +1,439 @@
+//! A [`Deployment`]: its lease, and tasks sent straight to its replicas with failover.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crat_core::id::{DeploymentId, TaskId};
+use crat_core::tensor::NamedTensor;
+use crat_core::wire::{
+    self, ClientCall, ClientToNode, DeploymentInfo, DeploymentState, DispatcherResponse,
+    InferRequest, Lease, NodeToClient, Replica,
+};
+use crat_transport::{ConnectionExt, Conversation, Transport};
+use futures_util::{Stream, StreamExt};
+
+use crate::client::{Client, Counters, Stats, breaks_connection, bump, lock, unexpected};
+use crate::error::Error;
+
+/// A lease as the SDK holds it.
+struct LeaseState {
+    /// Increases with every lease fetched for this deployment (from 1).
+    generation: u64,
+    lease: Lease,
+    /// When (client clock, Unix seconds) the lease is due for renewal.
+    renew_at_s: u64,
+}
+
+struct Shared {
+    lease: Mutex<Option<Arc<LeaseState>>>,
+    /// Held while a lease is fetched, so concurrent callers share one renewal.
+    renewing: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    /// Where the next task starts its walk over the replicas (round robin).
+    next_replica: AtomicUsize,
+    stats: Counters,
+}
+
+/// One deployment of a model: describe it, stop it, and run tasks on its replicas.
+///
+/// Cheap to clone; clones share the cached lease and the counters. Tasks go straight to the
+/// nodes named by the lease, over connections pooled by the [`Client`].
+pub struct Deployment<T: Transport> {
+    client: Client<T>,
+    id: DeploymentId,
+    shared: Arc<Shared>,
+}
+
+impl<T: Transport> Clone for Deployment<T> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            id: self.id,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Transport> std::fmt::Debug for Deployment<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deployment")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Deployment<T> {
+    pub(crate) fn new(client: Client<T>, id: DeploymentId) -> Self {
+        Self {
+            client,
+            id,
+            shared: Arc::new(Shared {
+                lease: Mutex::new(None),
+                renewing: tokio::sync::Mutex::new(()),
+                generation: AtomicU64::new(0),
+                next_replica: AtomicUsize::new(rand::random::<u16>().into()),
+                stats: Counters::default(),
+            }),
+        }
+    }
+
+    /// The deployment's id.
+    pub fn id(&self) -> DeploymentId {
+        self.id
+    }
+
+    /// The client this deployment is used through.
+    pub fn client(&self) -> &Client<T> {
+        &self.client
+    }
+
+    /// Counters of the tasks run through this handle (and its clones).
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+
+    /// The deployment as the dispatcher describes it now.
+    pub async fn info(&self) -> Result<DeploymentInfo, Error> {
+        match self
+            .client
+            .call(ClientCall::Deployment {
+                deployment: self.id,
+            })
+            .await?
+        {
+            DispatcherResponse::Deployment(info) if info.id == self.id => Ok(info),
+            other => Err(unexpected("Deployment", &other)),
+        }
+    }
+
+    /// Polls [`Deployment::info`] until the deployment is `Ready`, pausing
+    /// [`ready_poll_ms_initial`](crate::ClientConfig::ready_poll_ms_initial) and doubling up to
+    /// [`ready_poll_ms_max`](crate::ClientConfig::ready_poll_ms_max) between polls.
+    /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`] if the deployment stops.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<DeploymentInfo, Error> {
+        let config = &self.client.inner.config;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause_ms = config.ready_poll_ms_initial.max(1);
+        loop {
+            let info = self.info().await?;
+            match info.state {
+                DeploymentState::Ready => return Ok(info),
+                DeploymentState::Stopped => {
+                    return Err(Error::Stopped(format!("{} is stopped", self.id)));
+                }
+                DeploymentState::Pending | DeploymentState::Degraded => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{} not ready after {} ms ({:?}, {}/{} replicas)",
+                    self.id,
+                    timeout.as_millis(),
+                    info.state,
+                    info.replicas_ready,
+                    info.replicas_wanted
+                )));
+            }
+            let pause = Duration::from_millis(pause_ms).min(deadline - now);
+            tokio::time::sleep(pause).await;
+            pause_ms = pause_ms
+                .saturating_mul(2)
+                .min(config.ready_poll_ms_max.max(1));
+        }
+    }
+
+    /// Stops the deployment.
+    pub async fn undeploy(&self) -> Result<(), Error> {
+        match self
+            .client
+            .call(ClientCall::Undeploy {
+                deployment: self.id,
+            })
+            .await?
+        {
+            DispatcherResponse::Ok | DispatcherResponse::Deployment(_) => {
+                *lock(&self.shared.lease) = None;
+                Ok(())
+            }
+            other => Err(unexpected("Undeploy", &other)),
+        }
+    }
+
+    /// The current lease (replicas and ticket), fetched or renewed if due.
+    pub async fn lease(&self) -> Result<Lease, Error> {
+        Ok(self.current_lease().await?.lease.clone())
+    }
+
+    fn counters(&self) -> [&Counters; 2] {
+        [&self.shared.stats, &self.client.inner.stats]
+    }
+
+    fn cached(&self) -> Option<Arc<LeaseState>> {
+        lock(&self.shared.lease).clone()
+    }
+
+    fn due(&self, lease: &LeaseState) -> bool {
+        self.client.inner.config.clock.now_s() >= lease.renew_at_s
+    }
+
+    async fn current_lease(&self) -> Result<Arc<LeaseState>, Error> {
+        match self.cached() {
+            Some(l) if !self.due(&l) => Ok(l),
+            Some(l) => self.renew(l.generation).await,
+            None => self.renew(0).await,
+        }
+    }
+
+    /// Fetches a new lease to replace generation `seen` (0: none). If another caller already
+    /// replaced it meanwhile, that lease is returned instead: one renewal serves them all.
+    async fn renew(&self, seen: u64) -> Result<Arc<LeaseState>, Error> {
+        let _renewing = self.shared.renewing.lock().await;
+        let previous = self.cached();
+        if let Some(current) = &previous
+            && current.generation != seen
+        {
+            return Ok(current.clone());
+        }
+        let config = &self.client.inner.config;
+        let now_s = config.clock.now_s();
+        let lease = match self
+            .client
+            .call(ClientCall::Lease {
+                deployment: self.id,
+            })
+            .await?
+        {
+            DispatcherResponse::Lease(l) => l,
+            other => return Err(unexpected("Lease", &other)),
+        };
+        let ticket = &lease.ticket.body;
+        if ticket.deployment != self.id {
+            return Err(Error::Protocol(format!(
+                "lease for {} carries a ticket for {}",
+                self.id, ticket.deployment
+            )));
+        }
+        // Measured from when it arrived on the client's clock, so clock skew between client
+        // and dispatcher does not shorten or stretch it.
+        let lifetime_s = ticket.expires_at_s.saturating_sub(ticket.issued_at_s);
+        let renew_at_s = now_s
+            .saturating_add(lifetime_s)
+            .saturating_sub(config.renew_margin_s(lifetime_s));
+        let state = Arc::new(LeaseState {
+            generation: self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1,
+            lease,
+            renew_at_s,
+        });
+        if previous.is_some() {
+            bump(&self.counters(), |c| &c.lease_renewals);
+        }
+        *lock(&self.shared.lease) = Some(state.clone());
+        Ok(state)
+    }
+
+    /// Runs one task with a fresh random [`TaskId`]; see [`Deployment::infer_task`].
+    pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, Error> {
+        self.infer_task(TaskId::from_bytes(rand::random()), inputs)
+            .await
+    }
+
+    /// Runs task `task` on one of the deployment's replicas and returns its outputs.
+    ///
+    /// The task goes straight to a node named by the lease (fetched, and renewed shortly
+    /// before its ticket expires). On a transport failure, a timeout, or a node answering
+    /// `Busy`, `NotFound`, `NoCapacity`, `Timeout` or `Internal`, the *same* task id is sent
+    /// to the next replica (the dispatcher charges a task id once); when every replica of
+    /// the lease failed, the lease is renewed once (replicas may have been re-placed) and the
+    /// walk starts again. A rejected ticket renews the lease and retries. At most
+    /// [`attempts_max`](crate::ClientConfig::attempts_max) node calls are made, then
+    /// [`Error::NoReplica`] carries the last failure.
+    ///
+    /// Errors that are the caller's fault (`InvalidInput`, `TooLarge`, `BadRequest`) or the
+    /// account's (`InsufficientCredits`, `KeyExpired`, `KeyRevoked`, `Unauthenticated`) are
+    /// returned at once.
+    pub async fn infer_task(
+        &self,
+        task: TaskId,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Vec<NamedTensor>, Error> {
+        bump(&self.counters(), |c| &c.tasks);
+        let result = self.run_task(task, inputs).await;
+        match &result {
+            Ok(_) => bump(&self.counters(), |c| &c.completed),
+            Err(_) => bump(&self.counters(), |c| &c.failed),
+        }
+        result
+    }
+
+    async fn run_task(
+        &self,
+        task: TaskId,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Vec<NamedTensor>, Error> {
+        let config = &self.client.inner.config;
+        let mut lease = self.current_lease().await?;
+        let mut message = ClientToNode::Infer(Box::new(InferRequest {
+            task,
+            deployment: self.id,
+            ticket: lease.lease.ticket.clone(),
+            inputs,
+        }));
+        let frame_max = config
+            .frame_limits
+            .frame_bytes_max(Conversation::ClientNode);
+        let len = wire::encoded_len(&message).map_err(|e| Error::Protocol(e.to_string()))?;
+        if len > frame_max as usize {
+            return Err(Error::TooLarge(format!(
+                "a task of {len} bytes exceeds the {frame_max}-byte frame cap"
+            )));
+        }
+        let set_ticket = |message: &mut ClientToNode, lease: &LeaseState| {
+            if let ClientToNode::Infer(r) = message {
+                r.ticket = lease.lease.ticket.clone();
+            }
+        };
+
+        let attempts_max = config
+            .attempts_max
+            .unwrap_or_else(|| 2 * lease.lease.replicas.len() as u32 + 2)
+            .max(1);
+        let mut attempts = 0u32;
+        let mut last: Option<Error> = None;
+        let mut failing_over = false;
+        let mut renewed_after_all_failed = false;
+        let mut ticket_renewed = false;
+        let mut start = self.shared.next_replica.fetch_add(1, Ordering::Relaxed);
+        let mut tried = 0usize;
+        while attempts < attempts_max {
+            if self.due(&lease) {
+                lease = self.renew(lease.generation).await?;
+                set_ticket(&mut message, &lease);
+            }
+            let n = lease.lease.replicas.len();
+            if tried >= n {
+                if renewed_after_all_failed {
+                    break;
+                }
+                renewed_after_all_failed = true;
+                lease = self.renew(lease.generation).await?;
+                set_ticket(&mut message, &lease);
+                tried = 0;
+                start = self.shared.next_replica.fetch_add(1, Ordering::Relaxed);
+                if lease.lease.replicas.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let replica = &lease.lease.replicas[start.wrapping_add(tried) % n];
+            attempts += 1;
+            if failing_over {
+                bump(&self.counters(), |c| &c.failovers);
+                failing_over = false;
+            }
+            match self.attempt(replica, task, &message).await {
+                Ok(outputs) => return Ok(outputs),
+                Err(Error::TicketRejected(reason)) => {
+                    bump(&self.counters(), |c| &c.ticket_rejections);
+                    tracing::debug!(%task, node = %replica.node, %reason, "ticket rejected");
+                    if ticket_renewed {
+                        // A fresh ticket was refused too: this node is not for us any more.
+                        tried += 1;
+                        failing_over = true;
+                    } else {
+                        ticket_renewed = true;
+                        lease = self.renew(lease.generation).await?;
+                        set_ticket(&mut message, &lease);
+                    }
+                    last = Some(Error::TicketRejected(reason));
+                }
+                Err(e) if e.is_failover() => {
+                    tracing::debug!(%task, node = %replica.node, error = %e, "failing over");
+                    tried += 1;
+                    failing_over = true;
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::NoReplica {
+            attempts,
+            last: last.map(Box::new),
+        })
+    }
+
+    /// One call of `message` on `replica`.
+    async fn attempt(
+        &self,
+        replica: &Replica,
+        task: TaskId,
+        message: &ClientToNode,
+    ) -> Result<Vec<NamedTensor>, Error> {
+        let inner = &self.client.inner;
+        let (generation, conn) = inner
+            .pool
+            .get(&inner.transport, replica, &inner.config)
+            .await?;
+        let answer = tokio::time::timeout(
+            inner.config.infer_timeout(),
+            conn.call::<_, NodeToClient>(
+                message,
+                Conversation::ClientNode,
+                inner.config.frame_limits,
+            ),
+        )
+        .await;
+        let answer = match answer {
+            Err(_) => {
+                inner.pool.drop_conn(&replica.node, generation).await;
+                return Err(Error::Timeout(format!(
+                    "node {} did not answer within {} ms",
+                    replica.node, inner.config.infer_timeout_ms
+                )));
+            }
+            Ok(Err(e)) => {
+                if breaks_connection(&e) {
+                    inner.pool.drop_conn(&replica.node, generation).await;
+                }
+                return Err(e.into());
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        match answer {
+            NodeToClient::Outputs {
+                task: answered,
+                outputs,
+                ..
+            } if answered == task => Ok(outputs),
+            NodeToClient::Outputs { task: answered, .. } => Err(Error::Protocol(format!(
+                "node {} answered {answered} to {task}",
+                replica.node
+            ))),
+            NodeToClient::Error(e) => Err(Error::from_wire(e)),
+            NodeToClient::Pong => Err(Error::Protocol(format!(
+                "node {} answered a task with Pong",
+                replica.node
+            ))),
+        }
+    }
+
+    /// Runs a stream of tasks, at most `concurrency` at once, and yields their results in
+    /// input order (each task as [`Deployment::infer`]). Inputs are pulled from `inputs` only
+    /// as fast as results are consumed, so a large stream is never held in memory.
+    pub fn infer_many<S>(
+        &self,
+        inputs: S,
+        concurrency: usize,
+    ) -> impl Stream<Item = Result<Vec<NamedTensor>, Error>> + use<S, T>
+    where
+        S: Stream<Item = Vec<NamedTensor>>,
+    {
+        let deployment = self.clone();
+        inputs
+            .map(move |x| {
+                let deployment = deployment.clone();
+                async move { deployment.infer(x).await }
+            })
+            .buffered(concurrency.max(1))
+    }
+}
