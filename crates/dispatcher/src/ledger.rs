@@ -21,7 +21,7 @@ use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
 
-pub use sqlite::SqliteLedger;
+pub use sqlite::{LedgerTotals, SqliteLedger};
 
 /// An account name: 1..=64 bytes of `[a-z0-9_-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -237,8 +237,12 @@ pub trait Ledger: Send + Sync + 'static {
     /// Creates an account with a zero balance.
     fn create_account(&self, name: &AccountName, now_s: u64) -> Result<(), LedgerError>;
     /// Adds credits to an account; returns the new balance.
-    fn grant(&self, name: &AccountName, credits: Credits, now_s: u64)
-    -> Result<Credits, LedgerError>;
+    fn grant(
+        &self,
+        name: &AccountName,
+        credits: Credits,
+        now_s: u64,
+    ) -> Result<Credits, LedgerError>;
     /// An account's balance.
     fn balance(&self, name: &AccountName) -> Result<Credits, LedgerError>;
 
@@ -266,8 +270,11 @@ pub trait Ledger: Send + Sync + 'static {
     fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError>;
     /// Stops a deployment and returns its allowance left to the account; returns the record
     /// after. Stopping a stopped deployment changes nothing.
-    fn stop_deployment(&self, id: &DeploymentId, now_s: u64)
-    -> Result<DeploymentRecord, LedgerError>;
+    fn stop_deployment(
+        &self,
+        id: &DeploymentId,
+        now_s: u64,
+    ) -> Result<DeploymentRecord, LedgerError>;
 
     /// Stores and charges usage records, once per task id: a task already stored is counted
     /// as a duplicate and charged nothing. Each cost is taken from the deployment's
