@@ -133,10 +133,10 @@ impl LocalBlobStore {
             fs::read_dir(dir).map_err(|e| BlobError::io(format!("list {}", dir.display()), e))?;
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "tmp") {
-                if let Err(e) = fs::remove_file(&path) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary blob");
-                }
+            if path.extension().is_some_and(|e| e == "tmp")
+                && let Err(e) = fs::remove_file(&path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove");
             }
         }
         Ok(Self {

@@ -1,18 +1,6 @@
 //! Resumable, bounded upload staging.
 //!
-//! Each upload in progress is two files in the staging directory, named by the model id's
-//! hex: `<id>.part`, the model's bytes written in place with positioned writes (chunks may
-//! arrive in any order, repeats are harmless), and `<id>.meta`, a small sidecar holding a
-//! header (magic, total size, chunk size, id) and one bit per chunk received. A chunk's bit
-//! is written after its bytes, so after a restart [`Uploads::open`] finds every upload where
-//! it was and a client resumes from [`UploadProgress::received_bytes`].
-//!
-//! Nothing is fsynced per chunk (that would cap throughput at the disk's flush rate): after
-//! a process restart the page cache still has everything; after a machine crash a bit may
-//! survive without its bytes, which the final blake3 check catches (the upload is discarded
-//! and the client starts over). [`Uploads::finish`] reads the file once, hashes and checks
-//! it from that buffer while the file is fsynced in parallel, and renames it to `<id>.model`
-//! for [`super::BlobStore::put_file`].
+//! The design is described on the main type.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -239,7 +227,21 @@ fn bitmap_bytes(chunks: u64) -> u64 {
     chunks.div_ceil(8)
 }
 
-/// The staging area for uploads. See the [module docs](self).
+/// The staging area for uploads.
+///
+/// Each upload in progress is two files in the staging directory, named by the model id's
+/// hex: `<id>.part`, the model's bytes written in place with positioned writes (chunks may
+/// arrive in any order, repeats are harmless), and `<id>.meta`, a small sidecar holding a
+/// header (magic, total size, chunk size, id) and one bit per chunk received. A chunk's bit
+/// is written after its bytes, so after a restart [`Uploads::open`] finds every upload where
+/// it was and a client resumes from [`UploadProgress::received_bytes`].
+///
+/// Nothing is fsynced per chunk (that would cap throughput at the disk's flush rate): after
+/// a process restart the page cache still has everything; after a machine crash a bit may
+/// survive without its bytes, which the final blake3 check catches (the upload is discarded
+/// and the client starts over). [`Uploads::finish`] reads the file once, hashes and checks
+/// it from that buffer while the file is fsynced in parallel, and renames it to `<id>.model`
+/// for [`super::BlobStore::put_file`].
 pub struct Uploads {
     config: UploadConfig,
     uploads: tokio::sync::Mutex<HashMap<ModelId, Arc<Upload>>>,
@@ -286,10 +288,11 @@ impl Uploads {
                 ("part", Some(_)) => path.with_extension("meta").exists(),
                 _ => false,
             };
-            if !keep && matches!(ext, "meta" | "part" | "model") {
-                if let Err(e) = fs::remove_file(path) {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging file");
-                }
+            if !keep
+                && matches!(ext, "meta" | "part" | "model")
+                && let Err(e) = fs::remove_file(path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging file");
             }
         }
         Ok(Self {
@@ -385,7 +388,7 @@ impl Uploads {
             .cloned()
             .ok_or(UploadError::NotStarted(id))?;
         let chunk = u64::from(upload.chunk);
-        if offset % chunk != 0 {
+        if !offset.is_multiple_of(chunk) {
             return Err(UploadError::BadChunk(format!(
                 "offset {offset} is not a multiple of the chunk size {chunk}"
             )));
@@ -461,7 +464,7 @@ impl Uploads {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove an upload file");
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove");
                     }
                 }
             }

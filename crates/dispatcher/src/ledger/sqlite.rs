@@ -1,26 +1,9 @@
 //! [`SqliteLedger`]: the embedded [`Ledger`], one SQLite file.
 //!
-//! - **Durability.** The file runs in WAL mode with `synchronous=FULL`, so a method that
-//!   returned `Ok` has reached the disk: a restart (or a crash right after) loses nothing
-//!   that was acknowledged.
-//! - **One transaction per method.** The connection sits behind a mutex; every write runs
-//!   in an `IMMEDIATE` transaction (it takes the write lock before reading, so a
-//!   read-modify-write never races another process), every read in a deferred one. An error
-//!   anywhere drops the transaction, which rolls it back: a method commits entirely or
-//!   changes nothing.
-//! - **Migrations.** [`MIGRATIONS`] is the list of schema steps; `PRAGMA user_version`
-//!   counts the steps applied. Opening applies the missing ones in one transaction, and
-//!   refuses a file whose version is newer than this build knows
-//!   ([`LedgerError::Corrupt`]).
-//! - **Integers only.** Money, sizes and times are `u64` in Rust and `INTEGER` (`i64`) in
-//!   SQLite: a value above `i64::MAX` is refused with [`LedgerError::Invalid`] (or
-//!   [`LedgerError::Overflow`] when it is the result of a balance update), never wrapped.
-//!   Ids are `BLOB`s of their bytes; plans and prices are JSON text.
-//! - **The journal.** Every credit movement is a row of `journal` (grant, deploy, usage,
-//!   refund), written in the same transaction as the balance it moves. Income is the sum of
-//!   the rows that count as income, so [`SqliteLedger::totals`] can check at any time that
-//!   money is conserved.
+//! The design is described on the main type.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -166,7 +149,28 @@ impl LedgerTotals {
     }
 }
 
-/// The embedded [`Ledger`]: one SQLite file. See the [module docs](self).
+/// The embedded [`Ledger`]: one SQLite file.
+///
+/// - **Durability.** The file runs in WAL mode with `synchronous=FULL`, so a method that
+///   returned `Ok` has reached the disk: a restart (or a crash right after) loses nothing
+///   that was acknowledged.
+/// - **One transaction per method.** The connection sits behind a mutex; every write runs
+///   in an `IMMEDIATE` transaction (it takes the write lock before reading, so a
+///   read-modify-write never races another process), every read in a deferred one. An error
+///   anywhere drops the transaction, which rolls it back: a method commits entirely or
+///   changes nothing.
+/// - **Migrations.** The schema is a list of steps (`MIGRATIONS`); `PRAGMA user_version`
+///   counts the steps applied. Opening applies the missing ones in one transaction, and
+///   refuses a file whose version is newer than this build knows
+///   ([`LedgerError::Corrupt`]).
+/// - **Integers only.** Money, sizes and times are `u64` in Rust and `INTEGER` (`i64`) in
+///   SQLite: a value above `i64::MAX` is refused with [`LedgerError::Invalid`] (or
+///   [`LedgerError::Overflow`] when it is the result of a balance update), never wrapped.
+///   Ids are `BLOB`s of their bytes; plans and prices are JSON text.
+/// - **The journal.** Every credit movement is a row of `journal` (grant, deploy, usage,
+///   refund), written in the same transaction as the balance it moves. Income is the sum of
+///   the rows that count as income, so [`SqliteLedger::totals`] can check at any time that
+///   money is conserved.
 pub struct SqliteLedger {
     conn: Mutex<Connection>,
 }
@@ -860,8 +864,7 @@ impl Ledger for SqliteLedger {
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError> {
         self.write(|tx| {
             let mut outcome = UsageOutcome::default();
-            let mut allowances: std::collections::HashMap<DeploymentId, Allowance> =
-                std::collections::HashMap::new();
+            let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
             for c in charges {
                 let r = &c.record;
                 let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
@@ -869,34 +872,29 @@ impl Ledger for SqliteLedger {
                 let compute_us = to_i64(r.compute_us, "compute_us")?;
                 let at_s = to_i64(c.at_s, "at_s")?;
                 to_i64(c.cost.get(), "cost")?;
-                if !allowances.contains_key(&r.deployment) {
-                    let (account, left) = tx
-                        .prepare_cached(
-                            "SELECT account, allowance_left FROM deployments WHERE id = ?1",
-                        )
-                        .db()?
-                        .query_row([r.deployment.as_bytes().as_slice()], |row| {
-                            Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                        })
-                        .optional()
-                        .db()?
-                        .ok_or_else(|| {
-                            LedgerError::NotFound(format!("deployment {}", r.deployment))
-                        })?;
-                    allowances.insert(
-                        r.deployment,
-                        Allowance {
+                let allowance = match allowances.entry(r.deployment) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let (account, left) = tx
+                            .prepare_cached(
+                                "SELECT account, allowance_left FROM deployments WHERE id = ?1",
+                            )
+                            .db()?
+                            .query_row([r.deployment.as_bytes().as_slice()], |row| {
+                                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                            })
+                            .optional()
+                            .db()?
+                            .ok_or_else(|| {
+                                LedgerError::NotFound(format!("deployment {}", r.deployment))
+                            })?;
+                        entry.insert(Allowance {
                             account: AccountName::new(account)
                                 .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
                             left: Credits::new(from_i64(left, "allowance_left")?),
                             changed: false,
-                        },
-                    );
-                }
-                let Some(allowance) = allowances.get_mut(&r.deployment) else {
-                    return Err(LedgerError::Database(
-                        "invariant: the allowance was loaded above".into(),
-                    ));
+                        })
+                    }
                 };
                 let charge = c.cost.min(allowance.left);
                 let uncollected = c.cost.saturating_sub(charge);
