@@ -21,7 +21,7 @@ use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
 
-pub use sqlite::SqliteLedger;
+pub use sqlite::{LedgerTotals, SqliteLedger};
 
 /// An account name: 1..=64 bytes of `[a-z0-9_-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -233,12 +233,20 @@ pub enum LedgerError {
 
 /// The dispatcher's database. Every method is one transaction: it commits entirely or
 /// changes nothing. Implementations are internally synchronised.
+///
+/// Integers are stored as signed 64-bit database integers: an amount, size or time above
+/// `i64::MAX` is refused ([`LedgerError::Invalid`], or [`LedgerError::Overflow`] when a
+/// balance would pass it), never wrapped.
 pub trait Ledger: Send + Sync + 'static {
     /// Creates an account with a zero balance.
     fn create_account(&self, name: &AccountName, now_s: u64) -> Result<(), LedgerError>;
     /// Adds credits to an account; returns the new balance.
-    fn grant(&self, name: &AccountName, credits: Credits, now_s: u64)
-    -> Result<Credits, LedgerError>;
+    fn grant(
+        &self,
+        name: &AccountName,
+        credits: Credits,
+        now_s: u64,
+    ) -> Result<Credits, LedgerError>;
     /// An account's balance.
     fn balance(&self, name: &AccountName) -> Result<Credits, LedgerError>;
 
@@ -258,7 +266,10 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Stores a deployment and takes `deployment.price.upfront` from its account, atomically;
     /// [`LedgerError::InsufficientCredits`] (and nothing stored) if the balance is short.
-    /// Returns the balance after.
+    /// Returns the balance after. The account, the key (of that account) and the model must
+    /// exist ([`LedgerError::NotFound`]); the record must be new: `stopped_at_s` `None` and
+    /// `allowance_left` equal to `price.upfront` for a per-request plan, zero for a
+    /// per-instance plan ([`LedgerError::Invalid`] otherwise).
     fn create_deployment(&self, deployment: &DeploymentRecord) -> Result<Credits, LedgerError>;
     /// A deployment by id.
     fn deployment(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>, LedgerError>;
@@ -266,16 +277,21 @@ pub trait Ledger: Send + Sync + 'static {
     fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError>;
     /// Stops a deployment and returns its allowance left to the account; returns the record
     /// after. Stopping a stopped deployment changes nothing.
-    fn stop_deployment(&self, id: &DeploymentId, now_s: u64)
-    -> Result<DeploymentRecord, LedgerError>;
+    fn stop_deployment(
+        &self,
+        id: &DeploymentId,
+        now_s: u64,
+    ) -> Result<DeploymentRecord, LedgerError>;
 
     /// Stores and charges usage records, once per task id: a task already stored is counted
     /// as a duplicate and charged nothing. Each cost is taken from the deployment's
-    /// allowance; what the allowance cannot cover is recorded as uncollected.
+    /// allowance; what the allowance cannot cover is recorded as uncollected. A record of an
+    /// unknown deployment fails the whole call ([`LedgerError::NotFound`], nothing stored).
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError>;
     /// A stored usage record by task id.
     fn usage(&self, task: &TaskId) -> Result<Option<UsageRow>, LedgerError>;
-    /// Number of stored usage records and the credits charged for them, for a deployment.
+    /// Number of stored usage records and the credits charged for them, for a deployment
+    /// (`(0, 0)` for a deployment without usage, known or not).
     fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError>;
 
     /// Stores a node on first registration, or updates its rating and mining income
@@ -286,7 +302,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// All nodes, in id order.
     fn nodes(&self) -> Result<Vec<NodeRecord>, LedgerError>;
     /// Records that `node` was online during `[session_start_s, end_s)`: the session that
-    /// started at `session_start_s` is created or extended to `end_s`.
+    /// started at `session_start_s` is created or extended to `end_s` (never shortened).
+    /// The node must be stored ([`LedgerError::NotFound`]).
     fn record_online(
         &self,
         node: &NodeId,
@@ -300,7 +317,7 @@ pub trait Ledger: Send + Sync + 'static {
         from_s: u64,
         to_s: u64,
     ) -> Result<Vec<Interval>, LedgerError>;
-    /// Records one validation outcome of a node's work at `at_s`.
+    /// Records one validation outcome of a node's work at `at_s` (the node must be stored).
     fn record_validation(&self, node: &NodeId, ok: bool, at_s: u64) -> Result<(), LedgerError>;
     /// (ok, failed) validations of a node with `at_s` in `[from_s, to_s)`.
     fn validations(&self, node: &NodeId, from_s: u64, to_s: u64)
@@ -310,7 +327,8 @@ pub trait Ledger: Send + Sync + 'static {
     /// charges plus usage charges.
     fn income(&self, from_s: u64, to_s: u64) -> Result<Credits, LedgerError>;
     /// Stores a closed round and applies its outcome to the node records (CRAT, streak,
-    /// uptime total), atomically. Storing a round index twice is [`LedgerError::Exists`].
+    /// uptime total), atomically. Storing a round index twice is [`LedgerError::Exists`]; an
+    /// outcome naming a node that is not stored is [`LedgerError::NotFound`].
     fn close_round(&self, round: &RoundRecord, outcome: &RoundOutcome) -> Result<(), LedgerError>;
     /// The last closed round.
     fn last_round(&self) -> Result<Option<RoundRecord>, LedgerError>;

@@ -1,0 +1,2126 @@
+//! [`SqliteLedger`]: the embedded [`Ledger`], one SQLite file.
+//!
+//! The design is described on the main type.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::pricing::DeployPlan;
+use crat_rewards::{Interval, RoundOutcome};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
+
+use super::{
+    AccountName, DeploymentRecord, KeyRecord, Ledger, LedgerError, ModelRecord, NodeRecord,
+    RoundRecord, UsageCharge, UsageOutcome, UsageRow,
+};
+
+/// How long a statement waits for another process's lock before failing.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// The schema, one step per entry; `PRAGMA user_version` is the number of steps applied.
+/// Append new steps; never edit a released one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    "
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY NOT NULL,
+        balance INTEGER NOT NULL CHECK (balance >= 0),
+        created_at_s INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE keys (
+        id BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+        account TEXT NOT NULL REFERENCES accounts(name),
+        secret_hash BLOB NOT NULL CHECK (length(secret_hash) = 32),
+        created_at_s INTEGER NOT NULL,
+        expires_at_s INTEGER,
+        revoked_at_s INTEGER
+    ) STRICT;
+    CREATE INDEX keys_by_account ON keys(account, created_at_s);
+
+    CREATE TABLE models (
+        id BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 32),
+        bytes INTEGER NOT NULL CHECK (bytes >= 0),
+        account TEXT NOT NULL REFERENCES accounts(name),
+        stored_at_s INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE deployments (
+        id BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+        account TEXT NOT NULL REFERENCES accounts(name),
+        key BLOB NOT NULL REFERENCES keys(id),
+        model BLOB NOT NULL REFERENCES models(id),
+        model_bytes INTEGER NOT NULL CHECK (model_bytes >= 0),
+        plan TEXT NOT NULL,
+        price TEXT NOT NULL,
+        allowance_left INTEGER NOT NULL CHECK (allowance_left >= 0),
+        created_at_s INTEGER NOT NULL,
+        stopped_at_s INTEGER
+    ) STRICT;
+    CREATE INDEX deployments_active ON deployments(created_at_s) WHERE stopped_at_s IS NULL;
+
+    CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts(name),
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'deploy', 'usage', 'refund')),
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        deployment BLOB,
+        task BLOB,
+        at_s INTEGER NOT NULL,
+        counts_as_income INTEGER NOT NULL CHECK (counts_as_income IN (0, 1))
+    ) STRICT;
+    CREATE INDEX journal_income ON journal(at_s) WHERE counts_as_income = 1;
+
+    CREATE TABLE usage (
+        task BLOB PRIMARY KEY NOT NULL CHECK (length(task) = 16),
+        deployment BLOB NOT NULL REFERENCES deployments(id),
+        key BLOB NOT NULL,
+        node BLOB NOT NULL,
+        input_bytes INTEGER NOT NULL,
+        output_bytes INTEGER NOT NULL,
+        compute_us INTEGER NOT NULL,
+        charged INTEGER NOT NULL CHECK (charged >= 0),
+        uncollected INTEGER NOT NULL CHECK (uncollected >= 0),
+        at_s INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX usage_by_deployment ON usage(deployment);
+
+    CREATE TABLE nodes (
+        id BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 32),
+        rating INTEGER NOT NULL CHECK (rating BETWEEN 1 AND 5),
+        registered_at_s INTEGER NOT NULL,
+        mining_income INTEGER NOT NULL,
+        crat_micro INTEGER NOT NULL,
+        streak INTEGER NOT NULL,
+        uptime_total_s INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE sessions (
+        node BLOB NOT NULL REFERENCES nodes(id),
+        start_s INTEGER NOT NULL,
+        end_s INTEGER NOT NULL CHECK (end_s >= start_s),
+        PRIMARY KEY (node, start_s)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE validations (
+        node BLOB NOT NULL REFERENCES nodes(id),
+        at_s INTEGER NOT NULL,
+        ok INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        PRIMARY KEY (node, at_s)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE rounds (
+        idx INTEGER PRIMARY KEY NOT NULL,
+        start_s INTEGER NOT NULL,
+        length_s INTEGER NOT NULL,
+        income INTEGER NOT NULL,
+        carry_out INTEGER NOT NULL,
+        paid INTEGER NOT NULL,
+        inputs_json TEXT NOT NULL,
+        outcome_json TEXT NOT NULL
+    ) STRICT;
+    ",
+];
+
+/// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LedgerTotals {
+    /// Σ account balances.
+    pub balances: Credits,
+    /// Σ allowances left in deployments.
+    pub allowances: Credits,
+    /// Σ credits that counted as income (all time).
+    pub income: Credits,
+    /// Σ grants (all time).
+    pub granted: Credits,
+}
+
+impl LedgerTotals {
+    /// Money is conserved: every granted credit is in a balance, in an allowance, or was
+    /// earned as income (`balances + allowances + income == granted`).
+    pub fn is_conserved(&self) -> bool {
+        Credits::checked_sum([self.balances, self.allowances, self.income]) == Some(self.granted)
+    }
+}
+
+/// The embedded [`Ledger`]: one SQLite file.
+///
+/// - **Durability.** The file runs in WAL mode with `synchronous=FULL`, so a method that
+///   returned `Ok` has reached the disk: a restart (or a crash right after) loses nothing
+///   that was acknowledged.
+/// - **One transaction per method.** The connection sits behind a mutex; every write runs
+///   in an `IMMEDIATE` transaction (it takes the write lock before reading, so a
+///   read-modify-write never races another process), every read in a deferred one. An error
+///   anywhere drops the transaction, which rolls it back: a method commits entirely or
+///   changes nothing.
+/// - **Migrations.** The schema is a list of steps (`MIGRATIONS`); `PRAGMA user_version`
+///   counts the steps applied. Opening applies the missing ones in one transaction, and
+///   refuses a file whose version is newer than this build knows
+///   ([`LedgerError::Corrupt`]).
+/// - **Integers only.** Money, sizes and times are `u64` in Rust and `INTEGER` (`i64`) in
+///   SQLite: a value above `i64::MAX` is refused with [`LedgerError::Invalid`] (or
+///   [`LedgerError::Overflow`] when it is the result of a balance update), never wrapped.
+///   Ids are `BLOB`s of their bytes; plans and prices are JSON text.
+/// - **The journal.** Every credit movement is a row of `journal` (grant, deploy, usage,
+///   refund), written in the same transaction as the balance it moves. Income is the sum of
+///   the rows that count as income, so [`SqliteLedger::totals`] can check at any time that
+///   money is conserved.
+pub struct SqliteLedger {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteLedger").finish_non_exhaustive()
+    }
+}
+
+impl SqliteLedger {
+    /// Opens (or creates) the ledger file at `path` and brings its schema up to date.
+    ///
+    /// A file written by a newer build (a `user_version` above this build's) is
+    /// [`LedgerError::Corrupt`]; it is left untouched.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let conn = Connection::open(path)
+            .map_err(|e| LedgerError::Database(format!("cannot open {}: {e}", path.display())))?;
+        Self::init(conn, true)
+    }
+
+    /// A ledger in memory, gone when dropped (tests and simulations).
+    pub fn open_in_memory() -> Result<Self, LedgerError> {
+        Self::init(Connection::open_in_memory().db()?, false)
+    }
+
+    fn init(mut conn: Connection, wal: bool) -> Result<Self, LedgerError> {
+        conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))
+            .db()?;
+        if wal {
+            let mode: String = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+                .db()?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(LedgerError::Database(format!(
+                    "cannot switch the journal to WAL (it is {mode:?})"
+                )));
+            }
+        }
+        conn.pragma_update(None, "synchronous", "FULL").db()?;
+        conn.pragma_update(None, "foreign_keys", "ON").db()?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The schema version of the file (the number of migrations applied).
+    pub fn schema_version(&self) -> Result<u32, LedgerError> {
+        self.read(|tx| {
+            let v: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).db()?;
+            u32::try_from(v).map_err(|_| LedgerError::Corrupt(format!("user_version {v}")))
+        })
+    }
+
+    /// The schema version this build writes.
+    pub const fn current_schema_version() -> u32 {
+        MIGRATIONS.len() as u32
+    }
+
+    /// Sums over the whole ledger (balances, allowances, income, grants), read in one
+    /// transaction; [`LedgerTotals::is_conserved`] must hold.
+    pub fn totals(&self) -> Result<LedgerTotals, LedgerError> {
+        self.read(|tx| {
+            let sum = |sql: &str| -> Result<Credits, LedgerError> {
+                let v: i64 = tx.query_row(sql, [], |r| r.get(0)).db()?;
+                Ok(Credits::new(from_i64(v, "sum")?))
+            };
+            Ok(LedgerTotals {
+                balances: sum("SELECT COALESCE(SUM(balance), 0) FROM accounts")?,
+                allowances: sum("SELECT COALESCE(SUM(allowance_left), 0) FROM deployments")?,
+                income: sum(
+                    "SELECT COALESCE(SUM(amount), 0) FROM journal WHERE counts_as_income = 1",
+                )?,
+                granted: sum("SELECT COALESCE(SUM(amount), 0) FROM journal WHERE kind = 'grant'")?,
+            })
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic inside a method dropped its transaction, which rolled it back: the
+        // connection is consistent, so a poisoned lock is safe to take over.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction and commits if it returns `Ok`.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .db()?;
+        let out = f(&tx)?;
+        tx.commit().db()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a deferred (read) transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .db()?;
+        let out = f(&tx)?;
+        tx.commit().db()?;
+        Ok(out)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .db()?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).db()?;
+    let known = MIGRATIONS.len();
+    let applied = usize::try_from(version).map_err(|_| {
+        LedgerError::Corrupt(format!("the ledger's schema version {version} is negative"))
+    })?;
+    if applied > known {
+        return Err(LedgerError::Corrupt(format!(
+            "the ledger's schema version is {applied}, newer than this build knows ({known}): \
+             it was written by a newer dispatcher; upgrade instead of downgrading"
+        )));
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.execute_batch(sql)
+            .map_err(|e| LedgerError::Database(format!("migration {}: {e}", step + 1)))?;
+        tx.pragma_update(None, "user_version", step as i64 + 1)
+            .db()?;
+    }
+    tx.commit().db()?;
+    Ok(())
+}
+
+/// `rusqlite` errors as [`LedgerError::Database`], without a public `From` impl.
+trait Db<T> {
+    fn db(self) -> Result<T, LedgerError>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T, LedgerError> {
+        self.map_err(|e| LedgerError::Database(e.to_string()))
+    }
+}
+
+/// A `u64` as SQLite's `i64`, refused (never wrapped) above `i64::MAX`.
+fn to_i64(value: u64, what: &str) -> Result<i64, LedgerError> {
+    i64::try_from(value).map_err(|_| {
+        LedgerError::Invalid(format!(
+            "{what} = {value} is above the largest storable value {}",
+            i64::MAX
+        ))
+    })
+}
+
+fn opt_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>, LedgerError> {
+    value.map(|v| to_i64(v, what)).transpose()
+}
+
+fn from_i64(value: i64, what: &str) -> Result<u64, LedgerError> {
+    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{what} = {value} is negative")))
+}
+
+fn u64_at(row: &Row<'_>, idx: usize, what: &str) -> Result<u64, LedgerError> {
+    from_i64(row.get::<_, i64>(idx).db()?, what)
+}
+
+fn opt_u64_at(row: &Row<'_>, idx: usize, what: &str) -> Result<Option<u64>, LedgerError> {
+    row.get::<_, Option<i64>>(idx)
+        .db()?
+        .map(|v| from_i64(v, what))
+        .transpose()
+}
+
+fn bytes_at<const N: usize>(row: &Row<'_>, idx: usize, what: &str) -> Result<[u8; N], LedgerError> {
+    let value = row.get_ref(idx).db()?;
+    let blob = value
+        .as_blob()
+        .map_err(|_| LedgerError::Corrupt(format!("{what} is not a blob")))?;
+    blob.try_into()
+        .map_err(|_| LedgerError::Corrupt(format!("{what} has {} bytes, not {N}", blob.len())))
+}
+
+fn account_at(row: &Row<'_>, idx: usize) -> Result<AccountName, LedgerError> {
+    let name: String = row.get(idx).db()?;
+    AccountName::new(name).map_err(|e| LedgerError::Corrupt(e.to_string()))
+}
+
+fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits, LedgerError> {
+    a.checked_add(b)
+        .filter(|sum| sum.get() <= i64::MAX as u64)
+        .ok_or(LedgerError::Overflow(what))
+}
+
+fn account_balance(tx: &Transaction<'_>, name: &AccountName) -> Result<Credits, LedgerError> {
+    let balance: Option<i64> = tx
+        .prepare_cached("SELECT balance FROM accounts WHERE name = ?1")
+        .db()?
+        .query_row([name.as_str()], |r| r.get(0))
+        .optional()
+        .db()?;
+    match balance {
+        Some(b) => Ok(Credits::new(from_i64(b, "balance")?)),
+        None => Err(LedgerError::NotFound(format!("account {name}"))),
+    }
+}
+
+fn set_balance(
+    tx: &Transaction<'_>,
+    name: &AccountName,
+    balance: Credits,
+) -> Result<(), LedgerError> {
+    tx.prepare_cached("UPDATE accounts SET balance = ?2 WHERE name = ?1")
+        .db()?
+        .execute(params![name.as_str(), to_i64(balance.get(), "balance")?])
+        .db()?;
+    Ok(())
+}
+
+/// The journal kinds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Grant,
+    Deploy,
+    Usage,
+    Refund,
+}
+
+impl Kind {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Grant => "grant",
+            Kind::Deploy => "deploy",
+            Kind::Usage => "usage",
+            Kind::Refund => "refund",
+        }
+    }
+}
+
+struct Movement<'a> {
+    account: &'a AccountName,
+    kind: Kind,
+    amount: Credits,
+    deployment: Option<&'a DeploymentId>,
+    task: Option<&'a TaskId>,
+    at_s: u64,
+    counts_as_income: bool,
+}
+
+fn journal(tx: &Transaction<'_>, m: &Movement<'_>) -> Result<(), LedgerError> {
+    tx.prepare_cached(
+        "INSERT INTO journal (account, kind, amount, deployment, task, at_s, counts_as_income)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .db()?
+    .execute(params![
+        m.account.as_str(),
+        m.kind.as_str(),
+        to_i64(m.amount.get(), "amount")?,
+        m.deployment.map(|d| d.as_bytes().as_slice()),
+        m.task.map(|t| t.as_bytes().as_slice()),
+        to_i64(m.at_s, "at_s")?,
+        m.counts_as_income,
+    ])
+    .db()?;
+    Ok(())
+}
+
+fn exists(tx: &Transaction<'_>, sql: &str, key: &dyn rusqlite::ToSql) -> Result<bool, LedgerError> {
+    tx.prepare_cached(sql)
+        .db()?
+        .query_row([key], |_| Ok(()))
+        .optional()
+        .db()
+        .map(|r| r.is_some())
+}
+
+const KEY_COLUMNS: &str = "id, account, secret_hash, created_at_s, expires_at_s, revoked_at_s";
+
+fn key_row(row: &Row<'_>) -> Result<KeyRecord, LedgerError> {
+    Ok(KeyRecord {
+        id: KeyId::from_bytes(bytes_at(row, 0, "key id")?),
+        account: account_at(row, 1)?,
+        secret_hash: bytes_at(row, 2, "secret hash")?,
+        created_at_s: u64_at(row, 3, "created_at_s")?,
+        expires_at_s: opt_u64_at(row, 4, "expires_at_s")?,
+        revoked_at_s: opt_u64_at(row, 5, "revoked_at_s")?,
+    })
+}
+
+fn get_key(tx: &Transaction<'_>, id: &KeyId) -> Result<Option<KeyRecord>, LedgerError> {
+    let mut stmt = tx
+        .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = ?1"))
+        .db()?;
+    let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
+    rows.next().db()?.map(key_row).transpose()
+}
+
+const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
+                                  allowance_left, created_at_s, stopped_at_s";
+
+fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
+    let plan: String = row.get(5).db()?;
+    let price: String = row.get(6).db()?;
+    Ok(DeploymentRecord {
+        id: DeploymentId::from_bytes(bytes_at(row, 0, "deployment id")?),
+        account: account_at(row, 1)?,
+        key: KeyId::from_bytes(bytes_at(row, 2, "key id")?),
+        model: ModelId::from_bytes(bytes_at(row, 3, "model id")?),
+        model_bytes: u64_at(row, 4, "model_bytes")?,
+        plan: serde_json::from_str(&plan)
+            .map_err(|e| LedgerError::Corrupt(format!("deployment plan: {e}")))?,
+        price: serde_json::from_str(&price)
+            .map_err(|e| LedgerError::Corrupt(format!("deployment price: {e}")))?,
+        allowance_left: Credits::new(u64_at(row, 7, "allowance_left")?),
+        created_at_s: u64_at(row, 8, "created_at_s")?,
+        stopped_at_s: opt_u64_at(row, 9, "stopped_at_s")?,
+    })
+}
+
+fn get_deployment(
+    tx: &Transaction<'_>,
+    id: &DeploymentId,
+) -> Result<Option<DeploymentRecord>, LedgerError> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?1"
+        ))
+        .db()?;
+    let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
+    rows.next().db()?.map(deployment_row).transpose()
+}
+
+const NODE_COLUMNS: &str =
+    "id, rating, registered_at_s, mining_income, crat_micro, streak, uptime_total_s";
+
+fn node_row(row: &Row<'_>) -> Result<NodeRecord, LedgerError> {
+    let rating: i64 = row.get(1).db()?;
+    Ok(NodeRecord {
+        id: NodeId::from_bytes(bytes_at(row, 0, "node id")?),
+        rating: u8::try_from(rating)
+            .map_err(|_| LedgerError::Corrupt(format!("node rating {rating}")))?,
+        registered_at_s: u64_at(row, 2, "registered_at_s")?,
+        mining_income_usd_micro_per_day: MicroUsd::new(u64_at(row, 3, "mining_income")?),
+        crat_micro: MicroCrat::new(u64_at(row, 4, "crat_micro")?),
+        streak: u64_at(row, 5, "streak")?,
+        uptime_total_s: u64_at(row, 6, "uptime_total_s")?,
+    })
+}
+
+const ROUND_COLUMNS: &str =
+    "idx, start_s, length_s, income, carry_out, paid, inputs_json, outcome_json";
+
+fn round_row(row: &Row<'_>) -> Result<RoundRecord, LedgerError> {
+    Ok(RoundRecord {
+        index: u64_at(row, 0, "round index")?,
+        start_s: u64_at(row, 1, "start_s")?,
+        length_s: u64_at(row, 2, "length_s")?,
+        income_usd_micro: MicroUsd::new(u64_at(row, 3, "income")?),
+        carry_out_usd_micro: MicroUsd::new(u64_at(row, 4, "carry_out")?),
+        paid_usd_micro: MicroUsd::new(u64_at(row, 5, "paid")?),
+        inputs_json: row.get(6).db()?,
+        outcome_json: row.get(7).db()?,
+    })
+}
+
+fn query_rounds(
+    tx: &Transaction<'_>,
+    sql: &str,
+    param: i64,
+) -> Result<Vec<RoundRecord>, LedgerError> {
+    let mut stmt = tx.prepare_cached(sql).db()?;
+    let mut rows = stmt.query([param]).db()?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().db()? {
+        out.push(round_row(row)?);
+    }
+    Ok(out)
+}
+
+/// A deployment's allowance as `charge_usage` tracks it during one call.
+struct Allowance {
+    account: AccountName,
+    left: Credits,
+    changed: bool,
+}
+
+impl Ledger for SqliteLedger {
+    fn create_account(&self, name: &AccountName, now_s: u64) -> Result<(), LedgerError> {
+        self.write(|tx| {
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO accounts (name, balance, created_at_s) VALUES (?1, 0, ?2)
+                     ON CONFLICT(name) DO NOTHING",
+                )
+                .db()?
+                .execute(params![name.as_str(), to_i64(now_s, "now_s")?])
+                .db()?;
+            if inserted == 0 {
+                return Err(LedgerError::Exists(format!("account {name}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn grant(
+        &self,
+        name: &AccountName,
+        credits: Credits,
+        now_s: u64,
+    ) -> Result<Credits, LedgerError> {
+        to_i64(credits.get(), "grant")?;
+        self.write(|tx| {
+            let balance = add(account_balance(tx, name)?, credits, "balance")?;
+            set_balance(tx, name, balance)?;
+            journal(
+                tx,
+                &Movement {
+                    account: name,
+                    kind: Kind::Grant,
+                    amount: credits,
+                    deployment: None,
+                    task: None,
+                    at_s: now_s,
+                    counts_as_income: false,
+                },
+            )?;
+            Ok(balance)
+        })
+    }
+
+    fn balance(&self, name: &AccountName) -> Result<Credits, LedgerError> {
+        self.read(|tx| account_balance(tx, name))
+    }
+
+    fn insert_key(&self, key: &KeyRecord) -> Result<(), LedgerError> {
+        self.write(|tx| {
+            account_balance(tx, &key.account)?;
+            let inserted = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(id) DO NOTHING"
+                ))
+                .db()?
+                .execute(params![
+                    key.id.as_bytes().as_slice(),
+                    key.account.as_str(),
+                    key.secret_hash.as_slice(),
+                    to_i64(key.created_at_s, "created_at_s")?,
+                    opt_to_i64(key.expires_at_s, "expires_at_s")?,
+                    opt_to_i64(key.revoked_at_s, "revoked_at_s")?,
+                ])
+                .db()?;
+            if inserted == 0 {
+                return Err(LedgerError::Exists(format!("key {}", key.id)));
+            }
+            Ok(())
+        })
+    }
+
+    fn key(&self, id: &KeyId) -> Result<Option<KeyRecord>, LedgerError> {
+        self.read(|tx| get_key(tx, id))
+    }
+
+    fn keys(&self, account: &AccountName) -> Result<Vec<KeyRecord>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys WHERE account = ?1
+                     ORDER BY created_at_s, rowid"
+                ))
+                .db()?;
+            let mut rows = stmt.query([account.as_str()]).db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(key_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn revoke_key(&self, id: &KeyId, now_s: u64) -> Result<KeyRecord, LedgerError> {
+        let now = to_i64(now_s, "now_s")?;
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE keys SET revoked_at_s = ?2 WHERE id = ?1 AND revoked_at_s IS NULL",
+            )
+            .db()?
+            .execute(params![id.as_bytes().as_slice(), now])
+            .db()?;
+            get_key(tx, id)?.ok_or_else(|| LedgerError::NotFound(format!("key {id}")))
+        })
+    }
+
+    fn insert_model(&self, model: &ModelRecord) -> Result<(), LedgerError> {
+        self.write(|tx| {
+            account_balance(tx, &model.account)?;
+            tx.prepare_cached(
+                "INSERT INTO models (id, bytes, account, stored_at_s) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO NOTHING",
+            )
+            .db()?
+            .execute(params![
+                model.id.as_bytes().as_slice(),
+                to_i64(model.bytes, "model bytes")?,
+                model.account.as_str(),
+                to_i64(model.stored_at_s, "stored_at_s")?,
+            ])
+            .db()?;
+            Ok(())
+        })
+    }
+
+    fn model(&self, id: &ModelId) -> Result<Option<ModelRecord>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached("SELECT id, bytes, account, stored_at_s FROM models WHERE id = ?1")
+                .db()?;
+            let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
+            let Some(row) = rows.next().db()? else {
+                return Ok(None);
+            };
+            Ok(Some(ModelRecord {
+                id: ModelId::from_bytes(bytes_at(row, 0, "model id")?),
+                bytes: u64_at(row, 1, "model bytes")?,
+                account: account_at(row, 2)?,
+                stored_at_s: u64_at(row, 3, "stored_at_s")?,
+            }))
+        })
+    }
+
+    fn create_deployment(&self, d: &DeploymentRecord) -> Result<Credits, LedgerError> {
+        let upfront = d.price.upfront;
+        to_i64(upfront.get(), "price.upfront")?;
+        let per_instance = match d.plan {
+            DeployPlan::PerInstance(_) => true,
+            DeployPlan::PerRequest(_) => false,
+        };
+        let allowance = if per_instance { Credits::ZERO } else { upfront };
+        if d.allowance_left != allowance {
+            return Err(LedgerError::Invalid(format!(
+                "a new deployment's allowance_left must be {allowance} (the up-front price of a \
+                 per-request plan, 0 for a per-instance plan), not {}",
+                d.allowance_left
+            )));
+        }
+        if d.stopped_at_s.is_some() {
+            return Err(LedgerError::Invalid(
+                "a new deployment cannot be stopped already".into(),
+            ));
+        }
+        let plan = serde_json::to_string(&d.plan)
+            .map_err(|e| LedgerError::Invalid(format!("plan: {e}")))?;
+        let price = serde_json::to_string(&d.price)
+            .map_err(|e| LedgerError::Invalid(format!("price: {e}")))?;
+        self.write(|tx| {
+            if exists(
+                tx,
+                "SELECT 1 FROM deployments WHERE id = ?1",
+                &d.id.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::Exists(format!("deployment {}", d.id)));
+            }
+            let balance = account_balance(tx, &d.account)?;
+            match get_key(tx, &d.key)? {
+                None => return Err(LedgerError::NotFound(format!("key {}", d.key))),
+                Some(key) if key.account != d.account => {
+                    return Err(LedgerError::Invalid(format!(
+                        "key {} belongs to account {}, not {}",
+                        d.key, key.account, d.account
+                    )));
+                }
+                Some(_) => {}
+            }
+            if !exists(
+                tx,
+                "SELECT 1 FROM models WHERE id = ?1",
+                &d.model.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::NotFound(format!("model {}", d.model)));
+            }
+            let after = balance
+                .checked_sub(upfront)
+                .ok_or(LedgerError::InsufficientCredits {
+                    balance,
+                    needed: upfront,
+                })?;
+            set_balance(tx, &d.account, after)?;
+            tx.prepare_cached(&format!(
+                "INSERT INTO deployments ({DEPLOYMENT_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)"
+            ))
+            .db()?
+            .execute(params![
+                d.id.as_bytes().as_slice(),
+                d.account.as_str(),
+                d.key.as_bytes().as_slice(),
+                d.model.as_bytes().as_slice(),
+                to_i64(d.model_bytes, "model_bytes")?,
+                plan,
+                price,
+                to_i64(allowance.get(), "allowance")?,
+                to_i64(d.created_at_s, "created_at_s")?,
+            ])
+            .db()?;
+            journal(
+                tx,
+                &Movement {
+                    account: &d.account,
+                    kind: Kind::Deploy,
+                    amount: upfront,
+                    deployment: Some(&d.id),
+                    task: None,
+                    at_s: d.created_at_s,
+                    counts_as_income: per_instance,
+                },
+            )?;
+            Ok(after)
+        })
+    }
+
+    fn deployment(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>, LedgerError> {
+        self.read(|tx| get_deployment(tx, id))
+    }
+
+    fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE stopped_at_s IS NULL
+                     ORDER BY created_at_s, rowid"
+                ))
+                .db()?;
+            let mut rows = stmt.query([]).db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(deployment_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn stop_deployment(
+        &self,
+        id: &DeploymentId,
+        now_s: u64,
+    ) -> Result<DeploymentRecord, LedgerError> {
+        let now = to_i64(now_s, "now_s")?;
+        self.write(|tx| {
+            let d = get_deployment(tx, id)?
+                .ok_or_else(|| LedgerError::NotFound(format!("deployment {id}")))?;
+            if d.stopped_at_s.is_some() {
+                return Ok(d);
+            }
+            let refund = d.allowance_left;
+            if refund > Credits::ZERO {
+                let balance = add(account_balance(tx, &d.account)?, refund, "balance")?;
+                set_balance(tx, &d.account, balance)?;
+                journal(
+                    tx,
+                    &Movement {
+                        account: &d.account,
+                        kind: Kind::Refund,
+                        amount: refund,
+                        deployment: Some(id),
+                        task: None,
+                        at_s: now_s,
+                        counts_as_income: false,
+                    },
+                )?;
+            }
+            tx.prepare_cached(
+                "UPDATE deployments SET allowance_left = 0, stopped_at_s = ?2 WHERE id = ?1",
+            )
+            .db()?
+            .execute(params![id.as_bytes().as_slice(), now])
+            .db()?;
+            Ok(DeploymentRecord {
+                allowance_left: Credits::ZERO,
+                stopped_at_s: Some(now_s),
+                ..d
+            })
+        })
+    }
+
+    fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError> {
+        self.write(|tx| {
+            let mut outcome = UsageOutcome::default();
+            let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
+            for c in charges {
+                let r = &c.record;
+                let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
+                let output_bytes = to_i64(r.output_bytes, "output_bytes")?;
+                let compute_us = to_i64(r.compute_us, "compute_us")?;
+                let at_s = to_i64(c.at_s, "at_s")?;
+                to_i64(c.cost.get(), "cost")?;
+                let allowance = match allowances.entry(r.deployment) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let (account, left) = tx
+                            .prepare_cached(
+                                "SELECT account, allowance_left FROM deployments WHERE id = ?1",
+                            )
+                            .db()?
+                            .query_row([r.deployment.as_bytes().as_slice()], |row| {
+                                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                            })
+                            .optional()
+                            .db()?
+                            .ok_or_else(|| {
+                                LedgerError::NotFound(format!("deployment {}", r.deployment))
+                            })?;
+                        entry.insert(Allowance {
+                            account: AccountName::new(account)
+                                .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+                            left: Credits::new(from_i64(left, "allowance_left")?),
+                            changed: false,
+                        })
+                    }
+                };
+                let charge = c.cost.min(allowance.left);
+                let uncollected = c.cost.saturating_sub(charge);
+                let inserted = tx
+                    .prepare_cached(
+                        "INSERT INTO usage (task, deployment, key, node, input_bytes,
+                             output_bytes, compute_us, charged, uncollected, at_s)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                         ON CONFLICT(task) DO NOTHING",
+                    )
+                    .db()?
+                    .execute(params![
+                        r.task.as_bytes().as_slice(),
+                        r.deployment.as_bytes().as_slice(),
+                        r.key.as_bytes().as_slice(),
+                        c.node.as_bytes().as_slice(),
+                        input_bytes,
+                        output_bytes,
+                        compute_us,
+                        to_i64(charge.get(), "charge")?,
+                        to_i64(uncollected.get(), "uncollected")?,
+                        at_s,
+                    ])
+                    .db()?;
+                if inserted == 0 {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                outcome.accepted += 1;
+                outcome.charged = add(outcome.charged, charge, "charged")?;
+                outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
+                if charge > Credits::ZERO {
+                    allowance.left = allowance.left.saturating_sub(charge);
+                    allowance.changed = true;
+                    journal(
+                        tx,
+                        &Movement {
+                            account: &allowance.account,
+                            kind: Kind::Usage,
+                            amount: charge,
+                            deployment: Some(&r.deployment),
+                            task: Some(&r.task),
+                            at_s: c.at_s,
+                            counts_as_income: true,
+                        },
+                    )?;
+                }
+            }
+            for (id, allowance) in &allowances {
+                if allowance.changed {
+                    tx.prepare_cached("UPDATE deployments SET allowance_left = ?2 WHERE id = ?1")
+                        .db()?
+                        .execute(params![
+                            id.as_bytes().as_slice(),
+                            to_i64(allowance.left.get(), "allowance_left")?
+                        ])
+                        .db()?;
+                }
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn usage(&self, task: &TaskId) -> Result<Option<UsageRow>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT task, deployment, node, charged, uncollected, at_s FROM usage
+                     WHERE task = ?1",
+                )
+                .db()?;
+            let mut rows = stmt.query([task.as_bytes().as_slice()]).db()?;
+            let Some(row) = rows.next().db()? else {
+                return Ok(None);
+            };
+            Ok(Some(UsageRow {
+                task: TaskId::from_bytes(bytes_at(row, 0, "task id")?),
+                deployment: DeploymentId::from_bytes(bytes_at(row, 1, "deployment id")?),
+                node: NodeId::from_bytes(bytes_at(row, 2, "node id")?),
+                charged: Credits::new(u64_at(row, 3, "charged")?),
+                uncollected: Credits::new(u64_at(row, 4, "uncollected")?),
+                at_s: u64_at(row, 5, "at_s")?,
+            }))
+        })
+    }
+
+    fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError> {
+        self.read(|tx| {
+            let (count, charged): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), COALESCE(SUM(charged), 0) FROM usage WHERE deployment = ?1",
+                )
+                .db()?
+                .query_row([deployment.as_bytes().as_slice()], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .db()?;
+            Ok((
+                from_i64(count, "count")?,
+                Credits::new(from_i64(charged, "charged")?),
+            ))
+        })
+    }
+
+    fn upsert_node(&self, node: &NodeRecord) -> Result<(), LedgerError> {
+        if !(1..=5).contains(&node.rating) {
+            return Err(LedgerError::Invalid(format!(
+                "node rating {} is outside 1..=5",
+                node.rating
+            )));
+        }
+        self.write(|tx| {
+            tx.prepare_cached(&format!(
+                "INSERT INTO nodes ({NODE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(id) DO UPDATE SET
+                     rating = excluded.rating, mining_income = excluded.mining_income"
+            ))
+            .db()?
+            .execute(params![
+                node.id.as_bytes().as_slice(),
+                i64::from(node.rating),
+                to_i64(node.registered_at_s, "registered_at_s")?,
+                to_i64(node.mining_income_usd_micro_per_day.get(), "mining income")?,
+                to_i64(node.crat_micro.get(), "crat_micro")?,
+                to_i64(node.streak, "streak")?,
+                to_i64(node.uptime_total_s, "uptime_total_s")?,
+            ])
+            .db()?;
+            Ok(())
+        })
+    }
+
+    fn node(&self, id: &NodeId) -> Result<Option<NodeRecord>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"))
+                .db()?;
+            let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
+            rows.next().db()?.map(node_row).transpose()
+        })
+    }
+
+    fn nodes(&self) -> Result<Vec<NodeRecord>, LedgerError> {
+        self.read(|tx| {
+            // BLOB order is byte order, which is `NodeId`'s order.
+            let mut stmt = tx
+                .prepare_cached(&format!("SELECT {NODE_COLUMNS} FROM nodes ORDER BY id"))
+                .db()?;
+            let mut rows = stmt.query([]).db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(node_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn record_online(
+        &self,
+        node: &NodeId,
+        session_start_s: u64,
+        end_s: u64,
+    ) -> Result<(), LedgerError> {
+        if end_s < session_start_s {
+            return Err(LedgerError::Invalid(format!(
+                "online session ends at {end_s}, before its start {session_start_s}"
+            )));
+        }
+        let start = to_i64(session_start_s, "session_start_s")?;
+        let end = to_i64(end_s, "end_s")?;
+        self.write(|tx| {
+            if !exists(
+                tx,
+                "SELECT 1 FROM nodes WHERE id = ?1",
+                &node.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::NotFound(format!("node {node}")));
+            }
+            tx.prepare_cached(
+                "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(node, start_s) DO UPDATE SET end_s = max(end_s, excluded.end_s)",
+            )
+            .db()?
+            .execute(params![node.as_bytes().as_slice(), start, end])
+            .db()?;
+            Ok(())
+        })
+    }
+
+    fn online_sessions(
+        &self,
+        node: &NodeId,
+        from_s: u64,
+        to_s: u64,
+    ) -> Result<Vec<Interval>, LedgerError> {
+        // Times above i64::MAX are never stored, so clamping the window loses nothing.
+        let from = i64::try_from(from_s).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_s).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT start_s, end_s FROM sessions
+                     WHERE node = ?1 AND start_s < ?3 AND end_s > ?2
+                     ORDER BY start_s",
+                )
+                .db()?;
+            let mut rows = stmt
+                .query(params![node.as_bytes().as_slice(), from, to])
+                .db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(Interval::new(
+                    u64_at(row, 0, "start_s")?,
+                    u64_at(row, 1, "end_s")?,
+                ));
+            }
+            Ok(out)
+        })
+    }
+
+    fn record_validation(&self, node: &NodeId, ok: bool, at_s: u64) -> Result<(), LedgerError> {
+        let at = to_i64(at_s, "at_s")?;
+        self.write(|tx| {
+            if !exists(
+                tx,
+                "SELECT 1 FROM nodes WHERE id = ?1",
+                &node.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::NotFound(format!("node {node}")));
+            }
+            tx.prepare_cached(
+                "INSERT INTO validations (node, at_s, ok, failed) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(node, at_s) DO UPDATE SET
+                     ok = ok + excluded.ok, failed = failed + excluded.failed",
+            )
+            .db()?
+            .execute(params![
+                node.as_bytes().as_slice(),
+                at,
+                i64::from(ok),
+                i64::from(!ok)
+            ])
+            .db()?;
+            Ok(())
+        })
+    }
+
+    fn validations(
+        &self,
+        node: &NodeId,
+        from_s: u64,
+        to_s: u64,
+    ) -> Result<(u64, u64), LedgerError> {
+        let from = i64::try_from(from_s).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_s).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let (ok, failed): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(ok), 0), COALESCE(SUM(failed), 0) FROM validations
+                     WHERE node = ?1 AND at_s >= ?2 AND at_s < ?3",
+                )
+                .db()?
+                .query_row(params![node.as_bytes().as_slice(), from, to], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .db()?;
+            Ok((from_i64(ok, "ok")?, from_i64(failed, "failed")?))
+        })
+    }
+
+    fn income(&self, from_s: u64, to_s: u64) -> Result<Credits, LedgerError> {
+        let from = i64::try_from(from_s).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_s).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let sum: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount), 0) FROM journal
+                     WHERE counts_as_income = 1 AND at_s >= ?1 AND at_s < ?2",
+                )
+                .db()?
+                .query_row([from, to], |r| r.get(0))
+                .map_err(|e| match e {
+                    // SQLite's SUM refuses to wrap: an integer overflow is an error.
+                    rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.contains("overflow") => {
+                        LedgerError::Overflow("income")
+                    }
+                    e => LedgerError::Database(e.to_string()),
+                })?;
+            Ok(Credits::new(from_i64(sum, "income")?))
+        })
+    }
+
+    fn close_round(&self, round: &RoundRecord, outcome: &RoundOutcome) -> Result<(), LedgerError> {
+        let idx = to_i64(round.index, "round index")?;
+        self.write(|tx| {
+            let inserted = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO rounds ({ROUND_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(idx) DO NOTHING"
+                ))
+                .db()?
+                .execute(params![
+                    idx,
+                    to_i64(round.start_s, "start_s")?,
+                    to_i64(round.length_s, "length_s")?,
+                    to_i64(round.income_usd_micro.get(), "income")?,
+                    to_i64(round.carry_out_usd_micro.get(), "carry_out")?,
+                    to_i64(round.paid_usd_micro.get(), "paid")?,
+                    round.inputs_json,
+                    round.outcome_json,
+                ])
+                .db()?;
+            if inserted == 0 {
+                return Err(LedgerError::Exists(format!("round {}", round.index)));
+            }
+            let mut update = tx
+                .prepare_cached(
+                    "UPDATE nodes SET crat_micro = ?2, streak = ?3, uptime_total_s = ?4
+                     WHERE id = ?1",
+                )
+                .db()?;
+            for n in &outcome.nodes {
+                let changed = update
+                    .execute(params![
+                        n.id.as_bytes().as_slice(),
+                        to_i64(n.crat_end_micro.get(), "crat_end_micro")?,
+                        to_i64(n.streak_end, "streak_end")?,
+                        to_i64(n.uptime_total_s, "uptime_total_s")?,
+                    ])
+                    .db()?;
+                if changed == 0 {
+                    return Err(LedgerError::NotFound(format!(
+                        "node {} of round {}",
+                        n.id, round.index
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn last_round(&self) -> Result<Option<RoundRecord>, LedgerError> {
+        self.read(|tx| {
+            let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY idx DESC LIMIT ?1");
+            Ok(query_rounds(tx, &sql, 1)?.pop())
+        })
+    }
+
+    fn round(&self, index: u64) -> Result<Option<RoundRecord>, LedgerError> {
+        let Ok(idx) = i64::try_from(index) else {
+            return Ok(None);
+        };
+        self.read(|tx| {
+            let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds WHERE idx = ?1");
+            Ok(query_rounds(tx, &sql, idx)?.pop())
+        })
+    }
+
+    fn rounds(&self, limit: u32) -> Result<Vec<RoundRecord>, LedgerError> {
+        self.read(|tx| {
+            let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY idx DESC LIMIT ?1");
+            query_rounds(tx, &sql, i64::from(limit))
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crat_core::pricing::{PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
+    use crat_core::wire::UsageRecord;
+    use crat_rewards::{Aggregates, NodeOutcome};
+
+    use super::*;
+
+    fn name(s: &str) -> AccountName {
+        AccountName::new(s).unwrap()
+    }
+
+    fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        (dir, path)
+    }
+
+    fn key_id(n: u8) -> KeyId {
+        KeyId::from_bytes([n; 16])
+    }
+
+    fn dep_id(n: u8) -> DeploymentId {
+        DeploymentId::from_bytes([n; 16])
+    }
+
+    fn task(n: u64) -> TaskId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&n.to_be_bytes());
+        TaskId::from_bytes(b)
+    }
+
+    fn model_id() -> ModelId {
+        ModelId::of_bytes(b"model")
+    }
+
+    /// An account `a` with `credits`, key 1 and the model.
+    fn setup(ledger: &SqliteLedger, credits: u64) -> AccountName {
+        let a = name("alice");
+        ledger.create_account(&a, 10).unwrap();
+        if credits > 0 {
+            ledger.grant(&a, Credits::new(credits), 10).unwrap();
+        }
+        ledger
+            .insert_key(&KeyRecord {
+                id: key_id(1),
+                account: a.clone(),
+                secret_hash: [7; 32],
+                created_at_s: 10,
+                expires_at_s: None,
+                revoked_at_s: None,
+            })
+            .unwrap();
+        ledger
+            .insert_model(&ModelRecord {
+                id: model_id(),
+                bytes: 1000,
+                account: a.clone(),
+                stored_at_s: 10,
+            })
+            .unwrap();
+        a
+    }
+
+    fn price(upfront: u64) -> PriceQuote {
+        PriceQuote {
+            upfront: Credits::new(upfront),
+            per_request_max: Credits::new(5),
+            capacity: Credits::ZERO,
+            updates: Credits::ZERO,
+            credit_price_usd_micro: MicroUsd::new(100),
+        }
+    }
+
+    fn per_request(account: &AccountName, id: u8, allowance: u64, at_s: u64) -> DeploymentRecord {
+        DeploymentRecord {
+            id: dep_id(id),
+            account: account.clone(),
+            key: key_id(1),
+            model: model_id(),
+            model_bytes: 1000,
+            plan: DeployPlan::PerRequest(PerRequestPlan {
+                max_input_bytes: 4096,
+                credit_allowance: Credits::new(allowance),
+            }),
+            price: price(allowance),
+            allowance_left: Credits::new(allowance),
+            created_at_s: at_s,
+            stopped_at_s: None,
+        }
+    }
+
+    fn per_instance(account: &AccountName, id: u8, upfront: u64, at_s: u64) -> DeploymentRecord {
+        DeploymentRecord {
+            plan: DeployPlan::PerInstance(PerInstancePlan {
+                guaranteed_rps: 10,
+                max_input_bytes: 4096,
+                update_frequency: UpdateFrequency::Never,
+                key_lifetime_s: 86_400,
+            }),
+            allowance_left: Credits::ZERO,
+            ..per_request(account, id, upfront, at_s)
+        }
+    }
+
+    fn charge(dep: u8, t: u64, cost: u64, at_s: u64) -> UsageCharge {
+        UsageCharge {
+            record: UsageRecord {
+                task: task(t),
+                deployment: dep_id(dep),
+                key: key_id(1),
+                ticket_nonce: [0; 16],
+                input_bytes: 100,
+                output_bytes: 10,
+                compute_us: 500,
+            },
+            node: NodeId::from_bytes([9; 32]),
+            cost: Credits::new(cost),
+            at_s,
+        }
+    }
+
+    fn node(n: u8) -> NodeRecord {
+        NodeRecord {
+            id: NodeId::from_bytes([n; 32]),
+            rating: 3,
+            registered_at_s: 100,
+            mining_income_usd_micro_per_day: MicroUsd::new(1_000_000),
+            crat_micro: MicroCrat::ZERO,
+            streak: 0,
+            uptime_total_s: 0,
+        }
+    }
+
+    fn round(index: u64) -> RoundRecord {
+        RoundRecord {
+            index,
+            start_s: index * 86_400,
+            length_s: 86_400,
+            income_usd_micro: MicroUsd::new(5),
+            carry_out_usd_micro: MicroUsd::new(1),
+            paid_usd_micro: MicroUsd::new(4),
+            inputs_json: "{}".into(),
+            outcome_json: "{}".into(),
+        }
+    }
+
+    fn outcome(nodes: &[(u8, u64, u64, u64)]) -> RoundOutcome {
+        RoundOutcome {
+            nodes: nodes
+                .iter()
+                .map(|&(n, crat, streak, uptime)| NodeOutcome {
+                    id: NodeId::from_bytes([n; 32]),
+                    uptime_s: 0,
+                    peak_uptime_s: 0,
+                    committed: false,
+                    eligible: false,
+                    rank: None,
+                    guaranteed_usd_micro: MicroUsd::ZERO,
+                    bonus_usd_micro: MicroUsd::ZERO,
+                    crat_issued_micro: MicroCrat::ZERO,
+                    crat_slashed_micro: MicroCrat::ZERO,
+                    crat_end_micro: MicroCrat::new(crat),
+                    streak_end: streak,
+                    uptime_total_s: uptime,
+                })
+                .collect(),
+            aggregates: Aggregates {
+                pool_usd_micro: MicroUsd::ZERO,
+                paid_ranks: 0,
+                bonus_paid_usd_micro: MicroUsd::ZERO,
+                guaranteed_paid_usd_micro: MicroUsd::ZERO,
+                carry_out_usd_micro: MicroUsd::ZERO,
+            },
+        }
+    }
+
+    #[test]
+    fn migrations_run_once_and_data_survives_a_reopen() {
+        let (_dir, path) = temp();
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            assert_eq!(
+                ledger.schema_version().unwrap(),
+                SqliteLedger::current_schema_version()
+            );
+            let a = setup(&ledger, 100);
+            ledger
+                .create_deployment(&per_request(&a, 1, 60, 20))
+                .unwrap();
+            ledger.charge_usage(&[charge(1, 1, 5, 30)]).unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        assert_eq!(
+            ledger.schema_version().unwrap(),
+            SqliteLedger::current_schema_version()
+        );
+        let a = name("alice");
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(40));
+        let d = ledger.deployment(&dep_id(1)).unwrap().unwrap();
+        assert_eq!(d, per_request(&a, 1, 60, 20).with_allowance(55));
+        assert_eq!(ledger.key(&key_id(1)).unwrap().unwrap().account, a);
+        assert_eq!(ledger.model(&model_id()).unwrap().unwrap().bytes, 1000);
+        assert_eq!(
+            ledger.usage(&task(1)).unwrap().unwrap().charged,
+            Credits::new(5)
+        );
+        let mode: String = ledger
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    impl DeploymentRecord {
+        fn with_allowance(self, left: u64) -> Self {
+            Self {
+                allowance_left: Credits::new(left),
+                ..self
+            }
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let (_dir, path) = temp();
+        drop(SqliteLedger::open(&path).unwrap());
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "user_version", 99).unwrap();
+        }
+        let err = SqliteLedger::open(&path).unwrap_err();
+        assert!(
+            matches!(&err, LedgerError::Corrupt(m) if m.contains("99") && m.contains("newer")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn accounts_and_grants() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = name("bob");
+        assert!(matches!(ledger.balance(&a), Err(LedgerError::NotFound(_))));
+        assert!(matches!(
+            ledger.grant(&a, Credits::new(1), 0),
+            Err(LedgerError::NotFound(_))
+        ));
+        ledger.create_account(&a, 0).unwrap();
+        assert!(matches!(
+            ledger.create_account(&a, 0),
+            Err(LedgerError::Exists(_))
+        ));
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::ZERO);
+        assert_eq!(
+            ledger.grant(&a, Credits::new(7), 1).unwrap(),
+            Credits::new(7)
+        );
+        assert_eq!(
+            ledger.grant(&a, Credits::new(3), 2).unwrap(),
+            Credits::new(10)
+        );
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(10));
+        // Grants are not income.
+        assert_eq!(ledger.income(0, 100).unwrap(), Credits::ZERO);
+    }
+
+    #[test]
+    fn values_above_i64_max_are_refused_not_wrapped() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 0);
+        let big = i64::MAX as u64 + 1;
+        assert!(matches!(
+            ledger.grant(&a, Credits::new(big), 0),
+            Err(LedgerError::Invalid(_))
+        ));
+        assert!(matches!(
+            ledger.grant(&a, Credits::MAX, 0),
+            Err(LedgerError::Invalid(_))
+        ));
+        ledger.grant(&a, Credits::new(i64::MAX as u64), 0).unwrap();
+        // The balance would pass i64::MAX.
+        assert!(matches!(
+            ledger.grant(&a, Credits::new(1), 0),
+            Err(LedgerError::Overflow(_))
+        ));
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(i64::MAX as u64));
+        let mut n = node(1);
+        n.registered_at_s = u64::MAX;
+        assert!(matches!(
+            ledger.upsert_node(&n),
+            Err(LedgerError::Invalid(_))
+        ));
+        assert!(ledger.node(&n.id).unwrap().is_none());
+        let mut r = round(0);
+        r.paid_usd_micro = MicroUsd::MAX;
+        assert!(matches!(
+            ledger.close_round(&r, &outcome(&[])),
+            Err(LedgerError::Invalid(_))
+        ));
+        assert!(ledger.last_round().unwrap().is_none());
+        let mut c = charge(1, 1, 0, 0);
+        c.record.compute_us = u64::MAX;
+        assert!(matches!(
+            ledger.charge_usage(&[c]),
+            Err(LedgerError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn deploy_with_insufficient_credits_stores_nothing() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 50);
+        let err = ledger
+            .create_deployment(&per_request(&a, 1, 60, 20))
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            LedgerError::InsufficientCredits { balance, needed }
+                if balance == Credits::new(50) && needed == Credits::new(60)
+        ));
+        assert!(ledger.deployment(&dep_id(1)).unwrap().is_none());
+        assert!(ledger.active_deployments().unwrap().is_empty());
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(50));
+        assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn deploy_checks_references_and_consistency() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 500);
+        let mut d = per_request(&a, 1, 60, 20);
+        d.allowance_left = Credits::ZERO;
+        assert!(matches!(
+            ledger.create_deployment(&d),
+            Err(LedgerError::Invalid(_))
+        ));
+        let mut d = per_request(&a, 1, 60, 20);
+        d.model = ModelId::of_bytes(b"other");
+        assert!(matches!(
+            ledger.create_deployment(&d),
+            Err(LedgerError::NotFound(_))
+        ));
+        let mut d = per_request(&a, 1, 60, 20);
+        d.key = key_id(2);
+        assert!(matches!(
+            ledger.create_deployment(&d),
+            Err(LedgerError::NotFound(_))
+        ));
+        ledger
+            .create_deployment(&per_request(&a, 1, 60, 20))
+            .unwrap();
+        assert!(matches!(
+            ledger.create_deployment(&per_request(&a, 1, 60, 20)),
+            Err(LedgerError::Exists(_))
+        ));
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(440));
+    }
+
+    #[test]
+    fn per_instance_deploys_are_income_and_per_request_allowances_are_not() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 500);
+        assert_eq!(
+            ledger
+                .create_deployment(&per_instance(&a, 1, 100, 20))
+                .unwrap(),
+            Credits::new(400)
+        );
+        assert_eq!(
+            ledger
+                .create_deployment(&per_request(&a, 2, 100, 21))
+                .unwrap(),
+            Credits::new(300)
+        );
+        assert_eq!(ledger.income(0, 100).unwrap(), Credits::new(100));
+        let active: Vec<_> = ledger
+            .active_deployments()
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(active, [dep_id(1), dep_id(2)]);
+        assert_eq!(
+            ledger
+                .deployment(&dep_id(1))
+                .unwrap()
+                .unwrap()
+                .allowance_left,
+            Credits::ZERO
+        );
+    }
+
+    #[test]
+    fn usage_is_charged_once_per_task_even_across_a_reopen() {
+        let (_dir, path) = temp();
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            let a = setup(&ledger, 100);
+            ledger
+                .create_deployment(&per_request(&a, 1, 100, 20))
+                .unwrap();
+            let out = ledger
+                .charge_usage(&[
+                    charge(1, 1, 10, 30),
+                    charge(1, 2, 10, 30),
+                    charge(1, 1, 10, 31),
+                ])
+                .unwrap();
+            assert_eq!(
+                out,
+                UsageOutcome {
+                    accepted: 2,
+                    duplicates: 1,
+                    charged: Credits::new(20),
+                    uncollected: Credits::ZERO,
+                }
+            );
+            let again = ledger.charge_usage(&[charge(1, 2, 10, 40)]).unwrap();
+            assert_eq!(again.duplicates, 1);
+            assert_eq!(again.charged, Credits::ZERO);
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let out = ledger
+            .charge_usage(&[charge(1, 1, 10, 50), charge(1, 3, 10, 50)])
+            .unwrap();
+        assert_eq!((out.accepted, out.duplicates), (1, 1));
+        assert_eq!(out.charged, Credits::new(10));
+        assert_eq!(
+            ledger.usage_totals(&dep_id(1)).unwrap(),
+            (3, Credits::new(30))
+        );
+        assert_eq!(
+            ledger
+                .deployment(&dep_id(1))
+                .unwrap()
+                .unwrap()
+                .allowance_left,
+            Credits::new(70)
+        );
+        let row = ledger.usage(&task(1)).unwrap().unwrap();
+        assert_eq!(row.at_s, 30);
+        assert_eq!(row.deployment, dep_id(1));
+        assert_eq!(ledger.income(0, 100).unwrap(), Credits::new(30));
+        assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn an_exhausted_allowance_records_uncollected() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 100);
+        ledger
+            .create_deployment(&per_request(&a, 1, 25, 20))
+            .unwrap();
+        let out = ledger
+            .charge_usage(&[
+                charge(1, 1, 10, 30),
+                charge(1, 2, 10, 30),
+                charge(1, 3, 10, 30),
+            ])
+            .unwrap();
+        assert_eq!(out.charged, Credits::new(25));
+        assert_eq!(out.uncollected, Credits::new(5));
+        let row = ledger.usage(&task(3)).unwrap().unwrap();
+        assert_eq!(
+            (row.charged, row.uncollected),
+            (Credits::new(5), Credits::new(5))
+        );
+        let out = ledger.charge_usage(&[charge(1, 4, 10, 30)]).unwrap();
+        assert_eq!(
+            (out.charged, out.uncollected),
+            (Credits::ZERO, Credits::new(10))
+        );
+        assert_eq!(
+            ledger
+                .deployment(&dep_id(1))
+                .unwrap()
+                .unwrap()
+                .allowance_left,
+            Credits::ZERO
+        );
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(75));
+    }
+
+    #[test]
+    fn an_unknown_deployment_fails_the_whole_batch() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 100);
+        ledger
+            .create_deployment(&per_request(&a, 1, 100, 20))
+            .unwrap();
+        let err = ledger
+            .charge_usage(&[charge(1, 1, 10, 30), charge(9, 2, 10, 30)])
+            .unwrap_err();
+        assert!(matches!(err, LedgerError::NotFound(_)), "{err}");
+        assert!(ledger.usage(&task(1)).unwrap().is_none());
+        assert_eq!(ledger.usage_totals(&dep_id(1)).unwrap(), (0, Credits::ZERO));
+        assert_eq!(
+            ledger
+                .deployment(&dep_id(1))
+                .unwrap()
+                .unwrap()
+                .allowance_left,
+            Credits::new(100)
+        );
+        assert_eq!(ledger.income(0, 100).unwrap(), Credits::ZERO);
+    }
+
+    #[test]
+    fn stop_refunds_exactly_once() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 100);
+        ledger
+            .create_deployment(&per_request(&a, 1, 80, 20))
+            .unwrap();
+        ledger.charge_usage(&[charge(1, 1, 30, 30)]).unwrap();
+        let stopped = ledger.stop_deployment(&dep_id(1), 40).unwrap();
+        assert_eq!(stopped.allowance_left, Credits::ZERO);
+        assert_eq!(stopped.stopped_at_s, Some(40));
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
+        let again = ledger.stop_deployment(&dep_id(1), 50).unwrap();
+        assert_eq!(again, stopped);
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
+        assert_eq!(ledger.deployment(&dep_id(1)).unwrap().unwrap(), stopped);
+        assert!(ledger.active_deployments().unwrap().is_empty());
+        assert!(matches!(
+            ledger.stop_deployment(&dep_id(2), 50),
+            Err(LedgerError::NotFound(_))
+        ));
+        // Usage reported after the stop is recorded, uncollected.
+        let out = ledger.charge_usage(&[charge(1, 2, 5, 60)]).unwrap();
+        assert_eq!(
+            (out.charged, out.uncollected),
+            (Credits::ZERO, Credits::new(5))
+        );
+        assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn income_window_is_half_open() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 1000);
+        ledger
+            .create_deployment(&per_instance(&a, 1, 100, 100))
+            .unwrap();
+        ledger
+            .create_deployment(&per_request(&a, 2, 500, 100))
+            .unwrap();
+        ledger
+            .charge_usage(&[
+                charge(2, 1, 1, 199),
+                charge(2, 2, 2, 200),
+                charge(2, 3, 4, 299),
+            ])
+            .unwrap();
+        assert_eq!(ledger.income(100, 200).unwrap(), Credits::new(101));
+        assert_eq!(ledger.income(101, 200).unwrap(), Credits::new(1));
+        assert_eq!(ledger.income(200, 300).unwrap(), Credits::new(6));
+        assert_eq!(ledger.income(200, 299).unwrap(), Credits::new(2));
+        assert_eq!(ledger.income(0, u64::MAX).unwrap(), Credits::new(107));
+        assert_eq!(ledger.income(300, 200).unwrap(), Credits::ZERO);
+    }
+
+    #[test]
+    fn online_sessions_overlapping_a_window() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let n = node(1);
+        assert!(matches!(
+            ledger.record_online(&n.id, 0, 10),
+            Err(LedgerError::NotFound(_))
+        ));
+        ledger.upsert_node(&n).unwrap();
+        ledger.record_online(&n.id, 0, 10).unwrap();
+        ledger.record_online(&n.id, 0, 50).unwrap();
+        ledger.record_online(&n.id, 0, 40).unwrap(); // never shrinks
+        ledger.record_online(&n.id, 100, 150).unwrap();
+        ledger.record_online(&n.id, 200, 300).unwrap();
+        assert!(matches!(
+            ledger.record_online(&n.id, 400, 399),
+            Err(LedgerError::Invalid(_))
+        ));
+        let iv = |a, b| Interval::new(a, b);
+        assert_eq!(
+            ledger.online_sessions(&n.id, 0, 1000).unwrap(),
+            [iv(0, 50), iv(100, 150), iv(200, 300)]
+        );
+        assert_eq!(
+            ledger.online_sessions(&n.id, 50, 100).unwrap(),
+            Vec::<Interval>::new()
+        );
+        assert_eq!(
+            ledger.online_sessions(&n.id, 49, 101).unwrap(),
+            [iv(0, 50), iv(100, 150)]
+        );
+        assert_eq!(
+            ledger.online_sessions(&n.id, 120, 250).unwrap(),
+            [iv(100, 150), iv(200, 300)]
+        );
+        assert_eq!(
+            ledger.online_sessions(&n.id, 299, u64::MAX).unwrap(),
+            [iv(200, 300)]
+        );
+        assert!(
+            ledger
+                .online_sessions(&node(2).id, 0, 1000)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn validations_in_a_window() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let n = node(1);
+        ledger.upsert_node(&n).unwrap();
+        for (ok, at) in [(true, 10), (true, 10), (false, 10), (true, 20), (false, 30)] {
+            ledger.record_validation(&n.id, ok, at).unwrap();
+        }
+        assert_eq!(ledger.validations(&n.id, 0, 100).unwrap(), (3, 2));
+        assert_eq!(ledger.validations(&n.id, 10, 30).unwrap(), (3, 1));
+        assert_eq!(ledger.validations(&n.id, 11, 30).unwrap(), (1, 0));
+        assert_eq!(ledger.validations(&node(2).id, 0, 100).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn upsert_node_keeps_registration_and_round_state() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let n = node(1);
+        ledger.upsert_node(&n).unwrap();
+        ledger
+            .close_round(&round(0), &outcome(&[(1, 5_000, 1, 86_000)]))
+            .unwrap();
+        let mut again = node(1);
+        again.rating = 5;
+        again.registered_at_s = 999;
+        again.mining_income_usd_micro_per_day = MicroUsd::new(2);
+        again.crat_micro = MicroCrat::new(1);
+        ledger.upsert_node(&again).unwrap();
+        let stored = ledger.node(&n.id).unwrap().unwrap();
+        assert_eq!(
+            stored,
+            NodeRecord {
+                id: n.id,
+                rating: 5,
+                registered_at_s: 100,
+                mining_income_usd_micro_per_day: MicroUsd::new(2),
+                crat_micro: MicroCrat::new(5_000),
+                streak: 1,
+                uptime_total_s: 86_000,
+            }
+        );
+        let mut bad = node(2);
+        bad.rating = 6;
+        assert!(matches!(
+            ledger.upsert_node(&bad),
+            Err(LedgerError::Invalid(_))
+        ));
+        ledger.upsert_node(&node(0)).unwrap();
+        let ids: Vec<_> = ledger.nodes().unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(ids, [node(0).id, node(1).id]);
+    }
+
+    #[test]
+    fn close_round_applies_the_outcome_and_refuses_a_duplicate() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        ledger.upsert_node(&node(1)).unwrap();
+        ledger.upsert_node(&node(2)).unwrap();
+        ledger
+            .close_round(&round(0), &outcome(&[(1, 10, 1, 100), (2, 20, 0, 50)]))
+            .unwrap();
+        assert_eq!(
+            ledger.node(&node(2).id).unwrap().unwrap().crat_micro,
+            MicroCrat::new(20)
+        );
+        assert!(matches!(
+            ledger.close_round(&round(0), &outcome(&[(1, 99, 9, 999)])),
+            Err(LedgerError::Exists(_))
+        ));
+        assert_eq!(
+            ledger.node(&node(1).id).unwrap().unwrap().crat_micro,
+            MicroCrat::new(10)
+        );
+        // A node the ledger does not know fails the round atomically.
+        assert!(matches!(
+            ledger.close_round(&round(1), &outcome(&[(1, 30, 2, 200), (3, 1, 1, 1)])),
+            Err(LedgerError::NotFound(_))
+        ));
+        assert!(ledger.round(1).unwrap().is_none());
+        assert_eq!(ledger.node(&node(1).id).unwrap().unwrap().streak, 1);
+        ledger
+            .close_round(&round(1), &outcome(&[(1, 30, 2, 200)]))
+            .unwrap();
+        ledger.close_round(&round(2), &outcome(&[])).unwrap();
+        let n1 = ledger.node(&node(1).id).unwrap().unwrap();
+        assert_eq!(
+            (n1.crat_micro, n1.streak, n1.uptime_total_s),
+            (MicroCrat::new(30), 2, 200)
+        );
+        assert_eq!(ledger.last_round().unwrap(), Some(round(2)));
+        assert_eq!(ledger.round(0).unwrap(), Some(round(0)));
+        assert_eq!(ledger.round(u64::MAX).unwrap(), None);
+        let idx: Vec<_> = ledger
+            .rounds(2)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.index)
+            .collect();
+        assert_eq!(idx, [2, 1]);
+        assert_eq!(ledger.rounds(10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn key_revocation_is_idempotent() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 0);
+        let k2 = KeyRecord {
+            id: key_id(2),
+            account: a.clone(),
+            secret_hash: [8; 32],
+            created_at_s: 20,
+            expires_at_s: Some(1000),
+            revoked_at_s: None,
+        };
+        ledger.insert_key(&k2).unwrap();
+        assert!(matches!(
+            ledger.insert_key(&k2),
+            Err(LedgerError::Exists(_))
+        ));
+        let mut orphan = k2.clone();
+        orphan.id = key_id(3);
+        orphan.account = name("nobody");
+        assert!(matches!(
+            ledger.insert_key(&orphan),
+            Err(LedgerError::NotFound(_))
+        ));
+        let revoked = ledger.revoke_key(&key_id(2), 50).unwrap();
+        assert_eq!(revoked.revoked_at_s, Some(50));
+        assert_eq!(ledger.revoke_key(&key_id(2), 60).unwrap(), revoked);
+        assert_eq!(ledger.key(&key_id(2)).unwrap(), Some(revoked.clone()));
+        assert!(matches!(
+            ledger.revoke_key(&key_id(3), 60),
+            Err(LedgerError::NotFound(_))
+        ));
+        let ids: Vec<_> = ledger.keys(&a).unwrap().into_iter().map(|k| k.id).collect();
+        assert_eq!(ids, [key_id(1), key_id(2)]);
+        assert!(ledger.keys(&name("nobody")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn model_insert_keeps_the_first() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 0);
+        ledger.create_account(&name("eve"), 0).unwrap();
+        ledger
+            .insert_model(&ModelRecord {
+                id: model_id(),
+                bytes: 5,
+                account: name("eve"),
+                stored_at_s: 99,
+            })
+            .unwrap();
+        let m = ledger.model(&model_id()).unwrap().unwrap();
+        assert_eq!((m.bytes, m.account, m.stored_at_s), (1000, a, 10));
+        assert!(ledger.model(&ModelId::of_bytes(b"x")).unwrap().is_none());
+    }
+
+    /// SplitMix64: a seeded, dependency-free generator for the randomized test.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    #[test]
+    fn money_is_conserved_under_random_operations() {
+        for seed in 0..8u64 {
+            let ledger = SqliteLedger::open_in_memory().unwrap();
+            let mut rng = Rng(seed);
+            let accounts = [name("a0"), name("a1"), name("a2")];
+            for (i, a) in accounts.iter().enumerate() {
+                ledger.create_account(a, 0).unwrap();
+                ledger
+                    .insert_key(&KeyRecord {
+                        id: key_id(i as u8),
+                        account: a.clone(),
+                        secret_hash: [0; 32],
+                        created_at_s: 0,
+                        expires_at_s: None,
+                        revoked_at_s: None,
+                    })
+                    .unwrap();
+            }
+            ledger
+                .insert_model(&ModelRecord {
+                    id: model_id(),
+                    bytes: 1000,
+                    account: accounts[0].clone(),
+                    stored_at_s: 0,
+                })
+                .unwrap();
+            let mut granted = 0u64;
+            let mut deployments: Vec<u8> = Vec::new();
+            for step in 0..400u64 {
+                let a = rng.below(3) as usize;
+                match rng.below(10) {
+                    0 | 1 => {
+                        let c = rng.below(1000);
+                        ledger.grant(&accounts[a], Credits::new(c), step).unwrap();
+                        granted += c;
+                    }
+                    2 | 3 => {
+                        let id = deployments.len() as u8;
+                        let upfront = rng.below(500);
+                        let mut d = if rng.below(2) == 0 {
+                            per_request(&accounts[a], id, upfront, step)
+                        } else {
+                            per_instance(&accounts[a], id, upfront, step)
+                        };
+                        d.key = key_id(a as u8);
+                        match ledger.create_deployment(&d) {
+                            Ok(_) => deployments.push(id),
+                            Err(LedgerError::InsufficientCredits { .. }) => {}
+                            Err(e) => panic!("seed {seed}: {e}"),
+                        }
+                    }
+                    4 => {
+                        if let Some(&d) = deployments.get(rng.below(256) as usize) {
+                            ledger.stop_deployment(&dep_id(d), step).unwrap();
+                        }
+                    }
+                    _ => {
+                        if deployments.is_empty() {
+                            continue;
+                        }
+                        let batch: Vec<_> = (0..rng.below(8))
+                            .map(|_| {
+                                let d = deployments[rng.below(deployments.len() as u64) as usize];
+                                // Task ids repeat often, so duplicates are exercised.
+                                charge(d, rng.below(300), rng.below(50), step)
+                            })
+                            .collect();
+                        ledger.charge_usage(&batch).unwrap();
+                    }
+                }
+                let t = ledger.totals().unwrap();
+                assert_eq!(t.granted, Credits::new(granted), "seed {seed} step {step}");
+                assert!(t.is_conserved(), "seed {seed} step {step}: {t:?}");
+            }
+            let t = ledger.totals().unwrap();
+            assert_eq!(ledger.income(0, u64::MAX).unwrap(), t.income, "seed {seed}");
+        }
+    }
+}

@@ -1,0 +1,951 @@
+//! Resumable, bounded upload staging.
+//!
+//! The design is described on the main type.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crat_core::id::ModelId;
+use crat_core::wire::CHUNK_BYTES_MAX;
+
+/// Configuration of [`Uploads`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadConfig {
+    /// Where partial uploads live (created if missing). Best on the same file system as a
+    /// [`super::LocalBlobStore`], so storing a finished upload is a rename.
+    pub staging_dir: PathBuf,
+    /// Largest model accepted.
+    pub model_bytes_max: u64,
+    /// Most partial uploads at once.
+    pub uploads_max: usize,
+    /// Chunk size: every chunk but the last has exactly this many bytes.
+    pub chunk_bytes: u32,
+    /// A partial upload untouched for this long may be dropped to make room for a new one
+    /// when [`UploadConfig::uploads_max`] is reached.
+    pub upload_idle_s_max: u64,
+}
+
+impl UploadConfig {
+    /// Default [`UploadConfig::model_bytes_max`]: 1 GiB.
+    pub const MODEL_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+    /// Default [`UploadConfig::uploads_max`].
+    pub const UPLOADS_MAX_DEFAULT: usize = 64;
+    /// Default [`UploadConfig::upload_idle_s_max`]: one day.
+    pub const UPLOAD_IDLE_S_MAX_DEFAULT: u64 = 86_400;
+
+    /// The defaults, staging in `staging_dir`; chunks of [`CHUNK_BYTES_MAX`].
+    pub fn new(staging_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            staging_dir: staging_dir.into(),
+            model_bytes_max: Self::MODEL_BYTES_MAX_DEFAULT,
+            uploads_max: Self::UPLOADS_MAX_DEFAULT,
+            chunk_bytes: CHUNK_BYTES_MAX,
+            upload_idle_s_max: Self::UPLOAD_IDLE_S_MAX_DEFAULT,
+        }
+    }
+}
+
+/// How far an upload is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UploadProgress {
+    /// Bytes received contiguously from offset 0 (a client resumes from here).
+    pub received_bytes: u64,
+    /// The model's size.
+    pub total_bytes: u64,
+}
+
+/// A finished, verified upload, ready for [`super::BlobStore::put_file`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StagedModel {
+    /// The file (removed at the next [`Uploads::open`] if it is still in the staging area).
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+}
+
+/// Why an upload step was refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UploadError {
+    /// The model is larger than [`UploadConfig::model_bytes_max`].
+    #[error("model of {bytes} bytes is larger than the limit {max}")]
+    TooLarge {
+        /// Its size.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A resumed upload does not match the one in progress.
+    #[error("upload mismatch: {0}")]
+    Mismatch(String),
+    /// [`UploadConfig::uploads_max`] partial uploads are in progress.
+    #[error("{max} uploads are in progress already")]
+    Busy {
+        /// The limit.
+        max: usize,
+    },
+    /// No upload of this model is in progress.
+    #[error("no upload of model {0} is in progress")]
+    NotStarted(ModelId),
+    /// A chunk at a wrong offset or of a wrong length.
+    #[error("bad chunk: {0}")]
+    BadChunk(String),
+    /// Finishing before every chunk arrived.
+    #[error("upload incomplete: {received} of {total} bytes received in order")]
+    Incomplete {
+        /// Bytes received contiguously from 0.
+        received: u64,
+        /// The model's size.
+        total: u64,
+    },
+    /// The bytes do not hash to the model id (the upload is discarded).
+    #[error("the bytes hash to {actual}, not to the model id {expected}")]
+    HashMismatch {
+        /// The id the upload was started for.
+        expected: ModelId,
+        /// blake3 of what was received.
+        actual: ModelId,
+    },
+    /// The bytes are not an acceptable ONNX model (the upload is discarded).
+    #[error("not an acceptable ONNX model: {0}")]
+    NotOnnx(String),
+    /// A file system operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> UploadError {
+    let context = context.into();
+    move |source| UploadError::Io { context, source }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::Io {
+            context: "blocking task".into(),
+            source: io::Error::other(e),
+        })?
+}
+
+const MAGIC: &[u8; 8] = b"CRATUP01";
+/// magic + total (u64) + chunk (u32) + id (32 bytes).
+const HEADER_BYTES: u64 = 8 + 8 + 4 + 32;
+
+/// One partial upload.
+struct Upload {
+    id: ModelId,
+    total: u64,
+    chunk: u32,
+    chunks: u64,
+    data: File,
+    meta: File,
+    state: Mutex<State>,
+}
+
+struct State {
+    bitmap: Vec<u8>,
+    /// Chunks `0..contiguous` are all present.
+    contiguous: u64,
+    received: u64,
+    touched: Instant,
+}
+
+impl State {
+    fn has(&self, chunk: u64) -> bool {
+        self.bitmap
+            .get((chunk / 8) as usize)
+            .is_some_and(|b| b & (1 << (chunk % 8)) != 0)
+    }
+}
+
+impl Upload {
+    fn progress(&self, state: &State) -> UploadProgress {
+        UploadProgress {
+            received_bytes: state
+                .contiguous
+                .saturating_mul(u64::from(self.chunk))
+                .min(self.total),
+            total_bytes: self.total,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes chunk `index` (blocking).
+    fn write_chunk(
+        &self,
+        index: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<UploadProgress, UploadError> {
+        if self.lock().has(index) {
+            let state = self.lock();
+            return Ok(self.progress(&state));
+        }
+        self.data
+            .write_all_at(data, offset)
+            .map_err(io_err(format!("write upload of {}", self.id)))?;
+        let mut state = self.lock();
+        if !state.has(index) {
+            let byte = (index / 8) as usize;
+            state.bitmap[byte] |= 1 << (index % 8);
+            state.received += 1;
+            while state.contiguous < self.chunks && state.has(state.contiguous) {
+                state.contiguous += 1;
+            }
+            // The bit goes to the sidecar after the bytes went to the data file.
+            self.meta
+                .write_all_at(&state.bitmap[byte..=byte], HEADER_BYTES + byte as u64)
+                .map_err(io_err(format!("write upload state of {}", self.id)))?;
+        }
+        state.touched = Instant::now();
+        Ok(self.progress(&state))
+    }
+}
+
+fn chunk_count(total: u64, chunk: u32) -> u64 {
+    total.div_ceil(u64::from(chunk))
+}
+
+fn bitmap_bytes(chunks: u64) -> u64 {
+    chunks.div_ceil(8)
+}
+
+/// The staging area for uploads.
+///
+/// Each upload in progress is two files in the staging directory, named by the model id's
+/// hex: `<id>.part`, the model's bytes written in place with positioned writes (chunks may
+/// arrive in any order, repeats are harmless), and `<id>.meta`, a small sidecar holding a
+/// header (magic, total size, chunk size, id) and one bit per chunk received. A chunk's bit
+/// is written after its bytes, so after a restart [`Uploads::open`] finds every upload where
+/// it was and a client resumes from [`UploadProgress::received_bytes`].
+///
+/// Nothing is fsynced per chunk (that would cap throughput at the disk's flush rate): after
+/// a process restart the page cache still has everything; after a machine crash a bit may
+/// survive without its bytes, which the final blake3 check catches (the upload is discarded
+/// and the client starts over). [`Uploads::finish`] reads the file once, hashes and checks
+/// it from that buffer while the file is fsynced in parallel, and renames it to `<id>.model`
+/// for [`super::BlobStore::put_file`].
+pub struct Uploads {
+    config: UploadConfig,
+    uploads: tokio::sync::Mutex<HashMap<ModelId, Arc<Upload>>>,
+}
+
+impl std::fmt::Debug for Uploads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Uploads")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Uploads {
+    /// Opens the staging area: creates the directory, picks up the partial uploads a
+    /// previous run left (so they resume), and removes what cannot be resumed (orphan or
+    /// damaged files, uploads made with another chunk size or above the size limit, finished
+    /// models never stored).
+    pub fn open(config: UploadConfig) -> Result<Self, UploadError> {
+        if config.chunk_bytes == 0 {
+            return Err(UploadError::BadChunk("chunk_bytes must be positive".into()));
+        }
+        let dir = &config.staging_dir;
+        fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let mut uploads = HashMap::new();
+        let entries = fs::read_dir(dir).map_err(io_err(format!("list {}", dir.display())))?;
+        let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        names.sort();
+        for path in &names {
+            let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+            let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("");
+            let id = stem.parse::<ModelId>().ok();
+            let keep = match (ext, id) {
+                ("meta", Some(id)) => match load(&config, id, path) {
+                    Ok(upload) => {
+                        uploads.insert(id, Arc::new(upload));
+                        true
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%id, %reason, "discarding a partial upload");
+                        false
+                    }
+                },
+                ("part", Some(_)) => path.with_extension("meta").exists(),
+                _ => false,
+            };
+            if !keep
+                && matches!(ext, "meta" | "part" | "model")
+                && let Err(e) = fs::remove_file(path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a staging file");
+            }
+        }
+        Ok(Self {
+            config,
+            uploads: tokio::sync::Mutex::new(uploads),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UploadConfig {
+        &self.config
+    }
+
+    /// Number of partial uploads in progress.
+    pub async fn in_progress(&self) -> usize {
+        self.uploads.lock().await.len()
+    }
+
+    fn path(&self, id: &ModelId, ext: &str) -> PathBuf {
+        self.config.staging_dir.join(format!("{id}.{ext}"))
+    }
+
+    /// Starts an upload of `total_bytes` for model `id`, or resumes the one in progress;
+    /// returns how far it is (`received_bytes` = contiguous bytes from 0).
+    ///
+    /// [`UploadError::TooLarge`] above [`UploadConfig::model_bytes_max`];
+    /// [`UploadError::Mismatch`] if an upload of `id` with another size is in progress;
+    /// [`UploadError::Busy`] if [`UploadConfig::uploads_max`] others are (one idle longer
+    /// than [`UploadConfig::upload_idle_s_max`] is dropped to make room).
+    pub async fn begin(
+        &self,
+        id: ModelId,
+        total_bytes: u64,
+    ) -> Result<UploadProgress, UploadError> {
+        if total_bytes > self.config.model_bytes_max {
+            return Err(UploadError::TooLarge {
+                bytes: total_bytes,
+                max: self.config.model_bytes_max,
+            });
+        }
+        let mut uploads = self.uploads.lock().await;
+        if let Some(upload) = uploads.get(&id) {
+            if upload.total != total_bytes {
+                return Err(UploadError::Mismatch(format!(
+                    "the upload of {id} in progress is of {} bytes, not {total_bytes}",
+                    upload.total
+                )));
+            }
+            let mut state = upload.lock();
+            state.touched = Instant::now();
+            return Ok(upload.progress(&state));
+        }
+        if uploads.len() >= self.config.uploads_max {
+            let idle_max = Duration::from_secs(self.config.upload_idle_s_max);
+            let stale = uploads
+                .values()
+                .map(|u| (u.lock().touched, u.id))
+                .filter(|(touched, _)| touched.elapsed() > idle_max)
+                .min();
+            let Some((_, stale)) = stale else {
+                return Err(UploadError::Busy {
+                    max: self.config.uploads_max,
+                });
+            };
+            tracing::info!(id = %stale, "dropping an idle partial upload to make room");
+            uploads.remove(&stale);
+            self.remove_files(stale).await;
+        }
+        let chunk = self.config.chunk_bytes;
+        let (data_path, meta_path) = (self.path(&id, "part"), self.path(&id, "meta"));
+        let upload =
+            blocking(move || create(id, total_bytes, chunk, &data_path, &meta_path)).await?;
+        let progress = upload.progress(&upload.lock());
+        uploads.insert(id, Arc::new(upload));
+        Ok(progress)
+    }
+
+    /// Writes one chunk at `offset`: a multiple of [`UploadConfig::chunk_bytes`], and `data`
+    /// exactly that long except for the last chunk (which ends at the total). Chunks may
+    /// arrive in any order; a chunk already received is accepted and ignored.
+    /// [`UploadError::NotStarted`] if no upload of `id` is in progress.
+    pub async fn write(
+        &self,
+        id: ModelId,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<UploadProgress, UploadError> {
+        let upload = self
+            .uploads
+            .lock()
+            .await
+            .get(&id)
+            .cloned()
+            .ok_or(UploadError::NotStarted(id))?;
+        let chunk = u64::from(upload.chunk);
+        if !offset.is_multiple_of(chunk) {
+            return Err(UploadError::BadChunk(format!(
+                "offset {offset} is not a multiple of the chunk size {chunk}"
+            )));
+        }
+        let index = offset / chunk;
+        if index >= upload.chunks {
+            return Err(UploadError::BadChunk(format!(
+                "offset {offset} is at or past the end of a {}-byte model",
+                upload.total
+            )));
+        }
+        let expected = chunk.min(upload.total - offset);
+        if data.len() as u64 != expected {
+            return Err(UploadError::BadChunk(format!(
+                "the chunk at {offset} must have {expected} bytes, not {}",
+                data.len()
+            )));
+        }
+        if upload.lock().has(index) {
+            let state = upload.lock();
+            return Ok(upload.progress(&state));
+        }
+        let data = data.to_vec();
+        blocking(move || upload.write_chunk(index, offset, &data)).await
+    }
+
+    /// Completes an upload: every chunk must be there ([`UploadError::Incomplete`]
+    /// otherwise, and the upload stays), blake3 of the bytes must equal `id`
+    /// ([`UploadError::HashMismatch`]) and they must be an ONNX model `check_model` accepts
+    /// ([`UploadError::NotOnnx`]); either failure discards the upload. Returns the staged
+    /// file, fsynced, for [`super::BlobStore::put_file`].
+    pub async fn finish(&self, id: ModelId) -> Result<StagedModel, UploadError> {
+        let upload = {
+            let mut uploads = self.uploads.lock().await;
+            let upload = uploads.get(&id).ok_or(UploadError::NotStarted(id))?;
+            {
+                let state = upload.lock();
+                if state.received < upload.chunks {
+                    return Err(UploadError::Incomplete {
+                        received: upload.progress(&state).received_bytes,
+                        total: upload.total,
+                    });
+                }
+            }
+            uploads.remove(&id).ok_or(UploadError::NotStarted(id))?
+        };
+        let (part, meta, model) = (
+            self.path(&id, "part"),
+            self.path(&id, "meta"),
+            self.path(&id, "model"),
+        );
+        let dir = self.config.staging_dir.clone();
+        let result = blocking(move || verify(&upload, &part, &meta, &model, &dir)).await;
+        if result.is_err() {
+            self.remove_files(id).await;
+        }
+        result
+    }
+
+    /// Drops an upload and its files (nothing if none is in progress).
+    pub async fn abort(&self, id: ModelId) {
+        let removed = self.uploads.lock().await.remove(&id);
+        if removed.is_some() {
+            self.remove_files(id).await;
+        }
+    }
+
+    async fn remove_files(&self, id: ModelId) {
+        let paths = [self.path(&id, "meta"), self.path(&id, "part")];
+        let _ = tokio::task::spawn_blocking(move || {
+            for path in paths {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove");
+                    }
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Creates the files of a new upload (blocking).
+fn create(
+    id: ModelId,
+    total: u64,
+    chunk: u32,
+    data_path: &Path,
+    meta_path: &Path,
+) -> Result<Upload, UploadError> {
+    let chunks = chunk_count(total, chunk);
+    let data = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(data_path)
+        .map_err(io_err(format!("create {}", data_path.display())))?;
+    data.set_len(total)
+        .map_err(io_err(format!("size {}", data_path.display())))?;
+    let bitmap = vec![0u8; bitmap_bytes(chunks) as usize];
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize + bitmap.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&total.to_le_bytes());
+    header.extend_from_slice(&chunk.to_le_bytes());
+    header.extend_from_slice(id.as_bytes());
+    header.extend_from_slice(&bitmap);
+    let meta = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(meta_path)
+        .map_err(io_err(format!("create {}", meta_path.display())))?;
+    meta.write_all_at(&header, 0)
+        .map_err(io_err(format!("write {}", meta_path.display())))?;
+    Ok(Upload {
+        id,
+        total,
+        chunk,
+        chunks,
+        data,
+        meta,
+        state: Mutex::new(State {
+            bitmap,
+            contiguous: 0,
+            received: 0,
+            touched: Instant::now(),
+        }),
+    })
+}
+
+/// Loads a partial upload from its sidecar, or says why it cannot be resumed.
+fn load(config: &UploadConfig, id: ModelId, meta_path: &Path) -> Result<Upload, String> {
+    let meta = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(meta_path)
+        .map_err(|e| format!("open: {e}"))?;
+    let len = meta.metadata().map_err(|e| format!("stat: {e}"))?.len();
+    if len < HEADER_BYTES {
+        return Err(format!("state file of {len} bytes is too short"));
+    }
+    let mut header = [0u8; HEADER_BYTES as usize];
+    meta.read_exact_at(&mut header, 0)
+        .map_err(|e| format!("read: {e}"))?;
+    let (magic, rest) = header.split_at(8);
+    let (total, rest) = rest.split_at(8);
+    let (chunk, stored_id) = rest.split_at(4);
+    if magic != MAGIC {
+        return Err("state file has no magic".into());
+    }
+    let total = u64::from_le_bytes(total.try_into().map_err(|_| "header")?);
+    let chunk = u32::from_le_bytes(chunk.try_into().map_err(|_| "header")?);
+    if stored_id != id.as_bytes() {
+        return Err("state file names another model".into());
+    }
+    if chunk != config.chunk_bytes {
+        return Err(format!(
+            "made with chunks of {chunk} bytes, now {}",
+            config.chunk_bytes
+        ));
+    }
+    if total > config.model_bytes_max {
+        return Err(format!(
+            "{total} bytes is above the limit {}",
+            config.model_bytes_max
+        ));
+    }
+    let chunks = chunk_count(total, chunk);
+    if len != HEADER_BYTES + bitmap_bytes(chunks) {
+        return Err(format!("state file of {len} bytes for {chunks} chunks"));
+    }
+    let mut bitmap = vec![0u8; bitmap_bytes(chunks) as usize];
+    meta.read_exact_at(&mut bitmap, HEADER_BYTES)
+        .map_err(|e| format!("read: {e}"))?;
+    let data_path = meta_path.with_extension("part");
+    let data = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&data_path)
+        .map_err(|e| format!("open data: {e}"))?;
+    let data_len = data
+        .metadata()
+        .map_err(|e| format!("stat data: {e}"))?
+        .len();
+    if data_len != total {
+        return Err(format!("data file of {data_len} bytes, expected {total}"));
+    }
+    let mut state = State {
+        bitmap,
+        contiguous: 0,
+        received: 0,
+        touched: Instant::now(),
+    };
+    // Bits past the last chunk mean damage.
+    if (chunks..bitmap_bytes(chunks) * 8).any(|c| state.has(c)) {
+        return Err("state file marks chunks past the end".into());
+    }
+    state.received = (0..chunks).filter(|&c| state.has(c)).count() as u64;
+    while state.contiguous < chunks && state.has(state.contiguous) {
+        state.contiguous += 1;
+    }
+    Ok(Upload {
+        id,
+        total,
+        chunk,
+        chunks,
+        data,
+        meta,
+        state: Mutex::new(state),
+    })
+}
+
+/// Reads, hashes and checks a complete upload while fsyncing it; renames it to `model`
+/// (blocking).
+fn verify(
+    upload: &Upload,
+    part: &Path,
+    meta: &Path,
+    model: &Path,
+    dir: &Path,
+) -> Result<StagedModel, UploadError> {
+    let total = usize::try_from(upload.total).map_err(|_| UploadError::TooLarge {
+        bytes: upload.total,
+        max: usize::MAX as u64,
+    })?;
+    let (synced, checked) = std::thread::scope(|s| {
+        let sync = s.spawn(|| upload.data.sync_all());
+        let checked = (|| {
+            let mut bytes = vec![0u8; total];
+            upload
+                .data
+                .read_exact_at(&mut bytes, 0)
+                .map_err(io_err(format!("read {}", part.display())))?;
+            let actual = ModelId::of_bytes(&bytes);
+            if actual != upload.id {
+                return Err(UploadError::HashMismatch {
+                    expected: upload.id,
+                    actual,
+                });
+            }
+            crat_node::backend::onnx_check::check_model(&bytes)
+                .map_err(|e| UploadError::NotOnnx(e.to_string()))?;
+            Ok(())
+        })();
+        let synced = sync
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
+        (synced, checked)
+    });
+    checked?;
+    synced.map_err(io_err(format!("fsync {}", part.display())))?;
+    fs::rename(part, model).map_err(io_err(format!("rename {}", part.display())))?;
+    fs::remove_file(meta).map_err(io_err(format!("remove {}", meta.display())))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(format!("sync {}", dir.display())))?;
+    Ok(StagedModel {
+        path: model.to_path_buf(),
+        bytes: upload.total,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::super::LocalBlobStore;
+    use super::super::tests::{round_trip, tiny_cnn};
+    use super::*;
+
+    fn config(dir: &Path, chunk: u32) -> UploadConfig {
+        UploadConfig {
+            chunk_bytes: chunk,
+            ..UploadConfig::new(dir.join("staging"))
+        }
+    }
+
+    async fn send(uploads: &Uploads, id: ModelId, model: &[u8], order: &[usize]) -> UploadProgress {
+        let chunk = uploads.config().chunk_bytes as usize;
+        let mut last = None;
+        for &i in order {
+            let end = (i * chunk + chunk).min(model.len());
+            last = Some(
+                uploads
+                    .write(id, (i * chunk) as u64, &model[i * chunk..end])
+                    .await
+                    .unwrap(),
+            );
+        }
+        last.unwrap()
+    }
+
+    fn staging_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir.join("staging"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn in_order_upload_passes_and_round_trips_through_the_local_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        let p = uploads.begin(id, model.len() as u64).await.unwrap();
+        assert_eq!(
+            p,
+            UploadProgress {
+                received_bytes: 0,
+                total_bytes: model.len() as u64
+            }
+        );
+        let chunks = model.len().div_ceil(1024);
+        let order: Vec<usize> = (0..chunks).collect();
+        let p = send(&uploads, id, &model, &order).await;
+        assert_eq!(p.received_bytes, model.len() as u64);
+        let staged = uploads.finish(id).await.unwrap();
+        assert_eq!(staged.bytes, model.len() as u64);
+        assert_eq!(fs::read(&staged.path).unwrap(), model);
+        assert_eq!(uploads.in_progress().await, 0);
+        let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
+        round_trip(&store, &model, &staged.path).await;
+        assert!(matches!(
+            uploads.finish(id).await,
+            Err(UploadError::NotStarted(_))
+        ));
+    }
+
+    #[cfg(feature = "object-store")]
+    #[tokio::test]
+    async fn an_upload_round_trips_through_an_object_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Uploads::open(config(dir.path(), 4096)).unwrap();
+        uploads.begin(id, model.len() as u64).await.unwrap();
+        let order: Vec<usize> = (0..model.len().div_ceil(4096)).rev().collect();
+        send(&uploads, id, &model, &order).await;
+        let staged = uploads.finish(id).await.unwrap();
+        let store = super::super::ObjectBlobStore::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "models",
+        );
+        round_trip(&store, &model, &staged.path).await;
+    }
+
+    #[tokio::test]
+    async fn out_of_order_and_repeated_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Uploads::open(config(dir.path(), 1000)).unwrap();
+        uploads.begin(id, model.len() as u64).await.unwrap();
+        let chunks = model.len().div_ceil(1000);
+        // Everything but chunk 0, backwards: nothing is contiguous from 0 yet.
+        let rest: Vec<usize> = (1..chunks).rev().collect();
+        let p = send(&uploads, id, &model, &rest).await;
+        assert_eq!(p.received_bytes, 0);
+        assert!(matches!(
+            uploads.finish(id).await,
+            Err(UploadError::Incomplete { received: 0, .. })
+        ));
+        // Repeats are accepted and change nothing.
+        send(&uploads, id, &model, &[3, 3, chunks - 1]).await;
+        let p = send(&uploads, id, &model, &[0]).await;
+        assert_eq!(p.received_bytes, model.len() as u64);
+        // Concurrent writes of the same upload.
+        let uploads = Arc::new(uploads);
+        let mut tasks = Vec::new();
+        for i in 0..chunks {
+            let (uploads, model) = (Arc::clone(&uploads), model.clone());
+            tasks.push(tokio::spawn(async move {
+                let end = (i * 1000 + 1000).min(model.len());
+                uploads
+                    .write(id, (i * 1000) as u64, &model[i * 1000..end])
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let staged = uploads.finish(id).await.unwrap();
+        assert_eq!(fs::read(staged.path).unwrap(), model);
+    }
+
+    #[tokio::test]
+    async fn an_upload_resumes_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let chunks = model.len().div_ceil(1024);
+        {
+            let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+            uploads.begin(id, model.len() as u64).await.unwrap();
+            let p = send(&uploads, id, &model, &[0, 1, 2, 5, 6]).await;
+            assert_eq!(p.received_bytes, 3 * 1024);
+        }
+        // Leftovers of a previous run that cannot be resumed are cleaned up.
+        let other = ModelId::of_bytes(b"other");
+        fs::write(dir.path().join(format!("staging/{other}.part")), b"x").unwrap();
+        fs::write(dir.path().join(format!("staging/{other}.model")), b"x").unwrap();
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        assert_eq!(
+            staging_files(dir.path()),
+            [format!("{id}.meta"), format!("{id}.part")]
+        );
+        assert_eq!(uploads.in_progress().await, 1);
+        assert!(matches!(
+            uploads.begin(id, 5).await,
+            Err(UploadError::Mismatch(_))
+        ));
+        let p = uploads.begin(id, model.len() as u64).await.unwrap();
+        assert_eq!(p.received_bytes, 3 * 1024);
+        let p = send(&uploads, id, &model, &[3, 4]).await;
+        assert_eq!(p.received_bytes, 7 * 1024);
+        let rest: Vec<usize> = (7..chunks).collect();
+        send(&uploads, id, &model, &rest).await;
+        let staged = uploads.finish(id).await.unwrap();
+        assert_eq!(fs::read(staged.path).unwrap(), model);
+        // A different chunk size cannot resume: the partial upload is dropped.
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        uploads.begin(id, model.len() as u64).await.unwrap();
+        send(&uploads, id, &model, &[0]).await;
+        drop(uploads);
+        let uploads = Uploads::open(config(dir.path(), 2048)).unwrap();
+        assert_eq!(uploads.in_progress().await, 0);
+        assert!(staging_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn limits_and_bad_chunks_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1000);
+        cfg.model_bytes_max = 10_000;
+        cfg.uploads_max = 2;
+        let uploads = Uploads::open(cfg).unwrap();
+        let id = |n: u8| ModelId::from_bytes([n; 32]);
+        assert!(matches!(
+            uploads.begin(id(1), 10_001).await,
+            Err(UploadError::TooLarge {
+                bytes: 10_001,
+                max: 10_000
+            })
+        ));
+        assert!(matches!(
+            uploads.write(id(1), 0, &[0; 1000]).await,
+            Err(UploadError::NotStarted(_))
+        ));
+        uploads.begin(id(1), 2500).await.unwrap();
+        uploads.begin(id(2), 10_000).await.unwrap();
+        assert!(matches!(
+            uploads.begin(id(3), 10).await,
+            Err(UploadError::Busy { max: 2 })
+        ));
+        // Resuming one in progress is not a new upload.
+        uploads.begin(id(1), 2500).await.unwrap();
+        for (offset, len) in [
+            (1, 1000),
+            (500, 1000),
+            (0, 999),
+            (0, 1001),
+            (2000, 1000),
+            (2000, 499),
+            (3000, 1),
+            (u64::MAX, 1),
+        ] {
+            let err = uploads
+                .write(id(1), offset, &vec![0; len])
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, UploadError::BadChunk(_)),
+                "{offset} {len}: {err}"
+            );
+        }
+        uploads.write(id(1), 2000, &[0; 500]).await.unwrap();
+        uploads.abort(id(1)).await;
+        uploads.abort(id(1)).await;
+        assert!(matches!(
+            uploads.write(id(1), 0, &[0; 1000]).await,
+            Err(UploadError::NotStarted(_))
+        ));
+        uploads.begin(id(3), 10).await.unwrap();
+        assert_eq!(uploads.in_progress().await, 2);
+        assert_eq!(staging_files(dir.path()).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn idle_uploads_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1000);
+        cfg.uploads_max = 1;
+        cfg.upload_idle_s_max = 0;
+        let uploads = Uploads::open(cfg).unwrap();
+        uploads
+            .begin(ModelId::from_bytes([1; 32]), 10)
+            .await
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        uploads
+            .begin(ModelId::from_bytes([2; 32]), 10)
+            .await
+            .unwrap();
+        assert_eq!(uploads.in_progress().await, 1);
+        assert!(matches!(
+            uploads
+                .write(ModelId::from_bytes([1; 32]), 0, &[0; 10])
+                .await,
+            Err(UploadError::NotStarted(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_corrupted_chunk_is_a_hash_mismatch_and_discards_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Uploads::open(config(dir.path(), 4096)).unwrap();
+        uploads.begin(id, model.len() as u64).await.unwrap();
+        let mut bad = model.clone();
+        bad[5000] ^= 1;
+        let order: Vec<usize> = (0..model.len().div_ceil(4096)).collect();
+        send(&uploads, id, &bad, &order).await;
+        let err = uploads.finish(id).await.unwrap_err();
+        assert!(
+            matches!(err, UploadError::HashMismatch { expected, actual }
+                if expected == id && actual == ModelId::of_bytes(&bad)),
+            "{err}"
+        );
+        assert_eq!(uploads.in_progress().await, 0);
+        assert!(staging_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn bytes_that_are_not_onnx_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let id = ModelId::of_bytes(&junk);
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        uploads.begin(id, junk.len() as u64).await.unwrap();
+        send(&uploads, id, &junk, &[2, 0, 1]).await;
+        let err = uploads.finish(id).await.unwrap_err();
+        assert!(matches!(err, UploadError::NotOnnx(_)), "{err}");
+        assert!(staging_files(dir.path()).is_empty());
+        // An empty model has no chunks and is not ONNX either.
+        let empty = ModelId::of_bytes(b"");
+        uploads.begin(empty, 0).await.unwrap();
+        assert!(matches!(
+            uploads.finish(empty).await,
+            Err(UploadError::NotOnnx(_))
+        ));
+    }
+}
