@@ -1,6 +1,8 @@
 //! The `crat` command: one binary, one subcommand per area. Each area's verbs live in their
 //! own module; this file only parses the command line and dispatches.
 
+mod demo;
+mod net;
 mod rewards;
 mod sim;
 
@@ -24,6 +26,28 @@ struct Cli {
 /// The areas of the command. Each has its own verbs.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole network in one process: a dispatcher, 3 nodes and a client on loopback
+    /// QUIC; upload, deploy, a stream of tasks with a node killed halfway, a paid round.
+    Demo(demo::DemoArgs),
+    /// Run a dispatcher.
+    Dispatcher(net::DispatcherArgs),
+    /// Run a compute node.
+    Node(net::NodeArgs),
+    /// SDK keys (operator; on the dispatcher's ledger).
+    #[command(subcommand)]
+    Keys(net::KeysCommand),
+    /// Credits (operator; on the dispatcher's ledger).
+    #[command(subcommand)]
+    Credits(net::CreditsCommand),
+    /// Closed rounds (operator; on the dispatcher's ledger).
+    #[command(subcommand)]
+    Rounds(net::RoundsCommand),
+    /// Upload an ONNX model (client).
+    Upload(net::UploadArgs),
+    /// Deploy an uploaded model (client).
+    Deploy(net::DeployArgs),
+    /// Run a task on a deployment (client).
+    Infer(net::InferArgs),
     /// Round economics: compute a round's payouts, or explain one node's.
     #[command(subcommand)]
     Rewards(rewards::RewardsCommand),
@@ -32,9 +56,29 @@ enum Command {
     Sim(sim::SimCommand),
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings only).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Dispatcher(args) => net::dispatcher(args),
+        Command::Node(args) => net::node(args),
+        Command::Keys(cmd) => net::keys(cmd),
+        Command::Credits(cmd) => net::credits(cmd),
+        Command::Rounds(cmd) => net::rounds(cmd),
+        Command::Upload(args) => net::upload(args),
+        Command::Deploy(args) => net::deploy(args),
+        Command::Infer(args) => net::infer(args),
         Command::Rewards(cmd) => rewards::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
     };

@@ -1,4 +1,48 @@
-//! `crat-dispatcher`: the dispatch service.
+//! `crat-dispatcher`: the dispatch service of a CryptoRAT network.
+//!
+//! A dispatcher introduces clients to compute nodes and keeps the books; it never carries a
+//! tensor. It:
+//! - keeps the **node registry** from signed registrations and heartbeats, and records each
+//!   node's online sessions (the uptime inputs of the rewards);
+//! - stores **models**: chunked, resumable uploads, size-capped, blake3-verified, checked to be
+//!   a self-contained ONNX model, content-addressed ([`blob`]);
+//! - keeps the **ledger** in a real database ([`ledger`]; SQLite by default): accounts, SDK keys
+//!   (hashed), credits, deployments, usage (charged once per task id), rounds and payouts;
+//! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
+//!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away;
+//! - issues **leases**: the warm replicas plus a ticket signed by the dispatcher key;
+//! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`].
+//!
+//! [`Settlement`]: crat_rewards::Settlement
+//!
+//! # Example
+//! A dispatcher on loopback QUIC with its data in a temporary directory, and an account
+//! with credits and an SDK key for a client:
+//!
+//! ```no_run
+//! use crat_dispatcher::{Dispatcher, DispatcherConfig, admin, ledger::AccountName};
+//! use crat_core::money::Credits;
+//! use crat_transport::quic::{QuicConfig, QuicTransport};
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+//! let transport = QuicTransport::bind("127.0.0.1:7400".parse()?, &key, QuicConfig::default())?;
+//! let dispatcher = Dispatcher::open(DispatcherConfig::new("/tmp/crat-dispatcher"), key, transport)?;
+//! let alice = AccountName::new("alice")?;
+//! admin::grant(&**dispatcher.ledger(), &alice, Credits::new(1_000_000), 0)?;
+//! let sdk_key = admin::create_key(&**dispatcher.ledger(), &alice, 0, None)?;
+//! println!("dispatcher {} at {}; key {sdk_key}", dispatcher.id(), dispatcher.local_addr());
+//! dispatcher.run().await?;
+//! # Ok(()) }
+//! ```
 
+pub mod admin;
 pub mod blob;
 pub mod ledger;
+pub mod local;
+pub mod rounds;
+mod service;
+
+pub use service::{
+    Dispatcher, DispatcherConfig, DispatcherError, DispatcherParts, DispatcherStats, Settle,
+};

@@ -225,6 +225,11 @@ impl<T: Transport> Node<T> {
         self.inner.id
     }
 
+    /// Its transport endpoint (e.g. to close it: the node then stops serving).
+    pub fn transport(&self) -> &T {
+        &self.inner.transport
+    }
+
     /// Deployments ready to serve.
     pub fn ready(&self) -> Vec<DeploymentId> {
         read(&self.inner.served).keys().copied().collect()
@@ -536,6 +541,13 @@ impl<T: Transport> Node<T> {
                 let (deployment, model) = (a.deployment, a.model);
                 let state = match node.start_deployment(a).await {
                     Ok(()) => ReplicaState::Ready,
+                    Err(e @ CacheError::Unavailable { .. }) => {
+                        // The dispatcher could not be reached: not the model's fault. The
+                        // next heartbeat that lists the deployment tries again.
+                        tracing::warn!(%deployment, error = %e, "model not fetched; will retry");
+                        lock(&node.inner.starting).remove(&deployment);
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(%deployment, error = %e, "cannot serve deployment");
                         lock(&node.inner.failed).insert(deployment, model);

@@ -1,0 +1,731 @@
+//! The network verbs: run a dispatcher or a node, administer keys and credits, and act as a
+//! client (upload, deploy, infer). Settings come from an optional TOML file (`--config`),
+//! overridden by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use crat_core::hardware::{CpuInfo, GpuInfo};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::money::Credits;
+use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+use crat_core::tensor::{DType, NamedTensor, Tensor};
+use crat_core::wire::{PeerAddr, SdkKey};
+use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
+use crat_dispatcher::{Dispatcher, DispatcherConfig, admin};
+use crat_node::backend::select::{SelectConfig, select_backend};
+use crat_node::cache::{ModelCache, ModelStore};
+use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
+use crat_node::runtime::{Node, NodeConfig, NodeParts, SystemClock};
+use crat_transport::Transport;
+use crat_transport::quic::{QuicConfig, QuicTransport};
+use ed25519_dalek::SigningKey;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+
+/// Settings file: every flag of the network verbs can be given here instead.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    dispatcher: DispatcherSection,
+    #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
+    client: ClientSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DispatcherSection {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    round_s: Option<u64>,
+    round_epoch_s: Option<u64>,
+    heartbeat_interval_s: Option<u64>,
+    replicas: Option<u32>,
+    ticket_lifetime_s: Option<u64>,
+    model_bytes_max: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    listen: Option<SocketAddr>,
+    advertise: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    gpu: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientSection {
+    dispatcher: Option<SocketAddr>,
+    dispatcher_id: Option<String>,
+    key: Option<String>,
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
+    let Some(path) = path else {
+        return Ok(ConfigFile::default());
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Reads the ed25519 key at `path` (64 hex digits), creating it if absent.
+fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut bytes)
+                .with_context(|| format!("{} is not a 64-hex-digit key", path.display()))?;
+            Ok(SigningKey::from_bytes(&bytes))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::from_bytes(&rand::random());
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(path, hex::encode(key.to_bytes()))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+// ------------------------------------------------------------------------------------------
+// crat dispatcher
+
+/// Options of `crat dispatcher`.
+#[derive(Debug, Args)]
+pub(crate) struct DispatcherArgs {
+    /// Settings file (TOML, `[dispatcher]` table).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// UDP address to listen on. Default 0.0.0.0:7400.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (ledger, models, uploads, payouts, key). Default ./crat-data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Round length in seconds. Default 86400.
+    #[arg(long)]
+    round_s: Option<u64>,
+}
+
+pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?.dispatcher;
+    let data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("crat-data"));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7400)));
+    let mut config = DispatcherConfig::new(&data_dir);
+    if let Some(r) = args.round_s.or(file.round_s) {
+        config.rewards.round_s = r;
+    }
+    if let Some(e) = file.round_epoch_s {
+        config.round_epoch_s = e;
+    }
+    if let Some(h) = file.heartbeat_interval_s {
+        config.dispatch.heartbeat_interval_s = h;
+    }
+    if let Some(r) = file.replicas {
+        config.dispatch.replicas = r;
+    }
+    if let Some(t) = file.ticket_lifetime_s {
+        config.ticket_lifetime_s = t;
+    }
+    if let Some(m) = file.model_bytes_max {
+        config.model_bytes_max = m;
+    }
+    let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
+    runtime()?.block_on(async move {
+        let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
+        let dispatcher = Dispatcher::open(config, key, transport)?;
+        println!("dispatcher {} listening on {listen}", dispatcher.id());
+        println!("data in {}", data_dir.display());
+        tokio::select! {
+            r = dispatcher.run() => r?,
+            _ = tokio::signal::ctrl_c() => {
+                println!("stopping");
+                dispatcher.close();
+            }
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// crat node
+
+/// Options of `crat node`.
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Settings file (TOML, `[node]` and `[client]` tables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The dispatcher's address.
+    #[arg(long)]
+    dispatcher: Option<SocketAddr>,
+    /// The dispatcher's id (64 hex digits; `crat dispatcher` prints it).
+    #[arg(long)]
+    dispatcher_id: Option<String>,
+    /// UDP address to listen on for clients. Default 0.0.0.0:7401.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address clients reach this node at. Default: the listen address.
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Data directory (model cache, node key). Default ./crat-node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Declare this GPU instead of probing (for nodes without NVML, and demos).
+    #[arg(long)]
+    gpu: Option<String>,
+}
+
+pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let dispatcher = args
+        .dispatcher
+        .or(file.client.dispatcher)
+        .context("--dispatcher is required")?;
+    let dispatcher_id: NodeId = args
+        .dispatcher_id
+        .or(file.client.dispatcher_id)
+        .context("--dispatcher-id is required")?
+        .parse()
+        .context("--dispatcher-id")?;
+    let listen = args
+        .listen
+        .or(file.node.listen)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7401)));
+    let advertise = args.advertise.or(file.node.advertise).unwrap_or(listen);
+    let data_dir = args
+        .data_dir
+        .or(file.node.data_dir)
+        .unwrap_or_else(|| PathBuf::from("crat-node"));
+    let gpu = args.gpu.or(file.node.gpu);
+    let key = load_or_create_key(&data_dir.join("node.key"))?;
+    let hardware = match gpu {
+        Some(name) => FakeProbe::new(
+            vec![GpuInfo {
+                name,
+                memory_bytes: 0,
+                driver: "declared".into(),
+                compute_capability: None,
+            }],
+            CpuInfo {
+                model: "declared".into(),
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                memory_bytes: 0,
+            },
+        )
+        .probe(),
+        None => SystemProbe.probe(),
+    };
+    let selected = select_backend(&SelectConfig {
+        gpu_detected: Some(!hardware.hardware.gpus.is_empty()),
+        ..SelectConfig::default()
+    })?;
+    println!("backend: {}", selected.describe());
+    runtime()?.block_on(async move {
+        let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
+        let node = Node::new(
+            NodeParts {
+                key,
+                transport,
+                cache: ModelCache::new(selected.backend.clone(), 8 << 30),
+                store: ModelStore::open(data_dir.join("models"), 32 << 30)?,
+                hardware,
+                idle: None,
+                clock: Arc::new(SystemClock),
+            },
+            NodeConfig::new(
+                PeerAddr::from(dispatcher),
+                dispatcher_id,
+                PeerAddr::from(advertise),
+            ),
+        );
+        println!("node {} serving on {listen}", node.id());
+        tokio::select! {
+            r = node.run() => r?,
+            _ = tokio::signal::ctrl_c() => node.transport().close(),
+        }
+        Ok(())
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// crat keys / crat credits / crat rounds (operator verbs on the ledger file)
+
+/// Where the dispatcher's data is.
+#[derive(Debug, Args)]
+pub(crate) struct DataDir {
+    /// The dispatcher's data directory. Default ./crat-data.
+    #[arg(long, default_value = "crat-data")]
+    data_dir: PathBuf,
+}
+
+impl DataDir {
+    fn ledger(&self) -> anyhow::Result<SqliteLedger> {
+        let path = self.data_dir.join("ledger.sqlite");
+        if !path.exists() {
+            bail!(
+                "no ledger at {} (start `crat dispatcher` first, or pass --data-dir)",
+                path.display()
+            );
+        }
+        Ok(SqliteLedger::open(&path)?)
+    }
+}
+
+/// `crat keys …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Create an SDK key for an account (created if new); prints the key once.
+    Create {
+        #[command(flatten)]
+        data: DataDir,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// Lifetime in seconds (default: until revoked).
+        #[arg(long)]
+        lifetime_s: Option<u64>,
+    },
+    /// Revoke a key (its id, `key_…`, or the whole key).
+    Revoke {
+        #[command(flatten)]
+        data: DataDir,
+        /// The key id or key.
+        key: String,
+    },
+    /// Show a key's status.
+    Status {
+        #[command(flatten)]
+        data: DataDir,
+        /// The key id or key.
+        key: String,
+    },
+}
+
+fn key_id(text: &str) -> anyhow::Result<KeyId> {
+    if let Ok(k) = text.parse::<SdkKey>() {
+        return Ok(k.id);
+    }
+    text.parse()
+        .context("expected a key id (key_…) or an SDK key (sk_…)")
+}
+
+pub(crate) fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    match cmd {
+        KeysCommand::Create {
+            data,
+            account,
+            lifetime_s,
+        } => {
+            let ledger = data.ledger()?;
+            let key = admin::create_key(&ledger, &AccountName::new(account)?, now_s(), lifetime_s)?;
+            println!("{key}");
+        }
+        KeysCommand::Revoke { data, key } => {
+            let record = data.ledger()?.revoke_key(&key_id(&key)?, now_s())?;
+            println!("{} revoked", record.id);
+        }
+        KeysCommand::Status { data, key } => {
+            let id = key_id(&key)?;
+            let record = data
+                .ledger()?
+                .key(&id)?
+                .with_context(|| format!("{id} not found"))?;
+            let info = admin::key_info(&record, now_s());
+            println!(
+                "{} account {} status {:?} created {} expires {}",
+                info.id,
+                record.account,
+                info.status,
+                info.created_at_s,
+                info.expires_at_s
+                    .map_or("never".to_owned(), |t| t.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `crat credits …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum CreditsCommand {
+    /// Add credits to an account (created if new).
+    Grant {
+        #[command(flatten)]
+        data: DataDir,
+        /// The account.
+        #[arg(long)]
+        account: String,
+        /// Credits to add.
+        credits: u64,
+    },
+    /// Show an account's balance.
+    Balance {
+        #[command(flatten)]
+        data: DataDir,
+        /// The account.
+        #[arg(long)]
+        account: String,
+    },
+}
+
+pub(crate) fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
+    match cmd {
+        CreditsCommand::Grant {
+            data,
+            account,
+            credits,
+        } => {
+            let b = admin::grant(
+                &data.ledger()?,
+                &AccountName::new(account)?,
+                Credits::new(credits),
+                now_s(),
+            )?;
+            println!("balance {} credits", b.get());
+        }
+        CreditsCommand::Balance { data, account } => {
+            let b = data.ledger()?.balance(&AccountName::new(account)?)?;
+            println!("balance {} credits", b.get());
+        }
+    }
+    Ok(())
+}
+
+/// `crat rounds …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum RoundsCommand {
+    /// Closed rounds, newest first.
+    List {
+        #[command(flatten)]
+        data: DataDir,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One round's outcome (interchange JSON), or its inputs with --inputs.
+    Show {
+        #[command(flatten)]
+        data: DataDir,
+        /// Round index.
+        index: u64,
+        /// Print the rewards inputs instead (recompute with `crat rewards compute`).
+        #[arg(long)]
+        inputs: bool,
+    },
+}
+
+pub(crate) fn rounds(cmd: RoundsCommand) -> anyhow::Result<()> {
+    match cmd {
+        RoundsCommand::List { data, limit } => {
+            println!("round,start_s,length_s,income_usd_micro,paid_usd_micro,carry_out_usd_micro");
+            for r in data.ledger()?.rounds(limit)? {
+                println!(
+                    "{},{},{},{},{},{}",
+                    r.index,
+                    r.start_s,
+                    r.length_s,
+                    r.income_usd_micro.get(),
+                    r.paid_usd_micro.get(),
+                    r.carry_out_usd_micro.get()
+                );
+            }
+        }
+        RoundsCommand::Show {
+            data,
+            index,
+            inputs,
+        } => {
+            let r = data
+                .ledger()?
+                .round(index)?
+                .with_context(|| format!("round {index} is not closed"))?;
+            println!(
+                "{}",
+                if inputs {
+                    r.inputs_json
+                } else {
+                    r.outcome_json
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------
+// client verbs
+
+/// How a client reaches the dispatcher.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// Settings file (TOML, `[client]` table).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The dispatcher's address.
+    #[arg(long)]
+    dispatcher: Option<SocketAddr>,
+    /// The dispatcher's id.
+    #[arg(long)]
+    dispatcher_id: Option<String>,
+    /// The SDK key (or set CRAT_KEY).
+    #[arg(long, env = "CRAT_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+impl ClientArgs {
+    async fn connect(self) -> anyhow::Result<crat_sdk::Client<QuicTransport>> {
+        let file = load_config(self.config.as_deref())?.client;
+        let addr = self
+            .dispatcher
+            .or(file.dispatcher)
+            .context("--dispatcher is required")?;
+        let id: NodeId = self
+            .dispatcher_id
+            .or(file.dispatcher_id)
+            .context("--dispatcher-id is required")?
+            .parse()
+            .context("--dispatcher-id")?;
+        let key: SdkKey = self
+            .key
+            .or(file.key)
+            .context("--key (or CRAT_KEY) is required")?
+            .parse()
+            .context("--key")?;
+        Ok(crat_sdk::connect(addr, id, key).await?)
+    }
+}
+
+/// Options of `crat upload`.
+#[derive(Debug, Args)]
+pub(crate) struct UploadArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The ONNX model file.
+    model: PathBuf,
+}
+
+pub(crate) fn upload(args: UploadArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(async move {
+        let client = args.client.connect().await?;
+        let bytes = std::fs::read(&args.model)
+            .with_context(|| format!("reading {}", args.model.display()))?;
+        let bar = ProgressBar::new(bytes.len() as u64);
+        bar.set_style(ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )?);
+        let id = client
+            .upload_model(&bytes, |p| bar.set_position(p.acked_bytes))
+            .await?;
+        bar.finish_and_clear();
+        println!("{id}");
+        Ok(())
+    })
+}
+
+/// Options of `crat deploy`.
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The model id (`crat upload` prints it).
+    #[arg(long)]
+    model: String,
+    /// Pay per request from this credit allowance.
+    #[arg(long, conflicts_with = "guaranteed_rps")]
+    allowance: Option<u64>,
+    /// Pay per instance: reserve this many requests per second.
+    #[arg(long)]
+    guaranteed_rps: Option<u32>,
+    /// Per instance: how long the reservation lasts, in seconds.
+    #[arg(long, default_value_t = 86_400)]
+    key_lifetime_s: u64,
+    /// Per instance: model updates (never, monthly, weekly, daily, hourly).
+    #[arg(long, default_value = "never")]
+    updates: String,
+    /// Largest input of one request, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_input_bytes: u64,
+    /// Only print the price.
+    #[arg(long)]
+    quote: bool,
+    /// Do not wait for the replicas to be ready.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+    let model: ModelId = args.model.parse().context("--model")?;
+    let plan = match (args.allowance, args.guaranteed_rps) {
+        (Some(a), None) => DeployPlan::PerRequest(PerRequestPlan {
+            max_input_bytes: args.max_input_bytes,
+            credit_allowance: Credits::new(a),
+        }),
+        (None, Some(rps)) => DeployPlan::PerInstance(PerInstancePlan {
+            guaranteed_rps: rps,
+            max_input_bytes: args.max_input_bytes,
+            update_frequency: match args.updates.as_str() {
+                "never" => UpdateFrequency::Never,
+                "monthly" => UpdateFrequency::Monthly,
+                "weekly" => UpdateFrequency::Weekly,
+                "daily" => UpdateFrequency::Daily,
+                "hourly" => UpdateFrequency::Hourly,
+                other => {
+                    bail!("--updates {other:?}: expected never, monthly, weekly, daily or hourly")
+                }
+            },
+            key_lifetime_s: args.key_lifetime_s,
+        }),
+        _ => bail!(
+            "choose a plan: --allowance CREDITS (per request) or --guaranteed-rps N (per instance)"
+        ),
+    };
+    runtime()?.block_on(async move {
+        let client = args.client.connect().await?;
+        let quote = client.quote(model, plan).await?;
+        println!(
+            "price: {} credits up front, {} credits per request at most",
+            quote.upfront.get(),
+            quote.per_request_max.get()
+        );
+        if args.quote {
+            return Ok(());
+        }
+        let d = client.deploy(model, plan).await?;
+        println!("{}", d.id());
+        if !args.no_wait {
+            let info = d.wait_ready(Duration::from_secs(120)).await?;
+            eprintln!(
+                "ready: {}/{} replicas",
+                info.replicas_ready, info.replicas_wanted
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Options of `crat infer`.
+#[derive(Debug, Args)]
+pub(crate) struct InferArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The deployment id.
+    #[arg(long)]
+    deployment: String,
+    /// An input: `NAME:DTYPE:DIMS=FILE` with raw little-endian values in FILE, or
+    /// `NAME:DTYPE:DIMS=zeros` (DTYPE f32, f64, i64, …; DIMS like 1x3x48x192).
+    #[arg(long = "input", required = true)]
+    inputs: Vec<String>,
+    /// Run the same task this many times (prints latency).
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
+}
+
+fn parse_input(spec: &str) -> anyhow::Result<NamedTensor> {
+    let (head, source) = spec
+        .split_once('=')
+        .context("an input looks like NAME:DTYPE:DIMS=FILE")?;
+    let mut parts = head.split(':');
+    let (Some(name), Some(dtype), Some(dims), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        bail!("an input looks like NAME:DTYPE:DIMS=FILE, not {spec:?}");
+    };
+    let dtype = match dtype {
+        "f32" => DType::F32,
+        "f64" => DType::F64,
+        "f16" => DType::F16,
+        "i64" => DType::I64,
+        "i32" => DType::I32,
+        "u8" => DType::U8,
+        "i8" => DType::I8,
+        "bool" => DType::Bool,
+        other => bail!("unknown dtype {other:?}"),
+    };
+    let shape = dims
+        .split('x')
+        .map(|d| d.parse::<u64>().with_context(|| format!("dimension {d:?}")))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    let tensor = if source == "zeros" {
+        Tensor::zeros(dtype, &shape)?
+    } else {
+        let data = std::fs::read(source).with_context(|| format!("reading {source}"))?;
+        Tensor::new(dtype, shape, data)?
+    };
+    Ok(NamedTensor::new(name, tensor))
+}
+
+pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
+    let id: DeploymentId = args.deployment.parse().context("--deployment")?;
+    let inputs = args
+        .inputs
+        .iter()
+        .map(|s| parse_input(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    runtime()?.block_on(async move {
+        let client = args.client.connect().await?;
+        let d = client.deployment(id);
+        let mut outputs = Vec::new();
+        let mut took = Vec::new();
+        for _ in 0..args.repeat.max(1) {
+            let t0 = std::time::Instant::now();
+            outputs = d.infer(inputs.clone()).await?;
+            took.push(t0.elapsed());
+        }
+        for o in &outputs {
+            let preview = match o.tensor.dtype() {
+                DType::F32 => format!(
+                    "{:?}",
+                    o.tensor.to_vec::<f32>()?.iter().take(8).collect::<Vec<_>>()
+                ),
+                _ => format!("{} bytes", o.tensor.bytes().len()),
+            };
+            println!(
+                "{} {:?} {:?} {preview}",
+                o.name,
+                o.tensor.dtype(),
+                o.tensor.shape()
+            );
+        }
+        took.sort();
+        eprintln!(
+            "{} task(s); median {:.2} ms; failovers {}",
+            took.len(),
+            took[took.len() / 2].as_secs_f64() * 1e3,
+            d.stats().failovers
+        );
+        Ok(())
+    })
+}

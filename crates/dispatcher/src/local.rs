@@ -1,0 +1,278 @@
+//! A whole network on one machine: a dispatcher and compute nodes on loopback QUIC, in this
+//! process. It is what `crat demo`, the end-to-end tests and the benchmarks run; nothing in
+//! it is simulated except the nodes' declared GPUs (inference runs on whatever backend the
+//! caller passes, usually tract or ONNX Runtime on the CPU).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crat_core::hardware::{CpuInfo, GpuInfo};
+use crat_core::id::NodeId;
+use crat_core::wire::PeerAddr;
+use crat_node::backend::InferenceBackend;
+use crat_node::cache::{ModelCache, ModelStore};
+use crat_node::probe::{FakeProbe, HardwareProbe};
+use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
+use crat_transport::Transport;
+use crat_transport::quic::{QuicConfig, QuicTransport};
+use ed25519_dalek::SigningKey;
+use tokio::task::JoinHandle;
+
+use crate::{Dispatcher, DispatcherConfig, DispatcherError};
+
+/// One node to start.
+#[derive(Clone)]
+pub struct NodeSpec {
+    /// The GPU it declares (a name from the GPU table), or none for a CPU-only node.
+    pub gpu: Option<String>,
+    /// The backend it runs models with.
+    pub backend: Arc<dyn InferenceBackend>,
+    /// Batch size (fixed, so start-up does not spend time measuring).
+    pub batch_size: u32,
+}
+
+/// A running node of a [`LocalNetwork`].
+pub struct LocalNode {
+    /// The node.
+    pub node: Node<QuicTransport>,
+    /// Where clients reach it.
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl LocalNode {
+    /// Its identity.
+    pub fn id(&self) -> NodeId {
+        self.node.id()
+    }
+
+    /// Kills it: closes every connection and stops its tasks, like a crashed process.
+    pub fn kill(&self) {
+        self.node.transport().close();
+        self.task.abort();
+    }
+
+    /// Whether it was killed or stopped.
+    pub fn is_stopped(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// A dispatcher and its nodes on loopback.
+pub struct LocalNetwork {
+    /// The dispatcher (`None` only while [`LocalNetwork::restart_dispatcher`] runs).
+    dispatcher: Option<Dispatcher<QuicTransport>>,
+    /// Its key.
+    pub dispatcher_key: SigningKey,
+    /// Its address.
+    pub dispatcher_addr: SocketAddr,
+    /// The nodes, in start order.
+    pub nodes: Vec<LocalNode>,
+    config: DispatcherConfig,
+    dispatcher_task: JoinHandle<()>,
+    dir: PathBuf,
+}
+
+/// QUIC settings for loopback: short idle timeout so a killed peer is noticed quickly.
+pub fn loopback_quic() -> QuicConfig {
+    QuicConfig {
+        idle_timeout_ms: 3_000,
+        keep_alive_interval_ms: 1_000,
+        ..QuicConfig::default()
+    }
+}
+
+fn start_dispatcher(
+    config: DispatcherConfig,
+    key: SigningKey,
+    addr: SocketAddr,
+) -> Result<(Dispatcher<QuicTransport>, SocketAddr, JoinHandle<()>), DispatcherError> {
+    let transport = QuicTransport::bind(addr, &key, loopback_quic())?;
+    let addr = transport.socket_addr();
+    let dispatcher = Dispatcher::open(config, key, transport)?;
+    let task = tokio::spawn({
+        let d = dispatcher.clone();
+        async move {
+            if let Err(e) = d.run().await {
+                tracing::error!(error = %e, "dispatcher stopped");
+            }
+        }
+    });
+    Ok((dispatcher, addr, task))
+}
+
+impl LocalNetwork {
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher<QuicTransport> {
+        #[allow(clippy::expect_used)]
+        self.dispatcher
+            .as_ref()
+            .expect("a dispatcher runs except inside restart_dispatcher")
+    }
+
+    /// Starts a dispatcher with `config` (its data directory is used as is; nodes keep
+    /// their model files under `dir`) and one node per spec, and waits until every node has
+    /// registered.
+    pub async fn start(
+        config: DispatcherConfig,
+        dir: &Path,
+        nodes: Vec<NodeSpec>,
+    ) -> Result<Self, DispatcherError> {
+        let key = SigningKey::from_bytes(&rand::random());
+        let (dispatcher, dispatcher_addr, dispatcher_task) = start_dispatcher(
+            config.clone(),
+            key.clone(),
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| DispatcherError::Config("address".into()))?,
+        )?;
+        let mut net = Self {
+            dispatcher: Some(dispatcher),
+            dispatcher_key: key,
+            dispatcher_addr,
+            nodes: Vec::new(),
+            config,
+            dispatcher_task,
+            dir: dir.to_owned(),
+        };
+        for spec in nodes {
+            net.add_node(spec)?;
+        }
+        net.wait_online(net.nodes.len(), Duration::from_secs(30))
+            .await?;
+        Ok(net)
+    }
+
+    /// Starts one more node.
+    pub fn add_node(&mut self, spec: NodeSpec) -> Result<&LocalNode, DispatcherError> {
+        let index = self.nodes.len();
+        let key = SigningKey::from_bytes(&rand::random());
+        let transport = QuicTransport::bind(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| DispatcherError::Config("address".into()))?,
+            &key,
+            loopback_quic(),
+        )?;
+        let addr = transport.socket_addr();
+        let gpus = spec
+            .gpu
+            .iter()
+            .map(|name| GpuInfo {
+                name: name.clone(),
+                memory_bytes: 24 << 30,
+                driver: "demo".into(),
+                compute_capability: None,
+            })
+            .collect();
+        let cpu = CpuInfo {
+            model: "loopback".into(),
+            cores: 2,
+            memory_bytes: 8 << 30,
+        };
+        let store = ModelStore::open(self.dir.join(format!("node-{index}")), 4 << 30)
+            .map_err(|e| DispatcherError::Storage(e.to_string()))?;
+        let mut config = NodeConfig::new(
+            PeerAddr::from(self.dispatcher_addr),
+            self.dispatcher().id(),
+            PeerAddr::from(addr),
+        );
+        config.batch_sizing = BatchSizing::Fixed(spec.batch_size.max(1));
+        config.heartbeat_interval_ms = 500;
+        config.usage_flush_ms = 100;
+        config.reconnect_backoff_ms_max = 500;
+        let node = Node::new(
+            NodeParts {
+                key,
+                transport,
+                cache: ModelCache::new(spec.backend.clone(), 4 << 30),
+                store,
+                hardware: FakeProbe::new(gpus, cpu).probe(),
+                idle: None,
+                clock: Arc::new(SystemClock),
+            },
+            config,
+        );
+        let task = tokio::spawn({
+            let node = node.clone();
+            async move {
+                if let Err(e) = node.run().await {
+                    tracing::warn!(error = %e, "node stopped");
+                }
+            }
+        });
+        self.nodes.push(LocalNode { node, addr, task });
+        Ok(&self.nodes[index])
+    }
+
+    /// Waits until `count` nodes are online at the dispatcher.
+    pub async fn wait_online(
+        &self,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), DispatcherError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.dispatcher().online_nodes() < count {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DispatcherError::Config(format!(
+                    "{} of {count} nodes online after {timeout:?}",
+                    self.dispatcher().online_nodes()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Kills the dispatcher (its connections drop) and starts a new one on the same data
+    /// directory, key and address; nodes reconnect on their own.
+    pub async fn restart_dispatcher(&mut self) -> Result<(), DispatcherError> {
+        let old = self.dispatcher.take();
+        if let Some(old) = &old {
+            old.close();
+        }
+        self.dispatcher_task.abort();
+        let _ = (&mut self.dispatcher_task).await;
+        drop(old);
+        // The UDP port is free once the old endpoint is dropped (its connections' tasks end
+        // as they notice the close); retry until then.
+        let mut tries = 0;
+        let (dispatcher, _, task) = loop {
+            match start_dispatcher(
+                self.config.clone(),
+                self.dispatcher_key.clone(),
+                self.dispatcher_addr,
+            ) {
+                Ok(started) => break started,
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "dispatcher address busy; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.dispatcher = Some(dispatcher);
+        self.dispatcher_task = task;
+        Ok(())
+    }
+
+    /// Stops everything.
+    pub fn shutdown(&self) {
+        for n in &self.nodes {
+            n.kill();
+        }
+        if let Some(d) = &self.dispatcher {
+            d.close();
+        }
+        self.dispatcher_task.abort();
+    }
+}
+
+impl Drop for LocalNetwork {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,605 @@
+//! The network end to end: a real dispatcher (SQLite file, model directory), real nodes
+//! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::money::Credits;
+use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+use crat_core::sign::{Signed, Ticket};
+use crat_core::tensor::{NamedTensor, Tensor};
+use crat_core::wire::{
+    ClientCall, ClientRequest, ClientToNode, DispatcherResponse, ErrorCode, InferRequest,
+    NodeToClient, PeerAddr, SdkKey,
+};
+use crat_dispatcher::DispatcherConfig;
+use crat_dispatcher::admin;
+use crat_dispatcher::ledger::AccountName;
+use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
+use crat_node::backend::InferenceBackend;
+use crat_node::backend::tract::TractBackend;
+use crat_rewards::{Interval, RoundInputs, compute};
+use crat_sdk::{Client, Error};
+use crat_transport::quic::QuicTransport;
+use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
+use ed25519_dalek::SigningKey;
+use futures_util::StreamExt;
+
+const TINY: &[u8] = include_bytes!("../../node/models/tiny_cnn.onnx");
+
+fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn backend() -> Arc<dyn InferenceBackend> {
+    Arc::new(TractBackend::new())
+}
+
+fn config(dir: &std::path::Path) -> DispatcherConfig {
+    let mut c = DispatcherConfig::new(dir.join("dispatcher"));
+    c.dispatch.heartbeat_interval_s = 1;
+    c.key_cache_ms = 0;
+    c.tick_ms = 100;
+    c
+}
+
+async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNetwork {
+    // RUST_LOG=crat_dispatcher=info shows what the dispatcher does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let specs = [
+        "NVIDIA GeForce RTX 3090",
+        "NVIDIA GeForce RTX 3080",
+        "NVIDIA GeForce GTX 1660 Ti",
+    ]
+    .iter()
+    .map(|g| NodeSpec {
+        gpu: Some((*g).to_owned()),
+        backend: backend(),
+        batch_size: 4,
+    })
+    .collect();
+    LocalNetwork::start(config, dir, specs).await.unwrap()
+}
+
+async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
+    let ledger = net.dispatcher().ledger().clone();
+    let account = AccountName::new("alice").unwrap();
+    admin::grant(&*ledger, &account, Credits::new(credits), now_s()).unwrap();
+    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
+        .await
+        .unwrap();
+    (client, key)
+}
+
+fn input(seed: u32) -> Tensor {
+    let values: Vec<f32> = (0..28 * 28)
+        .map(|i| {
+            ((i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed * 97)
+                % 1000) as f32
+                / 1000.0
+        })
+        .collect();
+    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
+}
+
+fn per_request(allowance: u64) -> DeployPlan {
+    DeployPlan::PerRequest(PerRequestPlan {
+        max_input_bytes: 1 << 16,
+        credit_allowance: Credits::new(allowance),
+    })
+}
+
+fn per_instance() -> DeployPlan {
+    DeployPlan::PerInstance(PerInstancePlan {
+        guaranteed_rps: 20,
+        max_input_bytes: 1 << 16,
+        update_frequency: UpdateFrequency::Never,
+        key_lifetime_s: 3_600,
+    })
+}
+
+/// Raw client → dispatcher call, for requests the SDK never sends.
+async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> DispatcherResponse {
+    let t = QuicTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &SigningKey::from_bytes(&rand::random()),
+        loopback_quic(),
+    )
+    .unwrap();
+    let conn = t
+        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .await
+        .unwrap();
+    conn.call(
+        &ClientRequest {
+            key: key.clone(),
+            call,
+        },
+        Conversation::ClientDispatcher,
+        FrameLimits::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn happy_path(plan: DeployPlan) {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(config(dir.path()), dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    assert_eq!(model, ModelId::of_bytes(TINY));
+    let quote = client.quote(model, plan).await.unwrap();
+    let balance_before = client.balance().await.unwrap();
+    let d = client.deploy(model, plan).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        client.balance().await.unwrap().get(),
+        balance_before.get() - quote.upfront.get()
+    );
+
+    let local = backend().load(TINY).unwrap();
+    let n = 1_000u32;
+    let results: Vec<_> = d
+        .infer_many(
+            futures_util::stream::iter(0..n)
+                .map(|i| vec![NamedTensor::new("input", input(i % 50))]),
+            32,
+        )
+        .collect()
+        .await;
+    assert_eq!(results.len(), n as usize);
+    for (i, r) in results.into_iter().enumerate() {
+        let out = r.unwrap();
+        let expected = local.run(&[input(i as u32 % 50)]).unwrap();
+        // Nodes batch tasks; a batched convolution may round differently in the last bit.
+        let (got, want) = (
+            out[0].tensor.to_vec::<f32>().unwrap(),
+            expected[0].to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(got.len(), want.len());
+        assert!(
+            got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5),
+            "task {i}: {got:?} vs {want:?}"
+        );
+    }
+
+    // Usage reaches the ledger; every task charged exactly once at its per-request price.
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (count, _) = ledger.usage_totals(&d.id()).unwrap();
+        if count == u64::from(n) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "usage {count} of {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, charged) = ledger.usage_totals(&d.id()).unwrap();
+    let info = d.info().await.unwrap();
+    match plan {
+        DeployPlan::PerRequest(p) => {
+            let cost = DispatcherConfig::new("x")
+                .pricing
+                .request_cost(TINY.len() as u64, 28 * 28 * 4)
+                .unwrap();
+            assert_eq!(charged.get(), u64::from(n) * cost.get());
+            assert_eq!(
+                info.allowance_left.get(),
+                p.credit_allowance.get() - charged.get()
+            );
+        }
+        DeployPlan::PerInstance(_) => {
+            // Requests inside the reservation cost nothing more: only the up-front price.
+            assert_eq!(charged, Credits::ZERO);
+        }
+    }
+    assert_eq!(
+        client.balance().await.unwrap().get(),
+        balance_before.get() - quote.upfront.get()
+    );
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_per_request() {
+    happy_path(per_request(100_000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_per_instance() {
+    happy_path(per_instance()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_killed_mid_stream_every_task_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(config(dir.path()), dir.path()).await;
+    let (client, key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let victim = d.lease().await.unwrap().replicas[0].node;
+
+    let tasks: Vec<TaskId> = (0..600)
+        .map(|_| TaskId::from_bytes(rand::random()))
+        .collect();
+    let mut stream = futures_util::stream::iter(tasks.clone())
+        .map(|task| {
+            let d = d.clone();
+            async move {
+                (
+                    task,
+                    d.infer_task(task, vec![NamedTensor::new("input", input(1))])
+                        .await,
+                )
+            }
+        })
+        .buffer_unordered(16);
+    let mut done = HashSet::new();
+    while let Some((task, r)) = stream.next().await {
+        r.unwrap();
+        assert!(done.insert(task), "task {task} answered twice");
+        if done.len() == 300 {
+            net.nodes.iter().find(|n| n.id() == victim).unwrap().kill();
+        }
+    }
+    assert_eq!(done.len(), tasks.len());
+    assert!(d.stats().failovers > 0, "the killed node's tasks moved on");
+
+    // Charged at most once per task, at the right price.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let ledger = net.dispatcher().ledger().clone();
+    let (count, charged) = ledger.usage_totals(&d.id()).unwrap();
+    let cost = DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap();
+    assert!(count <= tasks.len() as u64);
+    assert_eq!(charged.get(), count * cost.get());
+    let rows = tasks
+        .iter()
+        .filter(|t| ledger.usage(t).unwrap().is_some())
+        .count();
+    assert_eq!(rows as u64, count);
+    // Only tasks the killed node ran and had not reported yet can be missing.
+    assert!(
+        count >= 300,
+        "usage of surviving nodes reached the ledger: {count}"
+    );
+    // The deployment is re-placed on the third node.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = d.info().await.unwrap();
+        // A fresh lease from the dispatcher (the SDK's cached one may predate the kill).
+        let DispatcherResponse::Lease(lease) =
+            raw_call(&net, &key, ClientCall::Lease { deployment: d.id() }).await
+        else {
+            panic!("no lease")
+        };
+        let leased: Vec<NodeId> = lease.replicas.iter().map(|r| r.node).collect();
+        if info.replicas_ready == 2 && leased.len() == 2 && !leased.contains(&victim) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not re-placed: {info:?} {leased:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatcher_restart_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = network(config(dir.path()), dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    for i in 0..20 {
+        d.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ledger.usage_totals(&d.id()).unwrap().0 < 20 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let balance = client.balance().await.unwrap();
+    let info = d.info().await.unwrap();
+    drop(ledger);
+
+    net.restart_dispatcher().await.unwrap();
+    net.wait_online(3, Duration::from_secs(30)).await.unwrap();
+
+    // The same client object reconnects; key, balance, deployment and usage survived.
+    assert_eq!(client.balance().await.unwrap(), balance);
+    assert_eq!(
+        client.key_status().await.unwrap().status,
+        crat_core::wire::KeyStatus::Active
+    );
+    let after = d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(after.allowance_left, info.allowance_left);
+    assert_eq!(
+        net.dispatcher().ledger().usage_totals(&d.id()).unwrap().0,
+        20
+    );
+    d.infer(vec![NamedTensor::new("input", input(99))])
+        .await
+        .unwrap();
+    // The model is still stored: uploading again sends nothing.
+    let mut already = false;
+    client
+        .upload_model(TINY, |p| already |= p.already_stored)
+        .await
+        .unwrap();
+    assert!(already);
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_typed_errors_and_charges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.model_bytes_max = 256 << 10;
+    let net = network(cfg, dir.path()).await;
+    let (client, key) = client_with(&net, 1_000).await;
+    let ledger = net.dispatcher().ledger().clone();
+
+    // Not ONNX.
+    let junk = vec![7u8; 5_000];
+    assert!(matches!(
+        client.upload_model(&junk, |_| {}).await,
+        Err(Error::ModelRejected(_))
+    ));
+    // Over the size cap.
+    let big = vec![1u8; 300 << 10];
+    assert!(matches!(
+        client.upload_model(&big, |_| {}).await,
+        Err(Error::TooLarge(_))
+    ));
+    // Hash mismatch: announce one model, send another's bytes.
+    let claimed = ModelId::of_bytes(b"something else");
+    let r = raw_call(
+        &net,
+        &key,
+        ClientCall::UploadBegin {
+            model: claimed,
+            total_bytes: TINY.len() as u64,
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            DispatcherResponse::Upload {
+                received_bytes: 0,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    let r = raw_call(
+        &net,
+        &key,
+        ClientCall::UploadChunk {
+            model: claimed,
+            offset: 0,
+            data: TINY.to_vec(),
+        },
+    )
+    .await;
+    assert!(matches!(r, DispatcherResponse::Upload { .. }), "{r:?}");
+    let r = raw_call(&net, &key, ClientCall::UploadFinish { model: claimed }).await;
+    assert!(
+        matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::ModelRejected),
+        "{r:?}"
+    );
+
+    // The real model; too expensive a deployment is refused and charges nothing.
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    assert!(matches!(
+        client.deploy(model, per_request(5_000)).await,
+        Err(Error::InsufficientCredits(_))
+    ));
+    assert_eq!(client.balance().await.unwrap(), Credits::new(1_000));
+    let d = client.deploy(model, per_request(500)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    // Wrong tensor shape: the node refuses it; not retried, not charged.
+    let wrong = Tensor::from_slice(&[1, 1, 27, 28], &vec![0f32; 27 * 28]).unwrap();
+    let r = d.infer(vec![NamedTensor::new("input", wrong)]).await;
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+
+    // Tickets at a node: forged, expired, for another deployment.
+    let lease = d.lease().await.unwrap();
+    let replica = &lease.replicas[0];
+    let t = QuicTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &SigningKey::from_bytes(&rand::random()),
+        loopback_quic(),
+    )
+    .unwrap();
+    let conn = t.connect(&replica.addrs[0], &replica.node).await.unwrap();
+    let good = lease.ticket.body.clone();
+    let other_dep = DeploymentId::from_bytes([5; 16]);
+    let cases: Vec<(&str, Signed<Ticket>, DeploymentId)> = vec![
+        (
+            "forged",
+            Signed::sign(good.clone(), &SigningKey::from_bytes(&[9; 32])),
+            d.id(),
+        ),
+        (
+            "expired",
+            Signed::sign(
+                Ticket {
+                    issued_at_s: now_s() - 100,
+                    expires_at_s: now_s() - 50,
+                    ..good.clone()
+                },
+                &net.dispatcher_key,
+            ),
+            d.id(),
+        ),
+        ("other deployment", lease.ticket.clone(), other_dep),
+    ];
+    for (what, ticket, deployment) in cases {
+        let req = ClientToNode::Infer(Box::new(InferRequest {
+            task: TaskId::from_bytes(rand::random()),
+            deployment,
+            ticket,
+            inputs: vec![NamedTensor::new("input", input(1))],
+        }));
+        let r: NodeToClient = conn
+            .call(&req, Conversation::ClientNode, FrameLimits::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(r, NodeToClient::Error(ref e) if e.code == ErrorCode::TicketRejected),
+            "{what}: {r:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap(), (0, Credits::ZERO));
+
+    // Everything still serves.
+    d.infer(vec![NamedTensor::new("input", input(3))])
+        .await
+        .unwrap();
+
+    // Expired and revoked keys.
+    let account = AccountName::new("alice").unwrap();
+    let expired = admin::create_key(&*ledger, &account, now_s() - 10, Some(5)).unwrap();
+    let r = raw_call(&net, &expired, ClientCall::Balance).await;
+    assert!(
+        matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::KeyExpired),
+        "{r:?}"
+    );
+    ledger.revoke_key(&key.id, now_s()).unwrap();
+    assert!(matches!(client.balance().await, Err(Error::KeyRevoked(_))));
+    let r = raw_call(&net, &key, ClientCall::Lease { deployment: d.id() }).await;
+    assert!(
+        matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::KeyRevoked),
+        "{r:?}"
+    );
+    // Unknown key, wrong secret.
+    let stranger = SdkKey {
+        id: KeyId::from_bytes([3; 16]),
+        secret: [4; 32],
+    };
+    let r = raw_call(&net, &stranger, ClientCall::Balance).await;
+    assert!(
+        matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::Unauthenticated),
+        "{r:?}"
+    );
+    let wrong_secret = SdkKey {
+        id: expired.id,
+        secret: [4; 32],
+    };
+    let r = raw_call(&net, &wrong_secret, ClientCall::Balance).await;
+    assert!(
+        matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::Unauthenticated),
+        "{r:?}"
+    );
+    // Charged: one task (the good one above), nothing else.
+    let cost = DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ledger.usage_totals(&d.id()).unwrap().0 < 1 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap(), (1, cost));
+    assert_eq!(net.dispatcher().online_nodes(), 3, "no process died");
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_closes_with_uptime_and_payouts_equal_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let start = now_s();
+    cfg.round_epoch_s = start;
+    cfg.round_close_delay_s = 1;
+    cfg.rewards.round_s = 6;
+    cfg.rewards.peak_windows = vec![Interval::new(0, 6)];
+    cfg.rewards.commit_downtime_s_max = 3;
+    let net = network(cfg, dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    for i in 0..50 {
+        d.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    // Wait for round 0 to end and be closed by the dispatcher's own ticker.
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        if let Some(r) = ledger.round(0).unwrap() {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "round 0 not closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let inputs = RoundInputs::from_json(&record.inputs_json).unwrap();
+    assert_eq!(inputs.round.start_s, start);
+    assert_eq!(inputs.nodes.len(), 3);
+    for n in &inputs.nodes {
+        let up: u64 = n
+            .online
+            .iter()
+            .map(|i| i.end_s.min(start + 6).saturating_sub(i.start_s.max(start)))
+            .sum();
+        assert!(up >= 3, "uptime recorded from heartbeats: {n:?}");
+    }
+    // Income: the round's usage charges, valued at the credit price.
+    assert!(inputs.round.income_usd_micro.get() > 0);
+    let outcome = compute(&inputs).unwrap();
+    assert_eq!(outcome.to_json(), record.outcome_json);
+    // Nodes carry the outcome forward; payouts were settled to files.
+    for o in &outcome.nodes {
+        assert_eq!(
+            ledger.node(&o.id).unwrap().unwrap().crat_micro,
+            o.crat_end_micro
+        );
+    }
+    let paid: u64 = outcome
+        .nodes
+        .iter()
+        .map(|o| o.guaranteed_usd_micro.get() + o.bonus_usd_micro.get())
+        .sum();
+    assert_eq!(paid, record.paid_usd_micro.get());
+    assert!(paid > 0);
+    assert!(
+        dir.path()
+            .join("dispatcher/payouts")
+            .read_dir()
+            .unwrap()
+            .count()
+            >= 2
+    );
+    net.shutdown();
+}
