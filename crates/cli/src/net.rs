@@ -293,14 +293,12 @@ pub(crate) struct DataDir {
 
 impl DataDir {
     fn ledger(&self) -> anyhow::Result<SqliteLedger> {
+        // The same file `crat dispatcher --data-dir` uses; created if new, so an operator can
+        // set up accounts before the first start.
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
         let path = self.data_dir.join("ledger.sqlite");
-        if !path.exists() {
-            bail!(
-                "no ledger at {} (start `crat dispatcher` first, or pass --data-dir)",
-                path.display()
-            );
-        }
-        Ok(SqliteLedger::open(&path)?)
+        SqliteLedger::open(&path).with_context(|| format!("opening {}", path.display()))
     }
 }
 
