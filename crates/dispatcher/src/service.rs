@@ -770,6 +770,17 @@ impl<T: Transport> Dispatcher<T> {
                         format!("chunk length must be 1..={CHUNK_BYTES_MAX}"),
                     ));
                 }
+                // Models may be proprietary: a node gets only what it was assigned.
+                let assigned = lock(&self.inner.dispatch)
+                    .assignments_for(&node)
+                    .iter()
+                    .any(|a| a.model == model);
+                if !assigned {
+                    return DispatcherReply::Error(err(
+                        ErrorCode::NotFound,
+                        format!("model {model} is not assigned to this node"),
+                    ));
+                }
                 let total = match self.inner.blobs.size(&model).await {
                     Ok(Some(t)) => t,
                     Ok(None) => {
