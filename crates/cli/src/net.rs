@@ -613,12 +613,14 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let client = args.client.connect().await?;
         let quote = client.quote(model, plan).await?;
-        println!(
+        // The price goes to stderr; stdout carries only what scripts capture (the id).
+        eprintln!(
             "price: {} credits up front, {} credits per request at most",
             quote.upfront.get(),
             quote.per_request_max.get()
         );
         if args.quote {
+            println!("{}", quote.upfront.get());
             return Ok(());
         }
         let d = client.deploy(model, plan).await?;
