@@ -77,3 +77,84 @@ pub fn retain_freed_memory_ms(delay_ms: i64) {
         "mimalloc did not take the purge delay"
     );
 }
+
+/// A valid, self-contained ONNX model of about `initializer_bytes` bytes: one `Identity` node
+/// (`x` → `y`, f32 `[1]`), plus one f32 initializer `w` of `initializer_bytes / 4` elements
+/// that no node uses. It passes `crat_node::backend::onnx_check::check_model`, which the
+/// dispatcher runs on every finished upload.
+///
+/// The initializer's raw data are the model's last bytes (fields are written in an order that
+/// puts them there), so a caller can make a distinct model — a distinct content-addressed id —
+/// by changing the tail, e.g. `model[len - 8..]`.
+pub fn onnx_model_with_unused_initializer(initializer_bytes: usize) -> Vec<u8> {
+    let elements = initializer_bytes / 4;
+    let raw: Vec<u8> = (0..elements)
+        .flat_map(|i| (i as f32 * 1e-3).to_le_bytes())
+        .collect();
+    let tensor_type = Pb::default().msg(
+        1, // TypeProto.tensor_type
+        Pb::default()
+            .int(1, 1) // elem_type FLOAT
+            .msg(2, Pb::default().msg(1, Pb::default().int(1, 1))), // shape [1]
+    );
+    let value = |name: &str| {
+        Pb::default()
+            .bytes(1, name.as_bytes()) // ValueInfoProto.name
+            .msg(2, tensor_type.clone()) // ValueInfoProto.type
+    };
+    let node = Pb::default()
+        .bytes(1, b"x") // NodeProto.input
+        .bytes(2, b"y") // NodeProto.output
+        .bytes(4, b"Identity"); // NodeProto.op_type
+    let initializer = Pb::default()
+        .int(1, elements as i64) // TensorProto.dims
+        .int(2, 1) // data_type FLOAT
+        .bytes(8, b"w") // name
+        .bytes(9, &raw); // raw_data: last
+    let graph = Pb::default()
+        .msg(1, node) // GraphProto.node
+        .bytes(2, b"bench") // name
+        .msg(11, value("x")) // input
+        .msg(12, value("y")) // output
+        .msg(5, initializer); // initializer: last
+    Pb::default()
+        .int(1, 7) // ModelProto.ir_version
+        .msg(8, Pb::default().bytes(1, b"").int(2, 13)) // opset_import ai.onnx 13
+        .msg(7, graph) // graph: last
+        .0
+}
+
+/// A minimal protobuf writer (varint and length-delimited fields only).
+#[derive(Clone, Default)]
+struct Pb(Vec<u8>);
+
+impl Pb {
+    fn varint(&mut self, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                self.0.push(b);
+                break;
+            }
+            self.0.push(b | 0x80);
+        }
+    }
+
+    fn int(mut self, field: u32, v: i64) -> Self {
+        self.varint(u64::from(field) << 3);
+        self.varint(v as u64);
+        self
+    }
+
+    fn bytes(mut self, field: u32, b: &[u8]) -> Self {
+        self.varint((u64::from(field) << 3) | 2);
+        self.varint(b.len() as u64);
+        self.0.extend_from_slice(b);
+        self
+    }
+
+    fn msg(self, field: u32, m: Pb) -> Self {
+        self.bytes(field, &m.0)
+    }
+}
