@@ -6,7 +6,8 @@
 //!
 //! # against a running dispatcher (the operator example prints this line)
 //! CRAT_DISPATCHER=203.0.113.7:7400 CRAT_DISPATCHER_ID=<64 hex> CRAT_KEY=sk_… \
-//!     cargo run -p crat-examples --example integrator -- [model.onnx] [--batch 64] [--concurrency 8]
+//!     cargo run -p crat-examples --example integrator -- \
+//!     [model.onnx] [--batch 64] [--concurrency 8]
 //! ```
 //!
 //! The walkthrough itself is `examples/src/integrator.rs`.
