@@ -5,7 +5,8 @@
 //!
 //! - `network-latency`: one task in flight on the tiny CNN, SDK → node → SDK, against a bare
 //!   in-process tract run of the same model (goal: ≤ 100 µs added at p50). Also prints p50/p90/p99
-//!   of 5,000 individually timed SDK calls and 5,000 bare runs.
+//!   of 5,000 individually timed SDK calls and 5,000 bare runs (and of 5,000 SDK calls again
+//!   after criterion's runs).
 //! - `network-throughput`: 2,048 tiny-CNN tasks through one client with 64 in flight
 //!   (`Deployment::infer_many`) over 2 nodes, against the same 2,048 runs in-process, both
 //!   sequentially and on 2 threads (the parallelism of 2 nodes × 1 worker each).
@@ -240,6 +241,20 @@ fn latency(c: &mut Criterion) {
         })
     });
     g.finish();
+    // Again after criterion's ~10,000 calls: tells a slower steady state (usage piling up in
+    // the ledger, say) from noise.
+    percentiles(
+        "SDK infer over loopback QUIC, tiny CNN, 1 in flight, after the criterion runs",
+        rt.block_on(async {
+            let mut v = Vec::with_capacity(CALLS);
+            for _ in 0..CALLS {
+                let t = Instant::now();
+                infer().await;
+                v.push(t.elapsed());
+            }
+            v
+        }),
+    );
     drop(deployment);
     teardown(&rt, bed);
 }
