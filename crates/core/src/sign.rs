@@ -205,6 +205,21 @@ impl Signed<Ticket> {
         node: &NodeId,
     ) -> Result<&Ticket, TicketError> {
         let t = self.verify(Some(dispatcher))?;
+        t.check_claims(now_s, deployment, node)?;
+        Ok(t)
+    }
+}
+
+impl Ticket {
+    /// Everything but the signature: the validity window at `now_s`, the deployment, and
+    /// that `node` is in the audience.
+    pub fn check_claims(
+        &self,
+        now_s: u64,
+        deployment: &DeploymentId,
+        node: &NodeId,
+    ) -> Result<(), TicketError> {
+        let t = self;
         if t.audience.len() > TICKET_AUDIENCE_MAX {
             return Err(TicketError::Audience);
         }
@@ -232,7 +247,55 @@ impl Signed<Ticket> {
         if !t.audience.contains(node) {
             return Err(TicketError::WrongNode { node: *node });
         }
-        Ok(t)
+        Ok(())
+    }
+}
+
+/// Verifies tickets for one node, remembering tickets whose signature already checked out so
+/// the ed25519 verification (about 20 µs) runs once per ticket rather than once per task.
+///
+/// A remembered ticket is used only when the presented one is identical to it (body, signer
+/// and signature), so a cache hit proves exactly what a fresh verification would; the
+/// window, deployment and audience are checked on every call. At most `capacity` tickets
+/// are remembered; when full, the memory is cleared (tickets are re-verified, never
+/// trusted without a check).
+#[derive(Debug)]
+pub struct TicketVerifier {
+    dispatcher: NodeId,
+    capacity: usize,
+    seen: std::collections::HashMap<[u8; 64], Signed<Ticket>>,
+}
+
+impl TicketVerifier {
+    /// A verifier for tickets signed by `dispatcher`, remembering up to `capacity`.
+    pub fn new(dispatcher: NodeId, capacity: usize) -> Self {
+        Self {
+            dispatcher,
+            capacity,
+            seen: std::collections::HashMap::new(),
+        }
+    }
+
+    /// [`Signed::verify_ticket`], with the signature check skipped for a ticket seen before.
+    pub fn verify<'a>(
+        &mut self,
+        ticket: &'a Signed<Ticket>,
+        now_s: u64,
+        deployment: &DeploymentId,
+        node: &NodeId,
+    ) -> Result<&'a Ticket, TicketError> {
+        let key = ticket.signature.to_bytes();
+        if self.seen.get(&key) != Some(ticket) {
+            ticket.verify(Some(&self.dispatcher))?;
+            if self.capacity > 0 {
+                if self.seen.len() >= self.capacity {
+                    self.seen.clear();
+                }
+                self.seen.insert(key, ticket.clone());
+            }
+        }
+        ticket.body.check_claims(now_s, deployment, node)?;
+        Ok(&ticket.body)
     }
 }
 
@@ -335,6 +398,47 @@ mod tests {
             s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
             Ok(&ticket(id(&n)))
         );
+    }
+
+    #[test]
+    fn verifier_remembers_only_identical_tickets() {
+        let (d, n) = (key(1), key(2));
+        let mut v = TicketVerifier::new(id(&d), 2);
+        let good = Signed::sign(ticket(id(&n)), &d);
+        assert_eq!(v.verify(&good, 1_500, &DEP, &id(&n)), Ok(&good.body));
+        // Seen before: still checked for window, deployment and audience every time.
+        assert_eq!(v.verify(&good, 1_500, &DEP, &id(&n)), Ok(&good.body));
+        assert!(matches!(
+            v.verify(&good, 2_000, &DEP, &id(&n)),
+            Err(TicketError::Expired { .. })
+        ));
+        assert!(matches!(
+            v.verify(&good, 1_500, &DEP, &id(&d)),
+            Err(TicketError::WrongNode { .. })
+        ));
+        // The same signature on a tampered body is not a cache hit: it fails verification.
+        let mut tampered = good.clone();
+        tampered.body.credit_budget = Credits::new(1);
+        assert_eq!(
+            v.verify(&tampered, 1_500, &DEP, &id(&n)),
+            Err(TicketError::Signature(SignatureError::BadSignature))
+        );
+        let mut tampered = good.clone();
+        tampered.body.audience.push(id(&d));
+        assert!(v.verify(&tampered, 1_500, &DEP, &id(&d)).is_err());
+        // Another dispatcher's ticket never verifies, cached or not.
+        let forged = Signed::sign(ticket(id(&n)), &key(3));
+        for _ in 0..2 {
+            assert!(v.verify(&forged, 1_500, &DEP, &id(&n)).is_err());
+        }
+        // Bounded: more tickets than the capacity still verify.
+        for i in 0..5u8 {
+            let mut t = ticket(id(&n));
+            t.nonce[0] = i;
+            let s = Signed::sign(t, &d);
+            assert!(v.verify(&s, 1_500, &DEP, &id(&n)).is_ok());
+            assert!(v.seen.len() <= 2);
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crat_core::id::{DeploymentId, ModelId, NodeId};
-use crat_core::sign::{BackendInfo, Registration, Signed};
+use crat_core::sign::{BackendInfo, Registration, Signed, TicketVerifier};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
@@ -149,6 +149,8 @@ struct Inner<T: Transport> {
     /// (only if the dispatcher assigns another model, or drops and re-adds the deployment).
     failed: Mutex<HashMap<DeploymentId, ModelId>>,
     usage: Mutex<VecDeque<UsageRecord>>,
+    /// Tickets whose signature checked out (one ed25519 verification per ticket, not per task).
+    tickets: Mutex<TicketVerifier>,
     dispatcher: RwLock<Option<T::Connection>>,
     inflight: AtomicU32,
     heartbeat_interval_ms: AtomicU64,
@@ -197,6 +199,7 @@ impl<T: Transport> Node<T> {
             execution_provider: parts.cache.backend().execution_provider().to_owned(),
         };
         let heartbeat = config.heartbeat_interval_ms;
+        let dispatcher_id = config.dispatcher_id;
         Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -213,6 +216,7 @@ impl<T: Transport> Node<T> {
                 starting: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
                 usage: Mutex::new(VecDeque::new()),
+                tickets: Mutex::new(TicketVerifier::new(dispatcher_id, 4096)),
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
                 heartbeat_interval_ms: AtomicU64::new(heartbeat),
@@ -284,13 +288,11 @@ impl<T: Transport> Node<T> {
     pub async fn infer(&self, req: InferRequest) -> NodeToClient {
         let inner = &self.inner;
         let now = inner.clock.now_s();
-        let ticket = match req.ticket.verify_ticket(
-            &inner.config.dispatcher_id,
-            now,
-            &req.deployment,
-            &inner.id,
-        ) {
-            Ok(t) => t.clone(),
+        let verified = lock(&inner.tickets)
+            .verify(&req.ticket, now, &req.deployment, &inner.id)
+            .map(|_| ());
+        let ticket = match verified {
+            Ok(()) => req.ticket.body.clone(),
             Err(e) => return error(ErrorCode::TicketRejected, e.to_string()),
         };
         let Some(served) = read(&inner.served).get(&req.deployment).cloned() else {
