@@ -117,9 +117,16 @@ fn bed(rt: &Runtime, deploy: bool) -> Bed {
         let account = AccountName::new("bench").unwrap();
         admin::grant(&*ledger, &account, Credits::new(1 << 40), now_s()).unwrap();
         let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
-        let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
-            .await
-            .unwrap();
+        // The client uses the same loopback QUIC settings as the dispatcher and nodes.
+        let client = crat_sdk::connect_quic_with(
+            net.dispatcher_addr,
+            net.dispatcher().id(),
+            key.clone(),
+            crat_sdk::ClientConfig::default(),
+            loopback_quic(),
+        )
+        .await
+        .unwrap();
         let deployment = if deploy {
             let model = client.upload_model(TINY, |_| {}).await.unwrap();
             let plan = DeployPlan::PerRequest(PerRequestPlan {

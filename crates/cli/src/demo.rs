@@ -144,7 +144,14 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let key = admin::create_key(&*ledger, &account, now, Some(86_400))?;
 
     // The data scientist: connect, upload, deploy.
-    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key).await?;
+    let client = crat_sdk::connect_quic_with(
+        net.dispatcher_addr,
+        net.dispatcher().id(),
+        key,
+        crat_sdk::ClientConfig::default(),
+        crat_dispatcher::local::loopback_quic(),
+    )
+    .await?;
     let bar = ProgressBar::new(MODEL.len() as u64);
     bar.set_style(ProgressStyle::with_template(
         "upload {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
