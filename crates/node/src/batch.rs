@@ -217,10 +217,61 @@ async fn batch_loop(
         }
         let model = model.clone();
         let timeout_ms = config.run_timeout_ms;
-        tokio::spawn(async move {
-            run_batch(model, batch, timeout_ms, permit).await;
-        });
+        if batch.len() == 1 {
+            let job = batch.pop().expect("invariant: batch has one job");
+            run_single(model, job, timeout_ms, permit);
+        } else {
+            tokio::spawn(async move {
+                run_batch(model, batch, timeout_ms, permit).await;
+            });
+        }
     }
+}
+
+/// Runs one job with as few hand-offs as possible: the blocking thread that runs the model
+/// answers the caller directly (one wake-up), instead of going through a task that awaits the
+/// blocking call (three). A timer answers `Timeout` if the run outlives its limit; the worker
+/// permit stays with the run, so a stuck run keeps its worker busy, as in [`run_guarded`].
+fn run_single(
+    model: Arc<dyn LoadedModel>,
+    job: Job,
+    timeout_ms: u64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let reply = Arc::new(std::sync::Mutex::new(Some(job.reply)));
+    let answer = move |slot: &std::sync::Mutex<Option<Reply>>, result| {
+        let taken = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(reply) = taken {
+            let _ = reply.send(result);
+        }
+    };
+    let timer = tokio::spawn({
+        let reply = reply.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
+            answer(&reply, Err(RunError::Timeout(timeout_ms)));
+        }
+    });
+    let inputs = job.inputs;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let result = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)))
+            .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))))
+            .map_err(RunError::Backend);
+        timer.abort();
+        answer(&reply, result);
+    });
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs `inputs` on a blocking thread with a time limit, catching panics. The worker permit
@@ -234,14 +285,8 @@ async fn run_guarded(
 ) -> Result<Vec<Tensor>, RunError> {
     let call = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        catch_unwind(AssertUnwindSafe(|| model.run(&inputs))).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(BackendError::Panicked(what))
-        })
+        catch_unwind(AssertUnwindSafe(|| model.run(&inputs)))
+            .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))))
     });
     match tokio::time::timeout(Duration::from_millis(timeout_ms), call).await {
         Ok(Ok(result)) => result.map_err(RunError::Backend),
