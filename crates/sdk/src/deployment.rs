@@ -23,13 +23,22 @@ struct LeaseState {
     lease: Lease,
     /// When (client clock, Unix seconds) the lease is due for renewal.
     renew_at_s: u64,
+    /// When it arrived (limits early renewals after replica failures).
+    fetched: std::time::Instant,
 }
+
+/// A lease whose replica could not be reached is renewed at the next task (the dispatcher
+/// may have re-placed it), but at most once per this interval, so a dispatcher that has not
+/// noticed the failure yet is not asked again for every task.
+const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Shared {
     lease: Mutex<Option<Arc<LeaseState>>>,
     /// Held while a lease is fetched, so concurrent callers share one renewal.
     renewing: tokio::sync::Mutex<()>,
     generation: AtomicU64,
+    /// A lease generation to renew at the next task: one of its replicas was unreachable.
+    stale: AtomicU64,
     /// Where the next task starts its walk over the replicas (round robin).
     next_replica: AtomicUsize,
     stats: Counters,
@@ -72,6 +81,7 @@ impl<T: Transport> Deployment<T> {
                 lease: Mutex::new(None),
                 renewing: tokio::sync::Mutex::new(()),
                 generation: AtomicU64::new(0),
+                stale: AtomicU64::new(0),
                 next_replica: AtomicUsize::new(rand::random::<u16>().into()),
                 stats: Counters::default(),
             }),
@@ -175,6 +185,7 @@ impl<T: Transport> Deployment<T> {
 
     fn due(&self, lease: &LeaseState) -> bool {
         self.client.inner.config.clock.now_s() >= lease.renew_at_s
+            || self.shared.stale.load(Ordering::Relaxed) == lease.generation
     }
 
     async fn current_lease(&self) -> Result<Arc<LeaseState>, Error> {
@@ -224,6 +235,7 @@ impl<T: Transport> Deployment<T> {
             generation: self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1,
             lease,
             renew_at_s,
+            fetched: std::time::Instant::now(),
         });
         if previous.is_some() {
             bump(&self.counters(), |c| &c.lease_renewals);
@@ -349,6 +361,11 @@ impl<T: Transport> Deployment<T> {
                 }
                 Err(e) if e.is_failover() => {
                     tracing::debug!(%task, node = %replica.node, error = %e, "failing over");
+                    if matches!(e, Error::Transport(_))
+                        && lease.fetched.elapsed() >= STALE_RENEW_INTERVAL
+                    {
+                        self.shared.stale.store(lease.generation, Ordering::Relaxed);
+                    }
                     tried += 1;
                     failing_over = true;
                     last = Some(e);
