@@ -549,23 +549,9 @@ impl Dispatch {
             .collect()
     }
 
-    /// Whether `node` is registered and online.
-    pub fn is_online(&self, node: &NodeId) -> bool {
-        self.nodes.get(node).is_some_and(|e| e.online)
-    }
-
     /// Nodes online now.
     pub fn online_count(&self) -> usize {
         self.nodes.values().filter(|e| e.online).count()
-    }
-
-    /// Online sessions open now: (node, session start, last seen).
-    pub fn open_sessions(&self) -> Vec<(NodeId, u64, u64)> {
-        self.nodes
-            .iter()
-            .filter(|(_, e)| e.online)
-            .map(|(id, e)| (*id, e.session_start_s, e.last_seen_s))
-            .collect()
     }
 
     /// Network demand: mean reported utilisation of online nodes, or the share of capacity

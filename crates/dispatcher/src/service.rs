@@ -976,19 +976,10 @@ impl<T: Transport> Dispatcher<T> {
     async fn client(&self, req: ClientRequest) -> Result<DispatcherResponse, WireError> {
         let key = self.authenticate(&req.key).await?;
         let now = self.inner.clock.now_s();
-        let chunk = CHUNK_BYTES_MAX;
         match req.call {
             ClientCall::UploadBegin { model, total_bytes } => {
-                // Content-addressed: a model stored before is stored for everyone.
-                if let Some(size) = self
-                    .inner
-                    .blobs
-                    .size(&model)
-                    .await
-                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
-                {
-                    self.remember_model(model, size, &key.account, now).await?;
-                    return Ok(DispatcherResponse::ModelStored { model, bytes: size });
+                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                    return Ok(stored);
                 }
                 let p = self
                     .inner
@@ -996,11 +987,7 @@ impl<T: Transport> Dispatcher<T> {
                     .begin(model, total_bytes)
                     .await
                     .map_err(upload_err)?;
-                Ok(DispatcherResponse::Upload {
-                    received_bytes: p.received_bytes,
-                    total_bytes: p.total_bytes,
-                    chunk_bytes_max: chunk,
-                })
+                Ok(upload_progress(p))
             }
             ClientCall::UploadChunk {
                 model,
@@ -1013,22 +1000,11 @@ impl<T: Transport> Dispatcher<T> {
                     .write(model, offset, &data)
                     .await
                     .map_err(upload_err)?;
-                Ok(DispatcherResponse::Upload {
-                    received_bytes: p.received_bytes,
-                    total_bytes: p.total_bytes,
-                    chunk_bytes_max: chunk,
-                })
+                Ok(upload_progress(p))
             }
             ClientCall::UploadFinish { model } => {
-                if let Some(size) = self
-                    .inner
-                    .blobs
-                    .size(&model)
-                    .await
-                    .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
-                {
-                    self.remember_model(model, size, &key.account, now).await?;
-                    return Ok(DispatcherResponse::ModelStored { model, bytes: size });
+                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                    return Ok(stored);
                 }
                 let staged = self.inner.uploads.finish(model).await.map_err(upload_err)?;
                 self.inner
@@ -1092,6 +1068,25 @@ impl<T: Transport> Dispatcher<T> {
                 expires_at_s: key.expires_at_s,
             })),
         }
+    }
+
+    /// `ModelStored` if the blob store has `model` already (content-addressed: a model
+    /// stored once is stored for everyone), after noting it for `account`.
+    async fn already_stored(
+        &self,
+        model: ModelId,
+        account: &AccountName,
+        now: u64,
+    ) -> Result<Option<DispatcherResponse>, WireError> {
+        let size = self
+            .inner
+            .blobs
+            .size(&model)
+            .await
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let Some(size) = size else { return Ok(None) };
+        self.remember_model(model, size, account, now).await?;
+        Ok(Some(DispatcherResponse::ModelStored { model, bytes: size }))
     }
 
     async fn remember_model(
@@ -1275,6 +1270,14 @@ impl<T: Transport> Dispatcher<T> {
             replicas,
             ticket: Signed::sign(ticket, &self.inner.key),
         })
+    }
+}
+
+fn upload_progress(p: crate::blob::UploadProgress) -> DispatcherResponse {
+    DispatcherResponse::Upload {
+        received_bytes: p.received_bytes,
+        total_bytes: p.total_bytes,
+        chunk_bytes_max: CHUNK_BYTES_MAX,
     }
 }
 
