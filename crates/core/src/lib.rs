@@ -10,7 +10,9 @@
 //! - [`tensor`]: validated [`Tensor`](tensor::Tensor)s.
 //! - [`wire`]: every message of the three conversations and their one encoding.
 //! - [`sign`]: [`Signed`](sign::Signed) values, [`Ticket`](sign::Ticket)s and node
-//!   [`Registration`](sign::Registration)s, with domain-separated ed25519 signatures.
+//!   [`Registration`](sign::Registration)s, with domain-separated ed25519 signatures, and the
+//!   [`NonceTracker`](sign::NonceTracker) that makes single-use values single-use.
+//! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
 //!
@@ -59,6 +61,7 @@ pub mod dispatch;
 pub mod gpu_table;
 pub mod hardware;
 pub mod id;
+pub mod limit;
 pub mod money;
 pub mod placement;
 pub mod pricing;

@@ -299,6 +299,124 @@ impl TicketVerifier {
     }
 }
 
+/// Why [`NonceTracker::check`] refused a nonce.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The nonce was already used and its value is still valid: a replay.
+    #[error("nonce already used (valid until {expires_at_s})")]
+    Replayed {
+        /// When the first use stops being valid.
+        expires_at_s: u64,
+    },
+    /// The value it belongs to is no longer valid; there is nothing to remember.
+    #[error("nonce expired at {expires_at_s}, now {now_s}")]
+    Expired {
+        /// Its expiry.
+        expires_at_s: u64,
+        /// The time of the check.
+        now_s: u64,
+    },
+    /// The tracker holds `capacity` unexpired nonces: it can neither take another nor forget
+    /// one (forgetting would let that one be replayed). Try again later.
+    #[error("replay tracker is full ({capacity} unexpired nonces)")]
+    Full {
+        /// The tracker's capacity.
+        capacity: usize,
+    },
+}
+
+/// Remembers the nonces of single-use signed values until they expire, so a value presented
+/// twice while still valid is refused the second time.
+///
+/// Sans-IO: every call takes `now_s`; nothing reads a clock. A nonce is remembered until its
+/// `expires_at_s` (exclusive, as for [`Ticket::expires_at_s`]) and forgotten at the first call
+/// at or after it, which is safe because the value it belongs to is refused as expired from
+/// then on. At most `capacity` nonces are held: when that many are unexpired, a new one is
+/// refused with [`ReplayError::Full`] rather than growing or forgetting a live one.
+///
+/// ```
+/// use crat_core::sign::{NonceTracker, ReplayError};
+///
+/// let mut seen = NonceTracker::new(2);
+/// assert_eq!(seen.check([1u8; 16], 100, 10), Ok(()));
+/// assert!(matches!(seen.check([1u8; 16], 100, 50), Err(ReplayError::Replayed { .. })));
+/// assert_eq!(seen.check([2u8; 16], 60, 50), Ok(()));
+/// assert!(matches!(seen.check([3u8; 16], 100, 50), Err(ReplayError::Full { .. })));
+/// // At 60 the second nonce has expired and its slot is free again.
+/// assert_eq!(seen.check([3u8; 16], 100, 60), Ok(()));
+/// ```
+#[derive(Debug, Clone)]
+pub struct NonceTracker<K = [u8; 16]> {
+    capacity: usize,
+    expiry: std::collections::HashMap<K, u64>,
+    /// The same nonces by expiry, so expired ones are dropped without a scan.
+    by_expiry: std::collections::BTreeMap<u64, Vec<K>>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> NonceTracker<K> {
+    /// A tracker holding at most `capacity` unexpired nonces.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            expiry: std::collections::HashMap::new(),
+            by_expiry: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Records `nonce`, valid until `expires_at_s`, as used at `now_s`; refuses it if it was
+    /// already used and is still valid, if it has expired, or if the tracker is full.
+    pub fn check(&mut self, nonce: K, expires_at_s: u64, now_s: u64) -> Result<(), ReplayError> {
+        self.forget_expired(now_s);
+        if now_s >= expires_at_s {
+            return Err(ReplayError::Expired {
+                expires_at_s,
+                now_s,
+            });
+        }
+        if let Some(&first) = self.expiry.get(&nonce) {
+            return Err(ReplayError::Replayed {
+                expires_at_s: first,
+            });
+        }
+        if self.expiry.len() >= self.capacity {
+            return Err(ReplayError::Full {
+                capacity: self.capacity,
+            });
+        }
+        self.expiry.insert(nonce.clone(), expires_at_s);
+        self.by_expiry.entry(expires_at_s).or_default().push(nonce);
+        Ok(())
+    }
+
+    /// Drops every nonce whose expiry is at or before `now_s`.
+    pub fn forget_expired(&mut self, now_s: u64) {
+        while let Some(entry) = self.by_expiry.first_entry() {
+            if *entry.key() > now_s {
+                break;
+            }
+            for nonce in entry.remove() {
+                self.expiry.remove(&nonce);
+            }
+        }
+    }
+
+    /// Nonces held now (expired ones may linger until the next call).
+    pub fn len(&self) -> usize {
+        self.expiry.len()
+    }
+
+    /// True when no nonce is held.
+    pub fn is_empty(&self) -> bool {
+        self.expiry.is_empty()
+    }
+
+    /// The most nonces held at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
 /// An inference backend a node can run, as it reports it.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct BackendInfo {
@@ -325,10 +443,23 @@ pub struct Registration {
     pub model_bytes_max: u64,
     /// When it signed this (Unix seconds).
     pub issued_at_s: u64,
+    /// Random, fresh for every registration: the dispatcher accepts each registration once
+    /// ([`NonceTracker`]), so one captured within its freshness window cannot be replayed.
+    pub nonce: [u8; 16],
 }
 
 impl Signable for Registration {
     const DOMAIN: &'static [u8] = b"crat/v1/registration\0";
+}
+
+impl Registration {
+    /// First second at which [`Signed::verify_registration`] refuses it as stale: how long
+    /// its nonce must be remembered.
+    pub fn expires_at_s(&self) -> u64 {
+        self.issued_at_s
+            .saturating_add(REGISTRATION_AGE_S_MAX)
+            .saturating_add(1)
+    }
 }
 
 /// Why the dispatcher refuses a registration.
@@ -516,6 +647,139 @@ mod tests {
             s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
             Err(TicketError::Window { .. })
         ));
+    }
+
+    #[test]
+    fn nonce_tracker_refuses_duplicates_until_expiry() {
+        let mut t = NonceTracker::new(8);
+        assert_eq!(t.check([1; 16], 100, 10), Ok(()));
+        // Presented again while valid, whatever expiry the replay claims.
+        for (expiry, now) in [(100, 10), (100, 99), (500, 50)] {
+            assert_eq!(
+                t.check([1; 16], expiry, now),
+                Err(ReplayError::Replayed { expires_at_s: 100 })
+            );
+        }
+        // From its expiry on the value is refused by its own check; the nonce is forgotten.
+        assert_eq!(
+            t.check([1; 16], 100, 100),
+            Err(ReplayError::Expired {
+                expires_at_s: 100,
+                now_s: 100
+            })
+        );
+        assert!(t.is_empty());
+        // Already expired when first seen: refused, not remembered.
+        assert!(matches!(
+            t.check([2; 16], 5, 10),
+            Err(ReplayError::Expired { .. })
+        ));
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn nonce_tracker_is_bounded_and_refuses_when_full_of_live_nonces() {
+        let mut t: NonceTracker<u32> = NonceTracker::new(3);
+        assert_eq!(t.capacity(), 3);
+        for n in 0..3 {
+            assert_eq!(t.check(n, 100 + u64::from(n), 10), Ok(()));
+        }
+        // Full of unexpired nonces: a new one is refused, and no live one was forgotten.
+        assert_eq!(
+            t.check(9, 1_000, 50),
+            Err(ReplayError::Full { capacity: 3 })
+        );
+        for n in 0..3 {
+            assert!(matches!(
+                t.check(n, 200, 50),
+                Err(ReplayError::Replayed { .. })
+            ));
+        }
+        assert_eq!(t.len(), 3);
+        // Once the first expires, its slot takes the new nonce.
+        assert_eq!(t.check(9, 1_000, 100), Ok(()));
+        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.check(10, 1_000, 100),
+            Err(ReplayError::Full { capacity: 3 })
+        );
+        // Nonces sharing an expiry second leave together.
+        let mut t: NonceTracker<u32> = NonceTracker::new(1_000);
+        for n in 0..500 {
+            t.check(n, 60 + u64::from(n % 2), 0).unwrap();
+        }
+        t.forget_expired(60);
+        assert_eq!(t.len(), 250);
+        t.forget_expired(61);
+        assert!(t.is_empty());
+        let mut zero: NonceTracker<u32> = NonceTracker::new(0);
+        assert_eq!(zero.check(1, 10, 0), Err(ReplayError::Full { capacity: 0 }));
+    }
+
+    #[test]
+    fn nonce_tracker_matches_a_simple_model() {
+        // A pseudo-random sequence of checks against a plain list that never forgets early.
+        let mut t: NonceTracker<u8> = NonceTracker::new(16);
+        let mut model: Vec<(u8, u64)> = Vec::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut now = 0u64;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += x % 3;
+            let nonce = (x >> 8) as u8 % 40;
+            let expiry = now + (x >> 16) % 40;
+            model.retain(|&(_, e)| e > now);
+            let expected = if now >= expiry {
+                Err(ReplayError::Expired {
+                    expires_at_s: expiry,
+                    now_s: now,
+                })
+            } else if let Some(&(_, e)) = model.iter().find(|(n, _)| *n == nonce) {
+                Err(ReplayError::Replayed { expires_at_s: e })
+            } else if model.len() >= 16 {
+                Err(ReplayError::Full { capacity: 16 })
+            } else {
+                model.push((nonce, expiry));
+                Ok(())
+            };
+            assert_eq!(t.check(nonce, expiry, now), expected);
+            assert_eq!(t.len(), model.len());
+        }
+    }
+
+    #[test]
+    fn registration_nonce_lives_as_long_as_the_registration_is_fresh() {
+        let k = key(2);
+        let reg = Registration {
+            node: id(&k),
+            hardware: crate::hardware::HardwareInfo {
+                gpus: vec![],
+                cpu: crate::hardware::CpuInfo {
+                    model: "cpu".into(),
+                    cores: 1,
+                    memory_bytes: 1,
+                },
+            },
+            rating: PowerRating::MIN,
+            backends: vec![],
+            listen_addrs: vec![],
+            model_bytes_max: 0,
+            issued_at_s: 1_000,
+            nonce: [7; 16],
+        };
+        let s = Signed::sign(reg.clone(), &k);
+        let last_fresh = reg.expires_at_s() - 1;
+        assert!(s.verify_registration(last_fresh).is_ok());
+        assert!(matches!(
+            s.verify_registration(reg.expires_at_s()),
+            Err(RegistrationError::Stale { .. })
+        ));
+        // The nonce is signed: changing it breaks the signature.
+        let mut t = s.clone();
+        t.body.nonce[0] ^= 1;
+        assert!(t.verify_registration(1_000).is_err());
     }
 
     #[test]

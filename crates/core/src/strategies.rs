@@ -165,6 +165,7 @@ pub fn signed_registration() -> impl Strategy<Value = Signed<Registration>> {
         vec(peer_addr(), 0..3),
         any::<u64>(),
         any::<u64>(),
+        any::<[u8; 16]>(),
         signature(),
     )
         .prop_map(
@@ -176,6 +177,7 @@ pub fn signed_registration() -> impl Strategy<Value = Signed<Registration>> {
                 listen_addrs,
                 model_bytes_max,
                 issued_at_s,
+                nonce,
                 sig,
             )| {
                 Signed {
@@ -193,6 +195,7 @@ pub fn signed_registration() -> impl Strategy<Value = Signed<Registration>> {
                         listen_addrs,
                         model_bytes_max,
                         issued_at_s,
+                        nonce,
                     },
                     signer: node,
                     signature: sig,
@@ -271,7 +274,7 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
         text().prop_map(ReplicaState::Failed),
     ];
     prop_oneof![
-        signed_registration().prop_map(NodeRequest::Register),
+        signed_registration().prop_map(|r| NodeRequest::Register(Box::new(r))),
         heartbeat,
         (model_id(), any::<u64>(), any::<u32>())
             .prop_map(|(model, offset, len)| NodeRequest::FetchModel { model, offset, len }),

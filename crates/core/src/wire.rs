@@ -388,8 +388,8 @@ pub struct Demand {
 /// Requests a node sends to the dispatcher.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum NodeRequest {
-    /// Join the network.
-    Register(Signed<Registration>),
+    /// Join the network (boxed: a registration is far larger than the other requests).
+    Register(Box<Signed<Registration>>),
     /// I am alive; this is my load.
     Heartbeat(Heartbeat),
     /// Send me a piece of a model.

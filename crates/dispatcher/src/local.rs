@@ -151,6 +151,16 @@ impl LocalNetwork {
 
     /// Starts one more node.
     pub fn add_node(&mut self, spec: NodeSpec) -> Result<&LocalNode, DispatcherError> {
+        self.add_node_with(spec, |_| {})
+    }
+
+    /// Starts one more node, with `configure` applied to its configuration last (limits,
+    /// intervals).
+    pub fn add_node_with(
+        &mut self,
+        spec: NodeSpec,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode, DispatcherError> {
         let index = self.nodes.len();
         let key = SigningKey::from_bytes(&rand::random());
         let transport = QuicTransport::bind(
@@ -187,6 +197,7 @@ impl LocalNetwork {
         config.heartbeat_interval_ms = 500;
         config.usage_flush_ms = 100;
         config.reconnect_backoff_ms_max = 500;
+        configure(&mut config);
         let node = Node::new(
             NodeParts {
                 key,

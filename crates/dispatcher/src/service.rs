@@ -18,9 +18,12 @@ use crat_core::dispatch::{Dispatch, DispatchConfig, DispatchError, Effect};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::pricing::{DeployPlan, PricingParams};
-use crat_core::sign::{Registration, Signed, TICKET_AUDIENCE_MAX, Ticket};
+use crat_core::sign::{
+    NonceTracker, Registration, ReplayError, Signed, TICKET_AUDIENCE_MAX, Ticket,
+};
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState, DispatcherPush,
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeAck,
@@ -67,6 +70,17 @@ pub struct DispatcherConfig {
     pub uploads_max: usize,
     /// Requests handled at once per connection. Default 256.
     pub concurrency_max: usize,
+    /// Requests per SDK key arriving over the network, once the key is authenticated; over
+    /// it a request is answered `Busy`. `None`: unlimited. Default 2,000/s, bursts of 4,000
+    /// (a 100 MB upload is 131 chunks). In-process calls ([`Dispatcher::handle_client`]) are
+    /// not limited.
+    pub client_key_rate: Option<RateLimit>,
+    /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
+    /// Default 65,536.
+    pub client_keys_tracked_max: usize,
+    /// Node registrations remembered for their freshness window, so that each is accepted
+    /// once; when this many are fresh, registering is answered `Busy`. Default 65,536.
+    pub registrations_tracked_max: usize,
     /// How long a key's status is cached (revocations take effect within this). Default 1 s.
     pub key_cache_ms: u64,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
@@ -88,6 +102,12 @@ impl DispatcherConfig {
             model_bytes_max: 1 << 30,
             uploads_max: 64,
             concurrency_max: 256,
+            client_key_rate: Some(RateLimit {
+                per_s: 2_000,
+                burst: 4_000,
+            }),
+            client_keys_tracked_max: 65_536,
+            registrations_tracked_max: 65_536,
             key_cache_ms: 1_000,
             tick_ms: 1_000,
         }
@@ -216,6 +236,12 @@ struct Inner<T: Transport> {
     dispatch: Mutex<Dispatch>,
     node_conns: Mutex<HashMap<NodeId, NodeConn<T::Connection>>>,
     keys: RwLock<HashMap<KeyId, CachedKey>>,
+    /// Request rates of SDK keys on the network path.
+    key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
+    /// Registrations accepted within their freshness window (node, nonce).
+    registrations: Mutex<NonceTracker<(NodeId, [u8; 16])>>,
+    /// The origin of the rate limiter's milliseconds.
+    started: Instant,
     deployments: RwLock<HashMap<DeploymentId, DeploymentRecord>>,
     serial: AtomicU64,
     leases: AtomicU64,
@@ -358,6 +384,10 @@ impl<T: Transport> Dispatcher<T> {
                 .map_err(|e| DispatcherError::Config(e.to_string()))?;
             deployments.insert(d.id, d);
         }
+        let key_rates = config
+            .client_key_rate
+            .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
+        let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -372,6 +402,9 @@ impl<T: Transport> Dispatcher<T> {
                 dispatch: Mutex::new(dispatch),
                 node_conns: Mutex::new(HashMap::new()),
                 keys: RwLock::new(HashMap::new()),
+                key_rates,
+                registrations,
+                started: Instant::now(),
                 deployments: RwLock::new(deployments),
                 serial: AtomicU64::new(0),
                 leases: AtomicU64::new(0),
@@ -544,21 +577,24 @@ impl<T: Transport> Dispatcher<T> {
         match frame.decode::<NodeRequest>() {
             Ok(NodeRequest::Register(reg)) if reg.signer == remote => {
                 let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
-                let reply = self.register(&conn, serial, reg).await;
+                let reply = self.register(&conn, serial, *reg).await;
                 let registered = matches!(reply, DispatcherReply::Registered { .. });
                 respond(first, &reply, max).await;
                 if registered {
                     self.node_connection(conn, serial).await;
+                    return;
                 }
-                return;
+                // Refused: the connection stays open (as a client connection) until the peer
+                // closes it; dropping it now would discard the answer still in flight.
             }
-            _ => {}
+            _ => {
+                let reply = match frame.decode::<ClientRequest>() {
+                    Ok(req) => self.handle_remote_client(req).await,
+                    Err(e) => DispatcherResponse::Error(err(ErrorCode::BadRequest, e.to_string())),
+                };
+                respond(first, &reply, max).await;
+            }
         }
-        let reply = match frame.decode::<ClientRequest>() {
-            Ok(req) => self.handle_client(req).await,
-            Err(e) => DispatcherResponse::Error(err(ErrorCode::BadRequest, e.to_string())),
-        };
-        respond(first, &reply, max).await;
         let me = self.clone();
         serve(
             conn,
@@ -567,7 +603,7 @@ impl<T: Transport> Dispatcher<T> {
             self.inner.config.concurrency_max,
             move |req: ClientRequest| {
                 let me = me.clone();
-                async move { me.handle_client(req).await }
+                async move { me.handle_remote_client(req).await }
             },
         )
         .await;
@@ -617,6 +653,21 @@ impl<T: Transport> Dispatcher<T> {
                 return DispatcherReply::Error(err(ErrorCode::Unauthenticated, e.to_string()));
             }
         };
+        // Each registration is accepted once: a copy presented again while it is still fresh
+        // (on this connection or another) is a replay.
+        let once = lock(&self.inner.registrations).check((r.node, r.nonce), r.expires_at_s(), now);
+        match once {
+            Ok(()) => {}
+            Err(e @ ReplayError::Full { .. }) => {
+                return DispatcherReply::Error(err(ErrorCode::Busy, format!("registration: {e}")));
+            }
+            Err(e) => {
+                return DispatcherReply::Error(err(
+                    ErrorCode::Unauthenticated,
+                    format!("registration refused: {e}"),
+                ));
+            }
+        }
         // The rating and income come from the GPU table, not from the node's own claim.
         let table = GpuTable::builtin();
         let mut rating = PowerRating::MIN;
@@ -965,16 +1016,44 @@ impl<T: Transport> Dispatcher<T> {
         Ok(record)
     }
 
-    /// Answers one client request (also usable in-process, e.g. by benchmarks).
+    /// Answers one client request (also usable in-process, e.g. by benchmarks). Not subject
+    /// to [`DispatcherConfig::client_key_rate`], which guards the network path.
     pub async fn handle_client(&self, req: ClientRequest) -> DispatcherResponse {
-        match self.client(req).await {
+        match self.client(req, false).await {
             Ok(r) => r,
             Err(e) => DispatcherResponse::Error(e),
         }
     }
 
-    async fn client(&self, req: ClientRequest) -> Result<DispatcherResponse, WireError> {
+    /// A client request from the network: rate-limited per key.
+    async fn handle_remote_client(&self, req: ClientRequest) -> DispatcherResponse {
+        match self.client(req, true).await {
+            Ok(r) => r,
+            Err(e) => DispatcherResponse::Error(e),
+        }
+    }
+
+    /// `Busy` when `key` is over its request rate. Checked after authentication, so nobody
+    /// can spend another key's allowance by naming it.
+    fn check_rate(&self, key: &KeyId) -> Result<(), WireError> {
+        let Some(rates) = &self.inner.key_rates else {
+            return Ok(());
+        };
+        let now_ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        lock(rates)
+            .allow(key, now_ms)
+            .map_err(|e| err(ErrorCode::Busy, format!("{key}: {e}")))
+    }
+
+    async fn client(
+        &self,
+        req: ClientRequest,
+        rate_limited: bool,
+    ) -> Result<DispatcherResponse, WireError> {
         let key = self.authenticate(&req.key).await?;
+        if rate_limited {
+            self.check_rate(&key.id)?;
+        }
         let now = self.inner.clock.now_s();
         match req.call {
             ClientCall::UploadBegin { model, total_bytes } => {

@@ -2,137 +2,30 @@
 //! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
-use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{
-    ClientCall, ClientRequest, ClientToNode, DispatcherResponse, ErrorCode, InferRequest,
-    NodeToClient, PeerAddr, SdkKey,
+    ClientCall, ClientToNode, DispatcherResponse, ErrorCode, InferRequest, NodeToClient, SdkKey,
 };
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
+use crat_dispatcher::local::loopback_quic;
 use crat_rewards::{Interval, RoundInputs, compute};
-use crat_sdk::{Client, Error};
+use crat_sdk::Error;
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
-
-const TINY: &[u8] = include_bytes!("../../node/models/tiny_cnn.onnx");
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn backend() -> Arc<dyn InferenceBackend> {
-    Arc::new(TractBackend::new())
-}
-
-fn config(dir: &std::path::Path) -> DispatcherConfig {
-    let mut c = DispatcherConfig::new(dir.join("dispatcher"));
-    c.dispatch.heartbeat_interval_s = 1;
-    c.key_cache_ms = 0;
-    c.tick_ms = 100;
-    c
-}
-
-async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNetwork {
-    // RUST_LOG=crat_dispatcher=info shows what the dispatcher does.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let specs = [
-        "NVIDIA GeForce RTX 3090",
-        "NVIDIA GeForce RTX 3080",
-        "NVIDIA GeForce GTX 1660 Ti",
-    ]
-    .iter()
-    .map(|g| NodeSpec {
-        gpu: Some((*g).to_owned()),
-        backend: backend(),
-        batch_size: 4,
-    })
-    .collect();
-    LocalNetwork::start(config, dir, specs).await.unwrap()
-}
-
-async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
-    let ledger = net.dispatcher().ledger().clone();
-    let account = AccountName::new("alice").unwrap();
-    admin::grant(&*ledger, &account, Credits::new(credits), now_s()).unwrap();
-    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
-    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
-        .await
-        .unwrap();
-    (client, key)
-}
-
-fn input(seed: u32) -> Tensor {
-    let values: Vec<f32> = (0..28 * 28)
-        .map(|i| {
-            ((i as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed * 97)
-                % 1000) as f32
-                / 1000.0
-        })
-        .collect();
-    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
-}
-
-fn per_request(allowance: u64) -> DeployPlan {
-    DeployPlan::PerRequest(PerRequestPlan {
-        max_input_bytes: 1 << 16,
-        credit_allowance: Credits::new(allowance),
-    })
-}
-
-fn per_instance() -> DeployPlan {
-    DeployPlan::PerInstance(PerInstancePlan {
-        guaranteed_rps: 20,
-        max_input_bytes: 1 << 16,
-        update_frequency: UpdateFrequency::Never,
-        key_lifetime_s: 3_600,
-    })
-}
-
-/// Raw client → dispatcher call, for requests the SDK never sends.
-async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> DispatcherResponse {
-    let t = QuicTransport::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &SigningKey::from_bytes(&rand::random()),
-        loopback_quic(),
-    )
-    .unwrap();
-    let conn = t
-        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
-        .await
-        .unwrap();
-    conn.call(
-        &ClientRequest {
-            key: key.clone(),
-            call,
-        },
-        Conversation::ClientDispatcher,
-        FrameLimits::default(),
-    )
-    .await
-    .unwrap()
-}
 
 async fn happy_path(plan: DeployPlan) {
     let dir = tempfile::tempdir().unwrap();

@@ -7,18 +7,25 @@
 //! connection is re-established with capped backoff; clients keep being served meanwhile.
 //!
 //! Serving one task: the ticket is verified offline (dispatcher's signature, validity window,
-//! deployment, this node in its audience), the inputs are validated against the model, the
-//! idle workload is stopped, the task runs through the deployment's [`Batcher`], and a usage
-//! record is queued for the dispatcher. Usage records are kept (bounded) until the
-//! dispatcher acknowledges them; when the buffer is full the node refuses new tasks with
-//! `Busy` rather than lose a record.
+//! deployment, this node in its audience), the ticket's SDK key is checked against its rate
+//! ([`NodeConfig::key_rate`]), the inputs are validated against the model, the idle workload
+//! is stopped, the task runs through the deployment's [`Batcher`], and a usage record is
+//! queued for the dispatcher. Usage records are kept (bounded) until the dispatcher
+//! acknowledges them; when the buffer is full the node refuses new tasks with `Busy` rather
+//! than lose a record.
+//!
+//! Limits, each answered with a typed error rather than growth: requests in progress per
+//! client connection ([`NodeConfig::client_concurrency_max`]; more wait), tasks per SDK key
+//! (`Busy`), the model queue ([`BatchConfig::queue_len_max`], `Busy`) and unacknowledged
+//! usage ([`NodeConfig::usage_buffer_max`], `Busy`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crat_core::id::{DeploymentId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::sign::{BackendInfo, Registration, Signed, TicketVerifier};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
@@ -86,8 +93,16 @@ pub struct NodeConfig {
     pub usage_flush_ms: u64,
     /// Usage records kept while unacknowledged; above it new tasks are refused. Default 100,000.
     pub usage_buffer_max: usize,
-    /// Requests served at once per client connection. Default 256.
+    /// Requests served at once per client connection; further requests wait (on QUIC the
+    /// transport's `streams_concurrent_max` holds the peer's extra streams). Default 256.
     pub client_concurrency_max: usize,
+    /// Tasks per SDK key (the ticket's key, checked after the ticket) this node accepts; over
+    /// it a task is answered `Busy` and the SDK tries another replica. `None`: unlimited.
+    /// Default 10,000/s, bursts of 20,000.
+    pub key_rate: Option<RateLimit>,
+    /// SDK keys whose rate is tracked at once (least recently used forgotten beyond).
+    /// Default 16,384.
+    pub keys_tracked_max: usize,
     /// Longest wait between dispatcher reconnection attempts. Default 30 s.
     pub reconnect_backoff_ms_max: u64,
 }
@@ -107,6 +122,11 @@ impl NodeConfig {
             usage_flush_ms: 1_000,
             usage_buffer_max: 100_000,
             client_concurrency_max: 256,
+            key_rate: Some(RateLimit {
+                per_s: 10_000,
+                burst: 20_000,
+            }),
+            keys_tracked_max: 16_384,
             reconnect_backoff_ms_max: 30_000,
         }
     }
@@ -151,6 +171,10 @@ struct Inner<T: Transport> {
     usage: Mutex<VecDeque<UsageRecord>>,
     /// Tickets whose signature checked out (one ed25519 verification per ticket, not per task).
     tickets: Mutex<TicketVerifier>,
+    /// Task rates per SDK key.
+    key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
+    /// The origin of the rate limiter's milliseconds.
+    started: Instant,
     dispatcher: RwLock<Option<T::Connection>>,
     inflight: AtomicU32,
     heartbeat_interval_ms: AtomicU64,
@@ -200,6 +224,9 @@ impl<T: Transport> Node<T> {
         };
         let heartbeat = config.heartbeat_interval_ms;
         let dispatcher_id = config.dispatcher_id;
+        let key_rates = config
+            .key_rate
+            .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.keys_tracked_max)));
         Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -217,6 +244,8 @@ impl<T: Transport> Node<T> {
                 failed: Mutex::new(HashMap::new()),
                 usage: Mutex::new(VecDeque::new()),
                 tickets: Mutex::new(TicketVerifier::new(dispatcher_id, 4096)),
+                key_rates,
+                started: Instant::now(),
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
                 heartbeat_interval_ms: AtomicU64::new(heartbeat),
@@ -295,6 +324,12 @@ impl<T: Transport> Node<T> {
             Ok(()) => req.ticket.body.clone(),
             Err(e) => return error(ErrorCode::TicketRejected, e.to_string()),
         };
+        if let Some(rates) = &inner.key_rates {
+            let now_ms = u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if let Err(e) = lock(rates).allow(&ticket.key, now_ms) {
+                return error(ErrorCode::Busy, format!("{} at this node: {e}", ticket.key));
+            }
+        }
         let Some(served) = read(&inner.served).get(&req.deployment).cloned() else {
             return error(
                 ErrorCode::NotFound,
@@ -373,6 +408,7 @@ impl<T: Transport> Node<T> {
                 listen_addrs: inner.config.advertise_addrs.clone(),
                 model_bytes_max: inner.config.memory_bytes_max,
                 issued_at_s: inner.clock.now_s(),
+                nonce: fresh_nonce(),
             },
             &inner.key,
         )
@@ -399,6 +435,10 @@ impl<T: Transport> Node<T> {
         let mut backoff_ms = 250u64;
         loop {
             match self.session().await {
+                // A dispatcher over a limit (its replay memory, say) asks to come back later.
+                Err(NodeError::Refused(e)) if e.code == ErrorCode::Busy => {
+                    tracing::warn!(error = %e, backoff_ms, "dispatcher busy; registering later");
+                }
                 Err(NodeError::Refused(e)) => return Err(NodeError::Refused(e)),
                 Err(NodeError::Transport(e)) => {
                     tracing::warn!(error = %e, backoff_ms, "dispatcher connection lost");
@@ -438,7 +478,7 @@ impl<T: Transport> Node<T> {
     async fn register_and_heartbeat(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
         match self
-            .call(&NodeRequest::Register(self.registration()))
+            .call(&NodeRequest::Register(Box::new(self.registration())))
             .await?
         {
             DispatcherReply::Registered {
@@ -673,6 +713,24 @@ impl<T: Transport> Node<T> {
             }
         }
     }
+}
+
+/// 16 bytes that differ between every registration this process signs: the dispatcher
+/// accepts each registration nonce once. Uniqueness is what matters (the registration is
+/// signed; nobody gains from predicting it), so std's per-process random SipHash keys over a
+/// counter are enough, without a random-number crate.
+fn fresh_nonce() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = [0u8; 16];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

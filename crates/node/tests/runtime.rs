@@ -3,170 +3,26 @@
 //! tasks with offline ticket checks, batching, typed errors and usage reports.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use common::*;
 use crat_core::hardware::CpuInfo;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
-use crat_core::money::Credits;
+use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
-use crat_core::wire::{
-    Assignment, ClientToNode, Demand, DispatcherReply, ErrorCode, InferRequest, NodeRequest,
-    NodeToClient, ReplicaState, UsageRecord, WireError,
-};
+use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient, ReplicaState};
 use crat_node::backend::InferenceBackend;
 use crat_node::backend::tract::TractBackend;
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
-use crat_node::runtime::{BatchSizing, Clock, Node, NodeConfig, NodeParts};
-use crat_transport::memory::{MemoryConnection, MemoryNetwork};
-use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
+use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts};
+use crat_transport::memory::MemoryNetwork;
+use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
-
-const TINY: &[u8] = include_bytes!("../models/tiny_cnn.onnx");
-const NOW: u64 = 1_000_000;
-
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_s(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-#[derive(Default)]
-struct Seen {
-    states: Vec<(DeploymentId, ReplicaState)>,
-    usage: Vec<UsageRecord>,
-    heartbeats: u64,
-    registered: Option<NodeId>,
-}
-
-fn dep(n: u8) -> DeploymentId {
-    DeploymentId::from_bytes([n; 16])
-}
-
-fn assignment(d: DeploymentId, model: &[u8]) -> Assignment {
-    Assignment {
-        deployment: d,
-        model: ModelId::of_bytes(model),
-        model_bytes: model.len() as u64,
-        max_input_bytes: 1 << 20,
-    }
-}
-
-/// A dispatcher that assigns `models` to whoever registers and serves their bytes.
-fn fake_dispatcher(
-    conn: MemoryConnection,
-    models: Vec<(Assignment, Vec<u8>)>,
-    seen: Arc<Mutex<Seen>>,
-) {
-    let me = conn.clone();
-    tokio::spawn(serve(
-        conn,
-        Conversation::NodeDispatcher,
-        FrameLimits::default(),
-        16,
-        move |req: NodeRequest| {
-            let seen = seen.clone();
-            let models = models.clone();
-            let remote = me.remote_id();
-            async move {
-                let assignments: Vec<Assignment> = models.iter().map(|(a, _)| a.clone()).collect();
-                match req {
-                    NodeRequest::Register(r) => {
-                        let body = r.verify_registration(NOW).unwrap();
-                        assert_eq!(body.node, remote, "registration signer is the QUIC peer");
-                        seen.lock().unwrap().registered = Some(body.node);
-                        DispatcherReply::Registered {
-                            dispatcher: NodeId::from_key(&dispatcher_key().verifying_key()),
-                            heartbeat_interval_ms: 50,
-                            assignments,
-                        }
-                    }
-                    NodeRequest::Heartbeat(_) => {
-                        seen.lock().unwrap().heartbeats += 1;
-                        DispatcherReply::HeartbeatAck {
-                            demand: Demand { level_bps: 9_000 },
-                            assignments,
-                        }
-                    }
-                    NodeRequest::FetchModel { model, offset, len } => {
-                        let Some((_, bytes)) = models.iter().find(|(a, _)| a.model == model) else {
-                            return DispatcherReply::Error(WireError::new(
-                                ErrorCode::NotFound,
-                                "no such model",
-                            ));
-                        };
-                        let start = offset as usize;
-                        let end = (start + len as usize).min(bytes.len());
-                        DispatcherReply::ModelChunk {
-                            offset,
-                            total_bytes: bytes.len() as u64,
-                            data: bytes[start..end].to_vec(),
-                        }
-                    }
-                    NodeRequest::ReplicaState { deployment, state } => {
-                        seen.lock().unwrap().states.push((deployment, state));
-                        DispatcherReply::Ok
-                    }
-                    NodeRequest::Usage(report) => {
-                        let n = report.records.len() as u32;
-                        seen.lock().unwrap().usage.extend(report.records);
-                        DispatcherReply::UsageAck {
-                            accepted: n,
-                            duplicates: 0,
-                        }
-                    }
-                }
-            }
-        },
-    ));
-}
-
-fn dispatcher_key() -> SigningKey {
-    SigningKey::from_bytes(&[1; 32])
-}
-
-fn ticket(
-    signer: &SigningKey,
-    deployment: DeploymentId,
-    node: NodeId,
-    expires_at_s: u64,
-) -> Signed<Ticket> {
-    Signed::sign(
-        Ticket {
-            deployment,
-            key: KeyId::from_bytes([9; 16]),
-            credit_budget: Credits::new(1_000),
-            issued_at_s: NOW - 10,
-            expires_at_s,
-            nonce: [4; 16],
-            audience: vec![node],
-        },
-        signer,
-    )
-}
-
-fn image(seed: u32) -> Tensor {
-    let values: Vec<f32> = (0..784u32)
-        .map(|i| ((i * 31 + seed * 17) % 255) as f32 / 255.0)
-        .collect();
-    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
-}
-
-async fn wait_for(mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not reached in 10 s");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_registers_fetches_serves_and_reports_usage() {

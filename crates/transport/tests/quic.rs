@@ -266,3 +266,89 @@ async fn stalled_peer_hits_the_exchange_timeout() {
         .await;
     assert_eq!(result, Err(TransportError::Timeout(300)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
+    // The server lets a peer have 4 exchanges open at once and serves up to 64 at a time, so
+    // the stream limit, not the handler limit, is what holds the peer back.
+    let config = QuicConfig {
+        streams_concurrent_max: 4,
+        ..QuicConfig::default()
+    };
+    let server = quic_with(1, config);
+    let addr = server.local_addr();
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let _server = {
+        let (started, release) = (started.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok(conn) = server.accept().await {
+                let (started, release) = (started.clone(), release.clone());
+                tokio::spawn(serve(
+                    conn,
+                    Conversation::ClientNode,
+                    LIMITS,
+                    64,
+                    move |req: ClientToNode| {
+                        let (started, release) = (started.clone(), release.clone());
+                        async move {
+                            if let ClientToNode::Infer(_) = req {
+                                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                release.notified().await;
+                            }
+                            echo(req).await
+                        }
+                    },
+                ));
+            }
+        })
+    };
+    let client = quic(2);
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let mut calls = Vec::new();
+    for i in 0..12u8 {
+        let conn = conn.clone();
+        calls.push(tokio::spawn(async move {
+            let req = ClientToNode::Infer(Box::new(InferRequest {
+                task: crat_core::id::TaskId::from_bytes([i; 16]),
+                deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
+                ticket: ticket(),
+                inputs: vec![],
+            }));
+            conn.call::<_, NodeToClient>(&req, Conversation::ClientNode, LIMITS)
+                .await
+        }));
+    }
+    let count = || started.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count() < 4 {
+        assert!(Instant::now() < deadline, "4 exchanges reach the server");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The other 8 are held by the peer's stream credit: they never reach the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 4);
+    // The connection itself is not stuck: releasing the held exchanges lets the rest through,
+    // 4 at a time, and every call gets its answer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !calls.iter().all(|c| c.is_finished()) {
+        assert!(Instant::now() < deadline, "held exchanges complete");
+        release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(count() <= 12);
+    }
+    for (i, c) in calls.into_iter().enumerate() {
+        match c.await.unwrap().unwrap() {
+            NodeToClient::Outputs { task, .. } => {
+                assert_eq!(task, crat_core::id::TaskId::from_bytes([i as u8; 16]));
+            }
+            other => panic!("call {i}: {other:?}"),
+        }
+    }
+    assert_eq!(count(), 12);
+    let pong: NodeToClient = conn
+        .call(&ClientToNode::Ping, Conversation::ClientNode, LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(pong, NodeToClient::Pong);
+}

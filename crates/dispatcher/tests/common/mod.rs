@@ -1,0 +1,126 @@
+//! Helpers shared by the dispatcher's integration tests: a loopback network of a real
+//! dispatcher and tract nodes, SDK clients, raw calls for requests the SDK never sends.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use crat_core::money::Credits;
+use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+use crat_core::tensor::Tensor;
+use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, PeerAddr, SdkKey};
+use crat_dispatcher::DispatcherConfig;
+use crat_dispatcher::admin;
+use crat_dispatcher::ledger::AccountName;
+use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
+use crat_node::backend::InferenceBackend;
+use crat_node::backend::tract::TractBackend;
+use crat_sdk::Client;
+use crat_transport::quic::QuicTransport;
+use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
+use ed25519_dalek::SigningKey;
+
+pub const TINY: &[u8] = include_bytes!("../../../node/models/tiny_cnn.onnx");
+
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn backend() -> Arc<dyn InferenceBackend> {
+    Arc::new(TractBackend::new())
+}
+
+pub fn config(dir: &std::path::Path) -> DispatcherConfig {
+    let mut c = DispatcherConfig::new(dir.join("dispatcher"));
+    c.dispatch.heartbeat_interval_s = 1;
+    c.key_cache_ms = 0;
+    c.tick_ms = 100;
+    c
+}
+
+pub async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNetwork {
+    // RUST_LOG=crat_dispatcher=info shows what the dispatcher does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let specs = [
+        "NVIDIA GeForce RTX 3090",
+        "NVIDIA GeForce RTX 3080",
+        "NVIDIA GeForce GTX 1660 Ti",
+    ]
+    .iter()
+    .map(|g| NodeSpec {
+        gpu: Some((*g).to_owned()),
+        backend: backend(),
+        batch_size: 4,
+    })
+    .collect();
+    LocalNetwork::start(config, dir, specs).await.unwrap()
+}
+
+pub async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
+    let ledger = net.dispatcher().ledger().clone();
+    let account = AccountName::new("alice").unwrap();
+    admin::grant(&*ledger, &account, Credits::new(credits), now_s()).unwrap();
+    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
+        .await
+        .unwrap();
+    (client, key)
+}
+
+pub fn input(seed: u32) -> Tensor {
+    let values: Vec<f32> = (0..28 * 28)
+        .map(|i| {
+            ((i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed * 97)
+                % 1000) as f32
+                / 1000.0
+        })
+        .collect();
+    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
+}
+
+pub fn per_request(allowance: u64) -> DeployPlan {
+    DeployPlan::PerRequest(PerRequestPlan {
+        max_input_bytes: 1 << 16,
+        credit_allowance: Credits::new(allowance),
+    })
+}
+
+pub fn per_instance() -> DeployPlan {
+    DeployPlan::PerInstance(PerInstancePlan {
+        guaranteed_rps: 20,
+        max_input_bytes: 1 << 16,
+        update_frequency: UpdateFrequency::Never,
+        key_lifetime_s: 3_600,
+    })
+}
+
+/// Raw client → dispatcher call, for requests the SDK never sends.
+pub async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> DispatcherResponse {
+    let t = QuicTransport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &SigningKey::from_bytes(&rand::random()),
+        loopback_quic(),
+    )
+    .unwrap();
+    let conn = t
+        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .await
+        .unwrap();
+    conn.call(
+        &ClientRequest {
+            key: key.clone(),
+            call,
+        },
+        Conversation::ClientDispatcher,
+        FrameLimits::default(),
+    )
+    .await
+    .unwrap()
+}

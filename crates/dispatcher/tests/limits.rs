@@ -1,0 +1,158 @@
+//! Limits end to end on loopback QUIC: the dispatcher's request rate per SDK key, and a node
+//! over its per-key rate answering `Busy`, which the SDK turns into a failover (each task
+//! still answered once and charged once).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crat_core::id::TaskId;
+use crat_core::limit::RateLimit;
+use crat_core::tensor::NamedTensor;
+use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, ErrorCode, SdkKey};
+use crat_dispatcher::admin;
+use crat_dispatcher::ledger::AccountName;
+use crat_dispatcher::local::{LocalNetwork, NodeSpec};
+use futures_util::StreamExt;
+
+fn busy(r: &DispatcherResponse) -> bool {
+    matches!(r, DispatcherResponse::Error(e) if e.code == ErrorCode::Busy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_over_a_keys_rate_are_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.client_key_rate = Some(RateLimit { per_s: 1, burst: 5 });
+    let net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    let account = AccountName::new("alice").unwrap();
+    let alice = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+    let bob = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+
+    // Requests naming bob with a wrong secret are refused before they count against him.
+    let impostor = SdkKey {
+        id: bob.id,
+        secret: [0; 32],
+    };
+    for _ in 0..10 {
+        let r = raw_call(&net, &impostor, ClientCall::Balance).await;
+        assert!(
+            matches!(r, DispatcherResponse::Error(ref e) if e.code == ErrorCode::Unauthenticated),
+            "{r:?}"
+        );
+    }
+    // Five at once, then one a second.
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        answers.push(busy(&raw_call(&net, &alice, ClientCall::Balance).await));
+    }
+    assert_eq!(
+        answers,
+        [false, false, false, false, false, true, true, true]
+    );
+    // Bob has his own allowance, untouched by the impostor.
+    for _ in 0..5 {
+        assert!(!busy(&raw_call(&net, &bob, ClientCall::Balance).await));
+    }
+    // The SDK sees the typed error.
+    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), alice.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.balance().await,
+        Err(crat_sdk::Error::Busy(_))
+    ));
+    // In-process calls (benchmarks, embedding) are not rate-limited.
+    for _ in 0..20 {
+        let r = net
+            .dispatcher()
+            .handle_client(ClientRequest {
+                key: alice.clone(),
+                call: ClientCall::Balance,
+            })
+            .await;
+        assert!(matches!(r, DispatcherResponse::Balance(_)), "{r:?}");
+    }
+    // A second later, one more.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(!busy(&raw_call(&net, &alice, ClientCall::Balance).await));
+    assert!(busy(&raw_call(&net, &alice, ClientCall::Balance).await));
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_over_a_keys_rate_makes_the_sdk_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut net = LocalNetwork::start(config(dir.path()), dir.path(), vec![])
+        .await
+        .unwrap();
+    let spec = |gpu: &str| NodeSpec {
+        gpu: Some(gpu.to_owned()),
+        backend: backend(),
+        batch_size: 4,
+    };
+    // One node lets each key run two tasks a second; the other has the default limit.
+    net.add_node_with(spec("NVIDIA GeForce RTX 3090"), |c| {
+        c.key_rate = Some(RateLimit { per_s: 2, burst: 2 });
+    })
+    .unwrap();
+    net.add_node(spec("NVIDIA GeForce RTX 3080")).unwrap();
+    net.wait_online(2, Duration::from_secs(30)).await.unwrap();
+    let strict = net.nodes[0].id();
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(
+        d.lease()
+            .await
+            .unwrap()
+            .replicas
+            .iter()
+            .any(|r| r.node == strict),
+        "both nodes are replicas"
+    );
+
+    let tasks: Vec<TaskId> = (0..200)
+        .map(|_| TaskId::from_bytes(rand::random()))
+        .collect();
+    let results: Vec<_> = futures_util::stream::iter(tasks.clone())
+        .map(|t| {
+            let d = d.clone();
+            async move {
+                d.infer_task(t, vec![NamedTensor::new("input", input(1))])
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "every task answered");
+    let stats = d.stats();
+    assert!(
+        stats.failovers > 0,
+        "busy answers moved tasks on: {stats:?}"
+    );
+
+    // Charged once per task, and only for tasks that ran.
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ledger.usage_totals(&d.id()).unwrap().0 < tasks.len() as u64 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap().0, tasks.len() as u64);
+    let on_strict = tasks
+        .iter()
+        .filter(|t| ledger.usage(t).unwrap().unwrap().node == strict)
+        .count();
+    assert!(
+        on_strict <= 2 + 2 * 10,
+        "the strict node ran at most its rate: {on_strict}"
+    );
+    net.shutdown();
+}

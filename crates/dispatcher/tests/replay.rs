@@ -1,0 +1,359 @@
+//! Replay, end to end on loopback QUIC: tickets reused after expiry, for another deployment or
+//! towards a node outside their audience; registrations presented twice; usage reported
+//! twice. Raw requests, as a hostile client or node would send them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
+use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::sign::{REGISTRATION_AGE_S_MAX, Registration, Signed, Ticket};
+use crat_core::tensor::NamedTensor;
+use crat_core::wire::{
+    ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, InferRequest, Lease,
+    NodeRequest, NodeToClient, PeerAddr, SdkKey, UsageRecord, UsageReport,
+};
+use crat_dispatcher::local::{LocalNetwork, loopback_quic};
+use crat_transport::quic::{QuicConnection, QuicTransport};
+use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
+use ed25519_dalek::SigningKey;
+
+fn endpoint(key: &SigningKey) -> QuicTransport {
+    QuicTransport::bind("127.0.0.1:0".parse().unwrap(), key, loopback_quic()).unwrap()
+}
+
+fn registration(key: &SigningKey, issued_at_s: u64, nonce: [u8; 16]) -> Signed<Registration> {
+    Signed::sign(
+        Registration {
+            node: NodeId::from_key(&key.verifying_key()),
+            hardware: HardwareInfo {
+                gpus: vec![],
+                cpu: CpuInfo {
+                    model: "replayer".into(),
+                    cores: 1,
+                    memory_bytes: 1 << 30,
+                },
+            },
+            rating: PowerRating::MIN,
+            backends: vec![],
+            listen_addrs: vec![PeerAddr::new("127.0.0.1:9").unwrap()],
+            // Nothing is ever placed on it.
+            model_bytes_max: 0,
+            issued_at_s,
+            nonce,
+        },
+        key,
+    )
+}
+
+/// Opens a new connection from `from` and registers `reg` as its first request.
+async fn register(
+    net: &LocalNetwork,
+    from: &QuicTransport,
+    reg: &Signed<Registration>,
+) -> (QuicConnection, DispatcherReply) {
+    let conn = from
+        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .await
+        .unwrap();
+    let reply = conn
+        .call(
+            &NodeRequest::Register(Box::new(reg.clone())),
+            Conversation::NodeDispatcher,
+            FrameLimits::default(),
+        )
+        .await
+        .unwrap();
+    (conn, reply)
+}
+
+fn refusal(reply: &DispatcherReply) -> (ErrorCode, &str) {
+    match reply {
+        DispatcherReply::Error(e) => (e.code, e.message.as_str()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn lease(net: &LocalNetwork, key: &SdkKey, deployment: DeploymentId) -> Lease {
+    match raw_call(net, key, ClientCall::Lease { deployment }).await {
+        DispatcherResponse::Lease(l) => l,
+        other => panic!("no lease: {other:?}"),
+    }
+}
+
+/// Sends one task with `ticket` for `deployment` to `node` and returns the answer.
+async fn task_at(
+    net: &LocalNetwork,
+    node: NodeId,
+    ticket: &Signed<Ticket>,
+    deployment: DeploymentId,
+) -> NodeToClient {
+    let addr = net.nodes.iter().find(|n| n.id() == node).unwrap().addr;
+    let t = endpoint(&SigningKey::from_bytes(&rand::random()));
+    let conn = t.connect(&PeerAddr::from(addr), &node).await.unwrap();
+    let req = ClientToNode::Infer(Box::new(InferRequest {
+        task: TaskId::from_bytes(rand::random()),
+        deployment,
+        ticket: ticket.clone(),
+        inputs: vec![NamedTensor::new("input", input(1))],
+    }));
+    conn.call(&req, Conversation::ClientNode, FrameLimits::default())
+        .await
+        .unwrap()
+}
+
+fn ticket_rejected(r: &NodeToClient) -> bool {
+    matches!(r, NodeToClient::Error(e) if e.code == ErrorCode::TicketRejected)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.ticket_lifetime_s = 3;
+    let net = network(cfg, dir.path()).await;
+    let (client, key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let a = client.deploy(model, per_request(100_000)).await.unwrap();
+    let b = client.deploy(model, per_request(100_000)).await.unwrap();
+    a.wait_ready(Duration::from_secs(30)).await.unwrap();
+    b.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let (la, lb) = (
+        lease(&net, &key, a.id()).await,
+        lease(&net, &key, b.id()).await,
+    );
+    let audience = |l: &Lease| -> Vec<NodeId> { l.replicas.iter().map(|r| r.node).collect() };
+    let (aa, ab) = (audience(&la), audience(&lb));
+    assert_eq!(
+        (aa.len(), ab.len()),
+        (2, 2),
+        "two replicas each on three nodes"
+    );
+
+    // The control: A's ticket at one of A's replicas runs the task.
+    assert!(
+        matches!(
+            task_at(&net, aa[0], &la.ticket, a.id()).await,
+            NodeToClient::Outputs { .. }
+        ),
+        "a valid ticket is accepted"
+    );
+    // For another deployment: a node serving both A and B refuses A's ticket for B and B's
+    // for A, although both are genuine and name it.
+    let both = *aa.iter().find(|n| ab.contains(n)).unwrap();
+    assert!(ticket_rejected(
+        &task_at(&net, both, &la.ticket, b.id()).await
+    ));
+    assert!(ticket_rejected(
+        &task_at(&net, both, &lb.ticket, a.id()).await
+    ));
+    // Towards another node: the node outside A's audience refuses A's genuine ticket.
+    let outsider = net
+        .nodes
+        .iter()
+        .map(|n| n.id())
+        .find(|n| !aa.contains(n))
+        .unwrap();
+    assert!(ticket_rejected(
+        &task_at(&net, outsider, &la.ticket, a.id()).await
+    ));
+    // After expiry: the same genuine ticket at the same replica is refused.
+    let expires = la.ticket.body.expires_at_s;
+    while now_s() < expires {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ticket_rejected(
+        &task_at(&net, aa[0], &la.ticket, a.id()).await
+    ));
+
+    // None of the refused tasks is charged; the SDK, renewing its lease, still serves.
+    a.infer(vec![NamedTensor::new("input", input(2))])
+        .await
+        .unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ledger.usage_totals(&a.id()).unwrap().0 < 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(ledger.usage_totals(&a.id()).unwrap().0, 2);
+    assert_eq!(ledger.usage_totals(&b.id()).unwrap().0, 0);
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_is_accepted_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::start(config(dir.path()), dir.path(), vec![])
+        .await
+        .unwrap();
+    let key = SigningKey::from_bytes(&[42; 32]);
+    let first = endpoint(&key);
+    let reg = registration(&key, now_s(), [1; 16]);
+    let (_held, reply) = register(&net, &first, &reg).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    assert_eq!(net.dispatcher().online_nodes(), 1);
+
+    // The same signed registration again within its freshness window: on a new connection of
+    // the same endpoint, and from a new endpoint with the same key (another process holding
+    // it). The TLS identity matches the signer each time; the nonce gives it away.
+    let restarted = endpoint(&key);
+    for from in [&first, &restarted] {
+        let (_, reply) = register(&net, from, &reg).await;
+        let (code, message) = refusal(&reply);
+        assert_eq!(code, ErrorCode::Unauthenticated);
+        assert!(message.contains("already used"), "{message}");
+    }
+    // A fresh registration by the same key is a reconnect, and welcome.
+    let (_held2, reply) = register(&net, &restarted, &registration(&key, now_s(), [2; 16])).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    // Stale or early ones are refused whatever their nonce.
+    for issued in [
+        now_s() - REGISTRATION_AGE_S_MAX - 5,
+        now_s() + REGISTRATION_AGE_S_MAX + 5,
+    ] {
+        let (_, reply) = register(&net, &first, &registration(&key, issued, [3; 16])).await;
+        assert_eq!(refusal(&reply).0, ErrorCode::Unauthenticated, "{issued}");
+    }
+    // Another node's registration, presented by someone else: the connection's identity is
+    // not the signer, so it is no registration at all (and the nonce stays unused).
+    let thief = endpoint(&SigningKey::from_bytes(&[43; 32]));
+    let stolen = registration(&key, now_s(), [4; 16]);
+    let conn = thief
+        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .await
+        .unwrap();
+    let reply: DispatcherResponse = conn
+        .call(
+            &NodeRequest::Register(Box::new(stolen.clone())),
+            Conversation::NodeDispatcher,
+            FrameLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, DispatcherResponse::Error(ref e) if e.code == ErrorCode::BadRequest),
+        "{reply:?}"
+    );
+    let (_held3, reply) = register(&net, &first, &stolen).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_registration_memory_answers_busy_and_nodes_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.registrations_tracked_max = 1;
+    let specs = vec![crat_dispatcher::local::NodeSpec {
+        gpu: None,
+        backend: backend(),
+        batch_size: 1,
+    }];
+    let mut net = LocalNetwork::start(cfg, dir.path(), specs.clone())
+        .await
+        .unwrap();
+    // The first node's registration fills the memory for its freshness window.
+    let key = SigningKey::from_bytes(&[44; 32]);
+    let (_, reply) = register(&net, &endpoint(&key), &registration(&key, now_s(), [1; 16])).await;
+    assert_eq!(refusal(&reply).0, ErrorCode::Busy);
+    // A real node told `Busy` keeps trying (with backoff) instead of giving up.
+    net.add_node(specs[0].clone()).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(net.dispatcher().online_nodes(), 1);
+    assert!(!net.nodes[1].is_stopped(), "the refused node still runs");
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reported_again_is_never_charged_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(config(dir.path()), dir.path()).await;
+    let (client, key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let tasks: Vec<TaskId> = (0..5).map(|_| TaskId::from_bytes(rand::random())).collect();
+    for (i, t) in tasks.iter().enumerate() {
+        d.infer_task(*t, vec![NamedTensor::new("input", input(i as u32))])
+            .await
+            .unwrap();
+    }
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ledger.usage_totals(&d.id()).unwrap().0 < 5 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let totals = ledger.usage_totals(&d.id()).unwrap();
+    let rows: Vec<_> = tasks
+        .iter()
+        .map(|t| ledger.usage(t).unwrap().unwrap())
+        .collect();
+    let allowance = d.info().await.unwrap().allowance_left;
+
+    // A registered node (not the one that ran them) reports the same tasks, twice over, with
+    // bigger inputs: every record is a duplicate, nothing is charged, nothing is reattributed.
+    let replayer = SigningKey::from_bytes(&[45; 32]);
+    let replayer_endpoint = endpoint(&replayer);
+    let (conn, reply) = register(
+        &net,
+        &replayer_endpoint,
+        &registration(&replayer, now_s(), [1; 16]),
+    )
+    .await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    let report = UsageReport {
+        records: tasks
+            .iter()
+            .map(|t| UsageRecord {
+                task: *t,
+                deployment: d.id(),
+                key: key.id,
+                ticket_nonce: [0; 16],
+                input_bytes: 60_000,
+                output_bytes: 40,
+                compute_us: 10,
+            })
+            .collect(),
+    };
+    for _ in 0..2 {
+        let reply: DispatcherReply = conn
+            .call(
+                &NodeRequest::Usage(report.clone()),
+                Conversation::NodeDispatcher,
+                FrameLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply,
+            DispatcherReply::UsageAck {
+                accepted: 0,
+                duplicates: 5
+            }
+        );
+    }
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap(), totals);
+    for (t, row) in tasks.iter().zip(&rows) {
+        assert_eq!(ledger.usage(t).unwrap().as_ref(), Some(row));
+    }
+    assert_eq!(d.info().await.unwrap().allowance_left, allowance);
+    net.shutdown();
+}

@@ -1,0 +1,203 @@
+//! The node's limits at the runtime level, against the fake dispatcher on the in-memory
+//! transport: tasks per SDK key, the model queue and requests per client connection. Over a
+//! limit a task is answered `Busy` (or waits, for the per-connection limit); nothing grows
+//! without bound, and the node keeps serving.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use crat_core::id::KeyId;
+use crat_core::limit::RateLimit;
+use crat_core::wire::ErrorCode;
+use crat_node::backend::InferenceBackend;
+use crat_node::backend::tract::TractBackend;
+use crat_node::batch::BatchConfig;
+
+fn tract() -> Arc<dyn InferenceBackend> {
+    Arc::new(TractBackend::new())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_over_a_keys_rate_are_busy_and_keys_are_independent() {
+    let node = TestNode::start(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        tract(),
+        |c| {
+            c.key_rate = Some(RateLimit { per_s: 1, burst: 3 });
+        },
+    )
+    .await;
+    let conn = node.client("client").await;
+    let dkey = dispatcher_key();
+    let (alice, bob, carol) = (
+        KeyId::from_bytes([1; 16]),
+        KeyId::from_bytes([2; 16]),
+        KeyId::from_bytes([3; 16]),
+    );
+    let t = |key| ticket_for(&dkey, dep(1), node.id, NOW + 60, key);
+
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    for task in 0..5 {
+        answers.push(code(
+            &call(&conn, &infer(task, t(alice), dep(1), image(1))).await,
+        ));
+    }
+    // One token comes back per second; the five calls take far less.
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(
+        answers,
+        [
+            None,
+            None,
+            None,
+            Some(ErrorCode::Busy),
+            Some(ErrorCode::Busy)
+        ]
+    );
+    // Another key has its own bucket.
+    for task in 10..13 {
+        assert_eq!(
+            code(&call(&conn, &infer(task, t(bob), dep(1), image(1))).await),
+            None
+        );
+    }
+    // Tickets that do not verify spend nothing: the rate is checked after the ticket, so
+    // nobody can exhaust a key by naming it.
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
+    for task in 20..30 {
+        let forged = ticket_for(&forger, dep(1), node.id, NOW + 60, carol);
+        assert_eq!(
+            code(&call(&conn, &infer(task, forged, dep(1), image(1))).await),
+            Some(ErrorCode::TicketRejected)
+        );
+    }
+    assert_eq!(
+        code(&call(&conn, &infer(30, t(carol), dep(1), image(1))).await),
+        None
+    );
+    // After a second alice has one task again.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(
+        code(&call(&conn, &infer(40, t(alice), dep(1), image(1))).await),
+        None
+    );
+    // Usage only for the tasks that ran: 3 + 3 + 1 + 1.
+    wait_for(|| node.seen.lock().unwrap().usage.len() >= 8 && node.node.usage_pending() == 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(node.seen.lock().unwrap().usage.len(), 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_model_queue_answers_busy_and_drains() {
+    let gate = Gate::closed();
+    let backend = Arc::new(GatedBackend {
+        inner: tract(),
+        gate: gate.clone(),
+    });
+    let node = TestNode::start(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        backend,
+        |c| {
+            c.batch = BatchConfig {
+                queue_len_max: 2,
+                workers: 1,
+                ..BatchConfig::default()
+            };
+        },
+    )
+    .await;
+    let conn = node.client("client").await;
+    let t = || ticket(&dispatcher_key(), dep(1), node.id, NOW + 60);
+    // One task runs (held at the gate)...
+    let mut held = Vec::new();
+    {
+        let (conn, req) = (conn.clone(), infer(0, t(), dep(1), image(0)));
+        held.push(tokio::spawn(async move { call(&conn, &req).await }));
+    }
+    wait_for(|| gate.waiting() == 1).await;
+    // ...two wait in the queue...
+    for task in 1..3 {
+        let (conn, req) = (conn.clone(), infer(task, t(), dep(1), image(0)));
+        held.push(tokio::spawn(async move { call(&conn, &req).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and every further task is refused at once, however many come.
+    for task in 3..50 {
+        let started = Instant::now();
+        assert_eq!(
+            code(&call(&conn, &infer(task, t(), dep(1), image(0))).await),
+            Some(ErrorCode::Busy),
+            "task {task}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(gate.waiting(), 1, "one run at a time");
+    // Opened, the queue drains: the held tasks get their outputs, the node serves on.
+    gate.open();
+    for h in held {
+        assert_eq!(code(&h.await.unwrap()), None);
+    }
+    assert_eq!(
+        code(&call(&conn, &infer(100, t(), dep(1), image(0))).await),
+        None
+    );
+    wait_for(|| node.seen.lock().unwrap().usage.len() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        node.seen.lock().unwrap().usage.len(),
+        4,
+        "refused tasks cost nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_a_connections_limit_wait_and_other_connections_are_served() {
+    let gate = Gate::closed();
+    let backend = Arc::new(GatedBackend {
+        inner: tract(),
+        gate: gate.clone(),
+    });
+    let node = TestNode::start(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        backend,
+        |c| {
+            c.client_concurrency_max = 2;
+            c.batch = BatchConfig {
+                workers: 8,
+                ..BatchConfig::default()
+            };
+        },
+    )
+    .await;
+    let t = || ticket(&dispatcher_key(), dep(1), node.id, NOW + 60);
+    let first = node.client("first").await;
+    let mut calls = Vec::new();
+    for task in 0..6 {
+        let (conn, req) = (first.clone(), infer(task, t(), dep(1), image(0)));
+        calls.push(tokio::spawn(async move { call(&conn, &req).await }));
+    }
+    wait_for(|| gate.waiting() == 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gate.waiting(),
+        2,
+        "only two of the connection's requests are served at once"
+    );
+    // Another connection has its own allowance.
+    let second = node.client("second").await;
+    {
+        let req = infer(10, t(), dep(1), image(0));
+        calls.push(tokio::spawn(async move { call(&second, &req).await }));
+    }
+    wait_for(|| gate.waiting() == 3).await;
+    gate.open();
+    // Held, not dropped: every request is answered.
+    for c in calls {
+        assert_eq!(code(&c.await.unwrap()), None);
+    }
+}
