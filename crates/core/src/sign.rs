@@ -33,7 +33,7 @@
 //! ));
 //! ```
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hardware::{HardwareInfo, PowerRating};
@@ -66,7 +66,8 @@ pub enum SignatureError {
         /// Who the value says signed it.
         actual: NodeId,
     },
-    /// The signer's id is not a valid ed25519 key.
+    /// The signer's id is not a valid ed25519 key, or is a key of small order (which can
+    /// "sign" every message at once).
     #[error("signer id is not a valid ed25519 key")]
     BadKey,
     /// The signature does not match the body under the signer's key and this type's domain.
@@ -106,6 +107,12 @@ impl<T: Signable> Signed<T> {
     }
 
     /// Checks the signature and, if given, that the signer is `expected`.
+    ///
+    /// # Security
+    /// Verification is strict (`verify_strict`): a signer key or a signature `R` of small
+    /// order is refused. Plain ed25519 verification accepts, for a small-order ("weak") key,
+    /// signatures such as `(R = identity, s = 0)` that verify for every message, so a value
+    /// "signed" by such a key would not bind its body.
     pub fn verify(&self, expected: Option<&NodeId>) -> Result<&T, SignatureError> {
         if let Some(expected) = expected
             && *expected != self.signer
@@ -119,7 +126,10 @@ impl<T: Signable> Signed<T> {
             .signer
             .verifying_key()
             .map_err(|_| SignatureError::BadKey)?;
-        key.verify(&signing_bytes(T::DOMAIN, &self.body), &self.signature)
+        if key.is_weak() {
+            return Err(SignatureError::BadKey);
+        }
+        key.verify_strict(&signing_bytes(T::DOMAIN, &self.body), &self.signature)
             .map_err(|_| SignatureError::BadSignature)?;
         Ok(&self.body)
     }
@@ -803,5 +813,47 @@ mod tests {
                 "domain {domain:?}"
             );
         }
+    }
+
+    #[test]
+    fn weak_keys_and_small_order_signatures_are_refused() {
+        // Found by the `ticket` and `registration` fuzz targets (seed `weak-key`): the
+        // identity point is a valid ed25519 public key, of order 1, and the signature
+        // (R = identity, s = 0) passes plain ed25519 verification for *every* message, so
+        // such a "signed" value did not bind its body.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = NodeId::from_bytes(identity);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&identity);
+        let n = key(2);
+        for credits in [1, 500, u64::MAX] {
+            let mut body = ticket(id(&n));
+            body.credit_budget = Credits::new(credits);
+            let s = Signed {
+                body,
+                signer: weak,
+                signature: Signature::from_bytes(&sig),
+            };
+            assert_eq!(s.verify(None), Err(SignatureError::BadKey));
+            assert_eq!(
+                s.verify_ticket(&weak, 1_500, &DEP, &id(&n)),
+                Err(TicketError::Signature(SignatureError::BadKey))
+            );
+        }
+        // A small-order R under a real key is refused too (it never comes from signing).
+        let d = key(1);
+        let s = Signed {
+            body: ticket(id(&n)),
+            signer: id(&d),
+            signature: Signature::from_bytes(&sig),
+        };
+        assert_eq!(s.verify(None), Err(SignatureError::BadSignature));
+        // Real signatures still verify.
+        assert!(
+            Signed::sign(ticket(id(&n)), &d)
+                .verify(Some(&id(&d)))
+                .is_ok()
+        );
     }
 }
