@@ -72,8 +72,8 @@ pub struct DispatcherConfig {
     pub concurrency_max: usize,
     /// Requests per SDK key arriving over the network, once the key is authenticated; over
     /// it a request is answered `Busy`. `None`: unlimited. Default 2,000/s, bursts of 4,000
-    /// (a 100 MB upload is 131 chunks). In-process calls ([`Dispatcher::handle_client`]) are
-    /// not limited.
+    /// (a 100 MB upload is about 130 requests). In-process calls
+    /// ([`Dispatcher::handle_client`]) are not limited.
     pub client_key_rate: Option<RateLimit>,
     /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
     /// Default 65,536.

@@ -268,6 +268,12 @@ impl<T: Transport> Node<T> {
         read(&self.inner.served).keys().copied().collect()
     }
 
+    /// Deployments whose model failed to load here (reported to the dispatcher as
+    /// [`ReplicaState::Failed`]; not retried unless it assigns another model).
+    pub fn failed(&self) -> Vec<DeploymentId> {
+        lock(&self.inner.failed).keys().copied().collect()
+    }
+
     /// Usage records not yet acknowledged by the dispatcher.
     pub fn usage_pending(&self) -> usize {
         lock(&self.inner.usage).len()

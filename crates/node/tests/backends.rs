@@ -1,5 +1,6 @@
 //! Inference backends on real models: tract against ONNX Runtime, model descriptions, the
-//! PaddleOCR text-direction check, hostile models and backend selection.
+//! PaddleOCR text-direction check, the malicious-model corpus (tests/data/malicious) and
+//! backend selection.
 //!
 //! ```text
 //! cargo test -p crat-node --test backends                      # tract only
@@ -152,147 +153,14 @@ fn check_text_direction(model: &dyn LoadedModel, backend: &str) {
     }
 }
 
-/// A minimal protobuf writer, to build hostile ONNX models in the tests.
-#[derive(Default, Clone)]
-struct Pb(Vec<u8>);
+#[path = "data/malicious/corpus.rs"]
+mod corpus;
 
-impl Pb {
-    fn varint(&mut self, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(b);
-                return;
-            }
-            self.0.push(b | 0x80);
-        }
-    }
-    fn int(mut self, field: u64, v: i64) -> Self {
-        self.varint(field << 3);
-        self.varint(v as u64);
-        self
-    }
-    fn bytes(mut self, field: u64, b: &[u8]) -> Self {
-        self.varint((field << 3) | 2);
-        self.varint(b.len() as u64);
-        self.0.extend_from_slice(b);
-        self
-    }
-    fn str(self, field: u64, s: &str) -> Self {
-        self.bytes(field, s.as_bytes())
-    }
-    fn msg(self, field: u64, m: Pb) -> Self {
-        self.bytes(field, &m.0)
-    }
-}
+use corpus::{Expect, Refusal, model_with};
 
-/// ValueInfoProto of a float tensor with these dims.
-fn value_info(name: &str, dims: &[i64]) -> Pb {
-    let mut shape = Pb::default();
-    for &d in dims {
-        shape = shape.msg(1, Pb::default().int(1, d));
-    }
-    let tensor_type = Pb::default().int(1, 1).msg(2, shape);
-    Pb::default()
-        .str(1, name)
-        .msg(2, Pb::default().msg(1, tensor_type))
-}
-
-/// A model: opset 13, one node `op(inputs) -> y`, graph input x [1,4], output y [1,4].
-fn model_with(
-    op: &str,
-    node_inputs: &[&str],
-    extra: impl FnOnce(Pb) -> Pb,
-    x_dims: &[i64],
-) -> Vec<u8> {
-    let mut node = Pb::default();
-    for i in node_inputs {
-        node = node.str(1, i);
-    }
-    let node = node.str(2, "y").str(3, "n0").str(4, op);
-    let graph = Pb::default()
-        .msg(1, node)
-        .str(2, "g")
-        .msg(11, value_info("x", x_dims))
-        .msg(12, value_info("y", &[1, 4]));
-    Pb::default()
-        .int(1, 7)
-        .msg(8, Pb::default().str(1, "").int(2, 13))
-        .msg(7, extra(graph))
-        .0
-}
-
-/// The hostile models every backend must refuse, with the error each must give.
-/// A hostile model: what it is, its bytes, and the error it must give.
-type BadModel = (&'static str, Vec<u8>, fn(&BackendError) -> bool);
-
-fn bad_models() -> Vec<BadModel> {
-    let is_load: fn(&BackendError) -> bool = |e| matches!(e, BackendError::Load(_));
-    let is_external: fn(&BackendError) -> bool =
-        |e| matches!(e, BackendError::ExternalData(m) if m.contains("../../etc/passwd"));
-    let random: Vec<u8> = noise(4096, 99, 0.0, 256.0)
-        .iter()
-        .map(|&f| f as u8)
-        .collect();
-    let external = model_with(
-        "Add",
-        &["x", "w"],
-        |g| {
-            let entry = Pb::default().str(1, "location").str(2, "../../etc/passwd");
-            let w = Pb::default().int(1, 4).int(2, 1).str(8, "w").msg(13, entry);
-            g.msg(5, w)
-        },
-        &[1, 4],
-    );
-    let external_location_only = model_with(
-        "Add",
-        &["x", "w"],
-        |g| g.msg(5, Pb::default().int(1, 4).int(2, 1).str(8, "w").int(14, 1)),
-        &[1, 4],
-    );
-    let huge_initializer = model_with(
-        "Add",
-        &["x", "w"],
-        |g| {
-            let w = Pb::default()
-                .int(1, 1 << 20)
-                .int(1, 1 << 20)
-                .int(1, 4)
-                .int(2, 1)
-                .str(8, "w");
-            g.msg(5, w)
-        },
-        &[1, 4],
-    );
-    vec![
-        ("random bytes", random, is_load),
-        (
-            "truncated",
-            TINY_CNN[..TINY_CNN.len() / 2].to_vec(),
-            is_load,
-        ),
-        ("empty", Vec::new(), is_load),
-        (
-            "unknown operator",
-            model_with("CratNoSuchOperator", &["x"], |g| g, &[1, 4]),
-            is_load,
-        ),
-        (
-            "huge declared input",
-            model_with("Identity", &["x"], |g| g, &[1 << 20, 1 << 20, 1 << 10]),
-            is_load,
-        ),
-        ("huge initializer", huge_initializer, is_load),
-        ("external data path", external, is_external),
-        ("external data location flag", external_location_only, |e| {
-            matches!(e, BackendError::ExternalData(_))
-        }),
-    ]
-}
-
-/// Every hostile model gives its typed error, and the backend keeps serving afterwards.
-fn check_bad_models(backend: &dyn InferenceBackend) {
+/// Every model of the malicious corpus gets its typed error (or, for the legal-but-hostile
+/// ones, loads and computes the right thing), and the backend keeps serving afterwards.
+fn check_corpus(backend: &dyn InferenceBackend) {
     // The control: the writer builds models the backend accepts.
     let ok = backend
         .load(&model_with("Identity", &["x"], |g| g, &[1, 4]))
@@ -300,18 +168,77 @@ fn check_bad_models(backend: &dyn InferenceBackend) {
     let x = Tensor::from_slice(&[1, 4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap();
     assert_eq!(ok.run(std::slice::from_ref(&x)).unwrap()[0], x);
 
-    for (what, bytes, expected) in bad_models() {
-        match backend.load(&bytes) {
-            Ok(_) => panic!("{}: {what}: loaded", backend.name()),
-            Err(e) => assert!(
-                expected(&e),
-                "{}: {what}: wrong error {e:?}",
-                backend.name()
-            ),
+    for entry in corpus::corpus() {
+        let (name, what) = (backend.name(), entry.name);
+        match (entry.expect, backend.load(&entry.bytes)) {
+            (Expect::Refused(refusal), Err(e)) => {
+                let right = match refusal {
+                    Refusal::Load => matches!(e, BackendError::Load(_)),
+                    Refusal::ExternalData => matches!(e, BackendError::ExternalData(_)),
+                    Refusal::ExternalDataPasswd => {
+                        matches!(&e, BackendError::ExternalData(m) if m.contains("../../etc/passwd"))
+                    }
+                };
+                assert!(right, "{name}: {what}: wrong error {e:?}");
+            }
+            (Expect::FailsAtLoad, Err(_)) => {}
+            (Expect::ServesRelu, Ok(model)) => {
+                let x = Tensor::from_slice(
+                    &[3, 4],
+                    &[
+                        -1.0f32, 2.0, -3.0, 4.0, 0.5, -0.5, 9.0, -9.0, 1.0, 1.0, 1.0, -1.0,
+                    ],
+                )
+                .unwrap();
+                let y = model.run(std::slice::from_ref(&x)).unwrap().remove(0);
+                let want = [
+                    0.0f32, 2.0, 0.0, 4.0, 0.5, 0.0, 9.0, 0.0, 1.0, 1.0, 1.0, 0.0,
+                ];
+                assert_eq!(y.to_vec::<f32>().unwrap(), want, "{name}: {what}");
+            }
+            (expect, Ok(_)) => panic!("{name}: {what}: loaded, expected {expect:?}"),
+            (expect, Err(e)) => panic!("{name}: {what}: {e:?}, expected {expect:?}"),
         }
     }
     let model = backend.load(TINY_CNN).unwrap();
     assert_eq!(model.run(&[tiny_input(2)]).unwrap()[0].shape(), &[2, 10]);
+}
+
+/// The files of the corpus directory are exactly what the generator writes (set
+/// `CRAT_WRITE_CORPUS=1` to rewrite them), each is small, and the model check alone gives
+/// the verdict the corpus records for it.
+#[test]
+fn corpus_files_are_what_the_generator_writes() {
+    let dir = corpus::dir();
+    let write = std::env::var_os("CRAT_WRITE_CORPUS").is_some();
+    let mut expected = vec!["README.md".to_owned(), "corpus.rs".to_owned()];
+    for entry in corpus::corpus() {
+        let path = dir.join(entry.name);
+        if write {
+            std::fs::write(&path, &entry.bytes).unwrap();
+        }
+        let on_disk = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (CRAT_WRITE_CORPUS=1 writes it)", path.display()));
+        assert!(
+            on_disk == entry.bytes,
+            "{} differs from the generator",
+            entry.name
+        );
+        assert!(entry.bytes.len() < 100 << 10, "{} is too big", entry.name);
+        let checked = crat_node::backend::onnx_check::check_model(&entry.bytes);
+        match entry.expect {
+            Expect::Refused(_) => assert!(checked.is_err(), "{} passes the check", entry.name),
+            _ => assert!(checked.is_ok(), "{}: {:?}", entry.name, checked.err()),
+        }
+        expected.push(entry.name.to_owned());
+    }
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected, "files in the corpus directory");
 }
 
 /// Bad inputs give typed errors and the model keeps serving.
@@ -376,8 +303,8 @@ mod tract {
     }
 
     #[test]
-    fn refuses_bad_models() {
-        check_bad_models(&TractBackend::new());
+    fn refuses_or_serves_the_malicious_corpus() {
+        check_corpus(&TractBackend::new());
     }
 
     #[test]
@@ -427,8 +354,8 @@ mod ort {
     }
 
     #[test]
-    fn refuses_bad_models() {
-        check_bad_models(&backend());
+    fn refuses_or_serves_the_malicious_corpus() {
+        check_corpus(&backend());
     }
 
     #[test]
@@ -541,6 +468,8 @@ mod ort {
 #[cfg(all(feature = "tract", feature = "ort"))]
 mod agree {
     use crat_node::backend::tract::TractBackend;
+
+    use super::corpus::Pb;
 
     use super::*;
 

@@ -10,6 +10,12 @@
 //! - declared shapes (of tensors, graph inputs, outputs and `value_info`) of more than
 //!   [`ELEMENTS_MAX`] elements, negative tensor dimensions, and anything beyond the other limits
 //!   below → [`BackendError::Load`];
+//! - a constant shape of more than [`ELEMENTS_MAX`] elements fed to a node that makes a tensor
+//!   of that shape (`ConstantOfShape`, `Expand`, `Tile` repeats, `Resize` sizes), as an `INT64`
+//!   initializer or a `Constant` node's value: no shape in the model is declared big, but
+//!   a backend evaluating the node would allocate it (tract does so at load)
+//!   → [`BackendError::Load`]. Shapes *computed* from other values are not followed (a
+//!   backend's allocation then fails with a typed error, or the host's memory is the limit);
 //! - bytes that are not a well-formed `ModelProto` with exactly one graph, graph inputs or outputs
 //!   of types the wire [`Tensor`](crat_core::tensor::Tensor) cannot carry (strings, bfloat16,
 //!   sequences, …) → [`BackendError::Load`].
@@ -22,7 +28,8 @@
 //! The walker reads only the fields it needs and skips the rest by their wire length; every
 //! length is checked against the bytes left, nesting is bounded by [`NESTING_DEPTH_MAX`], the
 //! number of nodes by [`GRAPH_NODES_MAX`] and the model by [`MODEL_BYTES_MAX`]. It allocates in
-//! proportion to what it reports (names and shapes), never to a size written in the model.
+//! proportion to what it reports (names and shapes, and the names of suspect shape constants
+//! and shape operands), never to a size written in the model.
 
 use std::collections::HashSet;
 
@@ -77,6 +84,17 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
     }
     let mut walker = Walker::default();
     walker.model(model)?;
+    if let Some((op, name)) = walker
+        .shape_operands
+        .iter()
+        .find(|(_, operand)| walker.huge_shapes.contains(operand))
+    {
+        return Err(BackendError::Load(format!(
+            "{op} would make a tensor of more than {ELEMENTS_MAX} elements from the constant \
+             shape '{}'",
+            truncate(name)
+        )));
+    }
     let graph = walker
         .main_graph
         .take()
@@ -189,6 +207,29 @@ struct Walker {
     nodes: usize,
     graphs: usize,
     main_graph: Option<GraphIo>,
+    /// Names of small `INT64` constants (initializers, `Constant` outputs) whose values
+    /// multiply to more than [`ELEMENTS_MAX`]: as a shape, a tensor too big to make.
+    huge_shapes: HashSet<String>,
+    /// The shape operand of every tensor-making node: (operator, operand name).
+    shape_operands: Vec<(&'static str, String)>,
+}
+
+/// Most values a constant may hold to be looked at as a shape (shapes have few dimensions).
+const SHAPE_VALUES_MAX: u64 = 64;
+
+/// Operators that make a tensor whose size their operand `.1` sets, and that operand.
+const SHAPE_MAKERS: [(&str, usize); 4] = [
+    ("ConstantOfShape", 0),
+    ("Expand", 1),
+    ("Tile", 1),
+    ("Resize", 3),
+];
+
+/// Elements of a tensor of these dimensions (negative ones count as 0), saturating.
+fn shape_elements(dims: &[i64]) -> u64 {
+    dims.iter().fold(1u64, |n, &d| {
+        n.saturating_mul(u64::try_from(d).unwrap_or(0))
+    })
 }
 
 // ModelProto / GraphProto / … field numbers, from onnx.proto3.
@@ -209,7 +250,11 @@ const GRAPH_INPUT: u32 = 11;
 const GRAPH_OUTPUT: u32 = 12;
 const GRAPH_VALUE_INFO: u32 = 13;
 const GRAPH_SPARSE_INITIALIZER: u32 = 15;
+const NODE_INPUT: u32 = 1;
+const NODE_OUTPUT: u32 = 2;
+const NODE_OP_TYPE: u32 = 4;
 const NODE_ATTRIBUTE: u32 = 5;
+const ATTR_INTS: u32 = 8;
 const ATTR_T: u32 = 5;
 const ATTR_G: u32 = 6;
 const ATTR_TENSORS: u32 = 10;
@@ -217,7 +262,11 @@ const ATTR_GRAPHS: u32 = 11;
 const ATTR_SPARSE_TENSOR: u32 = 22;
 const ATTR_SPARSE_TENSORS: u32 = 23;
 const TENSOR_DIMS: u32 = 1;
+const TENSOR_DATA_TYPE: u32 = 2;
+const TENSOR_INT64_DATA: u32 = 7;
 const TENSOR_NAME: u32 = 8;
+const TENSOR_RAW_DATA: u32 = 9;
+const ONNX_INT64: u64 = 7;
 const TENSOR_EXTERNAL_DATA: u32 = 13;
 const TENSOR_DATA_LOCATION: u32 = 14;
 const TENSOR_LOCATION_EXTERNAL: u64 = 1;
@@ -288,7 +337,9 @@ impl Walker {
                     while let Some((f, v)) = r.next()? {
                         match (f, v) {
                             (FUNCTION_NODE, Value::Bytes(n)) => self.node(n, 2)?,
-                            (FUNCTION_ATTRIBUTE_PROTO, Value::Bytes(a)) => self.attribute(a, 2)?,
+                            (FUNCTION_ATTRIBUTE_PROTO, Value::Bytes(a)) => {
+                                self.attribute(a, 2)?;
+                            }
                             _ => {}
                         }
                     }
@@ -333,7 +384,10 @@ impl Walker {
             match field {
                 GRAPH_NODE => self.node(b, depth + 1)?,
                 GRAPH_INITIALIZER => {
-                    let name = self.tensor(b)?;
+                    let (name, huge_shape) = self.tensor(b)?;
+                    if huge_shape {
+                        self.huge_shapes.insert(name.clone());
+                    }
                     if let Some(io) = io.as_deref_mut() {
                         io.initializers.push(name);
                     }
@@ -374,21 +428,53 @@ impl Walker {
                 "more than {GRAPH_NODES_MAX} nodes"
             )));
         }
+        let mut op: &[u8] = b"";
+        let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
+        let mut huge_attribute = false;
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
-                (NODE_ATTRIBUTE, Value::Bytes(b)) => self.attribute(b, depth + 1)?,
+                (NODE_ATTRIBUTE, Value::Bytes(b)) => {
+                    huge_attribute |= self.attribute(b, depth + 1)?;
+                }
                 (NODE_ATTRIBUTE, _) => return Err(malformed("node attribute wire type")),
+                (NODE_INPUT, Value::Bytes(s)) => inputs.push(s),
+                (NODE_OUTPUT, Value::Bytes(s)) => outputs.push(s),
+                (NODE_OP_TYPE, Value::Bytes(s)) => op = s,
                 _ => {}
             }
+        }
+        if op == b"Constant" && huge_attribute {
+            self.huge_shapes.extend(outputs.iter().map(|o| lossy(o)));
+        }
+        if let Some((name, i)) = SHAPE_MAKERS.iter().find(|(name, _)| name.as_bytes() == op)
+            && let Some(operand) = inputs.get(*i)
+        {
+            self.shape_operands.push((name, lossy(operand)));
         }
         Ok(())
     }
 
-    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<(), BackendError> {
+    /// Checks one `AttributeProto`; true when it holds an `INT64` tensor or an integer list
+    /// that, as a shape, has more than [`ELEMENTS_MAX`] elements (what matters for `Constant`).
+    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<bool, BackendError> {
         depth_check(depth)?;
+        let mut huge_shape = false;
+        let mut ints = Vec::new();
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
+            match (field, &value) {
+                (ATTR_INTS, Value::Varint(v)) if ints.len() as u64 <= SHAPE_VALUES_MAX => {
+                    ints.push(*v as i64);
+                }
+                (ATTR_INTS, Value::Bytes(packed)) => {
+                    let mut p = Reader::new(packed);
+                    while !p.is_empty() && ints.len() as u64 <= SHAPE_VALUES_MAX {
+                        ints.push(p.varint()? as i64);
+                    }
+                }
+                _ => {}
+            }
             let b = match value {
                 Value::Bytes(b) => b,
                 _ if matches!(
@@ -406,9 +492,7 @@ impl Walker {
                 _ => continue,
             };
             match field {
-                ATTR_T | ATTR_TENSORS => {
-                    self.tensor(b)?;
-                }
+                ATTR_T | ATTR_TENSORS => huge_shape |= self.tensor(b)?.1,
                 ATTR_SPARSE_TENSOR | ATTR_SPARSE_TENSORS => {
                     self.sparse_tensor(b)?;
                 }
@@ -416,18 +500,36 @@ impl Walker {
                 _ => {}
             }
         }
-        Ok(())
+        let ints_huge =
+            ints.len() as u64 <= SHAPE_VALUES_MAX && shape_elements(&ints) > ELEMENTS_MAX;
+        Ok(huge_shape || ints_huge)
     }
 
-    /// Checks one `TensorProto` and returns its name.
-    fn tensor(&mut self, buf: &[u8]) -> Result<String, BackendError> {
+    /// Checks one `TensorProto` and returns its name, and whether it is a small `INT64`
+    /// tensor whose values, as a shape, have more than [`ELEMENTS_MAX`] elements.
+    fn tensor(&mut self, buf: &[u8]) -> Result<(String, bool), BackendError> {
         let mut name = String::new();
         let mut external: Option<String> = None;
         let mut location_external = false;
         let mut elements: u64 = 1;
+        let mut data_type = 0;
+        let mut raw: Option<&[u8]> = None;
+        let mut ints = Vec::new();
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
+                (TENSOR_DATA_TYPE, Value::Varint(v)) => data_type = v,
+                (TENSOR_RAW_DATA, Value::Bytes(b)) => raw = Some(b),
+                (TENSOR_INT64_DATA, Value::Varint(v)) if ints.len() as u64 <= SHAPE_VALUES_MAX => {
+                    ints.push(v as i64);
+                }
+                (TENSOR_INT64_DATA, Value::Varint(_)) => {}
+                (TENSOR_INT64_DATA, Value::Bytes(packed)) => {
+                    let mut p = Reader::new(packed);
+                    while !p.is_empty() && ints.len() as u64 <= SHAPE_VALUES_MAX {
+                        ints.push(p.varint()? as i64);
+                    }
+                }
                 (TENSOR_NAME, Value::Bytes(s)) => name = utf8(s, "tensor name")?,
                 (TENSOR_DIMS, Value::Varint(d)) => elements = tensor_dim(elements, d, &name)?,
                 (TENSOR_DIMS, Value::Bytes(packed)) => {
@@ -466,7 +568,17 @@ impl Walker {
                 truncate(&name)
             )));
         }
-        Ok(name)
+        let huge_shape = data_type == ONNX_INT64 && elements <= SHAPE_VALUES_MAX && {
+            let values: Vec<i64> = match raw {
+                Some(raw) => raw
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+                    .collect(),
+                None => ints,
+            };
+            shape_elements(&values) > ELEMENTS_MAX
+        };
+        Ok((name, huge_shape))
     }
 
     fn sparse_tensor(&mut self, buf: &[u8]) -> Result<String, BackendError> {
@@ -475,7 +587,7 @@ impl Walker {
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
-                (SPARSE_VALUES, Value::Bytes(b)) => name = self.tensor(b)?,
+                (SPARSE_VALUES, Value::Bytes(b)) => name = self.tensor(b)?.0,
                 (SPARSE_INDICES, Value::Bytes(b)) => {
                     self.tensor(b)?;
                 }
@@ -944,6 +1056,107 @@ mod tests {
             value("t", tensor_type(1, &[Ok(1 << 17), Ok(1 << 17)])),
         );
         assert!(matches!(check_model(&model(g)), Err(BackendError::Load(_))));
+    }
+
+    #[test]
+    fn refuses_constant_shapes_that_make_huge_tensors() {
+        let int64 = |name: &str, values: &[i64], raw: bool| {
+            let t = W::default()
+                .int(TENSOR_DIMS, values.len() as i64)
+                .int(TENSOR_DATA_TYPE, ONNX_INT64 as i64)
+                .bytes(TENSOR_NAME, name.as_bytes());
+            if raw {
+                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                t.bytes(TENSOR_RAW_DATA, &bytes)
+            } else {
+                let mut packed = W::default();
+                for v in values {
+                    packed.varint(*v as u64);
+                }
+                t.bytes(TENSOR_INT64_DATA, &packed.0)
+            }
+        };
+        let maker = |op: &str, inputs: &[&str]| {
+            let mut n = W::default();
+            for i in inputs {
+                n = n.bytes(NODE_INPUT, i.as_bytes());
+            }
+            n.bytes(NODE_OUTPUT, b"z")
+                .bytes(NODE_OP_TYPE, op.as_bytes())
+        };
+        let big = [1i64 << 20, 1 << 20];
+        let refused = |g: W| {
+            let e = check_model(&model(g)).unwrap_err();
+            assert!(
+                matches!(&e, BackendError::Load(m) if m.contains("constant shape")),
+                "{e:?}"
+            );
+        };
+        // An initializer, raw or packed, as the operand of each tensor-making operator.
+        for raw in [true, false] {
+            refused(
+                identity_graph()
+                    .msg(GRAPH_INITIALIZER, int64("s", &big, raw))
+                    .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
+            );
+        }
+        refused(
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
+                .msg(GRAPH_NODE, maker("Expand", &["x", "s"])),
+        );
+        refused(
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("r", &[1 << 16, 1 << 17], true))
+                .msg(GRAPH_NODE, maker("Tile", &["x", "r"])),
+        );
+        // A Constant node's value, as a tensor or as value_ints, used before it is defined.
+        let constant = W::default()
+            .bytes(NODE_OUTPUT, b"s")
+            .bytes(NODE_OP_TYPE, b"Constant")
+            .msg(
+                NODE_ATTRIBUTE,
+                W::default()
+                    .bytes(1, b"value")
+                    .msg(ATTR_T, int64("", &big, false)),
+            );
+        refused(
+            identity_graph()
+                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"]))
+                .msg(GRAPH_NODE, constant),
+        );
+        let mut ints = W::default();
+        for v in big {
+            ints.varint(v as u64);
+        }
+        let constant_ints = W::default()
+            .bytes(NODE_OUTPUT, b"s")
+            .bytes(NODE_OP_TYPE, b"Constant")
+            .msg(
+                NODE_ATTRIBUTE,
+                W::default()
+                    .bytes(1, b"value_ints")
+                    .bytes(ATTR_INTS, &ints.0),
+            );
+        refused(
+            identity_graph()
+                .msg(GRAPH_NODE, constant_ints)
+                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
+        );
+        // Within the limit, or big but not a shape operand: accepted.
+        for g in [
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 16, 1 << 16], true))
+                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
+                .msg(GRAPH_NODE, maker("Add", &["x", "s"])),
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
+                .msg(GRAPH_NODE, maker("Expand", &["s", "x"])),
+        ] {
+            assert!(check_model(&model(g)).is_ok());
+        }
     }
 
     #[test]
