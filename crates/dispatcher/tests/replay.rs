@@ -113,7 +113,7 @@ fn ticket_rejected(r: &NodeToClient) -> bool {
 async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.ticket_lifetime_s = 3;
+    cfg.ticket_lifetime_s = 5;
     let net = network(cfg, dir.path()).await;
     let (client, key) = client_with(&net, 1_000_000).await;
     let model = client.upload_model(TINY, |_| {}).await.unwrap();

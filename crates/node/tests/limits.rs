@@ -47,18 +47,15 @@ async fn tasks_over_a_keys_rate_are_busy_and_keys_are_independent() {
             &call(&conn, &infer(task, t(alice), dep(1), image(1))).await,
         ));
     }
-    // One token comes back per second; the five calls take far less.
-    assert!(started.elapsed() < Duration::from_millis(900));
-    assert_eq!(
-        answers,
-        [
-            None,
-            None,
-            None,
-            Some(ErrorCode::Busy),
-            Some(ErrorCode::Busy)
-        ]
-    );
+    // The burst passes; after it, one task a second (the five calls take far less).
+    let refilled = started.elapsed().as_secs() as usize;
+    assert_eq!(answers[..3], [None; 3]);
+    let busy = answers
+        .iter()
+        .filter(|a| **a == Some(ErrorCode::Busy))
+        .count();
+    assert_eq!(busy + answers.iter().filter(|a| a.is_none()).count(), 5);
+    assert!(busy >= 2 - refilled.min(2), "{answers:?} in {refilled} s");
     // Another key has its own bucket.
     for task in 10..13 {
         assert_eq!(
@@ -86,10 +83,12 @@ async fn tasks_over_a_keys_rate_are_busy_and_keys_are_independent() {
         code(&call(&conn, &infer(40, t(alice), dep(1), image(1))).await),
         None
     );
-    // Usage only for the tasks that ran: 3 + 3 + 1 + 1.
-    wait_for(|| node.seen.lock().unwrap().usage.len() >= 8 && node.node.usage_pending() == 0).await;
+    // Usage only for the tasks that ran: alice's, bob's 3, carol's 1.
+    let ran = (5 - busy) + 1 + 3 + 1;
+    wait_for(|| node.seen.lock().unwrap().usage.len() >= ran && node.node.usage_pending() == 0)
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(node.seen.lock().unwrap().usage.len(), 8);
+    assert_eq!(node.seen.lock().unwrap().usage.len(), ran);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +124,7 @@ async fn a_full_model_queue_answers_busy_and_drains() {
         let (conn, req) = (conn.clone(), infer(task, t(), dep(1), image(0)));
         held.push(tokio::spawn(async move { call(&conn, &req).await }));
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // ...and every further task is refused at once, however many come.
     for task in 3..50 {
         let started = Instant::now();
