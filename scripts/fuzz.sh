@@ -11,6 +11,9 @@
 #   CRAT_FUZZ_CORPUS_DIR  where each target's growing corpus lives (default fuzz/corpus); the
 #                         committed seeds in fuzz/seeds/<target>/ are always read as well
 #   CRAT_FUZZ_TARGETS     space-separated subset of targets to run (default: all)
+#   CRAT_FUZZ_CORPUS_FILES_MAX  a target's corpus above this many files is minimised (`cargo
+#                         fuzz cmin`) before it runs, so a corpus kept between runs stays
+#                         bounded (default 10000)
 # A crash leaves its input in fuzz/artifacts/<target>/; replay it with
 #   cd fuzz && cargo +nightly fuzz run <target> artifacts/<target>/<file>
 set -euo pipefail
@@ -25,6 +28,7 @@ fi
 cargo_fuzz_version="0.13.2"
 target_dir="${CRAT_FUZZ_TARGET_DIR:-$root/fuzz/target}"
 corpus_root="${CRAT_FUZZ_CORPUS_DIR:-$root/fuzz/corpus}"
+corpus_files_max="${CRAT_FUZZ_CORPUS_FILES_MAX:-10000}"
 # The fuzz crate has its own workspace and lock file; never build into the main target dir.
 unset CARGO_TARGET_DIR
 
@@ -54,6 +58,10 @@ trap 'rm -rf "$logs"' EXIT
 failed=()
 for target in "${targets[@]}"; do
     mkdir -p "$corpus_root/$target"
+    if (($(find "$corpus_root/$target" -type f | wc -l) > corpus_files_max)); then
+        "${fuzz[@]}" cmin --target-dir "$target_dir" "$target" "$corpus_root/$target" \
+            >"$logs/$target.cmin.log" 2>&1 || { tail -n 30 "$logs/$target.cmin.log"; exit 1; }
+    fi
     seeds=()
     [[ -d "seeds/$target" ]] && seeds=("seeds/$target")
     log="$logs/$target.log"
@@ -67,7 +75,11 @@ for target in "${targets[@]}"; do
         printf '%-22s ok   %10s execs %8s/s  corpus %5s\n' "$target" "$runs" "$speed" "$corpus"
     else
         printf '%-22s FAILED\n' "$target"
-        tail -n 60 "$log"
+        # The panic (with its assertion message), the sanitizer's verdict and the saved input;
+        # then the end of the log (for failures that are not crashes, e.g. a build error).
+        grep -E -m1 -A6 'panicked at' "$log" || true
+        grep -E '^SUMMARY|==ERROR|Test unit written|^Base64' "$log" || true
+        tail -n 15 "$log"
         failed+=("$target")
     fi
 done
