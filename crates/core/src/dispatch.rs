@@ -18,6 +18,25 @@
 //!   and [`DeploymentState::Pending`] before its first replica is warm.
 //! - When a node goes offline or a replica fails to load, the replica is placed again on
 //!   another node (never on a node where it failed), on every tick until it fits.
+//! - **Operators.** Nodes are grouped by address block ([`operator_of`]: IPv4 /24, IPv6
+//!   /48). At most [`DispatchConfig::per_operator_max`] replicas of one deployment go to one
+//!   operator, relaxed to `⌈replicas wanted / operators available⌉` when the network has too
+//!   few operators to spread them (a network of one /24, e.g. loopback, still serves).
+//! - **Exclusion.** A node whose work failed validation ([`Dispatch::validation_failed`]) more
+//!   than [`DispatchConfig::caught_max`] times within [`DispatchConfig::caught_window_s`] is
+//!   excluded from placement for [`DispatchConfig::excluded_rounds`] rounds: its replicas are
+//!   placed elsewhere and it gets none until the exclusion ends. Slashing and the loss of the
+//!   round's bonus are not decided here: they follow from `validations_failed` in the round's
+//!   inputs, by `crat-rewards`.
+//!
+//! # Limits of address-block sybil resistance
+//! An address block is a cheap proxy for "one operator". It stops the casual case (several
+//! nodes behind one home connection or one cloud subnet validating each other), but an
+//! operator who rents addresses in many blocks (several clouds, VPNs, residential proxies)
+//! looks like many operators, and honest operators behind one carrier-grade NAT look like
+//! one. Stronger grouping needs identity that costs money (stake) or attestation; the
+//! economic defence is that validators are drawn at random by the dispatcher and that one
+//! failed validation costs half of a node's CRAT.
 //!
 //! ```
 //! use crat_core::dispatch::{Dispatch, DispatchConfig, Effect};
@@ -77,8 +96,19 @@ pub struct DispatchConfig {
     /// Lowest rating a replica's node may have. Default 1.
     pub rating_min: PowerRating,
     /// Most replicas of one deployment on one operator (address block); 0 = no limit.
-    /// Default 0 (issue 7 turns it on with its sybil rules).
+    /// Default 1; relaxed when there are fewer operators than replicas (see the module
+    /// docs).
     pub per_operator_max: u32,
+    /// Failed validations a node may have within [`Self::caught_window_s`] before it is
+    /// excluded (excluded at `caught_max + 1`). Default 1.
+    pub caught_max: u32,
+    /// The window failed validations are counted in. Default 86,400 s.
+    pub caught_window_s: u64,
+    /// How many rounds an excluded node gets no replicas. Default 3.
+    pub excluded_rounds: u32,
+    /// Length of a round (the dispatcher sets it from its rewards parameters). Default
+    /// 86,400 s.
+    pub round_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -91,7 +121,11 @@ impl Default for DispatchConfig {
             per_request_replica_rps: 10,
             rps_per_rating: 100,
             rating_min: PowerRating::MIN,
-            per_operator_max: 0,
+            per_operator_max: 1,
+            caught_max: 1,
+            caught_window_s: 86_400,
+            excluded_rounds: 3,
+            round_s: 86_400,
         }
     }
 }
@@ -170,6 +204,10 @@ struct NodeEntry {
     used_rps: u32,
     /// Utilisation reported by the last heartbeat.
     utilisation_bps: u16,
+    /// When its recent failed validations happened (at most `caught_max + 1`).
+    caught_at_s: std::collections::VecDeque<u64>,
+    /// Excluded from placement before this time.
+    excluded_until_s: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -210,6 +248,8 @@ pub struct Dispatch {
     config: DispatchConfig,
     nodes: BTreeMap<NodeId, NodeEntry>,
     deployments: BTreeMap<DeploymentId, DeploymentEntry>,
+    /// The latest time an event carried.
+    now_s: u64,
 }
 
 /// The operator of a node: its IPv4 /24 or IPv6 /48 address block (hashed), or the node
@@ -245,6 +285,7 @@ impl Dispatch {
             config,
             nodes: BTreeMap::new(),
             deployments: BTreeMap::new(),
+            now_s: 0,
         }
     }
 
@@ -266,6 +307,7 @@ impl Dispatch {
         model_bytes_max: u64,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.now_s = self.now_s.max(now_s);
         let operator = operator_of(&node, &addrs);
         match self.nodes.get_mut(&node) {
             Some(e) => {
@@ -295,6 +337,8 @@ impl Dispatch {
                         last_seen_s: now_s,
                         used_rps: 0,
                         utilisation_bps: 0,
+                        caught_at_s: std::collections::VecDeque::new(),
+                        excluded_until_s: 0,
                     },
                 );
             }
@@ -379,6 +423,7 @@ impl Dispatch {
     /// again; deployments short of replicas are retried.
     pub fn tick(&mut self, now_s: u64) -> Vec<Effect> {
         let mut effects = Vec::new();
+        self.now_s = self.now_s.max(now_s);
         let silence_max = self
             .config
             .heartbeat_interval_s
@@ -394,6 +439,79 @@ impl Dispatch {
         }
         self.fill_all(&mut effects);
         effects
+    }
+
+    /// `node`'s work failed a validation (a canary, or a spot check it lost) at `now_s`.
+    /// Past [`DispatchConfig::caught_max`] failures within the window, the node is excluded
+    /// from placement for [`DispatchConfig::excluded_rounds`] rounds and its replicas are
+    /// placed elsewhere. Returns the effects.
+    pub fn validation_failed(&mut self, now_s: u64, node: &NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.now_s = self.now_s.max(now_s);
+        let window = self.config.caught_window_s;
+        let max = self.config.caught_max as usize;
+        let exclude_s = self
+            .config
+            .round_s
+            .saturating_mul(u64::from(self.config.excluded_rounds));
+        let Some(e) = self.nodes.get_mut(node) else {
+            return effects;
+        };
+        e.caught_at_s.push_back(now_s);
+        while e
+            .caught_at_s
+            .front()
+            .is_some_and(|t| now_s.saturating_sub(*t) >= window)
+            || e.caught_at_s.len() > max + 1
+        {
+            e.caught_at_s.pop_front();
+        }
+        if e.caught_at_s.len() <= max || exclude_s == 0 {
+            return effects;
+        }
+        e.caught_at_s.clear();
+        e.excluded_until_s = now_s.saturating_add(exclude_s);
+        let deps: Vec<DeploymentId> = self
+            .deployments
+            .iter()
+            .filter(|(_, d)| d.replicas.contains_key(node))
+            .map(|(k, _)| *k)
+            .collect();
+        for dep in deps {
+            self.remove_replica(node, &dep, &mut effects);
+        }
+        self.fill_all(&mut effects);
+        effects
+    }
+
+    /// Until when `node` is excluded from placement, if it is now.
+    pub fn excluded_until(&self, node: &NodeId) -> Option<u64> {
+        self.nodes
+            .get(node)
+            .map(|e| e.excluded_until_s)
+            .filter(|t| *t > self.now_s)
+    }
+
+    /// The operator (address block) of a registered node.
+    pub fn operator(&self, node: &NodeId) -> Option<u64> {
+        self.nodes.get(node).map(|e| e.operator)
+    }
+
+    /// Warm replicas of a deployment on online nodes, with each node's operator.
+    pub fn ready_replicas(&self, id: &DeploymentId) -> Vec<(NodeId, u64)> {
+        self.deployments
+            .get(id)
+            .map(|d| {
+                d.replicas
+                    .iter()
+                    .filter(|(_, r)| r.ready)
+                    .filter_map(|(node, _)| {
+                        let n = self.nodes.get(node)?;
+                        n.online.then_some((*node, n.operator))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The driver lost the node's connection and knows it is gone (sooner than the
@@ -432,12 +550,13 @@ impl Dispatch {
     /// with [`DispatchError::NoCapacity`] and changes nothing.
     pub fn deploy(
         &mut self,
-        _now_s: u64,
+        now_s: u64,
         id: DeploymentId,
         model: ModelId,
         model_bytes: u64,
         plan: DeployPlan,
     ) -> Result<Vec<Effect>, DispatchError> {
+        self.now_s = self.now_s.max(now_s);
         if self.deployments.contains_key(&id) {
             return Err(DispatchError::Exists(id));
         }
@@ -596,14 +715,42 @@ impl Dispatch {
         d: &DeploymentEntry,
         count: u32,
     ) -> Result<Vec<crate::placement::Assignment>, DispatchError> {
+        let eligible = |(id, e): &(&NodeId, &NodeEntry)| {
+            e.online
+                && e.excluded_until_s <= self.now_s
+                && e.model_bytes_max >= d.model_bytes
+                && !d.failed_on.contains(*id)
+        };
+        // The per-operator cap, relaxed when there are too few operators to spread over.
+        let mut held: BTreeMap<u64, u32> = BTreeMap::new();
+        for node in d.replicas.keys() {
+            if let Some(n) = self.nodes.get(node) {
+                *held.entry(n.operator).or_default() += 1;
+            }
+        }
+        let per_operator_max = if self.config.per_operator_max == 0 {
+            0
+        } else {
+            let operators: BTreeSet<u64> = self
+                .nodes
+                .iter()
+                .filter(eligible)
+                .map(|(_, e)| e.operator)
+                .chain(held.keys().copied())
+                .collect();
+            let spread = d
+                .replicas_wanted
+                .div_ceil(u32::try_from(operators.len()).unwrap_or(u32::MAX).max(1));
+            self.config.per_operator_max.max(spread)
+        };
         let candidates: Vec<Candidate> = self
             .nodes
             .iter()
+            .filter(eligible)
             .filter(|(id, e)| {
-                e.online
-                    && e.model_bytes_max >= d.model_bytes
-                    && !d.replicas.contains_key(*id)
-                    && !d.failed_on.contains(*id)
+                !d.replicas.contains_key(*id)
+                    && (per_operator_max == 0
+                        || held.get(&e.operator).copied().unwrap_or(0) < per_operator_max)
             })
             .map(|(id, e)| Candidate {
                 id: *id,
@@ -617,7 +764,8 @@ impl Dispatch {
             rps: d.replica_rps.saturating_mul(count),
             replicas: Some(count),
             rating_min: self.config.rating_min,
-            per_operator_max: self.config.per_operator_max,
+            // Operators already at the cap were left out above; this bounds the new ones.
+            per_operator_max,
         };
         Placer::new(candidates)
             .place(&request)
@@ -941,6 +1089,94 @@ mod tests {
         assert_ne!(
             operator_of(&n, &a("mem:x")),
             operator_of(&NodeId::from_bytes([2; 32]), &a("mem:x"))
+        );
+    }
+
+    fn join_at(d: &mut Dispatch, b: u8, addr: &str) -> NodeId {
+        let id = NodeId::from_bytes([b; 32]);
+        d.node_joined(
+            0,
+            id,
+            PowerRating::new(5).unwrap(),
+            vec![addr.parse().unwrap()],
+            hw(),
+            1 << 30,
+        );
+        id
+    }
+
+    #[test]
+    fn one_replica_per_operator_unless_too_few_operators() {
+        // Two nodes in 10.0.0.0/24, one in 10.0.1.0/24: the two replicas go to different
+        // blocks even though both nodes of the first block have more room.
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let a1 = join_at(&mut d, 1, "10.0.0.1:1");
+        let a2 = join_at(&mut d, 2, "10.0.0.2:1");
+        let b = join_at(&mut d, 3, "10.0.1.1:1");
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&b).len(), 1);
+        assert_eq!(
+            d.assignments_for(&a1).len() + d.assignments_for(&a2).len(),
+            1
+        );
+        // One block only (loopback): the cap relaxes to replicas / operators.
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let a1 = join_at(&mut d, 1, "127.0.0.1:1");
+        let a2 = join_at(&mut d, 2, "127.0.0.1:2");
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&a1).len(), 1);
+        assert_eq!(d.assignments_for(&a2).len(), 1);
+    }
+
+    #[test]
+    fn caught_node_is_excluded_for_rounds_and_its_replicas_move() {
+        let config = DispatchConfig {
+            replicas: 1,
+            caught_max: 1,
+            caught_window_s: 100,
+            excluded_rounds: 2,
+            round_s: 1_000,
+            per_operator_max: 0,
+            heartbeat_interval_s: 10_000,
+            ..DispatchConfig::default()
+        };
+        let mut d = Dispatch::new(config);
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let (b, _) = join(&mut d, 0, 2, 1);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&a).len(), 1);
+        // One failure is tolerated; two failures far apart are too.
+        assert!(d.validation_failed(10, &a).is_empty());
+        assert!(d.validation_failed(200, &a).is_empty());
+        assert_eq!(d.excluded_until(&a), None);
+        // A second within the window: excluded for two rounds, replica moved to b.
+        let fx = d.validation_failed(250, &a);
+        assert_eq!(d.excluded_until(&a), Some(2_250));
+        assert!(pushes_to(&fx).contains(&(a, false)));
+        assert!(pushes_to(&fx).contains(&(b, true)));
+        assert_eq!(d.assignments_for(&a).len(), 0);
+        // Still excluded later on: a new deployment does not go there.
+        let dep2 = DeploymentId::from_bytes([8; 16]);
+        d.tick(2_000);
+        d.deploy(2_000, dep2, ModelId::of_bytes(b"m2"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&a).len(), 0);
+        // After the exclusion it is a candidate again.
+        d.tick(2_250);
+        assert_eq!(d.excluded_until(&a), None);
+        let dep3 = DeploymentId::from_bytes([7; 16]);
+        d.deploy(2_250, dep3, ModelId::of_bytes(b"m3"), 10, per_request())
+            .unwrap();
+        assert_eq!(d.assignments_for(&a).len(), 1);
+        // Unknown nodes change nothing.
+        assert!(
+            d.validation_failed(2_300, &NodeId::from_bytes([77; 32]))
+                .is_empty()
         );
     }
 }

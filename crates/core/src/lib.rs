@@ -67,6 +67,7 @@ pub mod placement;
 pub mod pricing;
 pub mod sign;
 pub mod tensor;
+pub mod verify;
 pub mod wire;
 
 #[cfg(feature = "proptest")]
