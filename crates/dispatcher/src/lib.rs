@@ -11,7 +11,13 @@
 //! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
 //!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away;
 //! - issues **leases**: the warm replicas plus a ticket signed by the dispatcher key;
-//! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`].
+//! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`];
+//! - **verifies computations** with canary tasks ([`CanaryConfig`]): tasks whose answer it
+//!   computed itself, sent to replicas as ordinary client tasks; a wrong answer is a
+//!   `validations_failed` of the node in the ledger (slashing and the loss of the round's
+//!   bonus follow in `crat-rewards`), and a node caught repeatedly is excluded from placement
+//!   ([`crat_core::dispatch`] documents the rule, the per-operator replica cap and the limits
+//!   of address-block sybil resistance).
 //!
 //! [`Settlement`]: crat_rewards::Settlement
 //!
@@ -44,5 +50,6 @@ pub mod rounds;
 mod service;
 
 pub use service::{
-    Dispatcher, DispatcherConfig, DispatcherError, DispatcherParts, DispatcherStats, Settle,
+    CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
+    DispatcherParts, DispatcherStats, Settle, canary_inputs,
 };

@@ -6,12 +6,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
+use crat_core::tensor::{DType, Tensor};
 use crat_core::wire::PeerAddr;
-use crat_node::backend::InferenceBackend;
+use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
@@ -20,7 +22,85 @@ use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 use tokio::task::JoinHandle;
 
-use crate::{Dispatcher, DispatcherConfig, DispatcherError};
+use crate::{CanaryParts, Dispatcher, DispatcherConfig, DispatcherError};
+
+/// Test support: a backend that returns wrong answers on a share of its runs, to play a
+/// cheating node. Deterministic: of every 1,000 runs of a loaded model, exactly
+/// `perturbed_per_mille` (spread evenly) get every floating-point output element increased
+/// by 0.5. Give the cheating node batch size 1, so that one run is one task.
+pub struct PerturbedBackend {
+    inner: Arc<dyn InferenceBackend>,
+    perturbed_per_mille: u32,
+}
+
+impl PerturbedBackend {
+    /// Wraps `inner`; `perturbed_per_mille` is clamped to 1,000.
+    pub fn new(inner: Arc<dyn InferenceBackend>, perturbed_per_mille: u32) -> Self {
+        Self {
+            inner,
+            perturbed_per_mille: perturbed_per_mille.min(1_000),
+        }
+    }
+}
+
+impl InferenceBackend for PerturbedBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn execution_provider(&self) -> &str {
+        self.inner.execution_provider()
+    }
+
+    fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        Ok(Arc::new(PerturbedModel {
+            inner: self.inner.load(model)?,
+            perturbed_per_mille: u64::from(self.perturbed_per_mille),
+            runs: AtomicU64::new(0),
+        }))
+    }
+}
+
+struct PerturbedModel {
+    inner: Arc<dyn LoadedModel>,
+    perturbed_per_mille: u64,
+    runs: AtomicU64,
+}
+
+impl LoadedModel for PerturbedModel {
+    fn info(&self) -> &ModelInfo {
+        self.inner.info()
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+        let outputs = self.inner.run(inputs)?;
+        let n = self.runs.fetch_add(1, Ordering::Relaxed);
+        let p = self.perturbed_per_mille;
+        if (n + 1) * p / 1_000 == n * p / 1_000 {
+            return Ok(outputs);
+        }
+        outputs
+            .into_iter()
+            .map(|t| {
+                if t.dtype() != DType::F32 {
+                    return Ok(t);
+                }
+                let shape = t.shape().to_vec();
+                let values: Vec<f32> = t
+                    .to_vec::<f32>()
+                    .map_err(|e| BackendError::Run(e.to_string()))?
+                    .into_iter()
+                    .map(|v| v + 0.5)
+                    .collect();
+                Tensor::from_slice(&shape, &values).map_err(|e| BackendError::Run(e.to_string()))
+            })
+            .collect()
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.inner.memory_bytes()
+    }
+}
 
 /// One node to start.
 #[derive(Clone)]
@@ -88,6 +168,27 @@ pub fn loopback_quic() -> QuicConfig {
     }
 }
 
+/// Canary parts on loopback: a client endpoint with a throwaway identity and the tract
+/// backend (none without the `tract` feature).
+fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError> {
+    #[cfg(feature = "tract")]
+    {
+        let transport = QuicTransport::bind(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| DispatcherError::Config("address".into()))?,
+            &SigningKey::from_bytes(&rand::random()),
+            loopback_quic(),
+        )?;
+        Ok(Some(CanaryParts {
+            transport,
+            reference: Arc::new(crat_node::backend::tract::TractBackend::new()),
+        }))
+    }
+    #[cfg(not(feature = "tract"))]
+    Ok(None)
+}
+
 fn start_dispatcher(
     config: DispatcherConfig,
     key: SigningKey,
@@ -95,7 +196,7 @@ fn start_dispatcher(
 ) -> Result<(Dispatcher<QuicTransport>, SocketAddr, JoinHandle<()>), DispatcherError> {
     let transport = QuicTransport::bind(addr, &key, loopback_quic())?;
     let addr = transport.socket_addr();
-    let dispatcher = Dispatcher::open(config, key, transport)?;
+    let dispatcher = Dispatcher::open_with(config, key, transport, canary_parts()?)?;
     let task = tokio::spawn({
         let d = dispatcher.clone();
         async move {
@@ -161,8 +262,18 @@ impl LocalNetwork {
         spec: NodeSpec,
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Result<&LocalNode, DispatcherError> {
+        self.add_node_keyed(spec, SigningKey::from_bytes(&rand::random()), configure)
+    }
+
+    /// [`LocalNetwork::add_node_with`] with the node's key chosen by the caller (so a test can
+    /// prepare the node's ledger record before it registers).
+    pub fn add_node_keyed(
+        &mut self,
+        spec: NodeSpec,
+        key: SigningKey,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode, DispatcherError> {
         let index = self.nodes.len();
-        let key = SigningKey::from_bytes(&rand::random());
         let transport = QuicTransport::bind(
             "127.0.0.1:0"
                 .parse()

@@ -45,6 +45,11 @@ use crate::ledger::{
 };
 use crate::rounds::{ClosedRound, RoundClock, RoundError, close_round};
 
+mod canary;
+
+use canary::CanaryState;
+pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, canary_inputs};
+
 /// Everything a dispatcher is configured with.
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
@@ -85,6 +90,8 @@ pub struct DispatcherConfig {
     pub key_cache_ms: u64,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
     pub tick_ms: u64,
+    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`]).
+    pub canary: CanaryConfig,
 }
 
 impl DispatcherConfig {
@@ -110,6 +117,7 @@ impl DispatcherConfig {
             registrations_tracked_max: 65_536,
             key_cache_ms: 1_000,
             tick_ms: 1_000,
+            canary: CanaryConfig::default(),
         }
     }
 
@@ -198,6 +206,8 @@ pub struct DispatcherParts<T: Transport> {
     pub settlement: Box<dyn Settle>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
+    /// What canary tasks need; `None`: no canaries.
+    pub canary: Option<CanaryParts<T>>,
 }
 
 /// Counters for monitoring and the demo.
@@ -211,6 +221,12 @@ pub struct DispatcherStats {
     pub usage_duplicates: u64,
     /// Rounds closed by this process.
     pub rounds_closed: u64,
+    /// Canaries answered correctly.
+    pub canaries_passed: u64,
+    /// Canaries answered wrongly (each recorded as a failed validation).
+    pub canaries_failed: u64,
+    /// Canaries without a verdict (error, timeout, unreachable node).
+    pub canaries_inconclusive: u64,
 }
 
 struct CachedKey {
@@ -249,6 +265,10 @@ struct Inner<T: Transport> {
     usage_duplicates: AtomicU64,
     rounds_closed: AtomicU64,
     next_round: Mutex<Option<u64>>,
+    canary: Option<CanaryState<T>>,
+    canaries_passed: AtomicU64,
+    canaries_failed: AtomicU64,
+    canaries_inconclusive: AtomicU64,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -326,6 +346,16 @@ impl<T: Transport> Dispatcher<T> {
         key: SigningKey,
         transport: T,
     ) -> Result<Self, DispatcherError> {
+        Self::open_with(config, key, transport, None)
+    }
+
+    /// [`Dispatcher::open`], sending canary tasks with `canary` (see [`CanaryConfig`]).
+    pub fn open_with(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+        canary: Option<CanaryParts<T>>,
+    ) -> Result<Self, DispatcherError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| DispatcherError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let ledger = Arc::new(SqliteLedger::open(&config.ledger_path())?);
@@ -350,6 +380,7 @@ impl<T: Transport> Dispatcher<T> {
                 uploads,
                 settlement,
                 clock: Arc::new(SystemClock),
+                canary,
             },
             config,
         )
@@ -358,8 +389,10 @@ impl<T: Transport> Dispatcher<T> {
     /// Assembles a dispatcher from parts; loads active deployments from the ledger.
     pub fn new(
         parts: DispatcherParts<T>,
-        config: DispatcherConfig,
+        mut config: DispatcherConfig,
     ) -> Result<Self, DispatcherError> {
+        // Exclusions last whole rounds of the rewards' length.
+        config.dispatch.round_s = config.rewards.round_s;
         config
             .rewards
             .validate()
@@ -388,6 +421,7 @@ impl<T: Transport> Dispatcher<T> {
             .client_key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
         let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
+        let canary = parts.canary.map(|c| CanaryState::new(c, &config.canary));
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -412,6 +446,10 @@ impl<T: Transport> Dispatcher<T> {
                 usage_duplicates: AtomicU64::new(0),
                 rounds_closed: AtomicU64::new(0),
                 next_round: Mutex::new(None),
+                canary,
+                canaries_passed: AtomicU64::new(0),
+                canaries_failed: AtomicU64::new(0),
+                canaries_inconclusive: AtomicU64::new(0),
             }),
         })
     }
@@ -439,6 +477,9 @@ impl<T: Transport> Dispatcher<T> {
             usage_records: i.usage_records.load(Ordering::Relaxed),
             usage_duplicates: i.usage_duplicates.load(Ordering::Relaxed),
             rounds_closed: i.rounds_closed.load(Ordering::Relaxed),
+            canaries_passed: i.canaries_passed.load(Ordering::Relaxed),
+            canaries_failed: i.canaries_failed.load(Ordering::Relaxed),
+            canaries_inconclusive: i.canaries_inconclusive.load(Ordering::Relaxed),
         }
     }
 
@@ -450,6 +491,23 @@ impl<T: Transport> Dispatcher<T> {
     /// Stops accepting and closes every connection.
     pub fn close(&self) {
         self.inner.transport.close();
+        if let Some(c) = &self.inner.canary {
+            c.close();
+        }
+    }
+
+    /// Until when `node` is excluded from placement for failed validations, if it is now.
+    pub fn excluded_until(&self, node: &NodeId) -> Option<u64> {
+        lock(&self.inner.dispatch).excluded_until(node)
+    }
+
+    /// The nodes holding warm replicas of `deployment` now.
+    pub fn ready_replicas(&self, deployment: &DeploymentId) -> Vec<NodeId> {
+        lock(&self.inner.dispatch)
+            .ready_replicas(deployment)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
     }
 
     async fn db<R: Send + 'static>(
@@ -468,6 +526,7 @@ impl<T: Transport> Dispatcher<T> {
         // Aborted when `run` returns or is dropped (a cancelled run must not leave the
         // ticker holding the dispatcher, and with it the socket, alive).
         let _ticker = AbortOnDrop(tokio::spawn(self.clone().tick_loop()));
+        let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
         let result = loop {
             match self.inner.transport.accept().await {
                 Ok(conn) => {
@@ -879,6 +938,16 @@ impl<T: Transport> Dispatcher<T> {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for record in report.records {
+                // Canaries are the dispatcher's own tasks: nobody is charged for them.
+                if self
+                    .inner
+                    .canary
+                    .as_ref()
+                    .is_some_and(|c| c.is_canary(&record.task))
+                {
+                    unknown += 1;
+                    continue;
+                }
                 // The ledger stores integers as i64; absurd statistics are a node's bug.
                 let sane = [record.input_bytes, record.output_bytes, record.compute_us]
                     .iter()
@@ -1311,7 +1380,31 @@ impl<T: Transport> Dispatcher<T> {
     /// Issues a lease: the warm replicas and a ticket for them.
     fn lease(&self, key: &KeyRecord, id: &DeploymentId, now: u64) -> Result<Lease, WireError> {
         let d = self.owned_deployment(key, id)?;
-        let budget = match d.plan {
+        let budget = self.ticket_budget(&d, now)?;
+        let mut replicas = lock(&self.inner.dispatch)
+            .lease_replicas(id)
+            .map_err(dispatch_err)?;
+        replicas.truncate(TICKET_AUDIENCE_MAX);
+        let ticket = Ticket {
+            deployment: *id,
+            key: key.id,
+            credit_budget: budget,
+            issued_at_s: now,
+            expires_at_s: now.saturating_add(self.inner.config.ticket_lifetime_s),
+            nonce: new_id(),
+            audience: replicas.iter().map(|r| r.node).collect(),
+        };
+        self.inner.leases.fetch_add(1, Ordering::Relaxed);
+        Ok(Lease {
+            replicas,
+            ticket: Signed::sign(ticket, &self.inner.key),
+        })
+    }
+
+    /// The credit budget of a ticket for `d` now, or why none may be issued.
+    fn ticket_budget(&self, d: &DeploymentRecord, now: u64) -> Result<Credits, WireError> {
+        let id = &d.id;
+        Ok(match d.plan {
             DeployPlan::PerRequest(_) => {
                 if d.allowance_left == Credits::ZERO {
                     return Err(err(
@@ -1330,24 +1423,6 @@ impl<T: Transport> Dispatcher<T> {
                 }
                 d.price.upfront
             }
-        };
-        let mut replicas = lock(&self.inner.dispatch)
-            .lease_replicas(id)
-            .map_err(dispatch_err)?;
-        replicas.truncate(TICKET_AUDIENCE_MAX);
-        let ticket = Ticket {
-            deployment: *id,
-            key: key.id,
-            credit_budget: budget,
-            issued_at_s: now,
-            expires_at_s: now.saturating_add(self.inner.config.ticket_lifetime_s),
-            nonce: new_id(),
-            audience: replicas.iter().map(|r| r.node).collect(),
-        };
-        self.inner.leases.fetch_add(1, Ordering::Relaxed);
-        Ok(Lease {
-            replicas,
-            ticket: Signed::sign(ticket, &self.inner.key),
         })
     }
 }

@@ -1,0 +1,568 @@
+//! Canary tasks: tasks whose answer the dispatcher knows, sent to replicas as if a client
+//! sent them, so a node that returns junk when it thinks nobody checks is caught.
+//!
+//! Every [`CanaryConfig::interval_ms`] the dispatcher picks the warm replicas of its
+//! deployments (at most [`CanaryConfig::tasks_per_sweep_max`], rotating through them) and,
+//! for each, generates a deterministic pseudo-random input from the model's declared input
+//! types and shapes (symbolic dimensions = 1; floats uniform in [0, 1), integers in 0..4,
+//! booleans 0/1), runs the model itself on its reference backend (tract on the CPU) and sends
+//! the same input to the replica as an ordinary `Infer` task: through a client transport
+//! with its own throwaway identity (not the dispatcher's), under a ticket for the
+//! deployment's own SDK key with the lease's audience. The answer is compared with
+//! [`crat_core::verify::agree`] (floats within `atol + rtol·|reference|`, integers exact).
+//!
+//! - Disagreement: the node's work failed a validation. It is recorded in the ledger as a
+//!   `validations_failed` of the node (so `crat-rewards` slashes it and makes it ineligible
+//!   for the round's bonus) and reported to the dispatch state machine, which excludes a
+//!   node caught repeatedly from placement.
+//! - Agreement: nothing is recorded. `validations_ok` pays CRAT for correct validations of
+//!   *other* nodes' work (ECONOMICS.md rule 11); answering a canary correctly is doing one's
+//!   own work, which is paid by the round's income, not by validation CRAT.
+//! - An error or timeout is inconclusive and not recorded (a busy node answers `Busy` to
+//!   clients too, and uptime already prices unavailability).
+//!
+//! Canary tasks are not charged: their task ids are remembered (bounded) and their usage
+//! records dropped.
+//!
+//! # Limits
+//! A node can tell a canary only by what it sees: the inputs (random rather than natural
+//! images, say) and the source address (the dispatcher's host). A production network sends
+//! canaries from varied addresses and may replay recorded client inputs; the spot checks
+//! between nodes do not have this weakness. Models larger than
+//! [`CanaryConfig::model_bytes_max`] are not canaried.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
+use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
+use crat_core::tensor::{DType, NamedTensor, Tensor};
+use crat_core::verify::{Tolerance, agree};
+use crat_core::wire::{CHUNK_BYTES_MAX, ClientToNode, InferRequest, NodeToClient, Replica};
+use crat_node::backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
+use crat_transport::{ConnectionExt, Conversation, Transport};
+
+use super::{Dispatcher, lock, new_id};
+use crate::ledger::DeploymentRecord;
+
+/// Canary settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CanaryConfig {
+    /// How often every warm replica is sent a canary; 0 turns canaries off. Default
+    /// 60,000 ms (a replica serving 100 tasks/s sees one canary per 6,000 tasks).
+    pub interval_ms: u64,
+    /// Most canaries per sweep (the replicas beyond wait for the next sweep, in rotation).
+    /// Default 64.
+    pub tasks_per_sweep_max: usize,
+    /// Reference models kept loaded. Default 8.
+    pub models_cached_max: usize,
+    /// Largest model canaried (the dispatcher loads it to compute the answer). Default
+    /// 256 MiB.
+    pub model_bytes_max: u64,
+    /// Largest generated input, all inputs together. Default 1 MiB.
+    pub input_bytes_max: u64,
+    /// How long a node may take to answer. Default 10,000 ms.
+    pub timeout_ms: u64,
+    /// Task ids of recent canaries remembered so that their usage is not charged. Default
+    /// 65,536.
+    pub tasks_remembered_max: usize,
+    /// Node connections kept open. Default 1,024.
+    pub connections_max: usize,
+    /// How far an answer may be from the reference.
+    pub tolerance: Tolerance,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 60_000,
+            tasks_per_sweep_max: 64,
+            models_cached_max: 8,
+            model_bytes_max: 256 << 20,
+            input_bytes_max: 1 << 20,
+            timeout_ms: 10_000,
+            tasks_remembered_max: 65_536,
+            connections_max: 1_024,
+            tolerance: Tolerance::default(),
+        }
+    }
+}
+
+/// What the dispatcher needs to send canaries.
+pub struct CanaryParts<T: Transport> {
+    /// A client endpoint with its own identity (nodes must not see the dispatcher's key).
+    pub transport: T,
+    /// The backend that computes the expected answers.
+    pub reference: Arc<dyn InferenceBackend>,
+}
+
+/// What one canary found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanaryOutcome {
+    /// The answer agreed with the reference.
+    Passed,
+    /// The answer disagreed: recorded as a failed validation.
+    Failed,
+    /// No answer (error, timeout, unreachable): nothing recorded.
+    Inconclusive,
+}
+
+pub(super) struct CanaryState<T: Transport> {
+    transport: T,
+    reference: Arc<dyn InferenceBackend>,
+    models: std::sync::Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
+    conns: std::sync::Mutex<HashMap<NodeId, T::Connection>>,
+    tasks: std::sync::Mutex<BoundedSet<TaskId>>,
+    cursor: std::sync::atomic::AtomicUsize,
+}
+
+impl<T: Transport> CanaryState<T> {
+    pub(super) fn new(parts: CanaryParts<T>, config: &CanaryConfig) -> Self {
+        Self {
+            transport: parts.transport,
+            reference: parts.reference,
+            models: std::sync::Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
+            tasks: std::sync::Mutex::new(BoundedSet::new(config.tasks_remembered_max)),
+            cursor: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether `task` is a canary (its usage is not charged).
+    pub(super) fn is_canary(&self, task: &TaskId) -> bool {
+        lock(&self.tasks).contains(task)
+    }
+
+    pub(super) fn close(&self) {
+        self.transport.close();
+    }
+}
+
+/// A set that forgets its oldest members beyond a capacity.
+pub(super) struct BoundedSet<K> {
+    set: HashSet<K>,
+    order: VecDeque<K>,
+    capacity: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Copy> BoundedSet<K> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn insert(&mut self, k: K) {
+        if self.set.insert(k) {
+            self.order.push_back(k);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, k: &K) -> bool {
+        self.set.contains(k)
+    }
+}
+
+/// A deterministic input for a model: `seed` picks the values (splitmix64).
+pub fn canary_inputs(
+    info: &ModelInfo,
+    seed: u64,
+    bytes_max: u64,
+) -> Result<Vec<NamedTensor>, String> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut total = 0u64;
+    let mut inputs = Vec::with_capacity(info.inputs.len());
+    for spec in &info.inputs {
+        let shape: Vec<u64> = spec
+            .shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Symbolic(_) => 1,
+            })
+            .collect();
+        let bytes = crat_core::tensor::byte_len(spec.dtype, &shape).map_err(|e| e.to_string())?;
+        total = total.saturating_add(bytes);
+        if total > bytes_max {
+            return Err(format!("inputs over {bytes_max} bytes"));
+        }
+        let count = usize::try_from(bytes / spec.dtype.size() as u64).map_err(|e| e.to_string())?;
+        let mut data = Vec::with_capacity(usize::try_from(bytes).map_err(|e| e.to_string())?);
+        for _ in 0..count {
+            let r = next();
+            // 24 random bits as a fraction in [0, 1).
+            let unit = (r >> 40) as f32 / (1u64 << 24) as f32;
+            match spec.dtype {
+                DType::F32 => data.extend_from_slice(&unit.to_le_bytes()),
+                DType::F64 => data.extend_from_slice(&f64::from(unit).to_le_bytes()),
+                // 0, 0.25, 0.5 or 0.75 in half precision.
+                DType::F16 => data.extend_from_slice(
+                    &[0x0000u16, 0x3400, 0x3800, 0x3a00][(r & 3) as usize].to_le_bytes(),
+                ),
+                DType::I64 => data.extend_from_slice(&((r & 3) as i64).to_le_bytes()),
+                DType::I32 => data.extend_from_slice(&((r & 3) as i32).to_le_bytes()),
+                DType::I8 | DType::U8 => data.push((r & 3) as u8),
+                DType::Bool => data.push((r & 1) as u8),
+                other => return Err(format!("input type {other} is not generated")),
+            }
+        }
+        let tensor = Tensor::new(spec.dtype, shape, data).map_err(|e| e.to_string())?;
+        inputs.push(NamedTensor::new(spec.name.clone(), tensor));
+    }
+    Ok(inputs)
+}
+
+impl<T: Transport> Dispatcher<T> {
+    pub(super) async fn canary_loop(self) {
+        let interval = self.inner.config.canary.interval_ms;
+        if interval == 0 || self.inner.canary.is_none() {
+            return;
+        }
+        let mut ticker = tokio::time::interval(Duration::from_millis(interval));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            self.canary_sweep().await;
+        }
+    }
+
+    /// Sends one canary to each of the next warm replicas (at most
+    /// [`CanaryConfig::tasks_per_sweep_max`]) and records what they answered. Returns the
+    /// outcomes. Does nothing when the dispatcher has no canary parts.
+    pub async fn canary_sweep(&self) -> Vec<(DeploymentId, NodeId, CanaryOutcome)> {
+        let Some(state) = &self.inner.canary else {
+            return Vec::new();
+        };
+        let config = &self.inner.config.canary;
+        let deployments: Vec<DeploymentRecord> = self
+            .inner
+            .deployments
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|d| d.stopped_at_s.is_none() && d.model_bytes <= config.model_bytes_max)
+            .cloned()
+            .collect();
+        let mut targets = Vec::new();
+        {
+            let d = lock(&self.inner.dispatch);
+            for dep in &deployments {
+                if let Ok(replicas) = d.lease_replicas(&dep.id) {
+                    for r in &replicas {
+                        targets.push((dep.clone(), r.clone(), replicas.clone()));
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let start = state
+            .cursor
+            .fetch_add(config.tasks_per_sweep_max, Ordering::Relaxed);
+        let n = targets.len().min(config.tasks_per_sweep_max);
+        let picked: Vec<_> = (0..n)
+            .map(|i| targets[(start + i) % targets.len()].clone())
+            .collect();
+        let mut set = tokio::task::JoinSet::new();
+        for (dep, replica, audience) in picked {
+            let me = self.clone();
+            set.spawn(async move {
+                let outcome = me.canary(&dep, &replica, &audience).await;
+                (dep.id, replica.node, outcome)
+            });
+        }
+        let mut outcomes = Vec::with_capacity(n);
+        while let Some(r) = set.join_next().await {
+            if let Ok(r) = r {
+                outcomes.push(r);
+            }
+        }
+        outcomes
+    }
+
+    async fn canary(
+        &self,
+        dep: &DeploymentRecord,
+        replica: &Replica,
+        audience: &[Replica],
+    ) -> CanaryOutcome {
+        let outcome = match self.canary_inner(dep, replica, audience).await {
+            Ok(true) => CanaryOutcome::Passed,
+            Ok(false) => CanaryOutcome::Failed,
+            Err(e) => {
+                tracing::debug!(deployment = %dep.id, node = %replica.node, error = %e, "canary inconclusive");
+                CanaryOutcome::Inconclusive
+            }
+        };
+        let counter = match outcome {
+            CanaryOutcome::Passed => &self.inner.canaries_passed,
+            CanaryOutcome::Failed => &self.inner.canaries_failed,
+            CanaryOutcome::Inconclusive => &self.inner.canaries_inconclusive,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if outcome == CanaryOutcome::Failed {
+            self.validation_failed(replica.node).await;
+        }
+        outcome
+    }
+
+    /// Records a failed validation of `node`'s work: ledger first, then the state machine
+    /// (which may exclude the node).
+    pub(super) async fn validation_failed(&self, node: NodeId) {
+        let now = self.inner.clock.now_s();
+        match self
+            .db(move |l| l.record_validation(&node, false, now))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(%node, error = %e, "failed validation not recorded"),
+            Err(e) => tracing::error!(%node, error = %e, "failed validation not recorded"),
+        }
+        let effects = lock(&self.inner.dispatch).validation_failed(now, &node);
+        if let Some(until) = lock(&self.inner.dispatch).excluded_until(&node) {
+            tracing::warn!(%node, until_s = until, "node excluded from placement");
+        }
+        self.apply(effects).await;
+    }
+
+    /// Ok(agreed) or why there is no verdict.
+    async fn canary_inner(
+        &self,
+        dep: &DeploymentRecord,
+        replica: &Replica,
+        audience: &[Replica],
+    ) -> Result<bool, String> {
+        let Some(state) = &self.inner.canary else {
+            return Err("canaries are off".into());
+        };
+        let config = &self.inner.config.canary;
+        let model = self.reference_model(state, dep).await?;
+        let limit = config.input_bytes_max.min(dep.plan.max_input_bytes());
+        let inputs = canary_inputs(model.info(), rand::random(), limit)?;
+        let expected = {
+            let model = model.clone();
+            let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
+            tokio::task::spawn_blocking(move || {
+                let outputs = model.run(&tensors)?;
+                Ok::<_, crat_node::backend::BackendError>(
+                    model
+                        .info()
+                        .outputs
+                        .iter()
+                        .zip(outputs)
+                        .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reference run: {e}"))?
+        };
+        let now = self.inner.clock.now_s();
+        let budget = self.ticket_budget(dep, now).map_err(|e| e.to_string())?;
+        let ticket = Ticket {
+            deployment: dep.id,
+            key: dep.key,
+            credit_budget: budget,
+            issued_at_s: now,
+            expires_at_s: now.saturating_add(self.inner.config.ticket_lifetime_s),
+            nonce: new_id(),
+            audience: audience
+                .iter()
+                .take(TICKET_AUDIENCE_MAX)
+                .map(|r| r.node)
+                .collect(),
+        };
+        let task = TaskId::from_bytes(new_id());
+        lock(&state.tasks).insert(task);
+        let request = ClientToNode::Infer(Box::new(InferRequest {
+            task,
+            deployment: dep.id,
+            ticket: Signed::sign(ticket, &self.inner.key),
+            inputs,
+        }));
+        let conn = self.canary_conn(state, replica).await?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let answer = tokio::time::timeout(
+            timeout,
+            conn.call::<_, NodeToClient>(
+                &request,
+                Conversation::ClientNode,
+                self.inner.config.frame_limits,
+            ),
+        )
+        .await;
+        let answer = match answer {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                lock(&state.conns).remove(&replica.node);
+                return Err(e.to_string());
+            }
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        match answer {
+            NodeToClient::Outputs {
+                task: t, outputs, ..
+            } if t == task => match agree(&outputs, &expected, &config.tolerance) {
+                Ok(()) => Ok(true),
+                Err(d) => {
+                    tracing::warn!(deployment = %dep.id, node = %replica.node, disagreement = %d, "canary failed");
+                    Ok(false)
+                }
+            },
+            // Outputs for another task are a wrong answer to this one.
+            NodeToClient::Outputs { .. } | NodeToClient::Pong => Ok(false),
+            NodeToClient::Error(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn canary_conn(
+        &self,
+        state: &CanaryState<T>,
+        replica: &Replica,
+    ) -> Result<T::Connection, String> {
+        if let Some(c) = lock(&state.conns).get(&replica.node) {
+            return Ok(c.clone());
+        }
+        let mut last = String::from("no address");
+        for addr in &replica.addrs {
+            let dial = tokio::time::timeout(
+                Duration::from_millis(self.inner.config.canary.timeout_ms),
+                state.transport.connect(addr, &replica.node),
+            )
+            .await;
+            match dial {
+                Ok(Ok(c)) => {
+                    let mut conns = lock(&state.conns);
+                    if conns.len() >= self.inner.config.canary.connections_max {
+                        conns.clear();
+                    }
+                    conns.insert(replica.node, c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("connecting to {addr} timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn reference_model(
+        &self,
+        state: &CanaryState<T>,
+        dep: &DeploymentRecord,
+    ) -> Result<Arc<dyn LoadedModel>, String> {
+        if let Some(m) = lock(&state.models).get(&dep.model) {
+            return Ok(m.clone());
+        }
+        let size = self
+            .inner
+            .blobs
+            .size(&dep.model)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("model {} is not stored", dep.model))?;
+        if size > self.inner.config.canary.model_bytes_max {
+            return Err(format!("model {} is too large to canary", dep.model));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|e| e.to_string())?);
+        while (bytes.len() as u64) < size {
+            let len = u32::try_from((size - bytes.len() as u64).min(u64::from(CHUNK_BYTES_MAX)))
+                .unwrap_or(CHUNK_BYTES_MAX);
+            let chunk = self
+                .inner
+                .blobs
+                .read_range(&dep.model, bytes.len() as u64, len)
+                .await
+                .map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                return Err("model shorter than its size".into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let backend = state.reference.clone();
+        let model = tokio::task::spawn_blocking(move || backend.load(&bytes))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reference load: {e}"))?;
+        let mut models = lock(&state.models);
+        if models.len() >= self.inner.config.canary.models_cached_max.max(1) {
+            models.clear();
+        }
+        models.insert(dep.model, model.clone());
+        Ok(model)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crat_node::backend::TensorSpec;
+
+    #[test]
+    fn inputs_follow_the_declared_types_and_are_deterministic() {
+        let info = ModelInfo {
+            inputs: vec![
+                TensorSpec {
+                    name: "x".into(),
+                    dtype: DType::F32,
+                    shape: vec![Dim::Symbolic("batch".into()), Dim::Fixed(3)],
+                },
+                TensorSpec {
+                    name: "ids".into(),
+                    dtype: DType::I64,
+                    shape: vec![Dim::Fixed(4)],
+                },
+            ],
+            outputs: vec![],
+        };
+        let a = canary_inputs(&info, 7, 1 << 20).unwrap();
+        assert_eq!(a, canary_inputs(&info, 7, 1 << 20).unwrap());
+        assert_ne!(a, canary_inputs(&info, 8, 1 << 20).unwrap());
+        assert_eq!(a[0].tensor.shape(), &[1, 3]);
+        assert!(
+            a[0].tensor
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .all(|v| (0.0..1.0).contains(v))
+        );
+        assert!(
+            a[1].tensor
+                .to_vec::<i64>()
+                .unwrap()
+                .iter()
+                .all(|v| (0..4).contains(v))
+        );
+        assert!(canary_inputs(&info, 7, 16).is_err());
+    }
+
+    #[test]
+    fn bounded_set_forgets_the_oldest() {
+        let mut s = BoundedSet::new(2);
+        s.insert(1);
+        s.insert(2);
+        s.insert(3);
+        assert!(!s.contains(&1));
+        assert!(s.contains(&2) && s.contains(&3));
+    }
+}

@@ -1,0 +1,144 @@
+#![allow(clippy::unwrap_used)]
+//! Verification of computations end to end (issue 7): a real dispatcher, honest tract nodes
+//! and one cheating node (tract with perturbed outputs) on loopback QUIC.
+//!
+//! Canaries: the dispatcher sends every warm replica tasks whose answer it computed itself;
+//! the cheater is caught (`validations_failed` in the ledger), slashed and made ineligible in
+//! the closed round's outcome (computed by `crat-rewards`), and excluded from placement.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use crat_core::id::NodeId;
+use crat_core::money::{MicroCrat, MicroUsd};
+use crat_core::tensor::NamedTensor;
+use crat_core::verify::{Tolerance, agree};
+use crat_dispatcher::ledger::NodeRecord;
+use crat_dispatcher::local::{NodeSpec, PerturbedBackend};
+use ed25519_dalek::SigningKey;
+
+const CHEATER_CRAT: u64 = 1_000_000;
+
+/// Three honest nodes and a cheater perturbing `per_mille` of its answers; every node holds
+/// a replica. Returns when the cheater is excluded.
+async fn canaries_catch(per_mille: u32) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let mut cfg = config(dir.path());
+    cfg.round_epoch_s = start;
+    // The test closes round 0 itself.
+    cfg.round_close_delay_s = 1_000_000;
+    cfg.dispatch.replicas = 4;
+    cfg.dispatch.caught_max = 1;
+    cfg.canary.interval_ms = 100;
+    let mut net = network(cfg, dir.path()).await;
+
+    // The cheater holds CRAT from earlier rounds, so slashing shows in the outcome.
+    let key = SigningKey::from_bytes(&rand::random());
+    let cheater = NodeId::from_key(&key.verifying_key());
+    let ledger = net.dispatcher().ledger().clone();
+    ledger
+        .upsert_node(&NodeRecord {
+            id: cheater,
+            rating: 5,
+            registered_at_s: start,
+            mining_income_usd_micro_per_day: MicroUsd::ZERO,
+            crat_micro: MicroCrat::new(CHEATER_CRAT),
+            streak: 0,
+            uptime_total_s: 0,
+        })
+        .unwrap();
+    let spec = NodeSpec {
+        gpu: Some("NVIDIA GeForce RTX 3090".into()),
+        backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
+        batch_size: 1,
+    };
+    net.add_node_keyed(spec, key, |_| {}).unwrap();
+    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
+    let honest: Vec<NodeId> = net.nodes[..3].iter().map(|n| n.id()).collect();
+
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
+
+    // Canaries run on their own; wait for the exclusion.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while net.dispatcher().excluded_until(&cheater).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cheater not excluded: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = net.dispatcher().stats();
+    assert!(stats.canaries_failed >= 2, "{stats:?}");
+    assert!(stats.canaries_passed > 0, "{stats:?}");
+    assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
+
+    // The ledger: failures for the cheater only; a correct canary answer is not a
+    // validation of anyone else's work, so nobody has validations_ok from canaries.
+    let (ok, failed) = ledger.validations(&cheater, start, u64::MAX).unwrap();
+    assert_eq!(ok, 0);
+    assert!(failed >= 2, "{failed}");
+    for h in &honest {
+        assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0));
+    }
+
+    // Clients are served by the honest replicas from now on: every answer is right.
+    let local = backend().load(TINY).unwrap();
+    for i in 0..40 {
+        let out = d
+            .infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+        let want = vec![NamedTensor::new(
+            "output",
+            local.run(&[input(i)]).unwrap().remove(0),
+        )];
+        let got = vec![NamedTensor::new("output", out[0].tensor.clone())];
+        agree(&got, &want, &Tolerance::default()).unwrap();
+    }
+    // It gets no new deployment either: four replicas no longer fit on the three others.
+    let e = client.deploy(model, per_request(1_000)).await.unwrap_err();
+    assert!(e.to_string().contains("capacity"), "{e}");
+
+    // Round 0 closes through crat-rewards: the cheater is slashed and not eligible for a
+    // bonus; honest nodes are not.
+    let closed = net.dispatcher().close_round(0).await.unwrap();
+    let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
+    let c = closed
+        .outcome
+        .nodes
+        .iter()
+        .find(|n| n.id == cheater)
+        .unwrap();
+    assert!(!c.eligible);
+    assert!(c.rank.is_none());
+    // ECONOMICS rule 12: half of the balance per failed validation.
+    let mut left = CHEATER_CRAT;
+    for _ in 0..failed_in_round {
+        left = left * 5_000 / 10_000;
+    }
+    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
+    for h in &honest {
+        let o = closed.outcome.nodes.iter().find(|n| n.id == *h).unwrap();
+        assert_eq!(o.crat_slashed_micro.get(), 0);
+    }
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_catch_a_node_perturbing_every_answer() {
+    canaries_catch(1_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_catch_a_node_perturbing_one_answer_in_ten() {
+    canaries_catch(100).await;
+}
