@@ -38,7 +38,6 @@
 //! # Ok::<(), crat_core::placement::PlacementError>(())
 //! ```
 
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::hardware::PowerRating;
@@ -100,6 +99,8 @@ pub struct Assignment {
     pub id: NodeId,
     /// Requests per second it serves for this request.
     pub rps: u32,
+    /// Its position in the candidate list the [`Placer`] was built from.
+    pub candidate: u32,
 }
 
 /// Why a request could not be placed.
@@ -119,27 +120,39 @@ pub enum PlacementError {
     Invalid(&'static str),
 }
 
-/// Heap entry: most free capacity first, then higher rating, then smaller id.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Slot {
-    free_rps: u32,
-    rating: PowerRating,
-    index: u32,
-    id: NodeId,
-}
+/// Heap entry, packed so that a larger number is a better node: free capacity in the top 32
+/// bits, then the rating (8 bits), then the candidate's id rank inverted (24 bits, a smaller
+/// id is better). Sifting compares plain integers, with no id comparison.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Slot(u64);
 
-impl Ord for Slot {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.free_rps
-            .cmp(&other.free_rps)
-            .then(self.rating.cmp(&other.rating))
-            .then_with(|| other.id.cmp(&self.id))
+/// Bits of a [`Slot`] holding the inverted id rank.
+const RANK_BITS: u32 = 24;
+const RANK_MASK: u64 = (1 << RANK_BITS) - 1;
+
+impl Slot {
+    fn new(free_rps: u32, rating: PowerRating, id_rank: u32) -> Self {
+        Self(
+            u64::from(free_rps) << 32
+                | u64::from(rating.get()) << RANK_BITS
+                | (RANK_MASK - u64::from(id_rank)),
+        )
     }
-}
 
-impl PartialOrd for Slot {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+    fn free_rps(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    fn rating(self) -> u8 {
+        (self.0 >> RANK_BITS) as u8
+    }
+
+    fn id_rank(self) -> u32 {
+        (RANK_MASK - (self.0 & RANK_MASK)) as u32
+    }
+
+    fn with_free_rps(self, free_rps: u32) -> Self {
+        Self(u64::from(free_rps) << 32 | (self.0 & u64::from(u32::MAX)))
     }
 }
 
@@ -147,6 +160,8 @@ impl PartialOrd for Slot {
 #[derive(Clone)]
 pub struct Placer {
     candidates: Vec<Candidate>,
+    /// Candidate indices in id order (empty when the candidates came in id order).
+    by_id: Vec<u32>,
     heap: BinaryHeap<Slot>,
 }
 
@@ -154,21 +169,57 @@ impl Placer {
     /// A placer over `candidates` (offline nodes and nodes without free capacity are kept
     /// for lookups but never chosen). Candidates beyond [`PLACEMENT_CANDIDATES_MAX`] are
     /// ignored.
+    ///
+    /// O(n) for candidates listed in id order, O(n log n) otherwise (they are ranked by id
+    /// once, so that placing never compares ids).
     pub fn new(mut candidates: Vec<Candidate>) -> Self {
         candidates.truncate(PLACEMENT_CANDIDATES_MAX);
-        let heap = candidates
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.online && c.free_rps > 0)
-            .map(|(i, c)| Slot {
-                free_rps: c.free_rps,
-                rating: c.rating,
-                // Truncated to PLACEMENT_CANDIDATES_MAX above, so the index fits u32.
-                index: i as u32,
-                id: c.id,
-            })
-            .collect();
-        Self { candidates, heap }
+        // Truncated to PLACEMENT_CANDIDATES_MAX = 2^24 above, so indices and ranks fit
+        // RANK_BITS.
+        let in_order = candidates.windows(2).all(|w| w[0].id < w[1].id);
+        let by_id: Vec<u32> = if in_order {
+            Vec::new()
+        } else {
+            let mut by_id: Vec<u32> = (0..candidates.len() as u32).collect();
+            by_id.sort_unstable_by(|&a, &b| {
+                candidates[a as usize]
+                    .id
+                    .cmp(&candidates[b as usize].id)
+                    .then(a.cmp(&b))
+            });
+            by_id
+        };
+        let slot = |rank: usize, c: &Candidate| {
+            (c.online && c.free_rps > 0).then(|| Slot::new(c.free_rps, c.rating, rank as u32))
+        };
+        let heap: Vec<Slot> = if in_order {
+            candidates
+                .iter()
+                .enumerate()
+                .filter_map(|(rank, c)| slot(rank, c))
+                .collect()
+        } else {
+            by_id
+                .iter()
+                .enumerate()
+                .filter_map(|(rank, &i)| slot(rank, &candidates[i as usize]))
+                .collect()
+        };
+        Self {
+            candidates,
+            by_id,
+            heap: BinaryHeap::from(heap),
+        }
+    }
+
+    /// The candidate index of a slot.
+    fn index(&self, slot: Slot) -> usize {
+        let rank = slot.id_rank();
+        if self.by_id.is_empty() {
+            rank as usize
+        } else {
+            self.by_id[rank as usize] as usize
+        }
     }
 
     /// Free capacity left on a node, `None` if it is not a candidate (a linear search).
@@ -181,7 +232,7 @@ impl Placer {
 
     /// Total free capacity on online candidates.
     pub fn total_free_rps(&self) -> u64 {
-        self.heap.iter().map(|s| u64::from(s.free_rps)).sum()
+        self.heap.iter().map(|s| u64::from(s.free_rps())).sum()
     }
 
     /// Places one request. On success its capacity is taken from the chosen nodes; on
@@ -207,21 +258,27 @@ impl Placer {
         let mut left = request.rps;
         while left > 0 && (out.len() as u32) < replicas_max {
             let Some(slot) = self.heap.pop() else { break };
-            let c = &self.candidates[slot.index as usize];
+            let index = self.index(slot);
+            let c = &self.candidates[index];
             let operator_full = request.per_operator_max > 0
                 && operators
                     .iter()
                     .any(|&(o, n)| o == c.operator && n >= request.per_operator_max);
             let want = per_replica.min(left);
             // A fixed-size replica needs a node that holds all of it.
-            let fits = request.replicas.is_none() || slot.free_rps >= want;
-            if slot.rating < request.rating_min || operator_full || !fits {
+            let fits = request.replicas.is_none() || slot.free_rps() >= want;
+            if slot.rating() < request.rating_min.get() || operator_full || !fits {
                 skipped.push(slot);
                 continue;
             }
-            let rps = want.min(slot.free_rps);
+            let rps = want.min(slot.free_rps());
             left -= rps;
-            out.push(Assignment { id: slot.id, rps });
+            out.push(Assignment {
+                id: c.id,
+                rps,
+                // Below PLACEMENT_CANDIDATES_MAX = 2^24.
+                candidate: index as u32,
+            });
             match operators.iter_mut().find(|(o, _)| *o == c.operator) {
                 Some((_, n)) => *n += 1,
                 None => operators.push((c.operator, 1)),
@@ -238,10 +295,10 @@ impl Placer {
             });
         }
         for (slot, a) in taken.into_iter().zip(&out) {
-            let free_rps = slot.free_rps - a.rps;
-            self.candidates[slot.index as usize].free_rps = free_rps;
+            let free_rps = slot.free_rps() - a.rps;
+            self.candidates[a.candidate as usize].free_rps = free_rps;
             if free_rps > 0 {
-                self.heap.push(Slot { free_rps, ..slot });
+                self.heap.push(slot.with_free_rps(free_rps));
             }
         }
         Ok(out)
@@ -299,7 +356,10 @@ mod tests {
         let a = place(&cands, &Request::rate(200, r(2))).unwrap();
         cands.reverse();
         let b = place(&cands, &Request::rate(200, r(2))).unwrap();
-        assert_eq!(a, b);
+        let key = |v: &[Assignment]| v.iter().map(|x| (x.id, x.rps)).collect::<Vec<_>>();
+        assert_eq!(key(&a), key(&b));
+        // Candidate positions refer to each call's own list.
+        assert!(b.iter().all(|x| cands[x.candidate as usize].id == x.id));
     }
 
     #[test]
@@ -347,11 +407,13 @@ mod tests {
             vec![
                 Assignment {
                     id: NodeId::from_bytes([1; 32]),
-                    rps: 6
+                    rps: 6,
+                    candidate: 0,
                 },
                 Assignment {
                     id: NodeId::from_bytes([3; 32]),
-                    rps: 6
+                    rps: 6,
+                    candidate: 2,
                 },
             ]
         );
@@ -377,5 +439,58 @@ mod tests {
             .is_err()
         );
         assert!(place(&cands, &Request { rps: 0, ..req }).is_err());
+    }
+
+    #[test]
+    fn any_candidate_order_places_alike() {
+        // Many ties on (free, rating): the id decides, whatever the listing order.
+        let mut x = 7u64;
+        let mut next = || {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            x >> 33
+        };
+        let sorted: Vec<Candidate> = (0..300u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                Candidate {
+                    id: NodeId::from_bytes(id),
+                    rating: r(1 + (next() % 3) as u8),
+                    free_rps: 20 * (1 + (next() % 3) as u32),
+                    operator: next() % 50,
+                    online: next() % 10 != 0,
+                }
+            })
+            .collect();
+        let mut shuffled = sorted.clone();
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let mut a = Placer::new(sorted.clone());
+        let mut b = Placer::new(shuffled.clone());
+        for k in 0..200u32 {
+            let req = Request {
+                per_operator_max: k % 3,
+                replicas: (k % 2 == 0).then_some(1 + k % 4),
+                ..Request::rate(5 + k % 70, r(1 + (k % 3) as u8))
+            };
+            let (ra, rb) = (a.place(&req), b.place(&req));
+            match (ra, rb) {
+                (Ok(ra), Ok(rb)) => {
+                    let ids = |v: &[Assignment], c: &[Candidate]| -> Vec<(NodeId, u32)> {
+                        v.iter()
+                            .map(|x| {
+                                assert_eq!(c[x.candidate as usize].id, x.id);
+                                (x.id, x.rps)
+                            })
+                            .collect()
+                    };
+                    assert_eq!(ids(&ra, &sorted), ids(&rb, &shuffled), "request {k}");
+                }
+                (Err(ea), Err(eb)) => assert_eq!(ea, eb),
+                (ra, rb) => panic!("request {k}: {ra:?} vs {rb:?}"),
+            }
+        }
+        assert_eq!(a.total_free_rps(), b.total_free_rps());
     }
 }

@@ -495,7 +495,7 @@ fn id_prefix(node: &NodeInput) -> u64 {
 }
 
 /// Rule 6's sort key, precomputed so the sort touches one small array.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct RankKey {
     score: u128,
     uptime_total_s: u64,
@@ -526,8 +526,12 @@ fn id_order_entry(index: usize, node: &NodeInput) -> u64 {
 /// Node positions in id byte order, from one [`id_order_entry`] per node: one integer sort
 /// does almost all the work, then runs that share the 38 bits are put in full-id order.
 /// Fails on a duplicate id.
-fn id_order(nodes: &[NodeInput], mut order: Vec<u64>) -> Result<Vec<u64>, RewardsError> {
-    radix_sort_high_bits(&mut order);
+fn id_order(
+    nodes: &[NodeInput],
+    mut order: Vec<u64>,
+    tmp: &mut Vec<u64>,
+) -> Result<Vec<u64>, RewardsError> {
+    radix_sort_high_bits(&mut order, tmp);
     let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
     let prefix = |e: u64| e >> INDEX_BITS;
     let mut run = 0;
@@ -563,7 +567,7 @@ fn id_order(nodes: &[NodeInput], mut order: Vec<u64>) -> Result<Vec<u64>, Reward
 /// Sorts by bits `INDEX_BITS..64` (the id prefix), least significant digit first, 13 bits a
 /// pass: three linear passes instead of a comparison sort. Entries with equal prefixes may end
 /// in any order; [`id_order`] orders those runs itself.
-fn radix_sort_high_bits(v: &mut Vec<u64>) {
+fn radix_sort_high_bits(v: &mut Vec<u64>, to_out: &mut Vec<u64>) {
     const DIGIT_BITS: u32 = 13;
     const BUCKETS: usize = 1 << DIGIT_BITS;
     if v.len() < 4096 {
@@ -571,11 +575,15 @@ fn radix_sort_high_bits(v: &mut Vec<u64>) {
         return;
     }
     let mut from = std::mem::take(v);
-    let mut to = vec![0u64; from.len()];
+    let mut to_buf = std::mem::take(to_out);
+    to_buf.clear();
+    to_buf.resize(from.len(), 0);
+    let mut to = to_buf;
+    let mut count = vec![0usize; BUCKETS];
     let mut shift = INDEX_BITS;
     while shift < 64 {
         let digit = |e: u64| ((e >> shift) as usize) & (BUCKETS - 1);
-        let mut count = vec![0usize; BUCKETS];
+        count.fill(0);
         for &e in &from {
             count[digit(e)] += 1;
         }
@@ -594,6 +602,80 @@ fn radix_sort_high_bits(v: &mut Vec<u64>) {
         shift += DIGIT_BITS;
     }
     *v = from;
+    // The other buffer goes back to the caller for the next sort.
+    *to_out = to;
+}
+
+/// Sorts eligible nodes by rule 6. Scores decide most places: when they fit 64 bits (any
+/// rating times a CRAT balance below 2^61 µCRAT), a radix sort orders the keys by score and a
+/// comparison sort then orders each run of equal scores by the whole rule; the result is the
+/// one `sort_unstable_by(cmp_rank)` gives, since that order is total.
+fn sort_ranked(nodes: &[NodeInput], ranked: &mut Vec<RankKey>, scratch: &mut Scratch) {
+    let fits = ranked.iter().all(|k| k.score <= u128::from(u64::MAX));
+    if ranked.len() < 4096 || !fits {
+        ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+        return;
+    }
+    // (inverted score, position): higher scores first. Positions < ROUND_NODES_MAX < 2^32.
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    keys.extend(
+        ranked
+            .iter()
+            .enumerate()
+            .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
+    );
+    radix_sort_high_u64(&mut keys, &mut scratch.keys_tmp);
+    let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
+    sorted.clear();
+    sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
+    scratch.keys = keys;
+    std::mem::swap(ranked, &mut sorted);
+    scratch.ranked_tmp = sorted;
+    let mut run = 0;
+    while run < ranked.len() {
+        let score = ranked[run].score;
+        let end = run + ranked[run..].partition_point(|k| k.score == score);
+        if end - run > 1 {
+            ranked[run..end].sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+        }
+        run = end;
+    }
+}
+
+/// LSD radix sort of 128-bit entries by their high 64 bits, 11 bits a pass; a pass whose digit
+/// is the same in every entry is skipped.
+fn radix_sort_high_u64(v: &mut Vec<u128>, to: &mut Vec<u128>) {
+    const DIGIT_BITS: u32 = 11;
+    const BUCKETS: usize = 1 << DIGIT_BITS;
+    to.clear();
+    to.resize(v.len(), 0);
+    let mut count = vec![0usize; BUCKETS];
+    let mut shift = 64;
+    while shift < 128 {
+        let digit = |e: u128| ((e >> shift) as usize) & (BUCKETS - 1);
+        count.fill(0);
+        for &e in v.iter() {
+            count[digit(e)] += 1;
+        }
+        if count.contains(&v.len()) {
+            shift += DIGIT_BITS;
+            continue;
+        }
+        let mut sum = 0;
+        for c in &mut count {
+            let here = *c;
+            *c = sum;
+            sum += here;
+        }
+        for &e in v.iter() {
+            let d = digit(e);
+            to[count[d]] = e;
+            count[d] += 1;
+        }
+        std::mem::swap(v, to);
+        shift += DIGIT_BITS;
+    }
 }
 
 /// Computes a round: all of `ECONOMICS.md`'s rules, after checking the inputs.
@@ -608,15 +690,60 @@ fn radix_sort_high_bits(v: &mut Vec<u64>) {
 /// in the output. Listing the nodes in id order (as [`crate::RoundDriver`] does) makes the
 /// writes of the non-eligible nodes sequential.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
+    compute_indexed(inputs).map(|(outcome, _)| outcome)
+}
+
+/// [`compute`], also returning where each node landed: `positions[i]` is the index in
+/// `outcome.nodes` of `inputs.nodes[i]`. Callers that keep per-node state in input order (the
+/// [`crate::RoundDriver`], the simulator) read each node's outcome through it instead of
+/// searching the rank-ordered output by id.
+pub fn compute_indexed(inputs: &RoundInputs) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
+    compute_with(inputs, &mut Scratch::default())
+}
+
+/// Buffers of one computation, kept by [`crate::RoundDriver`] from round to round so that a
+/// round of a million nodes does not allocate (and fault in) some 300 MB afresh. They carry
+/// no state: any two are equal.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Scratch {
+    uptimes: Vec<(u64, u64)>,
+    ranked: Vec<RankKey>,
+    ranked_tmp: Vec<RankKey>,
+    by_id: Vec<u64>,
+    by_id_tmp: Vec<u64>,
+    keys: Vec<u128>,
+    keys_tmp: Vec<u128>,
+    /// The outcome buffer of an earlier round, handed back by the driver.
+    pub(crate) out: Vec<NodeOutcome>,
+    /// The positions buffer of an earlier round, handed back by the driver.
+    pub(crate) place: Vec<u32>,
+}
+
+impl PartialEq for Scratch {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Scratch {}
+
+/// [`compute_indexed`] with reused buffers.
+pub(crate) fn compute_with(
+    inputs: &RoundInputs,
+    scratch: &mut Scratch,
+) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
     let ctx = Ctx::new(inputs)?;
     let nodes = &inputs.nodes;
     let n = nodes.len();
 
     // Rule 1 for every node, and rule 6's keys for the eligible ones.
     let mut merged = Vec::with_capacity(16);
-    let mut uptimes: Vec<(u64, u64)> = Vec::with_capacity(n);
-    let mut ranked: Vec<RankKey> = Vec::with_capacity(n);
-    let mut by_id: Vec<u64> = Vec::with_capacity(n);
+    let mut uptimes = std::mem::take(&mut scratch.uptimes);
+    uptimes.clear();
+    let mut ranked = std::mem::take(&mut scratch.ranked);
+    ranked.clear();
+    let mut by_id = std::mem::take(&mut scratch.by_id);
+    by_id.clear();
     for (i, node) in nodes.iter().enumerate() {
         let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
         uptimes.push((uptime_s, peak_uptime_s));
@@ -634,8 +761,8 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     }
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
-    let by_id = id_order(nodes, by_id)?;
-    ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+    let by_id = id_order(nodes, by_id, &mut scratch.by_id_tmp)?;
+    sort_ranked(nodes, &mut ranked, scratch);
     let eligible = ranked.len();
 
     // Rules 4, 7, 8.
@@ -644,23 +771,24 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
 
     // Each node's place in the output: eligible nodes in rank order, then the others in id
     // order.
-    const UNPLACED: u32 = u32::MAX;
-    let mut place: Vec<u32> = vec![UNPLACED; n];
+    let mut place = std::mem::take(&mut scratch.place);
+    place.clear();
+    place.resize(n, u32::MAX);
     for (r, key) in ranked.iter().enumerate() {
         place[key.index as usize] = r as u32;
     }
-    drop(ranked);
     let mut next = eligible as u32;
     for &i in &by_id {
         let p = &mut place[i as usize];
-        if *p == UNPLACED {
+        if *p == u32::MAX {
             *p = next;
             next += 1;
         }
     }
-    drop(by_id);
+    scratch.ranked = ranked;
+    scratch.by_id = by_id;
 
-    // The other rules, in input order, each outcome written to its place.
+    // The other rules, in input order (sequential reads), each outcome written to its place.
     let blank = NodeOutcome {
         id: NodeId::from_bytes([0; 32]),
         uptime_s: 0,
@@ -676,7 +804,9 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
         streak_end: 0,
         uptime_total_s: 0,
     };
-    let mut out: Vec<NodeOutcome> = vec![blank; n];
+    let mut out = std::mem::take(&mut scratch.out);
+    out.clear();
+    out.resize(n, blank);
     let mut guaranteed_paid: u64 = 0;
     for (i, node) in nodes.iter().enumerate() {
         let (uptime_s, peak_uptime_s) = uptimes[i];
@@ -702,8 +832,9 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
             uptime_total_s: b.uptime_total_s,
         };
     }
+    scratch.uptimes = uptimes;
 
-    Ok(RoundOutcome {
+    let outcome = RoundOutcome {
         nodes: out,
         aggregates: Aggregates {
             pool_usd_micro: pool,
@@ -712,7 +843,8 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
             guaranteed_paid_usd_micro: MicroUsd::new(guaranteed_paid),
             carry_out_usd_micro: schedule.carry_out_usd_micro(),
         },
-    })
+    };
+    Ok((outcome, place))
 }
 
 /// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.
@@ -813,14 +945,14 @@ mod tests {
                 .map(|(i, n)| id_order_entry(i, n))
                 .collect::<Vec<_>>()
         };
-        let order = id_order(&nodes, entries(&nodes)).unwrap();
+        let order = id_order(&nodes, entries(&nodes), &mut Vec::new()).unwrap();
         let mut want: Vec<u64> = (0..nodes.len() as u64).collect();
         want.sort_by_key(|&i| nodes[i as usize].id);
         assert_eq!(order, want);
         // A duplicate anywhere is found.
         nodes[9_999].id = nodes[14].id;
         assert_eq!(
-            id_order(&nodes, entries(&nodes)),
+            id_order(&nodes, entries(&nodes), &mut Vec::new()),
             Err(RewardsError::DuplicateNode {
                 index: 9_999,
                 first: 14,
@@ -856,5 +988,67 @@ mod tests {
         assert_eq!(slash(3, u64::MAX, 5_000), 0);
         assert_eq!(slash(3, u64::MAX, 0), 3);
         assert_eq!(slash(5, 1, 10_000), 0);
+    }
+
+    #[test]
+    fn radix_rank_sort_equals_the_comparison_sort() {
+        use crat_core::hardware::PowerRating;
+        let mut x = 11u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for (count, crat_levels) in [
+            (5_000usize, 40u64),
+            (9_000, 3),
+            (4_096, 1),
+            (6_000, u64::MAX),
+        ] {
+            let nodes: Vec<NodeInput> = (0..count)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    id[..8].copy_from_slice(&next().to_be_bytes());
+                    // Some ids share their first 8 bytes.
+                    if i % 97 == 1 {
+                        id[..8].copy_from_slice(&[7; 8]);
+                        id[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+                    }
+                    NodeInput {
+                        id: NodeId::from_bytes(id),
+                        rating: PowerRating::new(1 + (next() % 5) as u8)
+                            .unwrap_or(PowerRating::MIN),
+                        registered_at_s: next() % 3,
+                        mining_income_usd_micro_per_day: MicroUsd::ZERO,
+                        crat_start_micro: MicroCrat::new(next() % crat_levels.max(1)),
+                        streak_start: 0,
+                        uptime_total_s_before: next() % 4,
+                        online: Vec::new(),
+                        validations_ok: 0,
+                        validations_failed: 0,
+                        crat_external_micro: MicroCrat::ZERO,
+                    }
+                })
+                .collect();
+            let keys: Vec<RankKey> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| RankKey {
+                    score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
+                    uptime_total_s: node.uptime_total_s_before,
+                    registered_at_s: node.registered_at_s,
+                    id_prefix: id_prefix(node),
+                    index: i as u32,
+                })
+                .collect();
+            let mut a = keys.clone();
+            a.sort_unstable_by(|p, q| cmp_rank(&nodes, p, q));
+            let mut b = keys;
+            sort_ranked(&nodes, &mut b, &mut Scratch::default());
+            let ia: Vec<u32> = a.iter().map(|k| k.index).collect();
+            let ib: Vec<u32> = b.iter().map(|k| k.index).collect();
+            assert_eq!(ia, ib, "{count} nodes, {crat_levels} CRAT levels");
+        }
     }
 }

@@ -8,7 +8,10 @@ use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
 
-use crate::{Interval, NodeInput, Params, RewardsError, Round, RoundInputs, RoundOutcome, compute};
+use crate::{
+    Interval, NodeInput, NodeOutcome, Params, RewardsError, Round, RoundInputs, RoundOutcome,
+    compute::{Scratch, compute_with},
+};
 
 /// The next round's inputs after `inputs` closed with `outcome`: same parameters and nodes
 /// (in the same order), `index + 1`, `start_s + length_s`, `carry_in = carry_out`, and per
@@ -19,6 +22,35 @@ pub fn carry_forward(
     inputs: &RoundInputs,
     outcome: &RoundOutcome,
 ) -> Result<RoundInputs, RewardsError> {
+    // Each input's outcome: by id (the outcome is in rank order).
+    let mut by_id: Vec<(&NodeId, u32)> = outcome
+        .nodes
+        .iter()
+        .enumerate()
+        // Node counts are bounded by ROUND_NODES_MAX, far below u32::MAX.
+        .map(|(k, o)| (&o.id, k as u32))
+        .collect();
+    by_id.sort_unstable();
+    let positions = inputs
+        .nodes
+        .iter()
+        .map(|n| {
+            by_id
+                .binary_search_by(|(id, _)| (*id).cmp(&n.id))
+                .map(|pos| by_id[pos].1)
+                .map_err(|_| RewardsError::UnknownNode { id: n.id })
+        })
+        .collect::<Result<Vec<u32>, RewardsError>>()?;
+    carry_forward_indexed(inputs, outcome, &positions)
+}
+
+/// [`carry_forward`] given each input node's index in `outcome.nodes`, as
+/// [`crate::compute_indexed`] returns it (no search).
+pub fn carry_forward_indexed(
+    inputs: &RoundInputs,
+    outcome: &RoundOutcome,
+    positions: &[u32],
+) -> Result<RoundInputs, RewardsError> {
     let r = &inputs.round;
     let start_s = r
         .start_s
@@ -28,62 +60,37 @@ pub fn carry_forward(
         .index
         .checked_add(1)
         .ok_or_else(|| RewardsError::overflow("round.index", "next round's index"))?;
-    let carried = |n: &NodeInput, o: &crate::NodeOutcome| NodeInput {
-        crat_start_micro: o.crat_end_micro,
-        streak_start: o.streak_end,
-        uptime_total_s_before: o.uptime_total_s,
-        online: Vec::new(),
-        validations_ok: 0,
-        validations_failed: 0,
-        crat_external_micro: MicroCrat::ZERO,
-        ..n.clone()
-    };
-    let nodes = if inputs.nodes.windows(2).all(|w| w[0].id < w[1].id)
-        && inputs.nodes.len() == outcome.nodes.len()
-    {
-        // Inputs in id order (as the driver keeps them): find each outcome's input by binary
-        // search and note where its outcome is; no (id, index) table to build and sort.
-        let mut outcome_of = vec![u32::MAX; inputs.nodes.len()];
-        for (k, o) in outcome.nodes.iter().enumerate() {
-            let i = inputs
-                .nodes
-                .binary_search_by(|n| n.id.cmp(&o.id))
-                .map_err(|_| RewardsError::UnknownNode { id: o.id })?;
-            // Node counts are bounded by ROUND_NODES_MAX, far below u32::MAX.
-            outcome_of[i] = k as u32;
-        }
-        inputs
-            .nodes
-            .iter()
-            .zip(outcome_of)
-            .map(|(n, k)| {
-                outcome
-                    .nodes
-                    .get(k as usize)
-                    .map(|o| carried(n, o))
-                    .ok_or(RewardsError::UnknownNode { id: n.id })
-            })
-            .collect::<Result<Vec<_>, RewardsError>>()?
-    } else {
-        // Any order: index the outcome (rank order) by id.
-        let mut by_id: Vec<(&NodeId, usize)> = outcome
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, o)| (&o.id, i))
-            .collect();
-        by_id.sort_unstable();
-        inputs
-            .nodes
-            .iter()
-            .map(|n| {
-                by_id
-                    .binary_search_by(|(id, _)| (*id).cmp(&n.id))
-                    .map(|pos| carried(n, &outcome.nodes[by_id[pos].1]))
-                    .map_err(|_| RewardsError::UnknownNode { id: n.id })
-            })
-            .collect::<Result<Vec<_>, RewardsError>>()?
-    };
+    if positions.len() != inputs.nodes.len() || outcome.nodes.len() != inputs.nodes.len() {
+        return Err(RewardsError::out_of_range(
+            "outcome.nodes",
+            format!(
+                "{} outcomes and {} positions for {} nodes",
+                outcome.nodes.len(),
+                positions.len(),
+                inputs.nodes.len()
+            ),
+        ));
+    }
+    let mut nodes = Vec::with_capacity(inputs.nodes.len());
+    for (n, &k) in inputs.nodes.iter().zip(positions) {
+        let o = match outcome.nodes.get(k as usize) {
+            Some(o) if o.id == n.id => o,
+            _ => return Err(RewardsError::UnknownNode { id: n.id }),
+        };
+        nodes.push(NodeInput {
+            crat_start_micro: o.crat_end_micro,
+            streak_start: o.streak_end,
+            uptime_total_s_before: o.uptime_total_s,
+            online: Vec::new(),
+            validations_ok: 0,
+            validations_failed: 0,
+            crat_external_micro: MicroCrat::ZERO,
+            id: n.id,
+            rating: n.rating,
+            registered_at_s: n.registered_at_s,
+            mining_income_usd_micro_per_day: n.mining_income_usd_micro_per_day,
+        });
+    }
     Ok(RoundInputs {
         params: inputs.params.clone(),
         round: Round {
@@ -156,6 +163,21 @@ pub struct ClosedRound {
     pub inputs: RoundInputs,
     /// What came out.
     pub outcome: RoundOutcome,
+    /// `positions[i]`: index in `outcome.nodes` of `inputs.nodes[i]` (not serialized).
+    #[serde(skip)]
+    positions: Vec<u32>,
+}
+
+impl ClosedRound {
+    /// The outcome of `inputs.nodes[index]`, without a search when the round came from
+    /// [`RoundDriver::close_round`] (a deserialized one is searched by id).
+    pub fn outcome_of(&self, index: usize) -> Option<&NodeOutcome> {
+        let id = &self.inputs.nodes.get(index)?.id;
+        match self.positions.get(index) {
+            Some(&k) => self.outcome.nodes.get(k as usize).filter(|o| o.id == *id),
+            None => self.outcome.node(id),
+        }
+    }
 }
 
 /// Runs rounds back to back. Holds the next round's inputs with the activity still empty:
@@ -193,6 +215,9 @@ pub struct ClosedRound {
 pub struct RoundDriver {
     /// The next round's inputs; nodes sorted by id, activity empty.
     next: RoundInputs,
+    /// Buffers reused from round to round (no state).
+    #[serde(skip)]
+    scratch: Scratch,
 }
 
 impl RoundDriver {
@@ -212,6 +237,7 @@ impl RoundDriver {
                 },
                 nodes: Vec::new(),
             },
+            scratch: Scratch::default(),
         }
     }
 
@@ -252,6 +278,50 @@ impl RoundDriver {
         }
     }
 
+    /// Registers many nodes with their carried states in one merge, O(n + k log k) for k
+    /// newcomers among n registered nodes (one [`RoundDriver::register_with_state`] each
+    /// would shift the list k times). A node already registered, or listed twice, takes the
+    /// last profile and state given for it.
+    pub fn register_all(&mut self, nodes: Vec<(NodeProfile, CarriedState)>) {
+        let mut fresh: Vec<NodeInput> = nodes.into_iter().map(|(p, s)| node_input(p, s)).collect();
+        // Stable: of two entries for one id the later stays last, and wins below.
+        fresh.sort_by_key(|a| a.id);
+        let old = std::mem::take(&mut self.next.nodes);
+        let mut merged: Vec<NodeInput> = Vec::with_capacity(old.len() + fresh.len());
+        let mut old = old.into_iter().peekable();
+        let mut fresh = fresh.into_iter().peekable();
+        loop {
+            let next = match (old.peek(), fresh.peek()) {
+                (Some(a), Some(b)) if a.id < b.id => old.next(),
+                (Some(a), Some(b)) if a.id == b.id => {
+                    old.next();
+                    fresh.next()
+                }
+                (_, Some(_)) => fresh.next(),
+                (Some(_), None) => old.next(),
+                (None, None) => break,
+            };
+            match (next, merged.last_mut()) {
+                (Some(n), Some(last)) if last.id == n.id => *last = n,
+                (Some(n), _) => merged.push(n),
+                (None, _) => break,
+            }
+        }
+        self.next.nodes = merged;
+    }
+
+    /// Removes every listed node in one pass, O((n + k) log k); returns how many were
+    /// registered.
+    pub fn deregister_all(&mut self, ids: &[NodeId]) -> usize {
+        let mut gone: Vec<&NodeId> = ids.iter().collect();
+        gone.sort_unstable();
+        let before = self.next.nodes.len();
+        self.next
+            .nodes
+            .retain(|n| gone.binary_search(&&n.id).is_err());
+        before - self.next.nodes.len()
+    }
+
     /// Removes a node; `false` if it was not registered.
     pub fn deregister(&mut self, id: &NodeId) -> bool {
         match self.position(id) {
@@ -288,7 +358,107 @@ impl RoundDriver {
         income: MicroUsd,
         activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
     ) -> Result<ClosedRound, RewardsError> {
-        let mut inputs = self.next.clone();
+        // The next round's inputs are filled in place and handed out; on error the activity is
+        // cleared again, which restores them (they hold none between rounds).
+        let shell = self.next_shell();
+        let mut inputs = std::mem::replace(&mut self.next, shell);
+        let result = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch);
+        match result {
+            Ok((outcome, positions)) => {
+                match carry_forward_indexed(&inputs, &outcome, &positions) {
+                    Ok(next) => {
+                        self.next = next;
+                        Ok(ClosedRound {
+                            inputs,
+                            outcome,
+                            positions,
+                        })
+                    }
+                    Err(e) => {
+                        self.restore(inputs);
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => {
+                self.restore(inputs);
+                Err(e)
+            }
+        }
+    }
+
+    /// [`RoundDriver::close_round`] for callers that only look at the closed round: `f`
+    /// sees it, then the round's inputs become the next round's in place (carried state
+    /// written over, activity cleared) instead of being copied, and `f`'s result is
+    /// returned. Same rules, same outcome; at a million nodes this saves copying and
+    /// allocating the whole node list every round.
+    ///
+    /// On error the driver is unchanged and `f` is not called.
+    pub fn close_round_with<R>(
+        &mut self,
+        income: MicroUsd,
+        activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
+        f: impl FnOnce(&ClosedRound) -> R,
+    ) -> Result<R, RewardsError> {
+        let shell = self.next_shell();
+        let mut inputs = std::mem::replace(&mut self.next, shell);
+        let filled = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch);
+        let (outcome, positions) = match filled {
+            Ok(done) => done,
+            Err(e) => {
+                self.restore(inputs);
+                return Err(e);
+            }
+        };
+        let r = &inputs.round;
+        let (Some(start_s), Some(index)) =
+            (r.start_s.checked_add(r.length_s), r.index.checked_add(1))
+        else {
+            self.restore(inputs);
+            return Err(RewardsError::overflow("round.index", "next round"));
+        };
+        // compute_indexed gives one position per node, each naming its own outcome.
+        let closed = ClosedRound {
+            inputs,
+            outcome,
+            positions,
+        };
+        let result = f(&closed);
+        let ClosedRound {
+            mut inputs,
+            outcome,
+            positions,
+        } = closed;
+        for (n, &k) in inputs.nodes.iter_mut().zip(&positions) {
+            let o = &outcome.nodes[k as usize];
+            n.crat_start_micro = o.crat_end_micro;
+            n.streak_start = o.streak_end;
+            n.uptime_total_s_before = o.uptime_total_s;
+            n.online = Vec::new();
+            n.validations_ok = 0;
+            n.validations_failed = 0;
+            n.crat_external_micro = MicroCrat::ZERO;
+        }
+        inputs.round = Round {
+            index,
+            start_s,
+            length_s: inputs.round.length_s,
+            income_usd_micro: MicroUsd::ZERO,
+            carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
+        };
+        self.next = inputs;
+        // The outcome's and the positions' buffers serve the next round.
+        self.scratch.out = outcome.nodes;
+        self.scratch.place = positions;
+        Ok(result)
+    }
+
+    fn fill_and_compute(
+        inputs: &mut RoundInputs,
+        income: MicroUsd,
+        activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
+        scratch: &mut Scratch,
+    ) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
         inputs.round.income_usd_micro = income;
         let mut seen = vec![false; inputs.nodes.len()];
         let mut hint = 0usize;
@@ -297,8 +467,9 @@ impl RoundDriver {
             // position after the previous one before searching.
             let i = match inputs.nodes.get(hint) {
                 Some(n) if n.id == id => hint,
-                _ => self
-                    .position(&id)
+                _ => inputs
+                    .nodes
+                    .binary_search_by(|n| n.id.cmp(&id))
                     .map_err(|_| RewardsError::UnknownNode { id })?,
             };
             hint = i + 1;
@@ -311,9 +482,28 @@ impl RoundDriver {
             n.validations_failed = a.validations_failed;
             n.crat_external_micro = a.crat_external_micro;
         }
-        let outcome = compute(&inputs)?;
-        self.next = carry_forward(&inputs, &outcome)?;
-        Ok(ClosedRound { inputs, outcome })
+        compute_with(inputs, scratch)
+    }
+
+    /// The next round's inputs without nodes (a placeholder while they are out).
+    fn next_shell(&self) -> RoundInputs {
+        RoundInputs {
+            params: self.next.params.clone(),
+            round: self.next.round.clone(),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Puts back inputs taken by a failed close, without the activity written into them.
+    fn restore(&mut self, mut inputs: RoundInputs) {
+        inputs.round.income_usd_micro = MicroUsd::ZERO;
+        for n in &mut inputs.nodes {
+            n.online = Vec::new();
+            n.validations_ok = 0;
+            n.validations_failed = 0;
+            n.crat_external_micro = MicroCrat::ZERO;
+        }
+        self.next = inputs;
     }
 
     fn position(&self, id: &NodeId) -> Result<usize, usize> {

@@ -82,10 +82,12 @@ mod round;
 mod settlement;
 
 pub use compute::{
-    BonusSchedule, NodeBreakdown, ONLINE_INTERVALS_MAX, ROUND_NODES_MAX, compute, paid_ranks,
+    BonusSchedule, NodeBreakdown, ONLINE_INTERVALS_MAX, ROUND_NODES_MAX, compute, compute_indexed,
+    paid_ranks,
 };
 pub use driver::{
     CarriedState, ClosedRound, NodeActivity, NodeProfile, RoundDriver, carry_forward,
+    carry_forward_indexed,
 };
 pub use error::RewardsError;
 pub use explain::{Explanation, Neighbour, explain};

@@ -161,3 +161,81 @@ fn driver_rejects_bad_activity_and_stays_unchanged() {
     assert!(!d.deregister(&id(1)));
     assert_eq!(d.node_count(), 0);
 }
+
+/// `close_round_with` (inputs carried in place) and `close_round` (copied) run the same
+/// rounds; batch registration and deregistration match one-by-one; every outcome is found by
+/// position.
+#[test]
+fn in_place_and_copying_drivers_agree_over_many_rounds() {
+    let mut copying = RoundDriver::new(Params::default(), 0, 0);
+    let mut in_place = RoundDriver::new(Params::default(), 0, 0);
+    let mut rng = 5u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let node = |b: u8, crat: u64| {
+        (
+            profile(b),
+            CarriedState {
+                crat_micro: MicroCrat::new(crat),
+                streak: 0,
+                uptime_total_s: 0,
+            },
+        )
+    };
+    let first: Vec<_> = (1..=60u8)
+        .map(|b| node(b, u64::from(b % 7) * 1_000))
+        .collect();
+    for (p, s) in first.clone() {
+        copying.register_with_state(p, s);
+    }
+    in_place.register_all(first);
+    for round in 0..12u64 {
+        if round == 4 {
+            let late: Vec<_> = (61..=70u8).rev().map(|b| node(b, 0)).collect();
+            for (p, s) in late.clone() {
+                copying.register_with_state(p, s);
+            }
+            in_place.register_all(late);
+        }
+        if round == 7 {
+            let gone = [id(3), id(64), id(40)];
+            for g in &gone {
+                assert!(copying.deregister(g));
+            }
+            assert_eq!(in_place.deregister_all(&gone), 3);
+        }
+        let ids: Vec<_> = (1..=70u8)
+            .map(id)
+            .filter(|i| copying.state(i).is_some())
+            .collect();
+        let activity: Vec<(crat_core::id::NodeId, NodeActivity)> = ids
+            .iter()
+            .map(|&i| {
+                let from = next() % 20_000;
+                let mut a = online(round, from, DAY - next() % 5_000);
+                a.validations_ok = next() % 3;
+                a.validations_failed = u64::from(next() % 17 == 0);
+                (i, a)
+            })
+            .collect();
+        let income = MicroUsd::new(next() % 2_000_000);
+        let copied = copying.close_round(income, activity.clone()).unwrap();
+        let lent = in_place
+            .close_round_with(income, activity, |closed| {
+                for k in 0..closed.inputs.nodes.len() {
+                    let o = closed.outcome_of(k).unwrap();
+                    assert_eq!(o.id, closed.inputs.nodes[k].id);
+                }
+                closed.clone()
+            })
+            .unwrap();
+        assert_eq!(lent.inputs, copied.inputs, "round {round}");
+        assert_eq!(lent.outcome, copied.outcome, "round {round}");
+        assert_eq!(lent.outcome, compute(&copied.inputs).unwrap());
+    }
+    assert_eq!(copying, in_place);
+}
