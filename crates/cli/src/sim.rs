@@ -228,26 +228,25 @@ fn run_one(
         .map_err(fail)?;
     let mut result: anyhow::Result<()> = Ok(());
     while !sim.finished() {
-        match sim.step() {
-            Ok(closed) => {
-                bar.inc(1);
-                if let Some(e) = export {
-                    let r = closed.inputs.round.index;
-                    let written = fs::write(
-                        e.join(format!("round-{r:06}.json")),
-                        closed.inputs.to_json(),
-                    )
-                    .and_then(|()| {
-                        fs::write(
-                            e.join(format!("round-{r:06}.result.json")),
-                            closed.outcome.to_json(),
-                        )
-                    });
-                    if let Err(err) = written {
-                        result = Err(anyhow::Error::new(err).context("cannot export round"));
-                        break;
-                    }
-                }
+        let step = sim.step_with(|closed| {
+            let Some(e) = export else { return Ok(()) };
+            let r = closed.inputs.round.index;
+            fs::write(
+                e.join(format!("round-{r:06}.json")),
+                closed.inputs.to_json(),
+            )
+            .and_then(|()| {
+                fs::write(
+                    e.join(format!("round-{r:06}.result.json")),
+                    closed.outcome.to_json(),
+                )
+            })
+        });
+        match step {
+            Ok(Ok(())) => bar.inc(1),
+            Ok(Err(err)) => {
+                result = Err(anyhow::Error::new(err).context("cannot export round"));
+                break;
             }
             Err(err) => {
                 result = Err(anyhow::Error::new(err).context("run stopped"));

@@ -4,7 +4,19 @@
 
 use crat_sim::{Scenario, Simulation};
 
+// The allocator and settings of the `crat` binary, so timings match `crat sim run`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[allow(unsafe_code)]
+fn retain_freed_memory() {
+    // SAFETY: a plain FFI call setting a process-wide allocator option (15: purge_delay).
+    unsafe { libmimalloc_sys::mi_option_set(15, 1_000) };
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    retain_freed_memory();
+    let started = std::time::Instant::now();
     let path = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "scenarios/baseline.toml".into());
@@ -25,5 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     print!("{}", report.summary_json());
+    eprintln!(
+        "{} rounds in {:.2} s",
+        report.rounds.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -84,4 +84,4 @@ mod sim;
 pub use error::SimError;
 pub use report::{NodeSummary, Report, RoundMetrics, write_nodes_csv};
 pub use scenario::Scenario;
-pub use sim::{DEREGISTER_MOVES_PER_ROUND_MAX, SIM_START_S, Simulation};
+pub use sim::{SIM_START_S, Simulation};

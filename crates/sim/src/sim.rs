@@ -14,28 +14,20 @@
 //!    source of payouts and CRAT; metrics are taken from it; providers whose earnings stayed
 //!    below their electricity cost for `behaviour.departure_rounds` rounds leave.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
 use crat_core::money::{Credits, MicroCrat};
-use crat_core::placement::{Candidate, Placer, Request};
+use crat_core::placement::{Assignment, Candidate, Placer, Request};
 use crat_core::pricing::{DeployPlan, PerInstancePlan};
 use crat_rewards::{ClosedRound, Interval, NodeActivity, NodeProfile, RoundDriver};
 use rand::Rng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::SimError;
-use crate::kernel::{EventQueue, SHARED_STREAM_BASE, stream_rng};
+use crate::kernel::{EventQueue, SHARED_STREAM_BASE, StreamRng, stream_rng};
 use crate::report::{NodeSummary, Report, RoundMetrics};
 use crate::scenario::{HOURS_PER_ROUND_MAX, SESSIONS_PER_ROUND_MAX, Scenario, SessionModel};
-
-/// Element moves spent on deregistering departed nodes per round at most (the driver removes
-/// one node in O(n)); departed nodes beyond it stay registered, idle, until a later round.
-pub const DEREGISTER_MOVES_PER_ROUND_MAX: u64 = 1 << 26;
 
 /// Absolute time of the first round's start: 2023-11-14 00:00 UTC, a midnight, so that
 /// times of day (diurnal patterns, peak windows) read naturally in exported rounds, and
@@ -52,7 +44,8 @@ const HOUR_S: u64 = 3_600;
 /// the [`RoundDriver`]).
 #[derive(Clone, Debug)]
 struct Node {
-    id: NodeId,
+    /// Its number: order of arrival, the stream it draws from, its row in the outputs.
+    index: u32,
     rating: PowerRating,
     gpu: u16,
     region: u32,
@@ -61,7 +54,6 @@ struct Node {
     next_toggle_s: u64,
     joined_round: u32,
     departed_round: Option<u32>,
-    registered: bool,
     low_rounds: u32,
     guaranteed_total: u64,
     bonus_total: u64,
@@ -76,41 +68,11 @@ enum Event {
     Close,
 }
 
-/// Node ids are uniformly random keys: their first eight bytes are already a good hash,
-/// much cheaper than SipHash over 32 bytes.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 ^= v;
-    }
-}
-
-/// The first eight bytes of an id: the key of [`Simulation`]'s index (12 bytes an entry
-/// instead of 36; a collision of two random ids on it is checked and resolved).
-fn id_key(id: &NodeId) -> u64 {
-    let b = id.as_bytes();
-    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
-
-type IdHash = BuildHasherDefault<IdHasher>;
-
-/// One chunk of the churn pass: per node its online intervals, the chunk's capacity-seconds
-/// per hour, per node its capacity-seconds in the round.
-type ChurnChunk = (Vec<Vec<Interval>>, Vec<u64>, Vec<u64>);
+/// One chunk of the churn pass: the online intervals of its nodes one after another and
+/// their count per node, the chunk's capacity-seconds
+/// per hour of nodes online only part of the round, the capacity (rps) of nodes online all
+/// of it, per node its capacity-seconds in the round.
+type ChurnChunk = (Vec<Interval>, Vec<u32>, Vec<u64>, u64, Vec<u64>);
 
 /// Round-number bit that separates a node's validation stream from its churn stream.
 const VALIDATION_STREAM: u64 = 1 << 63;
@@ -136,11 +98,17 @@ pub struct Simulation {
     scenario: Scenario,
     seed: u64,
     driver: RoundDriver,
+    /// The registered nodes in id order, the driver's order: the k-th node of a closed
+    /// round's inputs is `nodes[k]`, and every per-node pass of a round reads memory in
+    /// order.
     nodes: Vec<Node>,
-    /// Registered nodes sorted by id (the driver's order): (id, node index).
-    by_id: Vec<(NodeId, u32)>,
-    /// Every node's index by id.
-    index: HashMap<u64, u32, IdHash>,
+    /// Their ids, apart from `nodes` so the round's activity can read ids while its outcome
+    /// updates `nodes`.
+    ids: Vec<NodeId>,
+    /// Nodes that left, with their ids.
+    departed: Vec<(Node, NodeId)>,
+    /// Nodes created so far (the next one's index).
+    created: u64,
     round: u32,
     start_s: u64,
     initial_nodes: u64,
@@ -174,8 +142,9 @@ impl Simulation {
             seed,
             driver,
             nodes: Vec::new(),
-            by_id: Vec::new(),
-            index: HashMap::default(),
+            ids: Vec::new(),
+            departed: Vec::new(),
+            created: 0,
             round: 0,
             start_s,
             initial_nodes: scenario.population.nodes,
@@ -199,12 +168,17 @@ impl Simulation {
 
     /// Per-node summaries so far, in node order.
     pub fn node_summaries(&self) -> Vec<NodeSummary> {
-        self.nodes
+        let mut all: Vec<(&Node, &NodeId)> = self
+            .nodes
             .iter()
-            .enumerate()
-            .map(|(i, n)| NodeSummary {
-                index: i as u64,
-                id: n.id,
+            .zip(&self.ids)
+            .chain(self.departed.iter().map(|(n, id)| (n, id)))
+            .collect();
+        all.sort_unstable_by_key(|(n, _)| n.index);
+        all.into_iter()
+            .map(|(n, id)| NodeSummary {
+                index: u64::from(n.index),
+                id: *id,
                 gpu: self.gpu_names[usize::from(n.gpu)].clone(),
                 rating: n.rating.get(),
                 region: n.region,
@@ -224,8 +198,7 @@ impl Simulation {
     /// export), and returns the report.
     pub fn run(mut self, mut observer: impl FnMut(&ClosedRound)) -> Result<Report, SimError> {
         while !self.finished() {
-            let closed = self.step()?;
-            observer(&closed);
+            self.step_with(&mut observer)?;
         }
         Ok(self.report)
     }
@@ -237,9 +210,10 @@ impl Simulation {
         let weight_sum: u64 = weights.iter().sum();
         let churn = &self.scenario.churn;
         let stationary_on = churn.mean_on_s as f64 / (churn.mean_on_s + churn.mean_off_s) as f64;
-        let first = self.nodes.len() as u64;
+        let first = self.created;
         let mut fresh: Vec<(NodeProfile, crat_rewards::CarriedState)> =
             Vec::with_capacity(count as usize);
+        let mut new: Vec<(Node, NodeId)> = Vec::with_capacity(count as usize);
         for index in first..first + count {
             let mut rng = stream_rng(self.seed, index, u64::MAX);
             let mut bytes = [0u8; 32];
@@ -267,7 +241,7 @@ impl Simulation {
                 self.start_s
             };
             let cheater = rng.gen_range(0..10_000) < self.scenario.validation.cheater_share_bps;
-            let online = churn.model == SessionModel::None || rng.r#gen::<f64>() < stationary_on;
+            let online = churn.model == SessionModel::None || rng.unit_f64() < stationary_on;
             let profile = NodeProfile {
                 id,
                 rating: entry.rating,
@@ -281,7 +255,8 @@ impl Simulation {
             };
             fresh.push((profile, state));
             let node = Node {
-                id,
+                // Below NODES_MAX = 2^22 (checked by the scenario).
+                index: index as u32,
                 rating: entry.rating,
                 gpu: gpu as u16,
                 region: (index % u64::from(pop.regions)) as u32,
@@ -290,7 +265,6 @@ impl Simulation {
                 next_toggle_s: self.start_s,
                 joined_round: self.round,
                 departed_round: None,
-                registered: true,
                 low_rounds: 0,
                 guaranteed_total: 0,
                 bonus_total: 0,
@@ -298,36 +272,44 @@ impl Simulation {
                 uptime_total: 0,
                 validations_failed: 0,
             };
-            self.by_id.push((id, index as u32));
-            // On a (vanishingly rare) clash of first bytes the first node keeps the slot and
-            // lookups of the second fall back to `by_id`.
-            self.index.entry(id_key(&id)).or_insert(index as u32);
-            self.nodes.push(node);
+            new.push((node, id));
         }
-        // Registering in id order appends to the driver's sorted list (O(1) each), where
-        // random order would shift it on every insert.
-        fresh.sort_unstable_by_key(|a| a.0.id);
-        for (profile, state) in fresh {
-            self.driver.register_with_state(profile, state);
+        self.created += count;
+        // The newcomers join `nodes` (and the driver's list) in one merge by id,
+        // O(n + k log k).
+        new.sort_unstable_by_key(|a| a.1);
+        let old_nodes = std::mem::take(&mut self.nodes);
+        let old_ids = std::mem::take(&mut self.ids);
+        self.nodes.reserve(old_nodes.len() + new.len());
+        self.ids.reserve(old_ids.len() + new.len());
+        let mut old = old_nodes.into_iter().zip(old_ids).peekable();
+        let mut new = new.into_iter().peekable();
+        loop {
+            let next = match (old.peek(), new.peek()) {
+                (Some(a), Some(b)) if a.1 <= b.1 => old.next(),
+                (_, Some(_)) => new.next(),
+                (Some(_), None) => old.next(),
+                (None, None) => break,
+            };
+            if let Some((node, id)) = next {
+                self.nodes.push(node);
+                self.ids.push(id);
+            }
         }
-        self.by_id.sort_unstable();
+        self.driver.register_all(fresh);
         Ok(())
     }
 
-    /// The index of a registered node.
-    fn lookup(&self, id: &NodeId) -> Option<u32> {
-        match self.index.get(&id_key(id)) {
-            Some(&i) if self.nodes[i as usize].id == *id => Some(i),
-            _ => self
-                .by_id
-                .binary_search_by(|(x, _)| x.cmp(id))
-                .ok()
-                .map(|p| self.by_id[p].1),
-        }
+    /// Runs one round and returns it as closed by the rewards driver (a copy of its inputs and
+    /// outcome; [`Simulation::step_with`] only lends them).
+    pub fn step(&mut self) -> Result<ClosedRound, SimError> {
+        self.step_with(ClosedRound::clone)
     }
 
-    /// Runs one round and returns it as closed by the rewards driver.
-    pub fn step(&mut self) -> Result<ClosedRound, SimError> {
+    /// Runs one round and hands the closed round (its rewards inputs and outcome) to `f`,
+    /// returning what `f` returns. Nothing is copied: the round's inputs become the next
+    /// round's in place once `f` returns.
+    pub fn step_with<R>(&mut self, f: impl FnOnce(&ClosedRound) -> R) -> Result<R, SimError> {
         if self.finished() {
             return Err(SimError::Finished);
         }
@@ -366,46 +348,67 @@ impl Simulation {
         let chunks: Vec<ChurnChunk> = self
             .nodes
             .par_chunks_mut(CHURN_CHUNK)
-            .enumerate()
-            .map(|(c, chunk)| {
-                let mut online_all = Vec::with_capacity(chunk.len());
+            .map(|chunk| {
+                let mut all = Vec::with_capacity(chunk.len() + chunk.len() / 4);
+                let mut counts = Vec::with_capacity(chunk.len());
                 let mut caps = Vec::with_capacity(chunk.len());
                 let mut per_hour = vec![0u64; hours];
-                for (k, n) in chunk.iter_mut().enumerate() {
-                    let index = (c * CHURN_CHUNK + k) as u64;
-                    if n.departed_round.is_some() {
-                        online_all.push(Vec::new());
-                        caps.push(0);
-                        continue;
-                    }
-                    let mut rng = stream_rng(seed, index, u64::from(round));
-                    let mut online = advance_churn(n, &churn, start_s, end_s, &mut rng);
+                let mut full_rps = 0u64;
+                for n in chunk.iter_mut() {
+                    let mut rng = stream_rng(seed, u64::from(n.index), u64::from(round));
+                    let base = all.len();
+                    advance_churn(n, &churn, start_s, end_s, &mut rng, &mut all);
                     for (region, w) in &outages {
                         if *region == n.region {
-                            online = cut(online, *w);
+                            let mine: Vec<Interval> = all.drain(base..).collect();
+                            all.extend(cut(mine, *w));
                         }
                     }
+                    let online = &all[base..];
+                    // At most SESSIONS_PER_ROUND_MAX + outage cuts, far below u32::MAX.
+                    counts.push(online.len() as u32);
                     let cap = u64::from(capacity_rps[usize::from(n.rating.get())]);
-                    let mut total = 0;
-                    for iv in &online {
-                        total += cap * iv.len_s();
-                        add_hours(&mut per_hour, start_s, *iv, cap);
+                    if let [iv] = online
+                        && iv.start_s == start_s
+                        && iv.end_s == end_s
+                    {
+                        // Online all round (most nodes): one sum, spread over the hours below.
+                        full_rps += cap;
+                        caps.push(cap * length_s);
+                    } else {
+                        let mut total = 0;
+                        for iv in online {
+                            total += cap * iv.len_s();
+                            add_hours(&mut per_hour, start_s, *iv, cap);
+                        }
+                        caps.push(total);
                     }
-                    online_all.push(online);
-                    caps.push(total);
                 }
-                (online_all, per_hour, caps)
+                (all, counts, per_hour, full_rps, caps)
             })
             .collect();
         let mut capacity_req_hour = vec![0u64; hours];
-        let mut online: Vec<Vec<Interval>> = Vec::with_capacity(self.nodes.len());
+        // Every node's online intervals in one buffer: node k's are `intervals[at[k]..at[k + 1]]`
+        // (no allocation per node in the parallel pass).
+        let mut intervals: Vec<Interval> = Vec::new();
+        let mut at: Vec<usize> = Vec::with_capacity(self.nodes.len() + 1);
+        at.push(0);
         let mut node_capacity: Vec<u64> = Vec::with_capacity(self.nodes.len());
-        for (o, ph, caps) in chunks {
+        let mut full_rps = 0u64;
+        for (all, counts, ph, full, caps) in chunks {
             for (h, v) in ph.iter().enumerate() {
                 capacity_req_hour[h] += v;
             }
-            online.extend(o);
+            full_rps += full;
+            intervals.extend(all);
+            for c in counts {
+                at.push(at[at.len() - 1] + c as usize);
+            }
             node_capacity.extend(caps);
+        }
+        let online = |k: usize| &intervals[at[k]..at[k + 1]];
+        for (h, c) in capacity_req_hour.iter_mut().enumerate() {
+            *c += full_rps * hour_len(start_s, end_s, h);
         }
 
         // 2. Per-instance deployments placed at the round's start.
@@ -415,24 +418,21 @@ impl Simulation {
         let mut instance_income = Credits::ZERO;
         let mut sla_hours_ok: u64 = 0;
         let mut sla_hours_total: u64 = 0;
-        let mut reserved_per_hour = vec![0u64; hours];
         let mut instances_placed = 0u64;
         if instances > 0 {
+            // Candidates in id order, so the placer need not sort them.
+            let per_operator = sc.population.nodes_per_operator;
             let candidates: Vec<Candidate> = self
                 .nodes
                 .iter()
-                .zip(&online)
-                .map(|(n, online)| Candidate {
-                    id: n.id,
+                .zip(&self.ids)
+                .enumerate()
+                .map(|(k, (n, id))| Candidate {
+                    id: *id,
                     rating: n.rating,
                     free_rps: capacity_rps[usize::from(n.rating.get())],
-                    operator: 0,
-                    online: online.first().is_some_and(|iv| iv.start_s <= start_s),
-                })
-                .enumerate()
-                .map(|(i, mut c)| {
-                    c.operator = i as u64 / sc.population.nodes_per_operator;
-                    c
+                    operator: u64::from(n.index) / per_operator,
+                    online: online(k).first().is_some_and(|iv| iv.start_s <= start_s),
                 })
                 .collect();
             let mut placer = Placer::new(candidates);
@@ -444,35 +444,26 @@ impl Simulation {
                 key_lifetime_s: length_s.max(sc.pricing.key_lifetime_s_min),
             });
             let quote = sc.pricing.quote(d.model_bytes, &plan)?;
+            let req = Request {
+                per_operator_max: d.per_operator_max,
+                ..Request::rate(d.guaranteed_rps, rating_min)
+            };
+            let mut sla = SlaBook::new(start_s, end_s, hours);
             for _ in 0..instances {
-                sla_hours_total += hours as u64;
-                let req = Request {
-                    per_operator_max: d.per_operator_max,
-                    ..Request::rate(d.guaranteed_rps, rating_min)
-                };
                 let Ok(assigned) = placer.place(&req) else {
-                    continue;
+                    // Every deployment asks the same and a refusal takes nothing, so the rest
+                    // would be refused too.
+                    break;
                 };
                 instances_placed += 1;
                 instance_income = instance_income.saturating_add(quote.upfront);
-                for (h, reserved) in reserved_per_hour.iter_mut().enumerate() {
-                    let h_start = start_s + h as u64 * HOUR_S;
-                    let h_end = (h_start + HOUR_S).min(end_s);
-                    let mut delivered: u128 = 0;
-                    for a in &assigned {
-                        if let Some(i) = self.lookup(&a.id) {
-                            let secs = overlap(&online[i as usize], Interval::new(h_start, h_end));
-                            delivered += u128::from(a.rps) * u128::from(secs);
-                        }
-                    }
-                    let need = u128::from(d.guaranteed_rps) * u128::from(h_end - h_start);
-                    if delivered >= need {
-                        sla_hours_ok += 1;
-                    }
-                    *reserved += u64::from(d.guaranteed_rps) * (h_end - h_start);
-                }
+                sla_hours_ok += sla.hours_met(&assigned, d.guaranteed_rps, |c| online(c as usize));
             }
+            sla_hours_total = instances * hours as u64;
         }
+        let reserved_per_hour: Vec<u64> = (0..hours)
+            .map(|h| instances_placed * u64::from(d.guaranteed_rps) * hour_len(start_s, end_s, h))
+            .collect();
 
         // 3. Cross-node events through the queue: one demand tick per hour, the round close.
         let mut queue: EventQueue<Event> = EventQueue::with_limit(hours + 1);
@@ -491,7 +482,7 @@ impl Simulation {
                 Event::Hour(h) => {
                     let h = h as usize;
                     let h_start = start_s + h as u64 * HOUR_S;
-                    let h_len = (h_start + HOUR_S).min(end_s) - h_start;
+                    let h_len = hour_len(start_s, end_s, h);
                     let mid = h_start + h_len / 2;
                     let tod = (mid % DAY_S) as f64;
                     let phase = 2.0 * std::f64::consts::PI * (tod - sc.churn.peak_centre_s as f64)
@@ -505,7 +496,7 @@ impl Simulation {
                     }
                     let want = daily_requests * w * h_len as f64 / DAY_S as f64;
                     // Fractional requests round up with their probability (shared stream).
-                    let want = (want + rng.r#gen::<f64>()).floor() as u64;
+                    let want = (want + rng.unit_f64()).floor() as u64;
                     let free = capacity_req_hour[h].saturating_sub(reserved_per_hour[h]);
                     let s = want.min(free);
                     served += s;
@@ -531,6 +522,12 @@ impl Simulation {
         } else {
             let per_cap = sampled as f64 / total_cap as f64;
             let nodes = &self.nodes;
+            // Most nodes are online all round, so their mean is one of five: those draws
+            // search a table instead of recomputing the distribution (same results).
+            let tables: Vec<PoissonTable> = capacity_rps
+                .iter()
+                .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
+                .collect();
             node_capacity
                 .par_iter()
                 .enumerate()
@@ -538,10 +535,15 @@ impl Simulation {
                     if cap == 0 {
                         return (0, 0);
                     }
-                    let mut rng = stream_rng(seed, i as u64, u64::from(round) | VALIDATION_STREAM);
+                    let stream = u64::from(nodes[i].index);
+                    let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
                     let lambda = cap as f64 * per_cap;
-                    let own = poisson(&mut rng, lambda);
-                    let ran = poisson(&mut rng, lambda);
+                    let table = &tables[usize::from(nodes[i].rating.get())];
+                    let (own, ran) = if table.lambda == lambda {
+                        (table.draw(&mut rng), table.draw(&mut rng))
+                    } else {
+                        (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
+                    };
                     let failed = if nodes[i].cheater {
                         binomial(&mut rng, own, cheat_p)
                     } else {
@@ -557,28 +559,25 @@ impl Simulation {
         let income_credits = per_request_credits.saturating_add(instance_income);
         let income = sc.pricing.credits_to_usd(income_credits)?;
 
-        // 4. Round close through the rewards driver.
-        let by_id = &self.by_id;
-        let nodes = &self.nodes;
+        // 4. Round close through the rewards driver (the registered nodes are exactly
+        // `nodes`, in its order; departed ones were deregistered in the round they left).
+        let ids = &self.ids;
         let draws_ref = &draws;
-        let activity = by_id.iter().filter_map(|(id, i)| {
-            let i = *i as usize;
-            if nodes[i].departed_round.is_some() {
-                return None;
-            }
-            Some((
-                *id,
-                NodeActivity {
-                    online: std::mem::take(&mut online[i]),
-                    validations_ok: draws_ref[i].0,
-                    validations_failed: draws_ref[i].1,
-                    crat_external_micro: MicroCrat::ZERO,
-                },
-            ))
-        });
-        let closed = self.driver.close_round(income, activity)?;
-
-        // Metrics and provider behaviour, from the outcome only.
+        let activity = ids
+            .iter()
+            .zip(draws_ref)
+            .enumerate()
+            .map(|(k, (id, &(ran, failed)))| {
+                (
+                    *id,
+                    NodeActivity {
+                        online: online(k).to_vec(),
+                        validations_ok: ran,
+                        validations_failed: failed,
+                        crat_external_micro: MicroCrat::ZERO,
+                    },
+                )
+            });
         let mut m = RoundMetrics {
             round,
             income_usd_micro: income.get(),
@@ -592,93 +591,198 @@ impl Simulation {
             validations_failed: validations_caught,
             ..RoundMetrics::default()
         };
-        let a = &closed.outcome.aggregates;
-        m.pool_usd_micro = a.pool_usd_micro.get();
-        m.paid_ranks = a.paid_ranks;
-        m.bonus_usd_micro = a.bonus_paid_usd_micro.get();
-        m.guaranteed_usd_micro = a.guaranteed_paid_usd_micro.get();
-        m.carry_usd_micro = a.carry_out_usd_micro.get();
-        let day_share = |v: u64| (u128::from(v) * u128::from(length_s) / u128::from(DAY_S)) as u64;
-        let mut earnings: Vec<u64> = Vec::with_capacity(closed.outcome.nodes.len());
-        let mut crats: Vec<u64> = Vec::with_capacity(closed.outcome.nodes.len());
-        let departure_rounds = sc.behaviour.departure_rounds;
-        let electricity = sc.behaviour.electricity_usd_micro_per_day;
-        let mut departures = Vec::new();
-        for o in &closed.outcome.nodes {
-            let Some(i) = self.lookup(&o.id) else {
-                continue;
-            };
-            let i = i as usize;
-            let n = &mut self.nodes[i];
-            let class = usize::from(n.rating.get()) - 1;
-            let g = o.guaranteed_usd_micro.get();
-            let b = o.bonus_usd_micro.get();
-            n.guaranteed_total += g;
-            n.bonus_total += b;
-            n.crat_end = o.crat_end_micro.get();
-            n.uptime_total = o.uptime_total_s;
-            n.validations_failed += draws[i].1;
-            crats.push(n.crat_end);
-            if n.departed_round.is_some() {
-                continue;
-            }
-            m.nodes_active += 1;
-            m.class_nodes[class] += 1;
-            m.class_guaranteed_usd_micro[class] += g;
-            m.class_bonus_usd_micro[class] += b;
-            if o.committed {
-                m.nodes_committed += 1;
-            }
-            earnings.push(g + b);
-            if n.cheater {
-                m.cheaters_active += 1;
-                m.cheater_bonus_usd_micro += b;
-                m.cheater_crat_micro += n.crat_end;
-            } else {
-                m.honest_crat_micro += n.crat_end;
-            }
-            if departure_rounds > 0 {
-                if g + b < day_share(electricity[class]) {
-                    n.low_rounds += 1;
-                } else {
-                    n.low_rounds = 0;
-                }
-                if n.low_rounds >= departure_rounds {
-                    n.departed_round = Some(round);
-                    departures.push(i);
-                }
-            }
-        }
-        m.departures = departures.len() as u64;
-        m.gini_earnings = gini(&mut earnings);
-        m.crat_top_decile_share = top_decile_share(&mut crats);
-        m.initial_retained = self.nodes[..self.initial_nodes as usize]
-            .iter()
-            .filter(|n| n.departed_round.is_none())
-            .count() as u64;
-        m.initial_nodes = self.initial_nodes;
+        let nodes = &mut self.nodes;
+        let (departures, result) = self.driver.close_round_with(income, activity, |closed| {
+            let departures = outcome_metrics(closed, sc, ids, nodes, draws_ref, &mut m);
+            departures.map(|d| (d, f(closed)))
+        })??;
 
-        // Deregister departed nodes within the move budget (see DEREGISTER_MOVES_PER_ROUND_MAX).
-        let budget = (DEREGISTER_MOVES_PER_ROUND_MAX / (self.by_id.len() as u64).max(1)).max(1);
-        let mut removed = 0;
-        for i in 0..self.nodes.len() {
-            if removed >= budget {
-                break;
-            }
-            let n = &mut self.nodes[i];
-            if n.departed_round.is_some() && n.registered {
-                self.driver.deregister(&n.id);
-                n.registered = false;
-                if let Ok(pos) = self.by_id.binary_search_by(|(id, _)| id.cmp(&n.id)) {
-                    self.by_id.remove(pos);
+        m.departures = departures.len() as u64;
+        let initial = self.initial_nodes;
+        m.initial_retained = self
+            .nodes
+            .iter()
+            .filter(|n| u64::from(n.index) < initial && n.departed_round.is_none())
+            .count() as u64;
+        m.initial_nodes = initial;
+
+        // Departed providers leave the driver and `nodes` at once (one pass each).
+        if !departures.is_empty() {
+            self.driver.deregister_all(&departures);
+            // Compacted in place: no fresh copy of the node list.
+            let mut kept = 0;
+            for k in 0..self.nodes.len() {
+                if self.nodes[k].departed_round.is_some() {
+                    self.departed.push((self.nodes[k].clone(), self.ids[k]));
+                } else {
+                    self.nodes.swap(kept, k);
+                    self.ids.swap(kept, k);
+                    kept += 1;
                 }
-                removed += 1;
             }
+            self.nodes.truncate(kept);
+            self.ids.truncate(kept);
         }
         self.report.rounds.push(m);
         self.round += 1;
         self.start_s = end_s;
-        Ok(closed)
+        Ok(result)
+    }
+}
+
+/// The round's metrics taken from its outcome (the only source of payouts and CRAT), each
+/// node's totals updated, and the providers that leave this round (marked departed).
+/// `nodes[k]` is the round's k-th input.
+fn outcome_metrics(
+    closed: &ClosedRound,
+    sc: &Scenario,
+    ids: &[NodeId],
+    nodes: &mut [Node],
+    draws: &[(u64, u64)],
+    m: &mut RoundMetrics,
+) -> Result<Vec<NodeId>, SimError> {
+    let round = m.round;
+    let length_s = sc.rewards.round_s;
+    let a = &closed.outcome.aggregates;
+    m.pool_usd_micro = a.pool_usd_micro.get();
+    m.paid_ranks = a.paid_ranks;
+    m.bonus_usd_micro = a.bonus_paid_usd_micro.get();
+    m.guaranteed_usd_micro = a.guaranteed_paid_usd_micro.get();
+    m.carry_usd_micro = a.carry_out_usd_micro.get();
+    let day_share = |v: u64| (u128::from(v) * u128::from(length_s) / u128::from(DAY_S)) as u64;
+    let mut earnings: Vec<u64> = Vec::with_capacity(nodes.len());
+    let mut crats: Vec<u64> = Vec::with_capacity(nodes.len());
+    let departure_rounds = sc.behaviour.departure_rounds;
+    let electricity = sc.behaviour.electricity_usd_micro_per_day;
+    let mut departures: Vec<NodeId> = Vec::new();
+    for (k, n) in nodes.iter_mut().enumerate() {
+        let i = k;
+        let id = ids[k];
+        let o = closed
+            .outcome_of(k)
+            .filter(|o| o.id == id)
+            .ok_or(crat_rewards::RewardsError::UnknownNode { id })?;
+        let class = usize::from(n.rating.get()) - 1;
+        let g = o.guaranteed_usd_micro.get();
+        let b = o.bonus_usd_micro.get();
+        n.guaranteed_total += g;
+        n.bonus_total += b;
+        n.crat_end = o.crat_end_micro.get();
+        n.uptime_total = o.uptime_total_s;
+        n.validations_failed += draws[i].1;
+        crats.push(n.crat_end);
+        m.nodes_active += 1;
+        m.class_nodes[class] += 1;
+        m.class_guaranteed_usd_micro[class] += g;
+        m.class_bonus_usd_micro[class] += b;
+        if o.committed {
+            m.nodes_committed += 1;
+        }
+        earnings.push(g + b);
+        if n.cheater {
+            m.cheaters_active += 1;
+            m.cheater_bonus_usd_micro += b;
+            m.cheater_crat_micro += n.crat_end;
+        } else {
+            m.honest_crat_micro += n.crat_end;
+        }
+        if departure_rounds > 0 {
+            if g + b < day_share(electricity[class]) {
+                n.low_rounds += 1;
+            } else {
+                n.low_rounds = 0;
+            }
+            if n.low_rounds >= departure_rounds {
+                n.departed_round = Some(round);
+                departures.push(id);
+            }
+        }
+    }
+    m.gini_earnings = gini(&mut earnings);
+    m.crat_top_decile_share = top_decile_share(&mut crats);
+    Ok(departures)
+}
+
+/// Length of hour bucket `h` of the round `[start_s, end_s)` (the last may be short).
+fn hour_len(start_s: u64, end_s: u64, h: usize) -> u64 {
+    let h_start = start_s + h as u64 * HOUR_S;
+    (h_start + HOUR_S).min(end_s).saturating_sub(h_start)
+}
+
+/// Per-instance SLA bookkeeping of one round: the deployment-hours in which the replicas'
+/// online time delivered the guaranteed rate. Each replica node's online seconds per hour
+/// are computed once and reused by every deployment placed on it.
+struct SlaBook {
+    start_s: u64,
+    end_s: u64,
+    hours: usize,
+    /// Per candidate: where its hours start in `secs` (`usize::MAX`: not computed yet).
+    at: Vec<usize>,
+    /// Online seconds per hour, `hours` entries per computed candidate, then its count of
+    /// hours fully online.
+    secs: Vec<u64>,
+}
+
+impl SlaBook {
+    fn new(start_s: u64, end_s: u64, hours: usize) -> Self {
+        Self {
+            start_s,
+            end_s,
+            hours,
+            at: Vec::new(),
+            secs: Vec::new(),
+        }
+    }
+
+    /// The seconds per hour of candidate `c`, then its count of full hours.
+    fn of<'a>(&mut self, c: u32, online: impl Fn(u32) -> &'a [Interval]) -> &[u64] {
+        let c = c as usize;
+        if self.at.len() <= c {
+            self.at.resize(c + 1, usize::MAX);
+        }
+        if self.at[c] == usize::MAX {
+            let base = self.secs.len();
+            self.at[c] = base;
+            self.secs.resize(base + self.hours + 1, 0);
+            let per_hour = &mut self.secs[base..base + self.hours];
+            for iv in online(c as u32) {
+                add_hours(per_hour, self.start_s, *iv, 1);
+            }
+            let full = (0..self.hours)
+                .filter(|&h| per_hour[h] == hour_len(self.start_s, self.end_s, h))
+                .count();
+            self.secs[base + self.hours] = full as u64;
+        }
+        let base = self.at[c];
+        &self.secs[base..base + self.hours + 1]
+    }
+
+    /// Hours of the round in which `assigned` delivered `rps`.
+    fn hours_met<'a>(
+        &mut self,
+        assigned: &[Assignment],
+        rps: u32,
+        online: impl Fn(u32) -> &'a [Interval] + Copy,
+    ) -> u64 {
+        if let [a] = assigned {
+            // One replica carrying the whole rate: it delivers exactly in its full hours.
+            if a.rps >= rps {
+                return self.of(a.candidate, online).last().copied().unwrap_or(0);
+            }
+        }
+        let mut delivered = vec![0u128; self.hours];
+        for a in assigned {
+            let secs = self.of(a.candidate, online).to_vec();
+            for (d, s) in delivered.iter_mut().zip(&secs) {
+                *d += u128::from(a.rps) * u128::from(*s);
+            }
+        }
+        (0..self.hours)
+            .filter(|&h| {
+                let need = u128::from(rps) * u128::from(hour_len(self.start_s, self.end_s, h));
+                delivered[h] >= need
+            })
+            .count() as u64
     }
 }
 
@@ -695,20 +799,23 @@ fn demand_factor(sc: &Scenario, round: u32) -> f64 {
     growth * shock
 }
 
-/// Advances a node's on/off sessions through `[start_s, end_s)`, returning its online
-/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]).
+/// Advances a node's on/off sessions through `[start_s, end_s)`, appending its online
+/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]) to `all`.
 fn advance_churn(
     n: &mut Node,
     churn: &crate::scenario::Churn,
     start_s: u64,
     end_s: u64,
-    rng: &mut ChaCha8Rng,
-) -> Vec<Interval> {
+    rng: &mut StreamRng,
+    all: &mut Vec<Interval>,
+) {
     if churn.model == SessionModel::None {
         n.online = true;
-        return vec![Interval::new(start_s, end_s)];
+        all.push(Interval::new(start_s, end_s));
+        return;
     }
-    let mut out = Vec::new();
+    let base = all.len();
+    let mut out = Intervals { all, base };
     let mut t = start_s;
     // A node's sessions carry over between rounds.
     let mut toggle = n.next_toggle_s.max(start_s);
@@ -735,11 +842,11 @@ fn advance_churn(
             (churn.mean_off_s as f64, 1.0 - diurnal)
         };
         let mean = mean * scale;
-        let u: f64 = rng.r#gen::<f64>();
+        let u = rng.unit_f64();
         let len = match churn.model {
             SessionModel::LogNormal => {
                 let s = churn.sigma;
-                let v: f64 = rng.r#gen::<f64>();
+                let v = rng.unit_f64();
                 let z = (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos();
                 (mean.ln() - s * s / 2.0 + s * z).exp()
             }
@@ -762,34 +869,100 @@ fn advance_churn(
         toggle = end_s;
     }
     n.next_toggle_s = toggle;
-    out
+}
+
+/// One node's intervals at the end of a shared buffer.
+struct Intervals<'a> {
+    all: &'a mut Vec<Interval>,
+    base: usize,
+}
+
+impl Intervals<'_> {
+    fn len(&self) -> usize {
+        self.all.len() - self.base
+    }
+
+    fn last_mut(&mut self) -> Option<&mut Interval> {
+        if self.len() == 0 {
+            None
+        } else {
+            self.all.last_mut()
+        }
+    }
+
+    fn push(&mut self, iv: Interval) {
+        self.all.push(iv);
+    }
 }
 
 /// A Poisson draw with mean `lambda`: inversion with one uniform below 30, normal
 /// approximation above.
-fn poisson(rng: &mut ChaCha8Rng, lambda: f64) -> u64 {
+fn poisson(rng: &mut StreamRng, lambda: f64) -> u64 {
     if lambda <= 0.0 {
         return 0;
     }
-    if lambda < 30.0 {
-        let u = rng.r#gen::<f64>();
+    if lambda < POISSON_INVERSION_MAX {
+        let u = rng.unit_f64();
         let mut p = (-lambda).exp();
         let mut f = p;
         let mut k = 0;
-        while u > f && k < 1_000 {
+        while u > f && k < POISSON_TERMS_MAX {
             k += 1;
             p *= lambda / k as f64;
             f += p;
         }
-        return k;
+        return k as u64;
     }
     (lambda + lambda.sqrt() * normal(rng)).round().max(0.0) as u64
 }
 
+/// The distribution function of a Poisson law with a small mean, as [`poisson`] computes it
+/// term by term, so that a draw from the table equals a draw by [`poisson`] with the same
+/// uniform.
+struct PoissonTable {
+    lambda: f64,
+    /// `cdf[k]` = P(X ≤ k), empty for means [`poisson`] does not invert.
+    cdf: Vec<f64>,
+}
+
+impl PoissonTable {
+    fn new(lambda: f64) -> Self {
+        let mut cdf = Vec::new();
+        if lambda > 0.0 && lambda < POISSON_INVERSION_MAX {
+            let mut p = (-lambda).exp();
+            let mut f = p;
+            cdf.push(f);
+            for k in 1..=POISSON_TERMS_MAX {
+                p *= lambda / k as f64;
+                f += p;
+                cdf.push(f);
+            }
+        }
+        Self { lambda, cdf }
+    }
+
+    fn draw(&self, rng: &mut StreamRng) -> u64 {
+        if self.cdf.is_empty() {
+            return poisson(rng, self.lambda);
+        }
+        let u = rng.unit_f64();
+        // The first k with u ≤ F(k), as poisson's loop finds it.
+        self.cdf
+            .iter()
+            .position(|&f| u <= f)
+            .unwrap_or(POISSON_TERMS_MAX) as u64
+    }
+}
+
+/// Below this mean a Poisson draw inverts the distribution function.
+const POISSON_INVERSION_MAX: f64 = 30.0;
+/// Terms of the distribution function an inversion walks at most.
+const POISSON_TERMS_MAX: usize = 1_000;
+
 /// A binomial draw (exact below 64 trials, normal approximation above).
-fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
+fn binomial(rng: &mut StreamRng, n: u64, p: f64) -> u64 {
     if n < 64 {
-        return (0..n).filter(|_| rng.r#gen::<f64>() < p).count() as u64;
+        return (0..n).filter(|_| rng.unit_f64() < p).count() as u64;
     }
     let mean = n as f64 * p;
     let sd = (mean * (1.0 - p)).sqrt();
@@ -797,9 +970,9 @@ fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
 }
 
 /// A standard normal draw (Box–Muller).
-fn normal(rng: &mut ChaCha8Rng) -> f64 {
-    let u: f64 = rng.r#gen::<f64>();
-    let v: f64 = rng.r#gen::<f64>();
+fn normal(rng: &mut StreamRng) -> f64 {
+    let u = rng.unit_f64();
+    let v = rng.unit_f64();
     (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
@@ -819,18 +992,6 @@ fn cut(online: Vec<Interval>, w: Interval) -> Vec<Interval> {
         }
     }
     out
-}
-
-/// Seconds of `online` inside `w`.
-fn overlap(online: &[Interval], w: Interval) -> u64 {
-    online
-        .iter()
-        .map(|iv| {
-            iv.end_s
-                .min(w.end_s)
-                .saturating_sub(iv.start_s.max(w.start_s))
-        })
-        .sum()
 }
 
 /// Adds `cap × seconds online` to each hour bucket the interval touches.
@@ -883,6 +1044,37 @@ pub(crate) fn top_decile_share(v: &mut [u64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Seconds of `online` inside `w`.
+    fn overlap(online: &[Interval], w: Interval) -> u64 {
+        online
+            .iter()
+            .map(|iv| {
+                iv.end_s
+                    .min(w.end_s)
+                    .saturating_sub(iv.start_s.max(w.start_s))
+            })
+            .sum()
+    }
+
+    #[test]
+    fn poisson_table_draws_equal_poisson() {
+        for lambda in [0.0, 1e-6, 0.3, 4.2, 29.9, 30.0, 250.0] {
+            let table = PoissonTable::new(lambda);
+            let (mut a, mut b) = (stream_rng(1, 2, 3), stream_rng(1, 2, 3));
+            let mut sum = 0;
+            for _ in 0..2_000 {
+                let x = table.draw(&mut a);
+                assert_eq!(x, poisson(&mut b, lambda), "lambda {lambda}");
+                sum += x;
+            }
+            let mean = sum as f64 / 2_000.0;
+            assert!(
+                (mean - lambda).abs() < 0.1 * lambda.max(1.0),
+                "{lambda}: {mean}"
+            );
+        }
+    }
 
     #[test]
     fn gini_and_decile() {
