@@ -643,6 +643,7 @@ impl Dispatch {
                 n.online.then(|| Replica {
                     node: *node,
                     addrs: n.addrs.clone(),
+                    operator: n.operator,
                 })
             })
             .collect();

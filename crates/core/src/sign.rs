@@ -135,6 +135,43 @@ impl<T: Signable> Signed<T> {
     }
 }
 
+/// A node's signed statement of what it answered to one task: the evidence a spot check
+/// rests on. A client cannot forge it (it is signed by the node), and a node cannot deny it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The task.
+    pub task: crate::id::TaskId,
+    /// Its deployment.
+    pub deployment: DeploymentId,
+    /// The node that answered (the signer).
+    pub node: NodeId,
+    /// [`outputs_digest`] of the outputs it returned.
+    pub outputs_digest: [u8; 32],
+}
+
+impl Signable for Receipt {
+    const DOMAIN: &'static [u8] = b"crat/v1/receipt\0";
+}
+
+/// blake3 over the outputs' names, dtypes, shapes and bytes, in order: what a [`Receipt`]
+/// commits to.
+pub fn outputs_digest(outputs: &[crate::tensor::NamedTensor]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(outputs.len() as u64).to_le_bytes());
+    for o in outputs {
+        h.update(&(o.name.len() as u64).to_le_bytes());
+        h.update(o.name.as_bytes());
+        h.update(o.tensor.dtype().onnx_name().as_bytes());
+        h.update(&(o.tensor.shape().len() as u64).to_le_bytes());
+        for d in o.tensor.shape() {
+            h.update(&d.to_le_bytes());
+        }
+        h.update(&(o.tensor.bytes().len() as u64).to_le_bytes());
+        h.update(o.tensor.bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Permission, signed by the dispatcher, to run tasks of one deployment on the named nodes.
 ///
 /// Nodes verify tickets offline against the dispatcher's key they learnt at registration.

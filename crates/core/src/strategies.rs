@@ -10,7 +10,7 @@ use crate::hardware::{CpuInfo, GpuInfo, HardwareInfo, PowerRating};
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
-use crate::sign::{BackendInfo, Registration, Signed, Ticket};
+use crate::sign::{BackendInfo, Receipt, Registration, Signed, Ticket};
 use crate::tensor::{DType, NamedTensor, Tensor};
 use crate::wire::*;
 
@@ -129,6 +129,28 @@ pub fn ticket() -> impl Strategy<Value = Ticket> {
                 audience,
             },
         )
+}
+
+/// A signed receipt (by a random key).
+pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
+    (
+        task_id(),
+        deployment_id(),
+        node_id(),
+        any::<[u8; 32]>(),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(task, deployment, node, outputs_digest, seed)| {
+            Signed::sign(
+                Receipt {
+                    task,
+                    deployment,
+                    node,
+                    outputs_digest,
+                },
+                &SigningKey::from_bytes(&seed),
+            )
+        })
 }
 
 /// A ticket, really signed by a key derived from the strategy's seed.
@@ -395,6 +417,9 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         deployment_id().prop_map(|deployment| ClientCall::Lease { deployment }),
         Just(ClientCall::Balance),
         Just(ClientCall::KeyStatus),
+        (vec(signed_receipt(), 0..4), vec(node_id(), 0..4)).prop_map(|(receipts, majority)| {
+            ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
+        }),
     ];
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }
@@ -431,9 +456,20 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
             },
         );
     let replica =
-        (node_id(), vec(peer_addr(), 0..3)).prop_map(|(node, addrs)| Replica { node, addrs });
-    let lease = (vec(replica, 0..4), signed_ticket())
-        .prop_map(|(replicas, ticket)| Lease { replicas, ticket });
+        (node_id(), vec(peer_addr(), 0..3), any::<u64>()).prop_map(|(node, addrs, operator)| {
+            Replica {
+                node,
+                addrs,
+                operator,
+            }
+        });
+    let lease = (vec(replica, 0..4), signed_ticket(), any::<u16>()).prop_map(
+        |(replicas, ticket, validation_bps)| Lease {
+            replicas,
+            ticket,
+            validation_bps,
+        },
+    );
     let status = proptest::sample::select(vec![
         KeyStatus::Active,
         KeyStatus::Expired,
@@ -498,5 +534,19 @@ pub fn node_to_client() -> impl Strategy<Value = NodeToClient> {
         ),
         Just(NodeToClient::Pong),
         wire_error().prop_map(NodeToClient::Error),
+        (
+            task_id(),
+            vec(named_tensor(), 0..3),
+            any::<u64>(),
+            signed_receipt()
+        )
+            .prop_map(
+                |(task, outputs, compute_us, receipt)| NodeToClient::Receipted {
+                    task,
+                    outputs,
+                    compute_us,
+                    receipt: Box::new(receipt),
+                }
+            ),
     ]
 }

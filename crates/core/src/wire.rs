@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PriceQuote};
-use crate::sign::{Registration, Signed, Ticket};
+use crate::sign::{Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
@@ -541,6 +541,9 @@ pub struct Replica {
     pub node: NodeId,
     /// Its addresses.
     pub addrs: Vec<PeerAddr>,
+    /// Its operator (address block, see `crat_core::dispatch::operator_of`): a spot check's
+    /// validator is never of the worker's operator.
+    pub operator: u64,
 }
 
 /// Permission to call a deployment's replicas directly.
@@ -550,6 +553,8 @@ pub struct Lease {
     pub replicas: Vec<Replica>,
     /// The ticket to present to them.
     pub ticket: Signed<Ticket>,
+    /// Share of tasks the client spot-checks on a second replica, in basis points.
+    pub validation_bps: u16,
 }
 
 /// Status of an SDK key.
@@ -634,6 +639,23 @@ pub enum ClientCall {
     Balance,
     /// Status of the calling key.
     KeyStatus,
+    /// The outcome of a spot check.
+    ReportValidation(Box<ValidationReport>),
+}
+
+/// Most receipts in a [`ValidationReport`] (worker, validator, tie-breaker).
+pub const REPORT_RECEIPTS_MAX: usize = 3;
+
+/// What a client found when it ran one task on several replicas: the nodes' signed
+/// receipts, in the order they were asked (the first is the worker, the others validators),
+/// and which of them agreed with each other (the majority, within the tolerance of
+/// `crat_core::verify`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// The receipts, 2 or 3.
+    pub receipts: Vec<Signed<Receipt>>,
+    /// The nodes whose answers agreed (at least 2, more than half of the receipts).
+    pub majority: Vec<NodeId>,
 }
 
 /// A client's request: the key that authenticates it and the call.
@@ -733,6 +755,17 @@ pub enum NodeToClient {
     Pong,
     /// Refused or failed.
     Error(WireError),
+    /// The task's outputs with the node's signed [`Receipt`] for them.
+    Receipted {
+        /// The task.
+        task: TaskId,
+        /// Named outputs.
+        outputs: Vec<NamedTensor>,
+        /// Time spent computing, in microseconds.
+        compute_us: u64,
+        /// The node's receipt (its digest is of `outputs`).
+        receipt: Box<Signed<Receipt>>,
+    },
 }
 
 impl Message for NodeToClient {}

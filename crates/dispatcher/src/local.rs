@@ -3,7 +3,7 @@
 //! it is simulated except the nodes' declared GPUs (inference runs on whatever backend the
 //! caller passes, usually tract or ONNX Runtime on the CPU).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,14 +273,21 @@ impl LocalNetwork {
         key: SigningKey,
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Result<&LocalNode, DispatcherError> {
+        self.add_node_on(spec, key, IpAddr::from([127, 0, 0, 1]), configure)
+    }
+
+    /// [`LocalNetwork::add_node_keyed`] listening on `ip`. On Linux every address of
+    /// 127.0.0.0/8 is loopback, so nodes on `127.0.N.1` are of different operators (address
+    /// blocks), as spot checks need.
+    pub fn add_node_on(
+        &mut self,
+        spec: NodeSpec,
+        key: SigningKey,
+        ip: IpAddr,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode, DispatcherError> {
         let index = self.nodes.len();
-        let transport = QuicTransport::bind(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| DispatcherError::Config("address".into()))?,
-            &key,
-            loopback_quic(),
-        )?;
+        let transport = QuicTransport::bind(SocketAddr::new(ip, 0), &key, loopback_quic())?;
         let addr = transport.socket_addr();
         let gpus = spec
             .gpu

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crat_core::dispatch::{Dispatch, DispatchConfig, DispatchError, Effect};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::pricing::{DeployPlan, PricingParams};
@@ -92,6 +92,12 @@ pub struct DispatcherConfig {
     pub tick_ms: u64,
     /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`]).
     pub canary: CanaryConfig,
+    /// Share of tasks clients spot-check on a second replica (sent in every lease), in
+    /// basis points. Default 100 (1 %). At most 10,000.
+    pub validation_bps: u16,
+    /// Spot-check reports remembered (by task) so that each task is credited once; the
+    /// oldest are forgotten beyond. Default 65,536.
+    pub validation_reports_tracked_max: usize,
 }
 
 impl DispatcherConfig {
@@ -118,6 +124,8 @@ impl DispatcherConfig {
             key_cache_ms: 1_000,
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
+            validation_bps: 100,
+            validation_reports_tracked_max: 65_536,
         }
     }
 
@@ -221,6 +229,10 @@ pub struct DispatcherStats {
     pub usage_duplicates: u64,
     /// Rounds closed by this process.
     pub rounds_closed: u64,
+    /// Validations of other nodes' work credited from spot-check reports.
+    pub validations_ok: u64,
+    /// Failed validations recorded from spot-check reports (canaries not included).
+    pub validations_failed: u64,
     /// Canaries answered correctly.
     pub canaries_passed: u64,
     /// Canaries answered wrongly (each recorded as a failed validation).
@@ -266,6 +278,10 @@ struct Inner<T: Transport> {
     rounds_closed: AtomicU64,
     next_round: Mutex<Option<u64>>,
     canary: Option<CanaryState<T>>,
+    /// Tasks whose spot-check report was accepted.
+    reported: Mutex<canary::BoundedSet<(DeploymentId, TaskId)>>,
+    validations_ok: AtomicU64,
+    validations_failed: AtomicU64,
     canaries_passed: AtomicU64,
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
@@ -422,6 +438,14 @@ impl<T: Transport> Dispatcher<T> {
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
         let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
         let canary = parts.canary.map(|c| CanaryState::new(c, &config.canary));
+        let reported = Mutex::new(canary::BoundedSet::new(
+            config.validation_reports_tracked_max,
+        ));
+        if config.validation_bps > 10_000 {
+            return Err(DispatcherError::Config(
+                "validation_bps must be 0..=10000".into(),
+            ));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -446,6 +470,9 @@ impl<T: Transport> Dispatcher<T> {
                 usage_duplicates: AtomicU64::new(0),
                 rounds_closed: AtomicU64::new(0),
                 next_round: Mutex::new(None),
+                reported,
+                validations_ok: AtomicU64::new(0),
+                validations_failed: AtomicU64::new(0),
                 canary,
                 canaries_passed: AtomicU64::new(0),
                 canaries_failed: AtomicU64::new(0),
@@ -477,6 +504,8 @@ impl<T: Transport> Dispatcher<T> {
             usage_records: i.usage_records.load(Ordering::Relaxed),
             usage_duplicates: i.usage_duplicates.load(Ordering::Relaxed),
             rounds_closed: i.rounds_closed.load(Ordering::Relaxed),
+            validations_ok: i.validations_ok.load(Ordering::Relaxed),
+            validations_failed: i.validations_failed.load(Ordering::Relaxed),
             canaries_passed: i.canaries_passed.load(Ordering::Relaxed),
             canaries_failed: i.canaries_failed.load(Ordering::Relaxed),
             canaries_inconclusive: i.canaries_inconclusive.load(Ordering::Relaxed),
@@ -1209,6 +1238,10 @@ impl<T: Transport> Dispatcher<T> {
                     .map_err(ledger_err)?;
                 Ok(DispatcherResponse::Balance(b))
             }
+            ClientCall::ReportValidation(report) => {
+                self.validation_report(&key, *report, now).await?;
+                Ok(DispatcherResponse::Ok)
+            }
             ClientCall::KeyStatus => Ok(DispatcherResponse::Key(KeyInfo {
                 id: key.id,
                 status: KeyStatus::Active,
@@ -1398,7 +1431,117 @@ impl<T: Transport> Dispatcher<T> {
         Ok(Lease {
             replicas,
             ticket: Signed::sign(ticket, &self.inner.key),
+            validation_bps: self.inner.config.validation_bps,
         })
+    }
+
+    /// Checks a spot-check report and credits it: each validator (receipt after the first)
+    /// in the majority gets a `validations_ok`, each node outside it a `validations_failed`
+    /// (which may exclude it from placement).
+    ///
+    /// # Security
+    /// The receipts are signed by the nodes, so a client cannot invent an answer for a node,
+    /// and a task is credited once. Which answers *agreed* is the client's word: digests
+    /// cannot be compared within a tolerance, so the dispatcher only refuses reports that
+    /// are inconsistent on their face (a node outside the majority whose digest equals a
+    /// majority node's, receipts of one operator, unknown nodes). A client lying about
+    /// agreement could cost a node its CRAT; such a client pays for every task it reports,
+    /// and canaries, which need no client's word, are the check that does not rest on it.
+    async fn validation_report(
+        &self,
+        key: &KeyRecord,
+        report: crat_core::wire::ValidationReport,
+        now: u64,
+    ) -> Result<(), WireError> {
+        let bad = |m: String| err(ErrorCode::BadRequest, m);
+        let receipts = &report.receipts;
+        if !(2..=crat_core::wire::REPORT_RECEIPTS_MAX).contains(&receipts.len()) {
+            return Err(bad(format!(
+                "a report carries 2..={} receipts",
+                crat_core::wire::REPORT_RECEIPTS_MAX
+            )));
+        }
+        let first = &receipts[0].body;
+        let (task, deployment) = (first.task, first.deployment);
+        self.owned_deployment(key, &deployment)?;
+        let mut nodes = Vec::with_capacity(receipts.len());
+        let mut operators = Vec::with_capacity(receipts.len());
+        for r in receipts {
+            r.verify(Some(&r.body.node))
+                .map_err(|e| err(ErrorCode::Unauthenticated, format!("receipt: {e}")))?;
+            if r.body.task != task || r.body.deployment != deployment {
+                return Err(bad("receipts of different tasks".into()));
+            }
+            if nodes.contains(&r.body.node) {
+                return Err(bad(format!("two receipts of {}", r.body.node)));
+            }
+            let operator = lock(&self.inner.dispatch)
+                .operator(&r.body.node)
+                .ok_or_else(|| err(ErrorCode::NotFound, format!("node {}", r.body.node)))?;
+            if operators.contains(&operator) {
+                return Err(bad("two receipts from one operator".into()));
+            }
+            nodes.push(r.body.node);
+            operators.push(operator);
+        }
+        let majority = &report.majority;
+        let distinct: std::collections::BTreeSet<&NodeId> = majority.iter().collect();
+        if distinct.len() != majority.len()
+            || majority.len() < 2
+            || majority.len() * 2 <= receipts.len()
+            || !majority.iter().all(|n| nodes.contains(n))
+        {
+            return Err(bad(
+                "the majority must be most of the receipts' nodes".into()
+            ));
+        }
+        let digests_in: Vec<[u8; 32]> = receipts
+            .iter()
+            .filter(|r| majority.contains(&r.body.node))
+            .map(|r| r.body.outputs_digest)
+            .collect();
+        if receipts.iter().any(|r| {
+            !majority.contains(&r.body.node) && digests_in.contains(&r.body.outputs_digest)
+        }) {
+            return Err(bad("identical answers reported as disagreeing".into()));
+        }
+        {
+            let mut reported = lock(&self.inner.reported);
+            if reported.contains(&(deployment, task)) {
+                return Err(bad(format!("{task} was reported already")));
+            }
+            reported.insert((deployment, task));
+        }
+        let ok: Vec<NodeId> = nodes[1..]
+            .iter()
+            .filter(|n| majority.contains(n))
+            .copied()
+            .collect();
+        let failed: Vec<NodeId> = nodes
+            .iter()
+            .filter(|n| !majority.contains(n))
+            .copied()
+            .collect();
+        let credited = ok.clone();
+        self.db(move |l| {
+            for n in &credited {
+                l.record_validation(n, true, now)?;
+            }
+            Ok::<_, LedgerError>(())
+        })
+        .await?
+        .map_err(ledger_err)?;
+        self.inner
+            .validations_ok
+            .fetch_add(ok.len() as u64, Ordering::Relaxed);
+        for n in failed {
+            tracing::warn!(node = %n, %task, "spot check failed");
+            self.inner
+                .validations_failed
+                .fetch_add(1, Ordering::Relaxed);
+            self.validation_failed(n).await;
+        }
+        Ok(())
     }
 
     /// The credit budget of a ticket for `d` now, or why none may be issued.

@@ -137,7 +137,7 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
     assert!(
         matches!(
             task_at(&net, aa[0], &la.ticket, a.id()).await,
-            NodeToClient::Outputs { .. }
+            NodeToClient::Receipted { .. }
         ),
         "a valid ticket is accepted"
     );

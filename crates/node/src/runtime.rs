@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
-use crat_core::sign::{BackendInfo, Registration, Signed, TicketVerifier};
+use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
@@ -396,10 +396,21 @@ impl<T: Transport> Node<T> {
             output_bytes,
             compute_us,
         });
-        NodeToClient::Outputs {
+        // The receipt commits to exactly what is returned; a spot check rests on it.
+        let receipt = Signed::sign(
+            Receipt {
+                task: req.task,
+                deployment: req.deployment,
+                node: inner.id,
+                outputs_digest: outputs_digest(&outputs),
+            },
+            &inner.key,
+        );
+        NodeToClient::Receipted {
             task: req.task,
             outputs,
             compute_us,
+            receipt: Box::new(receipt),
         }
     }
 

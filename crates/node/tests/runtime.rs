@@ -154,7 +154,7 @@ async fn node_registers_fetches_serves_and_reports_usage() {
         let direct = direct.clone();
         tasks.push(tokio::spawn(async move {
             match call(req).await {
-                NodeToClient::Outputs { task, outputs, .. } => {
+                NodeToClient::Receipted { task, outputs, .. } => {
                     assert_eq!(task, TaskId::from_bytes([i; 16]));
                     assert_eq!(outputs[0].name, "probs");
                     // Batched and single runs may differ in the last bits (other kernels and

@@ -53,6 +53,12 @@ pub struct Stats {
     pub lease_renewals: u64,
     /// Tickets a node refused.
     pub ticket_rejections: u64,
+    /// Tasks spot-checked on a second replica.
+    pub validations: u64,
+    /// Spot checks whose first two answers disagreed (a third replica decided).
+    pub disagreements: u64,
+    /// Validation reports not sent because too many were pending.
+    pub reports_dropped: u64,
 }
 
 #[derive(Default)]
@@ -63,6 +69,9 @@ pub(crate) struct Counters {
     pub(crate) failovers: AtomicU64,
     pub(crate) lease_renewals: AtomicU64,
     pub(crate) ticket_rejections: AtomicU64,
+    pub(crate) validations: AtomicU64,
+    pub(crate) disagreements: AtomicU64,
+    pub(crate) reports_dropped: AtomicU64,
 }
 
 impl Counters {
@@ -75,6 +84,9 @@ impl Counters {
             failovers: get(&self.failovers),
             lease_renewals: get(&self.lease_renewals),
             ticket_rejections: get(&self.ticket_rejections),
+            validations: get(&self.validations),
+            disagreements: get(&self.disagreements),
+            reports_dropped: get(&self.reports_dropped),
         }
     }
 }

@@ -4,11 +4,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crat_core::id::{DeploymentId, TaskId};
+use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::sign::{Receipt, Signed, outputs_digest};
 use crat_core::tensor::NamedTensor;
+use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{
     self, ClientCall, ClientToNode, DeploymentInfo, DeploymentState, DispatcherResponse,
-    InferRequest, Lease, NodeToClient, Replica,
+    InferRequest, Lease, NodeToClient, Replica, ValidationReport,
 };
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
@@ -32,6 +34,17 @@ struct LeaseState {
 /// noticed the failure yet is not asked again for every task.
 const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Validation reports of one deployment handle being sent at once; more are dropped (and
+/// counted in [`Stats::reports_dropped`](crate::Stats::reports_dropped)).
+const REPORTS_PENDING_MAX: usize = 16;
+
+/// One node's answer to a task.
+struct Answer {
+    outputs: Vec<NamedTensor>,
+    /// The node's receipt, when it sent one that matches the outputs.
+    receipt: Option<Box<Signed<Receipt>>>,
+}
+
 struct Shared {
     lease: Mutex<Option<Arc<LeaseState>>>,
     /// Held while a lease is fetched, so concurrent callers share one renewal.
@@ -42,6 +55,8 @@ struct Shared {
     /// Where the next task starts its walk over the replicas (round robin).
     next_replica: AtomicUsize,
     stats: Counters,
+    /// Permits for validation reports in flight.
+    reports: Arc<tokio::sync::Semaphore>,
 }
 
 /// One deployment of a model: describe it, stop it, and run tasks on its replicas.
@@ -84,6 +99,7 @@ impl<T: Transport> Deployment<T> {
                 stale: AtomicU64::new(0),
                 next_replica: AtomicUsize::new(rand::random::<u16>().into()),
                 stats: Counters::default(),
+                reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_PENDING_MAX)),
             }),
         }
     }
@@ -344,7 +360,15 @@ impl<T: Transport> Deployment<T> {
                 failing_over = false;
             }
             match self.attempt(replica, task, &message).await {
-                Ok(outputs) => return Ok(outputs),
+                Ok(answer) => {
+                    let bps = u32::from(lease.lease.validation_bps);
+                    if bps > 0 && rand::random::<u32>() % 10_000 < bps {
+                        return self
+                            .spot_check(task, &message, replica, answer, &lease)
+                            .await;
+                    }
+                    return Ok(answer.outputs);
+                }
                 Err(Error::TicketRejected(reason)) => {
                     bump(&self.counters(), |c| &c.ticket_rejections);
                     tracing::debug!(%task, node = %replica.node, %reason, "ticket rejected");
@@ -379,13 +403,122 @@ impl<T: Transport> Deployment<T> {
         })
     }
 
+    /// Runs a sampled task again on a validator: a replica that is neither the worker nor of
+    /// the worker's operator (address block). Each node answers without seeing the other's
+    /// answer, and signs a receipt for it. If the answers agree (within the tolerance of
+    /// [`crat_core::verify`]) the worker's outputs are returned; if not, a third replica of a
+    /// third operator decides and the majority's outputs are returned, or
+    /// [`Error::Validation`] when there is no majority. The signed receipts and the majority
+    /// go to the dispatcher in a [`ValidationReport`] (in the background, bounded), which
+    /// credits the validators in the majority and records a failed validation for a node
+    /// outside it. Without a validator (one operator only) or when the validator does not
+    /// answer, the worker's outputs are returned unchecked.
+    async fn spot_check(
+        &self,
+        task: TaskId,
+        message: &ClientToNode,
+        worker: &Replica,
+        first: Answer,
+        lease: &LeaseState,
+    ) -> Result<Vec<NamedTensor>, Error> {
+        let tol = Tolerance::default();
+        let replicas = &lease.lease.replicas;
+        let pick = |taken: &[&Replica]| -> Option<Replica> {
+            let free: Vec<&Replica> = replicas
+                .iter()
+                .filter(|r| {
+                    taken
+                        .iter()
+                        .all(|t| t.node != r.node && t.operator != r.operator)
+                })
+                .collect();
+            if free.is_empty() {
+                return None;
+            }
+            Some(free[rand::random::<u32>() as usize % free.len()].clone())
+        };
+        let Some(validator) = pick(&[worker]) else {
+            return Ok(first.outputs);
+        };
+        bump(&self.counters(), |c| &c.validations);
+        let second = match self.attempt(&validator, task, message).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(%task, node = %validator.node, error = %e, "validator did not answer");
+                return Ok(first.outputs);
+            }
+        };
+        if agree(&second.outputs, &first.outputs, &tol).is_ok() {
+            self.report(
+                [(worker, &first), (&validator, &second)],
+                &[worker.node, validator.node],
+            );
+            return Ok(first.outputs);
+        }
+        bump(&self.counters(), |c| &c.disagreements);
+        let Some(tie) = pick(&[worker, &validator]) else {
+            return Err(Error::Validation(format!(
+                "nodes {} and {} disagree on {task} and no replica of a third operator can decide",
+                worker.node, validator.node
+            )));
+        };
+        let third = self.attempt(&tie, task, message).await.map_err(|e| {
+            Error::Validation(format!(
+                "nodes {} and {} disagree on {task}; the third replica {} failed: {e}",
+                worker.node, validator.node, tie.node
+            ))
+        })?;
+        let triple = [(worker, &first), (&validator, &second), (&tie, &third)];
+        if agree(&third.outputs, &first.outputs, &tol).is_ok() {
+            self.report(triple, &[worker.node, tie.node]);
+            return Ok(first.outputs);
+        }
+        if agree(&third.outputs, &second.outputs, &tol).is_ok() {
+            self.report(triple, &[validator.node, tie.node]);
+            return Ok(second.outputs);
+        }
+        Err(Error::Validation(format!(
+            "nodes {}, {} and {} gave three different answers to {task}",
+            worker.node, validator.node, tie.node
+        )))
+    }
+
+    /// Sends a [`ValidationReport`] in the background (dropped when
+    /// [`REPORTS_PENDING_MAX`] are pending, or when a node sent no receipt).
+    fn report<const N: usize>(&self, answers: [(&Replica, &Answer); N], majority: &[NodeId]) {
+        let Some(receipts) = answers
+            .iter()
+            .map(|(_, a)| a.receipt.as_deref().cloned())
+            .collect::<Option<Vec<Signed<Receipt>>>>()
+        else {
+            return;
+        };
+        let Ok(permit) = self.shared.reports.clone().try_acquire_owned() else {
+            bump(&self.counters(), |c| &c.reports_dropped);
+            return;
+        };
+        let call = ClientCall::ReportValidation(Box::new(ValidationReport {
+            receipts,
+            majority: majority.to_vec(),
+        }));
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            match client.call(call).await {
+                Ok(DispatcherResponse::Ok) => {}
+                Ok(other) => tracing::debug!(answer = ?other, "validation report refused"),
+                Err(e) => tracing::debug!(error = %e, "validation report not delivered"),
+            }
+            drop(permit);
+        });
+    }
+
     /// One call of `message` on `replica`.
     async fn attempt(
         &self,
         replica: &Replica,
         task: TaskId,
         message: &ClientToNode,
-    ) -> Result<Vec<NamedTensor>, Error> {
+    ) -> Result<Answer, Error> {
         let inner = &self.client.inner;
         let (generation, conn) = inner
             .pool
@@ -421,7 +554,31 @@ impl<T: Transport> Deployment<T> {
                 task: answered,
                 outputs,
                 ..
-            } if answered == task => Ok(outputs),
+            } if answered == task => Ok(Answer {
+                outputs,
+                receipt: None,
+            }),
+            NodeToClient::Receipted {
+                task: answered,
+                outputs,
+                receipt,
+                ..
+            } if answered == task => {
+                // A receipt that does not describe this answer is worthless as evidence.
+                let matches = receipt.body.task == task
+                    && receipt.body.deployment == self.id
+                    && receipt.body.node == replica.node
+                    && receipt.signer == replica.node
+                    && receipt.body.outputs_digest == outputs_digest(&outputs);
+                Ok(Answer {
+                    outputs,
+                    receipt: matches.then_some(receipt),
+                })
+            }
+            NodeToClient::Receipted { task: answered, .. } => Err(Error::Protocol(format!(
+                "node {} answered {answered} to {task}",
+                replica.node
+            ))),
             NodeToClient::Outputs { task: answered, .. } => Err(Error::Protocol(format!(
                 "node {} answered {answered} to {task}",
                 replica.node

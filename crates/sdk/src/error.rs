@@ -90,6 +90,11 @@ pub enum Error {
     /// No tensor of this name is among the outputs.
     #[error("no tensor named {0:?}")]
     NoSuchTensor(String),
+    /// A spot-checked task got answers that disagree, and no majority of replicas agreed
+    /// (or no third replica of another operator was there to decide): no result is
+    /// returned rather than one that failed validation.
+    #[error("validation: {0}")]
+    Validation(String),
 }
 
 impl Error {

@@ -82,6 +82,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
         s.nodes.push(Replica {
             node: node_id,
             addrs: vec!["mem:echo".parse().unwrap()],
+            operator: 0,
         });
         s.ready.insert(d.id(), vec![node_id]);
     }

@@ -148,7 +148,7 @@ pub(super) struct BoundedSet<K> {
 }
 
 impl<K: std::hash::Hash + Eq + Copy> BoundedSet<K> {
-    fn new(capacity: usize) -> Self {
+    pub(super) fn new(capacity: usize) -> Self {
         Self {
             set: HashSet::new(),
             order: VecDeque::new(),
@@ -156,7 +156,7 @@ impl<K: std::hash::Hash + Eq + Copy> BoundedSet<K> {
         }
     }
 
-    fn insert(&mut self, k: K) {
+    pub(super) fn insert(&mut self, k: K) {
         if self.set.insert(k) {
             self.order.push_back(k);
             while self.order.len() > self.capacity {
@@ -167,7 +167,7 @@ impl<K: std::hash::Hash + Eq + Copy> BoundedSet<K> {
         }
     }
 
-    fn contains(&self, k: &K) -> bool {
+    pub(super) fn contains(&self, k: &K) -> bool {
         self.set.contains(k)
     }
 }
@@ -418,10 +418,18 @@ impl<T: Transport> Dispatcher<T> {
             }
             Err(_) => return Err(format!("no answer within {timeout:?}")),
         };
-        match answer {
+        let (answered, outputs) = match answer {
             NodeToClient::Outputs {
                 task: t, outputs, ..
-            } if t == task => match agree(&outputs, &expected, &config.tolerance) {
+            }
+            | NodeToClient::Receipted {
+                task: t, outputs, ..
+            } => (t, outputs),
+            NodeToClient::Pong => return Ok(false),
+            NodeToClient::Error(e) => return Err(e.to_string()),
+        };
+        match answered {
+            t if t == task => match agree(&outputs, &expected, &config.tolerance) {
                 Ok(()) => Ok(true),
                 Err(d) => {
                     tracing::warn!(deployment = %dep.id, node = %replica.node, disagreement = %d, "canary failed");
@@ -429,8 +437,7 @@ impl<T: Transport> Dispatcher<T> {
                 }
             },
             // Outputs for another task are a wrong answer to this one.
-            NodeToClient::Outputs { .. } | NodeToClient::Pong => Ok(false),
-            NodeToClient::Error(e) => Err(e.to_string()),
+            _ => Ok(false),
         }
     }
 

@@ -322,7 +322,7 @@ pub async fn call(conn: &MemoryConnection, req: &ClientToNode) -> NodeToClient {
 pub fn code(r: &NodeToClient) -> Option<ErrorCode> {
     match r {
         NodeToClient::Error(e) => Some(e.code),
-        NodeToClient::Outputs { .. } => None,
+        NodeToClient::Outputs { .. } | NodeToClient::Receipted { .. } => None,
         NodeToClient::Pong => panic!("Pong to a task"),
     }
 }

@@ -284,9 +284,14 @@ impl Fake {
                     },
                     &dispatcher_key(),
                 );
-                DispatcherResponse::Lease(Lease { replicas, ticket })
+                DispatcherResponse::Lease(Lease {
+                    replicas,
+                    ticket,
+                    validation_bps: 0,
+                })
             }
             ClientCall::Balance => DispatcherResponse::Balance(s.balance),
+            ClientCall::ReportValidation(_) => DispatcherResponse::Ok,
             ClientCall::KeyStatus => DispatcherResponse::Key(KeyInfo {
                 id: req.key.id,
                 status: KeyStatus::Active,
@@ -322,6 +327,7 @@ impl Fake {
                 s.nodes.push(Replica {
                     node,
                     addrs: body.listen_addrs.clone(),
+                    operator: u64::from(node.as_bytes()[0]),
                 });
                 DispatcherReply::Registered {
                     dispatcher: dispatcher_id(),
