@@ -1444,9 +1444,12 @@ impl<T: Transport> Dispatcher<T> {
     /// and a task is credited once. Which answers *agreed* is the client's word: digests
     /// cannot be compared within a tolerance, so the dispatcher only refuses reports that
     /// are inconsistent on their face (a node outside the majority whose digest equals a
-    /// majority node's, receipts of one operator, unknown nodes). A client lying about
-    /// agreement could cost a node its CRAT; such a client pays for every task it reports,
-    /// and canaries, which need no client's word, are the check that does not rest on it.
+    /// majority node's, receipts of one operator, nodes that are not the deployment's warm
+    /// replicas, a task reported twice). A client lying about agreement could cost a node
+    /// its CRAT, and a client colluding with a replica could report agreement on every task
+    /// of a plan whose tasks cost it nothing (per-instance) to farm validation CRAT: reports
+    /// are not yet capped at the deployment's sampling rate. Canaries, which need no
+    /// client's word, are the check that does not rest on it.
     async fn validation_report(
         &self,
         key: &KeyRecord,
@@ -1464,6 +1467,9 @@ impl<T: Transport> Dispatcher<T> {
         let first = &receipts[0].body;
         let (task, deployment) = (first.task, first.deployment);
         self.owned_deployment(key, &deployment)?;
+        // Only the deployment's replicas did its work (a node that signs receipts for tasks
+        // it never ran would otherwise earn validation CRAT with a colluding client).
+        let replicas = lock(&self.inner.dispatch).ready_replicas(&deployment);
         let mut nodes = Vec::with_capacity(receipts.len());
         let mut operators = Vec::with_capacity(receipts.len());
         for r in receipts {
@@ -1475,9 +1481,16 @@ impl<T: Transport> Dispatcher<T> {
             if nodes.contains(&r.body.node) {
                 return Err(bad(format!("two receipts of {}", r.body.node)));
             }
-            let operator = lock(&self.inner.dispatch)
-                .operator(&r.body.node)
-                .ok_or_else(|| err(ErrorCode::NotFound, format!("node {}", r.body.node)))?;
+            let operator = replicas
+                .iter()
+                .find(|(n, _)| *n == r.body.node)
+                .map(|(_, o)| *o)
+                .ok_or_else(|| {
+                    err(
+                        ErrorCode::NotFound,
+                        format!("node {} is not a replica of {deployment}", r.body.node),
+                    )
+                })?;
             if operators.contains(&operator) {
                 return Err(bad("two receipts from one operator".into()));
             }

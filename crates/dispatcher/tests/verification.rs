@@ -17,10 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use crat_core::id::NodeId;
+use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::money::Credits;
 use crat_core::money::{MicroCrat, MicroUsd};
+use crat_core::sign::{Receipt, Signed};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
+use crat_core::wire::{ClientCall, DispatcherResponse, ErrorCode, ValidationReport};
+use crat_dispatcher::admin;
+use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::ledger::NodeRecord;
 use crat_dispatcher::local::{LocalNetwork, NodeSpec, PerturbedBackend};
 use ed25519_dalek::SigningKey;
@@ -294,4 +299,146 @@ async fn spot_checks_catch_a_node_perturbing_every_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spot_checks_catch_a_node_perturbing_one_answer_in_ten() {
     spot_checks_catch(100).await;
+}
+
+fn receipt(
+    key: &SigningKey,
+    node: NodeId,
+    task: TaskId,
+    deployment: DeploymentId,
+    digest: u8,
+) -> Signed<Receipt> {
+    Signed::sign(
+        Receipt {
+            task,
+            deployment,
+            node,
+            outputs_digest: [digest; 32],
+        },
+        key,
+    )
+}
+
+fn code(r: &DispatcherResponse) -> Option<ErrorCode> {
+    match r {
+        DispatcherResponse::Ok => None,
+        DispatcherResponse::Error(e) => Some(e.code),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// The dispatcher credits only reports that hold together: receipts signed by the
+/// deployment's replicas, of distinct operators, for one task, once, with a real majority.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_reports_are_checked_before_crediting() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.replicas = 4;
+    cfg.canary.interval_ms = 0;
+    let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    // a, b, c on three blocks; d shares a's block.
+    let ips: [[u8; 4]; 4] = [
+        [127, 0, 1, 1],
+        [127, 0, 2, 1],
+        [127, 0, 3, 1],
+        [127, 0, 1, 2],
+    ];
+    let mut keys = Vec::new();
+    for ip in ips {
+        let key = SigningKey::from_bytes(&rand::random());
+        let spec = NodeSpec {
+            gpu: Some("NVIDIA GeForce RTX 3090".into()),
+            backend: backend(),
+            batch_size: 1,
+        };
+        net.add_node_on(spec, key.clone(), ip.into(), |_| {})
+            .unwrap();
+        keys.push(key);
+    }
+    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
+    let ids: Vec<NodeId> = keys
+        .iter()
+        .map(|k| NodeId::from_key(&k.verifying_key()))
+        .collect();
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    let (client, sdk_key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let dep = client.deploy(model, per_request(100_000)).await.unwrap();
+    dep.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let dep = dep.id();
+    let task = TaskId::from_bytes([5; 16]);
+    let r = |i: usize, digest: u8| receipt(&keys[i], ids[i], task, dep, digest);
+    let report = |receipts: Vec<Signed<Receipt>>, majority: Vec<NodeId>| {
+        ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
+    };
+    let send = |call| raw_call(&net, &sdk_key, call);
+
+    // A client cannot sign for a node.
+    let forged = receipt(&SigningKey::from_bytes(&rand::random()), b, task, dep, 1);
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), forged], vec![a, b])).await),
+        Some(ErrorCode::Unauthenticated)
+    );
+    // A node that is not a replica (here: any key signing for itself) earns nothing.
+    let outsider = SigningKey::from_bytes(&rand::random());
+    let o = receipt(
+        &outsider,
+        NodeId::from_key(&outsider.verifying_key()),
+        task,
+        dep,
+        1,
+    );
+    let o_id = o.body.node;
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), o], vec![a, o_id])).await),
+        Some(ErrorCode::NotFound)
+    );
+    // Two nodes of one operator do not validate each other.
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), r(3, 1)], vec![a, d])).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // A majority of one is none.
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), r(1, 2)], vec![a])).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // Identical answers cannot have disagreed.
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), r(1, 1), r(2, 1)], vec![a, c])).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // Receipts of two tasks.
+    let other = receipt(&keys[1], b, TaskId::from_bytes([6; 16]), dep, 1);
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), other], vec![a, b])).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // Another account's deployment.
+    let ledger = net.dispatcher().ledger().clone();
+    let bob = AccountName::new("bob").unwrap();
+    admin::grant(&*ledger, &bob, Credits::new(10), now_s()).unwrap();
+    let bob_key = admin::create_key(&*ledger, &bob, now_s(), None).unwrap();
+    assert_eq!(
+        code(&raw_call(&net, &bob_key, report(vec![r(0, 1), r(1, 1)], vec![a, b])).await),
+        Some(ErrorCode::NotFound)
+    );
+    // Nothing was credited so far.
+    for n in &ids {
+        assert_eq!(ledger.validations(n, start, u64::MAX).unwrap(), (0, 0));
+    }
+
+    // A real dispute: a worked, b disagreed, c decided for a.
+    let good = report(vec![r(0, 1), r(1, 2), r(2, 1)], vec![a, c]);
+    assert_eq!(code(&send(good.clone()).await), None);
+    assert_eq!(ledger.validations(&a, start, u64::MAX).unwrap(), (0, 0));
+    assert_eq!(ledger.validations(&b, start, u64::MAX).unwrap(), (0, 1));
+    assert_eq!(ledger.validations(&c, start, u64::MAX).unwrap(), (1, 0));
+    // Once per task.
+    assert_eq!(code(&send(good).await), Some(ErrorCode::BadRequest));
+    assert_eq!(ledger.validations(&c, start, u64::MAX).unwrap(), (1, 0));
+    let stats = net.dispatcher().stats();
+    assert_eq!((stats.validations_ok, stats.validations_failed), (1, 1));
+    net.shutdown();
 }
