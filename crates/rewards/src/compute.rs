@@ -635,7 +635,11 @@ fn sort_ranked(nodes: &[NodeInput], ranked: &mut Vec<RankKey>, scratch: &mut Scr
     let mut run = 0;
     while run < ranked.len() {
         let score = ranked[run].score;
-        let end = run + ranked[run..].partition_point(|k| k.score == score);
+        // Runs are mostly a single key: a forward scan, O(n) over all runs.
+        let mut end = run + 1;
+        while end < ranked.len() && ranked[end].score == score {
+            end += 1;
+        }
         if end - run > 1 {
             ranked[run..end].sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
         }
