@@ -78,6 +78,7 @@ async fn canaries_catch(per_mille: u32) {
     assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
 
     // Canaries run on their own; wait for the exclusion.
+    let started = std::time::Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while net.dispatcher().excluded_until(&cheater).is_none() {
         assert!(
@@ -88,6 +89,10 @@ async fn canaries_catch(per_mille: u32) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let stats = net.dispatcher().stats();
+    eprintln!(
+        "canaries, cheater perturbing {per_mille}/1000: excluded after {:?}; {stats:?}",
+        started.elapsed()
+    );
     assert!(stats.canaries_failed >= 2, "{stats:?}");
     assert!(stats.canaries_passed > 0, "{stats:?}");
     assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
@@ -244,6 +249,12 @@ async fn spot_checks_catch(per_mille: u32) {
         }
         done += 20;
         if net.dispatcher().excluded_until(&cheater).is_some() {
+            if after == 0 {
+                eprintln!(
+                    "spot checks, cheater perturbing {per_mille}/1000: excluded within {done} tasks; {:?}",
+                    d.stats()
+                );
+            }
             after += 20;
         }
     }
