@@ -98,6 +98,11 @@ pub struct DispatcherConfig {
     /// Spot-check reports remembered (by task) so that each task is credited once; the
     /// oldest are forgotten beyond. Default 65,536.
     pub validation_reports_tracked_max: usize,
+    /// Reports credited per deployment beyond what its sampling rate explains: a
+    /// deployment's reports are credited up to `2 × validation_bps / 10,000 × its tasks`
+    /// (usage records) plus this, so a client colluding with a replica cannot report every
+    /// task. Over it a report is answered `Busy`. Default 16.
+    pub validation_reports_slack: u64,
 }
 
 impl DispatcherConfig {
@@ -126,6 +131,7 @@ impl DispatcherConfig {
             canary: CanaryConfig::default(),
             validation_bps: 100,
             validation_reports_tracked_max: 65_536,
+            validation_reports_slack: 16,
         }
     }
 
@@ -280,6 +286,8 @@ struct Inner<T: Transport> {
     canary: Option<CanaryState<T>>,
     /// Tasks whose spot-check report was accepted.
     reported: Mutex<canary::BoundedSet<(DeploymentId, TaskId)>>,
+    /// Reports credited per deployment (since start).
+    report_counts: Mutex<HashMap<DeploymentId, u64>>,
     validations_ok: AtomicU64,
     validations_failed: AtomicU64,
     canaries_passed: AtomicU64,
@@ -471,6 +479,7 @@ impl<T: Transport> Dispatcher<T> {
                 rounds_closed: AtomicU64::new(0),
                 next_round: Mutex::new(None),
                 reported,
+                report_counts: Mutex::new(HashMap::new()),
                 validations_ok: AtomicU64::new(0),
                 validations_failed: AtomicU64::new(0),
                 canary,
@@ -1447,9 +1456,10 @@ impl<T: Transport> Dispatcher<T> {
     /// majority node's, receipts of one operator, nodes that are not the deployment's warm
     /// replicas, a task reported twice). A client lying about agreement could cost a node
     /// its CRAT, and a client colluding with a replica could report agreement on every task
-    /// of a plan whose tasks cost it nothing (per-instance) to farm validation CRAT: reports
-    /// are not yet capped at the deployment's sampling rate. Canaries, which need no
-    /// client's word, are the check that does not rest on it.
+    /// of a plan whose tasks cost it nothing (per-instance) to farm validation CRAT, which
+    /// is why a deployment's credited reports are capped at twice its sampling rate
+    /// ([`DispatcherConfig::validation_reports_slack`]). Canaries, which need no client's
+    /// word, are the check that does not rest on it.
     async fn validation_report(
         &self,
         key: &KeyRecord,
@@ -1518,12 +1528,37 @@ impl<T: Transport> Dispatcher<T> {
         }) {
             return Err(bad("identical answers reported as disagreeing".into()));
         }
+        if lock(&self.inner.reported).contains(&(deployment, task)) {
+            return Err(bad(format!("{task} was reported already")));
+        }
+        // No more reports than the sampling rate explains (twice, plus a slack).
+        let (tasks, _) = self
+            .db(move |l| l.usage_totals(&deployment))
+            .await?
+            .map_err(ledger_err)?;
+        let allowed = tasks
+            .saturating_mul(2 * u64::from(self.inner.config.validation_bps))
+            .checked_div(10_000)
+            .unwrap_or(0)
+            .saturating_add(self.inner.config.validation_reports_slack);
         {
+            let mut counts = lock(&self.inner.report_counts);
+            if counts.len() >= crat_core::dispatch::DEPLOYMENTS_MAX {
+                counts.clear();
+            }
+            let n = counts.entry(deployment).or_insert(0);
+            if *n >= allowed {
+                return Err(err(
+                    ErrorCode::Busy,
+                    format!("{deployment}: more reports than its sampling rate explains"),
+                ));
+            }
             let mut reported = lock(&self.inner.reported);
             if reported.contains(&(deployment, task)) {
                 return Err(bad(format!("{task} was reported already")));
             }
             reported.insert((deployment, task));
+            *n += 1;
         }
         let ok: Vec<NodeId> = nodes[1..]
             .iter()

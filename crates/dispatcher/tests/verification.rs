@@ -347,6 +347,8 @@ async fn validation_reports_are_checked_before_crediting() {
     let mut cfg = config(dir.path());
     cfg.dispatch.replicas = 4;
     cfg.canary.interval_ms = 0;
+    // No task ran: one report is all the sampling rate allows.
+    cfg.validation_reports_slack = 1;
     let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
     // a, b, c on three blocks; d shares a's block.
     let ips: [[u8; 4]; 4] = [
@@ -449,6 +451,14 @@ async fn validation_reports_are_checked_before_crediting() {
     // Once per task.
     assert_eq!(code(&send(good).await), Some(ErrorCode::BadRequest));
     assert_eq!(ledger.validations(&c, start, u64::MAX).unwrap(), (1, 0));
+    // More reports than the deployment's tasks and sampling rate explain: not credited.
+    let task2 = TaskId::from_bytes([7; 16]);
+    let r2 = |i: usize| receipt(&keys[i], ids[i], task2, dep, 1);
+    assert_eq!(
+        code(&send(report(vec![r2(0), r2(1)], vec![a, b])).await),
+        Some(ErrorCode::Busy)
+    );
+    assert_eq!(ledger.validations(&b, start, u64::MAX).unwrap(), (0, 1));
     let stats = net.dispatcher().stats();
     assert_eq!((stats.validations_ok, stats.validations_failed), (1, 1));
     net.shutdown();
