@@ -6,6 +6,14 @@
 //! scenes, pooled node connections, and failover of the same task id to another replica
 //! when a node fails. [`convert`] turns [`ndarray`] arrays into tensors and back.
 //!
+//! **Spot checks.** A share of tasks (the lease's `validation_bps`, set by the dispatcher,
+//! 1 % by default) is run again on a validator replica of another node and another operator
+//! (address block); on disagreement a third replica decides and the majority's answer is
+//! returned, so a result that failed validation is never returned while a correct replica
+//! answers ([`Error::Validation`] when no majority exists). The validator's run has the same
+//! task id and is not charged again. The nodes' signed receipts go to the dispatcher, which
+//! credits the validators and records the failures ([`Stats::validations`]).
+//!
 //! The API is generic over the [`Transport`]: [`connect`] gives a client over QUIC;
 //! [`Client::connect`] takes any transport (tests use the in-memory one).
 //!
