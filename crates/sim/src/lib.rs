@@ -53,25 +53,34 @@
 //! - **Validation**: the sampled re-runs are drawn per node (Poisson in proportion to its
 //!   online capacity, binomial for a cheater's wrong answers), which is exact in
 //!   distribution for workers and validators chosen in proportion to capacity and keeps
-//!   a round O(n) and thread-count independent. Failed validations go to crat-rewards as
-//!   `validations_failed` (slashing and bonus eligibility are its rules, not ours).
+//!   a round O(n) and thread-count independent. A disagreement goes to a third node and the
+//!   majority decides (none when the third is wrong too). Failed validations go to
+//!   crat-rewards as `validations_failed` (slashing and bonus eligibility are its rules, not
+//!   ours); `docs/verification.md` has the cheater study (`--example cheaters`).
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
-//! # Performance (2 cores shared with other builds; release `crat sim run`)
+//! # Performance (2 cores shared with other builds, load 2.5–4; release builds)
 //!
-//! - Event kernel hold with 10⁵ pending: ≈ 11 M events/s (≈ 90 ns a hold;
-//!   `cargo run --release -p crat-sim --example kernel_hold`; criterion:
-//!   `cargo bench -p crat-benches --bench sim`).
-//! - 10,000 nodes × 1,000 rounds (default churn, 500 per-request and 100 per-instance
-//!   clients): ≈ 8–9 s wall, 8 s CPU, 80 MB peak (goal 2 s not met).
-//! - 1,000,000 nodes × 100 rounds (5,000 and 1,000 clients): 220 s wall (183 s user +
-//!   38 s system), peak RSS 1,024,180 KiB ≈ 1.0 GiB, ≈ 1.0 KiB per node (goal 30 s not
-//!   met; memory at the 1 GB line).
+//! - Event kernel hold with 10⁵ pending: 10.5 M events/s (criterion
+//!   `cargo bench -p crat-benches --bench sim`, `sim_kernel/hold_100k_pending`; also
+//!   `cargo run --release -p crat-sim --example kernel_hold`).
+//! - 10,000 nodes × 1,000 one-day rounds (`scenarios/bench_10k.toml`: default churn, 500
+//!   per-request and 100 per-instance clients, demand +0.1 % a round):
+//!   `crat sim run scenarios/bench_10k.toml` 2.75–2.85 s wall, 52–56 MB peak (goal 2 s
+//!   not met). With the default +1 % a round, demand outgrows the network after about 600
+//!   rounds and the run takes 5.0 s (placement at saturation). Criterion
+//!   `sim_rounds/10k_nodes_x20_rounds`: 58.7 ms.
+//! - 1,000,000 nodes × 100 rounds (`scenarios/bench_1m.toml`: 5,000 and 1,000 clients):
+//!   62 s wall (52.8 s user, 3.4 s system), peak RSS 776,656 KiB, about 0.78 KB per node
+//!   (goal 30 s not met; memory within 1 GB). Run with
+//!   `cargo run --release -p crat-sim --example scenario_run -- scenarios/bench_1m.toml`.
 //!
-//! About three quarters of a round is closing it through [`RoundDriver`]: a binary
-//! search per node's activity, the carry-forward sort by id, copies of the inputs, and page
-//! faults on their fresh buffers; `compute` itself is a fraction of it.
+//! Where a round goes: most of it is closing the round through [`RoundDriver`] at
+//! `compute`'s pace. Rule 6's places are random writes into a rank-ordered output of 128
+//! bytes per node, and reading each node's outcome back is another random pass. Nodes are
+//! kept in id order (the driver's), the rank sort is a radix sort, and buffers are reused
+//! between rounds, so the rest of a round reads memory in order.
 //!
 //! [`RoundDriver`]: crat_rewards::RoundDriver
 
@@ -82,6 +91,6 @@ pub mod scenario;
 mod sim;
 
 pub use error::SimError;
-pub use report::{NodeSummary, Report, RoundMetrics, write_nodes_csv};
+pub use report::{CheaterStats, NodeSummary, Report, RoundMetrics, write_nodes_csv};
 pub use scenario::Scenario;
 pub use sim::{SIM_START_S, Simulation};

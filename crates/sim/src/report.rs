@@ -142,6 +142,74 @@ pub struct NodeSummary {
     pub uptime_total_s: u64,
     /// Failed validations of its work.
     pub validations_failed: u64,
+    /// Tasks it served (its capacity's share of the requests served).
+    pub tasks_served: u64,
+    /// Tasks it had served when a wrong answer of its own was first caught (cheaters).
+    pub caught_at_task: Option<u64>,
+}
+
+/// How cheaters fared in a run, from its node summaries.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct CheaterStats {
+    /// Cheating nodes.
+    pub cheaters: u64,
+    /// Honest nodes.
+    pub honest: u64,
+    /// Cheaters that served at least `within_tasks` tasks.
+    pub cheaters_with_tasks: u64,
+    /// Of those, caught within their first `within_tasks` tasks.
+    pub caught_within: u64,
+    /// The task count the detection rate refers to.
+    pub within_tasks: u64,
+    /// Mean earnings (guaranteed + bonus) of a cheater, µUSD.
+    pub cheater_mean_usd_micro: u64,
+    /// Mean earnings (guaranteed + bonus) of an honest node, µUSD.
+    pub honest_mean_usd_micro: u64,
+    /// Mean bonus of a cheater, µUSD.
+    pub cheater_mean_bonus_usd_micro: u64,
+    /// Mean bonus of an honest node, µUSD.
+    pub honest_mean_bonus_usd_micro: u64,
+}
+
+impl CheaterStats {
+    /// Statistics over `nodes`, detection counted within `within_tasks` tasks.
+    pub fn from_nodes(nodes: &[NodeSummary], within_tasks: u64) -> Self {
+        let mut s = Self {
+            within_tasks,
+            ..Self::default()
+        };
+        let (mut cheat_sum, mut honest_sum, mut cheat_bonus, mut honest_bonus) =
+            (0u128, 0u128, 0u128, 0u128);
+        for n in nodes {
+            let earned = u128::from(n.guaranteed_usd_micro) + u128::from(n.bonus_usd_micro);
+            if n.cheater {
+                s.cheaters += 1;
+                cheat_sum += earned;
+                cheat_bonus += u128::from(n.bonus_usd_micro);
+                if n.tasks_served >= within_tasks {
+                    s.cheaters_with_tasks += 1;
+                    if n.caught_at_task.is_some_and(|t| t < within_tasks) {
+                        s.caught_within += 1;
+                    }
+                }
+            } else {
+                s.honest += 1;
+                honest_sum += earned;
+                honest_bonus += u128::from(n.bonus_usd_micro);
+            }
+        }
+        let mean = |sum: u128, n: u64| (sum / u128::from(n.max(1))) as u64;
+        s.cheater_mean_usd_micro = mean(cheat_sum, s.cheaters);
+        s.honest_mean_usd_micro = mean(honest_sum, s.honest);
+        s.cheater_mean_bonus_usd_micro = mean(cheat_bonus, s.cheaters);
+        s.honest_mean_bonus_usd_micro = mean(honest_bonus, s.honest);
+        s
+    }
+
+    /// Share of cheaters (with enough tasks) caught within `within_tasks` tasks.
+    pub fn detection_rate(&self) -> f64 {
+        self.caught_within as f64 / self.cheaters_with_tasks.max(1) as f64
+    }
 }
 
 /// A run's metrics, round by round.
@@ -159,7 +227,7 @@ pub struct Report {
 pub const ROUNDS_CSV_HEADER: &str = "round,metric,class,value";
 
 /// Header of the per-node CSV.
-pub const NODES_CSV_HEADER: &str = "index,id,gpu,rating,region,cheater,joined_round,departed_round,guaranteed_usd_micro,bonus_usd_micro,crat_end_micro,uptime_total_s,validations_failed";
+pub const NODES_CSV_HEADER: &str = "index,id,gpu,rating,region,cheater,joined_round,departed_round,guaranteed_usd_micro,bonus_usd_micro,crat_end_micro,uptime_total_s,validations_failed,tasks_served,caught_at_task";
 
 impl Report {
     /// An empty report.
@@ -285,9 +353,10 @@ pub fn write_nodes_csv(nodes: &[NodeSummary], mut w: impl Write) -> io::Result<(
     writeln!(w, "{NODES_CSV_HEADER}")?;
     for n in nodes {
         let departed = n.departed_round.map_or(String::new(), |r| r.to_string());
+        let caught = n.caught_at_task.map_or(String::new(), |t| t.to_string());
         writeln!(
             w,
-            "{},{},\"{}\",{},{},{},{},{},{},{},{},{},{}",
+            "{},{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{}",
             n.index,
             n.id,
             n.gpu,
@@ -300,7 +369,9 @@ pub fn write_nodes_csv(nodes: &[NodeSummary], mut w: impl Write) -> io::Result<(
             n.bonus_usd_micro,
             n.crat_end_micro,
             n.uptime_total_s,
-            n.validations_failed
+            n.validations_failed,
+            n.tasks_served,
+            caught
         )?;
     }
     Ok(())

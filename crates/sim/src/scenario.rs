@@ -276,21 +276,23 @@ impl Default for Demand {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Validation {
-    /// Share of served tasks re-run by another node, basis points (10: 0.1 %).
+    /// Share of served tasks re-run by another node, basis points (100: 1 %, the
+    /// dispatcher's default `validation_bps`).
     pub sample_bps: u32,
-    /// Validations per round at most (100,000); beyond it the sample is capped.
+    /// Validations per round at most (1,000,000,000: no practical cap); beyond it the sample
+    /// is capped, as a network short of validator capacity would.
     pub per_round_max: u64,
     /// Share of nodes that cheat, basis points (0).
     pub cheater_share_bps: u32,
-    /// Probability a cheater returns a wrong result for a validated task, basis points (5,000).
+    /// Probability a cheater returns a wrong result for a task, basis points (5,000).
     pub cheat_bps: u32,
 }
 
 impl Default for Validation {
     fn default() -> Self {
         Self {
-            sample_bps: 10,
-            per_round_max: 100_000,
+            sample_bps: 100,
+            per_round_max: 1_000_000_000,
             cheater_share_bps: 0,
             cheat_bps: 5_000,
         }

@@ -60,6 +60,25 @@ struct Node {
     crat_end: u64,
     uptime_total: u64,
     validations_failed: u64,
+    /// Tasks served so far (its capacity's share of the requests served).
+    tasks_served: u64,
+    /// How many tasks it had served when a wrong answer of its own was first caught.
+    caught_at_task: Option<u64>,
+}
+
+/// One node's validation draws in a round.
+#[derive(Clone, Copy, Debug, Default)]
+struct Draw {
+    /// Tasks it served.
+    tasks: u64,
+    /// Validations it ran.
+    ran: u64,
+    /// Of those, answered correctly.
+    ok: u64,
+    /// Its wrong answers caught (as worker or validator).
+    failed: u64,
+    /// Position among the round's tasks of its first own wrong answer caught.
+    first_caught: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,6 +209,8 @@ impl Simulation {
                 crat_end_micro: n.crat_end,
                 uptime_total_s: n.uptime_total,
                 validations_failed: n.validations_failed,
+                tasks_served: n.tasks_served,
+                caught_at_task: n.caught_at_task,
             })
             .collect()
     }
@@ -271,6 +292,8 @@ impl Simulation {
                 crat_end: pop.crat_initial_micro,
                 uptime_total: 0,
                 validations_failed: 0,
+                tasks_served: 0,
+                caught_at_task: None,
             };
             new.push((node, id));
         }
@@ -508,17 +531,37 @@ impl Simulation {
 
         // Validations: `sample_bps` of the served tasks are re-run by another node. A task's
         // worker, and independently its validator, is a node chosen in proportion to the
-        // capacity it had online, so each node's count of validated tasks and of validations
-        // it ran are Poisson draws from its own stream (thread-count independent, O(n)).
-        // A cheater's validated task is wrong with probability `cheat_bps`; the disagreement
-        // goes to a third, honest node, so the worker's failure is recorded and the
-        // validator's check counts as correct.
+        // capacity it had online, so each node's tasks, its validated tasks and the
+        // validations it ran follow its capacity, the last two as Poisson draws from its own
+        // stream (thread-count independent, O(n)).
+        //
+        // A cheater answers a task (its own or one it validates) wrongly with probability
+        // c = `cheat_bps`. Wrong answers never agree with each other, so a disagreement goes
+        // to a third node and a majority decides; there is none only when the third node is
+        // wrong too (probability f·c, f = the cheaters' share of capacity). So a wrong answer
+        // is caught with probability q = 1 − f·c, as the worker's failure or, when a cheater
+        // validated wrongly, as the validator's; a validation with the right answer is a
+        // correct validation (`validations_ok`). Honest nodes are never failed.
         let total_cap: u64 = node_capacity.iter().sum();
+        let cheater_cap: u64 = node_capacity
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, n)| n.cheater)
+            .map(|(c, _)| c)
+            .sum();
         let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000) as u64;
         let sampled = sampled.min(sc.validation.per_round_max);
         let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
-        let draws: Vec<(u64, u64)> = if total_cap == 0 || sampled == 0 {
-            vec![(0, 0); self.nodes.len()]
+        let caught_p = 1.0 - cheat_p * cheater_cap as f64 / total_cap.max(1) as f64;
+        let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
+        let draws: Vec<Draw> = if total_cap == 0 || sampled == 0 {
+            node_capacity
+                .iter()
+                .map(|&cap| Draw {
+                    tasks: (cap as f64 * tasks_per_cap) as u64,
+                    ..Draw::default()
+                })
+                .collect()
         } else {
             let per_cap = sampled as f64 / total_cap as f64;
             let nodes = &self.nodes;
@@ -533,8 +576,9 @@ impl Simulation {
                 .enumerate()
                 .map(|(i, &cap)| {
                     if cap == 0 {
-                        return (0, 0);
+                        return Draw::default();
                     }
+                    let tasks = (cap as f64 * tasks_per_cap) as u64;
                     let stream = u64::from(nodes[i].index);
                     let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
                     let lambda = cap as f64 * per_cap;
@@ -544,17 +588,35 @@ impl Simulation {
                     } else {
                         (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
                     };
-                    let failed = if nodes[i].cheater {
-                        binomial(&mut rng, own, cheat_p)
-                    } else {
-                        0
-                    };
-                    (ran, failed)
+                    if !nodes[i].cheater {
+                        return Draw {
+                            tasks,
+                            ok: ran,
+                            ..Draw::default()
+                        };
+                    }
+                    let wrong_own = binomial(&mut rng, own, cheat_p);
+                    let caught_own = binomial(&mut rng, wrong_own, caught_p);
+                    let wrong_ran = binomial(&mut rng, ran, cheat_p);
+                    let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+                    // The first of `caught_own` failures spread uniformly over the round's
+                    // tasks lies at tasks × (1 − U^(1/k)).
+                    let first_caught = (caught_own > 0).then(|| {
+                        let u = rng.unit_f64().powf(1.0 / caught_own as f64);
+                        ((tasks as f64) * (1.0 - u)) as u64
+                    });
+                    Draw {
+                        tasks,
+                        ran,
+                        ok: ran - wrong_ran,
+                        failed: caught_own + caught_ran,
+                        first_caught,
+                    }
                 })
                 .collect()
         };
-        let validations: u64 = draws.iter().map(|d| d.0).sum();
-        let validations_caught: u64 = draws.iter().map(|d| d.1).sum();
+        let validations: u64 = draws.iter().map(|d| d.ran).sum();
+        let validations_caught: u64 = draws.iter().map(|d| d.failed).sum();
         let per_request_credits = Credits::new(served.saturating_mul(cost.get()));
         let income_credits = per_request_credits.saturating_add(instance_income);
         let income = sc.pricing.credits_to_usd(income_credits)?;
@@ -563,21 +625,17 @@ impl Simulation {
         // `nodes`, in its order; departed ones were deregistered in the round they left).
         let ids = &self.ids;
         let draws_ref = &draws;
-        let activity = ids
-            .iter()
-            .zip(draws_ref)
-            .enumerate()
-            .map(|(k, (id, &(ran, failed)))| {
-                (
-                    *id,
-                    NodeActivity {
-                        online: online(k).to_vec(),
-                        validations_ok: ran,
-                        validations_failed: failed,
-                        crat_external_micro: MicroCrat::ZERO,
-                    },
-                )
-            });
+        let activity = ids.iter().zip(draws_ref).enumerate().map(|(k, (id, d))| {
+            (
+                *id,
+                NodeActivity {
+                    online: online(k).to_vec(),
+                    validations_ok: d.ok,
+                    validations_failed: d.failed,
+                    crat_external_micro: MicroCrat::ZERO,
+                },
+            )
+        });
         let mut m = RoundMetrics {
             round,
             income_usd_micro: income.get(),
@@ -638,7 +696,7 @@ fn outcome_metrics(
     sc: &Scenario,
     ids: &[NodeId],
     nodes: &mut [Node],
-    draws: &[(u64, u64)],
+    draws: &[Draw],
     m: &mut RoundMetrics,
 ) -> Result<Vec<NodeId>, SimError> {
     let round = m.round;
@@ -669,7 +727,14 @@ fn outcome_metrics(
         n.bonus_total += b;
         n.crat_end = o.crat_end_micro.get();
         n.uptime_total = o.uptime_total_s;
-        n.validations_failed += draws[i].1;
+        let d = &draws[i];
+        n.validations_failed += d.failed;
+        if n.caught_at_task.is_none()
+            && let Some(at) = d.first_caught
+        {
+            n.caught_at_task = Some(n.tasks_served + at);
+        }
+        n.tasks_served += d.tasks;
         crats.push(n.crat_end);
         m.nodes_active += 1;
         m.class_nodes[class] += 1;
