@@ -16,8 +16,9 @@ use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFreq
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::{PeerAddr, SdkKey};
 use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
-use crat_dispatcher::{Dispatcher, DispatcherConfig, admin};
+use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::backend::select::{SelectConfig, select_backend};
+use crat_node::backend::tract::TractBackend;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{Node, NodeConfig, NodeParts, SystemClock};
@@ -165,7 +166,18 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
     runtime()?.block_on(async move {
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
-        let dispatcher = Dispatcher::open(config, key, transport)?;
+        // Canary tasks go out from a second endpoint with a throwaway identity (nodes must
+        // not tell them from client tasks); tract computes the expected answers.
+        let canary_addr = SocketAddr::new(listen.ip(), 0);
+        let canary = CanaryParts {
+            transport: QuicTransport::bind(
+                canary_addr,
+                &SigningKey::from_bytes(&rand::random()),
+                QuicConfig::default(),
+            )?,
+            reference: Arc::new(TractBackend::new()),
+        };
+        let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;
         println!("dispatcher {} listening on {listen}", dispatcher.id());
         println!("data in {}", data_dir.display());
         tokio::select! {
