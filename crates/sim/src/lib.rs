@@ -60,21 +60,21 @@
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
-//! # Performance (2 cores shared with other builds, load 2.5–4; release builds)
+//! # Performance (2-core VM; release builds; quiet machine, load average 0.5)
 //!
 //! - Event kernel hold with 10⁵ pending: 10.5 M events/s (criterion
 //!   `cargo bench -p crat-benches --bench sim`, `sim_kernel/hold_100k_pending`; also
 //!   `cargo run --release -p crat-sim --example kernel_hold`).
 //! - 10,000 nodes × 1,000 one-day rounds (`scenarios/bench_10k.toml`: default churn, 500
-//!   per-request and 100 per-instance clients, demand +0.1 % a round):
-//!   `crat sim run scenarios/bench_10k.toml` 2.75–2.85 s wall, 52–56 MB peak (goal 2 s
-//!   not met). With the default +1 % a round, demand outgrows the network after about 600
-//!   rounds and the run takes 5.0 s (placement at saturation). Criterion
-//!   `sim_rounds/10k_nodes_x20_rounds`: 58.7 ms.
+//!   per-request and 100 per-instance clients, demand +0.1 % a round): 2.75–2.8 s wall,
+//!   2.55 s user, 51 MB peak (goal 2 s not met). With the default +1 % a round, demand
+//!   outgrows the network after about 600 rounds and the run takes about 5 s (placement at
+//!   saturation). Criterion `sim_rounds/10k_nodes_x20_rounds`: 58.7 ms.
 //! - 1,000,000 nodes × 100 rounds (`scenarios/bench_1m.toml`: 5,000 and 1,000 clients):
-//!   62 s wall (52.8 s user, 3.4 s system), peak RSS 776,656 KiB, about 0.78 KB per node
-//!   (goal 30 s not met; memory within 1 GB). Run with
-//!   `cargo run --release -p crat-sim --example scenario_run -- scenarios/bench_1m.toml`.
+//!   55.5 s wall (57.2 s user, 2.8 s system), peak RSS 824,812 KiB, about 0.82 KB per node
+//!   (goal 30 s not met; memory within 1 GB).
+//! - Both: `cargo run --release -p crat-sim --example scenario_run -- scenarios/bench_1m.toml`
+//!   (the allocator settings of `crat`), or `crat sim run scenarios/bench_1m.toml`.
 //!
 //! Where a round goes: most of it is closing the round through [`RoundDriver`] at
 //! `compute`'s pace. Rule 6's places are random writes into a rank-ordered output of 128
