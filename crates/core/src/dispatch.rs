@@ -484,6 +484,23 @@ impl Dispatch {
         effects
     }
 
+    /// Whether a replica of `deployment` had a failed validation within the window
+    /// ([`DispatchConfig::caught_window_s`]) and is still serving it: the dispatcher samples
+    /// such a deployment's tasks more often, so a cheater caught once is caught again (and
+    /// excluded) sooner.
+    pub fn suspect(&self, deployment: &DeploymentId) -> bool {
+        let window = self.config.caught_window_s;
+        self.deployments.get(deployment).is_some_and(|d| {
+            d.replicas.keys().any(|node| {
+                self.nodes.get(node).is_some_and(|e| {
+                    e.caught_at_s
+                        .iter()
+                        .any(|t| self.now_s.saturating_sub(*t) < window)
+                })
+            })
+        })
+    }
+
     /// Until when `node` is excluded from placement, if it is now.
     pub fn excluded_until(&self, node: &NodeId) -> Option<u64> {
         self.nodes
@@ -1179,5 +1196,35 @@ mod tests {
             d.validation_failed(2_300, &NodeId::from_bytes([77; 32]))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_deployment_with_a_caught_replica_is_suspect_for_the_window() {
+        let config = DispatchConfig {
+            replicas: 2,
+            caught_max: 1,
+            caught_window_s: 100,
+            excluded_rounds: 2,
+            round_s: 1_000,
+            per_operator_max: 0,
+            heartbeat_interval_s: 10_000,
+            ..DispatchConfig::default()
+        };
+        let mut d = Dispatch::new(config);
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let (_b, _) = join(&mut d, 0, 2, 5);
+        let dep = DeploymentId::from_bytes([7; 16]);
+        let other = DeploymentId::from_bytes([8; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert!(!d.suspect(&dep));
+        // One failure: tolerated (caught_max 1), but the deployment is now suspect.
+        d.validation_failed(10, &a);
+        assert!(d.excluded_until(&a).is_none());
+        assert!(d.suspect(&dep));
+        assert!(!d.suspect(&other));
+        // The window passes without another failure.
+        d.tick(200);
+        assert!(!d.suspect(&dep));
     }
 }

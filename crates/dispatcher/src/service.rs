@@ -95,6 +95,11 @@ pub struct DispatcherConfig {
     /// Share of tasks clients spot-check on a second replica (sent in every lease), in
     /// basis points. Default 100 (1 %). At most 10,000.
     pub validation_bps: u16,
+    /// The share for a deployment one of whose replicas failed a validation within the
+    /// exclusion window ([`crat_core::dispatch::Dispatch::suspect`]): a cheater caught once
+    /// is checked ten times as often until it is caught again and excluded, or the window
+    /// passes. Basis points; default 1,000 (10 %); never below `validation_bps`.
+    pub validation_bps_suspect: u16,
     /// Spot-check reports remembered (by task) so that each task is credited once; the
     /// oldest are forgotten beyond. Default 65,536.
     pub validation_reports_tracked_max: usize,
@@ -130,6 +135,7 @@ impl DispatcherConfig {
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
             validation_bps: 100,
+            validation_bps_suspect: 1_000,
             validation_reports_tracked_max: 65_536,
             validation_reports_slack: 16,
         }
@@ -288,6 +294,8 @@ struct Inner<T: Transport> {
     reported: Mutex<canary::BoundedSet<(DeploymentId, TaskId)>>,
     /// Reports credited per deployment (since start).
     report_counts: Mutex<HashMap<DeploymentId, u64>>,
+    /// Deployments that were sampled at the suspect rate (their reports are capped by it).
+    suspected: Mutex<canary::BoundedSet<DeploymentId>>,
     validations_ok: AtomicU64,
     validations_failed: AtomicU64,
     canaries_passed: AtomicU64,
@@ -449,6 +457,14 @@ impl<T: Transport> Dispatcher<T> {
         let reported = Mutex::new(canary::BoundedSet::new(
             config.validation_reports_tracked_max,
         ));
+        let suspected = Mutex::new(canary::BoundedSet::new(
+            config.validation_reports_tracked_max,
+        ));
+        if config.validation_bps_suspect > 10_000 {
+            return Err(DispatcherError::Config(
+                "validation_bps_suspect must be 0..=10000".into(),
+            ));
+        }
         if config.validation_bps > 10_000 {
             return Err(DispatcherError::Config(
                 "validation_bps must be 0..=10000".into(),
@@ -480,6 +496,7 @@ impl<T: Transport> Dispatcher<T> {
                 next_round: Mutex::new(None),
                 reported,
                 report_counts: Mutex::new(HashMap::new()),
+                suspected,
                 validations_ok: AtomicU64::new(0),
                 validations_failed: AtomicU64::new(0),
                 canary,
@@ -1419,6 +1436,28 @@ impl<T: Transport> Dispatcher<T> {
         Ok(DispatcherResponse::Deployment(self.describe(&record)))
     }
 
+    /// The sampling rate for a deployment's next lease: the configured one, or the suspect
+    /// one while a replica of it has failed a validation recently.
+    fn validation_bps(&self, id: &DeploymentId) -> u16 {
+        let config = &self.inner.config;
+        if !lock(&self.inner.dispatch).suspect(id) {
+            return config.validation_bps;
+        }
+        lock(&self.inner.suspected).insert(*id);
+        config.validation_bps.max(config.validation_bps_suspect)
+    }
+
+    /// The rate a deployment's credited reports are capped by: the highest it was sampled
+    /// at (reports for tasks sampled at the suspect rate stay creditable afterwards).
+    fn report_cap_bps(&self, id: &DeploymentId) -> u16 {
+        let config = &self.inner.config;
+        if lock(&self.inner.suspected).contains(id) {
+            config.validation_bps.max(config.validation_bps_suspect)
+        } else {
+            config.validation_bps
+        }
+    }
+
     /// Issues a lease: the warm replicas and a ticket for them.
     fn lease(&self, key: &KeyRecord, id: &DeploymentId, now: u64) -> Result<Lease, WireError> {
         let d = self.owned_deployment(key, id)?;
@@ -1440,7 +1479,7 @@ impl<T: Transport> Dispatcher<T> {
         Ok(Lease {
             replicas,
             ticket: Signed::sign(ticket, &self.inner.key),
-            validation_bps: self.inner.config.validation_bps,
+            validation_bps: self.validation_bps(id),
         })
     }
 
@@ -1537,7 +1576,7 @@ impl<T: Transport> Dispatcher<T> {
             .await?
             .map_err(ledger_err)?;
         let allowed = tasks
-            .saturating_mul(2 * u64::from(self.inner.config.validation_bps))
+            .saturating_mul(2 * u64::from(self.report_cap_bps(&deployment)))
             .checked_div(10_000)
             .unwrap_or(0)
             .saturating_add(self.inner.config.validation_reports_slack);

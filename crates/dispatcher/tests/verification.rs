@@ -442,9 +442,22 @@ async fn validation_reports_are_checked_before_crediting() {
         assert_eq!(ledger.validations(n, start, u64::MAX).unwrap(), (0, 0));
     }
 
+    // Leases sample at the configured rate while no replica has failed.
+    let sampling = |call| async {
+        match send(call).await {
+            DispatcherResponse::Lease(l) => l.validation_bps,
+            other => panic!("no lease: {other:?}"),
+        }
+    };
+    assert_eq!(sampling(ClientCall::Lease { deployment: dep }).await, 100);
+
     // A real dispute: a worked, b disagreed, c decided for a.
     let good = report(vec![r(0, 1), r(1, 2), r(2, 1)], vec![a, c]);
     assert_eq!(code(&send(good.clone()).await), None);
+    // b failed once (tolerated: it still serves), so the deployment is sampled at the
+    // suspect rate until b fails again or the window passes.
+    assert_eq!(net.dispatcher().stats().validations_failed, 1);
+    assert_eq!(sampling(ClientCall::Lease { deployment: dep }).await, 1_000);
     assert_eq!(ledger.validations(&a, start, u64::MAX).unwrap(), (0, 0));
     assert_eq!(ledger.validations(&b, start, u64::MAX).unwrap(), (0, 1));
     assert_eq!(ledger.validations(&c, start, u64::MAX).unwrap(), (1, 0));
