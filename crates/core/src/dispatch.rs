@@ -686,6 +686,13 @@ impl Dispatch {
             .collect()
     }
 
+    /// Whether `node` holds a replica of `deployment` now.
+    pub fn serves(&self, node: &NodeId, deployment: &DeploymentId) -> bool {
+        self.deployments
+            .get(deployment)
+            .is_some_and(|d| d.replicas.contains_key(node))
+    }
+
     /// Nodes online now.
     pub fn online_count(&self) -> usize {
         self.nodes.values().filter(|e| e.online).count()

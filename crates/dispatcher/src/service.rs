@@ -67,6 +67,14 @@ pub struct DispatcherConfig {
     pub round_close_delay_s: u64,
     /// Lifetime of a lease's ticket. Default 300 s.
     pub ticket_lifetime_s: u64,
+    /// Tickets remembered (by nonce) so that usage is charged only under a ticket this
+    /// dispatcher issued for that deployment to that node. Past it, with every remembered
+    /// ticket still live, a lease is answered `Busy`. Default 262,144.
+    pub tickets_tracked_max: usize,
+    /// How long after a ticket expires its usage is still accepted (nodes retry reports).
+    /// Also how long after a start usage under tickets of a previous run is accepted from a
+    /// node that serves the deployment. Default 3,600 s.
+    pub usage_grace_s: u64,
     /// Frame caps.
     pub frame_limits: FrameLimits,
     /// Largest model accepted. Default 1 GiB.
@@ -121,6 +129,8 @@ impl DispatcherConfig {
             round_epoch_s: 0,
             round_close_delay_s: 10,
             ticket_lifetime_s: 300,
+            tickets_tracked_max: 262_144,
+            usage_grace_s: 3_600,
             frame_limits: FrameLimits::default(),
             model_bytes_max: 1 << 30,
             uploads_max: 64,
@@ -294,6 +304,8 @@ struct Inner<T: Transport> {
     reported: Mutex<canary::BoundedSet<(DeploymentId, TaskId)>>,
     /// Reports credited per deployment (since start).
     report_counts: Mutex<HashMap<DeploymentId, u64>>,
+    /// Tickets issued, for checking usage.
+    tickets: Mutex<IssuedTickets>,
     /// Deployments that were sampled at the suspect rate (their reports are capped by it).
     suspected: Mutex<canary::BoundedSet<DeploymentId>>,
     validations_ok: AtomicU64,
@@ -301,6 +313,63 @@ struct Inner<T: Transport> {
     canaries_passed: AtomicU64,
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
+}
+
+/// Tickets this dispatcher issued, by nonce, until a while after they expire: usage is
+/// charged only under a ticket issued for its deployment whose audience names the reporting
+/// node, so a node cannot charge a deployment it was never leased for. Bounded; entries
+/// are forgotten in issue order, which is also expiry order (one lifetime for all).
+pub(crate) struct IssuedTickets {
+    by_nonce: HashMap<[u8; 16], (DeploymentId, Vec<NodeId>)>,
+    order: std::collections::VecDeque<([u8; 16], u64)>,
+    capacity: usize,
+}
+
+impl IssuedTickets {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            by_nonce: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Forgets the tickets whose time has passed.
+    pub(crate) fn forget_old(&mut self, now_s: u64) {
+        while let Some((nonce, forget_at_s)) = self.order.front() {
+            if *forget_at_s > now_s {
+                break;
+            }
+            self.by_nonce.remove(nonce);
+            self.order.pop_front();
+        }
+    }
+
+    /// Remembers `ticket` until `forget_at_s`; `false` when full of tickets still
+    /// remembered.
+    pub(crate) fn insert(&mut self, now_s: u64, ticket: &Ticket, forget_at_s: u64) -> bool {
+        self.forget_old(now_s);
+        if self.by_nonce.len() >= self.capacity {
+            return false;
+        }
+        self.by_nonce
+            .insert(ticket.nonce, (ticket.deployment, ticket.audience.clone()));
+        self.order.push_back((ticket.nonce, forget_at_s));
+        true
+    }
+
+    /// Whether usage under ticket `nonce` for `deployment` by `node` is allowed; `None`
+    /// when the ticket is not known.
+    pub(crate) fn allows(
+        &self,
+        nonce: &[u8; 16],
+        deployment: &DeploymentId,
+        node: &NodeId,
+    ) -> Option<bool> {
+        self.by_nonce
+            .get(nonce)
+            .map(|(d, audience)| d == deployment && audience.contains(node))
+    }
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -460,6 +529,7 @@ impl<T: Transport> Dispatcher<T> {
         let suspected = Mutex::new(canary::BoundedSet::new(
             config.validation_reports_tracked_max,
         ));
+        let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
         if config.validation_bps_suspect > 10_000 {
             return Err(DispatcherError::Config(
                 "validation_bps_suspect must be 0..=10000".into(),
@@ -497,6 +567,7 @@ impl<T: Transport> Dispatcher<T> {
                 reported,
                 report_counts: Mutex::new(HashMap::new()),
                 suspected,
+                tickets,
                 validations_ok: AtomicU64::new(0),
                 validations_failed: AtomicU64::new(0),
                 canary,
@@ -986,13 +1057,44 @@ impl<T: Transport> Dispatcher<T> {
         }
         let mut charges = Vec::with_capacity(report.records.len());
         let mut unknown = 0u32;
+        let mut refused = 0u32;
         {
+            let after_start = self.inner.started.elapsed().as_secs()
+                < self
+                    .inner
+                    .config
+                    .ticket_lifetime_s
+                    .saturating_add(self.inner.config.usage_grace_s);
+            // Charged only under a ticket issued for the record's deployment to this node. A
+            // ticket of a previous run (unknown nonce) counts shortly after a start, from a
+            // node serving the deployment. (Locks taken one after another, never nested
+            // with the deployments' lock.)
+            let allowed: Vec<bool> = {
+                let mut tickets = lock(&self.inner.tickets);
+                tickets.forget_old(now);
+                let known: Vec<Option<bool>> = report
+                    .records
+                    .iter()
+                    .map(|r| tickets.allows(&r.ticket_nonce, &r.deployment, &node))
+                    .collect();
+                drop(tickets);
+                let dispatch = lock(&self.inner.dispatch);
+                report
+                    .records
+                    .iter()
+                    .zip(known)
+                    .map(|(r, known)| {
+                        known
+                            .unwrap_or_else(|| after_start && dispatch.serves(&node, &r.deployment))
+                    })
+                    .collect()
+            };
             let deployments = self
                 .inner
                 .deployments
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for record in report.records {
+            for (record, allowed) in report.records.into_iter().zip(allowed) {
                 // Canaries are the dispatcher's own tasks: nobody is charged for them.
                 if self
                     .inner
@@ -1012,6 +1114,11 @@ impl<T: Transport> Dispatcher<T> {
                     unknown += 1;
                     continue;
                 };
+                if !allowed {
+                    refused += 1;
+                    unknown += 1;
+                    continue;
+                }
                 let cost = match d.plan {
                     DeployPlan::PerRequest(_) => self
                         .inner
@@ -1068,7 +1175,12 @@ impl<T: Transport> Dispatcher<T> {
                     .usage_duplicates
                     .fetch_add(u64::from(outcome.duplicates), Ordering::Relaxed);
                 if unknown > 0 {
-                    tracing::warn!(%node, unknown, "usage for unknown deployments ignored");
+                    tracing::warn!(
+                        %node,
+                        unknown,
+                        refused,
+                        "usage for unknown deployments or without a ticket naming the node ignored"
+                    );
                 }
                 DispatcherReply::UsageAck {
                     accepted: outcome.accepted,
@@ -1475,6 +1587,15 @@ impl<T: Transport> Dispatcher<T> {
             nonce: new_id(),
             audience: replicas.iter().map(|r| r.node).collect(),
         };
+        let forget_at_s = ticket
+            .expires_at_s
+            .saturating_add(self.inner.config.usage_grace_s);
+        if !lock(&self.inner.tickets).insert(now, &ticket, forget_at_s) {
+            return Err(err(
+                ErrorCode::Busy,
+                "too many live tickets; try again shortly",
+            ));
+        }
         self.inner.leases.fetch_add(1, Ordering::Relaxed);
         Ok(Lease {
             replicas,
@@ -1681,5 +1802,46 @@ async fn respond<I: IncomingExchange, M: crat_core::wire::Message>(incoming: I, 
             }
         }
         Err(e) => tracing::warn!(error = %e, "response cannot be framed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ticket(nonce: u8, deployment: u8, audience: &[u8]) -> Ticket {
+        Ticket {
+            deployment: DeploymentId::from_bytes([deployment; 16]),
+            key: crat_core::id::KeyId::from_bytes([1; 16]),
+            credit_budget: Credits::new(10),
+            issued_at_s: 0,
+            expires_at_s: 10,
+            nonce: [nonce; 16],
+            audience: audience
+                .iter()
+                .map(|b| NodeId::from_bytes([*b; 32]))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn issued_tickets_name_deployment_and_audience_and_are_bounded() {
+        let mut t = IssuedTickets::new(2);
+        let node = |b: u8| NodeId::from_bytes([b; 32]);
+        let dep = |b: u8| DeploymentId::from_bytes([b; 16]);
+        assert!(t.insert(0, &ticket(1, 7, &[1, 2]), 100));
+        assert!(t.insert(0, &ticket(2, 7, &[3]), 150));
+        assert_eq!(t.allows(&[1; 16], &dep(7), &node(2)), Some(true));
+        assert_eq!(t.allows(&[1; 16], &dep(7), &node(3)), Some(false));
+        assert_eq!(t.allows(&[1; 16], &dep(8), &node(1)), Some(false));
+        assert_eq!(t.allows(&[3; 16], &dep(7), &node(1)), None);
+        // Full of remembered tickets: refused, nothing forgotten early.
+        assert!(!t.insert(50, &ticket(3, 7, &[1]), 200));
+        assert_eq!(t.allows(&[1; 16], &dep(7), &node(1)), Some(true));
+        // The first one's time passes: room again, and it is forgotten.
+        assert!(t.insert(100, &ticket(3, 7, &[1]), 200));
+        assert_eq!(t.allows(&[1; 16], &dep(7), &node(1)), None);
+        t.forget_old(1_000);
+        assert_eq!(t.allows(&[3; 16], &dep(7), &node(1)), None);
     }
 }

@@ -355,5 +355,48 @@ async fn usage_reported_again_is_never_charged_again() {
         assert_eq!(ledger.usage(t).unwrap().as_ref(), Some(row));
     }
     assert_eq!(d.info().await.unwrap().allowance_left, allowance);
+
+    // New tasks, charged to the deployment by a node that was never leased for it: under a
+    // real ticket that does not name it, or under a made-up one, nothing is charged.
+    let real = lease(&net, &key, d.id()).await;
+    assert!(
+        !real
+            .ticket
+            .body
+            .audience
+            .contains(&NodeId::from_key(&replayer.verifying_key()))
+    );
+    for nonce in [real.ticket.body.nonce, [9; 16]] {
+        let fresh = UsageReport {
+            records: (0..4)
+                .map(|_| UsageRecord {
+                    task: TaskId::from_bytes(rand::random()),
+                    deployment: d.id(),
+                    key: key.id,
+                    ticket_nonce: nonce,
+                    input_bytes: 60_000,
+                    output_bytes: 40,
+                    compute_us: 10,
+                })
+                .collect(),
+        };
+        let reply: DispatcherReply = conn
+            .call(
+                &NodeRequest::Usage(fresh),
+                Conversation::NodeDispatcher,
+                FrameLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            reply,
+            DispatcherReply::UsageAck {
+                accepted: 0,
+                duplicates: 4
+            }
+        );
+    }
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap(), totals);
+    assert_eq!(d.info().await.unwrap().allowance_left, allowance);
     net.shutdown();
 }
