@@ -77,6 +77,40 @@ fn refusal(reply: &DispatcherReply) -> (ErrorCode, &str) {
     }
 }
 
+/// A node's usage report for `tasks` of `deployment` under ticket `nonce`.
+fn usage_report(
+    tasks: &[TaskId],
+    deployment: DeploymentId,
+    key: &SdkKey,
+    nonce: [u8; 16],
+) -> UsageReport {
+    UsageReport {
+        records: tasks
+            .iter()
+            .map(|t| UsageRecord {
+                task: *t,
+                deployment,
+                key: key.id,
+                ticket_nonce: nonce,
+                input_bytes: 60_000,
+                output_bytes: 40,
+                compute_us: 10,
+            })
+            .collect(),
+    }
+}
+
+/// Sends a usage report on a node's connection and returns the dispatcher's answer.
+async fn report_usage(conn: &QuicConnection, report: UsageReport) -> DispatcherReply {
+    conn.call(
+        &NodeRequest::Usage(report),
+        Conversation::NodeDispatcher,
+        FrameLimits::default(),
+    )
+    .await
+    .unwrap()
+}
+
 async fn lease(net: &LocalNetwork, key: &SdkKey, deployment: DeploymentId) -> Lease {
     match raw_call(net, key, ClientCall::Lease { deployment }).await {
         DispatcherResponse::Lease(l) => l,
@@ -319,31 +353,10 @@ async fn usage_reported_again_is_never_charged_again() {
         matches!(reply, DispatcherReply::Registered { .. }),
         "{reply:?}"
     );
-    let report = UsageReport {
-        records: tasks
-            .iter()
-            .map(|t| UsageRecord {
-                task: *t,
-                deployment: d.id(),
-                key: key.id,
-                ticket_nonce: [0; 16],
-                input_bytes: 60_000,
-                output_bytes: 40,
-                compute_us: 10,
-            })
-            .collect(),
-    };
+    let report = usage_report(&tasks, d.id(), &key, [0; 16]);
     for _ in 0..2 {
-        let reply: DispatcherReply = conn
-            .call(
-                &NodeRequest::Usage(report.clone()),
-                Conversation::NodeDispatcher,
-                FrameLimits::default(),
-            )
-            .await
-            .unwrap();
         assert_eq!(
-            reply,
+            report_usage(&conn, report.clone()).await,
             DispatcherReply::UsageAck {
                 accepted: 0,
                 duplicates: 5
@@ -367,29 +380,10 @@ async fn usage_reported_again_is_never_charged_again() {
             .contains(&NodeId::from_key(&replayer.verifying_key()))
     );
     for nonce in [real.ticket.body.nonce, [9; 16]] {
-        let fresh = UsageReport {
-            records: (0..4)
-                .map(|_| UsageRecord {
-                    task: TaskId::from_bytes(rand::random()),
-                    deployment: d.id(),
-                    key: key.id,
-                    ticket_nonce: nonce,
-                    input_bytes: 60_000,
-                    output_bytes: 40,
-                    compute_us: 10,
-                })
-                .collect(),
-        };
-        let reply: DispatcherReply = conn
-            .call(
-                &NodeRequest::Usage(fresh),
-                Conversation::NodeDispatcher,
-                FrameLimits::default(),
-            )
-            .await
-            .unwrap();
+        let fresh: Vec<TaskId> = (0..4).map(|_| TaskId::from_bytes(rand::random())).collect();
+        let fresh = usage_report(&fresh, d.id(), &key, nonce);
         assert_eq!(
-            reply,
+            report_usage(&conn, fresh).await,
             DispatcherReply::UsageAck {
                 accepted: 0,
                 duplicates: 4

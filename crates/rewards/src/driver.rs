@@ -51,6 +51,19 @@ pub fn carry_forward_indexed(
     outcome: &RoundOutcome,
     positions: &[u32],
 ) -> Result<RoundInputs, RewardsError> {
+    let round = next_round(inputs, outcome, positions)?;
+    let mut next = inputs.clone();
+    carry(&mut next, outcome, positions, round);
+    Ok(next)
+}
+
+/// The round after `inputs` closed with `outcome`, once `positions` is checked to give
+/// each input node its own outcome. Nothing is changed on error.
+fn next_round(
+    inputs: &RoundInputs,
+    outcome: &RoundOutcome,
+    positions: &[u32],
+) -> Result<Round, RewardsError> {
     let r = &inputs.round;
     let start_s = r
         .start_s
@@ -71,37 +84,44 @@ pub fn carry_forward_indexed(
             ),
         ));
     }
-    let mut nodes = Vec::with_capacity(inputs.nodes.len());
     for (n, &k) in inputs.nodes.iter().zip(positions) {
-        let o = match outcome.nodes.get(k as usize) {
-            Some(o) if o.id == n.id => o,
-            _ => return Err(RewardsError::UnknownNode { id: n.id }),
-        };
-        nodes.push(NodeInput {
-            crat_start_micro: o.crat_end_micro,
-            streak_start: o.streak_end,
-            uptime_total_s_before: o.uptime_total_s,
-            online: Vec::new(),
-            validations_ok: 0,
-            validations_failed: 0,
-            crat_external_micro: MicroCrat::ZERO,
-            id: n.id,
-            rating: n.rating,
-            registered_at_s: n.registered_at_s,
-            mining_income_usd_micro_per_day: n.mining_income_usd_micro_per_day,
-        });
+        if outcome.nodes.get(k as usize).is_none_or(|o| o.id != n.id) {
+            return Err(RewardsError::UnknownNode { id: n.id });
+        }
     }
-    Ok(RoundInputs {
-        params: inputs.params.clone(),
-        round: Round {
-            index,
-            start_s,
-            length_s: r.length_s,
-            income_usd_micro: MicroUsd::ZERO,
-            carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
-        },
-        nodes,
+    Ok(Round {
+        index,
+        start_s,
+        length_s: r.length_s,
+        income_usd_micro: MicroUsd::ZERO,
+        carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
     })
+}
+
+/// Turns a closed round's inputs into the next round's in place: the one place the carried
+/// state (CRAT, streak, total uptime) moves from an outcome to the next inputs. `positions`
+/// and `round` come from [`next_round`].
+fn carry(inputs: &mut RoundInputs, outcome: &RoundOutcome, positions: &[u32], round: Round) {
+    for (n, &k) in inputs.nodes.iter_mut().zip(positions) {
+        let o = &outcome.nodes[k as usize];
+        n.crat_start_micro = o.crat_end_micro;
+        n.streak_start = o.streak_end;
+        n.uptime_total_s_before = o.uptime_total_s;
+    }
+    clear_activity(inputs);
+    inputs.round = round;
+}
+
+/// Empties a round's activity (online intervals, validations, external CRAT, income): what
+/// the driver's next round holds before it closes.
+fn clear_activity(inputs: &mut RoundInputs) {
+    inputs.round.income_usd_micro = MicroUsd::ZERO;
+    for n in &mut inputs.nodes {
+        n.online = Vec::new();
+        n.validations_ok = 0;
+        n.validations_failed = 0;
+        n.crat_external_micro = MicroCrat::ZERO;
+    }
 }
 
 /// What a node is, as opposed to what it did in a round.
@@ -358,33 +378,7 @@ impl RoundDriver {
         income: MicroUsd,
         activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
     ) -> Result<ClosedRound, RewardsError> {
-        // The next round's inputs are filled in place and handed out; on error the activity is
-        // cleared again, which restores them (they hold none between rounds).
-        let shell = self.next_shell();
-        let mut inputs = std::mem::replace(&mut self.next, shell);
-        let result = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch);
-        match result {
-            Ok((outcome, positions)) => {
-                match carry_forward_indexed(&inputs, &outcome, &positions) {
-                    Ok(next) => {
-                        self.next = next;
-                        Ok(ClosedRound {
-                            inputs,
-                            outcome,
-                            positions,
-                        })
-                    }
-                    Err(e) => {
-                        self.restore(inputs);
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => {
-                self.restore(inputs);
-                Err(e)
-            }
-        }
+        self.close_round_with(income, activity, ClosedRound::clone)
     }
 
     /// [`RoundDriver::close_round`] for callers that only look at the closed round: `f`
@@ -402,22 +396,18 @@ impl RoundDriver {
     ) -> Result<R, RewardsError> {
         let shell = self.next_shell();
         let mut inputs = std::mem::replace(&mut self.next, shell);
-        let filled = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch);
-        let (outcome, positions) = match filled {
+        let filled = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch)
+            .and_then(|(outcome, positions)| {
+                let round = next_round(&inputs, &outcome, &positions)?;
+                Ok((outcome, positions, round))
+            });
+        let (outcome, positions, round) = match filled {
             Ok(done) => done,
             Err(e) => {
                 self.restore(inputs);
                 return Err(e);
             }
         };
-        let r = &inputs.round;
-        let (Some(start_s), Some(index)) =
-            (r.start_s.checked_add(r.length_s), r.index.checked_add(1))
-        else {
-            self.restore(inputs);
-            return Err(RewardsError::overflow("round.index", "next round"));
-        };
-        // compute_indexed gives one position per node, each naming its own outcome.
         let closed = ClosedRound {
             inputs,
             outcome,
@@ -429,23 +419,7 @@ impl RoundDriver {
             outcome,
             positions,
         } = closed;
-        for (n, &k) in inputs.nodes.iter_mut().zip(&positions) {
-            let o = &outcome.nodes[k as usize];
-            n.crat_start_micro = o.crat_end_micro;
-            n.streak_start = o.streak_end;
-            n.uptime_total_s_before = o.uptime_total_s;
-            n.online = Vec::new();
-            n.validations_ok = 0;
-            n.validations_failed = 0;
-            n.crat_external_micro = MicroCrat::ZERO;
-        }
-        inputs.round = Round {
-            index,
-            start_s,
-            length_s: inputs.round.length_s,
-            income_usd_micro: MicroUsd::ZERO,
-            carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
-        };
+        carry(&mut inputs, &outcome, &positions, round);
         self.next = inputs;
         // The outcome's and the positions' buffers serve the next round.
         self.scratch.out = outcome.nodes;
@@ -496,13 +470,7 @@ impl RoundDriver {
 
     /// Puts back inputs taken by a failed close, without the activity written into them.
     fn restore(&mut self, mut inputs: RoundInputs) {
-        inputs.round.income_usd_micro = MicroUsd::ZERO;
-        for n in &mut inputs.nodes {
-            n.online = Vec::new();
-            n.validations_ok = 0;
-            n.validations_failed = 0;
-            n.crat_external_micro = MicroCrat::ZERO;
-        }
+        clear_activity(&mut inputs);
         self.next = inputs;
     }
 
