@@ -56,7 +56,7 @@ fn rounds(c: &mut Criterion) {
     g.bench_function("10k_nodes_x20_rounds", |b| {
         b.iter_batched(
             || Simulation::new(&scenario, 1),
-            |sim| sim.and_then(|s| s.run(|_| {})).map(|r| r.rounds.len()),
+            |sim| sim.and_then(Simulation::run_to_end).map(|r| r.rounds.len()),
             BatchSize::LargeInput,
         );
     });

@@ -228,20 +228,23 @@ fn run_one(
         .map_err(fail)?;
     let mut result: anyhow::Result<()> = Ok(());
     while !sim.finished() {
-        let step = sim.step_with(|closed| {
-            let Some(e) = export else { return Ok(()) };
-            let r = closed.inputs.round.index;
-            fs::write(
-                e.join(format!("round-{r:06}.json")),
-                closed.inputs.to_json(),
-            )
-            .and_then(|()| {
+        let step = match export {
+            // Nothing to export: rounds are closed without the rank-ordered outcome.
+            None => sim.advance().map(Ok),
+            Some(e) => sim.step_with(|closed| {
+                let r = closed.inputs.round.index;
                 fs::write(
-                    e.join(format!("round-{r:06}.result.json")),
-                    closed.outcome.to_json(),
+                    e.join(format!("round-{r:06}.json")),
+                    closed.inputs.to_json(),
                 )
-            })
-        });
+                .and_then(|()| {
+                    fs::write(
+                        e.join(format!("round-{r:06}.result.json")),
+                        closed.outcome.to_json(),
+                    )
+                })
+            }),
+        };
         match step {
             Ok(Ok(())) => bar.inc(1),
             Ok(Err(err)) => {

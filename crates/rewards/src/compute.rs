@@ -6,7 +6,7 @@ use std::cmp::Ordering;
 use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
-use crate::outcome::{Aggregates, NodeOutcome, RoundOutcome};
+use crate::outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
 use crate::params::BPS;
 use crate::round::{NodeInput, RoundInputs};
 use crate::{Interval, Params, RewardsError};
@@ -689,10 +689,9 @@ fn radix_sort_high_u64(v: &mut Vec<u128>, to: &mut Vec<u128>) {
 /// the same outcome.
 ///
 /// Cost: a pass over the nodes for rule 1 (intervals merged in one reused buffer, no
-/// allocation per node), a radix sort of the ids and a comparison sort of the eligible nodes'
-/// rank keys, then a second pass over the nodes that writes each outcome straight to its place
-/// in the output. Listing the nodes in id order (as [`crate::RoundDriver`] does) makes the
-/// writes of the non-eligible nodes sequential.
+/// allocation per node), a radix sort of the ids (skipped when the nodes come in id order, as
+/// [`crate::RoundDriver`] lists them) and a sort of the eligible nodes' rank keys, then a
+/// second pass over the nodes that writes each outcome straight to its place in the output.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     compute_indexed(inputs).map(|(outcome, _)| outcome)
 }
@@ -702,7 +701,29 @@ pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
 /// [`crate::RoundDriver`], the simulator) read each node's outcome through it instead of
 /// searching the rank-ordered output by id.
 pub fn compute_indexed(inputs: &RoundInputs) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
-    compute_with(inputs, &mut Scratch::default())
+    compute_with(inputs, &mut Scratch::default(), Detail::Outcomes)
+        .map(|c| (c.outcome, c.positions))
+}
+
+/// What [`compute_with`] produces besides the per-node results in input order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Detail {
+    /// The rank-ordered outcome too (the interchange output).
+    Outcomes,
+    /// Only the results in input order and the totals: no 128-byte outcome per node written at
+    /// its rank position (`outcome.nodes` and `positions` are left empty).
+    Results,
+}
+
+/// One computed round, with the buffers it was written into.
+#[derive(Debug)]
+pub(crate) struct Computed {
+    /// The outcome; its nodes are empty under [`Detail::Results`].
+    pub(crate) outcome: RoundOutcome,
+    /// `positions[i]`: index in `outcome.nodes` of node `i` (empty under [`Detail::Results`]).
+    pub(crate) positions: Vec<u32>,
+    /// `results[i]`: node `i`'s result.
+    pub(crate) results: Vec<NodeResult>,
 }
 
 /// Buffers of one computation, kept by [`crate::RoundDriver`] from round to round so that a
@@ -721,6 +742,17 @@ pub(crate) struct Scratch {
     pub(crate) out: Vec<NodeOutcome>,
     /// The positions buffer of an earlier round, handed back by the driver.
     pub(crate) place: Vec<u32>,
+    /// The results buffer of an earlier round, handed back by the driver.
+    pub(crate) results: Vec<NodeResult>,
+}
+
+impl Scratch {
+    /// Takes back the buffers of a computed round for the next one.
+    pub(crate) fn recycle(&mut self, computed: Computed) {
+        self.out = computed.outcome.nodes;
+        self.place = computed.positions;
+        self.results = computed.results;
+    }
 }
 
 impl PartialEq for Scratch {
@@ -731,11 +763,13 @@ impl PartialEq for Scratch {
 
 impl Eq for Scratch {}
 
-/// [`compute_indexed`] with reused buffers.
+/// [`compute_indexed`] with reused buffers; under [`Detail::Results`] without the
+/// rank-ordered outcome.
 pub(crate) fn compute_with(
     inputs: &RoundInputs,
     scratch: &mut Scratch,
-) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
+    detail: Detail,
+) -> Result<Computed, RewardsError> {
     let ctx = Ctx::new(inputs)?;
     let nodes = &inputs.nodes;
     let n = nodes.len();
@@ -748,10 +782,15 @@ pub(crate) fn compute_with(
     ranked.clear();
     let mut by_id = std::mem::take(&mut scratch.by_id);
     by_id.clear();
+    // Whether the ids strictly increase: then they are unique and already in id order.
+    let mut in_id_order = true;
     for (i, node) in nodes.iter().enumerate() {
         let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
         uptimes.push((uptime_s, peak_uptime_s));
         by_id.push(id_order_entry(i, node));
+        if i > 0 && nodes[i - 1].id >= node.id {
+            in_id_order = false;
+        }
         if ctx.eligible(node, uptime_s) {
             ranked.push(RankKey {
                 score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
@@ -765,7 +804,13 @@ pub(crate) fn compute_with(
     }
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
-    let by_id = id_order(nodes, by_id, &mut scratch.by_id_tmp)?;
+    let by_id = if in_id_order {
+        by_id.clear();
+        by_id.extend(0..n as u64);
+        by_id
+    } else {
+        id_order(nodes, by_id, &mut scratch.by_id_tmp)?
+    };
     sort_ranked(nodes, &mut ranked, scratch);
     let eligible = ranked.len();
 
@@ -792,25 +837,31 @@ pub(crate) fn compute_with(
     scratch.ranked = ranked;
     scratch.by_id = by_id;
 
-    // The other rules, in input order (sequential reads), each outcome written to its place.
-    let blank = NodeOutcome {
-        id: NodeId::from_bytes([0; 32]),
-        uptime_s: 0,
-        peak_uptime_s: 0,
-        committed: false,
-        eligible: false,
-        rank: None,
-        guaranteed_usd_micro: MicroUsd::ZERO,
-        bonus_usd_micro: MicroUsd::ZERO,
-        crat_issued_micro: MicroCrat::ZERO,
-        crat_slashed_micro: MicroCrat::ZERO,
-        crat_end_micro: MicroCrat::ZERO,
-        streak_end: 0,
-        uptime_total_s: 0,
-    };
+    // The other rules, in input order (sequential reads and result writes), each outcome
+    // written to its place.
     let mut out = std::mem::take(&mut scratch.out);
     out.clear();
-    out.resize(n, blank);
+    if detail == Detail::Outcomes {
+        let blank = NodeOutcome {
+            id: NodeId::from_bytes([0; 32]),
+            uptime_s: 0,
+            peak_uptime_s: 0,
+            committed: false,
+            eligible: false,
+            rank: None,
+            guaranteed_usd_micro: MicroUsd::ZERO,
+            bonus_usd_micro: MicroUsd::ZERO,
+            crat_issued_micro: MicroCrat::ZERO,
+            crat_slashed_micro: MicroCrat::ZERO,
+            crat_end_micro: MicroCrat::ZERO,
+            streak_end: 0,
+            uptime_total_s: 0,
+        };
+        out.resize(n, blank);
+    }
+    let mut results = std::mem::take(&mut scratch.results);
+    results.clear();
+    results.reserve(n);
     let mut guaranteed_paid: u64 = 0;
     for (i, node) in nodes.iter().enumerate() {
         let (uptime_s, peak_uptime_s) = uptimes[i];
@@ -820,23 +871,38 @@ pub(crate) fn compute_with(
             .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
         let place = place[i] as usize;
         let rank = b.eligible.then_some(place as u64 + 1);
-        out[place] = NodeOutcome {
-            id: node.id,
-            uptime_s,
-            peak_uptime_s,
+        let bonus_usd_micro = rank.map_or(MicroUsd::ZERO, |r| schedule.share(r));
+        results.push(NodeResult {
+            guaranteed_usd_micro: b.guaranteed_usd_micro,
+            bonus_usd_micro,
+            crat_end_micro: b.crat_end_micro,
+            uptime_total_s: b.uptime_total_s,
+            streak_end: b.streak_end,
             committed: b.committed,
             eligible: b.eligible,
-            rank,
-            guaranteed_usd_micro: b.guaranteed_usd_micro,
-            bonus_usd_micro: rank.map_or(MicroUsd::ZERO, |r| schedule.share(r)),
-            crat_issued_micro: b.crat_issued_micro,
-            crat_slashed_micro: b.crat_slashed_micro,
-            crat_end_micro: b.crat_end_micro,
-            streak_end: b.streak_end,
-            uptime_total_s: b.uptime_total_s,
-        };
+        });
+        if detail == Detail::Outcomes {
+            out[place] = NodeOutcome {
+                id: node.id,
+                uptime_s,
+                peak_uptime_s,
+                committed: b.committed,
+                eligible: b.eligible,
+                rank,
+                guaranteed_usd_micro: b.guaranteed_usd_micro,
+                bonus_usd_micro,
+                crat_issued_micro: b.crat_issued_micro,
+                crat_slashed_micro: b.crat_slashed_micro,
+                crat_end_micro: b.crat_end_micro,
+                streak_end: b.streak_end,
+                uptime_total_s: b.uptime_total_s,
+            };
+        }
     }
     scratch.uptimes = uptimes;
+    if detail == Detail::Results {
+        place.clear();
+    }
 
     let outcome = RoundOutcome {
         nodes: out,
@@ -848,7 +914,11 @@ pub(crate) fn compute_with(
             carry_out_usd_micro: schedule.carry_out_usd_micro(),
         },
     };
-    Ok((outcome, place))
+    Ok(Computed {
+        outcome,
+        positions: place,
+        results,
+    })
 }
 
 /// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.

@@ -9,8 +9,9 @@ use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Interval, NodeInput, NodeOutcome, Params, RewardsError, Round, RoundInputs, RoundOutcome,
-    compute::{Scratch, compute_with},
+    Aggregates, Interval, NodeInput, NodeOutcome, NodeResult, Params, RewardsError, Round,
+    RoundInputs, RoundOutcome,
+    compute::{Computed, Detail, Scratch, compute_with},
 };
 
 /// The next round's inputs after `inputs` closed with `outcome`: same parameters and nodes
@@ -51,28 +52,6 @@ pub fn carry_forward_indexed(
     outcome: &RoundOutcome,
     positions: &[u32],
 ) -> Result<RoundInputs, RewardsError> {
-    let round = next_round(inputs, outcome, positions)?;
-    let mut next = inputs.clone();
-    carry(&mut next, outcome, positions, round);
-    Ok(next)
-}
-
-/// The round after `inputs` closed with `outcome`, once `positions` is checked to give
-/// each input node its own outcome. Nothing is changed on error.
-fn next_round(
-    inputs: &RoundInputs,
-    outcome: &RoundOutcome,
-    positions: &[u32],
-) -> Result<Round, RewardsError> {
-    let r = &inputs.round;
-    let start_s = r
-        .start_s
-        .checked_add(r.length_s)
-        .ok_or_else(|| RewardsError::overflow("round.start_s", "next round's start_s"))?;
-    let index = r
-        .index
-        .checked_add(1)
-        .ok_or_else(|| RewardsError::overflow("round.index", "next round's index"))?;
     if positions.len() != inputs.nodes.len() || outcome.nodes.len() != inputs.nodes.len() {
         return Err(RewardsError::out_of_range(
             "outcome.nodes",
@@ -84,29 +63,54 @@ fn next_round(
             ),
         ));
     }
-    for (n, &k) in inputs.nodes.iter().zip(positions) {
-        if outcome.nodes.get(k as usize).is_none_or(|o| o.id != n.id) {
-            return Err(RewardsError::UnknownNode { id: n.id });
-        }
-    }
+    let results = inputs
+        .nodes
+        .iter()
+        .zip(positions)
+        .map(|(n, &k)| {
+            outcome
+                .nodes
+                .get(k as usize)
+                .filter(|o| o.id == n.id)
+                .map(NodeResult::from)
+                .ok_or(RewardsError::UnknownNode { id: n.id })
+        })
+        .collect::<Result<Vec<NodeResult>, RewardsError>>()?;
+    let round = round_after(inputs, &outcome.aggregates)?;
+    let mut next = inputs.clone();
+    carry(&mut next, &results, round);
+    Ok(next)
+}
+
+/// The round after `inputs` closed with totals `aggregates`: the next index and start, the
+/// pool carried in, no income yet. Fails only on overflow.
+fn round_after(inputs: &RoundInputs, aggregates: &Aggregates) -> Result<Round, RewardsError> {
+    let r = &inputs.round;
+    let start_s = r
+        .start_s
+        .checked_add(r.length_s)
+        .ok_or_else(|| RewardsError::overflow("round.start_s", "next round's start_s"))?;
+    let index = r
+        .index
+        .checked_add(1)
+        .ok_or_else(|| RewardsError::overflow("round.index", "next round's index"))?;
     Ok(Round {
         index,
         start_s,
         length_s: r.length_s,
         income_usd_micro: MicroUsd::ZERO,
-        carry_in_usd_micro: outcome.aggregates.carry_out_usd_micro,
+        carry_in_usd_micro: aggregates.carry_out_usd_micro,
     })
 }
 
 /// Turns a closed round's inputs into the next round's in place: the one place the carried
-/// state (CRAT, streak, total uptime) moves from an outcome to the next inputs. `positions`
-/// and `round` come from [`next_round`].
-fn carry(inputs: &mut RoundInputs, outcome: &RoundOutcome, positions: &[u32], round: Round) {
-    for (n, &k) in inputs.nodes.iter_mut().zip(positions) {
-        let o = &outcome.nodes[k as usize];
-        n.crat_start_micro = o.crat_end_micro;
-        n.streak_start = o.streak_end;
-        n.uptime_total_s_before = o.uptime_total_s;
+/// state (CRAT, streak, total uptime) moves from a round's results (`results[i]` is node
+/// `i`'s) to the next inputs.
+fn carry(inputs: &mut RoundInputs, results: &[NodeResult], round: Round) {
+    for (n, r) in inputs.nodes.iter_mut().zip(results) {
+        n.crat_start_micro = r.crat_end_micro;
+        n.streak_start = r.streak_end;
+        n.uptime_total_s_before = r.uptime_total_s;
     }
     clear_activity(inputs);
     inputs.round = round;
@@ -117,7 +121,8 @@ fn carry(inputs: &mut RoundInputs, outcome: &RoundOutcome, positions: &[u32], ro
 fn clear_activity(inputs: &mut RoundInputs) {
     inputs.round.income_usd_micro = MicroUsd::ZERO;
     for n in &mut inputs.nodes {
-        n.online = Vec::new();
+        // Emptied, its buffer kept: a round closed in place fills it again.
+        n.online.clear();
         n.validations_ok = 0;
         n.validations_failed = 0;
         n.crat_external_micro = MicroCrat::ZERO;
@@ -186,6 +191,9 @@ pub struct ClosedRound {
     /// `positions[i]`: index in `outcome.nodes` of `inputs.nodes[i]` (not serialized).
     #[serde(skip)]
     positions: Vec<u32>,
+    /// `results[i]`: the result of `inputs.nodes[i]` (not serialized).
+    #[serde(skip)]
+    results: Vec<NodeResult>,
 }
 
 impl ClosedRound {
@@ -197,6 +205,101 @@ impl ClosedRound {
             Some(&k) => self.outcome.nodes.get(k as usize).filter(|o| o.id == *id),
             None => self.outcome.node(id),
         }
+    }
+
+    /// The result of `inputs.nodes[index]`: read in input order when the round came from a
+    /// [`RoundDriver`] (sequential memory, where [`ClosedRound::outcome_of`] reads rank
+    /// positions), else taken from its outcome.
+    pub fn result_of(&self, index: usize) -> Option<NodeResult> {
+        match self.results.get(index) {
+            Some(r) => Some(*r),
+            None => self.outcome_of(index).map(NodeResult::from),
+        }
+    }
+
+    fn from_computed(inputs: RoundInputs, c: Computed) -> Self {
+        Self {
+            inputs,
+            outcome: c.outcome,
+            positions: c.positions,
+            results: c.results,
+        }
+    }
+
+    fn into_computed(self) -> (RoundInputs, Computed) {
+        let computed = Computed {
+            outcome: self.outcome,
+            positions: self.positions,
+            results: self.results,
+        };
+        (self.inputs, computed)
+    }
+}
+
+/// A round closed by [`RoundDriver::close_round_results_with`]: its inputs, each node's
+/// result in input order and the totals, without the rank-ordered outcome (which
+/// [`crate::compute`] of `inputs` gives in full).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClosedResults {
+    /// What went in.
+    pub inputs: RoundInputs,
+    /// `results[i]`: the result of `inputs.nodes[i]`.
+    pub results: Vec<NodeResult>,
+    /// The round's totals.
+    pub aggregates: Aggregates,
+}
+
+impl ClosedResults {
+    fn from_computed(inputs: RoundInputs, c: Computed) -> Self {
+        Self {
+            inputs,
+            results: c.results,
+            aggregates: c.outcome.aggregates,
+        }
+    }
+
+    fn into_computed(self) -> (RoundInputs, Computed) {
+        let computed = Computed {
+            outcome: RoundOutcome {
+                nodes: Vec::new(),
+                aggregates: self.aggregates,
+            },
+            positions: Vec::new(),
+            results: self.results,
+        };
+        (self.inputs, computed)
+    }
+}
+
+/// One registered node's activity in a round being closed in place (see
+/// [`RoundDriver::close_round_filled_with`]). It starts empty; the caller writes what the node
+/// did. The rules check it as they check any input.
+#[derive(Debug)]
+pub struct ActivitySlot<'a> {
+    node: &'a mut NodeInput,
+}
+
+impl ActivitySlot<'_> {
+    /// The node.
+    pub fn id(&self) -> &NodeId {
+        &self.node.id
+    }
+
+    /// Its online intervals for the round: empty, with the buffer of an earlier round kept
+    /// (filling it does not allocate once it is large enough).
+    pub fn online(&mut self) -> &mut Vec<Interval> {
+        &mut self.node.online
+    }
+
+    /// Its validations this round: correct and failed.
+    pub fn set_validations(&mut self, ok: u64, failed: u64) {
+        self.node.validations_ok = ok;
+        self.node.validations_failed = failed;
+    }
+
+    /// CRAT earned outside the rules this round.
+    pub fn set_crat_external(&mut self, crat: MicroCrat) {
+        self.node.crat_external_micro = crat;
     }
 }
 
@@ -394,69 +497,114 @@ impl RoundDriver {
         activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
         f: impl FnOnce(&ClosedRound) -> R,
     ) -> Result<R, RewardsError> {
+        self.close_in_place(
+            income,
+            |nodes| fill_from(nodes, activity),
+            Detail::Outcomes,
+            ClosedRound::from_computed,
+            f,
+            ClosedRound::into_computed,
+        )
+    }
+
+    /// [`RoundDriver::close_round_with`] for callers that hold every node's activity by
+    /// position: `fill(i, slot)` is called for each registered node in id order (`i` is its
+    /// index in the round's inputs) and writes its activity into `slot`, with no lookup by id
+    /// and no allocation per node.
+    ///
+    /// ```
+    /// use crat_core::hardware::PowerRating;
+    /// use crat_core::id::NodeId;
+    /// use crat_core::money::MicroUsd;
+    /// use crat_rewards::{Interval, NodeProfile, Params, RoundDriver};
+    ///
+    /// let mut driver = RoundDriver::new(Params::default(), 0, 0);
+    /// for b in 1..=3u8 {
+    ///     driver.register(NodeProfile {
+    ///         id: NodeId::from_bytes([b; 32]),
+    ///         rating: PowerRating::MAX,
+    ///         registered_at_s: 0,
+    ///         mining_income_usd_micro_per_day: MicroUsd::new(500_000),
+    ///     });
+    /// }
+    /// // Nodes 0 and 2 online all day, node 1 for an hour.
+    /// let hours = [24u64, 1, 24];
+    /// let paid = driver.close_round_filled_with(
+    ///     MicroUsd::new(1_000_000),
+    ///     |i, mut slot| slot.online().push(Interval::new(0, hours[i] * 3_600)),
+    ///     |closed| closed.result_of(1).map(|r| r.guaranteed_usd_micro),
+    /// )?;
+    /// assert_eq!(paid, Some(MicroUsd::ZERO));
+    /// # Ok::<(), crat_rewards::RewardsError>(())
+    /// ```
+    pub fn close_round_filled_with<R>(
+        &mut self,
+        income: MicroUsd,
+        fill: impl FnMut(usize, ActivitySlot<'_>),
+        f: impl FnOnce(&ClosedRound) -> R,
+    ) -> Result<R, RewardsError> {
+        self.close_in_place(
+            income,
+            |nodes| fill_slots(nodes, fill),
+            Detail::Outcomes,
+            ClosedRound::from_computed,
+            f,
+            ClosedRound::into_computed,
+        )
+    }
+
+    /// [`RoundDriver::close_round_filled_with`] without the rank-ordered outcome: `f` sees
+    /// each node's result in input order and the totals. Same rules; for callers that keep
+    /// per-node state in input order (a simulator of a million nodes), it saves writing a
+    /// 128-byte outcome per node at its rank position.
+    pub fn close_round_results_with<R>(
+        &mut self,
+        income: MicroUsd,
+        fill: impl FnMut(usize, ActivitySlot<'_>),
+        f: impl FnOnce(&ClosedResults) -> R,
+    ) -> Result<R, RewardsError> {
+        self.close_in_place(
+            income,
+            |nodes| fill_slots(nodes, fill),
+            Detail::Results,
+            ClosedResults::from_computed,
+            f,
+            ClosedResults::into_computed,
+        )
+    }
+
+    /// The one close path: the activity is written into the next round's inputs, the round
+    /// computed and handed to `f` as a `C`, then carried forward in place and its buffers
+    /// kept for the next round. On error the driver is unchanged and `f` is not called.
+    fn close_in_place<C, R>(
+        &mut self,
+        income: MicroUsd,
+        fill: impl FnOnce(&mut [NodeInput]) -> Result<(), RewardsError>,
+        detail: Detail,
+        wrap: fn(RoundInputs, Computed) -> C,
+        f: impl FnOnce(&C) -> R,
+        unwrap: fn(C) -> (RoundInputs, Computed),
+    ) -> Result<R, RewardsError> {
         let shell = self.next_shell();
         let mut inputs = std::mem::replace(&mut self.next, shell);
-        let filled = Self::fill_and_compute(&mut inputs, income, activity, &mut self.scratch)
-            .and_then(|(outcome, positions)| {
-                let round = next_round(&inputs, &outcome, &positions)?;
-                Ok((outcome, positions, round))
-            });
-        let (outcome, positions, round) = match filled {
+        inputs.round.income_usd_micro = income;
+        let computed = fill(&mut inputs.nodes)
+            .and_then(|()| compute_with(&inputs, &mut self.scratch, detail))
+            .and_then(|c| round_after(&inputs, &c.outcome.aggregates).map(|r| (c, r)));
+        let (computed, round) = match computed {
             Ok(done) => done,
             Err(e) => {
                 self.restore(inputs);
                 return Err(e);
             }
         };
-        let closed = ClosedRound {
-            inputs,
-            outcome,
-            positions,
-        };
+        let closed = wrap(inputs, computed);
         let result = f(&closed);
-        let ClosedRound {
-            mut inputs,
-            outcome,
-            positions,
-        } = closed;
-        carry(&mut inputs, &outcome, &positions, round);
+        let (mut inputs, computed) = unwrap(closed);
+        carry(&mut inputs, &computed.results, round);
         self.next = inputs;
-        // The outcome's and the positions' buffers serve the next round.
-        self.scratch.out = outcome.nodes;
-        self.scratch.place = positions;
+        self.scratch.recycle(computed);
         Ok(result)
-    }
-
-    fn fill_and_compute(
-        inputs: &mut RoundInputs,
-        income: MicroUsd,
-        activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
-        scratch: &mut Scratch,
-    ) -> Result<(RoundOutcome, Vec<u32>), RewardsError> {
-        inputs.round.income_usd_micro = income;
-        let mut seen = vec![false; inputs.nodes.len()];
-        let mut hint = 0usize;
-        for (id, a) in activity {
-            // Activity usually comes in id order (a ledger query, the simulator): try the
-            // position after the previous one before searching.
-            let i = match inputs.nodes.get(hint) {
-                Some(n) if n.id == id => hint,
-                _ => inputs
-                    .nodes
-                    .binary_search_by(|n| n.id.cmp(&id))
-                    .map_err(|_| RewardsError::UnknownNode { id })?,
-            };
-            hint = i + 1;
-            if std::mem::replace(&mut seen[i], true) {
-                return Err(RewardsError::DuplicateActivity { id });
-            }
-            let n = &mut inputs.nodes[i];
-            n.online = a.online;
-            n.validations_ok = a.validations_ok;
-            n.validations_failed = a.validations_failed;
-            n.crat_external_micro = a.crat_external_micro;
-        }
-        compute_with(inputs, scratch)
     }
 
     /// The next round's inputs without nodes (a placeholder while they are out).
@@ -477,6 +625,47 @@ impl RoundDriver {
     fn position(&self, id: &NodeId) -> Result<usize, usize> {
         self.next.nodes.binary_search_by(|n| n.id.cmp(id))
     }
+}
+
+/// Writes activity listed by id into `nodes` (sorted by id). Fails on an unknown id or a
+/// node listed twice.
+fn fill_from(
+    nodes: &mut [NodeInput],
+    activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
+) -> Result<(), RewardsError> {
+    let mut seen = vec![false; nodes.len()];
+    let mut hint = 0usize;
+    for (id, a) in activity {
+        // Activity usually comes in id order (a ledger query): try the position after the
+        // previous one before searching.
+        let i = match nodes.get(hint) {
+            Some(n) if n.id == id => hint,
+            _ => nodes
+                .binary_search_by(|n| n.id.cmp(&id))
+                .map_err(|_| RewardsError::UnknownNode { id })?,
+        };
+        hint = i + 1;
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(RewardsError::DuplicateActivity { id });
+        }
+        let n = &mut nodes[i];
+        n.online = a.online;
+        n.validations_ok = a.validations_ok;
+        n.validations_failed = a.validations_failed;
+        n.crat_external_micro = a.crat_external_micro;
+    }
+    Ok(())
+}
+
+/// Hands every node's empty activity to `fill`, in order.
+fn fill_slots(
+    nodes: &mut [NodeInput],
+    mut fill: impl FnMut(usize, ActivitySlot<'_>),
+) -> Result<(), RewardsError> {
+    for (i, node) in nodes.iter_mut().enumerate() {
+        fill(i, ActivitySlot { node });
+    }
+    Ok(())
 }
 
 fn node_input(p: NodeProfile, s: CarriedState) -> NodeInput {

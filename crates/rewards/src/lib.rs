@@ -86,13 +86,13 @@ pub use compute::{
     paid_ranks,
 };
 pub use driver::{
-    CarriedState, ClosedRound, NodeActivity, NodeProfile, RoundDriver, carry_forward,
-    carry_forward_indexed,
+    ActivitySlot, CarriedState, ClosedResults, ClosedRound, NodeActivity, NodeProfile, RoundDriver,
+    carry_forward, carry_forward_indexed,
 };
 pub use error::RewardsError;
 pub use explain::{Explanation, Neighbour, explain};
 pub use json::INTERCHANGE_BYTES_MAX;
-pub use outcome::{Aggregates, NodeOutcome, RoundOutcome};
+pub use outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
 pub use params::{Interval, PEAK_WINDOWS_MAX, Params};
 pub use round::{NodeInput, Round, RoundInputs};
 pub use settlement::{

@@ -39,6 +39,43 @@ pub struct NodeOutcome {
     pub uptime_total_s: u64,
 }
 
+/// The part of a node's [`NodeOutcome`] that is paid or carried into the next round, in the
+/// compact form read in input order: by [`crate::RoundDriver`] when it carries a round forward,
+/// and by callers that keep per-node state in input order (the simulator) through
+/// [`crate::ClosedRound::result_of`] or [`crate::ClosedResults`]. 48 bytes against the
+/// outcome's 128, read sequentially instead of at rank positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeResult {
+    /// Guaranteed USD (rule 3).
+    pub guaranteed_usd_micro: MicroUsd,
+    /// Bonus USD by rank (rule 8).
+    pub bonus_usd_micro: MicroUsd,
+    /// CRAT held at the end of the round (rule 13).
+    pub crat_end_micro: MicroCrat,
+    /// Uptime over all rounds so far (rule 1).
+    pub uptime_total_s: u64,
+    /// Consecutive committed rounds including this one (rule 9).
+    pub streak_end: u64,
+    /// Online for the whole round (rule 2).
+    pub committed: bool,
+    /// Eligible for a bonus (rule 5).
+    pub eligible: bool,
+}
+
+impl From<&NodeOutcome> for NodeResult {
+    fn from(o: &NodeOutcome) -> Self {
+        Self {
+            guaranteed_usd_micro: o.guaranteed_usd_micro,
+            bonus_usd_micro: o.bonus_usd_micro,
+            crat_end_micro: o.crat_end_micro,
+            uptime_total_s: o.uptime_total_s,
+            streak_end: o.streak_end,
+            committed: o.committed,
+            eligible: o.eligible,
+        }
+    }
+}
+
 /// Round totals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,8 +8,8 @@ use common::{DAY, id};
 use crat_core::hardware::PowerRating;
 use crat_core::money::{MicroCrat, MicroUsd};
 use crat_rewards::{
-    CarriedState, Interval, NodeActivity, NodeProfile, Params, RewardsError, RoundDriver,
-    carry_forward, compute,
+    ActivitySlot, CarriedState, ClosedResults, ClosedRound, Interval, NodeActivity, NodeProfile,
+    NodeResult, Params, RewardsError, RoundDriver, carry_forward, compute,
 };
 
 fn profile(b: u8) -> NodeProfile {
@@ -163,12 +163,15 @@ fn driver_rejects_bad_activity_and_stays_unchanged() {
 }
 
 /// `close_round_with` (inputs carried in place) and `close_round` (copied) run the same
-/// rounds; batch registration and deregistration match one-by-one; every outcome is found by
-/// position.
+/// rounds, and so do the drivers filled by position (`close_round_filled_with`) and closed
+/// without the rank-ordered outcome (`close_round_results_with`); batch registration and
+/// deregistration match one-by-one; every outcome and result is found by position.
 #[test]
 fn in_place_and_copying_drivers_agree_over_many_rounds() {
     let mut copying = RoundDriver::new(Params::default(), 0, 0);
     let mut in_place = RoundDriver::new(Params::default(), 0, 0);
+    let mut filled = RoundDriver::new(Params::default(), 0, 0);
+    let mut lean = RoundDriver::new(Params::default(), 0, 0);
     let mut rng = 5u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -192,14 +195,18 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
     for (p, s) in first.clone() {
         copying.register_with_state(p, s);
     }
-    in_place.register_all(first);
+    in_place.register_all(first.clone());
+    filled.register_all(first.clone());
+    lean.register_all(first);
     for round in 0..12u64 {
         if round == 4 {
             let late: Vec<_> = (61..=70u8).rev().map(|b| node(b, 0)).collect();
             for (p, s) in late.clone() {
                 copying.register_with_state(p, s);
             }
-            in_place.register_all(late);
+            in_place.register_all(late.clone());
+            filled.register_all(late.clone());
+            lean.register_all(late);
         }
         if round == 7 {
             let gone = [id(3), id(64), id(40)];
@@ -207,6 +214,8 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
                 assert!(copying.deregister(g));
             }
             assert_eq!(in_place.deregister_all(&gone), 3);
+            assert_eq!(filled.deregister_all(&gone), 3);
+            assert_eq!(lean.deregister_all(&gone), 3);
         }
         let ids: Vec<_> = (1..=70u8)
             .map(id)
@@ -224,6 +233,31 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
             .collect();
         let income = MicroUsd::new(next() % 2_000_000);
         let copied = copying.close_round(income, activity.clone()).unwrap();
+        // By position: the activity is listed in id order, the drivers' order.
+        let fill = |i: usize, mut slot: ActivitySlot<'_>| {
+            let (id, a) = &activity[i];
+            assert_eq!(slot.id(), id);
+            assert!(slot.online().is_empty());
+            slot.online().extend_from_slice(&a.online);
+            slot.set_validations(a.validations_ok, a.validations_failed);
+            slot.set_crat_external(a.crat_external_micro);
+        };
+        let by_position = filled
+            .close_round_filled_with(income, fill, ClosedRound::clone)
+            .unwrap();
+        assert_eq!(by_position.outcome, copied.outcome, "round {round}");
+        let results = lean
+            .close_round_results_with(income, fill, ClosedResults::clone)
+            .unwrap();
+        assert_eq!(results.inputs, copied.inputs, "round {round}");
+        assert_eq!(results.aggregates, copied.outcome.aggregates);
+        assert_eq!(results.results.len(), copied.inputs.nodes.len());
+        for (k, r) in results.results.iter().enumerate() {
+            let o = copied.outcome.node(&copied.inputs.nodes[k].id).unwrap();
+            assert_eq!(*r, NodeResult::from(o), "round {round} node {k}");
+            assert_eq!(by_position.result_of(k), Some(*r));
+            assert_eq!(copied.result_of(k), Some(*r));
+        }
         let lent = in_place
             .close_round_with(income, activity, |closed| {
                 for k in 0..closed.inputs.nodes.len() {
@@ -238,4 +272,6 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
         assert_eq!(lent.outcome, compute(&copied.inputs).unwrap());
     }
     assert_eq!(copying, in_place);
+    assert_eq!(copying, filled);
+    assert_eq!(copying, lean);
 }

@@ -25,7 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for seed in 1..=seeds {
                 let mut sim = Simulation::new(&scenario, seed)?;
                 while !sim.finished() {
-                    sim.step_with(|_| ())?;
+                    sim.advance()?;
                 }
                 let s = CheaterStats::from_nodes(&sim.node_summaries(), 1_000);
                 total.cheaters_with_tasks += s.cheaters_with_tasks;

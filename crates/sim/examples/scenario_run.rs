@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or_else(|| "scenarios/baseline.toml".into());
     let scenario = Scenario::from_toml(&std::fs::read_to_string(&path)?)?;
-    let report = Simulation::new(&scenario, scenario.seed)?.run(|_closed_round| {})?;
+    let report = Simulation::new(&scenario, scenario.seed)?.run_to_end()?;
     for m in report.rounds.iter().step_by(10) {
         println!(
             "round {:>4}: income ${:>10.2}  guaranteed ${:>9.2}  bonus ${:>10.2}  paid ranks {:>5}  \

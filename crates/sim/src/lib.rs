@@ -33,8 +33,8 @@
 //! assert_eq!(report.rounds.len(), 4);
 //! // Without churn every node is committed and earns its GPU's mining income.
 //! assert_eq!(report.rounds[0].nodes_committed, 40);
-//! // Same seed, same bytes.
-//! let again = Simulation::new(&scenario, 42)?.run(|_| {})?;
+//! // Same seed, same bytes; `run_to_end` skips handing out (and building) each outcome.
+//! let again = Simulation::new(&scenario, 42)?.run_to_end()?;
 //! assert_eq!(report, again);
 //! # Ok::<(), crat_sim::SimError>(())
 //! ```

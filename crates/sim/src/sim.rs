@@ -20,7 +20,10 @@ use crat_core::id::NodeId;
 use crat_core::money::{Credits, MicroCrat};
 use crat_core::placement::{Assignment, Candidate, Placer, Request};
 use crat_core::pricing::{DeployPlan, PerInstancePlan};
-use crat_rewards::{ClosedRound, Interval, NodeActivity, NodeProfile, RoundDriver};
+use crat_rewards::{
+    ActivitySlot, Aggregates, ClosedRound, Interval, NodeProfile, NodeResult, RoundDriver,
+    RoundInputs,
+};
 use rand::Rng;
 use rayon::prelude::*;
 
@@ -224,6 +227,15 @@ impl Simulation {
         Ok(self.report)
     }
 
+    /// Runs every remaining round without handing them out, and returns the report: the
+    /// fastest way through a scenario (see [`Simulation::advance`]).
+    pub fn run_to_end(mut self) -> Result<Report, SimError> {
+        while !self.finished() {
+            self.advance()?;
+        }
+        Ok(self.report)
+    }
+
     fn add_nodes(&mut self, count: u64, initial: bool) -> Result<(), SimError> {
         let pop = &self.scenario.population;
         let table = GpuTable::builtin();
@@ -333,6 +345,23 @@ impl Simulation {
     /// returning what `f` returns. Nothing is copied: the round's inputs become the next
     /// round's in place once `f` returns.
     pub fn step_with<R>(&mut self, f: impl FnOnce(&ClosedRound) -> R) -> Result<R, SimError> {
+        self.round_with(Some(f))?.ok_or(SimError::Finished)
+    }
+
+    /// Runs one round without handing it out. The same rules and the same report as
+    /// [`Simulation::step_with`]; the round is closed by
+    /// [`RoundDriver::close_round_results_with`], so the rank-ordered outcome (128 bytes a
+    /// node, written at rank positions) is never built.
+    pub fn advance(&mut self) -> Result<(), SimError> {
+        self.round_with(None::<fn(&ClosedRound)>).map(|_| ())
+    }
+
+    /// One round; the closed round goes to `f` when there is one (then the full outcome is
+    /// built), and `f`'s result comes back.
+    fn round_with<R>(
+        &mut self,
+        f: Option<impl FnOnce(&ClosedRound) -> R>,
+    ) -> Result<Option<R>, SimError> {
         if self.finished() {
             return Err(SimError::Finished);
         }
@@ -623,19 +652,13 @@ impl Simulation {
 
         // 4. Round close through the rewards driver (the registered nodes are exactly
         // `nodes`, in its order; departed ones were deregistered in the round they left).
+        // Each node's activity is written in place, by position.
         let ids = &self.ids;
         let draws_ref = &draws;
-        let activity = ids.iter().zip(draws_ref).enumerate().map(|(k, (id, d))| {
-            (
-                *id,
-                NodeActivity {
-                    online: online(k).to_vec(),
-                    validations_ok: d.ok,
-                    validations_failed: d.failed,
-                    crat_external_micro: MicroCrat::ZERO,
-                },
-            )
-        });
+        let fill = |k: usize, mut slot: ActivitySlot<'_>| {
+            slot.online().extend_from_slice(online(k));
+            slot.set_validations(draws_ref[k].ok, draws_ref[k].failed);
+        };
         let mut m = RoundMetrics {
             round,
             income_usd_micro: income.get(),
@@ -650,10 +673,40 @@ impl Simulation {
             ..RoundMetrics::default()
         };
         let nodes = &mut self.nodes;
-        let (departures, result) = self.driver.close_round_with(income, activity, |closed| {
-            let departures = outcome_metrics(closed, sc, ids, nodes, draws_ref, &mut m);
-            departures.map(|d| (d, f(closed)))
-        })??;
+        let (departures, result) = match f {
+            Some(f) => self.driver.close_round_filled_with(income, fill, |closed| {
+                let a = &closed.outcome.aggregates;
+                let results = (0..closed.inputs.nodes.len()).map(|k| closed.result_of(k));
+                let departures = outcome_metrics(
+                    &closed.inputs,
+                    results,
+                    a,
+                    sc,
+                    ids,
+                    nodes,
+                    draws_ref,
+                    &mut m,
+                );
+                departures.map(|d| (d, Some(f(closed))))
+            }),
+            None => self
+                .driver
+                .close_round_results_with(income, fill, |closed| {
+                    let results = closed.results.iter().map(|r| Some(*r));
+                    let a = &closed.aggregates;
+                    let departures = outcome_metrics(
+                        &closed.inputs,
+                        results,
+                        a,
+                        sc,
+                        ids,
+                        nodes,
+                        draws_ref,
+                        &mut m,
+                    );
+                    departures.map(|d| (d, None))
+                }),
+        }??;
 
         m.departures = departures.len() as u64;
         let initial = self.initial_nodes;
@@ -688,11 +741,14 @@ impl Simulation {
     }
 }
 
-/// The round's metrics taken from its outcome (the only source of payouts and CRAT), each
+/// The round's metrics taken from its results (the only source of payouts and CRAT), each
 /// node's totals updated, and the providers that leave this round (marked departed).
-/// `nodes[k]` is the round's k-th input.
+/// `nodes[k]` is the round's k-th input and `results` yields its result.
+#[allow(clippy::too_many_arguments)]
 fn outcome_metrics(
-    closed: &ClosedRound,
+    inputs: &RoundInputs,
+    results: impl Iterator<Item = Option<NodeResult>>,
+    a: &Aggregates,
     sc: &Scenario,
     ids: &[NodeId],
     nodes: &mut [Node],
@@ -701,7 +757,6 @@ fn outcome_metrics(
 ) -> Result<Vec<NodeId>, SimError> {
     let round = m.round;
     let length_s = sc.rewards.round_s;
-    let a = &closed.outcome.aggregates;
     m.pool_usd_micro = a.pool_usd_micro.get();
     m.paid_ranks = a.paid_ranks;
     m.bonus_usd_micro = a.bonus_paid_usd_micro.get();
@@ -713,12 +768,17 @@ fn outcome_metrics(
     let departure_rounds = sc.behaviour.departure_rounds;
     let electricity = sc.behaviour.electricity_usd_micro_per_day;
     let mut departures: Vec<NodeId> = Vec::new();
-    for (k, n) in nodes.iter_mut().enumerate() {
+    if inputs.nodes.len() != nodes.len() {
+        return Err(SimError::Rewards(crat_rewards::RewardsError::OutOfRange {
+            field: "nodes".into(),
+            reason: format!("{} inputs for {} nodes", inputs.nodes.len(), nodes.len()),
+        }));
+    }
+    for (k, (n, r)) in nodes.iter_mut().zip(results).enumerate() {
         let i = k;
         let id = ids[k];
-        let o = closed
-            .outcome_of(k)
-            .filter(|o| o.id == id)
+        let o = r
+            .filter(|_| inputs.nodes[k].id == id)
             .ok_or(crat_rewards::RewardsError::UnknownNode { id })?;
         let class = usize::from(n.rating.get()) - 1;
         let g = o.guaranteed_usd_micro.get();

@@ -23,6 +23,41 @@ fn outputs(s: &Scenario, seed: u64) -> (Vec<u8>, Vec<u8>, String, Vec<String>) {
     (rounds, nodes, sim.report().summary_json(), exported)
 }
 
+/// The report and node summaries of a run through [`Simulation::advance`] (rounds closed
+/// without the rank-ordered outcome).
+fn outputs_advanced(s: &Scenario, seed: u64) -> (Vec<u8>, Vec<u8>, String) {
+    let mut sim = Simulation::new(s, seed).unwrap();
+    while !sim.finished() {
+        sim.advance().unwrap();
+    }
+    assert!(
+        sim.advance().is_err(),
+        "a finished run refuses another round"
+    );
+    let mut rounds = Vec::new();
+    sim.report().write_rounds_csv(&mut rounds).unwrap();
+    let mut nodes = Vec::new();
+    write_nodes_csv(&sim.node_summaries(), &mut nodes).unwrap();
+    (rounds, nodes, sim.report().summary_json())
+}
+
+/// Closing rounds with or without the rank-ordered outcome gives the same bytes.
+#[test]
+fn advancing_and_stepping_give_the_same_outputs() {
+    let s = small(
+        "arrivals_per_round = 5
+[validation]
+cheater_share_bps = 3000
+         [behaviour]
+departure_rounds = 2
+",
+    );
+    let (rounds, nodes, summary, _) = outputs(&s, 5);
+    assert_eq!(outputs_advanced(&s, 5), (rounds, nodes, summary));
+    let report = Simulation::new(&s, 5).unwrap().run_to_end().unwrap();
+    assert_eq!(report.summary_json(), outputs(&s, 5).2);
+}
+
 #[test]
 fn same_seed_same_bytes_with_one_and_two_threads() {
     let s = small(
@@ -163,7 +198,7 @@ fn cheaters_lose_crat_and_bonus_share() {
          [validation]\ncheater_share_bps = 3000\nsample_bps = 300\n[behaviour]\ndeparture_rounds = 0\n",
     )
     .unwrap();
-    let report: Report = Simulation::new(&s, 21).unwrap().run(|_| {}).unwrap();
+    let report: Report = Simulation::new(&s, 21).unwrap().run_to_end().unwrap();
     let first = &report.rounds[1];
     let last = report.rounds.last().unwrap();
     assert!(last.validations_failed > 0);
@@ -198,7 +233,7 @@ fn cheaters_are_caught_at_the_sampling_rate_and_earn_less() {
         .unwrap();
         let mut sim = Simulation::new(&s, 3).unwrap();
         while !sim.finished() {
-            sim.step_with(|_| ()).unwrap();
+            sim.advance().unwrap();
         }
         let stats = crat_sim::CheaterStats::from_nodes(&sim.node_summaries(), 1_000);
         assert!(stats.cheaters_with_tasks > 30, "{stats:?}");
