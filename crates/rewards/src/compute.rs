@@ -688,10 +688,10 @@ fn radix_sort_high_u64(v: &mut Vec<u128>, to: &mut Vec<u128>) {
 /// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
 /// the same outcome.
 ///
-/// Cost: a pass over the nodes for rule 1 (intervals merged in one reused buffer, no
-/// allocation per node), a radix sort of the ids (skipped when the nodes come in id order, as
-/// [`crate::RoundDriver`] lists them) and a sort of the eligible nodes' rank keys, then a
-/// second pass over the nodes that writes each outcome straight to its place in the output.
+/// Cost: one pass over the nodes for every rule but the bonus (intervals merged in one reused
+/// buffer, no allocation per node), a radix sort of the ids (skipped when the nodes come in id
+/// order, as [`crate::RoundDriver`] lists them) and a sort of the eligible nodes' rank keys,
+/// then a pass that pays the bonuses and writes each outcome straight to its place.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     compute_indexed(inputs).map(|(outcome, _)| outcome)
 }
@@ -732,6 +732,7 @@ pub(crate) struct Computed {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scratch {
     uptimes: Vec<(u64, u64)>,
+    crat_moves: Vec<(MicroCrat, MicroCrat)>,
     ranked: Vec<RankKey>,
     ranked_tmp: Vec<RankKey>,
     by_id: Vec<u64>,
@@ -774,32 +775,56 @@ pub(crate) fn compute_with(
     let nodes = &inputs.nodes;
     let n = nodes.len();
 
-    // Rule 1 for every node, and rule 6's keys for the eligible ones.
+    // Every rule but the bonus (rules 1–3, 5, 6's keys, 9–13) in one pass in input order:
+    // results written sequentially, rank keys for the eligible nodes.
     let mut merged = Vec::with_capacity(16);
     let mut uptimes = std::mem::take(&mut scratch.uptimes);
     uptimes.clear();
+    let mut crat_moves = std::mem::take(&mut scratch.crat_moves);
+    crat_moves.clear();
     let mut ranked = std::mem::take(&mut scratch.ranked);
     ranked.clear();
     let mut by_id = std::mem::take(&mut scratch.by_id);
     by_id.clear();
+    let mut results = std::mem::take(&mut scratch.results);
+    results.clear();
+    results.reserve(n);
+    let mut guaranteed_paid: u64 = 0;
     // Whether the ids strictly increase: then they are unique and already in id order.
     let mut in_id_order = true;
     for (i, node) in nodes.iter().enumerate() {
         let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
-        uptimes.push((uptime_s, peak_uptime_s));
+        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
+        guaranteed_paid = guaranteed_paid
+            .checked_add(b.guaranteed_usd_micro.get())
+            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
         by_id.push(id_order_entry(i, node));
         if i > 0 && nodes[i - 1].id >= node.id {
             in_id_order = false;
         }
-        if ctx.eligible(node, uptime_s) {
+        if b.eligible {
             ranked.push(RankKey {
-                score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
-                uptime_total_s: Ctx::uptime_total(i, node, uptime_s)?,
+                score: b.score,
+                uptime_total_s: b.uptime_total_s,
                 registered_at_s: node.registered_at_s,
                 id_prefix: id_prefix(node),
                 // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
                 index: i as u32,
             });
+        }
+        results.push(NodeResult {
+            guaranteed_usd_micro: b.guaranteed_usd_micro,
+            // Rule 8, once the ranks are known.
+            bonus_usd_micro: MicroUsd::ZERO,
+            crat_end_micro: b.crat_end_micro,
+            uptime_total_s: b.uptime_total_s,
+            streak_end: b.streak_end,
+            committed: b.committed,
+            eligible: b.eligible,
+        });
+        if detail == Detail::Outcomes {
+            uptimes.push((uptime_s, peak_uptime_s));
+            crat_moves.push((b.crat_issued_micro, b.crat_slashed_micro));
         }
     }
 
@@ -837,8 +862,7 @@ pub(crate) fn compute_with(
     scratch.ranked = ranked;
     scratch.by_id = by_id;
 
-    // The other rules, in input order (sequential reads and result writes), each outcome
-    // written to its place.
+    // Rule 8 by rank; under `Detail::Outcomes` each outcome is written to its place.
     let mut out = std::mem::take(&mut scratch.out);
     out.clear();
     if detail == Detail::Outcomes {
@@ -859,47 +883,34 @@ pub(crate) fn compute_with(
         };
         out.resize(n, blank);
     }
-    let mut results = std::mem::take(&mut scratch.results);
-    results.clear();
-    results.reserve(n);
-    let mut guaranteed_paid: u64 = 0;
-    for (i, node) in nodes.iter().enumerate() {
-        let (uptime_s, peak_uptime_s) = uptimes[i];
-        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
-        guaranteed_paid = guaranteed_paid
-            .checked_add(b.guaranteed_usd_micro.get())
-            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+    for (i, r) in results.iter_mut().enumerate() {
         let place = place[i] as usize;
-        let rank = b.eligible.then_some(place as u64 + 1);
-        let bonus_usd_micro = rank.map_or(MicroUsd::ZERO, |r| schedule.share(r));
-        results.push(NodeResult {
-            guaranteed_usd_micro: b.guaranteed_usd_micro,
-            bonus_usd_micro,
-            crat_end_micro: b.crat_end_micro,
-            uptime_total_s: b.uptime_total_s,
-            streak_end: b.streak_end,
-            committed: b.committed,
-            eligible: b.eligible,
-        });
+        let rank = r.eligible.then_some(place as u64 + 1);
+        if let Some(rank) = rank {
+            r.bonus_usd_micro = schedule.share(rank);
+        }
         if detail == Detail::Outcomes {
+            let (uptime_s, peak_uptime_s) = uptimes[i];
+            let (crat_issued_micro, crat_slashed_micro) = crat_moves[i];
             out[place] = NodeOutcome {
-                id: node.id,
+                id: nodes[i].id,
                 uptime_s,
                 peak_uptime_s,
-                committed: b.committed,
-                eligible: b.eligible,
+                committed: r.committed,
+                eligible: r.eligible,
                 rank,
-                guaranteed_usd_micro: b.guaranteed_usd_micro,
-                bonus_usd_micro,
-                crat_issued_micro: b.crat_issued_micro,
-                crat_slashed_micro: b.crat_slashed_micro,
-                crat_end_micro: b.crat_end_micro,
-                streak_end: b.streak_end,
-                uptime_total_s: b.uptime_total_s,
+                guaranteed_usd_micro: r.guaranteed_usd_micro,
+                bonus_usd_micro: r.bonus_usd_micro,
+                crat_issued_micro,
+                crat_slashed_micro,
+                crat_end_micro: r.crat_end_micro,
+                streak_end: r.streak_end,
+                uptime_total_s: r.uptime_total_s,
             };
         }
     }
     scratch.uptimes = uptimes;
+    scratch.crat_moves = crat_moves;
     if detail == Detail::Results {
         place.clear();
     }

@@ -107,12 +107,13 @@ fn round_after(inputs: &RoundInputs, aggregates: &Aggregates) -> Result<Round, R
 /// state (CRAT, streak, total uptime) moves from a round's results (`results[i]` is node
 /// `i`'s) to the next inputs.
 fn carry(inputs: &mut RoundInputs, results: &[NodeResult], round: Round) {
+    // One pass: the carried state written and the activity cleared node by node.
     for (n, r) in inputs.nodes.iter_mut().zip(results) {
         n.crat_start_micro = r.crat_end_micro;
         n.streak_start = r.streak_end;
         n.uptime_total_s_before = r.uptime_total_s;
+        clear_node_activity(n);
     }
-    clear_activity(inputs);
     inputs.round = round;
 }
 
@@ -121,12 +122,16 @@ fn carry(inputs: &mut RoundInputs, results: &[NodeResult], round: Round) {
 fn clear_activity(inputs: &mut RoundInputs) {
     inputs.round.income_usd_micro = MicroUsd::ZERO;
     for n in &mut inputs.nodes {
-        // Emptied, its buffer kept: a round closed in place fills it again.
-        n.online.clear();
-        n.validations_ok = 0;
-        n.validations_failed = 0;
-        n.crat_external_micro = MicroCrat::ZERO;
+        clear_node_activity(n);
     }
+}
+
+fn clear_node_activity(n: &mut NodeInput) {
+    // Emptied, its buffer kept: a round closed in place fills it again.
+    n.online.clear();
+    n.validations_ok = 0;
+    n.validations_failed = 0;
+    n.crat_external_micro = MicroCrat::ZERO;
 }
 
 /// What a node is, as opposed to what it did in a round.

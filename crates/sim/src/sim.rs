@@ -22,7 +22,6 @@ use crat_core::placement::{Assignment, Candidate, Placer, Request};
 use crat_core::pricing::{DeployPlan, PerInstancePlan};
 use crat_rewards::{
     ActivitySlot, Aggregates, ClosedRound, Interval, NodeProfile, NodeResult, RoundDriver,
-    RoundInputs,
 };
 use rand::Rng;
 use rayon::prelude::*;
@@ -655,7 +654,12 @@ impl Simulation {
         // Each node's activity is written in place, by position.
         let ids = &self.ids;
         let draws_ref = &draws;
+        // The driver's k-th node is `ids[k]`, checked here where its input is written anyway.
+        let mismatch = std::cell::Cell::new(None);
         let fill = |k: usize, mut slot: ActivitySlot<'_>| {
+            if ids.get(k) != Some(slot.id()) && mismatch.get().is_none() {
+                mismatch.set(Some(*slot.id()));
+            }
             slot.online().extend_from_slice(online(k));
             slot.set_validations(draws_ref[k].ok, draws_ref[k].failed);
         };
@@ -673,49 +677,34 @@ impl Simulation {
             ..RoundMetrics::default()
         };
         let nodes = &mut self.nodes;
+        let mut metrics =
+            |count: usize, results: &mut dyn Iterator<Item = NodeResult>, a: &Aggregates| {
+                if let Some(id) = mismatch.get() {
+                    return Err(SimError::from(crat_rewards::RewardsError::UnknownNode {
+                        id,
+                    }));
+                }
+                outcome_metrics(count, results, a, sc, ids, nodes, draws_ref, &mut m)
+            };
         let (departures, result) = match f {
             Some(f) => self.driver.close_round_filled_with(income, fill, |closed| {
-                let a = &closed.outcome.aggregates;
-                let results = (0..closed.inputs.nodes.len()).map(|k| closed.result_of(k));
-                let departures = outcome_metrics(
-                    &closed.inputs,
-                    results,
-                    a,
-                    sc,
-                    ids,
-                    nodes,
-                    draws_ref,
-                    &mut m,
-                );
-                departures.map(|d| (d, Some(f(closed))))
+                let count = closed.inputs.nodes.len();
+                let mut results = (0..count).map_while(|k| closed.result_of(k));
+                let departures = metrics(count, &mut results, &closed.outcome.aggregates)?;
+                Ok::<_, SimError>((departures, Some(f(closed))))
             }),
             None => self
                 .driver
                 .close_round_results_with(income, fill, |closed| {
-                    let results = closed.results.iter().map(|r| Some(*r));
-                    let a = &closed.aggregates;
-                    let departures = outcome_metrics(
-                        &closed.inputs,
-                        results,
-                        a,
-                        sc,
-                        ids,
-                        nodes,
-                        draws_ref,
-                        &mut m,
-                    );
-                    departures.map(|d| (d, None))
+                    let mut results = closed.results.iter().copied();
+                    let departures =
+                        metrics(closed.inputs.nodes.len(), &mut results, &closed.aggregates)?;
+                    Ok::<_, SimError>((departures, None))
                 }),
         }??;
 
         m.departures = departures.len() as u64;
-        let initial = self.initial_nodes;
-        m.initial_retained = self
-            .nodes
-            .iter()
-            .filter(|n| u64::from(n.index) < initial && n.departed_round.is_none())
-            .count() as u64;
-        m.initial_nodes = initial;
+        m.initial_nodes = self.initial_nodes;
 
         // Departed providers leave the driver and `nodes` at once (one pass each).
         if !departures.is_empty() {
@@ -726,8 +715,10 @@ impl Simulation {
                 if self.nodes[k].departed_round.is_some() {
                     self.departed.push((self.nodes[k].clone(), self.ids[k]));
                 } else {
-                    self.nodes.swap(kept, k);
-                    self.ids.swap(kept, k);
+                    if kept != k {
+                        self.nodes.swap(kept, k);
+                        self.ids.swap(kept, k);
+                    }
                     kept += 1;
                 }
             }
@@ -743,11 +734,12 @@ impl Simulation {
 
 /// The round's metrics taken from its results (the only source of payouts and CRAT), each
 /// node's totals updated, and the providers that leave this round (marked departed).
-/// `nodes[k]` is the round's k-th input and `results` yields its result.
+/// `nodes[k]` is the round's k-th input (its id checked when its activity was written) and
+/// `results` yields its result.
 #[allow(clippy::too_many_arguments)]
 fn outcome_metrics(
-    inputs: &RoundInputs,
-    results: impl Iterator<Item = Option<NodeResult>>,
+    count: usize,
+    results: &mut dyn Iterator<Item = NodeResult>,
     a: &Aggregates,
     sc: &Scenario,
     ids: &[NodeId],
@@ -768,18 +760,17 @@ fn outcome_metrics(
     let departure_rounds = sc.behaviour.departure_rounds;
     let electricity = sc.behaviour.electricity_usd_micro_per_day;
     let mut departures: Vec<NodeId> = Vec::new();
-    if inputs.nodes.len() != nodes.len() {
+    if count != nodes.len() {
         return Err(SimError::Rewards(crat_rewards::RewardsError::OutOfRange {
             field: "nodes".into(),
-            reason: format!("{} inputs for {} nodes", inputs.nodes.len(), nodes.len()),
+            reason: format!("{count} inputs for {} nodes", nodes.len()),
         }));
     }
-    for (k, (n, r)) in nodes.iter_mut().zip(results).enumerate() {
+    let mut seen = 0;
+    for (k, (n, o)) in nodes.iter_mut().zip(results).enumerate() {
+        seen += 1;
         let i = k;
         let id = ids[k];
-        let o = r
-            .filter(|_| inputs.nodes[k].id == id)
-            .ok_or(crat_rewards::RewardsError::UnknownNode { id })?;
         let class = usize::from(n.rating.get()) - 1;
         let g = o.guaranteed_usd_micro.get();
         let b = o.bonus_usd_micro.get();
@@ -822,6 +813,13 @@ fn outcome_metrics(
                 departures.push(id);
             }
         }
+        if u64::from(n.index) < sc.population.nodes && n.departed_round.is_none() {
+            m.initial_retained += 1;
+        }
+    }
+    if seen != count {
+        let id = ids[seen];
+        return Err(crat_rewards::RewardsError::UnknownNode { id }.into());
     }
     m.gini_earnings = gini(&mut earnings);
     m.crat_top_decile_share = top_decile_share(&mut crats);
