@@ -8,7 +8,7 @@ use crat_core::money::{MicroCrat, MicroUsd};
 
 use crate::outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
 use crate::params::BPS;
-use crate::round::{NodeInput, RoundInputs};
+use crate::round::{NodeInput, Round, RoundInputs};
 use crate::{Interval, Params, RewardsError};
 
 /// Most nodes in one round. Node positions are kept as `u32` while ranking.
@@ -229,9 +229,16 @@ pub(crate) struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub(crate) fn new(inputs: &'a RoundInputs) -> Result<Self, RewardsError> {
-        let params = &inputs.params;
+        Self::for_round(&inputs.params, &inputs.round, inputs.nodes.len())
+    }
+
+    /// The context of a round of `node_count` nodes, checked.
+    pub(crate) fn for_round(
+        params: &'a Params,
+        round: &Round,
+        node_count: usize,
+    ) -> Result<Self, RewardsError> {
         params.validate()?;
-        let round = &inputs.round;
         if round.length_s == 0 {
             return Err(RewardsError::out_of_range(
                 "round.length_s",
@@ -251,10 +258,8 @@ impl<'a> Ctx<'a> {
             .start_s
             .checked_add(round.length_s)
             .ok_or_else(|| RewardsError::overflow("round.start_s", "start_s + length_s"))?;
-        if inputs.nodes.len() > ROUND_NODES_MAX {
-            return Err(RewardsError::TooManyNodes {
-                count: inputs.nodes.len(),
-            });
+        if node_count > ROUND_NODES_MAX {
+            return Err(RewardsError::TooManyNodes { count: node_count });
         }
         let mut peaks: Vec<Interval> = params
             .peak_windows
@@ -772,38 +777,87 @@ pub(crate) fn compute_with(
     detail: Detail,
 ) -> Result<Computed, RewardsError> {
     let ctx = Ctx::new(inputs)?;
-    let nodes = &inputs.nodes;
-    let n = nodes.len();
+    let mut pass = PassOne::new(scratch, detail, inputs.nodes.len());
+    for (i, node) in inputs.nodes.iter().enumerate() {
+        pass.node(&ctx, i, node)?;
+    }
+    finish(&ctx, &inputs.round, &inputs.nodes, pass, scratch, detail)
+}
 
-    // Every rule but the bonus (rules 1–3, 5, 6's keys, 9–13) in one pass in input order:
-    // results written sequentially, rank keys for the eligible nodes.
-    let mut merged = Vec::with_capacity(16);
-    let mut uptimes = std::mem::take(&mut scratch.uptimes);
-    uptimes.clear();
-    let mut crat_moves = std::mem::take(&mut scratch.crat_moves);
-    crat_moves.clear();
-    let mut ranked = std::mem::take(&mut scratch.ranked);
-    ranked.clear();
-    let mut by_id = std::mem::take(&mut scratch.by_id);
-    by_id.clear();
-    let mut results = std::mem::take(&mut scratch.results);
-    results.clear();
-    results.reserve(n);
-    let mut guaranteed_paid: u64 = 0;
-    // Whether the ids strictly increase: then they are unique and already in id order.
-    let mut in_id_order = true;
-    for (i, node) in nodes.iter().enumerate() {
-        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut merged)?;
+/// [`compute_with`] of `inputs` once `fill(i, node)` has written each node's activity,
+/// called for each node just before its rules run (one pass over the nodes, not two).
+pub(crate) fn compute_filled(
+    inputs: &mut RoundInputs,
+    scratch: &mut Scratch,
+    detail: Detail,
+    mut fill: impl FnMut(usize, &mut NodeInput),
+) -> Result<Computed, RewardsError> {
+    let ctx = Ctx::for_round(&inputs.params, &inputs.round, inputs.nodes.len())?;
+    let mut pass = PassOne::new(scratch, detail, inputs.nodes.len());
+    for (i, node) in inputs.nodes.iter_mut().enumerate() {
+        fill(i, node);
+        pass.node(&ctx, i, node)?;
+    }
+    finish(&ctx, &inputs.round, &inputs.nodes, pass, scratch, detail)
+}
+
+/// Every rule but the bonus (rules 1–3, 5, 6's keys, 9–13), node by node in input order:
+/// results written sequentially, rank keys for the eligible nodes.
+struct PassOne {
+    detail: Detail,
+    merged: Vec<Interval>,
+    uptimes: Vec<(u64, u64)>,
+    crat_moves: Vec<(MicroCrat, MicroCrat)>,
+    ranked: Vec<RankKey>,
+    by_id: Vec<u64>,
+    results: Vec<NodeResult>,
+    guaranteed_paid: u64,
+    /// Whether the ids strictly increase so far: then they are unique and in id order.
+    in_id_order: bool,
+    previous: Option<NodeId>,
+}
+
+impl PassOne {
+    fn new(scratch: &mut Scratch, detail: Detail, n: usize) -> Self {
+        let mut uptimes = std::mem::take(&mut scratch.uptimes);
+        uptimes.clear();
+        let mut by_id = std::mem::take(&mut scratch.by_id);
+        by_id.clear();
+        let mut crat_moves = std::mem::take(&mut scratch.crat_moves);
+        crat_moves.clear();
+        let mut ranked = std::mem::take(&mut scratch.ranked);
+        ranked.clear();
+        let mut results = std::mem::take(&mut scratch.results);
+        results.clear();
+        results.reserve(n);
+        Self {
+            detail,
+            merged: Vec::with_capacity(16),
+            uptimes,
+            crat_moves,
+            ranked,
+            by_id,
+            results,
+            guaranteed_paid: 0,
+            in_id_order: true,
+            previous: None,
+        }
+    }
+
+    fn node(&mut self, ctx: &Ctx<'_>, i: usize, node: &NodeInput) -> Result<(), RewardsError> {
+        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut self.merged)?;
         let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
-        guaranteed_paid = guaranteed_paid
+        self.guaranteed_paid = self
+            .guaranteed_paid
             .checked_add(b.guaranteed_usd_micro.get())
             .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
-        by_id.push(id_order_entry(i, node));
-        if i > 0 && nodes[i - 1].id >= node.id {
-            in_id_order = false;
+        self.by_id.push(id_order_entry(i, node));
+        if self.previous.is_some_and(|p| p >= node.id) {
+            self.in_id_order = false;
         }
+        self.previous = Some(node.id);
         if b.eligible {
-            ranked.push(RankKey {
+            self.ranked.push(RankKey {
                 score: b.score,
                 uptime_total_s: b.uptime_total_s,
                 registered_at_s: node.registered_at_s,
@@ -812,7 +866,7 @@ pub(crate) fn compute_with(
                 index: i as u32,
             });
         }
-        results.push(NodeResult {
+        self.results.push(NodeResult {
             guaranteed_usd_micro: b.guaranteed_usd_micro,
             // Rule 8, once the ranks are known.
             bonus_usd_micro: MicroUsd::ZERO,
@@ -822,11 +876,36 @@ pub(crate) fn compute_with(
             committed: b.committed,
             eligible: b.eligible,
         });
-        if detail == Detail::Outcomes {
-            uptimes.push((uptime_s, peak_uptime_s));
-            crat_moves.push((b.crat_issued_micro, b.crat_slashed_micro));
+        if self.detail == Detail::Outcomes {
+            self.uptimes.push((uptime_s, peak_uptime_s));
+            self.crat_moves
+                .push((b.crat_issued_micro, b.crat_slashed_micro));
         }
+        Ok(())
     }
+}
+
+/// The ranks and bonuses (rules 4, 6–8) after [`PassOne`] went over `nodes`, and the
+/// outcome.
+fn finish(
+    ctx: &Ctx<'_>,
+    round: &Round,
+    nodes: &[NodeInput],
+    pass: PassOne,
+    scratch: &mut Scratch,
+    detail: Detail,
+) -> Result<Computed, RewardsError> {
+    let n = nodes.len();
+    let PassOne {
+        uptimes,
+        crat_moves,
+        mut ranked,
+        mut by_id,
+        mut results,
+        guaranteed_paid,
+        in_id_order,
+        ..
+    } = pass;
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
     let by_id = if in_id_order {
@@ -840,8 +919,8 @@ pub(crate) fn compute_with(
     let eligible = ranked.len();
 
     // Rules 4, 7, 8.
-    let pool = pool_usd_micro(inputs)?;
-    let schedule = BonusSchedule::new(pool, inputs.params.min_bonus_usd_micro, eligible as u64);
+    let pool = pool_of(ctx.params, round)?;
+    let schedule = BonusSchedule::new(pool, ctx.params.min_bonus_usd_micro, eligible as u64);
 
     // Each node's place in the output: eligible nodes in rank order, then the others in id
     // order.
@@ -934,8 +1013,12 @@ pub(crate) fn compute_with(
 
 /// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.
 pub(crate) fn pool_usd_micro(inputs: &RoundInputs) -> Result<MicroUsd, RewardsError> {
-    let r = &inputs.round;
-    let share = mul_div(r.income_usd_micro.get(), inputs.params.bonus_share_bps, BPS);
+    pool_of(&inputs.params, &inputs.round)
+}
+
+/// Rule 4 for a round with `params`.
+fn pool_of(params: &Params, r: &Round) -> Result<MicroUsd, RewardsError> {
+    let share = mul_div(r.income_usd_micro.get(), params.bonus_share_bps, BPS);
     to_u64(share + u128::from(r.carry_in_usd_micro.get()))
         .map(MicroUsd::new)
         .ok_or_else(|| RewardsError::overflow("round.carry_in_usd_micro", "pool_usd_micro"))

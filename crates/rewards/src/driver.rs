@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Aggregates, Interval, NodeInput, NodeOutcome, NodeResult, Params, RewardsError, Round,
     RoundInputs, RoundOutcome,
-    compute::{Computed, Detail, Scratch, compute_with},
+    compute::{Computed, Detail, Scratch, compute_filled, compute_with},
 };
 
 /// The next round's inputs after `inputs` closed with `outcome`: same parameters and nodes
@@ -438,15 +438,18 @@ impl RoundDriver {
         self.next.nodes = merged;
     }
 
-    /// Removes every listed node in one pass, O((n + k) log k); returns how many were
+    /// Removes every listed node in one pass, O(n + k log k); returns how many were
     /// registered.
     pub fn deregister_all(&mut self, ids: &[NodeId]) -> usize {
         let mut gone: Vec<&NodeId> = ids.iter().collect();
         gone.sort_unstable();
         let before = self.next.nodes.len();
-        self.next
-            .nodes
-            .retain(|n| gone.binary_search(&&n.id).is_err());
+        // Both lists in id order: one walk through them, a comparison or two per node.
+        let mut next_gone = gone.into_iter().peekable();
+        self.next.nodes.retain(|n| {
+            while next_gone.next_if(|g| **g < n.id).is_some() {}
+            next_gone.next_if(|g| **g == n.id).is_none()
+        });
         before - self.next.nodes.len()
     }
 
@@ -504,8 +507,10 @@ impl RoundDriver {
     ) -> Result<R, RewardsError> {
         self.close_in_place(
             income,
-            |nodes| fill_from(nodes, activity),
-            Detail::Outcomes,
+            |inputs, scratch| {
+                fill_from(&mut inputs.nodes, activity)?;
+                compute_with(inputs, scratch, Detail::Outcomes)
+            },
             ClosedRound::from_computed,
             f,
             ClosedRound::into_computed,
@@ -550,8 +555,7 @@ impl RoundDriver {
     ) -> Result<R, RewardsError> {
         self.close_in_place(
             income,
-            |nodes| fill_slots(nodes, fill),
-            Detail::Outcomes,
+            |inputs, scratch| compute_filled(inputs, scratch, Detail::Outcomes, slots(fill)),
             ClosedRound::from_computed,
             f,
             ClosedRound::into_computed,
@@ -570,22 +574,21 @@ impl RoundDriver {
     ) -> Result<R, RewardsError> {
         self.close_in_place(
             income,
-            |nodes| fill_slots(nodes, fill),
-            Detail::Results,
+            |inputs, scratch| compute_filled(inputs, scratch, Detail::Results, slots(fill)),
             ClosedResults::from_computed,
             f,
             ClosedResults::into_computed,
         )
     }
 
-    /// The one close path: the activity is written into the next round's inputs, the round
-    /// computed and handed to `f` as a `C`, then carried forward in place and its buffers
-    /// kept for the next round. On error the driver is unchanged and `f` is not called.
+    /// The one close path: `compute` writes the activity into the next round's inputs and
+    /// computes the round, which is handed to `f` as a `C`, then carried forward in place
+    /// and its buffers kept for the next round. On error the driver is unchanged and `f` is
+    /// not called.
     fn close_in_place<C, R>(
         &mut self,
         income: MicroUsd,
-        fill: impl FnOnce(&mut [NodeInput]) -> Result<(), RewardsError>,
-        detail: Detail,
+        compute: impl FnOnce(&mut RoundInputs, &mut Scratch) -> Result<Computed, RewardsError>,
         wrap: fn(RoundInputs, Computed) -> C,
         f: impl FnOnce(&C) -> R,
         unwrap: fn(C) -> (RoundInputs, Computed),
@@ -593,8 +596,7 @@ impl RoundDriver {
         let shell = self.next_shell();
         let mut inputs = std::mem::replace(&mut self.next, shell);
         inputs.round.income_usd_micro = income;
-        let computed = fill(&mut inputs.nodes)
-            .and_then(|()| compute_with(&inputs, &mut self.scratch, detail))
+        let computed = compute(&mut inputs, &mut self.scratch)
             .and_then(|c| round_after(&inputs, &c.outcome.aggregates).map(|r| (c, r)));
         let (computed, round) = match computed {
             Ok(done) => done,
@@ -662,15 +664,9 @@ fn fill_from(
     Ok(())
 }
 
-/// Hands every node's empty activity to `fill`, in order.
-fn fill_slots(
-    nodes: &mut [NodeInput],
-    mut fill: impl FnMut(usize, ActivitySlot<'_>),
-) -> Result<(), RewardsError> {
-    for (i, node) in nodes.iter_mut().enumerate() {
-        fill(i, ActivitySlot { node });
-    }
-    Ok(())
+/// `fill` as [`compute_filled`] calls it: each node's empty activity as a slot.
+fn slots(mut fill: impl FnMut(usize, ActivitySlot<'_>)) -> impl FnMut(usize, &mut NodeInput) {
+    move |i, node| fill(i, ActivitySlot { node })
 }
 
 fn node_input(p: NodeProfile, s: CarriedState) -> NodeInput {
