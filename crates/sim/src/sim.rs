@@ -238,86 +238,100 @@ impl Simulation {
     fn add_nodes(&mut self, count: u64, initial: bool) -> Result<(), SimError> {
         let pop = &self.scenario.population;
         let table = GpuTable::builtin();
+        // Each GPU of the mix looked up once.
+        let entries = pop
+            .gpu_mix
+            .iter()
+            .enumerate()
+            .map(|(g, mix)| {
+                table.lookup(&mix.gpu).ok_or_else(|| SimError::Scenario {
+                    field: format!("population.gpu_mix[{g}].gpu"),
+                    reason: "not in the GPU table".into(),
+                })
+            })
+            .collect::<Result<Vec<_>, SimError>>()?;
         let weights: Vec<u64> = pop.gpu_mix.iter().map(|g| u64::from(g.weight)).collect();
         let weight_sum: u64 = weights.iter().sum();
         let churn = &self.scenario.churn;
         let stationary_on = churn.mean_on_s as f64 / (churn.mean_on_s + churn.mean_off_s) as f64;
         let first = self.created;
-        let mut fresh: Vec<(NodeProfile, crat_rewards::CarriedState)> =
-            Vec::with_capacity(count as usize);
-        let mut new: Vec<(Node, NodeId)> = Vec::with_capacity(count as usize);
-        for index in first..first + count {
-            let mut rng = stream_rng(self.seed, index, u64::MAX);
-            let mut bytes = [0u8; 32];
-            rng.fill(&mut bytes);
-            let id = NodeId::from_bytes(bytes);
-            let mut pick = rng.gen_range(0..weight_sum);
-            let mut gpu = 0;
-            for (g, w) in weights.iter().enumerate() {
-                if pick < *w {
-                    gpu = g;
-                    break;
+        let (seed, start_s, round) = (self.seed, self.start_s, self.round);
+        let cheater_share_bps = self.scenario.validation.cheater_share_bps;
+        // Each node from its own stream, in parallel, then sorted by id once.
+        let mut new: Vec<(NodeId, Node, u64)> = (first..first + count)
+            .into_par_iter()
+            .map(|index| {
+                let mut rng = stream_rng(seed, index, u64::MAX);
+                let mut bytes = [0u8; 32];
+                rng.fill(&mut bytes);
+                let id = NodeId::from_bytes(bytes);
+                let mut pick = rng.gen_range(0..weight_sum);
+                let mut gpu = 0;
+                for (g, w) in weights.iter().enumerate() {
+                    if pick < *w {
+                        gpu = g;
+                        break;
+                    }
+                    pick -= w;
                 }
-                pick -= w;
-            }
-            let entry = table
-                .lookup(&pop.gpu_mix[gpu].gpu)
-                .ok_or_else(|| SimError::Scenario {
-                    field: format!("population.gpu_mix[{gpu}].gpu"),
-                    reason: "not in the GPU table".into(),
-                })?;
-            let registered_at_s = if initial {
-                self.start_s
-                    .saturating_sub(rng.gen_range(0..=pop.registration_spread_s))
-            } else {
-                self.start_s
-            };
-            let cheater = rng.gen_range(0..10_000) < self.scenario.validation.cheater_share_bps;
-            let online = churn.model == SessionModel::None || rng.unit_f64() < stationary_on;
-            let profile = NodeProfile {
-                id,
-                rating: entry.rating,
-                registered_at_s,
-                mining_income_usd_micro_per_day: entry.mining_income_usd_micro_per_day,
-            };
-            let state = crat_rewards::CarriedState {
-                crat_micro: MicroCrat::new(pop.crat_initial_micro),
-                streak: 0,
-                uptime_total_s: 0,
-            };
-            fresh.push((profile, state));
-            let node = Node {
-                // Below NODES_MAX = 2^22 (checked by the scenario).
-                index: index as u32,
-                rating: entry.rating,
-                gpu: gpu as u16,
-                region: (index % u64::from(pop.regions)) as u32,
-                cheater,
-                online,
-                next_toggle_s: self.start_s,
-                joined_round: self.round,
-                departed_round: None,
-                low_rounds: 0,
-                guaranteed_total: 0,
-                bonus_total: 0,
-                crat_end: pop.crat_initial_micro,
-                uptime_total: 0,
-                validations_failed: 0,
-                tasks_served: 0,
-                caught_at_task: None,
-            };
-            new.push((node, id));
-        }
+                let registered_at_s = if initial {
+                    start_s.saturating_sub(rng.gen_range(0..=pop.registration_spread_s))
+                } else {
+                    start_s
+                };
+                let cheater = rng.gen_range(0..10_000) < cheater_share_bps;
+                let online = churn.model == SessionModel::None || rng.unit_f64() < stationary_on;
+                let node = Node {
+                    // Below NODES_MAX = 2^22 (checked by the scenario).
+                    index: index as u32,
+                    rating: entries[gpu].rating,
+                    gpu: gpu as u16,
+                    region: (index % u64::from(pop.regions)) as u32,
+                    cheater,
+                    online,
+                    next_toggle_s: start_s,
+                    joined_round: round,
+                    departed_round: None,
+                    low_rounds: 0,
+                    guaranteed_total: 0,
+                    bonus_total: 0,
+                    crat_end: pop.crat_initial_micro,
+                    uptime_total: 0,
+                    validations_failed: 0,
+                    tasks_served: 0,
+                    caught_at_task: None,
+                };
+                (id, node, registered_at_s)
+            })
+            .collect();
+        new.par_sort_unstable_by_key(|e| e.0);
         self.created += count;
+        let fresh: Vec<(NodeProfile, crat_rewards::CarriedState)> = new
+            .iter()
+            .map(|(id, n, registered_at_s)| {
+                let profile = NodeProfile {
+                    id: *id,
+                    rating: n.rating,
+                    registered_at_s: *registered_at_s,
+                    mining_income_usd_micro_per_day: entries[usize::from(n.gpu)]
+                        .mining_income_usd_micro_per_day,
+                };
+                let state = crat_rewards::CarriedState {
+                    crat_micro: MicroCrat::new(pop.crat_initial_micro),
+                    streak: 0,
+                    uptime_total_s: 0,
+                };
+                (profile, state)
+            })
+            .collect();
         // The newcomers join `nodes` (and the driver's list) in one merge by id,
         // O(n + k log k).
-        new.sort_unstable_by_key(|a| a.1);
         let old_nodes = std::mem::take(&mut self.nodes);
         let old_ids = std::mem::take(&mut self.ids);
         self.nodes.reserve(old_nodes.len() + new.len());
         self.ids.reserve(old_ids.len() + new.len());
         let mut old = old_nodes.into_iter().zip(old_ids).peekable();
-        let mut new = new.into_iter().peekable();
+        let mut new = new.into_iter().map(|(id, n, _)| (n, id)).peekable();
         loop {
             let next = match (old.peek(), new.peek()) {
                 (Some(a), Some(b)) if a.1 <= b.1 => old.next(),
