@@ -611,79 +611,132 @@ fn radix_sort_high_bits(v: &mut Vec<u64>, to_out: &mut Vec<u64>) {
     *to_out = to;
 }
 
-/// Sorts eligible nodes by rule 6. Scores decide most places: when they fit 64 bits (any
-/// rating times a CRAT balance below 2^61 µCRAT), a radix sort orders the keys by score and a
-/// comparison sort then orders each run of equal scores by the whole rule; the result is the
-/// one `sort_unstable_by(cmp_rank)` gives, since that order is total.
-fn sort_ranked(nodes: &[NodeInput], ranked: &mut Vec<RankKey>, scratch: &mut Scratch) {
-    let fits = ranked.iter().all(|k| k.score <= u128::from(u64::MAX));
-    if ranked.len() < 4096 || !fits {
+/// The eligible nodes' positions in rule 6's order, into `order`; `ranked` holds their keys
+/// in input order (and is left in some order).
+///
+/// Rounds of many nodes share few scores (balances move in steps), so the score alone
+/// decides little. When score, total uptime and registration time together fit 102 bits
+/// (scores below 2^60 with any uptime and a registration spread of years do), they are
+/// packed with the node's position into one 128-bit key, a radix sort orders the keys, and
+/// only nodes equal in all three are then ordered by id. The result is the order
+/// `sort_unstable_by(cmp_rank)` gives, since that order is total.
+fn rank_order(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    scratch: &mut Scratch,
+    order: &mut Vec<u32>,
+) {
+    order.clear();
+    let Some(layout) = KeyLayout::fit(ranked).filter(|_| ranked.len() >= 4096) else {
         ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+        order.extend(ranked.iter().map(|k| k.index));
         return;
-    }
-    // (inverted score, position): higher scores first. Positions < ROUND_NODES_MAX < 2^32.
+    };
     let mut keys = std::mem::take(&mut scratch.keys);
     keys.clear();
-    keys.extend(
-        ranked
-            .iter()
-            .enumerate()
-            .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
+    keys.extend(ranked.iter().map(|k| layout.key(k)));
+    radix_sort_bits(
+        &mut keys,
+        &mut scratch.keys_tmp,
+        INDEX_BITS,
+        INDEX_BITS + layout.bits(),
     );
-    radix_sort_high_u64(&mut keys, &mut scratch.keys_tmp);
-    let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
-    sorted.clear();
-    sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
-    scratch.keys = keys;
-    std::mem::swap(ranked, &mut sorted);
-    scratch.ranked_tmp = sorted;
+    let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
     let mut run = 0;
-    while run < ranked.len() {
-        let score = ranked[run].score;
-        // Runs are mostly a single key: a forward scan, O(n) over all runs.
+    while run < keys.len() {
+        let rule = keys[run] >> INDEX_BITS;
         let mut end = run + 1;
-        while end < ranked.len() && ranked[end].score == score {
+        while end < keys.len() && keys[end] >> INDEX_BITS == rule {
             end += 1;
         }
         if end - run > 1 {
-            ranked[run..end].sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+            // Equal score, total uptime and registration: id bytes decide.
+            keys[run..end].sort_unstable_by(|&a, &b| {
+                nodes[index(a) as usize]
+                    .id
+                    .cmp(&nodes[index(b) as usize].id)
+            });
         }
         run = end;
     }
+    order.extend(keys.iter().map(|&e| index(e)));
+    scratch.keys = keys;
 }
 
-/// LSD radix sort of 128-bit entries by their high 64 bits, 11 bits a pass; a pass whose digit
-/// is the same in every entry is skipped.
-fn radix_sort_high_u64(v: &mut Vec<u128>, to: &mut Vec<u128>) {
+/// How [`rank_order`] packs rule 6's first three criteria above a node's position: the
+/// score and the total uptime inverted (higher first), the registration time from the
+/// earliest (earlier first).
+struct KeyLayout {
+    score_bits: u32,
+    uptime_bits: u32,
+    registered_bits: u32,
+    registered_min: u64,
+}
+
+impl KeyLayout {
+    /// The layout for `ranked`, if its fields fit 128 bits with the position.
+    fn fit(ranked: &[RankKey]) -> Option<Self> {
+        let bits = |max: u128| 128 - max.leading_zeros();
+        let score_max = ranked.iter().map(|k| k.score).max().unwrap_or(0);
+        let uptime_max = ranked.iter().map(|k| k.uptime_total_s).max().unwrap_or(0);
+        let registered_min = ranked.iter().map(|k| k.registered_at_s).min().unwrap_or(0);
+        let registered_max = ranked.iter().map(|k| k.registered_at_s).max().unwrap_or(0);
+        let layout = Self {
+            score_bits: bits(score_max),
+            uptime_bits: bits(u128::from(uptime_max)),
+            registered_bits: bits(u128::from(registered_max - registered_min)),
+            registered_min,
+        };
+        (layout.bits() + INDEX_BITS <= 128).then_some(layout)
+    }
+
+    fn bits(&self) -> u32 {
+        self.score_bits + self.uptime_bits + self.registered_bits
+    }
+
+    /// The key of `k`: ascending keys are rule 6's order up to the id, then position.
+    fn key(&self, k: &RankKey) -> u128 {
+        let ones = |bits: u32| (1u128 << bits) - 1;
+        let score = ones(self.score_bits) - k.score;
+        let uptime = ones(self.uptime_bits) - u128::from(k.uptime_total_s);
+        let registered = u128::from(k.registered_at_s - self.registered_min);
+        let rule = (score << self.uptime_bits | uptime) << self.registered_bits | registered;
+        rule << INDEX_BITS | u128::from(k.index)
+    }
+}
+
+/// LSD radix sort of 128-bit entries by their bits `lo..hi` (entries equal there keep their
+/// order), 11 bits a pass: one read of the entries counts every digit, then a pass per
+/// digit, skipping digits that every entry shares.
+fn radix_sort_bits(v: &mut Vec<u128>, to: &mut Vec<u128>, lo: u32, hi: u32) {
     const DIGIT_BITS: u32 = 11;
     const BUCKETS: usize = 1 << DIGIT_BITS;
+    let digits = (hi.saturating_sub(lo)).div_ceil(DIGIT_BITS) as usize;
     to.clear();
     to.resize(v.len(), 0);
-    let mut count = vec![0usize; BUCKETS];
-    let mut shift = 64;
-    while shift < 128 {
-        let digit = |e: u128| ((e >> shift) as usize) & (BUCKETS - 1);
-        count.fill(0);
-        for &e in v.iter() {
-            count[digit(e)] += 1;
+    let digit = |e: u128, d: usize| ((e >> (lo + d as u32 * DIGIT_BITS)) as usize) & (BUCKETS - 1);
+    let mut counts = vec![[0usize; BUCKETS]; digits];
+    for &e in v.iter() {
+        for (d, count) in counts.iter_mut().enumerate() {
+            count[digit(e, d)] += 1;
         }
+    }
+    for (d, count) in counts.iter_mut().enumerate() {
         if count.contains(&v.len()) {
-            shift += DIGIT_BITS;
             continue;
         }
         let mut sum = 0;
-        for c in &mut count {
+        for c in count.iter_mut() {
             let here = *c;
             *c = sum;
             sum += here;
         }
         for &e in v.iter() {
-            let d = digit(e);
-            to[count[d]] = e;
-            count[d] += 1;
+            let b = digit(e, d);
+            to[count[b]] = e;
+            count[b] += 1;
         }
         std::mem::swap(v, to);
-        shift += DIGIT_BITS;
     }
 }
 
@@ -739,7 +792,7 @@ pub(crate) struct Scratch {
     uptimes: Vec<(u64, u64)>,
     crat_moves: Vec<(MicroCrat, MicroCrat)>,
     ranked: Vec<RankKey>,
-    ranked_tmp: Vec<RankKey>,
+    order: Vec<u32>,
     by_id: Vec<u64>,
     by_id_tmp: Vec<u64>,
     keys: Vec<u128>,
@@ -915,8 +968,9 @@ fn finish(
     } else {
         id_order(nodes, by_id, &mut scratch.by_id_tmp)?
     };
-    sort_ranked(nodes, &mut ranked, scratch);
-    let eligible = ranked.len();
+    let mut order = std::mem::take(&mut scratch.order);
+    rank_order(nodes, &mut ranked, scratch, &mut order);
+    let eligible = order.len();
 
     // Rules 4, 7, 8.
     let pool = pool_of(ctx.params, round)?;
@@ -927,9 +981,10 @@ fn finish(
     let mut place = std::mem::take(&mut scratch.place);
     place.clear();
     place.resize(n, u32::MAX);
-    for (r, key) in ranked.iter().enumerate() {
-        place[key.index as usize] = r as u32;
+    for (r, &i) in order.iter().enumerate() {
+        place[i as usize] = r as u32;
     }
+    scratch.order = order;
     let mut next = eligible as u32;
     for &i in &by_id {
         let p = &mut place[i as usize];
@@ -1168,11 +1223,14 @@ mod tests {
             x ^= x << 17;
             x
         };
-        for (count, crat_levels) in [
-            (5_000usize, 40u64),
-            (9_000, 3),
-            (4_096, 1),
-            (6_000, u64::MAX),
+        // (nodes, CRAT levels, total uptime levels): packed keys with few and many distinct
+        // values, all three equal (ids decide), and fields too wide to pack (comparison sort).
+        for (count, crat_levels, uptime_levels) in [
+            (5_000usize, 40u64, 4u64),
+            (9_000, 3, 4),
+            (4_096, 1, 1),
+            (6_000, u64::MAX, 4),
+            (5_000, u64::MAX, u64::MAX),
         ] {
             let nodes: Vec<NodeInput> = (0..count)
                 .map(|i| {
@@ -1187,11 +1245,11 @@ mod tests {
                         id: NodeId::from_bytes(id),
                         rating: PowerRating::new(1 + (next() % 5) as u8)
                             .unwrap_or(PowerRating::MIN),
-                        registered_at_s: next() % 3,
+                        registered_at_s: next() % 3.min(uptime_levels),
                         mining_income_usd_micro_per_day: MicroUsd::ZERO,
                         crat_start_micro: MicroCrat::new(next() % crat_levels.max(1)),
                         streak_start: 0,
-                        uptime_total_s_before: next() % 4,
+                        uptime_total_s_before: next() % uptime_levels,
                         online: Vec::new(),
                         validations_ok: 0,
                         validations_failed: 0,
@@ -1210,12 +1268,18 @@ mod tests {
                     index: i as u32,
                 })
                 .collect();
+            // Both paths are exercised.
+            assert_eq!(
+                KeyLayout::fit(&keys).is_some(),
+                uptime_levels != u64::MAX,
+                "{count} nodes"
+            );
             let mut a = keys.clone();
             a.sort_unstable_by(|p, q| cmp_rank(&nodes, p, q));
             let mut b = keys;
-            sort_ranked(&nodes, &mut b, &mut Scratch::default());
+            let mut ib = Vec::new();
+            rank_order(&nodes, &mut b, &mut Scratch::default(), &mut ib);
             let ia: Vec<u32> = a.iter().map(|k| k.index).collect();
-            let ib: Vec<u32> = b.iter().map(|k| k.index).collect();
             assert_eq!(ia, ib, "{count} nodes, {crat_levels} CRAT levels");
         }
     }

@@ -37,7 +37,7 @@ use crate::scenario::{HOURS_PER_ROUND_MAX, SESSIONS_PER_ROUND_MAX, Scenario, Ses
 pub const SIM_START_S: u64 = 1_699_920_000;
 
 /// Nodes per parallel work item of the churn pass.
-const CHURN_CHUNK: usize = 4096;
+const CHURN_CHUNK: usize = 1024;
 
 const DAY_S: u64 = 86_400;
 const HOUR_S: u64 = 3_600;
@@ -136,6 +136,19 @@ pub struct Simulation {
     report: Report,
     capacity_rps: [u32; 6],
     gpu_names: Vec<String>,
+    buffers: Buffers,
+}
+
+/// Per-node buffers of a round, kept for the next one: at a million nodes a round would
+/// otherwise map (and fault in) some 90 MB afresh. They carry nothing between rounds.
+#[derive(Default)]
+struct Buffers {
+    intervals: Vec<Interval>,
+    at: Vec<usize>,
+    node_capacity: Vec<u64>,
+    draws: Vec<Draw>,
+    earnings: Vec<u64>,
+    crats: Vec<u64>,
 }
 
 impl Simulation {
@@ -172,6 +185,7 @@ impl Simulation {
             report: Report::new(scenario.name.clone(), seed),
             capacity_rps,
             gpu_names,
+            buffers: Buffers::default(),
         };
         sim.add_nodes(scenario.population.nodes, true)?;
         Ok(sim)
@@ -229,9 +243,13 @@ impl Simulation {
     /// Runs every remaining round without handing them out, and returns the report: the
     /// fastest way through a scenario (see [`Simulation::advance`]).
     pub fn run_to_end(mut self) -> Result<Report, SimError> {
-        while !self.finished() {
-            self.advance()?;
-        }
+        // All rounds on one rayon worker (see `advance`), entered once.
+        rayon::scope(|_| {
+            while !self.finished() {
+                self.advance()?;
+            }
+            Ok::<(), SimError>(())
+        })?;
         Ok(self.report)
     }
 
@@ -458,10 +476,15 @@ impl Simulation {
         let mut capacity_req_hour = vec![0u64; hours];
         // Every node's online intervals in one buffer: node k's are `intervals[at[k]..at[k + 1]]`
         // (no allocation per node in the parallel pass).
-        let mut intervals: Vec<Interval> = Vec::new();
-        let mut at: Vec<usize> = Vec::with_capacity(self.nodes.len() + 1);
+        // The buffers of the previous round, emptied (no memory mapped afresh per round).
+        let mut buf = std::mem::take(&mut self.buffers);
+        let mut intervals = std::mem::take(&mut buf.intervals);
+        intervals.clear();
+        let mut at = std::mem::take(&mut buf.at);
+        at.clear();
         at.push(0);
-        let mut node_capacity: Vec<u64> = Vec::with_capacity(self.nodes.len());
+        let mut node_capacity = std::mem::take(&mut buf.node_capacity);
+        node_capacity.clear();
         let mut full_rps = 0u64;
         for (all, counts, ph, full, caps) in chunks {
             for (h, v) in ph.iter().enumerate() {
@@ -599,14 +622,13 @@ impl Simulation {
         let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
         let caught_p = 1.0 - cheat_p * cheater_cap as f64 / total_cap.max(1) as f64;
         let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
-        let draws: Vec<Draw> = if total_cap == 0 || sampled == 0 {
-            node_capacity
-                .iter()
-                .map(|&cap| Draw {
-                    tasks: (cap as f64 * tasks_per_cap) as u64,
-                    ..Draw::default()
-                })
-                .collect()
+        let mut draws = std::mem::take(&mut buf.draws);
+        draws.clear();
+        if total_cap == 0 || sampled == 0 {
+            draws.extend(node_capacity.iter().map(|&cap| Draw {
+                tasks: (cap as f64 * tasks_per_cap) as u64,
+                ..Draw::default()
+            }));
         } else {
             let per_cap = sampled as f64 / total_cap as f64;
             let nodes = &self.nodes;
@@ -616,50 +638,46 @@ impl Simulation {
                 .iter()
                 .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
                 .collect();
-            node_capacity
-                .par_iter()
-                .enumerate()
-                .map(|(i, &cap)| {
-                    if cap == 0 {
-                        return Draw::default();
-                    }
-                    let tasks = (cap as f64 * tasks_per_cap) as u64;
-                    let stream = u64::from(nodes[i].index);
-                    let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
-                    let lambda = cap as f64 * per_cap;
-                    let table = &tables[usize::from(nodes[i].rating.get())];
-                    let (own, ran) = if table.lambda == lambda {
-                        (table.draw(&mut rng), table.draw(&mut rng))
-                    } else {
-                        (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
-                    };
-                    if !nodes[i].cheater {
-                        return Draw {
-                            tasks,
-                            ok: ran,
-                            ..Draw::default()
-                        };
-                    }
-                    let wrong_own = binomial(&mut rng, own, cheat_p);
-                    let caught_own = binomial(&mut rng, wrong_own, caught_p);
-                    let wrong_ran = binomial(&mut rng, ran, cheat_p);
-                    let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
-                    // The first of `caught_own` failures spread uniformly over the round's
-                    // tasks lies at tasks × (1 − U^(1/k)).
-                    let first_caught = (caught_own > 0).then(|| {
-                        let u = rng.unit_f64().powf(1.0 / caught_own as f64);
-                        ((tasks as f64) * (1.0 - u)) as u64
-                    });
-                    Draw {
+            draws.par_extend(node_capacity.par_iter().enumerate().map(|(i, &cap)| {
+                if cap == 0 {
+                    return Draw::default();
+                }
+                let tasks = (cap as f64 * tasks_per_cap) as u64;
+                let stream = u64::from(nodes[i].index);
+                let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
+                let lambda = cap as f64 * per_cap;
+                let table = &tables[usize::from(nodes[i].rating.get())];
+                let (own, ran) = if table.lambda == lambda {
+                    (table.draw(&mut rng), table.draw(&mut rng))
+                } else {
+                    (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
+                };
+                if !nodes[i].cheater {
+                    return Draw {
                         tasks,
-                        ran,
-                        ok: ran - wrong_ran,
-                        failed: caught_own + caught_ran,
-                        first_caught,
-                    }
-                })
-                .collect()
-        };
+                        ok: ran,
+                        ..Draw::default()
+                    };
+                }
+                let wrong_own = binomial(&mut rng, own, cheat_p);
+                let caught_own = binomial(&mut rng, wrong_own, caught_p);
+                let wrong_ran = binomial(&mut rng, ran, cheat_p);
+                let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+                // The first of `caught_own` failures spread uniformly over the round's
+                // tasks lies at tasks × (1 − U^(1/k)).
+                let first_caught = (caught_own > 0).then(|| {
+                    let u = rng.unit_f64().powf(1.0 / caught_own as f64);
+                    ((tasks as f64) * (1.0 - u)) as u64
+                });
+                Draw {
+                    tasks,
+                    ran,
+                    ok: ran - wrong_ran,
+                    failed: caught_own + caught_ran,
+                    first_caught,
+                }
+            }));
+        }
         let validations: u64 = draws.iter().map(|d| d.ran).sum();
         let validations_caught: u64 = draws.iter().map(|d| d.failed).sum();
         let per_request_credits = Credits::new(served.saturating_mul(cost.get()));
@@ -700,7 +718,8 @@ impl Simulation {
                     id,
                 }));
             }
-            outcome_metrics(results, a, sc, ids, nodes, draws_ref, &mut m)
+            let sums = (&mut buf.earnings, &mut buf.crats);
+            outcome_metrics(results, a, sc, ids, nodes, draws_ref, sums, &mut m)
         };
         let (departures, result) = match f {
             Some(f) => self.driver.close_round_filled_with(income, fill, |closed| {
@@ -740,6 +759,13 @@ impl Simulation {
             self.ids.retain(|_| stays.next().unwrap_or(true));
             self.nodes.retain(|n| n.departed_round.is_none());
         }
+        self.buffers = Buffers {
+            intervals,
+            at,
+            node_capacity,
+            draws,
+            ..buf
+        };
         self.report.rounds.push(m);
         self.round += 1;
         self.start_s = end_s;
@@ -759,6 +785,7 @@ fn outcome_metrics(
     ids: &[NodeId],
     nodes: &mut [Node],
     draws: &[Draw],
+    (earnings, crats): (&mut Vec<u64>, &mut Vec<u64>),
     m: &mut RoundMetrics,
 ) -> Result<Vec<NodeId>, SimError> {
     let round = m.round;
@@ -775,8 +802,10 @@ fn outcome_metrics(
         }));
     }
     let day_share = |v: u64| (u128::from(v) * u128::from(length_s) / u128::from(DAY_S)) as u64;
-    let mut earnings: Vec<u64> = vec![0; nodes.len()];
-    let mut crats: Vec<u64> = vec![0; nodes.len()];
+    earnings.clear();
+    earnings.resize(nodes.len(), 0);
+    crats.clear();
+    crats.resize(nodes.len(), 0);
     let departure_rounds = sc.behaviour.departure_rounds;
     let electricity = sc.behaviour.electricity_usd_micro_per_day;
     let initial = sc.population.nodes;
@@ -860,10 +889,13 @@ fn outcome_metrics(
         m.initial_retained += p.initial_retained;
         departures.extend(d);
     }
-    m.gini_earnings = gini(&mut earnings);
-    m.crat_top_decile_share = top_decile_share(&mut crats);
+    m.gini_earnings = gini(earnings);
+    m.crat_top_decile_share = top_decile_share(crats);
     Ok(departures)
 }
+
+/// Amounts below which [`gini`] sorts on one thread (splitting costs more than it saves).
+const PAR_SORT_MIN: usize = 1 << 17;
 
 /// Nodes per parallel work item of the metrics pass.
 const METRICS_CHUNK: usize = 16_384;
@@ -1235,7 +1267,11 @@ pub(crate) fn gini(v: &mut [u64]) -> f64 {
     if n == 0 || total == 0 {
         return 0.0;
     }
-    v.par_sort_unstable();
+    if n >= PAR_SORT_MIN {
+        v.par_sort_unstable();
+    } else {
+        v.sort_unstable();
+    }
     // G = (2 Σ i·x_i) / (n Σ x) − (n + 1)/n, i from 1.
     let weighted: u128 = v
         .iter()
