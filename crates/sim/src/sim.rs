@@ -89,12 +89,6 @@ enum Event {
     Close,
 }
 
-/// One chunk of the churn pass: the online intervals of its nodes one after another and
-/// their count per node, the chunk's capacity-seconds
-/// per hour of nodes online only part of the round, the capacity (rps) of nodes online all
-/// of it, per node its capacity-seconds in the round.
-type ChurnChunk = (Vec<Interval>, Vec<u32>, Vec<u64>, u64, Vec<u64>);
-
 /// Round-number bit that separates a node's validation stream from its churn stream.
 const VALIDATION_STREAM: u64 = 1 << 63;
 
@@ -143,8 +137,10 @@ pub struct Simulation {
 /// otherwise map (and fault in) some 90 MB afresh. They carry nothing between rounds.
 #[derive(Default)]
 struct Buffers {
-    intervals: Vec<Interval>,
-    at: Vec<usize>,
+    /// Per churn chunk, its nodes' online intervals one after another.
+    chunk_intervals: Vec<Vec<Interval>>,
+    /// Per node, where its intervals start in its chunk's buffer, and how many.
+    spans: Vec<(u32, u32)>,
     node_capacity: Vec<u64>,
     draws: Vec<Draw>,
     earnings: Vec<u64>,
@@ -431,19 +427,33 @@ impl Simulation {
             .iter()
             .map(|w| Interval::new(start_s + w.start_s, start_s + w.end_s))
             .collect();
-        let chunks: Vec<ChurnChunk> = self
+        // The buffers of the previous round, emptied (no memory mapped afresh per round):
+        // each churn chunk keeps its own interval buffer, node k's intervals are
+        // `chunk_intervals[k / CHURN_CHUNK][spans[k]]`.
+        let mut buf = std::mem::take(&mut self.buffers);
+        let n_nodes = self.nodes.len();
+        let mut chunk_intervals = std::mem::take(&mut buf.chunk_intervals);
+        chunk_intervals.resize_with(n_nodes.div_ceil(CHURN_CHUNK), Vec::new);
+        let mut spans = std::mem::take(&mut buf.spans);
+        spans.clear();
+        spans.resize(n_nodes, (0, 0));
+        let mut node_capacity = std::mem::take(&mut buf.node_capacity);
+        node_capacity.clear();
+        node_capacity.resize(n_nodes, 0);
+        let sums: Vec<(Vec<u64>, u64)> = self
             .nodes
             .par_chunks_mut(CHURN_CHUNK)
-            .map(|chunk| {
-                let mut all = Vec::with_capacity(chunk.len() + chunk.len() / 4);
-                let mut counts = Vec::with_capacity(chunk.len());
-                let mut caps = Vec::with_capacity(chunk.len());
+            .zip(chunk_intervals.par_iter_mut())
+            .zip(spans.par_chunks_mut(CHURN_CHUNK))
+            .zip(node_capacity.par_chunks_mut(CHURN_CHUNK))
+            .map(|(((chunk, all), spans), caps)| {
+                all.clear();
                 let mut per_hour = vec![0u64; hours];
                 let mut full_rps = 0u64;
-                for n in chunk.iter_mut() {
+                for (j, n) in chunk.iter_mut().enumerate() {
                     let mut rng = stream_rng(seed, u64::from(n.index), u64::from(round));
                     let base = all.len();
-                    advance_churn(n, &churn, start_s, end_s, &mut rng, &mut all);
+                    advance_churn(n, &churn, start_s, end_s, &mut rng, all);
                     for (region, w) in &outages {
                         if *region == n.region {
                             let mine: Vec<Interval> = all.drain(base..).collect();
@@ -451,8 +461,9 @@ impl Simulation {
                         }
                     }
                     let online = &all[base..];
-                    // At most SESSIONS_PER_ROUND_MAX + outage cuts, far below u32::MAX.
-                    counts.push(online.len() as u32);
+                    // A chunk holds at most CHURN_CHUNK × (SESSIONS_PER_ROUND_MAX + outage
+                    // cuts) intervals, far below u32::MAX.
+                    spans[j] = (base as u32, online.len() as u32);
                     let cap = u64::from(capacity_rps[usize::from(n.rating.get())]);
                     if let [iv] = online
                         && iv.start_s == start_s
@@ -460,44 +471,31 @@ impl Simulation {
                     {
                         // Online all round (most nodes): one sum, spread over the hours below.
                         full_rps += cap;
-                        caps.push(cap * length_s);
+                        caps[j] = cap * length_s;
                     } else {
                         let mut total = 0;
                         for iv in online {
                             total += cap * iv.len_s();
                             add_hours(&mut per_hour, start_s, *iv, cap);
                         }
-                        caps.push(total);
+                        caps[j] = total;
                     }
                 }
-                (all, counts, per_hour, full_rps, caps)
+                (per_hour, full_rps)
             })
             .collect();
         let mut capacity_req_hour = vec![0u64; hours];
-        // Every node's online intervals in one buffer: node k's are `intervals[at[k]..at[k + 1]]`
-        // (no allocation per node in the parallel pass).
-        // The buffers of the previous round, emptied (no memory mapped afresh per round).
-        let mut buf = std::mem::take(&mut self.buffers);
-        let mut intervals = std::mem::take(&mut buf.intervals);
-        intervals.clear();
-        let mut at = std::mem::take(&mut buf.at);
-        at.clear();
-        at.push(0);
-        let mut node_capacity = std::mem::take(&mut buf.node_capacity);
-        node_capacity.clear();
         let mut full_rps = 0u64;
-        for (all, counts, ph, full, caps) in chunks {
+        for (ph, full) in sums {
             for (h, v) in ph.iter().enumerate() {
                 capacity_req_hour[h] += v;
             }
             full_rps += full;
-            intervals.extend(all);
-            for c in counts {
-                at.push(at[at.len() - 1] + c as usize);
-            }
-            node_capacity.extend(caps);
         }
-        let online = |k: usize| &intervals[at[k]..at[k + 1]];
+        let online = |k: usize| {
+            let (at, len) = spans[k];
+            &chunk_intervals[k / CHURN_CHUNK][at as usize..(at + len) as usize]
+        };
         for (h, c) in capacity_req_hour.iter_mut().enumerate() {
             *c += full_rps * hour_len(start_s, end_s, h);
         }
@@ -760,8 +758,8 @@ impl Simulation {
             self.nodes.retain(|n| n.departed_round.is_none());
         }
         self.buffers = Buffers {
-            intervals,
-            at,
+            chunk_intervals,
+            spans,
             node_capacity,
             draws,
             ..buf
