@@ -612,14 +612,17 @@ fn radix_sort_high_bits(v: &mut Vec<u64>, to_out: &mut Vec<u64>) {
 }
 
 /// The eligible nodes' positions in rule 6's order, into `order`; `ranked` holds their keys
-/// in input order (and is left in some order).
+/// in input order (and is left in some order). The result is the order
+/// `sort_unstable_by(cmp_rank)` gives, since that order is total; how it is reached depends
+/// on the round:
 ///
-/// Rounds of many nodes share few scores (balances move in steps), so the score alone
-/// decides little. When score, total uptime and registration time together fit 102 bits
-/// (scores below 2^60 with any uptime and a registration spread of years do), they are
-/// packed with the node's position into one 128-bit key, a radix sort orders the keys, and
-/// only nodes equal in all three are then ordered by id. The result is the order
-/// `sort_unstable_by(cmp_rank)` gives, since that order is total.
+/// - when most scores are shared (a network whose balances move in equal steps; 99.9 % of a
+///   simulated million-node round), score, total uptime and registration time are packed
+///   with the node's position into one 128-bit key when they fit 102 bits, one radix sort
+///   orders the keys, and only nodes equal in all three are then ordered by id;
+/// - when scores mostly differ, a radix sort orders by score and a comparison sort orders
+///   each (short) run of equal scores by the whole rule;
+/// - small rounds, and scores or fields too wide to pack, take the comparison sort.
 fn rank_order(
     nodes: &[NodeInput],
     ranked: &mut [RankKey],
@@ -627,11 +630,58 @@ fn rank_order(
     order: &mut Vec<u32>,
 ) {
     order.clear();
-    let Some(layout) = KeyLayout::fit(ranked).filter(|_| ranked.len() >= 4096) else {
-        ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
-        order.extend(ranked.iter().map(|k| k.index));
-        return;
-    };
+    match rank_path(ranked) {
+        RankPath::Packed(layout) => rank_by_packed_keys(nodes, ranked, &layout, scratch, order),
+        RankPath::Score => rank_by_score(nodes, ranked, scratch, order),
+        RankPath::Compare => {
+            ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+            order.extend(ranked.iter().map(|k| k.index));
+        }
+    }
+}
+
+/// How [`rank_order`] sorts a round's eligible nodes.
+enum RankPath {
+    Packed(KeyLayout),
+    Score,
+    Compare,
+}
+
+fn rank_path(ranked: &[RankKey]) -> RankPath {
+    if ranked.len() < RADIX_MIN {
+        return RankPath::Compare;
+    }
+    if scores_mostly_shared(ranked)
+        && let Some(layout) = KeyLayout::fit(ranked)
+    {
+        return RankPath::Packed(layout);
+    }
+    if ranked.iter().all(|k| k.score <= u128::from(u64::MAX)) {
+        return RankPath::Score;
+    }
+    RankPath::Compare
+}
+
+/// Eligible nodes below which rule 6 is a plain comparison sort.
+const RADIX_MIN: usize = 4096;
+
+/// Whether more than half of an evenly spaced sample of 1,024 scores repeat within it.
+fn scores_mostly_shared(ranked: &[RankKey]) -> bool {
+    let step = (ranked.len() / 1024).max(1);
+    let mut sample: Vec<u128> = ranked.iter().step_by(step).map(|k| k.score).collect();
+    sample.sort_unstable();
+    let repeats = sample.windows(2).filter(|w| w[0] == w[1]).count();
+    repeats * 2 > sample.len()
+}
+
+/// [`rank_order`] by one radix sort of packed keys.
+fn rank_by_packed_keys(
+    nodes: &[NodeInput],
+    ranked: &[RankKey],
+    layout: &KeyLayout,
+    scratch: &mut Scratch,
+    order: &mut Vec<u32>,
+) {
     let mut keys = std::mem::take(&mut scratch.keys);
     keys.clear();
     keys.extend(ranked.iter().map(|k| layout.key(k)));
@@ -663,6 +713,44 @@ fn rank_order(
     scratch.keys = keys;
 }
 
+/// [`rank_order`] by a radix sort on scores (which fit 64 bits) and comparison sorts of the
+/// runs of equal scores.
+fn rank_by_score(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    scratch: &mut Scratch,
+    order: &mut Vec<u32>,
+) {
+    // (inverted score, position): higher scores first. Positions < ROUND_NODES_MAX < 2^32.
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    keys.extend(
+        ranked
+            .iter()
+            .enumerate()
+            .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
+    );
+    radix_sort_bits(&mut keys, &mut scratch.keys_tmp, 64, 128);
+    let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
+    sorted.clear();
+    sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
+    scratch.keys = keys;
+    let mut run = 0;
+    while run < sorted.len() {
+        let score = sorted[run].score;
+        let mut end = run + 1;
+        while end < sorted.len() && sorted[end].score == score {
+            end += 1;
+        }
+        if end - run > 1 {
+            sorted[run..end].sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+        }
+        run = end;
+    }
+    order.extend(sorted.iter().map(|k| k.index));
+    scratch.ranked_tmp = sorted;
+}
+
 /// How [`rank_order`] packs rule 6's first three criteria above a node's position: the
 /// score and the total uptime inverted (higher first), the registration time from the
 /// earliest (earlier first).
@@ -677,10 +765,15 @@ impl KeyLayout {
     /// The layout for `ranked`, if its fields fit 128 bits with the position.
     fn fit(ranked: &[RankKey]) -> Option<Self> {
         let bits = |max: u128| 128 - max.leading_zeros();
-        let score_max = ranked.iter().map(|k| k.score).max().unwrap_or(0);
-        let uptime_max = ranked.iter().map(|k| k.uptime_total_s).max().unwrap_or(0);
-        let registered_min = ranked.iter().map(|k| k.registered_at_s).min().unwrap_or(0);
-        let registered_max = ranked.iter().map(|k| k.registered_at_s).max().unwrap_or(0);
+        let (mut score_max, mut uptime_max) = (0, 0);
+        let (mut registered_min, mut registered_max) = (u64::MAX, 0);
+        for k in ranked {
+            score_max = score_max.max(k.score);
+            uptime_max = uptime_max.max(k.uptime_total_s);
+            registered_min = registered_min.min(k.registered_at_s);
+            registered_max = registered_max.max(k.registered_at_s);
+        }
+        let registered_min = registered_min.min(registered_max);
         let layout = Self {
             score_bits: bits(score_max),
             uptime_bits: bits(u128::from(uptime_max)),
@@ -766,11 +859,19 @@ pub fn compute_indexed(inputs: &RoundInputs) -> Result<(RoundOutcome, Vec<u32>),
 /// What [`compute_with`] produces besides the per-node results in input order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Detail {
-    /// The rank-ordered outcome too (the interchange output).
+    /// The rank-ordered outcome (the interchange output), no results (left empty).
     Outcomes,
+    /// The outcome and the results (a driver that carries the round forward).
+    OutcomesAndResults,
     /// Only the results in input order and the totals: no 128-byte outcome per node written at
     /// its rank position (`outcome.nodes` and `positions` are left empty).
     Results,
+}
+
+impl Detail {
+    fn outcomes(self) -> bool {
+        self != Self::Results
+    }
 }
 
 /// One computed round, with the buffers it was written into.
@@ -790,8 +891,8 @@ pub(crate) struct Computed {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Scratch {
     uptimes: Vec<(u64, u64)>,
-    crat_moves: Vec<(MicroCrat, MicroCrat)>,
     ranked: Vec<RankKey>,
+    ranked_tmp: Vec<RankKey>,
     order: Vec<u32>,
     by_id: Vec<u64>,
     by_id_tmp: Vec<u64>,
@@ -860,7 +961,6 @@ struct PassOne {
     detail: Detail,
     merged: Vec<Interval>,
     uptimes: Vec<(u64, u64)>,
-    crat_moves: Vec<(MicroCrat, MicroCrat)>,
     ranked: Vec<RankKey>,
     by_id: Vec<u64>,
     results: Vec<NodeResult>,
@@ -876,18 +976,17 @@ impl PassOne {
         uptimes.clear();
         let mut by_id = std::mem::take(&mut scratch.by_id);
         by_id.clear();
-        let mut crat_moves = std::mem::take(&mut scratch.crat_moves);
-        crat_moves.clear();
         let mut ranked = std::mem::take(&mut scratch.ranked);
         ranked.clear();
         let mut results = std::mem::take(&mut scratch.results);
         results.clear();
-        results.reserve(n);
+        if detail != Detail::Outcomes {
+            results.reserve(n);
+        }
         Self {
             detail,
             merged: Vec::with_capacity(16),
             uptimes,
-            crat_moves,
             ranked,
             by_id,
             results,
@@ -899,42 +998,52 @@ impl PassOne {
 
     fn node(&mut self, ctx: &Ctx<'_>, i: usize, node: &NodeInput) -> Result<(), RewardsError> {
         let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut self.merged)?;
-        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
-        self.guaranteed_paid = self
-            .guaranteed_paid
-            .checked_add(b.guaranteed_usd_micro.get())
-            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
         self.by_id.push(id_order_entry(i, node));
         if self.previous.is_some_and(|p| p >= node.id) {
             self.in_id_order = false;
         }
         self.previous = Some(node.id);
-        if b.eligible {
-            self.ranked.push(RankKey {
-                score: b.score,
-                uptime_total_s: b.uptime_total_s,
-                registered_at_s: node.registered_at_s,
-                id_prefix: id_prefix(node),
-                // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
-                index: i as u32,
-            });
-        }
-        self.results.push(NodeResult {
-            guaranteed_usd_micro: b.guaranteed_usd_micro,
-            // Rule 8, once the ranks are known.
-            bonus_usd_micro: MicroUsd::ZERO,
-            crat_end_micro: b.crat_end_micro,
-            uptime_total_s: b.uptime_total_s,
-            streak_end: b.streak_end,
-            committed: b.committed,
-            eligible: b.eligible,
-        });
-        if self.detail == Detail::Outcomes {
+        let rank_key = |uptime_total_s| RankKey {
+            score: u128::from(node.rating.get()) * u128::from(node.crat_start_micro.get()),
+            uptime_total_s,
+            registered_at_s: node.registered_at_s,
+            id_prefix: id_prefix(node),
+            // i < ROUND_NODES_MAX < 2^32, checked in Ctx::new.
+            index: i as u32,
+        };
+        if self.detail.outcomes() {
+            // Rule 1 and rule 6's key here; the other rules when each outcome is written.
             self.uptimes.push((uptime_s, peak_uptime_s));
-            self.crat_moves
-                .push((b.crat_issued_micro, b.crat_slashed_micro));
+            if ctx.eligible(node, uptime_s) {
+                self.ranked
+                    .push(rank_key(Ctx::uptime_total(i, node, uptime_s)?));
+            }
+            return Ok(());
         }
+        // Every rule but the bonus, the result written in input order.
+        let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
+        self.guaranteed_paid = self
+            .guaranteed_paid
+            .checked_add(b.guaranteed_usd_micro.get())
+            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        if b.eligible {
+            self.ranked.push(rank_key(b.uptime_total_s));
+        }
+        self.results.push(result(&b, MicroUsd::ZERO));
         Ok(())
+    }
+}
+
+/// A node's result from its breakdown and its bonus.
+fn result(b: &NodeBreakdown, bonus_usd_micro: MicroUsd) -> NodeResult {
+    NodeResult {
+        guaranteed_usd_micro: b.guaranteed_usd_micro,
+        bonus_usd_micro,
+        crat_end_micro: b.crat_end_micro,
+        uptime_total_s: b.uptime_total_s,
+        streak_end: b.streak_end,
+        committed: b.committed,
+        eligible: b.eligible,
     }
 }
 
@@ -951,7 +1060,6 @@ fn finish(
     let n = nodes.len();
     let PassOne {
         uptimes,
-        crat_moves,
         mut ranked,
         mut by_id,
         mut results,
@@ -996,10 +1104,12 @@ fn finish(
     scratch.ranked = ranked;
     scratch.by_id = by_id;
 
-    // Rule 8 by rank; under `Detail::Outcomes` each outcome is written to its place.
+    // Rule 8 by rank. With outcomes, the remaining rules run here for each node and its
+    // outcome is written to its place; otherwise the results get their bonuses.
     let mut out = std::mem::take(&mut scratch.out);
     out.clear();
-    if detail == Detail::Outcomes {
+    let mut guaranteed_paid = guaranteed_paid;
+    if detail.outcomes() {
         let blank = NodeOutcome {
             id: NodeId::from_bytes([0; 32]),
             uptime_s: 0,
@@ -1016,38 +1126,43 @@ fn finish(
             uptime_total_s: 0,
         };
         out.resize(n, blank);
-    }
-    for (i, r) in results.iter_mut().enumerate() {
-        let place = place[i] as usize;
-        let rank = r.eligible.then_some(place as u64 + 1);
-        if let Some(rank) = rank {
-            r.bonus_usd_micro = schedule.share(rank);
-        }
-        if detail == Detail::Outcomes {
+        for (i, node) in nodes.iter().enumerate() {
             let (uptime_s, peak_uptime_s) = uptimes[i];
-            let (crat_issued_micro, crat_slashed_micro) = crat_moves[i];
+            let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
+            guaranteed_paid = guaranteed_paid
+                .checked_add(b.guaranteed_usd_micro.get())
+                .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+            let place = place[i] as usize;
+            let rank = b.eligible.then_some(place as u64 + 1);
+            let bonus_usd_micro = rank.map_or(MicroUsd::ZERO, |r| schedule.share(r));
+            if detail == Detail::OutcomesAndResults {
+                results.push(result(&b, bonus_usd_micro));
+            }
             out[place] = NodeOutcome {
-                id: nodes[i].id,
+                id: node.id,
                 uptime_s,
                 peak_uptime_s,
-                committed: r.committed,
-                eligible: r.eligible,
+                committed: b.committed,
+                eligible: b.eligible,
                 rank,
-                guaranteed_usd_micro: r.guaranteed_usd_micro,
-                bonus_usd_micro: r.bonus_usd_micro,
-                crat_issued_micro,
-                crat_slashed_micro,
-                crat_end_micro: r.crat_end_micro,
-                streak_end: r.streak_end,
-                uptime_total_s: r.uptime_total_s,
+                guaranteed_usd_micro: b.guaranteed_usd_micro,
+                bonus_usd_micro,
+                crat_issued_micro: b.crat_issued_micro,
+                crat_slashed_micro: b.crat_slashed_micro,
+                crat_end_micro: b.crat_end_micro,
+                streak_end: b.streak_end,
+                uptime_total_s: b.uptime_total_s,
             };
         }
-    }
-    scratch.uptimes = uptimes;
-    scratch.crat_moves = crat_moves;
-    if detail == Detail::Results {
+    } else {
+        for (i, r) in results.iter_mut().enumerate() {
+            if r.eligible {
+                r.bonus_usd_micro = schedule.share(u64::from(place[i]) + 1);
+            }
+        }
         place.clear();
     }
+    scratch.uptimes = uptimes;
 
     let outcome = RoundOutcome {
         nodes: out,
@@ -1225,12 +1340,15 @@ mod tests {
         };
         // (nodes, CRAT levels, total uptime levels): packed keys with few and many distinct
         // values, all three equal (ids decide), and fields too wide to pack (comparison sort).
+        let mut paths = std::collections::BTreeSet::new();
         for (count, crat_levels, uptime_levels) in [
             (5_000usize, 40u64, 4u64),
             (9_000, 3, 4),
             (4_096, 1, 1),
+            (6_000, 1 << 40, 4),
             (6_000, u64::MAX, 4),
-            (5_000, u64::MAX, u64::MAX),
+            (5_000, 40, u64::MAX),
+            (4_000, 40, 4),
         ] {
             let nodes: Vec<NodeInput> = (0..count)
                 .map(|i| {
@@ -1268,12 +1386,11 @@ mod tests {
                     index: i as u32,
                 })
                 .collect();
-            // Both paths are exercised.
-            assert_eq!(
-                KeyLayout::fit(&keys).is_some(),
-                uptime_levels != u64::MAX,
-                "{count} nodes"
-            );
+            paths.insert(match rank_path(&keys) {
+                RankPath::Packed(_) => "packed",
+                RankPath::Score => "score",
+                RankPath::Compare => "compare",
+            });
             let mut a = keys.clone();
             a.sort_unstable_by(|p, q| cmp_rank(&nodes, p, q));
             let mut b = keys;
@@ -1282,5 +1399,6 @@ mod tests {
             let ia: Vec<u32> = a.iter().map(|k| k.index).collect();
             assert_eq!(ia, ib, "{count} nodes, {crat_levels} CRAT levels");
         }
+        assert_eq!(paths.len(), 3, "every path is exercised: {paths:?}");
     }
 }

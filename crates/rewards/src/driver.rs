@@ -509,7 +509,7 @@ impl RoundDriver {
             income,
             |inputs, scratch| {
                 fill_from(&mut inputs.nodes, activity)?;
-                compute_with(inputs, scratch, Detail::Outcomes)
+                compute_with(inputs, scratch, Detail::OutcomesAndResults)
             },
             ClosedRound::from_computed,
             f,
@@ -555,7 +555,9 @@ impl RoundDriver {
     ) -> Result<R, RewardsError> {
         self.close_in_place(
             income,
-            |inputs, scratch| compute_filled(inputs, scratch, Detail::Outcomes, slots(fill)),
+            |inputs, scratch| {
+                compute_filled(inputs, scratch, Detail::OutcomesAndResults, slots(fill))
+            },
             ClosedRound::from_computed,
             f,
             ClosedRound::into_computed,
