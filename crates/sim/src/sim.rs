@@ -440,7 +440,9 @@ impl Simulation {
         let mut node_capacity = std::mem::take(&mut buf.node_capacity);
         node_capacity.clear();
         node_capacity.resize(n_nodes, 0);
-        let sums: Vec<(Vec<u64>, u64)> = self
+        // Per chunk: capacity-seconds per hour of nodes online part of the round, the rps of
+        // nodes online all of it, and the capacity-seconds of all nodes and of cheaters.
+        let sums: Vec<(Vec<u64>, u64, u64, u64)> = self
             .nodes
             .par_chunks_mut(CHURN_CHUNK)
             .zip(chunk_intervals.par_iter_mut())
@@ -481,12 +483,22 @@ impl Simulation {
                         caps[j] = total;
                     }
                 }
-                (per_hour, full_rps)
+                let total: u64 = caps.iter().sum();
+                let cheating: u64 = chunk
+                    .iter()
+                    .zip(caps.iter())
+                    .filter(|(n, _)| n.cheater)
+                    .map(|(_, c)| c)
+                    .sum();
+                (per_hour, full_rps, total, cheating)
             })
             .collect();
         let mut capacity_req_hour = vec![0u64; hours];
         let mut full_rps = 0u64;
-        for (ph, full) in sums {
+        let (mut total_cap, mut cheater_cap) = (0u64, 0u64);
+        for (ph, full, total, cheating) in sums {
+            total_cap += total;
+            cheater_cap += cheating;
             for (h, v) in ph.iter().enumerate() {
                 capacity_req_hour[h] += v;
             }
@@ -608,13 +620,6 @@ impl Simulation {
         // is caught with probability q = 1 − f·c, as the worker's failure or, when a cheater
         // validated wrongly, as the validator's; a validation with the right answer is a
         // correct validation (`validations_ok`). Honest nodes are never failed.
-        let total_cap: u64 = node_capacity.iter().sum();
-        let cheater_cap: u64 = node_capacity
-            .iter()
-            .zip(&self.nodes)
-            .filter(|(_, n)| n.cheater)
-            .map(|(c, _)| c)
-            .sum();
         let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000) as u64;
         let sampled = sampled.min(sc.validation.per_round_max);
         let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
@@ -676,8 +681,10 @@ impl Simulation {
                 }
             }));
         }
-        let validations: u64 = draws.iter().map(|d| d.ran).sum();
-        let validations_caught: u64 = draws.iter().map(|d| d.failed).sum();
+        let (validations, validations_caught) =
+            draws.iter().fold((0u64, 0u64), |(ran, failed), d| {
+                (ran + d.ran, failed + d.failed)
+            });
         let per_request_credits = Credits::new(served.saturating_mul(cost.get()));
         let income_credits = per_request_credits.saturating_add(instance_income);
         let income = sc.pricing.credits_to_usd(income_credits)?;
