@@ -60,28 +60,32 @@
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
-//! # Performance (2-core VM; release builds; quiet machine, load average 0.5)
+//! # Performance (2-core VM shared with other tenants; release builds)
 //!
-//! - Event kernel hold with 10⁵ pending: 10.5 M events/s (criterion
-//!   `cargo bench -p crat-benches --bench sim`, `sim_kernel/hold_100k_pending`; also
-//!   `cargo run --release -p crat-sim --example kernel_hold`).
 //! - 10,000 nodes × 1,000 one-day rounds (`scenarios/bench_10k.toml`: default churn, 500
-//!   per-request and 100 per-instance clients, demand +0.1 % a round): 2.75–2.8 s wall,
-//!   2.55 s user, 51 MB peak (goal 2 s not met). With the default +1 % a round, demand
-//!   outgrows the network after about 600 rounds and the run takes about 5 s (placement at
-//!   saturation). Criterion `sim_rounds/10k_nodes_x20_rounds`: 58.7 ms.
+//!   per-request and 100 per-instance clients, demand +0.1 % a round): 1.74–1.80 s wall over
+//!   five runs (median 1.76 s), 2.06 s user, 39 MB peak. Criterion
+//!   `sim_rounds/10k_nodes_x20_rounds` (set-up included): 41.9 ms.
 //! - 1,000,000 nodes × 100 rounds (`scenarios/bench_1m.toml`: 5,000 and 1,000 clients):
-//!   55.5 s wall (57.2 s user, 2.8 s system), peak RSS 824,812 KiB, about 0.82 KB per node
-//!   (goal 30 s not met; memory within 1 GB).
-//! - Both: `cargo run --release -p crat-sim --example scenario_run -- scenarios/bench_1m.toml`
-//!   (the allocator settings of `crat`), or `crat sim run scenarios/bench_1m.toml`.
+//!   29.7, 30.1 and 31.3 s wall in three runs at load average 1.0–1.1 from other tenants
+//!   (35.3–35.6 s user, 0.9–2.3 s system), peak RSS 732–772 MB, about 0.75 KB per node.
+//! - Event kernel hold with 10⁵ pending: 8.1 M events/s by criterion at load 1.7, 8.6–9.7 M
+//!   by `--example kernel_hold` (10.5 M on a quieter day with the same code).
+//! - Commands: `cargo run --release -p crat-sim --example scenario_run --
+//!   scenarios/bench_10k.toml` (or `bench_1m.toml`; the allocator settings of `crat`), or
+//!   `crat sim run scenarios/bench_1m.toml`; `cargo bench -p crat-benches --bench sim`.
 //!
-//! Where a round goes: most of it is closing the round through [`RoundDriver`] at
-//! `compute`'s pace. Rule 6's places are random writes into a rank-ordered output of 128
-//! bytes per node, and reading each node's outcome back is another random pass. Nodes are
-//! kept in id order (the driver's), the rank sort is a radix sort, and buffers are reused
-//! between rounds, so the rest of a round reads memory in order.
+//! Where a round goes. [`Simulation::advance`] (and [`Simulation::run_to_end`]) close each
+//! round through [`RoundDriver::close_round_results_with`]: every node's activity is
+//! written in place by position, the rules run in one pass over the nodes, and each node's
+//! result comes back in input order, so no 128-byte outcome is written at a random rank
+//! position and every per-node pass reads memory in order. Rule 6's sort packs score, total
+//! uptime and registration time into one radix-sorted key (nearly all scores are shared).
+//! A round runs on one rayon worker, its churn, draws, candidates and metrics in parallel
+//! chunks, with its buffers kept between rounds. [`Simulation::step_with`] builds the full
+//! rank-ordered outcome too, for callers that look at it (trace export).
 //!
+//! [`RoundDriver::close_round_results_with`]: crat_rewards::RoundDriver::close_round_results_with
 //! [`RoundDriver`]: crat_rewards::RoundDriver
 
 mod error;
