@@ -486,13 +486,14 @@ async fn round_closes_with_uptime_and_payouts_equal_rewards() {
         .sum();
     assert_eq!(paid, record.paid_usd_micro.get());
     assert!(paid > 0);
-    assert!(
-        dir.path()
-            .join("dispatcher/payouts")
-            .read_dir()
-            .unwrap()
-            .count()
-            >= 2
-    );
+    // The round is stored before it is settled: wait for the payout files.
+    let payouts = dir.path().join("dispatcher/payouts");
+    while payouts.read_dir().map_or(0, Iterator::count) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "round 0 stored but not settled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     net.shutdown();
 }
