@@ -1,12 +1,16 @@
 //! Encode + decode of a 1 MiB f32 tensor message (goal ≥ 2 GB/s), and a small control
-//! message, through the same framing every transport uses.
+//! message, through the same framing every transport uses; and what a node adds to every
+//! answer for spot checks: the outputs' digest and a signed [`Receipt`], and its check.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use crat_benches::infer_f32;
+use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::sign::{Receipt, Signed, outputs_digest};
 use crat_core::wire::{ClientToNode, NodeAck};
 use crat_transport::Frame;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ed25519_dalek::SigningKey;
 use std::hint::black_box;
 
 #[global_allocator]
@@ -38,6 +42,32 @@ fn codec(c: &mut Criterion) {
             let f = Frame::encode(black_box(&NodeAck::Ok), 1 << 20).unwrap();
             black_box(f.decode::<NodeAck>().unwrap())
         })
+    });
+    g.finish();
+
+    // A node's receipt for one answer: digest of 1 MiB of outputs, one ed25519 signature.
+    let ClientToNode::Infer(request) = &msg else {
+        unreachable!("infer_f32 builds an inference request")
+    };
+    let outputs = &request.inputs;
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let node = NodeId::from_key(&key.verifying_key());
+    let receipt = |digest| Receipt {
+        task: TaskId::from_bytes([6; 16]),
+        deployment: DeploymentId::from_bytes([1; 16]),
+        node,
+        outputs_digest: digest,
+    };
+    let signed = Signed::sign(receipt(outputs_digest(outputs)), &key);
+    let mut g = c.benchmark_group("receipt");
+    g.bench_function("outputs_digest 1 MiB", |b| {
+        b.iter(|| black_box(outputs_digest(black_box(outputs))))
+    });
+    g.bench_function("sign", |b| {
+        b.iter(|| black_box(Signed::sign(receipt(black_box([3; 32])), &key)))
+    });
+    g.bench_function("verify", |b| {
+        b.iter(|| black_box(signed.verify(Some(&node)).is_ok()))
     });
     g.finish();
 }
