@@ -839,10 +839,11 @@ fn radix_sort_bits(v: &mut Vec<u128>, to: &mut Vec<u128>, lo: u32, hi: u32) {
 /// The result does not depend on the order of `inputs.nodes`, and the same inputs always give
 /// the same outcome.
 ///
-/// Cost: one pass over the nodes for every rule but the bonus (intervals merged in one reused
+/// Cost: a pass over the nodes for rule 1 and the rank keys (intervals merged in one reused
 /// buffer, no allocation per node), a radix sort of the ids (skipped when the nodes come in id
-/// order, as [`crate::RoundDriver`] lists them) and a sort of the eligible nodes' rank keys,
-/// then a pass that pays the bonuses and writes each outcome straight to its place.
+/// order, as [`crate::RoundDriver`] lists them), a sort of the eligible nodes by rule 6 (see
+/// `rank_order`), then a pass that applies the other rules and writes each outcome straight
+/// to its place.
 pub fn compute(inputs: &RoundInputs) -> Result<RoundOutcome, RewardsError> {
     compute_indexed(inputs).map(|(outcome, _)| outcome)
 }
