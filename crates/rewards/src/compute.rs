@@ -662,6 +662,32 @@ fn rank_path(ranked: &[RankKey]) -> RankPath {
     RankPath::Compare
 }
 
+/// The positions of rule 6's first `k` eligible nodes, in order, into `order`: what
+/// [`rank_order`] would list first, found by selecting the first `k` (O(n)) and sorting only
+/// them when `k` is small against the round.
+fn top_order(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    k: usize,
+    scratch: &mut Scratch,
+    order: &mut Vec<u32>,
+) {
+    order.clear();
+    let k = k.min(ranked.len());
+    if k == 0 {
+        return;
+    }
+    if ranked.len() < RADIX_MIN || k > ranked.len() / 8 {
+        rank_order(nodes, ranked, scratch, order);
+        order.truncate(k);
+        return;
+    }
+    ranked.select_nth_unstable_by(k - 1, |a, b| cmp_rank(nodes, a, b));
+    let top = &mut ranked[..k];
+    top.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+    order.extend(top.iter().map(|key| key.index));
+}
+
 /// Eligible nodes below which rule 6 is a plain comparison sort.
 const RADIX_MIN: usize = 4096;
 
@@ -1077,18 +1103,49 @@ fn finish(
     } else {
         id_order(nodes, by_id, &mut scratch.by_id_tmp)?
     };
-    let mut order = std::mem::take(&mut scratch.order);
-    rank_order(nodes, &mut ranked, scratch, &mut order);
-    let eligible = order.len();
 
     // Rules 4, 7, 8.
+    let eligible = ranked.len();
     let pool = pool_of(ctx.params, round)?;
     let schedule = BonusSchedule::new(pool, ctx.params.min_bonus_usd_micro, eligible as u64);
 
-    // Each node's place in the output: eligible nodes in rank order, then the others in id
-    // order.
+    let mut out = std::mem::take(&mut scratch.out);
+    out.clear();
     let mut place = std::mem::take(&mut scratch.place);
     place.clear();
+    let mut order = std::mem::take(&mut scratch.order);
+    if !detail.outcomes() {
+        // Results carry no rank: only the paid ranks' order matters (a few thousand of a
+        // million eligible nodes), found by selection instead of a full sort.
+        // paid_ranks ≤ eligible ≤ ROUND_NODES_MAX.
+        top_order(
+            nodes,
+            &mut ranked,
+            schedule.paid_ranks as usize,
+            scratch,
+            &mut order,
+        );
+        for (r, &i) in order.iter().enumerate() {
+            results[i as usize].bonus_usd_micro = schedule.share(r as u64 + 1);
+        }
+        scratch.order = order;
+        scratch.ranked = ranked;
+        scratch.by_id = by_id;
+        scratch.uptimes = uptimes;
+        let outcome = RoundOutcome {
+            nodes: out,
+            aggregates: aggregates(&schedule, pool, guaranteed_paid),
+        };
+        return Ok(Computed {
+            outcome,
+            positions: place,
+            results,
+        });
+    }
+    rank_order(nodes, &mut ranked, scratch, &mut order);
+
+    // Each node's place in the output: eligible nodes in rank order, then the others in id
+    // order.
     place.resize(n, u32::MAX);
     for (r, &i) in order.iter().enumerate() {
         place[i as usize] = r as u32;
@@ -1105,12 +1162,10 @@ fn finish(
     scratch.ranked = ranked;
     scratch.by_id = by_id;
 
-    // Rule 8 by rank. With outcomes, the remaining rules run here for each node and its
-    // outcome is written to its place; otherwise the results get their bonuses.
-    let mut out = std::mem::take(&mut scratch.out);
-    out.clear();
+    // Rule 8 by rank; the remaining rules run here for each node and its outcome is written
+    // to its place.
     let mut guaranteed_paid = guaranteed_paid;
-    if detail.outcomes() {
+    {
         let blank = NodeOutcome {
             id: NodeId::from_bytes([0; 32]),
             uptime_s: 0,
@@ -1155,31 +1210,29 @@ fn finish(
                 uptime_total_s: b.uptime_total_s,
             };
         }
-    } else {
-        for (i, r) in results.iter_mut().enumerate() {
-            if r.eligible {
-                r.bonus_usd_micro = schedule.share(u64::from(place[i]) + 1);
-            }
-        }
-        place.clear();
     }
     scratch.uptimes = uptimes;
 
     let outcome = RoundOutcome {
         nodes: out,
-        aggregates: Aggregates {
-            pool_usd_micro: pool,
-            paid_ranks: schedule.paid_ranks,
-            bonus_paid_usd_micro: schedule.paid_usd_micro(),
-            guaranteed_paid_usd_micro: MicroUsd::new(guaranteed_paid),
-            carry_out_usd_micro: schedule.carry_out_usd_micro(),
-        },
+        aggregates: aggregates(&schedule, pool, guaranteed_paid),
     };
     Ok(Computed {
         outcome,
         positions: place,
         results,
     })
+}
+
+/// A round's totals.
+fn aggregates(schedule: &BonusSchedule, pool: MicroUsd, guaranteed_paid: u64) -> Aggregates {
+    Aggregates {
+        pool_usd_micro: pool,
+        paid_ranks: schedule.paid_ranks,
+        bonus_paid_usd_micro: schedule.paid_usd_micro(),
+        guaranteed_paid_usd_micro: MicroUsd::new(guaranteed_paid),
+        carry_out_usd_micro: schedule.carry_out_usd_micro(),
+    }
 }
 
 /// Rule 4: `income × bonus_share_bps / 10000 + carry_in`.
@@ -1239,6 +1292,76 @@ mod tests {
             assert_eq!(total, u128::from(pool));
             assert!(s.remainder_usd_micro < s.paid_ranks.max(1));
         }
+    }
+
+    /// A round closed for its results only pays the same bonuses as the full computation:
+    /// the paid ranks are found by selection, ties in score, uptime and registration
+    /// included (ids decide), on every rank-sort path.
+    #[test]
+    fn results_only_pay_the_paid_ranks_as_the_full_sort_does() {
+        let mut x = 7u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut selected, mut sorted) = (0, 0);
+        for (count, crat_levels, income) in [
+            (6_000usize, 3u64, 30_000_000u64),
+            (6_000, 1 << 40, 30_000_000),
+            (6_000, 3, 300_000_000_000),
+            (1_000, 3, 30_000_000),
+        ] {
+            let params = Params::default();
+            let nodes: Vec<NodeInput> = (0..count)
+                .map(|_| {
+                    let mut id = [0u8; 32];
+                    for chunk in id.chunks_mut(8) {
+                        chunk.copy_from_slice(&next().to_be_bytes());
+                    }
+                    let mut n = input(id);
+                    n.rating = crat_core::hardware::PowerRating::new(1 + (next() % 5) as u8)
+                        .unwrap_or(crat_core::hardware::PowerRating::MIN);
+                    n.crat_start_micro = MicroCrat::new(next() % crat_levels);
+                    n.uptime_total_s_before = next() % 2;
+                    n.registered_at_s = next() % 2;
+                    n.online = vec![Interval::new(0, params.round_s)];
+                    n
+                })
+                .collect();
+            let inputs = RoundInputs {
+                round: Round {
+                    index: 0,
+                    start_s: 0,
+                    length_s: params.round_s,
+                    income_usd_micro: MicroUsd::new(income),
+                    carry_in_usd_micro: MicroUsd::ZERO,
+                },
+                params,
+                nodes,
+            };
+            let full =
+                compute_with(&inputs, &mut Scratch::default(), Detail::OutcomesAndResults).unwrap();
+            let lean = compute_with(&inputs, &mut Scratch::default(), Detail::Results).unwrap();
+            assert_eq!(
+                lean.results, full.results,
+                "{count} nodes, {crat_levels} levels"
+            );
+            assert_eq!(lean.outcome.aggregates, full.outcome.aggregates);
+            let k = full.outcome.aggregates.paid_ranks;
+            assert!(k > 1, "{count}: {k} paid ranks");
+            if count >= RADIX_MIN && k as usize <= count / 8 {
+                selected += 1;
+            } else {
+                sorted += 1;
+            }
+        }
+        assert_eq!(
+            (selected, sorted),
+            (2, 2),
+            "both ways of finding the paid ranks"
+        );
     }
 
     fn input(id: [u8; 32]) -> NodeInput {
