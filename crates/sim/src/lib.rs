@@ -63,12 +63,12 @@
 //! # Performance (2-core VM shared with other tenants; release builds)
 //!
 //! - 10,000 nodes × 1,000 one-day rounds (`scenarios/bench_10k.toml`: default churn, 500
-//!   per-request and 100 per-instance clients, demand +0.1 % a round): 1.74–1.80 s wall over
-//!   five runs (median 1.76 s), 2.06 s user, 39 MB peak. Criterion
-//!   `sim_rounds/10k_nodes_x20_rounds` (set-up included): 41.9 ms.
+//!   per-request and 100 per-instance clients, demand +0.1 % a round): 1.74–1.92 s wall over
+//!   ten runs at load averages of 1.2–1.7 (median about 1.8 s), 2.06 s user, 39 MB peak.
+//!   Criterion `sim_rounds/10k_nodes_x20_rounds` (set-up included): 41.9 ms.
 //! - 1,000,000 nodes × 100 rounds (`scenarios/bench_1m.toml`: 5,000 and 1,000 clients):
-//!   29.7, 30.1 and 31.3 s wall in three runs at load average 1.0–1.1 from other tenants
-//!   (35.3–35.6 s user, 0.9–2.3 s system), peak RSS 732–772 MB, about 0.75 KB per node.
+//!   23.65, 23.7 and 24.5 s wall in three runs at load averages of 0.9–1.4 from other
+//!   tenants (28.2–29.0 s user, 1.3–2.7 s system), peak RSS about 735 MB, 0.74 KB per node.
 //! - Event kernel hold with 10⁵ pending: 8.1 M events/s by criterion at load 1.7, 8.6–9.7 M
 //!   by `--example kernel_hold` (10.5 M on a quieter day with the same code).
 //! - Commands: `cargo run --release -p crat-sim --example scenario_run --
@@ -79,8 +79,8 @@
 //! round through [`RoundDriver::close_round_results_with`]: every node's activity is
 //! written in place by position, the rules run in one pass over the nodes, and each node's
 //! result comes back in input order, so no 128-byte outcome is written at a random rank
-//! position and every per-node pass reads memory in order. Rule 6's sort packs score, total
-//! uptime and registration time into one radix-sorted key (nearly all scores are shared).
+//! position and every per-node pass reads memory in order. Results carry no rank, so only the
+//! paid ranks (a few thousand of a million) are put in order, by selection.
 //! A round runs on one rayon worker, its churn, draws, candidates and metrics in parallel
 //! chunks, with its buffers kept between rounds. [`Simulation::step_with`] builds the full
 //! rank-ordered outcome too, for callers that look at it (trace export).
