@@ -536,32 +536,30 @@ fn id_order(
     mut order: Vec<u64>,
     tmp: &mut Vec<u64>,
 ) -> Result<Vec<u64>, RewardsError> {
-    radix_sort_high_bits(&mut order, tmp);
+    if order.len() < RADIX_MIN {
+        order.sort_unstable();
+    } else {
+        // Three passes of 13 bits over the 38-bit prefix.
+        radix_sort_bits::<_, { 1 << 13 }>(&mut order, tmp, INDEX_BITS, 64);
+    }
     let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
     let prefix = |e: u64| e >> INDEX_BITS;
-    let mut run = 0;
-    while run < order.len() {
-        let mut end = run + 1;
-        while end < order.len() && prefix(order[end]) == prefix(order[run]) {
-            end += 1;
-        }
-        if end - run > 1 {
-            // Rare for public keys: order the run by full id, then position.
-            order[run..end].sort_unstable_by(|&a, &b| {
-                nodes[index(a)].id.cmp(&nodes[index(b)].id).then(a.cmp(&b))
+    // Runs sharing the 38 bits are rare for public keys: order them by full id, then
+    // position. Equal ids can then only be neighbours.
+    sort_runs(
+        &mut order,
+        |&a, &b| prefix(a) == prefix(b),
+        |&a, &b| nodes[index(a)].id.cmp(&nodes[index(b)].id).then(a.cmp(&b)),
+    );
+    for pair in order.windows(2) {
+        let (a, b) = (index(pair[0]), index(pair[1]));
+        if prefix(pair[0]) == prefix(pair[1]) && nodes[a].id == nodes[b].id {
+            return Err(RewardsError::DuplicateNode {
+                index: b,
+                first: a,
+                id: nodes[a].id,
             });
-            for pair in order[run..end].windows(2) {
-                let (a, b) = (index(pair[0]), index(pair[1]));
-                if nodes[a].id == nodes[b].id {
-                    return Err(RewardsError::DuplicateNode {
-                        index: b,
-                        first: a,
-                        id: nodes[a].id,
-                    });
-                }
-            }
         }
-        run = end;
     }
     for e in &mut order {
         *e = index(*e) as u64;
@@ -569,46 +567,24 @@ fn id_order(
     Ok(order)
 }
 
-/// Sorts by bits `INDEX_BITS..64` (the id prefix), least significant digit first, 13 bits a
-/// pass: three linear passes instead of a comparison sort. Entries with equal prefixes may end
-/// in any order; [`id_order`] orders those runs itself.
-fn radix_sort_high_bits(v: &mut Vec<u64>, to_out: &mut Vec<u64>) {
-    const DIGIT_BITS: u32 = 13;
-    const BUCKETS: usize = 1 << DIGIT_BITS;
-    if v.len() < 4096 {
-        v.sort_unstable();
-        return;
+/// Sorts by `cmp` each run of neighbours that `same` groups together: a forward scan, O(n)
+/// over all runs plus the sorts of the runs longer than one.
+fn sort_runs<T>(
+    v: &mut [T],
+    same: impl Fn(&T, &T) -> bool,
+    mut cmp: impl FnMut(&T, &T) -> Ordering,
+) {
+    let mut run = 0;
+    while run < v.len() {
+        let mut end = run + 1;
+        while end < v.len() && same(&v[run], &v[end]) {
+            end += 1;
+        }
+        if end - run > 1 {
+            v[run..end].sort_unstable_by(&mut cmp);
+        }
+        run = end;
     }
-    let mut from = std::mem::take(v);
-    let mut to_buf = std::mem::take(to_out);
-    to_buf.clear();
-    to_buf.resize(from.len(), 0);
-    let mut to = to_buf;
-    let mut count = vec![0usize; BUCKETS];
-    let mut shift = INDEX_BITS;
-    while shift < 64 {
-        let digit = |e: u64| ((e >> shift) as usize) & (BUCKETS - 1);
-        count.fill(0);
-        for &e in &from {
-            count[digit(e)] += 1;
-        }
-        let mut sum = 0;
-        for c in &mut count {
-            let here = *c;
-            *c = sum;
-            sum += here;
-        }
-        for &e in &from {
-            let d = digit(e);
-            to[count[d]] = e;
-            count[d] += 1;
-        }
-        std::mem::swap(&mut from, &mut to);
-        shift += DIGIT_BITS;
-    }
-    *v = from;
-    // The other buffer goes back to the caller for the next sort.
-    *to_out = to;
 }
 
 /// The eligible nodes' positions in rule 6's order, into `order`; `ranked` holds their keys
@@ -711,30 +687,23 @@ fn rank_by_packed_keys(
     let mut keys = std::mem::take(&mut scratch.keys);
     keys.clear();
     keys.extend(ranked.iter().map(|k| layout.key(k)));
-    radix_sort_bits(
+    radix_sort_bits::<_, { 1 << 11 }>(
         &mut keys,
         &mut scratch.keys_tmp,
         INDEX_BITS,
         INDEX_BITS + layout.bits(),
     );
     let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
-    let mut run = 0;
-    while run < keys.len() {
-        let rule = keys[run] >> INDEX_BITS;
-        let mut end = run + 1;
-        while end < keys.len() && keys[end] >> INDEX_BITS == rule {
-            end += 1;
-        }
-        if end - run > 1 {
-            // Equal score, total uptime and registration: id bytes decide.
-            keys[run..end].sort_unstable_by(|&a, &b| {
-                nodes[index(a) as usize]
-                    .id
-                    .cmp(&nodes[index(b) as usize].id)
-            });
-        }
-        run = end;
-    }
+    // Equal score, total uptime and registration: id bytes decide.
+    sort_runs(
+        &mut keys,
+        |&a, &b| a >> INDEX_BITS == b >> INDEX_BITS,
+        |&a, &b| {
+            nodes[index(a) as usize]
+                .id
+                .cmp(&nodes[index(b) as usize].id)
+        },
+    );
     order.extend(keys.iter().map(|&e| index(e)));
     scratch.keys = keys;
 }
@@ -756,23 +725,16 @@ fn rank_by_score(
             .enumerate()
             .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
     );
-    radix_sort_bits(&mut keys, &mut scratch.keys_tmp, 64, 128);
+    radix_sort_bits::<_, { 1 << 11 }>(&mut keys, &mut scratch.keys_tmp, 64, 128);
     let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
     sorted.clear();
     sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
     scratch.keys = keys;
-    let mut run = 0;
-    while run < sorted.len() {
-        let score = sorted[run].score;
-        let mut end = run + 1;
-        while end < sorted.len() && sorted[end].score == score {
-            end += 1;
-        }
-        if end - run > 1 {
-            sorted[run..end].sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
-        }
-        run = end;
-    }
+    sort_runs(
+        &mut sorted,
+        |a, b| a.score == b.score,
+        |a, b| cmp_rank(nodes, a, b),
+    );
     order.extend(sorted.iter().map(|k| k.index));
     scratch.ranked_tmp = sorted;
 }
@@ -824,16 +786,22 @@ impl KeyLayout {
     }
 }
 
-/// LSD radix sort of 128-bit entries by their bits `lo..hi` (entries equal there keep their
-/// order), 11 bits a pass: one read of the entries counts every digit, then a pass per
-/// digit, skipping digits that every entry shares.
-fn radix_sort_bits(v: &mut Vec<u128>, to: &mut Vec<u128>, lo: u32, hi: u32) {
-    const DIGIT_BITS: u32 = 11;
-    const BUCKETS: usize = 1 << DIGIT_BITS;
-    let digits = (hi.saturating_sub(lo)).div_ceil(DIGIT_BITS) as usize;
+/// LSD radix sort of integer entries (u64 or u128) by their bits `lo..hi` (entries equal
+/// there keep their order), log2(`BUCKETS`) bits a pass: one read of the entries counts
+/// every digit, then a pass per digit, skipping digits that every entry shares.
+fn radix_sort_bits<K: Copy + Default + Into<u128>, const BUCKETS: usize>(
+    v: &mut Vec<K>,
+    to: &mut Vec<K>,
+    lo: u32,
+    hi: u32,
+) {
+    const { assert!(BUCKETS.is_power_of_two()) };
+    let digit_bits = BUCKETS.trailing_zeros();
+    let digits = (hi.saturating_sub(lo)).div_ceil(digit_bits) as usize;
     to.clear();
-    to.resize(v.len(), 0);
-    let digit = |e: u128, d: usize| ((e >> (lo + d as u32 * DIGIT_BITS)) as usize) & (BUCKETS - 1);
+    to.resize(v.len(), K::default());
+    let digit =
+        |e: K, d: usize| ((e.into() >> (lo + d as u32 * digit_bits)) as usize) & (BUCKETS - 1);
     let mut counts = vec![[0usize; BUCKETS]; digits];
     for &e in v.iter() {
         for (d, count) in counts.iter_mut().enumerate() {
