@@ -12,7 +12,11 @@
 //! - [`sign`]: [`Signed`](sign::Signed) values, [`Ticket`](sign::Ticket)s and node
 //!   [`Registration`](sign::Registration)s, with domain-separated ed25519 signatures, and the
 //!   [`NonceTracker`](sign::NonceTracker) that makes single-use values single-use.
-//! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
+//! - [`limit`]: per-key request-rate limits (token buckets in a bounded map); [`expiring`]: the
+//!   one bounded map whose entries expire, behind every "seen once" memory.
+//! - [`dispatch`]: the dispatch state machine (placement, heartbeats, exclusion); [`policy`]:
+//!   the dispatcher's other rules (ticket memory, usage admission, spot-check reports,
+//!   budgets, keys, registration), sans-IO like it.
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
 //!
@@ -58,12 +62,14 @@
 #![forbid(unsafe_code)]
 
 pub mod dispatch;
+pub mod expiring;
 pub mod gpu_table;
 pub mod hardware;
 pub mod id;
 pub mod limit;
 pub mod money;
 pub mod placement;
+pub mod policy;
 pub mod pricing;
 pub mod sign;
 pub mod tensor;
