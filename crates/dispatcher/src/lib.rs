@@ -51,5 +51,5 @@ mod service;
 
 pub use service::{
     CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
-    DispatcherParts, DispatcherStats, Settle, canary_inputs,
+    DispatcherParts, DispatcherStats, canary_inputs,
 };

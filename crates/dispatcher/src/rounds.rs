@@ -30,7 +30,7 @@ pub enum RoundError {
     Overflow,
     /// Paying out failed (the round is stored; settling again later is safe).
     #[error("settlement: {0}")]
-    Settlement(String),
+    Settlement(#[from] crat_rewards::SettlementError),
 }
 
 /// When rounds start and how long they are.
@@ -128,13 +128,13 @@ pub struct ClosedRound {
 /// Closes round `index`: inputs from the ledger → `crat_rewards::compute` → stored (with the
 /// outcome applied to nodes) → settled. A round already stored is only settled again (which
 /// the [`Settlement`] contract makes a no-op).
-pub fn close_round<S: Settlement>(
+pub fn close_round(
     ledger: &dyn Ledger,
     params: &Params,
     pricing: &PricingParams,
     clock: RoundClock,
     index: u64,
-    settlement: &mut S,
+    settlement: &mut dyn Settlement,
 ) -> Result<ClosedRound, RoundError> {
     let (record, outcome) = match ledger.round(index)? {
         Some(record) => {
@@ -164,9 +164,7 @@ pub fn close_round<S: Settlement>(
         }
     };
     let payouts = PayoutBatch::from_outcome(index, &outcome)?;
-    let receipt = settlement
-        .settle(&payouts)
-        .map_err(|e| RoundError::Settlement(e.to_string()))?;
+    let receipt = settlement.settle(&payouts)?;
     Ok(ClosedRound {
         record,
         outcome,

@@ -84,8 +84,6 @@ fn io(path: &Path, source: std::io::Error) -> SettlementError {
 }
 
 impl Settlement for FileSettlement {
-    type Error = SettlementError;
-
     fn settle(&mut self, batch: &PayoutBatch) -> Result<SettlementReceipt, SettlementError> {
         let json = batch.to_json();
         let digest_hex = blake3::hash(json.as_bytes()).to_hex().to_string();

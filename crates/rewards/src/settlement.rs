@@ -148,12 +148,12 @@ pub struct SettlementReceipt {
 /// amount was already settled pays nothing and returns `newly_settled: false`; a batch that
 /// disagrees with an earlier one for the same round (another amount, or another set of
 /// nodes) is an error, never a second payment.
-pub trait Settlement {
-    /// Why a settlement failed.
-    type Error: std::error::Error + Send + Sync + 'static;
-
+///
+/// The trait is object-safe: a dispatcher holds a `Box<dyn Settlement>` chosen at start-up.
+/// An adapter's own failures (a chain node, a payment API) are [`SettlementError::Adapter`].
+pub trait Settlement: Send {
     /// Pays `batch`, or recognises it as already paid.
-    fn settle(&mut self, batch: &PayoutBatch) -> Result<SettlementReceipt, Self::Error>;
+    fn settle(&mut self, batch: &PayoutBatch) -> Result<SettlementReceipt, SettlementError>;
 }
 
 /// Why a settlement failed.
@@ -184,5 +184,15 @@ pub enum SettlementError {
         path: String,
         /// What is wrong.
         reason: String,
+    },
+    /// An adapter's own failure (a chain node, a payment API): nothing was paid, or the
+    /// adapter can tell by `(round, node)` on a retry.
+    #[error("{adapter}: {source}")]
+    Adapter {
+        /// Which adapter.
+        adapter: &'static str,
+        /// Its error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }

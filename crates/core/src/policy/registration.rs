@@ -44,7 +44,7 @@ mod tests {
             cpu: cpu.clone(),
         };
         assert_eq!(
-            rate_hardware(&table, &none),
+            rate_hardware(table, &none),
             (PowerRating::MIN, MicroUsd::ZERO)
         );
         let (a, b) = (
@@ -58,7 +58,7 @@ mod tests {
             cpu,
         };
         assert_eq!(
-            rate_hardware(&table, &two),
+            rate_hardware(table, &two),
             (
                 rb.rating,
                 ra.mining_income_usd_micro_per_day

@@ -31,20 +31,23 @@
 //! between nodes do not have this weakness. Models larger than
 //! [`CanaryConfig::model_bytes_max`] are not canaried.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
+use crat_core::policy::budget::ticket_budget;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{CHUNK_BYTES_MAX, ClientToNode, InferRequest, NodeToClient, Replica};
 use crat_node::backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_transport::{ConnectionExt, Conversation, Transport};
+use parking_lot::Mutex;
 
-use super::{Dispatcher, lock, new_id};
+use super::{Counters, Dispatcher, new_id};
 use crate::ledger::DeploymentRecord;
 
 /// Canary settings.
@@ -112,9 +115,10 @@ pub enum CanaryOutcome {
 pub(super) struct CanaryState<T: Transport> {
     transport: T,
     reference: Arc<dyn InferenceBackend>,
-    models: std::sync::Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
-    conns: std::sync::Mutex<HashMap<NodeId, T::Connection>>,
-    tasks: std::sync::Mutex<BoundedSet<TaskId>>,
+    models: Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
+    conns: Mutex<HashMap<NodeId, T::Connection>>,
+    /// Canary tasks sent, so that their usage is charged to nobody; the oldest forgotten.
+    tasks: Mutex<ExpiringMap<TaskId, ()>>,
     cursor: std::sync::atomic::AtomicUsize,
 }
 
@@ -123,52 +127,20 @@ impl<T: Transport> CanaryState<T> {
         Self {
             transport: parts.transport,
             reference: parts.reference,
-            models: std::sync::Mutex::new(HashMap::new()),
-            conns: std::sync::Mutex::new(HashMap::new()),
-            tasks: std::sync::Mutex::new(BoundedSet::new(config.tasks_remembered_max)),
+            models: Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
     /// Whether `task` is a canary (its usage is not charged).
     pub(super) fn is_canary(&self, task: &TaskId) -> bool {
-        lock(&self.tasks).contains(task)
+        self.tasks.lock().contains(task)
     }
 
     pub(super) fn close(&self) {
         self.transport.close();
-    }
-}
-
-/// A set that forgets its oldest members beyond a capacity.
-pub(super) struct BoundedSet<K> {
-    set: HashSet<K>,
-    order: VecDeque<K>,
-    capacity: usize,
-}
-
-impl<K: std::hash::Hash + Eq + Copy> BoundedSet<K> {
-    pub(super) fn new(capacity: usize) -> Self {
-        Self {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            capacity: capacity.max(1),
-        }
-    }
-
-    pub(super) fn insert(&mut self, k: K) {
-        if self.set.insert(k) {
-            self.order.push_back(k);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.set.remove(&old);
-                }
-            }
-        }
-    }
-
-    pub(super) fn contains(&self, k: &K) -> bool {
-        self.set.contains(k)
     }
 }
 
@@ -255,14 +227,13 @@ impl<T: Transport> Dispatcher<T> {
             .inner
             .deployments
             .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .values()
             .filter(|d| d.stopped_at_s.is_none() && d.model_bytes <= config.model_bytes_max)
             .cloned()
             .collect();
         let mut targets = Vec::new();
         {
-            let d = lock(&self.inner.dispatch);
+            let d = self.inner.dispatch.lock();
             for dep in &deployments {
                 if let Ok(replicas) = d.lease_replicas(&dep.id) {
                     for r in &replicas {
@@ -313,11 +284,11 @@ impl<T: Transport> Dispatcher<T> {
             }
         };
         let counter = match outcome {
-            CanaryOutcome::Passed => &self.inner.canaries_passed,
-            CanaryOutcome::Failed => &self.inner.canaries_failed,
-            CanaryOutcome::Inconclusive => &self.inner.canaries_inconclusive,
+            CanaryOutcome::Passed => &self.inner.counters.canaries_passed,
+            CanaryOutcome::Failed => &self.inner.counters.canaries_failed,
+            CanaryOutcome::Inconclusive => &self.inner.counters.canaries_inconclusive,
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        Counters::add(counter, 1);
         if outcome == CanaryOutcome::Failed {
             self.validation_failed(replica.node).await;
         }
@@ -328,16 +299,14 @@ impl<T: Transport> Dispatcher<T> {
     /// (which may exclude the node).
     pub(super) async fn validation_failed(&self, node: NodeId) {
         let now = self.inner.clock.now_s();
-        match self
+        if let Err(e) = self
             .db(move |l| l.record_validation(&node, false, now))
             .await
         {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(%node, error = %e, "failed validation not recorded"),
-            Err(e) => tracing::error!(%node, error = %e, "failed validation not recorded"),
+            tracing::error!(%node, error = ?e, "failed validation not recorded");
         }
-        let effects = lock(&self.inner.dispatch).validation_failed(now, &node);
-        if let Some(until) = lock(&self.inner.dispatch).excluded_until(&node) {
+        let effects = self.inner.dispatch.lock().validation_failed(now, &node);
+        if let Some(until) = self.inner.dispatch.lock().excluded_until(&node) {
             tracing::warn!(%node, until_s = until, "node excluded from placement");
         }
         self.apply(effects).await;
@@ -377,7 +346,14 @@ impl<T: Transport> Dispatcher<T> {
             .map_err(|e| format!("reference run: {e}"))?
         };
         let now = self.inner.clock.now_s();
-        let budget = self.ticket_budget(dep, now).map_err(|e| e.to_string())?;
+        let budget = ticket_budget(
+            &dep.plan,
+            dep.allowance_left,
+            dep.price.upfront,
+            dep.created_at_s,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
         let ticket = Ticket {
             deployment: dep.id,
             key: dep.key,
@@ -392,7 +368,11 @@ impl<T: Transport> Dispatcher<T> {
                 .collect(),
         };
         let task = TaskId::from_bytes(new_id());
-        lock(&state.tasks).insert(task);
+        // Never refuses: the oldest canary is forgotten instead.
+        let _ = state
+            .tasks
+            .lock()
+            .insert(task, (), u64::MAX, 0, WhenFull::ForgetSoonest);
         let request = ClientToNode::Infer(Box::new(InferRequest {
             task,
             deployment: dep.id,
@@ -413,7 +393,7 @@ impl<T: Transport> Dispatcher<T> {
         let answer = match answer {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                lock(&state.conns).remove(&replica.node);
+                state.conns.lock().remove(&replica.node);
                 return Err(e.to_string());
             }
             Err(_) => return Err(format!("no answer within {timeout:?}")),
@@ -446,7 +426,7 @@ impl<T: Transport> Dispatcher<T> {
         state: &CanaryState<T>,
         replica: &Replica,
     ) -> Result<T::Connection, String> {
-        if let Some(c) = lock(&state.conns).get(&replica.node) {
+        if let Some(c) = state.conns.lock().get(&replica.node) {
             return Ok(c.clone());
         }
         let mut last = String::from("no address");
@@ -458,7 +438,7 @@ impl<T: Transport> Dispatcher<T> {
             .await;
             match dial {
                 Ok(Ok(c)) => {
-                    let mut conns = lock(&state.conns);
+                    let mut conns = state.conns.lock();
                     if conns.len() >= self.inner.config.canary.connections_max {
                         conns.clear();
                     }
@@ -477,7 +457,7 @@ impl<T: Transport> Dispatcher<T> {
         state: &CanaryState<T>,
         dep: &DeploymentRecord,
     ) -> Result<Arc<dyn LoadedModel>, String> {
-        if let Some(m) = lock(&state.models).get(&dep.model) {
+        if let Some(m) = state.models.lock().get(&dep.model) {
             return Ok(m.clone());
         }
         let size = self
@@ -510,7 +490,7 @@ impl<T: Transport> Dispatcher<T> {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reference load: {e}"))?;
-        let mut models = lock(&state.models);
+        let mut models = state.models.lock();
         if models.len() >= self.inner.config.canary.models_cached_max.max(1) {
             models.clear();
         }
@@ -561,15 +541,5 @@ mod tests {
                 .all(|v| (0..4).contains(v))
         );
         assert!(canary_inputs(&info, 7, 16).is_err());
-    }
-
-    #[test]
-    fn bounded_set_forgets_the_oldest() {
-        let mut s = BoundedSet::new(2);
-        s.insert(1);
-        s.insert(2);
-        s.insert(3);
-        assert!(!s.contains(&1));
-        assert!(s.contains(&2) && s.contains(&3));
     }
 }

@@ -1,0 +1,423 @@
+//! The client conversation: uploads, quotes, deployments, leases, balances, key status and
+//! spot-check reports, each request authenticated by its SDK key.
+//!
+//! The rules are [`crat_core::pricing`], [`crat_core::dispatch`] and [`crat_core::policy`]
+//! (keys, ticket budgets, ticket memory, report plausibility and caps); this is their glue
+//! to the ledger, the blob store and the upload area.
+
+use std::time::{Duration, Instant};
+
+use crat_core::id::{DeploymentId, KeyId, ModelId};
+use crat_core::money::Credits;
+use crat_core::policy::budget::ticket_budget;
+use crat_core::policy::keys::{KeyStanding, check_key};
+use crat_core::policy::reports::{check_report, report_subject};
+use crat_core::pricing::DeployPlan;
+use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
+use crat_core::wire::{
+    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState,
+    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, SdkKey, ValidationReport,
+};
+use crat_transport::Transport;
+
+use super::reply::{Refusal, err};
+use super::{CachedKey, Counters, Dispatcher, new_id};
+use crate::blob::UploadProgress;
+use crate::ledger::{AccountName, DeploymentRecord, KeyRecord, ModelRecord};
+
+/// SDK key records cached at once (the cache is emptied when full).
+const KEYS_CACHED_MAX: usize = 100_000;
+
+impl<T: Transport> Dispatcher<T> {
+    /// Checks an SDK key: known (its record cached for `key_cache_ms`), and then
+    /// [`check_key`]: secret, revocation, expiry.
+    async fn authenticate(&self, key: &SdkKey) -> Result<KeyRecord, Refusal> {
+        let now = self.inner.clock.now_s();
+        let cache_for = Duration::from_millis(self.inner.config.key_cache_ms);
+        let cached = self
+            .inner
+            .keys
+            .read()
+            .get(&key.id)
+            .filter(|c| c.fetched.elapsed() < cache_for)
+            .map(|c| c.record.clone());
+        let record = match cached {
+            Some(r) => r,
+            None => {
+                let id = key.id;
+                let record = self
+                    .db(move |l| l.key(&id))
+                    .await?
+                    .ok_or_else(|| err(ErrorCode::Unauthenticated, "unknown SDK key"))?;
+                let mut keys = self.inner.keys.write();
+                if keys.len() >= KEYS_CACHED_MAX {
+                    keys.clear();
+                }
+                keys.insert(
+                    key.id,
+                    CachedKey {
+                        record: record.clone(),
+                        fetched: Instant::now(),
+                    },
+                );
+                record
+            }
+        };
+        let standing = KeyStanding {
+            id: record.id,
+            secret_hash: record.secret_hash,
+            expires_at_s: record.expires_at_s,
+            revoked_at_s: record.revoked_at_s,
+        };
+        check_key(&standing, &key.secret, now)?;
+        Ok(record)
+    }
+
+    /// Answers one client request (also usable in-process, e.g. by benchmarks). Not subject
+    /// to [`DispatcherConfig::client_key_rate`], which guards the network path.
+    pub async fn handle_client(&self, req: ClientRequest) -> DispatcherResponse {
+        self.client(req, false)
+            .await
+            .unwrap_or_else(|e| DispatcherResponse::Error(e.into()))
+    }
+
+    /// A client request from the network: rate-limited per key.
+    pub(super) async fn handle_remote_client(&self, req: ClientRequest) -> DispatcherResponse {
+        self.client(req, true)
+            .await
+            .unwrap_or_else(|e| DispatcherResponse::Error(e.into()))
+    }
+
+    /// `Busy` when `key` is over its request rate. Checked after authentication, so nobody
+    /// can spend another key's allowance by naming it.
+    fn check_rate(&self, key: &KeyId) -> Result<(), Refusal> {
+        let Some(rates) = &self.inner.key_rates else {
+            return Ok(());
+        };
+        let now_ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        rates
+            .lock()
+            .allow(key, now_ms)
+            .map_err(|e| err(ErrorCode::Busy, format!("{key}: {e}")).into())
+    }
+
+    async fn client(
+        &self,
+        req: ClientRequest,
+        rate_limited: bool,
+    ) -> Result<DispatcherResponse, Refusal> {
+        let key = self.authenticate(&req.key).await?;
+        if rate_limited {
+            self.check_rate(&key.id)?;
+        }
+        let now = self.inner.clock.now_s();
+        match req.call {
+            ClientCall::UploadBegin { model, total_bytes } => {
+                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                    return Ok(stored);
+                }
+                let p = self.inner.uploads.begin(model, total_bytes).await?;
+                Ok(upload_progress(p))
+            }
+            ClientCall::UploadChunk {
+                model,
+                offset,
+                data,
+            } => {
+                let p = self.inner.uploads.write(model, offset, &data).await?;
+                Ok(upload_progress(p))
+            }
+            ClientCall::UploadFinish { model } => {
+                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                    return Ok(stored);
+                }
+                let staged = self.inner.uploads.finish(model).await?;
+                self.inner
+                    .blobs
+                    .put_file(&model, &staged.path)
+                    .await
+                    .map_err(|e| Refusal::Internal(e.to_string()))?;
+                self.remember_model(model, staged.bytes, &key.account, now)
+                    .await?;
+                tracing::info!(%model, bytes = staged.bytes, "model stored");
+                Ok(DispatcherResponse::ModelStored {
+                    model,
+                    bytes: staged.bytes,
+                })
+            }
+            ClientCall::Quote { model, plan } => {
+                let bytes = self.model_bytes(model).await?;
+                let quote = self
+                    .inner
+                    .config
+                    .pricing
+                    .quote(bytes, &plan)
+                    .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+                Ok(DispatcherResponse::Quote(quote))
+            }
+            ClientCall::Deploy { model, plan } => self.deploy(&key, model, plan, now).await,
+            ClientCall::Deployment { deployment } => {
+                let d = self.owned_deployment(&key, &deployment)?;
+                Ok(DispatcherResponse::Deployment(self.describe(&d)))
+            }
+            ClientCall::Undeploy { deployment } => {
+                self.owned_deployment(&key, &deployment)?;
+                let effects = self.inner.dispatch.lock().undeploy(&deployment);
+                let stopped = self
+                    .db(move |l| l.stop_deployment(&deployment, now))
+                    .await?;
+                self.inner.deployments.write().remove(&stopped.id);
+                self.apply(effects).await;
+                Ok(DispatcherResponse::Ok)
+            }
+            ClientCall::Lease { deployment } => self
+                .lease(&key, &deployment, now)
+                .map(DispatcherResponse::Lease),
+            ClientCall::Balance => {
+                let account = key.account.clone();
+                let b = self.db(move |l| l.balance(&account)).await?;
+                Ok(DispatcherResponse::Balance(b))
+            }
+            ClientCall::ReportValidation(report) => {
+                self.validation_report(&key, *report, now).await?;
+                Ok(DispatcherResponse::Ok)
+            }
+            ClientCall::KeyStatus => Ok(DispatcherResponse::Key(KeyInfo {
+                id: key.id,
+                status: KeyStatus::Active,
+                created_at_s: key.created_at_s,
+                expires_at_s: key.expires_at_s,
+            })),
+        }
+    }
+
+    /// `ModelStored` if the blob store has `model` already (content-addressed: a model
+    /// stored once is stored for everyone), after noting it for `account`.
+    async fn already_stored(
+        &self,
+        model: ModelId,
+        account: &AccountName,
+        now: u64,
+    ) -> Result<Option<DispatcherResponse>, Refusal> {
+        let size = self
+            .inner
+            .blobs
+            .size(&model)
+            .await
+            .map_err(|e| Refusal::Internal(e.to_string()))?;
+        let Some(size) = size else { return Ok(None) };
+        self.remember_model(model, size, account, now).await?;
+        Ok(Some(DispatcherResponse::ModelStored { model, bytes: size }))
+    }
+
+    async fn remember_model(
+        &self,
+        model: ModelId,
+        bytes: u64,
+        account: &AccountName,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let record = ModelRecord {
+            id: model,
+            bytes,
+            account: account.clone(),
+            stored_at_s: now,
+        };
+        self.db(move |l| l.insert_model(&record)).await
+    }
+
+    async fn model_bytes(&self, model: ModelId) -> Result<u64, Refusal> {
+        let found = self.db(move |l| l.model(&model)).await?;
+        found.map(|m| m.bytes).ok_or_else(|| {
+            err(
+                ErrorCode::NotFound,
+                format!("model {model} is not uploaded"),
+            )
+            .into()
+        })
+    }
+
+    fn owned_deployment(
+        &self,
+        key: &KeyRecord,
+        id: &DeploymentId,
+    ) -> Result<DeploymentRecord, Refusal> {
+        let deployments = self.inner.deployments.read();
+        deployments
+            .get(id)
+            .filter(|d| d.account == key.account)
+            .cloned()
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("deployment {id}")).into())
+    }
+
+    fn describe(&self, d: &DeploymentRecord) -> DeploymentInfo {
+        let (state, ready, wanted) = if d.stopped_at_s.is_some() {
+            (DeploymentState::Stopped, 0, 0)
+        } else {
+            self.inner
+                .dispatch
+                .lock()
+                .deployment_state(&d.id)
+                .unwrap_or((DeploymentState::Stopped, 0, 0))
+        };
+        DeploymentInfo {
+            id: d.id,
+            model: d.model,
+            plan: d.plan,
+            state,
+            replicas_ready: ready,
+            replicas_wanted: wanted,
+            price: d.price,
+            allowance_left: d.allowance_left,
+        }
+    }
+
+    async fn deploy(
+        &self,
+        key: &KeyRecord,
+        model: ModelId,
+        plan: DeployPlan,
+        now: u64,
+    ) -> Result<DispatcherResponse, Refusal> {
+        let model_bytes = self.model_bytes(model).await?;
+        let price = self
+            .inner
+            .config
+            .pricing
+            .quote(model_bytes, &plan)
+            .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+        let account = key.account.clone();
+        let balance = self.db(move |l| l.balance(&account)).await?;
+        if balance < price.upfront {
+            return Err(err(
+                ErrorCode::InsufficientCredits,
+                format!(
+                    "deploying costs {} credits up front; the balance is {}",
+                    price.upfront.get(),
+                    balance.get()
+                ),
+            )
+            .into());
+        }
+        let id = DeploymentId::from_bytes(new_id());
+        // Place first (nothing is charged if there is no capacity), then charge; if the
+        // charge fails the placement is undone before any node hears of it.
+        let effects = self
+            .inner
+            .dispatch
+            .lock()
+            .deploy(now, id, model, model_bytes, plan)?;
+        let record = DeploymentRecord {
+            id,
+            account: key.account.clone(),
+            key: key.id,
+            model,
+            model_bytes,
+            plan,
+            price,
+            allowance_left: match plan {
+                DeployPlan::PerRequest(p) => p.credit_allowance,
+                DeployPlan::PerInstance(_) => Credits::ZERO,
+            },
+            created_at_s: now,
+            stopped_at_s: None,
+        };
+        let stored = record.clone();
+        if let Err(e) = self.db(move |l| l.create_deployment(&stored)).await {
+            self.inner.dispatch.lock().undeploy(&id);
+            return Err(e);
+        }
+        self.inner.deployments.write().insert(id, record.clone());
+        self.apply(effects).await;
+        tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), "deployed");
+        Ok(DispatcherResponse::Deployment(self.describe(&record)))
+    }
+
+    /// Issues a lease: the warm replicas, a ticket for them (remembered, so that usage is
+    /// charged only under it) and the sampling rate.
+    fn lease(&self, key: &KeyRecord, id: &DeploymentId, now: u64) -> Result<Lease, Refusal> {
+        let d = self.owned_deployment(key, id)?;
+        let budget = ticket_budget(
+            &d.plan,
+            d.allowance_left,
+            d.price.upfront,
+            d.created_at_s,
+            now,
+        )
+        .map_err(|e| Refusal::Budget(*id, e))?;
+        let mut replicas = self.inner.dispatch.lock().lease_replicas(id)?;
+        replicas.truncate(TICKET_AUDIENCE_MAX);
+        let config = &self.inner.config;
+        let ticket = Ticket {
+            deployment: *id,
+            key: key.id,
+            credit_budget: budget,
+            issued_at_s: now,
+            expires_at_s: now.saturating_add(config.ticket_lifetime_s),
+            nonce: new_id(),
+            audience: replicas.iter().map(|r| r.node).collect(),
+        };
+        let forget_at_s = ticket.expires_at_s.saturating_add(config.usage_grace_s);
+        if self
+            .inner
+            .tickets
+            .lock()
+            .insert(now, &ticket, forget_at_s)
+            .is_err()
+        {
+            return Err(err(ErrorCode::Busy, "too many live tickets; try again shortly").into());
+        }
+        Counters::add(&self.inner.counters.leases, 1);
+        let suspect = self.inner.dispatch.lock().suspect(id);
+        let validation_bps = self.inner.reports.lock().lease_bps(*id, suspect);
+        Ok(Lease {
+            replicas,
+            ticket: Signed::sign(ticket, &self.inner.key),
+            validation_bps,
+        })
+    }
+
+    /// Checks a spot-check report ([`check_report`]) and credits it once, within the
+    /// deployment's report cap: each validator in the majority gets a `validations_ok`,
+    /// each node outside it a `validations_failed` (which may exclude it from placement).
+    /// The security argument is in [`crat_core::policy::reports`].
+    async fn validation_report(
+        &self,
+        key: &KeyRecord,
+        report: ValidationReport,
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let (task, deployment) = report_subject(&report)?;
+        self.owned_deployment(key, &deployment)?;
+        let replicas = self.inner.dispatch.lock().ready_replicas(&deployment);
+        let verdict = check_report(&report, &replicas)?;
+        self.inner.reports.lock().check_new(deployment, task)?;
+        // No more reports than the sampling rate explains (twice, plus a slack).
+        let (tasks, _) = self.db(move |l| l.usage_totals(&deployment)).await?;
+        self.inner.reports.lock().credit(deployment, task, tasks)?;
+        let credited = verdict.validators_ok.clone();
+        self.db(move |l| {
+            for n in &credited {
+                l.record_validation(n, true, now)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let counters = &self.inner.counters;
+        Counters::add(&counters.validations_ok, verdict.validators_ok.len() as u64);
+        for n in verdict.failed {
+            tracing::warn!(node = %n, %task, "spot check failed");
+            Counters::add(&counters.validations_failed, 1);
+            self.validation_failed(n).await;
+        }
+        Ok(())
+    }
+}
+
+fn upload_progress(p: UploadProgress) -> DispatcherResponse {
+    DispatcherResponse::Upload {
+        received_bytes: p.received_bytes,
+        total_bytes: p.total_bytes,
+        chunk_bytes_max: CHUNK_BYTES_MAX,
+    }
+}

@@ -1,0 +1,127 @@
+//! What a dispatcher is configured with.
+
+use std::path::PathBuf;
+
+use crat_core::dispatch::DispatchConfig;
+use crat_core::limit::RateLimit;
+use crat_core::pricing::PricingParams;
+use crat_rewards::Params;
+use crat_transport::FrameLimits;
+
+use super::canary::CanaryConfig;
+use crate::rounds::RoundClock;
+
+/// Everything a dispatcher is configured with.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Where the ledger, models, partial uploads and payouts live.
+    pub data_dir: PathBuf,
+    /// Dispatch rules (heartbeats, replicas, capacity).
+    pub dispatch: DispatchConfig,
+    /// Prices.
+    pub pricing: PricingParams,
+    /// Round economics; `rewards.round_s` is the round length.
+    pub rewards: Params,
+    /// Start of round 0 (Unix seconds). Default 0: rounds are aligned to `round_s`.
+    pub round_epoch_s: u64,
+    /// How long after a round ends it is closed (so last heartbeats land). Default 10 s.
+    pub round_close_delay_s: u64,
+    /// Lifetime of a lease's ticket. Default 300 s.
+    pub ticket_lifetime_s: u64,
+    /// Tickets remembered (by nonce) so that usage is charged only under a ticket this
+    /// dispatcher issued for that deployment to that node. Past it, with every remembered
+    /// ticket still live, a lease is answered `Busy`. Default 262,144.
+    pub tickets_tracked_max: usize,
+    /// How long after a ticket expires its usage is still accepted (nodes retry reports).
+    /// Also how long after a start usage under tickets of a previous run is accepted from a
+    /// node that serves the deployment. Default 3,600 s.
+    pub usage_grace_s: u64,
+    /// Frame caps.
+    pub frame_limits: FrameLimits,
+    /// Largest model accepted. Default 1 GiB.
+    pub model_bytes_max: u64,
+    /// Partial uploads kept at once. Default 64.
+    pub uploads_max: usize,
+    /// Requests handled at once per connection. Default 256.
+    pub concurrency_max: usize,
+    /// Requests per SDK key arriving over the network, once the key is authenticated; over
+    /// it a request is answered `Busy`. `None`: unlimited. Default 2,000/s, bursts of 4,000
+    /// (a 100 MB upload is about 130 requests). In-process calls
+    /// ([`Dispatcher::handle_client`]) are not limited.
+    pub client_key_rate: Option<RateLimit>,
+    /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
+    /// Default 65,536.
+    pub client_keys_tracked_max: usize,
+    /// Node registrations remembered for their freshness window, so that each is accepted
+    /// once; when this many are fresh, registering is answered `Busy`. Default 65,536.
+    pub registrations_tracked_max: usize,
+    /// How long a key's status is cached (revocations take effect within this). Default 1 s.
+    pub key_cache_ms: u64,
+    /// How often the state machine ticks and round closing is checked. Default 1 s.
+    pub tick_ms: u64,
+    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`]).
+    pub canary: CanaryConfig,
+    /// Share of tasks clients spot-check on a second replica (sent in every lease), in
+    /// basis points. Default 100 (1 %). At most 10,000.
+    pub validation_bps: u16,
+    /// The share for a deployment one of whose replicas failed a validation within the
+    /// exclusion window ([`crat_core::dispatch::Dispatch::suspect`]): a cheater caught once
+    /// is checked ten times as often until it is caught again and excluded, or the window
+    /// passes. Basis points; default 1,000 (10 %); never below `validation_bps`.
+    pub validation_bps_suspect: u16,
+    /// Spot-check reports remembered (by task) so that each task is credited once; the
+    /// oldest are forgotten beyond. Default 65,536.
+    pub validation_reports_tracked_max: usize,
+    /// Reports credited per deployment beyond what its sampling rate explains: a
+    /// deployment's reports are credited up to `2 × validation_bps / 10,000 × its tasks`
+    /// (usage records) plus this, so a client colluding with a replica cannot report every
+    /// task. Over it a report is answered `Busy`. Default 16.
+    pub validation_reports_slack: u64,
+}
+
+impl DispatcherConfig {
+    /// Defaults, with data under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            dispatch: DispatchConfig::default(),
+            pricing: PricingParams::default(),
+            rewards: Params::default(),
+            round_epoch_s: 0,
+            round_close_delay_s: 10,
+            ticket_lifetime_s: 300,
+            tickets_tracked_max: 262_144,
+            usage_grace_s: 3_600,
+            frame_limits: FrameLimits::default(),
+            model_bytes_max: 1 << 30,
+            uploads_max: 64,
+            concurrency_max: 256,
+            client_key_rate: Some(RateLimit {
+                per_s: 2_000,
+                burst: 4_000,
+            }),
+            client_keys_tracked_max: 65_536,
+            registrations_tracked_max: 65_536,
+            key_cache_ms: 1_000,
+            tick_ms: 1_000,
+            canary: CanaryConfig::default(),
+            validation_bps: 100,
+            validation_bps_suspect: 1_000,
+            validation_reports_tracked_max: 65_536,
+            validation_reports_slack: 16,
+        }
+    }
+
+    /// The round clock these settings describe.
+    pub fn round_clock(&self) -> RoundClock {
+        RoundClock {
+            epoch_s: self.round_epoch_s,
+            round_s: self.rewards.round_s,
+        }
+    }
+
+    /// The ledger file.
+    pub fn ledger_path(&self) -> PathBuf {
+        self.data_dir.join("ledger.sqlite")
+    }
+}

@@ -1,0 +1,481 @@
+//! The dispatcher service: the [`Dispatch`] state machine, the sans-IO rules of
+//! [`crat_core::policy`], the ledger, the blob store and a transport, wired together.
+//!
+//! One endpoint serves nodes and clients. A connection whose first request is a node
+//! registration signed by the connection's own (TLS-proven) identity is a node connection;
+//! any other connection is a client connection, and each of its requests carries an SDK key.
+//!
+//! Every request that moves money or usage is committed to the ledger before its answer is
+//! sent. Ledger calls run on tokio's blocking pool, so an `fsync` never stalls the network.
+//!
+//! The glue is split by conversation: [`node`] (registration, heartbeats, model fetches,
+//! usage), [`client`] (uploads, deployments, leases, balances, spot-check reports),
+//! [`canary`] (the dispatcher's own test tasks) and [`closing`] (rounds). Decisions live in
+//! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
+//! error once. Locks are taken one after another, never nested.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crat_core::dispatch::Dispatch;
+use crat_core::id::{DeploymentId, KeyId, NodeId};
+use crat_core::limit::KeyedRateLimiter;
+use crat_core::policy::reports::{ReportBook, SamplingRates};
+use crat_core::policy::tickets::IssuedTickets;
+use crat_core::sign::NonceTracker;
+use crat_core::wire::{
+    CHUNK_BYTES_MAX, ClientRequest, DispatcherReply, DispatcherResponse, ErrorCode, NodeRequest,
+};
+use crat_node::runtime::{Clock, SystemClock};
+use crat_rewards::Settlement;
+use crat_rewards::file_export::FileSettlement;
+use crat_transport::{
+    Connection, Conversation, Frame, IncomingExchange, Transport, TransportError, serve,
+};
+use ed25519_dalek::SigningKey;
+use parking_lot::{Mutex, RwLock};
+
+use crate::blob::{BlobStore, LocalBlobStore, UploadConfig, Uploads};
+use crate::ledger::{DeploymentRecord, KeyRecord, Ledger, LedgerError, SqliteLedger};
+use crate::rounds::RoundError;
+use reply::{Refusal, err};
+
+mod canary;
+mod client;
+mod closing;
+mod config;
+mod node;
+mod reply;
+
+use canary::CanaryState;
+pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, canary_inputs};
+pub use config::DispatcherConfig;
+
+/// Why the dispatcher could not start or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatcherError {
+    /// The ledger failed.
+    #[error("ledger: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The upload area or blob store failed.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// A setting is out of range.
+    #[error("config: {0}")]
+    Config(String),
+    /// A round could not be closed.
+    #[error("round: {0}")]
+    Round(#[from] RoundError),
+}
+
+/// The parts a dispatcher is built from (see [`Dispatcher::open`] for the defaults).
+pub struct DispatcherParts<T: Transport> {
+    /// The dispatcher's key: its transport identity and the key that signs tickets.
+    pub key: SigningKey,
+    /// Its endpoint.
+    pub transport: T,
+    /// The database.
+    pub ledger: Arc<dyn Ledger>,
+    /// Where models are stored.
+    pub blobs: Arc<dyn BlobStore>,
+    /// Where uploads are staged.
+    pub uploads: Uploads,
+    /// Where payouts go.
+    pub settlement: Box<dyn Settlement>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// What canary tasks need; `None`: no canaries.
+    pub canary: Option<CanaryParts<T>>,
+}
+
+/// Counters for monitoring and the demo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DispatcherStats {
+    /// Leases issued.
+    pub leases: u64,
+    /// Usage records charged.
+    pub usage_records: u64,
+    /// Usage records that were duplicates of charged tasks.
+    pub usage_duplicates: u64,
+    /// Rounds closed by this process.
+    pub rounds_closed: u64,
+    /// Validations of other nodes' work credited from spot-check reports.
+    pub validations_ok: u64,
+    /// Failed validations recorded from spot-check reports (canaries not included).
+    pub validations_failed: u64,
+    /// Canaries answered correctly.
+    pub canaries_passed: u64,
+    /// Canaries answered wrongly (each recorded as a failed validation).
+    pub canaries_failed: u64,
+    /// Canaries without a verdict (error, timeout, unreachable node).
+    pub canaries_inconclusive: u64,
+}
+
+struct CachedKey {
+    record: KeyRecord,
+    fetched: Instant,
+}
+
+struct NodeConn<C> {
+    serial: u64,
+    conn: C,
+}
+
+/// The counters behind [`DispatcherStats`].
+#[derive(Default)]
+struct Counters {
+    leases: AtomicU64,
+    usage_records: AtomicU64,
+    usage_duplicates: AtomicU64,
+    rounds_closed: AtomicU64,
+    validations_ok: AtomicU64,
+    validations_failed: AtomicU64,
+    canaries_passed: AtomicU64,
+    canaries_failed: AtomicU64,
+    canaries_inconclusive: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> DispatcherStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DispatcherStats {
+            leases: get(&self.leases),
+            usage_records: get(&self.usage_records),
+            usage_duplicates: get(&self.usage_duplicates),
+            rounds_closed: get(&self.rounds_closed),
+            validations_ok: get(&self.validations_ok),
+            validations_failed: get(&self.validations_failed),
+            canaries_passed: get(&self.canaries_passed),
+            canaries_failed: get(&self.canaries_failed),
+            canaries_inconclusive: get(&self.canaries_inconclusive),
+        }
+    }
+}
+
+struct Inner<T: Transport> {
+    key: SigningKey,
+    id: NodeId,
+    transport: T,
+    config: DispatcherConfig,
+    ledger: Arc<dyn Ledger>,
+    blobs: Arc<dyn BlobStore>,
+    uploads: Uploads,
+    settlement: Mutex<Box<dyn Settlement>>,
+    clock: Arc<dyn Clock>,
+    dispatch: Mutex<Dispatch>,
+    node_conns: Mutex<HashMap<NodeId, NodeConn<T::Connection>>>,
+    keys: RwLock<HashMap<KeyId, CachedKey>>,
+    /// Request rates of SDK keys on the network path.
+    key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
+    /// Registrations accepted within their freshness window (node, nonce).
+    registrations: Mutex<NonceTracker<(NodeId, [u8; 16])>>,
+    /// The origin of the rate limiter's milliseconds and of the restart grace.
+    started: Instant,
+    deployments: RwLock<HashMap<DeploymentId, DeploymentRecord>>,
+    serial: AtomicU64,
+    next_round: Mutex<Option<u64>>,
+    canary: Option<CanaryState<T>>,
+    /// Credited spot-check reports, their caps and the suspect sampling rate.
+    reports: Mutex<ReportBook>,
+    /// Tickets issued, for checking usage.
+    tickets: Mutex<IssuedTickets>,
+    counters: Counters,
+}
+
+/// A running dispatcher. Cheap to clone.
+pub struct Dispatcher<T: Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: Transport> Clone for Dispatcher<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn new_id<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    b
+}
+
+impl<T: Transport> Dispatcher<T> {
+    /// A dispatcher with the embedded defaults under `config.data_dir`: a SQLite ledger,
+    /// a local model directory, an upload staging directory and file settlement.
+    pub fn open(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+    ) -> Result<Self, DispatcherError> {
+        Self::open_with(config, key, transport, None)
+    }
+
+    /// [`Dispatcher::open`], sending canary tasks with `canary` (see [`CanaryConfig`]).
+    pub fn open_with(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+        canary: Option<CanaryParts<T>>,
+    ) -> Result<Self, DispatcherError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| DispatcherError::Storage(format!("{}: {e}", config.data_dir.display())))?;
+        let ledger = Arc::new(SqliteLedger::open(&config.ledger_path())?);
+        let blobs = Arc::new(
+            LocalBlobStore::open(&config.data_dir.join("models"))
+                .map_err(|e| DispatcherError::Storage(e.to_string()))?,
+        );
+        let uploads = Uploads::open(UploadConfig {
+            model_bytes_max: config.model_bytes_max,
+            uploads_max: config.uploads_max,
+            chunk_bytes: CHUNK_BYTES_MAX,
+            ..UploadConfig::new(config.data_dir.join("uploads"))
+        })
+        .map_err(|e| DispatcherError::Storage(e.to_string()))?;
+        let settlement = Box::new(FileSettlement::new(config.data_dir.join("payouts")));
+        Self::new(
+            DispatcherParts {
+                key,
+                transport,
+                ledger,
+                blobs,
+                uploads,
+                settlement,
+                clock: Arc::new(SystemClock),
+                canary,
+            },
+            config,
+        )
+    }
+
+    /// Assembles a dispatcher from parts; loads active deployments from the ledger.
+    pub fn new(
+        parts: DispatcherParts<T>,
+        mut config: DispatcherConfig,
+    ) -> Result<Self, DispatcherError> {
+        // Exclusions last whole rounds of the rewards' length.
+        config.dispatch.round_s = config.rewards.round_s;
+        config
+            .rewards
+            .validate()
+            .map_err(|e| DispatcherError::Config(e.to_string()))?;
+        config
+            .pricing
+            .validate()
+            .map_err(|e| DispatcherError::Config(e.to_string()))?;
+        if config.ticket_lifetime_s == 0
+            || config.ticket_lifetime_s > crat_core::sign::TICKET_LIFETIME_S_MAX
+        {
+            return Err(DispatcherError::Config(format!(
+                "ticket_lifetime_s must be 1..={}",
+                crat_core::sign::TICKET_LIFETIME_S_MAX
+            )));
+        }
+        let mut dispatch = Dispatch::new(config.dispatch.clone());
+        let mut deployments = HashMap::new();
+        for d in parts.ledger.active_deployments()? {
+            dispatch
+                .restore(d.id, d.model, d.model_bytes, d.plan)
+                .map_err(|e| DispatcherError::Config(e.to_string()))?;
+            deployments.insert(d.id, d);
+        }
+        let key_rates = config
+            .client_key_rate
+            .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
+        let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
+        let rates = SamplingRates::new(config.validation_bps, config.validation_bps_suspect)
+            .map_err(|e| DispatcherError::Config(e.to_string()))?;
+        let reports = Mutex::new(ReportBook::new(
+            rates,
+            config.validation_reports_tracked_max,
+            config.validation_reports_slack,
+        ));
+        let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
+        let canary = parts.canary.map(|c| CanaryState::new(c, &config.canary));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                id: NodeId::from_key(&parts.key.verifying_key()),
+                key: parts.key,
+                transport: parts.transport,
+                config,
+                ledger: parts.ledger,
+                blobs: parts.blobs,
+                uploads: parts.uploads,
+                settlement: Mutex::new(parts.settlement),
+                clock: parts.clock,
+                dispatch: Mutex::new(dispatch),
+                node_conns: Mutex::new(HashMap::new()),
+                keys: RwLock::new(HashMap::new()),
+                key_rates,
+                registrations,
+                started: Instant::now(),
+                deployments: RwLock::new(deployments),
+                serial: AtomicU64::new(0),
+                next_round: Mutex::new(None),
+                canary,
+                reports,
+                tickets,
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The dispatcher's identity (pinned by nodes and clients; it signs tickets).
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> crat_core::wire::PeerAddr {
+        self.inner.transport.local_addr()
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.inner.ledger
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DispatcherStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Nodes online now.
+    pub fn online_nodes(&self) -> usize {
+        self.inner.dispatch.lock().online_count()
+    }
+
+    /// Stops accepting and closes every connection.
+    pub fn close(&self) {
+        self.inner.transport.close();
+        if let Some(c) = &self.inner.canary {
+            c.close();
+        }
+    }
+
+    /// Until when `node` is excluded from placement for failed validations, if it is now.
+    pub fn excluded_until(&self, node: &NodeId) -> Option<u64> {
+        self.inner.dispatch.lock().excluded_until(node)
+    }
+
+    /// The nodes holding warm replicas of `deployment` now.
+    pub fn ready_replicas(&self, deployment: &DeploymentId) -> Vec<NodeId> {
+        self.inner
+            .dispatch
+            .lock()
+            .ready_replicas(deployment)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// Runs `f` on the ledger on tokio's blocking pool.
+    async fn db<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Ledger) -> Result<R, LedgerError> + Send + 'static,
+    ) -> Result<R, Refusal> {
+        let ledger = self.inner.ledger.clone();
+        tokio::task::spawn_blocking(move || f(&*ledger))
+            .await
+            .map_err(|e| Refusal::Internal(format!("ledger task failed: {e}")))?
+            .map_err(Refusal::Ledger)
+    }
+
+    /// Runs until the transport is closed: accepts nodes and clients, ticks the state
+    /// machine, closes rounds.
+    pub async fn run(&self) -> Result<(), DispatcherError> {
+        // Aborted when `run` returns or is dropped (a cancelled run must not leave the
+        // ticker holding the dispatcher, and with it the socket, alive).
+        let _ticker = AbortOnDrop(tokio::spawn(self.clone().tick_loop()));
+        let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
+        let result = loop {
+            match self.inner.transport.accept().await {
+                Ok(conn) => {
+                    tokio::spawn(self.clone().connection(conn));
+                }
+                Err(e) => break e,
+            }
+        };
+        tracing::info!(error = %result, "dispatcher stopped accepting");
+        Ok(())
+    }
+
+    /// Tells a node connection (its first request a registration signed by the
+    /// connection's identity) from a client connection, and serves it.
+    async fn connection(self, conn: T::Connection) {
+        let max = self.inner.config.frame_limits.control_bytes_max;
+        let Ok(mut first) = conn.accept_exchange().await else {
+            return;
+        };
+        let Ok(frame) = first.read_request(max).await else {
+            return;
+        };
+        let remote = conn.remote_id();
+        match frame.decode::<NodeRequest>() {
+            Ok(NodeRequest::Register(reg)) if reg.signer == remote => {
+                let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+                let reply = self
+                    .register(&conn, serial, *reg)
+                    .await
+                    .unwrap_or_else(|e| DispatcherReply::Error(e.into()));
+                let registered = matches!(reply, DispatcherReply::Registered { .. });
+                respond(first, &reply, max).await;
+                if registered {
+                    self.node_connection(conn, serial).await;
+                    return;
+                }
+                // Refused: the connection stays open (as a client connection) until the peer
+                // closes it; dropping it now would discard the answer still in flight.
+            }
+            _ => {
+                let reply = match frame.decode::<ClientRequest>() {
+                    Ok(req) => self.handle_remote_client(req).await,
+                    Err(e) => DispatcherResponse::Error(err(ErrorCode::BadRequest, e.to_string())),
+                };
+                respond(first, &reply, max).await;
+            }
+        }
+        let me = self.clone();
+        serve(
+            conn,
+            Conversation::ClientDispatcher,
+            self.inner.config.frame_limits,
+            self.inner.config.concurrency_max,
+            move |req: ClientRequest| {
+                let me = me.clone();
+                async move { me.handle_remote_client(req).await }
+            },
+        )
+        .await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn respond<I: IncomingExchange, M: crat_core::wire::Message>(incoming: I, msg: &M, max: u32) {
+    match Frame::encode(msg, max) {
+        Ok(frame) => {
+            if let Err(e) = incoming.respond(frame).await {
+                tracing::debug!(error = %e, "response not delivered");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "response cannot be framed"),
+    }
+}

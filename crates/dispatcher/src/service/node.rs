@@ -1,0 +1,411 @@
+//! The node conversation: registration, heartbeats, model fetches, replica states, usage.
+//!
+//! The rules are [`crat_core::dispatch`] (placement, liveness) and [`crat_core::policy`]
+//! (ticket memory, usage admission, hardware rating); this is their glue to the ledger, the
+//! blob store and the node connections.
+
+use crat_core::dispatch::Effect;
+use crat_core::gpu_table::GpuTable;
+use crat_core::id::NodeId;
+use crat_core::policy::registration::rate_hardware;
+use crat_core::policy::tickets::{ticket_allows, within_restart_grace};
+use crat_core::policy::usage::{Admission, DeploymentTerms, UsageFacts, admit};
+use crat_core::sign::{Registration, ReplayError, Signed};
+use crat_core::wire::{
+    CHUNK_BYTES_MAX, DispatcherPush, DispatcherReply, ErrorCode, NodeAck, NodeRequest,
+    USAGE_RECORDS_MAX, UsageReport,
+};
+use crat_transport::{Connection, ConnectionExt, Conversation, Transport, serve};
+
+use super::reply::{Refusal, err};
+use super::{Counters, Dispatcher, NodeConn};
+use crate::ledger::{NodeRecord, UsageCharge};
+
+impl<T: Transport> Dispatcher<T> {
+    /// Serves a registered node's requests until its connection ends, then lets the state
+    /// machine know it left (unless a newer connection of it took over).
+    pub(super) async fn node_connection(&self, conn: T::Connection, serial: u64) {
+        let node = conn.remote_id();
+        let me = self.clone();
+        let e = serve(
+            conn,
+            Conversation::NodeDispatcher,
+            self.inner.config.frame_limits,
+            self.inner.config.concurrency_max,
+            move |req: NodeRequest| {
+                let me = me.clone();
+                async move { me.handle_node(node, req).await }
+            },
+        )
+        .await;
+        tracing::info!(%node, error = %e, "node connection ended");
+        let current = {
+            let mut conns = self.inner.node_conns.lock();
+            match conns.get(&node) {
+                Some(c) if c.serial == serial => {
+                    conns.remove(&node);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if current {
+            let effects = self.inner.dispatch.lock().node_left(&node);
+            self.apply(effects).await;
+        }
+    }
+
+    /// Registers the node behind `conn` (its registration signed by the connection's own
+    /// identity); the answer carries its assignments.
+    pub(super) async fn register(
+        &self,
+        conn: &T::Connection,
+        serial: u64,
+        reg: Signed<Registration>,
+    ) -> Result<DispatcherReply, Refusal> {
+        let now = self.inner.clock.now_s();
+        let r = reg
+            .verify_registration(now)
+            .map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))?
+            .clone();
+        // Each registration is accepted once: a copy presented again while it is still fresh
+        // (on this connection or another) is a replay.
+        let once = self
+            .inner
+            .registrations
+            .lock()
+            .check((r.node, r.nonce), r.expires_at_s(), now);
+        match once {
+            Ok(()) => {}
+            Err(e @ ReplayError::Full { .. }) => {
+                return Err(err(ErrorCode::Busy, format!("registration: {e}")).into());
+            }
+            Err(e) => {
+                return Err(err(
+                    ErrorCode::Unauthenticated,
+                    format!("registration refused: {e}"),
+                )
+                .into());
+            }
+        }
+        // The rating and income come from the GPU table, not from the node's own claim.
+        let (rating, income) = rate_hardware(GpuTable::builtin(), &r.hardware);
+        let record = NodeRecord {
+            id: r.node,
+            rating: u8::from(rating),
+            registered_at_s: now,
+            mining_income_usd_micro_per_day: income,
+            crat_micro: crat_core::money::MicroCrat::ZERO,
+            streak: 0,
+            uptime_total_s: 0,
+        };
+        self.db(move |l| l.upsert_node(&record)).await?;
+        self.inner.node_conns.lock().insert(
+            r.node,
+            NodeConn {
+                serial,
+                conn: conn.clone(),
+            },
+        );
+        let (effects, assignments) = {
+            let mut d = self.inner.dispatch.lock();
+            let effects = d.node_joined(
+                now,
+                r.node,
+                rating,
+                r.listen_addrs.clone(),
+                r.hardware.clone(),
+                r.model_bytes_max,
+            );
+            (effects, d.assignments_for(&r.node))
+        };
+        // Its own assignments travel in the answer; pushes go to the others.
+        let effects = effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Push { node, .. } if *node == r.node))
+            .collect();
+        self.apply(effects).await;
+        tracing::info!(node = %r.node, %rating, "node registered");
+        Ok(DispatcherReply::Registered {
+            dispatcher: self.inner.id,
+            heartbeat_interval_ms: u32::try_from(
+                self.inner
+                    .config
+                    .dispatch
+                    .heartbeat_interval_s
+                    .saturating_mul(1000),
+            )
+            .unwrap_or(u32::MAX),
+            assignments,
+        })
+    }
+
+    /// Carries out the state machine's effects.
+    pub(super) async fn apply(&self, effects: Vec<Effect>) {
+        let mut sessions = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Push { node, push } => self.push(node, push),
+                Effect::Online {
+                    node,
+                    session_start_s,
+                    until_s,
+                } => sessions.push((node, session_start_s, until_s)),
+                Effect::Offline {
+                    node,
+                    session_start_s,
+                    last_seen_s,
+                } => {
+                    tracing::info!(%node, "node offline");
+                    sessions.push((node, session_start_s, last_seen_s));
+                }
+                Effect::DeploymentState { deployment, state } => {
+                    tracing::info!(%deployment, ?state, "deployment state");
+                }
+            }
+        }
+        if !sessions.is_empty() {
+            let result = self
+                .db(move |l| {
+                    for (node, start, end) in sessions {
+                        l.record_online(&node, start, end)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = ?e, "uptime not recorded");
+            }
+        }
+    }
+
+    fn push(&self, node: NodeId, push: DispatcherPush) {
+        let conn = self
+            .inner
+            .node_conns
+            .lock()
+            .get(&node)
+            .map(|c| c.conn.clone());
+        let Some(conn) = conn else { return };
+        let limits = self.inner.config.frame_limits;
+        tokio::spawn(async move {
+            match conn
+                .call::<_, NodeAck>(&push, Conversation::NodeDispatcher, limits)
+                .await
+            {
+                Ok(NodeAck::Ok) => {}
+                Ok(NodeAck::Error(e)) => tracing::warn!(%node, error = %e, "push refused"),
+                Err(e) => tracing::debug!(%node, error = %e, "push not delivered"),
+            }
+        });
+    }
+
+    /// Answers one request from a registered node (the reply boundary of this
+    /// conversation).
+    async fn handle_node(&self, node: NodeId, req: NodeRequest) -> DispatcherReply {
+        self.node_request(node, req)
+            .await
+            .unwrap_or_else(|e| DispatcherReply::Error(e.into()))
+    }
+
+    async fn node_request(
+        &self,
+        node: NodeId,
+        req: NodeRequest,
+    ) -> Result<DispatcherReply, Refusal> {
+        let now = self.inner.clock.now_s();
+        match req {
+            NodeRequest::Register(_) => Err(err(
+                ErrorCode::BadRequest,
+                "already registered on this connection",
+            )
+            .into()),
+            NodeRequest::Heartbeat(hb) => {
+                let effects = self
+                    .inner
+                    .dispatch
+                    .lock()
+                    .heartbeat(now, &node, &hb)
+                    .map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))?;
+                self.apply(effects).await;
+                let d = self.inner.dispatch.lock();
+                Ok(DispatcherReply::HeartbeatAck {
+                    demand: d.demand(),
+                    assignments: d.assignments_for(&node),
+                })
+            }
+            NodeRequest::FetchModel { model, offset, len } => {
+                if len == 0 || len > CHUNK_BYTES_MAX {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        format!("chunk length must be 1..={CHUNK_BYTES_MAX}"),
+                    )
+                    .into());
+                }
+                // Models may be proprietary: a node gets only what it was assigned.
+                let assigned = self
+                    .inner
+                    .dispatch
+                    .lock()
+                    .assignments_for(&node)
+                    .iter()
+                    .any(|a| a.model == model);
+                if !assigned {
+                    return Err(err(
+                        ErrorCode::NotFound,
+                        format!("model {model} is not assigned to this node"),
+                    )
+                    .into());
+                }
+                let total = self
+                    .inner
+                    .blobs
+                    .size(&model)
+                    .await
+                    .map_err(|e| Refusal::Internal(e.to_string()))?
+                    .ok_or_else(|| err(ErrorCode::NotFound, format!("model {model}")))?;
+                let data = self
+                    .inner
+                    .blobs
+                    .read_range(&model, offset, len)
+                    .await
+                    .map_err(|e| err(ErrorCode::BadRequest, e.to_string()))?;
+                Ok(DispatcherReply::ModelChunk {
+                    offset,
+                    total_bytes: total,
+                    data,
+                })
+            }
+            NodeRequest::ReplicaState { deployment, state } => {
+                let effects =
+                    self.inner
+                        .dispatch
+                        .lock()
+                        .replica_state(now, &node, &deployment, &state);
+                self.apply(effects).await;
+                Ok(DispatcherReply::Ok)
+            }
+            NodeRequest::Usage(report) => self.usage(node, now, report).await,
+        }
+    }
+
+    /// Charges what [`admit`] lets be charged of a node's usage report, once per task.
+    async fn usage(
+        &self,
+        node: NodeId,
+        now: u64,
+        report: UsageReport,
+    ) -> Result<DispatcherReply, Refusal> {
+        if report.records.len() > USAGE_RECORDS_MAX {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!("more than {USAGE_RECORDS_MAX} records"),
+            )
+            .into());
+        }
+        let config = &self.inner.config;
+        let restart_grace = within_restart_grace(
+            self.inner.started.elapsed().as_secs(),
+            config.ticket_lifetime_s,
+            config.usage_grace_s,
+        );
+        // What the ticket memory says of each record. (Locks are taken one after another,
+        // never nested.)
+        let known: Vec<Option<bool>> = {
+            let mut tickets = self.inner.tickets.lock();
+            tickets.forget_old(now);
+            report
+                .records
+                .iter()
+                .map(|r| tickets.allows(&r.ticket_nonce, &r.deployment, &node))
+                .collect()
+        };
+        let allowed: Vec<bool> = {
+            let dispatch = self.inner.dispatch.lock();
+            report
+                .records
+                .iter()
+                .zip(known)
+                .map(|(r, known)| {
+                    ticket_allows(known, restart_grace, || {
+                        dispatch.serves(&node, &r.deployment)
+                    })
+                })
+                .collect()
+        };
+        let mut charges = Vec::with_capacity(report.records.len());
+        let (mut unknown, mut refused) = (0u32, 0u32);
+        {
+            let deployments = self.inner.deployments.read();
+            for (record, ticket_allows) in report.records.into_iter().zip(allowed) {
+                let facts = UsageFacts {
+                    canary: self
+                        .inner
+                        .canary
+                        .as_ref()
+                        .is_some_and(|c| c.is_canary(&record.task)),
+                    ticket_allows,
+                    deployment: deployments
+                        .get(&record.deployment)
+                        .map(|d| DeploymentTerms {
+                            plan: d.plan,
+                            model_bytes: d.model_bytes,
+                            per_request_max: d.price.per_request_max,
+                        }),
+                };
+                match admit(&record, facts, &config.pricing) {
+                    Admission::Charge(cost) => charges.push(UsageCharge {
+                        record,
+                        node,
+                        cost,
+                        at_s: now,
+                    }),
+                    Admission::Refuse => {
+                        refused += 1;
+                        unknown += 1;
+                    }
+                    // Nothing to charge, never retried.
+                    Admission::Ignore(_) => unknown += 1,
+                }
+            }
+        }
+        let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
+        touched.sort();
+        touched.dedup();
+        let (outcome, after) = self
+            .db(move |l| {
+                let outcome = l.charge_usage(&charges)?;
+                let mut after = Vec::new();
+                for id in touched {
+                    if let Some(d) = l.deployment(&id)? {
+                        after.push(d);
+                    }
+                }
+                Ok((outcome, after))
+            })
+            .await?;
+        {
+            let mut deployments = self.inner.deployments.write();
+            for d in after {
+                if let Some(slot) = deployments.get_mut(&d.id) {
+                    *slot = d;
+                }
+            }
+        }
+        let counters = &self.inner.counters;
+        Counters::add(&counters.usage_records, u64::from(outcome.accepted));
+        Counters::add(&counters.usage_duplicates, u64::from(outcome.duplicates));
+        if unknown > 0 {
+            tracing::warn!(
+                %node,
+                unknown,
+                refused,
+                "usage for unknown deployments or without a ticket naming the node ignored"
+            );
+        }
+        Ok(DispatcherReply::UsageAck {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates + unknown,
+        })
+    }
+}
