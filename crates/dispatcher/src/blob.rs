@@ -231,7 +231,9 @@ pub use object::ObjectBlobStore;
 mod object {
     use std::collections::HashMap;
     use std::path::Path;
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
 
     use crat_core::id::ModelId;
     use object_store::path::Path as ObjectPath;
@@ -289,7 +291,7 @@ mod object {
         }
 
         fn remember(&self, id: &ModelId, size: u64) {
-            let mut sizes = self.sizes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sizes = self.sizes.lock();
             if sizes.len() >= SIZES_CACHED_MAX {
                 sizes.clear();
             }
@@ -297,11 +299,7 @@ mod object {
         }
 
         fn cached(&self, id: &ModelId) -> Option<u64> {
-            self.sizes
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(id)
-                .copied()
+            self.sizes.lock().get(id).copied()
         }
     }
 

@@ -7,7 +7,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use crat_core::id::ModelId;
@@ -183,10 +185,6 @@ impl Upload {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Writes chunk `index` (blocking).
     fn write_chunk(
         &self,
@@ -194,14 +192,14 @@ impl Upload {
         offset: u64,
         data: &[u8],
     ) -> Result<UploadProgress, UploadError> {
-        if self.lock().has(index) {
-            let state = self.lock();
+        if self.state.lock().has(index) {
+            let state = self.state.lock();
             return Ok(self.progress(&state));
         }
         self.data
             .write_all_at(data, offset)
             .map_err(io_err(format!("write upload of {}", self.id)))?;
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if !state.has(index) {
             let byte = (index / 8) as usize;
             state.bitmap[byte] |= 1 << (index % 8);
@@ -341,7 +339,7 @@ impl Uploads {
                     upload.total
                 )));
             }
-            let mut state = upload.lock();
+            let mut state = upload.state.lock();
             state.touched = Instant::now();
             return Ok(upload.progress(&state));
         }
@@ -349,7 +347,7 @@ impl Uploads {
             let idle_max = Duration::from_secs(self.config.upload_idle_s_max);
             let stale = uploads
                 .values()
-                .map(|u| (u.lock().touched, u.id))
+                .map(|u| (u.state.lock().touched, u.id))
                 .filter(|(touched, _)| touched.elapsed() > idle_max)
                 .min();
             let Some((_, stale)) = stale else {
@@ -365,7 +363,7 @@ impl Uploads {
         let (data_path, meta_path) = (self.path(&id, "part"), self.path(&id, "meta"));
         let upload =
             blocking(move || create(id, total_bytes, chunk, &data_path, &meta_path)).await?;
-        let progress = upload.progress(&upload.lock());
+        let progress = upload.progress(&upload.state.lock());
         uploads.insert(id, Arc::new(upload));
         Ok(progress)
     }
@@ -407,8 +405,8 @@ impl Uploads {
                 data.len()
             )));
         }
-        if upload.lock().has(index) {
-            let state = upload.lock();
+        if upload.state.lock().has(index) {
+            let state = upload.state.lock();
             return Ok(upload.progress(&state));
         }
         let data = data.to_vec();
@@ -425,7 +423,7 @@ impl Uploads {
             let mut uploads = self.uploads.lock().await;
             let upload = uploads.get(&id).ok_or(UploadError::NotStarted(id))?;
             {
-                let state = upload.lock();
+                let state = upload.state.lock();
                 if state.received < upload.chunks {
                     return Err(UploadError::Incomplete {
                         received: upload.progress(&state).received_bytes,

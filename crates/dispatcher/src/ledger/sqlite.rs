@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::pricing::DeployPlan;
 use crat_rewards::{Interval, RoundOutcome};
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::{
@@ -172,6 +172,8 @@ impl LedgerTotals {
 ///   the rows that count as income, so [`SqliteLedger::totals`] can check at any time that
 ///   money is conserved.
 pub struct SqliteLedger {
+    /// The one connection. A panic inside a method drops its transaction, which rolls it
+    /// back, so the connection stays consistent (`parking_lot` locks do not poison).
     conn: Mutex<Connection>,
 }
 
@@ -250,18 +252,12 @@ impl SqliteLedger {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic inside a method dropped its transaction, which rolled it back: the
-        // connection is consistent, so a poisoned lock is safe to take over.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Runs `f` in an IMMEDIATE transaction and commits if it returns `Ok`.
     fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let mut conn = self.lock();
+        let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .db()?;
@@ -275,7 +271,7 @@ impl SqliteLedger {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let mut conn = self.lock();
+        let mut conn = self.conn.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Deferred)
             .db()?;
@@ -1470,6 +1466,7 @@ mod tests {
             Credits::new(5)
         );
         let mode: String = ledger
+            .conn
             .lock()
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
