@@ -19,6 +19,13 @@
 //!   ([`crat_core::dispatch`] documents the rule, the per-operator replica cap and the limits
 //!   of address-block sybil resistance).
 //!
+//! The crate owns the glue, not the rules: placement, liveness and exclusion are the sans-IO
+//! [`crat_core::dispatch`] state machine; ticket memory, usage admission, spot-check report
+//! plausibility and caps, sampling rates, ticket budgets, key checks and hardware rating are
+//! the sans-IO [`crat_core::policy`]; round economics are `crat-rewards`. The service is split
+//! by conversation (node, client, canary, rounds), and every refusal becomes a wire error in
+//! one place.
+//!
 //! [`Settlement`]: crat_rewards::Settlement
 //!
 //! # Example
