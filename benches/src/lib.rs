@@ -3,7 +3,8 @@
 //! Run them all with `cargo bench -p crat-benches`, or one with e.g.
 //! `cargo bench -p crat-benches --bench quic`.
 
-pub use mimalloc::MiMalloc;
+/// The benches run on the `crat` binary's allocator (see [`crat_alloc`]).
+pub use crat_alloc::{MiMalloc, retain_freed_memory_ms};
 
 use crat_core::id::{DeploymentId, KeyId, TaskId};
 use crat_core::money::Credits;
@@ -54,28 +55,6 @@ pub fn infer_bytes(bytes: usize) -> ClientToNode {
         ticket: ticket(),
         inputs: vec![NamedTensor::new("input", tensor)],
     }))
-}
-
-/// mimalloc's option index for the purge delay (mimalloc v2 `mi_option_purge_delay`).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Makes mimalloc (the benches' global allocator, as in the `crat` binary) keep freed memory
-/// for `delay_ms` before returning it to the OS, so a steady stream of large frames reuses
-/// pages instead of faulting in fresh zeroed ones for every 64 MiB message.
-///
-/// The index is `mi_option_purge_delay` in both mimalloc v2 and v3 headers bundled by
-/// `libmimalloc-sys` 0.1.49.
-#[allow(unsafe_code)]
-pub fn retain_freed_memory_ms(delay_ms: i64) {
-    // SAFETY: plain FFI calls reading and setting a process-wide option; no pointers involved.
-    let now = unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, delay_ms as _);
-        libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
-    };
-    assert_eq!(
-        now as i64, delay_ms,
-        "mimalloc did not take the purge delay"
-    );
 }
 
 /// A valid, self-contained ONNX model of about `initializer_bytes` bytes: one `Identity` node

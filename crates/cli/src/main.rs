@@ -10,26 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc reuses freed memory for the next large frame (64 MiB tensors) where glibc maps
-/// and faults in fresh pages every time; `benches/benches/quic.rs` measures the difference.
+/// mimalloc, with freed memory retained ([`crat_alloc`] says why).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// mimalloc's option index for the purge delay (`mi_option_purge_delay` in the v2 and v3
-/// headers bundled by `libmimalloc-sys` 0.1).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Freed memory stays with the process for this long before mimalloc returns it to the OS
-/// (its default is 10 ms). A simulator round of a million nodes frees and allocates
-/// hundreds of megabytes; returned at once, every round faulted in fresh zeroed pages
-/// (a third of its time). The dispatcher's 64 MiB frames gain the same way.
-const RETAIN_FREED_MEMORY_MS: std::ffi::c_long = 1_000;
-
-#[allow(unsafe_code)]
-fn retain_freed_memory() {
-    // SAFETY: a plain FFI call setting a process-wide allocator option; no pointers.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, RETAIN_FREED_MEMORY_MS) };
-}
+static GLOBAL: crat_alloc::MiMalloc = crat_alloc::MiMalloc;
 
 /// CryptoRAT: decentralized ONNX model serving, paid by rounds.
 #[derive(Debug, Parser)]
@@ -83,7 +66,7 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
-    retain_freed_memory();
+    crat_alloc::retain_freed_memory_ms(crat_alloc::RETAIN_FREED_MEMORY_MS);
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
