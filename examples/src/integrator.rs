@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use crat_backend::tract::TractBackend;
 use crat_core::id::{DeploymentId, ModelId, NodeId};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -19,7 +20,6 @@ use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::local::{LocalNetwork, NodeSpec};
-use crat_node::backend::tract::TractBackend;
 use crat_sdk::convert::{named_array, tensor};
 use crat_sdk::{Client, Stats};
 use crat_transport::quic::QuicTransport;

@@ -18,10 +18,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use crat_backend::tract::TractBackend;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
 use crat_core::wire::PeerAddr;
-use crat_node::backend::tract::TractBackend;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
@@ -35,7 +35,7 @@ pub mod operator;
 
 /// The tiny CNN every example deploys: input `input` `[N, 1, 28, 28]` f32, output `probs`
 /// `[N, 10]` (a softmax over ten classes).
-pub const TINY_CNN: &[u8] = include_bytes!("../../crates/node/models/tiny_cnn.onnx");
+pub const TINY_CNN: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 
 /// Unix seconds now (the dispatcher's ledger and rounds count in Unix seconds).
 pub fn now_s() -> u64 {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crat_backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
 use crat_core::tensor::{DType, Tensor};
 use crat_core::wire::PeerAddr;
-use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
@@ -182,7 +182,7 @@ fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError>
         )?;
         Ok(Some(CanaryParts {
             transport,
-            reference: Arc::new(crat_node::backend::tract::TractBackend::new()),
+            reference: Arc::new(crat_backend::tract::TractBackend::new()),
         }))
     }
     #[cfg(not(feature = "tract"))]
