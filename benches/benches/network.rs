@@ -1,6 +1,6 @@
 //! The whole network on loopback, in this process (issue 5): a real dispatcher (SQLite ledger,
 //! model directory), real nodes (tract backend, batch size 1) and the real SDK over QUIC, as
-//! `crat_dispatcher::local::LocalNetwork` wires them. Dispatcher and node data live on tmpfs
+//! `crat_testnet::LocalNetwork` wires them. Dispatcher and node data live on tmpfs
 //! (`/dev/shm`) when there is one.
 //!
 //! - `network-latency`: one task in flight on the tiny CNN, SDK → node → SDK, against a bare
@@ -36,8 +36,8 @@ use crat_core::wire::{
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_sdk::{Client, Deployment};
+use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};

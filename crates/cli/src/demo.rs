@@ -19,8 +19,8 @@ use crat_core::tensor::{NamedTensor, Tensor};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec};
 use crat_rewards::Interval;
+use crat_testnet::{LocalNetwork, NodeSpec};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -151,7 +151,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         net.dispatcher().id(),
         key,
         crat_sdk::ClientConfig::default(),
-        crat_dispatcher::local::loopback_quic(),
+        crat_testnet::loopback_quic(),
     )
     .await?;
     let bar = ProgressBar::new(MODEL.len() as u64);

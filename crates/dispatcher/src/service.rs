@@ -29,7 +29,6 @@ use crat_core::wire::{
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeAck,
     NodeRequest, SdkKey, USAGE_RECORDS_MAX, UsageReport, WireError,
 };
-use crat_node::runtime::{Clock, SystemClock};
 use crat_rewards::file_export::FileSettlement;
 use crat_rewards::{Params, Settlement};
 use crat_transport::{
@@ -39,6 +38,7 @@ use crat_transport::{
 use ed25519_dalek::SigningKey;
 
 use crate::blob::{BlobStore, LocalBlobStore, UploadConfig, UploadError, Uploads};
+use crate::clock::{Clock, SystemClock};
 use crate::ledger::{
     AccountName, DeploymentRecord, KeyRecord, Ledger, LedgerError, ModelRecord, NodeRecord,
     SqliteLedger, UsageCharge,

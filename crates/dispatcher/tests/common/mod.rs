@@ -13,8 +13,8 @@ use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, PeerAddr, S
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_sdk::Client;
+use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
