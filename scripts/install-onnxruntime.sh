@@ -4,7 +4,7 @@
 #
 #     export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)
 #
-# is all a shell or CI job needs before `cargo test -p crat-node --features ort`.
+# is all a shell or CI job needs before `cargo test -p crat-backend --features ort`.
 #
 # The library lands in ${CRAT_CACHE_DIR:-$HOME/.cache/cryptorat}/onnxruntime-<version>/; a second
 # run finds it there and downloads nothing. Needs python3 with pip (only to download the wheel;

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Renders the text-line images used by crat-node's PaddleOCR direction test.
+"""Renders the text-line images used by crat-backend's PaddleOCR direction test.
 
     pip install pillow
-    python3 scripts/make_text_images.py     # writes crates/node/models/text_lines_48x192.gray
+    python3 scripts/make_text_images.py     # writes crates/backend/models/text_lines_48x192.gray
 
 Output: raw 8-bit greyscale pixels, no header, LINES images of 48 rows x 192 columns each,
 row-major, image after image (dark text on a white background), plus a PNG preview of the same

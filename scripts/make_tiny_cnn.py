@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Generates crates/node/models/tiny_cnn.onnx, the small test CNN of crat-node.
+"""Generates crates/backend/models/tiny_cnn.onnx, the small test CNN of crat-backend.
 
     pip install onnx numpy
-    python3 scripts/make_tiny_cnn.py            # writes crates/node/models/tiny_cnn.onnx
+    python3 scripts/make_tiny_cnn.py            # writes crates/backend/models/tiny_cnn.onnx
 
 The model is MNIST-shaped and untrained; its weights come from a fixed numpy seed, so running the
 script again writes the same bytes (with the same onnx/numpy versions):

@@ -1,5 +1,5 @@
 //! Per-inference latency of the two CPU backends, tract and ONNX Runtime (1 intra-op thread),
-//! on the two test models of `crates/node/models`: the tiny CNN ([N,1,28,28] → [N,10]) and the
+//! on the two test models of `crates/backend/models`: the tiny CNN ([N,1,28,28] → [N,10]) and the
 //! PaddleOCR text-direction classifier ([N,3,48,192] → [N,2]), at batch 1 and 32. A second
 //! group runs the PaddleOCR model at batch 1, 4, 8, 16 and 32 on both backends: its per-item
 //! time (criterion's throughput, elements = batch items) is what a node's batch limit must be
@@ -22,18 +22,18 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crat_backend::ort::{OrtBackend, OrtConfig};
+use crat_backend::tract::TractBackend;
+use crat_backend::{InferenceBackend, LoadedModel};
 use crat_core::tensor::Tensor;
-use crat_node::backend::ort::{OrtBackend, OrtConfig};
-use crat_node::backend::tract::TractBackend;
-use crat_node::backend::{InferenceBackend, LoadedModel};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 #[global_allocator]
 static GLOBAL: crat_benches::MiMalloc = crat_benches::MiMalloc;
 
-const TINY_CNN: &[u8] = include_bytes!("../../crates/node/models/tiny_cnn.onnx");
+const TINY_CNN: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const PADDLE_CLS: &[u8] =
-    include_bytes!("../../crates/node/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    include_bytes!("../../crates/backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
 
 /// Deterministic pseudo-random input values in [-1, 1).
 fn input(shape: &[u64]) -> Tensor {

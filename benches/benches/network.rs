@@ -1,6 +1,6 @@
 //! The whole network on loopback, in this process (issue 5): a real dispatcher (SQLite ledger,
 //! model directory), real nodes (tract backend, batch size 1) and the real SDK over QUIC, as
-//! `crat_dispatcher::local::LocalNetwork` wires them. Dispatcher and node data live on tmpfs
+//! `crat_testnet::LocalNetwork` wires them. Dispatcher and node data live on tmpfs
 //! (`/dev/shm`) when there is one.
 //!
 //! - `network-latency`: one task in flight on the tiny CNN, SDK → node → SDK, against a bare
@@ -24,6 +24,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::id::ModelId;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -34,10 +36,8 @@ use crat_core::wire::{
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_sdk::{Client, Deployment};
+use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
@@ -50,7 +50,7 @@ use tokio::runtime::Runtime;
 #[global_allocator]
 static GLOBAL: crat_benches::MiMalloc = crat_benches::MiMalloc;
 
-const TINY: &[u8] = include_bytes!("../../crates/node/models/tiny_cnn.onnx");
+const TINY: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const GPU: &str = "NVIDIA GeForce RTX 3090";
 /// Nodes in every test network.
 const NODES: usize = 2;
@@ -351,7 +351,7 @@ fn upload(c: &mut Criterion) {
     let bed = bed(&rt, false);
     const BYTES: usize = 100_000_000;
     let mut model = crat_benches::onnx_model_with_unused_initializer(BYTES);
-    crat_node::backend::onnx_check::check_model(&model).unwrap();
+    crat_backend::onnx_check::check_model(&model).unwrap();
     let len = model.len();
     eprintln!("upload model: {len} bytes, valid ONNX (Identity + one unused f32 initializer)");
     let mut serial = 0u64;
@@ -377,7 +377,7 @@ fn upload(c: &mut Criterion) {
         },
     );
     g.bench_function("ONNX check of the bytes (at finish)", |b| {
-        b.iter(|| crat_node::backend::onnx_check::check_model(&fixed).unwrap());
+        b.iter(|| crat_backend::onnx_check::check_model(&fixed).unwrap());
     });
     drop(fixed);
     let dispatcher = bed.net.dispatcher().clone();

@@ -11,19 +11,19 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
+use crat_backend::validate::validate_inputs;
 use crat_core::tensor::{NamedTensor, Tensor};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_node::batch::{BatchConfig, Batcher};
-use crat_node::validate::validate_inputs;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 #[global_allocator]
 static GLOBAL: crat_benches::MiMalloc = crat_benches::MiMalloc;
 
-const TINY: &[u8] = include_bytes!("../../crates/node/models/tiny_cnn.onnx");
+const TINY: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const PADDLE: &[u8] =
-    include_bytes!("../../crates/node/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    include_bytes!("../../crates/backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
 
 fn input(name: &str, shape: &[u64]) -> NamedTensor {
     let n: u64 = shape.iter().product();

@@ -59,7 +59,7 @@ pub fn infer_bytes(bytes: usize) -> ClientToNode {
 
 /// A valid, self-contained ONNX model of about `initializer_bytes` bytes: one `Identity` node
 /// (`x` → `y`, f32 `[1]`), plus one f32 initializer `w` of `initializer_bytes / 4` elements
-/// that no node uses. It passes `crat_node::backend::onnx_check::check_model`, which the
+/// that no node uses. It passes `crat_backend::onnx_check::check_model`, which the
 /// dispatcher runs on every finished upload.
 ///
 /// The initializer's raw data are the model's last bytes (fields are written in an order that

@@ -1,7 +1,7 @@
 //! The runnable examples of CryptoRAT, one module per role:
 //!
 //! - [`integrator`]: upload, deploy and call a model with `crat-sdk`;
-//! - [`node_builder`]: compose a compute node from `crat-node` + `crat-transport`;
+//! - [`node_builder`]: compose a compute node from `crat-node` + `crat-backend` + `crat-transport`;
 //! - [`operator`]: run a dispatcher, manage accounts and keys, read round payouts.
 //!
 //! Each `examples/<name>.rs` program parses its command line and calls the `run` function of
@@ -12,22 +12,9 @@
 //! nodes) in-process on loopback QUIC, with its data in a temporary directory.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::str::FromStr;
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use crat_core::hardware::{CpuInfo, GpuInfo};
-use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
-use crat_node::backend::tract::TractBackend;
-use crat_node::cache::{ModelCache, ModelStore};
-use crat_node::probe::{FakeProbe, HardwareProbe};
-use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
-use crat_transport::quic::QuicTransport;
-use ed25519_dalek::SigningKey;
-use tokio::task::JoinHandle;
+use anyhow::bail;
 
 pub mod integrator;
 pub mod node_builder;
@@ -35,7 +22,7 @@ pub mod operator;
 
 /// The tiny CNN every example deploys: input `input` `[N, 1, 28, 28]` f32, output `probs`
 /// `[N, 10]` (a softmax over ten classes).
-pub const TINY_CNN: &[u8] = include_bytes!("../../crates/node/models/tiny_cnn.onnx");
+pub const TINY_CNN: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 
 /// Unix seconds now (the dispatcher's ledger and rounds count in Unix seconds).
 pub fn now_s() -> u64 {
@@ -116,67 +103,4 @@ impl Args {
     pub fn positional(&self) -> &[String] {
         &self.positional
     }
-}
-
-/// Starts a small compute node in this process (tract backend, declaring `gpu`), the way
-/// `crat_dispatcher::local::LocalNetwork` does: model files under `dir`, a fixed batch size,
-/// quick heartbeats. [`node_builder`] shows how to assemble a real one step by step.
-pub fn spawn_demo_node(
-    dispatcher_addr: SocketAddr,
-    dispatcher_id: NodeId,
-    dir: &Path,
-    gpu: &str,
-) -> anyhow::Result<(Node<QuicTransport>, JoinHandle<()>)> {
-    let key = SigningKey::from_bytes(&rand::random());
-    let transport = QuicTransport::bind(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        &key,
-        crat_dispatcher::local::loopback_quic(),
-    )
-    .context("binding the node's QUIC endpoint")?;
-    let addr = transport.socket_addr();
-    let hardware = FakeProbe::new(
-        vec![GpuInfo {
-            name: gpu.to_owned(),
-            memory_bytes: 24 << 30,
-            driver: "declared".into(),
-            compute_capability: None,
-        }],
-        CpuInfo {
-            model: "demo".into(),
-            cores: 2,
-            memory_bytes: 8 << 30,
-        },
-    )
-    .probe();
-    let mut config = NodeConfig::new(
-        PeerAddr::from(dispatcher_addr),
-        dispatcher_id,
-        PeerAddr::from(addr),
-    );
-    config.batch_sizing = BatchSizing::Fixed(4);
-    config.heartbeat_interval_ms = 500;
-    config.usage_flush_ms = 200;
-    config.reconnect_backoff_ms_max = 500;
-    let node = Node::new(
-        NodeParts {
-            key,
-            transport,
-            cache: ModelCache::new(Arc::new(TractBackend::new()), 1 << 30),
-            store: ModelStore::open(dir, 1 << 30)?,
-            hardware,
-            idle: None,
-            clock: Arc::new(SystemClock),
-        },
-        config,
-    );
-    let task = tokio::spawn({
-        let node = node.clone();
-        async move {
-            if let Err(e) = node.run().await {
-                eprintln!("demo node stopped: {e}");
-            }
-        }
-    });
-    Ok((node, task))
 }

@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use crat_backend::select::{SelectConfig, select_backend};
 use crat_core::hardware::GpuInfo;
 use crat_core::id::NodeId;
 use crat_core::wire::PeerAddr;
 use crat_dispatcher::{Dispatcher, DispatcherConfig};
-use crat_node::backend::select::{SelectConfig, select_backend};
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::idle::{CommandWorkload, IdleController, IdleError, IdlePolicy, IdleWorkload};
@@ -152,7 +152,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     // 2. Backend. `select_backend` tries ONNX Runtime + CUDA, then ONNX Runtime on the CPU,
     //    then tract, and keeps the first that loads and runs a probe model. Which ones exist
-    //    depends on crat-node's features (`tract`, `ort`, `cuda`).
+    //    depends on crat-backend's features (`tract`, `ort`, `cuda`).
     let selected = select_backend(&SelectConfig {
         gpu_detected: Some(gpu_found),
         ..SelectConfig::default()

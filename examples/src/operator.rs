@@ -5,18 +5,20 @@
 //! 6-second rounds and one in-process node, so a round closes (and pays the node) within
 //! about ten seconds.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use crat_backend::tract::TractBackend;
 use crat_core::id::NodeId;
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::wire::SdkKey;
 use crat_dispatcher::ledger::{AccountName, RoundRecord};
 use crat_dispatcher::{Dispatcher, DispatcherConfig, admin};
 use crat_rewards::{Interval, Payout, PayoutBatch, RoundInputs, RoundOutcome, compute};
-use crat_transport::Transport;
+use crat_testnet::{NodeSpec, NodeTarget};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 
@@ -157,15 +159,26 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     );
 
     // 4. Nodes join on their own (`crat node --dispatcher … --dispatcher-id …`, or the
-    //    node_builder example). The self-contained mode starts one here.
+    //    node_builder example). The self-contained mode starts one here, declaring a GPU and
+    //    running the tiny CNN with tract, as `crat_testnet::LocalNetwork` starts its nodes.
     let local_node = if options.local_node {
-        let node = crate::spawn_demo_node(
-            addr,
-            dispatcher.id(),
-            &scratch.path().join("node"),
-            "NVIDIA GeForce RTX 3090",
-        )?;
-        println!("started a local node {}", node.0.id());
+        let node = crat_testnet::spawn_node(
+            NodeTarget {
+                dispatcher_addr: addr,
+                dispatcher_id: dispatcher.id(),
+                store_dir: scratch.path().join("node"),
+            },
+            NodeSpec {
+                gpu: Some("NVIDIA GeForce RTX 3090".into()),
+                backend: Arc::new(TractBackend::new()),
+                batch_size: 4,
+            },
+            SigningKey::from_bytes(&rand::random()),
+            IpAddr::from([127, 0, 0, 1]),
+            |config| config.usage_flush_ms = 200,
+        )
+        .context("starting the local node")?;
+        println!("started a local node {}", node.id());
         Some(node)
     } else {
         None
@@ -203,9 +216,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         }
     }
     println!("stopping");
-    if let Some((node, task)) = &local_node {
-        node.transport().close();
-        task.abort();
+    if let Some(node) = &local_node {
+        node.kill();
     }
     dispatcher.close();
     Ok(Report {

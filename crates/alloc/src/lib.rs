@@ -46,5 +46,8 @@ pub fn retain_freed_memory_ms(delay_ms: i64) {
         libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY)
     };
     // `c_long` is `i64` here, `i32` on Windows.
-    assert_eq!(now as i64, delay_ms, "mimalloc did not take the purge delay");
+    assert_eq!(
+        now as i64, delay_ms,
+        "mimalloc did not take the purge delay"
+    );
 }

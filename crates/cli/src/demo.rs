@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use crat_backend::InferenceBackend;
+use crat_backend::select::{SelectConfig, select_backend};
 use crat_core::id::{ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -17,16 +19,14 @@ use crat_core::tensor::{NamedTensor, Tensor};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::select::{SelectConfig, select_backend};
 use crat_rewards::Interval;
+use crat_testnet::{LocalNetwork, NodeSpec};
 use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-const MODEL: &[u8] = include_bytes!("../../node/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+const MODEL: &[u8] = include_bytes!("../../backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
 /// Three rendered text lines, 48 × 192 grey pixels each.
-const LINES: &[u8] = include_bytes!("../../node/models/text_lines_48x192.gray");
+const LINES: &[u8] = include_bytes!("../../backend/models/text_lines_48x192.gray");
 const H: usize = 48;
 const W: usize = 192;
 const GPUS: [&str; 3] = [
@@ -151,7 +151,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         net.dispatcher().id(),
         key,
         crat_sdk::ClientConfig::default(),
-        crat_dispatcher::local::loopback_quic(),
+        crat_testnet::loopback_quic(),
     )
     .await?;
     let bar = ProgressBar::new(MODEL.len() as u64);

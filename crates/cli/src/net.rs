@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use crat_backend::select::{SelectConfig, select_backend};
+use crat_backend::tract::TractBackend;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::money::Credits;
@@ -17,8 +19,6 @@ use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::{PeerAddr, SdkKey};
 use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
-use crat_node::backend::select::{SelectConfig, select_backend};
-use crat_node::backend::tract::TractBackend;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{Node, NodeConfig, NodeParts, SystemClock};

@@ -11,7 +11,7 @@
 //! - [`Uploads`] is the staging area an upload goes through before it is a blob: resumable
 //!   (chunks may come in any order and the state survives a restart), bounded (size of a
 //!   model, number of partial uploads), and checked at the end (blake3 must equal the id, the
-//!   bytes must be an ONNX model [`crat_node::backend::onnx_check::check_model`] accepts).
+//!   bytes must be an ONNX model [`crat_backend::onnx_check::check_model`] accepts).
 //!
 //! ```no_run
 //! # async fn demo(staging: std::path::PathBuf, blobs: std::path::PathBuf, model: Vec<u8>)
@@ -416,7 +416,7 @@ mod tests {
     use super::*;
 
     pub(super) fn tiny_cnn() -> Vec<u8> {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/models/tiny_cnn.onnx");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend/models/tiny_cnn.onnx");
         fs::read(path).unwrap()
     }
 

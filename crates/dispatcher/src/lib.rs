@@ -51,11 +51,12 @@
 
 pub mod admin;
 pub mod blob;
+mod clock;
 pub mod ledger;
-pub mod local;
 pub mod rounds;
 mod service;
 
+pub use clock::{Clock, SystemClock};
 pub use service::{
     CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
     DispatcherParts, DispatcherStats, canary_inputs,

@@ -19,9 +19,9 @@ use crat_core::wire::{
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::loopback_quic;
 use crat_rewards::{Interval, RoundInputs, compute};
 use crat_sdk::Error;
+use crat_testnet::loopback_quic;
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;

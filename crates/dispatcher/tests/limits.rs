@@ -14,7 +14,7 @@ use crat_core::tensor::NamedTensor;
 use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, ErrorCode, SdkKey};
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec};
+use crat_testnet::{LocalNetwork, NodeSpec};
 use futures_util::StreamExt;
 
 fn busy(r: &DispatcherResponse) -> bool {

@@ -1,4 +1,4 @@
-//! The malicious-model corpus (`crates/node/tests/data/malicious`) through a running network on
+//! The malicious-model corpus (`crates/backend/tests/data/malicious`) through a running network on
 //! loopback: a real dispatcher and three tract nodes. Each file is uploaded and, if stored,
 //! deployed: the check refuses what it must (`ModelRejected`), a model that passes the check
 //! but cannot load fails every replica (the deployment never becomes ready), the legal one
@@ -7,7 +7,7 @@
 #![allow(unsafe_code, clippy::unwrap_used)] // the allocator shim; tests panic to report
 
 mod common;
-#[path = "../../node/tests/data/malicious/corpus.rs"]
+#[path = "../../backend/tests/data/malicious/corpus.rs"]
 mod corpus;
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -16,7 +16,7 @@ use crat_core::wire::{
     ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, InferRequest, Lease,
     NodeRequest, NodeToClient, PeerAddr, SdkKey, UsageRecord, UsageReport,
 };
-use crat_dispatcher::local::{LocalNetwork, loopback_quic};
+use crat_testnet::{LocalNetwork, loopback_quic};
 use crat_transport::quic::{QuicConnection, QuicTransport};
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
@@ -292,7 +292,7 @@ async fn a_full_registration_memory_answers_busy_and_nodes_wait() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.registrations_tracked_max = 1;
-    let specs = vec![crat_dispatcher::local::NodeSpec {
+    let specs = vec![crat_testnet::NodeSpec {
         gpu: None,
         backend: backend(),
         batch_size: 1,

@@ -27,7 +27,7 @@ use crat_core::wire::{ClientCall, DispatcherResponse, ErrorCode, ValidationRepor
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::ledger::NodeRecord;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, PerturbedBackend};
+use crat_testnet::{LocalNetwork, NodeSpec, PerturbedBackend};
 use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
 

@@ -16,10 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crat_backend::{BackendError, Dim, LoadedModel, ModelInfo};
 use crat_core::tensor::{DType, Tensor};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-
-use crate::backend::{BackendError, Dim, LoadedModel, ModelInfo};
 
 /// Batching limits for one model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,7 +444,7 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::backend::TensorSpec;
+    use crat_backend::TensorSpec;
 
     /// A model that sums each row of `x` [N, K] into `y` [N, 1]; a row holding NaN fails the
     /// run, -1 panics, 999 sleeps for a second. It records the rows of every run.

@@ -13,10 +13,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crat_backend::{BackendError, InferenceBackend, LoadedModel};
 use crat_core::id::ModelId;
 use tokio::sync::watch;
-
-use crate::backend::{BackendError, InferenceBackend, LoadedModel};
 
 /// Why a model could not be provided.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -445,7 +444,7 @@ mod tests {
     use crat_core::tensor::Tensor;
 
     use super::*;
-    use crate::backend::ModelInfo;
+    use crat_backend::ModelInfo;
 
     /// Loads any bytes not starting with "bad" as a model holding `len` bytes; counts loads.
     struct BytesBackend {

@@ -1,11 +1,13 @@
 //! `crat-node`: what a node builder composes into a compute-node daemon.
 //!
+//! The inference backends (tract, ONNX Runtime, selection), the ONNX model check and input
+//! validation live in `crat-backend`; this crate's features `tract`, `ort` and `cuda` turn on
+//! the backend's features of the same names.
+//!
 //! | module | what it does |
 //! |---|---|
-//! | [`backend`] | load ONNX models from bytes and run batches: tract (pure Rust, default feature), ONNX Runtime (feature `ort`; `cuda` adds the CUDA execution provider), selection with stated fallbacks |
 //! | [`probe`] | GPUs through NVML, else the CPU; power rating from the shared GPU table |
 //! | [`cache`] | content-addressed model files verified on every read; loaded models under a byte budget, loaded once |
-//! | [`validate`] | request inputs against the model's declared inputs, before anything runs |
 //! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
 //! | [`idle`] | run a configured command (a miner) while idle, stop it when work arrives |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
@@ -14,15 +16,15 @@
 //!
 //! ```
 //! use std::sync::Arc;
+//! use crat_backend::InferenceBackend;
+//! use crat_backend::tract::TractBackend;
+//! use crat_backend::validate::validate_inputs;
 //! use crat_core::tensor::{NamedTensor, Tensor};
-//! use crat_node::backend::InferenceBackend;
-//! use crat_node::backend::tract::TractBackend;
 //! use crat_node::batch::{BatchConfig, Batcher};
-//! use crat_node::validate::validate_inputs;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny_cnn.onnx"))?;
+//! let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../backend/models/tiny_cnn.onnx"))?;
 //! let model = TractBackend::new().load(&bytes)?;
 //! assert_eq!(model.info().inputs[0].name, "input");
 //! let batcher = Batcher::spawn(model.clone(), BatchConfig::default());
@@ -39,10 +41,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod backend;
 pub mod batch;
 pub mod cache;
 pub mod idle;
 pub mod probe;
 pub mod runtime;
-pub mod validate;

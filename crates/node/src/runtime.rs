@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crat_backend::LoadedModel;
+use crat_backend::validate::validate_inputs;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
@@ -36,12 +38,10 @@ use crat_core::wire::{
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
 
-use crate::backend::LoadedModel;
 use crate::batch::{BatchConfig, Batcher, RunError, measure_batch_size};
 use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleWorkload};
 use crate::probe::HardwareReport;
-use crate::validate::validate_inputs;
 
 /// Where time comes from; tests drive it by hand.
 pub trait Clock: Send + Sync + 'static {

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::id::KeyId;
 use crat_core::limit::RateLimit;
 use crat_core::wire::ErrorCode;
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_node::batch::BatchConfig;
 
 fn tract() -> Arc<dyn InferenceBackend> {

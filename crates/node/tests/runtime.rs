@@ -9,13 +9,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient, ReplicaState};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::id::{ModelId, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::{DeploymentState, KeyStatus};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_sdk::{Client, Deployment, Error};
 use crat_transport::memory::{MemoryNetwork, MemoryTransport};
 use futures_util::{StreamExt, stream};

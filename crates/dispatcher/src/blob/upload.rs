@@ -631,7 +631,7 @@ fn verify(
                     actual,
                 });
             }
-            crat_node::backend::onnx_check::check_model(&bytes)
+            crat_backend::onnx_check::check_model(&bytes)
                 .map_err(|e| UploadError::NotOnnx(e.to_string()))?;
             Ok(())
         })();

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crat_backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
 use crat_core::policy::budget::ticket_budget;
@@ -43,7 +44,6 @@ use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{CHUNK_BYTES_MAX, ClientToNode, InferRequest, NodeToClient, Replica};
-use crat_node::backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use parking_lot::Mutex;
 
@@ -331,7 +331,7 @@ impl<T: Transport> Dispatcher<T> {
             let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
             tokio::task::spawn_blocking(move || {
                 let outputs = model.run(&tensors)?;
-                Ok::<_, crat_node::backend::BackendError>(
+                Ok::<_, crat_backend::BackendError>(
                     model
                         .info()
                         .outputs
@@ -503,7 +503,7 @@ impl<T: Transport> Dispatcher<T> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crat_node::backend::TensorSpec;
+    use crat_backend::TensorSpec;
 
     #[test]
     fn inputs_follow_the_declared_types_and_are_deterministic() {

@@ -28,7 +28,6 @@ use crat_core::sign::NonceTracker;
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientRequest, DispatcherReply, DispatcherResponse, ErrorCode, NodeRequest,
 };
-use crat_node::runtime::{Clock, SystemClock};
 use crat_rewards::Settlement;
 use crat_rewards::file_export::FileSettlement;
 use crat_transport::{
@@ -38,6 +37,7 @@ use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
 use crate::blob::{BlobStore, LocalBlobStore, UploadConfig, Uploads};
+use crate::clock::{Clock, SystemClock};
 use crate::ledger::{DeploymentRecord, KeyRecord, Ledger, LedgerError, SqliteLedger};
 use crate::rounds::RoundError;
 use reply::{Refusal, err};

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::Tensor;
@@ -11,15 +13,13 @@ use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, PeerAddr, S
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::local::{LocalNetwork, NodeSpec, loopback_quic};
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_sdk::Client;
+use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
 
-pub const TINY: &[u8] = include_bytes!("../../../node/models/tiny_cnn.onnx");
+pub const TINY: &[u8] = include_bytes!("../../../backend/models/tiny_cnn.onnx");
 
 pub fn now_s() -> u64 {
     std::time::SystemTime::now()

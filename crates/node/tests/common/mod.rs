@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crat_backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
@@ -16,7 +17,6 @@ use crat_core::wire::{
     Assignment, ClientToNode, Demand, DispatcherReply, ErrorCode, InferRequest, NodeRequest,
     NodeToClient, ReplicaState, UsageRecord, WireError,
 };
-use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Clock, Node, NodeConfig, NodeError, NodeParts};
@@ -24,7 +24,7 @@ use crat_transport::memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
 
-pub const TINY: &[u8] = include_bytes!("../../models/tiny_cnn.onnx");
+pub const TINY: &[u8] = include_bytes!("../../../backend/models/tiny_cnn.onnx");
 pub const NOW: u64 = 1_000_000;
 
 pub struct ManualClock(pub AtomicU64);

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::money::{Credits, MicroUsd};
@@ -21,8 +23,6 @@ use crat_core::wire::{
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeRequest,
     PeerAddr, Replica, ReplicaState, SdkKey, UsageRecord, WireError,
 };
-use crat_node::backend::InferenceBackend;
-use crat_node::backend::tract::TractBackend;
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
@@ -32,7 +32,7 @@ use crat_transport::memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 use crat_transport::{Connection, Conversation, FrameLimits, Transport, TransportError, serve};
 use ed25519_dalek::SigningKey;
 
-pub const TINY: &[u8] = include_bytes!("../../../node/models/tiny_cnn.onnx");
+pub const TINY: &[u8] = include_bytes!("../../../backend/models/tiny_cnn.onnx");
 pub const NOW: u64 = 1_000_000;
 pub const CLIENT_ADDR: &str = "mem:dispatcher";
 pub const NODE_SIDE_ADDR: &str = "mem:dispatcher-nodes";

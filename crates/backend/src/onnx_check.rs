@@ -35,7 +35,7 @@ use std::collections::HashSet;
 
 use crat_core::tensor::DType;
 
-use super::{BackendError, Dim, ModelInfo, TensorSpec};
+use crate::{BackendError, Dim, ModelInfo, TensorSpec};
 
 /// Largest model accepted, in bytes: 2 GiB, protobuf's own limit for one message. Models
 /// larger than that need external data, which is refused anyway.

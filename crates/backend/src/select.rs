@@ -12,7 +12,7 @@
 //! disabled) it returns [`BackendError::Unavailable`] listing the reasons.
 //!
 //! ```
-//! use crat_node::backend::select::{SelectConfig, select_backend};
+//! use crat_backend::select::{SelectConfig, select_backend};
 //!
 //! let config = SelectConfig {
 //!     ort_dylib_path: Some("/nonexistent/libonnxruntime.so".into()),
@@ -23,7 +23,7 @@
 //! assert_eq!(selected.backend.name(), "tract");
 //! assert!(selected.fallbacks.iter().any(|r| r.starts_with("ort:")));
 //! # }
-//! # Ok::<(), crat_node::backend::BackendError>(())
+//! # Ok::<(), crat_backend::BackendError>(())
 //! ```
 
 use std::path::PathBuf;
@@ -31,12 +31,12 @@ use std::sync::Arc;
 
 use crat_core::tensor::{DType, Tensor};
 
-use super::{BackendError, InferenceBackend};
+use crate::{BackendError, InferenceBackend};
 
 /// The model every candidate must load and run before it is chosen: the tiny CNN of
-/// `crates/node/models/tiny_cnn.onnx` (input `input` `[N, 1, 28, 28]` f32, output `probs`
+/// `crates/backend/models/tiny_cnn.onnx` (input `input` `[N, 1, 28, 28]` f32, output `probs`
 /// `[N, 10]`).
-pub const PROBE_MODEL: &[u8] = include_bytes!("../../models/tiny_cnn.onnx");
+pub const PROBE_MODEL: &[u8] = include_bytes!("../models/tiny_cnn.onnx");
 
 /// What to try.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +135,7 @@ pub fn select_backend(config: &SelectConfig) -> Result<Selected, BackendError> {
         #[cfg(feature = "cuda")]
         match try_ort(
             config,
-            super::ort::Device::Cuda {
+            crate::ort::Device::Cuda {
                 device_id: config.cuda_device_id,
             },
         ) {
@@ -151,7 +151,7 @@ pub fn select_backend(config: &SelectConfig) -> Result<Selected, BackendError> {
         fallbacks.push("ort: disabled by configuration".to_owned());
     } else {
         #[cfg(feature = "ort")]
-        match try_ort(config, super::ort::Device::Cpu) {
+        match try_ort(config, crate::ort::Device::Cpu) {
             Ok(backend) => return Ok(chosen(backend, fallbacks)),
             Err(e) => fallbacks.push(format!("ort: {}", reason(&e, "ort: "))),
         }
@@ -165,7 +165,7 @@ pub fn select_backend(config: &SelectConfig) -> Result<Selected, BackendError> {
     } else {
         #[cfg(feature = "tract")]
         {
-            let backend: Arc<dyn InferenceBackend> = Arc::new(super::tract::TractBackend::new());
+            let backend: Arc<dyn InferenceBackend> = Arc::new(crate::tract::TractBackend::new());
             match probe(backend.as_ref()) {
                 Ok(()) => return Ok(chosen(backend, fallbacks)),
                 Err(e) => fallbacks.push(format!("tract: {e}")),
@@ -202,9 +202,9 @@ fn reason(e: &BackendError, prefix: &str) -> String {
 #[cfg(feature = "ort")]
 fn try_ort(
     config: &SelectConfig,
-    device: super::ort::Device,
+    device: crate::ort::Device,
 ) -> Result<Arc<dyn InferenceBackend>, BackendError> {
-    use super::ort::{OrtBackend, OrtConfig};
+    use crate::ort::{OrtBackend, OrtConfig};
     let backend = OrtBackend::new(&OrtConfig {
         dylib_path: config.ort_dylib_path.clone(),
         intra_threads: config.ort_intra_threads,

@@ -3,13 +3,13 @@
 //! Every request is checked for names (each declared input exactly once, nothing else),
 //! dtypes, ranks, fixed dimensions, consistent symbolic dimensions (the same symbol has the
 //! same size in every input) and total byte size. The result is the tensors in the model's
-//! input order, ready for [`LoadedModel::run`](crate::backend::LoadedModel::run).
+//! input order, ready for [`LoadedModel::run`](crate::LoadedModel::run).
 
 use std::collections::HashMap;
 
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 
-use crate::backend::{Dim, ModelInfo};
+use crate::{Dim, ModelInfo};
 
 /// Why a request's inputs do not fit the model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,7 +152,7 @@ pub fn validate_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::TensorSpec;
+    use crate::TensorSpec;
 
     fn info() -> ModelInfo {
         ModelInfo {

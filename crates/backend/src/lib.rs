@@ -1,4 +1,17 @@
-//! Inference backends: load an ONNX model from bytes, describe it, run batches.
+//! `crat-backend`: everything between model bytes and a run, with no node around it.
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | crate root | [`ModelInfo`], [`TensorSpec`], [`Dim`]: what a model takes and returns; the [`InferenceBackend`] and [`LoadedModel`] traits; [`BackendError`] |
+//! | [`onnx_check`] | the ONNX model check every backend runs first: refuses external data, absurd shapes and graphs beyond limits, and describes the model from what its graph declares |
+//! | [`validate`] | request inputs against the model's declared inputs, before anything runs |
+//! | [`tract`] | the pure-Rust CPU backend (feature `tract`, default) |
+//! | `ort` | ONNX Runtime (feature `ort`; `cuda` adds the CUDA execution provider) |
+//! | [`select`] | the best backend that really works on this host, with stated fallbacks |
+//!
+//! The compute node (`crat-node`) serves models through these; the dispatcher checks uploads
+//! with [`onnx_check::check_model`] and computes canary answers with a backend, without
+//! depending on the node (its hardware probe, idle workload or runtime).
 //!
 //! A backend never reads a path named inside a model: models whose tensors live in external
 //! files are refused at load. [`LoadedModel::run`] is synchronous and CPU/GPU bound; the node
@@ -17,8 +30,12 @@
 //! [`ModelInfo`] on either. Neither lets a panic escape [`LoadedModel::run`] or
 //! [`InferenceBackend::load`]: it comes back as [`BackendError::Panicked`].
 //!
+//! Select a backend, load the repository's tiny CNN, validate a request against it and run it:
+//!
 //! ```
-//! use crat_node::backend::select::{SelectConfig, select_backend};
+//! use crat_backend::select::{SelectConfig, select_backend};
+//! use crat_backend::validate::validate_inputs;
+//! use crat_core::tensor::{NamedTensor, Tensor};
 //!
 //! // With default features and no configuration this is tract; with `ort` and
 //! // ORT_DYLIB_PATH set it is ONNX Runtime.
@@ -27,10 +44,18 @@
 //! for reason in &selected.fallbacks {
 //!     println!("passed over: {reason}");
 //! }
-//! let model = selected.backend.load(include_bytes!("../../models/tiny_cnn.onnx"))?;
+//! let model = selected.backend.load(include_bytes!("../models/tiny_cnn.onnx"))?;
 //! assert_eq!(model.info().outputs[0].name, "probs");
-//! # Ok::<(), crat_node::backend::BackendError>(())
+//!
+//! let image = Tensor::from_slice(&[1, 1, 28, 28], &[0.5f32; 784])?;
+//! let inputs = validate_inputs(model.info(), vec![NamedTensor::new("input", image)], 1 << 20)?;
+//! let probs = model.run(&inputs)?[0].to_vec::<f32>()?;
+//! assert_eq!(probs.len(), 10);
+//! assert!((probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![forbid(unsafe_code)]
 
 use std::fmt;
 use std::sync::Arc;
@@ -43,6 +68,7 @@ pub mod ort;
 pub mod select;
 #[cfg(feature = "tract")]
 pub mod tract;
+pub mod validate;
 
 /// One dimension of a declared input or output shape.
 #[derive(Clone, PartialEq, Eq, Debug)]

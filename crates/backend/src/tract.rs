@@ -4,9 +4,9 @@
 //!
 //! ```
 //! use crat_core::tensor::Tensor;
-//! use crat_node::backend::{Dim, InferenceBackend, tract::TractBackend};
+//! use crat_backend::{Dim, InferenceBackend, tract::TractBackend};
 //!
-//! let model = TractBackend::new().load(include_bytes!("../../models/tiny_cnn.onnx"))?;
+//! let model = TractBackend::new().load(include_bytes!("../models/tiny_cnn.onnx"))?;
 //! assert_eq!(model.info().inputs[0].name, "input");
 //! assert_eq!(model.info().inputs[0].shape[0], Dim::Symbolic("N".into()));
 //!
@@ -41,7 +41,7 @@
 //! several threads; the node scales across cores that way.
 //!
 //! # Security
-//! Models pass [`super::onnx_check::check_model`] first, and the tract parser is
+//! Models pass [`crate::onnx_check::check_model`] first, and the tract parser is
 //! additionally given a data resolver that refuses every external file.
 
 use std::collections::HashMap;
@@ -57,8 +57,8 @@ use tract_onnx::prelude::{
     TypedSimplePlan, f16,
 };
 
-use super::onnx_check::{ModelSummary, check_model};
-use super::{
+use crate::onnx_check::{ModelSummary, check_model};
+use crate::{
     BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, batchable_inputs, catch_panic,
     is_named,
 };
@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn plan_cache_is_bounded_lru() {
         let model = TractBackend::new()
-            .load_model(include_bytes!("../../models/tiny_cnn.onnx"))
+            .load_model(include_bytes!("../models/tiny_cnn.onnx"))
             .unwrap();
         // Batch 1 was planned at load, with a symbolic batch dimension.
         assert_eq!(model.plan_count(), 1);

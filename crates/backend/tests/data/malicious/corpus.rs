@@ -1,8 +1,8 @@
 //! The malicious-model corpus: what each file is, how it is built, and what a node must do with
-//! it. The files next to this one are exactly what [`corpus`] writes (the node's `backends`
+//! it. The files next to this one are exactly what [`corpus`] writes (crat-backend's `backends`
 //! test checks that, and rewrites them with `CRAT_WRITE_CORPUS=1`); see README.md.
 //!
-//! Test support, included with `#[path]` by the node's and the dispatcher's integration tests.
+//! Test support, included with `#[path]` by crat-backend's and the dispatcher's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
@@ -151,7 +151,7 @@ pub struct Entry {
 
 /// The corpus directory.
 pub fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/tests/data/malicious")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../backend/tests/data/malicious")
 }
 
 const TINY_CNN: &[u8] = include_bytes!("../../../models/tiny_cnn.onnx");

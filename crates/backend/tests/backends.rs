@@ -3,10 +3,10 @@
 //! backend selection.
 //!
 //! ```text
-//! cargo test -p crat-node --test backends                      # tract only
+//! cargo test -p crat-backend --test backends                      # tract only
 //! export ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)
-//! cargo test -p crat-node --features ort --test backends       # + ONNX Runtime
-//! cargo test -p crat-node --features cuda --test backends -- --include-ignored   # GPU host
+//! cargo test -p crat-backend --features ort --test backends       # + ONNX Runtime
+//! cargo test -p crat-backend --features cuda --test backends -- --include-ignored   # GPU host
 //! ```
 //!
 //! With feature `ort` on, the ONNX Runtime tests fail (they do not skip) when `ORT_DYLIB_PATH`
@@ -16,9 +16,9 @@
 // Some helpers serve only the tract-against-ort and CUDA tests.
 #![cfg_attr(not(all(feature = "tract", feature = "ort")), allow(dead_code))]
 
+use crat_backend::select::{SelectConfig, select_backend};
+use crat_backend::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, TensorSpec};
 use crat_core::tensor::{DType, Tensor};
-use crat_node::backend::select::{SelectConfig, select_backend};
-use crat_node::backend::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, TensorSpec};
 
 const TINY_CNN: &[u8] = include_bytes!("../models/tiny_cnn.onnx");
 const PADDLE_CLS: &[u8] = include_bytes!("../models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
@@ -225,7 +225,7 @@ fn corpus_files_are_what_the_generator_writes() {
             entry.name
         );
         assert!(entry.bytes.len() < 100 << 10, "{} is too big", entry.name);
-        let checked = crat_node::backend::onnx_check::check_model(&entry.bytes);
+        let checked = crat_backend::onnx_check::check_model(&entry.bytes);
         match entry.expect {
             Expect::Refused(_) => assert!(checked.is_err(), "{} passes the check", entry.name),
             _ => assert!(checked.is_ok(), "{}: {:?}", entry.name, checked.err()),
@@ -266,7 +266,7 @@ fn check_bad_inputs(model: &dyn LoadedModel, backend: &str) {
 
 #[cfg(feature = "tract")]
 mod tract {
-    use crat_node::backend::tract::TractBackend;
+    use crat_backend::tract::TractBackend;
 
     use super::*;
 
@@ -319,7 +319,7 @@ mod tract {
 
 #[cfg(feature = "ort")]
 mod ort {
-    use crat_node::backend::ort::{Device, OrtBackend, OrtConfig};
+    use crat_backend::ort::{Device, OrtBackend, OrtConfig};
 
     use super::*;
 
@@ -404,7 +404,7 @@ mod ort {
 
     /// Runs on a host with an NVIDIA GPU, the `onnxruntime-gpu` library in ORT_DYLIB_PATH and
     /// the CUDA 13 libraries on the loader path:
-    /// `cargo test -p crat-node --features cuda --test backends -- --ignored cuda`.
+    /// `cargo test -p crat-backend --features cuda --test backends -- --ignored cuda`.
     #[cfg(feature = "cuda")]
     #[test]
     #[ignore = "needs an NVIDIA GPU and the onnxruntime-gpu library"]
@@ -467,7 +467,7 @@ mod ort {
 
 #[cfg(all(feature = "tract", feature = "ort"))]
 mod agree {
-    use crat_node::backend::tract::TractBackend;
+    use crat_backend::tract::TractBackend;
 
     use super::corpus::Pb;
 

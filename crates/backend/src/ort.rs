@@ -8,15 +8,15 @@
 //! a panic.
 //!
 //! ```no_run
-//! use crat_node::backend::InferenceBackend;
-//! use crat_node::backend::ort::{OrtBackend, OrtConfig};
+//! use crat_backend::InferenceBackend;
+//! use crat_backend::ort::{OrtBackend, OrtConfig};
 //!
 //! // ORT_DYLIB_PATH=$(scripts/install-onnxruntime.sh)
 //! let backend = OrtBackend::new(&OrtConfig::default())?;
 //! assert_eq!(backend.execution_provider(), "cpu");
-//! let model = backend.load(include_bytes!("../../models/tiny_cnn.onnx"))?;
+//! let model = backend.load(include_bytes!("../models/tiny_cnn.onnx"))?;
 //! assert_eq!(model.info().inputs[0].name, "input");
-//! # Ok::<(), crat_node::backend::BackendError>(())
+//! # Ok::<(), crat_backend::BackendError>(())
 //! ```
 //!
 //! # Execution providers and threads
@@ -51,8 +51,8 @@ use ort::environment::Environment;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 
-use super::onnx_check::{ModelSummary, check_model};
-use super::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, catch_panic};
+use crate::onnx_check::{ModelSummary, check_model};
+use crate::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, catch_panic};
 
 /// Intra-op threads per session unless configured: one (see the [module docs](self)).
 pub const INTRA_THREADS_DEFAULT: usize = 1;
@@ -165,7 +165,7 @@ pub struct OrtBackend {
 impl OrtBackend {
     /// Loads ONNX Runtime (once per process) and checks the requested execution provider is
     /// compiled in. Whether CUDA really comes up is known when a session is created: see
-    /// [`OrtBackend::load_model`] and [`select`](super::select), which tries it on a small model.
+    /// [`OrtBackend::load_model`] and [`select`](crate::select), which tries it on a small model.
     pub fn new(config: &OrtConfig) -> Result<Self, BackendError> {
         if config.intra_threads == 0 || config.intra_threads > INTRA_THREADS_MAX {
             return Err(BackendError::Unavailable(format!(

@@ -1,19 +1,17 @@
 //! A whole network on one machine: a dispatcher and compute nodes on loopback QUIC, in this
-//! process. It is what `crat demo`, the end-to-end tests and the benchmarks run; nothing in
-//! it is simulated except the nodes' declared GPUs (inference runs on whatever backend the
-//! caller passes, usually tract or ONNX Runtime on the CPU).
+//! process. Nothing in it is simulated except the nodes' declared GPUs (inference runs on
+//! whatever backend the caller passes, usually tract or ONNX Runtime on the CPU).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crat_backend::InferenceBackend;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
-use crat_core::tensor::{DType, Tensor};
 use crat_core::wire::PeerAddr;
-use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
+use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, DispatcherError};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts, SystemClock};
@@ -21,86 +19,6 @@ use crat_transport::Transport;
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 use tokio::task::JoinHandle;
-
-use crate::{CanaryParts, Dispatcher, DispatcherConfig, DispatcherError};
-
-/// Test support: a backend that returns wrong answers on a share of its runs, to play a
-/// cheating node. Deterministic: of every 1,000 runs of a loaded model, exactly
-/// `perturbed_per_mille` (spread evenly) get every floating-point output element increased
-/// by 0.5. Give the cheating node batch size 1, so that one run is one task.
-pub struct PerturbedBackend {
-    inner: Arc<dyn InferenceBackend>,
-    perturbed_per_mille: u32,
-}
-
-impl PerturbedBackend {
-    /// Wraps `inner`; `perturbed_per_mille` is clamped to 1,000.
-    pub fn new(inner: Arc<dyn InferenceBackend>, perturbed_per_mille: u32) -> Self {
-        Self {
-            inner,
-            perturbed_per_mille: perturbed_per_mille.min(1_000),
-        }
-    }
-}
-
-impl InferenceBackend for PerturbedBackend {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    fn execution_provider(&self) -> &str {
-        self.inner.execution_provider()
-    }
-
-    fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
-        Ok(Arc::new(PerturbedModel {
-            inner: self.inner.load(model)?,
-            perturbed_per_mille: u64::from(self.perturbed_per_mille),
-            runs: AtomicU64::new(0),
-        }))
-    }
-}
-
-struct PerturbedModel {
-    inner: Arc<dyn LoadedModel>,
-    perturbed_per_mille: u64,
-    runs: AtomicU64,
-}
-
-impl LoadedModel for PerturbedModel {
-    fn info(&self) -> &ModelInfo {
-        self.inner.info()
-    }
-
-    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
-        let outputs = self.inner.run(inputs)?;
-        let n = self.runs.fetch_add(1, Ordering::Relaxed);
-        let p = self.perturbed_per_mille;
-        if (n + 1) * p / 1_000 == n * p / 1_000 {
-            return Ok(outputs);
-        }
-        outputs
-            .into_iter()
-            .map(|t| {
-                if t.dtype() != DType::F32 {
-                    return Ok(t);
-                }
-                let shape = t.shape().to_vec();
-                let values: Vec<f32> = t
-                    .to_vec::<f32>()
-                    .map_err(|e| BackendError::Run(e.to_string()))?
-                    .into_iter()
-                    .map(|v| v + 0.5)
-                    .collect();
-                Tensor::from_slice(&shape, &values).map_err(|e| BackendError::Run(e.to_string()))
-            })
-            .collect()
-    }
-
-    fn memory_bytes(&self) -> u64 {
-        self.inner.memory_bytes()
-    }
-}
 
 /// One node to start.
 #[derive(Clone)]
@@ -113,7 +31,7 @@ pub struct NodeSpec {
     pub batch_size: u32,
 }
 
-/// A running node of a [`LocalNetwork`].
+/// A running node, started by [`spawn_node`] (for a [`LocalNetwork`] or on its own).
 pub struct LocalNode {
     /// The node.
     pub node: Node<QuicTransport>,
@@ -138,6 +56,82 @@ impl LocalNode {
     pub fn is_stopped(&self) -> bool {
         self.task.is_finished()
     }
+}
+
+/// The dispatcher a node registers with, and where the node keeps its model files.
+#[derive(Clone, Debug)]
+pub struct NodeTarget {
+    /// The dispatcher's address.
+    pub dispatcher_addr: SocketAddr,
+    /// The dispatcher's identity.
+    pub dispatcher_id: NodeId,
+    /// The node's model store directory.
+    pub store_dir: PathBuf,
+}
+
+/// Starts a node on `ip` (port chosen by the system) that registers with `target`'s
+/// dispatcher, as [`LocalNetwork`] starts its nodes: the GPU of `spec` declared (24 GiB), a
+/// 2-core loopback CPU, model store and cache of 4 GiB, a fixed batch size, heartbeats every
+/// 500 ms, usage flushed every 100 ms and reconnects after at most 500 ms; `configure` is
+/// applied to the configuration last. The node runs on a task of the current tokio runtime;
+/// use it for a node beside a dispatcher that is not a [`LocalNetwork`]'s.
+pub fn spawn_node(
+    target: NodeTarget,
+    spec: NodeSpec,
+    key: SigningKey,
+    ip: IpAddr,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> Result<LocalNode, DispatcherError> {
+    let transport = QuicTransport::bind(SocketAddr::new(ip, 0), &key, loopback_quic())?;
+    let addr = transport.socket_addr();
+    let gpus = spec
+        .gpu
+        .iter()
+        .map(|name| GpuInfo {
+            name: name.clone(),
+            memory_bytes: 24 << 30,
+            driver: "demo".into(),
+            compute_capability: None,
+        })
+        .collect();
+    let cpu = CpuInfo {
+        model: "loopback".into(),
+        cores: 2,
+        memory_bytes: 8 << 30,
+    };
+    let store = ModelStore::open(target.store_dir, 4 << 30)
+        .map_err(|e| DispatcherError::Storage(e.to_string()))?;
+    let mut config = NodeConfig::new(
+        PeerAddr::from(target.dispatcher_addr),
+        target.dispatcher_id,
+        PeerAddr::from(addr),
+    );
+    config.batch_sizing = BatchSizing::Fixed(spec.batch_size.max(1));
+    config.heartbeat_interval_ms = 500;
+    config.usage_flush_ms = 100;
+    config.reconnect_backoff_ms_max = 500;
+    configure(&mut config);
+    let node = Node::new(
+        NodeParts {
+            key,
+            transport,
+            cache: ModelCache::new(spec.backend.clone(), 4 << 30),
+            store,
+            hardware: FakeProbe::new(gpus, cpu).probe(),
+            idle: None,
+            clock: Arc::new(SystemClock),
+        },
+        config,
+    );
+    let task = tokio::spawn({
+        let node = node.clone();
+        async move {
+            if let Err(e) = node.run().await {
+                tracing::warn!(error = %e, "node stopped");
+            }
+        }
+    });
+    Ok(LocalNode { node, addr, task })
 }
 
 /// A dispatcher and its nodes on loopback.
@@ -182,7 +176,7 @@ fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError>
         )?;
         Ok(Some(CanaryParts {
             transport,
-            reference: Arc::new(crat_node::backend::tract::TractBackend::new()),
+            reference: Arc::new(crat_backend::tract::TractBackend::new()),
         }))
     }
     #[cfg(not(feature = "tract"))]
@@ -287,56 +281,18 @@ impl LocalNetwork {
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Result<&LocalNode, DispatcherError> {
         let index = self.nodes.len();
-        let transport = QuicTransport::bind(SocketAddr::new(ip, 0), &key, loopback_quic())?;
-        let addr = transport.socket_addr();
-        let gpus = spec
-            .gpu
-            .iter()
-            .map(|name| GpuInfo {
-                name: name.clone(),
-                memory_bytes: 24 << 30,
-                driver: "demo".into(),
-                compute_capability: None,
-            })
-            .collect();
-        let cpu = CpuInfo {
-            model: "loopback".into(),
-            cores: 2,
-            memory_bytes: 8 << 30,
-        };
-        let store = ModelStore::open(self.dir.join(format!("node-{index}")), 4 << 30)
-            .map_err(|e| DispatcherError::Storage(e.to_string()))?;
-        let mut config = NodeConfig::new(
-            PeerAddr::from(self.dispatcher_addr),
-            self.dispatcher().id(),
-            PeerAddr::from(addr),
-        );
-        config.batch_sizing = BatchSizing::Fixed(spec.batch_size.max(1));
-        config.heartbeat_interval_ms = 500;
-        config.usage_flush_ms = 100;
-        config.reconnect_backoff_ms_max = 500;
-        configure(&mut config);
-        let node = Node::new(
-            NodeParts {
-                key,
-                transport,
-                cache: ModelCache::new(spec.backend.clone(), 4 << 30),
-                store,
-                hardware: FakeProbe::new(gpus, cpu).probe(),
-                idle: None,
-                clock: Arc::new(SystemClock),
+        let node = spawn_node(
+            NodeTarget {
+                dispatcher_addr: self.dispatcher_addr,
+                dispatcher_id: self.dispatcher().id(),
+                store_dir: self.dir.join(format!("node-{index}")),
             },
-            config,
-        );
-        let task = tokio::spawn({
-            let node = node.clone();
-            async move {
-                if let Err(e) = node.run().await {
-                    tracing::warn!(error = %e, "node stopped");
-                }
-            }
-        });
-        self.nodes.push(LocalNode { node, addr, task });
+            spec,
+            key,
+            ip,
+            configure,
+        )?;
+        self.nodes.push(node);
         Ok(&self.nodes[index])
     }
 

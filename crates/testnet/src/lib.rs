@@ -1,0 +1,46 @@
+//! `crat-testnet`: a whole CryptoRAT network in one process, for tests, demos, examples and
+//! benchmarks. It is test support: no library crate depends on it except as a
+//! dev-dependency, and nothing here is part of the dispatcher's or the node's API.
+//!
+//! | item | what it owns |
+//! |---|---|
+//! | [`LocalNetwork`] | a real dispatcher and real compute nodes on loopback QUIC: start, add nodes (keyed, on a chosen loopback address), wait until they are online, kill a node, restart the dispatcher on the same data, shut down |
+//! | [`spawn_node`] | one node with declared hardware registering with any dispatcher (what [`LocalNetwork`] does for each of its nodes) |
+//! | [`loopback_quic`] | the QUIC settings every endpoint on loopback uses |
+//! | [`PerturbedBackend`] | the cheating backend: wraps a real one and returns wrong answers on a fixed share of runs |
+//!
+//! Nothing is simulated but the nodes' declared GPUs: inference runs on the backend each
+//! [`NodeSpec`] names, and the dispatcher keeps a real SQLite ledger in the directory given.
+//! With the `tract` feature (default) the dispatcher runs canary tasks with tract.
+//!
+//! A dispatcher and one tract node, which registers:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use crat_backend::tract::TractBackend;
+//! use crat_dispatcher::DispatcherConfig;
+//! use crat_testnet::{LocalNetwork, NodeSpec};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let node = NodeSpec {
+//!     gpu: Some("NVIDIA GeForce RTX 3090".into()),
+//!     backend: Arc::new(TractBackend::new()),
+//!     batch_size: 4,
+//! };
+//! let net = LocalNetwork::start(DispatcherConfig::new(dir.path().join("dispatcher")), dir.path(), vec![node]).await?;
+//! assert_eq!(net.dispatcher().online_nodes(), 1);
+//! assert!(!net.nodes[0].is_stopped());
+//! net.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod network;
+mod perturbed;
+
+pub use network::{LocalNetwork, LocalNode, NodeSpec, NodeTarget, loopback_quic, spawn_node};
+pub use perturbed::PerturbedBackend;
