@@ -395,72 +395,63 @@ pub enum ReplayError {
 /// ```
 #[derive(Debug, Clone)]
 pub struct NonceTracker<K = [u8; 16]> {
-    capacity: usize,
-    expiry: std::collections::HashMap<K, u64>,
-    /// The same nonces by expiry, so expired ones are dropped without a scan.
-    by_expiry: std::collections::BTreeMap<u64, Vec<K>>,
+    seen: crate::expiring::ExpiringMap<K, ()>,
 }
 
 impl<K: std::hash::Hash + Eq + Clone> NonceTracker<K> {
     /// A tracker holding at most `capacity` unexpired nonces.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            expiry: std::collections::HashMap::new(),
-            by_expiry: std::collections::BTreeMap::new(),
+            seen: crate::expiring::ExpiringMap::new(capacity),
         }
     }
 
     /// Records `nonce`, valid until `expires_at_s`, as used at `now_s`; refuses it if it was
     /// already used and is still valid, if it has expired, or if the tracker is full.
     pub fn check(&mut self, nonce: K, expires_at_s: u64, now_s: u64) -> Result<(), ReplayError> {
-        self.forget_expired(now_s);
+        self.seen.forget_expired(now_s);
         if now_s >= expires_at_s {
             return Err(ReplayError::Expired {
                 expires_at_s,
                 now_s,
             });
         }
-        if let Some(&first) = self.expiry.get(&nonce) {
+        if let Some(first) = self.seen.expires_at_s(&nonce) {
             return Err(ReplayError::Replayed {
                 expires_at_s: first,
             });
         }
-        if self.expiry.len() >= self.capacity {
-            return Err(ReplayError::Full {
-                capacity: self.capacity,
-            });
-        }
-        self.expiry.insert(nonce.clone(), expires_at_s);
-        self.by_expiry.entry(expires_at_s).or_default().push(nonce);
-        Ok(())
+        self.seen
+            .insert(
+                nonce,
+                (),
+                expires_at_s,
+                now_s,
+                crate::expiring::WhenFull::Refuse,
+            )
+            .map_err(|full| ReplayError::Full {
+                capacity: full.capacity,
+            })
     }
 
     /// Drops every nonce whose expiry is at or before `now_s`.
     pub fn forget_expired(&mut self, now_s: u64) {
-        while let Some(entry) = self.by_expiry.first_entry() {
-            if *entry.key() > now_s {
-                break;
-            }
-            for nonce in entry.remove() {
-                self.expiry.remove(&nonce);
-            }
-        }
+        self.seen.forget_expired(now_s);
     }
 
     /// Nonces held now (expired ones may linger until the next call).
     pub fn len(&self) -> usize {
-        self.expiry.len()
+        self.seen.len()
     }
 
     /// True when no nonce is held.
     pub fn is_empty(&self) -> bool {
-        self.expiry.is_empty()
+        self.seen.is_empty()
     }
 
     /// The most nonces held at once.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.seen.capacity()
     }
 }
 
