@@ -435,9 +435,9 @@ impl<T: Transport> Node<T> {
         &self,
         req: &NodeRequest,
     ) -> Result<DispatcherReply, crat_transport::TransportError> {
-        let conn = read(&self.inner.dispatcher)
-            .clone()
-            .ok_or_else(|| crat_transport::TransportError::Closed("not connected".into()))?;
+        let conn = read(&self.inner.dispatcher).clone().ok_or_else(|| {
+            crat_transport::TransportError::Closed(crat_transport::Closed::NotConnected)
+        })?;
         conn.call(
             req,
             Conversation::NodeDispatcher,

@@ -14,7 +14,7 @@ use crat_core::wire::PeerAddr;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::frame::FrameError;
-use crate::{Connection, Frame, IncomingExchange, Transport, TransportError};
+use crate::{Aborted, Closed, Connection, Frame, IncomingExchange, Transport, TransportError};
 
 /// Limits of the in-memory transport.
 #[derive(Clone, Copy, Debug)]
@@ -188,7 +188,7 @@ impl Transport for MemoryTransport {
             .await
             .recv()
             .await
-            .ok_or_else(|| TransportError::Closed("endpoint closed".into()))
+            .ok_or_else(|| TransportError::Closed(Closed::Endpoint))
     }
 
     fn close(&self) {
@@ -238,8 +238,8 @@ impl Shared {
         let reason = rx
             .wait_for(Option::is_some)
             .await
-            .map(|r| r.clone().unwrap_or_default())
-            .unwrap_or_else(|_| "connection dropped".into());
+            .map(|r| Closed::ByApp(r.clone().unwrap_or_default()))
+            .unwrap_or(Closed::Dropped);
         TransportError::Closed(reason)
     }
 }
@@ -287,10 +287,10 @@ impl Connection for MemoryConnection {
             self.outgoing
                 .send(Exchange { request, reply })
                 .await
-                .map_err(|_| TransportError::Closed("peer gone".into()))?;
+                .map_err(|_| TransportError::Closed(Closed::PeerGone))?;
             response
                 .await
-                .map_err(|_| TransportError::Aborted("peer dropped the exchange".into()))
+                .map_err(|_| TransportError::Aborted(Aborted::Dropped))
         };
         let frame = tokio::select! {
             r = exchange => r?,
@@ -313,7 +313,7 @@ impl Connection for MemoryConnection {
                 .await
                 .recv()
                 .await
-                .ok_or_else(|| TransportError::Closed("peer gone".into()))
+                .ok_or_else(|| TransportError::Closed(Closed::PeerGone))
         };
         let exchange = tokio::select! {
             r = next => r?,
@@ -336,7 +336,7 @@ impl IncomingExchange for MemoryIncoming {
         let frame = self
             .request
             .take()
-            .ok_or_else(|| TransportError::Aborted("request already read".into()))?;
+            .ok_or_else(|| TransportError::Aborted(Aborted::AlreadyRead))?;
         if frame.body_len() > request_bytes_max as usize {
             return Err(FrameError::TooLarge {
                 len: frame.body_len() as u64,
@@ -350,6 +350,6 @@ impl IncomingExchange for MemoryIncoming {
     async fn respond(self, response: Frame) -> Result<(), TransportError> {
         self.reply
             .send(response)
-            .map_err(|_| TransportError::Aborted("requester gone".into()))
+            .map_err(|_| TransportError::Aborted(Aborted::RequesterGone))
     }
 }

@@ -20,7 +20,7 @@ use rustls_pki_types::{
     UnixTime,
 };
 
-use crate::TransportError;
+use crate::SetupError;
 
 /// DER of an ed25519 SubjectPublicKeyInfo up to the 32 key bytes (RFC 8410).
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -30,14 +30,16 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// The certificate and private key that present `key` in TLS.
 pub(crate) fn self_signed(
     key: &SigningKey,
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TransportError> {
-    let setup = |e: &dyn std::fmt::Display| TransportError::Setup(format!("certificate: {e}"));
-    let pkcs8 = key.to_pkcs8_der().map_err(|e| setup(&e))?;
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), SetupError> {
+    let pkcs8 = key.to_pkcs8_der().map_err(SetupError::KeyEncoding)?;
     let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
-        .map_err(|e| setup(&e))?;
-    let params = rcgen::CertificateParams::new(vec!["crat".to_owned()]).map_err(|e| setup(&e))?;
-    let cert = params.self_signed(&key_pair).map_err(|e| setup(&e))?;
+        .map_err(SetupError::Certificate)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["crat".to_owned()]).map_err(SetupError::Certificate)?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(SetupError::Certificate)?;
     Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
 }
 
