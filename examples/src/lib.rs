@@ -20,7 +20,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::PeerAddr;
 use crat_node::backend::tract::TractBackend;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};

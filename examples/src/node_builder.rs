@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use crat_core::hardware::GpuInfo;
 use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::PeerAddr;
 use crat_dispatcher::{Dispatcher, DispatcherConfig};
 use crat_node::backend::select::{SelectConfig, select_backend};
 use crat_node::batch::BatchConfig;

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use crat_core::id::NodeId;
+use crat_core::id::SdkKey;
 use crat_core::money::{Credits, MicroUsd};
-use crat_core::wire::SdkKey;
 use crat_dispatcher::ledger::{AccountName, RoundRecord};
 use crat_dispatcher::{Dispatcher, DispatcherConfig, admin};
 use crat_rewards::{Interval, Payout, PayoutBatch, RoundInputs, RoundOutcome, compute};

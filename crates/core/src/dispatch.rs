@@ -44,7 +44,8 @@
 //! use crat_core::id::{DeploymentId, ModelId, NodeId};
 //! use crat_core::pricing::{DeployPlan, PerRequestPlan};
 //! use crat_core::money::Credits;
-//! use crat_core::wire::{DeploymentState, PeerAddr};
+//! use crat_core::id::PeerAddr;
+//! use crat_core::wire::DeploymentState;
 //!
 //! let mut d = Dispatch::new(DispatchConfig { replicas: 1, ..DispatchConfig::default() });
 //! let node = NodeId::from_bytes([7; 32]);
@@ -65,11 +66,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::hardware::{HardwareInfo, PowerRating};
-use crate::id::{DeploymentId, ModelId, NodeId};
+use crate::id::{DeploymentId, ModelId, NodeId, PeerAddr};
 use crate::placement::{Candidate, PlacementError, Placer, Request};
 use crate::pricing::DeployPlan;
 use crate::wire::{
-    Assignment, Demand, DeploymentState, DispatcherPush, Heartbeat, PeerAddr, Replica, ReplicaState,
+    Assignment, Demand, DeploymentState, DispatcherPush, Heartbeat, Replica, ReplicaState,
 };
 
 /// Most nodes the machine tracks.

@@ -7,7 +7,7 @@ use proptest::option;
 use proptest::prelude::*;
 
 use crate::hardware::{CpuInfo, GpuInfo, HardwareInfo, PowerRating};
-use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
 use crate::sign::{BackendInfo, Receipt, Registration, Signed, Ticket};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
+use crat_core::id::PeerAddr;
 use crat_core::tensor::{DType, Tensor};
-use crat_core::wire::PeerAddr;
 use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crat_core::dispatch::{Dispatch, DispatchConfig, DispatchError, Effect};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey, TaskId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::pricing::{DeployPlan, PricingParams};
@@ -27,7 +27,7 @@ use crat_core::sign::{
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState, DispatcherPush,
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeAck,
-    NodeRequest, SdkKey, USAGE_RECORDS_MAX, UsageReport, WireError,
+    NodeRequest, USAGE_RECORDS_MAX, UsageReport, WireError,
 };
 use crat_node::runtime::{Clock, SystemClock};
 use crat_rewards::file_export::FileSettlement;
@@ -584,7 +584,7 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// Where it listens.
-    pub fn local_addr(&self) -> crat_core::wire::PeerAddr {
+    pub fn local_addr(&self) -> crat_core::id::PeerAddr {
         self.inner.transport.local_addr()
     }
 

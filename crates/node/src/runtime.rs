@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
-    Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, PeerAddr, ReplicaState,
+    Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
     USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
 };
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport, serve};

@@ -6,12 +6,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::wire::{
-    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo, PeerAddr, Replica,
-    SdkKey,
+    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo, Replica,
 };
 use crat_transport::{ConnectionExt, Conversation, Transport, TransportError};
 use futures_util::StreamExt;

@@ -61,7 +61,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crat_core::id::NodeId;
-use crat_core::wire::SdkKey;
+use crat_core::id::SdkKey;
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 

@@ -55,7 +55,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use crat_core::id::NodeId;
-use crat_core::wire::{ErrorCode, Message, PeerAddr, Reply, WireError};
+use crat_core::id::PeerAddr;
+use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 
 mod error;
 pub mod frame;

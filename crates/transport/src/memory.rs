@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use async_trait::async_trait;
 use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::PeerAddr;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::frame::FrameError;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::PeerAddr;
 use ed25519_dalek::SigningKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{RecvStream, SendStream, VarInt};

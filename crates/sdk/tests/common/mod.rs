@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crat_core::hardware::CpuInfo;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::sign::{Signed, Ticket};
@@ -19,7 +19,7 @@ use crat_core::tensor::Tensor;
 use crat_core::wire::{
     Assignment, ClientCall, ClientRequest, Demand, DeploymentInfo, DeploymentState,
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeRequest,
-    PeerAddr, Replica, ReplicaState, SdkKey, UsageRecord, WireError,
+    Replica, ReplicaState, UsageRecord, WireError,
 };
 use crat_node::backend::InferenceBackend;
 use crat_node::backend::tract::TractBackend;
