@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
+use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Receipt, Signed, outputs_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
@@ -15,8 +16,10 @@ use crat_core::wire::{
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
 
-use crate::client::{Client, Counters, Stats, breaks_connection, bump, lock, unexpected};
-use crate::error::Error;
+use crate::client::Client;
+use crate::error::{Error, unexpected};
+use crate::pool::{breaks_connection, lock};
+use crate::stats::{Counters, Stats, bump};
 
 /// A lease as the SDK holds it.
 struct LeaseState {
@@ -84,6 +87,26 @@ impl<T: Transport> std::fmt::Debug for Deployment<T> {
         f.debug_struct("Deployment")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+// The client's ways to a deployment live beside the type they return, so that the client
+// module does not depend on this one.
+impl<T: Transport> Client<T> {
+    /// Deploys a stored model. Returns once the dispatcher accepted the deployment (and took
+    /// the up-front credits); use [`Deployment::wait_ready`] to wait for warm replicas.
+    pub async fn deploy(&self, model: ModelId, plan: DeployPlan) -> Result<Deployment<T>, Error> {
+        match self.call(ClientCall::Deploy { model, plan }).await? {
+            DispatcherResponse::Deployment(info) if info.model == model => {
+                Ok(Deployment::new(self.clone(), info.id))
+            }
+            other => Err(unexpected("Deploy", &other)),
+        }
+    }
+
+    /// A handle on an existing deployment (no call is made; [`Deployment::info`] checks it).
+    pub fn deployment(&self, id: DeploymentId) -> Deployment<T> {
+        Deployment::new(self.clone(), id)
     }
 }
 
