@@ -12,6 +12,7 @@
 //! - [`sign`]: [`Signed`](sign::Signed) values, [`Ticket`](sign::Ticket)s and node
 //!   [`Registration`](sign::Registration)s, with domain-separated ed25519 signatures, and the
 //!   [`NonceTracker`](sign::NonceTracker) that makes single-use values single-use.
+//! - [`clock`]: the [`Clock`](clock::Clock) trait the I/O crates read the time through.
 //! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
@@ -57,6 +58,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod dispatch;
 pub mod gpu_table;
 pub mod hardware;

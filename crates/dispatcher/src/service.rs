@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crat_core::clock::Clock;
 use crat_core::dispatch::{Dispatch, DispatchConfig, DispatchError, Effect};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
@@ -29,9 +30,9 @@ use crat_core::wire::{
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeAck,
     NodeRequest, USAGE_RECORDS_MAX, UsageReport, WireError,
 };
-use crat_node::runtime::{Clock, SystemClock};
 use crat_rewards::file_export::FileSettlement;
 use crat_rewards::{Params, Settlement};
+use crat_transport::SystemClock;
 use crat_transport::{
     Connection, ConnectionExt, Conversation, Frame, FrameLimits, IncomingExchange, Transport,
     TransportError, serve,

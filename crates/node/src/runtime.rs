@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crat_core::clock::Clock;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
@@ -42,24 +43,6 @@ use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleWorkload};
 use crate::probe::HardwareReport;
 use crate::validate::validate_inputs;
-
-/// Where time comes from; tests drive it by hand.
-pub trait Clock: Send + Sync + 'static {
-    /// Unix seconds now.
-    fn now_s(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_s(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-}
 
 /// How batch sizes are chosen per model.
 #[derive(Clone, Debug, PartialEq, Eq)]

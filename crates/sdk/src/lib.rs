@@ -73,7 +73,7 @@ mod pool;
 mod stats;
 
 pub use client::{Client, UploadProgress};
-pub use config::{ClientConfig, Clock, SystemClock};
+pub use config::ClientConfig;
 pub use crat_transport::Transport;
 pub use deployment::Deployment;
 pub use error::Error;

@@ -10,6 +10,9 @@
 //! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
 //! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
 //!
+//! [`SystemClock`] is the system-time [`Clock`](crat_core::clock::Clock) the peers run on (this is
+//! the I/O crate they all share; `crat-core` reads no clock).
+//!
 //! Bodies are [`Frame`]s: length-prefixed [`crat_core::wire`] messages whose size is capped per
 //! conversation ([`FrameLimits`]) before anything is allocated. [`ConnectionExt::call`] and
 //! [`serve`] are the typed layer most code uses.
@@ -58,11 +61,13 @@ use crat_core::id::NodeId;
 use crat_core::id::PeerAddr;
 use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 
+mod clock;
 mod error;
 pub mod frame;
 pub mod memory;
 pub mod quic;
 
+pub use clock::SystemClock;
 pub use error::{Aborted, Closed, SetupError, TransportError};
 pub use frame::{Conversation, Frame, FrameError, FrameLimits};
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
@@ -19,7 +20,7 @@ use crat_core::wire::{
 use crat_node::backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
-use crat_node::runtime::{BatchSizing, Clock, Node, NodeConfig, NodeError, NodeParts};
+use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeError, NodeParts};
 use crat_transport::memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::{Credits, MicroUsd};
@@ -46,13 +47,7 @@ impl TestClock {
     }
 }
 
-impl crat_node::runtime::Clock for TestClock {
-    fn now_s(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl crat_sdk::Clock for TestClock {
+impl Clock for TestClock {
     fn now_s(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
@@ -269,7 +264,7 @@ impl Fake {
                     audience = vec![NodeId::from_bytes([99; 32])];
                 }
                 s.leases_issued += 1;
-                let now = crat_sdk::Clock::now_s(&*self.clock);
+                let now = self.clock.now_s();
                 let mut nonce = [0; 16];
                 nonce[..4].copy_from_slice(&s.leases_issued.to_le_bytes());
                 let ticket = Signed::sign(
