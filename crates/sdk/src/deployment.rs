@@ -1,7 +1,7 @@
 //! A [`Deployment`]: its lease, and tasks sent straight to its replicas with failover.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
@@ -15,10 +15,11 @@ use crat_core::wire::{
 };
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
 
 use crate::client::Client;
 use crate::error::{Error, unexpected};
-use crate::pool::{breaks_connection, lock};
+use crate::pool::breaks_connection;
 use crate::stats::{Counters, Stats, bump};
 
 /// A lease as the SDK holds it.
@@ -202,7 +203,7 @@ impl<T: Transport> Deployment<T> {
             .await?
         {
             DispatcherResponse::Ok | DispatcherResponse::Deployment(_) => {
-                *lock(&self.shared.lease) = None;
+                *self.shared.lease.lock() = None;
                 Ok(())
             }
             other => Err(unexpected("Undeploy", &other)),
@@ -219,7 +220,7 @@ impl<T: Transport> Deployment<T> {
     }
 
     fn cached(&self) -> Option<Arc<LeaseState>> {
-        lock(&self.shared.lease).clone()
+        self.shared.lease.lock().clone()
     }
 
     fn due(&self, lease: &LeaseState) -> bool {
@@ -279,7 +280,7 @@ impl<T: Transport> Deployment<T> {
         if previous.is_some() {
             bump(&self.counters(), |c| &c.lease_renewals);
         }
-        *lock(&self.shared.lease) = Some(state.clone());
+        *self.shared.lease.lock() = Some(state.clone());
         Ok(state)
     }
 

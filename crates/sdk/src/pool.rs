@@ -4,20 +4,16 @@
 //! [`Deployment`](crate::Deployment)s run their tasks over it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use crat_core::id::NodeId;
 use crat_core::wire::Replica;
 use crat_transport::{Transport, TransportError};
+use parking_lot::Mutex;
 
 use crate::config::ClientConfig;
 use crate::error::Error;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values are plain maps and options, valid after any panic.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// True when a transport error means the connection itself is unusable.
 pub(crate) fn breaks_connection(e: &TransportError) -> bool {
@@ -66,7 +62,7 @@ impl<C: crat_transport::Connection> NodePool<C> {
         config: &ClientConfig,
     ) -> Result<(u64, C), Error> {
         let slot = {
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             if !slots.contains_key(&replica.node)
                 && slots.len() >= self.max
                 && let Some(victim) = slots.keys().next().copied()
@@ -131,7 +127,7 @@ impl<C: crat_transport::Connection> NodePool<C> {
 
     /// Forgets connection `generation` to `node` (if it is still the pooled one).
     pub(crate) async fn drop_conn(&self, node: &NodeId, generation: u64) {
-        let slot = lock(&self.slots).get(node).cloned();
+        let slot = self.slots.lock().get(node).cloned();
         if let Some(slot) = slot {
             let mut slot = slot.lock().await;
             if matches!(&*slot, Slot::Open { generation: g, .. } if *g == generation) {

@@ -312,7 +312,7 @@ impl Transport for QuicTransport {
         let conn = match tokio::time::timeout(handshake, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                let seen = verifier.seen.lock().ok().and_then(|s| *s);
+                let seen = *verifier.seen.lock();
                 return Err(match seen {
                     Some(actual) if actual != *expected => TransportError::Identity {
                         expected: *expected,

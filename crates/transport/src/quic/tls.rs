@@ -6,11 +6,12 @@
 //! present an identity whose private key it holds. The dialling side additionally pins the
 //! identity it expects; the accepting side records whatever identity the peer proved.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crat_core::id::NodeId;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -121,9 +122,7 @@ impl ServerCertVerifier for PinnedServer {
             ));
         }
         let id = peer_id(end_entity)?;
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(id);
-        }
+        *self.seen.lock() = Some(id);
         if id != self.expected {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
