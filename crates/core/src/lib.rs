@@ -12,6 +12,7 @@
 //! - [`sign`]: [`Signed`](sign::Signed) values, [`Ticket`](sign::Ticket)s and node
 //!   [`Registration`](sign::Registration)s, with domain-separated ed25519 signatures, and the
 //!   [`NonceTracker`](sign::NonceTracker) that makes single-use values single-use.
+//! - [`bps`]: [`Bps`](bps::Bps), basis points (10,000 = 100 %) for shares and rates.
 //! - [`clock`]: the [`Clock`](clock::Clock) trait the I/O crates read the time through.
 //! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
@@ -58,6 +59,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bps;
 pub mod clock;
 pub mod dispatch;
 pub mod gpu_table;

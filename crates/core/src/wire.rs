@@ -29,6 +29,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::bps::Bps;
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PriceQuote};
@@ -202,7 +203,7 @@ pub struct NodeLoad {
     /// Tasks waiting in queues.
     pub queued: u32,
     /// Accelerator utilisation in basis points (0..=10,000).
-    pub utilisation_bps: u16,
+    pub utilisation_bps: Bps,
 }
 
 /// Sent by a node every heartbeat interval; missing several marks it offline.
@@ -272,7 +273,7 @@ pub struct Assignment {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Demand {
     /// Demand relative to capacity, in basis points (0 idle … 10,000 saturated).
-    pub level_bps: u16,
+    pub level_bps: Bps,
 }
 
 /// Requests a node sends to the dispatcher.
@@ -444,7 +445,7 @@ pub struct Lease {
     /// The ticket to present to them.
     pub ticket: Signed<Ticket>,
     /// Share of tasks the client spot-checks on a second replica, in basis points.
-    pub validation_bps: u16,
+    pub validation_bps: Bps,
 }
 
 /// Status of an SDK key.

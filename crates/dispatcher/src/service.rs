@@ -1601,7 +1601,7 @@ impl<T: Transport> Dispatcher<T> {
         Ok(Lease {
             replicas,
             ticket: Signed::sign(ticket, &self.inner.key),
-            validation_bps: self.validation_bps(id),
+            validation_bps: crat_core::bps::Bps(self.validation_bps(id)),
         })
     }
 

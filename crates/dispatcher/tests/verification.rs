@@ -456,7 +456,7 @@ async fn validation_reports_are_checked_before_crediting() {
     // Leases sample at the configured rate while no replica has failed.
     let sampling = |call| async {
         match send(call).await {
-            DispatcherResponse::Lease(l) => l.validation_bps,
+            DispatcherResponse::Lease(l) => l.validation_bps.get(),
             other => panic!("no lease: {other:?}"),
         }
     };

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crat_core::bps::Bps;
 use crat_core::clock::Clock;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
@@ -522,7 +523,7 @@ impl<T: Transport> Node<T> {
                         .hardware
                         .gpu_stats
                         .first()
-                        .map_or(0, |s| s.utilisation_bps),
+                        .map_or(Bps::ZERO, |s| Bps(s.utilisation_bps)),
                 },
                 loaded_models: inner.cache.loaded(),
                 ready: self.ready(),
@@ -534,7 +535,8 @@ impl<T: Transport> Node<T> {
                 } => {
                     self.apply_assignments(assignments, true);
                     if let Some(idle) = &inner.idle {
-                        idle.demand(demand.level_bps, inner.clock.now_s()).await;
+                        idle.demand(demand.level_bps.get(), inner.clock.now_s())
+                            .await;
                     }
                 }
                 DispatcherReply::Error(e) => {
@@ -558,7 +560,8 @@ impl<T: Transport> Node<T> {
             }
             DispatcherPush::Demand(d) => {
                 if let Some(idle) = &self.inner.idle {
-                    idle.demand(d.level_bps, self.inner.clock.now_s()).await;
+                    idle.demand(d.level_bps.get(), self.inner.clock.now_s())
+                        .await;
                 }
                 NodeAck::Ok
             }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
 use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Receipt, Signed, outputs_digest};
@@ -385,8 +386,8 @@ impl<T: Transport> Deployment<T> {
             }
             match self.attempt(replica, task, &message).await {
                 Ok(answer) => {
-                    let bps = u32::from(lease.lease.validation_bps);
-                    if bps > 0 && rand::random::<u32>() % 10_000 < bps {
+                    let bps = u32::from(lease.lease.validation_bps.get());
+                    if bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps {
                         return self
                             .spot_check(task, &message, replica, answer, &lease)
                             .await;

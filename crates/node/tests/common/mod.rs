@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use crat_core::bps::Bps;
 use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
@@ -89,7 +90,9 @@ pub fn fake_dispatcher(
                     NodeRequest::Heartbeat(_) => {
                         seen.lock().unwrap().heartbeats += 1;
                         DispatcherReply::HeartbeatAck {
-                            demand: Demand { level_bps: 9_000 },
+                            demand: Demand {
+                                level_bps: Bps(9_000),
+                            },
                             assignments,
                         }
                     }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crat_core::bps::Bps;
 use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
@@ -282,7 +283,7 @@ impl Fake {
                 DispatcherResponse::Lease(Lease {
                     replicas,
                     ticket,
-                    validation_bps: 0,
+                    validation_bps: Bps::ZERO,
                 })
             }
             ClientCall::Balance => DispatcherResponse::Balance(s.balance),
@@ -331,7 +332,9 @@ impl Fake {
                 }
             }
             NodeRequest::Heartbeat(_) => DispatcherReply::HeartbeatAck {
-                demand: Demand { level_bps: 9_000 },
+                demand: Demand {
+                    level_bps: Bps(9_000),
+                },
                 assignments: self.assignments(&s),
             },
             NodeRequest::FetchModel { model, offset, len } => {
