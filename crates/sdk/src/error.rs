@@ -174,6 +174,22 @@ impl Error {
     }
 }
 
+/// The error for a dispatcher answer that does not fit the call `what` it answers.
+pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
+    let name = match got {
+        DispatcherResponse::Upload { .. } => "Upload",
+        DispatcherResponse::ModelStored { .. } => "ModelStored",
+        DispatcherResponse::Quote(_) => "Quote",
+        DispatcherResponse::Deployment(_) => "Deployment",
+        DispatcherResponse::Lease(_) => "Lease",
+        DispatcherResponse::Balance(_) => "Balance",
+        DispatcherResponse::Key(_) => "Key",
+        DispatcherResponse::Ok => "Ok",
+        DispatcherResponse::Error(_) => "Error",
+    };
+    Error::Protocol(format!("dispatcher answered {what} with {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,20 +225,4 @@ mod tests {
         assert!(Error::from_wire(WireError::new(ErrorCode::Busy, "")).is_failover());
         assert!(!Error::from_wire(WireError::new(ErrorCode::InvalidInput, "")).is_failover());
     }
-}
-
-/// The error for a dispatcher answer that does not fit the call `what` it answers.
-pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
-    let name = match got {
-        DispatcherResponse::Upload { .. } => "Upload",
-        DispatcherResponse::ModelStored { .. } => "ModelStored",
-        DispatcherResponse::Quote(_) => "Quote",
-        DispatcherResponse::Deployment(_) => "Deployment",
-        DispatcherResponse::Lease(_) => "Lease",
-        DispatcherResponse::Balance(_) => "Balance",
-        DispatcherResponse::Key(_) => "Key",
-        DispatcherResponse::Ok => "Ok",
-        DispatcherResponse::Error(_) => "Error",
-    };
-    Error::Protocol(format!("dispatcher answered {what} with {name}"))
 }
