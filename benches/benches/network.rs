@@ -26,13 +26,11 @@ use std::time::{Duration, Instant};
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
-use crat_core::id::ModelId;
+use crat_core::id::{ModelId, PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
 use crat_core::tensor::{NamedTensor, Tensor};
-use crat_core::wire::{
-    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, PeerAddr, SdkKey,
-};
+use crat_core::wire::{CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crat_backend::tract::TractBackend;
+use crat_core::id::SdkKey;
 use crat_core::id::{DeploymentId, ModelId, NodeId};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
-use crat_core::wire::{KeyInfo, SdkKey};
+use crat_core::wire::KeyInfo;
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;

@@ -12,7 +12,7 @@ use crate::frame::{
     CONTROL_BYTES_MAX, Conversation, Frame, FrameError, FrameLimits, LEN_PREFIX_BYTES, check_prefix,
 };
 use crat_core::gpu_table::GpuTable;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crat_core::sign::{
     REGISTRATION_AGE_S_MAX, Registration, RegistrationError, Signed, Ticket, TicketError,
     TicketVerifier,
@@ -20,7 +20,7 @@ use crat_core::sign::{
 use crat_core::tensor::{self, DType, NamedTensor, RANK_MAX, Tensor};
 use crat_core::wire::{
     self, ClientRequest, ClientToNode, DispatcherPush, DispatcherReply, DispatcherResponse,
-    Message, NodeAck, NodeRequest, NodeToClient, PeerAddr, SdkKey,
+    Message, NodeAck, NodeRequest, NodeToClient,
 };
 use crat_rewards::{RoundInputs, RoundOutcome};
 use serde::Serialize;

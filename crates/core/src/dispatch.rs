@@ -44,7 +44,8 @@
 //! use crat_core::id::{DeploymentId, ModelId, NodeId};
 //! use crat_core::pricing::{DeployPlan, PerRequestPlan};
 //! use crat_core::money::Credits;
-//! use crat_core::wire::{DeploymentState, PeerAddr};
+//! use crat_core::id::PeerAddr;
+//! use crat_core::wire::DeploymentState;
 //!
 //! let mut d = Dispatch::new(DispatchConfig { replicas: 1, ..DispatchConfig::default() });
 //! let node = NodeId::from_bytes([7; 32]);
@@ -64,12 +65,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::bps::Bps;
 use crate::hardware::{HardwareInfo, PowerRating};
-use crate::id::{DeploymentId, ModelId, NodeId};
+use crate::id::{DeploymentId, ModelId, NodeId, PeerAddr};
 use crate::placement::{Candidate, PlacementError, Placer, Request};
 use crate::pricing::DeployPlan;
 use crate::wire::{
-    Assignment, Demand, DeploymentState, DispatcherPush, Heartbeat, PeerAddr, Replica, ReplicaState,
+    Assignment, Demand, DeploymentState, DispatcherPush, Heartbeat, Replica, ReplicaState,
 };
 
 /// Most nodes the machine tracks.
@@ -203,7 +205,7 @@ struct NodeEntry {
     /// Rate reserved by replicas placed here.
     used_rps: u32,
     /// Utilisation reported by the last heartbeat.
-    utilisation_bps: u16,
+    utilisation_bps: Bps,
     /// When its recent failed validations happened (at most `caught_max + 1`).
     caught_at_s: std::collections::VecDeque<u64>,
     /// Excluded from placement before this time.
@@ -336,7 +338,7 @@ impl Dispatch {
                         session_start_s: now_s,
                         last_seen_s: now_s,
                         used_rps: 0,
-                        utilisation_bps: 0,
+                        utilisation_bps: Bps::ZERO,
                         caught_at_s: std::collections::VecDeque::new(),
                         excluded_until_s: 0,
                     },
@@ -372,7 +374,7 @@ impl Dispatch {
             entry.session_start_s = now_s;
         }
         entry.last_seen_s = entry.last_seen_s.max(now_s);
-        entry.utilisation_bps = heartbeat.load.utilisation_bps.min(10_000);
+        entry.utilisation_bps = heartbeat.load.utilisation_bps.min(Bps::FULL);
         effects.push(Effect::Online {
             node: *node,
             session_start_s: entry.session_start_s,
@@ -704,14 +706,14 @@ impl Dispatch {
         let (mut n, mut util, mut used, mut cap) = (0u64, 0u64, 0u64, 0u64);
         for e in self.nodes.values().filter(|e| e.online) {
             n += 1;
-            util += u64::from(e.utilisation_bps);
+            util += u64::from(e.utilisation_bps.get());
             used += u64::from(e.used_rps);
             cap += u64::from(self.capacity(e.rating));
         }
-        let mean = util.checked_div(n).unwrap_or(0);
-        let reserved = (used * 10_000).checked_div(cap).unwrap_or(0);
+        // Each utilisation is at most 100 %, and so is their mean.
+        let mean = u16::try_from(util.checked_div(n).unwrap_or(0)).map_or(Bps::FULL, Bps);
         Demand {
-            level_bps: mean.max(reserved).min(10_000) as u16,
+            level_bps: mean.max(Bps::ratio(used, cap)),
         }
     }
 
@@ -998,7 +1000,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, DispatchError::NoCapacity(_)));
         assert!(d.deployment_state(&dep).is_none());
-        assert_eq!(d.demand().level_bps, 0);
+        assert_eq!(d.demand().level_bps, Bps::ZERO);
     }
 
     #[test]
@@ -1093,10 +1095,10 @@ mod tests {
         let dep = DeploymentId::from_bytes([9; 16]);
         d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, plan).unwrap();
         assert_eq!(d.deployment_state(&dep).unwrap().2, 3);
-        assert!(d.demand().level_bps > 0);
+        assert!(d.demand().level_bps > Bps::ZERO);
         let fx = d.undeploy(&dep);
         assert_eq!(pushes_to(&fx).len(), 3);
-        assert_eq!(d.demand().level_bps, 0);
+        assert_eq!(d.demand().level_bps, Bps::ZERO);
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Identities and identifiers, each a typed newtype with a stable text form.
+//! Identities, identifiers and peer addresses: the base types every protocol module builds
+//! on, each a typed newtype with a stable text form. Nothing here depends on the protocol
+//! ([`wire`](crate::wire), [`sign`](crate::sign)); both of those depend on this.
 //!
 //! | type | bytes | text form | example |
 //! |---|---|---|---|
@@ -7,14 +9,17 @@
 //! | [`DeploymentId`] | 16 | `dep_` + 32 hex digits | `dep_00112233…` |
 //! | [`TaskId`] | 16 | `task_` + 32 hex digits | `task_00112233…` |
 //! | [`KeyId`] | 16 | `key_` + 32 hex digits | `key_00112233…` |
+//! | [`SdkKey`] | 16 + 32 (id, secret) | `sk_` + 32 hex digits + `_` + 64 hex digits | `sk_0011…_aabb…` |
+//! | [`PeerAddr`] | 1..=[`PEER_ADDR_BYTES_MAX`] | `ip:port` (QUIC) or `mem:name` (in memory) | `127.0.0.1:7000` |
 //!
 //! `Display` writes the text form and `FromStr` reads exactly that form back (lowercase or
 //! uppercase hex is accepted; `Display` always writes lowercase). The 16-byte ids are random
 //! values chosen by whoever creates the object; this crate reads no randomness itself, so
 //! callers pass the bytes in ([`DeploymentId::from_bytes`]).
 //!
-//! Serde uses the text form in human-readable formats (JSON, TOML) and the raw bytes in
-//! binary ones (postcard on the wire).
+//! The ids' serde uses the text form in human-readable formats (JSON, TOML) and the raw bytes
+//! in binary ones (postcard on the wire); an [`SdkKey`] is its id and secret bytes, a
+//! [`PeerAddr`] its text, in every format.
 
 use std::fmt;
 use std::str::FromStr;
@@ -200,6 +205,116 @@ impl ModelId {
     }
 }
 
+/// Longest peer address text.
+pub const PEER_ADDR_BYTES_MAX: usize = 256;
+
+/// Where a peer can be reached, as text: `ip:port` for QUIC, `mem:name` in memory.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerAddr(String);
+
+/// A peer address that is empty or longer than [`PEER_ADDR_BYTES_MAX`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("peer address must be 1..={PEER_ADDR_BYTES_MAX} bytes")]
+pub struct PeerAddrError;
+
+impl PeerAddr {
+    /// A peer address from text.
+    pub fn new(text: impl Into<String>) -> Result<Self, PeerAddrError> {
+        let text = text.into();
+        if text.is_empty() || text.len() > PEER_ADDR_BYTES_MAX {
+            return Err(PeerAddrError);
+        }
+        Ok(Self(text))
+    }
+
+    /// The address text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = PeerAddrError;
+    fn try_from(s: String) -> Result<Self, PeerAddrError> {
+        Self::new(s)
+    }
+}
+
+impl From<PeerAddr> for String {
+    fn from(a: PeerAddr) -> String {
+        a.0
+    }
+}
+
+impl From<std::net::SocketAddr> for PeerAddr {
+    fn from(a: std::net::SocketAddr) -> Self {
+        Self(a.to_string())
+    }
+}
+
+impl FromStr for PeerAddr {
+    type Err = PeerAddrError;
+    fn from_str(s: &str) -> Result<Self, PeerAddrError> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerAddr({})", self.0)
+    }
+}
+
+/// An SDK key: its public id and its secret. The dispatcher stores only a hash of the secret.
+///
+/// Text form: `sk_` + 32 hex digits of the id + `_` + 64 hex digits of the secret.
+/// `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SdkKey {
+    /// The key's public id.
+    pub id: KeyId,
+    /// The secret.
+    pub secret: [u8; 32],
+}
+
+impl fmt::Display for SdkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let id = self.id.to_string();
+        let id_hex = id.strip_prefix("key_").unwrap_or(&id);
+        write!(f, "sk_{id_hex}_{}", hex::encode(self.secret))
+    }
+}
+
+impl fmt::Debug for SdkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SdkKey({}, secret: <redacted>)", self.id)
+    }
+}
+
+/// Text that is not an SDK key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("an SDK key looks like sk_<32 hex digits>_<64 hex digits>")]
+pub struct SdkKeyError;
+
+impl FromStr for SdkKey {
+    type Err = SdkKeyError;
+    fn from_str(s: &str) -> Result<Self, SdkKeyError> {
+        let rest = s.strip_prefix("sk_").ok_or(SdkKeyError)?;
+        let (id, secret_hex) = rest.split_once('_').ok_or(SdkKeyError)?;
+        let id: KeyId = format!("key_{id}").parse().map_err(|_| SdkKeyError)?;
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(secret_hex, &mut secret).map_err(|_| SdkKeyError)?;
+        Ok(Self { id, secret })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,5 +407,27 @@ mod tests {
         assert_eq!(id.verifying_key(), Ok(sk.verifying_key()));
         assert_eq!(id.to_string().len(), 64);
         assert_eq!(id.to_string().parse::<NodeId>(), Ok(id));
+    }
+
+    #[test]
+    fn sdk_key_text_and_redaction() {
+        let k = SdkKey {
+            id: KeyId::from_bytes([0xaa; 16]),
+            secret: [0x55; 32],
+        };
+        let text = k.to_string();
+        assert_eq!(text, format!("sk_{}_{}", "aa".repeat(16), "55".repeat(32)));
+        assert_eq!(text.parse::<SdkKey>().unwrap(), k);
+        assert!(!format!("{k:?}").contains("5555"));
+        assert!("sk_00_11".parse::<SdkKey>().is_err());
+    }
+
+    #[test]
+    fn peer_addr_bounds() {
+        assert!(PeerAddr::new("").is_err());
+        assert!(PeerAddr::new("x".repeat(PEER_ADDR_BYTES_MAX + 1)).is_err());
+        assert_eq!(PeerAddr::new("mem:a").unwrap().as_str(), "mem:a");
+        let bad = postcard::to_stdvec(&String::new()).unwrap();
+        assert!(postcard::from_bytes::<PeerAddr>(&bad).is_err());
     }
 }

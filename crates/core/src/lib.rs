@@ -17,6 +17,9 @@
 //! - [`dispatch`]: the dispatch state machine (placement, heartbeats, exclusion); [`policy`]:
 //!   the dispatcher's other rules (ticket memory, usage admission, spot-check reports,
 //!   budgets, keys, registration), sans-IO like it.
+//! - [`bps`]: [`Bps`](bps::Bps), basis points (10,000 = 100 %) for shares and rates.
+//! - [`clock`]: the [`Clock`](clock::Clock) trait the I/O crates read the time through.
+//! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
 //!
@@ -61,6 +64,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bps;
+pub mod clock;
 pub mod dispatch;
 pub mod expiring;
 pub mod gpu_table;

@@ -32,6 +32,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bps::Bps;
 use crate::money::{Credits, MicroUsd};
 
 const MIB: u64 = 1 << 20;
@@ -191,7 +192,9 @@ pub struct PricingParams {
     pub input_bytes_max: u64,
     /// Price of reserved capacity, in basis points of what the guaranteed rate would cost per
     /// request over the key's lifetime. Default 200 (2 %): reserved capacity is paid whether
-    /// used or not, so it is far cheaper per request than pay-as-you-go.
+    /// used or not, so it is far cheaper per request than pay-as-you-go. A price factor, not a
+    /// share: it may exceed 10,000, so it stays a `u64` (not a [`Bps`]) and the product is
+    /// checked for overflow instead.
     pub reserved_price_bps: u64,
     /// Credits per started MiB of model for each expected update. Default 2.
     pub update_credits_per_mib: u64,
@@ -345,7 +348,7 @@ impl PricingParams {
             * u128::from(plan.key_lifetime_s)
             * u128::from(per_request.get())
             * u128::from(self.reserved_price_bps)
-            / 10_000;
+            / u128::from(Bps::FULL.get());
         let updates = match plan.update_frequency.period_s() {
             None => 0,
             Some(period) => {

@@ -37,9 +37,8 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
 
 use crate::hardware::{HardwareInfo, PowerRating};
-use crate::id::{DeploymentId, KeyId, NodeId};
+use crate::id::{DeploymentId, KeyId, NodeId, PeerAddr};
 use crate::money::Credits;
-use crate::wire::PeerAddr;
 
 /// Longest ticket lifetime a node accepts (`expires_at_s - issued_at_s`): one day.
 pub const TICKET_LIFETIME_S_MAX: u64 = 86_400;

@@ -6,8 +6,9 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 
+use crate::bps::Bps;
 use crate::hardware::{CpuInfo, GpuInfo, HardwareInfo, PowerRating};
-use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
 use crate::sign::{BackendInfo, Receipt, Registration, Signed, Ticket};
@@ -238,7 +239,9 @@ fn assignment() -> impl Strategy<Value = Assignment> {
 }
 
 fn demand() -> impl Strategy<Value = Demand> {
-    any::<u16>().prop_map(|level_bps| Demand { level_bps })
+    any::<u16>().prop_map(|level_bps| Demand {
+        level_bps: Bps(level_bps),
+    })
 }
 
 fn usage_record() -> impl Strategy<Value = UsageRecord> {
@@ -283,7 +286,7 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
                     load: NodeLoad {
                         inflight,
                         queued,
-                        utilisation_bps,
+                        utilisation_bps: Bps(utilisation_bps),
                     },
                     loaded_models,
                     ready,
@@ -467,7 +470,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         |(replicas, ticket, validation_bps)| Lease {
             replicas,
             ticket,
-            validation_bps,
+            validation_bps: Bps(validation_bps),
         },
     );
     let status = proptest::sample::select(vec![

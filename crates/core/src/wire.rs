@@ -25,12 +25,12 @@
 //! ```
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crate::bps::Bps;
+use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PriceQuote};
 use crate::sign::{Receipt, Registration, Signed, Ticket};
@@ -38,8 +38,6 @@ use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
 pub const PROTOCOL_VERSION: u16 = 1;
-/// Longest peer address text.
-pub const PEER_ADDR_BYTES_MAX: usize = 256;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -128,70 +126,6 @@ pub fn decode<M: Message>(bytes: &[u8]) -> Result<M, CodecError> {
     Ok(msg)
 }
 
-/// Where a peer can be reached, as text: `ip:port` for QUIC, `mem:name` in memory.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PeerAddr(String);
-
-/// A peer address that is empty or longer than [`PEER_ADDR_BYTES_MAX`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("peer address must be 1..={PEER_ADDR_BYTES_MAX} bytes")]
-pub struct PeerAddrError;
-
-impl PeerAddr {
-    /// A peer address from text.
-    pub fn new(text: impl Into<String>) -> Result<Self, PeerAddrError> {
-        let text = text.into();
-        if text.is_empty() || text.len() > PEER_ADDR_BYTES_MAX {
-            return Err(PeerAddrError);
-        }
-        Ok(Self(text))
-    }
-
-    /// The address text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for PeerAddr {
-    type Error = PeerAddrError;
-    fn try_from(s: String) -> Result<Self, PeerAddrError> {
-        Self::new(s)
-    }
-}
-
-impl From<PeerAddr> for String {
-    fn from(a: PeerAddr) -> String {
-        a.0
-    }
-}
-
-impl From<std::net::SocketAddr> for PeerAddr {
-    fn from(a: std::net::SocketAddr) -> Self {
-        Self(a.to_string())
-    }
-}
-
-impl FromStr for PeerAddr {
-    type Err = PeerAddrError;
-    fn from_str(s: &str) -> Result<Self, PeerAddrError> {
-        Self::new(s)
-    }
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerAddr({})", self.0)
-    }
-}
-
 /// What went wrong, as a machine-readable code. SDK error types map from these.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -258,49 +192,6 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// An SDK key: its public id and its secret. The dispatcher stores only a hash of the secret.
-///
-/// Text form: `sk_` + 32 hex digits of the id + `_` + 64 hex digits of the secret.
-/// `Debug` never prints the secret.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SdkKey {
-    /// The key's public id.
-    pub id: KeyId,
-    /// The secret.
-    pub secret: [u8; 32],
-}
-
-impl fmt::Display for SdkKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let id = self.id.to_string();
-        let id_hex = id.strip_prefix("key_").unwrap_or(&id);
-        write!(f, "sk_{id_hex}_{}", hex::encode(self.secret))
-    }
-}
-
-impl fmt::Debug for SdkKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SdkKey({}, secret: <redacted>)", self.id)
-    }
-}
-
-/// Text that is not an SDK key.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("an SDK key looks like sk_<32 hex digits>_<64 hex digits>")]
-pub struct SdkKeyError;
-
-impl FromStr for SdkKey {
-    type Err = SdkKeyError;
-    fn from_str(s: &str) -> Result<Self, SdkKeyError> {
-        let rest = s.strip_prefix("sk_").ok_or(SdkKeyError)?;
-        let (id, secret_hex) = rest.split_once('_').ok_or(SdkKeyError)?;
-        let id: KeyId = format!("key_{id}").parse().map_err(|_| SdkKeyError)?;
-        let mut secret = [0u8; 32];
-        hex::decode_to_slice(secret_hex, &mut secret).map_err(|_| SdkKeyError)?;
-        Ok(Self { id, secret })
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // node ↔ dispatcher
 
@@ -312,7 +203,7 @@ pub struct NodeLoad {
     /// Tasks waiting in queues.
     pub queued: u32,
     /// Accelerator utilisation in basis points (0..=10,000).
-    pub utilisation_bps: u16,
+    pub utilisation_bps: Bps,
 }
 
 /// Sent by a node every heartbeat interval; missing several marks it offline.
@@ -382,7 +273,7 @@ pub struct Assignment {
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Demand {
     /// Demand relative to capacity, in basis points (0 idle … 10,000 saturated).
-    pub level_bps: u16,
+    pub level_bps: Bps,
 }
 
 /// Requests a node sends to the dispatcher.
@@ -554,7 +445,7 @@ pub struct Lease {
     /// The ticket to present to them.
     pub ticket: Signed<Ticket>,
     /// Share of tasks the client spot-checks on a second replica, in basis points.
-    pub validation_bps: u16,
+    pub validation_bps: Bps,
 }
 
 /// Status of an SDK key.
@@ -830,31 +721,9 @@ mod tests {
     }
 
     #[test]
-    fn sdk_key_text_and_redaction() {
-        let k = SdkKey {
-            id: KeyId::from_bytes([0xaa; 16]),
-            secret: [0x55; 32],
-        };
-        let text = k.to_string();
-        assert_eq!(text, format!("sk_{}_{}", "aa".repeat(16), "55".repeat(32)));
-        assert_eq!(text.parse::<SdkKey>().unwrap(), k);
-        assert!(!format!("{k:?}").contains("5555"));
-        assert!("sk_00_11".parse::<SdkKey>().is_err());
-    }
-
-    #[test]
     fn wire_error_truncates_at_char_boundary() {
         let e = WireError::new(ErrorCode::Internal, "é".repeat(1000));
         assert!(e.message.len() <= ERROR_MESSAGE_BYTES_MAX);
         assert!(e.message.len() >= ERROR_MESSAGE_BYTES_MAX - 1);
-    }
-
-    #[test]
-    fn peer_addr_bounds() {
-        assert!(PeerAddr::new("").is_err());
-        assert!(PeerAddr::new("x".repeat(PEER_ADDR_BYTES_MAX + 1)).is_err());
-        assert_eq!(PeerAddr::new("mem:a").unwrap().as_str(), "mem:a");
-        let bad = postcard::to_stdvec(&String::new()).unwrap();
-        assert!(postcard::from_bytes::<PeerAddr>(&bad).is_err());
     }
 }

@@ -3,8 +3,9 @@
 //! sees a revocation within its key cache time (`DispatcherConfig::key_cache_ms`).
 
 use crat_core::id::KeyId;
+use crat_core::id::SdkKey;
 use crat_core::money::Credits;
-use crat_core::wire::{KeyInfo, KeyStatus, SdkKey};
+use crat_core::wire::{KeyInfo, KeyStatus};
 
 use crate::ledger::{AccountName, KeyRecord, Ledger, LedgerError};
 

@@ -51,12 +51,10 @@
 
 pub mod admin;
 pub mod blob;
-mod clock;
 pub mod ledger;
 pub mod rounds;
 mod service;
 
-pub use clock::{Clock, SystemClock};
 pub use service::{
     CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
     DispatcherParts, DispatcherStats, canary_inputs,

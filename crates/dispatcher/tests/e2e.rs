@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{
-    ClientCall, ClientToNode, DispatcherResponse, ErrorCode, InferRequest, NodeToClient, SdkKey,
+    ClientCall, ClientToNode, DispatcherResponse, ErrorCode, InferRequest, NodeToClient,
 };
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;

@@ -8,10 +8,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use crat_core::id::SdkKey;
 use crat_core::id::TaskId;
 use crat_core::limit::RateLimit;
 use crat_core::tensor::NamedTensor;
-use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, ErrorCode, SdkKey};
+use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, ErrorCode};
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
 use crat_testnet::{LocalNetwork, NodeSpec};

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use common::*;
 use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
-use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, NodeId, PeerAddr, SdkKey, TaskId};
 use crat_core::sign::{REGISTRATION_AGE_S_MAX, Registration, Signed, Ticket};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, InferRequest, Lease,
-    NodeRequest, NodeToClient, PeerAddr, SdkKey, UsageRecord, UsageReport,
+    NodeRequest, NodeToClient, UsageRecord, UsageReport,
 };
 use crat_testnet::{LocalNetwork, loopback_quic};
 use crat_transport::quic::{QuicConnection, QuicTransport};

@@ -181,7 +181,7 @@ async fn spot_checks_catch(per_mille: u32) {
     cfg.dispatch.replicas = 4;
     cfg.dispatch.caught_max = 1;
     cfg.canary.interval_ms = 0;
-    cfg.validation_bps = 10_000;
+    cfg.validation_bps = crat_core::bps::Bps(10_000);
     let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
     let ledger = net.dispatcher().ledger().clone();
     let gpus = [
@@ -456,7 +456,7 @@ async fn validation_reports_are_checked_before_crediting() {
     // Leases sample at the configured rate while no replica has failed.
     let sampling = |call| async {
         match send(call).await {
-            DispatcherResponse::Lease(l) => l.validation_bps,
+            DispatcherResponse::Lease(l) => l.validation_bps.get(),
             other => panic!("no lease: {other:?}"),
         }
     };

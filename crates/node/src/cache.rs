@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crat_backend::{BackendError, InferenceBackend, LoadedModel};
 use crat_core::id::ModelId;
+use parking_lot::Mutex;
 use tokio::sync::watch;
 
 /// Why a model could not be provided.
@@ -76,11 +77,6 @@ struct StoreIndex {
     clock: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded maps stay consistent even if a holder panicked mid-way (no partial writes).
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl ModelStore {
     /// Opens (creating if needed) a store in `dir` holding at most `disk_bytes_max` bytes.
     /// Files already there are indexed; stray temporary files are removed.
@@ -126,7 +122,7 @@ impl ModelStore {
 
     /// Bytes held now.
     pub fn disk_bytes(&self) -> u64 {
-        lock(&self.index).total
+        self.index.lock().total
     }
 
     fn path(&self, id: &ModelId) -> PathBuf {
@@ -135,7 +131,7 @@ impl ModelStore {
 
     /// True if the store has a file for `id` (not yet verified).
     pub fn contains(&self, id: &ModelId) -> bool {
-        lock(&self.index).entries.contains_key(id)
+        self.index.lock().entries.contains_key(id)
     }
 
     /// Stores `bytes` as model `id` after checking they hash to it, evicting least recently
@@ -156,7 +152,7 @@ impl ModelStore {
         std::fs::write(&tmp, bytes).map_err(io)?;
         std::fs::rename(&tmp, self.path(id)).map_err(io)?;
         let evict = {
-            let mut index = lock(&self.index);
+            let mut index = self.index.lock();
             index.clock += 1;
             let clock = index.clock;
             if let Some(old) = index.entries.insert(
@@ -210,7 +206,7 @@ impl ModelStore {
             self.forget(id);
             return Err(CacheError::HashMismatch { model: *id, actual });
         }
-        let mut index = lock(&self.index);
+        let mut index = self.index.lock();
         index.clock += 1;
         let clock = index.clock;
         if let Some(e) = index.entries.get_mut(id) {
@@ -220,7 +216,7 @@ impl ModelStore {
     }
 
     fn forget(&self, id: &ModelId) {
-        let mut index = lock(&self.index);
+        let mut index = self.index.lock();
         if let Some(e) = index.entries.remove(id) {
             index.total -= e.bytes;
         }
@@ -275,12 +271,13 @@ impl ModelCache {
 
     /// Bytes of loaded models held now.
     pub fn memory_bytes(&self) -> u64 {
-        lock(&self.slots).total
+        self.slots.lock().total
     }
 
     /// Ids of the loaded models.
     pub fn loaded(&self) -> Vec<ModelId> {
-        lock(&self.slots)
+        self.slots
+            .lock()
             .slots
             .iter()
             .filter(|(_, s)| matches!(s, Slot::Ready { .. }))
@@ -290,7 +287,7 @@ impl ModelCache {
 
     /// Drops a loaded model (e.g. when its last deployment goes away).
     pub fn unload(&self, id: &ModelId) {
-        let mut slots = lock(&self.slots);
+        let mut slots = self.slots.lock();
         if let Some(Slot::Ready { bytes, .. }) = slots.slots.get(id) {
             let bytes = *bytes;
             slots.slots.remove(id);
@@ -308,7 +305,7 @@ impl ModelCache {
         // One critical section decides this caller's role, so two callers can never both
         // become the loader of the same model.
         let tx = {
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             slots.clock += 1;
             let clock = slots.clock;
             match slots.slots.get_mut(&id) {
@@ -349,7 +346,7 @@ impl ModelCache {
         let result = self.load(id, fetch).await;
         guard.armed = false;
         {
-            let mut slots = lock(&self.slots);
+            let mut slots = self.slots.lock();
             match &result {
                 Ok(model) => {
                     let bytes = model.memory_bytes();
@@ -428,7 +425,7 @@ struct LoadGuard<'a> {
 impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            let mut slots = lock(&self.cache.slots);
+            let mut slots = self.cache.slots.lock();
             if matches!(slots.slots.get(&self.id), Some(Slot::Loading(_))) {
                 slots.slots.remove(&self.id);
             }

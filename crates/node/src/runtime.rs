@@ -20,46 +20,31 @@
 //! usage ([`NodeConfig::usage_buffer_max`], `Busy`).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crat_backend::LoadedModel;
 use crat_backend::validate::validate_inputs;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::bps::Bps;
+use crat_core::clock::Clock;
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
-    Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, PeerAddr, ReplicaState,
+    Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
     USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
 };
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
+use parking_lot::{Mutex, RwLock};
 
 use crate::batch::{BatchConfig, Batcher, RunError, measure_batch_size};
 use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleWorkload};
 use crate::probe::HardwareReport;
-
-/// Where time comes from; tests drive it by hand.
-pub trait Clock: Send + Sync + 'static {
-    /// Unix seconds now.
-    fn now_s(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_s(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-}
 
 /// How batch sizes are chosen per model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -265,18 +250,18 @@ impl<T: Transport> Node<T> {
 
     /// Deployments ready to serve.
     pub fn ready(&self) -> Vec<DeploymentId> {
-        read(&self.inner.served).keys().copied().collect()
+        self.inner.served.read().keys().copied().collect()
     }
 
     /// Deployments whose model failed to load here (reported to the dispatcher as
     /// [`ReplicaState::Failed`]; not retried unless it assigns another model).
     pub fn failed(&self) -> Vec<DeploymentId> {
-        lock(&self.inner.failed).keys().copied().collect()
+        self.inner.failed.lock().keys().copied().collect()
     }
 
     /// Usage records not yet acknowledged by the dispatcher.
     pub fn usage_pending(&self) -> usize {
-        lock(&self.inner.usage).len()
+        self.inner.usage.lock().len()
     }
 
     /// Runs the node until its transport is closed.
@@ -323,7 +308,9 @@ impl<T: Transport> Node<T> {
     pub async fn infer(&self, req: InferRequest) -> NodeToClient {
         let inner = &self.inner;
         let now = inner.clock.now_s();
-        let verified = lock(&inner.tickets)
+        let verified = inner
+            .tickets
+            .lock()
             .verify(&req.ticket, now, &req.deployment, &inner.id)
             .map(|_| ());
         let ticket = match verified {
@@ -332,17 +319,17 @@ impl<T: Transport> Node<T> {
         };
         if let Some(rates) = &inner.key_rates {
             let now_ms = u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            if let Err(e) = lock(rates).allow(&ticket.key, now_ms) {
+            if let Err(e) = rates.lock().allow(&ticket.key, now_ms) {
                 return error(ErrorCode::Busy, format!("{} at this node: {e}", ticket.key));
             }
         }
-        let Some(served) = read(&inner.served).get(&req.deployment).cloned() else {
+        let Some(served) = inner.served.read().get(&req.deployment).cloned() else {
             return error(
                 ErrorCode::NotFound,
                 format!("{} is not served by this node", req.deployment),
             );
         };
-        if lock(&inner.usage).len() >= inner.config.usage_buffer_max {
+        if inner.usage.lock().len() >= inner.config.usage_buffer_max {
             return error(
                 ErrorCode::Busy,
                 "usage not yet acknowledged; try another replica",
@@ -387,7 +374,7 @@ impl<T: Transport> Node<T> {
             .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
             .collect();
         let output_bytes = outputs.iter().map(|t| t.tensor.bytes().len() as u64).sum();
-        lock(&inner.usage).push_back(UsageRecord {
+        inner.usage.lock().push_back(UsageRecord {
             task: req.task,
             deployment: req.deployment,
             key: ticket.key,
@@ -435,9 +422,9 @@ impl<T: Transport> Node<T> {
         &self,
         req: &NodeRequest,
     ) -> Result<DispatcherReply, crat_transport::TransportError> {
-        let conn = read(&self.inner.dispatcher)
-            .clone()
-            .ok_or_else(|| crat_transport::TransportError::Closed("not connected".into()))?;
+        let conn = self.inner.dispatcher.read().clone().ok_or_else(|| {
+            crat_transport::TransportError::Closed(crat_transport::Closed::NotConnected)
+        })?;
         conn.call(
             req,
             Conversation::NodeDispatcher,
@@ -462,7 +449,7 @@ impl<T: Transport> Node<T> {
                 }
                 Ok(()) => {}
             }
-            *write(&inner.dispatcher) = None;
+            *inner.dispatcher.write() = None;
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(inner.config.reconnect_backoff_ms_max);
         }
@@ -474,7 +461,7 @@ impl<T: Transport> Node<T> {
             .transport
             .connect(&inner.config.dispatcher_addr, &inner.config.dispatcher_id)
             .await?;
-        *write(&inner.dispatcher) = Some(conn.clone());
+        *inner.dispatcher.write() = Some(conn.clone());
         // Pushes from the dispatcher arrive on this connection.
         let node = self.clone();
         let pushes = tokio::spawn(serve(
@@ -526,7 +513,9 @@ impl<T: Transport> Node<T> {
                 seq,
                 load: NodeLoad {
                     inflight: inner.inflight.load(Ordering::Relaxed),
-                    queued: read(&inner.served)
+                    queued: inner
+                        .served
+                        .read()
                         .values()
                         .map(|s| s.batcher.queued() as u32)
                         .sum(),
@@ -534,7 +523,7 @@ impl<T: Transport> Node<T> {
                         .hardware
                         .gpu_stats
                         .first()
-                        .map_or(0, |s| s.utilisation_bps),
+                        .map_or(Bps::ZERO, |s| Bps(s.utilisation_bps)),
                 },
                 loaded_models: inner.cache.loaded(),
                 ready: self.ready(),
@@ -546,7 +535,8 @@ impl<T: Transport> Node<T> {
                 } => {
                     self.apply_assignments(assignments, true);
                     if let Some(idle) = &inner.idle {
-                        idle.demand(demand.level_bps, inner.clock.now_s()).await;
+                        idle.demand(demand.level_bps.get(), inner.clock.now_s())
+                            .await;
                     }
                 }
                 DispatcherReply::Error(e) => {
@@ -565,12 +555,13 @@ impl<T: Transport> Node<T> {
                 NodeAck::Ok
             }
             DispatcherPush::Unassign { deployment } => {
-                write(&self.inner.served).remove(&deployment);
+                self.inner.served.write().remove(&deployment);
                 NodeAck::Ok
             }
             DispatcherPush::Demand(d) => {
                 if let Some(idle) = &self.inner.idle {
-                    idle.demand(d.level_bps, self.inner.clock.now_s()).await;
+                    idle.demand(d.level_bps.get(), self.inner.clock.now_s())
+                        .await;
                 }
                 NodeAck::Ok
             }
@@ -583,16 +574,16 @@ impl<T: Transport> Node<T> {
         let inner = &self.inner;
         if complete {
             let keep: Vec<DeploymentId> = assignments.iter().map(|a| a.deployment).collect();
-            write(&inner.served).retain(|d, _| keep.contains(d));
-            lock(&inner.failed).retain(|d, _| keep.contains(d));
+            inner.served.write().retain(|d, _| keep.contains(d));
+            inner.failed.lock().retain(|d, _| keep.contains(d));
         }
         for a in assignments {
-            if read(&inner.served).contains_key(&a.deployment)
-                || lock(&inner.failed).get(&a.deployment) == Some(&a.model)
+            if inner.served.read().contains_key(&a.deployment)
+                || inner.failed.lock().get(&a.deployment) == Some(&a.model)
             {
                 continue;
             }
-            if lock(&inner.starting).insert(a.deployment, ()).is_some() {
+            if inner.starting.lock().insert(a.deployment, ()).is_some() {
                 continue;
             }
             let node = self.clone();
@@ -604,16 +595,16 @@ impl<T: Transport> Node<T> {
                         // The dispatcher could not be reached: not the model's fault. The
                         // next heartbeat that lists the deployment tries again.
                         tracing::warn!(%deployment, error = %e, "model not fetched; will retry");
-                        lock(&node.inner.starting).remove(&deployment);
+                        node.inner.starting.lock().remove(&deployment);
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(%deployment, error = %e, "cannot serve deployment");
-                        lock(&node.inner.failed).insert(deployment, model);
+                        node.inner.failed.lock().insert(deployment, model);
                         ReplicaState::Failed(e.to_string())
                     }
                 };
-                lock(&node.inner.starting).remove(&deployment);
+                node.inner.starting.lock().remove(&deployment);
                 let report = NodeRequest::ReplicaState { deployment, state };
                 if let Err(e) = node.call(&report).await {
                     tracing::warn!(%deployment, error = %e, "replica state not reported");
@@ -648,7 +639,7 @@ impl<T: Transport> Node<T> {
             }
         };
         let batcher = Batcher::spawn(model.clone(), config);
-        write(&inner.served).insert(
+        inner.served.write().insert(
             a.deployment,
             Arc::new(Served {
                 assignment: a,
@@ -710,7 +701,7 @@ impl<T: Transport> Node<T> {
         loop {
             tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)).await;
             let batch: Vec<UsageRecord> = {
-                let usage = lock(&inner.usage);
+                let usage = inner.usage.lock();
                 usage.iter().take(USAGE_RECORDS_MAX).cloned().collect()
             };
             if batch.is_empty() {
@@ -723,7 +714,7 @@ impl<T: Transport> Node<T> {
             {
                 Ok(DispatcherReply::UsageAck { .. }) => {
                     // Only now are they safe to forget; new records were appended behind.
-                    lock(&inner.usage).drain(..n);
+                    inner.usage.lock().drain(..n);
                 }
                 Ok(other) => tracing::warn!(?other, "usage report refused; will retry"),
                 Err(e) => tracing::debug!(error = %e, "usage report not delivered; will retry"),
@@ -748,16 +739,4 @@ fn fresh_nonce() -> [u8; 16] {
         chunk.copy_from_slice(&h.finish().to_le_bytes());
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,25 +1,23 @@
-//! The [`Client`]: one dispatcher connection, the node connection pool, and the calls that go
-//! to the dispatcher (upload, quote, deploy, balance, key status).
+//! The [`Client`]: one dispatcher connection, the node connection pool
+//! ([`pool`](crate::pool)), and the calls that go to the dispatcher (upload, quote, balance,
+//! key status; `deploy` is written beside [`Deployment`](crate::Deployment)).
 
-use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PriceQuote};
-use crat_core::wire::{
-    CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo, PeerAddr, Replica,
-    SdkKey,
-};
-use crat_transport::{ConnectionExt, Conversation, Transport, TransportError};
+use crat_core::wire::{CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo};
+use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::StreamExt;
 use futures_util::stream;
 
 use crate::config::ClientConfig;
-use crate::deployment::Deployment;
-use crate::error::Error;
+use crate::error::{Error, unexpected};
+use crate::pool::{NodePool, breaks_connection};
+use crate::stats::{Counters, Stats};
 
 /// How far an upload has come; passed to the progress callback of
 /// [`Client::upload_model`].
@@ -35,193 +33,6 @@ pub struct UploadProgress {
     pub resumed_from_bytes: u64,
     /// True when the dispatcher already stored the model and nothing was sent.
     pub already_stored: bool,
-}
-
-/// Counters of a [`Client`] or one [`Deployment`], for dashboards and demos.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Tasks started.
-    pub tasks: u64,
-    /// Tasks that returned outputs.
-    pub completed: u64,
-    /// Tasks that returned an error.
-    pub failed: u64,
-    /// Times a task moved on to another replica (or another try) after a retryable failure.
-    pub failovers: u64,
-    /// Leases fetched to replace an earlier one (near expiry, after a rejected ticket, or
-    /// after every replica failed).
-    pub lease_renewals: u64,
-    /// Tickets a node refused.
-    pub ticket_rejections: u64,
-    /// Tasks spot-checked on a second replica.
-    pub validations: u64,
-    /// Spot checks whose first two answers disagreed (a third replica decided).
-    pub disagreements: u64,
-    /// Validation reports not sent because too many were pending.
-    pub reports_dropped: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) tasks: AtomicU64,
-    pub(crate) completed: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) failovers: AtomicU64,
-    pub(crate) lease_renewals: AtomicU64,
-    pub(crate) ticket_rejections: AtomicU64,
-    pub(crate) validations: AtomicU64,
-    pub(crate) disagreements: AtomicU64,
-    pub(crate) reports_dropped: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn snapshot(&self) -> Stats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Stats {
-            tasks: get(&self.tasks),
-            completed: get(&self.completed),
-            failed: get(&self.failed),
-            failovers: get(&self.failovers),
-            lease_renewals: get(&self.lease_renewals),
-            ticket_rejections: get(&self.ticket_rejections),
-            validations: get(&self.validations),
-            disagreements: get(&self.disagreements),
-            reports_dropped: get(&self.reports_dropped),
-        }
-    }
-}
-
-pub(crate) fn bump(counters: &[&Counters], field: fn(&Counters) -> &AtomicU64) {
-    for c in counters {
-        field(c).fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values are plain maps and options, valid after any panic.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// True when a transport error means the connection itself is unusable.
-pub(crate) fn breaks_connection(e: &TransportError) -> bool {
-    !matches!(e, TransportError::Frame(_) | TransportError::Busy)
-}
-
-/// A connection slot of the node pool.
-enum Slot<C> {
-    Empty,
-    Open {
-        generation: u64,
-        conn: C,
-    },
-    /// The last dial failed at this time; callers fail over at once instead of queueing up
-    /// to dial a dead node one after the other.
-    Failed {
-        at: tokio::time::Instant,
-        reason: String,
-    },
-}
-
-/// How long a failed dial is remembered before the node is dialled again.
-const DIAL_FAILURE_MEMORY_MS: u64 = 1_000;
-
-/// Node connections, one per node, dialled with the node's pinned id and reused.
-pub(crate) struct NodePool<C> {
-    slots: Mutex<HashMap<NodeId, Arc<tokio::sync::Mutex<Slot<C>>>>>,
-    next_generation: AtomicU64,
-    max: usize,
-}
-
-impl<C: crat_transport::Connection> NodePool<C> {
-    fn new(max: usize) -> Self {
-        Self {
-            slots: Mutex::new(HashMap::new()),
-            next_generation: AtomicU64::new(1),
-            max: max.max(1),
-        }
-    }
-
-    /// A connection to `replica`, dialling its addresses in order if none is open.
-    pub(crate) async fn get<T: Transport<Connection = C>>(
-        &self,
-        transport: &T,
-        replica: &Replica,
-        config: &ClientConfig,
-    ) -> Result<(u64, C), Error> {
-        let slot = {
-            let mut slots = lock(&self.slots);
-            if !slots.contains_key(&replica.node)
-                && slots.len() >= self.max
-                && let Some(victim) = slots.keys().next().copied()
-            {
-                slots.remove(&victim);
-            }
-            slots
-                .entry(replica.node)
-                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Slot::Empty)))
-                .clone()
-        };
-        let mut slot = slot.lock().await;
-        match &*slot {
-            Slot::Open { generation, conn } => return Ok((*generation, conn.clone())),
-            Slot::Failed { at, reason }
-                if at.elapsed().as_millis() < u128::from(DIAL_FAILURE_MEMORY_MS) =>
-            {
-                return Err(Error::Transport(TransportError::Connect {
-                    addr: replica
-                        .addrs
-                        .first()
-                        .map(ToString::to_string)
-                        .unwrap_or_default(),
-                    reason: format!("recently failed: {reason}"),
-                }));
-            }
-            _ => {}
-        }
-        let mut last = None;
-        for addr in &replica.addrs {
-            match tokio::time::timeout(
-                config.connect_timeout(),
-                transport.connect(addr, &replica.node),
-            )
-            .await
-            {
-                Ok(Ok(conn)) => {
-                    let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-                    *slot = Slot::Open {
-                        generation,
-                        conn: conn.clone(),
-                    };
-                    return Ok((generation, conn));
-                }
-                Ok(Err(e)) => last = Some(Error::Transport(e)),
-                Err(_) => {
-                    last = Some(Error::Timeout(format!(
-                        "connecting to {} at {addr} took over {} ms",
-                        replica.node, config.connect_timeout_ms
-                    )));
-                }
-            }
-        }
-        let err = last
-            .unwrap_or_else(|| Error::Protocol(format!("replica {} has no address", replica.node)));
-        *slot = Slot::Failed {
-            at: tokio::time::Instant::now(),
-            reason: err.to_string(),
-        };
-        Err(err)
-    }
-
-    /// Forgets connection `generation` to `node` (if it is still the pooled one).
-    pub(crate) async fn drop_conn(&self, node: &NodeId, generation: u64) {
-        let slot = lock(&self.slots).get(node).cloned();
-        if let Some(slot) = slot {
-            let mut slot = slot.lock().await;
-            if matches!(&*slot, Slot::Open { generation: g, .. } if *g == generation) {
-                *slot = Slot::Empty;
-            }
-        }
-    }
 }
 
 pub(crate) struct Inner<T: Transport> {
@@ -259,21 +70,6 @@ impl<T: Transport> std::fmt::Debug for Client<T> {
             .field("key", &self.inner.key.id)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
-    let name = match got {
-        DispatcherResponse::Upload { .. } => "Upload",
-        DispatcherResponse::ModelStored { .. } => "ModelStored",
-        DispatcherResponse::Quote(_) => "Quote",
-        DispatcherResponse::Deployment(_) => "Deployment",
-        DispatcherResponse::Lease(_) => "Lease",
-        DispatcherResponse::Balance(_) => "Balance",
-        DispatcherResponse::Key(_) => "Key",
-        DispatcherResponse::Ok => "Ok",
-        DispatcherResponse::Error(_) => "Error",
-    };
-    Error::Protocol(format!("dispatcher answered {what} with {name}"))
 }
 
 impl<T: Transport> Client<T> {
@@ -520,22 +316,6 @@ impl<T: Transport> Client<T> {
             DispatcherResponse::Quote(q) => Ok(q),
             other => Err(unexpected("Quote", &other)),
         }
-    }
-
-    /// Deploys a stored model. Returns once the dispatcher accepted the deployment (and took
-    /// the up-front credits); use [`Deployment::wait_ready`] to wait for warm replicas.
-    pub async fn deploy(&self, model: ModelId, plan: DeployPlan) -> Result<Deployment<T>, Error> {
-        match self.call(ClientCall::Deploy { model, plan }).await? {
-            DispatcherResponse::Deployment(info) if info.model == model => {
-                Ok(Deployment::new(self.clone(), info.id))
-            }
-            other => Err(unexpected("Deploy", &other)),
-        }
-    }
-
-    /// A handle on an existing deployment (no call is made; [`Deployment::info`] checks it).
-    pub fn deployment(&self, id: DeploymentId) -> Deployment<T> {
-        Deployment::new(self.clone(), id)
     }
 
     /// Credits left on the account.

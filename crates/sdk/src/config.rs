@@ -1,28 +1,10 @@
-//! Client settings and the clock the SDK reads.
+//! Client settings.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use crat_transport::FrameLimits;
-
-/// Where the SDK reads the time (Unix seconds) when deciding that a lease is due for renewal.
-/// Tests drive it by hand; [`SystemClock`] is the default.
-pub trait Clock: Send + Sync + 'static {
-    /// Unix seconds now.
-    fn now_s(&self) -> u64;
-}
-
-/// The system clock.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_s(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-}
+use crat_core::clock::Clock;
+use crat_transport::{FrameLimits, SystemClock};
 
 /// Limits, timeouts and retry policy of a [`Client`](crate::Client).
 #[derive(Clone)]
@@ -56,7 +38,8 @@ pub struct ClientConfig {
     /// Frame caps; must match what the dispatcher and nodes accept. Default
     /// [`FrameLimits::default`].
     pub frame_limits: FrameLimits,
-    /// The clock for lease renewal. Default [`SystemClock`].
+    /// The clock for lease renewal (when a lease is due); tests drive it by hand. Default
+    /// [`SystemClock`].
     pub clock: Arc<dyn Clock>,
 }
 

@@ -1,10 +1,12 @@
 //! A [`Deployment`]: its lease, and tasks sent straight to its replicas with failover.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crat_core::id::{DeploymentId, NodeId, TaskId};
+use crat_core::bps::Bps;
+use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
+use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Receipt, Signed, outputs_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
@@ -14,9 +16,12 @@ use crat_core::wire::{
 };
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
+use parking_lot::Mutex;
 
-use crate::client::{Client, Counters, Stats, breaks_connection, bump, lock, unexpected};
-use crate::error::Error;
+use crate::client::Client;
+use crate::error::{Error, unexpected};
+use crate::pool::breaks_connection;
+use crate::stats::{Counters, Stats, bump};
 
 /// A lease as the SDK holds it.
 struct LeaseState {
@@ -84,6 +89,26 @@ impl<T: Transport> std::fmt::Debug for Deployment<T> {
         f.debug_struct("Deployment")
             .field("id", &self.id)
             .finish_non_exhaustive()
+    }
+}
+
+// The client's ways to a deployment live beside the type they return, so that the client
+// module does not depend on this one.
+impl<T: Transport> Client<T> {
+    /// Deploys a stored model. Returns once the dispatcher accepted the deployment (and took
+    /// the up-front credits); use [`Deployment::wait_ready`] to wait for warm replicas.
+    pub async fn deploy(&self, model: ModelId, plan: DeployPlan) -> Result<Deployment<T>, Error> {
+        match self.call(ClientCall::Deploy { model, plan }).await? {
+            DispatcherResponse::Deployment(info) if info.model == model => {
+                Ok(Deployment::new(self.clone(), info.id))
+            }
+            other => Err(unexpected("Deploy", &other)),
+        }
+    }
+
+    /// A handle on an existing deployment (no call is made; [`Deployment::info`] checks it).
+    pub fn deployment(&self, id: DeploymentId) -> Deployment<T> {
+        Deployment::new(self.clone(), id)
     }
 }
 
@@ -179,7 +204,7 @@ impl<T: Transport> Deployment<T> {
             .await?
         {
             DispatcherResponse::Ok | DispatcherResponse::Deployment(_) => {
-                *lock(&self.shared.lease) = None;
+                *self.shared.lease.lock() = None;
                 Ok(())
             }
             other => Err(unexpected("Undeploy", &other)),
@@ -196,7 +221,7 @@ impl<T: Transport> Deployment<T> {
     }
 
     fn cached(&self) -> Option<Arc<LeaseState>> {
-        lock(&self.shared.lease).clone()
+        self.shared.lease.lock().clone()
     }
 
     fn due(&self, lease: &LeaseState) -> bool {
@@ -256,7 +281,7 @@ impl<T: Transport> Deployment<T> {
         if previous.is_some() {
             bump(&self.counters(), |c| &c.lease_renewals);
         }
-        *lock(&self.shared.lease) = Some(state.clone());
+        *self.shared.lease.lock() = Some(state.clone());
         Ok(state)
     }
 
@@ -361,8 +386,8 @@ impl<T: Transport> Deployment<T> {
             }
             match self.attempt(replica, task, &message).await {
                 Ok(answer) => {
-                    let bps = u32::from(lease.lease.validation_bps);
-                    if bps > 0 && rand::random::<u32>() % 10_000 < bps {
+                    let bps = u32::from(lease.lease.validation_bps.get());
+                    if bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps {
                         return self
                             .spot_check(task, &message, replica, answer, &lease)
                             .await;

@@ -1,7 +1,7 @@
 //! The SDK's one error type, with a typed variant per server [`ErrorCode`].
 
 use crat_core::tensor::TensorError;
-use crat_core::wire::{ErrorCode, WireError};
+use crat_core::wire::{DispatcherResponse, ErrorCode, WireError};
 use crat_transport::TransportError;
 
 /// Everything an SDK call can fail with.
@@ -172,6 +172,22 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// The error for a dispatcher answer that does not fit the call `what` it answers.
+pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
+    let name = match got {
+        DispatcherResponse::Upload { .. } => "Upload",
+        DispatcherResponse::ModelStored { .. } => "ModelStored",
+        DispatcherResponse::Quote(_) => "Quote",
+        DispatcherResponse::Deployment(_) => "Deployment",
+        DispatcherResponse::Lease(_) => "Lease",
+        DispatcherResponse::Balance(_) => "Balance",
+        DispatcherResponse::Key(_) => "Key",
+        DispatcherResponse::Ok => "Ok",
+        DispatcherResponse::Error(_) => "Error",
+    };
+    Error::Protocol(format!("dispatcher answered {what} with {name}"))
 }
 
 #[cfg(test)]

@@ -60,8 +60,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crat_core::id::NodeId;
-use crat_core::wire::SdkKey;
+use crat_core::id::{NodeId, SdkKey};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 
@@ -70,12 +69,15 @@ mod config;
 pub mod convert;
 mod deployment;
 mod error;
+mod pool;
+mod stats;
 
-pub use client::{Client, Stats, UploadProgress};
-pub use config::{ClientConfig, Clock, SystemClock};
+pub use client::{Client, UploadProgress};
+pub use config::ClientConfig;
 pub use crat_transport::Transport;
 pub use deployment::Deployment;
 pub use error::Error;
+pub use stats::Stats;
 
 /// Connects to the dispatcher at `dispatcher_addr` over QUIC, with default settings.
 ///

@@ -2,11 +2,9 @@
 //! balance and key-status calls.
 #![allow(clippy::unwrap_used)]
 
-use crat_core::id::{KeyId, NodeId};
+use crat_core::id::{KeyId, NodeId, SdkKey};
 use crat_core::money::Credits;
-use crat_core::wire::{
-    ClientCall, ClientRequest, DispatcherResponse, ErrorCode, SdkKey, WireError,
-};
+use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, ErrorCode, WireError};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use crat_transport::{Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;

@@ -10,6 +10,9 @@
 //! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
 //! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
 //!
+//! [`SystemClock`] is the system-time [`Clock`](crat_core::clock::Clock) the peers run on (this is
+//! the I/O crate they all share; `crat-core` reads no clock).
+//!
 //! Bodies are [`Frame`]s: length-prefixed [`crat_core::wire`] messages whose size is capped per
 //! conversation ([`FrameLimits`]) before anything is allocated. [`ConnectionExt::call`] and
 //! [`serve`] are the typed layer most code uses.
@@ -55,61 +58,18 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use crat_core::id::NodeId;
-use crat_core::wire::{ErrorCode, Message, PeerAddr, Reply, WireError};
+use crat_core::id::PeerAddr;
+use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 
+mod clock;
+mod error;
 pub mod frame;
 pub mod memory;
 pub mod quic;
 
+pub use clock::SystemClock;
+pub use error::{Aborted, Closed, SetupError, TransportError};
 pub use frame::{Conversation, Frame, FrameError, FrameLimits};
-
-/// What can go wrong moving frames between peers.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransportError {
-    /// A frame was oversized, truncated, trailed by bytes or not a valid message.
-    #[error("frame: {0}")]
-    Frame(#[from] FrameError),
-    /// The address cannot be used by this transport.
-    #[error("invalid address {addr}: {reason}")]
-    Addr {
-        /// The address.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// Nobody answered at the address, or the handshake failed.
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect {
-        /// The address.
-        addr: String,
-        /// Why.
-        reason: String,
-    },
-    /// The peer proved a different identity than the one pinned.
-    #[error("peer is {actual}, expected {expected}")]
-    Identity {
-        /// The identity pinned when dialling.
-        expected: NodeId,
-        /// The identity the peer proved.
-        actual: NodeId,
-    },
-    /// The connection is closed (by either side, or it timed out idle).
-    #[error("connection closed: {0}")]
-    Closed(String),
-    /// The peer abandoned this exchange (reset the stream, or dropped it unanswered).
-    #[error("exchange aborted by peer: {0}")]
-    Aborted(String),
-    /// The exchange did not complete within its time limit.
-    #[error("timed out after {0} ms")]
-    Timeout(u64),
-    /// Too many exchanges are in flight on this connection.
-    #[error("too many exchanges in flight")]
-    Busy,
-    /// A local I/O or TLS setup failure.
-    #[error("transport setup: {0}")]
-    Setup(String),
-}
 
 /// An endpoint with an identity: dials peers and accepts their connections.
 #[async_trait]
@@ -227,7 +187,7 @@ where
             Err(e) => return e,
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
-            return TransportError::Closed("serve stopped".into());
+            return Closed::ServeStopped.into();
         };
         let handler = handler.clone();
         tokio::spawn(async move {

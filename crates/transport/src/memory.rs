@@ -6,15 +6,15 @@
 //! an error rather than a hang. Frames are handed over without copying.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
-use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::{NodeId, PeerAddr};
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::frame::FrameError;
-use crate::{Connection, Frame, IncomingExchange, Transport, TransportError};
+use crate::{Aborted, Closed, Connection, Frame, IncomingExchange, Transport, TransportError};
 
 /// Limits of the in-memory transport.
 #[derive(Clone, Copy, Debug)]
@@ -76,7 +76,7 @@ impl MemoryNetwork {
         let peer_addr = PeerAddr::new(addr).map_err(|e| bad(&e.to_string()))?;
         let (tx, rx) = mpsc::channel(config.accept_queue_max.max(1));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let mut listeners = lock(&self.listeners);
+        let mut listeners = self.listeners.lock();
         if listeners.contains_key(&peer_addr) {
             return Err(bad("address in use"));
         }
@@ -100,11 +100,6 @@ impl MemoryNetwork {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks leaves plain maps/vectors in a valid state.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// One endpoint of a [`MemoryNetwork`].
 pub struct MemoryTransport {
     network: MemoryNetwork,
@@ -116,7 +111,7 @@ pub struct MemoryTransport {
 }
 
 fn track(conns: &Mutex<Vec<Weak<Shared>>>, shared: &Arc<Shared>) {
-    let mut conns = lock(conns);
+    let mut conns = conns.lock();
     conns.retain(|w| w.strong_count() > 0);
     conns.push(Arc::downgrade(shared));
 }
@@ -139,7 +134,7 @@ impl Transport for MemoryTransport {
         expected: &NodeId,
     ) -> Result<MemoryConnection, TransportError> {
         let (remote_id, remote_config, accept, remote_conns) = {
-            let listeners = lock(&self.network.listeners);
+            let listeners = self.network.listeners.lock();
             let l = listeners.get(addr).ok_or_else(|| TransportError::Connect {
                 addr: addr.to_string(),
                 reason: "no endpoint at this address".into(),
@@ -188,12 +183,12 @@ impl Transport for MemoryTransport {
             .await
             .recv()
             .await
-            .ok_or_else(|| TransportError::Closed("endpoint closed".into()))
+            .ok_or_else(|| TransportError::Closed(Closed::Endpoint))
     }
 
     fn close(&self) {
-        lock(&self.network.listeners).remove(&self.addr);
-        for conn in lock(&self.conns).drain(..) {
+        self.network.listeners.lock().remove(&self.addr);
+        for conn in self.conns.lock().drain(..) {
             if let Some(shared) = conn.upgrade() {
                 shared.close("endpoint closed");
             }
@@ -238,8 +233,8 @@ impl Shared {
         let reason = rx
             .wait_for(Option::is_some)
             .await
-            .map(|r| r.clone().unwrap_or_default())
-            .unwrap_or_else(|_| "connection dropped".into());
+            .map(|r| Closed::ByApp(r.clone().unwrap_or_default()))
+            .unwrap_or(Closed::Dropped);
         TransportError::Closed(reason)
     }
 }
@@ -287,10 +282,10 @@ impl Connection for MemoryConnection {
             self.outgoing
                 .send(Exchange { request, reply })
                 .await
-                .map_err(|_| TransportError::Closed("peer gone".into()))?;
+                .map_err(|_| TransportError::Closed(Closed::PeerGone))?;
             response
                 .await
-                .map_err(|_| TransportError::Aborted("peer dropped the exchange".into()))
+                .map_err(|_| TransportError::Aborted(Aborted::Dropped))
         };
         let frame = tokio::select! {
             r = exchange => r?,
@@ -313,7 +308,7 @@ impl Connection for MemoryConnection {
                 .await
                 .recv()
                 .await
-                .ok_or_else(|| TransportError::Closed("peer gone".into()))
+                .ok_or_else(|| TransportError::Closed(Closed::PeerGone))
         };
         let exchange = tokio::select! {
             r = next => r?,
@@ -336,7 +331,7 @@ impl IncomingExchange for MemoryIncoming {
         let frame = self
             .request
             .take()
-            .ok_or_else(|| TransportError::Aborted("request already read".into()))?;
+            .ok_or_else(|| TransportError::Aborted(Aborted::AlreadyRead))?;
         if frame.body_len() > request_bytes_max as usize {
             return Err(FrameError::TooLarge {
                 len: frame.body_len() as u64,
@@ -350,6 +345,6 @@ impl IncomingExchange for MemoryIncoming {
     async fn respond(self, response: Frame) -> Result<(), TransportError> {
         self.reply
             .send(response)
-            .map_err(|_| TransportError::Aborted("requester gone".into()))
+            .map_err(|_| TransportError::Aborted(Aborted::RequesterGone))
     }
 }

@@ -20,14 +20,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crat_core::id::NodeId;
-use crat_core::wire::PeerAddr;
+use crat_core::id::PeerAddr;
 use ed25519_dalek::SigningKey;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::frame::{FrameError, LEN_PREFIX_BYTES, check_prefix};
-use crate::{Connection, Frame, IncomingExchange, Transport, TransportError};
+use crate::{
+    Aborted, Closed, Connection, Frame, IncomingExchange, SetupError, Transport, TransportError,
+};
 
 /// The ALPN protocol id of this protocol version.
 pub const ALPN: &[u8] = b"crat/1";
@@ -98,7 +100,7 @@ impl QuicConfig {
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(Some(
                 quinn::IdleTimeout::try_from(Duration::from_millis(self.idle_timeout_ms.into()))
-                    .map_err(|e| TransportError::Setup(format!("idle timeout: {e}")))?,
+                    .map_err(SetupError::IdleTimeout)?,
             ))
             .keep_alive_interval(Some(Duration::from_millis(
                 self.keep_alive_interval_ms.into(),
@@ -129,8 +131,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(p)
 }
 
-fn setup(what: &str) -> impl FnOnce(rustls::Error) -> TransportError + '_ {
-    move |e| TransportError::Setup(format!("{what}: {e}"))
+fn setup(what: &'static str) -> impl FnOnce(rustls::Error) -> SetupError {
+    move |source| SetupError::Tls { what, source }
 }
 
 /// A QUIC endpoint with an ed25519 identity: dials and accepts.
@@ -166,13 +168,15 @@ impl QuicTransport {
             .with_single_cert(vec![cert.clone()], private.clone_key())
             .map_err(setup("server certificate"))?;
         server.alpn_protocols = vec![ALPN.to_vec()];
-        let server = QuicServerConfig::try_from(server)
-            .map_err(|e| TransportError::Setup(format!("server QUIC: {e}")))?;
+        let server = QuicServerConfig::try_from(server).map_err(|source| SetupError::Quic {
+            what: "server QUIC",
+            source,
+        })?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
         server.transport_config(transport.clone());
 
         let io = |what: &'static str| {
-            move |e: std::io::Error| TransportError::Setup(format!("{what} {addr}: {e}"))
+            move |source: std::io::Error| SetupError::Socket { what, addr, source }
         };
         let socket = std::net::UdpSocket::bind(addr).map_err(io("bind"))?;
         let state = quinn::udp::UdpSocketState::new((&socket).into()).map_err(io("socket"))?;
@@ -182,7 +186,7 @@ impl QuicTransport {
         let mut endpoint_config = quinn::EndpointConfig::default();
         endpoint_config
             .max_udp_payload_size(config.mtu_bytes_max.clamp(1200, 65_527))
-            .map_err(|e| TransportError::Setup(format!("max UDP payload: {e}")))?;
+            .map_err(SetupError::UdpPayload)?;
         let endpoint = quinn::Endpoint::new(
             endpoint_config,
             Some(server),
@@ -190,9 +194,7 @@ impl QuicTransport {
             Arc::new(quinn::TokioRuntime),
         )
         .map_err(io("endpoint"))?;
-        let local_addr = endpoint
-            .local_addr()
-            .map_err(|e| TransportError::Setup(format!("local address: {e}")))?;
+        let local_addr = endpoint.local_addr().map_err(SetupError::LocalAddr)?;
         let (tx, rx) = mpsc::channel(config.accept_queue_max.max(1));
         let acceptor = tokio::spawn(accept_loop(
             endpoint.clone(),
@@ -233,8 +235,10 @@ impl QuicTransport {
             .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
             .map_err(setup("client certificate"))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
-        let client = QuicClientConfig::try_from(client)
-            .map_err(|e| TransportError::Setup(format!("client QUIC: {e}")))?;
+        let client = QuicClientConfig::try_from(client).map_err(|source| SetupError::Quic {
+            what: "client QUIC",
+            source,
+        })?;
         let mut client = quinn::ClientConfig::new(Arc::new(client));
         client.transport_config(self.transport.clone());
         Ok((client, verifier))
@@ -308,7 +312,7 @@ impl Transport for QuicTransport {
         let conn = match tokio::time::timeout(handshake, connecting).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
-                let seen = verifier.seen.lock().ok().and_then(|s| *s);
+                let seen = *verifier.seen.lock();
                 return Err(match seen {
                     Some(actual) if actual != *expected => TransportError::Identity {
                         expected: *expected,
@@ -328,7 +332,7 @@ impl Transport for QuicTransport {
             .await
             .recv()
             .await
-            .ok_or_else(|| TransportError::Closed("endpoint closed".into()))
+            .ok_or(TransportError::Closed(Closed::Endpoint))
     }
 
     fn close(&self) {
@@ -394,22 +398,22 @@ impl QuicConnection {
 
 fn conn_err(e: quinn::ConnectionError) -> TransportError {
     match e {
-        quinn::ConnectionError::TimedOut => TransportError::Closed("idle timeout".into()),
-        other => TransportError::Closed(other.to_string()),
+        quinn::ConnectionError::TimedOut => TransportError::Closed(Closed::IdleTimeout),
+        other => TransportError::Closed(Closed::Quic(other)),
     }
 }
 
 fn write_err(e: quinn::WriteError) -> TransportError {
     match e {
         quinn::WriteError::ConnectionLost(c) => conn_err(c),
-        other => TransportError::Aborted(other.to_string()),
+        other => TransportError::Aborted(Aborted::Write(other)),
     }
 }
 
 fn read_err(e: quinn::ReadError) -> TransportError {
     match e {
         quinn::ReadError::ConnectionLost(c) => conn_err(c),
-        other => TransportError::Aborted(other.to_string()),
+        other => TransportError::Aborted(Aborted::Read(other)),
     }
 }
 
@@ -460,7 +464,7 @@ async fn write_frame(send: &mut SendStream, frame: Frame) -> Result<(), Transpor
         .await
         .map_err(write_err)?;
     send.finish()
-        .map_err(|e| TransportError::Aborted(e.to_string()))
+        .map_err(|e| TransportError::Aborted(Aborted::Finish(e)))
 }
 
 #[async_trait]
@@ -482,12 +486,10 @@ impl Connection for QuicConnection {
     ) -> Result<Frame, TransportError> {
         let exchange = async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-            let written = write_frame(&mut send, request).await;
-            if let Err(e) = &written
-                && !matches!(e, TransportError::Aborted(_))
-            {
-                return Err(e.clone());
-            }
+            let written = match write_frame(&mut send, request).await {
+                Err(e) if !matches!(e, TransportError::Aborted(_)) => return Err(e),
+                written => written,
+            };
             // Even when the peer stopped reading (an oversized request, say), its answer
             // says why; report the write error only if there is no answer.
             match read_frame(&mut recv, response_bytes_max).await {

@@ -8,6 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, TaskId};
 use crat_core::strategies;
 use crat_core::tensor::{NamedTensor, Tensor};
@@ -72,7 +73,7 @@ async fn conversation<T: Transport>(server: T, client: T) {
         ));
         let ack: NodeAck = push
             .call(
-                &DispatcherPush::Demand(Demand { level_bps: 42 }),
+                &DispatcherPush::Demand(Demand { level_bps: Bps(42) }),
                 Conversation::NodeDispatcher,
                 LIMITS,
             )
@@ -104,7 +105,7 @@ async fn conversation<T: Transport>(server: T, client: T) {
         LIMITS,
         4,
         |push: DispatcherPush| async move {
-            assert_eq!(push, DispatcherPush::Demand(Demand { level_bps: 42 }));
+            assert_eq!(push, DispatcherPush::Demand(Demand { level_bps: Bps(42) }));
             NodeAck::Ok
         },
     ));

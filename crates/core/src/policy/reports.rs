@@ -22,14 +22,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::bps::Bps;
 use crate::dispatch::DEPLOYMENTS_MAX;
 use crate::expiring::{ExpiringMap, WhenFull};
 use crate::id::{DeploymentId, NodeId, TaskId};
 use crate::sign::SignatureError;
 use crate::wire::{REPORT_RECEIPTS_MAX, ValidationReport};
-
-/// Basis points in a whole.
-const BPS_FULL: u64 = 10_000;
 
 /// Why a spot-check report is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -169,11 +167,11 @@ pub fn check_report(
 /// The shares of tasks clients are asked to spot-check, in basis points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SamplingRates {
-    normal_bps: u16,
-    suspect_bps: u16,
+    normal: Bps,
+    suspect: Bps,
 }
 
-/// A sampling rate above 10,000 basis points.
+/// A sampling rate above [`Bps::FULL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{name} must be 0..=10000")]
 pub struct RateOutOfRange {
@@ -182,33 +180,33 @@ pub struct RateOutOfRange {
 }
 
 impl SamplingRates {
-    /// `normal_bps` for every deployment, `suspect_bps` (never below the normal rate) for one
-    /// a replica of which failed a validation recently.
-    pub fn new(normal_bps: u16, suspect_bps: u16) -> Result<Self, RateOutOfRange> {
-        if u64::from(suspect_bps) > BPS_FULL {
+    /// `normal` for every deployment, `suspect` (never below the normal rate) for one a
+    /// replica of which failed a validation recently.
+    pub fn new(normal: Bps, suspect: Bps) -> Result<Self, RateOutOfRange> {
+        if suspect > Bps::FULL {
             return Err(RateOutOfRange {
                 name: "validation_bps_suspect",
             });
         }
-        if u64::from(normal_bps) > BPS_FULL {
+        if normal > Bps::FULL {
             return Err(RateOutOfRange {
                 name: "validation_bps",
             });
         }
         Ok(Self {
-            normal_bps,
-            suspect_bps: suspect_bps.max(normal_bps),
+            normal,
+            suspect: suspect.max(normal),
         })
     }
 
     /// The normal rate.
-    pub fn normal_bps(&self) -> u16 {
-        self.normal_bps
+    pub fn normal(&self) -> Bps {
+        self.normal
     }
 
     /// The suspect rate (at least the normal one).
-    pub fn suspect_bps(&self) -> u16 {
-        self.suspect_bps
+    pub fn suspect(&self) -> Bps {
+        self.suspect
     }
 }
 
@@ -242,24 +240,24 @@ impl ReportBook {
     /// of its replicas failed a validation within the exclusion window, as
     /// [`Dispatch::suspect`](crate::dispatch::Dispatch::suspect) says), which is remembered
     /// for its report cap; the normal rate otherwise.
-    pub fn lease_bps(&mut self, deployment: DeploymentId, suspect: bool) -> u16 {
+    pub fn lease_bps(&mut self, deployment: DeploymentId, suspect: bool) -> Bps {
         if !suspect {
-            return self.rates.normal_bps;
+            return self.rates.normal;
         }
         // Never refuses: it forgets the oldest instead.
         let _ = self
             .suspected
             .insert(deployment, (), u64::MAX, 0, WhenFull::ForgetSoonest);
-        self.rates.suspect_bps
+        self.rates.suspect
     }
 
     /// The rate a deployment's credited reports are capped by: the highest it was sampled at
     /// (reports of tasks sampled at the suspect rate stay creditable afterwards).
-    pub fn cap_bps(&self, deployment: &DeploymentId) -> u16 {
+    pub fn cap_bps(&self, deployment: &DeploymentId) -> Bps {
         if self.suspected.contains(deployment) {
-            self.rates.suspect_bps
+            self.rates.suspect
         } else {
-            self.rates.normal_bps
+            self.rates.normal
         }
     }
 
@@ -267,8 +265,8 @@ impl ReportBook {
     /// `2 × cap_bps / 10,000 × tasks + slack`.
     pub fn reports_allowed(&self, deployment: &DeploymentId, tasks: u64) -> u64 {
         tasks
-            .saturating_mul(2 * u64::from(self.cap_bps(deployment)))
-            .checked_div(BPS_FULL)
+            .saturating_mul(2 * u64::from(self.cap_bps(deployment).get()))
+            .checked_div(u64::from(Bps::FULL.get()))
             .unwrap_or(0)
             .saturating_add(self.slack)
     }
@@ -407,16 +405,16 @@ mod tests {
 
     #[test]
     fn reports_are_capped_by_the_highest_rate_sampled_and_credited_once() {
-        let rates = SamplingRates::new(100, 1_000).expect("in range");
+        let rates = SamplingRates::new(Bps(100), Bps(1_000)).expect("in range");
         let mut book = ReportBook::new(rates, 16, 1);
         let d = DeploymentId::from_bytes([1; 16]);
         let task = |b: u8| TaskId::from_bytes([b; 16]);
-        assert_eq!(book.lease_bps(d, false), 100);
+        assert_eq!(book.lease_bps(d, false), Bps(100));
         // 1,000 tasks at 1 %: 2 × 10 + 1 reports.
         assert_eq!(book.reports_allowed(&d, 1_000), 21);
-        assert_eq!(book.lease_bps(d, true), 1_000);
-        assert_eq!(book.lease_bps(d, false), 100);
-        assert_eq!(book.cap_bps(&d), 1_000);
+        assert_eq!(book.lease_bps(d, true), Bps(1_000));
+        assert_eq!(book.lease_bps(d, false), Bps(100));
+        assert_eq!(book.cap_bps(&d), Bps(1_000));
         assert_eq!(book.reports_allowed(&d, 1_000), 201);
         assert_eq!(book.credit(d, task(1), 0), Ok(()));
         assert_eq!(
@@ -434,15 +432,15 @@ mod tests {
     #[test]
     fn rates_are_basis_points_and_the_suspect_one_never_lower() {
         assert_eq!(
-            SamplingRates::new(10_001, 10_000),
+            SamplingRates::new(Bps(10_001), Bps(10_000)),
             Err(RateOutOfRange {
                 name: "validation_bps"
             })
         );
-        assert!(SamplingRates::new(0, 10_001).is_err());
+        assert!(SamplingRates::new(Bps(0), Bps(10_001)).is_err());
         assert_eq!(
-            SamplingRates::new(500, 100).map(|r| r.suspect_bps()),
-            Ok(500)
+            SamplingRates::new(Bps(500), Bps(100)).map(|r| r.suspect()),
+            Ok(Bps(500))
         );
     }
 }

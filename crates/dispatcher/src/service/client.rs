@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crat_core::id::{DeploymentId, KeyId, ModelId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, SdkKey};
 use crat_core::money::Credits;
 use crat_core::policy::budget::ticket_budget;
 use crat_core::policy::keys::{KeyStanding, check_key};
@@ -16,7 +16,7 @@ use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState,
-    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, SdkKey, ValidationReport,
+    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, ValidationReport,
 };
 use crat_transport::Transport;
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crat_core::bps::Bps;
 use crat_core::dispatch::DispatchConfig;
 use crat_core::limit::RateLimit;
 use crat_core::pricing::PricingParams;
@@ -63,12 +64,12 @@ pub struct DispatcherConfig {
     pub canary: CanaryConfig,
     /// Share of tasks clients spot-check on a second replica (sent in every lease), in
     /// basis points. Default 100 (1 %). At most 10,000.
-    pub validation_bps: u16,
+    pub validation_bps: Bps,
     /// The share for a deployment one of whose replicas failed a validation within the
     /// exclusion window ([`crat_core::dispatch::Dispatch::suspect`]): a cheater caught once
     /// is checked ten times as often until it is caught again and excluded, or the window
     /// passes. Basis points; default 1,000 (10 %); never below `validation_bps`.
-    pub validation_bps_suspect: u16,
+    pub validation_bps_suspect: Bps,
     /// Spot-check reports remembered (by task) so that each task is credited once; the
     /// oldest are forgotten beyond. Default 65,536.
     pub validation_reports_tracked_max: usize,
@@ -105,8 +106,8 @@ impl DispatcherConfig {
             key_cache_ms: 1_000,
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
-            validation_bps: 100,
-            validation_bps_suspect: 1_000,
+            validation_bps: Bps(100),
+            validation_bps_suspect: Bps(1_000),
             validation_reports_tracked_max: 65_536,
             validation_reports_slack: 16,
         }

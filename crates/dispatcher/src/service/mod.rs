@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use crat_core::clock::Clock;
 use crat_core::dispatch::Dispatch;
 use crat_core::id::{DeploymentId, KeyId, NodeId};
 use crat_core::limit::KeyedRateLimiter;
@@ -31,13 +32,13 @@ use crat_core::wire::{
 use crat_rewards::Settlement;
 use crat_rewards::file_export::FileSettlement;
 use crat_transport::{
-    Connection, Conversation, Frame, IncomingExchange, Transport, TransportError, serve,
+    Connection, Conversation, Frame, IncomingExchange, SystemClock, Transport, TransportError,
+    serve,
 };
 use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
 use crate::blob::{BlobStore, LocalBlobStore, UploadConfig, Uploads};
-use crate::clock::{Clock, SystemClock};
 use crate::ledger::{DeploymentRecord, KeyRecord, Ledger, LedgerError, SqliteLedger};
 use crate::rounds::RoundError;
 use reply::{Refusal, err};
@@ -337,7 +338,7 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// Where it listens.
-    pub fn local_addr(&self) -> crat_core::wire::PeerAddr {
+    pub fn local_addr(&self) -> crat_core::id::PeerAddr {
         self.inner.transport.local_addr()
     }
 

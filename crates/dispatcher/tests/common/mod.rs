@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
+use crat_core::id::{PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::Tensor;
-use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse, PeerAddr, SdkKey};
+use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;

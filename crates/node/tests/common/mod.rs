@@ -8,6 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crat_backend::{BackendError, InferenceBackend, LoadedModel, ModelInfo};
+use crat_core::bps::Bps;
+use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
@@ -19,7 +21,7 @@ use crat_core::wire::{
 };
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
-use crat_node::runtime::{BatchSizing, Clock, Node, NodeConfig, NodeError, NodeParts};
+use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeError, NodeParts};
 use crat_transport::memory::{MemoryConnection, MemoryNetwork, MemoryTransport};
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
@@ -88,7 +90,9 @@ pub fn fake_dispatcher(
                     NodeRequest::Heartbeat(_) => {
                         seen.lock().unwrap().heartbeats += 1;
                         DispatcherReply::HeartbeatAck {
-                            demand: Demand { level_bps: 9_000 },
+                            demand: Demand {
+                                level_bps: Bps(9_000),
+                            },
                             assignments,
                         }
                     }

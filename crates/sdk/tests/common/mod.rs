@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
+use crat_core::bps::Bps;
+use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::{Credits, MicroUsd};
 use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::sign::{Signed, Ticket};
@@ -21,7 +23,7 @@ use crat_core::tensor::Tensor;
 use crat_core::wire::{
     Assignment, ClientCall, ClientRequest, Demand, DeploymentInfo, DeploymentState,
     DispatcherReply, DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, NodeRequest,
-    PeerAddr, Replica, ReplicaState, SdkKey, UsageRecord, WireError,
+    Replica, ReplicaState, UsageRecord, WireError,
 };
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
@@ -46,13 +48,7 @@ impl TestClock {
     }
 }
 
-impl crat_node::runtime::Clock for TestClock {
-    fn now_s(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl crat_sdk::Clock for TestClock {
+impl Clock for TestClock {
     fn now_s(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
@@ -269,7 +265,7 @@ impl Fake {
                     audience = vec![NodeId::from_bytes([99; 32])];
                 }
                 s.leases_issued += 1;
-                let now = crat_sdk::Clock::now_s(&*self.clock);
+                let now = self.clock.now_s();
                 let mut nonce = [0; 16];
                 nonce[..4].copy_from_slice(&s.leases_issued.to_le_bytes());
                 let ticket = Signed::sign(
@@ -287,7 +283,7 @@ impl Fake {
                 DispatcherResponse::Lease(Lease {
                     replicas,
                     ticket,
-                    validation_bps: 0,
+                    validation_bps: Bps::ZERO,
                 })
             }
             ClientCall::Balance => DispatcherResponse::Balance(s.balance),
@@ -336,7 +332,9 @@ impl Fake {
                 }
             }
             NodeRequest::Heartbeat(_) => DispatcherReply::HeartbeatAck {
-                demand: Demand { level_bps: 9_000 },
+                demand: Demand {
+                    level_bps: Bps(9_000),
+                },
                 assignments: self.assignments(&s),
             },
             NodeRequest::FetchModel { model, offset, len } => {

@@ -6,11 +6,12 @@
 //! present an identity whose private key it holds. The dialling side additionally pins the
 //! identity it expects; the accepting side records whatever identity the peer proved.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crat_core::id::NodeId;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
+use parking_lot::Mutex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -20,7 +21,7 @@ use rustls_pki_types::{
     UnixTime,
 };
 
-use crate::TransportError;
+use crate::SetupError;
 
 /// DER of an ed25519 SubjectPublicKeyInfo up to the 32 key bytes (RFC 8410).
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -30,14 +31,16 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// The certificate and private key that present `key` in TLS.
 pub(crate) fn self_signed(
     key: &SigningKey,
-) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TransportError> {
-    let setup = |e: &dyn std::fmt::Display| TransportError::Setup(format!("certificate: {e}"));
-    let pkcs8 = key.to_pkcs8_der().map_err(|e| setup(&e))?;
+) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), SetupError> {
+    let pkcs8 = key.to_pkcs8_der().map_err(SetupError::KeyEncoding)?;
     let pkcs8 = PrivatePkcs8KeyDer::from(pkcs8.as_bytes().to_vec());
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)
-        .map_err(|e| setup(&e))?;
-    let params = rcgen::CertificateParams::new(vec!["crat".to_owned()]).map_err(|e| setup(&e))?;
-    let cert = params.self_signed(&key_pair).map_err(|e| setup(&e))?;
+        .map_err(SetupError::Certificate)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["crat".to_owned()]).map_err(SetupError::Certificate)?;
+    let cert = params
+        .self_signed(&key_pair)
+        .map_err(SetupError::Certificate)?;
     Ok((cert.der().clone(), PrivateKeyDer::Pkcs8(pkcs8)))
 }
 
@@ -119,9 +122,7 @@ impl ServerCertVerifier for PinnedServer {
             ));
         }
         let id = peer_id(end_entity)?;
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(id);
-        }
+        *self.seen.lock() = Some(id);
         if id != self.expected {
             return Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
