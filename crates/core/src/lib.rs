@@ -15,6 +15,7 @@
 //! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
+//! - [`splitmix`]: the SplitMix64 generator, for numbers a seed must always reproduce.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId, TaskId};
@@ -66,6 +67,7 @@ pub mod money;
 pub mod placement;
 pub mod pricing;
 pub mod sign;
+pub mod splitmix;
 pub mod tensor;
 pub mod verify;
 pub mod wire;
