@@ -22,6 +22,7 @@
 //! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
+//! - [`splitmix`]: the SplitMix64 generator, for numbers a seed must always reproduce.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId, TaskId};
@@ -77,6 +78,7 @@ pub mod placement;
 pub mod policy;
 pub mod pricing;
 pub mod sign;
+pub mod splitmix;
 pub mod tensor;
 pub mod verify;
 pub mod wire;

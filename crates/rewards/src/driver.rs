@@ -8,10 +8,10 @@ use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
 
+use crate::pass::{ActivitySlot, Computed, Detail, Scratch, compute_filled, slots};
 use crate::{
     Aggregates, Interval, NodeInput, NodeOutcome, NodeResult, Params, RewardsError, Round,
     RoundInputs, RoundOutcome,
-    compute::{Computed, Detail, Scratch, compute_filled, compute_with},
 };
 
 /// The next round's inputs after `inputs` closed with `outcome`: same parameters and nodes
@@ -42,17 +42,7 @@ pub fn carry_forward(
                 .map_err(|_| RewardsError::UnknownNode { id: n.id })
         })
         .collect::<Result<Vec<u32>, RewardsError>>()?;
-    carry_forward_indexed(inputs, outcome, &positions)
-}
-
-/// [`carry_forward`] given each input node's index in `outcome.nodes`, as
-/// [`crate::compute_indexed`] returns it (no search).
-pub fn carry_forward_indexed(
-    inputs: &RoundInputs,
-    outcome: &RoundOutcome,
-    positions: &[u32],
-) -> Result<RoundInputs, RewardsError> {
-    if positions.len() != inputs.nodes.len() || outcome.nodes.len() != inputs.nodes.len() {
+    if outcome.nodes.len() != inputs.nodes.len() {
         return Err(RewardsError::out_of_range(
             "outcome.nodes",
             format!(
@@ -63,19 +53,10 @@ pub fn carry_forward_indexed(
             ),
         ));
     }
-    let results = inputs
-        .nodes
+    let results: Vec<NodeResult> = positions
         .iter()
-        .zip(positions)
-        .map(|(n, &k)| {
-            outcome
-                .nodes
-                .get(k as usize)
-                .filter(|o| o.id == n.id)
-                .map(NodeResult::from)
-                .ok_or(RewardsError::UnknownNode { id: n.id })
-        })
-        .collect::<Result<Vec<NodeResult>, RewardsError>>()?;
+        .map(|&k| NodeResult::from(&outcome.nodes[k as usize]))
+        .collect();
     let round = round_after(inputs, &outcome.aggregates)?;
     let mut next = inputs.clone();
     carry(&mut next, &results, round);
@@ -186,7 +167,12 @@ pub struct CarriedState {
     pub uptime_total_s: u64,
 }
 
-/// A closed round: its inputs (so anyone can recompute it) and its outcome.
+/// A closed round: its inputs (so anyone can recompute it), its outcome, and each node's
+/// result in input order.
+///
+/// A round closed with [`RoundDetail::ResultsOnly`] carries no rank-ordered outcome:
+/// `outcome.nodes` is empty and `outcome.aggregates` holds the round's totals
+/// ([`crate::compute`] of `inputs` gives the full outcome).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClosedRound {
     /// What went in.
@@ -203,7 +189,8 @@ pub struct ClosedRound {
 
 impl ClosedRound {
     /// The outcome of `inputs.nodes[index]`, without a search when the round came from
-    /// [`RoundDriver::close_round`] (a deserialized one is searched by id).
+    /// [`RoundDriver::close_round`] (a deserialized one is searched by id); `None` when the
+    /// round was closed with [`RoundDetail::ResultsOnly`].
     pub fn outcome_of(&self, index: usize) -> Option<&NodeOutcome> {
         let id = &self.inputs.nodes.get(index)?.id;
         match self.positions.get(index) {
@@ -220,6 +207,13 @@ impl ClosedRound {
             Some(r) => Some(*r),
             None => self.outcome_of(index).map(NodeResult::from),
         }
+    }
+
+    /// Every node's result in input order (`results()[i]` is `inputs.nodes[i]`'s) when the
+    /// round came from a [`RoundDriver`]; empty for a deserialized round (see
+    /// [`ClosedRound::result_of`]).
+    pub fn results(&self) -> &[NodeResult] {
+        &self.results
     }
 
     fn from_computed(inputs: RoundInputs, c: Computed) -> Self {
@@ -241,70 +235,43 @@ impl ClosedRound {
     }
 }
 
-/// A round closed by [`RoundDriver::close_round_results_with`]: its inputs, each node's
-/// result in input order and the totals, without the rank-ordered outcome (which
-/// [`crate::compute`] of `inputs` gives in full).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ClosedResults {
-    /// What went in.
-    pub inputs: RoundInputs,
-    /// `results[i]`: the result of `inputs.nodes[i]`.
-    pub results: Vec<NodeResult>,
-    /// The round's totals.
-    pub aggregates: Aggregates,
+/// What [`RoundDriver::close_round`] builds besides each node's result in input order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoundDetail {
+    /// The rank-ordered outcome too ([`ClosedRound::outcome`], the interchange output).
+    Outcome,
+    /// The results and the totals only: no 128-byte outcome per node written at its rank
+    /// position, and only the paid ranks put in order (a few thousand of a million). For
+    /// callers that keep per-node state in input order, such as a simulator.
+    ResultsOnly,
 }
 
-impl ClosedResults {
-    fn from_computed(inputs: RoundInputs, c: Computed) -> Self {
-        Self {
-            inputs,
-            results: c.results,
-            aggregates: c.outcome.aggregates,
+impl RoundDetail {
+    fn pass_detail(self) -> Detail {
+        match self {
+            Self::Outcome => Detail::OutcomesAndResults,
+            Self::ResultsOnly => Detail::Results,
         }
     }
-
-    fn into_computed(self) -> (RoundInputs, Computed) {
-        let computed = Computed {
-            outcome: RoundOutcome {
-                nodes: Vec::new(),
-                aggregates: self.aggregates,
-            },
-            positions: Vec::new(),
-            results: self.results,
-        };
-        (self.inputs, computed)
-    }
 }
 
-/// One registered node's activity in a round being closed in place (see
-/// [`RoundDriver::close_round_filled_with`]). It starts empty; the caller writes what the node
-/// did. The rules check it as they check any input.
-#[derive(Debug)]
-pub struct ActivitySlot<'a> {
-    node: &'a mut NodeInput,
+/// Activity listed by node id, checked against a driver's registered nodes and laid out in
+/// their order: what [`RoundDriver::close_round`] writes through [`ListedActivity::fill`].
+/// Made by [`RoundDriver::activity_by_id`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListedActivity {
+    /// `by_position[i]`: the activity of the driver's `i`-th node (default when not listed).
+    by_position: Vec<NodeActivity>,
 }
 
-impl ActivitySlot<'_> {
-    /// The node.
-    pub fn id(&self) -> &NodeId {
-        &self.node.id
-    }
-
-    /// Its online intervals for the round: empty, with the buffer of an earlier round kept
-    /// (filling it does not allocate once it is large enough).
-    pub fn online(&mut self) -> &mut Vec<Interval> {
-        &mut self.node.online
-    }
-
-    /// Its validations this round: correct and failed.
-    pub fn set_validations(&mut self, ok: u64, failed: u64) {
-        self.node.validations_ok = ok;
-        self.node.validations_failed = failed;
-    }
-
-    /// CRAT earned outside the rules this round.
-    pub fn set_crat_external(&mut self, crat: MicroCrat) {
-        self.node.crat_external_micro = crat;
+impl ListedActivity {
+    /// Writes the `i`-th node's listed activity into its slot (moved out: each is written
+    /// once).
+    pub fn fill(&mut self, i: usize, mut slot: ActivitySlot<'_>) {
+        if let Some(a) = self.by_position.get_mut(i) {
+            slot.set(std::mem::take(a));
+        }
     }
 }
 
@@ -319,7 +286,8 @@ impl ActivitySlot<'_> {
 /// use crat_core::hardware::PowerRating;
 /// use crat_core::id::NodeId;
 /// use crat_core::money::MicroUsd;
-/// use crat_rewards::{Interval, NodeActivity, NodeProfile, Params, RoundDriver};
+/// use crat_rewards::{ClosedRound, Interval, NodeActivity, NodeProfile, Params};
+/// use crat_rewards::{RoundDetail, RoundDriver};
 ///
 /// let mut driver = RoundDriver::new(Params::default(), 0, 0);
 /// let id = NodeId::from_bytes([1; 32]);
@@ -332,7 +300,13 @@ impl ActivitySlot<'_> {
 /// for round in 0..3u64 {
 ///     let day = Interval::new(round * 86_400, (round + 1) * 86_400);
 ///     let activity = NodeActivity { online: vec![day], ..Default::default() };
-///     let closed = driver.close_round(MicroUsd::new(1_000_000), [(id, activity)])?;
+///     let mut listed = driver.activity_by_id([(id, activity)])?;
+///     let closed = driver.close_round(
+///         MicroUsd::new(1_000_000),
+///         |i, slot| listed.fill(i, slot),
+///         RoundDetail::Outcome,
+///         ClosedRound::clone,
+///     )?;
 ///     assert_eq!(closed.outcome.nodes[0].streak_end, round + 1);
 /// }
 /// assert_eq!(driver.state(&id).map(|s| s.streak), Some(3));
@@ -479,54 +453,53 @@ impl RoundDriver {
         self.next.nodes.len()
     }
 
-    /// Closes the next round with the round's client income and each node's activity (nodes
-    /// not listed did nothing), then carries its outcome into the round after.
-    ///
-    /// On error (activity for an unregistered node or twice for one node, invalid inputs)
-    /// the driver is unchanged.
-    pub fn close_round(
-        &mut self,
-        income: MicroUsd,
+    /// Each registered node's activity from a list by id (nodes not listed did nothing),
+    /// for [`RoundDriver::close_round`]. Fails on an id that is not registered or listed
+    /// twice; the driver is not changed.
+    pub fn activity_by_id(
+        &self,
         activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
-    ) -> Result<ClosedRound, RewardsError> {
-        self.close_round_with(income, activity, ClosedRound::clone)
+    ) -> Result<ListedActivity, RewardsError> {
+        let nodes = &self.next.nodes;
+        let mut by_position = vec![NodeActivity::default(); nodes.len()];
+        let mut seen = vec![false; nodes.len()];
+        let mut hint = 0usize;
+        for (id, a) in activity {
+            // Activity usually comes in id order (a ledger query): try the position after the
+            // previous one before searching.
+            let i = match nodes.get(hint) {
+                Some(n) if n.id == id => hint,
+                _ => nodes
+                    .binary_search_by(|n| n.id.cmp(&id))
+                    .map_err(|_| RewardsError::UnknownNode { id })?,
+            };
+            hint = i + 1;
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(RewardsError::DuplicateActivity { id });
+            }
+            by_position[i] = a;
+        }
+        Ok(ListedActivity { by_position })
     }
 
-    /// [`RoundDriver::close_round`] for callers that only look at the closed round: `f`
-    /// sees it, then the round's inputs become the next round's in place (carried state
-    /// written over, activity cleared) instead of being copied, and `f`'s result is
-    /// returned. Same rules, same outcome; at a million nodes this saves copying and
-    /// allocating the whole node list every round.
+    /// Closes the next round with the round's client income and each node's activity, hands
+    /// the closed round to `f`, then carries it into the round after, and returns what `f`
+    /// returned.
     ///
-    /// On error the driver is unchanged and `f` is not called.
-    pub fn close_round_with<R>(
-        &mut self,
-        income: MicroUsd,
-        activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
-        f: impl FnOnce(&ClosedRound) -> R,
-    ) -> Result<R, RewardsError> {
-        self.close_in_place(
-            income,
-            |inputs, scratch| {
-                fill_from(&mut inputs.nodes, activity)?;
-                compute_with(inputs, scratch, Detail::OutcomesAndResults)
-            },
-            ClosedRound::from_computed,
-            f,
-            ClosedRound::into_computed,
-        )
-    }
-
-    /// [`RoundDriver::close_round_with`] for callers that hold every node's activity by
-    /// position: `fill(i, slot)` is called for each registered node in id order (`i` is its
-    /// index in the round's inputs) and writes its activity into `slot`, with no lookup by id
-    /// and no allocation per node.
+    /// `fill(i, slot)` is called for each registered node in id order (`i` is its index in
+    /// the round's inputs) and writes what it did into `slot` (it starts empty: a node left
+    /// alone did nothing), with no lookup by id and no allocation per node; activity listed
+    /// by id goes through [`RoundDriver::activity_by_id`]. `detail` says whether the
+    /// rank-ordered outcome is built. Nothing is copied: once `f` returns, the round's inputs
+    /// become the next round's in place (carried state written over, activity cleared).
+    ///
+    /// On error (invalid inputs) the driver is unchanged and `f` is not called.
     ///
     /// ```
     /// use crat_core::hardware::PowerRating;
     /// use crat_core::id::NodeId;
     /// use crat_core::money::MicroUsd;
-    /// use crat_rewards::{Interval, NodeProfile, Params, RoundDriver};
+    /// use crat_rewards::{Interval, NodeProfile, Params, RoundDetail, RoundDriver};
     ///
     /// let mut driver = RoundDriver::new(Params::default(), 0, 0);
     /// for b in 1..=3u8 {
@@ -539,67 +512,32 @@ impl RoundDriver {
     /// }
     /// // Nodes 0 and 2 online all day, node 1 for an hour.
     /// let hours = [24u64, 1, 24];
-    /// let paid = driver.close_round_filled_with(
+    /// let paid = driver.close_round(
     ///     MicroUsd::new(1_000_000),
     ///     |i, mut slot| slot.online().push(Interval::new(0, hours[i] * 3_600)),
+    ///     RoundDetail::ResultsOnly,
     ///     |closed| closed.result_of(1).map(|r| r.guaranteed_usd_micro),
     /// )?;
     /// assert_eq!(paid, Some(MicroUsd::ZERO));
     /// # Ok::<(), crat_rewards::RewardsError>(())
     /// ```
-    pub fn close_round_filled_with<R>(
+    pub fn close_round<R>(
         &mut self,
         income: MicroUsd,
         fill: impl FnMut(usize, ActivitySlot<'_>),
+        detail: RoundDetail,
         f: impl FnOnce(&ClosedRound) -> R,
-    ) -> Result<R, RewardsError> {
-        self.close_in_place(
-            income,
-            |inputs, scratch| {
-                compute_filled(inputs, scratch, Detail::OutcomesAndResults, slots(fill))
-            },
-            ClosedRound::from_computed,
-            f,
-            ClosedRound::into_computed,
-        )
-    }
-
-    /// [`RoundDriver::close_round_filled_with`] without the rank-ordered outcome: `f` sees
-    /// each node's result in input order and the totals. Same rules; for callers that keep
-    /// per-node state in input order (a simulator of a million nodes), it saves writing a
-    /// 128-byte outcome per node at its rank position.
-    pub fn close_round_results_with<R>(
-        &mut self,
-        income: MicroUsd,
-        fill: impl FnMut(usize, ActivitySlot<'_>),
-        f: impl FnOnce(&ClosedResults) -> R,
-    ) -> Result<R, RewardsError> {
-        self.close_in_place(
-            income,
-            |inputs, scratch| compute_filled(inputs, scratch, Detail::Results, slots(fill)),
-            ClosedResults::from_computed,
-            f,
-            ClosedResults::into_computed,
-        )
-    }
-
-    /// The one close path: `compute` writes the activity into the next round's inputs and
-    /// computes the round, which is handed to `f` as a `C`, then carried forward in place
-    /// and its buffers kept for the next round. On error the driver is unchanged and `f` is
-    /// not called.
-    fn close_in_place<C, R>(
-        &mut self,
-        income: MicroUsd,
-        compute: impl FnOnce(&mut RoundInputs, &mut Scratch) -> Result<Computed, RewardsError>,
-        wrap: fn(RoundInputs, Computed) -> C,
-        f: impl FnOnce(&C) -> R,
-        unwrap: fn(C) -> (RoundInputs, Computed),
     ) -> Result<R, RewardsError> {
         let shell = self.next_shell();
         let mut inputs = std::mem::replace(&mut self.next, shell);
         inputs.round.income_usd_micro = income;
-        let computed = compute(&mut inputs, &mut self.scratch)
-            .and_then(|c| round_after(&inputs, &c.outcome.aggregates).map(|r| (c, r)));
+        let computed = compute_filled(
+            &mut inputs,
+            &mut self.scratch,
+            detail.pass_detail(),
+            slots(fill),
+        )
+        .and_then(|c| round_after(&inputs, &c.outcome.aggregates).map(|r| (c, r)));
         let (computed, round) = match computed {
             Ok(done) => done,
             Err(e) => {
@@ -607,15 +545,14 @@ impl RoundDriver {
                 return Err(e);
             }
         };
-        let closed = wrap(inputs, computed);
+        let closed = ClosedRound::from_computed(inputs, computed);
         let result = f(&closed);
-        let (mut inputs, computed) = unwrap(closed);
+        let (mut inputs, computed) = closed.into_computed();
         carry(&mut inputs, &computed.results, round);
         self.next = inputs;
         self.scratch.recycle(computed);
         Ok(result)
     }
-
     /// The next round's inputs without nodes (a placeholder while they are out).
     fn next_shell(&self) -> RoundInputs {
         RoundInputs {
@@ -634,41 +571,6 @@ impl RoundDriver {
     fn position(&self, id: &NodeId) -> Result<usize, usize> {
         self.next.nodes.binary_search_by(|n| n.id.cmp(id))
     }
-}
-
-/// Writes activity listed by id into `nodes` (sorted by id). Fails on an unknown id or a
-/// node listed twice.
-fn fill_from(
-    nodes: &mut [NodeInput],
-    activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
-) -> Result<(), RewardsError> {
-    let mut seen = vec![false; nodes.len()];
-    let mut hint = 0usize;
-    for (id, a) in activity {
-        // Activity usually comes in id order (a ledger query): try the position after the
-        // previous one before searching.
-        let i = match nodes.get(hint) {
-            Some(n) if n.id == id => hint,
-            _ => nodes
-                .binary_search_by(|n| n.id.cmp(&id))
-                .map_err(|_| RewardsError::UnknownNode { id })?,
-        };
-        hint = i + 1;
-        if std::mem::replace(&mut seen[i], true) {
-            return Err(RewardsError::DuplicateActivity { id });
-        }
-        let n = &mut nodes[i];
-        n.online = a.online;
-        n.validations_ok = a.validations_ok;
-        n.validations_failed = a.validations_failed;
-        n.crat_external_micro = a.crat_external_micro;
-    }
-    Ok(())
-}
-
-/// `fill` as [`compute_filled`] calls it: each node's empty activity as a slot.
-fn slots(mut fill: impl FnMut(usize, ActivitySlot<'_>)) -> impl FnMut(usize, &mut NodeInput) {
-    move |i, node| fill(i, ActivitySlot { node })
 }
 
 fn node_input(p: NodeProfile, s: CarriedState) -> NodeInput {

@@ -6,7 +6,7 @@ use std::fmt;
 use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
-use crate::compute::{Ctx, pool_usd_micro, slash_once};
+use crate::rules::{Ctx, pool_usd_micro, slash_once};
 use crate::{
     Aggregates, BonusSchedule, Interval, NodeBreakdown, NodeInput, NodeOutcome, Params,
     RewardsError, Round, RoundInputs, compute,

@@ -1,4 +1,4 @@
-//! The interchange JSON (`ECONOMICS.md`, "Interchange"): parsing with errors that name the
+//! The interchange JSON (`docs/economics.md`, "Interchange"): parsing with errors that name the
 //! field, and writing.
 //!
 //! Parsing takes the derived serde path first (fast, `deny_unknown_fields`). Only when that

@@ -1,4 +1,4 @@
-//! `crat-rewards`: round economics exactly as `ECONOMICS.md` specifies them.
+//! `crat-rewards`: round economics exactly as `docs/economics.md` specifies them.
 //!
 //! A round's inputs ([`RoundInputs`]: parameters, the round, and per node its rating, CRAT,
 //! streak and online intervals) go in; a [`RoundOutcome`] comes out: per node uptime,
@@ -17,6 +17,12 @@
 //!
 //! The crate is sans-IO apart from [`file_export`]: no clock, no sockets; time is in the
 //! inputs.
+//!
+//! Inside, the code follows the spec: the `rules` module holds the thirteen rules, each a
+//! function named and numbered as in `docs/economics.md`; `rank` holds rule 6's order, whose
+//! plain comparison (`cmp_rank`) is its definition and against which its fast paths (radix
+//! sorts of packed keys, selection of the paid ranks) are tested; `pass` holds the passes
+//! over a round's nodes and the buffers they reuse; `driver` runs rounds back to back.
 //!
 //! ```
 //! use crat_core::hardware::PowerRating;
@@ -70,7 +76,6 @@
 //! # Ok::<(), crat_rewards::RewardsError>(())
 //! ```
 
-mod compute;
 mod driver;
 mod error;
 mod explain;
@@ -78,23 +83,25 @@ pub mod file_export;
 mod json;
 mod outcome;
 mod params;
+mod pass;
+mod rank;
 mod round;
+mod rules;
 mod settlement;
 
-pub use compute::{
-    BonusSchedule, NodeBreakdown, ONLINE_INTERVALS_MAX, ROUND_NODES_MAX, compute, compute_indexed,
-    paid_ranks,
-};
 pub use driver::{
-    ActivitySlot, CarriedState, ClosedResults, ClosedRound, NodeActivity, NodeProfile, RoundDriver,
-    carry_forward, carry_forward_indexed,
+    CarriedState, ClosedRound, ListedActivity, NodeActivity, NodeProfile, RoundDetail, RoundDriver,
+    carry_forward,
 };
 pub use error::RewardsError;
 pub use explain::{Explanation, Neighbour, explain};
 pub use json::INTERCHANGE_BYTES_MAX;
 pub use outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
 pub use params::{Interval, PEAK_WINDOWS_MAX, Params};
+pub use pass::{ActivitySlot, compute};
+pub use rank::ROUND_NODES_MAX;
 pub use round::{NodeInput, Round, RoundInputs};
+pub use rules::{BonusSchedule, NodeBreakdown, ONLINE_INTERVALS_MAX, paid_ranks};
 pub use settlement::{
     PAYOUT_CSV_HEADER, Payout, PayoutBatch, Settlement, SettlementError, SettlementReceipt,
 };

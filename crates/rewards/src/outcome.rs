@@ -1,4 +1,4 @@
-//! The outputs of one round (`ECONOMICS.md`, "Outputs of a round").
+//! The outputs of one round (`docs/economics.md`, "Outputs of a round").
 
 use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
@@ -42,7 +42,7 @@ pub struct NodeOutcome {
 /// The part of a node's [`NodeOutcome`] that is paid or carried into the next round, in the
 /// compact form read in input order: by [`crate::RoundDriver`] when it carries a round forward,
 /// and by callers that keep per-node state in input order (the simulator) through
-/// [`crate::ClosedRound::result_of`] or [`crate::ClosedResults`]. 48 bytes against the
+/// [`crate::ClosedRound::result_of`] and [`crate::ClosedRound::results`]. 48 bytes against the
 /// outcome's 128, read sequentially instead of at rank positions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeResult {
@@ -110,7 +110,7 @@ impl RoundOutcome {
     }
 
     /// The interchange JSON: `{"nodes":[…],"aggregates":{…}}`, one node per line, field
-    /// names and order as in `ECONOMICS.md`. The same outcome always gives the same bytes.
+    /// names and order as in `docs/economics.md`. The same outcome always gives the same bytes.
     pub fn to_json(&self) -> String {
         let mut out = Vec::with_capacity(64 + self.nodes.len() * 330);
         out.extend_from_slice(b"{\"nodes\":[");

@@ -1,4 +1,5 @@
-//! The round parameters of `ECONOMICS.md`, with its defaults, and the `[start, end)` interval type.
+//! The round parameters of `docs/economics.md`, with its defaults, and the `[start, end)`
+//! interval type.
 
 use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
@@ -46,7 +47,7 @@ impl From<Interval> for [u64; 2] {
     }
 }
 
-/// The parameters of the round economics (`ECONOMICS.md`, "Parameters"). [`Default`] gives
+/// The parameters of the round economics (`docs/economics.md`, "Parameters"). [`Default`] gives
 /// the spec's defaults; in JSON any subset may be given and the rest take their defaults.
 ///
 /// Ranges checked when a round is computed: `round_s ≥ 1`; `*_bps ≤ 10000`;

@@ -1,4 +1,4 @@
-//! The inputs of one round (`ECONOMICS.md`, "Inputs of a round").
+//! The inputs of one round (`docs/economics.md`, "Inputs of a round").
 
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;

@@ -6,10 +6,11 @@ mod common;
 
 use common::{DAY, id};
 use crat_core::hardware::PowerRating;
+use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 use crat_rewards::{
-    ActivitySlot, CarriedState, ClosedResults, ClosedRound, Interval, NodeActivity, NodeProfile,
-    NodeResult, Params, RewardsError, RoundDriver, carry_forward, compute,
+    ActivitySlot, CarriedState, ClosedRound, Interval, NodeActivity, NodeProfile, NodeResult,
+    Params, RewardsError, RoundDetail, RoundDriver, carry_forward, compute,
 };
 
 fn profile(b: u8) -> NodeProfile {
@@ -26,6 +27,22 @@ fn online(round: u64, from: u64, to: u64) -> NodeActivity {
         online: vec![Interval::new(round * DAY + from, round * DAY + to)],
         ..NodeActivity::default()
     }
+}
+
+/// Closes `d`'s next round with activity listed by id, and returns a copy of the closed
+/// round.
+fn close_listed(
+    d: &mut RoundDriver,
+    income: MicroUsd,
+    activity: impl IntoIterator<Item = (NodeId, NodeActivity)>,
+) -> Result<ClosedRound, RewardsError> {
+    let mut listed = d.activity_by_id(activity)?;
+    d.close_round(
+        income,
+        |i, slot| listed.fill(i, slot),
+        RoundDetail::Outcome,
+        ClosedRound::clone,
+    )
 }
 
 #[test]
@@ -46,12 +63,12 @@ fn three_rounds_with_a_streak_that_breaks_and_restarts() {
     // Round 0: both online all day. Pool 80,000; k = min(3, 2) = 2; W = 3:
     // A (score 5 × 10,000,000) gets 53,333 + 1, B (score 0) 26,666.
     // A: streak 6 → 5 CRAT + 6 peak hours × 0.5 = 18 CRAT. B: streak 1 → 0 + 3 = 3 CRAT.
-    let r0 = d
-        .close_round(
-            MicroUsd::new(100_000),
-            [(a, online(0, 0, DAY)), (b, online(0, 0, DAY))],
-        )
-        .unwrap();
+    let r0 = close_listed(
+        &mut d,
+        MicroUsd::new(100_000),
+        [(a, online(0, 0, DAY)), (b, online(0, 0, DAY))],
+    )
+    .unwrap();
     let (oa, ob) = (r0.outcome.node(&a).unwrap(), r0.outcome.node(&b).unwrap());
     assert_eq!((oa.rank, oa.bonus_usd_micro.get()), (Some(1), 53_334));
     assert_eq!((ob.rank, ob.bonus_usd_micro.get()), (Some(2), 26_666));
@@ -62,9 +79,7 @@ fn three_rounds_with_a_streak_that_breaks_and_restarts() {
 
     // Round 1: A offline (streak breaks), B online 10,000 s (not eligible, not committed).
     // Nobody eligible: pool 400,000 is carried.
-    let r1 = d
-        .close_round(MicroUsd::new(500_000), [(b, online(1, 0, 10_000))])
-        .unwrap();
+    let r1 = close_listed(&mut d, MicroUsd::new(500_000), [(b, online(1, 0, 10_000))]).unwrap();
     assert_eq!(r1.inputs.round.index, 1);
     assert_eq!(r1.inputs.round.start_s, DAY);
     assert_eq!(r1.inputs.nodes[0].crat_start_micro.get(), 18_000_000);
@@ -83,12 +98,12 @@ fn three_rounds_with_a_streak_that_breaks_and_restarts() {
 
     // Round 2: both online again; A's streak restarts at 1 (below streak_min: no streak CRAT).
     // Pool = 0 + 400,000 carried; q = 80 → k = min(8, 2) = 2; W = 3: 266,666 + 1 and 133,333.
-    let r2 = d
-        .close_round(
-            MicroUsd::ZERO,
-            [(a, online(2, 0, DAY)), (b, online(2, 0, DAY))],
-        )
-        .unwrap();
+    let r2 = close_listed(
+        &mut d,
+        MicroUsd::ZERO,
+        [(a, online(2, 0, DAY)), (b, online(2, 0, DAY))],
+    )
+    .unwrap();
     assert_eq!(r2.inputs.round.carry_in_usd_micro.get(), 400_000);
     let (oa, ob) = (r2.outcome.node(&a).unwrap(), r2.outcome.node(&b).unwrap());
     assert_eq!(
@@ -138,11 +153,12 @@ fn driver_rejects_bad_activity_and_stays_unchanged() {
     d.register(profile(1));
     let before = d.clone();
     assert_eq!(
-        d.close_round(MicroUsd::ZERO, [(id(9), NodeActivity::default())]),
+        close_listed(&mut d, MicroUsd::ZERO, [(id(9), NodeActivity::default())]),
         Err(RewardsError::UnknownNode { id: id(9) })
     );
     assert_eq!(
-        d.close_round(
+        close_listed(
+            &mut d,
             MicroUsd::ZERO,
             [
                 (id(1), NodeActivity::default()),
@@ -155,17 +171,17 @@ fn driver_rejects_bad_activity_and_stays_unchanged() {
         online: vec![Interval::new(5, 1)],
         ..NodeActivity::default()
     };
-    assert!(d.close_round(MicroUsd::ZERO, [(id(1), reversed)]).is_err());
+    assert!(close_listed(&mut d, MicroUsd::ZERO, [(id(1), reversed)]).is_err());
     assert_eq!(d, before);
     assert!(d.deregister(&id(1)));
     assert!(!d.deregister(&id(1)));
     assert_eq!(d.node_count(), 0);
 }
 
-/// `close_round_with` (inputs carried in place) and `close_round` (copied) run the same
-/// rounds, and so do the drivers filled by position (`close_round_filled_with`) and closed
-/// without the rank-ordered outcome (`close_round_results_with`); batch registration and
-/// deregistration match one-by-one; every outcome and result is found by position.
+/// Drivers given their activity by id (`activity_by_id`, the closed round copied or only
+/// lent to `f`) or by position, with the rank-ordered outcome or their results only
+/// (`RoundDetail`), run the same rounds; batch registration and deregistration match
+/// one-by-one; every outcome and result is found by position.
 #[test]
 fn in_place_and_copying_drivers_agree_over_many_rounds() {
     let mut copying = RoundDriver::new(Params::default(), 0, 0);
@@ -232,7 +248,7 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
             })
             .collect();
         let income = MicroUsd::new(next() % 2_000_000);
-        let copied = copying.close_round(income, activity.clone()).unwrap();
+        let copied = close_listed(&mut copying, income, activity.clone()).unwrap();
         // By position: the activity is listed in id order, the drivers' order.
         let fill = |i: usize, mut slot: ActivitySlot<'_>| {
             let (id, a) = &activity[i];
@@ -243,23 +259,26 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
             slot.set_crat_external(a.crat_external_micro);
         };
         let by_position = filled
-            .close_round_filled_with(income, fill, ClosedRound::clone)
+            .close_round(income, fill, RoundDetail::Outcome, ClosedRound::clone)
             .unwrap();
         assert_eq!(by_position.outcome, copied.outcome, "round {round}");
         let results = lean
-            .close_round_results_with(income, fill, ClosedResults::clone)
+            .close_round(income, fill, RoundDetail::ResultsOnly, ClosedRound::clone)
             .unwrap();
         assert_eq!(results.inputs, copied.inputs, "round {round}");
-        assert_eq!(results.aggregates, copied.outcome.aggregates);
-        assert_eq!(results.results.len(), copied.inputs.nodes.len());
-        for (k, r) in results.results.iter().enumerate() {
+        assert_eq!(results.outcome.aggregates, copied.outcome.aggregates);
+        assert!(results.outcome.nodes.is_empty());
+        assert_eq!(results.results().len(), copied.inputs.nodes.len());
+        for (k, r) in results.results().iter().enumerate() {
             let o = copied.outcome.node(&copied.inputs.nodes[k].id).unwrap();
             assert_eq!(*r, NodeResult::from(o), "round {round} node {k}");
             assert_eq!(by_position.result_of(k), Some(*r));
             assert_eq!(copied.result_of(k), Some(*r));
         }
+        let mut listed = in_place.activity_by_id(activity).unwrap();
+        let fill_listed = |i: usize, slot: ActivitySlot<'_>| listed.fill(i, slot);
         let lent = in_place
-            .close_round_with(income, activity, |closed| {
+            .close_round(income, fill_listed, RoundDetail::Outcome, |closed| {
                 for k in 0..closed.inputs.nodes.len() {
                     let o = closed.outcome_of(k).unwrap();
                     assert_eq!(o.id, closed.inputs.nodes[k].id);

@@ -1,4 +1,4 @@
-//! proptest over random rounds: every invariant of ECONOMICS.md's last section, plus checks
+//! proptest over random rounds: every invariant of docs/economics.md, plus checks
 //! of each rule against a slow, independent model.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 

@@ -1,4 +1,4 @@
-//! `crat-sim`: a discrete-event simulator of the network's economics, for researchers.
+//! `crat-sim`: a round-by-round simulator of the network's economics, for researchers.
 //!
 //! It runs the real rules against thousands to millions of virtual nodes: placement and
 //! pricing from `crat-core`, payouts and CRAT from `crat-rewards`' [`RoundDriver`]
@@ -8,8 +8,8 @@
 //! - [`scenario`]: the TOML scenario (population and GPU mix, churn, outages, demand,
 //!   validation and cheaters, provider behaviour, rewards and pricing parameters, sweeps),
 //!   with documented defaults and errors naming the field.
-//! - [`kernel`]: the (time, sequence)-ordered [`EventQueue`](kernel::EventQueue) and the
-//!   per-(seed, node, round) random streams: results do not depend on thread count.
+//! - [`streams`]: the per-(seed, node, round) random streams: results do not depend on
+//!   thread count.
 //! - [`Simulation`]: one run, round by round; [`Report`]: its metrics and output files.
 //!
 //! Money stays integer (it comes out of crat-rewards); floats appear only in random draws and
@@ -47,7 +47,7 @@
 //!   the nodes online at its start, and paid up front for a one-round key
 //!   ([`crat_core::pricing::PricingParams::quote`]). Their SLA is checked per hour against
 //!   the replicas' online time; re-placement inside a round is not modelled yet.
-//! - **Per-request demand** is one event per hour: requests (diurnal, peak-window
+//! - **Per-request demand** is computed hour by hour: requests (diurnal, peak-window
 //!   multiplier, growth, shocks) are served up to the online capacity left after the
 //!   reservations, pooled over nodes, and charged by `request_cost`; the rest are dropped.
 //! - **Validation**: the sampled re-runs are drawn per node (Poisson in proportion to its
@@ -60,39 +60,17 @@
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
-//! # Performance (2-core VM shared with other tenants; release builds)
+//! # Performance
 //!
-//! - 10,000 nodes × 1,000 one-day rounds (`scenarios/bench_10k.toml`: default churn, 500
-//!   per-request and 100 per-instance clients, demand +0.1 % a round): 1.74–1.92 s wall over
-//!   ten runs at load averages of 1.2–1.7 (median about 1.8 s), 2.06 s user, 39 MB peak.
-//!   Criterion `sim_rounds/10k_nodes_x20_rounds` (set-up included): 41.9 ms.
-//! - 1,000,000 nodes × 100 rounds (`scenarios/bench_1m.toml`: 5,000 and 1,000 clients):
-//!   23.65, 23.7 and 24.5 s wall in three runs at load averages of 0.9–1.4 from other
-//!   tenants (28.2–29.0 s user, 1.3–2.7 s system), peak RSS about 735 MB, 0.74 KB per node.
-//! - Event kernel hold with 10⁵ pending: 8.1 M events/s by criterion at load 1.7, 8.6–9.7 M
-//!   by `--example kernel_hold` (10.5 M on a quieter day with the same code).
-//! - Commands: `cargo run --release -p crat-sim --example scenario_run --
-//!   scenarios/bench_10k.toml` (or `bench_1m.toml`; the allocator settings of `crat`), or
-//!   `crat sim run scenarios/bench_1m.toml`; `cargo bench -p crat-benches --bench sim`.
-//!
-//! Where a round goes. [`Simulation::advance`] (and [`Simulation::run_to_end`]) close each
-//! round through [`RoundDriver::close_round_results_with`]: every node's activity is
-//! written in place by position, the rules run in one pass over the nodes, and each node's
-//! result comes back in input order, so no 128-byte outcome is written at a random rank
-//! position and every per-node pass reads memory in order. Results carry no rank, so only the
-//! paid ranks (a few thousand of a million) are put in order, by selection.
-//! A round runs on one rayon worker, its churn, draws, candidates and metrics in parallel
-//! chunks, with its buffers kept between rounds. [`Simulation::step_with`] builds the full
-//! rank-ordered outcome too, for callers that look at it (trace export).
-//!
-//! [`RoundDriver::close_round_results_with`]: crat_rewards::RoundDriver::close_round_results_with
-//! [`RoundDriver`]: crat_rewards::RoundDriver
+//! 10,000 nodes × 1,000 one-day rounds take about 2 s and 1,000,000 nodes × 100 rounds
+//! about 24 s in a release build on two cores: `docs/simulator.md` has the measurements,
+//! where a round's time goes, and how to rerun them.
 
 mod error;
-pub mod kernel;
 pub mod report;
 pub mod scenario;
 mod sim;
+pub mod streams;
 
 pub use error::SimError;
 pub use report::{CheaterStats, NodeSummary, Report, RoundMetrics, write_nodes_csv};

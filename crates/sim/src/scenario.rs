@@ -64,7 +64,7 @@ pub struct Scenario {
     pub validation: Validation,
     /// When providers give up.
     pub behaviour: Behaviour,
-    /// Round economics parameters, exactly `crat_rewards::Params` (ECONOMICS.md defaults).
+    /// Round economics parameters, exactly `crat_rewards::Params` (docs/economics.md).
     pub rewards: Params,
     /// Pricing parameters, exactly `crat_core::pricing::PricingParams` (its defaults).
     pub pricing: PricingParams,

@@ -2025,19 +2025,11 @@ mod tests {
     }
 
     /// SplitMix64: a seeded, dependency-free generator for the randomized test.
-    struct Rng(u64);
+    struct Rng(crat_core::splitmix::SplitMix64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0.next_u64() % n
         }
     }
 
@@ -2045,7 +2037,7 @@ mod tests {
     fn money_is_conserved_under_random_operations() {
         for seed in 0..8u64 {
             let ledger = SqliteLedger::open_in_memory().unwrap();
-            let mut rng = Rng(seed);
+            let mut rng = Rng(crat_core::splitmix::SplitMix64::new(seed));
             let accounts = [name("a0"), name("a1"), name("a2")];
             for (i, a) in accounts.iter().enumerate() {
                 ledger.create_account(a, 0).unwrap();

@@ -150,14 +150,8 @@ pub fn canary_inputs(
     seed: u64,
     bytes_max: u64,
 ) -> Result<Vec<NamedTensor>, String> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut rng = crat_core::splitmix::SplitMix64::new(seed);
+    let mut next = move || rng.next_u64();
     let mut total = 0u64;
     let mut inputs = Vec::with_capacity(info.inputs.len());
     for spec in &info.inputs {

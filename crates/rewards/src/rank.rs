@@ -1,0 +1,522 @@
+//! Rule 6, the rank order, and the fast ways of reaching it.
+//!
+//! [`cmp_rank`] is the definition: the eligible nodes ordered by score descending, total
+//! uptime descending, registration time ascending, id bytes ascending. Everything else here
+//! reaches the order that sorting by [`cmp_rank`] gives (it is total once ids are unique,
+//! which [`id_order`] checks) faster on large rounds: radix sorts of packed integer keys
+//! ([`rank_order`]) and the selection of just the paid ranks ([`top_order`]). The tests
+//! below hold each of them to [`cmp_rank`].
+
+use std::cmp::Ordering;
+
+use crate::RewardsError;
+use crate::round::NodeInput;
+use crate::rules::score;
+
+/// Most nodes in one round. Node positions are kept as `u32` while ranking, in the low
+/// `INDEX_BITS` (26) bits of the packed keys.
+pub const ROUND_NODES_MAX: usize = 1 << INDEX_BITS;
+
+/// The first 8 bytes of an id, big-endian: comparing these first orders ids like their bytes.
+pub(crate) fn id_prefix(node: &NodeInput) -> u64 {
+    let b = node.id.as_bytes();
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// Buffers of the radix sorts, kept from round to round (they carry no state).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RankBuffers {
+    keys: Vec<u128>,
+    keys_tmp: Vec<u128>,
+    ranked_tmp: Vec<RankKey>,
+}
+
+/// Rule 6's sort key, precomputed so the sort touches one small array.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RankKey {
+    score: u128,
+    uptime_total_s: u64,
+    registered_at_s: u64,
+    id_prefix: u64,
+    index: u32,
+}
+
+impl RankKey {
+    /// The key of node `index` (below [`ROUND_NODES_MAX`], checked with the round) whose
+    /// total uptime (rule 1) is `uptime_total_s`.
+    #[inline]
+    pub(crate) fn new(index: usize, node: &NodeInput, uptime_total_s: u64) -> Self {
+        Self {
+            score: score(node),
+            uptime_total_s,
+            registered_at_s: node.registered_at_s,
+            id_prefix: id_prefix(node),
+            // index < ROUND_NODES_MAX < 2^32.
+            index: index as u32,
+        }
+    }
+}
+
+/// Rule 6, the definition of the rank order: `score` descending, `uptime_total_s`
+/// descending, `registered_at_s` ascending, id bytes ascending (the id's first 8 bytes
+/// first, the full id only when they tie: the same order as comparing the full ids). Every
+/// faster way below is tested to give the order `sort_unstable_by(cmp_rank)` gives.
+pub(crate) fn cmp_rank(nodes: &[NodeInput], a: &RankKey, b: &RankKey) -> Ordering {
+    b.score
+        .cmp(&a.score)
+        .then(b.uptime_total_s.cmp(&a.uptime_total_s))
+        .then(a.registered_at_s.cmp(&b.registered_at_s))
+        .then(a.id_prefix.cmp(&b.id_prefix))
+        .then_with(|| nodes[a.index as usize].id.cmp(&nodes[b.index as usize].id))
+}
+
+/// Bits of an id-order entry that hold the node's position (`ROUND_NODES_MAX` = 2^26).
+const INDEX_BITS: u32 = 26;
+
+/// An entry of [`id_order`]: the id's first 38 bits above the node's position.
+pub(crate) fn id_order_entry(index: usize, node: &NodeInput) -> u64 {
+    (id_prefix(node) >> INDEX_BITS) << INDEX_BITS | index as u64
+}
+
+/// Node positions in id byte order, from one [`id_order_entry`] per node: one integer sort
+/// does almost all the work, then runs that share the 38 bits are put in full-id order.
+/// Fails on a duplicate id.
+pub(crate) fn id_order(
+    nodes: &[NodeInput],
+    mut order: Vec<u64>,
+    tmp: &mut Vec<u64>,
+) -> Result<Vec<u64>, RewardsError> {
+    if order.len() < RADIX_MIN {
+        order.sort_unstable();
+    } else {
+        // Three passes of 13 bits over the 38-bit prefix.
+        radix_sort_bits::<_, { 1 << 13 }>(&mut order, tmp, INDEX_BITS, 64);
+    }
+    let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
+    let prefix = |e: u64| e >> INDEX_BITS;
+    // Runs sharing the 38 bits are rare for public keys: order them by full id, then
+    // position. Equal ids can then only be neighbours.
+    sort_runs(
+        &mut order,
+        |&a, &b| prefix(a) == prefix(b),
+        |&a, &b| nodes[index(a)].id.cmp(&nodes[index(b)].id).then(a.cmp(&b)),
+    );
+    for pair in order.windows(2) {
+        let (a, b) = (index(pair[0]), index(pair[1]));
+        if prefix(pair[0]) == prefix(pair[1]) && nodes[a].id == nodes[b].id {
+            return Err(RewardsError::DuplicateNode {
+                index: b,
+                first: a,
+                id: nodes[a].id,
+            });
+        }
+    }
+    for e in &mut order {
+        *e = index(*e) as u64;
+    }
+    Ok(order)
+}
+
+/// Sorts by `cmp` each run of neighbours that `same` groups together: a forward scan, O(n)
+/// over all runs plus the sorts of the runs longer than one.
+fn sort_runs<T>(
+    v: &mut [T],
+    same: impl Fn(&T, &T) -> bool,
+    mut cmp: impl FnMut(&T, &T) -> Ordering,
+) {
+    let mut run = 0;
+    while run < v.len() {
+        let mut end = run + 1;
+        while end < v.len() && same(&v[run], &v[end]) {
+            end += 1;
+        }
+        if end - run > 1 {
+            v[run..end].sort_unstable_by(&mut cmp);
+        }
+        run = end;
+    }
+}
+
+/// The eligible nodes' positions in rule 6's order, into `order`; `ranked` holds their keys
+/// in input order (and is left in some order). The result is the order
+/// `sort_unstable_by(cmp_rank)` gives, since that order is total; how it is reached depends
+/// on the round:
+///
+/// - when most scores are shared (a network whose balances move in equal steps; 99.9 % of a
+///   simulated million-node round), score, total uptime and registration time are packed
+///   with the node's position into one 128-bit key when they fit 102 bits, one radix sort
+///   orders the keys, and only nodes equal in all three are then ordered by id;
+/// - when scores mostly differ, a radix sort orders by score and a comparison sort orders
+///   each (short) run of equal scores by the whole rule;
+/// - small rounds, and scores or fields too wide to pack, take the comparison sort.
+pub(crate) fn rank_order(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    scratch: &mut RankBuffers,
+    order: &mut Vec<u32>,
+) {
+    order.clear();
+    match rank_path(ranked) {
+        RankPath::Packed(layout) => rank_by_packed_keys(nodes, ranked, &layout, scratch, order),
+        RankPath::Score => rank_by_score(nodes, ranked, scratch, order),
+        RankPath::Compare => {
+            ranked.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+            order.extend(ranked.iter().map(|k| k.index));
+        }
+    }
+}
+
+/// How [`rank_order`] sorts a round's eligible nodes.
+enum RankPath {
+    Packed(KeyLayout),
+    Score,
+    Compare,
+}
+
+fn rank_path(ranked: &[RankKey]) -> RankPath {
+    if ranked.len() < RADIX_MIN {
+        return RankPath::Compare;
+    }
+    if scores_mostly_shared(ranked)
+        && let Some(layout) = KeyLayout::fit(ranked)
+    {
+        return RankPath::Packed(layout);
+    }
+    if ranked.iter().all(|k| k.score <= u128::from(u64::MAX)) {
+        return RankPath::Score;
+    }
+    RankPath::Compare
+}
+
+/// The positions of rule 6's first `k` eligible nodes, in order, into `order`: what
+/// [`rank_order`] would list first, found by selecting the first `k` (O(n)) and sorting only
+/// them when `k` is small against the round.
+pub(crate) fn top_order(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    k: usize,
+    scratch: &mut RankBuffers,
+    order: &mut Vec<u32>,
+) {
+    order.clear();
+    let k = k.min(ranked.len());
+    if k == 0 {
+        return;
+    }
+    if ranked.len() < RADIX_MIN || k > ranked.len() / 8 {
+        rank_order(nodes, ranked, scratch, order);
+        order.truncate(k);
+        return;
+    }
+    ranked.select_nth_unstable_by(k - 1, |a, b| cmp_rank(nodes, a, b));
+    let top = &mut ranked[..k];
+    top.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
+    order.extend(top.iter().map(|key| key.index));
+}
+
+/// Eligible nodes below which rule 6 is a plain comparison sort.
+pub(crate) const RADIX_MIN: usize = 4096;
+
+/// Whether more than half of an evenly spaced sample of 1,024 scores repeat within it.
+fn scores_mostly_shared(ranked: &[RankKey]) -> bool {
+    let step = (ranked.len() / 1024).max(1);
+    let mut sample: Vec<u128> = ranked.iter().step_by(step).map(|k| k.score).collect();
+    sample.sort_unstable();
+    let repeats = sample.windows(2).filter(|w| w[0] == w[1]).count();
+    repeats * 2 > sample.len()
+}
+
+/// [`rank_order`] by one radix sort of packed keys.
+fn rank_by_packed_keys(
+    nodes: &[NodeInput],
+    ranked: &[RankKey],
+    layout: &KeyLayout,
+    scratch: &mut RankBuffers,
+    order: &mut Vec<u32>,
+) {
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    keys.extend(ranked.iter().map(|k| layout.key(k)));
+    radix_sort_bits::<_, { 1 << 11 }>(
+        &mut keys,
+        &mut scratch.keys_tmp,
+        INDEX_BITS,
+        INDEX_BITS + layout.bits(),
+    );
+    let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
+    // Equal score, total uptime and registration: id bytes decide.
+    sort_runs(
+        &mut keys,
+        |&a, &b| a >> INDEX_BITS == b >> INDEX_BITS,
+        |&a, &b| {
+            nodes[index(a) as usize]
+                .id
+                .cmp(&nodes[index(b) as usize].id)
+        },
+    );
+    order.extend(keys.iter().map(|&e| index(e)));
+    scratch.keys = keys;
+}
+
+/// [`rank_order`] by a radix sort on scores (which fit 64 bits) and comparison sorts of the
+/// runs of equal scores.
+fn rank_by_score(
+    nodes: &[NodeInput],
+    ranked: &mut [RankKey],
+    scratch: &mut RankBuffers,
+    order: &mut Vec<u32>,
+) {
+    // (inverted score, position): higher scores first. Positions < ROUND_NODES_MAX < 2^32.
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    keys.extend(
+        ranked
+            .iter()
+            .enumerate()
+            .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
+    );
+    radix_sort_bits::<_, { 1 << 11 }>(&mut keys, &mut scratch.keys_tmp, 64, 128);
+    let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
+    sorted.clear();
+    sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
+    scratch.keys = keys;
+    sort_runs(
+        &mut sorted,
+        |a, b| a.score == b.score,
+        |a, b| cmp_rank(nodes, a, b),
+    );
+    order.extend(sorted.iter().map(|k| k.index));
+    scratch.ranked_tmp = sorted;
+}
+
+/// How [`rank_order`] packs rule 6's first three criteria above a node's position: the
+/// score and the total uptime inverted (higher first), the registration time from the
+/// earliest (earlier first).
+struct KeyLayout {
+    score_bits: u32,
+    uptime_bits: u32,
+    registered_bits: u32,
+    registered_min: u64,
+}
+
+impl KeyLayout {
+    /// The layout for `ranked`, if its fields fit 128 bits with the position.
+    fn fit(ranked: &[RankKey]) -> Option<Self> {
+        let bits = |max: u128| 128 - max.leading_zeros();
+        let (mut score_max, mut uptime_max) = (0, 0);
+        let (mut registered_min, mut registered_max) = (u64::MAX, 0);
+        for k in ranked {
+            score_max = score_max.max(k.score);
+            uptime_max = uptime_max.max(k.uptime_total_s);
+            registered_min = registered_min.min(k.registered_at_s);
+            registered_max = registered_max.max(k.registered_at_s);
+        }
+        let registered_min = registered_min.min(registered_max);
+        let layout = Self {
+            score_bits: bits(score_max),
+            uptime_bits: bits(u128::from(uptime_max)),
+            registered_bits: bits(u128::from(registered_max - registered_min)),
+            registered_min,
+        };
+        (layout.bits() + INDEX_BITS <= 128).then_some(layout)
+    }
+
+    fn bits(&self) -> u32 {
+        self.score_bits + self.uptime_bits + self.registered_bits
+    }
+
+    /// The key of `k`: ascending keys are rule 6's order up to the id, then position.
+    fn key(&self, k: &RankKey) -> u128 {
+        let ones = |bits: u32| (1u128 << bits) - 1;
+        let score = ones(self.score_bits) - k.score;
+        let uptime = ones(self.uptime_bits) - u128::from(k.uptime_total_s);
+        let registered = u128::from(k.registered_at_s - self.registered_min);
+        let rule = (score << self.uptime_bits | uptime) << self.registered_bits | registered;
+        rule << INDEX_BITS | u128::from(k.index)
+    }
+}
+
+/// LSD radix sort of integer entries (u64 or u128) by their bits `lo..hi` (entries equal
+/// there keep their order), log2(`BUCKETS`) bits a pass: one read of the entries counts
+/// every digit, then a pass per digit, skipping digits that every entry shares.
+fn radix_sort_bits<K: Copy + Default + Into<u128>, const BUCKETS: usize>(
+    v: &mut Vec<K>,
+    to: &mut Vec<K>,
+    lo: u32,
+    hi: u32,
+) {
+    const { assert!(BUCKETS.is_power_of_two()) };
+    let digit_bits = BUCKETS.trailing_zeros();
+    let digits = (hi.saturating_sub(lo)).div_ceil(digit_bits) as usize;
+    to.clear();
+    to.resize(v.len(), K::default());
+    let digit =
+        |e: K, d: usize| ((e.into() >> (lo + d as u32 * digit_bits)) as usize) & (BUCKETS - 1);
+    let mut counts = vec![[0usize; BUCKETS]; digits];
+    for &e in v.iter() {
+        for (d, count) in counts.iter_mut().enumerate() {
+            count[digit(e, d)] += 1;
+        }
+    }
+    for (d, count) in counts.iter_mut().enumerate() {
+        if count.contains(&v.len()) {
+            continue;
+        }
+        let mut sum = 0;
+        for c in count.iter_mut() {
+            let here = *c;
+            *c = sum;
+            sum += here;
+        }
+        for &e in v.iter() {
+            let b = digit(e, d);
+            to[count[b]] = e;
+            count[b] += 1;
+        }
+        std::mem::swap(v, to);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use crat_core::id::NodeId;
+    use crat_core::money::{MicroCrat, MicroUsd};
+
+    use super::*;
+
+    /// A node with id `id` and nothing else: rating 1, no CRAT, no activity.
+    pub(crate) fn input(id: [u8; 32]) -> NodeInput {
+        NodeInput {
+            id: NodeId::from_bytes(id),
+            rating: crat_core::hardware::PowerRating::MIN,
+            registered_at_s: 0,
+            mining_income_usd_micro_per_day: MicroUsd::ZERO,
+            crat_start_micro: MicroCrat::ZERO,
+            streak_start: 0,
+            uptime_total_s_before: 0,
+            online: Vec::new(),
+            validations_ok: 0,
+            validations_failed: 0,
+            crat_external_micro: MicroCrat::ZERO,
+        }
+    }
+
+    #[test]
+    fn id_order_matches_a_plain_sort_above_the_radix_threshold() {
+        // 10,000 ids from a simple generator; every 7th shares its first 38 bits (and more)
+        // with another, so the run fix-up is exercised.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut nodes: Vec<NodeInput> = (0..10_000u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                for chunk in id.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_be_bytes());
+                }
+                if i % 7 == 0 {
+                    id[..6].copy_from_slice(&[1, 2, 3, 4, 5, (i % 3) as u8]);
+                }
+                input(id)
+            })
+            .collect();
+        let entries = |nodes: &[NodeInput]| {
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| id_order_entry(i, n))
+                .collect::<Vec<_>>()
+        };
+        let order = id_order(&nodes, entries(&nodes), &mut Vec::new()).unwrap();
+        let mut want: Vec<u64> = (0..nodes.len() as u64).collect();
+        want.sort_by_key(|&i| nodes[i as usize].id);
+        assert_eq!(order, want);
+        // A duplicate anywhere is found.
+        nodes[9_999].id = nodes[14].id;
+        assert_eq!(
+            id_order(&nodes, entries(&nodes), &mut Vec::new()),
+            Err(RewardsError::DuplicateNode {
+                index: 9_999,
+                first: 14,
+                id: nodes[14].id
+            })
+        );
+    }
+
+    #[test]
+    fn radix_rank_sort_equals_the_comparison_sort() {
+        use crat_core::hardware::PowerRating;
+        let mut x = 11u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // (nodes, CRAT levels, total uptime levels): packed keys with few and many distinct
+        // values, all three equal (ids decide), and fields too wide to pack (comparison sort).
+        let mut paths = std::collections::BTreeSet::new();
+        for (count, crat_levels, uptime_levels) in [
+            (5_000usize, 40u64, 4u64),
+            (9_000, 3, 4),
+            (4_096, 1, 1),
+            (6_000, 1 << 40, 4),
+            (6_000, u64::MAX, 4),
+            (5_000, 40, u64::MAX),
+            (4_000, 40, 4),
+        ] {
+            let nodes: Vec<NodeInput> = (0..count)
+                .map(|i| {
+                    let mut id = [0u8; 32];
+                    id[..8].copy_from_slice(&next().to_be_bytes());
+                    // Some ids share their first 8 bytes.
+                    if i % 97 == 1 {
+                        id[..8].copy_from_slice(&[7; 8]);
+                        id[8..16].copy_from_slice(&(i as u64).to_be_bytes());
+                    }
+                    NodeInput {
+                        id: NodeId::from_bytes(id),
+                        rating: PowerRating::new(1 + (next() % 5) as u8)
+                            .unwrap_or(PowerRating::MIN),
+                        registered_at_s: next() % 3.min(uptime_levels),
+                        mining_income_usd_micro_per_day: MicroUsd::ZERO,
+                        crat_start_micro: MicroCrat::new(next() % crat_levels.max(1)),
+                        streak_start: 0,
+                        uptime_total_s_before: next() % uptime_levels,
+                        online: Vec::new(),
+                        validations_ok: 0,
+                        validations_failed: 0,
+                        crat_external_micro: MicroCrat::ZERO,
+                    }
+                })
+                .collect();
+            let keys: Vec<RankKey> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| RankKey::new(i, node, node.uptime_total_s_before))
+                .collect();
+            paths.insert(match rank_path(&keys) {
+                RankPath::Packed(_) => "packed",
+                RankPath::Score => "score",
+                RankPath::Compare => "compare",
+            });
+            let mut a = keys.clone();
+            a.sort_unstable_by(|p, q| cmp_rank(&nodes, p, q));
+            let mut b = keys.clone();
+            let mut ib = Vec::new();
+            rank_order(&nodes, &mut b, &mut RankBuffers::default(), &mut ib);
+            let ia: Vec<u32> = a.iter().map(|k| k.index).collect();
+            assert_eq!(ia, ib, "{count} nodes, {crat_levels} CRAT levels");
+            // The paid ranks alone, by selection (k ≤ n / 8) or by the whole sort: the first
+            // k of the comparison sort.
+            for k in [0, 1, 7, count / 8, count / 8 + 1, count] {
+                let mut c = keys.clone();
+                let mut top = Vec::new();
+                top_order(&nodes, &mut c, k, &mut RankBuffers::default(), &mut top);
+                assert_eq!(top, ia[..k], "{count} nodes, first {k}");
+            }
+        }
+        assert_eq!(paths.len(), 3, "every path is exercised: {paths:?}");
+    }
+}

@@ -1,0 +1,291 @@
+//! Phase 4 of a round, validation: `sample_bps` of the served tasks are re-run by another
+//! node. A task's worker, and independently its validator, is a node chosen in proportion to
+//! the capacity it had online, so each node's tasks, its validated tasks and the validations
+//! it ran follow its capacity, the last two as Poisson draws from its own stream
+//! (thread-count independent, O(n)).
+//!
+//! A cheater answers a task (its own or one it validates) wrongly with probability
+//! c = `cheat_bps`. Wrong answers never agree with each other, so a disagreement goes to a
+//! third node and a majority decides; there is none only when the third node is wrong too
+//! (probability f·c, f = the cheaters' share of capacity). So a wrong answer is caught with
+//! probability q = 1 − f·c, as the worker's failure or, when a cheater validated wrongly, as
+//! the validator's; a validation with the right answer is a correct validation
+//! (`validations_ok`). Honest nodes are never failed.
+
+use rayon::prelude::*;
+
+use super::Node;
+use super::churn::Churned;
+use crate::scenario::Scenario;
+use crate::streams::{StreamRng, stream_rng};
+
+/// Round-number bit that separates a node's validation stream from its churn stream.
+const VALIDATION_STREAM: u64 = 1 << 63;
+
+/// One node's validation draws in a round.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Draw {
+    /// Tasks it served.
+    pub(super) tasks: u64,
+    /// Validations it ran.
+    pub(super) ran: u64,
+    /// Of those, answered correctly.
+    pub(super) ok: u64,
+    /// Its wrong answers caught (as worker or validator).
+    pub(super) failed: u64,
+    /// Position among the round's tasks of its first own wrong answer caught.
+    pub(super) first_caught: Option<u64>,
+}
+
+/// Phase 4: each node's validation draws for a round that served `served` tasks, into
+/// `draws` (emptied first; `draws[k]` is node `k`'s).
+pub(super) fn validate(
+    sc: &Scenario,
+    (seed, round, length_s): (u64, u32, u64),
+    nodes: &[Node],
+    churned: &Churned,
+    capacity_rps: &[u32; 6],
+    served: u64,
+    draws: &mut Vec<Draw>,
+) {
+    let (node_capacity, total_cap) = (&churned.node_capacity, churned.total_cap);
+    let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000) as u64;
+    let sampled = sampled.min(sc.validation.per_round_max);
+    let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
+    let caught_p = 1.0 - cheat_p * churned.cheater_cap as f64 / total_cap.max(1) as f64;
+    let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
+    draws.clear();
+    if total_cap == 0 || sampled == 0 {
+        draws.extend(node_capacity.iter().map(|&cap| Draw {
+            tasks: (cap as f64 * tasks_per_cap) as u64,
+            ..Draw::default()
+        }));
+        return;
+    }
+    let per_cap = sampled as f64 / total_cap as f64;
+    // Most nodes are online all round, so their mean is one of five: those draws search a
+    // table instead of recomputing the distribution (same results).
+    let tables: Vec<PoissonTable> = capacity_rps
+        .iter()
+        .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
+        .collect();
+    draws.par_extend(node_capacity.par_iter().enumerate().map(|(i, &cap)| {
+        if cap == 0 {
+            return Draw::default();
+        }
+        let tasks = (cap as f64 * tasks_per_cap) as u64;
+        let stream = u64::from(nodes[i].index);
+        let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
+        let lambda = cap as f64 * per_cap;
+        let table = &tables[usize::from(nodes[i].rating.get())];
+        let (own, ran) = if table.lambda == lambda {
+            (table.draw(&mut rng), table.draw(&mut rng))
+        } else {
+            (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
+        };
+        if !nodes[i].cheater {
+            return Draw {
+                tasks,
+                ok: ran,
+                ..Draw::default()
+            };
+        }
+        let wrong_own = binomial(&mut rng, own, cheat_p);
+        let caught_own = binomial(&mut rng, wrong_own, caught_p);
+        let wrong_ran = binomial(&mut rng, ran, cheat_p);
+        let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+        // The first of `caught_own` failures spread uniformly over the round's tasks lies at
+        // tasks × (1 − U^(1/k)).
+        let first_caught = (caught_own > 0).then(|| {
+            let u = rng.unit_f64().powf(1.0 / caught_own as f64);
+            ((tasks as f64) * (1.0 - u)) as u64
+        });
+        Draw {
+            tasks,
+            ran,
+            ok: ran - wrong_ran,
+            failed: caught_own + caught_ran,
+            first_caught,
+        }
+    }));
+}
+
+/// A Poisson draw with mean `lambda`: inversion with one uniform below 30, normal
+/// approximation above.
+fn poisson(rng: &mut StreamRng, lambda: f64) -> u64 {
+    if lambda <= 0.0 {
+        return 0;
+    }
+    if lambda < POISSON_INVERSION_MAX {
+        let u = rng.unit_f64();
+        let mut p = (-lambda).exp();
+        let mut f = p;
+        let mut k = 0;
+        while u > f && k < POISSON_TERMS_MAX {
+            k += 1;
+            p *= lambda / k as f64;
+            f += p;
+        }
+        return k as u64;
+    }
+    (lambda + lambda.sqrt() * normal(rng)).round().max(0.0) as u64
+}
+
+/// The distribution function of a Poisson law, for the means most nodes share in a round.
+/// Below [`POISSON_INVERSION_MAX`] it is the one [`poisson`] walks term by term, so a draw
+/// from the table equals a draw by [`poisson`] with the same uniform; above, up to
+/// [`POISSON_TABLE_MEAN_MAX`], it is the exact law (terms summed in log space), where
+/// [`poisson`] would use its normal approximation: one uniform and a binary search instead
+/// of a logarithm and a cosine a draw.
+struct PoissonTable {
+    lambda: f64,
+    /// `cdf[k]` = P(X ≤ k), empty for means drawn by [`poisson`].
+    cdf: Vec<f64>,
+    /// Whether `cdf` is walked from 0 like [`poisson`] (small means) or searched.
+    walk: bool,
+    /// `guide[j]`: the first k with `cdf[k] ≥ j / GUIDE_SLOTS` (`cdf.len()` if none). A
+    /// uniform u in `[j, j + 1) / GUIDE_SLOTS` has its answer at or after `guide[j]`, so a draw
+    /// walks a step or two from there instead of from 0 (same answer as the full walk).
+    guide: Vec<u32>,
+}
+
+/// Slots of a [`PoissonTable`]'s guide (a power of two, so `j / GUIDE_SLOTS` is exact).
+const GUIDE_SLOTS: usize = 1 << 10;
+
+impl PoissonTable {
+    fn new(lambda: f64) -> Self {
+        let mut cdf = Vec::new();
+        let walk = lambda < POISSON_INVERSION_MAX;
+        if lambda > 0.0 && walk {
+            let mut p = (-lambda).exp();
+            let mut f = p;
+            cdf.push(f);
+            for k in 1..=POISSON_TERMS_MAX {
+                p *= lambda / k as f64;
+                f += p;
+                cdf.push(f);
+            }
+        } else if lambda > 0.0 && lambda <= POISSON_TABLE_MEAN_MAX {
+            // Up to 12 standard deviations above the mean: the rest has no f64 mass.
+            let last = (lambda + 12.0 * lambda.sqrt() + 30.0) as usize;
+            let (ln_lambda, mut ln_p, mut f) = (lambda.ln(), -lambda, 0.0);
+            for k in 0..=last {
+                if k > 0 {
+                    ln_p += ln_lambda - (k as f64).ln();
+                }
+                f += ln_p.exp();
+                cdf.push(f);
+            }
+        }
+        let mut guide = Vec::with_capacity(if cdf.is_empty() { 0 } else { GUIDE_SLOTS });
+        if !cdf.is_empty() {
+            let mut k = 0;
+            for j in 0..GUIDE_SLOTS {
+                let at = j as f64 / GUIDE_SLOTS as f64;
+                while k < cdf.len() && cdf[k] < at {
+                    k += 1;
+                }
+                // cdf.len() ≤ POISSON_TERMS_MAX + 1 or about 11,300: fits a u32.
+                guide.push(k as u32);
+            }
+        }
+        Self {
+            lambda,
+            cdf,
+            walk,
+            guide,
+        }
+    }
+
+    fn draw(&self, rng: &mut StreamRng) -> u64 {
+        if self.cdf.is_empty() {
+            return poisson(rng, self.lambda);
+        }
+        let u = rng.unit_f64();
+        // The first k with u ≤ F(k), as poisson's loop and a binary search find it, from the
+        // guide's start. u < 1, so the slot is below GUIDE_SLOTS.
+        let from = self.guide[((u * GUIDE_SLOTS as f64) as usize).min(GUIDE_SLOTS - 1)] as usize;
+        let found = self.cdf[from.min(self.cdf.len())..]
+            .iter()
+            .position(|&f| u <= f)
+            .map(|k| from + k);
+        match found {
+            Some(k) => k as u64,
+            // Past the table: poisson's loop stops at its last term, the search at the end.
+            None if self.walk => POISSON_TERMS_MAX as u64,
+            None => (self.cdf.len() - 1) as u64,
+        }
+    }
+}
+
+/// Largest mean drawn from a [`PoissonTable`] (its table has about λ + 12√λ entries).
+const POISSON_TABLE_MEAN_MAX: f64 = 10_000.0;
+
+/// Below this mean a Poisson draw inverts the distribution function.
+const POISSON_INVERSION_MAX: f64 = 30.0;
+/// Terms of the distribution function an inversion walks at most.
+const POISSON_TERMS_MAX: usize = 1_000;
+
+/// A binomial draw (exact below 64 trials, normal approximation above).
+fn binomial(rng: &mut StreamRng, n: u64, p: f64) -> u64 {
+    if n < 64 {
+        return (0..n).filter(|_| rng.unit_f64() < p).count() as u64;
+    }
+    let mean = n as f64 * p;
+    let sd = (mean * (1.0 - p)).sqrt();
+    (mean + sd * normal(rng)).round().clamp(0.0, n as f64) as u64
+}
+
+/// A standard normal draw (Box–Muller).
+fn normal(rng: &mut StreamRng) -> f64 {
+    let u = rng.unit_f64();
+    let v = rng.unit_f64();
+    (-2.0 * (1.0 - u).ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_table_draws_equal_poisson() {
+        for lambda in [0.0, 1e-6, 0.3, 4.2, 29.9] {
+            let table = PoissonTable::new(lambda);
+            let (mut a, mut b) = (stream_rng(1, 2, 3), stream_rng(1, 2, 3));
+            let mut sum = 0;
+            for _ in 0..2_000 {
+                let x = table.draw(&mut a);
+                assert_eq!(x, poisson(&mut b, lambda), "lambda {lambda}");
+                sum += x;
+            }
+            let mean = sum as f64 / 2_000.0;
+            assert!(
+                (mean - lambda).abs() < 0.1 * lambda.max(1.0),
+                "{lambda}: {mean}"
+            );
+        }
+        // Larger means: the exact law from the table, the normal approximation from
+        // `poisson`; both have mean and variance λ.
+        for lambda in [30.0, 57.5, 250.0, 9_000.0, 20_000.0] {
+            let table = PoissonTable::new(lambda);
+            // The guided walk finds what a binary search of the whole table finds.
+            let (mut a, mut b) = (stream_rng(7, 8, 9), stream_rng(7, 8, 9));
+            for _ in 0..if table.cdf.is_empty() { 0 } else { 5_000 } {
+                let u = b.unit_f64();
+                let k = table.cdf.partition_point(|&f| f < u);
+                assert_eq!(table.draw(&mut a), k.min(table.cdf.len() - 1) as u64);
+            }
+            let mut rng = stream_rng(4, 5, 6);
+            let n = 20_000;
+            let draws: Vec<f64> = (0..n).map(|_| table.draw(&mut rng) as f64).collect();
+            let mean = draws.iter().sum::<f64>() / n as f64;
+            let var = draws.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let se = (lambda / n as f64).sqrt();
+            assert!((mean - lambda).abs() < 5.0 * se, "{lambda}: mean {mean}");
+            assert!(
+                (var / lambda - 1.0).abs() < 0.06,
+                "{lambda}: variance {var}"
+            );
+        }
+    }
+}
