@@ -233,7 +233,7 @@ impl fmt::Display for Explanation {
             r.carry_in_usd_micro.get(),
             usd(self.schedule.pool_usd_micro)
         )?;
-        let uptime_lhs = u128::from(b.uptime_s) * 10_000;
+        let uptime_lhs = u128::from(b.uptime_s) * u128::from(crate::params::BPS);
         let uptime_rhs = u128::from(p.bonus_uptime_bps_min) * u128::from(r.length_s);
         writeln!(
             f,

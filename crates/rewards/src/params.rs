@@ -1,6 +1,7 @@
 //! The round parameters of `docs/economics.md`, with its defaults, and the `[start, end)`
 //! interval type.
 
+use crat_core::bps::Bps;
 use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +106,7 @@ impl Default for Params {
 }
 
 /// Basis points in a whole.
-pub(crate) const BPS: u64 = 10_000;
+pub(crate) const BPS: u64 = Bps::FULL.get() as u64;
 
 impl Params {
     /// Checks the ranges listed on [`Params`]; errors name the field (`params.slash_bps`).

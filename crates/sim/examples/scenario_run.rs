@@ -6,16 +6,10 @@ use crat_sim::{Scenario, Simulation};
 
 // The allocator and settings of the `crat` binary, so timings match `crat sim run`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[allow(unsafe_code)]
-fn retain_freed_memory() {
-    // SAFETY: a plain FFI call setting a process-wide allocator option (15: purge_delay).
-    unsafe { libmimalloc_sys::mi_option_set(15, 1_000) };
-}
+static GLOBAL: crat_alloc::MiMalloc = crat_alloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    retain_freed_memory();
+    crat_alloc::retain_freed_memory_ms(crat_alloc::RETAIN_FREED_MEMORY_MS);
     let started = std::time::Instant::now();
     let path = std::env::args()
         .nth(1)

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 
+use crat_core::bps::Bps;
 use crat_core::gpu_table::GpuTable;
 use crat_core::pricing::{PricingParams, UpdateFrequency};
 use crat_rewards::Params;
@@ -443,7 +444,8 @@ impl Scenario {
         if !(0.0..=100.0).contains(&d.peak_multiplier) {
             return Err(bad("demand.peak_multiplier", "must be in 0..=100"));
         }
-        if !(-10_000..=10_000).contains(&d.growth_bps_per_round) {
+        let full = i64::from(Bps::FULL.get());
+        if !(-full..=full).contains(&d.growth_bps_per_round) {
             return Err(bad(
                 "demand.growth_bps_per_round",
                 "must be in -10000..=10000",
@@ -468,7 +470,7 @@ impl Scenario {
             ("validation.cheater_share_bps", v.cheater_share_bps),
             ("validation.cheat_bps", v.cheat_bps),
         ] {
-            if bps > 10_000 {
+            if bps > u32::from(Bps::FULL.get()) {
                 return Err(bad(name, "more than 10000 basis points"));
             }
         }

@@ -2,6 +2,7 @@
 //! multiplier, growth, shocks) served up to the online capacity the reservations leave,
 //! pooled over nodes; the rest are dropped.
 
+use crat_core::bps::Bps;
 use crat_rewards::Interval;
 
 use super::{DAY_S, HOUR_S, RoundClock, hour_len};
@@ -77,12 +78,15 @@ pub(super) fn serve(
 /// Demand multiplier of a round: compounded growth times the last shock that applies.
 pub(super) fn demand_factor(sc: &Scenario, round: u32) -> f64 {
     let d = &sc.demand;
-    let growth = (1.0 + d.growth_bps_per_round as f64 / 10_000.0).powi(round as i32);
+    let growth =
+        (1.0 + d.growth_bps_per_round as f64 / f64::from(Bps::FULL.get())).powi(round as i32);
     let shock = d
         .shocks
         .iter()
         .filter(|s| s.from_round <= round)
         .max_by_key(|s| s.from_round)
-        .map_or(1.0, |s| f64::from(s.factor_bps) / 10_000.0);
+        .map_or(1.0, |s| {
+            f64::from(s.factor_bps) / f64::from(Bps::FULL.get())
+        });
     growth * shock
 }

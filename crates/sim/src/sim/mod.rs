@@ -24,6 +24,7 @@ mod demand;
 mod placement;
 mod validation;
 
+use crat_core::bps::Bps;
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
@@ -301,7 +302,7 @@ impl Simulation {
                 } else {
                     start_s
                 };
-                let cheater = rng.gen_range(0..10_000) < cheater_share_bps;
+                let cheater = rng.gen_range(0..u32::from(Bps::FULL.get())) < cheater_share_bps;
                 let online = churn.model == SessionModel::None || rng.unit_f64() < stationary_on;
                 let node = Node {
                     // Below NODES_MAX = 2^22 (checked by the scenario).

@@ -12,6 +12,7 @@
 //! the validator's; a validation with the right answer is a correct validation
 //! (`validations_ok`). Honest nodes are never failed.
 
+use crat_core::bps::Bps;
 use rayon::prelude::*;
 
 use super::Node;
@@ -49,9 +50,10 @@ pub(super) fn validate(
     draws: &mut Vec<Draw>,
 ) {
     let (node_capacity, total_cap) = (&churned.node_capacity, churned.total_cap);
-    let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps) / 10_000) as u64;
+    let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps)
+        / u128::from(Bps::FULL.get())) as u64;
     let sampled = sampled.min(sc.validation.per_round_max);
-    let cheat_p = f64::from(sc.validation.cheat_bps) / 10_000.0;
+    let cheat_p = f64::from(sc.validation.cheat_bps) / f64::from(Bps::FULL.get());
     let caught_p = 1.0 - cheat_p * churned.cheater_cap as f64 / total_cap.max(1) as f64;
     let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
     draws.clear();
