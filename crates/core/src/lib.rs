@@ -3,8 +3,10 @@
 //! Sans-IO: nothing here reads a clock, opens a socket or touches a file. Time comes in as an
 //! argument (Unix seconds, named `*_s`), randomness as bytes, and effects go out as values.
 //!
-//! - [`id`]: [`NodeId`](id::NodeId), [`ModelId`](id::ModelId), [`DeploymentId`](id::DeploymentId),
-//!   [`TaskId`](id::TaskId), [`KeyId`](id::KeyId) with stable text forms.
+//! - [`id`]: the base types, with no protocol dependency: [`NodeId`](id::NodeId),
+//!   [`ModelId`](id::ModelId), [`DeploymentId`](id::DeploymentId), [`TaskId`](id::TaskId),
+//!   [`KeyId`](id::KeyId), [`SdkKey`](id::SdkKey), [`PeerAddr`](id::PeerAddr), with stable
+//!   text forms (`id` ← `sign` ← `wire`: no module cycle).
 //! - [`money`]: [`MicroUsd`](money::MicroUsd), [`Credits`](money::Credits),
 //!   [`MicroCrat`](money::MicroCrat): integer newtypes with checked arithmetic.
 //! - [`tensor`]: validated [`Tensor`](tensor::Tensor)s.
@@ -19,10 +21,11 @@
 //!   budgets, keys, registration), sans-IO like it.
 //! - [`bps`]: [`Bps`](bps::Bps), basis points (10,000 = 100 %) for shares and rates.
 //! - [`clock`]: the [`Clock`](clock::Clock) trait the I/O crates read the time through.
-//! - [`limit`]: per-key request-rate limits (token buckets in a bounded map).
 //! - [`pricing`]: what requests and instances cost, in credits.
 //! - [`hardware`], [`gpu_table`]: what a node reports, and the GPU → rating/income table.
 //! - [`splitmix`]: the SplitMix64 generator, for numbers a seed must always reproduce.
+//! - [`placement`], [`verify`]: replica placement scoring, and output agreement within a
+//!   tolerance.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId, TaskId};

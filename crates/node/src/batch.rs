@@ -237,12 +237,9 @@ fn run_single(
     timeout_ms: u64,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let reply = Arc::new(std::sync::Mutex::new(Some(job.reply)));
-    let answer = move |slot: &std::sync::Mutex<Option<Reply>>, result| {
-        let taken = slot
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+    let reply = Arc::new(parking_lot::Mutex::new(Some(job.reply)));
+    let answer = move |slot: &parking_lot::Mutex<Option<Reply>>, result| {
+        let taken = slot.lock().take();
         if let Some(reply) = taken {
             let _ = reply.send(result);
         }
