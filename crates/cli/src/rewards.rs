@@ -15,7 +15,7 @@ use crat_rewards::{INTERCHANGE_BYTES_MAX, RoundInputs, compute, explain};
 pub(crate) enum RewardsCommand {
     /// Compute a round's payouts and CRAT from its interchange JSON.
     ///
-    /// Reads `{"params", "round", "nodes"}` (ECONOMICS.md, "Interchange") and writes
+    /// Reads `{"params", "round", "nodes"}` (docs/economics.md, "Interchange") and writes
     /// `{"nodes", "aggregates"}`, nodes in rank order then id order. Invalid input is refused
     /// with the offending field named, e.g. `nodes[3].online[1]`.
     Compute {

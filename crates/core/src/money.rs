@@ -3,7 +3,7 @@
 //! Each unit is its own newtype so a credit can never be added to a dollar by accident.
 //! Arithmetic is checked (`None` on overflow or underflow) or saturating, never wrapping, and
 //! there is no float anywhere. Serde writes each as a plain integer (JSON number, postcard
-//! varint), which is what `ECONOMICS.md`'s interchange uses.
+//! varint), which is what the interchange of `docs/economics.md` uses.
 //!
 //! ```
 //! use crat_core::money::{Credits, MicroUsd};

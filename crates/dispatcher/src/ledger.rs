@@ -193,7 +193,7 @@ pub struct RoundRecord {
     pub carry_out_usd_micro: MicroUsd,
     /// Total paid (guaranteed + bonus).
     pub paid_usd_micro: MicroUsd,
-    /// The rewards inputs, in the interchange JSON of ECONOMICS.md.
+    /// The rewards inputs, in the interchange JSON of `docs/economics.md`.
     pub inputs_json: String,
     /// The outcome, in the interchange JSON.
     pub outcome_json: String,

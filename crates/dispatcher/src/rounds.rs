@@ -1,6 +1,6 @@
 //! Closing a round: the ledger's records of the round become the rewards inputs of
-//! ECONOMICS.md, `crat-rewards` computes the outcome, the ledger stores both and applies the
-//! outcome to the nodes, and the payouts go to a [`Settlement`].
+//! `docs/economics.md`, `crat-rewards` computes the outcome, the ledger stores both and
+//! applies the outcome to the nodes, and the payouts go to a [`Settlement`].
 //!
 //! Nothing here is computed twice: the payouts *are* `crat_rewards::compute` on the stored
 //! inputs, so anyone holding a round's `inputs_json` can recompute its payouts with

@@ -16,7 +16,7 @@
 //!   for the round's bonus) and reported to the dispatch state machine, which excludes a
 //!   node caught repeatedly from placement.
 //! - Agreement: nothing is recorded. `validations_ok` pays CRAT for correct validations of
-//!   *other* nodes' work (ECONOMICS.md rule 11); answering a canary correctly is doing one's
+//!   *other* nodes' work (`docs/economics.md`, rule 11); answering a canary correctly is doing one's
 //!   own work, which is paid by the round's income, not by validation CRAT.
 //! - An error or timeout is inconclusive and not recorded (a busy node answers `Busy` to
 //!   clients too, and uptime already prices unavailability).
