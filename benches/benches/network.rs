@@ -103,6 +103,10 @@ fn bed(rt: &Runtime, deploy: bool) -> Bed {
         config.tick_ms = 100;
         // One key is the whole load here (leases over QUIC at full speed): no per-key limit.
         config.client_key_rate = None;
+        // Every lease's ticket is remembered until it expires plus the usage grace (over an
+        // hour); the lease benches issue about a million in a few seconds, past the default
+        // 262,144, after which leases are answered `Busy`, as they should be.
+        config.tickets_tracked_max = 1 << 21;
         let specs = (0..NODES)
             .map(|_| NodeSpec {
                 gpu: Some(GPU.into()),
