@@ -26,6 +26,11 @@
 //! by conversation (node, client, canary, rounds), and every refusal becomes a wire error in
 //! one place.
 //!
+//! Its end-to-end tests (a dispatcher with real nodes and clients on loopback QUIC: e2e,
+//! limits, replays, malicious models, verification) live in `crates/testnet/tests/`, beside
+//! the network they start, so that the dispatcher's own dependency tree, dev-dependencies
+//! included, holds no node code (no NVML, no `nix`).
+//!
 //! [`Settlement`]: crat_rewards::Settlement
 //!
 //! # Example

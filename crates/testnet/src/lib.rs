@@ -13,6 +13,10 @@
 //! [`NodeSpec`] names, and the dispatcher keeps a real SQLite ledger in the directory given.
 //! With the `tract` feature (default) the dispatcher runs canary tasks with tract.
 //!
+//! The crate's own tests (`tests/`) are the dispatcher's end-to-end tests: uploads, deploys,
+//! tasks with failover, metering and round closing; limits and replays; the malicious-model
+//! corpus; canaries, spot checks and exclusion.
+//!
 //! A dispatcher and one tract node, which registers:
 //!
 //! ```
