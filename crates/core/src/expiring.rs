@@ -25,7 +25,7 @@
 //! # Ok::<(), crat_core::expiring::Full>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::Hash;
 
 /// What [`ExpiringMap::insert`] does when the map holds `capacity` live entries.
@@ -49,17 +49,11 @@ pub struct Full {
 #[derive(Clone, Debug)]
 pub struct ExpiringMap<K, V> {
     capacity: usize,
-    entries: HashMap<K, Entry<V>>,
-    /// The same keys by (expiry, insertion number).
-    order: BTreeMap<(u64, u64), K>,
-    inserted: u64,
-}
-
-#[derive(Clone, Debug)]
-struct Entry<V> {
-    value: V,
-    expires_at_s: u64,
-    serial: u64,
+    entries: HashMap<K, (V, u64)>,
+    /// The same keys by expiry second, each second's in insertion order. Memories that give
+    /// every entry the same lifetime (tickets, nonces) or none (first-in-first-out sets) have
+    /// few distinct seconds, so this stays a short map of queues.
+    order: BTreeMap<u64, VecDeque<K>>,
 }
 
 impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
@@ -69,18 +63,18 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
             capacity,
             entries: HashMap::new(),
             order: BTreeMap::new(),
-            inserted: 0,
         }
     }
 
     /// Forgets every entry whose expiry is at or before `now_s`.
     pub fn forget_expired(&mut self, now_s: u64) {
         while let Some(entry) = self.order.first_entry() {
-            if entry.key().0 > now_s {
+            if *entry.key() > now_s {
                 break;
             }
-            let key = entry.remove();
-            self.entries.remove(&key);
+            for key in entry.remove() {
+                self.entries.remove(&key);
+            }
         }
     }
 
@@ -106,36 +100,33 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
                         capacity: self.capacity,
                     });
                 }
-                WhenFull::ForgetSoonest => match self.order.pop_first() {
-                    Some((_, soonest)) => {
-                        self.entries.remove(&soonest);
-                    }
-                    None => {
+                WhenFull::ForgetSoonest => {
+                    let Some(mut first) = self.order.first_entry() else {
                         return Err(Full {
                             capacity: self.capacity,
                         });
+                    };
+                    if let Some(soonest) = first.get_mut().pop_front() {
+                        self.entries.remove(&soonest);
                     }
-                },
+                    if first.get().is_empty() {
+                        first.remove();
+                    }
+                }
             }
         }
-        let serial = self.inserted;
-        self.inserted += 1;
-        self.order.insert((expires_at_s, serial), key.clone());
-        self.entries.insert(
-            key,
-            Entry {
-                value,
-                expires_at_s,
-                serial,
-            },
-        );
+        self.order
+            .entry(expires_at_s)
+            .or_default()
+            .push_back(key.clone());
+        self.entries.insert(key, (value, expires_at_s));
         Ok(())
     }
 
     /// The value held for `key` (expired entries may linger until the next
     /// [`forget_expired`](Self::forget_expired) or [`insert`](Self::insert)).
     pub fn get(&self, key: &K) -> Option<&V> {
-        self.entries.get(key).map(|e| &e.value)
+        self.entries.get(key).map(|(v, _)| v)
     }
 
     /// Whether `key` is held.
@@ -145,14 +136,7 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
 
     /// When `key` is forgotten, if it is held.
     pub fn expires_at_s(&self, key: &K) -> Option<u64> {
-        self.entries.get(key).map(|e| e.expires_at_s)
-    }
-
-    /// Forgets `key` now; returns its value if it was held.
-    pub fn remove(&mut self, key: &K) -> Option<V> {
-        let e = self.entries.remove(key)?;
-        self.order.remove(&(e.expires_at_s, e.serial));
-        Some(e.value)
+        self.entries.get(key).map(|(_, t)| *t)
     }
 
     /// Entries held now.
@@ -208,15 +192,27 @@ mod tests {
     }
 
     #[test]
-    fn present_keys_keep_their_expiry_and_removal_frees_a_slot() {
+    fn present_keys_keep_their_value_and_expiry() {
         let mut m = ExpiringMap::new(1);
         m.insert("k", 1, 10, 0, WhenFull::Refuse).expect("room");
         m.insert("k", 2, 99, 0, WhenFull::Refuse).expect("present");
         assert_eq!((m.get(&"k"), m.expires_at_s(&"k")), (Some(&1), Some(10)));
-        assert_eq!(m.remove(&"k"), Some(1));
-        m.insert("j", 3, 10, 0, WhenFull::Refuse)
-            .expect("room after removal");
         assert_eq!(m.len(), 1);
+        m.insert("j", 3, 10, 10, WhenFull::Refuse)
+            .expect("room at its expiry");
+        assert_eq!((m.get(&"k"), m.len()), (None, 1));
+    }
+
+    #[test]
+    fn forgets_the_soonest_expiry_first_whatever_the_insertion_order() {
+        let mut m = ExpiringMap::new(2);
+        m.insert(1u8, (), 50, 0, WhenFull::Refuse).expect("room");
+        m.insert(2u8, (), 20, 0, WhenFull::Refuse).expect("room");
+        m.insert(3u8, (), 90, 0, WhenFull::ForgetSoonest)
+            .expect("forgets one");
+        assert!(!m.contains(&2) && m.contains(&1) && m.contains(&3));
+        m.forget_expired(50);
+        assert!(!m.contains(&1) && m.contains(&3));
     }
 
     #[test]
