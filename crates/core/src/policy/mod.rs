@@ -12,7 +12,9 @@
 //! - [`reports`]: spot-check report plausibility, the report cap, the suspect sampling rate;
 //! - [`budget`]: a ticket's credit budget under each plan;
 //! - [`keys`]: whether an SDK key may be served now;
-//! - [`registration`]: a node's rating and mining income from its hardware.
+//! - [`registration`]: a node's rating and mining income from its hardware;
+//! - [`challenge`]: the arithmetic of compute challenges (exact matrix products committed by
+//!   a Merkle root over rows), the basis of a proof of hardware.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId};
@@ -40,6 +42,7 @@
 //! ```
 
 pub mod budget;
+pub mod challenge;
 pub mod keys;
 pub mod registration;
 pub mod reports;
