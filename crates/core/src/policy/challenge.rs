@@ -199,12 +199,18 @@ impl ChallengeSpec {
 }
 
 fn leaf(row: u32, values: &[f32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(LEAF_DOMAIN).update(&row.to_le_bytes());
+    // One update over the row's bytes: blake3 is several times faster on long inputs than
+    // on four bytes at a time.
+    let mut bytes = Vec::with_capacity(values.len() * 4);
     for v in values {
-        h.update(&v.to_le_bytes());
+        bytes.extend_from_slice(&v.to_le_bytes());
     }
-    *h.finalize().as_bytes()
+    *blake3::Hasher::new()
+        .update(LEAF_DOMAIN)
+        .update(&row.to_le_bytes())
+        .update(&bytes)
+        .finalize()
+        .as_bytes()
 }
 
 fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
