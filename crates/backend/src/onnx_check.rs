@@ -68,7 +68,23 @@ pub struct ModelSummary {
     pub info: ModelInfo,
     /// Indices into `info.outputs` of outputs declared without a shape.
     pub undeclared_output_shapes: Vec<usize>,
+    /// Random operators ([`RANDOM_OPS`]) used without a `seed` attribute, each named once, in
+    /// the order first met: their outputs differ from run to run and from node to node, so
+    /// two honest replicas disagree and the model's answers cannot be validated. (A seeded
+    /// one repeats only within one session of one runtime: it is not flagged here, but it is
+    /// not deterministic across nodes either.)
+    pub unseeded_random_ops: Vec<&'static str>,
 }
+
+/// The ONNX operators that draw random numbers (each takes an optional `seed` attribute).
+pub const RANDOM_OPS: [&str; 6] = [
+    "RandomUniform",
+    "RandomNormal",
+    "RandomUniformLike",
+    "RandomNormalLike",
+    "Multinomial",
+    "Bernoulli",
+];
 
 /// Checks that `model` is a self-contained ONNX model within limits and reads its declared
 /// inputs and outputs. See the [module docs](self).
@@ -140,6 +156,7 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
         node_count: walker.nodes,
         info: ModelInfo { inputs, outputs },
         undeclared_output_shapes: undeclared,
+        unseeded_random_ops: walker.unseeded_random,
     })
 }
 
@@ -212,6 +229,8 @@ struct Walker {
     huge_shapes: HashSet<String>,
     /// The shape operand of every tensor-making node: (operator, operand name).
     shape_operands: Vec<(&'static str, String)>,
+    /// Random operators met without a `seed` attribute, each once (at most [`RANDOM_OPS`]).
+    unseeded_random: Vec<&'static str>,
 }
 
 /// Most values a constant may hold to be looked at as a shape (shapes have few dimensions).
@@ -254,6 +273,7 @@ const NODE_INPUT: u32 = 1;
 const NODE_OUTPUT: u32 = 2;
 const NODE_OP_TYPE: u32 = 4;
 const NODE_ATTRIBUTE: u32 = 5;
+const ATTR_NAME: u32 = 1;
 const ATTR_INTS: u32 = 8;
 const ATTR_T: u32 = 5;
 const ATTR_G: u32 = 6;
@@ -430,12 +450,14 @@ impl Walker {
         }
         let mut op: &[u8] = b"";
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-        let mut huge_attribute = false;
+        let (mut huge_attribute, mut seeded) = (false, false);
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
                 (NODE_ATTRIBUTE, Value::Bytes(b)) => {
-                    huge_attribute |= self.attribute(b, depth + 1)?;
+                    let (huge, seed) = self.attribute(b, depth + 1)?;
+                    huge_attribute |= huge;
+                    seeded |= seed;
                 }
                 (NODE_ATTRIBUTE, _) => return Err(malformed("node attribute wire type")),
                 (NODE_INPUT, Value::Bytes(s)) => inputs.push(s),
@@ -443,6 +465,12 @@ impl Walker {
                 (NODE_OP_TYPE, Value::Bytes(s)) => op = s,
                 _ => {}
             }
+        }
+        if !seeded
+            && let Some(random) = RANDOM_OPS.iter().find(|r| r.as_bytes() == op)
+            && !self.unseeded_random.contains(random)
+        {
+            self.unseeded_random.push(random);
         }
         if op == b"Constant" && huge_attribute {
             self.huge_shapes.extend(outputs.iter().map(|o| lossy(o)));
@@ -455,15 +483,18 @@ impl Walker {
         Ok(())
     }
 
-    /// Checks one `AttributeProto`; true when it holds an `INT64` tensor or an integer list
-    /// that, as a shape, has more than [`ELEMENTS_MAX`] elements (what matters for `Constant`).
-    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<bool, BackendError> {
+    /// Checks one `AttributeProto`; returns whether it holds an `INT64` tensor or an integer
+    /// list that, as a shape, has more than [`ELEMENTS_MAX`] elements (what matters for
+    /// `Constant`), and whether it is named `seed`.
+    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<(bool, bool), BackendError> {
         depth_check(depth)?;
         let mut huge_shape = false;
+        let mut seed = false;
         let mut ints = Vec::new();
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, &value) {
+                (ATTR_NAME, Value::Bytes(name)) => seed = *name == b"seed",
                 (ATTR_INTS, Value::Varint(v)) if ints.len() as u64 <= SHAPE_VALUES_MAX => {
                     ints.push(*v as i64);
                 }
@@ -502,7 +533,7 @@ impl Walker {
         }
         let ints_huge =
             ints.len() as u64 <= SHAPE_VALUES_MAX && shape_elements(&ints) > ELEMENTS_MAX;
-        Ok(huge_shape || ints_huge)
+        Ok((huge_shape || ints_huge, seed))
     }
 
     /// Checks one `TensorProto` and returns its name, and whether it is a small `INT64`
@@ -965,6 +996,47 @@ mod tests {
             identity_graph().msg(GRAPH_OUTPUT, value("z", tensor_type(8, &[]))),
         ));
         assert!(matches!(s, Err(BackendError::Load(_))), "{s:?}");
+    }
+
+    #[test]
+    fn random_operators_without_a_seed_are_flagged_once() {
+        let random = |op: &str, out: &str, seeded: bool| {
+            let mut n = W::default()
+                .bytes(1, b"x")
+                .bytes(2, out.as_bytes())
+                .bytes(4, op.as_bytes());
+            if seeded {
+                // AttributeProto { name: "seed", f: 1.0, type: FLOAT }
+                let mut seed = W::default().bytes(ATTR_NAME, b"seed");
+                seed.varint((2 << 3) | 5);
+                seed.0.extend_from_slice(&1f32.to_le_bytes());
+                n = n.msg(NODE_ATTRIBUTE, seed.int(20, 1));
+            }
+            n
+        };
+        let graph = |nodes: Vec<W>| {
+            let mut g = W::default();
+            for n in nodes {
+                g = g.msg(GRAPH_NODE, n);
+            }
+            g.msg(GRAPH_INPUT, value("x", tensor_type(1, &[Ok(2)])))
+                .msg(GRAPH_OUTPUT, value("y", tensor_type(1, &[Ok(2)])))
+        };
+        let s = check_model(&model(graph(vec![
+            random("RandomUniformLike", "a", false),
+            random("RandomNormalLike", "b", true),
+            random("RandomUniformLike", "c", false),
+            random("Bernoulli", "y", false),
+        ])))
+        .unwrap();
+        assert_eq!(
+            s.unseeded_random_ops,
+            vec!["RandomUniformLike", "Bernoulli"]
+        );
+        let seeded = check_model(&model(graph(vec![random("RandomUniformLike", "y", true)])));
+        assert_eq!(seeded.unwrap().unseeded_random_ops, Vec::<&str>::new());
+        let plain = check_model(&model(identity_graph())).unwrap();
+        assert!(plain.unseeded_random_ops.is_empty());
     }
 
     #[test]
