@@ -94,6 +94,9 @@ pub struct ChallengeSpec {
     n: u32,
     k: u32,
     m: u32,
+    /// The bases of `A`'s and `B`'s row streams, derived from the seed once.
+    base_a: u64,
+    base_b: u64,
 }
 
 impl ChallengeSpec {
@@ -110,7 +113,14 @@ impl ChallengeSpec {
         {
             return Err(ChallengeError::Sizes { n, k, m });
         }
-        Ok(Self { seed, n, k, m })
+        Ok(Self {
+            seed,
+            n,
+            k,
+            m,
+            base_a: stream_base(&seed, b'A'),
+            base_b: stream_base(&seed, b'B'),
+        })
     }
 
     /// Rows of `A` and of the product.
@@ -135,12 +145,12 @@ impl ChallengeSpec {
 
     /// Row `i` of `A` (`k` values in −8 … 7).
     pub fn a_row(&self, i: u32) -> Vec<f32> {
-        self.row(b'A', i, self.k)
+        row(self.base_a, i, self.k)
     }
 
     /// Row `t` of `B` (`m` values in −8 … 7).
     pub fn b_row(&self, t: u32) -> Vec<f32> {
-        self.row(b'B', t, self.m)
+        row(self.base_b, t, self.m)
     }
 
     /// `A`, row-major (`n × k`).
@@ -173,29 +183,34 @@ impl ChallengeSpec {
     pub fn product(&self) -> Vec<f32> {
         (0..self.n).flat_map(|i| self.product_row(i)).collect()
     }
+}
 
-    /// `len` values in −8 … 7 for row `index` of matrix `which`, from that row's own stream.
-    fn row(&self, which: u8, index: u32, len: u32) -> Vec<f32> {
-        let h = blake3::Hasher::new()
-            .update(b"crat/v1/challenge-matrix\0")
-            .update(&self.seed)
-            .update(&[which])
-            .finalize();
-        let base = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]));
-        let mut rng = SplitMix64::new(mix64(base ^ u64::from(index)));
-        let mut out = Vec::with_capacity(len as usize);
-        while out.len() < len as usize {
-            let mut bits = rng.next_u64();
-            for _ in 0..16 {
-                if out.len() == len as usize {
-                    break;
-                }
-                out.push(f32::from((bits & 0xf) as i8 - 8));
-                bits >>= 4;
+/// The base of matrix `which`'s row streams for `seed`.
+fn stream_base(seed: &[u8; 32], which: u8) -> u64 {
+    let h = blake3::Hasher::new()
+        .update(b"crat/v1/challenge-matrix\0")
+        .update(seed)
+        .update(&[which])
+        .finalize();
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or([0; 8]))
+}
+
+/// `len` values in −8 … 7 for row `index` of the matrix whose streams start at `base`, from
+/// that row's own stream.
+fn row(base: u64, index: u32, len: u32) -> Vec<f32> {
+    let mut rng = SplitMix64::new(mix64(base ^ u64::from(index)));
+    let mut out = Vec::with_capacity(len as usize);
+    while out.len() < len as usize {
+        let mut bits = rng.next_u64();
+        for _ in 0..16 {
+            if out.len() == len as usize {
+                break;
             }
+            out.push(f32::from((bits & 0xf) as i8 - 8));
+            bits >>= 4;
         }
-        out
     }
+    out
 }
 
 fn leaf(row: u32, values: &[f32]) -> [u8; 32] {

@@ -183,16 +183,9 @@ impl SamplingRates {
     /// `normal` for every deployment, `suspect` (never below the normal rate) for one a
     /// replica of which failed a validation recently.
     pub fn new(normal: Bps, suspect: Bps) -> Result<Self, RateOutOfRange> {
-        if suspect > Bps::FULL {
-            return Err(RateOutOfRange {
-                name: "validation_bps_suspect",
-            });
-        }
-        if normal > Bps::FULL {
-            return Err(RateOutOfRange {
-                name: "validation_bps",
-            });
-        }
+        let share = |rate: Bps, name| Bps::share(rate.get()).map_err(|_| RateOutOfRange { name });
+        let suspect = share(suspect, "validation_bps_suspect")?;
+        let normal = share(normal, "validation_bps")?;
         Ok(Self {
             normal,
             suspect: suspect.max(normal),
