@@ -48,6 +48,9 @@ use tokio::runtime::Runtime;
 #[global_allocator]
 static GLOBAL: crat_benches::MiMalloc = crat_benches::MiMalloc;
 
+/// The client identity in-process calls come from (the tickets they get name it).
+const BENCH_CLIENT: crat_core::id::NodeId = crat_core::id::NodeId::from_bytes([77; 32]);
+
 const TINY: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const GPU: &str = "NVIDIA GeForce RTX 3090";
 /// Nodes in every test network.
@@ -394,10 +397,13 @@ fn upload(c: &mut Criterion) {
                     let id = ModelId::of_bytes(&bytes);
                     total += rt.block_on(async {
                         let call = |call| {
-                            dispatcher.handle_client(ClientRequest {
-                                key: key.clone(),
-                                call,
-                            })
+                            dispatcher.handle_client(
+                                BENCH_CLIENT,
+                                ClientRequest {
+                                    key: key.clone(),
+                                    call,
+                                },
+                            )
                         };
                         let start = Instant::now();
                         let begin = call(ClientCall::UploadBegin {
@@ -475,7 +481,9 @@ fn leases(c: &mut Criterion) {
         n: u64,
     ) {
         for _ in 0..n {
-            let r = dispatcher.handle_client(request.clone()).await;
+            let r = dispatcher
+                .handle_client(BENCH_CLIENT, request.clone())
+                .await;
             assert!(matches!(r, DispatcherResponse::Lease(_)), "{r:?}");
         }
     }

@@ -24,6 +24,8 @@ pub fn ticket() -> Signed<Ticket> {
             expires_at_s: 600,
             nonce: [3; 16],
             audience: vec![crat_core::id::NodeId::from_bytes([4; 32])],
+            client: crat_core::id::NodeId::from_bytes([6; 32]),
+            price: crat_core::pricing::TaskPrice::FREE,
         },
         &SigningKey::from_bytes(&[5; 32]),
     )
@@ -33,12 +35,12 @@ pub fn ticket() -> Signed<Ticket> {
 pub fn infer_f32(elements: usize) -> ClientToNode {
     let values: Vec<f32> = (0..elements).map(|i| i as f32 * 0.5).collect();
     let tensor = Tensor::from_slice(&[elements as u64], &values).expect("1-D tensor is valid");
-    ClientToNode::Infer(Box::new(InferRequest {
-        task: TaskId::from_bytes([6; 16]),
-        deployment: DeploymentId::from_bytes([1; 16]),
-        ticket: ticket(),
-        inputs: vec![NamedTensor::new("input", tensor)],
-    }))
+    ClientToNode::Infer(Box::new(InferRequest::new(
+        TaskId::from_bytes([6; 16]),
+        DeploymentId::from_bytes([1; 16]),
+        ticket(),
+        vec![NamedTensor::new("input", tensor)],
+    )))
 }
 
 /// An inference request carrying `bytes` of u8 tensor data.
@@ -49,12 +51,12 @@ pub fn infer_bytes(bytes: usize) -> ClientToNode {
         vec![7u8; bytes],
     )
     .expect("1-D tensor is valid");
-    ClientToNode::Infer(Box::new(InferRequest {
-        task: TaskId::from_bytes([6; 16]),
-        deployment: DeploymentId::from_bytes([1; 16]),
-        ticket: ticket(),
-        inputs: vec![NamedTensor::new("input", tensor)],
-    }))
+    ClientToNode::Infer(Box::new(InferRequest::new(
+        TaskId::from_bytes([6; 16]),
+        DeploymentId::from_bytes([1; 16]),
+        ticket(),
+        vec![NamedTensor::new("input", tensor)],
+    )))
 }
 
 /// A valid, self-contained ONNX model of about `initializer_bytes` bytes: one `Identity` node

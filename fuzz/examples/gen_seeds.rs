@@ -17,6 +17,7 @@ use crat_core::hardware::PowerRating;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::id::{PeerAddr, SdkKey};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::pricing::TaskPrice;
 use crat_core::sign::{Signed, Ticket};
 use crat_core::strategies as s;
 use crat_core::wire::{self, Message};
@@ -128,6 +129,12 @@ fn main() {
             audience: (0..audience)
                 .map(|n| NodeId::from_bytes([n as u8 + 10; 32]))
                 .collect(),
+            client: NodeId::from_bytes([9; 32]),
+            price: TaskPrice {
+                fixed: Credits::new(2),
+                per_block: Credits::new(1),
+                block_bytes: 65_536,
+            },
         };
         let signed = Signed::sign(ticket, &dispatcher);
         let bytes = postcard::to_stdvec(&signed).unwrap();

@@ -277,7 +277,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     };
     let mut per_node: BTreeMap<NodeId, usize> = BTreeMap::new();
     for (task, _) in &tasks {
-        if let Some(row) = ledger.usage(task)? {
+        for row in ledger.usage(&dep_id, task)? {
             *per_node.entry(row.node).or_default() += 1;
         }
     }

@@ -224,6 +224,8 @@ struct DeploymentEntry {
     max_input_bytes: u64,
     replicas_wanted: u32,
     replica_rps: u32,
+    /// Whether each replica is held to `replica_rps` (per-instance plans).
+    rate_limited: bool,
     replicas: BTreeMap<NodeId, ReplicaEntry>,
     /// Nodes where the model failed to load: never placed there again.
     failed_on: BTreeSet<NodeId>,
@@ -241,6 +243,7 @@ impl DeploymentEntry {
             model: self.model,
             model_bytes: self.model_bytes,
             max_input_bytes: self.max_input_bytes,
+            rate_per_s: self.rate_limited.then_some(self.replica_rps),
         }
     }
 }
@@ -589,6 +592,7 @@ impl Dispatch {
             max_input_bytes: plan.max_input_bytes(),
             replicas_wanted,
             replica_rps,
+            rate_limited: matches!(plan, DeployPlan::PerInstance(_)),
             replicas: BTreeMap::new(),
             failed_on: BTreeSet::new(),
             state: DeploymentState::Pending,
@@ -619,6 +623,7 @@ impl Dispatch {
             max_input_bytes: plan.max_input_bytes(),
             replicas_wanted,
             replica_rps,
+            rate_limited: matches!(plan, DeployPlan::PerInstance(_)),
             replicas: BTreeMap::new(),
             failed_on: BTreeSet::new(),
             state: DeploymentState::Pending,

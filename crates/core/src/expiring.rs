@@ -123,6 +123,11 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
         Ok(())
     }
 
+    /// The value held for `key`, to change in place (its expiry stays).
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key).map(|(v, _)| v)
+    }
+
     /// The value held for `key` (expired entries may linger until the next
     /// [`forget_expired`](Self::forget_expired) or [`insert`](Self::insert)).
     pub fn get(&self, key: &K) -> Option<&V> {

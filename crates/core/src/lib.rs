@@ -30,14 +30,16 @@
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId, TaskId};
 //! use crat_core::money::Credits;
+//! use crat_core::pricing::TaskPrice;
 //! use crat_core::sign::{Signed, Ticket};
 //! use crat_core::tensor::{NamedTensor, Tensor};
 //! use crat_core::wire::{self, ClientToNode, InferRequest};
 //! use ed25519_dalek::SigningKey;
 //!
-//! // The dispatcher signs a ticket for one deployment and one node...
+//! // The dispatcher signs a ticket for one deployment, one node and one client...
 //! let dispatcher = SigningKey::from_bytes(&[1; 32]);
 //! let node = NodeId::from_key(&SigningKey::from_bytes(&[2; 32]).verifying_key());
+//! let client = NodeId::from_key(&SigningKey::from_bytes(&[7; 32]).verifying_key());
 //! let deployment = DeploymentId::from_bytes([3; 16]);
 //! let ticket = Signed::sign(
 //!     Ticket {
@@ -48,22 +50,25 @@
 //!         expires_at_s: 70,
 //!         nonce: [5; 16],
 //!         audience: vec![node],
+//!         client,
+//!         price: TaskPrice::FREE,
 //!     },
 //!     &dispatcher,
 //! );
 //! // ...the client sends a task with it straight to the node...
 //! let image = Tensor::from_slice(&[1, 1, 28, 28], &[0.5f32; 784])?;
-//! let request = ClientToNode::Infer(Box::new(InferRequest {
-//!     task: TaskId::from_bytes([6; 16]),
+//! // The request carries the digest of its inputs, which the node's receipt will name.
+//! let request = ClientToNode::Infer(Box::new(InferRequest::new(
+//!     TaskId::from_bytes([6; 16]),
 //!     deployment,
 //!     ticket,
-//!     inputs: vec![NamedTensor::new("input", image)],
-//! }));
+//!     vec![NamedTensor::new("input", image)],
+//! )));
 //! let bytes = wire::encode(&request)?;
 //! // ...and the node decodes it and checks the ticket offline.
 //! let ClientToNode::Infer(got) = wire::decode::<ClientToNode>(&bytes)? else { unreachable!() };
 //! let dispatcher_id = NodeId::from_key(&dispatcher.verifying_key());
-//! got.ticket.verify_ticket(&dispatcher_id, 30, &deployment, &node)?;
+//! got.ticket.verify_ticket(&dispatcher_id, 30, &deployment, &node, &client)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]

@@ -117,6 +117,35 @@ impl DeployPlan {
     }
 }
 
+/// What one task of a deployment costs, as a ticket carries it so that the node serving the
+/// ticket can keep its tasks within the ticket's budget: `fixed + ⌈input_bytes /
+/// block_bytes⌉ × per_block` ([`PricingParams::task_price`]; the same rule as
+/// [`PricingParams::request_cost`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TaskPrice {
+    /// Credits per task (base price and model surcharge).
+    pub fixed: Credits,
+    /// Credits per started block of input.
+    pub per_block: Credits,
+    /// Bytes per input block (0 is read as 1).
+    pub block_bytes: u64,
+}
+
+impl TaskPrice {
+    /// Tasks that cost nothing (per-instance plans: the reservation paid for them).
+    pub const FREE: Self = Self {
+        fixed: Credits::ZERO,
+        per_block: Credits::ZERO,
+        block_bytes: 1,
+    };
+
+    /// The cost of a task with `input_bytes` of input; `None` on overflow.
+    pub fn cost(&self, input_bytes: u64) -> Option<Credits> {
+        let blocks = input_bytes.div_ceil(self.block_bytes.max(1));
+        self.fixed.checked_add(self.per_block.checked_mul(blocks)?)
+    }
+}
+
 /// What a deployment will cost.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct PriceQuote {
@@ -301,7 +330,8 @@ impl PricingParams {
             })
     }
 
-    /// Credits one request costs: base + model surcharge + input blocks (rounded up).
+    /// Credits one request costs: base + model surcharge + input blocks (rounded up), that
+    /// is [`TaskPrice::cost`] of [`PricingParams::task_price`].
     pub fn request_cost(
         &self,
         model_bytes: u64,
@@ -313,12 +343,20 @@ impl PricingParams {
                 max: self.input_bytes_max,
             });
         }
-        let blocks = u128::from(input_bytes.div_ceil(self.input_block_bytes.max(1)));
-        to_credits(
-            u128::from(self.request_base_credits)
-                + u128::from(self.model_credits(model_bytes)?)
-                + blocks * u128::from(self.input_block_credits),
-        )
+        self.task_price(model_bytes)?
+            .cost(input_bytes)
+            .ok_or(PricingError::Overflow)
+    }
+
+    /// The price of one task of a model of `model_bytes`, in the form a ticket carries.
+    pub fn task_price(&self, model_bytes: u64) -> Result<TaskPrice, PricingError> {
+        let fixed =
+            u128::from(self.request_base_credits) + u128::from(self.model_credits(model_bytes)?);
+        Ok(TaskPrice {
+            fixed: to_credits(fixed)?,
+            per_block: Credits::new(self.input_block_credits),
+            block_bytes: self.input_block_bytes.max(1),
+        })
     }
 
     /// The up-front price of a per-instance plan, split into (capacity, updates).
@@ -433,6 +471,21 @@ mod tests {
             p.request_cost(0, 64 * MIB + 1),
             Err(PricingError::InputTooLarge { .. })
         ));
+        // A ticket's price gives a node the same figures.
+        let price = p.task_price(300 * MIB).unwrap();
+        for input in [0, 1, 65_536, 65_537, 1 << 20] {
+            assert_eq!(
+                price.cost(input),
+                Some(p.request_cost(300 * MIB, input).unwrap())
+            );
+        }
+        assert_eq!(TaskPrice::FREE.cost(u64::MAX), Some(Credits::ZERO));
+        let steep = TaskPrice {
+            fixed: Credits::new(1),
+            per_block: Credits::new(u64::MAX),
+            block_bytes: 1,
+        };
+        assert_eq!(steep.cost(2), None);
     }
 
     #[test]

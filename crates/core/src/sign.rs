@@ -9,12 +9,14 @@
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId};
 //! use crat_core::money::Credits;
+//! use crat_core::pricing::TaskPrice;
 //! use crat_core::sign::{Signed, Ticket, TicketError};
 //! use ed25519_dalek::SigningKey;
 //!
 //! let dispatcher = SigningKey::from_bytes(&[1; 32]);
 //! let dispatcher_id = NodeId::from_key(&dispatcher.verifying_key());
 //! let node = NodeId::from_key(&SigningKey::from_bytes(&[2; 32]).verifying_key());
+//! let client = NodeId::from_key(&SigningKey::from_bytes(&[6; 32]).verifying_key());
 //! let ticket = Ticket {
 //!     deployment: DeploymentId::from_bytes([3; 16]),
 //!     key: KeyId::from_bytes([4; 16]),
@@ -23,13 +25,20 @@
 //!     expires_at_s: 1_600,
 //!     nonce: [5; 16],
 //!     audience: vec![node],
+//!     client,
+//!     price: TaskPrice::FREE,
 //! };
 //! let signed = Signed::sign(ticket, &dispatcher);
 //! let deployment = DeploymentId::from_bytes([3; 16]);
-//! assert!(signed.verify_ticket(&dispatcher_id, 1_200, &deployment, &node).is_ok());
+//! assert!(signed.verify_ticket(&dispatcher_id, 1_200, &deployment, &node, &client).is_ok());
 //! assert!(matches!(
-//!     signed.verify_ticket(&dispatcher_id, 1_600, &deployment, &node),
+//!     signed.verify_ticket(&dispatcher_id, 1_600, &deployment, &node, &client),
 //!     Err(TicketError::Expired { .. })
+//! ));
+//! // Only the client that leased it may present it.
+//! assert!(matches!(
+//!     signed.verify_ticket(&dispatcher_id, 1_200, &deployment, &node, &node),
+//!     Err(TicketError::WrongClient { .. })
 //! ));
 //! ```
 
@@ -39,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::hardware::{HardwareInfo, PowerRating};
 use crate::id::{DeploymentId, KeyId, NodeId, PeerAddr};
 use crate::money::Credits;
+use crate::pricing::TaskPrice;
 
 /// Longest ticket lifetime a node accepts (`expires_at_s - issued_at_s`): one day.
 pub const TICKET_LIFETIME_S_MAX: u64 = 86_400;
@@ -144,7 +154,10 @@ pub struct Receipt {
     pub deployment: DeploymentId,
     /// The node that answered (the signer).
     pub node: NodeId,
-    /// [`outputs_digest`] of the outputs it returned.
+    /// [`tensors_digest`] of the inputs it ran (the request's, which the node checked): a
+    /// spot check compares answers only to the same inputs.
+    pub inputs_digest: [u8; 32],
+    /// [`tensors_digest`] of the outputs it returned.
     pub outputs_digest: [u8; 32],
 }
 
@@ -152,12 +165,63 @@ impl Signable for Receipt {
     const DOMAIN: &'static [u8] = b"crat/v1/receipt\0";
 }
 
-/// blake3 over the outputs' names, dtypes, shapes and bytes, in order: what a [`Receipt`]
-/// commits to.
-pub fn outputs_digest(outputs: &[crate::tensor::NamedTensor]) -> [u8; 32] {
+/// Why a receipt is not evidence for the answer it came with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReceiptError {
+    /// The answer came without a receipt.
+    #[error("the answer came without a receipt")]
+    Missing,
+    /// The receipt names another task, deployment or node than the one asked.
+    #[error("the receipt is for another task, deployment or node")]
+    Subject,
+    /// The receipt names other inputs than the ones sent.
+    #[error("the receipt names other inputs than the ones sent")]
+    Inputs,
+    /// The receipt names other outputs than the ones returned.
+    #[error("the receipt names other outputs than the ones returned")]
+    Outputs,
+    /// The node's signature does not verify.
+    #[error("receipt signature: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+impl Signed<Receipt> {
+    /// Checks that this receipt is `node`'s signature over exactly this answer: `task` of
+    /// `deployment`, run on inputs with digest `inputs_digest`, returning `outputs`. What a
+    /// client (or the dispatcher's canary) checks of every answer before using it: an answer
+    /// without a valid receipt is a failed attempt.
+    pub fn check_answer(
+        &self,
+        node: &NodeId,
+        task: &crate::id::TaskId,
+        deployment: &DeploymentId,
+        inputs_digest: &[u8; 32],
+        outputs: &[crate::tensor::NamedTensor],
+    ) -> Result<(), ReceiptError> {
+        let r = &self.body;
+        if r.task != *task || r.deployment != *deployment || r.node != *node {
+            return Err(ReceiptError::Subject);
+        }
+        if r.inputs_digest != *inputs_digest {
+            return Err(ReceiptError::Inputs);
+        }
+        if r.outputs_digest != tensors_digest(outputs) {
+            return Err(ReceiptError::Outputs);
+        }
+        self.verify(Some(node))?;
+        Ok(())
+    }
+}
+
+/// blake3 over named tensors' names, dtypes, shapes and bytes, in order: the digest of a
+/// task's inputs (carried by its request, usage record and receipt) and of its outputs (in
+/// the receipt). Lengths are prefixed, so two different lists never hash alike by
+/// concatenation.
+pub fn tensors_digest(tensors: &[crate::tensor::NamedTensor]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    h.update(&(outputs.len() as u64).to_le_bytes());
-    for o in outputs {
+    h.update(&(tensors.len() as u64).to_le_bytes());
+    for o in tensors {
         h.update(&(o.name.len() as u64).to_le_bytes());
         h.update(o.name.as_bytes());
         h.update(o.tensor.dtype().onnx_name().as_bytes());
@@ -190,6 +254,12 @@ pub struct Ticket {
     pub nonce: [u8; 16],
     /// The nodes that may accept it (the lease's replicas).
     pub audience: Vec<NodeId>,
+    /// The client that leased it: its transport identity. A node accepts the ticket only on
+    /// a connection from this peer, so a ticket that leaks is worth nothing to anyone else.
+    pub client: NodeId,
+    /// What one task under it costs: the node serving it keeps the tasks' total within
+    /// `credit_budget`.
+    pub price: TaskPrice,
 }
 
 impl Signable for Ticket {
@@ -235,6 +305,14 @@ pub enum TicketError {
         /// The node that checked.
         node: NodeId,
     },
+    /// Presented by another peer than the client that leased it.
+    #[error("ticket was leased by {ticket}, not by this peer ({presenter})")]
+    WrongClient {
+        /// The client the ticket names.
+        ticket: NodeId,
+        /// The peer that presented it.
+        presenter: NodeId,
+    },
     /// The audience list is longer than [`TICKET_AUDIENCE_MAX`].
     #[error("ticket audience is longer than {TICKET_AUDIENCE_MAX}")]
     Audience,
@@ -242,28 +320,31 @@ pub enum TicketError {
 
 impl Signed<Ticket> {
     /// Everything a node checks before running a task: the dispatcher's signature, the
-    /// validity window at `now_s`, the deployment, and that `node` is in the audience.
+    /// validity window at `now_s`, the deployment, that `node` is in the audience and that
+    /// `presenter` (the peer of the connection it came on) is the client that leased it.
     pub fn verify_ticket(
         &self,
         dispatcher: &NodeId,
         now_s: u64,
         deployment: &DeploymentId,
         node: &NodeId,
+        presenter: &NodeId,
     ) -> Result<&Ticket, TicketError> {
         let t = self.verify(Some(dispatcher))?;
-        t.check_claims(now_s, deployment, node)?;
+        t.check_claims(now_s, deployment, node, presenter)?;
         Ok(t)
     }
 }
 
 impl Ticket {
-    /// Everything but the signature: the validity window at `now_s`, the deployment, and
-    /// that `node` is in the audience.
+    /// Everything but the signature: the validity window at `now_s`, the deployment, that
+    /// `node` is in the audience and that `presenter` is the client.
     pub fn check_claims(
         &self,
         now_s: u64,
         deployment: &DeploymentId,
         node: &NodeId,
+        presenter: &NodeId,
     ) -> Result<(), TicketError> {
         let t = self;
         if t.audience.len() > TICKET_AUDIENCE_MAX {
@@ -292,6 +373,12 @@ impl Ticket {
         }
         if !t.audience.contains(node) {
             return Err(TicketError::WrongNode { node: *node });
+        }
+        if t.client != *presenter {
+            return Err(TicketError::WrongClient {
+                ticket: t.client,
+                presenter: *presenter,
+            });
         }
         Ok(())
     }
@@ -329,6 +416,7 @@ impl TicketVerifier {
         now_s: u64,
         deployment: &DeploymentId,
         node: &NodeId,
+        presenter: &NodeId,
     ) -> Result<&'a Ticket, TicketError> {
         let key = ticket.signature.to_bytes();
         if self.seen.get(&key) != Some(ticket) {
@@ -340,7 +428,9 @@ impl TicketVerifier {
                 self.seen.insert(key, ticket.clone());
             }
         }
-        ticket.body.check_claims(now_s, deployment, node)?;
+        ticket
+            .body
+            .check_claims(now_s, deployment, node, presenter)?;
         Ok(&ticket.body)
     }
 }
@@ -553,17 +643,66 @@ mod tests {
             expires_at_s: 2_000,
             nonce: [9; 16],
             audience: vec![node],
+            client: client(),
+            price: TaskPrice::FREE,
         }
     }
 
+    /// The client the test tickets name.
+    fn client() -> NodeId {
+        id(&key(5))
+    }
+
     const DEP: DeploymentId = DeploymentId::from_bytes([3; 16]);
+
+    #[test]
+    fn a_receipt_is_evidence_only_for_exactly_its_answer() {
+        use crate::id::TaskId;
+        use crate::tensor::{NamedTensor, Tensor};
+        let n = key(2);
+        let task = TaskId::from_bytes([7; 16]);
+        let inputs = vec![NamedTensor::new(
+            "x",
+            Tensor::from_slice(&[1], &[1.0f32]).unwrap(),
+        )];
+        let outputs = vec![NamedTensor::new(
+            "y",
+            Tensor::from_slice(&[1], &[2.0f32]).unwrap(),
+        )];
+        let body = Receipt {
+            task,
+            deployment: DEP,
+            node: id(&n),
+            inputs_digest: tensors_digest(&inputs),
+            outputs_digest: tensors_digest(&outputs),
+        };
+        let r = Signed::sign(body.clone(), &n);
+        let check = |r: &Signed<Receipt>, inputs: &[NamedTensor], outputs: &[NamedTensor]| {
+            r.check_answer(&id(&n), &task, &DEP, &tensors_digest(inputs), outputs)
+        };
+        assert_eq!(check(&r, &inputs, &outputs), Ok(()));
+        // Inputs and outputs differ from the digests in order and content.
+        assert_eq!(check(&r, &outputs, &outputs), Err(ReceiptError::Inputs));
+        assert_eq!(check(&r, &inputs, &inputs), Err(ReceiptError::Outputs));
+        assert_eq!(
+            r.check_answer(&id(&key(3)), &task, &DEP, &body.inputs_digest, &outputs),
+            Err(ReceiptError::Subject)
+        );
+        // Signed by someone else in the node's name, or tampered with after signing.
+        let mut forged = Signed::sign(body.clone(), &key(3));
+        forged.signer = id(&n);
+        assert!(matches!(
+            check(&forged, &inputs, &outputs),
+            Err(ReceiptError::Signature(_))
+        ));
+    }
 
     #[test]
     fn valid_ticket_verifies() {
         let (d, n) = (key(1), key(2));
         let s = Signed::sign(ticket(id(&n)), &d);
         assert_eq!(
-            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
             Ok(&ticket(id(&n)))
         );
     }
@@ -573,38 +712,47 @@ mod tests {
         let (d, n) = (key(1), key(2));
         let mut v = TicketVerifier::new(id(&d), 2);
         let good = Signed::sign(ticket(id(&n)), &d);
-        assert_eq!(v.verify(&good, 1_500, &DEP, &id(&n)), Ok(&good.body));
+        assert_eq!(
+            v.verify(&good, 1_500, &DEP, &id(&n), &client()),
+            Ok(&good.body)
+        );
         // Seen before: still checked for window, deployment and audience every time.
-        assert_eq!(v.verify(&good, 1_500, &DEP, &id(&n)), Ok(&good.body));
+        assert_eq!(
+            v.verify(&good, 1_500, &DEP, &id(&n), &client()),
+            Ok(&good.body)
+        );
         assert!(matches!(
-            v.verify(&good, 2_000, &DEP, &id(&n)),
+            v.verify(&good, 2_000, &DEP, &id(&n), &client()),
             Err(TicketError::Expired { .. })
         ));
         assert!(matches!(
-            v.verify(&good, 1_500, &DEP, &id(&d)),
+            v.verify(&good, 1_500, &DEP, &id(&d), &client()),
             Err(TicketError::WrongNode { .. })
         ));
         // The same signature on a tampered body is not a cache hit: it fails verification.
         let mut tampered = good.clone();
         tampered.body.credit_budget = Credits::new(1);
         assert_eq!(
-            v.verify(&tampered, 1_500, &DEP, &id(&n)),
+            v.verify(&tampered, 1_500, &DEP, &id(&n), &client()),
             Err(TicketError::Signature(SignatureError::BadSignature))
         );
         let mut tampered = good.clone();
         tampered.body.audience.push(id(&d));
-        assert!(v.verify(&tampered, 1_500, &DEP, &id(&d)).is_err());
+        assert!(
+            v.verify(&tampered, 1_500, &DEP, &id(&d), &client())
+                .is_err()
+        );
         // Another dispatcher's ticket never verifies, cached or not.
         let forged = Signed::sign(ticket(id(&n)), &key(3));
         for _ in 0..2 {
-            assert!(v.verify(&forged, 1_500, &DEP, &id(&n)).is_err());
+            assert!(v.verify(&forged, 1_500, &DEP, &id(&n), &client()).is_err());
         }
         // Bounded: more tickets than the capacity still verify.
         for i in 0..5u8 {
             let mut t = ticket(id(&n));
             t.nonce[0] = i;
             let s = Signed::sign(t, &d);
-            assert!(v.verify(&s, 1_500, &DEP, &id(&n)).is_ok());
+            assert!(v.verify(&s, 1_500, &DEP, &id(&n), &client()).is_ok());
             assert!(v.seen.len() <= 2);
         }
     }
@@ -625,7 +773,7 @@ mod tests {
             let mut s = good.clone();
             tamper(&mut s.body);
             assert_eq!(
-                s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+                s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
                 Err(TicketError::Signature(SignatureError::BadSignature))
             );
         }
@@ -633,12 +781,15 @@ mod tests {
         s.body.deployment = DeploymentId::from_bytes([8; 16]);
         let other = s.body.deployment;
         assert!(matches!(
-            s.verify_ticket(&id(&d), 1_500, &other, &id(&n)),
+            s.verify_ticket(&id(&d), 1_500, &other, &id(&n), &client()),
             Err(TicketError::Signature(SignatureError::BadSignature))
         ));
         let mut s = good;
         s.signature = Signature::from_bytes(&[0; 64]);
-        assert!(s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)).is_err());
+        assert!(
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client())
+                .is_err()
+        );
     }
 
     #[test]
@@ -647,12 +798,12 @@ mod tests {
         // Signed by someone else, who claims to be the dispatcher.
         let mut s = Signed::sign(ticket(id(&n)), &impostor);
         assert!(matches!(
-            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
             Err(TicketError::Signature(SignatureError::WrongSigner { .. }))
         ));
         s.signer = id(&d);
         assert_eq!(
-            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
             Err(TicketError::Signature(SignatureError::BadSignature))
         );
     }
@@ -662,26 +813,37 @@ mod tests {
         let (d, n) = (key(1), key(2));
         let s = Signed::sign(ticket(id(&n)), &d);
         assert!(matches!(
-            s.verify_ticket(&id(&d), 2_000, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 2_000, &DEP, &id(&n), &client()),
             Err(TicketError::Expired { .. })
         ));
         assert!(matches!(
-            s.verify_ticket(&id(&d), 999, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 999, &DEP, &id(&n), &client()),
             Err(TicketError::Window { .. })
         ));
         assert!(matches!(
-            s.verify_ticket(&id(&d), 1_500, &DeploymentId::from_bytes([1; 16]), &id(&n)),
+            s.verify_ticket(
+                &id(&d),
+                1_500,
+                &DeploymentId::from_bytes([1; 16]),
+                &id(&n),
+                &client()
+            ),
             Err(TicketError::WrongDeployment { .. })
         ));
         assert!(matches!(
-            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&key(4))),
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&key(4)), &client()),
             Err(TicketError::WrongNode { .. })
+        ));
+        // A ticket that leaked is refused from anyone but its client.
+        assert!(matches!(
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &id(&key(6))),
+            Err(TicketError::WrongClient { .. })
         ));
         let mut long = ticket(id(&n));
         long.expires_at_s = long.issued_at_s + TICKET_LIFETIME_S_MAX + 1;
         let s = Signed::sign(long, &d);
         assert!(matches!(
-            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+            s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
             Err(TicketError::Window { .. })
         ));
     }
@@ -835,7 +997,7 @@ mod tests {
                 signer: id(&d),
             };
             assert_eq!(
-                s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n)),
+                s.verify_ticket(&id(&d), 1_500, &DEP, &id(&n), &client()),
                 Err(TicketError::Signature(SignatureError::BadSignature)),
                 "domain {domain:?}"
             );
@@ -864,7 +1026,7 @@ mod tests {
             };
             assert_eq!(s.verify(None), Err(SignatureError::BadKey));
             assert_eq!(
-                s.verify_ticket(&weak, 1_500, &DEP, &id(&n)),
+                s.verify_ticket(&weak, 1_500, &DEP, &id(&n), &client()),
                 Err(TicketError::Signature(SignatureError::BadKey))
             );
         }

@@ -10,7 +10,9 @@ use crate::bps::Bps;
 use crate::hardware::{CpuInfo, GpuInfo, HardwareInfo, PowerRating};
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
-use crate::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
+use crate::pricing::{
+    DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, TaskPrice, UpdateFrequency,
+};
 use crate::sign::{BackendInfo, Receipt, Registration, Signed, Ticket};
 use crate::tensor::{DType, NamedTensor, Tensor};
 use crate::wire::*;
@@ -118,9 +120,10 @@ pub fn ticket() -> impl Strategy<Value = Ticket> {
         any::<u64>(),
         any::<[u8; 16]>(),
         vec(node_id(), 0..4),
+        (node_id(), task_price()),
     )
         .prop_map(
-            |(deployment, key, credit_budget, issued_at_s, expires_at_s, nonce, audience)| Ticket {
+            |(
                 deployment,
                 key,
                 credit_budget,
@@ -128,8 +131,28 @@ pub fn ticket() -> impl Strategy<Value = Ticket> {
                 expires_at_s,
                 nonce,
                 audience,
+                (client, price),
+            )| Ticket {
+                deployment,
+                key,
+                credit_budget,
+                issued_at_s,
+                expires_at_s,
+                nonce,
+                audience,
+                client,
+                price,
             },
         )
+}
+
+/// A task price.
+pub fn task_price() -> impl Strategy<Value = TaskPrice> {
+    (credits(), credits(), any::<u64>()).prop_map(|(fixed, per_block, block_bytes)| TaskPrice {
+        fixed,
+        per_block,
+        block_bytes,
+    })
 }
 
 /// A signed receipt (by a random key).
@@ -138,20 +161,23 @@ pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
         task_id(),
         deployment_id(),
         node_id(),
-        any::<[u8; 32]>(),
+        any::<([u8; 32], [u8; 32])>(),
         any::<[u8; 32]>(),
     )
-        .prop_map(|(task, deployment, node, outputs_digest, seed)| {
-            Signed::sign(
-                Receipt {
-                    task,
-                    deployment,
-                    node,
-                    outputs_digest,
-                },
-                &SigningKey::from_bytes(&seed),
-            )
-        })
+        .prop_map(
+            |(task, deployment, node, (inputs_digest, outputs_digest), seed)| {
+                Signed::sign(
+                    Receipt {
+                        task,
+                        deployment,
+                        node,
+                        inputs_digest,
+                        outputs_digest,
+                    },
+                    &SigningKey::from_bytes(&seed),
+                )
+            },
+        )
 }
 
 /// A ticket, really signed by a key derived from the strategy's seed.
@@ -228,14 +254,22 @@ pub fn signed_registration() -> impl Strategy<Value = Signed<Registration>> {
 }
 
 fn assignment() -> impl Strategy<Value = Assignment> {
-    (deployment_id(), model_id(), any::<u64>(), any::<u64>()).prop_map(
-        |(deployment, model, model_bytes, max_input_bytes)| Assignment {
-            deployment,
-            model,
-            model_bytes,
-            max_input_bytes,
-        },
+    (
+        deployment_id(),
+        model_id(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::option::of(any::<u32>()),
     )
+        .prop_map(
+            |(deployment, model, model_bytes, max_input_bytes, rate_per_s)| Assignment {
+                deployment,
+                model,
+                model_bytes,
+                max_input_bytes,
+                rate_per_s,
+            },
+        )
 }
 
 fn demand() -> impl Strategy<Value = Demand> {
@@ -249,14 +283,21 @@ fn usage_record() -> impl Strategy<Value = UsageRecord> {
         task_id(),
         deployment_id(),
         key_id(),
-        any::<[u8; 16]>(),
+        any::<([u8; 16], [u8; 32])>(),
         any::<(u64, u64, u64)>(),
     )
         .prop_map(
-            |(task, deployment, key, ticket_nonce, (input_bytes, output_bytes, compute_us))| {
+            |(
+                task,
+                deployment,
+                key,
+                (ticket_nonce, inputs_digest),
+                (input_bytes, output_bytes, compute_us),
+            )| {
                 UsageRecord {
                     task,
                     deployment,
+                    inputs_digest,
                     key,
                     ticket_nonce,
                     input_bytes,
@@ -515,12 +556,9 @@ pub fn client_to_node() -> impl Strategy<Value = ClientToNode> {
         vec(named_tensor(), 0..3),
     )
         .prop_map(|(task, deployment, ticket, inputs)| {
-            ClientToNode::Infer(Box::new(InferRequest {
-                task,
-                deployment,
-                ticket,
-                inputs,
-            }))
+            ClientToNode::Infer(Box::new(InferRequest::new(
+                task, deployment, ticket, inputs,
+            )))
         });
     prop_oneof![infer, Just(ClientToNode::Ping)]
 }

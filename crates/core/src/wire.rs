@@ -20,7 +20,7 @@
 //! let bytes = wire::encode(&ClientToNode::Ping)?;
 //! assert_eq!(wire::decode::<ClientToNode>(&bytes)?, ClientToNode::Ping);
 //! // A reply type cannot be read as a request... and neither can garbage.
-//! assert!(wire::decode::<ClientToNode>(&[1, 0, 0xff]).is_err());
+//! assert!(wire::decode::<ClientToNode>(&[2, 0, 0xff]).is_err());
 //! # Ok::<(), crat_core::wire::CodecError>(())
 //! ```
 
@@ -37,7 +37,7 @@ use crate::sign::{Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -158,6 +158,12 @@ pub enum ErrorCode {
     Timeout,
     /// The peer failed internally; the request may be retried elsewhere.
     Internal,
+    /// A per-instance replica is at its share of the deployment's guaranteed rate; another
+    /// replica (or a later try) may take the task.
+    RateLimited,
+    /// The ticket's credit budget does not cover this task: lease again (a new ticket carries
+    /// what is left of the allowance).
+    BudgetExhausted,
 }
 
 /// An error returned in place of a response.
@@ -219,13 +225,17 @@ pub struct Heartbeat {
     pub ready: Vec<DeploymentId>,
 }
 
-/// What one task used, reported by the node that ran it; charged once per task id.
+/// What one task used, reported by the node that ran it; charged once per (deployment, task
+/// id, inputs digest): a retry of the same task on another replica is charged once, a task id
+/// reused with other inputs is another task.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct UsageRecord {
     /// The task.
     pub task: TaskId,
     /// Its deployment.
     pub deployment: DeploymentId,
+    /// [`tensors_digest`](crate::sign::tensors_digest) of its inputs.
+    pub inputs_digest: [u8; 32],
     /// The key to charge.
     pub key: KeyId,
     /// Nonce of the ticket the task came with.
@@ -267,6 +277,11 @@ pub struct Assignment {
     pub model_bytes: u64,
     /// The plan's input limit, enforced by the node.
     pub max_input_bytes: u64,
+    /// For a per-instance plan, this replica's share of the guaranteed rate (tasks per
+    /// second, also its burst), enforced by the node: beyond it tasks are refused with
+    /// [`ErrorCode::RateLimited`]. `None` for per-request plans, whose tasks are paid one by
+    /// one.
+    pub rate_per_s: Option<u32>,
 }
 
 /// Network demand as the dispatcher sees it; nodes start their idle workload when it is low.
@@ -338,7 +353,7 @@ pub enum DispatcherReply {
     UsageAck {
         /// Newly charged.
         accepted: u32,
-        /// Already charged before (same task id).
+        /// Already charged before (same deployment, task id and inputs), or never chargeable.
         duplicates: u32,
     },
     /// Done.
@@ -615,8 +630,29 @@ pub struct InferRequest {
     pub deployment: DeploymentId,
     /// The dispatcher's permission.
     pub ticket: Signed<Ticket>,
+    /// [`tensors_digest`](crate::sign::tensors_digest) of `inputs`: the node refuses a
+    /// request whose inputs do not hash to it, and its receipt and usage record carry it.
+    pub inputs_digest: [u8; 32],
     /// Named inputs.
     pub inputs: Vec<NamedTensor>,
+}
+
+impl InferRequest {
+    /// A request for `task` with `inputs`, carrying their digest.
+    pub fn new(
+        task: TaskId,
+        deployment: DeploymentId,
+        ticket: Signed<Ticket>,
+        inputs: Vec<NamedTensor>,
+    ) -> Self {
+        Self {
+            task,
+            deployment,
+            ticket,
+            inputs_digest: crate::sign::tensors_digest(&inputs),
+            inputs,
+        }
+    }
 }
 
 /// What a client sends a node.
@@ -633,7 +669,9 @@ impl Message for ClientToNode {}
 /// A node's answer to a [`ClientToNode`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum NodeToClient {
-    /// The task's outputs.
+    /// Outputs without a receipt. Nodes of this build never send it (they answer
+    /// [`NodeToClient::Receipted`]); a client treats it as a failed attempt, because an
+    /// answer a node does not sign for cannot be checked.
     Outputs {
         /// The task.
         task: TaskId,
@@ -654,7 +692,7 @@ pub enum NodeToClient {
         outputs: Vec<NamedTensor>,
         /// Time spent computing, in microseconds.
         compute_us: u64,
-        /// The node's receipt (its digest is of `outputs`).
+        /// The node's receipt (its digests are of the request's inputs and of `outputs`).
         receipt: Box<Signed<Receipt>>,
     },
 }
@@ -675,24 +713,24 @@ mod tests {
     #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![1, 0, 0]);
+        assert_eq!(bytes, vec![2, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
-            decode::<NodeAck>(&[2, 0, 0]),
-            Err(CodecError::Version { got: 2 })
+            decode::<NodeAck>(&[1, 0, 0]),
+            Err(CodecError::Version { got: 1 })
         );
         assert_eq!(
-            decode::<NodeAck>(&[1, 0, 0, 0]),
+            decode::<NodeAck>(&[2, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[1, 0]),
+            decode::<NodeAck>(&[2, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[1, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[2, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

@@ -55,7 +55,7 @@ proptest! {
     /// Arbitrary bytes never panic the decoder, and whatever decodes re-encodes identically.
     #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let mut framed = vec![1, 0];
+        let mut framed = wire::PROTOCOL_VERSION.to_le_bytes().to_vec();
         framed.extend_from_slice(&bytes);
         if let Ok(m) = wire::decode::<crat_core::wire::ClientToNode>(&framed) {
             prop_assert_eq!(wire::encode(&m).expect("re-encode"), framed.clone());

@@ -157,7 +157,12 @@ pub struct UsageRow {
     pub uncollected: Credits,
     /// Unix seconds.
     pub at_s: u64,
+    /// The digest of the task's inputs (all zero for rows recorded before digests were).
+    pub inputs_digest: [u8; 32],
 }
+
+/// Most rows [`Ledger::usage`] returns for one task id.
+pub const USAGE_ROWS_PER_TASK_MAX: usize = 1_024;
 
 /// A node as the ledger keeps it between rounds.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -283,13 +288,16 @@ pub trait Ledger: Send + Sync + 'static {
         now_s: u64,
     ) -> Result<DeploymentRecord, LedgerError>;
 
-    /// Stores and charges usage records, once per task id: a task already stored is counted
-    /// as a duplicate and charged nothing. Each cost is taken from the deployment's
+    /// Stores and charges usage records, once per (deployment, task id, inputs digest): a
+    /// task already stored is counted as a duplicate and charged nothing (a failover's second
+    /// record), while a task id reused with other inputs is another task. Each cost is taken from the deployment's
     /// allowance; what the allowance cannot cover is recorded as uncollected. A record of an
     /// unknown deployment fails the whole call ([`LedgerError::NotFound`], nothing stored).
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError>;
-    /// A stored usage record by task id.
-    fn usage(&self, task: &TaskId) -> Result<Option<UsageRow>, LedgerError>;
+    /// The stored usage records of a task id of a deployment, one per distinct inputs, oldest
+    /// first, at most [`USAGE_ROWS_PER_TASK_MAX`].
+    fn usage(&self, deployment: &DeploymentId, task: &TaskId)
+    -> Result<Vec<UsageRow>, LedgerError>;
     /// Number of stored usage records and the credits charged for them, for a deployment
     /// (`(0, 0)` for a deployment without usage, known or not).
     fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError>;

@@ -7,17 +7,24 @@
 //! connection is re-established with capped backoff; clients keep being served meanwhile.
 //!
 //! Serving one task: the ticket is verified offline (dispatcher's signature, validity window,
-//! deployment, this node in its audience), the ticket's SDK key is checked against its rate
-//! ([`NodeConfig::key_rate`]), the inputs are validated against the model, the idle workload
-//! is stopped, the task runs through the deployment's [`Batcher`], and a usage record is
-//! queued for the dispatcher. Usage records are kept (bounded) until the dispatcher
-//! acknowledges them; when the buffer is full the node refuses new tasks with `Busy` rather
-//! than lose a record.
+//! deployment, this node in its audience, and the connection's peer is the client that leased
+//! it), the ticket's SDK key is checked against its rate ([`NodeConfig::key_rate`]), the inputs
+//! must hash to the request's digest and a task id served under the ticket before must come
+//! with the same inputs ([`NodeConfig::tasks_tracked_max`]), the inputs are validated against
+//! the model, a per-instance replica checks its share of the plan's guaranteed rate (the
+//! assignment's `rate_per_s`), the task's cost at the ticket's price is taken from the
+//! ticket's credit budget, the idle workload is stopped, the task runs through the
+//! deployment's [`Batcher`], a usage record is queued for the dispatcher, and the outputs go
+//! back with a signed [`Receipt`] naming the digests of the inputs and the outputs. Usage
+//! records are kept (bounded) until the dispatcher acknowledges them; when the buffer is full
+//! the node refuses new tasks with `Busy` rather than lose a record.
 //!
 //! Limits, each answered with a typed error rather than growth: requests in progress per
 //! client connection ([`NodeConfig::client_concurrency_max`]; more wait), tasks per SDK key
-//! (`Busy`), the model queue ([`BatchConfig::queue_len_max`], `Busy`) and unacknowledged
-//! usage ([`NodeConfig::usage_buffer_max`], `Busy`).
+//! (`Busy`), a per-instance replica's rate (`RateLimited`), a ticket's budget
+//! (`BudgetExhausted`), tickets tracked at once ([`NodeConfig::tickets_tracked_max`], `Busy`),
+//! the model queue ([`BatchConfig::queue_len_max`], `Busy`) and unacknowledged usage
+//! ([`NodeConfig::usage_buffer_max`], `Busy`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -28,16 +35,20 @@ use crat_backend::LoadedModel;
 use crat_backend::validate::validate_inputs;
 use crat_core::bps::Bps;
 use crat_core::clock::Clock;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr};
+use crat_core::expiring::{ExpiringMap, WhenFull};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, TaskId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
-use crat_core::sign::{BackendInfo, Receipt, Registration, Signed, TicketVerifier, outputs_digest};
+use crat_core::money::Credits;
+use crat_core::sign::{
+    BackendInfo, Receipt, Registration, Signed, Ticket, TicketVerifier, tensors_digest,
+};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
     Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
     USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
 };
-use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport, serve};
+use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
@@ -90,6 +101,14 @@ pub struct NodeConfig {
     pub keys_tracked_max: usize,
     /// Longest wait between dispatcher reconnection attempts. Default 30 s.
     pub reconnect_backoff_ms_max: u64,
+    /// (ticket, task id) pairs remembered with their inputs' digest until the ticket
+    /// expires, so that a task id served under a ticket is refused with other inputs (the
+    /// soonest-expiring are forgotten beyond; a forgotten task id reused with other inputs is
+    /// then served and charged as another task). Default 262,144 (about 40 MiB).
+    pub tasks_tracked_max: usize,
+    /// Tickets whose spending is tracked at once (each until it expires); a task under yet
+    /// another ticket is answered `Busy`. Default 65,536.
+    pub tickets_tracked_max: usize,
 }
 
 impl NodeConfig {
@@ -113,6 +132,8 @@ impl NodeConfig {
             }),
             keys_tracked_max: 16_384,
             reconnect_backoff_ms_max: 30_000,
+            tasks_tracked_max: 262_144,
+            tickets_tracked_max: 65_536,
         }
     }
 }
@@ -129,9 +150,22 @@ pub enum NodeError {
     Refused(WireError),
 }
 
+/// A task id under one ticket (its nonce).
+type TicketTask = ([u8; 16], TaskId);
+
+/// What the node remembers of a task served under a ticket.
+#[derive(Clone, Copy)]
+struct SeenTask {
+    inputs_digest: [u8; 32],
+    /// Its cost was taken from the ticket's budget.
+    paid: bool,
+}
+
 /// One deployment this node serves.
 struct Served {
     assignment: Assignment,
+    /// The replica's share of a per-instance deployment's guaranteed rate (one bucket).
+    rate: Option<Mutex<KeyedRateLimiter<()>>>,
     model: Arc<dyn LoadedModel>,
     batcher: Batcher,
 }
@@ -158,6 +192,10 @@ struct Inner<T: Transport> {
     tickets: Mutex<TicketVerifier>,
     /// Task rates per SDK key.
     key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
+    /// The inputs' digest of each (ticket nonce, task id) served, until the ticket expires.
+    tasks: Mutex<ExpiringMap<TicketTask, SeenTask>>,
+    /// Credits spent under each ticket (by nonce) at this node, until the ticket expires.
+    budgets: Mutex<ExpiringMap<[u8; 16], Credits>>,
     /// The origin of the rate limiter's milliseconds.
     started: Instant,
     dispatcher: RwLock<Option<T::Connection>>,
@@ -209,6 +247,8 @@ impl<T: Transport> Node<T> {
         };
         let heartbeat = config.heartbeat_interval_ms;
         let dispatcher_id = config.dispatcher_id;
+        let tasks_tracked_max = config.tasks_tracked_max.max(1);
+        let tickets_tracked_max = config.tickets_tracked_max.max(1);
         let key_rates = config
             .key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.keys_tracked_max)));
@@ -230,6 +270,8 @@ impl<T: Transport> Node<T> {
                 usage: Mutex::new(VecDeque::new()),
                 tickets: Mutex::new(TicketVerifier::new(dispatcher_id, 4096)),
                 key_rates,
+                tasks: Mutex::new(ExpiringMap::new(tasks_tracked_max)),
+                budgets: Mutex::new(ExpiringMap::new(tickets_tracked_max)),
                 started: Instant::now(),
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
@@ -284,6 +326,7 @@ impl<T: Transport> Node<T> {
                 }
             };
             let node = self.clone();
+            let client = conn.remote_id();
             tokio::spawn(serve(
                 conn,
                 Conversation::ClientNode,
@@ -291,27 +334,29 @@ impl<T: Transport> Node<T> {
                 self.inner.config.client_concurrency_max,
                 move |req: ClientToNode| {
                     let node = node.clone();
-                    async move { node.handle_client(req).await }
+                    async move { node.handle_client(client, req).await }
                 },
             ));
         }
     }
 
-    async fn handle_client(&self, req: ClientToNode) -> NodeToClient {
+    async fn handle_client(&self, client: NodeId, req: ClientToNode) -> NodeToClient {
         match req {
             ClientToNode::Ping => NodeToClient::Pong,
-            ClientToNode::Infer(req) => self.infer(*req).await,
+            ClientToNode::Infer(req) => self.infer(*req, &client).await,
         }
     }
 
-    /// Serves one task; public so a node builder can put its own front end before it.
-    pub async fn infer(&self, req: InferRequest) -> NodeToClient {
+    /// Serves one task that arrived on a connection from `client` (the peer's transport
+    /// identity, which the ticket must name); public so a node builder can put its own front
+    /// end before it.
+    pub async fn infer(&self, req: InferRequest, client: &NodeId) -> NodeToClient {
         let inner = &self.inner;
         let now = inner.clock.now_s();
         let verified = inner
             .tickets
             .lock()
-            .verify(&req.ticket, now, &req.deployment, &inner.id)
+            .verify(&req.ticket, now, &req.deployment, &inner.id, client)
             .map(|_| ());
         let ticket = match verified {
             Ok(()) => req.ticket.body.clone(),
@@ -323,6 +368,48 @@ impl<T: Transport> Node<T> {
                 return error(ErrorCode::Busy, format!("{} at this node: {e}", ticket.key));
             }
         }
+        // The task is bound to its inputs: the digest the client named (which the receipt
+        // and the usage record carry) must be theirs, and a task id served under this
+        // ticket is not served again with other inputs.
+        let inputs_digest = tensors_digest(&req.inputs);
+        if inputs_digest != req.inputs_digest {
+            return error(
+                ErrorCode::InvalidInput,
+                "the inputs do not match the request's inputs digest",
+            );
+        }
+        let task_key = (ticket.nonce, req.task);
+        // Whether the task still has to be paid for out of the ticket's budget (a retry of a
+        // task already paid for is charged once by the dispatcher, so not again here).
+        let unpaid = {
+            let mut tasks = inner.tasks.lock();
+            match tasks.get(&task_key) {
+                Some(seen) if seen.inputs_digest != inputs_digest => {
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "{} was served under this ticket with other inputs; a new task needs a new id",
+                            req.task
+                        ),
+                    );
+                }
+                Some(seen) => !seen.paid,
+                None => {
+                    // Never refuses: the soonest-expiring pair is forgotten instead.
+                    let _ = tasks.insert(
+                        task_key,
+                        SeenTask {
+                            inputs_digest,
+                            paid: false,
+                        },
+                        ticket.expires_at_s,
+                        now,
+                        WhenFull::ForgetSoonest,
+                    );
+                    true
+                }
+            }
+        };
         let Some(served) = inner.served.read().get(&req.deployment).cloned() else {
             return error(
                 ErrorCode::NotFound,
@@ -348,6 +435,28 @@ impl<T: Transport> Node<T> {
             Ok(i) => i,
             Err(e) => return error(ErrorCode::InvalidInput, e.to_string()),
         };
+        // A per-instance replica serves its share of the guaranteed rate, and no more.
+        if let Some(rate) = &served.rate {
+            let now_ms = u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if let Err(e) = rate.lock().allow(&(), now_ms) {
+                return error(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "{}: this replica's share of the guaranteed rate: {e}",
+                        req.deployment
+                    ),
+                );
+            }
+        }
+        // Tasks under a ticket cost at most its budget, at the price it names.
+        if unpaid {
+            if let Err(e) = self.spend(&ticket, input_bytes, now) {
+                return e;
+            }
+            if let Some(seen) = inner.tasks.lock().get_mut(&task_key) {
+                seen.paid = true;
+            }
+        }
         if let Some(idle) = &inner.idle {
             idle.work_arrived(now).await;
         }
@@ -377,6 +486,7 @@ impl<T: Transport> Node<T> {
         inner.usage.lock().push_back(UsageRecord {
             task: req.task,
             deployment: req.deployment,
+            inputs_digest,
             key: ticket.key,
             ticket_nonce: ticket.nonce,
             input_bytes,
@@ -389,7 +499,8 @@ impl<T: Transport> Node<T> {
                 task: req.task,
                 deployment: req.deployment,
                 node: inner.id,
-                outputs_digest: outputs_digest(&outputs),
+                inputs_digest,
+                outputs_digest: tensors_digest(&outputs),
             },
             &inner.key,
         );
@@ -398,6 +509,46 @@ impl<T: Transport> Node<T> {
             outputs,
             compute_us,
             receipt: Box::new(receipt),
+        }
+    }
+
+    /// Takes the cost of a task with `input_bytes` of input from what `ticket` may still
+    /// spend at this node, or refuses it (`BudgetExhausted`; `Busy` when too many tickets are
+    /// tracked).
+    fn spend(&self, ticket: &Ticket, input_bytes: u64, now_s: u64) -> Result<(), NodeToClient> {
+        let exhausted = |why: String| error(ErrorCode::BudgetExhausted, why);
+        let cost = ticket
+            .price
+            .cost(input_bytes)
+            .ok_or_else(|| exhausted(format!("a task of {input_bytes} input bytes")))?;
+        let mut budgets = self.inner.budgets.lock();
+        if budgets
+            .insert(
+                ticket.nonce,
+                Credits::ZERO,
+                ticket.expires_at_s,
+                now_s,
+                WhenFull::Refuse,
+            )
+            .is_err()
+        {
+            return Err(error(
+                ErrorCode::Busy,
+                "too many tickets in use at this node; try another replica",
+            ));
+        }
+        let spent = budgets
+            .get_mut(&ticket.nonce)
+            .ok_or_else(|| error(ErrorCode::Internal, "ticket budget not tracked"))?;
+        match spent.checked_add(cost) {
+            Some(total) if total <= ticket.credit_budget => {
+                *spent = total;
+                Ok(())
+            }
+            _ => Err(exhausted(format!(
+                "the ticket's budget of {} credits is spent ({} used, this task costs {cost})",
+                ticket.credit_budget, *spent
+            ))),
         }
     }
 
@@ -639,9 +790,17 @@ impl<T: Transport> Node<T> {
             }
         };
         let batcher = Batcher::spawn(model.clone(), config);
+        let rate = a.rate_per_s.map(|per_s| {
+            let limit = RateLimit {
+                per_s,
+                burst: per_s.max(1),
+            };
+            Mutex::new(KeyedRateLimiter::new(limit, 1))
+        });
         inner.served.write().insert(
             a.deployment,
             Arc::new(Served {
+                rate,
                 assignment: a,
                 model,
                 batcher,

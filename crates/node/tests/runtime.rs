@@ -132,12 +132,12 @@ async fn node_registers_fetches_serves_and_reports_usage() {
         }
     };
     let infer = |task: u8, t: Signed<Ticket>, d: DeploymentId, x: Tensor| {
-        ClientToNode::Infer(Box::new(InferRequest {
-            task: TaskId::from_bytes([task; 16]),
-            deployment: d,
-            ticket: t,
-            inputs: vec![NamedTensor::new("input", x)],
-        }))
+        ClientToNode::Infer(Box::new(InferRequest::new(
+            TaskId::from_bytes([task; 16]),
+            d,
+            t,
+            vec![NamedTensor::new("input", x)],
+        )))
     };
     let direct = backend.load(TINY).unwrap();
 

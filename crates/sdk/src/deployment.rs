@@ -7,7 +7,7 @@ use std::time::Duration;
 use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
 use crat_core::pricing::DeployPlan;
-use crat_core::sign::{Receipt, Signed, outputs_digest};
+use crat_core::sign::{Receipt, ReceiptError, Signed};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{
@@ -43,11 +43,11 @@ const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// counted in [`Stats::reports_dropped`](crate::Stats::reports_dropped)).
 const REPORTS_PENDING_MAX: usize = 16;
 
-/// One node's answer to a task.
+/// One node's answer to a task, with its receipt (checked: the node's signature over this
+/// task, these inputs and these outputs).
 struct Answer {
     outputs: Vec<NamedTensor>,
-    /// The node's receipt, when it sent one that matches the outputs.
-    receipt: Option<Box<Signed<Receipt>>>,
+    receipt: Box<Signed<Receipt>>,
 }
 
 struct Shared {
@@ -298,7 +298,9 @@ impl<T: Transport> Deployment<T> {
     /// `Busy`, `NotFound`, `NoCapacity`, `Timeout` or `Internal`, the *same* task id is sent
     /// to the next replica (the dispatcher charges a task id once); when every replica of
     /// the lease failed, the lease is renewed once (replicas may have been re-placed) and the
-    /// walk starts again. A rejected ticket renews the lease and retries. At most
+    /// walk starts again. A rejected ticket, or one whose budget cannot pay for the task
+    /// (`BudgetExhausted`), renews the lease and retries; a replica at its share of a
+    /// per-instance plan's rate (`RateLimited`) passes the task to the next. At most
     /// [`attempts_max`](crate::ClientConfig::attempts_max) node calls are made, then
     /// [`Error::NoReplica`] carries the last failure.
     ///
@@ -326,12 +328,9 @@ impl<T: Transport> Deployment<T> {
     ) -> Result<Vec<NamedTensor>, Error> {
         let config = &self.client.inner.config;
         let mut lease = self.current_lease().await?;
-        let mut message = ClientToNode::Infer(Box::new(InferRequest {
-            task,
-            deployment: self.id,
-            ticket: lease.lease.ticket.clone(),
-            inputs,
-        }));
+        let request = InferRequest::new(task, self.id, lease.lease.ticket.clone(), inputs);
+        let inputs_digest = request.inputs_digest;
+        let mut message = ClientToNode::Infer(Box::new(request));
         let frame_max = config
             .frame_limits
             .frame_bytes_max(Conversation::ClientNode);
@@ -384,20 +383,24 @@ impl<T: Transport> Deployment<T> {
                 bump(&self.counters(), |c| &c.failovers);
                 failing_over = false;
             }
-            match self.attempt(replica, task, &message).await {
+            match self.attempt(replica, task, &inputs_digest, &message).await {
                 Ok(answer) => {
                     let bps = u32::from(lease.lease.validation_bps.get());
                     if bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps {
                         return self
-                            .spot_check(task, &message, replica, answer, &lease)
+                            .spot_check(task, &inputs_digest, &message, replica, answer, &lease)
                             .await;
                     }
                     return Ok(answer.outputs);
                 }
-                Err(Error::TicketRejected(reason)) => {
+                Err(e @ (Error::TicketRejected(_) | Error::BudgetExhausted(_))) => {
                     bump(&self.counters(), |c| &c.ticket_rejections);
-                    tracing::debug!(%task, node = %replica.node, %reason, "ticket rejected");
+                    tracing::debug!(%task, node = %replica.node, error = %e, "ticket refused");
                     if ticket_renewed {
+                        if matches!(e, Error::BudgetExhausted(_)) {
+                            // A fresh ticket cannot pay either: the allowance is what it is.
+                            return Err(e);
+                        }
                         // A fresh ticket was refused too: this node is not for us any more.
                         tried += 1;
                         failing_over = true;
@@ -406,7 +409,7 @@ impl<T: Transport> Deployment<T> {
                         lease = self.renew(lease.generation).await?;
                         set_ticket(&mut message, &lease);
                     }
-                    last = Some(Error::TicketRejected(reason));
+                    last = Some(e);
                 }
                 Err(e) if e.is_failover() => {
                     tracing::debug!(%task, node = %replica.node, error = %e, "failing over");
@@ -441,6 +444,7 @@ impl<T: Transport> Deployment<T> {
     async fn spot_check(
         &self,
         task: TaskId,
+        inputs_digest: &[u8; 32],
         message: &ClientToNode,
         worker: &Replica,
         first: Answer,
@@ -466,7 +470,7 @@ impl<T: Transport> Deployment<T> {
             return Ok(first.outputs);
         };
         bump(&self.counters(), |c| &c.validations);
-        let second = match self.attempt(&validator, task, message).await {
+        let second = match self.attempt(&validator, task, inputs_digest, message).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(%task, node = %validator.node, error = %e, "validator did not answer");
@@ -487,12 +491,15 @@ impl<T: Transport> Deployment<T> {
                 worker.node, validator.node
             )));
         };
-        let third = self.attempt(&tie, task, message).await.map_err(|e| {
-            Error::Validation(format!(
-                "nodes {} and {} disagree on {task}; the third replica {} failed: {e}",
-                worker.node, validator.node, tie.node
-            ))
-        })?;
+        let third = self
+            .attempt(&tie, task, inputs_digest, message)
+            .await
+            .map_err(|e| {
+                Error::Validation(format!(
+                    "nodes {} and {} disagree on {task}; the third replica {} failed: {e}",
+                    worker.node, validator.node, tie.node
+                ))
+            })?;
         let triple = [(worker, &first), (&validator, &second), (&tie, &third)];
         if agree(&third.outputs, &first.outputs, &tol).is_ok() {
             self.report(triple, &[worker.node, tie.node]);
@@ -509,15 +516,10 @@ impl<T: Transport> Deployment<T> {
     }
 
     /// Sends a [`ValidationReport`] in the background (dropped when
-    /// [`REPORTS_PENDING_MAX`] are pending, or when a node sent no receipt).
+    /// [`REPORTS_PENDING_MAX`] are pending).
     fn report<const N: usize>(&self, answers: [(&Replica, &Answer); N], majority: &[NodeId]) {
-        let Some(receipts) = answers
-            .iter()
-            .map(|(_, a)| a.receipt.as_deref().cloned())
-            .collect::<Option<Vec<Signed<Receipt>>>>()
-        else {
-            return;
-        };
+        let receipts: Vec<Signed<Receipt>> =
+            answers.iter().map(|(_, a)| (*a.receipt).clone()).collect();
         let Ok(permit) = self.shared.reports.clone().try_acquire_owned() else {
             bump(&self.counters(), |c| &c.reports_dropped);
             return;
@@ -537,11 +539,13 @@ impl<T: Transport> Deployment<T> {
         });
     }
 
-    /// One call of `message` on `replica`.
+    /// One call of `message` (task `task`, inputs with digest `inputs_digest`) on `replica`;
+    /// an answer without a valid receipt is an error ([`Error::InvalidReceipt`]).
     async fn attempt(
         &self,
         replica: &Replica,
         task: TaskId,
+        inputs_digest: &[u8; 32],
         message: &ClientToNode,
     ) -> Result<Answer, Error> {
         let inner = &self.client.inner;
@@ -574,31 +578,26 @@ impl<T: Transport> Deployment<T> {
             }
             Ok(Ok(answer)) => answer,
         };
+        let invalid = |e: ReceiptError| {
+            bump(&self.counters(), |c| &c.receipts_invalid);
+            Err(Error::InvalidReceipt(format!("{}: {e}", replica.node)))
+        };
         match answer {
-            NodeToClient::Outputs {
-                task: answered,
-                outputs,
-                ..
-            } if answered == task => Ok(Answer {
-                outputs,
-                receipt: None,
-            }),
+            // An answer the node does not sign for cannot be checked: not an answer.
+            NodeToClient::Outputs { task: answered, .. } if answered == task => {
+                invalid(ReceiptError::Missing)
+            }
             NodeToClient::Receipted {
                 task: answered,
                 outputs,
                 receipt,
                 ..
             } if answered == task => {
-                // A receipt that does not describe this answer is worthless as evidence.
-                let matches = receipt.body.task == task
-                    && receipt.body.deployment == self.id
-                    && receipt.body.node == replica.node
-                    && receipt.signer == replica.node
-                    && receipt.body.outputs_digest == outputs_digest(&outputs);
-                Ok(Answer {
-                    outputs,
-                    receipt: matches.then_some(receipt),
-                })
+                match receipt.check_answer(&replica.node, &task, &self.id, inputs_digest, &outputs)
+                {
+                    Ok(()) => Ok(Answer { outputs, receipt }),
+                    Err(e) => invalid(e),
+                }
             }
             NodeToClient::Receipted { task: answered, .. } => Err(Error::Protocol(format!(
                 "node {} answered {answered} to {task}",

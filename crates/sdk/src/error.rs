@@ -57,6 +57,16 @@ pub enum Error {
     /// The peer failed internally ([`ErrorCode::Internal`]).
     #[error("internal error at peer: {0}")]
     Internal(String),
+    /// A per-instance replica is at its share of the deployment's guaranteed rate
+    /// ([`ErrorCode::RateLimited`]): the plan bought that rate and no more. The SDK tries the
+    /// other replicas before returning this.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
+    /// The lease's ticket cannot pay for the task ([`ErrorCode::BudgetExhausted`]). The SDK
+    /// renews the lease once (a new ticket carries what is left of the allowance) before
+    /// returning this.
+    #[error("budget exhausted: {0}")]
+    BudgetExhausted(String),
     /// An error code this SDK version does not know.
     #[error("remote error: {0}")]
     Remote(WireError),
@@ -90,6 +100,11 @@ pub enum Error {
     /// No tensor of this name is among the outputs.
     #[error("no tensor named {0:?}")]
     NoSuchTensor(String),
+    /// A node answered without a receipt, or with one that is not its signature over exactly
+    /// this task, these inputs and these outputs: the answer is discarded (it could not be
+    /// checked) and the task goes to another replica.
+    #[error("invalid receipt from node: {0}")]
+    InvalidReceipt(String),
     /// A spot-checked task got answers that disagree, and no majority of replicas agreed
     /// (or no third replica of another operator was there to decide): no result is
     /// returned rather than one that failed validation.
@@ -116,6 +131,8 @@ impl Error {
             ErrorCode::Busy => Self::Busy(m),
             ErrorCode::Timeout => Self::Timeout(m),
             ErrorCode::Internal => Self::Internal(m),
+            ErrorCode::RateLimited => Self::RateLimited(m),
+            ErrorCode::BudgetExhausted => Self::BudgetExhausted(m),
             _ => Self::Remote(e),
         }
     }
@@ -138,6 +155,8 @@ impl Error {
             Self::Busy(_) => ErrorCode::Busy,
             Self::Timeout(_) => ErrorCode::Timeout,
             Self::Internal(_) => ErrorCode::Internal,
+            Self::RateLimited(_) => ErrorCode::RateLimited,
+            Self::BudgetExhausted(_) => ErrorCode::BudgetExhausted,
             Self::Remote(e) => e.code,
             _ => return None,
         })
@@ -155,8 +174,9 @@ impl Error {
     }
 
     /// True when a node's answer (or the failure to get one) says "try another replica":
-    /// transport failures, timeouts, `Busy`, `NotFound`, `NoCapacity`, `Internal` and replies
-    /// that make no sense. Errors that are the caller's or the account's fault are not.
+    /// transport failures, timeouts, `Busy`, `RateLimited`, `NotFound`, `NoCapacity`,
+    /// `Internal`, answers
+    /// without a valid receipt and replies that make no sense. Errors that are the caller's or the account's fault are not.
     pub(crate) fn is_failover(&self) -> bool {
         match self {
             Self::Transport(TransportError::Frame(crat_transport::FrameError::TooLarge {
@@ -168,6 +188,8 @@ impl Error {
             | Self::NotFound(_)
             | Self::NoCapacity(_)
             | Self::Internal(_)
+            | Self::InvalidReceipt(_)
+            | Self::RateLimited(_)
             | Self::Protocol(_) => true,
             _ => false,
         }
@@ -211,6 +233,8 @@ mod tests {
             ErrorCode::Busy,
             ErrorCode::Timeout,
             ErrorCode::Internal,
+            ErrorCode::RateLimited,
+            ErrorCode::BudgetExhausted,
         ];
         for code in codes {
             let e = Error::from_wire(WireError::new(code, "why"));

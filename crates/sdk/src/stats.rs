@@ -18,7 +18,7 @@ pub struct Stats {
     /// Leases fetched to replace an earlier one (near expiry, after a rejected ticket, or
     /// after every replica failed).
     pub lease_renewals: u64,
-    /// Tickets a node refused.
+    /// Tickets a node refused (invalid, or without budget left for the task).
     pub ticket_rejections: u64,
     /// Tasks spot-checked on a second replica.
     pub validations: u64,
@@ -26,6 +26,8 @@ pub struct Stats {
     pub disagreements: u64,
     /// Validation reports not sent because too many were pending.
     pub reports_dropped: u64,
+    /// Answers discarded because they came without a valid receipt (each one a failover).
+    pub receipts_invalid: u64,
 }
 
 #[derive(Default)]
@@ -39,6 +41,7 @@ pub(crate) struct Counters {
     pub(crate) validations: AtomicU64,
     pub(crate) disagreements: AtomicU64,
     pub(crate) reports_dropped: AtomicU64,
+    pub(crate) receipts_invalid: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +57,7 @@ impl Counters {
             validations: get(&self.validations),
             disagreements: get(&self.disagreements),
             reports_dropped: get(&self.reports_dropped),
+            receipts_invalid: get(&self.receipts_invalid),
         }
     }
 }

@@ -12,10 +12,12 @@ use common::*;
 use crat_core::id::NodeId;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
+use crat_core::sign::{Receipt, Signed, tensors_digest};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{ClientToNode, NodeToClient, Replica};
 use crat_transport::memory::MemoryNetwork;
 use crat_transport::{Conversation, FrameLimits, Transport, serve};
+use ed25519_dalek::SigningKey;
 use futures_util::{StreamExt, stream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +30,8 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
 
     // An echo node: answers each task with its input, after a delay that varies by task so
     // answers come back out of order; records how many tasks it holds at once.
-    let node_id = NodeId::from_bytes([50; 32]);
+    let node_key = SigningKey::from_bytes(&[50; 32]);
+    let node_id = NodeId::from_key(&node_key.verifying_key());
     let node = net.bind("mem:echo", node_id).unwrap();
     let inflight = Arc::new(AtomicUsize::new(0));
     let peak = Arc::new(AtomicUsize::new(0));
@@ -37,6 +40,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
         tokio::spawn(async move {
             while let Ok(conn) = node.accept().await {
                 let (inflight, peak) = (inflight.clone(), peak.clone());
+                let node_key = node_key.clone();
                 tokio::spawn(serve(
                     conn,
                     Conversation::ClientNode,
@@ -44,6 +48,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
                     64,
                     move |req: ClientToNode| {
                         let (inflight, peak) = (inflight.clone(), peak.clone());
+                        let node_key = node_key.clone();
                         async move {
                             let ClientToNode::Infer(req) = req else {
                                 return NodeToClient::Pong;
@@ -53,10 +58,22 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
                             let delay = u64::from(req.task.as_bytes()[0] % 7);
                             tokio::time::sleep(Duration::from_millis(1 + delay)).await;
                             inflight.fetch_sub(1, Ordering::SeqCst);
-                            NodeToClient::Outputs {
+                            // Receipted, as every answer must be.
+                            let receipt = Signed::sign(
+                                Receipt {
+                                    task: req.task,
+                                    deployment: req.deployment,
+                                    node: node_id,
+                                    inputs_digest: req.inputs_digest,
+                                    outputs_digest: tensors_digest(&req.inputs),
+                                },
+                                &node_key,
+                            );
+                            NodeToClient::Receipted {
                                 task: req.task,
                                 outputs: req.inputs,
                                 compute_us: 1,
+                                receipt: Box::new(receipt),
                             }
                         }
                     },

@@ -27,7 +27,9 @@ use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
 
-async fn happy_path(plan: DeployPlan) {
+/// `n` tasks with 32 in flight; `pace_per_s` spaces their starts (a per-instance plan buys a
+/// rate, and its replicas refuse tasks beyond it).
+async fn happy_path(plan: DeployPlan, n: u32, pace_per_s: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let net = network(config(dir.path()), dir.path()).await;
     let (client, _) = client_with(&net, 1_000_000).await;
@@ -43,15 +45,15 @@ async fn happy_path(plan: DeployPlan) {
     );
 
     let local = backend().load(TINY).unwrap();
-    let n = 1_000u32;
-    let results: Vec<_> = d
-        .infer_many(
-            futures_util::stream::iter(0..n)
-                .map(|i| vec![NamedTensor::new("input", input(i % 50))]),
-            32,
-        )
-        .collect()
-        .await;
+    let interval = pace_per_s.map(|p| Duration::from_micros(1_000_000 / p.max(1)));
+    let inputs = futures_util::stream::unfold(0..n, move |mut rest| async move {
+        let i = rest.next()?;
+        if let Some(interval) = interval {
+            tokio::time::sleep(interval).await;
+        }
+        Some((vec![NamedTensor::new("input", input(i % 50))], rest))
+    });
+    let results: Vec<_> = d.infer_many(inputs, 32).collect().await;
     assert_eq!(results.len(), n as usize);
     for (i, r) in results.into_iter().enumerate() {
         let out = r.unwrap();
@@ -110,12 +112,13 @@ async fn happy_path(plan: DeployPlan) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_per_request() {
-    happy_path(per_request(100_000)).await;
+    happy_path(per_request(100_000), 1_000, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_per_instance() {
-    happy_path(per_instance()).await;
+    // 20 tasks/s bought over two replicas; sent at 16/s.
+    happy_path(per_instance(), 80, Some(16)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +169,7 @@ async fn node_killed_mid_stream_every_task_once() {
     assert_eq!(charged.get(), count * cost.get());
     let rows = tasks
         .iter()
-        .filter(|t| ledger.usage(t).unwrap().is_some())
+        .filter(|t| !ledger.usage(&d.id(), t).unwrap().is_empty())
         .count();
     assert_eq!(rows as u64, count);
     // Only tasks the killed node ran and had not reported yet can be missing.
@@ -355,12 +358,12 @@ async fn bad_input_gets_typed_errors_and_charges_nothing() {
         ("other deployment", lease.ticket.clone(), other_dep),
     ];
     for (what, ticket, deployment) in cases {
-        let req = ClientToNode::Infer(Box::new(InferRequest {
-            task: TaskId::from_bytes(rand::random()),
+        let req = ClientToNode::Infer(Box::new(InferRequest::new(
+            TaskId::from_bytes(rand::random()),
             deployment,
             ticket,
-            inputs: vec![NamedTensor::new("input", input(1))],
-        }));
+            vec![NamedTensor::new("input", input(1))],
+        )));
         let r: NodeToClient = conn
             .call(&req, Conversation::ClientNode, FrameLimits::default())
             .await

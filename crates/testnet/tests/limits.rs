@@ -74,10 +74,13 @@ async fn client_requests_over_a_keys_rate_are_busy() {
     for _ in 0..20 {
         let r = net
             .dispatcher()
-            .handle_client(ClientRequest {
-                key: alice.clone(),
-                call: ClientCall::Balance,
-            })
+            .handle_client(
+                crat_core::id::NodeId::from_bytes([7; 32]),
+                ClientRequest {
+                    key: alice.clone(),
+                    call: ClientCall::Balance,
+                },
+            )
             .await;
         assert!(matches!(r, DispatcherResponse::Balance(_)), "{r:?}");
     }
@@ -143,16 +146,11 @@ async fn a_node_over_a_keys_rate_makes_the_sdk_fail_over() {
 
     // Charged once per task, and only for tasks that ran.
     let ledger = net.dispatcher().ledger().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while ledger.usage_totals(&d.id()).unwrap().0 < tasks.len() as u64 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(ledger.usage_totals(&d.id()).unwrap().0, tasks.len() as u64);
+    let (count, _) = settled_usage(&net, &d.id(), tasks.len() as u64).await;
+    assert_eq!(count, tasks.len() as u64);
     let on_strict = tasks
         .iter()
-        .filter(|t| ledger.usage(t).unwrap().unwrap().node == strict)
+        .filter(|t| ledger.usage(&d.id(), t).unwrap()[0].node == strict)
         .count();
     assert!(
         on_strict <= 2 + 2 * 10,

@@ -77,9 +77,10 @@ fn refusal(reply: &DispatcherReply) -> (ErrorCode, &str) {
     }
 }
 
-/// A node's usage report for `tasks` of `deployment` under ticket `nonce`.
+/// A node's usage report for `tasks` (id, inputs digest) of `deployment` under ticket
+/// `nonce`.
 fn usage_report(
-    tasks: &[TaskId],
+    tasks: &[(TaskId, [u8; 32])],
     deployment: DeploymentId,
     key: &SdkKey,
     nonce: [u8; 16],
@@ -87,9 +88,10 @@ fn usage_report(
     UsageReport {
         records: tasks
             .iter()
-            .map(|t| UsageRecord {
+            .map(|(t, inputs_digest)| UsageRecord {
                 task: *t,
                 deployment,
+                inputs_digest: *inputs_digest,
                 key: key.id,
                 ticket_nonce: nonce,
                 input_bytes: 60_000,
@@ -128,12 +130,12 @@ async fn task_at(
     let addr = net.nodes.iter().find(|n| n.id() == node).unwrap().addr;
     let t = endpoint(&SigningKey::from_bytes(&rand::random()));
     let conn = t.connect(&PeerAddr::from(addr), &node).await.unwrap();
-    let req = ClientToNode::Infer(Box::new(InferRequest {
-        task: TaskId::from_bytes(rand::random()),
+    let req = ClientToNode::Infer(Box::new(InferRequest::new(
+        TaskId::from_bytes(rand::random()),
         deployment,
-        ticket: ticket.clone(),
-        inputs: vec![NamedTensor::new("input", input(1))],
-    }));
+        ticket.clone(),
+        vec![NamedTensor::new("input", input(1))],
+    )));
     conn.call(&req, Conversation::ClientNode, FrameLimits::default())
         .await
         .unwrap()
@@ -335,8 +337,9 @@ async fn usage_reported_again_is_never_charged_again() {
     let totals = ledger.usage_totals(&d.id()).unwrap();
     let rows: Vec<_> = tasks
         .iter()
-        .map(|t| ledger.usage(t).unwrap().unwrap())
+        .map(|t| ledger.usage(&d.id(), t).unwrap())
         .collect();
+    assert!(rows.iter().all(|r| r.len() == 1), "{rows:?}");
     let allowance = d.info().await.unwrap().allowance_left;
 
     // A registered node (not the one that ran them) reports the same tasks, twice over, with
@@ -353,7 +356,12 @@ async fn usage_reported_again_is_never_charged_again() {
         matches!(reply, DispatcherReply::Registered { .. }),
         "{reply:?}"
     );
-    let report = usage_report(&tasks, d.id(), &key, [0; 16]);
+    // The same tasks with the same inputs.
+    let ran: Vec<(TaskId, [u8; 32])> = rows
+        .iter()
+        .map(|r| (r[0].task, r[0].inputs_digest))
+        .collect();
+    let report = usage_report(&ran, d.id(), &key, [0; 16]);
     for _ in 0..2 {
         assert_eq!(
             report_usage(&conn, report.clone()).await,
@@ -365,7 +373,7 @@ async fn usage_reported_again_is_never_charged_again() {
     }
     assert_eq!(ledger.usage_totals(&d.id()).unwrap(), totals);
     for (t, row) in tasks.iter().zip(&rows) {
-        assert_eq!(ledger.usage(t).unwrap().as_ref(), Some(row));
+        assert_eq!(&ledger.usage(&d.id(), t).unwrap(), row);
     }
     assert_eq!(d.info().await.unwrap().allowance_left, allowance);
 
@@ -380,7 +388,9 @@ async fn usage_reported_again_is_never_charged_again() {
             .contains(&NodeId::from_key(&replayer.verifying_key()))
     );
     for nonce in [real.ticket.body.nonce, [9; 16]] {
-        let fresh: Vec<TaskId> = (0..4).map(|_| TaskId::from_bytes(rand::random())).collect();
+        let fresh: Vec<(TaskId, [u8; 32])> = (0..4)
+            .map(|_| (TaskId::from_bytes(rand::random()), [0; 32]))
+            .collect();
         let fresh = usage_report(&fresh, d.id(), &key, nonce);
         assert_eq!(
             report_usage(&conn, fresh).await,

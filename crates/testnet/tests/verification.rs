@@ -335,6 +335,7 @@ fn receipt(
             task,
             deployment,
             node,
+            inputs_digest: [1; 32],
             outputs_digest: [digest; 32],
         },
         key,
@@ -437,6 +438,15 @@ async fn validation_reports_are_checked_before_crediting() {
     let other = receipt(&keys[1], b, TaskId::from_bytes([6; 16]), dep, 1);
     assert_eq!(
         code(&send(report(vec![r(0, 1), other], vec![a, b])).await),
+        Some(ErrorCode::BadRequest)
+    );
+    // Receipts of the same task id run on other inputs: a client that sent b other inputs
+    // cannot get it failed for answering them.
+    let mut framed = r(1, 2).body;
+    framed.inputs_digest = [2; 32];
+    let framed = Signed::sign(framed, &keys[1]);
+    assert_eq!(
+        code(&send(report(vec![r(0, 1), framed, r(2, 1)], vec![a, c])).await),
         Some(ErrorCode::BadRequest)
     );
     // Another account's deployment.

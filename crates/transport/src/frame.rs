@@ -192,7 +192,8 @@ mod tests {
     #[test]
     fn encode_parse_decode() {
         let f = Frame::encode(&NodeAck::Ok, 16).unwrap();
-        assert_eq!(f.as_bytes(), &[3, 0, 0, 0, 1, 0, 0]);
+        let [v0, v1] = crat_core::wire::PROTOCOL_VERSION.to_le_bytes();
+        assert_eq!(f.as_bytes(), &[3, 0, 0, 0, v0, v1, 0]);
         let g = Frame::parse(f.as_bytes().to_vec(), 16).unwrap();
         assert_eq!(g.decode::<NodeAck>().unwrap(), NodeAck::Ok);
         assert_eq!(

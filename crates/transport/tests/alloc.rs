@@ -59,12 +59,14 @@ const CAP: u32 = 1 << 20;
 const BUDGET: usize = 64 << 10;
 
 fn hostile_frames() -> Vec<(&'static str, Vec<u8>)> {
-    let mut claims_2_32 = vec![0u8; 0];
+    let version = crat_core::wire::PROTOCOL_VERSION.to_le_bytes();
     // version, NodeToClient::Outputs, task id, then a varint claiming 2^32 outputs.
-    claims_2_32.extend_from_slice(&[1, 0, 0]);
+    let mut claims_2_32 = version.to_vec();
+    claims_2_32.push(0);
     claims_2_32.extend_from_slice(&[0; 16]);
     claims_2_32.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x10]);
-    let mut byte_claim = vec![1, 0, 2]; // version, DispatcherReply::ModelChunk
+    let mut byte_claim = version.to_vec();
+    byte_claim.push(2); // DispatcherReply::ModelChunk
     byte_claim.extend_from_slice(&[0, 0]); // offset, total
     byte_claim.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // 4 GiB of data follows...
     let framed = |body: &[u8]| {

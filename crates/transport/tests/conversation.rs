@@ -45,12 +45,12 @@ fn infer(n: u8, tensor: Tensor) -> ClientToNode {
         .new_tree(&mut runner)
         .unwrap()
         .current();
-    ClientToNode::Infer(Box::new(InferRequest {
-        task: TaskId::from_bytes([n; 16]),
-        deployment: DeploymentId::from_bytes([7; 16]),
+    ClientToNode::Infer(Box::new(InferRequest::new(
+        TaskId::from_bytes([n; 16]),
+        DeploymentId::from_bytes([7; 16]),
         ticket,
-        inputs: vec![NamedTensor::new("x", tensor)],
-    }))
+        vec![NamedTensor::new("x", tensor)],
+    )))
 }
 
 async fn conversation<T: Transport>(server: T, client: T) {

@@ -83,12 +83,12 @@ async fn thousand_concurrent_exchanges_on_one_connection() {
         let conn = conn.clone();
         tasks.push(tokio::spawn(async move {
             let t = Tensor::from_slice(&[1], &[i as f32]).unwrap();
-            let req = ClientToNode::Infer(Box::new(InferRequest {
-                task: crat_core::id::TaskId::from_bytes([0; 16]),
-                deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
-                ticket: ticket(),
-                inputs: vec![NamedTensor::new("i", t.clone())],
-            }));
+            let req = ClientToNode::Infer(Box::new(InferRequest::new(
+                crat_core::id::TaskId::from_bytes([0; 16]),
+                crat_core::id::DeploymentId::from_bytes([0; 16]),
+                ticket(),
+                vec![NamedTensor::new("i", t.clone())],
+            )));
             let reply: NodeToClient = conn.call(&req, Conversation::ClientNode, LIMITS).await?;
             match reply {
                 NodeToClient::Outputs { outputs, .. } if outputs[0].tensor == t => Ok(()),
@@ -115,6 +115,8 @@ fn ticket() -> crat_core::sign::Signed<crat_core::sign::Ticket> {
             expires_at_s: 1,
             nonce: [0; 16],
             audience: vec![],
+            client: crat_core::id::NodeId::from_bytes([0; 32]),
+            price: crat_core::pricing::TaskPrice::FREE,
         },
         &key(50),
     )
@@ -130,12 +132,12 @@ async fn sixty_four_mib_tensor_arrives_intact() {
     let len = 64usize << 20;
     let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
     let t = Tensor::new(DType::U8, vec![len as u64], data).unwrap();
-    let req = ClientToNode::Infer(Box::new(InferRequest {
-        task: crat_core::id::TaskId::from_bytes([1; 16]),
-        deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
-        ticket: ticket(),
-        inputs: vec![NamedTensor::new("big", t.clone())],
-    }));
+    let req = ClientToNode::Infer(Box::new(InferRequest::new(
+        crat_core::id::TaskId::from_bytes([1; 16]),
+        crat_core::id::DeploymentId::from_bytes([0; 16]),
+        ticket(),
+        vec![NamedTensor::new("big", t.clone())],
+    )));
     let reply: NodeToClient = conn
         .call(&req, Conversation::ClientNode, LIMITS)
         .await
@@ -312,12 +314,12 @@ async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
     for i in 0..12u8 {
         let conn = conn.clone();
         calls.push(tokio::spawn(async move {
-            let req = ClientToNode::Infer(Box::new(InferRequest {
-                task: crat_core::id::TaskId::from_bytes([i; 16]),
-                deployment: crat_core::id::DeploymentId::from_bytes([0; 16]),
-                ticket: ticket(),
-                inputs: vec![],
-            }));
+            let req = ClientToNode::Infer(Box::new(InferRequest::new(
+                crat_core::id::TaskId::from_bytes([i; 16]),
+                crat_core::id::DeploymentId::from_bytes([0; 16]),
+                ticket(),
+                vec![],
+            )));
             conn.call::<_, NodeToClient>(&req, Conversation::ClientNode, LIMITS)
                 .await
         }));

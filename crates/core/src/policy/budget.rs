@@ -1,7 +1,7 @@
-//! What a lease's ticket may spend.
+//! What a lease's ticket may spend, and at what price per task.
 
 use crate::money::Credits;
-use crate::pricing::DeployPlan;
+use crate::pricing::{DeployPlan, PricingParams, TaskPrice};
 
 /// Why no ticket may be issued for a deployment now.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +46,28 @@ pub fn ticket_budget(
     }
 }
 
+/// The price per task a ticket names, which the node serving it charges against the
+/// ticket's budget: a per-request plan's tasks cost what [`PricingParams::task_price`] says
+/// for its model (the price the dispatcher charges usage at); when today's prices cannot price
+/// the model, every task costs `per_request_max` (what usage is then charged, see
+/// [`usage::admit`](super::usage::admit)). A per-instance plan's tasks cost nothing: the
+/// reservation paid for them, and the node holds them to the plan's rate instead.
+pub fn ticket_price(
+    plan: &DeployPlan,
+    pricing: &PricingParams,
+    model_bytes: u64,
+    per_request_max: Credits,
+) -> TaskPrice {
+    match plan {
+        DeployPlan::PerInstance(_) => TaskPrice::FREE,
+        DeployPlan::PerRequest(_) => pricing.task_price(model_bytes).unwrap_or(TaskPrice {
+            fixed: per_request_max,
+            per_block: Credits::ZERO,
+            block_bytes: 1,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +106,32 @@ mod tests {
         assert_eq!(
             ticket_budget(&per_instance, Credits::ZERO, Credits::new(9), 10, 110),
             Err(BudgetError::ReservationEnded { ended_at_s: 110 })
+        );
+    }
+
+    #[test]
+    fn a_ticket_names_the_price_usage_is_charged_at() {
+        let pricing = PricingParams::default();
+        let per_request = DeployPlan::PerRequest(PerRequestPlan {
+            max_input_bytes: 1 << 20,
+            credit_allowance: Credits::new(50),
+        });
+        let price = ticket_price(&per_request, &pricing, 1 << 20, Credits::new(9));
+        for input in [0, 1, 100_000, 1 << 20] {
+            assert_eq!(price.cost(input), pricing.request_cost(1 << 20, input).ok());
+        }
+        // A model today's tiers cannot price: every task at the quoted maximum.
+        let unpriced = ticket_price(&per_request, &pricing, u64::MAX, Credits::new(9));
+        assert_eq!(unpriced.cost(12_345), Some(Credits::new(9)));
+        let per_instance = DeployPlan::PerInstance(PerInstancePlan {
+            guaranteed_rps: 1,
+            max_input_bytes: 1_000,
+            update_frequency: UpdateFrequency::Never,
+            key_lifetime_s: 100,
+        });
+        assert_eq!(
+            ticket_price(&per_instance, &pricing, 1 << 20, Credits::new(9)),
+            TaskPrice::FREE
         );
     }
 }

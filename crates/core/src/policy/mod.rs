@@ -20,6 +20,7 @@
 //! use crat_core::id::{DeploymentId, KeyId, NodeId};
 //! use crat_core::money::Credits;
 //! use crat_core::policy::tickets::IssuedTickets;
+//! use crat_core::pricing::TaskPrice;
 //! use crat_core::sign::Ticket;
 //!
 //! let node = NodeId::from_bytes([7; 32]);
@@ -32,6 +33,8 @@
 //!     expires_at_s: 300,
 //!     nonce: [3; 16],
 //!     audience: vec![node],
+//!     client: NodeId::from_bytes([9; 32]),
+//!     price: TaskPrice::FREE,
 //! };
 //! let mut issued = IssuedTickets::new(1_000);
 //! issued.insert(0, &ticket, 300 + 3_600)?;

@@ -10,7 +10,9 @@
 //!
 //! # Security
 //! The receipts are signed by the nodes, so a client cannot invent an answer for a node, and a
-//! task is credited once. Which answers *agreed* is the client's word: digests cannot be
+//! task is credited once. Each receipt names the digest of the inputs its node ran, and a
+//! report counts only when every receipt names the same inputs, so a client cannot send
+//! different inputs to different replicas and report the honest one as disagreeing. Which answers *agreed* is the client's word: digests cannot be
 //! compared within a tolerance, so only reports inconsistent on their face are refused (a node
 //! outside the majority whose digest equals a majority node's, receipts of one operator, nodes
 //! that are not the deployment's warm replicas, a task reported twice). A client lying about
@@ -42,6 +44,11 @@ pub enum ReportError {
     /// The receipts name different tasks or deployments.
     #[error("receipts of different tasks")]
     DifferentTasks,
+    /// The receipts name different inputs: the replicas were not asked the same question, so
+    /// their answers say nothing about each other (a client could otherwise frame an honest
+    /// node by sending it other inputs under the same task id).
+    #[error("receipts of different inputs")]
+    DifferentInputs,
     /// Two receipts of one node.
     #[error("two receipts of {0}")]
     DuplicateNode(NodeId),
@@ -94,7 +101,7 @@ pub struct ReportVerdict {
 }
 
 /// Checks `report` against the deployment's warm `replicas` (node, operator): signatures,
-/// one task, distinct nodes and operators, a real majority, no identical answers on both
+/// one task with one set of inputs, distinct nodes and operators, a real majority, no identical answers on both
 /// sides (see the [module docs](self)).
 pub fn check_report(
     report: &ValidationReport,
@@ -108,6 +115,9 @@ pub fn check_report(
         r.verify(Some(&r.body.node)).map_err(ReportError::Receipt)?;
         if r.body.task != task || r.body.deployment != deployment {
             return Err(ReportError::DifferentTasks);
+        }
+        if r.body.inputs_digest != receipts[0].body.inputs_digest {
+            return Err(ReportError::DifferentInputs);
         }
         if nodes.contains(&r.body.node) {
             return Err(ReportError::DuplicateNode(r.body.node));
@@ -320,6 +330,7 @@ mod tests {
                 task: TaskId::from_bytes([task; 16]),
                 deployment: DeploymentId::from_bytes([9; 16]),
                 node: node(signer),
+                inputs_digest: [task; 32],
                 outputs_digest: [digest; 32],
             },
             &key(signer),
@@ -386,6 +397,18 @@ mod tests {
                 &[1, 2]
             )),
             Err(ReportError::IdenticalDisagreeing)
+        );
+        // The same task id run on other inputs: the answers cannot be compared, so the
+        // "disagreeing" replica is not failed (a client framing an honest node).
+        let mut framed = receipt(3, 5, 7);
+        framed.body.inputs_digest = [1; 32];
+        let framed = Signed::sign(framed.body, &key(3));
+        assert_eq!(
+            check(report(
+                vec![receipt(1, 5, 0), receipt(2, 5, 0), framed],
+                &[1, 2]
+            )),
+            Err(ReportError::DifferentInputs)
         );
         // A receipt signed by another key than its node's.
         let mut forged = receipt(2, 5, 0);

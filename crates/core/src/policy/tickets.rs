@@ -102,6 +102,8 @@ mod tests {
                 .iter()
                 .map(|b| NodeId::from_bytes([*b; 32]))
                 .collect(),
+            client: NodeId::from_bytes([0; 32]),
+            price: crate::pricing::TaskPrice::FREE,
         }
     }
 

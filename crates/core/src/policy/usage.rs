@@ -3,7 +3,11 @@
 //! A node reports the tasks it ran; the dispatcher decides per record, from facts it looked
 //! up (is the task a canary, does the ticket name this node, is the deployment ours), whether
 //! it is charged. Duplicates (a task charged before) are the ledger's to find: it charges
-//! once per task.
+//! once per (deployment, task id, inputs digest).
+//!
+//! A record is never charged for more input than the deployment's plan admits: an honest node
+//! refuses larger inputs, so a record above the plan's `max_input_bytes` is a node inflating
+//! its usage and is refused.
 
 use crate::money::Credits;
 use crate::pricing::{DeployPlan, PricingParams};
@@ -41,7 +45,8 @@ pub enum Admission {
     Charge(Credits),
     /// Nothing to charge, and never worth retrying.
     Ignore(IgnoreReason),
-    /// The ticket does not let this node charge this deployment.
+    /// The ticket does not let this node charge this deployment, or the record claims more
+    /// input than the plan admits.
     Refuse,
 }
 
@@ -72,7 +77,7 @@ pub fn admit(record: &UsageRecord, facts: UsageFacts, pricing: &PricingParams) -
     let Some(d) = facts.deployment else {
         return Admission::Ignore(IgnoreReason::UnknownDeployment);
     };
-    if !facts.ticket_allows {
+    if !facts.ticket_allows || record.input_bytes > d.plan.max_input_bytes() {
         return Admission::Refuse;
     }
     Admission::Charge(match d.plan {
@@ -95,6 +100,7 @@ mod tests {
             deployment: DeploymentId::from_bytes([2; 16]),
             key: KeyId::from_bytes([3; 16]),
             ticket_nonce: [4; 16],
+            inputs_digest: [5; 32],
             input_bytes,
             output_bytes: 10,
             compute_us: 5,
@@ -131,9 +137,13 @@ mod tests {
             admit(&record(1_000), facts(Some(per_request)), &pricing),
             Admission::Charge(expected)
         );
-        // An input today's prices refuse is charged at the quoted maximum.
+        // An input the plan admits but today's prices refuse is charged at the quoted maximum.
+        let huge = terms(DeployPlan::PerRequest(PerRequestPlan {
+            max_input_bytes: u64::MAX >> 2,
+            credit_allowance: Credits::new(1_000_000),
+        }));
         assert_eq!(
-            admit(&record(u64::MAX >> 2), facts(Some(per_request)), &pricing),
+            admit(&record(u64::MAX >> 2), facts(Some(huge)), &pricing),
             Admission::Charge(Credits::new(123))
         );
         let per_instance = terms(DeployPlan::PerInstance(PerInstancePlan {
@@ -176,5 +186,14 @@ mod tests {
             ..facts(Some(d))
         };
         assert_eq!(admit(&record(1), foreign, &pricing), Admission::Refuse);
+        // Inflated input sizes: over the plan's limit is a lie, not a bigger bill.
+        assert_eq!(
+            admit(&record(4_096), facts(Some(d)), &pricing),
+            Admission::Charge(pricing.request_cost(d.model_bytes, 4_096).expect("priced"))
+        );
+        assert_eq!(
+            admit(&record(4_097), facts(Some(d)), &pricing),
+            Admission::Refuse
+        );
     }
 }

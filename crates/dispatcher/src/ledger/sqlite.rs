@@ -16,7 +16,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 use super::{
     AccountName, DeploymentRecord, KeyRecord, Ledger, LedgerError, ModelRecord, NodeRecord,
-    RoundRecord, UsageCharge, UsageOutcome, UsageRow,
+    RoundRecord, USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
 };
 
 /// How long a statement waits for another process's lock before failing.
@@ -125,6 +125,31 @@ const MIGRATIONS: &[&str] = &[
         inputs_json TEXT NOT NULL,
         outcome_json TEXT NOT NULL
     ) STRICT;
+    ",
+    // 2: usage is keyed by (deployment, task, inputs digest): a task id reused with other
+    // inputs is another task, a retry of the same task is not. Rows recorded before carry the
+    // all-zero digest (their inputs were not recorded).
+    "
+    CREATE TABLE usage_by_inputs (
+        deployment BLOB NOT NULL REFERENCES deployments(id),
+        task BLOB NOT NULL CHECK (length(task) = 16),
+        inputs_digest BLOB NOT NULL CHECK (length(inputs_digest) = 32),
+        key BLOB NOT NULL,
+        node BLOB NOT NULL,
+        input_bytes INTEGER NOT NULL,
+        output_bytes INTEGER NOT NULL,
+        compute_us INTEGER NOT NULL,
+        charged INTEGER NOT NULL CHECK (charged >= 0),
+        uncollected INTEGER NOT NULL CHECK (uncollected >= 0),
+        at_s INTEGER NOT NULL,
+        PRIMARY KEY (deployment, task, inputs_digest)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO usage_by_inputs
+        SELECT deployment, task, zeroblob(32), key, node, input_bytes, output_bytes,
+               compute_us, charged, uncollected, at_s
+        FROM usage;
+    DROP TABLE usage;
+    ALTER TABLE usage_by_inputs RENAME TO usage;
     ",
 ];
 
@@ -897,9 +922,9 @@ impl Ledger for SqliteLedger {
                 let inserted = tx
                     .prepare_cached(
                         "INSERT INTO usage (task, deployment, key, node, input_bytes,
-                             output_bytes, compute_us, charged, uncollected, at_s)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-                         ON CONFLICT(task) DO NOTHING",
+                             output_bytes, compute_us, charged, uncollected, at_s, inputs_digest)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                         ON CONFLICT(deployment, task, inputs_digest) DO NOTHING",
                     )
                     .db()?
                     .execute(params![
@@ -913,6 +938,7 @@ impl Ledger for SqliteLedger {
                         to_i64(charge.get(), "charge")?,
                         to_i64(uncollected.get(), "uncollected")?,
                         at_s,
+                        r.inputs_digest.as_slice(),
                     ])
                     .db()?;
                 if inserted == 0 {
@@ -954,26 +980,39 @@ impl Ledger for SqliteLedger {
         })
     }
 
-    fn usage(&self, task: &TaskId) -> Result<Option<UsageRow>, LedgerError> {
+    fn usage(
+        &self,
+        deployment: &DeploymentId,
+        task: &TaskId,
+    ) -> Result<Vec<UsageRow>, LedgerError> {
         self.read(|tx| {
             let mut stmt = tx
                 .prepare_cached(
-                    "SELECT task, deployment, node, charged, uncollected, at_s FROM usage
-                     WHERE task = ?1",
+                    "SELECT task, deployment, node, charged, uncollected, at_s, inputs_digest
+                     FROM usage WHERE deployment = ?1 AND task = ?2
+                     ORDER BY at_s, inputs_digest LIMIT ?3",
                 )
                 .db()?;
-            let mut rows = stmt.query([task.as_bytes().as_slice()]).db()?;
-            let Some(row) = rows.next().db()? else {
-                return Ok(None);
-            };
-            Ok(Some(UsageRow {
-                task: TaskId::from_bytes(bytes_at(row, 0, "task id")?),
-                deployment: DeploymentId::from_bytes(bytes_at(row, 1, "deployment id")?),
-                node: NodeId::from_bytes(bytes_at(row, 2, "node id")?),
-                charged: Credits::new(u64_at(row, 3, "charged")?),
-                uncollected: Credits::new(u64_at(row, 4, "uncollected")?),
-                at_s: u64_at(row, 5, "at_s")?,
-            }))
+            let mut rows = stmt
+                .query(params![
+                    deployment.as_bytes().as_slice(),
+                    task.as_bytes().as_slice(),
+                    USAGE_ROWS_PER_TASK_MAX as i64
+                ])
+                .db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(UsageRow {
+                    task: TaskId::from_bytes(bytes_at(row, 0, "task id")?),
+                    deployment: DeploymentId::from_bytes(bytes_at(row, 1, "deployment id")?),
+                    node: NodeId::from_bytes(bytes_at(row, 2, "node id")?),
+                    charged: Credits::new(u64_at(row, 3, "charged")?),
+                    uncollected: Credits::new(u64_at(row, 4, "uncollected")?),
+                    at_s: u64_at(row, 5, "at_s")?,
+                    inputs_digest: bytes_at(row, 6, "inputs digest")?,
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -1370,6 +1409,7 @@ mod tests {
                 deployment: dep_id(dep),
                 key: key_id(1),
                 ticket_nonce: [0; 16],
+                inputs_digest: [0; 32],
                 input_bytes: 100,
                 output_bytes: 10,
                 compute_us: 500,
@@ -1462,7 +1502,7 @@ mod tests {
         assert_eq!(ledger.key(&key_id(1)).unwrap().unwrap().account, a);
         assert_eq!(ledger.model(&model_id()).unwrap().unwrap().bytes, 1000);
         assert_eq!(
-            ledger.usage(&task(1)).unwrap().unwrap().charged,
+            ledger.usage(&dep_id(1), &task(1)).unwrap()[0].charged,
             Credits::new(5)
         );
         let mode: String = ledger
@@ -1698,11 +1738,79 @@ mod tests {
                 .allowance_left,
             Credits::new(70)
         );
-        let row = ledger.usage(&task(1)).unwrap().unwrap();
+        let rows = ledger.usage(&dep_id(1), &task(1)).unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
         assert_eq!(row.at_s, 30);
         assert_eq!(row.deployment, dep_id(1));
         assert_eq!(ledger.income(0, 100).unwrap(), Credits::new(30));
         assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn a_task_id_is_charged_once_per_distinct_inputs() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 100);
+        ledger
+            .create_deployment(&per_request(&a, 1, 100, 20))
+            .unwrap();
+        let with_inputs = |digest: u8, at_s: u64| {
+            let mut c = charge(1, 1, 10, at_s);
+            c.record.inputs_digest = [digest; 32];
+            c
+        };
+        // Three inputs under one task id, and a failover's second record of the first.
+        let out = ledger
+            .charge_usage(&[
+                with_inputs(1, 30),
+                with_inputs(2, 31),
+                with_inputs(3, 32),
+                with_inputs(1, 33),
+            ])
+            .unwrap();
+        assert_eq!((out.accepted, out.duplicates), (3, 1));
+        assert_eq!(out.charged, Credits::new(30));
+        let rows = ledger.usage(&dep_id(1), &task(1)).unwrap();
+        let digests: Vec<[u8; 32]> = rows.iter().map(|r| r.inputs_digest).collect();
+        assert_eq!(digests, vec![[1; 32], [2; 32], [3; 32]]);
+        assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn usage_recorded_before_input_digests_survives_the_migration() {
+        let (_dir, path) = temp();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO accounts VALUES ('alice', 0, 1);
+                 INSERT INTO keys VALUES (x'01010101010101010101010101010101', 'alice',
+                     zeroblob(32), 1, NULL, NULL);
+                 INSERT INTO models VALUES (zeroblob(32), 10, 'alice', 1);
+                 INSERT INTO deployments VALUES (x'02020202020202020202020202020202', 'alice',
+                     x'01010101010101010101010101010101', zeroblob(32), 10, '{}', '{}', 0, 1,
+                     NULL);
+                 INSERT INTO usage VALUES (x'03030303030303030303030303030303',
+                     x'02020202020202020202020202020202', x'01010101010101010101010101010101',
+                     zeroblob(32), 7, 8, 9, 4, 0, 5);",
+            )
+            .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        assert_eq!(
+            ledger.schema_version().unwrap(),
+            SqliteLedger::current_schema_version()
+        );
+        let rows = ledger
+            .usage(
+                &DeploymentId::from_bytes([2; 16]),
+                &TaskId::from_bytes([3; 16]),
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].inputs_digest, [0; 32]);
+        assert_eq!((rows[0].charged, rows[0].at_s), (Credits::new(4), 5));
     }
 
     #[test]
@@ -1721,7 +1829,7 @@ mod tests {
             .unwrap();
         assert_eq!(out.charged, Credits::new(25));
         assert_eq!(out.uncollected, Credits::new(5));
-        let row = ledger.usage(&task(3)).unwrap().unwrap();
+        let row = ledger.usage(&dep_id(1), &task(3)).unwrap().remove(0);
         assert_eq!(
             (row.charged, row.uncollected),
             (Credits::new(5), Credits::new(5))
@@ -1753,7 +1861,7 @@ mod tests {
             .charge_usage(&[charge(1, 1, 10, 30), charge(9, 2, 10, 30)])
             .unwrap_err();
         assert!(matches!(err, LedgerError::NotFound(_)), "{err}");
-        assert!(ledger.usage(&task(1)).unwrap().is_none());
+        assert!(ledger.usage(&dep_id(1), &task(1)).unwrap().is_empty());
         assert_eq!(ledger.usage_totals(&dep_id(1)).unwrap(), (0, Credits::ZERO));
         assert_eq!(
             ledger

@@ -18,6 +18,9 @@
 //! - Agreement: nothing is recorded. `validations_ok` pays CRAT for correct validations of
 //!   *other* nodes' work (`docs/economics.md`, rule 11); answering a canary correctly is doing one's
 //!   own work, which is paid by the round's income, not by validation CRAT.
+//! - An answer without a receipt, or with one that is not the node's signature over exactly
+//!   this task, these inputs and these outputs, counts as a disagreement: clients treat it as
+//!   a failed attempt, so a node that withholds receipts is caught like a cheater.
 //! - An error or timeout is inconclusive and not recorded (a busy node answers `Busy` to
 //!   clients too, and uptime already prices unavailability).
 //!
@@ -39,8 +42,8 @@ use std::time::Duration;
 use crat_backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
-use crat_core::policy::budget::ticket_budget;
-use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
+use crat_core::policy::budget::{ticket_budget, ticket_price};
+use crat_core::sign::{ReceiptError, Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{CHUNK_BYTES_MAX, ClientToNode, InferRequest, NodeToClient, Replica};
@@ -360,6 +363,13 @@ impl<T: Transport> Dispatcher<T> {
                 .take(TICKET_AUDIENCE_MAX)
                 .map(|r| r.node)
                 .collect(),
+            client: state.transport.local_id(),
+            price: ticket_price(
+                &dep.plan,
+                &self.inner.config.pricing,
+                dep.model_bytes,
+                dep.price.per_request_max,
+            ),
         };
         let task = TaskId::from_bytes(new_id());
         // Never refuses: the oldest canary is forgotten instead.
@@ -367,12 +377,10 @@ impl<T: Transport> Dispatcher<T> {
             .tasks
             .lock()
             .insert(task, (), u64::MAX, 0, WhenFull::ForgetSoonest);
-        let request = ClientToNode::Infer(Box::new(InferRequest {
-            task,
-            deployment: dep.id,
-            ticket: Signed::sign(ticket, &self.inner.key),
-            inputs,
-        }));
+        let request =
+            InferRequest::new(task, dep.id, Signed::sign(ticket, &self.inner.key), inputs);
+        let inputs_digest = request.inputs_digest;
+        let request = ClientToNode::Infer(Box::new(request));
         let conn = self.canary_conn(state, replica).await?;
         let timeout = Duration::from_millis(config.timeout_ms);
         let answer = tokio::time::timeout(
@@ -392,26 +400,38 @@ impl<T: Transport> Dispatcher<T> {
             }
             Err(_) => return Err(format!("no answer within {timeout:?}")),
         };
-        let (answered, outputs) = match answer {
+        let (outputs, receipt) = match answer {
+            NodeToClient::Receipted {
+                task: t,
+                outputs,
+                receipt,
+                ..
+            } if t == task => (outputs, Some(receipt)),
+            // An answer without a receipt cannot be checked by a client: as a client's
+            // would, the canary counts it as a failed answer (a node that withholds receipts
+            // is caught like one that returns junk).
             NodeToClient::Outputs {
                 task: t, outputs, ..
+            } if t == task => (outputs, None),
+            // Outputs for another task are a wrong answer to this one.
+            NodeToClient::Outputs { .. } | NodeToClient::Receipted { .. } | NodeToClient::Pong => {
+                return Ok(false);
             }
-            | NodeToClient::Receipted {
-                task: t, outputs, ..
-            } => (t, outputs),
-            NodeToClient::Pong => return Ok(false),
             NodeToClient::Error(e) => return Err(e.to_string()),
         };
-        match answered {
-            t if t == task => match agree(&outputs, &expected, &config.tolerance) {
-                Ok(()) => Ok(true),
-                Err(d) => {
-                    tracing::warn!(deployment = %dep.id, node = %replica.node, disagreement = %d, "canary failed");
-                    Ok(false)
-                }
-            },
-            // Outputs for another task are a wrong answer to this one.
-            _ => Ok(false),
+        let evidence = receipt
+            .ok_or(ReceiptError::Missing)
+            .and_then(|r| r.check_answer(&replica.node, &task, &dep.id, &inputs_digest, &outputs));
+        if let Err(e) = evidence {
+            tracing::warn!(deployment = %dep.id, node = %replica.node, error = %e, "canary answered without a valid receipt");
+            return Ok(false);
+        }
+        match agree(&outputs, &expected, &config.tolerance) {
+            Ok(()) => Ok(true),
+            Err(d) => {
+                tracing::warn!(deployment = %dep.id, node = %replica.node, disagreement = %d, "canary failed");
+                Ok(false)
+            }
         }
     }
 

@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, SdkKey};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey};
 use crat_core::money::Credits;
-use crat_core::policy::budget::ticket_budget;
+use crat_core::policy::budget::{ticket_budget, ticket_price};
 use crat_core::policy::keys::{KeyStanding, check_key};
 use crat_core::policy::reports::{check_report, report_subject};
 use crat_core::pricing::DeployPlan;
@@ -73,17 +73,22 @@ impl<T: Transport> Dispatcher<T> {
         Ok(record)
     }
 
-    /// Answers one client request (also usable in-process, e.g. by benchmarks). Not subject
-    /// to [`DispatcherConfig::client_key_rate`], which guards the network path.
-    pub async fn handle_client(&self, req: ClientRequest) -> DispatcherResponse {
-        self.client(req, false)
+    /// Answers one request of the client whose transport identity is `client` (the peer
+    /// its tickets will name; also usable in-process, e.g. by benchmarks). Not subject to
+    /// [`DispatcherConfig::client_key_rate`], which guards the network path.
+    pub async fn handle_client(&self, client: NodeId, req: ClientRequest) -> DispatcherResponse {
+        self.client(client, req, false)
             .await
             .unwrap_or_else(|e| DispatcherResponse::Error(e.into()))
     }
 
     /// A client request from the network: rate-limited per key.
-    pub(super) async fn handle_remote_client(&self, req: ClientRequest) -> DispatcherResponse {
-        self.client(req, true)
+    pub(super) async fn handle_remote_client(
+        &self,
+        client: NodeId,
+        req: ClientRequest,
+    ) -> DispatcherResponse {
+        self.client(client, req, true)
             .await
             .unwrap_or_else(|e| DispatcherResponse::Error(e.into()))
     }
@@ -103,6 +108,7 @@ impl<T: Transport> Dispatcher<T> {
 
     async fn client(
         &self,
+        client: NodeId,
         req: ClientRequest,
         rate_limited: bool,
     ) -> Result<DispatcherResponse, Refusal> {
@@ -171,7 +177,7 @@ impl<T: Transport> Dispatcher<T> {
                 Ok(DispatcherResponse::Ok)
             }
             ClientCall::Lease { deployment } => self
-                .lease(&key, &deployment, now)
+                .lease(&key, &deployment, client, now)
                 .map(DispatcherResponse::Lease),
             ClientCall::Balance => {
                 let account = key.account.clone();
@@ -334,8 +340,14 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// Issues a lease: the warm replicas, a ticket for them (remembered, so that usage is
-    /// charged only under it) and the sampling rate.
-    fn lease(&self, key: &KeyRecord, id: &DeploymentId, now: u64) -> Result<Lease, Refusal> {
+    /// charged only under it) that only `client` may present, and the sampling rate.
+    fn lease(
+        &self,
+        key: &KeyRecord,
+        id: &DeploymentId,
+        client: NodeId,
+        now: u64,
+    ) -> Result<Lease, Refusal> {
         let d = self.owned_deployment(key, id)?;
         let budget = ticket_budget(
             &d.plan,
@@ -356,6 +368,13 @@ impl<T: Transport> Dispatcher<T> {
             expires_at_s: now.saturating_add(config.ticket_lifetime_s),
             nonce: new_id(),
             audience: replicas.iter().map(|r| r.node).collect(),
+            client,
+            price: ticket_price(
+                &d.plan,
+                &config.pricing,
+                d.model_bytes,
+                d.price.per_request_max,
+            ),
         };
         let forget_at_s = ticket.expires_at_s.saturating_add(config.usage_grace_s);
         if self

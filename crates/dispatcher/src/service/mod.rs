@@ -441,7 +441,7 @@ impl<T: Transport> Dispatcher<T> {
             }
             _ => {
                 let reply = match frame.decode::<ClientRequest>() {
-                    Ok(req) => self.handle_remote_client(req).await,
+                    Ok(req) => self.handle_remote_client(remote, req).await,
                     Err(e) => DispatcherResponse::Error(err(ErrorCode::BadRequest, e.to_string())),
                 };
                 respond(first, &reply, max).await;
@@ -455,7 +455,7 @@ impl<T: Transport> Dispatcher<T> {
             self.inner.config.concurrency_max,
             move |req: ClientRequest| {
                 let me = me.clone();
-                async move { me.handle_remote_client(req).await }
+                async move { me.handle_remote_client(remote, req).await }
             },
         )
         .await;

@@ -13,6 +13,7 @@ use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
+use crat_core::pricing::TaskPrice;
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{
@@ -55,6 +56,7 @@ pub fn assignment(d: DeploymentId, model: &[u8]) -> Assignment {
         model: ModelId::of_bytes(model),
         model_bytes: model.len() as u64,
         max_input_bytes: 1 << 20,
+        rate_per_s: None,
     }
 }
 
@@ -165,6 +167,13 @@ pub fn ticket_for(
             expires_at_s,
             nonce: [4; 16],
             audience: vec![node],
+            // The test clients' identity (see `Harness::client`).
+            client: NodeId::from_bytes([3; 32]),
+            price: TaskPrice {
+                fixed: Credits::new(1),
+                per_block: Credits::ZERO,
+                block_bytes: 1,
+            },
         },
         signer,
     )
@@ -307,12 +316,12 @@ pub fn infer(
 ) -> ClientToNode {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&task.to_le_bytes());
-    ClientToNode::Infer(Box::new(InferRequest {
-        task: TaskId::from_bytes(id),
+    ClientToNode::Infer(Box::new(InferRequest::new(
+        TaskId::from_bytes(id),
         deployment,
         ticket,
-        inputs: vec![NamedTensor::new("input", x)],
-    }))
+        vec![NamedTensor::new("input", x)],
+    )))
 }
 
 /// One call on `conn`.

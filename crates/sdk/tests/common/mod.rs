@@ -17,7 +17,7 @@ use crat_core::clock::Clock;
 use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey};
 use crat_core::money::{Credits, MicroUsd};
-use crat_core::pricing::{DeployPlan, PriceQuote};
+use crat_core::pricing::{DeployPlan, PriceQuote, TaskPrice};
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::Tensor;
 use crat_core::wire::{
@@ -145,7 +145,8 @@ impl Fake {
         })
     }
 
-    pub fn handle_client(&self, req: ClientRequest) -> DispatcherResponse {
+    /// Answers `req` from the client with transport identity `client`.
+    pub fn handle_client(&self, client: NodeId, req: ClientRequest) -> DispatcherResponse {
         if req.key != sdk_key() {
             return Self::err(ErrorCode::Unauthenticated, "unknown key");
         }
@@ -277,6 +278,8 @@ impl Fake {
                         expires_at_s: now + s.ticket_lifetime_s,
                         nonce,
                         audience,
+                        client,
+                        price: TaskPrice::FREE,
                     },
                     &dispatcher_key(),
                 );
@@ -307,6 +310,7 @@ impl Fake {
                 model: *model,
                 model_bytes: s.models[model].len() as u64,
                 max_input_bytes: plan.max_input_bytes(),
+                rate_per_s: None,
             })
             .collect();
         out.sort_by_key(|a| a.deployment);
@@ -413,13 +417,14 @@ pub fn start_dispatcher(
     tokio::spawn(async move {
         while let Ok(conn) = clients.accept().await {
             let f = f.clone();
+            let client = conn.remote_id();
             tokio::spawn(serve(
                 conn,
                 Conversation::ClientDispatcher,
                 FrameLimits::default(),
                 64,
                 move |req: ClientRequest| {
-                    let answer = f.handle_client(req);
+                    let answer = f.handle_client(client, req);
                     async move { answer }
                 },
             ));

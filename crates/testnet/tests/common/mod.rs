@@ -125,3 +125,74 @@ pub async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> Dis
     .await
     .unwrap()
 }
+
+/// Waits (10 s at most) until `count` usage records of `deployment` reached the ledger, and
+/// 300 ms more for any that should not come; returns the totals then.
+pub async fn settled_usage(
+    net: &LocalNetwork,
+    deployment: &crat_core::id::DeploymentId,
+    count: u64,
+) -> (u64, Credits) {
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while ledger.usage_totals(deployment).unwrap().0 < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "usage {:?} of {count}",
+            ledger.usage_totals(deployment)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ledger.usage_totals(deployment).unwrap()
+}
+
+/// A client written by hand: its own endpoint and identity, connected to the dispatcher, so
+/// the tickets of the leases it fetches name it and it can present them to nodes directly.
+pub struct RawClient {
+    /// Its endpoint.
+    pub transport: QuicTransport,
+    dispatcher: crat_transport::quic::QuicConnection,
+    key: SdkKey,
+}
+
+impl RawClient {
+    /// A new identity, connected to `net`'s dispatcher, calling with `key`.
+    pub async fn new(net: &LocalNetwork, key: &SdkKey) -> Self {
+        let transport = QuicTransport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &SigningKey::from_bytes(&rand::random()),
+            loopback_quic(),
+        )
+        .unwrap();
+        let dispatcher = transport
+            .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+            .await
+            .unwrap();
+        Self {
+            transport,
+            dispatcher,
+            key: key.clone(),
+        }
+    }
+
+    /// A lease of `deployment`.
+    pub async fn lease(&self, deployment: crat_core::id::DeploymentId) -> crat_core::wire::Lease {
+        let answer: DispatcherResponse = self
+            .dispatcher
+            .call(
+                &ClientRequest {
+                    key: self.key.clone(),
+                    call: ClientCall::Lease { deployment },
+                },
+                Conversation::ClientDispatcher,
+                FrameLimits::default(),
+            )
+            .await
+            .unwrap();
+        match answer {
+            DispatcherResponse::Lease(lease) => lease,
+            other => panic!("no lease: {other:?}"),
+        }
+    }
+}

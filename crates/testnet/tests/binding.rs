@@ -1,0 +1,263 @@
+#![allow(clippy::unwrap_used)]
+//! Tasks are bound to their inputs, and answers to their receipts (issue 13, items 3 and 6),
+//! end to end: a real dispatcher, tract nodes, loopback QUIC and a real SQLite ledger.
+//!
+//! - A task is charged once per (deployment, task id, inputs digest): one task id sent with
+//!   100 different inputs is 100 tasks; a node refuses a task id it served under the same
+//!   ticket with other inputs, and inputs that do not hash to the request's digest.
+//! - Receipts are mandatory: a node that answers without one has its answers discarded by the
+//!   SDK (the task fails over and is charged once), and the dispatcher's canaries count its
+//!   answers as failures, so it is excluded like a node returning junk.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+use crat_core::id::{NodeId, PeerAddr, TaskId};
+use crat_core::tensor::NamedTensor;
+use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient};
+use crat_dispatcher::DispatcherConfig;
+use crat_testnet::{NodeSpec, loopback_quic};
+use crat_transport::quic::QuicTransport;
+use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
+use ed25519_dalek::SigningKey;
+
+fn task_cost() -> u64 {
+    DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap()
+        .get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_task_id_with_other_inputs_is_another_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.canary.interval_ms = 0;
+    let net = network(cfg, dir.path()).await;
+    let (client, key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+
+    // A client that sends every request under one task id, each under a fresh lease, spread
+    // over the replicas: once charged per task id, it would pay for one.
+    let task = TaskId::from_bytes([42; 16]);
+    let me = RawClient::new(&net, &key).await;
+    let mut conns = HashMap::new();
+    let mut last_lease = None;
+    for i in 0..100u32 {
+        let lease = me.lease(d.id()).await;
+        let replica = lease.replicas[i as usize % lease.replicas.len()].clone();
+        if let std::collections::hash_map::Entry::Vacant(e) = conns.entry(replica.node) {
+            e.insert(
+                me.transport
+                    .connect(&replica.addrs[0], &replica.node)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let req = ClientToNode::Infer(Box::new(InferRequest::new(
+            task,
+            d.id(),
+            lease.ticket.clone(),
+            vec![NamedTensor::new("input", input(i))],
+        )));
+        let r: NodeToClient = conns[&replica.node]
+            .call(&req, Conversation::ClientNode, FrameLimits::default())
+            .await
+            .unwrap();
+        assert!(
+            matches!(r, NodeToClient::Receipted { .. }),
+            "task {i}: {r:?}"
+        );
+        last_lease = Some((lease, replica));
+    }
+    let (lease, replica) = last_lease.unwrap();
+    let conn = &conns[&replica.node];
+    let call = |req: InferRequest| async move {
+        conn.call::<_, NodeToClient>(
+            &ClientToNode::Infer(Box::new(req)),
+            Conversation::ClientNode,
+            FrameLimits::default(),
+        )
+        .await
+        .unwrap()
+    };
+    // Under the ticket it was just served with, the task id is refused with other inputs...
+    let reused = InferRequest::new(
+        task,
+        d.id(),
+        lease.ticket.clone(),
+        vec![NamedTensor::new("input", input(1_000))],
+    );
+    let r = call(reused).await;
+    assert!(
+        matches!(r, NodeToClient::Error(ref e) if e.code == ErrorCode::BadRequest),
+        "{r:?}"
+    );
+    // ...and served again with the same ones (a retry).
+    let retry = InferRequest::new(
+        task,
+        d.id(),
+        lease.ticket.clone(),
+        vec![NamedTensor::new("input", input(99))],
+    );
+    assert!(matches!(call(retry).await, NodeToClient::Receipted { .. }));
+    // Inputs that are not the ones the digest names are refused.
+    let mut lying = InferRequest::new(
+        TaskId::from_bytes(rand::random()),
+        d.id(),
+        lease.ticket.clone(),
+        vec![NamedTensor::new("input", input(5))],
+    );
+    lying.inputs_digest = [7; 32];
+    let r = call(lying).await;
+    assert!(
+        matches!(r, NodeToClient::Error(ref e) if e.code == ErrorCode::InvalidInput),
+        "{r:?}"
+    );
+    // The ticket is this client's: presented by anyone else it is refused.
+    let stranger = RawClient::new(&net, &key).await.transport;
+    let r: NodeToClient = stranger
+        .connect(&replica.addrs[0], &replica.node)
+        .await
+        .unwrap()
+        .call(
+            &ClientToNode::Infer(Box::new(InferRequest::new(
+                TaskId::from_bytes(rand::random()),
+                d.id(),
+                lease.ticket.clone(),
+                vec![NamedTensor::new("input", input(6))],
+            ))),
+            Conversation::ClientNode,
+            FrameLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, NodeToClient::Error(ref e) if e.code == ErrorCode::TicketRejected),
+        "{r:?}"
+    );
+
+    // 100 tasks, 100 charges; the retry was charged with the first run of its inputs.
+    let (count, charged) = settled_usage(&net, &d.id(), 100).await;
+    assert_eq!(count, 100);
+    assert_eq!(charged.get(), 100 * task_cost());
+    let ledger = net.dispatcher().ledger().clone();
+    assert_eq!(ledger.usage(&d.id(), &task).unwrap().len(), 100);
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.replicas = 4;
+    cfg.dispatch.caught_max = 1;
+    cfg.canary.interval_ms = 100;
+    let mut net = network(cfg, dir.path()).await;
+
+    // The withholder: a real node behind a front end (with the node's own identity, at the
+    // address it advertises) that strips the receipt from every answer.
+    let key = SigningKey::from_bytes(&rand::random());
+    let withholder = NodeId::from_key(&key.verifying_key());
+    let front = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &key, loopback_quic()).unwrap();
+    let front_addr = PeerAddr::from(front.socket_addr());
+    let spec = NodeSpec {
+        gpu: Some("NVIDIA GeForce RTX 3090".into()),
+        backend: backend(),
+        batch_size: 1,
+    };
+    net.add_node_keyed(spec, key, move |c| c.advertise_addrs = vec![front_addr])
+        .unwrap();
+    let node = net.nodes.last().unwrap().node.clone();
+    tokio::spawn(async move {
+        while let Ok(conn) = front.accept().await {
+            let node = node.clone();
+            let client = conn.remote_id();
+            tokio::spawn(serve(
+                conn,
+                Conversation::ClientNode,
+                FrameLimits::default(),
+                64,
+                move |req: ClientToNode| {
+                    let node = node.clone();
+                    async move {
+                        let ClientToNode::Infer(req) = req else {
+                            return NodeToClient::Pong;
+                        };
+                        match node.infer(*req, &client).await {
+                            NodeToClient::Receipted {
+                                task,
+                                outputs,
+                                compute_us,
+                                ..
+                            } => NodeToClient::Outputs {
+                                task,
+                                outputs,
+                                compute_us,
+                            },
+                            other => other,
+                        }
+                    }
+                },
+            ));
+        }
+    });
+    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
+
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(
+        net.dispatcher()
+            .ready_replicas(&d.id())
+            .contains(&withholder)
+    );
+
+    // Every task gets an answer (from an honest replica when the withholder was asked
+    // first), and is charged once although two nodes ran it.
+    let tasks: Vec<TaskId> = (0..40)
+        .map(|_| TaskId::from_bytes(rand::random()))
+        .collect();
+    for (i, t) in tasks.iter().enumerate() {
+        d.infer_task(*t, vec![NamedTensor::new("input", input(i as u32))])
+            .await
+            .unwrap();
+    }
+    let stats = d.stats();
+    assert!(stats.receipts_invalid > 0, "{stats:?}");
+    assert!(stats.failovers >= stats.receipts_invalid, "{stats:?}");
+    let ledger = net.dispatcher().ledger().clone();
+    let (count, charged) = settled_usage(&net, &d.id(), tasks.len() as u64).await;
+    assert_eq!(count, tasks.len() as u64);
+    assert_eq!(charged.get(), count * task_cost());
+
+    // The canaries see answers without receipts as failures: excluded like a cheater.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while net.dispatcher().excluded_until(&withholder).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "withholder not excluded: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, failed) = ledger.validations(&withholder, start, u64::MAX).unwrap();
+    assert!(failed >= 1, "{failed}");
+    for n in net.nodes.iter().filter(|n| n.id() != withholder) {
+        assert_eq!(ledger.validations(&n.id(), start, u64::MAX).unwrap().1, 0);
+    }
+    assert!(
+        !net.dispatcher()
+            .ready_replicas(&d.id())
+            .contains(&withholder)
+    );
+    net.shutdown();
+}
