@@ -176,7 +176,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
                 &SigningKey::from_bytes(&rand::random()),
                 QuicConfig::default(),
             )?,
-            reference: Arc::new(TractBackend::new()),
+            references: vec![Arc::new(TractBackend::new())],
         };
         let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;
         println!("dispatcher {} listening on {listen}", dispatcher.id());
