@@ -61,10 +61,10 @@ pub struct DispatcherConfig {
     pub key_cache_ms: u64,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
     pub tick_ms: u64,
-    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`]).
+    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`](super::CanaryParts)).
     pub canary: CanaryConfig,
     /// The determinism gate run on a model at deploy time (on the reference backends of the
-    /// [`CanaryParts`], with [`CanaryConfig::tolerance`]).
+    /// [`CanaryParts`](super::CanaryParts), with [`CanaryConfig::tolerance`]).
     pub gate: GateConfig,
     /// Share of tasks clients spot-check on a second replica (sent in every lease), in
     /// basis points. Default 100 (1 %). At most 10,000.

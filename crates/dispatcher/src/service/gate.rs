@@ -387,6 +387,23 @@ mod tests {
         assert_eq!(judge(TINY, &[tract(), tract()]), Verifiability::Verifiable);
     }
 
+    /// Tract and ONNX Runtime agree on the tiny CNN within the tolerance (skipped where the
+    /// ONNX Runtime library is not found: `ORT_DYLIB_PATH`).
+    #[cfg(feature = "ort")]
+    #[test]
+    fn the_tiny_cnn_is_verifiable_on_tract_and_onnx_runtime() {
+        use crat_backend::ort::{OrtBackend, OrtConfig};
+        let ort = match OrtBackend::new(&OrtConfig::default()) {
+            Ok(ort) => ort,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                return;
+            }
+        };
+        let ort: Arc<dyn InferenceBackend> = Arc::new(ort);
+        assert_eq!(judge(TINY, &[tract(), ort]), Verifiability::Verifiable);
+    }
+
     #[test]
     fn a_random_operator_is_unverifiable_without_running() {
         let counting = fake(|| 1.0);
