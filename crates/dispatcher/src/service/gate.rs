@@ -452,8 +452,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_models_time_out_and_verdicts_are_remembered() {
+        // Two runs of 1 s each: the slot stays taken well after the 100 ms limit.
         let slow: Arc<dyn InferenceBackend> = fake(|| {
-            std::thread::sleep(Duration::from_millis(300));
+            std::thread::sleep(Duration::from_millis(1_000));
             1.0
         });
         let config = GateConfig {
