@@ -29,7 +29,8 @@
 //! images, say) and the source address (the dispatcher's host). A production network sends
 //! canaries from varied addresses and may replay recorded client inputs; the spot checks
 //! between nodes do not have this weakness. Models larger than
-//! [`CanaryConfig::model_bytes_max`] are not canaried.
+//! [`CanaryConfig::model_bytes_max`] are not canaried, nor deployments the determinism gate
+//! found unverifiable ([`super::gate`]): their honest answers can disagree with the reference.
 
 use std::collections::HashMap;
 use std::sync::Arc;
