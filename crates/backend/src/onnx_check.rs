@@ -74,6 +74,19 @@ pub struct ModelSummary {
     /// one repeats only within one session of one runtime: it is not flagged here, but it is
     /// not deterministic across nodes either.)
     pub unseeded_random_ops: Vec<&'static str>,
+    /// Random operators ([`RANDOM_OPS`]) used with a `seed` attribute, each named once, in
+    /// the order first met. A seed makes one session of one runtime repeat its stream, not
+    /// two runtimes (tract and ONNX Runtime draw differently) nor two sessions that have
+    /// served different numbers of tasks: honest replicas still disagree.
+    pub seeded_random_ops: Vec<&'static str>,
+}
+
+impl ModelSummary {
+    /// Whether the model uses any random operator, seeded or not: its answers cannot be
+    /// checked by recomputing them on another node.
+    pub fn uses_random_ops(&self) -> bool {
+        !self.unseeded_random_ops.is_empty() || !self.seeded_random_ops.is_empty()
+    }
 }
 
 /// The ONNX operators that draw random numbers (each takes an optional `seed` attribute).
@@ -157,6 +170,7 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
         info: ModelInfo { inputs, outputs },
         undeclared_output_shapes: undeclared,
         unseeded_random_ops: walker.unseeded_random,
+        seeded_random_ops: walker.seeded_random,
     })
 }
 
@@ -231,6 +245,8 @@ struct Walker {
     shape_operands: Vec<(&'static str, String)>,
     /// Random operators met without a `seed` attribute, each once (at most [`RANDOM_OPS`]).
     unseeded_random: Vec<&'static str>,
+    /// Random operators met with a `seed` attribute, each once (at most [`RANDOM_OPS`]).
+    seeded_random: Vec<&'static str>,
 }
 
 /// Most values a constant may hold to be looked at as a shape (shapes have few dimensions).
@@ -466,11 +482,15 @@ impl Walker {
                 _ => {}
             }
         }
-        if !seeded
-            && let Some(random) = RANDOM_OPS.iter().find(|r| r.as_bytes() == op)
-            && !self.unseeded_random.contains(random)
-        {
-            self.unseeded_random.push(random);
+        if let Some(random) = RANDOM_OPS.iter().find(|r| r.as_bytes() == op) {
+            let met = if seeded {
+                &mut self.seeded_random
+            } else {
+                &mut self.unseeded_random
+            };
+            if !met.contains(random) {
+                met.push(random);
+            }
         }
         if op == b"Constant" && huge_attribute {
             self.huge_shapes.extend(outputs.iter().map(|o| lossy(o)));
@@ -1033,10 +1053,16 @@ mod tests {
             s.unseeded_random_ops,
             vec!["RandomUniformLike", "Bernoulli"]
         );
-        let seeded = check_model(&model(graph(vec![random("RandomUniformLike", "y", true)])));
-        assert_eq!(seeded.unwrap().unseeded_random_ops, Vec::<&str>::new());
+        assert_eq!(s.seeded_random_ops, vec!["RandomNormalLike"]);
+        assert!(s.uses_random_ops());
+        let seeded =
+            check_model(&model(graph(vec![random("RandomUniformLike", "y", true)]))).unwrap();
+        assert_eq!(seeded.unseeded_random_ops, Vec::<&str>::new());
+        assert_eq!(seeded.seeded_random_ops, vec!["RandomUniformLike"]);
+        assert!(seeded.uses_random_ops());
         let plain = check_model(&model(identity_graph())).unwrap();
         assert!(plain.unseeded_random_ops.is_empty());
+        assert!(!plain.uses_random_ops());
     }
 
     #[test]

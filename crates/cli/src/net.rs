@@ -168,15 +168,22 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
         // Canary tasks go out from a second endpoint with a throwaway identity (nodes must
-        // not tell them from client tasks); tract computes the expected answers.
+        // not tell them from client tasks); tract computes the expected answers. The
+        // determinism gate runs each model on tract and, where it loads, ONNX Runtime (CPU).
         let canary_addr = SocketAddr::new(listen.ip(), 0);
+        let mut references: Vec<Arc<dyn crat_backend::InferenceBackend>> =
+            vec![Arc::new(TractBackend::new())];
+        match crat_backend::ort::OrtBackend::new(&crat_backend::ort::OrtConfig::default()) {
+            Ok(ort) => references.push(Arc::new(ort)),
+            Err(e) => println!("determinism gate on tract only: {e}"),
+        }
         let canary = CanaryParts {
             transport: QuicTransport::bind(
                 canary_addr,
                 &SigningKey::from_bytes(&rand::random()),
                 QuicConfig::default(),
             )?,
-            reference: Arc::new(TractBackend::new()),
+            references,
         };
         let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;
         println!("dispatcher {} listening on {listen}", dispatcher.id());

@@ -468,6 +468,19 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }
 
+/// Every [`Verifiability`].
+pub fn verifiability() -> impl Strategy<Value = Verifiability> {
+    proptest::sample::select(vec![
+        Verifiability::Verifiable,
+        Verifiability::Unverifiable(Unverifiable::RandomOperator),
+        Verifiability::Unverifiable(Unverifiable::Nondeterministic),
+        Verifiability::Unverifiable(Unverifiable::BackendsDisagree),
+        Verifiability::Unverifiable(Unverifiable::TimedOut),
+        Verifiability::Unverifiable(Unverifiable::TooLarge),
+        Verifiability::Unverifiable(Unverifiable::NotRunnable),
+    ])
+}
+
 /// Every [`DispatcherResponse`] variant.
 pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
     let state = proptest::sample::select(vec![
@@ -484,9 +497,19 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         any::<(u32, u32)>(),
         quote(),
         credits(),
+        verifiability(),
     )
         .prop_map(
-            |(id, model, plan, state, (replicas_ready, replicas_wanted), price, allowance_left)| {
+            |(
+                id,
+                model,
+                plan,
+                state,
+                (replicas_ready, replicas_wanted),
+                price,
+                allowance_left,
+                verifiability,
+            )| {
                 DeploymentInfo {
                     id,
                     model,
@@ -496,6 +519,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                     replicas_wanted,
                     price,
                     allowance_left,
+                    verifiability,
                 }
             },
         );

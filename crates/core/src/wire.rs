@@ -438,6 +438,76 @@ pub struct DeploymentInfo {
     pub price: PriceQuote,
     /// Credits left in a per-request allowance (0 for per-instance plans).
     pub allowance_left: Credits,
+    /// Whether its answers can be checked: the verdict of the dispatcher's determinism gate,
+    /// fixed at deploy time.
+    pub verifiability: Verifiability,
+}
+
+/// Whether a deployment's answers can be checked by recomputing them (canaries, spot checks):
+/// the verdict of the dispatcher's determinism gate on its model, fixed when it is deployed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Verifiability {
+    /// The model uses no random operator and gave the same answers (within the validation
+    /// tolerance) twice on each of the dispatcher's reference backends, and on all of them
+    /// alike. Canaries and spot checks count: a node whose answer disagrees fails a
+    /// validation.
+    Verifiable,
+    /// The model's answers cannot be checked: honest replicas could disagree. The dispatcher
+    /// sends it no canary, leases sample no task for a spot check (`validation_bps` 0), and no
+    /// validation counts against a node for it. The client gets unverified answers.
+    Unverifiable(Unverifiable),
+}
+
+impl Verifiability {
+    /// Whether canaries and spot checks count for the deployment.
+    pub fn is_verifiable(self) -> bool {
+        self == Self::Verifiable
+    }
+}
+
+impl fmt::Display for Verifiability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Verifiable => f.write_str("verifiable"),
+            Self::Unverifiable(why) => write!(f, "unverifiable: {why}"),
+        }
+    }
+}
+
+/// Why a model's answers cannot be checked.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Unverifiable {
+    /// The model uses a random operator (`RandomUniform`, `RandomNormal`, their `Like`
+    /// forms, `Multinomial`, `Bernoulli`): without a seed its answers differ from run to run;
+    /// with one they still differ between runtimes and between sessions of one runtime.
+    /// Decided from the model's operators, without running it.
+    RandomOperator,
+    /// Two runs of the model on the same inputs on one reference backend disagreed.
+    Nondeterministic,
+    /// Two reference backends (say tract and ONNX Runtime) disagreed on the same inputs, so
+    /// honest nodes on different backends would too.
+    BackendsDisagree,
+    /// The gate's runs did not finish within its time limit.
+    TimedOut,
+    /// The model, or the inputs it declares, are above the gate's size limits.
+    TooLarge,
+    /// No reference backend could load and run the model on generated inputs (an operator
+    /// or an input type it does not support).
+    NotRunnable,
+}
+
+impl fmt::Display for Unverifiable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::RandomOperator => "the model uses a random operator",
+            Self::Nondeterministic => "two runs on the same inputs disagreed",
+            Self::BackendsDisagree => "two reference backends disagreed on the same inputs",
+            Self::TimedOut => "the determinism check ran out of time",
+            Self::TooLarge => "the model or its inputs are above the determinism check's limits",
+            Self::NotRunnable => "no reference backend could run the model",
+        })
+    }
 }
 
 /// One replica a client may call.

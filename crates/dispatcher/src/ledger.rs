@@ -16,7 +16,7 @@
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::pricing::{DeployPlan, PriceQuote};
-use crat_core::wire::UsageRecord;
+use crat_core::wire::{UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
@@ -114,6 +114,10 @@ pub struct DeploymentRecord {
     pub created_at_s: u64,
     /// Unix seconds it was stopped at, if it was.
     pub stopped_at_s: Option<u64>,
+    /// Whether canaries and spot checks count for it: the determinism gate's verdict on its
+    /// model when it was deployed (deployments stored before the gate existed read as
+    /// verifiable).
+    pub verifiability: Verifiability,
 }
 
 /// One task to charge: a node's usage record with the cost the dispatcher priced it at.

@@ -17,7 +17,11 @@
 //!   `validations_failed` of the node in the ledger (slashing and the loss of the round's
 //!   bonus follow in `crat-rewards`), and a node caught repeatedly is excluded from placement
 //!   ([`crat_core::dispatch`] documents the rule, the per-operator replica cap and the limits
-//!   of address-block sybil resistance).
+//!   of address-block sybil resistance);
+//! - runs a **determinism gate** on every model at deploy time ([`GateConfig`]): a model that
+//!   uses a random operator, or whose answers disagree with themselves on the dispatcher's
+//!   reference backends, is deployed as *unverifiable* (shown in its `DeploymentInfo`): no
+//!   canary, spot check or validation report counts against a node for it.
 //!
 //! The crate owns the glue, not the rules: placement, liveness and exclusion are the sans-IO
 //! [`crat_core::dispatch`] state machine; ticket memory, usage admission, spot-check report
@@ -62,5 +66,5 @@ mod service;
 
 pub use service::{
     CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
-    DispatcherParts, DispatcherStats, canary_inputs,
+    DispatcherParts, DispatcherStats, GateConfig, InputsError, canary_inputs,
 };

@@ -12,7 +12,10 @@
 //! returned, so a result that failed validation is never returned while a correct replica
 //! answers ([`Error::Validation`] when no majority exists). The validator's run has the same
 //! task id and is not charged again. The nodes' signed receipts go to the dispatcher, which
-//! credits the validators and records the failures ([`Stats::validations`]).
+//! credits the validators and records the failures ([`Stats::validations`]). A deployment
+//! whose model failed the dispatcher's determinism gate (a random operator, or answers that
+//! disagree with themselves) is *unverifiable* (`DeploymentInfo::verifiability`, from
+//! [`Deployment::info`]): its leases sample no task, so its answers are never spot-checked.
 //!
 //! The API is generic over the [`Transport`]: [`connect`] gives a client over QUIC;
 //! [`Client::connect`] takes any transport (tests use the in-memory one).

@@ -177,7 +177,7 @@ fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError>
         )?;
         Ok(Some(CanaryParts {
             transport,
-            reference: Arc::new(crat_backend::tract::TractBackend::new()),
+            references: vec![Arc::new(crat_backend::tract::TractBackend::new())],
         }))
     }
     #[cfg(not(feature = "tract"))]

@@ -10,8 +10,13 @@
 //! 127.0.N.1, one /24 each), a third replica decides disagreements, the client gets the
 //! majority's answer (never the cheater's), and the signed receipts reach the dispatcher,
 //! which credits the honest validators and records the cheater's failures.
+//!
+//! The determinism gate: a model with a random operator is deployed as unverifiable, and no
+//! canary, spot check or report fails an honest node over it.
 
 mod common;
+#[path = "../../backend/tests/data/malicious/corpus.rs"]
+mod corpus;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,9 +26,11 @@ use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::money::Credits;
 use crat_core::money::{MicroCrat, MicroUsd};
 use crat_core::sign::{Receipt, Signed};
-use crat_core::tensor::NamedTensor;
+use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
-use crat_core::wire::{ClientCall, DispatcherResponse, ErrorCode, ValidationReport};
+use crat_core::wire::{
+    ClientCall, DispatcherResponse, ErrorCode, Unverifiable, ValidationReport, Verifiability,
+};
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::ledger::NodeRecord;
@@ -32,6 +39,18 @@ use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
 
 const CHEATER_CRAT: u64 = 1_000_000;
+
+/// Waits until a canary has passed; panics at `deadline`.
+async fn wait_for_a_passed_canary(net: &LocalNetwork, deadline: tokio::time::Instant) {
+    while net.dispatcher().stats().canaries_passed == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no honest canary passed: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// Three honest nodes and a cheater perturbing `per_mille` of its answers; every node holds
 /// a replica. Returns when the cheater is excluded.
@@ -95,14 +114,7 @@ async fn canaries_catch(per_mille: u32) {
     );
     // The cheater can be excluded before any honest replica's canary has come back: wait
     // for one to pass too.
-    while net.dispatcher().stats().canaries_passed == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no honest canary passed: {:?}",
-            net.dispatcher().stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_a_passed_canary(&net, deadline).await;
     let stats = net.dispatcher().stats();
     assert!(stats.canaries_failed >= 2, "{stats:?}");
     assert!(stats.canaries_passed > 0, "{stats:?}");
@@ -495,5 +507,118 @@ async fn validation_reports_are_checked_before_crediting() {
     assert_eq!(ledger.validations(&b, start, u64::MAX).unwrap(), (0, 1));
     let stats = net.dispatcher().stats();
     assert_eq!((stats.validations_ok, stats.validations_failed), (1, 1));
+    net.shutdown();
+}
+
+/// The determinism gate (issue 13, item 7): a model with an unseeded `RandomUniform` is
+/// deployed as unverifiable and fails no honest node, with canaries every 100 ms and every
+/// task sampled for a spot check; the tiny CNN on the same network stays verifiable, its
+/// canaries and spot checks running. The verdict survives a dispatcher restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_uniform_model_fails_no_honest_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.replicas = 3;
+    cfg.canary.interval_ms = 100;
+    cfg.validation_bps = crat_core::bps::Bps(10_000);
+    let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    // Three address blocks: a spot check's validator is of another operator.
+    let mut keys = Vec::new();
+    for block in 1..=3u8 {
+        let spec = NodeSpec {
+            gpu: Some("NVIDIA GeForce RTX 3090".into()),
+            backend: backend(),
+            batch_size: 1,
+        };
+        let key = SigningKey::from_bytes(&rand::random());
+        net.add_node_on(spec, key.clone(), [127, 0, block, 1].into(), |_| {})
+            .unwrap();
+        keys.push(key);
+    }
+    net.wait_online(3, Duration::from_secs(30)).await.unwrap();
+    let nodes: Vec<NodeId> = net.nodes.iter().map(|n| n.id()).collect();
+    let ledger = net.dispatcher().ledger().clone();
+    let (client, sdk_key) = client_with(&net, 1_000_000).await;
+    let bps = |response| match response {
+        DispatcherResponse::Lease(l) => l.validation_bps.get(),
+        other => panic!("no lease: {other:?}"),
+    };
+
+    let random = client
+        .upload_model(&corpus::random_uniform(None), |_| {})
+        .await
+        .unwrap();
+    let d = client.deploy(random, per_request(100_000)).await.unwrap();
+    let unverifiable = Verifiability::Unverifiable(Unverifiable::RandomOperator);
+    assert_eq!(d.info().await.unwrap().verifiability, unverifiable);
+    let info = d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(info.verifiability, unverifiable);
+    // Leases sample no task of it, whatever the configured rate.
+    let lease = ClientCall::Lease { deployment: d.id() };
+    assert_eq!(bps(raw_call(&net, &sdk_key, lease).await), 0);
+
+    // It really is random: one input, different answers (from one replica or another).
+    let x = || {
+        let x = Tensor::from_slice(&[1, 4], &[0.5f32; 4]).unwrap();
+        vec![NamedTensor::new("x", x)]
+    };
+    let first = d.infer(x()).await.unwrap();
+    let mut differed = 0;
+    for _ in 0..40 {
+        if d.infer(x()).await.unwrap() != first {
+            differed += 1;
+        }
+    }
+    assert!(differed > 0);
+    assert_eq!(d.stats().validations, 0, "{:?}", d.stats());
+    // Several canary sweeps pass; none is sent to it.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stats = net.dispatcher().stats();
+    let canaries = stats.canaries_passed + stats.canaries_failed + stats.canaries_inconclusive;
+    assert_eq!(canaries, 0, "{stats:?}");
+    // A report of a (real, honest) disagreement about it is refused: nobody is failed.
+    let task = TaskId::from_bytes([9; 16]);
+    let r = |i: usize, digest: u8| receipt(&keys[i], nodes[i], task, d.id(), digest);
+    let report = ValidationReport {
+        receipts: vec![r(0, 1), r(1, 2), r(2, 1)],
+        majority: vec![nodes[0], nodes[2]],
+    };
+    let call = ClientCall::ReportValidation(Box::new(report));
+    assert_eq!(
+        code(&raw_call(&net, &sdk_key, call).await),
+        Some(ErrorCode::BadRequest)
+    );
+
+    // A deterministic model on the same nodes is verifiable: sampled, canaried.
+    let tiny = client.upload_model(TINY, |_| {}).await.unwrap();
+    let t = client.deploy(tiny, per_request(100_000)).await.unwrap();
+    let info = t.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(info.verifiability, Verifiability::Verifiable);
+    let lease = ClientCall::Lease { deployment: t.id() };
+    assert_eq!(bps(raw_call(&net, &sdk_key, lease).await), 10_000);
+    for i in 0..10 {
+        t.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    assert!(t.stats().validations > 0, "{:?}", t.stats());
+    wait_for_a_passed_canary(&net, tokio::time::Instant::now() + Duration::from_secs(30)).await;
+
+    // No honest node failed anything.
+    let stats = net.dispatcher().stats();
+    assert_eq!((stats.canaries_failed, stats.validations_failed), (0, 0));
+    for n in &nodes {
+        assert_eq!(ledger.validations(n, start, u64::MAX).unwrap().1, 0);
+        assert!(net.dispatcher().excluded_until(n).is_none());
+    }
+
+    // The verdict is the ledger's: a restarted dispatcher says the same.
+    net.restart_dispatcher().await.unwrap();
+    let call = ClientCall::Deployment { deployment: d.id() };
+    match raw_call(&net, &sdk_key, call).await {
+        DispatcherResponse::Deployment(info) => assert_eq!(info.verifiability, unverifiable),
+        other => panic!("no deployment: {other:?}"),
+    }
     net.shutdown();
 }

@@ -151,6 +151,9 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE usage;
     ALTER TABLE usage_by_inputs RENAME TO usage;
     ",
+    // 3: the determinism gate's verdict on a deployment's model (`Verifiability` as JSON).
+    // Deployments stored before the gate existed keep the rules they were made under.
+    "ALTER TABLE deployments ADD COLUMN verifiability TEXT NOT NULL DEFAULT '\"Verifiable\"';",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -496,11 +499,12 @@ fn get_key(tx: &Transaction<'_>, id: &KeyId) -> Result<Option<KeyRecord>, Ledger
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
-                                  allowance_left, created_at_s, stopped_at_s";
+                                  allowance_left, created_at_s, stopped_at_s, verifiability";
 
 fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
     let plan: String = row.get(5).db()?;
     let price: String = row.get(6).db()?;
+    let verifiability: String = row.get(10).db()?;
     Ok(DeploymentRecord {
         id: DeploymentId::from_bytes(bytes_at(row, 0, "deployment id")?),
         account: account_at(row, 1)?,
@@ -514,6 +518,8 @@ fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
         allowance_left: Credits::new(u64_at(row, 7, "allowance_left")?),
         created_at_s: u64_at(row, 8, "created_at_s")?,
         stopped_at_s: opt_u64_at(row, 9, "stopped_at_s")?,
+        verifiability: serde_json::from_str(&verifiability)
+            .map_err(|e| LedgerError::Corrupt(format!("deployment verifiability: {e}")))?,
     })
 }
 
@@ -752,6 +758,8 @@ impl Ledger for SqliteLedger {
             .map_err(|e| LedgerError::Invalid(format!("plan: {e}")))?;
         let price = serde_json::to_string(&d.price)
             .map_err(|e| LedgerError::Invalid(format!("price: {e}")))?;
+        let verifiability = serde_json::to_string(&d.verifiability)
+            .map_err(|e| LedgerError::Invalid(format!("verifiability: {e}")))?;
         self.write(|tx| {
             if exists(
                 tx,
@@ -787,7 +795,7 @@ impl Ledger for SqliteLedger {
             set_balance(tx, &d.account, after)?;
             tx.prepare_cached(&format!(
                 "INSERT INTO deployments ({DEPLOYMENT_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)"
             ))
             .db()?
             .execute(params![
@@ -800,6 +808,7 @@ impl Ledger for SqliteLedger {
                 price,
                 to_i64(allowance.get(), "allowance")?,
                 to_i64(d.created_at_s, "created_at_s")?,
+                verifiability,
             ])
             .db()?;
             journal(
@@ -1300,7 +1309,7 @@ impl Ledger for SqliteLedger {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use crat_core::pricing::{PerInstancePlan, PerRequestPlan, PriceQuote, UpdateFrequency};
-    use crat_core::wire::UsageRecord;
+    use crat_core::wire::{Unverifiable, UsageRecord, Verifiability};
     use crat_rewards::{Aggregates, NodeOutcome};
 
     use super::*;
@@ -1386,6 +1395,7 @@ mod tests {
             allowance_left: Credits::new(allowance),
             created_at_s: at_s,
             stopped_at_s: None,
+            verifiability: Verifiability::Verifiable,
         }
     }
 
@@ -1520,6 +1530,71 @@ mod tests {
                 ..self
             }
         }
+    }
+
+    #[test]
+    fn a_deployment_keeps_its_verifiability() {
+        let (_dir, path) = temp();
+        let random = Verifiability::Unverifiable(Unverifiable::RandomOperator);
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            let a = setup(&ledger, 100);
+            let d = DeploymentRecord {
+                verifiability: random,
+                ..per_request(&a, 1, 60, 20)
+            };
+            ledger.create_deployment(&d).unwrap();
+            ledger
+                .create_deployment(&per_request(&a, 2, 10, 20))
+                .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let verdicts: Vec<_> = ledger
+            .active_deployments()
+            .unwrap()
+            .iter()
+            .map(|d| (d.id, d.verifiability))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![(dep_id(1), random), (dep_id(2), Verifiability::Verifiable)]
+        );
+        let stopped = ledger.stop_deployment(&dep_id(1), 30).unwrap();
+        assert_eq!(stopped.verifiability, random);
+    }
+
+    /// Migrations 2 and 3 on a file written by migration 1: a stored deployment reads as verifiable.
+    #[test]
+    fn deployments_from_before_the_gate_read_as_verifiable() {
+        let (_dir, path) = temp();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            let d = per_request(&name("alice"), 1, 60, 20);
+            conn.execute_batch(&format!(
+                "INSERT INTO accounts VALUES ('alice', 40, 0);
+                 INSERT INTO keys VALUES (x'{key}', 'alice', zeroblob(32), 0, NULL, NULL);
+                 INSERT INTO models VALUES (x'{model}', 1000, 'alice', 0);
+                 INSERT INTO deployments VALUES (x'{id}', 'alice', x'{key}', x'{model}', 1000,
+                     '{plan}', '{price}', 60, 20, NULL);",
+                key = hex::encode(d.key.as_bytes()),
+                model = hex::encode(d.model.as_bytes()),
+                id = hex::encode(d.id.as_bytes()),
+                plan = serde_json::to_string(&d.plan).unwrap(),
+                price = serde_json::to_string(&d.price).unwrap(),
+            ))
+            .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        assert_eq!(
+            ledger.schema_version().unwrap(),
+            SqliteLedger::current_schema_version()
+        );
+        assert_eq!(
+            ledger.deployment(&dep_id(1)).unwrap().unwrap(),
+            per_request(&name("alice"), 1, 60, 20)
+        );
     }
 
     #[test]

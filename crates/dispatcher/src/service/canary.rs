@@ -32,21 +32,22 @@
 //! images, say) and the source address (the dispatcher's host). A production network sends
 //! canaries from varied addresses and may replay recorded client inputs; the spot checks
 //! between nodes do not have this weakness. Models larger than
-//! [`CanaryConfig::model_bytes_max`] are not canaried.
+//! [`CanaryConfig::model_bytes_max`] are not canaried, nor deployments the determinism gate
+//! found unverifiable ([`super::gate`]): their honest answers can disagree with the reference.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crat_backend::{Dim, InferenceBackend, LoadedModel, ModelInfo};
+use crat_backend::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
 use crat_core::policy::budget::{ticket_budget, ticket_price};
 use crat_core::sign::{ReceiptError, Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
-use crat_core::wire::{CHUNK_BYTES_MAX, ClientToNode, InferRequest, NodeToClient, Replica};
+use crat_core::wire::{ClientToNode, InferRequest, NodeToClient, Replica};
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use parking_lot::Mutex;
 
@@ -96,12 +97,33 @@ impl Default for CanaryConfig {
     }
 }
 
-/// What the dispatcher needs to send canaries.
+/// What the dispatcher needs to send canaries and to run the determinism gate.
 pub struct CanaryParts<T: Transport> {
     /// A client endpoint with its own identity (nodes must not see the dispatcher's key).
     pub transport: T,
-    /// The backend that computes the expected answers.
-    pub reference: Arc<dyn InferenceBackend>,
+    /// The reference backends: the first computes canaries' expected answers; the
+    /// determinism gate runs every model on each of them (e.g. tract, and ONNX Runtime on the
+    /// CPU where the dispatcher has it). Empty: no canary has an answer, and the gate decides
+    /// from the model check alone.
+    pub references: Vec<Arc<dyn InferenceBackend>>,
+}
+
+/// Why inputs could not be generated for a model.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InputsError {
+    /// The inputs together are above the limit.
+    #[error("inputs over {bytes_max} bytes")]
+    TooLarge {
+        /// The limit.
+        bytes_max: u64,
+    },
+    /// An input has a type no value is generated for.
+    #[error("input type {0} is not generated")]
+    Unsupported(DType),
+    /// A declared shape is not one a tensor can have.
+    #[error("input shape: {0}")]
+    Shape(#[from] crat_core::tensor::TensorError),
 }
 
 /// What one canary found.
@@ -117,7 +139,7 @@ pub enum CanaryOutcome {
 
 pub(super) struct CanaryState<T: Transport> {
     transport: T,
-    reference: Arc<dyn InferenceBackend>,
+    reference: Option<Arc<dyn InferenceBackend>>,
     models: Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
     conns: Mutex<HashMap<NodeId, T::Connection>>,
     /// Canary tasks sent, so that their usage is charged to nobody; the oldest forgotten.
@@ -129,7 +151,7 @@ impl<T: Transport> CanaryState<T> {
     pub(super) fn new(parts: CanaryParts<T>, config: &CanaryConfig) -> Self {
         Self {
             transport: parts.transport,
-            reference: parts.reference,
+            reference: parts.references.first().cloned(),
             models: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
@@ -147,12 +169,13 @@ impl<T: Transport> CanaryState<T> {
     }
 }
 
-/// A deterministic input for a model: `seed` picks the values (splitmix64).
+/// A deterministic input for a model: `seed` picks the values (splitmix64). Canaries and the
+/// determinism gate use it.
 pub fn canary_inputs(
     info: &ModelInfo,
     seed: u64,
     bytes_max: u64,
-) -> Result<Vec<NamedTensor>, String> {
+) -> Result<Vec<NamedTensor>, InputsError> {
     let mut rng = crat_core::splitmix::SplitMix64::new(seed);
     let mut next = move || rng.next_u64();
     let mut total = 0u64;
@@ -166,13 +189,15 @@ pub fn canary_inputs(
                 Dim::Symbolic(_) => 1,
             })
             .collect();
-        let bytes = crat_core::tensor::byte_len(spec.dtype, &shape).map_err(|e| e.to_string())?;
+        let bytes = crat_core::tensor::byte_len(spec.dtype, &shape)?;
         total = total.saturating_add(bytes);
+        let too_large = InputsError::TooLarge { bytes_max };
         if total > bytes_max {
-            return Err(format!("inputs over {bytes_max} bytes"));
+            return Err(too_large);
         }
-        let count = usize::try_from(bytes / spec.dtype.size() as u64).map_err(|e| e.to_string())?;
-        let mut data = Vec::with_capacity(usize::try_from(bytes).map_err(|e| e.to_string())?);
+        let count =
+            usize::try_from(bytes / spec.dtype.size() as u64).map_err(|_| too_large.clone())?;
+        let mut data = Vec::with_capacity(usize::try_from(bytes).map_err(|_| too_large)?);
         for _ in 0..count {
             let r = next();
             // 24 random bits as a fraction in [0, 1).
@@ -188,13 +213,28 @@ pub fn canary_inputs(
                 DType::I32 => data.extend_from_slice(&((r & 3) as i32).to_le_bytes()),
                 DType::I8 | DType::U8 => data.push((r & 3) as u8),
                 DType::Bool => data.push((r & 1) as u8),
-                other => return Err(format!("input type {other} is not generated")),
+                other => return Err(InputsError::Unsupported(other)),
             }
         }
-        let tensor = Tensor::new(spec.dtype, shape, data).map_err(|e| e.to_string())?;
+        let tensor = Tensor::new(spec.dtype, shape, data)?;
         inputs.push(NamedTensor::new(spec.name.clone(), tensor));
     }
     Ok(inputs)
+}
+
+/// Runs `model` on `inputs` and names its outputs as it declares them (blocking).
+pub(super) fn run_named(
+    model: &dyn LoadedModel,
+    inputs: &[Tensor],
+) -> Result<Vec<NamedTensor>, BackendError> {
+    let outputs = model.run(inputs)?;
+    Ok(model
+        .info()
+        .outputs
+        .iter()
+        .zip(outputs)
+        .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
+        .collect())
 }
 
 impl<T: Transport> Dispatcher<T> {
@@ -225,7 +265,12 @@ impl<T: Transport> Dispatcher<T> {
             .deployments
             .read()
             .values()
-            .filter(|d| d.stopped_at_s.is_none() && d.model_bytes <= config.model_bytes_max)
+            // An unverifiable deployment's answers cannot be checked (the determinism gate).
+            .filter(|d| {
+                d.stopped_at_s.is_none()
+                    && d.model_bytes <= config.model_bytes_max
+                    && d.verifiability.is_verifiable()
+            })
             .cloned()
             .collect();
         let mut targets = Vec::new();
@@ -322,25 +367,15 @@ impl<T: Transport> Dispatcher<T> {
         let config = &self.inner.config.canary;
         let model = self.reference_model(state, dep).await?;
         let limit = config.input_bytes_max.min(dep.plan.max_input_bytes());
-        let inputs = canary_inputs(model.info(), rand::random(), limit)?;
+        let inputs =
+            canary_inputs(model.info(), rand::random(), limit).map_err(|e| e.to_string())?;
         let expected = {
             let model = model.clone();
             let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
-            tokio::task::spawn_blocking(move || {
-                let outputs = model.run(&tensors)?;
-                Ok::<_, crat_backend::BackendError>(
-                    model
-                        .info()
-                        .outputs
-                        .iter()
-                        .zip(outputs)
-                        .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("reference run: {e}"))?
+            tokio::task::spawn_blocking(move || run_named(&*model, &tensors))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("reference run: {e}"))?
         };
         let now = self.inner.clock.now_s();
         let budget = ticket_budget(
@@ -474,32 +509,13 @@ impl<T: Transport> Dispatcher<T> {
         if let Some(m) = state.models.lock().get(&dep.model) {
             return Ok(m.clone());
         }
-        let size = self
-            .inner
-            .blobs
-            .size(&dep.model)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("model {} is not stored", dep.model))?;
-        if size > self.inner.config.canary.model_bytes_max {
-            return Err(format!("model {} is too large to canary", dep.model));
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|e| e.to_string())?);
-        while (bytes.len() as u64) < size {
-            let len = u32::try_from((size - bytes.len() as u64).min(u64::from(CHUNK_BYTES_MAX)))
-                .unwrap_or(CHUNK_BYTES_MAX);
-            let chunk = self
-                .inner
-                .blobs
-                .read_range(&dep.model, bytes.len() as u64, len)
-                .await
-                .map_err(|e| e.to_string())?;
-            if chunk.is_empty() {
-                return Err("model shorter than its size".into());
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let backend = state.reference.clone();
+        let backend = state
+            .reference
+            .clone()
+            .ok_or("the dispatcher has no reference backend")?;
+        let bytes = self
+            .read_model(&dep.model, self.inner.config.canary.model_bytes_max)
+            .await?;
         let model = tokio::task::spawn_blocking(move || backend.load(&bytes))
             .await
             .map_err(|e| e.to_string())?
@@ -554,6 +570,9 @@ mod tests {
                 .iter()
                 .all(|v| (0..4).contains(v))
         );
-        assert!(canary_inputs(&info, 7, 16).is_err());
+        assert_eq!(
+            canary_inputs(&info, 7, 16),
+            Err(InputsError::TooLarge { bytes_max: 16 })
+        );
     }
 }

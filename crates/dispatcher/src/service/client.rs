@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey};
 use crat_core::money::Credits;
 use crat_core::policy::budget::{ticket_budget, ticket_price};
@@ -16,7 +17,7 @@ use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState,
-    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, ValidationReport,
+    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, ValidationReport, Verifiability,
 };
 use crat_transport::Transport;
 
@@ -275,6 +276,7 @@ impl<T: Transport> Dispatcher<T> {
             replicas_wanted: wanted,
             price: d.price,
             allowance_left: d.allowance_left,
+            verifiability: d.verifiability,
         }
     }
 
@@ -305,6 +307,17 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into());
         }
+        // The determinism gate (once per model; may take a while, or be `Busy`), before
+        // anything is placed or charged.
+        let verifiability = self
+            .inner
+            .gate
+            .verdict(
+                model,
+                model_bytes,
+                self.read_model(&model, self.inner.config.gate.model_bytes_max),
+            )
+            .await?;
         let id = DeploymentId::from_bytes(new_id());
         // Place first (nothing is charged if there is no capacity), then charge; if the
         // charge fails the placement is undone before any node hears of it.
@@ -327,6 +340,7 @@ impl<T: Transport> Dispatcher<T> {
             },
             created_at_s: now,
             stopped_at_s: None,
+            verifiability,
         };
         let stored = record.clone();
         if let Err(e) = self.db(move |l| l.create_deployment(&stored)).await {
@@ -335,12 +349,13 @@ impl<T: Transport> Dispatcher<T> {
         }
         self.inner.deployments.write().insert(id, record.clone());
         self.apply(effects).await;
-        tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), "deployed");
+        tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), %verifiability, "deployed");
         Ok(DispatcherResponse::Deployment(self.describe(&record)))
     }
 
     /// Issues a lease: the warm replicas, a ticket for them (remembered, so that usage is
-    /// charged only under it) that only `client` may present, and the sampling rate.
+    /// charged only under it) that only `client` may present, and the sampling rate (0 for an
+    /// unverifiable deployment).
     fn lease(
         &self,
         key: &KeyRecord,
@@ -387,8 +402,12 @@ impl<T: Transport> Dispatcher<T> {
             return Err(err(ErrorCode::Busy, "too many live tickets; try again shortly").into());
         }
         Counters::add(&self.inner.counters.leases, 1);
-        let suspect = self.inner.dispatch.lock().suspect(id);
-        let validation_bps = self.inner.reports.lock().lease_bps(*id, suspect);
+        let validation_bps = if d.verifiability.is_verifiable() {
+            let suspect = self.inner.dispatch.lock().suspect(id);
+            self.inner.reports.lock().lease_bps(*id, suspect)
+        } else {
+            Bps::ZERO
+        };
         Ok(Lease {
             replicas,
             ticket: Signed::sign(ticket, &self.inner.key),
@@ -399,7 +418,9 @@ impl<T: Transport> Dispatcher<T> {
     /// Checks a spot-check report ([`check_report`]) and credits it once, within the
     /// deployment's report cap: each validator in the majority gets a `validations_ok`,
     /// each node outside it a `validations_failed` (which may exclude it from placement).
-    /// The security argument is in [`crat_core::policy::reports`].
+    /// The security argument is in [`crat_core::policy::reports`]. A report about an
+    /// unverifiable deployment is refused ([`Refusal::Unverifiable`], `BadRequest`) before
+    /// anything is credited or recorded: its replicas may disagree honestly.
     async fn validation_report(
         &self,
         key: &KeyRecord,
@@ -407,7 +428,10 @@ impl<T: Transport> Dispatcher<T> {
         now: u64,
     ) -> Result<(), Refusal> {
         let (task, deployment) = report_subject(&report)?;
-        self.owned_deployment(key, &deployment)?;
+        let d = self.owned_deployment(key, &deployment)?;
+        if let Verifiability::Unverifiable(why) = d.verifiability {
+            return Err(Refusal::Unverifiable(deployment, why));
+        }
         let replicas = self.inner.dispatch.lock().ready_replicas(&deployment);
         let verdict = check_report(&report, &replicas)?;
         self.inner.reports.lock().check_new(deployment, task)?;

@@ -10,6 +10,7 @@ use crat_rewards::Params;
 use crat_transport::FrameLimits;
 
 use super::canary::CanaryConfig;
+use super::gate::GateConfig;
 use crate::rounds::RoundClock;
 
 /// Everything a dispatcher is configured with.
@@ -60,8 +61,11 @@ pub struct DispatcherConfig {
     pub key_cache_ms: u64,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
     pub tick_ms: u64,
-    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`]).
+    /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`](super::CanaryParts)).
     pub canary: CanaryConfig,
+    /// The determinism gate run on a model at deploy time (on the reference backends of the
+    /// [`CanaryParts`](super::CanaryParts), with [`CanaryConfig::tolerance`]).
+    pub gate: GateConfig,
     /// Share of tasks clients spot-check on a second replica (sent in every lease), in
     /// basis points. Default 100 (1 %). At most 10,000.
     pub validation_bps: Bps,
@@ -106,6 +110,7 @@ impl DispatcherConfig {
             key_cache_ms: 1_000,
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
+            gate: GateConfig::default(),
             validation_bps: Bps(100),
             validation_bps_suspect: Bps(1_000),
             validation_reports_tracked_max: 65_536,

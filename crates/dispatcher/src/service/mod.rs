@@ -10,7 +10,8 @@
 //!
 //! The glue is split by conversation: [`node`] (registration, heartbeats, model fetches,
 //! usage), [`client`] (uploads, deployments, leases, balances, spot-check reports),
-//! [`canary`] (the dispatcher's own test tasks) and [`closing`] (rounds). Decisions live in
+//! [`canary`] (the dispatcher's own test tasks), [`gate`] (the determinism gate a model
+//! passes at deploy time) and [`closing`] (rounds). Decisions live in
 //! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
 //! error once. Locks are taken one after another, never nested.
 
@@ -21,7 +22,7 @@ use std::time::Instant;
 
 use crat_core::clock::Clock;
 use crat_core::dispatch::Dispatch;
-use crat_core::id::{DeploymentId, KeyId, NodeId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::KeyedRateLimiter;
 use crat_core::policy::reports::{ReportBook, SamplingRates};
 use crat_core::policy::tickets::IssuedTickets;
@@ -47,12 +48,15 @@ mod canary;
 mod client;
 mod closing;
 mod config;
+mod gate;
 mod node;
 mod reply;
 
 use canary::CanaryState;
-pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, canary_inputs};
+pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, InputsError, canary_inputs};
 pub use config::DispatcherConfig;
+use gate::Gate;
+pub use gate::GateConfig;
 
 /// Why the dispatcher could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +95,8 @@ pub struct DispatcherParts<T: Transport> {
     pub settlement: Box<dyn Settlement>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
-    /// What canary tasks need; `None`: no canaries.
+    /// What canary tasks and the determinism gate need; `None`: no canaries, and the gate
+    /// decides from the model check alone.
     pub canary: Option<CanaryParts<T>>,
 }
 
@@ -186,6 +191,8 @@ struct Inner<T: Transport> {
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
     canary: Option<CanaryState<T>>,
+    /// The determinism gate's reference backends and verdicts.
+    gate: Gate,
     /// Credited spot-check reports, their caps and the suspect sampling rate.
     reports: Mutex<ReportBook>,
     /// Tickets issued, for checking usage.
@@ -303,6 +310,15 @@ impl<T: Transport> Dispatcher<T> {
             config.validation_reports_slack,
         ));
         let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
+        let references = parts
+            .canary
+            .as_ref()
+            .map(|c| c.references.clone())
+            .unwrap_or_default();
+        let gate = Gate::new(references, config.gate.clone(), config.canary.tolerance);
+        for d in deployments.values() {
+            gate.remember(d.model, d.verifiability);
+        }
         let canary = parts.canary.map(|c| CanaryState::new(c, &config.canary));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -325,6 +341,7 @@ impl<T: Transport> Dispatcher<T> {
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
                 canary,
+                gate,
                 reports,
                 tickets,
                 counters: Counters::default(),
@@ -379,6 +396,33 @@ impl<T: Transport> Dispatcher<T> {
             .into_iter()
             .map(|(n, _)| n)
             .collect()
+    }
+
+    /// A stored model's bytes, read in chunks; an error above `bytes_max` bytes.
+    async fn read_model(&self, model: &ModelId, bytes_max: u64) -> Result<Vec<u8>, String> {
+        let blobs = &self.inner.blobs;
+        let size = blobs
+            .size(model)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("model {model} is not stored"))?;
+        if size > bytes_max {
+            return Err(format!("model {model} is over {bytes_max} bytes"));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(size).map_err(|e| e.to_string())?);
+        while (bytes.len() as u64) < size {
+            let len = u32::try_from((size - bytes.len() as u64).min(u64::from(CHUNK_BYTES_MAX)))
+                .unwrap_or(CHUNK_BYTES_MAX);
+            let chunk = blobs
+                .read_range(model, bytes.len() as u64, len)
+                .await
+                .map_err(|e| e.to_string())?;
+            if chunk.is_empty() {
+                return Err(format!("model {model} is shorter than its size"));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// Runs `f` on the ledger on tokio's blocking pool.

@@ -11,8 +11,9 @@ use crat_core::id::DeploymentId;
 use crat_core::policy::budget::BudgetError;
 use crat_core::policy::keys::KeyError;
 use crat_core::policy::reports::ReportError;
-use crat_core::wire::{ErrorCode, WireError};
+use crat_core::wire::{ErrorCode, Unverifiable, WireError};
 
+use super::gate::GateError;
 use crate::blob::UploadError;
 use crate::ledger::LedgerError;
 
@@ -33,6 +34,11 @@ pub(crate) enum Refusal {
     Budget(DeploymentId, BudgetError),
     /// The SDK key may not be served.
     Key(KeyError),
+    /// The determinism gate gave no verdict.
+    Gate(GateError),
+    /// A validation report about a deployment whose answers cannot be checked (the
+    /// determinism gate's verdict): refused, so that no node is failed over it.
+    Unverifiable(DeploymentId, Unverifiable),
     /// A failure of ours (a task that did not finish, a store that failed).
     Internal(String),
 }
@@ -78,6 +84,12 @@ impl From<KeyError> for Refusal {
     }
 }
 
+impl From<GateError> for Refusal {
+    fn from(e: GateError) -> Self {
+        Refusal::Gate(e)
+    }
+}
+
 impl From<Refusal> for WireError {
     fn from(r: Refusal) -> Self {
         match r {
@@ -88,6 +100,15 @@ impl From<Refusal> for WireError {
             Refusal::Report(e) => report(e),
             Refusal::Budget(id, e) => budget(id, e),
             Refusal::Key(e) => key(e),
+            Refusal::Gate(e @ GateError::Busy(_)) => err(ErrorCode::Busy, e.to_string()),
+            Refusal::Gate(e) => {
+                tracing::error!(error = %e, "determinism gate failure");
+                err(ErrorCode::Internal, "determinism gate failure")
+            }
+            Refusal::Unverifiable(id, why) => err(
+                ErrorCode::BadRequest,
+                format!("{id} is unverifiable ({why}): no validation report counts for it"),
+            ),
             Refusal::Internal(m) => err(ErrorCode::Internal, m),
         }
     }
@@ -220,5 +241,14 @@ mod tests {
             ErrorCode::Busy
         );
         assert_eq!(code(Refusal::Internal("x".into())), ErrorCode::Internal);
+        assert_eq!(code(Refusal::Gate(GateError::Busy(2))), ErrorCode::Busy);
+        assert_eq!(
+            code(Refusal::Gate(GateError::Read("gone".into()))),
+            ErrorCode::Internal
+        );
+        assert_eq!(
+            code(Refusal::Unverifiable(d, Unverifiable::RandomOperator)),
+            ErrorCode::BadRequest
+        );
     }
 }

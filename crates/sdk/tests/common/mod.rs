@@ -142,6 +142,7 @@ impl Fake {
             replicas_wanted: s.replicas_wanted,
             price: quote(),
             allowance_left: Credits::ZERO,
+            verifiability: crat_core::wire::Verifiability::Verifiable,
         })
     }
 

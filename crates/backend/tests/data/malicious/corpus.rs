@@ -100,6 +100,40 @@ pub fn model_with(
     model(extra(graph))
 }
 
+/// `y = x + RandomUniform(shape [1, 4])`, input and output `[1, 4]` floats, with a `seed`
+/// attribute or without: legal, but its answers differ from run to run (unseeded), or between
+/// runtimes (seeded), so no two replicas can be checked against each other.
+pub fn random_uniform(seed: Option<f32>) -> Vec<u8> {
+    // AttributeProto: name 1, f 2, ints 8, type 20 (FLOAT 1, INTS 7).
+    let mut random = Pb::default()
+        .str(2, "r")
+        .str(3, "noise")
+        .str(4, "RandomUniform")
+        .msg(
+            5,
+            Pb::default().str(1, "shape").int(8, 1).int(8, 4).int(20, 7),
+        );
+    if let Some(seed) = seed {
+        let mut attr = Pb::default().str(1, "seed");
+        attr.0.push((2 << 3) | 5);
+        attr.0.extend_from_slice(&seed.to_le_bytes());
+        random = random.msg(5, attr.int(20, 1));
+    }
+    let add = Pb::default()
+        .str(1, "x")
+        .str(1, "r")
+        .str(2, "y")
+        .str(4, "Add");
+    model(
+        Pb::default()
+            .msg(1, random)
+            .msg(1, add)
+            .str(2, "g")
+            .msg(11, value_info("x", &[1, 4]))
+            .msg(12, value_info("y", &[1, 4])),
+    )
+}
+
 /// `n` deterministic pseudo-random bytes.
 pub fn noise_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed;
