@@ -120,16 +120,21 @@ async fn lease(net: &LocalNetwork, key: &SdkKey, deployment: DeploymentId) -> Le
     }
 }
 
-/// Sends one task with `ticket` for `deployment` to `node` and returns the answer.
+/// Sends one task from `client` with `ticket` for `deployment` to `node` and returns the
+/// answer.
 async fn task_at(
     net: &LocalNetwork,
+    client: &RawClient,
     node: NodeId,
     ticket: &Signed<Ticket>,
     deployment: DeploymentId,
 ) -> NodeToClient {
     let addr = net.nodes.iter().find(|n| n.id() == node).unwrap().addr;
-    let t = endpoint(&SigningKey::from_bytes(&rand::random()));
-    let conn = t.connect(&PeerAddr::from(addr), &node).await.unwrap();
+    let conn = client
+        .transport
+        .connect(&PeerAddr::from(addr), &node)
+        .await
+        .unwrap();
     let req = ClientToNode::Infer(Box::new(InferRequest::new(
         TaskId::from_bytes(rand::random()),
         deployment,
@@ -157,10 +162,9 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
     let b = client.deploy(model, per_request(100_000)).await.unwrap();
     a.wait_ready(Duration::from_secs(30)).await.unwrap();
     b.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let (la, lb) = (
-        lease(&net, &key, a.id()).await,
-        lease(&net, &key, b.id()).await,
-    );
+    // The leases are this client's: their tickets name it.
+    let me = RawClient::new(&net, &key).await;
+    let (la, lb) = (me.lease(a.id()).await, me.lease(b.id()).await);
     let audience = |l: &Lease| -> Vec<NodeId> { l.replicas.iter().map(|r| r.node).collect() };
     let (aa, ab) = (audience(&la), audience(&lb));
     assert_eq!(
@@ -172,7 +176,7 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
     // The control: A's ticket at one of A's replicas runs the task.
     assert!(
         matches!(
-            task_at(&net, aa[0], &la.ticket, a.id()).await,
+            task_at(&net, &me, aa[0], &la.ticket, a.id()).await,
             NodeToClient::Receipted { .. }
         ),
         "a valid ticket is accepted"
@@ -181,10 +185,10 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
     // for A, although both are genuine and name it.
     let both = *aa.iter().find(|n| ab.contains(n)).unwrap();
     assert!(ticket_rejected(
-        &task_at(&net, both, &la.ticket, b.id()).await
+        &task_at(&net, &me, both, &la.ticket, b.id()).await
     ));
     assert!(ticket_rejected(
-        &task_at(&net, both, &lb.ticket, a.id()).await
+        &task_at(&net, &me, both, &lb.ticket, a.id()).await
     ));
     // Towards another node: the node outside A's audience refuses A's genuine ticket.
     let outsider = net
@@ -194,7 +198,7 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
         .find(|n| !aa.contains(n))
         .unwrap();
     assert!(ticket_rejected(
-        &task_at(&net, outsider, &la.ticket, a.id()).await
+        &task_at(&net, &me, outsider, &la.ticket, a.id()).await
     ));
     // After expiry: the same genuine ticket at the same replica is refused.
     let expires = la.ticket.body.expires_at_s;
@@ -202,7 +206,7 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ticket_rejected(
-        &task_at(&net, aa[0], &la.ticket, a.id()).await
+        &task_at(&net, &me, aa[0], &la.ticket, a.id()).await
     ));
 
     // None of the refused tasks is charged; the SDK, renewing its lease, still serves.
