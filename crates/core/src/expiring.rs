@@ -68,14 +68,24 @@ impl<K: Hash + Eq + Clone, V> ExpiringMap<K, V> {
 
     /// Forgets every entry whose expiry is at or before `now_s`.
     pub fn forget_expired(&mut self, now_s: u64) {
+        drop(self.take_expired(now_s));
+    }
+
+    /// Removes every entry whose expiry is at or before `now_s` and returns them, soonest
+    /// first.
+    pub fn take_expired(&mut self, now_s: u64) -> Vec<(K, V)> {
+        let mut out = Vec::new();
         while let Some(entry) = self.order.first_entry() {
             if *entry.key() > now_s {
                 break;
             }
             for key in entry.remove() {
-                self.entries.remove(&key);
+                if let Some((value, _)) = self.entries.remove(&key) {
+                    out.push((key, value));
+                }
             }
         }
+        out
     }
 
     /// Adds `key` → `value` until `expires_at_s`, after forgetting what expired by `now_s`.

@@ -165,6 +165,30 @@ impl Signable for Receipt {
     const DOMAIN: &'static [u8] = b"crat/v1/receipt\0";
 }
 
+/// A client's signed, cumulative acknowledgement of the answers one node gave it under one
+/// ticket: the evidence that the work was received, without which it is not charged (see
+/// [`policy::acks`](crate::policy::acks)). Signed by the client's transport key, the one the
+/// ticket names; each acknowledgement replaces the previous one (it counts from the ticket's
+/// first task).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Ack {
+    /// The ticket's nonce.
+    pub ticket_nonce: [u8; 16],
+    /// The node whose answers are acknowledged.
+    pub node: NodeId,
+    /// Answers received from it under the ticket (each with a valid receipt).
+    pub tasks: u64,
+    /// What those tasks cost at the ticket's price, summed task by task.
+    pub credits: Credits,
+    /// Order-independent accumulator over the tasks: the sum, modulo 2²⁵⁶, of
+    /// [`ack_term`](crate::policy::acks::ack_term)`(task, inputs digest)`.
+    pub accumulator: [u8; 32],
+}
+
+impl Signable for Ack {
+    const DOMAIN: &'static [u8] = b"crat/v1/ack\0";
+}
+
 /// Why a receipt is not evidence for the answer it came with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -44,6 +44,7 @@
 //! # Ok::<(), crat_core::expiring::Full>(())
 //! ```
 
+pub mod acks;
 pub mod budget;
 pub mod challenge;
 pub mod keys;
