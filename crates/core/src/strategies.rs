@@ -10,10 +10,11 @@ use crate::bps::Bps;
 use crate::hardware::{CpuInfo, GpuInfo, HardwareInfo, PowerRating};
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
+use crate::policy::acks::AckProof;
 use crate::pricing::{
     DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, TaskPrice, UpdateFrequency,
 };
-use crate::sign::{BackendInfo, Receipt, Registration, Signed, Ticket};
+use crate::sign::{Ack, BackendInfo, Receipt, Registration, Signed, Ticket};
 use crate::tensor::{DType, NamedTensor, Tensor};
 use crate::wire::*;
 
@@ -178,6 +179,36 @@ pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
                 )
             },
         )
+}
+
+/// A client's acknowledgement, signed by a random key.
+pub fn signed_ack() -> impl Strategy<Value = Signed<Ack>> {
+    (
+        any::<[u8; 16]>(),
+        node_id(),
+        any::<u64>(),
+        credits(),
+        any::<([u8; 32], [u8; 32])>(),
+    )
+        .prop_map(
+            |(ticket_nonce, node, tasks, credits, (accumulator, seed))| {
+                Signed::sign(
+                    Ack {
+                        ticket_nonce,
+                        node,
+                        tasks,
+                        credits,
+                        accumulator,
+                    },
+                    &SigningKey::from_bytes(&seed),
+                )
+            },
+        )
+}
+
+/// An acknowledgement with its ticket.
+pub fn ack_proof() -> impl Strategy<Value = AckProof> {
+    (signed_ticket(), signed_ack()).prop_map(|(ticket, ack)| AckProof { ticket, ack })
 }
 
 /// A ticket, really signed by a key derived from the strategy's seed.
@@ -346,7 +377,8 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
             .prop_map(|(model, offset, len)| NodeRequest::FetchModel { model, offset, len }),
         (deployment_id(), state)
             .prop_map(|(deployment, state)| NodeRequest::ReplicaState { deployment, state }),
-        vec(usage_record(), 0..4).prop_map(|records| NodeRequest::Usage(UsageReport { records })),
+        (vec(usage_record(), 0..4), vec(ack_proof(), 0..2))
+            .prop_map(|(records, acks)| NodeRequest::Usage(UsageReport { records, acks })),
     ]
 }
 
@@ -373,10 +405,13 @@ pub fn dispatcher_reply() -> impl Strategy<Value = DispatcherReply> {
                 data,
             }
         }),
-        any::<(u32, u32)>().prop_map(|(accepted, duplicates)| DispatcherReply::UsageAck {
-            accepted,
-            duplicates
-        }),
+        (any::<(u32, u32)>(), vec(any::<u32>(), 0..4)).prop_map(
+            |((accepted, duplicates), held)| DispatcherReply::UsageAck {
+                accepted,
+                duplicates,
+                held,
+            }
+        ),
         Just(DispatcherReply::Ok),
         wire_error().prop_map(DispatcherReply::Error),
     ]
@@ -464,6 +499,7 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         (vec(signed_receipt(), 0..4), vec(node_id(), 0..4)).prop_map(|(receipts, majority)| {
             ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
         }),
+        vec(ack_proof(), 0..3).prop_map(ClientCall::Acknowledge),
     ];
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }
@@ -578,11 +614,12 @@ pub fn client_to_node() -> impl Strategy<Value = ClientToNode> {
         deployment_id(),
         signed_ticket(),
         vec(named_tensor(), 0..3),
+        proptest::option::of(signed_ack()),
     )
-        .prop_map(|(task, deployment, ticket, inputs)| {
-            ClientToNode::Infer(Box::new(InferRequest::new(
-                task, deployment, ticket, inputs,
-            )))
+        .prop_map(|(task, deployment, ticket, inputs, ack)| {
+            let mut request = InferRequest::new(task, deployment, ticket, inputs);
+            request.ack = ack.map(Box::new);
+            ClientToNode::Infer(Box::new(request))
         });
     prop_oneof![infer, Just(ClientToNode::Ping)]
 }

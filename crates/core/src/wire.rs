@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::bps::Bps;
 use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
+use crate::policy::acks::AckProof;
 use crate::pricing::{DeployPlan, PriceQuote};
-use crate::sign::{Receipt, Registration, Signed, Ticket};
+use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
@@ -44,6 +45,8 @@ pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 pub const CHUNK_BYTES_MAX: u32 = 768 * 1024;
 /// Most usage records in one [`UsageReport`].
 pub const USAGE_RECORDS_MAX: usize = 4096;
+/// Most acknowledgements in one [`UsageReport`] or [`ClientCall::Acknowledge`].
+pub const ACKS_MAX: usize = 256;
 
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -248,11 +251,15 @@ pub struct UsageRecord {
     pub compute_us: u64,
 }
 
-/// A batch of usage records, at most [`USAGE_RECORDS_MAX`].
+/// A batch of usage records, at most [`USAGE_RECORDS_MAX`], with the latest acknowledgement
+/// the node holds of each ticket they name (at most [`ACKS_MAX`]): a record is charged only
+/// within what the client acknowledged (see [`crate::policy::acks`]).
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct UsageReport {
     /// The records.
     pub records: Vec<UsageRecord>,
+    /// The clients' acknowledgements, each with its ticket.
+    pub acks: Vec<AckProof>,
 }
 
 /// Where a replica stands on its node.
@@ -349,12 +356,16 @@ pub enum DispatcherReply {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
-    /// Usage stored: how many records were new and how many were already known.
+    /// Usage stored: how many records were new and how many were already known; the
+    /// records listed in `held` (indices into the report) were not acknowledged by their
+    /// client yet: the node keeps them and reports them again later.
     UsageAck {
         /// Newly charged.
         accepted: u32,
         /// Already charged before (same deployment, task id and inputs), or never chargeable.
         duplicates: u32,
+        /// Records to report again, by index, ascending.
+        held: Vec<u32>,
     },
     /// Done.
     Ok,
@@ -617,6 +628,9 @@ pub enum ClientCall {
     KeyStatus,
     /// The outcome of a spot check.
     ReportValidation(Box<ValidationReport>),
+    /// Acknowledgements of work received from nodes (at most [`ACKS_MAX`]), so that work a
+    /// node did not report is charged anyway.
+    Acknowledge(Vec<AckProof>),
 }
 
 /// Most receipts in a [`ValidationReport`] (worker, validator, tie-breaker).
@@ -705,6 +719,9 @@ pub struct InferRequest {
     pub inputs_digest: [u8; 32],
     /// Named inputs.
     pub inputs: Vec<NamedTensor>,
+    /// The client's latest acknowledgement of this node's work under the ticket, if it has a
+    /// newer one to give.
+    pub ack: Option<Box<Signed<Ack>>>,
 }
 
 impl InferRequest {
@@ -721,6 +738,7 @@ impl InferRequest {
             ticket,
             inputs_digest: crate::sign::tensors_digest(&inputs),
             inputs,
+            ack: None,
         }
     }
 }

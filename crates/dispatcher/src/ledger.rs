@@ -302,6 +302,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// first, at most [`USAGE_ROWS_PER_TASK_MAX`].
     fn usage(&self, deployment: &DeploymentId, task: &TaskId)
     -> Result<Vec<UsageRow>, LedgerError>;
+    /// For each (deployment, task id, inputs digest), whether usage of it is stored already.
+    fn usage_known(
+        &self,
+        keys: &[(DeploymentId, TaskId, [u8; 32])],
+    ) -> Result<Vec<bool>, LedgerError>;
     /// Number of stored usage records and the credits charged for them, for a deployment
     /// (`(0, 0)` for a deployment without usage, known or not).
     fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError>;

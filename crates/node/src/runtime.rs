@@ -39,13 +39,14 @@ use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, TaskId};
 use crat_core::limit::{KeyedRateLimiter, RateLimit};
 use crat_core::money::Credits;
+use crat_core::policy::acks::AckProof;
 use crat_core::sign::{
-    BackendInfo, Receipt, Registration, Signed, Ticket, TicketVerifier, tensors_digest,
+    Ack, BackendInfo, Receipt, Registration, Signed, Ticket, TicketVerifier, tensors_digest,
 };
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
-    Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply, ErrorCode,
-    Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
+    ACKS_MAX, Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply,
+    ErrorCode, Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
     USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
 };
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
@@ -109,6 +110,9 @@ pub struct NodeConfig {
     /// Tickets whose spending is tracked at once (each until it expires); a task under yet
     /// another ticket is answered `Busy`. Default 65,536.
     pub tickets_tracked_max: usize,
+    /// Tasks served under one ticket and not yet acknowledged by its client; beyond it, its
+    /// tasks are answered `Busy` (the client acknowledges every few tasks). Default 1,024.
+    pub unacknowledged_tasks_max: u64,
 }
 
 impl NodeConfig {
@@ -134,6 +138,7 @@ impl NodeConfig {
             reconnect_backoff_ms_max: 30_000,
             tasks_tracked_max: 262_144,
             tickets_tracked_max: 65_536,
+            unacknowledged_tasks_max: 1_024,
         }
     }
 }
@@ -152,6 +157,18 @@ pub enum NodeError {
 
 /// A task id under one ticket (its nonce).
 type TicketTask = ([u8; 16], TaskId);
+
+/// What the node tracks of a ticket in use.
+struct TicketUse {
+    /// The ticket (forwarded with its acknowledgement, which it lets the dispatcher check).
+    ticket: Signed<Ticket>,
+    /// What its tasks cost so far.
+    spent: Credits,
+    /// Tasks paid for under it.
+    served: u64,
+    /// The client's latest acknowledgement of them.
+    ack: Option<Box<Signed<Ack>>>,
+}
 
 /// What the node remembers of a task served under a ticket.
 #[derive(Clone, Copy)]
@@ -194,8 +211,8 @@ struct Inner<T: Transport> {
     key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
     /// The inputs' digest of each (ticket nonce, task id) served, until the ticket expires.
     tasks: Mutex<ExpiringMap<TicketTask, SeenTask>>,
-    /// Credits spent under each ticket (by nonce) at this node, until the ticket expires.
-    budgets: Mutex<ExpiringMap<[u8; 16], Credits>>,
+    /// Each ticket in use here (by nonce), until it expires.
+    ticket_uses: Mutex<ExpiringMap<[u8; 16], TicketUse>>,
     /// The origin of the rate limiter's milliseconds.
     started: Instant,
     dispatcher: RwLock<Option<T::Connection>>,
@@ -271,7 +288,7 @@ impl<T: Transport> Node<T> {
                 tickets: Mutex::new(TicketVerifier::new(dispatcher_id, 4096)),
                 key_rates,
                 tasks: Mutex::new(ExpiringMap::new(tasks_tracked_max)),
-                budgets: Mutex::new(ExpiringMap::new(tickets_tracked_max)),
+                ticket_uses: Mutex::new(ExpiringMap::new(tickets_tracked_max)),
                 started: Instant::now(),
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
@@ -362,6 +379,11 @@ impl<T: Transport> Node<T> {
             Ok(()) => req.ticket.body.clone(),
             Err(e) => return error(ErrorCode::TicketRejected, e.to_string()),
         };
+        // The client's acknowledgement of earlier tasks comes first: it may be what lets
+        // this one be served.
+        if let Some(ack) = &req.ack {
+            self.take_ack(&req.ticket, ack, now);
+        }
         if let Some(rates) = &inner.key_rates {
             let now_ms = u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             if let Err(e) = rates.lock().allow(&ticket.key, now_ms) {
@@ -450,7 +472,7 @@ impl<T: Transport> Node<T> {
         }
         // Tasks under a ticket cost at most its budget, at the price it names.
         if unpaid {
-            if let Err(e) = self.spend(&ticket, input_bytes, now) {
+            if let Err(e) = self.spend(&req.ticket, input_bytes, now) {
                 return e;
             }
             if let Some(seen) = inner.tasks.lock().get_mut(&task_key) {
@@ -512,44 +534,103 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Runs `f` on what is tracked of `ticket` (tracking it from now until it expires), or
+    /// answers `Busy` when too many tickets are tracked.
+    fn ticket_use<R>(
+        &self,
+        ticket: &Signed<Ticket>,
+        now_s: u64,
+        f: impl FnOnce(&mut TicketUse) -> R,
+    ) -> Result<R, NodeToClient> {
+        let mut uses = self.inner.ticket_uses.lock();
+        let fresh = TicketUse {
+            ticket: ticket.clone(),
+            spent: Credits::ZERO,
+            served: 0,
+            ack: None,
+        };
+        let busy = || {
+            error(
+                ErrorCode::Busy,
+                "too many tickets in use at this node; try another replica",
+            )
+        };
+        uses.insert(
+            ticket.body.nonce,
+            fresh,
+            ticket.body.expires_at_s,
+            now_s,
+            WhenFull::Refuse,
+        )
+        .map_err(|_| busy())?;
+        uses.get_mut(&ticket.body.nonce).map(f).ok_or_else(busy)
+    }
+
+    /// Keeps the client's acknowledgement of this node's work under `ticket` (the latest one:
+    /// the one counting the most tasks), to forward with the usage it covers. One that is not
+    /// the ticket's client's signature over this ticket and this node is ignored (a spot
+    /// check's validator receives the task as the worker got it, acknowledgement included).
+    fn take_ack(&self, ticket: &Signed<Ticket>, ack: &Signed<Ack>, now_s: u64) {
+        let body = &ack.body;
+        if body.ticket_nonce != ticket.body.nonce
+            || body.node != self.inner.id
+            || ack.verify(Some(&ticket.body.client)).is_err()
+        {
+            return;
+        }
+        let kept = self.ticket_use(ticket, now_s, |u| {
+            if u.ack
+                .as_ref()
+                .is_none_or(|held| held.body.tasks < body.tasks)
+            {
+                u.ack = Some(Box::new(ack.clone()));
+            }
+        });
+        if kept.is_err() {
+            tracing::debug!("acknowledgement not kept: too many tickets tracked");
+        }
+    }
+
     /// Takes the cost of a task with `input_bytes` of input from what `ticket` may still
-    /// spend at this node, or refuses it (`BudgetExhausted`; `Busy` when too many tickets are
-    /// tracked).
-    fn spend(&self, ticket: &Ticket, input_bytes: u64, now_s: u64) -> Result<(), NodeToClient> {
+    /// spend at this node, or refuses it: `BudgetExhausted` past the ticket's budget, `Busy`
+    /// while more than [`NodeConfig::unacknowledged_tasks_max`] of its tasks are not
+    /// acknowledged by the client (or when too many tickets are tracked).
+    fn spend(
+        &self,
+        ticket: &Signed<Ticket>,
+        input_bytes: u64,
+        now_s: u64,
+    ) -> Result<(), NodeToClient> {
+        let t = &ticket.body;
         let exhausted = |why: String| error(ErrorCode::BudgetExhausted, why);
-        let cost = ticket
+        let cost = t
             .price
             .cost(input_bytes)
             .ok_or_else(|| exhausted(format!("a task of {input_bytes} input bytes")))?;
-        let mut budgets = self.inner.budgets.lock();
-        if budgets
-            .insert(
-                ticket.nonce,
-                Credits::ZERO,
-                ticket.expires_at_s,
-                now_s,
-                WhenFull::Refuse,
-            )
-            .is_err()
-        {
-            return Err(error(
-                ErrorCode::Busy,
-                "too many tickets in use at this node; try another replica",
-            ));
-        }
-        let spent = budgets
-            .get_mut(&ticket.nonce)
-            .ok_or_else(|| error(ErrorCode::Internal, "ticket budget not tracked"))?;
-        match spent.checked_add(cost) {
-            Some(total) if total <= ticket.credit_budget => {
-                *spent = total;
-                Ok(())
+        let unacknowledged_max = self.inner.config.unacknowledged_tasks_max;
+        self.ticket_use(ticket, now_s, |u| {
+            let acknowledged = u.ack.as_ref().map_or(0, |a| a.body.tasks);
+            if u.served.saturating_sub(acknowledged) >= unacknowledged_max {
+                return Err(error(
+                    ErrorCode::Busy,
+                    format!(
+                        "{} tasks under this ticket are not acknowledged yet",
+                        u.served - acknowledged
+                    ),
+                ));
             }
-            _ => Err(exhausted(format!(
-                "the ticket's budget of {} credits is spent ({} used, this task costs {cost})",
-                ticket.credit_budget, *spent
-            ))),
-        }
+            match u.spent.checked_add(cost) {
+                Some(total) if total <= t.credit_budget => {
+                    u.spent = total;
+                    u.served += 1;
+                    Ok(())
+                }
+                _ => Err(exhausted(format!(
+                    "the ticket's budget of {} credits is spent ({} used, this task costs {cost})",
+                    t.credit_budget, u.spent
+                ))),
+            }
+        })?
     }
 
     fn registration(&self) -> Signed<Registration> {
@@ -867,13 +948,43 @@ impl<T: Transport> Node<T> {
                 continue;
             }
             let n = batch.len();
+            // The latest acknowledgement of each ticket the records name, with its ticket.
+            let acks: Vec<AckProof> = {
+                let uses = inner.ticket_uses.lock();
+                let mut nonces: Vec<[u8; 16]> = batch.iter().map(|r| r.ticket_nonce).collect();
+                nonces.sort_unstable();
+                nonces.dedup();
+                nonces
+                    .iter()
+                    .filter_map(|n| uses.get(n))
+                    .filter_map(|u| {
+                        u.ack.as_ref().map(|ack| AckProof {
+                            ticket: u.ticket.clone(),
+                            ack: (**ack).clone(),
+                        })
+                    })
+                    .take(ACKS_MAX)
+                    .collect()
+            };
             match self
-                .call(&NodeRequest::Usage(UsageReport { records: batch }))
+                .call(&NodeRequest::Usage(UsageReport {
+                    records: batch,
+                    acks,
+                }))
                 .await
             {
-                Ok(DispatcherReply::UsageAck { .. }) => {
-                    // Only now are they safe to forget; new records were appended behind.
-                    inner.usage.lock().drain(..n);
+                Ok(DispatcherReply::UsageAck { mut held, .. }) => {
+                    held.sort_unstable();
+                    held.dedup();
+                    // Only now are they safe to forget (new records were appended behind),
+                    // except those the client has not acknowledged yet: kept, in order.
+                    let mut usage = inner.usage.lock();
+                    let sent: Vec<UsageRecord> = usage.drain(..n).collect();
+                    for i in held.iter().rev() {
+                        if let Some(r) = sent.get(*i as usize) {
+                            usage.push_front(r.clone());
+                        }
+                    }
                 }
                 Ok(other) => tracing::warn!(?other, "usage report refused; will retry"),
                 Err(e) => tracing::debug!(error = %e, "usage report not delivered; will retry"),

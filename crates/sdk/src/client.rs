@@ -11,6 +11,7 @@ use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::wire::{CHUNK_BYTES_MAX, ClientCall, ClientRequest, DispatcherResponse, KeyInfo};
 use crat_transport::{ConnectionExt, Conversation, Transport};
+use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
 use futures_util::stream;
 
@@ -37,6 +38,8 @@ pub struct UploadProgress {
 
 pub(crate) struct Inner<T: Transport> {
     pub(crate) transport: T,
+    /// The transport's identity key: it signs acknowledgements.
+    pub(crate) identity: SigningKey,
     dispatcher_addr: PeerAddr,
     pub(crate) dispatcher_id: NodeId,
     key: SdkKey,
@@ -77,12 +80,14 @@ impl<T: Transport> Client<T> {
     /// `dispatcher_id`, with default settings.
     pub async fn connect(
         transport: T,
+        identity: SigningKey,
         dispatcher_addr: PeerAddr,
         dispatcher_id: NodeId,
         key: SdkKey,
     ) -> Result<Self, Error> {
         Self::connect_with(
             transport,
+            identity,
             dispatcher_addr,
             dispatcher_id,
             key,
@@ -91,17 +96,26 @@ impl<T: Transport> Client<T> {
         .await
     }
 
-    /// [`Client::connect`] with explicit settings.
+    /// [`Client::connect`] with explicit settings. `identity` is the transport's identity
+    /// key: the client signs its acknowledgements of nodes' work with it (a node accepts a
+    /// ticket only from the identity that leased it).
     pub async fn connect_with(
         transport: T,
+        identity: SigningKey,
         dispatcher_addr: PeerAddr,
         dispatcher_id: NodeId,
         key: SdkKey,
         config: ClientConfig,
     ) -> Result<Self, Error> {
+        if NodeId::from_key(&identity.verifying_key()) != transport.local_id() {
+            return Err(Error::Protocol(
+                "the identity key is not the transport's identity".into(),
+            ));
+        }
         let client = Self {
             inner: Arc::new(Inner {
                 transport,
+                identity,
                 dispatcher_addr,
                 dispatcher_id,
                 key,

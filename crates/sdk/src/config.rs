@@ -38,6 +38,14 @@ pub struct ClientConfig {
     /// Frame caps; must match what the dispatcher and nodes accept. Default
     /// [`FrameLimits::default`].
     pub frame_limits: FrameLimits,
+    /// A node gets a fresh signed acknowledgement of the answers received from it (under one
+    /// ticket) after at most this many new answers, with the next task sent to it. Default 16
+    /// (nodes stop serving a ticket with 1,024 unacknowledged tasks by default).
+    pub ack_every_tasks: u64,
+    /// How often acknowledgements are also sent to the dispatcher (so that work a node never
+    /// reports is charged); they are sent at each lease renewal too, and by
+    /// [`Deployment::flush_acks`](crate::Deployment::flush_acks). Default 1,000 ms.
+    pub ack_flush_ms: u64,
     /// The clock for lease renewal (when a lease is due); tests drive it by hand. Default
     /// [`SystemClock`].
     pub clock: Arc<dyn Clock>,
@@ -57,6 +65,8 @@ impl Default for ClientConfig {
             ready_poll_ms_initial: 100,
             ready_poll_ms_max: 2_000,
             frame_limits: FrameLimits::default(),
+            ack_every_tasks: 16,
+            ack_flush_ms: 1_000,
             clock: Arc::new(SystemClock),
         }
     }
@@ -69,6 +79,8 @@ impl std::fmt::Debug for ClientConfig {
             .field("infer_timeout_ms", &self.infer_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("attempts_max", &self.attempts_max)
+            .field("ack_every_tasks", &self.ack_every_tasks)
+            .field("ack_flush_ms", &self.ack_flush_ms)
             .field("lease_renew_margin_pct", &self.lease_renew_margin_pct)
             .field("lease_renew_margin_s_min", &self.lease_renew_margin_s_min)
             .field("upload_window", &self.upload_window)

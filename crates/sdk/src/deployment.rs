@@ -6,18 +6,20 @@ use std::time::Duration;
 
 use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
+use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
-use crat_core::sign::{Receipt, ReceiptError, Signed};
+use crat_core::sign::{Receipt, ReceiptError, Signed, Ticket};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{
-    self, ClientCall, ClientToNode, DeploymentInfo, DeploymentState, DispatcherResponse,
+    self, ACKS_MAX, ClientCall, ClientToNode, DeploymentInfo, DeploymentState, DispatcherResponse,
     InferRequest, Lease, NodeToClient, Replica, ValidationReport,
 };
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
 
+use crate::acks::AckLedger;
 use crate::client::Client;
 use crate::error::{Error, unexpected};
 use crate::pool::breaks_connection;
@@ -43,6 +45,14 @@ const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// counted in [`Stats::reports_dropped`](crate::Stats::reports_dropped)).
 const REPORTS_PENDING_MAX: usize = 16;
 
+/// The task an answer is for, and what it costs under the lease's ticket.
+struct Paid<'a> {
+    ticket: &'a Signed<Ticket>,
+    task: TaskId,
+    inputs_digest: [u8; 32],
+    cost: Credits,
+}
+
 /// One node's answer to a task, with its receipt (checked: the node's signature over this
 /// task, these inputs and these outputs).
 struct Answer {
@@ -62,6 +72,10 @@ struct Shared {
     stats: Counters,
     /// Permits for validation reports in flight.
     reports: Arc<tokio::sync::Semaphore>,
+    /// What each node answered under each ticket, for acknowledgements.
+    acks: Mutex<AckLedger>,
+    /// A flush of acknowledgements to the dispatcher is scheduled.
+    flush_scheduled: std::sync::atomic::AtomicBool,
 }
 
 /// One deployment of a model: describe it, stop it, and run tasks on its replicas.
@@ -125,6 +139,8 @@ impl<T: Transport> Deployment<T> {
                 next_replica: AtomicUsize::new(rand::random::<u16>().into()),
                 stats: Counters::default(),
                 reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_PENDING_MAX)),
+                acks: Mutex::new(AckLedger::new()),
+                flush_scheduled: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -280,6 +296,8 @@ impl<T: Transport> Deployment<T> {
         });
         if previous.is_some() {
             bump(&self.counters(), |c| &c.lease_renewals);
+            // The previous ticket's work is acknowledged to the dispatcher now.
+            self.spawn_flush_acks();
         }
         *self.shared.lease.lock() = Some(state.clone());
         Ok(state)
@@ -328,6 +346,7 @@ impl<T: Transport> Deployment<T> {
     ) -> Result<Vec<NamedTensor>, Error> {
         let config = &self.client.inner.config;
         let mut lease = self.current_lease().await?;
+        let input_bytes: u64 = inputs.iter().map(|t| t.tensor.bytes().len() as u64).sum();
         let request = InferRequest::new(task, self.id, lease.lease.ticket.clone(), inputs);
         let inputs_digest = request.inputs_digest;
         let mut message = ClientToNode::Infer(Box::new(request));
@@ -379,18 +398,45 @@ impl<T: Transport> Deployment<T> {
             }
             let replica = &lease.lease.replicas[start.wrapping_add(tried) % n];
             attempts += 1;
+            // The node's latest acknowledgement travels with the task, when one is due.
+            if let ClientToNode::Infer(r) = &mut message {
+                r.ack = self
+                    .shared
+                    .acks
+                    .lock()
+                    .due(
+                        lease.lease.ticket.body.nonce,
+                        replica.node,
+                        config.ack_every_tasks,
+                        &self.client.inner.identity,
+                    )
+                    .map(Box::new);
+            }
             if failing_over {
                 bump(&self.counters(), |c| &c.failovers);
                 failing_over = false;
             }
             match self.attempt(replica, task, &inputs_digest, &message).await {
                 Ok(answer) => {
+                    let paid = Paid {
+                        ticket: &lease.lease.ticket,
+                        task,
+                        inputs_digest,
+                        cost: lease
+                            .lease
+                            .ticket
+                            .body
+                            .price
+                            .cost(input_bytes)
+                            .unwrap_or(Credits::ZERO),
+                    };
                     let bps = u32::from(lease.lease.validation_bps.get());
                     if bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps {
                         return self
-                            .spot_check(task, &inputs_digest, &message, replica, answer, &lease)
+                            .spot_check(&paid, &message, replica, answer, &lease)
                             .await;
                     }
+                    self.received(&paid, replica, true);
                     return Ok(answer.outputs);
                 }
                 Err(e @ (Error::TicketRejected(_) | Error::BudgetExhausted(_))) => {
@@ -443,13 +489,13 @@ impl<T: Transport> Deployment<T> {
     /// answer, the worker's outputs are returned unchecked.
     async fn spot_check(
         &self,
-        task: TaskId,
-        inputs_digest: &[u8; 32],
+        paid: &Paid<'_>,
         message: &ClientToNode,
         worker: &Replica,
         first: Answer,
         lease: &LeaseState,
     ) -> Result<Vec<NamedTensor>, Error> {
+        let (task, inputs_digest) = (paid.task, &paid.inputs_digest);
         let tol = Tolerance::default();
         let replicas = &lease.lease.replicas;
         let pick = |taken: &[&Replica]| -> Option<Replica> {
@@ -467,6 +513,7 @@ impl<T: Transport> Deployment<T> {
             Some(free[rand::random::<u32>() as usize % free.len()].clone())
         };
         let Some(validator) = pick(&[worker]) else {
+            self.received(paid, worker, true);
             return Ok(first.outputs);
         };
         bump(&self.counters(), |c| &c.validations);
@@ -474,10 +521,14 @@ impl<T: Transport> Deployment<T> {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(%task, node = %validator.node, error = %e, "validator did not answer");
+                self.received(paid, worker, true);
                 return Ok(first.outputs);
             }
         };
+        // The answer returned is paid for; the others are acknowledged at no cost.
         if agree(&second.outputs, &first.outputs, &tol).is_ok() {
+            self.received(paid, worker, true);
+            self.received(paid, &validator, false);
             self.report(
                 [(worker, &first), (&validator, &second)],
                 &[worker.node, validator.node],
@@ -486,11 +537,15 @@ impl<T: Transport> Deployment<T> {
         }
         bump(&self.counters(), |c| &c.disagreements);
         let Some(tie) = pick(&[worker, &validator]) else {
+            self.received(paid, worker, false);
+            self.received(paid, &validator, false);
             return Err(Error::Validation(format!(
                 "nodes {} and {} disagree on {task} and no replica of a third operator can decide",
                 worker.node, validator.node
             )));
         };
+        self.received(paid, worker, false);
+        self.received(paid, &validator, false);
         let third = self
             .attempt(&tie, task, inputs_digest, message)
             .await
@@ -503,16 +558,78 @@ impl<T: Transport> Deployment<T> {
         let triple = [(worker, &first), (&validator, &second), (&tie, &third)];
         if agree(&third.outputs, &first.outputs, &tol).is_ok() {
             self.report(triple, &[worker.node, tie.node]);
+            self.received(paid, &tie, true);
             return Ok(first.outputs);
         }
         if agree(&third.outputs, &second.outputs, &tol).is_ok() {
             self.report(triple, &[validator.node, tie.node]);
+            self.received(paid, &tie, true);
             return Ok(second.outputs);
         }
+        self.received(paid, &tie, false);
         Err(Error::Validation(format!(
             "nodes {}, {} and {} gave three different answers to {task}",
             worker.node, validator.node, tie.node
         )))
+    }
+
+    /// Counts an answer `replica` gave to the task of `paid`, at its price when `pays` (the
+    /// answer returned to the caller) and at no cost otherwise.
+    fn received(&self, paid: &Paid<'_>, replica: &Replica, pays: bool) {
+        let cost = if pays { paid.cost } else { Credits::ZERO };
+        self.shared.acks.lock().received(
+            paid.ticket,
+            replica.node,
+            &paid.task,
+            &paid.inputs_digest,
+            cost,
+        );
+        // The dispatcher hears of it within `ack_flush_ms`, tasks or no tasks after it.
+        if !self.shared.flush_scheduled.swap(true, Ordering::AcqRel) {
+            let me = self.clone();
+            let delay = Duration::from_millis(self.client.inner.config.ack_flush_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                me.shared.flush_scheduled.store(false, Ordering::Release);
+                if let Err(e) = me.flush_acks().await {
+                    tracing::debug!(error = %e, "acknowledgements not delivered; sent again later");
+                }
+            });
+        }
+    }
+
+    /// Acknowledges to the dispatcher every answer received and not yet acknowledged to it,
+    /// so that it is charged even if the node that gave it never reports it. Runs on its own
+    /// within [`ack_flush_ms`](crate::ClientConfig::ack_flush_ms) of each answer and at each
+    /// lease renewal; call it to have the dispatcher know at once (before a process exits,
+    /// say).
+    pub async fn flush_acks(&self) -> Result<(), Error> {
+        let now_s = self.client.inner.config.clock.now_s();
+        let pending = self
+            .shared
+            .acks
+            .lock()
+            .pending(now_s, &self.client.inner.identity);
+        for chunk in pending.chunks(ACKS_MAX) {
+            let proofs = chunk.iter().map(|(_, _, p)| p.clone()).collect();
+            match self.client.call(ClientCall::Acknowledge(proofs)).await? {
+                DispatcherResponse::Ok => {
+                    let done: Vec<_> = chunk.iter().map(|(pair, n, _)| (*pair, *n)).collect();
+                    self.shared.acks.lock().mark_reported(&done);
+                }
+                other => return Err(unexpected("Acknowledge", &other)),
+            }
+        }
+        Ok(())
+    }
+
+    fn spawn_flush_acks(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.flush_acks().await {
+                tracing::debug!(error = %e, "acknowledgements not delivered; sent again later");
+            }
+        });
     }
 
     /// Sends a [`ValidationReport`] in the background (dropped when

@@ -67,6 +67,7 @@ use crat_core::id::{NodeId, SdkKey};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 
+mod acks;
 mod client;
 mod config;
 pub mod convert;
@@ -121,6 +122,7 @@ pub async fn connect_quic_with(
     let transport = QuicTransport::bind(SocketAddr::new(local_ip, 0), &identity, quic)?;
     Client::connect_with(
         transport,
+        identity,
         dispatcher_addr.into(),
         dispatcher_id,
         key,

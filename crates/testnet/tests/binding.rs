@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::*;
 use crat_core::id::{NodeId, PeerAddr, TaskId};
+use crat_core::money::Credits;
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient};
 use crat_dispatcher::DispatcherConfig;
@@ -60,20 +61,32 @@ async fn one_task_id_with_other_inputs_is_another_task() {
                     .unwrap(),
             );
         }
-        let req = ClientToNode::Infer(Box::new(InferRequest::new(
+        let req = InferRequest::new(
             task,
             d.id(),
             lease.ticket.clone(),
             vec![NamedTensor::new("input", input(i))],
-        )));
+        );
+        let digest = req.inputs_digest;
         let r: NodeToClient = conns[&replica.node]
-            .call(&req, Conversation::ClientNode, FrameLimits::default())
+            .call(
+                &ClientToNode::Infer(Box::new(req)),
+                Conversation::ClientNode,
+                FrameLimits::default(),
+            )
             .await
             .unwrap();
         assert!(
             matches!(r, NodeToClient::Receipted { .. }),
             "task {i}: {r:?}"
         );
+        // It pays for what it received: acknowledged, as the SDK does.
+        me.acknowledge(
+            &lease.ticket,
+            replica.node,
+            &[(task, digest, Credits::new(task_cost()))],
+        )
+        .await;
         last_lease = Some((lease, replica));
     }
     let (lease, replica) = last_lease.unwrap();

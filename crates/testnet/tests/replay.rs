@@ -10,12 +10,15 @@ use std::time::Duration;
 use common::*;
 use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
 use crat_core::id::{DeploymentId, NodeId, PeerAddr, SdkKey, TaskId};
-use crat_core::sign::{REGISTRATION_AGE_S_MAX, Registration, Signed, Ticket};
+use crat_core::money::Credits;
+use crat_core::sign::{REGISTRATION_AGE_S_MAX, Registration, Signed, Ticket, tensors_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
-    ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, InferRequest, Lease,
-    NodeRequest, NodeToClient, UsageRecord, UsageReport,
+    ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, Heartbeat,
+    InferRequest, Lease, NodeLoad, NodeRequest, NodeToClient, ReplicaState, UsageRecord,
+    UsageReport,
 };
+use crat_dispatcher::DispatcherConfig;
 use crat_testnet::{LocalNetwork, loopback_quic};
 use crat_transport::quic::{QuicConnection, QuicTransport};
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
@@ -99,6 +102,7 @@ fn usage_report(
                 compute_us: 10,
             })
             .collect(),
+        acks: vec![],
     }
 }
 
@@ -173,14 +177,22 @@ async fn tickets_are_refused_after_expiry_for_another_deployment_and_at_another_
         "two replicas each on three nodes"
     );
 
-    // The control: A's ticket at one of A's replicas runs the task.
-    assert!(
-        matches!(
-            task_at(&net, &me, aa[0], &la.ticket, a.id()).await,
-            NodeToClient::Receipted { .. }
-        ),
-        "a valid ticket is accepted"
-    );
+    // The control: A's ticket at one of A's replicas runs the task (and the client
+    // acknowledges it, so it is charged).
+    let control = task_at(&net, &me, aa[0], &la.ticket, a.id()).await;
+    let NodeToClient::Receipted { task, receipt, .. } = control else {
+        panic!("a valid ticket is accepted: {control:?}")
+    };
+    let cost = DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap();
+    me.acknowledge(
+        &la.ticket,
+        aa[0],
+        &[(task, receipt.body.inputs_digest, cost)],
+    )
+    .await;
     // For another deployment: a node serving both A and B refuses A's ticket for B and B's
     // for A, although both are genuine and name it.
     let both = *aa.iter().find(|n| ab.contains(n)).unwrap();
@@ -371,7 +383,8 @@ async fn usage_reported_again_is_never_charged_again() {
             report_usage(&conn, report.clone()).await,
             DispatcherReply::UsageAck {
                 accepted: 0,
-                duplicates: 5
+                duplicates: 5,
+                held: vec![],
             }
         );
     }
@@ -400,11 +413,172 @@ async fn usage_reported_again_is_never_charged_again() {
             report_usage(&conn, fresh).await,
             DispatcherReply::UsageAck {
                 accepted: 0,
-                duplicates: 4
+                duplicates: 4,
+                held: vec![],
             }
         );
     }
     assert_eq!(ledger.usage_totals(&d.id()).unwrap(), totals);
     assert_eq!(d.info().await.unwrap().allowance_left, allowance);
+    net.shutdown();
+}
+
+/// A node speaking the protocol by hand holds the only replica; the client acknowledges three
+/// answers from it. Whatever the node reports (tasks it invented, the real ones, inflated
+/// sizes), the client pays what it acknowledged and no more; and work it acknowledged that
+/// the node never reports (a node that died) is charged when the ticket's window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_paid_no_more_than_its_client_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.canary.interval_ms = 0;
+    cfg.dispatch.replicas = 1;
+    cfg.ticket_lifetime_s = 3;
+    cfg.usage_grace_s = 2;
+    let net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    let inventor = SigningKey::from_bytes(&[46; 32]);
+    let inventor_id = NodeId::from_key(&inventor.verifying_key());
+    let mut body = registration(&inventor, now_s(), [2; 16]).body;
+    body.model_bytes_max = 1 << 30;
+    let inventor_endpoint = endpoint(&inventor);
+    let (conn, reply) = register(&net, &inventor_endpoint, &Signed::sign(body, &inventor)).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    let (client, key) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    // It says it is ready, and stays alive.
+    let ready = NodeRequest::ReplicaState {
+        deployment: d.id(),
+        state: ReplicaState::Ready,
+    };
+    let r: DispatcherReply = conn
+        .call(&ready, Conversation::NodeDispatcher, FrameLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(r, DispatcherReply::Ok);
+    let beating = {
+        let conn = conn.clone();
+        let deployment = d.id();
+        tokio::spawn(async move {
+            for seq in 1.. {
+                let hb = NodeRequest::Heartbeat(Heartbeat {
+                    seq,
+                    load: NodeLoad::default(),
+                    loaded_models: vec![],
+                    ready: vec![deployment],
+                });
+                let _ = conn
+                    .call::<_, DispatcherReply>(
+                        &hb,
+                        Conversation::NodeDispatcher,
+                        FrameLimits::default(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let cost = DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    let allowance = d.info().await.unwrap().allowance_left;
+
+    // The client received three answers from the node under its ticket and says so.
+    let me = RawClient::new(&net, &key).await;
+    let lease = me.lease(d.id()).await;
+    assert_eq!(lease.ticket.body.audience, vec![inventor_id]);
+    let real: Vec<(TaskId, [u8; 32], Credits)> = (0..3)
+        .map(|i| {
+            let inputs = [NamedTensor::new("input", input(i))];
+            (
+                TaskId::from_bytes(rand::random()),
+                tensors_digest(&inputs),
+                cost,
+            )
+        })
+        .collect();
+    me.acknowledge(&lease.ticket, inventor_id, &real).await;
+    // The node reports five tasks it invented, then the three real ones, and one with its
+    // input size inflated past the plan.
+    let record = |task: TaskId, inputs_digest: [u8; 32], input_bytes: u64| UsageRecord {
+        task,
+        deployment: d.id(),
+        inputs_digest,
+        key: key.id,
+        ticket_nonce: lease.ticket.body.nonce,
+        input_bytes,
+        output_bytes: 40,
+        compute_us: 10,
+    };
+    let mut records: Vec<UsageRecord> = (0..5)
+        .map(|_| {
+            record(
+                TaskId::from_bytes(rand::random()),
+                rand::random(),
+                28 * 28 * 4,
+            )
+        })
+        .collect();
+    records.extend(
+        real.iter()
+            .map(|(t, digest, _)| record(*t, *digest, 28 * 28 * 4)),
+    );
+    records.push(record(
+        TaskId::from_bytes(rand::random()),
+        rand::random(),
+        1 << 20,
+    ));
+    let report = UsageReport {
+        records,
+        acks: vec![],
+    };
+    let DispatcherReply::UsageAck { accepted, held, .. } = report_usage(&conn, report).await else {
+        panic!("no usage answer")
+    };
+    // Three records fill what the client acknowledged; the other five are held, the inflated
+    // one refused.
+    assert_eq!(accepted, 3);
+    assert_eq!(held, vec![3, 4, 5, 6, 7]);
+    let charged = ledger.usage_totals(&d.id()).unwrap().1;
+    assert_eq!(charged.get(), 3 * cost.get());
+    assert_eq!(
+        d.info().await.unwrap().allowance_left.get(),
+        allowance.get() - 3 * cost.get()
+    );
+
+    // Under a second ticket the client acknowledges two answers and the node never reports:
+    // when the ticket's usage window ends, they are charged from the acknowledgement.
+    let second = me.lease(d.id()).await;
+    let two: Vec<(TaskId, [u8; 32], Credits)> = (0..2)
+        .map(|_| (TaskId::from_bytes(rand::random()), rand::random(), cost))
+        .collect();
+    me.acknowledge(&second.ticket, inventor_id, &two).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ledger.usage_totals(&d.id()).unwrap().1.get() < 5 * cost.get() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The first ticket's window ended too: nothing more (its acknowledgement was charged in
+    // full already), and the held records of both are refused from now on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        ledger.usage_totals(&d.id()).unwrap().1.get(),
+        5 * cost.get()
+    );
+    assert_eq!(
+        d.info().await.unwrap().allowance_left.get(),
+        allowance.get() - 5 * cost.get()
+    );
+    beating.abort();
     net.shutdown();
 }

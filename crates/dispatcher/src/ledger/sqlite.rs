@@ -1025,6 +1025,29 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn usage_known(
+        &self,
+        keys: &[(DeploymentId, TaskId, [u8; 32])],
+    ) -> Result<Vec<bool>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT 1 FROM usage WHERE deployment = ?1 AND task = ?2 AND inputs_digest = ?3",
+                )
+                .db()?;
+            keys.iter()
+                .map(|(d, t, digest)| {
+                    stmt.exists(params![
+                        d.as_bytes().as_slice(),
+                        t.as_bytes().as_slice(),
+                        digest.as_slice()
+                    ])
+                    .db()
+                })
+                .collect()
+        })
+    }
+
     fn usage_totals(&self, deployment: &DeploymentId) -> Result<(u64, Credits), LedgerError> {
         self.read(|tx| {
             let (count, charged): (i64, i64) = tx
@@ -1849,6 +1872,25 @@ mod tests {
         let digests: Vec<[u8; 32]> = rows.iter().map(|r| r.inputs_digest).collect();
         assert_eq!(digests, vec![[1; 32], [2; 32], [3; 32]]);
         assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
+    fn known_usage_is_found_by_deployment_task_and_inputs() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 100);
+        ledger
+            .create_deployment(&per_request(&a, 1, 100, 20))
+            .unwrap();
+        ledger.charge_usage(&[charge(1, 1, 10, 30)]).unwrap();
+        let known = ledger
+            .usage_known(&[
+                (dep_id(1), task(1), [0; 32]),
+                (dep_id(1), task(1), [1; 32]),
+                (dep_id(1), task(2), [0; 32]),
+                (dep_id(2), task(1), [0; 32]),
+            ])
+            .unwrap();
+        assert_eq!(known, vec![true, false, false, false]);
     }
 
     #[test]

@@ -113,6 +113,14 @@ impl<T: Transport> Dispatcher<T> {
         req: ClientRequest,
         rate_limited: bool,
     ) -> Result<DispatcherResponse, Refusal> {
+        // Acknowledgements carry their own proof (a ticket this dispatcher signed, the
+        // acknowledgement signed by the ticket's client) and can only cost their signer what
+        // it acknowledged: they are taken whatever the key's standing, so that revoking a key
+        // does not make work already received free.
+        if let ClientCall::Acknowledge(proofs) = &req.call {
+            self.acknowledge(proofs, self.inner.clock.now_s())?;
+            return Ok(DispatcherResponse::Ok);
+        }
         let key = self.authenticate(&req.key).await?;
         if rate_limited {
             self.check_rate(&key.id)?;
@@ -189,6 +197,9 @@ impl<T: Transport> Dispatcher<T> {
                 self.validation_report(&key, *report, now).await?;
                 Ok(DispatcherResponse::Ok)
             }
+            ClientCall::Acknowledge(_) => Err(Refusal::Internal(
+                "acknowledgements are taken before authentication".into(),
+            )),
             ClientCall::KeyStatus => Ok(DispatcherResponse::Key(KeyInfo {
                 id: key.id,
                 status: KeyStatus::Active,

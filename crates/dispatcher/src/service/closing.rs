@@ -19,6 +19,7 @@ impl<T: Transport> Dispatcher<T> {
             let now = self.inner.clock.now_s();
             let effects = self.inner.dispatch.lock().tick(now);
             self.apply(effects).await;
+            self.settle_acks().await;
             match self.close_due_rounds().await {
                 Ok(closed) => {
                     for c in closed {

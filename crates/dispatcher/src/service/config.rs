@@ -34,6 +34,10 @@ pub struct DispatcherConfig {
     /// dispatcher issued for that deployment to that node. Past it, with every remembered
     /// ticket still live, a lease is answered `Busy`. Default 262,144.
     pub tickets_tracked_max: usize,
+    /// (ticket, node) pairs whose acknowledged and charged work is tracked until the ticket's
+    /// usage window ends; past it, acknowledgements are answered `Busy` (and come again).
+    /// Default 262,144.
+    pub acks_tracked_max: usize,
     /// How long after a ticket expires its usage is still accepted (nodes retry reports).
     /// Also how long after a start usage under tickets of a previous run is accepted from a
     /// node that serves the deployment. Default 3,600 s.
@@ -96,6 +100,7 @@ impl DispatcherConfig {
             round_close_delay_s: 10,
             ticket_lifetime_s: 300,
             tickets_tracked_max: 262_144,
+            acks_tracked_max: 262_144,
             usage_grace_s: 3_600,
             frame_limits: FrameLimits::default(),
             model_bytes_max: 1 << 30,

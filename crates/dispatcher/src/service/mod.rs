@@ -24,6 +24,7 @@ use crat_core::clock::Clock;
 use crat_core::dispatch::Dispatch;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::KeyedRateLimiter;
+use crat_core::policy::acks::AckBook;
 use crat_core::policy::reports::{ReportBook, SamplingRates};
 use crat_core::policy::tickets::IssuedTickets;
 use crat_core::sign::NonceTracker;
@@ -44,6 +45,7 @@ use crate::ledger::{DeploymentRecord, KeyRecord, Ledger, LedgerError, SqliteLedg
 use crate::rounds::RoundError;
 use reply::{Refusal, err};
 
+mod acks;
 mod canary;
 mod client;
 mod closing;
@@ -109,6 +111,13 @@ pub struct DispatcherStats {
     pub usage_records: u64,
     /// Usage records that were duplicates of charged tasks.
     pub usage_duplicates: u64,
+    /// Usage records held back: their client had not acknowledged them (yet).
+    pub usage_held: u64,
+    /// Acknowledgements accepted (from clients and forwarded by nodes).
+    pub acks: u64,
+    /// (ticket, node) pairs whose acknowledged but unreported work was charged from the
+    /// acknowledgement.
+    pub usage_settled: u64,
     /// Rounds closed by this process.
     pub rounds_closed: u64,
     /// Validations of other nodes' work credited from spot-check reports.
@@ -139,6 +148,9 @@ struct Counters {
     leases: AtomicU64,
     usage_records: AtomicU64,
     usage_duplicates: AtomicU64,
+    usage_held: AtomicU64,
+    acks: AtomicU64,
+    usage_settled: AtomicU64,
     rounds_closed: AtomicU64,
     validations_ok: AtomicU64,
     validations_failed: AtomicU64,
@@ -158,6 +170,9 @@ impl Counters {
             leases: get(&self.leases),
             usage_records: get(&self.usage_records),
             usage_duplicates: get(&self.usage_duplicates),
+            usage_held: get(&self.usage_held),
+            acks: get(&self.acks),
+            usage_settled: get(&self.usage_settled),
             rounds_closed: get(&self.rounds_closed),
             validations_ok: get(&self.validations_ok),
             validations_failed: get(&self.validations_failed),
@@ -197,6 +212,8 @@ struct Inner<T: Transport> {
     reports: Mutex<ReportBook>,
     /// Tickets issued, for checking usage.
     tickets: Mutex<IssuedTickets>,
+    /// What clients acknowledged of each node's work per ticket, and what was charged.
+    acks: Mutex<AckBook>,
     counters: Counters,
 }
 
@@ -310,6 +327,7 @@ impl<T: Transport> Dispatcher<T> {
             config.validation_reports_slack,
         ));
         let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
+        let acks = Mutex::new(AckBook::new(config.acks_tracked_max));
         let references = parts
             .canary
             .as_ref()
@@ -344,6 +362,7 @@ impl<T: Transport> Dispatcher<T> {
                 gate,
                 reports,
                 tickets,
+                acks,
                 counters: Counters::default(),
             }),
         })

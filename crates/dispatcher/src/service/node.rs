@@ -7,12 +7,13 @@
 use crat_core::dispatch::Effect;
 use crat_core::gpu_table::GpuTable;
 use crat_core::id::NodeId;
+use crat_core::policy::acks::Decision;
 use crat_core::policy::registration::rate_hardware;
 use crat_core::policy::tickets::{ticket_allows, within_restart_grace};
 use crat_core::policy::usage::{Admission, DeploymentTerms, UsageFacts, admit};
 use crat_core::sign::{Registration, ReplayError, Signed};
 use crat_core::wire::{
-    CHUNK_BYTES_MAX, DispatcherPush, DispatcherReply, ErrorCode, NodeAck, NodeRequest,
+    ACKS_MAX, CHUNK_BYTES_MAX, DispatcherPush, DispatcherReply, ErrorCode, NodeAck, NodeRequest,
     USAGE_RECORDS_MAX, UsageReport,
 };
 use crat_transport::{Connection, ConnectionExt, Conversation, Transport, serve};
@@ -303,6 +304,15 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into());
         }
+        if report.acks.len() > ACKS_MAX {
+            return Err(err(
+                ErrorCode::TooLarge,
+                format!("more than {ACKS_MAX} acknowledgements"),
+            )
+            .into());
+        }
+        // The clients' acknowledgements first: they say what may be charged.
+        self.forwarded_acks(&report.acks, node, now);
         let config = &self.inner.config;
         let restart_grace = within_restart_grace(
             self.inner.started.elapsed().as_secs(),
@@ -333,11 +343,13 @@ impl<T: Transport> Dispatcher<T> {
                 })
                 .collect()
         };
-        let mut charges = Vec::with_capacity(report.records.len());
+        let mut admitted = Vec::with_capacity(report.records.len());
         let (mut unknown, mut refused) = (0u32, 0u32);
         {
             let deployments = self.inner.deployments.read();
-            for (record, ticket_allows) in report.records.into_iter().zip(allowed) {
+            for (index, (record, ticket_allows)) in
+                report.records.into_iter().zip(allowed).enumerate()
+            {
                 let facts = UsageFacts {
                     canary: self
                         .inner
@@ -354,18 +366,49 @@ impl<T: Transport> Dispatcher<T> {
                         }),
                 };
                 match admit(&record, facts, &config.pricing) {
-                    Admission::Charge(cost) => charges.push(UsageCharge {
-                        record,
-                        node,
-                        cost,
-                        at_s: now,
-                    }),
+                    Admission::Charge(cost) => admitted.push((index, record, cost)),
                     Admission::Refuse => {
                         refused += 1;
                         unknown += 1;
                     }
                     // Nothing to charge, never retried.
                     Admission::Ignore(_) => unknown += 1,
+                }
+            }
+        }
+        // Charged once per (deployment, task, inputs): a record charged before is a duplicate
+        // whatever its acknowledgement; a new one is charged only within what its client
+        // acknowledged of this node, and held (reported again later) beyond.
+        let keys: Vec<_> = admitted
+            .iter()
+            .map(|(_, r, _)| (r.deployment, r.task, r.inputs_digest))
+            .collect();
+        let known = self.db(move |l| l.usage_known(&keys)).await?;
+        let mut charges = Vec::with_capacity(admitted.len());
+        let mut held = Vec::new();
+        let mut duplicates = 0u32;
+        {
+            let mut acks = self.inner.acks.lock();
+            for ((index, record, cost), known) in admitted.into_iter().zip(known) {
+                if known {
+                    duplicates += 1;
+                    continue;
+                }
+                let decision = acks.admit(
+                    &record.ticket_nonce,
+                    &node,
+                    &record.task,
+                    &record.inputs_digest,
+                    cost,
+                );
+                match decision {
+                    Decision::Charge => charges.push(UsageCharge {
+                        record,
+                        node,
+                        cost,
+                        at_s: now,
+                    }),
+                    Decision::Hold => held.push(index as u32),
                 }
             }
         }
@@ -394,7 +437,11 @@ impl<T: Transport> Dispatcher<T> {
         }
         let counters = &self.inner.counters;
         Counters::add(&counters.usage_records, u64::from(outcome.accepted));
-        Counters::add(&counters.usage_duplicates, u64::from(outcome.duplicates));
+        Counters::add(
+            &counters.usage_duplicates,
+            u64::from(outcome.duplicates + duplicates),
+        );
+        Counters::add(&counters.usage_held, held.len() as u64);
         if unknown > 0 {
             tracing::warn!(
                 %node,
@@ -405,7 +452,8 @@ impl<T: Transport> Dispatcher<T> {
         }
         Ok(DispatcherReply::UsageAck {
             accepted: outcome.accepted,
-            duplicates: outcome.duplicates + unknown,
+            duplicates: outcome.duplicates + duplicates + unknown,
+            held,
         })
     }
 }

@@ -123,6 +123,7 @@ pub fn fake_dispatcher(
                         DispatcherReply::UsageAck {
                             accepted: n,
                             duplicates: 0,
+                            held: vec![],
                         }
                     }
                 }

@@ -103,6 +103,8 @@ pub struct FakeState {
     pub usage: Vec<(NodeId, UsageRecord)>,
     pub balance: Credits,
     pub leases_issued: u32,
+    /// Acknowledgements the client sent.
+    pub acks: Vec<crat_core::policy::acks::AckProof>,
     pub lease_faults: VecDeque<LeaseFault>,
     pub ticket_lifetime_s: u64,
     pub replicas_wanted: u32,
@@ -292,6 +294,10 @@ impl Fake {
             }
             ClientCall::Balance => DispatcherResponse::Balance(s.balance),
             ClientCall::ReportValidation(_) => DispatcherResponse::Ok,
+            ClientCall::Acknowledge(proofs) => {
+                s.acks.extend(proofs);
+                DispatcherResponse::Ok
+            }
             ClientCall::KeyStatus => DispatcherResponse::Key(KeyInfo {
                 id: req.key.id,
                 status: KeyStatus::Active,
@@ -370,6 +376,7 @@ impl Fake {
                 DispatcherReply::UsageAck {
                     accepted: n,
                     duplicates: 0,
+                    held: vec![],
                 }
             }
         }
@@ -404,6 +411,7 @@ pub fn start_dispatcher(
             usage: Vec::new(),
             balance: Credits::new(1_000_000),
             leases_issued: 0,
+            acks: Vec::new(),
             lease_faults: VecDeque::new(),
             ticket_lifetime_s: 600,
             replicas_wanted: 1,
@@ -595,9 +603,13 @@ pub async fn client(
     key: SdkKey,
     config: ClientConfig,
 ) -> Result<Client<MemoryTransport>, crat_sdk::Error> {
-    let transport = net.bind(name, NodeId::from_bytes([3; 32])).unwrap();
+    let identity = SigningKey::from_bytes(&[3; 32]);
+    let transport = net
+        .bind(name, NodeId::from_key(&identity.verifying_key()))
+        .unwrap();
     Client::connect_with(
         transport,
+        identity,
         CLIENT_ADDR.parse().unwrap(),
         dispatcher_id(),
         key,

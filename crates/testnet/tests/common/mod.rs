@@ -152,6 +152,8 @@ pub async fn settled_usage(
 pub struct RawClient {
     /// Its endpoint.
     pub transport: QuicTransport,
+    /// Its identity key (the transport's).
+    pub identity: SigningKey,
     dispatcher: crat_transport::quic::QuicConnection,
     key: SdkKey,
 }
@@ -159,21 +161,52 @@ pub struct RawClient {
 impl RawClient {
     /// A new identity, connected to `net`'s dispatcher, calling with `key`.
     pub async fn new(net: &LocalNetwork, key: &SdkKey) -> Self {
-        let transport = QuicTransport::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            &SigningKey::from_bytes(&rand::random()),
-            loopback_quic(),
-        )
-        .unwrap();
+        let identity = SigningKey::from_bytes(&rand::random());
+        let transport =
+            QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &identity, loopback_quic())
+                .unwrap();
         let dispatcher = transport
             .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
             .await
             .unwrap();
         Self {
             transport,
+            identity,
             dispatcher,
             key: key.clone(),
         }
+    }
+
+    /// Acknowledges to the dispatcher, as an honest client does, the answers received from
+    /// `node` under `ticket`: each (task, inputs digest, cost), counted from the ticket's
+    /// first task.
+    pub async fn acknowledge(
+        &self,
+        ticket: &crat_core::sign::Signed<crat_core::sign::Ticket>,
+        node: crat_core::id::NodeId,
+        tasks: &[(crat_core::id::TaskId, [u8; 32], Credits)],
+    ) {
+        let mut tally = crat_core::policy::acks::Tally::default();
+        for (task, digest, cost) in tasks {
+            tally.add(task, digest, *cost).unwrap();
+        }
+        let proof = crat_core::policy::acks::AckProof {
+            ticket: ticket.clone(),
+            ack: crat_core::sign::Signed::sign(tally.ack(ticket.body.nonce, node), &self.identity),
+        };
+        let answer: DispatcherResponse = self
+            .dispatcher
+            .call(
+                &ClientRequest {
+                    key: self.key.clone(),
+                    call: ClientCall::Acknowledge(vec![proof]),
+                },
+                Conversation::ClientDispatcher,
+                FrameLimits::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, DispatcherResponse::Ok);
     }
 
     /// A lease of `deployment`.
