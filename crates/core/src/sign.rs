@@ -223,6 +223,22 @@ impl Signed<Receipt> {
         inputs_digest: &[u8; 32],
         outputs: &[crate::tensor::NamedTensor],
     ) -> Result<(), ReceiptError> {
+        self.describes(node, task, deployment, inputs_digest, outputs)?;
+        self.verify(Some(node))?;
+        Ok(())
+    }
+
+    /// [`check_answer`](Self::check_answer) without the signature: that the receipt names
+    /// exactly this answer (a blake3 of the outputs, no ed25519 verification). A client that
+    /// verifies signatures on a sample of answers checks this on every one.
+    pub fn describes(
+        &self,
+        node: &NodeId,
+        task: &crate::id::TaskId,
+        deployment: &DeploymentId,
+        inputs_digest: &[u8; 32],
+        outputs: &[crate::tensor::NamedTensor],
+    ) -> Result<(), ReceiptError> {
         let r = &self.body;
         if r.task != *task || r.deployment != *deployment || r.node != *node {
             return Err(ReceiptError::Subject);
@@ -233,7 +249,6 @@ impl Signed<Receipt> {
         if r.outputs_digest != tensors_digest(outputs) {
             return Err(ReceiptError::Outputs);
         }
-        self.verify(Some(node))?;
         Ok(())
     }
 }

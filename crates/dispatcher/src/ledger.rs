@@ -134,7 +134,7 @@ pub struct UsageCharge {
 }
 
 /// What [`Ledger::charge_usage`] did.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct UsageOutcome {
     /// Records stored and charged now.
     pub accepted: u32,
@@ -144,6 +144,8 @@ pub struct UsageOutcome {
     pub charged: Credits,
     /// Credits that could not be taken because an allowance ran out (recorded per task).
     pub uncollected: Credits,
+    /// Indices (into the charges given) of the duplicates, ascending.
+    pub duplicated: Vec<u32>,
 }
 
 /// A stored usage record (for audits and tests).

@@ -543,6 +543,9 @@ impl<T: Transport> Node<T> {
         f: impl FnOnce(&mut TicketUse) -> R,
     ) -> Result<R, NodeToClient> {
         let mut uses = self.inner.ticket_uses.lock();
+        if let Some(u) = uses.get_mut(&ticket.body.nonce) {
+            return Ok(f(u));
+        }
         let fresh = TicketUse {
             ticket: ticket.clone(),
             spent: Credits::ZERO,

@@ -1,5 +1,6 @@
 //! A [`Deployment`]: its lease, and tasks sent straight to its replicas with failover.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -45,6 +46,44 @@ const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// counted in [`Stats::reports_dropped`](crate::Stats::reports_dropped)).
 const REPORTS_PENDING_MAX: usize = 16;
 
+/// Answers whose receipt signature is verified (an ed25519 verification costs about as much
+/// as a small model's run): every one of a node's first [`RECEIPTS_VERIFIED_FIRST`], then one
+/// in [`RECEIPTS_VERIFIED_ONE_IN`] at random, and every one after a node's receipt failed. The
+/// receipt's digests are checked on every answer; the dispatcher's canaries verify every
+/// receipt they get, so a node forging signatures is caught either way.
+#[derive(Default)]
+struct ReceiptSampler {
+    /// Receipts verified per node, and whether one failed.
+    nodes: HashMap<NodeId, (u32, bool)>,
+}
+
+/// Every receipt of a node's first this many answers is verified.
+const RECEIPTS_VERIFIED_FIRST: u32 = 16;
+/// Then one answer in this many, at random.
+const RECEIPTS_VERIFIED_ONE_IN: u32 = 16;
+/// Nodes remembered (the map is emptied beyond: verification starts over).
+const RECEIPT_NODES_MAX: usize = 4_096;
+
+impl ReceiptSampler {
+    fn should_verify(&mut self, node: &NodeId) -> bool {
+        if self.nodes.len() >= RECEIPT_NODES_MAX && !self.nodes.contains_key(node) {
+            self.nodes.clear();
+        }
+        let (seen, failed) = self.nodes.entry(*node).or_insert((0, false));
+        let verify = *failed
+            || *seen < RECEIPTS_VERIFIED_FIRST
+            || rand::random::<u32>().is_multiple_of(RECEIPTS_VERIFIED_ONE_IN);
+        if verify {
+            *seen = seen.saturating_add(1);
+        }
+        verify
+    }
+
+    fn failed(&mut self, node: NodeId) {
+        self.nodes.entry(node).or_insert((0, true)).1 = true;
+    }
+}
+
 /// The task an answer is for, and what it costs under the lease's ticket.
 struct Paid<'a> {
     ticket: &'a Signed<Ticket>,
@@ -76,6 +115,8 @@ struct Shared {
     acks: Mutex<AckLedger>,
     /// A flush of acknowledgements to the dispatcher is scheduled.
     flush_scheduled: std::sync::atomic::AtomicBool,
+    /// Which answers' receipt signatures are verified.
+    receipts: Mutex<ReceiptSampler>,
 }
 
 /// One deployment of a model: describe it, stop it, and run tasks on its replicas.
@@ -141,6 +182,7 @@ impl<T: Transport> Deployment<T> {
                 reports: Arc::new(tokio::sync::Semaphore::new(REPORTS_PENDING_MAX)),
                 acks: Mutex::new(AckLedger::new()),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
+                receipts: Mutex::new(ReceiptSampler::default()),
             }),
         }
     }
@@ -376,6 +418,9 @@ impl<T: Transport> Deployment<T> {
         let mut ticket_renewed = false;
         let mut start = self.shared.next_replica.fetch_add(1, Ordering::Relaxed);
         let mut tried = 0usize;
+        // Whether this task is spot-checked is decided before any answer is seen.
+        let bps = u32::from(lease.lease.validation_bps.get());
+        let spot_checked = bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps;
         while attempts < attempts_max {
             if self.due(&lease) {
                 lease = self.renew(lease.generation).await?;
@@ -416,7 +461,10 @@ impl<T: Transport> Deployment<T> {
                 bump(&self.counters(), |c| &c.failovers);
                 failing_over = false;
             }
-            match self.attempt(replica, task, &inputs_digest, &message).await {
+            match self
+                .attempt(replica, task, &inputs_digest, &message, spot_checked)
+                .await
+            {
                 Ok(answer) => {
                     let paid = Paid {
                         ticket: &lease.lease.ticket,
@@ -430,8 +478,7 @@ impl<T: Transport> Deployment<T> {
                             .cost(input_bytes)
                             .unwrap_or(Credits::ZERO),
                     };
-                    let bps = u32::from(lease.lease.validation_bps.get());
-                    if bps > 0 && rand::random::<u32>() % u32::from(Bps::FULL.get()) < bps {
+                    if spot_checked {
                         return self
                             .spot_check(&paid, &message, replica, answer, &lease)
                             .await;
@@ -517,7 +564,10 @@ impl<T: Transport> Deployment<T> {
             return Ok(first.outputs);
         };
         bump(&self.counters(), |c| &c.validations);
-        let second = match self.attempt(&validator, task, inputs_digest, message).await {
+        let second = match self
+            .attempt(&validator, task, inputs_digest, message, true)
+            .await
+        {
             Ok(a) => a,
             Err(e) => {
                 tracing::debug!(%task, node = %validator.node, error = %e, "validator did not answer");
@@ -547,7 +597,7 @@ impl<T: Transport> Deployment<T> {
         self.received(paid, worker, false);
         self.received(paid, &validator, false);
         let third = self
-            .attempt(&tie, task, inputs_digest, message)
+            .attempt(&tie, task, inputs_digest, message, true)
             .await
             .map_err(|e| {
                 Error::Validation(format!(
@@ -657,13 +707,17 @@ impl<T: Transport> Deployment<T> {
     }
 
     /// One call of `message` (task `task`, inputs with digest `inputs_digest`) on `replica`;
-    /// an answer without a valid receipt is an error ([`Error::InvalidReceipt`]).
+    /// an answer without a valid receipt is an error ([`Error::InvalidReceipt`]). The receipt
+    /// always has to name exactly this answer; its signature is verified when `evidence` (the
+    /// answer of a spot check, whose receipts go to the dispatcher) and otherwise on a sample
+    /// ([`ReceiptSampler`]).
     async fn attempt(
         &self,
         replica: &Replica,
         task: TaskId,
         inputs_digest: &[u8; 32],
         message: &ClientToNode,
+        evidence: bool,
     ) -> Result<Answer, Error> {
         let inner = &self.client.inner;
         let (generation, conn) = inner
@@ -710,10 +764,18 @@ impl<T: Transport> Deployment<T> {
                 receipt,
                 ..
             } if answered == task => {
-                match receipt.check_answer(&replica.node, &task, &self.id, inputs_digest, &outputs)
-                {
+                let verify = evidence || self.shared.receipts.lock().should_verify(&replica.node);
+                let checked = if verify {
+                    receipt.check_answer(&replica.node, &task, &self.id, inputs_digest, &outputs)
+                } else {
+                    receipt.describes(&replica.node, &task, &self.id, inputs_digest, &outputs)
+                };
+                match checked {
                     Ok(()) => Ok(Answer { outputs, receipt }),
-                    Err(e) => invalid(e),
+                    Err(e) => {
+                        self.shared.receipts.lock().failed(replica.node);
+                        invalid(e)
+                    }
                 }
             }
             NodeToClient::Receipted { task: answered, .. } => Err(Error::Protocol(format!(

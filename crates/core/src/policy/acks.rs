@@ -78,6 +78,16 @@ pub fn accumulate(acc: &mut [u8; 32], term: &[u8; 32]) {
     }
 }
 
+/// Takes `term` back out of `acc` (the inverse of [`accumulate`]).
+pub fn deduct(acc: &mut [u8; 32], term: &[u8; 32]) {
+    let mut borrow = 0i16;
+    for (a, t) in acc.iter_mut().zip(term) {
+        let diff = i16::from(*a) - i16::from(*t) - borrow;
+        *a = diff.rem_euclid(256) as u8;
+        borrow = i16::from(diff < 0);
+    }
+}
+
 /// Running totals of the tasks of one ticket at one node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -98,6 +108,13 @@ impl Tally {
         self.credits = credits;
         accumulate(&mut self.accumulator, &ack_term(task, inputs_digest));
         Some(())
+    }
+
+    /// Uncounts a task counted by [`add`](Self::add).
+    pub fn remove(&mut self, task: &TaskId, inputs_digest: &[u8; 32], cost: Credits) {
+        self.tasks = self.tasks.saturating_sub(1);
+        self.credits = self.credits.saturating_sub(cost);
+        deduct(&mut self.accumulator, &ack_term(task, inputs_digest));
     }
 
     /// This tally as the (unsigned) acknowledgement of `node`'s work under ticket `nonce`.
@@ -279,6 +296,21 @@ impl AckBook {
         Decision::Charge
     }
 
+    /// Uncounts a record [`admit`](Self::admit) let be charged that was not charged after all
+    /// (the ledger had it already: a duplicate).
+    pub fn refund(
+        &mut self,
+        nonce: &[u8; 16],
+        node: &NodeId,
+        task: &TaskId,
+        inputs_digest: &[u8; 32],
+        cost: Credits,
+    ) {
+        if let Some(entry) = self.entries.get_mut(&(*nonce, *node)) {
+            entry.charged.remove(task, inputs_digest, cost);
+        }
+    }
+
     /// What is known of `node` under ticket `nonce`.
     pub fn entry(&self, nonce: &[u8; 16], node: &NodeId) -> Option<&AckEntry> {
         self.entries.get(&(*nonce, *node))
@@ -357,7 +389,11 @@ mod tests {
         c.add(&t, &[99; 32], Credits::new(1)).unwrap();
         assert_eq!((c.tasks, c.credits), (a.tasks, a.credits));
         assert_ne!(c.accumulator, a.accumulator, "other inputs, another sum");
-        let _ = d;
+        // Removing a task undoes adding it.
+        let mut undone = a;
+        undone.add(&t, &[99; 32], Credits::new(4)).unwrap();
+        undone.remove(&t, &[99; 32], Credits::new(4));
+        assert_eq!(undone, a);
         // Overflow counts nothing.
         let mut full = Tally {
             credits: Credits::new(u64::MAX),

@@ -895,7 +895,7 @@ impl Ledger for SqliteLedger {
         self.write(|tx| {
             let mut outcome = UsageOutcome::default();
             let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
-            for c in charges {
+            for (index, c) in charges.iter().enumerate() {
                 let r = &c.record;
                 let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
                 let output_bytes = to_i64(r.output_bytes, "output_bytes")?;
@@ -952,6 +952,7 @@ impl Ledger for SqliteLedger {
                     .db()?;
                 if inserted == 0 {
                     outcome.duplicates += 1;
+                    outcome.duplicated.push(index as u32);
                     continue;
                 }
                 outcome.accepted += 1;
@@ -1812,6 +1813,7 @@ mod tests {
                     duplicates: 1,
                     charged: Credits::new(20),
                     uncollected: Credits::ZERO,
+                    duplicated: vec![2],
                 }
             );
             let again = ledger.charge_usage(&[charge(1, 2, 10, 40)]).unwrap();

@@ -376,24 +376,15 @@ impl<T: Transport> Dispatcher<T> {
                 }
             }
         }
-        // Charged once per (deployment, task, inputs): a record charged before is a duplicate
-        // whatever its acknowledgement; a new one is charged only within what its client
-        // acknowledged of this node, and held (reported again later) beyond.
-        let keys: Vec<_> = admitted
-            .iter()
-            .map(|(_, r, _)| (r.deployment, r.task, r.inputs_digest))
-            .collect();
-        let known = self.db(move |l| l.usage_known(&keys)).await?;
+        // Charged once per (deployment, task, inputs), and only within what its client
+        // acknowledged of this node: a new record beyond it is held (reported again later).
+        // A record the ledger had already is a duplicate whatever its acknowledgement: one
+        // counted against it is counted back; a held one is dropped.
         let mut charges = Vec::with_capacity(admitted.len());
         let mut held = Vec::new();
-        let mut duplicates = 0u32;
         {
             let mut acks = self.inner.acks.lock();
-            for ((index, record, cost), known) in admitted.into_iter().zip(known) {
-                if known {
-                    duplicates += 1;
-                    continue;
-                }
+            for (index, record, cost) in admitted {
                 let decision = acks.admit(
                     &record.ticket_nonce,
                     &node,
@@ -408,25 +399,48 @@ impl<T: Transport> Dispatcher<T> {
                         cost,
                         at_s: now,
                     }),
-                    Decision::Hold => held.push(index as u32),
+                    Decision::Hold => held.push((index as u32, record)),
                 }
             }
         }
+        let held_keys: Vec<_> = held
+            .iter()
+            .map(|(_, r)| (r.deployment, r.task, r.inputs_digest))
+            .collect();
         let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
         touched.sort();
         touched.dedup();
-        let (outcome, after) = self
+        let (outcome, after, known, charges) = self
             .db(move |l| {
                 let outcome = l.charge_usage(&charges)?;
+                let known = l.usage_known(&held_keys)?;
                 let mut after = Vec::new();
                 for id in touched {
                     if let Some(d) = l.deployment(&id)? {
                         after.push(d);
                     }
                 }
-                Ok((outcome, after))
+                Ok((outcome, after, known, charges))
             })
             .await?;
+        {
+            let mut acks = self.inner.acks.lock();
+            for i in &outcome.duplicated {
+                if let Some(c) = charges.get(*i as usize) {
+                    let r = &c.record;
+                    acks.refund(&r.ticket_nonce, &node, &r.task, &r.inputs_digest, c.cost);
+                }
+            }
+        }
+        let mut duplicates = 0u32;
+        let held: Vec<u32> = held
+            .into_iter()
+            .zip(known)
+            .filter_map(|((index, _), known)| {
+                duplicates += u32::from(known);
+                (!known).then_some(index)
+            })
+            .collect();
         {
             let mut deployments = self.inner.deployments.write();
             for d in after {
