@@ -41,8 +41,10 @@ pub struct Options {
     pub advertise: Option<SocketAddr>,
     /// Where model files are kept; `None`: a temporary directory.
     pub data_dir: Option<PathBuf>,
-    /// The GPU to declare when the probe finds none (its rating and mining income come from
-    /// the GPU table). `None`: run as a CPU-only node.
+    /// The GPU to declare when the probe finds none. Declaring earns nothing: the rating and
+    /// mining income come from the GPU table only for a card the node proves by answering the
+    /// dispatcher's compute challenges in time (docs/hardware-proof.md). `None`: run as a
+    /// CPU-only node.
     pub declared_gpu: Option<String>,
     /// A command run while the node is idle and the network quiet (a miner, in real life);
     /// `None`: no idle workload.

@@ -163,6 +163,8 @@ struct Inner<T: Transport> {
     dispatcher: RwLock<Option<T::Connection>>,
     inflight: AtomicU32,
     heartbeat_interval_ms: AtomicU64,
+    /// Compute challenges answered and kept for their opening (proof of hardware).
+    challenges: Arc<crate::challenge::Challenges>,
 }
 
 /// A running node. Cheap to clone.
@@ -207,6 +209,9 @@ impl<T: Transport> Node<T> {
             name: parts.cache.backend().name().to_owned(),
             execution_provider: parts.cache.backend().execution_provider().to_owned(),
         };
+        let challenges = Arc::new(crate::challenge::Challenges::new(
+            parts.cache.backend().clone(),
+        ));
         let heartbeat = config.heartbeat_interval_ms;
         let dispatcher_id = config.dispatcher_id;
         let key_rates = config
@@ -234,6 +239,7 @@ impl<T: Transport> Node<T> {
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
                 heartbeat_interval_ms: AtomicU64::new(heartbeat),
+                challenges,
             }),
         }
     }
@@ -565,6 +571,8 @@ impl<T: Transport> Node<T> {
                 }
                 NodeAck::Ok
             }
+            DispatcherPush::Challenge(req) => self.inner.challenges.commit(req).await,
+            DispatcherPush::OpenRows { id, rows } => self.inner.challenges.open(id, rows).await,
         }
     }
 

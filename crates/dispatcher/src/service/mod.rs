@@ -10,7 +10,8 @@
 //!
 //! The glue is split by conversation: [`node`] (registration, heartbeats, model fetches,
 //! usage), [`client`] (uploads, deployments, leases, balances, spot-check reports),
-//! [`canary`] (the dispatcher's own test tasks) and [`closing`] (rounds). Decisions live in
+//! [`canary`] (the dispatcher's own test tasks), [`hardware`] (compute challenges: proof of
+//! hardware and of commitment) and [`closing`] (rounds). Decisions live in
 //! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
 //! error once. Locks are taken one after another, never nested.
 
@@ -47,6 +48,7 @@ mod canary;
 mod client;
 mod closing;
 mod config;
+mod hardware;
 mod node;
 mod reply;
 
@@ -191,6 +193,8 @@ struct Inner<T: Transport> {
     /// Tickets issued, for checking usage.
     tickets: Mutex<IssuedTickets>,
     counters: Counters,
+    /// Proof of hardware: each connected node's proof and its next challenge.
+    hardware: hardware::HardwareState,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -328,6 +332,7 @@ impl<T: Transport> Dispatcher<T> {
                 reports,
                 tickets,
                 counters: Counters::default(),
+                hardware: hardware::HardwareState::new(),
             }),
         })
     }
@@ -400,6 +405,7 @@ impl<T: Transport> Dispatcher<T> {
         // ticker holding the dispatcher, and with it the socket, alive).
         let _ticker = AbortOnDrop(tokio::spawn(self.clone().tick_loop()));
         let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
+        let _challenges = AbortOnDrop(tokio::spawn(self.clone().hardware_loop()));
         let result = loop {
             match self.inner.transport.accept().await {
                 Ok(conn) => {
