@@ -74,20 +74,24 @@ fn proof(c: &mut Criterion) {
     let (k, m, rows) = (config.k, config.m, config.rows_opened);
     let mut g = c.benchmark_group("proof");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
-    // The node's answer, 64 rows of a default-size challenge (the cost is linear in n).
+    // The node's answer with 64 and 256 rows of a default-size challenge: the cost is a fixed
+    // part (generating B, k × m) plus a part linear in n; two sizes give both.
+    let model = TractBackend::new().load(&matmul_model()).unwrap();
+    for n in [64u32, 256] {
+        let spec = ChallengeSpec::new([5; 32], n, k, m).unwrap();
+        g.throughput(Throughput::Elements(u64::from(n)));
+        g.bench_function(
+            BenchmarkId::new("node: answer on tract (rows of 4096x4096)", n),
+            |b| {
+                b.iter(|| {
+                    let product = run_product(&*model, black_box(&spec)).unwrap();
+                    RowTree::build(&product, m).unwrap().root()
+                })
+            },
+        );
+    }
     let n = 64u32;
     let spec = ChallengeSpec::new([5; 32], n, k, m).unwrap();
-    let model = TractBackend::new().load(&matmul_model()).unwrap();
-    g.throughput(Throughput::Elements(u64::from(n)));
-    g.bench_function(
-        BenchmarkId::new("node: answer on tract (rows of 4096x4096)", n),
-        |b| {
-            b.iter(|| {
-                let product = run_product(&*model, black_box(&spec)).unwrap();
-                RowTree::build(&product, m).unwrap().root()
-            })
-        },
-    );
     let product = run_product(&*model, &spec).unwrap();
     let tree = RowTree::build(&product, m).unwrap();
     let root = tree.root();

@@ -31,6 +31,11 @@ use parking_lot::Mutex;
 
 use super::{Dispatcher, new_id};
 
+/// Challenge rounds run at once; more wait for a turn (before anything is sent or timed).
+/// Bounds the dispatcher's verification work after a restart, when every node registers at
+/// once: a round of a 16-GPU node checks 17 × 16 opened rows.
+const ROUNDS_CONCURRENT_MAX: usize = 256;
+
 /// What the dispatcher knows of one node's proof.
 struct NodeProof {
     /// What its last challenge round proved.
@@ -45,6 +50,7 @@ pub(super) struct HardwareState {
     secret: [u8; 32],
     next_id: AtomicU64,
     nodes: Mutex<HashMap<NodeId, NodeProof>>,
+    rounds: tokio::sync::Semaphore,
 }
 
 impl HardwareState {
@@ -53,6 +59,7 @@ impl HardwareState {
             secret: new_id(),
             next_id: AtomicU64::new(1),
             nodes: Mutex::new(HashMap::new()),
+            rounds: tokio::sync::Semaphore::new(ROUNDS_CONCURRENT_MAX),
         }
     }
 }
@@ -124,6 +131,9 @@ impl<T: Transport> Dispatcher<T> {
     /// Sends `claims`' challenges to `node` at once, judges the answers, stores what they
     /// proved and schedules the next round.
     async fn challenge_round(&self, node: NodeId, claims: Vec<Claim>, round: Round) {
+        let Ok(_turn) = self.inner.hardware.rounds.acquire().await else {
+            return;
+        };
         let config = &self.inner.config.hardware;
         let challenges = plan(config, &claims);
         let handles: Vec<_> = challenges
@@ -151,10 +161,17 @@ impl<T: Transport> Dispatcher<T> {
             }),
         };
         let now = self.inner.clock.now_s();
-        tracing::info!(
-            %node, ?round, passed, rating = %proven.rating, income = proven.income.get(),
-            cpu = proven.cpu, gpus = proven.gpus.len(), "challenge round"
-        );
+        if passed {
+            tracing::debug!(
+                %node, ?round, rating = %proven.rating, income = proven.income.get(),
+                cpu = proven.cpu, gpus = proven.gpus.len(), "challenge round passed"
+            );
+        } else {
+            tracing::info!(
+                %node, ?round, rating = %proven.rating, income = proven.income.get(),
+                cpu = proven.cpu, gpus = proven.gpus.len(), "challenge round failed"
+            );
+        }
         let (rating, income) = (proven.rating, proven.income);
         let stored = self
             .db(move |l| {
@@ -254,7 +271,9 @@ impl<T: Transport> Dispatcher<T> {
             conn.call::<_, NodeAck>(&push, Conversation::NodeDispatcher, limits),
         )
         .await;
-        let elapsed_ms = u32::try_from(started.elapsed().as_millis()).unwrap_or(u32::MAX);
+        // Rounded up: an answer 0.4 ms late is late.
+        let elapsed_ms =
+            u32::try_from(started.elapsed().as_micros().div_ceil(1_000)).unwrap_or(u32::MAX);
         let root = match committed {
             Ok(Ok(NodeAck::Committed { id: got, root })) if got == id => root,
             other => {
