@@ -107,6 +107,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             let addr = transport.socket_addr();
             let mut config = DispatcherConfig::new(scratch.path().join("dispatcher"));
             config.dispatch.heartbeat_interval_s = 1;
+            // A demo dispatcher: tiny compute challenges with generous deadlines, so a node on
+            // this CPU proves the GPU it declares in milliseconds (the defaults are the real
+            // sizes: 2.2 TFLOP per GPU, docs/hardware-proof.md).
+            config.hardware = crat_core::policy::hardware::ProofConfig {
+                allowance_ms: 30_000,
+                ..crat_core::policy::hardware::ProofConfig::test_scale()
+            };
             let dispatcher = Dispatcher::open(config, key, transport)?;
             tokio::spawn({
                 let dispatcher = dispatcher.clone();
