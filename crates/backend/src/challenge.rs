@@ -144,3 +144,23 @@ mod tests {
         }
     }
 }
+
+#[cfg(all(test, feature = "ort"))]
+mod ort_tests {
+    use super::*;
+    use crate::InferenceBackend;
+    use crate::ort::{OrtBackend, OrtConfig};
+
+    #[test]
+    fn onnx_runtime_multiplies_exactly_too() {
+        // Skipped where libonnxruntime is not installed (ORT_DYLIB_PATH).
+        let Ok(backend) = OrtBackend::new(&OrtConfig::default()) else {
+            return;
+        };
+        let model = backend.load(&matmul_model()).expect("loads");
+        for (n, k, m) in [(1, 1, 1), (7, 33, 5), (64, 256, 16)] {
+            let spec = ChallengeSpec::new([n as u8; 32], n, k, m).expect("sizes");
+            assert_eq!(run_product(&*model, &spec).expect("runs"), spec.product());
+        }
+    }
+}
