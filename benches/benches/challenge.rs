@@ -3,13 +3,25 @@
 //! the dispatcher checking one opened row (recomputing it: `k × m` multiply-adds). The
 //! product itself is the node's device's work; the reference CPU product is measured at a
 //! small size only, to show what a CPU-only node spends.
+//!
+//! The `proof` group measures the proof of hardware at its default sizes
+//! (`crat_core::policy::hardware::ProofConfig::default`: `n × 4096 × 4096`, 16 rows opened):
+//! the node's whole answer per product row on this CPU through the challenge model on tract
+//! (generation, the backend's MatMul, the row commitment), the node opening 16 rows, and the
+//! dispatcher checking one challenge (its 16 opened rows). `docs/hardware-proof.md` turns these
+//! per-row and per-challenge costs into per-class node times and the network's cost at
+//! 100,000 nodes.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
 
-use crat_core::policy::challenge::{ChallengeSpec, RowTree, verify_opening};
+use crat_backend::InferenceBackend;
+use crat_backend::challenge::{matmul_model, run_product};
+use crat_backend::tract::TractBackend;
+use crat_core::policy::challenge::{ChallengeSpec, Opening, RowTree, pick_rows, verify_opening};
+use crat_core::policy::hardware::ProofConfig;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 #[global_allocator]
@@ -56,5 +68,67 @@ fn challenge(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, challenge);
+fn proof(c: &mut Criterion) {
+    crat_benches::retain_freed_memory_ms(1_000);
+    let config = ProofConfig::default();
+    let (k, m, rows) = (config.k, config.m, config.rows_opened);
+    let mut g = c.benchmark_group("proof");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    // The node's answer with 64 and 256 rows of a default-size challenge: the cost is a fixed
+    // part (generating B, k × m) plus a part linear in n; two sizes give both.
+    let model = TractBackend::new().load(&matmul_model()).unwrap();
+    for n in [64u32, 256] {
+        let spec = ChallengeSpec::new([5; 32], n, k, m).unwrap();
+        g.throughput(Throughput::Elements(u64::from(n)));
+        g.bench_function(
+            BenchmarkId::new("node: answer on tract (rows of 4096x4096)", n),
+            |b| {
+                b.iter(|| {
+                    let product = run_product(&*model, black_box(&spec)).unwrap();
+                    RowTree::build(&product, m).unwrap().root()
+                })
+            },
+        );
+    }
+    let n = 64u32;
+    let spec = ChallengeSpec::new([5; 32], n, k, m).unwrap();
+    let product = run_product(&*model, &spec).unwrap();
+    let tree = RowTree::build(&product, m).unwrap();
+    let root = tree.root();
+    let picked = pick_rows(&[1; 32], &root, n, rows);
+    g.throughput(Throughput::Elements(u64::from(rows)));
+    g.bench_function(
+        BenchmarkId::new("node: open rows (recomputed on the CPU)", rows),
+        |b| {
+            b.iter(|| {
+                let opened: Vec<Opening> = picked
+                    .iter()
+                    .map(|&r| Opening {
+                        row: r,
+                        path: tree.path(r).unwrap(),
+                        values: spec.product_row(r),
+                    })
+                    .collect();
+                black_box(opened)
+            })
+        },
+    );
+    let openings: Vec<Opening> = picked
+        .iter()
+        .map(|&r| tree.open(r, &product).unwrap())
+        .collect();
+    g.bench_function(
+        BenchmarkId::new("dispatcher: verify one challenge (opened rows)", rows),
+        |b| {
+            b.iter(|| {
+                for o in &openings {
+                    verify_opening(&spec, &root, black_box(o)).unwrap();
+                }
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(benches, challenge, proof);
 criterion_main!(benches);

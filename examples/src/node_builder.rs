@@ -41,8 +41,10 @@ pub struct Options {
     pub advertise: Option<SocketAddr>,
     /// Where model files are kept; `None`: a temporary directory.
     pub data_dir: Option<PathBuf>,
-    /// The GPU to declare when the probe finds none (its rating and mining income come from
-    /// the GPU table). `None`: run as a CPU-only node.
+    /// The GPU to declare when the probe finds none. Declaring earns nothing: the rating and
+    /// mining income come from the GPU table only for a card the node proves by answering the
+    /// dispatcher's compute challenges in time (docs/hardware-proof.md). `None`: run as a
+    /// CPU-only node.
     pub declared_gpu: Option<String>,
     /// A command run while the node is idle and the network quiet (a miner, in real life);
     /// `None`: no idle workload.
@@ -105,6 +107,13 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             let addr = transport.socket_addr();
             let mut config = DispatcherConfig::new(scratch.path().join("dispatcher"));
             config.dispatch.heartbeat_interval_s = 1;
+            // A demo dispatcher: tiny compute challenges with generous deadlines, so a node on
+            // this CPU proves the GPU it declares in milliseconds (the defaults are the real
+            // sizes: 2.2 TFLOP per GPU, docs/hardware-proof.md).
+            config.hardware = crat_core::policy::hardware::ProofConfig {
+                allowance_ms: 30_000,
+                ..crat_core::policy::hardware::ProofConfig::test_scale()
+            };
             let dispatcher = Dispatcher::open(config, key, transport)?;
             tokio::spawn({
                 let dispatcher = dispatcher.clone();

@@ -15,6 +15,7 @@ use crat_backend::tract::TractBackend;
 use crat_core::id::NodeId;
 use crat_core::id::SdkKey;
 use crat_core::money::{Credits, MicroUsd};
+use crat_core::policy::hardware::ProofConfig;
 use crat_dispatcher::ledger::{AccountName, RoundRecord};
 use crat_dispatcher::{Dispatcher, DispatcherConfig, admin};
 use crat_rewards::{Interval, Payout, PayoutBatch, RoundInputs, RoundOutcome, compute};
@@ -119,6 +120,14 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         config.rewards.commit_downtime_s_max = options.round_s / 2;
         config.dispatch.heartbeat_interval_s = 1;
         config.tick_ms = 200;
+        // Demo proofs of hardware: the local node computes on this CPU, so its challenges are
+        // tiny and their deadlines generous, and the RTX 3090 it declares is proven. An
+        // operator keeps the default (real sizes and deadlines: docs/hardware-proof.md), under
+        // which a CPU proves a CPU and is paid no guaranteed USD.
+        config.hardware = ProofConfig {
+            allowance_ms: 30_000,
+            ..ProofConfig::test_scale()
+        };
     }
 
     // 2. Open and run. The dispatcher key is its identity: nodes and clients pin it, and it

@@ -8,6 +8,7 @@
 //! | [`tract`] | the pure-Rust CPU backend (feature `tract`, default) |
 //! | `ort` | ONNX Runtime (feature `ort`; `cuda` adds the CUDA execution provider) |
 //! | [`select`] | the best backend that really works on this host, with stated fallbacks |
+//! | [`challenge`] | the compute-challenge model (one dynamic `MatMul`) a node answers proof-of-hardware challenges with |
 //!
 //! The compute node (`crat-node`) serves models through these; the dispatcher checks uploads
 //! with [`onnx_check::check_model`] and computes canary answers with a backend, without
@@ -62,6 +63,7 @@ use std::sync::Arc;
 
 use crat_core::tensor::{DType, Tensor};
 
+pub mod challenge;
 pub mod onnx_check;
 #[cfg(feature = "ort")]
 pub mod ort;

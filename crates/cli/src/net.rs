@@ -223,7 +223,8 @@ pub(crate) struct NodeArgs {
     /// Data directory (model cache, node key). Default ./crat-node.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Declare this GPU instead of probing (for nodes without NVML, and demos).
+    /// Declare this GPU instead of probing (for nodes without NVML, and demos). A declared
+    /// GPU earns nothing until the node proves it with the dispatcher's compute challenges.
     #[arg(long)]
     gpu: Option<String>,
 }

@@ -210,6 +210,11 @@ struct NodeEntry {
     caught_at_s: std::collections::VecDeque<u64>,
     /// Excluded from placement before this time.
     excluded_until_s: u64,
+    /// When it last passed a compute challenge (proof of hardware).
+    proven_s: Option<u64>,
+    /// A challenge failed and none passed since: heartbeats keep it known but open no
+    /// session.
+    suspended: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -317,6 +322,7 @@ impl Dispatch {
         match self.nodes.get_mut(&node) {
             Some(e) => {
                 e.rating = rating;
+                e.suspended = false;
                 e.addrs = addrs;
                 e.model_bytes_max = model_bytes_max;
                 e.operator = operator;
@@ -344,6 +350,8 @@ impl Dispatch {
                         utilisation_bps: Bps::ZERO,
                         caught_at_s: std::collections::VecDeque::new(),
                         excluded_until_s: 0,
+                        proven_s: None,
+                        suspended: false,
                     },
                 );
             }
@@ -371,13 +379,17 @@ impl Dispatch {
             .nodes
             .get_mut(node)
             .ok_or(DispatchError::UnknownNode(*node))?;
+        entry.utilisation_bps = heartbeat.load.utilisation_bps.min(Bps::FULL);
+        if entry.suspended {
+            // Its last compute challenge failed: alive, but not online until one passes.
+            return Ok(effects);
+        }
         if !entry.online {
             // Came back without re-registering (a short network gap): a new session.
             entry.online = true;
             entry.session_start_s = now_s;
         }
         entry.last_seen_s = entry.last_seen_s.max(now_s);
-        entry.utilisation_bps = heartbeat.load.utilisation_bps.min(Bps::FULL);
         effects.push(Effect::Online {
             node: *node,
             session_start_s: entry.session_start_s,
@@ -443,6 +455,61 @@ impl Dispatch {
             self.node_gone(&id, &mut effects);
         }
         self.fill_all(&mut effects);
+        effects
+    }
+
+    /// `node`'s proven rating changed (its compute challenges proved another class): placement
+    /// and capacity use it from now on. Replicas already placed stay.
+    pub fn node_rated(&mut self, node: &NodeId, rating: PowerRating) {
+        if let Some(e) = self.nodes.get_mut(node) {
+            e.rating = rating;
+        }
+    }
+
+    /// `node` passed a compute challenge at `now_s`: its session is proven up to here; a node
+    /// suspended by a failed challenge is online again from now (a new session).
+    pub fn challenge_passed(&mut self, now_s: u64, node: &NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.now_s = self.now_s.max(now_s);
+        let Some(e) = self.nodes.get_mut(node) else {
+            return effects;
+        };
+        if e.suspended {
+            e.suspended = false;
+            e.online = true;
+            e.session_start_s = now_s;
+        }
+        e.proven_s = Some(now_s);
+        if e.online {
+            e.last_seen_s = e.last_seen_s.max(now_s);
+            effects.push(Effect::Online {
+                node: *node,
+                session_start_s: e.session_start_s,
+                until_s: e.last_seen_s,
+            });
+            self.fill_all(&mut effects);
+        }
+        effects
+    }
+
+    /// `node` missed or failed a compute challenge: its online session ends at the last
+    /// challenge it passed in it ([`crate::policy::hardware::session_end_after_failure`]),
+    /// reported by an [`Effect::Offline`] whose `last_seen_s` may be *earlier* than uptime
+    /// already reported (the driver must shorten the stored session, not extend it); its
+    /// replicas are placed elsewhere, and heartbeats open no session until a challenge passes.
+    pub fn challenge_failed(&mut self, now_s: u64, node: &NodeId) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.now_s = self.now_s.max(now_s);
+        let Some(e) = self.nodes.get_mut(node) else {
+            return effects;
+        };
+        e.suspended = true;
+        if e.online {
+            e.last_seen_s =
+                crate::policy::hardware::session_end_after_failure(e.session_start_s, e.proven_s);
+            self.node_gone(node, &mut effects);
+            self.fill_all(&mut effects);
+        }
         effects
     }
 
@@ -1006,6 +1073,39 @@ mod tests {
         assert!(matches!(err, DispatchError::NoCapacity(_)));
         assert!(d.deployment_state(&dep).is_none());
         assert_eq!(d.demand().level_bps, Bps::ZERO);
+    }
+
+    #[test]
+    fn a_failed_challenge_ends_the_session_at_the_last_passed_one() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let (a, _) = join(&mut d, 100, 1, 5);
+        d.challenge_passed(110, &a);
+        d.heartbeat(200, &a, &hb(vec![])).unwrap();
+        // Failed at 250: the session [100, 200) reported so far ends at 110.
+        let fx = d.challenge_failed(250, &a);
+        assert!(fx.contains(&Effect::Offline {
+            node: a,
+            session_start_s: 100,
+            last_seen_s: 110
+        }));
+        assert_eq!(d.online_count(), 0);
+        // Heartbeats while suspended open no session; a passed challenge does.
+        assert!(d.heartbeat(260, &a, &hb(vec![])).unwrap().is_empty());
+        assert_eq!(d.online_count(), 0);
+        let fx = d.challenge_passed(300, &a);
+        assert!(fx.contains(&Effect::Online {
+            node: a,
+            session_start_s: 300,
+            until_s: 300
+        }));
+        // A failure with no pass in the session ends it at its start.
+        let (b, _) = join(&mut d, 400, 2, 1);
+        d.heartbeat(450, &b, &hb(vec![])).unwrap();
+        assert!(d.challenge_failed(460, &b).contains(&Effect::Offline {
+            node: b,
+            session_start_s: 400,
+            last_seen_s: 400
+        }));
     }
 
     #[test]

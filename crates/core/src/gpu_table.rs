@@ -1,4 +1,6 @@
-//! GPU model → power rating and average daily mining income: one table, one place.
+//! GPU model → power rating, average daily mining income and FP32 throughput: one table, one
+//! place. The throughput sizes the compute challenge that proves a card
+//! ([`crate::policy::hardware`]); the rating and income are paid only for a proven card.
 //!
 //! The node's hardware probe, the dispatcher and the rewards code all read this table, so a
 //! GPU is rated the same way everywhere. The table is data, `crates/core/data/gpus.csv`,
@@ -56,6 +58,10 @@ pub const GPU_TABLE_BYTES_MAX: usize = 1 << 20;
 /// Most rows [`GpuTable::parse`] accepts.
 pub const GPU_TABLE_ROWS_MAX: usize = 4096;
 
+/// Largest FP32 throughput a row may state: 100 PFLOPS, far above any card, so that challenge
+/// sizes derived from it stay within `u64` arithmetic.
+pub const GFLOPS_MAX: u64 = 100_000_000;
+
 /// Why a GPU table could not be parsed. Lines are numbered from 1.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -69,9 +75,9 @@ pub enum GpuTableError {
     /// More than [`GPU_TABLE_ROWS_MAX`] rows.
     #[error("GPU table has more than {GPU_TABLE_ROWS_MAX} rows")]
     TooManyRows,
-    /// A row does not have exactly three comma-separated columns.
+    /// A row does not have exactly four comma-separated columns.
     #[error(
-        "line {line}: expected 3 columns (name,rating,mining_income_usd_micro_per_day), found {found}"
+        "line {line}: expected 4 columns (name,rating,mining_income_usd_micro_per_day,fp32_gflops), found {found}"
     )]
     Columns {
         /// Line number.
@@ -101,6 +107,14 @@ pub enum GpuTableError {
         /// The text found.
         text: String,
     },
+    /// The throughput is not an integer in 1..=[`GFLOPS_MAX`].
+    #[error("line {line}: FP32 throughput {text:?} is not an integer in 1..={GFLOPS_MAX} (GFLOPS)")]
+    Throughput {
+        /// Line number.
+        line: usize,
+        /// The text found.
+        text: String,
+    },
     /// Two rows normalise to the same name.
     #[error("line {line}: {key:?} already defined on line {first_line}")]
     Duplicate {
@@ -124,6 +138,8 @@ pub struct GpuEntry {
     pub rating: PowerRating,
     /// Average gross mining income of one such card for one day, in µUSD.
     pub mining_income_usd_micro_per_day: MicroUsd,
+    /// Peak FP32 throughput in GFLOPS (public specification figure, 1..=[`GFLOPS_MAX`]).
+    pub fp32_gflops: u64,
 }
 
 /// How the table rated one GPU ([`GpuTable::assess`]).
@@ -277,7 +293,8 @@ impl GpuTable {
     }
 
     /// Parses a table in the format of `crates/core/data/gpus.csv`: `#` comments and blank
-    /// lines are skipped; every other line is `name,rating,mining_income_usd_micro_per_day`.
+    /// lines are skipped; every other line is
+    /// `name,rating,mining_income_usd_micro_per_day,fp32_gflops`.
     pub fn parse(csv: &str) -> Result<Self, GpuTableError> {
         if csv.len() > GPU_TABLE_BYTES_MAX {
             return Err(GpuTableError::TooLarge { bytes: csv.len() });
@@ -293,7 +310,7 @@ impl GpuTable {
                 return Err(GpuTableError::TooManyRows);
             }
             let columns: Vec<&str> = text.split(',').map(str::trim).collect();
-            let [name, rating, income] = columns[..] else {
+            let [name, rating, income, gflops] = columns[..] else {
                 return Err(GpuTableError::Columns {
                     line,
                     found: columns.len(),
@@ -315,12 +332,21 @@ impl GpuTable {
                 line,
                 text: income.to_owned(),
             })?;
+            let fp32_gflops = gflops
+                .parse::<u64>()
+                .ok()
+                .filter(|g| (1..=GFLOPS_MAX).contains(g))
+                .ok_or_else(|| GpuTableError::Throughput {
+                    line,
+                    text: gflops.to_owned(),
+                })?;
             rows.push((
                 GpuEntry {
                     name: name.to_owned(),
                     key,
                     rating,
                     mining_income_usd_micro_per_day: MicroUsd::new(income),
+                    fp32_gflops,
                 },
                 line,
             ));
@@ -364,6 +390,16 @@ impl GpuTable {
             .map(|e| e.mining_income_usd_micro_per_day)
             .min()
             .unwrap_or(MicroUsd::ZERO)
+    }
+
+    /// The lowest FP32 throughput among rows with `rating` (`None` if there are none): what an
+    /// unknown GPU of that rating must prove.
+    pub fn gflops_floor(&self, rating: PowerRating) -> Option<u64> {
+        self.entries
+            .iter()
+            .filter(|e| e.rating == rating)
+            .map(|e| e.fp32_gflops)
+            .min()
     }
 
     /// Rates one GPU: its table row when the name is known, otherwise [`rate_unknown`] for
@@ -413,6 +449,7 @@ mod tests {
                 "no rating {r}"
             );
             assert!(table.income_floor(rating).get() > 0);
+            assert!(table.gflops_floor(rating).is_some_and(|g| g > 0));
         }
         assert_eq!(GpuTable::builtin(), &table);
     }
@@ -524,23 +561,33 @@ mod tests {
     #[test]
     fn bad_tables_are_rejected_with_line_numbers() {
         assert_eq!(
-            GpuTable::parse("# c\nA,1\n"),
-            Err(GpuTableError::Columns { line: 2, found: 2 })
+            GpuTable::parse("# c\nA,1,1\n"),
+            Err(GpuTableError::Columns { line: 2, found: 3 })
         );
         assert!(matches!(
-            GpuTable::parse("A,6,1"),
+            GpuTable::parse("A,6,1,1"),
             Err(GpuTableError::Rating { line: 1, .. })
         ));
         assert!(matches!(
-            GpuTable::parse("A,1,-1"),
+            GpuTable::parse("A,1,-1,1"),
             Err(GpuTableError::Income { line: 1, .. })
         ));
+        for bad in ["0", "-5", "1.5", "", "100000001"] {
+            assert_eq!(
+                GpuTable::parse(&format!("A,1,1,{bad}")),
+                Err(GpuTableError::Throughput {
+                    line: 1,
+                    text: bad.into()
+                }),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
-            GpuTable::parse("NVIDIA,1,1"),
+            GpuTable::parse("NVIDIA,1,1,1"),
             Err(GpuTableError::Name { line: 1 })
         );
         assert_eq!(
-            GpuTable::parse("NVIDIA H100,5,1\n\nH100 PCIe,5,2\n"),
+            GpuTable::parse("NVIDIA H100,5,1,1\n\nH100 PCIe,5,2,1\n"),
             Err(GpuTableError::Duplicate {
                 line: 3,
                 first_line: 1,

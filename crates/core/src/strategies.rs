@@ -423,12 +423,51 @@ pub fn dispatcher_push() -> impl Strategy<Value = DispatcherPush> {
         assignment().prop_map(DispatcherPush::Assign),
         deployment_id().prop_map(|deployment| DispatcherPush::Unassign { deployment }),
         demand().prop_map(DispatcherPush::Demand),
+        challenge_request().prop_map(DispatcherPush::Challenge),
+        (any::<u64>(), vec(any::<u32>(), 0..8))
+            .prop_map(|(id, rows)| DispatcherPush::OpenRows { id, rows }),
     ]
+}
+
+/// Any [`ChallengeRequest`].
+pub fn challenge_request() -> impl Strategy<Value = ChallengeRequest> {
+    (
+        any::<(u64, [u8; 32], u32, u32, u32)>(),
+        option::of(any::<u32>()),
+        any::<u32>(),
+    )
+        .prop_map(
+            |((id, seed, n, k, m), device, deadline_ms)| ChallengeRequest {
+                id,
+                seed,
+                n,
+                k,
+                m,
+                device,
+                deadline_ms,
+            },
+        )
+}
+
+/// Any [`RowOpening`].
+pub fn row_opening() -> impl Strategy<Value = RowOpening> {
+    (
+        any::<u32>(),
+        vec(any::<u8>(), 0..64),
+        vec(any::<[u8; 32]>(), 0..4),
+    )
+        .prop_map(|(row, values, path)| RowOpening { row, values, path })
 }
 
 /// Every [`NodeAck`] variant.
 pub fn node_ack() -> impl Strategy<Value = NodeAck> {
-    prop_oneof![Just(NodeAck::Ok), wire_error().prop_map(NodeAck::Error)]
+    prop_oneof![
+        Just(NodeAck::Ok),
+        wire_error().prop_map(NodeAck::Error),
+        any::<(u64, [u8; 32])>().prop_map(|(id, root)| NodeAck::Committed { id, root }),
+        (any::<u64>(), vec(row_opening(), 0..4))
+            .prop_map(|(id, rows)| NodeAck::Opened { id, rows }),
+    ]
 }
 
 /// Any deployment plan.

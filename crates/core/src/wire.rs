@@ -47,6 +47,14 @@ pub const CHUNK_BYTES_MAX: u32 = 768 * 1024;
 pub const USAGE_RECORDS_MAX: usize = 4096;
 /// Most acknowledgements in one [`UsageReport`] or [`ClientCall::Acknowledge`].
 pub const ACKS_MAX: usize = 256;
+/// Most rows a dispatcher asks a node to open for one compute challenge
+/// ([`DispatcherPush::OpenRows`]).
+pub const CHALLENGE_ROWS_MAX: usize = 64;
+/// Longest Merkle path of an opened row: a product has at most 2¹⁶ rows
+/// ([`crate::policy::challenge::DIM_MAX`]), so at most 16 sibling hashes.
+pub const CHALLENGE_PATH_MAX: usize = 16;
+/// Most bytes of row values in one [`NodeAck::Opened`]: room inside the 1 MiB control frame.
+pub const CHALLENGE_OPENED_BYTES_MAX: usize = 768 * 1024;
 
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -393,9 +401,53 @@ pub enum DispatcherPush {
     },
     /// Demand changed.
     Demand(Demand),
+    /// A compute challenge (proof of hardware, `crat_core::policy::hardware`): compute
+    /// `A · B` from the seed on the named device and answer [`NodeAck::Committed`] with the
+    /// Merkle root of its rows before the deadline.
+    Challenge(ChallengeRequest),
+    /// Open these rows of challenge `id`'s committed product; answered [`NodeAck::Opened`].
+    OpenRows {
+        /// The challenge.
+        id: u64,
+        /// Rows to open, at most [`CHALLENGE_ROWS_MAX`].
+        rows: Vec<u32>,
+    },
 }
 
 impl Message for DispatcherPush {}
+
+/// One compute challenge: `A (n × k) · B (k × m)` generated from `seed`
+/// ([`crate::policy::challenge::ChallengeSpec`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChallengeRequest {
+    /// Chosen by the dispatcher, unique per node; names the answer and the opening.
+    pub id: u64,
+    /// The matrices' seed (fresh and secret until sent).
+    pub seed: [u8; 32],
+    /// Rows of `A` and of the product.
+    pub n: u32,
+    /// Inner dimension.
+    pub k: u32,
+    /// Columns of `B` and of the product.
+    pub m: u32,
+    /// The GPU to run it on, as an index into the registration's GPU list; `None`: the CPU
+    /// (or whatever the node serves with).
+    pub device: Option<u32>,
+    /// How long the dispatcher waits for the commitment, from sending the challenge.
+    pub deadline_ms: u32,
+}
+
+/// One opened row of a challenge's product.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RowOpening {
+    /// The row.
+    pub row: u32,
+    /// Its `m` values, `f32` little-endian.
+    #[serde(with = "serde_bytes")]
+    pub values: Vec<u8>,
+    /// Sibling hashes from the row's leaf up, at most [`CHALLENGE_PATH_MAX`].
+    pub path: Vec<[u8; 32]>,
+}
 
 /// A node's answer to a [`DispatcherPush`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -404,6 +456,20 @@ pub enum NodeAck {
     Ok,
     /// Refused.
     Error(WireError),
+    /// The answer to [`DispatcherPush::Challenge`]: the Merkle root of the product's rows.
+    Committed {
+        /// The challenge.
+        id: u64,
+        /// The root.
+        root: [u8; 32],
+    },
+    /// The answer to [`DispatcherPush::OpenRows`], in the order asked.
+    Opened {
+        /// The challenge.
+        id: u64,
+        /// The rows.
+        rows: Vec<RowOpening>,
+    },
 }
 
 impl Message for NodeAck {}

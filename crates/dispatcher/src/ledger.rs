@@ -321,9 +321,20 @@ pub trait Ledger: Send + Sync + 'static {
     /// All nodes, in id order.
     fn nodes(&self) -> Result<Vec<NodeRecord>, LedgerError>;
     /// Records that `node` was online during `[session_start_s, end_s)`: the session that
-    /// started at `session_start_s` is created or extended to `end_s` (never shortened).
+    /// started at `session_start_s` is created or extended to `end_s` (never shortened, and
+    /// never past where [`Ledger::cut_online`] ended it).
     /// The node must be stored ([`LedgerError::NotFound`]).
     fn record_online(
+        &self,
+        node: &NodeId,
+        session_start_s: u64,
+        end_s: u64,
+    ) -> Result<(), LedgerError>;
+    /// Ends the session that started at `session_start_s` at `end_s`, shortening it if more
+    /// was recorded (a missed or failed compute challenge ends a session at the last passed
+    /// one); later [`Ledger::record_online`] calls never extend it past `end_s`. The node must
+    /// be stored ([`LedgerError::NotFound`]).
+    fn cut_online(
         &self,
         node: &NodeId,
         session_start_s: u64,

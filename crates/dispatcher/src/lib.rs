@@ -25,10 +25,16 @@
 //!
 //! The crate owns the glue, not the rules: placement, liveness and exclusion are the sans-IO
 //! [`crat_core::dispatch`] state machine; ticket memory, usage admission, spot-check report
-//! plausibility and caps, sampling rates, ticket budgets, key checks and hardware rating are
-//! the sans-IO [`crat_core::policy`]; round economics are `crat-rewards`. The service is split
-//! by conversation (node, client, canary, rounds), and every refusal becomes a wire error in
-//! one place.
+//! plausibility and caps, sampling rates, ticket budgets, key checks and the proof of
+//! hardware (challenge sizes, deadlines, verdicts, schedule) are the sans-IO
+//! [`crat_core::policy`]; round economics are `crat-rewards`. The service is split by
+//! conversation (node, client, canary, compute challenges, rounds), and every refusal becomes
+//! a wire error in one place.
+//!
+//! - **Nothing is paid on a claim.** A node's rating and mining income are what its compute
+//!   challenges proved (at registration, then at random times, 24 a day by default); a missed
+//!   or failed challenge ends its online session at the last passed one
+//!   (`docs/hardware-proof.md`).
 //!
 //! Its end-to-end tests (a dispatcher with real nodes and clients on loopback QUIC: e2e,
 //! limits, replays, malicious models, verification) live in `crates/testnet/tests/`, beside

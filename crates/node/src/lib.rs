@@ -10,6 +10,7 @@
 //! | [`cache`] | content-addressed model files verified on every read; loaded models under a byte budget, loaded once |
 //! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
 //! | [`idle`] | run a configured command (a miner) while idle, stop it when work arrives |
+//! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
 //!
 //! A model served through validation and the batcher, as the runtime does for each task:
@@ -43,6 +44,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod challenge;
 pub mod idle;
 pub mod probe;
 pub mod runtime;

@@ -218,6 +218,8 @@ struct Inner<T: Transport> {
     dispatcher: RwLock<Option<T::Connection>>,
     inflight: AtomicU32,
     heartbeat_interval_ms: AtomicU64,
+    /// Compute challenges answered and kept for their opening (proof of hardware).
+    challenges: Arc<crate::challenge::Challenges>,
 }
 
 /// A running node. Cheap to clone.
@@ -262,6 +264,9 @@ impl<T: Transport> Node<T> {
             name: parts.cache.backend().name().to_owned(),
             execution_provider: parts.cache.backend().execution_provider().to_owned(),
         };
+        let challenges = Arc::new(crate::challenge::Challenges::new(
+            parts.cache.backend().clone(),
+        ));
         let heartbeat = config.heartbeat_interval_ms;
         let dispatcher_id = config.dispatcher_id;
         let tasks_tracked_max = config.tasks_tracked_max.max(1);
@@ -293,6 +298,7 @@ impl<T: Transport> Node<T> {
                 dispatcher: RwLock::new(None),
                 inflight: AtomicU32::new(0),
                 heartbeat_interval_ms: AtomicU64::new(heartbeat),
+                challenges,
             }),
         }
     }
@@ -800,6 +806,8 @@ impl<T: Transport> Node<T> {
                 }
                 NodeAck::Ok
             }
+            DispatcherPush::Challenge(req) => self.inner.challenges.commit(req).await,
+            DispatcherPush::OpenRows { id, rows } => self.inner.challenges.open(id, rows).await,
         }
     }
 

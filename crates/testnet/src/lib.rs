@@ -5,13 +5,17 @@
 //! | item | what it owns |
 //! |---|---|
 //! | [`LocalNetwork`] | a real dispatcher and real compute nodes on loopback QUIC: start, add nodes (keyed, on a chosen loopback address), wait until they are online, kill a node, restart the dispatcher on the same data, shut down |
-//! | [`spawn_node`] | one node with declared hardware registering with any dispatcher (what [`LocalNetwork`] does for each of its nodes) |
+//! | [`spawn_node`] | one node with declared hardware registering with any dispatcher (what [`LocalNetwork`] does for each of its nodes); [`spawn_node_declaring`] declares any GPU list |
 //! | [`loopback_quic`] | the QUIC settings every endpoint on loopback uses |
 //! | [`PerturbedBackend`] | the cheating backend: wraps a real one and returns wrong answers on a fixed share of runs |
 //!
 //! Nothing is simulated but the nodes' declared GPUs: inference runs on the backend each
 //! [`NodeSpec`] names, and the dispatcher keeps a real SQLite ledger in the directory given.
 //! With the `tract` feature (default) the dispatcher runs canary tasks with tract.
+//! Nodes prove their hardware with compute challenges like any node; unless the caller's
+//! `DispatcherConfig::hardware` differs from the default, [`LocalNetwork::start`] uses
+//! `ProofConfig::test_scale()` (tiny challenges, tight GPU deadlines), so nodes here prove
+//! their CPU (rating 1, no mining income) and never a GPU they only declare.
 //!
 //! The crate's own tests (`tests/`) are the dispatcher's end-to-end tests: uploads, deploys,
 //! tasks with failover, metering and round closing; limits and replays; the malicious-model
@@ -46,5 +50,8 @@
 mod network;
 mod perturbed;
 
-pub use network::{LocalNetwork, LocalNode, NodeSpec, NodeTarget, loopback_quic, spawn_node};
+pub use network::{
+    LocalNetwork, LocalNode, NodeSpec, NodeTarget, declared_gpu, loopback_quic, spawn_node,
+    spawn_node_declaring,
+};
 pub use perturbed::PerturbedBackend;

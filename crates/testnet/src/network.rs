@@ -11,6 +11,7 @@ use crat_backend::InferenceBackend;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
 use crat_core::id::PeerAddr;
+use crat_core::policy::hardware::ProofConfig;
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, DispatcherError};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
@@ -83,18 +84,31 @@ pub fn spawn_node(
     ip: IpAddr,
     configure: impl FnOnce(&mut NodeConfig),
 ) -> Result<LocalNode, DispatcherError> {
+    let gpus = spec.gpu.iter().map(|name| declared_gpu(name)).collect();
+    spawn_node_declaring(target, spec, gpus, key, ip, configure)
+}
+
+/// A declared GPU as [`spawn_node`] declares it: `name`, 24 GiB, no compute capability.
+pub fn declared_gpu(name: &str) -> GpuInfo {
+    GpuInfo {
+        name: name.to_owned(),
+        memory_bytes: 24 << 30,
+        driver: "demo".into(),
+        compute_capability: None,
+    }
+}
+
+/// [`spawn_node`] declaring `gpus` (any number) instead of `spec`'s one GPU.
+pub fn spawn_node_declaring(
+    target: NodeTarget,
+    spec: NodeSpec,
+    gpus: Vec<GpuInfo>,
+    key: SigningKey,
+    ip: IpAddr,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> Result<LocalNode, DispatcherError> {
     let transport = QuicTransport::bind(SocketAddr::new(ip, 0), &key, loopback_quic())?;
     let addr = transport.socket_addr();
-    let gpus = spec
-        .gpu
-        .iter()
-        .map(|name| GpuInfo {
-            name: name.clone(),
-            memory_bytes: 24 << 30,
-            driver: "demo".into(),
-            compute_capability: None,
-        })
-        .collect();
     let cpu = CpuInfo {
         model: "loopback".into(),
         cores: 2,
@@ -216,10 +230,16 @@ impl LocalNetwork {
     /// their model files under `dir`) and one node per spec, and waits until every node has
     /// registered.
     pub async fn start(
-        config: DispatcherConfig,
+        mut config: DispatcherConfig,
         dir: &Path,
         nodes: Vec<NodeSpec>,
     ) -> Result<Self, DispatcherError> {
+        // Nodes here compute on this machine's CPU: challenges at the real sizes would take
+        // seconds each. Unless the caller chose other proof settings, challenges are tiny and
+        // their GPU deadlines tight, so a node proves its CPU and never a GPU it only declares.
+        if config.hardware == ProofConfig::default() {
+            config.hardware = ProofConfig::test_scale();
+        }
         let key = SigningKey::from_bytes(&rand::random());
         let (dispatcher, dispatcher_addr, dispatcher_task) = start_dispatcher(
             config.clone(),
@@ -281,14 +301,29 @@ impl LocalNetwork {
         ip: IpAddr,
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Result<&LocalNode, DispatcherError> {
+        let gpus = spec.gpu.iter().map(|name| declared_gpu(name)).collect();
+        self.add_node_declaring(spec, gpus, key, ip, configure)
+    }
+
+    /// [`LocalNetwork::add_node_on`] declaring `gpus` (any number, e.g. 1,000 B200s) instead
+    /// of `spec`'s one GPU.
+    pub fn add_node_declaring(
+        &mut self,
+        spec: NodeSpec,
+        gpus: Vec<GpuInfo>,
+        key: SigningKey,
+        ip: IpAddr,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode, DispatcherError> {
         let index = self.nodes.len();
-        let node = spawn_node(
+        let node = spawn_node_declaring(
             NodeTarget {
                 dispatcher_addr: self.dispatcher_addr,
                 dispatcher_id: self.dispatcher().id(),
                 store_dir: self.dir.join(format!("node-{index}")),
             },
             spec,
+            gpus,
             key,
             ip,
             configure,

@@ -10,6 +10,10 @@ use crat_core::tensor::{DType, Tensor};
 /// Deterministic: of every 1,000 runs of a loaded model, exactly
 /// `perturbed_per_mille` (spread evenly) get every floating-point output element increased
 /// by 0.5. Give the cheating node batch size 1, so that one run is one task.
+///
+/// It cheats on inference only: the compute-challenge model
+/// ([`crat_backend::challenge::matmul_model`]) runs unperturbed, so the node proves its
+/// hardware and stays online to be caught by canaries and spot checks.
 pub struct PerturbedBackend {
     inner: Arc<dyn InferenceBackend>,
     perturbed_per_mille: u32,
@@ -35,6 +39,9 @@ impl InferenceBackend for PerturbedBackend {
     }
 
     fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
+        if model == crat_backend::challenge::matmul_model() {
+            return self.inner.load(model);
+        }
         Ok(Arc::new(PerturbedModel {
             inner: self.inner.load(model)?,
             perturbed_per_mille: u64::from(self.perturbed_per_mille),

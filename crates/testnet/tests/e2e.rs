@@ -440,6 +440,12 @@ async fn round_closes_with_uptime_and_payouts_equal_rewards() {
     cfg.rewards.round_s = 6;
     cfg.rewards.peak_windows = vec![Interval::new(0, 6)];
     cfg.rewards.commit_downtime_s_max = 3;
+    // Guaranteed USD is paid only for proven GPUs: deadlines these CPU nodes meet, so their
+    // declared GPUs are proven and the round pays something.
+    cfg.hardware = crat_core::policy::hardware::ProofConfig {
+        allowance_ms: 30_000,
+        ..crat_core::policy::hardware::ProofConfig::test_scale()
+    };
     let net = network(cfg, dir.path()).await;
     let (client, _) = client_with(&net, 1_000_000).await;
     let model = client.upload_model(TINY, |_| {}).await.unwrap();

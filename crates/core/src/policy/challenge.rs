@@ -257,6 +257,35 @@ pub struct Opening {
     pub path: Vec<[u8; 32]>,
 }
 
+impl Opening {
+    /// The opening as [`crate::wire::NodeAck::Opened`] carries it (values as little-endian
+    /// bytes).
+    pub fn to_wire(&self) -> crate::wire::RowOpening {
+        crate::wire::RowOpening {
+            row: self.row,
+            values: self.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// An opening from the wire; `None` when its values are not whole `f32`s or its path is
+    /// longer than [`crate::wire::CHALLENGE_PATH_MAX`].
+    pub fn from_wire(row: &crate::wire::RowOpening) -> Option<Self> {
+        if !row.values.len().is_multiple_of(4) || row.path.len() > crate::wire::CHALLENGE_PATH_MAX {
+            return None;
+        }
+        Some(Self {
+            row: row.row,
+            values: row
+                .values
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            path: row.path.clone(),
+        })
+    }
+}
+
 impl RowTree {
     /// The tree over `product` (row-major, rows of `m` values).
     pub fn build(product: &[f32], m: u32) -> Result<Self, ChallengeError> {
@@ -309,14 +338,26 @@ impl RowTree {
     /// Opens `row` of `product` (the same product the tree was built over).
     pub fn open(&self, row: u32, product: &[f32]) -> Result<Opening, ChallengeError> {
         let n = self.rows();
-        if row >= n {
-            return Err(ChallengeError::Row { row, n });
-        }
         let m = self.m as usize;
         let values = product
             .get(row as usize * m..(row as usize + 1) * m)
             .ok_or(ChallengeError::Row { row, n })?
             .to_vec();
+        Ok(Opening {
+            row,
+            values,
+            path: self.path(row)?,
+        })
+    }
+
+    /// The sibling hashes of `row`, leaf level first (what an [`Opening`] carries beside the
+    /// row's values). A node that keeps only the tree opens a row by recomputing its values
+    /// ([`ChallengeSpec::product_row`]: exact, so the same bits its device committed to).
+    pub fn path(&self, row: u32) -> Result<Vec<[u8; 32]>, ChallengeError> {
+        let n = self.rows();
+        if row >= n {
+            return Err(ChallengeError::Row { row, n });
+        }
         let mut path = Vec::new();
         let mut i = row as usize;
         for level in &self.levels[..self.levels.len() - 1] {
@@ -330,7 +371,7 @@ impl RowTree {
             }
             i /= 2;
         }
-        Ok(Opening { row, values, path })
+        Ok(path)
     }
 }
 

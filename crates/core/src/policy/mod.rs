@@ -1,6 +1,6 @@
 //! The dispatcher's rules, sans-IO: what it remembers about tickets, which usage it charges
 //! and at what price, which spot-check reports it believes and credits, how often it samples,
-//! what a lease's ticket may spend, which SDK keys it serves and what a registration is worth.
+//! what a lease's ticket may spend, which SDK keys it serves and what a node's hardware is worth.
 //!
 //! Like [`crate::dispatch`], nothing here reads a clock, opens a socket or touches a ledger:
 //! time comes in as `now_s`, facts the caller looked up come in as arguments, and decisions
@@ -12,9 +12,11 @@
 //! - [`reports`]: spot-check report plausibility, the report cap, the suspect sampling rate;
 //! - [`budget`]: a ticket's credit budget under each plan;
 //! - [`keys`]: whether an SDK key may be served now;
-//! - [`registration`]: a node's rating and mining income from its hardware;
 //! - [`challenge`]: the arithmetic of compute challenges (exact matrix products committed by
-//!   a Merkle root over rows), the basis of a proof of hardware.
+//!   a Merkle root over rows), the basis of a proof of hardware;
+//! - [`hardware`]: the proof of hardware built on it: challenge sizes and deadlines from the
+//!   claimed GPUs' throughput, the proven rating and income, and the random re-challenges
+//!   that end an online session at the last passed one.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId};
@@ -47,8 +49,8 @@
 pub mod acks;
 pub mod budget;
 pub mod challenge;
+pub mod hardware;
 pub mod keys;
-pub mod registration;
 pub mod reports;
 pub mod tickets;
 pub mod usage;

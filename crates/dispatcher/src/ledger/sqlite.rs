@@ -154,6 +154,9 @@ const MIGRATIONS: &[&str] = &[
     // 3: the determinism gate's verdict on a deployment's model (`Verifiability` as JSON).
     // Deployments stored before the gate existed keep the rules they were made under.
     "ALTER TABLE deployments ADD COLUMN verifiability TEXT NOT NULL DEFAULT '\"Verifiable\"';",
+    // 4: a session ended by a failed compute challenge keeps that end (`cut_s`): uptime
+    // reported before the failure never extends it again.
+    "ALTER TABLE sessions ADD COLUMN cut_s INTEGER;",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -212,6 +215,38 @@ impl std::fmt::Debug for SqliteLedger {
 }
 
 impl SqliteLedger {
+    /// Runs `sql` (parameters: node, start, end) for a stored node's session
+    /// `[session_start_s, end_s)`.
+    fn write_session(
+        &self,
+        node: &NodeId,
+        session_start_s: u64,
+        end_s: u64,
+        sql: &str,
+    ) -> Result<(), LedgerError> {
+        if end_s < session_start_s {
+            return Err(LedgerError::Invalid(format!(
+                "online session ends at {end_s}, before its start {session_start_s}"
+            )));
+        }
+        let start = to_i64(session_start_s, "session_start_s")?;
+        let end = to_i64(end_s, "end_s")?;
+        self.write(|tx| {
+            if !exists(
+                tx,
+                "SELECT 1 FROM nodes WHERE id = ?1",
+                &node.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::NotFound(format!("node {node}")));
+            }
+            tx.prepare_cached(sql)
+                .db()?
+                .execute(params![node.as_bytes().as_slice(), start, end])
+                .db()?;
+            Ok(())
+        })
+    }
+
     /// Opens (or creates) the ledger file at `path` and brings its schema up to date.
     ///
     /// A file written by a newer build (a `user_version` above this build's) is
@@ -1126,30 +1161,31 @@ impl Ledger for SqliteLedger {
         session_start_s: u64,
         end_s: u64,
     ) -> Result<(), LedgerError> {
-        if end_s < session_start_s {
-            return Err(LedgerError::Invalid(format!(
-                "online session ends at {end_s}, before its start {session_start_s}"
-            )));
-        }
-        let start = to_i64(session_start_s, "session_start_s")?;
-        let end = to_i64(end_s, "end_s")?;
-        self.write(|tx| {
-            if !exists(
-                tx,
-                "SELECT 1 FROM nodes WHERE id = ?1",
-                &node.as_bytes().as_slice(),
-            )? {
-                return Err(LedgerError::NotFound(format!("node {node}")));
-            }
-            tx.prepare_cached(
-                "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(node, start_s) DO UPDATE SET end_s = max(end_s, excluded.end_s)",
-            )
-            .db()?
-            .execute(params![node.as_bytes().as_slice(), start, end])
-            .db()?;
-            Ok(())
-        })
+        self.write_session(
+            node,
+            session_start_s,
+            end_s,
+            "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
+             ON CONFLICT(node, start_s) DO UPDATE
+             SET end_s = min(max(end_s, excluded.end_s), coalesce(cut_s, max(end_s, excluded.end_s)))",
+        )
+    }
+
+    fn cut_online(
+        &self,
+        node: &NodeId,
+        session_start_s: u64,
+        end_s: u64,
+    ) -> Result<(), LedgerError> {
+        self.write_session(
+            node,
+            session_start_s,
+            end_s,
+            "INSERT INTO sessions (node, start_s, end_s, cut_s) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT(node, start_s) DO UPDATE
+             SET end_s = min(end_s, excluded.end_s),
+                 cut_s = min(coalesce(cut_s, excluded.cut_s), excluded.cut_s)",
+        )
     }
 
     fn online_sessions(
@@ -2092,7 +2128,24 @@ mod tests {
                 .online_sessions(&node(2).id, 0, 1000)
                 .unwrap()
                 .is_empty()
+        ); // A failed challenge cuts a session; uptime reported late never extends it again.
+        ledger.record_online(&n.id, 500, 600).unwrap();
+        ledger.cut_online(&n.id, 500, 520).unwrap();
+        ledger.record_online(&n.id, 500, 650).unwrap();
+        assert_eq!(
+            ledger.online_sessions(&n.id, 500, 1000).unwrap(),
+            [Interval::new(500, 520)]
         );
+        ledger.cut_online(&n.id, 700, 700).unwrap();
+        ledger.record_online(&n.id, 700, 710).unwrap();
+        assert_eq!(
+            ledger.online_sessions(&n.id, 699, 1000).unwrap(),
+            [Interval::new(700, 700)]
+        );
+        assert!(matches!(
+            ledger.cut_online(&n.id, 800, 799),
+            Err(LedgerError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crat_core::bps::Bps;
 use crat_core::dispatch::DispatchConfig;
 use crat_core::limit::RateLimit;
+use crat_core::policy::hardware::ProofConfig;
 use crat_core::pricing::PricingParams;
 use crat_rewards::Params;
 use crat_transport::FrameLimits;
@@ -86,6 +87,10 @@ pub struct DispatcherConfig {
     /// (usage records) plus this, so a client colluding with a replica cannot report every
     /// task. Over it a report is answered `Busy`. Default 16.
     pub validation_reports_slack: u64,
+    /// Proof of hardware: challenge sizes, deadlines and the random re-challenge rate
+    /// ([`ProofConfig`]; its defaults are the real sizes, `ProofConfig::test_scale` is for
+    /// tests on a CPU).
+    pub hardware: ProofConfig,
 }
 
 impl DispatcherConfig {
@@ -120,6 +125,7 @@ impl DispatcherConfig {
             validation_bps_suspect: Bps(1_000),
             validation_reports_tracked_max: 65_536,
             validation_reports_slack: 16,
+            hardware: ProofConfig::default(),
         }
     }
 

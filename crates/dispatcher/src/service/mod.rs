@@ -11,7 +11,8 @@
 //! The glue is split by conversation: [`node`] (registration, heartbeats, model fetches,
 //! usage), [`client`] (uploads, deployments, leases, balances, spot-check reports),
 //! [`canary`] (the dispatcher's own test tasks), [`gate`] (the determinism gate a model
-//! passes at deploy time) and [`closing`] (rounds). Decisions live in
+//! passes at deploy time), [`hardware`] (compute challenges: proof of hardware and of
+//! commitment) and [`closing`] (rounds). Decisions live in
 //! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
 //! error once. Locks are taken one after another, never nested.
 
@@ -51,6 +52,7 @@ mod client;
 mod closing;
 mod config;
 mod gate;
+mod hardware;
 mod node;
 mod reply;
 
@@ -215,6 +217,8 @@ struct Inner<T: Transport> {
     /// What clients acknowledged of each node's work per ticket, and what was charged.
     acks: Mutex<AckBook>,
     counters: Counters,
+    /// Proof of hardware: each connected node's proof and its next challenge.
+    hardware: hardware::HardwareState,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -364,6 +368,7 @@ impl<T: Transport> Dispatcher<T> {
                 tickets,
                 acks,
                 counters: Counters::default(),
+                hardware: hardware::HardwareState::new(),
             }),
         })
     }
@@ -463,6 +468,7 @@ impl<T: Transport> Dispatcher<T> {
         // ticker holding the dispatcher, and with it the socket, alive).
         let _ticker = AbortOnDrop(tokio::spawn(self.clone().tick_loop()));
         let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
+        let _challenges = AbortOnDrop(tokio::spawn(self.clone().hardware_loop()));
         let result = loop {
             match self.inner.transport.accept().await {
                 Ok(conn) => {

@@ -6,9 +6,11 @@
 
 use crat_core::dispatch::Effect;
 use crat_core::gpu_table::GpuTable;
+use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
+use crat_core::money::MicroUsd;
 use crat_core::policy::acks::Decision;
-use crat_core::policy::registration::rate_hardware;
+use crat_core::policy::hardware::claims_of;
 use crat_core::policy::tickets::{ticket_allows, within_restart_grace};
 use crat_core::policy::usage::{Admission, DeploymentTerms, UsageFacts, admit};
 use crat_core::sign::{Registration, ReplayError, Signed};
@@ -89,8 +91,10 @@ impl<T: Transport> Dispatcher<T> {
                 .into());
             }
         }
-        // The rating and income come from the GPU table, not from the node's own claim.
-        let (rating, income) = rate_hardware(GpuTable::builtin(), &r.hardware);
+        // Nothing is paid or ranked on a claim: rating 1 and no mining income until the
+        // compute challenges sent below (`hardware`) prove more.
+        let claims = claims_of(GpuTable::builtin(), &r.hardware);
+        let (rating, income) = (PowerRating::MIN, MicroUsd::ZERO);
         let record = NodeRecord {
             id: r.node,
             rating: u8::from(rating),
@@ -126,7 +130,8 @@ impl<T: Transport> Dispatcher<T> {
             .filter(|e| !matches!(e, Effect::Push { node, .. } if *node == r.node))
             .collect();
         self.apply(effects).await;
-        tracing::info!(node = %r.node, %rating, "node registered");
+        self.challenge_registration(r.node, claims);
+        tracing::info!(node = %r.node, gpus_claimed = r.hardware.gpus.len(), "node registered");
         Ok(DispatcherReply::Registered {
             dispatcher: self.inner.id,
             heartbeat_interval_ms: u32::try_from(
@@ -196,6 +201,7 @@ impl<T: Transport> Dispatcher<T> {
             {
                 Ok(NodeAck::Ok) => {}
                 Ok(NodeAck::Error(e)) => tracing::warn!(%node, error = %e, "push refused"),
+                Ok(other) => tracing::debug!(%node, ?other, "unexpected answer to a push"),
                 Err(e) => tracing::debug!(%node, error = %e, "push not delivered"),
             }
         });
