@@ -208,7 +208,8 @@ pub const SEED_DISPATCHER_SECRET: [u8; 32] = [0xd1; 32];
 /// The `ticket` target: `Signed<Ticket>` as it travels inside a lease or a task.
 ///
 /// - Decoding is canonical ([`postcard_value`]).
-/// - Verification never panics, and its parts agree: `verify_ticket` is `verify` by the
+/// - Verification never panics, and its parts agree (the presenting peer is the ticket's
+///   client; another is refused): `verify_ticket` is `verify` by the
 ///   expected signer followed by `check_claims`; a [`TicketVerifier`] (which caches
 ///   signatures) gives the same answer as a fresh check, the first and the second time.
 /// - A ticket that verifies stops verifying (or decoding) when any of several bytes of its
@@ -231,14 +232,14 @@ pub fn ticket(data: &[u8]) {
     let signature_ok = signed.verify(None).is_ok();
     assert_eq!(signed.verify(Some(&signed.signer)).is_ok(), signature_ok);
     for now_s in instants {
-        let fresh = signed.verify_ticket(&signed.signer, now_s, &t.deployment, &node);
+        let fresh = signed.verify_ticket(&signed.signer, now_s, &t.deployment, &node, &t.client);
         let composed = signed
             .verify(Some(&signed.signer))
             .map_err(TicketError::from)
-            .and_then(|_| t.check_claims(now_s, &t.deployment, &node));
+            .and_then(|_| t.check_claims(now_s, &t.deployment, &node, &t.client));
         assert_eq!(fresh.as_ref().map(|_| ()), composed.as_ref().map(|&()| ()));
         for _ in 0..2 {
-            let cached = verifier.verify(&signed, now_s, &t.deployment, &node);
+            let cached = verifier.verify(&signed, now_s, &t.deployment, &node, &t.client);
             assert_eq!(cached, fresh, "the ticket cache changed the verdict");
         }
         if fresh.is_ok() {
@@ -247,7 +248,8 @@ pub fn ticket(data: &[u8]) {
             assert!(t.audience.contains(&node));
         }
         // Another dispatcher's view, and another deployment's.
-        let other = signed.verify_ticket(&seed_dispatcher, now_s, &t.deployment, &node);
+        let other =
+            signed.verify_ticket(&seed_dispatcher, now_s, &t.deployment, &node, &t.client);
         if signed.signer != seed_dispatcher {
             assert!(matches!(other, Err(TicketError::Signature(_))));
         }
@@ -256,9 +258,17 @@ pub fn ticket(data: &[u8]) {
         let dep = DeploymentId::from_bytes(dep);
         assert!(
             signed
-                .verify_ticket(&signed.signer, now_s, &dep, &node)
+                .verify_ticket(&signed.signer, now_s, &dep, &node, &t.client)
                 .is_err()
         );
+        // Presented by another peer than its client, it is refused.
+        if node != t.client {
+            assert!(
+                signed
+                    .verify_ticket(&signed.signer, now_s, &t.deployment, &node, &node)
+                    .is_err()
+            );
+        }
     }
     if signature_ok {
         assert_tamper_evident::<Ticket>(data, |s| s.verify(None).is_ok());
