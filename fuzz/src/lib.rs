@@ -248,8 +248,7 @@ pub fn ticket(data: &[u8]) {
             assert!(t.audience.contains(&node));
         }
         // Another dispatcher's view, and another deployment's.
-        let other =
-            signed.verify_ticket(&seed_dispatcher, now_s, &t.deployment, &node, &t.client);
+        let other = signed.verify_ticket(&seed_dispatcher, now_s, &t.deployment, &node, &t.client);
         if signed.signer != seed_dispatcher {
             assert!(matches!(other, Err(TicketError::Signature(_))));
         }
