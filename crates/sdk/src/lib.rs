@@ -17,8 +17,18 @@
 //! disagree with themselves) is *unverifiable* (`DeploymentInfo::verifiability`, from
 //! [`Deployment::info`]): its leases sample no task, so its answers are never spot-checked.
 //!
+//! **What the client proves and signs.** Each request carries the digest of its inputs; an
+//! answer counts only with the node's receipt naming exactly these inputs and these outputs
+//! (otherwise [`Error::InvalidReceipt`] and the task fails over). The client signs, per ticket
+//! and node, a cumulative acknowledgement of the answers it received and hands it to the node
+//! and to the dispatcher: usage is charged only within it ([`Deployment::flush_acks`]). A
+//! lease's ticket names the client's transport identity (only this client can use it), the
+//! price of a task and a budget the node keeps to ([`Error::BudgetExhausted`]); a per-instance
+//! replica serves its share of the plan's rate ([`Error::RateLimited`]).
+//!
 //! The API is generic over the [`Transport`]: [`connect`] gives a client over QUIC;
-//! [`Client::connect`] takes any transport (tests use the in-memory one).
+//! [`Client::connect`] takes any transport (tests use the in-memory one) with the transport's
+//! identity key, which signs the acknowledgements.
 //!
 //! ```no_run
 //! use crat_core::money::Credits;
