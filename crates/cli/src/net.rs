@@ -71,6 +71,9 @@ struct ClientSection {
     key: Option<String>,
 }
 
+/// Client identities the dispatcher's canaries go out from (each its own endpoint).
+const CANARY_IDENTITIES: usize = 8;
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let Some(path) = path else {
         return Ok(ConfigFile::default());
@@ -167,8 +170,8 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
     runtime()?.block_on(async move {
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
-        // Canary tasks go out from a second endpoint with a throwaway identity (nodes must
-        // not tell them from client tasks); tract computes the expected answers. The
+        // Canary tasks go out from endpoints of their own, with throwaway identities (nodes
+        // must not tell them from client tasks); tract computes the expected answers. The
         // determinism gate runs each model on tract and, where it loads, ONNX Runtime (CPU).
         let canary_addr = SocketAddr::new(listen.ip(), 0);
         let mut references: Vec<Arc<dyn crat_backend::InferenceBackend>> =
@@ -177,12 +180,16 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             Ok(ort) => references.push(Arc::new(ort)),
             Err(e) => println!("determinism gate on tract only: {e}"),
         }
-        let canary = CanaryParts {
-            transport: QuicTransport::bind(
+        let mut transports = Vec::with_capacity(CANARY_IDENTITIES);
+        for _ in 0..CANARY_IDENTITIES {
+            transports.push(QuicTransport::bind(
                 canary_addr,
                 &SigningKey::from_bytes(&rand::random()),
                 QuicConfig::default(),
-            )?,
+            )?);
+        }
+        let canary = CanaryParts {
+            transports,
             references,
         };
         let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;

@@ -177,20 +177,26 @@ pub fn loopback_quic() -> QuicConfig {
     }
 }
 
-/// Canary parts on loopback: a client endpoint with a throwaway identity and the tract
-/// backend (none without the `tract` feature).
+/// Client identities the canaries of a local network go out from.
+const CANARY_IDENTITIES: usize = 3;
+
+/// Canary parts on loopback: [`CANARY_IDENTITIES`] client endpoints with throwaway identities
+/// and the tract backend (none without the `tract` feature).
 fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError> {
     #[cfg(feature = "tract")]
     {
-        let transport = QuicTransport::bind(
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| DispatcherError::Config("address".into()))?,
-            &SigningKey::from_bytes(&rand::random()),
-            loopback_quic(),
-        )?;
+        let mut transports = Vec::with_capacity(CANARY_IDENTITIES);
+        for _ in 0..CANARY_IDENTITIES {
+            transports.push(QuicTransport::bind(
+                "127.0.0.1:0"
+                    .parse()
+                    .map_err(|_| DispatcherError::Config("address".into()))?,
+                &SigningKey::from_bytes(&rand::random()),
+                loopback_quic(),
+            )?);
+        }
         Ok(Some(CanaryParts {
-            transport,
+            transports,
             references: vec![Arc::new(crat_backend::tract::TractBackend::new())],
         }))
     }

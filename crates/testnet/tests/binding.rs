@@ -12,6 +12,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -20,7 +21,7 @@ use crat_core::money::Credits;
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient};
 use crat_dispatcher::DispatcherConfig;
-use crat_testnet::{NodeSpec, loopback_quic};
+use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
@@ -165,20 +166,19 @@ async fn one_task_id_with_other_inputs_is_another_task() {
     net.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() {
-    let dir = tempfile::tempdir().unwrap();
-    let start = now_s();
-    let mut cfg = config(dir.path());
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
-    cfg.canary.interval_ms = 100;
-    let mut net = network(cfg, dir.path()).await;
+/// Who sent a task, under which ticket.
+type Seen = Arc<Mutex<Vec<(NodeId, [u8; 16])>>>;
 
-    // The withholder: a real node behind a front end (with the node's own identity, at the
-    // address it advertises) that strips the receipt from every answer.
+/// Adds a real node behind a front end: an endpoint with the node's own identity at the
+/// address it advertises, which hands every task to the node, passes the answer through
+/// `tamper`, and records who sent each task under which ticket in `seen`.
+fn add_fronted_node(
+    net: &mut LocalNetwork,
+    seen: Option<Seen>,
+    tamper: fn(NodeToClient) -> NodeToClient,
+) -> NodeId {
     let key = SigningKey::from_bytes(&rand::random());
-    let withholder = NodeId::from_key(&key.verifying_key());
+    let id = NodeId::from_key(&key.verifying_key());
     let front = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), &key, loopback_quic()).unwrap();
     let front_addr = PeerAddr::from(front.socket_addr());
     let spec = NodeSpec {
@@ -191,7 +191,7 @@ async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() 
     let node = net.nodes.last().unwrap().node.clone();
     tokio::spawn(async move {
         while let Ok(conn) = front.accept().await {
-            let node = node.clone();
+            let (node, seen) = (node.clone(), seen.clone());
             let client = conn.remote_id();
             tokio::spawn(serve(
                 conn,
@@ -199,28 +199,86 @@ async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() 
                 FrameLimits::default(),
                 64,
                 move |req: ClientToNode| {
-                    let node = node.clone();
+                    let (node, seen) = (node.clone(), seen.clone());
                     async move {
                         let ClientToNode::Infer(req) = req else {
                             return NodeToClient::Pong;
                         };
-                        match node.infer(*req, &client).await {
-                            NodeToClient::Receipted {
-                                task,
-                                outputs,
-                                compute_us,
-                                ..
-                            } => NodeToClient::Outputs {
-                                task,
-                                outputs,
-                                compute_us,
-                            },
-                            other => other,
+                        if let Some(seen) = &seen {
+                            seen.lock().unwrap().push((client, req.ticket.body.nonce));
                         }
+                        tamper(node.infer(*req, &client).await)
                     }
                 },
             ));
         }
+    });
+    id
+}
+
+/// Canaries come from several client identities, each holding a lease it reuses for several
+/// tasks, as clients do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_come_from_several_identities_with_leases_of_several_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.replicas = 4;
+    cfg.canary.interval_ms = 50;
+    let mut net = network(cfg, dir.path()).await;
+    let seen: Seen = Arc::default();
+    let watched = add_fronted_node(&mut net, Some(seen.clone()), |answer| answer);
+    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&watched));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < 12 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let identities: std::collections::BTreeSet<NodeId> = seen.iter().map(|(c, _)| *c).collect();
+    assert!(identities.len() >= 2, "{identities:?}");
+    assert!(!identities.contains(&net.dispatcher().id()));
+    let mut per_ticket: HashMap<[u8; 16], usize> = HashMap::new();
+    for (_, nonce) in &seen {
+        *per_ticket.entry(*nonce).or_default() += 1;
+    }
+    assert!(per_ticket.values().any(|n| *n >= 2), "{per_ticket:?}");
+    assert_eq!(net.dispatcher().stats().canaries_failed, 0);
+    net.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.replicas = 4;
+    cfg.dispatch.caught_max = 1;
+    cfg.canary.interval_ms = 100;
+    let mut net = network(cfg, dir.path()).await;
+
+    // The withholder: a real node behind a front end that strips the receipt from every
+    // answer.
+    let withholder = add_fronted_node(&mut net, None, |answer| match answer {
+        NodeToClient::Receipted {
+            task,
+            outputs,
+            compute_us,
+            ..
+        } => NodeToClient::Outputs {
+            task,
+            outputs,
+            compute_us,
+        },
+        other => other,
     });
     net.wait_online(4, Duration::from_secs(30)).await.unwrap();
 

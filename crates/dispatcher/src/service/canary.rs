@@ -6,9 +6,12 @@
 //! for each, generates a deterministic pseudo-random input from the model's declared input
 //! types and shapes (symbolic dimensions = 1; floats uniform in [0, 1), integers in 0..4,
 //! booleans 0/1), runs the model itself on its reference backend (tract on the CPU) and sends
-//! the same input to the replica as an ordinary `Infer` task: through a client transport
-//! with its own throwaway identity (not the dispatcher's), under a ticket for the
-//! deployment's own SDK key with the lease's audience. The answer is compared with
+//! the same input to the replica as an ordinary `Infer` task: from one of several client
+//! endpoints with throwaway identities ([`CanaryParts::transports`], picked at random per
+//! canary, never the dispatcher's), under a lease that identity holds for the deployment as a
+//! client would (a ticket for the deployment's own SDK key, the lease's audience, naming that
+//! identity, reused for its canaries until a quarter of its lifetime is left). The answer is
+//! compared with
 //! [`crat_core::verify::agree`] (floats within `atol + rtol·|reference|`, integers exact).
 //!
 //! - Disagreement: the node's work failed a validation. It is recorded in the ledger as a
@@ -28,10 +31,17 @@
 //! records dropped.
 //!
 //! # Limits
-//! A node can tell a canary only by what it sees: the inputs (random rather than natural
-//! images, say) and the source address (the dispatcher's host). A production network sends
-//! canaries from varied addresses and may replay recorded client inputs; the spot checks
-//! between nodes do not have this weakness. Models larger than
+//! A node can tell a canary only by what it sees, and still can by:
+//! - the inputs: generated, uniform values with every symbolic dimension at 1, rather than
+//!   what clients send (the dispatcher never sees client inputs; a production network would
+//!   replay inputs clients donate, or learn their shapes from the clients);
+//! - the source address: every canary identity is an endpoint on the dispatcher's host;
+//! - the traffic of one identity: a handful of tasks per lease, spread over all of a
+//!   deployment's replicas, with no acknowledgement ever handed to the node (a light client
+//!   looks the same until its 16th answer from one node);
+//! - the ticket's key: the deployment owner's, as for the owner's own tasks, so not a tell.
+//!
+//! The spot checks between nodes have none of these weaknesses. Models larger than
 //! [`CanaryConfig::model_bytes_max`] are not canaried, nor deployments the determinism gate
 //! found unverifiable ([`super::gate`]): their honest answers can disagree with the reference.
 
@@ -97,10 +107,16 @@ impl Default for CanaryConfig {
     }
 }
 
+/// Leases the canary identities hold at once (forgotten all together beyond: new ones are
+/// issued).
+const CANARY_TICKETS_MAX: usize = 4_096;
+
 /// What the dispatcher needs to send canaries and to run the determinism gate.
 pub struct CanaryParts<T: Transport> {
-    /// A client endpoint with its own identity (nodes must not see the dispatcher's key).
-    pub transport: T,
+    /// Client endpoints, each with its own identity (nodes must not see the dispatcher's key,
+    /// nor one client sending every canary): each canary goes out from one of them at random.
+    /// At least one.
+    pub transports: Vec<T>,
     /// The reference backends: the first computes canaries' expected answers; the
     /// determinism gate runs every model on each of them (e.g. tract, and ONNX Runtime on the
     /// CPU where the dispatcher has it). Empty: no canary has an answer, and the gate decides
@@ -138,10 +154,14 @@ pub enum CanaryOutcome {
 }
 
 pub(super) struct CanaryState<T: Transport> {
-    transport: T,
+    transports: Vec<T>,
     reference: Option<Arc<dyn InferenceBackend>>,
     models: Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
-    conns: Mutex<HashMap<NodeId, T::Connection>>,
+    /// Connections by (identity, node).
+    conns: Mutex<HashMap<(usize, NodeId), T::Connection>>,
+    /// The lease each identity holds per deployment, reused by its canaries until it nears
+    /// expiry (as a client reuses its lease for many tasks).
+    tickets: Mutex<HashMap<(DeploymentId, usize), Signed<Ticket>>>,
     /// Canary tasks sent, so that their usage is charged to nobody; the oldest forgotten.
     tasks: Mutex<ExpiringMap<TaskId, ()>>,
     cursor: std::sync::atomic::AtomicUsize,
@@ -150,10 +170,11 @@ pub(super) struct CanaryState<T: Transport> {
 impl<T: Transport> CanaryState<T> {
     pub(super) fn new(parts: CanaryParts<T>, config: &CanaryConfig) -> Self {
         Self {
-            transport: parts.transport,
+            transports: parts.transports,
             reference: parts.references.first().cloned(),
             models: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -165,7 +186,9 @@ impl<T: Transport> CanaryState<T> {
     }
 
     pub(super) fn close(&self) {
-        self.transport.close();
+        for t in &self.transports {
+            t.close();
+        }
     }
 }
 
@@ -377,46 +400,18 @@ impl<T: Transport> Dispatcher<T> {
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("reference run: {e}"))?
         };
-        let now = self.inner.clock.now_s();
-        let budget = ticket_budget(
-            &dep.plan,
-            dep.allowance_left,
-            dep.price.upfront,
-            dep.created_at_s,
-            now,
-        )
-        .map_err(|e| e.to_string())?;
-        let ticket = Ticket {
-            deployment: dep.id,
-            key: dep.key,
-            credit_budget: budget,
-            issued_at_s: now,
-            expires_at_s: now.saturating_add(self.inner.config.ticket_lifetime_s),
-            nonce: new_id(),
-            audience: audience
-                .iter()
-                .take(TICKET_AUDIENCE_MAX)
-                .map(|r| r.node)
-                .collect(),
-            client: state.transport.local_id(),
-            price: ticket_price(
-                &dep.plan,
-                &self.inner.config.pricing,
-                dep.model_bytes,
-                dep.price.per_request_max,
-            ),
-        };
+        let identity = rand::random::<u32>() as usize % state.transports.len().max(1);
+        let ticket = self.canary_ticket(state, dep, identity, replica, audience)?;
         let task = TaskId::from_bytes(new_id());
         // Never refuses: the oldest canary is forgotten instead.
         let _ = state
             .tasks
             .lock()
             .insert(task, (), u64::MAX, 0, WhenFull::ForgetSoonest);
-        let request =
-            InferRequest::new(task, dep.id, Signed::sign(ticket, &self.inner.key), inputs);
+        let request = InferRequest::new(task, dep.id, ticket, inputs);
         let inputs_digest = request.inputs_digest;
         let request = ClientToNode::Infer(Box::new(request));
-        let conn = self.canary_conn(state, replica).await?;
+        let conn = self.canary_conn(state, identity, replica).await?;
         let timeout = Duration::from_millis(config.timeout_ms);
         let answer = tokio::time::timeout(
             timeout,
@@ -430,7 +425,7 @@ impl<T: Transport> Dispatcher<T> {
         let answer = match answer {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => {
-                state.conns.lock().remove(&replica.node);
+                state.conns.lock().remove(&(identity, replica.node));
                 return Err(e.to_string());
             }
             Err(_) => return Err(format!("no answer within {timeout:?}")),
@@ -470,19 +465,84 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
+    /// The lease `identity` holds for `dep`: the one it used before while it has a quarter of
+    /// its lifetime left and names `replica`, else a new one for `audience`, as the
+    /// dispatcher issues a client's (budget, price, audience, this identity as its client).
+    fn canary_ticket(
+        &self,
+        state: &CanaryState<T>,
+        dep: &DeploymentRecord,
+        identity: usize,
+        replica: &Replica,
+        audience: &[Replica],
+    ) -> Result<Signed<Ticket>, String> {
+        let now = self.inner.clock.now_s();
+        let lifetime = self.inner.config.ticket_lifetime_s;
+        let mut tickets = state.tickets.lock();
+        if let Some(t) = tickets.get(&(dep.id, identity))
+            && t.body.expires_at_s > now.saturating_add(lifetime / 4)
+            && t.body.audience.contains(&replica.node)
+        {
+            return Ok(t.clone());
+        }
+        let budget = ticket_budget(
+            &dep.plan,
+            dep.allowance_left,
+            dep.price.upfront,
+            dep.created_at_s,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        let client = state
+            .transports
+            .get(identity)
+            .ok_or("no canary endpoint")?
+            .local_id();
+        let ticket = Signed::sign(
+            Ticket {
+                deployment: dep.id,
+                key: dep.key,
+                credit_budget: budget,
+                issued_at_s: now,
+                expires_at_s: now.saturating_add(lifetime),
+                nonce: new_id(),
+                audience: audience
+                    .iter()
+                    .take(TICKET_AUDIENCE_MAX)
+                    .map(|r| r.node)
+                    .collect(),
+                client,
+                price: ticket_price(
+                    &dep.plan,
+                    &self.inner.config.pricing,
+                    dep.model_bytes,
+                    dep.price.per_request_max,
+                ),
+            },
+            &self.inner.key,
+        );
+        if tickets.len() >= CANARY_TICKETS_MAX {
+            tickets.clear();
+        }
+        tickets.insert((dep.id, identity), ticket.clone());
+        Ok(ticket)
+    }
+
     async fn canary_conn(
         &self,
         state: &CanaryState<T>,
+        identity: usize,
         replica: &Replica,
     ) -> Result<T::Connection, String> {
-        if let Some(c) = state.conns.lock().get(&replica.node) {
+        if let Some(c) = state.conns.lock().get(&(identity, replica.node)) {
             return Ok(c.clone());
         }
+        let transport = state.transports.get(identity).ok_or("no canary endpoint")?;
         let mut last = String::from("no address");
         for addr in &replica.addrs {
             let dial = tokio::time::timeout(
                 Duration::from_millis(self.inner.config.canary.timeout_ms),
-                state.transport.connect(addr, &replica.node),
+                transport.connect(addr, &replica.node),
             )
             .await;
             match dial {
@@ -491,7 +551,7 @@ impl<T: Transport> Dispatcher<T> {
                     if conns.len() >= self.inner.config.canary.connections_max {
                         conns.clear();
                     }
-                    conns.insert(replica.node, c.clone());
+                    conns.insert((identity, replica.node), c.clone());
                     return Ok(c);
                 }
                 Ok(Err(e)) => last = e.to_string(),
