@@ -82,7 +82,7 @@ pub fn validate_inputs(
     inputs: Vec<NamedTensor>,
     input_bytes_max: u64,
 ) -> Result<Vec<Tensor>, InputError> {
-    let bytes: u64 = inputs.iter().map(|t| t.tensor.bytes().len() as u64).sum();
+    let bytes = crat_core::tensor::tensors_bytes(&inputs);
     if bytes > input_bytes_max {
         return Err(InputError::TooLarge {
             bytes,

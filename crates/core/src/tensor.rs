@@ -362,6 +362,12 @@ impl NamedTensor {
     }
 }
 
+/// The data bytes of `tensors` together: a task's input size, which the plan limits and a
+/// per-request price is computed from (by the client, the node and the dispatcher alike).
+pub fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
+    tensors.iter().map(|t| t.tensor.bytes().len() as u64).sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

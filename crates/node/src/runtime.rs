@@ -43,7 +43,7 @@ use crat_core::policy::acks::AckProof;
 use crat_core::sign::{
     Ack, BackendInfo, Receipt, Registration, Signed, Ticket, TicketVerifier, tensors_digest,
 };
-use crat_core::tensor::NamedTensor;
+use crat_core::tensor::{NamedTensor, tensors_bytes};
 use crat_core::wire::{
     ACKS_MAX, Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply,
     ErrorCode, Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
@@ -450,11 +450,7 @@ impl<T: Transport> Node<T> {
                 "usage not yet acknowledged; try another replica",
             );
         }
-        let input_bytes: u64 = req
-            .inputs
-            .iter()
-            .map(|t| t.tensor.bytes().len() as u64)
-            .sum();
+        let input_bytes = tensors_bytes(&req.inputs);
         let inputs = match validate_inputs(
             served.model.info(),
             req.inputs,
@@ -510,7 +506,7 @@ impl<T: Transport> Node<T> {
             .zip(outputs)
             .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
             .collect();
-        let output_bytes = outputs.iter().map(|t| t.tensor.bytes().len() as u64).sum();
+        let output_bytes = tensors_bytes(&outputs);
         inner.usage.lock().push_back(UsageRecord {
             task: req.task,
             deployment: req.deployment,

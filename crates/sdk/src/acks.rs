@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use crat_core::id::{NodeId, TaskId};
 use crat_core::money::Credits;
 use crat_core::policy::acks::{AckProof, Tally};
-use crat_core::sign::{Ack, Signed, Ticket};
+use crat_core::sign::{Ack, Signed, TICKET_LIFETIME_S_MAX, Ticket};
 use ed25519_dalek::SigningKey;
 
 /// One ticket at one node.
@@ -83,14 +83,21 @@ impl AckLedger {
 
     /// Signed acknowledgements of every pair with answers the dispatcher has not been told
     /// of, with the task counts to [`mark_reported`](Self::mark_reported) once it accepted
-    /// them; first forgets the pairs of tickets expired by `now_s` that it was told of.
+    /// them; first forgets the pairs of tickets expired by `now_s` that it was told of, and
+    /// those whose ticket expired more than [`TICKET_LIFETIME_S_MAX`] ago whatever they are
+    /// (a day: far past a dispatcher's usage window, an hour by default), so the ledger stays
+    /// bounded when the dispatcher cannot be reached.
     pub(crate) fn pending(
         &mut self,
         now_s: u64,
         identity: &SigningKey,
     ) -> Vec<(Pair, u64, AckProof)> {
-        self.entries
-            .retain(|_, r| r.ticket.body.expires_at_s > now_s || r.reported < r.tally.tasks);
+        self.entries.retain(|_, r| {
+            let expires = r.ticket.body.expires_at_s;
+            expires > now_s
+                || (r.reported < r.tally.tasks
+                    && expires.saturating_add(TICKET_LIFETIME_S_MAX) > now_s)
+        });
         self.entries
             .iter()
             .filter(|(_, r)| r.reported < r.tally.tasks)

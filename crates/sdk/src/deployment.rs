@@ -388,7 +388,7 @@ impl<T: Transport> Deployment<T> {
     ) -> Result<Vec<NamedTensor>, Error> {
         let config = &self.client.inner.config;
         let mut lease = self.current_lease().await?;
-        let input_bytes: u64 = inputs.iter().map(|t| t.tensor.bytes().len() as u64).sum();
+        let input_bytes = crat_core::tensor::tensors_bytes(&inputs);
         let request = InferRequest::new(task, self.id, lease.lease.ticket.clone(), inputs);
         let inputs_digest = request.inputs_digest;
         let mut message = ClientToNode::Infer(Box::new(request));

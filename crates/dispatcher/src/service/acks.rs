@@ -13,9 +13,22 @@ use crat_core::policy::acks::{AckError, AckProof, check_ack};
 use crat_core::wire::{ACKS_MAX, ErrorCode, UsageRecord};
 use crat_transport::Transport;
 
+use super::node::charge_and_reload;
 use super::reply::{Refusal, err};
 use super::{Counters, Dispatcher};
 use crate::ledger::UsageCharge;
+
+/// [`ErrorCode::TooLarge`] for more than [`ACKS_MAX`] acknowledgements in one message.
+pub(super) fn check_ack_count(n: usize) -> Result<(), Refusal> {
+    if n > ACKS_MAX {
+        return Err(err(
+            ErrorCode::TooLarge,
+            format!("more than {ACKS_MAX} acknowledgements"),
+        )
+        .into());
+    }
+    Ok(())
+}
 
 /// The inputs digest of a settlement row: no task's inputs hash to it in practice (all 0xff),
 /// and it keeps settlement rows apart from every task's.
@@ -26,13 +39,7 @@ impl<T: Transport> Dispatcher<T> {
     /// does not check out refuses the call; one the book has no room for answers `Busy` (the
     /// client sends it again later).
     pub(super) fn acknowledge(&self, proofs: &[AckProof], now: u64) -> Result<(), Refusal> {
-        if proofs.len() > ACKS_MAX {
-            return Err(err(
-                ErrorCode::TooLarge,
-                format!("more than {ACKS_MAX} acknowledgements"),
-            )
-            .into());
-        }
+        check_ack_count(proofs.len())?;
         for proof in proofs {
             self.acknowledge_one(proof, None, now)?;
         }
@@ -58,26 +65,25 @@ impl<T: Transport> Dispatcher<T> {
         forwarder: Option<NodeId>,
         now: u64,
     ) -> Result<(), Refusal> {
-        let grace = self.inner.config.usage_grace_s;
-        {
-            let (ticket, ack) = check_ack(proof, &self.inner.id).map_err(|e| match e {
-                AckError::Mismatch => err(ErrorCode::BadRequest, e.to_string()),
-                _ => err(ErrorCode::Unauthenticated, e.to_string()),
-            })?;
-            if forwarder.is_some_and(|n| n != ack.node) {
-                return Err(err(
-                    ErrorCode::BadRequest,
-                    "an acknowledgement of another node's work",
-                )
-                .into());
-            }
-            let settle_at_s = ticket.expires_at_s.saturating_add(grace);
-            self.inner
-                .acks
-                .lock()
-                .acknowledge(ack, ticket.deployment, ticket.key, settle_at_s, now)
-                .map_err(|e| err(ErrorCode::Busy, format!("acknowledgements: {e}")))?;
+        let (ticket, ack) = check_ack(proof, &self.inner.id).map_err(|e| match e {
+            AckError::Mismatch => err(ErrorCode::BadRequest, e.to_string()),
+            _ => err(ErrorCode::Unauthenticated, e.to_string()),
+        })?;
+        if forwarder.is_some_and(|n| n != ack.node) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "an acknowledgement of another node's work",
+            )
+            .into());
         }
+        let settle_at_s = ticket
+            .expires_at_s
+            .saturating_add(self.inner.config.usage_grace_s);
+        self.inner
+            .acks
+            .lock()
+            .acknowledge(ack, ticket.deployment, ticket.key, settle_at_s, now)
+            .map_err(|e| err(ErrorCode::Busy, format!("acknowledgements: {e}")))?;
         Counters::add(&self.inner.counters.acks, 1);
         Ok(())
     }
@@ -119,27 +125,10 @@ impl<T: Transport> Dispatcher<T> {
             })
             .collect();
         let n = charges.len() as u64;
-        let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
-        touched.sort();
-        touched.dedup();
-        let charged = self
-            .db(move |l| {
-                l.charge_usage(&charges)?;
-                touched
-                    .iter()
-                    .filter_map(|id| l.deployment(id).transpose())
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .await;
-        match charged {
-            Ok(after) => {
+        match self.db(move |l| charge_and_reload(l, &charges)).await {
+            Ok((_, after)) => {
                 Counters::add(&self.inner.counters.usage_settled, n);
-                let mut deployments = self.inner.deployments.write();
-                for d in after {
-                    if let Some(slot) = deployments.get_mut(&d.id) {
-                        *slot = d;
-                    }
-                }
+                self.store_deployments(after);
             }
             Err(e) => tracing::error!(error = ?e, "acknowledged usage not settled"),
         }

@@ -15,14 +15,15 @@ use crat_core::policy::tickets::{ticket_allows, within_restart_grace};
 use crat_core::policy::usage::{Admission, DeploymentTerms, UsageFacts, admit};
 use crat_core::sign::{Registration, ReplayError, Signed};
 use crat_core::wire::{
-    ACKS_MAX, CHUNK_BYTES_MAX, DispatcherPush, DispatcherReply, ErrorCode, NodeAck, NodeRequest,
+    CHUNK_BYTES_MAX, DispatcherPush, DispatcherReply, ErrorCode, NodeAck, NodeRequest,
     USAGE_RECORDS_MAX, UsageReport,
 };
 use crat_transport::{Connection, ConnectionExt, Conversation, Transport, serve};
 
+use super::acks::check_ack_count;
 use super::reply::{Refusal, err};
 use super::{Counters, Dispatcher, NodeConn};
-use crate::ledger::{NodeRecord, UsageCharge};
+use crate::ledger::{DeploymentRecord, Ledger, LedgerError, NodeRecord, UsageCharge, UsageOutcome};
 
 impl<T: Transport> Dispatcher<T> {
     /// Serves a registered node's requests until its connection ends, then lets the state
@@ -310,13 +311,7 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into());
         }
-        if report.acks.len() > ACKS_MAX {
-            return Err(err(
-                ErrorCode::TooLarge,
-                format!("more than {ACKS_MAX} acknowledgements"),
-            )
-            .into());
-        }
+        check_ack_count(report.acks.len())?;
         // The clients' acknowledgements first: they say what may be charged.
         self.forwarded_acks(&report.acks, node, now);
         let config = &self.inner.config;
@@ -413,19 +408,10 @@ impl<T: Transport> Dispatcher<T> {
             .iter()
             .map(|(_, r)| (r.deployment, r.task, r.inputs_digest))
             .collect();
-        let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
-        touched.sort();
-        touched.dedup();
         let (outcome, after, known, charges) = self
             .db(move |l| {
-                let outcome = l.charge_usage(&charges)?;
+                let (outcome, after) = charge_and_reload(l, &charges)?;
                 let known = l.usage_known(&held_keys)?;
-                let mut after = Vec::new();
-                for id in touched {
-                    if let Some(d) = l.deployment(&id)? {
-                        after.push(d);
-                    }
-                }
                 Ok((outcome, after, known, charges))
             })
             .await?;
@@ -447,14 +433,7 @@ impl<T: Transport> Dispatcher<T> {
                 (!known).then_some(index)
             })
             .collect();
-        {
-            let mut deployments = self.inner.deployments.write();
-            for d in after {
-                if let Some(slot) = deployments.get_mut(&d.id) {
-                    *slot = d;
-                }
-            }
-        }
+        self.store_deployments(after);
         let counters = &self.inner.counters;
         Counters::add(&counters.usage_records, u64::from(outcome.accepted));
         Counters::add(
@@ -475,5 +454,36 @@ impl<T: Transport> Dispatcher<T> {
             duplicates: outcome.duplicates + duplicates + unknown,
             held,
         })
+    }
+}
+
+/// Charges `charges` and reads back the deployments they touched (their allowances moved),
+/// in one ledger call.
+pub(super) fn charge_and_reload(
+    l: &dyn Ledger,
+    charges: &[UsageCharge],
+) -> Result<(UsageOutcome, Vec<DeploymentRecord>), LedgerError> {
+    let outcome = l.charge_usage(charges)?;
+    let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
+    touched.sort();
+    touched.dedup();
+    let mut after = Vec::with_capacity(touched.len());
+    for id in touched {
+        if let Some(d) = l.deployment(&id)? {
+            after.push(d);
+        }
+    }
+    Ok((outcome, after))
+}
+
+impl<T: Transport> Dispatcher<T> {
+    /// Puts deployments read back after a charge ([`charge_and_reload`]) in the in-memory map.
+    pub(super) fn store_deployments(&self, after: Vec<DeploymentRecord>) {
+        let mut deployments = self.inner.deployments.write();
+        for d in after {
+            if let Some(slot) = deployments.get_mut(&d.id) {
+                *slot = d;
+            }
+        }
     }
 }
