@@ -515,6 +515,12 @@ fn sdk_key() -> impl Strategy<Value = SdkKey> {
     (key_id(), any::<[u8; 32]>()).prop_map(|(id, secret)| SdkKey { id, secret })
 }
 
+/// Any [`ShapeCount`].
+pub fn shape_count() -> impl Strategy<Value = ShapeCount> {
+    (vec((".{0,8}", vec(any::<u64>(), 0..4)), 0..3), any::<u64>())
+        .prop_map(|(inputs, tasks)| ShapeCount { inputs, tasks })
+}
+
 /// Every [`ClientRequest`] call variant.
 pub fn client_request() -> impl Strategy<Value = ClientRequest> {
     let call = prop_oneof![
@@ -539,6 +545,8 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
             ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
         }),
         vec(ack_proof(), 0..3).prop_map(ClientCall::Acknowledge),
+        (deployment_id(), vec(shape_count(), 0..3))
+            .prop_map(|(deployment, shapes)| ClientCall::InputShapes { deployment, shapes }),
     ];
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }

@@ -20,7 +20,7 @@
 //! let bytes = wire::encode(&ClientToNode::Ping)?;
 //! assert_eq!(wire::decode::<ClientToNode>(&bytes)?, ClientToNode::Ping);
 //! // A reply type cannot be read as a request... and neither can garbage.
-//! assert!(wire::decode::<ClientToNode>(&[2, 0, 0xff]).is_err());
+//! assert!(wire::decode::<ClientToNode>(&[3, 0, 0xff]).is_err());
 //! # Ok::<(), crat_core::wire::CodecError>(())
 //! ```
 
@@ -38,7 +38,7 @@ use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -47,6 +47,12 @@ pub const CHUNK_BYTES_MAX: u32 = 768 * 1024;
 pub const USAGE_RECORDS_MAX: usize = 4096;
 /// Most acknowledgements in one [`UsageReport`] or [`ClientCall::Acknowledge`].
 pub const ACKS_MAX: usize = 256;
+/// Most distinct input shapes in one [`ClientCall::InputShapes`].
+pub const SHAPES_MAX: usize = 8;
+/// Most inputs in one [`ShapeCount`].
+pub const SHAPE_INPUTS_MAX: usize = 16;
+/// Longest input name in a [`ShapeCount`], in bytes.
+pub const SHAPE_NAME_BYTES_MAX: usize = 256;
 /// Most rows a dispatcher asks a node to open for one compute challenge
 /// ([`DispatcherPush::OpenRows`]).
 pub const CHALLENGE_ROWS_MAX: usize = 64;
@@ -697,6 +703,37 @@ pub enum ClientCall {
     /// Acknowledgements of work received from nodes (at most [`ACKS_MAX`]), so that work a
     /// node did not report is charged anyway.
     Acknowledge(Vec<AckProof>),
+    /// The shapes of the inputs this client sent to one of its account's deployments, and
+    /// how many tasks had each since its last report (at most [`SHAPES_MAX`]): the
+    /// dispatcher's canaries take their shapes from them, so that they look like the
+    /// deployment's real traffic. Values are never sent.
+    InputShapes {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The shapes seen.
+        shapes: Vec<ShapeCount>,
+    },
+}
+
+/// The shapes of one task's inputs, and how many tasks had them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ShapeCount {
+    /// Each input's name and dimensions (at most [`SHAPE_INPUTS_MAX`], names at most
+    /// [`SHAPE_NAME_BYTES_MAX`] bytes, at most [`RANK_MAX`](crate::tensor::RANK_MAX)
+    /// dimensions each).
+    pub inputs: Vec<(String, Vec<u64>)>,
+    /// Tasks sent with these shapes.
+    pub tasks: u64,
+}
+
+impl ShapeCount {
+    /// Whether it is within the limits above (the dispatcher refuses one that is not).
+    pub fn is_bounded(&self) -> bool {
+        self.inputs.len() <= SHAPE_INPUTS_MAX
+            && self.inputs.iter().all(|(name, dims)| {
+                name.len() <= SHAPE_NAME_BYTES_MAX && dims.len() <= crate::tensor::RANK_MAX
+            })
+    }
 }
 
 /// Most receipts in a [`ValidationReport`] (worker, validator, tie-breaker).
@@ -867,7 +904,7 @@ mod tests {
     #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![2, 0, 0]);
+        assert_eq!(bytes, vec![3, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
@@ -875,16 +912,20 @@ mod tests {
             Err(CodecError::Version { got: 1 })
         );
         assert_eq!(
-            decode::<NodeAck>(&[2, 0, 0, 0]),
+            decode::<NodeAck>(&[2, 0, 0]),
+            Err(CodecError::Version { got: 2 })
+        );
+        assert_eq!(
+            decode::<NodeAck>(&[3, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[2, 0]),
+            decode::<NodeAck>(&[3, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[2, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[3, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

@@ -46,6 +46,11 @@ pub struct ClientConfig {
     /// reports is charged); they are sent at each lease renewal too, and by
     /// [`Deployment::flush_acks`](crate::Deployment::flush_acks). Default 1,000 ms.
     pub ack_flush_ms: u64,
+    /// The shapes (never the values) of the inputs sent to a deployment are told to the
+    /// dispatcher, so that its canary tasks look like this traffic to a node: a shape not
+    /// told before with the next acknowledgement flush, counts every this many seconds. 0
+    /// never tells (canaries then have generic shapes a node may tell apart). Default 60 s.
+    pub input_shapes_report_s: u64,
     /// The clock for lease renewal (when a lease is due); tests drive it by hand. Default
     /// [`SystemClock`].
     pub clock: Arc<dyn Clock>,
@@ -67,6 +72,7 @@ impl Default for ClientConfig {
             frame_limits: FrameLimits::default(),
             ack_every_tasks: 16,
             ack_flush_ms: 1_000,
+            input_shapes_report_s: 60,
             clock: Arc::new(SystemClock),
         }
     }
@@ -81,6 +87,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("attempts_max", &self.attempts_max)
             .field("ack_every_tasks", &self.ack_every_tasks)
             .field("ack_flush_ms", &self.ack_flush_ms)
+            .field("input_shapes_report_s", &self.input_shapes_report_s)
             .field("lease_renew_margin_pct", &self.lease_renew_margin_pct)
             .field("lease_renew_margin_s_min", &self.lease_renew_margin_s_min)
             .field("upload_window", &self.upload_window)

@@ -24,6 +24,7 @@ use crate::acks::AckLedger;
 use crate::client::Client;
 use crate::error::{Error, unexpected};
 use crate::pool::breaks_connection;
+use crate::shapes::ShapeTally;
 use crate::stats::{Counters, Stats, bump};
 
 /// A lease as the SDK holds it.
@@ -117,6 +118,8 @@ struct Shared {
     flush_scheduled: std::sync::atomic::AtomicBool,
     /// Which answers' receipt signatures are verified.
     receipts: Mutex<ReceiptSampler>,
+    /// The shapes of the inputs sent, told to the dispatcher for its canaries.
+    shapes: Mutex<ShapeTally>,
 }
 
 /// One deployment of a model: describe it, stop it, and run tasks on its replicas.
@@ -183,6 +186,7 @@ impl<T: Transport> Deployment<T> {
                 acks: Mutex::new(AckLedger::new()),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
                 receipts: Mutex::new(ReceiptSampler::default()),
+                shapes: Mutex::new(ShapeTally::default()),
             }),
         }
     }
@@ -389,6 +393,9 @@ impl<T: Transport> Deployment<T> {
         let config = &self.client.inner.config;
         let mut lease = self.current_lease().await?;
         let input_bytes = crat_core::tensor::tensors_bytes(&inputs);
+        if config.input_shapes_report_s > 0 {
+            self.shared.shapes.lock().sent(&inputs);
+        }
         let request = InferRequest::new(task, self.id, lease.lease.ticket.clone(), inputs);
         let inputs_digest = request.inputs_digest;
         let mut message = ClientToNode::Infer(Box::new(request));
@@ -670,7 +677,31 @@ impl<T: Transport> Deployment<T> {
                 other => return Err(unexpected("Acknowledge", &other)),
             }
         }
-        Ok(())
+        self.report_shapes(now_s).await
+    }
+
+    /// Tells the dispatcher the shapes of the inputs sent, when due (see [`ShapeTally`]).
+    async fn report_shapes(&self, now_s: u64) -> Result<(), Error> {
+        let every_s = self.client.inner.config.input_shapes_report_s;
+        let Some(shapes) = self.shared.shapes.lock().due(now_s, every_s) else {
+            return Ok(());
+        };
+        let call = ClientCall::InputShapes {
+            deployment: self.id,
+            shapes: shapes.clone(),
+        };
+        match self.client.call(call).await {
+            Ok(DispatcherResponse::Ok) => Ok(()),
+            Ok(other) => Err(unexpected("InputShapes", &other)),
+            // Not delivered: sent again at the next interval. Refused (the shapes, the key):
+            // dropped, and the canaries keep their generic shapes.
+            Err(e) => {
+                if matches!(e, Error::Transport(_) | Error::Timeout(_) | Error::Busy(_)) {
+                    self.shared.shapes.lock().undelivered(shapes);
+                }
+                Err(e)
+            }
+        }
     }
 
     fn spawn_flush_acks(&self) {

@@ -84,6 +84,7 @@ pub mod convert;
 mod deployment;
 mod error;
 mod pool;
+mod shapes;
 mod stats;
 
 pub use client::{Client, UploadProgress};

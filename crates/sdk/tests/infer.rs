@@ -303,3 +303,41 @@ async fn a_rejected_ticket_renews_the_lease_and_the_task_goes_through() {
     assert_eq!(w.fake.state().leases_issued, 2);
     assert_eq!(stats.failovers, 0);
 }
+
+/// The dispatcher hears the shapes (never the values) of the inputs sent, for its canaries:
+/// a new shape at the next flush, with how many tasks had it; nothing when turned off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_shapes_are_told_to_the_dispatcher_unless_turned_off() {
+    let w = world(1).await;
+    let d = deploy(&w).await;
+    for i in 0..3 {
+        d.infer(input(i)).await.unwrap();
+    }
+    d.flush_acks().await.unwrap();
+    {
+        let s = w.fake.state();
+        assert_eq!(s.shapes.len(), 1, "{:?}", s.shapes);
+        let (dep, told) = &s.shapes[0];
+        assert_eq!(*dep, d.id());
+        assert_eq!(told.inputs, vec![("input".to_string(), vec![1, 1, 28, 28])]);
+        assert_eq!(told.tasks, 3);
+    }
+    // A known shape waits for the interval.
+    d.infer(input(9)).await.unwrap();
+    d.flush_acks().await.unwrap();
+    assert_eq!(w.fake.state().shapes.len(), 1);
+    w.clock.advance(61);
+    d.flush_acks().await.unwrap();
+    assert_eq!(w.fake.state().shapes.len(), 2);
+    assert_eq!(w.fake.state().shapes[1].1.tasks, 1);
+
+    let mut quiet = config(w.clock.clone());
+    quiet.input_shapes_report_s = 0;
+    let net_client = client(&w._net, "mem:quiet", sdk_key(), quiet)
+        .await
+        .unwrap();
+    let d = net_client.deployment(d.id());
+    d.infer(input(1)).await.unwrap();
+    d.flush_acks().await.unwrap();
+    assert_eq!(w.fake.state().shapes.len(), 2);
+}

@@ -167,7 +167,8 @@ async fn one_task_id_with_other_inputs_is_another_task() {
 }
 
 /// Who sent a task, under which ticket.
-type Seen = Arc<Mutex<Vec<(NodeId, [u8; 16])>>>;
+/// What a front end saw of each task: the client, the ticket's nonce, the first input's shape.
+type Seen = Arc<Mutex<Vec<(NodeId, [u8; 16], Vec<u64>)>>>;
 
 /// Adds a real node behind a front end: an endpoint with the node's own identity at the
 /// address it advertises, which hands every task to the node, passes the answer through
@@ -205,7 +206,14 @@ fn add_fronted_node(
                             return NodeToClient::Pong;
                         };
                         if let Some(seen) = &seen {
-                            seen.lock().unwrap().push((client, req.ticket.body.nonce));
+                            let shape = req
+                                .inputs
+                                .first()
+                                .map(|t| t.tensor.shape().to_vec())
+                                .unwrap_or_default();
+                            seen.lock()
+                                .unwrap()
+                                .push((client, req.ticket.body.nonce, shape));
                         }
                         tamper(node.infer(*req, &client).await)
                     }
@@ -216,15 +224,15 @@ fn add_fronted_node(
     id
 }
 
-/// Canaries come from several client identities, each holding a lease it reuses for several
-/// tasks, as clients do.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn canaries_come_from_several_identities_with_leases_of_several_tasks() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+/// A network sending canaries every 50 ms, a deployment of the tiny CNN on 4 replicas, one of
+/// them a fronted node whose tasks are seen.
+async fn watched_by_canaries(
+    dir: &std::path::Path,
+) -> (LocalNetwork, Seen, crat_sdk::Deployment<QuicTransport>) {
+    let mut cfg = config(dir);
     cfg.dispatch.replicas = 4;
     cfg.canary.interval_ms = 50;
-    let mut net = network(cfg, dir.path()).await;
+    let mut net = network(cfg, dir).await;
     let seen: Seen = Arc::default();
     let watched = add_fronted_node(&mut net, Some(seen.clone()), |answer| answer);
     net.wait_online(4, Duration::from_secs(30)).await.unwrap();
@@ -233,6 +241,15 @@ async fn canaries_come_from_several_identities_with_leases_of_several_tasks() {
     let d = client.deploy(model, per_request(100_000)).await.unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
     assert!(net.dispatcher().ready_replicas(&d.id()).contains(&watched));
+    (net, seen, d)
+}
+
+/// Canaries come from several client identities, each holding a lease it reuses for several
+/// tasks, as clients do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_come_from_several_identities_with_leases_of_several_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, seen, _d) = watched_by_canaries(dir.path()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while seen.lock().unwrap().len() < 12 {
         assert!(
@@ -243,14 +260,64 @@ async fn canaries_come_from_several_identities_with_leases_of_several_tasks() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let seen = seen.lock().unwrap().clone();
-    let identities: std::collections::BTreeSet<NodeId> = seen.iter().map(|(c, _)| *c).collect();
+    let identities: std::collections::BTreeSet<NodeId> = seen.iter().map(|(c, _, _)| *c).collect();
     assert!(identities.len() >= 2, "{identities:?}");
     assert!(!identities.contains(&net.dispatcher().id()));
     let mut per_ticket: HashMap<[u8; 16], usize> = HashMap::new();
-    for (_, nonce) in &seen {
+    for (_, nonce, _) in &seen {
         *per_ticket.entry(*nonce).or_default() += 1;
     }
     assert!(per_ticket.values().any(|n| *n >= 2), "{per_ticket:?}");
+    assert_eq!(net.dispatcher().stats().canaries_failed, 0);
+    net.shutdown();
+}
+
+/// Canaries have the shapes the deployment's clients send: the SDK tells the dispatcher the
+/// shapes (never the values) of its inputs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_are_shaped_like_the_clients_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, seen, d) = watched_by_canaries(dir.path()).await;
+    let generic = vec![1, 1, 28, 28];
+    let wait_for = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while seen.lock().unwrap().len() < n {
+                assert!(tokio::time::Instant::now() < deadline);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Before any client told its shapes, canaries have the generic ones.
+    wait_for(2).await;
+    assert!(seen.lock().unwrap().iter().all(|(_, _, s)| *s == generic));
+
+    // The client sends batches of 3; the dispatcher hears of their shape.
+    let batch: Vec<f32> = (0..3)
+        .flat_map(|i| input(i).to_vec::<f32>().unwrap())
+        .collect();
+    let batch = crat_core::tensor::Tensor::from_slice(&[3, 1, 28, 28], &batch).unwrap();
+    for _ in 0..4 {
+        d.infer(vec![NamedTensor::new("input", batch.clone())])
+            .await
+            .unwrap();
+    }
+    d.flush_acks().await.unwrap();
+    // Canaries already under way may still be generic.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    seen.lock().unwrap().clear();
+    wait_for(4).await;
+    let shapes: Vec<Vec<u64>> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, _, s)| s.clone())
+        .collect();
+    assert!(
+        shapes.iter().all(|s| *s == vec![3, 1, 28, 28]),
+        "{shapes:?}"
+    );
     assert_eq!(net.dispatcher().stats().canaries_failed, 0);
     net.shutdown();
 }

@@ -3,16 +3,18 @@
 //!
 //! Every [`CanaryConfig::interval_ms`] the dispatcher picks the warm replicas of its
 //! deployments (at most [`CanaryConfig::tasks_per_sweep_max`], rotating through them) and,
-//! for each, generates a deterministic pseudo-random input from the model's declared input
-//! types and shapes (symbolic dimensions = 1; floats uniform in [0, 1), integers in 0..4,
-//! booleans 0/1), runs the model itself on its reference backend (tract on the CPU) and sends
-//! the same input to the replica as an ordinary `Infer` task: from one of several client
-//! endpoints with throwaway identities ([`CanaryParts::transports`], picked at random per
-//! canary, never the dispatcher's), under a lease that identity holds for the deployment as a
-//! client would (a ticket for the deployment's own SDK key, the lease's audience, naming that
-//! identity, reused for its canaries until a quarter of its lifetime is left). The answer is
-//! compared with
-//! [`crat_core::verify::agree`] (floats within `atol + rtol·|reference|`, integers exact).
+//! for each, generates a pseudo-random input of the model's declared input types, shaped as
+//! the deployment's clients shape theirs ([`super::shapes`]: the SDK tells the shapes, never
+//! the values, and a canary draws one in proportion to how often clients send it; symbolic
+//! dimensions = 1 when no client told; floats uniform in [0, 1), integers in 0..4, booleans
+//! 0/1), runs the model itself on its reference backend (tract on the CPU) and sends the same
+//! input to the replica as an ordinary `Infer` task: from one of several client endpoints
+//! with throwaway identities ([`CanaryParts::transports`], picked at random per canary, never
+//! the dispatcher's), under a lease that identity holds for the deployment as a client would
+//! (a ticket for the deployment's own SDK key, the lease's audience, naming that identity,
+//! reused for its canaries until a quarter of its lifetime is left). The answer is compared
+//! with [`crat_core::verify::agree`] (floats within `atol + rtol·|reference|`, integers
+//! exact).
 //!
 //! - Disagreement: the node's work failed a validation. It is recorded in the ledger as a
 //!   `validations_failed` of the node (so `crat-rewards` slashes it and makes it ineligible
@@ -32,9 +34,10 @@
 //!
 //! # Limits
 //! A node can tell a canary only by what it sees, and still can by:
-//! - the inputs: generated, uniform values with every symbolic dimension at 1, rather than
-//!   what clients send (the dispatcher never sees client inputs; a production network would
-//!   replay inputs clients donate, or learn their shapes from the clients);
+//! - the input values: uniform noise rather than what clients send (images, token ids); the
+//!   shapes are the clients' (unless no client of the deployment told them, or the client
+//!   turned it off), but a node that tests the values' statistics can tell noise from data.
+//!   Replaying inputs clients donate would close this; the dispatcher never sees inputs;
 //! - the source address: every canary identity is an endpoint on the dispatcher's host;
 //! - the traffic of one identity: a handful of tasks per lease, spread over all of a
 //!   deployment's replicas, with no acknowledgement ever handed to the node (a light client
@@ -61,6 +64,7 @@ use crat_core::wire::{ClientToNode, InferRequest, NodeToClient, Replica};
 use crat_transport::{ConnectionExt, Conversation, Transport};
 use parking_lot::Mutex;
 
+use super::shapes::{Shape, ShapeBook};
 use super::{Counters, Dispatcher, new_id};
 use crate::ledger::DeploymentRecord;
 
@@ -164,6 +168,8 @@ pub(super) struct CanaryState<T: Transport> {
     tickets: Mutex<HashMap<(DeploymentId, usize), Signed<Ticket>>>,
     /// Canary tasks sent, so that their usage is charged to nobody; the oldest forgotten.
     tasks: Mutex<ExpiringMap<TaskId, ()>>,
+    /// The input shapes clients send to each deployment.
+    pub(super) shapes: Mutex<ShapeBook>,
     cursor: std::sync::atomic::AtomicUsize,
 }
 
@@ -176,6 +182,7 @@ impl<T: Transport> CanaryState<T> {
             conns: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
+            shapes: Mutex::new(ShapeBook::default()),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -192,10 +199,34 @@ impl<T: Transport> CanaryState<T> {
     }
 }
 
-/// A deterministic input for a model: `seed` picks the values (splitmix64). Canaries and the
-/// determinism gate use it.
+/// A deterministic input for a model: `seed` picks the values (splitmix64), symbolic
+/// dimensions are 1. The determinism gate uses it, and canaries of a deployment whose clients
+/// told no shapes.
 pub fn canary_inputs(
     info: &ModelInfo,
+    seed: u64,
+    bytes_max: u64,
+) -> Result<Vec<NamedTensor>, InputsError> {
+    canary_inputs_shaped(info, None, seed, bytes_max)
+}
+
+/// The dimensions of `spec` in `shape` (by name), if they fit it: same rank, the fixed
+/// dimensions equal, the symbolic ones between 1 and [`DIM_MAX`](crat_core::tensor::DIM_MAX).
+fn told_dims<'a>(spec: &crat_backend::TensorSpec, shape: &'a Shape) -> Option<&'a [u64]> {
+    let (_, dims) = shape.iter().find(|(name, _)| *name == spec.name)?;
+    let fits = dims.len() == spec.shape.len()
+        && dims.iter().zip(&spec.shape).all(|(d, s)| match s {
+            Dim::Fixed(n) => d == n,
+            Dim::Symbolic(_) => (1..=crat_core::tensor::DIM_MAX).contains(d),
+        });
+    fits.then_some(dims.as_slice())
+}
+
+/// As [`canary_inputs`], with each input's dimensions taken from `shape` (what clients send)
+/// where they fit the model (symbolic dimensions 1 for the inputs where they do not).
+pub(super) fn canary_inputs_shaped(
+    info: &ModelInfo,
+    shape: Option<&Shape>,
     seed: u64,
     bytes_max: u64,
 ) -> Result<Vec<NamedTensor>, InputsError> {
@@ -204,14 +235,17 @@ pub fn canary_inputs(
     let mut total = 0u64;
     let mut inputs = Vec::with_capacity(info.inputs.len());
     for spec in &info.inputs {
-        let shape: Vec<u64> = spec
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(n) => *n,
-                Dim::Symbolic(_) => 1,
-            })
-            .collect();
+        let shape: Vec<u64> = match shape.and_then(|s| told_dims(spec, s)) {
+            Some(dims) => dims.to_vec(),
+            None => spec
+                .shape
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Symbolic(_) => 1,
+                })
+                .collect(),
+        };
         let bytes = crat_core::tensor::byte_len(spec.dtype, &shape)?;
         total = total.saturating_add(bytes);
         let too_large = InputsError::TooLarge { bytes_max };
@@ -390,8 +424,16 @@ impl<T: Transport> Dispatcher<T> {
         let config = &self.inner.config.canary;
         let model = self.reference_model(state, dep).await?;
         let limit = config.input_bytes_max.min(dep.plan.max_input_bytes());
-        let inputs =
-            canary_inputs(model.info(), rand::random(), limit).map_err(|e| e.to_string())?;
+        // Shaped as clients' inputs, when they told; generic when that does not fit.
+        let told = state.shapes.lock().pick(&dep.id, rand::random());
+        let seed = rand::random();
+        let inputs = match canary_inputs_shaped(model.info(), told.as_ref(), seed, limit) {
+            Ok(inputs) => inputs,
+            Err(_) if told.is_some() => {
+                canary_inputs(model.info(), seed, limit).map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let expected = {
             let model = model.clone();
             let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
@@ -595,9 +637,9 @@ mod tests {
     use super::*;
     use crat_backend::TensorSpec;
 
-    #[test]
-    fn inputs_follow_the_declared_types_and_are_deterministic() {
-        let info = ModelInfo {
+    /// A model taking `x: f32[batch, 3]` and `ids: i64[ids]`.
+    fn two_inputs(ids: Dim) -> ModelInfo {
+        ModelInfo {
             inputs: vec![
                 TensorSpec {
                     name: "x".into(),
@@ -607,11 +649,16 @@ mod tests {
                 TensorSpec {
                     name: "ids".into(),
                     dtype: DType::I64,
-                    shape: vec![Dim::Fixed(4)],
+                    shape: vec![ids],
                 },
             ],
             outputs: vec![],
-        };
+        }
+    }
+
+    #[test]
+    fn inputs_follow_the_declared_types_and_are_deterministic() {
+        let info = two_inputs(Dim::Fixed(4));
         let a = canary_inputs(&info, 7, 1 << 20).unwrap();
         assert_eq!(a, canary_inputs(&info, 7, 1 << 20).unwrap());
         assert_ne!(a, canary_inputs(&info, 8, 1 << 20).unwrap());
@@ -634,5 +681,28 @@ mod tests {
             canary_inputs(&info, 7, 16),
             Err(InputsError::TooLarge { bytes_max: 16 })
         );
+    }
+
+    #[test]
+    fn told_shapes_are_used_where_they_fit_the_model() {
+        let info = two_inputs(Dim::Symbolic("len".into()));
+        let told: Shape = vec![("x".into(), vec![5, 3]), ("ids".into(), vec![7])];
+        let a = canary_inputs_shaped(&info, Some(&told), 1, 1 << 20).unwrap();
+        assert_eq!(a[0].tensor.shape(), &[5, 3]);
+        assert_eq!(a[1].tensor.shape(), &[7]);
+        // A fixed dimension that differs, a wrong rank, a zero: that input keeps the generic
+        // shape; an input not told too.
+        for bad in [vec![5, 4], vec![5], vec![0, 3]] {
+            let told: Shape = vec![("x".into(), bad)];
+            let a = canary_inputs_shaped(&info, Some(&told), 1, 1 << 20).unwrap();
+            assert_eq!(a[0].tensor.shape(), &[1, 3]);
+            assert_eq!(a[1].tensor.shape(), &[1]);
+        }
+        // Shapes over the size limit are refused (the caller falls back to the generic ones).
+        let huge: Shape = vec![("x".into(), vec![1 << 20, 3])];
+        assert!(matches!(
+            canary_inputs_shaped(&info, Some(&huge), 1, 1 << 20),
+            Err(InputsError::TooLarge { .. })
+        ));
     }
 }

@@ -22,6 +22,7 @@ use crat_core::wire::{
 use crat_transport::Transport;
 
 use super::reply::{Refusal, err};
+use super::shapes::ShapeBook;
 use super::{CachedKey, Counters, Dispatcher, new_id};
 use crate::blob::UploadProgress;
 use crate::ledger::{AccountName, DeploymentRecord, KeyRecord, ModelRecord};
@@ -182,7 +183,18 @@ impl<T: Transport> Dispatcher<T> {
                     .db(move |l| l.stop_deployment(&deployment, now))
                     .await?;
                 self.inner.deployments.write().remove(&stopped.id);
+                if let Some(canary) = &self.inner.canary {
+                    canary.shapes.lock().forget(&stopped.id);
+                }
                 self.apply(effects).await;
+                Ok(DispatcherResponse::Ok)
+            }
+            ClientCall::InputShapes { deployment, shapes } => {
+                self.owned_deployment(&key, &deployment)?;
+                ShapeBook::check(&shapes).map_err(|e| err(ErrorCode::TooLarge, e.to_string()))?;
+                if let Some(canary) = &self.inner.canary {
+                    let _ = canary.shapes.lock().record(deployment, &shapes);
+                }
                 Ok(DispatcherResponse::Ok)
             }
             ClientCall::Lease { deployment } => self

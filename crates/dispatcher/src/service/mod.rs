@@ -10,7 +10,8 @@
 //!
 //! The glue is split by conversation: [`node`] (registration, heartbeats, model fetches,
 //! usage), [`client`] (uploads, deployments, leases, balances, spot-check reports),
-//! [`canary`] (the dispatcher's own test tasks), [`gate`] (the determinism gate a model
+//! [`canary`] (the dispatcher's own test tasks, shaped by what clients tell of their inputs
+//! in [`shapes`]), [`gate`] (the determinism gate a model
 //! passes at deploy time), [`hardware`] (compute challenges: proof of hardware and of
 //! commitment) and [`closing`] (rounds). Decisions live in
 //! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
@@ -55,6 +56,7 @@ mod gate;
 mod hardware;
 mod node;
 mod reply;
+mod shapes;
 
 use canary::CanaryState;
 pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, InputsError, canary_inputs};

@@ -105,6 +105,8 @@ pub struct FakeState {
     pub leases_issued: u32,
     /// Acknowledgements the client sent.
     pub acks: Vec<crat_core::policy::acks::AckProof>,
+    /// Input shapes the client told, per deployment.
+    pub shapes: Vec<(DeploymentId, crat_core::wire::ShapeCount)>,
     pub lease_faults: VecDeque<LeaseFault>,
     pub ticket_lifetime_s: u64,
     pub replicas_wanted: u32,
@@ -298,6 +300,10 @@ impl Fake {
                 s.acks.extend(proofs);
                 DispatcherResponse::Ok
             }
+            ClientCall::InputShapes { deployment, shapes } => {
+                s.shapes.extend(shapes.into_iter().map(|c| (deployment, c)));
+                DispatcherResponse::Ok
+            }
             ClientCall::KeyStatus => DispatcherResponse::Key(KeyInfo {
                 id: req.key.id,
                 status: KeyStatus::Active,
@@ -412,6 +418,7 @@ pub fn start_dispatcher(
             balance: Credits::new(1_000_000),
             leases_issued: 0,
             acks: Vec::new(),
+            shapes: Vec::new(),
             lease_faults: VecDeque::new(),
             ticket_lifetime_s: 600,
             replicas_wanted: 1,
