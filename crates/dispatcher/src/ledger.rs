@@ -12,9 +12,15 @@
 //! per task id; an **undeploy** returns what is left of an allowance to the account. A
 //! round's client income is the deploy charges of per-instance plans plus the usage charges
 //! made inside the round.
+//!
+//! The ledger also keeps the clients' **acknowledgements** (per ticket and node: the latest
+//! acknowledged tally, what usage charged against it, whether its usage window was settled),
+//! so that a restarted dispatcher charges no more and no less than before (see
+//! [`Ledger::store_acks`], [`Ledger::charge_usage`] and [`Ledger::settle_acks`]).
 
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::policy::acks::{AckEntry, Tally};
 use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::wire::{UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
@@ -167,6 +173,52 @@ pub struct UsageRow {
     pub inputs_digest: [u8; 32],
 }
 
+/// A client's acknowledgement of a node's work under a ticket, checked, to store
+/// ([`Ledger::store_acks`]).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct AckRecord {
+    /// The ticket's nonce.
+    pub ticket_nonce: [u8; 16],
+    /// The node whose work it acknowledges.
+    pub node: NodeId,
+    /// The ticket's deployment.
+    pub deployment: DeploymentId,
+    /// The SDK key the ticket charges.
+    pub key: KeyId,
+    /// When the ticket's usage window ends (Unix seconds).
+    pub settle_at_s: u64,
+    /// What the client acknowledged.
+    pub acked: Tally,
+}
+
+/// A (ticket, node) pair's acknowledgement as stored, with what usage charged against it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoredAck {
+    /// The ticket's nonce.
+    pub ticket_nonce: [u8; 16],
+    /// The node.
+    pub node: NodeId,
+    /// When the ticket's usage window ends (Unix seconds).
+    pub settle_at_s: u64,
+    /// Deployment, key, the latest acknowledgement and the charged tally.
+    pub entry: AckEntry,
+}
+
+/// What [`Ledger::settle_acks`] did.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct AckSettlement {
+    /// Pairs marked settled.
+    pub settled: u32,
+    /// The charges made of them (pairs with nothing to charge make none).
+    pub charges: Vec<UsageCharge>,
+    /// What charging them did.
+    pub outcome: UsageOutcome,
+}
+
+/// The largest amount, count or time a ledger stores (its databases' signed 64-bit
+/// integers); see [`Ledger`].
+pub const INTEGER_MAX: u64 = i64::MAX as u64;
+
 /// Most rows [`Ledger::usage`] returns for one task id.
 pub const USAGE_ROWS_PER_TASK_MAX: usize = 1_024;
 
@@ -296,10 +348,38 @@ pub trait Ledger: Send + Sync + 'static {
 
     /// Stores and charges usage records, once per (deployment, task id, inputs digest): a
     /// task already stored is counted as a duplicate and charged nothing (a failover's second
-    /// record), while a task id reused with other inputs is another task. Each cost is taken from the deployment's
-    /// allowance; what the allowance cannot cover is recorded as uncollected. A record of an
-    /// unknown deployment fails the whole call ([`LedgerError::NotFound`], nothing stored).
+    /// record), while a task id reused with other inputs is another task. Each cost is taken
+    /// from the deployment's allowance; what the allowance cannot cover is recorded as
+    /// uncollected. A record of an unknown deployment fails the whole call
+    /// ([`LedgerError::NotFound`], nothing stored).
+    ///
+    /// A record whose (ticket nonce, node) has a stored acknowledgement ([`Ledger::store_acks`])
+    /// is counted in its charged tally ([`Tally::add`] of task, inputs digest and cost) in the
+    /// same transaction; one whose acknowledgement was settled already is a duplicate (the
+    /// settlement charged its work).
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError>;
+    /// Stores checked acknowledgements, in one transaction. Per (ticket nonce, node) the one
+    /// of most tasks is kept (one of fewer or as many tasks changes nothing); deployment, key
+    /// and settlement time stay those first stored. Returns, for each given, the pair as
+    /// stored after the call (with its charged tally), or `None` when the pair was settled
+    /// already (nothing stored: its work was charged). A tally or time above `i64::MAX` is
+    /// [`LedgerError::Invalid`] (nothing stored).
+    fn store_acks(&self, acks: &[AckRecord]) -> Result<Vec<Option<StoredAck>>, LedgerError>;
+    /// Pairs not settled yet, soonest settlement first (then by ticket nonce and node), at
+    /// most `limit`.
+    fn unsettled_acks(&self, limit: u32) -> Result<Vec<StoredAck>, LedgerError>;
+    /// Settles, in one transaction, the pairs not settled yet whose settlement time is at or
+    /// before `now_s` (at most `limit`, soonest first): each is marked settled, and the charge
+    /// `charge_of` makes of it (the acknowledged work no record charged; `None` when there is
+    /// none to charge) is charged as [`Ledger::charge_usage`] does. A settled pair is never
+    /// settled again; a charge of an unknown deployment fails the whole call (nothing
+    /// settled).
+    fn settle_acks(
+        &self,
+        now_s: u64,
+        limit: u32,
+        charge_of: &mut dyn FnMut(&StoredAck) -> Option<UsageCharge>,
+    ) -> Result<AckSettlement, LedgerError>;
     /// The stored usage records of a task id of a deployment, one per distinct inputs, oldest
     /// first, at most [`USAGE_ROWS_PER_TASK_MAX`].
     fn usage(&self, deployment: &DeploymentId, task: &TaskId)

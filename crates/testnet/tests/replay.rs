@@ -582,3 +582,276 @@ async fn a_node_is_paid_no_more_than_its_client_acknowledged() {
     beating.abort();
     net.shutdown();
 }
+
+/// Registers `key` as a node that takes any model, says its replica of `deployment` is ready
+/// and keeps sending heartbeats; returns its connection and the heartbeat task.
+async fn join_as_ready(
+    net: &LocalNetwork,
+    from: &QuicTransport,
+    key: &SigningKey,
+    nonce: [u8; 16],
+    deployment: DeploymentId,
+) -> (QuicConnection, tokio::task::JoinHandle<()>) {
+    let mut body = registration(key, now_s(), nonce).body;
+    body.model_bytes_max = 1 << 30;
+    let (conn, reply) = register(net, from, &Signed::sign(body, key)).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    let ready = NodeRequest::ReplicaState {
+        deployment,
+        state: ReplicaState::Ready,
+    };
+    let r: DispatcherReply = conn
+        .call(&ready, Conversation::NodeDispatcher, FrameLimits::default())
+        .await
+        .unwrap();
+    assert_eq!(r, DispatcherReply::Ok);
+    let beating = {
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            for seq in 1.. {
+                let hb = NodeRequest::Heartbeat(Heartbeat {
+                    seq,
+                    load: NodeLoad::default(),
+                    loaded_models: vec![],
+                    ready: vec![deployment],
+                });
+                let _ = conn
+                    .call::<_, DispatcherReply>(
+                        &hb,
+                        Conversation::NodeDispatcher,
+                        FrameLimits::default(),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    (conn, beating)
+}
+
+/// A network with one hand-written node (`inventor`) serving a per-request deployment alone,
+/// and a hand-written client of it, for the restart tests.
+struct Inventor {
+    net: LocalNetwork,
+    key: SigningKey,
+    id: NodeId,
+    endpoint: QuicTransport,
+    /// The connection of its first registration, kept open: the compute challenge sent on
+    /// it would fail at once if it closed, and a failed challenge suspends the node.
+    _placed: QuicConnection,
+    conn: QuicConnection,
+    beating: tokio::task::JoinHandle<()>,
+    sdk_key: SdkKey,
+    deployment: DeploymentId,
+    client: RawClient,
+    cost: Credits,
+    allowance: Credits,
+}
+
+impl Inventor {
+    async fn start(dir: &std::path::Path) -> Self {
+        let mut cfg = config(dir);
+        cfg.canary.interval_ms = 0;
+        cfg.dispatch.replicas = 1;
+        cfg.ticket_lifetime_s = 8;
+        cfg.usage_grace_s = 4;
+        let net = LocalNetwork::start(cfg, dir, vec![]).await.unwrap();
+        let key = SigningKey::from_bytes(&[47; 32]);
+        let id = NodeId::from_key(&key.verifying_key());
+        let endpoint = endpoint(&key);
+        // Registered before the deployment, so that its replica is placed there.
+        let mut body = registration(&key, now_s(), [2; 16]).body;
+        body.model_bytes_max = 1 << 30;
+        let (placed, reply) = register(&net, &endpoint, &Signed::sign(body, &key)).await;
+        assert!(
+            matches!(reply, DispatcherReply::Registered { .. }),
+            "{reply:?}"
+        );
+        let (sdk, sdk_key) = client_with(&net, 1_000_000).await;
+        let model = sdk.upload_model(TINY, |_| {}).await.unwrap();
+        let d = sdk.deploy(model, per_request(100_000)).await.unwrap();
+        let (conn, beating) = join_as_ready(&net, &endpoint, &key, [3; 16], d.id()).await;
+        d.wait_ready(Duration::from_secs(30)).await.unwrap();
+        let cost = DispatcherConfig::new("x")
+            .pricing
+            .request_cost(TINY.len() as u64, 28 * 28 * 4)
+            .unwrap();
+        let allowance = d.info().await.unwrap().allowance_left;
+        let client = RawClient::new(&net, &sdk_key).await;
+        Self {
+            net,
+            key,
+            id,
+            endpoint,
+            _placed: placed,
+            conn,
+            beating,
+            sdk_key,
+            deployment: d.id(),
+            client,
+            cost,
+            allowance,
+        }
+    }
+
+    /// Restarts the dispatcher; the node joins the new one (`nonce`: its registration's).
+    async fn restart(&mut self, nonce: [u8; 16]) {
+        self.beating.abort();
+        self.net.restart_dispatcher().await.unwrap();
+        let (conn, beating) =
+            join_as_ready(&self.net, &self.endpoint, &self.key, nonce, self.deployment).await;
+        self.conn = conn;
+        self.beating = beating;
+    }
+
+    /// Credits charged for the deployment's usage so far.
+    fn charged(&self) -> Credits {
+        self.net
+            .dispatcher()
+            .ledger()
+            .usage_totals(&self.deployment)
+            .unwrap()
+            .1
+    }
+
+    /// Waits until `credits` are charged (the settlement of a window) or fails.
+    async fn wait_charged(&self, credits: Credits) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.charged() < credits {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled: {} of {credits} charged; {:?}",
+                self.charged(),
+                self.net.dispatcher().stats()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `n` answers received from the node: (task, inputs digest, cost).
+    fn answers(&self, n: usize) -> Vec<(TaskId, [u8; 32], Credits)> {
+        (0..n)
+            .map(|_| {
+                (
+                    TaskId::from_bytes(rand::random()),
+                    rand::random(),
+                    self.cost,
+                )
+            })
+            .collect()
+    }
+
+    /// The node's usage record of a task under ticket `nonce`.
+    fn record(&self, nonce: [u8; 16], task: TaskId, inputs_digest: [u8; 32]) -> UsageRecord {
+        UsageRecord {
+            task,
+            deployment: self.deployment,
+            inputs_digest,
+            key: self.sdk_key.id,
+            ticket_nonce: nonce,
+            input_bytes: 28 * 28 * 4,
+            output_bytes: 40,
+            compute_us: 10,
+        }
+    }
+
+    /// Checks the ledger after everything was settled: `credits` charged, the allowance down
+    /// by as much, and no acknowledgement left unsettled.
+    fn assert_settled(&self, credits: Credits) {
+        assert_eq!(self.charged(), credits);
+        let ledger = self.net.dispatcher().ledger();
+        let left = ledger
+            .deployment(&self.deployment)
+            .unwrap()
+            .unwrap()
+            .allowance_left;
+        assert_eq!(left.get(), self.allowance.get() - credits.get());
+        assert!(ledger.unsettled_acks(10).unwrap().is_empty());
+    }
+}
+
+/// The dispatcher restarts between the client's acknowledgement and the end of the usage
+/// window: the work it acknowledged and the node never reported is charged all the same,
+/// exactly once (not again after another restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_work_never_reported_is_charged_once_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Inventor::start(dir.path()).await;
+    let lease = n.client.lease(n.deployment).await;
+    assert_eq!(lease.ticket.body.audience, vec![n.id]);
+    n.client
+        .acknowledge(&lease.ticket, n.id, &n.answers(2))
+        .await;
+    assert_eq!(n.charged(), Credits::ZERO);
+
+    n.restart([4; 16]).await;
+    let two = Credits::new(2 * n.cost.get());
+    n.wait_charged(two).await;
+    // Settled once: not again by the same process, nor after another restart.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    n.restart([5; 16]).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    n.assert_settled(two);
+    n.beating.abort();
+    n.net.shutdown();
+}
+
+/// The dispatcher restarts after a node was paid for everything its client acknowledged of
+/// a ticket: records the node invents afterwards, sent with the client's acknowledgement it
+/// holds, are not paid (what was charged before the restart still counts against it), nor
+/// after the window ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invented_records_are_not_paid_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Inventor::start(dir.path()).await;
+    let lease = n.client.lease(n.deployment).await;
+    let nonce = lease.ticket.body.nonce;
+    let real = n.answers(3);
+    n.client.acknowledge(&lease.ticket, n.id, &real).await;
+    let proof = n.client.ack_proof(&lease.ticket, n.id, &real);
+    let report = UsageReport {
+        records: real
+            .iter()
+            .map(|(t, digest, _)| n.record(nonce, *t, *digest))
+            .collect(),
+        acks: vec![proof.clone()],
+    };
+    let DispatcherReply::UsageAck { accepted, .. } = report_usage(&n.conn, report).await else {
+        panic!("no usage answer")
+    };
+    assert_eq!(accepted, 3);
+    let three = Credits::new(3 * n.cost.get());
+    assert_eq!(n.charged(), three);
+
+    n.restart([4; 16]).await;
+    let invented = UsageReport {
+        records: (0..3)
+            .map(|_| n.record(nonce, TaskId::from_bytes(rand::random()), rand::random()))
+            .collect(),
+        acks: vec![proof],
+    };
+    let DispatcherReply::UsageAck { accepted, held, .. } =
+        report_usage(&n.conn, invented.clone()).await
+    else {
+        panic!("no usage answer")
+    };
+    assert_eq!((accepted, held), (0, vec![0, 1, 2]));
+    assert_eq!(n.charged(), three);
+
+    // After the window: nothing was left to settle, and the invented records sent again are
+    // not charged either.
+    let window_s = 8 + 4 + 1;
+    let ends = lease.ticket.body.expires_at_s + 4 + 1;
+    let wait_s = ends.saturating_sub(now_s()).min(window_s);
+    tokio::time::sleep(Duration::from_secs(wait_s)).await;
+    let DispatcherReply::UsageAck { accepted, .. } = report_usage(&n.conn, invented).await else {
+        panic!("no usage answer")
+    };
+    assert_eq!(accepted, 0);
+    n.assert_settled(three);
+    n.beating.abort();
+    n.net.shutdown();
+}

@@ -20,6 +20,11 @@
 //! An [`AckProof`] carries the ticket with its acknowledgement, so the dispatcher checks both
 //! signatures ([`check_ack`]) without remembering the ticket (after a restart too).
 //!
+//! The book is memory; the dispatcher keeps the same entries in its ledger (each
+//! acknowledgement stored before it is answered, each charge counted in the transaction that
+//! makes it) and puts them back after a restart with [`AckBook::restore`], so what was
+//! charged before the restart still counts against the acknowledgement.
+//!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId, TaskId};
 //! use crat_core::money::Credits;
@@ -36,7 +41,7 @@
 //! let ack = received.ack(nonce, node);
 //! // ...the dispatcher learns it, and charges the node's records within it.
 //! let mut book = AckBook::new(1_000);
-//! book.acknowledge(&ack, deployment, key, 100, 0).unwrap();
+//! book.acknowledge(&ack, deployment, key, 100).unwrap();
 //! let record = |t: u8| (TaskId::from_bytes([t; 16]), [t; 32]);
 //! for t in [7, 8] {
 //!     let (task, digest) = record(t);
@@ -206,6 +211,23 @@ pub struct AckEntry {
     pub charged: Tally,
 }
 
+impl AckEntry {
+    /// The acknowledged work no usage record charged (`None` when there is none): what the
+    /// settlement of `node`'s work under ticket `ticket_nonce` charges.
+    pub fn unreported(&self, ticket_nonce: [u8; 16], node: NodeId) -> Option<Unreported> {
+        let credits = self.acked.credits.saturating_sub(self.charged.credits);
+        let tasks = self.acked.tasks.saturating_sub(self.charged.tasks);
+        (credits > Credits::ZERO || tasks > 0).then_some(Unreported {
+            ticket_nonce,
+            node,
+            deployment: self.deployment,
+            key: self.key,
+            tasks,
+            credits,
+        })
+    }
+}
+
 /// Acknowledged work that no usage record charged, of a ticket whose window ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Unreported {
@@ -242,34 +264,48 @@ impl AckBook {
     /// charging `key`, kept until `settle_at_s` (the end of the ticket's usage window). An
     /// acknowledgement of more tasks replaces the one held; an older one changes nothing.
     /// [`Full`] when the book holds `capacity` pairs (nothing is forgotten that may still be
-    /// charged: the caller refuses and the acknowledgement comes again).
+    /// charged: the caller keeps it elsewhere or refuses it).
     pub fn acknowledge(
         &mut self,
         ack: &Ack,
         deployment: DeploymentId,
         key: KeyId,
         settle_at_s: u64,
-        now_s: u64,
     ) -> Result<(), Full> {
-        let pair = (ack.ticket_nonce, ack.node);
-        self.entries.insert(
-            pair,
-            AckEntry {
-                deployment,
-                key,
-                acked: Tally::default(),
-                charged: Tally::default(),
-            },
-            settle_at_s,
-            now_s,
-            WhenFull::Refuse,
-        )?;
-        if let Some(entry) = self.entries.get_mut(&pair)
-            && ack.tasks > entry.acked.tasks
-        {
-            entry.acked = Tally::of(ack);
+        let entry = AckEntry {
+            deployment,
+            key,
+            acked: Tally::of(ack),
+            charged: Tally::default(),
+        };
+        self.restore(ack.ticket_nonce, ack.node, entry, settle_at_s)
+    }
+
+    /// Takes back an entry kept outside the book (the dispatcher's ledger, after a restart),
+    /// with what was charged against it already. A pair the book holds keeps its charged
+    /// tally (the book's count includes charges still being written) and takes the entry's
+    /// acknowledgement only when it is of more tasks; a new pair is held as given, until
+    /// `settle_at_s`. [`Full`] as for [`acknowledge`](Self::acknowledge).
+    ///
+    /// Entries leave the book only through [`settle`](Self::settle), which returns their
+    /// unreported work: one due already is kept until the next `settle`.
+    pub fn restore(
+        &mut self,
+        ticket_nonce: [u8; 16],
+        node: NodeId,
+        entry: AckEntry,
+        settle_at_s: u64,
+    ) -> Result<(), Full> {
+        let pair = (ticket_nonce, node);
+        if let Some(held) = self.entries.get_mut(&pair) {
+            if entry.acked.tasks > held.acked.tasks {
+                held.acked = entry.acked;
+            }
+            return Ok(());
         }
-        Ok(())
+        // "Now" 0: inserting forgets nothing on the side; due entries wait for `settle`.
+        self.entries
+            .insert(pair, entry, settle_at_s, 0, WhenFull::Refuse)
     }
 
     /// Whether a record of `node` under ticket `nonce` (task, inputs digest, cost) is charged
@@ -323,18 +359,7 @@ impl AckBook {
         self.entries
             .take_expired(now_s)
             .into_iter()
-            .filter_map(|((ticket_nonce, node), e)| {
-                let credits = e.acked.credits.saturating_sub(e.charged.credits);
-                let tasks = e.acked.tasks.saturating_sub(e.charged.tasks);
-                (credits > Credits::ZERO || tasks > 0).then_some(Unreported {
-                    ticket_nonce,
-                    node,
-                    deployment: e.deployment,
-                    key: e.key,
-                    tasks,
-                    credits,
-                })
-            })
+            .filter_map(|((ticket_nonce, node), e)| e.unreported(ticket_nonce, node))
             .collect()
     }
 
@@ -413,20 +438,129 @@ mod tests {
             credits: Credits::new(tasks * 2),
             accumulator: [0; 32],
         };
-        book.acknowledge(&ack(5), DEP, KEY, 100, 0).unwrap();
-        book.acknowledge(&ack(3), DEP, KEY, 100, 0).unwrap();
+        book.acknowledge(&ack(5), DEP, KEY, 100).unwrap();
+        book.acknowledge(&ack(3), DEP, KEY, 100).unwrap();
         assert_eq!(book.entry(&NONCE, &node()).unwrap().acked.tasks, 5);
         let other = Ack {
             ticket_nonce: [9; 16],
             ..ack(1)
         };
-        assert!(book.acknowledge(&other, DEP, KEY, 100, 0).is_err());
+        assert!(book.acknowledge(&other, DEP, KEY, 100).is_err());
         // Nothing acknowledged, nothing charged.
         let (t, d) = task(1);
         assert_eq!(
             book.admit(&[9; 16], &node(), &t, &d, Credits::ZERO),
             Decision::Hold
         );
+    }
+
+    #[test]
+    fn a_restored_entry_keeps_what_was_charged_against_it() {
+        let cost = Credits::new(5);
+        let mut client = Tally::default();
+        for i in 0..3 {
+            let (t, d) = task(i);
+            client.add(&t, &d, cost).unwrap();
+        }
+        let mut before = AckBook::new(4);
+        before
+            .acknowledge(&client.ack(NONCE, node()), DEP, KEY, 100)
+            .unwrap();
+        for i in 0..2 {
+            let (t, d) = task(i);
+            assert_eq!(
+                before.admit(&NONCE, &node(), &t, &d, cost),
+                Decision::Charge
+            );
+        }
+        let kept = before.entry(&NONCE, &node()).unwrap().clone();
+        assert_eq!(
+            (kept.charged.tasks, kept.charged.credits),
+            (2, Credits::new(10))
+        );
+
+        // After a restart, invented records fill only what was not charged yet.
+        let mut after = AckBook::new(4);
+        after.restore(NONCE, node(), kept.clone(), 100).unwrap();
+        let invented = |i: u32| task(1_000 + i);
+        let (t, d) = invented(0);
+        assert_eq!(after.admit(&NONCE, &node(), &t, &d, cost), Decision::Charge);
+        let (t, d) = invented(1);
+        assert_eq!(after.admit(&NONCE, &node(), &t, &d, cost), Decision::Hold);
+        assert!(
+            after.settle(100).is_empty(),
+            "the acknowledgement was charged in full"
+        );
+
+        // Restored again over a held pair: an older acknowledgement changes nothing, a newer
+        // one is taken, and the charged tally of the book (which counts charges in flight)
+        // stays.
+        let mut book = AckBook::new(4);
+        book.restore(NONCE, node(), kept.clone(), 100).unwrap();
+        let (t, d) = task(2);
+        assert_eq!(book.admit(&NONCE, &node(), &t, &d, cost), Decision::Charge);
+        let older = AckEntry {
+            acked: Tally {
+                tasks: 1,
+                ..kept.acked
+            },
+            charged: Tally::default(),
+            ..kept.clone()
+        };
+        book.restore(NONCE, node(), older, 100).unwrap();
+        let held = book.entry(&NONCE, &node()).unwrap();
+        assert_eq!((held.acked.tasks, held.charged.tasks), (3, 3));
+        let newer = AckEntry {
+            acked: Tally {
+                tasks: 4,
+                credits: Credits::new(20),
+                ..kept.acked
+            },
+            charged: Tally::default(),
+            ..kept
+        };
+        book.restore(NONCE, node(), newer, 100).unwrap();
+        let held = book.entry(&NONCE, &node()).unwrap();
+        assert_eq!((held.acked.tasks, held.charged.tasks), (4, 3));
+        let unreported = book.settle(100);
+        assert_eq!(
+            unreported
+                .iter()
+                .map(|u| (u.tasks, u.credits))
+                .collect::<Vec<_>>(),
+            vec![(1, Credits::new(5))]
+        );
+    }
+
+    #[test]
+    fn entries_leave_the_book_only_through_settle_and_restore_is_bounded() {
+        let entry = AckEntry {
+            deployment: DEP,
+            key: KEY,
+            acked: Tally {
+                tasks: 1,
+                credits: Credits::new(7),
+                accumulator: [0; 32],
+            },
+            charged: Tally::default(),
+        };
+        let mut book = AckBook::new(2);
+        // Due already when it comes back (the dispatcher was down past the window): held
+        // until the next settle, even when another comes in meanwhile.
+        book.restore([1; 16], node(), entry.clone(), 10).unwrap();
+        book.restore([2; 16], node(), entry.clone(), 500).unwrap();
+        assert_eq!(
+            book.restore([3; 16], node(), entry.clone(), 500),
+            Err(Full { capacity: 2 })
+        );
+        let settled = book.settle(20);
+        assert_eq!(settled.len(), 1);
+        assert_eq!(
+            (settled[0].ticket_nonce, settled[0].credits),
+            ([1; 16], Credits::new(7))
+        );
+        book.restore([3; 16], node(), entry, 500).unwrap();
+        assert_eq!(book.len(), 2);
     }
 
     /// One event of a ticket's life at one node.
@@ -438,6 +572,8 @@ mod tests {
         Report(usize),
         /// The node reports a task it invented, at this cost.
         Invent(u32, u64),
+        /// The dispatcher restarts: a new book takes back the entry (as its ledger kept it).
+        Restart,
     }
 
     fn events() -> impl Strategy<Value = (Vec<u64>, Vec<Event>)> {
@@ -447,14 +583,15 @@ mod tests {
                 (0..=n).prop_map(Event::Ack),
                 (0..n.max(1)).prop_map(Event::Report),
                 (1000u32..1100, 0u64..40).prop_map(|(i, c)| Event::Invent(i, c)),
+                Just(Event::Restart),
             ];
             (Just(costs), proptest::collection::vec(event, 0..40))
         })
     }
 
     proptest! {
-        /// Whatever the interleaving of acknowledgements and reports (honest, repeated or
-        /// invented), the client pays at most what it acknowledged, and, once the window has
+        /// Whatever the interleaving of acknowledgements, reports (honest, repeated or
+        /// invented) and restarts, the client pays at most what it acknowledged, and, once the window has
         /// ended, at least what both sides agree on (tasks acknowledged and reported).
         #[test]
         fn charged_is_within_the_acknowledgement_and_covers_the_agreement(
@@ -490,7 +627,7 @@ mod tests {
                             client.add(&t, &d, Credits::new(*c)).unwrap();
                         }
                         acked_upto = n;
-                        book.acknowledge(&client.ack(NONCE, node()), DEP, KEY, 50, 0).unwrap();
+                        book.acknowledge(&client.ack(NONCE, node()), DEP, KEY, 50).unwrap();
                     }
                     Event::Ack(n) => {
                         // A stale acknowledgement of fewer tasks.
@@ -499,7 +636,7 @@ mod tests {
                             let (t, d) = task(i as u32);
                             old.add(&t, &d, Credits::new(*c)).unwrap();
                         }
-                        book.acknowledge(&old.ack(NONCE, node()), DEP, KEY, 50, 0).unwrap();
+                        book.acknowledge(&old.ack(NONCE, node()), DEP, KEY, 50).unwrap();
                     }
                     Event::Report(i) if i < costs.len() => {
                         reported.insert(i);
@@ -511,6 +648,13 @@ mod tests {
                     Event::Invent(i, c) => {
                         if !present(&mut book, i, c, &mut charged) {
                             held.push((i, c));
+                        }
+                    }
+                    Event::Restart => {
+                        let kept = book.entry(&NONCE, &node()).cloned();
+                        book = AckBook::new(16);
+                        if let Some(entry) = kept {
+                            book.restore(NONCE, node(), entry, 50).unwrap();
                         }
                     }
                 }

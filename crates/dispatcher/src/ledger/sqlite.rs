@@ -14,9 +14,12 @@ use crat_rewards::{Interval, RoundOutcome};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
+mod acks;
+
 use super::{
-    AccountName, DeploymentRecord, KeyRecord, Ledger, LedgerError, ModelRecord, NodeRecord,
-    RoundRecord, USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
+    AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
+    ModelRecord, NodeRecord, RoundRecord, StoredAck, USAGE_ROWS_PER_TASK_MAX, UsageCharge,
+    UsageOutcome, UsageRow,
 };
 
 /// How long a statement waits for another process's lock before failing.
@@ -157,6 +160,29 @@ const MIGRATIONS: &[&str] = &[
     // 4: a session ended by a failed compute challenge keeps that end (`cut_s`): uptime
     // reported before the failure never extends it again.
     "ALTER TABLE sessions ADD COLUMN cut_s INTEGER;",
+    // 5: clients' acknowledgements per (ticket nonce, node): the latest acknowledged tally,
+    // what usage charged against it (counted in the charge's transaction), and when its usage
+    // window was settled (NULL until then). Tallies are (tasks, credits, 32-byte accumulator).
+    "
+    CREATE TABLE acks (
+        ticket_nonce BLOB NOT NULL CHECK (length(ticket_nonce) = 16),
+        node BLOB NOT NULL CHECK (length(node) = 32),
+        deployment BLOB NOT NULL CHECK (length(deployment) = 16),
+        key BLOB NOT NULL CHECK (length(key) = 16),
+        settle_at_s INTEGER NOT NULL,
+        acked_tasks INTEGER NOT NULL CHECK (acked_tasks >= 0),
+        acked_credits INTEGER NOT NULL CHECK (acked_credits >= 0),
+        acked_accumulator BLOB NOT NULL CHECK (length(acked_accumulator) = 32),
+        charged_tasks INTEGER NOT NULL DEFAULT 0 CHECK (charged_tasks >= 0),
+        charged_credits INTEGER NOT NULL DEFAULT 0 CHECK (charged_credits >= 0),
+        charged_accumulator BLOB NOT NULL DEFAULT (zeroblob(32))
+            CHECK (length(charged_accumulator) = 32),
+        settled_at_s INTEGER,
+        PRIMARY KEY (ticket_nonce, node)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX acks_unsettled ON acks(settle_at_s, ticket_nonce, node)
+        WHERE settled_at_s IS NULL;
+    ",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -625,6 +651,123 @@ struct Allowance {
     changed: bool,
 }
 
+/// What [`charge_rows`] charges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Charging {
+    /// Usage records: each counted against its acknowledgement; one of a settled pair is a
+    /// duplicate.
+    Records,
+    /// Settlements of acknowledgements (the pairs are being settled: nothing is counted).
+    Settlement,
+}
+
+/// The body of [`Ledger::charge_usage`] and of the charges of [`Ledger::settle_acks`].
+fn charge_rows(
+    tx: &Transaction<'_>,
+    charges: &[UsageCharge],
+    charging: Charging,
+) -> Result<UsageOutcome, LedgerError> {
+    let mut outcome = UsageOutcome::default();
+    let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
+    for (index, c) in charges.iter().enumerate() {
+        let r = &c.record;
+        let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
+        let output_bytes = to_i64(r.output_bytes, "output_bytes")?;
+        let compute_us = to_i64(r.compute_us, "compute_us")?;
+        let at_s = to_i64(c.at_s, "at_s")?;
+        to_i64(c.cost.get(), "cost")?;
+        let allowance = match allowances.entry(r.deployment) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let (account, left) = tx
+                    .prepare_cached("SELECT account, allowance_left FROM deployments WHERE id = ?1")
+                    .db()?
+                    .query_row([r.deployment.as_bytes().as_slice()], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                    .db()?
+                    .ok_or_else(|| LedgerError::NotFound(format!("deployment {}", r.deployment)))?;
+                entry.insert(Allowance {
+                    account: AccountName::new(account)
+                        .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
+                    left: Credits::new(from_i64(left, "allowance_left")?),
+                    changed: false,
+                })
+            }
+        };
+        if charging == Charging::Records && acks::settled(tx, &r.ticket_nonce, &c.node)? {
+            // The settlement of its acknowledgement charged its work already.
+            outcome.duplicates += 1;
+            outcome.duplicated.push(index as u32);
+            continue;
+        }
+        let charge = c.cost.min(allowance.left);
+        let uncollected = c.cost.saturating_sub(charge);
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO usage (task, deployment, key, node, input_bytes,
+                         output_bytes, compute_us, charged, uncollected, at_s, inputs_digest)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                     ON CONFLICT(deployment, task, inputs_digest) DO NOTHING",
+            )
+            .db()?
+            .execute(params![
+                r.task.as_bytes().as_slice(),
+                r.deployment.as_bytes().as_slice(),
+                r.key.as_bytes().as_slice(),
+                c.node.as_bytes().as_slice(),
+                input_bytes,
+                output_bytes,
+                compute_us,
+                to_i64(charge.get(), "charge")?,
+                to_i64(uncollected.get(), "uncollected")?,
+                at_s,
+                r.inputs_digest.as_slice(),
+            ])
+            .db()?;
+        if inserted == 0 {
+            outcome.duplicates += 1;
+            outcome.duplicated.push(index as u32);
+            continue;
+        }
+        if charging == Charging::Records {
+            acks::count(tx, c)?;
+        }
+        outcome.accepted += 1;
+        outcome.charged = add(outcome.charged, charge, "charged")?;
+        outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
+        if charge > Credits::ZERO {
+            allowance.left = allowance.left.saturating_sub(charge);
+            allowance.changed = true;
+            journal(
+                tx,
+                &Movement {
+                    account: &allowance.account,
+                    kind: Kind::Usage,
+                    amount: charge,
+                    deployment: Some(&r.deployment),
+                    task: Some(&r.task),
+                    at_s: c.at_s,
+                    counts_as_income: true,
+                },
+            )?;
+        }
+    }
+    for (id, allowance) in &allowances {
+        if allowance.changed {
+            tx.prepare_cached("UPDATE deployments SET allowance_left = ?2 WHERE id = ?1")
+                .db()?
+                .execute(params![
+                    id.as_bytes().as_slice(),
+                    to_i64(allowance.left.get(), "allowance_left")?
+                ])
+                .db()?;
+        }
+    }
+    Ok(outcome)
+}
+
 impl Ledger for SqliteLedger {
     fn create_account(&self, name: &AccountName, now_s: u64) -> Result<(), LedgerError> {
         self.write(|tx| {
@@ -927,101 +1070,35 @@ impl Ledger for SqliteLedger {
     }
 
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError> {
+        self.write(|tx| charge_rows(tx, charges, Charging::Records))
+    }
+
+    fn store_acks(&self, records: &[AckRecord]) -> Result<Vec<Option<StoredAck>>, LedgerError> {
+        self.write(|tx| records.iter().map(|r| acks::store(tx, r)).collect())
+    }
+
+    fn unsettled_acks(&self, limit: u32) -> Result<Vec<StoredAck>, LedgerError> {
+        self.read(|tx| acks::unsettled(tx, None, limit))
+    }
+
+    fn settle_acks(
+        &self,
+        now_s: u64,
+        limit: u32,
+        charge_of: &mut dyn FnMut(&StoredAck) -> Option<UsageCharge>,
+    ) -> Result<AckSettlement, LedgerError> {
         self.write(|tx| {
-            let mut outcome = UsageOutcome::default();
-            let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
-            for (index, c) in charges.iter().enumerate() {
-                let r = &c.record;
-                let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
-                let output_bytes = to_i64(r.output_bytes, "output_bytes")?;
-                let compute_us = to_i64(r.compute_us, "compute_us")?;
-                let at_s = to_i64(c.at_s, "at_s")?;
-                to_i64(c.cost.get(), "cost")?;
-                let allowance = match allowances.entry(r.deployment) {
-                    Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => {
-                        let (account, left) = tx
-                            .prepare_cached(
-                                "SELECT account, allowance_left FROM deployments WHERE id = ?1",
-                            )
-                            .db()?
-                            .query_row([r.deployment.as_bytes().as_slice()], |row| {
-                                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                            })
-                            .optional()
-                            .db()?
-                            .ok_or_else(|| {
-                                LedgerError::NotFound(format!("deployment {}", r.deployment))
-                            })?;
-                        entry.insert(Allowance {
-                            account: AccountName::new(account)
-                                .map_err(|e| LedgerError::Corrupt(e.to_string()))?,
-                            left: Credits::new(from_i64(left, "allowance_left")?),
-                            changed: false,
-                        })
-                    }
-                };
-                let charge = c.cost.min(allowance.left);
-                let uncollected = c.cost.saturating_sub(charge);
-                let inserted = tx
-                    .prepare_cached(
-                        "INSERT INTO usage (task, deployment, key, node, input_bytes,
-                             output_bytes, compute_us, charged, uncollected, at_s, inputs_digest)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                         ON CONFLICT(deployment, task, inputs_digest) DO NOTHING",
-                    )
-                    .db()?
-                    .execute(params![
-                        r.task.as_bytes().as_slice(),
-                        r.deployment.as_bytes().as_slice(),
-                        r.key.as_bytes().as_slice(),
-                        c.node.as_bytes().as_slice(),
-                        input_bytes,
-                        output_bytes,
-                        compute_us,
-                        to_i64(charge.get(), "charge")?,
-                        to_i64(uncollected.get(), "uncollected")?,
-                        at_s,
-                        r.inputs_digest.as_slice(),
-                    ])
-                    .db()?;
-                if inserted == 0 {
-                    outcome.duplicates += 1;
-                    outcome.duplicated.push(index as u32);
-                    continue;
-                }
-                outcome.accepted += 1;
-                outcome.charged = add(outcome.charged, charge, "charged")?;
-                outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
-                if charge > Credits::ZERO {
-                    allowance.left = allowance.left.saturating_sub(charge);
-                    allowance.changed = true;
-                    journal(
-                        tx,
-                        &Movement {
-                            account: &allowance.account,
-                            kind: Kind::Usage,
-                            amount: charge,
-                            deployment: Some(&r.deployment),
-                            task: Some(&r.task),
-                            at_s: c.at_s,
-                            counts_as_income: true,
-                        },
-                    )?;
-                }
+            let due = acks::unsettled(tx, Some(now_s), limit)?;
+            let charges: Vec<UsageCharge> = due.iter().filter_map(&mut *charge_of).collect();
+            let outcome = charge_rows(tx, &charges, Charging::Settlement)?;
+            for a in &due {
+                acks::mark_settled(tx, a, now_s)?;
             }
-            for (id, allowance) in &allowances {
-                if allowance.changed {
-                    tx.prepare_cached("UPDATE deployments SET allowance_left = ?2 WHERE id = ?1")
-                        .db()?
-                        .execute(params![
-                            id.as_bytes().as_slice(),
-                            to_i64(allowance.left.get(), "allowance_left")?
-                        ])
-                        .db()?;
-                }
-            }
-            Ok(outcome)
+            Ok(AckSettlement {
+                settled: u32::try_from(due.len()).unwrap_or(u32::MAX),
+                charges,
+                outcome,
+            })
         })
     }
 
@@ -1374,21 +1451,21 @@ mod tests {
 
     use super::*;
 
-    fn name(s: &str) -> AccountName {
+    pub(super) fn name(s: &str) -> AccountName {
         AccountName::new(s).unwrap()
     }
 
-    fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
+    pub(super) fn temp() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
         (dir, path)
     }
 
-    fn key_id(n: u8) -> KeyId {
+    pub(super) fn key_id(n: u8) -> KeyId {
         KeyId::from_bytes([n; 16])
     }
 
-    fn dep_id(n: u8) -> DeploymentId {
+    pub(super) fn dep_id(n: u8) -> DeploymentId {
         DeploymentId::from_bytes([n; 16])
     }
 
@@ -1403,7 +1480,7 @@ mod tests {
     }
 
     /// An account `a` with `credits`, key 1 and the model.
-    fn setup(ledger: &SqliteLedger, credits: u64) -> AccountName {
+    pub(super) fn setup(ledger: &SqliteLedger, credits: u64) -> AccountName {
         let a = name("alice");
         ledger.create_account(&a, 10).unwrap();
         if credits > 0 {
@@ -1440,7 +1517,12 @@ mod tests {
         }
     }
 
-    fn per_request(account: &AccountName, id: u8, allowance: u64, at_s: u64) -> DeploymentRecord {
+    pub(super) fn per_request(
+        account: &AccountName,
+        id: u8,
+        allowance: u64,
+        at_s: u64,
+    ) -> DeploymentRecord {
         DeploymentRecord {
             id: dep_id(id),
             account: account.clone(),

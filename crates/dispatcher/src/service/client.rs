@@ -119,7 +119,7 @@ impl<T: Transport> Dispatcher<T> {
         // it acknowledged: they are taken whatever the key's standing, so that revoking a key
         // does not make work already received free.
         if let ClientCall::Acknowledge(proofs) = &req.call {
-            self.acknowledge(proofs, self.inner.clock.now_s())?;
+            self.acknowledge(proofs).await?;
             return Ok(DispatcherResponse::Ok);
         }
         let key = self.authenticate(&req.key).await?;

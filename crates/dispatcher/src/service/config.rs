@@ -35,9 +35,10 @@ pub struct DispatcherConfig {
     /// dispatcher issued for that deployment to that node. Past it, with every remembered
     /// ticket still live, a lease is answered `Busy`. Default 262,144.
     pub tickets_tracked_max: usize,
-    /// (ticket, node) pairs whose acknowledged and charged work is tracked until the ticket's
-    /// usage window ends; past it, acknowledgements are answered `Busy` (and come again).
-    /// Default 262,144.
+    /// (ticket, node) pairs whose acknowledged and charged work is tracked in memory until
+    /// the ticket's usage window ends (the ledger keeps them all). Past it, acknowledgements
+    /// are still stored and answered `Ok`: their pairs' records are held until the window
+    /// ends, and the ledger's settlement charges the acknowledged work then. Default 262,144.
     pub acks_tracked_max: usize,
     /// How long after a ticket expires its usage is still accepted (nodes retry reports).
     /// Also how long after a start usage under tickets of a previous run is accepted from a

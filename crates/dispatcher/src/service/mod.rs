@@ -333,7 +333,7 @@ impl<T: Transport> Dispatcher<T> {
             config.validation_reports_slack,
         ));
         let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
-        let acks = Mutex::new(AckBook::new(config.acks_tracked_max));
+        let acks = Mutex::new(restore_acks(&*parts.ledger, config.acks_tracked_max)?);
         let references = parts
             .canary
             .as_ref()
@@ -531,6 +531,39 @@ impl<T: Transport> Dispatcher<T> {
         )
         .await;
     }
+}
+
+/// The acknowledgement book a (re)started dispatcher begins with: the ledger's unsettled
+/// pairs, soonest settlement first, up to `capacity`. Those beyond stay in the ledger (a
+/// warning says so): their records are held until their windows end, and the ledger's
+/// settlement charges them from the acknowledgement (see `acks.rs`).
+fn restore_acks(ledger: &dyn Ledger, capacity: usize) -> Result<AckBook, DispatcherError> {
+    let mut book = AckBook::new(capacity);
+    let limit = u32::try_from(capacity).unwrap_or(u32::MAX - 1);
+    let unsettled = ledger.unsettled_acks(limit.saturating_add(1))?;
+    let found = unsettled.len();
+    let mut beyond = 0usize;
+    for a in unsettled {
+        if book
+            .restore(a.ticket_nonce, a.node, a.entry, a.settle_at_s)
+            .is_err()
+        {
+            beyond += 1;
+        }
+    }
+    if beyond > 0 {
+        tracing::warn!(
+            capacity,
+            beyond,
+            "unsettled acknowledgements beyond the book's capacity (at least this many): kept \
+             in the ledger, their records held until their windows end, then settled from it"
+        );
+    }
+    tracing::info!(
+        pairs = found - beyond,
+        "acknowledgements taken back from the ledger"
+    );
+    Ok(book)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

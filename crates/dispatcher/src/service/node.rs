@@ -23,7 +23,7 @@ use crat_transport::{Connection, ConnectionExt, Conversation, Transport, serve};
 use super::acks::check_ack_count;
 use super::reply::{Refusal, err};
 use super::{Counters, Dispatcher, NodeConn};
-use crate::ledger::{DeploymentRecord, Ledger, LedgerError, NodeRecord, UsageCharge, UsageOutcome};
+use crate::ledger::{DeploymentRecord, Ledger, LedgerError, NodeRecord, UsageCharge};
 
 impl<T: Transport> Dispatcher<T> {
     /// Serves a registered node's requests until its connection ends, then lets the state
@@ -312,8 +312,9 @@ impl<T: Transport> Dispatcher<T> {
             .into());
         }
         check_ack_count(report.acks.len())?;
-        // The clients' acknowledgements first: they say what may be charged.
-        self.forwarded_acks(&report.acks, node, now);
+        // The clients' acknowledgements first (stored before anything is charged under
+        // them): they say what may be charged.
+        self.forwarded_acks(&report.acks, node).await;
         let config = &self.inner.config;
         let restart_grace = within_restart_grace(
             self.inner.started.elapsed().as_secs(),
@@ -408,13 +409,36 @@ impl<T: Transport> Dispatcher<T> {
             .iter()
             .map(|(_, r)| (r.deployment, r.task, r.inputs_digest))
             .collect();
-        let (outcome, after, known, charges) = self
+        // Counted back if the charge fails (the book's tally must stay the ledger's); a
+        // failure after the charge committed counts nothing back.
+        let refunds: Vec<_> = charges
+            .iter()
+            .map(|c| {
+                let r = &c.record;
+                (r.ticket_nonce, r.task, r.inputs_digest, c.cost)
+            })
+            .collect();
+        let charged = self
             .db(move |l| {
-                let (outcome, after) = charge_and_reload(l, &charges)?;
+                let outcome = match l.charge_usage(&charges) {
+                    Ok(outcome) => outcome,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let after = deployments_touched(l, &charges)?;
                 let known = l.usage_known(&held_keys)?;
-                Ok((outcome, after, known, charges))
+                Ok(Ok((outcome, after, known, charges)))
             })
             .await?;
+        let (outcome, after, known, charges) = match charged {
+            Ok(charged) => charged,
+            Err(e) => {
+                let mut acks = self.inner.acks.lock();
+                for (nonce, task, digest, cost) in &refunds {
+                    acks.refund(nonce, &node, task, digest, *cost);
+                }
+                return Err(Refusal::Ledger(e));
+            }
+        };
         {
             let mut acks = self.inner.acks.lock();
             for i in &outcome.duplicated {
@@ -457,13 +481,11 @@ impl<T: Transport> Dispatcher<T> {
     }
 }
 
-/// Charges `charges` and reads back the deployments they touched (their allowances moved),
-/// in one ledger call.
-pub(super) fn charge_and_reload(
+/// The deployments `charges` touched, read back (their allowances moved).
+pub(super) fn deployments_touched(
     l: &dyn Ledger,
     charges: &[UsageCharge],
-) -> Result<(UsageOutcome, Vec<DeploymentRecord>), LedgerError> {
-    let outcome = l.charge_usage(charges)?;
+) -> Result<Vec<DeploymentRecord>, LedgerError> {
     let mut touched: Vec<_> = charges.iter().map(|c| c.record.deployment).collect();
     touched.sort();
     touched.dedup();
@@ -473,11 +495,12 @@ pub(super) fn charge_and_reload(
             after.push(d);
         }
     }
-    Ok((outcome, after))
+    Ok(after)
 }
 
 impl<T: Transport> Dispatcher<T> {
-    /// Puts deployments read back after a charge ([`charge_and_reload`]) in the in-memory map.
+    /// Puts deployments read back after a charge ([`deployments_touched`]) in the in-memory
+    /// map.
     pub(super) fn store_deployments(&self, after: Vec<DeploymentRecord>) {
         let mut deployments = self.inner.deployments.write();
         for d in after {

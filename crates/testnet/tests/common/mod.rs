@@ -186,14 +186,7 @@ impl RawClient {
         node: crat_core::id::NodeId,
         tasks: &[(crat_core::id::TaskId, [u8; 32], Credits)],
     ) {
-        let mut tally = crat_core::policy::acks::Tally::default();
-        for (task, digest, cost) in tasks {
-            tally.add(task, digest, *cost).unwrap();
-        }
-        let proof = crat_core::policy::acks::AckProof {
-            ticket: ticket.clone(),
-            ack: crat_core::sign::Signed::sign(tally.ack(ticket.body.nonce, node), &self.identity),
-        };
+        let proof = self.ack_proof(ticket, node, tasks);
         let answer: DispatcherResponse = self
             .dispatcher
             .call(
@@ -207,6 +200,24 @@ impl RawClient {
             .await
             .unwrap();
         assert_eq!(answer, DispatcherResponse::Ok);
+    }
+
+    /// The acknowledgement an honest client signs of the answers received from `node` under
+    /// `ticket` (see [`RawClient::acknowledge`]), as it hands it to the node too.
+    pub fn ack_proof(
+        &self,
+        ticket: &crat_core::sign::Signed<crat_core::sign::Ticket>,
+        node: crat_core::id::NodeId,
+        tasks: &[(crat_core::id::TaskId, [u8; 32], Credits)],
+    ) -> crat_core::policy::acks::AckProof {
+        let mut tally = crat_core::policy::acks::Tally::default();
+        for (task, digest, cost) in tasks {
+            tally.add(task, digest, *cost).unwrap();
+        }
+        crat_core::policy::acks::AckProof {
+            ticket: ticket.clone(),
+            ack: crat_core::sign::Signed::sign(tally.ack(ticket.body.nonce, node), &self.identity),
+        }
     }
 
     /// A lease of `deployment`.
