@@ -547,6 +547,8 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         vec(ack_proof(), 0..3).prop_map(ClientCall::Acknowledge),
         (deployment_id(), vec(shape_count(), 0..3))
             .prop_map(|(deployment, shapes)| ClientCall::InputShapes { deployment, shapes }),
+        (deployment_id(), node_id())
+            .prop_map(|(deployment, node)| ClientCall::ReportNoReceipt { deployment, node }),
     ];
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }

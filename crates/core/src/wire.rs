@@ -713,6 +713,16 @@ pub enum ClientCall {
         /// The shapes seen.
         shapes: Vec<ShapeCount>,
     },
+    /// A replica of one of this account's deployments answered without a valid receipt. An
+    /// unsigned answer proves nothing against the node (anyone can claim to have received
+    /// one), so the dispatcher checks the node itself, with a canary soon after; only that
+    /// canary's verdict counts.
+    ReportNoReceipt {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The node that answered.
+        node: NodeId,
+    },
 }
 
 /// The shapes of one task's inputs, and how many tasks had them.

@@ -737,6 +737,26 @@ impl<T: Transport> Deployment<T> {
         });
     }
 
+    /// Tells the dispatcher in the background that `node` answered without a valid receipt
+    /// (it sends the node a canary; dropped when [`REPORTS_PENDING_MAX`] reports are pending).
+    fn report_no_receipt(&self, node: NodeId) {
+        let Ok(permit) = self.shared.reports.clone().try_acquire_owned() else {
+            bump(&self.counters(), |c| &c.reports_dropped);
+            return;
+        };
+        let call = ClientCall::ReportNoReceipt {
+            deployment: self.id,
+            node,
+        };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.call(call).await {
+                tracing::debug!(error = %e, "missing receipt not reported");
+            }
+            drop(permit);
+        });
+    }
+
     /// One call of `message` (task `task`, inputs with digest `inputs_digest`) on `replica`;
     /// an answer without a valid receipt is an error ([`Error::InvalidReceipt`]). The receipt
     /// always has to name exactly this answer; its signature is verified when `evidence` (the
@@ -782,6 +802,7 @@ impl<T: Transport> Deployment<T> {
         };
         let invalid = |e: ReceiptError| {
             bump(&self.counters(), |c| &c.receipts_invalid);
+            self.report_no_receipt(replica.node);
             Err(Error::InvalidReceipt(format!("{}: {e}", replica.node)))
         };
         match answer {

@@ -26,7 +26,8 @@ pub struct Stats {
     pub disagreements: u64,
     /// Validation reports not sent because too many were pending.
     pub reports_dropped: u64,
-    /// Answers discarded because they came without a valid receipt (each one a failover).
+    /// Answers discarded because they came without a valid receipt (each one a failover, and
+    /// reported to the dispatcher, which checks the node with a canary).
     pub receipts_invalid: u64,
 }
 

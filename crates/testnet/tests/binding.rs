@@ -322,18 +322,20 @@ async fn canaries_are_shaped_like_the_clients_inputs() {
     net.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() {
-    let dir = tempfile::tempdir().unwrap();
-    let start = now_s();
-    let mut cfg = config(dir.path());
+/// A network with canaries every `canary_interval_ms`, nodes excluded after more than
+/// `caught_max` failed validations, and a deployment of the tiny CNN on 4 replicas, one of
+/// them a withholder: a real node behind a front end that strips the receipt from every
+/// answer.
+async fn with_a_withholder(
+    dir: &std::path::Path,
+    canary_interval_ms: u64,
+    caught_max: u32,
+) -> (LocalNetwork, NodeId, crat_sdk::Deployment<QuicTransport>) {
+    let mut cfg = config(dir);
     cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
-    cfg.canary.interval_ms = 100;
-    let mut net = network(cfg, dir.path()).await;
-
-    // The withholder: a real node behind a front end that strips the receipt from every
-    // answer.
+    cfg.dispatch.caught_max = caught_max;
+    cfg.canary.interval_ms = canary_interval_ms;
+    let mut net = network(cfg, dir).await;
     let withholder = add_fronted_node(&mut net, None, |answer| match answer {
         NodeToClient::Receipted {
             task,
@@ -348,7 +350,6 @@ async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() 
         other => other,
     });
     net.wait_online(4, Duration::from_secs(30)).await.unwrap();
-
     let (client, _) = client_with(&net, 1_000_000).await;
     let model = client.upload_model(TINY, |_| {}).await.unwrap();
     let d = client.deploy(model, per_request(100_000)).await.unwrap();
@@ -358,6 +359,14 @@ async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() 
             .ready_replicas(&d.id())
             .contains(&withholder)
     );
+    (net, withholder, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let (net, withholder, d) = with_a_withholder(dir.path(), 100, 1).await;
 
     // Every task gets an answer (from an honest replica when the withholder was asked
     // first), and is charged once although two nodes ran it.
@@ -397,5 +406,41 @@ async fn a_node_withholding_receipts_is_failed_over_charged_once_and_excluded() 
             .ready_replicas(&d.id())
             .contains(&withholder)
     );
+    net.shutdown();
+}
+
+/// A client that gets an answer without a valid receipt tells the dispatcher, which sends the
+/// node a canary at once: a withholder is caught long before the next canary sweep (here an
+/// hour away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reported_withholder_gets_a_canary_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (net, withholder, d) = with_a_withholder(dir.path(), 3_600_000, 3).await;
+    for i in 0..8 {
+        d.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    assert!(d.stats().receipts_invalid > 0, "{:?}", d.stats());
+    // The canary's failure is recorded against the node (slashed at the round's close).
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ledger.validations(&withholder, 0, u64::MAX).unwrap().1 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed validation: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = net.dispatcher().stats();
+    assert!(stats.receipt_reports >= 1, "{stats:?}");
+    assert_eq!(
+        stats.canaries_passed, 0,
+        "only the reported node was canaried"
+    );
+    for n in net.nodes.iter().filter(|n| n.id() != withholder) {
+        assert_eq!(ledger.validations(&n.id(), 0, u64::MAX).unwrap().1, 0);
+    }
     net.shutdown();
 }

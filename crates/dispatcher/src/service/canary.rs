@@ -25,7 +25,10 @@
 //!   own work, which is paid by the round's income, not by validation CRAT.
 //! - An answer without a receipt, or with one that is not the node's signature over exactly
 //!   this task, these inputs and these outputs, counts as a disagreement: clients treat it as
-//!   a failed attempt, so a node that withholds receipts is caught like a cheater.
+//!   a failed attempt, so a node that withholds receipts is caught like a cheater. A client
+//!   that got such an answer tells the dispatcher (`ClientCall::ReportNoReceipt`, which proves
+//!   nothing by itself) and the node gets a canary at once (at most one per 10 s per node on
+//!   reports), so a node that withholds receipts from clients only is caught soon.
 //! - An error or timeout is inconclusive and not recorded (a busy node answers `Busy` to
 //!   clients too, and uptime already prices unavailability).
 //!
@@ -111,6 +114,12 @@ impl Default for CanaryConfig {
     }
 }
 
+/// Nodes a client reported recently, each canaried at most once per
+/// [`SUSPECT_CANARY_EVERY_S`] on reports (beyond: reports wait for the regular sweep).
+const SUSPECTS_MAX: usize = 4_096;
+/// How often a reported node gets a canary on reports, at most.
+const SUSPECT_CANARY_EVERY_S: u64 = 10;
+
 /// Leases the canary identities hold at once (forgotten all together beyond: new ones are
 /// issued).
 const CANARY_TICKETS_MAX: usize = 4_096;
@@ -170,6 +179,8 @@ pub(super) struct CanaryState<T: Transport> {
     tasks: Mutex<ExpiringMap<TaskId, ()>>,
     /// The input shapes clients send to each deployment.
     pub(super) shapes: Mutex<ShapeBook>,
+    /// Nodes canaried on a client's report, until when they are not again.
+    suspects: Mutex<ExpiringMap<NodeId, ()>>,
     cursor: std::sync::atomic::AtomicUsize,
 }
 
@@ -183,6 +194,7 @@ impl<T: Transport> CanaryState<T> {
             tickets: Mutex::new(HashMap::new()),
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
             shapes: Mutex::new(ShapeBook::default()),
+            suspects: Mutex::new(ExpiringMap::new(SUSPECTS_MAX)),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -366,6 +378,49 @@ impl<T: Transport> Dispatcher<T> {
             }
         }
         outcomes
+    }
+
+    /// A client reported that `node`, a replica of `dep`, answered without a valid receipt:
+    /// sends it a canary now (in the background), unless it had one on a report within
+    /// [`SUSPECT_CANARY_EVERY_S`]. A node that is not a warm replica of `dep` is left to the
+    /// regular sweeps.
+    pub(super) fn canary_suspect(&self, dep: DeploymentRecord, node: NodeId) {
+        let Some(state) = &self.inner.canary else {
+            return;
+        };
+        if self.inner.config.canary.interval_ms == 0
+            || dep.model_bytes > self.inner.config.canary.model_bytes_max
+            || !dep.verifiability.is_verifiable()
+        {
+            return;
+        }
+        let Ok(audience) = self.inner.dispatch.lock().lease_replicas(&dep.id) else {
+            return;
+        };
+        let Some(replica) = audience.iter().find(|r| r.node == node).cloned() else {
+            return;
+        };
+        let now = self.inner.clock.now_s();
+        let fresh = {
+            let mut suspects = state.suspects.lock();
+            suspects.forget_expired(now);
+            !suspects.contains(&node)
+                && suspects
+                    .insert(
+                        node,
+                        (),
+                        now.saturating_add(SUSPECT_CANARY_EVERY_S),
+                        now,
+                        WhenFull::Refuse,
+                    )
+                    .is_ok()
+        };
+        if fresh {
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.canary(&dep, &replica, &audience).await;
+            });
+        }
     }
 
     async fn canary(

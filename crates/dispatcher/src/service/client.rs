@@ -189,6 +189,12 @@ impl<T: Transport> Dispatcher<T> {
                 self.apply(effects).await;
                 Ok(DispatcherResponse::Ok)
             }
+            ClientCall::ReportNoReceipt { deployment, node } => {
+                let dep = self.owned_deployment(&key, &deployment)?;
+                Counters::add(&self.inner.counters.receipt_reports, 1);
+                self.canary_suspect(dep, node);
+                Ok(DispatcherResponse::Ok)
+            }
             ClientCall::InputShapes { deployment, shapes } => {
                 self.owned_deployment(&key, &deployment)?;
                 ShapeBook::check(&shapes).map_err(|e| err(ErrorCode::TooLarge, e.to_string()))?;

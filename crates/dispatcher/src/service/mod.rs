@@ -134,6 +134,9 @@ pub struct DispatcherStats {
     pub canaries_failed: u64,
     /// Canaries without a verdict (error, timeout, unreachable node).
     pub canaries_inconclusive: u64,
+    /// Clients' reports of answers without a valid receipt (each may send a canary to the
+    /// node at once).
+    pub receipt_reports: u64,
 }
 
 struct CachedKey {
@@ -161,6 +164,7 @@ struct Counters {
     canaries_passed: AtomicU64,
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
+    receipt_reports: AtomicU64,
 }
 
 impl Counters {
@@ -183,6 +187,7 @@ impl Counters {
             canaries_passed: get(&self.canaries_passed),
             canaries_failed: get(&self.canaries_failed),
             canaries_inconclusive: get(&self.canaries_inconclusive),
+            receipt_reports: get(&self.receipt_reports),
         }
     }
 }

@@ -107,6 +107,8 @@ pub struct FakeState {
     pub acks: Vec<crat_core::policy::acks::AckProof>,
     /// Input shapes the client told, per deployment.
     pub shapes: Vec<(DeploymentId, crat_core::wire::ShapeCount)>,
+    /// Nodes reported for answers without a valid receipt.
+    pub no_receipt_reports: Vec<NodeId>,
     pub lease_faults: VecDeque<LeaseFault>,
     pub ticket_lifetime_s: u64,
     pub replicas_wanted: u32,
@@ -300,6 +302,10 @@ impl Fake {
                 s.acks.extend(proofs);
                 DispatcherResponse::Ok
             }
+            ClientCall::ReportNoReceipt { node, .. } => {
+                s.no_receipt_reports.push(node);
+                DispatcherResponse::Ok
+            }
             ClientCall::InputShapes { deployment, shapes } => {
                 s.shapes.extend(shapes.into_iter().map(|c| (deployment, c)));
                 DispatcherResponse::Ok
@@ -419,6 +425,7 @@ pub fn start_dispatcher(
             leases_issued: 0,
             acks: Vec::new(),
             shapes: Vec::new(),
+            no_receipt_reports: Vec::new(),
             lease_faults: VecDeque::new(),
             ticket_lifetime_s: 600,
             replicas_wanted: 1,
