@@ -6,8 +6,8 @@
 //! exported inputs (`crat rewards compute`).
 //!
 //! - [`scenario`]: the TOML scenario (population and GPU mix, churn, outages, demand,
-//!   validation and cheaters, provider behaviour, rewards and pricing parameters, sweeps),
-//!   with documented defaults and errors naming the field.
+//!   validation and cheaters, strategies, provider behaviour, rewards and pricing
+//!   parameters, sweeps), with documented defaults and errors naming the field.
 //! - [`streams`]: the per-(seed, node, round) random streams: results do not depend on
 //!   thread count.
 //! - [`Simulation`]: one run, round by round; [`Report`]: its metrics and output files.
@@ -57,6 +57,11 @@
 //!   majority decides (none when the third is wrong too). Failed validations go to
 //!   crat-rewards as `validations_failed` (slashing and bonus eligibility are its rules, not
 //!   ours); `docs/verification.md` has the cheater study (`--example cheaters`).
+//! - **Strategies** (`[strategies]`, off by default): hardware liars rated and paid by what
+//!   their card proves (`crat_core::policy::hardware`), usage inventors charged only within
+//!   acknowledgements (`crat_core::policy::acks::chargeable`), receipt withholders failing
+//!   every checked task, and input framers whose reports
+//!   `crat_core::policy::reports::same_inputs` refuses; `docs/verification.md` has their study (`--example strategies`).
 //! - **Departure**: a node leaves after `behaviour.departure_rounds` consecutive rounds of
 //!   earning less than its electricity cost.
 //!
@@ -73,6 +78,9 @@ mod sim;
 pub mod streams;
 
 pub use error::SimError;
-pub use report::{CheaterStats, NodeSummary, Report, RoundMetrics, write_nodes_csv};
-pub use scenario::Scenario;
+pub use report::{
+    CheaterStats, NodeSummary, PopulationMetrics, PopulationStats, Populations, Report,
+    RoundMetrics, StrategyMetrics, write_nodes_csv,
+};
+pub use scenario::{Scenario, Strategies, Strategy};
 pub use sim::{SIM_START_S, Simulation};

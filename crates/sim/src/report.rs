@@ -10,6 +10,8 @@ use std::io::{self, Write};
 use crat_core::id::NodeId;
 use serde::Serialize;
 
+use crate::scenario::{Scenario, Strategy};
+
 /// The metrics of one round.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct RoundMetrics {
@@ -71,6 +73,131 @@ pub struct RoundMetrics {
     pub gini_earnings: f64,
     /// Share of all CRAT held by the top 10 % of holders.
     pub crat_top_decile_share: f64,
+    /// The `[strategies]` populations (all zero without them).
+    pub strategies: StrategyMetrics,
+}
+
+/// One population's round (sums over its active nodes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PopulationMetrics {
+    /// Its active nodes.
+    pub active: u64,
+    /// Guaranteed USD paid to them, µUSD.
+    pub guaranteed_usd_micro: u64,
+    /// Bonus USD paid to them, µUSD.
+    pub bonus_usd_micro: u64,
+    /// CRAT they hold at the round's end, µCRAT.
+    pub crat_micro: u64,
+    /// Failed validations of their work (each slashes `slash_bps` of their CRAT).
+    pub validations_failed: u64,
+    /// Node-rounds with a failed validation (no bonus that round).
+    pub rounds_caught: u64,
+    /// Node-rounds with more failed validations than the dispatcher's `caught_max`, after
+    /// which it excludes the node from placement (the simulator does not remove it).
+    pub rounds_excluded: u64,
+}
+
+impl PopulationMetrics {
+    /// Counts one node's round.
+    pub(crate) fn add_round(
+        &mut self,
+        guaranteed: u64,
+        bonus: u64,
+        crat: u64,
+        failed: u64,
+        caught_max: u64,
+    ) {
+        self.active += 1;
+        self.guaranteed_usd_micro += guaranteed;
+        self.bonus_usd_micro += bonus;
+        self.crat_micro += crat;
+        self.validations_failed += failed;
+        self.rounds_caught += u64::from(failed > 0);
+        self.rounds_excluded += u64::from(failed > caught_max);
+    }
+
+    fn add(&mut self, o: &Self) {
+        self.active += o.active;
+        self.guaranteed_usd_micro += o.guaranteed_usd_micro;
+        self.bonus_usd_micro += o.bonus_usd_micro;
+        self.crat_micro += o.crat_micro;
+        self.validations_failed += o.validations_failed;
+        self.rounds_caught += o.rounds_caught;
+        self.rounds_excluded += o.rounds_excluded;
+    }
+
+    fn rows(&self) -> [(&'static str, u64); 7] {
+        [
+            ("active", self.active),
+            ("guaranteed_usd_micro", self.guaranteed_usd_micro),
+            ("bonus_usd_micro", self.bonus_usd_micro),
+            ("crat_micro", self.crat_micro),
+            ("validations_failed", self.validations_failed),
+            ("rounds_caught", self.rounds_caught),
+            ("rounds_excluded", self.rounds_excluded),
+        ]
+    }
+}
+
+/// The round of the `[strategies]` populations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct StrategyMetrics {
+    /// Hardware liars.
+    pub liars: PopulationMetrics,
+    /// Usage inventors.
+    pub inventors: PopulationMetrics,
+    /// Receipt withholders.
+    pub withholders: PopulationMetrics,
+    /// Credits of the tasks inventors invented and reported.
+    pub invented_credits_attempted: u64,
+    /// Credits charged beyond what the inventors' clients acknowledged (0 under the rule).
+    pub invented_credits_charged: u64,
+    /// Electricity the withholders saved by not signing, µUSD.
+    pub withholder_saved_usd_micro: u64,
+    /// Framed spot-check reports the dispatcher refused.
+    pub framed_reports_refused: u64,
+}
+
+impl StrategyMetrics {
+    /// Adds the per-node sums of `o` (its populations and savings).
+    pub(crate) fn add_nodes(&mut self, o: &Self) {
+        self.liars.add(&o.liars);
+        self.inventors.add(&o.inventors);
+        self.withholders.add(&o.withholders);
+        self.withholder_saved_usd_micro += o.withholder_saved_usd_micro;
+    }
+}
+
+/// Which `[strategies]` populations a run has: only theirs are written to its outputs, so a
+/// run without any writes the bytes it always wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Populations {
+    /// Hardware liars.
+    pub liars: bool,
+    /// Usage inventors.
+    pub inventors: bool,
+    /// Receipt withholders.
+    pub withholders: bool,
+    /// Input framers.
+    pub framers: bool,
+}
+
+impl Populations {
+    /// Those of `scenario`.
+    pub fn of(scenario: &Scenario) -> Self {
+        let st = &scenario.strategies;
+        Self {
+            liars: st.liar_share_bps > 0,
+            inventors: st.inventor_share_bps > 0,
+            withholders: st.withholder_share_bps > 0,
+            framers: st.framer_task_bps > 0,
+        }
+    }
+
+    /// None of them.
+    pub fn none(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl RoundMetrics {
@@ -128,6 +255,8 @@ pub struct NodeSummary {
     pub region: u32,
     /// Whether it cheats.
     pub cheater: bool,
+    /// Its strategy (a cheater's is [`Strategy::Cheater`]).
+    pub strategy: Strategy,
     /// Round it joined.
     pub joined_round: u32,
     /// Round it left, if it did.
@@ -212,6 +341,69 @@ impl CheaterStats {
     }
 }
 
+/// How one population fared against honest nodes with the same GPUs, from a run's node
+/// summaries: its expected value against honesty.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PopulationStats {
+    /// Its nodes.
+    pub nodes: u64,
+    /// Of those, caught at least once (a failed validation).
+    pub caught: u64,
+    /// Mean earnings (guaranteed + bonus) of one of its nodes, µUSD.
+    pub mean_usd_micro: u64,
+    /// Mean bonus, µUSD.
+    pub mean_bonus_usd_micro: u64,
+    /// Mean CRAT at the end, µCRAT.
+    pub mean_crat_micro: u64,
+    /// Mean earnings of an honest node with the same GPU, averaged over its nodes, µUSD.
+    pub honest_usd_micro: u64,
+    /// The same for the bonus, µUSD.
+    pub honest_bonus_usd_micro: u64,
+    /// The same for CRAT, µCRAT.
+    pub honest_crat_micro: u64,
+}
+
+impl PopulationStats {
+    /// The nodes of `strategy` among `nodes`, each compared with the honest nodes of its GPU
+    /// (a node whose GPU no honest node has is left out of both sides).
+    pub fn from_nodes(nodes: &[NodeSummary], strategy: Strategy) -> Self {
+        use std::collections::BTreeMap;
+        // Per GPU: honest nodes, and their earnings, bonus and CRAT.
+        let mut honest: BTreeMap<&str, [u128; 4]> = BTreeMap::new();
+        for n in nodes.iter().filter(|n| n.strategy == Strategy::Honest) {
+            let e = honest.entry(n.gpu.as_str()).or_default();
+            e[0] += 1;
+            e[1] += u128::from(n.guaranteed_usd_micro) + u128::from(n.bonus_usd_micro);
+            e[2] += u128::from(n.bonus_usd_micro);
+            e[3] += u128::from(n.crat_end_micro);
+        }
+        let mut own = [0u128; 3];
+        let mut base = [0u128; 3];
+        let mut s = Self::default();
+        for n in nodes.iter().filter(|n| n.strategy == strategy) {
+            let Some(h) = honest.get(n.gpu.as_str()) else {
+                continue;
+            };
+            s.nodes += 1;
+            s.caught += u64::from(n.validations_failed > 0);
+            own[0] += u128::from(n.guaranteed_usd_micro) + u128::from(n.bonus_usd_micro);
+            own[1] += u128::from(n.bonus_usd_micro);
+            own[2] += u128::from(n.crat_end_micro);
+            for i in 0..3 {
+                base[i] += h[i + 1] / h[0];
+            }
+        }
+        let mean = |sum: u128| (sum / u128::from(s.nodes.max(1))) as u64;
+        s.mean_usd_micro = mean(own[0]);
+        s.mean_bonus_usd_micro = mean(own[1]);
+        s.mean_crat_micro = mean(own[2]);
+        s.honest_usd_micro = mean(base[0]);
+        s.honest_bonus_usd_micro = mean(base[1]);
+        s.honest_crat_micro = mean(base[2]);
+        s
+    }
+}
+
 /// A run's metrics, round by round.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -221,6 +413,9 @@ pub struct Report {
     pub seed: u64,
     /// One entry per round closed.
     pub rounds: Vec<RoundMetrics>,
+    /// The `[strategies]` populations written to the outputs.
+    #[serde(skip_serializing_if = "Populations::none")]
+    pub populations: Populations,
 }
 
 /// Header of the per-round CSV.
@@ -236,6 +431,7 @@ impl Report {
             scenario,
             seed,
             rounds: Vec::new(),
+            populations: Populations::default(),
         }
     }
 
@@ -294,6 +490,50 @@ impl Report {
                     m.class_bonus_usd_micro[c]
                 )?;
             }
+            self.write_strategy_rows(&mut w, m)?;
+        }
+        Ok(())
+    }
+
+    /// The rows of the run's `[strategies]` populations for round `m` (none without them).
+    fn write_strategy_rows(&self, w: &mut impl Write, m: &RoundMetrics) -> io::Result<()> {
+        let (p, st, r) = (&self.populations, &m.strategies, m.round);
+        for (on, prefix, pop) in [
+            (p.liars, "liars", &st.liars),
+            (p.inventors, "inventors", &st.inventors),
+            (p.withholders, "withholders", &st.withholders),
+        ] {
+            if on {
+                for (name, v) in pop.rows() {
+                    writeln!(w, "{r},{prefix}_{name},all,{v}")?;
+                }
+            }
+        }
+        if p.inventors {
+            writeln!(
+                w,
+                "{r},invented_credits_attempted,all,{}",
+                st.invented_credits_attempted
+            )?;
+            writeln!(
+                w,
+                "{r},invented_credits_charged,all,{}",
+                st.invented_credits_charged
+            )?;
+        }
+        if p.withholders {
+            writeln!(
+                w,
+                "{r},withholder_saved_usd_micro,all,{}",
+                st.withholder_saved_usd_micro
+            )?;
+        }
+        if p.framers {
+            writeln!(
+                w,
+                "{r},framed_reports_refused,all,{}",
+                st.framed_reports_refused
+            )?;
         }
         Ok(())
     }
@@ -342,6 +582,48 @@ impl Report {
             "final_carry_usd_micro": last.map_or(0, |m| m.carry_usd_micro),
             "final_cheater_bonus_share": f6(last.map_or(0.0, RoundMetrics::cheater_bonus_share)),
         });
+        let mut v = v;
+        if let serde_json::Value::Object(map) = &mut v {
+            let p = &self.populations;
+            let total = |f: fn(&StrategyMetrics) -> &PopulationMetrics| {
+                let mut t = PopulationMetrics::default();
+                for m in &self.rounds {
+                    t.add(f(&m.strategies));
+                }
+                t
+            };
+            for (on, key, pop) in [
+                (p.liars, "liars", total(|s| &s.liars)),
+                (p.inventors, "inventors", total(|s| &s.inventors)),
+                (p.withholders, "withholders", total(|s| &s.withholders)),
+            ] {
+                if on {
+                    map.insert(key.into(), serde_json::json!(pop));
+                }
+            }
+            if p.inventors {
+                map.insert(
+                    "invented_credits_attempted".into(),
+                    sum(|m| m.strategies.invented_credits_attempted).into(),
+                );
+                map.insert(
+                    "invented_credits_charged".into(),
+                    sum(|m| m.strategies.invented_credits_charged).into(),
+                );
+            }
+            if p.withholders {
+                map.insert(
+                    "withholder_saved_usd_micro".into(),
+                    sum(|m| m.strategies.withholder_saved_usd_micro).into(),
+                );
+            }
+            if p.framers {
+                map.insert(
+                    "framed_reports_refused".into(),
+                    sum(|m| m.strategies.framed_reports_refused).into(),
+                );
+            }
+        }
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
         s.push('\n');
         s
@@ -349,12 +631,22 @@ impl Report {
 }
 
 /// Writes the per-node CSV.
+///
+/// A `strategy` column is added when a node has a `[strategies]` population's strategy (so a
+/// run without any writes the bytes it always wrote).
 pub fn write_nodes_csv(nodes: &[NodeSummary], mut w: impl Write) -> io::Result<()> {
-    writeln!(w, "{NODES_CSV_HEADER}")?;
+    let with_strategy = nodes
+        .iter()
+        .any(|n| !matches!(n.strategy, Strategy::Honest | Strategy::Cheater));
+    if with_strategy {
+        writeln!(w, "{NODES_CSV_HEADER},strategy")?;
+    } else {
+        writeln!(w, "{NODES_CSV_HEADER}")?;
+    }
     for n in nodes {
         let departed = n.departed_round.map_or(String::new(), |r| r.to_string());
         let caught = n.caught_at_task.map_or(String::new(), |t| t.to_string());
-        writeln!(
+        write!(
             w,
             "{},{},\"{}\",{},{},{},{},{},{},{},{},{},{},{},{}",
             n.index,
@@ -373,6 +665,10 @@ pub fn write_nodes_csv(nodes: &[NodeSummary], mut w: impl Write) -> io::Result<(
             n.tasks_served,
             caught
         )?;
+        if with_strategy {
+            write!(w, ",{}", n.strategy.name())?;
+        }
+        writeln!(w)?;
     }
     Ok(())
 }

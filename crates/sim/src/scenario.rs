@@ -65,6 +65,11 @@ pub struct Scenario {
     pub validation: Validation,
     /// When providers give up.
     pub behaviour: Behaviour,
+    /// Hardware liars, usage inventors, receipt withholders and input framers (none). Left
+    /// out of the serialized scenario while it is the default, so runs without them write
+    /// the same bytes as before it existed.
+    #[serde(skip_serializing_if = "Strategies::is_default")]
+    pub strategies: Strategies,
     /// Round economics parameters, exactly `crat_rewards::Params` (docs/economics.md).
     pub rewards: Params,
     /// Pricing parameters, exactly `crat_core::pricing::PricingParams` (its defaults).
@@ -86,6 +91,7 @@ impl Default for Scenario {
             demand: Demand::default(),
             validation: Validation::default(),
             behaviour: Behaviour::default(),
+            strategies: Strategies::default(),
             rewards: Params::default(),
             pricing: PricingParams::default(),
             sweep: BTreeMap::new(),
@@ -300,6 +306,102 @@ impl Default for Validation {
     }
 }
 
+/// What a node does besides serving honestly: one population each, drawn per node with the
+/// cheaters (`validation.cheater_share_bps`) from one draw of its own stream, so the shares
+/// together may not pass 10,000 basis points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Serves honestly.
+    #[default]
+    Honest,
+    /// Returns wrong results (`validation.cheat_bps`).
+    Cheater,
+    /// Claims a better GPU than it has; rated and paid by what the proof of hardware
+    /// ([`crat_core::policy::hardware`]) says its card proves.
+    HardwareLiar,
+    /// Reports invented usage; charged only within its clients' acknowledgements
+    /// ([`crat_core::policy::acks::chargeable`]).
+    UsageInventor,
+    /// Never signs receipts: every answer of it that is checked fails.
+    ReceiptWithholder,
+}
+
+impl Strategy {
+    /// Its name in output files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Honest => "honest",
+            Self::Cheater => "cheater",
+            Self::HardwareLiar => "hardware_liar",
+            Self::UsageInventor => "usage_inventor",
+            Self::ReceiptWithholder => "receipt_withholder",
+        }
+    }
+}
+
+/// Strategies beside the cheaters (`[strategies]`), all off by default. The rules they meet
+/// are the dispatcher's, called from `crat_core::policy`; `docs/verification.md` has the study.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Strategies {
+    /// Share of nodes that claim a better GPU than they have, basis points (0).
+    pub liar_share_bps: u32,
+    /// The card every liar claims, as the GPU table names it ("": each claims the slowest
+    /// card of the table that is faster than its own and rated `liar_classes_up` above it,
+    /// at most 5).
+    pub liar_claim_gpu: String,
+    /// Ratings above its own a liar claims when `liar_claim_gpu` is empty (1).
+    pub liar_classes_up: u8,
+    /// Throughput a liar's card reaches on a challenge, percent of its table FP32 figure
+    /// (100: its full peak).
+    pub liar_speed_pct: u32,
+    /// Share of the deadline's fixed part (allowance and matrix generation) a liar's machine
+    /// takes, percent (100: all of it, as the deadline assumes).
+    pub liar_overhead_pct: u32,
+    /// Share of nodes that report invented usage, basis points (0).
+    pub inventor_share_bps: u32,
+    /// Invented tasks an inventor reports on top of those it served, basis points of them
+    /// (10,000: as many again).
+    pub inventor_inflation_bps: u32,
+    /// Share of nodes that never sign receipts, basis points (0).
+    pub withholder_share_bps: u32,
+    /// Share of its electricity cost a withholder saves by not signing, basis points (100).
+    pub withholder_saving_bps: u32,
+    /// Share of spot checks sent by input framers (different inputs to the worker and the
+    /// validator under one task id), basis points (0).
+    pub framer_task_bps: u32,
+}
+
+impl Default for Strategies {
+    fn default() -> Self {
+        Self {
+            liar_share_bps: 0,
+            liar_claim_gpu: String::new(),
+            liar_classes_up: 1,
+            liar_speed_pct: 100,
+            liar_overhead_pct: 100,
+            inventor_share_bps: 0,
+            inventor_inflation_bps: 10_000,
+            withholder_share_bps: 0,
+            withholder_saving_bps: 100,
+            framer_task_bps: 0,
+        }
+    }
+}
+
+impl Strategies {
+    /// Whether every field has its default (then it is not serialized).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Liars, inventors and withholders at all.
+    pub fn any_nodes(&self) -> bool {
+        self.liar_share_bps > 0 || self.inventor_share_bps > 0 || self.withholder_share_bps > 0
+    }
+}
+
 /// Provider behaviour.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -474,6 +576,7 @@ impl Scenario {
                 return Err(bad(name, "more than 10000 basis points"));
             }
         }
+        self.validate_strategies()?;
         self.rewards
             .validate()
             .map_err(|e| bad("rewards", e.to_string()))?;
@@ -486,6 +589,65 @@ impl Scenario {
         Ok(())
     }
 }
+
+impl Scenario {
+    fn validate_strategies(&self) -> Result<(), SimError> {
+        let st = &self.strategies;
+        let full = u32::from(Bps::FULL.get());
+        for (name, bps) in [
+            ("strategies.liar_share_bps", st.liar_share_bps),
+            ("strategies.inventor_share_bps", st.inventor_share_bps),
+            ("strategies.withholder_share_bps", st.withholder_share_bps),
+            ("strategies.withholder_saving_bps", st.withholder_saving_bps),
+            ("strategies.framer_task_bps", st.framer_task_bps),
+        ] {
+            if bps > full {
+                return Err(bad(name, "more than 10000 basis points"));
+            }
+        }
+        // Each node draws one number in 0..10000 for its population: the shares partition it.
+        let shares = u64::from(self.validation.cheater_share_bps)
+            + u64::from(st.liar_share_bps)
+            + u64::from(st.inventor_share_bps)
+            + u64::from(st.withholder_share_bps);
+        if shares > u64::from(full) {
+            return Err(bad(
+                "strategies",
+                format!(
+                    "validation.cheater_share_bps + liar_share_bps + inventor_share_bps + \
+                     withholder_share_bps = {shares}, more than 10000 basis points"
+                ),
+            ));
+        }
+        if !st.liar_claim_gpu.is_empty() && GpuTable::builtin().lookup(&st.liar_claim_gpu).is_none()
+        {
+            return Err(bad(
+                "strategies.liar_claim_gpu",
+                format!("{:?} is not in the GPU table", st.liar_claim_gpu),
+            ));
+        }
+        if !(1..=4).contains(&st.liar_classes_up) {
+            return Err(bad("strategies.liar_classes_up", "must be in 1..=4"));
+        }
+        if !(1..=1_000).contains(&st.liar_speed_pct) {
+            return Err(bad("strategies.liar_speed_pct", "must be in 1..=1000"));
+        }
+        if st.liar_overhead_pct > 1_000 {
+            return Err(bad("strategies.liar_overhead_pct", "must be in 0..=1000"));
+        }
+        if st.inventor_inflation_bps > INVENTOR_INFLATION_BPS_MAX {
+            return Err(bad(
+                "strategies.inventor_inflation_bps",
+                format!("must be in 0..={INVENTOR_INFLATION_BPS_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Most invented tasks an inventor reports, basis points of those it served (100 times as
+/// many).
+pub const INVENTOR_INFLATION_BPS_MAX: u32 = 1_000_000;
 
 fn set_path(t: &mut toml::Table, path: &str, v: toml::Value) -> Result<(), SimError> {
     let mut parts = path.split('.').peekable();
@@ -519,6 +681,47 @@ mod tests {
         assert!(e.to_string().contains("population.gpu_mix[0].gpu"), "{e}");
         let e = Scenario::from_toml("[demand]\nbogus = 1").unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn strategies_are_checked_and_their_shares_partition_the_nodes() {
+        let s = Scenario::from_toml(
+            "[validation]\ncheater_share_bps = 4000\n[strategies]\nliar_share_bps = 3000\n\
+             inventor_share_bps = 2000\nwithholder_share_bps = 1000\nframer_task_bps = 10000\n",
+        )
+        .unwrap();
+        assert_eq!(s.strategies.withholder_share_bps, 1_000);
+        let e = Scenario::from_toml(
+            "[validation]\ncheater_share_bps = 4000\n[strategies]\nliar_share_bps = 3000\n\
+             inventor_share_bps = 2000\nwithholder_share_bps = 1001\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("strategies") && e.to_string().contains("10001"),
+            "{e}"
+        );
+        for (bad_field, text) in [
+            ("strategies.liar_claim_gpu", "liar_claim_gpu = \"Potato\""),
+            ("strategies.liar_classes_up", "liar_classes_up = 0"),
+            ("strategies.liar_speed_pct", "liar_speed_pct = 0"),
+            ("strategies.framer_task_bps", "framer_task_bps = 10001"),
+            (
+                "strategies.inventor_inflation_bps",
+                "inventor_inflation_bps = 1000001",
+            ),
+        ] {
+            let e = Scenario::from_toml(&format!("[strategies]\n{text}")).unwrap_err();
+            assert!(e.to_string().contains(bad_field), "{e}");
+        }
+        assert!(Scenario::from_toml("[strategies]\nliars = 1").is_err());
+        // The default table is left out of the serialized scenario.
+        let json = serde_json::to_string(&Scenario::default()).unwrap();
+        assert!(!json.contains("strategies"), "{json}");
+        assert!(
+            serde_json::to_string(&s)
+                .unwrap()
+                .contains("framer_task_bps")
+        );
     }
 
     #[test]

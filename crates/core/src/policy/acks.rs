@@ -143,6 +143,55 @@ impl Tally {
     }
 }
 
+/// Whether a node whose charged work under a ticket would come to `charged` stays within what
+/// its client acknowledged of it (`acked`): no more tasks and no more credits. The one rule of
+/// acknowledged usage, applied by [`AckBook::admit`] to every record and by [`chargeable`] to
+/// a batch (the simulator's usage inventors).
+pub fn within_acknowledged(charged: &Tally, acked: &Tally) -> bool {
+    charged.tasks <= acked.tasks && charged.credits <= acked.credits
+}
+
+/// How many of `records` further usage records of `cost` each a node may be charged after
+/// `charged`, against the acknowledgement `acked`: the largest count whose charged tally stays
+/// [`within_acknowledged`] (the count [`AckBook::admit`] charges when they come one by one;
+/// the rest are held). Records whose count or credits would overflow are never chargeable.
+///
+/// ```
+/// use crat_core::money::Credits;
+/// use crat_core::policy::acks::{Tally, chargeable};
+///
+/// // The client acknowledged 100 tasks of 5 credits; the node reports 250 (150 invented).
+/// let acked = Tally { tasks: 100, credits: Credits::new(500), ..Tally::default() };
+/// assert_eq!(chargeable(&Tally::default(), &acked, 250, Credits::new(5)), 100);
+/// // Inflating the cost of each record does not help either.
+/// assert_eq!(chargeable(&Tally::default(), &acked, 100, Credits::new(50)), 10);
+/// ```
+pub fn chargeable(charged: &Tally, acked: &Tally, records: u64, cost: Credits) -> u64 {
+    let after = |k: u64| -> Option<Tally> {
+        let credits = Credits::new(cost.get().checked_mul(k)?);
+        Some(Tally {
+            tasks: charged.tasks.checked_add(k)?,
+            credits: charged.credits.checked_add(credits)?,
+            accumulator: charged.accumulator,
+        })
+    };
+    let fits = |k: u64| after(k).is_some_and(|t| within_acknowledged(&t, acked));
+    if !fits(0) {
+        return 0;
+    }
+    // `fits` holds for a prefix of 0..=records: the largest k is found by bisection.
+    let (mut lo, mut hi) = (0u64, records);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    lo
+}
+
 /// An acknowledgement with the ticket it is about, so that it can be checked without any
 /// memory of the ticket.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -323,8 +372,7 @@ impl AckBook {
         };
         let mut after = entry.charged;
         let within = after.add(task, inputs_digest, cost).is_some()
-            && after.tasks <= entry.acked.tasks
-            && after.credits <= entry.acked.credits;
+            && within_acknowledged(&after, &entry.acked);
         if !within {
             return Decision::Hold;
         }
@@ -392,6 +440,49 @@ mod tests {
         let mut t = [0u8; 16];
         t[..4].copy_from_slice(&i.to_le_bytes());
         (TaskId::from_bytes(t), [i as u8; 32])
+    }
+
+    #[test]
+    fn a_batch_is_charged_as_far_as_records_one_by_one() {
+        for (acked_tasks, acked_credits, already, records, cost) in [
+            (10u64, 50u64, 0u64, 25u64, 5u64),
+            (10, 50, 4, 25, 5),
+            (10, 30, 0, 25, 5),
+            (10, 50, 0, 3, 5),
+            (0, 0, 0, 7, 1),
+            (10, 50, 0, 25, 0),
+            (u64::MAX, u64::MAX, 0, 5, u64::MAX / 2),
+        ] {
+            let mut book = AckBook::new(4);
+            let ack = Ack {
+                ticket_nonce: NONCE,
+                node: node(),
+                tasks: acked_tasks,
+                credits: Credits::new(acked_credits),
+                accumulator: [0; 32],
+            };
+            book.acknowledge(&ack, DEP, KEY, 100, 0).unwrap();
+            for i in 0..already {
+                let (t, d) = task(10_000 + i as u32);
+                assert_eq!(
+                    book.admit(&NONCE, &node(), &t, &d, Credits::new(cost)),
+                    Decision::Charge
+                );
+            }
+            let charged = book.entry(&NONCE, &node()).unwrap().charged;
+            let batch = chargeable(&charged, &Tally::of(&ack), records, Credits::new(cost));
+            let one_by_one = (0..records)
+                .filter(|i| {
+                    let (t, d) = task(*i as u32);
+                    book.admit(&NONCE, &node(), &t, &d, Credits::new(cost)) == Decision::Charge
+                })
+                .count() as u64;
+            assert_eq!(
+                batch, one_by_one,
+                "{acked_tasks} {acked_credits} {records} {cost}"
+            );
+            assert!(batch <= records);
+        }
     }
 
     #[test]

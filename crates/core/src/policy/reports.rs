@@ -86,6 +86,29 @@ pub fn report_subject(report: &ValidationReport) -> Result<(TaskId, DeploymentId
     Ok((first.task, first.deployment))
 }
 
+/// Whether receipts naming these inputs digests answered one question: every digest equal,
+/// [`ReportError::DifferentInputs`] otherwise. [`check_report`] applies it to a report's
+/// receipts (so a client that sent different inputs to different replicas under one task id
+/// frames nobody), and the simulator to its input framers' spot checks.
+///
+/// ```
+/// use crat_core::policy::reports::{ReportError, same_inputs};
+///
+/// assert_eq!(same_inputs([&[1; 32], &[1; 32]]), Ok(()));
+/// assert_eq!(same_inputs([&[1; 32], &[2; 32]]), Err(ReportError::DifferentInputs));
+/// ```
+pub fn same_inputs<'a>(digests: impl IntoIterator<Item = &'a [u8; 32]>) -> Result<(), ReportError> {
+    let mut digests = digests.into_iter();
+    let Some(first) = digests.next() else {
+        return Ok(());
+    };
+    if digests.all(|d| d == first) {
+        Ok(())
+    } else {
+        Err(ReportError::DifferentInputs)
+    }
+}
+
 /// A report found plausible: who is credited and who failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportVerdict {
@@ -116,9 +139,7 @@ pub fn check_report(
         if r.body.task != task || r.body.deployment != deployment {
             return Err(ReportError::DifferentTasks);
         }
-        if r.body.inputs_digest != receipts[0].body.inputs_digest {
-            return Err(ReportError::DifferentInputs);
-        }
+        same_inputs([&receipts[0].body.inputs_digest, &r.body.inputs_digest])?;
         if nodes.contains(&r.body.node) {
             return Err(ReportError::DuplicateNode(r.body.node));
         }

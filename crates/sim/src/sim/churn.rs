@@ -6,7 +6,7 @@ use crat_rewards::Interval;
 use rayon::prelude::*;
 
 use super::{DAY_S, HOUR_S, Node, RoundClock, hour_len};
-use crate::scenario::{Churn, SESSIONS_PER_ROUND_MAX, SessionModel};
+use crate::scenario::{Churn, SESSIONS_PER_ROUND_MAX, SessionModel, Strategy};
 use crate::streams::{StreamRng, stream_rng};
 
 /// Nodes per parallel work item of the churn pass.
@@ -113,7 +113,7 @@ pub(super) fn churn(
             let cheating: u64 = chunk
                 .iter()
                 .zip(caps.iter())
-                .filter(|(n, _)| n.cheater)
+                .filter(|(n, _)| n.strategy == Strategy::Cheater)
                 .map(|(_, c)| c)
                 .sum();
             (per_hour, full_rps, total, cheating)

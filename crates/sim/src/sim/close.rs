@@ -12,7 +12,7 @@ use super::validation::Draw;
 use super::{DAY_S, Node};
 use crate::SimError;
 use crate::report::RoundMetrics;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Strategy};
 
 /// Amounts below which [`gini`] sorts on one thread (splitting costs more than it saves).
 const PAR_SORT_MIN: usize = 1 << 17;
@@ -56,6 +56,10 @@ pub(super) fn outcome_metrics(
     let departure_rounds = sc.behaviour.departure_rounds;
     let electricity = sc.behaviour.electricity_usd_micro_per_day;
     let initial = sc.population.nodes;
+    // A node failing more validations than this in a round (the exclusion window is a day)
+    // is excluded from placement by the dispatcher (`Dispatch::validation_failed`).
+    let caught_max = u64::from(crat_core::dispatch::DispatchConfig::default().caught_max);
+    let saving_bps = u128::from(sc.strategies.withholder_saving_bps);
     // In parallel chunks: integer sums and in-order lists, so the same bytes on any number
     // of threads.
     let c = METRICS_CHUNK;
@@ -81,7 +85,7 @@ pub(super) fn outcome_metrics(
                 let d = &draws[k];
                 n.validations_failed += d.failed;
                 if n.caught_at_task.is_none()
-                    && let Some(at) = d.first_caught
+                    && let Some(at) = d.first_caught()
                 {
                     n.caught_at_task = Some(n.tasks_served + at);
                 }
@@ -95,7 +99,20 @@ pub(super) fn outcome_metrics(
                 if o.committed {
                     p.nodes_committed += 1;
                 }
-                if n.cheater {
+                let population = match n.strategy {
+                    Strategy::Honest | Strategy::Cheater => None,
+                    Strategy::HardwareLiar => Some(&mut p.strategies.liars),
+                    Strategy::UsageInventor => Some(&mut p.strategies.inventors),
+                    Strategy::ReceiptWithholder => {
+                        let saved = u128::from(day_share(electricity[class])) * saving_bps / 10_000;
+                        p.strategies.withholder_saved_usd_micro += saved as u64;
+                        Some(&mut p.strategies.withholders)
+                    }
+                };
+                if let Some(pop) = population {
+                    pop.add_round(g, b, n.crat_end, d.failed, caught_max);
+                }
+                if n.strategy == Strategy::Cheater {
                     p.cheaters_active += 1;
                     p.cheater_bonus_usd_micro += b;
                     p.cheater_crat_micro += n.crat_end;
@@ -134,6 +151,7 @@ pub(super) fn outcome_metrics(
         m.cheater_crat_micro += p.cheater_crat_micro;
         m.honest_crat_micro += p.honest_crat_micro;
         m.initial_retained += p.initial_retained;
+        m.strategies.add_nodes(&p.strategies);
         departures.extend(d);
     }
     m.gini_earnings = gini(earnings);

@@ -22,6 +22,7 @@ mod churn;
 mod close;
 mod demand;
 mod placement;
+mod strategies;
 mod validation;
 
 use crat_core::bps::Bps;
@@ -37,8 +38,8 @@ use self::churn::Churned;
 use self::placement::Placed;
 use self::validation::Draw;
 use crate::SimError;
-use crate::report::{NodeSummary, Report, RoundMetrics};
-use crate::scenario::{HOURS_PER_ROUND_MAX, Scenario, SessionModel};
+use crate::report::{NodeSummary, Populations, Report, RoundMetrics};
+use crate::scenario::{HOURS_PER_ROUND_MAX, Scenario, SessionModel, Strategy};
 use crate::streams::stream_rng;
 
 /// Absolute time of the first round's start: 2023-11-14 00:00 UTC, a midnight, so that
@@ -58,7 +59,8 @@ struct Node {
     rating: PowerRating,
     gpu: u16,
     region: u32,
-    cheater: bool,
+    /// What it does besides serving (honest, cheater, or a `[strategies]` population).
+    strategy: Strategy,
     online: bool,
     next_toggle_s: u64,
     joined_round: u32,
@@ -113,6 +115,10 @@ pub struct Simulation {
     report: Report,
     capacity_rps: [u32; 6],
     gpu_names: Vec<String>,
+    /// What a hardware liar of each GPU of the mix proves (empty without liars).
+    liar_proofs: Vec<strategies::LiarProof>,
+    /// Whether the dispatcher refuses input framers' reports (its rule, asked once).
+    framed_refused: bool,
     buffers: Buffers,
 }
 
@@ -176,6 +182,26 @@ impl Simulation {
             .iter()
             .map(|g| g.gpu.clone())
             .collect();
+        let liar_proofs = if scenario.strategies.liar_share_bps > 0 {
+            let table = GpuTable::builtin();
+            let entries = scenario
+                .population
+                .gpu_mix
+                .iter()
+                .enumerate()
+                .map(|(g, mix)| {
+                    table.lookup(&mix.gpu).ok_or_else(|| SimError::Scenario {
+                        field: format!("population.gpu_mix[{g}].gpu"),
+                        reason: "not in the GPU table".into(),
+                    })
+                })
+                .collect::<Result<Vec<_>, SimError>>()?;
+            strategies::liar_proofs(&entries, &scenario.strategies)
+        } else {
+            Vec::new()
+        };
+        let mut report = Report::new(scenario.name.clone(), seed);
+        report.populations = Populations::of(scenario);
         let mut sim = Self {
             scenario: scenario.clone(),
             seed,
@@ -187,9 +213,11 @@ impl Simulation {
             round: 0,
             start_s,
             initial_nodes: scenario.population.nodes,
-            report: Report::new(scenario.name.clone(), seed),
+            report,
             capacity_rps,
             gpu_names,
+            liar_proofs,
+            framed_refused: strategies::framed_reports_refused(),
             buffers: Buffers::default(),
         };
         sim.add_nodes(scenario.population.nodes, true)?;
@@ -222,7 +250,8 @@ impl Simulation {
                 gpu: self.gpu_names[usize::from(n.gpu)].clone(),
                 rating: n.rating.get(),
                 region: n.region,
-                cheater: n.cheater,
+                cheater: n.strategy == Strategy::Cheater,
+                strategy: n.strategy,
                 joined_round: n.joined_round,
                 departed_round: n.departed_round,
                 guaranteed_usd_micro: n.guaranteed_total,
@@ -279,7 +308,26 @@ impl Simulation {
         let stationary_on = churn.mean_on_s as f64 / (churn.mean_on_s + churn.mean_off_s) as f64;
         let first = self.created;
         let (seed, start_s, round) = (self.seed, self.start_s, self.round);
-        let cheater_share_bps = self.scenario.validation.cheater_share_bps;
+        // One draw in 0..10,000 per node picks its population: cheaters first (the draw that
+        // always decided them), then liars, inventors and withholders (shares checked to fit).
+        let st = &self.scenario.strategies;
+        let bounds = [
+            (
+                Strategy::Cheater,
+                self.scenario.validation.cheater_share_bps,
+            ),
+            (Strategy::HardwareLiar, st.liar_share_bps),
+            (Strategy::UsageInventor, st.inventor_share_bps),
+            (Strategy::ReceiptWithholder, st.withholder_share_bps),
+        ]
+        .map({
+            let mut upto = 0u32;
+            move |(strategy, share)| {
+                upto = upto.saturating_add(share);
+                (strategy, upto)
+            }
+        });
+        let liar_proofs = &self.liar_proofs;
         // Each node from its own stream, in parallel, then sorted by id once.
         let mut new: Vec<(NodeId, Node, u64)> = (first..first + count)
             .into_par_iter()
@@ -302,15 +350,24 @@ impl Simulation {
                 } else {
                     start_s
                 };
-                let cheater = rng.gen_range(0..u32::from(Bps::FULL.get())) < cheater_share_bps;
+                let pick = rng.gen_range(0..u32::from(Bps::FULL.get()));
+                let strategy = bounds
+                    .iter()
+                    .find(|(_, upto)| pick < *upto)
+                    .map_or(Strategy::Honest, |(s, _)| *s);
                 let online = churn.model == SessionModel::None || rng.unit_f64() < stationary_on;
+                // A liar is rated by what its card proves for its claim.
+                let rating = match (strategy, liar_proofs.get(gpu)) {
+                    (Strategy::HardwareLiar, Some(p)) => p.rating,
+                    _ => entries[gpu].rating,
+                };
                 let node = Node {
                     // Below NODES_MAX = 2^22 (checked by the scenario).
                     index: index as u32,
-                    rating: entries[gpu].rating,
+                    rating,
                     gpu: gpu as u16,
                     region: (index % u64::from(pop.regions)) as u32,
-                    cheater,
+                    strategy,
                     online,
                     next_toggle_s: start_s,
                     joined_round: round,
@@ -336,8 +393,14 @@ impl Simulation {
                     id: *id,
                     rating: n.rating,
                     registered_at_s: *registered_at_s,
-                    mining_income_usd_micro_per_day: entries[usize::from(n.gpu)]
-                        .mining_income_usd_micro_per_day,
+                    // A liar is paid what its card proves for its claim (policy::hardware).
+                    mining_income_usd_micro_per_day: match (
+                        n.strategy,
+                        self.liar_proofs.get(usize::from(n.gpu)),
+                    ) {
+                        (Strategy::HardwareLiar, Some(p)) => p.income,
+                        _ => entries[usize::from(n.gpu)].mining_income_usd_micro_per_day,
+                    },
                 };
                 let state = crat_rewards::CarriedState {
                     crat_micro: MicroCrat::new(pop.crat_initial_micro),
@@ -422,7 +485,24 @@ impl Simulation {
             buf.draws.iter().fold((0u64, 0u64), |(ran, failed), d| {
                 (ran + d.ran, failed + d.failed)
             });
-        let per_request_credits = Credits::new(served.served.saturating_mul(cost.get()));
+        // Usage inventors' records, charged within their clients' acknowledgements: what
+        // that admits beyond the acknowledged work is income (none under the rule).
+        let invented = if self.scenario.strategies.inventor_share_bps > 0 {
+            strategies::invented_usage(
+                &self.nodes,
+                &buf.draws,
+                self.scenario.strategies.inventor_inflation_bps,
+                cost,
+            )?
+        } else {
+            strategies::InventedUsage::default()
+        };
+        let per_request_credits = Credits::new(
+            served
+                .served
+                .saturating_mul(cost.get())
+                .saturating_add(invented.charged),
+        );
         let income_credits = per_request_credits.saturating_add(placed.income);
         let income = self.scenario.pricing.credits_to_usd(income_credits)?;
         let mut m = RoundMetrics {
@@ -438,6 +518,9 @@ impl Simulation {
             validations_failed: validations_caught,
             ..RoundMetrics::default()
         };
+        m.strategies.invented_credits_attempted = invented.attempted;
+        m.strategies.invented_credits_charged = invented.charged;
+        m.strategies.framed_reports_refused = buf.draws.iter().map(|d| d.framed_refused).sum();
         let (departures, result) = self.close(f, income, &churned, &mut buf, &mut m)?;
         m.departures = departures.len() as u64;
         m.initial_nodes = self.initial_nodes;
@@ -514,7 +597,7 @@ impl Simulation {
     /// `draws`.
     fn validate(&self, clock: &RoundClock, churned: &Churned, served: u64, draws: &mut Vec<Draw>) {
         validation::validate(
-            &self.scenario,
+            (&self.scenario, self.framed_refused),
             (self.seed, clock.round, clock.length_s),
             &self.nodes,
             churned,

@@ -11,20 +11,29 @@
 //! probability q = 1 − f·c, as the worker's failure or, when a cheater validated wrongly, as
 //! the validator's; a validation with the right answer is a correct validation
 //! (`validations_ok`). Honest nodes are never failed.
+//!
+//! A receipt withholder's answers carry no receipt: every one of its tasks that is checked
+//! fails, whatever the third node says (a missing receipt needs no majority), and the
+//! validations it runs credit nothing. Hardware liars and usage inventors compute honestly.
+//!
+//! A share `framer_task_bps` of the spot checks comes from input framers, whose validator
+//! got other inputs than the worker. Their reports are judged once by the dispatcher's rule
+//! (`framed_refused`, from [`crat_core::policy::reports::same_inputs`]): refused, they fail
+//! and credit nobody; accepted (without the rule) they would fail the worker.
 
 use crat_core::bps::Bps;
 use rayon::prelude::*;
 
 use super::Node;
 use super::churn::Churned;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Strategy};
 use crate::streams::{StreamRng, stream_rng};
 
 /// Round-number bit that separates a node's validation stream from its churn stream.
 const VALIDATION_STREAM: u64 = 1 << 63;
 
 /// One node's validation draws in a round.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Draw {
     /// Tasks it served.
     pub(super) tasks: u64,
@@ -34,14 +43,41 @@ pub(super) struct Draw {
     pub(super) ok: u64,
     /// Its wrong answers caught (as worker or validator).
     pub(super) failed: u64,
+    /// Position among the round's tasks of its first own wrong answer caught
+    /// ([`Draw::NOT_CAUGHT`] if none; a sentinel keeps a draw at 48 bytes).
+    first_caught: u64,
+    /// Framed spot checks of its tasks whose reports were refused.
+    pub(super) framed_refused: u64,
+}
+
+impl Default for Draw {
+    fn default() -> Self {
+        Self {
+            tasks: 0,
+            ran: 0,
+            ok: 0,
+            failed: 0,
+            first_caught: Self::NOT_CAUGHT,
+            framed_refused: 0,
+        }
+    }
+}
+
+impl Draw {
+    /// No own wrong answer caught this round.
+    const NOT_CAUGHT: u64 = u64::MAX;
+
     /// Position among the round's tasks of its first own wrong answer caught.
-    pub(super) first_caught: Option<u64>,
+    pub(super) fn first_caught(&self) -> Option<u64> {
+        (self.first_caught != Self::NOT_CAUGHT).then_some(self.first_caught)
+    }
 }
 
 /// Phase 4: each node's validation draws for a round that served `served` tasks, into
-/// `draws` (emptied first; `draws[k]` is node `k`'s).
+/// `draws` (emptied first; `draws[k]` is node `k`'s); `framed_refused` is the dispatcher's
+/// verdict on input framers' reports.
 pub(super) fn validate(
-    sc: &Scenario,
+    (sc, framed_refused): (&Scenario, bool),
     (seed, round, length_s): (u64, u32, u64),
     nodes: &[Node],
     churned: &Churned,
@@ -56,6 +92,7 @@ pub(super) fn validate(
     let cheat_p = f64::from(sc.validation.cheat_bps) / f64::from(Bps::FULL.get());
     let caught_p = 1.0 - cheat_p * churned.cheater_cap as f64 / total_cap.max(1) as f64;
     let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
+    let framed_p = f64::from(sc.strategies.framer_task_bps) / f64::from(Bps::FULL.get());
     draws.clear();
     if total_cap == 0 || sampled == 0 {
         draws.extend(node_capacity.iter().map(|&cap| Draw {
@@ -85,29 +122,55 @@ pub(super) fn validate(
         } else {
             (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
         };
-        if !nodes[i].cheater {
-            return Draw {
-                tasks,
-                ok: ran,
-                ..Draw::default()
-            };
-        }
-        let wrong_own = binomial(&mut rng, own, cheat_p);
-        let caught_own = binomial(&mut rng, wrong_own, caught_p);
-        let wrong_ran = binomial(&mut rng, ran, cheat_p);
-        let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+        // Framed spot checks (drawn only when there are framers, so other runs draw what
+        // they always drew): of its tasks, and of the validations it ran.
+        let (checked, framed_own, credited) = if framed_p > 0.0 {
+            let fo = binomial(&mut rng, own, framed_p);
+            let fr = binomial(&mut rng, ran, framed_p);
+            (own - fo, fo, ran - fr)
+        } else {
+            (own, 0, ran)
+        };
+        let (refused, framed_failed) = if framed_refused {
+            (framed_own, 0)
+        } else {
+            (0, framed_own)
+        };
+        let (caught_own, wrong_ran, caught_ran) = match nodes[i].strategy {
+            Strategy::Honest | Strategy::HardwareLiar | Strategy::UsageInventor => {
+                return Draw {
+                    tasks,
+                    ok: credited,
+                    failed: framed_failed,
+                    framed_refused: refused,
+                    ..Draw::default()
+                };
+            }
+            Strategy::Cheater => {
+                let wrong_own = binomial(&mut rng, checked, cheat_p);
+                let caught_own = binomial(&mut rng, wrong_own, caught_p);
+                let wrong_ran = binomial(&mut rng, credited, cheat_p);
+                let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+                (caught_own, wrong_ran, caught_ran)
+            }
+            // No receipt: each checked task fails, each validation it ran credits nothing.
+            Strategy::ReceiptWithholder => (checked, credited, 0),
+        };
         // The first of `caught_own` failures spread uniformly over the round's tasks lies at
         // tasks × (1 − U^(1/k)).
-        let first_caught = (caught_own > 0).then(|| {
+        let first_caught = if caught_own > 0 {
             let u = rng.unit_f64().powf(1.0 / caught_own as f64);
             ((tasks as f64) * (1.0 - u)) as u64
-        });
+        } else {
+            Draw::NOT_CAUGHT
+        };
         Draw {
             tasks,
             ran,
-            ok: ran - wrong_ran,
-            failed: caught_own + caught_ran,
+            ok: credited - wrong_ran,
+            failed: caught_own + caught_ran + framed_failed,
             first_caught,
+            framed_refused: refused,
         }
     }));
 }
