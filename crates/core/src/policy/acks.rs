@@ -461,7 +461,7 @@ mod tests {
                 credits: Credits::new(acked_credits),
                 accumulator: [0; 32],
             };
-            book.acknowledge(&ack, DEP, KEY, 100, 0).unwrap();
+            book.acknowledge(&ack, DEP, KEY, 100).unwrap();
             for i in 0..already {
                 let (t, d) = task(10_000 + i as u32);
                 assert_eq!(
