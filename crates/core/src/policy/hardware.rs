@@ -10,9 +10,11 @@
 //! generate `A` and `B` on a CPU plus the product's time at `G` times a margin.
 //!
 //! **Verdict.** A GPU is proven as the *best class whose deadline it met* with a correct
-//! answer ([`prove_device`]): its claimed row when it met that deadline; otherwise the best
-//! rating among the table's cards with a throughput between `claimed / downgrade_factor` and
-//! the claim whose (longer) deadline it met, paid the lowest income of that rating among them.
+//! answer ([`prove_device`]): its claimed row when it met that deadline; otherwise the
+//! fastest of the table's cards with a throughput between `claimed / downgrade_factor` and
+//! the claim whose (longer) deadline it met sets the throughput it showed, and it is rated
+//! and paid as the *cheapest* card in the table at least that fast (any of them could have
+//! given the answer; keeping up with an A100's FP32 does not make a card an A100).
 //! A card more than `downgrade_factor` times slower than its claim proves nothing: claiming far
 //! above what one has costs the card's whole income, not one class. A node's rating is the
 //! best of its proven GPUs (at least 1) and its mining income their sum ([`Proven`]). The CPU
@@ -351,25 +353,31 @@ pub fn prove_device(
         }
         Claim::Gpu { device, gflops, .. } => {
             let floor = *gflops / u64::from(config.downgrade_factor.max(1));
-            let met: Vec<_> = table
+            // The fastest class it kept up with, within the downgrade range.
+            let Some(shown) = table
                 .entries()
                 .iter()
                 .filter(|e| e.fp32_gflops >= floor && e.fp32_gflops <= *gflops)
                 .filter(|e| answer.elapsed_ms <= deadline_ms(config, n, k, m, e.fp32_gflops))
-                .collect();
-            let Some(rating) = met.iter().map(|e| e.rating).max() else {
+                .map(|e| e.fp32_gflops)
+                .max()
+            else {
                 return DeviceProof::Nothing;
             };
-            // The lowest-paid card of the best rating it met: never more than it proved.
-            met.iter()
-                .filter(|e| e.rating == rating)
-                .min_by_key(|e| (e.mining_income_usd_micro_per_day, e.fp32_gflops))
+            // Paid as the cheapest card that is at least that fast: any of them could have
+            // given this answer, so the evidence is worth no more than the least of them (a
+            // card that merely keeps up with an A100's FP32 throughput is not an A100).
+            table
+                .entries()
+                .iter()
+                .filter(|e| e.fp32_gflops >= shown)
+                .min_by_key(|e| (e.mining_income_usd_micro_per_day, e.rating, e.fp32_gflops))
                 .map_or(DeviceProof::Nothing, |e| {
                     DeviceProof::Gpu(Claim::Gpu {
                         device: *device,
                         name: e.name.clone(),
                         gflops: e.fp32_gflops,
-                        rating,
+                        rating: e.rating,
                         income: e.mining_income_usd_micro_per_day,
                     })
                 })
@@ -532,6 +540,27 @@ mod tests {
             DeviceProof::Gpu(Claim::Gpu { gflops, income, .. }) => {
                 assert!(gflops <= 41_000);
                 assert!(income.get() < 550_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A card that keeps up only with an A100's FP32 (19.5 TFLOPS, rating 5) is paid as the
+        // cheapest card at least that fast, not as an A100.
+        let a100 = t.lookup("NVIDIA A100-SXM4-80GB").expect("in the table");
+        let plan3090 = super::plan(&c, &claims_of(t, &hw(&["NVIDIA GeForce RTX 3090"])));
+        let g3090 = &plan3090[1];
+        let shown = deadline_ms(&c, g3090.n, g3090.k, g3090.m, a100.fp32_gflops);
+        match prove_device(t, &c, g3090, Some(Answer { elapsed_ms: shown })) {
+            DeviceProof::Gpu(Claim::Gpu { gflops, income, .. }) => {
+                let cheapest = t
+                    .entries()
+                    .iter()
+                    .filter(|e| e.fp32_gflops >= a100.fp32_gflops)
+                    .map(|e| e.mining_income_usd_micro_per_day)
+                    .min()
+                    .expect("some card");
+                assert_eq!(income, cheapest);
+                assert!(income < a100.mining_income_usd_micro_per_day);
+                assert!(gflops >= a100.fp32_gflops);
             }
             other => panic!("{other:?}"),
         }
