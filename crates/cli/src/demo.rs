@@ -115,7 +115,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     config.rewards.peak_windows = vec![Interval::new(args.round_s / 2, args.round_s)];
     config.rewards.commit_downtime_s_max = 2;
     config.dispatch.heartbeat_interval_s = 1;
-    config.ticket_lifetime_s = 60;
+    // Short tickets and a short usage window, so that the work the killed node served but
+    // never reported is charged from the client's acknowledgements before the demo ends.
+    config.ticket_lifetime_s = 10;
+    config.usage_grace_s = 3;
     let specs = GPUS
         .iter()
         .map(|g| NodeSpec {
@@ -127,6 +130,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
     let pricing = config.pricing.clone();
+    let config_window_s = config.ticket_lifetime_s + config.usage_grace_s;
     let started = Instant::now();
     let net = LocalNetwork::start(config, dir.path(), specs).await?;
     let gpu_of: BTreeMap<NodeId, &str> = net.nodes.iter().map(|n| n.id()).zip(GPUS).collect();
@@ -265,7 +269,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let wall = run_started.elapsed();
     latencies.sort();
 
-    // Usage reaches the dispatcher within a flush interval of each node.
+    // The client's acknowledgements reach the dispatcher now; usage within a flush interval
+    // of each node.
+    deployment.flush_acks().await?;
+    let run_ended = Instant::now();
     let dep_id = deployment.id();
     let deadline = Instant::now() + Duration::from_secs(5);
     let (charged_tasks, charged) = loop {
@@ -324,10 +331,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             ""
         }
     );
-    if (charged_tasks as usize) < ok {
+    let unreported = ok.saturating_sub(charged_tasks as usize);
+    if unreported > 0 {
         println!(
-            "  {} tasks served by the killed node before its last usage report are not charged",
-            ok - charged_tasks as usize
+            "  {unreported} tasks served by the killed node after its last usage report: the client acknowledged them, so they are charged from its acknowledgements when their tickets' usage window ends"
         );
     }
     println!(
@@ -387,6 +394,26 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         dir.path().join("dispatcher/payouts").display(),
         &closed.receipt.digest_hex[..16]
     );
+    if unreported > 0 {
+        // The last ticket's window: its lifetime and the grace after the run, and a tick.
+        let window = Duration::from_secs(config_window_s + 2);
+        let deadline = run_ended + window;
+        let want = ok as u64 * per_request;
+        let mut after = ledger.usage_totals(&dep_id)?.1;
+        while after.get() < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            after = ledger.usage_totals(&dep_id)?.1;
+        }
+        let settled = after.get().saturating_sub(charged.get());
+        println!(
+            "acknowledged, never reported: {} credits charged from the client's acknowledgements ({} tasks; (ticket, node) pairs settled: {}); charged in all: {} credits for {ok} tasks{}",
+            settled,
+            settled / per_request.max(1),
+            net.dispatcher().stats().usage_settled,
+            after.get(),
+            if after.get() == want { ", exactly" } else { "" }
+        );
+    }
     net.shutdown();
     if failed > 0 || agree != ok {
         bail!(

@@ -87,6 +87,12 @@ fn demo_runs_end_to_end() {
     );
     assert!(out.contains("(killed)"), "{out}");
     assert!(out.contains("no task charged twice"), "{out}");
+    // Every task answered is charged: reported by its node, or (the killed node's last ones)
+    // from the client's acknowledgements once their window ended.
+    assert!(
+        out.contains("charged: 60 tasks") || out.contains("for 60 tasks, exactly"),
+        "{out}"
+    );
     assert!(out.contains("round 0 closed"), "{out}");
     assert!(out.contains("payouts: $"), "{out}");
 }
