@@ -177,6 +177,14 @@ pub trait InferenceBackend: Send + Sync + 'static {
 
     /// Loads a model from its bytes.
     fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError>;
+
+    /// The same backend on GPU number `device` of this host (CUDA's device ordinal), for work
+    /// that must run on one GPU in particular: a node proves each of its GPUs with its own
+    /// compute challenge. `None` (the default) for a backend that runs on the CPU.
+    fn on_gpu(&self, device: u32) -> Option<Arc<dyn InferenceBackend>> {
+        let _ = device;
+        None
+    }
 }
 
 /// A model ready to run.

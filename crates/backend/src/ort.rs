@@ -265,6 +265,22 @@ impl InferenceBackend for OrtBackend {
     fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
         Ok(Arc::new(self.load_model(model)?))
     }
+
+    /// Under CUDA, the same library and threads on CUDA device `device`; on the CPU, `None`.
+    fn on_gpu(&self, device: u32) -> Option<Arc<dyn InferenceBackend>> {
+        let Device::Cuda { .. } = self.device else {
+            return None;
+        };
+        Some(Arc::new(Self {
+            env: self.env.clone(),
+            dylib: self.dylib.clone(),
+            version: self.version.clone(),
+            intra_threads: self.intra_threads,
+            device: Device::Cuda {
+                device_id: i32::try_from(device).ok()?,
+            },
+        }))
+    }
 }
 
 /// A model loaded into an ONNX Runtime session.

@@ -338,6 +338,8 @@ mod ort {
         let backend = backend();
         assert_eq!(backend.name(), "ort");
         assert_eq!(backend.execution_provider(), "cpu");
+        // On the CPU there is no per-GPU form (a node's challenges run on this backend).
+        assert!(backend.on_gpu(0).is_none());
         assert!(
             backend.build_info().contains("ORT Build Info"),
             "{}",
@@ -415,6 +417,10 @@ mod ort {
         })
         .unwrap();
         assert_eq!(cuda.execution_provider(), "cuda");
+        // The per-GPU form of a CUDA backend is CUDA too (device 0 exists on any GPU host).
+        let device0 = cuda.on_gpu(0).expect("a CUDA backend has per-GPU forms");
+        assert_eq!(device0.execution_provider(), "cuda");
+        device0.load(TINY_CNN).expect("loads on device 0");
         let cpu = backend();
         for (name, bytes, input) in [
             ("tiny cnn", TINY_CNN, tiny_input(32)),

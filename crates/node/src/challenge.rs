@@ -10,9 +10,13 @@
 //! Bounded: at most [`KEPT_MAX`] answered challenges are kept (the oldest are dropped first)
 //! and at most [`RUNNING_MAX`] are computed at once (more are refused `Busy`).
 //!
-//! `device` in a challenge names the GPU of the registration; this node computes every
-//! challenge with its one selected backend (device 0 under CUDA), so a node claiming several
-//! GPUs proves one of them unless the others are reachable through that backend.
+//! `device` in a challenge names the GPU of the registration (its index in the probe's
+//! list). A challenge for GPU `d` runs on the selected backend's form for that GPU
+//! ([`InferenceBackend::on_gpu`]: ONNX Runtime with CUDA on device `d`), so each GPU of a
+//! multi-GPU node proves itself while the others run theirs; the CPU challenge, and every
+//! challenge of a node whose backend runs on the CPU, run on the selected backend. The probe
+//! lists GPUs in NVML's order (PCI bus), which is CUDA's when `CUDA_DEVICE_ORDER=PCI_BUS_ID`
+//! is set (CUDA's default order puts the fastest first).
 //!
 //! ```
 //! # #[cfg(feature = "tract")] {
@@ -35,12 +39,13 @@
 //! # }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crat_backend::challenge::{matmul_model, run_product};
 use crat_backend::{InferenceBackend, LoadedModel};
 use crat_core::policy::challenge::{ChallengeError, ChallengeSpec, Opening, RowTree};
+use crat_core::policy::hardware::GPUS_MAX;
 use crat_core::wire::{
     CHALLENGE_OPENED_BYTES_MAX, CHALLENGE_ROWS_MAX, ChallengeRequest, ErrorCode, NodeAck, WireError,
 };
@@ -60,7 +65,8 @@ struct Kept {
 /// The challenges this node answered and keeps for opening. Cheap to share behind an `Arc`.
 pub struct Challenges {
     backend: Arc<dyn InferenceBackend>,
-    model: Mutex<Option<Arc<dyn LoadedModel>>>,
+    /// The challenge model on the selected backend (`None`) and on each GPU it was asked for.
+    models: Mutex<HashMap<Option<u32>, Arc<dyn LoadedModel>>>,
     kept: Mutex<VecDeque<Kept>>,
     running: Mutex<usize>,
 }
@@ -74,18 +80,27 @@ impl Challenges {
     pub fn new(backend: Arc<dyn InferenceBackend>) -> Self {
         Self {
             backend,
-            model: Mutex::new(None),
+            models: Mutex::new(HashMap::new()),
             kept: Mutex::new(VecDeque::new()),
             running: Mutex::new(0),
         }
     }
 
-    fn model(&self) -> Result<Arc<dyn LoadedModel>, crat_backend::BackendError> {
-        if let Some(m) = self.model.lock().clone() {
-            return Ok(m);
+    /// The challenge model for `device` (`None`: the selected backend; a GPU the backend has
+    /// no form for, past [`GPUS_MAX`], also runs there).
+    fn model(
+        &self,
+        device: Option<u32>,
+    ) -> Result<Arc<dyn LoadedModel>, crat_backend::BackendError> {
+        let on = device
+            .filter(|d| (*d as usize) < GPUS_MAX)
+            .and_then(|d| self.backend.on_gpu(d).map(|b| (Some(d), b)));
+        let (key, backend) = on.unwrap_or((None, self.backend.clone()));
+        if let Some(m) = self.models.lock().get(&key) {
+            return Ok(m.clone());
         }
-        let m = self.backend.load(&matmul_model())?;
-        *self.model.lock() = Some(m.clone());
+        let m = backend.load(&matmul_model())?;
+        self.models.lock().insert(key, m.clone());
         Ok(m)
     }
 
@@ -104,7 +119,7 @@ impl Challenges {
         }
         let me = self.clone();
         let result = tokio::task::spawn_blocking(move || {
-            let model = me.model()?;
+            let model = me.model(req.device)?;
             let product = run_product(&*model, &spec)?;
             let tree = RowTree::build(&product, spec.m())
                 .map_err(|e| crat_backend::BackendError::Run(e.to_string()))?;
@@ -225,5 +240,94 @@ mod tests {
         assert!(matches!(c.open(101, vec![0]).await, NodeAck::Opened { .. }));
         let too_many = vec![0u32; CHALLENGE_ROWS_MAX + 1];
         assert!(matches!(c.open(102, too_many).await, NodeAck::Error(_)));
+    }
+
+    /// A backend that runs tract and records on which GPU (`None`: the selected backend)
+    /// each challenge ran.
+    struct Gpus {
+        device: Option<u32>,
+        runs: Arc<Mutex<Vec<Option<u32>>>>,
+    }
+
+    struct Recording {
+        inner: Arc<dyn LoadedModel>,
+        device: Option<u32>,
+        runs: Arc<Mutex<Vec<Option<u32>>>>,
+    }
+
+    impl LoadedModel for Recording {
+        fn info(&self) -> &crat_backend::ModelInfo {
+            self.inner.info()
+        }
+        fn run(
+            &self,
+            inputs: &[crat_core::tensor::Tensor],
+        ) -> Result<Vec<crat_core::tensor::Tensor>, crat_backend::BackendError> {
+            self.runs.lock().push(self.device);
+            self.inner.run(inputs)
+        }
+        fn memory_bytes(&self) -> u64 {
+            self.inner.memory_bytes()
+        }
+    }
+
+    impl InferenceBackend for Gpus {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn execution_provider(&self) -> &str {
+            "cuda"
+        }
+        fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, crat_backend::BackendError> {
+            Ok(Arc::new(Recording {
+                inner: crat_backend::tract::TractBackend::new().load(model)?,
+                device: self.device,
+                runs: self.runs.clone(),
+            }))
+        }
+        fn on_gpu(&self, device: u32) -> Option<Arc<dyn InferenceBackend>> {
+            Some(Arc::new(Gpus {
+                device: Some(device),
+                runs: self.runs.clone(),
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn each_gpu_answers_its_own_challenge() {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        let c = Arc::new(Challenges::new(Arc::new(Gpus {
+            device: None,
+            runs: runs.clone(),
+        })));
+        for (id, device) in [(1, Some(1)), (2, Some(0)), (3, None), (4, Some(1))] {
+            let NodeAck::Committed { root, .. } = c
+                .commit(ChallengeRequest {
+                    device,
+                    ..req(id, 8)
+                })
+                .await
+            else {
+                panic!("not committed")
+            };
+            let NodeAck::Opened { rows, .. } = c.open(id, vec![3]).await else {
+                panic!("not opened")
+            };
+            let spec = ChallengeSpec::new([id as u8; 32], 8, 64, 16).unwrap();
+            let opening = Opening::from_wire(&rows[0]).unwrap();
+            assert_eq!(verify_opening(&spec, &root, &opening), Ok(()));
+        }
+        assert_eq!(*runs.lock(), vec![Some(1), Some(0), None, Some(1)]);
+        // A device past the cap runs on the selected backend.
+        let far = GPUS_MAX as u32;
+        assert!(matches!(
+            c.commit(ChallengeRequest {
+                device: Some(far),
+                ..req(5, 8)
+            })
+            .await,
+            NodeAck::Committed { .. }
+        ));
+        assert_eq!(runs.lock().last(), Some(&None));
     }
 }
