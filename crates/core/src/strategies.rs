@@ -96,6 +96,9 @@ pub fn wire_error() -> impl Strategy<Value = WireError> {
             ErrorCode::Busy,
             ErrorCode::Timeout,
             ErrorCode::Internal,
+            ErrorCode::RateLimited,
+            ErrorCode::BudgetExhausted,
+            ErrorCode::QuotaExceeded,
         ]),
         text(),
     )

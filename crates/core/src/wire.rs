@@ -181,6 +181,10 @@ pub enum ErrorCode {
     /// The ticket's credit budget does not cover this task: lease again (a new ticket carries
     /// what is left of the allowance).
     BudgetExhausted,
+    /// The key or account holds its whole share of a resource the network shares (tickets
+    /// still remembered, deployments): it gets more once some of it is released (tickets
+    /// expire, a deployment stops). Others are not refused for it.
+    QuotaExceeded,
 }
 
 /// An error returned in place of a response.

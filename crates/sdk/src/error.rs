@@ -67,6 +67,11 @@ pub enum Error {
     /// returning this.
     #[error("budget exhausted: {0}")]
     BudgetExhausted(String),
+    /// The key or account holds its whole share of something the network shares (leases
+    /// still remembered, deployments; [`ErrorCode::QuotaExceeded`]): more once some of it is
+    /// released (leases expire, a deployment is stopped).
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     /// An error code this SDK version does not know.
     #[error("remote error: {0}")]
     Remote(WireError),
@@ -133,6 +138,7 @@ impl Error {
             ErrorCode::Internal => Self::Internal(m),
             ErrorCode::RateLimited => Self::RateLimited(m),
             ErrorCode::BudgetExhausted => Self::BudgetExhausted(m),
+            ErrorCode::QuotaExceeded => Self::QuotaExceeded(m),
             _ => Self::Remote(e),
         }
     }
@@ -157,6 +163,7 @@ impl Error {
             Self::Internal(_) => ErrorCode::Internal,
             Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::BudgetExhausted(_) => ErrorCode::BudgetExhausted,
+            Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             Self::Remote(e) => e.code,
             _ => return None,
         })
@@ -235,6 +242,7 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::RateLimited,
             ErrorCode::BudgetExhausted,
+            ErrorCode::QuotaExceeded,
         ];
         for code in codes {
             let e = Error::from_wire(WireError::new(code, "why"));

@@ -158,3 +158,61 @@ async fn a_node_over_a_keys_rate_makes_the_sdk_fail_over() {
     );
     net.shutdown();
 }
+
+/// One key leasing as fast as it may fills its own share of the dispatcher's ticket memory
+/// and is refused `QuotaExceeded`, while another key still leases; an account runs at most
+/// its share of deployments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_fills_only_its_share_and_accounts_their_deployments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.client_key_rate = None;
+    cfg.tickets_tracked_max = 1_000;
+    cfg.tickets_per_key_max = 20;
+    cfg.deployments_per_account_max = 1;
+    let net = network(cfg, dir.path()).await;
+    let (client, alice) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let lease = |key: SdkKey| {
+        let net = &net;
+        let deployment = d.id();
+        async move { raw_call(net, &key, ClientCall::Lease { deployment }).await }
+    };
+    // Alice's leases (the SDK's own count too) stop at her share.
+    let refused = loop {
+        match lease(alice.clone()).await {
+            DispatcherResponse::Lease(_) => {}
+            other => break other,
+        }
+        assert!(
+            net.dispatcher().stats().leases <= 20,
+            "more than the key's share"
+        );
+    };
+    assert_eq!(net.dispatcher().stats().leases, 20);
+    assert!(
+        matches!(&refused, DispatcherResponse::Error(e) if e.code == ErrorCode::QuotaExceeded),
+        "{refused:?}"
+    );
+    // Another key of the same account still leases.
+    let ledger = net.dispatcher().ledger().clone();
+    let bob =
+        admin::create_key(&*ledger, &AccountName::new("alice").unwrap(), now_s(), None).unwrap();
+    assert!(matches!(lease(bob).await, DispatcherResponse::Lease(_)));
+    // A second deployment is over the account's share, with a typed error.
+    let second = client
+        .deploy(model, per_request(100_000))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(second, crat_sdk::Error::QuotaExceeded(_)),
+        "{second}"
+    );
+    d.undeploy().await.unwrap();
+    client.deploy(model, per_request(100_000)).await.unwrap();
+    net.shutdown();
+}

@@ -4,40 +4,103 @@
 //! reporting node, so a node cannot charge a deployment it was never leased for. The memory
 //! is bounded; when it is full of tickets still remembered, no new ticket is issued (the
 //! lease is answered `Busy`) rather than forgetting one whose usage may still arrive.
+//!
+//! Each SDK key may hold at most a share of the memory (`per_key_max` tickets remembered):
+//! one key leasing as fast as it may fills its own share and is refused
+//! ([`TicketsFull::KeyQuota`]), while every other key still leases.
 
-use crate::expiring::{ExpiringMap, Full, WhenFull};
-use crate::id::{DeploymentId, NodeId};
+use std::collections::HashMap;
+
+use crate::expiring::{ExpiringMap, WhenFull};
+use crate::id::{DeploymentId, KeyId, NodeId};
 use crate::sign::Ticket;
 
-/// Issued tickets by nonce: each one's deployment and audience (see the [module docs](self)).
+/// Why a ticket is not remembered (and so not issued).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TicketsFull {
+    /// The memory is full of tickets still remembered.
+    #[error("the ticket memory is full ({capacity} tickets still remembered)")]
+    Full {
+        /// Its capacity.
+        capacity: usize,
+    },
+    /// The ticket's key holds its whole share.
+    #[error("the key holds {max} tickets still remembered, its share")]
+    KeyQuota {
+        /// The share.
+        max: usize,
+    },
+}
+
+/// Issued tickets by nonce: each one's deployment, key and audience (see the
+/// [module docs](self)).
 #[derive(Clone, Debug)]
 pub struct IssuedTickets {
-    by_nonce: ExpiringMap<[u8; 16], (DeploymentId, Vec<NodeId>)>,
+    by_nonce: ExpiringMap<[u8; 16], (DeploymentId, KeyId, Vec<NodeId>)>,
+    /// Tickets remembered per key (keys with none are removed).
+    per_key: HashMap<KeyId, usize>,
+    per_key_max: usize,
 }
 
 impl IssuedTickets {
-    /// A memory of at most `capacity` tickets (at least one).
-    pub fn new(capacity: usize) -> Self {
+    /// A memory of at most `capacity` tickets (at least one), at most `per_key_max` (at
+    /// least one) of them of one key.
+    pub fn new(capacity: usize, per_key_max: usize) -> Self {
         Self {
             by_nonce: ExpiringMap::new(capacity.max(1)),
+            per_key: HashMap::new(),
+            per_key_max: per_key_max.max(1),
         }
     }
 
     /// Forgets the tickets whose time has passed.
     pub fn forget_old(&mut self, now_s: u64) {
-        self.by_nonce.forget_expired(now_s);
+        for (_, (_, key, _)) in self.by_nonce.take_expired(now_s) {
+            if let Some(n) = self.per_key.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_key.remove(&key);
+                }
+            }
+        }
     }
 
-    /// Remembers `ticket` until `forget_at_s`; [`Full`] when full of tickets still
-    /// remembered.
-    pub fn insert(&mut self, now_s: u64, ticket: &Ticket, forget_at_s: u64) -> Result<(), Full> {
-        self.by_nonce.insert(
-            ticket.nonce,
-            (ticket.deployment, ticket.audience.clone()),
-            forget_at_s,
-            now_s,
-            WhenFull::Refuse,
-        )
+    /// Remembers `ticket` until `forget_at_s`, unless the memory is full of tickets still
+    /// remembered or the ticket's key holds its share ([`TicketsFull`]).
+    pub fn insert(
+        &mut self,
+        now_s: u64,
+        ticket: &Ticket,
+        forget_at_s: u64,
+    ) -> Result<(), TicketsFull> {
+        self.forget_old(now_s);
+        if self.by_nonce.contains(&ticket.nonce) {
+            return Ok(());
+        }
+        let held = self.per_key.get(&ticket.key).copied().unwrap_or(0);
+        if held >= self.per_key_max {
+            return Err(TicketsFull::KeyQuota {
+                max: self.per_key_max,
+            });
+        }
+        self.by_nonce
+            .insert(
+                ticket.nonce,
+                (ticket.deployment, ticket.key, ticket.audience.clone()),
+                forget_at_s,
+                now_s,
+                WhenFull::Refuse,
+            )
+            .map_err(|f| TicketsFull::Full {
+                capacity: f.capacity,
+            })?;
+        *self.per_key.entry(ticket.key).or_insert(0) += 1;
+        Ok(())
+    }
+
+    /// Tickets of `key` remembered now.
+    pub fn of_key(&self, key: &KeyId) -> usize {
+        self.per_key.get(key).copied().unwrap_or(0)
     }
 
     /// Whether usage under ticket `nonce` for `deployment` by `node` is allowed; `None`
@@ -50,7 +113,7 @@ impl IssuedTickets {
     ) -> Option<bool> {
         self.by_nonce
             .get(nonce)
-            .map(|(d, audience)| d == deployment && audience.contains(node))
+            .map(|(d, _, audience)| d == deployment && audience.contains(node))
     }
 
     /// Tickets remembered now.
@@ -91,9 +154,13 @@ mod tests {
     use crate::money::Credits;
 
     fn ticket(nonce: u8, deployment: u8, audience: &[u8]) -> Ticket {
+        keyed(nonce, deployment, audience, 1)
+    }
+
+    fn keyed(nonce: u8, deployment: u8, audience: &[u8], key: u8) -> Ticket {
         Ticket {
             deployment: DeploymentId::from_bytes([deployment; 16]),
-            key: KeyId::from_bytes([1; 16]),
+            key: KeyId::from_bytes([key; 16]),
             credit_budget: Credits::new(10),
             issued_at_s: 0,
             expires_at_s: 10,
@@ -109,7 +176,7 @@ mod tests {
 
     #[test]
     fn issued_tickets_name_deployment_and_audience_and_are_bounded() {
-        let mut t = IssuedTickets::new(2);
+        let mut t = IssuedTickets::new(2, 2);
         let node = |b: u8| NodeId::from_bytes([b; 32]);
         let dep = |b: u8| DeploymentId::from_bytes([b; 16]);
         assert!(t.insert(0, &ticket(1, 7, &[1, 2]), 100).is_ok());
@@ -126,6 +193,35 @@ mod tests {
         assert_eq!(t.allows(&[1; 16], &dep(7), &node(1)), None);
         t.forget_old(1_000);
         assert_eq!(t.allows(&[3; 16], &dep(7), &node(1)), None);
+    }
+
+    #[test]
+    fn one_key_fills_only_its_share() {
+        let mut t = IssuedTickets::new(10, 3);
+        for n in 0..3 {
+            assert!(t.insert(0, &keyed(n, 7, &[1], 1), 100).is_ok());
+        }
+        // The fourth of key 1 is refused; key 2 still gets tickets.
+        assert_eq!(
+            t.insert(0, &keyed(3, 7, &[1], 1), 100),
+            Err(TicketsFull::KeyQuota { max: 3 })
+        );
+        assert!(t.insert(0, &keyed(4, 7, &[1], 2), 100).is_ok());
+        assert_eq!((t.of_key(&KeyId::from_bytes([1; 16])), t.len()), (3, 4));
+        // The same ticket again is no new ticket.
+        assert!(t.insert(0, &keyed(0, 7, &[1], 1), 100).is_ok());
+        // Forgotten tickets free the key's share.
+        assert!(t.insert(100, &keyed(5, 7, &[1], 1), 200).is_ok());
+        assert_eq!(t.of_key(&KeyId::from_bytes([1; 16])), 1);
+        assert_eq!(t.of_key(&KeyId::from_bytes([2; 16])), 0);
+        // Full of several keys' tickets: the memory's own limit.
+        let mut small = IssuedTickets::new(2, 2);
+        assert!(small.insert(0, &keyed(1, 7, &[1], 1), 100).is_ok());
+        assert!(small.insert(0, &keyed(2, 7, &[1], 2), 100).is_ok());
+        assert_eq!(
+            small.insert(0, &keyed(3, 7, &[1], 3), 100),
+            Err(TicketsFull::Full { capacity: 2 })
+        );
     }
 
     #[test]

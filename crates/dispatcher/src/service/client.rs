@@ -13,6 +13,7 @@ use crat_core::money::Credits;
 use crat_core::policy::budget::{ticket_budget, ticket_price};
 use crat_core::policy::keys::{KeyStanding, check_key};
 use crat_core::policy::reports::{check_report, report_subject};
+use crat_core::policy::tickets::TicketsFull;
 use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::wire::{
@@ -336,6 +337,21 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into());
         }
+        let running = self
+            .inner
+            .deployments
+            .read()
+            .values()
+            .filter(|d| d.account == key.account && d.stopped_at_s.is_none())
+            .count();
+        let most = self.inner.config.deployments_per_account_max;
+        if running >= most {
+            return Err(err(
+                ErrorCode::QuotaExceeded,
+                format!("the account runs {running} deployments, its most; stop one first"),
+            )
+            .into());
+        }
         // The determinism gate (once per model; may take a while, or be `Busy`), before
         // anything is placed or charged.
         let verifiability = self
@@ -421,14 +437,17 @@ impl<T: Transport> Dispatcher<T> {
             ),
         };
         let forget_at_s = ticket.expires_at_s.saturating_add(config.usage_grace_s);
-        if self
-            .inner
-            .tickets
-            .lock()
-            .insert(now, &ticket, forget_at_s)
-            .is_err()
-        {
-            return Err(err(ErrorCode::Busy, "too many live tickets; try again shortly").into());
+        let remembered = self.inner.tickets.lock().insert(now, &ticket, forget_at_s);
+        match remembered {
+            Ok(()) => {}
+            Err(e @ TicketsFull::KeyQuota { .. }) => {
+                return Err(err(ErrorCode::QuotaExceeded, format!("{}: {e}", key.id)).into());
+            }
+            Err(TicketsFull::Full { .. }) => {
+                return Err(
+                    err(ErrorCode::Busy, "too many live tickets; try again shortly").into(),
+                );
+            }
         }
         Counters::add(&self.inner.counters.leases, 1);
         let validation_bps = if d.verifiability.is_verifiable() {

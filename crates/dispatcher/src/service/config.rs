@@ -35,6 +35,13 @@ pub struct DispatcherConfig {
     /// dispatcher issued for that deployment to that node. Past it, with every remembered
     /// ticket still live, a lease is answered `Busy`. Default 262,144.
     pub tickets_tracked_max: usize,
+    /// Of those, most of one SDK key: a key leasing as fast as it may fills its own share and
+    /// gets `QuotaExceeded`, every other key still leases. Default 16,384 (a key renewing
+    /// a 300 s lease every 240 s can keep about 1,000 deployment handles leased).
+    pub tickets_per_key_max: usize,
+    /// Deployments an account may have running at once; past it, a deploy is answered
+    /// `QuotaExceeded`. Default 256.
+    pub deployments_per_account_max: usize,
     /// (ticket, node) pairs whose acknowledged and charged work is tracked in memory until
     /// the ticket's usage window ends (the ledger keeps them all). Past it, acknowledgements
     /// are still stored and answered `Ok`: their pairs' records are held until the window
@@ -106,6 +113,8 @@ impl DispatcherConfig {
             round_close_delay_s: 10,
             ticket_lifetime_s: 300,
             tickets_tracked_max: 262_144,
+            tickets_per_key_max: 16_384,
+            deployments_per_account_max: 256,
             acks_tracked_max: 262_144,
             usage_grace_s: 3_600,
             frame_limits: FrameLimits::default(),

@@ -337,7 +337,10 @@ impl<T: Transport> Dispatcher<T> {
             config.validation_reports_tracked_max,
             config.validation_reports_slack,
         ));
-        let tickets = Mutex::new(IssuedTickets::new(config.tickets_tracked_max));
+        let tickets = Mutex::new(IssuedTickets::new(
+            config.tickets_tracked_max,
+            config.tickets_per_key_max,
+        ));
         let acks = Mutex::new(restore_acks(&*parts.ledger, config.acks_tracked_max)?);
         let references = parts
             .canary
