@@ -18,16 +18,17 @@
 //! # -> Result<(), Box<dyn std::error::Error>> {
 //! use crat_core::id::ModelId;
 //! use crat_dispatcher::blob::{BlobStore, LocalBlobStore, UploadConfig, Uploads};
+//! use crat_dispatcher::ledger::AccountName;
 //!
 //! let uploads = Uploads::open(UploadConfig::new(staging))?;
 //! let store = LocalBlobStore::open(&blobs)?;
-//! let id = ModelId::of_bytes(&model);
+//! let (alice, id) = (AccountName::new("alice")?, ModelId::of_bytes(&model));
 //! let chunk = uploads.config().chunk_bytes as usize;
-//! uploads.begin(id, model.len() as u64).await?;
+//! uploads.begin(&alice, id, model.len() as u64).await?;
 //! for (i, part) in model.chunks(chunk).enumerate() {
-//!     uploads.write(id, (i * chunk) as u64, part).await?;
+//!     uploads.write(&alice, id, (i * chunk) as u64, part).await?;
 //! }
-//! let staged = uploads.finish(id).await?;
+//! let staged = uploads.finish(&alice, id).await?;
 //! store.put_file(&id, &staged.path).await?;
 //! assert_eq!(store.size(&id).await?, Some(model.len() as u64));
 //! # Ok(()) }

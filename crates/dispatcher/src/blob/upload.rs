@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use crat_core::id::ModelId;
 use crat_core::wire::CHUNK_BYTES_MAX;
 
+use crate::ledger::AccountName;
+
 /// Configuration of [`Uploads`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UploadConfig {
@@ -30,6 +32,13 @@ pub struct UploadConfig {
     /// A partial upload untouched for this long may be dropped to make room for a new one
     /// when [`UploadConfig::uploads_max`] is reached.
     pub upload_idle_s_max: u64,
+    /// Most partial uploads of one account at once.
+    pub uploads_per_account_max: usize,
+    /// Most bytes of one account's partial uploads together (their declared sizes).
+    pub upload_bytes_per_account_max: u64,
+    /// An upload is refused when the staging file system would have less free space than
+    /// this left after it (so the ledger, on the same disk by default, never runs out).
+    pub free_bytes_min: u64,
 }
 
 impl UploadConfig {
@@ -39,6 +48,12 @@ impl UploadConfig {
     pub const UPLOADS_MAX_DEFAULT: usize = 64;
     /// Default [`UploadConfig::upload_idle_s_max`]: one day.
     pub const UPLOAD_IDLE_S_MAX_DEFAULT: u64 = 86_400;
+    /// Default [`UploadConfig::uploads_per_account_max`].
+    pub const UPLOADS_PER_ACCOUNT_MAX_DEFAULT: usize = 4;
+    /// Default [`UploadConfig::upload_bytes_per_account_max`]: 4 GiB.
+    pub const UPLOAD_BYTES_PER_ACCOUNT_MAX_DEFAULT: u64 = 4 << 30;
+    /// Default [`UploadConfig::free_bytes_min`]: 1 GiB.
+    pub const FREE_BYTES_MIN_DEFAULT: u64 = 1 << 30;
 
     /// The defaults, staging in `staging_dir`; chunks of [`CHUNK_BYTES_MAX`].
     pub fn new(staging_dir: impl Into<PathBuf>) -> Self {
@@ -48,6 +63,9 @@ impl UploadConfig {
             uploads_max: Self::UPLOADS_MAX_DEFAULT,
             chunk_bytes: CHUNK_BYTES_MAX,
             upload_idle_s_max: Self::UPLOAD_IDLE_S_MAX_DEFAULT,
+            uploads_per_account_max: Self::UPLOADS_PER_ACCOUNT_MAX_DEFAULT,
+            upload_bytes_per_account_max: Self::UPLOAD_BYTES_PER_ACCOUNT_MAX_DEFAULT,
+            free_bytes_min: Self::FREE_BYTES_MIN_DEFAULT,
         }
     }
 }
@@ -90,6 +108,22 @@ pub enum UploadError {
     Busy {
         /// The limit.
         max: usize,
+    },
+    /// The account is at [`UploadConfig::uploads_per_account_max`] or
+    /// [`UploadConfig::upload_bytes_per_account_max`].
+    #[error("the account's uploads in progress: {0}")]
+    Quota(String),
+    /// The staging disk would keep less than [`UploadConfig::free_bytes_min`] free.
+    #[error(
+        "the upload of {needed} bytes would leave less than {reserve} bytes free ({free} free)"
+    )]
+    DiskFull {
+        /// Free bytes now.
+        free: u64,
+        /// The upload's size.
+        needed: u64,
+        /// The reserve.
+        reserve: u64,
     },
     /// No upload of this model is in progress.
     #[error("no upload of model {0} is in progress")]
@@ -146,6 +180,10 @@ async fn blocking<T: Send + 'static>(
 const MAGIC: &[u8; 8] = b"CRATUP01";
 /// magic + total (u64) + chunk (u32) + id (32 bytes).
 const HEADER_BYTES: u64 = 8 + 8 + 4 + 32;
+
+/// Whose upload of which model: uploads are per account, so nobody writes into another
+/// account's upload of the same bytes.
+type Key = (AccountName, ModelId);
 
 /// One partial upload.
 struct Upload {
@@ -227,10 +265,18 @@ fn bitmap_bytes(chunks: u64) -> u64 {
 
 /// The staging area for uploads.
 ///
-/// Each upload in progress is two files in the staging directory, named by the model id's
-/// hex: `<id>.part`, the model's bytes written in place with positioned writes (chunks may
+/// Uploads are per account: account `a`'s upload of model `id` is its own, and another
+/// account uploading the same bytes has another (they meet in the content-addressed store).
+/// An account has at most [`UploadConfig::uploads_per_account_max`] uploads in progress and
+/// [`UploadConfig::upload_bytes_per_account_max`] bytes in them, so one account cannot take
+/// every slot nor fill the disk; an upload that would leave less than
+/// [`UploadConfig::free_bytes_min`] free on the staging file system is refused.
+///
+/// Each upload in progress is two files in the staging directory, named by the account and
+/// the model id's hex: `<account>.<id>.part`, the model's bytes written in place with positioned writes (chunks may
 /// arrive in any order, repeats are harmless), and `<id>.meta`, a small sidecar holding a
-/// header (magic, total size, chunk size, id) and one bit per chunk received. A chunk's bit
+/// header (magic, total size, chunk size, id) and one bit per chunk received (files of the
+/// earlier `<id>.*` naming, without an account, are removed at open). A chunk's bit
 /// is written after its bytes, so after a restart [`Uploads::open`] finds every upload where
 /// it was and a client resumes from [`UploadProgress::received_bytes`].
 ///
@@ -242,7 +288,7 @@ fn bitmap_bytes(chunks: u64) -> u64 {
 /// for [`super::BlobStore::put_file`].
 pub struct Uploads {
     config: UploadConfig,
-    uploads: tokio::sync::Mutex<HashMap<ModelId, Arc<Upload>>>,
+    uploads: tokio::sync::Mutex<HashMap<Key, Arc<Upload>>>,
 }
 
 impl std::fmt::Debug for Uploads {
@@ -271,11 +317,13 @@ impl Uploads {
         for path in &names {
             let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
             let ext = path.extension().and_then(|s| s.to_str()).unwrap_or("");
-            let id = stem.parse::<ModelId>().ok();
-            let keep = match (ext, id) {
-                ("meta", Some(id)) => match load(&config, id, path) {
+            let key = stem.split_once('.').and_then(|(owner, id)| {
+                Some((AccountName::new(owner).ok()?, id.parse::<ModelId>().ok()?))
+            });
+            let keep = match (ext, key) {
+                ("meta", Some((owner, id))) => match load(&config, id, path) {
                     Ok(upload) => {
-                        uploads.insert(id, Arc::new(upload));
+                        uploads.insert((owner, id), Arc::new(upload));
                         true
                     }
                     Err(reason) => {
@@ -309,19 +357,40 @@ impl Uploads {
         self.uploads.lock().await.len()
     }
 
-    fn path(&self, id: &ModelId, ext: &str) -> PathBuf {
-        self.config.staging_dir.join(format!("{id}.{ext}"))
+    fn path(&self, (owner, id): &Key, ext: &str) -> PathBuf {
+        self.config
+            .staging_dir
+            .join(format!("{}.{id}.{ext}", owner.as_str()))
     }
 
-    /// Starts an upload of `total_bytes` for model `id`, or resumes the one in progress;
-    /// returns how far it is (`received_bytes` = contiguous bytes from 0).
+    /// Bytes free on the staging file system.
+    fn free_bytes(&self) -> Result<u64, UploadError> {
+        let dir = &self.config.staging_dir;
+        let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| UploadError::Io {
+            context: format!("statvfs {}", dir.display()),
+            source: io::Error::from(e),
+        })?;
+        // The fields are u64 on Linux but narrower on some other platforms.
+        #[allow(clippy::useless_conversion)]
+        let (blocks, size) = (
+            u64::from(stat.blocks_available()),
+            u64::from(stat.fragment_size()),
+        );
+        Ok(blocks.saturating_mul(size))
+    }
+
+    /// Starts `owner`'s upload of `total_bytes` for model `id`, or resumes the one in
+    /// progress; returns how far it is (`received_bytes` = contiguous bytes from 0).
     ///
     /// [`UploadError::TooLarge`] above [`UploadConfig::model_bytes_max`];
     /// [`UploadError::Mismatch`] if an upload of `id` with another size is in progress;
-    /// [`UploadError::Busy`] if [`UploadConfig::uploads_max`] others are (one idle longer
-    /// than [`UploadConfig::upload_idle_s_max`] is dropped to make room).
+    /// [`UploadError::Quota`] if the account is at its share; [`UploadError::DiskFull`] if
+    /// the disk would keep less than its reserve; [`UploadError::Busy`] if
+    /// [`UploadConfig::uploads_max`] others are in progress (one idle longer than
+    /// [`UploadConfig::upload_idle_s_max`] is dropped to make room).
     pub async fn begin(
         &self,
+        owner: &AccountName,
         id: ModelId,
         total_bytes: u64,
     ) -> Result<UploadProgress, UploadError> {
@@ -331,8 +400,9 @@ impl Uploads {
                 max: self.config.model_bytes_max,
             });
         }
+        let key = (owner.clone(), id);
         let mut uploads = self.uploads.lock().await;
-        if let Some(upload) = uploads.get(&id) {
+        if let Some(upload) = uploads.get(&key) {
             if upload.total != total_bytes {
                 return Err(UploadError::Mismatch(format!(
                     "the upload of {id} in progress is of {} bytes, not {total_bytes}",
@@ -343,11 +413,36 @@ impl Uploads {
             state.touched = Instant::now();
             return Ok(upload.progress(&state));
         }
+        let (count, bytes) = uploads
+            .iter()
+            .filter(|((o, _), _)| o == owner)
+            .fold((0usize, 0u64), |(n, b), (_, u)| {
+                (n + 1, b.saturating_add(u.total))
+            });
+        if count >= self.config.uploads_per_account_max {
+            return Err(UploadError::Quota(format!(
+                "{count} uploads in progress, the most an account may have"
+            )));
+        }
+        if bytes.saturating_add(total_bytes) > self.config.upload_bytes_per_account_max {
+            return Err(UploadError::Quota(format!(
+                "{bytes} bytes in progress and {total_bytes} more is over the {} an account may have",
+                self.config.upload_bytes_per_account_max
+            )));
+        }
+        let free = self.free_bytes()?;
+        if free.saturating_sub(total_bytes) < self.config.free_bytes_min {
+            return Err(UploadError::DiskFull {
+                free,
+                needed: total_bytes,
+                reserve: self.config.free_bytes_min,
+            });
+        }
         if uploads.len() >= self.config.uploads_max {
             let idle_max = Duration::from_secs(self.config.upload_idle_s_max);
             let stale = uploads
-                .values()
-                .map(|u| (u.state.lock().touched, u.id))
+                .iter()
+                .map(|(k, u)| (u.state.lock().touched, k.clone()))
                 .filter(|(touched, _)| touched.elapsed() > idle_max)
                 .min();
             let Some((_, stale)) = stale else {
@@ -355,25 +450,26 @@ impl Uploads {
                     max: self.config.uploads_max,
                 });
             };
-            tracing::info!(id = %stale, "dropping an idle partial upload to make room");
+            tracing::info!(owner = stale.0.as_str(), id = %stale.1, "dropping an idle partial upload to make room");
             uploads.remove(&stale);
-            self.remove_files(stale).await;
+            self.remove_files(&stale).await;
         }
         let chunk = self.config.chunk_bytes;
-        let (data_path, meta_path) = (self.path(&id, "part"), self.path(&id, "meta"));
+        let (data_path, meta_path) = (self.path(&key, "part"), self.path(&key, "meta"));
         let upload =
             blocking(move || create(id, total_bytes, chunk, &data_path, &meta_path)).await?;
         let progress = upload.progress(&upload.state.lock());
-        uploads.insert(id, Arc::new(upload));
+        uploads.insert(key, Arc::new(upload));
         Ok(progress)
     }
 
     /// Writes one chunk at `offset`: a multiple of [`UploadConfig::chunk_bytes`], and `data`
     /// exactly that long except for the last chunk (which ends at the total). Chunks may
     /// arrive in any order; a chunk already received is accepted and ignored.
-    /// [`UploadError::NotStarted`] if no upload of `id` is in progress.
+    /// [`UploadError::NotStarted`] if `owner` has no upload of `id` in progress.
     pub async fn write(
         &self,
+        owner: &AccountName,
         id: ModelId,
         offset: u64,
         data: &[u8],
@@ -382,7 +478,7 @@ impl Uploads {
             .uploads
             .lock()
             .await
-            .get(&id)
+            .get(&(owner.clone(), id))
             .cloned()
             .ok_or(UploadError::NotStarted(id))?;
         let chunk = u64::from(upload.chunk);
@@ -418,10 +514,15 @@ impl Uploads {
     /// ([`UploadError::HashMismatch`]) and they must be an ONNX model `check_model` accepts
     /// ([`UploadError::NotOnnx`]); either failure discards the upload. Returns the staged
     /// file, fsynced, for [`super::BlobStore::put_file`].
-    pub async fn finish(&self, id: ModelId) -> Result<StagedModel, UploadError> {
+    pub async fn finish(
+        &self,
+        owner: &AccountName,
+        id: ModelId,
+    ) -> Result<StagedModel, UploadError> {
+        let key = (owner.clone(), id);
         let upload = {
             let mut uploads = self.uploads.lock().await;
-            let upload = uploads.get(&id).ok_or(UploadError::NotStarted(id))?;
+            let upload = uploads.get(&key).ok_or(UploadError::NotStarted(id))?;
             {
                 let state = upload.state.lock();
                 if state.received < upload.chunks {
@@ -431,31 +532,32 @@ impl Uploads {
                     });
                 }
             }
-            uploads.remove(&id).ok_or(UploadError::NotStarted(id))?
+            uploads.remove(&key).ok_or(UploadError::NotStarted(id))?
         };
         let (part, meta, model) = (
-            self.path(&id, "part"),
-            self.path(&id, "meta"),
-            self.path(&id, "model"),
+            self.path(&key, "part"),
+            self.path(&key, "meta"),
+            self.path(&key, "model"),
         );
         let dir = self.config.staging_dir.clone();
         let result = blocking(move || verify(&upload, &part, &meta, &model, &dir)).await;
         if result.is_err() {
-            self.remove_files(id).await;
+            self.remove_files(&key).await;
         }
         result
     }
 
-    /// Drops an upload and its files (nothing if none is in progress).
-    pub async fn abort(&self, id: ModelId) {
-        let removed = self.uploads.lock().await.remove(&id);
+    /// Drops `owner`'s upload of `id` and its files (nothing if none is in progress).
+    pub async fn abort(&self, owner: &AccountName, id: ModelId) {
+        let key = (owner.clone(), id);
+        let removed = self.uploads.lock().await.remove(&key);
         if removed.is_some() {
-            self.remove_files(id).await;
+            self.remove_files(&key).await;
         }
     }
 
-    async fn remove_files(&self, id: ModelId) {
-        let paths = [self.path(&id, "meta"), self.path(&id, "part")];
+    async fn remove_files(&self, key: &Key) {
+        let paths = [self.path(key, "meta"), self.path(key, "part")];
         let _ = tokio::task::spawn_blocking(move || {
             for path in paths {
                 match fs::remove_file(&path) {
@@ -660,6 +762,10 @@ mod tests {
     use super::super::tests::{round_trip, tiny_cnn};
     use super::*;
 
+    fn owner() -> AccountName {
+        AccountName::new("alice").unwrap()
+    }
+
     fn config(dir: &Path, chunk: u32) -> UploadConfig {
         UploadConfig {
             chunk_bytes: chunk,
@@ -674,7 +780,7 @@ mod tests {
             let end = (i * chunk + chunk).min(model.len());
             last = Some(
                 uploads
-                    .write(id, (i * chunk) as u64, &model[i * chunk..end])
+                    .write(&owner(), id, (i * chunk) as u64, &model[i * chunk..end])
                     .await
                     .unwrap(),
             );
@@ -697,7 +803,10 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-        let p = uploads.begin(id, model.len() as u64).await.unwrap();
+        let p = uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         assert_eq!(
             p,
             UploadProgress {
@@ -709,14 +818,14 @@ mod tests {
         let order: Vec<usize> = (0..chunks).collect();
         let p = send(&uploads, id, &model, &order).await;
         assert_eq!(p.received_bytes, model.len() as u64);
-        let staged = uploads.finish(id).await.unwrap();
+        let staged = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(staged.bytes, model.len() as u64);
         assert_eq!(fs::read(&staged.path).unwrap(), model);
         assert_eq!(uploads.in_progress().await, 0);
         let store = LocalBlobStore::open(&dir.path().join("blobs")).unwrap();
         round_trip(&store, &model, &staged.path).await;
         assert!(matches!(
-            uploads.finish(id).await,
+            uploads.finish(&owner(), id).await,
             Err(UploadError::NotStarted(_))
         ));
     }
@@ -728,10 +837,13 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Uploads::open(config(dir.path(), 4096)).unwrap();
-        uploads.begin(id, model.len() as u64).await.unwrap();
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         let order: Vec<usize> = (0..model.len().div_ceil(4096)).rev().collect();
         send(&uploads, id, &model, &order).await;
-        let staged = uploads.finish(id).await.unwrap();
+        let staged = uploads.finish(&owner(), id).await.unwrap();
         let store = super::super::ObjectBlobStore::new(
             Arc::new(object_store::memory::InMemory::new()),
             "models",
@@ -745,14 +857,17 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Uploads::open(config(dir.path(), 1000)).unwrap();
-        uploads.begin(id, model.len() as u64).await.unwrap();
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         let chunks = model.len().div_ceil(1000);
         // Everything but chunk 0, backwards: nothing is contiguous from 0 yet.
         let rest: Vec<usize> = (1..chunks).rev().collect();
         let p = send(&uploads, id, &model, &rest).await;
         assert_eq!(p.received_bytes, 0);
         assert!(matches!(
-            uploads.finish(id).await,
+            uploads.finish(&owner(), id).await,
             Err(UploadError::Incomplete { received: 0, .. })
         ));
         // Repeats are accepted and change nothing.
@@ -767,7 +882,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let end = (i * 1000 + 1000).min(model.len());
                 uploads
-                    .write(id, (i * 1000) as u64, &model[i * 1000..end])
+                    .write(&owner(), id, (i * 1000) as u64, &model[i * 1000..end])
                     .await
                     .unwrap();
             }));
@@ -775,7 +890,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let staged = uploads.finish(id).await.unwrap();
+        let staged = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(fs::read(staged.path).unwrap(), model);
     }
 
@@ -787,40 +902,112 @@ mod tests {
         let chunks = model.len().div_ceil(1024);
         {
             let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-            uploads.begin(id, model.len() as u64).await.unwrap();
+            uploads
+                .begin(&owner(), id, model.len() as u64)
+                .await
+                .unwrap();
             let p = send(&uploads, id, &model, &[0, 1, 2, 5, 6]).await;
             assert_eq!(p.received_bytes, 3 * 1024);
         }
-        // Leftovers of a previous run that cannot be resumed are cleaned up.
+        // Leftovers of a previous run that cannot be resumed are cleaned up, and so are
+        // uploads named without an account (before uploads were per account).
         let other = ModelId::of_bytes(b"other");
-        fs::write(dir.path().join(format!("staging/{other}.part")), b"x").unwrap();
-        fs::write(dir.path().join(format!("staging/{other}.model")), b"x").unwrap();
+        fs::write(dir.path().join(format!("staging/alice.{other}.part")), b"x").unwrap();
+        fs::write(
+            dir.path().join(format!("staging/alice.{other}.model")),
+            b"x",
+        )
+        .unwrap();
+        let staging = dir.path().join("staging");
+        fs::copy(
+            staging.join(format!("alice.{id}.meta")),
+            staging.join(format!("{id}.meta")),
+        )
+        .unwrap();
+        fs::copy(
+            staging.join(format!("alice.{id}.part")),
+            staging.join(format!("{id}.part")),
+        )
+        .unwrap();
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
         assert_eq!(
             staging_files(dir.path()),
-            [format!("{id}.meta"), format!("{id}.part")]
+            [format!("alice.{id}.meta"), format!("alice.{id}.part")]
         );
         assert_eq!(uploads.in_progress().await, 1);
         assert!(matches!(
-            uploads.begin(id, 5).await,
+            uploads.begin(&owner(), id, 5).await,
             Err(UploadError::Mismatch(_))
         ));
-        let p = uploads.begin(id, model.len() as u64).await.unwrap();
+        let p = uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         assert_eq!(p.received_bytes, 3 * 1024);
         let p = send(&uploads, id, &model, &[3, 4]).await;
         assert_eq!(p.received_bytes, 7 * 1024);
         let rest: Vec<usize> = (7..chunks).collect();
         send(&uploads, id, &model, &rest).await;
-        let staged = uploads.finish(id).await.unwrap();
+        let staged = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(fs::read(staged.path).unwrap(), model);
         // A different chunk size cannot resume: the partial upload is dropped.
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-        uploads.begin(id, model.len() as u64).await.unwrap();
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         send(&uploads, id, &model, &[0]).await;
         drop(uploads);
         let uploads = Uploads::open(config(dir.path(), 2048)).unwrap();
         assert_eq!(uploads.in_progress().await, 0);
         assert!(staging_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn uploads_are_per_account_within_quotas_and_a_disk_reserve() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1000);
+        cfg.uploads_per_account_max = 2;
+        cfg.upload_bytes_per_account_max = 5_000;
+        cfg.free_bytes_min = 0;
+        let uploads = Uploads::open(cfg.clone()).unwrap();
+        let id = |n: u8| ModelId::from_bytes([n; 32]);
+        let bob = AccountName::new("bob").unwrap();
+        uploads.begin(&owner(), id(1), 2_000).await.unwrap();
+        // Over the account's bytes, then over its count; bob is not refused for it.
+        assert!(matches!(
+            uploads.begin(&owner(), id(2), 3_001).await,
+            Err(UploadError::Quota(_))
+        ));
+        uploads.begin(&owner(), id(2), 3_000).await.unwrap();
+        assert!(matches!(
+            uploads.begin(&owner(), id(3), 10).await,
+            Err(UploadError::Quota(_))
+        ));
+        uploads.begin(&bob, id(3), 10).await.unwrap();
+        // Bob's upload of the same model is his own: he cannot write into alice's, nor she
+        // finish his.
+        uploads.begin(&bob, id(1), 2_000).await.unwrap();
+        uploads.write(&bob, id(1), 0, &[7; 1000]).await.unwrap();
+        let alice_progress = uploads.begin(&owner(), id(1), 2_000).await.unwrap();
+        assert_eq!(alice_progress.received_bytes, 0);
+        assert!(matches!(
+            uploads.write(&bob, id(2), 0, &[7; 1000]).await,
+            Err(UploadError::NotStarted(_))
+        ));
+        uploads.abort(&owner(), id(2)).await;
+        uploads.begin(&owner(), id(4), 10).await.unwrap();
+        // A reserve larger than the disk's free space refuses every new upload.
+        drop(uploads);
+        cfg.free_bytes_min = u64::MAX / 2;
+        let uploads = Uploads::open(cfg).unwrap();
+        let carol = AccountName::new("carol").unwrap();
+        assert!(matches!(
+            uploads.begin(&carol, id(9), 10).await,
+            Err(UploadError::DiskFull { .. })
+        ));
+        // Resuming an upload in progress is not refused.
+        uploads.begin(&bob, id(3), 10).await.unwrap();
     }
 
     #[tokio::test]
@@ -832,24 +1019,24 @@ mod tests {
         let uploads = Uploads::open(cfg).unwrap();
         let id = |n: u8| ModelId::from_bytes([n; 32]);
         assert!(matches!(
-            uploads.begin(id(1), 10_001).await,
+            uploads.begin(&owner(), id(1), 10_001).await,
             Err(UploadError::TooLarge {
                 bytes: 10_001,
                 max: 10_000
             })
         ));
         assert!(matches!(
-            uploads.write(id(1), 0, &[0; 1000]).await,
+            uploads.write(&owner(), id(1), 0, &[0; 1000]).await,
             Err(UploadError::NotStarted(_))
         ));
-        uploads.begin(id(1), 2500).await.unwrap();
-        uploads.begin(id(2), 10_000).await.unwrap();
+        uploads.begin(&owner(), id(1), 2500).await.unwrap();
+        uploads.begin(&owner(), id(2), 10_000).await.unwrap();
         assert!(matches!(
-            uploads.begin(id(3), 10).await,
+            uploads.begin(&owner(), id(3), 10).await,
             Err(UploadError::Busy { max: 2 })
         ));
         // Resuming one in progress is not a new upload.
-        uploads.begin(id(1), 2500).await.unwrap();
+        uploads.begin(&owner(), id(1), 2500).await.unwrap();
         for (offset, len) in [
             (1, 1000),
             (500, 1000),
@@ -861,7 +1048,7 @@ mod tests {
             (u64::MAX, 1),
         ] {
             let err = uploads
-                .write(id(1), offset, &vec![0; len])
+                .write(&owner(), id(1), offset, &vec![0; len])
                 .await
                 .unwrap_err();
             assert!(
@@ -869,14 +1056,17 @@ mod tests {
                 "{offset} {len}: {err}"
             );
         }
-        uploads.write(id(1), 2000, &[0; 500]).await.unwrap();
-        uploads.abort(id(1)).await;
-        uploads.abort(id(1)).await;
+        uploads
+            .write(&owner(), id(1), 2000, &[0; 500])
+            .await
+            .unwrap();
+        uploads.abort(&owner(), id(1)).await;
+        uploads.abort(&owner(), id(1)).await;
         assert!(matches!(
-            uploads.write(id(1), 0, &[0; 1000]).await,
+            uploads.write(&owner(), id(1), 0, &[0; 1000]).await,
             Err(UploadError::NotStarted(_))
         ));
-        uploads.begin(id(3), 10).await.unwrap();
+        uploads.begin(&owner(), id(3), 10).await.unwrap();
         assert_eq!(uploads.in_progress().await, 2);
         assert_eq!(staging_files(dir.path()).len(), 4);
     }
@@ -889,18 +1079,18 @@ mod tests {
         cfg.upload_idle_s_max = 0;
         let uploads = Uploads::open(cfg).unwrap();
         uploads
-            .begin(ModelId::from_bytes([1; 32]), 10)
+            .begin(&owner(), ModelId::from_bytes([1; 32]), 10)
             .await
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         uploads
-            .begin(ModelId::from_bytes([2; 32]), 10)
+            .begin(&owner(), ModelId::from_bytes([2; 32]), 10)
             .await
             .unwrap();
         assert_eq!(uploads.in_progress().await, 1);
         assert!(matches!(
             uploads
-                .write(ModelId::from_bytes([1; 32]), 0, &[0; 10])
+                .write(&owner(), ModelId::from_bytes([1; 32]), 0, &[0; 10])
                 .await,
             Err(UploadError::NotStarted(_))
         ));
@@ -912,12 +1102,15 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Uploads::open(config(dir.path(), 4096)).unwrap();
-        uploads.begin(id, model.len() as u64).await.unwrap();
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
         let mut bad = model.clone();
         bad[5000] ^= 1;
         let order: Vec<usize> = (0..model.len().div_ceil(4096)).collect();
         send(&uploads, id, &bad, &order).await;
-        let err = uploads.finish(id).await.unwrap_err();
+        let err = uploads.finish(&owner(), id).await.unwrap_err();
         assert!(
             matches!(err, UploadError::HashMismatch { expected, actual }
                 if expected == id && actual == ModelId::of_bytes(&bad)),
@@ -933,16 +1126,19 @@ mod tests {
         let junk: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
         let id = ModelId::of_bytes(&junk);
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-        uploads.begin(id, junk.len() as u64).await.unwrap();
+        uploads
+            .begin(&owner(), id, junk.len() as u64)
+            .await
+            .unwrap();
         send(&uploads, id, &junk, &[2, 0, 1]).await;
-        let err = uploads.finish(id).await.unwrap_err();
+        let err = uploads.finish(&owner(), id).await.unwrap_err();
         assert!(matches!(err, UploadError::NotOnnx(_)), "{err}");
         assert!(staging_files(dir.path()).is_empty());
         // An empty model has no chunks and is not ONNX either.
         let empty = ModelId::of_bytes(b"");
-        uploads.begin(empty, 0).await.unwrap();
+        uploads.begin(&owner(), empty, 0).await.unwrap();
         assert!(matches!(
-            uploads.finish(empty).await,
+            uploads.finish(&owner(), empty).await,
             Err(UploadError::NotOnnx(_))
         ));
     }

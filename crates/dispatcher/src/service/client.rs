@@ -133,7 +133,11 @@ impl<T: Transport> Dispatcher<T> {
                 if let Some(stored) = self.already_stored(model, &key.account, now).await? {
                     return Ok(stored);
                 }
-                let p = self.inner.uploads.begin(model, total_bytes).await?;
+                let p = self
+                    .inner
+                    .uploads
+                    .begin(&key.account, model, total_bytes)
+                    .await?;
                 Ok(upload_progress(p))
             }
             ClientCall::UploadChunk {
@@ -141,14 +145,18 @@ impl<T: Transport> Dispatcher<T> {
                 offset,
                 data,
             } => {
-                let p = self.inner.uploads.write(model, offset, &data).await?;
+                let p = self
+                    .inner
+                    .uploads
+                    .write(&key.account, model, offset, &data)
+                    .await?;
                 Ok(upload_progress(p))
             }
             ClientCall::UploadFinish { model } => {
                 if let Some(stored) = self.already_stored(model, &key.account, now).await? {
                     return Ok(stored);
                 }
-                let staged = self.inner.uploads.finish(model).await?;
+                let staged = self.inner.uploads.finish(&key.account, model).await?;
                 self.inner
                     .blobs
                     .put_file(&model, &staged.path)

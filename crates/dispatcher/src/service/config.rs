@@ -1,5 +1,6 @@
 //! What a dispatcher is configured with.
 
+use crate::blob::UploadConfig;
 use std::path::PathBuf;
 
 use crat_core::bps::Bps;
@@ -57,6 +58,13 @@ pub struct DispatcherConfig {
     pub model_bytes_max: u64,
     /// Partial uploads kept at once. Default 64.
     pub uploads_max: usize,
+    /// Of those, most of one account. Default 4.
+    pub uploads_per_account_max: usize,
+    /// Most bytes of one account's partial uploads together. Default 4 GiB.
+    pub upload_bytes_per_account_max: u64,
+    /// An upload is refused (`Busy`) when it would leave less than this free on the disk of
+    /// the data directory (where the ledger lives too). Default 1 GiB.
+    pub upload_free_bytes_min: u64,
     /// Requests handled at once per connection. Default 256.
     pub concurrency_max: usize,
     /// Requests per SDK key arriving over the network, once the key is authenticated; over
@@ -120,6 +128,9 @@ impl DispatcherConfig {
             frame_limits: FrameLimits::default(),
             model_bytes_max: 1 << 30,
             uploads_max: 64,
+            uploads_per_account_max: UploadConfig::UPLOADS_PER_ACCOUNT_MAX_DEFAULT,
+            upload_bytes_per_account_max: UploadConfig::UPLOAD_BYTES_PER_ACCOUNT_MAX_DEFAULT,
+            upload_free_bytes_min: UploadConfig::FREE_BYTES_MIN_DEFAULT,
             concurrency_max: 256,
             client_key_rate: Some(RateLimit {
                 per_s: 2_000,

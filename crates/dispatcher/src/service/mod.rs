@@ -275,6 +275,9 @@ impl<T: Transport> Dispatcher<T> {
         let uploads = Uploads::open(UploadConfig {
             model_bytes_max: config.model_bytes_max,
             uploads_max: config.uploads_max,
+            uploads_per_account_max: config.uploads_per_account_max,
+            upload_bytes_per_account_max: config.upload_bytes_per_account_max,
+            free_bytes_min: config.upload_free_bytes_min,
             chunk_bytes: CHUNK_BYTES_MAX,
             ..UploadConfig::new(config.data_dir.join("uploads"))
         })

@@ -134,7 +134,8 @@ fn upload(e: UploadError) -> WireError {
     let code = match &e {
         UploadError::TooLarge { .. } => ErrorCode::TooLarge,
         UploadError::HashMismatch { .. } | UploadError::NotOnnx(_) => ErrorCode::ModelRejected,
-        UploadError::Busy { .. } => ErrorCode::Busy,
+        UploadError::Busy { .. } | UploadError::DiskFull { .. } => ErrorCode::Busy,
+        UploadError::Quota(_) => ErrorCode::QuotaExceeded,
         UploadError::NotStarted(_) => ErrorCode::NotFound,
         UploadError::Mismatch(_) | UploadError::BadChunk(_) | UploadError::Incomplete { .. } => {
             ErrorCode::BadRequest
