@@ -552,6 +552,8 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
             .prop_map(|(deployment, shapes)| ClientCall::InputShapes { deployment, shapes }),
         (deployment_id(), node_id())
             .prop_map(|(deployment, node)| ClientCall::ReportNoReceipt { deployment, node }),
+        (model_id(), any::<bool>())
+            .prop_map(|(model, public)| ClientCall::SetModelPublic { model, public }),
     ];
     (sdk_key(), call).prop_map(|(key, call)| ClientRequest { key, call })
 }

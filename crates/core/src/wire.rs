@@ -717,6 +717,15 @@ pub enum ClientCall {
         /// The shapes seen.
         shapes: Vec<ShapeCount>,
     },
+    /// Make a model this account uploaded public (anyone may then deploy it by its hash) or
+    /// private again. A model is otherwise usable only by the accounts that uploaded its
+    /// bytes.
+    SetModelPublic {
+        /// The model.
+        model: ModelId,
+        /// Public or not.
+        public: bool,
+    },
     /// A replica of one of this account's deployments answered without a valid receipt. An
     /// unsigned answer proves nothing against the node (anyone can claim to have received
     /// one), so the dispatcher checks the node itself, with a canary soon after; only that

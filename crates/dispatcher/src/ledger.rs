@@ -91,7 +91,8 @@ pub struct ModelRecord {
     pub id: ModelId,
     /// Size in bytes.
     pub bytes: u64,
-    /// Who uploaded it first.
+    /// Who uploaded it first (every account that uploaded it owns it: see
+    /// [`Ledger::may_use_model`]).
     pub account: AccountName,
     /// Unix seconds.
     pub stored_at_s: u64,
@@ -322,10 +323,22 @@ pub trait Ledger: Send + Sync + 'static {
     /// Marks a key revoked (no-op if it already is); returns the record after.
     fn revoke_key(&self, id: &KeyId, now_s: u64) -> Result<KeyRecord, LedgerError>;
 
-    /// Stores a model's metadata; a model already stored is left as it is.
+    /// Stores a model's metadata (a model already stored is left as it is) and makes
+    /// `model.account` one of its owners.
     fn insert_model(&self, model: &ModelRecord) -> Result<(), LedgerError>;
     /// A model by id.
     fn model(&self, id: &ModelId) -> Result<Option<ModelRecord>, LedgerError>;
+    /// Whether `account` may quote and deploy `model`: it is one of its owners (it uploaded
+    /// the bytes), or an owner made the model public.
+    fn may_use_model(&self, model: &ModelId, account: &AccountName) -> Result<bool, LedgerError>;
+    /// An owner makes `model` public (anyone may deploy it by its hash) or private again;
+    /// [`LedgerError::NotFound`] for anyone else.
+    fn set_model_public(
+        &self,
+        model: &ModelId,
+        account: &AccountName,
+        public: bool,
+    ) -> Result<(), LedgerError>;
 
     /// Stores a deployment and takes `deployment.price.upfront` from its account, atomically;
     /// [`LedgerError::InsufficientCredits`] (and nothing stored) if the balance is short.

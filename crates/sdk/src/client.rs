@@ -332,6 +332,19 @@ impl<T: Transport> Client<T> {
         }
     }
 
+    /// Makes a model this account uploaded public, so that any account may deploy it by its
+    /// id, or private again. Models are otherwise usable only by the accounts that uploaded
+    /// their bytes ([`Error::NotFound`] for anyone else, also here).
+    pub async fn set_model_public(&self, model: ModelId, public: bool) -> Result<(), Error> {
+        match self
+            .call(ClientCall::SetModelPublic { model, public })
+            .await?
+        {
+            DispatcherResponse::Ok => Ok(()),
+            other => Err(unexpected("SetModelPublic", &other)),
+        }
+    }
+
     /// Credits left on the account.
     pub async fn balance(&self) -> Result<Credits, Error> {
         match self.call(ClientCall::Balance).await? {

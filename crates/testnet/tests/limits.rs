@@ -216,3 +216,84 @@ async fn one_key_fills_only_its_share_and_accounts_their_deployments() {
     client.deploy(model, per_request(100_000)).await.unwrap();
     net.shutdown();
 }
+
+/// The SDK client (and key) of a new account `name` with `credits`.
+async fn client_of(
+    net: &LocalNetwork,
+    name: &str,
+    credits: u64,
+) -> (
+    crat_sdk::Client<crat_transport::quic::QuicTransport>,
+    SdkKey,
+) {
+    let ledger = net.dispatcher().ledger().clone();
+    let account = AccountName::new(name).unwrap();
+    admin::grant(
+        &*ledger,
+        &account,
+        crat_core::money::Credits::new(credits),
+        now_s(),
+    )
+    .unwrap();
+    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
+        .await
+        .unwrap();
+    (client, key)
+}
+
+/// Knowing a model's hash is not having it: another account cannot quote or deploy it, nor
+/// claim it by starting an upload; it owns it once it sent the bytes, or once an owner made
+/// it public.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_deployed_by_hash_only_by_their_uploaders_or_once_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(config(dir.path()), dir.path()).await;
+    let (alice, _) = client_of(&net, "alice", 1_000_000).await;
+    let (bob, bob_key) = client_of(&net, "bob", 1_000_000).await;
+    let (carol, _) = client_of(&net, "carol", 1_000_000).await;
+    let model = alice.upload_model(TINY, |_| {}).await.unwrap();
+    let plan = per_request(100_000);
+    for c in [&bob, &carol] {
+        assert!(matches!(
+            c.quote(model, plan).await,
+            Err(crat_sdk::Error::NotFound(_))
+        ));
+        assert!(matches!(
+            c.deploy(model, plan).await,
+            Err(crat_sdk::Error::NotFound(_))
+        ));
+    }
+    // Starting an upload of a stored model is not owning it: the dispatcher asks for the
+    // bytes.
+    let begin = raw_call(
+        &net,
+        &bob_key,
+        ClientCall::UploadBegin {
+            model,
+            total_bytes: TINY.len() as u64,
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            begin,
+            DispatcherResponse::Upload {
+                received_bytes: 0,
+                ..
+            }
+        ),
+        "{begin:?}"
+    );
+    // Bob sends the bytes: now he owns it too.
+    assert_eq!(bob.upload_model(TINY, |_| {}).await.unwrap(), model);
+    bob.deploy(model, plan).await.unwrap();
+    // Carol is not an owner and cannot publish it; alice can.
+    assert!(matches!(
+        carol.set_model_public(model, true).await,
+        Err(crat_sdk::Error::NotFound(_))
+    ));
+    alice.set_model_public(model, true).await.unwrap();
+    carol.deploy(model, plan).await.unwrap();
+    net.shutdown();
+}

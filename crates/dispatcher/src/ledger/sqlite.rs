@@ -183,6 +183,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX acks_unsettled ON acks(settle_at_s, ticket_nonce, node)
         WHERE settled_at_s IS NULL;
     ",
+    // Models are used only by the accounts that uploaded them (each one proved it has the
+    // bytes), or by anyone once an owner made them public. The first uploader recorded in
+    // `models` is the first owner.
+    "
+    CREATE TABLE model_owners (
+        model BLOB NOT NULL REFERENCES models(id),
+        account TEXT NOT NULL REFERENCES accounts(name),
+        since_s INTEGER NOT NULL,
+        PRIMARY KEY (model, account)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO model_owners (model, account, since_s) SELECT id, account, stored_at_s FROM models;
+    ALTER TABLE models ADD COLUMN public INTEGER NOT NULL DEFAULT 0 CHECK (public IN (0, 1));
+    ",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -890,6 +903,55 @@ impl Ledger for SqliteLedger {
                 to_i64(model.stored_at_s, "stored_at_s")?,
             ])
             .db()?;
+            tx.prepare_cached(
+                "INSERT INTO model_owners (model, account, since_s) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(model, account) DO NOTHING",
+            )
+            .db()?
+            .execute(params![
+                model.id.as_bytes().as_slice(),
+                model.account.as_str(),
+                to_i64(model.stored_at_s, "stored_at_s")?,
+            ])
+            .db()?;
+            Ok(())
+        })
+    }
+
+    fn may_use_model(&self, model: &ModelId, account: &AccountName) -> Result<bool, LedgerError> {
+        self.read(|tx| {
+            tx.prepare_cached(
+                "SELECT 1 FROM models WHERE id = ?1 AND (public = 1 OR EXISTS
+                    (SELECT 1 FROM model_owners WHERE model = ?1 AND account = ?2))",
+            )
+            .db()?
+            .exists(params![model.as_bytes().as_slice(), account.as_str()])
+            .db()
+        })
+    }
+
+    fn set_model_public(
+        &self,
+        model: &ModelId,
+        account: &AccountName,
+        public: bool,
+    ) -> Result<(), LedgerError> {
+        self.write(|tx| {
+            let owner = tx
+                .prepare_cached("SELECT 1 FROM model_owners WHERE model = ?1 AND account = ?2")
+                .db()?
+                .exists(params![model.as_bytes().as_slice(), account.as_str()])
+                .db()?;
+            if !owner {
+                return Err(LedgerError::NotFound(format!(
+                    "model {model} of account {}",
+                    account.as_str()
+                )));
+            }
+            tx.prepare_cached("UPDATE models SET public = ?2 WHERE id = ?1")
+                .db()?
+                .execute(params![model.as_bytes().as_slice(), i64::from(public)])
+                .db()?;
             Ok(())
         })
     }
@@ -1737,6 +1799,49 @@ mod tests {
             ledger.deployment(&dep_id(1)).unwrap().unwrap(),
             per_request(&name("alice"), 1, 60, 20)
         );
+        // The model's first uploader owns it; nobody else may use it.
+        let model = per_request(&name("alice"), 1, 60, 20).model;
+        assert!(ledger.may_use_model(&model, &name("alice")).unwrap());
+        ledger.create_account(&name("bob"), 0).unwrap();
+        assert!(!ledger.may_use_model(&model, &name("bob")).unwrap());
+    }
+
+    #[test]
+    fn models_are_used_by_their_uploaders_or_by_anyone_once_public() {
+        let (_dir, path) = temp();
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let alice = setup(&ledger, 0);
+        let (bob, carol) = (name("bob"), name("carol"));
+        ledger.create_account(&bob, 10).unwrap();
+        ledger.create_account(&carol, 10).unwrap();
+        assert!(ledger.may_use_model(&model_id(), &alice).unwrap());
+        assert!(!ledger.may_use_model(&model_id(), &bob).unwrap());
+        assert!(
+            !ledger
+                .may_use_model(&ModelId::of_bytes(b"x"), &alice)
+                .unwrap()
+        );
+        // Bob uploads the same bytes: he owns it too; the model row is unchanged.
+        ledger
+            .insert_model(&ModelRecord {
+                id: model_id(),
+                bytes: 1000,
+                account: bob.clone(),
+                stored_at_s: 20,
+            })
+            .unwrap();
+        assert!(ledger.may_use_model(&model_id(), &bob).unwrap());
+        assert_eq!(ledger.model(&model_id()).unwrap().unwrap().account, alice);
+        // Only an owner makes it public; then anyone may use it, until made private again.
+        assert!(matches!(
+            ledger.set_model_public(&model_id(), &carol, true),
+            Err(LedgerError::NotFound(_))
+        ));
+        assert!(!ledger.may_use_model(&model_id(), &carol).unwrap());
+        ledger.set_model_public(&model_id(), &bob, true).unwrap();
+        assert!(ledger.may_use_model(&model_id(), &carol).unwrap());
+        ledger.set_model_public(&model_id(), &alice, false).unwrap();
+        assert!(!ledger.may_use_model(&model_id(), &carol).unwrap());
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl<T: Transport> Dispatcher<T> {
         let now = self.inner.clock.now_s();
         match req.call {
             ClientCall::UploadBegin { model, total_bytes } => {
-                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                if let Some(stored) = self.already_stored(model, &key.account).await? {
                     return Ok(stored);
                 }
                 let p = self
@@ -153,7 +153,7 @@ impl<T: Transport> Dispatcher<T> {
                 Ok(upload_progress(p))
             }
             ClientCall::UploadFinish { model } => {
-                if let Some(stored) = self.already_stored(model, &key.account, now).await? {
+                if let Some(stored) = self.already_stored(model, &key.account).await? {
                     return Ok(stored);
                 }
                 let staged = self.inner.uploads.finish(&key.account, model).await?;
@@ -171,7 +171,7 @@ impl<T: Transport> Dispatcher<T> {
                 })
             }
             ClientCall::Quote { model, plan } => {
-                let bytes = self.model_bytes(model).await?;
+                let bytes = self.model_bytes(model, &key.account).await?;
                 let quote = self
                     .inner
                     .config
@@ -196,6 +196,12 @@ impl<T: Transport> Dispatcher<T> {
                     canary.shapes.lock().forget(&stopped.id);
                 }
                 self.apply(effects).await;
+                Ok(DispatcherResponse::Ok)
+            }
+            ClientCall::SetModelPublic { model, public } => {
+                let account = key.account.clone();
+                self.db(move |l| l.set_model_public(&model, &account, public))
+                    .await?;
                 Ok(DispatcherResponse::Ok)
             }
             ClientCall::ReportNoReceipt { deployment, node } => {
@@ -236,13 +242,13 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
-    /// `ModelStored` if the blob store has `model` already (content-addressed: a model
-    /// stored once is stored for everyone), after noting it for `account`.
+    /// `ModelStored` if the blob store has `model` already and `account` may use it (it
+    /// uploaded it before, or it is public); otherwise the account uploads the bytes (stored
+    /// once, content-addressed) and so becomes an owner.
     async fn already_stored(
         &self,
         model: ModelId,
         account: &AccountName,
-        now: u64,
     ) -> Result<Option<DispatcherResponse>, Refusal> {
         let size = self
             .inner
@@ -251,7 +257,12 @@ impl<T: Transport> Dispatcher<T> {
             .await
             .map_err(|e| Refusal::Internal(e.to_string()))?;
         let Some(size) = size else { return Ok(None) };
-        self.remember_model(model, size, account, now).await?;
+        // Stored for another account: this one owns it only once it has sent the bytes
+        // (knowing a hash is not having the model).
+        let (who, id) = (account.clone(), model);
+        if !self.db(move |l| l.may_use_model(&id, &who)).await? {
+            return Ok(None);
+        }
         Ok(Some(DispatcherResponse::ModelStored { model, bytes: size }))
     }
 
@@ -271,15 +282,20 @@ impl<T: Transport> Dispatcher<T> {
         self.db(move |l| l.insert_model(&record)).await
     }
 
-    async fn model_bytes(&self, model: ModelId) -> Result<u64, Refusal> {
-        let found = self.db(move |l| l.model(&model)).await?;
-        found.map(|m| m.bytes).ok_or_else(|| {
-            err(
+    /// The size of `model`, if `account` may use it (it uploaded it, or it is public).
+    async fn model_bytes(&self, model: ModelId, account: &AccountName) -> Result<u64, Refusal> {
+        let who = account.clone();
+        let (found, usable) = self
+            .db(move |l| Ok((l.model(&model)?, l.may_use_model(&model, &who)?)))
+            .await?;
+        match found {
+            Some(m) if usable => Ok(m.bytes),
+            _ => Err(err(
                 ErrorCode::NotFound,
-                format!("model {model} is not uploaded"),
+                format!("model {model} is not uploaded by this account (nor public)"),
             )
-            .into()
-        })
+            .into()),
+        }
     }
 
     fn owned_deployment(
@@ -325,7 +341,7 @@ impl<T: Transport> Dispatcher<T> {
         plan: DeployPlan,
         now: u64,
     ) -> Result<DispatcherResponse, Refusal> {
-        let model_bytes = self.model_bytes(model).await?;
+        let model_bytes = self.model_bytes(model, &key.account).await?;
         let price = self
             .inner
             .config

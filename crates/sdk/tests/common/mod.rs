@@ -302,6 +302,7 @@ impl Fake {
                 s.acks.extend(proofs);
                 DispatcherResponse::Ok
             }
+            ClientCall::SetModelPublic { .. } => DispatcherResponse::Ok,
             ClientCall::ReportNoReceipt { node, .. } => {
                 s.no_receipt_reports.push(node);
                 DispatcherResponse::Ok
