@@ -92,10 +92,15 @@ pub struct CpuInfo {
     pub memory_bytes: u64,
 }
 
+/// Most GPUs a hardware description lists (only the first
+/// [`GPUS_MAX`](crate::policy::hardware::GPUS_MAX) are challenged and can be proven).
+pub const GPUS_LISTED_MAX: usize = 256;
+
 /// A node's hardware: its GPUs (possibly none) and its CPU.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct HardwareInfo {
-    /// GPUs, in driver order.
+    /// GPUs, in driver order (at most [`GPUS_LISTED_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, GPUS_LISTED_MAX>")]
     pub gpus: Vec<GpuInfo>,
     /// The CPU.
     pub cpu: CpuInfo,

@@ -73,6 +73,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 pub mod bps;
 pub mod clock;
 pub mod dispatch;

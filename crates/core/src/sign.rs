@@ -54,6 +54,8 @@ use crate::pricing::TaskPrice;
 pub const TICKET_LIFETIME_S_MAX: u64 = 86_400;
 /// Most nodes a ticket may name as its audience.
 pub const TICKET_AUDIENCE_MAX: usize = 64;
+/// Most backends a registration lists.
+pub const BACKENDS_MAX: usize = 16;
 /// How old a registration may be when the dispatcher receives it.
 pub const REGISTRATION_AGE_S_MAX: u64 = 300;
 
@@ -601,9 +603,11 @@ pub struct Registration {
     pub hardware: HardwareInfo,
     /// Its power rating.
     pub rating: PowerRating,
-    /// Backends it can run, best first.
+    /// Backends it can run, best first (at most [`BACKENDS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, BACKENDS_MAX>")]
     pub backends: Vec<BackendInfo>,
-    /// Where clients reach it.
+    /// Where clients reach it (at most [`ADDRS_MAX`](crate::wire::ADDRS_MAX)).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, { crate::wire::ADDRS_MAX }>")]
     pub listen_addrs: Vec<PeerAddr>,
     /// Most bytes of models it can keep loaded.
     pub model_bytes_max: u64,

@@ -520,8 +520,15 @@ fn sdk_key() -> impl Strategy<Value = SdkKey> {
 
 /// Any [`ShapeCount`].
 pub fn shape_count() -> impl Strategy<Value = ShapeCount> {
-    (vec((".{0,8}", vec(any::<u64>(), 0..4)), 0..3), any::<u64>())
-        .prop_map(|(inputs, tasks)| ShapeCount { inputs, tasks })
+    (vec((".{0,8}", vec(any::<u64>(), 0..4)), 0..3), any::<u64>()).prop_map(|(inputs, tasks)| {
+        ShapeCount {
+            inputs: inputs
+                .into_iter()
+                .map(|(name, dims)| InputDims { name, dims })
+                .collect(),
+            tasks,
+        }
+    })
 }
 
 /// Every [`ClientRequest`] call variant.

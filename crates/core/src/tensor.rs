@@ -204,6 +204,7 @@ pub struct Tensor {
 #[derive(Serialize, Deserialize)]
 struct RawTensor {
     dtype: DType,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, RANK_MAX>")]
     shape: Vec<u64>,
     #[serde(with = "serde_bytes")]
     data: Vec<u8>,

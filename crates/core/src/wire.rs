@@ -47,6 +47,10 @@ pub const CHUNK_BYTES_MAX: u32 = 768 * 1024;
 pub const USAGE_RECORDS_MAX: usize = 4096;
 /// Most acknowledgements in one [`UsageReport`] or [`ClientCall::Acknowledge`].
 pub const ACKS_MAX: usize = 256;
+/// Most tensors in one message's inputs or outputs (decoded no further).
+pub const TENSORS_MAX: usize = 1_024;
+/// Most addresses of one node (in a registration, a lease's replica).
+pub const ADDRS_MAX: usize = 16;
 /// Most distinct input shapes in one [`ClientCall::InputShapes`].
 pub const SHAPES_MAX: usize = 8;
 /// Most inputs in one [`ShapeCount`].
@@ -383,6 +387,7 @@ pub enum DispatcherReply {
         /// Already charged before (same deployment, task id and inputs), or never chargeable.
         duplicates: u32,
         /// Records to report again, by index, ascending.
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, USAGE_RECORDS_MAX>")]
         held: Vec<u32>,
     },
     /// Done.
@@ -420,6 +425,7 @@ pub enum DispatcherPush {
         /// The challenge.
         id: u64,
         /// Rows to open, at most [`CHALLENGE_ROWS_MAX`].
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, CHALLENGE_ROWS_MAX>")]
         rows: Vec<u32>,
     },
 }
@@ -478,6 +484,7 @@ pub enum NodeAck {
         /// The challenge.
         id: u64,
         /// The rows.
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, CHALLENGE_ROWS_MAX>")]
         rows: Vec<RowOpening>,
     },
 }
@@ -602,7 +609,8 @@ impl fmt::Display for Unverifiable {
 pub struct Replica {
     /// The node's identity (pinned when connecting).
     pub node: NodeId,
-    /// Its addresses.
+    /// Its addresses (at most [`ADDRS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, ADDRS_MAX>")]
     pub addrs: Vec<PeerAddr>,
     /// Its operator (address block, see `crat_core::dispatch::operator_of`): a spot check's
     /// validator is never of the worker's operator.
@@ -715,6 +723,7 @@ pub enum ClientCall {
         /// The deployment.
         deployment: DeploymentId,
         /// The shapes seen.
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, SHAPES_MAX>")]
         shapes: Vec<ShapeCount>,
     },
     /// Make a model this account uploaded public (anyone may then deploy it by its hash) or
@@ -738,13 +747,22 @@ pub enum ClientCall {
     },
 }
 
+/// One input's name and dimensions.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InputDims {
+    /// The input's name (at most [`SHAPE_NAME_BYTES_MAX`] bytes).
+    pub name: String,
+    /// Its dimensions (at most [`RANK_MAX`](crate::tensor::RANK_MAX)).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, { crate::tensor::RANK_MAX }>")]
+    pub dims: Vec<u64>,
+}
+
 /// The shapes of one task's inputs, and how many tasks had them.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ShapeCount {
-    /// Each input's name and dimensions (at most [`SHAPE_INPUTS_MAX`], names at most
-    /// [`SHAPE_NAME_BYTES_MAX`] bytes, at most [`RANK_MAX`](crate::tensor::RANK_MAX)
-    /// dimensions each).
-    pub inputs: Vec<(String, Vec<u64>)>,
+    /// Each input's name and dimensions (at most [`SHAPE_INPUTS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, SHAPE_INPUTS_MAX>")]
+    pub inputs: Vec<InputDims>,
     /// Tasks sent with these shapes.
     pub tasks: u64,
 }
@@ -753,8 +771,8 @@ impl ShapeCount {
     /// Whether it is within the limits above (the dispatcher refuses one that is not).
     pub fn is_bounded(&self) -> bool {
         self.inputs.len() <= SHAPE_INPUTS_MAX
-            && self.inputs.iter().all(|(name, dims)| {
-                name.len() <= SHAPE_NAME_BYTES_MAX && dims.len() <= crate::tensor::RANK_MAX
+            && self.inputs.iter().all(|i| {
+                i.name.len() <= SHAPE_NAME_BYTES_MAX && i.dims.len() <= crate::tensor::RANK_MAX
             })
     }
 }
@@ -844,6 +862,7 @@ pub struct InferRequest {
     /// request whose inputs do not hash to it, and its receipt and usage record carry it.
     pub inputs_digest: [u8; 32],
     /// Named inputs.
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, TENSORS_MAX>")]
     pub inputs: Vec<NamedTensor>,
     /// The client's latest acknowledgement of this node's work under the ticket, if it has a
     /// newer one to give.
@@ -890,6 +909,7 @@ pub enum NodeToClient {
         /// The task.
         task: TaskId,
         /// Named outputs.
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, TENSORS_MAX>")]
         outputs: Vec<NamedTensor>,
         /// Time spent computing, in microseconds.
         compute_us: u64,
@@ -903,6 +923,7 @@ pub enum NodeToClient {
         /// The task.
         task: TaskId,
         /// Named outputs.
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, TENSORS_MAX>")]
         outputs: Vec<NamedTensor>,
         /// Time spent computing, in microseconds.
         compute_us: u64,

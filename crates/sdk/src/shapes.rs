@@ -11,11 +11,11 @@
 use std::hash::{Hash, Hasher};
 
 use crat_core::tensor::NamedTensor;
-use crat_core::wire::{SHAPE_INPUTS_MAX, SHAPE_NAME_BYTES_MAX, SHAPES_MAX, ShapeCount};
+use crat_core::wire::{InputDims, SHAPE_INPUTS_MAX, SHAPE_NAME_BYTES_MAX, SHAPES_MAX, ShapeCount};
 
 struct Entry {
     fingerprint: u64,
-    inputs: Vec<(String, Vec<u64>)>,
+    inputs: Vec<InputDims>,
     /// Tasks since the last report.
     pending: u64,
     /// Never reported.
@@ -57,7 +57,10 @@ impl ShapeTally {
             fingerprint: fp,
             inputs: inputs
                 .iter()
-                .map(|t| (t.name.clone(), t.tensor.shape().to_vec()))
+                .map(|t| InputDims {
+                    name: t.name.clone(),
+                    dims: t.tensor.shape().to_vec(),
+                })
                 .collect(),
             pending: 1,
             new: true,
@@ -128,14 +131,15 @@ mod tests {
         t.sent(&batch(4));
         let first = t.due(10, 60).unwrap();
         assert_eq!(first.len(), 1);
-        assert_eq!(first[0].inputs, vec![("x".to_string(), vec![4, 3])]);
+        assert_eq!(first[0].inputs[0].name, "x");
+        assert_eq!(first[0].inputs[0].dims, vec![4, 3]);
         assert_eq!(first[0].tasks, 2);
         t.sent(&batch(4));
         assert_eq!(t.due(20, 60), None, "known shape, interval not over");
         let later = t.due(70, 60).unwrap();
         assert_eq!(later[0].tasks, 1);
         t.sent(&batch(1));
-        assert_eq!(t.due(71, 60).unwrap()[0].inputs[0].1, vec![1, 3]);
+        assert_eq!(t.due(71, 60).unwrap()[0].inputs[0].dims, vec![1, 3]);
         t.sent(&batch(2));
         assert_eq!(t.due(72, 0), None, "turned off");
     }
@@ -157,6 +161,6 @@ mod tests {
         t.sent(&batch(500));
         let next = t.due(61, 60).unwrap();
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].inputs[0].1, vec![500, 3]);
+        assert_eq!(next[0].inputs[0].dims, vec![500, 3]);
     }
 }

@@ -69,6 +69,14 @@ fn hostile_frames() -> Vec<(&'static str, Vec<u8>)> {
     byte_claim.push(2); // DispatcherReply::ModelChunk
     byte_claim.extend_from_slice(&[0, 0]); // offset, total
     byte_claim.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]); // 4 GiB of data follows...
+    // NodeToClient::Outputs with one tensor whose shape claims 60,000 dimensions, each a
+    // one-byte 0: 480 KB of `u64`s if decoded in full before the rank check.
+    let mut deep_shape = version.to_vec();
+    deep_shape.push(0);
+    deep_shape.extend_from_slice(&[0; 16]);
+    deep_shape.extend_from_slice(&[1, 0, 0]); // one output, empty name, f32
+    deep_shape.extend_from_slice(&[0xe0, 0xd4, 0x03]); // 60,000 dimensions
+    deep_shape.extend(std::iter::repeat_n(0u8, 60_000));
     let framed = |body: &[u8]| {
         let mut f = (body.len() as u32).to_le_bytes().to_vec();
         f.extend_from_slice(body);
@@ -96,6 +104,7 @@ fn hostile_frames() -> Vec<(&'static str, Vec<u8>)> {
             framed(&claims_2_32[..]),
         ),
         ("byte string claiming 4 GiB", framed(&byte_claim)),
+        ("a shape of 60,000 dimensions", framed(&deep_shape)),
     ]
 }
 

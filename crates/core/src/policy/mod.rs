@@ -38,12 +38,13 @@
 //!     client: NodeId::from_bytes([9; 32]),
 //!     price: TaskPrice::FREE,
 //! };
-//! let mut issued = IssuedTickets::new(1_000);
+//! // At most 1,000 tickets remembered, 100 of them of one key.
+//! let mut issued = IssuedTickets::new(1_000, 100);
 //! issued.insert(0, &ticket, 300 + 3_600)?;
 //! // Usage under that ticket is charged only for its deployment, reported by its audience.
 //! assert_eq!(issued.allows(&[3; 16], &deployment, &node), Some(true));
 //! assert_eq!(issued.allows(&[3; 16], &deployment, &NodeId::from_bytes([8; 32])), Some(false));
-//! # Ok::<(), crat_core::expiring::Full>(())
+//! # Ok::<(), crat_core::policy::tickets::TicketsFull>(())
 //! ```
 
 pub mod acks;

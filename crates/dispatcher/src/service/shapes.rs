@@ -68,12 +68,17 @@ impl ShapeBook {
         }
         let kept = self.by_deployment.entry(deployment).or_default();
         for s in shapes.iter().filter(|s| s.tasks > 0) {
-            if let Some((_, n)) = kept.iter_mut().find(|(k, _)| *k == s.inputs) {
+            let shape: Shape = s
+                .inputs
+                .iter()
+                .map(|i| (i.name.clone(), i.dims.clone()))
+                .collect();
+            if let Some((_, n)) = kept.iter_mut().find(|(k, _)| *k == shape) {
                 *n = n.saturating_add(s.tasks);
             } else if kept.len() < SHAPES_KEPT {
-                kept.push((s.inputs.clone(), s.tasks));
+                kept.push((shape, s.tasks));
             } else if let Some(least) = kept.iter_mut().min_by_key(|(_, n)| *n) {
-                *least = (s.inputs.clone(), least.1.saturating_add(s.tasks));
+                *least = (shape, least.1.saturating_add(s.tasks));
             }
         }
         while kept.iter().any(|(_, n)| *n > HALVE_ABOVE) {
@@ -112,6 +117,7 @@ impl ShapeBook {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crat_core::wire::InputDims;
 
     fn shape(batch: u64) -> Shape {
         vec![("x".into(), vec![batch, 3])]
@@ -119,7 +125,10 @@ mod tests {
 
     fn count(batch: u64, tasks: u64) -> ShapeCount {
         ShapeCount {
-            inputs: shape(batch),
+            inputs: vec![InputDims {
+                name: "x".into(),
+                dims: vec![batch, 3],
+            }],
             tasks,
         }
     }
@@ -166,7 +175,10 @@ mod tests {
         let many: Vec<_> = (0..=SHAPES_MAX as u64).map(|b| count(b, 1)).collect();
         assert_eq!(book.record(d, &many), Err(ShapesError::TooMany));
         let deep = ShapeCount {
-            inputs: vec![("x".into(), vec![1; 9])],
+            inputs: vec![InputDims {
+                name: "x".into(),
+                dims: vec![1; 9],
+            }],
             tasks: 1,
         };
         assert_eq!(book.record(d, &[deep]), Err(ShapesError::Unbounded));
