@@ -274,7 +274,11 @@ mod tests {
         let dir = temp_dir("write");
         let path = dir.join("round-1.json");
         // A temporary file left by a crash, and an older version of the file.
-        fs::write(dir.join("round-1.json.tmp"), b"partial garbage that is longer").unwrap();
+        fs::write(
+            dir.join("round-1.json.tmp"),
+            b"partial garbage that is longer",
+        )
+        .unwrap();
         fs::write(&path, b"old").unwrap();
         write_durable(&path, b"new content\n").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new content\n");
