@@ -392,7 +392,10 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         usd(closed.payouts.total_usd_micro.get()),
         closed.payouts.payouts.len(),
         dir.path().join("dispatcher/payouts").display(),
-        &closed.receipt.digest_hex[..16]
+        closed
+            .receipt
+            .as_ref()
+            .map_or("not settled yet, retried", |r| &r.digest_hex[..16])
     );
     if unreported > 0 {
         // The last ticket's window: its lifetime and the grace after the run, and a tick.

@@ -263,6 +263,19 @@ pub struct RoundRecord {
     pub outcome_json: String,
 }
 
+/// That a closed round was settled ([`Ledger::mark_round_settled`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RoundSettlement {
+    /// When the dispatcher recorded it (Unix seconds).
+    pub settled_at_s: u64,
+    /// The settlement receipt's digest of the payout batch, if the receipt had one in the
+    /// 32-byte form ([`crat_rewards::PayoutBatch::digest_hex`]).
+    pub digest: Option<[u8; 32]>,
+}
+
+/// Most rounds [`Ledger::unsettled_rounds`] returns.
+pub const UNSETTLED_ROUNDS_MAX: u32 = 1_024;
+
 /// Why the ledger refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -459,4 +472,21 @@ pub trait Ledger: Send + Sync + 'static {
     fn round(&self, index: u64) -> Result<Option<RoundRecord>, LedgerError>;
     /// Closed rounds, newest first, at most `limit`.
     fn rounds(&self, limit: u32) -> Result<Vec<RoundRecord>, LedgerError>;
+
+    /// Indices of the closed rounds not settled yet, oldest first, at most `limit` (and at
+    /// most [`UNSETTLED_ROUNDS_MAX`]). A round is unsettled from [`Ledger::close_round`] until
+    /// [`Ledger::mark_round_settled`]; rounds closed before the ledger recorded settlements
+    /// read as unsettled (settling them again is a no-op by the `Settlement` contract).
+    fn unsettled_rounds(&self, limit: u32) -> Result<Vec<u64>, LedgerError>;
+    /// Records that round `index` was settled; returns the settlement as stored. A round
+    /// settled already keeps its first record (and that is returned). A round that is not
+    /// closed is [`LedgerError::NotFound`].
+    fn mark_round_settled(
+        &self,
+        index: u64,
+        settlement: &RoundSettlement,
+    ) -> Result<RoundSettlement, LedgerError>;
+    /// How round `index` was settled; `None` while it is not. A round that is not closed is
+    /// [`LedgerError::NotFound`].
+    fn round_settlement(&self, index: u64) -> Result<Option<RoundSettlement>, LedgerError>;
 }

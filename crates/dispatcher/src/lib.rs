@@ -11,7 +11,10 @@
 //! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
 //!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away;
 //! - issues **leases**: the warm replicas plus a ticket signed by the dispatcher key;
-//! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`];
+//! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`],
+//!   durably and resumably: the ledger records which closed rounds are settled, and an
+//!   unsettled one (a failed settlement, a crash) is retried with backoff, after a restart
+//!   too, while later rounds go on closing and settling;
 //! - **verifies computations** with canary tasks ([`CanaryConfig`]): tasks whose answer it
 //!   computed itself, sent to replicas as ordinary client tasks; a wrong answer is a
 //!   `validations_failed` of the node in the ledger (slashing and the loss of the round's

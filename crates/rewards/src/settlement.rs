@@ -149,6 +149,13 @@ pub struct SettlementReceipt {
 /// disagrees with an earlier one for the same round (another amount, or another set of
 /// nodes) is an error, never a second payment.
 ///
+/// A caller may settle a round again at any time, and must be able to: the dispatcher records
+/// a round as settled in its ledger only after `settle` returned, so a crash in between, or a
+/// failure, makes it call `settle` again for that round after a restart (with backoff, and
+/// for as long as it fails). Rounds may be settled out of order: a round whose settlement
+/// keeps failing does not hold up the next ones, so an implementation must not assume that
+/// round `N` is settled before round `N + 1`.
+///
 /// The trait is object-safe: a dispatcher holds a `Box<dyn Settlement>` chosen at start-up.
 /// An adapter's own failures (a chain node, a payment API) are [`SettlementError::Adapter`].
 pub trait Settlement: Send {

@@ -109,3 +109,72 @@ fn exporting_twice_pays_once_and_conflicts_are_refused() {
     assert!(matches!(s.settle(&b), Err(SettlementError::Corrupt { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What a crash (of a build that did not `fsync`, or a power loss) can leave: a partial JSON,
+/// an empty digest file, a stale temporary file. None of them blocks the round: settling it
+/// again rewrites or repairs the files, pays once and leaves files that verify.
+#[test]
+fn files_left_by_a_crash_are_rewritten_or_repaired() {
+    let dir = temp_dir("crash");
+    let mut s = FileSettlement::new(&dir);
+    let b = batch();
+    let json = b.to_json();
+    let verify = |s: &FileSettlement| {
+        let text = std::fs::read_to_string(s.path(7, "json")).unwrap();
+        assert_eq!(text, json);
+        assert_eq!(
+            std::fs::read_to_string(s.path(7, "blake3")).unwrap(),
+            format!(
+                "{}  round-00000000000000000007.json\n",
+                blake3::hash(text.as_bytes()).to_hex()
+            )
+        );
+        assert_eq!(
+            std::fs::read_to_string(s.path(7, "csv")).unwrap(),
+            b.to_csv()
+        );
+        let names: Vec<_> = std::fs::read_dir(s.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("round-00000000000000000007"))
+            .collect();
+        assert_eq!(names.len(), 3, "no temporary file is left: {names:?}");
+    };
+
+    // A truncated JSON (its data lost after the rename), with the digest of the whole one and
+    // a stale temporary file: the round was never completely settled, so it is settled now.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(s.path(7, "json"), &json[..json.len() / 2]).unwrap();
+    std::fs::write(
+        s.path(7, "blake3"),
+        format!("{}  round-00000000000000000007.json\n", b.digest_hex()),
+    )
+    .unwrap();
+    std::fs::write(s.path(7, "json.tmp"), "{").unwrap();
+    assert!(s.settle(&b).unwrap().newly_settled);
+    verify(&s);
+
+    // An empty JSON (a zero-length file after a power loss) is the same.
+    std::fs::write(s.path(7, "json"), "").unwrap();
+    assert!(s.settle(&b).unwrap().newly_settled);
+    verify(&s);
+
+    // A whole JSON with an empty digest file and a missing CSV: paid before, so nothing is
+    // paid again; the lost files are written again.
+    std::fs::write(s.path(7, "blake3"), "").unwrap();
+    std::fs::remove_file(s.path(7, "csv")).unwrap();
+    let again = s.settle(&b).unwrap();
+    assert!(!again.newly_settled);
+    assert_eq!(again.digest_hex, b.digest_hex());
+    verify(&s);
+
+    // Even then a different batch is a conflict, never a second payment.
+    std::fs::write(s.path(7, "blake3"), "").unwrap();
+    let mut changed = b.clone();
+    changed.payouts[0].bonus_usd_micro = MicroUsd::new(1);
+    assert!(matches!(
+        s.settle(&changed),
+        Err(SettlementError::Conflict { round_index: 7, .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -18,8 +18,8 @@ mod acks;
 
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
-    ModelRecord, NodeRecord, RoundRecord, StoredAck, USAGE_ROWS_PER_TASK_MAX, UsageCharge,
-    UsageOutcome, UsageRow,
+    ModelRecord, NodeRecord, RoundRecord, RoundSettlement, StoredAck, UNSETTLED_ROUNDS_MAX,
+    USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
 };
 
 /// How long a statement waits for another process's lock before failing.
@@ -183,7 +183,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX acks_unsettled ON acks(settle_at_s, ticket_nonce, node)
         WHERE settled_at_s IS NULL;
     ",
-    // Models are used only by the accounts that uploaded them (each one proved it has the
+    // 6: models are used only by the accounts that uploaded them (each one proved it has the
     // bytes), or by anyone once an owner made them public. The first uploader recorded in
     // `models` is the first owner.
     "
@@ -195,6 +195,15 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     INSERT INTO model_owners (model, account, since_s) SELECT id, account, stored_at_s FROM models;
     ALTER TABLE models ADD COLUMN public INTEGER NOT NULL DEFAULT 0 CHECK (public IN (0, 1));
+    ",
+    // 7: whether each closed round was settled (paid out), when, and the settlement receipt's
+    // 32-byte digest. Rounds closed before read as unsettled: the dispatcher settles them
+    // again, which the `Settlement` contract makes a no-op for those paid already.
+    "
+    ALTER TABLE rounds ADD COLUMN settled_at_s INTEGER;
+    ALTER TABLE rounds ADD COLUMN settlement_digest BLOB
+        CHECK (settlement_digest IS NULL OR length(settlement_digest) = 32);
+    CREATE INDEX rounds_unsettled ON rounds(idx) WHERE settled_at_s IS NULL;
     ",
 ];
 
@@ -1502,6 +1511,86 @@ impl Ledger for SqliteLedger {
             query_rounds(tx, &sql, i64::from(limit))
         })
     }
+
+    fn unsettled_rounds(&self, limit: u32) -> Result<Vec<u64>, LedgerError> {
+        let limit = i64::from(limit.min(UNSETTLED_ROUNDS_MAX));
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT idx FROM rounds WHERE settled_at_s IS NULL ORDER BY idx LIMIT ?1",
+                )
+                .db()?;
+            let rows = stmt
+                .query_map([limit], |r| r.get::<_, i64>(0))
+                .db()?
+                .collect::<Result<Vec<_>, _>>()
+                .db()?;
+            rows.into_iter()
+                .map(|i| from_i64(i, "round index"))
+                .collect()
+        })
+    }
+
+    fn mark_round_settled(
+        &self,
+        index: u64,
+        settlement: &RoundSettlement,
+    ) -> Result<RoundSettlement, LedgerError> {
+        let idx = to_i64(index, "round index")?;
+        let at = to_i64(settlement.settled_at_s, "settled_at_s")?;
+        self.write(|tx| {
+            tx.prepare_cached(
+                "UPDATE rounds SET settled_at_s = ?2, settlement_digest = ?3
+                 WHERE idx = ?1 AND settled_at_s IS NULL",
+            )
+            .db()?
+            .execute(params![
+                idx,
+                at,
+                settlement.digest.as_ref().map(|d| d.as_slice())
+            ])
+            .db()?;
+            read_settlement(tx, index)?.ok_or_else(|| {
+                LedgerError::Corrupt(format!("round {index} is not settled after settling it"))
+            })
+        })
+    }
+
+    fn round_settlement(&self, index: u64) -> Result<Option<RoundSettlement>, LedgerError> {
+        self.read(|tx| read_settlement(tx, index))
+    }
+}
+
+/// Round `index`'s settlement: `None` while unsettled, [`LedgerError::NotFound`] when the
+/// round is not closed.
+fn read_settlement(
+    tx: &Transaction<'_>,
+    index: u64,
+) -> Result<Option<RoundSettlement>, LedgerError> {
+    let not_found = || LedgerError::NotFound(format!("round {index}"));
+    let Ok(idx) = i64::try_from(index) else {
+        return Err(not_found());
+    };
+    let row: Option<(Option<i64>, Option<Vec<u8>>)> = tx
+        .prepare_cached("SELECT settled_at_s, settlement_digest FROM rounds WHERE idx = ?1")
+        .db()?
+        .query_row([idx], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .db()?;
+    let (at, digest) = row.ok_or_else(not_found)?;
+    let Some(at) = at else {
+        return Ok(None);
+    };
+    let digest = digest
+        .map(|d| {
+            <[u8; 32]>::try_from(d.as_slice())
+                .map_err(|_| LedgerError::Corrupt(format!("round {index} settlement digest")))
+        })
+        .transpose()?;
+    Ok(Some(RoundSettlement {
+        settled_at_s: from_i64(at, "settled_at_s")?,
+        digest,
+    }))
 }
 
 #[cfg(test)]
@@ -2434,6 +2523,105 @@ mod tests {
             .collect();
         assert_eq!(idx, [2, 1]);
         assert_eq!(ledger.rounds(10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rounds_are_unsettled_until_marked_and_keep_their_first_settlement() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        for i in 0..3 {
+            ledger.close_round(&round(i), &outcome(&[])).unwrap();
+        }
+        assert_eq!(ledger.unsettled_rounds(10).unwrap(), [0, 1, 2]);
+        assert_eq!(ledger.unsettled_rounds(2).unwrap(), [0, 1]);
+        assert_eq!(ledger.round_settlement(1).unwrap(), None);
+        // A later round settles before an earlier one.
+        let first = RoundSettlement {
+            settled_at_s: 500,
+            digest: Some([9; 32]),
+        };
+        assert_eq!(ledger.mark_round_settled(1, &first).unwrap(), first);
+        assert_eq!(ledger.unsettled_rounds(10).unwrap(), [0, 2]);
+        // Marking again keeps the first record.
+        let later = RoundSettlement {
+            settled_at_s: 900,
+            digest: None,
+        };
+        assert_eq!(ledger.mark_round_settled(1, &later).unwrap(), first);
+        assert_eq!(ledger.round_settlement(1).unwrap(), Some(first));
+        // A settlement without a digest is recorded as such.
+        assert_eq!(ledger.mark_round_settled(0, &later).unwrap(), later);
+        assert_eq!(ledger.unsettled_rounds(10).unwrap(), [2]);
+        // A round that is not closed cannot be settled.
+        assert!(matches!(
+            ledger.mark_round_settled(7, &first),
+            Err(LedgerError::NotFound(_))
+        ));
+        assert!(matches!(
+            ledger.round_settlement(u64::MAX),
+            Err(LedgerError::NotFound(_))
+        ));
+        assert!(matches!(
+            ledger.mark_round_settled(
+                2,
+                &RoundSettlement {
+                    settled_at_s: u64::MAX,
+                    digest: None
+                }
+            ),
+            Err(LedgerError::Invalid(_))
+        ));
+        assert_eq!(ledger.unsettled_rounds(10).unwrap(), [2]);
+    }
+
+    /// Migration 7 (and 2 to 6) on a file written by migration 1: rounds closed before settlements were
+    /// recorded read as unsettled (the dispatcher settles them again, a no-op for those paid),
+    /// and a settlement survives a reopen.
+    #[test]
+    fn rounds_from_before_settlement_records_read_as_unsettled() {
+        let (_dir, path) = temp();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO rounds VALUES (0, 0, 86400, 5, 1, 4, '{}', '{}');
+                 INSERT INTO rounds VALUES (1, 86400, 86400, 5, 1, 4, '{}', '{}');",
+            )
+            .unwrap();
+        }
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            assert_eq!(
+                ledger.schema_version().unwrap(),
+                SqliteLedger::current_schema_version()
+            );
+            assert_eq!(ledger.round(1).unwrap(), Some(round(1)));
+            assert_eq!(ledger.unsettled_rounds(10).unwrap(), [0, 1]);
+            ledger
+                .mark_round_settled(
+                    0,
+                    &RoundSettlement {
+                        settled_at_s: 100,
+                        digest: Some([3; 32]),
+                    },
+                )
+                .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        assert_eq!(ledger.unsettled_rounds(10).unwrap(), [1]);
+        assert_eq!(
+            ledger.round_settlement(0).unwrap(),
+            Some(RoundSettlement {
+                settled_at_s: 100,
+                digest: Some([3; 32]),
+            })
+        );
+        // The digest column holds 32 bytes or nothing.
+        let bad = ledger.conn.lock().execute(
+            "UPDATE rounds SET settled_at_s = 1, settlement_digest = x'00' WHERE idx = 1",
+            [],
+        );
+        assert!(bad.is_err());
     }
 
     #[test]

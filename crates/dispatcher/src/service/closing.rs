@@ -1,14 +1,23 @@
 //! Rounds: the ticker that drives the state machine's clock and closes each round once it
-//! is due (ledger → `crat-rewards` → stored outcome → settlement, in [`crate::rounds`]).
+//! is due (ledger → `crat-rewards` → stored outcome, [`crate::rounds::store_round`]), and the
+//! settler that pays closed rounds out ([`crate::rounds::settle_round`]).
+//!
+//! The two are separate loops so that settlement never holds up closing: a round is stored
+//! when it is due whatever happened to the rounds before it. The settler lists the unsettled
+//! rounds from the ledger on start and every tick and tries them oldest first; a round whose
+//! settlement fails waits out [`SettleRetries`]' backoff (1 s doubling to 10 min, kept in
+//! memory) while the others go on. Nothing of this state needs saving: after a restart the
+//! ledger still lists every round not marked settled, and each is tried at once.
 
 use std::time::Duration;
 
 use crat_core::wire::WireError;
+use crat_rewards::SettlementReceipt;
 use crat_transport::Transport;
 
 use super::{Counters, Dispatcher, DispatcherError};
-use crate::ledger::LedgerError;
-use crate::rounds::{ClosedRound, close_round};
+use crate::ledger::{LedgerError, UNSETTLED_ROUNDS_MAX};
+use crate::rounds::{ClosedRound, RoundError, SettleRetries, settle_round, store_round};
 
 impl<T: Transport> Dispatcher<T> {
     /// Ticks the state machine every `tick_ms` and closes the rounds that are due.
@@ -20,26 +29,42 @@ impl<T: Transport> Dispatcher<T> {
             let effects = self.inner.dispatch.lock().tick(now);
             self.apply(effects).await;
             self.settle_acks().await;
-            match self.close_due_rounds().await {
-                Ok(closed) => {
-                    for c in closed {
-                        tracing::info!(
-                            round = c.record.index,
-                            paid_usd_micro = c.record.paid_usd_micro.get(),
-                            payouts = c.payouts.payouts.len(),
-                            "round closed"
-                        );
-                    }
-                }
-                Err(e) => tracing::error!(error = %e, "closing a round failed"),
+            if let Err(e) = self.store_due_rounds().await {
+                tracing::error!(error = %e, "closing a round failed");
             }
         }
     }
 
+    /// Settles the closed rounds not settled yet: at once on start, then every `tick_ms`.
+    pub(super) async fn settle_loop(self) {
+        let period = Duration::from_millis(self.inner.config.tick_ms.max(10));
+        loop {
+            if let Err(e) = self.settle_pending().await {
+                tracing::error!(error = %e, "listing unsettled rounds failed");
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+
     /// Closes every round that ended at least `round_close_delay_s` ago and is not closed
-    /// yet (the first round is the one the first node registered in). Returns what it
-    /// closed.
+    /// yet (the first round is the one the first node registered in), then settles what is
+    /// unsettled ([`Dispatcher::settle_pending`]). Returns the rounds it closed, each with its
+    /// receipt if it was settled now. A settlement failure does not stop the closing: the
+    /// round is returned without a receipt and retried later.
     pub async fn close_due_rounds(&self) -> Result<Vec<ClosedRound>, DispatcherError> {
+        let mut closed = self.store_due_rounds().await?;
+        let receipts = self.settle_pending().await?;
+        for c in &mut closed {
+            c.receipt = receipts
+                .iter()
+                .find(|r| r.round_index == c.record.index)
+                .cloned();
+        }
+        Ok(closed)
+    }
+
+    /// Stores every round that is due and not stored yet (no settlement).
+    async fn store_due_rounds(&self) -> Result<Vec<ClosedRound>, DispatcherError> {
         let now = self.inner.clock.now_s();
         let clock = self.inner.config.round_clock();
         let next = {
@@ -70,30 +95,151 @@ impl<T: Transport> Dispatcher<T> {
             .saturating_add(self.inner.config.round_close_delay_s)
             <= now
         {
-            closed.push(self.close_round(index).await?);
+            let inner = self.inner.clone();
+            let (record, outcome) = tokio::task::spawn_blocking(move || inner.store(index))
+                .await
+                .map_err(|e| DispatcherError::Storage(format!("round task failed: {e}")))??;
+            let payouts = crat_rewards::PayoutBatch::from_outcome(index, &outcome)
+                .map_err(RoundError::from)?;
+            tracing::info!(
+                round = index,
+                paid_usd_micro = record.paid_usd_micro.get(),
+                payouts = payouts.payouts.len(),
+                "round closed"
+            );
+            Counters::add(&self.inner.counters.rounds_closed, 1);
+            closed.push(ClosedRound {
+                record,
+                outcome,
+                payouts,
+                receipt: None,
+            });
             index += 1;
+            *self.inner.next_round.lock() = Some(index);
         }
         *self.inner.next_round.lock() = Some(index);
         Ok(closed)
     }
 
-    /// Closes round `index` now (idempotent: a stored round is only settled again).
+    /// One pass over the closed rounds the ledger lists as unsettled (oldest first, at most
+    /// [`UNSETTLED_ROUNDS_MAX`]): each whose backoff has run out is settled now. A failure is
+    /// logged and backs that round off; the pass goes on with the next round. Returns the
+    /// receipts of the rounds settled by this pass. Passes never overlap.
+    pub async fn settle_pending(&self) -> Result<Vec<SettlementReceipt>, DispatcherError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut retries = inner.settle_retries.lock();
+            let pending = inner.ledger.unsettled_rounds(UNSETTLED_ROUNDS_MAX)?;
+            retries.retain(|i| pending.binary_search(&i).is_ok());
+            let mut receipts = Vec::new();
+            for index in pending {
+                let now_ms = inner.monotonic_ms();
+                if !retries.is_due(index, now_ms) {
+                    continue;
+                }
+                match inner.settle_now(index) {
+                    Ok(closed) => {
+                        retries.settled(index);
+                        if let Some(r) = closed.receipt {
+                            inner.count_settled(&r);
+                            receipts.push(r);
+                        }
+                    }
+                    Err(e) => {
+                        let wait_ms = retries.failed(index, now_ms);
+                        Counters::add(&inner.counters.settlement_failures, 1);
+                        tracing::warn!(
+                            round = index,
+                            error = %e,
+                            failures = retries.failures(index),
+                            retry_in_ms = wait_ms,
+                            "settling a round failed; it stays unsettled and is retried"
+                        );
+                    }
+                }
+            }
+            Ok::<_, DispatcherError>(receipts)
+        })
+        .await
+        .map_err(|e| DispatcherError::Storage(format!("settlement task failed: {e}")))?
+    }
+
+    /// Closes round `index` now and settles it now, whatever its backoff (idempotent: a
+    /// stored round is only settled again, which pays nothing twice). A settlement failure
+    /// is returned; the round stays stored and unsettled, and the settler retries it.
     pub async fn close_round(&self, index: u64) -> Result<ClosedRound, DispatcherError> {
         let inner = self.inner.clone();
         let closed = tokio::task::spawn_blocking(move || {
-            let mut settlement = inner.settlement.lock();
-            close_round(
-                &*inner.ledger,
-                &inner.config.rewards,
-                &inner.config.pricing,
-                inner.config.round_clock(),
-                index,
-                &mut **settlement,
-            )
+            let stored = inner.ledger.round(index)?.is_some();
+            inner.store(index)?;
+            if !stored {
+                Counters::add(&inner.counters.rounds_closed, 1);
+            }
+            let mut retries = inner.settle_retries.lock();
+            let result = inner.settle_now(index);
+            match &result {
+                Ok(closed) => {
+                    retries.settled(index);
+                    if let Some(r) = &closed.receipt {
+                        inner.count_settled(r);
+                    }
+                }
+                Err(_) => {
+                    retries.failed(index, inner.monotonic_ms());
+                    Counters::add(&inner.counters.settlement_failures, 1);
+                }
+            }
+            result
         })
         .await
         .map_err(|e| DispatcherError::Storage(format!("round task failed: {e}")))??;
-        Counters::add(&self.inner.counters.rounds_closed, 1);
         Ok(closed)
     }
+}
+
+impl<T: Transport> super::Inner<T> {
+    /// Milliseconds since the dispatcher started, on the monotonic clock (backoff only:
+    /// wall-clock jumps neither hasten nor stall retries).
+    fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Computes and stores round `index` (blocking; see [`store_round`]).
+    fn store(
+        &self,
+        index: u64,
+    ) -> Result<(crate::ledger::RoundRecord, crat_rewards::RoundOutcome), RoundError> {
+        store_round(
+            &*self.ledger,
+            &self.config.rewards,
+            &self.config.pricing,
+            self.config.round_clock(),
+            index,
+        )
+    }
+
+    /// Settles stored round `index` with the settlement (blocking; its lock held meanwhile).
+    fn settle_now(&self, index: u64) -> Result<ClosedRound, RoundError> {
+        let mut settlement = self.settlement.lock();
+        settle_round(&*self.ledger, index, &mut **settlement, self.clock.now_s())
+    }
+
+    fn count_settled(&self, r: &SettlementReceipt) {
+        if r.newly_settled {
+            Counters::add(&self.counters.rounds_settled, 1);
+        }
+        tracing::info!(
+            round = r.round_index,
+            payouts = r.payouts,
+            total_usd_micro = r.total_usd_micro.get(),
+            digest = %r.digest_hex,
+            newly_settled = r.newly_settled,
+            "round settled"
+        );
+    }
+}
+
+/// A fresh settler's state (no round failing yet).
+pub(super) fn settle_retries() -> parking_lot::Mutex<SettleRetries> {
+    parking_lot::Mutex::new(SettleRetries::new())
 }

@@ -15,7 +15,8 @@
 //! passes at deploy time), [`hardware`] (compute challenges: proof of hardware and of
 //! commitment) and [`closing`] (rounds). Decisions live in
 //! [`crat_core::dispatch`] and [`crat_core::policy`]; [`reply`] maps every refusal to a wire
-//! error once. Locks are taken one after another, never nested.
+//! error once. Locks are taken one after another, never nested (except `settlement` inside
+//! `settle_retries`, always in that order).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,6 +125,11 @@ pub struct DispatcherStats {
     pub usage_settled: u64,
     /// Rounds closed by this process.
     pub rounds_closed: u64,
+    /// Rounds this process settled for the first time (a round recognised by the
+    /// settlement as paid before, after a crash, does not count).
+    pub rounds_settled: u64,
+    /// Settlement attempts that failed (each retried with backoff).
+    pub settlement_failures: u64,
     /// Validations of other nodes' work credited from spot-check reports.
     pub validations_ok: u64,
     /// Failed validations recorded from spot-check reports (canaries not included).
@@ -159,6 +165,8 @@ struct Counters {
     acks: AtomicU64,
     usage_settled: AtomicU64,
     rounds_closed: AtomicU64,
+    rounds_settled: AtomicU64,
+    settlement_failures: AtomicU64,
     validations_ok: AtomicU64,
     validations_failed: AtomicU64,
     canaries_passed: AtomicU64,
@@ -182,6 +190,8 @@ impl Counters {
             acks: get(&self.acks),
             usage_settled: get(&self.usage_settled),
             rounds_closed: get(&self.rounds_closed),
+            rounds_settled: get(&self.rounds_settled),
+            settlement_failures: get(&self.settlement_failures),
             validations_ok: get(&self.validations_ok),
             validations_failed: get(&self.validations_failed),
             canaries_passed: get(&self.canaries_passed),
@@ -214,6 +224,9 @@ struct Inner<T: Transport> {
     deployments: RwLock<HashMap<DeploymentId, DeploymentRecord>>,
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
+    /// Backoff of the rounds whose settlement failed; held for a whole settlement pass, and
+    /// the one lock held while another (`settlement`) is taken.
+    settle_retries: Mutex<crate::rounds::SettleRetries>,
     canary: Option<CanaryState<T>>,
     /// The determinism gate's reference backends and verdicts.
     gate: Gate,
@@ -375,6 +388,7 @@ impl<T: Transport> Dispatcher<T> {
                 deployments: RwLock::new(deployments),
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
+                settle_retries: closing::settle_retries(),
                 canary,
                 gate,
                 reports,
@@ -480,6 +494,7 @@ impl<T: Transport> Dispatcher<T> {
         // Aborted when `run` returns or is dropped (a cancelled run must not leave the
         // ticker holding the dispatcher, and with it the socket, alive).
         let _ticker = AbortOnDrop(tokio::spawn(self.clone().tick_loop()));
+        let _settler = AbortOnDrop(tokio::spawn(self.clone().settle_loop()));
         let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
         let _challenges = AbortOnDrop(tokio::spawn(self.clone().hardware_loop()));
         let result = loop {
