@@ -377,6 +377,50 @@ fn check_tensor(t: &Tensor) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ONNX models
+
+/// The `onnx_check` target: `crat_backend::onnx_check::check_model`, which every upload
+/// reaches before anything else reads the model (crat-backend without backends: the check is
+/// dependency-free).
+///
+/// - It never panics, and gives the same verdict twice (it is a pure function of the bytes).
+/// - A model it accepts declares at least one input and one output, every input with a shape
+///   and a dtype the wire format carries, every shape within the element limit, and the
+///   indices of outputs without a declared shape point at outputs.
+///
+/// That what it accepts is a model a real protobuf decoder (tract's prost) decodes the same
+/// is a property test of crat-backend (`tests/onnx_differential.rs`), not checked here:
+/// tract under fuzzing instrumentation would cost minutes of every CI run.
+pub fn onnx_check(data: &[u8]) {
+    use crat_backend::onnx_check::{ELEMENTS_MAX, check_model};
+    let first = check_model(data);
+    let again = check_model(data);
+    assert_eq!(
+        first.as_ref().map_err(ToString::to_string),
+        again.as_ref().map_err(ToString::to_string),
+        "the check is not deterministic"
+    );
+    let Ok(summary) = first else { return };
+    assert!(!summary.info.inputs.is_empty() && !summary.info.outputs.is_empty());
+    for spec in summary.info.inputs.iter().chain(&summary.info.outputs) {
+        let elements = spec.shape.iter().try_fold(1u64, |n, d| match d {
+            crat_backend::Dim::Fixed(v) => n.checked_mul(*v),
+            crat_backend::Dim::Symbolic(_) => Some(n),
+        });
+        assert!(
+            elements.is_some_and(|e| e <= ELEMENTS_MAX),
+            "an accepted shape is beyond the limit"
+        );
+    }
+    assert!(
+        summary
+            .undeclared_output_shapes
+            .iter()
+            .all(|i| *i < summary.info.outputs.len())
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // text forms
 
 /// The `text` target: the text decoders: ids (`FromStr`), SDK keys, peer addresses and the

@@ -65,6 +65,7 @@ use crat_core::tensor::{DType, Tensor};
 
 pub mod challenge;
 pub mod onnx_check;
+mod onnx_schema;
 #[cfg(feature = "ort")]
 pub mod ort;
 pub mod select;

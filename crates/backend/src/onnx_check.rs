@@ -111,6 +111,7 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
     if model.is_empty() {
         return Err(BackendError::Load("model is empty".into()));
     }
+    conforms(crate::onnx_schema::MODEL_PROTO, model, 0)?;
     let mut walker = Walker::default();
     walker.model(model)?;
     if let Some((op, name)) = walker
@@ -823,6 +824,51 @@ fn utf8(bytes: &[u8], what: &str) -> Result<String, BackendError> {
 
 fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Checks `buf` against message `msg` of the ONNX schema as a protobuf decoder would
+/// (prost, which tract uses): every known field has its wire type (a repeated scalar may be
+/// packed), strings are UTF-8, nested messages conform. Unknown fields are skipped.
+fn conforms(msg: usize, buf: &[u8], depth: usize) -> Result<(), BackendError> {
+    use crate::onnx_schema::{Kind, MESSAGES};
+    depth_check(depth)?;
+    let (name, fields) = MESSAGES
+        .get(msg)
+        .ok_or_else(|| malformed("unknown schema message"))?;
+    let mut reader = Reader::new(buf);
+    while let Some((tag, value)) = reader.next()? {
+        let Some(field) = fields.iter().find(|f| f.tag == tag) else {
+            continue;
+        };
+        let ok = match (field.kind, value) {
+            (Kind::Varint, Value::Varint(_))
+            | (Kind::Fixed32, Value::Fixed32)
+            | (Kind::Fixed64, Value::Fixed64)
+            | (Kind::Bytes, Value::Bytes(_)) => true,
+            (Kind::Str, Value::Bytes(b)) => std::str::from_utf8(b).is_ok(),
+            (Kind::Msg(inner), Value::Bytes(b)) => {
+                conforms(inner, b, depth + 1)?;
+                true
+            }
+            // Packed repeated scalars.
+            (Kind::Varint, Value::Bytes(b)) if field.repeated => {
+                let mut packed = Reader::new(b);
+                while !packed.is_empty() {
+                    packed.varint()?;
+                }
+                true
+            }
+            (Kind::Fixed32, Value::Bytes(b)) if field.repeated => b.len() % 4 == 0,
+            (Kind::Fixed64, Value::Bytes(b)) if field.repeated => b.len() % 8 == 0,
+            _ => false,
+        };
+        if !ok {
+            return Err(malformed(&format!(
+                "field {tag} of {name} has the wrong wire type or is not UTF-8"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One protobuf field value.
