@@ -2,6 +2,7 @@
 //! own module; this file only parses the command line and dispatches.
 
 mod demo;
+mod keyfile;
 mod net;
 mod rewards;
 mod sim;

@@ -29,6 +29,8 @@ use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
+use crate::keyfile::load_or_create_key;
+
 /// Settings file: every flag of the network verbs can be given here instead.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,28 +83,6 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// Reads the ed25519 key at `path` (64 hex digits), creating it if absent.
-fn load_or_create_key(path: &Path) -> anyhow::Result<SigningKey> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let mut bytes = [0u8; 32];
-            hex::decode_to_slice(text.trim(), &mut bytes)
-                .with_context(|| format!("{} is not a 64-hex-digit key", path.display()))?;
-            Ok(SigningKey::from_bytes(&bytes))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = SigningKey::from_bytes(&rand::random());
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(path, hex::encode(key.to_bytes()))
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(key)
-        }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-    }
 }
 
 fn now_s() -> u64 {

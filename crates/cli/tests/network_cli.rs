@@ -96,3 +96,79 @@ fn demo_runs_end_to_end() {
     assert!(out.contains("round 0 closed"), "{out}");
     assert!(out.contains("payouts: $"), "{out}");
 }
+
+/// A running `crat` verb, killed when dropped.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_crat"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for the key file at `path` and returns its permission bits.
+fn key_file_mode(path: &std::path::Path, running: &mut Running) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    for _ in 0..600 {
+        if let Ok(meta) = std::fs::metadata(path) {
+            return meta.permissions().mode() & 0o777;
+        }
+        if let Some(status) = running.0.try_wait().unwrap() {
+            panic!("crat exited ({status}) before writing {}", path.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("{} never appeared", path.display());
+}
+
+#[test]
+fn dispatcher_and_node_write_their_keys_private() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("dispatcher");
+    let mut dispatcher = spawn(&[
+        "dispatcher",
+        "--data-dir",
+        d.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(
+        key_file_mode(&d.join("dispatcher.key"), &mut dispatcher),
+        0o600
+    );
+    // "dispatcher <id> listening on …": the id the node is told to expect.
+    let mut line = String::new();
+    std::io::BufReader::new(dispatcher.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let id = line.split_whitespace().nth(1).unwrap().to_owned();
+    let n = dir.path().join("node");
+    let mut node = spawn(&[
+        "node",
+        "--dispatcher",
+        "127.0.0.1:9",
+        "--dispatcher-id",
+        &id,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        n.to_str().unwrap(),
+        "--gpu",
+        "test",
+    ]);
+    assert_eq!(key_file_mode(&n.join("node.key"), &mut node), 0o600);
+}

@@ -3,13 +3,16 @@
 //!
 //! [`IdlePolicy`] is the decision, sans-IO (time is passed in). [`IdleController`] applies it
 //! to an [`IdleWorkload`]; [`CommandWorkload`] is the usual workload: a child process started
-//! with a command line and stopped with SIGTERM, then SIGKILL after a grace period.
+//! with a command line in a process group of its own, and stopped with SIGTERM to the whole
+//! group, then SIGKILL to the group after a grace period (so what the command started in
+//! turn stops with it).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, kill};
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
@@ -49,14 +52,34 @@ impl<W: IdleWorkload + ?Sized> IdleWorkload for Box<W> {
     }
 }
 
-/// A command run as a child process while idle.
+/// A command run as a child process while idle, in a process group of its own.
+///
+/// The child leads a new process group (`setpgid(0, 0)` at spawn), so whatever it starts
+/// (a miner's workers, a shell script's background jobs) is stopped with it: stopping sends
+/// SIGTERM to the whole group, waits up to the grace period for the child to exit and the
+/// group to empty, then sends SIGKILL to the group. Dropping the workload sends SIGKILL to
+/// the group. Members that leave the group (`setsid`, `setpgid`) are out of reach, as they
+/// would be of a shell's job control. A member that exited counts until it is reaped (by its
+/// parent, or by init once orphaned): under an init that never reaps, a stop that leaves
+/// orphans lasts the whole grace period.
 pub struct CommandWorkload {
     program: String,
     args: Vec<String>,
     grace: Duration,
-    child: tokio::sync::Mutex<Option<Child>>,
+    child: tokio::sync::Mutex<Option<Running>>,
     running: Mutex<bool>,
 }
+
+/// A started child and the process group it leads.
+struct Running {
+    child: Child,
+    /// The group's id: the child's pid, kept because [`Child::id`] forgets it once the
+    /// child is reaped while the rest of the group may live on.
+    group: Pid,
+}
+
+/// How often a stopping workload's process group is checked for members.
+const GROUP_POLL_MS: u64 = 10;
 
 impl CommandWorkload {
     /// `program` with `args`, given `grace` between SIGTERM and SIGKILL when stopped.
@@ -70,71 +93,129 @@ impl CommandWorkload {
         }
     }
 
-    /// Process id of the running child, if any.
+    /// Process id of the running child, if any (also its process group's id).
     pub async fn pid(&self) -> Option<u32> {
-        self.child.lock().await.as_ref().and_then(Child::id)
+        self.child.lock().await.as_ref().and_then(|r| r.child.id())
     }
 
     fn set_running(&self, running: bool) {
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = running;
+    }
+
+    /// Ends `running`'s process group: SIGTERM to the group, then SIGKILL to it once the
+    /// grace period has passed with the child alive or the group not yet empty.
+    async fn terminate(&self, mut running: Running) -> Result<(), IdleError> {
+        let group = running.group;
+        signal_group(group, Signal::SIGTERM)?;
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let exited = match tokio::time::timeout_at(deadline, running.child.wait()).await {
+            Ok(Ok(status)) => Some(status),
+            Ok(Err(e)) => return Err(IdleError::Stop(format!("waiting for the child: {e}"))),
+            Err(_) => None,
+        };
+        // The child is reaped; what it started may still be finishing.
+        if exited.is_some() {
+            while group_has_members(group)? && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(GROUP_POLL_MS)).await;
+            }
+        }
+        if exited.is_none() || group_has_members(group)? {
+            tracing::warn!(
+                group = group.as_raw(),
+                "idle workload outlived its grace period; killing its process group"
+            );
+            signal_group(group, Signal::SIGKILL)?;
+            let status = running
+                .child
+                .wait()
+                .await
+                .map_err(|e| IdleError::Stop(format!("waiting for the child: {e}")))?;
+            tracing::info!(?status, "idle workload killed");
+        } else {
+            tracing::info!(status = ?exited, "idle workload stopped");
+        }
+        Ok(())
+    }
+}
+
+/// Sends `signal` to process group `group`; a group with no members left is not an error.
+fn signal_group(group: Pid, signal: Signal) -> Result<(), IdleError> {
+    match killpg(group, signal) {
+        Ok(()) | Err(Errno::ESRCH) => Ok(()),
+        Err(e) => Err(IdleError::Stop(format!(
+            "{signal} to process group {group}: {e}"
+        ))),
+    }
+}
+
+/// Whether any process (exited but not yet reaped ones included) is in group `group`.
+fn group_has_members(group: Pid) -> Result<bool, IdleError> {
+    match killpg(group, None) {
+        Ok(()) | Err(Errno::EPERM) => Ok(true),
+        Err(Errno::ESRCH) => Ok(false),
+        Err(e) => Err(IdleError::Stop(format!(
+            "checking process group {group}: {e}"
+        ))),
     }
 }
 
 #[async_trait]
 impl IdleWorkload for CommandWorkload {
     async fn start(&self) -> Result<(), IdleError> {
-        let mut child = self.child.lock().await;
-        if let Some(c) = child.as_mut()
-            && matches!(c.try_wait(), Ok(None))
+        let mut guard = self.child.lock().await;
+        if let Some(r) = guard.as_mut()
+            && matches!(r.child.try_wait(), Ok(None))
         {
             return Ok(());
+        }
+        // A child that exited on its own may have left members of its group behind.
+        if let Some(exited) = guard.take() {
+            self.terminate(exited).await?;
         }
         let spawned = Command::new(&self.program)
             .args(&self.args)
             .stdin(std::process::Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(IdleError::Start)?;
-        tracing::info!(program = %self.program, pid = ?spawned.id(), "idle workload started");
-        *child = Some(spawned);
+        let group = spawned
+            .id()
+            .and_then(|pid| i32::try_from(pid).ok())
+            .map(Pid::from_raw)
+            .ok_or_else(|| {
+                IdleError::Start(std::io::Error::other("the spawned child has no process id"))
+            })?;
+        tracing::info!(program = %self.program, pid = group.as_raw(), "idle workload started");
+        *guard = Some(Running {
+            child: spawned,
+            group,
+        });
         self.set_running(true);
         Ok(())
     }
 
     async fn stop(&self) -> Result<(), IdleError> {
         let mut guard = self.child.lock().await;
-        let Some(mut child) = guard.take() else {
+        let Some(running) = guard.take() else {
             return Ok(());
         };
         self.set_running(false);
-        let Some(pid) = child.id() else {
-            // Already exited and reaped.
-            return Ok(());
-        };
-        let pid = Pid::from_raw(
-            i32::try_from(pid).map_err(|_| IdleError::Stop(format!("pid {pid} out of range")))?,
-        );
-        if let Err(e) = kill(pid, Signal::SIGTERM) {
-            return Err(IdleError::Stop(format!("SIGTERM: {e}")));
-        }
-        match tokio::time::timeout(self.grace, child.wait()).await {
-            Ok(Ok(status)) => {
-                tracing::info!(?status, "idle workload stopped");
-                Ok(())
-            }
-            Ok(Err(e)) => Err(IdleError::Stop(e.to_string())),
-            Err(_) => {
-                tracing::warn!("idle workload ignored SIGTERM; killing it");
-                child
-                    .kill()
-                    .await
-                    .map_err(|e| IdleError::Stop(format!("SIGKILL: {e}")))
-            }
-        }
+        self.terminate(running).await
     }
 
     fn is_running(&self) -> bool {
         *self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for CommandWorkload {
+    fn drop(&mut self) {
+        // The child itself is killed and reaped by `kill_on_drop`; this ends the rest of its
+        // group. Best effort: nothing can be reported from a drop.
+        if let Some(running) = self.child.get_mut() {
+            let _ = killpg(running.group, Signal::SIGKILL);
+        }
     }
 }
 
@@ -283,6 +364,8 @@ impl<W: IdleWorkload> IdleController<W> {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::signal::kill;
+
     use super::*;
 
     #[test]
@@ -347,6 +430,119 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(!w.is_running());
         let _ = std::fs::remove_file(&ready);
+    }
+
+    /// Whether process `pid` has ended: gone, or a zombie waiting for its reaper (its
+    /// parent, or init for an orphan).
+    fn ended(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // The state follows the command name, which is in parentheses.
+            Ok(stat) => matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next()),
+                Some('Z' | 'X')
+            ),
+        }
+    }
+
+    /// Starts `sh -c script` with `$PIDFILE` naming a file the script writes a pid into;
+    /// returns the workload, the child's pid and the pid the script wrote.
+    async fn start_with_grandchild(script: &str, grace: Duration) -> (CommandWorkload, i32, i32) {
+        let pidfile = std::env::temp_dir().join(format!(
+            "crat-idle-group-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let _ = std::fs::remove_file(&pidfile);
+        let w = CommandWorkload::new(
+            "sh",
+            vec![
+                "-c".into(),
+                script.into(),
+                "sh".into(),
+                pidfile.display().to_string(),
+            ],
+            grace,
+        );
+        w.start().await.unwrap();
+        let child = i32::try_from(w.pid().await.unwrap()).unwrap();
+        let mut grandchild = None;
+        for _ in 0..10_000 {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                grandchild = Some(pid);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let _ = std::fs::remove_file(&pidfile);
+        let grandchild = grandchild.expect("the script never wrote its grandchild's pid");
+        assert_ne!(child, grandchild);
+        assert!(!ended(grandchild), "the grandchild runs");
+        (w, child, grandchild)
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // The pid is written to a temporary name and renamed, so it is never read half-written.
+    const WRITE_PID: &str = r#"echo $! > "$1.tmp"; mv "$1.tmp" "$1""#;
+
+    #[tokio::test]
+    async fn stopping_ends_what_the_workload_started() {
+        let script = format!("sleep 1000 & {WRITE_PID}; sleep 1000");
+        let (w, child, grandchild) = start_with_grandchild(&script, Duration::from_secs(2)).await;
+        w.stop().await.unwrap();
+        assert!(ended(child), "the child {child} still runs");
+        // Without the process group, SIGTERM to the child left this one running.
+        for _ in 0..1_000 {
+            if ended(grandchild) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(ended(grandchild), "the grandchild {grandchild} still runs");
+        assert!(!w.is_running());
+    }
+
+    #[tokio::test]
+    async fn a_grandchild_ignoring_sigterm_is_killed_after_grace() {
+        let script = format!(r#"(trap '' TERM; exec sleep 1000) & {WRITE_PID}; sleep 1000"#);
+        let grace = Duration::from_millis(300);
+        let (w, child, grandchild) = start_with_grandchild(&script, grace).await;
+        let t = std::time::Instant::now();
+        w.stop().await.unwrap();
+        // The child went at SIGTERM; the group stayed until SIGKILL at the end of the grace.
+        assert!(t.elapsed() >= grace);
+        assert!(ended(child), "the child {child} still runs");
+        for _ in 0..1_000 {
+            if ended(grandchild) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(ended(grandchild), "the grandchild {grandchild} still runs");
+    }
+
+    #[tokio::test]
+    async fn what_an_exited_launcher_left_behind_is_stopped() {
+        // The child starts the real work in the background and exits at once.
+        let script = format!("sleep 1000 & {WRITE_PID}");
+        let (w, _, grandchild) = start_with_grandchild(&script, Duration::from_secs(2)).await;
+        w.stop().await.unwrap();
+        for _ in 0..1_000 {
+            if ended(grandchild) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(ended(grandchild), "the grandchild {grandchild} still runs");
     }
 
     #[tokio::test]

@@ -9,7 +9,7 @@
 //! | [`probe`] | GPUs through NVML, else the CPU; power rating from the shared GPU table |
 //! | [`cache`] | content-addressed model files verified on every read; loaded models under a byte budget, loaded once |
 //! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
-//! | [`idle`] | run a configured command (a miner) while idle, stop it when work arrives |
+//! | [`idle`] | run a configured command (a miner) while idle in a process group of its own, stop the whole group when work arrives |
 //! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
 //!

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use crat_core::bps::Bps;
+use crat_core::expiring::WhenFull;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey};
 use crat_core::money::Credits;
 use crat_core::policy::budget::{ticket_budget, ticket_price};
@@ -31,9 +32,15 @@ use crate::ledger::{AccountName, DeploymentRecord, KeyRecord, ModelRecord};
 /// SDK key records cached at once (the cache is emptied when full).
 const KEYS_CACHED_MAX: usize = 100_000;
 
+/// The refusal of a key id the ledger does not hold.
+fn unknown_key() -> Refusal {
+    err(ErrorCode::Unauthenticated, "unknown SDK key").into()
+}
+
 impl<T: Transport> Dispatcher<T> {
-    /// Checks an SDK key: known (its record cached for `key_cache_ms`), and then
-    /// [`check_key`]: secret, revocation, expiry.
+    /// Checks an SDK key: known (its record cached for `key_cache_ms`; an id the ledger does
+    /// not hold remembered as unknown for `unknown_key_cache_ms`), and then [`check_key`]:
+    /// secret, revocation, expiry.
     async fn authenticate(&self, key: &SdkKey) -> Result<KeyRecord, Refusal> {
         let now = self.inner.clock.now_s();
         let cache_for = Duration::from_millis(self.inner.config.key_cache_ms);
@@ -47,11 +54,21 @@ impl<T: Transport> Dispatcher<T> {
         let record = match cached {
             Some(r) => r,
             None => {
+                let now_ms = self.monotonic_ms();
+                {
+                    let mut unknown = self.inner.unknown_keys.lock();
+                    unknown.forget_expired(now_ms);
+                    if unknown.contains(&key.id) {
+                        Counters::add(&self.inner.counters.unknown_keys_cached, 1);
+                        return Err(unknown_key());
+                    }
+                }
                 let id = key.id;
-                let record = self
-                    .db(move |l| l.key(&id))
-                    .await?
-                    .ok_or_else(|| err(ErrorCode::Unauthenticated, "unknown SDK key"))?;
+                Counters::add(&self.inner.counters.key_lookups, 1);
+                let Some(record) = self.db(move |l| l.key(&id)).await? else {
+                    self.remember_unknown(id);
+                    return Err(unknown_key());
+                };
                 let mut keys = self.inner.keys.write();
                 if keys.len() >= KEYS_CACHED_MAX {
                     keys.clear();
@@ -96,13 +113,39 @@ impl<T: Transport> Dispatcher<T> {
             .unwrap_or_else(|e| DispatcherResponse::Error(e.into()))
     }
 
+    /// Remembers that the ledger does not hold `id`, for `unknown_key_cache_ms` (the oldest
+    /// remembered id makes room when `unknown_keys_cached_max` are held).
+    fn remember_unknown(&self, id: KeyId) {
+        let ttl_ms = self.inner.config.unknown_key_cache_ms;
+        if ttl_ms == 0 {
+            return;
+        }
+        // Read after the lookup, so the entry lives its full time past the ledger's answer.
+        let now_ms = self.monotonic_ms();
+        // `ForgetSoonest` makes room whenever the capacity is not 0, and a capacity of 0
+        // means remembering nothing: either way the refusal needs no handling.
+        let _ = self.inner.unknown_keys.lock().insert(
+            id,
+            (),
+            now_ms.saturating_add(ttl_ms),
+            now_ms,
+            WhenFull::ForgetSoonest,
+        );
+    }
+
+    /// Milliseconds since this dispatcher started (monotonic: wall-clock jumps do not move
+    /// it).
+    fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// `Busy` when `key` is over its request rate. Checked after authentication, so nobody
     /// can spend another key's allowance by naming it.
     fn check_rate(&self, key: &KeyId) -> Result<(), Refusal> {
         let Some(rates) = &self.inner.key_rates else {
             return Ok(());
         };
-        let now_ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let now_ms = self.monotonic_ms();
         rates
             .lock()
             .allow(key, now_ms)
@@ -534,5 +577,114 @@ fn upload_progress(p: UploadProgress) -> DispatcherResponse {
         received_bytes: p.received_bytes,
         total_bytes: p.total_bytes,
         chunk_bytes_max: CHUNK_BYTES_MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crat_core::wire::ClientCall;
+    use crat_transport::memory::{MemoryNetwork, MemoryTransport};
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::DispatcherConfig;
+    use crate::admin::ensure_account;
+
+    fn dispatcher(dir: &std::path::Path, unknown_key_cache_ms: u64) -> Dispatcher<MemoryTransport> {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        let transport = MemoryNetwork::new()
+            .bind("mem:dispatcher", NodeId::from_key(&key.verifying_key()))
+            .unwrap();
+        let mut config = DispatcherConfig::new(dir);
+        config.unknown_key_cache_ms = unknown_key_cache_ms;
+        Dispatcher::open(config, key, transport).unwrap()
+    }
+
+    async fn balance(d: &Dispatcher<MemoryTransport>, key: SdkKey) -> DispatcherResponse {
+        let client = NodeId::from_bytes([9; 32]);
+        let call = ClientCall::Balance;
+        d.handle_client(client, ClientRequest { key, call }).await
+    }
+
+    fn unauthenticated(r: &DispatcherResponse) -> bool {
+        matches!(r, DispatcherResponse::Error(e) if e.code == ErrorCode::Unauthenticated)
+    }
+
+    /// Stores `key` in the ledger, as `crat keys create` does (with a chosen id).
+    fn store(d: &Dispatcher<MemoryTransport>, key: &SdkKey) {
+        let account = AccountName::new("alice").unwrap();
+        ensure_account(&**d.ledger(), &account, 0).unwrap();
+        d.ledger()
+            .insert_key(&KeyRecord {
+                id: key.id,
+                account,
+                secret_hash: *blake3::hash(&key.secret).as_bytes(),
+                created_at_s: 0,
+                expires_at_s: None,
+                revoked_at_s: None,
+            })
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unknown_key_is_looked_up_once_per_cache_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path(), 60_000);
+        let unknown = SdkKey {
+            id: KeyId::from_bytes([1; 16]),
+            secret: [2; 32],
+        };
+        for _ in 0..1_000 {
+            assert!(unauthenticated(&balance(&d, unknown.clone()).await));
+        }
+        let stats = d.stats();
+        assert_eq!(stats.key_lookups, 1, "one ledger lookup for 1,000 requests");
+        assert_eq!(stats.unknown_keys_cached, 999);
+        // Another unknown id is its own lookup; known keys are unaffected.
+        let other = SdkKey {
+            id: KeyId::from_bytes([4; 16]),
+            secret: [2; 32],
+        };
+        assert!(unauthenticated(&balance(&d, other).await));
+        assert_eq!(d.stats().key_lookups, 2);
+        let known = SdkKey {
+            id: KeyId::from_bytes([5; 16]),
+            secret: [6; 32],
+        };
+        store(&d, &known);
+        assert!(!unauthenticated(&balance(&d, known).await));
+    }
+
+    #[tokio::test]
+    async fn a_key_stored_after_it_was_unknown_authenticates_after_the_cache_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_ms = 200;
+        let d = dispatcher(dir.path(), cache_ms);
+        let key = SdkKey {
+            id: KeyId::from_bytes([1; 16]),
+            secret: [2; 32],
+        };
+        assert!(unauthenticated(&balance(&d, key.clone()).await));
+        store(&d, &key);
+        tokio::time::sleep(Duration::from_millis(cache_ms + 50)).await;
+        let r = balance(&d, key).await;
+        assert!(matches!(r, DispatcherResponse::Balance(_)), "{r:?}");
+        assert_eq!(d.stats().key_lookups, 2);
+    }
+
+    #[tokio::test]
+    async fn a_zero_cache_time_looks_unknown_keys_up_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dispatcher(dir.path(), 0);
+        let unknown = SdkKey {
+            id: KeyId::from_bytes([1; 16]),
+            secret: [2; 32],
+        };
+        for _ in 0..3 {
+            assert!(unauthenticated(&balance(&d, unknown.clone()).await));
+        }
+        assert_eq!(d.stats().key_lookups, 3);
     }
 }

@@ -80,6 +80,15 @@ pub struct DispatcherConfig {
     pub registrations_tracked_max: usize,
     /// How long a key's status is cached (revocations take effect within this). Default 1 s.
     pub key_cache_ms: u64,
+    /// How long an SDK key id the ledger does not hold is remembered as unknown, so that
+    /// requests naming it again are refused without a ledger lookup (measured on the
+    /// monotonic clock). A key later stored under such an id authenticates within this; key
+    /// ids are 128 random bits, so only a key named before it existed is ever delayed.
+    /// 0: unknown ids are looked up every time. Default 10,000 ms.
+    pub unknown_key_cache_ms: u64,
+    /// Unknown SDK key ids remembered at once; beyond it the oldest is forgotten (a flood of
+    /// fresh ids costs a lookup each, as without the cache). Default 65,536.
+    pub unknown_keys_cached_max: usize,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
     pub tick_ms: u64,
     /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`](super::CanaryParts)).
@@ -139,6 +148,8 @@ impl DispatcherConfig {
             client_keys_tracked_max: 65_536,
             registrations_tracked_max: 65_536,
             key_cache_ms: 1_000,
+            unknown_key_cache_ms: 10_000,
+            unknown_keys_cached_max: 65_536,
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
             gate: GateConfig::default(),

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crat_core::clock::Clock;
 use crat_core::dispatch::Dispatch;
+use crat_core::expiring::ExpiringMap;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::KeyedRateLimiter;
 use crat_core::policy::acks::AckBook;
@@ -143,6 +144,10 @@ pub struct DispatcherStats {
     /// Clients' reports of answers without a valid receipt (each may send a canary to the
     /// node at once).
     pub receipt_reports: u64,
+    /// SDK keys looked up in the ledger (not in the key cache, nor remembered as unknown).
+    pub key_lookups: u64,
+    /// Requests refused because their key id was remembered as unknown (no ledger lookup).
+    pub unknown_keys_cached: u64,
 }
 
 struct CachedKey {
@@ -173,6 +178,8 @@ struct Counters {
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
     receipt_reports: AtomicU64,
+    key_lookups: AtomicU64,
+    unknown_keys_cached: AtomicU64,
 }
 
 impl Counters {
@@ -198,6 +205,8 @@ impl Counters {
             canaries_failed: get(&self.canaries_failed),
             canaries_inconclusive: get(&self.canaries_inconclusive),
             receipt_reports: get(&self.receipt_reports),
+            key_lookups: get(&self.key_lookups),
+            unknown_keys_cached: get(&self.unknown_keys_cached),
         }
     }
 }
@@ -215,6 +224,9 @@ struct Inner<T: Transport> {
     dispatch: Mutex<Dispatch>,
     node_conns: Mutex<HashMap<NodeId, NodeConn<T::Connection>>>,
     keys: RwLock<HashMap<KeyId, CachedKey>>,
+    /// SDK key ids the ledger did not hold, until `unknown_key_cache_ms` after the lookup
+    /// (times in milliseconds since `started`).
+    unknown_keys: Mutex<ExpiringMap<KeyId, ()>>,
     /// Request rates of SDK keys on the network path.
     key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
     /// Registrations accepted within their freshness window (node, nonce).
@@ -345,6 +357,7 @@ impl<T: Transport> Dispatcher<T> {
         let key_rates = config
             .client_key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
+        let unknown_keys = Mutex::new(ExpiringMap::new(config.unknown_keys_cached_max));
         let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
         let rates = SamplingRates::new(config.validation_bps, config.validation_bps_suspect)
             .map_err(|e| DispatcherError::Config(e.to_string()))?;
@@ -382,6 +395,7 @@ impl<T: Transport> Dispatcher<T> {
                 dispatch: Mutex::new(dispatch),
                 node_conns: Mutex::new(HashMap::new()),
                 keys: RwLock::new(HashMap::new()),
+                unknown_keys,
                 key_rates,
                 registrations,
                 started: Instant::now(),
