@@ -94,7 +94,7 @@ pub struct CpuInfo {
 
 /// Most GPUs a hardware description lists (only the first
 /// [`GPUS_MAX`](crate::policy::hardware::GPUS_MAX) are challenged and can be proven).
-pub const GPUS_LISTED_MAX: usize = 256;
+pub const GPUS_LISTED_MAX: usize = 4_096;
 
 /// A node's hardware: its GPUs (possibly none) and its CPU.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
