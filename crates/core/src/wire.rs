@@ -696,7 +696,8 @@ pub enum ClientCall {
         /// Which.
         deployment: DeploymentId,
     },
-    /// Stop a deployment.
+    /// Stop a deployment (its allowance left goes back to the account once the usage window
+    /// of its last tickets has ended).
     Undeploy {
         /// Which.
         deployment: DeploymentId,

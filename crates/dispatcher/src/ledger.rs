@@ -364,13 +364,23 @@ pub trait Ledger: Send + Sync + 'static {
     fn deployment(&self, id: &DeploymentId) -> Result<Option<DeploymentRecord>, LedgerError>;
     /// Deployments not stopped, oldest first.
     fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError>;
-    /// Stops a deployment and returns its allowance left to the account; returns the record
-    /// after. Stopping a stopped deployment changes nothing.
+    /// Stops a deployment; returns the record after. Its allowance left goes back to the
+    /// account at `refund_at_s` ([`Ledger::refund_stopped`]): until then usage already served
+    /// under its tickets (reported late, or charged from clients' acknowledgements when their
+    /// window ends) is still charged from it. A `refund_at_s` at or before `now_s` refunds at
+    /// once. Stopping a stopped deployment changes nothing.
     fn stop_deployment(
         &self,
         id: &DeploymentId,
         now_s: u64,
+        refund_at_s: u64,
     ) -> Result<DeploymentRecord, LedgerError>;
+    /// Refunds the allowance left of every stopped deployment whose refund time is at or
+    /// before `now_s` (at most `limit`); returns them, after.
+    fn refund_stopped(&self, now_s: u64, limit: u32) -> Result<Vec<DeploymentRecord>, LedgerError>;
+    /// Deployments stopped whose allowance is not refunded yet (usage under their tickets is
+    /// still charged), oldest first.
+    fn stopping_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError>;
 
     /// Stores and charges usage records, once per (deployment, task id, inputs digest): a
     /// task already stored is counted as a duplicate and charged nothing (a failover's second

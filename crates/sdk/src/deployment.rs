@@ -256,7 +256,11 @@ impl<T: Transport> Deployment<T> {
         }
     }
 
-    /// Stops the deployment.
+    /// Stops the deployment: no new leases, its replicas are released. What is left of a
+    /// per-request allowance goes back to the account once the usage window of the last
+    /// leases has ended (their lifetime plus the dispatcher's usage grace), so that work
+    /// already served, reported late or charged from this client's acknowledgements, is paid
+    /// from it first.
     pub async fn undeploy(&self) -> Result<(), Error> {
         match self
             .client

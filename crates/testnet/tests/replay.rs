@@ -855,3 +855,70 @@ async fn invented_records_are_not_paid_after_a_restart() {
     n.beating.abort();
     n.net.shutdown();
 }
+
+/// Work served before an undeploy and acknowledged by the client is charged even when the
+/// nodes that served it never report it: the allowance goes back only once the usage window
+/// of the deployment's last tickets has ended (and its acknowledgements were settled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_served_before_an_undeploy_is_charged_before_the_refund() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.ticket_lifetime_s = 4;
+    cfg.usage_grace_s = 1;
+    cfg.canary.interval_ms = 0;
+    let cost = cfg
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap()
+        .get();
+    let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    // Nodes that would report their usage only after a minute: they die first.
+    for ip in [[127, 0, 1, 1], [127, 0, 2, 1]] {
+        let spec = crat_testnet::NodeSpec {
+            gpu: None,
+            backend: backend(),
+            batch_size: 1,
+        };
+        net.add_node_on(
+            spec,
+            SigningKey::from_bytes(&rand::random()),
+            ip.into(),
+            |c| c.usage_flush_ms = 60_000,
+        )
+        .unwrap();
+    }
+    net.wait_online(2, Duration::from_secs(30)).await.unwrap();
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    for i in 0..20 {
+        d.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    d.flush_acks().await.unwrap();
+    for n in &net.nodes {
+        n.kill();
+    }
+    d.undeploy().await.unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    assert_eq!(ledger.usage_totals(&d.id()).unwrap().1, Credits::ZERO);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let charged = ledger.usage_totals(&d.id()).unwrap().1;
+        let refunded = ledger.stopping_deployments().unwrap().is_empty();
+        if refunded {
+            assert_eq!(charged.get(), 20 * cost, "charged before the refund");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not refunded: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.balance().await.unwrap().get(), 1_000_000 - 20 * cost);
+    net.shutdown();
+}

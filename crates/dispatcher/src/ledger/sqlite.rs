@@ -205,6 +205,13 @@ const MIGRATIONS: &[&str] = &[
         CHECK (settlement_digest IS NULL OR length(settlement_digest) = 32);
     CREATE INDEX rounds_unsettled ON rounds(idx) WHERE settled_at_s IS NULL;
     ",
+    // 8: a stopped deployment's allowance goes back to its account only at `refund_at_s`
+    // (NULL once refunded, and for deployments stopped before: refunded when they stopped),
+    // so that usage served before the stop and reported after it is still charged.
+    "
+    ALTER TABLE deployments ADD COLUMN refund_at_s INTEGER;
+    CREATE INDEX deployments_refund_due ON deployments(refund_at_s) WHERE refund_at_s IS NOT NULL;
+    ",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -603,6 +610,61 @@ fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
         stopped_at_s: opt_u64_at(row, 9, "stopped_at_s")?,
         verifiability: serde_json::from_str(&verifiability)
             .map_err(|e| LedgerError::Corrupt(format!("deployment verifiability: {e}")))?,
+    })
+}
+
+/// The deployments matching `condition` (a fixed SQL expression), oldest first.
+fn deployments_where(
+    tx: &Transaction<'_>,
+    condition: &'static str,
+) -> Result<Vec<DeploymentRecord>, LedgerError> {
+    let mut stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE {condition}
+             ORDER BY created_at_s, rowid"
+        ))
+        .db()?;
+    let mut rows = stmt.query([]).db()?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().db()? {
+        out.push(deployment_row(row)?);
+    }
+    Ok(out)
+}
+
+/// Returns stopped deployment `d`'s allowance left to its account and clears its refund
+/// time; the record after.
+fn refund(
+    tx: &Transaction<'_>,
+    d: DeploymentRecord,
+    now_s: u64,
+) -> Result<DeploymentRecord, LedgerError> {
+    let amount = d.allowance_left;
+    if amount > Credits::ZERO {
+        let balance = add(account_balance(tx, &d.account)?, amount, "balance")?;
+        set_balance(tx, &d.account, balance)?;
+        journal(
+            tx,
+            &Movement {
+                account: &d.account,
+                kind: Kind::Refund,
+                amount,
+                deployment: Some(&d.id),
+                task: None,
+                at_s: now_s,
+                counts_as_income: false,
+            },
+        )?;
+    }
+    tx.prepare_cached(
+        "UPDATE deployments SET allowance_left = 0, refund_at_s = NULL WHERE id = ?1",
+    )
+    .db()?
+    .execute(params![d.id.as_bytes().as_slice()])
+    .db()?;
+    Ok(DeploymentRecord {
+        allowance_left: Credits::ZERO,
+        ..d
     })
 }
 
@@ -1081,63 +1143,71 @@ impl Ledger for SqliteLedger {
     }
 
     fn active_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError> {
-        self.read(|tx| {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE stopped_at_s IS NULL
-                     ORDER BY created_at_s, rowid"
-                ))
-                .db()?;
-            let mut rows = stmt.query([]).db()?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().db()? {
-                out.push(deployment_row(row)?);
-            }
-            Ok(out)
-        })
+        self.read(|tx| deployments_where(tx, "stopped_at_s IS NULL"))
     }
 
     fn stop_deployment(
         &self,
         id: &DeploymentId,
         now_s: u64,
+        refund_at_s: u64,
     ) -> Result<DeploymentRecord, LedgerError> {
         let now = to_i64(now_s, "now_s")?;
+        let refund_at = to_i64(refund_at_s, "refund_at_s")?;
         self.write(|tx| {
             let d = get_deployment(tx, id)?
                 .ok_or_else(|| LedgerError::NotFound(format!("deployment {id}")))?;
             if d.stopped_at_s.is_some() {
                 return Ok(d);
             }
-            let refund = d.allowance_left;
-            if refund > Credits::ZERO {
-                let balance = add(account_balance(tx, &d.account)?, refund, "balance")?;
-                set_balance(tx, &d.account, balance)?;
-                journal(
-                    tx,
-                    &Movement {
-                        account: &d.account,
-                        kind: Kind::Refund,
-                        amount: refund,
-                        deployment: Some(id),
-                        task: None,
-                        at_s: now_s,
-                        counts_as_income: false,
-                    },
-                )?;
-            }
             tx.prepare_cached(
-                "UPDATE deployments SET allowance_left = 0, stopped_at_s = ?2 WHERE id = ?1",
+                "UPDATE deployments SET stopped_at_s = ?2, refund_at_s = ?3 WHERE id = ?1",
             )
             .db()?
-            .execute(params![id.as_bytes().as_slice(), now])
+            .execute(params![id.as_bytes().as_slice(), now, refund_at])
             .db()?;
-            Ok(DeploymentRecord {
-                allowance_left: Credits::ZERO,
+            let stopped = DeploymentRecord {
                 stopped_at_s: Some(now_s),
                 ..d
-            })
+            };
+            if refund_at_s <= now_s {
+                return refund(tx, stopped, now_s);
+            }
+            Ok(stopped)
         })
+    }
+
+    fn refund_stopped(&self, now_s: u64, limit: u32) -> Result<Vec<DeploymentRecord>, LedgerError> {
+        let now = to_i64(now_s, "now_s")?;
+        self.write(|tx| {
+            let due: Vec<Vec<u8>> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id FROM deployments WHERE refund_at_s IS NOT NULL AND refund_at_s <= ?1
+                         ORDER BY refund_at_s, rowid LIMIT ?2",
+                    )
+                    .db()?;
+                let rows = stmt
+                    .query_map(params![now, i64::from(limit)], |row| row.get(0))
+                    .db()?;
+                rows.collect::<Result<_, _>>().db()?
+            };
+            let mut out = Vec::with_capacity(due.len());
+            for id in due {
+                let id = DeploymentId::from_bytes(
+                    id.try_into()
+                        .map_err(|_| LedgerError::Corrupt("deployment id".into()))?,
+                );
+                let d = get_deployment(tx, &id)?
+                    .ok_or_else(|| LedgerError::Corrupt(format!("deployment {id}")))?;
+                out.push(refund(tx, d, now_s)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn stopping_deployments(&self) -> Result<Vec<DeploymentRecord>, LedgerError> {
+        self.read(|tx| deployments_where(tx, "refund_at_s IS NOT NULL"))
     }
 
     fn charge_usage(&self, charges: &[UsageCharge]) -> Result<UsageOutcome, LedgerError> {
@@ -1852,7 +1922,7 @@ mod tests {
             verdicts,
             vec![(dep_id(1), random), (dep_id(2), Verifiability::Verifiable)]
         );
-        let stopped = ledger.stop_deployment(&dep_id(1), 30).unwrap();
+        let stopped = ledger.stop_deployment(&dep_id(1), 30, 30).unwrap();
         assert_eq!(stopped.verifiability, random);
     }
 
@@ -2306,6 +2376,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_deployment_is_charged_late_usage_until_its_refund() {
+        let (_dir, path) = temp();
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            let a = setup(&ledger, 100);
+            ledger
+                .create_deployment(&per_request(&a, 1, 80, 20))
+                .unwrap();
+            let stopped = ledger.stop_deployment(&dep_id(1), 40, 100).unwrap();
+            assert_eq!(
+                (stopped.stopped_at_s, stopped.allowance_left),
+                (Some(40), Credits::new(80))
+            );
+            assert_eq!(ledger.balance(&a).unwrap(), Credits::new(20));
+            // Usage served before the stop and reported after it is charged.
+            let out = ledger.charge_usage(&[charge(1, 1, 30, 50)]).unwrap();
+            assert_eq!(out.charged, Credits::new(30));
+            assert!(ledger.refund_stopped(99, 10).unwrap().is_empty());
+        }
+        // Across a restart: still pending, then refunded once.
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let a = name("alice");
+        assert_eq!(ledger.stopping_deployments().unwrap().len(), 1);
+        assert!(ledger.active_deployments().unwrap().is_empty());
+        let refunded = ledger.refund_stopped(100, 10).unwrap();
+        assert_eq!(refunded.len(), 1);
+        assert_eq!(refunded[0].allowance_left, Credits::ZERO);
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
+        assert!(ledger.refund_stopped(1_000, 10).unwrap().is_empty());
+        assert!(ledger.stopping_deployments().unwrap().is_empty());
+        assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
+        assert!(ledger.totals().unwrap().is_conserved());
+    }
+
+    #[test]
     fn stop_refunds_exactly_once() {
         let ledger = SqliteLedger::open_in_memory().unwrap();
         let a = setup(&ledger, 100);
@@ -2313,17 +2418,17 @@ mod tests {
             .create_deployment(&per_request(&a, 1, 80, 20))
             .unwrap();
         ledger.charge_usage(&[charge(1, 1, 30, 30)]).unwrap();
-        let stopped = ledger.stop_deployment(&dep_id(1), 40).unwrap();
+        let stopped = ledger.stop_deployment(&dep_id(1), 40, 40).unwrap();
         assert_eq!(stopped.allowance_left, Credits::ZERO);
         assert_eq!(stopped.stopped_at_s, Some(40));
         assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
-        let again = ledger.stop_deployment(&dep_id(1), 50).unwrap();
+        let again = ledger.stop_deployment(&dep_id(1), 50, 50).unwrap();
         assert_eq!(again, stopped);
         assert_eq!(ledger.balance(&a).unwrap(), Credits::new(70));
         assert_eq!(ledger.deployment(&dep_id(1)).unwrap().unwrap(), stopped);
         assert!(ledger.active_deployments().unwrap().is_empty());
         assert!(matches!(
-            ledger.stop_deployment(&dep_id(2), 50),
+            ledger.stop_deployment(&dep_id(2), 50, 50),
             Err(LedgerError::NotFound(_))
         ));
         // Usage reported after the stop is recorded, uncollected.
@@ -2742,7 +2847,10 @@ mod tests {
                     }
                     4 => {
                         if let Some(&d) = deployments.get(rng.below(256) as usize) {
-                            ledger.stop_deployment(&dep_id(d), step).unwrap();
+                            // Refunded now or a few steps later; usage in between is
+                            // still charged from the allowance.
+                            let refund_at = step + rng.below(4) * rng.below(8);
+                            ledger.stop_deployment(&dep_id(d), step, refund_at).unwrap();
                         }
                     }
                     _ => {
@@ -2759,6 +2867,7 @@ mod tests {
                         ledger.charge_usage(&batch).unwrap();
                     }
                 }
+                ledger.refund_stopped(step, 1_024).unwrap();
                 let t = ledger.totals().unwrap();
                 assert_eq!(t.granted, Credits::new(granted), "seed {seed} step {step}");
                 assert!(t.is_conserved(), "seed {seed} step {step}: {t:?}");

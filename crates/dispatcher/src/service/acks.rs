@@ -40,6 +40,9 @@ use super::reply::{Refusal, err};
 use super::{Counters, Dispatcher};
 use crate::ledger::{AckRecord, INTEGER_MAX, StoredAck, UsageCharge};
 
+/// Most stopped deployments refunded per tick; more wait for the next tick.
+const STOPPED_REFUNDED_PER_TICK_MAX: u32 = 1_024;
+
 /// Most (ticket, node) pairs the ledger settles per tick; more wait for the next tick.
 const ACKS_SETTLED_PER_TICK_MAX: u32 = 1_024;
 
@@ -234,6 +237,25 @@ impl<T: Transport> Dispatcher<T> {
                 self.store_deployments(after);
             }
             Err(e) => tracing::error!(error = ?e, "acknowledged usage not settled"),
+        }
+    }
+
+    /// Refunds the stopped deployments whose usage window ended (after their
+    /// acknowledgements were settled, earlier in the same tick) and forgets them.
+    pub(super) async fn refund_stopped(&self) {
+        let now = self.inner.clock.now_s();
+        match self
+            .db(move |l| l.refund_stopped(now, STOPPED_REFUNDED_PER_TICK_MAX))
+            .await
+        {
+            Ok(refunded) => {
+                let mut deployments = self.inner.deployments.write();
+                for d in refunded {
+                    tracing::info!(deployment = %d.id, "stopped deployment refunded");
+                    deployments.remove(&d.id);
+                }
+            }
+            Err(e) => tracing::error!(error = ?e, "stopped deployments not refunded"),
         }
     }
 }

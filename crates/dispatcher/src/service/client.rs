@@ -37,6 +37,10 @@ fn unknown_key() -> Refusal {
     err(ErrorCode::Unauthenticated, "unknown SDK key").into()
 }
 
+/// A stopped deployment is refunded this long after the usage window of its last tickets
+/// ends, so that the acknowledgement settlement of that window (each tick) comes first.
+const REFUND_MARGIN_S: u64 = 5;
+
 impl<T: Transport> Dispatcher<T> {
     /// Checks an SDK key: known (its record cached for `key_cache_ms`; an id the ledger does
     /// not hold remembered as unknown for `unknown_key_cache_ms`), and then [`check_key`]:
@@ -231,10 +235,18 @@ impl<T: Transport> Dispatcher<T> {
             ClientCall::Undeploy { deployment } => {
                 self.owned_deployment(&key, &deployment)?;
                 let effects = self.inner.dispatch.lock().undeploy(&deployment);
+                // The allowance goes back once the usage window of the last tickets issued
+                // has ended: usage served before the stop and reported (or settled from
+                // clients' acknowledgements) after it is still charged.
+                let config = &self.inner.config;
+                let refund_at = now
+                    .saturating_add(config.ticket_lifetime_s)
+                    .saturating_add(config.usage_grace_s)
+                    .saturating_add(REFUND_MARGIN_S);
                 let stopped = self
-                    .db(move |l| l.stop_deployment(&deployment, now))
+                    .db(move |l| l.stop_deployment(&deployment, now, refund_at))
                     .await?;
-                self.inner.deployments.write().remove(&stopped.id);
+                self.store_deployments(vec![stopped.clone()]);
                 if let Some(canary) = &self.inner.canary {
                     canary.shapes.lock().forget(&stopped.id);
                 }
@@ -476,6 +488,9 @@ impl<T: Transport> Dispatcher<T> {
         now: u64,
     ) -> Result<Lease, Refusal> {
         let d = self.owned_deployment(key, id)?;
+        if d.stopped_at_s.is_some() {
+            return Err(err(ErrorCode::NotFound, format!("deployment {id} is stopped")).into());
+        }
         let budget = ticket_budget(
             &d.plan,
             d.allowance_left,

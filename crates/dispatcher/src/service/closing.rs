@@ -29,6 +29,7 @@ impl<T: Transport> Dispatcher<T> {
             let effects = self.inner.dispatch.lock().tick(now);
             self.apply(effects).await;
             self.settle_acks().await;
+            self.refund_stopped().await;
             if let Err(e) = self.store_due_rounds().await {
                 tracing::error!(error = %e, "closing a round failed");
             }

@@ -354,6 +354,10 @@ impl<T: Transport> Dispatcher<T> {
                 .map_err(|e| DispatcherError::Config(e.to_string()))?;
             deployments.insert(d.id, d);
         }
+        // Stopped, not refunded yet: no replicas, but their late usage is still charged.
+        for d in parts.ledger.stopping_deployments()? {
+            deployments.insert(d.id, d);
+        }
         let key_rates = config
             .client_key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
