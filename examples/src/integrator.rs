@@ -165,7 +165,8 @@ async fn integrate(
     println!("model {model}");
 
     // 2. Price. A per-request plan sets credits aside (the allowance) and pays each task
-    //    from it; what is left comes back on undeploy. (A per-instance plan reserves a
+    //    from it; what is left comes back after undeploy, once the usage window of the last
+    //    leases has ended. (A per-instance plan reserves a
     //    request rate for a period instead: `DeployPlan::PerInstance`.)
     let plan = DeployPlan::PerRequest(PerRequestPlan {
         max_input_bytes: 1 << 16,
@@ -244,8 +245,10 @@ async fn integrate(
     );
 
     // 6. The account: key status, the deployment's counters, and the balance once the
-    //    deployment is stopped (nodes report usage within a second or so; the allowance
-    //    left returns to the balance).
+    //    deployment is stopped. The allowance left returns to the balance only when the usage
+    //    window of the last leases has ended (their lifetime plus the dispatcher's usage
+    //    grace), so that work already served, reported late or settled from this client's
+    //    acknowledgements, is paid from it first.
     let key = client.key_status().await?;
     println!("key {} is {:?}", key.id, key.status);
     let stats = deployment.stats();
@@ -253,7 +256,9 @@ async fn integrate(
     tokio::time::sleep(Duration::from_secs(1)).await;
     deployment.undeploy().await?;
     let balance_after = client.balance().await?;
-    println!("undeployed; balance {balance_after}");
+    println!(
+        "undeployed; balance {balance_after} (the unspent allowance comes back when the usage window of the last leases ends)"
+    );
 
     Ok(Report {
         model,

@@ -51,7 +51,7 @@
 //! let node = NodeId::from_bytes([7; 32]);
 //! let hw = HardwareInfo { gpus: vec![], cpu: CpuInfo { model: "cpu".into(), cores: 8, memory_bytes: 1 << 34 } };
 //! let addr: PeerAddr = "127.0.0.1:4000".parse()?;
-//! d.node_joined(100, node, PowerRating::MIN, vec![addr], hw, 1 << 30);
+//! d.node_joined(100, node, PowerRating::MIN, vec![addr.clone()], &addr, hw, 1 << 30)?;
 //! let dep = DeploymentId::from_bytes([1; 16]);
 //! let plan = DeployPlan::PerRequest(PerRequestPlan { max_input_bytes: 1 << 20, credit_allowance: Credits::new(100) });
 //! let effects = d.deploy(100, dep, ModelId::of_bytes(b"model"), 5, plan)?;
@@ -111,6 +111,9 @@ pub struct DispatchConfig {
     /// Length of a round (the dispatcher sets it from its rewards parameters). Default
     /// 86,400 s.
     pub round_s: u64,
+    /// Most nodes in the registry (a new one past it is refused
+    /// [`DispatchError::RegistryFull`]). Default (and at most) [`NODES_MAX`].
+    pub nodes_max: usize,
 }
 
 impl Default for DispatchConfig {
@@ -128,6 +131,7 @@ impl Default for DispatchConfig {
             caught_window_s: 86_400,
             excluded_rounds: 3,
             round_s: 86_400,
+            nodes_max: NODES_MAX,
         }
     }
 }
@@ -186,6 +190,10 @@ pub enum DispatchError {
     /// The deployment has no warm replica yet.
     #[error("deployment {0} has no ready replica yet")]
     NotReady(DeploymentId),
+    /// The registry is full ([`DispatchConfig::nodes_max`]): a new node is refused, a known
+    /// one is not.
+    #[error("the node registry is full")]
+    RegistryFull,
     /// A table is full.
     #[error("too many {0}")]
     Full(&'static str),
@@ -304,21 +312,26 @@ impl Dispatch {
         &self.config
     }
 
-    /// A node registered (its signature and freshness already checked by the driver).
-    /// Re-registering an online node keeps its session. Returns the effects, among them
-    /// pushes that place waiting replicas on the new capacity.
+    /// A node registered (its signature and freshness already checked by the driver), from
+    /// `observed`, the address its packets come from: its operator (placement limits, spot
+    /// checks' validators) is that address's block, never what the node claims (`addrs`,
+    /// where clients reach it). Re-registering an online node keeps its session. Returns the
+    /// effects, among them pushes that place waiting replicas on the new capacity;
+    /// [`DispatchError::RegistryFull`] for a new node past [`NODES_MAX`].
+    #[allow(clippy::too_many_arguments)]
     pub fn node_joined(
         &mut self,
         now_s: u64,
         node: NodeId,
         rating: PowerRating,
         addrs: Vec<PeerAddr>,
+        observed: &PeerAddr,
         _hardware: HardwareInfo,
         model_bytes_max: u64,
-    ) -> Vec<Effect> {
+    ) -> Result<Vec<Effect>, DispatchError> {
         let mut effects = Vec::new();
         self.now_s = self.now_s.max(now_s);
-        let operator = operator_of(&node, &addrs);
+        let operator = operator_of(&node, std::slice::from_ref(observed));
         match self.nodes.get_mut(&node) {
             Some(e) => {
                 e.rating = rating;
@@ -333,8 +346,8 @@ impl Dispatch {
                 e.last_seen_s = now_s;
             }
             None => {
-                if self.nodes.len() >= NODES_MAX {
-                    return effects;
+                if self.nodes.len() >= self.config.nodes_max.min(NODES_MAX) {
+                    return Err(DispatchError::RegistryFull);
                 }
                 self.nodes.insert(
                     node,
@@ -364,7 +377,7 @@ impl Dispatch {
             });
         }
         self.fill_all(&mut effects);
-        effects
+        Ok(effects)
     }
 
     /// A heartbeat from `node`: it is alive until `now_s`, and these deployments are warm.
@@ -995,14 +1008,17 @@ mod tests {
     fn join(d: &mut Dispatch, now: u64, b: u8, rating: u8) -> (NodeId, Vec<Effect>) {
         let id = NodeId::from_bytes([b; 32]);
         let addr: PeerAddr = format!("10.0.{b}.1:4000").parse().unwrap();
-        let e = d.node_joined(
-            now,
-            id,
-            PowerRating::new(rating).unwrap(),
-            vec![addr],
-            hw(),
-            1 << 30,
-        );
+        let e = d
+            .node_joined(
+                now,
+                id,
+                PowerRating::new(rating).unwrap(),
+                vec![addr.clone()],
+                &addr,
+                hw(),
+                1 << 30,
+            )
+            .unwrap();
         (id, e)
     }
 
@@ -1226,14 +1242,17 @@ mod tests {
 
     fn join_at(d: &mut Dispatch, b: u8, addr: &str) -> NodeId {
         let id = NodeId::from_bytes([b; 32]);
+        let addr: PeerAddr = addr.parse().unwrap();
         d.node_joined(
             0,
             id,
             PowerRating::new(5).unwrap(),
-            vec![addr.parse().unwrap()],
+            vec![addr.clone()],
+            &addr,
             hw(),
             1 << 30,
-        );
+        )
+        .unwrap();
         id
     }
 
@@ -1340,5 +1359,44 @@ mod tests {
         // The window passes without another failure.
         d.tick(200);
         assert!(!d.suspect(&dep));
+    }
+
+    #[test]
+    fn a_full_registry_refuses_new_nodes_and_operators_are_the_observed_blocks() {
+        let mut d = Dispatch::new(DispatchConfig {
+            nodes_max: 2,
+            ..DispatchConfig::default()
+        });
+        let join = |d: &mut Dispatch, n: u8, claimed: &str, observed: &str| {
+            let (claimed, observed): (PeerAddr, PeerAddr) =
+                (claimed.parse().unwrap(), observed.parse().unwrap());
+            d.node_joined(
+                0,
+                NodeId::from_bytes([n; 32]),
+                PowerRating::new(5).unwrap(),
+                vec![claimed],
+                &observed,
+                hw(),
+                1 << 30,
+            )
+        };
+        // Two nodes claiming different blocks but sending from one: one operator.
+        join(&mut d, 1, "10.0.1.1:1", "192.168.7.1:5").unwrap();
+        join(&mut d, 2, "10.0.2.1:1", "192.168.7.2:5").unwrap();
+        let op = |n: u8| d.nodes[&NodeId::from_bytes([n; 32])].operator;
+        assert_eq!(op(1), op(2));
+        assert_eq!(
+            op(1),
+            operator_of(
+                &NodeId::from_bytes([1; 32]),
+                &["192.168.7.9:1".parse().unwrap()]
+            )
+        );
+        // Full: a third is refused, the known ones re-register.
+        assert!(matches!(
+            join(&mut d, 3, "10.0.3.1:1", "10.0.3.1:1"),
+            Err(DispatchError::RegistryFull)
+        ));
+        join(&mut d, 1, "10.0.1.1:1", "192.168.7.1:5").unwrap();
     }
 }

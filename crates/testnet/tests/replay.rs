@@ -922,3 +922,54 @@ async fn work_served_before_an_undeploy_is_charged_before_the_refund() {
     assert_eq!(client.balance().await.unwrap().get(), 1_000_000 - 20 * cost);
     net.shutdown();
 }
+
+/// Registrations are limited per source address block (the address the packets come from),
+/// heartbeats per node: throwaway identities from one block are refused `Busy` while another
+/// block still registers, and a node beating too fast is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_limited_per_source_block_and_heartbeats_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.registration_rate_per_block = Some(crat_core::limit::RateLimit { per_s: 1, burst: 3 });
+    cfg.heartbeat_rate = Some(crat_core::limit::RateLimit { per_s: 1, burst: 2 });
+    let net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
+    let mut registered = Vec::new();
+    for _ in 0..4 {
+        let key = SigningKey::from_bytes(&rand::random());
+        let from = endpoint(&key);
+        let (_conn, reply) =
+            register(&net, &from, &registration(&key, now_s(), rand::random())).await;
+        registered.push(matches!(reply, DispatcherReply::Registered { .. }));
+        if !registered.last().unwrap() {
+            assert_eq!(refusal(&reply).0, ErrorCode::Busy, "{reply:?}");
+        }
+    }
+    assert_eq!(registered, [true, true, true, false]);
+    // Another block is not refused for it.
+    let key = SigningKey::from_bytes(&rand::random());
+    let from = QuicTransport::bind("127.0.9.1:0".parse().unwrap(), &key, loopback_quic()).unwrap();
+    let (conn, reply) = register(&net, &from, &registration(&key, now_s(), rand::random())).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    // Two heartbeats at once pass, the third is refused.
+    let mut answers = Vec::new();
+    for seq in 1..=3 {
+        let hb = NodeRequest::Heartbeat(Heartbeat {
+            seq,
+            load: NodeLoad::default(),
+            loaded_models: vec![],
+            ready: vec![],
+        });
+        let answer: DispatcherReply = conn
+            .call(&hb, Conversation::NodeDispatcher, FrameLimits::default())
+            .await
+            .unwrap();
+        answers.push(answer);
+    }
+    assert!(matches!(answers[0], DispatcherReply::HeartbeatAck { .. }));
+    assert!(matches!(answers[1], DispatcherReply::HeartbeatAck { .. }));
+    assert_eq!(refusal(&answers[2]).0, ErrorCode::Busy);
+    net.shutdown();
+}

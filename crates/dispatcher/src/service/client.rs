@@ -139,7 +139,7 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Milliseconds since this dispatcher started (monotonic: wall-clock jumps do not move
     /// it).
-    fn monotonic_ms(&self) -> u64 {
+    pub(super) fn monotonic_ms(&self) -> u64 {
         u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 

@@ -72,6 +72,14 @@ pub struct DispatcherConfig {
     /// (a 100 MB upload is about 130 requests). In-process calls
     /// ([`Dispatcher::handle_client`]) are not limited.
     pub client_key_rate: Option<RateLimit>,
+    /// Registrations per source address block (the IPv4 /24 or IPv6 /48 the packets come
+    /// from, whatever the node claims): throwaway identities from one block cannot flood the
+    /// registry or crowd out its honest nodes' re-registrations. Past it, `Busy`. Default 10
+    /// a second, bursts of 200; `None` turns it off.
+    pub registration_rate_per_block: Option<RateLimit>,
+    /// Heartbeats per node (each is a ledger write): past it, `Busy`. Default 2 a second,
+    /// bursts of 10; `None` turns it off.
+    pub heartbeat_rate: Option<RateLimit>,
     /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
     /// Default 65,536.
     pub client_keys_tracked_max: usize,
@@ -146,6 +154,14 @@ impl DispatcherConfig {
                 burst: 4_000,
             }),
             client_keys_tracked_max: 65_536,
+            registration_rate_per_block: Some(RateLimit {
+                per_s: 10,
+                burst: 200,
+            }),
+            heartbeat_rate: Some(RateLimit {
+                per_s: 2,
+                burst: 10,
+            }),
             registrations_tracked_max: 65_536,
             key_cache_ms: 1_000,
             unknown_key_cache_ms: 10_000,

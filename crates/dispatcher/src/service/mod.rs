@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crat_core::clock::Clock;
-use crat_core::dispatch::Dispatch;
+use crat_core::dispatch::{Dispatch, NODES_MAX};
 use crat_core::expiring::ExpiringMap;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::limit::KeyedRateLimiter;
@@ -229,6 +229,10 @@ struct Inner<T: Transport> {
     unknown_keys: Mutex<ExpiringMap<KeyId, ()>>,
     /// Request rates of SDK keys on the network path.
     key_rates: Option<Mutex<KeyedRateLimiter<KeyId>>>,
+    /// Registration rates per source address block.
+    block_rates: Option<Mutex<KeyedRateLimiter<u64>>>,
+    /// Heartbeat rates per node.
+    heartbeat_rates: Option<Mutex<KeyedRateLimiter<NodeId>>>,
     /// Registrations accepted within their freshness window (node, nonce).
     registrations: Mutex<NonceTracker<(NodeId, [u8; 16])>>,
     /// The origin of the rate limiter's milliseconds and of the restart grace.
@@ -362,6 +366,15 @@ impl<T: Transport> Dispatcher<T> {
             .client_key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.client_keys_tracked_max)));
         let unknown_keys = Mutex::new(ExpiringMap::new(config.unknown_keys_cached_max));
+        let block_rates = config.registration_rate_per_block.map(|limit| {
+            Mutex::new(KeyedRateLimiter::new(
+                limit,
+                config.registrations_tracked_max,
+            ))
+        });
+        let heartbeat_rates = config
+            .heartbeat_rate
+            .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, NODES_MAX)));
         let registrations = Mutex::new(NonceTracker::new(config.registrations_tracked_max));
         let rates = SamplingRates::new(config.validation_bps, config.validation_bps_suspect)
             .map_err(|e| DispatcherError::Config(e.to_string()))?;
@@ -401,6 +414,8 @@ impl<T: Transport> Dispatcher<T> {
                 keys: RwLock::new(HashMap::new()),
                 unknown_keys,
                 key_rates,
+                block_rates,
+                heartbeat_rates,
                 registrations,
                 started: Instant::now(),
                 deployments: RwLock::new(deployments),

@@ -4,7 +4,7 @@
 //! (ticket memory, usage admission, hardware rating); this is their glue to the ledger, the
 //! blob store and the node connections.
 
-use crat_core::dispatch::Effect;
+use crat_core::dispatch::{Effect, operator_of};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
@@ -68,6 +68,22 @@ impl<T: Transport> Dispatcher<T> {
         reg: Signed<Registration>,
     ) -> Result<DispatcherReply, Refusal> {
         let now = self.inner.clock.now_s();
+        // The address the packets come from, not the one the node claims: its block is the
+        // node's operator (placement limits) and what registrations are rate-limited by,
+        // before a signature is checked.
+        let observed = conn.remote_addr();
+        let block = operator_of(&reg.body.node, std::slice::from_ref(&observed));
+        if let Some(rates) = &self.inner.block_rates {
+            rates
+                .lock()
+                .allow(&block, self.monotonic_ms())
+                .map_err(|e| {
+                    err(
+                        ErrorCode::Busy,
+                        format!("registrations from {observed}: {e}"),
+                    )
+                })?;
+        }
         let r = reg
             .verify_registration(now)
             .map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))?
@@ -120,9 +136,10 @@ impl<T: Transport> Dispatcher<T> {
                 r.node,
                 rating,
                 r.listen_addrs.clone(),
+                &observed,
                 r.hardware.clone(),
                 r.model_bytes_max,
-            );
+            )?;
             (effects, d.assignments_for(&r.node))
         };
         // Its own assignments travel in the answer; pushes go to the others.
@@ -229,6 +246,12 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into()),
             NodeRequest::Heartbeat(hb) => {
+                if let Some(rates) = &self.inner.heartbeat_rates {
+                    rates
+                        .lock()
+                        .allow(&node, self.monotonic_ms())
+                        .map_err(|e| err(ErrorCode::Busy, format!("heartbeats: {e}")))?;
+                }
                 let effects = self
                     .inner
                     .dispatch

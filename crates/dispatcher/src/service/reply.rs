@@ -149,7 +149,7 @@ fn dispatch(e: DispatchError) -> WireError {
     let code = match &e {
         DispatchError::NoCapacity(_) | DispatchError::NotReady(_) => ErrorCode::NoCapacity,
         DispatchError::UnknownDeployment(_) | DispatchError::UnknownNode(_) => ErrorCode::NotFound,
-        DispatchError::Full(_) => ErrorCode::Busy,
+        DispatchError::Full(_) | DispatchError::RegistryFull => ErrorCode::Busy,
         _ => ErrorCode::BadRequest,
     };
     err(code, e.to_string())
