@@ -44,8 +44,10 @@ pub const MODEL_BYTES_MAX: usize = (1 << 31) - 1;
 /// Most nodes in a model, counting every subgraph and function body.
 pub const GRAPH_NODES_MAX: usize = 1 << 20;
 
-/// Most elements a declared shape may describe (2^32).
-pub const ELEMENTS_MAX: u64 = 1 << 32;
+/// Most elements a declared shape may describe, and a constant shape fed to a node that
+/// makes a tensor of it: 2²⁸, a 1 GiB tensor of `f32`, what a node's model memory can really
+/// hold (a `ConstantOfShape` of 2³² elements made tract allocate 16 GiB at load).
+pub const ELEMENTS_MAX: u64 = 1 << 28;
 
 /// Deepest nesting of messages followed (subgraphs inside attributes, nested types).
 pub const NESTING_DEPTH_MAX: usize = 32;
@@ -1244,6 +1246,13 @@ mod tests {
                     .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
             );
         }
+        // 65,536 × 65,536 (2³² elements, 16 GiB of f32: tract allocates it at load) is over
+        // what a node holds (16,384 × 16,384, 2²⁸, 1 GiB, is accepted below).
+        refused(
+            identity_graph()
+                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 16, 1 << 16], true))
+                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
+        );
         refused(
             identity_graph()
                 .msg(GRAPH_INITIALIZER, int64("s", &big, true))
@@ -1290,7 +1299,7 @@ mod tests {
         // Within the limit, or big but not a shape operand: accepted.
         for g in [
             identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 16, 1 << 16], true))
+                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 14, 1 << 14], true))
                 .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
             identity_graph()
                 .msg(GRAPH_INITIALIZER, int64("s", &big, true))

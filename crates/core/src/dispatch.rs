@@ -18,8 +18,9 @@
 //!   and [`DeploymentState::Pending`] before its first replica is warm.
 //! - When a node goes offline or a replica fails to load, the replica is placed again on
 //!   another node (never on a node where it failed), on every tick until it fits.
-//! - **Operators.** Nodes are grouped by address block ([`operator_of`]: IPv4 /24, IPv6
-//!   /48). At most [`DispatchConfig::per_operator_max`] replicas of one deployment go to one
+//! - **Operators.** Nodes are grouped by the address block their packets come from
+//!   ([`operator_of`]: IPv4 /24, IPv6 /48; the driver passes the observed address, never the
+//!   one a node claims). At most [`DispatchConfig::per_operator_max`] replicas of one deployment go to one
 //!   operator, relaxed to `⌈replicas wanted / operators available⌉` when the network has too
 //!   few operators to spread them (a network of one /24, e.g. loopback, still serves).
 //! - **Exclusion.** A node whose work failed validation ([`Dispatch::validation_failed`]) more

@@ -87,7 +87,10 @@ pub struct CanaryConfig {
     pub model_bytes_max: u64,
     /// Largest generated input, all inputs together. Default 1 MiB.
     pub input_bytes_max: u64,
-    /// How long a node may take to answer. Default 10,000 ms.
+    /// How long a node may take to answer, and the dispatcher to load the reference model
+    /// and to run it (a run over its time makes the canary inconclusive; it keeps one of the
+    /// few reference slots until it ends, so a slow model cannot stall the sweep nor pile up
+    /// threads). Default 10,000 ms.
     pub timeout_ms: u64,
     /// Task ids of recent canaries remembered so that their usage is not charged. Default
     /// 65,536.
@@ -113,6 +116,9 @@ impl Default for CanaryConfig {
         }
     }
 }
+
+/// Reference loads and runs at once (each on a blocking thread).
+const REFERENCE_SLOTS: usize = 4;
 
 /// Nodes a client reported recently, each canaried at most once per
 /// [`SUSPECT_CANARY_EVERY_S`] on reports (beyond: reports wait for the regular sweep).
@@ -181,6 +187,11 @@ pub(super) struct CanaryState<T: Transport> {
     pub(super) shapes: Mutex<ShapeBook>,
     /// Nodes canaried on a client's report, until when they are not again.
     suspects: Mutex<ExpiringMap<NodeId, ()>>,
+    /// Reference models being loaded (one load per model at a time).
+    loading: Mutex<std::collections::HashSet<ModelId>>,
+    /// Reference loads and runs on blocking threads at once: one over its time keeps its slot
+    /// until it ends, so stuck runs cannot pile up.
+    slots: Arc<tokio::sync::Semaphore>,
     cursor: std::sync::atomic::AtomicUsize,
 }
 
@@ -195,8 +206,43 @@ impl<T: Transport> CanaryState<T> {
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
             shapes: Mutex::new(ShapeBook::default()),
             suspects: Mutex::new(ExpiringMap::new(SUSPECTS_MAX)),
+            loading: Mutex::new(std::collections::HashSet::new()),
+            slots: Arc::new(tokio::sync::Semaphore::new(REFERENCE_SLOTS)),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A slot for a reference load or run, waiting at most `wait` (every slot held by runs
+    /// over their time: the canary is inconclusive rather than piling up threads).
+    async fn reference_slot(
+        &self,
+        wait: Duration,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        tokio::time::timeout(wait, self.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| "every reference slot is busy".to_string())?
+            .map_err(|_| "reference slots closed".to_string())
+    }
+
+    /// Runs `model` on `tensors` on a blocking thread within a reference slot, waiting at most
+    /// `limit` for the slot and as long again for the run. A run over its time goes on in the
+    /// background holding its slot, and the canary is inconclusive.
+    async fn reference_run(
+        &self,
+        model: Arc<dyn LoadedModel>,
+        tensors: Vec<Tensor>,
+        limit: Duration,
+    ) -> Result<Vec<NamedTensor>, String> {
+        let permit = self.reference_slot(limit).await?;
+        let run = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            run_named(&*model, &tensors)
+        });
+        tokio::time::timeout(limit, run)
+            .await
+            .map_err(|_| "the reference run is over its time".to_string())?
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("reference run: {e}"))
     }
 
     /// Whether `task` is a canary (its usage is not charged).
@@ -489,14 +535,14 @@ impl<T: Transport> Dispatcher<T> {
             }
             Err(e) => return Err(e.to_string()),
         };
-        let expected = {
-            let model = model.clone();
-            let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
-            tokio::task::spawn_blocking(move || run_named(&*model, &tensors))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("reference run: {e}"))?
-        };
+        let tensors: Vec<Tensor> = inputs.iter().map(|t| t.tensor.clone()).collect();
+        let expected = state
+            .reference_run(
+                model.clone(),
+                tensors,
+                Duration::from_millis(config.timeout_ms),
+            )
+            .await?;
         let identity = rand::random::<u32>() as usize % state.transports.len().max(1);
         let ticket = self.canary_ticket(state, dep, identity, replica, audience)?;
         let task = TaskId::from_bytes(new_id());
@@ -670,13 +716,34 @@ impl<T: Transport> Dispatcher<T> {
             .reference
             .clone()
             .ok_or("the dispatcher has no reference backend")?;
-        let bytes = self
-            .read_model(&dep.model, self.inner.config.canary.model_bytes_max)
-            .await?;
-        let model = tokio::task::spawn_blocking(move || backend.load(&bytes))
+        // One load per model at a time, within the reference slots and the time limit.
+        let id = dep.model;
+        if !state.loading.lock().insert(id) {
+            return Err(format!("reference model {id} is being loaded"));
+        }
+        let loaded = async {
+            let bytes = self
+                .read_model(&id, self.inner.config.canary.model_bytes_max)
+                .await?;
+            let permit = state
+                .reference_slot(Duration::from_millis(self.inner.config.canary.timeout_ms))
+                .await?;
+            let load = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                backend.load(&bytes)
+            });
+            tokio::time::timeout(
+                Duration::from_millis(self.inner.config.canary.timeout_ms),
+                load,
+            )
             .await
+            .map_err(|_| "loading the reference model is over its time".to_string())?
             .map_err(|e| e.to_string())?
-            .map_err(|e| format!("reference load: {e}"))?;
+            .map_err(|e| format!("reference load: {e}"))
+        }
+        .await;
+        state.loading.lock().remove(&id);
+        let model = loaded?;
         let mut models = state.models.lock();
         if models.len() >= self.inner.config.canary.models_cached_max.max(1) {
             models.clear();
@@ -759,5 +826,66 @@ mod tests {
             canary_inputs_shaped(&info, Some(&huge), 1, 1 << 20),
             Err(InputsError::TooLarge { .. })
         ));
+    }
+
+    /// A model whose every run takes `run_for`.
+    struct Slow {
+        info: ModelInfo,
+        run_for: Duration,
+    }
+
+    impl LoadedModel for Slow {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn run(&self, _inputs: &[Tensor]) -> Result<Vec<Tensor>, BackendError> {
+            std::thread::sleep(self.run_for);
+            Ok(vec![])
+        }
+        fn memory_bytes(&self) -> u64 {
+            0
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_reference_run_neither_stalls_canaries_nor_piles_up_threads() {
+        let state = CanaryState::<crat_transport::memory::MemoryTransport>::new(
+            CanaryParts {
+                transports: vec![],
+                references: vec![],
+            },
+            &CanaryConfig::default(),
+        );
+        let slow: Arc<dyn LoadedModel> = Arc::new(Slow {
+            info: two_inputs(Dim::Fixed(1)),
+            run_for: Duration::from_millis(1_500),
+        });
+        let limit = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        // Every slot taken by a run over its time: each canary gives up after its limit.
+        for _ in 0..REFERENCE_SLOTS {
+            let e = state
+                .reference_run(slow.clone(), vec![], limit)
+                .await
+                .unwrap_err();
+            assert!(e.contains("over its time"), "{e}");
+        }
+        let e = state
+            .reference_run(slow.clone(), vec![], limit)
+            .await
+            .unwrap_err();
+        assert!(e.contains("slot"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_millis(1_400),
+            "{:?}",
+            started.elapsed()
+        );
+        // When the slow runs end, their slots come back.
+        tokio::time::sleep(Duration::from_millis(1_600)).await;
+        let fast: Arc<dyn LoadedModel> = Arc::new(Slow {
+            info: two_inputs(Dim::Fixed(1)),
+            run_for: Duration::ZERO,
+        });
+        state.reference_run(fast, vec![], limit).await.unwrap();
     }
 }
