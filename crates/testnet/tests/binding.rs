@@ -20,19 +20,10 @@ use crat_core::id::{NodeId, PeerAddr, TaskId};
 use crat_core::money::Credits;
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient};
-use crat_dispatcher::DispatcherConfig;
 use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
-
-fn task_cost() -> u64 {
-    DispatcherConfig::new("x")
-        .pricing
-        .request_cost(TINY.len() as u64, 28 * 28 * 4)
-        .unwrap()
-        .get()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_task_id_with_other_inputs_is_another_task() {

@@ -297,3 +297,79 @@ async fn models_are_deployed_by_hash_only_by_their_uploaders_or_once_public() {
     carol.deploy(model, plan).await.unwrap();
     net.shutdown();
 }
+
+/// Deployments end by themselves: a per-instance reservation when its lifetime is over, a
+/// per-request deployment once its allowance is spent and it stayed spent for the idle time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_end_with_their_lifetime_or_their_spent_allowance() {
+    use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+    use crat_core::wire::DeploymentState;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.spent_deployment_idle_s = 1;
+    cfg.canary.interval_ms = 0;
+    let cost = task_cost();
+    let net = network(cfg, dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let reserved = client
+        .deploy(
+            model,
+            DeployPlan::PerInstance(PerInstancePlan {
+                guaranteed_rps: 5,
+                max_input_bytes: 1 << 16,
+                update_frequency: UpdateFrequency::Never,
+                key_lifetime_s: 3_600,
+            }),
+        )
+        .await
+        .unwrap();
+    let metered = client
+        .deploy(
+            model,
+            DeployPlan::PerRequest(PerRequestPlan {
+                max_input_bytes: 1 << 16,
+                credit_allowance: crat_core::money::Credits::new(3 * cost),
+            }),
+        )
+        .await
+        .unwrap();
+    metered.wait_ready(Duration::from_secs(30)).await.unwrap();
+    for i in 0..3 {
+        metered
+            .infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    let state = |d: &crat_sdk::Deployment<crat_transport::quic::QuicTransport>| {
+        let d = d.clone();
+        async move { d.info().await.map(|i| i.state) }
+    };
+    // The spent one ends within its idle time (the tick, on the real clock)...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !matches!(state(&metered).await, Ok(DeploymentState::Stopped)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spent deployment still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...the reservation only when its hour is over.
+    assert!(matches!(
+        state(&reserved).await,
+        Ok(DeploymentState::Ready | DeploymentState::Pending)
+    ));
+    let ended = net.dispatcher().end_due_deployments(now_s() + 3_601).await;
+    assert_eq!(
+        ended,
+        vec![(
+            reserved.id(),
+            crat_core::policy::lifecycle::End::LifetimeOver
+        )]
+    );
+    assert!(matches!(
+        state(&reserved).await,
+        Ok(DeploymentState::Stopped)
+    ));
+    net.shutdown();
+}

@@ -866,11 +866,7 @@ async fn work_served_before_an_undeploy_is_charged_before_the_refund() {
     cfg.ticket_lifetime_s = 4;
     cfg.usage_grace_s = 1;
     cfg.canary.interval_ms = 0;
-    let cost = cfg
-        .pricing
-        .request_cost(TINY.len() as u64, 28 * 28 * 4)
-        .unwrap()
-        .get();
+    let cost = task_cost();
     let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
     // Nodes that would report their usage only after a minute: they die first.
     for ip in [[127, 0, 1, 1], [127, 0, 2, 1]] {

@@ -12,6 +12,8 @@
 //! - [`reports`]: spot-check report plausibility, the report cap, the suspect sampling rate;
 //! - [`budget`]: a ticket's credit budget under each plan;
 //! - [`keys`]: whether an SDK key may be served now;
+//! - [`lifecycle`]: when a deployment ends by itself (a reservation's lifetime, a spent
+//!   allowance);
 //! - [`challenge`]: the arithmetic of compute challenges (exact matrix products committed by
 //!   a Merkle root over rows), the basis of a proof of hardware;
 //! - [`hardware`]: the proof of hardware built on it: challenge sizes and deadlines from the
@@ -52,6 +54,7 @@ pub mod budget;
 pub mod challenge;
 pub mod hardware;
 pub mod keys;
+pub mod lifecycle;
 pub mod reports;
 pub mod tickets;
 pub mod usage;

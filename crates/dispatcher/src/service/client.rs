@@ -234,23 +234,7 @@ impl<T: Transport> Dispatcher<T> {
             }
             ClientCall::Undeploy { deployment } => {
                 self.owned_deployment(&key, &deployment)?;
-                let effects = self.inner.dispatch.lock().undeploy(&deployment);
-                // The allowance goes back once the usage window of the last tickets issued
-                // has ended: usage served before the stop and reported (or settled from
-                // clients' acknowledgements) after it is still charged.
-                let config = &self.inner.config;
-                let refund_at = now
-                    .saturating_add(config.ticket_lifetime_s)
-                    .saturating_add(config.usage_grace_s)
-                    .saturating_add(REFUND_MARGIN_S);
-                let stopped = self
-                    .db(move |l| l.stop_deployment(&deployment, now, refund_at))
-                    .await?;
-                self.store_deployments(vec![stopped.clone()]);
-                if let Some(canary) = &self.inner.canary {
-                    canary.shapes.lock().forget(&stopped.id);
-                }
-                self.apply(effects).await;
+                self.stop(deployment, now).await?;
                 Ok(DispatcherResponse::Ok)
             }
             ClientCall::SetModelPublic { model, public } => {
@@ -351,6 +335,28 @@ impl<T: Transport> Dispatcher<T> {
             )
             .into()),
         }
+    }
+
+    /// Stops a deployment: its replicas are released and it gets no new lease. The allowance
+    /// goes back once the usage window of the last tickets issued has ended: usage served
+    /// before the stop and reported (or settled from clients' acknowledgements) after it is
+    /// still charged.
+    pub(super) async fn stop(&self, deployment: DeploymentId, now: u64) -> Result<(), Refusal> {
+        let effects = self.inner.dispatch.lock().undeploy(&deployment);
+        let config = &self.inner.config;
+        let refund_at = now
+            .saturating_add(config.ticket_lifetime_s)
+            .saturating_add(config.usage_grace_s)
+            .saturating_add(REFUND_MARGIN_S);
+        let stopped = self
+            .db(move |l| l.stop_deployment(&deployment, now, refund_at))
+            .await?;
+        self.store_deployments(vec![stopped.clone()]);
+        if let Some(canary) = &self.inner.canary {
+            canary.shapes.lock().forget(&stopped.id);
+        }
+        self.apply(effects).await;
+        Ok(())
     }
 
     fn owned_deployment(

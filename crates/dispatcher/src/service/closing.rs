@@ -11,6 +11,10 @@
 
 use std::time::Duration;
 
+use crat_core::id::DeploymentId;
+use crat_core::money::Credits;
+use crat_core::policy::lifecycle::{End, ends};
+use crat_core::pricing::DeployPlan;
 use crat_core::wire::WireError;
 use crat_rewards::SettlementReceipt;
 use crat_transport::Transport;
@@ -30,6 +34,7 @@ impl<T: Transport> Dispatcher<T> {
             self.apply(effects).await;
             self.settle_acks().await;
             self.refund_stopped().await;
+            self.end_due_deployments(now).await;
             if let Err(e) = self.store_due_rounds().await {
                 tracing::error!(error = %e, "closing a round failed");
             }
@@ -243,4 +248,55 @@ impl<T: Transport> super::Inner<T> {
 /// A fresh settler's state (no round failing yet).
 pub(super) fn settle_retries() -> parking_lot::Mutex<SettleRetries> {
     parking_lot::Mutex::new(SettleRetries::new())
+}
+
+impl<T: Transport> Dispatcher<T> {
+    /// Stops the deployments that end by themselves at `now` ([`crat_core::policy::lifecycle`]):
+    /// per-instance reservations past their lifetime, per-request deployments spent for
+    /// [`DispatcherConfig::spent_deployment_idle_s`](super::DispatcherConfig). Runs every
+    /// tick; returns what it stopped.
+    pub async fn end_due_deployments(&self, now: u64) -> Vec<(DeploymentId, End)> {
+        let idle_s = self.inner.config.spent_deployment_idle_s;
+        let ending: Vec<(DeploymentId, End)> = {
+            let deployments = self.inner.deployments.read();
+            let mut spent = self.inner.spent_since.lock();
+            spent.retain(|id, _| {
+                deployments
+                    .get(id)
+                    .is_some_and(|d| d.stopped_at_s.is_none())
+            });
+            deployments
+                .values()
+                .filter(|d| d.stopped_at_s.is_none())
+                .filter_map(|d| {
+                    let since = match d.plan {
+                        DeployPlan::PerRequest(_) if d.allowance_left == Credits::ZERO => {
+                            Some(*spent.entry(d.id).or_insert(now))
+                        }
+                        _ => None,
+                    };
+                    ends(
+                        &d.plan,
+                        d.created_at_s,
+                        d.allowance_left,
+                        since,
+                        now,
+                        idle_s,
+                    )
+                    .map(|end| (d.id, end))
+                })
+                .collect()
+        };
+        let mut stopped = Vec::with_capacity(ending.len());
+        for (id, end) in ending {
+            tracing::info!(deployment = %id, ?end, "deployment ended");
+            match self.stop(id, now).await {
+                Ok(()) => stopped.push((id, end)),
+                Err(e) => {
+                    tracing::error!(deployment = %id, error = ?e, "ending a deployment failed");
+                }
+            }
+        }
+        stopped
+    }
 }

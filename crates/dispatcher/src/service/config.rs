@@ -40,6 +40,9 @@ pub struct DispatcherConfig {
     /// gets `QuotaExceeded`, every other key still leases. Default 16,384 (a key renewing
     /// a 300 s lease every 240 s can keep about 1,000 deployment handles leased).
     pub tickets_per_key_max: usize,
+    /// A per-request deployment whose allowance is spent is stopped after this long (leases
+    /// issued before it ran out have expired by then). Default 300 s.
+    pub spent_deployment_idle_s: u64,
     /// Deployments an account may have running at once; past it, a deploy is answered
     /// `QuotaExceeded`. Default 256.
     pub deployments_per_account_max: usize,
@@ -140,6 +143,7 @@ impl DispatcherConfig {
             tickets_tracked_max: 262_144,
             tickets_per_key_max: 16_384,
             deployments_per_account_max: 256,
+            spent_deployment_idle_s: 300,
             acks_tracked_max: 262_144,
             usage_grace_s: 3_600,
             frame_limits: FrameLimits::default(),

@@ -238,6 +238,8 @@ struct Inner<T: Transport> {
     /// The origin of the rate limiter's milliseconds and of the restart grace.
     started: Instant,
     deployments: RwLock<HashMap<DeploymentId, DeploymentRecord>>,
+    /// Per-request deployments whose allowance was first seen spent, and when.
+    spent_since: Mutex<HashMap<DeploymentId, u64>>,
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
     /// Backoff of the rounds whose settlement failed; held for a whole settlement pass, and
@@ -419,6 +421,7 @@ impl<T: Transport> Dispatcher<T> {
                 registrations,
                 started: Instant::now(),
                 deployments: RwLock::new(deployments),
+                spent_since: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
                 settle_retries: closing::settle_retries(),

@@ -240,3 +240,12 @@ impl RawClient {
         }
     }
 }
+
+/// What one tiny-CNN task costs at the default prices.
+pub fn task_cost() -> u64 {
+    crat_dispatcher::DispatcherConfig::new("x")
+        .pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap()
+        .get()
+}
