@@ -77,6 +77,9 @@ use crate::wire::{
 
 /// Most nodes the machine tracks.
 pub const NODES_MAX: usize = 1 << 20;
+
+/// Longest reason of a load failure kept.
+const LOAD_FAILURE_BYTES_MAX: usize = 256;
 /// Most deployments the machine tracks.
 pub const DEPLOYMENTS_MAX: usize = 1 << 20;
 
@@ -115,6 +118,10 @@ pub struct DispatchConfig {
     /// Most nodes in the registry (a new one past it is refused
     /// [`DispatchError::RegistryFull`]). Default (and at most) [`NODES_MAX`].
     pub nodes_max: usize,
+    /// A deployment whose model failed to load on this many distinct nodes is failed: no
+    /// longer placed, listed by [`Dispatch::failed_deployments`] with the nodes' reasons for
+    /// the driver to stop it. Default 3.
+    pub load_failures_max: usize,
 }
 
 impl Default for DispatchConfig {
@@ -133,6 +140,7 @@ impl Default for DispatchConfig {
             excluded_rounds: 3,
             round_s: 86_400,
             nodes_max: NODES_MAX,
+            load_failures_max: 3,
         }
     }
 }
@@ -243,6 +251,8 @@ struct DeploymentEntry {
     replicas: BTreeMap<NodeId, ReplicaEntry>,
     /// Nodes where the model failed to load: never placed there again.
     failed_on: BTreeSet<NodeId>,
+    /// Their reasons, the first [`DispatchConfig::load_failures_max`].
+    load_failures: Vec<String>,
     state: DeploymentState,
 }
 
@@ -427,6 +437,18 @@ impl Dispatch {
         effects
     }
 
+    /// Deployments whose model failed to load on [`DispatchConfig::load_failures_max`]
+    /// distinct nodes, with the nodes' reasons: no longer placed; the driver stops them
+    /// ([`Dispatch::undeploy`]).
+    pub fn failed_deployments(&self) -> Vec<(DeploymentId, Vec<String>)> {
+        let max = self.config.load_failures_max.max(1);
+        self.deployments
+            .iter()
+            .filter(|(_, d)| d.failed_on.len() >= max)
+            .map(|(id, d)| (*id, d.load_failures.clone()))
+            .collect()
+    }
+
     /// A replica changed state on `node`.
     pub fn replica_state(
         &mut self,
@@ -438,10 +460,16 @@ impl Dispatch {
         match state {
             ReplicaState::Ready => self.replica_ready(now_s, node, deployment),
             ReplicaState::Loading => Vec::new(),
-            ReplicaState::Failed(_) => {
+            ReplicaState::Failed(reason) => {
                 let mut effects = Vec::new();
-                if let Some(d) = self.deployments.get_mut(deployment) {
-                    d.failed_on.insert(*node);
+                let max = self.config.load_failures_max.max(1);
+                if let Some(d) = self.deployments.get_mut(deployment)
+                    && d.failed_on.insert(*node)
+                    && d.load_failures.len() < max
+                {
+                    let mut reason = reason.clone();
+                    crate::wire::truncate_at_char(&mut reason, LOAD_FAILURE_BYTES_MAX);
+                    d.load_failures.push(format!("{node}: {reason}"));
                 }
                 self.remove_replica(node, deployment, &mut effects);
                 self.fill(deployment, &mut effects);
@@ -676,6 +704,7 @@ impl Dispatch {
             rate_limited: matches!(plan, DeployPlan::PerInstance(_)),
             replicas: BTreeMap::new(),
             failed_on: BTreeSet::new(),
+            load_failures: Vec::new(),
             state: DeploymentState::Pending,
         };
         let placed = self.place(&entry, replicas_wanted)?;
@@ -707,6 +736,7 @@ impl Dispatch {
             rate_limited: matches!(plan, DeployPlan::PerInstance(_)),
             replicas: BTreeMap::new(),
             failed_on: BTreeSet::new(),
+            load_failures: Vec::new(),
             state: DeploymentState::Pending,
         });
         Ok(())
@@ -959,11 +989,13 @@ impl Dispatch {
     /// Tops up one deployment's replicas, as many as fit (one at a time, so a partial fit
     /// still helps).
     fn fill(&mut self, id: &DeploymentId, effects: &mut Vec<Effect>) {
+        let max = self.config.load_failures_max.max(1);
         loop {
             let Some(d) = self.deployments.get(id) else {
                 return;
             };
-            if d.replicas.len() as u32 >= d.replicas_wanted {
+            // A model that failed to load on `load_failures_max` nodes is not placed again.
+            if d.replicas.len() as u32 >= d.replicas_wanted || d.failed_on.len() >= max {
                 return;
             }
             match self.place(d, 1) {
@@ -1200,6 +1232,48 @@ mod tests {
             d.deployment_state(&dep).unwrap(),
             (DeploymentState::Pending, 0, 1)
         );
+    }
+
+    #[test]
+    fn a_model_failing_on_enough_nodes_fails_the_deployment() {
+        let cfg = DispatchConfig {
+            replicas: 1,
+            load_failures_max: 2,
+            ..DispatchConfig::default()
+        };
+        let mut d = Dispatch::new(cfg);
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let (b, _) = join(&mut d, 0, 2, 5);
+        let (c, _) = join(&mut d, 0, 3, 5);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        let first = if d.assignments_for(&a).is_empty() {
+            b
+        } else {
+            a
+        };
+        d.replica_state(1, &first, &dep, &ReplicaState::Failed("bad op".into()));
+        // The same node failing again is one node.
+        d.replica_state(1, &first, &dep, &ReplicaState::Failed("bad op".into()));
+        assert!(d.failed_deployments().is_empty());
+        let second = [a, b, c]
+            .into_iter()
+            .find(|n| !d.assignments_for(n).is_empty())
+            .unwrap();
+        let fx = d.replica_state(2, &second, &dep, &ReplicaState::Failed("x".repeat(1_000)));
+        // Failed: listed with both reasons (bounded), and not placed on the third node.
+        assert!(!pushes_to(&fx).iter().any(|(_, assign)| *assign));
+        let failed = d.failed_deployments();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, dep);
+        assert_eq!(failed[0].1.len(), 2);
+        assert!(failed[0].1[0].ends_with("bad op"));
+        assert!(failed[0].1[1].len() < 400);
+        d.tick(100);
+        assert!([a, b, c].iter().all(|n| d.assignments_for(n).is_empty()));
+        d.undeploy(&dep);
+        assert!(d.failed_deployments().is_empty());
     }
 
     #[test]

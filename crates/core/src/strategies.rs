@@ -585,6 +585,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         DeploymentState::Ready,
         DeploymentState::Degraded,
         DeploymentState::Stopped,
+        DeploymentState::Failed,
     ]);
     let info = (
         deployment_id(),
@@ -595,6 +596,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         quote(),
         credits(),
         verifiability(),
+        option::of(text()),
     )
         .prop_map(
             |(
@@ -606,6 +608,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                 price,
                 allowance_left,
                 verifiability,
+                failure,
             )| {
                 DeploymentInfo {
                     id,
@@ -617,6 +620,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                     price,
                     allowance_left,
                     verifiability,
+                    failure,
                 }
             },
         );

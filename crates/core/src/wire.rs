@@ -204,14 +204,19 @@ impl WireError {
     /// An error with a message, truncated to [`ERROR_MESSAGE_BYTES_MAX`] at a char boundary.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let mut message = message.into();
-        if message.len() > ERROR_MESSAGE_BYTES_MAX {
-            let mut cut = ERROR_MESSAGE_BYTES_MAX;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-        }
+        truncate_at_char(&mut message, ERROR_MESSAGE_BYTES_MAX);
         Self { code, message }
+    }
+}
+
+/// Shortens `text` to at most `bytes_max` bytes, at a char boundary.
+pub(crate) fn truncate_at_char(text: &mut String, bytes_max: usize) {
+    if text.len() > bytes_max {
+        let mut cut = bytes_max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
     }
 }
 
@@ -511,6 +516,9 @@ pub enum DeploymentState {
     Degraded,
     /// Stopped by its owner or out of credits.
     Stopped,
+    /// Stopped because its model failed to load on several nodes (see
+    /// [`DeploymentInfo::failure`]).
+    Failed,
 }
 
 /// A deployment as the dispatcher describes it.
@@ -535,6 +543,8 @@ pub struct DeploymentInfo {
     /// Whether its answers can be checked: the verdict of the dispatcher's determinism gate,
     /// fixed at deploy time.
     pub verifiability: Verifiability,
+    /// Why the deployment failed ([`DeploymentState::Failed`]): the nodes' load errors.
+    pub failure: Option<String>,
 }
 
 /// Whether a deployment's answers can be checked by recomputing them (canaries, spot checks):

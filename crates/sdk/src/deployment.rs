@@ -223,7 +223,8 @@ impl<T: Transport> Deployment<T> {
     /// Polls [`Deployment::info`] until the deployment is `Ready`, pausing
     /// [`ready_poll_ms_initial`](crate::ClientConfig::ready_poll_ms_initial) and doubling up to
     /// [`ready_poll_ms_max`](crate::ClientConfig::ready_poll_ms_max) between polls.
-    /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`] if the deployment stops.
+    /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`] if the deployment stops;
+    /// [`Error::ModelRejected`] if no node could load its model (the nodes' reasons).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<DeploymentInfo, Error> {
         let config = &self.client.inner.config;
         let deadline = tokio::time::Instant::now() + timeout;
@@ -234,6 +235,13 @@ impl<T: Transport> Deployment<T> {
                 DeploymentState::Ready => return Ok(info),
                 DeploymentState::Stopped => {
                     return Err(Error::Stopped(format!("{} is stopped", self.id)));
+                }
+                DeploymentState::Failed => {
+                    return Err(Error::ModelRejected(format!(
+                        "{}: nodes could not load the model: {}",
+                        self.id,
+                        info.failure.unwrap_or_default()
+                    )));
                 }
                 DeploymentState::Pending | DeploymentState::Degraded => {}
             }

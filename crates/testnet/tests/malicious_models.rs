@@ -141,6 +141,16 @@ async fn the_corpus_is_refused_or_fails_its_deployment_and_the_network_keeps_ser
                 let info = d.info().await.unwrap();
                 assert_eq!(info.replicas_ready, 0, "{what}");
                 assert_ne!(info.state, DeploymentState::Ready, "{what}");
+                // Failed on every node (3, the default limit): the deployment is failed, with
+                // the nodes' reasons, within a tick or so.
+                let failed = d.wait_ready(Duration::from_secs(30)).await.unwrap_err();
+                assert!(
+                    matches!(&failed, Error::ModelRejected(m) if m.contains("could not load")),
+                    "{what}: {failed}"
+                );
+                let info = d.info().await.unwrap();
+                assert_eq!(info.state, DeploymentState::Failed, "{what}");
+                assert!(info.failure.is_some_and(|f| !f.is_empty()), "{what}");
                 let r = d.infer(vec![NamedTensor::new("x", relu_input())]).await;
                 assert!(r.is_err(), "{what}: {r:?}");
                 d.undeploy().await.unwrap();

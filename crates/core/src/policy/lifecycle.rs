@@ -27,6 +27,9 @@ pub enum End {
     LifetimeOver,
     /// A per-request allowance is spent and has stayed so for the idle time.
     AllowanceSpent,
+    /// Its model failed to load on several nodes (decided by the dispatch state machine:
+    /// `Dispatch::failed_deployments`).
+    LoadFailed,
 }
 
 /// Whether a running deployment of `plan`, created at `created_at_s`, with `allowance_left`,

@@ -250,9 +250,11 @@ impl<T: Transport> Dispatcher<T> {
         {
             Ok(refunded) => {
                 let mut deployments = self.inner.deployments.write();
+                let mut failures = self.inner.load_failures.lock();
                 for d in refunded {
                     tracing::info!(deployment = %d.id, "stopped deployment refunded");
                     deployments.remove(&d.id);
+                    failures.remove(&d.id);
                 }
             }
             Err(e) => tracing::error!(error = ?e, "stopped deployments not refunded"),

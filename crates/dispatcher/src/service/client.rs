@@ -373,8 +373,14 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     fn describe(&self, d: &DeploymentRecord) -> DeploymentInfo {
+        let failure = self.inner.load_failures.lock().get(&d.id).cloned();
         let (state, ready, wanted) = if d.stopped_at_s.is_some() {
-            (DeploymentState::Stopped, 0, 0)
+            let state = if failure.is_some() {
+                DeploymentState::Failed
+            } else {
+                DeploymentState::Stopped
+            };
+            (state, 0, 0)
         } else {
             self.inner
                 .dispatch
@@ -392,6 +398,7 @@ impl<T: Transport> Dispatcher<T> {
             price: d.price,
             allowance_left: d.allowance_left,
             verifiability: d.verifiability,
+            failure,
         }
     }
 

@@ -253,8 +253,10 @@ pub(super) fn settle_retries() -> parking_lot::Mutex<SettleRetries> {
 impl<T: Transport> Dispatcher<T> {
     /// Stops the deployments that end by themselves at `now` ([`crat_core::policy::lifecycle`]):
     /// per-instance reservations past their lifetime, per-request deployments spent for
-    /// [`DispatcherConfig::spent_deployment_idle_s`](super::DispatcherConfig). Runs every
-    /// tick; returns what it stopped.
+    /// [`DispatcherConfig::spent_deployment_idle_s`](super::DispatcherConfig), and those
+    /// whose model failed to load on several nodes
+    /// ([`crat_core::dispatch::Dispatch::failed_deployments`]; they describe themselves as
+    /// `Failed` with the nodes' reasons). Runs every tick; returns what it stopped.
     pub async fn end_due_deployments(&self, now: u64) -> Vec<(DeploymentId, End)> {
         let idle_s = self.inner.config.spent_deployment_idle_s;
         let ending: Vec<(DeploymentId, End)> = {
@@ -287,6 +289,16 @@ impl<T: Transport> Dispatcher<T> {
                 })
                 .collect()
         };
+        // Models that failed to load on several nodes (the dispatch state machine counts).
+        let failed = self.inner.dispatch.lock().failed_deployments();
+        let mut ending = ending;
+        for (id, reasons) in failed {
+            self.inner
+                .load_failures
+                .lock()
+                .insert(id, reasons.join("; "));
+            ending.push((id, End::LoadFailed));
+        }
         let mut stopped = Vec::with_capacity(ending.len());
         for (id, end) in ending {
             tracing::info!(deployment = %id, ?end, "deployment ended");

@@ -240,6 +240,9 @@ struct Inner<T: Transport> {
     deployments: RwLock<HashMap<DeploymentId, DeploymentRecord>>,
     /// Per-request deployments whose allowance was first seen spent, and when.
     spent_since: Mutex<HashMap<DeploymentId, u64>>,
+    /// Why failed deployments failed (their nodes' load errors), until they are refunded and
+    /// forgotten.
+    load_failures: Mutex<HashMap<DeploymentId, String>>,
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
     /// Backoff of the rounds whose settlement failed; held for a whole settlement pass, and
@@ -422,6 +425,7 @@ impl<T: Transport> Dispatcher<T> {
                 started: Instant::now(),
                 deployments: RwLock::new(deployments),
                 spent_since: Mutex::new(HashMap::new()),
+                load_failures: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
                 settle_retries: closing::settle_retries(),

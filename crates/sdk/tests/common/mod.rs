@@ -149,6 +149,7 @@ impl Fake {
             price: quote(),
             allowance_left: Credits::ZERO,
             verifiability: crat_core::wire::Verifiability::Verifiable,
+            failure: None,
         })
     }
 
