@@ -273,11 +273,15 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
                 idle: None,
                 clock: Arc::new(SystemClock),
             },
-            NodeConfig::new(
-                PeerAddr::from(dispatcher),
-                dispatcher_id,
-                PeerAddr::from(advertise),
-            ),
+            NodeConfig {
+                // Usage not yet acknowledged by the dispatcher survives a restart.
+                usage_journal: Some(data_dir.join("usage.journal")),
+                ..NodeConfig::new(
+                    PeerAddr::from(dispatcher),
+                    dispatcher_id,
+                    PeerAddr::from(advertise),
+                )
+            },
         );
         println!("node {} serving on {listen}", node.id());
         tokio::select! {

@@ -90,6 +90,12 @@ pub struct NodeConfig {
     pub usage_flush_ms: u64,
     /// Usage records kept while unacknowledged; above it new tasks are refused. Default 100,000.
     pub usage_buffer_max: usize,
+    /// A file where the usage not yet acknowledged by the dispatcher is kept (rewritten
+    /// atomically and fsynced at each report interval when it changed, read back at start), so
+    /// that a node restart loses no billable work but the last interval's (which the clients'
+    /// acknowledgements still charge). `None` (the default) keeps it in memory only; `crat
+    /// node` keeps it in its data directory.
+    pub usage_journal: Option<std::path::PathBuf>,
     /// Requests served at once per client connection; further requests wait (on QUIC the
     /// transport's `streams_concurrent_max` holds the peer's extra streams). Default 256.
     pub client_concurrency_max: usize,
@@ -129,6 +135,7 @@ impl NodeConfig {
             heartbeat_interval_ms: 5_000,
             usage_flush_ms: 1_000,
             usage_buffer_max: 100_000,
+            usage_journal: None,
             client_concurrency_max: 256,
             key_rate: Some(RateLimit {
                 per_s: 10_000,
@@ -205,6 +212,8 @@ struct Inner<T: Transport> {
     /// (only if the dispatcher assigns another model, or drops and re-adds the deployment).
     failed: Mutex<HashMap<DeploymentId, ModelId>>,
     usage: Mutex<VecDeque<UsageRecord>>,
+    /// Bumped whenever `usage` changes, so the journal is rewritten only then.
+    usage_changes: AtomicU64,
     /// Tickets whose signature checked out (one ed25519 verification per ticket, not per task).
     tickets: Mutex<TicketVerifier>,
     /// Task rates per SDK key.
@@ -274,6 +283,11 @@ impl<T: Transport> Node<T> {
         let key_rates = config
             .key_rate
             .map(|limit| Mutex::new(KeyedRateLimiter::new(limit, config.keys_tracked_max)));
+        let journaled = config
+            .usage_journal
+            .as_deref()
+            .map(|path| read_journal(path, config.usage_buffer_max))
+            .unwrap_or_default();
         Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -289,7 +303,8 @@ impl<T: Transport> Node<T> {
                 served: RwLock::new(HashMap::new()),
                 starting: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
-                usage: Mutex::new(VecDeque::new()),
+                usage: Mutex::new(journaled),
+                usage_changes: AtomicU64::new(0),
                 tickets: Mutex::new(TicketVerifier::new(dispatcher_id, 4096)),
                 key_rates,
                 tasks: Mutex::new(ExpiringMap::new(tasks_tracked_max)),
@@ -507,6 +522,7 @@ impl<T: Transport> Node<T> {
             .map(|(spec, t)| NamedTensor::new(spec.name.clone(), t))
             .collect();
         let output_bytes = tensors_bytes(&outputs);
+        inner.usage_changes.fetch_add(1, Ordering::Relaxed);
         inner.usage.lock().push_back(UsageRecord {
             task: req.task,
             deployment: req.deployment,
@@ -945,8 +961,22 @@ impl<T: Transport> Node<T> {
 
     async fn usage_loop(self) {
         let inner = &self.inner;
+        let mut journaled = u64::MAX;
         loop {
             tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)).await;
+            if let Some(path) = inner.config.usage_journal.clone() {
+                let changes = inner.usage_changes.load(Ordering::Relaxed);
+                if changes != journaled {
+                    let records: Vec<UsageRecord> = inner.usage.lock().iter().cloned().collect();
+                    let written =
+                        tokio::task::spawn_blocking(move || write_journal(&path, records)).await;
+                    match written {
+                        Ok(Ok(())) => journaled = changes,
+                        Ok(Err(e)) => tracing::error!(error = %e, "usage journal not written"),
+                        Err(e) => tracing::error!(error = %e, "usage journal task failed"),
+                    }
+                }
+            }
             let batch: Vec<UsageRecord> = {
                 let usage = inner.usage.lock();
                 usage.iter().take(USAGE_RECORDS_MAX).cloned().collect()
@@ -985,6 +1015,7 @@ impl<T: Transport> Node<T> {
                     held.dedup();
                     // Only now are they safe to forget (new records were appended behind),
                     // except those the client has not acknowledged yet: kept, in order.
+                    inner.usage_changes.fetch_add(1, Ordering::Relaxed);
                     let mut usage = inner.usage.lock();
                     let sent: Vec<UsageRecord> = usage.drain(..n).collect();
                     for i in held.iter().rev() {
@@ -998,6 +1029,52 @@ impl<T: Transport> Node<T> {
             }
         }
     }
+}
+
+/// The usage a previous run left in its journal (at most `max` records; a journal that cannot
+/// be read is logged and ignored: the clients' acknowledgements still charge that work).
+fn read_journal(path: &std::path::Path, max: usize) -> VecDeque<UsageRecord> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return VecDeque::new(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "usage journal not read");
+            return VecDeque::new();
+        }
+    };
+    match crat_core::wire::decode::<NodeRequest>(&bytes) {
+        Ok(NodeRequest::Usage(report)) => {
+            tracing::info!(
+                records = report.records.len(),
+                "usage from the journal, to report"
+            );
+            report.records.into_iter().take(max).collect()
+        }
+        Ok(_) | Err(_) => {
+            tracing::error!(path = %path.display(), "usage journal unreadable; ignored");
+            VecDeque::new()
+        }
+    }
+}
+
+/// Replaces the journal with `records`: a temporary file, fsynced, renamed over it, and the
+/// directory fsynced.
+fn write_journal(path: &std::path::Path, records: Vec<UsageRecord>) -> std::io::Result<()> {
+    use std::io::Write;
+    let bytes = crat_core::wire::encode(&NodeRequest::Usage(UsageReport {
+        records,
+        acks: Vec::new(),
+    }))
+    .map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// 16 bytes that differ between every registration this process signs: the dispatcher

@@ -200,3 +200,52 @@ async fn requests_over_a_connections_limit_wait_and_other_connections_are_served
         assert_eq!(code(&c.await.unwrap()), None);
     }
 }
+
+/// Usage the dispatcher has not taken yet is kept in the node's journal: a node that stops
+/// (crashes) and starts again reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreported_usage_survives_a_node_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("usage.journal");
+    let models = vec![(assignment(dep(1), TINY), TINY.to_vec())];
+    let backend: Arc<dyn InferenceBackend> = Arc::new(TractBackend::new());
+    let node = TestNode::start(models.clone(), backend.clone(), |c| {
+        c.usage_journal = Some(journal.clone());
+    })
+    .await;
+    node.seen.lock().unwrap().refuse_usage = true;
+    let conn = node.client("client").await;
+    let t = ticket(&dispatcher_key(), dep(1), node.id, NOW + 60);
+    for task in 0..5 {
+        let answer = call(&conn, &infer(task, t.clone(), dep(1), image(task as u32))).await;
+        assert_eq!(code(&answer), None);
+    }
+    // The journal holds the five records within a report interval or two.
+    let journaled = || {
+        std::fs::read(&journal).ok().and_then(|b| {
+            match crat_core::wire::decode::<crat_core::wire::NodeRequest>(&b) {
+                Ok(crat_core::wire::NodeRequest::Usage(r)) => Some(r.records.len()),
+                _ => None,
+            }
+        })
+    };
+    wait_for(|| journaled() == Some(5)).await;
+    assert!(node.seen.lock().unwrap().usage.is_empty());
+    drop(node);
+
+    // The same node starts again, against a dispatcher that takes usage: it reports them.
+    let node = TestNode::start(models, backend, |c| c.usage_journal = Some(journal.clone())).await;
+    wait_for(|| node.seen.lock().unwrap().usage.len() >= 5).await;
+    let mut tasks: Vec<u64> = node
+        .seen
+        .lock()
+        .unwrap()
+        .usage
+        .iter()
+        .map(|u| u64::from_le_bytes(u.task.as_bytes()[..8].try_into().unwrap()))
+        .collect();
+    tasks.sort_unstable();
+    assert_eq!(tasks, [0, 1, 2, 3, 4]);
+    // Reported and acknowledged: the journal empties.
+    wait_for(|| journaled() == Some(0)).await;
+}

@@ -44,6 +44,8 @@ pub struct Seen {
     pub usage: Vec<UsageRecord>,
     pub heartbeats: u64,
     pub registered: Option<NodeId>,
+    /// Usage reports are answered `Busy` (a dispatcher that cannot take them now).
+    pub refuse_usage: bool,
 }
 
 pub fn dep(n: u8) -> DeploymentId {
@@ -119,7 +121,14 @@ pub fn fake_dispatcher(
                     }
                     NodeRequest::Usage(report) => {
                         let n = report.records.len() as u32;
-                        seen.lock().unwrap().usage.extend(report.records);
+                        let mut seen = seen.lock().unwrap();
+                        if seen.refuse_usage {
+                            return DispatcherReply::Error(WireError::new(
+                                ErrorCode::Busy,
+                                "not now",
+                            ));
+                        }
+                        seen.usage.extend(report.records);
                         DispatcherReply::UsageAck {
                             accepted: n,
                             duplicates: 0,
