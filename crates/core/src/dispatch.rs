@@ -122,6 +122,9 @@ pub struct DispatchConfig {
     /// longer placed, listed by [`Dispatch::failed_deployments`] with the nodes' reasons for
     /// the driver to stop it. Default 3.
     pub load_failures_max: usize,
+    /// A node offline this long is forgotten (the registry keeps only nodes that may come
+    /// back; one that does registers again). Default 7 days.
+    pub node_forget_after_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -141,6 +144,7 @@ impl Default for DispatchConfig {
             round_s: 86_400,
             nodes_max: NODES_MAX,
             load_failures_max: 3,
+            node_forget_after_s: 7 * 86_400,
         }
     }
 }
@@ -496,6 +500,10 @@ impl Dispatch {
         for id in gone {
             self.node_gone(&id, &mut effects);
         }
+        // Offline for long: forgotten, so the registry holds the nodes that may come back.
+        let forget = self.config.node_forget_after_s;
+        self.nodes
+            .retain(|_, e| e.online || now_s.saturating_sub(e.last_seen_s) <= forget);
         self.fill_all(&mut effects);
         effects
     }
@@ -1232,6 +1240,38 @@ mod tests {
             d.deployment_state(&dep).unwrap(),
             (DeploymentState::Pending, 0, 1)
         );
+    }
+
+    #[test]
+    fn nodes_offline_for_long_are_forgotten_and_may_register_again() {
+        let mut d = Dispatch::new(DispatchConfig {
+            heartbeat_interval_s: 10,
+            node_forget_after_s: 1_000,
+            nodes_max: 1,
+            ..DispatchConfig::default()
+        });
+        let (a, _) = join(&mut d, 0, 1, 5);
+        d.tick(100);
+        assert!(!d.nodes[&a].online);
+        d.tick(1_000);
+        assert!(d.nodes.contains_key(&a), "offline, not yet forgotten");
+        // Full: another node is refused until the silent one is forgotten.
+        let b: PeerAddr = "10.0.9.1:1".parse().unwrap();
+        let other = |d: &mut Dispatch| {
+            d.node_joined(
+                1_101,
+                NodeId::from_bytes([9; 32]),
+                PowerRating::new(3).unwrap(),
+                vec![b.clone()],
+                &b,
+                hw(),
+                1 << 30,
+            )
+        };
+        assert!(matches!(other(&mut d), Err(DispatchError::RegistryFull)));
+        d.tick(1_101);
+        assert!(!d.nodes.contains_key(&a));
+        other(&mut d).unwrap();
     }
 
     #[test]
