@@ -243,6 +243,17 @@ impl<T: Transport> Dispatcher<T> {
     /// Refunds the stopped deployments whose usage window ended (after their
     /// acknowledgements were settled, earlier in the same tick) and forgets them.
     pub(super) async fn refund_stopped(&self) {
+        // Every stopping deployment is in memory (loaded at start too): without one, no
+        // write transaction is opened.
+        let stopping = self
+            .inner
+            .deployments
+            .read()
+            .values()
+            .any(|d| d.stopped_at_s.is_some());
+        if !stopping {
+            return;
+        }
         let now = self.inner.clock.now_s();
         match self
             .db(move |l| l.refund_stopped(now, STOPPED_REFUNDED_PER_TICK_MAX))

@@ -259,7 +259,7 @@ impl<T: Transport> Dispatcher<T> {
     /// `Failed` with the nodes' reasons). Runs every tick; returns what it stopped.
     pub async fn end_due_deployments(&self, now: u64) -> Vec<(DeploymentId, End)> {
         let idle_s = self.inner.config.spent_deployment_idle_s;
-        let ending: Vec<(DeploymentId, End)> = {
+        let mut ending: Vec<(DeploymentId, End)> = {
             let deployments = self.inner.deployments.read();
             let mut spent = self.inner.spent_since.lock();
             spent.retain(|id, _| {
@@ -291,7 +291,6 @@ impl<T: Transport> Dispatcher<T> {
         };
         // Models that failed to load on several nodes (the dispatch state machine counts).
         let failed = self.inner.dispatch.lock().failed_deployments();
-        let mut ending = ending;
         for (id, reasons) in failed {
             self.inner
                 .load_failures
