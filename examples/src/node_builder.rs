@@ -22,7 +22,7 @@ use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::idle::{CommandWorkload, IdleController, IdleError, IdlePolicy, IdleWorkload};
 use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts};
-use crat_transport::SystemClock;
+use crat_transport::SteadyClock;
 use crat_transport::Transport;
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
@@ -236,7 +236,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
             store,
             hardware: hardware.clone(),
             idle,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SteadyClock::system()),
         },
         config,
     );

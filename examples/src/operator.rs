@@ -176,6 +176,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
                 dispatcher_addr: addr,
                 dispatcher_id: dispatcher.id(),
                 store_dir: scratch.path().join("node"),
+                clock: Arc::new(crat_transport::SteadyClock::system()),
             },
             NodeSpec {
                 gpu: Some("NVIDIA GeForce RTX 3090".into()),

@@ -22,7 +22,7 @@ use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{Node, NodeConfig, NodeParts};
-use crat_transport::SystemClock;
+use crat_transport::SteadyClock;
 use crat_transport::Transport;
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
@@ -271,7 +271,7 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
                 store: ModelStore::open(data_dir.join("models"), 32 << 30)?,
                 hardware,
                 idle: None,
-                clock: Arc::new(SystemClock),
+                clock: Arc::new(SteadyClock::system()),
             },
             NodeConfig {
                 // Usage not yet acknowledged by the dispatcher survives a restart.

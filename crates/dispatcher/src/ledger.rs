@@ -476,6 +476,11 @@ pub trait Ledger: Send + Sync + 'static {
     /// uptime total), atomically. Storing a round index twice is [`LedgerError::Exists`]; an
     /// outcome naming a node that is not stored is [`LedgerError::NotFound`].
     fn close_round(&self, round: &RoundRecord, outcome: &RoundOutcome) -> Result<(), LedgerError>;
+    /// The latest time the ledger recorded: the latest income charge, journal entry, online
+    /// session end and closed round end (0 for an empty ledger). A dispatcher starts its clock
+    /// no earlier ([`crat_core::clock::Clock::raise_to`]), so that time never goes back across
+    /// a restart, even when the wall clock did.
+    fn latest_time_s(&self) -> Result<u64, LedgerError>;
     /// The last closed round.
     fn last_round(&self) -> Result<Option<RoundRecord>, LedgerError>;
     /// A closed round by index.

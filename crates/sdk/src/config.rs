@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crat_core::clock::Clock;
-use crat_transport::{FrameLimits, SystemClock};
+use crat_transport::{FrameLimits, SteadyClock};
 
 /// Limits, timeouts and retry policy of a [`Client`](crate::Client).
 #[derive(Clone)]
@@ -52,7 +52,7 @@ pub struct ClientConfig {
     /// never tells (canaries then have generic shapes a node may tell apart). Default 60 s.
     pub input_shapes_report_s: u64,
     /// The clock for lease renewal (when a lease is due); tests drive it by hand. Default
-    /// [`SystemClock`].
+    /// [`SteadyClock`]: the system clock with its steps left out.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -73,7 +73,7 @@ impl Default for ClientConfig {
             ack_every_tasks: 16,
             ack_flush_ms: 1_000,
             input_shapes_report_s: 60,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SteadyClock::system()),
         }
     }
 }

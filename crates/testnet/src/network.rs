@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crat_backend::InferenceBackend;
+use crat_core::clock::Clock;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::NodeId;
 use crat_core::id::PeerAddr;
@@ -16,7 +17,7 @@ use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, DispatcherError
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts};
-use crat_transport::SystemClock;
+use crat_transport::SteadyClock;
 use crat_transport::Transport;
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
@@ -60,8 +61,9 @@ impl LocalNode {
     }
 }
 
-/// The dispatcher a node registers with, and where the node keeps its model files.
-#[derive(Clone, Debug)]
+/// The dispatcher a node registers with, where the node keeps its model files, and the
+/// clock it reads.
+#[derive(Clone)]
 pub struct NodeTarget {
     /// The dispatcher's address.
     pub dispatcher_addr: SocketAddr,
@@ -69,6 +71,19 @@ pub struct NodeTarget {
     pub dispatcher_id: NodeId,
     /// The node's model store directory.
     pub store_dir: PathBuf,
+    /// The node's clock (a [`SteadyClock`] over the system's clocks, unless a test steps a
+    /// wall clock under it).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for NodeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTarget")
+            .field("dispatcher_addr", &self.dispatcher_addr)
+            .field("dispatcher_id", &self.dispatcher_id)
+            .field("store_dir", &self.store_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Starts a node on `ip` (port chosen by the system) that registers with `target`'s
@@ -134,7 +149,7 @@ pub fn spawn_node_declaring(
             store,
             hardware: FakeProbe::new(gpus, cpu).probe(),
             idle: None,
-            clock: Arc::new(SystemClock),
+            clock: target.clock,
         },
         config,
     );
@@ -162,6 +177,8 @@ pub struct LocalNetwork {
     config: DispatcherConfig,
     dispatcher_task: JoinHandle<()>,
     dir: PathBuf,
+    /// The clock the dispatcher and the nodes read (one machine, one clock).
+    clock: Arc<dyn Clock>,
 }
 
 /// QUIC settings for loopback: a short idle timeout so a killed peer is noticed quickly, and
@@ -208,10 +225,11 @@ fn start_dispatcher(
     config: DispatcherConfig,
     key: SigningKey,
     addr: SocketAddr,
+    clock: Arc<dyn Clock>,
 ) -> Result<(Dispatcher<QuicTransport>, SocketAddr, JoinHandle<()>), DispatcherError> {
     let transport = QuicTransport::bind(addr, &key, loopback_quic())?;
     let addr = transport.socket_addr();
-    let dispatcher = Dispatcher::open_with(config, key, transport, canary_parts()?)?;
+    let dispatcher = Dispatcher::open_on_clock(config, key, transport, canary_parts()?, clock)?;
     let task = tokio::spawn({
         let d = dispatcher.clone();
         async move {
@@ -234,11 +252,22 @@ impl LocalNetwork {
 
     /// Starts a dispatcher with `config` (its data directory is used as is; nodes keep
     /// their model files under `dir`) and one node per spec, and waits until every node has
-    /// registered.
+    /// registered. Everything runs on a [`SteadyClock`] over the system's clocks.
     pub async fn start(
+        config: DispatcherConfig,
+        dir: &Path,
+        nodes: Vec<NodeSpec>,
+    ) -> Result<Self, DispatcherError> {
+        Self::start_on_clock(config, dir, nodes, Arc::new(SteadyClock::system())).await
+    }
+
+    /// [`LocalNetwork::start`] with the dispatcher and every node reading `clock` (a test
+    /// steps a wall clock under a [`SteadyClock`]).
+    pub async fn start_on_clock(
         mut config: DispatcherConfig,
         dir: &Path,
         nodes: Vec<NodeSpec>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, DispatcherError> {
         // Nodes here compute on this machine's CPU: challenges at the real sizes would take
         // seconds each. Unless the caller chose other proof settings, challenges are tiny and
@@ -253,6 +282,7 @@ impl LocalNetwork {
             "127.0.0.1:0"
                 .parse()
                 .map_err(|_| DispatcherError::Config("address".into()))?,
+            clock.clone(),
         )?;
         let mut net = Self {
             dispatcher: Some(dispatcher),
@@ -262,6 +292,7 @@ impl LocalNetwork {
             config,
             dispatcher_task,
             dir: dir.to_owned(),
+            clock,
         };
         for spec in nodes {
             net.add_node(spec)?;
@@ -327,6 +358,7 @@ impl LocalNetwork {
                 dispatcher_addr: self.dispatcher_addr,
                 dispatcher_id: self.dispatcher().id(),
                 store_dir: self.dir.join(format!("node-{index}")),
+                clock: self.clock.clone(),
             },
             spec,
             gpus,
@@ -375,6 +407,7 @@ impl LocalNetwork {
                 self.config.clone(),
                 self.dispatcher_key.clone(),
                 self.dispatcher_addr,
+                self.clock.clone(),
             ) {
                 Ok(started) => break started,
                 Err(e) if tries < 100 => {

@@ -10,8 +10,10 @@
 //! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
 //! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
 //!
-//! [`SystemClock`] is the system-time [`Clock`](crat_core::clock::Clock) the peers run on (this is
-//! the I/O crate they all share; `crat-core` reads no clock).
+//! [`SteadyClock`] is the [`Clock`](crat_core::clock::Clock) the peers run on: the system's wall
+//! clock at the start plus its monotonic clock since, so wall-clock steps move neither uptime nor
+//! rounds ([`SystemClock`] is the raw wall clock). Clocks live here, in the I/O crate the peers all
+//! share; `crat-core` reads no clock.
 //!
 //! Bodies are [`Frame`]s: length-prefixed [`crat_core::wire`] messages whose size is capped per
 //! conversation ([`FrameLimits`]) before anything is allocated. [`ConnectionExt::call`] and
@@ -67,7 +69,7 @@ pub mod frame;
 pub mod memory;
 pub mod quic;
 
-pub use clock::SystemClock;
+pub use clock::{SteadyClock, SystemClock, SystemMonotonic};
 pub use error::{Aborted, Closed, SetupError, TransportError};
 pub use frame::{Conversation, Frame, FrameError, FrameLimits};
 

@@ -1558,6 +1558,26 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn latest_time_s(&self) -> Result<u64, LedgerError> {
+        self.read(|tx| {
+            // Each part reads an index (income, the journal's newest row, the newest round)
+            // except the sessions, scanned once per start.
+            let latest: i64 = tx
+                .query_row(
+                    "SELECT MAX(
+                        COALESCE((SELECT MAX(at_s) FROM journal WHERE counts_as_income = 1), 0),
+                        COALESCE((SELECT at_s FROM journal ORDER BY id DESC LIMIT 1), 0),
+                        COALESCE((SELECT MAX(end_s) FROM sessions), 0),
+                        COALESCE((SELECT start_s + length_s FROM rounds ORDER BY idx DESC LIMIT 1), 0)
+                     )",
+                    [],
+                    |r| r.get(0),
+                )
+                .db()?;
+            from_i64(latest, "latest time")
+        })
+    }
+
     fn last_round(&self) -> Result<Option<RoundRecord>, LedgerError> {
         self.read(|tx| {
             let sql = format!("SELECT {ROUND_COLUMNS} FROM rounds ORDER BY idx DESC LIMIT ?1");
@@ -2463,6 +2483,28 @@ mod tests {
         assert_eq!(ledger.income(200, 299).unwrap(), Credits::new(2));
         assert_eq!(ledger.income(0, u64::MAX).unwrap(), Credits::new(107));
         assert_eq!(ledger.income(300, 200).unwrap(), Credits::ZERO);
+    }
+
+    #[test]
+    fn latest_time_is_the_latest_of_income_journal_sessions_and_rounds() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        assert_eq!(ledger.latest_time_s().unwrap(), 0);
+        let a = setup(&ledger, 1000);
+        assert_eq!(ledger.latest_time_s().unwrap(), 10, "the grant");
+        ledger
+            .create_deployment(&per_request(&a, 2, 500, 100))
+            .unwrap();
+        ledger.charge_usage(&[charge(2, 1, 1, 250)]).unwrap();
+        assert_eq!(ledger.latest_time_s().unwrap(), 250, "the usage charge");
+        let n = node(1);
+        ledger.upsert_node(&n).unwrap();
+        ledger.record_online(&n.id, 200, 400).unwrap();
+        assert_eq!(ledger.latest_time_s().unwrap(), 400, "the session's end");
+        ledger.close_round(&round(0), &outcome(&[])).unwrap();
+        assert_eq!(ledger.latest_time_s().unwrap(), 86_400, "the round's end");
+        // An older charge recorded later (a clock that went back) does not lower it.
+        ledger.charge_usage(&[charge(2, 2, 1, 300)]).unwrap();
+        assert_eq!(ledger.latest_time_s().unwrap(), 86_400);
     }
 
     #[test]

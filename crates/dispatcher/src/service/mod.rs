@@ -38,7 +38,7 @@ use crat_core::wire::{
 use crat_rewards::Settlement;
 use crat_rewards::file_export::FileSettlement;
 use crat_transport::{
-    Connection, Conversation, Frame, IncomingExchange, SystemClock, Transport, TransportError,
+    Connection, Conversation, Frame, IncomingExchange, SteadyClock, Transport, TransportError,
     serve,
 };
 use ed25519_dalek::SigningKey;
@@ -299,6 +299,24 @@ impl<T: Transport> Dispatcher<T> {
         transport: T,
         canary: Option<CanaryParts<T>>,
     ) -> Result<Self, DispatcherError> {
+        Self::open_on_clock(
+            config,
+            key,
+            transport,
+            canary,
+            Arc::new(SteadyClock::system()),
+        )
+    }
+
+    /// [`Dispatcher::open_with`] on `clock` instead of the system's [`SteadyClock`] (tests
+    /// step a wall clock under it).
+    pub fn open_on_clock(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+        canary: Option<CanaryParts<T>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, DispatcherError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| DispatcherError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let ledger = Arc::new(SqliteLedger::open(&config.ledger_path())?);
@@ -325,7 +343,7 @@ impl<T: Transport> Dispatcher<T> {
                 blobs,
                 uploads,
                 settlement,
-                clock: Arc::new(SystemClock),
+                clock,
                 canary,
             },
             config,
@@ -355,6 +373,19 @@ impl<T: Transport> Dispatcher<T> {
                 crat_core::sign::TICKET_LIFETIME_S_MAX
             )));
         }
+        // Time never goes back across a restart: the clock reads at least the latest time
+        // the ledger recorded and the time the last closed round was closed at, whatever
+        // the wall clock says now (see `crat_core::clock`).
+        let mut floor_s = parts.ledger.latest_time_s()?;
+        if let Some(last) = parts.ledger.last_round()? {
+            floor_s = floor_s.max(
+                config
+                    .round_clock()
+                    .start(last.index.saturating_add(1))
+                    .saturating_add(config.round_close_delay_s),
+            );
+        }
+        parts.clock.raise_to(floor_s);
         let mut dispatch = Dispatch::new(config.dispatch.clone());
         let mut deployments = HashMap::new();
         for d in parts.ledger.active_deployments()? {

@@ -47,19 +47,23 @@ pub async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNe
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let specs = [
+    let specs = specs(&[
         "NVIDIA GeForce RTX 3090",
         "NVIDIA GeForce RTX 3080",
         "NVIDIA GeForce GTX 1660 Ti",
-    ]
-    .iter()
-    .map(|g| NodeSpec {
-        gpu: Some((*g).to_owned()),
-        backend: backend(),
-        batch_size: 4,
-    })
-    .collect();
+    ]);
     LocalNetwork::start(config, dir, specs).await.unwrap()
+}
+
+/// One tract node (batches of 4) per declared GPU.
+pub fn specs(gpus: &[&str]) -> Vec<NodeSpec> {
+    gpus.iter()
+        .map(|g| NodeSpec {
+            gpu: Some((*g).to_owned()),
+            backend: backend(),
+            batch_size: 4,
+        })
+        .collect()
 }
 
 pub async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
