@@ -65,6 +65,13 @@ pub trait Clock: Send + Sync + 'static {
     /// Unix seconds now.
     fn now_s(&self) -> u64;
 
+    /// Unix milliseconds now; by default [`Clock::now_s`] in milliseconds (a clock that
+    /// knows better says so: a steady clock anchored to the wall clock's millisecond agrees
+    /// with it to the millisecond, not to the second).
+    fn now_ms(&self) -> u64 {
+        self.now_s().saturating_mul(1_000)
+    }
+
     /// Makes the clock read at least `floor_s` from now on: a dispatcher calls it on start
     /// with the latest time its ledger recorded, so that time never goes back across a
     /// restart. A clock that cannot be moved (the raw system clock, a test's clock) ignores
@@ -96,7 +103,13 @@ pub struct Steady {
 impl Steady {
     /// Steady time that reads `wall_s` now, when the monotonic clock reads `mono_ms`.
     pub fn new(wall_s: u64, mono_ms: u64) -> Self {
-        let base_ms = wall_s.saturating_mul(1_000);
+        Self::new_ms(wall_s.saturating_mul(1_000), mono_ms)
+    }
+
+    /// Steady time that reads `wall_ms` (Unix milliseconds) now, when the monotonic clock
+    /// reads `mono_ms`.
+    pub fn new_ms(wall_ms: u64, mono_ms: u64) -> Self {
+        let base_ms = wall_ms;
         Self {
             base_ms,
             anchor_ms: mono_ms,

@@ -276,6 +276,10 @@ pub struct RoundSettlement {
 /// Most rounds [`Ledger::unsettled_rounds`] returns.
 pub const UNSETTLED_ROUNDS_MAX: u32 = 1_024;
 
+/// Most idle node records the dispatcher removes after one round closes
+/// ([`Ledger::forget_idle_nodes`]; the rest go after the next round).
+pub const NODE_RECORDS_FORGOTTEN_PER_ROUND: u32 = 10_000;
+
 /// Why the ledger refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -456,6 +460,18 @@ pub trait Ledger: Send + Sync + 'static {
         session_start_s: u64,
         end_s: u64,
     ) -> Result<(), LedgerError>;
+    /// The nodes a round over `[from_s, to_s)` is closed over, by id: those registered before
+    /// `to_s` that were online or validated in the window, and those with a streak the round
+    /// ends. For any other node the round's outcome is nothing (no uptime, no CRAT, no
+    /// payment, its streak 0 already), so leaving it out changes no payment and keeps the
+    /// cost of a round proportional to the nodes active in it, not to every node ever seen.
+    fn round_nodes(&self, from_s: u64, to_s: u64) -> Result<Vec<NodeRecord>, LedgerError>;
+    /// Removes at most `limit` node records that hold nothing and did nothing since
+    /// `before_s`: no CRAT, no streak, registered before `before_s`, and no online session
+    /// ending and no validation at or after `before_s`. Their sessions and validations go
+    /// with them (the closed rounds' inputs keep that history). A removed node that comes back
+    /// registers as new. Returns how many were removed.
+    fn forget_idle_nodes(&self, before_s: u64, limit: u32) -> Result<u64, LedgerError>;
     /// A node's online sessions that overlap `[from_s, to_s)`, unclipped, by start.
     fn online_sessions(
         &self,

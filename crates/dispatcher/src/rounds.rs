@@ -91,10 +91,7 @@ pub fn round_inputs(
         _ => MicroUsd::ZERO,
     };
     let mut nodes = Vec::new();
-    for n in ledger.nodes()? {
-        if n.registered_at_s >= end_s {
-            continue;
-        }
+    for n in ledger.round_nodes(start_s, end_s)? {
         let rating = crat_core::hardware::PowerRating::new(n.rating)
             .ok_or_else(|| LedgerError::Corrupt(format!("node {} rating {}", n.id, n.rating)))?;
         let online = ledger.online_sessions(&n.id, start_s, end_s)?;

@@ -50,6 +50,12 @@ impl Clock for SteppedWall {
             .now_s()
             .saturating_add_signed(self.offset_s.load(Ordering::SeqCst))
     }
+
+    fn now_ms(&self) -> u64 {
+        SystemClock
+            .now_ms()
+            .saturating_add_signed(self.offset_s.load(Ordering::SeqCst).saturating_mul(1_000))
+    }
 }
 
 /// Sleeps until the system clock reads `t_s`.

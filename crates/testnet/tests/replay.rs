@@ -8,10 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
 use crat_core::id::{DeploymentId, NodeId, PeerAddr, SdkKey, TaskId};
 use crat_core::money::Credits;
-use crat_core::sign::{REGISTRATION_AGE_S_MAX, Registration, Signed, Ticket, tensors_digest};
+use crat_core::sign::{REGISTRATION_AGE_S_MAX, Signed, Ticket, tensors_digest};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{
     ClientCall, ClientToNode, DispatcherReply, DispatcherResponse, ErrorCode, Heartbeat,
@@ -23,62 +22,6 @@ use crat_testnet::{LocalNetwork, loopback_quic};
 use crat_transport::quic::{QuicConnection, QuicTransport};
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
-
-fn endpoint(key: &SigningKey) -> QuicTransport {
-    QuicTransport::bind("127.0.0.1:0".parse().unwrap(), key, loopback_quic()).unwrap()
-}
-
-fn registration(key: &SigningKey, issued_at_s: u64, nonce: [u8; 16]) -> Signed<Registration> {
-    Signed::sign(
-        Registration {
-            node: NodeId::from_key(&key.verifying_key()),
-            hardware: HardwareInfo {
-                gpus: vec![],
-                cpu: CpuInfo {
-                    model: "replayer".into(),
-                    cores: 1,
-                    memory_bytes: 1 << 30,
-                },
-            },
-            rating: PowerRating::MIN,
-            backends: vec![],
-            listen_addrs: vec![PeerAddr::new("127.0.0.1:9").unwrap()],
-            // Nothing is ever placed on it.
-            model_bytes_max: 0,
-            issued_at_s,
-            nonce,
-        },
-        key,
-    )
-}
-
-/// Opens a new connection from `from` and registers `reg` as its first request.
-async fn register(
-    net: &LocalNetwork,
-    from: &QuicTransport,
-    reg: &Signed<Registration>,
-) -> (QuicConnection, DispatcherReply) {
-    let conn = from
-        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
-        .await
-        .unwrap();
-    let reply = conn
-        .call(
-            &NodeRequest::Register(Box::new(reg.clone())),
-            Conversation::NodeDispatcher,
-            FrameLimits::default(),
-        )
-        .await
-        .unwrap();
-    (conn, reply)
-}
-
-fn refusal(reply: &DispatcherReply) -> (ErrorCode, &str) {
-    match reply {
-        DispatcherReply::Error(e) => (e.code, e.message.as_str()),
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 /// A node's usage report for `tasks` (id, inputs digest) of `deployment` under ticket
 /// `nonce`.

@@ -20,6 +20,12 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
     }
+
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
 }
 
 /// The system's monotonic clock ([`Instant`]): milliseconds since it was made.
@@ -82,7 +88,7 @@ impl SteadyClock {
 
     /// Steady time over `wall` and `mono` (tests pass clocks they move by hand).
     pub fn new(wall: Arc<dyn Clock>, mono: Arc<dyn Monotonic>) -> Self {
-        let steady = Steady::new(wall.now_s(), mono.elapsed_ms());
+        let steady = Steady::new_ms(wall.now_ms(), mono.elapsed_ms());
         Self {
             wall,
             mono,
@@ -118,6 +124,12 @@ impl Clock for SteadyClock {
             }
         }
         state.steady.now_s(mono)
+    }
+
+    fn now_ms(&self) -> u64 {
+        let _ = self.now_s(); // the skew warning
+        let mono = self.mono.elapsed_ms();
+        self.state.lock().steady.now_ms(mono)
     }
 
     fn raise_to(&self, floor_s: u64) {

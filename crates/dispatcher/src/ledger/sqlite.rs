@@ -212,6 +212,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deployments ADD COLUMN refund_at_s INTEGER;
     CREATE INDEX deployments_refund_due ON deployments(refund_at_s) WHERE refund_at_s IS NOT NULL;
     ",
+    // 9: a round is closed over the nodes active in it (`Ledger::round_nodes`), found through
+    // sessions by end and validations by time; nodes with a streak to end are few and indexed.
+    "
+    CREATE INDEX sessions_by_end ON sessions(end_s);
+    CREATE INDEX validations_by_time ON validations(at_s);
+    CREATE INDEX nodes_streaking ON nodes(id) WHERE streak > 0;
+    ",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -1370,6 +1377,64 @@ impl Ledger for SqliteLedger {
                 out.push(node_row(row)?);
             }
             Ok(out)
+        })
+    }
+
+    fn round_nodes(&self, from_s: u64, to_s: u64) -> Result<Vec<NodeRecord>, LedgerError> {
+        let from = i64::try_from(from_s).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_s).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {NODE_COLUMNS} FROM nodes WHERE registered_at_s < ?2 AND id IN (
+                         SELECT node FROM sessions WHERE end_s > ?1 AND start_s < ?2
+                         UNION SELECT node FROM validations WHERE at_s >= ?1 AND at_s < ?2
+                         UNION SELECT id FROM nodes WHERE streak > 0
+                     ) ORDER BY id"
+                ))
+                .db()?;
+            let mut rows = stmt.query([from, to]).db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(node_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn forget_idle_nodes(&self, before_s: u64, limit: u32) -> Result<u64, LedgerError> {
+        let before = i64::try_from(before_s).unwrap_or(i64::MAX);
+        self.write(|tx| {
+            let ids: Vec<Vec<u8>> = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id FROM nodes n
+                         WHERE crat_micro = 0 AND streak = 0 AND registered_at_s < ?1
+                           AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.node = n.id AND s.end_s >= ?1)
+                           AND NOT EXISTS (SELECT 1 FROM validations v WHERE v.node = n.id AND v.at_s >= ?1)
+                         LIMIT ?2",
+                    )
+                    .db()?;
+                let rows = stmt
+                    .query_map(params![before, i64::from(limit)], |r| r.get(0))
+                    .db()?;
+                rows.collect::<Result<_, _>>().db()?
+            };
+            for id in &ids {
+                tx.prepare_cached("DELETE FROM sessions WHERE node = ?1")
+                    .db()?
+                    .execute([id])
+                    .db()?;
+                tx.prepare_cached("DELETE FROM validations WHERE node = ?1")
+                    .db()?
+                    .execute([id])
+                    .db()?;
+                tx.prepare_cached("DELETE FROM nodes WHERE id = ?1")
+                    .db()?
+                    .execute([id])
+                    .db()?;
+            }
+            Ok(ids.len() as u64)
         })
     }
 
@@ -2583,6 +2648,72 @@ mod tests {
         assert_eq!(ledger.validations(&n.id, 10, 30).unwrap(), (3, 1));
         assert_eq!(ledger.validations(&n.id, 11, 30).unwrap(), (1, 0));
         assert_eq!(ledger.validations(&node(2).id, 0, 100).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn a_round_is_closed_over_the_nodes_active_in_it() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        for b in 1..=5 {
+            ledger.upsert_node(&node(b)).unwrap(); // registered at 100
+        }
+        let id = |b: u8| NodeId::from_bytes([b; 32]);
+        ledger.record_online(&id(1), 150, 250).unwrap(); // overlaps [200, 300)
+        ledger.record_online(&id(2), 100, 200).unwrap(); // ends as the window starts
+        ledger.record_validation(&id(3), true, 299).unwrap(); // validated in it
+        ledger.record_validation(&id(4), true, 300).unwrap(); // after it
+        // Node 5 has a streak (from round 0) that a round without it would not end.
+        ledger
+            .close_round(&round(0), &outcome(&[(5, 0, 2, 100)]))
+            .unwrap();
+        let ids = |v: Vec<NodeRecord>| v.into_iter().map(|n| n.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(ledger.round_nodes(200, 300).unwrap()),
+            [id(1), id(3), id(5)]
+        );
+        // Nodes registered at or after the window's end are left out.
+        assert_eq!(
+            ids(ledger.round_nodes(0, 100).unwrap()),
+            Vec::<NodeId>::new()
+        );
+        assert_eq!(
+            ids(ledger.round_nodes(100, 201).unwrap()),
+            [id(1), id(2), id(5)]
+        );
+    }
+
+    #[test]
+    fn idle_node_records_holding_nothing_are_forgotten() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        for b in 1..=6 {
+            ledger.upsert_node(&node(b)).unwrap(); // registered at 100
+        }
+        let id = |b: u8| NodeId::from_bytes([b; 32]);
+        ledger.record_online(&id(1), 100, 500).unwrap(); // idle since 500
+        ledger.record_online(&id(2), 100, 1_500).unwrap(); // online recently
+        ledger.record_validation(&id(3), true, 1_200).unwrap(); // validated recently
+        ledger.record_validation(&id(6), true, 200).unwrap(); // validated long ago
+        // Node 4 holds CRAT and node 5 a streak: both kept, however idle.
+        ledger
+            .close_round(&round(0), &outcome(&[(4, 7, 0, 0), (5, 0, 3, 0)]))
+            .unwrap();
+        assert_eq!(ledger.forget_idle_nodes(1_000, 1).unwrap(), 1, "bounded");
+        assert_eq!(ledger.forget_idle_nodes(1_000, 100).unwrap(), 1);
+        assert_eq!(ledger.forget_idle_nodes(1_000, 100).unwrap(), 0);
+        let kept: Vec<NodeId> = ledger.nodes().unwrap().into_iter().map(|n| n.id).collect();
+        assert_eq!(kept, [id(2), id(3), id(4), id(5)]);
+        // Their history went with them; the others' stays.
+        assert!(
+            ledger
+                .online_sessions(&id(1), 0, u64::MAX)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(ledger.validations(&id(6), 0, u64::MAX).unwrap(), (0, 0));
+        assert_eq!(ledger.validations(&id(3), 0, u64::MAX).unwrap(), (1, 0));
+        // A forgotten node that comes back registers as new.
+        ledger.upsert_node(&node(1)).unwrap();
+        ledger.record_online(&id(1), 2_000, 2_010).unwrap();
+        assert!(ledger.node(&id(1)).unwrap().is_some());
     }
 
     #[test]

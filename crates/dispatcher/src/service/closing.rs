@@ -20,7 +20,7 @@ use crat_rewards::SettlementReceipt;
 use crat_transport::Transport;
 
 use super::{Counters, Dispatcher, DispatcherError};
-use crate::ledger::{LedgerError, UNSETTLED_ROUNDS_MAX};
+use crate::ledger::{LedgerError, NODE_RECORDS_FORGOTTEN_PER_ROUND, UNSETTLED_ROUNDS_MAX};
 use crate::rounds::{ClosedRound, RoundError, SettleRetries, settle_round, store_round};
 
 impl<T: Transport> Dispatcher<T> {
@@ -107,6 +107,18 @@ impl<T: Transport> Dispatcher<T> {
                 .map_err(|e| DispatcherError::Storage(format!("round task failed: {e}")))??;
             let payouts = crat_rewards::PayoutBatch::from_outcome(index, &outcome)
                 .map_err(RoundError::from)?;
+            // Records of nodes idle since well before this round hold nothing: forget them.
+            let before_s = record
+                .start_s
+                .saturating_sub(self.inner.config.node_records_kept_s);
+            match self
+                .db(move |l| l.forget_idle_nodes(before_s, NODE_RECORDS_FORGOTTEN_PER_ROUND))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(round = index, nodes = n, "idle node records forgotten"),
+                Err(e) => tracing::warn!(error = ?e, "forgetting idle node records failed"),
+            }
             tracing::info!(
                 round = index,
                 paid_usd_micro = record.paid_usd_micro.get(),

@@ -30,6 +30,13 @@ pub struct DispatcherConfig {
     pub round_epoch_s: u64,
     /// How long after a round ends it is closed (so last heartbeats land). Default 10 s.
     pub round_close_delay_s: u64,
+    /// How long a node that holds nothing (no CRAT, no streak) and does nothing (no session,
+    /// no validation) keeps its ledger record: after each round closes, records idle since
+    /// this long before the round's start are removed,
+    /// [`NODE_RECORDS_FORGOTTEN_PER_ROUND`](crate::ledger::NODE_RECORDS_FORGOTTEN_PER_ROUND)
+    /// at most ([`crate::ledger::Ledger::forget_idle_nodes`]). Throwaway registrations
+    /// thus leave nothing behind for long; a node that earned CRAT is kept. Default 30 days.
+    pub node_records_kept_s: u64,
     /// Lifetime of a lease's ticket. Default 300 s.
     pub ticket_lifetime_s: u64,
     /// Tickets remembered (by nonce) so that usage is charged only under a ticket this
@@ -87,7 +94,9 @@ pub struct DispatcherConfig {
     /// Default 65,536.
     pub client_keys_tracked_max: usize,
     /// Node registrations remembered for their freshness window, so that each is accepted
-    /// once; when this many are fresh, registering is answered `Busy`. Default 65,536.
+    /// once; when this many are fresh, a node the registry does not know is answered `Busy`
+    /// (one it knows still re-registers: its connection's handshake proved its key). Default
+    /// 65,536.
     pub registrations_tracked_max: usize,
     /// How long a key's status is cached (revocations take effect within this). Default 1 s.
     pub key_cache_ms: u64,
@@ -139,6 +148,7 @@ impl DispatcherConfig {
             rewards: Params::default(),
             round_epoch_s: 0,
             round_close_delay_s: 10,
+            node_records_kept_s: 30 * 86_400,
             ticket_lifetime_s: 300,
             tickets_tracked_max: 262_144,
             tickets_per_key_max: 16_384,

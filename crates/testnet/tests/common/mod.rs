@@ -6,17 +6,21 @@ use std::sync::Arc;
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
-use crat_core::id::{PeerAddr, SdkKey};
+use crat_core::hardware::{CpuInfo, HardwareInfo, PowerRating};
+use crat_core::id::{NodeId, PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
+use crat_core::sign::{Registration, Signed};
 use crat_core::tensor::Tensor;
-use crat_core::wire::{ClientCall, ClientRequest, DispatcherResponse};
+use crat_core::wire::{
+    ClientCall, ClientRequest, DispatcherReply, DispatcherResponse, ErrorCode, NodeRequest,
+};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
 use crat_sdk::Client;
 use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
-use crat_transport::quic::QuicTransport;
+use crat_transport::quic::{QuicConnection, QuicTransport};
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
 
@@ -252,4 +256,63 @@ pub fn task_cost() -> u64 {
         .request_cost(TINY.len() as u64, 28 * 28 * 4)
         .unwrap()
         .get()
+}
+
+/// A QUIC endpoint on 127.0.0.1 with identity `key`.
+pub fn endpoint(key: &SigningKey) -> QuicTransport {
+    QuicTransport::bind("127.0.0.1:0".parse().unwrap(), key, loopback_quic()).unwrap()
+}
+
+/// A registration of `key`'s node: no GPU, nothing can be placed on it.
+pub fn registration(key: &SigningKey, issued_at_s: u64, nonce: [u8; 16]) -> Signed<Registration> {
+    Signed::sign(
+        Registration {
+            node: NodeId::from_key(&key.verifying_key()),
+            hardware: HardwareInfo {
+                gpus: vec![],
+                cpu: CpuInfo {
+                    model: "replayer".into(),
+                    cores: 1,
+                    memory_bytes: 1 << 30,
+                },
+            },
+            rating: PowerRating::MIN,
+            backends: vec![],
+            listen_addrs: vec![PeerAddr::new("127.0.0.1:9").unwrap()],
+            // Nothing is ever placed on it.
+            model_bytes_max: 0,
+            issued_at_s,
+            nonce,
+        },
+        key,
+    )
+}
+
+/// Opens a new connection from `from` and registers `reg` as its first request.
+pub async fn register(
+    net: &LocalNetwork,
+    from: &QuicTransport,
+    reg: &Signed<Registration>,
+) -> (QuicConnection, DispatcherReply) {
+    let conn = from
+        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .await
+        .unwrap();
+    let reply = conn
+        .call(
+            &NodeRequest::Register(Box::new(reg.clone())),
+            Conversation::NodeDispatcher,
+            FrameLimits::default(),
+        )
+        .await
+        .unwrap();
+    (conn, reply)
+}
+
+/// The code and message of a refusal (panics on anything else).
+pub fn refusal(reply: &DispatcherReply) -> (ErrorCode, &str) {
+    match reply {
+        DispatcherReply::Error(e) => (e.code, e.message.as_str()),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
