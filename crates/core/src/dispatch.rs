@@ -17,7 +17,10 @@
 //!   warm, [`DeploymentState::Degraded`] when some but not all are (after a node went away),
 //!   and [`DeploymentState::Pending`] before its first replica is warm.
 //! - When a node goes offline or a replica fails to load, the replica is placed again on
-//!   another node (never on a node where it failed), on every tick until it fits.
+//!   another node (never on a node where it failed) at once; a deployment still short is
+//!   retried on ticks with a doubling wait (1 s up to
+//!   [`DispatchConfig::placement_backoff_max_s`]), and at once when a node joins or comes
+//!   back.
 //! - **Operators.** Nodes are grouped by the address block their packets come from
 //!   ([`operator_of`]: IPv4 /24, IPv6 /48; the driver passes the observed address, never the
 //!   one a node claims). At most [`DispatchConfig::per_operator_max`] replicas of one deployment go to one
@@ -125,6 +128,12 @@ pub struct DispatchConfig {
     /// A node offline this long is forgotten (the registry keeps only nodes that may come
     /// back; one that does registers again). Default 7 days.
     pub node_forget_after_s: u64,
+    /// Longest wait between two placement attempts of a deployment short of replicas: each
+    /// attempt that leaves it short doubles its wait (1 s, 2 s, 4 s, …) up to this, so a
+    /// deployment nothing can host costs a tick nothing most of the time. A node joining or
+    /// coming back tries every short deployment at once; a deployment that loses a replica
+    /// is tried at once. Default 60 s.
+    pub placement_backoff_max_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -145,6 +154,7 @@ impl Default for DispatchConfig {
             nodes_max: NODES_MAX,
             load_failures_max: 3,
             node_forget_after_s: 7 * 86_400,
+            placement_backoff_max_s: 60,
         }
     }
 }
@@ -258,6 +268,10 @@ struct DeploymentEntry {
     /// Their reasons, the first [`DispatchConfig::load_failures_max`].
     load_failures: Vec<String>,
     state: DeploymentState,
+    /// When a tick tries to place it next while it is short of replicas, and the wait that
+    /// set it (doubling, see [`DispatchConfig::placement_backoff_max_s`]).
+    retry_at_s: u64,
+    retry_wait_s: u64,
 }
 
 impl DeploymentEntry {
@@ -283,6 +297,8 @@ pub struct Dispatch {
     deployments: BTreeMap<DeploymentId, DeploymentEntry>,
     /// The latest time an event carried.
     now_s: u64,
+    /// Placement attempts made (one per deployment tried), for monitoring and tests.
+    placements_tried: u64,
 }
 
 /// The operator of a node: its IPv4 /24 or IPv6 /48 address block (hashed), or the node
@@ -319,6 +335,7 @@ impl Dispatch {
             nodes: BTreeMap::new(),
             deployments: BTreeMap::new(),
             now_s: 0,
+            placements_tried: 0,
         }
     }
 
@@ -391,7 +408,7 @@ impl Dispatch {
                 until_s: now_s,
             });
         }
-        self.fill_all(&mut effects);
+        self.fill_all(&mut effects, true);
         Ok(effects)
     }
 
@@ -504,7 +521,7 @@ impl Dispatch {
         let forget = self.config.node_forget_after_s;
         self.nodes
             .retain(|_, e| e.online || now_s.saturating_sub(e.last_seen_s) <= forget);
-        self.fill_all(&mut effects);
+        self.fill_all(&mut effects, false);
         effects
     }
 
@@ -524,6 +541,7 @@ impl Dispatch {
         let Some(e) = self.nodes.get_mut(node) else {
             return effects;
         };
+        let came_back = e.suspended;
         if e.suspended {
             e.suspended = false;
             e.online = true;
@@ -537,7 +555,7 @@ impl Dispatch {
                 session_start_s: e.session_start_s,
                 until_s: e.last_seen_s,
             });
-            self.fill_all(&mut effects);
+            self.fill_all(&mut effects, came_back);
         }
         effects
     }
@@ -558,7 +576,7 @@ impl Dispatch {
             e.last_seen_s =
                 crate::policy::hardware::session_end_after_failure(e.session_start_s, e.proven_s);
             self.node_gone(node, &mut effects);
-            self.fill_all(&mut effects);
+            self.fill_all(&mut effects, false);
         }
         effects
     }
@@ -602,7 +620,7 @@ impl Dispatch {
         for dep in deps {
             self.remove_replica(node, &dep, &mut effects);
         }
-        self.fill_all(&mut effects);
+        self.fill_all(&mut effects, false);
         effects
     }
 
@@ -659,7 +677,7 @@ impl Dispatch {
         let mut effects = Vec::new();
         if self.nodes.get(node).is_some_and(|e| e.online) {
             self.node_gone(node, &mut effects);
-            self.fill_all(&mut effects);
+            self.fill_all(&mut effects, false);
         }
         effects
     }
@@ -714,6 +732,8 @@ impl Dispatch {
             failed_on: BTreeSet::new(),
             load_failures: Vec::new(),
             state: DeploymentState::Pending,
+            retry_at_s: 0,
+            retry_wait_s: 0,
         };
         let placed = self.place(&entry, replicas_wanted)?;
         self.deployments.insert(id, entry);
@@ -746,6 +766,8 @@ impl Dispatch {
             failed_on: BTreeSet::new(),
             load_failures: Vec::new(),
             state: DeploymentState::Pending,
+            retry_at_s: 0,
+            retry_wait_s: 0,
         });
         Ok(())
     }
@@ -965,6 +987,9 @@ impl Dispatch {
             return;
         };
         if let Some(r) = d.replicas.remove(node) {
+            // A replica lost is placed again at once, whatever the wait was.
+            d.retry_at_s = 0;
+            d.retry_wait_s = 0;
             if let Some(n) = self.nodes.get_mut(node) {
                 n.used_rps = n.used_rps.saturating_sub(r.rps);
             }
@@ -996,33 +1021,64 @@ impl Dispatch {
 
     /// Tops up one deployment's replicas, as many as fit (one at a time, so a partial fit
     /// still helps).
+    /// Places replicas of `id` until it has what it wants or nothing more fits; left short,
+    /// it waits twice as long as last time (at most
+    /// [`DispatchConfig::placement_backoff_max_s`]) before a tick tries it again.
     fn fill(&mut self, id: &DeploymentId, effects: &mut Vec<Effect>) {
         let max = self.config.load_failures_max.max(1);
+        let Some(d) = self.deployments.get(id) else {
+            return;
+        };
+        // A model that failed to load on `load_failures_max` nodes is not placed again.
+        if d.replicas.len() as u32 >= d.replicas_wanted || d.failed_on.len() >= max {
+            return;
+        }
+        self.placements_tried += 1;
         loop {
             let Some(d) = self.deployments.get(id) else {
                 return;
             };
-            // A model that failed to load on `load_failures_max` nodes is not placed again.
-            if d.replicas.len() as u32 >= d.replicas_wanted || d.failed_on.len() >= max {
+            if d.replicas.len() as u32 >= d.replicas_wanted {
+                if let Some(d) = self.deployments.get_mut(id) {
+                    d.retry_wait_s = 0;
+                    d.retry_at_s = 0;
+                }
                 return;
             }
             match self.place(d, 1) {
                 Ok(placed) => self.add_replicas(id, placed, effects),
-                Err(_) => return,
+                Err(_) => break,
             }
+        }
+        let (now, wait_max) = (self.now_s, self.config.placement_backoff_max_s.max(1));
+        if let Some(d) = self.deployments.get_mut(id) {
+            d.retry_wait_s = d.retry_wait_s.saturating_mul(2).clamp(1, wait_max);
+            d.retry_at_s = now.saturating_add(d.retry_wait_s);
         }
     }
 
-    fn fill_all(&mut self, effects: &mut Vec<Effect>) {
+    /// Tries the deployments short of replicas: those whose wait is over, or every one when
+    /// `capacity_grew` (a node joined or came back: what did not fit may fit now).
+    fn fill_all(&mut self, effects: &mut Vec<Effect>, capacity_grew: bool) {
+        let now = self.now_s;
         let short: Vec<DeploymentId> = self
             .deployments
             .iter()
-            .filter(|(_, d)| (d.replicas.len() as u32) < d.replicas_wanted)
+            .filter(|(_, d)| {
+                (d.replicas.len() as u32) < d.replicas_wanted
+                    && (capacity_grew || d.retry_at_s <= now)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in short {
             self.fill(&id, effects);
         }
+    }
+
+    /// Placement attempts made so far (one per short deployment tried): with backoff, a
+    /// deployment nothing can host is tried a few times a minute, not on every tick.
+    pub fn placements_tried(&self) -> u64 {
+        self.placements_tried
     }
 }
 
@@ -1272,6 +1328,45 @@ mod tests {
         d.tick(1_101);
         assert!(!d.nodes.contains_key(&a));
         other(&mut d).unwrap();
+    }
+
+    #[test]
+    fn placement_of_a_deployment_short_of_replicas_backs_off() {
+        let mut d = Dispatch::new(DispatchConfig {
+            replicas: 2,
+            heartbeat_interval_s: 1_000,
+            ..DispatchConfig::default()
+        });
+        let (a, _) = join(&mut d, 0, 1, 5);
+        let dep = DeploymentId::from_bytes([1; 16]);
+        d.restore(dep, ModelId::of_bytes(b"m"), 5, per_request())
+            .unwrap();
+        // One node, two replicas wanted: one placed, the deployment stays short.
+        d.tick(0);
+        assert!(d.serves(&a, &dep));
+        let tried = d.placements_tried();
+        // A tick a second for two minutes: tried after 1, 2, 4, 8, 16, 32 s, then every 60 s,
+        // not 120 times.
+        for t in 1..=120 {
+            d.tick(t);
+        }
+        let retries = d.placements_tried() - tried;
+        assert!(
+            (6..=8).contains(&retries),
+            "{retries} attempts in 120 ticks"
+        );
+        // A node joining is tried at once, whatever the wait.
+        let (b, _) = join(&mut d, 121, 2, 5);
+        assert!(d.serves(&a, &dep) && d.serves(&b, &dep));
+        // Full again: ticks try nothing.
+        let tried = d.placements_tried();
+        for t in 122..200 {
+            d.tick(t);
+        }
+        assert_eq!(d.placements_tried(), tried);
+        // A replica lost is placed again at once (here: nowhere to go, so it backs off anew).
+        d.node_left(&b);
+        assert_eq!(d.placements_tried(), tried + 1);
     }
 
     #[test]
