@@ -901,6 +901,11 @@ impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, BackendError> {
         let mut value: u64 = 0;
         for (i, &byte) in self.buf.iter().enumerate().take(VARINT_BYTES_MAX) {
+            // The tenth byte carries bit 63 only: anything more does not fit 64 bits (prost
+            // refuses it as well; found by the onnx_check fuzz target's differential).
+            if i == VARINT_BYTES_MAX - 1 && byte > 1 {
+                return Err(malformed("varint beyond 64 bits"));
+            }
             value |= u64::from(byte & 0x7f) << (7 * i);
             if byte & 0x80 == 0 {
                 self.buf = &self.buf[i + 1..];
@@ -1041,6 +1046,16 @@ mod tests {
                 GRAPH_OUTPUT,
                 value("y", tensor_type(1, &[Err("N"), Ok(3), Ok(-1)])),
             )
+    }
+
+    #[test]
+    fn a_varint_beyond_64_bits_is_malformed() {
+        let mut max = vec![0xff; 9];
+        max.push(0x01);
+        assert_eq!(Reader::new(&max).varint().unwrap(), u64::MAX);
+        let mut beyond = vec![0xff; 9];
+        beyond.push(0x02);
+        assert!(Reader::new(&beyond).varint().is_err());
     }
 
     #[test]
