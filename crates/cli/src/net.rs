@@ -15,6 +15,7 @@ use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::id::{PeerAddr, SdkKey};
 use crat_core::money::Credits;
+use crat_core::policy::hardware::ProofConfig;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
@@ -43,6 +44,8 @@ struct ConfigFile {
     client: ClientSection,
 }
 
+/// The `[dispatcher]` table. Each key sets the [`DispatcherConfig`] field of its name (the
+/// defaults are documented there); `listen`, `data_dir` and `round_s` are also flags.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DispatcherSection {
@@ -50,10 +53,30 @@ struct DispatcherSection {
     data_dir: Option<PathBuf>,
     round_s: Option<u64>,
     round_epoch_s: Option<u64>,
+    /// How long after a round ends it is closed.
+    round_close_delay_s: Option<u64>,
     heartbeat_interval_s: Option<u64>,
     replicas: Option<u32>,
     ticket_lifetime_s: Option<u64>,
+    /// How long after a ticket expires its usage is still accepted (and its clients'
+    /// acknowledgements are settled then).
+    usage_grace_s: Option<u64>,
     model_bytes_max: Option<u64>,
+    /// The sizes of the proof-of-hardware challenges: `real` (the default) or `test`.
+    proof_scale: Option<ProofScale>,
+}
+
+/// Sizes of the compute challenges a dispatcher proves its nodes' hardware with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ProofScale {
+    /// [`ProofConfig::default`]: the real sizes.
+    #[default]
+    Real,
+    /// [`ProofConfig::test_scale`]: tiny challenges for test networks whose nodes compute on
+    /// a CPU (a node proves its CPU and never a GPU it only declares). Never in production:
+    /// nothing that earns income is proven with them.
+    Test,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +158,9 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     if let Some(e) = file.round_epoch_s {
         config.round_epoch_s = e;
     }
+    if let Some(d) = file.round_close_delay_s {
+        config.round_close_delay_s = d;
+    }
     if let Some(h) = file.heartbeat_interval_s {
         config.dispatch.heartbeat_interval_s = h;
     }
@@ -143,6 +169,12 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     }
     if let Some(t) = file.ticket_lifetime_s {
         config.ticket_lifetime_s = t;
+    }
+    if let Some(g) = file.usage_grace_s {
+        config.usage_grace_s = g;
+    }
+    if file.proof_scale == Some(ProofScale::Test) {
+        config.hardware = ProofConfig::test_scale();
     }
     if let Some(m) = file.model_bytes_max {
         config.model_bytes_max = m;

@@ -67,6 +67,10 @@ pub enum BatchSizing {
     Fixed(u32),
 }
 
+/// First wait before dialling the dispatcher again after losing it (it doubles up to
+/// [`NodeConfig::reconnect_backoff_ms_max`] while the dispatcher stays away).
+pub const RECONNECT_BACKOFF_MS_MIN: u64 = 250;
+
 /// Everything a node needs to know besides its key, transport, backend and store.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -106,7 +110,8 @@ pub struct NodeConfig {
     /// SDK keys whose rate is tracked at once (least recently used forgotten beyond).
     /// Default 16,384.
     pub keys_tracked_max: usize,
-    /// Longest wait between dispatcher reconnection attempts. Default 30 s.
+    /// Longest wait between dispatcher reconnection attempts (the wait starts at
+    /// [`RECONNECT_BACKOFF_MS_MIN`] after each loss of a registered session). Default 30 s.
     pub reconnect_backoff_ms_max: u64,
     /// (ticket, task id) pairs remembered with their inputs' digest until the ticket
     /// expires, so that a task id served under a ticket is refused with other inputs (the
@@ -686,12 +691,22 @@ impl<T: Transport> Node<T> {
         .await
     }
 
-    /// Connects, registers, then heartbeats until the connection fails; repeats with backoff.
+    /// Connects, registers, then heartbeats until the connection fails; repeats with backoff
+    /// ([`RECONNECT_BACKOFF_MS_MIN`], doubling up to
+    /// [`NodeConfig::reconnect_backoff_ms_max`]). A session that registered starts the backoff
+    /// over: the dispatcher was up, so losing it (a restart, say) is a new outage, not more of
+    /// the last one; a node would otherwise wait the longest backoff after every restart of a
+    /// dispatcher that restarted a few times before.
     async fn dispatcher_loop(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
-        let mut backoff_ms = 250u64;
+        let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
         loop {
-            match self.session().await {
+            let mut registered = false;
+            let session = self.session(&mut registered).await;
+            if registered {
+                backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+            }
+            match session {
                 // A dispatcher over a limit (its replay memory, say) asks to come back later.
                 Err(NodeError::Refused(e)) if e.code == ErrorCode::Busy => {
                     tracing::warn!(error = %e, backoff_ms, "dispatcher busy; registering later");
@@ -708,7 +723,9 @@ impl<T: Transport> Node<T> {
         }
     }
 
-    async fn session(&self) -> Result<(), NodeError> {
+    /// One connection to the dispatcher: registers, then heartbeats until it fails;
+    /// `registered` tells whether the registration was accepted.
+    async fn session(&self, registered: &mut bool) -> Result<(), NodeError> {
         let inner = &self.inner;
         let conn = inner
             .transport
@@ -727,12 +744,12 @@ impl<T: Transport> Node<T> {
                 async move { node.handle_push(push).await }
             },
         ));
-        let result = self.register_and_heartbeat().await;
+        let result = self.register_and_heartbeat(registered).await;
         pushes.abort();
         result
     }
 
-    async fn register_and_heartbeat(&self) -> Result<(), NodeError> {
+    async fn register_and_heartbeat(&self, registered: &mut bool) -> Result<(), NodeError> {
         let inner = &self.inner;
         match self
             .call(&NodeRequest::Register(Box::new(self.registration())))
@@ -747,6 +764,7 @@ impl<T: Transport> Node<T> {
                     .heartbeat_interval_ms
                     .store(u64::from(heartbeat_interval_ms.max(10)), Ordering::Relaxed);
                 self.apply_assignments(assignments, true);
+                *registered = true;
             }
             DispatcherReply::Error(e) => return Err(NodeError::Refused(e)),
             other => {

@@ -1,12 +1,14 @@
 //! The node runtime against a scripted fake dispatcher, over the in-memory transport, with
 //! the real tract backend and the tiny CNN: registration, model fetch, readiness, serving
-//! tasks with offline ticket checks, batching, typed errors and usage reports.
+//! tasks with offline ticket checks, batching, typed errors and usage reports; and a node
+//! whose dispatcher keeps going away coming back at once each time.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
 use crat_backend::InferenceBackend;
@@ -15,13 +17,16 @@ use crat_core::hardware::CpuInfo;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::sign::{Signed, Ticket};
 use crat_core::tensor::{NamedTensor, Tensor};
-use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient, ReplicaState};
+use crat_core::wire::{
+    ClientToNode, Demand, DispatcherReply, ErrorCode, InferRequest, NodeRequest, NodeToClient,
+    ReplicaState,
+};
 use crat_node::batch::BatchConfig;
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts};
 use crat_transport::memory::MemoryNetwork;
-use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
+use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +260,120 @@ async fn node_registers_fetches_serves_and_reports_usage() {
             .all(|u| u.deployment == dep(1) && u.input_bytes == 784 * 4 && u.output_bytes == 40)
     );
 
+    running.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A dispatcher that goes away (closes the connection) after each session's first heartbeat,
+/// as one restarted over and over: the node comes back within its first backoff every time,
+/// since each session registered. (It used to double its backoff across sessions, so after a
+/// few restarts a node stayed away for the longest backoff, 30 s by default.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_dispatcher_keeps_restarting_comes_back_at_once() {
+    let net = MemoryNetwork::new();
+    let did = NodeId::from_key(&dispatcher_key().verifying_key());
+    let dispatcher = net.bind("mem:dispatcher", did).unwrap();
+    let nkey = SigningKey::from_bytes(&[2; 32]);
+    let nid = NodeId::from_key(&nkey.verifying_key());
+    let registrations = Arc::new(Mutex::new(Vec::<std::time::Instant>::new()));
+    {
+        let registrations = registrations.clone();
+        tokio::spawn(async move {
+            while let Ok(conn) = dispatcher.accept().await {
+                let registrations = registrations.clone();
+                let me = conn.clone();
+                tokio::spawn(serve(
+                    conn,
+                    Conversation::NodeDispatcher,
+                    FrameLimits::default(),
+                    16,
+                    move |req: NodeRequest| {
+                        let registrations = registrations.clone();
+                        let me = me.clone();
+                        async move {
+                            match req {
+                                NodeRequest::Register(_) => {
+                                    registrations
+                                        .lock()
+                                        .unwrap()
+                                        .push(std::time::Instant::now());
+                                    DispatcherReply::Registered {
+                                        dispatcher: did,
+                                        heartbeat_interval_ms: 20,
+                                        assignments: vec![],
+                                    }
+                                }
+                                NodeRequest::Heartbeat(_) => {
+                                    // Answered, then gone.
+                                    tokio::spawn(async move {
+                                        tokio::time::sleep(Duration::from_millis(10)).await;
+                                        me.close("restarting");
+                                    });
+                                    DispatcherReply::HeartbeatAck {
+                                        demand: Demand {
+                                            level_bps: crat_core::bps::Bps(9_000),
+                                        },
+                                        assignments: vec![],
+                                    }
+                                }
+                                _ => DispatcherReply::Ok,
+                            }
+                        }
+                    },
+                ));
+            }
+        });
+    }
+    let dir = std::env::temp_dir().join(format!("crat-node-restarts-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The default backoff limit (30 s): the one `crat node` runs with.
+    let config = NodeConfig::new(
+        "mem:dispatcher".parse().unwrap(),
+        did,
+        "mem:node".parse().unwrap(),
+    );
+    let node = Node::new(
+        NodeParts {
+            key: nkey,
+            transport: net.bind("mem:node", nid).unwrap(),
+            cache: ModelCache::new(Arc::new(TractBackend::new()), 1 << 30),
+            store: ModelStore::open(&dir, 1 << 30).unwrap(),
+            hardware: FakeProbe::new(
+                vec![],
+                CpuInfo {
+                    model: "test".into(),
+                    cores: 2,
+                    memory_bytes: 1 << 30,
+                },
+            )
+            .probe(),
+            idle: None,
+            clock: Arc::new(ManualClock(AtomicU64::new(NOW))),
+        },
+        config,
+    );
+    let running = tokio::spawn({
+        let node = node.clone();
+        async move { node.run().await }
+    });
+    // 10 sessions: with the backoff doubling across them, the last gap alone would be 64 s.
+    let started = std::time::Instant::now();
+    while registrations.lock().unwrap().len() < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{} registrations in 20 s",
+            registrations.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let at = registrations.lock().unwrap().clone();
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap < Duration::from_secs(2),
+            "a registration {gap:?} after the one before"
+        );
+    }
     running.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,10 @@
 //! - ALPN `crat/1`, TLS 1.3 only, ed25519 signatures only.
 //! - One bidirectional stream per exchange; concurrent streams, idle time, handshakes and the
 //!   accept queue are all bounded ([`QuicConfig`]); keep-alives keep quiet connections open.
+//! - Stateless resets are keyed from the identity key ([`ResetKey`]), so an endpoint restarted
+//!   with the same key at the same address resets its previous life's connections at their
+//!   peers' next packet: a dispatcher or node that crashed and came back is noticed at once,
+//!   not after the idle timeout.
 //!
 //! # Security
 //! The identity check proves who the peer is, nothing more: whether that peer may register,
@@ -135,6 +139,64 @@ fn setup(what: &'static str) -> impl FnOnce(rustls::Error) -> SetupError {
     move |source| SetupError::Tls { what, source }
 }
 
+/// The key an endpoint's stateless reset tokens are made with (RFC 9000 §10.3): a keyed
+/// blake3 of the connection id, under a key derived from the endpoint's identity key; and the
+/// key of the check its connection ids carry ([`ResetKey::cid_key`]).
+///
+/// quinn's default is a random key per endpoint, so an endpoint that restarts cannot reset
+/// the connections of its previous life: their peers keep sending into the void until the
+/// idle timeout (30 s by default), and a node whose dispatcher was killed and restarted at
+/// once stays away that long. With the key derived from the identity, the restarted endpoint
+/// answers such a packet with the reset token the peer holds, and the peer drops the
+/// connection and dials again (quinn sends a reset only for a connection id that passes its
+/// generator's check, so that key is derived the same way). The derivations are one-way
+/// (`blake3::derive_key` with their own contexts), so tokens and ids tell nothing of the
+/// identity key; like any reset key it must stay secret, and it does as long as the identity
+/// key does.
+struct ResetKey([u8; 32]);
+
+impl ResetKey {
+    /// Context string of the reset key's derivation (blake3's key derivation mode).
+    const CONTEXT: &'static str = "crat/v1 2025 quic stateless reset key";
+    /// Context string of the connection id check key's derivation.
+    const CID_CONTEXT: &'static str = "crat/v1 2025 quic connection id key";
+
+    fn of(identity: &SigningKey) -> Self {
+        Self(blake3::derive_key(Self::CONTEXT, identity.as_bytes()))
+    }
+
+    /// The key of quinn's [`quinn_proto::HashedConnectionIdGenerator`] for this identity.
+    fn cid_key(&self) -> u64 {
+        let k = blake3::derive_key(Self::CID_CONTEXT, &self.0);
+        u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
+    }
+}
+
+impl quinn::crypto::HmacKey for ResetKey {
+    fn sign(&self, data: &[u8], signature_out: &mut [u8]) {
+        let mac = blake3::keyed_hash(&self.0, data);
+        let n = signature_out.len().min(blake3::OUT_LEN);
+        signature_out[..n].copy_from_slice(&mac.as_bytes()[..n]);
+    }
+
+    fn signature_len(&self) -> usize {
+        blake3::OUT_LEN
+    }
+
+    fn verify(&self, data: &[u8], signature: &[u8]) -> Result<(), quinn::crypto::CryptoError> {
+        // blake3's `Hash` compares in constant time.
+        let expected = blake3::keyed_hash(&self.0, data);
+        let given: [u8; blake3::OUT_LEN] = signature
+            .try_into()
+            .map_err(|_| quinn::crypto::CryptoError)?;
+        if expected == blake3::Hash::from_bytes(given) {
+            Ok(())
+        } else {
+            Err(quinn::crypto::CryptoError)
+        }
+    }
+}
+
 /// A QUIC endpoint with an ed25519 identity: dials and accepts.
 pub struct QuicTransport {
     endpoint: quinn::Endpoint,
@@ -183,7 +245,15 @@ impl QuicTransport {
         // Best effort: the kernel may cap the sizes, which only costs throughput.
         let _ = state.set_recv_buffer_size((&socket).into(), config.socket_buffer_bytes);
         let _ = state.set_send_buffer_size((&socket).into(), config.socket_buffer_bytes);
-        let mut endpoint_config = quinn::EndpointConfig::default();
+        let reset_key = ResetKey::of(key);
+        let cid_key = reset_key.cid_key();
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        // Connection ids carry a check under a key of the identity too: a restarted endpoint
+        // recognises its previous life's ids as its own (and resets them) while it still
+        // ignores packets with made-up ids.
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         endpoint_config
             .max_udp_payload_size(config.mtu_bytes_max.clamp(1200, 65_527))
             .map_err(SetupError::UdpPayload)?;

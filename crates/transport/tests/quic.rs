@@ -1,5 +1,6 @@
 //! QUIC over loopback: pinned handshakes, 1,000 concurrent exchanges on one connection, a
-//! 64 MiB tensor message, and peers that vanish or stall surfacing as bounded errors.
+//! 64 MiB tensor message, peers that vanish or stall surfacing as bounded errors, and a server
+//! restarted at its address resetting its previous life's connections.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
@@ -356,4 +357,88 @@ async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(pong, NodeToClient::Pong);
+}
+
+/// A UDP relay at a fixed address in front of a server whose address can change: to a client,
+/// a server process killed (its packets stop) and started again at the same address.
+struct Relay {
+    /// Where clients send.
+    addr: std::net::SocketAddr,
+    /// The server packets are relayed to; only its packets are relayed back.
+    target: Arc<parking_lot::Mutex<std::net::SocketAddr>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let front = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let back = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let target = Arc::new(parking_lot::Mutex::new(target));
+        let to = target.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    Ok((n, from)) = front.recv_from(&mut a) => {
+                        client = Some(from);
+                        let server = *to.lock();
+                        let _ = back.send_to(&a[..n], server).await;
+                    }
+                    Ok((n, from)) = back.recv_from(&mut b) => {
+                        if let Some(c) = client.filter(|_| from == *to.lock()) {
+                            let _ = front.send_to(&b[..n], c).await;
+                        }
+                    }
+                }
+            }
+        });
+        Self { addr, target, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A client's connection, through a [`Relay`], to a server that dies silently and is replaced
+/// at the same address by one of `restarted_key`: how a ping on the old connection ends (an
+/// error, or `None` if it hangs for 3 s), and after how long.
+async fn ping_after_restart(restarted_key: u8) -> (Option<TransportError>, Duration) {
+    let first = quic(1);
+    let relay = Relay::start(first.socket_addr()).await;
+    let _first = spawn_echo_server(first);
+    let client = quic(2);
+    let conn = client.connect(&relay.addr.into(), &id(1)).await.unwrap();
+    let ping =
+        || conn.call::<_, NodeToClient>(&ClientToNode::Ping, Conversation::ClientNode, LIMITS);
+    assert!(matches!(ping().await, Ok(NodeToClient::Pong)));
+    // The first server's packets are dropped from now on (it is not closed: no close frame).
+    let restarted = quic(restarted_key);
+    *relay.target.lock() = restarted.socket_addr();
+    let _restarted = spawn_echo_server(restarted);
+    let started = Instant::now();
+    let error = match tokio::time::timeout(Duration::from_secs(3), ping()).await {
+        Ok(Ok(answer)) => panic!("the dead server answered: {answer:?}"),
+        Ok(Err(e)) => Some(e),
+        Err(_) => None,
+    };
+    (error, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restarted_with_its_key_resets_its_old_connections_at_once() {
+    // The idle timeout is 30 s; the restarted server's stateless reset (its reset key is
+    // derived from its identity) ends the connection at its first packet.
+    let (error, took) = ping_after_restart(1).await;
+    let error = error.expect("the old connection is reset");
+    assert!(took < Duration::from_secs(2), "reset after {took:?}");
+    assert!(error.to_string().contains("reset"), "{error}");
+    // Another identity at that address cannot reset it (its tokens are its own): the
+    // connection would hang until the idle timeout.
+    let (error, _) = ping_after_restart(3).await;
+    assert!(error.is_none(), "reset by a stranger: {error:?}");
 }
