@@ -742,6 +742,51 @@ async fn acknowledged_work_never_reported_is_charged_once_across_restarts() {
     n.net.shutdown();
 }
 
+/// The dispatcher restarts, and the node comes back unable to hold the model, so it serves
+/// the deployment no more: its records under a ticket of the previous run are still charged
+/// task by task, because the client acknowledged that node's work under that ticket (the
+/// acknowledgement book, restored from the ledger, holds the genuine ticket). Before, they
+/// were refused and the work was billed only in bulk, from the acknowledgement, when the
+/// usage window ended (found by the chaos soak).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acknowledged_records_are_charged_per_task_after_a_restart_by_a_node_no_longer_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut n = Inventor::start(dir.path()).await;
+    let lease = n.client.lease(n.deployment).await;
+    let nonce = lease.ticket.body.nonce;
+    let real = n.answers(2);
+    n.client.acknowledge(&lease.ticket, n.id, &real).await;
+    let proof = n.client.ack_proof(&lease.ticket, n.id, &real);
+
+    n.beating.abort();
+    n.net.restart_dispatcher().await.unwrap();
+    // Back with room for no model: nothing is placed on it.
+    let (conn, reply) =
+        register(&n.net, &n.endpoint, &registration(&n.key, now_s(), [4; 16])).await;
+    assert!(
+        matches!(reply, DispatcherReply::Registered { .. }),
+        "{reply:?}"
+    );
+    let report = UsageReport {
+        records: real
+            .iter()
+            .map(|(t, digest, _)| n.record(nonce, *t, *digest))
+            .collect(),
+        acks: vec![proof],
+    };
+    let DispatcherReply::UsageAck { accepted, .. } = report_usage(&conn, report).await else {
+        panic!("no usage answer")
+    };
+    assert_eq!(accepted, 2);
+    let ledger = n.net.dispatcher().ledger();
+    assert_eq!(
+        ledger.usage_totals(&n.deployment).unwrap(),
+        (2, Credits::new(2 * n.cost.get())),
+        "two usage rows, one per task"
+    );
+    n.net.shutdown();
+}
+
 /// The dispatcher restarts after a node was paid for everything its client acknowledged of
 /// a ticket: records the node invents afterwards, sent with the client's acknowledgement it
 /// holds, are not paid (what was charged before the restart still counts against it), nor

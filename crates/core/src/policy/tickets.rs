@@ -131,14 +131,15 @@ impl IssuedTickets {
 ///
 /// `known` is [`IssuedTickets::allows`]. A ticket this dispatcher does not remember may be one
 /// it issued before a restart: such usage counts only within `restart_grace` (see
-/// [`within_restart_grace`]) and only from a node that serves the deployment now (`serves`,
-/// asked only then).
+/// [`within_restart_grace`]) and only from a node that vouches for it (`vouched`, asked only
+/// then: the dispatcher asks whether the node serves the deployment now, or whether the
+/// client acknowledged the node's work under that ticket).
 pub fn ticket_allows(
     known: Option<bool>,
     restart_grace: bool,
-    serves: impl FnOnce() -> bool,
+    vouched: impl FnOnce() -> bool,
 ) -> bool {
-    known.unwrap_or_else(|| restart_grace && serves())
+    known.unwrap_or_else(|| restart_grace && vouched())
 }
 
 /// Whether a process that started `running_s` seconds ago may still receive usage under

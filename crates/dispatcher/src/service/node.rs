@@ -362,15 +362,32 @@ impl<T: Transport> Dispatcher<T> {
                 .map(|r| tickets.allows(&r.ticket_nonce, &r.deployment, &node))
                 .collect()
         };
+        // A ticket of the previous run whose client acknowledged this node's work under it:
+        // the acknowledgement book (restored from the ledger) holds the genuine ticket, and
+        // charges stay within what was acknowledged.
+        let acked: Vec<bool> = if restart_grace {
+            let acks = self.inner.acks.lock();
+            report
+                .records
+                .iter()
+                .map(|r| {
+                    acks.entry(&r.ticket_nonce, &node)
+                        .is_some_and(|e| e.deployment == r.deployment)
+                })
+                .collect()
+        } else {
+            vec![false; report.records.len()]
+        };
         let allowed: Vec<bool> = {
             let dispatch = self.inner.dispatch.lock();
             report
                 .records
                 .iter()
                 .zip(known)
-                .map(|(r, known)| {
+                .zip(acked)
+                .map(|((r, known), acked)| {
                     ticket_allows(known, restart_grace, || {
-                        dispatch.serves(&node, &r.deployment)
+                        acked || dispatch.serves(&node, &r.deployment)
                     })
                 })
                 .collect()
