@@ -165,9 +165,14 @@ async fn canaries_catch(per_mille: u32) {
         left = left * 5_000 / 10_000;
     }
     assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
+    // A round is closed over the nodes active in it: an honest node whose compute
+    // challenge ran late on a loaded machine (suspended, no uptime) is left out, as it
+    // would have earned and lost nothing.
     for h in &honest {
-        let o = closed.outcome.nodes.iter().find(|n| n.id == *h).unwrap();
-        assert_eq!(o.crat_slashed_micro.get(), 0);
+        match closed.outcome.nodes.iter().find(|n| n.id == *h) {
+            Some(o) => assert_eq!(o.crat_slashed_micro.get(), 0),
+            None => assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0)),
+        }
     }
     net.shutdown();
 }
