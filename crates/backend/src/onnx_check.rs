@@ -37,8 +37,9 @@
 //! number of nodes by [`GRAPH_NODES_MAX`] and the model by [`MODEL_BYTES_MAX`]. It allocates in
 //! proportion to what it reports (names and shapes, the tensor-making nodes and their
 //! operands), never to a size written in the model. A model with tensor-making nodes is walked
-//! twice: the second pass keeps the values and types of those nodes' operands only, so what
-//! it keeps is bounded by the number of nodes, whatever the number of constants.
+//! twice: the second pass keeps the values and types of those nodes' operands only (at most
+//! 64 MiB of them), so what it keeps is bounded by the number of tensor-making nodes
+//! ([`MAKER_NODES_MAX`]), whatever the number of constants.
 
 use std::collections::HashSet;
 
@@ -72,6 +73,16 @@ pub const NESTING_DEPTH_MAX: usize = 32;
 
 /// Most graph inputs or outputs a model may declare.
 pub const GRAPH_IO_MAX: usize = 4096;
+
+/// Most tensor-making nodes (`ConstantOfShape`, `Expand`, `Tile`, `Resize`, `Upsample`,
+/// `Range`, `Pad`, `Reshape`) a model may have: the memory estimate keeps a little of each.
+pub const MAKER_NODES_MAX: usize = 1 << 18;
+
+/// Most bytes the second pass keeps of the values and types of tensor-making nodes' operands
+/// (each constant or declared type counted at its values and dimensions, 8 bytes each, plus
+/// its name and 64 bytes): 64 MiB. A model over it is refused, so that the check's own memory
+/// stays bounded whatever the model repeats.
+const KEPT_BYTES_MAX: usize = 64 << 20;
 
 /// What [`check_model`] learned about a model that passed it.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -276,6 +287,8 @@ struct Walker {
     /// constant values and declared types are gathered (so what is kept is bounded by the
     /// number of nodes, never by the number of constants).
     wanted: Option<HashSet<String>>,
+    /// Bytes the second pass keeps (at most [`KEPT_BYTES_MAX`]).
+    kept_bytes: usize,
     /// What the memory estimate needs.
     facts: memory::Facts,
 }
@@ -516,7 +529,7 @@ impl Walker {
                 GRAPH_NODE => self.node(b, depth + 1)?,
                 GRAPH_INITIALIZER => {
                     let t = self.tensor(b)?;
-                    self.constant(&t.name, t.dims, t.elem_type, t.values);
+                    self.constant(&t.name, t.dims, t.elem_type, t.values)?;
                     if let Some(io) = io.as_deref_mut() {
                         io.initializers.push(t.name);
                     }
@@ -578,6 +591,7 @@ impl Walker {
             self.facts.largest_declared = (bytes, truncate(&info.name));
         }
         if self.is_wanted(&info.name) {
+            self.keep(&info.name, dims.len())?;
             self.facts.declared.insert(
                 info.name.clone(),
                 memory::Declared {
@@ -593,6 +607,21 @@ impl Walker {
         self.wanted.as_ref().is_some_and(|w| w.contains(name))
     }
 
+    /// Counts what keeping `numbers` numbers under `name` costs, within [`KEPT_BYTES_MAX`].
+    fn keep(&mut self, name: &str, numbers: usize) -> Result<(), BackendError> {
+        self.kept_bytes = self
+            .kept_bytes
+            .saturating_add(name.len() + 64 + 8 * numbers);
+        if self.kept_bytes > KEPT_BYTES_MAX {
+            return Err(BackendError::Load(format!(
+                "the operands of tensor-making nodes hold more than {} of constants and \
+                 shapes",
+                Bytes(KEPT_BYTES_MAX as u64)
+            )));
+        }
+        Ok(())
+    }
+
     /// Notes a named constant (an initializer or a `Constant` output): its type, and its
     /// values when it is small and numeric, if it is wanted.
     fn constant(
@@ -601,10 +630,12 @@ impl Walker {
         dims: Option<Vec<u64>>,
         elem_type: i64,
         values: Option<Vec<f64>>,
-    ) {
+    ) -> Result<(), BackendError> {
         if !self.is_wanted(name) {
-            return;
+            return Ok(());
         }
+        let numbers = dims.as_ref().map_or(0, Vec::len) + values.as_ref().map_or(0, Vec::len);
+        self.keep(name, numbers)?;
         if let Some(dims) = dims {
             self.facts.declared.insert(
                 name.to_owned(),
@@ -619,6 +650,7 @@ impl Walker {
                 .constants
                 .insert(name.to_owned(), memory::Constant { elem_type, values });
         }
+        Ok(())
     }
 
     fn node(&mut self, buf: &[u8], depth: usize) -> Result<(), BackendError> {
@@ -639,7 +671,8 @@ impl Walker {
                 (NODE_ATTRIBUTE, Value::Bytes(b)) => {
                     let a = self.attribute(b, depth + 1)?;
                     seeded |= a.name == b"seed";
-                    // Only the few a Constant or a tensor-making node reads are kept.
+                    // Only the few a Constant or a tensor-making node reads are kept, the
+                    // first of each name.
                     if matches!(
                         &a.name[..],
                         b"value"
@@ -648,7 +681,7 @@ impl Walker {
                             | b"value_float"
                             | b"value_floats"
                             | b"pads"
-                    ) && attributes.len() < 8
+                    ) && !attributes.iter().any(|k: &AttributeFacts| k.name == a.name)
                     {
                         attributes.push(a);
                     }
@@ -673,7 +706,7 @@ impl Walker {
         if op == b"Constant" {
             if let Some(t) = attributes.into_iter().find_map(AttributeFacts::constant) {
                 for o in &outputs {
-                    self.constant(&lossy(o), t.dims.clone(), t.elem_type, t.values.clone());
+                    self.constant(&lossy(o), t.dims.clone(), t.elem_type, t.values.clone())?;
                 }
             }
         } else if let Some(maker) = memory::MakerOp::from_op(op)
@@ -689,9 +722,16 @@ impl Walker {
                 .into_iter()
                 .find(|a| a.name == b"pads")
                 .and_then(|a| a.ints);
+            if self.facts.makers.len() >= MAKER_NODES_MAX {
+                return Err(BackendError::Load(format!(
+                    "more than {MAKER_NODES_MAX} tensor-making nodes (ConstantOfShape, Expand, \
+                     Tile, Resize, Upsample, Range, Pad, Reshape)"
+                )));
+            }
             self.facts.makers.push(memory::Maker {
                 op: maker,
-                inputs: inputs.iter().map(|i| lossy(i)).collect(),
+                // Operands past the fourth set no size (Resize's `sizes` is the fourth).
+                inputs: inputs.iter().take(4).map(|i| lossy(i)).collect(),
                 output: lossy(output),
                 value_type,
                 pads,

@@ -250,11 +250,15 @@ struct Known {
 }
 
 /// What one tensor-making node makes.
-struct Made {
+struct Made<'a> {
     known: Known,
     /// The constant operand that sets its size (for the error message).
-    operand: String,
+    operand: &'a str,
 }
+
+/// Most dimensions kept of a made tensor; one of higher rank is kept flattened (its
+/// elements as one dimension), so what the estimate holds per node stays small.
+const MADE_RANK_MAX: usize = 8;
 
 impl Maker {
     fn operand(&self, i: usize) -> Option<&str> {
@@ -266,20 +270,27 @@ impl Maker {
 
     /// What it makes, from the constants and the tensors known so far; `None` when a size
     /// operand is not a constant (or, for `Reshape`, its input's shape is not known).
-    fn made(
-        &self,
+    fn made<'a>(
+        &'a self,
         known: &HashMap<&str, Known>,
-        constants: &HashMap<String, Constant>,
-    ) -> Option<Made> {
+        constants: &'a HashMap<String, Constant>,
+    ) -> Option<Made<'a>> {
         let constant = |i: usize| {
             let name = self.operand(i)?;
             constants.get(name).map(|c| (name, c))
         };
         let x = self.operand(0).and_then(|n| known.get(n));
         let x_bytes = x.map_or(UNKNOWN_ELEMENT_BYTES, |x| x.elem_bytes);
-        let made = |dims: Vec<u64>, elem_bytes: u64, operand: &str| Made {
-            known: Known { dims, elem_bytes },
-            operand: operand.to_owned(),
+        let made = |dims: Vec<u64>, elem_bytes: u64, operand: &'a str| {
+            let dims = if dims.len() > MADE_RANK_MAX {
+                vec![elements(&dims)]
+            } else {
+                dims
+            };
+            Made {
+                known: Known { dims, elem_bytes },
+                operand,
+            }
         };
         match self.op {
             MakerOp::ConstantOfShape => {
@@ -440,14 +451,17 @@ pub(super) fn estimate(facts: &Facts) -> Result<MemoryEstimate, BackendError> {
         .collect();
     // Two passes: a node may use what a later one makes (subgraphs and functions are not
     // sorted with their parents), one level of which the second pass sees.
-    let mut made: Vec<Option<Made>> = Vec::new();
+    // Per node: (elements, bytes, the constant operand), or `None` where not followed.
+    let mut made: Vec<Option<(u64, u64, &str)>> = Vec::with_capacity(facts.makers.len());
     for _ in 0..2 {
         made.clear();
         for m in &facts.makers {
-            let out = m.made(&known, &facts.constants);
-            if let Some(out) = &out {
-                known.insert(m.output.as_str(), out.known.clone());
-            }
+            let out = m.made(&known, &facts.constants).map(|out| {
+                let elements = elements(&out.known.dims);
+                let bytes = elements.saturating_mul(out.known.elem_bytes);
+                known.insert(m.output.as_str(), out.known);
+                (elements, bytes, out.operand)
+            });
             made.push(out);
         }
     }
@@ -458,7 +472,7 @@ pub(super) fn estimate(facts: &Facts) -> Result<MemoryEstimate, BackendError> {
         ..MemoryEstimate::default()
     };
     for (m, out) in facts.makers.iter().zip(&made) {
-        let Some(out) = out else {
+        let Some((elements, bytes, operand)) = *out else {
             if m.op != MakerOp::Reshape && !estimate.not_followed.contains(&m.op.name()) {
                 estimate.not_followed.push(m.op.name());
             }
@@ -467,8 +481,6 @@ pub(super) fn estimate(facts: &Facts) -> Result<MemoryEstimate, BackendError> {
         if m.op == MakerOp::Reshape {
             continue;
         }
-        let elements = elements(&out.known.dims);
-        let bytes = elements.saturating_mul(out.known.elem_bytes);
         if elements > ELEMENTS_MAX || bytes > TENSOR_BYTES_MAX {
             let what = if m.op == MakerOp::Range {
                 "bounds"
@@ -481,7 +493,7 @@ pub(super) fn estimate(facts: &Facts) -> Result<MemoryEstimate, BackendError> {
                  tensor)",
                 m.op.name(),
                 Bytes(bytes),
-                truncate(&out.operand),
+                truncate(operand),
                 Bytes(TENSOR_BYTES_MAX),
             )));
         }

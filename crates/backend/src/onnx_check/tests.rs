@@ -736,3 +736,34 @@ fn refuses_garbage_and_deep_nesting() {
     two.extend_from_slice(&W::default().msg(MODEL_GRAPH, identity_graph()).0);
     assert!(matches!(check_model(&two), Err(BackendError::Load(_))));
 }
+
+/// What the check keeps for the estimate is bounded whatever the model repeats: more
+/// tensor-making nodes than [`MAKER_NODES_MAX`], or operands holding more than
+/// `KEPT_BYTES_MAX` of constants, are refused (measured in a release build: a 30 MB model of
+/// the second kind costs the check under 100 MB).
+#[test]
+fn what_the_estimate_keeps_is_bounded() {
+    let mut g = W::default().msg(GRAPH_INITIALIZER, int64("s", &[1, 1], false));
+    for i in 0..=MAKER_NODES_MAX {
+        g = g.msg(GRAPH_NODE, node("Reshape", &["x", "s"], &format!("{i:x}")));
+    }
+    let e = check_model(&small_graph(|x| W([x.0, g.0].concat()))).unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Load(m) if m.contains("tensor-making nodes")),
+        "{e:?}"
+    );
+    // Each node its own 64-value shape: 64 MiB of kept values is reached before 2^17 nodes.
+    let mut g = W::default();
+    for i in 0..(1 << 17) {
+        let s = format!("s{i:x}");
+        g = g.msg(GRAPH_INITIALIZER, int64(&s, &[1; 64], false)).msg(
+            GRAPH_NODE,
+            node("ConstantOfShape", &[&s], &format!("{i:x}")),
+        );
+    }
+    let e = check_model(&small_graph(|x| W([x.0, g.0].concat()))).unwrap_err();
+    assert!(
+        matches!(&e, BackendError::Load(m) if m.contains("64.0 MiB of constants")),
+        "{e:?}"
+    );
+}
