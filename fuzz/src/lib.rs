@@ -392,8 +392,9 @@ fn check_tensor(t: &Tensor) {
 ///
 /// - It never panics, and gives the same verdict twice (it is a pure function of the bytes).
 /// - A model it accepts declares at least one input and one output, every input with a shape
-///   and a dtype the wire format carries, every shape within the element limit, and the
-///   indices of outputs without a declared shape point at outputs.
+///   and a dtype the wire format carries, every shape within the element and byte limits, and
+///   the indices of outputs without a declared shape point at outputs; its memory estimate
+///   is at least its weights plus what its operators make, plus twice its largest tensor.
 ///
 /// - Differential: a model it accepts is one a real protobuf decoder (prost, on tract-onnx's
 ///   generated ONNX messages, copied into `src/onnx_pb.rs` so that tract itself is not built
@@ -401,7 +402,7 @@ fn check_tensor(t: &Tensor) {
 ///   out) and outputs, in order. crat-backend's `tests/onnx_differential.rs` checks the same
 ///   with every test run, on mutations of the shipped and malicious models.
 pub fn onnx_check(data: &[u8]) {
-    use crat_backend::onnx_check::{ELEMENTS_MAX, check_model};
+    use crat_backend::onnx_check::{ELEMENTS_MAX, TENSOR_BYTES_MAX, check_model};
     let first = check_model(data);
     let again = check_model(data);
     assert_eq!(
@@ -420,7 +421,20 @@ pub fn onnx_check(data: &[u8]) {
             elements.is_some_and(|e| e <= ELEMENTS_MAX),
             "an accepted shape is beyond the limit"
         );
+        let bytes = elements.map(|e| e.saturating_mul(spec.dtype.size() as u64));
+        assert!(
+            bytes.is_some_and(|b| b <= TENSOR_BYTES_MAX),
+            "an accepted shape is beyond the byte limit"
+        );
     }
+    let m = &summary.memory;
+    assert_eq!(
+        m.bytes,
+        m.weights_bytes
+            .saturating_add(m.made_bytes)
+            .saturating_add(m.largest_tensor_bytes.saturating_mul(2)),
+        "the estimate is not its parts"
+    );
     assert!(
         summary
             .undeclared_output_shapes

@@ -7,35 +7,49 @@
 //!   `external_data`, such as a `location` of `../../etc/passwd`) → [`BackendError::ExternalData`].
 //!   This covers initializers, sparse initializers, `Constant` and other tensor attributes,
 //!   subgraphs (`If`, `Loop`, `Scan` bodies), model-local functions and training graphs;
-//! - declared shapes (of tensors, graph inputs, outputs and `value_info`) of more than
-//!   [`ELEMENTS_MAX`] elements, negative tensor dimensions, and anything beyond the other limits
-//!   below → [`BackendError::Load`];
-//! - a constant shape of more than [`ELEMENTS_MAX`] elements fed to a node that makes a tensor
-//!   of that shape (`ConstantOfShape`, `Expand`, `Tile` repeats, `Resize` sizes), as an `INT64`
-//!   initializer or a `Constant` node's value: no shape in the model is declared big, but
-//!   a backend evaluating the node would allocate it (tract does so at load)
-//!   → [`BackendError::Load`]. Shapes *computed* from other values are not followed (a
-//!   backend's allocation then fails with a typed error, or the host's memory is the limit);
+//! - any one tensor bigger than a node can hold: declared shapes (of tensors, graph inputs,
+//!   outputs and `value_info`; symbolic dimensions counted as 1) of more than [`ELEMENTS_MAX`]
+//!   elements or more than [`TENSOR_BYTES_MAX`] bytes (elements × the element type's size, so
+//!   2²⁸ `f32` pass and 2²⁸ `f64` do not), negative tensor dimensions, and anything beyond the
+//!   other limits below → [`BackendError::Load`];
+//! - a tensor over the same limits that a node would *make* from constants (`ConstantOfShape`,
+//!   `Expand`, `Tile`, `Resize`, `Upsample`, `Range`, `Pad` whose size operands are
+//!   initializers or `Constant` values; see [`memory`]): no shape in the model is declared
+//!   big, but a backend evaluating the node would allocate it (tract does so at load:
+//!   `ConstantOfShape([65536, 65536])` made it allocate 16 GiB) → [`BackendError::Load`].
+//!   Sizes *computed* from other values are not followed (a backend's allocation then fails
+//!   with a typed error, or the host's memory is the limit; [`MemoryEstimate::not_followed`]
+//!   names those operators);
 //! - bytes that are not a well-formed `ModelProto` with exactly one graph, graph inputs or outputs
 //!   of types the wire [`Tensor`](crat_core::tensor::Tensor) cannot carry (strings, bfloat16,
 //!   sequences, …) → [`BackendError::Load`].
 //!
 //! It also reads what the graph declares — its inputs (initializers excluded) and outputs, with
 //! names, dtypes and shapes — so both backends describe a model the same way
-//! ([`ModelSummary::info`]).
+//! ([`ModelSummary::info`]), and estimates the memory the model needs before anything loads
+//! it ([`ModelSummary::memory`], see [`memory`]): the dispatcher refuses a model whose
+//! estimate is over what a node holds and does not canary one over what its reference
+//! backends may hold; a node refuses to load one over its model memory.
 //!
 //! # Security
 //! The walker reads only the fields it needs and skips the rest by their wire length; every
 //! length is checked against the bytes left, nesting is bounded by [`NESTING_DEPTH_MAX`], the
 //! number of nodes by [`GRAPH_NODES_MAX`] and the model by [`MODEL_BYTES_MAX`]. It allocates in
-//! proportion to what it reports (names and shapes, and the names of suspect shape constants
-//! and shape operands), never to a size written in the model.
+//! proportion to what it reports (names and shapes, the tensor-making nodes and their
+//! operands), never to a size written in the model. A model with tensor-making nodes is walked
+//! twice: the second pass keeps the values and types of those nodes' operands only (at most
+//! 64 MiB of them), so what it keeps is bounded by the number of tensor-making nodes
+//! ([`MAKER_NODES_MAX`]), whatever the number of constants.
 
 use std::collections::HashSet;
 
 use crat_core::tensor::DType;
 
 use crate::{BackendError, Dim, ModelInfo, TensorSpec};
+
+pub mod memory;
+
+pub use memory::{Bytes, MemoryEstimate, element_bytes};
 
 /// Largest model accepted, in bytes: 2 GiB, protobuf's own limit for one message. Models
 /// larger than that need external data, which is refused anyway.
@@ -44,16 +58,31 @@ pub const MODEL_BYTES_MAX: usize = (1 << 31) - 1;
 /// Most nodes in a model, counting every subgraph and function body.
 pub const GRAPH_NODES_MAX: usize = 1 << 20;
 
-/// Most elements a declared shape may describe, and a constant shape fed to a node that
-/// makes a tensor of it: 2²⁸, a 1 GiB tensor of `f32`, what a node's model memory can really
-/// hold (a `ConstantOfShape` of 2³² elements made tract allocate 16 GiB at load).
+/// Most elements a declared shape may describe, and a tensor a node makes from constants
+/// may have: 2²⁸, a 1 GiB tensor of `f32` (a `ConstantOfShape` of 2³² elements made tract
+/// allocate 16 GiB at load). Tensors of wider types are held to [`TENSOR_BYTES_MAX`] too.
 pub const ELEMENTS_MAX: u64 = 1 << 28;
+
+/// Most bytes one tensor may take (elements × the size of its element type; an unknown type
+/// counts [`memory::UNKNOWN_ELEMENT_BYTES`] per element): 1 GiB, what a node's model memory
+/// can really hold of one tensor, whatever its type (2²⁸ `f32`, 2²⁷ `f64`).
+pub const TENSOR_BYTES_MAX: u64 = 1 << 30;
 
 /// Deepest nesting of messages followed (subgraphs inside attributes, nested types).
 pub const NESTING_DEPTH_MAX: usize = 32;
 
 /// Most graph inputs or outputs a model may declare.
 pub const GRAPH_IO_MAX: usize = 4096;
+
+/// Most tensor-making nodes (`ConstantOfShape`, `Expand`, `Tile`, `Resize`, `Upsample`,
+/// `Range`, `Pad`, `Reshape`) a model may have: the memory estimate keeps a little of each.
+pub const MAKER_NODES_MAX: usize = 1 << 18;
+
+/// Most bytes the second pass keeps of the values and types of tensor-making nodes' operands
+/// (each constant or declared type counted at its values and dimensions, 8 bytes each, plus
+/// its name and 64 bytes): 64 MiB. A model over it is refused, so that the check's own memory
+/// stays bounded whatever the model repeats.
+const KEPT_BYTES_MAX: usize = 64 << 20;
 
 /// What [`check_model`] learned about a model that passed it.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -81,6 +110,8 @@ pub struct ModelSummary {
     /// two runtimes (tract and ONNX Runtime draw differently) nor two sessions that have
     /// served different numbers of tasks: honest replicas still disagree.
     pub seeded_random_ops: Vec<&'static str>,
+    /// The memory the model needs, estimated from its graph (see [`memory`]).
+    pub memory: MemoryEstimate,
 }
 
 impl ModelSummary {
@@ -116,17 +147,23 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
     conforms(crate::onnx_schema::MODEL_PROTO, model, 0)?;
     let mut walker = Walker::default();
     walker.model(model)?;
-    if let Some((op, name)) = walker
-        .shape_operands
-        .iter()
-        .find(|(_, operand)| walker.huge_shapes.contains(operand))
-    {
-        return Err(BackendError::Load(format!(
-            "{op} would make a tensor of more than {ELEMENTS_MAX} elements from the constant \
-             shape '{}'",
-            truncate(name)
-        )));
+    if !walker.facts.makers.is_empty() {
+        // Second pass: the values and types of the tensor-making nodes' operands.
+        let wanted: HashSet<String> = walker
+            .facts
+            .makers
+            .iter()
+            .flat_map(|m| m.inputs.iter().filter(|i| !i.is_empty()).cloned())
+            .collect();
+        let mut second = Walker {
+            wanted: Some(wanted),
+            ..Walker::default()
+        };
+        second.model(model)?;
+        walker.facts.constants = second.facts.constants;
+        walker.facts.declared = second.facts.declared;
     }
+    let memory = memory::estimate(&walker.facts)?;
     let graph = walker
         .main_graph
         .take()
@@ -174,6 +211,7 @@ pub fn check_model(model: &[u8]) -> Result<ModelSummary, BackendError> {
         undeclared_output_shapes: undeclared,
         unseeded_random_ops: walker.unseeded_random,
         seeded_random_ops: walker.seeded_random,
+        memory,
     })
 }
 
@@ -241,33 +279,91 @@ struct Walker {
     nodes: usize,
     graphs: usize,
     main_graph: Option<GraphIo>,
-    /// Names of small `INT64` constants (initializers, `Constant` outputs) whose values
-    /// multiply to more than [`ELEMENTS_MAX`]: as a shape, a tensor too big to make.
-    huge_shapes: HashSet<String>,
-    /// The shape operand of every tensor-making node: (operator, operand name).
-    shape_operands: Vec<(&'static str, String)>,
     /// Random operators met without a `seed` attribute, each once (at most [`RANDOM_OPS`]).
     unseeded_random: Vec<&'static str>,
     /// Random operators met with a `seed` attribute, each once (at most [`RANDOM_OPS`]).
     seeded_random: Vec<&'static str>,
+    /// Second pass only: the operands of the tensor-making nodes the first pass met, whose
+    /// constant values and declared types are gathered (so what is kept is bounded by the
+    /// number of nodes, never by the number of constants).
+    wanted: Option<HashSet<String>>,
+    /// Bytes the second pass keeps (at most [`KEPT_BYTES_MAX`]).
+    kept_bytes: usize,
+    /// What the memory estimate needs.
+    facts: memory::Facts,
 }
 
 /// Most values a constant may hold to be looked at as a shape (shapes have few dimensions).
-const SHAPE_VALUES_MAX: u64 = 64;
+const SHAPE_VALUES_MAX: usize = 64;
 
-/// Operators that make a tensor whose size their operand `.1` sets, and that operand.
-const SHAPE_MAKERS: [(&str, usize); 4] = [
-    ("ConstantOfShape", 0),
-    ("Expand", 1),
-    ("Tile", 1),
-    ("Resize", 3),
-];
+/// Most dimensions of a tensor kept for the estimate (a tensor with more is left out of it:
+/// no backend takes one).
+const DIMS_KEPT_MAX: usize = 64;
 
-/// Elements of a tensor of these dimensions (negative ones count as 0), saturating.
-fn shape_elements(dims: &[i64]) -> u64 {
-    dims.iter().fold(1u64, |n, &d| {
-        n.saturating_mul(u64::try_from(d).unwrap_or(0))
-    })
+/// What [`Walker::tensor`] reads of a `TensorProto`.
+struct TensorFacts {
+    name: String,
+    /// `TensorProto.data_type` (0 when not set).
+    elem_type: i64,
+    /// Its dimensions; `None` when it has more than [`DIMS_KEPT_MAX`].
+    dims: Option<Vec<u64>>,
+    /// Its values, for a numeric tensor of at most [`SHAPE_VALUES_MAX`] elements.
+    values: Option<Vec<f64>>,
+}
+
+/// What [`Walker::attribute`] reads of an `AttributeProto`.
+#[derive(Default)]
+struct AttributeFacts {
+    name: Vec<u8>,
+    /// `t`, a tensor.
+    tensor: Option<TensorFacts>,
+    /// `i`.
+    int: Option<i64>,
+    /// `f`.
+    float: Option<f32>,
+    /// `ints`, at most [`SHAPE_VALUES_MAX`] + 1 of them (`None`: none, or more than that).
+    ints: Option<Vec<f64>>,
+    /// `floats`, likewise.
+    floats: Option<Vec<f64>>,
+}
+
+impl AttributeFacts {
+    /// As a `Constant` node's value (unnamed), when it is one.
+    fn constant(self) -> Option<TensorFacts> {
+        let (dims, elem_type, values) = match &self.name[..] {
+            b"value" => return self.tensor,
+            b"value_int" => (vec![], ONNX_INT64, self.int.map(|i| vec![i as f64])),
+            b"value_float" => (vec![], ONNX_FLOAT, self.float.map(|f| vec![f64::from(f)])),
+            b"value_ints" => {
+                let v = self.ints?;
+                (vec![v.len() as u64], ONNX_INT64, Some(v))
+            }
+            b"value_floats" => {
+                let v = self.floats?;
+                (vec![v.len() as u64], ONNX_FLOAT, Some(v))
+            }
+            _ => return None,
+        };
+        Some(TensorFacts {
+            name: String::new(),
+            elem_type,
+            dims: Some(dims),
+            values,
+        })
+    }
+}
+
+/// Pushes a value onto a list kept only while it has at most [`SHAPE_VALUES_MAX`] values
+/// (one more marks it too long).
+fn keep(list: &mut Vec<f64>, v: f64) {
+    if list.len() <= SHAPE_VALUES_MAX {
+        list.push(v);
+    }
+}
+
+/// `list` if it has at most [`SHAPE_VALUES_MAX`] values.
+fn kept(list: Vec<f64>) -> Option<Vec<f64>> {
+    (list.len() <= SHAPE_VALUES_MAX).then_some(list)
 }
 
 // ModelProto / GraphProto / … field numbers, from onnx.proto3.
@@ -293,6 +389,9 @@ const NODE_OUTPUT: u32 = 2;
 const NODE_OP_TYPE: u32 = 4;
 const NODE_ATTRIBUTE: u32 = 5;
 const ATTR_NAME: u32 = 1;
+const ATTR_F: u32 = 2;
+const ATTR_I: u32 = 3;
+const ATTR_FLOATS: u32 = 7;
 const ATTR_INTS: u32 = 8;
 const ATTR_T: u32 = 5;
 const ATTR_G: u32 = 6;
@@ -302,10 +401,16 @@ const ATTR_SPARSE_TENSOR: u32 = 22;
 const ATTR_SPARSE_TENSORS: u32 = 23;
 const TENSOR_DIMS: u32 = 1;
 const TENSOR_DATA_TYPE: u32 = 2;
+const TENSOR_FLOAT_DATA: u32 = 4;
+const TENSOR_INT32_DATA: u32 = 5;
 const TENSOR_INT64_DATA: u32 = 7;
 const TENSOR_NAME: u32 = 8;
 const TENSOR_RAW_DATA: u32 = 9;
-const ONNX_INT64: u64 = 7;
+const TENSOR_DOUBLE_DATA: u32 = 10;
+const ONNX_FLOAT: i64 = 1;
+const ONNX_INT32: i64 = 6;
+const ONNX_INT64: i64 = 7;
+const ONNX_DOUBLE: i64 = 11;
 const TENSOR_EXTERNAL_DATA: u32 = 13;
 const TENSOR_DATA_LOCATION: u32 = 14;
 const TENSOR_LOCATION_EXTERNAL: u64 = 1;
@@ -423,12 +528,10 @@ impl Walker {
             match field {
                 GRAPH_NODE => self.node(b, depth + 1)?,
                 GRAPH_INITIALIZER => {
-                    let (name, huge_shape) = self.tensor(b)?;
-                    if huge_shape {
-                        self.huge_shapes.insert(name.clone());
-                    }
+                    let t = self.tensor(b)?;
+                    self.constant(&t.name, t.dims, t.elem_type, t.values)?;
                     if let Some(io) = io.as_deref_mut() {
-                        io.initializers.push(name);
+                        io.initializers.push(t.name);
                     }
                 }
                 GRAPH_SPARSE_INITIALIZER => {
@@ -439,6 +542,7 @@ impl Walker {
                 }
                 GRAPH_INPUT | GRAPH_OUTPUT | GRAPH_VALUE_INFO => {
                     let info = value_info(b, depth + 1)?;
+                    self.declared(&info)?;
                     if let Some(io) = io.as_deref_mut() {
                         let list = match field {
                             GRAPH_INPUT => &mut io.inputs,
@@ -459,6 +563,96 @@ impl Walker {
         Ok(())
     }
 
+    /// Notes a declared tensor (graph input, output or `value_info`): refuses one of more
+    /// than [`TENSOR_BYTES_MAX`] bytes (symbolic dimensions counted as 1), keeps the largest
+    /// for the estimate, and its type when it is wanted.
+    fn declared(&mut self, info: &ValueInfo) -> Result<(), BackendError> {
+        let Some(shape) = &info.shape else {
+            return Ok(());
+        };
+        let dims: Vec<u64> = shape
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Symbolic(_) => 1,
+            })
+            .collect();
+        let bytes =
+            memory::elements(&dims).saturating_mul(memory::element_bytes_or_wide(info.elem_type));
+        if bytes > TENSOR_BYTES_MAX {
+            return Err(BackendError::Load(format!(
+                "'{}' declares a tensor of {}, more than a node holds ({} per tensor)",
+                truncate(&info.name),
+                Bytes(bytes),
+                Bytes(TENSOR_BYTES_MAX)
+            )));
+        }
+        if bytes > self.facts.largest_declared.0 {
+            self.facts.largest_declared = (bytes, truncate(&info.name));
+        }
+        if self.is_wanted(&info.name) {
+            self.keep(&info.name, dims.len())?;
+            self.facts.declared.insert(
+                info.name.clone(),
+                memory::Declared {
+                    dims,
+                    elem_type: info.elem_type,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    fn is_wanted(&self, name: &str) -> bool {
+        self.wanted.as_ref().is_some_and(|w| w.contains(name))
+    }
+
+    /// Counts what keeping `numbers` numbers under `name` costs, within [`KEPT_BYTES_MAX`].
+    fn keep(&mut self, name: &str, numbers: usize) -> Result<(), BackendError> {
+        self.kept_bytes = self
+            .kept_bytes
+            .saturating_add(name.len() + 64 + 8 * numbers);
+        if self.kept_bytes > KEPT_BYTES_MAX {
+            return Err(BackendError::Load(format!(
+                "the operands of tensor-making nodes hold more than {} of constants and \
+                 shapes",
+                Bytes(KEPT_BYTES_MAX as u64)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Notes a named constant (an initializer or a `Constant` output): its type, and its
+    /// values when it is small and numeric, if it is wanted.
+    fn constant(
+        &mut self,
+        name: &str,
+        dims: Option<Vec<u64>>,
+        elem_type: i64,
+        values: Option<Vec<f64>>,
+    ) -> Result<(), BackendError> {
+        if !self.is_wanted(name) {
+            return Ok(());
+        }
+        let numbers = dims.as_ref().map_or(0, Vec::len) + values.as_ref().map_or(0, Vec::len);
+        self.keep(name, numbers)?;
+        if let Some(dims) = dims {
+            self.facts.declared.insert(
+                name.to_owned(),
+                memory::Declared {
+                    dims,
+                    elem_type: Some(elem_type),
+                },
+            );
+        }
+        if let Some(values) = values {
+            self.facts
+                .constants
+                .insert(name.to_owned(), memory::Constant { elem_type, values });
+        }
+        Ok(())
+    }
+
     fn node(&mut self, buf: &[u8], depth: usize) -> Result<(), BackendError> {
         depth_check(depth)?;
         self.nodes += 1;
@@ -469,14 +663,28 @@ impl Walker {
         }
         let mut op: &[u8] = b"";
         let (mut inputs, mut outputs) = (Vec::new(), Vec::new());
-        let (mut huge_attribute, mut seeded) = (false, false);
+        let mut attributes = Vec::new();
+        let mut seeded = false;
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
                 (NODE_ATTRIBUTE, Value::Bytes(b)) => {
-                    let (huge, seed) = self.attribute(b, depth + 1)?;
-                    huge_attribute |= huge;
-                    seeded |= seed;
+                    let a = self.attribute(b, depth + 1)?;
+                    seeded |= a.name == b"seed";
+                    // Only the few a Constant or a tensor-making node reads are kept, the
+                    // first of each name.
+                    if matches!(
+                        &a.name[..],
+                        b"value"
+                            | b"value_int"
+                            | b"value_ints"
+                            | b"value_float"
+                            | b"value_floats"
+                            | b"pads"
+                    ) && !attributes.iter().any(|k: &AttributeFacts| k.name == a.name)
+                    {
+                        attributes.push(a);
+                    }
                 }
                 (NODE_ATTRIBUTE, _) => return Err(malformed("node attribute wire type")),
                 (NODE_INPUT, Value::Bytes(s)) => inputs.push(s),
@@ -495,36 +703,68 @@ impl Walker {
                 met.push(random);
             }
         }
-        if op == b"Constant" && huge_attribute {
-            self.huge_shapes.extend(outputs.iter().map(|o| lossy(o)));
-        }
-        if let Some((name, i)) = SHAPE_MAKERS.iter().find(|(name, _)| name.as_bytes() == op)
-            && let Some(operand) = inputs.get(*i)
+        if op == b"Constant" {
+            if let Some(t) = attributes.into_iter().find_map(AttributeFacts::constant) {
+                for o in &outputs {
+                    self.constant(&lossy(o), t.dims.clone(), t.elem_type, t.values.clone())?;
+                }
+            }
+        } else if let Some(maker) = memory::MakerOp::from_op(op)
+            && let Some(output) = outputs.first()
+            && self.wanted.is_none()
         {
-            self.shape_operands.push((name, lossy(operand)));
+            let value_type = attributes
+                .iter()
+                .find(|a| a.name == b"value")
+                .and_then(|a| a.tensor.as_ref())
+                .map(|t| t.elem_type);
+            let pads = attributes
+                .into_iter()
+                .find(|a| a.name == b"pads")
+                .and_then(|a| a.ints);
+            if self.facts.makers.len() >= MAKER_NODES_MAX {
+                return Err(BackendError::Load(format!(
+                    "more than {MAKER_NODES_MAX} tensor-making nodes (ConstantOfShape, Expand, \
+                     Tile, Resize, Upsample, Range, Pad, Reshape)"
+                )));
+            }
+            self.facts.makers.push(memory::Maker {
+                op: maker,
+                // Operands past the fourth set no size (Resize's `sizes` is the fourth).
+                inputs: inputs.iter().take(4).map(|i| lossy(i)).collect(),
+                output: lossy(output),
+                value_type,
+                pads,
+            });
         }
         Ok(())
     }
 
-    /// Checks one `AttributeProto`; returns whether it holds an `INT64` tensor or an integer
-    /// list that, as a shape, has more than [`ELEMENTS_MAX`] elements (what matters for
-    /// `Constant`), and whether it is named `seed`.
-    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<(bool, bool), BackendError> {
+    /// Checks one `AttributeProto` (its tensors, graphs) and reads what a `Constant` or a
+    /// tensor-making node may need of it.
+    fn attribute(&mut self, buf: &[u8], depth: usize) -> Result<AttributeFacts, BackendError> {
         depth_check(depth)?;
-        let mut huge_shape = false;
-        let mut seed = false;
-        let mut ints = Vec::new();
+        let mut a = AttributeFacts::default();
+        let (mut ints, mut floats) = (Vec::new(), Vec::new());
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, &value) {
-                (ATTR_NAME, Value::Bytes(name)) => seed = *name == b"seed",
-                (ATTR_INTS, Value::Varint(v)) if ints.len() as u64 <= SHAPE_VALUES_MAX => {
-                    ints.push(*v as i64);
-                }
+                (ATTR_NAME, Value::Bytes(name)) => a.name = name.to_vec(),
+                (ATTR_I, Value::Varint(v)) => a.int = Some(*v as i64),
+                (ATTR_F, Value::Fixed32(v)) => a.float = Some(f32::from_bits(*v)),
+                (ATTR_INTS, Value::Varint(v)) => keep(&mut ints, *v as i64 as f64),
                 (ATTR_INTS, Value::Bytes(packed)) => {
                     let mut p = Reader::new(packed);
-                    while !p.is_empty() && ints.len() as u64 <= SHAPE_VALUES_MAX {
-                        ints.push(p.varint()? as i64);
+                    while !p.is_empty() && ints.len() <= SHAPE_VALUES_MAX {
+                        keep(&mut ints, p.varint()? as i64 as f64);
+                    }
+                }
+                (ATTR_FLOATS, Value::Fixed32(v)) => {
+                    keep(&mut floats, f64::from(f32::from_bits(*v)))
+                }
+                (ATTR_FLOATS, Value::Bytes(packed)) => {
+                    for c in packed.chunks_exact(4).take(SHAPE_VALUES_MAX + 1) {
+                        keep(&mut floats, f64::from(f32_le(c)));
                     }
                 }
                 _ => {}
@@ -546,7 +786,10 @@ impl Walker {
                 _ => continue,
             };
             match field {
-                ATTR_T | ATTR_TENSORS => huge_shape |= self.tensor(b)?.1,
+                ATTR_T => a.tensor = Some(self.tensor(b)?),
+                ATTR_TENSORS => {
+                    self.tensor(b)?;
+                }
                 ATTR_SPARSE_TENSOR | ATTR_SPARSE_TENSORS => {
                     self.sparse_tensor(b)?;
                 }
@@ -554,42 +797,74 @@ impl Walker {
                 _ => {}
             }
         }
-        let ints_huge =
-            ints.len() as u64 <= SHAPE_VALUES_MAX && shape_elements(&ints) > ELEMENTS_MAX;
-        Ok((huge_shape || ints_huge, seed))
+        a.ints = (!ints.is_empty()).then_some(ints).and_then(kept);
+        a.floats = (!floats.is_empty()).then_some(floats).and_then(kept);
+        Ok(a)
     }
 
-    /// Checks one `TensorProto` and returns its name, and whether it is a small `INT64`
-    /// tensor whose values, as a shape, have more than [`ELEMENTS_MAX`] elements.
-    fn tensor(&mut self, buf: &[u8]) -> Result<(String, bool), BackendError> {
+    /// Checks one `TensorProto` (no external data, dimensions within limits, at most
+    /// [`TENSOR_BYTES_MAX`] bytes), counts it in the weights, and reads its name, type,
+    /// dimensions and, when it is small and numeric, its values.
+    fn tensor(&mut self, buf: &[u8]) -> Result<TensorFacts, BackendError> {
         let mut name = String::new();
         let mut external: Option<String> = None;
         let mut location_external = false;
         let mut elements: u64 = 1;
-        let mut data_type = 0;
+        let mut dims = Some(Vec::new());
+        let mut elem_type = 0;
         let mut raw: Option<&[u8]> = None;
-        let mut ints = Vec::new();
+        // The typed value fields, as f64 (each kept up to SHAPE_VALUES_MAX + 1 values).
+        let (mut ints, mut floats) = (Vec::new(), Vec::new());
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
-                (TENSOR_DATA_TYPE, Value::Varint(v)) => data_type = v,
+                (TENSOR_DATA_TYPE, Value::Varint(v)) => elem_type = v as i64,
                 (TENSOR_RAW_DATA, Value::Bytes(b)) => raw = Some(b),
-                (TENSOR_INT64_DATA, Value::Varint(v)) if ints.len() as u64 <= SHAPE_VALUES_MAX => {
-                    ints.push(v as i64);
+                (TENSOR_INT64_DATA | TENSOR_INT32_DATA, Value::Varint(v)) => {
+                    let v = if field == TENSOR_INT32_DATA {
+                        f64::from(v as i32)
+                    } else {
+                        v as i64 as f64
+                    };
+                    keep(&mut ints, v);
                 }
-                (TENSOR_INT64_DATA, Value::Varint(_)) => {}
-                (TENSOR_INT64_DATA, Value::Bytes(packed)) => {
+                (TENSOR_INT64_DATA | TENSOR_INT32_DATA, Value::Bytes(packed)) => {
                     let mut p = Reader::new(packed);
-                    while !p.is_empty() && ints.len() as u64 <= SHAPE_VALUES_MAX {
-                        ints.push(p.varint()? as i64);
+                    while !p.is_empty() && ints.len() <= SHAPE_VALUES_MAX {
+                        let v = p.varint()?;
+                        let v = if field == TENSOR_INT32_DATA {
+                            f64::from(v as i32)
+                        } else {
+                            v as i64 as f64
+                        };
+                        keep(&mut ints, v);
+                    }
+                }
+                (TENSOR_FLOAT_DATA, Value::Fixed32(v)) => {
+                    keep(&mut floats, f64::from(f32::from_bits(v)));
+                }
+                (TENSOR_FLOAT_DATA, Value::Bytes(packed)) => {
+                    for c in packed.chunks_exact(4).take(SHAPE_VALUES_MAX + 1) {
+                        keep(&mut floats, f64::from(f32_le(c)));
+                    }
+                }
+                (TENSOR_DOUBLE_DATA, Value::Fixed64(v)) => keep(&mut floats, f64::from_bits(v)),
+                (TENSOR_DOUBLE_DATA, Value::Bytes(packed)) => {
+                    for c in packed.chunks_exact(8).take(SHAPE_VALUES_MAX + 1) {
+                        keep(&mut floats, f64_le(c));
                     }
                 }
                 (TENSOR_NAME, Value::Bytes(s)) => name = utf8(s, "tensor name")?,
-                (TENSOR_DIMS, Value::Varint(d)) => elements = tensor_dim(elements, d, &name)?,
+                (TENSOR_DIMS, Value::Varint(d)) => {
+                    elements = tensor_dim(elements, d, &name)?;
+                    push_dim(&mut dims, d);
+                }
                 (TENSOR_DIMS, Value::Bytes(packed)) => {
                     let mut p = Reader::new(packed);
                     while !p.is_empty() {
-                        elements = tensor_dim(elements, p.varint()?, &name)?;
+                        let d = p.varint()?;
+                        elements = tensor_dim(elements, d, &name)?;
+                        push_dim(&mut dims, d);
                     }
                 }
                 (TENSOR_DATA_LOCATION, Value::Varint(v)) => {
@@ -622,26 +897,76 @@ impl Walker {
                 truncate(&name)
             )));
         }
-        let huge_shape = data_type == ONNX_INT64 && elements <= SHAPE_VALUES_MAX && {
-            let values: Vec<i64> = match raw {
-                Some(raw) => raw
-                    .chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-                    .collect(),
-                None => ints,
-            };
-            shape_elements(&values) > ELEMENTS_MAX
-        };
-        Ok((name, huge_shape))
+        let bytes = elements.saturating_mul(memory::element_bytes_or_wide(Some(elem_type)));
+        self.weights(bytes, &name)?;
+        let values = (elements <= SHAPE_VALUES_MAX as u64)
+            .then(|| match (elem_type, raw) {
+                (ONNX_FLOAT, Some(raw)) => Some(
+                    raw.chunks_exact(4)
+                        .take(SHAPE_VALUES_MAX + 1)
+                        .map(|c| f64::from(f32_le(c)))
+                        .collect(),
+                ),
+                (ONNX_DOUBLE, Some(raw)) => Some(
+                    raw.chunks_exact(8)
+                        .take(SHAPE_VALUES_MAX + 1)
+                        .map(f64_le)
+                        .collect(),
+                ),
+                (ONNX_INT32, Some(raw)) => Some(
+                    raw.chunks_exact(4)
+                        .take(SHAPE_VALUES_MAX + 1)
+                        .map(|c| f64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                        .collect(),
+                ),
+                (ONNX_INT64, Some(raw)) => Some(
+                    raw.chunks_exact(8)
+                        .take(SHAPE_VALUES_MAX + 1)
+                        .map(|c| i64_le(c) as f64)
+                        .collect(),
+                ),
+                (ONNX_FLOAT | ONNX_DOUBLE, None) => kept(floats),
+                (ONNX_INT32 | ONNX_INT64, None) => kept(ints),
+                _ => None,
+            })
+            .flatten()
+            .filter(|v: &Vec<f64>| v.len() <= SHAPE_VALUES_MAX);
+        Ok(TensorFacts {
+            name,
+            elem_type,
+            dims,
+            values,
+        })
     }
 
+    /// Counts a tensor of `bytes` in the weights, refusing one over [`TENSOR_BYTES_MAX`].
+    fn weights(&mut self, bytes: u64, name: &str) -> Result<(), BackendError> {
+        if bytes > TENSOR_BYTES_MAX {
+            return Err(BackendError::Load(format!(
+                "tensor '{}' declares {}, more than a node holds ({} per tensor)",
+                truncate(name),
+                Bytes(bytes),
+                Bytes(TENSOR_BYTES_MAX)
+            )));
+        }
+        self.facts.weights_bytes = self.facts.weights_bytes.saturating_add(bytes);
+        Ok(())
+    }
+
+    /// Checks one `SparseTensorProto` and counts it in the weights at its dense size (what a
+    /// backend that densifies it holds).
     fn sparse_tensor(&mut self, buf: &[u8]) -> Result<String, BackendError> {
         let mut name = String::new();
+        let mut elem_type = None;
         let mut elements: u64 = 1;
         let mut r = Reader::new(buf);
         while let Some((field, value)) = r.next()? {
             match (field, value) {
-                (SPARSE_VALUES, Value::Bytes(b)) => name = self.tensor(b)?.0,
+                (SPARSE_VALUES, Value::Bytes(b)) => {
+                    let values = self.tensor(b)?;
+                    name = values.name;
+                    elem_type = Some(values.elem_type);
+                }
                 (SPARSE_INDICES, Value::Bytes(b)) => {
                     self.tensor(b)?;
                 }
@@ -658,8 +983,37 @@ impl Walker {
                 _ => {}
             }
         }
+        self.weights(
+            elements.saturating_mul(memory::element_bytes_or_wide(elem_type)),
+            &name,
+        )?;
         Ok(name)
     }
+}
+
+/// Appends a dimension to a tensor's kept dimensions (`None` once past [`DIMS_KEPT_MAX`]).
+fn push_dim(dims: &mut Option<Vec<u64>>, d: u64) {
+    if let Some(list) = dims {
+        if list.len() < DIMS_KEPT_MAX {
+            list.push(d);
+        } else {
+            *dims = None;
+        }
+    }
+}
+
+fn f32_le(c: &[u8]) -> f32 {
+    f32::from_le_bytes([c[0], c[1], c[2], c[3]])
+}
+
+fn f64_le(c: &[u8]) -> f64 {
+    f64::from_bits(i64_le(c) as u64)
+}
+
+fn i64_le(c: &[u8]) -> i64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&c[..8]);
+    i64::from_le_bytes(b)
 }
 
 fn depth_check(depth: usize) -> Result<(), BackendError> {
@@ -844,8 +1198,8 @@ fn conforms(msg: usize, buf: &[u8], depth: usize) -> Result<(), BackendError> {
         };
         let ok = match (field.kind, value) {
             (Kind::Varint, Value::Varint(_))
-            | (Kind::Fixed32, Value::Fixed32)
-            | (Kind::Fixed64, Value::Fixed64)
+            | (Kind::Fixed32, Value::Fixed32(_))
+            | (Kind::Fixed64, Value::Fixed64(_))
             | (Kind::Bytes, Value::Bytes(_)) => true,
             (Kind::Str, Value::Bytes(b)) => std::str::from_utf8(b).is_ok(),
             (Kind::Msg(inner), Value::Bytes(b)) => {
@@ -876,9 +1230,9 @@ fn conforms(msg: usize, buf: &[u8], depth: usize) -> Result<(), BackendError> {
 /// One protobuf field value.
 enum Value<'a> {
     Varint(u64),
-    Fixed64,
+    Fixed64(u64),
     Bytes(&'a [u8]),
-    Fixed32,
+    Fixed32(u32),
 }
 
 /// A protobuf wire-format reader over a byte slice; every read is bounds-checked.
@@ -915,6 +1269,13 @@ impl<'a> Reader<'a> {
         Err(malformed("truncated or overlong varint"))
     }
 
+    /// The next `N` bytes, as a fixed-width field's value.
+    fn fixed<const N: usize>(&mut self) -> Result<[u8; N], BackendError> {
+        let mut b = [0u8; N];
+        b.copy_from_slice(self.take(N)?);
+        Ok(b)
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], BackendError> {
         if n > self.buf.len() {
             return Err(malformed("field longer than the bytes left (truncated?)"));
@@ -936,19 +1297,13 @@ impl<'a> Reader<'a> {
         }
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
-            1 => {
-                self.take(8)?;
-                Value::Fixed64
-            }
+            1 => Value::Fixed64(u64::from_le_bytes(self.fixed()?)),
             2 => {
                 let len = self.varint()?;
                 let len = usize::try_from(len).map_err(|_| malformed("length overflows"))?;
                 Value::Bytes(self.take(len)?)
             }
-            5 => {
-                self.take(4)?;
-                Value::Fixed32
-            }
+            5 => Value::Fixed32(u32::from_le_bytes(self.fixed()?)),
             _ => {
                 return Err(malformed(
                     "unsupported wire type (groups are not used by ONNX)",
@@ -960,395 +1315,4 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A minimal protobuf writer for building hostile models in tests.
-    #[derive(Default)]
-    struct W(Vec<u8>);
-
-    impl W {
-        fn varint(&mut self, mut v: u64) {
-            loop {
-                let b = (v & 0x7f) as u8;
-                v >>= 7;
-                if v == 0 {
-                    self.0.push(b);
-                    break;
-                }
-                self.0.push(b | 0x80);
-            }
-        }
-        fn int(mut self, field: u32, v: i64) -> Self {
-            self.varint(u64::from(field) << 3);
-            self.varint(v as u64);
-            self
-        }
-        fn bytes(mut self, field: u32, b: &[u8]) -> Self {
-            self.varint((u64::from(field) << 3) | 2);
-            self.varint(b.len() as u64);
-            self.0.extend_from_slice(b);
-            self
-        }
-        fn msg(self, field: u32, m: W) -> Self {
-            self.bytes(field, &m.0)
-        }
-    }
-
-    fn tensor_type(elem: i64, dims: &[Result<i64, &str>]) -> W {
-        let mut shape = W::default();
-        for d in dims {
-            shape = shape.msg(
-                SHAPE_DIM,
-                match d {
-                    Ok(v) => W::default().int(DIM_VALUE, *v),
-                    Err(p) => W::default().bytes(DIM_PARAM, p.as_bytes()),
-                },
-            );
-        }
-        W::default().msg(
-            TYPE_TENSOR,
-            W::default()
-                .int(TYPE_TENSOR_ELEM_TYPE, elem)
-                .msg(TYPE_TENSOR_SHAPE, shape),
-        )
-    }
-
-    fn value(name: &str, ty: W) -> W {
-        W::default()
-            .bytes(VALUE_INFO_NAME, name.as_bytes())
-            .msg(VALUE_INFO_TYPE, ty)
-    }
-
-    fn model(graph: W) -> Vec<u8> {
-        W::default()
-            .int(MODEL_IR_VERSION, 7)
-            .msg(
-                MODEL_OPSET_IMPORT,
-                W::default().bytes(OPSET_DOMAIN, b"").int(OPSET_VERSION, 13),
-            )
-            .msg(MODEL_GRAPH, graph)
-            .0
-    }
-
-    fn identity_graph() -> W {
-        let node = W::default()
-            .bytes(1, b"x")
-            .bytes(2, b"y")
-            .bytes(4, b"Identity");
-        W::default()
-            .msg(GRAPH_NODE, node)
-            .msg(
-                GRAPH_INPUT,
-                value("x", tensor_type(1, &[Err("N"), Ok(3), Ok(-1)])),
-            )
-            .msg(
-                GRAPH_OUTPUT,
-                value("y", tensor_type(1, &[Err("N"), Ok(3), Ok(-1)])),
-            )
-    }
-
-    #[test]
-    fn a_varint_beyond_64_bits_is_malformed() {
-        let mut max = vec![0xff; 9];
-        max.push(0x01);
-        assert_eq!(Reader::new(&max).varint().unwrap(), u64::MAX);
-        let mut beyond = vec![0xff; 9];
-        beyond.push(0x02);
-        assert!(Reader::new(&beyond).varint().is_err());
-    }
-
-    #[test]
-    fn reads_declared_io() {
-        let s = check_model(&model(identity_graph())).unwrap();
-        assert_eq!(s.opset, 13);
-        assert_eq!(s.ir_version, 7);
-        assert_eq!(s.node_count, 1);
-        assert_eq!(s.info.inputs[0].name, "x");
-        assert_eq!(s.info.inputs[0].dtype, DType::F32);
-        assert_eq!(
-            s.info.inputs[0].shape,
-            vec![
-                Dim::Symbolic("N".into()),
-                Dim::Fixed(3),
-                Dim::Symbolic(String::new())
-            ]
-        );
-        // The output declares no type at all: not servable.
-        let s = check_model(&model(
-            identity_graph().msg(GRAPH_OUTPUT, value("z", tensor_type(8, &[]))),
-        ));
-        assert!(matches!(s, Err(BackendError::Load(_))), "{s:?}");
-    }
-
-    #[test]
-    fn random_operators_without_a_seed_are_flagged_once() {
-        let random = |op: &str, out: &str, seeded: bool| {
-            let mut n = W::default()
-                .bytes(1, b"x")
-                .bytes(2, out.as_bytes())
-                .bytes(4, op.as_bytes());
-            if seeded {
-                // AttributeProto { name: "seed", f: 1.0, type: FLOAT }
-                let mut seed = W::default().bytes(ATTR_NAME, b"seed");
-                seed.varint((2 << 3) | 5);
-                seed.0.extend_from_slice(&1f32.to_le_bytes());
-                n = n.msg(NODE_ATTRIBUTE, seed.int(20, 1));
-            }
-            n
-        };
-        let graph = |nodes: Vec<W>| {
-            let mut g = W::default();
-            for n in nodes {
-                g = g.msg(GRAPH_NODE, n);
-            }
-            g.msg(GRAPH_INPUT, value("x", tensor_type(1, &[Ok(2)])))
-                .msg(GRAPH_OUTPUT, value("y", tensor_type(1, &[Ok(2)])))
-        };
-        let s = check_model(&model(graph(vec![
-            random("RandomUniformLike", "a", false),
-            random("RandomNormalLike", "b", true),
-            random("RandomUniformLike", "c", false),
-            random("Bernoulli", "y", false),
-        ])))
-        .unwrap();
-        assert_eq!(
-            s.unseeded_random_ops,
-            vec!["RandomUniformLike", "Bernoulli"]
-        );
-        assert_eq!(s.seeded_random_ops, vec!["RandomNormalLike"]);
-        assert!(s.uses_random_ops());
-        let seeded =
-            check_model(&model(graph(vec![random("RandomUniformLike", "y", true)]))).unwrap();
-        assert_eq!(seeded.unseeded_random_ops, Vec::<&str>::new());
-        assert_eq!(seeded.seeded_random_ops, vec!["RandomUniformLike"]);
-        assert!(seeded.uses_random_ops());
-        let plain = check_model(&model(identity_graph())).unwrap();
-        assert!(plain.unseeded_random_ops.is_empty());
-        assert!(!plain.uses_random_ops());
-    }
-
-    #[test]
-    fn undeclared_output_shape_is_reported() {
-        let node = W::default().bytes(1, b"x").bytes(2, b"y");
-        let g = W::default()
-            .msg(GRAPH_NODE, node)
-            .msg(GRAPH_INPUT, value("x", tensor_type(1, &[Ok(2)])))
-            .msg(
-                GRAPH_OUTPUT,
-                value(
-                    "y",
-                    W::default().msg(TYPE_TENSOR, W::default().int(TYPE_TENSOR_ELEM_TYPE, 7)),
-                ),
-            );
-        let s = check_model(&model(g)).unwrap();
-        assert_eq!(s.undeclared_output_shapes, vec![0]);
-        assert_eq!(s.info.outputs[0].dtype, DType::I64);
-    }
-
-    #[test]
-    fn refuses_external_data_anywhere() {
-        let ext = W::default()
-            .bytes(TENSOR_NAME, b"w")
-            .int(TENSOR_DIMS, 4)
-            .msg(
-                TENSOR_EXTERNAL_DATA,
-                W::default()
-                    .bytes(ENTRY_KEY, b"location")
-                    .bytes(ENTRY_VALUE, b"../../etc/passwd"),
-            );
-        // As an initializer.
-        let err = check_model(&model(
-            identity_graph().msg(GRAPH_INITIALIZER, W(ext.0.clone())),
-        ))
-        .unwrap_err();
-        assert!(
-            matches!(&err, BackendError::ExternalData(m) if m.contains("../../etc/passwd")),
-            "{err:?}"
-        );
-        // Only data_location set.
-        let loc = W::default()
-            .bytes(TENSOR_NAME, b"w")
-            .int(TENSOR_DATA_LOCATION, 1);
-        assert!(matches!(
-            check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, loc))),
-            Err(BackendError::ExternalData(_))
-        ));
-        // Inside a Constant node's attribute, inside an If branch subgraph.
-        let inner_node = W::default().msg(
-            NODE_ATTRIBUTE,
-            W::default()
-                .bytes(1, b"value")
-                .msg(ATTR_T, W(ext.0.clone())),
-        );
-        let branch = W::default().msg(GRAPH_NODE, inner_node);
-        let if_node = W::default()
-            .bytes(4, b"If")
-            .msg(NODE_ATTRIBUTE, W::default().msg(ATTR_G, branch));
-        assert!(matches!(
-            check_model(&model(identity_graph().msg(GRAPH_NODE, if_node))),
-            Err(BackendError::ExternalData(_))
-        ));
-        // As the values of a sparse initializer.
-        let sparse = W::default().msg(SPARSE_VALUES, ext);
-        assert!(matches!(
-            check_model(&model(
-                identity_graph().msg(GRAPH_SPARSE_INITIALIZER, sparse)
-            )),
-            Err(BackendError::ExternalData(_))
-        ));
-    }
-
-    #[test]
-    fn refuses_huge_shapes() {
-        let huge = W::default()
-            .bytes(TENSOR_NAME, b"w")
-            .int(TENSOR_DIMS, 1 << 20)
-            .int(TENSOR_DIMS, 1 << 20);
-        let err = check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, huge))).unwrap_err();
-        assert!(matches!(err, BackendError::Load(_)), "{err:?}");
-        let neg = W::default().bytes(TENSOR_NAME, b"w").int(TENSOR_DIMS, -3);
-        assert!(matches!(
-            check_model(&model(identity_graph().msg(GRAPH_INITIALIZER, neg))),
-            Err(BackendError::Load(_))
-        ));
-        let g = identity_graph().msg(
-            GRAPH_VALUE_INFO,
-            value("t", tensor_type(1, &[Ok(1 << 17), Ok(1 << 17)])),
-        );
-        assert!(matches!(check_model(&model(g)), Err(BackendError::Load(_))));
-    }
-
-    #[test]
-    fn refuses_constant_shapes_that_make_huge_tensors() {
-        let int64 = |name: &str, values: &[i64], raw: bool| {
-            let t = W::default()
-                .int(TENSOR_DIMS, values.len() as i64)
-                .int(TENSOR_DATA_TYPE, ONNX_INT64 as i64)
-                .bytes(TENSOR_NAME, name.as_bytes());
-            if raw {
-                let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                t.bytes(TENSOR_RAW_DATA, &bytes)
-            } else {
-                let mut packed = W::default();
-                for v in values {
-                    packed.varint(*v as u64);
-                }
-                t.bytes(TENSOR_INT64_DATA, &packed.0)
-            }
-        };
-        let maker = |op: &str, inputs: &[&str]| {
-            let mut n = W::default();
-            for i in inputs {
-                n = n.bytes(NODE_INPUT, i.as_bytes());
-            }
-            n.bytes(NODE_OUTPUT, b"z")
-                .bytes(NODE_OP_TYPE, op.as_bytes())
-        };
-        let big = [1i64 << 20, 1 << 20];
-        let refused = |g: W| {
-            let e = check_model(&model(g)).unwrap_err();
-            assert!(
-                matches!(&e, BackendError::Load(m) if m.contains("constant shape")),
-                "{e:?}"
-            );
-        };
-        // An initializer, raw or packed, as the operand of each tensor-making operator.
-        for raw in [true, false] {
-            refused(
-                identity_graph()
-                    .msg(GRAPH_INITIALIZER, int64("s", &big, raw))
-                    .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
-            );
-        }
-        // 65,536 × 65,536 (2³² elements, 16 GiB of f32: tract allocates it at load) is over
-        // what a node holds (16,384 × 16,384, 2²⁸, 1 GiB, is accepted below).
-        refused(
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 16, 1 << 16], true))
-                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
-        );
-        refused(
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
-                .msg(GRAPH_NODE, maker("Expand", &["x", "s"])),
-        );
-        refused(
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("r", &[1 << 16, 1 << 17], true))
-                .msg(GRAPH_NODE, maker("Tile", &["x", "r"])),
-        );
-        // A Constant node's value, as a tensor or as value_ints, used before it is defined.
-        let constant = W::default()
-            .bytes(NODE_OUTPUT, b"s")
-            .bytes(NODE_OP_TYPE, b"Constant")
-            .msg(
-                NODE_ATTRIBUTE,
-                W::default()
-                    .bytes(1, b"value")
-                    .msg(ATTR_T, int64("", &big, false)),
-            );
-        refused(
-            identity_graph()
-                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"]))
-                .msg(GRAPH_NODE, constant),
-        );
-        let mut ints = W::default();
-        for v in big {
-            ints.varint(v as u64);
-        }
-        let constant_ints = W::default()
-            .bytes(NODE_OUTPUT, b"s")
-            .bytes(NODE_OP_TYPE, b"Constant")
-            .msg(
-                NODE_ATTRIBUTE,
-                W::default()
-                    .bytes(1, b"value_ints")
-                    .bytes(ATTR_INTS, &ints.0),
-            );
-        refused(
-            identity_graph()
-                .msg(GRAPH_NODE, constant_ints)
-                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
-        );
-        // Within the limit, or big but not a shape operand: accepted.
-        for g in [
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &[1 << 14, 1 << 14], true))
-                .msg(GRAPH_NODE, maker("ConstantOfShape", &["s"])),
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
-                .msg(GRAPH_NODE, maker("Add", &["x", "s"])),
-            identity_graph()
-                .msg(GRAPH_INITIALIZER, int64("s", &big, true))
-                .msg(GRAPH_NODE, maker("Expand", &["s", "x"])),
-        ] {
-            assert!(check_model(&model(g)).is_ok());
-        }
-    }
-
-    #[test]
-    fn refuses_garbage_and_deep_nesting() {
-        assert!(matches!(check_model(&[]), Err(BackendError::Load(_))));
-        assert!(matches!(
-            check_model(&[0xff; 64]),
-            Err(BackendError::Load(_))
-        ));
-        let good = model(identity_graph());
-        for cut in 1..good.len() {
-            // Every truncation is either malformed or a model missing parts; never a panic.
-            let _ = check_model(&good[..cut]);
-        }
-        // A graph nested in attributes deeper than the limit.
-        let mut g = identity_graph();
-        for _ in 0..NESTING_DEPTH_MAX {
-            let node = W::default().msg(NODE_ATTRIBUTE, W::default().msg(ATTR_G, g));
-            g = W::default().msg(GRAPH_NODE, node);
-        }
-        assert!(matches!(check_model(&model(g)), Err(BackendError::Load(_))));
-        // Two graphs.
-        let mut two = model(identity_graph());
-        two.extend_from_slice(&W::default().msg(MODEL_GRAPH, identity_graph()).0);
-        assert!(matches!(check_model(&two), Err(BackendError::Load(_))));
-    }
-}
+mod tests;

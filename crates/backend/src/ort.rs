@@ -33,6 +33,18 @@
 //! [`execution_provider`](InferenceBackend::execution_provider) is what really runs. ONNX
 //! Runtime still places operators the CUDA provider lacks on the CPU, as it always does.
 //!
+//! # Memory
+//! With CUDA, [`OrtConfig::gpu_memory_bytes_max`] caps the CUDA provider's memory arena
+//! (ONNX Runtime's `gpu_mem_limit`, with the arena growing by what is requested, not by powers
+//! of two): a session that needs more fails its allocation with an error instead of taking the
+//! whole GPU. ONNX Runtime notes that the total device memory used may be higher (cuDNN and
+//! cuBLAS workspaces are outside the arena). On the CPU nothing is capped while a model loads
+//! or runs: ONNX Runtime's CPU arena limit (`OrtArenaCfg::max_mem`, set through an allocator
+//! registered on the environment) is not exposed by the safe `ort` 2.0 API, and this crate
+//! forbids `unsafe`. What stands before a model built to exhaust host memory is the model
+//! check's estimate (`crate::onnx_check::memory`), which the node holds to its budget before
+//! loading.
+//!
 //! ort's `Session::run` takes `&mut self` (ONNX Runtime's run is not safe to call concurrently
 //! on every provider), so runs of one model are serialised by a mutex; concurrency across
 //! requests comes from batching them.
@@ -86,6 +98,10 @@ pub struct OrtConfig {
     pub intra_threads: usize,
     /// Execution provider to run on.
     pub device: Device,
+    /// Under CUDA, the most bytes the CUDA provider's memory arena of one session may take
+    /// (see [Memory](self#memory)); `None` (the default): ONNX Runtime's own, no limit.
+    /// Ignored on the CPU.
+    pub gpu_memory_bytes_max: Option<u64>,
 }
 
 impl Default for OrtConfig {
@@ -94,6 +110,7 @@ impl Default for OrtConfig {
             dylib_path: None,
             intra_threads: INTRA_THREADS_DEFAULT,
             device: Device::Cpu,
+            gpu_memory_bytes_max: None,
         }
     }
 }
@@ -160,6 +177,7 @@ pub struct OrtBackend {
     version: String,
     intra_threads: usize,
     device: Device,
+    gpu_memory_bytes_max: Option<u64>,
 }
 
 impl OrtBackend {
@@ -187,6 +205,7 @@ impl OrtBackend {
             version,
             intra_threads: config.intra_threads,
             device: config.device,
+            gpu_memory_bytes_max: config.gpu_memory_bytes_max,
         })
     }
 
@@ -221,14 +240,19 @@ impl OrtBackend {
         let mut builder = match self.device {
             Device::Cpu => builder,
             #[cfg(feature = "cuda")]
-            Device::Cuda { device_id } => builder
-                .with_execution_providers([ort::ep::CUDA::default()
-                    .with_device_id(device_id)
-                    .build()
-                    .error_on_failure()])
-                .map_err(|e| {
-                    BackendError::Unavailable(format!("cuda: execution provider failed: {e}"))
-                })?,
+            Device::Cuda { device_id } => {
+                let mut cuda = ort::ep::CUDA::default().with_device_id(device_id);
+                if let Some(max) = self.gpu_memory_bytes_max {
+                    cuda = cuda
+                        .with_memory_limit(usize::try_from(max).unwrap_or(usize::MAX))
+                        .with_arena_extend_strategy(ort::ep::ArenaExtendStrategy::SameAsRequested);
+                }
+                builder
+                    .with_execution_providers([cuda.build().error_on_failure()])
+                    .map_err(|e| {
+                        BackendError::Unavailable(format!("cuda: execution provider failed: {e}"))
+                    })?
+            }
             #[cfg(not(feature = "cuda"))]
             Device::Cuda { .. } => {
                 return Err(BackendError::Unavailable(
@@ -279,6 +303,7 @@ impl InferenceBackend for OrtBackend {
             device: Device::Cuda {
                 device_id: i32::try_from(device).ok()?,
             },
+            gpu_memory_bytes_max: self.gpu_memory_bytes_max,
         }))
     }
 }

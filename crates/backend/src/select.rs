@@ -52,6 +52,9 @@ pub struct SelectConfig {
     pub cuda: bool,
     /// CUDA device ordinal.
     pub cuda_device_id: i32,
+    /// Under CUDA, the cap on each session's CUDA memory arena (the `ort` module's
+    /// `OrtConfig::gpu_memory_bytes_max`); `None` (the default): no cap.
+    pub cuda_memory_bytes_max: Option<u64>,
     /// What the hardware probe found: `Some(false)` skips CUDA without trying, `Some(true)` or
     /// `None` (not probed) tries it.
     pub gpu_detected: Option<bool>,
@@ -67,6 +70,7 @@ impl Default for SelectConfig {
             ort_intra_threads: 1,
             cuda: true,
             cuda_device_id: 0,
+            cuda_memory_bytes_max: None,
             gpu_detected: None,
             tract: true,
         }
@@ -209,6 +213,7 @@ fn try_ort(
         dylib_path: config.ort_dylib_path.clone(),
         intra_threads: config.ort_intra_threads,
         device,
+        gpu_memory_bytes_max: config.cuda_memory_bytes_max,
     })?;
     probe(&backend)?;
     Ok(Arc::new(backend))

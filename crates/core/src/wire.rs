@@ -594,7 +594,9 @@ pub enum Unverifiable {
     BackendsDisagree,
     /// The gate's runs did not finish within its time limit.
     TimedOut,
-    /// The model, or the inputs it declares, are above the gate's size limits.
+    /// The model, the memory it is estimated to need (above what the dispatcher's reference
+    /// backends may hold: it is never loaded there), or the inputs it declares are above the
+    /// gate's limits.
     TooLarge,
     /// No reference backend could load and run the model on generated inputs (an operator
     /// or an input type it does not support).
@@ -608,7 +610,9 @@ impl fmt::Display for Unverifiable {
             Self::Nondeterministic => "two runs on the same inputs disagreed",
             Self::BackendsDisagree => "two reference backends disagreed on the same inputs",
             Self::TimedOut => "the determinism check ran out of time",
-            Self::TooLarge => "the model or its inputs are above the determinism check's limits",
+            Self::TooLarge => {
+                "the model, its estimated memory or its inputs are above the determinism check's limits"
+            }
             Self::NotRunnable => "no reference backend could run the model",
         })
     }

@@ -7,16 +7,43 @@
 //! - [`ModelCache`] keeps loaded models in memory under a byte budget with LRU eviction.
 //!   Concurrent requests for a model that is loading wait for that one load (single flight)
 //!   and share its result, success or failure.
+//!
+//! # Limits of a load
+//! Before a model is loaded, its memory is estimated from its graph
+//! ([`crat_backend::onnx_check::MemoryEstimate`]): a model estimated above the cache's budget
+//! is refused ([`CacheError::OverMemory`], with the estimate and what it is made of) without
+//! reaching the backend, and a loaded model counts in the budget as the larger of the estimate
+//! and what the backend reports. A load gets [`ModelCache::load_timeout_ms`] (waiting for a
+//! slot included; [`CacheError::LoadTimedOut`] past it), and at most [`LOADS_AT_ONCE_MAX`] run
+//! at once: a load cannot be interrupted, so one over its time finishes on its blocking thread
+//! and keeps its slot until then, and stuck loads never pile up threads or memory.
+//!
+//! What a model allocates *while* it loads or runs is not bounded by the node: tract has no
+//! memory limit of its own, and the ONNX Runtime CPU arena cap is not reachable from the safe
+//! `ort` API this workspace uses (its CUDA arena is, `OrtConfig::gpu_memory_bytes_max`).
+//! The estimate is what stands between a node and a model built to exhaust its memory; its
+//! blind spots (sizes computed at run time) are listed in
+//! [`crat_backend::onnx_check::memory`].
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use crat_backend::onnx_check::{Bytes, check_model};
 use crat_backend::{BackendError, InferenceBackend, LoadedModel};
 use crat_core::id::ModelId;
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+
+/// Default of [`ModelCache::load_timeout_ms`]: two minutes (tract optimises a large model for
+/// tens of seconds on a slow CPU).
+pub const LOAD_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+
+/// Model loads running at once in one cache (each on a blocking thread); a load over its time
+/// keeps its slot until it really ends.
+pub const LOADS_AT_ONCE_MAX: usize = 2;
 
 /// Why a model could not be provided.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,6 +72,35 @@ pub enum CacheError {
         model: ModelId,
         /// Why.
         reason: String,
+    },
+    /// The memory the model needs, estimated from its graph before loading, is above the
+    /// cache's budget: it is not loaded.
+    #[error(
+        "model {model} needs an estimated {} of memory, above this node's model memory of {}: {detail}",
+        Bytes(*estimate_bytes),
+        Bytes(*budget)
+    )]
+    OverMemory {
+        /// The model.
+        model: ModelId,
+        /// The estimate ([`crat_backend::onnx_check::MemoryEstimate::bytes`]).
+        estimate_bytes: u64,
+        /// The cache's budget.
+        budget: u64,
+        /// What the estimate is made of.
+        detail: String,
+    },
+    /// Loading took longer than [`ModelCache::load_timeout_ms`] (waiting for a load slot
+    /// included).
+    #[error("loading model {model} took more than {limit_ms} ms{}", if *waiting { " (waiting for a load slot)" } else { "" })]
+    LoadTimedOut {
+        /// The model.
+        model: ModelId,
+        /// The limit.
+        limit_ms: u64,
+        /// Whether the time ran out before a load slot was free (other loads over their
+        /// time hold them).
+        waiting: bool,
     },
     /// The backend could not load it.
     #[error(transparent)]
@@ -246,22 +302,46 @@ struct Slots {
     clock: u64,
 }
 
-/// Loaded models in memory, under a byte budget, LRU-evicted, loaded once per model.
+/// Loaded models in memory, under a byte budget, LRU-evicted, loaded once per model (see
+/// the [module docs](self) for the limits of a load).
 pub struct ModelCache {
     backend: Arc<dyn InferenceBackend>,
     memory_bytes_max: u64,
+    load_timeout_ms: u64,
+    /// Loads running, at most [`LOADS_AT_ONCE_MAX`].
+    loads: Arc<Semaphore>,
     slots: Mutex<Slots>,
 }
 
 impl ModelCache {
     /// A cache loading with `backend`, holding at most `memory_bytes_max` bytes of models
-    /// (as [`LoadedModel::memory_bytes`] reports them).
+    /// (each the larger of its estimate from the graph and [`LoadedModel::memory_bytes`]),
+    /// refusing to load a model estimated above it, with loads limited to
+    /// [`LOAD_TIMEOUT_MS_DEFAULT`].
     pub fn new(backend: Arc<dyn InferenceBackend>, memory_bytes_max: u64) -> Self {
         Self {
             backend,
             memory_bytes_max,
+            load_timeout_ms: LOAD_TIMEOUT_MS_DEFAULT,
+            loads: Arc::new(Semaphore::new(LOADS_AT_ONCE_MAX)),
             slots: Mutex::new(Slots::default()),
         }
+    }
+
+    /// The same cache with loads limited to `ms` milliseconds (at least 1).
+    pub fn with_load_timeout_ms(mut self, ms: u64) -> Self {
+        self.load_timeout_ms = ms.max(1);
+        self
+    }
+
+    /// How long one load may take, waiting for a load slot included.
+    pub fn load_timeout_ms(&self) -> u64 {
+        self.load_timeout_ms
+    }
+
+    /// The byte budget of loaded models.
+    pub fn memory_bytes_max(&self) -> u64 {
+        self.memory_bytes_max
     }
 
     /// The backend models are loaded with.
@@ -345,11 +425,15 @@ impl ModelCache {
         };
         let result = self.load(id, fetch).await;
         guard.armed = false;
+        let result = result.map(|(model, estimate)| {
+            let bytes = model.memory_bytes().max(estimate);
+            (model, bytes)
+        });
         {
             let mut slots = self.slots.lock();
             match &result {
-                Ok(model) => {
-                    let bytes = model.memory_bytes();
+                Ok((model, bytes)) => {
+                    let bytes = *bytes;
                     slots.clock += 1;
                     let clock = slots.clock;
                     slots.slots.insert(
@@ -368,11 +452,18 @@ impl ModelCache {
                 }
             }
         }
+        let result = result.map(|(model, _)| model);
         let _ = tx.send(Some(result.clone()));
         result
     }
 
-    async fn load<F, Fut>(&self, id: ModelId, fetch: F) -> LoadResult
+    /// Fetches, verifies, estimates and loads model `id`; returns it with its memory estimate
+    /// (0 for bytes the model check does not accept: the backend then decides).
+    async fn load<F, Fut>(
+        &self,
+        id: ModelId,
+        fetch: F,
+    ) -> Result<(Arc<dyn LoadedModel>, u64), CacheError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Vec<u8>, CacheError>>,
@@ -382,17 +473,49 @@ impl ModelCache {
         if actual != id {
             return Err(CacheError::HashMismatch { model: id, actual });
         }
-        let backend = self.backend.clone();
-        let model = tokio::task::spawn_blocking(move || backend.load(&bytes))
+        let limit_ms = self.load_timeout_ms;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(limit_ms);
+        let timed_out = |waiting| CacheError::LoadTimedOut {
+            model: id,
+            limit_ms,
+            waiting,
+        };
+        let permit = tokio::time::timeout_at(deadline, self.loads.clone().acquire_owned())
             .await
+            .map_err(|_| timed_out(true))?
+            .map_err(|_| CacheError::Io("invariant: the load semaphore is never closed".into()))?;
+        let backend = self.backend.clone();
+        let budget = self.memory_bytes_max;
+        let job = tokio::task::spawn_blocking(move || {
+            // Held until the load really ends, even past its time.
+            let _permit = permit;
+            // Bytes the check refuses are the backend's to refuse (with the same error).
+            let estimate = check_model(&bytes).ok().map(|s| s.memory);
+            if let Some(e) = &estimate
+                && e.bytes > budget
+            {
+                return Err(CacheError::OverMemory {
+                    model: id,
+                    estimate_bytes: e.bytes,
+                    budget,
+                    detail: e.to_string(),
+                });
+            }
+            let model = backend.load(&bytes)?;
+            Ok((model, estimate.map_or(0, |e| e.bytes)))
+        });
+        let (model, estimate) = tokio::time::timeout_at(deadline, job)
+            .await
+            .map_err(|_| timed_out(false))?
             .map_err(|e| CacheError::Backend(BackendError::Panicked(e.to_string())))??;
-        if model.memory_bytes() > self.memory_bytes_max {
+        let bytes = model.memory_bytes().max(estimate);
+        if bytes > self.memory_bytes_max {
             return Err(CacheError::TooLarge {
-                bytes: model.memory_bytes(),
+                bytes,
                 budget: self.memory_bytes_max,
             });
         }
-        Ok(model)
+        Ok((model, estimate))
     }
 
     /// Evicts least recently used ready models (never `keep`) until within budget.
@@ -432,6 +555,11 @@ impl Drop for LoadGuard<'_> {
         }
     }
 }
+
+/// Hand-built models (`ConstantOfShape` ones) for the tests.
+#[cfg(test)]
+#[path = "../../backend/tests/data/malicious/corpus.rs"]
+mod corpus;
 
 #[cfg(test)]
 mod tests {
@@ -474,7 +602,13 @@ mod tests {
         }
         fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
             self.loads.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(50));
+            // "slow…" takes a second, anything else 50 ms.
+            let ms = if model.starts_with(b"slow") {
+                1_000
+            } else {
+                50
+            };
+            std::thread::sleep(Duration::from_millis(ms));
             if model.starts_with(b"bad") {
                 return Err(BackendError::Load("bad model".into()));
             }
@@ -619,5 +753,107 @@ mod tests {
                 .await,
             Err(CacheError::TooLarge { .. })
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_estimated_over_the_budget_is_refused_before_loading() {
+        let b = backend();
+        let cache = ModelCache::new(b.clone(), 16 << 20);
+        // ConstantOfShape([65536, 65536]) never passes the model check: the backend refuses it.
+        // [4096, 4096] floats (64 MiB) pass it, and are over this cache's 16 MiB.
+        let bomb = super::corpus::constant_of_shape(&[4096, 4096]);
+        let id = ModelId::of_bytes(&bomb);
+        let e = cache
+            .get_or_load(id, || async { Ok(bomb.clone()) })
+            .await
+            .err()
+            .unwrap();
+        match &e {
+            CacheError::OverMemory {
+                estimate_bytes,
+                budget,
+                detail,
+                ..
+            } => {
+                assert!(*estimate_bytes >= 64 << 20, "{e}");
+                assert_eq!(*budget, 16 << 20);
+                assert!(detail.contains("64.0 MiB made"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().contains("estimated"), "{e}");
+        assert_eq!(
+            b.loads.load(Ordering::SeqCst),
+            0,
+            "never reached the backend"
+        );
+        assert!(cache.loaded().is_empty());
+        // A model under the budget is loaded and counted at its estimate (the backend says
+        // it holds its file's length, a few hundred bytes).
+        let small = super::corpus::zeros_then_identity(&[256, 1024]);
+        let id = ModelId::of_bytes(&small);
+        cache
+            .get_or_load(id, || async { Ok(small.clone()) })
+            .await
+            .unwrap();
+        let estimate = crat_backend::onnx_check::check_model(&small)
+            .unwrap()
+            .memory
+            .bytes;
+        assert!(estimate >= 1 << 20);
+        assert_eq!(cache.memory_bytes(), estimate);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loads_have_a_time_limit_and_stuck_ones_do_not_pile_up() {
+        let b = backend();
+        let cache = Arc::new(ModelCache::new(b.clone(), 1 << 20).with_load_timeout_ms(200));
+        let slow: Vec<Vec<u8>> = (0..3u8).map(|i| [&b"slow"[..], &[i]].concat()).collect();
+        let started = std::time::Instant::now();
+        // Two slow loads run (each over its time, keeping its slot); a third waits for a slot
+        // and runs out of time waiting; none is cached.
+        let load = |m: Vec<u8>| {
+            let cache = cache.clone();
+            async move {
+                cache
+                    .get_or_load(ModelId::of_bytes(&m), || async { Ok(m) })
+                    .await
+            }
+        };
+        let (x, y) = tokio::join!(load(slow[0].clone()), load(slow[1].clone()));
+        for r in [x, y] {
+            assert!(
+                matches!(
+                    r,
+                    Err(CacheError::LoadTimedOut {
+                        limit_ms: 200,
+                        waiting: false,
+                        ..
+                    })
+                ),
+                "{:?}",
+                r.err()
+            );
+        }
+        let z = load(slow[2].clone()).await;
+        assert!(
+            matches!(z, Err(CacheError::LoadTimedOut { waiting: true, .. })),
+            "{:?}",
+            z.err()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(b.loads.load(Ordering::SeqCst), 2, "the third never started");
+        assert!(cache.loaded().is_empty());
+        // Once the stuck loads end, their slots come back.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let quick = b"quick".to_vec();
+        cache
+            .get_or_load(ModelId::of_bytes(&quick), || async { Ok(quick.clone()) })
+            .await
+            .unwrap();
     }
 }

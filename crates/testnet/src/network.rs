@@ -389,6 +389,17 @@ impl LocalNetwork {
         Ok(())
     }
 
+    /// [`LocalNetwork::restart_dispatcher`] with `configure` applied to the dispatcher's
+    /// configuration first (kept for later restarts): a dispatcher whose limits changed over
+    /// the same ledger and models.
+    pub async fn restart_dispatcher_with(
+        &mut self,
+        configure: impl FnOnce(&mut DispatcherConfig),
+    ) -> Result<(), DispatcherError> {
+        configure(&mut self.config);
+        self.restart_dispatcher().await
+    }
+
     /// Kills the dispatcher (its connections drop) and starts a new one on the same data
     /// directory, key and address; nodes reconnect on their own.
     pub async fn restart_dispatcher(&mut self) -> Result<(), DispatcherError> {

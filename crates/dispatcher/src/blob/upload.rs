@@ -12,6 +12,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
+use crat_backend::onnx_check::Bytes;
 use crat_core::id::ModelId;
 use crat_core::wire::CHUNK_BYTES_MAX;
 
@@ -25,6 +26,10 @@ pub struct UploadConfig {
     pub staging_dir: PathBuf,
     /// Largest model accepted.
     pub model_bytes_max: u64,
+    /// Most memory a model may need, as estimated from its graph
+    /// ([`crat_backend::onnx_check::MemoryEstimate`]): what a node can hold of one model. A
+    /// model estimated above it is refused ([`UploadError::OverMemory`]).
+    pub memory_bytes_max: u64,
     /// Most partial uploads at once.
     pub uploads_max: usize,
     /// Chunk size: every chunk but the last has exactly this many bytes.
@@ -44,6 +49,8 @@ pub struct UploadConfig {
 impl UploadConfig {
     /// Default [`UploadConfig::model_bytes_max`]: 1 GiB.
     pub const MODEL_BYTES_MAX_DEFAULT: u64 = 1 << 30;
+    /// Default [`UploadConfig::memory_bytes_max`]: 8 GiB, the model memory of `crat node`.
+    pub const MEMORY_BYTES_MAX_DEFAULT: u64 = 8 << 30;
     /// Default [`UploadConfig::uploads_max`].
     pub const UPLOADS_MAX_DEFAULT: usize = 64;
     /// Default [`UploadConfig::upload_idle_s_max`]: one day.
@@ -60,6 +67,7 @@ impl UploadConfig {
         Self {
             staging_dir: staging_dir.into(),
             model_bytes_max: Self::MODEL_BYTES_MAX_DEFAULT,
+            memory_bytes_max: Self::MEMORY_BYTES_MAX_DEFAULT,
             uploads_max: Self::UPLOADS_MAX_DEFAULT,
             chunk_bytes: CHUNK_BYTES_MAX,
             upload_idle_s_max: Self::UPLOAD_IDLE_S_MAX_DEFAULT,
@@ -150,6 +158,21 @@ pub enum UploadError {
     /// The bytes are not an acceptable ONNX model (the upload is discarded).
     #[error("not an acceptable ONNX model: {0}")]
     NotOnnx(String),
+    /// The model needs more memory than a node holds, as estimated from its graph (the
+    /// upload is discarded).
+    #[error(
+        "the model needs an estimated {} of memory, more than a node holds ({}): {detail}",
+        Bytes(*estimate_bytes),
+        Bytes(*max)
+    )]
+    OverMemory {
+        /// The estimate ([`crat_backend::onnx_check::MemoryEstimate::bytes`]).
+        estimate_bytes: u64,
+        /// [`UploadConfig::memory_bytes_max`].
+        max: u64,
+        /// What the estimate is made of.
+        detail: String,
+    },
     /// A file system operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -512,7 +535,9 @@ impl Uploads {
     /// Completes an upload: every chunk must be there ([`UploadError::Incomplete`]
     /// otherwise, and the upload stays), blake3 of the bytes must equal `id`
     /// ([`UploadError::HashMismatch`]) and they must be an ONNX model `check_model` accepts
-    /// ([`UploadError::NotOnnx`]); either failure discards the upload. Returns the staged
+    /// ([`UploadError::NotOnnx`]) whose memory estimate is at most
+    /// [`UploadConfig::memory_bytes_max`] ([`UploadError::OverMemory`]); any failure discards
+    /// the upload. Returns the staged
     /// file, fsynced, for [`super::BlobStore::put_file`].
     pub async fn finish(
         &self,
@@ -540,7 +565,9 @@ impl Uploads {
             self.path(&key, "model"),
         );
         let dir = self.config.staging_dir.clone();
-        let result = blocking(move || verify(&upload, &part, &meta, &model, &dir)).await;
+        let memory_max = self.config.memory_bytes_max;
+        let result =
+            blocking(move || verify(&upload, &part, &meta, &model, &dir, memory_max)).await;
         if result.is_err() {
             self.remove_files(&key).await;
         }
@@ -705,14 +732,15 @@ fn load(config: &UploadConfig, id: ModelId, meta_path: &Path) -> Result<Upload, 
     })
 }
 
-/// Reads, hashes and checks a complete upload while fsyncing it; renames it to `model`
-/// (blocking).
+/// Reads, hashes and checks a complete upload (the model check, and its memory estimate
+/// against `memory_max`) while fsyncing it; renames it to `model` (blocking).
 fn verify(
     upload: &Upload,
     part: &Path,
     meta: &Path,
     model: &Path,
     dir: &Path,
+    memory_max: u64,
 ) -> Result<StagedModel, UploadError> {
     let total = usize::try_from(upload.total).map_err(|_| UploadError::TooLarge {
         bytes: upload.total,
@@ -733,8 +761,15 @@ fn verify(
                     actual,
                 });
             }
-            crat_backend::onnx_check::check_model(&bytes)
+            let summary = crat_backend::onnx_check::check_model(&bytes)
                 .map_err(|e| UploadError::NotOnnx(e.to_string()))?;
+            if summary.memory.bytes > memory_max {
+                return Err(UploadError::OverMemory {
+                    estimate_bytes: summary.memory.bytes,
+                    max: memory_max,
+                    detail: summary.memory.to_string(),
+                });
+            }
             Ok(())
         })();
         let synced = sync
@@ -1118,6 +1153,43 @@ mod tests {
         );
         assert_eq!(uploads.in_progress().await, 0);
         assert!(staging_files(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_model_needing_more_memory_than_a_node_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        // The tiny CNN is estimated at about 23 KiB (its weights and activations).
+        let estimate = crat_backend::onnx_check::check_model(&model)
+            .unwrap()
+            .memory
+            .bytes;
+        for (max, refused) in [(estimate - 1, true), (estimate, false)] {
+            let uploads = Uploads::open(UploadConfig {
+                memory_bytes_max: max,
+                ..config(dir.path(), 4096)
+            })
+            .unwrap();
+            uploads
+                .begin(&owner(), id, model.len() as u64)
+                .await
+                .unwrap();
+            let order: Vec<usize> = (0..model.len().div_ceil(4096)).collect();
+            send(&uploads, id, &model, &order).await;
+            let finished = uploads.finish(&owner(), id).await;
+            if refused {
+                let err = finished.unwrap_err();
+                assert!(
+                    matches!(&err, UploadError::OverMemory { estimate_bytes, max: m, detail }
+                        if *estimate_bytes == estimate && *m == max && detail.contains("weights")),
+                    "{err}"
+                );
+                assert!(staging_files(dir.path()).is_empty());
+            } else {
+                finished.unwrap();
+            }
+        }
     }
 
     #[tokio::test]

@@ -50,12 +50,24 @@
 //! The spot checks between nodes have none of these weaknesses. Models larger than
 //! [`CanaryConfig::model_bytes_max`] are not canaried, nor deployments the determinism gate
 //! found unverifiable ([`super::gate`]): their honest answers can disagree with the reference.
+//!
+//! # Bounds of a reference
+//! The reference model is loaded once per model at a time, within [`CanaryConfig::timeout_ms`]
+//! and one of a few reference slots; each run gets the same time. Before loading, its memory is
+//! estimated from the graph (`crat_backend::onnx_check::MemoryEstimate`): a model above
+//! [`CanaryConfig::reference_memory_bytes_max`] is never loaded here. The determinism gate
+//! makes such a model unverifiable at deploy, so it never reaches a canary; one deployed
+//! before the bound was lowered is exempted when its first canary finds it over (logged,
+//! counted in `DispatcherStats::canary_models_exempt`, skipped by every later sweep). Nothing
+//! bounds what tract allocates while it loads or runs beyond the estimate: tract has no
+//! memory limit (the estimate's blind spots are listed in `crat_backend::onnx_check::memory`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crat_backend::onnx_check::{Bytes, MemoryEstimate, check_model};
 use crat_backend::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo};
 use crat_core::expiring::{ExpiringMap, WhenFull};
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
@@ -85,6 +97,13 @@ pub struct CanaryConfig {
     /// Largest model canaried (the dispatcher loads it to compute the answer). Default
     /// 256 MiB.
     pub model_bytes_max: u64,
+    /// Most memory a model may need, by its estimate from the graph, for the dispatcher to
+    /// load it on its reference backends (canaries and the determinism gate). A model above it
+    /// is never loaded by the dispatcher: the determinism gate deploys it unverifiable (too
+    /// large), so no canary is sent for it; a deployment gated before this bound was lowered
+    /// is exempted at its first canary (`DispatcherStats::canary_models_exempt`). Default
+    /// 1 GiB.
+    pub reference_memory_bytes_max: u64,
     /// Largest generated input, all inputs together. Default 1 MiB.
     pub input_bytes_max: u64,
     /// How long a node may take to answer, and the dispatcher to load the reference model
@@ -108,6 +127,7 @@ impl Default for CanaryConfig {
             tasks_per_sweep_max: 64,
             models_cached_max: 8,
             model_bytes_max: 256 << 20,
+            reference_memory_bytes_max: 1 << 30,
             input_bytes_max: 1 << 20,
             timeout_ms: 10_000,
             tasks_remembered_max: 65_536,
@@ -119,6 +139,10 @@ impl Default for CanaryConfig {
 
 /// Reference loads and runs at once (each on a blocking thread).
 const REFERENCE_SLOTS: usize = 4;
+
+/// Models remembered as exempt from canaries (over the reference memory); the set is emptied
+/// when full (a model forgotten is estimated again at its next canary, and exempted again).
+const EXEMPT_MODELS_MAX: usize = 4_096;
 
 /// Nodes a client reported recently, each canaried at most once per
 /// [`SUSPECT_CANARY_EVERY_S`] on reports (beyond: reports wait for the regular sweep).
@@ -161,6 +185,14 @@ pub enum InputsError {
     Shape(#[from] crat_core::tensor::TensorError),
 }
 
+/// Why a reference model was not loaded.
+enum ReferenceLoadError {
+    /// Its estimate is over [`CanaryConfig::reference_memory_bytes_max`].
+    OverMemory(MemoryEstimate),
+    /// The backend refused or failed.
+    Backend(BackendError),
+}
+
 /// What one canary found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CanaryOutcome {
@@ -189,6 +221,9 @@ pub(super) struct CanaryState<T: Transport> {
     suspects: Mutex<ExpiringMap<NodeId, ()>>,
     /// Reference models being loaded (one load per model at a time).
     loading: Mutex<std::collections::HashSet<ModelId>>,
+    /// Models estimated above [`CanaryConfig::reference_memory_bytes_max`]: never loaded,
+    /// their deployments skipped by the sweeps.
+    exempt: Mutex<std::collections::HashSet<ModelId>>,
     /// Reference loads and runs on blocking threads at once: one over its time keeps its slot
     /// until it ends, so stuck runs cannot pile up.
     slots: Arc<tokio::sync::Semaphore>,
@@ -207,6 +242,7 @@ impl<T: Transport> CanaryState<T> {
             shapes: Mutex::new(ShapeBook::default()),
             suspects: Mutex::new(ExpiringMap::new(SUSPECTS_MAX)),
             loading: Mutex::new(std::collections::HashSet::new()),
+            exempt: Mutex::new(std::collections::HashSet::new()),
             slots: Arc::new(tokio::sync::Semaphore::new(REFERENCE_SLOTS)),
             cursor: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -243,6 +279,11 @@ impl<T: Transport> CanaryState<T> {
             .map_err(|_| "the reference run is over its time".to_string())?
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("reference run: {e}"))
+    }
+
+    /// Whether `model` was found over the reference memory (no canary is sent for it).
+    fn is_exempt(&self, model: &ModelId) -> bool {
+        self.exempt.lock().contains(model)
     }
 
     /// Whether `task` is a canary (its usage is not charged).
@@ -385,6 +426,7 @@ impl<T: Transport> Dispatcher<T> {
                 d.stopped_at_s.is_none()
                     && d.model_bytes <= config.model_bytes_max
                     && d.verifiability.is_verifiable()
+                    && !state.is_exempt(&d.model)
             })
             .cloned()
             .collect();
@@ -437,6 +479,7 @@ impl<T: Transport> Dispatcher<T> {
         if self.inner.config.canary.interval_ms == 0
             || dep.model_bytes > self.inner.config.canary.model_bytes_max
             || !dep.verifiability.is_verifiable()
+            || state.is_exempt(&dep.model)
         {
             return;
         }
@@ -721,6 +764,7 @@ impl<T: Transport> Dispatcher<T> {
         if !state.loading.lock().insert(id) {
             return Err(format!("reference model {id} is being loaded"));
         }
+        let memory_max = self.inner.config.canary.reference_memory_bytes_max;
         let loaded = async {
             let bytes = self
                 .read_model(&id, self.inner.config.canary.model_bytes_max)
@@ -730,7 +774,14 @@ impl<T: Transport> Dispatcher<T> {
                 .await?;
             let load = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                backend.load(&bytes)
+                // The estimate first: a model over the reference memory is never loaded.
+                // (Bytes the check refuses are the backend's to refuse, with the same error.)
+                if let Ok(summary) = check_model(&bytes)
+                    && summary.memory.bytes > memory_max
+                {
+                    return Err(ReferenceLoadError::OverMemory(summary.memory));
+                }
+                backend.load(&bytes).map_err(ReferenceLoadError::Backend)
             });
             tokio::time::timeout(
                 Duration::from_millis(self.inner.config.canary.timeout_ms),
@@ -738,12 +789,34 @@ impl<T: Transport> Dispatcher<T> {
             )
             .await
             .map_err(|_| "loading the reference model is over its time".to_string())?
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("reference load: {e}"))
+            .map_err(|e| e.to_string())
         }
         .await;
         state.loading.lock().remove(&id);
-        let model = loaded?;
+        let model = match loaded? {
+            Ok(model) => model,
+            Err(ReferenceLoadError::OverMemory(estimate)) => {
+                tracing::warn!(
+                    model = %id,
+                    %estimate,
+                    reference_memory_bytes_max = memory_max,
+                    "model over the reference memory: exempt from canaries"
+                );
+                Counters::add(&self.inner.counters.canary_models_exempt, 1);
+                let mut exempt = state.exempt.lock();
+                if exempt.len() >= EXEMPT_MODELS_MAX {
+                    exempt.clear();
+                }
+                exempt.insert(id);
+                return Err(format!(
+                    "model {id} needs an estimated {} of memory, more than the reference \
+                     backends may hold ({}): exempt from canaries",
+                    Bytes(estimate.bytes),
+                    Bytes(memory_max)
+                ));
+            }
+            Err(ReferenceLoadError::Backend(e)) => return Err(format!("reference load: {e}")),
+        };
         let mut models = state.models.lock();
         if models.len() >= self.inner.config.canary.models_cached_max.max(1) {
             models.clear();

@@ -66,6 +66,12 @@ pub struct DispatcherConfig {
     pub frame_limits: FrameLimits,
     /// Largest model accepted. Default 1 GiB.
     pub model_bytes_max: u64,
+    /// What a node holds of one model: a model whose memory estimate (from its graph, before
+    /// anything loads it: [`crat_backend::onnx_check::MemoryEstimate`]) is above it is refused
+    /// at upload and at deploy (`ModelRejected`, with the estimate and what it is made of).
+    /// Default 8 GiB, the model memory of `crat node` (each node also refuses to load a model
+    /// estimated above its own, a failed load the deployment counts).
+    pub model_memory_bytes_max: u64,
     /// Partial uploads kept at once. Default 64.
     pub uploads_max: usize,
     /// Of those, most of one account. Default 4.
@@ -158,6 +164,7 @@ impl DispatcherConfig {
             usage_grace_s: 3_600,
             frame_limits: FrameLimits::default(),
             model_bytes_max: 1 << 30,
+            model_memory_bytes_max: UploadConfig::MEMORY_BYTES_MAX_DEFAULT,
             uploads_max: 64,
             uploads_per_account_max: UploadConfig::UPLOADS_PER_ACCOUNT_MAX_DEFAULT,
             upload_bytes_per_account_max: UploadConfig::UPLOAD_BYTES_PER_ACCOUNT_MAX_DEFAULT,

@@ -7,10 +7,19 @@
 //! deploying one. The gate decides, once per model ([`ModelId`]) and before the deploy is
 //! charged, whether the deployment is [`Verifiability::Verifiable`]:
 //!
-//! 1. The model check ([`check_model`]) lists the random operators it uses. Any one of them,
-//!    seeded or not, makes it [`Unverifiable::RandomOperator`] without running it (a seed
-//!    repeats one session of one runtime, not two runtimes or two sessions).
-//! 2. Otherwise the dispatcher generates inputs from the declared input specs, as canaries do
+//! 1. The model check ([`check_model`]) estimates the memory the model needs from its graph.
+//!    A model estimated above what a node holds (`DispatcherConfig::model_memory_bytes_max`)
+//!    is refused: the deploy is answered `ModelRejected` with the estimate
+//!    ([`GateError::OverMemory`], remembered like a verdict). Uploads are held to the same
+//!    bound, so this catches models stored before the bound was lowered.
+//! 2. The model check lists the random operators it uses. Any one of them, seeded or not,
+//!    makes it [`Unverifiable::RandomOperator`] without running it (a seed repeats one session
+//!    of one runtime, not two runtimes or two sessions).
+//! 3. A model estimated above what the reference backends may hold
+//!    ([`CanaryConfig::reference_memory_bytes_max`]) is [`Unverifiable::TooLarge`] without
+//!    being loaded: it is deployed, exempt from canaries (and spot checks), and the client sees
+//!    why in its `DeploymentInfo`.
+//! 4. Otherwise the dispatcher generates inputs from the declared input specs, as canaries do
 //!    ([`canary_inputs`], seeded by the model id, so the verdict is reproducible), and runs the
 //!    model twice on each of its reference backends (the [`CanaryParts::references`]: tract,
 //!    and ONNX Runtime where the dispatcher was given it) that loads it. Two runs that disagree
@@ -18,7 +27,7 @@
 //!    make it [`Unverifiable::Nondeterministic`]; two backends that disagree make it
 //!    [`Unverifiable::BackendsDisagree`]. If no backend loads and runs it, it is
 //!    [`Unverifiable::NotRunnable`].
-//! 3. A dispatcher without reference backends decides from step 1 alone.
+//! 5. A dispatcher without reference backends decides from steps 1 and 2 alone.
 //!
 //! An unverifiable deployment is deployed all the same (the client sees the verdict in its
 //! `DeploymentInfo`): the dispatcher sends it no canary, its leases sample no task for a
@@ -33,9 +42,13 @@
 //!   one of [`GateConfig::concurrent_max`] slots. A deploy that finds every slot taken is
 //!   answered `Busy` (nothing charged, nothing remembered).
 //! - Memory: a model above [`GateConfig::model_bytes_max`] is [`Unverifiable::TooLarge`]
-//!   without being read, as is one whose declared inputs (symbolic dimensions 1) are above
-//!   [`GateConfig::input_bytes_max`]. What a run allocates beyond is bounded by the model
-//!   check's limits on declared shapes, and at most `concurrent_max` models are gated at once.
+//!   without being read (so neither is its memory estimated here: the upload check and the
+//!   nodes' own estimate hold it), as is one whose declared inputs (symbolic dimensions 1) are
+//!   above [`GateConfig::input_bytes_max`], and one whose estimate is above
+//!   [`CanaryConfig::reference_memory_bytes_max`] (step 3). What a run allocates beyond the
+//!   estimate is not bounded while it runs (tract has no memory limit; see
+//!   `crat_backend::onnx_check::memory` for what the estimate cannot see), and at most
+//!   `concurrent_max` models are gated at once.
 //! - Verdicts are remembered per model, at most [`GateConfig::verdicts_cached_max`] (the
 //!   cache is emptied when full), and reloaded from the active deployments at start.
 //!
@@ -48,6 +61,7 @@
 //!
 //! [`CanaryParts::references`]: super::CanaryParts::references
 //! [`CanaryConfig::tolerance`]: super::CanaryConfig::tolerance
+//! [`CanaryConfig::reference_memory_bytes_max`]: super::CanaryConfig::reference_memory_bytes_max
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,7 +69,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crat_backend::InferenceBackend;
-use crat_backend::onnx_check::check_model;
+use crat_backend::onnx_check::{Bytes, check_model};
 use crat_core::id::ModelId;
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
@@ -112,15 +126,48 @@ pub(crate) enum GateError {
     /// The model's bytes could not be read from the blob store.
     #[error("reading the model: {0}")]
     Read(String),
+    /// The model needs more memory than a node holds: the deploy is refused.
+    #[error(transparent)]
+    OverMemory(OverMemory),
 }
 
-/// The gate: reference backends, slots and remembered verdicts.
+/// A model estimated to need more memory than a node holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the model needs an estimated {} of memory, more than a node holds ({}): {detail}",
+    Bytes(*estimate_bytes),
+    Bytes(*max)
+)]
+pub(crate) struct OverMemory {
+    /// The estimate.
+    pub(crate) estimate_bytes: u64,
+    /// What a node holds (`DispatcherConfig::model_memory_bytes_max`).
+    pub(crate) max: u64,
+    /// What the estimate is made of.
+    pub(crate) detail: String,
+}
+
+/// The memory bounds the gate holds models to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MemoryBounds {
+    /// What a node holds of one model: above it, a deploy is refused.
+    pub(crate) node_bytes_max: u64,
+    /// What the reference backends may hold of one model: above it, the model is not run
+    /// (and is [`Unverifiable::TooLarge`]).
+    pub(crate) reference_bytes_max: u64,
+}
+
+/// What the gate decided about a model: a verdict, or a refusal.
+type Decision = Result<Verifiability, OverMemory>;
+
+/// The gate: reference backends, slots and remembered decisions.
 pub(super) struct Gate {
     backends: Arc<[Arc<dyn InferenceBackend>]>,
     config: GateConfig,
     tolerance: Tolerance,
+    bounds: MemoryBounds,
     slots: Arc<Semaphore>,
-    verdicts: Mutex<HashMap<ModelId, Verifiability>>,
+    verdicts: Mutex<HashMap<ModelId, Decision>>,
 }
 
 impl Gate {
@@ -128,35 +175,42 @@ impl Gate {
         backends: Vec<Arc<dyn InferenceBackend>>,
         config: GateConfig,
         tolerance: Tolerance,
+        bounds: MemoryBounds,
     ) -> Self {
         Self {
             backends: backends.into(),
             slots: Arc::new(Semaphore::new(config.concurrent_max.max(1))),
             config,
             tolerance,
+            bounds,
             verdicts: Mutex::new(HashMap::new()),
         }
     }
 
     /// Remembers a verdict reached before (a stored deployment's).
     pub(super) fn remember(&self, model: ModelId, verdict: Verifiability) {
+        self.remember_decision(model, Ok(verdict));
+    }
+
+    fn remember_decision(&self, model: ModelId, decision: Decision) {
         let mut verdicts = self.verdicts.lock();
         if verdicts.len() >= self.config.verdicts_cached_max.max(1) {
             verdicts.clear();
         }
-        verdicts.insert(model, verdict);
+        verdicts.insert(model, decision);
     }
 
     /// The verdict on `model` (of `model_bytes` bytes): remembered, or reached now from the
-    /// bytes `read` returns (read only when needed) within the time limit.
+    /// bytes `read` returns (read only when needed) within the time limit;
+    /// [`GateError::OverMemory`] for a model a node cannot hold (remembered too).
     pub(super) async fn verdict(
         &self,
         model: ModelId,
         model_bytes: u64,
         read: impl Future<Output = Result<Vec<u8>, String>>,
     ) -> Result<Verifiability, GateError> {
-        if let Some(v) = self.verdicts.lock().get(&model) {
-            return Ok(*v);
+        if let Some(d) = self.verdicts.lock().get(&model) {
+            return d.clone().map_err(GateError::OverMemory);
         }
         if model_bytes > self.config.model_bytes_max {
             let v = Verifiability::Unverifiable(Unverifiable::TooLarge);
@@ -171,37 +225,43 @@ impl Gate {
         let bytes = read.await.map_err(GateError::Read)?;
         let backends = self.backends.clone();
         let tolerance = self.tolerance;
+        let bounds = self.bounds;
         let input_bytes_max = self.config.input_bytes_max;
         let seed = u64::from_le_bytes(model.as_bytes()[..8].try_into().unwrap_or([0; 8]));
         let job = tokio::task::spawn_blocking(move || {
             // Held until the runs really end, even past the time limit.
             let _slot = slot;
-            judge_model(&bytes, &backends, seed, input_bytes_max, &tolerance)
+            judge_model(&bytes, &backends, seed, input_bytes_max, &tolerance, bounds)
         });
         let limit = Duration::from_millis(self.config.timeout_ms);
-        let verdict = match tokio::time::timeout(limit, job).await {
-            Ok(Ok(v)) => v,
+        let decision = match tokio::time::timeout(limit, job).await {
+            Ok(Ok(d)) => d,
             Ok(Err(e)) => {
                 tracing::error!(%model, error = %e, "determinism gate task failed");
-                Verifiability::Unverifiable(Unverifiable::NotRunnable)
+                Ok(Verifiability::Unverifiable(Unverifiable::NotRunnable))
             }
-            Err(_) => Verifiability::Unverifiable(Unverifiable::TimedOut),
+            Err(_) => Ok(Verifiability::Unverifiable(Unverifiable::TimedOut)),
         };
-        self.remember(model, verdict);
-        Ok(verdict)
+        if let Err(over) = &decision {
+            tracing::warn!(%model, reason = %over, "deploy refused: over a node's memory");
+        }
+        self.remember_decision(model, decision.clone());
+        decision.map_err(GateError::OverMemory)
     }
 }
 
-/// The gate's decision on a model's bytes, on the calling thread (see the module docs):
-/// random operators first, then two runs on each backend of inputs generated from `seed`.
+/// The gate's decision on a model's bytes, on the calling thread (see the module docs): its
+/// memory estimate against `bounds`, random operators, then two runs on each backend of
+/// inputs generated from `seed`.
 pub(crate) fn judge_model(
     bytes: &[u8],
     backends: &[Arc<dyn InferenceBackend>],
     seed: u64,
     input_bytes_max: u64,
     tolerance: &Tolerance,
-) -> Verifiability {
-    let unverifiable = Verifiability::Unverifiable;
+    bounds: MemoryBounds,
+) -> Decision {
+    let unverifiable = |why| Ok(Verifiability::Unverifiable(why));
     let summary = match check_model(bytes) {
         Ok(s) => s,
         Err(e) => {
@@ -209,6 +269,13 @@ pub(crate) fn judge_model(
             return unverifiable(Unverifiable::NotRunnable);
         }
     };
+    if summary.memory.bytes > bounds.node_bytes_max {
+        return Err(OverMemory {
+            estimate_bytes: summary.memory.bytes,
+            max: bounds.node_bytes_max,
+            detail: summary.memory.to_string(),
+        });
+    }
     if summary.uses_random_ops() {
         tracing::info!(
             unseeded = ?summary.unseeded_random_ops,
@@ -218,7 +285,15 @@ pub(crate) fn judge_model(
         return unverifiable(Unverifiable::RandomOperator);
     }
     if backends.is_empty() {
-        return Verifiability::Verifiable;
+        return Ok(Verifiability::Verifiable);
+    }
+    if summary.memory.bytes > bounds.reference_bytes_max {
+        tracing::warn!(
+            estimate = %summary.memory,
+            reference_memory_bytes_max = bounds.reference_bytes_max,
+            "determinism gate: over the reference backends' memory, not run; exempt from canaries"
+        );
+        return unverifiable(Unverifiable::TooLarge);
     }
     let inputs = match canary_inputs(&summary.info, seed, input_bytes_max) {
         Ok(i) => i,
@@ -243,7 +318,7 @@ pub(crate) fn judge_model(
             .ok(),
         );
     }
-    judge_runs(&runs, tolerance)
+    Ok(judge_runs(&runs, tolerance))
 }
 
 /// The verdict on what each backend made of the same inputs: `None` where it did not load or
@@ -377,8 +452,14 @@ mod tests {
         Arc::new(crat_backend::tract::TractBackend::new())
     }
 
+    /// Bounds far above any model of these tests.
+    const ROOMY: MemoryBounds = MemoryBounds {
+        node_bytes_max: 1 << 40,
+        reference_bytes_max: 1 << 40,
+    };
+
     fn judge(bytes: &[u8], backends: &[Arc<dyn InferenceBackend>]) -> Verifiability {
-        judge_model(bytes, backends, 7, 1 << 20, &Tolerance::default())
+        judge_model(bytes, backends, 7, 1 << 20, &Tolerance::default(), ROOMY).unwrap()
     }
 
     #[test]
@@ -441,8 +522,8 @@ mod tests {
     fn limits_and_unrunnable_models() {
         // Inputs above the limit: the tiny CNN takes 1x1x28x28 floats (3,136 bytes).
         assert_eq!(
-            judge_model(TINY, &[tract()], 7, 3_000, &Tolerance::default()),
-            v(Unverifiable::TooLarge)
+            judge_model(TINY, &[tract()], 7, 3_000, &Tolerance::default(), ROOMY),
+            Ok(v(Unverifiable::TooLarge))
         );
         // Not a model the check accepts.
         assert_eq!(judge(b"junk", &[tract()]), v(Unverifiable::NotRunnable));
@@ -462,7 +543,7 @@ mod tests {
             concurrent_max: 1,
             ..GateConfig::default()
         };
-        let gate = Gate::new(vec![slow], config, Tolerance::default());
+        let gate = Gate::new(vec![slow], config, Tolerance::default(), ROOMY);
         let tiny = ModelId::of_bytes(TINY);
         let read = || async { Ok(TINY.to_vec()) };
         assert_eq!(
@@ -488,5 +569,61 @@ mod tests {
             gate.verdict(big, 1 << 40, unread).await.unwrap(),
             v(Unverifiable::TooLarge)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_bounds_refuse_or_exempt_without_loading() {
+        // The tiny CNN is estimated at about 23 KiB.
+        let estimate = check_model(TINY).unwrap().memory.bytes;
+        let counting = fake(|| 1.0);
+        let backends: Vec<Arc<dyn InferenceBackend>> = vec![counting.clone()];
+        let judge_with = |node_bytes_max, reference_bytes_max| {
+            let bounds = MemoryBounds {
+                node_bytes_max,
+                reference_bytes_max,
+            };
+            judge_model(TINY, &backends, 7, 1 << 20, &Tolerance::default(), bounds)
+        };
+        // Over what the references may hold: unverifiable (exempt from canaries), not run.
+        assert_eq!(
+            judge_with(1 << 30, estimate - 1),
+            Ok(v(Unverifiable::TooLarge))
+        );
+        // Over what a node holds: refused, with the estimate.
+        let over = judge_with(estimate - 1, 1 << 30).unwrap_err();
+        assert_eq!((over.estimate_bytes, over.max), (estimate, estimate - 1));
+        assert!(
+            over.to_string().contains("more than a node holds"),
+            "{over}"
+        );
+        assert_eq!(counting.loads.load(Ordering::Relaxed), 0);
+        // Within both: run.
+        assert_eq!(
+            judge_with(estimate, estimate),
+            Ok(Verifiability::Verifiable)
+        );
+        assert_eq!(counting.loads.load(Ordering::Relaxed), 1);
+        // The gate remembers a refusal like a verdict: the model is not read again.
+        let bounds = MemoryBounds {
+            node_bytes_max: estimate - 1,
+            reference_bytes_max: 1 << 30,
+        };
+        let gate = Gate::new(
+            backends.clone(),
+            GateConfig::default(),
+            Tolerance::default(),
+            bounds,
+        );
+        let tiny = ModelId::of_bytes(TINY);
+        let read = async { Ok(TINY.to_vec()) };
+        assert!(matches!(
+            gate.verdict(tiny, TINY.len() as u64, read).await,
+            Err(GateError::OverMemory(o)) if o.estimate_bytes == estimate
+        ));
+        let unread = async { Err::<Vec<u8>, _>("read again".to_owned()) };
+        assert!(matches!(
+            gate.verdict(tiny, TINY.len() as u64, unread).await,
+            Err(GateError::OverMemory(_))
+        ));
     }
 }

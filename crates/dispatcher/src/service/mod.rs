@@ -141,6 +141,11 @@ pub struct DispatcherStats {
     pub canaries_failed: u64,
     /// Canaries without a verdict (error, timeout, unreachable node).
     pub canaries_inconclusive: u64,
+    /// Models a canary found estimated above what the reference backends may hold
+    /// (`CanaryConfig::reference_memory_bytes_max`): not loaded, their deployments exempt
+    /// from canaries from then on. (Models the determinism gate found so are unverifiable and
+    /// never reach a canary.)
+    pub canary_models_exempt: u64,
     /// Clients' reports of answers without a valid receipt (each may send a canary to the
     /// node at once).
     pub receipt_reports: u64,
@@ -177,6 +182,7 @@ struct Counters {
     canaries_passed: AtomicU64,
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
+    canary_models_exempt: AtomicU64,
     receipt_reports: AtomicU64,
     key_lookups: AtomicU64,
     unknown_keys_cached: AtomicU64,
@@ -204,6 +210,7 @@ impl Counters {
             canaries_passed: get(&self.canaries_passed),
             canaries_failed: get(&self.canaries_failed),
             canaries_inconclusive: get(&self.canaries_inconclusive),
+            canary_models_exempt: get(&self.canary_models_exempt),
             receipt_reports: get(&self.receipt_reports),
             key_lookups: get(&self.key_lookups),
             unknown_keys_cached: get(&self.unknown_keys_cached),
@@ -326,6 +333,7 @@ impl<T: Transport> Dispatcher<T> {
         );
         let uploads = Uploads::open(UploadConfig {
             model_bytes_max: config.model_bytes_max,
+            memory_bytes_max: config.model_memory_bytes_max,
             uploads_max: config.uploads_max,
             uploads_per_account_max: config.uploads_per_account_max,
             upload_bytes_per_account_max: config.upload_bytes_per_account_max,
@@ -429,7 +437,16 @@ impl<T: Transport> Dispatcher<T> {
             .as_ref()
             .map(|c| c.references.clone())
             .unwrap_or_default();
-        let gate = Gate::new(references, config.gate.clone(), config.canary.tolerance);
+        let bounds = gate::MemoryBounds {
+            node_bytes_max: config.model_memory_bytes_max,
+            reference_bytes_max: config.canary.reference_memory_bytes_max,
+        };
+        let gate = Gate::new(
+            references,
+            config.gate.clone(),
+            config.canary.tolerance,
+            bounds,
+        );
         for d in deployments.values() {
             gate.remember(d.model, d.verifiability);
         }

@@ -101,6 +101,9 @@ impl From<Refusal> for WireError {
             Refusal::Budget(id, e) => budget(id, e),
             Refusal::Key(e) => key(e),
             Refusal::Gate(e @ GateError::Busy(_)) => err(ErrorCode::Busy, e.to_string()),
+            Refusal::Gate(e @ GateError::OverMemory(_)) => {
+                err(ErrorCode::ModelRejected, e.to_string())
+            }
             Refusal::Gate(e) => {
                 tracing::error!(error = %e, "determinism gate failure");
                 err(ErrorCode::Internal, "determinism gate failure")
@@ -133,7 +136,9 @@ fn ledger(e: LedgerError) -> WireError {
 fn upload(e: UploadError) -> WireError {
     let code = match &e {
         UploadError::TooLarge { .. } => ErrorCode::TooLarge,
-        UploadError::HashMismatch { .. } | UploadError::NotOnnx(_) => ErrorCode::ModelRejected,
+        UploadError::HashMismatch { .. }
+        | UploadError::NotOnnx(_)
+        | UploadError::OverMemory { .. } => ErrorCode::ModelRejected,
         UploadError::Busy { .. } | UploadError::DiskFull { .. } => ErrorCode::Busy,
         UploadError::Quota(_) => ErrorCode::QuotaExceeded,
         UploadError::NotStarted(_) => ErrorCode::NotFound,
@@ -247,6 +252,14 @@ mod tests {
             code(Refusal::Gate(GateError::Read("gone".into()))),
             ErrorCode::Internal
         );
+        let over = super::super::gate::OverMemory {
+            estimate_bytes: 3 << 30,
+            max: 1 << 30,
+            detail: "weights".into(),
+        };
+        let e = WireError::from(Refusal::Gate(GateError::OverMemory(over)));
+        assert_eq!(e.code, ErrorCode::ModelRejected);
+        assert!(e.message.contains("3.0 GiB"), "{}", e.message);
         assert_eq!(
             code(Refusal::Unverifiable(d, Unverifiable::RandomOperator)),
             ErrorCode::BadRequest

@@ -134,6 +134,75 @@ pub fn random_uniform(seed: Option<f32>) -> Vec<u8> {
     )
 }
 
+/// A model whose only node is `ConstantOfShape(s) -> y`, `s` the constant shape `dims` (an
+/// `INT64` initializer): nothing declares a big shape, the tensor exists only once a backend
+/// evaluates the node (tract does at load). Input `x` and output `y` are declared `[1, 4]`.
+pub fn constant_of_shape(dims: &[i64]) -> Vec<u8> {
+    constant_of_shape_typed(dims, None)
+}
+
+/// [`constant_of_shape`] filling with a zero of ONNX element type `elem` (a `value`
+/// attribute; `None`: none, float zeros).
+pub fn constant_of_shape_typed(dims: &[i64], elem: Option<i64>) -> Vec<u8> {
+    let raw: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+    // TensorProto { dims [rank], data_type INT64, name "s", raw_data }.
+    let s = Pb::default()
+        .int(1, dims.len() as i64)
+        .int(2, 7)
+        .str(8, "s")
+        .bytes(9, &raw);
+    let mut node = Pb::default()
+        .str(1, "s")
+        .str(2, "y")
+        .str(3, "n0")
+        .str(4, "ConstantOfShape");
+    if let Some(elem) = elem {
+        // AttributeProto { name "value", t: TensorProto { dims [1], data_type, raw_data 0 },
+        // type TENSOR (4) }.
+        let zero = Pb::default().int(1, 1).int(2, elem).bytes(9, &[0; 8]);
+        node = node.msg(5, Pb::default().str(1, "value").msg(5, zero).int(20, 4));
+    }
+    model(
+        Pb::default()
+            .msg(1, node)
+            .str(2, "g")
+            .msg(5, s)
+            .msg(11, value_info("x", &[1, 4]))
+            .msg(12, value_info("y", &[1, 4])),
+    )
+}
+
+/// `y = x + ReduceMax(ConstantOfShape(dims))`: it serves `[1, 4]` floats unchanged, and a
+/// backend makes a tensor of `dims` zeros (floats) to do so (tract at load, folding it).
+pub fn zeros_then_identity(dims: &[i64]) -> Vec<u8> {
+    let raw: Vec<u8> = dims.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let s = Pb::default()
+        .int(1, dims.len() as i64)
+        .int(2, 7)
+        .str(8, "s")
+        .bytes(9, &raw);
+    let zeros = Pb::default()
+        .str(1, "s")
+        .str(2, "z")
+        .str(4, "ConstantOfShape");
+    let max = Pb::default().str(1, "z").str(2, "m").str(4, "ReduceMax");
+    let add = Pb::default()
+        .str(1, "x")
+        .str(1, "m")
+        .str(2, "y")
+        .str(4, "Add");
+    model(
+        Pb::default()
+            .msg(1, zeros)
+            .msg(1, max)
+            .msg(1, add)
+            .str(2, "g")
+            .msg(5, s)
+            .msg(11, value_info("x", &[1, 4]))
+            .msg(12, value_info("y", &[1, 4])),
+    )
+}
+
 /// `n` deterministic pseudo-random bytes.
 pub fn noise_bytes(n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed;
@@ -230,27 +299,7 @@ pub fn corpus() -> Vec<Entry> {
     );
     // ConstantOfShape with the constant shape [2^20, 2^20]: nothing declares a big shape, the
     // 2^40-element (4 TiB) tensor exists only once a backend evaluates the node.
-    let constant_of_shape = {
-        let mut raw = Vec::new();
-        for d in [1i64 << 20, 1 << 20] {
-            raw.extend_from_slice(&d.to_le_bytes());
-        }
-        // TensorProto { dims [2], data_type INT64, name "s", raw_data }.
-        let s = Pb::default().int(1, 2).int(2, 7).str(8, "s").bytes(9, &raw);
-        let node = Pb::default()
-            .str(1, "s")
-            .str(2, "y")
-            .str(3, "n0")
-            .str(4, "ConstantOfShape");
-        model(
-            Pb::default()
-                .msg(1, node)
-                .str(2, "g")
-                .msg(5, s)
-                .msg(11, value_info("x", &[1, 4]))
-                .msg(12, value_info("y", &[1, 4])),
-        )
-    };
+    let constant_of_shape_2p40 = constant_of_shape(&[1 << 20, 1 << 20]);
     // If nodes nested IF_DEPTH deep through their then_branch graphs.
     let deep_if = {
         let mut g = Pb::default()
@@ -334,7 +383,21 @@ pub fn corpus() -> Vec<Entry> {
         Entry {
             name: "constant_of_shape_2p40.onnx",
             what: "ConstantOfShape of the constant shape [2^20, 2^20]: a 4 TiB tensor at run time",
-            bytes: constant_of_shape,
+            bytes: constant_of_shape_2p40,
+            expect: Refused(Refusal::Load),
+        },
+        Entry {
+            name: "constant_of_shape_2p32.onnx",
+            what: "ConstantOfShape of the constant shape [65536, 65536]: 16 GiB of floats, which \
+                   tract allocated at load before the check followed constant shapes",
+            bytes: constant_of_shape(&[1 << 16, 1 << 16]),
+            expect: Refused(Refusal::Load),
+        },
+        Entry {
+            name: "constant_of_shape_f64_2p28.onnx",
+            what: "ConstantOfShape of [16384, 16384] doubles: 2^28 elements (the element limit) \
+                   but 2 GiB, over the 1 GiB a node holds of one tensor",
+            bytes: constant_of_shape_typed(&[1 << 14, 1 << 14], Some(11)),
             expect: Refused(Refusal::Load),
         },
         Entry {
