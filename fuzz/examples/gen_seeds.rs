@@ -88,10 +88,23 @@ fn node(byte: u8, crat: u64, online: Vec<Interval>) -> NodeInput {
     }
 }
 
+/// Seed directories written by hand, not by this program.
+const KEPT: &[&str] = &["onnx_check"];
+
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    // Generated seeds are rewritten; kept ones (models, and inputs that once failed a
+    // target) stay.
     if root.exists() {
-        fs::remove_dir_all(&root).unwrap();
+        for entry in fs::read_dir(&root).unwrap() {
+            let path = entry.unwrap().path();
+            if !KEPT
+                .iter()
+                .any(|k| path.file_name().is_some_and(|n| n == *k))
+            {
+                fs::remove_dir_all(&path).unwrap();
+            }
+        }
     }
     let mut seeds = Seeds {
         root,

@@ -115,6 +115,40 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
+    /// The model's signature as the wire carries it ([`crat_core::wire::ModelSignature`]):
+    /// its declared inputs and outputs, open dimensions as `None`, an output declared without
+    /// a shape with none. `None` when the declaration is beyond what the wire carries (more
+    /// than 1,024 tensors, 64 dimensions or 1 KiB names).
+    pub fn signature(&self) -> Option<crat_core::wire::ModelSignature> {
+        use crat_core::wire::{ModelSignature, TensorSignature};
+        let tensor = |spec: &TensorSpec, declared: bool| TensorSignature {
+            name: spec.name.clone(),
+            dtype: spec.dtype,
+            shape: declared.then(|| {
+                spec.shape
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => Some(*n),
+                        Dim::Symbolic(_) => None,
+                    })
+                    .collect()
+            }),
+        };
+        let signature = ModelSignature {
+            inputs: self.info.inputs.iter().map(|t| tensor(t, true)).collect(),
+            outputs: self
+                .info
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, t)| tensor(t, !self.undeclared_output_shapes.contains(&i)))
+                .collect(),
+        };
+        signature.is_bounded().then_some(signature)
+    }
+}
+
+impl ModelSummary {
     /// Whether the model uses any random operator, seeded or not: its answers cannot be
     /// checked by recomputing them on another node.
     pub fn uses_random_ops(&self) -> bool {

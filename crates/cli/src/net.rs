@@ -212,6 +212,15 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {
                 println!("stopping");
                 dispatcher.close();
+                // A graceful stop settles the rounds closed and not settled yet (after a
+                // kill, the next start does).
+                match dispatcher.settle_pending().await {
+                    Ok(settled) if !settled.is_empty() => {
+                        println!("settled {} closed round(s) before stopping", settled.len());
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("settling closed rounds before stopping failed: {e}"),
+                }
             }
         }
         Ok(())

@@ -578,6 +578,20 @@ pub fn verifiability() -> impl Strategy<Value = Verifiability> {
     ])
 }
 
+/// A [`ModelSignature`]: a few tensors with open and fixed dimensions.
+pub fn model_signature() -> impl Strategy<Value = ModelSignature> {
+    fn tensor() -> impl Strategy<Value = TensorSignature> {
+        (
+            text(),
+            dtype(),
+            option::of(vec(option::of(any::<u64>()), 0..6)),
+        )
+            .prop_map(|(name, dtype, shape)| TensorSignature { name, dtype, shape })
+    }
+    (vec(tensor(), 0..4), vec(tensor(), 0..4))
+        .prop_map(|(inputs, outputs)| ModelSignature { inputs, outputs })
+}
+
 /// Every [`DispatcherResponse`] variant.
 pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
     let state = proptest::sample::select(vec![
@@ -597,6 +611,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         credits(),
         verifiability(),
         option::of(text()),
+        option::of(model_signature()),
     )
         .prop_map(
             |(
@@ -609,6 +624,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                 allowance_left,
                 verifiability,
                 failure,
+                signature,
             )| {
                 DeploymentInfo {
                     id,
@@ -621,6 +637,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                     allowance_left,
                     verifiability,
                     failure,
+                    signature,
                 }
             },
         );

@@ -38,7 +38,7 @@ use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -545,6 +545,79 @@ pub struct DeploymentInfo {
     pub verifiability: Verifiability,
     /// Why the deployment failed ([`DeploymentState::Failed`]): the nodes' load errors.
     pub failure: Option<String>,
+    /// What its model takes and returns, as the model declares it (from the upload check);
+    /// `None` for a model whose declaration the wire cannot carry
+    /// ([`ModelSignature::is_bounded`]).
+    pub signature: Option<ModelSignature>,
+}
+
+/// Most dimensions of one tensor in a [`ModelSignature`] (models may declare more than a
+/// task's tensors carry, [`RANK_MAX`](crate::tensor::RANK_MAX)).
+pub const SIGNATURE_RANK_MAX: usize = 64;
+/// Longest tensor name in a [`ModelSignature`], in bytes.
+pub const SIGNATURE_NAME_BYTES_MAX: usize = 1_024;
+
+/// What a model takes and returns: its graph's declared inputs and outputs, in graph order
+/// (initializers left out). Clients read names, element types and shapes here (the KServe
+/// v2 model metadata is this).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ModelSignature {
+    /// Inputs (at most [`TENSORS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, TENSORS_MAX>")]
+    pub inputs: Vec<TensorSignature>,
+    /// Outputs (at most [`TENSORS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, TENSORS_MAX>")]
+    pub outputs: Vec<TensorSignature>,
+}
+
+impl ModelSignature {
+    /// Whether it is within the limits above (tensors, rank, name length).
+    pub fn is_bounded(&self) -> bool {
+        self.inputs.len() <= TENSORS_MAX
+            && self.outputs.len() <= TENSORS_MAX
+            && self
+                .inputs
+                .iter()
+                .chain(&self.outputs)
+                .all(TensorSignature::is_bounded)
+    }
+}
+
+/// One declared input or output of a model.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TensorSignature {
+    /// Its name in the graph (at most [`SIGNATURE_NAME_BYTES_MAX`] bytes).
+    pub name: String,
+    /// Its element type.
+    pub dtype: crate::tensor::DType,
+    /// Its dimensions, outermost first: `None` for a dimension the model leaves open (a
+    /// batch size, a sequence length). The whole shape is `None` for an output whose shape
+    /// the model does not declare.
+    #[serde(deserialize_with = "bounded_shape")]
+    pub shape: Option<Vec<Option<u64>>>,
+}
+
+impl TensorSignature {
+    /// Whether it is within the limits above.
+    pub fn is_bounded(&self) -> bool {
+        self.name.len() <= SIGNATURE_NAME_BYTES_MAX
+            && self
+                .shape
+                .as_ref()
+                .is_none_or(|s| s.len() <= SIGNATURE_RANK_MAX)
+    }
+}
+
+/// An optional shape decoded with at most [`SIGNATURE_RANK_MAX`] dimensions.
+fn bounded_shape<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Option<u64>>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Dims(
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, SIGNATURE_RANK_MAX>")]
+        Vec<Option<u64>>,
+    );
+    Ok(Option::<Dims>::deserialize(deserializer)?.map(|d| d.0))
 }
 
 /// Whether a deployment's answers can be checked by recomputing them (canaries, spot checks):
@@ -963,28 +1036,30 @@ mod tests {
     #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![3, 0, 0]);
+        assert_eq!(bytes, vec![4, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
             decode::<NodeAck>(&[1, 0, 0]),
             Err(CodecError::Version { got: 1 })
         );
+        for old in [2, 3] {
+            assert_eq!(
+                decode::<NodeAck>(&[old, 0, 0]),
+                Err(CodecError::Version { got: old.into() })
+            );
+        }
         assert_eq!(
-            decode::<NodeAck>(&[2, 0, 0]),
-            Err(CodecError::Version { got: 2 })
-        );
-        assert_eq!(
-            decode::<NodeAck>(&[3, 0, 0, 0]),
+            decode::<NodeAck>(&[4, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[3, 0]),
+            decode::<NodeAck>(&[4, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[3, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[4, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

@@ -22,7 +22,7 @@ use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::policy::acks::{AckEntry, Tally};
 use crat_core::pricing::{DeployPlan, PriceQuote};
-use crat_core::wire::{UsageRecord, Verifiability};
+use crat_core::wire::{ModelSignature, UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
@@ -96,6 +96,10 @@ pub struct ModelRecord {
     pub account: AccountName,
     /// Unix seconds.
     pub stored_at_s: u64,
+    /// What it takes and returns (from the upload check); `None` for a model stored before
+    /// signatures were (the dispatcher fills it in from the model's bytes when first asked,
+    /// [`Ledger::set_model_signature`]) or one the wire cannot carry.
+    pub signature: Option<ModelSignature>,
 }
 
 /// A deployment as stored.
@@ -345,6 +349,13 @@ pub trait Ledger: Send + Sync + 'static {
     fn insert_model(&self, model: &ModelRecord) -> Result<(), LedgerError>;
     /// A model by id.
     fn model(&self, id: &ModelId) -> Result<Option<ModelRecord>, LedgerError>;
+    /// Records a stored model's signature (one recorded already is kept); a model that is
+    /// not stored is [`LedgerError::NotFound`].
+    fn set_model_signature(
+        &self,
+        id: &ModelId,
+        signature: &ModelSignature,
+    ) -> Result<(), LedgerError>;
     /// Whether `account` may quote and deploy `model`: it is one of its owners (it uploaded
     /// the bytes), or an owner made the model public.
     fn may_use_model(&self, model: &ModelId, account: &AccountName) -> Result<bool, LedgerError>;

@@ -43,6 +43,16 @@ async fn happy_path(plan: DeployPlan, n: u32, pace_per_s: Option<u64>) {
         client.balance().await.unwrap().get(),
         balance_before.get() - quote.upfront.get()
     );
+    // The deployment says what its model takes and returns, as the upload check read it.
+    let signature = d.info().await.unwrap().signature.unwrap();
+    assert_eq!(
+        Some(&signature),
+        crat_backend::onnx_check::check_model(TINY)
+            .unwrap()
+            .signature()
+            .as_ref()
+    );
+    assert_eq!(signature.inputs[0].name, "input");
 
     let local = backend().load(TINY).unwrap();
     let interval = pace_per_s.map(|p| Duration::from_micros(1_000_000 / p.max(1)));
@@ -119,6 +129,31 @@ async fn happy_path_per_request() {
 async fn happy_path_per_instance() {
     // 20 tasks/s bought over two replicas; sent at 16/s.
     happy_path(per_instance(), 80, Some(16)).await;
+}
+
+/// A model stored before the ledger kept signatures (migration 10) gets one the first time a
+/// deployment of it is described: read from its bytes, then recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_stored_without_a_signature_gets_one_when_described() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = network(config(dir.path()), dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    // As a ledger written before signatures holds it.
+    rusqlite::Connection::open(dir.path().join("dispatcher/ledger.sqlite"))
+        .unwrap()
+        .execute("UPDATE models SET signature = NULL", [])
+        .unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    assert_eq!(ledger.model(&model).unwrap().unwrap().signature, None);
+    let d = client.deploy(model, per_request(10_000)).await.unwrap();
+    let want = crat_backend::onnx_check::check_model(TINY)
+        .unwrap()
+        .signature();
+    assert!(want.is_some());
+    assert_eq!(d.info().await.unwrap().signature, want);
+    assert_eq!(ledger.model(&model).unwrap().unwrap().signature, want);
+    net.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -94,6 +94,9 @@ pub struct StagedModel {
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
+    /// What it takes and returns, from the upload check (`None`: beyond what the wire
+    /// carries).
+    pub signature: Option<crat_core::wire::ModelSignature>,
 }
 
 /// Why an upload step was refused or failed.
@@ -770,14 +773,14 @@ fn verify(
                     detail: summary.memory.to_string(),
                 });
             }
-            Ok(())
+            Ok(summary.signature())
         })();
         let synced = sync
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("fsync thread panicked")));
         (synced, checked)
     });
-    checked?;
+    let signature = checked?;
     synced.map_err(io_err(format!("fsync {}", part.display())))?;
     fs::rename(part, model).map_err(io_err(format!("rename {}", part.display())))?;
     fs::remove_file(meta).map_err(io_err(format!("remove {}", meta.display())))?;
@@ -787,6 +790,7 @@ fn verify(
     Ok(StagedModel {
         path: model.to_path_buf(),
         bytes: upload.total,
+        signature,
     })
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::pricing::DeployPlan;
+use crat_core::wire::ModelSignature;
 use crat_rewards::{Interval, RoundOutcome};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -219,6 +220,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX validations_by_time ON validations(at_s);
     CREATE INDEX nodes_streaking ON nodes(id) WHERE streak > 0;
     ",
+    // 10: what each model takes and returns (`ModelSignature` as JSON), from the upload
+    // check; NULL for models stored before (filled in from their bytes when first asked).
+    "ALTER TABLE models ADD COLUMN signature TEXT;",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -598,6 +602,21 @@ fn get_key(tx: &Transaction<'_>, id: &KeyId) -> Result<Option<KeyRecord>, Ledger
 const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
                                   allowance_left, created_at_s, stopped_at_s, verifiability";
 
+/// A model signature as stored (JSON), refused beyond what the wire carries.
+fn signature_json(signature: Option<&ModelSignature>) -> Result<Option<String>, LedgerError> {
+    signature
+        .map(|s| {
+            if !s.is_bounded() {
+                return Err(LedgerError::Invalid(
+                    "model signature beyond the wire's limits".into(),
+                ));
+            }
+            serde_json::to_string(s)
+                .map_err(|e| LedgerError::Invalid(format!("model signature: {e}")))
+        })
+        .transpose()
+}
+
 fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
     let plan: String = row.get(5).db()?;
     let price: String = row.get(6).db()?;
@@ -969,9 +988,11 @@ impl Ledger for SqliteLedger {
     fn insert_model(&self, model: &ModelRecord) -> Result<(), LedgerError> {
         self.write(|tx| {
             account_balance(tx, &model.account)?;
+            let signature = signature_json(model.signature.as_ref())?;
             tx.prepare_cached(
-                "INSERT INTO models (id, bytes, account, stored_at_s) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO NOTHING",
+                "INSERT INTO models (id, bytes, account, stored_at_s, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id) DO UPDATE SET signature = coalesce(signature, excluded.signature)",
             )
             .db()?
             .execute(params![
@@ -979,6 +1000,7 @@ impl Ledger for SqliteLedger {
                 to_i64(model.bytes, "model bytes")?,
                 model.account.as_str(),
                 to_i64(model.stored_at_s, "stored_at_s")?,
+                signature,
             ])
             .db()?;
             tx.prepare_cached(
@@ -1037,18 +1059,46 @@ impl Ledger for SqliteLedger {
     fn model(&self, id: &ModelId) -> Result<Option<ModelRecord>, LedgerError> {
         self.read(|tx| {
             let mut stmt = tx
-                .prepare_cached("SELECT id, bytes, account, stored_at_s FROM models WHERE id = ?1")
+                .prepare_cached(
+                    "SELECT id, bytes, account, stored_at_s, signature FROM models WHERE id = ?1",
+                )
                 .db()?;
             let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
             let Some(row) = rows.next().db()? else {
                 return Ok(None);
             };
+            let signature: Option<String> = row.get(4).db()?;
             Ok(Some(ModelRecord {
                 id: ModelId::from_bytes(bytes_at(row, 0, "model id")?),
                 bytes: u64_at(row, 1, "model bytes")?,
                 account: account_at(row, 2)?,
                 stored_at_s: u64_at(row, 3, "stored_at_s")?,
+                signature: signature
+                    .map(|j| serde_json::from_str(&j))
+                    .transpose()
+                    .map_err(|e| LedgerError::Corrupt(format!("model signature: {e}")))?,
             }))
+        })
+    }
+
+    fn set_model_signature(
+        &self,
+        id: &ModelId,
+        signature: &ModelSignature,
+    ) -> Result<(), LedgerError> {
+        let json = signature_json(Some(signature))?;
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE models SET signature = coalesce(signature, ?2) WHERE id = ?1",
+                )
+                .db()?
+                .execute(params![id.as_bytes().as_slice(), json])
+                .db()?;
+            if changed == 0 {
+                return Err(LedgerError::NotFound(format!("model {id}")));
+            }
+            Ok(())
         })
     }
 
@@ -1808,6 +1858,7 @@ mod tests {
                 bytes: 1000,
                 account: a.clone(),
                 stored_at_s: 10,
+                signature: None,
             })
             .unwrap();
         a
@@ -2072,6 +2123,7 @@ mod tests {
                 bytes: 1000,
                 account: bob.clone(),
                 stored_at_s: 20,
+                signature: None,
             })
             .unwrap();
         assert!(ledger.may_use_model(&model_id(), &bob).unwrap());
@@ -2551,6 +2603,54 @@ mod tests {
     }
 
     #[test]
+    fn model_signatures_are_stored_and_filled_in_once() {
+        use crat_core::tensor::DType;
+        use crat_core::wire::TensorSignature;
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        let a = setup(&ledger, 0);
+        let sig = |name: &str| ModelSignature {
+            inputs: vec![TensorSignature {
+                name: name.into(),
+                dtype: DType::F32,
+                shape: Some(vec![None, Some(3)]),
+            }],
+            outputs: vec![TensorSignature {
+                name: "out".into(),
+                dtype: DType::I64,
+                shape: None,
+            }],
+        };
+        let record = |signature| ModelRecord {
+            id: model_id(),
+            bytes: 10,
+            account: a.clone(),
+            stored_at_s: 10,
+            signature,
+        };
+        // Stored before signatures were: none, then filled in once.
+        ledger.insert_model(&record(None)).unwrap();
+        assert_eq!(ledger.model(&model_id()).unwrap().unwrap().signature, None);
+        ledger.set_model_signature(&model_id(), &sig("x")).unwrap();
+        ledger.set_model_signature(&model_id(), &sig("y")).unwrap();
+        ledger.insert_model(&record(Some(sig("z")))).unwrap();
+        assert_eq!(
+            ledger.model(&model_id()).unwrap().unwrap().signature,
+            Some(sig("x")),
+            "the first one recorded is kept"
+        );
+        assert!(matches!(
+            ledger.set_model_signature(&ModelId::of_bytes(b"other"), &sig("x")),
+            Err(LedgerError::NotFound(_))
+        ));
+        let mut huge = sig("x");
+        huge.inputs[0].shape = Some(vec![Some(1); 65]);
+        assert!(matches!(
+            ledger.set_model_signature(&model_id(), &huge),
+            Err(LedgerError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn latest_time_is_the_latest_of_income_journal_sessions_and_rounds() {
         let ledger = SqliteLedger::open_in_memory().unwrap();
         assert_eq!(ledger.latest_time_s().unwrap(), 0);
@@ -2950,6 +3050,7 @@ mod tests {
                 bytes: 5,
                 account: name("eve"),
                 stored_at_s: 99,
+                signature: None,
             })
             .unwrap();
         let m = ledger.model(&model_id()).unwrap().unwrap();
@@ -2991,6 +3092,7 @@ mod tests {
                     bytes: 1000,
                     account: accounts[0].clone(),
                     stored_at_s: 0,
+                    signature: None,
                 })
                 .unwrap();
             let mut granted = 0u64;

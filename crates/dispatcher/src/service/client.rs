@@ -19,7 +19,8 @@ use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::wire::{
     CHUNK_BYTES_MAX, ClientCall, ClientRequest, DeploymentInfo, DeploymentState,
-    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, ValidationReport, Verifiability,
+    DispatcherResponse, ErrorCode, KeyInfo, KeyStatus, Lease, ModelSignature, ValidationReport,
+    Verifiability,
 };
 use crat_transport::Transport;
 
@@ -209,7 +210,7 @@ impl<T: Transport> Dispatcher<T> {
                     .put_file(&model, &staged.path)
                     .await
                     .map_err(|e| Refusal::Internal(e.to_string()))?;
-                self.remember_model(model, staged.bytes, &key.account, now)
+                self.remember_model(model, staged.bytes, staged.signature, &key.account, now)
                     .await?;
                 tracing::info!(%model, bytes = staged.bytes, "model stored");
                 Ok(DispatcherResponse::ModelStored {
@@ -230,7 +231,7 @@ impl<T: Transport> Dispatcher<T> {
             ClientCall::Deploy { model, plan } => self.deploy(&key, model, plan, now).await,
             ClientCall::Deployment { deployment } => {
                 let d = self.owned_deployment(&key, &deployment)?;
-                Ok(DispatcherResponse::Deployment(self.describe(&d)))
+                Ok(DispatcherResponse::Deployment(self.describe(&d).await))
             }
             ClientCall::Undeploy { deployment } => {
                 self.owned_deployment(&key, &deployment)?;
@@ -309,6 +310,7 @@ impl<T: Transport> Dispatcher<T> {
         &self,
         model: ModelId,
         bytes: u64,
+        signature: Option<ModelSignature>,
         account: &AccountName,
         now: u64,
     ) -> Result<(), Refusal> {
@@ -317,6 +319,7 @@ impl<T: Transport> Dispatcher<T> {
             bytes,
             account: account.clone(),
             stored_at_s: now,
+            signature,
         };
         self.db(move |l| l.insert_model(&record)).await
     }
@@ -372,7 +375,53 @@ impl<T: Transport> Dispatcher<T> {
             .ok_or_else(|| err(ErrorCode::NotFound, format!("deployment {id}")).into())
     }
 
-    fn describe(&self, d: &DeploymentRecord) -> DeploymentInfo {
+    /// What `model` takes and returns: as the ledger recorded it at upload, or, for a model
+    /// stored before signatures were, read from its bytes now and recorded. `None` when
+    /// neither works (logged) or the wire cannot carry it.
+    async fn model_signature(&self, model: ModelId) -> Option<ModelSignature> {
+        match self.db(move |l| l.model(&model)).await {
+            Ok(Some(record)) if record.signature.is_some() => return record.signature,
+            Ok(Some(_)) => {}
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(%model, error = ?e, "reading a model's signature failed");
+                return None;
+            }
+        }
+        let signature = match self
+            .read_model(&model, self.inner.config.model_bytes_max)
+            .await
+        {
+            Ok(bytes) => tokio::task::spawn_blocking(move || {
+                crat_backend::onnx_check::check_model(&bytes)
+                    .map(|s| s.signature())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("check task failed: {e}"))),
+            Err(e) => Err(e),
+        };
+        match signature {
+            Ok(Some(signature)) => {
+                let stored = signature.clone();
+                if let Err(e) = self
+                    .db(move |l| l.set_model_signature(&model, &stored))
+                    .await
+                {
+                    tracing::warn!(%model, error = ?e, "recording a model's signature failed");
+                }
+                Some(signature)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%model, error = %e, "a stored model's signature is unreadable");
+                None
+            }
+        }
+    }
+
+    async fn describe(&self, d: &DeploymentRecord) -> DeploymentInfo {
+        let signature = self.model_signature(d.model).await;
         let failure = self.inner.load_failures.lock().get(&d.id).cloned();
         let (state, ready, wanted) = if d.stopped_at_s.is_some() {
             let state = if failure.is_some() {
@@ -399,6 +448,7 @@ impl<T: Transport> Dispatcher<T> {
             allowance_left: d.allowance_left,
             verifiability: d.verifiability,
             failure,
+            signature,
         }
     }
 
@@ -487,7 +537,7 @@ impl<T: Transport> Dispatcher<T> {
         self.inner.deployments.write().insert(id, record.clone());
         self.apply(effects).await;
         tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), %verifiability, "deployed");
-        Ok(DispatcherResponse::Deployment(self.describe(&record)))
+        Ok(DispatcherResponse::Deployment(self.describe(&record).await))
     }
 
     /// Issues a lease: the warm replicas, a ticket for them (remembered, so that usage is

@@ -150,6 +150,7 @@ impl Fake {
             allowance_left: Credits::ZERO,
             verifiability: crat_core::wire::Verifiability::Verifiable,
             failure: None,
+            signature: None,
         })
     }
 
