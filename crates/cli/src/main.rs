@@ -4,6 +4,7 @@
 mod demo;
 mod keyfile;
 mod net;
+mod npy;
 mod rewards;
 mod sim;
 

@@ -18,6 +18,7 @@ use crat_core::money::Credits;
 use crat_core::policy::hardware::ProofConfig;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
+use crat_core::wire::DeploymentState;
 use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::cache::{ModelCache, ModelStore};
@@ -679,11 +680,33 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         let d = client.deploy(model, plan).await?;
         println!("{}", d.id());
         if !args.no_wait {
-            let info = d.wait_ready(Duration::from_secs(120)).await?;
-            eprintln!(
-                "ready: {}/{} replicas",
-                info.replicas_ready, info.replicas_wanted
-            );
+            // Progress on stderr as replicas warm up: one line per change.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            let mut last = None;
+            loop {
+                let info = d.info().await?;
+                let now = (info.state, info.replicas_ready, info.replicas_wanted);
+                if last != Some(now) {
+                    eprintln!(
+                        "{:?}: {}/{} replicas ready",
+                        info.state, info.replicas_ready, info.replicas_wanted
+                    );
+                    last = Some(now);
+                }
+                match info.state {
+                    DeploymentState::Ready => break,
+                    DeploymentState::Failed | DeploymentState::Stopped => bail!(
+                        "deployment {}: {}",
+                        d.id(),
+                        info.failure.unwrap_or_else(|| format!("{:?}", info.state))
+                    ),
+                    _ => {}
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    bail!("not ready after 120 s ({:?})", info.state);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }
         Ok(())
     })
@@ -697,10 +720,18 @@ pub(crate) struct InferArgs {
     /// The deployment id.
     #[arg(long)]
     deployment: String,
-    /// An input: `NAME:DTYPE:DIMS=FILE` with raw little-endian values in FILE, or
-    /// `NAME:DTYPE:DIMS=zeros` (DTYPE f32, f64, i64, …; DIMS like 1x3x48x192).
-    #[arg(long = "input", required = true)]
+    /// An input: `NAME=FILE.npy` (a NumPy array), `NAME:DTYPE:DIMS=FILE` with raw
+    /// little-endian values in FILE, or `NAME:DTYPE:DIMS=zeros` (DTYPE f32, f64, i64, …;
+    /// DIMS like 1x3x48x192).
+    #[arg(long = "input", required_unless_present = "inputs_npz")]
     inputs: Vec<String>,
+    /// Inputs from a NumPy `.npz` file (`numpy.savez`): one input per array, named by it.
+    #[arg(long = "inputs")]
+    inputs_npz: Option<PathBuf>,
+    /// Write the outputs to this file: `.npz` (every output, by name) or `.npy` (the one
+    /// output). Without it, a preview is printed.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Run the same task this many times (prints latency).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
@@ -709,7 +740,12 @@ pub(crate) struct InferArgs {
 fn parse_input(spec: &str) -> anyhow::Result<NamedTensor> {
     let (head, source) = spec
         .split_once('=')
-        .context("an input looks like NAME:DTYPE:DIMS=FILE")?;
+        .context("an input looks like NAME=FILE.npy or NAME:DTYPE:DIMS=FILE")?;
+    if !head.contains(':') && source.ends_with(".npy") {
+        let bytes = std::fs::read(source).with_context(|| format!("reading {source}"))?;
+        let tensor = crate::npy::read_npy(&bytes).with_context(|| format!("reading {source}"))?;
+        return Ok(NamedTensor::new(head, tensor));
+    }
     let mut parts = head.split(':');
     let (Some(name), Some(dtype), Some(dims), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -742,11 +778,24 @@ fn parse_input(spec: &str) -> anyhow::Result<NamedTensor> {
 
 pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
     let id: DeploymentId = args.deployment.parse().context("--deployment")?;
-    let inputs = args
+    let mut inputs = args
         .inputs
         .iter()
         .map(|s| parse_input(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(path) = &args.inputs_npz {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        inputs.extend(
+            crate::npy::read_npz(&bytes).with_context(|| format!("reading {}", path.display()))?,
+        );
+    }
+    let out = args.out.clone();
+    if let Some(path) = &out {
+        let ext = path.extension().and_then(|e| e.to_str());
+        if !matches!(ext, Some("npy" | "npz")) {
+            bail!("--out {}: name a .npy or .npz file", path.display());
+        }
+    }
     runtime()?.block_on(async move {
         let client = args.client.connect().await?;
         let d = client.deployment(id);
@@ -756,6 +805,20 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
             let t0 = std::time::Instant::now();
             outputs = d.infer(inputs.clone()).await?;
             took.push(t0.elapsed());
+        }
+        if let Some(path) = &out {
+            let bytes = if path.extension().is_some_and(|e| e == "npz") {
+                crate::npy::write_npz(&outputs)?
+            } else {
+                match outputs.as_slice() {
+                    [one] => crate::npy::write_npy(&one.tensor)?,
+                    many => bail!(
+                        "the model returned {} outputs: write them to a .npz file",
+                        many.len()
+                    ),
+                }
+            };
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
         }
         for o in &outputs {
             let preview = match o.tensor.dtype() {

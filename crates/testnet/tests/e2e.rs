@@ -102,7 +102,40 @@ async fn happy_path(plan: DeployPlan, n: u32, pace_per_s: Option<u64>) {
                 .pricing
                 .request_cost(TINY.len() as u64, 28 * 28 * 4)
                 .unwrap();
-            assert_eq!(charged.get(), u64::from(n) * cost.get());
+            if charged.get() != u64::from(n) * cost.get() {
+                // What was charged other than the task price, for the failure report.
+                let conn = rusqlite::Connection::open(dir.path().join("dispatcher/ledger.sqlite"))
+                    .unwrap();
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT hex(task), hex(node), input_bytes, output_bytes, charged, at_s
+                         FROM usage WHERE deployment = ?1 AND charged != ?2",
+                    )
+                    .unwrap();
+                let odd: Vec<String> = stmt
+                    .query_map(
+                        rusqlite::params![d.id().as_bytes().as_slice(), cost.get() as i64],
+                        |r| {
+                            Ok(format!(
+                                "task {} node {} in {} out {} charged {} at {}",
+                                r.get::<_, String>(0)?,
+                                r.get::<_, String>(1)?,
+                                r.get::<_, i64>(2)?,
+                                r.get::<_, i64>(3)?,
+                                r.get::<_, i64>(4)?,
+                                r.get::<_, i64>(5)?
+                            ))
+                        },
+                    )
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                panic!(
+                    "charged {charged} for {n} tasks of {cost}: rows charged otherwise {odd:#?}; \
+                     {:?}",
+                    net.dispatcher().stats()
+                );
+            }
             assert_eq!(
                 info.allowance_left.get(),
                 p.credit_allowance.get() - charged.get()

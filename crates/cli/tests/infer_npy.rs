@@ -1,0 +1,220 @@
+//! `crat infer` with NumPy files, as the built binaries run it: a `crat dispatcher` and a
+//! `crat node` process, the model uploaded and deployed with `crat upload` and `crat deploy`
+//! (whose wait prints its progress), then `crat infer --input input=x.npy --out y.npy` and
+//! `--inputs x.npz --out y.npz`. The inputs were written by NumPy 2.4 (`tests/data/npy`);
+//! the outputs must be what the model computes on them locally, in NumPy's format.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+#[path = "chaos/processes.rs"]
+#[allow(dead_code)]
+mod processes;
+
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
+use crat_core::tensor::{DType, Tensor};
+use processes::{DispatcherProc, NodeProc, free_port, operator};
+
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
+
+/// The data of a `.npy` file, after checking its header names `descr` and `shape`.
+fn npy_data<'a>(bytes: &'a [u8], descr: &str, shape: &str) -> &'a [u8] {
+    assert!(bytes.starts_with(b"\x93NUMPY\x01\x00"), "a version 1 .npy");
+    let len = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+    assert!(header.contains(&format!("'descr': '{descr}'")), "{header}");
+    assert!(header.contains(&format!("'shape': {shape}")), "{header}");
+    assert_eq!((10 + len) % 64, 0, "data aligned as NumPy aligns it");
+    &bytes[10 + len..]
+}
+
+fn f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+            "{got:?} vs {want:?}"
+        );
+    }
+}
+
+/// The tiny model's output name, as its signature declares it.
+fn local_output_name() -> String {
+    crat_backend::onnx_check::check_model(TINY)
+        .unwrap()
+        .info
+        .outputs[0]
+        .name
+        .clone()
+}
+
+fn crat(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_crat"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crat_infer_reads_and_writes_numpy_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npy");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let config = dir.path().join("dispatcher.toml");
+    // One node: one replica; compute challenges at test scale (the node proves its CPU).
+    std::fs::write(
+        &config,
+        "[dispatcher]\nreplicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n",
+    )
+    .unwrap();
+    let data = dir.path().join("dispatcher");
+    let d = data.to_str().unwrap();
+    operator(&[
+        "credits",
+        "grant",
+        "--data-dir",
+        d,
+        "--account",
+        "np",
+        "100000",
+    ])
+    .unwrap();
+    let key = operator(&["keys", "create", "--data-dir", d, "--account", "np"]).unwrap();
+    let key = key.trim().to_owned();
+
+    let port = free_port(&[]).unwrap();
+    let mut dispatcher = DispatcherProc {
+        port,
+        data,
+        config,
+        logs: logs.clone(),
+        proc: None,
+        lives: 0,
+        id: None,
+    };
+    dispatcher.start().await.unwrap();
+    let mut node = NodeProc {
+        index: 0,
+        port: free_port(&[port]).unwrap(),
+        data: dir.path().join("node"),
+        logs,
+        proc: None,
+        lives: 0,
+    };
+    node.start(&dispatcher).unwrap();
+    let id = dispatcher.id.clone().unwrap();
+    let addr = dispatcher.addr();
+    let client = ["--dispatcher", &addr, "--dispatcher-id", &id, "--key", &key];
+
+    let model_path = dir.path().join("tiny.onnx");
+    std::fs::write(&model_path, TINY).unwrap();
+    let out = crat(&[&["upload"], &client[..], &[model_path.to_str().unwrap()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = crat(
+        &[
+            &["deploy"],
+            &client[..],
+            &["--model", &model, "--allowance", "50000"],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("Ready: 1/1 replicas ready"),
+        "progress shown: {stderr}"
+    );
+    let deployment = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    // What the model computes locally on the NumPy input.
+    let input_npy = std::fs::read(data_dir.join("tiny_input.npy")).unwrap();
+    let input = Tensor::new(
+        DType::F32,
+        vec![1, 1, 28, 28],
+        npy_data(&input_npy, "<f4", "(1, 1, 28, 28)").to_vec(),
+    )
+    .unwrap();
+    let local = TractBackend::new().load(TINY).unwrap();
+    let want = local.run(&[input]).unwrap().remove(0);
+    let want = want.to_vec::<f32>().unwrap();
+
+    // .npy in, .npy out.
+    let out_npy = dir.path().join("out.npy");
+    let input_arg = format!("input={}", data_dir.join("tiny_input.npy").display());
+    // `crat infer` on the deployment with `args` after it; it must succeed.
+    let infer = |args: &[&str]| {
+        let out = crat(
+            &[
+                &["infer"],
+                &client[..],
+                &["--deployment", &deployment],
+                args,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    infer(&["--input", &input_arg, "--out", out_npy.to_str().unwrap()]);
+    let bytes = std::fs::read(&out_npy).unwrap();
+    assert_close(&f32s(npy_data(&bytes, "<f4", "(1, 10)")), &want);
+
+    // .npz in, .npz out: one array per output, named by it.
+    let out_npz = dir.path().join("out.npz");
+    let inputs = data_dir.join("tiny_inputs.npz");
+    infer(&[
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--out",
+        out_npz.to_str().unwrap(),
+    ]);
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&out_npz).unwrap()).unwrap();
+    assert_eq!(zip.len(), 1);
+    let name = format!("{}.npy", local_output_name());
+    let mut entry = zip.by_name(&name).unwrap();
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).unwrap();
+    assert_close(&f32s(npy_data(&bytes, "<f4", "(1, 10)")), &want);
+
+    // Bad input: a clear error, not a crash.
+    let out = crat(
+        &[
+            &["infer"],
+            &client[..],
+            &[
+                "--deployment",
+                &deployment,
+                "--input",
+                &format!("input={}", data_dir.join("big_endian.npy").display()),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("astype"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.kill().unwrap();
+    dispatcher.kill().unwrap();
+}
