@@ -547,11 +547,22 @@ pub(super) fn deployments_touched(
 
 impl<T: Transport> Dispatcher<T> {
     /// Puts deployments read back after a charge ([`deployments_touched`]) in the in-memory
-    /// map.
+    /// map. Charges from several nodes run concurrently, and their read-backs may arrive out
+    /// of order: an allowance only ever goes down (charges, the refund), so a read-back with
+    /// more left than the map holds is an older one and is dropped (it used to overwrite a
+    /// newer one, leaving the allowance shown too high until the next charge: seen in CI as
+    /// 52 credits too many left after 1,000 tasks, with every task charged in the ledger).
     pub(super) fn store_deployments(&self, after: Vec<DeploymentRecord>) {
         let mut deployments = self.inner.deployments.write();
         for d in after {
-            if let Some(slot) = deployments.get_mut(&d.id) {
+            let Some(slot) = deployments.get_mut(&d.id) else {
+                continue;
+            };
+            // Equal allowances: the one that says stopped is the newer (a stop is never undone).
+            let newer = d.allowance_left < slot.allowance_left
+                || (d.allowance_left == slot.allowance_left
+                    && (d.stopped_at_s.is_some() || slot.stopped_at_s.is_none()));
+            if newer {
                 *slot = d;
             }
         }
