@@ -165,3 +165,9 @@ class LocalNetwork:
     def close(self) -> None: ...
     def __enter__(self) -> LocalNetwork: ...
     def __exit__(self, *exc: object) -> bool: ...
+
+def rust_infer_many_seconds(
+    deployment: Deployment, inputs: Inputs, count: int, concurrency: int
+) -> float:
+    """Benchmark support (``cryptorat.testing``): seconds the Rust SDK's own ``infer_many``
+    takes to run ``count`` tasks of ``inputs`` on ``deployment``."""

@@ -18,6 +18,6 @@ declare of GPUs is not proven, and nothing is paid for real.
 
 from __future__ import annotations
 
-from ._cryptorat import LocalNetwork
+from ._cryptorat import LocalNetwork, rust_infer_many_seconds
 
-__all__ = ["LocalNetwork"]
+__all__ = ["LocalNetwork", "rust_infer_many_seconds"]

@@ -228,7 +228,7 @@ fn stats_dict(py: Python<'_>, s: crat_sdk::Stats) -> PyResult<Bound<'_, PyDict>>
 /// A deployed model: tasks go straight to the nodes serving it.
 #[pyclass(frozen, module = "cryptorat")]
 pub(crate) struct Deployment {
-    inner: crat_sdk::Deployment<QuicTransport>,
+    pub(crate) inner: crat_sdk::Deployment<QuicTransport>,
 }
 
 #[pymethods]

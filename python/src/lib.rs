@@ -118,6 +118,7 @@ fn _cryptorat(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::DeploymentInfo>()?;
     m.add_class::<client::TensorSpec>()?;
     m.add_class::<testing::LocalNetwork>()?;
+    m.add_function(wrap_pyfunction!(testing::rust_infer_many_seconds, m)?)?;
     m.add("DTYPES", tensors::DTYPE_NAMES.to_vec())?;
     Ok(())
 }

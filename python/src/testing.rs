@@ -15,9 +15,12 @@ use crat_testnet::NodeSpec;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 
-use crate::client::{Client, connect_parsed};
-use crate::new_runtime;
+use crate::client::{CONCURRENCY_MAX, Client, Deployment, connect_parsed};
+use crate::tensors::to_named;
+use crate::{new_runtime, wait};
 
+/// Most tasks one [`rust_infer_many_seconds`] runs.
+const BENCH_TASKS_MAX: usize = 1_000_000;
 /// Most nodes one local network starts.
 const NODES_MAX: usize = 16;
 /// How long closing waits for the network's tasks to end.
@@ -264,4 +267,34 @@ impl LocalNetwork {
             None => "LocalNetwork(closed)".to_owned(),
         }
     }
+}
+
+/// Benchmark support: runs `count` tasks, each with `inputs`, through the Rust SDK's own
+/// `Deployment::infer_many` on `deployment` (at most `concurrency` at once, results in
+/// order, outputs dropped) and returns the seconds it took: the baseline
+/// `Deployment.infer_many` is measured against (`python/bench/infer_many.py`).
+#[pyfunction]
+pub(crate) fn rust_infer_many_seconds(
+    py: Python<'_>,
+    deployment: &Deployment,
+    inputs: &Bound<'_, PyAny>,
+    count: usize,
+    concurrency: usize,
+) -> PyResult<f64> {
+    if count > BENCH_TASKS_MAX || !(1..=CONCURRENCY_MAX).contains(&concurrency) {
+        return Err(PyValueError::new_err(format!(
+            "count must be at most {BENCH_TASKS_MAX} and concurrency between 1 and {CONCURRENCY_MAX}"
+        )));
+    }
+    let tensors = to_named(py, inputs)?;
+    let d = deployment.inner.clone();
+    wait(py, async move {
+        let start = std::time::Instant::now();
+        let tasks = futures_util::stream::iter((0..count).map(move |_| tensors.clone()));
+        let mut results = std::pin::pin!(d.infer_many(tasks, concurrency));
+        while let Some(outputs) = futures_util::StreamExt::next(&mut results).await {
+            outputs?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })
 }

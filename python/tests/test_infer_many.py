@@ -86,3 +86,16 @@ def test_concurrency_is_bounded(tiny: cryptorat.Deployment) -> None:
         with pytest.raises(ValueError, match="concurrency"):
             tiny.infer_many([], concurrency=bad)
     assert list(tiny.infer_many([], concurrency=1)) == []
+
+
+def test_the_rust_baseline_runs_the_same_tasks(tiny: cryptorat.Deployment) -> None:
+    from cryptorat.testing import rust_infer_many_seconds
+
+    before = tiny.stats()["completed"]
+    seconds = rust_infer_many_seconds(tiny, {"input": image(0)}, 20, 4)
+    assert seconds > 0
+    assert tiny.stats()["completed"] == before + 20
+    with pytest.raises(cryptorat.InvalidInputError):
+        rust_infer_many_seconds(tiny, {"input": image(0)[0]}, 2, 1)
+    with pytest.raises(ValueError, match="concurrency"):
+        rust_infer_many_seconds(tiny, {"input": image(0)}, 2, 0)
