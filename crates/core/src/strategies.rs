@@ -80,28 +80,7 @@ pub fn peer_addr() -> impl Strategy<Value = PeerAddr> {
 
 /// A wire error.
 pub fn wire_error() -> impl Strategy<Value = WireError> {
-    (
-        proptest::sample::select(vec![
-            ErrorCode::BadRequest,
-            ErrorCode::Unauthenticated,
-            ErrorCode::KeyExpired,
-            ErrorCode::KeyRevoked,
-            ErrorCode::InsufficientCredits,
-            ErrorCode::ModelRejected,
-            ErrorCode::TooLarge,
-            ErrorCode::NotFound,
-            ErrorCode::NoCapacity,
-            ErrorCode::InvalidInput,
-            ErrorCode::TicketRejected,
-            ErrorCode::Busy,
-            ErrorCode::Timeout,
-            ErrorCode::Internal,
-            ErrorCode::RateLimited,
-            ErrorCode::BudgetExhausted,
-            ErrorCode::QuotaExceeded,
-        ]),
-        text(),
-    )
+    (proptest::sample::select(ErrorCode::ALL.to_vec()), text())
         .prop_map(|(code, message)| WireError::new(code, message))
 }
 

@@ -191,6 +191,30 @@ pub enum ErrorCode {
     QuotaExceeded,
 }
 
+impl ErrorCode {
+    /// Every code, in declaration order (for tables, tests and the SDKs' error classes; the
+    /// test `error_code_all_lists_every_code` keeps it complete).
+    pub const ALL: [ErrorCode; 17] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthenticated,
+        ErrorCode::KeyExpired,
+        ErrorCode::KeyRevoked,
+        ErrorCode::InsufficientCredits,
+        ErrorCode::ModelRejected,
+        ErrorCode::TooLarge,
+        ErrorCode::NotFound,
+        ErrorCode::NoCapacity,
+        ErrorCode::InvalidInput,
+        ErrorCode::TicketRejected,
+        ErrorCode::Busy,
+        ErrorCode::Timeout,
+        ErrorCode::Internal,
+        ErrorCode::RateLimited,
+        ErrorCode::BudgetExhausted,
+        ErrorCode::QuotaExceeded,
+    ];
+}
+
 /// An error returned in place of a response.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct WireError {
@@ -1032,6 +1056,36 @@ impl Reply for NodeToClient {
 mod tests {
     use super::*;
     use crate::tensor::Tensor;
+
+    #[test]
+    fn error_code_all_lists_every_code() {
+        // A new code fails to compile here until it is given the next index, and then this
+        // test until it is in `ErrorCode::ALL`.
+        fn index(code: ErrorCode) -> usize {
+            match code {
+                ErrorCode::BadRequest => 0,
+                ErrorCode::Unauthenticated => 1,
+                ErrorCode::KeyExpired => 2,
+                ErrorCode::KeyRevoked => 3,
+                ErrorCode::InsufficientCredits => 4,
+                ErrorCode::ModelRejected => 5,
+                ErrorCode::TooLarge => 6,
+                ErrorCode::NotFound => 7,
+                ErrorCode::NoCapacity => 8,
+                ErrorCode::InvalidInput => 9,
+                ErrorCode::TicketRejected => 10,
+                ErrorCode::Busy => 11,
+                ErrorCode::Timeout => 12,
+                ErrorCode::Internal => 13,
+                ErrorCode::RateLimited => 14,
+                ErrorCode::BudgetExhausted => 15,
+                ErrorCode::QuotaExceeded => 16,
+            }
+        }
+        for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(index(code), i, "{code:?}");
+        }
+    }
 
     #[test]
     fn version_trailing_and_canonical() {

@@ -225,26 +225,7 @@ mod tests {
 
     #[test]
     fn every_code_maps_back_to_itself() {
-        let codes = [
-            ErrorCode::BadRequest,
-            ErrorCode::Unauthenticated,
-            ErrorCode::KeyExpired,
-            ErrorCode::KeyRevoked,
-            ErrorCode::InsufficientCredits,
-            ErrorCode::ModelRejected,
-            ErrorCode::TooLarge,
-            ErrorCode::NotFound,
-            ErrorCode::NoCapacity,
-            ErrorCode::InvalidInput,
-            ErrorCode::TicketRejected,
-            ErrorCode::Busy,
-            ErrorCode::Timeout,
-            ErrorCode::Internal,
-            ErrorCode::RateLimited,
-            ErrorCode::BudgetExhausted,
-            ErrorCode::QuotaExceeded,
-        ];
-        for code in codes {
+        for code in ErrorCode::ALL {
             let e = Error::from_wire(WireError::new(code, "why"));
             assert_eq!(e.code(), Some(code));
             assert!(e.to_string().contains("why"), "{e}");
