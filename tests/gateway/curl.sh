@@ -108,6 +108,7 @@ expect 403 "expired key" -H "Authorization: Bearer $expired" "$url/v2/models/tin
 expect 404 "unknown model" "${auth[@]}" "$url/v2/models/nope"
 expect 404 "unknown version" "${auth[@]}" "$url/v2/models/tiny/versions/$(printf 'a%.0s' {1..64})/ready"
 expect 404 "unknown route" "$url/v3"
+expect 405 "wrong method" "${auth[@]}" "$url/v2/models/tiny/infer"
 expect 413 "body over the limit" "${auth[@]}" --data-binary "@$work/big.json" "$url/v2/models/tiny/infer"
 expect 503 "no inference slot (infer_inflight_max = 0)" -H "Authorization: Bearer $dkey" \
     --data-binary "@$work/infer.json" "$drained/v2/models/tiny/infer"

@@ -73,10 +73,10 @@ impl Slot {
         }
         if map.len() >= most {
             // Keep the bound: drop one handle (its acknowledgements are flushed first).
-            if let Some(old) = map.keys().next().copied() {
-                if let Some(d) = map.remove(&old) {
-                    flush_in_background(vec![d]);
-                }
+            if let Some(old) = map.keys().next().copied()
+                && let Some(d) = map.remove(&old)
+            {
+                flush_in_background(vec![d]);
             }
         }
         let d = client.deployment(id);
@@ -163,10 +163,11 @@ impl ClientPool {
                 .iter()
                 .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
                 .map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                if let Some(slot) = slots.remove(&oldest) {
-                    flush_in_background(slot.deployments.lock().drain().map(|(_, d)| d).collect());
-                }
+            if let Some(oldest) = oldest
+                && let Some(slot) = slots.remove(&oldest)
+            {
+                let handles = slot.deployments.lock().drain().map(|(_, d)| d).collect();
+                flush_in_background(handles);
             }
         }
         let slot = Arc::new(Slot {

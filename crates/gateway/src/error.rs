@@ -17,6 +17,11 @@ pub enum GatewayError {
     /// The model name is neither configured nor a deployment id (404).
     #[error("unknown model {0:?}: not a configured model name nor a deployment id (dep_…)")]
     UnknownModel(String),
+    /// No route has this path (404).
+    #[error(
+        "{0}; the routes are /v2, /v2/health/{{live,ready}}, /v2/models/{{name}}[/versions/{{version}}][/ready|/config|/infer] and /metrics"
+    )]
+    NoRoute(String),
     /// The version asked for is not the deployment's model (404).
     #[error("model {model:?} has no version {version:?}; its version is {serves}")]
     UnknownVersion {
@@ -77,7 +82,9 @@ impl GatewayError {
         use crat_sdk::Error as E;
         match self {
             Self::MissingKey | Self::MalformedKey => StatusCode::UNAUTHORIZED,
-            Self::UnknownModel(_) | Self::UnknownVersion { .. } => StatusCode::NOT_FOUND,
+            Self::UnknownModel(_) | Self::UnknownVersion { .. } | Self::NoRoute(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::NotReady { .. } | Self::InvalidRequest(_) | Self::Body(_) => {
                 StatusCode::BAD_REQUEST
             }

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tower::limit::ConcurrencyLimitLayer;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::clients::ClientPool;
 use crate::codec::{self, kserve_name, triton_name};
@@ -191,12 +191,15 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&infer, post(infer_route))
         .route(&infer_v, post(infer_route))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            GatewayError::InvalidRequest("no such route; see GET /v2".into())
-                .with_status(StatusCode::NOT_FOUND)
+        .fallback(|| async { GatewayError::NoRoute("no such route".into()) })
+        .method_not_allowed_fallback(|| async {
+            GatewayError::NoRoute("this route takes another method".into())
+                .with_status(StatusCode::METHOD_NOT_ALLOWED)
         })
         .layer(middleware::from_fn_with_state(shared.clone(), count))
-        .layer(ConcurrencyLimitLayer::new(http_inflight_max))
+        // One limit over every route (a plain `ConcurrencyLimitLayer` would give each route
+        // its own).
+        .layer(GlobalConcurrencyLimitLayer::new(http_inflight_max))
         .with_state(shared)
 }
 

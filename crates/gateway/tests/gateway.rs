@@ -241,7 +241,9 @@ async fn oip_v2_over_http_in_front_of_a_real_network() {
         .unwrap();
     let unknown_auth = format!("Bearer {unknown}");
     let big = vec![b' '; (1 << 20) + 1];
-    let cases: Vec<(&str, Vec<(&str, &str)>, &[u8], u16)> = vec![
+    // (path, headers, body, status)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [u8], u16);
+    let cases: Vec<Case<'_>> = vec![
         ("/v2/models/tiny/infer", vec![], &infer_json, 401),
         (
             "/v2/models/tiny/infer",
@@ -301,6 +303,15 @@ async fn oip_v2_over_http_in_front_of_a_real_network() {
     assert_eq!(r.status, 403);
     let r = http(addr, "GET", "/nowhere", &[], b"").await;
     assert_eq!(r.status, 404);
+    assert!(
+        r.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("/v2/models/{name}")
+    );
+    let r = http(addr, "GET", "/v2/models/tiny/infer", &auth, b"").await;
+    assert_eq!(r.status, 405);
+    assert!(r.json()["error"].is_string());
 
     // A gateway that may run no inference sheds every one: 503 with Retry-After.
     let mut drained = gconfig.clone();
