@@ -263,22 +263,33 @@ fn kserve_shape(t: &TensorSignature) -> Vec<i64> {
     }
 }
 
+/// The deployment's inputs and outputs, each described by `one`; none when the wire could
+/// not carry the model's signature.
+fn describe(
+    info: &DeploymentInfo,
+    one: impl Fn(&TensorSignature) -> serde_json::Value,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    info.signature
+        .as_ref()
+        .map(|s| {
+            (
+                s.inputs.iter().map(&one).collect(),
+                s.outputs.iter().map(&one).collect(),
+            )
+        })
+        .unwrap_or_default()
+}
+
 async fn model_metadata(
     State(shared): State<Arc<Shared>>,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, GatewayError> {
     let info = shared.info(&headers, &path).await?;
-    let tensors = |ts: &[TensorSignature]| -> Vec<serde_json::Value> {
-        ts.iter()
-            .map(|t| json!({"name": t.name, "datatype": kserve_name(t.dtype), "shape": kserve_shape(t)}))
-            .collect()
-    };
-    let (inputs, outputs) = info
-        .signature
-        .as_ref()
-        .map(|s| (tensors(&s.inputs), tensors(&s.outputs)))
-        .unwrap_or_default();
+    let (inputs, outputs) = describe(
+        &info,
+        |t| json!({"name": t.name, "datatype": kserve_name(t.dtype), "shape": kserve_shape(t)}),
+    );
     Ok(Json(json!({
         "name": path.name,
         "versions": [info.model.to_string()],
@@ -314,16 +325,10 @@ async fn model_config(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, GatewayError> {
     let info = shared.info(&headers, &path).await?;
-    let tensors = |ts: &[TensorSignature]| -> Vec<serde_json::Value> {
-        ts.iter()
-            .map(|t| json!({"name": t.name, "data_type": triton_name(t.dtype), "dims": kserve_shape(t)}))
-            .collect()
-    };
-    let (input, output) = info
-        .signature
-        .as_ref()
-        .map(|s| (tensors(&s.inputs), tensors(&s.outputs)))
-        .unwrap_or_default();
+    let (input, output) = describe(
+        &info,
+        |t| json!({"name": t.name, "data_type": triton_name(t.dtype), "dims": kserve_shape(t)}),
+    );
     // Batching happens on the nodes, not in front of them: the model's own shapes, no
     // Triton batch dimension.
     Ok(Json(json!({
