@@ -200,3 +200,37 @@ impl ClientPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn key(n: u8) -> SdkKey {
+        format!("sk_{}_{}", hex(n, 16), hex(n, 32)).parse().unwrap()
+    }
+
+    fn hex(n: u8, bytes: usize) -> String {
+        format!("{n:02x}").repeat(bytes)
+    }
+
+    #[test]
+    fn the_least_recently_used_key_goes_first() {
+        let upstream = Upstream::new("127.0.0.1:9".parse().unwrap(), NodeId::from_bytes([1; 32]));
+        let pool = ClientPool::new(upstream, 2);
+        let a = pool.slot(&key(1));
+        pool.slot(&key(2));
+        // Using key 1 again makes key 2 the oldest.
+        assert!(Arc::ptr_eq(&a, &pool.slot(&key(1))));
+        pool.slot(&key(3));
+        assert_eq!(pool.len(), 2);
+        let names: Vec<String> = pool.slots.lock().keys().cloned().collect();
+        assert!(names.contains(&key(1).to_string()) && names.contains(&key(3).to_string()));
+        // The same key id with another secret is another slot, never the first one's client.
+        let mut other = key(1);
+        other.secret = [9; 32];
+        assert!(!Arc::ptr_eq(&a, &pool.slot(&other)));
+        pool.remove(&other);
+        assert_eq!(pool.len(), 1);
+    }
+}

@@ -209,3 +209,34 @@ impl Gateway {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn configs_parse_from_toml_and_are_checked() {
+        let c: GatewayConfig = toml::from_str(
+            "listen = \"0.0.0.0:8080\"\nbody_bytes_max = 1024\n[models]\ntiny = \"dep_00112233445566778899aabbccddeeff\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.body_bytes_max, 1024);
+        assert_eq!(c.clients_max, GatewayConfig::default().clients_max);
+        assert!(c.validate().is_ok());
+        assert!(toml::from_str::<GatewayConfig>("bogus = 1").is_err());
+        let mut bad = c.clone();
+        bad.clients_max = 0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("clients_max")
+        );
+        let mut bad = c;
+        bad.models
+            .insert("a/b".into(), DeploymentId::from_bytes([0; 16]));
+        assert!(bad.validate().is_err());
+    }
+}
