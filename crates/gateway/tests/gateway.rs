@@ -321,6 +321,21 @@ async fn oip_v2_over_http_in_front_of_a_real_network() {
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
 
+    // The network without capacity (both nodes killed): 503 with Retry-After. The SDK gives
+    // up on dead replicas quickly here.
+    let mut quick = Upstream::new(net.dispatcher_addr, net.dispatcher().id());
+    quick.client.connect_timeout_ms = 300;
+    quick.client.infer_timeout_ms = 1_000;
+    quick.client.attempts_max = Some(3);
+    let quick = serve(Gateway::new(gconfig.clone(), quick).unwrap()).await;
+    for node in &net.nodes {
+        node.kill();
+    }
+    let r = http(quick, "POST", "/v2/models/tiny/infer", &auth, &infer_json).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.json()["error"].is_string());
+
     // The metrics counted it all.
     let r = http(addr, "GET", "/metrics", &[], b"").await;
     let text = String::from_utf8(r.body).unwrap();
