@@ -57,8 +57,10 @@ pub(crate) struct GatewayArgs {
     /// The dispatcher's id.
     #[arg(long, conflicts_with = "local")]
     dispatcher_id: Option<String>,
-    /// Start a whole network in this process and serve in front of it (see `crat gateway
-    /// --help` and the README): prints one JSON line with the URL, keys and model names.
+    /// Start a whole network in this process (a dispatcher, two tract nodes; the tiny CNN
+    /// deployed as `tiny`, a deployment `tiny-spent` whose allowance is spent, a revoked and
+    /// an expired key) and serve in front of it. Prints one JSON line: url, key, model,
+    /// deployment, version, spent_model, revoked_key, expired_key, dispatcher, dispatcher_id.
     #[arg(long)]
     local: bool,
 }
