@@ -51,8 +51,9 @@ fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
     }
 }
 
-/// Runs `tasks` calls of `call` with `IN_FLIGHT` workers; each worker owns its state `S`.
-async fn load<S, F, Fut>(tasks: usize, states: Vec<S>, call: F) -> Summary
+/// Runs `tasks` calls of `call` with one worker per state (each owns its `S`); gives the
+/// states back.
+async fn load<S, F, Fut>(tasks: usize, states: Vec<S>, call: F) -> (Summary, Vec<S>)
 where
     S: Send + 'static,
     F: Fn(S) -> Fut + Clone + Send + 'static,
@@ -71,14 +72,18 @@ where
                 state = call(state).await;
                 latencies.push(t.elapsed());
             }
-            latencies
+            (latencies, state)
         }));
     }
     let mut all = Vec::with_capacity(tasks);
+    let mut states = Vec::with_capacity(workers.len());
     for w in workers {
-        all.extend(w.await.unwrap());
+        let (latencies, state) = w.await.unwrap();
+        all.extend(latencies);
+        states.push(state);
     }
-    summarize(all, started.elapsed())
+    let took = started.elapsed();
+    (summarize(all, took), states)
 }
 
 /// One keep-alive HTTP/1.1 connection; `infer` sends one binary request, checks the answer.
@@ -195,7 +200,7 @@ fn main() {
 
         // Warm up both paths (leases, connections, the gateway's client for the key).
         let warm = d.clone();
-        load(256, vec![(); IN_FLIGHT], move |()| {
+        load(1_000, vec![(); IN_FLIGHT], move |()| {
             let d = warm.clone();
             async move {
                 d.infer(vec![NamedTensor::new("input", image())]).await.unwrap();
@@ -206,33 +211,32 @@ fn main() {
         for _ in 0..IN_FLIGHT {
             conns.push(Conn::open(addr, request.clone()).await);
         }
-        let conns = {
-            let mut warmed = Vec::new();
-            for c in conns {
-                warmed.push(c.infer().await);
-            }
-            warmed
-        };
+        let (_, mut conns) = load(1_000, conns, Conn::infer).await;
 
-        let sdk = {
+        // Alternate the two, twice, so that neither gains from running later (warmer
+        // nodes, settled leases).
+        println!(
+            "tiny CNN, {IN_FLIGHT} in flight, {tasks} tasks per run, 2 tract nodes (batches of 4) on loopback"
+        );
+        for round in 1..=2 {
             let d = d.clone();
-            load(tasks, vec![(); IN_FLIGHT], move |()| {
+            let (sdk, _) = load(tasks, vec![(); IN_FLIGHT], move |()| {
                 let d = d.clone();
                 async move {
                     d.infer(vec![NamedTensor::new("input", image())]).await.unwrap();
                 }
             })
-            .await
-        };
-        let http = load(tasks, conns, Conn::infer).await;
-        println!("tiny CNN, {IN_FLIGHT} in flight, {tasks} tasks each, 2 tract nodes (batches of 4) on loopback");
-        for (name, s) in [("SDK directly", sdk), ("gateway, HTTP binary", http)] {
-            println!(
-                "{name:>22}: {:>8.0} requests/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
-                s.rps,
-                s.p50.as_secs_f64() * 1e3,
-                s.p99.as_secs_f64() * 1e3
-            );
+            .await;
+            let (http, back) = load(tasks, conns, Conn::infer).await;
+            conns = back;
+            for (name, s) in [("SDK directly", sdk), ("gateway, HTTP binary", http)] {
+                println!(
+                    "round {round} {name:>22}: {:>8.0} requests/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    s.rps,
+                    s.p50.as_secs_f64() * 1e3,
+                    s.p99.as_secs_f64() * 1e3
+                );
+            }
         }
         net.shutdown();
     });
