@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the ONNX Runtime library, from PyPI), then
 # runs every test of the workspace with every feature, as CI does, then the Python package's
-# tests (scripts/test-python.sh).
+# tests (scripts/test-python.sh) and the gateway's tests with the official Triton client and
+# curl. The Python packages come from PyPI into virtual environments under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
@@ -11,3 +12,31 @@ cargo test --workspace --all-features --locked "$@"
 # --- the Python package (python/, its own Cargo workspace): build it and run its pytest suite.
 scripts/test-python.sh
 # --- end of the Python package
+
+# --- gateway (issue 15, item 2): tritonclient[http] and curl against `crat gateway --local` ---
+# The Python packages of tests/gateway/requirements.txt, from PyPI into a virtual environment
+# ($CRAT_GATEWAY_VENV, default ~/.cache/cryptorat-gateway-venv). Missing packages fail the
+# run: nothing is skipped.
+command -v curl >/dev/null || { echo "scripts/test.sh: the gateway tests need curl" >&2; exit 1; }
+gateway_venv="${CRAT_GATEWAY_VENV:-$HOME/.cache/cryptorat-gateway-venv}"
+[ -x "$gateway_venv/bin/python" ] || python3 -m venv "$gateway_venv" || {
+    echo "scripts/test.sh: cannot create a virtual environment at $gateway_venv" >&2
+    exit 1
+}
+"$gateway_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -r tests/gateway/requirements.txt || {
+    echo "scripts/test.sh: cannot install tests/gateway/requirements.txt from PyPI" >&2
+    exit 1
+}
+gateway_python="$gateway_venv/bin/python"
+if ! "$gateway_python" -c 'import tritonclient.http, numpy, onnxruntime, pytest' 2>/dev/null; then
+    echo "scripts/test.sh: the gateway tests need tritonclient[http], numpy, onnxruntime and pytest" >&2
+    exit 1
+fi
+cargo build --locked -p crat-cli --bin crat
+CRAT_BIN="${CARGO_TARGET_DIR:-target}/debug/crat"
+CRAT_BIN="$(cd "$(dirname "$CRAT_BIN")" && pwd)/crat"
+export CRAT_BIN
+"$gateway_python" -m pytest -q -p no:cacheprovider tests/gateway
+tests/gateway/curl.sh
+# --- end gateway ---

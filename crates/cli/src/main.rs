@@ -2,6 +2,7 @@
 //! own module; this file only parses the command line and dispatches.
 
 mod demo;
+mod gateway;
 mod keyfile;
 mod net;
 mod npy;
@@ -49,6 +50,9 @@ enum Command {
     Deploy(net::DeployArgs),
     /// Run a task on a deployment (client).
     Infer(net::InferArgs),
+    /// Serve the KServe v2 / Triton HTTP protocol in front of the network (`--local`: in
+    /// front of a whole network started in this process).
+    Gateway(gateway::GatewayArgs),
     /// Round economics: compute a round's payouts, or explain one node's.
     #[command(subcommand)]
     Rewards(rewards::RewardsCommand),
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Command::Upload(args) => net::upload(args),
         Command::Deploy(args) => net::deploy(args),
         Command::Infer(args) => net::infer(args),
+        Command::Gateway(args) => gateway::run(args),
         Command::Rewards(cmd) => rewards::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
     };

@@ -36,13 +36,16 @@ use crate::keyfile::load_or_create_key;
 /// Settings file: every flag of the network verbs can be given here instead.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
     dispatcher: DispatcherSection,
     #[serde(default)]
     node: NodeSection,
     #[serde(default)]
-    client: ClientSection,
+    pub(crate) client: ClientSection,
+    /// `crat gateway`'s settings ([`crat_gateway::GatewayConfig`]).
+    #[serde(default)]
+    pub(crate) gateway: crat_gateway::GatewayConfig,
 }
 
 /// The `[dispatcher]` table. Each key sets the [`DispatcherConfig`] field of its name (the
@@ -91,16 +94,16 @@ struct NodeSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ClientSection {
-    dispatcher: Option<SocketAddr>,
-    dispatcher_id: Option<String>,
+pub(crate) struct ClientSection {
+    pub(crate) dispatcher: Option<SocketAddr>,
+    pub(crate) dispatcher_id: Option<String>,
     key: Option<String>,
 }
 
 /// Client identities the dispatcher's canaries go out from (each its own endpoint).
 const CANARY_IDENTITIES: usize = 8;
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let Some(path) = path else {
         return Ok(ConfigFile::default());
     };
@@ -109,13 +112,13 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
-fn now_s() -> u64 {
+pub(crate) fn now_s() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,242 @@
+//! `crat-gateway`: the KServe Open Inference Protocol v2 over HTTP (Triton-compatible) in
+//! front of the CryptoRAT SDK, so that `tritonclient`, KServe clients and `curl` can call
+//! models deployed on the network.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /v2/health/live`, `GET /v2/health/ready` | the gateway is up (no key needed) |
+//! | `GET /v2` | server metadata (extensions: `binary_tensor_data`, `model_configuration`) |
+//! | `GET /v2/models/{name}[/versions/{v}]` | model metadata from the deployment's signature |
+//! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 when the deployment serves, 400 otherwise |
+//! | `GET /v2/models/{name}[/versions/{v}]/config` | Triton's model configuration (what its clients read) |
+//! | `POST /v2/models/{name}[/versions/{v}]/infer` | inference: JSON tensors and Triton's binary tensor extension |
+//! | `GET /metrics` | Prometheus metrics |
+//!
+//! **Names and versions.** A model name is one of the configured names
+//! ([`GatewayConfig::models`], name → deployment id) or a deployment id itself (`dep_…`). Its
+//! one version is the id of the deployment's model (the blake3 hash of its ONNX bytes); a
+//! route with another version answers 404.
+//!
+//! **Keys.** Every model route needs `Authorization: Bearer sk_…`, an SDK key: the gateway
+//! calls the network as that key (its credits, its deployments), through one SDK client per
+//! key ([`GatewayConfig::clients_max`] of them at most; the least recently used goes, after
+//! sending the acknowledgements it holds to the dispatcher). A key the network refuses drops
+//! its client.
+//!
+//! **Errors** are the protocol's body `{"error": "…"}` with the status of
+//! [`GatewayError::status`]: 400 invalid input, 401 a missing, malformed or unknown key, 403
+//! an expired or revoked key, 402 insufficient credits, 404 an unknown model, 413 a body over
+//! [`GatewayConfig::body_bytes_max`], 429 a plan's rate, 503 no capacity or busy (with
+//! `Retry-After`), 504 a timeout, 502 a failure of the network's peers.
+//!
+//! **Bounds.** Requests in progress ([`GatewayConfig::http_inflight_max`], more wait for a
+//! slot), inferences in progress ([`GatewayConfig::infer_inflight_max`], more are answered 503
+//! at once), body bytes, clients, and deployment handles per client. Request bodies in memory
+//! are at most `infer_inflight_max × body_bytes_max`; JSON tensor data is parsed straight into
+//! tensor bytes.
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::Request;
+//! use crat_gateway::{Gateway, GatewayConfig, Upstream};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dispatcher_id = "0101010101010101010101010101010101010101010101010101010101010101".parse()?;
+//! let mut config = GatewayConfig::default();
+//! config.models.insert("tiny".into(), "dep_00112233445566778899aabbccddeeff".parse()?);
+//! let gateway = Gateway::new(config, Upstream::new("127.0.0.1:7400".parse()?, dispatcher_id))?;
+//!
+//! // Serve with `gateway.serve(listener, shutdown)`; here one request straight to the router.
+//! let response = gateway
+//!     .router()
+//!     .oneshot(Request::get("/v2/health/live").body(Body::empty())?)
+//!     .await?;
+//! assert_eq!(response.status(), 200);
+//! // Model routes need a key.
+//! let response = gateway
+//!     .router()
+//!     .oneshot(Request::get("/v2/models/tiny").body(Body::empty())?)
+//!     .await?;
+//! assert_eq!(response.status(), 401);
+//! # Ok(())
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crat_core::id::DeploymentId;
+use serde::Deserialize;
+
+mod clients;
+pub mod codec;
+mod error;
+mod metrics;
+mod server;
+
+pub use clients::Upstream;
+pub use error::GatewayError;
+
+/// The header that gives the length of a body's JSON part when binary tensor data follows.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+/// Most configured model names.
+pub const MODELS_MAX: usize = 4_096;
+
+/// The gateway's settings: the `[gateway]` table of `crat gateway --config`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// TCP address to serve HTTP on. Default 127.0.0.1:8000.
+    pub listen: SocketAddr,
+    /// Model names → deployments (at most [`MODELS_MAX`]). A deployment id is a model name
+    /// too, without being listed.
+    pub models: BTreeMap<String, DeploymentId>,
+    /// Largest request body, bytes. Default 64 MiB (the network's tensor frame limit).
+    pub body_bytes_max: usize,
+    /// Requests handled at once; more wait for a slot. Default 1,024.
+    pub http_inflight_max: usize,
+    /// Inferences run at once; more are answered 503 with `Retry-After` at once (0: every
+    /// inference is, for draining a gateway). Default 256.
+    pub infer_inflight_max: usize,
+    /// SDK clients (one per key) held at once. Default 64.
+    pub clients_max: usize,
+    /// Deployment handles (each with its lease) held per client. Default 64.
+    pub deployments_per_client_max: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            models: BTreeMap::new(),
+            body_bytes_max: 64 << 20,
+            http_inflight_max: 1_024,
+            infer_inflight_max: 256,
+            clients_max: 64,
+            deployments_per_client_max: 64,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Checks the limits and names.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let positive = [
+            ("body_bytes_max", self.body_bytes_max),
+            ("http_inflight_max", self.http_inflight_max),
+            ("clients_max", self.clients_max),
+            (
+                "deployments_per_client_max",
+                self.deployments_per_client_max,
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(GatewayError::Config(format!("{name} must be at least 1")));
+        }
+        if self.models.len() > MODELS_MAX {
+            return Err(GatewayError::Config(format!(
+                "{} model names, at most {MODELS_MAX}",
+                self.models.len()
+            )));
+        }
+        if let Some(bad) = self
+            .models
+            .keys()
+            .find(|n| n.is_empty() || n.contains('/') || n.len() > 256)
+        {
+            return Err(GatewayError::Config(format!(
+                "model name {bad:?}: 1 to 256 bytes, no '/'"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An Open Inference Protocol v2 gateway over the network reached through [`Upstream`].
+///
+/// Cheap to clone; clones share clients, limits and metrics.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<server::Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway with `config` in front of `upstream`. Nothing connects until a request with
+    /// a key comes.
+    pub fn new(config: GatewayConfig, upstream: Upstream) -> Result<Self, GatewayError> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(server::Shared::new(config, upstream)),
+        })
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.shared.config
+    }
+
+    /// The HTTP routes, with their limits and metrics.
+    pub fn router(&self) -> axum::Router {
+        server::router(self.shared.clone())
+    }
+
+    /// Serves HTTP on `listener` until `shutdown` completes, then lets requests in progress
+    /// finish and sends every client's acknowledgements to the dispatcher.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.shared.clients.flush_all().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn configs_parse_from_toml_and_are_checked() {
+        let c: GatewayConfig = toml::from_str(
+            "listen = \"0.0.0.0:8080\"\nbody_bytes_max = 1024\n[models]\ntiny = \"dep_00112233445566778899aabbccddeeff\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.body_bytes_max, 1024);
+        assert_eq!(c.clients_max, GatewayConfig::default().clients_max);
+        assert!(c.validate().is_ok());
+        assert!(toml::from_str::<GatewayConfig>("bogus = 1").is_err());
+        let mut bad = c.clone();
+        bad.clients_max = 0;
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("clients_max")
+        );
+        let mut bad = c;
+        bad.models
+            .insert("a/b".into(), DeploymentId::from_bytes([0; 16]));
+        assert!(bad.validate().is_err());
+    }
+}
