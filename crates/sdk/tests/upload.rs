@@ -79,12 +79,21 @@ async fn interrupted_upload_resumes_where_the_dispatcher_stopped() {
         matches!(err, Error::Internal(ref m) if m.contains("hiccup")),
         "{err}"
     );
-    let (have, sent_first) = {
-        let s = fake.state();
-        (
-            s.uploads[&id].contiguous(u64::from(CHUNK)),
-            s.chunk_log.len(),
-        )
+    // The chunks sent before the failing one (up to the window of 4) may still be landing
+    // when the error comes back: wait for them (bounded) before reading the resume point.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (have, sent_first) = loop {
+        let (have, sent) = {
+            let s = fake.state();
+            (
+                s.uploads[&id].contiguous(u64::from(CHUNK)),
+                s.chunk_log.len(),
+            )
+        };
+        if have >= 10 * u64::from(CHUNK) || tokio::time::Instant::now() >= deadline {
+            break (have, sent);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     };
     assert!(
         have >= 10 * u64::from(CHUNK),
