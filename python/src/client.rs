@@ -490,24 +490,13 @@ pub(crate) struct PerInstance {
     key_lifetime_s: u64,
 }
 
-fn update_frequency(name: &str) -> Option<UpdateFrequency> {
-    Some(match name {
-        "never" => UpdateFrequency::Never,
-        "monthly" => UpdateFrequency::Monthly,
-        "weekly" => UpdateFrequency::Weekly,
-        "daily" => UpdateFrequency::Daily,
-        "hourly" => UpdateFrequency::Hourly,
-        _ => return None,
-    })
-}
-
 impl PerInstance {
     fn plan(&self) -> DeployPlan {
         DeployPlan::PerInstance(PerInstancePlan {
             guaranteed_rps: self.guaranteed_rps,
             max_input_bytes: self.max_input_bytes,
             // Checked in `new`.
-            update_frequency: update_frequency(&self.update_frequency)
+            update_frequency: UpdateFrequency::from_name(&self.update_frequency)
                 .unwrap_or(UpdateFrequency::Never),
             key_lifetime_s: self.key_lifetime_s,
         })
@@ -524,7 +513,7 @@ impl PerInstance {
         key_lifetime_s: u64,
         update_frequency: &str,
     ) -> PyResult<Self> {
-        if self::update_frequency(update_frequency).is_none() {
+        if UpdateFrequency::from_name(update_frequency).is_none() {
             return Err(PyValueError::new_err(format!(
                 "update_frequency {update_frequency:?} is not one of never, monthly, weekly, daily, hourly"
             )));

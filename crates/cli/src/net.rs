@@ -651,15 +651,13 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         (None, Some(rps)) => DeployPlan::PerInstance(PerInstancePlan {
             guaranteed_rps: rps,
             max_input_bytes: args.max_input_bytes,
-            update_frequency: match args.updates.as_str() {
-                "never" => UpdateFrequency::Never,
-                "monthly" => UpdateFrequency::Monthly,
-                "weekly" => UpdateFrequency::Weekly,
-                "daily" => UpdateFrequency::Daily,
-                "hourly" => UpdateFrequency::Hourly,
-                other => {
-                    bail!("--updates {other:?}: expected never, monthly, weekly, daily or hourly")
-                }
+            update_frequency: match UpdateFrequency::from_name(&args.updates) {
+                Some(f) => f,
+                None => bail!(
+                    "--updates {:?}: expected one of {}",
+                    args.updates,
+                    UpdateFrequency::NAMES.join(", ")
+                ),
             },
             key_lifetime_s: args.key_lifetime_s,
         }),

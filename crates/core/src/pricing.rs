@@ -64,6 +64,22 @@ pub enum UpdateFrequency {
 }
 
 impl UpdateFrequency {
+    /// The names [`UpdateFrequency::from_name`] reads, from the rarest.
+    pub const NAMES: [&'static str; 5] = ["never", "monthly", "weekly", "daily", "hourly"];
+
+    /// The frequency named `name` (one of [`UpdateFrequency::NAMES`]), as the command line
+    /// and the Python package spell it.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "never" => UpdateFrequency::Never,
+            "monthly" => UpdateFrequency::Monthly,
+            "weekly" => UpdateFrequency::Weekly,
+            "daily" => UpdateFrequency::Daily,
+            "hourly" => UpdateFrequency::Hourly,
+            _ => return None,
+        })
+    }
+
     /// Seconds between updates, or `None` for [`UpdateFrequency::Never`].
     pub const fn period_s(self) -> Option<u64> {
         match self {

@@ -107,8 +107,9 @@ impl SteadyClock {
     }
 }
 
-impl Clock for SteadyClock {
-    fn now_s(&self) -> u64 {
+impl SteadyClock {
+    /// Steady time now, in Unix milliseconds, warning of a new skew on the way.
+    fn read_ms(&self) -> u64 {
         let wall = self.wall.now_s();
         let mono = self.mono.elapsed_ms();
         let mut state = self.state.lock();
@@ -123,13 +124,17 @@ impl Clock for SteadyClock {
                 );
             }
         }
-        state.steady.now_s(mono)
+        state.steady.now_ms(mono)
+    }
+}
+
+impl Clock for SteadyClock {
+    fn now_s(&self) -> u64 {
+        self.read_ms() / 1_000
     }
 
     fn now_ms(&self) -> u64 {
-        let _ = self.now_s(); // the skew warning
-        let mono = self.mono.elapsed_ms();
-        self.state.lock().steady.now_ms(mono)
+        self.read_ms()
     }
 
     fn raise_to(&self, floor_s: u64) {
