@@ -3,6 +3,10 @@
 
     pip install onnx numpy
     python3 scripts/make_tiny_cnn.py            # writes crates/backend/models/tiny_cnn.onnx
+    python3 scripts/make_tiny_cnn.py crates/backend/models/tiny_cnn_v2.onnx --seed 20261205
+
+The second is the same network with other weights (same inputs and outputs): the model a
+deployment is updated to in the model-update tests.
 
 The model is MNIST-shaped and untrained; its weights come from a fixed numpy seed, so running the
 script again writes the same bytes (with the same onnx/numpy versions):
@@ -29,8 +33,8 @@ OPSET = 13
 IR_VERSION = 7
 
 
-def build() -> onnx.ModelProto:
-    rng = np.random.default_rng(SEED)
+def build(seed: int = SEED) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
 
     def weights(name, shape, fan_in):
         # He-style scale keeps activations in a reasonable range through the untrained net.
@@ -85,10 +89,16 @@ def build() -> onnx.ModelProto:
 
 def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
-        root, "crates", "node", "models", "tiny_cnn.onnx"
+    args = sys.argv[1:]
+    seed = SEED
+    if "--seed" in args:
+        at = args.index("--seed")
+        seed = int(args[at + 1])
+        del args[at : at + 2]
+    out = args[0] if args else os.path.join(
+        root, "crates", "backend", "models", "tiny_cnn.onnx"
     )
-    model = build()
+    model = build(seed)
     with open(out, "wb") as f:
         f.write(model.SerializeToString())
     print(f"wrote {out} ({os.path.getsize(out)} bytes)")

@@ -55,6 +55,7 @@ fn codec(c: &mut Criterion) {
     let receipt = |digest| Receipt {
         task: TaskId::from_bytes([6; 16]),
         deployment: DeploymentId::from_bytes([1; 16]),
+        model: crat_core::id::ModelId::from_bytes([2; 32]),
         node,
         inputs_digest: request.inputs_digest,
         outputs_digest: digest,

@@ -90,6 +90,9 @@ class DeploymentInfo:
     state: str  # "pending", "ready", "degraded", "stopped" or "failed"
     replicas_ready: int
     replicas_wanted: int
+    replicas_on_model: int
+    updates: int
+    next_update_at_s: Optional[int]
     upfront: int
     allowance_left: int
     verifiable: bool
@@ -124,6 +127,12 @@ class Deployment:
     def id(self) -> str: ...
     def info(self) -> DeploymentInfo: ...
     def wait_ready(self, timeout: float = 120.0) -> DeploymentInfo: ...
+    def update_model(self, model: str) -> DeploymentInfo:
+        """Replaces the deployment's model by a compatible stored model; each replica
+        switches once the new model is warm. Raises ``UpdateTooFrequentError`` beyond the
+        plan's update frequency."""
+    def wait_updated(self, timeout: float = 120.0) -> DeploymentInfo:
+        """Waits until every ready replica serves the deployment's current model."""
     def infer(self, inputs: Inputs) -> Outputs:
         """Runs one task: input names to arrays in, output names to arrays out."""
     def infer_many(self, inputs: Iterable[Inputs], concurrency: int = 8) -> InferMany:

@@ -31,6 +31,7 @@ __all__ = [
     "RateLimitedError",
     "BudgetExhaustedError",
     "QuotaExceededError",
+    "UpdateTooFrequentError",
     "RemoteError",
     "NoReplicaError",
     "StoppedError",
@@ -157,6 +158,13 @@ class QuotaExceededError(CratError):
     code = "quota_exceeded"
 
 
+class UpdateTooFrequentError(CratError):
+    """The deployment's plan allows no model update now: its update frequency allows the next
+    one later (the message says when), or none at all."""
+
+    code = "update_too_frequent"
+
+
 #: Every error code of the network and the class raised for it.
 ERROR_CODES: dict[str, type[CratError]] = {
     cls.code: cls  # type: ignore[misc]
@@ -178,6 +186,7 @@ ERROR_CODES: dict[str, type[CratError]] = {
         RateLimitedError,
         BudgetExhaustedError,
         QuotaExceededError,
+        UpdateTooFrequentError,
     )
 }
 

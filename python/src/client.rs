@@ -220,6 +220,7 @@ fn stats_dict(py: Python<'_>, s: crat_sdk::Stats) -> PyResult<Bound<'_, PyDict>>
     d.set_item("ticket_rejections", s.ticket_rejections)?;
     d.set_item("validations", s.validations)?;
     d.set_item("disagreements", s.disagreements)?;
+    d.set_item("validations_inconclusive", s.validations_inconclusive)?;
     d.set_item("reports_dropped", s.reports_dropped)?;
     d.set_item("receipts_invalid", s.receipts_invalid)?;
     Ok(d)
@@ -251,14 +252,32 @@ impl Deployment {
     /// `ModelRejectedError` if no node could load the model.
     #[pyo3(signature = (timeout = 120.0))]
     fn wait_ready(&self, py: Python<'_>, timeout: f64) -> PyResult<DeploymentInfo> {
-        if !(timeout.is_finite() && (0.0..=WAIT_READY_S_MAX).contains(&timeout)) {
-            return Err(PyValueError::new_err(format!(
-                "timeout must be between 0 and {WAIT_READY_S_MAX} seconds"
-            )));
-        }
+        let timeout = wait_timeout(timeout)?;
         let d = self.inner.clone();
-        let timeout = Duration::from_secs_f64(timeout);
         let info = wait(py, async move { d.wait_ready(timeout).await })?;
+        Ok(DeploymentInfo::from(info))
+    }
+
+    /// Replaces the deployment's model by `model` (a stored model id, 64 hex digits) whose
+    /// inputs and outputs can replace the deployed one's. Each replica loads it and switches
+    /// once it is warm, serving the old model until then. Raises `UpdateTooFrequentError`
+    /// beyond the plan's update frequency, `ModelRejectedError` for a model that cannot
+    /// replace the deployed one. Returns the deployment as described after the update;
+    /// `wait_updated` waits until every replica has switched.
+    fn update_model(&self, py: Python<'_>, model: &str) -> PyResult<DeploymentInfo> {
+        let model = parse_model(model)?;
+        let d = self.inner.clone();
+        let info = wait(py, async move { d.update_model(model).await })?;
+        Ok(DeploymentInfo::from(info))
+    }
+
+    /// Waits until the deployment is ready with every replica serving its current model (at
+    /// most `timeout` seconds), after `update_model`.
+    #[pyo3(signature = (timeout = 120.0))]
+    fn wait_updated(&self, py: Python<'_>, timeout: f64) -> PyResult<DeploymentInfo> {
+        let timeout = wait_timeout(timeout)?;
+        let d = self.inner.clone();
+        let info = wait(py, async move { d.wait_updated(timeout).await })?;
         Ok(DeploymentInfo::from(info))
     }
 
@@ -712,6 +731,16 @@ impl TensorSpec {
     }
 }
 
+/// A wait's `timeout` in seconds, checked.
+fn wait_timeout(timeout: f64) -> PyResult<Duration> {
+    if !(timeout.is_finite() && (0.0..=WAIT_READY_S_MAX).contains(&timeout)) {
+        return Err(PyValueError::new_err(format!(
+            "timeout must be between 0 and {WAIT_READY_S_MAX} seconds"
+        )));
+    }
+    Ok(Duration::from_secs_f64(timeout))
+}
+
 /// A deployment as the dispatcher describes it.
 #[pyclass(frozen, module = "cryptorat")]
 pub(crate) struct DeploymentInfo {
@@ -730,6 +759,16 @@ pub(crate) struct DeploymentInfo {
     /// Replicas the plan needs.
     #[pyo3(get)]
     replicas_wanted: u32,
+    /// Of the replicas ready, those serving `model` (after an update, the others still serve
+    /// the model before it until they switch).
+    #[pyo3(get)]
+    replicas_on_model: u32,
+    /// Model updates made so far.
+    #[pyo3(get)]
+    updates: u32,
+    /// When the plan allows the next model update (Unix seconds), `None` if never.
+    #[pyo3(get)]
+    next_update_at_s: Option<u64>,
     /// Credits taken when deploying.
     #[pyo3(get)]
     upfront: u64,
@@ -771,6 +810,9 @@ impl From<wire::DeploymentInfo> for DeploymentInfo {
             },
             replicas_ready: i.replicas_ready,
             replicas_wanted: i.replicas_wanted,
+            replicas_on_model: i.replicas_on_model,
+            updates: i.updates,
+            next_update_at_s: i.next_update_at_s,
             upfront: i.price.upfront.get(),
             allowance_left: i.allowance_left.get(),
             verifiable: i.verifiability.is_verifiable(),

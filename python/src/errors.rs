@@ -51,6 +51,7 @@ pub(crate) fn code_name(code: ErrorCode) -> String {
         ErrorCode::RateLimited => "rate_limited",
         ErrorCode::BudgetExhausted => "budget_exhausted",
         ErrorCode::QuotaExceeded => "quota_exceeded",
+        ErrorCode::UpdateTooFrequent => "update_too_frequent",
         other => return format!("{other:?}"),
     }
     .to_owned()
@@ -76,6 +77,7 @@ fn class_name(e: &Error) -> &'static str {
         Error::RateLimited(_) => "RateLimitedError",
         Error::BudgetExhausted(_) => "BudgetExhaustedError",
         Error::QuotaExceeded(_) => "QuotaExceededError",
+        Error::UpdateTooFrequent(_) => "UpdateTooFrequentError",
         Error::Remote(_) => "RemoteError",
         Error::NoReplica { .. } => "NoReplicaError",
         Error::Stopped(_) => "StoppedError",

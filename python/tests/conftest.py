@@ -13,6 +13,8 @@ from cryptorat.testing import LocalNetwork
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY_CNN = REPO / "crates" / "backend" / "models" / "tiny_cnn.onnx"
+#: The same network with other weights (same inputs and outputs): what a model update swaps in.
+TINY_CNN_V2 = REPO / "crates" / "backend" / "models" / "tiny_cnn_v2.onnx"
 
 #: numpy dtype name -> ONNX TensorProto element type.
 ONNX_TYPES = {

@@ -14,7 +14,7 @@ from cryptorat.testing import LocalNetwork
 
 def test_every_error_code_has_its_class() -> None:
     codes = cryptorat.error_codes()
-    assert len(codes) == 17
+    assert len(codes) == 18
     assert sorted(codes) == sorted(cryptorat.errors.ERROR_CODES)
     classes = set()
     for code in codes:
@@ -25,7 +25,7 @@ def test_every_error_code_has_its_class() -> None:
         assert exc.code == code
         assert "why" in str(exc)
         classes.add(cls)
-    assert len(classes) == 17
+    assert len(classes) == 18
     assert isinstance(cryptorat.exception_for_code("timeout", ""), TimeoutError)
     assert isinstance(cryptorat.exception_for_code("invalid_input", ""), ValueError)
     with pytest.raises(ValueError):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import cryptorat
-from conftest import CREDITS, TINY_CNN, image, per_request
+from conftest import CREDITS, TINY_CNN, TINY_CNN_V2, image, per_request
 from cryptorat.testing import LocalNetwork
 
 
@@ -123,3 +123,25 @@ def test_the_gil_is_released_while_waiting(tiny: cryptorat.Deployment) -> None:
     worker.join(timeout=120)
     assert done.is_set()
     assert ran_while_waiting, "the main thread ran only once the worker had finished"
+
+
+def test_a_model_update_switches_the_answers_and_is_bounded(client: cryptorat.Client) -> None:
+    old = client.upload_model(TINY_CNN)
+    new = client.upload_model(TINY_CNN_V2)
+    deployment = client.deploy(old, per_request())
+    deployment.wait_ready(timeout=60)
+    before = deployment.infer({"input": image(7)})["probs"]
+    info = deployment.update_model(new)
+    assert (info.model, info.updates) == (new, 1)
+    # The same model again changes nothing (a retry is safe).
+    assert deployment.update_model(new).updates == 1
+    done = deployment.wait_updated(timeout=60)
+    assert done.replicas_on_model == done.replicas_ready >= 1
+    after = deployment.infer({"input": image(7)})["probs"]
+    assert after.shape == before.shape and not np.allclose(after, before)
+    # A per-request deployment may update once a minute.
+    with pytest.raises(cryptorat.UpdateTooFrequentError) as caught:
+        deployment.update_model(old)
+    assert caught.value.code == "update_too_frequent"
+    assert done.next_update_at_s is not None and str(done.next_update_at_s) in str(caught.value)
+    deployment.undeploy()

@@ -618,6 +618,11 @@ pub(crate) struct DeployArgs {
     /// The model id (`crat upload` prints it).
     #[arg(long)]
     model: String,
+    /// Replace the model of this deployment (its id) by `--model` instead of deploying: the
+    /// same deployment and endpoint, each replica switching once the new model is warm. The
+    /// plan (and so how often it may be updated) is the deployment's.
+    #[arg(long, value_name = "DEPLOYMENT", conflicts_with_all = ["allowance", "guaranteed_rps", "quote"])]
+    update: Option<String>,
     /// Pay per request from this credit allowance.
     #[arg(long, conflicts_with = "guaranteed_rps")]
     allowance: Option<u64>,
@@ -643,6 +648,26 @@ pub(crate) struct DeployArgs {
 
 pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let model: ModelId = args.model.parse().context("--model")?;
+    if let Some(id) = &args.update {
+        let id: DeploymentId = id.parse().context("--update")?;
+        return runtime()?.block_on(async move {
+            let client = args.client.connect().await?;
+            let d = client.deployment(id);
+            let info = d.update_model(model).await?;
+            eprintln!(
+                "updated to model {} (update {} of this deployment); next update allowed {}",
+                info.model,
+                info.updates,
+                info.next_update_at_s
+                    .map_or_else(|| "never".to_owned(), |t| format!("at {t} (Unix seconds)"))
+            );
+            println!("{}", d.id());
+            if !args.no_wait {
+                wait_with_progress(&d, true).await?;
+            }
+            Ok(())
+        });
+    }
     let plan = match (args.allowance, args.guaranteed_rps) {
         (Some(a), None) => DeployPlan::PerRequest(PerRequestPlan {
             max_input_bytes: args.max_input_bytes,
@@ -681,36 +706,61 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
         let d = client.deploy(model, plan).await?;
         println!("{}", d.id());
         if !args.no_wait {
-            // Progress on stderr as replicas warm up: one line per change.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-            let mut last = None;
-            loop {
-                let info = d.info().await?;
-                let now = (info.state, info.replicas_ready, info.replicas_wanted);
-                if last != Some(now) {
-                    eprintln!(
-                        "{:?}: {}/{} replicas ready",
-                        info.state, info.replicas_ready, info.replicas_wanted
-                    );
-                    last = Some(now);
-                }
-                match info.state {
-                    DeploymentState::Ready => break,
-                    DeploymentState::Failed | DeploymentState::Stopped => bail!(
-                        "deployment {}: {}",
-                        d.id(),
-                        info.failure.unwrap_or_else(|| format!("{:?}", info.state))
-                    ),
-                    _ => {}
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    bail!("not ready after 120 s ({:?})", info.state);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            wait_with_progress(&d, false).await?;
         }
         Ok(())
     })
+}
+
+/// Waits (120 s at most) until `d` is ready — and, `updating`, until every ready replica
+/// serves its current model — printing progress on stderr as replicas warm up and switch:
+/// one line per change.
+async fn wait_with_progress(
+    d: &crat_sdk::Deployment<QuicTransport>,
+    updating: bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let mut last = None;
+    loop {
+        let info = d.info().await?;
+        let now = (
+            info.state,
+            info.replicas_ready,
+            info.replicas_wanted,
+            info.replicas_on_model,
+        );
+        if last != Some(now) {
+            if updating {
+                eprintln!(
+                    "{:?}: {}/{} replicas ready, {} on the new model",
+                    info.state, info.replicas_ready, info.replicas_wanted, info.replicas_on_model
+                );
+            } else {
+                eprintln!(
+                    "{:?}: {}/{} replicas ready",
+                    info.state, info.replicas_ready, info.replicas_wanted
+                );
+            }
+            last = Some(now);
+        }
+        match info.state {
+            DeploymentState::Ready
+                if !updating || info.replicas_on_model == info.replicas_ready =>
+            {
+                return Ok(());
+            }
+            DeploymentState::Failed | DeploymentState::Stopped => bail!(
+                "deployment {}: {}",
+                d.id(),
+                info.failure.unwrap_or_else(|| format!("{:?}", info.state))
+            ),
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("not ready after 120 s ({:?})", info.state);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Options of `crat infer`.

@@ -20,6 +20,7 @@ use processes::{DispatcherProc, NodeProc, free_port, operator};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
+const TINY_V2: &[u8] = include_bytes!("../../backend/models/tiny_cnn_v2.onnx");
 
 /// The data of a `.npy` file, after checking its header names `descr` and `shape`.
 fn npy_data<'a>(bytes: &'a [u8], descr: &str, shape: &str) -> &'a [u8] {
@@ -212,6 +213,66 @@ async fn crat_infer_reads_and_writes_numpy_files() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("astype"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `crat deploy --update`: the deployment's model replaced by the same network with other
+    // weights; the wait shows the replica switching, then `crat infer` gets the new answers.
+    let v2_path = dir.path().join("tiny_v2.onnx");
+    std::fs::write(&v2_path, TINY_V2).unwrap();
+    let out = crat(&[&["upload"], &client[..], &[v2_path.to_str().unwrap()]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = crat(
+        &[
+            &["deploy"],
+            &client[..],
+            &["--update", &deployment, "--model", &v2],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("update 1 of this deployment"), "{stderr}");
+    assert!(
+        stderr.contains("Ready: 1/1 replicas ready, 1 on the new model"),
+        "progress shown: {stderr}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), deployment);
+    infer(&["--input", &input_arg, "--out", out_npy.to_str().unwrap()]);
+    let bytes = std::fs::read(&out_npy).unwrap();
+    let input = Tensor::new(
+        DType::F32,
+        vec![1, 1, 28, 28],
+        npy_data(&input_npy, "<f4", "(1, 1, 28, 28)").to_vec(),
+    )
+    .unwrap();
+    let want_v2 = TractBackend::new()
+        .load(TINY_V2)
+        .unwrap()
+        .run(&[input])
+        .unwrap();
+    assert_close(
+        &f32s(npy_data(&bytes, "<f4", "(1, 10)")),
+        &want_v2[0].to_vec::<f32>().unwrap(),
+    );
+    // At once again: beyond the plan (a per-request deployment updates once a minute).
+    let out = crat(
+        &[
+            &["deploy"],
+            &client[..],
+            &["--update", &deployment, "--model", &model],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("update too frequent"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

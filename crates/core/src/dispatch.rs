@@ -16,6 +16,12 @@
 //!   `ready` list). The deployment is [`DeploymentState::Ready`] when all wanted replicas are
 //!   warm, [`DeploymentState::Degraded`] when some but not all are (after a node went away),
 //!   and [`DeploymentState::Pending`] before its first replica is warm.
+//! - **Model updates** ([`Dispatch::update_model`]): every replica is assigned the new model
+//!   and keeps serving the model before it (it stays warm) until its node reports the new
+//!   one warm; a replica still on the old model [`DispatchConfig::update_grace_s`] after the
+//!   update is placed again. Leases name every warm replica, of either model; a replica's
+//!   reported model is [`Dispatch::serving_model`], so that answers are compared only with
+//!   answers of the same model.
 //! - When a node goes offline or a replica fails to load, the replica is placed again on
 //!   another node (never on a node where it failed) at once; a deployment still short is
 //!   retried on ticks with a doubling wait (1 s up to
@@ -61,7 +67,7 @@
 //! let effects = d.deploy(100, dep, ModelId::of_bytes(b"model"), 5, plan)?;
 //! assert!(effects.iter().any(|e| matches!(e, Effect::Push { node: n, .. } if *n == node)));
 //! assert_eq!(d.deployment_state(&dep).map(|s| s.0), Some(DeploymentState::Pending));
-//! d.replica_ready(101, &node, &dep);
+//! d.replica_ready(101, &node, &dep, ModelId::of_bytes(b"model"));
 //! assert_eq!(d.deployment_state(&dep).map(|s| s.0), Some(DeploymentState::Ready));
 //! assert_eq!(d.lease_replicas(&dep)?.len(), 1);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -134,6 +140,10 @@ pub struct DispatchConfig {
     /// coming back tries every short deployment at once; a deployment that loses a replica
     /// is tried at once. Default 60 s.
     pub placement_backoff_max_s: u64,
+    /// How long after a model update a replica may still serve the model before it: past
+    /// this, it is placed again (a node that never loads the new model, or keeps claiming
+    /// the old one, does not keep the deployment half-updated). Default 600 s.
+    pub update_grace_s: u64,
 }
 
 impl Default for DispatchConfig {
@@ -155,6 +165,7 @@ impl Default for DispatchConfig {
             load_failures_max: 3,
             node_forget_after_s: 7 * 86_400,
             placement_backoff_max_s: 60,
+            update_grace_s: 600,
         }
     }
 }
@@ -251,11 +262,17 @@ struct NodeEntry {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct ReplicaEntry {
     rps: u32,
-    ready: bool,
+    /// The model its node reported warm (`None` until it reports one): the deployment's, or
+    /// the one before it while an update rolls out.
+    serving: Option<ModelId>,
 }
 
 struct DeploymentEntry {
     model: ModelId,
+    /// The model before the last update, which replicas serve until they switch.
+    previous_model: Option<ModelId>,
+    /// When the last update was made, while some replica may still serve the model before.
+    updated_at_s: Option<u64>,
     model_bytes: u64,
     max_input_bytes: u64,
     replicas_wanted: u32,
@@ -276,7 +293,17 @@ struct DeploymentEntry {
 
 impl DeploymentEntry {
     fn ready_count(&self) -> u32 {
-        self.replicas.values().filter(|r| r.ready).count() as u32
+        self.replicas
+            .values()
+            .filter(|r| r.serving.is_some())
+            .count() as u32
+    }
+
+    fn on_model_count(&self) -> u32 {
+        self.replicas
+            .values()
+            .filter(|r| r.serving == Some(self.model))
+            .count() as u32
     }
 
     fn assignment(&self, id: DeploymentId) -> Assignment {
@@ -440,21 +467,22 @@ impl Dispatch {
             session_start_s: entry.session_start_s,
             until_s: entry.last_seen_s,
         });
-        for dep in &heartbeat.ready {
-            self.mark_ready(node, dep, &mut effects);
+        for r in &heartbeat.ready {
+            self.mark_ready(node, &r.deployment, r.model, &mut effects);
         }
         Ok(effects)
     }
 
-    /// A replica on `node` is warm.
+    /// A replica on `node` is warm with `model`.
     pub fn replica_ready(
         &mut self,
         _now_s: u64,
         node: &NodeId,
         deployment: &DeploymentId,
+        model: ModelId,
     ) -> Vec<Effect> {
         let mut effects = Vec::new();
-        self.mark_ready(node, deployment, &mut effects);
+        self.mark_ready(node, deployment, model, &mut effects);
         effects
     }
 
@@ -470,17 +498,28 @@ impl Dispatch {
             .collect()
     }
 
-    /// A replica changed state on `node`.
+    /// A replica of `model` changed state on `node`. A failure to load a model the
+    /// deployment no longer has (replaced by an update) changes nothing: the node is told the
+    /// current one.
     pub fn replica_state(
         &mut self,
         now_s: u64,
         node: &NodeId,
         deployment: &DeploymentId,
+        model: ModelId,
         state: &ReplicaState,
     ) -> Vec<Effect> {
         match state {
-            ReplicaState::Ready => self.replica_ready(now_s, node, deployment),
+            ReplicaState::Ready => self.replica_ready(now_s, node, deployment, model),
             ReplicaState::Loading => Vec::new(),
+            ReplicaState::Failed(_)
+                if self
+                    .deployments
+                    .get(deployment)
+                    .is_none_or(|d| d.model != model) =>
+            {
+                Vec::new()
+            }
             ReplicaState::Failed(reason) => {
                 let mut effects = Vec::new();
                 let max = self.config.load_failures_max.max(1);
@@ -521,8 +560,36 @@ impl Dispatch {
         let forget = self.config.node_forget_after_s;
         self.nodes
             .retain(|_, e| e.online || now_s.saturating_sub(e.last_seen_s) <= forget);
+        self.expire_updates(now_s, &mut effects);
         self.fill_all(&mut effects, false);
         effects
+    }
+
+    /// Replicas still serving the model before an update [`DispatchConfig::update_grace_s`]
+    /// after it are removed (and placed again by the fill that follows).
+    fn expire_updates(&mut self, now_s: u64, effects: &mut Vec<Effect>) {
+        let grace = self.config.update_grace_s;
+        let mut stale = Vec::new();
+        for (id, d) in &mut self.deployments {
+            let Some(at) = d.updated_at_s else {
+                continue;
+            };
+            let behind: Vec<NodeId> = d
+                .replicas
+                .iter()
+                .filter(|(_, r)| r.serving.is_some_and(|m| m != d.model))
+                .map(|(n, _)| *n)
+                .collect();
+            if behind.is_empty() {
+                d.updated_at_s = None;
+                d.previous_model = None;
+            } else if now_s.saturating_sub(at) > grace {
+                stale.extend(behind.into_iter().map(|n| (*id, n)));
+            }
+        }
+        for (id, node) in stale {
+            self.remove_replica(&node, &id, effects);
+        }
     }
 
     /// `node`'s proven rating changed (its compute challenges proved another class): placement
@@ -661,7 +728,7 @@ impl Dispatch {
             .map(|d| {
                 d.replicas
                     .iter()
-                    .filter(|(_, r)| r.ready)
+                    .filter(|(_, r)| r.serving.is_some())
                     .filter_map(|(node, _)| {
                         let n = self.nodes.get(node)?;
                         n.online.then_some((*node, n.operator))
@@ -723,6 +790,8 @@ impl Dispatch {
         let (replicas_wanted, replica_rps) = self.shape(&plan);
         let entry = DeploymentEntry {
             model,
+            previous_model: None,
+            updated_at_s: None,
             model_bytes,
             max_input_bytes: plan.max_input_bytes(),
             replicas_wanted,
@@ -757,6 +826,8 @@ impl Dispatch {
         let (replicas_wanted, replica_rps) = self.shape(&plan);
         self.deployments.entry(id).or_insert(DeploymentEntry {
             model,
+            previous_model: None,
+            updated_at_s: None,
             model_bytes,
             max_input_bytes: plan.max_input_bytes(),
             replicas_wanted,
@@ -770,6 +841,60 @@ impl Dispatch {
             retry_wait_s: 0,
         });
         Ok(())
+    }
+
+    /// Replaces a deployment's model ([`crate::wire::ClientCall::UpdateModel`]; the driver
+    /// checked the plan and the signature): every replica is assigned `model`, keeps serving
+    /// the model before until its node reports the new one warm, and is placed again if it
+    /// does not within [`DispatchConfig::update_grace_s`]. Loading failures of the model
+    /// before are forgotten (the new model gets its own
+    /// [`DispatchConfig::load_failures_max`]). The same model again changes nothing.
+    pub fn update_model(
+        &mut self,
+        now_s: u64,
+        id: &DeploymentId,
+        model: ModelId,
+        model_bytes: u64,
+    ) -> Result<Vec<Effect>, DispatchError> {
+        self.now_s = self.now_s.max(now_s);
+        let d = self
+            .deployments
+            .get_mut(id)
+            .ok_or(DispatchError::UnknownDeployment(*id))?;
+        let mut effects = Vec::new();
+        if d.model == model {
+            return Ok(effects);
+        }
+        d.previous_model = Some(d.model);
+        d.model = model;
+        d.model_bytes = model_bytes;
+        d.updated_at_s = Some(now_s);
+        d.failed_on.clear();
+        d.load_failures.clear();
+        for node in d.replicas.keys() {
+            effects.push(Effect::Push {
+                node: *node,
+                push: DispatcherPush::Assign(d.assignment(*id)),
+            });
+        }
+        Ok(effects)
+    }
+
+    /// The model `node` reported warm for `deployment` (`None`: not a warm replica).
+    pub fn serving_model(&self, deployment: &DeploymentId, node: &NodeId) -> Option<ModelId> {
+        self.deployments
+            .get(deployment)?
+            .replicas
+            .get(node)?
+            .serving
+    }
+
+    /// Warm replicas of `deployment` serving its current model (the rest still serve the
+    /// model before an update).
+    pub fn replicas_on_model(&self, deployment: &DeploymentId) -> u32 {
+        self.deployments
+            .get(deployment)
+            .map_or(0, DeploymentEntry::on_model_count)
     }
 
     /// Stops a deployment: its nodes are told to drop it.
@@ -802,7 +927,7 @@ impl Dispatch {
         let replicas: Vec<Replica> = d
             .replicas
             .iter()
-            .filter(|(_, r)| r.ready)
+            .filter(|(_, r)| r.serving.is_some())
             .filter_map(|(node, _)| {
                 let n = self.nodes.get(node)?;
                 n.online.then(|| Replica {
@@ -962,7 +1087,7 @@ impl Dispatch {
                 a.id,
                 ReplicaEntry {
                     rps: a.rps,
-                    ready: false,
+                    serving: None,
                 },
             );
             effects.push(Effect::Push {
@@ -972,12 +1097,23 @@ impl Dispatch {
         }
     }
 
-    fn mark_ready(&mut self, node: &NodeId, dep: &DeploymentId, effects: &mut Vec<Effect>) {
+    /// Marks `node`'s replica warm with `model`: the deployment's model, or the one before
+    /// it while an update rolls out (any other is not one the node was assigned: ignored).
+    fn mark_ready(
+        &mut self,
+        node: &NodeId,
+        dep: &DeploymentId,
+        model: ModelId,
+        effects: &mut Vec<Effect>,
+    ) {
         let Some(d) = self.deployments.get_mut(dep) else {
             return;
         };
+        if model != d.model && Some(model) != d.previous_model {
+            return;
+        }
         if let Some(r) = d.replicas.get_mut(node) {
-            r.ready = true;
+            r.serving = Some(model);
         }
         Self::update_state(dep, d, effects);
     }
@@ -1138,12 +1274,22 @@ mod tests {
             .collect()
     }
 
+    fn m() -> ModelId {
+        ModelId::of_bytes(b"m")
+    }
+
     fn hb(ready: Vec<DeploymentId>) -> Heartbeat {
         Heartbeat {
             seq: 1,
             load: NodeLoad::default(),
             loaded_models: vec![],
-            ready,
+            ready: ready
+                .into_iter()
+                .map(|deployment| crate::wire::ReadyReplica {
+                    deployment,
+                    model: m(),
+                })
+                .collect(),
         }
     }
 
@@ -1160,7 +1306,7 @@ mod tests {
         to.sort();
         assert_eq!(to, vec![(a, true), (b, true)]);
         assert_eq!(d.lease_replicas(&dep), Err(DispatchError::NotReady(dep)));
-        d.replica_ready(1, &a, &dep);
+        d.replica_ready(1, &a, &dep, m());
         assert_eq!(
             d.deployment_state(&dep).unwrap(),
             (DeploymentState::Degraded, 1, 2)
@@ -1172,6 +1318,60 @@ mod tests {
             (DeploymentState::Ready, 2, 2)
         );
         assert_eq!(d.assignments_for(&a).len(), 1);
+    }
+
+    #[test]
+    fn an_update_keeps_replicas_warm_on_the_old_model_until_they_switch() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let (a, _) = join(&mut d, 0, 1, 3);
+        let (b, _) = join(&mut d, 0, 2, 3);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, m(), 10, per_request()).unwrap();
+        d.heartbeat(1, &a, &hb(vec![dep])).unwrap();
+        d.heartbeat(1, &b, &hb(vec![dep])).unwrap();
+        let new = ModelId::of_bytes(b"m2");
+        let fx = d.update_model(2, &dep, new, 20).unwrap();
+        // Both replicas are told the new model, and both stay warm (on the old one).
+        let mut to = pushes_to(&fx);
+        to.sort();
+        assert_eq!(to, vec![(a, true), (b, true)]);
+        assert!(fx.iter().all(|e| matches!(e,
+            Effect::Push { push: DispatcherPush::Assign(x), .. } if x.model == new && x.model_bytes == 20)));
+        assert_eq!(d.lease_replicas(&dep).unwrap().len(), 2);
+        assert_eq!(d.replicas_on_model(&dep), 0);
+        assert_eq!(d.serving_model(&dep, &a), Some(m()));
+        // The same update again changes nothing.
+        assert!(d.update_model(3, &dep, new, 20).unwrap().is_empty());
+        // A failure of the old model is not held against the new one.
+        assert!(
+            d.replica_state(3, &a, &dep, m(), &ReplicaState::Failed("x".into()))
+                .is_empty()
+        );
+        // `a` switches; a model it was never assigned is ignored.
+        d.replica_ready(4, &a, &dep, new);
+        d.replica_ready(4, &b, &dep, ModelId::of_bytes(b"other"));
+        assert_eq!(d.serving_model(&dep, &a), Some(new));
+        assert_eq!(d.serving_model(&dep, &b), Some(m()));
+        assert_eq!(d.replicas_on_model(&dep), 1);
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Ready, 2, 2)
+        );
+        // `b` never switches: past the grace it is dropped and placed again (on the only
+        // other node there is, `a` is taken, so it waits for capacity).
+        let grace = d.config().update_grace_s;
+        d.heartbeat(grace, &a, &hb(vec![])).unwrap();
+        d.heartbeat(grace, &b, &hb(vec![])).unwrap();
+        assert!(
+            d.tick(grace)
+                .iter()
+                .all(|e| !matches!(e, Effect::Push { .. }))
+        );
+        let fx = d.tick(grace + 3);
+        assert!(fx.iter().any(|e| matches!(e,
+            Effect::Push { node, push: DispatcherPush::Unassign { .. } } if *node == b)));
+        assert_eq!(d.serving_model(&dep, &b), None);
+        assert_eq!(d.replicas_on_model(&dep), 1);
     }
 
     #[test]
@@ -1233,7 +1433,7 @@ mod tests {
         // Most free capacity first: a (500) and b (400).
         assert_eq!(d.assignments_for(&c).len(), 0);
         for n in [a, b] {
-            d.replica_ready(1, &n, &dep);
+            d.replica_ready(1, &n, &dep, m());
         }
         // b and c keep heartbeating, a goes silent.
         for t in [5, 10, 15] {
@@ -1256,7 +1456,7 @@ mod tests {
             d.deployment_state(&dep).unwrap(),
             (DeploymentState::Degraded, 1, 2)
         );
-        d.replica_ready(17, &c, &dep);
+        d.replica_ready(17, &c, &dep, m());
         assert_eq!(d.deployment_state(&dep).unwrap().0, DeploymentState::Ready);
         let leased: Vec<NodeId> = d
             .lease_replicas(&dep)
@@ -1287,10 +1487,10 @@ mod tests {
         d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
             .unwrap();
         assert_eq!(d.assignments_for(&a).len(), 1);
-        let fx = d.replica_state(1, &a, &dep, &ReplicaState::Failed("bad op".into()));
+        let fx = d.replica_state(1, &a, &dep, m(), &ReplicaState::Failed("bad op".into()));
         assert!(pushes_to(&fx).contains(&(b, true)));
         assert!(pushes_to(&fx).contains(&(a, false)));
-        let fx = d.replica_state(2, &b, &dep, &ReplicaState::Failed("bad op".into()));
+        let fx = d.replica_state(2, &b, &dep, m(), &ReplicaState::Failed("bad op".into()));
         assert!(!pushes_to(&fx).iter().any(|(_, assign)| *assign));
         assert_eq!(
             d.deployment_state(&dep).unwrap(),
@@ -1388,15 +1588,21 @@ mod tests {
         } else {
             a
         };
-        d.replica_state(1, &first, &dep, &ReplicaState::Failed("bad op".into()));
+        d.replica_state(1, &first, &dep, m(), &ReplicaState::Failed("bad op".into()));
         // The same node failing again is one node.
-        d.replica_state(1, &first, &dep, &ReplicaState::Failed("bad op".into()));
+        d.replica_state(1, &first, &dep, m(), &ReplicaState::Failed("bad op".into()));
         assert!(d.failed_deployments().is_empty());
         let second = [a, b, c]
             .into_iter()
             .find(|n| !d.assignments_for(n).is_empty())
             .unwrap();
-        let fx = d.replica_state(2, &second, &dep, &ReplicaState::Failed("x".repeat(1_000)));
+        let fx = d.replica_state(
+            2,
+            &second,
+            &dep,
+            m(),
+            &ReplicaState::Failed("x".repeat(1_000)),
+        );
         // Failed: listed with both reasons (bounded), and not placed on the third node.
         assert!(!pushes_to(&fx).iter().any(|(_, assign)| *assign));
         let failed = d.failed_deployments();

@@ -406,12 +406,19 @@ impl PricingParams {
         let updates = match plan.update_frequency.period_s() {
             None => 0,
             Some(period) => {
-                u128::from(plan.key_lifetime_s / period)
-                    * u128::from(model_bytes.div_ceil(MIB))
-                    * u128::from(self.update_credits_per_mib)
+                u128::from(plan.key_lifetime_s / period) * u128::from(self.update_cost(model_bytes))
             }
         };
         Ok((to_credits(capacity)?, to_credits(updates)?))
+    }
+
+    /// What one model update of `model_bytes` costs: ⌈model MiB⌉ × update_credits_per_mib
+    /// (a per-instance plan pays its updates up front, [`PricingParams::instance_price`]; a
+    /// per-request deployment pays each from its allowance).
+    pub fn update_cost(&self, model_bytes: u64) -> u64 {
+        model_bytes
+            .div_ceil(MIB)
+            .saturating_mul(self.update_credits_per_mib)
     }
 
     /// The quote for deploying a model of `model_bytes` under `plan`.

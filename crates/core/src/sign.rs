@@ -154,6 +154,10 @@ pub struct Receipt {
     pub task: crate::id::TaskId,
     /// Its deployment.
     pub deployment: DeploymentId,
+    /// The model that computed the answer: while a model update rolls out, a deployment's
+    /// replicas answer with the old model or the new one, and answers are compared (spot
+    /// checks, canaries) only with answers of the same model.
+    pub model: crate::id::ModelId,
     /// The node that answered (the signer).
     pub node: NodeId,
     /// [`tensors_digest`] of the inputs it ran (the request's, which the node checked): a
@@ -715,6 +719,7 @@ mod tests {
         let body = Receipt {
             task,
             deployment: DEP,
+            model: crate::id::ModelId::from_bytes([9; 32]),
             node: id(&n),
             inputs_digest: tensors_digest(&inputs),
             outputs_digest: tensors_digest(&outputs),

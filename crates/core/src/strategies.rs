@@ -142,17 +142,18 @@ pub fn task_price() -> impl Strategy<Value = TaskPrice> {
 pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
     (
         task_id(),
-        deployment_id(),
+        (deployment_id(), model_id()),
         node_id(),
         any::<([u8; 32], [u8; 32])>(),
         any::<[u8; 32]>(),
     )
         .prop_map(
-            |(task, deployment, node, (inputs_digest, outputs_digest), seed)| {
+            |(task, (deployment, model), node, (inputs_digest, outputs_digest), seed)| {
                 Signed::sign(
                     Receipt {
                         task,
                         deployment,
+                        model,
                         node,
                         inputs_digest,
                         outputs_digest,
@@ -331,7 +332,11 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
         any::<u64>(),
         any::<(u32, u32, u16)>(),
         vec(model_id(), 0..3),
-        vec(deployment_id(), 0..3),
+        vec(
+            (deployment_id(), model_id())
+                .prop_map(|(deployment, model)| ReadyReplica { deployment, model }),
+            0..3,
+        ),
     )
         .prop_map(
             |(seq, (inflight, queued, utilisation_bps), loaded_models, ready)| {
@@ -357,8 +362,13 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
         heartbeat,
         (model_id(), any::<u64>(), any::<u32>())
             .prop_map(|(model, offset, len)| NodeRequest::FetchModel { model, offset, len }),
-        (deployment_id(), state)
-            .prop_map(|(deployment, state)| NodeRequest::ReplicaState { deployment, state }),
+        (deployment_id(), model_id(), state).prop_map(|(deployment, model, state)| {
+            NodeRequest::ReplicaState {
+                deployment,
+                model,
+                state,
+            }
+        }),
         (vec(usage_record(), 0..4), vec(ack_proof(), 0..2))
             .prop_map(|(records, acks)| NodeRequest::Usage(UsageReport { records, acks })),
     ]
@@ -526,6 +536,8 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         (model_id(), deploy_plan()).prop_map(|(model, plan)| ClientCall::Quote { model, plan }),
         (model_id(), deploy_plan()).prop_map(|(model, plan)| ClientCall::Deploy { model, plan }),
         deployment_id().prop_map(|deployment| ClientCall::Deployment { deployment }),
+        (deployment_id(), model_id())
+            .prop_map(|(deployment, model)| ClientCall::UpdateModel { deployment, model }),
         deployment_id().prop_map(|deployment| ClientCall::Undeploy { deployment }),
         deployment_id().prop_map(|deployment| ClientCall::Lease { deployment }),
         Just(ClientCall::Balance),
@@ -585,7 +597,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         model_id(),
         deploy_plan(),
         state,
-        any::<(u32, u32)>(),
+        (any::<(u32, u32, u32, u32)>(), option::of(any::<u64>())),
         quote(),
         credits(),
         verifiability(),
@@ -598,7 +610,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                 model,
                 plan,
                 state,
-                (replicas_ready, replicas_wanted),
+                ((replicas_ready, replicas_wanted, replicas_on_model, updates), next_update_at_s),
                 price,
                 allowance_left,
                 verifiability,
@@ -611,6 +623,9 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                     plan,
                     state,
                     replicas_ready,
+                    replicas_on_model,
+                    updates,
+                    next_update_at_s,
                     replicas_wanted,
                     price,
                     allowance_left,

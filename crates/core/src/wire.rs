@@ -38,7 +38,7 @@ use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -189,12 +189,15 @@ pub enum ErrorCode {
     /// still remembered, deployments): it gets more once some of it is released (tickets
     /// expire, a deployment stops). Others are not refused for it.
     QuotaExceeded,
+    /// The deployment's plan allows no model update now: its update frequency allows the
+    /// next one later (the message says when), or none at all (`never`).
+    UpdateTooFrequent,
 }
 
 impl ErrorCode {
     /// Every code, in declaration order (for tables, tests and the SDKs' error classes; the
     /// test `error_code_all_lists_every_code` keeps it complete).
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthenticated,
         ErrorCode::KeyExpired,
@@ -212,6 +215,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::BudgetExhausted,
         ErrorCode::QuotaExceeded,
+        ErrorCode::UpdateTooFrequent,
     ];
 }
 
@@ -275,8 +279,18 @@ pub struct Heartbeat {
     pub load: NodeLoad,
     /// Models loaded in memory.
     pub loaded_models: Vec<ModelId>,
-    /// Deployments this node serves and is ready for.
-    pub ready: Vec<DeploymentId>,
+    /// Deployments this node serves and is ready for, each with the model it serves.
+    pub ready: Vec<ReadyReplica>,
+}
+
+/// A deployment a node serves, and the model it serves it with (while a model update rolls
+/// out, a replica serves the model before until the new one is loaded).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReadyReplica {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// The model it answers with.
+    pub model: ModelId,
 }
 
 /// What one task used, reported by the node that ran it; charged once per (deployment, task
@@ -369,6 +383,8 @@ pub enum NodeRequest {
     ReplicaState {
         /// The deployment.
         deployment: DeploymentId,
+        /// The model the state is about (the assignment's).
+        model: ModelId,
         /// Its new state.
         state: ReplicaState,
     },
@@ -550,7 +566,8 @@ pub enum DeploymentState {
 pub struct DeploymentInfo {
     /// Its id.
     pub id: DeploymentId,
-    /// Its model.
+    /// Its model: the one it serves, or is switching to after an update
+    /// ([`ClientCall::UpdateModel`]).
     pub model: ModelId,
     /// Its plan.
     pub plan: DeployPlan,
@@ -558,6 +575,14 @@ pub struct DeploymentInfo {
     pub state: DeploymentState,
     /// Replicas ready now.
     pub replicas_ready: u32,
+    /// Of those, the replicas serving `model`: while an update rolls out, the others still
+    /// serve the model before it (each switches once the new model is loaded and warm).
+    pub replicas_on_model: u32,
+    /// Model updates made so far.
+    pub updates: u32,
+    /// The earliest time (Unix seconds) the plan allows the next update; `None` when it
+    /// allows no more.
+    pub next_update_at_s: Option<u64>,
     /// Replicas the plan needs.
     pub replicas_wanted: u32,
     /// What it cost / costs.
@@ -605,6 +630,86 @@ impl ModelSignature {
                 .chain(&self.outputs)
                 .all(TensorSignature::is_bounded)
     }
+
+    /// Whether a model with this signature can replace one with signature `old` under the
+    /// same callers ([`ClientCall::UpdateModel`]): the same inputs by name and element type,
+    /// each accepting every shape the old one accepted (a dimension the old model fixed is
+    /// the same or left open, one it left open stays open); and every output of the old
+    /// model, by name and element type, with the same rank where both declare a shape
+    /// (dimensions both fix are equal). New outputs may be added; none may go.
+    pub fn check_replaces(&self, old: &ModelSignature) -> Result<(), SignatureMismatch> {
+        for o in &old.inputs {
+            let n = find_tensor(&self.inputs, &o.name)
+                .ok_or_else(|| SignatureMismatch::InputGone(o.name.clone()))?;
+            if n.dtype != o.dtype {
+                return Err(SignatureMismatch::DType(o.name.clone(), o.dtype, n.dtype));
+            }
+            let accepts = match (&o.shape, &n.shape) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(os), Some(ns)) => {
+                    os.len() == ns.len()
+                        && os.iter().zip(ns).all(|(od, nd)| nd.is_none() || nd == od)
+                }
+            };
+            if !accepts {
+                return Err(SignatureMismatch::InputShape(o.name.clone()));
+            }
+        }
+        if let Some(extra) = self
+            .inputs
+            .iter()
+            .find(|n| find_tensor(&old.inputs, &n.name).is_none())
+        {
+            return Err(SignatureMismatch::InputAdded(extra.name.clone()));
+        }
+        for o in &old.outputs {
+            let n = find_tensor(&self.outputs, &o.name)
+                .ok_or_else(|| SignatureMismatch::OutputGone(o.name.clone()))?;
+            if n.dtype != o.dtype {
+                return Err(SignatureMismatch::DType(o.name.clone(), o.dtype, n.dtype));
+            }
+            if let (Some(os), Some(ns)) = (&o.shape, &n.shape)
+                && (os.len() != ns.len()
+                    || os
+                        .iter()
+                        .zip(ns)
+                        .any(|(od, nd)| od.is_some() && nd.is_some() && od != nd))
+            {
+                return Err(SignatureMismatch::OutputShape(o.name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find_tensor<'a>(tensors: &'a [TensorSignature], name: &str) -> Option<&'a TensorSignature> {
+    tensors.iter().find(|t| t.name == name)
+}
+
+/// Why a model cannot replace another under the same callers
+/// ([`ModelSignature::check_replaces`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureMismatch {
+    /// An input of the old model is not an input of the new one.
+    #[error("input {0:?} of the deployed model is not an input of the new one")]
+    InputGone(String),
+    /// The new model takes an input the old one did not (callers do not send it).
+    #[error("the new model takes input {0:?}, which the deployed model does not")]
+    InputAdded(String),
+    /// An input or output changed element type.
+    #[error("{0:?} is {1:?} in the deployed model and {2:?} in the new one")]
+    DType(String, crate::tensor::DType, crate::tensor::DType),
+    /// An input accepts fewer shapes than before.
+    #[error("input {0:?} of the new model does not accept every shape the deployed model accepts")]
+    InputShape(String),
+    /// An output of the old model is not an output of the new one.
+    #[error("output {0:?} of the deployed model is not an output of the new one")]
+    OutputGone(String),
+    /// An output changed rank or a fixed dimension.
+    #[error("output {0:?} has another rank or fixed dimension in the new model")]
+    OutputShape(String),
 }
 
 /// One declared input or output of a model.
@@ -801,6 +906,18 @@ pub enum ClientCall {
         model: ModelId,
         /// The plan.
         plan: DeployPlan,
+    },
+    /// Replace a deployment's model by another stored model with a compatible signature
+    /// ([`ModelSignature::check_replaces`]): same deployment, ticket and endpoint; each
+    /// replica loads the new model and switches once it is warm, serving the old one until
+    /// then. Bounded by the plan's update frequency ([`ErrorCode::UpdateTooFrequent`]).
+    /// Answered with the deployment's description; asking for the model it already has
+    /// changes nothing (a retry is safe).
+    UpdateModel {
+        /// The deployment.
+        deployment: DeploymentId,
+        /// The new model.
+        model: ModelId,
     },
     /// Describe a deployment.
     Deployment {
@@ -1080,6 +1197,7 @@ mod tests {
                 ErrorCode::RateLimited => 14,
                 ErrorCode::BudgetExhausted => 15,
                 ErrorCode::QuotaExceeded => 16,
+                ErrorCode::UpdateTooFrequent => 17,
             }
         }
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
@@ -1088,32 +1206,85 @@ mod tests {
     }
 
     #[test]
+    fn a_model_replaces_another_when_callers_cannot_tell_the_difference() {
+        use crate::tensor::DType;
+        let t = |name: &str, dtype, shape: Option<Vec<Option<u64>>>| TensorSignature {
+            name: name.into(),
+            dtype,
+            shape,
+        };
+        let old = ModelSignature {
+            inputs: vec![t("x", DType::F32, Some(vec![None, Some(3)]))],
+            outputs: vec![t("y", DType::F32, Some(vec![None, Some(10)]))],
+        };
+        assert_eq!(old.check_replaces(&old), Ok(()));
+        // Opening a dimension, adding an output: fine.
+        let wider = ModelSignature {
+            inputs: vec![t("x", DType::F32, Some(vec![None, None]))],
+            outputs: vec![
+                t("y", DType::F32, Some(vec![None, Some(10)])),
+                t("z", DType::I64, None),
+            ],
+        };
+        assert_eq!(wider.check_replaces(&old), Ok(()));
+        // The reverse fixes a dimension callers may vary, and drops an output.
+        assert_eq!(
+            old.check_replaces(&wider),
+            Err(SignatureMismatch::InputShape("x".into()))
+        );
+        let mut renamed = old.clone();
+        renamed.inputs[0].name = "image".into();
+        assert_eq!(
+            renamed.check_replaces(&old),
+            Err(SignatureMismatch::InputGone("x".into()))
+        );
+        let mut retyped = old.clone();
+        retyped.outputs[0].dtype = DType::F16;
+        assert_eq!(
+            retyped.check_replaces(&old),
+            Err(SignatureMismatch::DType("y".into(), DType::F32, DType::F16))
+        );
+        let mut more = old.clone();
+        more.inputs.push(t("mask", DType::Bool, Some(vec![None])));
+        assert_eq!(
+            more.check_replaces(&old),
+            Err(SignatureMismatch::InputAdded("mask".into()))
+        );
+        let mut reshaped = old.clone();
+        reshaped.outputs[0].shape = Some(vec![None, Some(11)]);
+        assert_eq!(
+            reshaped.check_replaces(&old),
+            Err(SignatureMismatch::OutputShape("y".into()))
+        );
+    }
+
+    #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![4, 0, 0]);
+        assert_eq!(bytes, vec![5, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
             decode::<NodeAck>(&[1, 0, 0]),
             Err(CodecError::Version { got: 1 })
         );
-        for old in [2, 3] {
+        for old in [2, 3, 4] {
             assert_eq!(
                 decode::<NodeAck>(&[old, 0, 0]),
                 Err(CodecError::Version { got: old.into() })
             );
         }
         assert_eq!(
-            decode::<NodeAck>(&[4, 0, 0, 0]),
+            decode::<NodeAck>(&[5, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[4, 0]),
+            decode::<NodeAck>(&[5, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[4, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[5, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

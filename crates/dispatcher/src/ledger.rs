@@ -126,9 +126,34 @@ pub struct DeploymentRecord {
     /// Unix seconds it was stopped at, if it was.
     pub stopped_at_s: Option<u64>,
     /// Whether canaries and spot checks count for it: the determinism gate's verdict on its
-    /// model when it was deployed (deployments stored before the gate existed read as
-    /// verifiable).
+    /// model when it was deployed, or last updated (deployments stored before the gate
+    /// existed read as verifiable).
     pub verifiability: Verifiability,
+    /// Model updates made ([`Ledger::update_deployment_model`]).
+    pub updates: u32,
+    /// When the last one was made.
+    pub updated_at_s: Option<u64>,
+}
+
+/// One model update of a deployment, as stored.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ModelUpdate {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// Its number, from 1: the deployment's `updates` after it.
+    pub seq: u32,
+    /// The model before.
+    pub previous: ModelId,
+    /// The new model.
+    pub model: ModelId,
+    /// Its size.
+    pub model_bytes: u64,
+    /// The determinism gate's verdict on the new model.
+    pub verifiability: Verifiability,
+    /// What it cost from the deployment's allowance (counted as income).
+    pub charged: Credits,
+    /// When (Unix seconds).
+    pub at_s: u64,
 }
 
 /// One task to charge: a node's usage record with the cost the dispatcher priced it at.
@@ -390,6 +415,20 @@ pub trait Ledger: Send + Sync + 'static {
         now_s: u64,
         refund_at_s: u64,
     ) -> Result<DeploymentRecord, LedgerError>;
+    /// Replaces a running deployment's model, atomically: the deployment's model, size and
+    /// verifiability become the update's, `charged` moves from its allowance to income
+    /// ([`LedgerError::InsufficientCredits`] if the allowance is short), and the update is
+    /// kept in its history ([`Ledger::model_updates`]). The update must follow the stored
+    /// state: `seq` one more than the deployment's `updates` and `previous` its model
+    /// ([`LedgerError::Invalid`] otherwise, so that two racing updates cannot both apply);
+    /// the deployment must run and the model exist ([`LedgerError::NotFound`]). Returns the
+    /// record after.
+    fn update_deployment_model(
+        &self,
+        update: &ModelUpdate,
+    ) -> Result<DeploymentRecord, LedgerError>;
+    /// A deployment's model updates, oldest first.
+    fn model_updates(&self, id: &DeploymentId) -> Result<Vec<ModelUpdate>, LedgerError>;
     /// Refunds the allowance left of every stopped deployment whose refund time is at or
     /// before `now_s` (at most `limit`); returns them, after.
     fn refund_stopped(&self, now_s: u64, limit: u32) -> Result<Vec<DeploymentRecord>, LedgerError>;

@@ -46,8 +46,8 @@ use crat_core::sign::{
 use crat_core::tensor::{NamedTensor, tensors_bytes};
 use crat_core::wire::{
     ACKS_MAX, Assignment, CHUNK_BYTES_MAX, ClientToNode, DispatcherPush, DispatcherReply,
-    ErrorCode, Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReplicaState,
-    USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
+    ErrorCode, Heartbeat, InferRequest, NodeAck, NodeLoad, NodeRequest, NodeToClient, ReadyReplica,
+    ReplicaState, USAGE_RECORDS_MAX, UsageRecord, UsageReport, WireError,
 };
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
 use ed25519_dalek::SigningKey;
@@ -212,7 +212,8 @@ struct Inner<T: Transport> {
     idle: Option<IdleController<Box<dyn IdleWorkload>>>,
     served: RwLock<HashMap<DeploymentId, Arc<Served>>>,
     /// Deployments being set up (so an assignment repeated by heartbeats starts once).
-    starting: Mutex<HashMap<DeploymentId, ()>>,
+    /// Deployments whose model is being loaded, and which model.
+    starting: Mutex<HashMap<DeploymentId, ModelId>>,
     /// Deployments whose model failed to load, with that model: not retried every heartbeat
     /// (only if the dispatcher assigns another model, or drops and re-adds the deployment).
     failed: Mutex<HashMap<DeploymentId, ModelId>>,
@@ -336,6 +337,19 @@ impl<T: Transport> Node<T> {
     /// Deployments ready to serve.
     pub fn ready(&self) -> Vec<DeploymentId> {
         self.inner.served.read().keys().copied().collect()
+    }
+
+    /// Deployments served now, each with the model serving it (what heartbeats report).
+    pub fn ready_replicas(&self) -> Vec<ReadyReplica> {
+        self.inner
+            .served
+            .read()
+            .iter()
+            .map(|(deployment, s)| ReadyReplica {
+                deployment: *deployment,
+                model: s.assignment.model,
+            })
+            .collect()
     }
 
     /// Deployments whose model failed to load here (reported to the dispatcher as
@@ -543,6 +557,7 @@ impl<T: Transport> Node<T> {
             Receipt {
                 task: req.task,
                 deployment: req.deployment,
+                model: served.assignment.model,
                 node: inner.id,
                 inputs_digest,
                 outputs_digest: tensors_digest(&outputs),
@@ -797,7 +812,7 @@ impl<T: Transport> Node<T> {
                         .map_or(Bps::ZERO, |s| Bps(s.utilisation_bps)),
                 },
                 loaded_models: inner.cache.loaded(),
-                ready: self.ready(),
+                ready: self.ready_replicas(),
             };
             match self.call(&NodeRequest::Heartbeat(heartbeat)).await? {
                 DispatcherReply::HeartbeatAck {
@@ -842,7 +857,10 @@ impl<T: Transport> Node<T> {
     }
 
     /// Starts serving new assignments; with `complete`, the list is the whole set and
-    /// deployments missing from it are dropped.
+    /// deployments missing from it are dropped. An assignment of another model to a
+    /// deployment served here (a model update) loads the new model while the old one keeps
+    /// serving, and switches once it is loaded and warm: tasks already queued finish on the
+    /// old model, later ones run on the new.
     fn apply_assignments(&self, assignments: Vec<Assignment>, complete: bool) {
         let inner = &self.inner;
         if complete {
@@ -851,13 +869,23 @@ impl<T: Transport> Node<T> {
             inner.failed.lock().retain(|d, _| keep.contains(d));
         }
         for a in assignments {
-            if inner.served.read().contains_key(&a.deployment)
-                || inner.failed.lock().get(&a.deployment) == Some(&a.model)
+            let serving = inner
+                .served
+                .read()
+                .get(&a.deployment)
+                .map(|s| s.assignment.model);
+            if serving == Some(a.model) || inner.failed.lock().get(&a.deployment) == Some(&a.model)
             {
                 continue;
             }
-            if inner.starting.lock().insert(a.deployment, ()).is_some() {
-                continue;
+            {
+                // One load per deployment at a time: one of another model still loading is
+                // left to finish, and the next heartbeat's assignments start this one.
+                let mut starting = inner.starting.lock();
+                if starting.contains_key(&a.deployment) {
+                    continue;
+                }
+                starting.insert(a.deployment, a.model);
             }
             let node = self.clone();
             tokio::spawn(async move {
@@ -878,7 +906,11 @@ impl<T: Transport> Node<T> {
                     }
                 };
                 node.inner.starting.lock().remove(&deployment);
-                let report = NodeRequest::ReplicaState { deployment, state };
+                let report = NodeRequest::ReplicaState {
+                    deployment,
+                    model,
+                    state,
+                };
                 if let Err(e) = node.call(&report).await {
                     tracing::warn!(%deployment, error = %e, "replica state not reported");
                 }

@@ -220,19 +220,65 @@ impl<T: Transport> Deployment<T> {
         }
     }
 
+    /// Replaces the deployment's model by `model`, a stored model whose inputs and outputs
+    /// can replace the deployed one's (same inputs, each accepting what it accepted; the same
+    /// outputs): same deployment, endpoint and leases. Each replica loads the new model and
+    /// switches once it is warm, serving the old one until then, so tasks keep running
+    /// through the switch; [`Deployment::wait_updated`] waits until every replica has
+    /// switched. The plan bounds how often ([`Error::UpdateTooFrequent`]); a per-request
+    /// deployment pays each update from its allowance. A model that cannot replace the
+    /// deployed one is [`Error::ModelRejected`]. Updating to the model the deployment has
+    /// changes nothing (a retry is safe). Returns the deployment as described after the
+    /// update.
+    pub async fn update_model(&self, model: ModelId) -> Result<DeploymentInfo, Error> {
+        match self
+            .client
+            .call(ClientCall::UpdateModel {
+                deployment: self.id,
+                model,
+            })
+            .await?
+        {
+            DispatcherResponse::Deployment(info) if info.id == self.id && info.model == model => {
+                Ok(info)
+            }
+            other => Err(unexpected("UpdateModel", &other)),
+        }
+    }
+
+    /// Polls [`Deployment::info`] until the deployment is `Ready` with every warm replica
+    /// serving its current model (after [`Deployment::update_model`]); otherwise as
+    /// [`Deployment::wait_ready`].
+    pub async fn wait_updated(&self, timeout: Duration) -> Result<DeploymentInfo, Error> {
+        self.wait_until(timeout, |info| {
+            info.replicas_on_model == info.replicas_ready
+        })
+        .await
+    }
+
     /// Polls [`Deployment::info`] until the deployment is `Ready`, pausing
     /// [`ready_poll_ms_initial`](crate::ClientConfig::ready_poll_ms_initial) and doubling up to
     /// [`ready_poll_ms_max`](crate::ClientConfig::ready_poll_ms_max) between polls.
     /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`] if the deployment stops;
     /// [`Error::ModelRejected`] if no node could load its model (the nodes' reasons).
     pub async fn wait_ready(&self, timeout: Duration) -> Result<DeploymentInfo, Error> {
+        self.wait_until(timeout, |_| true).await
+    }
+
+    /// Polls until the deployment is `Ready` and `done` holds of its description.
+    async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&DeploymentInfo) -> bool,
+    ) -> Result<DeploymentInfo, Error> {
         let config = &self.client.inner.config;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut pause_ms = config.ready_poll_ms_initial.max(1);
         loop {
             let info = self.info().await?;
             match info.state {
-                DeploymentState::Ready => return Ok(info),
+                DeploymentState::Ready if done(&info) => return Ok(info),
+                DeploymentState::Ready => {}
                 DeploymentState::Stopped => {
                     return Err(Error::Stopped(format!("{} is stopped", self.id)));
                 }
@@ -248,12 +294,14 @@ impl<T: Transport> Deployment<T> {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout(format!(
-                    "{} not ready after {} ms ({:?}, {}/{} replicas)",
+                    "{} not ready after {} ms ({:?}, {}/{} replicas, {} on model {})",
                     self.id,
                     timeout.as_millis(),
                     info.state,
                     info.replicas_ready,
-                    info.replicas_wanted
+                    info.replicas_wanted,
+                    info.replicas_on_model,
+                    info.model
                 )));
             }
             let pause = Duration::from_millis(pause_ms).min(deadline - now);
@@ -594,6 +642,14 @@ impl<T: Transport> Deployment<T> {
                 return Ok(first.outputs);
             }
         };
+        // Answered by different models (a model update is rolling out): the answers say
+        // nothing about each other. The worker's is returned unchecked.
+        if second.receipt.body.model != first.receipt.body.model {
+            bump(&self.counters(), |c| &c.validations_inconclusive);
+            self.received(paid, worker, true);
+            self.received(paid, &validator, false);
+            return Ok(first.outputs);
+        }
         // The answer returned is paid for; the others are acknowledged at no cost.
         if agree(&second.outputs, &first.outputs, &tol).is_ok() {
             self.received(paid, worker, true);
@@ -624,6 +680,15 @@ impl<T: Transport> Deployment<T> {
                     worker.node, validator.node, tie.node
                 ))
             })?;
+        if third.receipt.body.model != first.receipt.body.model {
+            bump(&self.counters(), |c| &c.validations_inconclusive);
+            self.received(paid, &tie, false);
+            return Err(Error::Validation(format!(
+                "nodes {} and {} disagree on {task}; the third replica {} answered with another \
+                 model (an update is rolling out)",
+                worker.node, validator.node, tie.node
+            )));
+        }
         let triple = [(worker, &first), (&validator, &second), (&tie, &third)];
         if agree(&third.outputs, &first.outputs, &tol).is_ok() {
             self.report(triple, &[worker.node, tie.node]);

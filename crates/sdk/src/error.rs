@@ -72,6 +72,10 @@ pub enum Error {
     /// released (leases expire, a deployment is stopped).
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// The deployment's plan allows no model update now ([`ErrorCode::UpdateTooFrequent`]):
+    /// the message says when it allows the next, if ever.
+    #[error("update too frequent: {0}")]
+    UpdateTooFrequent(String),
     /// An error code this SDK version does not know.
     #[error("remote error: {0}")]
     Remote(WireError),
@@ -139,6 +143,7 @@ impl Error {
             ErrorCode::RateLimited => Self::RateLimited(m),
             ErrorCode::BudgetExhausted => Self::BudgetExhausted(m),
             ErrorCode::QuotaExceeded => Self::QuotaExceeded(m),
+            ErrorCode::UpdateTooFrequent => Self::UpdateTooFrequent(m),
             _ => Self::Remote(e),
         }
     }
@@ -164,6 +169,7 @@ impl Error {
             Self::RateLimited(_) => ErrorCode::RateLimited,
             Self::BudgetExhausted(_) => ErrorCode::BudgetExhausted,
             Self::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            Self::UpdateTooFrequent(_) => ErrorCode::UpdateTooFrequent,
             Self::Remote(e) => e.code,
             _ => return None,
         })

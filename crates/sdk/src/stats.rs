@@ -24,6 +24,9 @@ pub struct Stats {
     pub validations: u64,
     /// Spot checks whose first two answers disagreed (a third replica decided).
     pub disagreements: u64,
+    /// Spot checks left without a verdict because the replicas answered with different models
+    /// (a model update rolling out).
+    pub validations_inconclusive: u64,
     /// Validation reports not sent because too many were pending.
     pub reports_dropped: u64,
     /// Answers discarded because they came without a valid receipt (each one a failover, and
@@ -41,6 +44,7 @@ pub(crate) struct Counters {
     pub(crate) ticket_rejections: AtomicU64,
     pub(crate) validations: AtomicU64,
     pub(crate) disagreements: AtomicU64,
+    pub(crate) validations_inconclusive: AtomicU64,
     pub(crate) reports_dropped: AtomicU64,
     pub(crate) receipts_invalid: AtomicU64,
 }
@@ -57,6 +61,7 @@ impl Counters {
             ticket_rejections: get(&self.ticket_rejections),
             validations: get(&self.validations),
             disagreements: get(&self.disagreements),
+            validations_inconclusive: get(&self.validations_inconclusive),
             reports_dropped: get(&self.reports_dropped),
             receipts_invalid: get(&self.receipts_invalid),
         }

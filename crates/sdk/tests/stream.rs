@@ -63,6 +63,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
                                 Receipt {
                                     task: req.task,
                                     deployment: req.deployment,
+                                    model: crat_core::id::ModelId::of_bytes(b"echo"),
                                     node: node_id,
                                     inputs_digest: req.inputs_digest,
                                     outputs_digest: tensors_digest(&req.inputs),

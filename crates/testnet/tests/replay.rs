@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use crat_core::id::{DeploymentId, NodeId, PeerAddr, SdkKey, TaskId};
+use crat_core::id::{DeploymentId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crat_core::money::Credits;
 use crat_core::sign::{REGISTRATION_AGE_S_MAX, Signed, Ticket, tensors_digest};
 use crat_core::tensor::NamedTensor;
@@ -395,6 +395,7 @@ async fn a_node_is_paid_no_more_than_its_client_acknowledged() {
     // It says it is ready, and stays alive.
     let ready = NodeRequest::ReplicaState {
         deployment: d.id(),
+        model,
         state: ReplicaState::Ready,
     };
     let r: DispatcherReply = conn
@@ -411,7 +412,7 @@ async fn a_node_is_paid_no_more_than_its_client_acknowledged() {
                     seq,
                     load: NodeLoad::default(),
                     loaded_models: vec![],
-                    ready: vec![deployment],
+                    ready: vec![crat_core::wire::ReadyReplica { deployment, model }],
                 });
                 let _ = conn
                     .call::<_, DispatcherReply>(
@@ -542,8 +543,11 @@ async fn join_as_ready(
         matches!(reply, DispatcherReply::Registered { .. }),
         "{reply:?}"
     );
+    // Every deployment of these tests is of the tiny CNN.
+    let model = ModelId::of_bytes(TINY);
     let ready = NodeRequest::ReplicaState {
         deployment,
+        model,
         state: ReplicaState::Ready,
     };
     let r: DispatcherReply = conn
@@ -559,7 +563,7 @@ async fn join_as_ready(
                     seq,
                     load: NodeLoad::default(),
                     loaded_models: vec![],
-                    ready: vec![deployment],
+                    ready: vec![crat_core::wire::ReadyReplica { deployment, model }],
                 });
                 let _ = conn
                     .call::<_, DispatcherReply>(

@@ -18,7 +18,8 @@
 //!   a Merkle root over rows), the basis of a proof of hardware;
 //! - [`hardware`]: the proof of hardware built on it: challenge sizes and deadlines from the
 //!   claimed GPUs' throughput, the proven rating and income, and the random re-challenges
-//!   that end an online session at the last passed one.
+//!   that end an online session at the last passed one;
+//! - [`updates`]: when a deployment's plan allows a model update and what it costs.
 //!
 //! ```
 //! use crat_core::id::{DeploymentId, KeyId, NodeId};
@@ -57,4 +58,5 @@ pub mod keys;
 pub mod lifecycle;
 pub mod reports;
 pub mod tickets;
+pub mod updates;
 pub mod usage;

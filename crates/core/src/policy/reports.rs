@@ -49,6 +49,10 @@ pub enum ReportError {
     /// node by sending it other inputs under the same task id).
     #[error("receipts of different inputs")]
     DifferentInputs,
+    /// The receipts name different models: answered while a model update rolled out, by the
+    /// old model and the new one, they say nothing about each other.
+    #[error("receipts of different models (a model update was rolling out)")]
+    DifferentModels,
     /// Two receipts of one node.
     #[error("two receipts of {0}")]
     DuplicateNode(NodeId),
@@ -140,6 +144,9 @@ pub fn check_report(
             return Err(ReportError::DifferentTasks);
         }
         same_inputs([&receipts[0].body.inputs_digest, &r.body.inputs_digest])?;
+        if r.body.model != receipts[0].body.model {
+            return Err(ReportError::DifferentModels);
+        }
         if nodes.contains(&r.body.node) {
             return Err(ReportError::DuplicateNode(r.body.node));
         }
@@ -350,6 +357,7 @@ mod tests {
             Receipt {
                 task: TaskId::from_bytes([task; 16]),
                 deployment: DeploymentId::from_bytes([9; 16]),
+                model: crate::id::ModelId::from_bytes([5; 32]),
                 node: node(signer),
                 inputs_digest: [task; 32],
                 outputs_digest: [digest; 32],
@@ -430,6 +438,18 @@ mod tests {
                 &[1, 2]
             )),
             Err(ReportError::DifferentInputs)
+        );
+        // Answers of the model before an update and of the new one: not comparable, so the
+        // one that differs is not failed.
+        let mut updated = receipt(3, 5, 7);
+        updated.body.model = crate::id::ModelId::from_bytes([6; 32]);
+        let updated = Signed::sign(updated.body, &key(3));
+        assert_eq!(
+            check(report(
+                vec![receipt(1, 5, 0), receipt(2, 5, 0), updated],
+                &[1, 2]
+            )),
+            Err(ReportError::DifferentModels)
         );
         // A receipt signed by another key than its node's.
         let mut forged = receipt(2, 5, 0);

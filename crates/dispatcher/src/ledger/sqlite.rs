@@ -19,8 +19,8 @@ mod acks;
 
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
-    ModelRecord, NodeRecord, RoundRecord, RoundSettlement, StoredAck, UNSETTLED_ROUNDS_MAX,
-    USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
+    ModelRecord, ModelUpdate, NodeRecord, RoundRecord, RoundSettlement, StoredAck,
+    UNSETTLED_ROUNDS_MAX, USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
 };
 
 /// How long a statement waits for another process's lock before failing.
@@ -223,6 +223,40 @@ const MIGRATIONS: &[&str] = &[
     // 10: what each model takes and returns (`ModelSignature` as JSON), from the upload
     // check; NULL for models stored before (filled in from their bytes when first asked).
     "ALTER TABLE models ADD COLUMN signature TEXT;",
+    // 11: model updates. Each deployment counts its updates (and when it had the last), each
+    // update is a row of `model_updates`, and a per-request deployment's update is paid from
+    // its allowance: a new journal kind, 'update' (SQLite cannot widen a CHECK in place, so
+    // the journal is copied into a table with the wider CHECK, ids kept).
+    "
+    ALTER TABLE deployments ADD COLUMN updates INTEGER NOT NULL DEFAULT 0 CHECK (updates >= 0);
+    ALTER TABLE deployments ADD COLUMN updated_at_s INTEGER;
+    CREATE TABLE model_updates (
+        deployment BLOB NOT NULL REFERENCES deployments(id),
+        seq INTEGER NOT NULL CHECK (seq >= 1),
+        previous BLOB NOT NULL CHECK (length(previous) = 32),
+        model BLOB NOT NULL REFERENCES models(id),
+        model_bytes INTEGER NOT NULL CHECK (model_bytes >= 0),
+        verifiability TEXT NOT NULL,
+        charged INTEGER NOT NULL CHECK (charged >= 0),
+        at_s INTEGER NOT NULL,
+        PRIMARY KEY (deployment, seq)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE journal_11 (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account TEXT NOT NULL REFERENCES accounts(name),
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'deploy', 'usage', 'refund', 'update')),
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        deployment BLOB,
+        task BLOB,
+        at_s INTEGER NOT NULL,
+        counts_as_income INTEGER NOT NULL CHECK (counts_as_income IN (0, 1))
+    ) STRICT;
+    INSERT INTO journal_11 (id, account, kind, amount, deployment, task, at_s, counts_as_income)
+        SELECT id, account, kind, amount, deployment, task, at_s, counts_as_income FROM journal;
+    DROP TABLE journal;
+    ALTER TABLE journal_11 RENAME TO journal;
+    CREATE INDEX journal_income ON journal(at_s) WHERE counts_as_income = 1;
+    ",
 ];
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
@@ -527,6 +561,7 @@ enum Kind {
     Deploy,
     Usage,
     Refund,
+    Update,
 }
 
 impl Kind {
@@ -536,6 +571,7 @@ impl Kind {
             Kind::Deploy => "deploy",
             Kind::Usage => "usage",
             Kind::Refund => "refund",
+            Kind::Update => "update",
         }
     }
 }
@@ -600,7 +636,8 @@ fn get_key(tx: &Transaction<'_>, id: &KeyId) -> Result<Option<KeyRecord>, Ledger
 }
 
 const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
-                                  allowance_left, created_at_s, stopped_at_s, verifiability";
+                                  allowance_left, created_at_s, stopped_at_s, verifiability, \
+                                  updates, updated_at_s";
 
 /// A model signature as stored (JSON), refused beyond what the wire carries.
 fn signature_json(signature: Option<&ModelSignature>) -> Result<Option<String>, LedgerError> {
@@ -636,6 +673,9 @@ fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
         stopped_at_s: opt_u64_at(row, 9, "stopped_at_s")?,
         verifiability: serde_json::from_str(&verifiability)
             .map_err(|e| LedgerError::Corrupt(format!("deployment verifiability: {e}")))?,
+        updates: u32::try_from(u64_at(row, 11, "updates")?)
+            .map_err(|_| LedgerError::Corrupt("deployment updates".into()))?,
+        updated_at_s: opt_u64_at(row, 12, "updated_at_s")?,
     })
 }
 
@@ -1117,9 +1157,9 @@ impl Ledger for SqliteLedger {
                 d.allowance_left
             )));
         }
-        if d.stopped_at_s.is_some() {
+        if d.stopped_at_s.is_some() || d.updates != 0 || d.updated_at_s.is_some() {
             return Err(LedgerError::Invalid(
-                "a new deployment cannot be stopped already".into(),
+                "a new deployment cannot be stopped or updated already".into(),
             ));
         }
         let plan = serde_json::to_string(&d.plan)
@@ -1163,7 +1203,7 @@ impl Ledger for SqliteLedger {
             set_balance(tx, &d.account, after)?;
             tx.prepare_cached(&format!(
                 "INSERT INTO deployments ({DEPLOYMENT_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, ?10, 0, NULL)"
             ))
             .db()?
             .execute(params![
@@ -1231,6 +1271,130 @@ impl Ledger for SqliteLedger {
                 return refund(tx, stopped, now_s);
             }
             Ok(stopped)
+        })
+    }
+
+    fn update_deployment_model(&self, u: &ModelUpdate) -> Result<DeploymentRecord, LedgerError> {
+        let at = to_i64(u.at_s, "at_s")?;
+        let verifiability = serde_json::to_string(&u.verifiability)
+            .map_err(|e| LedgerError::Invalid(format!("verifiability: {e}")))?;
+        self.write(|tx| {
+            let d = get_deployment(tx, &u.deployment)?
+                .ok_or_else(|| LedgerError::NotFound(format!("deployment {}", u.deployment)))?;
+            if d.stopped_at_s.is_some() {
+                return Err(LedgerError::NotFound(format!(
+                    "deployment {} is stopped",
+                    u.deployment
+                )));
+            }
+            if u.seq != d.updates.saturating_add(1) || u.previous != d.model {
+                return Err(LedgerError::Invalid(format!(
+                    "update {} of {} from model {} does not follow the stored state (update {}, \
+                     model {})",
+                    u.seq,
+                    u.deployment,
+                    u.previous,
+                    d.updates.saturating_add(1),
+                    d.model
+                )));
+            }
+            if !exists(
+                tx,
+                "SELECT 1 FROM models WHERE id = ?1",
+                &u.model.as_bytes().as_slice(),
+            )? {
+                return Err(LedgerError::NotFound(format!("model {}", u.model)));
+            }
+            let left = d.allowance_left.checked_sub(u.charged).ok_or(
+                LedgerError::InsufficientCredits {
+                    balance: d.allowance_left,
+                    needed: u.charged,
+                },
+            )?;
+            tx.prepare_cached(
+                "UPDATE deployments SET model = ?2, model_bytes = ?3, verifiability = ?4,
+                 allowance_left = ?5, updates = ?6, updated_at_s = ?7 WHERE id = ?1",
+            )
+            .db()?
+            .execute(params![
+                u.deployment.as_bytes().as_slice(),
+                u.model.as_bytes().as_slice(),
+                to_i64(u.model_bytes, "model_bytes")?,
+                verifiability,
+                to_i64(left.get(), "allowance_left")?,
+                i64::from(u.seq),
+                at,
+            ])
+            .db()?;
+            tx.prepare_cached(
+                "INSERT INTO model_updates
+                 (deployment, seq, previous, model, model_bytes, verifiability, charged, at_s)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .db()?
+            .execute(params![
+                u.deployment.as_bytes().as_slice(),
+                i64::from(u.seq),
+                u.previous.as_bytes().as_slice(),
+                u.model.as_bytes().as_slice(),
+                to_i64(u.model_bytes, "model_bytes")?,
+                verifiability,
+                to_i64(u.charged.get(), "charged")?,
+                at,
+            ])
+            .db()?;
+            if u.charged > Credits::ZERO {
+                journal(
+                    tx,
+                    &Movement {
+                        account: &d.account,
+                        kind: Kind::Update,
+                        amount: u.charged,
+                        deployment: Some(&u.deployment),
+                        task: None,
+                        at_s: u.at_s,
+                        counts_as_income: true,
+                    },
+                )?;
+            }
+            Ok(DeploymentRecord {
+                model: u.model,
+                model_bytes: u.model_bytes,
+                verifiability: u.verifiability,
+                allowance_left: left,
+                updates: u.seq,
+                updated_at_s: Some(u.at_s),
+                ..d
+            })
+        })
+    }
+
+    fn model_updates(&self, id: &DeploymentId) -> Result<Vec<ModelUpdate>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT seq, previous, model, model_bytes, verifiability, charged, at_s
+                     FROM model_updates WHERE deployment = ?1 ORDER BY seq",
+                )
+                .db()?;
+            let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                let verifiability: String = row.get(4).db()?;
+                out.push(ModelUpdate {
+                    deployment: *id,
+                    seq: u32::try_from(u64_at(row, 0, "seq")?)
+                        .map_err(|_| LedgerError::Corrupt("update seq".into()))?,
+                    previous: ModelId::from_bytes(bytes_at(row, 1, "model id")?),
+                    model: ModelId::from_bytes(bytes_at(row, 2, "model id")?),
+                    model_bytes: u64_at(row, 3, "model_bytes")?,
+                    verifiability: serde_json::from_str(&verifiability)
+                        .map_err(|e| LedgerError::Corrupt(format!("update verifiability: {e}")))?,
+                    charged: Credits::new(u64_at(row, 5, "charged")?),
+                    at_s: u64_at(row, 6, "at_s")?,
+                });
+            }
+            Ok(out)
         })
     }
 
@@ -1895,6 +2059,8 @@ mod tests {
             created_at_s: at_s,
             stopped_at_s: None,
             verifiability: Verifiability::Verifiable,
+            updates: 0,
+            updated_at_s: None,
         }
     }
 
@@ -2029,6 +2195,105 @@ mod tests {
                 ..self
             }
         }
+    }
+
+    #[test]
+    fn a_model_update_is_paid_from_the_allowance_kept_and_survives_a_reopen() {
+        let (_dir, path) = temp();
+        let other = ModelId::of_bytes(b"model 2");
+        let update = |seq, previous, model, charged, at_s| ModelUpdate {
+            deployment: dep_id(1),
+            seq,
+            previous,
+            model,
+            model_bytes: 2_000,
+            verifiability: Verifiability::Unverifiable(Unverifiable::RandomOperator),
+            charged: Credits::new(charged),
+            at_s,
+        };
+        {
+            let ledger = SqliteLedger::open(&path).unwrap();
+            let a = setup(&ledger, 100);
+            ledger
+                .insert_model(&ModelRecord {
+                    id: other,
+                    bytes: 2_000,
+                    account: a.clone(),
+                    stored_at_s: 10,
+                    signature: None,
+                })
+                .unwrap();
+            ledger
+                .create_deployment(&per_request(&a, 1, 60, 20))
+                .unwrap();
+            // Out of order, from another model, an unknown model, more than the allowance:
+            // refused, nothing changes.
+            for bad in [
+                update(2, model_id(), other, 5, 30),
+                update(1, other, other, 5, 30),
+            ] {
+                assert!(matches!(
+                    ledger.update_deployment_model(&bad),
+                    Err(LedgerError::Invalid(_))
+                ));
+            }
+            assert!(matches!(
+                ledger.update_deployment_model(&update(
+                    1,
+                    model_id(),
+                    ModelId::of_bytes(b"?"),
+                    5,
+                    30
+                )),
+                Err(LedgerError::NotFound(_))
+            ));
+            assert!(matches!(
+                ledger.update_deployment_model(&update(1, model_id(), other, 61, 30)),
+                Err(LedgerError::InsufficientCredits { .. })
+            ));
+            let after = ledger
+                .update_deployment_model(&update(1, model_id(), other, 5, 30))
+                .unwrap();
+            assert_eq!(
+                (
+                    after.model,
+                    after.model_bytes,
+                    after.allowance_left,
+                    after.updates
+                ),
+                (other, 2_000, Credits::new(55), 1)
+            );
+            assert_eq!(after.updated_at_s, Some(30));
+            assert_eq!(ledger.deployment(&dep_id(1)).unwrap(), Some(after));
+            // The charge is income at the update's time; money is conserved.
+            assert_eq!(ledger.income(30, 31).unwrap(), Credits::new(5));
+            assert!(ledger.totals().unwrap().is_conserved());
+            // Back to the first model, free.
+            ledger
+                .update_deployment_model(&update(2, other, model_id(), 0, 40))
+                .unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let d = ledger.deployment(&dep_id(1)).unwrap().unwrap();
+        assert_eq!(
+            (d.model, d.updates, d.updated_at_s),
+            (model_id(), 2, Some(40))
+        );
+        let history = ledger.model_updates(&dep_id(1)).unwrap();
+        assert_eq!(
+            history,
+            vec![
+                update(1, model_id(), other, 5, 30),
+                update(2, other, model_id(), 0, 40)
+            ]
+        );
+        assert!(ledger.totals().unwrap().is_conserved());
+        // A stopped deployment takes no update.
+        ledger.stop_deployment(&dep_id(1), 50, 50).unwrap();
+        assert!(matches!(
+            ledger.update_deployment_model(&update(3, model_id(), other, 0, 60)),
+            Err(LedgerError::NotFound(_))
+        ));
     }
 
     #[test]

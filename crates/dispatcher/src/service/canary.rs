@@ -435,7 +435,12 @@ impl<T: Transport> Dispatcher<T> {
             let d = self.inner.dispatch.lock();
             for dep in &deployments {
                 if let Ok(replicas) = d.lease_replicas(&dep.id) {
-                    for r in &replicas {
+                    // A replica still on the model before an update is checked once it
+                    // switches (or is replaced, past the update's grace).
+                    for r in replicas
+                        .iter()
+                        .filter(|r| d.serving_model(&dep.id, &r.node) == Some(dep.model))
+                    {
                         targets.push((dep.clone(), r.clone(), replicas.clone()));
                     }
                 }
@@ -635,11 +640,32 @@ impl<T: Transport> Dispatcher<T> {
             }
             NodeToClient::Error(e) => return Err(e.to_string()),
         };
+        let signed_model = receipt.as_ref().map(|r| r.body.model);
         let evidence = receipt
             .ok_or(ReceiptError::Missing)
             .and_then(|r| r.check_answer(&replica.node, &task, &dep.id, &inputs_digest, &outputs));
         if let Err(e) = evidence {
             tracing::warn!(deployment = %dep.id, node = %replica.node, error = %e, "canary answered without a valid receipt");
+            return Ok(false);
+        }
+        if let Some(receipt) = signed_model
+            && receipt != dep.model
+        {
+            // Answered by another model than the reference's: an update raced the canary if
+            // that is the model the node reports serving; otherwise the node signed for a
+            // model it does not serve (to dodge the comparison), a wrong answer.
+            let serving = self
+                .inner
+                .dispatch
+                .lock()
+                .serving_model(&dep.id, &replica.node);
+            if serving == Some(receipt) {
+                return Err(format!(
+                    "answered by model {receipt}, the reference is {} (an update is rolling out)",
+                    dep.model
+                ));
+            }
+            tracing::warn!(deployment = %dep.id, node = %replica.node, %receipt, "canary answered by a model the node does not serve");
             return Ok(false);
         }
         match agree(&outputs, &expected, &config.tolerance) {

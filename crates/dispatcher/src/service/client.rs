@@ -15,6 +15,7 @@ use crat_core::policy::budget::{ticket_budget, ticket_price};
 use crat_core::policy::keys::{KeyStanding, check_key};
 use crat_core::policy::reports::{check_report, report_subject};
 use crat_core::policy::tickets::TicketsFull;
+use crat_core::policy::updates::{UpdateHistory, UpdateRefusal, check_update, next_update_at};
 use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, TICKET_AUDIENCE_MAX, Ticket};
 use crat_core::wire::{
@@ -28,7 +29,9 @@ use super::reply::{Refusal, err};
 use super::shapes::ShapeBook;
 use super::{CachedKey, Counters, Dispatcher, new_id};
 use crate::blob::UploadProgress;
-use crate::ledger::{AccountName, DeploymentRecord, KeyRecord, ModelRecord};
+use crate::ledger::{
+    AccountName, DeploymentRecord, KeyRecord, LedgerError, ModelRecord, ModelUpdate,
+};
 
 /// SDK key records cached at once (the cache is emptied when full).
 const KEYS_CACHED_MAX: usize = 100_000;
@@ -229,6 +232,9 @@ impl<T: Transport> Dispatcher<T> {
                 Ok(DispatcherResponse::Quote(quote))
             }
             ClientCall::Deploy { model, plan } => self.deploy(&key, model, plan, now).await,
+            ClientCall::UpdateModel { deployment, model } => {
+                self.update_model(&key, deployment, model, now).await
+            }
             ClientCall::Deployment { deployment } => {
                 let d = self.owned_deployment(&key, &deployment)?;
                 Ok(DispatcherResponse::Deployment(self.describe(&d).await))
@@ -437,12 +443,26 @@ impl<T: Transport> Dispatcher<T> {
                 .deployment_state(&d.id)
                 .unwrap_or((DeploymentState::Stopped, 0, 0))
         };
+        let on_model = if d.stopped_at_s.is_some() {
+            0
+        } else {
+            self.inner.dispatch.lock().replicas_on_model(&d.id)
+        };
+        let next_update_at_s = next_update_at(
+            &d.plan,
+            &update_history(d),
+            self.inner.config.update_interval_s,
+        )
+        .filter(|_| d.stopped_at_s.is_none());
         DeploymentInfo {
             id: d.id,
             model: d.model,
             plan: d.plan,
             state,
             replicas_ready: ready,
+            replicas_on_model: on_model,
+            updates: d.updates,
+            next_update_at_s,
             replicas_wanted: wanted,
             price: d.price,
             allowance_left: d.allowance_left,
@@ -496,15 +516,7 @@ impl<T: Transport> Dispatcher<T> {
         }
         // The determinism gate (once per model; may take a while, or be `Busy`), before
         // anything is placed or charged.
-        let verifiability = self
-            .inner
-            .gate
-            .verdict(
-                model,
-                model_bytes,
-                self.read_model(&model, self.inner.config.gate.model_bytes_max),
-            )
-            .await?;
+        let verifiability = self.gate_verdict(model, model_bytes).await?;
         let id = DeploymentId::from_bytes(new_id());
         // Place first (nothing is charged if there is no capacity), then charge; if the
         // charge fails the placement is undone before any node hears of it.
@@ -528,6 +540,8 @@ impl<T: Transport> Dispatcher<T> {
             created_at_s: now,
             stopped_at_s: None,
             verifiability,
+            updates: 0,
+            updated_at_s: None,
         };
         let stored = record.clone();
         if let Err(e) = self.db(move |l| l.create_deployment(&stored)).await {
@@ -538,6 +552,108 @@ impl<T: Transport> Dispatcher<T> {
         self.apply(effects).await;
         tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), %verifiability, "deployed");
         Ok(DispatcherResponse::Deployment(self.describe(&record).await))
+    }
+
+    /// The determinism gate's verdict on `model` (once per model; may take a while, or be
+    /// `Busy`).
+    async fn gate_verdict(
+        &self,
+        model: ModelId,
+        model_bytes: u64,
+    ) -> Result<Verifiability, Refusal> {
+        Ok(self
+            .inner
+            .gate
+            .verdict(
+                model,
+                model_bytes,
+                self.read_model(&model, self.inner.config.gate.model_bytes_max),
+            )
+            .await?)
+    }
+
+    /// Replaces a deployment's model ([`ClientCall::UpdateModel`]): the account may use the
+    /// new model, its signature can replace the deployed one's, the plan allows an update now
+    /// (and, per-instance, the model costs no more than was paid), the determinism gate has a
+    /// verdict on it; then the ledger (update and charge, atomically) and the state machine
+    /// (every replica told the new model; each keeps serving the old one until it switches).
+    async fn update_model(
+        &self,
+        key: &KeyRecord,
+        id: DeploymentId,
+        model: ModelId,
+        now: u64,
+    ) -> Result<DispatcherResponse, Refusal> {
+        let d = self.owned_deployment(key, &id)?;
+        if d.stopped_at_s.is_some() {
+            return Err(err(ErrorCode::NotFound, format!("deployment {id} is stopped")).into());
+        }
+        if d.model == model {
+            // Already its model (a retried update): nothing to do, nothing charged.
+            return Ok(DispatcherResponse::Deployment(self.describe(&d).await));
+        }
+        let model_bytes = self.model_bytes(model, &key.account).await?;
+        let charged = check_update(
+            &self.inner.config.pricing,
+            &d.plan,
+            &d.price,
+            &update_history(&d),
+            self.inner.config.update_interval_s,
+            model_bytes,
+            now,
+        )
+        .map_err(|e| match e {
+            UpdateRefusal::TooSoon { .. } => err(ErrorCode::UpdateTooFrequent, e.to_string()),
+            _ => err(ErrorCode::ModelRejected, e.to_string()),
+        })?;
+        let (Some(old), Some(new)) = (
+            self.model_signature(d.model).await,
+            self.model_signature(model).await,
+        ) else {
+            return Err(err(
+                ErrorCode::ModelRejected,
+                "the models' inputs and outputs cannot both be read, so the new model cannot be \
+                 checked to serve the deployment's callers",
+            )
+            .into());
+        };
+        new.check_replaces(&old)
+            .map_err(|e| err(ErrorCode::ModelRejected, format!("{e}")))?;
+        let verifiability = self.gate_verdict(model, model_bytes).await?;
+        let update = ModelUpdate {
+            deployment: id,
+            seq: d.updates.saturating_add(1),
+            previous: d.model,
+            model,
+            model_bytes,
+            verifiability,
+            charged,
+            at_s: now,
+        };
+        let after = self
+            .db(move |l| l.update_deployment_model(&update))
+            .await
+            .map_err(|e| match e {
+                Refusal::Ledger(LedgerError::InsufficientCredits { balance, needed }) => err(
+                    ErrorCode::InsufficientCredits,
+                    format!(
+                        "the update costs {} credits from the deployment's allowance; {} are left",
+                        needed.get(),
+                        balance.get()
+                    ),
+                )
+                .into(),
+                e => e,
+            })?;
+        self.inner.deployments.write().insert(id, after.clone());
+        let effects = self
+            .inner
+            .dispatch
+            .lock()
+            .update_model(now, &id, model, model_bytes)?;
+        self.apply(effects).await;
+        tracing::info!(deployment = %id, from = %d.model, to = %model, charged = charged.get(), %verifiability, "model updated");
+        Ok(DispatcherResponse::Deployment(self.describe(&after).await))
     }
 
     /// Issues a lease: the warm replicas, a ticket for them (remembered, so that usage is
@@ -647,6 +763,15 @@ impl<T: Transport> Dispatcher<T> {
             self.validation_failed(n).await;
         }
         Ok(())
+    }
+}
+
+/// A deployment's updates so far, as the update rule reads them.
+fn update_history(d: &DeploymentRecord) -> UpdateHistory {
+    UpdateHistory {
+        created_at_s: d.created_at_s,
+        updates: d.updates,
+        last_update_at_s: d.updated_at_s,
     }
 }
 

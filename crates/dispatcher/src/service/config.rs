@@ -53,6 +53,9 @@ pub struct DispatcherConfig {
     /// Deployments an account may have running at once; past it, a deploy is answered
     /// `QuotaExceeded`. Default 256.
     pub deployments_per_account_max: usize,
+    /// Least time between two model updates of a per-request deployment (each is paid from
+    /// its allowance; per-instance plans are spaced by their update frequency). Default 60 s.
+    pub update_interval_s: u64,
     /// (ticket, node) pairs whose acknowledged and charged work is tracked in memory until
     /// the ticket's usage window ends (the ledger keeps them all). Past it, acknowledgements
     /// are still stored and answered `Ok`: their pairs' records are held until the window
@@ -159,6 +162,7 @@ impl DispatcherConfig {
             tickets_tracked_max: 262_144,
             tickets_per_key_max: 16_384,
             deployments_per_account_max: 256,
+            update_interval_s: 60,
             spent_deployment_idle_s: 300,
             acks_tracked_max: 262_144,
             usage_grace_s: 3_600,

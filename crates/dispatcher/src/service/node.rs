@@ -314,12 +314,18 @@ impl<T: Transport> Dispatcher<T> {
                     data,
                 })
             }
-            NodeRequest::ReplicaState { deployment, state } => {
-                let effects =
-                    self.inner
-                        .dispatch
-                        .lock()
-                        .replica_state(now, &node, &deployment, &state);
+            NodeRequest::ReplicaState {
+                deployment,
+                model,
+                state,
+            } => {
+                let effects = self.inner.dispatch.lock().replica_state(
+                    now,
+                    &node,
+                    &deployment,
+                    model,
+                    &state,
+                );
                 self.apply(effects).await;
                 Ok(DispatcherReply::Ok)
             }

@@ -115,7 +115,9 @@ pub fn fake_dispatcher(
                             data: bytes[start..end].to_vec(),
                         }
                     }
-                    NodeRequest::ReplicaState { deployment, state } => {
+                    NodeRequest::ReplicaState {
+                        deployment, state, ..
+                    } => {
                         seen.lock().unwrap().states.push((deployment, state));
                         DispatcherReply::Ok
                     }

@@ -145,6 +145,9 @@ impl Fake {
                 DeploymentState::Pending
             },
             replicas_ready: ready,
+            replicas_on_model: ready,
+            updates: 0,
+            next_update_at_s: None,
             replicas_wanted: s.replicas_wanted,
             price: quote(),
             allowance_left: Credits::ZERO,
@@ -248,6 +251,10 @@ impl Fake {
                 s.deployments.insert(id, (model, plan, false));
                 DispatcherResponse::Deployment(self.info(&s, id).unwrap())
             }
+            ClientCall::UpdateModel { .. } => Self::err(
+                ErrorCode::BadRequest,
+                "this test dispatcher does not update models (crates/testnet tests them)",
+            ),
             ClientCall::Deployment { deployment } => match self.info(&s, deployment) {
                 Some(i) => DispatcherResponse::Deployment(i),
                 None => Self::err(ErrorCode::NotFound, "no such deployment"),
@@ -375,7 +382,9 @@ impl Fake {
                     data: bytes[start..end].to_vec(),
                 }
             }
-            NodeRequest::ReplicaState { deployment, state } => {
+            NodeRequest::ReplicaState {
+                deployment, state, ..
+            } => {
                 if state == ReplicaState::Ready {
                     let ready = s.ready.entry(deployment).or_default();
                     if !ready.contains(&node) {
