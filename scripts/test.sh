@@ -13,7 +13,7 @@ cargo test --workspace --all-features --locked "$@"
 scripts/test-python.sh
 # --- end of the Python package
 
-# --- gateway (issue 15, item 2): tritonclient[http] and curl against `crat gateway --local` ---
+# --- gateway (issue 15, item 2): tritonclient[http,grpc] and curl against `crat gateway --local` ---
 # The Python packages of tests/gateway/requirements.txt, from PyPI into a virtual environment
 # ($CRAT_GATEWAY_VENV, default ~/.cache/cryptorat-gateway-venv). Missing packages fail the
 # run: nothing is skipped.
@@ -29,8 +29,8 @@ gateway_venv="${CRAT_GATEWAY_VENV:-$HOME/.cache/cryptorat-gateway-venv}"
     exit 1
 }
 gateway_python="$gateway_venv/bin/python"
-if ! "$gateway_python" -c 'import tritonclient.http, numpy, onnxruntime, pytest' 2>/dev/null; then
-    echo "scripts/test.sh: the gateway tests need tritonclient[http], numpy, onnxruntime and pytest" >&2
+if ! "$gateway_python" -c 'import tritonclient.http, tritonclient.grpc, numpy, onnxruntime, pytest' 2>/dev/null; then
+    echo "scripts/test.sh: the gateway tests need tritonclient[http,grpc], numpy, onnxruntime and pytest" >&2
     exit 1
 fi
 cargo build --locked -p crat-cli --bin crat

@@ -1,5 +1,6 @@
 """Fixtures of the gateway tests: a real `crat gateway --local` (a dispatcher, two tract nodes
-and the gateway, on loopback) per test session. CRAT_BIN names the `crat` binary."""
+and the gateway, HTTP and gRPC, on loopback) per test session. CRAT_BIN names the `crat`
+binary."""
 
 import json
 import os
@@ -8,10 +9,25 @@ import subprocess
 import threading
 from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_CNN = REPO / "crates" / "backend" / "models" / "tiny_cnn.onnx"
+
+
+def images(batch: int, seed: int) -> np.ndarray:
+    """`batch` random 28 x 28 grey images, the tiny CNN's input."""
+    return np.random.default_rng(seed).random((batch, 1, 28, 28), dtype=np.float32)
+
+
+def reference(x: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's answer for the tiny CNN on `x`."""
+    session = onnxruntime.InferenceSession(
+        str(TINY_CNN), providers=["CPUExecutionProvider"]
+    )
+    return session.run(["probs"], {"input": x})[0]
 
 
 def crat_bin() -> str:
@@ -51,6 +67,8 @@ class LocalGateway:
         self.url = self.info["url"]
         # tritonclient wants host:port without the scheme.
         self.host_port = self.url.removeprefix("http://")
+        # The gRPC service's host:port (tritonclient.grpc takes it as it is).
+        self.grpc = self.info["grpc"]
 
     def _drain(self):
         for line in self.proc.stderr:

@@ -3,23 +3,11 @@ metadata, readiness, configuration, and inference with JSON and with binary tens
 outputs equal ONNX Runtime's on the same model and inputs."""
 
 import numpy as np
-import onnxruntime
 import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import TINY_CNN
-
-
-def images(batch: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random((batch, 1, 28, 28), dtype=np.float32)
-
-
-def reference(x: np.ndarray) -> np.ndarray:
-    session = onnxruntime.InferenceSession(
-        str(TINY_CNN), providers=["CPUExecutionProvider"]
-    )
-    return session.run(["probs"], {"input": x})[0]
+from conftest import images, reference
 
 
 @pytest.fixture()

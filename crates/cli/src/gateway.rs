@@ -1,7 +1,7 @@
-//! `crat gateway`: the KServe Open Inference Protocol v2 over HTTP (Triton-compatible) in
-//! front of a dispatcher ([`crat_gateway`]).
+//! `crat gateway`: the KServe Open Inference Protocol v2 over HTTP, and over gRPC on a second
+//! port with `--grpc-addr` (Triton-compatible), in front of a dispatcher ([`crat_gateway`]).
 //!
-//! `crat gateway --local` serves it in front of a whole network started in this process (a
+//! `crat gateway --local` serves both in front of a whole network started in this process (a
 //! dispatcher and two tract nodes on loopback QUIC), for tests, examples and trying it out:
 //! it creates an account with credits and an SDK key, uploads and deploys the tiny CNN under
 //! the model name `tiny`, prepares what the error statuses need (a deployment `tiny-spent`
@@ -9,11 +9,11 @@
 //! stdout once it serves:
 //!
 //! ```text
-//! {"url":"http://127.0.0.1:PORT","key":"sk_…","model":"tiny","deployment":"dep_…",
-//!  "version":"<model id>","spent_model":"tiny-spent","revoked_key":"sk_…","expired_key":"sk_…",
-//!  "dispatcher":"127.0.0.1:PORT","dispatcher_id":"<hex>"}
+//! {"url":"http://127.0.0.1:PORT","grpc":"127.0.0.1:PORT","key":"sk_…","model":"tiny",
+//!  "deployment":"dep_…","version":"<model id>","spent_model":"tiny-spent","revoked_key":"sk_…",
+//!  "expired_key":"sk_…","dispatcher":"127.0.0.1:PORT","dispatcher_id":"<hex>"}
 //! ```
-//! (one line). It stops on SIGINT or SIGTERM.
+//! (one line; `grpc` is host:port, as gRPC clients take it). It stops on SIGINT or SIGTERM.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +51,11 @@ pub(crate) struct GatewayArgs {
     /// `--local`, a free port on 127.0.0.1 unless given here.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// TCP address to serve gRPC on (the protocol's `inference.GRPCInferenceService`).
+    /// Default: `[gateway] grpc_addr`, else no gRPC; with `--local`, a free port on 127.0.0.1
+    /// unless given here.
+    #[arg(long)]
+    grpc_addr: Option<SocketAddr>,
     /// The dispatcher's address.
     #[arg(long, conflicts_with = "local")]
     dispatcher: Option<SocketAddr>,
@@ -59,8 +64,9 @@ pub(crate) struct GatewayArgs {
     dispatcher_id: Option<String>,
     /// Start a whole network in this process (a dispatcher, two tract nodes; the tiny CNN
     /// deployed as `tiny`, a deployment `tiny-spent` whose allowance is spent, a revoked and
-    /// an expired key) and serve in front of it. Prints one JSON line: url, key, model,
-    /// deployment, version, spent_model, revoked_key, expired_key, dispatcher, dispatcher_id.
+    /// an expired key) and serve HTTP and gRPC in front of it. Prints one JSON line: url, grpc,
+    /// key, model, deployment, version, spent_model, revoked_key, expired_key, dispatcher,
+    /// dispatcher_id.
     #[arg(long)]
     local: bool,
 }
@@ -71,10 +77,17 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         config.listen = listen;
     }
+    if let Some(grpc) = args.grpc_addr {
+        config.grpc_addr = Some(grpc);
+    }
     runtime()?.block_on(async move {
         if args.local {
+            let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
             if args.listen.is_none() {
-                config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                config.listen = any_port;
+            }
+            if args.grpc_addr.is_none() {
+                config.grpc_addr = Some(any_port);
             }
             return local(config).await;
         }
@@ -89,12 +102,18 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .parse()
             .context("--dispatcher-id")?;
         let gateway = Gateway::new(config, Upstream::new(addr, id))?;
-        let listener = bind(gateway.config().listen).await?;
+        let (http, grpc) = bind_both(gateway.config()).await?;
         println!(
             "serving the KServe v2 protocol on http://{}",
-            listener.local_addr()?
+            http.local_addr()?
         );
-        gateway.serve(listener, stopped()).await?;
+        if let Some(grpc) = &grpc {
+            println!(
+                "serving the KServe v2 protocol over gRPC on {}",
+                grpc.local_addr()?
+            );
+        }
+        gateway.serve_with_grpc(http, grpc, stopped()).await?;
         Ok(())
     })
 }
@@ -103,6 +122,18 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))
+}
+
+/// The HTTP listener and, when configured, the gRPC one.
+async fn bind_both(
+    config: &GatewayConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let http = bind(config.listen).await?;
+    let grpc = match config.grpc_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    Ok((http, grpc))
 }
 
 /// Completes on SIGINT or SIGTERM.
@@ -167,9 +198,10 @@ async fn local(mut config: GatewayConfig) -> anyhow::Result<()> {
         config,
         Upstream::new(net.dispatcher_addr, net.dispatcher().id()),
     )?;
-    let listener = bind(gateway.config().listen).await?;
+    let (http, grpc) = bind_both(gateway.config()).await?;
     let line = serde_json::json!({
-        "url": format!("http://{}", listener.local_addr()?),
+        "url": format!("http://{}", http.local_addr()?),
+        "grpc": grpc.as_ref().map(|g| g.local_addr()).transpose()?.map(|a| a.to_string()),
         "key": key.to_string(),
         "model": "tiny",
         "deployment": tiny.id().to_string(),
@@ -181,7 +213,7 @@ async fn local(mut config: GatewayConfig) -> anyhow::Result<()> {
         "dispatcher_id": net.dispatcher().id().to_string(),
     });
     println!("{line}");
-    gateway.serve(listener, stopped()).await?;
+    gateway.serve_with_grpc(http, grpc, stopped()).await?;
     drop(client);
     net.shutdown();
     Ok(())

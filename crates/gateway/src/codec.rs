@@ -123,8 +123,50 @@ pub struct InferRequest {
     pub binary_default: bool,
 }
 
-fn invalid(message: impl Into<String>) -> GatewayError {
+pub(crate) fn invalid(message: impl Into<String>) -> GatewayError {
     GatewayError::InvalidRequest(message.into())
+}
+
+/// One input tensor of a request, in either protocol: its datatype name checked, then its
+/// elements from `data` (given the dtype and the byte length the shape takes, which `data`
+/// must produce exactly; its error names what is wrong, the input's name is added here).
+pub(crate) fn input_tensor(
+    name: &str,
+    datatype: &str,
+    shape: Vec<u64>,
+    data: impl FnOnce(DType, u64) -> Result<Vec<u8>, String>,
+) -> Result<NamedTensor, GatewayError> {
+    let dtype = dtype_of(datatype).ok_or_else(|| {
+        invalid(format!(
+            "input {name:?}: datatype {datatype:?} is not one of FP32 FP16 FP64 INT64 INT32 INT8 UINT8 BOOL"
+        ))
+    })?;
+    let bytes = byte_len(dtype, &shape).map_err(|e| invalid(format!("input {name:?}: {e}")))?;
+    let data = data(dtype, bytes).map_err(|e| invalid(format!("input {name:?}: {e}")))?;
+    let tensor =
+        Tensor::new(dtype, shape, data).map_err(|e| invalid(format!("input {name:?}: {e}")))?;
+    Ok(NamedTensor::new(name, tensor))
+}
+
+/// The outputs `asked` for by name, in the order asked; every output, in the model's order,
+/// when none are named. A name the model lacks is invalid input.
+pub(crate) fn pick_outputs<'o, 'a>(
+    outputs: &'o [NamedTensor],
+    asked: Option<impl Iterator<Item = &'a str>>,
+) -> Result<Vec<&'o NamedTensor>, GatewayError> {
+    let Some(asked) = asked else {
+        return Ok(outputs.iter().collect());
+    };
+    asked
+        .map(|name| {
+            outputs.iter().find(|o| o.name == name).ok_or_else(|| {
+                let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+                invalid(format!(
+                    "the model has no output {name:?} (it has {names:?})"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Decodes a request `body` whose JSON part is `header_len` bytes (`None`: all of it).
@@ -147,51 +189,37 @@ pub fn decode_request(
     }
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        let dtype = dtype_of(&input.datatype).ok_or_else(|| {
-            invalid(format!(
-                "input {:?}: datatype {:?} is not one of FP32 FP16 FP64 INT64 INT32 INT8 UINT8 BOOL",
-                input.name, input.datatype
-            ))
-        })?;
-        let bytes = byte_len(dtype, &input.shape)
-            .map_err(|e| invalid(format!("input {:?}: {e}", input.name)))?;
-        let data = match (input.parameters.binary_data_size, input.data) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(format!(
-                    "input {:?} has both binary_data_size and data",
-                    input.name
-                )));
-            }
-            (None, None) => {
-                return Err(invalid(format!("input {:?} has no data", input.name)));
-            }
-            (Some(size), None) => {
-                if size != bytes {
-                    return Err(invalid(format!(
-                        "input {:?}: binary_data_size is {size} but shape {:?} of {} takes {bytes} bytes",
-                        input.name, input.shape, input.datatype
-                    )));
+        let tensor = input_tensor(
+            &input.name,
+            &input.datatype,
+            input.shape.clone(),
+            |dtype, bytes| match (input.parameters.binary_data_size, input.data) {
+                (Some(_), Some(_)) => Err("it has both binary_data_size and data".to_owned()),
+                (None, None) => Err("it has no data".to_owned()),
+                (Some(size), None) => {
+                    if size != bytes {
+                        return Err(format!(
+                            "binary_data_size is {size} but shape {:?} of {} takes {bytes} bytes",
+                            input.shape, input.datatype
+                        ));
+                    }
+                    let size = usize::try_from(size)
+                        .ok()
+                        .filter(|&s| s <= binary.len())
+                        .ok_or_else(|| {
+                            format!(
+                                "binary_data_size {size} is more than the {} bytes left in the body",
+                                binary.len()
+                            )
+                        })?;
+                    let (mine, rest) = binary.split_at(size);
+                    binary = rest;
+                    Ok(mine.to_vec())
                 }
-                let size = usize::try_from(size)
-                    .ok()
-                    .filter(|&s| s <= binary.len())
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "input {:?}: binary_data_size {size} is more than the {} bytes left in the body",
-                            input.name,
-                            binary.len()
-                        ))
-                    })?;
-                let (mine, rest) = binary.split_at(size);
-                binary = rest;
-                mine.to_vec()
-            }
-            (None, Some(raw)) => json_data(raw, dtype, bytes)
-                .map_err(|e| invalid(format!("input {:?}: {e}", input.name)))?,
-        };
-        let tensor = Tensor::new(dtype, input.shape.clone(), data)
-            .map_err(|e| invalid(format!("input {:?}: {e}", input.name)))?;
-        inputs.push(NamedTensor::new(input.name.clone(), tensor));
+                (None, Some(raw)) => json_data(raw, dtype, bytes),
+            },
+        )?;
+        inputs.push(tensor);
     }
     if !binary.is_empty() {
         return Err(invalid(format!(
@@ -223,9 +251,10 @@ pub fn decode_request(
     })
 }
 
-/// One JSON scalar of a `data` array.
+/// One scalar of a request's data (a JSON number or boolean, an element of gRPC typed
+/// contents).
 #[derive(Clone, Copy, Debug)]
-enum Scalar {
+pub(crate) enum Scalar {
     Float(f64),
     Int(i64),
     UInt(u64),
@@ -244,7 +273,7 @@ impl fmt::Display for Scalar {
 }
 
 /// Appends `value` as one element of `dtype`, little-endian; `None` if it does not fit.
-fn push_scalar(out: &mut Vec<u8>, dtype: DType, value: Scalar) -> Option<()> {
+pub(crate) fn push_scalar(out: &mut Vec<u8>, dtype: DType, value: Scalar) -> Option<()> {
     fn int(value: Scalar) -> Option<i128> {
         match value {
             Scalar::Int(i) => Some(i.into()),
@@ -446,28 +475,24 @@ pub fn encode_response(
     request: &InferRequest,
     outputs: &[NamedTensor],
 ) -> Result<EncodedResponse, GatewayError> {
-    let wanted: Vec<(&NamedTensor, bool)> = match &request.outputs {
-        None => outputs
-            .iter()
-            .map(|o| (o, request.binary_default))
-            .collect(),
-        Some(asked) => asked
-            .iter()
-            .map(|a| {
-                outputs
-                    .iter()
-                    .find(|o| o.name == a.name)
-                    .map(|o| (o, a.binary))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-                        invalid(format!(
-                            "the model has no output {:?} (it has {names:?})",
-                            a.name
-                        ))
-                    })
-            })
-            .collect::<Result<_, _>>()?,
+    let picked = pick_outputs(
+        outputs,
+        request
+            .outputs
+            .as_ref()
+            .map(|asked| asked.iter().map(|a| a.name.as_str())),
+    )?;
+    let binary = |i: usize| {
+        request
+            .outputs
+            .as_ref()
+            .map_or(request.binary_default, |asked| asked[i].binary)
     };
+    let wanted: Vec<(&NamedTensor, bool)> = picked
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| (o, binary(i)))
+        .collect();
     let metas = wanted
         .iter()
         .map(|(o, binary)| OutputMeta {

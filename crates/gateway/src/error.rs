@@ -1,5 +1,6 @@
-//! The gateway's one error type and its HTTP form: the Open Inference Protocol's error body
-//! `{"error": "<message>"}` with the status that says whose fault it is.
+//! The gateway's one error type, its HTTP form (the Open Inference Protocol's error body
+//! `{"error": "<message>"}` with the status that says whose fault it is) and its gRPC form (a
+//! status code derived from that HTTP status, and the same message).
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -120,6 +121,56 @@ impl GatewayError {
         )
     }
 
+    /// The gRPC status code of this error, read from its HTTP [`status`](Self::status), so that
+    /// both protocols classify errors by the one rule:
+    ///
+    /// | HTTP | gRPC |
+    /// |---|---|
+    /// | 400 | `INVALID_ARGUMENT` |
+    /// | 401 | `UNAUTHENTICATED` |
+    /// | 403 | `PERMISSION_DENIED` |
+    /// | 402 | `FAILED_PRECONDITION` |
+    /// | 404 | `NOT_FOUND` |
+    /// | 413, 429 | `RESOURCE_EXHAUSTED` |
+    /// | 502, 503 | `UNAVAILABLE` |
+    /// | 504 | `DEADLINE_EXCEEDED` |
+    /// | others | `INTERNAL` |
+    ///
+    /// Insufficient credits (402) are `FAILED_PRECONDITION`, not `RESOURCE_EXHAUSTED`: gRPC
+    /// keeps `RESOURCE_EXHAUSTED` for what passes with time or a smaller request (a plan's
+    /// rate, a message over the limit) and clients and retry policies treat it as worth
+    /// retrying, while credits come back only when someone adds them, which is what
+    /// `FAILED_PRECONDITION` says ("do not retry until the system state has been explicitly
+    /// fixed"). 502 (a failure of the network's peers) is `UNAVAILABLE`, as in gRPC's own
+    /// table of HTTP statuses.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status().as_u16() {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            402 => Code::FailedPrecondition,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            413 | 429 => Code::ResourceExhausted,
+            502 | 503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            _ => Code::Internal,
+        }
+    }
+
+    /// This error as a gRPC status: [`grpc_code`](Self::grpc_code), the message, and
+    /// `retry-after` metadata (seconds) when the client should retry later.
+    pub(crate) fn to_status(&self) -> tonic::Status {
+        let mut status = tonic::Status::new(self.grpc_code(), self.to_string());
+        if self.is_retryable() {
+            status.metadata_mut().insert(
+                "retry-after",
+                tonic::metadata::MetadataValue::from(RETRY_AFTER_S),
+            );
+        }
+        status
+    }
+
     /// Whether the key itself was refused (unknown, expired, revoked): the gateway drops its
     /// client for the key.
     pub(crate) fn is_key_refused(&self) -> bool {
@@ -170,28 +221,51 @@ mod tests {
 
     #[test]
     fn each_error_has_the_status_the_protocol_expects() {
+        use tonic::Code as C;
         let cases = [
-            (GatewayError::MissingKey, 401),
-            (GatewayError::MalformedKey, 401),
-            (GatewayError::UnknownModel("m".into()), 404),
-            (GatewayError::InvalidRequest("x".into()), 400),
-            (GatewayError::BodyTooLarge { limit: 1 }, 413),
-            (GatewayError::Overloaded { limit: 1 }, 503),
-            (E::InvalidInput("x".into()).into(), 400),
-            (E::Unauthenticated("x".into()).into(), 401),
-            (E::KeyExpired("x".into()).into(), 403),
-            (E::KeyRevoked("x".into()).into(), 403),
-            (E::InsufficientCredits("x".into()).into(), 402),
-            (E::TooLarge("x".into()).into(), 413),
-            (E::NoCapacity("x".into()).into(), 503),
-            (E::Busy("x".into()).into(), 503),
-            (E::RateLimited("x".into()).into(), 429),
-            (E::Timeout("x".into()).into(), 504),
-            (E::Internal("x".into()).into(), 502),
+            (GatewayError::MissingKey, 401, C::Unauthenticated),
+            (GatewayError::MalformedKey, 401, C::Unauthenticated),
+            (GatewayError::UnknownModel("m".into()), 404, C::NotFound),
+            (
+                GatewayError::InvalidRequest("x".into()),
+                400,
+                C::InvalidArgument,
+            ),
+            (
+                GatewayError::BodyTooLarge { limit: 1 },
+                413,
+                C::ResourceExhausted,
+            ),
+            (GatewayError::Overloaded { limit: 1 }, 503, C::Unavailable),
+            (GatewayError::Internal("x".into()), 500, C::Internal),
+            (E::InvalidInput("x".into()).into(), 400, C::InvalidArgument),
+            (
+                E::Unauthenticated("x".into()).into(),
+                401,
+                C::Unauthenticated,
+            ),
+            (E::KeyExpired("x".into()).into(), 403, C::PermissionDenied),
+            (E::KeyRevoked("x".into()).into(), 403, C::PermissionDenied),
+            (
+                E::InsufficientCredits("x".into()).into(),
+                402,
+                C::FailedPrecondition,
+            ),
+            (E::TooLarge("x".into()).into(), 413, C::ResourceExhausted),
+            (E::NoCapacity("x".into()).into(), 503, C::Unavailable),
+            (E::Busy("x".into()).into(), 503, C::Unavailable),
+            (E::RateLimited("x".into()).into(), 429, C::ResourceExhausted),
+            (E::Timeout("x".into()).into(), 504, C::DeadlineExceeded),
+            (E::Internal("x".into()).into(), 502, C::Unavailable),
         ];
-        for (e, status) in cases {
+        for (e, status, code) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");
+            assert_eq!(e.grpc_code(), code, "{e}");
             let retry = e.is_retryable();
+            let message = e.to_string();
+            let grpc = e.to_status();
+            assert_eq!(grpc.message(), message);
+            assert_eq!(grpc.metadata().contains_key("retry-after"), retry);
             let response = e.into_response();
             assert_eq!(response.headers().contains_key(header::RETRY_AFTER), retry);
             assert_eq!(retry, status == 503 || status == 429);

@@ -1,8 +1,8 @@
-//! `crat-gateway`: the KServe Open Inference Protocol v2 over HTTP (Triton-compatible) in
-//! front of the CryptoRAT SDK, so that `tritonclient`, KServe clients and `curl` can call
-//! models deployed on the network.
+//! `crat-gateway`: the KServe Open Inference Protocol v2 over HTTP and gRPC (Triton-compatible)
+//! in front of the CryptoRAT SDK, so that `tritonclient` (HTTP and gRPC), KServe clients and
+//! `curl` can call models deployed on the network.
 //!
-//! | route | what |
+//! | HTTP route / gRPC method | what |
 //! |---|---|
 //! | `GET /v2/health/live`, `GET /v2/health/ready` | the gateway is up (no key needed) |
 //! | `GET /v2` | server metadata (extensions: `binary_tensor_data`, `model_configuration`) |
@@ -11,29 +11,32 @@
 //! | `GET /v2/models/{name}[/versions/{v}]/config` | Triton's model configuration (what its clients read) |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | inference: JSON tensors and Triton's binary tensor extension |
 //! | `GET /metrics` | Prometheus metrics |
+//! | gRPC `inference.GRPCInferenceService` on [`GatewayConfig::grpc_addr`] | the protocol's gRPC service ([`grpc`]): `ServerLive`, `ServerReady`, `ServerMetadata`, `ModelMetadata`, `ModelReady`, `ModelInfer` (typed or raw tensors) |
 //!
 //! **Names and versions.** A model name is one of the configured names
 //! ([`GatewayConfig::models`], name → deployment id) or a deployment id itself (`dep_…`). Its
 //! one version is the id of the deployment's model (the blake3 hash of its ONNX bytes); a
 //! route with another version answers 404.
 //!
-//! **Keys.** Every model route needs `Authorization: Bearer sk_…`, an SDK key: the gateway
-//! calls the network as that key (its credits, its deployments), through one SDK client per
-//! key ([`GatewayConfig::clients_max`] of them at most; the least recently used goes, after
-//! sending the acknowledgements it holds to the dispatcher). A key the network refuses drops
-//! its client.
+//! **Keys.** Every model route needs `Authorization: Bearer sk_…` (over gRPC, the metadata
+//! `authorization`), an SDK key: the gateway calls the network as that key (its credits, its
+//! deployments), through one SDK client per key ([`GatewayConfig::clients_max`] of them at
+//! most; the least recently used goes, after sending the acknowledgements it holds to the
+//! dispatcher). A key the network refuses drops its client.
 //!
 //! **Errors** are the protocol's body `{"error": "…"}` with the status of
 //! [`GatewayError::status`]: 400 invalid input, 401 a missing, malformed or unknown key, 403
 //! an expired or revoked key, 402 insufficient credits, 404 an unknown model, 413 a body over
 //! [`GatewayConfig::body_bytes_max`], 429 a plan's rate, 503 no capacity or busy (with
-//! `Retry-After`), 504 a timeout, 502 a failure of the network's peers.
+//! `Retry-After`), 504 a timeout, 502 a failure of the network's peers. Over gRPC the same
+//! errors carry the code of [`GatewayError::grpc_code`].
 //!
-//! **Bounds.** Requests in progress ([`GatewayConfig::http_inflight_max`], more wait for a
-//! slot), inferences in progress ([`GatewayConfig::infer_inflight_max`], more are answered 503
-//! at once), body bytes, clients, and deployment handles per client. Request bodies in memory
-//! are at most `infer_inflight_max × body_bytes_max`; JSON tensor data is parsed straight into
-//! tensor bytes.
+//! **Bounds.** Requests in progress, HTTP and gRPC together
+//! ([`GatewayConfig::http_inflight_max`], more wait for a slot), inferences in progress
+//! ([`GatewayConfig::infer_inflight_max`], more are answered 503 at once), body and gRPC
+//! message bytes, clients, and deployment handles per client. Request bodies in memory are at
+//! most `infer_inflight_max × body_bytes_max`; JSON tensor data is parsed straight into tensor
+//! bytes.
 //!
 //! ```
 //! use axum::body::Body;
@@ -77,6 +80,7 @@ use serde::Deserialize;
 mod clients;
 pub mod codec;
 mod error;
+pub mod grpc;
 mod metrics;
 mod server;
 
@@ -95,12 +99,16 @@ pub const MODELS_MAX: usize = 4_096;
 pub struct GatewayConfig {
     /// TCP address to serve HTTP on. Default 127.0.0.1:8000.
     pub listen: SocketAddr,
+    /// TCP address to serve gRPC on (the protocol's `inference.GRPCInferenceService`, see
+    /// [`grpc`]); none, the default: no gRPC.
+    pub grpc_addr: Option<SocketAddr>,
     /// Model names → deployments (at most [`MODELS_MAX`]). A deployment id is a model name
     /// too, without being listed.
     pub models: BTreeMap<String, DeploymentId>,
     /// Largest request body, bytes. Default 64 MiB (the network's tensor frame limit).
     pub body_bytes_max: usize,
-    /// Requests handled at once; more wait for a slot. Default 1,024.
+    /// HTTP requests and gRPC calls handled at once, together; more wait for a slot. Default
+    /// 1,024.
     pub http_inflight_max: usize,
     /// Inferences run at once; more are answered 503 with `Retry-After` at once (0: every
     /// inference is, for draining a gateway). Default 256.
@@ -115,6 +123,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            grpc_addr: None,
             models: BTreeMap::new(),
             body_bytes_max: 64 << 20,
             http_inflight_max: 1_024,
@@ -139,6 +148,12 @@ impl GatewayConfig {
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(GatewayError::Config(format!("{name} must be at least 1")));
+        }
+        if self.grpc_addr == Some(self.listen) && self.listen.port() != 0 {
+            return Err(GatewayError::Config(format!(
+                "grpc_addr and listen are both {}: gRPC needs a port of its own",
+                self.listen
+            )));
         }
         if self.models.len() > MODELS_MAX {
             return Err(GatewayError::Config(format!(
@@ -202,11 +217,51 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        self.serve_with_grpc(listener, None, shutdown).await
+    }
+
+    /// Serves HTTP on `http` and, when given, gRPC on `grpc` (see [`grpc`]), with the same
+    /// clients, limits and metrics, until `shutdown` completes or either server fails; then
+    /// lets requests in progress finish and sends every client's acknowledgements to the
+    /// dispatcher.
+    pub async fn serve_with_grpc(
+        self,
+        http: tokio::net::TcpListener,
+        grpc: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            // `stop` outlives both servers, so this returns once it says stop.
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let trigger = async {
+            tokio::select! {
+                () = shutdown => {}
+                () = stopped(stopping.clone()) => {}
+            }
+            let _ = stop.send(true);
+        };
+        let http = async {
+            let served = axum::serve(http, self.router())
+                .with_graceful_shutdown(stopped(stopping.clone()))
+                .await;
+            // One server ending (by failing) ends the other.
+            let _ = stop.send(true);
+            served
+        };
+        let grpc = async {
+            let Some(listener) = grpc else {
+                return Ok(());
+            };
+            let served =
+                grpc::serve(self.shared.clone(), listener, stopped(stopping.clone())).await;
+            let _ = stop.send(true);
+            served
+        };
+        let ((), http, grpc) = tokio::join!(trigger, http, grpc);
         self.shared.clients.flush_all().await;
-        Ok(())
+        http.and(grpc)
     }
 }
 
@@ -222,6 +277,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.grpc_addr, None);
+        let g: GatewayConfig = toml::from_str("grpc_addr = \"127.0.0.1:8001\"").unwrap();
+        assert_eq!(g.grpc_addr.map(|a| a.port()), Some(8001));
+        let mut same = g.clone();
+        same.grpc_addr = Some(same.listen);
+        assert!(
+            same.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("port of its own")
+        );
         assert_eq!(c.body_bytes_max, 1024);
         assert_eq!(c.clients_max, GatewayConfig::default().clients_max);
         assert!(c.validate().is_ok());

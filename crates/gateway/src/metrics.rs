@@ -1,5 +1,6 @@
 //! Prometheus metrics in the text exposition format (`GET /metrics`). Every label set is
-//! bounded: routes are the router's own patterns, statuses are HTTP codes.
+//! bounded: routes are the router's own patterns, statuses are HTTP codes, gRPC methods are
+//! the service's own (else `unknown`) and gRPC codes the 17 of the protocol.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -18,6 +19,8 @@ const LATENCY_BUCKETS_S: [f64; 14] = [
 pub(crate) struct Metrics {
     /// Requests answered, by (route pattern, status).
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    /// gRPC calls answered, by (method, status code name).
+    grpc_calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// Inference latency: counts per bucket (the last one is +Inf), the sum in µs.
     latency: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
     latency_sum_us: AtomicU64,
@@ -29,6 +32,11 @@ impl Metrics {
     /// Counts one answered request.
     pub(crate) fn request(&self, route: &'static str, status: u16) {
         *self.requests.lock().entry((route, status)).or_default() += 1;
+    }
+
+    /// Counts one answered gRPC call.
+    pub(crate) fn grpc_call(&self, method: &'static str, code: &'static str) {
+        *self.grpc_calls.lock().entry((method, code)).or_default() += 1;
     }
 
     /// Records one inference's latency (answered by the network, successfully or not).
@@ -64,6 +72,16 @@ impl Metrics {
             );
         }
         out.push_str(
+            "# HELP crat_gateway_grpc_calls_total gRPC calls answered, by method and status code.\n\
+             # TYPE crat_gateway_grpc_calls_total counter\n",
+        );
+        for ((method, code), n) in self.grpc_calls.lock().iter() {
+            let _ = writeln!(
+                out,
+                "crat_gateway_grpc_calls_total{{method=\"{method}\",code=\"{code}\"}} {n}"
+            );
+        }
+        out.push_str(
             "# HELP crat_gateway_infer_duration_seconds Inference latency through the network.\n\
              # TYPE crat_gateway_infer_duration_seconds histogram\n",
         );
@@ -86,7 +104,7 @@ impl Metrics {
         );
         let _ = write!(
             out,
-            "# HELP crat_gateway_infer_shed_total Inferences refused (503) at the in-flight limit.\n\
+            "# HELP crat_gateway_infer_shed_total Inferences refused (503, UNAVAILABLE) at the in-flight limit.\n\
              # TYPE crat_gateway_infer_shed_total counter\n\
              crat_gateway_infer_shed_total {}\n\
              # HELP crat_gateway_infer_inflight Inferences in flight now.\n\
@@ -111,6 +129,7 @@ mod tests {
         m.request("/v2/models/{name}/infer", 200);
         m.request("/v2/models/{name}/infer", 200);
         m.request("/v2/health/live", 200);
+        m.grpc_call("ModelInfer", "OK");
         m.infer(Duration::from_millis(3));
         m.infer(Duration::from_secs(60));
         m.shed();
@@ -118,6 +137,9 @@ mod tests {
         assert!(text.contains(
             "crat_gateway_requests_total{route=\"/v2/models/{name}/infer\",code=\"200\"} 2\n"
         ));
+        assert!(
+            text.contains("crat_gateway_grpc_calls_total{method=\"ModelInfer\",code=\"OK\"} 1\n")
+        );
         assert!(text.contains("crat_gateway_infer_duration_seconds_bucket{le=\"0.0025\"} 0\n"));
         assert!(text.contains("crat_gateway_infer_duration_seconds_bucket{le=\"0.005\"} 1\n"));
         assert!(text.contains("crat_gateway_infer_duration_seconds_bucket{le=\"+Inf\"} 2\n"));

@@ -1,5 +1,7 @@
-//! The routes: health, metadata, readiness, Triton's model configuration, inference and
-//! metrics, with the in-flight limits and the per-route counters.
+//! The HTTP routes (health, metadata, readiness, Triton's model configuration, inference and
+//! metrics, with the in-flight limits and the per-route counters), and what they share with
+//! the gRPC service ([`crate::grpc`]): the key, name and version rules, the client pool, the
+//! limits, the inference path and its metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,13 +15,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crat_core::id::{DeploymentId, ModelId, SdkKey};
+use crat_core::tensor::NamedTensor;
 use crat_core::wire::{DeploymentInfo, DeploymentState, TensorSignature};
 use crat_sdk::Deployment;
 use crat_transport::quic::QuicTransport;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 use crate::clients::ClientPool;
@@ -48,12 +51,19 @@ const ROUTES: [&str; 12] = [
     "/metrics",
 ];
 
-/// What every request shares.
+/// The server's name in its metadata.
+pub(crate) const SERVER_NAME: &str = "crat-gateway";
+/// The platform of every model in its metadata (the nodes run ONNX models).
+pub(crate) const PLATFORM: &str = "onnxruntime_onnx";
+
+/// What every request shares, over HTTP and gRPC.
 pub(crate) struct Shared {
     pub(crate) config: GatewayConfig,
     pub(crate) clients: ClientPool,
-    metrics: Metrics,
-    infer_permits: Semaphore,
+    pub(crate) metrics: Metrics,
+    /// Requests in progress, HTTP and gRPC together ([`GatewayConfig::http_inflight_max`]).
+    pub(crate) request_permits: Arc<Semaphore>,
+    infer_permits: Arc<Semaphore>,
     model_ids: Mutex<HashMap<DeploymentId, ModelId>>,
 }
 
@@ -62,14 +72,15 @@ impl Shared {
         Self {
             clients: ClientPool::new(upstream, config.clients_max),
             metrics: Metrics::default(),
-            infer_permits: Semaphore::new(config.infer_inflight_max),
+            request_permits: Arc::new(Semaphore::new(config.http_inflight_max)),
+            infer_permits: Arc::new(Semaphore::new(config.infer_inflight_max)),
             model_ids: Mutex::new(HashMap::new()),
             config,
         }
     }
 
     /// The deployment a model name stands for.
-    fn resolve(&self, name: &str) -> Result<DeploymentId, GatewayError> {
+    pub(crate) fn resolve(&self, name: &str) -> Result<DeploymentId, GatewayError> {
         if let Some(id) = self.config.models.get(name) {
             return Ok(*id);
         }
@@ -77,34 +88,95 @@ impl Shared {
             .map_err(|_| GatewayError::UnknownModel(name.to_owned()))
     }
 
-    /// The handle on model `name`'s deployment through the client of the request's key.
+    /// The handle on model `name`'s deployment through the client of `key`.
     async fn deployment(
         &self,
-        headers: &HeaderMap,
+        key: &SdkKey,
         name: &str,
-    ) -> Result<(SdkKey, Deployment<QuicTransport>), GatewayError> {
-        let key = bearer_key(headers)?;
+    ) -> Result<Deployment<QuicTransport>, GatewayError> {
         let id = self.resolve(name)?;
         let (client, slot) = self
             .clients
-            .get(&key)
+            .get(key)
             .await
-            .map_err(|e| self.refused(&key, e))?;
-        let handle = slot.deployment(&client, id, self.config.deployments_per_client_max);
-        Ok((key, handle))
+            .map_err(|e| self.refused(key, e))?;
+        Ok(slot.deployment(&client, id, self.config.deployments_per_client_max))
     }
 
     /// The deployment's description; checks `version` against its model when given.
-    async fn info(
+    pub(crate) async fn info(
         &self,
-        headers: &HeaderMap,
+        key: &SdkKey,
         path: &ModelPath,
     ) -> Result<DeploymentInfo, GatewayError> {
-        let (key, d) = self.deployment(headers, &path.name).await?;
-        let info = d.info().await.map_err(|e| self.refused(&key, e.into()))?;
+        let d = self.deployment(key, &path.name).await?;
+        let info = d.info().await.map_err(|e| self.refused(key, e.into()))?;
         self.remember_model(info.id, info.model);
         check_version(path, &info.model)?;
         Ok(info)
+    }
+
+    /// Whether the model serves: `Ok` when its deployment is ready (or degraded),
+    /// [`GatewayError::NotReady`] when not, other errors as [`Shared::info`].
+    pub(crate) async fn ready(&self, key: &SdkKey, path: &ModelPath) -> Result<(), GatewayError> {
+        let info = self.info(key, path).await?;
+        match info.state {
+            DeploymentState::Ready | DeploymentState::Degraded => Ok(()),
+            state => Err(GatewayError::NotReady {
+                model: path.name.clone(),
+                state: format!(
+                    "{state:?}, {} of {} replicas ready",
+                    info.replicas_ready, info.replicas_wanted
+                ),
+            }),
+        }
+    }
+
+    /// A slot for one inference ([`GatewayConfig::infer_inflight_max`] of them), held until
+    /// the answer is written; none free: [`GatewayError::Overloaded`] at once (counted as
+    /// shed).
+    pub(crate) fn infer_permit(&self) -> Result<OwnedSemaphorePermit, GatewayError> {
+        self.infer_permits.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.shed();
+            GatewayError::Overloaded {
+                limit: self.config.infer_inflight_max,
+            }
+        })
+    }
+
+    /// Inferences in progress now.
+    pub(crate) fn infer_inflight(&self) -> usize {
+        self.config
+            .infer_inflight_max
+            .saturating_sub(self.infer_permits.available_permits())
+    }
+
+    /// Runs `inputs` through the model at `path` as `key`, after checking the version (when
+    /// given) against the deployment's model; records the latency. The caller holds an
+    /// [`infer_permit`](Self::infer_permit).
+    pub(crate) async fn infer(
+        &self,
+        key: &SdkKey,
+        path: &ModelPath,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Vec<NamedTensor>, GatewayError> {
+        let d = self.deployment(key, &path.name).await?;
+        if path.version.is_some() {
+            let known = self.model_ids.lock().get(&d.id()).copied();
+            let model = match known {
+                Some(m) => m,
+                None => {
+                    let info = d.info().await.map_err(|e| self.refused(key, e.into()))?;
+                    self.remember_model(info.id, info.model);
+                    info.model
+                }
+            };
+            check_version(path, &model)?;
+        }
+        let started = Instant::now();
+        let result = d.infer(inputs).await;
+        self.metrics.infer(started.elapsed());
+        result.map_err(|e| self.refused(key, e.into()))
     }
 
     fn remember_model(&self, deployment: DeploymentId, model: ModelId) {
@@ -124,12 +196,13 @@ impl Shared {
     }
 }
 
-/// The path parameters of the model routes.
+/// The model a request names: the path parameters of the model routes, or the name and
+/// version fields of a gRPC request.
 #[derive(Debug, Deserialize)]
-struct ModelPath {
-    name: String,
+pub(crate) struct ModelPath {
+    pub(crate) name: String,
     #[serde(default)]
-    version: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
 fn check_version(path: &ModelPath, model: &ModelId) -> Result<(), GatewayError> {
@@ -143,12 +216,9 @@ fn check_version(path: &ModelPath, model: &ModelId) -> Result<(), GatewayError> 
     }
 }
 
-/// The SDK key of `Authorization: Bearer sk_…`.
-fn bearer_key(headers: &HeaderMap) -> Result<SdkKey, GatewayError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or(GatewayError::MissingKey)?
-        .to_str()
+/// The SDK key of an `Authorization: Bearer sk_…` value (an HTTP header or gRPC metadata).
+pub(crate) fn bearer_key(authorization: Option<&[u8]>) -> Result<SdkKey, GatewayError> {
+    let value = std::str::from_utf8(authorization.ok_or(GatewayError::MissingKey)?)
         .map_err(|_| GatewayError::MalformedKey)?;
     let (scheme, token) = value
         .trim()
@@ -160,8 +230,15 @@ fn bearer_key(headers: &HeaderMap) -> Result<SdkKey, GatewayError> {
     token.trim().parse().map_err(|_| GatewayError::MalformedKey)
 }
 
+/// The `Authorization` header's value.
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+}
+
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    let http_inflight_max = shared.config.http_inflight_max;
+    let request_permits = shared.request_permits.clone();
     let model = |suffix: &str| {
         (
             format!("/v2/models/{{name}}{suffix}"),
@@ -198,8 +275,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         })
         .layer(middleware::from_fn_with_state(shared.clone(), count))
         // One limit over every route (a plain `ConcurrencyLimitLayer` would give each route
-        // its own).
-        .layer(GlobalConcurrencyLimitLayer::new(http_inflight_max))
+        // its own), shared with the gRPC service.
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(request_permits))
         .with_state(shared)
 }
 
@@ -230,17 +307,14 @@ async fn count(State(shared): State<Arc<Shared>>, request: Request, next: Next) 
 
 async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
-        "name": "crat-gateway",
+        "name": SERVER_NAME,
         "version": env!("CARGO_PKG_VERSION"),
         "extensions": ["binary_tensor_data", "model_configuration"],
     }))
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let inflight = shared
-        .config
-        .infer_inflight_max
-        .saturating_sub(shared.infer_permits.available_permits());
+    let inflight = shared.infer_inflight();
     (
         [(
             header::CONTENT_TYPE,
@@ -253,7 +327,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 /// A signature's dimensions in KServe form: open ones are -1; a shape the model does not
 /// declare at all is `[-1]`.
-fn kserve_shape(t: &TensorSignature) -> Vec<i64> {
+pub(crate) fn kserve_shape(t: &TensorSignature) -> Vec<i64> {
     match &t.shape {
         None => vec![-1],
         Some(dims) => dims
@@ -265,10 +339,10 @@ fn kserve_shape(t: &TensorSignature) -> Vec<i64> {
 
 /// The deployment's inputs and outputs, each described by `one`; none when the wire could
 /// not carry the model's signature.
-fn describe(
+pub(crate) fn describe<T>(
     info: &DeploymentInfo,
-    one: impl Fn(&TensorSignature) -> serde_json::Value,
-) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    one: impl Fn(&TensorSignature) -> T,
+) -> (Vec<T>, Vec<T>) {
     info.signature
         .as_ref()
         .map(|s| {
@@ -285,7 +359,8 @@ async fn model_metadata(
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, GatewayError> {
-    let info = shared.info(&headers, &path).await?;
+    let key = bearer_key(authorization(&headers))?;
+    let info = shared.info(&key, &path).await?;
     let (inputs, outputs) = describe(
         &info,
         |t| json!({"name": t.name, "datatype": kserve_name(t.dtype), "shape": kserve_shape(t)}),
@@ -293,7 +368,7 @@ async fn model_metadata(
     Ok(Json(json!({
         "name": path.name,
         "versions": [info.model.to_string()],
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORM,
         "inputs": inputs,
         "outputs": outputs,
     })))
@@ -304,19 +379,9 @@ async fn model_ready(
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, GatewayError> {
-    let info = shared.info(&headers, &path).await?;
-    match info.state {
-        DeploymentState::Ready | DeploymentState::Degraded => {
-            Ok(Json(json!({"name": path.name, "ready": true})))
-        }
-        state => Err(GatewayError::NotReady {
-            model: path.name,
-            state: format!(
-                "{state:?}, {} of {} replicas ready",
-                info.replicas_ready, info.replicas_wanted
-            ),
-        }),
-    }
+    let key = bearer_key(authorization(&headers))?;
+    shared.ready(&key, &path).await?;
+    Ok(Json(json!({"name": path.name, "ready": true})))
 }
 
 async fn model_config(
@@ -324,7 +389,8 @@ async fn model_config(
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, GatewayError> {
-    let info = shared.info(&headers, &path).await?;
+    let key = bearer_key(authorization(&headers))?;
+    let info = shared.info(&key, &path).await?;
     let (input, output) = describe(
         &info,
         |t| json!({"name": t.name, "data_type": triton_name(t.dtype), "dims": kserve_shape(t)}),
@@ -333,7 +399,7 @@ async fn model_config(
     // Triton batch dimension.
     Ok(Json(json!({
         "name": path.name,
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORM,
         "backend": "onnxruntime",
         "max_batch_size": 0,
         "input": input,
@@ -393,35 +459,16 @@ async fn infer_route(
 ) -> Result<Response, GatewayError> {
     // Cheap refusals first: the key's form, the model name, the in-flight limit; only then
     // is the body read (so bodies in memory are bounded by the limit).
-    bearer_key(&headers)?;
+    let key = bearer_key(authorization(&headers))?;
     shared.resolve(&path.name)?;
-    let Ok(_permit) = shared.infer_permits.try_acquire() else {
-        shared.metrics.shed();
-        return Err(GatewayError::Overloaded {
-            limit: shared.config.infer_inflight_max,
-        });
-    };
+    let _permit = shared.infer_permit()?;
     let header_len = inference_header_len(&headers)?;
     let body = read_body(&headers, body, shared.config.body_bytes_max).await?;
     let mut request = codec::decode_request(&body, header_len)?;
     drop(body);
-    let (key, d) = shared.deployment(&headers, &path.name).await?;
-    if path.version.is_some() {
-        let known = shared.model_ids.lock().get(&d.id()).copied();
-        let model = match known {
-            Some(m) => m,
-            None => {
-                let info = d.info().await.map_err(|e| shared.refused(&key, e.into()))?;
-                shared.remember_model(info.id, info.model);
-                info.model
-            }
-        };
-        check_version(&path, &model)?;
-    }
-    let started = Instant::now();
-    let result = d.infer(std::mem::take(&mut request.inputs)).await;
-    shared.metrics.infer(started.elapsed());
-    let outputs = result.map_err(|e| shared.refused(&key, e.into()))?;
+    let outputs = shared
+        .infer(&key, &path, std::mem::take(&mut request.inputs))
+        .await?;
     let encoded = codec::encode_response(&path.name, path.version.as_deref(), &request, &outputs)?;
     let mut response = encoded.body.into_response();
     let headers = response.headers_mut();

@@ -3,161 +3,35 @@
 //! own answers, and the error statuses.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crat_backend::tract::TractBackend;
 use crat_core::id::SdkKey;
-use crat_core::money::Credits;
-use crat_core::pricing::{DeployPlan, PerRequestPlan};
-use crat_core::tensor::{NamedTensor, Tensor};
-use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::{DispatcherConfig, admin};
-use crat_gateway::{Gateway, GatewayConfig, Upstream};
-use crat_testnet::{LocalNetwork, NodeSpec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crat_gateway::{Gateway, Upstream};
 
-const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn json(&self) -> serde_json::Value {
-        let end = self
-            .headers
-            .get("inference-header-content-length")
-            .map_or(self.body.len(), |n| n.parse().unwrap());
-        serde_json::from_slice(&self.body[..end]).unwrap()
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    // The gateway may answer (413) before reading a body it refuses.
-    let _ = s.write_all(body).await;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    assert!(!headers.contains_key("transfer-encoding"), "{headers:?}");
-    Reply {
-        status,
-        headers,
-        body: raw[split + 4..].to_vec(),
-    }
-}
+mod common;
+use common::{http, image, listener};
 
 async fn serve(gateway: Gateway) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (listener, addr) = listener().await;
     tokio::spawn(gateway.serve(listener, std::future::pending()));
     addr
 }
 
-fn image(seed: u32) -> Tensor {
-    let values: Vec<f32> = (0..28 * 28)
-        .map(|i| {
-            ((i as u32)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(seed * 97)
-                % 1000) as f32
-                / 1000.0
-        })
-        .collect();
-    Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oip_v2_over_http_in_front_of_a_real_network() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = DispatcherConfig::new(dir.path().join("dispatcher"));
-    config.dispatch.heartbeat_interval_s = 1;
-    config.key_cache_ms = 0;
-    config.tick_ms = 100;
-    let specs = (0..2)
-        .map(|_| NodeSpec {
-            gpu: Some("NVIDIA GeForce RTX 3090".into()),
-            backend: Arc::new(TractBackend::new()),
-            batch_size: 4,
-        })
-        .collect();
-    let net = LocalNetwork::start(config, dir.path(), specs)
-        .await
-        .unwrap();
-    let ledger = net.dispatcher().ledger().clone();
-    let account = AccountName::new("acme").unwrap();
-    admin::grant(&*ledger, &account, Credits::new(1_000_000), now_s()).unwrap();
-    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
-    let revoked = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
-    ledger.revoke_key(&revoked.id, now_s()).unwrap();
-    let expired = admin::create_key(&*ledger, &account, now_s(), Some(0)).unwrap();
-    let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
-        .await
-        .unwrap();
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    let d = client
-        .deploy(
-            model,
-            DeployPlan::PerRequest(PerRequestPlan {
-                max_input_bytes: 1 << 16,
-                credit_allowance: Credits::new(100_000),
-            }),
-        )
-        .await
-        .unwrap();
-    d.wait_ready(Duration::from_secs(60)).await.unwrap();
-    let direct = d
-        .infer(vec![NamedTensor::new("input", image(1))])
-        .await
-        .unwrap();
+    let fixture = common::network().await;
+    let (gconfig, upstream) = fixture.gateway();
+    let common::Fixture {
+        net,
+        key,
+        revoked,
+        expired,
+        model,
+        deployment: d,
+        direct,
+        dir: _dir,
+    } = fixture;
     let probs = direct[0].tensor.to_vec::<f32>().unwrap();
-
-    let upstream = Upstream::new(net.dispatcher_addr, net.dispatcher().id());
-    let mut gconfig = GatewayConfig::default();
-    gconfig.models.insert("tiny".into(), d.id());
-    gconfig.body_bytes_max = 1 << 20;
     let addr = serve(Gateway::new(gconfig.clone(), upstream.clone()).unwrap()).await;
     let bearer = format!("Bearer {key}");
     let auth = [("Authorization", bearer.as_str())];
