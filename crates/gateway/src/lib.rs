@@ -16,7 +16,10 @@
 //! **Names and versions.** A model name is one of the configured names
 //! ([`GatewayConfig::models`], name → deployment id) or a deployment id itself (`dep_…`). Its
 //! one version is the id of the deployment's model (the blake3 hash of its ONNX bytes); a
-//! route with another version answers 404.
+//! route with another version answers 404. A model update (`Deployment::update_model`, `crat
+//! deploy --update`) makes the new model's id the version, seen by the gateway within a
+//! second (at once by a request naming it); while the update rolls out, replicas still on
+//! the model before answer until they switch.
 //!
 //! **Keys.** Every model route needs `Authorization: Bearer sk_…` (over gRPC, the metadata
 //! `authorization`), an SDK key: the gateway calls the network as that key (its credits, its

@@ -34,6 +34,10 @@ use crate::{GatewayConfig, INFERENCE_HEADER_CONTENT_LENGTH, Upstream};
 /// Model ids of deployments remembered for version checks (a deployment's model never
 /// changes); the memory is cleared when full.
 const MODEL_IDS_MAX: usize = 4_096;
+/// How long a deployment's model id, as last described, is trusted for checking a request's
+/// version: a model update (a new version) is seen within this, and at once by a request
+/// naming the new version.
+const MODEL_ID_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The route patterns, which are also the `route` label of the request counter.
 const ROUTES: [&str; 12] = [
@@ -64,7 +68,8 @@ pub(crate) struct Shared {
     /// Requests in progress, HTTP and gRPC together ([`GatewayConfig::http_inflight_max`]).
     pub(crate) request_permits: Arc<Semaphore>,
     infer_permits: Arc<Semaphore>,
-    model_ids: Mutex<HashMap<DeploymentId, ModelId>>,
+    /// Each deployment's model id as last described, and when.
+    model_ids: Mutex<HashMap<DeploymentId, (ModelId, Instant)>>,
 }
 
 impl Shared {
@@ -162,7 +167,17 @@ impl Shared {
     ) -> Result<Vec<NamedTensor>, GatewayError> {
         let d = self.deployment(key, &path.name).await?;
         if path.version.is_some() {
-            let known = self.model_ids.lock().get(&d.id()).copied();
+            // Described within the last second and naming this version: trusted; otherwise
+            // described again (the deployment may have been updated to another model).
+            let known = self
+                .model_ids
+                .lock()
+                .get(&d.id())
+                .filter(|(m, at)| {
+                    at.elapsed() < MODEL_ID_FRESH
+                        && path.version.as_deref() == Some(m.to_string().as_str())
+                })
+                .map(|(m, _)| *m);
             let model = match known {
                 Some(m) => m,
                 None => {
@@ -184,7 +199,7 @@ impl Shared {
         if ids.len() >= MODEL_IDS_MAX {
             ids.clear();
         }
-        ids.insert(deployment, model);
+        ids.insert(deployment, (model, Instant::now()));
     }
 
     /// Drops the client of a key the network refused; passes the error on.

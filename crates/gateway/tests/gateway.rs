@@ -228,3 +228,59 @@ async fn oip_v2_over_http_in_front_of_a_real_network() {
     assert!(text.contains("crat_gateway_sdk_clients "), "{text}");
     net.shutdown();
 }
+
+/// A model update (`Deployment::update_model`) is a new version of the same model name: the
+/// metadata names it, requests for it are answered by the new model, and the old version
+/// answers 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_model_update_is_a_new_version_of_the_same_name() {
+    let fixture = common::network().await;
+    let (gconfig, upstream) = fixture.gateway();
+    let (old, d) = (fixture.model, &fixture.deployment);
+    let addr = serve(Gateway::new(gconfig, upstream).unwrap()).await;
+    let bearer = format!("Bearer {}", fixture.key);
+    let auth = [("Authorization", bearer.as_str())];
+    let values = image(1).to_vec::<f32>().unwrap();
+    let request = serde_json::to_vec(&serde_json::json!({"inputs": [{"name": "input",
+        "shape": [1, 1, 28, 28], "datatype": "FP32", "data": values}]}))
+    .unwrap();
+    let infer = |version: String| {
+        let request = request.clone();
+        async move {
+            http(
+                addr,
+                "POST",
+                &format!("/v2/models/tiny/versions/{version}/infer"),
+                &auth,
+                &request,
+            )
+            .await
+        }
+    };
+    assert_eq!(infer(old.to_string()).await.status, 200);
+
+    let new = d
+        .client()
+        .upload_model(common::TINY_V2, |_| {})
+        .await
+        .unwrap();
+    d.update_model(new).await.unwrap();
+    d.wait_updated(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let direct = d
+        .infer(vec![crat_core::tensor::NamedTensor::new("input", image(1))])
+        .await
+        .unwrap();
+    assert_ne!(direct, fixture.direct, "the new model answers otherwise");
+
+    let r = http(addr, "GET", "/v2/models/tiny", &auth, b"").await;
+    assert_eq!(r.json()["versions"], serde_json::json!([new.to_string()]));
+    let r = infer(new.to_string()).await;
+    assert_eq!(r.status, 200);
+    let got: Vec<f32> = serde_json::from_value(r.json()["outputs"][0]["data"].clone()).unwrap();
+    assert_eq!(got, direct[0].tensor.to_vec::<f32>().unwrap());
+    let r = infer(old.to_string()).await;
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
+    fixture.net.shutdown();
+}

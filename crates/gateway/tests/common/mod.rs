@@ -22,6 +22,8 @@ use crat_transport::quic::QuicTransport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TINY: &[u8] = include_bytes!("../../../backend/models/tiny_cnn.onnx");
+/// The same network with other weights: what a model update swaps in.
+pub(crate) const TINY_V2: &[u8] = include_bytes!("../../../backend/models/tiny_cnn_v2.onnx");
 
 fn now_s() -> u64 {
     std::time::SystemTime::now()
