@@ -3,6 +3,7 @@
 
 mod demo;
 mod gateway;
+mod gpucheck;
 mod keyfile;
 mod net;
 mod npy;
@@ -53,6 +54,10 @@ enum Command {
     /// Serve the KServe v2 / Triton HTTP protocol in front of the network (`--local`: in
     /// front of a whole network started in this process).
     Gateway(gateway::GatewayArgs),
+    /// Check what a node on this machine would serve with: the GPU probe, the backend
+    /// selected (CUDA when available), a proof-of-hardware challenge and models against the
+    /// CPU reference (`scripts/gpu-check.sh` sets up CUDA and runs it).
+    GpuCheck(gpucheck::GpuCheckArgs),
     /// Round economics: compute a round's payouts, or explain one node's.
     #[command(subcommand)]
     Rewards(rewards::RewardsCommand),
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         Command::Deploy(args) => net::deploy(args),
         Command::Infer(args) => net::infer(args),
         Command::Gateway(args) => gateway::run(args),
+        Command::GpuCheck(args) => gpucheck::run(args),
         Command::Rewards(cmd) => rewards::run(cmd),
         Command::Sim(cmd) => sim::run(cmd),
     };
