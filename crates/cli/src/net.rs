@@ -11,6 +11,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use crat_backend::select::{SelectConfig, select_backend};
 use crat_backend::tract::TractBackend;
+use crat_core::clock::Clock;
 use crat_core::hardware::{CpuInfo, GpuInfo};
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId};
 use crat_core::id::{PeerAddr, SdkKey};
@@ -22,6 +23,7 @@ use crat_core::wire::DeploymentState;
 use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::cache::{ModelCache, ModelStore};
+use crat_node::idle::{CommandWorkload, IdleController, IdlePolicy, IdleWorkload};
 use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{Node, NodeConfig, NodeParts};
 use crat_transport::SteadyClock;
@@ -90,6 +92,58 @@ struct NodeSection {
     advertise: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     gpu: Option<String>,
+    /// The idle workload (`[node.idle]`): what runs while the node has no work.
+    idle: Option<IdleSection>,
+}
+
+/// The `[node.idle]` table: a command the node runs while it has had no work for `idle_s`
+/// and the network's demand is at most `demand_bps_max` (a miner, typically), in a process
+/// group of its own, stopped (SIGTERM to the group, SIGKILL after `stop_grace_ms`) the
+/// moment work arrives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdleSection {
+    /// The program and its arguments, e.g. `["/opt/miner/run", "--pool", "…"]`.
+    command: Vec<String>,
+    /// Seconds without work before it starts. Default 300.
+    idle_s: Option<u64>,
+    /// Network demand (basis points, 0–10,000) at or below which the network counts as quiet.
+    /// Default 2,000 (20 %).
+    demand_bps_max: Option<u16>,
+    /// How long the command has to exit after SIGTERM before its group gets SIGKILL, in
+    /// milliseconds. Default 5,000.
+    stop_grace_ms: Option<u64>,
+}
+
+impl IdleSection {
+    /// When the workload may run.
+    fn policy(&self) -> anyhow::Result<IdlePolicy> {
+        let defaults = IdlePolicy::default();
+        Ok(IdlePolicy {
+            idle_s_min: self.idle_s.unwrap_or(defaults.idle_s_min),
+            demand_bps_max: match self.demand_bps_max {
+                Some(bps) if bps > 10_000 => {
+                    bail!("[node.idle] demand_bps_max is {bps}; at most 10,000 (100 %)")
+                }
+                Some(bps) => bps,
+                None => defaults.demand_bps_max,
+            },
+        })
+    }
+
+    /// The controller `crat node` runs, started at `now_s`.
+    fn controller(&self, now_s: u64) -> anyhow::Result<IdleController<Box<dyn IdleWorkload>>> {
+        let Some((program, args)) = self.command.split_first() else {
+            bail!("[node.idle] command is empty: name the program to run while idle");
+        };
+        let policy = self.policy()?;
+        let workload: Box<dyn IdleWorkload> = Box::new(CommandWorkload::new(
+            program.clone(),
+            args.to_vec(),
+            Duration::from_millis(self.stop_grace_ms.unwrap_or(5_000)),
+        ));
+        Ok(IdleController::new(workload, policy, now_s))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,6 +337,18 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
         .or(file.node.data_dir)
         .unwrap_or_else(|| PathBuf::from("crat-node"));
     let gpu = args.gpu.or(file.node.gpu);
+    let clock = Arc::new(SteadyClock::system());
+    let idle = match &file.node.idle {
+        Some(section) => {
+            let policy = section.policy()?;
+            println!(
+                "idle workload: {:?} after {} s without work, at network demand ≤ {} bps",
+                section.command, policy.idle_s_min, policy.demand_bps_max
+            );
+            Some(section.controller(clock.now_s())?)
+        }
+        None => None,
+    };
     let key = load_or_create_key(&data_dir.join("node.key"))?;
     let hardware = match gpu {
         Some(name) => FakeProbe::new(
@@ -315,8 +381,8 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
                 cache: ModelCache::new(selected.backend.clone(), 8 << 30),
                 store: ModelStore::open(data_dir.join("models"), 32 << 30)?,
                 hardware,
-                idle: None,
-                clock: Arc::new(SteadyClock::system()),
+                idle,
+                clock,
             },
             NodeConfig {
                 // Usage not yet acknowledged by the dispatcher survives a restart.

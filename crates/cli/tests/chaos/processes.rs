@@ -47,6 +47,12 @@ impl Proc {
         })
     }
 
+    /// Its process id.
+    #[allow(dead_code)] // the soak does not need it; node_idle.rs does
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The last lines of its output, for failure messages.
     pub(crate) fn tail(&self) -> String {
         let mut out = String::new();
