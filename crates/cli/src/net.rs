@@ -721,8 +721,16 @@ async fn wait_with_progress(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last = None;
+    let mut told = None;
     loop {
         let info = d.info().await?;
+        if info.shortfall.is_some() && told != info.shortfall {
+            eprintln!(
+                "degraded: {}",
+                info.shortfall.as_deref().unwrap_or_default()
+            );
+            told.clone_from(&info.shortfall);
+        }
         let now = (
             info.state,
             info.replicas_ready,
@@ -744,8 +752,11 @@ async fn wait_with_progress(
             last = Some(now);
         }
         match info.state {
-            DeploymentState::Ready
-                if !updating || info.replicas_on_model == info.replicas_ready =>
+            // Ready, or degraded for want of capacity and serving with what there is.
+            DeploymentState::Ready | DeploymentState::Degraded
+                if (info.state == DeploymentState::Ready
+                    || (info.shortfall.is_some() && info.replicas_ready > 0))
+                    && (!updating || info.replicas_on_model == info.replicas_ready) =>
             {
                 return Ok(());
             }

@@ -48,3 +48,4 @@ pub mod challenge;
 pub mod idle;
 pub mod probe;
 pub mod runtime;
+pub mod standing;

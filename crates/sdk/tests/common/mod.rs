@@ -153,6 +153,7 @@ impl Fake {
             allowance_left: Credits::ZERO,
             verifiability: crat_core::wire::Verifiability::Verifiable,
             failure: None,
+            shortfall: None,
             signature: None,
         })
     }
