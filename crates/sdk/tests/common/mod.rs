@@ -404,6 +404,11 @@ impl Fake {
                     held: vec![],
                 }
             }
+            // This fake keeps no books.
+            NodeRequest::Standing { .. } => DispatcherReply::Error(WireError::new(
+                ErrorCode::NotFound,
+                "the fake dispatcher keeps no standing",
+            )),
         }
     }
 }
