@@ -1593,8 +1593,7 @@ mod tests {
         // Node 1 and 2 are full (10 rps each, one replica of 10 rps each).
         let err = d.deploy(0, second, m(), 10, per_request()).unwrap_err();
         assert!(matches!(err, DispatchError::NoCapacity(_)));
-        d.undeploy(&first);
-        // A third node: hosts enough, but capacity is what is short.
+        // Node 2 rated 2 (20 rps): two nodes host it, but capacity is what is short.
         let mut d = Dispatch::new(DispatchConfig {
             rps_per_rating: 10,
             ..DispatchConfig::default()

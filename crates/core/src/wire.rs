@@ -465,9 +465,9 @@ pub struct ProvenGpu {
 }
 
 /// The round running now, as far as it went: what the node's numbers would give if it
-/// ended now ([`crat-rewards`' rules](https://docs.rs/crat-rewards) on the round so far,
-/// its length cut to `elapsed_s`). An estimate: other nodes' uptime and the round's income
-/// still change.
+/// ended now (the `crat-rewards` rules of `docs/economics.md` on the round so far, its
+/// length cut to `elapsed_s`). An estimate: other nodes' uptime and the round's income still
+/// change.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct RoundSoFar {
     /// The round's index.

@@ -96,8 +96,9 @@ pub struct DispatcherConfig {
     /// registry or crowd out its honest nodes' re-registrations. Past it, `Busy`. Default 10
     /// a second, bursts of 200; `None` turns it off.
     pub registration_rate_per_block: Option<RateLimit>,
-    /// Heartbeats per node (each is a ledger write): past it, `Busy`. Default 2 a second,
-    /// bursts of 10; `None` turns it off.
+    /// Heartbeats per node (each is a ledger write), and standing queries
+    /// (`NodeRequest::Standing`, ledger reads) with them: past it, `Busy`. Default 2 a
+    /// second, bursts of 10; `None` turns it off.
     pub heartbeat_rate: Option<RateLimit>,
     /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
     /// Default 65,536.

@@ -8,7 +8,8 @@
 //! rank and bonus the node would get if the round ended now. That estimate reads every node
 //! active in the round, so it is computed at most once per
 //! [`DispatcherConfig::standing_estimate_ms`](super::DispatcherConfig::standing_estimate_ms)
-//! and shared by every query.
+//! and shared by every query; a node's queries count against its heartbeat rate limit
+//! (`DispatcherConfig::heartbeat_rate`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +48,13 @@ impl<T: Transport> Dispatcher<T> {
         node: NodeId,
         rounds: u32,
     ) -> Result<NodeStanding, Refusal> {
+        // A query costs ledger reads: each node's (key's) queries share its heartbeat rate.
+        if let Some(rates) = &self.inner.heartbeat_rates {
+            rates
+                .lock()
+                .allow(&node, self.monotonic_ms())
+                .map_err(|e| err(ErrorCode::Busy, format!("standing queries: {e}")))?;
+        }
         if rounds > STANDING_ROUNDS_MAX {
             return Err(err(
                 ErrorCode::BadRequest,
