@@ -97,6 +97,9 @@ class DeploymentInfo:
     allowance_left: int
     verifiable: bool
     failure: Optional[str]
+    # Why fewer replicas than replicas_wanted are placed (a small or busy network): served
+    # by those it has, topped up as nodes join; None when all are placed.
+    shortfall: Optional[str]
     inputs: Optional[list[TensorSpec]]
     outputs: Optional[list[TensorSpec]]
 

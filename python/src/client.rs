@@ -781,6 +781,11 @@ pub(crate) struct DeploymentInfo {
     /// Why it failed (state "failed").
     #[pyo3(get)]
     failure: Option<String>,
+    /// Why fewer replicas than `replicas_wanted` are placed (a network too small or too
+    /// busy): it is served by those it has ("degraded" once they are warm) and topped up as
+    /// nodes join; `None` when all are placed.
+    #[pyo3(get)]
+    shortfall: Option<String>,
     /// The model's declared inputs, `None` if the dispatcher did not describe them.
     #[pyo3(get)]
     inputs: Option<Vec<TensorSpec>>,
@@ -817,6 +822,7 @@ impl From<wire::DeploymentInfo> for DeploymentInfo {
             allowance_left: i.allowance_left.get(),
             verifiable: i.verifiability.is_verifiable(),
             failure: i.failure,
+            shortfall: i.shortfall,
             inputs,
             outputs,
         }
@@ -827,8 +833,9 @@ impl From<wire::DeploymentInfo> for DeploymentInfo {
 impl DeploymentInfo {
     fn __repr__(&self) -> String {
         format!(
-            "DeploymentInfo(id={:?}, state={:?}, replicas_ready={}, replicas_wanted={})",
-            self.id, self.state, self.replicas_ready, self.replicas_wanted
+            "DeploymentInfo(id={:?}, state={:?}, replicas_ready={}, replicas_wanted={}, \
+             shortfall={:?})",
+            self.id, self.state, self.replicas_ready, self.replicas_wanted, self.shortfall
         )
     }
 }

@@ -188,6 +188,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         info.replicas_ready,
         info.replicas_wanted
     );
+    if let Some(why) = &info.shortfall {
+        println!("degraded: {why}");
+    }
 
     // Reference answers from a local run of the same model.
     let local = backend.load(MODEL)?;

@@ -34,7 +34,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a dispatcher.
     Dispatcher(net::DispatcherArgs),
-    /// Run a compute node.
+    /// Run a compute node (`crat node status`: how it stands and what it earned).
+    #[command(args_conflicts_with_subcommands = true)]
     Node(net::NodeArgs),
     /// SDK keys (operator; on the dispatcher's ledger).
     #[command(subcommand)]

@@ -288,9 +288,51 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
 // ------------------------------------------------------------------------------------------
 // crat node
 
-/// Options of `crat node`.
+/// Options of `crat node` (and its verbs).
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
+    #[command(subcommand)]
+    command: Option<NodeCommand>,
+    #[command(flatten)]
+    run: NodeRunArgs,
+}
+
+/// `crat node`'s verbs (without one, it runs the node).
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// How this node stands with the dispatcher: proven rating and hardware, this round's
+    /// uptime, commitment, estimated rank and bonus, tasks served, and earnings per closed
+    /// round (USD and CRAT). Asks with the node's key (from its data directory), without
+    /// registering: the running node is not disturbed.
+    Status(NodeStatusArgs),
+}
+
+/// Options of `crat node status`.
+#[derive(Debug, Args)]
+struct NodeStatusArgs {
+    /// Settings file (TOML, `[node]` and `[client]` tables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The dispatcher's address.
+    #[arg(long)]
+    dispatcher: Option<SocketAddr>,
+    /// The dispatcher's id (64 hex digits).
+    #[arg(long)]
+    dispatcher_id: Option<String>,
+    /// The node's data directory (its key `node.key`). Default ./crat-node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Closed rounds to show, newest first (at most 64).
+    #[arg(long, default_value_t = 10)]
+    rounds: u32,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Options of running `crat node`.
+#[derive(Debug, Args)]
+struct NodeRunArgs {
     /// Settings file (TOML, `[node]` and `[client]` tables).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -316,6 +358,13 @@ pub(crate) struct NodeArgs {
 }
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(NodeCommand::Status(status)) => node_status(status),
+        None => node_run(args.run),
+    }
+}
+
+fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;
     let dispatcher = args
         .dispatcher
@@ -400,6 +449,228 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => node.transport().close(),
         }
         Ok(())
+    })
+}
+
+fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
+    let file = load_config(args.config.as_deref())?;
+    let dispatcher = args
+        .dispatcher
+        .or(file.client.dispatcher)
+        .context("--dispatcher is required")?;
+    let dispatcher_id: NodeId = args
+        .dispatcher_id
+        .or(file.client.dispatcher_id)
+        .context("--dispatcher-id is required")?
+        .parse()
+        .context("--dispatcher-id")?;
+    let data_dir = args
+        .data_dir
+        .or(file.node.data_dir)
+        .unwrap_or_else(|| PathBuf::from("crat-node"));
+    let key_path = data_dir.join("node.key");
+    if !key_path.exists() {
+        bail!(
+            "{} does not exist: run `crat node` with this --data-dir first",
+            key_path.display()
+        );
+    }
+    let key = load_or_create_key(&key_path)?;
+    let node = NodeId::from_key(&key.verifying_key());
+    let standing = runtime()?.block_on(async move {
+        let bind = if dispatcher.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let transport = QuicTransport::bind(bind, &key, QuicConfig::default())?;
+        let standing = crat_node::standing::ask_standing(
+            &transport,
+            node,
+            &PeerAddr::from(dispatcher),
+            &dispatcher_id,
+            args.rounds,
+            crat_transport::FrameLimits::default(),
+        )
+        .await;
+        transport.close();
+        anyhow::Ok(standing?)
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&standing_json(&standing))?
+        );
+    } else {
+        print!("{}", standing_text(&standing));
+    }
+    Ok(())
+}
+
+/// `µ` units (µUSD, µCRAT) as decimal units, exactly.
+fn micro(v: u64) -> String {
+    format!("{}.{:06}", v / 1_000_000, v % 1_000_000)
+}
+
+fn rank_text(rank: Option<u64>) -> String {
+    rank.map_or_else(|| "-".to_owned(), |r| r.to_string())
+}
+
+/// `crat node status` as text.
+fn standing_text(s: &crat_core::wire::NodeStanding) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let p = &s.proven;
+    let _ = writeln!(
+        out,
+        "node {} — {}",
+        s.node,
+        if s.online { "online" } else { "offline" }
+    );
+    let gpus = if p.gpus.is_empty() {
+        "none".to_owned()
+    } else {
+        p.gpus
+            .iter()
+            .map(|g| format!("#{} {} (rating {})", g.device, g.name, g.rating.get()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "proven:     rating {}, mining income {} USD/day, CPU {}, GPUs: {gpus}{}",
+        p.rating.get(),
+        micro(p.mining_income_usd_micro_per_day.get()),
+        if p.cpu { "passed" } else { "not proven" },
+        if p.challenged {
+            ""
+        } else {
+            " (no challenge finished on this connection yet)"
+        }
+    );
+    let _ = writeln!(
+        out,
+        "challenges: {} passed, {} failed",
+        s.challenges_passed, s.challenges_failed
+    );
+    let _ = writeln!(
+        out,
+        "held:       {} CRAT, streak {} rounds, {} s online in closed rounds",
+        micro(s.crat_micro.get()),
+        s.streak,
+        s.uptime_total_s
+    );
+    let r = &s.round;
+    let _ = writeln!(
+        out,
+        "round {}:   {} s of {} s gone; online {} s, {}, {}",
+        r.index,
+        r.elapsed_s,
+        r.length_s,
+        r.uptime_s,
+        if r.committed {
+            "committed so far"
+        } else {
+            "not committed"
+        },
+        match r.rank {
+            Some(rank) => format!(
+                "rank {rank} of {} ({} paid a bonus)",
+                r.ranked, r.paid_ranks
+            ),
+            None => format!("not eligible for a bonus yet ({} ranked)", r.ranked),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "            so far: {} USD guaranteed + {} USD bonus (estimate); {} tasks served",
+        micro(r.guaranteed_usd_micro.get()),
+        micro(r.bonus_usd_micro.get()),
+        r.tasks_served
+    );
+    if s.closed.is_empty() {
+        let _ = writeln!(out, "closed rounds: none yet");
+    } else {
+        let _ = writeln!(
+            out,
+            "closed rounds:\n{:>8} {:>10} {:>9} {:>5} {:>16} {:>16} {:>16} {:>16}",
+            "round",
+            "uptime_s",
+            "committed",
+            "rank",
+            "guaranteed_usd",
+            "bonus_usd",
+            "crat_issued",
+            "crat_end"
+        );
+        for e in &s.closed {
+            let _ = writeln!(
+                out,
+                "{:>8} {:>10} {:>9} {:>5} {:>16} {:>16} {:>16} {:>16}",
+                e.index,
+                e.uptime_s,
+                if e.committed { "yes" } else { "no" },
+                rank_text(e.rank),
+                micro(e.guaranteed_usd_micro.get()),
+                micro(e.bonus_usd_micro.get()),
+                micro(e.crat_issued_micro.get()),
+                micro(e.crat_end_micro.get()),
+            );
+        }
+    }
+    out
+}
+
+/// `crat node status --json`: the standing with ids in hex and amounts in integer µUSD and
+/// µCRAT, named as in `docs/economics.md`.
+fn standing_json(s: &crat_core::wire::NodeStanding) -> serde_json::Value {
+    let r = &s.round;
+    serde_json::json!({
+        "node": s.node.to_string(),
+        "online": s.online,
+        "proven": {
+            "rating": s.proven.rating.get(),
+            "mining_income_usd_micro_per_day": s.proven.mining_income_usd_micro_per_day.get(),
+            "cpu": s.proven.cpu,
+            "gpus": s.proven.gpus.iter().map(|g| serde_json::json!({
+                "device": g.device,
+                "name": g.name,
+                "rating": g.rating.get(),
+            })).collect::<Vec<_>>(),
+            "challenged": s.proven.challenged,
+        },
+        "challenges_passed": s.challenges_passed,
+        "challenges_failed": s.challenges_failed,
+        "crat_micro": s.crat_micro.get(),
+        "streak": s.streak,
+        "uptime_total_s": s.uptime_total_s,
+        "round": {
+            "index": r.index,
+            "start_s": r.start_s,
+            "length_s": r.length_s,
+            "elapsed_s": r.elapsed_s,
+            "uptime_s": r.uptime_s,
+            "committed": r.committed,
+            "eligible": r.eligible,
+            "rank": r.rank,
+            "ranked": r.ranked,
+            "paid_ranks": r.paid_ranks,
+            "guaranteed_usd_micro": r.guaranteed_usd_micro.get(),
+            "bonus_usd_micro": r.bonus_usd_micro.get(),
+            "tasks_served": r.tasks_served,
+        },
+        "closed": s.closed.iter().map(|e| serde_json::json!({
+            "index": e.index,
+            "start_s": e.start_s,
+            "uptime_s": e.uptime_s,
+            "committed": e.committed,
+            "rank": e.rank,
+            "guaranteed_usd_micro": e.guaranteed_usd_micro.get(),
+            "bonus_usd_micro": e.bonus_usd_micro.get(),
+            "crat_issued_micro": e.crat_issued_micro.get(),
+            "crat_slashed_micro": e.crat_slashed_micro.get(),
+            "crat_end_micro": e.crat_end_micro.get(),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -787,8 +1058,16 @@ async fn wait_with_progress(
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let mut last = None;
+    let mut told = None;
     loop {
         let info = d.info().await?;
+        if info.shortfall.is_some() && told != info.shortfall {
+            eprintln!(
+                "degraded: {}",
+                info.shortfall.as_deref().unwrap_or_default()
+            );
+            told.clone_from(&info.shortfall);
+        }
         let now = (
             info.state,
             info.replicas_ready,
@@ -810,8 +1089,11 @@ async fn wait_with_progress(
             last = Some(now);
         }
         match info.state {
-            DeploymentState::Ready
-                if !updating || info.replicas_on_model == info.replicas_ready =>
+            // Ready, or degraded for want of capacity and serving with what there is.
+            DeploymentState::Ready | DeploymentState::Degraded
+                if (info.state == DeploymentState::Ready
+                    || (info.shortfall.is_some() && info.replicas_ready > 0))
+                    && (!updating || info.replicas_on_model == info.replicas_ready) =>
             {
                 return Ok(());
             }

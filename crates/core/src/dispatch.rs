@@ -14,8 +14,15 @@
 //!   node's capacity is [`DispatchConfig::rps_per_rating`] × its rating.
 //! - A replica is warm once its node reports it ready (a `ReplicaState` or a heartbeat's
 //!   `ready` list). The deployment is [`DeploymentState::Ready`] when all wanted replicas are
-//!   warm, [`DeploymentState::Degraded`] when some but not all are (after a node went away),
-//!   and [`DeploymentState::Pending`] before its first replica is warm.
+//!   warm, [`DeploymentState::Degraded`] when some but not all are, and
+//!   [`DeploymentState::Pending`] before its first replica is warm.
+//! - **Small networks.** A per-request deployment that cannot get every wanted replica (a
+//!   one-node network, say: a node holds at most one replica of a deployment) is created
+//!   with the replicas that fit and served by them; [`Dispatch::shortfall`] says what is
+//!   missing and why, and placement tops it up as capacity joins. Where nothing fits at all
+//!   a deploy is refused ([`DispatchError::NoCapacity`]), and so is a per-instance
+//!   deployment that cannot get all its replicas: its guaranteed rate is bought up front
+//!   (see [`Dispatch::deploy`]).
 //! - **Model updates** ([`Dispatch::update_model`]): every replica is assigned the new model
 //!   and keeps serving the model before it (it stays warm) until its node reports the new
 //!   one warm; a replica still on the old model [`DispatchConfig::update_grace_s`] after the
@@ -236,6 +243,49 @@ pub enum DispatchError {
     Exists(DeploymentId),
 }
 
+/// Why a deployment has fewer replicas placed than it wants ([`Dispatch::shortfall`]). It
+/// is served by the replicas it has; more are placed as capacity joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Replicas placed.
+    pub placed: u32,
+    /// Replicas its plan wants.
+    pub wanted: u32,
+    /// Online nodes that could hold one of its replicas (room for the model, not excluded,
+    /// no load failure of it) when placement last ran short; a node holds at most one
+    /// replica of a deployment.
+    pub hosts: u32,
+    /// Rate each replica reserves on its node.
+    pub replica_rps: u32,
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            placed,
+            wanted,
+            hosts,
+            replica_rps,
+        } = *self;
+        write!(f, "{placed} of {wanted} replicas placed: ")?;
+        if hosts < wanted {
+            let s = if hosts == 1 { "" } else { "s" };
+            write!(
+                f,
+                "the network has {hosts} node{s} that can host this model, and a node holds \
+                 one replica of a deployment"
+            )?;
+        } else {
+            write!(
+                f,
+                "the other nodes that can host this model have no {replica_rps} rps free \
+                 for a replica"
+            )?;
+        }
+        write!(f, "; more are placed as capacity joins")
+    }
+}
+
 struct NodeEntry {
     rating: PowerRating,
     addrs: Vec<PeerAddr>,
@@ -289,6 +339,9 @@ struct DeploymentEntry {
     /// set it (doubling, see [`DispatchConfig::placement_backoff_max_s`]).
     retry_at_s: u64,
     retry_wait_s: u64,
+    /// Online nodes that could hold a replica of it (model fits, not excluded, no load
+    /// failure), counted when placement last ran short: the reason of its [`Shortfall`].
+    hosts_seen: u32,
 }
 
 impl DeploymentEntry {
@@ -770,8 +823,19 @@ impl Dispatch {
         }
     }
 
-    /// A new deployment: places its replicas (pushing assignments to their nodes) or fails
-    /// with [`DispatchError::NoCapacity`] and changes nothing.
+    /// A new deployment: places its replicas (pushing assignments to their nodes).
+    ///
+    /// **Short of capacity.** A per-request deployment that cannot get every wanted replica
+    /// is created with those that fit and served by them: [`Dispatch::shortfall`] says how
+    /// many are missing and why, and placement tops it up as capacity joins (at once when a
+    /// node joins, else on ticks with the usual backoff). Where not even one replica fits,
+    /// it fails with [`DispatchError::NoCapacity`] and changes nothing.
+    ///
+    /// A **per-instance** deployment is refused with [`DispatchError::NoCapacity`] unless
+    /// every replica fits: its plan buys a guaranteed rate, paid up front, and a deployment
+    /// created short would take that money for capacity that is not there. (One that loses
+    /// replicas later, when nodes leave, is [`DeploymentState::Degraded`] and re-placed as
+    /// any other.)
     pub fn deploy(
         &mut self,
         now_s: u64,
@@ -803,12 +867,45 @@ impl Dispatch {
             state: DeploymentState::Pending,
             retry_at_s: 0,
             retry_wait_s: 0,
+            hosts_seen: 0,
         };
-        let placed = self.place(&entry, replicas_wanted)?;
-        self.deployments.insert(id, entry);
         let mut effects = Vec::new();
-        self.add_replicas(&id, placed, &mut effects);
+        match self.place(&entry, replicas_wanted) {
+            Ok(placed) => {
+                self.deployments.insert(id, entry);
+                self.add_replicas(&id, placed, &mut effects);
+            }
+            Err(e) if entry.rate_limited => return Err(e),
+            Err(e) => {
+                // Short: as many replicas as fit, one at a time (`fill`); none at all is
+                // refused as before, and nothing was changed.
+                self.deployments.insert(id, entry);
+                self.fill(&id, &mut effects);
+                if self
+                    .deployments
+                    .get(&id)
+                    .is_none_or(|d| d.replicas.is_empty())
+                {
+                    self.deployments.remove(&id);
+                    return Err(e);
+                }
+            }
+        }
         Ok(effects)
+    }
+
+    /// Why `id` has fewer replicas placed than it wants, or `None` when it has them all (or
+    /// is not known). Such a deployment is served by the replicas it has and topped up as
+    /// capacity joins.
+    pub fn shortfall(&self, id: &DeploymentId) -> Option<Shortfall> {
+        let d = self.deployments.get(id)?;
+        let placed = d.replicas.len() as u32;
+        (placed < d.replicas_wanted).then_some(Shortfall {
+            placed,
+            wanted: d.replicas_wanted,
+            hosts: d.hosts_seen,
+            replica_rps: d.replica_rps,
+        })
     }
 
     /// Restores a deployment known from storage (after a restart) without requiring
@@ -839,6 +936,7 @@ impl Dispatch {
             state: DeploymentState::Pending,
             retry_at_s: 0,
             retry_wait_s: 0,
+            hosts_seen: 0,
         });
         Ok(())
     }
@@ -966,6 +1064,12 @@ impl Dispatch {
             .is_some_and(|d| d.replicas.contains_key(node))
     }
 
+    /// Whether `node` is online now (registered, heartbeats on time, not suspended by a
+    /// failed challenge).
+    pub fn is_online(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|e| e.online)
+    }
+
     /// Nodes online now.
     pub fn online_count(&self) -> usize {
         self.nodes.values().filter(|e| e.online).count()
@@ -1007,18 +1111,33 @@ impl Dispatch {
         }
     }
 
+    /// Whether node `e` (`id`) may hold a replica of `d` at all now: online, not excluded,
+    /// room for the model, no load failure of it.
+    fn may_host(&self, d: &DeploymentEntry, id: &NodeId, e: &NodeEntry) -> bool {
+        e.online
+            && e.excluded_until_s <= self.now_s
+            && e.model_bytes_max >= d.model_bytes
+            && !d.failed_on.contains(id)
+    }
+
+    /// Nodes that may hold a replica of `d` now ([`Self::may_host`]), whatever their free
+    /// capacity.
+    fn hosts(&self, d: &DeploymentEntry) -> u32 {
+        let n = self
+            .nodes
+            .iter()
+            .filter(|(id, e)| self.may_host(d, id, e))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     /// Places `count` more replicas of `d` (excluding nodes that hold one or failed it).
     fn place(
         &self,
         d: &DeploymentEntry,
         count: u32,
     ) -> Result<Vec<crate::placement::Assignment>, DispatchError> {
-        let eligible = |(id, e): &(&NodeId, &NodeEntry)| {
-            e.online
-                && e.excluded_until_s <= self.now_s
-                && e.model_bytes_max >= d.model_bytes
-                && !d.failed_on.contains(*id)
-        };
+        let eligible = |(id, e): &(&NodeId, &NodeEntry)| self.may_host(d, id, e);
         // The per-operator cap, relaxed when there are too few operators to spread over.
         let mut held: BTreeMap<u64, u32> = BTreeMap::new();
         for node in d.replicas.keys() {
@@ -1187,9 +1306,11 @@ impl Dispatch {
             }
         }
         let (now, wait_max) = (self.now_s, self.config.placement_backoff_max_s.max(1));
+        let hosts = self.deployments.get(id).map_or(0, |d| self.hosts(d));
         if let Some(d) = self.deployments.get_mut(id) {
             d.retry_wait_s = d.retry_wait_s.saturating_mul(2).clamp(1, wait_max);
             d.retry_at_s = now.saturating_add(d.retry_wait_s);
+            d.hosts_seen = hosts;
         }
     }
 
@@ -1374,18 +1495,116 @@ mod tests {
         assert_eq!(d.replicas_on_model(&dep), 1);
     }
 
+    fn per_instance(rps: u32) -> DeployPlan {
+        DeployPlan::PerInstance(PerInstancePlan {
+            guaranteed_rps: rps,
+            max_input_bytes: 1 << 16,
+            update_frequency: UpdateFrequency::Never,
+            key_lifetime_s: 3600,
+        })
+    }
+
     #[test]
     fn no_capacity_changes_nothing() {
         let mut d = Dispatch::new(DispatchConfig::default());
-        join(&mut d, 0, 1, 1);
         let dep = DeploymentId::from_bytes([9; 16]);
-        // Two replicas wanted, one node.
+        // No node at all: refused.
         let err = d
             .deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
             .unwrap_err();
         assert!(matches!(err, DispatchError::NoCapacity(_)));
         assert!(d.deployment_state(&dep).is_none());
+        // One node: a per-instance plan (two replicas of 50 rps) is refused, not created short.
+        join(&mut d, 0, 1, 1);
+        let err = d
+            .deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_instance(100))
+            .unwrap_err();
+        assert!(matches!(err, DispatchError::NoCapacity(_)));
+        assert!(d.deployment_state(&dep).is_none());
+        assert!(d.shortfall(&dep).is_none());
         assert_eq!(d.demand().level_bps, Bps::ZERO);
+    }
+
+    #[test]
+    fn a_per_request_deploy_short_of_nodes_is_created_degraded_and_topped_up() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        let (a, _) = join(&mut d, 0, 1, 1);
+        let dep = DeploymentId::from_bytes([9; 16]);
+        // Two replicas wanted, one node: one placed, the reason told.
+        let fx = d
+            .deploy(0, dep, ModelId::of_bytes(b"m"), 10, per_request())
+            .unwrap();
+        assert_eq!(pushes_to(&fx), vec![(a, true)]);
+        let short = d.shortfall(&dep).unwrap();
+        assert_eq!(
+            short,
+            Shortfall {
+                placed: 1,
+                wanted: 2,
+                hosts: 1,
+                replica_rps: 10
+            }
+        );
+        assert_eq!(
+            short.to_string(),
+            "1 of 2 replicas placed: the network has 1 node that can host this model, and a \
+             node holds one replica of a deployment; more are placed as capacity joins"
+        );
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Pending, 0, 2)
+        );
+        // Its one replica warm: degraded, and served.
+        d.replica_ready(1, &a, &dep, m());
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Degraded, 1, 2)
+        );
+        assert_eq!(d.lease_replicas(&dep).unwrap().len(), 1);
+        // A second node joins: placed at once; warm, the deployment is ready, nothing short.
+        let (b, fx) = join(&mut d, 2, 2, 1);
+        assert_eq!(pushes_to(&fx), vec![(b, true)]);
+        assert!(d.shortfall(&dep).is_none());
+        d.replica_ready(3, &b, &dep, m());
+        assert_eq!(
+            d.deployment_state(&dep).unwrap(),
+            (DeploymentState::Ready, 2, 2)
+        );
+        // It loses a node: degraded again, short again.
+        d.node_left(&b);
+        assert_eq!(d.shortfall(&dep).map(|s| (s.placed, s.hosts)), Some((1, 1)));
+        assert_eq!(
+            d.deployment_state(&dep).unwrap().0,
+            DeploymentState::Degraded
+        );
+    }
+
+    #[test]
+    fn a_shortfall_of_capacity_names_the_rate() {
+        let mut d = Dispatch::new(DispatchConfig {
+            rps_per_rating: 10,
+            ..DispatchConfig::default()
+        });
+        join(&mut d, 0, 1, 1);
+        join(&mut d, 0, 2, 1);
+        let first = DeploymentId::from_bytes([1; 16]);
+        let second = DeploymentId::from_bytes([2; 16]);
+        d.deploy(0, first, m(), 10, per_request()).unwrap();
+        // Node 1 and 2 are full (10 rps each, one replica of 10 rps each).
+        let err = d.deploy(0, second, m(), 10, per_request()).unwrap_err();
+        assert!(matches!(err, DispatchError::NoCapacity(_)));
+        // Node 2 rated 2 (20 rps): two nodes host it, but capacity is what is short.
+        let mut d = Dispatch::new(DispatchConfig {
+            rps_per_rating: 10,
+            ..DispatchConfig::default()
+        });
+        join(&mut d, 0, 1, 1);
+        join(&mut d, 0, 2, 2);
+        d.deploy(0, first, m(), 10, per_request()).unwrap();
+        d.deploy(0, second, m(), 10, per_request()).unwrap();
+        let short = d.shortfall(&second).unwrap();
+        assert_eq!((short.placed, short.wanted, short.hosts), (1, 2, 2));
+        assert!(short.to_string().contains("no 10 rps free"), "{short}");
     }
 
     #[test]

@@ -371,7 +371,133 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
         }),
         (vec(usage_record(), 0..4), vec(ack_proof(), 0..2))
             .prop_map(|(records, acks)| NodeRequest::Usage(UsageReport { records, acks })),
+        any::<u32>().prop_map(|rounds| NodeRequest::Standing { rounds }),
     ]
+}
+
+fn power_rating() -> impl Strategy<Value = PowerRating> {
+    (1u8..=5).prop_map(|r| PowerRating::new(r).expect("1..=5 is a rating"))
+}
+
+fn micro_usd() -> impl Strategy<Value = crate::money::MicroUsd> {
+    any::<u64>().prop_map(crate::money::MicroUsd::new)
+}
+
+fn micro_crat() -> impl Strategy<Value = crate::money::MicroCrat> {
+    any::<u64>().prop_map(crate::money::MicroCrat::new)
+}
+
+/// A [`NodeStanding`] of any shape.
+pub fn node_standing() -> impl Strategy<Value = NodeStanding> {
+    let gpu = (any::<u32>(), text(), power_rating()).prop_map(|(device, name, rating)| ProvenGpu {
+        device,
+        name,
+        rating,
+    });
+    let proven = (
+        power_rating(),
+        micro_usd(),
+        any::<bool>(),
+        vec(gpu, 0..3),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(rating, mining_income_usd_micro_per_day, cpu, gpus, challenged)| ProvenHardware {
+                rating,
+                mining_income_usd_micro_per_day,
+                cpu,
+                gpus,
+                challenged,
+            },
+        );
+    let round = (
+        any::<(u64, u64, u64, u64, u64)>(),
+        any::<(bool, bool)>(),
+        option::of(any::<u64>()),
+        any::<(u64, u64, u64)>(),
+        micro_usd(),
+        micro_usd(),
+    )
+        .prop_map(
+            |(
+                (index, start_s, length_s, elapsed_s, uptime_s),
+                (committed, eligible),
+                rank,
+                (ranked, paid_ranks, tasks_served),
+                guaranteed_usd_micro,
+                bonus_usd_micro,
+            )| RoundSoFar {
+                index,
+                start_s,
+                length_s,
+                elapsed_s,
+                uptime_s,
+                committed,
+                eligible,
+                rank,
+                ranked,
+                paid_ranks,
+                guaranteed_usd_micro,
+                bonus_usd_micro,
+                tasks_served,
+            },
+        );
+    let earnings = (
+        any::<(u64, u64, u64, bool)>(),
+        option::of(any::<u64>()),
+        (micro_usd(), micro_usd()),
+        (micro_crat(), micro_crat(), micro_crat()),
+    )
+        .prop_map(
+            |(
+                (index, start_s, uptime_s, committed),
+                rank,
+                (guaranteed_usd_micro, bonus_usd_micro),
+                (crat_issued_micro, crat_slashed_micro, crat_end_micro),
+            )| RoundEarnings {
+                index,
+                start_s,
+                uptime_s,
+                committed,
+                rank,
+                guaranteed_usd_micro,
+                bonus_usd_micro,
+                crat_issued_micro,
+                crat_slashed_micro,
+                crat_end_micro,
+            },
+        );
+    (
+        node_id(),
+        any::<bool>(),
+        proven,
+        any::<(u64, u64)>(),
+        (micro_crat(), any::<u64>(), any::<u64>()),
+        round,
+        vec(earnings, 0..4),
+    )
+        .prop_map(
+            |(
+                node,
+                online,
+                proven,
+                (challenges_passed, challenges_failed),
+                (crat_micro, streak, uptime_total_s),
+                round,
+                closed,
+            )| NodeStanding {
+                node,
+                online,
+                proven,
+                challenges_passed,
+                challenges_failed,
+                crat_micro,
+                streak,
+                uptime_total_s,
+                round,
+                closed,
+            },
+        )
 }
 
 /// Every [`DispatcherReply`] variant.
@@ -406,6 +532,7 @@ pub fn dispatcher_reply() -> impl Strategy<Value = DispatcherReply> {
         ),
         Just(DispatcherReply::Ok),
         wire_error().prop_map(DispatcherReply::Error),
+        node_standing().prop_map(|s| DispatcherReply::Standing(Box::new(s))),
     ]
 }
 
@@ -601,7 +728,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         quote(),
         credits(),
         verifiability(),
-        option::of(text()),
+        (option::of(text()), option::of(text())),
         option::of(model_signature()),
     )
         .prop_map(
@@ -614,7 +741,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                 price,
                 allowance_left,
                 verifiability,
-                failure,
+                (failure, shortfall),
                 signature,
             )| {
                 DeploymentInfo {
@@ -631,6 +758,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                     allowance_left,
                     verifiability,
                     failure,
+                    shortfall,
                     signature,
                 }
             },

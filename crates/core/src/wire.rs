@@ -390,9 +390,138 @@ pub enum NodeRequest {
     },
     /// Tasks I ran.
     Usage(UsageReport),
+    /// How do I stand: what I proved, this round so far, and my earnings of the last
+    /// `rounds` closed rounds (at most [`STANDING_ROUNDS_MAX`]; more is refused with
+    /// [`ErrorCode::BadRequest`]). Answered [`DispatcherReply::Standing`] about the node
+    /// whose key the connection was made with; it may be the first request of a connection
+    /// (an operator's tool holding the node's key asks without registering).
+    Standing {
+        /// Closed rounds wanted, newest first.
+        rounds: u32,
+    },
 }
 
 impl Message for NodeRequest {}
+
+/// Most closed rounds one [`NodeRequest::Standing`] returns.
+pub const STANDING_ROUNDS_MAX: u32 = 64;
+
+/// A node's standing with the dispatcher ([`NodeRequest::Standing`]): the numbers its
+/// payouts are computed from, as the dispatcher holds them. Money in integers: µUSD and
+/// µCRAT.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct NodeStanding {
+    /// The node.
+    pub node: NodeId,
+    /// Whether the dispatcher counts it online now (registered, heartbeats on time, its
+    /// last challenge passed).
+    pub online: bool,
+    /// What its compute challenges proved: its rating and mining income are these, never
+    /// its claim.
+    pub proven: ProvenHardware,
+    /// Challenge rounds passed since its current connection registered.
+    pub challenges_passed: u64,
+    /// Challenge rounds failed or missed since then.
+    pub challenges_failed: u64,
+    /// CRAT held after the last closed round, µCRAT.
+    pub crat_micro: crate::money::MicroCrat,
+    /// Committed rounds in a row up to the last closed round.
+    pub streak: u64,
+    /// Uptime over all closed rounds, seconds.
+    pub uptime_total_s: u64,
+    /// The round running now, so far.
+    pub round: RoundSoFar,
+    /// Earnings of closed rounds it took part in, newest first (at most the `rounds` asked).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, {STANDING_ROUNDS_MAX as usize}>")]
+    pub closed: Vec<RoundEarnings>,
+}
+
+/// What a node's compute challenges proved ([`crate::policy::hardware::Proven`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ProvenHardware {
+    /// Its proven rating (1 until a GPU is proven).
+    pub rating: crate::hardware::PowerRating,
+    /// Daily mining income of its proven GPUs, µUSD: what a committed round pays.
+    pub mining_income_usd_micro_per_day: crate::money::MicroUsd,
+    /// Whether its CPU challenge passed.
+    pub cpu: bool,
+    /// Its proven GPUs (at most [`GPUS_MAX`](crate::policy::hardware::GPUS_MAX)).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, {crate::policy::hardware::GPUS_MAX}>")]
+    pub gpus: Vec<ProvenGpu>,
+    /// Whether a challenge round has finished since it connected (`false`: the above is
+    /// what the ledger holds, nothing proven on this connection yet).
+    pub challenged: bool,
+}
+
+/// One proven GPU.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ProvenGpu {
+    /// Its index in the node's registration.
+    pub device: u32,
+    /// The GPU table's row it was proven as.
+    pub name: String,
+    /// That row's rating.
+    pub rating: crate::hardware::PowerRating,
+}
+
+/// The round running now, as far as it went: what the node's numbers would give if it
+/// ended now (the `crat-rewards` rules of `docs/economics.md` on the round so far, its
+/// length cut to `elapsed_s`). An estimate: other nodes' uptime and the round's income still
+/// change.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RoundSoFar {
+    /// The round's index.
+    pub index: u64,
+    /// When it started (Unix seconds).
+    pub start_s: u64,
+    /// Its full length, seconds.
+    pub length_s: u64,
+    /// Seconds of it gone when the estimate was made.
+    pub elapsed_s: u64,
+    /// Seconds online in it so far.
+    pub uptime_s: u64,
+    /// Whether it is still committed: down no longer than the round allows so far.
+    pub committed: bool,
+    /// Whether it would be eligible for a bonus now.
+    pub eligible: bool,
+    /// Its rank among the eligible nodes now; `None` when not eligible.
+    pub rank: Option<u64>,
+    /// Nodes ranked (eligible) now.
+    pub ranked: u64,
+    /// Ranks a bonus would go to now.
+    pub paid_ranks: u64,
+    /// Guaranteed USD so far, µUSD.
+    pub guaranteed_usd_micro: crate::money::MicroUsd,
+    /// Bonus USD its rank would get from the income so far, µUSD.
+    pub bonus_usd_micro: crate::money::MicroUsd,
+    /// Tasks it served in the round so far that clients acknowledged and were charged.
+    pub tasks_served: u64,
+}
+
+/// A node's outcome of one closed round, as stored when the round closed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RoundEarnings {
+    /// The round's index.
+    pub index: u64,
+    /// When it started (Unix seconds).
+    pub start_s: u64,
+    /// Seconds online in it.
+    pub uptime_s: u64,
+    /// Whether it was committed for the whole round.
+    pub committed: bool,
+    /// Its rank; `None` when not eligible.
+    pub rank: Option<u64>,
+    /// Guaranteed USD paid, µUSD.
+    pub guaranteed_usd_micro: crate::money::MicroUsd,
+    /// Bonus USD paid, µUSD.
+    pub bonus_usd_micro: crate::money::MicroUsd,
+    /// CRAT issued (streak, peak hours, validations), µCRAT.
+    pub crat_issued_micro: crate::money::MicroCrat,
+    /// CRAT slashed, µCRAT.
+    pub crat_slashed_micro: crate::money::MicroCrat,
+    /// CRAT held at its end, µCRAT.
+    pub crat_end_micro: crate::money::MicroCrat,
+}
 
 /// The dispatcher's replies to [`NodeRequest`]s.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -439,6 +568,9 @@ pub enum DispatcherReply {
     Ok,
     /// Refused.
     Error(WireError),
+    /// The node's standing ([`NodeRequest::Standing`]; boxed: far larger than the other
+    /// replies).
+    Standing(Box<NodeStanding>),
 }
 
 impl Message for DispatcherReply {}
@@ -594,6 +726,10 @@ pub struct DeploymentInfo {
     pub verifiability: Verifiability,
     /// Why the deployment failed ([`DeploymentState::Failed`]): the nodes' load errors.
     pub failure: Option<String>,
+    /// Why it has fewer replicas placed than `replicas_wanted` (a network too small, or too
+    /// busy): it is served by the replicas it has, [`DeploymentState::Degraded`] once they
+    /// are warm, and topped up as capacity joins. `None` when every wanted replica is placed.
+    pub shortfall: Option<String>,
     /// What its model takes and returns, as the model declares it (from the upload check);
     /// `None` for a model whose declaration the wire cannot carry
     /// ([`ModelSignature::is_bounded`]).

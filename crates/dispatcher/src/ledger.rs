@@ -22,7 +22,7 @@ use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::policy::acks::{AckEntry, Tally};
 use crat_core::pricing::{DeployPlan, PriceQuote};
-use crat_core::wire::{ModelSignature, UsageRecord, Verifiability};
+use crat_core::wire::{ModelSignature, RoundEarnings, UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
@@ -302,6 +302,9 @@ pub struct RoundSettlement {
     pub digest: Option<[u8; 32]>,
 }
 
+/// Most rounds [`Ledger::node_rounds`] returns.
+pub const NODE_ROUNDS_MAX: u32 = 1_024;
+
 /// Most rounds [`Ledger::unsettled_rounds`] returns.
 pub const UNSETTLED_ROUNDS_MAX: u32 = 1_024;
 
@@ -534,6 +537,13 @@ pub trait Ledger: Send + Sync + 'static {
     /// (ok, failed) validations of a node with `at_s` in `[from_s, to_s)`.
     fn validations(&self, node: &NodeId, from_s: u64, to_s: u64)
     -> Result<(u64, u64), LedgerError>;
+
+    /// `node`'s outcomes of closed rounds, newest first, at most `limit` (and at most
+    /// [`NODE_ROUNDS_MAX`]): stored by [`Ledger::close_round`], equal to the round's outcome.
+    fn node_rounds(&self, node: &NodeId, limit: u32) -> Result<Vec<RoundEarnings>, LedgerError>;
+    /// Tasks `node` served that were charged (acknowledged usage) with `at_s` in
+    /// `[from_s, to_s)`.
+    fn tasks_served(&self, node: &NodeId, from_s: u64, to_s: u64) -> Result<u64, LedgerError>;
 
     /// Client income in credits with charge time in `[from_s, to_s)`: per-instance deploy
     /// charges plus usage charges.

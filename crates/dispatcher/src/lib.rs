@@ -9,7 +9,13 @@
 //! - keeps the **ledger** in a real database ([`ledger`]; SQLite by default): accounts, SDK keys
 //!   (hashed), credits, deployments, usage (charged once per task id), rounds and payouts;
 //! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
-//!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away;
+//!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away; a
+//!   per-request deployment the network is too small for is created with the replicas that
+//!   fit, degraded, its `DeploymentInfo::shortfall` saying why, and topped up as nodes join
+//!   (nothing placeable, or a per-instance plan short of its rate, is refused `NoCapacity`);
+//! - answers each node's **standing** (`NodeRequest::Standing`): what it proved, the running
+//!   round so far (estimated with `crat-rewards` on the round cut at now) and its earnings
+//!   per closed round, as the ledger stored them;
 //! - issues **leases**: the warm replicas plus a ticket signed by the dispatcher key;
 //! - **closes rounds** ([`rounds`]): ledger → `crat-rewards` → stored outcome → [`Settlement`],
 //!   durably and resumably: the ledger records which closed rounds are settled, and an

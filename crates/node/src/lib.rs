@@ -12,6 +12,7 @@
 //! | [`idle`] | run a configured command (a miner) while idle in a process group of its own, stop the whole group when work arrives |
 //! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
+//! | [`standing`] | the operator's view: proven hardware, this round's uptime, commitment, estimated rank and tasks, earnings per closed round (`Node::standing`, or [`standing::ask_standing`] with the node's key from another process, as `crat node status` does) |
 //!
 //! A model served through validation and the batcher, as the runtime does for each task:
 //!
@@ -48,3 +49,4 @@ pub mod challenge;
 pub mod idle;
 pub mod probe;
 pub mod runtime;
+pub mod standing;

@@ -329,6 +329,27 @@ impl<T: Transport> Node<T> {
         self.inner.id
     }
 
+    /// Asks the dispatcher, on this node's connection, how it stands: proven hardware, the
+    /// running round so far, and its earnings of the last `rounds` closed rounds (at most
+    /// [`STANDING_ROUNDS_MAX`](crat_core::wire::STANDING_ROUNDS_MAX)). Fails with
+    /// [`StandingError::Transport`](crate::standing::StandingError::Transport) while the node
+    /// is not connected.
+    pub async fn standing(
+        &self,
+        rounds: u32,
+    ) -> Result<crat_core::wire::NodeStanding, crate::standing::StandingError> {
+        let conn = self.inner.dispatcher.read().clone().ok_or_else(|| {
+            crat_transport::TransportError::Closed(crat_transport::Closed::NotConnected)
+        })?;
+        crate::standing::query_standing(
+            &conn,
+            self.inner.id,
+            rounds,
+            self.inner.config.frame_limits,
+        )
+        .await
+    }
+
     /// Its transport endpoint (e.g. to close it: the node then stops serving).
     pub fn transport(&self) -> &T {
         &self.inner.transport

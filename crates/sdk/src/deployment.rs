@@ -256,7 +256,10 @@ impl<T: Transport> Deployment<T> {
         .await
     }
 
-    /// Polls [`Deployment::info`] until the deployment is `Ready`, pausing
+    /// Polls [`Deployment::info`] until the deployment is `Ready` — or `Degraded` for want of
+    /// capacity ([`DeploymentInfo::shortfall`] set) with a replica warm: on a network too
+    /// small for every wanted replica that is as ready as it gets until nodes join, and it
+    /// serves — pausing
     /// [`ready_poll_ms_initial`](crate::ClientConfig::ready_poll_ms_initial) and doubling up to
     /// [`ready_poll_ms_max`](crate::ClientConfig::ready_poll_ms_max) between polls.
     /// [`Error::Timeout`] after `timeout`; [`Error::Stopped`] if the deployment stops;
@@ -265,7 +268,8 @@ impl<T: Transport> Deployment<T> {
         self.wait_until(timeout, |_| true).await
     }
 
-    /// Polls until the deployment is `Ready` and `done` holds of its description.
+    /// Polls until the deployment is `Ready` (or degraded for want of capacity, serving) and
+    /// `done` holds of its description.
     async fn wait_until(
         &self,
         timeout: Duration,
@@ -276,8 +280,12 @@ impl<T: Transport> Deployment<T> {
         let mut pause_ms = config.ready_poll_ms_initial.max(1);
         loop {
             let info = self.info().await?;
+            let short_but_serving = info.state == DeploymentState::Degraded
+                && info.shortfall.is_some()
+                && info.replicas_ready > 0;
             match info.state {
                 DeploymentState::Ready if done(&info) => return Ok(info),
+                DeploymentState::Degraded if short_but_serving && done(&info) => return Ok(info),
                 DeploymentState::Ready => {}
                 DeploymentState::Stopped => {
                     return Err(Error::Stopped(format!("{} is stopped", self.id)));

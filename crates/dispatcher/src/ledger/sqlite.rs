@@ -10,7 +10,7 @@ use std::time::Duration;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::pricing::DeployPlan;
-use crat_core::wire::ModelSignature;
+use crat_core::wire::{ModelSignature, RoundEarnings};
 use crat_rewards::{Interval, RoundOutcome};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -19,7 +19,7 @@ mod acks;
 
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
-    ModelRecord, ModelUpdate, NodeRecord, RoundRecord, RoundSettlement, StoredAck,
+    ModelRecord, ModelUpdate, NODE_ROUNDS_MAX, NodeRecord, RoundRecord, RoundSettlement, StoredAck,
     UNSETTLED_ROUNDS_MAX, USAGE_ROWS_PER_TASK_MAX, UsageCharge, UsageOutcome, UsageRow,
 };
 
@@ -256,6 +256,35 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE journal;
     ALTER TABLE journal_11 RENAME TO journal;
     CREATE INDEX journal_income ON journal(at_s) WHERE counts_as_income = 1;
+    ",
+    // 12: the operator's view. Each node's outcome of each closed round as a row (written
+    // with the round; rounds closed before are copied from their outcome JSON), and usage by
+    // node and time (tasks served in a round).
+    "
+    CREATE TABLE round_nodes (
+        round INTEGER NOT NULL REFERENCES rounds(idx),
+        node BLOB NOT NULL CHECK (length(node) = 32),
+        start_s INTEGER NOT NULL,
+        uptime_s INTEGER NOT NULL CHECK (uptime_s >= 0),
+        committed INTEGER NOT NULL CHECK (committed IN (0, 1)),
+        rank INTEGER CHECK (rank >= 1),
+        guaranteed INTEGER NOT NULL CHECK (guaranteed >= 0),
+        bonus INTEGER NOT NULL CHECK (bonus >= 0),
+        crat_issued INTEGER NOT NULL CHECK (crat_issued >= 0),
+        crat_slashed INTEGER NOT NULL CHECK (crat_slashed >= 0),
+        crat_end INTEGER NOT NULL CHECK (crat_end >= 0),
+        PRIMARY KEY (node, round)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO round_nodes
+        SELECT r.idx, unhex(json_extract(n.value, '$.id')), r.start_s,
+               json_extract(n.value, '$.uptime_s'), json_extract(n.value, '$.committed'),
+               json_extract(n.value, '$.rank'), json_extract(n.value, '$.guaranteed_usd_micro'),
+               json_extract(n.value, '$.bonus_usd_micro'),
+               json_extract(n.value, '$.crat_issued_micro'),
+               json_extract(n.value, '$.crat_slashed_micro'),
+               json_extract(n.value, '$.crat_end_micro')
+        FROM rounds r, json_each(r.outcome_json, '$.nodes') n;
+    CREATE INDEX usage_by_node ON usage(node, at_s);
     ",
 ];
 
@@ -761,6 +790,26 @@ fn node_row(row: &Row<'_>) -> Result<NodeRecord, LedgerError> {
         crat_micro: MicroCrat::new(u64_at(row, 4, "crat_micro")?),
         streak: u64_at(row, 5, "streak")?,
         uptime_total_s: u64_at(row, 6, "uptime_total_s")?,
+    })
+}
+
+const ROUND_NODE_COLUMNS: &str = "round, node, start_s, uptime_s, committed, rank, guaranteed, \
+                                  bonus, crat_issued, crat_slashed, crat_end";
+
+fn round_node_row(row: &Row<'_>) -> Result<RoundEarnings, LedgerError> {
+    let committed: i64 = row.get(4).db()?;
+    let rank: Option<i64> = row.get(5).db()?;
+    Ok(RoundEarnings {
+        index: u64_at(row, 0, "round")?,
+        start_s: u64_at(row, 2, "start_s")?,
+        uptime_s: u64_at(row, 3, "uptime_s")?,
+        committed: committed != 0,
+        rank: rank.map(|r| from_i64(r, "rank")).transpose()?,
+        guaranteed_usd_micro: MicroUsd::new(u64_at(row, 6, "guaranteed")?),
+        bonus_usd_micro: MicroUsd::new(u64_at(row, 7, "bonus")?),
+        crat_issued_micro: MicroCrat::new(u64_at(row, 8, "crat_issued")?),
+        crat_slashed_micro: MicroCrat::new(u64_at(row, 9, "crat_slashed")?),
+        crat_end_micro: MicroCrat::new(u64_at(row, 10, "crat_end")?),
     })
 }
 
@@ -1766,6 +1815,41 @@ impl Ledger for SqliteLedger {
         })
     }
 
+    fn node_rounds(&self, node: &NodeId, limit: u32) -> Result<Vec<RoundEarnings>, LedgerError> {
+        let limit = i64::from(limit.min(NODE_ROUNDS_MAX));
+        self.read(|tx| {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {ROUND_NODE_COLUMNS} FROM round_nodes WHERE node = ?1
+                     ORDER BY round DESC LIMIT ?2"
+                ))
+                .db()?;
+            let mut rows = stmt
+                .query(params![node.as_bytes().as_slice(), limit])
+                .db()?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().db()? {
+                out.push(round_node_row(row)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn tasks_served(&self, node: &NodeId, from_s: u64, to_s: u64) -> Result<u64, LedgerError> {
+        let from = i64::try_from(from_s).unwrap_or(i64::MAX);
+        let to = i64::try_from(to_s).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let n: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM usage WHERE node = ?1 AND at_s >= ?2 AND at_s < ?3",
+                )
+                .db()?
+                .query_row(params![node.as_bytes().as_slice(), from, to], |r| r.get(0))
+                .db()?;
+            from_i64(n, "tasks served")
+        })
+    }
+
     fn income(&self, from_s: u64, to_s: u64) -> Result<Credits, LedgerError> {
         let from = i64::try_from(from_s).unwrap_or(i64::MAX);
         let to = i64::try_from(to_s).unwrap_or(i64::MAX);
@@ -1817,7 +1901,28 @@ impl Ledger for SqliteLedger {
                      WHERE id = ?1",
                 )
                 .db()?;
+            let mut earned = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO round_nodes ({ROUND_NODE_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .db()?;
             for n in &outcome.nodes {
+                earned
+                    .execute(params![
+                        idx,
+                        n.id.as_bytes().as_slice(),
+                        to_i64(round.start_s, "start_s")?,
+                        to_i64(n.uptime_s, "uptime_s")?,
+                        i64::from(n.committed),
+                        n.rank.map(|r| to_i64(r, "rank")).transpose()?,
+                        to_i64(n.guaranteed_usd_micro.get(), "guaranteed_usd_micro")?,
+                        to_i64(n.bonus_usd_micro.get(), "bonus_usd_micro")?,
+                        to_i64(n.crat_issued_micro.get(), "crat_issued_micro")?,
+                        to_i64(n.crat_slashed_micro.get(), "crat_slashed_micro")?,
+                        to_i64(n.crat_end_micro.get(), "crat_end_micro")?,
+                    ])
+                    .db()?;
                 let changed = update
                     .execute(params![
                         n.id.as_bytes().as_slice(),
@@ -3166,6 +3271,86 @@ mod tests {
             .collect();
         assert_eq!(idx, [2, 1]);
         assert_eq!(ledger.rounds(10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_node_reads_its_earnings_per_closed_round() {
+        let ledger = SqliteLedger::open_in_memory().unwrap();
+        ledger.upsert_node(&node(1)).unwrap();
+        ledger.upsert_node(&node(2)).unwrap();
+        for i in 0..3 {
+            let mut o = outcome(&[(1, 10 * (i + 1), i, 100), (2, 5, 0, 50)]);
+            o.nodes[0].rank = Some(1);
+            o.nodes[0].committed = true;
+            o.nodes[0].uptime_s = 80_000 + i;
+            o.nodes[0].guaranteed_usd_micro = MicroUsd::new(1_000 + i);
+            o.nodes[0].bonus_usd_micro = MicroUsd::new(7);
+            o.nodes[0].crat_issued_micro = MicroCrat::new(3);
+            ledger.close_round(&round(i), &o).unwrap();
+        }
+        let mine = ledger.node_rounds(&node(1).id, 2).unwrap();
+        assert_eq!(mine.iter().map(|r| r.index).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(
+            mine[0],
+            RoundEarnings {
+                index: 2,
+                start_s: 2 * 86_400,
+                uptime_s: 80_002,
+                committed: true,
+                rank: Some(1),
+                guaranteed_usd_micro: MicroUsd::new(1_002),
+                bonus_usd_micro: MicroUsd::new(7),
+                crat_issued_micro: MicroCrat::new(3),
+                crat_slashed_micro: MicroCrat::ZERO,
+                crat_end_micro: MicroCrat::new(30),
+            }
+        );
+        let theirs = ledger.node_rounds(&node(2).id, 10).unwrap();
+        assert_eq!(theirs.len(), 3);
+        assert!(theirs.iter().all(|r| r.rank.is_none() && !r.committed));
+        assert!(ledger.node_rounds(&node(3).id, 10).unwrap().is_empty());
+        assert_eq!(ledger.tasks_served(&node(1).id, 0, u64::MAX).unwrap(), 0);
+    }
+
+    #[test]
+    fn rounds_closed_before_migration_12_are_read_per_node() {
+        let (_dir, path) = temp();
+        let outcome = {
+            let mut o = outcome(&[(1, 10, 1, 100)]);
+            o.nodes[0].rank = Some(2);
+            o.nodes[0].guaranteed_usd_micro = MicroUsd::new(1_234);
+            o
+        };
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for (step, sql) in MIGRATIONS.iter().enumerate().take(11) {
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", step as i64 + 1)
+                    .unwrap();
+            }
+            tx.execute(
+                &format!(
+                    "INSERT INTO rounds ({ROUND_COLUMNS}) VALUES (4, 400, 100, 0, 0, 0, '{{}}', ?1)"
+                ),
+                [outcome.to_json()],
+            )
+            .unwrap();
+            tx.commit().unwrap();
+        }
+        let ledger = SqliteLedger::open(&path).unwrap();
+        let got = ledger.node_rounds(&node(1).id, 10).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].index,
+                got[0].start_s,
+                got[0].rank,
+                got[0].guaranteed_usd_micro
+            ),
+            (4, 400, Some(2), MicroUsd::new(1_234))
+        );
+        assert_eq!(got[0].crat_end_micro, MicroCrat::new(10));
     }
 
     #[test]

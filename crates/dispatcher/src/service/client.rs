@@ -443,10 +443,14 @@ impl<T: Transport> Dispatcher<T> {
                 .deployment_state(&d.id)
                 .unwrap_or((DeploymentState::Stopped, 0, 0))
         };
-        let on_model = if d.stopped_at_s.is_some() {
-            0
+        let (on_model, shortfall) = if d.stopped_at_s.is_some() {
+            (0, None)
         } else {
-            self.inner.dispatch.lock().replicas_on_model(&d.id)
+            let dispatch = self.inner.dispatch.lock();
+            (
+                dispatch.replicas_on_model(&d.id),
+                dispatch.shortfall(&d.id).map(|s| s.to_string()),
+            )
         };
         let next_update_at_s = next_update_at(
             &d.plan,
@@ -468,6 +472,7 @@ impl<T: Transport> Dispatcher<T> {
             allowance_left: d.allowance_left,
             verifiability: d.verifiability,
             failure,
+            shortfall,
             signature,
         }
     }
@@ -519,7 +524,9 @@ impl<T: Transport> Dispatcher<T> {
         let verifiability = self.gate_verdict(model, model_bytes).await?;
         let id = DeploymentId::from_bytes(new_id());
         // Place first (nothing is charged if there is no capacity), then charge; if the
-        // charge fails the placement is undone before any node hears of it.
+        // charge fails the placement is undone before any node hears of it. A per-request
+        // deployment short of replicas is created with those that fit (the answer's
+        // `shortfall` says why); see `Dispatch::deploy`.
         let effects = self
             .inner
             .dispatch

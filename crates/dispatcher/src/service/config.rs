@@ -96,8 +96,9 @@ pub struct DispatcherConfig {
     /// registry or crowd out its honest nodes' re-registrations. Past it, `Busy`. Default 10
     /// a second, bursts of 200; `None` turns it off.
     pub registration_rate_per_block: Option<RateLimit>,
-    /// Heartbeats per node (each is a ledger write): past it, `Busy`. Default 2 a second,
-    /// bursts of 10; `None` turns it off.
+    /// Heartbeats per node (each is a ledger write), and standing queries
+    /// (`NodeRequest::Standing`, ledger reads) with them: past it, `Busy`. Default 2 a
+    /// second, bursts of 10; `None` turns it off.
     pub heartbeat_rate: Option<RateLimit>,
     /// SDK keys whose request rate is tracked at once (least recently used forgotten beyond).
     /// Default 65,536.
@@ -118,6 +119,11 @@ pub struct DispatcherConfig {
     /// Unknown SDK key ids remembered at once; beyond it the oldest is forgotten (a flood of
     /// fresh ids costs a lookup each, as without the cache). Default 65,536.
     pub unknown_keys_cached_max: usize,
+    /// How long the estimate of the running round that answers nodes' standing queries
+    /// (`NodeRequest::Standing`: rank, bonus so far) is reused before it is computed again.
+    /// Computing it reads every node active in the round, so a flood of queries costs one
+    /// computation per this interval. 0: computed for every query. Default 10,000 ms.
+    pub standing_estimate_ms: u64,
     /// How often the state machine ticks and round closing is checked. Default 1 s.
     pub tick_ms: u64,
     /// Canary tasks (sent only by a dispatcher built with [`CanaryParts`](super::CanaryParts)).
@@ -191,6 +197,7 @@ impl DispatcherConfig {
             key_cache_ms: 1_000,
             unknown_key_cache_ms: 10_000,
             unknown_keys_cached_max: 65_536,
+            standing_estimate_ms: 10_000,
             tick_ms: 1_000,
             canary: CanaryConfig::default(),
             gate: GateConfig::default(),

@@ -42,6 +42,21 @@ struct NodeProof {
     proven: Proven,
     /// When it is challenged next (Unix seconds); `None` while a round runs.
     next_s: Option<u64>,
+    /// Challenge rounds passed and failed since it registered on its connection.
+    passed: u64,
+    failed: u64,
+}
+
+/// What the dispatcher holds of one connected node's proof, for its standing.
+pub(super) struct ProofStanding {
+    /// What its last finished challenge round proved.
+    pub(super) proven: Proven,
+    /// Whether a challenge round has finished since it registered.
+    pub(super) challenged: bool,
+    /// Challenge rounds passed since it registered.
+    pub(super) passed: u64,
+    /// Challenge rounds failed since it registered.
+    pub(super) failed: u64,
 }
 
 /// The dispatcher's proof-of-hardware state: a secret for the schedule, challenge ids, and
@@ -86,6 +101,18 @@ impl<T: Transport> Dispatcher<T> {
         ))
     }
 
+    /// What `node`'s connection proved so far (`None`: not connected).
+    pub(super) fn proof_standing(&self, node: &NodeId) -> Option<ProofStanding> {
+        let nodes = self.inner.hardware.nodes.lock();
+        let p = nodes.get(node)?;
+        Some(ProofStanding {
+            proven: p.proven.clone(),
+            challenged: p.passed + p.failed > 0,
+            passed: p.passed,
+            failed: p.failed,
+        })
+    }
+
     /// Challenges a node that just registered with `claims` (runs in the background).
     pub(super) fn challenge_registration(&self, node: NodeId, claims: Vec<Claim>) {
         self.inner.hardware.nodes.lock().insert(
@@ -93,6 +120,8 @@ impl<T: Transport> Dispatcher<T> {
             NodeProof {
                 proven: Proven::nothing(),
                 next_s: None,
+                passed: 0,
+                failed: 0,
             },
         );
         let me = self.clone();
@@ -236,6 +265,11 @@ impl<T: Transport> Dispatcher<T> {
             // comes back by proving it again.
             if passed || round == Round::Registration {
                 p.proven = proven;
+            }
+            if passed {
+                p.passed = p.passed.saturating_add(1);
+            } else {
+                p.failed = p.failed.saturating_add(1);
             }
             p.next_s = Some(next);
         }

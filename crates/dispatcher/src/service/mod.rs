@@ -59,6 +59,7 @@ mod hardware;
 mod node;
 mod reply;
 mod shapes;
+mod standing;
 
 use canary::CanaryState;
 pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, InputsError, canary_inputs};
@@ -267,6 +268,9 @@ struct Inner<T: Transport> {
     counters: Counters,
     /// Proof of hardware: each connected node's proof and its next challenge.
     hardware: hardware::HardwareState,
+    /// The running round's estimate that answers standing queries, reused for
+    /// `standing_estimate_ms`.
+    standing: Mutex<Option<Arc<standing::Estimate>>>,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -484,6 +488,7 @@ impl<T: Transport> Dispatcher<T> {
                 acks,
                 counters: Counters::default(),
                 hardware: hardware::HardwareState::new(),
+                standing: Mutex::new(None),
             }),
         })
     }
@@ -623,6 +628,16 @@ impl<T: Transport> Dispatcher<T> {
                 }
                 // Refused: the connection stays open (as a client connection) until the peer
                 // closes it; dropping it now would discard the answer still in flight.
+            }
+            // An operator's tool holding the node's key asks for its standing without
+            // registering: answered about the key the handshake proved. The connection then
+            // stays open as after a refused registration.
+            Ok(NodeRequest::Standing { rounds }) => {
+                let reply = match self.standing(remote, rounds).await {
+                    Ok(s) => DispatcherReply::Standing(Box::new(s)),
+                    Err(e) => DispatcherReply::Error(e.into()),
+                };
+                respond(first, &reply, max).await;
             }
             _ => {
                 let reply = match frame.decode::<ClientRequest>() {

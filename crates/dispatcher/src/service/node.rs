@@ -314,6 +314,9 @@ impl<T: Transport> Dispatcher<T> {
                     data,
                 })
             }
+            NodeRequest::Standing { rounds } => Ok(DispatcherReply::Standing(Box::new(
+                self.standing(node, rounds).await?,
+            ))),
             NodeRequest::ReplicaState {
                 deployment,
                 model,

@@ -137,6 +137,11 @@ pub fn fake_dispatcher(
                             held: vec![],
                         }
                     }
+                    // This fake keeps no books.
+                    NodeRequest::Standing { .. } => DispatcherReply::Error(WireError::new(
+                        ErrorCode::NotFound,
+                        "the fake dispatcher keeps no standing",
+                    )),
                 }
             }
         },

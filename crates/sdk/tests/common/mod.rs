@@ -153,6 +153,7 @@ impl Fake {
             allowance_left: Credits::ZERO,
             verifiability: crat_core::wire::Verifiability::Verifiable,
             failure: None,
+            shortfall: None,
             signature: None,
         })
     }
@@ -403,6 +404,11 @@ impl Fake {
                     held: vec![],
                 }
             }
+            // This fake keeps no books.
+            NodeRequest::Standing { .. } => DispatcherReply::Error(WireError::new(
+                ErrorCode::NotFound,
+                "the fake dispatcher keeps no standing",
+            )),
         }
     }
 }

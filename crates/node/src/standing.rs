@@ -1,0 +1,80 @@
+//! The node operator's view: asking the dispatcher how this node stands
+//! ([`NodeRequest::Standing`]): what it proved, the running round so far (uptime,
+//! commitment, estimated rank and bonus, tasks served) and its earnings of closed rounds.
+//!
+//! A running [`Node`](crate::runtime::Node) asks on its own connection
+//! ([`Node::standing`](crate::runtime::Node::standing)); an operator's tool that holds the
+//! node's key asks on a connection of its own, without registering ([`ask_standing`]), which
+//! is what `crat node status` does while the node runs.
+
+use crat_core::id::{NodeId, PeerAddr};
+use crat_core::wire::{DispatcherReply, NodeRequest, NodeStanding, STANDING_ROUNDS_MAX, WireError};
+use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport};
+
+/// Why a standing query failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StandingError {
+    /// More closed rounds were asked for than one answer carries.
+    #[error("{asked} rounds asked; at most {STANDING_ROUNDS_MAX}")]
+    TooManyRounds {
+        /// Rounds asked for.
+        asked: u32,
+    },
+    /// The node has no connection to the dispatcher now, or it failed.
+    #[error("transport: {0}")]
+    Transport(#[from] crat_transport::TransportError),
+    /// The dispatcher refused the query.
+    #[error("refused: {0}")]
+    Refused(WireError),
+    /// The dispatcher answered something else, or about another node.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+/// Asks on `conn` (whose identity is node `node`) for its standing with the last `rounds`
+/// closed rounds (at most [`STANDING_ROUNDS_MAX`]).
+pub async fn query_standing<C: Connection>(
+    conn: &C,
+    node: NodeId,
+    rounds: u32,
+    limits: FrameLimits,
+) -> Result<NodeStanding, StandingError> {
+    if rounds > STANDING_ROUNDS_MAX {
+        return Err(StandingError::TooManyRounds { asked: rounds });
+    }
+    match conn
+        .call::<_, DispatcherReply>(
+            &NodeRequest::Standing { rounds },
+            Conversation::NodeDispatcher,
+            limits,
+        )
+        .await?
+    {
+        DispatcherReply::Standing(s) if s.node == node => Ok(*s),
+        DispatcherReply::Standing(s) => Err(StandingError::Unexpected(format!(
+            "the standing of node {} instead of {node}",
+            s.node
+        ))),
+        DispatcherReply::Error(e) => Err(StandingError::Refused(e)),
+        other => Err(StandingError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Connects `transport` (its identity: the node's key, `node`) to the dispatcher and asks for
+/// the node's standing without registering: the node may be running elsewhere with the same
+/// key, and is not disturbed.
+pub async fn ask_standing<T: Transport>(
+    transport: &T,
+    node: NodeId,
+    dispatcher_addr: &PeerAddr,
+    dispatcher_id: &NodeId,
+    rounds: u32,
+    limits: FrameLimits,
+) -> Result<NodeStanding, StandingError> {
+    if rounds > STANDING_ROUNDS_MAX {
+        return Err(StandingError::TooManyRounds { asked: rounds });
+    }
+    let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
+    query_standing(&conn, node, rounds, limits).await
+}
