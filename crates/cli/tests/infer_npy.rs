@@ -127,14 +127,25 @@ async fn crat_infer_reads_and_writes_numpy_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = crat(
-        &[
-            &["deploy"],
-            &client[..],
-            &["--model", &model, "--allowance", "50000"],
-        ]
-        .concat(),
-    );
+    // The node may still be registering: a deploy finds no capacity until it has.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = crat(
+            &[
+                &["deploy"],
+                &client[..],
+                &["--model", &model, "--allowance", "50000"],
+            ]
+            .concat(),
+        );
+        if out.status.success()
+            || !String::from_utf8_lossy(&out.stderr).contains("no capacity")
+            || std::time::Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
