@@ -6,6 +6,7 @@ mod gateway;
 mod keyfile;
 mod net;
 mod npy;
+mod onnxruntime;
 mod rewards;
 mod sim;
 
