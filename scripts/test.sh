@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
-export ORT_DYLIB_PATH
+# The wheel it came from (kept in its cache): crat-node's tests/ort_setup.rs serves it from a
+# loopback package index and installs it as `crat node` would.
+CRAT_ORT_WHEEL="$(scripts/install-onnxruntime.sh --print-wheel)"
+export ORT_DYLIB_PATH CRAT_ORT_WHEEL
 cargo test --workspace --all-features --locked "$@"
 
 # --- the Python package (python/, its own Cargo workspace): build it and run its pytest suite.

@@ -102,6 +102,12 @@ pub struct OrtConfig {
     /// (see [Memory](self#memory)); `None` (the default): ONNX Runtime's own, no limit.
     /// Ignored on the CPU.
     pub gpu_memory_bytes_max: Option<u64>,
+    /// Under CUDA, a directory holding the CUDA and cuDNN libraries the CUDA execution provider
+    /// links to (`libcudart.so.13`, `libcublas.so.13`, `libcudnn.so.9`, …, as `crat-node`'s
+    /// `ort_setup` installs them from PyPI). They are loaded from there before the provider
+    /// is (ort's `preload_dylibs`), so the provider finds them without `LD_LIBRARY_PATH`.
+    /// `None` (the default): the system loader's search path. Ignored on the CPU.
+    pub cuda_dylib_dir: Option<PathBuf>,
 }
 
 impl Default for OrtConfig {
@@ -111,6 +117,7 @@ impl Default for OrtConfig {
             intra_threads: INTRA_THREADS_DEFAULT,
             device: Device::Cpu,
             gpu_memory_bytes_max: None,
+            cuda_dylib_dir: None,
         }
     }
 }
@@ -169,6 +176,20 @@ fn environment(path: &Path) -> Result<Environment, BackendError> {
     Ok(env)
 }
 
+/// Loads the CUDA and cuDNN libraries of `dir` into the process, so that the CUDA execution
+/// provider's dependencies resolve to them (see [`OrtConfig::cuda_dylib_dir`]).
+#[cfg(feature = "cuda")]
+fn preload_cuda_libraries(dir: &Path) -> Result<(), BackendError> {
+    catch_panic(|| {
+        ort::ep::cuda::preload_dylibs(Some(dir), Some(dir)).map_err(|e| {
+            BackendError::Unavailable(format!(
+                "cuda: cannot load the CUDA libraries of {}: {e}",
+                dir.display()
+            ))
+        })
+    })
+}
+
 /// The ONNX Runtime backend. See the [module docs](self).
 #[derive(Debug)]
 pub struct OrtBackend {
@@ -197,6 +218,10 @@ impl OrtBackend {
             ));
         }
         let dylib = config.resolved_dylib_path()?;
+        #[cfg(feature = "cuda")]
+        if let (Device::Cuda { .. }, Some(dir)) = (config.device, &config.cuda_dylib_dir) {
+            preload_cuda_libraries(dir)?;
+        }
         let env = environment(&dylib)?;
         let version = catch_panic(|| Ok(ort::info().to_owned())).unwrap_or_default();
         Ok(Self {

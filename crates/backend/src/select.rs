@@ -38,6 +38,9 @@ use crate::{BackendError, InferenceBackend};
 /// `[N, 10]`).
 pub const PROBE_MODEL: &[u8] = include_bytes!("../models/tiny_cnn.onnx");
 
+/// Whether the CUDA execution provider is compiled in (feature `cuda`).
+pub const CUDA_COMPILED: bool = cfg!(feature = "cuda");
+
 /// What to try.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SelectConfig {
@@ -55,6 +58,9 @@ pub struct SelectConfig {
     /// Under CUDA, the cap on each session's CUDA memory arena (the `ort` module's
     /// `OrtConfig::gpu_memory_bytes_max`); `None` (the default): no cap.
     pub cuda_memory_bytes_max: Option<u64>,
+    /// Under CUDA, where the CUDA and cuDNN libraries are (the `ort` module's
+    /// `OrtConfig::cuda_dylib_dir`); `None` (the default): the system loader's search path.
+    pub cuda_dylib_dir: Option<PathBuf>,
     /// What the hardware probe found: `Some(false)` skips CUDA without trying, `Some(true)` or
     /// `None` (not probed) tries it.
     pub gpu_detected: Option<bool>,
@@ -71,6 +77,7 @@ impl Default for SelectConfig {
             cuda: true,
             cuda_device_id: 0,
             cuda_memory_bytes_max: None,
+            cuda_dylib_dir: None,
             gpu_detected: None,
             tract: true,
         }
@@ -214,6 +221,7 @@ fn try_ort(
         intra_threads: config.ort_intra_threads,
         device,
         gpu_memory_bytes_max: config.cuda_memory_bytes_max,
+        cuda_dylib_dir: config.cuda_dylib_dir.clone(),
     })?;
     probe(&backend)?;
     Ok(Arc::new(backend))

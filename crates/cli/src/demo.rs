@@ -2,7 +2,8 @@
 //! nodes and a client; the client uploads the shipped PaddleOCR text-direction classifier,
 //! deploys it, streams tasks straight to the nodes, and one node is killed halfway. Then a
 //! round is closed and paid. Nothing is faked but the nodes' declared GPUs: inference runs on
-//! this machine's CPU (ONNX Runtime if `ORT_DYLIB_PATH` points at it, tract otherwise).
+//! this machine's CPU: ONNX Runtime as `crat node` finds or installs it (kept in
+//! `~/.cache/cryptorat/onnxruntime/`), tract if there is none.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +12,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 use crat_backend::InferenceBackend;
-use crat_backend::select::{SelectConfig, select_backend};
 use crat_core::id::{ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -95,11 +95,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         bail!("--tasks must be at least 1 and --round-s at least 5");
     }
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
-    let selected = select_backend(&SelectConfig {
-        cuda: false,
-        ..SelectConfig::default()
-    })
-    .context("no inference backend")?;
+    // ONNX Runtime as `crat node` finds or installs it, kept across runs in the cache
+    // directory (the demo's own data is temporary); tract with the reason otherwise.
+    let ort_home = crate::onnxruntime::cache_dir().unwrap_or_else(|| dir.path().to_path_buf());
+    let selected = crate::onnxruntime::select(
+        &ort_home,
+        &crate::onnxruntime::OnnxRuntimeSection::default(),
+        false,
+        None,
+    )
+    .await?;
     println!("backend: {}", selected.describe());
     let backend: Arc<dyn InferenceBackend> = selected.backend.clone();
 

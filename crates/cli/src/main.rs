@@ -7,6 +7,7 @@ mod gpucheck;
 mod keyfile;
 mod net;
 mod npy;
+mod onnxruntime;
 mod rewards;
 mod sim;
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use crat_backend::select::{SelectConfig, select_backend};
 use crat_backend::tract::TractBackend;
 use crat_core::clock::Clock;
 use crat_core::hardware::{CpuInfo, GpuInfo};
@@ -94,6 +93,10 @@ struct NodeSection {
     gpu: Option<String>,
     /// The idle workload (`[node.idle]`): what runs while the node has no work.
     idle: Option<IdleSection>,
+    /// Where ONNX Runtime comes from (`path`, `install`, `index_url`): see
+    /// [`crate::onnxruntime::OnnxRuntimeSection`].
+    #[serde(default)]
+    onnxruntime: crate::onnxruntime::OnnxRuntimeSection,
 }
 
 /// The `[node.idle]` table: a command the node runs while it has had no work for `idle_s`
@@ -355,6 +358,15 @@ struct NodeRunArgs {
     /// GPU earns nothing until the node proves it with the dispatcher's compute challenges.
     #[arg(long)]
     gpu: Option<String>,
+    /// The ONNX Runtime library (`libonnxruntime.so.1.*`). Default: `[node.onnxruntime] path`,
+    /// else ORT_DYLIB_PATH, an installed `onnxruntime` Python package, a copy in the data
+    /// directory, else one installed there from PyPI.
+    #[arg(long, env = "CRAT_ONNXRUNTIME")]
+    onnxruntime: Option<PathBuf>,
+    /// Install ONNX Runtime into the data directory when none is found (`true` or `false`).
+    /// Default: `[node.onnxruntime] install`, else true.
+    #[arg(long, env = "CRAT_ONNXRUNTIME_INSTALL")]
+    onnxruntime_install: Option<bool>,
 }
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -416,12 +428,20 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .probe(),
         None => SystemProbe.probe(),
     };
-    let selected = select_backend(&SelectConfig {
-        gpu_detected: Some(!hardware.hardware.gpus.is_empty()),
-        ..SelectConfig::default()
-    })?;
+    let rt = runtime()?;
+    // ONNX Runtime from the configured path, ORT_DYLIB_PATH, a Python package or the data
+    // directory, else installed there from PyPI; tract (with the reason printed) otherwise.
+    let mut onnxruntime = file.node.onnxruntime;
+    onnxruntime.path = args.onnxruntime.or(onnxruntime.path);
+    onnxruntime.install = args.onnxruntime_install.or(onnxruntime.install);
+    let selected = rt.block_on(crate::onnxruntime::select(
+        &data_dir,
+        &onnxruntime,
+        true,
+        Some(!hardware.hardware.gpus.is_empty()),
+    ))?;
     println!("backend: {}", selected.describe());
-    runtime()?.block_on(async move {
+    rt.block_on(async move {
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
         let node = Node::new(
             NodeParts {

@@ -11,6 +11,7 @@
 //! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
 //! | [`idle`] | run a configured command (a miner) while idle in a process group of its own, stop the whole group when work arrives |
 //! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
+//! | [`ort_setup`] | ONNX Runtime found on the host or installed from PyPI (CPU, or CUDA when NVML sees a GPU), sha256-checked |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
 //! | [`standing`] | the operator's view: proven hardware, this round's uptime, commitment, estimated rank and tasks, earnings per closed round (`Node::standing`, or [`standing::ask_standing`] with the node's key from another process, as `crat node status` does) |
 //!
@@ -47,6 +48,7 @@ pub mod batch;
 pub mod cache;
 pub mod challenge;
 pub mod idle;
+pub mod ort_setup;
 pub mod probe;
 pub mod runtime;
 pub mod standing;

@@ -33,6 +33,8 @@ impl Proc {
         let child = Command::new(env!("CARGO_BIN_EXE_crat"))
             .args(args)
             .env("RUST_LOG", rust_log)
+            // Tests never download ONNX Runtime: a node without one serves with tract.
+            .env("CRAT_ONNXRUNTIME_INSTALL", "false")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout)?)
