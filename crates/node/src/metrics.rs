@@ -4,7 +4,9 @@
 //! without a recorder installed (tests, `LocalNetwork`, a node builder who wants none) every
 //! call is a no-op. `crat node --metrics-addr` installs a Prometheus recorder and serves
 //! `GET /metrics`. Every label takes values from a fixed set (outcomes, error codes, kinds,
-//! GPU indices): never a node, key, ticket or deployment id, which peers choose.
+//! GPU indices): never a node, key, ticket or deployment id, which peers choose. The series
+//! carry no node label: the recorder is per process, one node per process (several nodes in one
+//! process, as `LocalNetwork` runs them, would share the counters and overwrite the gauges).
 //!
 //! | series | type | labels |
 //! |---|---|---|
@@ -94,7 +96,9 @@ pub enum Failure {
     RunTimeout,
     /// The backend failed a run (or panicked).
     RunError,
-    /// A model could not be fetched or loaded for a deployment.
+    /// A model could not be fetched from the dispatcher (retried at the next heartbeat).
+    ModelFetch,
+    /// A model could not be loaded for a deployment (not retried).
     ModelLoad,
     /// The connection to the dispatcher was lost or could not be made.
     DispatcherConnection,
@@ -111,6 +115,7 @@ impl Failure {
             Failure::QueueFull => "queue_full",
             Failure::RunTimeout => "run_timeout",
             Failure::RunError => "run_error",
+            Failure::ModelFetch => "model_fetch",
             Failure::ModelLoad => "model_load",
             Failure::DispatcherConnection => "dispatcher_connection",
             Failure::UsageReport => "usage_report",
@@ -331,6 +336,7 @@ mod tests {
             Failure::QueueFull,
             Failure::RunTimeout,
             Failure::RunError,
+            Failure::ModelFetch,
             Failure::ModelLoad,
             Failure::DispatcherConnection,
             Failure::UsageReport,

@@ -931,14 +931,16 @@ impl<T: Transport> Node<T> {
             DispatcherPush::Challenge(req) => {
                 let ack = self.inner.challenges.commit(req).await;
                 let ok = matches!(ack, NodeAck::Committed { .. });
-                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "commit", "result" => m::result(ok))
+                let result = m::result(ok);
+                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "commit", "result" => result)
                     .increment(1);
                 ack
             }
             DispatcherPush::OpenRows { id, rows } => {
                 let ack = self.inner.challenges.open(id, rows).await;
                 let ok = matches!(ack, NodeAck::Opened { .. });
-                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "open", "result" => m::result(ok))
+                let result = m::result(ok);
+                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "open", "result" => result)
                     .increment(1);
                 ack
             }
@@ -982,7 +984,7 @@ impl<T: Transport> Node<T> {
                 let state = match node.start_deployment(a).await {
                     Ok(()) => ReplicaState::Ready,
                     Err(e @ CacheError::Unavailable { .. }) => {
-                        m::failure(Failure::ModelLoad);
+                        m::failure(Failure::ModelFetch);
                         // The dispatcher could not be reached: not the model's fault. The
                         // next heartbeat that lists the deployment tries again.
                         tracing::warn!(%deployment, error = %e, "model not fetched; will retry");
