@@ -5,6 +5,7 @@ mod demo;
 mod gateway;
 mod gpucheck;
 mod keyfile;
+mod metrics;
 mod net;
 mod npy;
 mod onnxruntime;

@@ -69,6 +69,8 @@ struct DispatcherSection {
     model_bytes_max: Option<u64>,
     /// The sizes of the proof-of-hardware challenges: `real` (the default) or `test`.
     proof_scale: Option<ProofScale>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// Sizes of the compute challenges a dispatcher proves its nodes' hardware with.
@@ -91,6 +93,8 @@ struct NodeSection {
     advertise: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     gpu: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
+    metrics_addr: Option<SocketAddr>,
     /// The idle workload (`[node.idle]`): what runs while the node has no work.
     idle: Option<IdleSection>,
     /// Where ONNX Runtime comes from (`path`, `install`, `index_url`): see
@@ -200,6 +204,10 @@ pub(crate) struct DispatcherArgs {
     /// Round length in seconds. Default 86400.
     #[arg(long)]
     round_s: Option<u64>,
+    /// Serve Prometheus metrics (`GET /metrics`, HTTP) on this TCP address, e.g.
+    /// 127.0.0.1:9400. Default: `[dispatcher] metrics_addr`, else off.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
@@ -240,8 +248,13 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     if let Some(m) = file.model_bytes_max {
         config.model_bytes_max = m;
     }
+    let metrics_addr = args.metrics_addr.or(file.metrics_addr);
     let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
     runtime()?.block_on(async move {
+        if let Some(addr) = metrics_addr {
+            let bound = crate::metrics::serve(addr).await?;
+            println!("metrics on http://{bound}/metrics");
+        }
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
         // Canary tasks go out from endpoints of their own, with throwaway identities (nodes
         // must not tell them from client tasks); tract computes the expected answers. The
@@ -367,6 +380,10 @@ struct NodeRunArgs {
     /// Default: `[node.onnxruntime] install`, else true.
     #[arg(long, env = "CRAT_ONNXRUNTIME_INSTALL")]
     onnxruntime_install: Option<bool>,
+    /// Serve Prometheus metrics (`GET /metrics`, HTTP) on this TCP address, e.g.
+    /// 127.0.0.1:9401. Default: `[node] metrics_addr`, else off.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -398,6 +415,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .or(file.node.data_dir)
         .unwrap_or_else(|| PathBuf::from("crat-node"));
     let gpu = args.gpu.or(file.node.gpu);
+    let metrics_addr = args.metrics_addr.or(file.node.metrics_addr);
     let clock = Arc::new(SteadyClock::system());
     let idle = match &file.node.idle {
         Some(section) => {
@@ -442,6 +460,15 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
     ))?;
     println!("backend: {}", selected.describe());
     rt.block_on(async move {
+        if let Some(addr) = metrics_addr {
+            let bound = crate::metrics::serve(addr).await?;
+            println!("metrics on http://{bound}/metrics");
+            if crat_node::metrics::spawn_gpu_sampler(crat_node::metrics::GPU_SAMPLE_INTERVAL)
+                .is_some()
+            {
+                println!("GPU metrics from NVML");
+            }
+        }
         let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
         let node = Node::new(
             NodeParts {

@@ -217,6 +217,31 @@ impl ErrorCode {
         ErrorCode::QuotaExceeded,
         ErrorCode::UpdateTooFrequent,
     ];
+
+    /// The code in `snake_case` (`"bad_request"`, `"busy"`), for metric labels and logs: one
+    /// short, stable name per code, so a label over codes has a bounded set of values.
+    pub const fn label(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::KeyExpired => "key_expired",
+            ErrorCode::KeyRevoked => "key_revoked",
+            ErrorCode::InsufficientCredits => "insufficient_credits",
+            ErrorCode::ModelRejected => "model_rejected",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NoCapacity => "no_capacity",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::TicketRejected => "ticket_rejected",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::BudgetExhausted => "budget_exhausted",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::UpdateTooFrequent => "update_too_frequent",
+        }
+    }
 }
 
 /// An error returned in place of a response.
@@ -1338,6 +1363,20 @@ mod tests {
         }
         for (i, code) in ErrorCode::ALL.into_iter().enumerate() {
             assert_eq!(index(code), i, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn error_code_labels_are_distinct_snake_case_of_the_name() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            let label = code.label();
+            assert!(seen.insert(label), "{label} twice");
+            let camel: String = label
+                .split('_')
+                .map(|w| w[..1].to_uppercase() + &w[1..])
+                .collect();
+            assert_eq!(camel, format!("{code:?}"));
         }
     }
 

@@ -76,6 +76,7 @@
 pub mod admin;
 pub mod blob;
 pub mod ledger;
+pub mod metrics;
 pub mod rounds;
 mod service;
 

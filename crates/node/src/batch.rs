@@ -214,6 +214,7 @@ async fn batch_loop(
                 batch.push(job);
             }
         }
+        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
         let model = model.clone();
         let timeout_ms = config.run_timeout_ms;
         if batch.len() == 1 {

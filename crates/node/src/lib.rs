@@ -10,6 +10,7 @@
 //! | [`cache`] | content-addressed model files verified on every read; loaded models under a byte budget, loaded once |
 //! | [`batch`] | Triton-style dynamic batching with a batch size measured per model |
 //! | [`idle`] | run a configured command (a miner) while idle in a process group of its own, stop the whole group when work arrives |
+//! | [`metrics`] | Prometheus series (tasks, latency, batches, queue, usage, heartbeats, GPUs from NVML), recorded when the binary installs a recorder |
 //! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
 //! | [`ort_setup`] | ONNX Runtime found on the host or installed from PyPI (CPU, or CUDA when NVML sees a GPU), sha256-checked |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
@@ -48,6 +49,7 @@ pub mod batch;
 pub mod cache;
 pub mod challenge;
 pub mod idle;
+pub mod metrics;
 pub mod ort_setup;
 pub mod probe;
 pub mod runtime;

@@ -128,33 +128,41 @@ impl HardwareProbe for SystemProbe {
 }
 
 fn probe_nvml() -> Result<(Vec<GpuInfo>, Vec<GpuStats>), nvml_wrapper::error::NvmlError> {
-    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
     let nvml = nvml_wrapper::Nvml::init()?;
     let driver = nvml.sys_driver_version().unwrap_or_default();
     let mut gpus = Vec::new();
     let mut stats = Vec::new();
     for i in 0..nvml.device_count()? {
         let d = nvml.device_by_index(i)?;
-        let memory = d.memory_info().ok();
+        let (sample, memory_bytes) = read_gpu(&d);
         gpus.push(GpuInfo {
             name: d.name()?,
-            memory_bytes: memory.as_ref().map_or(0, |m| m.total),
+            memory_bytes: memory_bytes.unwrap_or(0),
             driver: driver.clone(),
             compute_capability: d
                 .cuda_compute_capability()
                 .ok()
                 .and_then(|c| Some((u8::try_from(c.major).ok()?, u8::try_from(c.minor).ok()?))),
         });
-        stats.push(GpuStats {
-            utilisation_bps: d
-                .utilization_rates()
-                .map_or(0, |u| (u.gpu.min(100) * 100) as u16),
-            temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
-            power_mw: d.power_usage().ok(),
-            memory_used_bytes: memory.map(|m| m.used),
-        });
+        stats.push(sample);
     }
     Ok((gpus, stats))
+}
+
+/// One GPU's live readings, and its memory in all (what the probe reports and the metrics
+/// sampler records).
+pub(crate) fn read_gpu(d: &nvml_wrapper::Device<'_>) -> (GpuStats, Option<u64>) {
+    use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
+    let memory = d.memory_info().ok();
+    let stats = GpuStats {
+        utilisation_bps: d
+            .utilization_rates()
+            .map_or(0, |u| (u.gpu.min(100) * 100) as u16),
+        temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
+        power_mw: d.power_usage().ok(),
+        memory_used_bytes: memory.as_ref().map(|m| m.used),
+    };
+    (stats, memory.map(|m| m.total))
 }
 
 fn cpu_info(notes: &mut Vec<String>) -> CpuInfo {

@@ -56,6 +56,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::batch::{BatchConfig, Batcher, RunError, measure_batch_size};
 use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleWorkload};
+use crate::metrics::{self as m, Failure};
 use crate::probe::HardwareReport;
 
 /// How batch sizes are chosen per model.
@@ -66,6 +67,9 @@ pub enum BatchSizing {
     /// Use this size for every model.
     Fixed(u32),
 }
+
+/// How often the node's gauges are refreshed from its state (see [`crate::metrics`]).
+pub const GAUGES_INTERVAL_MS: u64 = 1_000;
 
 /// First wait before dialling the dispatcher again after losing it (it doubles up to
 /// [`NodeConfig::reconnect_backoff_ms_max`] while the dispatcher stays away).
@@ -388,10 +392,32 @@ impl<T: Transport> Node<T> {
     pub async fn run(&self) -> Result<(), NodeError> {
         let clients = tokio::spawn(self.clone().accept_clients());
         let usage = tokio::spawn(self.clone().usage_loop());
+        let gauges = tokio::spawn(self.clone().gauges_loop());
         let result = self.dispatcher_loop().await;
         clients.abort();
         usage.abort();
+        gauges.abort();
         result
+    }
+
+    /// Sets the gauges read from the node's state (queue depth, tasks in flight, deployments
+    /// served, usage pending) every [`GAUGES_INTERVAL_MS`]: read rather than counted up and
+    /// down, they cannot drift (a batcher dropped with requests queued, say).
+    async fn gauges_loop(self) {
+        loop {
+            let inner = &self.inner;
+            let (served, queued) = {
+                let served = inner.served.read();
+                let queued: usize = served.values().map(|s| s.batcher.queued()).sum();
+                (served.len(), queued)
+            };
+            metrics::gauge!(m::QUEUE_DEPTH).set(queued as f64);
+            metrics::gauge!(m::DEPLOYMENTS_SERVED).set(served as f64);
+            metrics::gauge!(m::TASKS_INFLIGHT)
+                .set(f64::from(inner.inflight.load(Ordering::Relaxed)));
+            metrics::gauge!(m::USAGE_PENDING).set(inner.usage.lock().len() as f64);
+            tokio::time::sleep(Duration::from_millis(GAUGES_INTERVAL_MS)).await;
+        }
     }
 
     async fn accept_clients(self) {
@@ -429,6 +455,13 @@ impl<T: Transport> Node<T> {
     /// identity, which the ticket must name); public so a node builder can put its own front
     /// end before it.
     pub async fn infer(&self, req: InferRequest, client: &NodeId) -> NodeToClient {
+        let started = Instant::now();
+        let answer = self.serve_task(req, client).await;
+        m::task(&answer, started.elapsed());
+        answer
+    }
+
+    async fn serve_task(&self, req: InferRequest, client: &NodeId) -> NodeToClient {
         let inner = &self.inner;
         let now = inner.clock.now_s();
         let verified = inner
@@ -546,12 +579,18 @@ impl<T: Transport> Node<T> {
         inner.inflight.fetch_sub(1, Ordering::Relaxed);
         let outputs = match result {
             Ok(o) => o,
-            Err(RunError::Busy) => return error(ErrorCode::Busy, "model queue is full"),
+            Err(RunError::Busy) => {
+                m::failure(Failure::QueueFull);
+                return error(ErrorCode::Busy, "model queue is full");
+            }
             Err(RunError::Timeout(ms)) => {
+                m::failure(Failure::RunTimeout);
                 return error(ErrorCode::Timeout, format!("run exceeded {ms} ms"));
             }
-            Err(RunError::Backend(e)) => return error(ErrorCode::Internal, e.to_string()),
-            Err(e) => return error(ErrorCode::Internal, e.to_string()),
+            Err(e) => {
+                m::failure(Failure::RunError);
+                return error(ErrorCode::Internal, e.to_string());
+            }
         };
         let outputs: Vec<NamedTensor> = served
             .model
@@ -625,6 +664,7 @@ impl<T: Transport> Node<T> {
             WhenFull::Refuse,
         )
         .map_err(|_| busy())?;
+        metrics::counter!(m::TICKETS_TOTAL).increment(1);
         uses.get_mut(&ticket.body.nonce).map(f).ok_or_else(busy)
     }
 
@@ -749,10 +789,12 @@ impl<T: Transport> Node<T> {
                 }
                 Err(NodeError::Refused(e)) => return Err(NodeError::Refused(e)),
                 Err(NodeError::Transport(e)) => {
+                    m::failure(Failure::DispatcherConnection);
                     tracing::warn!(error = %e, backoff_ms, "dispatcher connection lost");
                 }
                 Ok(()) => {}
             }
+            metrics::gauge!(m::DISPATCHER_CONNECTED).set(0.0);
             *inner.dispatcher.write() = None;
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(inner.config.reconnect_backoff_ms_max);
@@ -787,10 +829,16 @@ impl<T: Transport> Node<T> {
 
     async fn register_and_heartbeat(&self, registered: &mut bool) -> Result<(), NodeError> {
         let inner = &self.inner;
-        match self
+        let answer = self
             .call(&NodeRequest::Register(Box::new(self.registration())))
-            .await?
-        {
+            .await;
+        let result = match &answer {
+            Ok(DispatcherReply::Registered { .. }) => "ok",
+            Ok(_) => "refused",
+            Err(_) => "failed",
+        };
+        metrics::counter!(m::REGISTRATIONS_TOTAL, "result" => result).increment(1);
+        match answer? {
             DispatcherReply::Registered {
                 heartbeat_interval_ms,
                 assignments,
@@ -801,6 +849,7 @@ impl<T: Transport> Node<T> {
                     .store(u64::from(heartbeat_interval_ms.max(10)), Ordering::Relaxed);
                 self.apply_assignments(assignments, true);
                 *registered = true;
+                metrics::gauge!(m::DISPATCHER_CONNECTED).set(1.0);
             }
             DispatcherReply::Error(e) => return Err(NodeError::Refused(e)),
             other => {
@@ -835,7 +884,14 @@ impl<T: Transport> Node<T> {
                 loaded_models: inner.cache.loaded(),
                 ready: self.ready_replicas(),
             };
-            match self.call(&NodeRequest::Heartbeat(heartbeat)).await? {
+            let answer = self.call(&NodeRequest::Heartbeat(heartbeat)).await;
+            let result = match &answer {
+                Ok(DispatcherReply::HeartbeatAck { .. }) => "ok",
+                Ok(_) => "refused",
+                Err(_) => "failed",
+            };
+            metrics::counter!(m::HEARTBEATS_TOTAL, "result" => result).increment(1);
+            match answer? {
                 DispatcherReply::HeartbeatAck {
                     demand,
                     assignments,
@@ -872,8 +928,22 @@ impl<T: Transport> Node<T> {
                 }
                 NodeAck::Ok
             }
-            DispatcherPush::Challenge(req) => self.inner.challenges.commit(req).await,
-            DispatcherPush::OpenRows { id, rows } => self.inner.challenges.open(id, rows).await,
+            DispatcherPush::Challenge(req) => {
+                let ack = self.inner.challenges.commit(req).await;
+                let ok = matches!(ack, NodeAck::Committed { .. });
+                let result = m::result(ok);
+                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "commit", "result" => result)
+                    .increment(1);
+                ack
+            }
+            DispatcherPush::OpenRows { id, rows } => {
+                let ack = self.inner.challenges.open(id, rows).await;
+                let ok = matches!(ack, NodeAck::Opened { .. });
+                let result = m::result(ok);
+                metrics::counter!(m::CHALLENGES_TOTAL, "phase" => "open", "result" => result)
+                    .increment(1);
+                ack
+            }
         }
     }
 
@@ -914,6 +984,7 @@ impl<T: Transport> Node<T> {
                 let state = match node.start_deployment(a).await {
                     Ok(()) => ReplicaState::Ready,
                     Err(e @ CacheError::Unavailable { .. }) => {
+                        m::failure(Failure::ModelFetch);
                         // The dispatcher could not be reached: not the model's fault. The
                         // next heartbeat that lists the deployment tries again.
                         tracing::warn!(%deployment, error = %e, "model not fetched; will retry");
@@ -921,6 +992,7 @@ impl<T: Transport> Node<T> {
                         return;
                     }
                     Err(e) => {
+                        m::failure(Failure::ModelLoad);
                         tracing::warn!(%deployment, error = %e, "cannot serve deployment");
                         node.inner.failed.lock().insert(deployment, model);
                         ReplicaState::Failed(e.to_string())
@@ -1043,8 +1115,14 @@ impl<T: Transport> Node<T> {
                         tokio::task::spawn_blocking(move || write_journal(&path, records)).await;
                     match written {
                         Ok(Ok(())) => journaled = changes,
-                        Ok(Err(e)) => tracing::error!(error = %e, "usage journal not written"),
-                        Err(e) => tracing::error!(error = %e, "usage journal task failed"),
+                        Ok(Err(e)) => {
+                            m::failure(Failure::UsageJournal);
+                            tracing::error!(error = %e, "usage journal not written");
+                        }
+                        Err(e) => {
+                            m::failure(Failure::UsageJournal);
+                            tracing::error!(error = %e, "usage journal task failed");
+                        }
                     }
                 }
             }
@@ -1084,6 +1162,12 @@ impl<T: Transport> Node<T> {
                 Ok(DispatcherReply::UsageAck { mut held, .. }) => {
                     held.sort_unstable();
                     held.dedup();
+                    held.retain(|i| (*i as usize) < n);
+                    metrics::counter!(m::USAGE_REPORTED_TOTAL).increment(n as u64);
+                    metrics::counter!(m::USAGE_ACKNOWLEDGED_TOTAL, "state" => "held")
+                        .increment(held.len() as u64);
+                    metrics::counter!(m::USAGE_ACKNOWLEDGED_TOTAL, "state" => "accepted")
+                        .increment((n - held.len()) as u64);
                     // Only now are they safe to forget (new records were appended behind),
                     // except those the client has not acknowledged yet: kept, in order.
                     inner.usage_changes.fetch_add(1, Ordering::Relaxed);
@@ -1095,8 +1179,15 @@ impl<T: Transport> Node<T> {
                         }
                     }
                 }
-                Ok(other) => tracing::warn!(?other, "usage report refused; will retry"),
-                Err(e) => tracing::debug!(error = %e, "usage report not delivered; will retry"),
+                Ok(other) => {
+                    metrics::counter!(m::USAGE_REPORTED_TOTAL).increment(n as u64);
+                    m::failure(Failure::UsageReport);
+                    tracing::warn!(?other, "usage report refused; will retry");
+                }
+                Err(e) => {
+                    m::failure(Failure::UsageReport);
+                    tracing::debug!(error = %e, "usage report not delivered; will retry");
+                }
             }
         }
     }

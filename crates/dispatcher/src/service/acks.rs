@@ -234,6 +234,7 @@ impl<T: Transport> Dispatcher<T> {
                     &self.inner.counters.usage_settled,
                     u64::from(s.outcome.accepted),
                 );
+                crate::metrics::usage_records("settled", u64::from(s.outcome.accepted));
                 self.store_deployments(after);
             }
             Err(e) => tracing::error!(error = ?e, "acknowledged usage not settled"),

@@ -537,6 +537,12 @@ impl<T: Transport> Dispatcher<T> {
             CanaryOutcome::Inconclusive => &self.inner.counters.canaries_inconclusive,
         };
         Counters::add(counter, 1);
+        let label = match outcome {
+            CanaryOutcome::Passed => "passed",
+            CanaryOutcome::Failed => "failed",
+            CanaryOutcome::Inconclusive => "inconclusive",
+        };
+        metrics::counter!(crate::metrics::CANARIES_TOTAL, "outcome" => label).increment(1);
         if outcome == CanaryOutcome::Failed {
             self.validation_failed(replica.node).await;
         }

@@ -718,6 +718,7 @@ impl<T: Transport> Dispatcher<T> {
             }
         }
         Counters::add(&self.inner.counters.leases, 1);
+        metrics::counter!(crate::metrics::LEASES_TOTAL).increment(1);
         let validation_bps = if d.verifiability.is_verifiable() {
             let suspect = self.inner.dispatch.lock().suspect(id);
             self.inner.reports.lock().lease_bps(*id, suspect)
@@ -764,9 +765,12 @@ impl<T: Transport> Dispatcher<T> {
         .await?;
         let counters = &self.inner.counters;
         Counters::add(&counters.validations_ok, verdict.validators_ok.len() as u64);
+        metrics::counter!(crate::metrics::VALIDATIONS_TOTAL, "result" => "ok")
+            .increment(verdict.validators_ok.len() as u64);
         for n in verdict.failed {
             tracing::warn!(node = %n, %task, "spot check failed");
             Counters::add(&counters.validations_failed, 1);
+            metrics::counter!(crate::metrics::VALIDATIONS_TOTAL, "result" => "failed").increment(1);
             self.validation_failed(n).await;
         }
         Ok(())

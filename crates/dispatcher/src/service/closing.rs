@@ -30,7 +30,11 @@ impl<T: Transport> Dispatcher<T> {
         loop {
             tokio::time::sleep(period).await;
             let now = self.inner.clock.now_s();
-            let effects = self.inner.dispatch.lock().tick(now);
+            let (effects, online) = {
+                let mut d = self.inner.dispatch.lock();
+                (d.tick(now), d.online_count())
+            };
+            metrics::gauge!(crate::metrics::NODES_ONLINE).set(online as f64);
             self.apply(effects).await;
             self.settle_acks().await;
             self.refund_stopped().await;
@@ -126,6 +130,7 @@ impl<T: Transport> Dispatcher<T> {
                 "round closed"
             );
             Counters::add(&self.inner.counters.rounds_closed, 1);
+            metrics::counter!(crate::metrics::ROUNDS_CLOSED_TOTAL).increment(1);
             closed.push(ClosedRound {
                 record,
                 outcome,
@@ -166,6 +171,7 @@ impl<T: Transport> Dispatcher<T> {
                     Err(e) => {
                         let wait_ms = retries.failed(index, now_ms);
                         Counters::add(&inner.counters.settlement_failures, 1);
+                        metrics::counter!(crate::metrics::SETTLEMENT_FAILURES_TOTAL).increment(1);
                         tracing::warn!(
                             round = index,
                             error = %e,
@@ -192,6 +198,7 @@ impl<T: Transport> Dispatcher<T> {
             inner.store(index)?;
             if !stored {
                 Counters::add(&inner.counters.rounds_closed, 1);
+                metrics::counter!(crate::metrics::ROUNDS_CLOSED_TOTAL).increment(1);
             }
             let mut retries = inner.settle_retries.lock();
             let result = inner.settle_now(index);
@@ -205,6 +212,7 @@ impl<T: Transport> Dispatcher<T> {
                 Err(_) => {
                     retries.failed(index, inner.monotonic_ms());
                     Counters::add(&inner.counters.settlement_failures, 1);
+                    metrics::counter!(crate::metrics::SETTLEMENT_FAILURES_TOTAL).increment(1);
                 }
             }
             result

@@ -575,8 +575,14 @@ impl<T: Transport> Dispatcher<T> {
         f: impl FnOnce(&dyn Ledger) -> Result<R, LedgerError> + Send + 'static,
     ) -> Result<R, Refusal> {
         let ledger = self.inner.ledger.clone();
-        tokio::task::spawn_blocking(move || f(&*ledger))
-            .await
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || f(&*ledger)).await;
+        metrics::histogram!(crate::metrics::LEDGER_CALL_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        if !matches!(result, Ok(Ok(_))) {
+            metrics::counter!(crate::metrics::LEDGER_ERRORS_TOTAL).increment(1);
+        }
+        result
             .map_err(|e| Refusal::Internal(format!("ledger task failed: {e}")))?
             .map_err(Refusal::Ledger)
     }
@@ -621,6 +627,11 @@ impl<T: Transport> Dispatcher<T> {
                     .await
                     .unwrap_or_else(|e| DispatcherReply::Error(e.into()));
                 let registered = matches!(reply, DispatcherReply::Registered { .. });
+                metrics::counter!(
+                    crate::metrics::REGISTRATIONS_TOTAL,
+                    "result" => crate::metrics::reply_result(&reply)
+                )
+                .increment(1);
                 respond(first, &reply, max).await;
                 if registered {
                     self.node_connection(conn, serial).await;

@@ -235,9 +235,19 @@ impl<T: Transport> Dispatcher<T> {
     /// Answers one request from a registered node (the reply boundary of this
     /// conversation).
     async fn handle_node(&self, node: NodeId, req: NodeRequest) -> DispatcherReply {
-        self.node_request(node, req)
+        let heartbeat = matches!(req, NodeRequest::Heartbeat(_));
+        let reply = self
+            .node_request(node, req)
             .await
-            .unwrap_or_else(|e| DispatcherReply::Error(e.into()))
+            .unwrap_or_else(|e| DispatcherReply::Error(e.into()));
+        if heartbeat {
+            metrics::counter!(
+                crate::metrics::HEARTBEATS_TOTAL,
+                "result" => crate::metrics::reply_result(&reply)
+            )
+            .increment(1);
+        }
+        reply
     }
 
     async fn node_request(
@@ -521,6 +531,9 @@ impl<T: Transport> Dispatcher<T> {
             u64::from(outcome.duplicates + duplicates),
         );
         Counters::add(&counters.usage_held, held.len() as u64);
+        crate::metrics::usage_records("charged", u64::from(outcome.accepted));
+        crate::metrics::usage_records("duplicate", u64::from(outcome.duplicates + duplicates));
+        crate::metrics::usage_records("held", held.len() as u64);
         if unknown > 0 {
             tracing::warn!(
                 %node,
