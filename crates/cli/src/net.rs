@@ -1135,15 +1135,10 @@ async fn wait_with_progress(
             }
             last = Some(now);
         }
+        if info.is_serving() && (!updating || info.is_switched()) {
+            return Ok(());
+        }
         match info.state {
-            // Ready, or degraded for want of capacity and serving with what there is.
-            DeploymentState::Ready | DeploymentState::Degraded
-                if (info.state == DeploymentState::Ready
-                    || (info.shortfall.is_some() && info.replicas_ready > 0))
-                    && (!updating || info.replicas_on_model == info.replicas_ready) =>
-            {
-                return Ok(());
-            }
             DeploymentState::Failed | DeploymentState::Stopped => bail!(
                 "deployment {}: {}",
                 d.id(),

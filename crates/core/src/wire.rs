@@ -761,6 +761,24 @@ pub struct DeploymentInfo {
     pub signature: Option<ModelSignature>,
 }
 
+impl DeploymentInfo {
+    /// Whether it serves as well as it can now: [`DeploymentState::Ready`], or
+    /// [`DeploymentState::Degraded`] for want of capacity ([`DeploymentInfo::shortfall`]) with
+    /// a replica warm (on a network too small for every wanted replica, as ready as it gets
+    /// until nodes join). What the SDK's and the CLI's waits wait for.
+    pub fn is_serving(&self) -> bool {
+        self.state == DeploymentState::Ready
+            || (self.state == DeploymentState::Degraded
+                && self.shortfall.is_some()
+                && self.replicas_ready > 0)
+    }
+
+    /// Whether every warm replica serves `model`: a model update has rolled out.
+    pub fn is_switched(&self) -> bool {
+        self.replicas_on_model == self.replicas_ready
+    }
+}
+
 /// Most dimensions of one tensor in a [`ModelSignature`] (models may declare more than a
 /// task's tensors carry, [`RANK_MAX`](crate::tensor::RANK_MAX)).
 pub const SIGNATURE_RANK_MAX: usize = 64;

@@ -250,10 +250,7 @@ impl<T: Transport> Deployment<T> {
     /// serving its current model (after [`Deployment::update_model`]); otherwise as
     /// [`Deployment::wait_ready`].
     pub async fn wait_updated(&self, timeout: Duration) -> Result<DeploymentInfo, Error> {
-        self.wait_until(timeout, |info| {
-            info.replicas_on_model == info.replicas_ready
-        })
-        .await
+        self.wait_until(timeout, DeploymentInfo::is_switched).await
     }
 
     /// Polls [`Deployment::info`] until the deployment is `Ready` — or `Degraded` for want of
@@ -280,13 +277,10 @@ impl<T: Transport> Deployment<T> {
         let mut pause_ms = config.ready_poll_ms_initial.max(1);
         loop {
             let info = self.info().await?;
-            let short_but_serving = info.state == DeploymentState::Degraded
-                && info.shortfall.is_some()
-                && info.replicas_ready > 0;
+            if info.is_serving() && done(&info) {
+                return Ok(info);
+            }
             match info.state {
-                DeploymentState::Ready if done(&info) => return Ok(info),
-                DeploymentState::Degraded if short_but_serving && done(&info) => return Ok(info),
-                DeploymentState::Ready => {}
                 DeploymentState::Stopped => {
                     return Err(Error::Stopped(format!("{} is stopped", self.id)));
                 }
@@ -297,7 +291,7 @@ impl<T: Transport> Deployment<T> {
                         info.failure.unwrap_or_default()
                     )));
                 }
-                DeploymentState::Pending | DeploymentState::Degraded => {}
+                DeploymentState::Ready | DeploymentState::Pending | DeploymentState::Degraded => {}
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
