@@ -256,6 +256,26 @@ pub struct IdleState {
     last_work_s: u64,
     demand_bps: u16,
     running: bool,
+    /// The node was stopped by its operator: the workload does not run until it starts again.
+    suspended: bool,
+}
+
+/// Where the idle workload stands ([`IdleController::status`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct IdleStatus {
+    /// It is running now.
+    pub running: bool,
+    /// The node is stopped, and the workload with it.
+    pub suspended: bool,
+    /// Seconds since the node last had work.
+    pub idle_for_s: u64,
+    /// The network's demand as the dispatcher last reported it (basis points); `None` before
+    /// the first report.
+    pub demand_bps: Option<u16>,
+    /// Seconds without work before it may start.
+    pub idle_s_min: u64,
+    /// Demand at or below which the network counts as quiet.
+    pub demand_bps_max: u16,
 }
 
 impl IdleState {
@@ -266,6 +286,30 @@ impl IdleState {
             last_work_s: now_s,
             demand_bps: u16::MAX,
             running: false,
+            suspended: false,
+        }
+    }
+
+    /// The operator stopped (`true`) or started (`false`) the node at `now_s`: a stopped
+    /// node's workload is stopped and does not start; a started node counts as having just
+    /// worked, so the workload waits a whole idle time again.
+    pub fn suspend(&mut self, suspended: bool, now_s: u64) -> IdleAction {
+        self.suspended = suspended;
+        if !suspended {
+            self.last_work_s = self.last_work_s.max(now_s);
+        }
+        self.tick(now_s)
+    }
+
+    /// Where it stands at `now_s`.
+    pub fn status(&self, now_s: u64) -> IdleStatus {
+        IdleStatus {
+            running: self.running,
+            suspended: self.suspended,
+            idle_for_s: now_s.saturating_sub(self.last_work_s),
+            demand_bps: (self.demand_bps != u16::MAX).then_some(self.demand_bps),
+            idle_s_min: self.policy.idle_s_min,
+            demand_bps_max: self.policy.demand_bps_max,
         }
     }
 
@@ -283,7 +327,8 @@ impl IdleState {
 
     /// Time passed.
     pub fn tick(&mut self, now_s: u64) -> IdleAction {
-        let quiet = now_s.saturating_sub(self.last_work_s) >= self.policy.idle_s_min
+        let quiet = !self.suspended
+            && now_s.saturating_sub(self.last_work_s) >= self.policy.idle_s_min
             && self.demand_bps <= self.policy.demand_bps_max;
         self.transition(quiet)
     }
@@ -360,6 +405,21 @@ impl<W: IdleWorkload> IdleController<W> {
         let action = self.with_state(|s| s.tick(now_s));
         self.apply(action).await;
     }
+
+    /// The node was stopped (`true`: the workload stops and stays stopped) or started again
+    /// (see [`IdleState::suspend`]).
+    pub async fn suspend(&self, suspended: bool, now_s: u64) {
+        let action = self.with_state(|s| s.suspend(suspended, now_s));
+        self.apply(action).await;
+    }
+
+    /// Where the workload stands at `now_s`.
+    pub fn status(&self, now_s: u64) -> IdleStatus {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .status(now_s)
+    }
 }
 
 #[cfg(test)]
@@ -389,6 +449,27 @@ mod tests {
         assert_eq!(s.tick(212), IdleAction::Start);
         // Demand rising stops it too.
         assert_eq!(s.on_demand(5_000, 213), IdleAction::Stop);
+    }
+
+    #[test]
+    fn a_stopped_node_runs_no_workload_and_waits_a_whole_idle_time_once_started() {
+        let policy = IdlePolicy {
+            idle_s_min: 60,
+            demand_bps_max: 1_000,
+        };
+        let mut s = IdleState::new(policy, 0);
+        assert_eq!(s.on_demand(0, 100), IdleAction::Start);
+        assert_eq!(s.suspend(true, 101), IdleAction::Stop);
+        assert_eq!(s.tick(500), IdleAction::None);
+        assert_eq!(s.on_demand(0, 501), IdleAction::None);
+        let status = s.status(502);
+        assert!(status.suspended && !status.running);
+        assert_eq!(status.demand_bps, Some(0));
+        assert_eq!(s.suspend(false, 600), IdleAction::None);
+        assert_eq!(s.tick(659), IdleAction::None);
+        assert_eq!(s.tick(660), IdleAction::Start);
+        assert_eq!(s.status(661).idle_for_s, 61);
+        assert_eq!(IdleState::new(policy, 0).status(5).demand_bps, None);
     }
 
     #[tokio::test]

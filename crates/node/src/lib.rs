@@ -14,6 +14,8 @@
 //! | [`challenge`] | proof-of-hardware challenges: the product on the selected backend, its row commitment, openings |
 //! | [`ort_setup`] | ONNX Runtime found on the host or installed from PyPI (CPU, or CUDA when NVML sees a GPU), sha256-checked |
 //! | [`runtime`] | registration, heartbeats, offline ticket checks, serving, usage reports |
+//! | [`activity`] | tasks per second and latency quantiles over the last minute, in fixed memory |
+//! | [`dashboard`] | the operator's local web page: hardware, proven rating, backend, models, live tasks, earnings chart, idle workload, START / STOP |
 //! | [`standing`] | the operator's view: proven hardware, this round's uptime, commitment, estimated rank and tasks, earnings per closed round (`Node::standing`, or [`standing::ask_standing`] with the node's key from another process, as `crat node status` does) |
 //!
 //! A model served through validation and the batcher, as the runtime does for each task:
@@ -45,9 +47,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod batch;
 pub mod cache;
 pub mod challenge;
+pub mod dashboard;
 pub mod idle;
 pub mod metrics;
 pub mod ort_setup;

@@ -28,7 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crat_backend::LoadedModel;
@@ -53,9 +53,10 @@ use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Trans
 use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
+use crate::activity::{Activity, ActivitySnapshot};
 use crate::batch::{BatchConfig, Batcher, RunError, measure_batch_size};
 use crate::cache::{CacheError, ModelCache, ModelStore};
-use crate::idle::{IdleController, IdleWorkload};
+use crate::idle::{IdleController, IdleStatus, IdleWorkload};
 use crate::metrics::{self as m, Failure};
 use crate::probe::HardwareReport;
 
@@ -128,6 +129,9 @@ pub struct NodeConfig {
     /// Tasks served under one ticket and not yet acknowledged by its client; beyond it, its
     /// tasks are answered `Busy` (the client acknowledges every few tasks). Default 1,024.
     pub unacknowledged_tasks_max: u64,
+    /// Whether [`Node::run`] joins the network at once (the default) or waits, stopped, for
+    /// [`Node::start`] (an operator's START button).
+    pub serve_at_start: bool,
 }
 
 impl NodeConfig {
@@ -155,8 +159,39 @@ impl NodeConfig {
             tasks_tracked_max: 262_144,
             tickets_tracked_max: 65_536,
             unacknowledged_tasks_max: 1_024,
+            serve_at_start: true,
         }
     }
+}
+
+/// Where a node stands with its operator's START and STOP ([`Node::mode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeMode {
+    /// Off the network: no dispatcher connection, tasks refused (`Busy`), no idle workload.
+    Stopped,
+    /// Started, not yet registered with the dispatcher (connecting, or waiting to retry).
+    Starting,
+    /// Registered and serving.
+    Online,
+    /// Stopping: new tasks are refused while those in flight finish and their usage is
+    /// reported.
+    Stopping,
+}
+
+/// What a [`Node::stop`] did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StopReport {
+    /// The node was already stopped: nothing was done.
+    pub already_stopped: bool,
+    /// Tasks still running or queued when the drain time ran out (0: all finished).
+    pub tasks_unfinished: u64,
+    /// Usage records the dispatcher has not yet accepted (held for the client's
+    /// acknowledgement, or unsent): kept, in the journal when there is one, and reported
+    /// once the node is started again.
+    pub usage_unacknowledged: usize,
+    /// How long the stop took, ms.
+    pub took_ms: u64,
 }
 
 /// Why the node could not run.
@@ -239,6 +274,21 @@ struct Inner<T: Transport> {
     heartbeat_interval_ms: AtomicU64,
     /// Compute challenges answered and kept for their opening (proof of hardware).
     challenges: Arc<crate::challenge::Challenges>,
+    /// Tasks answered lately (the dashboard's figures).
+    activity: Mutex<Activity>,
+    /// The operator wants the node on the network (START) or off it (STOP).
+    wanted: tokio::sync::watch::Sender<bool>,
+    /// New tasks are served (false while stopping and stopped).
+    accepting: AtomicBool,
+    /// The current dispatcher connection's registration was accepted.
+    registered: AtomicBool,
+    /// One START or STOP at a time.
+    control: tokio::sync::Mutex<()>,
+    /// Wakes the usage loop to report at once (a stop flushes).
+    flush_usage: tokio::sync::Notify,
+    /// Usage reports answered so far, and how many records the last answer held.
+    usage_reports: AtomicU64,
+    usage_held: AtomicUsize,
 }
 
 /// A running node. Cheap to clone.
@@ -287,6 +337,7 @@ impl<T: Transport> Node<T> {
             parts.cache.backend().clone(),
         ));
         let heartbeat = config.heartbeat_interval_ms;
+        let serve_at_start = config.serve_at_start;
         let dispatcher_id = config.dispatcher_id;
         let tasks_tracked_max = config.tasks_tracked_max.max(1);
         let tickets_tracked_max = config.tickets_tracked_max.max(1);
@@ -324,6 +375,14 @@ impl<T: Transport> Node<T> {
                 inflight: AtomicU32::new(0),
                 heartbeat_interval_ms: AtomicU64::new(heartbeat),
                 challenges,
+                activity: Mutex::new(Activity::new()),
+                wanted: tokio::sync::watch::Sender::new(serve_at_start),
+                accepting: AtomicBool::new(serve_at_start),
+                registered: AtomicBool::new(false),
+                control: tokio::sync::Mutex::new(()),
+                flush_usage: tokio::sync::Notify::new(),
+                usage_reports: AtomicU64::new(0),
+                usage_held: AtomicUsize::new(0),
             }),
         }
     }
@@ -333,25 +392,174 @@ impl<T: Transport> Node<T> {
         self.inner.id
     }
 
-    /// Asks the dispatcher, on this node's connection, how it stands: proven hardware, the
-    /// running round so far, and its earnings of the last `rounds` closed rounds (at most
-    /// [`STANDING_ROUNDS_MAX`](crat_core::wire::STANDING_ROUNDS_MAX)). Fails with
-    /// [`StandingError::Transport`](crate::standing::StandingError::Transport) while the node
-    /// is not connected.
+    /// Asks the dispatcher how this node stands: proven hardware, the running round so far,
+    /// and its earnings of the last `rounds` closed rounds (at most
+    /// [`STANDING_ROUNDS_MAX`](crat_core::wire::STANDING_ROUNDS_MAX)). On the node's
+    /// connection while it has one; otherwise (stopped, or the dispatcher lost for now) on a
+    /// connection of its own that does not register
+    /// ([`ask_standing`](crate::standing::ask_standing)).
     pub async fn standing(
         &self,
         rounds: u32,
     ) -> Result<crat_core::wire::NodeStanding, crate::standing::StandingError> {
-        let conn = self.inner.dispatcher.read().clone().ok_or_else(|| {
-            crat_transport::TransportError::Closed(crat_transport::Closed::NotConnected)
-        })?;
-        crate::standing::query_standing(
-            &conn,
-            self.inner.id,
-            rounds,
-            self.inner.config.frame_limits,
-        )
-        .await
+        let inner = &self.inner;
+        let conn = inner.dispatcher.read().clone();
+        match conn {
+            Some(conn) => {
+                crate::standing::query_standing(&conn, inner.id, rounds, inner.config.frame_limits)
+                    .await
+            }
+            None => {
+                crate::standing::ask_standing(
+                    &inner.transport,
+                    inner.id,
+                    &inner.config.dispatcher_addr,
+                    &inner.config.dispatcher_id,
+                    rounds,
+                    inner.config.frame_limits,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Where the node stands with its operator's START / STOP.
+    pub fn mode(&self) -> NodeMode {
+        let inner = &self.inner;
+        if !*inner.wanted.borrow() {
+            NodeMode::Stopped
+        } else if !inner.accepting.load(Ordering::Acquire) {
+            NodeMode::Stopping
+        } else if inner.registered.load(Ordering::Acquire) {
+            NodeMode::Online
+        } else {
+            NodeMode::Starting
+        }
+    }
+
+    /// Joins the network (again): registers with the dispatcher, serves tasks, and lets the
+    /// idle workload run by its policy (after a whole idle time). Does nothing to a node
+    /// already started; waits for a stop in progress to finish first.
+    pub async fn start(&self) {
+        let inner = &self.inner;
+        let _one = inner.control.lock().await;
+        if *inner.wanted.borrow() {
+            return;
+        }
+        tracing::info!(node = %inner.id, "started by its operator");
+        inner.accepting.store(true, Ordering::Release);
+        inner.wanted.send_replace(true);
+        if let Some(idle) = &inner.idle {
+            idle.suspend(false, inner.clock.now_s()).await;
+        }
+    }
+
+    /// Leaves the network gracefully: new tasks are refused with `Busy` (clients' SDKs try
+    /// another replica), tasks in flight finish (for at most `drain`), their usage is
+    /// reported, and then the dispatcher connection is closed, so the dispatcher takes the
+    /// node off its replicas at once rather than after missed heartbeats. The idle workload
+    /// stops too. Usage the dispatcher did not accept yet is kept (see [`StopReport`]).
+    /// [`Node::run`] keeps running, stopped, until [`Node::start`].
+    pub async fn stop(&self, drain: Duration) -> StopReport {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let _one = inner.control.lock().await;
+        if !*inner.wanted.borrow() {
+            return StopReport {
+                already_stopped: true,
+                tasks_unfinished: 0,
+                usage_unacknowledged: inner.usage.lock().len(),
+                took_ms: 0,
+            };
+        }
+        tracing::info!(node = %inner.id, "stopping: finishing the tasks in flight");
+        inner.accepting.store(false, Ordering::Release);
+        let deadline = started + drain;
+        let unfinished = || {
+            let queued: u64 = inner
+                .served
+                .read()
+                .values()
+                .map(|s| s.batcher.queued() as u64)
+                .sum();
+            u64::from(inner.inflight.load(Ordering::Acquire)) + queued
+        };
+        while unfinished() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Their usage, reported now rather than at the next interval: done when a report
+        // answered after the drain left only what the dispatcher holds.
+        let reports = inner.usage_reports.load(Ordering::Acquire);
+        inner.flush_usage.notify_one();
+        loop {
+            let pending = inner.usage.lock().len();
+            let answered = inner.usage_reports.load(Ordering::Acquire) > reports;
+            if pending == 0
+                || (answered && pending <= inner.usage_held.load(Ordering::Acquire))
+                || Instant::now() >= deadline
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        inner.wanted.send_replace(false);
+        if let Some(idle) = &inner.idle {
+            idle.suspend(true, inner.clock.now_s()).await;
+        }
+        let report = StopReport {
+            already_stopped: false,
+            tasks_unfinished: unfinished(),
+            usage_unacknowledged: inner.usage.lock().len(),
+            took_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        };
+        tracing::info!(node = %inner.id, ?report, "stopped by its operator");
+        report
+    }
+
+    /// Tasks answered lately: rate, latency, totals.
+    pub fn activity(&self) -> ActivitySnapshot {
+        self.inner.activity.lock().snapshot(self.monotonic_ms())
+    }
+
+    /// Tasks running now and queued behind them.
+    pub fn tasks_inflight(&self) -> (u32, u64) {
+        let inner = &self.inner;
+        let queued = inner
+            .served
+            .read()
+            .values()
+            .map(|s| s.batcher.queued() as u64)
+            .sum();
+        (inner.inflight.load(Ordering::Relaxed), queued)
+    }
+
+    /// What the hardware probe found (and the rating the node claims; the dispatcher pays
+    /// on what its challenges prove, see [`Node::standing`]).
+    pub fn hardware(&self) -> &HardwareReport {
+        &self.inner.hardware
+    }
+
+    /// The backend serving its models.
+    pub fn backend(&self) -> &BackendInfo {
+        &self.inner.backend_info
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// The idle workload's state, if the node has one.
+    pub fn idle_status(&self) -> Option<IdleStatus> {
+        let inner = &self.inner;
+        inner
+            .idle
+            .as_ref()
+            .map(|idle| idle.status(inner.clock.now_s()))
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Its transport endpoint (e.g. to close it: the node then stops serving).
@@ -374,6 +582,16 @@ impl<T: Transport> Node<T> {
                 deployment: *deployment,
                 model: s.assignment.model,
             })
+            .collect()
+    }
+
+    /// Deployments whose model is being fetched or loaded, with that model.
+    pub fn loading(&self) -> Vec<(DeploymentId, ModelId)> {
+        self.inner
+            .starting
+            .lock()
+            .iter()
+            .map(|(d, m)| (*d, *m))
             .collect()
     }
 
@@ -457,12 +675,23 @@ impl<T: Transport> Node<T> {
     pub async fn infer(&self, req: InferRequest, client: &NodeId) -> NodeToClient {
         let started = Instant::now();
         let answer = self.serve_task(req, client).await;
-        m::task(&answer, started.elapsed());
+        let took = started.elapsed();
+        m::task(&answer, took);
+        let ok = matches!(answer, NodeToClient::Receipted { .. });
+        let took_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let now_ms = self.monotonic_ms();
+        self.inner.activity.lock().record(now_ms, ok, took_us);
         answer
     }
 
     async fn serve_task(&self, req: InferRequest, client: &NodeId) -> NodeToClient {
         let inner = &self.inner;
+        if !inner.accepting.load(Ordering::Acquire) {
+            return error(
+                ErrorCode::Busy,
+                "this node is stopped or stopping; try another replica",
+            );
+        }
         let now = inner.clock.now_s();
         let verified = inner
             .tickets
@@ -776,12 +1005,30 @@ impl<T: Transport> Node<T> {
     async fn dispatcher_loop(&self) -> Result<(), NodeError> {
         let inner = &self.inner;
         let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+        let mut wanted = inner.wanted.subscribe();
         loop {
+            // Stopped by its operator: no connection until started again. (The sender lives
+            // in `inner`, so the wait cannot fail.)
+            let _ = wanted.wait_for(|w| *w).await;
             let mut registered = false;
-            let session = self.session(&mut registered).await;
+            let session = tokio::select! {
+                s = self.session(&mut registered) => Some(s),
+                _ = wanted.wait_for(|w| !*w) => None,
+            };
+            let Some(session) = session else {
+                // The operator's STOP: the dispatcher learns at once that the node left.
+                if let Some(conn) = inner.dispatcher.write().take() {
+                    conn.close("stopped by its operator");
+                }
+                inner.registered.store(false, Ordering::Release);
+                metrics::gauge!(m::DISPATCHER_CONNECTED).set(0.0);
+                backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+                continue;
+            };
             if registered {
                 backoff_ms = RECONNECT_BACKOFF_MS_MIN;
             }
+            inner.registered.store(false, Ordering::Release);
             match session {
                 // A dispatcher over a limit (its replay memory, say) asks to come back later.
                 Err(NodeError::Refused(e)) if e.code == ErrorCode::Busy => {
@@ -849,6 +1096,7 @@ impl<T: Transport> Node<T> {
                     .store(u64::from(heartbeat_interval_ms.max(10)), Ordering::Relaxed);
                 self.apply_assignments(assignments, true);
                 *registered = true;
+                inner.registered.store(true, Ordering::Release);
                 metrics::gauge!(m::DISPATCHER_CONNECTED).set(1.0);
             }
             DispatcherReply::Error(e) => return Err(NodeError::Refused(e)),
@@ -1106,7 +1354,10 @@ impl<T: Transport> Node<T> {
         let inner = &self.inner;
         let mut journaled = u64::MAX;
         loop {
-            tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)) => {}
+                () = inner.flush_usage.notified() => {}
+            }
             if let Some(path) = inner.config.usage_journal.clone() {
                 let changes = inner.usage_changes.load(Ordering::Relaxed);
                 if changes != journaled {
@@ -1178,6 +1429,8 @@ impl<T: Transport> Node<T> {
                             usage.push_front(r.clone());
                         }
                     }
+                    inner.usage_held.store(held.len(), Ordering::Release);
+                    inner.usage_reports.fetch_add(1, Ordering::AcqRel);
                 }
                 Ok(other) => {
                     metrics::counter!(m::USAGE_REPORTED_TOTAL).increment(n as u64);

@@ -78,3 +78,56 @@ pub async fn ask_standing<T: Transport>(
     let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
     query_standing(&conn, node, rounds, limits).await
 }
+
+/// The standing as JSON, with ids in hex and amounts in integer µUSD and µCRAT, named as in
+/// `docs/economics.md`: what `crat node status --json` prints and the dashboard reads.
+pub fn to_json(s: &NodeStanding) -> serde_json::Value {
+    let r = &s.round;
+    serde_json::json!({
+        "node": s.node.to_string(),
+        "online": s.online,
+        "proven": {
+            "rating": s.proven.rating.get(),
+            "mining_income_usd_micro_per_day": s.proven.mining_income_usd_micro_per_day.get(),
+            "cpu": s.proven.cpu,
+            "gpus": s.proven.gpus.iter().map(|g| serde_json::json!({
+                "device": g.device,
+                "name": g.name,
+                "rating": g.rating.get(),
+            })).collect::<Vec<_>>(),
+            "challenged": s.proven.challenged,
+        },
+        "challenges_passed": s.challenges_passed,
+        "challenges_failed": s.challenges_failed,
+        "crat_micro": s.crat_micro.get(),
+        "streak": s.streak,
+        "uptime_total_s": s.uptime_total_s,
+        "round": {
+            "index": r.index,
+            "start_s": r.start_s,
+            "length_s": r.length_s,
+            "elapsed_s": r.elapsed_s,
+            "uptime_s": r.uptime_s,
+            "committed": r.committed,
+            "eligible": r.eligible,
+            "rank": r.rank,
+            "ranked": r.ranked,
+            "paid_ranks": r.paid_ranks,
+            "guaranteed_usd_micro": r.guaranteed_usd_micro.get(),
+            "bonus_usd_micro": r.bonus_usd_micro.get(),
+            "tasks_served": r.tasks_served,
+        },
+        "closed": s.closed.iter().map(|e| serde_json::json!({
+            "index": e.index,
+            "start_s": e.start_s,
+            "uptime_s": e.uptime_s,
+            "committed": e.committed,
+            "rank": e.rank,
+            "guaranteed_usd_micro": e.guaranteed_usd_micro.get(),
+            "bonus_usd_micro": e.bonus_usd_micro.get(),
+            "crat_issued_micro": e.crat_issued_micro.get(),
+            "crat_slashed_micro": e.crat_slashed_micro.get(),
+            "crat_end_micro": e.crat_end_micro.get(),
+        })).collect::<Vec<_>>(),
+    })
+}
