@@ -1286,3 +1286,6 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod config_example;
