@@ -1233,3 +1233,6 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod config_example;
