@@ -5,6 +5,9 @@
 # curl. The Python packages come from PyPI into virtual environments under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Chromium and chromedriver (the dashboard's browser test) and systemd-analyze (the unit files'
+# test), from Debian when missing.
+scripts/install-system-packages.sh
 ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
 # The wheel it came from (kept in its cache): crat-node's tests/ort_setup.rs serves it from a
 # loopback package index and installs it as `crat node` would.

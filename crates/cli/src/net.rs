@@ -95,6 +95,16 @@ struct NodeSection {
     gpu: Option<String>,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
     metrics_addr: Option<SocketAddr>,
+    /// Serve the operator's dashboard (a local web page with START / STOP). Default true.
+    dashboard: Option<bool>,
+    /// Where the dashboard listens. Default 127.0.0.1:7480.
+    dashboard_addr: Option<SocketAddr>,
+    /// The token the dashboard requires (16 to 256 characters of A-Z a-z 0-9 . _ ~ -); needed
+    /// when `dashboard_addr` is not a loopback address. Better given as CRAT_DASHBOARD_TOKEN.
+    dashboard_token: Option<String>,
+    /// Start stopped: join the network only when START is pressed on the dashboard. Default
+    /// false.
+    start_stopped: Option<bool>,
     /// The idle workload (`[node.idle]`): what runs while the node has no work.
     idle: Option<IdleSection>,
     /// Where ONNX Runtime comes from (`path`, `install`, `index_url`): see
@@ -384,6 +394,20 @@ struct NodeRunArgs {
     /// 127.0.0.1:9401. Default: `[node] metrics_addr`, else off.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    /// Where the operator's dashboard listens (HTTP). Default: `[node] dashboard_addr`, else
+    /// 127.0.0.1:7480.
+    #[arg(long)]
+    dashboard_addr: Option<SocketAddr>,
+    /// Serve no dashboard.
+    #[arg(long)]
+    no_dashboard: bool,
+    /// The token the dashboard requires; needed off loopback. Default: `[node]
+    /// dashboard_token`.
+    #[arg(long, env = "CRAT_DASHBOARD_TOKEN", hide_env_values = true)]
+    dashboard_token: Option<String>,
+    /// Start stopped: join the network when START is pressed on the dashboard.
+    #[arg(long)]
+    stopped: bool,
 }
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -416,6 +440,18 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| PathBuf::from("crat-node"));
     let gpu = args.gpu.or(file.node.gpu);
     let metrics_addr = args.metrics_addr.or(file.node.metrics_addr);
+    // The dashboard: on unless turned off. At the default address a port in use (another
+    // node on this machine) only costs the dashboard; an address asked for must work.
+    let dashboard_asked = args.dashboard_addr.or(file.node.dashboard_addr);
+    let dashboard = (!args.no_dashboard && file.node.dashboard.unwrap_or(true)).then(|| {
+        crat_node::dashboard::DashboardConfig {
+            addr: dashboard_asked.unwrap_or(crat_node::dashboard::DEFAULT_ADDR),
+            token: args.dashboard_token.or(file.node.dashboard_token),
+            ..crat_node::dashboard::DashboardConfig::default()
+        }
+    });
+    let serve_at_start = !(args.stopped || file.node.start_stopped.unwrap_or(false));
+    let idle_command = file.node.idle.as_ref().map(|i| i.command.clone());
     let clock = Arc::new(SteadyClock::system());
     let idle = match &file.node.idle {
         Some(section) => {
@@ -458,8 +494,9 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         true,
         Some(!hardware.hardware.gpus.is_empty()),
     ))?;
-    println!("backend: {}", selected.describe());
-    rt.block_on(async move {
+    let backend_detail = selected.describe();
+    println!("backend: {backend_detail}");
+    let result = rt.block_on(async move {
         if let Some(addr) = metrics_addr {
             let bound = crate::metrics::serve(addr).await?;
             println!("metrics on http://{bound}/metrics");
@@ -483,6 +520,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
             NodeConfig {
                 // Usage not yet acknowledged by the dispatcher survives a restart.
                 usage_journal: Some(data_dir.join("usage.journal")),
+                serve_at_start,
                 ..NodeConfig::new(
                     PeerAddr::from(dispatcher),
                     dispatcher_id,
@@ -490,14 +528,61 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
                 )
             },
         );
-        println!("node {} serving on {listen}", node.id());
-        tokio::select! {
-            r = node.run() => r?,
-            _ = tokio::signal::ctrl_c() => node.transport().close(),
+        if let Some(config) = dashboard {
+            let token = config.token.clone();
+            let info = crat_node::dashboard::DashboardInfo {
+                backend_detail,
+                idle_command,
+            };
+            match crat_node::dashboard::serve(node.clone(), config, info).await {
+                Ok((bound, _task)) => match token {
+                    // The fragment stays in the browser: it is never sent to the server.
+                    Some(token) => println!("dashboard on http://{bound}/#token={token}"),
+                    None => println!("dashboard on http://{bound}/"),
+                },
+                Err(crat_node::dashboard::DashboardError::Bind { addr, source })
+                    if dashboard_asked.is_none() =>
+                {
+                    println!("no dashboard: {addr}: {source} (set --dashboard-addr)");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
-        Ok(())
-    })
+        if serve_at_start {
+            println!("node {} serving on {listen}", node.id());
+        } else {
+            println!(
+                "node {} stopped: press START on the dashboard to join the network",
+                node.id()
+            );
+        }
+        let runner = node.clone();
+        let mut run = tokio::spawn(async move { runner.run().await });
+        tokio::select! {
+            r = &mut run => r.context("the node's task")??,
+            _ = tokio::signal::ctrl_c() => {
+                // A graceful leave: tasks in flight finish, their usage is reported, the
+                // dispatcher moves the replicas at once. A second ctrl-c quits at once.
+                println!("stopping: finishing the tasks in flight (ctrl-c again to quit now)");
+                tokio::select! {
+                    report = node.stop(NODE_STOP_DRAIN) => println!(
+                        "stopped: {} tasks unfinished, {} usage records kept for the next start",
+                        report.tasks_unfinished, report.usage_unacknowledged
+                    ),
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                node.transport().close();
+            }
+        }
+        anyhow::Ok(())
+    });
+    // A compute challenge still running on the blocking pool is not waited for.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
+
+/// How long ctrl-c lets the tasks in flight finish before `crat node` exits.
+const NODE_STOP_DRAIN: Duration = Duration::from_secs(20);
 
 fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
     let file = load_config(args.config.as_deref())?;

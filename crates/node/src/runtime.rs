@@ -503,6 +503,12 @@ impl<T: Transport> Node<T> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         inner.wanted.send_replace(false);
+        // Closed here rather than left to the dispatcher loop, so that the node is off the
+        // network when this returns.
+        if let Some(conn) = inner.dispatcher.write().take() {
+            conn.close("stopped by its operator");
+        }
+        inner.registered.store(false, Ordering::Release);
         if let Some(idle) = &inner.idle {
             idle.suspend(true, inner.clock.now_s()).await;
         }
@@ -1035,6 +1041,8 @@ impl<T: Transport> Node<T> {
                     tracing::warn!(error = %e, backoff_ms, "dispatcher busy; registering later");
                 }
                 Err(NodeError::Refused(e)) => return Err(NodeError::Refused(e)),
+                // Closed by a STOP racing the session's end: not a failure.
+                Err(NodeError::Transport(_)) if !*inner.wanted.borrow() => {}
                 Err(NodeError::Transport(e)) => {
                     m::failure(Failure::DispatcherConnection);
                     tracing::warn!(error = %e, backoff_ms, "dispatcher connection lost");

@@ -240,3 +240,114 @@ async fn a_node_reads_its_standing_and_the_ledger_s_earnings_after_rounds_closed
     assert_eq!(net.dispatcher().online_nodes(), 2);
     net.shutdown();
 }
+
+/// STOP under a stream of tasks (`Node::stop`, what the dashboard's button does): no task
+/// fails (the stopping node answers `Busy` and clients go to the other replica), the tasks
+/// in flight finish, the dispatcher counts the node offline at once, every task is charged
+/// exactly once after the usage window (the stopped node's usage reported before it left),
+/// and START brings it back online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_under_load_fails_no_task_and_comes_back_on_start() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use crat_dispatcher::DispatcherConfig;
+    use crat_node::runtime::NodeMode;
+
+    const TASKS: u32 = 400;
+    const STOP_AT: u32 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    // Short tickets, so that their usage window ends within the test.
+    cfg.ticket_lifetime_s = 4;
+    cfg.usage_grace_s = 2;
+    let net = LocalNetwork::start(
+        cfg,
+        dir.path(),
+        specs(&["NVIDIA GeForce RTX 3090", "NVIDIA GeForce RTX 3080"]),
+    )
+    .await
+    .unwrap();
+    net.wait_online(2, Duration::from_secs(30)).await.unwrap();
+    let (client, _) = client_with(&net, 10_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let allowance = 1_000_000;
+    let d = client.deploy(model, per_request(allowance)).await.unwrap();
+    let info = d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert_eq!(info.replicas_ready, 2);
+    let stopping = net.nodes[0].node.clone();
+    assert_eq!(stopping.mode(), NodeMode::Online);
+
+    // 8 tasks in flight; the first node is stopped when task STOP_AT is issued.
+    let issued = Arc::new(AtomicU32::new(0));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let stop_tx = Arc::new(std::sync::Mutex::new(Some(stop_tx)));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (d, issued, stop_tx) = (d.clone(), issued.clone(), stop_tx.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = issued.fetch_add(1, Ordering::Relaxed);
+                if i >= TASKS {
+                    return;
+                }
+                if i == STOP_AT
+                    && let Some(tx) = stop_tx.lock().unwrap().take()
+                {
+                    let _ = tx.send(());
+                }
+                d.infer(vec![NamedTensor::new("input", input(i))])
+                    .await
+                    .unwrap_or_else(|e| panic!("task {i} failed: {e}"));
+            }
+        }));
+    }
+    stop_rx.await.unwrap();
+    let report = stopping.stop(Duration::from_secs(10)).await;
+    assert!(!report.already_stopped);
+    assert_eq!(report.tasks_unfinished, 0, "{report:?}");
+    assert_eq!(stopping.mode(), NodeMode::Stopped);
+    // The dispatcher knows at once (the connection closed), not after missed heartbeats.
+    let standing = stopping.standing(1).await.unwrap();
+    assert!(!standing.online, "{standing:?}");
+    for w in workers {
+        w.await.unwrap();
+    }
+    let stats = d.stats();
+    assert_eq!(
+        (stats.completed, stats.failed),
+        (u64::from(TASKS), 0),
+        "{stats:?}"
+    );
+    // A second STOP does nothing.
+    assert!(stopping.stop(Duration::from_secs(1)).await.already_stopped);
+
+    // Every task charged exactly once, after the tickets' usage window.
+    d.flush_acks().await.unwrap();
+    let pricing = DispatcherConfig::new("x").pricing;
+    let cost = pricing
+        .request_cost(TINY.len() as u64, 28 * 28 * 4)
+        .unwrap()
+        .get();
+    let expected = allowance - u64::from(TASKS) * cost;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while d.info().await.unwrap().allowance_left.get() > expected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "allowance {} after the usage window, {expected} expected",
+            d.info().await.unwrap().allowance_left.get()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(d.info().await.unwrap().allowance_left.get(), expected);
+
+    // START: registered again, online in the dispatcher's eyes.
+    stopping.start().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stopping.mode() != NodeMode::Online {
+        assert!(tokio::time::Instant::now() < deadline, "not online again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopping.standing(1).await.unwrap().online);
+}

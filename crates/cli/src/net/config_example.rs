@@ -27,8 +27,9 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 8] = [
+const OFF_AS_SHIPPED: [&str; 9] = [
     "node.gpu",
+    "node.dashboard_token",
     "node.idle",
     "node.idle.command",
     "node.idle.idle_s",
@@ -99,6 +100,10 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         data_dir: node_data_dir,
         gpu,
         metrics_addr: node_metrics_addr,
+        dashboard,
+        dashboard_addr,
+        dashboard_token,
+        start_stopped,
         idle,
         onnxruntime,
     } = node;
@@ -147,6 +152,10 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("node.data_dir", node_data_dir.is_some()),
         ("node.gpu", gpu.is_some()),
         ("node.metrics_addr", node_metrics_addr.is_some()),
+        ("node.dashboard", dashboard.is_some()),
+        ("node.dashboard_addr", dashboard_addr.is_some()),
+        ("node.dashboard_token", dashboard_token.is_some()),
+        ("node.start_stopped", start_stopped.is_some()),
         ("node.idle", idle.is_some()),
         ("node.onnxruntime.path", path.is_some()),
         ("node.onnxruntime.install", install.is_some()),

@@ -83,9 +83,9 @@ function drawTasks(perSecond) {
   clear(chart);
   const top = Math.max(1, ...perSecond);
   const step = 600 / Math.max(1, perSecond.length - 1);
-  const points = perSecond.map((n, i) => (i * step).toFixed(1) + "," + (76 - (n / top) * 70).toFixed(1));
+  const points = perSecond.map((n, i) => (i * step).toFixed(1) + "," + (57 - (n / top) * 48).toFixed(1));
   svg(chart, "polyline", { points: points.join(" "), fill: "none", stroke: "#2b6cb0", "stroke-width": "2" });
-  svg(chart, "text", { x: "4", y: "12", "font-size": "10", fill: "#5a6478" }, "max " + top + " tasks/s, last 60 s");
+  svg(chart, "text", { x: "4", y: "8", "font-size": "7", fill: "#5a6478" }, "max " + top + " tasks/s, last 60 s");
 }
 
 function drawEarnings(closed) {
@@ -93,7 +93,7 @@ function drawEarnings(closed) {
   clear(chart);
   const rounds = closed.slice().reverse(); // oldest first
   if (rounds.length === 0) {
-    svg(chart, "text", { x: "10", y: "80", "font-size": "12", fill: "#5a6478" }, "no closed round yet");
+    svg(chart, "text", { x: "10", y: "60", "font-size": "8", fill: "#5a6478" }, "no closed round yet");
     return;
   }
   const usd = rounds.map((r) => r.guaranteed_usd_micro + r.bonus_usd_micro);
@@ -104,17 +104,17 @@ function drawEarnings(closed) {
   const crat = [];
   rounds.forEach((r, i) => {
     const x = 10 + i * width;
-    const g = (r.guaranteed_usd_micro / topUsd) * 130;
-    const b = (r.bonus_usd_micro / topUsd) * 130;
+    const g = (r.guaranteed_usd_micro / topUsd) * 90;
+    const b = (r.bonus_usd_micro / topUsd) * 90;
     const bars = svg(chart, "g", { class: "round", "data-round": String(r.index) });
-    svg(bars, "rect", { x: x.toFixed(1), y: (145 - g).toFixed(1), width: bar.toFixed(1), height: g.toFixed(1), fill: "#2b6cb0" });
-    svg(bars, "rect", { x: x.toFixed(1), y: (145 - g - b).toFixed(1), width: bar.toFixed(1), height: b.toFixed(1), fill: "#68d391" });
+    svg(bars, "rect", { x: x.toFixed(1), y: (105 - g).toFixed(1), width: bar.toFixed(1), height: g.toFixed(1), fill: "#2b6cb0" });
+    svg(bars, "rect", { x: x.toFixed(1), y: (105 - g - b).toFixed(1), width: bar.toFixed(1), height: b.toFixed(1), fill: "#68d391" });
     svg(bars, "title", {}, "round " + r.index + ": " + micro(usd[i]) + " USD, " + micro(r.crat_issued_micro) + " CRAT");
-    svg(chart, "text", { x: (x + bar / 2).toFixed(1), y: "157", "font-size": "9", "text-anchor": "middle", fill: "#5a6478" }, String(r.index));
-    crat.push((x + bar / 2).toFixed(1) + "," + (145 - (r.crat_issued_micro / topCrat) * 130).toFixed(1));
+    svg(chart, "text", { x: (x + bar / 2).toFixed(1), y: "116", "font-size": "7", "text-anchor": "middle", fill: "#5a6478" }, String(r.index));
+    crat.push((x + bar / 2).toFixed(1) + "," + (105 - (r.crat_issued_micro / topCrat) * 90).toFixed(1));
   });
   svg(chart, "polyline", { points: crat.join(" "), fill: "none", stroke: "#d69e2e", "stroke-width": "2" });
-  svg(chart, "text", { x: "12", y: "12", "font-size": "10", fill: "#5a6478" }, "max " + micro(topUsd) + " USD / round");
+  svg(chart, "text", { x: "12", y: "9", "font-size": "7", fill: "#5a6478" }, "max " + micro(topUsd) + " USD, " + micro(topCrat) + " CRAT / round");
 }
 
 function showStatus(s) {
