@@ -10,6 +10,8 @@
 //! a browser.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[allow(dead_code)]
+mod common;
 #[path = "chaos/processes.rs"]
 #[allow(dead_code)]
 mod processes;
@@ -20,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use common::{Network, crat};
 use crat_dispatcher::ledger::{Ledger, SqliteLedger};
-use processes::{DispatcherProc, Proc, free_port, operator};
+use processes::Proc;
 use serde_json::{Value, json};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -30,13 +33,6 @@ const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 const PAGE_TIMEOUT: Duration = Duration::from_secs(45);
 /// The key WebDriver names element references with.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-fn crat(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_crat"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// A program from the environment variable `var`, else found on `PATH` under one of `names`.
 fn program(var: &str, names: &[&str]) -> anyhow::Result<PathBuf> {
@@ -253,52 +249,24 @@ async fn start_and_stop_from_the_dashboard_in_a_real_browser() {
     let browser = Browser::start().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config = dir.path().join("dispatcher.toml");
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    std::fs::write(
-        &config,
-        format!(
-            "[dispatcher]\nreplicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n\
-             round_s = 3\nround_epoch_s = {epoch}\nround_close_delay_s = 1\n"
+    let net = Network::start(
+        dir.path(),
+        &format!(
+            "replicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\nround_s = 3\n\
+             round_epoch_s = {epoch}\nround_close_delay_s = 1\n"
         ),
     )
+    .await
     .unwrap();
-    let data = dir.path().join("dispatcher");
-    let d = data.to_str().unwrap();
-    operator(&[
-        "credits",
-        "grant",
-        "--data-dir",
-        d,
-        "--account",
-        "op",
-        "100000",
-    ])
-    .unwrap();
-    let key = operator(&["keys", "create", "--data-dir", d, "--account", "op"]).unwrap();
-    let key = key.trim().to_owned();
-    let port = free_port(&[]).unwrap();
-    let mut dispatcher = DispatcherProc {
-        port,
-        data: data.clone(),
-        config,
-        logs: logs.clone(),
-        proc: None,
-        lives: 0,
-        id: None,
-    };
-    dispatcher.start().await.unwrap();
-    let id = dispatcher.id.clone().unwrap();
-    let addr = dispatcher.addr();
+    let (addr, id) = (net.addr.clone(), net.id.clone());
 
     // The node starts stopped, its dashboard on a port of its choosing.
     let node_dir = dir.path().join("node");
-    let node_port = free_port(&[port]).unwrap();
+    let node_port = net.free_port().unwrap();
     let args = [
         "node",
         "--dispatcher",
@@ -314,7 +282,7 @@ async fn start_and_stop_from_the_dashboard_in_a_real_browser() {
         "--stopped",
     ]
     .map(String::from);
-    let mut node = Proc::spawn("node".into(), &args, &logs, "warn").unwrap();
+    let mut node = Proc::spawn("node".into(), &args, &net.logs, "warn").unwrap();
     let line = node.wait_for("dashboard on http://").await.unwrap();
     let url = line
         .split_whitespace()
@@ -361,48 +329,8 @@ async fn start_and_stop_from_the_dashboard_in_a_real_browser() {
     }
 
     // A task through the CLI shows in the live figures and the models table.
-    let client = ["--dispatcher", &addr, "--dispatcher-id", &id, "--key", &key];
-    let model_path = dir.path().join("tiny.onnx");
-    std::fs::write(&model_path, TINY).unwrap();
-    let out = crat(&[&["upload"], &client[..], &[model_path.to_str().unwrap()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = crat(
-        &[
-            &["deploy"],
-            &client[..],
-            &["--model", &model, "--allowance", "50000"],
-        ]
-        .concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deployment = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = crat(
-        &[
-            &["infer"],
-            &client[..],
-            &[
-                "--deployment",
-                &deployment,
-                "--input",
-                "input:f32:1x1x28x28=zeros",
-            ],
-        ]
-        .concat(),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (model, deployment, _) = net.deploy(dir.path(), TINY).unwrap();
+    net.infer_zeros(&deployment).unwrap();
     let page = browser
         .wait_page("the task served", |p| {
             p["tasks_total"] == "1"
@@ -418,7 +346,7 @@ async fn start_and_stop_from_the_dashboard_in_a_real_browser() {
     );
 
     // A closed round the node took part in shows in the chart and the table.
-    let ledger = SqliteLedger::open(&data.join("ledger.sqlite")).unwrap();
+    let ledger = SqliteLedger::open(&net.data.join("ledger.sqlite")).unwrap();
     let deadline = Instant::now() + START_TIMEOUT;
     let closed = loop {
         let view = dispatcher_view(&addr, &id, node_dir_s);

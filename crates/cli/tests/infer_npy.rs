@@ -5,6 +5,8 @@
 //! the outputs must be what the model computes on them locally, in NumPy's format.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[allow(dead_code)]
+mod common;
 #[path = "chaos/processes.rs"]
 #[allow(dead_code)]
 mod processes;
@@ -13,10 +15,11 @@ use std::io::Read;
 use std::path::Path;
 use std::time::Duration;
 
+use common::{Network, crat};
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
 use crat_core::tensor::{DType, Tensor};
-use processes::{DispatcherProc, NodeProc, free_port, operator};
+use processes::NodeProc;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
@@ -59,100 +62,34 @@ fn local_output_name() -> String {
         .clone()
 }
 
-fn crat(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_crat"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crat_infer_reads_and_writes_numpy_files() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/npy");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config = dir.path().join("dispatcher.toml");
     // One node: one replica; compute challenges at test scale (the node proves its CPU).
-    std::fs::write(
-        &config,
-        "[dispatcher]\nreplicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n",
+    let mut net = Network::start(
+        dir.path(),
+        "replicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n",
     )
+    .await
     .unwrap();
-    let data = dir.path().join("dispatcher");
-    let d = data.to_str().unwrap();
-    operator(&[
-        "credits",
-        "grant",
-        "--data-dir",
-        d,
-        "--account",
-        "np",
-        "100000",
-    ])
-    .unwrap();
-    let key = operator(&["keys", "create", "--data-dir", d, "--account", "np"]).unwrap();
-    let key = key.trim().to_owned();
-
-    let port = free_port(&[]).unwrap();
-    let mut dispatcher = DispatcherProc {
-        port,
-        data,
-        config,
-        logs: logs.clone(),
-        proc: None,
-        lives: 0,
-        id: None,
-    };
-    dispatcher.start().await.unwrap();
     let mut node = NodeProc {
         index: 0,
-        port: free_port(&[port]).unwrap(),
+        port: net.free_port().unwrap(),
         data: dir.path().join("node"),
-        logs,
+        logs: net.logs.clone(),
         proc: None,
         lives: 0,
     };
-    node.start(&dispatcher).unwrap();
-    let id = dispatcher.id.clone().unwrap();
-    let addr = dispatcher.addr();
-    let client = ["--dispatcher", &addr, "--dispatcher-id", &id, "--key", &key];
+    node.start(&net.dispatcher).unwrap();
+    let client = net.client();
 
-    let model_path = dir.path().join("tiny.onnx");
-    std::fs::write(&model_path, TINY).unwrap();
-    let out = crat(&[&["upload"], &client[..], &[model_path.to_str().unwrap()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    // The node may still be registering: a deploy finds no capacity until it has.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let out = loop {
-        let out = crat(
-            &[
-                &["deploy"],
-                &client[..],
-                &["--model", &model, "--allowance", "50000"],
-            ]
-            .concat(),
-        );
-        if out.status.success()
-            || !String::from_utf8_lossy(&out.stderr).contains("no capacity")
-            || std::time::Instant::now() > deadline
-        {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    // Uploaded and deployed; the deploy's wait prints its progress.
+    let (model, deployment, stderr) = net.deploy(dir.path(), TINY).unwrap();
     assert!(
         stderr.contains("Ready: 1/1 replicas ready"),
         "progress shown: {stderr}"
     );
-    let deployment = String::from_utf8(out.stdout).unwrap().trim().to_owned();
 
     // What the model computes locally on the NumPy input.
     let input_npy = std::fs::read(data_dir.join("tiny_input.npy")).unwrap();
@@ -232,13 +169,9 @@ async fn crat_infer_reads_and_writes_numpy_files() {
     // weights; the wait shows the replica switching, then `crat infer` gets the new answers.
     let v2_path = dir.path().join("tiny_v2.onnx");
     std::fs::write(&v2_path, TINY_V2).unwrap();
-    let out = crat(&[&["upload"], &client[..], &[v2_path.to_str().unwrap()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v2 = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (v2, _) = net
+        .client_verb("upload", &[v2_path.to_str().unwrap()])
+        .unwrap();
     let out = crat(
         &[
             &["deploy"],
@@ -288,5 +221,5 @@ async fn crat_infer_reads_and_writes_numpy_files() {
         String::from_utf8_lossy(&out.stderr)
     );
     node.kill().unwrap();
-    dispatcher.kill().unwrap();
+    net.dispatcher.kill().unwrap();
 }

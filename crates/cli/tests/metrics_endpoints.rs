@@ -4,6 +4,8 @@
 //! plain HTTP/1.1 and parsed: the series exist with values that add up to what was run.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[allow(dead_code)]
+mod common;
 #[path = "chaos/processes.rs"]
 #[allow(dead_code)]
 mod processes;
@@ -11,19 +13,13 @@ mod processes;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use processes::{DispatcherProc, Proc, free_port, operator};
+use common::{Network, crat};
+use processes::Proc;
 
 const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 const TASKS: usize = 3;
 /// How long a process may take to start (what `processes` waits for).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn crat(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_crat"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// A TCP port nobody listens on now.
 fn free_tcp_port() -> u16 {
@@ -92,48 +88,20 @@ fn scrape_until(port: u16, within: Duration, ready: impl Fn(&str) -> bool) -> St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_and_dispatcher_serve_prometheus_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let dispatcher_metrics = free_tcp_port();
     let node_metrics = free_tcp_port();
-    let config = dir.path().join("dispatcher.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[dispatcher]\nreplicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n\
+    let mut net = Network::start(
+        dir.path(),
+        &format!(
+            "replicas = 1\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n\
              metrics_addr = \"127.0.0.1:{dispatcher_metrics}\"\n"
         ),
     )
+    .await
     .unwrap();
-    let data = dir.path().join("dispatcher");
-    let d = data.to_str().unwrap();
-    operator(&[
-        "credits",
-        "grant",
-        "--data-dir",
-        d,
-        "--account",
-        "m",
-        "100000",
-    ])
-    .unwrap();
-    let key = operator(&["keys", "create", "--data-dir", d, "--account", "m"]).unwrap();
-    let key = key.trim().to_owned();
-    let port = free_port(&[]).unwrap();
-    let mut dispatcher = DispatcherProc {
-        port,
-        data,
-        config,
-        logs: logs.clone(),
-        proc: None,
-        lives: 0,
-        id: None,
-    };
-    dispatcher.start().await.unwrap();
-    let id = dispatcher.id.clone().unwrap();
-    let addr = dispatcher.addr();
+    let (addr, id) = (net.addr.clone(), net.id.clone());
 
-    let node_port = free_port(&[port]).unwrap();
+    let node_port = net.free_port().unwrap();
     let node_args = [
         "node",
         "--dispatcher",
@@ -150,7 +118,7 @@ async fn node_and_dispatcher_serve_prometheus_metrics() {
         &format!("127.0.0.1:{node_metrics}"),
     ]
     .map(String::from);
-    let mut node = Proc::spawn("node".into(), &node_args, &logs, "warn").unwrap();
+    let mut node = Proc::spawn("node".into(), &node_args, &net.logs, "warn").unwrap();
     node.wait_for("metrics on http://").await.unwrap();
 
     // A second node on the same metrics address fails at once, saying why.
@@ -179,60 +147,9 @@ async fn node_and_dispatcher_serve_prometheus_metrics() {
     );
 
     // A few tasks.
-    let client = ["--dispatcher", &addr, "--dispatcher-id", &id, "--key", &key];
-    let model_path = dir.path().join("tiny.onnx");
-    std::fs::write(&model_path, TINY).unwrap();
-    let out = crat(&[&["upload"], &client[..], &[model_path.to_str().unwrap()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    // The node may still be registering: a deploy finds no capacity until it has.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let out = loop {
-        let out = crat(
-            &[
-                &["deploy"],
-                &client[..],
-                &["--model", &model, "--allowance", "50000"],
-            ]
-            .concat(),
-        );
-        if out.status.success()
-            || !String::from_utf8_lossy(&out.stderr).contains("no capacity")
-            || Instant::now() > deadline
-        {
-            break out;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let deployment = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let (_, deployment, _) = net.deploy(dir.path(), TINY).unwrap();
     for _ in 0..TASKS {
-        let out = crat(
-            &[
-                &["infer"],
-                &client[..],
-                &[
-                    "--deployment",
-                    &deployment,
-                    "--input",
-                    "input:f32:1x1x28x28=zeros",
-                ],
-            ]
-            .concat(),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        net.infer_zeros(&deployment).unwrap();
     }
     let tasks = TASKS as f64;
 
@@ -324,5 +241,5 @@ async fn node_and_dispatcher_serve_prometheus_metrics() {
     assert!(!page.contains(&deployment), "{page}");
 
     node.kill().unwrap();
-    dispatcher.kill().unwrap();
+    net.dispatcher.kill().unwrap();
 }

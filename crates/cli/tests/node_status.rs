@@ -5,107 +5,55 @@
 //! form prints them readably.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+#[allow(dead_code)]
+mod common;
 #[path = "chaos/processes.rs"]
 #[allow(dead_code)]
 mod processes;
 
 use std::time::{Duration, Instant};
 
+use common::{Network, crat};
 use crat_core::id::NodeId;
 use crat_dispatcher::ledger::{Ledger, SqliteLedger};
 use crat_rewards::RoundOutcome;
-use processes::{DispatcherProc, NodeProc, free_port, operator};
+use processes::NodeProc;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 
-fn crat(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_crat"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crat_node_status_prints_the_ledger_s_earnings() {
     let dir = tempfile::tempdir().unwrap();
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let config = dir.path().join("dispatcher.toml");
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     // The default two replicas, one node; rounds of 4 s; challenges at test scale.
-    std::fs::write(
-        &config,
-        format!(
-            "[dispatcher]\nheartbeat_interval_s = 1\nproof_scale = \"test\"\nround_s = 4\n\
+    let net = Network::start(
+        dir.path(),
+        &format!(
+            "heartbeat_interval_s = 1\nproof_scale = \"test\"\nround_s = 4\n\
              round_epoch_s = {epoch}\nround_close_delay_s = 1\n"
         ),
     )
+    .await
     .unwrap();
-    let data = dir.path().join("dispatcher");
-    let d = data.to_str().unwrap();
-    operator(&[
-        "credits",
-        "grant",
-        "--data-dir",
-        d,
-        "--account",
-        "op",
-        "100000",
-    ])
-    .unwrap();
-    let key = operator(&["keys", "create", "--data-dir", d, "--account", "op"]).unwrap();
-    let key = key.trim().to_owned();
-
-    let port = free_port(&[]).unwrap();
-    let mut dispatcher = DispatcherProc {
-        port,
-        data: data.clone(),
-        config,
-        logs: logs.clone(),
-        proc: None,
-        lives: 0,
-        id: None,
-    };
-    dispatcher.start().await.unwrap();
     let node_dir = dir.path().join("node");
     let mut node = NodeProc {
         index: 0,
-        port: free_port(&[port]).unwrap(),
+        port: net.free_port().unwrap(),
         data: node_dir.clone(),
-        logs,
+        logs: net.logs.clone(),
         proc: None,
         lives: 0,
     };
-    node.start(&dispatcher).unwrap();
-    let id = dispatcher.id.clone().unwrap();
-    let addr = dispatcher.addr();
-    let client = ["--dispatcher", &addr, "--dispatcher-id", &id, "--key", &key];
+    node.start(&net.dispatcher).unwrap();
+    let (addr, id) = (net.addr.clone(), net.id.clone());
 
     // A per-request deploy on one node: created degraded, the reason printed, and waited for
     // until its one replica serves.
-    let model_path = dir.path().join("tiny.onnx");
-    std::fs::write(&model_path, TINY).unwrap();
-    let out = crat(&[&["upload"], &client[..], &[model_path.to_str().unwrap()]].concat());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let model = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let out = crat(
-        &[
-            &["deploy"],
-            &client[..],
-            &["--model", &model, "--allowance", "50000"],
-        ]
-        .concat(),
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (_, _, stderr) = net.deploy(dir.path(), TINY).unwrap();
     assert!(
         stderr.contains("degraded: 1 of 2 replicas placed: the network has 1 node"),
         "{stderr}"
@@ -113,7 +61,7 @@ async fn crat_node_status_prints_the_ledger_s_earnings() {
     assert!(stderr.contains("Degraded: 1/2 replicas ready"), "{stderr}");
 
     // Two rounds closed.
-    let ledger = SqliteLedger::open(&data.join("ledger.sqlite")).unwrap();
+    let ledger = SqliteLedger::open(&net.data.join("ledger.sqlite")).unwrap();
     let deadline = Instant::now() + START_TIMEOUT;
     while ledger.round(1).unwrap().is_none() {
         assert!(Instant::now() < deadline, "rounds not closed");
