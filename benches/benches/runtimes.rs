@@ -424,6 +424,16 @@ struct Summary {
     tps: f64,
     p50: Duration,
     p99: Duration,
+    /// Cores this network (the bench and its `crat` processes) used while measured.
+    cores: f64,
+}
+
+impl Summary {
+    /// Tasks per second per core this network used: less sensitive than tasks/s to what
+    /// other processes take of a shared machine.
+    fn per_core(&self) -> f64 {
+        self.tps / self.cores.max(f64::MIN_POSITIVE)
+    }
 }
 
 fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
@@ -433,6 +443,7 @@ fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
         tps: latencies.len() as f64 / took.as_secs_f64(),
         p50: at(0.5),
         p99: at(0.99),
+        cores: 0.0,
     }
 }
 
@@ -700,8 +711,9 @@ async fn run(settings: &Settings, config: Config, round: usize) -> Run {
         .map(|p| p.child.id())
         .collect();
     let cpu_start = CpuSample::take(&pids);
-    let summary = load(&deployment, settings.tasks).await;
+    let mut summary = load(&deployment, settings.tasks).await;
     let cpu = cpu_start.cores(CpuSample::take(&pids), cores());
+    summary.cores = cpu.0;
     let load_after = load_1m();
     print_run(round, config, &summary);
     println!(
@@ -733,21 +745,25 @@ fn cores() -> usize {
 
 fn print_run(round: usize, config: Config, s: &Summary) {
     println!(
-        "round {round} {:>8} ({:>9}): {:>8.1} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+        "round {round} {:>8} ({:>9}): {:>8.1} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
+         {:>6.1} tasks/s per core",
         config.name(),
         config.backend(),
         s.tps,
         s.p50.as_secs_f64() * 1e3,
-        s.p99.as_secs_f64() * 1e3
+        s.p99.as_secs_f64() * 1e3,
+        s.per_core()
     );
 }
 
 fn print_ratio(round: usize, name: &str, a: &Summary, b: &Summary) {
     println!(
-        "round {round} {name:>20}: {:>6.3}x tasks/s  p50 {:>6.3}x  p99 {:>6.3}x",
+        "round {round} {name:>20}: {:>6.3}x tasks/s  p50 {:>6.3}x  p99 {:>6.3}x  {:>6.3}x \
+         tasks/s per core",
         a.tps / b.tps,
         a.p50.as_secs_f64() / b.p50.as_secs_f64(),
-        a.p99.as_secs_f64() / b.p99.as_secs_f64()
+        a.p99.as_secs_f64() / b.p99.as_secs_f64(),
+        a.per_core() / b.per_core()
     );
 }
 
@@ -829,12 +845,21 @@ fn main() {
         let tps = of.iter().map(|s| s.tps).sum::<f64>() / 2.0;
         let p50 = of.iter().map(|s| s.p50).sum::<Duration>() / 2;
         let p99 = of.iter().map(|s| s.p99).sum::<Duration>() / 2;
-        Summary { tps, p50, p99 }
+        let cores = of.iter().map(|s| s.cores).sum::<f64>() / 2.0;
+        Summary {
+            tps,
+            p50,
+            p99,
+            cores,
+        }
     };
     let (hand, default) = (mean(Config::ByHand), mean(Config::Default));
     print_ratio(0, "default / by hand", &default, &hand);
     print_ratio(0, "tract / by hand", &mean(Config::Tract), &hand);
-    println!("(round 0: the means of both rounds' tasks/s, p50 and p99)");
+    println!(
+        "(round 0: the means of both rounds' tasks/s, p50, p99 and cores; tasks/s per core: \
+         per core this network used while measured, the bench and its crat processes)"
+    );
     println!(
         "goal (default is ONNX Runtime, within 5 % of by hand in tasks/s): default served with \
          ort/cpu in every run; default / by hand {:.3} over both rounds, {worst:.3} in the \
