@@ -1,0 +1,874 @@
+//! Issue 16, "Node operators": what `crat node` serves with when the operator sets nothing,
+//! against ONNX Runtime set by hand and against tract, on the PaddleOCR text-direction
+//! classifier (`crates/backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx`, input `x`
+//! 1×3×48×192 f32) with 64 tasks in flight. Goal: the default is ONNX Runtime, within 5 % of
+//! the hand-set figure.
+//!
+//! Each run is a real network of separate processes of the release `crat` binary (`CRAT_BIN`)
+//! on loopback: `crat dispatcher` (test-scale hardware proofs) and two `crat node`s, in one of
+//! three configurations that differ only in the nodes' environment and flags:
+//!
+//! - `default`: `ORT_DYLIB_PATH` and every `CRAT_ONNXRUNTIME*` removed from the environment,
+//!   no ONNX Runtime flag: what an operator gets. Each node keeps a persistent data directory
+//!   (`$CRAT_RUNTIMES_DATA_DIR`, default `$CARGO_TARGET_DIR/crat-runtimes-bench`), so the first
+//!   run installs ONNX Runtime from PyPI into it and later runs find that copy. The rest of
+//!   the node's state (key, usage journal, model store) is deleted before each run: every run
+//!   has a new dispatcher.
+//! - `by hand`: the same, plus `ORT_DYLIB_PATH` naming a library (`$CRAT_RUNTIMES_ORT_DYLIB`,
+//!   else `$ORT_DYLIB_PATH`, else `$HOME/.cache/cryptorat/onnxruntime-1.31.1/
+//!   libonnxruntime.so.1.31.1`, where `scripts/install-onnxruntime.sh` puts it).
+//! - `tract`: no ONNX Runtime to be found: the environment stripped as for `default`,
+//!   `--onnxruntime-install false`, a fresh data directory, `PATH` an empty directory (no
+//!   `python3` to ask for an `onnxruntime` package), `VIRTUAL_ENV` removed and `HOME` an empty
+//!   directory (no virtual environment's or user's site-packages to look in). A system-wide
+//!   package in `/usr/lib` or `/usr/local/lib` would still be found: the bench then fails.
+//!
+//! Each node's `backend:` line (and the `onnxruntime:` lines before it) is printed, and
+//! checked: `ort/cpu` for `default` and `by hand` (the latter found through
+//! `ORT_DYLIB_PATH`), `tract/cpu` for `tract`; anything else fails the bench. For `default`,
+//! the bench says whether the library the node found is byte for byte the hand-set one
+//! (blake3).
+//!
+//! The bench process uploads and deploys the model with the SDK (a per-request deployment,
+//! both replicas ready), checks one answer against an in-process tract run (the network's
+//! tolerance), runs a warm-up (`CRAT_RUNTIMES_WARMUP`, default 2,000 tasks), then
+//! `CRAT_RUNTIMES_TASKS` tasks (default 15,000: 10 to 25 s per run on a 2-core machine) with
+//! 64 in flight, and records tasks/s, p50 and p99. The configurations run interleaved, two rounds
+//! (default, by hand, tract, default, by hand, tract); every run is printed, then the ratios
+//! default / by hand and tract / by hand of each round and of both rounds together. The
+//! 1-minute load average is printed before and at the end of every run, and the cores used
+//! while measuring by this network (the bench and its `crat` processes) and by every other
+//! process (from `/proc/stat` and `/proc/<pid>/stat`): on a shared machine, read the figures
+//! with them. (The load average counts this network's own runnable threads too: ONNX
+//! Runtime's spinning intra-op threads raise it well above the cores the machine has.)
+//!
+//! `CRAT_BIN=$CARGO_TARGET_DIR/release/crat cargo bench -p crat-benches --bench runtimes`;
+//! see `benches/compare/README.md`.
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crat_backend::InferenceBackend;
+use crat_backend::tract::TractBackend;
+use crat_core::id::{NodeId, SdkKey};
+use crat_core::money::Credits;
+use crat_core::pricing::{DeployPlan, PerRequestPlan};
+use crat_core::tensor::{NamedTensor, Tensor};
+use crat_core::verify::{Tolerance, tensors_agree};
+use crat_sdk::Deployment;
+use crat_transport::quic::QuicTransport;
+use rand::Rng;
+
+const PADDLE: &[u8] =
+    include_bytes!("../../crates/backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+const IN_FLIGHT: usize = 64;
+const NODES: usize = 2;
+/// Tasks per measured run unless `CRAT_RUNTIMES_TASKS` says otherwise.
+const TASKS_DEFAULT: usize = 15_000;
+/// Warm-up tasks before each measured run unless `CRAT_RUNTIMES_WARMUP` says otherwise.
+const WARMUP_DEFAULT: usize = 2_000;
+/// How long a process may take to print what it prints when started (a dispatcher's
+/// "listening on", a node's "serving on").
+const START_S_MAX: u64 = 60;
+/// How long a node may take to print its `backend:` line: the first `default` run downloads
+/// ONNX Runtime from PyPI (a ~24 MB wheel).
+const BACKEND_S_MAX: u64 = 900;
+/// How long the deployment may take to have both replicas ready (nodes register and pass
+/// their test-scale challenges first).
+const READY_S_MAX: u64 = 180;
+/// How long a process may take to exit after ctrl-c before it is killed.
+const STOP_S_MAX: u64 = 30;
+/// Credits granted to the bench's account, and the deployment's allowance.
+const CREDITS: u64 = 1 << 50;
+const ALLOWANCE: u64 = 1 << 48;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Config {
+    Default,
+    ByHand,
+    Tract,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::Default, Config::ByHand, Config::Tract];
+
+    fn name(self) -> &'static str {
+        match self {
+            Config::Default => "default",
+            Config::ByHand => "by hand",
+            Config::Tract => "tract",
+        }
+    }
+
+    /// The `backend:` line its nodes must print.
+    fn backend(self) -> &'static str {
+        match self {
+            Config::Default | Config::ByHand => "ort/cpu",
+            Config::Tract => "tract/cpu",
+        }
+    }
+}
+
+/// What the environment says.
+struct Settings {
+    crat: PathBuf,
+    ort_dylib: PathBuf,
+    /// The `default` nodes' persistent data directories live under it.
+    data_root: PathBuf,
+    tasks: usize,
+    warmup: usize,
+}
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn env_count(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a count")),
+        _ => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let crat = env_path("CRAT_BIN").unwrap_or_else(|| {
+            panic!(
+                "CRAT_BIN must name the release crat binary: build it with `cargo build --release \
+                 -p crat-cli --bin crat` and set CRAT_BIN=$CARGO_TARGET_DIR/release/crat \
+                 (target/release/crat without CARGO_TARGET_DIR)"
+            )
+        });
+        assert!(
+            crat.is_file(),
+            "CRAT_BIN={} is not a file: build it with `cargo build --release -p crat-cli --bin \
+             crat`",
+            crat.display()
+        );
+        let ort_dylib = env_path("CRAT_RUNTIMES_ORT_DYLIB")
+            .or_else(|| env_path("ORT_DYLIB_PATH"))
+            .or_else(|| {
+                env_path("HOME")
+                    .map(|h| h.join(".cache/cryptorat/onnxruntime-1.31.1/libonnxruntime.so.1.31.1"))
+            })
+            .expect("set CRAT_RUNTIMES_ORT_DYLIB to the ONNX Runtime library for `by hand`");
+        assert!(
+            ort_dylib.is_file(),
+            "the ONNX Runtime library for `by hand`, {}, is not a file: set \
+             CRAT_RUNTIMES_ORT_DYLIB (or ORT_DYLIB_PATH) to libonnxruntime.so.1.31.1, e.g. \
+             `scripts/install-onnxruntime.sh` prints one",
+            ort_dylib.display()
+        );
+        let data_root = env_path("CRAT_RUNTIMES_DATA_DIR").unwrap_or_else(|| {
+            env_path("CARGO_TARGET_DIR")
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+                .join("crat-runtimes-bench")
+        });
+        Self {
+            crat,
+            ort_dylib,
+            data_root,
+            tasks: env_count("CRAT_RUNTIMES_TASKS", TASKS_DEFAULT),
+            warmup: env_count("CRAT_RUNTIMES_WARMUP", WARMUP_DEFAULT),
+        }
+    }
+}
+
+/// The 1-minute load average.
+fn load_1m() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// CPU time from `/proc` (in the kernel's clock ticks): all CPUs' busy and total time, and
+/// the busy time of the bench and its processes.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    busy: u64,
+    total: u64,
+    ours: u64,
+}
+
+impl CpuSample {
+    fn take(pids: &[u32]) -> Self {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest is counted in user)
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+        let total = busy + at(3) + at(4);
+        let of = |path: String| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            // After the command's ")": state is field 3, utime 14, stime 15.
+            let rest: Vec<u64> = text
+                .rsplit_once(')')
+                .map_or("", |(_, r)| r)
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            rest.get(11).copied().unwrap_or(0) + rest.get(12).copied().unwrap_or(0)
+        };
+        let ours = of("/proc/self/stat".into())
+            + pids
+                .iter()
+                .map(|p| of(format!("/proc/{p}/stat")))
+                .sum::<u64>();
+        Self { busy, total, ours }
+    }
+
+    /// Cores used by this network and by everything else between `self` and `later`.
+    fn cores(self, later: CpuSample, cores: usize) -> (f64, f64) {
+        let total = later.total.saturating_sub(self.total).max(1) as f64;
+        let busy = later.busy.saturating_sub(self.busy) as f64;
+        let ours = (later.ours.saturating_sub(self.ours) as f64).min(busy);
+        let cores = cores as f64;
+        (ours / total * cores, (busy - ours) / total * cores)
+    }
+}
+
+/// The blake3 of a file.
+fn hash(path: &Path) -> blake3::Hash {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    blake3::hash(&bytes)
+}
+
+/// A free UDP port on loopback below the ephemeral range (no endpoint bound to port 0, a
+/// client's or a dispatcher's canary endpoint, takes it before its process binds it).
+fn free_port(taken: &[u16]) -> u16 {
+    for _ in 0..1_000 {
+        let port = rand::thread_rng().gen_range(20_000..32_000);
+        if !taken.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free UDP port in 20000..32000")
+}
+
+/// A `crat` child process, its output in `<logs>/<name>.out` and `.err`; killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(name: String, mut command: Command, logs: &Path) -> Self {
+        let stdout = logs.join(format!("{name}.out"));
+        let stderr = logs.join(format!("{name}.err"));
+        let child = command
+            .env("RUST_LOG", "warn")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name,
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The last lines of its output, for failure messages.
+    fn tail(&self) -> String {
+        let mut out = String::new();
+        for path in [&self.stdout, &self.stderr] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let _ = writeln!(out, "--- {}", path.display());
+            for l in &lines[lines.len().saturating_sub(20)..] {
+                let _ = writeln!(out, "{l}");
+            }
+        }
+        out
+    }
+
+    fn check_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "{} exited on its own ({status}):\n{}",
+                self.name,
+                self.tail()
+            );
+        }
+    }
+
+    /// Waits until its stdout has a line starting with `marker` (or containing it, with
+    /// `anywhere`) and returns that line.
+    async fn wait_for(&mut self, marker: &str, anywhere: bool, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let text = self.output();
+            let hit = text.lines().find(|l| {
+                if anywhere {
+                    l.contains(marker)
+                } else {
+                    l.starts_with(marker)
+                }
+            });
+            if let Some(line) = hit {
+                return line.to_owned();
+            }
+            self.check_alive();
+            assert!(
+                Instant::now() < deadline,
+                "{} printed no {marker:?} within {within:?}:\n{}",
+                self.name,
+                self.tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Interrupts it (ctrl-c) and waits for it to exit; kills it after `STOP_S_MAX`.
+    async fn stop(&mut self) {
+        self.check_alive();
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(STOP_S_MAX);
+        let status: ExitStatus = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                println!(
+                    "  {} did not exit within {STOP_S_MAX} s of ctrl-c: killed",
+                    self.name
+                );
+                let _ = self.child.kill();
+                break self.child.wait().unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !status.success() {
+            println!("  {} exited with {status} after ctrl-c", self.name);
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `crat <args>` run to completion; its stdout.
+fn crat_verb(crat: &Path, args: &[&str]) -> String {
+    let out = Command::new(crat).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "crat {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A `crat` command whose environment has no `ORT_DYLIB_PATH` and no `CRAT_ONNXRUNTIME*`.
+fn stripped(crat: &Path) -> Command {
+    let mut command = Command::new(crat);
+    for (name, _) in std::env::vars_os() {
+        let text = name.to_string_lossy();
+        if text == "ORT_DYLIB_PATH" || text.starts_with("CRAT_ONNXRUNTIME") {
+            command.env_remove(&name);
+        }
+    }
+    command
+}
+
+/// Deletes everything in a `default` node's persistent data directory but its ONNX Runtime
+/// (`onnxruntime/`): the key, usage journal and model store belong to an earlier network.
+fn reset_persistent(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() == *"onnxruntime" {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+}
+
+struct Summary {
+    tps: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Cores this network (the bench and its `crat` processes) used while measured.
+    cores: f64,
+}
+
+impl Summary {
+    /// Tasks per second per core this network used: less sensitive than tasks/s to what
+    /// other processes take of a shared machine.
+    fn per_core(&self) -> f64 {
+        self.tps / self.cores.max(f64::MIN_POSITIVE)
+    }
+}
+
+fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
+    latencies.sort();
+    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+    Summary {
+        tps: latencies.len() as f64 / took.as_secs_f64(),
+        p50: at(0.5),
+        p99: at(0.99),
+        cores: 0.0,
+    }
+}
+
+fn input() -> NamedTensor {
+    let shape = [1u64, 3, 48, 192];
+    let n: u64 = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (i % 255) as f32 / 255.0).collect();
+    NamedTensor::new("x", Tensor::from_slice(&shape, &values).unwrap())
+}
+
+/// `tasks` inferences, `IN_FLIGHT` at a time.
+async fn load(d: &Deployment<QuicTransport>, tasks: usize) -> Summary {
+    let next = Arc::new(AtomicUsize::new(0));
+    let x = input();
+    let started = Instant::now();
+    let mut workers = Vec::with_capacity(IN_FLIGHT);
+    for _ in 0..IN_FLIGHT {
+        let (next, d, x) = (next.clone(), d.clone(), x.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < tasks {
+                let t = Instant::now();
+                d.infer(vec![x.clone()])
+                    .await
+                    .unwrap_or_else(|e| panic!("a task failed: {e}"));
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::with_capacity(tasks);
+    for w in workers {
+        all.extend(w.await.unwrap());
+    }
+    summarize(all, started.elapsed())
+}
+
+/// One measured run.
+struct Run {
+    round: usize,
+    config: Config,
+    summary: Summary,
+    load_before: String,
+    load_after: String,
+    /// Cores used while measured: this network's processes, and everything else.
+    cpu: (f64, f64),
+    took: Duration,
+}
+
+/// Starts a network in `config`, measures, stops it.
+async fn run(settings: &Settings, config: Config, round: usize) -> Run {
+    let started = Instant::now();
+    let load_before = load_1m();
+    println!(
+        "\n== round {round}, {} (load average {load_before}) ==",
+        config.name()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let crat = settings.crat.as_path();
+
+    // The dispatcher: credits and a key first (its ledger, offline), then the process.
+    let data = dir.path().join("dispatcher");
+    let d = data.to_str().unwrap();
+    crat_verb(
+        crat,
+        &[
+            "credits",
+            "grant",
+            "--data-dir",
+            d,
+            "--account",
+            "bench",
+            &CREDITS.to_string(),
+        ],
+    );
+    let key: SdkKey = crat_verb(
+        crat,
+        &["keys", "create", "--data-dir", d, "--account", "bench"],
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    let dispatcher_config = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &dispatcher_config,
+        "[dispatcher]\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n",
+    )
+    .unwrap();
+    let port = free_port(&[]);
+    let addr = format!("127.0.0.1:{port}");
+    // The same in every configuration: its determinism gate runs tract and the hand-set
+    // ONNX Runtime.
+    let mut command = stripped(crat);
+    command
+        .env("ORT_DYLIB_PATH", &settings.ort_dylib)
+        .args(["dispatcher", "--listen", &addr, "--data-dir", d, "--config"])
+        .arg(&dispatcher_config);
+    let mut dispatcher = Proc::spawn("dispatcher".into(), command, &logs);
+    let line = dispatcher
+        .wait_for(" listening on ", true, Duration::from_secs(START_S_MAX))
+        .await;
+    // "dispatcher <id> listening on <addr>"
+    let id: NodeId = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+
+    // The nodes.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let mut taken = vec![port];
+    let mut nodes = Vec::new();
+    for i in 0..NODES {
+        let node_port = free_port(&taken);
+        taken.push(node_port);
+        let data_dir = match config {
+            Config::Default => {
+                let dir = settings.data_root.join(format!("default-node{i}"));
+                reset_persistent(&dir);
+                dir
+            }
+            Config::ByHand | Config::Tract => dir.path().join(format!("node{i}")),
+        };
+        let mut command = stripped(crat);
+        command
+            .args(["node", "--dispatcher", &addr, "--dispatcher-id"])
+            .arg(id.to_string())
+            .args(["--listen", &format!("127.0.0.1:{node_port}"), "--data-dir"])
+            .arg(&data_dir);
+        match config {
+            Config::Default => {}
+            Config::ByHand => {
+                command.env("ORT_DYLIB_PATH", &settings.ort_dylib);
+            }
+            Config::Tract => {
+                command
+                    .args(["--onnxruntime-install", "false"])
+                    .env("PATH", &empty)
+                    .env("HOME", &empty)
+                    .env_remove("VIRTUAL_ENV");
+            }
+        }
+        nodes.push(Proc::spawn(format!("node{i}"), command, &logs));
+    }
+    for node in &mut nodes {
+        let backend = node
+            .wait_for("backend: ", false, Duration::from_secs(BACKEND_S_MAX))
+            .await;
+        let output = node.output();
+        for l in output.lines().filter(|l| {
+            (l.starts_with("onnxruntime: ") && !l.contains(": downloading "))
+                || l.starts_with("no ONNX Runtime")
+                || l.starts_with("passed over")
+        }) {
+            println!("  {}: {l}", node.name);
+        }
+        println!("  {}: {backend}", node.name);
+        let got = backend.trim_start_matches("backend: ").trim();
+        assert_eq!(
+            got,
+            config.backend(),
+            "{}'s nodes must serve with {}, {} printed {backend:?}:\n{}",
+            config.name(),
+            config.backend(),
+            node.name,
+            node.tail()
+        );
+        let found = output
+            .lines()
+            .find(|l| l.starts_with("onnxruntime: /"))
+            .unwrap_or("");
+        match config {
+            Config::Default => {
+                assert!(
+                    !found.contains("(ORT_DYLIB_PATH,") && !found.contains("(configured path,"),
+                    "default found ONNX Runtime where it was not to look: {found:?}"
+                );
+                let path = found
+                    .trim_start_matches("onnxruntime: ")
+                    .rsplit_once(" (")
+                    .map(|(p, _)| PathBuf::from(p))
+                    .unwrap_or_else(|| panic!("no library path in {found:?}"));
+                println!(
+                    "  {}: {}",
+                    node.name,
+                    if hash(&path) == hash(&settings.ort_dylib) {
+                        "the same bytes as the hand-set library (blake3)"
+                    } else {
+                        "NOT the same bytes as the hand-set library (blake3)"
+                    }
+                );
+            }
+            Config::ByHand => assert!(
+                found.contains("(ORT_DYLIB_PATH,"),
+                "by hand did not take ORT_DYLIB_PATH: {found:?}"
+            ),
+            Config::Tract => assert!(
+                output.lines().any(|l| l.starts_with("no ONNX Runtime: ")),
+                "tract printed no reason:\n{output}"
+            ),
+        }
+        node.wait_for(" serving on ", true, Duration::from_secs(START_S_MAX))
+            .await;
+    }
+
+    // The deployment, both replicas ready.
+    let client = crat_sdk::connect(format!("127.0.0.1:{port}").parse().unwrap(), id, key)
+        .await
+        .unwrap();
+    let model = client.upload_model(PADDLE, |_| {}).await.unwrap();
+    let plan = DeployPlan::PerRequest(PerRequestPlan {
+        max_input_bytes: 1 << 20,
+        credit_allowance: Credits::new(ALLOWANCE),
+    });
+    let deployment = client.deploy(model, plan).await.unwrap();
+    let ready_by = Instant::now() + Duration::from_secs(READY_S_MAX);
+    deployment
+        .wait_ready(Duration::from_secs(READY_S_MAX))
+        .await
+        .unwrap();
+    loop {
+        let info = deployment.info().await.unwrap();
+        if info.replicas_ready as usize >= NODES {
+            break;
+        }
+        dispatcher.check_alive();
+        for node in &mut nodes {
+            node.check_alive();
+        }
+        assert!(
+            Instant::now() < ready_by,
+            "{} of {NODES} replicas ready after {READY_S_MAX} s: {info:?}",
+            info.replicas_ready
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // One answer against tract in this process.
+    let x = input();
+    let got = deployment.infer(vec![x.clone()]).await.unwrap();
+    let want = TractBackend::new()
+        .load(PADDLE)
+        .unwrap()
+        .run(&[x.tensor])
+        .unwrap();
+    assert_eq!(got.len(), want.len());
+    let mut apart = 0f32;
+    for (g, w) in got.iter().zip(&want) {
+        tensors_agree(&g.name, &g.tensor, w, &Tolerance::default()).unwrap();
+        for (a, b) in g
+            .tensor
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .zip(w.to_vec::<f32>().unwrap())
+        {
+            apart = apart.max((a - b).abs());
+        }
+    }
+    println!("  answer checked against tract in-process: at most {apart:e} apart");
+
+    load(&deployment, settings.warmup).await;
+    let pids: Vec<u32> = nodes
+        .iter()
+        .chain([&dispatcher])
+        .map(|p| p.child.id())
+        .collect();
+    let cpu_start = CpuSample::take(&pids);
+    let mut summary = load(&deployment, settings.tasks).await;
+    let cpu = cpu_start.cores(CpuSample::take(&pids), cores());
+    summary.cores = cpu.0;
+    let load_after = load_1m();
+    print_run(round, config, &summary);
+    println!(
+        "  load average {load_before} before, {load_after} at the end; CPU while measured: \
+         {:.2} cores this network (bench, dispatcher, nodes), {:.2} cores other processes, of {}",
+        cpu.0,
+        cpu.1,
+        cores()
+    );
+
+    for node in &mut nodes {
+        node.stop().await;
+    }
+    dispatcher.stop().await;
+    Run {
+        round,
+        config,
+        summary,
+        load_before,
+        load_after,
+        cpu,
+        took: started.elapsed(),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn print_run(round: usize, config: Config, s: &Summary) {
+    println!(
+        "round {round} {:>8} ({:>9}): {:>8.1} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms  \
+         {:>6.1} tasks/s per core",
+        config.name(),
+        config.backend(),
+        s.tps,
+        s.p50.as_secs_f64() * 1e3,
+        s.p99.as_secs_f64() * 1e3,
+        s.per_core()
+    );
+}
+
+fn print_ratio(round: usize, name: &str, a: &Summary, b: &Summary) {
+    println!(
+        "round {round} {name:>20}: {:>6.3}x tasks/s  p50 {:>6.3}x  p99 {:>6.3}x  {:>6.3}x \
+         tasks/s per core",
+        a.tps / b.tps,
+        a.p50.as_secs_f64() / b.p50.as_secs_f64(),
+        a.p99.as_secs_f64() / b.p99.as_secs_f64(),
+        a.per_core() / b.per_core()
+    );
+}
+
+fn main() {
+    let settings = Settings::from_env();
+    let cores = cores();
+    println!(
+        "PaddleOCR classifier (x 1x3x48x192 f32), {IN_FLIGHT} in flight, {} tasks per run after \
+         {} warm-up, {NODES} `crat node` processes and a `crat dispatcher` on loopback",
+        settings.tasks, settings.warmup
+    );
+    println!("crat: {}", settings.crat.display());
+    println!("by hand: ORT_DYLIB_PATH={}", settings.ort_dylib.display());
+    println!(
+        "default: persistent node data directories under {}",
+        settings.data_root.display()
+    );
+    println!("{cores} cores; load average {}", load_1m());
+    // Ignored by the bench's own stripping: shown so that a reader sees what the shell had.
+    for name in [
+        "ORT_DYLIB_PATH",
+        "CRAT_ONNXRUNTIME",
+        "CRAT_ONNXRUNTIME_INSTALL",
+    ] {
+        if let Some(v) = std::env::var_os(name) {
+            println!(
+                "(the shell's {name}={} is removed from the nodes' environment)",
+                v.to_string_lossy()
+            );
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let runs: Vec<Run> = rt.block_on(async {
+        let mut runs = Vec::new();
+        for round in 1..=2 {
+            for config in Config::ALL {
+                runs.push(run(&settings, config, round).await);
+            }
+        }
+        runs
+    });
+
+    println!(
+        "\n== results: PaddleOCR classifier, {IN_FLIGHT} in flight, {} tasks per run ==",
+        settings.tasks
+    );
+    for r in &runs {
+        print_run(r.round, r.config, &r.summary);
+        println!(
+            "        load average {} before, {} at the end; cores this network / others {:.2} / \
+             {:.2}; {:.0} s with setup and warm-up",
+            r.load_before,
+            r.load_after,
+            r.cpu.0,
+            r.cpu.1,
+            r.took.as_secs_f64()
+        );
+    }
+    let of = |round: usize, config: Config| {
+        &runs
+            .iter()
+            .find(|r| r.round == round && r.config == config)
+            .unwrap()
+            .summary
+    };
+    let mut worst = f64::INFINITY;
+    for round in 1..=2 {
+        let hand = of(round, Config::ByHand);
+        let default = of(round, Config::Default);
+        print_ratio(round, "default / by hand", default, hand);
+        print_ratio(round, "tract / by hand", of(round, Config::Tract), hand);
+        worst = worst.min(default.tps / hand.tps);
+    }
+    let mean = |config: Config| {
+        let of: Vec<&Summary> = (1..=2).map(|round| of(round, config)).collect();
+        let tps = of.iter().map(|s| s.tps).sum::<f64>() / 2.0;
+        let p50 = of.iter().map(|s| s.p50).sum::<Duration>() / 2;
+        let p99 = of.iter().map(|s| s.p99).sum::<Duration>() / 2;
+        let cores = of.iter().map(|s| s.cores).sum::<f64>() / 2.0;
+        Summary {
+            tps,
+            p50,
+            p99,
+            cores,
+        }
+    };
+    let (hand, default) = (mean(Config::ByHand), mean(Config::Default));
+    print_ratio(0, "default / by hand", &default, &hand);
+    print_ratio(0, "tract / by hand", &mean(Config::Tract), &hand);
+    println!(
+        "(round 0: the means of both rounds' tasks/s, p50, p99 and cores; tasks/s per core: \
+         per core this network used while measured, the bench and its crat processes)"
+    );
+    println!(
+        "goal (default is ONNX Runtime, within 5 % of by hand in tasks/s): default served with \
+         ort/cpu in every run; default / by hand {:.3} over both rounds, {worst:.3} in the \
+         lower round -> {}",
+        default.tps / hand.tps,
+        match (default.tps / hand.tps >= 0.95, worst >= 0.95) {
+            (true, true) => "met in each round",
+            (true, false) => "met over both rounds, not in one of them",
+            (false, _) => "NOT met",
+        }
+    );
+}
