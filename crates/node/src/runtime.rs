@@ -614,6 +614,12 @@ impl<T: Transport> Node<T> {
 
     /// Runs the node until its transport is closed.
     pub async fn run(&self) -> Result<(), NodeError> {
+        // Started stopped (waiting for START): no idle workload either until then.
+        if !*self.inner.wanted.borrow()
+            && let Some(idle) = &self.inner.idle
+        {
+            idle.suspend(true, self.inner.clock.now_s()).await;
+        }
         let clients = tokio::spawn(self.clone().accept_clients());
         let usage = tokio::spawn(self.clone().usage_loop());
         let gauges = tokio::spawn(self.clone().gauges_loop());
