@@ -3,13 +3,17 @@
 # - chromium and chromium-driver: crates/cli/tests/dashboard.rs drives the node's dashboard in
 #   a real headless browser over WebDriver;
 # - systemd: `systemd-analyze verify` checks dist/systemd/*.service (crates/cli's
-#   config_example tests).
+#   config_example tests);
+# - iproute2 and nftables: the NAT lab (crat_testnet::netlab) builds homes behind NAT routers
+#   in network namespaces (crates/testnet/tests/netlab.rs; needs root).
 # Needs root or sudo, and the Debian archive. Called by scripts/test.sh and .ci/run.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v ip >/dev/null || need+=(iproute2)
+command -v nft >/dev/null || need+=(nftables)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()

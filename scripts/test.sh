@@ -5,8 +5,8 @@
 # curl. The Python packages come from PyPI into virtual environments under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Chromium and chromedriver (the dashboard's browser test) and systemd-analyze (the unit files'
-# test), from Debian when missing.
+# Chromium and chromedriver (the dashboard's browser test), systemd-analyze (the unit files'
+# test) and nftables (the NAT lab's tests), from Debian when missing.
 scripts/install-system-packages.sh
 ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
 # The wheel it came from (kept in its cache): crat-node's tests/ort_setup.rs serves it from a

@@ -7,6 +7,7 @@
 //! | [`LocalNetwork`] | a real dispatcher and real compute nodes on loopback QUIC: start, add nodes (keyed, on a chosen loopback address), wait until they are online, kill a node, restart the dispatcher on the same data, shut down |
 //! | [`spawn_node`] | one node with declared hardware registering with any dispatcher (what [`LocalNetwork`] does for each of its nodes); [`spawn_node_declaring`] declares any GPU list |
 //! | [`loopback_quic`] | the QUIC settings every endpoint on loopback uses |
+//! | [`netlab`] | network namespaces with NAT routers (endpoint-independent or symmetric), public hosts and port mappings, for tests of peers behind NAT (root, Linux) |
 //! | [`PerturbedBackend`] | the cheating backend: wraps a real one and returns wrong answers on a fixed share of runs |
 //!
 //! Nothing is simulated but the nodes' declared GPUs: inference runs on the backend each
@@ -47,6 +48,8 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(target_os = "linux")]
+pub mod netlab;
 mod network;
 mod perturbed;
 
