@@ -476,13 +476,8 @@ impl<T: Transport> Node<T> {
         inner.accepting.store(false, Ordering::Release);
         let deadline = started + drain;
         let unfinished = || {
-            let queued: u64 = inner
-                .served
-                .read()
-                .values()
-                .map(|s| s.batcher.queued() as u64)
-                .sum();
-            u64::from(inner.inflight.load(Ordering::Acquire)) + queued
+            let (inflight, queued) = self.tasks_inflight();
+            u64::from(inflight) + queued
         };
         while unfinished() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -76,7 +76,9 @@ pub async fn ask_standing<T: Transport>(
         return Err(StandingError::TooManyRounds { asked: rounds });
     }
     let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
-    query_standing(&conn, node, rounds, limits).await
+    let standing = query_standing(&conn, node, rounds, limits).await;
+    conn.close("standing answered");
+    standing
 }
 
 /// The standing as JSON, with ids in hex and amounts in integer µUSD and µCRAT, named as in
