@@ -92,6 +92,15 @@ pub struct IrohConfig {
     /// peers reach it when it has no direct address for them) and can send through any.
     /// Empty: relaying off, direct addresses only. Default empty.
     pub relay_urls: Vec<RelayUrl>,
+    /// The UDP port of the relays' QUIC address discovery (QAD), on the relays' hosts: how an
+    /// endpoint behind NAT learns its public `ip:port`, which hole punching between two NATed
+    /// endpoints needs. `None`: no QAD (then only endpoints with a public address, or on the
+    /// same network, get direct paths). Default `None`.
+    pub relay_qad_port: Option<u16>,
+    /// Certificates trusted for the relays' TLS (HTTPS and QAD), instead of the web PKI (the
+    /// Mozilla roots compiled into iroh). For a deployment's self-signed relay, e.g.
+    /// `Relay::qad_cert`. Default empty: the web PKI.
+    pub relay_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     /// Bidirectional streams (exchanges) a peer may have open at once. Default 256.
     pub streams_concurrent_max: u32,
     /// A connection with no traffic for this long is closed. Default 30 s.
@@ -123,6 +132,8 @@ impl Default for IrohConfig {
     fn default() -> Self {
         Self {
             relay_urls: Vec::new(),
+            relay_qad_port: None,
+            relay_roots: Vec::new(),
             streams_concurrent_max: 256,
             idle_timeout_ms: 30_000,
             keep_alive_interval_ms: 5_000,
@@ -160,12 +171,11 @@ impl IrohConfig {
         if self.relay_urls.is_empty() {
             return RelayMode::Disabled;
         }
-        // No QUIC address discovery (QAD) config: a plain-HTTP relay serves none, and QAD needs
-        // the relay's QUIC port with a certificate the node trusts (see [`Relay`]).
+        let qad = self.relay_qad_port.map(iroh_relay::RelayQuicConfig::new);
         RelayMode::Custom(RelayMap::from_iter(
             self.relay_urls
                 .iter()
-                .map(|url| RelayConfig::new(url.clone(), None)),
+                .map(|url| RelayConfig::new(url.clone(), qad.clone())),
         ))
     }
 }
@@ -260,7 +270,13 @@ impl IrohTransport {
             reason: e.to_string(),
         };
         let secret = SecretKey::from_bytes(&key.to_bytes());
-        let endpoint = Endpoint::builder(::iroh::endpoint::presets::Minimal)
+        let mut builder = Endpoint::builder(::iroh::endpoint::presets::Minimal);
+        if !config.relay_roots.is_empty() {
+            builder = builder.ca_tls_config(::iroh::tls::CaTlsConfig::custom_roots(
+                config.relay_roots.iter().cloned(),
+            ));
+        }
+        let endpoint = builder
             .secret_key(secret)
             .alpns(vec![ALPN.to_vec()])
             .relay_mode(config.relay_mode())

@@ -2,7 +2,10 @@
 
 use std::net::SocketAddr;
 
-use iroh_relay::server::{RelayConfig, Server, ServerConfig};
+use std::sync::Arc;
+
+use iroh_relay::server::{QuicConfig, RelayConfig, Server, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::RelayUrl;
 use crate::{SetupError, TransportError};
@@ -22,13 +25,52 @@ use crate::{SetupError, TransportError};
 pub struct Relay {
     server: Server,
     url: RelayUrl,
+    qad_cert: Option<CertificateDer<'static>>,
 }
 
 impl Relay {
     /// Starts a plain-HTTP relay on `addr` (port 0 picks one). Must run inside a tokio runtime.
     pub async fn spawn_http(addr: SocketAddr) -> Result<Self, TransportError> {
+        Self::spawn(addr, None).await
+    }
+
+    /// Starts a plain-HTTP relay on `addr`, plus QUIC address discovery (QAD) on UDP
+    /// `qad_addr` under a fresh self-signed certificate for `names` (the relay URL's host: IP
+    /// addresses or DNS names). Endpoints use it with [`super::IrohConfig::relay_qad_port`] and
+    /// [`Relay::qad_cert`] in [`super::IrohConfig::relay_roots`].
+    pub async fn spawn_http_with_qad(
+        addr: SocketAddr,
+        qad_addr: SocketAddr,
+        names: Vec<String>,
+    ) -> Result<Self, TransportError> {
+        let tls = |what: &'static str| {
+            move |e: &dyn std::fmt::Display| SetupError::Iroh {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let certified =
+            rcgen::generate_simple_self_signed(names).map_err(|e| tls("relay certificate")(&e))?;
+        let cert = certified.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls("relay TLS")(&e))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .map_err(|e| tls("relay TLS")(&e))?;
+        let mut quic = QuicConfig::new(qad_addr);
+        quic.server_config = Some(server);
+        let mut relay = Self::spawn(addr, Some(quic)).await?;
+        relay.qad_cert = Some(cert);
+        Ok(relay)
+    }
+
+    async fn spawn(addr: SocketAddr, quic: Option<QuicConfig>) -> Result<Self, TransportError> {
         let mut config = ServerConfig::default();
         config.relay = Some(RelayConfig::new(addr));
+        config.quic = quic;
         let server = Server::spawn(config).await.map_err(|e| SetupError::Iroh {
             what: "relay",
             reason: format!("{e:#}"),
@@ -43,13 +85,27 @@ impl Relay {
                 what: "relay URL",
                 reason: e.to_string(),
             })?;
-        Ok(Self { server, url })
+        Ok(Self {
+            server,
+            url,
+            qad_cert: None,
+        })
     }
 
     /// The URL endpoints use for this relay ([`super::IrohConfig::relay_urls`], and in a
     /// [`PeerAddr`](crat_core::id::PeerAddr)).
     pub fn url(&self) -> &RelayUrl {
         &self.url
+    }
+
+    /// The self-signed certificate of its QAD port, if it serves QAD.
+    pub fn qad_cert(&self) -> Option<&CertificateDer<'static>> {
+        self.qad_cert.as_ref()
+    }
+
+    /// The UDP address of its QAD port, if it serves QAD.
+    pub fn qad_addr(&self) -> Option<SocketAddr> {
+        self.server.quic_addr()
     }
 
     /// The socket address it listens on.
