@@ -21,6 +21,17 @@
 //! of them: the connection starts on whichever answers first and moves to a direct path when
 //! hole punching finds one ([`IrohConnection::path_kind`] says which is in use).
 //!
+//! # Hole punching
+//! iroh 1.x punches holes inside the QUIC connection itself: once connected (through the relay
+//! when that is all the dialler knows), both sides announce their candidate addresses in QUIC
+//! frames (noq's NAT-traversal extension: ADD_ADDRESS, REACH_OUT), probe each other's
+//! candidates at the same time, and open a second QUIC path (multipath) on the first probe that
+//! gets through; packets then move to it and the relay path stays as a fallback. A node behind
+//! NAT knows its public `ip:port` only through the relays' QUIC address discovery
+//! ([`IrohConfig::relay_qad_port`]): without it, a node behind NAT gets a direct path to a
+//! public peer but not to another node behind NAT (see `examples/iroh_nat.rs` and
+//! `scripts/iroh-nat-experiment.sh`).
+//!
 //! # Example
 //! ```
 //! use crat_core::wire::{ClientToNode, NodeToClient};
