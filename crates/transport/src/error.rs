@@ -38,6 +38,15 @@ pub enum TransportError {
         /// The identity the peer proved.
         actual: NodeId,
     },
+    /// The peer at the address refused to prove identity `expected`: its certificate holds
+    /// another key (iroh does not say which, so this is not [`TransportError::Identity`]).
+    #[error("peer did not prove identity {expected}: {reason}")]
+    IdentityUnproven {
+        /// The identity pinned when dialling.
+        expected: NodeId,
+        /// The handshake's failure.
+        reason: String,
+    },
     /// The connection or endpoint is closed (by either side, or it timed out idle).
     #[error("connection closed: {0}")]
     Closed(#[source] Closed),
@@ -78,6 +87,10 @@ pub enum Closed {
     /// The QUIC connection was lost (closed by either side, reset, or a protocol error).
     #[error("{0}")]
     Quic(#[source] quinn::ConnectionError),
+    /// The iroh connection was lost (closed by either side, reset, or a protocol error).
+    #[cfg(feature = "iroh")]
+    #[error("{0}")]
+    Iroh(#[source] ::iroh::endpoint::ConnectionError),
     /// There is no connection to use (a caller that connects on demand is not connected).
     #[error("not connected")]
     NotConnected,
@@ -99,6 +112,18 @@ pub enum Aborted {
     /// The QUIC stream was already finished or reset when it was to be finished.
     #[error("{0}")]
     Finish(#[source] quinn::ClosedStream),
+    /// Writing to the iroh stream failed (the peer stopped reading it).
+    #[cfg(feature = "iroh")]
+    #[error("{0}")]
+    IrohWrite(#[source] ::iroh::endpoint::WriteError),
+    /// Reading from the iroh stream failed (the peer reset it).
+    #[cfg(feature = "iroh")]
+    #[error("{0}")]
+    IrohRead(#[source] ::iroh::endpoint::ReadError),
+    /// The iroh stream was already finished or reset when it was to be finished.
+    #[cfg(feature = "iroh")]
+    #[error("{0}")]
+    IrohFinish(#[source] ::iroh::endpoint::ClosedStream),
     /// The peer dropped the exchange without answering it.
     #[error("peer dropped the exchange")]
     Dropped,
@@ -154,6 +179,14 @@ pub enum SetupError {
         /// The operating system's reason.
         #[source]
         source: std::io::Error,
+    },
+    /// iroh refused a setting, or could not bind its endpoint or start its relay.
+    #[error("{what}: {reason}")]
+    Iroh {
+        /// Which step (`bind`, `idle timeout`, `relay`, ...).
+        what: &'static str,
+        /// iroh's reason.
+        reason: String,
     },
     /// The bound socket's local address could not be read.
     #[error("local address: {0}")]

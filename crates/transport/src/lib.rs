@@ -6,7 +6,8 @@
 //! - [`Connection`]: a connection to one authenticated peer carrying independent
 //!   request/response exchanges in both directions (on QUIC, one bidirectional stream each).
 //!
-//! Two implementations: [`memory`] (in-process, for tests, the single-process demo and
+//! Two implementations (three with the `iroh` feature: `iroh`, QUIC through NATs with relays):
+//! [`memory`] (in-process, for tests, the single-process demo and
 //! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
 //! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
 //!
@@ -66,6 +67,8 @@ use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 mod clock;
 mod error;
 pub mod frame;
+#[cfg(feature = "iroh")]
+pub mod iroh;
 pub mod memory;
 pub mod quic;
 

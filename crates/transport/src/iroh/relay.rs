@@ -1,0 +1,126 @@
+//! A self-hosted iroh relay, in-process (the future `crat relay`, or a task of the dispatcher).
+
+use std::net::SocketAddr;
+
+use std::sync::Arc;
+
+use iroh_relay::server::{QuicConfig, RelayConfig, Server, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+
+use super::RelayUrl;
+use crate::{SetupError, TransportError};
+
+/// An iroh relay server running in this process: it forwards the encrypted QUIC packets of
+/// endpoints that have no direct path to each other, addressed by endpoint id (it cannot read
+/// them). Stops when dropped.
+///
+/// This one speaks plain HTTP (`http://ip:port/`), which is enough for loopback, tests and a
+/// private network: the packets it carries are end-to-end encrypted QUIC either way. On the
+/// internet it needs TLS: the relay protocol's own framing (client handshake, endpoint ids of
+/// who talks to whom) travels in the clear otherwise, and iroh's QUIC address discovery (QAD:
+/// how a node behind NAT learns its public `ip:port`, which hole punching needs) is only served
+/// over the relay's QUIC port with a certificate — so production wants `RelayConfig::tls`
+/// (ACME or a certificate the operator supplies) plus `ServerConfig::quic`, and nodes that trust
+/// that certificate (the web PKI, or a CA the deployment ships via iroh's `ca_tls_config`).
+pub struct Relay {
+    server: Server,
+    url: RelayUrl,
+    qad_cert: Option<CertificateDer<'static>>,
+}
+
+impl Relay {
+    /// Starts a plain-HTTP relay on `addr` (port 0 picks one). Must run inside a tokio runtime.
+    pub async fn spawn_http(addr: SocketAddr) -> Result<Self, TransportError> {
+        Self::spawn(addr, None).await
+    }
+
+    /// Starts a plain-HTTP relay on `addr`, plus QUIC address discovery (QAD) on UDP
+    /// `qad_addr` under a fresh self-signed certificate for `names` (the relay URL's host: IP
+    /// addresses or DNS names). Endpoints use it with [`super::IrohConfig::relay_qad_port`] and
+    /// [`Relay::qad_cert`] in [`super::IrohConfig::relay_roots`].
+    pub async fn spawn_http_with_qad(
+        addr: SocketAddr,
+        qad_addr: SocketAddr,
+        names: Vec<String>,
+    ) -> Result<Self, TransportError> {
+        let tls = |what: &'static str| {
+            move |e: &dyn std::fmt::Display| SetupError::Iroh {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let certified =
+            rcgen::generate_simple_self_signed(names).map_err(|e| tls("relay certificate")(&e))?;
+        let cert = certified.cert.der().clone();
+        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls("relay TLS")(&e))?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key.into())
+            .map_err(|e| tls("relay TLS")(&e))?;
+        let mut quic = QuicConfig::new(qad_addr);
+        quic.server_config = Some(server);
+        let mut relay = Self::spawn(addr, Some(quic)).await?;
+        relay.qad_cert = Some(cert);
+        Ok(relay)
+    }
+
+    async fn spawn(addr: SocketAddr, quic: Option<QuicConfig>) -> Result<Self, TransportError> {
+        let mut config = ServerConfig::default();
+        config.relay = Some(RelayConfig::new(addr));
+        config.quic = quic;
+        let server = Server::spawn(config).await.map_err(|e| SetupError::Iroh {
+            what: "relay",
+            reason: format!("{e:#}"),
+        })?;
+        let bound = server.http_addr().ok_or_else(|| SetupError::Iroh {
+            what: "relay",
+            reason: "no HTTP address after start".into(),
+        })?;
+        let url = format!("http://{bound}/")
+            .parse()
+            .map_err(|e: ::iroh::RelayUrlParseError| SetupError::Iroh {
+                what: "relay URL",
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            server,
+            url,
+            qad_cert: None,
+        })
+    }
+
+    /// The URL endpoints use for this relay ([`super::IrohConfig::relay_urls`], and in a
+    /// [`PeerAddr`](crat_core::id::PeerAddr)).
+    pub fn url(&self) -> &RelayUrl {
+        &self.url
+    }
+
+    /// The self-signed certificate of its QAD port, if it serves QAD.
+    pub fn qad_cert(&self) -> Option<&CertificateDer<'static>> {
+        self.qad_cert.as_ref()
+    }
+
+    /// The UDP address of its QAD port, if it serves QAD.
+    pub fn qad_addr(&self) -> Option<SocketAddr> {
+        self.server.quic_addr()
+    }
+
+    /// The socket address it listens on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.server.http_addr()
+    }
+
+    /// Stops the relay and waits for its tasks.
+    pub async fn shutdown(self) -> Result<(), TransportError> {
+        self.server.shutdown().await.map_err(|e| {
+            SetupError::Iroh {
+                what: "relay shutdown",
+                reason: format!("{e:#}"),
+            }
+            .into()
+        })
+    }
+}
