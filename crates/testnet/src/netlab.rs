@@ -22,7 +22,11 @@
 //!
 //! Inbound packets reach a home host only as answers to what it sent (the router's
 //! connection tracking), or through a port mapping the test opens
-//! ([`Home::forward_udp`]). Commands run inside a namespace with [`Lab::command`]
+//! ([`Home::forward_udp`]). Like home routers, the router also drops unsolicited packets
+//! addressed to itself from the Internet. Without that rule, a peer's probe that arrives
+//! before the host's first packet leaves a connection-tracking entry on the router, and
+//! masquerade then maps the host's packets to that peer to another port, which defeats
+//! hole punching even behind an endpoint-independent NAT. Commands run inside a namespace with [`Lab::command`]
 //! (`ip netns exec`).
 //!
 //! Needs root (namespaces, nftables) and the `ip` and `nft` programs (Debian: `iproute2`,
@@ -272,6 +276,10 @@ impl Lab {
                      oifname \"wan0\" {masquerade}; }}\n\
                  }}\n\
                  table ip filter {{\n\
+                   chain input {{ type filter hook input priority filter; policy drop;\n\
+                     ct state established,related accept\n\
+                     iifname {{ \"lo\", \"lan0\" }} accept\n\
+                   }}\n\
                    chain forward {{ type filter hook forward priority filter; policy drop;\n\
                      ct state established,related accept\n\
                      iifname \"lan0\" oifname \"wan0\" accept\n\

@@ -1,6 +1,6 @@
 //! The NAT lab behaves as the NAT tests assume (`crat_testnet::netlab`): behind an
 //! endpoint-independent NAT one socket shows the same public address and port to every
-//! destination; behind an endpoint-dependent ("symmetric") one each destination sees another
+//! destination, even after a peer's probe arrived first; behind an endpoint-dependent ("symmetric") one each destination sees another
 //! port; nothing unsolicited gets in, an answer to what the host sent does (the way hole
 //! punching works), and a port mapping lets anything in.
 //!
@@ -135,6 +135,18 @@ fn the_lab_s_nats_map_filter_and_forward_as_real_ones_do() {
         &["7002", &target],
     );
     assert_eq!(heard, format!("got {}:7002", a.ip));
+
+    // A probe that arrives before the host's first packet leaves no trace on the router: the
+    // host's socket still gets its own port as its public one (a router that let the probe
+    // create a connection-tracking entry would map it to another port).
+    // The probe comes from the port the host then sends to: the port an echo then answers on.
+    let early = format!("{}:40006", easy.public_ip);
+    udp(&lab, &a.ns, &["send", "7005", &early]);
+    let _echo_a2 = spawn(&lab, &a.ns, &["echo", "7005"]);
+    std::thread::sleep(Duration::from_millis(200));
+    let to_a2 = format!("{}:7005", a.ip);
+    let seen = observed(&udp(&lab, &easy.host_ns, &["probe", "40006", &to_a2]));
+    assert_eq!(seen, [SocketAddr::from((easy.public_ip, 40006))]);
 
     // A port mapping lets anyone in.
     easy.forward_udp(40004).unwrap();
