@@ -42,7 +42,9 @@ pub(crate) trait LedgerFactory {
     /// The backend.
     type L: Ledger;
 
-    /// A new, empty ledger with the current schema, durable (it can be [reopened]).
+    /// A new, empty ledger with the current schema, durable (it can be [reopened]). Every
+    /// ledger it returns is independent of every other one, of this factory or another: the
+    /// tests run in parallel (a server backend gives each its own database or schema).
     ///
     /// [reopened]: LedgerFactory::reopen
     fn fresh(&self) -> Self::L;
