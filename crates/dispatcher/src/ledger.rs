@@ -3,7 +3,8 @@
 //!
 //! [`Ledger`] is the trait the dispatcher uses; [`SqliteLedger`] is the embedded default (one
 //! file under the data directory, WAL journal, versioned migrations). A PostgreSQL backend
-//! implements the same trait.
+//! implements the same trait. One test suite (the test-only module `ledger::suite`) tests the
+//! trait's behaviour; each backend runs all of it on its own ledgers.
 //!
 //! Credits move in exactly four ways, each a row of the journal and an update of a balance in
 //! the same transaction: a **grant** adds to an account; a **deploy** takes the plan's
@@ -26,6 +27,9 @@ use crat_core::wire::{ModelSignature, RoundEarnings, UsageRecord, Verifiability}
 use crat_rewards::{Interval, RoundOutcome};
 
 mod sqlite;
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod suite;
 
 pub use sqlite::{LedgerTotals, SqliteLedger};
 
