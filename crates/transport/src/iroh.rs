@@ -88,7 +88,7 @@ pub use ::iroh::RelayUrl;
 #[cfg(feature = "iroh-relay")]
 pub use relay::Relay;
 
-use crate::frame::{FrameError, LEN_PREFIX_BYTES, check_prefix};
+use crate::frame::FrameError;
 use crate::{
     Aborted, Closed, Connection, Frame, IncomingExchange, SetupError, Transport, TransportError,
 };
@@ -550,10 +550,6 @@ impl IrohConnection {
         };
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
-
-    fn timeout_err(&self) -> TransportError {
-        TransportError::Timeout(self.exchange_timeout.as_millis() as u64)
-    }
 }
 
 fn conn_err(e: ::iroh::endpoint::ConnectionError) -> TransportError {
@@ -591,40 +587,29 @@ fn read_exact_err(e: ::iroh::endpoint::ReadExactError, expected: usize) -> Trans
 /// Reads one frame from `recv`, as [`crate::quic`] does: the prefix, checked against `max`
 /// before allocating, the body, then the end of the stream (anything after the frame is an
 /// error). (iroh's streams are noq's, a quinn fork: same calls, other types.)
-async fn read_frame(recv: &mut RecvStream, max: u32) -> Result<Frame, TransportError> {
-    let mut prefix = [0u8; LEN_PREFIX_BYTES];
-    recv.read_exact(&mut prefix)
-        .await
-        .map_err(|e| read_exact_err(e, LEN_PREFIX_BYTES))?;
-    let len = match check_prefix(prefix, max) {
-        Ok(len) => len,
-        Err(e) => {
-            // Tell the peer to stop sending; nothing of the body is read or stored.
-            let _ = recv.stop(VarInt::from_u32(1));
-            return Err(e.into());
-        }
-    };
-    let mut buf = vec![0u8; LEN_PREFIX_BYTES + len];
-    buf[..LEN_PREFIX_BYTES].copy_from_slice(&prefix);
-    recv.read_exact(&mut buf[LEN_PREFIX_BYTES..])
-        .await
-        .map_err(|e| read_exact_err(e, len))?;
-    let mut probe = [0u8; 1];
-    match recv.read(&mut probe).await.map_err(read_err)? {
-        None => Ok(Frame::from_checked(buf)),
-        Some(n) => {
-            let _ = recv.stop(VarInt::from_u32(1));
-            Err(FrameError::Trailing(n as u64).into())
-        }
+impl crate::stream::RecvHalf for RecvStream {
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), TransportError> {
+        let expected = buf.len();
+        RecvStream::read_exact(self, buf)
+            .await
+            .map_err(|e| read_exact_err(e, expected))
+    }
+
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
+        RecvStream::read(self, buf).await.map_err(read_err)
+    }
+
+    fn stop(&mut self) {
+        let _ = RecvStream::stop(self, VarInt::from_u32(1));
     }
 }
 
-async fn write_frame(send: &mut SendStream, frame: Frame) -> Result<(), TransportError> {
-    send.write_chunk(bytes::Bytes::from(frame.into_vec()))
-        .await
-        .map_err(write_err)?;
-    send.finish()
-        .map_err(|e| TransportError::Aborted(Aborted::IrohFinish(e)))
+impl crate::stream::SendHalf for SendStream {
+    async fn send_all_and_finish(&mut self, bytes: bytes::Bytes) -> Result<(), TransportError> {
+        self.write_chunk(bytes).await.map_err(write_err)?;
+        self.finish()
+            .map_err(|e| TransportError::Aborted(Aborted::IrohFinish(e)))
+    }
 }
 
 #[async_trait]
@@ -659,22 +644,11 @@ impl Connection for IrohConnection {
         request: Frame,
         response_bytes_max: u32,
     ) -> Result<Frame, TransportError> {
-        let exchange = async {
+        crate::stream::within(self.exchange_timeout, async {
             let (mut send, mut recv) = self.conn.open_bi().await.map_err(conn_err)?;
-            let written = match write_frame(&mut send, request).await {
-                Err(e) if !matches!(e, TransportError::Aborted(_)) => return Err(e),
-                written => written,
-            };
-            // Even when the peer stopped reading (an oversized request, say), its answer
-            // says why; report the write error only if there is no answer.
-            match read_frame(&mut recv, response_bytes_max).await {
-                Ok(frame) => Ok(frame),
-                Err(read) => Err(written.err().unwrap_or(read)),
-            }
-        };
-        tokio::time::timeout(self.exchange_timeout, exchange)
-            .await
-            .map_err(|_| self.timeout_err())?
+            crate::stream::exchange(&mut send, &mut recv, request, response_bytes_max).await
+        })
+        .await
     }
 
     async fn accept_exchange(&self) -> Result<IrohIncoming, TransportError> {
@@ -701,15 +675,19 @@ pub struct IrohIncoming {
 #[async_trait]
 impl IncomingExchange for IrohIncoming {
     async fn read_request(&mut self, request_bytes_max: u32) -> Result<Frame, TransportError> {
-        tokio::time::timeout(self.timeout, read_frame(&mut self.recv, request_bytes_max))
-            .await
-            .map_err(|_| TransportError::Timeout(self.timeout.as_millis() as u64))?
+        crate::stream::within(
+            self.timeout,
+            crate::stream::read_frame(&mut self.recv, request_bytes_max),
+        )
+        .await
     }
 
     async fn respond(mut self, response: Frame) -> Result<(), TransportError> {
-        tokio::time::timeout(self.timeout, write_frame(&mut self.send, response))
-            .await
-            .map_err(|_| TransportError::Timeout(self.timeout.as_millis() as u64))?
+        crate::stream::within(
+            self.timeout,
+            crate::stream::write_frame(&mut self.send, response),
+        )
+        .await
     }
 }
 

@@ -71,6 +71,7 @@ pub mod frame;
 pub mod iroh;
 pub mod memory;
 pub mod quic;
+mod stream;
 
 pub use clock::{SteadyClock, SystemClock, SystemMonotonic};
 pub use error::{Aborted, Closed, SetupError, TransportError};
