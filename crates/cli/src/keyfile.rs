@@ -71,12 +71,27 @@ fn warn_if_exposed(path: &Path) {
 /// Writes a fresh key to `path` (see the module docs), or reads the one another process
 /// put there first.
 fn create_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let key = SigningKey::from_bytes(&rand::random());
+    if write_new_private(path, hex::encode(key.to_bytes()).as_bytes())? {
+        return Ok(key);
+    }
+    // Another process created the key meanwhile: use its key, not ours.
+    match read_key(path) {
+        Ok(key) => Ok(key),
+        Err(ReadError::Absent) => anyhow::bail!("{} vanished", path.display()),
+        Err(ReadError::Other(e)) => Err(e),
+    }
+}
+
+/// Writes `contents` to a new private file at `path` (mode 0600 from its first byte, synced,
+/// linked into place only if nothing is there yet; see the module docs). `false` when a file
+/// was there already (it is left as it is).
+pub(crate) fn write_new_private(path: &Path, contents: &[u8]) -> anyhow::Result<bool> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let key = SigningKey::from_bytes(&rand::random());
     let name = path
         .file_name()
         .map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
@@ -85,20 +100,13 @@ fn create_key(path: &Path) -> anyhow::Result<SigningKey> {
         .suffix(".tmp")
         .permissions(Permissions::from_mode(KEY_FILE_MODE))
         .tempfile_in(dir)
-        .with_context(|| format!("creating a key file in {}", dir.display()))?;
-    tmp.write_all(hex::encode(key.to_bytes()).as_bytes())
+        .with_context(|| format!("creating a private file in {}", dir.display()))?;
+    tmp.write_all(contents)
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", tmp.path().display()))?;
     match tmp.persist_noclobber(path) {
         Ok(_) => {}
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Another process created the key meanwhile: use its key, not ours.
-            return match read_key(path) {
-                Ok(key) => Ok(key),
-                Err(ReadError::Absent) => anyhow::bail!("{} vanished", path.display()),
-                Err(ReadError::Other(e)) => Err(e),
-            };
-        }
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) => {
             return Err(anyhow::Error::new(e.error).context(format!("writing {}", path.display())));
         }
@@ -106,7 +114,7 @@ fn create_key(path: &Path) -> anyhow::Result<SigningKey> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(key)
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -9,8 +9,10 @@ mod metrics;
 mod net;
 mod npy;
 mod onnxruntime;
+mod relay;
 mod rewards;
 mod sim;
+mod transport;
 
 use std::process::ExitCode;
 
@@ -29,6 +31,8 @@ struct Cli {
 }
 
 /// The areas of the command. Each has its own verbs.
+// Parsed once per process: the size of the largest variant's options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// The whole network in one process: a dispatcher, 3 nodes and a client on loopback
@@ -36,6 +40,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run a dispatcher.
     Dispatcher(net::DispatcherArgs),
+    /// Run a relay for an iroh network: the fallback path and hole-punching signal of peers
+    /// behind NATs (`--transport iroh --relay URL`).
+    Relay(relay::RelayArgs),
     /// Run a compute node (`crat node status`: how it stands and what it earned).
     #[command(args_conflicts_with_subcommands = true)]
     Node(net::NodeArgs),
@@ -86,6 +93,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Dispatcher(args) => net::dispatcher(args),
+        Command::Relay(args) => relay::run(args),
         Command::Node(args) => net::node(args),
         Command::Keys(cmd) => net::keys(cmd),
         Command::Credits(cmd) => net::credits(cmd),

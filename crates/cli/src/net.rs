@@ -27,12 +27,13 @@ use crat_node::probe::{FakeProbe, HardwareProbe, SystemProbe};
 use crat_node::runtime::{Node, NodeConfig, NodeParts};
 use crat_transport::SteadyClock;
 use crat_transport::Transport;
-use crat_transport::quic::{QuicConfig, QuicTransport};
+use crat_transport::any::{AnyTransport, TransportKind};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 
 use crate::keyfile::load_or_create_key;
+use crate::transport::{TransportArgs, TransportChoice};
 
 /// Settings file: every flag of the network verbs can be given here instead.
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +48,12 @@ pub(crate) struct ConfigFile {
     /// `crat gateway`'s settings ([`crat_gateway::GatewayConfig`]).
     #[serde(default)]
     pub(crate) gateway: crat_gateway::GatewayConfig,
+    /// The transport every network verb uses (`--transport`, `--relay`…).
+    #[serde(default)]
+    pub(crate) network: crate::transport::NetworkSection,
+    /// `crat relay`'s settings.
+    #[serde(default)]
+    pub(crate) relay: crate::relay::RelaySection,
 }
 
 /// The `[dispatcher]` table. Each key sets the [`DispatcherConfig`] field of its name (the
@@ -218,10 +225,14 @@ pub(crate) struct DispatcherArgs {
     /// 127.0.0.1:9400. Default: `[dispatcher] metrics_addr`, else off.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    net: TransportArgs,
 }
 
 pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
-    let file = load_config(args.config.as_deref())?.dispatcher;
+    let all = load_config(args.config.as_deref())?;
+    let choice = TransportChoice::resolve(args.net, all.network)?;
+    let file = all.dispatcher;
     let data_dir = args
         .data_dir
         .or(file.data_dir)
@@ -265,7 +276,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             let bound = crate::metrics::serve(addr).await?;
             println!("metrics on http://{bound}/metrics");
         }
-        let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
+        let transport = choice.bind_public(listen, &key).await?;
         // Canary tasks go out from endpoints of their own, with throwaway identities (nodes
         // must not tell them from client tasks); tract computes the expected answers. The
         // determinism gate runs each model on tract and, where it loads, ONNX Runtime (CPU).
@@ -278,18 +289,20 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
         }
         let mut transports = Vec::with_capacity(CANARY_IDENTITIES);
         for _ in 0..CANARY_IDENTITIES {
-            transports.push(QuicTransport::bind(
-                canary_addr,
-                &SigningKey::from_bytes(&rand::random()),
-                QuicConfig::default(),
-            )?);
+            // Like clients: through the relays to nodes behind NATs.
+            let identity = SigningKey::from_bytes(&rand::random());
+            transports.push(choice.bind(canary_addr, &identity, &[], false).await?);
         }
         let canary = CanaryParts {
             transports,
             references,
         };
         let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;
-        println!("dispatcher {} listening on {listen}", dispatcher.id());
+        println!(
+            "dispatcher {} listening on {listen} ({})",
+            dispatcher.id(),
+            choice.kind()
+        );
         println!("data in {}", data_dir.display());
         tokio::select! {
             r = dispatcher.run() => r?,
@@ -354,6 +367,8 @@ struct NodeStatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    net: TransportArgs,
 }
 
 /// Options of running `crat node`.
@@ -371,7 +386,9 @@ struct NodeRunArgs {
     /// UDP address to listen on for clients. Default 0.0.0.0:7401.
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Address clients reach this node at. Default: the listen address.
+    /// Address clients reach this node at. Default: the listen address. On iroh, a public
+    /// address the node cannot discover itself (a port forwarded to it), announced besides
+    /// the discovered ones.
     #[arg(long)]
     advertise: Option<SocketAddr>,
     /// Data directory (model cache, node key). Default ./crat-node.
@@ -408,6 +425,8 @@ struct NodeRunArgs {
     /// Start stopped: join the network when START is pressed on the dashboard.
     #[arg(long)]
     stopped: bool,
+    #[command(flatten)]
+    net: TransportArgs,
 }
 
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
@@ -418,7 +437,8 @@ pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
-    let file = load_config(args.config.as_deref())?;
+    let mut file = load_config(args.config.as_deref())?;
+    let choice = TransportChoice::resolve(args.net, std::mem::take(&mut file.network))?;
     let dispatcher = args
         .dispatcher
         .or(file.client.dispatcher)
@@ -433,7 +453,8 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .listen
         .or(file.node.listen)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 7401)));
-    let advertise = args.advertise.or(file.node.advertise).unwrap_or(listen);
+    let advertise_asked = args.advertise.or(file.node.advertise);
+    let advertise = advertise_asked.unwrap_or(listen);
     let data_dir = args
         .data_dir
         .or(file.node.data_dir)
@@ -506,7 +527,22 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
                 println!("GPU metrics from NVML");
             }
         }
-        let transport = QuicTransport::bind(listen, &key, QuicConfig::default())?;
+        let external: Vec<SocketAddr> = advertise_asked.into_iter().collect();
+        let transport = choice.bind(listen, &key, &external, true).await?;
+        // On iroh the node's address is what its endpoint found: its relay, its local and
+        // public addresses (the dispatcher adds the one it sees).
+        let advertise = match choice.kind() {
+            TransportKind::Quic => PeerAddr::from(advertise),
+            _ => transport.local_addr(),
+        };
+        if choice.kind() == TransportKind::Iroh {
+            println!("reachable at {advertise}");
+            if !choice.has_relays() {
+                println!(
+                    "warning: no relay (--relay): clients behind NATs may not reach this node"
+                );
+            }
+        }
         let node = Node::new(
             NodeParts {
                 key,
@@ -521,11 +557,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
                 // Usage not yet acknowledged by the dispatcher survives a restart.
                 usage_journal: Some(data_dir.join("usage.journal")),
                 serve_at_start,
-                ..NodeConfig::new(
-                    PeerAddr::from(dispatcher),
-                    dispatcher_id,
-                    PeerAddr::from(advertise),
-                )
+                ..NodeConfig::new(PeerAddr::from(dispatcher), dispatcher_id, advertise)
             },
         );
         if let Some(config) = dashboard {
@@ -549,7 +581,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
             }
         }
         if serve_at_start {
-            println!("node {} serving on {listen}", node.id());
+            println!("node {} serving on {listen} ({})", node.id(), choice.kind());
         } else {
             println!(
                 "node {} stopped: press START on the dashboard to join the network",
@@ -571,7 +603,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
                     ),
                     _ = tokio::signal::ctrl_c() => {}
                 }
-                node.transport().close();
+                node.transport().shutdown().await;
             }
         }
         anyhow::Ok(())
@@ -585,7 +617,8 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
 const NODE_STOP_DRAIN: Duration = Duration::from_secs(20);
 
 fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
-    let file = load_config(args.config.as_deref())?;
+    let mut file = load_config(args.config.as_deref())?;
+    let choice = TransportChoice::resolve(args.net, std::mem::take(&mut file.network))?;
     let dispatcher = args
         .dispatcher
         .or(file.client.dispatcher)
@@ -610,12 +643,9 @@ fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
     let key = load_or_create_key(&key_path)?;
     let node = NodeId::from_key(&key.verifying_key());
     let standing = runtime()?.block_on(async move {
-        let bind = if dispatcher.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
-        let transport = QuicTransport::bind(bind, &key, QuicConfig::default())?;
+        let transport = choice
+            .bind(crat_sdk::client_bind_addr(dispatcher), &key, &[], false)
+            .await?;
         let standing = crat_node::standing::ask_standing(
             &transport,
             node,
@@ -625,7 +655,7 @@ fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
             crat_transport::FrameLimits::default(),
         )
         .await;
-        transport.close();
+        transport.shutdown().await;
         anyhow::Ok(standing?)
     })?;
     if args.json {
@@ -974,11 +1004,29 @@ pub(crate) struct ClientArgs {
     /// The SDK key (or set CRAT_KEY).
     #[arg(long, env = "CRAT_KEY", hide_env_values = true)]
     key: Option<String>,
+    #[command(flatten)]
+    net: TransportArgs,
 }
 
 impl ClientArgs {
-    async fn connect(self) -> anyhow::Result<crat_sdk::Client<QuicTransport>> {
-        let file = load_config(self.config.as_deref())?.client;
+    /// Connects, runs `verb` with the client, then closes the client's endpoint (on iroh,
+    /// telling its peers and relay) whatever `verb` returned.
+    async fn session<R, F, Fut>(self, verb: F) -> anyhow::Result<R>
+    where
+        F: FnOnce(crat_sdk::Client<AnyTransport>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<R>>,
+    {
+        let client = self.connect().await?;
+        let held = client.clone();
+        let result = verb(client).await;
+        held.transport().shutdown().await;
+        result
+    }
+
+    async fn connect(self) -> anyhow::Result<crat_sdk::Client<AnyTransport>> {
+        let all = load_config(self.config.as_deref())?;
+        let choice = TransportChoice::resolve(self.net, all.network)?;
+        let file = all.client;
         let addr = self
             .dispatcher
             .or(file.dispatcher)
@@ -995,7 +1043,11 @@ impl ClientArgs {
             .context("--key (or CRAT_KEY) is required")?
             .parse()
             .context("--key")?;
-        Ok(crat_sdk::connect(addr, id, key).await?)
+        let identity = SigningKey::from_bytes(&rand::random());
+        let transport = choice
+            .bind(crat_sdk::client_bind_addr(addr), &identity, &[], true)
+            .await?;
+        Ok(crat_sdk::Client::connect(transport, identity, addr.into(), id, key).await?)
     }
 }
 
@@ -1009,10 +1061,10 @@ pub(crate) struct UploadArgs {
 }
 
 pub(crate) fn upload(args: UploadArgs) -> anyhow::Result<()> {
-    runtime()?.block_on(async move {
-        let client = args.client.connect().await?;
-        let bytes = std::fs::read(&args.model)
-            .with_context(|| format!("reading {}", args.model.display()))?;
+    let model = args.model;
+    runtime()?.block_on(args.client.session(|client| async move {
+        let bytes =
+            std::fs::read(&model).with_context(|| format!("reading {}", model.display()))?;
         let bar = ProgressBar::new(bytes.len() as u64);
         bar.set_style(ProgressStyle::with_template(
             "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -1023,7 +1075,7 @@ pub(crate) fn upload(args: UploadArgs) -> anyhow::Result<()> {
         bar.finish_and_clear();
         println!("{id}");
         Ok(())
-    })
+    }))
 }
 
 /// Options of `crat deploy`.
@@ -1066,8 +1118,8 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let model: ModelId = args.model.parse().context("--model")?;
     if let Some(id) = &args.update {
         let id: DeploymentId = id.parse().context("--update")?;
-        return runtime()?.block_on(async move {
-            let client = args.client.connect().await?;
+        let no_wait = args.no_wait;
+        return runtime()?.block_on(args.client.session(|client| async move {
             let d = client.deployment(id);
             let info = d.update_model(model).await?;
             eprintln!(
@@ -1078,11 +1130,11 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
                     .map_or_else(|| "never".to_owned(), |t| format!("at {t} (Unix seconds)"))
             );
             println!("{}", d.id());
-            if !args.no_wait {
+            if !no_wait {
                 wait_with_progress(&d, true).await?;
             }
             Ok(())
-        });
+        }));
     }
     let plan = match (args.allowance, args.guaranteed_rps) {
         (Some(a), None) => DeployPlan::PerRequest(PerRequestPlan {
@@ -1106,8 +1158,8 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             "choose a plan: --allowance CREDITS (per request) or --guaranteed-rps N (per instance)"
         ),
     };
-    runtime()?.block_on(async move {
-        let client = args.client.connect().await?;
+    let (quote_only, no_wait) = (args.quote, args.no_wait);
+    runtime()?.block_on(args.client.session(|client| async move {
         let quote = client.quote(model, plan).await?;
         // The price goes to stderr; stdout carries only what scripts capture (the id).
         eprintln!(
@@ -1115,24 +1167,24 @@ pub(crate) fn deploy(args: DeployArgs) -> anyhow::Result<()> {
             quote.upfront.get(),
             quote.per_request_max.get()
         );
-        if args.quote {
+        if quote_only {
             println!("{}", quote.upfront.get());
             return Ok(());
         }
         let d = client.deploy(model, plan).await?;
         println!("{}", d.id());
-        if !args.no_wait {
+        if !no_wait {
             wait_with_progress(&d, false).await?;
         }
         Ok(())
-    })
+    }))
 }
 
 /// Waits (120 s at most) until `d` is ready — and, `updating`, until every ready replica
 /// serves its current model — printing progress on stderr as replicas warm up and switch:
 /// one line per change.
 async fn wait_with_progress(
-    d: &crat_sdk::Deployment<QuicTransport>,
+    d: &crat_sdk::Deployment<AnyTransport>,
     updating: bool,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
@@ -1208,6 +1260,9 @@ pub(crate) struct InferArgs {
     /// Run the same task this many times (prints latency).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Wait this long between repeats, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    interval_ms: u64,
 }
 
 fn parse_input(spec: &str) -> anyhow::Result<NamedTensor> {
@@ -1269,16 +1324,33 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
             bail!("--out {}: name a .npy or .npz file", path.display());
         }
     }
-    runtime()?.block_on(async move {
-        let client = args.client.connect().await?;
+    let (repeat, interval_ms) = (args.repeat, args.interval_ms);
+    runtime()?.block_on(args.client.session(|client| async move {
         let d = client.deployment(id);
         let mut outputs = Vec::new();
         let mut took = Vec::new();
-        for _ in 0..args.repeat.max(1) {
+        // The path to each node (direct or relayed), printed whenever it changes.
+        let mut paths = Vec::new();
+        for i in 0..repeat.max(1) {
+            if i > 0 && interval_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+            }
             let t0 = std::time::Instant::now();
             outputs = d.infer(inputs.clone()).await?;
             took.push(t0.elapsed());
+            let now = client.node_paths();
+            if now != paths {
+                for (node, path) in &now {
+                    eprintln!("task {}: node {node} over a {path} path", i + 1);
+                }
+                paths = now;
+            }
         }
+        // Before the process exits, the dispatcher learns of every answer received (the
+        // client pays for its tasks even if a node never reports them).
+        d.flush_acks()
+            .await
+            .context("acknowledging the answers to the dispatcher")?;
         if let Some(path) = &out {
             let bytes = if path.extension().is_some_and(|e| e == "npz") {
                 crate::npy::write_npz(&outputs)?
@@ -1316,7 +1388,7 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
             d.stats().failovers
         );
         Ok(())
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -145,6 +145,14 @@ impl<T: Transport> Client<T> {
         self.inner.key.id
     }
 
+    /// The nodes this client is connected to now, in id order, each with the path its
+    /// packets take: [`PathKind::Direct`](crat_transport::PathKind::Direct), or
+    /// [`PathKind::Relayed`](crat_transport::PathKind::Relayed) through a relay on a transport
+    /// that has them (iroh) until hole punching finds a direct one.
+    pub fn node_paths(&self) -> Vec<(NodeId, crat_transport::PathKind)> {
+        self.inner.pool.paths()
+    }
+
     /// Counters summed over every deployment used through this client.
     pub fn stats(&self) -> Stats {
         self.inner.stats.snapshot()

@@ -114,6 +114,19 @@ pub async fn connect(
     .await
 }
 
+/// Where a client of the dispatcher at `dispatcher` binds: an ephemeral port on loopback for a
+/// loopback dispatcher, otherwise on every interface (of the dispatcher's IP version).
+pub fn client_bind_addr(dispatcher: SocketAddr) -> SocketAddr {
+    let ip = dispatcher.ip();
+    let local_ip = match (ip.is_loopback(), ip) {
+        (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (false, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (false, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(local_ip, 0)
+}
+
 /// [`connect`] with explicit client and QUIC settings.
 pub async fn connect_quic_with(
     dispatcher_addr: SocketAddr,
@@ -122,15 +135,8 @@ pub async fn connect_quic_with(
     config: ClientConfig,
     quic: QuicConfig,
 ) -> Result<Client<QuicTransport>, Error> {
-    let ip = dispatcher_addr.ip();
-    let local_ip = match (ip.is_loopback(), ip) {
-        (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        (false, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        (false, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    };
     let identity = SigningKey::from_bytes(&rand::random());
-    let transport = QuicTransport::bind(SocketAddr::new(local_ip, 0), &identity, quic)?;
+    let transport = QuicTransport::bind(client_bind_addr(dispatcher_addr), &identity, quic)?;
     Client::connect_with(
         transport,
         identity,

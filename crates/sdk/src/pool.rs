@@ -54,6 +54,26 @@ impl<C: crat_transport::Connection> NodePool<C> {
         }
     }
 
+    /// Each node with an open connection now, and the path its packets take (a slot being
+    /// dialled or used for a dial this instant is left out).
+    pub(crate) fn paths(&self) -> Vec<(NodeId, crat_transport::PathKind)> {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .iter()
+            .map(|(node, slot)| (*node, slot.clone()))
+            .collect();
+        let mut paths: Vec<_> = slots
+            .into_iter()
+            .filter_map(|(node, slot)| match &*slot.try_lock().ok()? {
+                Slot::Open { conn, .. } => Some((node, conn.path_kind())),
+                _ => None,
+            })
+            .collect();
+        paths.sort_by_key(|(node, _)| *node);
+        paths
+    }
+
     /// A connection to `replica`, dialling its addresses in order if none is open.
     pub(crate) async fn get<T: Transport<Connection = C>>(
         &self,

@@ -112,6 +112,9 @@ pub struct IrohConfig {
     /// Mozilla roots compiled into iroh). For a deployment's self-signed relay, e.g.
     /// `Relay::qad_cert`. Default empty: the web PKI.
     pub relay_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Public addresses this endpoint is reachable at that it cannot discover itself (a port
+    /// forwarded to it on its router), announced to peers as direct candidates. Default empty.
+    pub external_addrs: Vec<SocketAddr>,
     /// Bidirectional streams (exchanges) a peer may have open at once. Default 256.
     pub streams_concurrent_max: u32,
     /// A connection with no traffic for this long is closed. Default 30 s.
@@ -145,6 +148,7 @@ impl Default for IrohConfig {
             relay_urls: Vec::new(),
             relay_qad_port: None,
             relay_roots: Vec::new(),
+            external_addrs: Vec::new(),
             streams_concurrent_max: 256,
             idle_timeout_ms: 30_000,
             keep_alive_interval_ms: 5_000,
@@ -218,6 +222,44 @@ pub fn endpoint_addr(addr: &PeerAddr, id: &NodeId) -> Result<EndpointAddr, Trans
     Ok(out)
 }
 
+/// The tokens of `claimed` (iroh addresses) with `observed` put first among the direct
+/// addresses, as one [`PeerAddr`]; `None` when nothing parses.
+fn merge_observed(claimed: &[PeerAddr], observed: Option<SocketAddr>) -> Option<PeerAddr> {
+    let mut relays: Vec<&str> = Vec::new();
+    let mut direct: Vec<String> = observed.iter().map(ToString::to_string).collect();
+    for token in claimed
+        .iter()
+        .flat_map(|a| a.as_str().split_ascii_whitespace())
+    {
+        if token.starts_with("http://") || token.starts_with("https://") {
+            if token.parse::<RelayUrl>().is_ok() && !relays.contains(&token) {
+                relays.push(token);
+            }
+        } else if let Ok(ip) = token.parse::<SocketAddr>() {
+            let ip = ip.to_string();
+            if !direct.contains(&ip) {
+                direct.push(ip);
+            }
+        }
+    }
+    let mut text = String::new();
+    for token in relays
+        .iter()
+        .copied()
+        .chain(direct.iter().map(String::as_str))
+    {
+        let extra = token.len() + usize::from(!text.is_empty());
+        if text.len() + extra > PEER_ADDR_BYTES_MAX {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(token);
+    }
+    PeerAddr::new(text).ok()
+}
+
 /// Writes an [`EndpointAddr`] as a [`PeerAddr`]: relay URLs first, then direct addresses, as
 /// many as fit in [`PEER_ADDR_BYTES_MAX`]. `None` if it has no address at all.
 pub fn peer_addr(addr: &EndpointAddr) -> Option<PeerAddr> {
@@ -247,17 +289,7 @@ fn node_id(id: EndpointId) -> NodeId {
     NodeId::from_bytes(*id.as_bytes())
 }
 
-/// Which network path a connection's packets take now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PathKind {
-    /// UDP straight to the peer's address (possibly after hole punching).
-    Direct,
-    /// Through a relay server.
-    Relayed,
-    /// No path is selected (the connection is closing, or not yet registered).
-    None,
-}
+pub use crate::PathKind;
 
 /// An iroh endpoint with an ed25519 identity: dials by [`NodeId`] and accepts.
 pub struct IrohTransport {
@@ -286,6 +318,9 @@ impl IrohTransport {
             builder = builder.ca_tls_config(::iroh::tls::CaTlsConfig::custom_roots(
                 config.relay_roots.iter().cloned(),
             ));
+        }
+        for external in &config.external_addrs {
+            builder = builder.external_addr(*external);
         }
         let endpoint = builder
             .secret_key(secret)
@@ -321,6 +356,15 @@ impl IrohTransport {
     /// The iroh endpoint (its addresses, relay status, remote info).
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Closes the endpoint and waits until its peers and relays were told (at most a few
+    /// seconds): what a process does before it exits. [`Transport::close`] starts the same
+    /// without waiting.
+    pub async fn shutdown(&self) {
+        self.acceptor.abort();
+        let wait = Duration::from_millis(self.config.handshake_timeout_ms.min(3_000));
+        let _ = tokio::time::timeout(wait, self.endpoint.close()).await;
     }
 
     /// The locally bound UDP sockets.
@@ -412,6 +456,12 @@ impl Transport for IrohTransport {
             // An endpoint without any address cannot be reached; say so in the address.
             PeerAddr::new("unreachable").expect("a short literal is a valid PeerAddr")
         })
+    }
+
+    /// One address: the claimed relay URLs, then the observed address, then the claimed
+    /// direct addresses (as many as fit).
+    fn advertised(&self, claimed: &[PeerAddr], observed: Option<SocketAddr>) -> Vec<PeerAddr> {
+        merge_observed(claimed, observed).map_or_else(|| claimed.to_vec(), |a| vec![a])
     }
 
     async fn connect(
@@ -524,17 +574,6 @@ impl IrohConnection {
         &self.conn
     }
 
-    /// Which path the connection's packets take now: direct or through a relay.
-    pub fn path_kind(&self) -> PathKind {
-        let paths = self.conn.paths();
-        let selected = paths.iter().find(|p| p.is_selected());
-        match selected {
-            Some(p) if p.is_ip() => PathKind::Direct,
-            Some(p) if p.is_relay() => PathKind::Relayed,
-            _ => PathKind::None,
-        }
-    }
-
     /// Waits until the connection uses a direct path; `false` after `timeout` or when it
     /// closes first.
     pub async fn wait_direct(&self, timeout: Duration) -> bool {
@@ -639,6 +678,32 @@ impl Connection for IrohConnection {
         })
     }
 
+    /// Direct or through a relay: the path selected now.
+    fn path_kind(&self) -> PathKind {
+        let paths = self.conn.paths();
+        let selected = paths.iter().find(|p| p.is_selected());
+        match selected {
+            Some(p) if p.is_ip() => PathKind::Direct,
+            Some(p) if p.is_relay() => PathKind::Relayed,
+            _ => PathKind::None,
+        }
+    }
+
+    /// The remote end of a direct path: the selected one, else any open (the peer's public
+    /// address behind its NAT). `None` when the connection is relayed only.
+    fn observed_addr(&self) -> Option<SocketAddr> {
+        let paths = self.conn.paths();
+        let ip_of = |addr: &::iroh::TransportAddr| match addr {
+            ::iroh::TransportAddr::Ip(ip) => Some(*ip),
+            _ => None,
+        };
+        paths
+            .iter()
+            .filter(|p| p.is_selected())
+            .find_map(|p| ip_of(p.remote_addr()))
+            .or_else(|| paths.iter().find_map(|p| ip_of(p.remote_addr())))
+    }
+
     async fn request(
         &self,
         request: Frame,
@@ -734,6 +799,28 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn the_observed_address_joins_the_claim() {
+        let claimed = ["http://198.51.100.11:3340/ 10.1.0.2:7401".parse().unwrap()];
+        let seen = SocketAddr::from(([198, 51, 100, 101], 40_001));
+        let merged = merge_observed(&claimed, Some(seen)).unwrap();
+        assert_eq!(
+            merged.as_str(),
+            "http://198.51.100.11:3340/ 198.51.100.101:40001 10.1.0.2:7401"
+        );
+        // Seen again, or claimed already: not repeated; garbage tokens dropped.
+        let again = merge_observed(
+            &[merged.clone(), "ftp://x 10.1.0.2:7401".parse().unwrap()],
+            Some(seen),
+        );
+        assert_eq!(again.unwrap(), merged);
+        assert_eq!(merge_observed(&[], None), None);
+        assert_eq!(
+            merge_observed(&[], Some(seen)).unwrap().as_str(),
+            "198.51.100.101:40001"
+        );
     }
 
     #[test]

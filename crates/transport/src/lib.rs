@@ -64,6 +64,7 @@ use crat_core::id::NodeId;
 use crat_core::id::PeerAddr;
 use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 
+pub mod any;
 mod clock;
 mod error;
 pub mod frame;
@@ -101,6 +102,48 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Stops accepting and closes every connection.
     fn close(&self);
+
+    /// The addresses to give out for a peer of this transport that claims `claimed` and whose
+    /// packets were `observed` coming from this address (see [`Connection::observed_addr`]).
+    /// By default the claim, as it is; a transport that punches holes adds the observed
+    /// address (a NAT's public mapping) to the peer's candidates.
+    fn advertised(
+        &self,
+        claimed: &[PeerAddr],
+        observed: Option<std::net::SocketAddr>,
+    ) -> Vec<PeerAddr> {
+        let _ = observed;
+        claimed.to_vec()
+    }
+}
+
+/// Which network path a connection's packets take now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathKind {
+    /// Straight to the peer's address (possibly after hole punching through NATs).
+    Direct,
+    /// Through a relay server, end-to-end encrypted.
+    Relayed,
+    /// No path is selected (the connection is closing, or not yet established).
+    None,
+}
+
+impl PathKind {
+    /// `direct`, `relayed` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for PathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A connection to one authenticated peer. Cheap to clone; clones share the connection.
@@ -114,6 +157,18 @@ pub trait Connection: Clone + Send + Sync + 'static {
 
     /// The peer's address.
     fn remote_addr(&self) -> PeerAddr;
+
+    /// The path the connection's packets take now. Transports without relays are always
+    /// [`PathKind::Direct`].
+    fn path_kind(&self) -> PathKind {
+        PathKind::Direct
+    }
+
+    /// The peer's address as seen on the network (the source of its packets: after NAT,
+    /// its public address), when a direct path shows it. `None` while only relayed.
+    fn observed_addr(&self) -> Option<std::net::SocketAddr> {
+        self.remote_addr().as_str().parse().ok()
+    }
 
     /// One exchange: sends `request`, returns the peer's response frame (body ≤
     /// `response_bytes_max`).

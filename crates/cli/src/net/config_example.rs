@@ -20,14 +20,18 @@ use crat_gateway::GatewayConfig;
 use crat_node::idle::IdlePolicy;
 
 use super::{ClientSection, ConfigFile, DispatcherSection, IdleSection, NodeSection, ProofScale};
+use crat_transport::any::TransportKind;
+
 use crate::onnxruntime::OnnxRuntimeSection;
+use crate::relay::RelaySection;
+use crate::transport::{DEFAULT_QAD_PORT, NetworkSection};
 
 const EXAMPLE: &str = include_str!("../../../../dist/crat.toml");
 const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service");
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 9] = [
+const OFF_AS_SHIPPED: [&str; 12] = [
     "node.gpu",
     "node.dashboard_token",
     "node.idle",
@@ -37,6 +41,9 @@ const OFF_AS_SHIPPED: [&str; 9] = [
     "node.idle.stop_grace_ms",
     "node.onnxruntime.path",
     "client.key",
+    "network.relays",
+    "network.relay_ca",
+    "relay.names",
 ];
 
 /// The `[gateway]` keys ([`GatewayConfig`] fills absent ones with defaults, so presence is
@@ -79,7 +86,21 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         node,
         client,
         gateway,
+        network,
+        relay,
     } = file;
+    let NetworkSection {
+        transport,
+        relays,
+        relay_ca,
+        relay_qad_port,
+    } = network;
+    let RelaySection {
+        listen: relay_listen,
+        qad_port,
+        names,
+        data_dir: relay_data_dir,
+    } = relay;
     let DispatcherSection {
         listen,
         data_dir,
@@ -164,6 +185,14 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("client.dispatcher_id", dispatcher_id.is_some()),
         ("client.key", key.is_some()),
         ("gateway.grpc_addr", grpc_addr.is_some()),
+        ("network.transport", transport.is_some()),
+        ("network.relays", relays.is_some()),
+        ("network.relay_ca", relay_ca.is_some()),
+        ("network.relay_qad_port", relay_qad_port.is_some()),
+        ("relay.listen", relay_listen.is_some()),
+        ("relay.qad_port", qad_port.is_some()),
+        ("relay.names", names.is_some()),
+        ("relay.data_dir", relay_data_dir.is_some()),
     ]);
     let (command, idle_s, demand_bps_max, stop_grace_ms) = match idle {
         Some(IdleSection {
@@ -275,6 +304,13 @@ fn example_values_are_the_defaults_it_claims() {
     assert_eq!(g.clients_max, gd.clients_max);
     assert_eq!(g.deployments_per_client_max, gd.deployments_per_client_max);
     assert_eq!(g.models.len(), 1);
+
+    let net = &file.network;
+    assert_eq!(net.transport, Some(TransportKind::Quic));
+    assert_eq!(net.relay_qad_port, Some(DEFAULT_QAD_PORT));
+    let r = &file.relay;
+    assert_eq!(r.listen, Some(SocketAddr::from(([0, 0, 0, 0], 3340))));
+    assert_eq!(r.qad_port, Some(DEFAULT_QAD_PORT));
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use crat_core::dispatch::{Effect, operator_of};
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
-use crat_core::id::NodeId;
+use crat_core::id::{NodeId, PeerAddr};
 use crat_core::money::MicroUsd;
 use crat_core::policy::acks::Decision;
 use crat_core::policy::hardware::claims_of;
@@ -71,7 +71,18 @@ impl<T: Transport> Dispatcher<T> {
         // The address the packets come from, not the one the node claims: its block is the
         // node's operator (placement limits) and what registrations are rate-limited by,
         // before a signature is checked.
-        let observed = conn.remote_addr();
+        // On a transport that relays, the address of a direct path (the NAT's public mapping),
+        // never the relay's: a dispatcher must be reached directly, so that nodes cannot hide
+        // their operator behind a relay.
+        let seen = conn.observed_addr();
+        if seen.is_none() && conn.path_kind() == crat_transport::PathKind::Relayed {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "registration through a relay: reach the dispatcher at its direct address",
+            )
+            .into());
+        }
+        let observed = seen.map_or_else(|| conn.remote_addr(), PeerAddr::from);
         let block = operator_of(&reg.body.node, std::slice::from_ref(&observed));
         if let Some(rates) = &self.inner.block_rates {
             rates
@@ -142,7 +153,7 @@ impl<T: Transport> Dispatcher<T> {
                 now,
                 r.node,
                 rating,
-                r.listen_addrs.clone(),
+                self.inner.transport.advertised(&r.listen_addrs, seen),
                 &observed,
                 r.hardware.clone(),
                 r.model_bytes_max,

@@ -43,16 +43,40 @@ impl Relay {
         qad_addr: SocketAddr,
         names: Vec<String>,
     ) -> Result<Self, TransportError> {
+        let (cert, key) = Self::self_signed(names)?;
+        Self::spawn_http_with_qad_cert(addr, qad_addr, cert, key).await
+    }
+
+    /// A fresh self-signed certificate (and its PKCS #8 key) for `names`: what
+    /// [`Relay::spawn_http_with_qad_cert`] serves QAD under.
+    pub fn self_signed(
+        names: Vec<String>,
+    ) -> Result<(CertificateDer<'static>, PrivatePkcs8KeyDer<'static>), TransportError> {
+        let certified =
+            rcgen::generate_simple_self_signed(names).map_err(|e| SetupError::Iroh {
+                what: "relay certificate",
+                reason: e.to_string(),
+            })?;
+        Ok((
+            certified.cert.der().clone(),
+            PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der()),
+        ))
+    }
+
+    /// [`Relay::spawn_http_with_qad`] under a given certificate and key (a relay restarted
+    /// keeps the certificate its endpoints trust).
+    pub async fn spawn_http_with_qad_cert(
+        addr: SocketAddr,
+        qad_addr: SocketAddr,
+        cert: CertificateDer<'static>,
+        key: PrivatePkcs8KeyDer<'static>,
+    ) -> Result<Self, TransportError> {
         let tls = |what: &'static str| {
             move |e: &dyn std::fmt::Display| SetupError::Iroh {
                 what,
                 reason: e.to_string(),
             }
         };
-        let certified =
-            rcgen::generate_simple_self_signed(names).map_err(|e| tls("relay certificate")(&e))?;
-        let cert = certified.cert.der().clone();
-        let key = PrivatePkcs8KeyDer::from(certified.signing_key.serialize_der());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
