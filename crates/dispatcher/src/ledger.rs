@@ -26,12 +26,18 @@ use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::wire::{ModelSignature, RoundEarnings, UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
 
+mod common;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod suite;
 
-pub use sqlite::{LedgerTotals, SqliteLedger};
+pub use common::LedgerTotals;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgLedger, PgOptions, TRANSACTION_ATTEMPTS_MAX, redact_url};
+pub use sqlite::SqliteLedger;
 
 /// An account name: 1..=64 bytes of `[a-z0-9_-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
