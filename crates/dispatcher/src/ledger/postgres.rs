@@ -96,8 +96,8 @@ fn quote_ident(ident: &str) -> String {
 }
 
 /// `url` with its password replaced by `***` (in the `user:password@` part and in a
-/// `password=` parameter), for logs and error messages. Anything that is not a URL with a
-/// password comes back unchanged.
+/// `password=` parameter of a URL, or the `password` of libpq's `key=value` form), for logs
+/// and error messages. Anything without a password comes back unchanged.
 ///
 /// ```
 /// use crat_dispatcher::ledger::redact_url;
@@ -111,8 +111,15 @@ fn quote_ident(ident: &str) -> String {
 ///     "postgres://db.example/crat?user=crat&password=***&sslmode=disable"
 /// );
 /// assert_eq!(redact_url("postgres://crat@db/crat"), "postgres://crat@db/crat");
+/// assert_eq!(
+///     redact_url("host=db user=crat password='s3 cret' dbname=crat"),
+///     "host=db user=crat password=*** dbname=crat"
+/// );
 /// ```
 pub fn redact_url(url: &str) -> String {
+    if !url.contains("://") {
+        return redact_conninfo(url);
+    }
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
@@ -140,6 +147,50 @@ pub fn redact_url(url: &str) -> String {
     out
 }
 
+/// libpq's `key = value …` form with the password's value replaced by `***` (a value may be
+/// quoted, with `\'` and `\\` escapes inside).
+fn redact_conninfo(conninfo: &str) -> String {
+    let mut out = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while let Some(eq) = rest.find('=') {
+        let key = rest[..eq].trim_end();
+        let key_start = key.rfind(char::is_whitespace).map_or(0, |i| i + 1);
+        let is_password = key[key_start..].eq_ignore_ascii_case("password");
+        out.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        let leading = rest.len() - rest.trim_start().len();
+        out.push_str(&rest[..leading]);
+        rest = &rest[leading..];
+        // The value: quoted (up to the closing quote) or up to the next whitespace.
+        let end = if let Some(quoted) = rest.strip_prefix('\'') {
+            let mut escaped = false;
+            let mut close = quoted.len();
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '\'') => {
+                        close = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (close + 2).min(rest.len())
+        } else {
+            rest.find(char::is_whitespace).unwrap_or(rest.len())
+        };
+        if is_password {
+            out.push_str("***");
+        } else {
+            out.push_str(&rest[..end]);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The [`Ledger`] in PostgreSQL: several dispatcher processes may share one.
 ///
 /// - **One transaction per method.** Every write runs in a `SERIALIZABLE` transaction, every
@@ -164,6 +215,14 @@ pub fn redact_url(url: &str) -> String {
 ///   connections' I/O runs on a private runtime thread, so the methods may be called from any
 ///   thread, inside a tokio runtime or not (they block the caller, as SQLite's do: the
 ///   dispatcher calls them on tokio's blocking pool).
+///
+/// # Security
+///
+/// Connections are not encrypted: this build speaks PostgreSQL without TLS (a URL with
+/// `sslmode=require` fails to connect rather than going on in the clear). Reach the database
+/// over a private network, a unix socket (`host=/run/postgresql`) or a tunnel. A password in the
+/// URL never appears in this crate's messages ([`redact_url`]); keep the file or command line
+/// that holds it readable by the service only.
 ///
 /// ```no_run
 /// use crat_dispatcher::ledger::{AccountName, Ledger, PgLedger, PgOptions};

@@ -266,10 +266,8 @@ impl Lent<'_> {
     /// (the connection failed) leaves the connection broken.
     pub(super) fn batch(&mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
         let result = wait(self.conn().client.batch_execute(sql));
-        if let Err(e) = &result {
-            if e.as_db_error().is_none() {
-                self.broken = true;
-            }
+        if result.as_ref().is_err_and(|e| e.as_db_error().is_none()) {
+            self.broken = true;
         }
         result
     }
