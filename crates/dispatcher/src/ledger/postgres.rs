@@ -8,21 +8,26 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
-use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
 use crat_core::wire::{ModelSignature, RoundEarnings};
 use crat_rewards::{Interval, RoundOutcome};
 use rand::Rng as _;
-use tokio_postgres::Row;
 
 mod acks;
 mod pool;
+mod redact;
+mod rows;
 mod schema;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;
 
 use self::pool::{Pool, Target, Tx};
+pub use self::redact::redact_url;
+use self::rows::{
+    account_at, bytes_at, deployment_row, get, key_row, node_row, round_node_row, round_row, u64_at,
+};
 use super::common::{
     Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS,
     ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, signature_json, to_i64,
@@ -93,102 +98,6 @@ fn check_schema(schema: &str) -> Result<(), LedgerError> {
 /// keywords usable).
 fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// `url` with its password replaced by `***` (in the `user:password@` part and in a
-/// `password=` parameter of a URL, or the `password` of libpq's `key=value` form), for logs
-/// and error messages. Anything without a password comes back unchanged.
-///
-/// ```
-/// use crat_dispatcher::ledger::redact_url;
-///
-/// assert_eq!(
-///     redact_url("postgres://crat:s3cret@db.example:5432/crat"),
-///     "postgres://crat:***@db.example:5432/crat"
-/// );
-/// assert_eq!(
-///     redact_url("postgres://db.example/crat?user=crat&password=s3cret&sslmode=disable"),
-///     "postgres://db.example/crat?user=crat&password=***&sslmode=disable"
-/// );
-/// assert_eq!(redact_url("postgres://crat@db/crat"), "postgres://crat@db/crat");
-/// assert_eq!(
-///     redact_url("host=db user=crat password='s3 cret' dbname=crat"),
-///     "host=db user=crat password=*** dbname=crat"
-/// );
-/// ```
-pub fn redact_url(url: &str) -> String {
-    if !url.contains("://") {
-        return redact_conninfo(url);
-    }
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo_end = rest_start + at;
-            if let Some(colon) = out[rest_start..userinfo_end].find(':') {
-                out.replace_range(rest_start + colon + 1..userinfo_end, "***");
-            }
-        }
-    }
-    if let Some(query_start) = out.find('?') {
-        let (head, query) = out.split_at(query_start + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
-                _ => pair.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", redacted.join("&"));
-    }
-    out
-}
-
-/// libpq's `key = value …` form with the password's value replaced by `***` (a value may be
-/// quoted, with `\'` and `\\` escapes inside).
-fn redact_conninfo(conninfo: &str) -> String {
-    let mut out = String::with_capacity(conninfo.len());
-    let mut rest = conninfo;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim_end();
-        let key_start = key.rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let is_password = key[key_start..].eq_ignore_ascii_case("password");
-        out.push_str(&rest[..=eq]);
-        rest = &rest[eq + 1..];
-        let leading = rest.len() - rest.trim_start().len();
-        out.push_str(&rest[..leading]);
-        rest = &rest[leading..];
-        // The value: quoted (up to the closing quote) or up to the next whitespace.
-        let end = if let Some(quoted) = rest.strip_prefix('\'') {
-            let mut escaped = false;
-            let mut close = quoted.len();
-            for (i, c) in quoted.char_indices() {
-                match (escaped, c) {
-                    (true, _) => escaped = false,
-                    (false, '\\') => escaped = true,
-                    (false, '\'') => {
-                        close = i;
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            (close + 2).min(rest.len())
-        } else {
-            rest.find(char::is_whitespace).unwrap_or(rest.len())
-        };
-        if is_password {
-            out.push_str("***");
-        } else {
-            out.push_str(&rest[..end]);
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The [`Ledger`] in PostgreSQL: several dispatcher processes may share one.
@@ -440,35 +349,6 @@ impl PgLedger {
     }
 }
 
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a Row,
-    idx: usize,
-) -> Result<T, LedgerError> {
-    row.try_get(idx)
-        .map_err(|e| LedgerError::Corrupt(format!("column {idx}: {}", pool::describe(&e))))
-}
-
-fn u64_at(row: &Row, idx: usize, what: &str) -> Result<u64, LedgerError> {
-    from_i64(get(row, idx)?, what)
-}
-
-fn opt_u64_at(row: &Row, idx: usize, what: &str) -> Result<Option<u64>, LedgerError> {
-    get::<Option<i64>>(row, idx)?
-        .map(|v| from_i64(v, what))
-        .transpose()
-}
-
-fn bytes_at<const N: usize>(row: &Row, idx: usize, what: &str) -> Result<[u8; N], LedgerError> {
-    let blob: &[u8] = get(row, idx)?;
-    blob.try_into()
-        .map_err(|_| LedgerError::Corrupt(format!("{what} has {} bytes, not {N}", blob.len())))
-}
-
-fn account_at(row: &Row, idx: usize) -> Result<AccountName, LedgerError> {
-    let name: String = get(row, idx)?;
-    AccountName::new(name).map_err(|e| LedgerError::Corrupt(e.to_string()))
-}
-
 /// A window bound: times above `i64::MAX` are never stored, so clamping loses nothing.
 fn clamp(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
@@ -520,17 +400,6 @@ fn journal(tx: &mut Tx<'_>, m: &Movement<'_>) -> Result<(), LedgerError> {
     Ok(())
 }
 
-fn key_row(row: &Row) -> Result<KeyRecord, LedgerError> {
-    Ok(KeyRecord {
-        id: KeyId::from_bytes(bytes_at(row, 0, "key id")?),
-        account: account_at(row, 1)?,
-        secret_hash: bytes_at(row, 2, "secret hash")?,
-        created_at_s: u64_at(row, 3, "created_at_s")?,
-        expires_at_s: opt_u64_at(row, 4, "expires_at_s")?,
-        revoked_at_s: opt_u64_at(row, 5, "revoked_at_s")?,
-    })
-}
-
 fn get_key(tx: &mut Tx<'_>, id: &KeyId) -> Result<Option<KeyRecord>, LedgerError> {
     tx.query_opt(
         &format!("SELECT {KEY_COLUMNS} FROM keys WHERE id = $1"),
@@ -539,31 +408,6 @@ fn get_key(tx: &mut Tx<'_>, id: &KeyId) -> Result<Option<KeyRecord>, LedgerError
     .as_ref()
     .map(key_row)
     .transpose()
-}
-
-fn deployment_row(row: &Row) -> Result<DeploymentRecord, LedgerError> {
-    let plan: &str = get(row, 5)?;
-    let price: &str = get(row, 6)?;
-    let verifiability: &str = get(row, 10)?;
-    Ok(DeploymentRecord {
-        id: DeploymentId::from_bytes(bytes_at(row, 0, "deployment id")?),
-        account: account_at(row, 1)?,
-        key: KeyId::from_bytes(bytes_at(row, 2, "key id")?),
-        model: ModelId::from_bytes(bytes_at(row, 3, "model id")?),
-        model_bytes: u64_at(row, 4, "model_bytes")?,
-        plan: serde_json::from_str(plan)
-            .map_err(|e| LedgerError::Corrupt(format!("deployment plan: {e}")))?,
-        price: serde_json::from_str(price)
-            .map_err(|e| LedgerError::Corrupt(format!("deployment price: {e}")))?,
-        allowance_left: Credits::new(u64_at(row, 7, "allowance_left")?),
-        created_at_s: u64_at(row, 8, "created_at_s")?,
-        stopped_at_s: opt_u64_at(row, 9, "stopped_at_s")?,
-        verifiability: serde_json::from_str(verifiability)
-            .map_err(|e| LedgerError::Corrupt(format!("deployment verifiability: {e}")))?,
-        updates: u32::try_from(u64_at(row, 11, "updates")?)
-            .map_err(|_| LedgerError::Corrupt("deployment updates".into()))?,
-        updated_at_s: opt_u64_at(row, 12, "updated_at_s")?,
-    })
 }
 
 /// The deployments matching `condition` (a fixed SQL expression), oldest first.
@@ -631,48 +475,6 @@ fn refund(
     Ok(DeploymentRecord {
         allowance_left: Credits::ZERO,
         ..d
-    })
-}
-
-fn node_row(row: &Row) -> Result<NodeRecord, LedgerError> {
-    let rating: i64 = get(row, 1)?;
-    Ok(NodeRecord {
-        id: NodeId::from_bytes(bytes_at(row, 0, "node id")?),
-        rating: u8::try_from(rating)
-            .map_err(|_| LedgerError::Corrupt(format!("node rating {rating}")))?,
-        registered_at_s: u64_at(row, 2, "registered_at_s")?,
-        mining_income_usd_micro_per_day: MicroUsd::new(u64_at(row, 3, "mining_income")?),
-        crat_micro: MicroCrat::new(u64_at(row, 4, "crat_micro")?),
-        streak: u64_at(row, 5, "streak")?,
-        uptime_total_s: u64_at(row, 6, "uptime_total_s")?,
-    })
-}
-
-fn round_node_row(row: &Row) -> Result<RoundEarnings, LedgerError> {
-    Ok(RoundEarnings {
-        index: u64_at(row, 0, "round")?,
-        start_s: u64_at(row, 2, "start_s")?,
-        uptime_s: u64_at(row, 3, "uptime_s")?,
-        committed: get(row, 4)?,
-        rank: opt_u64_at(row, 5, "rank")?,
-        guaranteed_usd_micro: MicroUsd::new(u64_at(row, 6, "guaranteed")?),
-        bonus_usd_micro: MicroUsd::new(u64_at(row, 7, "bonus")?),
-        crat_issued_micro: MicroCrat::new(u64_at(row, 8, "crat_issued")?),
-        crat_slashed_micro: MicroCrat::new(u64_at(row, 9, "crat_slashed")?),
-        crat_end_micro: MicroCrat::new(u64_at(row, 10, "crat_end")?),
-    })
-}
-
-fn round_row(row: &Row) -> Result<RoundRecord, LedgerError> {
-    Ok(RoundRecord {
-        index: u64_at(row, 0, "round index")?,
-        start_s: u64_at(row, 1, "start_s")?,
-        length_s: u64_at(row, 2, "length_s")?,
-        income_usd_micro: MicroUsd::new(u64_at(row, 3, "income")?),
-        carry_out_usd_micro: MicroUsd::new(u64_at(row, 4, "carry_out")?),
-        paid_usd_micro: MicroUsd::new(u64_at(row, 5, "paid")?),
-        inputs_json: get(row, 6)?,
-        outcome_json: get(row, 7)?,
     })
 }
 
