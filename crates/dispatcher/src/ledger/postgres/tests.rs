@@ -329,3 +329,29 @@ fn a_handle_works_inside_a_tokio_runtime() {
     drop(runtime);
     assert!(ledger.latest_time_s().is_ok());
 }
+
+/// Dispatchers starting together on a new schema: one creates it and migrates, under the
+/// advisory lock; every one connects, and the schema is migrated once.
+#[test]
+fn handles_connecting_together_migrate_once() {
+    let f = PgFactory::new();
+    let schema = format!("{}_together", f.prefix);
+    f.schemas.borrow_mut().push(schema.clone());
+    let ledgers: Vec<PgLedger> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| PgLedger::connect_with(&f.url, &PgFactory::options(&schema))))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap().unwrap())
+            .collect()
+    });
+    for l in &ledgers {
+        assert_eq!(
+            l.schema_version().unwrap(),
+            PgLedger::current_schema_version()
+        );
+    }
+    ledgers[0].create_account(&name("carol"), 0).unwrap();
+    assert_eq!(ledgers[3].balance(&name("carol")).unwrap(), Credits::ZERO);
+}
