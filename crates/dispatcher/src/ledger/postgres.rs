@@ -289,8 +289,16 @@ impl PgLedger {
         let mut attempt = 1u32;
         loop {
             let mut conn = self.pool.get()?;
-            conn.batch(begin)
-                .map_err(|e| LedgerError::Database(pool::describe(&e)))?;
+            if let Err(e) = conn.batch(begin) {
+                // A pooled connection the server or the network closed while it sat idle:
+                // nothing ran, so another connection may run the transaction.
+                if e.as_db_error().is_none() && attempt < TRANSACTION_ATTEMPTS_MAX {
+                    drop(conn);
+                    attempt += 1;
+                    continue;
+                }
+                return Err(LedgerError::Database(pool::describe(&e)));
+            }
             let mut tx = conn.tx();
             let out = f(&mut tx);
             let mut retryable = tx.retryable();
