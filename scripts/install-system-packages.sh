@@ -5,7 +5,10 @@
 # - systemd: `systemd-analyze verify` checks dist/systemd/*.service (crates/cli's
 #   config_example tests);
 # - iproute2 and nftables: the NAT lab (crat_testnet::netlab) builds homes behind NAT routers
-#   in network namespaces (crates/testnet/tests/netlab.rs; needs root).
+#   in network namespaces (crates/testnet/tests/netlab.rs; needs root);
+# - postgresql-15: the server binaries (and the `postgres` OS user) of the throwaway server
+#   scripts/postgres.sh starts for the PostgreSQL ledger's tests (its own data directory and
+#   port; the Debian cluster the package sets up is not used).
 # Needs root or sudo, and the Debian archive. Called by scripts/test.sh and .ci/run.
 set -euo pipefail
 need=()
@@ -14,6 +17,8 @@ command -v chromedriver >/dev/null || need+=(chromium-driver)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
+{ [ -x "${CRAT_PG_BIN:-/usr/lib/postgresql/15/bin}/postgres" ] && id -u postgres >/dev/null 2>&1; } \
+    || need+=(postgresql-15)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()

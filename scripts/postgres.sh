@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL 15 server for tests (issue 18: the ledger test suite against a real
-# PostgreSQL). Not used by scripts/test.sh or .ci/run yet.
+# PostgreSQL). scripts/test.sh (and so .ci/run) starts one with a CRAT_PG_DIR of its own, exports
+# its URL as CRAT_TEST_POSTGRES_URL for the PostgreSQL ledger's tests, and stops it on exit.
 #
 #   scripts/postgres.sh start   starts a server, creates the database crat_test, waits until it
 #                               accepts connections and prints its URL on stdout:

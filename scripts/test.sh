@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (the ONNX Runtime library, from PyPI), then
-# runs every test of the workspace with every feature, as CI does, then the Python package's
-# tests (scripts/test-python.sh) and the gateway's tests with the official Triton client and
+# The test command: installs what the tests need (the ONNX Runtime library, from PyPI), starts a
+# throwaway PostgreSQL server (scripts/postgres.sh; stopped on exit), then runs every test of the
+# workspace with every feature, as CI does, then the Python package's tests
+# (scripts/test-python.sh) and the gateway's tests with the official Triton client and
 # curl. The Python packages come from PyPI into virtual environments under ~/.cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,14 @@ ORT_DYLIB_PATH="$(scripts/install-onnxruntime.sh)"
 # loopback package index and installs it as `crat node` would.
 CRAT_ORT_WHEEL="$(scripts/install-onnxruntime.sh --print-wheel)"
 export ORT_DYLIB_PATH CRAT_ORT_WHEEL
+# A throwaway PostgreSQL 15 server (scripts/postgres.sh) for the PostgreSQL ledger's tests
+# (crat-dispatcher's `postgres` feature, crates/cli/tests/postgres_ledger.rs), in a state directory
+# of this run's own, stopped when this script exits, also when a test fails.
+CRAT_PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crat-pg-run.XXXXXX")"
+export CRAT_PG_DIR
+trap 'scripts/postgres.sh stop || true; rm -rf -- "$CRAT_PG_DIR"' EXIT
+CRAT_TEST_POSTGRES_URL="$(scripts/postgres.sh start)"
+export CRAT_TEST_POSTGRES_URL
 cargo test --workspace --all-features --locked "$@"
 
 # --- the Python package (python/, its own Cargo workspace): build it and run its pytest suite.

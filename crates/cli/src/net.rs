@@ -19,7 +19,7 @@ use crat_core::policy::hardware::ProofConfig;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::DeploymentState;
-use crat_dispatcher::ledger::{AccountName, Ledger, SqliteLedger};
+use crat_dispatcher::ledger::{AccountName, Ledger, PgLedger, PgOptions, SqliteLedger, redact_url};
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::cache::{ModelCache, ModelStore};
 use crat_node::idle::{CommandWorkload, IdleController, IdlePolicy, IdleWorkload};
@@ -78,6 +78,92 @@ struct DispatcherSection {
     proof_scale: Option<ProofScale>,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when absent.
     metrics_addr: Option<SocketAddr>,
+    /// The ledger: a PostgreSQL URL (`postgres://…`) that several dispatchers may share;
+    /// absent (or `sqlite`): the SQLite file `ledger.sqlite` in the data directory.
+    ledger: Option<String>,
+    /// The PostgreSQL schema of the ledger (default `crat`); only with a PostgreSQL `ledger`.
+    ledger_schema: Option<String>,
+}
+
+/// Where a dispatcher's ledger is: `--ledger` / `[dispatcher] ledger`.
+#[derive(Debug)]
+enum LedgerLocation {
+    /// `ledger.sqlite` in the data directory (the default).
+    Sqlite,
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its URL (may hold a password: show it through [`redact_url`] only).
+        url: String,
+        /// The schema of the ledger's tables.
+        schema: String,
+    },
+}
+
+impl LedgerLocation {
+    /// `ledger` and `schema` as given (flag, else file): a `postgres://` or `postgresql://` URL
+    /// is PostgreSQL, nothing or `sqlite` the SQLite file; anything else is refused (a
+    /// mistyped URL must not quietly start a ledger of its own).
+    fn new(ledger: Option<String>, schema: Option<String>) -> anyhow::Result<Self> {
+        match ledger {
+            None => {
+                anyhow::ensure!(
+                    schema.is_none(),
+                    "a ledger schema is given, but no PostgreSQL ledger (--ledger postgres://…)"
+                );
+                Ok(Self::Sqlite)
+            }
+            Some(l) if l == "sqlite" => Self::new(None, schema),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Self::Postgres {
+                    url,
+                    schema: schema.unwrap_or_else(|| PgOptions::default().schema),
+                })
+            }
+            Some(other) => anyhow::bail!(
+                "ledger {:?} is neither `sqlite` nor a PostgreSQL URL (postgres://…)",
+                redact_url(&other)
+            ),
+        }
+    }
+
+    /// Opens the ledger (the SQLite file is created if new, in `data_dir`).
+    fn open(&self, data_dir: &Path) -> anyhow::Result<Arc<dyn Ledger>> {
+        match self {
+            Self::Sqlite => {
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating {}", data_dir.display()))?;
+                let path = data_dir.join("ledger.sqlite");
+                Ok(Arc::new(
+                    SqliteLedger::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                ))
+            }
+            Self::Postgres { url, schema } => {
+                let options = PgOptions {
+                    schema: schema.clone(),
+                    ..PgOptions::default()
+                };
+                Ok(Arc::new(
+                    PgLedger::connect_with(url, &options).with_context(|| {
+                        format!(
+                            "opening the ledger at {} (schema {schema})",
+                            redact_url(url)
+                        )
+                    })?,
+                ))
+            }
+        }
+    }
+
+    /// Where it is, for the operator (without a password).
+    fn describe(&self, data_dir: &Path) -> String {
+        match self {
+            Self::Sqlite => data_dir.join("ledger.sqlite").display().to_string(),
+            Self::Postgres { url, schema } => {
+                format!("PostgreSQL {} (schema {schema})", redact_url(url))
+            }
+        }
+    }
 }
 
 /// Sizes of the compute challenges a dispatcher proves its nodes' hardware with.
@@ -227,6 +313,15 @@ pub(crate) struct DispatcherArgs {
     metrics_addr: Option<SocketAddr>,
     #[command(flatten)]
     net: TransportArgs,
+    /// The ledger: a PostgreSQL URL (postgres://user[:password]@host[:port]/database) that
+    /// several dispatchers may share, or `sqlite`. Default: `[dispatcher] ledger`, else the
+    /// SQLite file ledger.sqlite in the data directory.
+    #[arg(long)]
+    ledger: Option<String>,
+    /// The PostgreSQL schema of the ledger (created if missing). Default: `[dispatcher]
+    /// ledger_schema`, else `crat`.
+    #[arg(long)]
+    ledger_schema: Option<String>,
 }
 
 pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
@@ -270,6 +365,10 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
         config.model_bytes_max = m;
     }
     let metrics_addr = args.metrics_addr.or(file.metrics_addr);
+    let ledger = LedgerLocation::new(
+        args.ledger.or(file.ledger),
+        args.ledger_schema.or(file.ledger_schema),
+    )?;
     let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
     runtime()?.block_on(async move {
         if let Some(addr) = metrics_addr {
@@ -297,13 +396,16 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             transports,
             references,
         };
-        let dispatcher = Dispatcher::open_with(config, key, transport, Some(canary))?;
+        let opened = ledger.open(&data_dir)?;
+        let dispatcher =
+            Dispatcher::open_with_ledger(config, key, transport, Some(canary), opened)?;
         println!(
             "dispatcher {} listening on {listen} ({})",
             dispatcher.id(),
             choice.kind()
         );
         println!("data in {}", data_dir.display());
+        println!("ledger {}", ledger.describe(&data_dir));
         tokio::select! {
             r = dispatcher.run() => r?,
             _ = tokio::signal::ctrl_c() => {
@@ -792,16 +894,20 @@ pub(crate) struct DataDir {
     /// The dispatcher's data directory. Default ./crat-data.
     #[arg(long, default_value = "crat-data")]
     data_dir: PathBuf,
+    /// The dispatcher's ledger, as `crat dispatcher --ledger` names it: a PostgreSQL URL
+    /// (postgres://…), or `sqlite`. Default: the SQLite file ledger.sqlite in the data directory.
+    #[arg(long)]
+    ledger: Option<String>,
+    /// The PostgreSQL schema of the ledger. Default `crat`.
+    #[arg(long)]
+    ledger_schema: Option<String>,
 }
 
 impl DataDir {
-    fn ledger(&self) -> anyhow::Result<SqliteLedger> {
-        // The same file `crat dispatcher --data-dir` uses; created if new, so an operator can
-        // set up accounts before the first start.
-        std::fs::create_dir_all(&self.data_dir)
-            .with_context(|| format!("creating {}", self.data_dir.display()))?;
-        let path = self.data_dir.join("ledger.sqlite");
-        SqliteLedger::open(&path).with_context(|| format!("opening {}", path.display()))
+    fn ledger(&self) -> anyhow::Result<Arc<dyn Ledger>> {
+        // The same ledger `crat dispatcher` uses; the SQLite file is created if new, so an
+        // operator can set up accounts before the first start.
+        LedgerLocation::new(self.ledger.clone(), self.ledger_schema.clone())?.open(&self.data_dir)
     }
 }
 
@@ -851,7 +957,8 @@ pub(crate) fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             lifetime_s,
         } => {
             let ledger = data.ledger()?;
-            let key = admin::create_key(&ledger, &AccountName::new(account)?, now_s(), lifetime_s)?;
+            let key =
+                admin::create_key(&*ledger, &AccountName::new(account)?, now_s(), lifetime_s)?;
             println!("{key}");
         }
         KeysCommand::Revoke { data, key } => {
@@ -910,7 +1017,7 @@ pub(crate) fn credits(cmd: CreditsCommand) -> anyhow::Result<()> {
             credits,
         } => {
             let b = admin::grant(
-                &data.ledger()?,
+                &*data.ledger()?,
                 &AccountName::new(account)?,
                 Credits::new(credits),
                 now_s(),
@@ -1346,11 +1453,12 @@ pub(crate) fn infer(args: InferArgs) -> anyhow::Result<()> {
                 paths = now;
             }
         }
-        // Before the process exits, the dispatcher learns of every answer received (the
-        // client pays for its tasks even if a node never reports them).
-        d.flush_acks()
-            .await
-            .context("acknowledging the answers to the dispatcher")?;
+        // Acknowledge the answers before the process exits (as `crat demo` and the gateway
+        // do): the dispatcher charges a node's usage only within what its client acknowledged,
+        // and the SDK's own flush runs a moment after the last answer, too late for a one-shot.
+        if let Err(e) = d.flush_acks().await {
+            eprintln!("acknowledgements not delivered to the dispatcher: {e}");
+        }
         if let Some(path) = &out {
             let bytes = if path.extension().is_some_and(|e| e == "npz") {
                 crate::npy::write_npz(&outputs)?

@@ -2,9 +2,12 @@
 //! database. Nothing is acknowledged to a peer before the ledger has committed it.
 //!
 //! [`Ledger`] is the trait the dispatcher uses; [`SqliteLedger`] is the embedded default (one
-//! file under the data directory, WAL journal, versioned migrations). A PostgreSQL backend
-//! implements the same trait. One test suite (the test-only module `ledger::suite`) tests the
-//! trait's behaviour; each backend runs all of it on its own ledgers.
+//! file under the data directory, WAL journal, versioned migrations). `PgLedger` (the
+//! `postgres` feature) implements the same trait in a PostgreSQL database that several
+//! dispatchers can share (serializable transactions retried on conflicts, versioned
+//! migrations, a bounded connection pool). One test suite (the test-only module
+//! `ledger::suite`) tests the trait's behaviour; each backend runs all of it on its own
+//! ledgers (PostgreSQL's need a server: `CRAT_TEST_POSTGRES_URL`, set by `scripts/test.sh`).
 //!
 //! Credits move in exactly four ways, each a row of the journal and an update of a balance in
 //! the same transaction: a **grant** adds to an account; a **deploy** takes the plan's
@@ -26,12 +29,18 @@ use crat_core::pricing::{DeployPlan, PriceQuote};
 use crat_core::wire::{ModelSignature, RoundEarnings, UsageRecord, Verifiability};
 use crat_rewards::{Interval, RoundOutcome};
 
+mod common;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sqlite;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 pub(crate) mod suite;
 
-pub use sqlite::{LedgerTotals, SqliteLedger};
+pub use common::LedgerTotals;
+#[cfg(feature = "postgres")]
+pub use postgres::{PgLedger, PgOptions, TRANSACTION_ATTEMPTS_MAX, redact_url};
+pub use sqlite::SqliteLedger;
 
 /// An account name: 1..=64 bytes of `[a-z0-9_-]`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

@@ -6,8 +6,11 @@
 //!   node's online sessions (the uptime inputs of the rewards);
 //! - stores **models**: chunked, resumable uploads, size-capped, blake3-verified, checked to be
 //!   a self-contained ONNX model, content-addressed ([`blob`]);
-//! - keeps the **ledger** in a real database ([`ledger`]; SQLite by default): accounts, SDK keys
-//!   (hashed), credits, deployments, usage (charged once per task id), rounds and payouts;
+//! - keeps the **ledger** in a real database ([`ledger`]): accounts, SDK keys (hashed), credits,
+//!   deployments, usage (charged once per task id), rounds and payouts; SQLite by default (one
+//!   file in the data directory), or PostgreSQL with the `postgres` feature
+//!   (`ledger::PgLedger`, [`Dispatcher::open_with_ledger`]), a database several dispatchers
+//!   can share;
 //! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
 //!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away; a
 //!   per-request deployment the network is too small for is created with the replicas that

@@ -31,7 +31,9 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 12] = [
+const OFF_AS_SHIPPED: [&str; 14] = [
+    "dispatcher.ledger",
+    "dispatcher.ledger_schema",
     "node.gpu",
     "node.dashboard_token",
     "node.idle",
@@ -114,6 +116,8 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         model_bytes_max,
         proof_scale,
         metrics_addr,
+        ledger,
+        ledger_schema,
     } = dispatcher;
     let NodeSection {
         listen: node_listen,
@@ -168,6 +172,8 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("dispatcher.model_bytes_max", model_bytes_max.is_some()),
         ("dispatcher.proof_scale", proof_scale.is_some()),
         ("dispatcher.metrics_addr", metrics_addr.is_some()),
+        ("dispatcher.ledger", ledger.is_some()),
+        ("dispatcher.ledger_schema", ledger_schema.is_some()),
         ("node.listen", node_listen.is_some()),
         ("node.advertise", advertise.is_some()),
         ("node.data_dir", node_data_dir.is_some()),

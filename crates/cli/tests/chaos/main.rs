@@ -199,6 +199,7 @@ async fn soak(dir: &Path) -> anyhow::Result<()> {
         proc: None,
         lives: 0,
         id: None,
+        args: Vec::new(),
     };
     dispatcher.start().await?;
     let mut nodes = Vec::new();

@@ -166,6 +166,8 @@ pub(crate) struct DispatcherProc {
     pub(crate) lives: u32,
     /// Its id, as the first life printed it.
     pub(crate) id: Option<String>,
+    /// More flags every life is started with (e.g. `--ledger URL`).
+    pub(crate) args: Vec<String>,
 }
 
 impl DispatcherProc {
@@ -176,7 +178,7 @@ impl DispatcherProc {
     /// Starts a life and waits until it listens (with the same id as every life before).
     pub(crate) async fn start(&mut self) -> anyhow::Result<()> {
         self.lives += 1;
-        let args = [
+        let args: Vec<String> = [
             "dispatcher",
             "--listen",
             &self.addr(),
@@ -185,7 +187,10 @@ impl DispatcherProc {
             "--config",
             self.config.to_str().context("path")?,
         ]
-        .map(String::from);
+        .map(String::from)
+        .into_iter()
+        .chain(self.args.iter().cloned())
+        .collect();
         let mut p = Proc::spawn(
             format!("dispatcher-{:03}", self.lives),
             &args,

@@ -37,22 +37,44 @@ impl Network {
     /// Starts a dispatcher under `dir` (data in `dir/dispatcher`, output in `dir/logs`) with
     /// `settings` as its `[dispatcher]` table, and grants 100,000 credits to a new key.
     pub(crate) async fn start(dir: &Path, settings: &str) -> anyhow::Result<Self> {
+        Self::start_on_ledger(dir, settings, &[]).await
+    }
+
+    /// [`Network::start`] with `ledger` (e.g. `["--ledger", URL]`) added to the dispatcher's
+    /// flags and to the operator verbs that fund the key, so that both use that ledger.
+    pub(crate) async fn start_on_ledger(
+        dir: &Path,
+        settings: &str,
+        ledger: &[&str],
+    ) -> anyhow::Result<Self> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let config = dir.join("dispatcher.toml");
         std::fs::write(&config, format!("[dispatcher]\n{settings}"))?;
         let data = dir.join("dispatcher");
         let d = data.to_str().context("path")?;
-        operator(&[
-            "credits",
-            "grant",
-            "--data-dir",
-            d,
-            "--account",
-            "test",
-            "100000",
-        ])?;
-        let key = operator(&["keys", "create", "--data-dir", d, "--account", "test"])?;
+        operator(
+            &[
+                &[
+                    "credits",
+                    "grant",
+                    "--data-dir",
+                    d,
+                    "--account",
+                    "test",
+                    "100000",
+                ][..],
+                ledger,
+            ]
+            .concat(),
+        )?;
+        let key = operator(
+            &[
+                &["keys", "create", "--data-dir", d, "--account", "test"][..],
+                ledger,
+            ]
+            .concat(),
+        )?;
         let mut dispatcher = DispatcherProc {
             port: free_port(&[])?,
             data: data.clone(),
@@ -61,6 +83,7 @@ impl Network {
             proc: None,
             lives: 0,
             id: None,
+            args: ledger.iter().map(|a| (*a).to_owned()).collect(),
         };
         dispatcher.start().await?;
         Ok(Self {

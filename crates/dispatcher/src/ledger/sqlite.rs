@@ -17,6 +17,10 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 
 mod acks;
 
+use super::common::{
+    Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS,
+    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, signature_json, to_i64,
+};
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
     ModelRecord, ModelUpdate, NODE_ROUNDS_MAX, NodeRecord, RoundRecord, RoundSettlement, StoredAck,
@@ -288,27 +292,6 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct LedgerTotals {
-    /// Σ account balances.
-    pub balances: Credits,
-    /// Σ allowances left in deployments.
-    pub allowances: Credits,
-    /// Σ credits that counted as income (all time).
-    pub income: Credits,
-    /// Σ grants (all time).
-    pub granted: Credits,
-}
-
-impl LedgerTotals {
-    /// Money is conserved: every granted credit is in a balance, in an allowance, or was
-    /// earned as income (`balances + allowances + income == granted`).
-    pub fn is_conserved(&self) -> bool {
-        Credits::checked_sum([self.balances, self.allowances, self.income]) == Some(self.granted)
-    }
-}
-
 /// The embedded [`Ledger`]: one SQLite file.
 ///
 /// - **Durability.** The file runs in WAL mode with `synchronous=FULL`, so a method that
@@ -509,24 +492,6 @@ impl<T> Db<T> for rusqlite::Result<T> {
     }
 }
 
-/// A `u64` as SQLite's `i64`, refused (never wrapped) above `i64::MAX`.
-fn to_i64(value: u64, what: &str) -> Result<i64, LedgerError> {
-    i64::try_from(value).map_err(|_| {
-        LedgerError::Invalid(format!(
-            "{what} = {value} is above the largest storable value {}",
-            i64::MAX
-        ))
-    })
-}
-
-fn opt_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>, LedgerError> {
-    value.map(|v| to_i64(v, what)).transpose()
-}
-
-fn from_i64(value: i64, what: &str) -> Result<u64, LedgerError> {
-    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{what} = {value} is negative")))
-}
-
 fn u64_at(row: &Row<'_>, idx: usize, what: &str) -> Result<u64, LedgerError> {
     from_i64(row.get::<_, i64>(idx).db()?, what)
 }
@@ -552,12 +517,6 @@ fn account_at(row: &Row<'_>, idx: usize) -> Result<AccountName, LedgerError> {
     AccountName::new(name).map_err(|e| LedgerError::Corrupt(e.to_string()))
 }
 
-fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits, LedgerError> {
-    a.checked_add(b)
-        .filter(|sum| sum.get() <= i64::MAX as u64)
-        .ok_or(LedgerError::Overflow(what))
-}
-
 fn account_balance(tx: &Transaction<'_>, name: &AccountName) -> Result<Credits, LedgerError> {
     let balance: Option<i64> = tx
         .prepare_cached("SELECT balance FROM accounts WHERE name = ?1")
@@ -581,28 +540,6 @@ fn set_balance(
         .execute(params![name.as_str(), to_i64(balance.get(), "balance")?])
         .db()?;
     Ok(())
-}
-
-/// The journal kinds.
-#[derive(Clone, Copy)]
-enum Kind {
-    Grant,
-    Deploy,
-    Usage,
-    Refund,
-    Update,
-}
-
-impl Kind {
-    const fn as_str(self) -> &'static str {
-        match self {
-            Kind::Grant => "grant",
-            Kind::Deploy => "deploy",
-            Kind::Usage => "usage",
-            Kind::Refund => "refund",
-            Kind::Update => "update",
-        }
-    }
 }
 
 struct Movement<'a> {
@@ -643,8 +580,6 @@ fn exists(tx: &Transaction<'_>, sql: &str, key: &dyn rusqlite::ToSql) -> Result<
         .map(|r| r.is_some())
 }
 
-const KEY_COLUMNS: &str = "id, account, secret_hash, created_at_s, expires_at_s, revoked_at_s";
-
 fn key_row(row: &Row<'_>) -> Result<KeyRecord, LedgerError> {
     Ok(KeyRecord {
         id: KeyId::from_bytes(bytes_at(row, 0, "key id")?),
@@ -662,25 +597,6 @@ fn get_key(tx: &Transaction<'_>, id: &KeyId) -> Result<Option<KeyRecord>, Ledger
         .db()?;
     let mut rows = stmt.query([id.as_bytes().as_slice()]).db()?;
     rows.next().db()?.map(key_row).transpose()
-}
-
-const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
-                                  allowance_left, created_at_s, stopped_at_s, verifiability, \
-                                  updates, updated_at_s";
-
-/// A model signature as stored (JSON), refused beyond what the wire carries.
-fn signature_json(signature: Option<&ModelSignature>) -> Result<Option<String>, LedgerError> {
-    signature
-        .map(|s| {
-            if !s.is_bounded() {
-                return Err(LedgerError::Invalid(
-                    "model signature beyond the wire's limits".into(),
-                ));
-            }
-            serde_json::to_string(s)
-                .map_err(|e| LedgerError::Invalid(format!("model signature: {e}")))
-        })
-        .transpose()
 }
 
 fn deployment_row(row: &Row<'_>) -> Result<DeploymentRecord, LedgerError> {
@@ -776,9 +692,6 @@ fn get_deployment(
     rows.next().db()?.map(deployment_row).transpose()
 }
 
-const NODE_COLUMNS: &str =
-    "id, rating, registered_at_s, mining_income, crat_micro, streak, uptime_total_s";
-
 fn node_row(row: &Row<'_>) -> Result<NodeRecord, LedgerError> {
     let rating: i64 = row.get(1).db()?;
     Ok(NodeRecord {
@@ -792,9 +705,6 @@ fn node_row(row: &Row<'_>) -> Result<NodeRecord, LedgerError> {
         uptime_total_s: u64_at(row, 6, "uptime_total_s")?,
     })
 }
-
-const ROUND_NODE_COLUMNS: &str = "round, node, start_s, uptime_s, committed, rank, guaranteed, \
-                                  bonus, crat_issued, crat_slashed, crat_end";
 
 fn round_node_row(row: &Row<'_>) -> Result<RoundEarnings, LedgerError> {
     let committed: i64 = row.get(4).db()?;
@@ -812,9 +722,6 @@ fn round_node_row(row: &Row<'_>) -> Result<RoundEarnings, LedgerError> {
         crat_end_micro: MicroCrat::new(u64_at(row, 10, "crat_end")?),
     })
 }
-
-const ROUND_COLUMNS: &str =
-    "idx, start_s, length_s, income, carry_out, paid, inputs_json, outcome_json";
 
 fn round_row(row: &Row<'_>) -> Result<RoundRecord, LedgerError> {
     Ok(RoundRecord {
@@ -841,23 +748,6 @@ fn query_rounds(
         out.push(round_row(row)?);
     }
     Ok(out)
-}
-
-/// A deployment's allowance as `charge_usage` tracks it during one call.
-struct Allowance {
-    account: AccountName,
-    left: Credits,
-    changed: bool,
-}
-
-/// What [`charge_rows`] charges.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Charging {
-    /// Usage records: each counted against its acknowledgement; one of a settled pair is a
-    /// duplicate.
-    Records,
-    /// Settlements of acknowledgements (the pairs are being settled: nothing is counted).
-    Settlement,
 }
 
 /// The body of [`Ledger::charge_usage`] and of the charges of [`Ledger::settle_acks`].

@@ -331,6 +331,39 @@ impl<T: Transport> Dispatcher<T> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| DispatcherError::Storage(format!("{}: {e}", config.data_dir.display())))?;
         let ledger = Arc::new(SqliteLedger::open(&config.ledger_path())?);
+        Self::open_on_ledger(config, key, transport, canary, clock, ledger)
+    }
+
+    /// [`Dispatcher::open_with`] on `ledger` instead of the SQLite file under
+    /// `config.data_dir` (a [`crate::ledger::PgLedger`] that several dispatchers share); the
+    /// models, uploads and payouts stay under `config.data_dir`.
+    pub fn open_with_ledger(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+        canary: Option<CanaryParts<T>>,
+        ledger: Arc<dyn Ledger>,
+    ) -> Result<Self, DispatcherError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| DispatcherError::Storage(format!("{}: {e}", config.data_dir.display())))?;
+        Self::open_on_ledger(
+            config,
+            key,
+            transport,
+            canary,
+            Arc::new(SteadyClock::system()),
+            ledger,
+        )
+    }
+
+    fn open_on_ledger(
+        config: DispatcherConfig,
+        key: SigningKey,
+        transport: T,
+        canary: Option<CanaryParts<T>>,
+        clock: Arc<dyn Clock>,
+        ledger: Arc<dyn Ledger>,
+    ) -> Result<Self, DispatcherError> {
         let blobs = Arc::new(
             LocalBlobStore::open(&config.data_dir.join("models"))
                 .map_err(|e| DispatcherError::Storage(e.to_string()))?,

@@ -10,10 +10,8 @@ use crat_core::policy::acks::{AckEntry, Tally};
 use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{Db, bytes_at, from_i64, to_i64, u64_at};
+use crate::ledger::common::ACK_COLUMNS as COLUMNS;
 use crate::ledger::{AckRecord, LedgerError, StoredAck, UsageCharge};
-
-const COLUMNS: &str = "ticket_nonce, node, deployment, key, settle_at_s, acked_tasks, \
-     acked_credits, acked_accumulator, charged_tasks, charged_credits, charged_accumulator";
 
 fn row(row: &Row<'_>) -> Result<StoredAck, LedgerError> {
     let tally = |at: usize, what: &str| -> Result<Tally, LedgerError> {

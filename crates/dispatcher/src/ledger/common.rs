@@ -1,0 +1,130 @@
+//! What the ledger backends share: the audit sums, the conversions between Rust's `u64` and
+//! the databases' signed 64-bit integers, the journal's kinds, the columns read back and the
+//! encodings of records as stored.
+
+use crat_core::money::Credits;
+use crat_core::wire::ModelSignature;
+
+use super::{AccountName, LedgerError};
+
+/// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct LedgerTotals {
+    /// Σ account balances.
+    pub balances: Credits,
+    /// Σ allowances left in deployments.
+    pub allowances: Credits,
+    /// Σ credits that counted as income (all time).
+    pub income: Credits,
+    /// Σ grants (all time).
+    pub granted: Credits,
+}
+
+impl LedgerTotals {
+    /// Money is conserved: every granted credit is in a balance, in an allowance, or was
+    /// earned as income (`balances + allowances + income == granted`).
+    pub fn is_conserved(&self) -> bool {
+        Credits::checked_sum([self.balances, self.allowances, self.income]) == Some(self.granted)
+    }
+}
+
+/// A `u64` as the database's `i64`, refused (never wrapped) above `i64::MAX`.
+pub(super) fn to_i64(value: u64, what: &str) -> Result<i64, LedgerError> {
+    i64::try_from(value).map_err(|_| {
+        LedgerError::Invalid(format!(
+            "{what} = {value} is above the largest storable value {}",
+            i64::MAX
+        ))
+    })
+}
+
+pub(super) fn opt_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>, LedgerError> {
+    value.map(|v| to_i64(v, what)).transpose()
+}
+
+pub(super) fn from_i64(value: i64, what: &str) -> Result<u64, LedgerError> {
+    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("{what} = {value} is negative")))
+}
+
+pub(super) fn add(a: Credits, b: Credits, what: &'static str) -> Result<Credits, LedgerError> {
+    a.checked_add(b)
+        .filter(|sum| sum.get() <= i64::MAX as u64)
+        .ok_or(LedgerError::Overflow(what))
+}
+
+/// The journal kinds.
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Grant,
+    Deploy,
+    Usage,
+    Refund,
+    Update,
+}
+
+impl Kind {
+    pub(super) const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Grant => "grant",
+            Kind::Deploy => "deploy",
+            Kind::Usage => "usage",
+            Kind::Refund => "refund",
+            Kind::Update => "update",
+        }
+    }
+}
+
+pub(super) const KEY_COLUMNS: &str =
+    "id, account, secret_hash, created_at_s, expires_at_s, revoked_at_s";
+
+pub(super) const DEPLOYMENT_COLUMNS: &str = "id, account, key, model, model_bytes, plan, price, \
+                                  allowance_left, created_at_s, stopped_at_s, verifiability, \
+                                  updates, updated_at_s";
+
+/// A model signature as stored (JSON), refused beyond what the wire carries.
+pub(super) fn signature_json(
+    signature: Option<&ModelSignature>,
+) -> Result<Option<String>, LedgerError> {
+    signature
+        .map(|s| {
+            if !s.is_bounded() {
+                return Err(LedgerError::Invalid(
+                    "model signature beyond the wire's limits".into(),
+                ));
+            }
+            serde_json::to_string(s)
+                .map_err(|e| LedgerError::Invalid(format!("model signature: {e}")))
+        })
+        .transpose()
+}
+
+pub(super) const NODE_COLUMNS: &str =
+    "id, rating, registered_at_s, mining_income, crat_micro, streak, uptime_total_s";
+
+pub(super) const ROUND_NODE_COLUMNS: &str = "round, node, start_s, uptime_s, committed, rank, guaranteed, \
+                                  bonus, crat_issued, crat_slashed, crat_end";
+
+pub(super) const ROUND_COLUMNS: &str =
+    "idx, start_s, length_s, income, carry_out, paid, inputs_json, outcome_json";
+
+/// A deployment's allowance as a backend's `charge_usage` tracks it during one call.
+pub(super) struct Allowance {
+    pub(super) account: AccountName,
+    pub(super) left: Credits,
+    pub(super) changed: bool,
+}
+
+/// What a backend's usage charging charges.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Charging {
+    /// Usage records: each counted against its acknowledgement; one of a settled pair is a
+    /// duplicate.
+    Records,
+    /// Settlements of acknowledgements (the pairs are being settled: nothing is counted).
+    Settlement,
+}
+
+/// The columns of an acknowledgement read back, in the order both backends decode them.
+pub(super) const ACK_COLUMNS: &str = "ticket_nonce, node, deployment, key, settle_at_s, \
+     acked_tasks, acked_credits, acked_accumulator, charged_tasks, charged_credits, \
+     charged_accumulator";
