@@ -2,6 +2,7 @@
 //! own module; this file only parses the command line and dispatches.
 
 mod demo;
+mod doctor;
 mod gateway;
 mod gpucheck;
 mod keyfile;

@@ -267,6 +267,18 @@ pub(crate) struct ClientSection {
 /// Client identities the dispatcher's canaries go out from (each its own endpoint).
 const CANARY_IDENTITIES: usize = 8;
 
+impl ConfigFile {
+    /// `[node] listen`.
+    pub(crate) fn node_listen(&self) -> Option<SocketAddr> {
+        self.node.listen
+    }
+
+    /// `[node] advertise`.
+    pub(crate) fn node_advertise(&self) -> Option<SocketAddr> {
+        self.node.advertise
+    }
+}
+
 pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<ConfigFile> {
     let Some(path) = path else {
         return Ok(ConfigFile::default());
@@ -399,6 +411,13 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
         let opened = ledger.open(&data_dir)?;
         let dispatcher =
             Dispatcher::open_with_ledger(config, key, transport, Some(canary), opened)?;
+        // Whether nodes are reachable directly: dialled from another port, without relays.
+        let probe_key = SigningKey::from_bytes(&rand::random());
+        dispatcher.set_reach_probe(
+            choice
+                .bind_public(SocketAddr::new(listen.ip(), 0), &probe_key)
+                .await?,
+        );
         println!(
             "dispatcher {} listening on {listen} ({})",
             dispatcher.id(),
@@ -446,6 +465,10 @@ enum NodeCommand {
     /// round (USD and CRAT). Asks with the node's key (from its data directory), without
     /// registering: the running node is not disturbed.
     Status(NodeStatusArgs),
+    /// Can clients reach this node? The address the dispatcher sees, whether it reaches the
+    /// node directly, the NAT's behaviour and the relay's round trip, and what to do about
+    /// it (forward a port, `--advertise`). Works with the node running or not.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 /// Options of `crat node status`.
@@ -534,6 +557,7 @@ struct NodeRunArgs {
 pub(crate) fn node(args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         Some(NodeCommand::Status(status)) => node_status(status),
+        Some(NodeCommand::Doctor(doctor)) => crate::doctor::run(doctor),
         None => node_run(args.run),
     }
 }
@@ -743,17 +767,20 @@ fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
         );
     }
     let key = load_or_create_key(&key_path)?;
-    let node = NodeId::from_key(&key.verifying_key());
     let standing = runtime()?.block_on(async move {
+        // An endpoint of its own (the node may be running with its key), asking with a query
+        // signed by the node's key.
+        let identity = SigningKey::from_bytes(&rand::random());
         let transport = choice
-            .bind(crat_sdk::client_bind_addr(dispatcher), &key, &[], false)
+            .bind(crat_sdk::client_bind_addr(dispatcher), &identity, &[], true)
             .await?;
-        let standing = crat_node::standing::ask_standing(
+        let standing = crat_node::standing::ask_standing_signed(
             &transport,
-            node,
+            &key,
             &PeerAddr::from(dispatcher),
             &dispatcher_id,
             args.rounds,
+            now_s(),
             crat_transport::FrameLimits::default(),
         )
         .await;
@@ -816,6 +843,15 @@ fn standing_text(s: &crat_core::wire::NodeStanding) -> String {
         out,
         "challenges: {} passed, {} failed",
         s.challenges_passed, s.challenges_failed
+    );
+    let _ = writeln!(
+        out,
+        "reachable:  {}",
+        match s.direct {
+            Some(true) => "directly (the dispatcher reached this node from outside)",
+            Some(false) => "not directly: clients start through a relay (see `crat node doctor`)",
+            None => "not checked yet",
+        }
     );
     let _ = writeln!(
         out,

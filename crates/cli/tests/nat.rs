@@ -34,6 +34,8 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     log: PathBuf,
+    /// The threads copying its output, done once it exited and they wrote all of it.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -52,13 +54,16 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let (tx, lines) = mpsc::channel();
         let log = logs.join(format!("{name}.log"));
+        // A new process of a name starts a new log.
+        std::fs::write(&log, "").unwrap();
+        let mut readers = Vec::new();
         for out in [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
         ] {
             let tx = tx.clone();
             let log = log.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 use std::io::Write as _;
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
@@ -69,13 +74,14 @@ impl Proc {
                     let _ = writeln!(file, "{line}");
                     let _ = tx.send(line);
                 }
-            });
+            }));
         }
         Self {
             name: name.to_owned(),
             child,
             lines,
             log,
+            readers,
         }
     }
 
@@ -111,8 +117,10 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(50));
         };
-        // The output threads end with the process; give them a moment to write.
-        std::thread::sleep(Duration::from_millis(100));
+        // Its output is whole once the copying threads reach the end of the pipes.
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
         (
             status.success(),
             std::fs::read_to_string(&self.log).unwrap_or_default(),
@@ -396,6 +404,15 @@ fn behind_a_symmetric_nat_tasks_are_relayed_until_a_port_is_mapped() {
     let mapped = format!("{}:{NODE_PORT}", node_home.public_ip);
     let _node = net.node(&node_home, &["--advertise", &mapped]);
     let deployment = net.deploy(&client_home);
+    // The dispatcher could not reach the node from outside (its probe gives up after 3 s):
+    // its leases and standing say so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut status = node_status(&net, &node_home);
+    while status["direct"].is_null() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        status = node_status(&net, &node_home);
+    }
+    assert_eq!(status["direct"], false, "{status:#}");
     // One client, 150 tasks 100 ms apart (15 s), on one connection to the node.
     let mut infer = net.infer(&client_home, &deployment, 150);
     infer.wait_for("over a relayed path", Duration::from_secs(60));
@@ -472,4 +489,64 @@ fn the_relay_killed_mid_stream_direct_paths_keep_serving_and_relayed_tasks_fail_
         records, 60,
         "60 tasks, each charged once ({failovers} failovers)"
     );
+}
+
+/// `crat node status --json` of the node behind `home`.
+fn node_status(net: &Network, home: &Home) -> serde_json::Value {
+    let data = net.dir.path().join(format!("node-{}", home.host_ns));
+    let mut args = vec!["node".to_owned(), "status".to_owned()];
+    args.extend(net.net_flags());
+    args.extend(["--data-dir", data.to_str().unwrap(), "--json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, output) = Proc::spawn(&net.lab, &home.host_ns, "status", &args, &net.logs())
+        .finish(Duration::from_secs(60));
+    assert!(ok, "crat node status failed:\n{output}");
+    let json = &output[output.find('{').expect("JSON")..=output.rfind('}').expect("JSON")];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {output}"))
+}
+
+/// `crat node doctor --json` behind `home` (no node running there): its findings.
+fn doctor(net: &Network, home: &Home) -> serde_json::Value {
+    let mut args = vec!["node".to_owned(), "doctor".to_owned()];
+    args.extend(net.net_flags());
+    args.extend(["--listen", &format!("0.0.0.0:{NODE_PORT}"), "--json"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, output) = Proc::spawn(&net.lab, &home.host_ns, "doctor", &args, &net.logs())
+        .finish(Duration::from_secs(60));
+    assert!(ok, "crat node doctor failed:\n{output}");
+    let json = &output[output.find('{').expect("JSON")..=output.rfind('}').expect("JSON")];
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {output}"))
+}
+
+#[test]
+fn the_doctor_tells_the_nats_apart_and_sees_a_forwarded_port() {
+    let mut net = Network::start("replicas = 1\n");
+    let eim = net.lab.add_home(Nat::EndpointIndependent).unwrap();
+    let symmetric = net.lab.add_home(Nat::EndpointDependent).unwrap();
+
+    let found = doctor(&net, &eim);
+    assert_eq!(found["nat"], "endpoint_independent", "{found:#}");
+    assert_eq!(found["inbound"], false, "{found:#}");
+    assert_eq!(
+        found["observed"],
+        format!("{}:{NODE_PORT}", eim.public_ip),
+        "the router kept the port: {found:#}"
+    );
+    assert_eq!(
+        found["relays"][0]["url"],
+        net.relay_url.as_str(),
+        "{found:#}"
+    );
+
+    let found = doctor(&net, &symmetric);
+    assert_eq!(found["nat"], "endpoint_dependent", "{found:#}");
+    assert_eq!(found["inbound"], false, "{found:#}");
+    let advice = found["advice"].to_string();
+    assert!(advice.contains("forward UDP port"), "{found:#}");
+
+    // The operator forwards the port: the dispatcher's dial from another port gets in.
+    eim.forward_udp(NODE_PORT).unwrap();
+    let found = doctor(&net, &eim);
+    assert_eq!(found["inbound"], true, "{found:#}");
+    assert_eq!(found["nat"], "reachable", "{found:#}");
 }

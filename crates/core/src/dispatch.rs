@@ -307,6 +307,9 @@ struct NodeEntry {
     /// A challenge failed and none passed since: heartbeats keep it known but open no
     /// session.
     suspended: bool,
+    /// Whether the dispatcher reached it directly from outside since it registered
+    /// ([`Dispatch::set_direct`]); `None` until checked.
+    direct: Option<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -451,6 +454,8 @@ impl Dispatch {
                 e.addrs = addrs;
                 e.model_bytes_max = model_bytes_max;
                 e.operator = operator;
+                // Its address may have changed: reachable directly is checked again.
+                e.direct = None;
                 if !e.online {
                     e.online = true;
                     e.session_start_s = now_s;
@@ -477,6 +482,7 @@ impl Dispatch {
                         excluded_until_s: 0,
                         proven_s: None,
                         suspended: false,
+                        direct: None,
                     },
                 );
             }
@@ -1032,6 +1038,7 @@ impl Dispatch {
                     node: *node,
                     addrs: n.addrs.clone(),
                     operator: n.operator,
+                    direct: n.direct,
                 })
             })
             .collect();
@@ -1160,7 +1167,7 @@ impl Dispatch {
                 .div_ceil(u32::try_from(operators.len()).unwrap_or(u32::MAX).max(1));
             self.config.per_operator_max.max(spread)
         };
-        let candidates: Vec<Candidate> = self
+        let candidates: Vec<(Candidate, bool)> = self
             .nodes
             .iter()
             .filter(eligible)
@@ -1169,12 +1176,15 @@ impl Dispatch {
                     && (per_operator_max == 0
                         || held.get(&e.operator).copied().unwrap_or(0) < per_operator_max)
             })
-            .map(|(id, e)| Candidate {
-                id: *id,
-                rating: e.rating,
-                free_rps: self.capacity(e.rating).saturating_sub(e.used_rps),
-                operator: e.operator,
-                online: true,
+            .map(|(id, e)| {
+                let candidate = Candidate {
+                    id: *id,
+                    rating: e.rating,
+                    free_rps: self.capacity(e.rating).saturating_sub(e.used_rps),
+                    operator: e.operator,
+                    online: true,
+                };
+                (candidate, e.direct != Some(false))
             })
             .collect();
         let request = Request {
@@ -1184,9 +1194,38 @@ impl Dispatch {
             // Operators already at the cap were left out above; this bounds the new ones.
             per_operator_max,
         };
-        Placer::new(candidates)
+        // Nodes clients reach directly first, when they have the capacity; nodes the
+        // dispatcher could not reach from outside (behind NATs: relayed until hole punching
+        // succeeds) only when they do not.
+        let relayed = candidates.iter().any(|(_, direct)| !direct);
+        if relayed {
+            let direct: Vec<Candidate> = candidates
+                .iter()
+                .filter(|(_, direct)| *direct)
+                .map(|(c, _)| *c)
+                .collect();
+            if let Ok(placed) = Placer::new(direct).place(&request) {
+                return Ok(placed);
+            }
+        }
+        Placer::new(candidates.into_iter().map(|(c, _)| c).collect())
             .place(&request)
             .map_err(DispatchError::NoCapacity)
+    }
+
+    /// Records whether the dispatcher reached `node` directly from outside (its replicas'
+    /// [`Replica::direct`]; placement prefers nodes reached directly). Unknown nodes are
+    /// ignored.
+    pub fn set_direct(&mut self, node: &NodeId, direct: bool) {
+        if let Some(e) = self.nodes.get_mut(node) {
+            e.direct = Some(direct);
+        }
+    }
+
+    /// Whether the dispatcher reached `node` directly since it registered (`None`: unknown
+    /// node, or not checked yet).
+    pub fn direct(&self, node: &NodeId) -> Option<bool> {
+        self.nodes.get(node).and_then(|e| e.direct)
     }
 
     fn add_replicas(
@@ -1747,6 +1786,39 @@ mod tests {
         d.tick(1_101);
         assert!(!d.nodes.contains_key(&a));
         other(&mut d).unwrap();
+    }
+
+    #[test]
+    fn nodes_reached_directly_are_placed_before_relayed_ones_while_they_have_capacity() {
+        let mut d = Dispatch::new(DispatchConfig {
+            replicas: 1,
+            heartbeat_interval_s: 1_000,
+            ..DispatchConfig::default()
+        });
+        // The relayed node has the higher rating: capacity alone would choose it.
+        let (relayed, _) = join(&mut d, 0, 1, 5);
+        let (direct, _) = join(&mut d, 0, 2, 2);
+        d.set_direct(&relayed, false);
+        d.set_direct(&direct, true);
+        assert_eq!(d.direct(&relayed), Some(false));
+        let first = DeploymentId::from_bytes([1; 16]);
+        d.restore(first, ModelId::of_bytes(b"m"), 5, per_request())
+            .unwrap();
+        d.tick(0);
+        assert!(d.serves(&direct, &first) && !d.serves(&relayed, &first));
+        // More than the direct node can hold: the relayed one takes what it cannot.
+        let mut placed_relayed = false;
+        for k in 2..=40u8 {
+            let dep = DeploymentId::from_bytes([k; 16]);
+            d.restore(dep, ModelId::of_bytes(&[k]), 5, per_request())
+                .unwrap();
+            d.tick(u64::from(k));
+            placed_relayed |= d.serves(&relayed, &dep);
+        }
+        assert!(placed_relayed, "capacity short: relayed nodes serve too");
+        // Re-registering forgets it until checked again.
+        join(&mut d, 50, 2, 2);
+        assert_eq!(d.direct(&direct), None);
     }
 
     #[test]

@@ -669,9 +669,83 @@ impl Signed<Registration> {
     }
 }
 
+/// A node's request for its standing, signed by the node's key: sent from an endpoint of
+/// another identity (`crat node status` while the node itself runs, on a transport where one
+/// identity cannot be on two endpoints at once). Read-only: a copy replayed within its
+/// freshness window only asks again.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct StandingQuery {
+    /// The node asked about (must be the signer).
+    pub node: NodeId,
+    /// Closed rounds wanted, newest first.
+    pub rounds: u32,
+    /// When it signed this (Unix seconds); fresh for [`REGISTRATION_AGE_S_MAX`].
+    pub issued_at_s: u64,
+}
+
+impl Signable for StandingQuery {
+    const DOMAIN: &'static [u8] = b"crat/v1/standing-query\0";
+}
+
+/// Why the dispatcher refuses a standing query.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// Not signed by the node it names.
+    #[error("query signature: {0}")]
+    Signature(#[from] SignatureError),
+    /// Older than [`REGISTRATION_AGE_S_MAX`] or from the future.
+    #[error("query issued at {issued_at_s} is stale or early at {now_s}")]
+    Stale {
+        /// When it was signed.
+        issued_at_s: u64,
+        /// The time of the check.
+        now_s: u64,
+    },
+}
+
+impl Signed<StandingQuery> {
+    /// Checks that the node signed the query recently.
+    pub fn verify_query(&self, now_s: u64) -> Result<&StandingQuery, QueryError> {
+        let q = self.verify(Some(&self.body.node))?;
+        if q.issued_at_s > now_s.saturating_add(REGISTRATION_AGE_S_MAX)
+            || now_s.saturating_sub(q.issued_at_s) > REGISTRATION_AGE_S_MAX
+        {
+            return Err(QueryError::Stale {
+                issued_at_s: q.issued_at_s,
+                now_s,
+            });
+        }
+        Ok(q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn standing_queries_are_signed_by_their_node_and_fresh() {
+        let k = key(7);
+        let node = NodeId::from_key(&k.verifying_key());
+        let q = |node, issued_at_s| StandingQuery {
+            node,
+            rounds: 3,
+            issued_at_s,
+        };
+        let ok = Signed::sign(q(node, 1_000), &k);
+        assert_eq!(ok.verify_query(1_010).unwrap().rounds, 3);
+        assert!(matches!(
+            ok.verify_query(1_000 + REGISTRATION_AGE_S_MAX + 1),
+            Err(QueryError::Stale { .. })
+        ));
+        // Signed by one key about another node: refused.
+        let other = NodeId::from_key(&key(8).verifying_key());
+        assert!(matches!(
+            Signed::sign(q(other, 1_000), &k).verify_query(1_000),
+            Err(QueryError::Signature(SignatureError::WrongSigner { .. }))
+        ));
+    }
 
     fn key(b: u8) -> SigningKey {
         SigningKey::from_bytes(&[b; 32])

@@ -372,6 +372,20 @@ pub fn node_request() -> impl Strategy<Value = NodeRequest> {
         (vec(usage_record(), 0..4), vec(ack_proof(), 0..2))
             .prop_map(|(records, acks)| NodeRequest::Usage(UsageReport { records, acks })),
         any::<u32>().prop_map(|rounds| NodeRequest::Standing { rounds }),
+        Just(NodeRequest::Reach),
+        (node_id(), any::<u32>(), any::<u64>(), signature()).prop_map(
+            |(node, rounds, issued_at_s, signature)| {
+                NodeRequest::StandingOf(Box::new(Signed {
+                    body: crate::sign::StandingQuery {
+                        node,
+                        rounds,
+                        issued_at_s,
+                    },
+                    signer: node,
+                    signature,
+                }))
+            }
+        ),
     ]
 }
 
@@ -475,6 +489,7 @@ pub fn node_standing() -> impl Strategy<Value = NodeStanding> {
         (micro_crat(), any::<u64>(), any::<u64>()),
         round,
         vec(earnings, 0..4),
+        any::<Option<bool>>(),
     )
         .prop_map(
             |(
@@ -485,6 +500,7 @@ pub fn node_standing() -> impl Strategy<Value = NodeStanding> {
                 (crat_micro, streak, uptime_total_s),
                 round,
                 closed,
+                direct,
             )| NodeStanding {
                 node,
                 online,
@@ -496,6 +512,7 @@ pub fn node_standing() -> impl Strategy<Value = NodeStanding> {
                 uptime_total_s,
                 round,
                 closed,
+                direct,
             },
         )
 }
@@ -533,6 +550,18 @@ pub fn dispatcher_reply() -> impl Strategy<Value = DispatcherReply> {
         Just(DispatcherReply::Ok),
         wire_error().prop_map(DispatcherReply::Error),
         node_standing().prop_map(|s| DispatcherReply::Standing(Box::new(s))),
+        (
+            proptest::option::of(peer_addr()),
+            any::<Option<bool>>(),
+            any::<u32>()
+        )
+            .prop_map(|(observed, inbound, probe_ms)| {
+                DispatcherReply::Reach(crate::wire::Reach {
+                    observed,
+                    inbound,
+                    probe_ms,
+                })
+            }),
     ]
 }
 
@@ -763,13 +792,17 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
                 }
             },
         );
-    let replica =
-        (node_id(), vec(peer_addr(), 0..3), any::<u64>()).prop_map(|(node, addrs, operator)| {
-            Replica {
-                node,
-                addrs,
-                operator,
-            }
+    let replica = (
+        node_id(),
+        vec(peer_addr(), 0..3),
+        any::<u64>(),
+        any::<Option<bool>>(),
+    )
+        .prop_map(|(node, addrs, operator, direct)| Replica {
+            node,
+            addrs,
+            operator,
+            direct,
         });
     let lease = (vec(replica, 0..4), signed_ticket(), any::<u16>()).prop_map(
         |(replicas, ticket, validation_bps)| Lease {

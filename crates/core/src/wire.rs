@@ -38,7 +38,7 @@ use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -424,9 +424,31 @@ pub enum NodeRequest {
         /// Closed rounds wanted, newest first.
         rounds: u32,
     },
+    /// [`NodeRequest::Standing`] about the node that signed `query` (not the connection's
+    /// identity): for an operator's tool on an endpoint of its own while the node runs. It
+    /// may be the first request of a connection.
+    StandingOf(Box<crate::sign::Signed<crate::sign::StandingQuery>>),
+    /// Can I be reached directly? The dispatcher dials the address this connection's packets
+    /// come from, from another port (a NAT or firewall lets that in only when it forwards the
+    /// port), and answers [`DispatcherReply::Reach`]. For `crat node doctor`; it may be the
+    /// first request of a connection, and needs no registration.
+    Reach,
 }
 
 impl Message for NodeRequest {}
+
+/// How the dispatcher sees a node's address ([`NodeRequest::Reach`]).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Reach {
+    /// The address the request's packets came from (after any NAT: the node's public address
+    /// and port), when the connection shows one.
+    pub observed: Option<PeerAddr>,
+    /// Whether a connection from another port of the dispatcher's host to `observed` got
+    /// through; `None` when it was not tried (nothing observed, or no probe endpoint).
+    pub inbound: Option<bool>,
+    /// How long the attempt took, milliseconds.
+    pub probe_ms: u32,
+}
 
 /// Most closed rounds one [`NodeRequest::Standing`] returns.
 pub const STANDING_ROUNDS_MAX: u32 = 64;
@@ -459,6 +481,9 @@ pub struct NodeStanding {
     /// Earnings of closed rounds it took part in, newest first (at most the `rounds` asked).
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, {STANDING_ROUNDS_MAX as usize}>")]
     pub closed: Vec<RoundEarnings>,
+    /// Whether the dispatcher reached it directly when it registered ([`Replica::direct`]):
+    /// clients behind NATs reach a node that is not only through a relay or hole punching.
+    pub direct: Option<bool>,
 }
 
 /// What a node's compute challenges proved ([`crate::policy::hardware::Proven`]).
@@ -596,6 +621,8 @@ pub enum DispatcherReply {
     /// The node's standing ([`NodeRequest::Standing`]; boxed: far larger than the other
     /// replies).
     Standing(Box<NodeStanding>),
+    /// How the dispatcher sees the node's address ([`NodeRequest::Reach`]).
+    Reach(Reach),
 }
 
 impl Message for DispatcherReply {}
@@ -1010,6 +1037,11 @@ pub struct Replica {
     /// Its operator (address block, see `crat_core::dispatch::operator_of`): a spot check's
     /// validator is never of the worker's operator.
     pub operator: u64,
+    /// Whether the dispatcher reached it directly from outside (a connection from another
+    /// port to its observed address): `Some(true)`, clients connect straight to it;
+    /// `Some(false)`, it is behind a NAT or firewall, and a connection starts on a relay
+    /// (hole punching may then find a direct path); `None`, not checked yet.
+    pub direct: Option<bool>,
 }
 
 /// Permission to call a deployment's replicas directly.

@@ -19,6 +19,7 @@
 //! | `crat_dispatcher_ledger_call_duration_seconds` | histogram | — (every ledger call, on the blocking pool, wait included) |
 //! | `crat_dispatcher_ledger_errors_total` | counter | — |
 //! | `crat_dispatcher_nodes_online` | gauge | — |
+//! | `crat_dispatcher_reach_probes_total` | counter | `result` |
 //!
 //! ```
 //! // With no recorder installed, recording does nothing.
@@ -47,12 +48,18 @@ pub const LEDGER_CALL_DURATION_SECONDS: &str = "crat_dispatcher_ledger_call_dura
 pub const LEDGER_ERRORS_TOTAL: &str = "crat_dispatcher_ledger_errors_total";
 /// Nodes online now.
 pub const NODES_ONLINE: &str = "crat_dispatcher_nodes_online";
+/// Reachability probes of nodes, by result (`direct`, `unreachable`).
+pub const REACH_PROBES_TOTAL: &str = "crat_dispatcher_reach_probes_total";
 
 /// Registers every series' help text (and unit) with the installed recorder, so that a scrape
 /// explains them; call once after installing it.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(LEASES_TOTAL, "Tickets issued to clients.");
+    describe_counter!(
+        REACH_PROBES_TOTAL,
+        "Reachability probes of nodes, by result (direct or unreachable)."
+    );
     describe_counter!(
         REGISTRATIONS_TOTAL,
         "Node registrations, by result (ok or the error code)."

@@ -8,7 +8,9 @@
 //! is what `crat node status` does while the node runs.
 
 use crat_core::id::{NodeId, PeerAddr};
-use crat_core::wire::{DispatcherReply, NodeRequest, NodeStanding, STANDING_ROUNDS_MAX, WireError};
+use crat_core::wire::{
+    DispatcherReply, NodeRequest, NodeStanding, Reach, STANDING_ROUNDS_MAX, WireError,
+};
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport};
 
 /// Why a standing query failed.
@@ -81,6 +83,74 @@ pub async fn ask_standing<T: Transport>(
     standing
 }
 
+/// Connects `transport` (any identity) to the dispatcher and asks for the standing of the
+/// node whose key is `node_key`, in a query signed with it at `now_s`
+/// ([`NodeRequest::StandingOf`]): what `crat node status` does, from an endpoint of its own,
+/// while the node may be running with that key (an iroh endpoint id cannot be on two
+/// endpoints at once).
+pub async fn ask_standing_signed<T: Transport>(
+    transport: &T,
+    node_key: &ed25519_dalek::SigningKey,
+    dispatcher_addr: &PeerAddr,
+    dispatcher_id: &NodeId,
+    rounds: u32,
+    now_s: u64,
+    limits: FrameLimits,
+) -> Result<NodeStanding, StandingError> {
+    if rounds > STANDING_ROUNDS_MAX {
+        return Err(StandingError::TooManyRounds { asked: rounds });
+    }
+    let node = NodeId::from_key(&node_key.verifying_key());
+    let query = crat_core::sign::Signed::sign(
+        crat_core::sign::StandingQuery {
+            node,
+            rounds,
+            issued_at_s: now_s,
+        },
+        node_key,
+    );
+    let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
+    let reply = conn
+        .call::<_, DispatcherReply>(
+            &NodeRequest::StandingOf(Box::new(query)),
+            Conversation::NodeDispatcher,
+            limits,
+        )
+        .await;
+    conn.close("standing answered");
+    match reply? {
+        DispatcherReply::Standing(s) if s.node == node => Ok(*s),
+        DispatcherReply::Standing(s) => Err(StandingError::Unexpected(format!(
+            "the standing of node {} instead of {node}",
+            s.node
+        ))),
+        DispatcherReply::Error(e) => Err(StandingError::Refused(e)),
+        other => Err(StandingError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Connects `transport` to the dispatcher and asks whether it reaches this endpoint directly
+/// ([`NodeRequest::Reach`]): the address its packets come from and whether the dispatcher's
+/// dial from another port to that address got through (what `crat node doctor` reports). The
+/// transport must accept incoming connections meanwhile (an iroh or QUIC endpoint does).
+pub async fn ask_reach<T: Transport>(
+    transport: &T,
+    dispatcher_addr: &PeerAddr,
+    dispatcher_id: &NodeId,
+    limits: FrameLimits,
+) -> Result<Reach, StandingError> {
+    let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
+    let reply = conn
+        .call::<_, DispatcherReply>(&NodeRequest::Reach, Conversation::NodeDispatcher, limits)
+        .await;
+    conn.close("reach answered");
+    match reply? {
+        DispatcherReply::Reach(r) => Ok(r),
+        DispatcherReply::Error(e) => Err(StandingError::Refused(e)),
+        other => Err(StandingError::Unexpected(format!("{other:?}"))),
+    }
+}
+
 /// The standing as JSON, with ids in hex and amounts in integer µUSD and µCRAT, named as in
 /// `docs/economics.md`: what `crat node status --json` prints and the dashboard reads.
 pub fn to_json(s: &NodeStanding) -> serde_json::Value {
@@ -104,6 +174,7 @@ pub fn to_json(s: &NodeStanding) -> serde_json::Value {
         "crat_micro": s.crat_micro.get(),
         "streak": s.streak,
         "uptime_total_s": s.uptime_total_s,
+        "direct": s.direct,
         "round": {
             "index": r.index,
             "start_s": r.start_s,

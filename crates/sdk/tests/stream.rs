@@ -101,6 +101,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
             node: node_id,
             addrs: vec!["mem:echo".parse().unwrap()],
             operator: 0,
+            direct: None,
         });
         s.ready.insert(d.id(), vec![node_id]);
     }

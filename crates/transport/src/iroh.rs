@@ -291,6 +291,22 @@ fn node_id(id: EndpointId) -> NodeId {
 
 pub use crate::PathKind;
 
+/// What an endpoint found out about its network ([`IrohTransport::nat_report`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatReport {
+    /// Its public IPv4 address and port, as the relays' address discovery saw its packets.
+    pub public_v4: Option<SocketAddr>,
+    /// Its public IPv6 address and port, likewise.
+    pub public_v6: Option<SocketAddr>,
+    /// Whether different relays saw different public ports (an endpoint-dependent,
+    /// "symmetric", NAT); `None` when fewer than two relays answered.
+    pub mapping_varies_by_destination: Option<bool>,
+    /// Whether UDP to a relay worked (address discovery answered).
+    pub udp: bool,
+    /// The round trip to each relay that answered, fastest probe each.
+    pub relay_rtt: Vec<(RelayUrl, Duration)>,
+}
+
 /// An iroh endpoint with an ed25519 identity: dials by [`NodeId`] and accepts.
 pub struct IrohTransport {
     endpoint: Endpoint,
@@ -367,6 +383,33 @@ impl IrohTransport {
         let _ = tokio::time::timeout(wait, self.endpoint.close()).await;
     }
 
+    /// What the endpoint found out about its network, waiting up to `timeout` for its first
+    /// report (made once it reached its relays): its public address as the relays' address
+    /// discovery saw it, whether that differs between relays (an endpoint-dependent NAT; known
+    /// only with two relays or more), and the round trip to each relay. `None` when no report
+    /// came (no relays, or none reachable).
+    pub async fn nat_report(&self, timeout: Duration) -> Option<NatReport> {
+        use ::iroh::Watcher as _;
+        let mut watcher = self.endpoint.net_report();
+        let report = tokio::time::timeout(timeout, watcher.initialized())
+            .await
+            .ok()?;
+        let mut relays: Vec<(RelayUrl, Duration)> = Vec::new();
+        for (_, url, latency) in report.relay_latency.iter() {
+            match relays.iter_mut().find(|(u, _)| u == url) {
+                Some((_, best)) => *best = (*best).min(latency),
+                None => relays.push((url.clone(), latency)),
+            }
+        }
+        Some(NatReport {
+            public_v4: report.global_v4.map(SocketAddr::V4),
+            public_v6: report.global_v6.map(SocketAddr::V6),
+            mapping_varies_by_destination: report.mapping_varies_by_dest(),
+            udp: report.has_udp(),
+            relay_rtt: relays,
+        })
+    }
+
     /// The locally bound UDP sockets.
     pub fn socket_addrs(&self) -> Vec<SocketAddr> {
         self.endpoint.bound_sockets()
@@ -398,6 +441,12 @@ async fn accept_loop(
             continue;
         };
         let tx = tx.clone();
+        // Where the first packet came from: what the connection shows as the peer's address
+        // until iroh has registered its paths.
+        let first_ip = match incoming.remote_addr() {
+            ::iroh::endpoint::IncomingAddr::Ip(ip) => Some(ip),
+            _ => None,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let accepting = match incoming.accept() {
@@ -411,7 +460,9 @@ async fn accept_loop(
             };
             // Waits while the accept queue is full; the permit stays held meanwhile, so a
             // backlog throttles new handshakes.
-            let _ = tx.send(IrohConnection::new(conn, exchange_timeout)).await;
+            let _ = tx
+                .send(IrohConnection::new(conn, exchange_timeout, first_ip))
+                .await;
         });
     }
 }
@@ -511,6 +562,7 @@ impl Transport for IrohTransport {
         Ok(IrohConnection::new(
             conn,
             Duration::from_millis(self.config.exchange_timeout_ms),
+            None,
         ))
     }
 
@@ -549,6 +601,8 @@ pub struct IrohConnection {
     conn: ::iroh::endpoint::Connection,
     remote_id: NodeId,
     exchange_timeout: Duration,
+    /// An accepted connection's first packet's source, when it came over IP.
+    first_ip: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for IrohConnection {
@@ -561,11 +615,16 @@ impl std::fmt::Debug for IrohConnection {
 }
 
 impl IrohConnection {
-    fn new(conn: ::iroh::endpoint::Connection, exchange_timeout: Duration) -> Self {
+    fn new(
+        conn: ::iroh::endpoint::Connection,
+        exchange_timeout: Duration,
+        first_ip: Option<SocketAddr>,
+    ) -> Self {
         Self {
             remote_id: node_id(conn.remote_id()),
             conn,
             exchange_timeout,
+            first_ip,
         }
     }
 
@@ -671,7 +730,9 @@ impl Connection for IrohConnection {
             Some(::iroh::TransportAddr::Ip(ip)) => ip.to_string(),
             Some(::iroh::TransportAddr::Relay(url)) => url.to_string(),
             Some(other) => other.to_string(),
-            None => "unknown".to_string(),
+            None => self
+                .first_ip
+                .map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
         };
         PeerAddr::new(text).unwrap_or_else(|_| {
             PeerAddr::new("unknown").expect("a short literal is a valid PeerAddr")
@@ -690,7 +751,8 @@ impl Connection for IrohConnection {
     }
 
     /// The remote end of a direct path: the selected one, else any open (the peer's public
-    /// address behind its NAT). `None` when the connection is relayed only.
+    /// address behind its NAT), else, for an accepted connection whose paths iroh has not
+    /// registered yet, where its first packet came from. `None` when relayed only.
     fn observed_addr(&self) -> Option<SocketAddr> {
         let paths = self.conn.paths();
         let ip_of = |addr: &::iroh::TransportAddr| match addr {
@@ -702,6 +764,7 @@ impl Connection for IrohConnection {
             .filter(|p| p.is_selected())
             .find_map(|p| ip_of(p.remote_addr()))
             .or_else(|| paths.iter().find_map(|p| ip_of(p.remote_addr())))
+            .or(self.first_ip)
     }
 
     async fn request(

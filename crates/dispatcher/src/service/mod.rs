@@ -57,6 +57,7 @@ mod config;
 mod gate;
 mod hardware;
 mod node;
+mod reach;
 mod reply;
 mod shapes;
 mod standing;
@@ -271,6 +272,8 @@ struct Inner<T: Transport> {
     /// The running round's estimate that answers standing queries, reused for
     /// `standing_estimate_ms`.
     standing: Mutex<Option<Arc<standing::Estimate>>>,
+    /// The probe that checks whether nodes are reachable directly.
+    reach: reach::ReachState<T>,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -522,6 +525,7 @@ impl<T: Transport> Dispatcher<T> {
                 counters: Counters::default(),
                 hardware: hardware::HardwareState::new(),
                 standing: Mutex::new(None),
+                reach: reach::ReachState::new(),
             }),
         })
     }
@@ -667,6 +671,7 @@ impl<T: Transport> Dispatcher<T> {
                 .increment(1);
                 respond(first, &reply, max).await;
                 if registered {
+                    self.probe_registered(remote, conn.observed_addr());
                     self.node_connection(conn, serial).await;
                     return;
                 }
@@ -681,6 +686,27 @@ impl<T: Transport> Dispatcher<T> {
                     Ok(s) => DispatcherReply::Standing(Box::new(s)),
                     Err(e) => DispatcherReply::Error(e.into()),
                 };
+                respond(first, &reply, max).await;
+            }
+            // The same, about the node that signed the query (an operator's tool on an
+            // endpoint of its own while the node runs).
+            Ok(NodeRequest::StandingOf(query)) => {
+                let now = self.inner.clock.now_s();
+                let reply = match query.verify_query(now) {
+                    Ok(q) => match self.standing(q.node, q.rounds).await {
+                        Ok(s) => DispatcherReply::Standing(Box::new(s)),
+                        Err(e) => DispatcherReply::Error(e.into()),
+                    },
+                    Err(e) => {
+                        DispatcherReply::Error(err(ErrorCode::Unauthenticated, e.to_string()))
+                    }
+                };
+                respond(first, &reply, max).await;
+            }
+            // `crat node doctor`: can the peer be reached directly at the address its packets
+            // come from? Needs no registration (it is only ever about the asker's address).
+            Ok(NodeRequest::Reach) => {
+                let reply = DispatcherReply::Reach(self.reach(&conn).await);
                 respond(first, &reply, max).await;
             }
             _ => {

@@ -338,6 +338,26 @@ impl<T: Transport> Dispatcher<T> {
             NodeRequest::Standing { rounds } => Ok(DispatcherReply::Standing(Box::new(
                 self.standing(node, rounds).await?,
             ))),
+            NodeRequest::StandingOf(query) => {
+                let q = query
+                    .verify_query(now)
+                    .map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))?;
+                Ok(DispatcherReply::Standing(Box::new(
+                    self.standing(q.node, q.rounds).await?,
+                )))
+            }
+            NodeRequest::Reach => {
+                let conn = self
+                    .inner
+                    .node_conns
+                    .lock()
+                    .get(&node)
+                    .map(|c| c.conn.clone());
+                match conn {
+                    Some(conn) => Ok(DispatcherReply::Reach(self.reach(&conn).await)),
+                    None => Err(err(ErrorCode::NotFound, "no connection of this node").into()),
+                }
+            }
             NodeRequest::ReplicaState {
                 deployment,
                 model,

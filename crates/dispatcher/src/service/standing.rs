@@ -145,9 +145,14 @@ impl<T: Transport> Dispatcher<T> {
                 0,
             ),
         };
+        // One lock: a guard made inside the struct literal below would live to its end.
+        let (online, direct) = {
+            let d = self.inner.dispatch.lock();
+            (d.is_online(&node), d.direct(&node))
+        };
         Ok(NodeStanding {
             node,
-            online: self.inner.dispatch.lock().is_online(&node),
+            online,
             proven,
             challenges_passed,
             challenges_failed,
@@ -156,6 +161,7 @@ impl<T: Transport> Dispatcher<T> {
             uptime_total_s: record.as_ref().map_or(0, |r| r.uptime_total_s),
             round,
             closed,
+            direct,
         })
     }
 

@@ -159,6 +159,9 @@ function showStanding(answer) {
   setText("proven-rating", p.rating + (p.challenged ? "" : " (no challenge finished on this connection yet)"));
   setText("proven-income", micro(p.mining_income_usd_micro_per_day) + " USD / day");
   setText("challenges", s.challenges_passed + " passed, " + s.challenges_failed + " failed");
+  setText("reach", s.direct === true ? "yes: clients connect straight to this node"
+    : s.direct === false ? "no: clients start through the relay (run `crat node doctor`)"
+    : "not checked yet");
   const r = s.round;
   const rank = r.rank === null ? "not eligible for a bonus yet" : "rank " + r.rank + " of " + r.ranked + " (" + r.paid_ranks + " paid a bonus)";
   setText("round", "Round " + r.index + ": " + r.elapsed_s + " s of " + r.length_s + " s; online " + r.uptime_s + " s, " + (r.committed ? "committed so far" : "not committed") + ", " + rank + "; so far " + micro(r.guaranteed_usd_micro) + " USD guaranteed + " + micro(r.bonus_usd_micro) + " USD bonus (estimate), " + r.tasks_served + " tasks served.");

@@ -138,9 +138,15 @@ pub fn fake_dispatcher(
                         }
                     }
                     // This fake keeps no books.
-                    NodeRequest::Standing { .. } => DispatcherReply::Error(WireError::new(
+                    NodeRequest::Standing { .. } | NodeRequest::StandingOf(_) => {
+                        DispatcherReply::Error(WireError::new(
+                            ErrorCode::NotFound,
+                            "the fake dispatcher keeps no standing",
+                        ))
+                    }
+                    NodeRequest::Reach => DispatcherReply::Error(WireError::new(
                         ErrorCode::NotFound,
-                        "the fake dispatcher keeps no standing",
+                        "the fake dispatcher probes nothing",
                     )),
                 }
             }

@@ -358,6 +358,7 @@ impl Fake {
                     node,
                     addrs: body.listen_addrs.clone(),
                     operator: u64::from(node.as_bytes()[0]),
+                    direct: None,
                 });
                 DispatcherReply::Registered {
                     dispatcher: dispatcher_id(),
@@ -405,9 +406,12 @@ impl Fake {
                 }
             }
             // This fake keeps no books.
-            NodeRequest::Standing { .. } => DispatcherReply::Error(WireError::new(
+            NodeRequest::Standing { .. } | NodeRequest::StandingOf(_) => DispatcherReply::Error(
+                WireError::new(ErrorCode::NotFound, "the fake dispatcher keeps no standing"),
+            ),
+            NodeRequest::Reach => DispatcherReply::Error(WireError::new(
                 ErrorCode::NotFound,
-                "the fake dispatcher keeps no standing",
+                "the fake dispatcher probes nothing",
             )),
         }
     }
