@@ -21,6 +21,7 @@ mod corpus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::scenarios::CHEATER_CRAT;
 use common::*;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::money::Credits;
@@ -36,9 +37,6 @@ use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::ledger::NodeRecord;
 use crat_testnet::{LocalNetwork, NodeSpec, PerturbedBackend};
 use ed25519_dalek::SigningKey;
-use futures_util::StreamExt;
-
-const CHEATER_CRAT: u64 = 1_000_000;
 
 /// Waits until a canary has passed; panics at `deadline`.
 async fn wait_for_a_passed_canary(net: &LocalNetwork, deadline: tokio::time::Instant) {
@@ -196,145 +194,14 @@ async fn canaries_catch_a_node_perturbing_one_answer_in_ten() {
 }
 
 /// Four nodes on four address blocks, the last a cheater with CRAT; every task is
-/// spot-checked and canaries are off, so only the clients' reports catch it.
+/// spot-checked and canaries are off, so only the clients' reports catch it. See
+/// [`scenarios::spot_checks_catch`].
 async fn spot_checks_catch(per_mille: u32) {
     let dir = tempfile::tempdir().unwrap();
     let start = now_s();
-    let mut cfg = config(dir.path());
-    cfg.round_epoch_s = start;
-    cfg.round_close_delay_s = 1_000_000;
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
-    cfg.canary.interval_ms = 0;
-    cfg.validation_bps = crat_core::bps::Bps(10_000);
+    let cfg = scenarios::spot_check_config(dir.path(), start);
     let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
-    let ledger = net.dispatcher().ledger().clone();
-    let gpus = [
-        "NVIDIA GeForce RTX 3090",
-        "NVIDIA GeForce RTX 3080",
-        "NVIDIA GeForce RTX 3080",
-    ];
-    for (i, gpu) in gpus.iter().enumerate() {
-        let spec = NodeSpec {
-            gpu: Some((*gpu).into()),
-            backend: backend(),
-            batch_size: 4,
-        };
-        let key = SigningKey::from_bytes(&rand::random());
-        net.add_node_on(spec, key, [127, 0, i as u8 + 1, 1].into(), |_| {})
-            .unwrap();
-    }
-    let key = SigningKey::from_bytes(&rand::random());
-    let cheater = NodeId::from_key(&key.verifying_key());
-    ledger
-        .upsert_node(&NodeRecord {
-            id: cheater,
-            rating: 5,
-            registered_at_s: start,
-            mining_income_usd_micro_per_day: MicroUsd::ZERO,
-            crat_micro: MicroCrat::new(CHEATER_CRAT),
-            streak: 0,
-            uptime_total_s: 0,
-        })
-        .unwrap();
-    let spec = NodeSpec {
-        gpu: Some("NVIDIA GeForce RTX 3090".into()),
-        backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
-        batch_size: 1,
-    };
-    net.add_node_on(spec, key, [127, 0, 4, 1].into(), |_| {})
-        .unwrap();
-    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
-    let honest: Vec<NodeId> = net.nodes[..3].iter().map(|n| n.id()).collect();
-
-    let (client, _) = client_with(&net, 1_000_000).await;
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    let d = client.deploy(model, per_request(100_000)).await.unwrap();
-    d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // Tasks until the cheater is excluded (and a few after); every answer the client gets
-    // is the honest one.
-    let local = backend().load(TINY).unwrap();
-    let mut done = 0u32;
-    let mut after = 0u32;
-    while after < 40 {
-        assert!(
-            done < 3_000,
-            "not excluded after {done} tasks: {:?}",
-            net.dispatcher().stats()
-        );
-        let batch: Vec<_> = d
-            .infer_many(
-                futures_util::stream::iter(done..done + 20)
-                    .map(|i| vec![NamedTensor::new("input", input(i % 50))]),
-                4,
-            )
-            .collect()
-            .await;
-        for (k, r) in batch.into_iter().enumerate() {
-            let i = done + k as u32;
-            let out = r.unwrap();
-            let want = vec![NamedTensor::new(
-                "output",
-                local.run(&[input(i % 50)]).unwrap().remove(0),
-            )];
-            let got = vec![NamedTensor::new("output", out[0].tensor.clone())];
-            agree(&got, &want, &Tolerance::default())
-                .unwrap_or_else(|e| panic!("task {i}: the client got a wrong answer: {e}"));
-        }
-        done += 20;
-        if net.dispatcher().excluded_until(&cheater).is_some() {
-            if after == 0 {
-                eprintln!(
-                    "spot checks, cheater perturbing {per_mille}/1000: excluded within {done} tasks; {:?}",
-                    d.stats()
-                );
-            }
-            after += 20;
-        }
-    }
-    let sdk = d.stats();
-    assert!(sdk.validations > 0 && sdk.disagreements >= 2, "{sdk:?}");
-    assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // Reports are sent in the background; wait for the last ones.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = net.dispatcher().stats();
-    assert!(stats.validations_failed >= 2, "{stats:?}");
-    assert!(stats.validations_ok > 0, "{stats:?}");
-    let (_, failed) = ledger.validations(&cheater, start, u64::MAX).unwrap();
-    assert!(failed >= 2, "{failed}");
-    let mut honest_ok = 0;
-    for h in &honest {
-        let (ok, failed) = ledger.validations(h, start, u64::MAX).unwrap();
-        assert_eq!(failed, 0, "an honest node was blamed");
-        honest_ok += ok;
-    }
-    assert!(honest_ok > 0);
-
-    let closed = net.dispatcher().close_round(0).await.unwrap();
-    let c = closed
-        .outcome
-        .nodes
-        .iter()
-        .find(|n| n.id == cheater)
-        .unwrap();
-    assert!(!c.eligible);
-    let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
-    let mut left = CHEATER_CRAT;
-    for _ in 0..failed_in_round {
-        left = left * 5_000 / 10_000;
-    }
-    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
-    // Honest validators earn validation CRAT (ECONOMICS rule 11).
-    let params = crat_rewards::Params::default();
-    for h in &honest {
-        let (ok, _) = ledger.validations(h, start, u64::MAX).unwrap();
-        let o = closed.outcome.nodes.iter().find(|n| n.id == *h).unwrap();
-        assert_eq!(o.crat_slashed_micro.get(), 0);
-        assert!(o.crat_issued_micro.get() >= params.validation_unit_crat_micro.get() * ok);
-    }
+    scenarios::spot_checks_catch(&mut net, start, per_mille).await;
     net.shutdown();
 }
 
