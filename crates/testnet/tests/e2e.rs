@@ -1,5 +1,6 @@
 //! The network end to end: a real dispatcher (SQLite file, model directory), real nodes
-//! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process.
+//! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process. The
+//! charging and failover scenarios live in `common::scenarios`; iroh_e2e.rs runs them on iroh.
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -10,7 +10,11 @@
 //! - a node killed mid-stream: the SDK fails over with the same task ids, each task answered
 //!   once and charged at most once, the deployment re-placed;
 //! - validation: spot checks catch a node perturbing every answer, honest nodes pass and earn
-//!   validation CRAT, the cheater is excluded and slashed.
+//!   validation CRAT, the cheater is excluded and slashed; canaries (sent by the dispatcher
+//!   from endpoints where the clients are: through the relay in a relayed-only network) catch
+//!   one too, honest replicas' canaries pass.
+//!
+//! The task counts are e2e.rs's (1,000 tasks charged; 600 with a node killed after 300).
 //!
 //! The relayed-only network needs IPv6 loopback (`::1`): without it these tests fail, saying
 //! so.
@@ -76,21 +80,21 @@ async fn assert_paths(client: &Client<IrohTransport>, paths: IrohPaths, killed: 
     }
 }
 
-/// 100 tasks on a per-request plan, each charged once at its price.
+/// 1,000 tasks on a per-request plan, each charged once at its price.
 async fn tasks_charged_exactly(paths: IrohPaths) {
     let dir = tempfile::tempdir().unwrap();
     let net = iroh_network(paths, config(dir.path()), dir.path()).await;
     let client =
-        scenarios::tasks_charged_exactly(&net, dir.path(), per_request(100_000), 100, None).await;
+        scenarios::tasks_charged_exactly(&net, dir.path(), per_request(100_000), 1_000, None).await;
     assert_paths(&client, paths, None).await;
     net.shutdown();
 }
 
-/// 160 tasks, the first replica's node killed after 80.
+/// 600 tasks, the first replica's node killed after 300.
 async fn node_killed_mid_stream(paths: IrohPaths) {
     let dir = tempfile::tempdir().unwrap();
     let net = iroh_network(paths, config(dir.path()), dir.path()).await;
-    let (client, victim) = scenarios::node_killed_mid_stream(&net, 160, 80).await;
+    let (client, victim) = scenarios::node_killed_mid_stream(&net, 600, 300).await;
     assert_paths(&client, paths, Some(victim)).await;
     net.shutdown();
 }
@@ -105,6 +109,17 @@ async fn spot_checks_catch(paths: IrohPaths) {
         .await
         .unwrap();
     let client = scenarios::spot_checks_catch(&mut net, start, 1_000).await;
+    assert_paths(&client, paths, None).await;
+    net.shutdown();
+}
+
+/// Three honest nodes and a fourth perturbing every answer, caught by canaries.
+async fn canaries_catch(paths: IrohPaths) {
+    let dir = tempfile::tempdir().unwrap();
+    let start = now_s();
+    let cfg = scenarios::canary_config(dir.path(), start);
+    let mut net = iroh_network(paths, cfg, dir.path()).await;
+    let client = scenarios::canaries_catch(&mut net, start, 1_000).await;
     assert_paths(&client, paths, None).await;
     net.shutdown();
 }
@@ -137,4 +152,14 @@ async fn direct_spot_checks_catch_a_perturbing_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_spot_checks_catch_a_perturbing_node() {
     spot_checks_catch(IrohPaths::Relayed).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_canaries_catch_a_perturbing_node() {
+    canaries_catch(IrohPaths::Direct).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_canaries_catch_a_perturbing_node() {
+    canaries_catch(IrohPaths::Relayed).await;
 }

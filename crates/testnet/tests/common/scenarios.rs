@@ -17,7 +17,7 @@ use crat_core::wire::{ClientCall, DispatcherResponse};
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::ledger::NodeRecord;
 use crat_sdk::Client;
-use crat_testnet::{LocalNetwork, NodeSpec, PerturbedBackend, declared_gpu};
+use crat_testnet::{LocalNetwork, LocalTransport, NodeSpec, PerturbedBackend, declared_gpu};
 use ed25519_dalek::SigningKey;
 use futures_util::StreamExt;
 
@@ -243,6 +243,166 @@ pub async fn node_killed_mid_stream<T: Sdk>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     (client, victim)
+}
+
+/// Waits until a canary has passed; panics at `deadline`.
+pub async fn wait_for_a_passed_canary<T: LocalTransport>(
+    net: &LocalNetwork<T>,
+    deadline: tokio::time::Instant,
+) {
+    while net.dispatcher().stats().canaries_passed == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no honest canary passed: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The dispatcher settings of [`canaries_catch`], its rounds starting at `start` (seconds):
+/// four replicas, a canary every 100 ms, a node excluded when caught once; the test closes
+/// round 0 itself.
+pub fn canary_config(dir: &Path, start: u64) -> DispatcherConfig {
+    let mut cfg = config(dir);
+    cfg.round_epoch_s = start;
+    // The test closes round 0 itself.
+    cfg.round_close_delay_s = 1_000_000;
+    cfg.dispatch.replicas = 4;
+    cfg.dispatch.caught_max = 1;
+    cfg.canary.interval_ms = 100;
+    cfg
+}
+
+/// Three honest nodes (`net`, started with [`canary_config`] at `start`) and a cheater joining
+/// them, perturbing `per_mille` of its answers; every node holds a replica. Canaries catch the
+/// cheater: excluded, failures in the ledger for it alone, slashed and ineligible in the closed
+/// round, no new replica on it; honest replicas' canaries pass and clients get right answers.
+pub async fn canaries_catch<T: Sdk>(
+    net: &mut LocalNetwork<T>,
+    start: u64,
+    per_mille: u32,
+) -> Client<T> {
+    // The cheater holds CRAT from earlier rounds, so slashing shows in the outcome.
+    let key = SigningKey::from_bytes(&rand::random());
+    let cheater = NodeId::from_key(&key.verifying_key());
+    let ledger = net.dispatcher().ledger().clone();
+    ledger
+        .upsert_node(&NodeRecord {
+            id: cheater,
+            rating: 5,
+            registered_at_s: start,
+            mining_income_usd_micro_per_day: MicroUsd::ZERO,
+            crat_micro: MicroCrat::new(CHEATER_CRAT),
+            streak: 0,
+            uptime_total_s: 0,
+        })
+        .unwrap();
+    let spec = NodeSpec {
+        gpu: Some("NVIDIA GeForce RTX 3090".into()),
+        backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
+        batch_size: 1,
+    };
+    let gpus = vec![declared_gpu("NVIDIA GeForce RTX 3090")];
+    net.add_node_at(spec, gpus, key, [127, 0, 0, 1].into(), |_| {})
+        .await
+        .unwrap();
+    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
+    let honest: Vec<NodeId> = net.nodes[..3].iter().map(|n| n.id()).collect();
+
+    let (client, _) = T::client(net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(100_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
+
+    // Canaries run on their own; wait for the exclusion.
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while net.dispatcher().excluded_until(&cheater).is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cheater not excluded: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "canaries, cheater perturbing {per_mille}/1000: excluded after {:?}; {:?}",
+        started.elapsed(),
+        net.dispatcher().stats()
+    );
+    // The cheater can be excluded before any honest replica's canary has come back: wait
+    // for one to pass too.
+    wait_for_a_passed_canary(net, deadline).await;
+    let stats = net.dispatcher().stats();
+    assert!(stats.canaries_failed >= 2, "{stats:?}");
+    assert!(stats.canaries_passed > 0, "{stats:?}");
+    assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
+
+    // The ledger: failures for the cheater only; a correct canary answer is not a
+    // validation of anyone else's work, so nobody has validations_ok from canaries.
+    let (ok, failed) = ledger.validations(&cheater, start, u64::MAX).unwrap();
+    assert_eq!(ok, 0);
+    assert!(failed >= 2, "{failed}");
+    for h in &honest {
+        assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0));
+    }
+
+    // Clients are served by the honest replicas from now on: every answer is right.
+    let local = backend().load(TINY).unwrap();
+    for i in 0..40 {
+        let out = d
+            .infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+        let want = vec![NamedTensor::new(
+            "output",
+            local.run(&[input(i)]).unwrap().remove(0),
+        )];
+        let got = vec![NamedTensor::new("output", out[0].tensor.clone())];
+        agree(&got, &want, &Tolerance::default()).unwrap();
+    }
+    // It gets no new deployment either: four replicas wanted, three other nodes, so the
+    // deployment is created short (served by the three, the reason given), none on it.
+    let d2 = client.deploy(model, per_request(1_000)).await.unwrap();
+    let info = d2.wait_ready(Duration::from_secs(30)).await.unwrap();
+    assert!(
+        info.shortfall
+            .as_deref()
+            .is_some_and(|s| s.starts_with("3 of 4")),
+        "{info:?}"
+    );
+    assert!(!net.dispatcher().ready_replicas(&d2.id()).contains(&cheater));
+
+    // Round 0 closes through crat-rewards: the cheater is slashed and not eligible for a
+    // bonus; honest nodes are not.
+    let closed = net.dispatcher().close_round(0).await.unwrap();
+    let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
+    let c = closed
+        .outcome
+        .nodes
+        .iter()
+        .find(|n| n.id == cheater)
+        .unwrap();
+    assert!(!c.eligible);
+    assert!(c.rank.is_none());
+    // ECONOMICS rule 12: half of the balance per failed validation.
+    let mut left = CHEATER_CRAT;
+    for _ in 0..failed_in_round {
+        left = left * 5_000 / 10_000;
+    }
+    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
+    // A round is closed over the nodes active in it: an honest node whose compute
+    // challenge ran late on a loaded machine (suspended, no uptime) is left out, as it
+    // would have earned and lost nothing.
+    for h in &honest {
+        match closed.outcome.nodes.iter().find(|n| n.id == *h) {
+            Some(o) => assert_eq!(o.crat_slashed_micro.get(), 0),
+            None => assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0)),
+        }
+    }
+    client
 }
 
 /// The dispatcher settings of [`spot_checks_catch`], its rounds starting at `start` (seconds):
