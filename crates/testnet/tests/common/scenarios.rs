@@ -23,8 +23,50 @@ use futures_util::StreamExt;
 
 use super::*;
 
-/// The CRAT the spot checks' cheater holds (micro-CRAT) before it is slashed.
+/// The CRAT the validation scenarios' cheater holds (micro-CRAT) before it is slashed.
 pub const CHEATER_CRAT: u64 = 1_000_000;
+
+/// What the validation scenarios share: [`config`] with rounds from `start` (seconds) that
+/// the test closes itself, four replicas, a node excluded when caught once.
+fn cheater_config(dir: &Path, start: u64) -> DispatcherConfig {
+    let mut cfg = config(dir);
+    cfg.round_epoch_s = start;
+    // The test closes round 0 itself.
+    cfg.round_close_delay_s = 1_000_000;
+    cfg.dispatch.replicas = 4;
+    cfg.dispatch.caught_max = 1;
+    cfg
+}
+
+/// A cheater's key and id, its ledger record written before it registers: it holds
+/// [`CHEATER_CRAT`] from earlier rounds, so slashing shows in the outcome.
+fn cheater<T: LocalTransport>(net: &LocalNetwork<T>, start: u64) -> (SigningKey, NodeId) {
+    let key = SigningKey::from_bytes(&rand::random());
+    let cheater = NodeId::from_key(&key.verifying_key());
+    net.dispatcher()
+        .ledger()
+        .upsert_node(&NodeRecord {
+            id: cheater,
+            rating: 5,
+            registered_at_s: start,
+            mining_income_usd_micro_per_day: MicroUsd::ZERO,
+            crat_micro: MicroCrat::new(CHEATER_CRAT),
+            streak: 0,
+            uptime_total_s: 0,
+        })
+        .unwrap();
+    (key, cheater)
+}
+
+/// The CRAT the cheater loses for `failed` validations in a round: half of its balance per
+/// failure (ECONOMICS rule 12).
+fn slashed_after(failed: u64) -> u64 {
+    let mut left = CHEATER_CRAT;
+    for _ in 0..failed {
+        left = left * 5_000 / 10_000;
+    }
+    CHEATER_CRAT - left
+}
 
 /// Uploads the tiny CNN, deploys it on `plan` and runs `n` tasks with 32 in flight through a
 /// new client of `net`; `pace_per_s` spaces their starts (a per-instance plan buys a rate, and
@@ -264,12 +306,7 @@ pub async fn wait_for_a_passed_canary<T: LocalTransport>(
 /// four replicas, a canary every 100 ms, a node excluded when caught once; the test closes
 /// round 0 itself.
 pub fn canary_config(dir: &Path, start: u64) -> DispatcherConfig {
-    let mut cfg = config(dir);
-    cfg.round_epoch_s = start;
-    // The test closes round 0 itself.
-    cfg.round_close_delay_s = 1_000_000;
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
+    let mut cfg = cheater_config(dir, start);
     cfg.canary.interval_ms = 100;
     cfg
 }
@@ -283,21 +320,8 @@ pub async fn canaries_catch<T: Sdk>(
     start: u64,
     per_mille: u32,
 ) -> Client<T> {
-    // The cheater holds CRAT from earlier rounds, so slashing shows in the outcome.
-    let key = SigningKey::from_bytes(&rand::random());
-    let cheater = NodeId::from_key(&key.verifying_key());
+    let (key, cheater) = cheater(net, start);
     let ledger = net.dispatcher().ledger().clone();
-    ledger
-        .upsert_node(&NodeRecord {
-            id: cheater,
-            rating: 5,
-            registered_at_s: start,
-            mining_income_usd_micro_per_day: MicroUsd::ZERO,
-            crat_micro: MicroCrat::new(CHEATER_CRAT),
-            streak: 0,
-            uptime_total_s: 0,
-        })
-        .unwrap();
     let spec = NodeSpec {
         gpu: Some("NVIDIA GeForce RTX 3090".into()),
         backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
@@ -387,12 +411,7 @@ pub async fn canaries_catch<T: Sdk>(
         .unwrap();
     assert!(!c.eligible);
     assert!(c.rank.is_none());
-    // ECONOMICS rule 12: half of the balance per failed validation.
-    let mut left = CHEATER_CRAT;
-    for _ in 0..failed_in_round {
-        left = left * 5_000 / 10_000;
-    }
-    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
+    assert_eq!(c.crat_slashed_micro.get(), slashed_after(failed_in_round));
     // A round is closed over the nodes active in it: an honest node whose compute
     // challenge ran late on a loaded machine (suspended, no uptime) is left out, as it
     // would have earned and lost nothing.
@@ -408,11 +427,7 @@ pub async fn canaries_catch<T: Sdk>(
 /// The dispatcher settings of [`spot_checks_catch`], its rounds starting at `start` (seconds):
 /// four replicas, every task spot-checked, canaries off, a node excluded when caught once.
 pub fn spot_check_config(dir: &Path, start: u64) -> DispatcherConfig {
-    let mut cfg = config(dir);
-    cfg.round_epoch_s = start;
-    cfg.round_close_delay_s = 1_000_000;
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
+    let mut cfg = cheater_config(dir, start);
     cfg.canary.interval_ms = 0;
     cfg.validation_bps = crat_core::bps::Bps(10_000);
     cfg
@@ -451,19 +466,7 @@ pub async fn spot_checks_catch<T: Sdk>(
         .await
         .unwrap();
     }
-    let key = SigningKey::from_bytes(&rand::random());
-    let cheater = NodeId::from_key(&key.verifying_key());
-    ledger
-        .upsert_node(&NodeRecord {
-            id: cheater,
-            rating: 5,
-            registered_at_s: start,
-            mining_income_usd_micro_per_day: MicroUsd::ZERO,
-            crat_micro: MicroCrat::new(CHEATER_CRAT),
-            streak: 0,
-            uptime_total_s: 0,
-        })
-        .unwrap();
+    let (key, cheater) = cheater(net, start);
     let gpu = "NVIDIA GeForce RTX 3090";
     let spec = NodeSpec {
         gpu: Some(gpu.into()),
@@ -557,11 +560,7 @@ pub async fn spot_checks_catch<T: Sdk>(
         .unwrap();
     assert!(!c.eligible);
     let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
-    let mut left = CHEATER_CRAT;
-    for _ in 0..failed_in_round {
-        left = left * 5_000 / 10_000;
-    }
-    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
+    assert_eq!(c.crat_slashed_micro.get(), slashed_after(failed_in_round));
     // Honest validators earn validation CRAT (ECONOMICS rule 11).
     let params = crat_rewards::Params::default();
     for h in &honest {
