@@ -5,6 +5,7 @@
 //! | item | what it owns |
 //! |---|---|
 //! | [`LocalNetwork`] | a real dispatcher and real compute nodes on loopback QUIC: start, add nodes (keyed, on a chosen loopback address), wait until they are online, kill a node, restart the dispatcher on the same data, shut down |
+//! | [`LocalNetwork::start_iroh`], [`transports`] | the same network on iroh with a relay in this process: node↔client paths direct, or relayed only ([`IrohPaths`]) while every peer reaches the dispatcher directly; [`LocalTransport`] says where each role's endpoint listens on each transport |
 //! | [`spawn_node`] | one node with declared hardware registering with any dispatcher (what [`LocalNetwork`] does for each of its nodes); [`spawn_node_declaring`] declares any GPU list |
 //! | [`loopback_quic`] | the QUIC settings every endpoint on loopback uses |
 //! | [`netlab`] | network namespaces with NAT routers (endpoint-independent or symmetric), public hosts and port mappings, for tests of peers behind NAT (root, Linux) |
@@ -52,9 +53,11 @@
 pub mod netlab;
 mod network;
 mod perturbed;
+pub mod transports;
 
 pub use network::{
     LocalNetwork, LocalNode, NodeSpec, NodeTarget, declared_gpu, loopback_quic, spawn_node,
     spawn_node_declaring,
 };
 pub use perturbed::PerturbedBackend;
+pub use transports::{IrohNet, IrohPaths, LocalTransport, loopback_iroh};

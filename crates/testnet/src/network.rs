@@ -1,6 +1,8 @@
-//! A whole network on one machine: a dispatcher and compute nodes on loopback QUIC, in this
-//! process. Nothing in it is simulated except the nodes' declared GPUs (inference runs on
-//! whatever backend the caller passes, usually tract or ONNX Runtime on the CPU).
+//! A whole network on one machine: a dispatcher and compute nodes on loopback, in this
+//! process, on QUIC ([`LocalNetwork::start`]) or on iroh with an in-process relay
+//! ([`LocalNetwork::start_iroh`]; see [`crate::transports`]). Nothing in it is simulated except
+//! the nodes' declared GPUs (inference runs on whatever backend the caller passes, usually
+//! tract or ONNX Runtime on the CPU).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,9 +21,12 @@ use crat_node::probe::{FakeProbe, HardwareProbe};
 use crat_node::runtime::{BatchSizing, Node, NodeConfig, NodeParts};
 use crat_transport::SteadyClock;
 use crat_transport::Transport;
+use crat_transport::iroh::{IrohTransport, Relay};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
 use tokio::task::JoinHandle;
+
+use crate::transports::{IrohNet, IrohPaths, LocalTransport, bind_quic};
 
 /// One node to start.
 #[derive(Clone)]
@@ -35,15 +40,16 @@ pub struct NodeSpec {
 }
 
 /// A running node, started by [`spawn_node`] (for a [`LocalNetwork`] or on its own).
-pub struct LocalNode {
+pub struct LocalNode<T: Transport = QuicTransport> {
     /// The node.
-    pub node: Node<QuicTransport>,
-    /// Where clients reach it.
+    pub node: Node<T>,
+    /// The UDP socket it listens on: where clients reach it on QUIC; on iroh its direct
+    /// address (clients may reach it through the relay instead).
     pub addr: SocketAddr,
     task: JoinHandle<()>,
 }
 
-impl LocalNode {
+impl<T: Transport> LocalNode<T> {
     /// Its identity.
     pub fn id(&self) -> NodeId {
         self.node.id()
@@ -122,8 +128,37 @@ pub fn spawn_node_declaring(
     ip: IpAddr,
     configure: impl FnOnce(&mut NodeConfig),
 ) -> Result<LocalNode, DispatcherError> {
-    let transport = QuicTransport::bind(SocketAddr::new(ip, 0), &key, loopback_quic())?;
-    let addr = transport.socket_addr();
+    let transport = bind_quic(SocketAddr::new(ip, 0), &key)?;
+    let listen = PeerAddr::from(transport.socket_addr());
+    let dispatcher = PeerAddr::from(target.dispatcher_addr);
+    run_node(
+        dispatcher,
+        target,
+        (transport, listen),
+        spec,
+        gpus,
+        key,
+        configure,
+    )
+}
+
+/// Starts a node on `bound` (its endpoint and the address it claims) that registers with the
+/// dispatcher at `dispatcher` (`target`'s address is not used), as [`spawn_node`] describes.
+fn run_node<T: LocalTransport>(
+    dispatcher: PeerAddr,
+    target: NodeTarget,
+    bound: (T, PeerAddr),
+    spec: NodeSpec,
+    gpus: Vec<GpuInfo>,
+    key: SigningKey,
+    configure: impl FnOnce(&mut NodeConfig),
+) -> Result<LocalNode<T>, DispatcherError> {
+    let (transport, listen) = bound;
+    let addr = transport
+        .sockets()
+        .first()
+        .copied()
+        .ok_or_else(|| DispatcherError::Config("a node endpoint without a socket".into()))?;
     let cpu = CpuInfo {
         model: "loopback".into(),
         cores: 2,
@@ -131,11 +166,7 @@ pub fn spawn_node_declaring(
     };
     let store = ModelStore::open(target.store_dir, 4 << 30)
         .map_err(|e| DispatcherError::Storage(e.to_string()))?;
-    let mut config = NodeConfig::new(
-        PeerAddr::from(target.dispatcher_addr),
-        target.dispatcher_id,
-        PeerAddr::from(addr),
-    );
+    let mut config = NodeConfig::new(dispatcher, target.dispatcher_id, listen);
     config.batch_sizing = BatchSizing::Fixed(spec.batch_size.max(1));
     config.heartbeat_interval_ms = 500;
     config.usage_flush_ms = 100;
@@ -164,21 +195,30 @@ pub fn spawn_node_declaring(
     Ok(LocalNode { node, addr, task })
 }
 
-/// A dispatcher and its nodes on loopback.
-pub struct LocalNetwork {
+/// A dispatcher and its nodes on loopback, on transport `T`: QUIC unless started with
+/// [`LocalNetwork::start_iroh`] (or [`LocalNetwork::start_with`] on another
+/// [`LocalTransport`]).
+pub struct LocalNetwork<T: LocalTransport = QuicTransport> {
     /// The dispatcher (`None` only while [`LocalNetwork::restart_dispatcher`] runs).
-    dispatcher: Option<Dispatcher<QuicTransport>>,
+    dispatcher: Option<Dispatcher<T>>,
     /// Its key.
     pub dispatcher_key: SigningKey,
-    /// Its address.
+    /// Its address (its first socket, on IPv4 loopback; [`LocalNetwork::dispatcher_peer_addr`]
+    /// names every socket of a dispatcher on both loopbacks).
     pub dispatcher_addr: SocketAddr,
     /// The nodes, in start order.
-    pub nodes: Vec<LocalNode>,
+    pub nodes: Vec<LocalNode<T>>,
+    /// Every socket of the dispatcher (a restarted one binds them again).
+    dispatcher_sockets: Vec<SocketAddr>,
+    /// The address peers dial the dispatcher at.
+    dispatcher_dial: PeerAddr,
     config: DispatcherConfig,
     dispatcher_task: JoinHandle<()>,
     dir: PathBuf,
     /// The clock the dispatcher and the nodes read (one machine, one clock).
     clock: Arc<dyn Clock>,
+    /// What the endpoints share (the relay of an iroh network).
+    setup: T::Setup,
 }
 
 /// QUIC settings for loopback: a short idle timeout so a killed peer is noticed quickly, and
@@ -197,20 +237,16 @@ pub fn loopback_quic() -> QuicConfig {
 /// Client identities the canaries of a local network go out from.
 const CANARY_IDENTITIES: usize = 3;
 
-/// Canary parts on loopback: [`CANARY_IDENTITIES`] client endpoints with throwaway identities
-/// and the tract backend (none without the `tract` feature).
-fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError> {
+/// Canary parts on loopback: [`CANARY_IDENTITIES`] endpoints where the network's clients are,
+/// with throwaway identities, and the tract backend (none without the `tract` feature).
+async fn canary_parts<T: LocalTransport>(
+    setup: &T::Setup,
+) -> Result<Option<CanaryParts<T>>, DispatcherError> {
     #[cfg(feature = "tract")]
     {
         let mut transports = Vec::with_capacity(CANARY_IDENTITIES);
         for _ in 0..CANARY_IDENTITIES {
-            transports.push(QuicTransport::bind(
-                "127.0.0.1:0"
-                    .parse()
-                    .map_err(|_| DispatcherError::Config("address".into()))?,
-                &SigningKey::from_bytes(&rand::random()),
-                loopback_quic(),
-            )?);
+            transports.push(T::bind_client(setup, &SigningKey::from_bytes(&rand::random())).await?);
         }
         Ok(Some(CanaryParts {
             transports,
@@ -218,18 +254,25 @@ fn canary_parts() -> Result<Option<CanaryParts<QuicTransport>>, DispatcherError>
         }))
     }
     #[cfg(not(feature = "tract"))]
-    Ok(None)
+    {
+        let _ = setup;
+        Ok(None)
+    }
 }
 
-fn start_dispatcher(
+/// A dispatcher on `addrs` with its canaries, running; with its sockets and its address.
+async fn start_dispatcher<T: LocalTransport>(
+    setup: &T::Setup,
     config: DispatcherConfig,
     key: SigningKey,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     clock: Arc<dyn Clock>,
-) -> Result<(Dispatcher<QuicTransport>, SocketAddr, JoinHandle<()>), DispatcherError> {
-    let transport = QuicTransport::bind(addr, &key, loopback_quic())?;
-    let addr = transport.socket_addr();
-    let dispatcher = Dispatcher::open_on_clock(config, key, transport, canary_parts()?, clock)?;
+) -> Result<(Dispatcher<T>, Vec<SocketAddr>, PeerAddr, JoinHandle<()>), DispatcherError> {
+    let transport = T::bind_dispatcher(setup, addrs, &key).await?;
+    let sockets = transport.sockets();
+    let dial = transport.dial_addr();
+    let canary = canary_parts::<T>(setup).await?;
+    let dispatcher = Dispatcher::open_on_clock(config, key, transport, canary, clock)?;
     let task = tokio::spawn({
         let d = dispatcher.clone();
         async move {
@@ -238,18 +281,10 @@ fn start_dispatcher(
             }
         }
     });
-    Ok((dispatcher, addr, task))
+    Ok((dispatcher, sockets, dial, task))
 }
 
-impl LocalNetwork {
-    /// The dispatcher.
-    pub fn dispatcher(&self) -> &Dispatcher<QuicTransport> {
-        #[allow(clippy::expect_used)]
-        self.dispatcher
-            .as_ref()
-            .expect("a dispatcher runs except inside restart_dispatcher")
-    }
-
+impl LocalNetwork<QuicTransport> {
     /// Starts a dispatcher with `config` (its data directory is used as is; nodes keep
     /// their model files under `dir`) and one node per spec, and waits until every node has
     /// registered. Everything runs on a [`SteadyClock`] over the system's clocks.
@@ -264,42 +299,12 @@ impl LocalNetwork {
     /// [`LocalNetwork::start`] with the dispatcher and every node reading `clock` (a test
     /// steps a wall clock under a [`SteadyClock`]).
     pub async fn start_on_clock(
-        mut config: DispatcherConfig,
+        config: DispatcherConfig,
         dir: &Path,
         nodes: Vec<NodeSpec>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, DispatcherError> {
-        // Nodes here compute on this machine's CPU: challenges at the real sizes would take
-        // seconds each. Unless the caller chose other proof settings, challenges are tiny and
-        // their GPU deadlines tight, so a node proves its CPU and never a GPU it only declares.
-        if config.hardware == ProofConfig::default() {
-            config.hardware = ProofConfig::test_scale();
-        }
-        let key = SigningKey::from_bytes(&rand::random());
-        let (dispatcher, dispatcher_addr, dispatcher_task) = start_dispatcher(
-            config.clone(),
-            key.clone(),
-            "127.0.0.1:0"
-                .parse()
-                .map_err(|_| DispatcherError::Config("address".into()))?,
-            clock.clone(),
-        )?;
-        let mut net = Self {
-            dispatcher: Some(dispatcher),
-            dispatcher_key: key,
-            dispatcher_addr,
-            nodes: Vec::new(),
-            config,
-            dispatcher_task,
-            dir: dir.to_owned(),
-            clock,
-        };
-        for spec in nodes {
-            net.add_node(spec)?;
-        }
-        net.wait_online(net.nodes.len(), Duration::from_secs(30))
-            .await?;
-        Ok(net)
+        Self::start_with((), config, dir, nodes, clock).await
     }
 
     /// Starts one more node.
@@ -352,18 +357,148 @@ impl LocalNetwork {
         ip: IpAddr,
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Result<&LocalNode, DispatcherError> {
+        let transport = bind_quic(SocketAddr::new(ip, 0), &key)?;
+        let listen = PeerAddr::from(transport.socket_addr());
+        self.push_node((transport, listen), spec, gpus, key, configure)
+    }
+}
+
+impl LocalNetwork<IrohTransport> {
+    /// [`LocalNetwork::start`] on iroh: a relay in this process, nodes and clients using it,
+    /// and between them the `paths` chosen (see [`crate::transports`]).
+    pub async fn start_iroh(
+        paths: IrohPaths,
+        config: DispatcherConfig,
+        dir: &Path,
+        nodes: Vec<NodeSpec>,
+    ) -> Result<Self, DispatcherError> {
+        let setup = IrohNet::start(paths).await?;
+        Self::start_with(setup, config, dir, nodes, Arc::new(SteadyClock::system())).await
+    }
+
+    /// The relay nodes and clients use.
+    pub fn relay(&self) -> &Relay {
+        self.setup.relay()
+    }
+
+    /// Which paths nodes and clients have between them.
+    pub fn paths(&self) -> IrohPaths {
+        self.setup.paths()
+    }
+}
+
+impl<T: LocalTransport> LocalNetwork<T> {
+    /// The dispatcher.
+    pub fn dispatcher(&self) -> &Dispatcher<T> {
+        #[allow(clippy::expect_used)]
+        self.dispatcher
+            .as_ref()
+            .expect("a dispatcher runs except inside restart_dispatcher")
+    }
+
+    /// The address peers dial the dispatcher at: [`LocalNetwork::dispatcher_addr`] on QUIC;
+    /// every socket of it on iroh (each peer uses the one of its IP version).
+    pub fn dispatcher_peer_addr(&self) -> PeerAddr {
+        self.dispatcher_dial.clone()
+    }
+
+    /// Binds an endpoint with identity `key` where this network's clients are (for an SDK
+    /// client or a hand-written one): on iroh, with the relay, and on IPv6 loopback in a
+    /// relayed-only network.
+    pub async fn bind_client(&self, key: &SigningKey) -> Result<T, DispatcherError> {
+        T::bind_client(&self.setup, key).await
+    }
+
+    /// [`LocalNetwork::start_on_clock`] on any [`LocalTransport`], its endpoints sharing
+    /// `setup`.
+    pub async fn start_with(
+        setup: T::Setup,
+        mut config: DispatcherConfig,
+        dir: &Path,
+        nodes: Vec<NodeSpec>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, DispatcherError> {
+        // Nodes here compute on this machine's CPU: challenges at the real sizes would take
+        // seconds each. Unless the caller chose other proof settings, challenges are tiny and
+        // their GPU deadlines tight, so a node proves its CPU and never a GPU it only declares.
+        if config.hardware == ProofConfig::default() {
+            config.hardware = ProofConfig::test_scale();
+        }
+        let key = SigningKey::from_bytes(&rand::random());
+        let (dispatcher, dispatcher_sockets, dispatcher_dial, dispatcher_task) = start_dispatcher(
+            &setup,
+            config.clone(),
+            key.clone(),
+            &T::dispatcher_binds(&setup),
+            clock.clone(),
+        )
+        .await?;
+        let dispatcher_addr = *dispatcher_sockets
+            .first()
+            .ok_or_else(|| DispatcherError::Config("a dispatcher without a socket".into()))?;
+        let mut net = Self {
+            dispatcher: Some(dispatcher),
+            dispatcher_key: key,
+            dispatcher_addr,
+            nodes: Vec::new(),
+            dispatcher_sockets,
+            dispatcher_dial,
+            config,
+            dispatcher_task,
+            dir: dir.to_owned(),
+            clock,
+            setup,
+        };
+        for spec in nodes {
+            let gpus = spec.gpu.iter().map(|name| declared_gpu(name)).collect();
+            let key = SigningKey::from_bytes(&rand::random());
+            net.add_node_at(spec, gpus, key, IpAddr::from([127, 0, 0, 1]), |_| {})
+                .await?;
+        }
+        net.wait_online(net.nodes.len(), Duration::from_secs(30))
+            .await?;
+        Ok(net)
+    }
+
+    /// Starts one more node on `ip` (an IPv4 loopback address; see
+    /// [`LocalNetwork::add_node_on`]) with identity `key`, declaring `gpus`, with `configure`
+    /// applied to its configuration last: [`LocalNetwork::add_node_declaring`] on any transport
+    /// (binding an iroh endpoint waits for its relay, hence `async`).
+    pub async fn add_node_at(
+        &mut self,
+        spec: NodeSpec,
+        gpus: Vec<GpuInfo>,
+        key: SigningKey,
+        ip: IpAddr,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode<T>, DispatcherError> {
+        let bound = T::bind_node(&self.setup, ip, &key).await?;
+        self.push_node(bound, spec, gpus, key, configure)
+    }
+
+    /// Starts a node on `bound` (its endpoint and the address it claims) that registers with
+    /// this network's dispatcher, and keeps it.
+    fn push_node(
+        &mut self,
+        bound: (T, PeerAddr),
+        spec: NodeSpec,
+        gpus: Vec<GpuInfo>,
+        key: SigningKey,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Result<&LocalNode<T>, DispatcherError> {
         let index = self.nodes.len();
-        let node = spawn_node_declaring(
+        let node = run_node(
+            self.dispatcher_dial.clone(),
             NodeTarget {
                 dispatcher_addr: self.dispatcher_addr,
                 dispatcher_id: self.dispatcher().id(),
                 store_dir: self.dir.join(format!("node-{index}")),
                 clock: self.clock.clone(),
             },
+            bound,
             spec,
             gpus,
             key,
-            ip,
             configure,
         )?;
         self.nodes.push(node);
@@ -413,13 +548,16 @@ impl LocalNetwork {
         // The UDP port is free once the old endpoint is dropped (its connections' tasks end
         // as they notice the close); retry until then.
         let mut tries = 0;
-        let (dispatcher, _, task) = loop {
+        let (dispatcher, _, _, task) = loop {
             match start_dispatcher(
+                &self.setup,
                 self.config.clone(),
                 self.dispatcher_key.clone(),
-                self.dispatcher_addr,
+                &self.dispatcher_sockets,
                 self.clock.clone(),
-            ) {
+            )
+            .await
+            {
                 Ok(started) => break started,
                 Err(e) if tries < 100 => {
                     tries += 1;
@@ -446,7 +584,7 @@ impl LocalNetwork {
     }
 }
 
-impl Drop for LocalNetwork {
+impl<T: LocalTransport> Drop for LocalNetwork<T> {
     fn drop(&mut self) {
         self.shutdown();
     }

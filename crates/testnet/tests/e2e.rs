@@ -1,14 +1,14 @@
 //! The network end to end: a real dispatcher (SQLite file, model directory), real nodes
-//! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process.
+//! (tract backend, the tiny CNN) and the real SDK, all on loopback QUIC in this process. The
+//! charging and failover scenarios live in `common::scenarios`; iroh_e2e.rs runs them on iroh.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, SdkKey, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
 use crat_core::sign::{Signed, Ticket};
@@ -25,131 +25,13 @@ use crat_testnet::loopback_quic;
 use crat_transport::quic::QuicTransport;
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
-use futures_util::StreamExt;
 
 /// `n` tasks with 32 in flight; `pace_per_s` spaces their starts (a per-instance plan buys a
-/// rate, and its replicas refuse tasks beyond it).
+/// rate, and its replicas refuse tasks beyond it). See [`scenarios::tasks_charged_exactly`].
 async fn happy_path(plan: DeployPlan, n: u32, pace_per_s: Option<u64>) {
     let dir = tempfile::tempdir().unwrap();
     let net = network(config(dir.path()), dir.path()).await;
-    let (client, _) = client_with(&net, 1_000_000).await;
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    assert_eq!(model, ModelId::of_bytes(TINY));
-    let quote = client.quote(model, plan).await.unwrap();
-    let balance_before = client.balance().await.unwrap();
-    let d = client.deploy(model, plan).await.unwrap();
-    d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert_eq!(
-        client.balance().await.unwrap().get(),
-        balance_before.get() - quote.upfront.get()
-    );
-    // The deployment says what its model takes and returns, as the upload check read it.
-    let signature = d.info().await.unwrap().signature.unwrap();
-    assert_eq!(
-        Some(&signature),
-        crat_backend::onnx_check::check_model(TINY)
-            .unwrap()
-            .signature()
-            .as_ref()
-    );
-    assert_eq!(signature.inputs[0].name, "input");
-
-    let local = backend().load(TINY).unwrap();
-    let interval = pace_per_s.map(|p| Duration::from_micros(1_000_000 / p.max(1)));
-    let inputs = futures_util::stream::unfold(0..n, move |mut rest| async move {
-        let i = rest.next()?;
-        if let Some(interval) = interval {
-            tokio::time::sleep(interval).await;
-        }
-        Some((vec![NamedTensor::new("input", input(i % 50))], rest))
-    });
-    let results: Vec<_> = d.infer_many(inputs, 32).collect().await;
-    assert_eq!(results.len(), n as usize);
-    for (i, r) in results.into_iter().enumerate() {
-        let out = r.unwrap();
-        let expected = local.run(&[input(i as u32 % 50)]).unwrap();
-        // Nodes batch tasks; a batched convolution may round differently in the last bit.
-        let (got, want) = (
-            out[0].tensor.to_vec::<f32>().unwrap(),
-            expected[0].to_vec::<f32>().unwrap(),
-        );
-        assert_eq!(got.len(), want.len());
-        assert!(
-            got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-5),
-            "task {i}: {got:?} vs {want:?}"
-        );
-    }
-
-    // Usage reaches the ledger; every task charged exactly once at its per-request price.
-    let ledger = net.dispatcher().ledger().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (count, _) = ledger.usage_totals(&d.id()).unwrap();
-        if count == u64::from(n) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "usage {count} of {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let (_, charged) = ledger.usage_totals(&d.id()).unwrap();
-    let info = d.info().await.unwrap();
-    match plan {
-        DeployPlan::PerRequest(p) => {
-            let cost = DispatcherConfig::new("x")
-                .pricing
-                .request_cost(TINY.len() as u64, 28 * 28 * 4)
-                .unwrap();
-            if charged.get() != u64::from(n) * cost.get() {
-                // What was charged other than the task price, for the failure report.
-                let conn = rusqlite::Connection::open(dir.path().join("dispatcher/ledger.sqlite"))
-                    .unwrap();
-                let mut stmt = conn
-                    .prepare(
-                        "SELECT hex(task), hex(node), input_bytes, output_bytes, charged, at_s
-                         FROM usage WHERE deployment = ?1 AND charged != ?2",
-                    )
-                    .unwrap();
-                let odd: Vec<String> = stmt
-                    .query_map(
-                        rusqlite::params![d.id().as_bytes().as_slice(), cost.get() as i64],
-                        |r| {
-                            Ok(format!(
-                                "task {} node {} in {} out {} charged {} at {}",
-                                r.get::<_, String>(0)?,
-                                r.get::<_, String>(1)?,
-                                r.get::<_, i64>(2)?,
-                                r.get::<_, i64>(3)?,
-                                r.get::<_, i64>(4)?,
-                                r.get::<_, i64>(5)?
-                            ))
-                        },
-                    )
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                panic!(
-                    "charged {charged} for {n} tasks of {cost}: rows charged otherwise {odd:#?}; \
-                     {:?}",
-                    net.dispatcher().stats()
-                );
-            }
-            assert_eq!(
-                info.allowance_left.get(),
-                p.credit_allowance.get() - charged.get()
-            );
-        }
-        DeployPlan::PerInstance(_) => {
-            // Requests inside the reservation cost nothing more: only the up-front price.
-            assert_eq!(charged, Credits::ZERO);
-        }
-    }
-    assert_eq!(
-        client.balance().await.unwrap().get(),
-        balance_before.get() - quote.upfront.get()
-    );
+    scenarios::tasks_charged_exactly(&net, dir.path(), plan, n, pace_per_s).await;
     net.shutdown();
 }
 
@@ -193,78 +75,7 @@ async fn a_model_stored_without_a_signature_gets_one_when_described() {
 async fn node_killed_mid_stream_every_task_once() {
     let dir = tempfile::tempdir().unwrap();
     let net = network(config(dir.path()), dir.path()).await;
-    let (client, key) = client_with(&net, 1_000_000).await;
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    let d = client.deploy(model, per_request(100_000)).await.unwrap();
-    d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let victim = d.lease().await.unwrap().replicas[0].node;
-
-    let tasks: Vec<TaskId> = (0..600)
-        .map(|_| TaskId::from_bytes(rand::random()))
-        .collect();
-    let mut stream = futures_util::stream::iter(tasks.clone())
-        .map(|task| {
-            let d = d.clone();
-            async move {
-                (
-                    task,
-                    d.infer_task(task, vec![NamedTensor::new("input", input(1))])
-                        .await,
-                )
-            }
-        })
-        .buffer_unordered(16);
-    let mut done = HashSet::new();
-    while let Some((task, r)) = stream.next().await {
-        r.unwrap();
-        assert!(done.insert(task), "task {task} answered twice");
-        if done.len() == 300 {
-            net.nodes.iter().find(|n| n.id() == victim).unwrap().kill();
-        }
-    }
-    assert_eq!(done.len(), tasks.len());
-    assert!(d.stats().failovers > 0, "the killed node's tasks moved on");
-
-    // Charged at most once per task, at the right price.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let ledger = net.dispatcher().ledger().clone();
-    let (count, charged) = ledger.usage_totals(&d.id()).unwrap();
-    let cost = DispatcherConfig::new("x")
-        .pricing
-        .request_cost(TINY.len() as u64, 28 * 28 * 4)
-        .unwrap();
-    assert!(count <= tasks.len() as u64);
-    assert_eq!(charged.get(), count * cost.get());
-    let rows = tasks
-        .iter()
-        .filter(|t| !ledger.usage(&d.id(), t).unwrap().is_empty())
-        .count();
-    assert_eq!(rows as u64, count);
-    // Only tasks the killed node ran and had not reported yet can be missing.
-    assert!(
-        count >= 300,
-        "usage of surviving nodes reached the ledger: {count}"
-    );
-    // The deployment is re-placed on the third node.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = d.info().await.unwrap();
-        // A fresh lease from the dispatcher (the SDK's cached one may predate the kill).
-        let DispatcherResponse::Lease(lease) =
-            raw_call(&net, &key, ClientCall::Lease { deployment: d.id() }).await
-        else {
-            panic!("no lease")
-        };
-        let leased: Vec<NodeId> = lease.replicas.iter().map(|r| r.node).collect();
-        if info.replicas_ready == 2 && leased.len() == 2 && !leased.contains(&victim) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not re-placed: {info:?} {leased:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scenarios::node_killed_mid_stream(&net, 600, 300).await;
     net.shutdown();
 }
 

@@ -18,170 +18,28 @@ mod common;
 #[path = "../../backend/tests/data/malicious/corpus.rs"]
 mod corpus;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::money::Credits;
-use crat_core::money::{MicroCrat, MicroUsd};
 use crat_core::sign::{Receipt, Signed};
 use crat_core::tensor::{NamedTensor, Tensor};
-use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{
     ClientCall, DispatcherResponse, ErrorCode, Unverifiable, ValidationReport, Verifiability,
 };
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_dispatcher::ledger::NodeRecord;
-use crat_testnet::{LocalNetwork, NodeSpec, PerturbedBackend};
+use crat_testnet::{LocalNetwork, NodeSpec};
 use ed25519_dalek::SigningKey;
-use futures_util::StreamExt;
-
-const CHEATER_CRAT: u64 = 1_000_000;
-
-/// Waits until a canary has passed; panics at `deadline`.
-async fn wait_for_a_passed_canary(net: &LocalNetwork, deadline: tokio::time::Instant) {
-    while net.dispatcher().stats().canaries_passed == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no honest canary passed: {:?}",
-            net.dispatcher().stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Three honest nodes and a cheater perturbing `per_mille` of its answers; every node holds
-/// a replica. Returns when the cheater is excluded.
+/// a replica. See [`scenarios::canaries_catch`].
 async fn canaries_catch(per_mille: u32) {
     let dir = tempfile::tempdir().unwrap();
     let start = now_s();
-    let mut cfg = config(dir.path());
-    cfg.round_epoch_s = start;
-    // The test closes round 0 itself.
-    cfg.round_close_delay_s = 1_000_000;
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
-    cfg.canary.interval_ms = 100;
-    let mut net = network(cfg, dir.path()).await;
-
-    // The cheater holds CRAT from earlier rounds, so slashing shows in the outcome.
-    let key = SigningKey::from_bytes(&rand::random());
-    let cheater = NodeId::from_key(&key.verifying_key());
-    let ledger = net.dispatcher().ledger().clone();
-    ledger
-        .upsert_node(&NodeRecord {
-            id: cheater,
-            rating: 5,
-            registered_at_s: start,
-            mining_income_usd_micro_per_day: MicroUsd::ZERO,
-            crat_micro: MicroCrat::new(CHEATER_CRAT),
-            streak: 0,
-            uptime_total_s: 0,
-        })
-        .unwrap();
-    let spec = NodeSpec {
-        gpu: Some("NVIDIA GeForce RTX 3090".into()),
-        backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
-        batch_size: 1,
-    };
-    net.add_node_keyed(spec, key, |_| {}).unwrap();
-    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
-    let honest: Vec<NodeId> = net.nodes[..3].iter().map(|n| n.id()).collect();
-
-    let (client, _) = client_with(&net, 1_000_000).await;
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    let d = client.deploy(model, per_request(100_000)).await.unwrap();
-    d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // Canaries run on their own; wait for the exclusion.
-    let started = std::time::Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while net.dispatcher().excluded_until(&cheater).is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "cheater not excluded: {:?}",
-            net.dispatcher().stats()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "canaries, cheater perturbing {per_mille}/1000: excluded after {:?}; {:?}",
-        started.elapsed(),
-        net.dispatcher().stats()
-    );
-    // The cheater can be excluded before any honest replica's canary has come back: wait
-    // for one to pass too.
-    wait_for_a_passed_canary(&net, deadline).await;
-    let stats = net.dispatcher().stats();
-    assert!(stats.canaries_failed >= 2, "{stats:?}");
-    assert!(stats.canaries_passed > 0, "{stats:?}");
-    assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // The ledger: failures for the cheater only; a correct canary answer is not a
-    // validation of anyone else's work, so nobody has validations_ok from canaries.
-    let (ok, failed) = ledger.validations(&cheater, start, u64::MAX).unwrap();
-    assert_eq!(ok, 0);
-    assert!(failed >= 2, "{failed}");
-    for h in &honest {
-        assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0));
-    }
-
-    // Clients are served by the honest replicas from now on: every answer is right.
-    let local = backend().load(TINY).unwrap();
-    for i in 0..40 {
-        let out = d
-            .infer(vec![NamedTensor::new("input", input(i))])
-            .await
-            .unwrap();
-        let want = vec![NamedTensor::new(
-            "output",
-            local.run(&[input(i)]).unwrap().remove(0),
-        )];
-        let got = vec![NamedTensor::new("output", out[0].tensor.clone())];
-        agree(&got, &want, &Tolerance::default()).unwrap();
-    }
-    // It gets no new deployment either: four replicas wanted, three other nodes, so the
-    // deployment is created short (served by the three, the reason given), none on it.
-    let d2 = client.deploy(model, per_request(1_000)).await.unwrap();
-    let info = d2.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert!(
-        info.shortfall
-            .as_deref()
-            .is_some_and(|s| s.starts_with("3 of 4")),
-        "{info:?}"
-    );
-    assert!(!net.dispatcher().ready_replicas(&d2.id()).contains(&cheater));
-
-    // Round 0 closes through crat-rewards: the cheater is slashed and not eligible for a
-    // bonus; honest nodes are not.
-    let closed = net.dispatcher().close_round(0).await.unwrap();
-    let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
-    let c = closed
-        .outcome
-        .nodes
-        .iter()
-        .find(|n| n.id == cheater)
-        .unwrap();
-    assert!(!c.eligible);
-    assert!(c.rank.is_none());
-    // ECONOMICS rule 12: half of the balance per failed validation.
-    let mut left = CHEATER_CRAT;
-    for _ in 0..failed_in_round {
-        left = left * 5_000 / 10_000;
-    }
-    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
-    // A round is closed over the nodes active in it: an honest node whose compute
-    // challenge ran late on a loaded machine (suspended, no uptime) is left out, as it
-    // would have earned and lost nothing.
-    for h in &honest {
-        match closed.outcome.nodes.iter().find(|n| n.id == *h) {
-            Some(o) => assert_eq!(o.crat_slashed_micro.get(), 0),
-            None => assert_eq!(ledger.validations(h, start, u64::MAX).unwrap(), (0, 0)),
-        }
-    }
+    let mut net = network(scenarios::canary_config(dir.path(), start), dir.path()).await;
+    scenarios::canaries_catch(&mut net, start, per_mille).await;
     net.shutdown();
 }
 
@@ -196,145 +54,14 @@ async fn canaries_catch_a_node_perturbing_one_answer_in_ten() {
 }
 
 /// Four nodes on four address blocks, the last a cheater with CRAT; every task is
-/// spot-checked and canaries are off, so only the clients' reports catch it.
+/// spot-checked and canaries are off, so only the clients' reports catch it. See
+/// [`scenarios::spot_checks_catch`].
 async fn spot_checks_catch(per_mille: u32) {
     let dir = tempfile::tempdir().unwrap();
     let start = now_s();
-    let mut cfg = config(dir.path());
-    cfg.round_epoch_s = start;
-    cfg.round_close_delay_s = 1_000_000;
-    cfg.dispatch.replicas = 4;
-    cfg.dispatch.caught_max = 1;
-    cfg.canary.interval_ms = 0;
-    cfg.validation_bps = crat_core::bps::Bps(10_000);
+    let cfg = scenarios::spot_check_config(dir.path(), start);
     let mut net = LocalNetwork::start(cfg, dir.path(), vec![]).await.unwrap();
-    let ledger = net.dispatcher().ledger().clone();
-    let gpus = [
-        "NVIDIA GeForce RTX 3090",
-        "NVIDIA GeForce RTX 3080",
-        "NVIDIA GeForce RTX 3080",
-    ];
-    for (i, gpu) in gpus.iter().enumerate() {
-        let spec = NodeSpec {
-            gpu: Some((*gpu).into()),
-            backend: backend(),
-            batch_size: 4,
-        };
-        let key = SigningKey::from_bytes(&rand::random());
-        net.add_node_on(spec, key, [127, 0, i as u8 + 1, 1].into(), |_| {})
-            .unwrap();
-    }
-    let key = SigningKey::from_bytes(&rand::random());
-    let cheater = NodeId::from_key(&key.verifying_key());
-    ledger
-        .upsert_node(&NodeRecord {
-            id: cheater,
-            rating: 5,
-            registered_at_s: start,
-            mining_income_usd_micro_per_day: MicroUsd::ZERO,
-            crat_micro: MicroCrat::new(CHEATER_CRAT),
-            streak: 0,
-            uptime_total_s: 0,
-        })
-        .unwrap();
-    let spec = NodeSpec {
-        gpu: Some("NVIDIA GeForce RTX 3090".into()),
-        backend: Arc::new(PerturbedBackend::new(backend(), per_mille)),
-        batch_size: 1,
-    };
-    net.add_node_on(spec, key, [127, 0, 4, 1].into(), |_| {})
-        .unwrap();
-    net.wait_online(4, Duration::from_secs(30)).await.unwrap();
-    let honest: Vec<NodeId> = net.nodes[..3].iter().map(|n| n.id()).collect();
-
-    let (client, _) = client_with(&net, 1_000_000).await;
-    let model = client.upload_model(TINY, |_| {}).await.unwrap();
-    let d = client.deploy(model, per_request(100_000)).await.unwrap();
-    d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // Tasks until the cheater is excluded (and a few after); every answer the client gets
-    // is the honest one.
-    let local = backend().load(TINY).unwrap();
-    let mut done = 0u32;
-    let mut after = 0u32;
-    while after < 40 {
-        assert!(
-            done < 3_000,
-            "not excluded after {done} tasks: {:?}",
-            net.dispatcher().stats()
-        );
-        let batch: Vec<_> = d
-            .infer_many(
-                futures_util::stream::iter(done..done + 20)
-                    .map(|i| vec![NamedTensor::new("input", input(i % 50))]),
-                4,
-            )
-            .collect()
-            .await;
-        for (k, r) in batch.into_iter().enumerate() {
-            let i = done + k as u32;
-            let out = r.unwrap();
-            let want = vec![NamedTensor::new(
-                "output",
-                local.run(&[input(i % 50)]).unwrap().remove(0),
-            )];
-            let got = vec![NamedTensor::new("output", out[0].tensor.clone())];
-            agree(&got, &want, &Tolerance::default())
-                .unwrap_or_else(|e| panic!("task {i}: the client got a wrong answer: {e}"));
-        }
-        done += 20;
-        if net.dispatcher().excluded_until(&cheater).is_some() {
-            if after == 0 {
-                eprintln!(
-                    "spot checks, cheater perturbing {per_mille}/1000: excluded within {done} tasks; {:?}",
-                    d.stats()
-                );
-            }
-            after += 20;
-        }
-    }
-    let sdk = d.stats();
-    assert!(sdk.validations > 0 && sdk.disagreements >= 2, "{sdk:?}");
-    assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
-
-    // Reports are sent in the background; wait for the last ones.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = net.dispatcher().stats();
-    assert!(stats.validations_failed >= 2, "{stats:?}");
-    assert!(stats.validations_ok > 0, "{stats:?}");
-    let (_, failed) = ledger.validations(&cheater, start, u64::MAX).unwrap();
-    assert!(failed >= 2, "{failed}");
-    let mut honest_ok = 0;
-    for h in &honest {
-        let (ok, failed) = ledger.validations(h, start, u64::MAX).unwrap();
-        assert_eq!(failed, 0, "an honest node was blamed");
-        honest_ok += ok;
-    }
-    assert!(honest_ok > 0);
-
-    let closed = net.dispatcher().close_round(0).await.unwrap();
-    let c = closed
-        .outcome
-        .nodes
-        .iter()
-        .find(|n| n.id == cheater)
-        .unwrap();
-    assert!(!c.eligible);
-    let failed_in_round = ledger.validations(&cheater, start, u64::MAX).unwrap().1;
-    let mut left = CHEATER_CRAT;
-    for _ in 0..failed_in_round {
-        left = left * 5_000 / 10_000;
-    }
-    assert_eq!(c.crat_slashed_micro.get(), CHEATER_CRAT - left);
-    // Honest validators earn validation CRAT (ECONOMICS rule 11).
-    let params = crat_rewards::Params::default();
-    for h in &honest {
-        let (ok, _) = ledger.validations(h, start, u64::MAX).unwrap();
-        let o = closed.outcome.nodes.iter().find(|n| n.id == *h).unwrap();
-        assert_eq!(o.crat_slashed_micro.get(), 0);
-        assert!(o.crat_issued_micro.get() >= params.validation_unit_crat_micro.get() * ok);
-    }
+    scenarios::spot_checks_catch(&mut net, start, per_mille).await;
     net.shutdown();
 }
 
@@ -617,7 +344,11 @@ async fn a_random_uniform_model_fails_no_honest_node() {
             .unwrap();
     }
     assert!(t.stats().validations > 0, "{:?}", t.stats());
-    wait_for_a_passed_canary(&net, tokio::time::Instant::now() + Duration::from_secs(30)).await;
+    scenarios::wait_for_a_passed_canary(
+        &net,
+        tokio::time::Instant::now() + Duration::from_secs(30),
+    )
+    .await;
 
     // No honest node failed anything.
     let stats = net.dispatcher().stats();

@@ -324,6 +324,21 @@ impl IrohTransport {
         key: &SigningKey,
         config: IrohConfig,
     ) -> Result<Self, TransportError> {
+        Self::bind_all(std::slice::from_ref(&addr), key, config).await
+    }
+
+    /// [`IrohTransport::bind`] on several sockets, one per address of `addrs` (port 0 picks
+    /// one each): at most one IPv4 and one IPv6 address, as iroh routes each address family
+    /// through one socket. E.g. `127.0.0.1:0` and `[::1]:0`: an endpoint reachable directly
+    /// from peers bound on either loopback only, as a dispatcher must be when its nodes and
+    /// clients cannot reach each other (crat-testnet's relayed-only networks). The endpoint
+    /// answers on the socket a packet came in on. Empty `addrs`, or two of one family, is a
+    /// [`SetupError`].
+    pub async fn bind_all(
+        addrs: &[SocketAddr],
+        key: &SigningKey,
+        config: IrohConfig,
+    ) -> Result<Self, TransportError> {
         let setup = |what: &'static str, e: &dyn std::fmt::Display| SetupError::Iroh {
             what,
             reason: e.to_string(),
@@ -338,17 +353,21 @@ impl IrohTransport {
         for external in &config.external_addrs {
             builder = builder.external_addr(*external);
         }
-        let endpoint = builder
+        if addrs.is_empty() {
+            return Err(setup("bind address", &"no address to bind").into());
+        }
+        builder = builder
             .secret_key(secret)
             .alpns(vec![ALPN.to_vec()])
             .relay_mode(config.relay_mode())
             .transport_config(config.transport()?)
-            .clear_ip_transports()
-            .bind_addr(addr)
-            .map_err(|e| setup("bind address", &e))?
-            .bind()
-            .await
-            .map_err(|e| setup("bind", &e))?;
+            .clear_ip_transports();
+        for addr in addrs {
+            builder = builder
+                .bind_addr(*addr)
+                .map_err(|e| setup("bind address", &e))?;
+        }
+        let endpoint = builder.bind().await.map_err(|e| setup("bind", &e))?;
         let id = NodeId::from_key(&key.verifying_key());
         // The identity model holds: iroh's endpoint id is the node's ed25519 public key.
         debug_assert_eq!(endpoint.id().as_bytes(), id.as_bytes());

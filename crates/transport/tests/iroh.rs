@@ -218,6 +218,51 @@ async fn wrong_identity_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// An endpoint bound on both loopbacks (`bind_all`) is reached directly by a peer bound on IPv4
+/// loopback only and by one on IPv6 loopback only; the same family twice, or no address, is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_on_both_loopbacks_serves_either_family() {
+    // Fails rather than skips where there is no IPv6 loopback: the test needs it.
+    let v6 = std::net::UdpSocket::bind("[::1]:0").unwrap_or_else(|e| {
+        panic!("this test needs IPv6 loopback (::1), to bind a socket of each family: {e}")
+    });
+    drop(v6);
+    let both: [SocketAddr; 2] = [loopback(), "[::1]:0".parse().unwrap()];
+    let server = IrohTransport::bind_all(&both, &key(1), IrohConfig::default())
+        .await
+        .unwrap();
+    let sockets = server.socket_addrs();
+    assert_eq!(sockets.len(), 2, "one socket per family: {sockets:?}");
+    assert!(sockets.iter().any(SocketAddr::is_ipv4) && sockets.iter().any(SocketAddr::is_ipv6));
+    // Every socket in one address: each dialler uses the one of its family.
+    let addr: PeerAddr = sockets
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .parse()
+        .unwrap();
+    let _server = spawn_echo_server(server);
+    for (seed, at) in [(2, loopback()), (3, "[::1]:0".parse().unwrap())] {
+        let client = iroh_at(seed, at, IrohConfig::default()).await;
+        let conn = client.connect(&addr, &id(1)).await.unwrap();
+        ping(&conn).await;
+        assert_eq!(conn.path_kind(), PathKind::Direct, "from {at}");
+        let remote: SocketAddr = conn.remote_addr().as_str().parse().unwrap();
+        assert_eq!(remote.is_ipv4(), at.is_ipv4(), "from {at}: {remote}");
+    }
+
+    let two_v4: [SocketAddr; 2] = [loopback(), "127.0.0.2:0".parse().unwrap()];
+    for bad in [&two_v4[..], &[]] {
+        let err = IrohTransport::bind_all(bad, &key(4), IrohConfig::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} bound"));
+        assert!(matches!(err, TransportError::Setup(_)), "{bad:?}: {err}");
+    }
+}
+
 #[cfg(feature = "iroh-relay")]
 mod relay {
     use crat_transport::iroh::Relay;

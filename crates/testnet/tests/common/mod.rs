@@ -1,6 +1,9 @@
 //! Helpers shared by the dispatcher's integration tests: a loopback network of a real
-//! dispatcher and tract nodes, SDK clients, raw calls for requests the SDK never sends.
+//! dispatcher and tract nodes, SDK clients, raw calls for requests the SDK never sends, and
+//! ([`scenarios`]) end-to-end scenarios run on QUIC and on iroh.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+pub mod scenarios;
 
 use std::sync::Arc;
 
@@ -18,8 +21,9 @@ use crat_core::wire::{
 use crat_dispatcher::DispatcherConfig;
 use crat_dispatcher::admin;
 use crat_dispatcher::ledger::AccountName;
-use crat_sdk::Client;
-use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
+use crat_sdk::{Client, ClientConfig};
+use crat_testnet::{LocalNetwork, LocalTransport, NodeSpec, loopback_quic};
+use crat_transport::iroh::IrohTransport;
 use crat_transport::quic::{QuicConnection, QuicTransport};
 use crat_transport::{ConnectionExt, Conversation, FrameLimits, Transport};
 use ed25519_dalek::SigningKey;
@@ -45,18 +49,28 @@ pub fn config(dir: &std::path::Path) -> DispatcherConfig {
     c
 }
 
-pub async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNetwork {
-    // RUST_LOG=crat_dispatcher=info shows what the dispatcher does.
+/// The GPUs the nodes of [`network`] declare, one node each.
+pub const NETWORK_GPUS: [&str; 3] = [
+    "NVIDIA GeForce RTX 3090",
+    "NVIDIA GeForce RTX 3080",
+    "NVIDIA GeForce GTX 1660 Ti",
+];
+
+/// Logs to the test's output as `RUST_LOG` says (`RUST_LOG=crat_dispatcher=info` shows what
+/// the dispatcher does).
+pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let specs = specs(&[
-        "NVIDIA GeForce RTX 3090",
-        "NVIDIA GeForce RTX 3080",
-        "NVIDIA GeForce GTX 1660 Ti",
-    ]);
-    LocalNetwork::start(config, dir, specs).await.unwrap()
+}
+
+/// A QUIC network of three tract nodes ([`NETWORK_GPUS`]).
+pub async fn network(config: DispatcherConfig, dir: &std::path::Path) -> LocalNetwork {
+    init_tracing();
+    LocalNetwork::start(config, dir, specs(&NETWORK_GPUS))
+        .await
+        .unwrap()
 }
 
 /// One tract node (batches of 4) per declared GPU.
@@ -70,15 +84,56 @@ pub fn specs(gpus: &[&str]) -> Vec<NodeSpec> {
         .collect()
 }
 
-pub async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
+/// A new SDK key of account `alice` at `net`'s dispatcher, `credits` granted to the account.
+pub fn funded_key<T: LocalTransport>(net: &LocalNetwork<T>, credits: u64) -> SdkKey {
     let ledger = net.dispatcher().ledger().clone();
     let account = AccountName::new("alice").unwrap();
     admin::grant(&*ledger, &account, Credits::new(credits), now_s()).unwrap();
-    let key = admin::create_key(&*ledger, &account, now_s(), None).unwrap();
+    admin::create_key(&*ledger, &account, now_s(), None).unwrap()
+}
+
+/// An SDK client of `net` ([`crat_sdk::connect`]: default settings) with a [`funded_key`].
+pub async fn client_with(net: &LocalNetwork, credits: u64) -> (Client<QuicTransport>, SdkKey) {
+    let key = funded_key(net, credits);
     let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
         .await
         .unwrap();
     (client, key)
+}
+
+/// How the [`scenarios`] get an SDK client of a network on transport `Self`.
+#[allow(async_fn_in_trait)] // test support: nothing spawns these futures
+pub trait Sdk: LocalTransport {
+    /// A client with a [`funded_key`] granted `credits`.
+    async fn client(net: &LocalNetwork<Self>, credits: u64) -> (Client<Self>, SdkKey);
+}
+
+impl Sdk for QuicTransport {
+    /// [`client_with`].
+    async fn client(net: &LocalNetwork, credits: u64) -> (Client<Self>, SdkKey) {
+        client_with(net, credits).await
+    }
+}
+
+impl Sdk for IrohTransport {
+    /// An endpoint where the network's clients are (`LocalNetwork::bind_client`: with the
+    /// relay, on IPv6 loopback in a relayed-only network), default client settings.
+    async fn client(net: &LocalNetwork<Self>, credits: u64) -> (Client<Self>, SdkKey) {
+        let key = funded_key(net, credits);
+        let identity = SigningKey::from_bytes(&rand::random());
+        let transport = net.bind_client(&identity).await.unwrap();
+        let client = Client::connect_with(
+            transport,
+            identity,
+            net.dispatcher_peer_addr(),
+            net.dispatcher().id(),
+            key.clone(),
+            ClientConfig::default(),
+        )
+        .await
+        .unwrap();
+        (client, key)
+    }
 }
 
 pub fn input(seed: u32) -> Tensor {
@@ -110,16 +165,19 @@ pub fn per_instance() -> DeployPlan {
     })
 }
 
-/// Raw client → dispatcher call, for requests the SDK never sends.
-pub async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> DispatcherResponse {
-    let t = QuicTransport::bind(
-        "127.0.0.1:0".parse().unwrap(),
-        &SigningKey::from_bytes(&rand::random()),
-        loopback_quic(),
-    )
-    .unwrap();
+/// Raw client → dispatcher call, for requests the SDK never sends, from a new endpoint where
+/// `net`'s clients are.
+pub async fn raw_call<T: LocalTransport>(
+    net: &LocalNetwork<T>,
+    key: &SdkKey,
+    call: ClientCall,
+) -> DispatcherResponse {
+    let t = net
+        .bind_client(&SigningKey::from_bytes(&rand::random()))
+        .await
+        .unwrap();
     let conn = t
-        .connect(&PeerAddr::from(net.dispatcher_addr), &net.dispatcher().id())
+        .connect(&net.dispatcher_peer_addr(), &net.dispatcher().id())
         .await
         .unwrap();
     conn.call(
@@ -136,8 +194,8 @@ pub async fn raw_call(net: &LocalNetwork, key: &SdkKey, call: ClientCall) -> Dis
 
 /// Waits (10 s at most) until `count` usage records of `deployment` reached the ledger, and
 /// 300 ms more for any that should not come; returns the totals then.
-pub async fn settled_usage(
-    net: &LocalNetwork,
+pub async fn settled_usage<T: LocalTransport>(
+    net: &LocalNetwork<T>,
     deployment: &crat_core::id::DeploymentId,
     count: u64,
 ) -> (u64, Credits) {
