@@ -207,7 +207,7 @@ impl Findings {
                 "url": url.to_string(),
                 "rtt_ms": rtt.as_secs_f64() * 1e3,
             })).collect::<Vec<_>>()),
-            "relay_connect_ms": self.relay_wait.map(|d| d.as_secs_f64() * 1e3),
+            "report_ms": self.relay_wait.map(|d| d.as_secs_f64() * 1e3),
             "advice": self.advice(),
         })
     }
@@ -291,13 +291,6 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
                 Some(listen),
             ),
         };
-        let relay_wait = match &transport {
-            AnyTransport::Iroh(t) if choice.has_relays() => t
-                .online(Duration::from_secs(10))
-                .await
-                .then(|| started.elapsed()),
-            _ => None,
-        };
         let reach = crat_node::standing::ask_reach(
             &transport,
             &PeerAddr::from(dispatcher),
@@ -305,12 +298,15 @@ pub(crate) fn run(args: DoctorArgs) -> anyhow::Result<()> {
             crat_transport::FrameLimits::default(),
         )
         .await;
+        // The relays' address discovery and round trips (they answer any endpoint; relaying
+        // itself is for members only).
         let nat_report = match &transport {
             AnyTransport::Iroh(t) if choice.has_relays() => {
-                t.nat_report(Duration::from_secs(5)).await
+                t.nat_report(Duration::from_secs(10)).await
             }
             _ => None,
         };
+        let relay_wait = nat_report.as_ref().map(|_| started.elapsed());
         let local = transport.local_addr();
         transport.shutdown().await;
         anyhow::Ok(Findings {

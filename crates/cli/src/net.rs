@@ -261,7 +261,7 @@ impl IdleSection {
 pub(crate) struct ClientSection {
     pub(crate) dispatcher: Option<SocketAddr>,
     pub(crate) dispatcher_id: Option<String>,
-    key: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 /// Client identities the dispatcher's canaries go out from (each its own endpoint).
@@ -654,7 +654,8 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
             }
         }
         let external: Vec<SocketAddr> = advertise_asked.into_iter().collect();
-        let transport = choice.bind(listen, &key, &external, true).await?;
+        // The relays admit the node once the dispatcher knows it (after it registers).
+        let transport = choice.bind(listen, &key, &external, false).await?;
         // On iroh the node's address is what its endpoint found: its relay, its local and
         // public addresses (the dispatcher adds the one it sees).
         let advertise = match choice.kind() {
@@ -771,8 +772,9 @@ fn node_status(args: NodeStatusArgs) -> anyhow::Result<()> {
         // An endpoint of its own (the node may be running with its key), asking with a query
         // signed by the node's key.
         let identity = SigningKey::from_bytes(&rand::random());
+        // It needs no relay: the dispatcher is reached directly.
         let transport = choice
-            .bind(crat_sdk::client_bind_addr(dispatcher), &identity, &[], true)
+            .bind_public(crat_sdk::client_bind_addr(dispatcher), &identity)
             .await?;
         let standing = crat_node::standing::ask_standing_signed(
             &transport,
@@ -1188,9 +1190,22 @@ impl ClientArgs {
             .context("--key")?;
         let identity = SigningKey::from_bytes(&rand::random());
         let transport = choice
-            .bind(crat_sdk::client_bind_addr(addr), &identity, &[], true)
+            .bind(crat_sdk::client_bind_addr(addr), &identity, &[], false)
             .await?;
-        Ok(crat_sdk::Client::connect(transport, identity, addr.into(), id, key).await?)
+        let client = crat_sdk::Client::connect(transport, identity, addr.into(), id, key).await?;
+        if let AnyTransport::Iroh(t) = client.transport()
+            && choice.has_relays()
+        {
+            // A call with a valid key makes this endpoint a member the relays admit; then
+            // wait (10 s at most) until it is on its relay, where nodes behind NATs reach it.
+            client.key_status().await?;
+            if !t.online(Duration::from_secs(10)).await {
+                eprintln!(
+                    "warning: no relay reached within 10 s; nodes behind NATs may be unreachable"
+                );
+            }
+        }
+        Ok(client)
     }
 }
 

@@ -3,9 +3,17 @@
 //! encrypted QUIC packets while they have no direct path, signals their hole punching, and
 //! tells each its public address (QUIC address discovery, QAD, on a UDP port). It never sees
 //! tensors in the clear, and the dispatcher never carries them (DESIGN.md, principle 4).
+//!
+//! It serves only the network's members: when an endpoint connects, the relay asks the
+//! dispatcher (`--dispatcher`, `--dispatcher-id`, with an SDK key of its own, `--key`)
+//! whether it is a node the dispatcher knows, a client that used a valid key within the last
+//! hour, or one of the dispatcher's canary endpoints; answers are remembered for 5 minutes
+//! (refusals for 10 s), at most 100,000. `--open` serves everyone instead (closed networks
+//! and tests). Each client may send at most `--client-bytes-per-s` through it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
@@ -37,6 +45,25 @@ pub(crate) struct RelayArgs {
     /// its key (`relay.key`), made on first start. Default ./crat-relay.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The dispatcher that says who may use this relay. Default: `[client] dispatcher`.
+    #[arg(long)]
+    dispatcher: Option<SocketAddr>,
+    /// The dispatcher's id. Default: `[client] dispatcher_id`.
+    #[arg(long)]
+    dispatcher_id: Option<String>,
+    /// The relay's SDK key, to ask the dispatcher with (or set CRAT_KEY). Default: `[client]
+    /// key`.
+    #[arg(long, env = "CRAT_KEY", hide_env_values = true)]
+    key: Option<String>,
+    /// Serve every endpoint, asking nobody (closed networks, tests).
+    #[arg(long)]
+    open: bool,
+    /// Bytes per second one client may send through the relay. Default: `[relay]
+    /// client_bytes_per_s`, else 16 MiB/s.
+    #[arg(long)]
+    client_bytes_per_s: Option<u32>,
+    #[command(flatten)]
+    net: crate::transport::TransportArgs,
 }
 
 /// The `[relay]` table: the flags of `crat relay`.
@@ -47,10 +74,128 @@ pub(crate) struct RelaySection {
     pub(crate) qad_port: Option<u16>,
     pub(crate) names: Option<Vec<String>>,
     pub(crate) data_dir: Option<PathBuf>,
+    /// Serve every endpoint, asking nobody. Default false.
+    pub(crate) open: Option<bool>,
+    /// Bytes per second one client may send through the relay. Default 16 MiB/s.
+    pub(crate) client_bytes_per_s: Option<u32>,
+}
+
+/// Bytes per second one client may send through the relay by default.
+pub(crate) const CLIENT_BYTES_PER_S_DEFAULT: u32 = 16 << 20;
+
+/// How long the relay remembers that an endpoint may use it, and that it may not.
+const ADMITTED_MS: u64 = 300_000;
+const REFUSED_MS: u64 = 10_000;
+
+/// Endpoints whose answer is remembered, at most.
+const ANSWERS_MAX: usize = 100_000;
+
+/// Questions to the dispatcher in flight at once; more connecting endpoints are refused
+/// until one is answered.
+const QUESTIONS_MAX: usize = 64;
+
+/// Admits the endpoints the dispatcher says are members ([`ClientCall::RelayAccess`]).
+///
+/// [`ClientCall::RelayAccess`]: crat_core::wire::ClientCall::RelayAccess
+struct DispatcherGate {
+    client: crat_sdk::Client<crat_transport::any::AnyTransport>,
+    answers: std::sync::Mutex<crat_core::expiring::ExpiringMap<crat_core::id::NodeId, bool>>,
+    questions: tokio::sync::Semaphore,
+    started: std::time::Instant,
+}
+
+impl DispatcherGate {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn ask(&self, endpoint: crat_core::id::NodeId) -> Result<(), String> {
+        let now = self.now_ms();
+        {
+            let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+            answers.forget_expired(now);
+            if let Some(allowed) = answers.get(&endpoint) {
+                return if *allowed {
+                    Ok(())
+                } else {
+                    Err("not a member of this network".into())
+                };
+            }
+        }
+        let Ok(_permit) = self.questions.try_acquire() else {
+            return Err("the relay is busy; retry".into());
+        };
+        let asked = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.client.relay_access(endpoint),
+        )
+        .await;
+        let allowed = match asked {
+            Ok(Ok(allowed)) => allowed,
+            Ok(Err(e)) => return Err(format!("the dispatcher did not answer: {e}")),
+            Err(_) => return Err("the dispatcher did not answer in time".into()),
+        };
+        let ttl = if allowed { ADMITTED_MS } else { REFUSED_MS };
+        let now = self.now_ms();
+        let _ = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                endpoint,
+                allowed,
+                now.saturating_add(ttl),
+                now,
+                crat_core::expiring::WhenFull::ForgetSoonest,
+            );
+        if allowed {
+            Ok(())
+        } else {
+            Err("not a member of this network".into())
+        }
+    }
+}
+
+impl crat_transport::iroh::RelayGate for DispatcherGate {
+    fn admit(
+        &self,
+        endpoint: crat_core::id::NodeId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(self.ask(endpoint))
+    }
 }
 
 pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
-    let file = crate::net::load_config(args.config.as_deref())?.relay;
+    let mut all = crate::net::load_config(args.config.as_deref())?;
+    let choice =
+        crate::transport::TransportChoice::resolve(args.net, std::mem::take(&mut all.network))?;
+    let open = args.open || all.relay.open.unwrap_or(false);
+    let client_bytes_per_s = std::num::NonZeroU32::new(
+        args.client_bytes_per_s
+            .or(all.relay.client_bytes_per_s)
+            .unwrap_or(CLIENT_BYTES_PER_S_DEFAULT),
+    );
+    let asker = if open {
+        None
+    } else {
+        let dispatcher = args.dispatcher.or(all.client.dispatcher).context(
+            "--dispatcher is required (the dispatcher that says who may use this relay), or --open",
+        )?;
+        let id: crat_core::id::NodeId = args
+            .dispatcher_id
+            .or(all.client.dispatcher_id.clone())
+            .context("--dispatcher-id is required, or --open")?
+            .parse()
+            .context("--dispatcher-id")?;
+        let key: crat_core::id::SdkKey = args
+            .key
+            .or(all.client.key.clone())
+            .context("--key (or CRAT_KEY) is required, or --open")?
+            .parse()
+            .context("--key")?;
+        Some((dispatcher, id, key))
+    };
+    let file = all.relay;
     let listen = args
         .listen
         .or(file.listen)
@@ -77,11 +222,47 @@ pub(crate) fn run(args: RelayArgs) -> anyhow::Result<()> {
     }
     let (cert, key) = load_or_create_cert(&data_dir, &names)?;
     crate::net::runtime()?.block_on(async move {
+        let gate = match asker {
+            Some((dispatcher, id, sdk_key)) => {
+                // Its own endpoint to the dispatcher, direct (never through itself).
+                let identity = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+                let transport = choice
+                    .bind_public(crat_sdk::client_bind_addr(dispatcher), &identity)
+                    .await?;
+                let client =
+                    crat_sdk::Client::connect(transport, identity, dispatcher.into(), id, sdk_key)
+                        .await
+                        .context("connecting to the dispatcher")?;
+                // The key must work before anyone is turned away for it.
+                client
+                    .key_status()
+                    .await
+                    .context("checking the relay's key")?;
+                println!("members only: asking dispatcher {id} at {dispatcher}");
+                Some(Arc::new(DispatcherGate {
+                    client,
+                    answers: std::sync::Mutex::new(crat_core::expiring::ExpiringMap::new(
+                        ANSWERS_MAX,
+                    )),
+                    questions: tokio::sync::Semaphore::new(QUESTIONS_MAX),
+                    started: std::time::Instant::now(),
+                })
+                    as Arc<dyn crat_transport::iroh::RelayGate>)
+            }
+            None => {
+                println!("open: serving every endpoint");
+                None
+            }
+        };
         let relay = Relay::spawn_http_with_qad_cert(
             listen,
             SocketAddr::new(listen.ip(), qad_port),
             cert,
             key,
+            crat_transport::iroh::RelayOptions {
+                gate,
+                client_bytes_per_s,
+            },
         )
         .await?;
         let port = relay.http_addr().map_or(listen.port(), |a| a.port());

@@ -71,7 +71,8 @@ impl Proc {
                     .open(log)
                     .unwrap();
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = writeln!(file, "{line}");
+                    // One write per line: lines of stdout and stderr never interleave.
+                    let _ = file.write_all(format!("{line}\n").as_bytes());
                     let _ = tx.send(line);
                 }
             }));
@@ -159,27 +160,6 @@ impl Network {
         std::fs::create_dir_all(&logs).unwrap();
         let path = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
 
-        let relay_dir = path("relay");
-        let mut relay = Proc::spawn(
-            &lab,
-            &relay_host.ns,
-            "relay",
-            &[
-                "relay",
-                "--listen",
-                &format!("{}:3340", relay_host.ip),
-                "--data-dir",
-                &relay_dir,
-            ],
-            &logs,
-        );
-        let line = relay.wait_for("relay on ", Duration::from_secs(30));
-        let relay_url = line
-            .split_whitespace()
-            .nth(2)
-            .expect("relay on URL")
-            .to_owned();
-
         let data = path("dispatcher");
         let config = dir.path().join("dispatcher.toml");
         std::fs::write(
@@ -229,6 +209,36 @@ impl Network {
         );
         let line = dispatcher_proc.wait_for("listening on", Duration::from_secs(60));
         let dispatcher_id = line.split_whitespace().nth(1).unwrap().to_owned();
+        // The relay serves members only: it asks the dispatcher, with an SDK key.
+        let relay_dir = path("relay");
+        let mut relay = Proc::spawn(
+            &lab,
+            &relay_host.ns,
+            "relay",
+            &[
+                "relay",
+                "--listen",
+                &format!("{}:3340", relay_host.ip),
+                "--data-dir",
+                &relay_dir,
+                "--dispatcher",
+                &dispatcher,
+                "--dispatcher-id",
+                &dispatcher_id,
+                "--key",
+                &key,
+                "--transport",
+                "iroh",
+            ],
+            &logs,
+        );
+        relay.wait_for("members only", Duration::from_secs(30));
+        let line = relay.wait_for("relay on ", Duration::from_secs(30));
+        let relay_url = line
+            .split_whitespace()
+            .nth(2)
+            .expect("relay on URL")
+            .to_owned();
         Self {
             lab,
             relay_ca: format!("{relay_dir}/relay.pem"),

@@ -698,6 +698,7 @@ pub fn client_request() -> impl Strategy<Value = ClientRequest> {
         deployment_id().prop_map(|deployment| ClientCall::Lease { deployment }),
         Just(ClientCall::Balance),
         Just(ClientCall::KeyStatus),
+        node_id().prop_map(|endpoint| ClientCall::RelayAccess { endpoint }),
         (vec(signed_receipt(), 0..4), vec(node_id(), 0..4)).prop_map(|(receipts, majority)| {
             ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
         }),
@@ -838,6 +839,7 @@ pub fn dispatcher_response() -> impl Strategy<Value = DispatcherResponse> {
         info.prop_map(DispatcherResponse::Deployment),
         lease.prop_map(DispatcherResponse::Lease),
         credits().prop_map(DispatcherResponse::Balance),
+        any::<bool>().prop_map(|allowed| DispatcherResponse::RelayAccess { allowed }),
         key.prop_map(DispatcherResponse::Key),
         Just(DispatcherResponse::Ok),
         wire_error().prop_map(DispatcherResponse::Error),

@@ -1150,6 +1150,14 @@ pub enum ClientCall {
     Balance,
     /// Status of the calling key.
     KeyStatus,
+    /// May `endpoint` use the network's relays? Asked by a relay (`crat relay`, with an SDK
+    /// key of its own) when an endpoint connects to it: answered
+    /// [`DispatcherResponse::RelayAccess`], yes for nodes the dispatcher knows, clients that
+    /// used a valid key within the last hour, and the dispatcher's own canary endpoints.
+    RelayAccess {
+        /// The endpoint (its transport identity).
+        endpoint: NodeId,
+    },
     /// The outcome of a spot check.
     ReportValidation(Box<ValidationReport>),
     /// Acknowledgements of work received from nodes (at most [`ACKS_MAX`]), so that work a
@@ -1272,6 +1280,11 @@ pub enum DispatcherResponse {
     Balance(Credits),
     /// A key's status.
     Key(KeyInfo),
+    /// Whether an endpoint may use the relays ([`ClientCall::RelayAccess`]).
+    RelayAccess {
+        /// Yes or no.
+        allowed: bool,
+    },
     /// Done.
     Ok,
     /// Refused.

@@ -361,6 +361,15 @@ impl<T: Transport> Client<T> {
         }
     }
 
+    /// Whether `endpoint` may use the network's relays (what `crat relay` asks when an
+    /// endpoint connects to it).
+    pub async fn relay_access(&self, endpoint: NodeId) -> Result<bool, Error> {
+        match self.call(ClientCall::RelayAccess { endpoint }).await? {
+            DispatcherResponse::RelayAccess { allowed } => Ok(allowed),
+            other => Err(unexpected("RelayAccess", &other)),
+        }
+    }
+
     /// The status of the key this client uses.
     pub async fn key_status(&self) -> Result<KeyInfo, Error> {
         match self.call(ClientCall::KeyStatus).await? {

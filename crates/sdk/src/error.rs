@@ -219,6 +219,7 @@ pub(crate) fn unexpected(what: &str, got: &DispatcherResponse) -> Error {
         DispatcherResponse::Lease(_) => "Lease",
         DispatcherResponse::Balance(_) => "Balance",
         DispatcherResponse::Key(_) => "Key",
+        DispatcherResponse::RelayAccess { .. } => "RelayAccess",
         DispatcherResponse::Ok => "Ok",
         DispatcherResponse::Error(_) => "Error",
     };

@@ -86,7 +86,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 pub use ::iroh::RelayUrl;
 #[cfg(feature = "iroh-relay")]
-pub use relay::Relay;
+pub use relay::{Relay, RelayGate, RelayOptions};
 
 use crate::frame::FrameError;
 use crate::{
@@ -512,8 +512,13 @@ impl Transport for IrohTransport {
     }
 
     /// The endpoint's relay URL (once connected to it) and its direct addresses.
+    /// The relays it is configured with (where peers find it, connected yet or not), then its
+    /// direct addresses.
     fn local_addr(&self) -> PeerAddr {
         let mut addr = self.endpoint.addr();
+        for url in &self.config.relay_urls {
+            addr = addr.with_relay_url(url.clone());
+        }
         if addr.ip_addrs().next().is_none() {
             addr = addr.with_addrs(
                 self.endpoint

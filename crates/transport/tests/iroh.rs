@@ -422,4 +422,52 @@ mod relay {
         assert!(text.contains(&t.socket_addrs()[0].to_string()), "{text}");
         relay.shutdown().await.unwrap();
     }
+
+    /// Admits only the endpoints it was given.
+    struct Only(Vec<crat_core::id::NodeId>);
+
+    impl crat_transport::iroh::RelayGate for Only {
+        fn admit(
+            &self,
+            endpoint: crat_core::id::NodeId,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>
+        {
+            let admitted = self.0.contains(&endpoint);
+            Box::pin(async move {
+                if admitted {
+                    Ok(())
+                } else {
+                    Err("not a member".to_owned())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gated_relay_serves_only_whom_its_gate_admits() {
+        let (cert, key) = Relay::self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let relay = Relay::spawn_http_with_qad_cert(
+            loopback(),
+            loopback(),
+            cert,
+            key,
+            crat_transport::iroh::RelayOptions {
+                gate: Some(std::sync::Arc::new(Only(vec![id(1)]))),
+                client_bytes_per_s: std::num::NonZeroU32::new(1 << 20),
+            },
+        )
+        .await
+        .unwrap();
+        let member = iroh_at(1, loopback(), with_relay(&relay)).await;
+        let stranger = iroh_at(2, loopback(), with_relay(&relay)).await;
+        assert!(
+            member.online(Duration::from_secs(10)).await,
+            "a member is on the relay"
+        );
+        assert!(
+            !stranger.online(Duration::from_secs(3)).await,
+            "a stranger is refused"
+        );
+        relay.shutdown().await.unwrap();
+    }
 }

@@ -102,6 +102,8 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         qad_port,
         names,
         data_dir: relay_data_dir,
+        open,
+        client_bytes_per_s,
     } = relay;
     let DispatcherSection {
         listen,
@@ -199,6 +201,8 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("relay.qad_port", qad_port.is_some()),
         ("relay.names", names.is_some()),
         ("relay.data_dir", relay_data_dir.is_some()),
+        ("relay.open", open.is_some()),
+        ("relay.client_bytes_per_s", client_bytes_per_s.is_some()),
     ]);
     let (command, idle_s, demand_bps_max, stop_grace_ms) = match idle {
         Some(IdleSection {
@@ -317,6 +321,11 @@ fn example_values_are_the_defaults_it_claims() {
     let r = &file.relay;
     assert_eq!(r.listen, Some(SocketAddr::from(([0, 0, 0, 0], 3340))));
     assert_eq!(r.qad_port, Some(DEFAULT_QAD_PORT));
+    assert_eq!(r.open, Some(false));
+    assert_eq!(
+        r.client_bytes_per_s,
+        Some(crate::relay::CLIENT_BYTES_PER_S_DEFAULT)
+    );
 }
 
 #[test]

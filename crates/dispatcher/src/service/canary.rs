@@ -204,6 +204,13 @@ pub enum CanaryOutcome {
     Inconclusive,
 }
 
+impl<T: Transport> CanaryState<T> {
+    /// Whether `id` is one of the canary endpoints' identities.
+    pub(super) fn is_identity(&self, id: &NodeId) -> bool {
+        self.transports.iter().any(|t| t.local_id() == *id)
+    }
+}
+
 pub(super) struct CanaryState<T: Transport> {
     transports: Vec<T>,
     reference: Option<Arc<dyn InferenceBackend>>,

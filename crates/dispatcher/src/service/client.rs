@@ -178,6 +178,8 @@ impl<T: Transport> Dispatcher<T> {
         if rate_limited {
             self.check_rate(&key.id)?;
         }
+        // A client with a valid key may use the relays (for an hour after its last call).
+        self.remember_relay_member(client);
         let now = self.inner.clock.now_s();
         match req.call {
             ClientCall::UploadBegin { model, total_bytes } => {
@@ -279,6 +281,9 @@ impl<T: Transport> Dispatcher<T> {
             ClientCall::Acknowledge(_) => Err(Refusal::Internal(
                 "acknowledgements are taken before authentication".into(),
             )),
+            ClientCall::RelayAccess { endpoint } => Ok(DispatcherResponse::RelayAccess {
+                allowed: self.relay_member(&endpoint),
+            }),
             ClientCall::KeyStatus => Ok(DispatcherResponse::Key(KeyInfo {
                 id: key.id,
                 status: KeyStatus::Active,

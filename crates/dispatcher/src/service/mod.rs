@@ -274,6 +274,10 @@ struct Inner<T: Transport> {
     standing: Mutex<Option<Arc<standing::Estimate>>>,
     /// The probe that checks whether nodes are reachable directly.
     reach: reach::ReachState<T>,
+    /// Client endpoints that used a valid key lately: they may use the relays
+    /// ([`ClientCall::RelayAccess`](crat_core::wire::ClientCall::RelayAccess)); times in
+    /// milliseconds since `started`.
+    relay_members: Mutex<ExpiringMap<NodeId, ()>>,
 }
 
 /// A running dispatcher. Cheap to clone.
@@ -526,6 +530,7 @@ impl<T: Transport> Dispatcher<T> {
                 hardware: hardware::HardwareState::new(),
                 standing: Mutex::new(None),
                 reach: reach::ReachState::new(),
+                relay_members: Mutex::new(ExpiringMap::new(reach::RELAY_MEMBERS_MAX)),
             }),
         })
     }

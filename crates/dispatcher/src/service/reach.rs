@@ -22,6 +22,12 @@ use crat_transport::{Connection, Transport};
 
 use super::Dispatcher;
 
+/// Client endpoints remembered as relay members, at most (the soonest to expire make room).
+pub(super) const RELAY_MEMBERS_MAX: usize = 100_000;
+
+/// How long a client endpoint stays a relay member after its last call with a valid key.
+const RELAY_MEMBER_MS: u64 = 3_600_000;
+
 /// Probes running at once, at most.
 pub(super) const REACH_PROBES_MAX: usize = 16;
 
@@ -101,6 +107,41 @@ impl<T: Transport> Dispatcher<T> {
                 me.inner.dispatch.lock().set_direct(&node, direct);
             }
         });
+    }
+
+    /// Remembers that client endpoint `id` used a valid key now: a relay member for
+    /// [`RELAY_MEMBER_MS`] (an entry held keeps its expiry; once it passed, the next call adds
+    /// it again).
+    pub(super) fn remember_relay_member(&self, id: NodeId) {
+        let now_ms = self.monotonic_ms();
+        let _ = self.inner.relay_members.lock().insert(
+            id,
+            (),
+            now_ms.saturating_add(RELAY_MEMBER_MS),
+            now_ms,
+            crat_core::expiring::WhenFull::ForgetSoonest,
+        );
+    }
+
+    /// Whether `endpoint` may use the network's relays: a node the dispatcher knows (online
+    /// or not), a client endpoint that used a valid key within the last hour, or one of the
+    /// dispatcher's canary endpoints (which must look like clients to nodes).
+    pub(super) fn relay_member(&self, endpoint: &NodeId) -> bool {
+        if self.inner.dispatch.lock().operator(endpoint).is_some() {
+            return true;
+        }
+        if self
+            .inner
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.is_identity(endpoint))
+        {
+            return true;
+        }
+        let now_ms = self.monotonic_ms();
+        let mut members = self.inner.relay_members.lock();
+        members.forget_expired(now_ms);
+        members.contains(endpoint)
     }
 
     /// Answers [`NodeRequest::Reach`](crat_core::wire::NodeRequest::Reach) on `conn`.

@@ -327,6 +327,7 @@ impl Fake {
                 created_at_s: NOW - 100,
                 expires_at_s: None,
             }),
+            ClientCall::RelayAccess { .. } => DispatcherResponse::RelayAccess { allowed: false },
         }
     }
 

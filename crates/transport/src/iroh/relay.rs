@@ -1,14 +1,61 @@
-//! A self-hosted iroh relay, in-process (the future `crat relay`, or a task of the dispatcher).
+//! A self-hosted iroh relay, in-process (what `crat relay` runs), with an optional gate
+//! deciding which endpoints may use it and a per-client rate limit.
 
+use std::future::Future;
 use std::net::SocketAddr;
-
+use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use iroh_relay::server::{QuicConfig, RelayConfig, Server, ServerConfig};
+use crat_core::id::NodeId;
+use iroh_relay::server::{
+    Access, AccessControl, ClientRateLimit, ClientRequest, Limits, QuicConfig, RelayConfig, Server,
+    ServerConfig,
+};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
 use super::RelayUrl;
 use crate::{SetupError, TransportError};
+
+/// Decides which endpoints may use a [`Relay`] (see [`RelayOptions::gate`]).
+pub trait RelayGate: Send + Sync + 'static {
+    /// Whether `endpoint` may connect; `Err(reason)` refuses it (the reason goes back to it).
+    fn admit(
+        &self,
+        endpoint: NodeId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// How a [`Relay`] admits and limits its clients.
+#[derive(Clone, Default)]
+pub struct RelayOptions {
+    /// Who may connect. `None`: every endpoint (an open relay; for tests and closed networks).
+    pub gate: Option<Arc<dyn RelayGate>>,
+    /// Bytes per second one client connection may send through the relay (with a burst of
+    /// the same size). `None`: unlimited.
+    pub client_bytes_per_s: Option<NonZeroU32>,
+}
+
+/// [`RelayGate`] as iroh's access control.
+struct GateAccess(Arc<dyn RelayGate>);
+
+impl std::fmt::Debug for GateAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateAccess")
+    }
+}
+
+impl AccessControl for GateAccess {
+    async fn on_connect(&self, request: &ClientRequest) -> Access {
+        let endpoint = NodeId::from_bytes(*request.endpoint_id().as_bytes());
+        match self.0.admit(endpoint).await {
+            Ok(()) => Access::Allow,
+            Err(reason) => Access::Deny {
+                reason: Some(reason),
+            },
+        }
+    }
+}
 
 /// An iroh relay server running in this process: it forwards the encrypted QUIC packets of
 /// endpoints that have no direct path to each other, addressed by endpoint id (it cannot read
@@ -31,7 +78,7 @@ pub struct Relay {
 impl Relay {
     /// Starts a plain-HTTP relay on `addr` (port 0 picks one). Must run inside a tokio runtime.
     pub async fn spawn_http(addr: SocketAddr) -> Result<Self, TransportError> {
-        Self::spawn(addr, None).await
+        Self::spawn(addr, None, RelayOptions::default()).await
     }
 
     /// Starts a plain-HTTP relay on `addr`, plus QUIC address discovery (QAD) on UDP
@@ -44,7 +91,7 @@ impl Relay {
         names: Vec<String>,
     ) -> Result<Self, TransportError> {
         let (cert, key) = Self::self_signed(names)?;
-        Self::spawn_http_with_qad_cert(addr, qad_addr, cert, key).await
+        Self::spawn_http_with_qad_cert(addr, qad_addr, cert, key, RelayOptions::default()).await
     }
 
     /// A fresh self-signed certificate (and its PKCS #8 key) for `names`: what
@@ -64,12 +111,14 @@ impl Relay {
     }
 
     /// [`Relay::spawn_http_with_qad`] under a given certificate and key (a relay restarted
-    /// keeps the certificate its endpoints trust).
+    /// keeps the certificate its endpoints trust), admitting and limiting clients as
+    /// `options` say.
     pub async fn spawn_http_with_qad_cert(
         addr: SocketAddr,
         qad_addr: SocketAddr,
         cert: CertificateDer<'static>,
         key: PrivatePkcs8KeyDer<'static>,
+        options: RelayOptions,
     ) -> Result<Self, TransportError> {
         let tls = |what: &'static str| {
             move |e: &dyn std::fmt::Display| SetupError::Iroh {
@@ -86,14 +135,29 @@ impl Relay {
             .map_err(|e| tls("relay TLS")(&e))?;
         let mut quic = QuicConfig::new(qad_addr);
         quic.server_config = Some(server);
-        let mut relay = Self::spawn(addr, Some(quic)).await?;
+        let mut relay = Self::spawn(addr, Some(quic), options).await?;
         relay.qad_cert = Some(cert);
         Ok(relay)
     }
 
-    async fn spawn(addr: SocketAddr, quic: Option<QuicConfig>) -> Result<Self, TransportError> {
+    async fn spawn(
+        addr: SocketAddr,
+        quic: Option<QuicConfig>,
+        options: RelayOptions,
+    ) -> Result<Self, TransportError> {
         let mut config = ServerConfig::default();
-        config.relay = Some(RelayConfig::new(addr));
+        let mut relay = RelayConfig::new(addr);
+        if let Some(gate) = options.gate {
+            relay.access = Arc::new(GateAccess(gate));
+        }
+        if let Some(rate) = options.client_bytes_per_s {
+            let mut limit = ClientRateLimit::new(rate);
+            limit.max_burst_bytes = Some(rate);
+            let mut limits = Limits::default();
+            limits.client_rx = Some(limit);
+            relay.limits = limits;
+        }
+        config.relay = Some(relay);
         config.quic = quic;
         let server = Server::spawn(config).await.map_err(|e| SetupError::Iroh {
             what: "relay",
