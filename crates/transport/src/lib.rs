@@ -6,7 +6,8 @@
 //! - [`Connection`]: a connection to one authenticated peer carrying independent
 //!   request/response exchanges in both directions (on QUIC, one bidirectional stream each).
 //!
-//! Two implementations (three with the `iroh` feature: `iroh`, QUIC through NATs with relays):
+//! Two implementations (three with the `iroh` feature: `iroh`, QUIC through NATs with relays;
+//! [`any`] chooses one at run time, as the `crat` binary does):
 //! [`memory`] (in-process, for tests, the single-process demo and
 //! simulator-style runs) and [`quic`] (quinn + rustls; the peer's identity is the ed25519 key in
 //! its self-signed certificate, checked against the expected [`NodeId`]; ALPN `crat/1`).
