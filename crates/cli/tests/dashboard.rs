@@ -190,6 +190,8 @@ impl Browser {
                tasks_total: t('tasks-total'),
                models: t('models'),
                proven_rating: t('proven-rating'),
+               reach: t('reach'),
+               observed: t('observed'),
                idle: t('idle-state'),
                rounds_drawn: document.querySelectorAll('#earnings-chart g.round').length,
                rounds_listed: document.querySelectorAll('#rounds tr').length,
@@ -371,6 +373,17 @@ async fn start_and_stop_from_the_dashboard_in_a_real_browser() {
         .unwrap();
     assert!(
         !page["proven_rating"].as_str().unwrap().starts_with('–'),
+        "{page:#}"
+    );
+    // Reachability: the dispatcher dialled the node from another port at the address its
+    // packets come from (loopback here, so it got through).
+    assert!(
+        page["reach"].as_str().unwrap().starts_with("yes"),
+        "{page:#}"
+    );
+    let observed = page["observed"].as_str().unwrap();
+    assert!(
+        observed.starts_with("127.0.0.1:") && observed.contains("reached it directly"),
         "{page:#}"
     );
     // CRAT_DASHBOARD_SCREENSHOT=file.png keeps a picture of the page at this point.

@@ -1499,30 +1499,30 @@ mod tests {
     #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![5, 0, 0]);
+        assert_eq!(bytes, vec![6, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
             decode::<NodeAck>(&[1, 0, 0]),
             Err(CodecError::Version { got: 1 })
         );
-        for old in [2, 3, 4] {
+        for old in [2, 3, 4, 5] {
             assert_eq!(
                 decode::<NodeAck>(&[old, 0, 0]),
                 Err(CodecError::Version { got: old.into() })
             );
         }
         assert_eq!(
-            decode::<NodeAck>(&[5, 0, 0, 0]),
+            decode::<NodeAck>(&[6, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[5, 0]),
+            decode::<NodeAck>(&[6, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[5, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[6, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

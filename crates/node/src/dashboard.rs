@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `GET /api/status` | mode, hardware, backend, models, tasks and latency, idle workload |
 //! | `GET /api/standing` | the dispatcher's view ([`Node::standing`], as [`crate::standing::to_json`]), fetched at most every [`DashboardConfig::standing_ttl`] |
+//! | `GET /api/reach` | whether clients reach the node directly ([`Node::reach`]: its public address as the dispatcher sees it, and the dispatcher's dial to it), checked at most every [`REACH_TTL`] |
 //! | `POST /api/start` | [`Node::start`] |
 //! | `POST /api/stop` | [`Node::stop`], draining for at most [`DashboardConfig::stop_drain`] |
 //!
@@ -138,8 +139,14 @@ struct Shared<T: Transport> {
     config: DashboardConfig,
     info: DashboardInfo,
     standing: tokio::sync::Mutex<StandingCache>,
+    reach: tokio::sync::Mutex<StandingCache>,
 }
 
+/// How long the dashboard reuses a reachability check (each one has the dispatcher dial the
+/// node).
+pub const REACH_TTL: Duration = Duration::from_secs(300);
+
+/// A value fetched from the dispatcher, reused for a while.
 #[derive(Default)]
 struct StandingCache {
     fetched: Option<Instant>,
@@ -202,6 +209,7 @@ pub fn router<T: Transport>(
         config,
         info,
         standing: tokio::sync::Mutex::new(StandingCache::default()),
+        reach: tokio::sync::Mutex::new(StandingCache::default()),
     });
     Ok(Router::new()
         .route("/", get(|| async { Html(INDEX_HTML) }))
@@ -212,6 +220,7 @@ pub fn router<T: Transport>(
         .route("/app.css", get(|| async { asset("text/css", APP_CSS) }))
         .route("/api/status", get(status::<T>))
         .route("/api/standing", get(standing::<T>))
+        .route("/api/reach", get(reach::<T>))
         .route("/api/start", post(start::<T>))
         .route("/api/stop", post(stop::<T>))
         .layer(axum::middleware::from_fn_with_state(
@@ -437,6 +446,31 @@ async fn standing<T: Transport>(State(s): State<Arc<Shared<T>>>) -> Json<Value> 
     }
     Json(json!({
         "standing": cache.last,
+        "error": cache.error,
+        "age_ms": cache.fetched.map(|at| at.elapsed().as_millis() as u64),
+    }))
+}
+
+async fn reach<T: Transport>(State(s): State<Arc<Shared<T>>>) -> Json<Value> {
+    let mut cache = s.reach.lock().await;
+    let fresh = cache.fetched.is_some_and(|at| at.elapsed() < REACH_TTL);
+    if !fresh {
+        match tokio::time::timeout(Duration::from_secs(10), s.node.reach()).await {
+            Ok(Ok(r)) => {
+                cache.last = Some(json!({
+                    "observed": r.observed.as_ref().map(|a| a.as_str().to_owned()),
+                    "inbound": r.inbound,
+                    "probe_ms": r.probe_ms,
+                }));
+                cache.error = None;
+            }
+            Ok(Err(e)) => cache.error = Some(e.to_string()),
+            Err(_) => cache.error = Some("the dispatcher did not answer within 10 s".into()),
+        }
+        cache.fetched = Some(Instant::now());
+    }
+    Json(json!({
+        "reach": cache.last,
         "error": cache.error,
         "age_ms": cache.fetched.map(|at| at.elapsed().as_millis() as u64),
     }))

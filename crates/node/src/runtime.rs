@@ -423,6 +423,27 @@ impl<T: Transport> Node<T> {
         }
     }
 
+    /// Whether clients reach this node directly: the address the dispatcher sees its packets
+    /// come from (its public address after NAT) and whether the dispatcher's dial to it from
+    /// another port got through ([`NodeRequest::Reach`](crat_core::wire::NodeRequest::Reach)).
+    /// On the node's connection while it has one, else on one of its own.
+    pub async fn reach(&self) -> Result<crat_core::wire::Reach, crate::standing::StandingError> {
+        let inner = &self.inner;
+        let conn = inner.dispatcher.read().clone();
+        match conn {
+            Some(conn) => crate::standing::query_reach(&conn, inner.config.frame_limits).await,
+            None => {
+                crate::standing::ask_reach(
+                    &inner.transport,
+                    &inner.config.dispatcher_addr,
+                    &inner.config.dispatcher_id,
+                    inner.config.frame_limits,
+                )
+                .await
+            }
+        }
+    }
+
     /// Where the node stands with its operator's START / STOP.
     pub fn mode(&self) -> NodeMode {
         let inner = &self.inner;

@@ -140,11 +140,20 @@ pub async fn ask_reach<T: Transport>(
     limits: FrameLimits,
 ) -> Result<Reach, StandingError> {
     let conn = transport.connect(dispatcher_addr, dispatcher_id).await?;
-    let reply = conn
-        .call::<_, DispatcherReply>(&NodeRequest::Reach, Conversation::NodeDispatcher, limits)
-        .await;
+    let reach = query_reach(&conn, limits).await;
     conn.close("reach answered");
-    match reply? {
+    reach
+}
+
+/// Asks on `conn` whether the dispatcher reaches its peer directly ([`NodeRequest::Reach`]).
+pub async fn query_reach<C: Connection>(
+    conn: &C,
+    limits: FrameLimits,
+) -> Result<Reach, StandingError> {
+    match conn
+        .call::<_, DispatcherReply>(&NodeRequest::Reach, Conversation::NodeDispatcher, limits)
+        .await?
+    {
         DispatcherReply::Reach(r) => Ok(r),
         DispatcherReply::Error(e) => Err(StandingError::Refused(e)),
         other => Err(StandingError::Unexpected(format!("{other:?}"))),

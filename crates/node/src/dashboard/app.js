@@ -187,6 +187,23 @@ async function refreshStanding() {
   }
 }
 
+async function refreshReach() {
+  try {
+    const answer = await api("/api/reach");
+    const r = answer.reach;
+    if (!r) {
+      setText("observed", answer.error || "–");
+      return;
+    }
+    setText("observed", (r.observed || "unknown") + (r.inbound === true
+      ? ": the dispatcher reached it directly (" + r.probe_ms + " ms)"
+      : r.inbound === false ? ": the dispatcher could not reach it directly (a NAT or firewall; run `crat node doctor`)"
+      : ""));
+  } catch (e) {
+    setText("observed", e.message);
+  }
+}
+
 async function control(action) {
   busy = true;
   showMode(action === "start" ? "starting" : "stopping");
@@ -213,5 +230,7 @@ $("start").addEventListener("click", () => control("start"));
 $("stop").addEventListener("click", () => control("stop"));
 refreshStatus();
 refreshStanding();
+refreshReach();
 setInterval(refreshStatus, 1000);
 setInterval(refreshStanding, 10000);
+setInterval(refreshReach, 300000);
