@@ -69,10 +69,14 @@ pub(crate) struct GatewayArgs {
     /// dispatcher_id.
     #[arg(long)]
     local: bool,
+    #[command(flatten)]
+    net: crate::transport::TransportArgs,
 }
 
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
-    let file = load_config(args.config.as_deref())?;
+    let mut file = load_config(args.config.as_deref())?;
+    let choice =
+        crate::transport::TransportChoice::resolve(args.net, std::mem::take(&mut file.network))?;
     let mut config = file.gateway;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -101,7 +105,11 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .context("--dispatcher-id is required (or --local)")?
             .parse()
             .context("--dispatcher-id")?;
-        let gateway = Gateway::new(config, Upstream::new(addr, id))?;
+        let upstream = Upstream {
+            iroh: choice.iroh_config(),
+            ..Upstream::new(addr, id)
+        };
+        let gateway = Gateway::new(config, upstream)?;
         let (http, grpc) = bind_both(gateway.config()).await?;
         println!(
             "serving the KServe v2 protocol on http://{}",

@@ -107,6 +107,11 @@ impl TransportChoice {
         self.kind
     }
 
+    /// The iroh settings (relays) of a network on iroh; `None` on QUIC.
+    pub(crate) fn iroh_config(&self) -> Option<IrohConfig> {
+        (self.kind == TransportKind::Iroh).then(|| self.iroh.clone())
+    }
+
     /// Whether relays are configured.
     pub(crate) fn has_relays(&self) -> bool {
         !self.iroh.relay_urls.is_empty()

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crat_core::id::{DeploymentId, NodeId, SdkKey};
 use crat_sdk::{Client, ClientConfig, Deployment};
-use crat_transport::quic::{QuicConfig, QuicTransport};
+use crat_transport::any::AnyTransport;
+use crat_transport::iroh::IrohConfig;
+use crat_transport::quic::QuicConfig;
 use parking_lot::Mutex;
 use tokio::sync::OnceCell;
 
@@ -24,8 +26,11 @@ pub struct Upstream {
     pub dispatcher_id: NodeId,
     /// The SDK settings of every client.
     pub client: ClientConfig,
-    /// The QUIC settings of every client's endpoint.
+    /// The QUIC settings of every client's endpoint (on a QUIC network).
     pub quic: QuicConfig,
+    /// On a network that runs the iroh transport, the settings (relays) of every client's
+    /// iroh endpoint; `None`: QUIC.
+    pub iroh: Option<IrohConfig>,
 }
 
 impl Upstream {
@@ -36,6 +41,7 @@ impl Upstream {
             dispatcher_id,
             client: ClientConfig::default(),
             quic: QuicConfig::default(),
+            iroh: None,
         }
     }
 }
@@ -49,12 +55,12 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-type Handle = Deployment<QuicTransport>;
+type Handle = Deployment<AnyTransport>;
 
 /// The client of one key, made on first use.
 pub(crate) struct Slot {
     key: SdkKey,
-    client: OnceCell<Client<QuicTransport>>,
+    client: OnceCell<Client<AnyTransport>>,
     last_used: AtomicU64,
     deployments: Mutex<HashMap<DeploymentId, Handle>>,
 }
@@ -63,7 +69,7 @@ impl Slot {
     /// The deployment handle for `id` (kept, so its lease is reused).
     pub(crate) fn deployment(
         &self,
-        client: &Client<QuicTransport>,
+        client: &Client<AnyTransport>,
         id: DeploymentId,
         most: usize,
     ) -> Handle {
@@ -129,23 +135,40 @@ impl ClientPool {
     pub(crate) async fn get(
         &self,
         key: &SdkKey,
-    ) -> Result<(Client<QuicTransport>, Arc<Slot>), GatewayError> {
+    ) -> Result<(Client<AnyTransport>, Arc<Slot>), GatewayError> {
         let slot = self.slot(key);
         let client = slot
             .client
-            .get_or_try_init(|| async {
-                crat_sdk::connect_quic_with(
-                    self.upstream.dispatcher_addr,
-                    self.upstream.dispatcher_id,
-                    slot.key.clone(),
-                    self.upstream.client.clone(),
-                    self.upstream.quic.clone(),
-                )
-                .await
-            })
+            .get_or_try_init(|| self.connect(slot.key.clone()))
             .await?
             .clone();
         Ok((client, slot))
+    }
+
+    /// A client of `key` on an endpoint of its own, of the network's transport.
+    async fn connect(&self, key: SdkKey) -> Result<Client<AnyTransport>, crat_sdk::Error> {
+        let up = &self.upstream;
+        let identity = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+        let bind = crat_sdk::client_bind_addr(up.dispatcher_addr);
+        let transport = match &up.iroh {
+            Some(iroh) => AnyTransport::iroh(bind, &identity, iroh.clone()).await?,
+            None => AnyTransport::quic(bind, &identity, up.quic.clone())?,
+        };
+        let relays = up.iroh.as_ref().is_some_and(|c| !c.relay_urls.is_empty());
+        let client = Client::connect_with(
+            transport,
+            identity,
+            up.dispatcher_addr.into(),
+            up.dispatcher_id,
+            key,
+            up.client.clone(),
+        )
+        .await?;
+        if relays {
+            // A call with a valid key makes the endpoint a member the relays admit.
+            client.key_status().await?;
+        }
+        Ok(client)
     }
 
     fn slot(&self, key: &SdkKey) -> Arc<Slot> {

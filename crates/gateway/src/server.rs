@@ -18,7 +18,7 @@ use crat_core::id::{DeploymentId, ModelId, SdkKey};
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{DeploymentInfo, DeploymentState, TensorSignature};
 use crat_sdk::Deployment;
-use crat_transport::quic::QuicTransport;
+use crat_transport::any::AnyTransport;
 use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::json;
@@ -98,7 +98,7 @@ impl Shared {
         &self,
         key: &SdkKey,
         name: &str,
-    ) -> Result<Deployment<QuicTransport>, GatewayError> {
+    ) -> Result<Deployment<AnyTransport>, GatewayError> {
         let id = self.resolve(name)?;
         let (client, slot) = self
             .clients

@@ -396,6 +396,12 @@ impl<T: LocalTransport> LocalNetwork<T> {
             .expect("a dispatcher runs except inside restart_dispatcher")
     }
 
+    /// What this network's endpoints share (on iroh: its relay, and the settings of its
+    /// peers' endpoints, [`IrohNet::peer_config`](crate::transports::IrohNet::peer_config)).
+    pub fn setup(&self) -> &T::Setup {
+        &self.setup
+    }
+
     /// The address peers dial the dispatcher at: [`LocalNetwork::dispatcher_addr`] on QUIC;
     /// every socket of it on iroh (each peer uses the one of its IP version).
     pub fn dispatcher_peer_addr(&self) -> PeerAddr {

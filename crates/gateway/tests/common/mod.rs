@@ -78,6 +78,24 @@ pub(crate) async fn network() -> Fixture {
     let client = crat_sdk::connect(net.dispatcher_addr, net.dispatcher().id(), key.clone())
         .await
         .unwrap();
+    let (model, deployment, direct) = deploy_tiny(&client).await;
+    Fixture {
+        net,
+        key,
+        revoked,
+        expired,
+        model,
+        deployment,
+        direct,
+        dir,
+    }
+}
+
+/// Uploads and deploys the tiny CNN (per request, 100,000 credits) with `client`, waits until
+/// it is ready, and asks it for `image(1)`'s answer: the model, the deployment, the answer.
+pub(crate) async fn deploy_tiny<T: crat_transport::Transport>(
+    client: &crat_sdk::Client<T>,
+) -> (ModelId, Deployment<T>, Vec<NamedTensor>) {
     let model = client.upload_model(TINY, |_| {}).await.unwrap();
     let deployment = client
         .deploy(
@@ -97,16 +115,7 @@ pub(crate) async fn network() -> Fixture {
         .infer(vec![NamedTensor::new("input", image(1))])
         .await
         .unwrap();
-    Fixture {
-        net,
-        key,
-        revoked,
-        expired,
-        model,
-        deployment,
-        direct,
-        dir,
-    }
+    (model, deployment, direct)
 }
 
 impl Fixture {
