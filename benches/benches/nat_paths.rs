@@ -22,7 +22,8 @@
 //!    client is on the row's path (Direct, Direct, Relayed) before and after the timed tasks;
 //!    a direct iroh connection may start on the relay, so it gets 10 s to move first.
 //! 2. **Relay throughput and CPU**: the relay runs as its own process, `crat relay --listen
-//!    127.0.0.1:0 --qad-port 0` of the binary `CRAT_BIN` (required). An echo server on IPv6
+//!    127.0.0.1:0 --qad-port 0 --open --client-bytes-per-s 4000000000` of the binary `CRAT_BIN`
+//!    (required): open, and with its per-client rate limit (16 MiB/s by default) lifted. An echo server on IPv6
 //!    loopback and a client on IPv4 loopback, both iroh endpoints homed on that relay, can
 //!    only reach each other through it (as `crates/transport/tests/iroh.rs` does); the
 //!    client dials the server by its id and the relay URL alone. `RELAY_EXCHANGES` (128)
@@ -398,7 +399,18 @@ impl RelayProc {
         let out = dir.path().join("relay.out");
         let err = dir.path().join("relay.err");
         let child = Command::new(crat)
-            .args(["relay", "--listen", "127.0.0.1:0", "--qad-port", "0"])
+            // An open relay without the per-client rate limit: the bench measures the relay
+            // itself, not its admission (asked once per connection) or its limit.
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--qad-port",
+                "0",
+                "--open",
+                "--client-bytes-per-s",
+                "4000000000",
+            ])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("RUST_LOG", "warn")
