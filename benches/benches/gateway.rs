@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crat_backend::tract::TractBackend;
+use crat_benches::now_s;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
@@ -44,13 +45,6 @@ const IN_FLIGHT: usize = 64;
 const FASTAPI_START_S_MAX: u64 = 60;
 /// How long the FastAPI server may take to stop after SIGTERM before it is killed.
 const FASTAPI_STOP_S_MAX: u64 = 10;
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn image() -> Tensor {
     let values: Vec<f32> = (0..28 * 28).map(|i| (i % 255) as f32 / 255.0).collect();

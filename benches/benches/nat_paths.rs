@@ -54,10 +54,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crat_backend::tract::TractBackend;
-use crat_core::id::{DeploymentId, KeyId, NodeId, PeerAddr, TaskId};
+use crat_benches::{data_dir, now_s, runtime, ticket};
+use crat_core::id::{DeploymentId, NodeId, PeerAddr, TaskId};
 use crat_core::money::Credits;
-use crat_core::pricing::{DeployPlan, PerRequestPlan, TaskPrice};
-use crat_core::sign::{Signed, Ticket};
+use crat_core::pricing::{DeployPlan, PerRequestPlan};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::{ClientToNode, InferRequest, NodeToClient};
 use crat_dispatcher::DispatcherConfig;
@@ -105,34 +105,6 @@ const LIMITS: FrameLimits = FrameLimits {
     control_bytes_max: 1 << 20,
     tensor_bytes_max: 64 << 20,
 };
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// On tmpfs when there is one, so the ledger measures the code, not the disk.
-fn data_dir() -> TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(d) = tempfile::Builder::new()
-            .prefix("crat-bench-")
-            .tempdir_in(shm)
-    {
-        return d;
-    }
-    tempfile::tempdir().unwrap()
-}
 
 fn load_1m() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -495,23 +467,6 @@ fn clock_ticks_per_s() -> f64 {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(100.0)
-}
-
-fn ticket() -> Signed<Ticket> {
-    Signed::sign(
-        Ticket {
-            deployment: DeploymentId::from_bytes([0; 16]),
-            key: KeyId::from_bytes([0; 16]),
-            credit_budget: Credits::new(1),
-            issued_at_s: 0,
-            expires_at_s: 1,
-            nonce: [0; 16],
-            audience: vec![],
-            client: NodeId::from_bytes([0; 32]),
-            price: TaskPrice::FREE,
-        },
-        &SigningKey::from_bytes(&[50; 32]),
-    )
 }
 
 /// The echo server: every task's inputs come back as its outputs.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
+use crat_benches::{data_dir, now_s, runtime};
 use crat_core::id::{ModelId, PeerAddr, SdkKey};
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -55,34 +56,6 @@ const TINY: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const GPU: &str = "NVIDIA GeForce RTX 3090";
 /// Nodes in every test network.
 const NODES: usize = 2;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// On tmpfs when there is one, so the ledger and uploads measure the code, not the disk.
-fn data_dir() -> TempDir {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir()
-        && let Ok(d) = tempfile::Builder::new()
-            .prefix("crat-bench-")
-            .tempdir_in(shm)
-    {
-        return d;
-    }
-    tempfile::tempdir().unwrap()
-}
 
 fn tiny_input() -> Tensor {
     let values: Vec<f32> = (0..28 * 28).map(|i| (i % 255) as f32 / 255.0).collect();

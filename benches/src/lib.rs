@@ -139,3 +139,33 @@ impl Pb {
         self.bytes(field, &m.0)
     }
 }
+
+/// A two-worker tokio runtime, as the benches' networks run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("the bench's tokio runtime starts")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A temporary data directory, on tmpfs when there is one, so the ledger and uploads measure
+/// the code, not the disk.
+pub fn data_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new()
+            .prefix("crat-bench-")
+            .tempdir_in(shm)
+    {
+        return d;
+    }
+    tempfile::tempdir().expect("a temporary directory for the bench")
+}

@@ -19,30 +19,6 @@ use crat_transport::{
     Connection, ConnectionExt, Conversation, FrameLimits, Transport, TransportError, serve,
 };
 
-const LIMITS: FrameLimits = FrameLimits {
-    control_bytes_max: 1 << 20,
-    tensor_bytes_max: 64 << 20,
-};
-
-async fn echo(req: ClientToNode) -> NodeToClient {
-    match req {
-        ClientToNode::Ping => NodeToClient::Pong,
-        ClientToNode::Infer(r) => NodeToClient::Outputs {
-            task: r.task,
-            outputs: r.inputs,
-            compute_us: 0,
-        },
-    }
-}
-
-fn spawn_echo_server<T: Transport>(server: T) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok(conn) = server.accept().await {
-            tokio::spawn(serve(conn, Conversation::ClientNode, LIMITS, 256, echo));
-        }
-    })
-}
-
 async fn iroh_at(seed: u8, addr: SocketAddr, config: IrohConfig) -> IrohTransport {
     IrohTransport::bind(addr, &key(seed), config).await.unwrap()
 }

@@ -13,33 +13,8 @@ use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::{ClientToNode, InferRequest, NodeToClient};
 use crat_transport::quic::QuicConfig;
 use crat_transport::{
-    Connection, ConnectionExt, Conversation, FrameLimits, IncomingExchange, Transport,
-    TransportError, serve,
+    Connection, ConnectionExt, Conversation, IncomingExchange, Transport, TransportError, serve,
 };
-
-const LIMITS: FrameLimits = FrameLimits {
-    control_bytes_max: 1 << 20,
-    tensor_bytes_max: 64 << 20,
-};
-
-async fn echo(req: ClientToNode) -> NodeToClient {
-    match req {
-        ClientToNode::Ping => NodeToClient::Pong,
-        ClientToNode::Infer(r) => NodeToClient::Outputs {
-            task: r.task,
-            outputs: r.inputs,
-            compute_us: 0,
-        },
-    }
-}
-
-fn spawn_echo_server<T: Transport>(server: T) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Ok(conn) = server.accept().await {
-            tokio::spawn(serve(conn, Conversation::ClientNode, LIMITS, 256, echo));
-        }
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pinned_handshake_and_wrong_identity() {

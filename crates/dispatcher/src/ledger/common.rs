@@ -114,6 +114,23 @@ pub(super) struct Allowance {
     pub(super) changed: bool,
 }
 
+impl Allowance {
+    /// How a usage record costing `cost` is charged: what the allowance left covers, and
+    /// the rest, recorded as uncollected.
+    pub(super) fn split(&self, cost: Credits) -> (Credits, Credits) {
+        let charge = cost.min(self.left);
+        (charge, cost.saturating_sub(charge))
+    }
+
+    /// Takes `charge` (from [`Allowance::split`]) from the allowance.
+    pub(super) fn take(&mut self, charge: Credits) {
+        if charge > Credits::ZERO {
+            self.left = self.left.saturating_sub(charge);
+            self.changed = true;
+        }
+    }
+}
+
 /// What a backend's usage charging charges.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Charging {

@@ -528,8 +528,7 @@ fn charge_rows(
             outcome.duplicated.push(index as u32);
             continue;
         }
-        let charge = c.cost.min(allowance.left);
-        let uncollected = c.cost.saturating_sub(charge);
+        let (charge, uncollected) = allowance.split(c.cost);
         let inserted = tx.execute(
             "INSERT INTO usage (task, deployment, key, node, input_bytes,
                      output_bytes, compute_us, charged, uncollected, at_s, inputs_digest)
@@ -560,9 +559,8 @@ fn charge_rows(
         outcome.accepted += 1;
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
+        allowance.take(charge);
         if charge > Credits::ZERO {
-            allowance.left = allowance.left.saturating_sub(charge);
-            allowance.changed = true;
             let account = allowance.account.clone();
             journal(
                 tx,

@@ -791,8 +791,7 @@ fn charge_rows(
             outcome.duplicated.push(index as u32);
             continue;
         }
-        let charge = c.cost.min(allowance.left);
-        let uncollected = c.cost.saturating_sub(charge);
+        let (charge, uncollected) = allowance.split(c.cost);
         let inserted = tx
             .prepare_cached(
                 "INSERT INTO usage (task, deployment, key, node, input_bytes,
@@ -826,9 +825,8 @@ fn charge_rows(
         outcome.accepted += 1;
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
+        allowance.take(charge);
         if charge > Credits::ZERO {
-            allowance.left = allowance.left.saturating_sub(charge);
-            allowance.changed = true;
             journal(
                 tx,
                 &Movement {
