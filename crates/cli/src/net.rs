@@ -19,6 +19,7 @@ use crat_core::policy::hardware::ProofConfig;
 use crat_core::pricing::{DeployPlan, PerInstancePlan, PerRequestPlan, UpdateFrequency};
 use crat_core::tensor::{DType, NamedTensor, Tensor};
 use crat_core::wire::DeploymentState;
+use crat_dispatcher::cluster::Standby;
 use crat_dispatcher::ledger::{AccountName, Ledger, PgLedger, PgOptions, SqliteLedger, redact_url};
 use crat_dispatcher::{CanaryParts, Dispatcher, DispatcherConfig, admin};
 use crat_node::cache::{ModelCache, ModelStore};
@@ -83,6 +84,15 @@ struct DispatcherSection {
     ledger: Option<String>,
     /// The PostgreSQL schema of the ledger (default `crat`); only with a PostgreSQL `ledger`.
     ledger_schema: Option<String>,
+    /// Where models are stored (default `<data_dir>/models`): with a shared ledger, a
+    /// directory every dispatcher mounts.
+    models_dir: Option<PathBuf>,
+    /// Where payouts are written (default `<data_dir>/payouts`): with a shared ledger, a
+    /// directory every dispatcher mounts.
+    payouts_dir: Option<PathBuf>,
+    /// Where the other dispatchers sharing the ledger reach this one while it is the active
+    /// one (default: its listening address).
+    cluster_addr: Option<String>,
 }
 
 /// Where a dispatcher's ledger is: `--ledger` / `[dispatcher] ledger`.
@@ -334,6 +344,19 @@ pub(crate) struct DispatcherArgs {
     /// ledger_schema`, else `crat`.
     #[arg(long)]
     ledger_schema: Option<String>,
+    /// Where models are stored. Default: `[dispatcher] models_dir`, else `<data-dir>/models`.
+    /// Dispatchers sharing a ledger share this directory.
+    #[arg(long)]
+    models_dir: Option<PathBuf>,
+    /// Where payouts are written. Default: `[dispatcher] payouts_dir`, else
+    /// `<data-dir>/payouts`. Dispatchers sharing a ledger share this directory.
+    #[arg(long)]
+    payouts_dir: Option<PathBuf>,
+    /// The address (host:port) at which the other dispatchers sharing the ledger reach this
+    /// one while it is the active one. Default: `[dispatcher] cluster_addr`, else the
+    /// listening address.
+    #[arg(long)]
+    cluster_addr: Option<String>,
 }
 
 pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
@@ -376,6 +399,17 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     if let Some(m) = file.model_bytes_max {
         config.model_bytes_max = m;
     }
+    if let Some(dir) = args.models_dir.or(file.models_dir) {
+        config.models_dir = dir;
+    }
+    if let Some(dir) = args.payouts_dir.or(file.payouts_dir) {
+        config.payouts_dir = dir;
+    }
+    if let Some(addr) = args.cluster_addr.or(file.cluster_addr) {
+        config.cluster_addr = Some(
+            crat_core::id::PeerAddr::new(addr).map_err(|e| anyhow::anyhow!("cluster_addr: {e}"))?,
+        );
+    }
     let metrics_addr = args.metrics_addr.or(file.metrics_addr);
     let ledger = LedgerLocation::new(
         args.ledger.or(file.ledger),
@@ -409,6 +443,32 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             references,
         };
         let opened = ledger.open(&data_dir)?;
+        // With a ledger other dispatchers share, one of them is active; this one stands by,
+        // forwarding its nodes and clients to it, until it takes over (crat_dispatcher::cluster).
+        let lead = opened.clone();
+        let transport = if tokio::task::spawn_blocking(move || lead.lead_rounds()).await?? {
+            transport
+        } else {
+            println!(
+                "dispatcher {} listening on {listen} ({}), standing by",
+                crat_core::id::NodeId::from_key(&key.verifying_key()),
+                choice.kind()
+            );
+            println!(
+                "standing by: another dispatcher sharing the ledger ({}) is active; this one \
+                 forwards its nodes and clients to it until it takes over",
+                ledger.describe(&data_dir)
+            );
+            let standby = Standby::new(
+                transport,
+                opened.clone(),
+                config.frame_limits,
+                config.concurrency_max,
+            );
+            let transport = standby.run().await?;
+            println!("taking over as the active dispatcher");
+            transport
+        };
         let dispatcher =
             Dispatcher::open_with_ledger(config, key, transport, Some(canary), opened)?;
         // Whether nodes are reachable directly: dialled from another port, without relays.
@@ -429,16 +489,19 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             r = dispatcher.run() => r?,
             _ = tokio::signal::ctrl_c() => {
                 println!("stopping");
-                dispatcher.close();
                 // A graceful stop settles the rounds closed and not settled yet (after a
-                // kill, the next start does).
-                match dispatcher.settle_pending().await {
-                    Ok(settled) if !settled.is_empty() => {
-                        println!("settled {} closed round(s) before stopping", settled.len());
+                // kill, the next start does, or the dispatcher that takes over), then hands
+                // the round closing over.
+                if dispatcher.leads_rounds() {
+                    match dispatcher.settle_pending().await {
+                        Ok(settled) if !settled.is_empty() => {
+                            println!("settled {} closed round(s) before stopping", settled.len());
+                        }
+                        Ok(_) => {}
+                        Err(e) => eprintln!("settling closed rounds before stopping failed: {e}"),
                     }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("settling closed rounds before stopping failed: {e}"),
                 }
+                dispatcher.close();
             }
         }
         Ok(())

@@ -31,20 +31,9 @@ const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 const INPUT_BYTES: u64 = 4 * 28 * 28;
 const GRANTED: u64 = 100_000;
 
-fn test_url() -> String {
-    match std::env::var("CRAT_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!(
-            "CRAT_TEST_POSTGRES_URL is not set: this test needs a PostgreSQL server. Run the \
-             tests through scripts/test.sh (it starts one), or start one with \
-             `scripts/postgres.sh start` and set CRAT_TEST_POSTGRES_URL to the URL it prints"
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_on_postgres_charges_exactly_the_price() {
-    let url = test_url();
+    let url = common::postgres_url();
     // A schema of this test's own: runs sharing a server never meet.
     let schema = format!("cli_{}_{:08x}", std::process::id(), rand::random::<u32>());
     let ledger_args = ["--ledger", url.as_str(), "--ledger-schema", schema.as_str()];

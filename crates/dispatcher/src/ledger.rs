@@ -22,7 +22,7 @@
 //! so that a restarted dispatcher charges no more and no less than before (see
 //! [`Ledger::store_acks`], [`Ledger::charge_usage`] and [`Ledger::settle_acks`]).
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::policy::acks::{AckEntry, Tally};
 use crat_core::pricing::{DeployPlan, PriceQuote};
@@ -593,4 +593,23 @@ pub trait Ledger: Send + Sync + 'static {
     /// How round `index` was settled; `None` while it is not. A round that is not closed is
     /// [`LedgerError::NotFound`].
     fn round_settlement(&self, index: u64) -> Result<Option<RoundSettlement>, LedgerError>;
+
+    /// Whether the dispatcher holding this handle closes and settles rounds now. Of the
+    /// dispatchers sharing one ledger, one at a time is answered `true`; a ledger one process
+    /// owns (SQLite) always answers `true`. Asked every tick: a leader that crashed or lost
+    /// the database is replaced within a bounded time (PostgreSQL: an advisory lock, see
+    /// `PgLedger`). Closing and settling are safe against two leaders for a moment (a round
+    /// is stored once, settling is idempotent); the lock keeps them from duplicating work.
+    fn lead_rounds(&self) -> Result<bool, LedgerError>;
+    /// Gives up leading (a dispatcher stopping cleanly), so that another takes over at once.
+    fn resign_rounds(&self);
+    /// Records, while this handle leads ([`Ledger::lead_rounds`]; otherwise
+    /// [`LedgerError::Invalid`]), that the active dispatcher is reached at `addr`: the
+    /// standbys sharing the ledger forward their nodes and clients there
+    /// ([`crate::cluster`]). A ledger one process owns (SQLite) has no standbys and records
+    /// nothing.
+    fn announce_active(&self, addr: &PeerAddr) -> Result<(), LedgerError>;
+    /// Where the active dispatcher said it is reached ([`Ledger::announce_active`]), if one
+    /// did (it may have died since: a standby that cannot reach it tries again).
+    fn active_dispatcher(&self) -> Result<Option<PeerAddr>, LedgerError>;
 }

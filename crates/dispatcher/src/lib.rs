@@ -78,6 +78,7 @@
 
 pub mod admin;
 pub mod blob;
+pub mod cluster;
 pub mod ledger;
 pub mod metrics;
 pub mod rounds;

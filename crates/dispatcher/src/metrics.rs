@@ -19,6 +19,7 @@
 //! | `crat_dispatcher_ledger_call_duration_seconds` | histogram | — (every ledger call, on the blocking pool, wait included) |
 //! | `crat_dispatcher_ledger_errors_total` | counter | — |
 //! | `crat_dispatcher_nodes_online` | gauge | — |
+//! | `crat_dispatcher_round_leader` | gauge | — (1 while this dispatcher closes rounds, 0 while another one of its ledger does) |
 //! | `crat_dispatcher_reach_probes_total` | counter | `result` |
 //!
 //! ```
@@ -48,6 +49,8 @@ pub const LEDGER_CALL_DURATION_SECONDS: &str = "crat_dispatcher_ledger_call_dura
 pub const LEDGER_ERRORS_TOTAL: &str = "crat_dispatcher_ledger_errors_total";
 /// Nodes online now.
 pub const NODES_ONLINE: &str = "crat_dispatcher_nodes_online";
+/// 1 while this dispatcher closes and settles rounds, 0 while another sharing its ledger does.
+pub const ROUND_LEADER: &str = "crat_dispatcher_round_leader";
 /// Reachability probes of nodes, by result (`direct`, `unreachable`).
 pub const REACH_PROBES_TOTAL: &str = "crat_dispatcher_reach_probes_total";
 
@@ -83,6 +86,10 @@ pub fn describe() {
     );
     describe_counter!(LEDGER_ERRORS_TOTAL, "Ledger calls that failed.");
     describe_gauge!(NODES_ONLINE, Unit::Count, "Nodes online now.");
+    describe_gauge!(
+        ROUND_LEADER,
+        "1 while this dispatcher closes and settles rounds, 0 while another sharing its ledger does."
+    );
 }
 
 /// `ok`, or the code of the error the answer carries.

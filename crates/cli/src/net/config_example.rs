@@ -31,9 +31,12 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 14] = [
+const OFF_AS_SHIPPED: [&str; 17] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
+    "dispatcher.models_dir",
+    "dispatcher.payouts_dir",
+    "dispatcher.cluster_addr",
     "node.gpu",
     "node.dashboard_token",
     "node.idle",
@@ -120,6 +123,9 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         metrics_addr,
         ledger,
         ledger_schema,
+        models_dir,
+        payouts_dir,
+        cluster_addr,
     } = dispatcher;
     let NodeSection {
         listen: node_listen,
@@ -176,6 +182,9 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("dispatcher.metrics_addr", metrics_addr.is_some()),
         ("dispatcher.ledger", ledger.is_some()),
         ("dispatcher.ledger_schema", ledger_schema.is_some()),
+        ("dispatcher.models_dir", models_dir.is_some()),
+        ("dispatcher.payouts_dir", payouts_dir.is_some()),
+        ("dispatcher.cluster_addr", cluster_addr.is_some()),
         ("node.listen", node_listen.is_some()),
         ("node.advertise", advertise.is_some()),
         ("node.data_dir", node_data_dir.is_some()),

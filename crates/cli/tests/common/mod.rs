@@ -18,6 +18,19 @@ pub(crate) fn crat(args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running crat {args:?}: {e}"))
 }
 
+/// The test PostgreSQL server's URL (`CRAT_TEST_POSTGRES_URL`, which `scripts/test.sh` sets);
+/// without it the calling test fails, saying so.
+pub(crate) fn postgres_url() -> String {
+    match std::env::var("CRAT_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "CRAT_TEST_POSTGRES_URL is not set: this test needs a PostgreSQL server. Run the \
+             tests through scripts/test.sh (it starts one), or start one with \
+             `scripts/postgres.sh start` and set CRAT_TEST_POSTGRES_URL to the URL it prints"
+        ),
+    }
+}
+
 /// A dispatcher process and an SDK key with credits.
 pub(crate) struct Network {
     pub(crate) dispatcher: DispatcherProc,

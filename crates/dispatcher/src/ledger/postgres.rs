@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
 use crat_core::wire::{ModelSignature, RoundEarnings};
@@ -15,6 +15,7 @@ use crat_rewards::{Interval, RoundOutcome};
 use rand::Rng as _;
 
 mod acks;
+mod leader;
 mod pool;
 mod redact;
 mod rows;
@@ -157,6 +158,8 @@ pub struct PgLedger {
     schema: String,
     /// Transactions run again (see [`PgLedger::transaction_retries`]).
     retries: AtomicU64,
+    /// The round-closing lock's session ([`Ledger::lead_rounds`]).
+    leader: leader::Leadership,
 }
 
 impl std::fmt::Debug for PgLedger {
@@ -214,6 +217,7 @@ impl PgLedger {
             pool,
             schema: options.schema.clone(),
             retries: AtomicU64::new(0),
+            leader: leader::Leadership::default(),
         })
     }
 
@@ -1577,5 +1581,33 @@ impl Ledger for PgLedger {
 
     fn round_settlement(&self, index: u64) -> Result<Option<RoundSettlement>, LedgerError> {
         self.read(|tx| read_settlement(tx, index))
+    }
+
+    fn lead_rounds(&self) -> Result<bool, LedgerError> {
+        self.leader.lead(&self.pool, &self.schema)
+    }
+
+    fn resign_rounds(&self) {
+        self.leader.resign();
+    }
+
+    fn announce_active(&self, addr: &PeerAddr) -> Result<(), LedgerError> {
+        self.leader.announce(&self.pool, addr)
+    }
+
+    fn active_dispatcher(&self) -> Result<Option<PeerAddr>, LedgerError> {
+        self.read(|tx| {
+            let Some(row) = tx
+                .query("SELECT addr FROM active_dispatcher", &[])?
+                .into_iter()
+                .next()
+            else {
+                return Ok(None);
+            };
+            let text: String = get(&row, 0)?;
+            PeerAddr::new(text)
+                .map(Some)
+                .map_err(|e| LedgerError::Corrupt(format!("active dispatcher address: {e}")))
+        })
     }
 }

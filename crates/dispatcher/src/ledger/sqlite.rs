@@ -7,7 +7,7 @@ use std::collections::hash_map::Entry;
 use std::path::Path;
 use std::time::Duration;
 
-use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, TaskId};
+use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, TaskId};
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::pricing::DeployPlan;
 use crat_core::wire::{ModelSignature, RoundEarnings};
@@ -1920,6 +1920,21 @@ impl Ledger for SqliteLedger {
 
     fn round_settlement(&self, index: u64) -> Result<Option<RoundSettlement>, LedgerError> {
         self.read(|tx| read_settlement(tx, index))
+    }
+
+    /// A SQLite file belongs to one dispatcher: it always leads.
+    fn lead_rounds(&self) -> Result<bool, LedgerError> {
+        Ok(true)
+    }
+
+    fn resign_rounds(&self) {}
+
+    fn announce_active(&self, _addr: &PeerAddr) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
+    fn active_dispatcher(&self) -> Result<Option<PeerAddr>, LedgerError> {
+        Ok(None)
     }
 }
 

@@ -9,6 +9,7 @@
 //! memory) while the others go on. Nothing of this state needs saving: after a restart the
 //! ledger still lists every round not marked settled, and each is tried at once.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crat_core::id::DeploymentId;
@@ -39,17 +40,61 @@ impl<T: Transport> Dispatcher<T> {
             self.settle_acks().await;
             self.refund_stopped().await;
             self.end_due_deployments(now).await;
-            if let Err(e) = self.store_due_rounds().await {
+            if self.lead_rounds().await
+                && let Err(e) = self.store_due_rounds().await
+            {
+                // Another dispatcher may have stored it (two leaders for a moment): the next
+                // round to close is read again from the ledger.
+                *self.inner.next_round.lock() = None;
                 tracing::error!(error = %e, "closing a round failed");
             }
         }
     }
 
-    /// Settles the closed rounds not settled yet: at once on start, then every `tick_ms`.
+    /// Asks the ledger whether this dispatcher closes rounds now ([`Ledger::lead_rounds`]),
+    /// and notes a change: a dispatcher that starts leading reads the next round to close from
+    /// the ledger (the one it remembered may have been closed by another meanwhile).
+    ///
+    /// [`Ledger::lead_rounds`]: crate::ledger::Ledger::lead_rounds
+    async fn lead_rounds(&self) -> bool {
+        let leads = match self.db(|l| l.lead_rounds()).await {
+            Ok(leads) => leads,
+            Err(e) => {
+                // The database is out of reach: no round is closed meanwhile, and the lock is
+                // asked for again next tick (this dispatcher goes on if nobody took it).
+                tracing::warn!(error = ?e, "cannot tell whether this dispatcher closes rounds");
+                self.inner.leading.store(false, Ordering::Relaxed);
+                return false;
+            }
+        };
+        if !leads {
+            // Another dispatcher sharing the ledger holds the lock: it is the active one.
+            self.inner.superseded.notify_one();
+        }
+        let was = self.inner.leading.swap(leads, Ordering::Relaxed);
+        if leads != was {
+            *self.inner.next_round.lock() = None;
+            metrics::gauge!(crate::metrics::ROUND_LEADER).set(f64::from(u8::from(leads)));
+            if leads {
+                tracing::info!("this dispatcher now closes and settles rounds");
+                self.announce().await;
+            } else {
+                tracing::warn!(
+                    "this dispatcher no longer closes rounds (another one of its ledger does)"
+                );
+            }
+        }
+        leads
+    }
+
+    /// Settles the closed rounds not settled yet, every `tick_ms` while this dispatcher leads
+    /// ([`Dispatcher::leads_rounds`]; at once on start when it does).
     pub(super) async fn settle_loop(self) {
         let period = Duration::from_millis(self.inner.config.tick_ms.max(10));
         loop {
-            if let Err(e) = self.settle_pending().await {
+            if self.inner.leading.load(Ordering::Relaxed)
+                && let Err(e) = self.settle_pending().await
+            {
                 tracing::error!(error = %e, "listing unsettled rounds failed");
             }
             tokio::time::sleep(period).await;

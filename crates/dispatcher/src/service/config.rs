@@ -20,6 +20,16 @@ use crate::rounds::RoundClock;
 pub struct DispatcherConfig {
     /// Where the ledger, models, partial uploads and payouts live.
     pub data_dir: PathBuf,
+    /// Where models are stored (default `data_dir/models`): a directory every dispatcher
+    /// sharing a ledger mounts ([`crate::cluster`]).
+    pub models_dir: PathBuf,
+    /// Where payouts are written (default `data_dir/payouts`): a directory every dispatcher
+    /// sharing a ledger mounts, so that a round settled by one is never paid again by another
+    /// after a crash between paying and recording it.
+    pub payouts_dir: PathBuf,
+    /// Where the dispatchers sharing this one's ledger reach it while it is the active one
+    /// ([`crate::cluster`]); default: its transport's address.
+    pub cluster_addr: Option<crat_core::id::PeerAddr>,
     /// Dispatch rules (heartbeats, replicas, capacity).
     pub dispatch: DispatchConfig,
     /// Prices.
@@ -156,8 +166,12 @@ pub struct DispatcherConfig {
 impl DispatcherConfig {
     /// Defaults, with data under `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir: PathBuf = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            models_dir: data_dir.join("models"),
+            payouts_dir: data_dir.join("payouts"),
+            cluster_addr: None,
+            data_dir,
             dispatch: DispatchConfig::default(),
             pricing: PricingParams::default(),
             rewards: Params::default(),

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crat_core::clock::Clock;
@@ -45,6 +45,7 @@ use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
 use crate::blob::{BlobStore, LocalBlobStore, UploadConfig, Uploads};
+use crate::cluster::{Link, serve_link};
 use crate::ledger::{DeploymentRecord, KeyRecord, Ledger, LedgerError, SqliteLedger};
 use crate::rounds::RoundError;
 use reply::{Refusal, err};
@@ -87,6 +88,10 @@ pub enum DispatcherError {
     /// A round could not be closed.
     #[error("round: {0}")]
     Round(#[from] RoundError),
+    /// Another dispatcher sharing the ledger became the active one: this one stopped
+    /// ([`crate::cluster`]).
+    #[error("another dispatcher sharing the ledger is the active one now; this one stopped")]
+    Superseded,
 }
 
 /// The parts a dispatcher is built from (see [`Dispatcher::open`] for the defaults).
@@ -231,7 +236,7 @@ struct Inner<T: Transport> {
     settlement: Mutex<Box<dyn Settlement>>,
     clock: Arc<dyn Clock>,
     dispatch: Mutex<Dispatch>,
-    node_conns: Mutex<HashMap<NodeId, NodeConn<T::Connection>>>,
+    node_conns: Mutex<HashMap<NodeId, NodeConn<Link<T::Connection>>>>,
     keys: RwLock<HashMap<KeyId, CachedKey>>,
     /// SDK key ids the ledger did not hold, until `unknown_key_cache_ms` after the lookup
     /// (times in milliseconds since `started`).
@@ -254,6 +259,11 @@ struct Inner<T: Transport> {
     load_failures: Mutex<HashMap<DeploymentId, String>>,
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
+    /// Whether this dispatcher closes and settles rounds ([`Ledger::lead_rounds`], asked every
+    /// tick).
+    leading: AtomicBool,
+    /// Told when another dispatcher sharing the ledger became the active one.
+    superseded: tokio::sync::Notify,
     /// Backoff of the rounds whose settlement failed; held for a whole settlement pass, and
     /// the one lock held while another (`settlement`) is taken.
     settle_retries: Mutex<crate::rounds::SettleRetries>,
@@ -372,7 +382,7 @@ impl<T: Transport> Dispatcher<T> {
         ledger: Arc<dyn Ledger>,
     ) -> Result<Self, DispatcherError> {
         let blobs = Arc::new(
-            LocalBlobStore::open(&config.data_dir.join("models"))
+            LocalBlobStore::open(&config.models_dir)
                 .map_err(|e| DispatcherError::Storage(e.to_string()))?,
         );
         let uploads = Uploads::open(UploadConfig {
@@ -386,7 +396,7 @@ impl<T: Transport> Dispatcher<T> {
             ..UploadConfig::new(config.data_dir.join("uploads"))
         })
         .map_err(|e| DispatcherError::Storage(e.to_string()))?;
-        let settlement = Box::new(FileSettlement::new(config.data_dir.join("payouts")));
+        let settlement = Box::new(FileSettlement::new(config.payouts_dir.clone()));
         Self::new(
             DispatcherParts {
                 key,
@@ -495,6 +505,11 @@ impl<T: Transport> Dispatcher<T> {
             gate.remember(d.model, d.verifiability);
         }
         let canary = parts.canary.map(|c| CanaryState::new(c, &config.canary));
+        let leading = parts.ledger.lead_rounds().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot tell whether this dispatcher closes rounds; asked again every tick");
+            false
+        });
+        metrics::gauge!(crate::metrics::ROUND_LEADER).set(f64::from(u8::from(leading)));
         Ok(Self {
             inner: Arc::new(Inner {
                 id: NodeId::from_key(&parts.key.verifying_key()),
@@ -520,6 +535,8 @@ impl<T: Transport> Dispatcher<T> {
                 load_failures: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
+                leading: AtomicBool::new(leading),
+                superseded: tokio::sync::Notify::new(),
                 settle_retries: closing::settle_retries(),
                 canary,
                 gate,
@@ -560,8 +577,19 @@ impl<T: Transport> Dispatcher<T> {
         self.inner.dispatch.lock().online_count()
     }
 
-    /// Stops accepting and closes every connection.
+    /// Whether this dispatcher closes and settles rounds now: always with a ledger of its own
+    /// (SQLite); with a shared one (PostgreSQL), exactly one of the dispatchers sharing it
+    /// does, and another takes over within seconds when it stops or dies
+    /// ([`Ledger::lead_rounds`]).
+    pub fn leads_rounds(&self) -> bool {
+        self.inner.leading.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting and closes every connection; a dispatcher that closes rounds hands
+    /// that over to another sharing its ledger.
     pub fn close(&self) {
+        self.inner.ledger.resign_rounds();
+        self.inner.leading.store(false, Ordering::Relaxed);
         self.inner.transport.close();
         if let Some(c) = &self.inner.canary {
             c.close();
@@ -638,21 +666,60 @@ impl<T: Transport> Dispatcher<T> {
         let _settler = AbortOnDrop(tokio::spawn(self.clone().settle_loop()));
         let _canaries = AbortOnDrop(tokio::spawn(self.clone().canary_loop()));
         let _challenges = AbortOnDrop(tokio::spawn(self.clone().hardware_loop()));
+        self.announce().await;
         let result = loop {
-            match self.inner.transport.accept().await {
-                Ok(conn) => {
-                    tokio::spawn(self.clone().connection(conn));
+            tokio::select! {
+                accepted = self.inner.transport.accept() => match accepted {
+                    // A dispatcher holding this one's key: a standby forwarding its peers
+                    // (`crate::cluster`).
+                    Ok(conn) if conn.remote_id() == self.inner.id => {
+                        let me = self.clone();
+                        let limits = self.inner.config.frame_limits;
+                        tokio::spawn(serve_link(conn, limits, move |c| me.clone().connection(c)));
+                    }
+                    Ok(conn) => {
+                        tokio::spawn(self.clone().connection(Link::Direct(conn)));
+                    }
+                    Err(e) => break e,
+                },
+                () = self.inner.superseded.notified() => {
+                    tracing::error!("another dispatcher sharing the ledger is the active one; stopping");
+                    self.inner.transport.close();
+                    return Err(DispatcherError::Superseded);
                 }
-                Err(e) => break e,
             }
         };
         tracing::info!(error = %result, "dispatcher stopped accepting");
         Ok(())
     }
 
+    /// Where the dispatchers standing by reach this one: `DispatcherConfig::cluster_addr`,
+    /// else the transport's address.
+    fn cluster_addr(&self) -> crat_core::id::PeerAddr {
+        self.inner
+            .config
+            .cluster_addr
+            .clone()
+            .unwrap_or_else(|| self.inner.transport.local_addr())
+    }
+
+    /// Records in the ledger, while this dispatcher leads it, where the standbys reach it
+    /// ([`crate::cluster`]).
+    async fn announce(&self) {
+        if !self.inner.leading.load(Ordering::Relaxed) {
+            return;
+        }
+        let addr = self.cluster_addr();
+        let shown = addr.clone();
+        match self.db(move |l| l.announce_active(&addr)).await {
+            Ok(()) => tracing::info!(addr = %shown, "active dispatcher"),
+            Err(e) => tracing::warn!(error = ?e, "cannot record where this dispatcher is reached"),
+        }
+    }
+
     /// Tells a node connection (its first request a registration signed by the
     /// connection's identity) from a client connection, and serves it.
-    async fn connection(self, conn: T::Connection) {
+    async fn connection(self, conn: Link<T::Connection>) {
         let max = self.inner.config.frame_limits.control_bytes_max;
         let Ok(mut first) = conn.accept_exchange().await else {
             return;

@@ -28,7 +28,11 @@ use crate::ledger::{DeploymentRecord, Ledger, LedgerError, NodeRecord, UsageChar
 impl<T: Transport> Dispatcher<T> {
     /// Serves a registered node's requests until its connection ends, then lets the state
     /// machine know it left (unless a newer connection of it took over).
-    pub(super) async fn node_connection(&self, conn: T::Connection, serial: u64) {
+    pub(super) async fn node_connection(
+        &self,
+        conn: crate::cluster::Link<T::Connection>,
+        serial: u64,
+    ) {
         let node = conn.remote_id();
         let me = self.clone();
         let e = serve(
@@ -63,7 +67,7 @@ impl<T: Transport> Dispatcher<T> {
     /// identity); the answer carries its assignments.
     pub(super) async fn register(
         &self,
-        conn: &T::Connection,
+        conn: &crate::cluster::Link<T::Connection>,
         serial: u64,
         reg: Signed<Registration>,
     ) -> Result<DispatcherReply, Refusal> {

@@ -145,7 +145,7 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// Answers [`NodeRequest::Reach`](crat_core::wire::NodeRequest::Reach) on `conn`.
-    pub(super) async fn reach(&self, conn: &T::Connection) -> Reach {
+    pub(super) async fn reach(&self, conn: &crate::cluster::Link<T::Connection>) -> Reach {
         let seen = conn.observed_addr();
         let probed = match seen {
             Some(addr) => self.probe(conn.remote_id(), addr).await,

@@ -174,6 +174,32 @@ impl Pool {
         })
     }
 
+    /// A connection of its own, outside the pool's slots (the round-closing lock's, which
+    /// must outlive any transaction): set up like the pool's, shared with the task that runs
+    /// its statements.
+    pub(super) fn dedicated(&self) -> Result<std::sync::Arc<Client>, LedgerError> {
+        Ok(std::sync::Arc::new(self.connect()?.client))
+    }
+
+    /// Waits for `future`, run on the ledger's runtime, at most `limit`; `None` when the time
+    /// ran out first (a server or network that stopped answering).
+    pub(super) fn within<F>(
+        &self,
+        limit: Duration,
+        future: F,
+    ) -> Result<Option<F::Output>, LedgerError>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| LedgerError::Database("the ledger is closed".into()))?;
+        let task = runtime.spawn(async move { tokio::time::timeout(limit, future).await.ok() });
+        wait(task).map_err(|e| LedgerError::Database(format!("a ledger task failed: {e}")))
+    }
+
     /// A connection: an idle one, a new one while fewer than the pool's size exist, else the
     /// first one given back within the pool's wait.
     pub(super) fn get(&self) -> Result<Lent<'_>, LedgerError> {

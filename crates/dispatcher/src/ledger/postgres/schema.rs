@@ -188,6 +188,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node, round)
     );
     ",
+    // 2: where the active dispatcher of several sharing the ledger is reached (one row,
+    // written by the holder of the round-closing lock).
+    "
+    CREATE TABLE active_dispatcher (
+        one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+        addr TEXT NOT NULL CHECK (length(addr) BETWEEN 1 AND 512)
+    );
+    ",
 ];
 
 /// Creates the schema `schema` if it is missing and applies the migrations it lacks, in one

@@ -370,7 +370,18 @@ fn a_connection_the_server_closed_is_replaced() {
         let mut tx = conn.tx();
         tx.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0)
     };
-    let killer = raw(&f.url, ledger.schema());
+    terminate(&f.url, ledger.schema(), pid);
+    assert_eq!(
+        ledger.grant(&name("dave"), Credits::new(3), 1).unwrap(),
+        Credits::new(3)
+    );
+    assert_eq!(ledger.balance(&name("dave")).unwrap(), Credits::new(3));
+}
+
+/// Ends the server session `pid` (as an administrator or a network cut would) and waits
+/// until it is gone.
+fn terminate(url: &str, schema: &str, pid: i32) {
+    let killer = raw(url, schema);
     let mut conn = killer.get().unwrap();
     let mut tx = conn.tx();
     assert!(
@@ -386,9 +397,86 @@ fn a_connection_the_server_closed_is_replaced() {
         assert!(Instant::now() < deadline, "backend {pid} never ended");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(
-        ledger.grant(&name("dave"), Credits::new(3), 1).unwrap(),
-        Credits::new(3)
+}
+
+/// The backend pid of the session holding the round-closing lock of `schema`, if one does.
+fn round_lock_holder(url: &str, schema: &str) -> Option<i32> {
+    let pool = raw(url, schema);
+    let mut conn = pool.get().unwrap();
+    let mut tx = conn.tx();
+    tx.query(
+        "SELECT pid FROM pg_locks
+         WHERE locktype = 'advisory' AND granted
+           AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 8286294502)",
+        &[&format!("{schema}/rounds")],
+    )
+    .unwrap()
+    .first()
+    .map(|r| r.get(0))
+}
+
+/// Of three handles on one ledger, one at a time leads the round closing; one that resigns,
+/// or is dropped (its process ended), is replaced by the next to ask; a handle on another
+/// schema leads its own ledger meanwhile.
+#[test]
+fn one_handle_at_a_time_leads_the_round_closing() {
+    let f = PgFactory::new();
+    let a = f.fresh();
+    let b = f.another(&a);
+    let c = f.another(&a);
+    let elsewhere = f.fresh();
+    assert!(a.lead_rounds().unwrap());
+    assert!(!b.lead_rounds().unwrap());
+    assert!(!c.lead_rounds().unwrap());
+    assert!(a.lead_rounds().unwrap(), "the leader still leads");
+    assert!(
+        elsewhere.lead_rounds().unwrap(),
+        "another ledger has a leader of its own"
     );
-    assert_eq!(ledger.balance(&name("dave")).unwrap(), Credits::new(3));
+    assert!(round_lock_holder(&f.url, a.schema()).is_some());
+    a.resign_rounds();
+    assert!(
+        b.lead_rounds().unwrap(),
+        "a resigned leader is replaced at once"
+    );
+    assert!(!a.lead_rounds().unwrap());
+    assert!(!c.lead_rounds().unwrap());
+    drop(b);
+    // The server ends the dropped handle's session when its socket closes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !c.lead_rounds().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over from a dropped leader"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!a.lead_rounds().unwrap());
+}
+
+/// A leader whose session the server ended (an administrator, a network cut the server's
+/// keepalives found) does not go on leading: it says so, and another handle takes over.
+#[test]
+fn a_leader_whose_session_ended_stops_leading() {
+    let f = PgFactory::new();
+    let a = f.fresh();
+    let b = f.another(&a);
+    assert!(a.lead_rounds().unwrap());
+    assert!(!b.lead_rounds().unwrap());
+    let pid = round_lock_holder(&f.url, a.schema()).expect("the leader's session holds the lock");
+    terminate(&f.url, a.schema(), pid);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !b.lead_rounds().unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over from an ended session"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !a.lead_rounds().unwrap_or(false),
+        "the old leader no longer leads"
+    );
+    assert!(!a.lead_rounds().unwrap());
+    assert_ne!(round_lock_holder(&f.url, a.schema()), Some(pid));
 }
