@@ -270,8 +270,21 @@ impl IdleSection {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ClientSection {
     pub(crate) dispatcher: Option<SocketAddr>,
+    /// Other addresses of the same dispatcher (dispatchers sharing one ledger and key), dialled
+    /// in turn when one does not answer.
+    pub(crate) dispatcher_alternates: Option<Vec<SocketAddr>>,
     pub(crate) dispatcher_id: Option<String>,
     pub(crate) key: Option<String>,
+}
+
+/// The dispatcher's other addresses: the flags given, else the settings file's.
+fn alternates(flags: Vec<SocketAddr>, file: Option<Vec<SocketAddr>>) -> Vec<PeerAddr> {
+    let addrs = if flags.is_empty() {
+        file.unwrap_or_default()
+    } else {
+        flags
+    };
+    addrs.into_iter().map(PeerAddr::from).collect()
 }
 
 /// Client identities the dispatcher's canaries go out from (each its own endpoint).
@@ -568,6 +581,11 @@ struct NodeRunArgs {
     /// The dispatcher's address.
     #[arg(long)]
     dispatcher: Option<SocketAddr>,
+    /// Another address of the same dispatcher (dispatchers sharing one ledger and key),
+    /// dialled in turn when one does not answer; repeatable. Default: `[client]
+    /// dispatcher_alternates`.
+    #[arg(long = "dispatcher-alternate")]
+    dispatcher_alternate: Vec<SocketAddr>,
     /// The dispatcher's id (64 hex digits; `crat dispatcher` prints it).
     #[arg(long)]
     dispatcher_id: Option<String>,
@@ -632,6 +650,10 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .dispatcher
         .or(file.client.dispatcher)
         .context("--dispatcher is required")?;
+    let dispatcher_alternates = alternates(
+        args.dispatcher_alternate,
+        file.client.dispatcher_alternates.take(),
+    );
     let dispatcher_id: NodeId = args
         .dispatcher_id
         .or(file.client.dispatcher_id)
@@ -747,6 +769,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
                 // Usage not yet acknowledged by the dispatcher survives a restart.
                 usage_journal: Some(data_dir.join("usage.journal")),
                 serve_at_start,
+                dispatcher_alternates,
                 ..NodeConfig::new(PeerAddr::from(dispatcher), dispatcher_id, advertise)
             },
         );
@@ -1206,6 +1229,11 @@ pub(crate) struct ClientArgs {
     /// The dispatcher's address.
     #[arg(long)]
     dispatcher: Option<SocketAddr>,
+    /// Another address of the same dispatcher (dispatchers sharing one ledger and key),
+    /// dialled in turn when one does not answer; repeatable. Default: `[client]
+    /// dispatcher_alternates`.
+    #[arg(long = "dispatcher-alternate")]
+    dispatcher_alternate: Vec<SocketAddr>,
     /// The dispatcher's id.
     #[arg(long)]
     dispatcher_id: Option<String>,
@@ -1251,11 +1279,20 @@ impl ClientArgs {
             .context("--key (or CRAT_KEY) is required")?
             .parse()
             .context("--key")?;
+        let config = crat_sdk::ClientConfig {
+            dispatcher_alternates: alternates(
+                self.dispatcher_alternate,
+                file.dispatcher_alternates,
+            ),
+            ..crat_sdk::ClientConfig::default()
+        };
         let identity = SigningKey::from_bytes(&rand::random());
         let transport = choice
             .bind(crat_sdk::client_bind_addr(addr), &identity, &[], false)
             .await?;
-        let client = crat_sdk::Client::connect(transport, identity, addr.into(), id, key).await?;
+        let client =
+            crat_sdk::Client::connect_with(transport, identity, addr.into(), id, key, config)
+                .await?;
         if let AnyTransport::Iroh(t) = client.transport()
             && choice.has_relays()
         {

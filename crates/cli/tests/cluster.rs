@@ -71,12 +71,14 @@ impl Cluster {
         // The second dispatcher: its own data directory, the cluster's key.
         let data = dir.join("dispatcher-b");
         std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(dir.join("logs-standby")).unwrap();
         std::fs::copy(net.data.join("dispatcher.key"), data.join("dispatcher.key")).unwrap();
         let mut standby = DispatcherProc {
             port: free_port(&[net.dispatcher.port]).unwrap(),
             data,
             config: net.dispatcher.config.clone(),
-            logs: net.logs.clone(),
+            // Its own log files (their names count lives, as the active one's do).
+            logs: dir.join("logs-standby"),
             proc: None,
             lives: 0,
             id: Some(net.id.clone()),
@@ -110,7 +112,15 @@ impl Cluster {
         }
     }
 
-    fn node(&self, index: usize, dir: &Path, through: &DispatcherProc) -> NodeProc {
+    /// A node registering through `through`, with `alternate` as the dispatcher's other
+    /// address when given.
+    fn node(
+        &self,
+        index: usize,
+        dir: &Path,
+        through: &DispatcherProc,
+        alternate: Option<&DispatcherProc>,
+    ) -> NodeProc {
         let mut node = NodeProc {
             index,
             port: free_port(&[self.net.dispatcher.port, self.standby.port]).unwrap(),
@@ -119,19 +129,35 @@ impl Cluster {
             proc: None,
             lives: 0,
         };
-        node.start(through).unwrap();
+        let more = alternate.map(|a| a.addr());
+        let more: Vec<&str> = more
+            .iter()
+            .flat_map(|a| ["--dispatcher-alternate", a.as_str()])
+            .collect();
+        node.start_with(through, &more).unwrap();
         node
     }
 
-    /// An SDK client of the cluster through `through`.
+    /// An SDK client of the cluster through `through`, with `alternate` as the dispatcher's
+    /// other address when given.
     async fn client(
         &self,
         through: &DispatcherProc,
+        alternate: Option<&DispatcherProc>,
     ) -> crat_sdk::Client<crat_transport::quic::QuicTransport> {
-        crat_sdk::connect(
+        let config = crat_sdk::ClientConfig {
+            dispatcher_alternates: alternate
+                .map(|a| crat_core::id::PeerAddr::new(a.addr()).unwrap())
+                .into_iter()
+                .collect(),
+            ..crat_sdk::ClientConfig::default()
+        };
+        crat_sdk::connect_quic_with(
             through.addr().parse().unwrap(),
             self.net.id.parse::<NodeId>().unwrap(),
             self.net.key.parse().unwrap(),
+            config,
+            crat_transport::quic::QuicConfig::default(),
         )
         .await
         .unwrap()
@@ -188,13 +214,13 @@ async fn a_standby_forwards_nodes_and_clients_to_the_active_dispatcher() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), "replicas = 2\n").await;
     // One node registers with the active dispatcher, one through the standby.
-    let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher);
-    let _forwarded = cluster.node(1, dir.path(), &cluster.standby);
+    let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher, None);
+    let _forwarded = cluster.node(1, dir.path(), &cluster.standby, None);
     // Deployed through the active dispatcher, on both nodes: the one registered through the
     // standby is placed by the active dispatcher.
     let (_, deployment, _) = cluster.net.deploy(dir.path(), TINY).unwrap();
     let id: DeploymentId = deployment.parse().unwrap();
-    let via_standby = cluster.client(&cluster.standby).await;
+    let via_standby = cluster.client(&cluster.standby, None).await;
     let d = via_standby.deployment(id);
     let info = d.wait_ready(Duration::from_secs(60)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -234,18 +260,35 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
     let dir = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start(
         dir.path(),
+        // Usage is accepted for 40 s after its ticket expires: longer than a node or client
+        // on the killed dispatcher takes to find it dead (the transport's 30 s idle timeout).
         "replicas = 2\nround_s = 6\nround_close_delay_s = 1\nticket_lifetime_s = 10\n\
-         usage_grace_s = 5\n",
+         usage_grace_s = 40\n",
     )
     .await;
-    // Both nodes reach the cluster through the standby, which outlives the active dispatcher.
-    let _n0 = cluster.node(0, dir.path(), &cluster.standby);
-    let _n1 = cluster.node(1, dir.path(), &cluster.standby);
-    let via_standby = cluster.client(&cluster.standby).await;
-    let model = via_standby.upload_model(TINY, |_| {}).await.unwrap();
+    // One node registers with the active dispatcher, one through the standby, each knowing
+    // the other's address; the client leases through the active dispatcher and knows the
+    // standby's address too. When the active one dies, the node and the client on it go to
+    // the other address.
+    let n0 = cluster.node(
+        0,
+        dir.path(),
+        &cluster.net.dispatcher,
+        Some(&cluster.standby),
+    );
+    let n1 = cluster.node(
+        1,
+        dir.path(),
+        &cluster.standby,
+        Some(&cluster.net.dispatcher),
+    );
+    let client = cluster
+        .client(&cluster.net.dispatcher, Some(&cluster.standby))
+        .await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let d = loop {
-        match via_standby
+        match client
             .deploy(
                 model,
                 crat_core::pricing::DeployPlan::PerRequest(crat_core::pricing::PerRequestPlan {
@@ -265,7 +308,7 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
     let id = d.id();
     d.wait_ready(Duration::from_secs(60)).await.unwrap();
 
-    // Load: tasks one after another through the standby, counting those answered.
+    // Load: tasks one after another, counting those answered.
     let answered = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -343,17 +386,31 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
     load.await.unwrap().unwrap();
     let answered = answered.load(Ordering::Relaxed);
 
-    // Every answered task is charged once: so it stays after the tickets' window, when
-    // acknowledged work no record charged is settled.
+    // Every answered task is charged once. And nothing more will be: no node holds usage it
+    // has not reported, and no acknowledgement holds work not charged (which its settlement,
+    // after the usage window, would charge).
     let price = task_price(&cluster.ledger, &id);
-    let stopped = Instant::now();
     cluster
         .charged(&id, Credits::new(price.get() * answered))
         .await;
-    tokio::time::sleep(Duration::from_secs(16).saturating_sub(stopped.elapsed())).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in [&n0, &n1] {
+        while !node.journal().unwrap().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "node {} holds usage it does not report\n{}",
+                node.index,
+                cluster.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     cluster
         .charged(&id, Credits::new(price.get() * answered))
         .await;
+    for a in cluster.ledger.unsettled_acks(10_000).unwrap() {
+        assert_eq!(a.entry.unreported(a.ticket_nonce, a.node), None, "{a:?}");
+    }
     let totals = cluster.ledger.totals().unwrap();
     assert!(totals.is_conserved(), "{totals:?}");
 

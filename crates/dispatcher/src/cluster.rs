@@ -538,6 +538,12 @@ impl<T: Transport> Standby<T> {
                 }
                 accepted = self.transport.accept() => {
                     let conn = accepted?;
+                    if conn.remote_id() == id {
+                        // A dispatcher of the cluster mistaking this one for the active one (or
+                        // this one's own link, when the ledger still names its address).
+                        conn.close("this dispatcher stands by");
+                        continue;
+                    }
                     let up = link.lock().clone();
                     let Some(up) = up else {
                         conn.close("no active dispatcher reachable yet; connect again shortly");

@@ -81,6 +81,10 @@ pub const RECONNECT_BACKOFF_MS_MIN: u64 = 250;
 pub struct NodeConfig {
     /// Where the dispatcher listens.
     pub dispatcher_addr: PeerAddr,
+    /// Other addresses of the same dispatcher (dispatchers sharing one ledger and key,
+    /// `crat_dispatcher::cluster`): after each lost or failed connection the node dials the
+    /// next of `dispatcher_addr` and these, in turn. Default: none.
+    pub dispatcher_alternates: Vec<PeerAddr>,
     /// The dispatcher's identity (pinned on connect; it signs tickets).
     pub dispatcher_id: NodeId,
     /// Addresses clients reach this node at (registered with the dispatcher).
@@ -139,6 +143,7 @@ impl NodeConfig {
     pub fn new(dispatcher_addr: PeerAddr, dispatcher_id: NodeId, advertise: PeerAddr) -> Self {
         Self {
             dispatcher_addr,
+            dispatcher_alternates: Vec::new(),
             dispatcher_id,
             advertise_addrs: vec![advertise],
             frame_limits: FrameLimits::default(),
@@ -239,6 +244,9 @@ struct Served {
 }
 
 struct Inner<T: Transport> {
+    /// Which of the dispatcher's addresses the next connection dials
+    /// ([`NodeConfig::dispatcher_alternates`]).
+    dispatcher_turn: std::sync::atomic::AtomicUsize,
     key: SigningKey,
     id: NodeId,
     transport: T,
@@ -351,6 +359,7 @@ impl<T: Transport> Node<T> {
             .unwrap_or_default();
         Self {
             inner: Arc::new(Inner {
+                dispatcher_turn: std::sync::atomic::AtomicUsize::new(0),
                 id: NodeId::from_key(&parts.key.verifying_key()),
                 key: parts.key,
                 transport: parts.transport,
@@ -1073,8 +1082,21 @@ impl<T: Transport> Node<T> {
             }
             metrics::gauge!(m::DISPATCHER_CONNECTED).set(0.0);
             *inner.dispatcher.write() = None;
+            // The next of the dispatcher's addresses, if it has several.
+            inner.dispatcher_turn.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
             backoff_ms = (backoff_ms * 2).min(inner.config.reconnect_backoff_ms_max);
+        }
+    }
+
+    /// The dispatcher address the next connection dials: `dispatcher_addr` and its alternates
+    /// in turn.
+    fn dispatcher_addr(&self) -> &PeerAddr {
+        let config = &self.inner.config;
+        let n = config.dispatcher_alternates.len() + 1;
+        match self.inner.dispatcher_turn.load(Ordering::Relaxed) % n {
+            0 => &config.dispatcher_addr,
+            i => &config.dispatcher_alternates[i - 1],
         }
     }
 
@@ -1084,7 +1106,7 @@ impl<T: Transport> Node<T> {
         let inner = &self.inner;
         let conn = inner
             .transport
-            .connect(&inner.config.dispatcher_addr, &inner.config.dispatcher_id)
+            .connect(self.dispatcher_addr(), &inner.config.dispatcher_id)
             .await?;
         *inner.dispatcher.write() = Some(conn.clone());
         // Pushes from the dispatcher arrive on this connection.

@@ -46,6 +46,8 @@ pub(crate) struct Inner<T: Transport> {
     pub(crate) config: ClientConfig,
     dispatcher: tokio::sync::Mutex<Option<(u64, T::Connection)>>,
     dispatcher_generation: AtomicU64,
+    /// Which of the dispatcher's addresses to dial first ([`ClientConfig::dispatcher_alternates`]).
+    dispatcher_turn: std::sync::atomic::AtomicUsize,
     pub(crate) pool: NodePool<T::Connection>,
     pub(crate) stats: Counters,
 }
@@ -123,6 +125,7 @@ impl<T: Transport> Client<T> {
                 config,
                 dispatcher: tokio::sync::Mutex::new(None),
                 dispatcher_generation: AtomicU64::new(1),
+                dispatcher_turn: std::sync::atomic::AtomicUsize::new(0),
                 stats: Counters::default(),
             }),
         };
@@ -158,35 +161,58 @@ impl<T: Transport> Client<T> {
         self.inner.stats.snapshot()
     }
 
-    /// The pooled dispatcher connection, dialled if there is none; `fresh` if just dialled.
+    /// The dispatcher's address of turn `turn`: its address, then its alternates
+    /// ([`ClientConfig::dispatcher_alternates`]).
+    fn dispatcher_addr_at(&self, turn: usize) -> &PeerAddr {
+        let inner = &self.inner;
+        match turn % (inner.config.dispatcher_alternates.len() + 1) {
+            0 => &inner.dispatcher_addr,
+            i => &inner.config.dispatcher_alternates[i - 1],
+        }
+    }
+
+    /// The pooled dispatcher connection, dialled if there is none (the dispatcher's addresses
+    /// in turn, from the last that answered, until one does); `fresh` if just dialled.
     async fn dispatcher_conn(&self) -> Result<(u64, T::Connection, bool), Error> {
         let inner = &self.inner;
         let mut slot = inner.dispatcher.lock().await;
         if let Some((generation, conn)) = &*slot {
             return Ok((*generation, conn.clone(), false));
         }
-        let conn = tokio::time::timeout(
-            inner.config.connect_timeout(),
-            inner
-                .transport
-                .connect(&inner.dispatcher_addr, &inner.dispatcher_id),
-        )
-        .await
-        .map_err(|_| {
-            Error::Timeout(format!(
-                "connecting to the dispatcher at {} took over {} ms",
-                inner.dispatcher_addr, inner.config.connect_timeout_ms
-            ))
-        })??;
-        let generation = inner.dispatcher_generation.fetch_add(1, Ordering::Relaxed);
-        *slot = Some((generation, conn.clone()));
-        Ok((generation, conn, true))
+        let first = inner.dispatcher_turn.load(Ordering::Relaxed);
+        let mut failure = None;
+        for turn in first..=first + inner.config.dispatcher_alternates.len() {
+            let addr = self.dispatcher_addr_at(turn);
+            let dialled = tokio::time::timeout(
+                inner.config.connect_timeout(),
+                inner.transport.connect(addr, &inner.dispatcher_id),
+            )
+            .await;
+            let e = match dialled {
+                Ok(Ok(conn)) => {
+                    inner.dispatcher_turn.store(turn, Ordering::Relaxed);
+                    let generation = inner.dispatcher_generation.fetch_add(1, Ordering::Relaxed);
+                    *slot = Some((generation, conn.clone()));
+                    return Ok((generation, conn, true));
+                }
+                Ok(Err(e)) => Error::from(e),
+                Err(_) => Error::Timeout(format!(
+                    "connecting to the dispatcher at {addr} took over {} ms",
+                    inner.config.connect_timeout_ms
+                )),
+            };
+            failure = Some(e);
+        }
+        Err(failure.expect("at least one address is tried"))
     }
 
+    /// Forgets dispatcher connection `generation` (it died); the next is dialled from the
+    /// dispatcher's next address, if it has several.
     async fn drop_dispatcher(&self, generation: u64) {
         let mut slot = self.inner.dispatcher.lock().await;
         if matches!(&*slot, Some((g, _)) if *g == generation) {
             *slot = None;
+            self.inner.dispatcher_turn.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -16,6 +16,10 @@ pub struct ClientConfig {
     pub infer_timeout_ms: u64,
     /// Limit on dialling one address. Default 10 s.
     pub connect_timeout_ms: u64,
+    /// Other addresses of the same dispatcher (dispatchers sharing one ledger and key): when
+    /// its address does not answer, or its connection dies, the client dials the next of them
+    /// in turn. Default: none.
+    pub dispatcher_alternates: Vec<crat_core::id::PeerAddr>,
     /// Most attempts (node calls) for one task, over all replicas and lease renewals.
     /// `None` (the default): 2 × the lease's replicas + 2.
     pub attempts_max: Option<u32>,
@@ -62,6 +66,7 @@ impl Default for ClientConfig {
             dispatcher_timeout_ms: 30_000,
             infer_timeout_ms: 60_000,
             connect_timeout_ms: 10_000,
+            dispatcher_alternates: Vec::new(),
             attempts_max: None,
             lease_renew_margin_pct: 20,
             lease_renew_margin_s_min: 5,
@@ -84,6 +89,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("dispatcher_timeout_ms", &self.dispatcher_timeout_ms)
             .field("infer_timeout_ms", &self.infer_timeout_ms)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("dispatcher_alternates", &self.dispatcher_alternates)
             .field("attempts_max", &self.attempts_max)
             .field("ack_every_tasks", &self.ack_every_tasks)
             .field("ack_flush_ms", &self.ack_flush_ms)

@@ -31,7 +31,7 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 17] = [
+const OFF_AS_SHIPPED: [&str; 18] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
     "dispatcher.models_dir",
@@ -46,6 +46,7 @@ const OFF_AS_SHIPPED: [&str; 17] = [
     "node.idle.stop_grace_ms",
     "node.onnxruntime.path",
     "client.key",
+    "client.dispatcher_alternates",
     "network.relays",
     "network.relay_ca",
     "relay.names",
@@ -147,6 +148,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
     } = onnxruntime;
     let ClientSection {
         dispatcher: client_dispatcher,
+        dispatcher_alternates,
         dispatcher_id,
         key,
     } = client;
@@ -200,6 +202,10 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("node.onnxruntime.index_url", index_url.is_some()),
         ("client.dispatcher", client_dispatcher.is_some()),
         ("client.dispatcher_id", dispatcher_id.is_some()),
+        (
+            "client.dispatcher_alternates",
+            dispatcher_alternates.is_some(),
+        ),
         ("client.key", key.is_some()),
         ("gateway.grpc_addr", grpc_addr.is_some()),
         ("network.transport", transport.is_some()),

@@ -238,6 +238,15 @@ pub(crate) struct NodeProc {
 
 impl NodeProc {
     pub(crate) fn start(&mut self, dispatcher: &DispatcherProc) -> anyhow::Result<()> {
+        self.start_with(dispatcher, &[])
+    }
+
+    /// [`NodeProc::start`] with `more` flags.
+    pub(crate) fn start_with(
+        &mut self,
+        dispatcher: &DispatcherProc,
+        more: &[&str],
+    ) -> anyhow::Result<()> {
         self.lives += 1;
         let args = [
             "node",
@@ -252,7 +261,10 @@ impl NodeProc {
             "--gpu",
             "NVIDIA GeForce RTX 3080",
         ]
-        .map(String::from);
+        .into_iter()
+        .chain(more.iter().copied())
+        .map(String::from)
+        .collect::<Vec<_>>();
         self.proc = Some(Proc::spawn(
             format!("node{}-{:03}", self.index, self.lives),
             &args,
