@@ -28,6 +28,33 @@
 //! Nothing of this is needed with a ledger of one's own (SQLite): that dispatcher is always
 //! active.
 //!
+//! # Example
+//! One member of a cluster: it stands by while another is active, then runs as the active
+//! dispatcher (every member runs the same code, with the same key and shared directories).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use crat_dispatcher::cluster::Standby;
+//! use crat_dispatcher::ledger::Ledger;
+//! use crat_dispatcher::{Dispatcher, DispatcherConfig};
+//! use crat_transport::quic::{QuicConfig, QuicTransport};
+//!
+//! // `ledger`: a `PgLedger` (feature `postgres`) on the database every member shares.
+//! # async fn run(key: ed25519_dalek::SigningKey, ledger: Arc<dyn Ledger>) -> anyhow::Result<()> {
+//! let mut config = DispatcherConfig::new("/var/lib/crat");
+//! config.models_dir = "/srv/crat-shared/models".into();
+//! config.payouts_dir = "/srv/crat-shared/payouts".into();
+//! config.cluster_addr = Some(crat_core::id::PeerAddr::new("10.0.0.5:7400")?);
+//! let mut transport = QuicTransport::bind("0.0.0.0:7400".parse()?, &key, QuicConfig::default())?;
+//! if !ledger.lead_rounds()? {
+//!     let standby = Standby::new(transport, ledger.clone(), config.frame_limits, config.concurrency_max);
+//!     transport = standby.run().await?; // until this one takes over
+//! }
+//! let dispatcher = Dispatcher::open_with_ledger(config, key, transport, None, ledger)?;
+//! dispatcher.run().await?; // `DispatcherError::Superseded` if another took the lock since
+//! # Ok(()) }
+//! ```
+//!
 //! [`Ledger::lead_rounds`]: crate::ledger::Ledger::lead_rounds
 //! [`Ledger::announce_active`]: crate::ledger::Ledger::announce_active
 

@@ -10,7 +10,8 @@
 //!   deployments, usage (charged once per task id), rounds and payouts; SQLite by default (one
 //!   file in the data directory), or PostgreSQL with the `postgres` feature
 //!   (`ledger::PgLedger`, [`Dispatcher::open_with_ledger`]), a database several dispatchers
-//!   can share;
+//!   share: one is active, the others stand by, forwarding to it, and take over when it dies
+//!   ([`cluster`]);
 //! - **deploys** under both pricing plans of `crat_core::pricing`, placing replicas with the
 //!   sans-IO [`crat_core::dispatch`] state machine and re-placing them when nodes go away; a
 //!   per-request deployment the network is too small for is created with the replicas that
