@@ -8,7 +8,8 @@
 #   in network namespaces (crates/testnet/tests/netlab.rs; needs root);
 # - postgresql-15: the server binaries (and the `postgres` OS user) of the throwaway server
 #   scripts/postgres.sh starts for the PostgreSQL ledger's tests (its own data directory and
-#   port; the Debian cluster the package sets up is not used).
+#   port; the Debian cluster the package sets up is not used);
+# - openssl: that server's throwaway TLS certificate (the ledger's TLS tests).
 # Needs root or sudo, and the Debian archive. Called by scripts/test.sh and .ci/run.
 set -euo pipefail
 need=()
@@ -19,6 +20,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 { [ -x "${CRAT_PG_BIN:-/usr/lib/postgresql/15/bin}/postgres" ] && id -u postgres >/dev/null 2>&1; } \
     || need+=(postgresql-15)
+command -v openssl >/dev/null || need+=(openssl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then
     sudo=()

@@ -7,6 +7,8 @@
 #                               accepts connections and prints its URL on stdout:
 #                               postgres://postgres@127.0.0.1:PORT/crat_test
 #   scripts/postgres.sh url     prints that URL again (fails when no server was started)
+#   scripts/postgres.sh ca      prints the path of the CA certificate (PEM) the server's TLS
+#                               certificate is signed with (for tests of TLS to the server)
 #   scripts/postgres.sh stop    stops the server (pg_ctl stop -m fast) and deletes its data
 #                               directory; stopping when none runs is not an error
 #
@@ -24,7 +26,10 @@
 #   `postgres`; /tmp when `postgres` cannot reach $TMPDIR), with trust authentication, and
 #   connections only on a unix socket in that directory and on 127.0.0.1;
 # - listens on a free TCP port of 127.0.0.1 (a random one, retried when it turns out taken);
-# - runs with fsync off: it is a test server, thrown away after the run.
+# - runs with fsync off: it is a test server, thrown away after the run;
+# - accepts TLS (and plain) connections: its certificate, for 127.0.0.1 and localhost, is signed
+#   by a throwaway CA made with `openssl` at start ($CRAT_PG_DIR/ca.pem, `scripts/postgres.sh
+#   ca`), so that tests can check that a client verifies it.
 #
 # State (the port, the data directory, the URL) is kept in the directory $CRAT_PG_DIR, by default
 # ${TMPDIR:-/tmp}/crat-postgres-$(id -u). One state directory holds one server: give each
@@ -82,6 +87,9 @@ and this is no terminal)"
 }
 
 check_tools() {
+    command -v openssl >/dev/null \
+        || die "openssl is missing (the test server's TLS certificate is made with it; Debian:
+apt-get install openssl)"
     local tool
     for tool in initdb pg_ctl pg_isready psql postgres; do
         [ -x "$bin/$tool" ] || die "$bin/$tool is missing: install PostgreSQL 15's server
@@ -152,7 +160,7 @@ stop() {
             || what="could not stop the server on port $port (pg_ctl failed)"
     fi
     remove_data
-    rm -f -- "$state"
+    rm -f -- "$state" "$state_dir/ca.pem"
     rmdir -- "$state_dir" 2>/dev/null || true
     say "$what; deleted $data"
 }
@@ -185,6 +193,26 @@ local all all             trust
 host  all all 127.0.0.1/32 trust
 EOF
 
+    # TLS: a throwaway CA (kept in the state directory, for the tests) signs the server's
+    # certificate (in the data directory, its key readable by postgres only).
+    local tls="$state_dir/tls"
+    rm -rf -- "$tls" && mkdir -p -- "$tls"
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 7 \
+            -subj "/CN=crat test CA" -keyout "$tls/ca.key" -out "$state_dir/ca.pem" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign"
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
+            -keyout "$tls/server.key" -out "$tls/server.csr"
+        printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$tls/server.ext"
+        openssl x509 -req -in "$tls/server.csr" -CA "$state_dir/ca.pem" -CAkey "$tls/ca.key" \
+            -CAcreateserial -days 7 -extfile "$tls/server.ext" -out "$tls/server.pem"
+    } >"$tls/openssl.log" 2>&1 || { cat "$tls/openssl.log" >&2; die "openssl failed"; }
+    chmod 644 "$state_dir/ca.pem"
+    as_pg sh -c "cat > '$data/server.pem'" <"$tls/server.pem"
+    as_pg sh -c "umask 077 && cat > '$data/server.key'" <"$tls/server.key"
+    rm -rf -- "$tls"
+
     local tries=0 log
     while :; do
         port="$(pick_port)"
@@ -197,6 +225,9 @@ unix_socket_directories = '$data'
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+ssl = on
+ssl_cert_file = 'server.pem'
+ssl_key_file = 'server.key'
 EOF
         log="$data/server.log"
         if as_pg "$bin/pg_ctl" -D "$data" -l "$log" -w -t 60 start >/dev/null 2>&1; then
@@ -235,8 +266,12 @@ url)
     read_state || die "no server started (no $state): run '$me start'"
     echo "$url"
     ;;
+ca)
+    read_state || die "no server started (no $state): run '$me start'"
+    echo "$state_dir/ca.pem"
+    ;;
 *)
-    echo "usage: $me start|stop|url" >&2
+    echo "usage: $me start|stop|url|ca" >&2
     exit 2
     ;;
 esac

@@ -21,7 +21,9 @@ CRAT_PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crat-pg-run.XXXXXX")"
 export CRAT_PG_DIR
 trap 'scripts/postgres.sh stop || true; rm -rf -- "$CRAT_PG_DIR"' EXIT
 CRAT_TEST_POSTGRES_URL="$(scripts/postgres.sh start)"
-export CRAT_TEST_POSTGRES_URL
+# The CA its TLS certificate is signed with (the ledger's TLS tests).
+CRAT_TEST_POSTGRES_CA="$(scripts/postgres.sh ca)"
+export CRAT_TEST_POSTGRES_URL CRAT_TEST_POSTGRES_CA
 cargo test --workspace --all-features --locked "$@"
 
 # --- the Python package (python/, its own Cargo workspace): build it and run its pytest suite.

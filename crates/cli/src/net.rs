@@ -84,6 +84,9 @@ struct DispatcherSection {
     ledger: Option<String>,
     /// The PostgreSQL schema of the ledger (default `crat`); only with a PostgreSQL `ledger`.
     ledger_schema: Option<String>,
+    /// The CA certificates (PEM) the PostgreSQL server's TLS certificate must chain to; TLS is
+    /// then used (verified) unless the URL says `sslmode=disable`.
+    ledger_ca: Option<PathBuf>,
     /// Where models are stored (default `<data_dir>/models`): with a shared ledger, a
     /// directory every dispatcher mounts.
     models_dir: Option<PathBuf>,
@@ -106,6 +109,8 @@ enum LedgerLocation {
         url: String,
         /// The schema of the ledger's tables.
         schema: String,
+        /// The CA certificates (PEM) the server's TLS certificate must chain to.
+        ca: Option<PathBuf>,
     },
 }
 
@@ -113,20 +118,26 @@ impl LedgerLocation {
     /// `ledger` and `schema` as given (flag, else file): a `postgres://` or `postgresql://` URL
     /// is PostgreSQL, nothing or `sqlite` the SQLite file; anything else is refused (a
     /// mistyped URL must not quietly start a ledger of its own).
-    fn new(ledger: Option<String>, schema: Option<String>) -> anyhow::Result<Self> {
+    fn new(
+        ledger: Option<String>,
+        schema: Option<String>,
+        ca: Option<PathBuf>,
+    ) -> anyhow::Result<Self> {
         match ledger {
             None => {
                 anyhow::ensure!(
-                    schema.is_none(),
-                    "a ledger schema is given, but no PostgreSQL ledger (--ledger postgres://…)"
+                    schema.is_none() && ca.is_none(),
+                    "a ledger schema or CA is given, but no PostgreSQL ledger (--ledger \
+                     postgres://…)"
                 );
                 Ok(Self::Sqlite)
             }
-            Some(l) if l == "sqlite" => Self::new(None, schema),
+            Some(l) if l == "sqlite" => Self::new(None, schema, ca),
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(Self::Postgres {
                     url,
                     schema: schema.unwrap_or_else(|| PgOptions::default().schema),
+                    ca,
                 })
             }
             Some(other) => anyhow::bail!(
@@ -148,9 +159,10 @@ impl LedgerLocation {
                         .with_context(|| format!("opening {}", path.display()))?,
                 ))
             }
-            Self::Postgres { url, schema } => {
+            Self::Postgres { url, schema, ca } => {
                 let options = PgOptions {
                     schema: schema.clone(),
+                    ca_file: ca.clone(),
                     ..PgOptions::default()
                 };
                 Ok(Arc::new(
@@ -169,7 +181,7 @@ impl LedgerLocation {
     fn describe(&self, data_dir: &Path) -> String {
         match self {
             Self::Sqlite => data_dir.join("ledger.sqlite").display().to_string(),
-            Self::Postgres { url, schema } => {
+            Self::Postgres { url, schema, .. } => {
                 format!("PostgreSQL {} (schema {schema})", redact_url(url))
             }
         }
@@ -357,6 +369,11 @@ pub(crate) struct DispatcherArgs {
     /// ledger_schema`, else `crat`.
     #[arg(long)]
     ledger_schema: Option<String>,
+    /// The CA certificates (PEM) the PostgreSQL server's TLS certificate must chain to: TLS,
+    /// verified, unless the URL says sslmode=disable (`sslmode=require` alone verifies against
+    /// the Mozilla roots). Default: `[dispatcher] ledger_ca`.
+    #[arg(long)]
+    ledger_ca: Option<PathBuf>,
     /// Where models are stored. Default: `[dispatcher] models_dir`, else `<data-dir>/models`.
     /// Dispatchers sharing a ledger share this directory.
     #[arg(long)]
@@ -427,6 +444,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     let ledger = LedgerLocation::new(
         args.ledger.or(file.ledger),
         args.ledger_schema.or(file.ledger_schema),
+        args.ledger_ca.or(file.ledger_ca),
     )?;
     let key = load_or_create_key(&data_dir.join("dispatcher.key"))?;
     runtime()?.block_on(async move {
@@ -1025,13 +1043,22 @@ pub(crate) struct DataDir {
     /// The PostgreSQL schema of the ledger. Default `crat`.
     #[arg(long)]
     ledger_schema: Option<String>,
+    /// The CA certificates (PEM) the PostgreSQL server's TLS certificate must chain to, as
+    /// `crat dispatcher --ledger-ca`.
+    #[arg(long)]
+    ledger_ca: Option<PathBuf>,
 }
 
 impl DataDir {
     fn ledger(&self) -> anyhow::Result<Arc<dyn Ledger>> {
         // The same ledger `crat dispatcher` uses; the SQLite file is created if new, so an
         // operator can set up accounts before the first start.
-        LedgerLocation::new(self.ledger.clone(), self.ledger_schema.clone())?.open(&self.data_dir)
+        LedgerLocation::new(
+            self.ledger.clone(),
+            self.ledger_schema.clone(),
+            self.ledger_ca.clone(),
+        )?
+        .open(&self.data_dir)
     }
 }
 

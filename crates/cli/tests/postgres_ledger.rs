@@ -1,9 +1,10 @@
 //! `crat dispatcher --ledger postgres://…` as the built binaries run it: the dispatcher keeps
 //! its ledger in a schema of its own of the test PostgreSQL server, the operator verbs
 //! (`crat credits`, `crat keys`) reach the same ledger with the same `--ledger`, and a client
-//! uploads, deploys and infers through a `crat node`. The client's credits go down by exactly
-//! the deployment's up-front price, its allowance by exactly the task's price, and the ledger
-//! the test reads directly agrees with `crat credits balance`.
+//! uploads, deploys and infers through a `crat node`, all over TLS to the server
+//! (`--ledger-ca`). The client's credits go down by exactly the deployment's up-front price,
+//! its allowance by exactly the task's price, and the ledger the test reads directly agrees
+//! with `crat credits balance`.
 //!
 //! Needs a PostgreSQL server: its URL in `CRAT_TEST_POSTGRES_URL` (`scripts/test.sh` starts one
 //! and sets it). Without it the test fails, saying so.
@@ -33,10 +34,22 @@ const GRANTED: u64 = 100_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dispatcher_on_postgres_charges_exactly_the_price() {
-    let url = common::postgres_url();
+    // Over TLS, verified against the test server's CA: `--ledger-ca` reaches the dispatcher
+    // and the operator verbs (without it, `sslmode=require` would verify against the Mozilla
+    // roots, and the test server's certificate would be refused).
+    let url = format!("{}?sslmode=require", common::postgres_url());
+    let ca = common::postgres_ca();
+    let ca = ca.to_str().unwrap();
     // A schema of this test's own: runs sharing a server never meet.
     let schema = format!("cli_{}_{:08x}", std::process::id(), rand::random::<u32>());
-    let ledger_args = ["--ledger", url.as_str(), "--ledger-schema", schema.as_str()];
+    let ledger_args = [
+        "--ledger",
+        url.as_str(),
+        "--ledger-schema",
+        schema.as_str(),
+        "--ledger-ca",
+        ca,
+    ];
     let dir = tempfile::tempdir().unwrap();
     let net = Network::start_on_ledger(
         dir.path(),
@@ -82,6 +95,7 @@ async fn a_dispatcher_on_postgres_charges_exactly_the_price() {
         &PgOptions {
             schema: schema.clone(),
             pool_size: 2,
+            ca_file: Some(common::postgres_ca()),
             ..PgOptions::default()
         },
     )

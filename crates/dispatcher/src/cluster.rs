@@ -85,6 +85,9 @@ pub const FORWARDED_CONNECTIONS_MAX: usize = 200_000;
 /// Most exchanges in flight on a link, each way (below the transport's streams per
 /// connection, so that forwarding waits rather than fails).
 pub const LINK_EXCHANGES_MAX: usize = 192;
+/// Most exchanges one forwarded connection has on the link at once (a sixth of the link:
+/// a peer sending slow requests cannot take it all).
+pub const PEER_LINK_EXCHANGES_MAX: usize = LINK_EXCHANGES_MAX / 6;
 /// Exchanges of one forwarded connection waiting for the active dispatcher to take them.
 const FORWARDED_QUEUE: usize = 64;
 /// What a link's envelope adds to a forwarded frame, at most.
@@ -745,7 +748,10 @@ async fn forward<C: Connection>(
         }
     }
     peers.lock().insert(vconn, conn.clone());
-    let permits = Arc::new(Semaphore::new(concurrency_max.max(1)));
+    // One peer holds at most this share of the link's exchanges, whatever it sends.
+    let permits = Arc::new(Semaphore::new(
+        concurrency_max.clamp(1, PEER_LINK_EXCHANGES_MAX),
+    ));
     loop {
         let Ok(mut incoming) = conn.accept_exchange().await else {
             break;

@@ -31,9 +31,10 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 18] = [
+const OFF_AS_SHIPPED: [&str; 19] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
+    "dispatcher.ledger_ca",
     "dispatcher.models_dir",
     "dispatcher.payouts_dir",
     "dispatcher.cluster_addr",
@@ -124,6 +125,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         metrics_addr,
         ledger,
         ledger_schema,
+        ledger_ca,
         models_dir,
         payouts_dir,
         cluster_addr,
@@ -184,6 +186,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("dispatcher.metrics_addr", metrics_addr.is_some()),
         ("dispatcher.ledger", ledger.is_some()),
         ("dispatcher.ledger_schema", ledger_schema.is_some()),
+        ("dispatcher.ledger_ca", ledger_ca.is_some()),
         ("dispatcher.models_dir", models_dir.is_some()),
         ("dispatcher.payouts_dir", payouts_dir.is_some()),
         ("dispatcher.cluster_addr", cluster_addr.is_some()),

@@ -31,6 +31,19 @@ pub(crate) fn postgres_url() -> String {
     }
 }
 
+/// The CA of the test PostgreSQL server's TLS certificate (`CRAT_TEST_POSTGRES_CA`, which
+/// `scripts/test.sh` sets); without it the calling test fails, saying so.
+pub(crate) fn postgres_ca() -> PathBuf {
+    match std::env::var("CRAT_TEST_POSTGRES_CA") {
+        Ok(path) if !path.is_empty() => path.into(),
+        _ => panic!(
+            "CRAT_TEST_POSTGRES_CA is not set: this test needs the test PostgreSQL server's CA. \
+             Run the tests through scripts/test.sh, or set it to what `scripts/postgres.sh ca` \
+             prints"
+        ),
+    }
+}
+
 /// A dispatcher process and an SDK key with credits.
 pub(crate) struct Network {
     pub(crate) dispatcher: DispatcherProc,

@@ -61,6 +61,10 @@ pub struct PgOptions {
     pub pool_wait: Duration,
     /// How long one statement may run on the server (default 30 s).
     pub statement_timeout: Duration,
+    /// The certificates (PEM) the server's certificate must chain to, for TLS; `None`: the
+    /// Mozilla roots. With a file, TLS is used unless the URL says `sslmode=disable` (see
+    /// [`PgLedger`]'s security notes).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for PgOptions {
@@ -71,8 +75,47 @@ impl Default for PgOptions {
             connect_timeout: Duration::from_secs(10),
             pool_wait: Duration::from_secs(30),
             statement_timeout: Duration::from_secs(30),
+            ca_file: None,
         }
     }
+}
+
+/// The TLS connector of a ledger: rustls (ring), checking the server's certificate chain and
+/// name against the certificates in `ca_file`, or the Mozilla roots.
+fn tls_connector(
+    ca_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres_rustls::MakeRustlsConnect, LedgerError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let shown = path.display();
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| LedgerError::Invalid(format!("reading {shown}: {e}")))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| LedgerError::Invalid(format!("reading {shown}: {e}")))?;
+            if certs.is_empty() {
+                return Err(LedgerError::Invalid(format!(
+                    "{shown} holds no certificate (PEM)"
+                )));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| LedgerError::Invalid(format!("a certificate of {shown}: {e}")))?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| LedgerError::Invalid(format!("TLS: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
 /// The longest schema name PostgreSQL keeps (`NAMEDATALEN - 1`).
@@ -128,11 +171,15 @@ fn quote_ident(ident: &str) -> String {
 ///
 /// # Security
 ///
-/// Connections are not encrypted: this build speaks PostgreSQL without TLS (a URL with
-/// `sslmode=require` fails to connect rather than going on in the clear). Reach the database
-/// over a private network, a unix socket (`host=/run/postgresql`) or a tunnel. A password in the
-/// URL never appears in this crate's messages ([`redact_url`]); keep the file or command line
-/// that holds it readable by the service only.
+/// - **TLS** (rustls): with `sslmode=require` in the URL, or a CA file
+///   ([`PgOptions::ca_file`]) and no `sslmode=disable`, every connection is encrypted and the
+///   server's certificate is verified, chain and name (libpq's `verify-full`), against the CA
+///   file or else the Mozilla roots; a server that cannot prove itself is refused, never used
+///   unverified. Without either (the URL's default `sslmode=prefer`), connections are in the
+///   clear: then reach the database over a private network, a unix socket
+///   (`host=/run/postgresql`) or a tunnel.
+/// - A password in the URL never appears in this crate's messages ([`redact_url`]); keep the
+///   file or command line that holds it readable by the service only.
 ///
 /// ```no_run
 /// use crat_dispatcher::ledger::{AccountName, Ledger, PgLedger, PgOptions};
@@ -191,6 +238,16 @@ impl PgLedger {
                 pool::describe(&e)
             ))
         })?;
+        // TLS when the URL requires it, or a CA file is given (unless the URL disables it);
+        // always verified: never TLS that takes any certificate.
+        let tls = match (config.get_ssl_mode(), &options.ca_file) {
+            (tokio_postgres::config::SslMode::Disable, _)
+            | (tokio_postgres::config::SslMode::Prefer, None) => None,
+            (_, ca) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                Some(tls_connector(ca.as_deref())?)
+            }
+        };
         config
             .connect_timeout(options.connect_timeout)
             .keepalives(true)
@@ -205,6 +262,7 @@ impl PgLedger {
                 config,
                 setup,
                 shown,
+                tls,
             },
             options.pool_size,
             options.pool_wait,

@@ -88,6 +88,8 @@ pub(super) struct Target {
     pub(super) setup: String,
     /// The URL without its password, for messages.
     pub(super) shown: String,
+    /// TLS to the server (verified), or `None` for a plain connection.
+    pub(super) tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 struct Slots {
@@ -153,13 +155,23 @@ impl Pool {
         let setup = self.target.setup.clone();
         let shown = self.target.shown.clone();
         let handle = runtime.handle().clone();
+        let tls = self.target.tls.clone();
         let task = runtime.spawn(async move {
-            let (client, connection) = config.connect(NoTls).await?;
-            handle.spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %describe(&e), "a ledger connection to PostgreSQL failed");
+            let failed = |e: tokio_postgres::Error| {
+                tracing::warn!(error = %describe(&e), "a ledger connection to PostgreSQL failed");
+            };
+            let client = match tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await?;
+                    handle.spawn(async move { connection.await.unwrap_or_else(failed) });
+                    client
                 }
-            });
+                None => {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    handle.spawn(async move { connection.await.unwrap_or_else(failed) });
+                    client
+                }
+            };
             client.batch_execute(&setup).await?;
             Ok::<_, tokio_postgres::Error>(client)
         });

@@ -35,6 +35,7 @@ fn raw(url: &str, schema: &str) -> Pool {
             config,
             setup: format!("SET search_path TO {}", quote_ident(schema)),
             shown: redact_url(url),
+            tls: None,
         },
         2,
         Duration::from_secs(30),
@@ -479,4 +480,79 @@ fn a_leader_whose_session_ended_stops_leading() {
     );
     assert!(!a.lead_rounds().unwrap());
     assert_ne!(round_lock_holder(&f.url, a.schema()), Some(pid));
+}
+
+/// The CA the test server's TLS certificate is signed with (`scripts/postgres.sh ca`, which
+/// `scripts/test.sh` exports as `CRAT_TEST_POSTGRES_CA`).
+fn test_ca() -> std::path::PathBuf {
+    match std::env::var("CRAT_TEST_POSTGRES_CA") {
+        Ok(path) if !path.is_empty() => path.into(),
+        _ => panic!(
+            "CRAT_TEST_POSTGRES_CA is not set: the TLS tests need the test server's CA. Run the \
+             tests through scripts/test.sh, or set it to what `scripts/postgres.sh ca` prints"
+        ),
+    }
+}
+
+/// Whether the pooled connection `ledger` lends is encrypted, as the server sees it.
+fn encrypted(ledger: &PgLedger) -> bool {
+    let mut conn = ledger.pool.get().unwrap();
+    let mut tx = conn.tx();
+    tx.query_one(
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
+/// `sslmode=require` with the server's CA: every connection is TLS, and the ledger works on
+/// it. A CA file alone turns TLS on; `sslmode=disable` turns it off. Without the CA the
+/// server's certificate chains to no trusted root, and the ledger refuses to connect rather
+/// than use TLS unverified; a CA file that holds no certificate is refused.
+#[test]
+fn tls_to_the_server_is_verified_against_the_ca() {
+    let f = PgFactory::new();
+    let schema = format!("{}_tls", f.prefix);
+    f.schemas.borrow_mut().push(schema.clone());
+    let with_ca = PgOptions {
+        ca_file: Some(test_ca()),
+        ..PgFactory::options(&schema)
+    };
+    let required = format!("{}?sslmode=require", f.url);
+    let ledger = PgLedger::connect_with(&required, &with_ca).unwrap();
+    ledger.create_account(&name("tina"), 0).unwrap();
+    assert_eq!(
+        ledger.grant(&name("tina"), Credits::new(5), 1).unwrap(),
+        Credits::new(5)
+    );
+    assert!(encrypted(&ledger));
+    assert!(encrypted(
+        &PgLedger::connect_with(&f.url, &with_ca).unwrap()
+    ));
+    let disabled = format!("{}?sslmode=disable", f.url);
+    assert!(!encrypted(
+        &PgLedger::connect_with(&disabled, &with_ca).unwrap()
+    ));
+    assert!(
+        !encrypted(&f.another(&ledger)),
+        "no TLS asked for, none used"
+    );
+
+    let e = PgLedger::connect_with(&required, &PgFactory::options(&schema)).unwrap_err();
+    assert!(
+        matches!(&e, LedgerError::Database(m) if m.contains("certificate")),
+        "{e}"
+    );
+    let not_pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(not_pem.path(), "no certificate here").unwrap();
+    let e = PgLedger::connect_with(
+        &required,
+        &PgOptions {
+            ca_file: Some(not_pem.path().to_owned()),
+            ..PgFactory::options(&schema)
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, LedgerError::Invalid(_)), "{e}");
 }
