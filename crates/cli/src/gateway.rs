@@ -59,6 +59,11 @@ pub(crate) struct GatewayArgs {
     /// The dispatcher's address.
     #[arg(long, conflicts_with = "local")]
     dispatcher: Option<SocketAddr>,
+    /// Another address of the same dispatcher (dispatchers sharing one ledger and key),
+    /// dialled in turn when one does not answer; repeatable. Default: `[client]
+    /// dispatcher_alternates`.
+    #[arg(long = "dispatcher-alternate", conflicts_with = "local")]
+    dispatcher_alternate: Vec<SocketAddr>,
     /// The dispatcher's id.
     #[arg(long, conflicts_with = "local")]
     dispatcher_id: Option<String>,
@@ -105,10 +110,14 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .context("--dispatcher-id is required (or --local)")?
             .parse()
             .context("--dispatcher-id")?;
-        let upstream = Upstream {
+        let mut upstream = Upstream {
             iroh: choice.iroh_config(),
             ..Upstream::new(addr, id)
         };
+        upstream.client.dispatcher_alternates = crate::net::alternates(
+            args.dispatcher_alternate,
+            file.client.dispatcher_alternates.take(),
+        );
         let gateway = Gateway::new(config, upstream)?;
         let (http, grpc) = bind_both(gateway.config()).await?;
         println!(

@@ -290,7 +290,7 @@ pub(crate) struct ClientSection {
 }
 
 /// The dispatcher's other addresses: the flags given, else the settings file's.
-fn alternates(flags: Vec<SocketAddr>, file: Option<Vec<SocketAddr>>) -> Vec<PeerAddr> {
+pub(crate) fn alternates(flags: Vec<SocketAddr>, file: Option<Vec<SocketAddr>>) -> Vec<PeerAddr> {
     let addrs = if flags.is_empty() {
         file.unwrap_or_default()
     } else {
