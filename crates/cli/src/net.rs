@@ -473,6 +473,15 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             transports,
             references,
         };
+        if matches!(ledger, LedgerLocation::Postgres { .. })
+            && config.cluster_addr.is_none()
+            && listen.ip().is_unspecified()
+        {
+            println!(
+                "warning: listening on {listen} without --cluster-addr: another dispatcher sharing \
+                 the ledger reaches this one, while it is active, only from this machine"
+            );
+        }
         let opened = ledger.open(&data_dir)?;
         // With a ledger other dispatchers share, one of them is active; this one stands by,
         // forwarding its nodes and clients to it, until it takes over (crat_dispatcher::cluster).
@@ -490,12 +499,20 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
                  forwards its nodes and clients to it until it takes over",
                 ledger.describe(&data_dir)
             );
+            // The link to the active dispatcher goes out from an endpoint of its own (iroh does
+            // not dial its own identity), proven a member by the cluster key's signature.
+            let link_key = SigningKey::from_bytes(&rand::random());
+            let link = choice
+                .bind(SocketAddr::new(listen.ip(), 0), &link_key, &[], false)
+                .await?;
             let standby = Standby::new(
                 transport,
+                link,
+                key.clone(),
                 opened.clone(),
                 config.frame_limits,
                 config.concurrency_max,
-            );
+            )?;
             let transport = standby.run().await?;
             println!("taking over as the active dispatcher");
             transport

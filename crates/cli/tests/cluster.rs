@@ -120,6 +120,7 @@ impl Cluster {
         dir: &Path,
         through: &DispatcherProc,
         alternate: Option<&DispatcherProc>,
+        extra: &[&str],
     ) -> NodeProc {
         let mut node = NodeProc {
             index,
@@ -133,6 +134,7 @@ impl Cluster {
         let more: Vec<&str> = more
             .iter()
             .flat_map(|a| ["--dispatcher-alternate", a.as_str()])
+            .chain(extra.iter().copied())
             .collect();
         node.start_with(through, &more).unwrap();
         node
@@ -214,8 +216,8 @@ async fn a_standby_forwards_nodes_and_clients_to_the_active_dispatcher() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(dir.path(), "replicas = 2\n").await;
     // One node registers with the active dispatcher, one through the standby.
-    let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher, None);
-    let _forwarded = cluster.node(1, dir.path(), &cluster.standby, None);
+    let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher, None, &[]);
+    let _forwarded = cluster.node(1, dir.path(), &cluster.standby, None, &[]);
     // Deployed through the active dispatcher, on both nodes: the one registered through the
     // standby is placed by the active dispatcher.
     let (_, deployment, _) = cluster.net.deploy(dir.path(), TINY).unwrap();
@@ -275,12 +277,14 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
         dir.path(),
         &cluster.net.dispatcher,
         Some(&cluster.standby),
+        &[],
     );
     let n1 = cluster.node(
         1,
         dir.path(),
         &cluster.standby,
         Some(&cluster.net.dispatcher),
+        &[],
     );
     let client = cluster
         .client(&cluster.net.dispatcher, Some(&cluster.standby))
@@ -455,4 +459,78 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
          the kill)",
         failed.load(Ordering::Relaxed)
     );
+}
+
+/// The same on the iroh transport (the networks whose nodes sit behind NATs): iroh will not
+/// dial its own identity, so the standby's link goes out from an endpoint of its own, proven a
+/// member by the cluster key's signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_forwards_on_the_iroh_transport_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(
+        dir.path(),
+        "replicas = 2\n[network]\ntransport = \"iroh\"\n",
+    )
+    .await;
+    let iroh = ["--transport", "iroh"];
+    let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher, None, &iroh);
+    let _forwarded = cluster.node(1, dir.path(), &cluster.standby, None, &iroh);
+    // Every client verb through the standby.
+    let addr = cluster.standby.addr();
+    let verb = |verb: &str, args: &[&str]| {
+        let flags = [
+            "--dispatcher",
+            addr.as_str(),
+            "--dispatcher-id",
+            cluster.net.id.as_str(),
+            "--key",
+            cluster.net.key.as_str(),
+            "--transport",
+            "iroh",
+        ];
+        let out = common::crat(&[&[verb][..], &flags, args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            stderr,
+        )
+    };
+    let path = dir.path().join("model.onnx");
+    std::fs::write(&path, TINY).unwrap();
+    let (ok, model, stderr) = verb("upload", &[path.to_str().unwrap()]);
+    assert!(ok, "upload: {stderr}\n{}", cluster.logs());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let deployment = loop {
+        let (ok, out, stderr) = verb("deploy", &["--model", &model, "--allowance", "50000"]);
+        if ok {
+            break out;
+        }
+        assert!(
+            stderr.contains("no capacity") && Instant::now() < deadline,
+            "deploy: {stderr}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let id: DeploymentId = deployment.parse().unwrap();
+    const TASKS: u64 = 20;
+    let (ok, _, stderr) = verb(
+        "infer",
+        &[
+            "--deployment",
+            &deployment,
+            "--input",
+            "input:f32:1x1x28x28=zeros",
+            "--repeat",
+            "20",
+        ],
+    );
+    assert!(ok, "infer: {stderr}\n{}", cluster.logs());
+    let price = task_price(&cluster.ledger, &id);
+    cluster
+        .charged(&id, Credits::new(price.get() * TASKS))
+        .await;
+    let totals = cluster.ledger.totals().unwrap();
+    assert!(totals.is_conserved(), "{totals:?}");
 }

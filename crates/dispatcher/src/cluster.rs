@@ -10,8 +10,10 @@
 //!   ([`Ledger::lead_rounds`]). It runs everything: registrations, placement, leases, usage,
 //!   rounds. It records where it is reached ([`Ledger::announce_active`]).
 //! - **A standby** ([`Standby`]) accepts nodes' and clients' connections and forwards every
-//!   exchange of each, both ways, to the active dispatcher over one link (a connection made
-//!   with the cluster's key, which the active one recognises as its own identity). The active
+//!   exchange of each, both ways, to the active dispatcher over one link: a connection from an
+//!   endpoint of the standby's own (any transport, iroh included, which will not dial its own
+//!   identity), whose first request is the cluster key's signature of that endpoint's
+//!   identity, so the active one knows it for a member. The active
 //!   dispatcher serves a forwarded connection exactly as a direct one ([`Link`]): the node's
 //!   address as the standby saw its packets, its proven identity, and pushes sent back through
 //!   the standby. So a node registered through one dispatcher is placed by the other, and a
@@ -47,7 +49,11 @@
 //! config.cluster_addr = Some(crat_core::id::PeerAddr::new("10.0.0.5:7400")?);
 //! let mut transport = QuicTransport::bind("0.0.0.0:7400".parse()?, &key, QuicConfig::default())?;
 //! if !ledger.lead_rounds()? {
-//!     let standby = Standby::new(transport, ledger.clone(), config.frame_limits, config.concurrency_max);
+//!     // The link to the active dispatcher goes out from an identity of its own.
+//!     let link_key = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+//!     let link = QuicTransport::bind("0.0.0.0:0".parse()?, &link_key, QuicConfig::default())?;
+//!     let (limits, concurrency) = (config.frame_limits, config.concurrency_max);
+//!     let standby = Standby::new(transport, link, key.clone(), ledger.clone(), limits, concurrency)?;
 //!     transport = standby.run().await?; // until this one takes over
 //! }
 //! let dispatcher = Dispatcher::open_with_ledger(config, key, transport, None, ledger)?;
@@ -66,6 +72,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use crat_core::id::{NodeId, PeerAddr};
+use crat_core::sign::{Signable, Signed};
 use crat_core::wire::{ErrorCode, Message, Reply, WireError};
 use crat_transport::{
     Closed, Connection, Conversation, Frame, FrameError, FrameLimits, IncomingExchange, PathKind,
@@ -92,6 +99,44 @@ pub const PEER_LINK_EXCHANGES_MAX: usize = LINK_EXCHANGES_MAX / 6;
 const FORWARDED_QUEUE: usize = 64;
 /// What a link's envelope adds to a forwarded frame, at most.
 const ENVELOPE_BYTES: u32 = 1_024;
+
+/// The first request on a link: the cluster key's claim of the link's identity.
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkHello {
+    /// [`LINK_MAGIC`]: no node or client request starts so.
+    magic: [u8; 16],
+    claim: Signed<LinkClaim>,
+}
+
+/// "The endpoint `link` is a member of the cluster", signed with the cluster's key.
+#[derive(Debug, Serialize, Deserialize)]
+struct LinkClaim {
+    link: NodeId,
+}
+
+impl Signable for LinkClaim {
+    const DOMAIN: &'static [u8] = b"crat/v1/cluster-link\0";
+}
+
+const LINK_MAGIC: [u8; 16] = *b"crat-cluster-lnk";
+
+impl Message for LinkHello {}
+
+/// Whether `first`, the first request of a connection from `remote`, opens a standby's link to
+/// the dispatcher `cluster` (the cluster key's claim of `remote`).
+pub(crate) fn is_link(first: &Frame, cluster: &NodeId, remote: &NodeId) -> bool {
+    first.decode::<LinkHello>().is_ok_and(|h| {
+        h.magic == LINK_MAGIC
+            && h.claim
+                .verify(Some(cluster))
+                .is_ok_and(|c| c.link == *remote)
+    })
+}
+
+/// The answer to a link's first request.
+pub(crate) fn link_accepted() -> impl Message {
+    LinkAnswer::Done
+}
 
 /// Standby → active, on the link.
 #[derive(Debug, Serialize, Deserialize)]
@@ -510,6 +555,10 @@ where
 /// until it becomes the active one itself (see the [module documentation](self)).
 pub struct Standby<T: Transport> {
     transport: T,
+    /// The endpoint the link is dialled from (an identity of its own).
+    link: T,
+    /// The cluster's key: it signs the link's claim.
+    key: ed25519_dalek::SigningKey,
     ledger: Arc<dyn Ledger>,
     limits: FrameLimits,
     concurrency_max: usize,
@@ -519,21 +568,33 @@ pub struct Standby<T: Transport> {
 type Peers<C> = Arc<Mutex<HashMap<u64, C>>>;
 
 impl<T: Transport> Standby<T> {
-    /// A standby on `transport` (bound with the cluster's key), for the active dispatcher of
-    /// `ledger`; `limits` and `concurrency_max` as the dispatcher's
-    /// (`DispatcherConfig::frame_limits`, `concurrency_max`).
+    /// A standby on `transport` (bound with the cluster's `key`) for the active dispatcher of
+    /// `ledger`, dialling it from `link` (an endpoint of the same transport kind with an
+    /// identity of its own); `limits` and `concurrency_max` as the dispatcher's
+    /// (`DispatcherConfig::frame_limits`, `concurrency_max`). An error: `transport` is not
+    /// `key`'s, or `link` is.
     pub fn new(
         transport: T,
+        link: T,
+        key: ed25519_dalek::SigningKey,
         ledger: Arc<dyn Ledger>,
         limits: FrameLimits,
         concurrency_max: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, DispatcherError> {
+        let id = NodeId::from_key(&key.verifying_key());
+        if transport.local_id() != id || link.local_id() == id {
+            return Err(DispatcherError::Config(
+                "a standby listens with the cluster's key and links from another identity".into(),
+            ));
+        }
+        Ok(Self {
             transport,
+            link,
+            key,
             ledger,
             limits,
             concurrency_max,
-        }
+        })
     }
 
     /// Forwards until this dispatcher leads the ledger ([`Ledger::lead_rounds`]), then closes
@@ -568,12 +629,6 @@ impl<T: Transport> Standby<T> {
                 }
                 accepted = self.transport.accept() => {
                     let conn = accepted?;
-                    if conn.remote_id() == id {
-                        // A dispatcher of the cluster mistaking this one for the active one (or
-                        // this one's own link, when the ledger still names its address).
-                        conn.close("this dispatcher stands by");
-                        continue;
-                    }
                     let up = link.lock().clone();
                     let Some(up) = up else {
                         conn.close("no active dispatcher reachable yet; connect again shortly");
@@ -596,10 +651,11 @@ impl<T: Transport> Standby<T> {
                 }
             }
         }
-        let link = link.lock().take();
-        if let Some(link) = link {
-            link.close("this dispatcher becomes the active one");
+        let up = link.lock().take();
+        if let Some(up) = up {
+            up.close("this dispatcher becomes the active one");
         }
+        self.link.close();
         let forwarded: Vec<_> = peers.lock().drain().map(|(_, c)| c).collect();
         tracing::info!(
             connections = forwarded.len(),
@@ -636,13 +692,30 @@ impl<T: Transport> Standby<T> {
                 return;
             }
         };
-        let conn = match self.transport.connect(&addr, &id).await {
+        let conn = match self.link.connect(&addr, &id).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "cannot reach the active dispatcher");
                 return;
             }
         };
+        let hello = LinkHello {
+            magic: LINK_MAGIC,
+            claim: Signed::sign(
+                LinkClaim {
+                    link: self.link.local_id(),
+                },
+                &self.key,
+            ),
+        };
+        match link_call(&conn, &hello, link_max).await {
+            Ok(LinkAnswer::Done) => {}
+            other => {
+                tracing::warn!(%addr, answer = ?other, "the active dispatcher refused the link");
+                conn.close("refused");
+                return;
+            }
+        }
         tracing::info!(%addr, "forwarding to the active dispatcher");
         *link.lock() = Some(conn.clone());
         let (link, peers) = (link.clone(), peers.clone());

@@ -670,15 +670,8 @@ impl<T: Transport> Dispatcher<T> {
         let result = loop {
             tokio::select! {
                 accepted = self.inner.transport.accept() => match accepted {
-                    // A dispatcher holding this one's key: a standby forwarding its peers
-                    // (`crate::cluster`).
-                    Ok(conn) if conn.remote_id() == self.inner.id => {
-                        let me = self.clone();
-                        let limits = self.inner.config.frame_limits;
-                        tokio::spawn(serve_link(conn, limits, move |c| me.clone().connection(c)));
-                    }
                     Ok(conn) => {
-                        tokio::spawn(self.clone().connection(Link::Direct(conn)));
+                        tokio::spawn(self.clone().accepted(conn));
                     }
                     Err(e) => break e,
                 },
@@ -727,6 +720,41 @@ impl<T: Transport> Dispatcher<T> {
         let Ok(frame) = first.read_request(max).await else {
             return;
         };
+        self.serve_first(conn, first, frame).await;
+    }
+
+    /// A connection this dispatcher accepted: a standby's link to it, when the first request
+    /// is the cluster key's claim of the connection's identity ([`crate::cluster`]); otherwise
+    /// a node's or a client's, served by [`Dispatcher::connection`]'s rules.
+    async fn accepted(self, conn: T::Connection) {
+        let max = self.inner.config.frame_limits.control_bytes_max;
+        let Ok(mut first) = conn.accept_exchange().await else {
+            return;
+        };
+        let Ok(frame) = first.read_request(max).await else {
+            return;
+        };
+        if crate::cluster::is_link(&frame, &self.inner.id, &conn.remote_id()) {
+            respond(first, &crate::cluster::link_accepted(), max).await;
+            let me = self.clone();
+            serve_link(conn, self.inner.config.frame_limits, move |c| {
+                me.clone().connection(c)
+            })
+            .await;
+            return;
+        }
+        let first = crate::cluster::LinkExchange::Direct(first);
+        self.serve_first(Link::Direct(conn), first, frame).await;
+    }
+
+    /// Serves a connection whose first request `frame` came in `first`.
+    async fn serve_first(
+        self,
+        conn: Link<T::Connection>,
+        first: <Link<T::Connection> as Connection>::Incoming,
+        frame: Frame,
+    ) {
+        let max = self.inner.config.frame_limits.control_bytes_max;
         let remote = conn.remote_id();
         match frame.decode::<NodeRequest>() {
             Ok(NodeRequest::Register(reg)) if reg.signer == remote => {
