@@ -540,6 +540,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
                 // A graceful stop settles the rounds closed and not settled yet (after a
                 // kill, the next start does, or the dispatcher that takes over), then hands
                 // the round closing over.
+                dispatcher.flush().await;
                 if dispatcher.leads_rounds() {
                     match dispatcher.settle_pending().await {
                         Ok(settled) if !settled.is_empty() => {

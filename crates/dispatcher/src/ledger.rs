@@ -516,6 +516,11 @@ pub trait Ledger: Send + Sync + 'static {
         session_start_s: u64,
         end_s: u64,
     ) -> Result<(), LedgerError>;
+    /// [`Ledger::record_online`] of many sessions `(node, session_start_s, end_s)`, in one
+    /// transaction. A session of a node that is not stored is skipped (it was forgotten, or
+    /// never stored); returns how many were. A session ending before it starts is
+    /// [`LedgerError::Invalid`], and nothing is recorded.
+    fn record_online_many(&self, sessions: &[(NodeId, u64, u64)]) -> Result<u32, LedgerError>;
     /// Ends the session that started at `session_start_s` at `end_s`, shortening it if more
     /// was recorded (a missed or failed compute challenge ends a session at the last passed
     /// one); later [`Ledger::record_online`] calls never extend it past `end_s`. The node must

@@ -2,6 +2,7 @@
 //! the databases' signed 64-bit integers, the journal's kinds, the columns read back and the
 //! encodings of records as stored.
 
+use crat_core::id::NodeId;
 use crat_core::money::Credits;
 use crat_core::wire::ModelSignature;
 
@@ -36,6 +37,29 @@ pub(super) fn to_i64(value: u64, what: &str) -> Result<i64, LedgerError> {
             i64::MAX
         ))
     })
+}
+
+/// The sessions of [`Ledger::record_online_many`](super::Ledger::record_online_many) as stored
+/// integers, checked first (a session ending before it starts, or a time above `i64::MAX`, is
+/// [`LedgerError::Invalid`], and nothing is recorded).
+pub(super) fn session_rows(
+    sessions: &[(NodeId, u64, u64)],
+) -> Result<Vec<(NodeId, i64, i64)>, LedgerError> {
+    sessions
+        .iter()
+        .map(|&(node, start, end)| {
+            if end < start {
+                return Err(LedgerError::Invalid(format!(
+                    "online session ends at {end}, before its start {start}"
+                )));
+            }
+            Ok((
+                node,
+                to_i64(start, "session_start_s")?,
+                to_i64(end, "end_s")?,
+            ))
+        })
+        .collect()
 }
 
 pub(super) fn opt_to_i64(value: Option<u64>, what: &str) -> Result<Option<i64>, LedgerError> {

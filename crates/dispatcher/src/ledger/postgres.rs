@@ -31,7 +31,8 @@ use self::rows::{
 };
 use super::common::{
     Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS,
-    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, signature_json, to_i64,
+    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, session_rows, signature_json,
+    to_i64,
 };
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
@@ -418,6 +419,13 @@ impl PgLedger {
         })
     }
 }
+
+/// [`Ledger::record_online`]'s statement: the session created or extended, never shortened,
+/// never past its cut.
+const RECORD_ONLINE: &str = "INSERT INTO sessions (node, start_s, end_s) VALUES ($1, $2, $3)
+     ON CONFLICT (node, start_s) DO UPDATE
+     SET end_s = LEAST(GREATEST(sessions.end_s, EXCLUDED.end_s),
+                       COALESCE(sessions.cut_s, GREATEST(sessions.end_s, EXCLUDED.end_s)))";
 
 /// A window bound: times above `i64::MAX` are never stored, so clamping loses nothing.
 fn clamp(s: u64) -> i64 {
@@ -1364,15 +1372,22 @@ impl Ledger for PgLedger {
         session_start_s: u64,
         end_s: u64,
     ) -> Result<(), LedgerError> {
-        self.write_session(
-            node,
-            session_start_s,
-            end_s,
-            "INSERT INTO sessions (node, start_s, end_s) VALUES ($1, $2, $3)
-             ON CONFLICT (node, start_s) DO UPDATE
-             SET end_s = LEAST(GREATEST(sessions.end_s, EXCLUDED.end_s),
-                               COALESCE(sessions.cut_s, GREATEST(sessions.end_s, EXCLUDED.end_s)))",
-        )
+        self.write_session(node, session_start_s, end_s, RECORD_ONLINE)
+    }
+
+    fn record_online_many(&self, sessions: &[(NodeId, u64, u64)]) -> Result<u32, LedgerError> {
+        let rows = session_rows(sessions)?;
+        self.write(|tx| {
+            let mut skipped = 0u32;
+            for (node, start, end) in &rows {
+                if !tx.exists("SELECT 1 FROM nodes WHERE id = $1", &[node.as_bytes()])? {
+                    skipped += 1;
+                    continue;
+                }
+                tx.execute(RECORD_ONLINE, &[node.as_bytes(), start, end])?;
+            }
+            Ok(skipped)
+        })
     }
 
     fn cut_online(

@@ -19,7 +19,8 @@ mod acks;
 
 use super::common::{
     Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS,
-    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, signature_json, to_i64,
+    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, session_rows, signature_json,
+    to_i64,
 };
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
@@ -29,6 +30,12 @@ use super::{
 
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+/// [`Ledger::record_online`]'s statement: the session created or extended, never shortened,
+/// never past its cut.
+const RECORD_ONLINE: &str = "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
+     ON CONFLICT(node, start_s) DO UPDATE
+     SET end_s = min(max(end_s, excluded.end_s), coalesce(cut_s, max(end_s, excluded.end_s)))";
 
 /// The schema, one step per entry; `PRAGMA user_version` is the number of steps applied.
 /// Append new steps; never edit a released one.
@@ -1595,14 +1602,28 @@ impl Ledger for SqliteLedger {
         session_start_s: u64,
         end_s: u64,
     ) -> Result<(), LedgerError> {
-        self.write_session(
-            node,
-            session_start_s,
-            end_s,
-            "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
-             ON CONFLICT(node, start_s) DO UPDATE
-             SET end_s = min(max(end_s, excluded.end_s), coalesce(cut_s, max(end_s, excluded.end_s)))",
-        )
+        self.write_session(node, session_start_s, end_s, RECORD_ONLINE)
+    }
+
+    fn record_online_many(&self, sessions: &[(NodeId, u64, u64)]) -> Result<u32, LedgerError> {
+        let rows = session_rows(sessions)?;
+        self.write(|tx| {
+            let mut known = tx
+                .prepare_cached("SELECT 1 FROM nodes WHERE id = ?1")
+                .db()?;
+            let mut record = tx.prepare_cached(RECORD_ONLINE).db()?;
+            let mut skipped = 0u32;
+            for (node, start, end) in &rows {
+                if !known.exists(params![node.as_bytes().as_slice()]).db()? {
+                    skipped += 1;
+                    continue;
+                }
+                record
+                    .execute(params![node.as_bytes().as_slice(), start, end])
+                    .db()?;
+            }
+            Ok(skipped)
+        })
     }
 
     fn cut_online(

@@ -85,6 +85,7 @@ macro_rules! ledger_suite {
             model_signatures_are_stored_and_filled_in_once,
             latest_time_is_the_latest_of_income_journal_sessions_and_rounds,
             online_sessions_overlapping_a_window,
+            many_online_sessions_are_recorded_at_once,
             validations_in_a_window,
             a_round_is_closed_over_the_nodes_active_in_it,
             idle_node_records_holding_nothing_are_forgotten,
@@ -966,6 +967,47 @@ pub(crate) fn latest_time_is_the_latest_of_income_journal_sessions_and_rounds(
     // An older charge recorded later (a clock that went back) does not lower it.
     ledger.charge_usage(&[charge(2, 2, 1, 300)]).unwrap();
     assert_eq!(ledger.latest_time_s().unwrap(), 86_400);
+}
+
+/// `record_online_many` records as `record_online` does, in one call: sessions created and
+/// extended (never shortened, never past a cut), a node not stored skipped and counted, a
+/// session ending before it starts refusing the whole call.
+pub(crate) fn many_online_sessions_are_recorded_at_once(f: &impl LedgerFactory) {
+    let ledger = f.fresh();
+    let (a, b, stranger) = (node(1), node(2), node(3));
+    ledger.upsert_node(&a).unwrap();
+    ledger.upsert_node(&b).unwrap();
+    ledger.cut_online(&b.id, 100, 120).unwrap();
+    let skipped = ledger
+        .record_online_many(&[
+            (a.id, 0, 10),
+            (a.id, 0, 50),
+            (a.id, 0, 40),
+            (a.id, 60, 70),
+            (b.id, 100, 150),
+            (stranger.id, 0, 10),
+        ])
+        .unwrap();
+    assert_eq!(skipped, 1);
+    let iv = |x, y| Interval::new(x, y);
+    assert_eq!(
+        ledger.online_sessions(&a.id, 0, 1000).unwrap(),
+        [iv(0, 50), iv(60, 70)]
+    );
+    assert_eq!(
+        ledger.online_sessions(&b.id, 0, 1000).unwrap(),
+        [iv(100, 120)]
+    );
+    assert!(matches!(
+        ledger.record_online_many(&[(a.id, 0, 500), (a.id, 400, 399)]),
+        Err(LedgerError::Invalid(_))
+    ));
+    assert_eq!(
+        ledger.online_sessions(&a.id, 0, 1000).unwrap(),
+        [iv(0, 50), iv(60, 70)],
+        "nothing of a refused call is recorded"
+    );
+    assert_eq!(ledger.record_online_many(&[]).unwrap(), 0);
 }
 
 pub(crate) fn online_sessions_overlapping_a_window(f: &impl LedgerFactory) {

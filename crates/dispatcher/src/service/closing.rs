@@ -37,6 +37,7 @@ impl<T: Transport> Dispatcher<T> {
             };
             metrics::gauge!(crate::metrics::NODES_ONLINE).set(online as f64);
             self.apply(effects).await;
+            self.flush_sessions().await;
             self.settle_acks().await;
             self.refund_stopped().await;
             self.end_due_deployments(now).await;
@@ -120,6 +121,8 @@ impl<T: Transport> Dispatcher<T> {
 
     /// Stores every round that is due and not stored yet (no settlement).
     async fn store_due_rounds(&self) -> Result<Vec<ClosedRound>, DispatcherError> {
+        // The rounds are closed over the sessions the ledger holds: the waiting ones first.
+        self.flush_sessions().await;
         let now = self.inner.clock.now_s();
         let clock = self.inner.config.round_clock();
         let next = {
@@ -237,6 +240,7 @@ impl<T: Transport> Dispatcher<T> {
     /// stored round is only settled again, which pays nothing twice). A settlement failure
     /// is returned; the round stays stored and unsettled, and the settler retries it.
     pub async fn close_round(&self, index: u64) -> Result<ClosedRound, DispatcherError> {
+        self.flush_sessions().await;
         let inner = self.inner.clone();
         let closed = tokio::task::spawn_blocking(move || {
             let stored = inner.ledger.round(index)?.is_some();

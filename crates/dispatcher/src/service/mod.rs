@@ -259,6 +259,12 @@ struct Inner<T: Transport> {
     load_failures: Mutex<HashMap<DeploymentId, String>>,
     serial: AtomicU64,
     next_round: Mutex<Option<u64>>,
+    /// Online sessions waiting for the ledger: (node, session start) → the latest end seen.
+    /// A heartbeat extends its node's session here, not in the ledger; every tick writes them
+    /// all in one transaction (`node.rs`'s `flush_sessions`), so a dispatcher that crashes
+    /// loses at most a tick of uptime, and the ledger sees a write a tick, whatever the node
+    /// count.
+    sessions: Mutex<HashMap<(NodeId, u64), u64>>,
     /// Whether this dispatcher closes and settles rounds ([`Ledger::lead_rounds`], asked every
     /// tick).
     leading: AtomicBool,
@@ -536,6 +542,7 @@ impl<T: Transport> Dispatcher<T> {
                 serial: AtomicU64::new(0),
                 next_round: Mutex::new(None),
                 leading: AtomicBool::new(leading),
+                sessions: Mutex::new(HashMap::new()),
                 superseded: tokio::sync::Notify::new(),
                 settle_retries: closing::settle_retries(),
                 canary,
@@ -583,6 +590,12 @@ impl<T: Transport> Dispatcher<T> {
     /// ([`Ledger::lead_rounds`]).
     pub fn leads_rounds(&self) -> bool {
         self.inner.leading.load(Ordering::Relaxed)
+    }
+
+    /// Writes to the ledger what waits to be written (the online sessions of the last tick);
+    /// call it before a clean stop.
+    pub async fn flush(&self) {
+        self.flush_sessions().await;
     }
 
     /// Stops accepting and closes every connection; a dispatcher that closes rounds hands

@@ -25,6 +25,11 @@ use super::reply::{Refusal, err};
 use super::{Counters, Dispatcher, NodeConn};
 use crate::ledger::{DeploymentRecord, Ledger, LedgerError, NodeRecord, UsageCharge};
 
+/// Online sessions a flush writes per ledger transaction.
+const SESSIONS_PER_WRITE: usize = 10_000;
+/// Online sessions waiting for the ledger at most; more are written at once.
+const SESSIONS_PENDING_MAX: usize = 2 * crat_core::dispatch::NODES_MAX;
+
 impl<T: Transport> Dispatcher<T> {
     /// Serves a registered node's requests until its connection ends, then lets the state
     /// machine know it left (unless a newer connection of it took over).
@@ -211,17 +216,63 @@ impl<T: Transport> Dispatcher<T> {
             }
         }
         if !sessions.is_empty() {
-            let result = self
-                .db(move |l| {
-                    for (node, start, end) in sessions {
-                        l.record_online(&node, start, end)?;
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = ?e, "uptime not recorded");
+            let full = {
+                let mut pending = self.inner.sessions.lock();
+                for (node, start, end) in sessions {
+                    let until = pending.entry((node, start)).or_insert(end);
+                    *until = (*until).max(end);
+                }
+                pending.len() >= SESSIONS_PENDING_MAX
+            };
+            if full {
+                self.flush_sessions().await;
             }
+        }
+    }
+
+    /// Writes the online sessions waiting for the ledger (`Inner::sessions`), in transactions
+    /// of at most [`SESSIONS_PER_WRITE`]: every tick, and before anything reads them (rounds,
+    /// standings). What fails to be written waits for the next flush.
+    pub(super) async fn flush_sessions(&self) {
+        let batch: Vec<(NodeId, u64, u64)> = {
+            let mut pending = self.inner.sessions.lock();
+            pending.drain().map(|((n, s), e)| (n, s, e)).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let written = self
+            .db(move |l| {
+                let mut result = Ok(0u32);
+                for chunk in batch.chunks(SESSIONS_PER_WRITE) {
+                    match l.record_online_many(chunk) {
+                        Ok(n) => result = result.map(|skipped| skipped + n),
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                Ok((result, batch))
+            })
+            .await;
+        match written {
+            Ok((Ok(0), _)) => {}
+            Ok((Ok(skipped), _)) => {
+                tracing::warn!(
+                    skipped,
+                    "uptime of nodes the ledger no longer holds not recorded"
+                );
+            }
+            Ok((Err(e), batch)) => {
+                tracing::error!(error = ?e, sessions = batch.len(), "uptime not recorded yet; retried next tick");
+                let mut pending = self.inner.sessions.lock();
+                for (node, start, end) in batch {
+                    let until = pending.entry((node, start)).or_insert(end);
+                    *until = (*until).max(end);
+                }
+            }
+            Err(e) => tracing::error!(error = ?e, "uptime not recorded"),
         }
     }
 

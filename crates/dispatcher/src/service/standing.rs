@@ -55,6 +55,8 @@ impl<T: Transport> Dispatcher<T> {
                 .allow(&node, self.monotonic_ms())
                 .map_err(|e| err(ErrorCode::Busy, format!("standing queries: {e}")))?;
         }
+        // The running round's estimate reads the sessions from the ledger.
+        self.flush_sessions().await;
         if rounds > STANDING_ROUNDS_MAX {
             return Err(err(
                 ErrorCode::BadRequest,
