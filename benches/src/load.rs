@@ -215,7 +215,7 @@ pub struct Window {
     pub charges_per_s: f64,
     /// Leases per second by the dispatcher's metric `crat_dispatcher_leases_total`.
     pub leases_per_s_metric: f64,
-    /// Charges per second by `crat_dispatcher_usage_records_total{result="charged"}`.
+    /// Charges per second by `crat_dispatcher_usage_records_total{state="charged"}`.
     pub charges_per_s_metric: f64,
     /// Latency summaries (p50/p99) of what was timed in the window.
     pub latencies: Vec<(String, String)>,
@@ -397,7 +397,7 @@ fn window(a: &Mark, b: &Mark) -> Window {
         leases_per_s: (b.leases - a.leases) as f64 / seconds,
         charges_per_s: (b.charged - a.charged) as f64 / seconds,
         leases_per_s_metric: delta(LEASES, None),
-        charges_per_s_metric: delta(USAGE, Some("result=\"charged\"")),
+        charges_per_s_metric: delta(USAGE, Some("state=\"charged\"")),
         latencies: Vec::new(),
     }
 }
