@@ -40,6 +40,8 @@ const ASSIGNMENTS_MAX: usize = 16;
 const CHALLENGE_ELEMENTS_MAX: u64 = 1 << 22;
 /// Pushes a simulated node answers at once.
 const PUSHES_CONCURRENT_MAX: usize = 4;
+/// How often joining prints its progress.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 /// Distinct error texts kept for the report.
 const ERRORS_KEPT_MAX: usize = 8;
 
@@ -367,11 +369,25 @@ impl Fleet {
     pub async fn joined(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let total = self.nodes.len() as u64;
+        let mut progress = Instant::now();
         loop {
             let s = &self.stats;
             let done = s.registered.get() + s.register_refused.get() + s.connect_failed.get();
             if done >= total || Instant::now() >= deadline {
                 return s.registered.get() == total;
+            }
+            if progress.elapsed() >= PROGRESS_INTERVAL {
+                progress = Instant::now();
+                eprintln!(
+                    "joining: {} of {total} registered, {} refused, {} failed; heartbeats {} ok, \
+                     {} refused, {} lost",
+                    s.registered.get(),
+                    s.register_refused.get(),
+                    s.connect_failed.get(),
+                    s.heartbeats_ok.get(),
+                    s.heartbeats_refused.get(),
+                    s.heartbeats_failed.get()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
