@@ -361,6 +361,11 @@ impl QuicTransport {
             .with_client_auth_cert(vec![cert.clone()], private.clone_key())
             .map_err(setup("client certificate"))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
+        // Every dial gets a config of its own (its verifier pins one peer), so a session
+        // cache could never be used by a later connection: without one, a connection does
+        // not carry rustls' default 256-entry cache (tens of KiB each, measured as most of
+        // the harness's memory with many connections in the dispatcher load test).
+        client.resumption = rustls::client::Resumption::disabled();
         let client = QuicClientConfig::try_from(client).map_err(|source| SetupError::Quic {
             what: "client QUIC",
             source,
