@@ -133,6 +133,9 @@ pub struct LoadConfig {
     pub dir: Option<PathBuf>,
     /// The dispatcher's `RUST_LOG` (`CRAT_LOAD_DISPATCHER_LOG`, default `warn`).
     pub log_filter: String,
+    /// Joining stops when the machine's available memory falls below this
+    /// (`CRAT_LOAD_MEM_FLOOR_MIB`, default 4,096).
+    pub memory_floor_mib: u64,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, LoadError> {
@@ -194,6 +197,7 @@ impl LoadConfig {
             input_bytes: env_or("CRAT_LOAD_INPUT_BYTES", 1_024)?,
             dir: std::env::var_os("CRAT_LOAD_DIR").map(PathBuf::from),
             log_filter: env_or("CRAT_LOAD_DISPATCHER_LOG", "warn".to_owned())?,
+            memory_floor_mib: env_or("CRAT_LOAD_MEM_FLOOR_MIB", 4_096)?,
         })
     }
 }
@@ -242,6 +246,10 @@ pub struct Report {
     pub register_latency: String,
     /// UDP endpoints the nodes shared.
     pub endpoints: usize,
+    /// Why joining stopped early, if it did.
+    pub join_stopped: Option<String>,
+    /// The harness's own RSS with the nodes joined, bytes.
+    pub harness_rss_bytes: u64,
     /// The dispatcher's RSS before any node joined, bytes.
     pub rss_baseline_bytes: u64,
     /// Its RSS with every node joined (after the heartbeat window), bytes.
@@ -321,12 +329,20 @@ impl std::fmt::Display for Report {
             self.join_cpu_cores * 100.0
         )?;
         writeln!(f, "  registration: {}", self.register_latency)?;
+        if let Some(why) = &self.join_stopped {
+            writeln!(f, "  {why}")?;
+        }
         writeln!(
             f,
             "memory: RSS {:.1} MiB before nodes, {:.1} MiB with them: {:.0} bytes per node",
             self.rss_baseline_bytes as f64 / 1048576.0,
             self.rss_joined_bytes as f64 / 1048576.0,
             self.bytes_per_node()
+        )?;
+        writeln!(
+            f,
+            "harness (simulated nodes) RSS {:.1} MiB",
+            self.harness_rss_bytes as f64 / 1048576.0
         )?;
         write_window(f, "heartbeat", &self.heartbeats)?;
         if let Some(t) = &self.traffic {
@@ -445,6 +461,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         nodes_per_endpoint: config.nodes_per_endpoint,
         join_rate_per_s: config.join_rate_per_s,
         joins_concurrent_max: config.joins_concurrent_max,
+        memory_available_min_bytes: config.memory_floor_mib.saturating_mul(1 << 20),
     };
     let mut fleet = Fleet::start(&fleet_config, d.addr, d.id)?;
     let join_timeout = Duration::from_secs_f64(
@@ -467,6 +484,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     tokio::time::sleep(Duration::from_secs(config.measure_s)).await;
     let b = mark(&d, &fleet, None)?;
     let rss_joined_bytes = d.rss_bytes()?;
+    let harness_rss_bytes = dispatcher::self_rss_bytes();
     let mut heartbeats = window(&a, &b);
     heartbeats
         .latencies
@@ -523,6 +541,8 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         join_cpu_cores,
         register_latency: s.register.summary(),
         endpoints: fleet.endpoints(),
+        join_stopped: s.join_stopped.lock().clone(),
+        harness_rss_bytes,
         rss_baseline_bytes,
         rss_joined_bytes,
         heartbeats,

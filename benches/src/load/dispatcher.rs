@@ -371,6 +371,18 @@ impl Metrics {
     }
 }
 
+/// This process's resident memory (`VmRSS` of `/proc/self/status`), bytes; 0 if unknown.
+pub fn self_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// The machine's load averages (`/proc/loadavg`, first three fields).
 pub fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -57,6 +57,23 @@ pub struct FleetConfig {
     /// Handshakes and registrations in flight at once (below the dispatcher's handshake
     /// limit, 64 by default).
     pub joins_concurrent_max: usize,
+    /// Joining stops when the machine's available memory (`MemAvailable`) falls below this,
+    /// so that a run too big for the machine ends in a measurement rather than the OOM killer
+    /// (the machine may be shared).
+    pub memory_available_min_bytes: u64,
+}
+
+/// Nodes launched between two looks at the available memory.
+const MEMORY_CHECK_EVERY: usize = 100;
+
+/// The machine's available memory (`MemAvailable` of `/proc/meminfo`), bytes.
+pub fn memory_available_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }
 
 /// What the fleet saw.
@@ -90,6 +107,11 @@ pub struct FleetStats {
     pub challenges_refused: Counter,
     /// Assignments pushed.
     pub assignments: Counter,
+    /// Nodes launched (joining or joined).
+    pub launched: Counter,
+    /// Why joining stopped before every node was launched.
+    pub join_stopped: Mutex<Option<String>>,
+    joiner_done: std::sync::atomic::AtomicBool,
     errors: Mutex<Vec<String>>,
 }
 
@@ -335,12 +357,26 @@ impl Fleet {
             let stats = stats.clone();
             let rate = config.join_rate_per_s.max(1);
             let permits = Arc::new(Semaphore::new(config.joins_concurrent_max.max(1)));
+            let floor = config.memory_available_min_bytes;
             tokio::spawn(async move {
                 let mut tick =
                     tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 for (i, node) in nodes.into_iter().enumerate() {
                     tick.tick().await;
+                    if i % MEMORY_CHECK_EVERY == 0
+                        && let Some(available) = memory_available_bytes()
+                        && available < floor
+                    {
+                        *stats.join_stopped.lock() = Some(format!(
+                            "joining stopped after {i} nodes: the machine's available memory \
+                             (MemAvailable) is {} MiB, below the floor of {} MiB",
+                            available >> 20,
+                            floor >> 20
+                        ));
+                        break;
+                    }
+                    stats.launched.add(1);
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return;
                     };
@@ -348,6 +384,9 @@ impl Fleet {
                     let stats = stats.clone();
                     tokio::spawn(run_node(node, endpoint, addr, id, stats, permit));
                 }
+                stats
+                    .joiner_done
+                    .store(true, std::sync::atomic::Ordering::Release);
             })
         };
         Ok(Self {
@@ -373,7 +412,9 @@ impl Fleet {
         loop {
             let s = &self.stats;
             let done = s.registered.get() + s.register_refused.get() + s.connect_failed.get();
-            if done >= total || Instant::now() >= deadline {
+            let stopped = s.joiner_done.load(std::sync::atomic::Ordering::Acquire)
+                && done >= s.launched.get();
+            if done >= total || stopped || Instant::now() >= deadline {
                 return s.registered.get() == total;
             }
             if progress.elapsed() >= PROGRESS_INTERVAL {
