@@ -258,6 +258,8 @@ pub struct Report {
     pub heartbeats: Window,
     /// The lease-and-usage window (with heartbeats going on).
     pub traffic: Option<Window>,
+    /// Why the lease-and-usage window did not run, if it did not.
+    pub traffic_error: Option<String>,
     /// Heartbeats refused and lost over the whole run, connections lost.
     pub heartbeats_refused: u64,
     /// Heartbeats failed on the transport.
@@ -347,6 +349,9 @@ impl std::fmt::Display for Report {
         write_window(f, "heartbeat", &self.heartbeats)?;
         if let Some(t) = &self.traffic {
             write_window(f, "lease+usage", t)?;
+        }
+        if let Some(e) = &self.traffic_error {
+            writeln!(f, "lease+usage window not run: {e}")?;
         }
         writeln!(
             f,
@@ -468,7 +473,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         config.nodes as f64 / f64::from(config.join_rate_per_s.max(1)) * 1.5 + 120.0,
     );
     let started = Instant::now();
-    fleet.joined(join_timeout).await;
+    fleet.joined(join_timeout, config.join_rate_per_s).await;
     let join_s = started.elapsed().as_secs_f64();
     let join_cpu_cores = d.cpu()?.cores_since(&join_start);
     if !d.alive() {
@@ -491,8 +496,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         .push(("heartbeat".into(), fleet.stats.heartbeat.summary()));
     let mut traffic_window = None;
     let mut traffic_stats = None;
-    if config.traffic_s > 0 {
-        let traffic = Traffic::setup(
+    let mut traffic_error = None;
+    let traffic = if config.traffic_s > 0 {
+        let setup = Traffic::setup(
             TrafficConfig {
                 keys,
                 deployments: config.deployments,
@@ -505,7 +511,18 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
             d.id,
             &fleet.nodes,
         )
-        .await?;
+        .await;
+        match setup {
+            Ok(t) => Some(t),
+            Err(e) => {
+                traffic_error = Some(format!("setting up clients and deployments: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(traffic) = traffic {
         fleet.stats.heartbeat.reset();
         fleet.stats.usage.reset();
         let a = mark(&d, &fleet, Some(&traffic.stats))?;
@@ -547,6 +564,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         rss_joined_bytes,
         heartbeats,
         traffic: traffic_window,
+        traffic_error,
         heartbeats_refused: s.heartbeats_refused.get(),
         heartbeats_failed: s.heartbeats_failed.get(),
         connections_lost: s.connections_lost.get(),

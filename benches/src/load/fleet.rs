@@ -40,6 +40,11 @@ const ASSIGNMENTS_MAX: usize = 16;
 const CHALLENGE_ELEMENTS_MAX: u64 = 1 << 22;
 /// Pushes a simulated node answers at once.
 const PUSHES_CONCURRENT_MAX: usize = 4;
+/// Joining counts as stalled when, over this long, fewer nodes finished joining than
+/// [`STALL_SHARE_PCT`] of the asked rate would have.
+const STALL_WINDOW: Duration = Duration::from_secs(30);
+/// See [`STALL_WINDOW`].
+const STALL_SHARE_PCT: u64 = 10;
 /// How often joining prints its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 /// Distinct error texts kept for the report.
@@ -403,12 +408,15 @@ impl Fleet {
         self.endpoints.len()
     }
 
-    /// Waits until every node registered or failed, or `timeout` passed; returns whether all
-    /// registered.
-    pub async fn joined(&self, timeout: Duration) -> bool {
+    /// Waits until every node registered or failed, `timeout` passed, or joining stalled
+    /// (then it stops launching nodes and says so in `stats.join_stopped`); returns whether
+    /// all registered.
+    pub async fn joined(&mut self, timeout: Duration, join_rate_per_s: u32) -> bool {
         let deadline = Instant::now() + timeout;
         let total = self.nodes.len() as u64;
         let mut progress = Instant::now();
+        let mut window = (Instant::now(), 0u64);
+        let stall_min = u64::from(join_rate_per_s) * STALL_WINDOW.as_secs() * STALL_SHARE_PCT / 100;
         loop {
             let s = &self.stats;
             let done = s.registered.get() + s.register_refused.get() + s.connect_failed.get();
@@ -416,6 +424,25 @@ impl Fleet {
                 && done >= s.launched.get();
             if done >= total || stopped || Instant::now() >= deadline {
                 return s.registered.get() == total;
+            }
+            if window.0.elapsed() >= STALL_WINDOW {
+                if done - window.1 < stall_min {
+                    if let Some(j) = self.joiner.take() {
+                        j.abort();
+                    }
+                    *s.join_stopped.lock() = Some(format!(
+                        "joining stalled: {} nodes finished joining in the last {} s (asked \
+                         {join_rate_per_s}/s); stopped launching at {} launched, {} registered, \
+                         {} failed",
+                        done - window.1,
+                        STALL_WINDOW.as_secs(),
+                        s.launched.get(),
+                        s.registered.get(),
+                        s.connect_failed.get()
+                    ));
+                    return false;
+                }
+                window = (Instant::now(), done);
             }
             if progress.elapsed() >= PROGRESS_INTERVAL {
                 progress = Instant::now();
