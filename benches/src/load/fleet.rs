@@ -580,10 +580,10 @@ async fn run_node(
             return;
         }
     };
-    let mut next = tokio::time::Instant::now() + interval;
     for seq in 1u64.. {
-        tokio::time::sleep_until(next).await;
-        next += interval;
+        // As `crat node` does: the interval after each answer, so a slow dispatcher sees no
+        // catch-up bursts.
+        tokio::time::sleep(interval).await;
         let started = Instant::now();
         let answer = conn
             .call::<_, DispatcherReply>(
