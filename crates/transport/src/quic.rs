@@ -292,9 +292,65 @@ impl QuicTransport {
         self.local_addr
     }
 
+    /// Dials `expected` at `addr` from this endpoint's socket under another identity, `key`:
+    /// the connection's client certificate is `key`'s, so the peer sees `key`'s id (as
+    /// [`Connection::remote_id`](crate::Connection::remote_id)) and the socket's address.
+    /// Many identities then share one UDP socket and endpoint driver: how a load test
+    /// simulates many nodes cheaply. Incoming connections are still accepted under the
+    /// endpoint's own identity.
+    pub async fn connect_as(
+        &self,
+        addr: &PeerAddr,
+        expected: &NodeId,
+        key: &SigningKey,
+    ) -> Result<QuicConnection, TransportError> {
+        let (cert, private) = tls::self_signed(key)?;
+        self.dial(addr, expected, &cert, &private).await
+    }
+
+    async fn dial(
+        &self,
+        addr: &PeerAddr,
+        expected: &NodeId,
+        cert: &rustls_pki_types::CertificateDer<'static>,
+        private: &rustls_pki_types::PrivateKeyDer<'static>,
+    ) -> Result<QuicConnection, TransportError> {
+        let socket: SocketAddr = addr.as_str().parse().map_err(|e| TransportError::Addr {
+            addr: addr.to_string(),
+            reason: format!("not ip:port ({e})"),
+        })?;
+        let (config, verifier) = self.client_config(*expected, cert, private)?;
+        let connect_err = |reason: String| TransportError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(config, socket, SERVER_NAME)
+            .map_err(|e| connect_err(e.to_string()))?;
+        let handshake = Duration::from_millis(self.config.handshake_timeout_ms);
+        let conn = match tokio::time::timeout(handshake, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let seen = *verifier.seen.lock();
+                return Err(match seen {
+                    Some(actual) if actual != *expected => TransportError::Identity {
+                        expected: *expected,
+                        actual,
+                    },
+                    _ => connect_err(e.to_string()),
+                });
+            }
+            Err(_) => return Err(TransportError::Timeout(self.config.handshake_timeout_ms)),
+        };
+        QuicConnection::new(conn, Duration::from_millis(self.config.exchange_timeout_ms))
+    }
+
     fn client_config(
         &self,
         expected: NodeId,
+        cert: &rustls_pki_types::CertificateDer<'static>,
+        private: &rustls_pki_types::PrivateKeyDer<'static>,
     ) -> Result<(quinn::ClientConfig, Arc<tls::PinnedServer>), TransportError> {
         let verifier = Arc::new(tls::PinnedServer::new(expected, &self.provider));
         let mut client = rustls::ClientConfig::builder_with_provider(self.provider.clone())
@@ -302,9 +358,14 @@ impl QuicTransport {
             .map_err(setup("client TLS"))?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
-            .with_client_auth_cert(vec![self.cert.clone()], self.key.clone_key())
+            .with_client_auth_cert(vec![cert.clone()], private.clone_key())
             .map_err(setup("client certificate"))?;
         client.alpn_protocols = vec![ALPN.to_vec()];
+        // Every dial gets a config of its own (its verifier pins one peer), so a session
+        // cache could never be used by a later connection: without one, a connection does
+        // not carry rustls' default 256-entry cache (tens of KiB each, measured as most of
+        // the harness's memory with many connections in the dispatcher load test).
+        client.resumption = rustls::client::Resumption::disabled();
         let client = QuicClientConfig::try_from(client).map_err(|source| SetupError::Quic {
             what: "client QUIC",
             source,
@@ -365,35 +426,7 @@ impl Transport for QuicTransport {
         addr: &PeerAddr,
         expected: &NodeId,
     ) -> Result<QuicConnection, TransportError> {
-        let socket: SocketAddr = addr.as_str().parse().map_err(|e| TransportError::Addr {
-            addr: addr.to_string(),
-            reason: format!("not ip:port ({e})"),
-        })?;
-        let (config, verifier) = self.client_config(*expected)?;
-        let connect_err = |reason: String| TransportError::Connect {
-            addr: addr.to_string(),
-            reason,
-        };
-        let connecting = self
-            .endpoint
-            .connect_with(config, socket, SERVER_NAME)
-            .map_err(|e| connect_err(e.to_string()))?;
-        let handshake = Duration::from_millis(self.config.handshake_timeout_ms);
-        let conn = match tokio::time::timeout(handshake, connecting).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                let seen = *verifier.seen.lock();
-                return Err(match seen {
-                    Some(actual) if actual != *expected => TransportError::Identity {
-                        expected: *expected,
-                        actual,
-                    },
-                    _ => connect_err(e.to_string()),
-                });
-            }
-            Err(_) => return Err(TransportError::Timeout(self.config.handshake_timeout_ms)),
-        };
-        QuicConnection::new(conn, Duration::from_millis(self.config.exchange_timeout_ms))
+        self.dial(addr, expected, &self.cert, &self.key).await
     }
 
     async fn accept(&self) -> Result<QuicConnection, TransportError> {

@@ -47,6 +47,42 @@ async fn pinned_handshake_and_wrong_identity() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// `connect_as`: several identities dial from one endpoint (one UDP socket); the server sees
+/// each connection under its own key, from the same address, and the endpoint's own identity
+/// still dials as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_share_one_endpoint_with_connect_as() {
+    let (server, client) = (quic(1), quic(2));
+    let addr = server.local_addr();
+    let accept = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let conn = server.accept().await.unwrap();
+            seen.push((conn.remote_id(), conn.remote_addr()));
+        }
+        (seen, server)
+    });
+    let mut conns = Vec::new();
+    for seed in [5, 6, 7] {
+        let conn = client.connect_as(&addr, &id(1), &key(seed)).await.unwrap();
+        assert_eq!(conn.remote_id(), id(1));
+        conns.push(conn);
+    }
+    conns.push(client.connect(&addr, &id(1)).await.unwrap());
+    let (seen, _server) = accept.await.unwrap();
+    let mut ids: Vec<_> = seen.iter().map(|(id, _)| *id).collect();
+    let mut want = vec![id(5), id(6), id(7), id(2)];
+    ids.sort();
+    want.sort();
+    assert_eq!(ids, want);
+    assert!(seen.iter().all(|(_, a)| *a == client.local_addr()));
+    // Another identity, the wrong dispatcher: still refused by the pin.
+    assert!(matches!(
+        client.connect_as(&addr, &id(3), &key(8)).await,
+        Err(TransportError::Identity { .. })
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_exchanges_on_one_connection() {
     let server = quic(1);
