@@ -136,6 +136,10 @@ pub struct LoadConfig {
     /// Joining stops when the machine's available memory falls below this
     /// (`CRAT_LOAD_MEM_FLOOR_MIB`, default 4,096).
     pub memory_floor_mib: u64,
+    /// A second dispatcher sharing the (PostgreSQL) ledger and key, standing by
+    /// (`crat_dispatcher::cluster`), and the clients leasing through it while the nodes stay
+    /// on the active one (`CRAT_LOAD_STANDBY=1`; default 0).
+    pub standby: bool,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, LoadError> {
@@ -198,6 +202,7 @@ impl LoadConfig {
             dir: std::env::var_os("CRAT_LOAD_DIR").map(PathBuf::from),
             log_filter: env_or("CRAT_LOAD_DISPATCHER_LOG", "warn".to_owned())?,
             memory_floor_mib: env_or("CRAT_LOAD_MEM_FLOOR_MIB", 4_096)?,
+            standby: env_or("CRAT_LOAD_STANDBY", 0u8)? != 0,
         })
     }
 }
@@ -258,6 +263,9 @@ pub struct Report {
     pub heartbeats: Window,
     /// The lease-and-usage window (with heartbeats going on).
     pub traffic: Option<Window>,
+    /// With a standby the clients lease through: its CPU per core in the lease-and-usage
+    /// window.
+    pub standby_cpu_cores: Option<f64>,
     /// Why the lease-and-usage window did not run, if it did not.
     pub traffic_error: Option<String>,
     /// Heartbeats refused and lost over the whole run, connections lost.
@@ -349,6 +357,13 @@ impl std::fmt::Display for Report {
         write_window(f, "heartbeat", &self.heartbeats)?;
         if let Some(t) = &self.traffic {
             write_window(f, "lease+usage", t)?;
+        }
+        if let Some(c) = self.standby_cpu_cores {
+            writeln!(
+                f,
+                "  clients leased through a standby dispatcher: its CPU {:.1} % of one core",
+                c * 100.0
+            )?;
         }
         if let Some(e) = &self.traffic_error {
             writeln!(f, "lease+usage window not run: {e}")?;
@@ -458,6 +473,28 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         }
     }
     let mut d = DispatcherProcess::start(&setup)?;
+    // The standby: the same ledger and key, a data directory of its own.
+    let mut standby = if config.standby {
+        if config.ledger == LedgerChoice::Sqlite {
+            return Err(LoadError::Config(
+                "CRAT_LOAD_STANDBY needs a PostgreSQL ledger (CRAT_LOAD_LEDGER)".into(),
+            ));
+        }
+        let standby_setup = DispatcherSetup {
+            data_dir: setup.data_dir.join("standby"),
+            ..setup.clone()
+        };
+        std::fs::create_dir_all(&standby_setup.data_dir)
+            .map_err(|e| LoadError::io("creating the standby's data directory", e))?;
+        std::fs::copy(
+            setup.data_dir.join("dispatcher.key"),
+            standby_setup.data_dir.join("dispatcher.key"),
+        )
+        .map_err(|e| LoadError::io("copying the dispatcher key", e))?;
+        Some(DispatcherProcess::start(&standby_setup)?)
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let rss_baseline_bytes = d.rss_bytes()?;
     let join_start = d.cpu()?;
@@ -497,6 +534,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
     let mut traffic_window = None;
     let mut traffic_stats = None;
     let mut traffic_error = None;
+    let mut standby_cpu_cores = None;
     let traffic = if config.traffic_s > 0 {
         let setup = Traffic::setup(
             TrafficConfig {
@@ -507,7 +545,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
                 input_bytes: config.input_bytes,
                 allowance_per_deployment: allowance,
             },
-            d.addr,
+            standby.as_ref().map_or(d.addr, |s| s.addr),
             d.id,
             &fleet.nodes,
         )
@@ -526,6 +564,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         fleet.stats.heartbeat.reset();
         fleet.stats.usage.reset();
         let a = mark(&d, &fleet, Some(&traffic.stats))?;
+        let standby_a = standby.as_ref().map(|s| s.cpu()).transpose()?;
         traffic
             .run(
                 Duration::from_secs(config.traffic_s),
@@ -533,6 +572,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
             )
             .await;
         let b = mark(&d, &fleet, Some(&traffic.stats))?;
+        if let (Some(s), Some(before)) = (&standby, standby_a) {
+            standby_cpu_cores = Some(s.cpu()?.cores_since(&before));
+        }
         let mut w = window(&a, &b);
         w.latencies = vec![
             ("lease".into(), traffic.stats.lease.summary()),
@@ -564,6 +606,7 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         rss_joined_bytes,
         heartbeats,
         traffic: traffic_window,
+        standby_cpu_cores,
         traffic_error,
         heartbeats_refused: s.heartbeats_refused.get(),
         heartbeats_failed: s.heartbeats_failed.get(),
@@ -578,6 +621,9 @@ pub async fn run(config: &LoadConfig) -> Result<Report, LoadError> {
         errors,
     };
     fleet.stop();
+    if let Some(s) = &mut standby {
+        s.stop();
+    }
     d.stop();
     Ok(Report {
         load_after: load_average(),

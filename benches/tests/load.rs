@@ -86,15 +86,30 @@ async fn load_harness_on_sqlite() {
     check(&report);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_harness_on_postgres() {
+fn postgres() -> LedgerChoice {
     let url = std::env::var("CRAT_TEST_POSTGRES_URL").expect(
         "CRAT_TEST_POSTGRES_URL is not set: run scripts/test.sh, or start PostgreSQL with \
          scripts/postgres.sh start and export the URL it prints",
     );
     let schema = format!("load_test_{:08x}", rand::random::<u32>());
-    let report = run(&small(LedgerChoice::Postgres { url, schema }))
-        .await
-        .expect("load run");
+    LedgerChoice::Postgres { url, schema }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_harness_on_postgres() {
+    let report = run(&small(postgres())).await.expect("load run");
     check(&report);
+}
+
+/// Two dispatchers on one ledger: the clients lease through the standby, the nodes report
+/// their usage to the active one, and every charge is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_harness_through_a_standby() {
+    let config = LoadConfig {
+        standby: true,
+        ..small(postgres())
+    };
+    let report = run(&config).await.expect("load run");
+    check(&report);
+    assert!(report.standby_cpu_cores.is_some_and(|c| c > 0.0));
 }

@@ -382,6 +382,8 @@ pub struct Dispatch {
     now_s: u64,
     /// Placement attempts made (one per deployment tried), for monitoring and tests.
     placements_tried: u64,
+    /// [`Dispatch::demand_at`]'s last answer and the second it was computed in.
+    demand_cache: Option<(u64, Demand)>,
 }
 
 /// The operator of a node: its IPv4 /24 or IPv6 /48 address block (hashed), or the node
@@ -419,6 +421,7 @@ impl Dispatch {
             deployments: BTreeMap::new(),
             now_s: 0,
             placements_tried: 0,
+            demand_cache: None,
         }
     }
 
@@ -1096,6 +1099,22 @@ impl Dispatch {
         let mean = u16::try_from(util.checked_div(n).unwrap_or(0)).map_or(Bps::FULL, Bps);
         Demand {
             level_bps: mean.max(Bps::ratio(used, cap)),
+        }
+    }
+
+    /// [`Dispatch::demand`] as of `now_s`, computed at most once per second: it visits every
+    /// online node, and a heartbeat's answer carries it, so computing it per heartbeat would
+    /// cost the registry's size per heartbeat (quadratic in the nodes per interval). Within a
+    /// second the answer may lag a change by up to that second; demand is a hint for idle
+    /// workloads.
+    pub fn demand_at(&mut self, now_s: u64) -> Demand {
+        match self.demand_cache {
+            Some((at, demand)) if at == now_s => demand,
+            _ => {
+                let demand = self.demand();
+                self.demand_cache = Some((now_s, demand));
+                demand
+            }
         }
     }
 
@@ -1927,6 +1946,28 @@ mod tests {
         let fx = d.undeploy(&dep);
         assert_eq!(pushes_to(&fx).len(), 3);
         assert_eq!(d.demand().level_bps, Bps::ZERO);
+    }
+
+    /// `demand_at` answers `demand` as of its second: recomputed when the second changes, the
+    /// same answer within it (a heartbeat answer does not pass over the registry).
+    #[test]
+    fn demand_at_is_computed_once_a_second() {
+        let mut d = Dispatch::new(DispatchConfig::default());
+        for b in 1..=4 {
+            join(&mut d, 0, b, 5);
+        }
+        assert_eq!(d.demand_at(0).level_bps, Bps::ZERO);
+        let plan = DeployPlan::PerInstance(PerInstancePlan {
+            guaranteed_rps: 250,
+            max_input_bytes: 1 << 16,
+            update_frequency: UpdateFrequency::Never,
+            key_lifetime_s: 86_400,
+        });
+        let dep = DeploymentId::from_bytes([9; 16]);
+        d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, plan).unwrap();
+        assert!(d.demand().level_bps > Bps::ZERO);
+        assert_eq!(d.demand_at(0).level_bps, Bps::ZERO, "the same second's answer");
+        assert_eq!(d.demand_at(1), d.demand(), "recomputed in the next second");
     }
 
     #[test]

@@ -342,9 +342,9 @@ impl<T: Transport> Dispatcher<T> {
                     .heartbeat(now, &node, &hb)
                     .map_err(|e| err(ErrorCode::Unauthenticated, e.to_string()))?;
                 self.apply(effects).await;
-                let d = self.inner.dispatch.lock();
+                let mut d = self.inner.dispatch.lock();
                 Ok(DispatcherReply::HeartbeatAck {
-                    demand: d.demand(),
+                    demand: d.demand_at(now),
                     assignments: d.assignments_for(&node),
                 })
             }
