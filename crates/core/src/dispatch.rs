@@ -1966,7 +1966,11 @@ mod tests {
         let dep = DeploymentId::from_bytes([9; 16]);
         d.deploy(0, dep, ModelId::of_bytes(b"m"), 10, plan).unwrap();
         assert!(d.demand().level_bps > Bps::ZERO);
-        assert_eq!(d.demand_at(0).level_bps, Bps::ZERO, "the same second's answer");
+        assert_eq!(
+            d.demand_at(0).level_bps,
+            Bps::ZERO,
+            "the same second's answer"
+        );
         assert_eq!(d.demand_at(1), d.demand(), "recomputed in the next second");
     }
 
