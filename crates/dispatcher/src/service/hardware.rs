@@ -138,7 +138,10 @@ impl<T: Transport> Dispatcher<T> {
             ticker.tick().await;
             let now = self.inner.clock.now_s();
             let due: Vec<(NodeId, Vec<Claim>)> = {
-                let connected: Vec<NodeId> = self.inner.node_conns.lock().keys().copied().collect();
+                // A set: a lookup per node, not a pass over the connected nodes per node (at
+                // 10,000 nodes that quadratic pass was a quarter of the dispatcher's CPU).
+                let connected: std::collections::HashSet<NodeId> =
+                    self.inner.node_conns.lock().keys().copied().collect();
                 let mut nodes = self.inner.hardware.nodes.lock();
                 nodes.retain(|id, _| connected.contains(id));
                 nodes
