@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
 use super::LoadError;
-use super::stats::{Counter, Histogram};
+use super::stats::{Counter, Errors, Histogram};
 
 /// Challenges a simulated node keeps committed, waiting for their opening.
 const CHALLENGES_KEPT_MAX: usize = 4;
@@ -47,8 +47,6 @@ const STALL_WINDOW: Duration = Duration::from_secs(30);
 const STALL_SHARE_PCT: u64 = 10;
 /// How often joining prints its progress.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
-/// Distinct error texts kept for the report.
-const ERRORS_KEPT_MAX: usize = 8;
 
 /// How the fleet joins.
 #[derive(Clone, Debug)]
@@ -117,21 +115,17 @@ pub struct FleetStats {
     /// Why joining stopped before every node was launched.
     pub join_stopped: Mutex<Option<String>>,
     joiner_done: std::sync::atomic::AtomicBool,
-    errors: Mutex<Vec<String>>,
+    errors: Errors,
 }
 
 impl FleetStats {
     fn error(&self, what: &str, e: impl std::fmt::Display) {
-        let text = format!("{what}: {e}");
-        let mut errors = self.errors.lock();
-        if errors.len() < ERRORS_KEPT_MAX && !errors.contains(&text) {
-            errors.push(text);
-        }
+        self.errors.record(what, e);
     }
 
-    /// The first distinct errors seen (at most [`ERRORS_KEPT_MAX`]).
+    /// The first distinct errors seen.
     pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().clone()
+        self.errors.list()
     }
 }
 
@@ -331,6 +325,10 @@ impl Fleet {
             )));
         }
         let quic = QuicConfig {
+            // The dispatcher opens at most a few exchanges at once on a node's connection
+            // (pushes), answered PUSHES_CONCURRENT_MAX at a time: QUIC keeps state for every
+            // stream a peer may open (20 KB per connection at the default 256).
+            streams_concurrent_max: 2 * PUSHES_CONCURRENT_MAX as u32,
             // Many connections share a socket: the default 4 MiB buffers per socket are
             // plenty, and only small frames travel.
             ..QuicConfig::default()

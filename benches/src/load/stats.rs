@@ -145,3 +145,27 @@ mod tests {
         assert!((96_000..=99_000).contains(&p99), "{p99}");
     }
 }
+
+/// Distinct errors kept for a report.
+const ERRORS_KEPT_MAX: usize = 8;
+
+/// The first distinct error texts seen (at most [`ERRORS_KEPT_MAX`]), safe to record into
+/// from many tasks at once.
+#[derive(Default)]
+pub struct Errors(parking_lot::Mutex<Vec<String>>);
+
+impl Errors {
+    /// Keeps `what: e` unless it was seen or enough are kept.
+    pub fn record(&self, what: &str, e: impl std::fmt::Display) {
+        let text = format!("{what}: {e}");
+        let mut errors = self.0.lock();
+        if errors.len() < ERRORS_KEPT_MAX && !errors.contains(&text) {
+            errors.push(text);
+        }
+    }
+
+    /// Those kept, first seen first.
+    pub fn list(&self) -> Vec<String> {
+        self.0.lock().clone()
+    }
+}

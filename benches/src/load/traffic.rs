@@ -20,11 +20,10 @@ use crat_core::wire::{DispatcherReply, USAGE_RECORDS_MAX, UsageRecord, UsageRepo
 use crat_sdk::{Client, ClientConfig};
 use crat_transport::quic::{QuicConfig, QuicTransport};
 use ed25519_dalek::SigningKey;
-use parking_lot::Mutex;
 
 use super::LoadError;
 use super::fleet::{FleetStats, SimNode};
-use super::stats::{Counter, Histogram};
+use super::stats::{Counter, Errors, Histogram};
 
 /// The model deployed (the backend crate's tiny CNN: the dispatcher checks and gates it at
 /// deploy time; no node runs it here).
@@ -32,8 +31,6 @@ const MODEL: &[u8] = include_bytes!("../../../crates/backend/models/tiny_cnn.onn
 /// How long a deployment has to become ready (its nodes report ready in their next
 /// heartbeat).
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
-/// Distinct error texts kept for the report.
-const ERRORS_KEPT_MAX: usize = 8;
 
 /// What the client side does.
 #[derive(Clone, Debug)]
@@ -69,21 +66,17 @@ pub struct TrafficStats {
     pub duplicates: Counter,
     /// Usage reports refused or failed.
     pub reports_failed: Counter,
-    errors: Mutex<Vec<String>>,
+    errors: Errors,
 }
 
 impl TrafficStats {
     fn error(&self, what: &str, e: impl std::fmt::Display) {
-        let text = format!("{what}: {e}");
-        let mut errors = self.errors.lock();
-        if errors.len() < ERRORS_KEPT_MAX && !errors.contains(&text) {
-            errors.push(text);
-        }
+        self.errors.record(what, e);
     }
 
     /// The first distinct errors seen.
     pub fn errors(&self) -> Vec<String> {
-        self.errors.lock().clone()
+        self.errors.list()
     }
 }
 

@@ -90,6 +90,9 @@ struct DispatcherSection {
     /// Where models are stored (default `<data_dir>/models`): with a shared ledger, a
     /// directory every dispatcher mounts.
     models_dir: Option<PathBuf>,
+    /// Models in an object store instead: `file:///dir` or `s3://bucket/prefix` (S3 settings
+    /// from the `AWS_*` environment variables).
+    models_store: Option<String>,
     /// Where payouts are written (default `<data_dir>/payouts`): with a shared ledger, a
     /// directory every dispatcher mounts.
     payouts_dir: Option<PathBuf>,
@@ -376,8 +379,16 @@ pub(crate) struct DispatcherArgs {
     ledger_ca: Option<PathBuf>,
     /// Where models are stored. Default: `[dispatcher] models_dir`, else `<data-dir>/models`.
     /// Dispatchers sharing a ledger share this directory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "models_store")]
     models_dir: Option<PathBuf>,
+    /// Models in an object store instead of a directory: `file:///srv/crat/models` (the
+    /// object store on a directory, shared over a network file system) or
+    /// `s3://bucket/prefix` (AWS S3 or a compatible service, configured by the `AWS_*`
+    /// environment variables: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_DEFAULT_REGION`, `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`). Default: `[dispatcher]
+    /// models_store`. Dispatchers sharing a ledger share it.
+    #[arg(long)]
+    models_store: Option<String>,
     /// Where payouts are written. Default: `[dispatcher] payouts_dir`, else
     /// `<data-dir>/payouts`. Dispatchers sharing a ledger share this directory.
     #[arg(long)]
@@ -429,9 +440,15 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     if let Some(m) = file.model_bytes_max {
         config.model_bytes_max = m;
     }
-    if let Some(dir) = args.models_dir.or(file.models_dir) {
+    let models_dir = args.models_dir.or(file.models_dir);
+    let models_store = args.models_store.or(file.models_store);
+    if models_dir.is_some() && models_store.is_some() {
+        anyhow::bail!("models_dir and models_store name two model stores: give one");
+    }
+    if let Some(dir) = models_dir {
         config.models_dir = dir;
     }
+    config.models_store = models_store;
     if let Some(dir) = args.payouts_dir.or(file.payouts_dir) {
         config.payouts_dir = dir;
     }
@@ -452,7 +469,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
             let bound = crate::metrics::serve(addr).await?;
             println!("metrics on http://{bound}/metrics");
         }
-        let transport = choice.bind_public(listen, &key).await?;
+        let transport = choice.bind_dispatcher(listen, &key).await?;
         // Canary tasks go out from endpoints of their own, with throwaway identities (nodes
         // must not tell them from client tasks); tract computes the expected answers. The
         // determinism gate runs each model on tract and, where it loads, ONNX Runtime (CPU).

@@ -147,24 +147,53 @@ impl TransportChoice {
         }
     }
 
-    /// The dispatcher's endpoint: public, so on iroh it uses no relay. Every peer reaches it
-    /// directly, and the address it sees a node's packets come from is that node's (never a
-    /// relay's): what operator limits are keyed by.
+    /// An endpoint reached directly, or reaching only directly reachable peers (the
+    /// dispatcher): on iroh it uses no relay. Every peer reaches it directly, and the address
+    /// it sees a node's packets come from is that node's (never a relay's): what operator
+    /// limits are keyed by.
     pub(crate) async fn bind_public(
         &self,
         addr: SocketAddr,
         key: &SigningKey,
+    ) -> anyhow::Result<AnyTransport> {
+        self.bind_direct(addr, key, None).await
+    }
+
+    /// The dispatcher's own endpoint: public ([`Self::bind_public`]), and each peer starts
+    /// with [`crat_dispatcher::ACCEPTED_EXCHANGES_INITIAL`] exchanges at once, which the
+    /// dispatcher raises for clients.
+    pub(crate) async fn bind_dispatcher(
+        &self,
+        addr: SocketAddr,
+        key: &SigningKey,
+    ) -> anyhow::Result<AnyTransport> {
+        let initial = Some(crat_dispatcher::ACCEPTED_EXCHANGES_INITIAL);
+        self.bind_direct(addr, key, initial).await
+    }
+
+    async fn bind_direct(
+        &self,
+        addr: SocketAddr,
+        key: &SigningKey,
+        streams_initial: Option<u32>,
     ) -> anyhow::Result<AnyTransport> {
         match self.kind {
             TransportKind::Iroh => {
                 let config = IrohConfig {
                     relay_urls: Vec::new(),
                     relay_qad_port: None,
+                    streams_initial,
                     ..self.iroh.clone()
                 };
                 Ok(AnyTransport::iroh(addr, key, config).await?)
             }
-            _ => Ok(AnyTransport::quic(addr, key, QuicConfig::default())?),
+            _ => {
+                let config = QuicConfig {
+                    streams_accepted_initial: streams_initial,
+                    ..QuicConfig::default()
+                };
+                Ok(AnyTransport::quic(addr, key, config)?)
+            }
         }
     }
 }

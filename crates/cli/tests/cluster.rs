@@ -59,9 +59,10 @@ impl Cluster {
         let ledger_args = ["--ledger", url.as_str(), "--ledger-schema", schema.as_str()];
         let shared = dir.join("shared");
         let payouts = shared.join("payouts");
+        // The model store is the object store on a shared directory.
         let settings = format!(
-            "heartbeat_interval_s = 1\nproof_scale = \"test\"\nmodels_dir = \"{}\"\n\
-             payouts_dir = \"{}\"\n{settings}",
+            "heartbeat_interval_s = 1\nproof_scale = \"test\"\n\
+             models_store = \"file://{}\"\npayouts_dir = \"{}\"\n{settings}",
             shared.join("models").display(),
             payouts.display()
         );
@@ -290,6 +291,14 @@ async fn a_killed_active_dispatcher_is_replaced_and_nothing_is_lost() {
         .client(&cluster.net.dispatcher, Some(&cluster.standby))
         .await;
     let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    // Stored in the object store on the shared directory, where either dispatcher reads it.
+    let stored = dir.path().join("shared/models").join(model.to_string());
+    assert_eq!(
+        std::fs::read(&stored).unwrap(),
+        TINY,
+        "{}",
+        stored.display()
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let d = loop {
         match client

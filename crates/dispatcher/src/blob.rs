@@ -64,6 +64,14 @@ pub enum BlobError {
     /// The storage backend (an object store) failed.
     #[error("blob backend: {0}")]
     Backend(String),
+    /// A model store location that names no store this build can open.
+    #[error("model store {url}: {reason}")]
+    Location {
+        /// The location as given (without credentials: they come from the environment).
+        url: String,
+        /// Why it cannot be opened.
+        reason: String,
+    },
     /// A read starting past the end of the blob.
     #[error("range at {offset} (+{len}) is outside a blob of {size} bytes")]
     OutOfRange {
@@ -267,6 +275,20 @@ mod object {
         }
     }
 
+    #[cfg(feature = "s3")]
+    fn s3(bucket: &str, prefix: &str) -> Result<ObjectBlobStore, String> {
+        let store = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(ObjectBlobStore::new(Arc::new(store), prefix))
+    }
+
+    #[cfg(not(feature = "s3"))]
+    fn s3(_bucket: &str, _prefix: &str) -> Result<ObjectBlobStore, String> {
+        Err("this build has no S3 support (crat-dispatcher feature `s3`)".into())
+    }
+
     fn backend(e: object_store::Error) -> BlobError {
         BlobError::Backend(e.to_string())
     }
@@ -280,6 +302,41 @@ mod object {
                 prefix,
                 sizes: Mutex::new(HashMap::new()),
             }
+        }
+
+        /// The store a URL names, with the blobs under the URL's path:
+        /// - `file:///srv/crat/models`: a directory (created when missing). Dispatchers
+        ///   sharing one ledger may share it over a network file system: a blob is written
+        ///   to a temporary name and renamed into place, so a reader never sees half of one.
+        /// - `s3://bucket/prefix` (feature `s3`): an S3-compatible bucket, configured from the
+        ///   environment as the AWS tools are: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+        ///   `AWS_SESSION_TOKEN`, `AWS_DEFAULT_REGION`; `AWS_ENDPOINT` for another service
+        ///   (MinIO, Cloudflare R2, …) and `AWS_ALLOW_HTTP=true` when that endpoint is plain
+        ///   HTTP. Nothing is sent before the first blob is stored or read.
+        ///
+        /// Anything else is [`BlobError::Location`].
+        pub fn from_url(url: &str) -> Result<Self, BlobError> {
+            let bad = |reason: &str| BlobError::Location {
+                url: url.to_string(),
+                reason: reason.to_string(),
+            };
+            if let Some(path) = url.strip_prefix("file://") {
+                if !path.starts_with('/') {
+                    return Err(bad("a file URL needs an absolute path (file:///dir)"));
+                }
+                std::fs::create_dir_all(path).map_err(|e| bad(&e.to_string()))?;
+                let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+                    .map_err(|e| bad(&e.to_string()))?;
+                return Ok(Self::new(Arc::new(fs), ""));
+            }
+            if let Some(rest) = url.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(bad("an S3 URL names its bucket (s3://bucket/prefix)"));
+                }
+                return s3(bucket, prefix).map_err(|e| bad(&e));
+            }
+            Err(bad("expected file:///dir or s3://bucket/prefix"))
         }
 
         /// The object path of a blob.
@@ -501,6 +558,56 @@ mod tests {
         // A fresh adapter over the same store (no cached sizes) sees it too.
         let again = ObjectBlobStore::new(memory, "models");
         assert_eq!(again.size(&id).await.unwrap(), Some(model.len() as u64));
+    }
+
+    #[cfg(feature = "object-store")]
+    #[tokio::test]
+    async fn a_file_url_opens_a_shared_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let staged = dir.path().join("staged");
+        fs::write(&staged, &model).unwrap();
+        let shared = dir.path().join("shared/models");
+        let url = format!("file://{}", shared.display());
+        let store = ObjectBlobStore::from_url(&url).unwrap();
+        round_trip(&store, &model, &staged).await;
+        let id = ModelId::of_bytes(&model);
+        assert_eq!(fs::read(shared.join(id.to_string())).unwrap(), model);
+        // Another dispatcher opening the same directory reads it.
+        let other = ObjectBlobStore::from_url(&url).unwrap();
+        assert_eq!(other.read_range(&id, 0, 8).await.unwrap(), model[..8]);
+    }
+
+    #[cfg(feature = "object-store")]
+    #[test]
+    fn model_store_urls_that_name_no_store_are_refused() {
+        for (url, says) in [
+            ("file://relative/dir", "absolute path"),
+            ("s3:///models", "names its bucket"),
+            (
+                "gs://bucket/models",
+                "expected file:///dir or s3://bucket/prefix",
+            ),
+            ("/srv/models", "expected file:///dir"),
+        ] {
+            match ObjectBlobStore::from_url(url) {
+                Err(e @ BlobError::Location { .. }) => {
+                    assert!(e.to_string().contains(says), "{url}: {e}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    /// Opening an S3 store sends nothing (no network here): the bucket and prefix come from
+    /// the URL.
+    #[cfg(feature = "s3")]
+    #[test]
+    fn an_s3_url_names_the_bucket_and_the_prefix() {
+        let store = ObjectBlobStore::from_url("s3://crat-models/prod/models/").unwrap();
+        let id = ModelId::of_bytes(b"x");
+        assert_eq!(store.location(&id).as_ref(), format!("prod/models/{id}"));
+        assert!(format!("{store:?}").contains("crat-models"), "{store:?}");
     }
 
     #[cfg(feature = "object-store")]

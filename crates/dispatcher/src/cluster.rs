@@ -268,15 +268,7 @@ impl IncomingExchange for ForwardedExchange {
             .frame
             .take()
             .ok_or(TransportError::Closed(Closed::ServeStopped))?;
-        let len = frame.body().len();
-        if len > request_bytes_max as usize {
-            return Err(FrameError::TooLarge {
-                len: len as u64,
-                max: request_bytes_max,
-            }
-            .into());
-        }
-        Ok(frame)
+        Ok(frame.within(request_bytes_max)?)
     }
 
     async fn respond(self, response: Frame) -> Result<(), TransportError> {
@@ -421,6 +413,14 @@ impl<C: Connection> Connection for Link<C> {
         match self {
             Self::Direct(c) => c.accept_exchange().await.map(LinkExchange::Direct),
             Self::Forwarded(c) => c.accept_exchange().await.map(LinkExchange::Forwarded),
+        }
+    }
+
+    /// A forwarded connection's exchanges are limited by the standby, which forwards at
+    /// most [`PEER_LINK_EXCHANGES_MAX`] of one peer's at once.
+    fn allow_exchanges(&self, n: u32) {
+        if let Self::Direct(c) = self {
+            c.allow_exchanges(n);
         }
     }
 

@@ -86,6 +86,7 @@ pub mod rounds;
 mod service;
 
 pub use service::{
-    CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher, DispatcherConfig, DispatcherError,
-    DispatcherParts, DispatcherStats, GateConfig, InputsError, canary_inputs,
+    ACCEPTED_EXCHANGES_INITIAL, CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher,
+    DispatcherConfig, DispatcherError, DispatcherParts, DispatcherStats, GateConfig, InputsError,
+    canary_inputs,
 };

@@ -237,6 +237,10 @@ impl Connection for AnyConnection {
         }
     }
 
+    fn allow_exchanges(&self, n: u32) {
+        each!(self, c => c.allow_exchanges(n))
+    }
+
     fn close(&self, reason: &str) {
         each!(self, c => c.close(reason))
     }

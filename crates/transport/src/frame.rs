@@ -177,6 +177,18 @@ impl Frame {
         self.0.len() - LEN_PREFIX_BYTES
     }
 
+    /// This frame, unless its body is over `max` bytes ([`FrameError::TooLarge`]): for
+    /// transports that hand over whole frames (in memory, forwarded) rather than read them.
+    pub fn within(self, max: u32) -> Result<Self, FrameError> {
+        if self.body_len() > max as usize {
+            return Err(FrameError::TooLarge {
+                len: self.body_len() as u64,
+                max,
+            });
+        }
+        Ok(self)
+    }
+
     /// Decodes the body as one message of type `M`.
     pub fn decode<M: Message>(&self) -> Result<M, FrameError> {
         Ok(wire::decode(self.body())?)

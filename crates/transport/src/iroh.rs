@@ -117,6 +117,13 @@ pub struct IrohConfig {
     pub external_addrs: Vec<SocketAddr>,
     /// Bidirectional streams (exchanges) a peer may have open at once. Default 256.
     pub streams_concurrent_max: u32,
+    /// Exchanges a peer may have open at once until the application raises the limit with
+    /// [`Connection::allow_exchanges`](crate::Connection::allow_exchanges); `None` (the
+    /// default): [`streams_concurrent_max`](Self::streams_concurrent_max) from the start. As
+    /// `QuicConfig::streams_accepted_initial`, except that iroh has one transport
+    /// configuration for both directions: it applies to the connections this endpoint dials
+    /// too (meant for an endpoint that only accepts, such as a dispatcher's).
+    pub streams_initial: Option<u32>,
     /// A connection with no traffic for this long is closed. Default 30 s.
     pub idle_timeout_ms: u32,
     /// Keep-alive interval, below the idle timeout. Default 5 s (iroh's default: NAT bindings
@@ -150,6 +157,7 @@ impl Default for IrohConfig {
             relay_roots: Vec::new(),
             external_addrs: Vec::new(),
             streams_concurrent_max: 256,
+            streams_initial: None,
             idle_timeout_ms: 30_000,
             keep_alive_interval_ms: 5_000,
             exchange_timeout_ms: 120_000,
@@ -172,7 +180,12 @@ impl IrohConfig {
             reason: e.to_string(),
         })?;
         Ok(QuicTransportConfig::builder()
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.streams_concurrent_max))
+            .max_concurrent_bidi_streams(VarInt::from_u32(
+                self.streams_initial
+                    .map_or(self.streams_concurrent_max, |n| {
+                        n.min(self.streams_concurrent_max)
+                    }),
+            ))
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .max_idle_timeout(Some(idle))
             .keep_alive_interval(Duration::from_millis(self.keep_alive_interval_ms.into()))
@@ -801,6 +814,10 @@ impl Connection for IrohConnection {
             crate::stream::exchange(&mut send, &mut recv, request, response_bytes_max).await
         })
         .await
+    }
+
+    fn allow_exchanges(&self, n: u32) {
+        self.conn.set_max_concurrent_bi_streams(VarInt::from_u32(n));
     }
 
     async fn accept_exchange(&self) -> Result<IrohIncoming, TransportError> {

@@ -182,6 +182,14 @@ pub trait Connection: Clone + Send + Sync + 'static {
     /// Waits for the peer to start an exchange.
     async fn accept_exchange(&self) -> Result<Self::Incoming, TransportError>;
 
+    /// Lets the peer have up to `n` exchanges it started open at once on this connection:
+    /// raises the limit the connection was accepted with (`QuicConfig::streams_accepted_initial`
+    /// and its iroh twin). A lower `n` only stops granting new exchanges until the open ones
+    /// end. Transports without such a limit ignore it (the default).
+    fn allow_exchanges(&self, n: u32) {
+        let _ = n;
+    }
+
     /// Closes the connection; pending and future exchanges fail with [`TransportError::Closed`].
     fn close(&self, reason: &str);
 }

@@ -13,7 +13,6 @@ use crat_core::id::{NodeId, PeerAddr};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::frame::FrameError;
 use crate::{Aborted, Closed, Connection, Frame, IncomingExchange, Transport, TransportError};
 
 /// Limits of the in-memory transport.
@@ -291,14 +290,7 @@ impl Connection for MemoryConnection {
             r = exchange => r?,
             e = self.shared.closed() => return Err(e),
         };
-        if frame.body_len() > response_bytes_max as usize {
-            return Err(FrameError::TooLarge {
-                len: frame.body_len() as u64,
-                max: response_bytes_max,
-            }
-            .into());
-        }
-        Ok(frame)
+        Ok(frame.within(response_bytes_max)?)
     }
 
     async fn accept_exchange(&self) -> Result<MemoryIncoming, TransportError> {
@@ -332,14 +324,7 @@ impl IncomingExchange for MemoryIncoming {
             .request
             .take()
             .ok_or_else(|| TransportError::Aborted(Aborted::AlreadyRead))?;
-        if frame.body_len() > request_bytes_max as usize {
-            return Err(FrameError::TooLarge {
-                len: frame.body_len() as u64,
-                max: request_bytes_max,
-            }
-            .into());
-        }
-        Ok(frame)
+        Ok(frame.within(request_bytes_max)?)
     }
 
     async fn respond(self, response: Frame) -> Result<(), TransportError> {

@@ -284,6 +284,55 @@ async fn stalled_peer_hits_the_exchange_timeout() {
     );
 }
 
+/// A server whose handler counts the exchanges `hold` picks as they reach it and holds each
+/// until `release` is notified (the others are answered at once); it hands every connection
+/// it accepts to `accepted` too.
+struct HeldServer {
+    started: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
+    accepted: tokio::sync::mpsc::Receiver<crat_transport::quic::QuicConnection>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl HeldServer {
+    fn start(server: crat_transport::quic::QuicTransport, hold: fn(&ClientToNode) -> bool) -> Self {
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (accepted_tx, accepted) = tokio::sync::mpsc::channel(4);
+        let task = {
+            let (started, release) = (started.clone(), release.clone());
+            tokio::spawn(async move {
+                while let Ok(conn) = server.accept().await {
+                    let _ = accepted_tx.try_send(conn.clone());
+                    let (started, release) = (started.clone(), release.clone());
+                    tokio::spawn(serve(
+                        conn,
+                        Conversation::ClientNode,
+                        LIMITS,
+                        64,
+                        move |req: ClientToNode| {
+                            let (started, release) = (started.clone(), release.clone());
+                            async move {
+                                if hold(&req) {
+                                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    release.notified().await;
+                                }
+                                echo(req).await
+                            }
+                        },
+                    ));
+                }
+            })
+        };
+        Self {
+            started,
+            release,
+            accepted,
+            _task: task,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
     // The server lets a peer have 4 exchanges open at once and serves up to 64 at a time, so
@@ -294,32 +343,9 @@ async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
     };
     let server = quic_with(1, config);
     let addr = server.local_addr();
-    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let release = Arc::new(tokio::sync::Notify::new());
-    let _server = {
-        let (started, release) = (started.clone(), release.clone());
-        tokio::spawn(async move {
-            while let Ok(conn) = server.accept().await {
-                let (started, release) = (started.clone(), release.clone());
-                tokio::spawn(serve(
-                    conn,
-                    Conversation::ClientNode,
-                    LIMITS,
-                    64,
-                    move |req: ClientToNode| {
-                        let (started, release) = (started.clone(), release.clone());
-                        async move {
-                            if let ClientToNode::Infer(_) = req {
-                                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                release.notified().await;
-                            }
-                            echo(req).await
-                        }
-                    },
-                ));
-            }
-        })
-    };
+    // Inference exchanges are held; pings are answered at once.
+    let held = HeldServer::start(server, |req| matches!(req, ClientToNode::Infer(_)));
+    let (started, release) = (held.started.clone(), held.release.clone());
     let client = quic(2);
     let conn = client.connect(&addr, &id(1)).await.unwrap();
     let mut calls = Vec::new();
@@ -368,6 +394,58 @@ async fn streams_over_the_limit_are_held_and_the_connection_keeps_serving() {
         .await
         .unwrap();
     assert_eq!(pong, NodeToClient::Pong);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_connections_start_at_the_initial_limit_until_the_server_raises_it() {
+    // A dispatcher's setting: peers start with 2 exchanges at once; the server raises one
+    // connection's limit to 6 once it knows the peer needs more.
+    let config = QuicConfig {
+        streams_concurrent_max: 16,
+        streams_accepted_initial: Some(2),
+        ..QuicConfig::default()
+    };
+    let server = quic_with(1, config);
+    let addr = server.local_addr();
+    let mut held = HeldServer::start(server, |_| true);
+    let (started, release) = (held.started.clone(), held.release.clone());
+    let client = quic(2);
+    let conn = client.connect(&addr, &id(1)).await.unwrap();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                conn.call::<_, NodeToClient>(&ClientToNode::Ping, Conversation::ClientNode, LIMITS)
+                    .await
+            })
+        })
+        .collect();
+    let served = held.accepted.recv().await.unwrap();
+    let count = || started.load(std::sync::atomic::Ordering::SeqCst);
+    let reach = |n: usize, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count() < n {
+            assert!(Instant::now() < deadline, "{what}: {} of {n}", count());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    reach(2, "the initial limit's exchanges reach the server").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 2, "the others wait for stream credit");
+    served.allow_exchanges(6);
+    reach(6, "raised, 4 more reach the server").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(count(), 6, "no more than the raised limit");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !calls.iter().all(|c| c.is_finished()) {
+        assert!(Instant::now() < deadline, "held exchanges complete");
+        release.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), NodeToClient::Pong);
+    }
+    assert_eq!(count(), 8);
 }
 
 /// A UDP relay at a fixed address in front of a server whose address can change: to a client,

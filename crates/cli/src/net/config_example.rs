@@ -31,11 +31,12 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 19] = [
+const OFF_AS_SHIPPED: [&str; 20] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
     "dispatcher.ledger_ca",
     "dispatcher.models_dir",
+    "dispatcher.models_store",
     "dispatcher.payouts_dir",
     "dispatcher.cluster_addr",
     "node.gpu",
@@ -127,6 +128,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ledger_schema,
         ledger_ca,
         models_dir,
+        models_store,
         payouts_dir,
         cluster_addr,
     } = dispatcher;
@@ -188,6 +190,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("dispatcher.ledger_schema", ledger_schema.is_some()),
         ("dispatcher.ledger_ca", ledger_ca.is_some()),
         ("dispatcher.models_dir", models_dir.is_some()),
+        ("dispatcher.models_store", models_store.is_some()),
         ("dispatcher.payouts_dir", payouts_dir.is_some()),
         ("dispatcher.cluster_addr", cluster_addr.is_some()),
         ("node.listen", node_listen.is_some()),

@@ -15,6 +15,19 @@ use super::canary::CanaryConfig;
 use super::gate::GateConfig;
 use crate::rounds::RoundClock;
 
+/// Exchanges a peer may have open at once on a connection a dispatcher accepted, until the
+/// dispatcher knows it for a client or a standby's link (then it allows
+/// [`DispatcherConfig::concurrency_max`]); nodes stay at this. A dispatcher's transport is
+/// bound with it (`QuicConfig::streams_accepted_initial`, `IrohConfig::streams_initial`):
+/// QUIC keeps state for every stream a peer may open, about 20 KB per connection at 256,
+/// which a dispatcher with 100,000 nodes would hold for nothing. A node opens a few at once
+/// (heartbeat, usage reports, registration); more wait for the dispatcher to end one. QUIC
+/// grants a peer new streams in a frame of its own every eighth of the limit, which at 32
+/// makes a heartbeat cost about a tenth more datagrams than at 256; at 128 the dispatcher
+/// held 13 KB more per node for about 3 % less CPU at 100,000 nodes (`cargo bench --bench
+/// dispatcher_load`), so 32.
+pub const ACCEPTED_EXCHANGES_INITIAL: u32 = 32;
+
 /// Everything a dispatcher is configured with.
 #[derive(Clone, Debug)]
 pub struct DispatcherConfig {
@@ -23,6 +36,10 @@ pub struct DispatcherConfig {
     /// Where models are stored (default `data_dir/models`): a directory every dispatcher
     /// sharing a ledger mounts ([`crate::cluster`]).
     pub models_dir: PathBuf,
+    /// Models in an object store instead of [`models_dir`](Self::models_dir): a URL
+    /// `ObjectBlobStore::from_url` opens (`file:///dir`, `s3://bucket/prefix`; feature
+    /// `object-store`, and `s3` for S3). Default `None`.
+    pub models_store: Option<String>,
     /// Where payouts are written (default `data_dir/payouts`): a directory every dispatcher
     /// sharing a ledger mounts, so that a round settled by one is never paid again by another
     /// after a crash between paying and recording it.
@@ -169,6 +186,7 @@ impl DispatcherConfig {
         let data_dir: PathBuf = data_dir.into();
         Self {
             models_dir: data_dir.join("models"),
+            models_store: None,
             payouts_dir: data_dir.join("payouts"),
             cluster_addr: None,
             data_dir,

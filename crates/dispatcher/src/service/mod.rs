@@ -65,7 +65,7 @@ mod standing;
 
 use canary::CanaryState;
 pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, InputsError, canary_inputs};
-pub use config::DispatcherConfig;
+pub use config::{ACCEPTED_EXCHANGES_INITIAL, DispatcherConfig};
 use gate::Gate;
 pub use gate::GateConfig;
 
@@ -387,10 +387,7 @@ impl<T: Transport> Dispatcher<T> {
         clock: Arc<dyn Clock>,
         ledger: Arc<dyn Ledger>,
     ) -> Result<Self, DispatcherError> {
-        let blobs = Arc::new(
-            LocalBlobStore::open(&config.models_dir)
-                .map_err(|e| DispatcherError::Storage(e.to_string()))?,
-        );
+        let blobs = open_blobs(&config)?;
         let uploads = Uploads::open(UploadConfig {
             model_bytes_max: config.model_bytes_max,
             memory_bytes_max: config.model_memory_bytes_max,
@@ -723,6 +720,11 @@ impl<T: Transport> Dispatcher<T> {
         }
     }
 
+    /// Exchanges a client's connection or a standby's link may have open at once.
+    fn exchanges_max(&self) -> u32 {
+        u32::try_from(self.inner.config.concurrency_max).unwrap_or(u32::MAX)
+    }
+
     /// Tells a node connection (its first request a registration signed by the
     /// connection's identity) from a client connection, and serves it.
     async fn connection(self, conn: Link<T::Connection>) {
@@ -748,6 +750,7 @@ impl<T: Transport> Dispatcher<T> {
             return;
         };
         if crate::cluster::is_link(&frame, &self.inner.id, &conn.remote_id()) {
+            conn.allow_exchanges(self.exchanges_max());
             respond(first, &crate::cluster::link_accepted(), max).await;
             let me = self.clone();
             serve_link(conn, self.inner.config.frame_limits, move |c| {
@@ -830,6 +833,8 @@ impl<T: Transport> Dispatcher<T> {
                 respond(first, &reply, max).await;
             }
         }
+        // Not a node: a client (or a node's operator tool) may want many exchanges at once.
+        conn.allow_exchanges(self.exchanges_max());
         let me = self.clone();
         serve(
             conn,
@@ -876,6 +881,25 @@ fn restore_acks(ledger: &dyn Ledger, capacity: usize) -> Result<AckBook, Dispatc
         "acknowledgements taken back from the ledger"
     );
     Ok(book)
+}
+
+/// The model store `config` names: its object store URL, else its models directory.
+fn open_blobs(config: &DispatcherConfig) -> Result<Arc<dyn BlobStore>, DispatcherError> {
+    let storage = |e: crate::blob::BlobError| DispatcherError::Storage(e.to_string());
+    match &config.models_store {
+        #[cfg(feature = "object-store")]
+        Some(url) => Ok(Arc::new(
+            crate::blob::ObjectBlobStore::from_url(url).map_err(storage)?,
+        )),
+        #[cfg(not(feature = "object-store"))]
+        Some(url) => Err(DispatcherError::Config(format!(
+            "models store {url}: this build has no object store support (crat-dispatcher \
+             feature `object-store`)"
+        ))),
+        None => Ok(Arc::new(
+            LocalBlobStore::open(&config.models_dir).map_err(storage)?,
+        )),
+    }
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

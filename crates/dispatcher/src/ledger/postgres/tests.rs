@@ -262,6 +262,49 @@ fn two_handles_charging_one_allowance_from_many_threads_lose_nothing_and_charge_
     assert_eq!(second.income(0, u64::MAX).unwrap(), Credits::new(ALLOWANCE));
 }
 
+/// Charges of one deployment arriving together on one handle (a dispatcher's usage reports
+/// under load) wait for each other in the process rather than at the row lock: none fails
+/// for another and runs again. Before they queued, each commit failed every charge waiting
+/// for the row ("could not serialize access due to concurrent update"), and under load some
+/// ran out of attempts.
+#[test]
+fn charges_of_one_deployment_on_one_handle_do_not_fail_each_other() {
+    const THREADS: u64 = 8;
+    const BATCHES: u64 = 10;
+    const PER_BATCH: u64 = 5;
+    const COST: u64 = 2;
+    let f = PgFactory::new();
+    let ledger = f.fresh();
+    let a = setup(&ledger, 10_000);
+    ledger
+        .create_deployment(&per_request(&a, 1, 5_000, 20))
+        .unwrap();
+    let accepted: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let ledger = &ledger;
+                s.spawn(move || {
+                    let mut accepted = 0u64;
+                    for b in 0..BATCHES {
+                        let first = (t * BATCHES + b) * PER_BATCH;
+                        let charges: Vec<_> = (first..first + PER_BATCH)
+                            .map(|k| charge(1, k, COST, 30))
+                            .collect();
+                        accepted += u64::from(ledger.charge_usage(&charges).unwrap().accepted);
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    assert_eq!(accepted, THREADS * BATCHES * PER_BATCH);
+    assert_eq!(ledger.transaction_retries(), 0);
+    let d = ledger.deployment(&dep_id(1)).unwrap().unwrap();
+    assert_eq!(d.allowance_left, Credits::new(5_000 - accepted * COST));
+    assert!(ledger.totals().unwrap().is_conserved());
+}
+
 /// A transaction that a concurrent one makes fail (here: a grant whose account row another
 /// transaction updates and commits while the grant waits for it) is run again, and succeeds.
 #[test]
