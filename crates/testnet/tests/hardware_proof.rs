@@ -152,15 +152,18 @@ async fn a_gpu_that_meets_its_deadline_is_rated_and_paid_as_proven() {
     net.shutdown();
 }
 
-/// A backend that stops multiplying challenge matrices once `stop` is set (inference goes on).
+/// A backend that answers challenges until it has answered one at or after `from_s` (unix
+/// seconds), and refuses every later one (inference goes on).
 struct Stopping {
     inner: Arc<dyn InferenceBackend>,
-    stop: Arc<AtomicBool>,
+    from_s: u64,
+    stopped: Arc<AtomicBool>,
 }
 
 struct StoppingModel {
     inner: Arc<dyn LoadedModel>,
-    stop: Arc<AtomicBool>,
+    from_s: u64,
+    stopped: Arc<AtomicBool>,
 }
 
 impl InferenceBackend for Stopping {
@@ -173,7 +176,8 @@ impl InferenceBackend for Stopping {
     fn load(&self, model: &[u8]) -> Result<Arc<dyn LoadedModel>, BackendError> {
         Ok(Arc::new(StoppingModel {
             inner: self.inner.load(model)?,
-            stop: self.stop.clone(),
+            from_s: self.from_s,
+            stopped: self.stopped.clone(),
         }))
     }
 }
@@ -188,12 +192,19 @@ impl LoadedModel for StoppingModel {
             .inputs
             .first()
             .is_some_and(|i| i.name == INPUT_A);
-        if challenge && self.stop.load(Ordering::Relaxed) {
+        if !challenge {
+            return self.inner.run(inputs);
+        }
+        if self.stopped.load(Ordering::SeqCst) {
             return Err(BackendError::Run(
                 "this node stopped answering challenges".into(),
             ));
         }
-        self.inner.run(inputs)
+        let out = self.inner.run(inputs)?;
+        if now_s() >= self.from_s {
+            self.stopped.store(true, Ordering::SeqCst);
+        }
+        Ok(out)
     }
     fn memory_bytes(&self) -> u64 {
         self.inner.memory_bytes()
@@ -209,10 +220,15 @@ async fn a_node_that_stops_answering_challenges_mid_round_is_not_committed() {
         retry_after_failure_s: 1,
         ..ProofConfig::test_scale()
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    // The second node answers challenges until it has answered one in the round's first
+    // seconds, then stops answering them; it keeps heartbeating (and serving) all along. (A
+    // stop at a fixed time was flaky: the challenges come at random, so the node had passed
+    // none in the round before it, or failed none before the round closed.)
+    let stopped = Arc::new(AtomicBool::new(false));
     let stopping: Arc<dyn InferenceBackend> = Arc::new(Stopping {
         inner: backend(),
-        stop: stop.clone(),
+        from_s: start + 1,
+        stopped: stopped.clone(),
     });
     let net = LocalNetwork::start(
         cfg,
@@ -225,16 +241,11 @@ async fn a_node_that_stops_answering_challenges_mid_round_is_not_committed() {
     for id in [honest, quitter] {
         assert!(proven(&net, &id).await.2);
     }
-    // Half way through the round the second node stops answering challenges; it keeps
-    // heartbeating (and serving) all along.
-    while now_s() < start + 4 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    stop.store(true, Ordering::Relaxed);
     let (inputs, outcome) = round_zero(&net).await;
     let committed = |id: NodeId| outcome.nodes.iter().find(|n| n.id == id).unwrap().committed;
     assert!(committed(honest), "{outcome:?}");
     assert!(!committed(quitter), "{outcome:?}");
+    assert!(stopped.load(Ordering::SeqCst));
     // Its uptime ends at its last passed challenge, before the round's last seconds.
     let input = inputs.nodes.iter().find(|n| n.id == quitter).unwrap();
     let online_end = input.online.iter().map(|i| i.end_s).max().unwrap_or(0);

@@ -265,6 +265,10 @@ struct Inner<T: Transport> {
     /// loses at most a tick of uptime, and the ledger sees a write a tick, whatever the node
     /// count.
     sessions: Mutex<HashMap<(NodeId, u64), u64>>,
+    /// Held by a flush of `sessions` from the moment it takes them until the ledger has them:
+    /// a flush that found nothing waiting while another was still writing would let a round
+    /// close over the ledger without the last seconds of uptime.
+    flushing: tokio::sync::Mutex<()>,
     /// Whether this dispatcher closes and settles rounds ([`Ledger::lead_rounds`], asked every
     /// tick).
     leading: AtomicBool,
@@ -540,6 +544,7 @@ impl<T: Transport> Dispatcher<T> {
                 next_round: Mutex::new(None),
                 leading: AtomicBool::new(leading),
                 sessions: Mutex::new(HashMap::new()),
+                flushing: tokio::sync::Mutex::new(()),
                 superseded: tokio::sync::Notify::new(),
                 settle_retries: closing::settle_retries(),
                 canary,

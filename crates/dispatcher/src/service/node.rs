@@ -234,6 +234,9 @@ impl<T: Transport> Dispatcher<T> {
     /// of at most [`SESSIONS_PER_WRITE`]: every tick, and before anything reads them (rounds,
     /// standings). What fails to be written waits for the next flush.
     pub(super) async fn flush_sessions(&self) {
+        // One flush at a time: when this returns, what was waiting when it was called is in
+        // the ledger, even if a concurrent flush took it.
+        let _flushing = self.inner.flushing.lock().await;
         let batch: Vec<(NodeId, u64, u64)> = {
             let mut pending = self.inner.sessions.lock();
             pending.drain().map(|((n, s), e)| (n, s, e)).collect()
