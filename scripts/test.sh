@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (the ONNX Runtime library, from PyPI), starts a
-# throwaway PostgreSQL server (scripts/postgres.sh; stopped on exit), then runs every test of the
+# throwaway PostgreSQL server (scripts/postgres.sh) and S3-compatible service (scripts/s3.sh), both
+# stopped on exit, then runs every test of the
 # workspace with every feature, as CI does, then the Python package's tests
 # (scripts/test-python.sh) and the gateway's tests with the official Triton client and
 # curl. The Python packages come from PyPI into virtual environments under ~/.cache.
@@ -18,12 +19,16 @@ export ORT_DYLIB_PATH CRAT_ORT_WHEEL
 # (crat-dispatcher's `postgres` feature, crates/cli/tests/postgres_ledger.rs), in a state directory
 # of this run's own, stopped when this script exits, also when a test fails.
 CRAT_PG_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crat-pg-run.XXXXXX")"
-export CRAT_PG_DIR
-trap 'scripts/postgres.sh stop || true; rm -rf -- "$CRAT_PG_DIR"' EXIT
+# A throwaway S3-compatible service (scripts/s3.sh: moto's server from PyPI, in memory) for the
+# object-store model store's S3 test (crat-dispatcher's `s3` feature), stopped on exit too.
+CRAT_S3_DIR="$(mktemp -d "${TMPDIR:-/tmp}/crat-s3-run.XXXXXX")"
+export CRAT_PG_DIR CRAT_S3_DIR
+trap 'scripts/postgres.sh stop || true; scripts/s3.sh stop || true; rm -rf -- "$CRAT_PG_DIR" "$CRAT_S3_DIR"' EXIT
 CRAT_TEST_POSTGRES_URL="$(scripts/postgres.sh start)"
 # The CA its TLS certificate is signed with (the ledger's TLS tests).
 CRAT_TEST_POSTGRES_CA="$(scripts/postgres.sh ca)"
-export CRAT_TEST_POSTGRES_URL CRAT_TEST_POSTGRES_CA
+CRAT_TEST_S3_ENDPOINT="$(scripts/s3.sh start)"
+export CRAT_TEST_POSTGRES_URL CRAT_TEST_POSTGRES_CA CRAT_TEST_S3_ENDPOINT
 cargo test --workspace --all-features --locked "$@"
 
 # --- the Python package (python/, its own Cargo workspace): build it and run its pytest suite.

@@ -2,6 +2,7 @@
 //! client (upload, deploy, infer). Settings come from an optional TOML file (`--config`),
 //! overridden by flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ struct DispatcherSection {
     /// Models in an object store instead: `file:///dir` or `s3://bucket/prefix` (S3 settings
     /// from the `AWS_*` environment variables).
     models_store: Option<String>,
+    /// Settings of `models_store` over the environment's, by `object_store`'s option names
+    /// (`aws_endpoint`, `aws_allow_http`, `aws_region`, …).
+    models_store_options: Option<BTreeMap<String, String>>,
     /// Where payouts are written (default `<data_dir>/payouts`): with a shared ledger, a
     /// directory every dispatcher mounts.
     payouts_dir: Option<PathBuf>,
@@ -447,6 +451,12 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = models_dir {
         config.models_dir = dir;
+    }
+    if let Some(options) = file.models_store_options {
+        if models_store.is_none() {
+            anyhow::bail!("models_store_options set without models_store");
+        }
+        config.models_store_options = options.into_iter().collect();
     }
     config.models_store = models_store;
     if let Some(dir) = args.payouts_dir.or(file.payouts_dir) {

@@ -1,6 +1,7 @@
-//! Two `crat dispatcher` processes sharing one PostgreSQL ledger, one model directory, one
-//! payouts directory and one key (`crat_dispatcher::cluster`): the first is active, the second
-//! stands by and forwards its nodes and clients to it.
+//! Two `crat dispatcher` processes sharing one PostgreSQL ledger, one model store (the object
+//! store on a shared directory, or an S3 bucket), one payouts directory and one key
+//! (`crat_dispatcher::cluster`): the first is active, the second stands by and forwards its
+//! nodes and clients to it.
 //!
 //! - A node registered through the standby is placed by the active dispatcher, and a client
 //!   that leases through the standby is charged (exactly) through the active one.
@@ -9,8 +10,9 @@
 //!   on, and it goes on closing rounds. Nothing is lost: every answered task is charged once,
 //!   the ledger's money is conserved, the rounds are consecutive and each is settled once.
 //!
-//! Needs a PostgreSQL server: its URL in `CRAT_TEST_POSTGRES_URL` (`scripts/test.sh` starts one
-//! and sets it). Without it the tests fail, saying so.
+//! Needs a PostgreSQL server: its URL in `CRAT_TEST_POSTGRES_URL`, and for the first test an
+//! S3-compatible service: its endpoint in `CRAT_TEST_S3_ENDPOINT` (`scripts/test.sh` starts
+//! both and sets them). Without them the tests fail, saying so.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 #[allow(dead_code)]
@@ -38,6 +40,15 @@ const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 /// The input the tasks send: f32, 1x1x28x28.
 const INPUT_BYTES: u64 = 4 * 28 * 28;
 
+/// Where the dispatchers of a [`Cluster`] keep models.
+#[derive(Clone, Copy)]
+enum ModelStore {
+    /// The object store on a directory both use (`file://`).
+    SharedDir,
+    /// A bucket of the test S3 service (`s3://`, set up by `models_store_options`).
+    S3,
+}
+
 /// Two dispatchers on one ledger: `net.dispatcher` (started first, active) and `standby`.
 struct Cluster {
     net: Network,
@@ -49,6 +60,11 @@ struct Cluster {
 impl Cluster {
     /// Starts both under `dir`, with `settings` added to their `[dispatcher]` table.
     async fn start(dir: &Path, settings: &str) -> Self {
+        Self::start_with(dir, settings, ModelStore::SharedDir).await
+    }
+
+    /// [`Cluster::start`], with the model store `store`.
+    async fn start_with(dir: &Path, settings: &str, store: ModelStore) -> Self {
         let url = common::postgres_url();
         // A schema of this test's own: runs sharing a server never meet.
         let schema = format!(
@@ -59,11 +75,23 @@ impl Cluster {
         let ledger_args = ["--ledger", url.as_str(), "--ledger-schema", schema.as_str()];
         let shared = dir.join("shared");
         let payouts = shared.join("payouts");
-        // The model store is the object store on a shared directory.
+        let models = match store {
+            ModelStore::SharedDir => format!(
+                "models_store = \"file://{}\"\n",
+                shared.join("models").display()
+            ),
+            // Under a prefix of this test's own in the bucket.
+            ModelStore::S3 => format!(
+                "models_store = \"s3://crat-test/{schema}/models\"\n\
+                 models_store_options = {{ aws_endpoint = \"{}\", aws_allow_http = \"true\", \
+                 aws_access_key_id = \"test\", aws_secret_access_key = \"test\", \
+                 aws_region = \"us-east-1\" }}\n",
+                common::s3_endpoint()
+            ),
+        };
         let settings = format!(
             "heartbeat_interval_s = 1\nproof_scale = \"test\"\n\
-             models_store = \"file://{}\"\npayouts_dir = \"{}\"\n{settings}",
-            shared.join("models").display(),
+             {models}payouts_dir = \"{}\"\n{settings}",
             payouts.display()
         );
         let net = Network::start_on_ledger(dir, &settings, &ledger_args)
@@ -215,7 +243,9 @@ fn task_price(ledger: &PgLedger, deployment: &DeploymentId) -> Credits {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_forwards_nodes_and_clients_to_the_active_dispatcher() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(dir.path(), "replicas = 2\n").await;
+    // Models in an S3 bucket (moto's server): both dispatchers open it; the active one
+    // stores the model deployed through it and serves it to both nodes.
+    let cluster = Cluster::start_with(dir.path(), "replicas = 2\n", ModelStore::S3).await;
     // One node registers with the active dispatcher, one through the standby.
     let _direct = cluster.node(0, dir.path(), &cluster.net.dispatcher, None, &[]);
     let _forwarded = cluster.node(1, dir.path(), &cluster.standby, None, &[]);

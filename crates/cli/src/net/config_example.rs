@@ -31,12 +31,13 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 20] = [
+const OFF_AS_SHIPPED: [&str; 21] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
     "dispatcher.ledger_ca",
     "dispatcher.models_dir",
     "dispatcher.models_store",
+    "dispatcher.models_store_options",
     "dispatcher.payouts_dir",
     "dispatcher.cluster_addr",
     "node.gpu",
@@ -129,6 +130,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ledger_ca,
         models_dir,
         models_store,
+        models_store_options,
         payouts_dir,
         cluster_addr,
     } = dispatcher;
@@ -191,6 +193,10 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("dispatcher.ledger_ca", ledger_ca.is_some()),
         ("dispatcher.models_dir", models_dir.is_some()),
         ("dispatcher.models_store", models_store.is_some()),
+        (
+            "dispatcher.models_store_options",
+            models_store_options.is_some(),
+        ),
         ("dispatcher.payouts_dir", payouts_dir.is_some()),
         ("dispatcher.cluster_addr", cluster_addr.is_some()),
         ("node.listen", node_listen.is_some()),

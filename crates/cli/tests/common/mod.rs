@@ -31,6 +31,20 @@ pub(crate) fn postgres_url() -> String {
     }
 }
 
+/// The test S3-compatible service's endpoint (`CRAT_TEST_S3_ENDPOINT`, which `scripts/test.sh`
+/// sets: `scripts/s3.sh`, moto's server, with the bucket `crat-test`); without it the calling
+/// test fails, saying so.
+pub(crate) fn s3_endpoint() -> String {
+    match std::env::var("CRAT_TEST_S3_ENDPOINT") {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "CRAT_TEST_S3_ENDPOINT is not set: this test needs an S3-compatible service. Run \
+             the tests through scripts/test.sh (it starts one), or start one with \
+             `scripts/s3.sh start` and set CRAT_TEST_S3_ENDPOINT to the endpoint it prints"
+        ),
+    }
+}
+
 /// The CA of the test PostgreSQL server's TLS certificate (`CRAT_TEST_POSTGRES_CA`, which
 /// `scripts/test.sh` sets); without it the calling test fails, saying so.
 pub(crate) fn postgres_ca() -> PathBuf {

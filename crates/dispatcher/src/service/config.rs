@@ -40,6 +40,10 @@ pub struct DispatcherConfig {
     /// `ObjectBlobStore::from_url` opens (`file:///dir`, `s3://bucket/prefix`; feature
     /// `object-store`, and `s3` for S3). Default `None`.
     pub models_store: Option<String>,
+    /// Settings of [`models_store`](Self::models_store) over what the environment says
+    /// (`ObjectBlobStore::from_url_with`): for S3, `object_store`'s option names, e.g.
+    /// `("aws_endpoint", "https://minio.internal:9000")`. Default none.
+    pub models_store_options: Vec<(String, String)>,
     /// Where payouts are written (default `data_dir/payouts`): a directory every dispatcher
     /// sharing a ledger mounts, so that a round settled by one is never paid again by another
     /// after a crash between paying and recording it.
@@ -187,6 +191,7 @@ impl DispatcherConfig {
         Self {
             models_dir: data_dir.join("models"),
             models_store: None,
+            models_store_options: Vec::new(),
             payouts_dir: data_dir.join("payouts"),
             cluster_addr: None,
             data_dir,

@@ -893,9 +893,16 @@ fn open_blobs(config: &DispatcherConfig) -> Result<Arc<dyn BlobStore>, Dispatche
     let storage = |e: crate::blob::BlobError| DispatcherError::Storage(e.to_string());
     match &config.models_store {
         #[cfg(feature = "object-store")]
-        Some(url) => Ok(Arc::new(
-            crate::blob::ObjectBlobStore::from_url(url).map_err(storage)?,
-        )),
+        Some(url) => {
+            let options: Vec<(&str, &str)> = config
+                .models_store_options
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            Ok(Arc::new(
+                crate::blob::ObjectBlobStore::from_url_with(url, &options).map_err(storage)?,
+            ))
+        }
         #[cfg(not(feature = "object-store"))]
         Some(url) => Err(DispatcherError::Config(format!(
             "models store {url}: this build has no object store support (crat-dispatcher \
