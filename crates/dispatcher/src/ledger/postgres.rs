@@ -2,8 +2,8 @@
 //!
 //! The design is described on the main type.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -481,12 +481,31 @@ impl PgLedger {
     }
 }
 
-/// [`Ledger::record_online`]'s statement: the session created or extended, never shortened,
-/// never past its cut.
-const RECORD_ONLINE: &str = "INSERT INTO sessions (node, start_s, end_s) VALUES ($1, $2, $3)
-     ON CONFLICT (node, start_s) DO UPDATE
-     SET end_s = LEAST(GREATEST(sessions.end_s, EXCLUDED.end_s),
-                       COALESCE(sessions.cut_s, GREATEST(sessions.end_s, EXCLUDED.end_s)))";
+/// How a stored session takes a later end: extended, never shortened, never past its cut.
+macro_rules! extend_session {
+    () => {
+        "ON CONFLICT (node, start_s) DO UPDATE
+         SET end_s = LEAST(GREATEST(sessions.end_s, EXCLUDED.end_s),
+                           COALESCE(sessions.cut_s, GREATEST(sessions.end_s, EXCLUDED.end_s)))"
+    };
+}
+
+/// [`Ledger::record_online`]'s statement: the session created or extended.
+const RECORD_ONLINE: &str = concat!(
+    "INSERT INTO sessions (node, start_s, end_s) VALUES ($1, $2, $3) ",
+    extend_session!()
+);
+
+/// [`RECORD_ONLINE`] for a batch (`$1` nodes, `$2` starts, `$3` ends, one row per node and
+/// start): the sessions of nodes the ledger holds, written; the nodes written, returned.
+const RECORD_ONLINE_MANY: &str = concat!(
+    "INSERT INTO sessions (node, start_s, end_s)
+     SELECT u.node, u.start_s, u.end_s
+     FROM unnest($1::bytea[], $2::int8[], $3::int8[]) AS u(node, start_s, end_s)
+     WHERE EXISTS (SELECT 1 FROM nodes WHERE nodes.id = u.node) ",
+    extend_session!(),
+    " RETURNING node"
+);
 
 /// A window bound: times above `i64::MAX` are never stored, so clamping loses nothing.
 fn clamp(s: u64) -> i64 {
@@ -1441,17 +1460,36 @@ impl Ledger for PgLedger {
     }
 
     fn record_online_many(&self, sessions: &[(NodeId, u64, u64)]) -> Result<u32, LedgerError> {
-        let rows = session_rows(sessions)?;
+        // One statement for the whole batch (a flush carries every heartbeat of a tick: two
+        // statements a session were 20,000 round trips a second at 100,000 nodes). One row
+        // per (node, start), the latest end: a statement may not upsert a row twice.
+        let mut merged: HashMap<(NodeId, i64), i64> = HashMap::with_capacity(sessions.len());
+        for (node, start, end) in session_rows(sessions)? {
+            let e = merged.entry((node, start)).or_insert(end);
+            *e = (*e).max(end);
+        }
+        if merged.is_empty() {
+            return Ok(0);
+        }
+        let mut nodes: Vec<&[u8]> = Vec::with_capacity(merged.len());
+        let mut starts = Vec::with_capacity(merged.len());
+        let mut ends = Vec::with_capacity(merged.len());
+        for ((node, start), end) in &merged {
+            nodes.push(node.as_bytes().as_slice());
+            starts.push(*start);
+            ends.push(*end);
+        }
         self.write(|tx| {
-            let mut skipped = 0u32;
-            for (node, start, end) in &rows {
-                if !tx.exists("SELECT 1 FROM nodes WHERE id = $1", &[node.as_bytes()])? {
-                    skipped += 1;
-                    continue;
-                }
-                tx.execute(RECORD_ONLINE, &[node.as_bytes(), start, end])?;
+            let written = tx.query(RECORD_ONLINE_MANY, &[&nodes, &starts, &ends])?;
+            let mut known: HashSet<NodeId> = HashSet::with_capacity(written.len());
+            for row in &written {
+                known.insert(NodeId::from_bytes(bytes_at(row, 0, "node id")?));
             }
-            Ok(skipped)
+            let skipped = sessions
+                .iter()
+                .filter(|(n, _, _)| !known.contains(n))
+                .count();
+            Ok(u32::try_from(skipped).unwrap_or(u32::MAX))
         })
     }
 

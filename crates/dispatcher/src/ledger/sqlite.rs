@@ -31,11 +31,27 @@ use super::{
 /// How long a statement waits for another process's lock before failing.
 const BUSY_TIMEOUT_MS: u64 = 5_000;
 
-/// [`Ledger::record_online`]'s statement: the session created or extended, never shortened,
-/// never past its cut.
-const RECORD_ONLINE: &str = "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3)
-     ON CONFLICT(node, start_s) DO UPDATE
-     SET end_s = min(max(end_s, excluded.end_s), coalesce(cut_s, max(end_s, excluded.end_s)))";
+/// How a stored session takes a later end: extended, never shortened, never past its cut.
+macro_rules! extend_session {
+    () => {
+        "ON CONFLICT(node, start_s) DO UPDATE
+         SET end_s = min(max(end_s, excluded.end_s), coalesce(cut_s, max(end_s, excluded.end_s)))"
+    };
+}
+
+/// [`Ledger::record_online`]'s statement: the session created or extended.
+const RECORD_ONLINE: &str = concat!(
+    "INSERT INTO sessions (node, start_s, end_s) VALUES (?1, ?2, ?3) ",
+    extend_session!()
+);
+
+/// [`RECORD_ONLINE`] when the ledger holds the node, in one statement: no row changes
+/// otherwise.
+const RECORD_ONLINE_KNOWN: &str = concat!(
+    "INSERT INTO sessions (node, start_s, end_s)
+     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM nodes WHERE id = ?1) ",
+    extend_session!()
+);
 
 /// The schema, one step per entry; `PRAGMA user_version` is the number of steps applied.
 /// Append new steps; never edit a released one.
@@ -1608,19 +1624,16 @@ impl Ledger for SqliteLedger {
     fn record_online_many(&self, sessions: &[(NodeId, u64, u64)]) -> Result<u32, LedgerError> {
         let rows = session_rows(sessions)?;
         self.write(|tx| {
-            let mut known = tx
-                .prepare_cached("SELECT 1 FROM nodes WHERE id = ?1")
-                .db()?;
-            let mut record = tx.prepare_cached(RECORD_ONLINE).db()?;
+            let mut record = tx.prepare_cached(RECORD_ONLINE_KNOWN).db()?;
             let mut skipped = 0u32;
             for (node, start, end) in &rows {
-                if !known.exists(params![node.as_bytes().as_slice()]).db()? {
-                    skipped += 1;
-                    continue;
-                }
-                record
+                // No row changed: the ledger does not hold the node.
+                let changed = record
                     .execute(params![node.as_bytes().as_slice(), start, end])
                     .db()?;
+                if changed == 0 {
+                    skipped += 1;
+                }
             }
             Ok(skipped)
         })
