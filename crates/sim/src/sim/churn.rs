@@ -79,9 +79,8 @@ pub(super) fn churn(
             let mut per_hour = vec![0u64; hours];
             let mut full_rps = 0u64;
             for (j, n) in chunk.iter_mut().enumerate() {
-                let mut rng = stream_rng(seed, u64::from(n.index), u64::from(round));
                 let base = all.len();
-                advance_churn(n, churn, start_s, end_s, &mut rng, all);
+                advance_churn(n, churn, (start_s, end_s), (seed, round), all);
                 for (region, w) in outages {
                     if *region == n.region {
                         let mine: Vec<Interval> = all.drain(base..).collect();
@@ -140,13 +139,13 @@ pub(super) fn churn(
 }
 
 /// Advances a node's on/off sessions through `[start_s, end_s)`, appending its online
-/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]) to `all`.
+/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]) to `all`. Its random stream (of `seed` and
+/// `round`) is started only when a session ends inside the round: most nodes draw nothing.
 fn advance_churn(
     n: &mut Node,
     churn: &Churn,
-    start_s: u64,
-    end_s: u64,
-    rng: &mut StreamRng,
+    (start_s, end_s): (u64, u64),
+    (seed, round): (u64, u32),
     all: &mut Vec<Interval>,
 ) {
     if churn.model == SessionModel::None {
@@ -156,6 +155,7 @@ fn advance_churn(
     }
     let base = all.len();
     let mut out = Intervals { all, base };
+    let mut rng: Option<StreamRng> = None;
     let mut t = start_s;
     // A node's sessions carry over between rounds.
     let mut toggle = n.next_toggle_s.max(start_s);
@@ -182,6 +182,7 @@ fn advance_churn(
             (churn.mean_off_s as f64, 1.0 - diurnal)
         };
         let mean = mean * scale;
+        let rng = rng.get_or_insert_with(|| stream_rng(seed, u64::from(n.index), u64::from(round)));
         let u = rng.unit_f64();
         let len = match churn.model {
             SessionModel::LogNormal => {

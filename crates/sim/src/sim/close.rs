@@ -4,7 +4,6 @@
 //! and the providers that earned less than their electricity cost for
 //! `behaviour.departure_rounds` rounds marked to leave.
 
-use crat_core::id::NodeId;
 use crat_rewards::{Aggregates, NodeResult};
 use rayon::prelude::*;
 
@@ -21,20 +20,19 @@ const PAR_SORT_MIN: usize = 1 << 17;
 const METRICS_CHUNK: usize = 16_384;
 
 /// The round's metrics taken from its results (the only source of payouts and CRAT), each
-/// node's totals updated, and the providers that leave this round (marked departed).
-/// `nodes[k]` is the round's k-th input (its id checked when its activity was written) and
-/// `results[k]` its result.
+/// node's totals updated, and the positions in `nodes` (increasing) of the providers that
+/// leave this round (marked departed). `nodes[k]` is the round's k-th input (its id checked
+/// when its activity was written) and `results[k]` its result.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn outcome_metrics(
     results: &[NodeResult],
     a: &Aggregates,
     sc: &Scenario,
-    ids: &[NodeId],
     nodes: &mut [Node],
     draws: &[Draw],
     (earnings, crats): (&mut Vec<u64>, &mut Vec<u64>),
     m: &mut RoundMetrics,
-) -> Result<Vec<NodeId>, SimError> {
+) -> Result<Vec<usize>, SimError> {
     let round = m.round;
     let length_s = sc.rewards.round_s;
     m.pool_usd_micro = a.pool_usd_micro.get();
@@ -60,17 +58,22 @@ pub(super) fn outcome_metrics(
     // is excluded from placement by the dispatcher (`Dispatch::validation_failed`).
     let caught_max = u64::from(crat_core::dispatch::DispatchConfig::default().caught_max);
     let saving_bps = u128::from(sc.strategies.withholder_saving_bps);
+    // Per rating class: the electricity cost of the round, and what a withholder saves of it.
+    let electricity_round: [u64; 5] = std::array::from_fn(|class| day_share(electricity[class]));
+    let withholder_saved: [u64; 5] = std::array::from_fn(|class| {
+        (u128::from(electricity_round[class]) * saving_bps / 10_000) as u64
+    });
     // In parallel chunks: integer sums and in-order lists, so the same bytes on any number
     // of threads.
     let c = METRICS_CHUNK;
-    let parts: Vec<(RoundMetrics, Vec<NodeId>)> = nodes
+    let parts: Vec<(RoundMetrics, Vec<usize>)> = nodes
         .par_chunks_mut(c)
         .zip(results.par_chunks(c))
         .zip(draws.par_chunks(c))
-        .zip(ids.par_chunks(c))
         .zip(earnings.par_chunks_mut(c))
         .zip(crats.par_chunks_mut(c))
-        .map(|(((((nodes, results), draws), ids), earnings), crats)| {
+        .enumerate()
+        .map(|(chunk, ((((nodes, results), draws), earnings), crats))| {
             let mut p = RoundMetrics::default();
             let mut departures = Vec::new();
             for (k, n) in nodes.iter_mut().enumerate() {
@@ -104,8 +107,7 @@ pub(super) fn outcome_metrics(
                     Strategy::HardwareLiar => Some(&mut p.strategies.liars),
                     Strategy::UsageInventor => Some(&mut p.strategies.inventors),
                     Strategy::ReceiptWithholder => {
-                        let saved = u128::from(day_share(electricity[class])) * saving_bps / 10_000;
-                        p.strategies.withholder_saved_usd_micro += saved as u64;
+                        p.strategies.withholder_saved_usd_micro += withholder_saved[class];
                         Some(&mut p.strategies.withholders)
                     }
                 };
@@ -120,14 +122,14 @@ pub(super) fn outcome_metrics(
                     p.honest_crat_micro += n.crat_end;
                 }
                 if departure_rounds > 0 {
-                    if g + b < day_share(electricity[class]) {
+                    if g + b < electricity_round[class] {
                         n.low_rounds += 1;
                     } else {
                         n.low_rounds = 0;
                     }
                     if n.low_rounds >= departure_rounds {
                         n.departed_round = Some(round);
-                        departures.push(ids[k]);
+                        departures.push(chunk * c + k);
                     }
                 }
                 if u64::from(n.index) < initial && n.departed_round.is_none() {
@@ -137,7 +139,7 @@ pub(super) fn outcome_metrics(
             (p, departures)
         })
         .collect();
-    let mut departures: Vec<NodeId> = Vec::new();
+    let mut departures: Vec<usize> = Vec::new();
     for (p, d) in parts {
         m.nodes_active += p.nodes_active;
         for class in 0..5 {

@@ -52,7 +52,7 @@ const HOUR_S: u64 = 3_600;
 
 /// A node's state in the simulator (what it is and what it does; its money and CRAT live in
 /// the [`RoundDriver`]).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Node {
     /// Its number: order of arrival, the stream it draws from, its row in the outputs.
     index: u32,
@@ -611,7 +611,8 @@ impl Simulation {
     /// node's activity, written in place by position (the registered nodes are exactly
     /// `nodes`, in its order; departed ones were deregistered in the round they left); the
     /// closed round handed to `f` when there is one, its metrics written into `m`, each
-    /// node's totals updated. Returns the providers that leave, and what `f` returned.
+    /// node's totals updated. Returns the positions in `nodes` (increasing) of the providers
+    /// that leave, and what `f` returned.
     fn close<R>(
         &mut self,
         f: Option<impl FnOnce(&ClosedRound) -> R>,
@@ -619,7 +620,7 @@ impl Simulation {
         churned: &Churned,
         buf: &mut Buffers,
         m: &mut RoundMetrics,
-    ) -> Result<(Vec<NodeId>, Option<R>), SimError> {
+    ) -> Result<(Vec<usize>, Option<R>), SimError> {
         let sc = &self.scenario;
         let ids = &self.ids;
         let draws = &buf.draws;
@@ -650,7 +651,6 @@ impl Simulation {
                 closed.results(),
                 &closed.outcome.aggregates,
                 sc,
-                ids,
                 nodes,
                 draws,
                 sums,
@@ -660,26 +660,63 @@ impl Simulation {
         })?
     }
 
-    /// Departed providers leave the driver and `nodes` at once (one pass each).
-    fn leave(&mut self, departures: &[NodeId]) {
-        if departures.is_empty() {
+    /// Departed providers, at `positions` in `nodes` (increasing), leave the driver and
+    /// `nodes` at once. A round loses a few nodes of many: only they are visited, and the
+    /// nodes after the first of them move down in a few block copies.
+    fn leave(&mut self, positions: &[usize]) {
+        if positions.is_empty() {
             return;
         }
-        self.driver.deregister_all(departures);
-        // Compacted in place (each kept node moved once): no fresh copy of the list.
-        for (n, id) in self.nodes.iter().zip(&self.ids) {
-            if n.departed_round.is_some() {
-                self.departed.push((n.clone(), *id));
-            }
-        }
-        let mut stays = self.nodes.iter().map(|n| n.departed_round.is_none());
-        self.ids.retain(|_| stays.next().unwrap_or(true));
-        self.nodes.retain(|n| n.departed_round.is_none());
+        let gone: Vec<NodeId> = positions.iter().map(|&k| self.ids[k]).collect();
+        self.driver.deregister_all(&gone);
+        self.departed
+            .extend(positions.iter().map(|&k| (self.nodes[k], self.ids[k])));
+        remove_positions(&mut self.nodes, positions);
+        remove_positions(&mut self.ids, positions);
     }
+}
+
+/// Removes the elements at `positions` (increasing, each below `v.len()`) from `v`, keeping
+/// the order of the rest: each run between two removed elements moves down in one copy.
+fn remove_positions<T: Copy>(v: &mut Vec<T>, positions: &[usize]) {
+    let Some(&first) = positions.first() else {
+        return;
+    };
+    let mut write = first;
+    for (j, &p) in positions.iter().enumerate() {
+        let end = positions.get(j + 1).copied().unwrap_or(v.len());
+        v.copy_within(p + 1..end, write);
+        write += end - (p + 1);
+    }
+    v.truncate(write);
 }
 
 /// Length of hour bucket `h` of the round `[start_s, end_s)` (the last may be short).
 fn hour_len(start_s: u64, end_s: u64, h: usize) -> u64 {
     let h_start = start_s + h as u64 * HOUR_S;
     (h_start + HOUR_S).min(end_s).saturating_sub(h_start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_positions;
+
+    #[test]
+    fn remove_positions_keeps_the_rest_in_order() {
+        for positions in [
+            vec![],
+            vec![0],
+            vec![9],
+            vec![0, 1, 2],
+            vec![2, 5, 6, 9],
+            vec![3],
+        ] {
+            let mut v: Vec<u32> = (0..10).collect();
+            remove_positions(&mut v, &positions);
+            let want: Vec<u32> = (0..10)
+                .filter(|i| !positions.contains(&(*i as usize)))
+                .collect();
+            assert_eq!(v, want, "{positions:?}");
+        }
+    }
 }

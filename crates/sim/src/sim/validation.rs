@@ -22,6 +22,7 @@
 //! and credit nobody; accepted (without the rule) they would fail the worker.
 
 use crat_core::bps::Bps;
+use rand::RngCore;
 use rayon::prelude::*;
 
 use super::Node;
@@ -117,11 +118,35 @@ pub(super) fn validate(
         let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
         let lambda = cap as f64 * per_cap;
         let table = &tables[usize::from(nodes[i].rating.get())];
-        let (own, ran) = if table.lambda == lambda {
-            (table.draw(&mut rng), table.draw(&mut rng))
-        } else {
-            (poisson(&mut rng, lambda), poisson(&mut rng, lambda))
+        let from_table = table.lambda == lambda;
+        let draw = |rng: &mut StreamRng| {
+            if from_table {
+                table.draw(rng)
+            } else {
+                poisson(rng, lambda)
+            }
         };
+        let strategy = nodes[i].strategy;
+        let honest = matches!(
+            strategy,
+            Strategy::Honest | Strategy::HardwareLiar | Strategy::UsageInventor
+        );
+        if honest && framed_p == 0.0 {
+            // Only the validations it ran count (all credited): its own checked tasks' draw is
+            // passed over, the stream advanced past it, so `ran` is the draw it always was.
+            if from_table {
+                table.skip(&mut rng);
+            } else {
+                skip_poisson(&mut rng, lambda);
+            }
+            return Draw {
+                tasks,
+                ok: draw(&mut rng),
+                ..Draw::default()
+            };
+        }
+        let own = draw(&mut rng);
+        let ran = draw(&mut rng);
         // Framed spot checks (drawn only when there are framers, so other runs draw what
         // they always drew): of its tasks, and of the validations it ran.
         let (checked, framed_own, credited) = if framed_p > 0.0 {
@@ -136,7 +161,7 @@ pub(super) fn validate(
         } else {
             (0, framed_own)
         };
-        let (caught_own, wrong_ran, caught_ran) = match nodes[i].strategy {
+        let (caught_own, wrong_ran, caught_ran) = match strategy {
             Strategy::Honest | Strategy::HardwareLiar | Strategy::UsageInventor => {
                 return Draw {
                     tasks,
@@ -194,6 +219,21 @@ fn poisson(rng: &mut StreamRng, lambda: f64) -> u64 {
         return k as u64;
     }
     (lambda + lambda.sqrt() * normal(rng)).round().max(0.0) as u64
+}
+
+/// Advances `rng` past one [`poisson`] draw with mean `lambda` without computing it: the
+/// uniforms that draw takes (none, one below [`POISSON_INVERSION_MAX`], two above).
+fn skip_poisson(rng: &mut StreamRng, lambda: f64) {
+    let uniforms = if lambda <= 0.0 {
+        0
+    } else if lambda < POISSON_INVERSION_MAX {
+        1
+    } else {
+        2
+    };
+    for _ in 0..uniforms {
+        rng.next_u64();
+    }
 }
 
 /// The distribution function of a Poisson law, for the means most nodes share in a round.
@@ -262,6 +302,15 @@ impl PoissonTable {
         }
     }
 
+    /// Advances `rng` past one [`PoissonTable::draw`] without computing it.
+    fn skip(&self, rng: &mut StreamRng) {
+        if self.cdf.is_empty() {
+            skip_poisson(rng, self.lambda);
+        } else {
+            rng.next_u64();
+        }
+    }
+
     fn draw(&self, rng: &mut StreamRng) -> u64 {
         if self.cdf.is_empty() {
             return poisson(rng, self.lambda);
@@ -311,6 +360,24 @@ fn normal(rng: &mut StreamRng) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_a_draw_takes_the_uniforms_it_would() {
+        // Table draws (walked and searched), drawn by `poisson` (no table: above the table's
+        // largest mean), inversion and the normal approximation.
+        for lambda in [0.0, 1e-6, 4.2, 29.9, 57.5, 9_000.0, 20_000.0] {
+            let table = PoissonTable::new(lambda);
+            let (mut a, mut b) = (stream_rng(1, 2, 3), stream_rng(1, 2, 3));
+            for _ in 0..200 {
+                table.skip(&mut a);
+                table.draw(&mut b);
+                assert_eq!(table.draw(&mut a), table.draw(&mut b), "table {lambda}");
+                skip_poisson(&mut a, lambda);
+                poisson(&mut b, lambda);
+                assert_eq!(poisson(&mut a, lambda), poisson(&mut b, lambda), "{lambda}");
+            }
+        }
+    }
 
     #[test]
     fn poisson_table_draws_equal_poisson() {
