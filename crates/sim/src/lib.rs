@@ -67,9 +67,9 @@
 //!
 //! # Performance
 //!
-//! 10,000 nodes × 1,000 one-day rounds take about 2 s and 1,000,000 nodes × 100 rounds
-//! about 24 s in a release build on two cores: `docs/simulator.md` has the measurements,
-//! where a round's time goes, and how to rerun them.
+//! 10,000 nodes × 1,000 one-day rounds take about 1.4 s and 1,000,000 nodes × 100 rounds
+//! about 12.7 s in a release build on two cores (2026-12-06): `docs/simulator.md` has the
+//! measurements, where a round's time goes, and how to rerun them.
 
 mod error;
 pub mod report;
