@@ -456,7 +456,7 @@ pub(crate) fn dispatcher(args: DispatcherArgs) -> anyhow::Result<()> {
         if models_store.is_none() {
             anyhow::bail!("models_store_options set without models_store");
         }
-        config.models_store_options = options.into_iter().collect();
+        config.models_store_options = crat_dispatcher::StoreOptions(options.into_iter().collect());
     }
     config.models_store = models_store;
     if let Some(dir) = args.payouts_dir.or(file.payouts_dir) {

@@ -88,5 +88,5 @@ mod service;
 pub use service::{
     ACCEPTED_EXCHANGES_INITIAL, CanaryConfig, CanaryOutcome, CanaryParts, Dispatcher,
     DispatcherConfig, DispatcherError, DispatcherParts, DispatcherStats, GateConfig, InputsError,
-    canary_inputs,
+    StoreOptions, canary_inputs,
 };

@@ -42,8 +42,8 @@ pub struct DispatcherConfig {
     pub models_store: Option<String>,
     /// Settings of [`models_store`](Self::models_store) over what the environment says
     /// (`ObjectBlobStore::from_url_with`): for S3, `object_store`'s option names, e.g.
-    /// `("aws_endpoint", "https://minio.internal:9000")`. Default none.
-    pub models_store_options: Vec<(String, String)>,
+    /// `("aws_endpoint", "https://minio.internal:9000")`. Default none. Shown by name only.
+    pub models_store_options: StoreOptions,
     /// Where payouts are written (default `data_dir/payouts`): a directory every dispatcher
     /// sharing a ledger mounts, so that a round settled by one is never paid again by another
     /// after a crash between paying and recording it.
@@ -191,7 +191,7 @@ impl DispatcherConfig {
         Self {
             models_dir: data_dir.join("models"),
             models_store: None,
-            models_store_options: Vec::new(),
+            models_store_options: StoreOptions::default(),
             payouts_dir: data_dir.join("payouts"),
             cluster_addr: None,
             data_dir,
@@ -257,5 +257,34 @@ impl DispatcherConfig {
     /// The ledger file.
     pub fn ledger_path(&self) -> PathBuf {
         self.data_dir.join("ledger.sqlite")
+    }
+}
+
+/// Settings of an object store by option name ([`DispatcherConfig::models_store_options`]).
+/// Its `Debug` shows the names only: values may be credentials.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoreOptions(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreOptions;
+
+    #[test]
+    fn store_options_never_show_their_values() {
+        let o = StoreOptions(vec![
+            ("aws_access_key_id".into(), "AKIDEXAMPLE".into()),
+            ("aws_secret_access_key".into(), "wJalrXUtnFEMI".into()),
+        ]);
+        let shown = format!("{o:?}");
+        assert_eq!(shown, r#"["aws_access_key_id", "aws_secret_access_key"]"#);
+        assert!(!shown.contains("AKIDEXAMPLE") && !shown.contains("wJalrXUtnFEMI"));
     }
 }

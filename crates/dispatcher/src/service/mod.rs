@@ -65,7 +65,7 @@ mod standing;
 
 use canary::CanaryState;
 pub use canary::{CanaryConfig, CanaryOutcome, CanaryParts, InputsError, canary_inputs};
-pub use config::{ACCEPTED_EXCHANGES_INITIAL, DispatcherConfig};
+pub use config::{ACCEPTED_EXCHANGES_INITIAL, DispatcherConfig, StoreOptions};
 use gate::Gate;
 pub use gate::GateConfig;
 
@@ -896,6 +896,7 @@ fn open_blobs(config: &DispatcherConfig) -> Result<Arc<dyn BlobStore>, Dispatche
         Some(url) => {
             let options: Vec<(&str, &str)> = config
                 .models_store_options
+                .0
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
