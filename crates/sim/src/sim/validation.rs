@@ -131,21 +131,19 @@ pub(super) fn validate(
             strategy,
             Strategy::Honest | Strategy::HardwareLiar | Strategy::UsageInventor
         );
-        if honest && framed_p == 0.0 {
-            // Only the validations it ran count (all credited): its own checked tasks' draw is
-            // passed over, the stream advanced past it, so `ran` is the draw it always was.
+        let own = if honest && framed_p == 0.0 {
+            // Nothing reads its own checked tasks then (no framed ones, nothing caught): the
+            // draw is passed over, the stream advanced past it, so `ran` is the draw it
+            // always was.
             if from_table {
                 table.skip(&mut rng);
             } else {
                 skip_poisson(&mut rng, lambda);
             }
-            return Draw {
-                tasks,
-                ok: draw(&mut rng),
-                ..Draw::default()
-            };
-        }
-        let own = draw(&mut rng);
+            0
+        } else {
+            draw(&mut rng)
+        };
         let ran = draw(&mut rng);
         // Framed spot checks (drawn only when there are framers, so other runs draw what
         // they always drew): of its tasks, and of the validations it ran.
