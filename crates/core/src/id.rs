@@ -78,6 +78,7 @@ macro_rules! byte_id {
             /// The order of the bytes (lexicographic), compared as big-endian 64-bit words:
             /// the same order as `[u8]`'s, without a call to `memcmp` (ids are compared
             /// millions of times per round when ranking and carrying state forward).
+            #[inline]
             fn cmp(&self, other: &Self) -> std::cmp::Ordering {
                 for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
                     let a = u64::from_be_bytes(a.try_into().expect("invariant: 8-byte chunk"));
@@ -92,6 +93,7 @@ macro_rules! byte_id {
         }
 
         impl PartialOrd for $name {
+            #[inline]
             fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
                 Some(self.cmp(other))
             }

@@ -132,7 +132,6 @@ struct PassOne {
     merged: Vec<Interval>,
     uptimes: Vec<(u64, u64)>,
     ranked: Vec<RankKey>,
-    by_id: Vec<u64>,
     results: Vec<NodeResult>,
     guaranteed_paid: u64,
     /// Whether the ids strictly increase so far: then they are unique and in id order.
@@ -144,8 +143,6 @@ impl PassOne {
     fn new(scratch: &mut Scratch, detail: Detail, n: usize) -> Self {
         let mut uptimes = std::mem::take(&mut scratch.uptimes);
         uptimes.clear();
-        let mut by_id = std::mem::take(&mut scratch.by_id);
-        by_id.clear();
         let mut ranked = std::mem::take(&mut scratch.ranked);
         ranked.clear();
         let mut results = std::mem::take(&mut scratch.results);
@@ -158,7 +155,6 @@ impl PassOne {
             merged: Vec::with_capacity(16),
             uptimes,
             ranked,
-            by_id,
             results,
             guaranteed_paid: 0,
             in_id_order: true,
@@ -166,9 +162,9 @@ impl PassOne {
         }
     }
 
+    #[inline]
     fn node(&mut self, ctx: &Ctx<'_>, i: usize, node: &NodeInput) -> Result<(), RewardsError> {
         let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut self.merged)?;
-        self.by_id.push(id_order_entry(i, node));
         if self.previous.is_some_and(|p| p >= node.id) {
             self.in_id_order = false;
         }
@@ -210,7 +206,6 @@ fn finish(
     let PassOne {
         uptimes,
         mut ranked,
-        mut by_id,
         mut results,
         guaranteed_paid,
         in_id_order,
@@ -218,12 +213,20 @@ fn finish(
     } = pass;
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
+    // In id order (as a driver lists them) the ids are unique and the id order is the input
+    // order: no list is built. Otherwise the id order, which also finds duplicates.
     let by_id = if in_id_order {
-        by_id.clear();
-        by_id.extend(0..n as u64);
-        by_id
+        None
     } else {
-        id_order(nodes, by_id, &mut scratch.by_id_tmp)?
+        let mut by_id = std::mem::take(&mut scratch.by_id);
+        by_id.clear();
+        by_id.extend(
+            nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| id_order_entry(i, node)),
+        );
+        Some(id_order(nodes, by_id, &mut scratch.by_id_tmp)?)
     };
 
     // Rules 4, 7, 8.
@@ -252,7 +255,9 @@ fn finish(
         }
         scratch.order = order;
         scratch.ranked = ranked;
-        scratch.by_id = by_id;
+        if let Some(by_id) = by_id {
+            scratch.by_id = by_id;
+        }
         scratch.uptimes = uptimes;
         let outcome = RoundOutcome {
             nodes: out,
@@ -274,15 +279,21 @@ fn finish(
     }
     scratch.order = order;
     let mut next = eligible as u32;
-    for &i in &by_id {
-        let p = &mut place[i as usize];
+    let mut place_next = |i: usize| {
+        let p = &mut place[i];
         if *p == u32::MAX {
             *p = next;
             next += 1;
         }
+    };
+    match by_id {
+        Some(by_id) => {
+            by_id.iter().for_each(|&i| place_next(i as usize));
+            scratch.by_id = by_id;
+        }
+        None => (0..n).for_each(place_next),
     }
     scratch.ranked = ranked;
-    scratch.by_id = by_id;
 
     // Rule 8 by rank; the remaining rules run here for each node and its outcome is written
     // to its place.

@@ -29,6 +29,8 @@ pub(crate) struct RankBuffers {
     keys: Vec<u128>,
     keys_tmp: Vec<u128>,
     ranked_tmp: Vec<RankKey>,
+    /// The radix sorts' digit counts.
+    counts: Vec<usize>,
 }
 
 /// Rule 6's sort key, precomputed so the sort touches one small array.
@@ -90,7 +92,7 @@ pub(crate) fn id_order(
         order.sort_unstable();
     } else {
         // Three passes of 13 bits over the 38-bit prefix.
-        radix_sort_bits::<_, { 1 << 13 }>(&mut order, tmp, INDEX_BITS, 64);
+        radix_sort_bits::<_, { 1 << 13 }>(&mut order, tmp, &mut Vec::new(), INDEX_BITS, 64);
     }
     let index = |e: u64| (e & ((1 << INDEX_BITS) - 1)) as usize;
     let prefix = |e: u64| e >> INDEX_BITS;
@@ -190,7 +192,9 @@ fn rank_path(ranked: &[RankKey]) -> RankPath {
 
 /// The positions of rule 6's first `k` eligible nodes, in order, into `order`: what
 /// [`rank_order`] would list first, found by selecting the first `k` (O(n)) and sorting only
-/// them when `k` is small against the round.
+/// them: by a radix selection of packed keys ([`top_by_packed_keys`]) on large rounds whose
+/// fields pack, by a comparison selection when `k` is small against the round, else by
+/// the whole order.
 pub(crate) fn top_order(
     nodes: &[NodeInput],
     ranked: &mut [RankKey],
@@ -203,6 +207,12 @@ pub(crate) fn top_order(
     if k == 0 {
         return;
     }
+    if ranked.len() >= RADIX_MIN
+        && let Some(layout) = KeyLayout::fit(ranked)
+    {
+        top_by_packed_keys(nodes, ranked, k, &layout, scratch, order);
+        return;
+    }
     if ranked.len() < RADIX_MIN || k > ranked.len() / 8 {
         rank_order(nodes, ranked, scratch, order);
         order.truncate(k);
@@ -212,6 +222,131 @@ pub(crate) fn top_order(
     let top = &mut ranked[..k];
     top.sort_unstable_by(|a, b| cmp_rank(nodes, a, b));
     order.extend(top.iter().map(|key| key.index));
+}
+
+/// [`top_order`] by packed keys (as [`rank_by_packed_keys`] packs them): a radix selection,
+/// digit by digit from the most significant, narrows the keys to those that rule 6's first
+/// three criteria put among the first `k` (with every key equal to the last of them in all
+/// three), and only those are sorted, then ordered by id where all three are equal.
+fn top_by_packed_keys(
+    nodes: &[NodeInput],
+    ranked: &[RankKey],
+    k: usize,
+    layout: &KeyLayout,
+    scratch: &mut RankBuffers,
+    order: &mut Vec<u32>,
+) {
+    const DIGIT_BITS: u32 = 11;
+    let mut keys = std::mem::take(&mut scratch.keys);
+    keys.clear();
+    let (mut and, mut or) = (u128::MAX, 0u128);
+    let packed = layout.keys();
+    keys.extend(ranked.iter().map(|key| {
+        let e = packed(key);
+        (and, or) = (and & e, or | e);
+        e
+    }));
+    let tmp = &mut scratch.keys_tmp;
+    // The bit above the highest of the three criteria's bits that differ among `keys`
+    // (INDEX_BITS when they are all equal).
+    let split_top =
+        |and: u128, or: u128| INDEX_BITS + (128 - ((and ^ or) >> INDEX_BITS).leading_zeros());
+    // keys[..lo] come before every other key by the three criteria (they are in), keys[hi..]
+    // after every key of keys[..hi] (they are out), and keys[lo..hi] share their bits from
+    // `top` up; `need` of them are in: lo < k ≤ hi.
+    let (mut lo, mut hi, mut need) = (0, keys.len(), k);
+    let mut top = split_top(and, or);
+    while top > INDEX_BITS && hi - lo > need && hi - lo > 64 {
+        let bits = DIGIT_BITS.min(top - INDEX_BITS);
+        let shift = top - bits;
+        let digit = |e: u128| ((e >> shift) as usize) & ((1 << bits) - 1);
+        let counts = &mut scratch.counts;
+        counts.clear();
+        counts.resize(1 << bits, 0);
+        for &e in &keys[lo..hi] {
+            counts[digit(e)] += 1;
+        }
+        // The digit of the need-th key: those below are in, those above out.
+        let (mut below, mut at) = (0, 0);
+        while below + counts[at] < need {
+            below += counts[at];
+            at += 1;
+        }
+        tmp.clear();
+        let mut write = lo;
+        (and, or) = (u128::MAX, 0);
+        for read in lo..hi {
+            let e = keys[read];
+            let d = digit(e);
+            if d < at {
+                keys[write] = e;
+                write += 1;
+            } else if d == at {
+                tmp.push(e);
+                (and, or) = (and & e, or | e);
+            }
+        }
+        keys[write..write + tmp.len()].copy_from_slice(tmp);
+        lo = write;
+        hi = write + tmp.len();
+        need -= below;
+        top = split_top(and, or);
+    }
+    keys.truncate(hi);
+    bucket_sort(&mut keys, tmp, &mut scratch.counts);
+    let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
+    // Equal score, total uptime and registration: id bytes decide.
+    sort_runs(
+        &mut keys,
+        |&a, &b| a >> INDEX_BITS == b >> INDEX_BITS,
+        |&a, &b| {
+            nodes[index(a) as usize]
+                .id
+                .cmp(&nodes[index(b) as usize].id)
+        },
+    );
+    order.extend(keys[..k].iter().map(|&e| index(e)));
+    scratch.keys = keys;
+}
+
+/// Sorts `keys` ascending: distributed by their highest 11 bits that differ into buckets (a
+/// few keys each for the spread-out keys [`top_by_packed_keys`] sorts), then each bucket
+/// sorted; `tmp` and `counts` are buffers.
+fn bucket_sort(keys: &mut Vec<u128>, tmp: &mut Vec<u128>, counts: &mut Vec<usize>) {
+    const BITS: u32 = 11;
+    if keys.len() < 256 {
+        keys.sort_unstable();
+        return;
+    }
+    let (and, or) = keys
+        .iter()
+        .fold((u128::MAX, 0u128), |(and, or), &e| (and & e, or | e));
+    let shift = (128 - (and ^ or).leading_zeros()).saturating_sub(BITS);
+    let bucket = |e: u128| ((e >> shift) as usize) & ((1 << BITS) - 1);
+    counts.clear();
+    counts.resize((1 << BITS) + 1, 0);
+    for &e in keys.iter() {
+        counts[bucket(e) + 1] += 1;
+    }
+    for b in 1..counts.len() {
+        counts[b] += counts[b - 1];
+    }
+    // counts[b]: where bucket b starts; filled in order, it ends where bucket b + 1 starts.
+    tmp.clear();
+    tmp.resize(keys.len(), 0);
+    for &e in keys.iter() {
+        let b = bucket(e);
+        tmp[counts[b]] = e;
+        counts[b] += 1;
+    }
+    let mut start = 0;
+    for &end in &counts[..1 << BITS] {
+        if end - start > 1 {
+            tmp[start..end].sort_unstable();
+        }
+        start = end;
+    }
+    std::mem::swap(keys, tmp);
 }
 
 /// Eligible nodes below which rule 6 is a plain comparison sort.
@@ -236,10 +371,11 @@ fn rank_by_packed_keys(
 ) {
     let mut keys = std::mem::take(&mut scratch.keys);
     keys.clear();
-    keys.extend(ranked.iter().map(|k| layout.key(k)));
+    keys.extend(ranked.iter().map(layout.keys()));
     radix_sort_bits::<_, { 1 << 11 }>(
         &mut keys,
         &mut scratch.keys_tmp,
+        &mut scratch.counts,
         INDEX_BITS,
         INDEX_BITS + layout.bits(),
     );
@@ -275,7 +411,13 @@ fn rank_by_score(
             .enumerate()
             .map(|(p, k)| u128::from(!(k.score as u64)) << 64 | p as u128),
     );
-    radix_sort_bits::<_, { 1 << 11 }>(&mut keys, &mut scratch.keys_tmp, 64, 128);
+    radix_sort_bits::<_, { 1 << 11 }>(
+        &mut keys,
+        &mut scratch.keys_tmp,
+        &mut scratch.counts,
+        64,
+        128,
+    );
     let mut sorted = std::mem::take(&mut scratch.ranked_tmp);
     sorted.clear();
     sorted.extend(keys.iter().map(|&e| ranked[e as u32 as usize]));
@@ -325,7 +467,9 @@ impl KeyLayout {
         self.score_bits + self.uptime_bits + self.registered_bits
     }
 
-    /// The key of `k`: ascending keys are rule 6's order up to the id, then position.
+    /// The key of `k`: ascending keys are rule 6's order up to the id, then position (the
+    /// definition [`KeyLayout::keys`] is tested against).
+    #[cfg(test)]
     fn key(&self, k: &RankKey) -> u128 {
         let ones = |bits: u32| (1u128 << bits) - 1;
         let score = ones(self.score_bits) - k.score;
@@ -333,6 +477,23 @@ impl KeyLayout {
         let registered = u128::from(k.registered_at_s - self.registered_min);
         let rule = (score << self.uptime_bits | uptime) << self.registered_bits | registered;
         rule << INDEX_BITS | u128::from(k.index)
+    }
+
+    /// [`KeyLayout::key`] for many keys: the masks and shifts worked out once (each field
+    /// fits its bits, so the fields are ORed in at their places).
+    fn keys(&self) -> impl Fn(&RankKey) -> u128 + use<> {
+        let score_ones = (1u128 << self.score_bits) - 1;
+        let uptime_ones = (1u128 << self.uptime_bits) - 1;
+        let registered_at = INDEX_BITS;
+        let uptime_at = registered_at + self.registered_bits;
+        let score_at = uptime_at + self.uptime_bits;
+        let registered_min = self.registered_min;
+        move |k| {
+            (score_ones - k.score) << score_at
+                | (uptime_ones - u128::from(k.uptime_total_s)) << uptime_at
+                | u128::from(k.registered_at_s - registered_min) << registered_at
+                | u128::from(k.index)
+        }
     }
 }
 
@@ -342,6 +503,7 @@ impl KeyLayout {
 fn radix_sort_bits<K: Copy + Default + Into<u128>, const BUCKETS: usize>(
     v: &mut Vec<K>,
     to: &mut Vec<K>,
+    counts: &mut Vec<usize>,
     lo: u32,
     hi: u32,
 ) {
@@ -352,13 +514,16 @@ fn radix_sort_bits<K: Copy + Default + Into<u128>, const BUCKETS: usize>(
     to.resize(v.len(), K::default());
     let digit =
         |e: K, d: usize| ((e.into() >> (lo + d as u32 * digit_bits)) as usize) & (BUCKETS - 1);
-    let mut counts = vec![[0usize; BUCKETS]; digits];
+    // Kept by the caller: a fresh zeroed block of digits × BUCKETS counts each sort costs more
+    // than a small sort itself.
+    counts.clear();
+    counts.resize(digits * BUCKETS, 0);
     for &e in v.iter() {
-        for (d, count) in counts.iter_mut().enumerate() {
+        for (d, count) in counts.chunks_exact_mut(BUCKETS).enumerate() {
             count[digit(e, d)] += 1;
         }
     }
-    for (d, count) in counts.iter_mut().enumerate() {
+    for (d, count) in counts.chunks_exact_mut(BUCKETS).enumerate() {
         if count.contains(&v.len()) {
             continue;
         }
@@ -445,6 +610,52 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn bucket_sort_sorts() {
+        let mut x = 5u64;
+        let (mut tmp, mut counts) = (Vec::new(), Vec::new());
+        for (n, spread) in [
+            (0usize, 128u32),
+            (300, 128),
+            (3_000, 128),
+            (3_000, 40),
+            (2_000, 3),
+        ] {
+            let mut keys: Vec<u128> = (0..n)
+                .map(|i| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let hi = u128::from(x) << 64 | u128::from(x.rotate_left(29));
+                    // Runs of equal keys too.
+                    if i % 4 == 0 { 77 } else { hi >> (128 - spread) }
+                })
+                .collect();
+            let mut want = keys.clone();
+            want.sort_unstable();
+            bucket_sort(&mut keys, &mut tmp, &mut counts);
+            assert_eq!(keys, want, "{n} keys of {spread} bits");
+        }
+    }
+
+    #[test]
+    fn packed_keys_are_the_keys() {
+        let keys: Vec<RankKey> = (0..200u64)
+            .map(|i| RankKey {
+                score: u128::from(i * 7919 % 1000) << (i % 40),
+                uptime_total_s: i * 104_729 % 100_000,
+                registered_at_s: 1_000 + i * 31 % 500,
+                id_prefix: i,
+                index: i as u32,
+            })
+            .collect();
+        let layout = KeyLayout::fit(&keys).unwrap();
+        let packed = layout.keys();
+        for k in &keys {
+            assert_eq!(packed(k), layout.key(k));
+        }
+    }
+
+    #[test]
     fn radix_rank_sort_equals_the_comparison_sort() {
         use crat_core::hardware::PowerRating;
         let mut x = 11u64;
@@ -508,9 +719,19 @@ pub(crate) mod tests {
             rank_order(&nodes, &mut b, &mut RankBuffers::default(), &mut ib);
             let ia: Vec<u32> = a.iter().map(|k| k.index).collect();
             assert_eq!(ia, ib, "{count} nodes, {crat_levels} CRAT levels");
-            // The paid ranks alone, by selection (k ≤ n / 8) or by the whole sort: the first
-            // k of the comparison sort.
-            for k in [0, 1, 7, count / 8, count / 8 + 1, count] {
+            // The paid ranks alone, by radix selection of packed keys, by selection (k ≤ n / 8)
+            // or by the whole sort: the first k of the comparison sort.
+            for k in [
+                0,
+                1,
+                7,
+                count / 8,
+                count / 8 + 1,
+                count / 5,
+                count / 2,
+                count - 1,
+                count,
+            ] {
                 let mut c = keys.clone();
                 let mut top = Vec::new();
                 top_order(&nodes, &mut c, k, &mut RankBuffers::default(), &mut top);

@@ -185,24 +185,43 @@ impl<'a> Ctx<'a> {
 
     /// Rule 1: `(uptime_s, peak_uptime_s)` of one node; `merged` is left holding its merged
     /// intervals.
+    #[inline]
     pub(crate) fn uptime(
         &self,
         index: usize,
         online: &[Interval],
         merged: &mut Vec<Interval>,
     ) -> Result<(u64, u64), RewardsError> {
+        if let [iv] = online
+            && iv.start_s <= iv.end_s
+        {
+            // One valid interval (most nodes, most rounds): clipped, it is its own merge.
+            merged.clear();
+            let s = iv.start_s.max(self.start_s);
+            let e = iv.end_s.min(self.end_s);
+            if s >= e {
+                return Ok((0, 0));
+            }
+            merged.push(Interval::new(s, e));
+            return Ok((e - s, self.peak_overlap_s(s, e)));
+        }
         self.merge_online(index, online, merged)?;
         let mut uptime_s = 0;
         let mut peak_uptime_s = 0;
         for iv in merged.iter() {
             uptime_s += iv.len_s();
-            for w in &self.peaks {
-                let s = iv.start_s.max(w.start_s);
-                let e = iv.end_s.min(w.end_s);
-                peak_uptime_s += e.saturating_sub(s);
-            }
+            peak_uptime_s += self.peak_overlap_s(iv.start_s, iv.end_s);
         }
         Ok((uptime_s, peak_uptime_s))
+    }
+
+    /// Seconds of `[s, e)` inside the peak windows (disjoint).
+    #[inline]
+    fn peak_overlap_s(&self, s: u64, e: u64) -> u64 {
+        self.peaks
+            .iter()
+            .map(|w| e.min(w.end_s).saturating_sub(s.max(w.start_s)))
+            .sum()
     }
 
     /// Rule 1's total: `uptime_total_s = uptime_total_s_before + uptime_s`.
@@ -258,6 +277,7 @@ impl<'a> Ctx<'a> {
 
     /// Rules 2–3, 5, 6 (score) and 9–13 for one node whose rule 1 is done. An amount that
     /// does not fit 64 bits fails naming the input it came from.
+    #[inline]
     pub(crate) fn breakdown_after_uptime(
         &self,
         index: usize,
@@ -536,6 +556,9 @@ fn to_u64(v: u128) -> Option<u64> {
 
 /// Sorts (unless `sorted`) and merges overlapping or touching intervals, in place.
 fn merge_sorted_in_place(v: &mut Vec<Interval>, sorted: bool) {
+    if v.len() < 2 {
+        return;
+    }
     if !sorted {
         v.sort_unstable();
     }

@@ -67,9 +67,12 @@
 //!
 //! # Performance
 //!
-//! 10,000 nodes × 1,000 one-day rounds take about 1.4 s and 1,000,000 nodes × 100 rounds
-//! about 12.7 s in a release build on two cores (2026-12-06): `docs/simulator.md` has the
-//! measurements, where a round's time goes, and how to rerun them.
+//! 10,000 nodes × 1,000 one-day rounds took about 1.4 s and 1,000,000 nodes × 100 rounds
+//! about 12.7 s in a release build on two quiet cores (2026-12-06); with the validation
+//! draws made during the close and the paid ranks found by radix selection, 1.49 s and
+//! 16.5 s beside another job using both cores, where the build before took 2.09 s and
+//! 19.05 s (medians, same day): `docs/simulator.md` has the measurements, where a round's
+//! time goes, and how to rerun them.
 
 mod error;
 pub mod report;

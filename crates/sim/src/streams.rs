@@ -47,8 +47,26 @@ impl RngCore for StreamRng {
 /// streams above [`SHARED_STREAM_BASE`], so results do not depend on thread count or the
 /// order nodes are processed in.
 pub fn stream_rng(seed: u64, stream: u64, round: u64) -> StreamRng {
-    let a = mix64(seed ^ mix64(stream));
-    let b = mix64(a ^ mix64(round.wrapping_add(0x5EED)));
+    keyed_stream_rng(stream_key(seed, stream), round_key(round))
+}
+
+/// The part of [`stream_rng`]'s derivation that depends on the seed and stream only: a
+/// node keeps it from round to round.
+pub(crate) fn stream_key(seed: u64, stream: u64) -> u64 {
+    mix64(seed ^ mix64(stream))
+}
+
+/// The part of [`stream_rng`]'s derivation that depends on the round only: computed once a
+/// round for all nodes.
+pub(crate) fn round_key(round: u64) -> u64 {
+    mix64(round.wrapping_add(0x5EED))
+}
+
+/// [`stream_rng`] from its [`stream_key`] and [`round_key`]: the same stream.
+#[inline]
+pub(crate) fn keyed_stream_rng(stream_key: u64, round_key: u64) -> StreamRng {
+    let a = stream_key;
+    let b = mix64(a ^ round_key);
     // Odd, with well-mixed bits (an increment with few bit changes makes weak streams).
     StreamRng(SplitMix64::with_gamma(b, mix64(a ^ b.rotate_left(17))))
 }
@@ -107,6 +125,17 @@ mod tests {
         let mut rng = stream_rng(42, SHARED_STREAM_BASE, 0);
         let got: Vec<u64> = (0..2).map(|_| rng.next_u64()).collect();
         assert_eq!(got, [0x88b9_db79_ab63_c6a7, 0xbca8_898b_6301_3cea]);
+    }
+
+    #[test]
+    fn keyed_streams_are_the_streams() {
+        for (seed, stream, round) in [(1, 2, 3), (42, SHARED_STREAM_BASE, 0), (7, 9, u64::MAX)] {
+            let mut a = stream_rng(seed, stream, round);
+            let mut b = keyed_stream_rng(stream_key(seed, stream), round_key(round));
+            for _ in 0..4 {
+                assert_eq!(a.next_u64(), b.next_u64());
+            }
+        }
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use crat_rewards::Interval;
 use rayon::prelude::*;
 
+use super::validation::DrawKey;
 use super::{DAY_S, HOUR_S, Node, RoundClock, hour_len};
 use crate::scenario::{Churn, SESSIONS_PER_ROUND_MAX, SessionModel, Strategy};
-use crate::streams::{StreamRng, stream_rng};
+use crate::streams::{StreamRng, keyed_stream_rng, round_key};
 
 /// Nodes per parallel work item of the churn pass.
 pub(super) const CHURN_CHUNK: usize = 1024;
@@ -23,6 +24,8 @@ pub(super) struct Churned {
     spans: Vec<(u32, u32)>,
     /// Per node, capacity-seconds online (rps × seconds).
     pub(super) node_capacity: Vec<u64>,
+    /// Per node, what its validation draws read of it.
+    pub(super) draw_keys: Vec<DrawKey>,
     /// Per hour of the round, capacity-seconds online.
     pub(super) capacity_per_hour: Vec<u64>,
     /// Capacity-seconds online of all nodes.
@@ -48,7 +51,6 @@ pub(super) fn churn(
     churn: &Churn,
     outages: &[(u32, Interval)],
     capacity_rps: &[u32; 6],
-    seed: u64,
     mut out: Churned,
 ) -> Churned {
     let RoundClock {
@@ -59,6 +61,9 @@ pub(super) fn churn(
         hours,
     } = *clock;
     let n_nodes = nodes.len();
+    // A node's stream of the round is `stream_rng(seed, index, round)`, started from its
+    // `stream_key` (of the run's seed).
+    let round_key = round_key(u64::from(round));
     // Each churn chunk keeps its own interval buffer: node k's intervals are
     // `chunk_intervals[k / CHURN_CHUNK][spans[k]]`.
     out.chunk_intervals
@@ -67,6 +72,8 @@ pub(super) fn churn(
     out.spans.resize(n_nodes, (0, 0));
     out.node_capacity.clear();
     out.node_capacity.resize(n_nodes, 0);
+    out.draw_keys.clear();
+    out.draw_keys.resize(n_nodes, DrawKey::default());
     // Per chunk: capacity-seconds per hour of nodes online part of the round, the rps of
     // nodes online all of it, and the capacity-seconds of all nodes and of cheaters.
     let sums: Vec<(Vec<u64>, u64, u64, u64)> = nodes
@@ -74,13 +81,14 @@ pub(super) fn churn(
         .zip(out.chunk_intervals.par_iter_mut())
         .zip(out.spans.par_chunks_mut(CHURN_CHUNK))
         .zip(out.node_capacity.par_chunks_mut(CHURN_CHUNK))
-        .map(|(((chunk, all), spans), caps)| {
+        .zip(out.draw_keys.par_chunks_mut(CHURN_CHUNK))
+        .map(|((((chunk, all), spans), caps), keys)| {
             all.clear();
             let mut per_hour = vec![0u64; hours];
             let mut full_rps = 0u64;
             for (j, n) in chunk.iter_mut().enumerate() {
                 let base = all.len();
-                advance_churn(n, churn, (start_s, end_s), (seed, round), all);
+                advance_churn(n, churn, (start_s, end_s), round_key, all);
                 for (region, w) in outages {
                     if *region == n.region {
                         let mine: Vec<Interval> = all.drain(base..).collect();
@@ -91,6 +99,11 @@ pub(super) fn churn(
                 // A chunk holds at most CHURN_CHUNK × (SESSIONS_PER_ROUND_MAX + outage
                 // cuts) intervals, far below u32::MAX.
                 spans[j] = (base as u32, online.len() as u32);
+                keys[j] = DrawKey {
+                    stream_key: n.stream_key,
+                    rating: n.rating.get(),
+                    strategy: n.strategy,
+                };
                 let cap = u64::from(capacity_rps[usize::from(n.rating.get())]);
                 if let [iv] = online
                     && iv.start_s == start_s
@@ -139,13 +152,14 @@ pub(super) fn churn(
 }
 
 /// Advances a node's on/off sessions through `[start_s, end_s)`, appending its online
-/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]) to `all`. Its random stream (of `seed` and
-/// `round`) is started only when a session ends inside the round: most nodes draw nothing.
+/// intervals (at most [`SESSIONS_PER_ROUND_MAX`]) to `all`. Its random stream of the round
+/// (`stream_rng(seed, index, round)`, from its `stream_key` and the round's `round_key`) is
+/// started only when a session ends inside the round: most nodes draw nothing.
 fn advance_churn(
     n: &mut Node,
     churn: &Churn,
     (start_s, end_s): (u64, u64),
-    (seed, round): (u64, u32),
+    round_key: u64,
     all: &mut Vec<Interval>,
 ) {
     if churn.model == SessionModel::None {
@@ -182,7 +196,7 @@ fn advance_churn(
             (churn.mean_off_s as f64, 1.0 - diurnal)
         };
         let mean = mean * scale;
-        let rng = rng.get_or_insert_with(|| stream_rng(seed, u64::from(n.index), u64::from(round)));
+        let rng = rng.get_or_insert_with(|| keyed_stream_rng(n.stream_key, round_key));
         let u = rng.unit_f64();
         let len = match churn.model {
             SessionModel::LogNormal => {
@@ -254,19 +268,30 @@ fn cut(online: Vec<Interval>, w: Interval) -> Vec<Interval> {
     out
 }
 
-/// Adds `cap × seconds online` to each hour bucket the interval touches.
+/// Adds `cap × seconds online` to each hour bucket the interval touches (`iv` inside the
+/// round that starts at `start_s`): its first and last hours in part, the hours between in
+/// full, with no division per hour.
 pub(super) fn add_hours(per_hour: &mut [u64], start_s: u64, iv: Interval, cap: u64) {
     let hours = per_hour.len();
-    let mut t = iv.start_s;
-    while t < iv.end_s {
-        let h = ((t - start_s) / HOUR_S) as usize;
-        if h >= hours {
-            break;
-        }
-        let h_end = start_s + (h as u64 + 1) * HOUR_S;
-        let e = h_end.min(iv.end_s);
-        per_hour[h] += cap * (e - t);
-        t = e;
+    if iv.end_s <= iv.start_s {
+        return;
+    }
+    let first = ((iv.start_s - start_s) / HOUR_S) as usize;
+    if first >= hours {
+        return;
+    }
+    // The hour of its last second.
+    let last = ((iv.end_s - 1 - start_s) / HOUR_S) as usize;
+    if last == first {
+        per_hour[first] += cap * (iv.end_s - iv.start_s);
+        return;
+    }
+    per_hour[first] += cap * (start_s + (first as u64 + 1) * HOUR_S - iv.start_s);
+    for h in &mut per_hour[first + 1..last.min(hours)] {
+        *h += cap * HOUR_S;
+    }
+    if last < hours {
+        per_hour[last] += cap * (iv.end_s - (start_s + last as u64 * HOUR_S));
     }
 }
 
@@ -297,5 +322,32 @@ mod tests {
         let mut ph = vec![0; 2];
         add_hours(&mut ph, 0, Interval::new(3_000, 4_000), 2);
         assert_eq!(ph, vec![1_200, 800]);
+        // Hour by hour, as a loop over the seconds' hours would add them (the buckets end at
+        // the last one).
+        for (start, end) in [
+            (0, 0),
+            (0, 1),
+            (5, 3_600),
+            (3_599, 3_601),
+            (100, 7_200),
+            (100, 7_201),
+            (3_600, 18_000),
+            (1_000, 86_400),
+            (3_600, 30_000),
+            (20_000, 30_000),
+        ] {
+            let mut want = vec![0u64; 6];
+            for t in start..end {
+                if let Some(h) = want.get_mut((t / HOUR_S) as usize) {
+                    *h += 3;
+                }
+            }
+            let mut got = vec![0u64; 6];
+            add_hours(&mut got, 0, Interval::new(start, end), 3);
+            assert_eq!(got, want, "{start}..{end}");
+            let mut shifted = vec![0u64; 6];
+            add_hours(&mut shifted, 500, Interval::new(start + 500, end + 500), 3);
+            assert_eq!(shifted, want, "{start}..{end} from 500");
+        }
     }
 }

@@ -7,7 +7,7 @@
 use crat_rewards::{Aggregates, NodeResult};
 use rayon::prelude::*;
 
-use super::validation::Draw;
+use super::validation::Draws;
 use super::{DAY_S, Node};
 use crate::SimError;
 use crate::report::RoundMetrics;
@@ -29,7 +29,7 @@ pub(super) fn outcome_metrics(
     a: &Aggregates,
     sc: &Scenario,
     nodes: &mut [Node],
-    draws: &[Draw],
+    draws: &Draws<'_>,
     (earnings, crats): (&mut Vec<u64>, &mut Vec<u64>),
     m: &mut RoundMetrics,
 ) -> Result<Vec<usize>, SimError> {
@@ -69,11 +69,10 @@ pub(super) fn outcome_metrics(
     let parts: Vec<(RoundMetrics, Vec<usize>)> = nodes
         .par_chunks_mut(c)
         .zip(results.par_chunks(c))
-        .zip(draws.par_chunks(c))
         .zip(earnings.par_chunks_mut(c))
         .zip(crats.par_chunks_mut(c))
         .enumerate()
-        .map(|(chunk, ((((nodes, results), draws), earnings), crats))| {
+        .map(|(chunk, (((nodes, results), earnings), crats))| {
             let mut p = RoundMetrics::default();
             let mut departures = Vec::new();
             for (k, n) in nodes.iter_mut().enumerate() {
@@ -85,7 +84,7 @@ pub(super) fn outcome_metrics(
                 n.bonus_total += b;
                 n.crat_end = o.crat_end_micro.get();
                 n.uptime_total = o.uptime_total_s;
-                let d = &draws[k];
+                let d = draws.get(chunk * c + k);
                 n.validations_failed += d.failed;
                 if n.caught_at_task.is_none()
                     && let Some(at) = d.first_caught()

@@ -1,8 +1,8 @@
 //! One simulation run: the models of the scenario driving crat-core placement and pricing
 //! and crat-rewards' [`RoundDriver`], round after round.
 //!
-//! A round runs in five phases, each in its own module and each a method of [`Simulation`]
-//! below, in this order (arrivals register first):
+//! A round runs in five phases, each in its own module (and all but the fourth a method of
+//! [`Simulation`] below), in this order (arrivals register first):
 //! 1. [`churn`]: every node's sessions advanced locally inside the round (its own random
 //!    stream, in parallel), giving its online intervals; region outages cut them;
 //! 2. [`placement`]: per-instance deployments placed on the nodes online at the round's
@@ -10,7 +10,8 @@
 //! 3. [`demand`]: per-request requests hour by hour, served up to the online capacity left
 //!    and priced by [`PricingParams::request_cost`];
 //! 4. [`validation`]: sampled validations drawn per node from its own stream (who ran and who
-//!    failed how many re-runs);
+//!    failed how many re-runs), chunk by chunk as the close reads them (a helper thread makes
+//!    the chunks ahead of it), so that phases 4 and 5 overlap;
 //! 5. [`close`]: the round closed through [`RoundDriver::close_round`], whose results are the
 //!    only source of payouts and CRAT; metrics are taken from them; providers whose earnings
 //!    stayed below their electricity cost for `behaviour.departure_rounds` rounds leave.
@@ -36,11 +37,11 @@ use rayon::prelude::*;
 
 use self::churn::Churned;
 use self::placement::Placed;
-use self::validation::Draw;
+use self::validation::Draws;
 use crate::SimError;
 use crate::report::{NodeSummary, Populations, Report, RoundMetrics};
 use crate::scenario::{HOURS_PER_ROUND_MAX, Scenario, SessionModel, Strategy};
-use crate::streams::stream_rng;
+use crate::streams::{stream_key, stream_rng};
 
 /// Absolute time of the first round's start: 2023-11-14 00:00 UTC, a midnight, so that
 /// times of day (diurnal patterns, peak windows) read naturally in exported rounds, and
@@ -56,6 +57,9 @@ const HOUR_S: u64 = 3_600;
 struct Node {
     /// Its number: order of arrival, the stream it draws from, its row in the outputs.
     index: u32,
+    /// Its streams' [`stream_key`] (of the run's seed and `index`), kept so that starting
+    /// its stream of a round costs two mixes, not four.
+    stream_key: u64,
     rating: PowerRating,
     gpu: u16,
     region: u32,
@@ -128,8 +132,6 @@ pub struct Simulation {
 struct Buffers {
     /// Online intervals and capacity (phase 1).
     churned: Churned,
-    /// Validation draws (phase 4).
-    draws: Vec<Draw>,
     /// Earnings and CRAT balances, for the round's Gini and top-decile share (phase 5).
     earnings: Vec<u64>,
     crats: Vec<u64>,
@@ -364,6 +366,7 @@ impl Simulation {
                 let node = Node {
                     // Below NODES_MAX = 2^22 (checked by the scenario).
                     index: index as u32,
+                    stream_key: stream_key(seed, index),
                     rating,
                     gpu: gpu as u16,
                     region: (index % u64::from(pop.regions)) as u32,
@@ -480,17 +483,21 @@ impl Simulation {
             .pricing
             .request_cost(d.model_bytes, d.input_bytes)?;
         let served = self.serve(&clock, &churned, &placed, demand_factor);
-        self.validate(&clock, &churned, served.served, &mut buf.draws);
-        let (validations, validations_caught) =
-            buf.draws.iter().fold((0u64, 0u64), |(ran, failed), d| {
-                (ran + d.ran, failed + d.failed)
-            });
+        // The draws are made as the close reads them (and ahead of it on another thread).
+        let draws = Draws::new(
+            (&self.scenario, self.framed_refused),
+            (clock.round, clock.length_s),
+            &churned,
+            &self.capacity_rps,
+            served.served,
+        );
         // Usage inventors' records, charged within their clients' acknowledgements: what
         // that admits beyond the acknowledged work is income (none under the rule).
         let invented = if self.scenario.strategies.inventor_share_bps > 0 {
+            draws.make_all();
             strategies::invented_usage(
                 &self.nodes,
-                &buf.draws,
+                &draws,
                 self.scenario.strategies.inventor_inflation_bps,
                 cost,
             )?
@@ -514,14 +521,19 @@ impl Simulation {
             instances_placed: placed.placed,
             sla_hours_ok: placed.sla_hours_ok,
             sla_hours_total: placed.sla_hours_total,
-            validations,
-            validations_failed: validations_caught,
             ..RoundMetrics::default()
         };
         m.strategies.invented_credits_attempted = invented.attempted;
         m.strategies.invented_credits_charged = invented.charged;
-        m.strategies.framed_reports_refused = buf.draws.iter().map(|d| d.framed_refused).sum();
-        let (departures, result) = self.close(f, income, &churned, &mut buf, &mut m)?;
+        let (departures, result) = self.close(f, income, &churned, &draws, &mut buf, &mut m)?;
+        // Every draw is made by now (the close read each node's).
+        let (validations, validations_caught) =
+            draws.iter().fold((0u64, 0u64), |(ran, failed), d| {
+                (ran + d.ran, failed + d.failed)
+            });
+        m.validations = validations;
+        m.validations_failed = validations_caught;
+        m.strategies.framed_reports_refused = draws.iter().map(|d| d.framed_refused).sum();
         m.departures = departures.len() as u64;
         m.initial_nodes = self.initial_nodes;
         self.leave(&departures);
@@ -551,7 +563,6 @@ impl Simulation {
             &sc.churn,
             &outages,
             &self.capacity_rps,
-            self.seed,
             out,
         )
     }
@@ -593,45 +604,38 @@ impl Simulation {
         )
     }
 
-    /// Phase 4, [`validation`]: each node's validation draws for `served` tasks, into
-    /// `draws`.
-    fn validate(&self, clock: &RoundClock, churned: &Churned, served: u64, draws: &mut Vec<Draw>) {
-        validation::validate(
-            (&self.scenario, self.framed_refused),
-            (self.seed, clock.round, clock.length_s),
-            &self.nodes,
-            churned,
-            &self.capacity_rps,
-            served,
-            draws,
-        );
-    }
-
     /// Phase 5, [`close`]: the round closed through the rewards driver with `income` and each
     /// node's activity, written in place by position (the registered nodes are exactly
     /// `nodes`, in its order; departed ones were deregistered in the round they left); the
     /// closed round handed to `f` when there is one, its metrics written into `m`, each
-    /// node's totals updated. Returns the positions in `nodes` (increasing) of the providers
-    /// that leave, and what `f` returned.
+    /// node's totals updated; the validation `draws` are made during the close (see below).
+    /// Returns the positions in `nodes` (increasing) of the providers that leave, and what
+    /// `f` returned.
     fn close<R>(
         &mut self,
         f: Option<impl FnOnce(&ClosedRound) -> R>,
         income: MicroUsd,
         churned: &Churned,
+        draws: &Draws<'_>,
         buf: &mut Buffers,
         m: &mut RoundMetrics,
     ) -> Result<(Vec<usize>, Option<R>), SimError> {
         let sc = &self.scenario;
         let ids = &self.ids;
-        let draws = &buf.draws;
         // The driver's k-th node is `ids[k]`, checked here where its input is written anyway.
         let mismatch = std::cell::Cell::new(None);
         let fill = |k: usize, mut slot: ActivitySlot<'_>| {
             if ids.get(k) != Some(slot.id()) && mismatch.get().is_none() {
                 mismatch.set(Some(*slot.id()));
             }
-            slot.online().extend_from_slice(churned.online(k));
-            slot.set_validations(draws[k].ok, draws[k].failed);
+            let online = slot.online();
+            match churned.online(k) {
+                // One interval (most nodes): a push, not a copy of a slice of unknown length.
+                [iv] => online.push(*iv),
+                ivs => online.extend_from_slice(ivs),
+            }
+            let d = draws.get(k);
+            slot.set_validations(d.ok, d.failed);
         };
         let nodes = &mut self.nodes;
         let sums = (&mut buf.earnings, &mut buf.crats);
@@ -641,22 +645,31 @@ impl Simulation {
         } else {
             RoundDetail::ResultsOnly
         };
-        self.driver.close_round(income, fill, detail, |closed| {
-            if let Some(id) = mismatch.get() {
-                return Err(SimError::from(crat_rewards::RewardsError::UnknownNode {
-                    id,
-                }));
+        let driver = &mut self.driver;
+        // Phase 4 overlaps the close: a helper makes the draws' chunks in order, from the
+        // second (the close makes the first itself), while the close reads them node by node;
+        // a chunk not made yet when the close reaches it is made by the close.
+        rayon::in_place_scope(|scope| {
+            if draws.chunks() > 1 {
+                scope.spawn(|_| draws.make_from(1));
             }
-            let departures = close::outcome_metrics(
-                closed.results(),
-                &closed.outcome.aggregates,
-                sc,
-                nodes,
-                draws,
-                sums,
-                m,
-            )?;
-            Ok((departures, f.map(|f| f(closed))))
+            driver.close_round(income, fill, detail, |closed| {
+                if let Some(id) = mismatch.get() {
+                    return Err(SimError::from(crat_rewards::RewardsError::UnknownNode {
+                        id,
+                    }));
+                }
+                let departures = close::outcome_metrics(
+                    closed.results(),
+                    &closed.outcome.aggregates,
+                    sc,
+                    nodes,
+                    draws,
+                    sums,
+                    m,
+                )?;
+                Ok((departures, f.map(|f| f(closed))))
+            })
         })?
     }
 

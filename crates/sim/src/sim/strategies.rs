@@ -23,7 +23,7 @@ use crat_core::policy::hardware::{self, Answer, ProofConfig};
 use crat_core::policy::reports;
 
 use super::Node;
-use super::validation::Draw;
+use super::validation::Draws;
 use crate::SimError;
 use crate::scenario::{Strategies, Strategy};
 
@@ -157,12 +157,12 @@ pub(super) struct InventedUsage {
 /// round's income.
 pub(super) fn invented_usage(
     nodes: &[Node],
-    draws: &[Draw],
+    draws: &Draws<'_>,
     inflation_bps: u32,
     cost: Credits,
 ) -> Result<InventedUsage, SimError> {
     let mut out = InventedUsage::default();
-    for (n, d) in nodes.iter().zip(draws) {
+    for (n, d) in nodes.iter().zip(draws.iter()) {
         if n.strategy != Strategy::UsageInventor || d.tasks == 0 {
             continue;
         }

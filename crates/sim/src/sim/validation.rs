@@ -21,14 +21,17 @@
 //! (`framed_refused`, from [`crat_core::policy::reports::same_inputs`]): refused, they fail
 //! and credit nobody; accepted (without the rule) they would fail the worker.
 
+use std::sync::OnceLock;
+
 use crat_core::bps::Bps;
 use rand::RngCore;
 use rayon::prelude::*;
 
-use super::Node;
 use super::churn::Churned;
 use crate::scenario::{Scenario, Strategy};
-use crate::streams::{StreamRng, stream_rng};
+#[cfg(test)]
+use crate::streams::stream_rng;
+use crate::streams::{StreamRng, keyed_stream_rng, round_key};
 
 /// Round-number bit that separates a node's validation stream from its churn stream.
 const VALIDATION_STREAM: u64 = 1 << 63;
@@ -74,50 +77,147 @@ impl Draw {
     }
 }
 
-/// Phase 4: each node's validation draws for a round that served `served` tasks, into
-/// `draws` (emptied first; `draws[k]` is node `k`'s); `framed_refused` is the dispatcher's
-/// verdict on input framers' reports.
-pub(super) fn validate(
-    (sc, framed_refused): (&Scenario, bool),
-    (seed, round, length_s): (u64, u32, u64),
-    nodes: &[Node],
-    churned: &Churned,
-    capacity_rps: &[u32; 6],
-    served: u64,
-    draws: &mut Vec<Draw>,
-) {
-    let (node_capacity, total_cap) = (&churned.node_capacity, churned.total_cap);
-    let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps)
-        / u128::from(Bps::FULL.get())) as u64;
-    let sampled = sampled.min(sc.validation.per_round_max);
-    let cheat_p = f64::from(sc.validation.cheat_bps) / f64::from(Bps::FULL.get());
-    let caught_p = 1.0 - cheat_p * churned.cheater_cap as f64 / total_cap.max(1) as f64;
-    let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
-    let framed_p = f64::from(sc.strategies.framer_task_bps) / f64::from(Bps::FULL.get());
-    draws.clear();
-    if total_cap == 0 || sampled == 0 {
-        draws.extend(node_capacity.iter().map(|&cap| Draw {
-            tasks: (cap as f64 * tasks_per_cap) as u64,
-            ..Draw::default()
-        }));
-        return;
+/// Nodes per chunk of [`Draws`].
+pub(super) const DRAW_CHUNK: usize = 1024;
+
+/// What a node's validation draws read of the node, copied by the churn pass so that the
+/// draws can be made while the close updates the nodes.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DrawKey {
+    /// Its streams' key ([`crate::streams::stream_key`] of the seed and its index).
+    pub(super) stream_key: u64,
+    /// Its power rating.
+    pub(super) rating: u8,
+    /// Its population.
+    pub(super) strategy: Strategy,
+}
+
+/// Phase 4: each node's validation draws of a round, made chunk by chunk
+/// ([`DRAW_CHUNK`] nodes) the first time one of the chunk's draws is asked for, by whichever
+/// thread asks first (the close reads them in node order while a helper makes the chunks
+/// ahead of it). A draw depends only on its node and the round, so the draws are the same
+/// whoever makes them, in whatever order.
+pub(super) struct Draws<'a> {
+    keys: &'a [DrawKey],
+    node_capacity: &'a [u64],
+    /// Whether tasks are sampled at all (else no draw is made: tasks only).
+    sampling: bool,
+    tasks_per_cap: f64,
+    per_cap: f64,
+    cheat_p: f64,
+    caught_p: f64,
+    framed_p: f64,
+    /// The dispatcher's verdict on input framers' reports.
+    framed_refused: bool,
+    /// Most nodes are online all round, so their mean is one of five: those draws search a
+    /// table instead of recomputing the distribution (same results).
+    tables: Vec<PoissonTable>,
+    /// Node i's stream is `stream_rng(seed, index, round | VALIDATION_STREAM)`, started from
+    /// its `stream_key` (of the run's seed) and this.
+    round_key: u64,
+    chunks: Vec<OnceLock<Vec<Draw>>>,
+}
+
+impl<'a> Draws<'a> {
+    /// The draws of a round that served `served` tasks (none made yet); `framed_refused` is
+    /// the dispatcher's verdict on input framers' reports.
+    pub(super) fn new(
+        (sc, framed_refused): (&Scenario, bool),
+        (round, length_s): (u32, u64),
+        churned: &'a Churned,
+        capacity_rps: &[u32; 6],
+        served: u64,
+    ) -> Self {
+        let (node_capacity, total_cap) = (&churned.node_capacity, churned.total_cap);
+        let sampled = (u128::from(served) * u128::from(sc.validation.sample_bps)
+            / u128::from(Bps::FULL.get())) as u64;
+        let sampled = sampled.min(sc.validation.per_round_max);
+        let cheat_p = f64::from(sc.validation.cheat_bps) / f64::from(Bps::FULL.get());
+        let caught_p = 1.0 - cheat_p * churned.cheater_cap as f64 / total_cap.max(1) as f64;
+        let tasks_per_cap = served as f64 / total_cap.max(1) as f64;
+        let framed_p = f64::from(sc.strategies.framer_task_bps) / f64::from(Bps::FULL.get());
+        let sampling = total_cap > 0 && sampled > 0;
+        let per_cap = sampled as f64 / total_cap.max(1) as f64;
+        let tables = if sampling {
+            capacity_rps
+                .iter()
+                .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            keys: &churned.draw_keys,
+            node_capacity,
+            sampling,
+            tasks_per_cap,
+            per_cap,
+            cheat_p,
+            caught_p,
+            framed_p,
+            framed_refused,
+            tables,
+            round_key: round_key(u64::from(round) | VALIDATION_STREAM),
+            chunks: (0..node_capacity.len().div_ceil(DRAW_CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
+        }
     }
-    let per_cap = sampled as f64 / total_cap as f64;
-    // Most nodes are online all round, so their mean is one of five: those draws search a
-    // table instead of recomputing the distribution (same results).
-    let tables: Vec<PoissonTable> = capacity_rps
-        .iter()
-        .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
-        .collect();
-    draws.par_extend(node_capacity.par_iter().enumerate().map(|(i, &cap)| {
+
+    /// Node `k`'s draws (its chunk's made first if need be).
+    pub(super) fn get(&self, k: usize) -> &Draw {
+        &self.chunk(k / DRAW_CHUNK)[k % DRAW_CHUNK]
+    }
+
+    /// Every node's draws, in node order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Draw> {
+        (0..self.chunks.len()).flat_map(|c| self.chunk(c).iter())
+    }
+
+    /// Makes every chunk not made yet, in order from chunk `from` (then those before it).
+    pub(super) fn make_from(&self, from: usize) {
+        let n = self.chunks.len();
+        for c in (from..n).chain(0..from.min(n)) {
+            self.chunk(c);
+        }
+    }
+
+    /// Makes every chunk not made yet, in parallel.
+    pub(super) fn make_all(&self) {
+        (0..self.chunks.len()).into_par_iter().for_each(|c| {
+            self.chunk(c);
+        });
+    }
+
+    /// Chunks of the round.
+    pub(super) fn chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    fn chunk(&self, c: usize) -> &[Draw] {
+        self.chunks[c].get_or_init(|| {
+            let end = ((c + 1) * DRAW_CHUNK).min(self.node_capacity.len());
+            (c * DRAW_CHUNK..end).map(|i| self.draw(i)).collect()
+        })
+    }
+
+    /// Node `i`'s draws.
+    fn draw(&self, i: usize) -> Draw {
+        let cap = self.node_capacity[i];
+        if !self.sampling {
+            return Draw {
+                tasks: (cap as f64 * self.tasks_per_cap) as u64,
+                ..Draw::default()
+            };
+        }
+        let key = &self.keys[i];
         if cap == 0 {
             return Draw::default();
         }
-        let tasks = (cap as f64 * tasks_per_cap) as u64;
-        let stream = u64::from(nodes[i].index);
-        let mut rng = stream_rng(seed, stream, u64::from(round) | VALIDATION_STREAM);
-        let lambda = cap as f64 * per_cap;
-        let table = &tables[usize::from(nodes[i].rating.get())];
+        let tasks = (cap as f64 * self.tasks_per_cap) as u64;
+        let mut rng = keyed_stream_rng(key.stream_key, self.round_key);
+        let lambda = cap as f64 * self.per_cap;
+        let table = &self.tables[usize::from(key.rating)];
         let from_table = table.lambda == lambda;
         let draw = |rng: &mut StreamRng| {
             if from_table {
@@ -126,12 +226,12 @@ pub(super) fn validate(
                 poisson(rng, lambda)
             }
         };
-        let strategy = nodes[i].strategy;
+        let strategy = key.strategy;
         let honest = matches!(
             strategy,
             Strategy::Honest | Strategy::HardwareLiar | Strategy::UsageInventor
         );
-        let own = if honest && framed_p == 0.0 {
+        let own = if honest && self.framed_p == 0.0 {
             // Nothing reads its own checked tasks then (no framed ones, nothing caught): the
             // draw is passed over, the stream advanced past it, so `ran` is the draw it
             // always was.
@@ -147,14 +247,14 @@ pub(super) fn validate(
         let ran = draw(&mut rng);
         // Framed spot checks (drawn only when there are framers, so other runs draw what
         // they always drew): of its tasks, and of the validations it ran.
-        let (checked, framed_own, credited) = if framed_p > 0.0 {
-            let fo = binomial(&mut rng, own, framed_p);
-            let fr = binomial(&mut rng, ran, framed_p);
+        let (checked, framed_own, credited) = if self.framed_p > 0.0 {
+            let fo = binomial(&mut rng, own, self.framed_p);
+            let fr = binomial(&mut rng, ran, self.framed_p);
             (own - fo, fo, ran - fr)
         } else {
             (own, 0, ran)
         };
-        let (refused, framed_failed) = if framed_refused {
+        let (refused, framed_failed) = if self.framed_refused {
             (framed_own, 0)
         } else {
             (0, framed_own)
@@ -170,10 +270,10 @@ pub(super) fn validate(
                 };
             }
             Strategy::Cheater => {
-                let wrong_own = binomial(&mut rng, checked, cheat_p);
-                let caught_own = binomial(&mut rng, wrong_own, caught_p);
-                let wrong_ran = binomial(&mut rng, credited, cheat_p);
-                let caught_ran = binomial(&mut rng, wrong_ran, caught_p);
+                let wrong_own = binomial(&mut rng, checked, self.cheat_p);
+                let caught_own = binomial(&mut rng, wrong_own, self.caught_p);
+                let wrong_ran = binomial(&mut rng, credited, self.cheat_p);
+                let caught_ran = binomial(&mut rng, wrong_ran, self.caught_p);
                 (caught_own, wrong_ran, caught_ran)
             }
             // No receipt: each checked task fails, each validation it ran credits nothing.
@@ -195,7 +295,7 @@ pub(super) fn validate(
             first_caught,
             framed_refused: refused,
         }
-    }));
+    }
 }
 
 /// A Poisson draw with mean `lambda`: inversion with one uniform below 30, normal
