@@ -17,310 +17,40 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crat_backend::tract::TractBackend;
+use crat_benches::http::{Conn, FastApi, Summary, check_same_answer, infer_request, load};
 use crat_benches::now_s;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
-use crat_core::tensor::{DType, NamedTensor, Tensor};
-use crat_core::verify::{Tolerance, tensors_agree};
+use crat_core::tensor::{NamedTensor, Tensor};
 use crat_dispatcher::ledger::AccountName;
 use crat_dispatcher::{DispatcherConfig, admin};
 use crat_gateway::{Gateway, GatewayConfig, Upstream};
 use crat_testnet::{LocalNetwork, NodeSpec};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-const TINY_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../crates/backend/models/tiny_cnn.onnx"
-);
 const TINY: &[u8] = include_bytes!("../../crates/backend/models/tiny_cnn.onnx");
 const IN_FLIGHT: usize = 64;
-/// How long the FastAPI server may take to answer its readiness check.
-const FASTAPI_START_S_MAX: u64 = 60;
-/// How long the FastAPI server may take to stop after SIGTERM before it is killed.
-const FASTAPI_STOP_S_MAX: u64 = 10;
 
 fn image() -> Tensor {
     let values: Vec<f32> = (0..28 * 28).map(|i| (i % 255) as f32 / 255.0).collect();
     Tensor::from_slice(&[1, 1, 28, 28], &values).unwrap()
 }
 
-struct Summary {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
-    latencies.sort();
-    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-    Summary {
-        rps: latencies.len() as f64 / took.as_secs_f64(),
-        p50: at(0.5),
-        p99: at(0.99),
-    }
-}
-
-/// Runs `tasks` calls of `call` with one worker per state (each owns its `S`); gives the
-/// states back.
-async fn load<S, F, Fut>(tasks: usize, states: Vec<S>, call: F) -> (Summary, Vec<S>)
-where
-    S: Send + 'static,
-    F: Fn(S) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = S> + Send,
-{
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for mut state in states {
-        let next = next.clone();
-        let call = call.clone();
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < tasks {
-                let t = Instant::now();
-                state = call(state).await;
-                latencies.push(t.elapsed());
-            }
-            (latencies, state)
-        }));
-    }
-    let mut all = Vec::with_capacity(tasks);
-    let mut states = Vec::with_capacity(workers.len());
-    for w in workers {
-        let (latencies, state) = w.await.unwrap();
-        all.extend(latencies);
-        states.push(state);
-    }
-    let took = started.elapsed();
-    (summarize(all, took), states)
-}
-
 /// The binary HTTP request of one image to the server at `addr`: the same bytes for the
 /// gateway and for FastAPI but for `Host` (FastAPI ignores the key).
-fn infer_request(addr: SocketAddr, key: &str) -> Arc<Vec<u8>> {
-    let header = br#"{"inputs":[{"name":"input","shape":[1,1,28,28],"datatype":"FP32","parameters":{"binary_data_size":3136}}],"outputs":[{"name":"probs","parameters":{"binary_data":true}}]}"#;
-    let mut body = header.to_vec();
-    body.extend_from_slice(image().bytes());
-    let mut request = format!(
-        "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
-         Inference-Header-Content-Length: {}\r\nContent-Type: application/octet-stream\r\n\
-         Content-Length: {}\r\n\r\n",
-        header.len(),
-        body.len()
-    )
-    .into_bytes();
-    request.extend_from_slice(&body);
-    Arc::new(request)
-}
-
-/// An HTTP answer: the status line, the `Inference-Header-Content-Length` header and the body.
-#[derive(Debug)]
-struct Answer {
-    status: String,
-    inference_header: Option<String>,
-    body: Vec<u8>,
-}
-
-/// One keep-alive HTTP/1.1 connection; `infer` sends one binary request, checks the answer.
-struct Conn {
-    stream: BufReader<tokio::net::TcpStream>,
-    request: Arc<Vec<u8>>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr, request: Arc<Vec<u8>>) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self {
-            stream: BufReader::new(stream),
-            request,
-        }
-    }
-
-    /// Sends the request once and reads the answer.
-    async fn exchange(&mut self) -> Answer {
-        self.stream
-            .get_mut()
-            .write_all(&self.request)
-            .await
-            .unwrap();
-        let mut line = String::new();
-        let mut length = 0usize;
-        let mut status = String::new();
-        let mut inference_header = None;
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).await.unwrap();
-            if status.is_empty() {
-                status = line.trim_end().to_owned();
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap();
-                } else if k.eq_ignore_ascii_case("inference-header-content-length") {
-                    inference_header = Some(v.trim().to_owned());
-                }
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await.unwrap();
-        Answer {
-            status,
-            inference_header,
-            body,
-        }
-    }
-
-    async fn infer(mut self) -> Self {
-        let answer = self.exchange().await;
-        assert!(
-            answer.status.contains(" 200 "),
-            "{} {}",
-            answer.status,
-            String::from_utf8_lossy(&answer.body)
-        );
-        self
-    }
-}
-
-/// The FastAPI + onnxruntime server of `benches/compare/`, a separate process on a free
-/// loopback port. Dropping it (panics included) stops it: SIGTERM to uvicorn's supervisor,
-/// which stops its workers; SIGKILL if it has not exited within `FASTAPI_STOP_S_MAX`.
-struct FastApi {
-    child: Child,
-    addr: SocketAddr,
-    /// onnxruntime's `intra_op_num_threads` in each worker (0: its default, one per core).
-    intra_op_threads: u32,
-}
-
-impl FastApi {
-    fn start(python: &Path, intra_op_threads: u32) -> Self {
-        // A port the system had free; released again for the server to bind (another process
-        // could take it in between: the readiness check would then fail loudly).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("compare/fastapi_server.py");
-        let child = Command::new(python)
-            .arg(script)
-            .arg(TINY_PATH)
-            .args(["--name", "tiny", "--port", &port.to_string()])
-            .args(["--intra-op-threads", &intra_op_threads.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-        Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            intra_op_threads,
-        }
-    }
-
-    /// Waits until `GET /v2/health/ready` answers 200.
-    async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(FASTAPI_START_S_MAX);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("the FastAPI server exited before it was ready: {status}");
-            }
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await {
-                let request = format!(
-                    "GET /v2/health/ready HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                    self.addr
-                );
-                let mut answer = Vec::new();
-                if stream.write_all(request.as_bytes()).await.is_ok()
-                    && stream.read_to_end(&mut answer).await.is_ok()
-                    && answer.starts_with(b"HTTP/1.1 200 ")
-                {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the FastAPI server was not ready within {FASTAPI_START_S_MAX} s"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for FastApi {
-    fn drop(&mut self) {
-        // Best effort: nothing can be reported from a drop.
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(FASTAPI_STOP_S_MAX);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// FastAPI's answer to an image is the gateway's: the same status line, the same
-/// `Inference-Header-Content-Length`, the same JSON header byte for byte, and the same output
-/// floats within the tolerance the network allows two honest backends
-/// (`crat_core::verify::Tolerance::default()`): the nodes run tract, FastAPI onnxruntime, and
-/// their kernels round differently in the last bits. Prints how far apart the floats are.
-fn check_same_answer(fastapi: &Answer, gateway: &Answer) {
-    assert!(gateway.status.contains(" 200 "), "{gateway:?}");
-    assert_eq!(fastapi.status, gateway.status);
-    assert_eq!(fastapi.inference_header, gateway.inference_header);
-    let json_len: usize = gateway
-        .inference_header
-        .as_deref()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let (fastapi_json, fastapi_probs) = fastapi.body.split_at(json_len);
-    let (gateway_json, gateway_probs) = gateway.body.split_at(json_len);
-    assert_eq!(
-        String::from_utf8_lossy(fastapi_json),
-        String::from_utf8_lossy(gateway_json)
-    );
-    let probs = |bytes: &[u8]| Tensor::new(DType::F32, vec![1, 10], bytes.to_vec()).unwrap();
-    let (fastapi_probs, gateway_probs) = (probs(fastapi_probs), probs(gateway_probs));
-    tensors_agree(
+fn tiny_request(addr: SocketAddr, key: &str) -> Arc<Vec<u8>> {
+    infer_request(
+        addr,
+        key,
+        "tiny",
+        "input",
+        &[1, 1, 28, 28],
+        image().bytes(),
         "probs",
-        &fastapi_probs,
-        &gateway_probs,
-        &Tolerance::default(),
     )
-    .unwrap();
-    let (f, g) = (
-        fastapi_probs.to_vec::<f32>().unwrap(),
-        gateway_probs.to_vec::<f32>().unwrap(),
-    );
-    let differ = f.iter().zip(&g).filter(|(a, b)| a != b).count();
-    let apart = f
-        .iter()
-        .zip(&g)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    println!(
-        "answers checked: FastAPI's status, headers and JSON ({json_len} bytes) are the \
-         gateway's; {differ} of {} output floats differ (tract vs onnxruntime), by at most \
-         {apart:e}, within the network's tolerance",
-        g.len()
-    );
 }
 
 fn print_summary(round: usize, name: &str, s: &Summary) {
@@ -357,7 +87,13 @@ fn main() {
                     s.parse()
                         .expect("CRAT_COMPARE_INTRA_OP_THREADS is a thread count")
                 });
-            Some(FastApi::start(&PathBuf::from(python), threads))
+            Some(FastApi::start(
+                &PathBuf::from(python),
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../crates/backend/models/tiny_cnn.onnx"),
+                "tiny",
+                threads,
+            ))
         }
         None => {
             println!(
@@ -424,7 +160,7 @@ fn main() {
             }
         })
         .await;
-        let request = infer_request(addr, &key);
+        let request = tiny_request(addr, &key);
         let mut conns = Vec::new();
         for _ in 0..IN_FLIGHT {
             conns.push(Conn::open(addr, request.clone()).await);
@@ -433,14 +169,14 @@ fn main() {
         let mut fastapi_conns = None;
         if let Some(server) = &mut fastapi {
             server.wait_ready().await;
-            let request = infer_request(server.addr, &key);
+            let request = tiny_request(server.addr, &key);
             let mut fconns = Vec::new();
             for _ in 0..IN_FLIGHT {
                 fconns.push(Conn::open(server.addr, request.clone()).await);
             }
             let from_gateway = conns[0].exchange().await;
             let from_fastapi = fconns[0].exchange().await;
-            check_same_answer(&from_fastapi, &from_gateway);
+            println!("{}", check_same_answer(&from_fastapi, &from_gateway));
             let (_, back) = load(1_000, fconns, Conn::infer).await;
             fastapi_conns = Some(back);
         }

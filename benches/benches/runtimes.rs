@@ -47,23 +47,20 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
-use crat_core::id::{NodeId, SdkKey};
-use crat_core::money::Credits;
-use crat_core::pricing::{DeployPlan, PerRequestPlan};
+use crat_benches::procs::{
+    CpuSample, Dispatcher, Proc, cores, deploy_ready, free_port, load_1m, stripped,
+};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, tensors_agree};
 use crat_sdk::Deployment;
 use crat_transport::quic::QuicTransport;
-use rand::Rng;
 
 const PADDLE: &[u8] =
     include_bytes!("../../crates/backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
@@ -82,8 +79,6 @@ const BACKEND_S_MAX: u64 = 900;
 /// How long the deployment may take to have both replicas ready (nodes register and pass
 /// their test-scale challenges first).
 const READY_S_MAX: u64 = 180;
-/// How long a process may take to exit after ctrl-c before it is killed.
-const STOP_S_MAX: u64 = 30;
 /// Credits granted to the bench's account, and the deployment's allowance.
 const CREDITS: u64 = 1 << 50;
 const ALLOWANCE: u64 = 1 << 48;
@@ -184,222 +179,10 @@ impl Settings {
     }
 }
 
-/// The 1-minute load average.
-fn load_1m() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
-/// CPU time from `/proc` (in the kernel's clock ticks): all CPUs' busy and total time, and
-/// the busy time of the bench and its processes.
-#[derive(Clone, Copy)]
-struct CpuSample {
-    busy: u64,
-    total: u64,
-    ours: u64,
-}
-
-impl CpuSample {
-    fn take(pids: &[u32]) -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal (guest is counted in user)
-        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
-        let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
-        let total = busy + at(3) + at(4);
-        let of = |path: String| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            // After the command's ")": state is field 3, utime 14, stime 15.
-            let rest: Vec<u64> = text
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            rest.get(11).copied().unwrap_or(0) + rest.get(12).copied().unwrap_or(0)
-        };
-        let ours = of("/proc/self/stat".into())
-            + pids
-                .iter()
-                .map(|p| of(format!("/proc/{p}/stat")))
-                .sum::<u64>();
-        Self { busy, total, ours }
-    }
-
-    /// Cores used by this network and by everything else between `self` and `later`.
-    fn cores(self, later: CpuSample, cores: usize) -> (f64, f64) {
-        let total = later.total.saturating_sub(self.total).max(1) as f64;
-        let busy = later.busy.saturating_sub(self.busy) as f64;
-        let ours = (later.ours.saturating_sub(self.ours) as f64).min(busy);
-        let cores = cores as f64;
-        (ours / total * cores, (busy - ours) / total * cores)
-    }
-}
-
 /// The blake3 of a file.
 fn hash(path: &Path) -> blake3::Hash {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     blake3::hash(&bytes)
-}
-
-/// A free UDP port on loopback below the ephemeral range (no endpoint bound to port 0, a
-/// client's or a dispatcher's canary endpoint, takes it before its process binds it).
-fn free_port(taken: &[u16]) -> u16 {
-    for _ in 0..1_000 {
-        let port = rand::thread_rng().gen_range(20_000..32_000);
-        if !taken.contains(&port) && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free UDP port in 20000..32000")
-}
-
-/// A `crat` child process, its output in `<logs>/<name>.out` and `.err`; killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(name: String, mut command: Command, logs: &Path) -> Self {
-        let stdout = logs.join(format!("{name}.out"));
-        let stderr = logs.join(format!("{name}.err"));
-        let child = command
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Self {
-            name,
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn output(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    /// The last lines of its output, for failure messages.
-    fn tail(&self) -> String {
-        let mut out = String::new();
-        for path in [&self.stdout, &self.stderr] {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let _ = writeln!(out, "--- {}", path.display());
-            for l in &lines[lines.len().saturating_sub(20)..] {
-                let _ = writeln!(out, "{l}");
-            }
-        }
-        out
-    }
-
-    fn check_alive(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!(
-                "{} exited on its own ({status}):\n{}",
-                self.name,
-                self.tail()
-            );
-        }
-    }
-
-    /// Waits until its stdout has a line starting with `marker` (or containing it, with
-    /// `anywhere`) and returns that line.
-    async fn wait_for(&mut self, marker: &str, anywhere: bool, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let text = self.output();
-            let hit = text.lines().find(|l| {
-                if anywhere {
-                    l.contains(marker)
-                } else {
-                    l.starts_with(marker)
-                }
-            });
-            if let Some(line) = hit {
-                return line.to_owned();
-            }
-            self.check_alive();
-            assert!(
-                Instant::now() < deadline,
-                "{} printed no {marker:?} within {within:?}:\n{}",
-                self.name,
-                self.tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Interrupts it (ctrl-c) and waits for it to exit; kills it after `STOP_S_MAX`.
-    async fn stop(&mut self) {
-        self.check_alive();
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(STOP_S_MAX);
-        let status: ExitStatus = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                println!(
-                    "  {} did not exit within {STOP_S_MAX} s of ctrl-c: killed",
-                    self.name
-                );
-                let _ = self.child.kill();
-                break self.child.wait().unwrap();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        if !status.success() {
-            println!("  {} exited with {status} after ctrl-c", self.name);
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `crat <args>` run to completion; its stdout.
-fn crat_verb(crat: &Path, args: &[&str]) -> String {
-    let out = Command::new(crat).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "crat {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A `crat` command whose environment has no `ORT_DYLIB_PATH` and no `CRAT_ONNXRUNTIME*`.
-fn stripped(crat: &Path) -> Command {
-    let mut command = Command::new(crat);
-    for (name, _) in std::env::vars_os() {
-        let text = name.to_string_lossy();
-        if text == "ORT_DYLIB_PATH" || text.starts_with("CRAT_ONNXRUNTIME") {
-            command.env_remove(&name);
-        }
-    }
-    command
 }
 
 /// Deletes everything in a `default` node's persistent data directory but its ONNX Runtime
@@ -506,49 +289,22 @@ async fn run(settings: &Settings, config: Config, round: usize) -> Run {
     std::fs::create_dir_all(&logs).unwrap();
     let crat = settings.crat.as_path();
 
-    // The dispatcher: credits and a key first (its ledger, offline), then the process.
-    let data = dir.path().join("dispatcher");
-    let d = data.to_str().unwrap();
-    crat_verb(
+    // The dispatcher, the same in every configuration.
+    let Dispatcher {
+        proc: mut dispatcher,
+        port,
+        addr,
+        id,
+        key,
+    } = Dispatcher::start(
         crat,
-        &[
-            "credits",
-            "grant",
-            "--data-dir",
-            d,
-            "--account",
-            "bench",
-            &CREDITS.to_string(),
-        ],
-    );
-    let key: SdkKey = crat_verb(
-        crat,
-        &["keys", "create", "--data-dir", d, "--account", "bench"],
+        dir.path(),
+        &logs,
+        &settings.ort_dylib,
+        CREDITS,
+        Duration::from_secs(START_S_MAX),
     )
-    .trim()
-    .parse()
-    .unwrap();
-    let dispatcher_config = dir.path().join("dispatcher.toml");
-    std::fs::write(
-        &dispatcher_config,
-        "[dispatcher]\nheartbeat_interval_s = 1\nproof_scale = \"test\"\n",
-    )
-    .unwrap();
-    let port = free_port(&[]);
-    let addr = format!("127.0.0.1:{port}");
-    // The same in every configuration: its determinism gate runs tract and the hand-set
-    // ONNX Runtime.
-    let mut command = stripped(crat);
-    command
-        .env("ORT_DYLIB_PATH", &settings.ort_dylib)
-        .args(["dispatcher", "--listen", &addr, "--data-dir", d, "--config"])
-        .arg(&dispatcher_config);
-    let mut dispatcher = Proc::spawn("dispatcher".into(), command, &logs);
-    let line = dispatcher
-        .wait_for(" listening on ", true, Duration::from_secs(START_S_MAX))
-        .await;
-    // "dispatcher <id> listening on <addr>"
-    let id: NodeId = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    .await;
 
     // The nodes.
     let empty = dir.path().join("empty");
@@ -652,33 +408,17 @@ async fn run(settings: &Settings, config: Config, round: usize) -> Run {
     let client = crat_sdk::connect(format!("127.0.0.1:{port}").parse().unwrap(), id, key)
         .await
         .unwrap();
-    let model = client.upload_model(PADDLE, |_| {}).await.unwrap();
-    let plan = DeployPlan::PerRequest(PerRequestPlan {
-        max_input_bytes: 1 << 20,
-        credit_allowance: Credits::new(ALLOWANCE),
-    });
-    let deployment = client.deploy(model, plan).await.unwrap();
-    let ready_by = Instant::now() + Duration::from_secs(READY_S_MAX);
-    deployment
-        .wait_ready(Duration::from_secs(READY_S_MAX))
-        .await
-        .unwrap();
-    loop {
-        let info = deployment.info().await.unwrap();
-        if info.replicas_ready as usize >= NODES {
-            break;
-        }
-        dispatcher.check_alive();
-        for node in &mut nodes {
-            node.check_alive();
-        }
-        assert!(
-            Instant::now() < ready_by,
-            "{} of {NODES} replicas ready after {READY_S_MAX} s: {info:?}",
-            info.replicas_ready
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let mut procs: Vec<&mut Proc> = nodes.iter_mut().chain([&mut dispatcher]).collect();
+    let deployment = deploy_ready(
+        &client,
+        PADDLE,
+        1 << 20,
+        ALLOWANCE,
+        NODES,
+        &mut procs,
+        Duration::from_secs(READY_S_MAX),
+    )
+    .await;
 
     // One answer against tract in this process.
     let x = input();
@@ -737,10 +477,6 @@ async fn run(settings: &Settings, config: Config, round: usize) -> Run {
         cpu,
         took: started.elapsed(),
     }
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn print_run(round: usize, config: Config, s: &Summary) {

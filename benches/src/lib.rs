@@ -3,7 +3,9 @@
 //! Run them all with `cargo bench -p crat-benches`, or one with e.g.
 //! `cargo bench -p crat-benches --bench quic`.
 
+pub mod http;
 pub mod load;
+pub mod procs;
 
 /// The benches run on the `crat` binary's allocator (see [`crat_alloc`]).
 pub use crat_alloc::{MiMalloc, retain_freed_memory_ms};
