@@ -2,24 +2,31 @@
 //! model. `benches/compare/run.sh` sets everything up and runs it; `benches/compare/README.md`
 //! says what it measures and records the figures.
 //!
-//! For each model, in one run: a FastAPI + onnxruntime server (`benches/compare/
-//! fastapi_server.py`, uvicorn with 2 workers, a separate process) and a CryptoRAT network of
-//! separate processes of the release `crat` binary (`CRAT_BIN`) on loopback: `crat dispatcher`,
-//! two `crat node`s serving with ONNX Runtime and `crat gateway` in front of the dispatcher.
-//! The bench process uploads and deploys the model with the SDK (per request, both replicas
-//! ready), checks that the gateway's answer is FastAPI's (the same JSON header byte for byte,
-//! the outputs within the network's tolerance), warms every side up, then measures three
-//! sides with the same concurrency (`CRAT_COMPARE_IN_FLIGHT`, default 64, and one in flight),
-//! alternated, two rounds:
+//! For each model, in one run: FastAPI + onnxruntime servers (`benches/compare/
+//! fastapi_server.py`, uvicorn with 2 workers, separate processes), one per
+//! `intra_op_num_threads` setting (`FastAPI i0`: onnxruntime's default, a thread per core in
+//! each worker; `FastAPI i1`: one thread per worker, faster on a small machine), and a
+//! CryptoRAT network of separate processes of the release `crat` binary (`CRAT_BIN`) on
+//! loopback: `crat dispatcher`, two `crat node`s serving with ONNX Runtime and `crat gateway`
+//! in front of the dispatcher, in their default configuration but for the dispatcher's
+//! test-scale hardware proofs and 1 s heartbeats (nodes join within seconds). The bench
+//! process uploads and deploys the model with the SDK (per request, both replicas ready),
+//! checks that each FastAPI's answer is the gateway's (the same JSON header byte for byte, the
+//! outputs within the network's tolerance), warms every side up, then measures every side
+//! with the same concurrency (`CRAT_COMPARE_IN_FLIGHT`, default 64, then one in flight), one
+//! side after another, two rounds:
 //!
 //! - `crat SDK`: `Deployment::infer` from this process (QUIC to the nodes);
 //! - `crat gateway`: KServe v2 binary requests over HTTP/1.1 keep-alive connections to `crat
 //!   gateway`;
-//! - `FastAPI`: the same request bytes (only `Host` differs) over as many connections.
+//! - `FastAPI iN`: the same request bytes (only `Host` differs) over as many connections,
+//!   half of them served by each worker (`http::balanced_connections`: the kernel alone may
+//!   give one worker all of them, as it did in a run here).
 //!
-//! It prints requests (tasks)/s, p50 and p99 of each run, the ratios to FastAPI per round and
-//! over both rounds (means), the cores this bench's processes and every other process used
-//! while measured, and the goals against the figures.
+//! It prints requests (tasks)/s, p50 and p99 of each run with the cores this bench's
+//! processes and every other process used while it ran (and so the CPU time per request),
+//! the ratios to each FastAPI of both rounds' means, and the goals, each against the
+//! FastAPI that does best on what the goal measures.
 //!
 //! Settings: `CRAT_BIN` (required), `CRAT_COMPARE_PYTHON` (required: a python with
 //! `benches/compare/requirements.txt`), `CRAT_COMPARE_DETECTOR` (the PP-OCRv4 detector's
@@ -27,8 +34,8 @@
 //! `CRAT_COMPARE_ORT_DYLIB` (the nodes' ONNX Runtime; default `$ORT_DYLIB_PATH`, else where
 //! `scripts/install-onnxruntime.sh` puts it), `CRAT_COMPARE_MODELS` (default `tiny,cls,det`),
 //! `CRAT_COMPARE_SCALE` (multiplies every task count; default 1),
-//! `CRAT_COMPARE_INTRA_OP_THREADS` (FastAPI's `intra_op_num_threads`; default 0, onnxruntime's
-//! default), `CRAT_COMPARE_IN_FLIGHT` (default 64).
+//! `CRAT_COMPARE_INTRA_OP_THREADS` (the FastAPI servers; default `0,1`),
+//! `CRAT_COMPARE_IN_FLIGHT` (default 64).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -37,7 +44,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crat_benches::http::{
-    Conn, FastApi, Summary, check_same_answer, connections, infer_request, load,
+    Conn, FastApi, Summary, balanced_connections, check_same_answer, connections, infer_request,
+    load,
 };
 use crat_benches::procs::{
     CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, stripped,
@@ -498,10 +506,14 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
     };
     // Each HTTP run opens its connections first (untimed): a server may close idle
     // keep-alive connections between runs (uvicorn after 5 s).
+    // FastAPI's connections are spread evenly over its two workers.
     let over_http = |side: Side, tasks: usize, in_flight: usize| {
         let (_, addr, request) = http.iter().find(|(s, _, _)| *s == side).unwrap().clone();
         async move {
-            let conns = connections(addr, &request, in_flight).await;
+            let conns = match side {
+                Side::FastApi(_) => balanced_connections(addr, &request, in_flight, 2).await,
+                _ => connections(addr, &request, in_flight).await,
+            };
             load(tasks, conns, Conn::infer).await.0
         }
     };

@@ -11,7 +11,8 @@ header (`Inference-Header-Content-Length` bytes; all of the body without that he
 the raw little-endian bytes of each input that has `parameters.binary_data_size`, in input
 order. Outputs asked for with `parameters.binary_data` (or the request's
 `parameters.binary_data_output`) come back the same way, the JSON header written as compact
-as the gateway writes it; others come back as JSON `data`.
+as the gateway writes it; others come back as JSON `data`. Every answer names the worker
+process that gave it (`X-Worker: <pid>`).
 
 What is set, and why:
 - uvicorn with 2 worker processes (`--workers`), uvloop and httptools (uvicorn[standard]),
@@ -123,12 +124,15 @@ async def infer(name: str, request: Request) -> Response:
         answer["id"] = header["id"]
     answer["outputs"] = metas
     json_part = json.dumps(answer, separators=(",", ":")).encode()
+    # Which worker answered: the bench spreads its connections evenly over the workers, as a
+    # load balancer in front of them would (the kernel alone may give one worker them all).
+    worker = {"X-Worker": str(os.getpid())}
     if not binary:
-        return Response(json_part, media_type="application/json")
+        return Response(json_part, media_type="application/json", headers=worker)
     return Response(
         json_part + b"".join(binary),
         media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(len(json_part))},
+        headers={"Inference-Header-Content-Length": str(len(json_part)), **worker},
     )
 
 

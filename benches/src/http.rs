@@ -119,6 +119,8 @@ pub struct Answer {
     pub status: String,
     /// The `Inference-Header-Content-Length` header's value.
     pub inference_header: Option<String>,
+    /// The `X-Worker` header's value: which FastAPI worker process answered.
+    pub worker: Option<String>,
     /// The body.
     pub body: Vec<u8>,
 }
@@ -152,6 +154,7 @@ impl Conn {
         let mut length = 0usize;
         let mut status = String::new();
         let mut inference_header = None;
+        let mut worker = None;
         loop {
             line.clear();
             let read = self.stream.read_line(&mut line).await.unwrap();
@@ -167,6 +170,8 @@ impl Conn {
                     length = v.trim().parse().unwrap();
                 } else if k.eq_ignore_ascii_case("inference-header-content-length") {
                     inference_header = Some(v.trim().to_owned());
+                } else if k.eq_ignore_ascii_case("x-worker") {
+                    worker = Some(v.trim().to_owned());
                 }
             }
         }
@@ -175,6 +180,7 @@ impl Conn {
         Answer {
             status,
             inference_header,
+            worker,
             body,
         }
     }
@@ -198,6 +204,44 @@ pub async fn connections(addr: SocketAddr, request: &Arc<Vec<u8>>, n: usize) -> 
     for _ in 0..n {
         conns.push(Conn::open(addr, request.clone()).await);
     }
+    conns
+}
+
+/// `n` connections to a server of `workers` worker processes that names the worker of each
+/// answer (`X-Worker`), `n / workers` (rounded up) served by each: a connection is kept
+/// only if its first answer (one exchange, untimed) came from a worker that still has room.
+/// What a load balancer in front of the workers gives; the kernel alone may hand one worker
+/// every connection. Panics after `50 × n` connections tried.
+pub async fn balanced_connections(
+    addr: SocketAddr,
+    request: &Arc<Vec<u8>>,
+    n: usize,
+    workers: usize,
+) -> Vec<Conn> {
+    let room = n.div_ceil(workers.max(1));
+    let mut per_worker: std::collections::HashMap<String, usize> = Default::default();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..50 * n.max(1) {
+        if conns.len() == n {
+            return conns;
+        }
+        let mut conn = Conn::open(addr, request.clone()).await;
+        let answer = conn.exchange().await;
+        assert!(answer.status.contains(" 200 "), "{answer:?}");
+        let worker = answer
+            .worker
+            .expect("the server names its worker (X-Worker)");
+        let served = per_worker.entry(worker).or_default();
+        if *served < room {
+            *served += 1;
+            conns.push(conn);
+        }
+    }
+    assert_eq!(
+        conns.len(),
+        n,
+        "could not spread {n} connections over {workers} workers: {per_worker:?}"
+    );
     conns
 }
 

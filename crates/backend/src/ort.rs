@@ -60,6 +60,7 @@ use std::sync::{Arc, Mutex};
 
 use crat_core::tensor::{DType, Tensor};
 use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
 
@@ -256,7 +257,11 @@ impl OrtBackend {
 
     fn session(&self, model: &[u8]) -> Result<Session, BackendError> {
         let load = |e: &dyn std::fmt::Display| BackendError::Load(e.to_string());
+        // Every graph optimisation, as onnxruntime's Python `SessionOptions` default to: said
+        // explicitly rather than left to the C API's default.
         let builder = Session::builder(&self.env)
+            .map_err(|e| load(&e))?
+            .with_optimization_level(GraphOptimizationLevel::All)
             .map_err(|e| load(&e))?
             .with_intra_threads(self.intra_threads)
             .map_err(|e| load(&e))?
