@@ -35,7 +35,8 @@
 //! `scripts/install-onnxruntime.sh` puts it), `CRAT_COMPARE_MODELS` (default `tiny,cls,det`),
 //! `CRAT_COMPARE_SCALE` (multiplies every task count; default 1),
 //! `CRAT_COMPARE_INTRA_OP_THREADS` (the FastAPI servers; default `0,1`),
-//! `CRAT_COMPARE_IN_FLIGHT` (default 64).
+//! `CRAT_COMPARE_IN_FLIGHT` (default 64), `CRAT_COMPARE_ONLY` (one side's name, e.g.
+//! `crat SDK`: only it is measured, for a profiler to attach to; no ratios).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -129,6 +130,9 @@ struct Settings {
     ort_dylib: PathBuf,
     models: Vec<Model>,
     scale: f64,
+    /// Measure only the side of this name (`CRAT_COMPARE_ONLY`, e.g. `crat SDK`): to profile
+    /// it; nothing is compared.
+    only: Option<String>,
     /// FastAPI's `intra_op_num_threads`: one server per value.
     intra_op_threads: Vec<u32>,
     in_flight: usize,
@@ -210,6 +214,9 @@ impl Settings {
             ort_dylib,
             models,
             scale: env_parse("CRAT_COMPARE_SCALE", 1.0),
+            only: std::env::var("CRAT_COMPARE_ONLY")
+                .ok()
+                .filter(|v| !v.is_empty()),
             intra_op_threads: std::env::var("CRAT_COMPARE_INTRA_OP_THREADS")
                 .ok()
                 .filter(|v| !v.is_empty())
@@ -478,6 +485,14 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
             request(server.addr),
         ));
     }
+    // For profiling one side: only it runs (no ratios then).
+    if let Some(only) = &settings.only {
+        sides.retain(|side| side.name() == *only);
+        assert!(
+            !sides.is_empty(),
+            "CRAT_COMPARE_ONLY={only:?} names no side"
+        );
+    }
     let (_, gw_addr, gw_request) = &http[0];
     let from_gateway = Conn::open(*gw_addr, gw_request.clone())
         .await
@@ -582,6 +597,9 @@ fn main() {
         runs.extend(rt.block_on(compare(&settings, model)));
     }
 
+    if settings.only.is_some() {
+        return;
+    }
     println!("\n== results (rounds 1 and 2; ratios of their means) ==");
     for r in &runs {
         print_run(r);
