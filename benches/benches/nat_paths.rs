@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crat_backend::tract::TractBackend;
+use crat_benches::procs::{self, load_1m};
 use crat_benches::{data_dir, now_s, runtime, ticket};
 use crat_core::id::{DeploymentId, NodeId, PeerAddr, TaskId};
 use crat_core::money::Credits;
@@ -105,13 +106,6 @@ const LIMITS: FrameLimits = FrameLimits {
     control_bytes_max: 1 << 20,
     tensor_bytes_max: 64 << 20,
 };
-
-fn load_1m() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
 
 fn tiny_input() -> Vec<NamedTensor> {
     let values: Vec<f32> = (0..28 * 28).map(|i| (i % 255) as f32 / 255.0).collect();
@@ -446,16 +440,7 @@ impl Drop for RelayProc {
 
 /// utime + stime of `/proc/<pid>/stat` (`self` for this process), in clock ticks.
 fn cpu_ticks(pid: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
-    // After the command's ")": state is field 3, utime 14, stime 15.
-    let rest: Vec<u64> = text
-        .rsplit_once(')')
-        .map_or("", |(_, r)| r)
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    rest[11] + rest[12]
+    procs::cpu_ticks(pid).unwrap_or_else(|| panic!("/proc/{pid}/stat cannot be read"))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100, Linux's USER_HZ, if that fails).

@@ -219,13 +219,12 @@ impl Summary {
     }
 }
 
-fn summarize(mut latencies: Vec<Duration>, took: Duration) -> Summary {
-    latencies.sort();
-    let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+fn summarize(latencies: Vec<Duration>, took: Duration) -> Summary {
+    let s = crat_benches::http::Summary::of(latencies, took);
     Summary {
-        tps: latencies.len() as f64 / took.as_secs_f64(),
-        p50: at(0.5),
-        p99: at(0.99),
+        tps: s.rps,
+        p50: s.p50,
+        p99: s.p99,
         cores: 0.0,
     }
 }

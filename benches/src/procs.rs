@@ -26,6 +26,20 @@ pub fn load_1m() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// utime + stime of `/proc/<pid>/stat` (`self` for this process), in clock ticks; `None`
+/// when it cannot be read (the process is gone).
+pub fn cpu_ticks(pid: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's ")": state is field 3, utime 14, stime 15.
+    let rest: Vec<u64> = text
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Some(rest.get(11)? + rest.get(12)?)
+}
+
 /// CPU time from `/proc` (in the kernel's clock ticks): all CPUs' busy and total time, and
 /// the busy time of the bench and its processes.
 #[derive(Clone, Copy, Debug)]
@@ -51,21 +65,11 @@ impl CpuSample {
         let at = |i: usize| fields.get(i).copied().unwrap_or(0);
         let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
         let total = busy + at(3) + at(4);
-        let of = |path: String| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            // After the command's ")": state is field 3, utime 14, stime 15.
-            let rest: Vec<u64> = text
-                .rsplit_once(')')
-                .map_or("", |(_, r)| r)
-                .split_whitespace()
-                .map(|f| f.parse().unwrap_or(0))
-                .collect();
-            rest.get(11).copied().unwrap_or(0) + rest.get(12).copied().unwrap_or(0)
-        };
-        let ours = of("/proc/self/stat".into())
+        // A process that has exited counts nothing.
+        let ours = cpu_ticks("self").unwrap_or(0)
             + pids
                 .iter()
-                .map(|p| of(format!("/proc/{p}/stat")))
+                .map(|p| cpu_ticks(&p.to_string()).unwrap_or(0))
                 .sum::<u64>();
         Self { busy, total, ours }
     }

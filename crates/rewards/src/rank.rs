@@ -294,18 +294,8 @@ fn top_by_packed_keys(
     }
     keys.truncate(hi);
     bucket_sort(&mut keys, tmp, &mut scratch.counts);
-    let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
-    // Equal score, total uptime and registration: id bytes decide.
-    sort_runs(
-        &mut keys,
-        |&a, &b| a >> INDEX_BITS == b >> INDEX_BITS,
-        |&a, &b| {
-            nodes[index(a) as usize]
-                .id
-                .cmp(&nodes[index(b) as usize].id)
-        },
-    );
-    order.extend(keys[..k].iter().map(|&e| index(e)));
+    order_ties_by_id(nodes, &mut keys);
+    order.extend(keys[..k].iter().map(|&e| packed_index(e)));
     scratch.keys = keys;
 }
 
@@ -379,19 +369,28 @@ fn rank_by_packed_keys(
         INDEX_BITS,
         INDEX_BITS + layout.bits(),
     );
-    let index = |e: u128| (e as u32) & ((1 << INDEX_BITS) - 1);
-    // Equal score, total uptime and registration: id bytes decide.
+    order_ties_by_id(nodes, &mut keys);
+    order.extend(keys.iter().map(|&e| packed_index(e)));
+    scratch.keys = keys;
+}
+
+/// The node position a packed key ([`KeyLayout::keys`]) carries in its low bits.
+fn packed_index(e: u128) -> u32 {
+    (e as u32) & ((1 << INDEX_BITS) - 1)
+}
+
+/// Rule 6's last tie-break on sorted packed keys: where score, total uptime and registration
+/// are all equal (the bits above [`INDEX_BITS`]), the id bytes decide.
+fn order_ties_by_id(nodes: &[NodeInput], keys: &mut [u128]) {
     sort_runs(
-        &mut keys,
+        keys,
         |&a, &b| a >> INDEX_BITS == b >> INDEX_BITS,
         |&a, &b| {
-            nodes[index(a) as usize]
+            nodes[packed_index(a) as usize]
                 .id
-                .cmp(&nodes[index(b) as usize].id)
+                .cmp(&nodes[packed_index(b) as usize].id)
         },
     );
-    order.extend(keys.iter().map(|&e| index(e)));
-    scratch.keys = keys;
 }
 
 /// [`rank_order`] by a radix sort on scores (which fit 64 bits) and comparison sorts of the

@@ -192,19 +192,6 @@ impl<'a> Ctx<'a> {
         online: &[Interval],
         merged: &mut Vec<Interval>,
     ) -> Result<(u64, u64), RewardsError> {
-        if let [iv] = online
-            && iv.start_s <= iv.end_s
-        {
-            // One valid interval (most nodes, most rounds): clipped, it is its own merge.
-            merged.clear();
-            let s = iv.start_s.max(self.start_s);
-            let e = iv.end_s.min(self.end_s);
-            if s >= e {
-                return Ok((0, 0));
-            }
-            merged.push(Interval::new(s, e));
-            return Ok((e - s, self.peak_overlap_s(s, e)));
-        }
         self.merge_online(index, online, merged)?;
         let mut uptime_s = 0;
         let mut peak_uptime_s = 0;

@@ -84,8 +84,9 @@ pub struct QuicConfig {
     /// tensors in 4.5× fewer datagrams. Measured: on loopback, 6,500 moved 64 MiB frames
     /// 1.4–1.6× as fast as 1452 in two runs of `cargo bench -p crat-benches --bench quic`;
     /// the PaddleOCR classifier's tasks (110 KB of input each) cost 1.46–1.57 ms of CPU each
-    /// with 6,550 against 1.67–1.91 ms with 1,452 (`benches/compare`, 2026-12-06). Set 1,452
-    /// to never probe above the usual internet path.
+    /// with 6,550 against 1.67–1.91 ms with 1,452 (`benches/compare`, a build with each
+    /// default, alternated, 2026-12-06). Set 1,452 to never probe above the usual internet
+    /// path.
     pub mtu_bytes_max: u16,
     /// UDP payload size a connection starts with, before discovery. Default 1200 (the QUIC
     /// minimum, works everywhere). A path that cannot carry it is detected as a black hole
