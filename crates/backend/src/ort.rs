@@ -63,6 +63,7 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, ValueType};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::onnx_check::{ModelSummary, check_model};
 use crate::{BackendError, Dim, InferenceBackend, LoadedModel, ModelInfo, catch_panic};
@@ -414,7 +415,7 @@ impl OrtModel {
                 self.info.inputs.len()
             )));
         }
-        let mut values: Vec<SessionInputValue<'static>> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<SessionInputValue<'_>> = Vec::with_capacity(inputs.len());
         for (t, spec) in inputs.iter().zip(&self.info.inputs) {
             if t.dtype() != spec.dtype {
                 return Err(BackendError::Input(format!(
@@ -424,7 +425,7 @@ impl OrtModel {
                     spec.dtype
                 )));
             }
-            values.push(to_ort(t)?.into());
+            values.push(to_ort(t)?);
         }
         // A panic while the lock is held poisons it; the session itself is still usable.
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
@@ -464,30 +465,52 @@ fn input_err(e: impl std::fmt::Display) -> BackendError {
     BackendError::Input(e.to_string())
 }
 
-/// Copies a wire tensor into an ONNX Runtime value.
-fn to_ort(t: &Tensor) -> Result<DynValue, BackendError> {
+/// A wire tensor as an ONNX Runtime input: a view of its bytes where they can be read as
+/// the element type in place (little-endian host, aligned buffer, which the decoder's
+/// allocations are), a copy otherwise.
+fn to_ort(t: &Tensor) -> Result<SessionInputValue<'_>, BackendError> {
     let shape: Vec<i64> = t
         .shape()
         .iter()
         .map(|&d| i64::try_from(d).map_err(input_err))
         .collect::<Result<_, _>>()?;
-    fn make<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
+    fn owned<T: ort::value::PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static>(
         shape: Vec<i64>,
         data: Vec<T>,
-    ) -> Result<DynValue, BackendError> {
+    ) -> Result<SessionInputValue<'static>, BackendError> {
         ort::value::Tensor::from_array((shape, data))
-            .map(|v| v.into_dyn())
+            .map(|v| v.into_dyn().into())
             .map_err(input_err)
     }
+    /// In place when the bytes are the elements as they lie, else a decoded copy.
+    fn view<'a, T>(t: &'a Tensor, shape: Vec<i64>) -> Result<SessionInputValue<'a>, BackendError>
+    where
+        T: ort::value::PrimitiveTensorElementType
+            + crat_core::tensor::Element
+            + zerocopy::FromBytes
+            + zerocopy::Immutable
+            + std::fmt::Debug
+            + Clone
+            + 'static,
+    {
+        if cfg!(target_endian = "little")
+            && let Ok(elements) = <[T]>::ref_from_bytes(t.bytes())
+        {
+            return ort::value::TensorRef::from_array_view((shape, elements))
+                .map(|v| v.into_dyn().into())
+                .map_err(input_err);
+        }
+        owned(shape, t.to_vec::<T>().map_err(input_err)?)
+    }
     match t.dtype() {
-        DType::F32 => make(shape, t.to_vec::<f32>().map_err(input_err)?),
-        DType::F64 => make(shape, t.to_vec::<f64>().map_err(input_err)?),
-        DType::I64 => make(shape, t.to_vec::<i64>().map_err(input_err)?),
-        DType::I32 => make(shape, t.to_vec::<i32>().map_err(input_err)?),
-        DType::I8 => make(shape, t.to_vec::<i8>().map_err(input_err)?),
-        DType::U8 => make(shape, t.bytes().to_vec()),
-        DType::Bool => make(shape, t.to_vec::<bool>().map_err(input_err)?),
-        DType::F16 => make(
+        DType::F32 => view::<f32>(t, shape),
+        DType::F64 => view::<f64>(t, shape),
+        DType::I64 => view::<i64>(t, shape),
+        DType::I32 => view::<i32>(t, shape),
+        DType::I8 => view::<i8>(t, shape),
+        DType::U8 => view::<u8>(t, shape),
+        DType::Bool => owned(shape, t.to_vec::<bool>().map_err(input_err)?),
+        DType::F16 => owned(
             shape,
             t.bytes()
                 .chunks_exact(2)
@@ -534,7 +557,7 @@ fn from_ort(value: &DynValue, declared: DType) -> Result<Tensor, BackendError> {
     }
     fn build<T: ort::value::PrimitiveTensorElementType + Copy + std::fmt::Debug>(
         value: &DynValue,
-        mut write: impl FnMut(T, &mut Vec<u8>),
+        mut write: impl FnMut(&[T], &mut Vec<u8>),
         declared: DType,
     ) -> Result<Tensor, BackendError> {
         let (shape, data) = value
@@ -542,22 +565,43 @@ fn from_ort(value: &DynValue, declared: DType) -> Result<Tensor, BackendError> {
             .map_err(|e| BackendError::Run(e.to_string()))?;
         let shape: Vec<u64> = shape.iter().map(|&d| d.max(0) as u64).collect();
         let mut bytes = Vec::with_capacity(data.len() * declared.size());
-        for &x in data {
-            write(x, &mut bytes);
-        }
+        write(data, &mut bytes);
         Tensor::new(declared, shape, bytes).map_err(|e| BackendError::Run(e.to_string()))
     }
-    match declared {
-        DType::F32 => build::<f32>(value, |x, b| b.extend(x.to_le_bytes()), declared),
-        DType::F64 => build::<f64>(value, |x, b| b.extend(x.to_le_bytes()), declared),
-        DType::I64 => build::<i64>(value, |x, b| b.extend(x.to_le_bytes()), declared),
-        DType::I32 => build::<i32>(value, |x, b| b.extend(x.to_le_bytes()), declared),
-        DType::I8 => build::<i8>(value, |x, b| b.extend(x.to_le_bytes()), declared),
-        DType::U8 => build::<u8>(value, |x, b| b.push(x), declared),
-        DType::Bool => build::<bool>(value, |x, b| b.push(u8::from(x)), declared),
-        DType::F16 => {
-            build::<half::f16>(value, |x, b| b.extend(x.to_bits().to_le_bytes()), declared)
+    /// The elements' little-endian bytes: one copy on a little-endian host.
+    fn le<T: zerocopy::IntoBytes + zerocopy::Immutable + crat_core::tensor::Element>(
+        data: &[T],
+        bytes: &mut Vec<u8>,
+    ) {
+        if cfg!(target_endian = "little") {
+            bytes.extend_from_slice(data.as_bytes());
+        } else {
+            for x in data {
+                x.write_le(bytes);
+            }
         }
+    }
+    match declared {
+        DType::F32 => build::<f32>(value, le, declared),
+        DType::F64 => build::<f64>(value, le, declared),
+        DType::I64 => build::<i64>(value, le, declared),
+        DType::I32 => build::<i32>(value, le, declared),
+        DType::I8 => build::<i8>(value, le, declared),
+        DType::U8 => build::<u8>(value, |d, b| b.extend_from_slice(d), declared),
+        DType::Bool => build::<bool>(
+            value,
+            |d, b| b.extend(d.iter().map(|&x| u8::from(x))),
+            declared,
+        ),
+        DType::F16 => build::<half::f16>(
+            value,
+            |d, b| {
+                for x in d {
+                    b.extend(x.to_bits().to_le_bytes());
+                }
+            },
+            declared,
+        ),
         #[allow(unreachable_patterns)]
         other => Err(BackendError::Run(format!("dtype {other} not supported"))),
     }

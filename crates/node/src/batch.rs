@@ -11,6 +11,7 @@
 //! - The best batch size depends on model and backend (tract runs PaddleOCR *slower* per item
 //!   at batch 32 than at batch 1), so [`measure_batch_size`] picks it by timing the model.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use crat_backend::{BackendError, Dim, LoadedModel, ModelInfo};
 use crat_core::tensor::{DType, Tensor};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use parking_lot::{Condvar, Mutex};
+use tokio::sync::oneshot;
 
 /// Batching limits for one model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +71,9 @@ pub enum RunError {
 
 type Reply = oneshot::Sender<Result<Vec<Tensor>, RunError>>;
 
+/// What one backend run gives.
+type RunResult = Result<Vec<Tensor>, BackendError>;
+
 struct Job {
     inputs: Vec<Tensor>,
     rows: u64,
@@ -96,27 +101,95 @@ fn rows(inputs: &[Tensor]) -> Option<u64> {
         .then_some(first)
 }
 
-/// A model's batching queue. Cheap to clone.
+/// A model's batching queue. Cheap to clone; the run threads stop once every clone is
+/// dropped and the requests still queued have run.
+///
+/// Each worker is a thread of its own that takes the next batch from the queue as soon as
+/// it finishes a run, so under load a request costs no thread hand-off but the answer; a
+/// watchdog thread answers [`RunError::Timeout`] for a run past its limit.
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<Job>,
-    queued: Arc<AtomicUsize>,
+    handle: Arc<Handle>,
     config: BatchConfig,
 }
 
+/// Closes the queue when the last [`Batcher`] clone goes.
+struct Handle(Arc<Shared>);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.0.state.lock().closed = true;
+        self.0.work.notify_all();
+        self.0.watch.notify_all();
+    }
+}
+
+struct Shared {
+    model: Arc<dyn LoadedModel>,
+    config: BatchConfig,
+    state: Mutex<State>,
+    /// Run threads wait on it for requests.
+    work: Condvar,
+    /// One slot per worker: the replies of the run in progress and its deadline. Whoever
+    /// takes the replies answers them: the worker when the run ends, the watchdog when it
+    /// is past its limit.
+    running: Mutex<Vec<Option<Running>>>,
+    /// Wakes the watchdog early (on close).
+    watch: Condvar,
+    /// Run threads still alive.
+    workers_alive: AtomicUsize,
+}
+
+struct State {
+    queue: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Running {
+    deadline: Instant,
+    replies: Vec<Reply>,
+}
+
 impl Batcher {
-    /// Starts batching for `model`. Must run inside a tokio runtime; the batcher stops when
-    /// every clone is dropped.
-    pub fn spawn(model: Arc<dyn LoadedModel>, mut config: BatchConfig) -> Self {
+    /// Starts batching for `model`: `config.workers` run threads and a watchdog. Fails only
+    /// when the operating system refuses a thread.
+    pub fn spawn(model: Arc<dyn LoadedModel>, mut config: BatchConfig) -> std::io::Result<Self> {
         if !model.info().batchable() {
             config.batch_size_max = 1;
         }
         config.batch_size_max = config.batch_size_max.max(1);
         config.workers = config.workers.max(1);
-        let (tx, rx) = mpsc::channel(config.queue_len_max.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(batch_loop(model, config, rx, queued.clone()));
-        Self { tx, queued, config }
+        config.queue_len_max = config.queue_len_max.max(1);
+        let shared = Arc::new(Shared {
+            model,
+            config,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            work: Condvar::new(),
+            running: Mutex::new((0..config.workers).map(|_| None).collect()),
+            watch: Condvar::new(),
+            workers_alive: AtomicUsize::new(0),
+        });
+        // From here on a failure closes what was started.
+        let handle = Arc::new(Handle(shared.clone()));
+        for slot in 0..config.workers {
+            shared.workers_alive.fetch_add(1, Ordering::AcqRel);
+            let s = shared.clone();
+            let started = std::thread::Builder::new()
+                .name("crat-run".into())
+                .spawn(move || s.worker(slot));
+            if let Err(e) = started {
+                shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        }
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("crat-run-watch".into())
+            .spawn(move || s.watchdog())?;
+        Ok(Self { handle, config })
     }
 
     /// The limits in force (merging is off for models without a batch dimension).
@@ -126,11 +199,12 @@ impl Batcher {
 
     /// Requests waiting now.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.handle.0.state.lock().queue.len()
     }
 
     /// Runs one request (inputs validated, in model order) and returns its outputs.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
+        let shared = &self.handle.0;
         let (reply, rx) = oneshot::channel();
         let job = Job {
             rows: rows(&inputs).unwrap_or(0),
@@ -138,129 +212,167 @@ impl Batcher {
             enqueued: Instant::now(),
             reply,
         };
-        // Counted before sending so the batch loop never decrements below zero.
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.tx.try_send(job) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                mpsc::error::TrySendError::Full(_) => RunError::Busy,
-                mpsc::error::TrySendError::Closed(_) => RunError::Stopped,
-            });
+        {
+            let mut state = shared.state.lock();
+            if state.queue.len() >= shared.config.queue_len_max {
+                return Err(RunError::Busy);
+            }
+            state.queue.push_back(job);
         }
+        shared.work.notify_one();
         rx.await.unwrap_or(Err(RunError::Stopped))
     }
 }
 
-async fn batch_loop(
-    model: Arc<dyn LoadedModel>,
-    config: BatchConfig,
-    mut rx: mpsc::Receiver<Job>,
-    queued: Arc<AtomicUsize>,
-) {
-    let workers = Arc::new(Semaphore::new(config.workers));
-    let delay = Duration::from_micros(config.queue_delay_us_max);
-    let max = u64::from(config.batch_size_max);
-    let mut carry: Option<Job> = None;
-    loop {
-        let Ok(permit) = workers.clone().acquire_owned().await else {
-            return;
+impl Shared {
+    /// One worker: takes a batch as soon as it is free, runs it, answers, again; returns
+    /// once the queue is closed and empty.
+    fn worker(&self, slot: usize) {
+        while let Some(batch) = self.next_batch() {
+            metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
+            self.run_batch(slot, batch);
+        }
+        self.workers_alive.fetch_sub(1, Ordering::AcqRel);
+        self.watch.notify_all();
+    }
+
+    /// The next batch: the oldest request and those after it that stack with it, up to
+    /// `batch_size_max` rows, waiting for company until the oldest has waited
+    /// `queue_delay_us_max`. Requests whose caller is gone are dropped unrun. `None` once
+    /// the queue is closed and empty.
+    fn next_batch(&self) -> Option<Vec<Job>> {
+        let mut state = self.state.lock();
+        let first = loop {
+            match state.queue.pop_front() {
+                Some(job) if job.reply.is_closed() => continue,
+                Some(job) => break job,
+                None if state.closed => return None,
+                None => self.work.wait(&mut state),
+            }
         };
-        let first = match carry.take() {
-            Some(job) => job,
-            None => match rx.recv().await {
-                Some(job) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    job
-                }
-                None => return,
-            },
-        };
+        let max = u64::from(self.config.batch_size_max);
+        let mut total = first.rows;
+        if max <= 1 || rows(&first.inputs).is_none() || total >= max {
+            return Some(vec![first]);
+        }
+        let first_key = key(&first.inputs);
+        let deadline = first.enqueued + Duration::from_micros(self.config.queue_delay_us_max);
         let mut batch = vec![first];
-        let first_key = key(&batch[0].inputs);
-        let mut total = batch[0].rows;
-        let mergeable = max > 1 && rows(&batch[0].inputs).is_some() && total < max;
-        if mergeable {
-            let deadline = tokio::time::Instant::from_std(batch[0].enqueued + delay);
-            while total < max {
-                let next = match rx.try_recv() {
-                    Ok(job) => Some(job),
-                    // Nothing queued and no time left to wait (always so with no delay):
-                    // run now. Not even a zero-length timer: tokio's timers fire on the next
-                    // millisecond tick, which would add ~1 ms to every request.
-                    Err(mpsc::error::TryRecvError::Empty)
-                        if tokio::time::Instant::now() >= deadline =>
-                    {
-                        None
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => {
-                        tokio::time::timeout_at(deadline, rx.recv())
-                            .await
-                            .ok()
-                            .flatten()
-                    }
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                };
-                let Some(job) = next else { break };
-                queued.fetch_sub(1, Ordering::Relaxed);
-                let fits = rows(&job.inputs).is_some()
-                    && total + job.rows <= max
-                    && key(&job.inputs) == first_key;
-                if !fits {
-                    // Different shapes (or too many rows): it starts the next batch.
-                    carry = Some(job);
+        while total < max {
+            let Some(next) = state.queue.front() else {
+                if state.closed || Instant::now() >= deadline {
                     break;
                 }
-                total += job.rows;
-                batch.push(job);
+                self.work.wait_until(&mut state, deadline);
+                continue;
+            };
+            if next.reply.is_closed() {
+                state.queue.pop_front();
+                continue;
             }
+            let fits = rows(&next.inputs).is_some()
+                && total + next.rows <= max
+                && key(&next.inputs) == first_key;
+            if !fits {
+                // Different shapes (or too many rows): it starts the next batch.
+                break;
+            }
+            let job = state
+                .queue
+                .pop_front()
+                .expect("invariant: front was just seen");
+            total += job.rows;
+            batch.push(job);
         }
-        metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
-        let model = model.clone();
-        let timeout_ms = config.run_timeout_ms;
+        Some(batch)
+    }
+
+    fn run_batch(&self, slot: usize, mut batch: Vec<Job>) {
         if batch.len() == 1 {
             let job = batch.pop().expect("invariant: batch has one job");
-            run_single(model, job, timeout_ms, permit);
-        } else {
-            tokio::spawn(async move {
-                run_batch(model, batch, timeout_ms, permit).await;
-            });
+            self.run_one(slot, job);
+            return;
+        }
+        let counts: Vec<u64> = batch.iter().map(|j| j.rows).collect();
+        let total: u64 = counts.iter().sum();
+        let merged = stack(&batch);
+        let (inputs, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|j| (j.inputs, j.reply)).unzip();
+        let Some((replies, result)) = self.guarded(slot, &merged, replies) else {
+            return; // past its limit: the watchdog answered every caller
+        };
+        drop(merged);
+        match result.map(|outs| split(outs, &counts, total)) {
+            Ok(Some(parts)) => {
+                for (reply, part) in replies.into_iter().zip(parts) {
+                    let _ = reply.send(Ok(part));
+                }
+            }
+            // The merged run failed or returned outputs that cannot be split by rows: run
+            // each request alone so only the faulty ones fail.
+            _ => {
+                for (inputs, reply) in inputs.into_iter().zip(replies) {
+                    self.run_one(
+                        slot,
+                        Job {
+                            rows: 0,
+                            inputs,
+                            enqueued: Instant::now(),
+                            reply,
+                        },
+                    );
+                }
+            }
         }
     }
-}
 
-/// Runs one job with as few hand-offs as possible: the blocking thread that runs the model
-/// answers the caller directly (one wake-up), instead of going through a task that awaits the
-/// blocking call (three). A timer answers `Timeout` if the run outlives its limit; the worker
-/// permit stays with the run, so a stuck run keeps its worker busy, as in [`run_guarded`].
-fn run_single(
-    model: Arc<dyn LoadedModel>,
-    job: Job,
-    timeout_ms: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let reply = Arc::new(parking_lot::Mutex::new(Some(job.reply)));
-    let answer = move |slot: &parking_lot::Mutex<Option<Reply>>, result| {
-        let taken = slot.lock().take();
-        if let Some(reply) = taken {
-            let _ = reply.send(result);
+    fn run_one(&self, slot: usize, job: Job) {
+        if let Some((mut replies, result)) = self.guarded(slot, &job.inputs, vec![job.reply]) {
+            drop(job.inputs);
+            if let Some(reply) = replies.pop() {
+                let _ = reply.send(result.map_err(RunError::Backend));
+            }
         }
-    };
-    let timer = tokio::spawn({
-        let reply = reply.clone();
-        async move {
-            tokio::time::sleep(Duration::from_millis(timeout_ms)).await;
-            answer(&reply, Err(RunError::Timeout(timeout_ms)));
+    }
+
+    /// Runs `inputs`, catching panics, with `replies` in the worker's slot for the
+    /// watchdog; gives them back with the result, or `None` when the watchdog took them
+    /// (the run outlived its limit and its callers were told so).
+    fn guarded(
+        &self,
+        slot: usize,
+        inputs: &[Tensor],
+        replies: Vec<Reply>,
+    ) -> Option<(Vec<Reply>, RunResult)> {
+        let deadline = Instant::now() + Duration::from_millis(self.config.run_timeout_ms);
+        self.running.lock()[slot] = Some(Running { deadline, replies });
+        let result = catch_unwind(AssertUnwindSafe(|| self.model.run(inputs)))
+            .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))));
+        let running = self.running.lock()[slot].take()?;
+        Some((running.replies, result))
+    }
+
+    /// Answers [`RunError::Timeout`] to the callers of every run past its limit, checking
+    /// a few times per limit (at least once a second); returns once every worker is gone.
+    fn watchdog(&self) {
+        let limit_ms = self.config.run_timeout_ms;
+        let tick = Duration::from_millis((limit_ms / 4).clamp(1, 1_000));
+        let mut running = self.running.lock();
+        loop {
+            let now = Instant::now();
+            for slot in running.iter_mut() {
+                if slot.as_ref().is_some_and(|r| r.deadline <= now) {
+                    for reply in slot.take().into_iter().flat_map(|r| r.replies) {
+                        let _ = reply.send(Err(RunError::Timeout(limit_ms)));
+                    }
+                }
+            }
+            if self.workers_alive.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            self.watch.wait_for(&mut running, tick);
         }
-    });
-    let inputs = job.inputs;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let result = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)))
-            .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))))
-            .map_err(RunError::Backend);
-        timer.abort();
-        answer(&reply, result);
-    });
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -269,67 +381,6 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Runs `inputs` on a blocking thread with a time limit, catching panics. The worker permit
-/// travels with the blocking call, so a run stuck past its limit keeps its worker busy
-/// rather than letting stuck threads pile up.
-async fn run_guarded(
-    model: Arc<dyn LoadedModel>,
-    inputs: Vec<Tensor>,
-    timeout_ms: u64,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-) -> Result<Vec<Tensor>, RunError> {
-    let call = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        catch_unwind(AssertUnwindSafe(|| model.run(&inputs)))
-            .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))))
-    });
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), call).await {
-        Ok(Ok(result)) => result.map_err(RunError::Backend),
-        Ok(Err(join)) => Err(RunError::Backend(BackendError::Panicked(join.to_string()))),
-        Err(_) => Err(RunError::Timeout(timeout_ms)),
-    }
-}
-
-async fn run_batch(
-    model: Arc<dyn LoadedModel>,
-    mut batch: Vec<Job>,
-    timeout_ms: u64,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    let permit = Arc::new(permit);
-    if batch.len() == 1 {
-        let job = batch.pop().expect("invariant: batch has one job");
-        let result = run_guarded(model, job.inputs, timeout_ms, permit).await;
-        let _ = job.reply.send(result);
-        return;
-    }
-    let counts: Vec<u64> = batch.iter().map(|j| j.rows).collect();
-    let total: u64 = counts.iter().sum();
-    let merged = stack(&batch);
-    let outputs = run_guarded(model.clone(), merged, timeout_ms, permit.clone()).await;
-    match outputs.map(|outs| split(outs, &counts, total)) {
-        Ok(Some(parts)) => {
-            for (job, part) in batch.into_iter().zip(parts) {
-                let _ = job.reply.send(Ok(part));
-            }
-        }
-        Err(RunError::Timeout(ms)) => {
-            for job in batch {
-                let _ = job.reply.send(Err(RunError::Timeout(ms)));
-            }
-        }
-        // The merged run failed or returned outputs that cannot be split by rows: run each
-        // request alone so only the faulty ones fail.
-        _ => {
-            for job in batch {
-                let result =
-                    run_guarded(model.clone(), job.inputs, timeout_ms, permit.clone()).await;
-                let _ = job.reply.send(result);
-            }
-        }
-    }
 }
 
 /// Concatenates every job's inputs along the outermost dimension.
@@ -503,6 +554,37 @@ mod tests {
         vec![Tensor::from_slice(&[values.len() as u64 / k, k], values).unwrap()]
     }
 
+    /// Polls `f` every millisecond, for at most 10 s (no fixed sleeps: CI may be slow).
+    async fn until(f: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition not reached");
+    }
+
+    /// Sends a request of `values` in rows of `k` from a task of its own.
+    fn spawn_infer(
+        b: &Batcher,
+        values: Vec<f32>,
+        k: u64,
+    ) -> tokio::task::JoinHandle<Result<Vec<Tensor>, RunError>> {
+        let b = b.clone();
+        tokio::spawn(async move { b.infer(rows_of(&values, k)).await })
+    }
+
+    /// Starts a run that sleeps a second and returns once it is running.
+    async fn occupy(
+        b: &Batcher,
+        model: &RowSum,
+    ) -> tokio::task::JoinHandle<Result<Vec<Tensor>, RunError>> {
+        let slow = spawn_infer(b, vec![999.0], 1);
+        until(|| model.runs.lock().unwrap().len() == 1).await;
+        slow
+    }
+
     fn config() -> BatchConfig {
         BatchConfig {
             batch_size_max: 64,
@@ -514,7 +596,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_caller_gets_exactly_its_own_rows() {
         let model = RowSum::new(true);
-        let b = Batcher::spawn(model.clone(), config());
+        let b = Batcher::spawn(model.clone(), config()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..40u32 {
             let b = b.clone();
@@ -540,7 +622,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mixed_shapes_are_not_merged() {
         let model = RowSum::new(true);
-        let b = Batcher::spawn(model.clone(), config());
+        let b = Batcher::spawn(model.clone(), config()).unwrap();
         let (a, c) = tokio::join!(
             b.infer(rows_of(&[1.0, 2.0], 2)),
             b.infer(rows_of(&[1.0, 2.0, 3.0], 3)),
@@ -553,7 +635,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_or_panicking_request_does_not_fail_its_neighbours() {
         let model = RowSum::new(true);
-        let b = Batcher::spawn(model.clone(), config());
+        let b = Batcher::spawn(model.clone(), config()).unwrap();
         let (good1, bad, good2, panics) = tokio::join!(
             b.infer(rows_of(&[1.0, 1.0], 2)),
             b.infer(rows_of(&[f32::NAN, 1.0], 2)),
@@ -574,7 +656,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn models_without_batch_dim_run_one_by_one() {
         let model = RowSum::new(false);
-        let b = Batcher::spawn(model.clone(), config());
+        let b = Batcher::spawn(model.clone(), config()).unwrap();
         assert_eq!(b.config().batch_size_max, 1);
         let (x, y) = tokio::join!(b.infer(rows_of(&[1.0], 1)), b.infer(rows_of(&[2.0], 1)));
         assert!(x.is_ok() && y.is_ok());
@@ -592,37 +674,52 @@ mod tests {
                 run_timeout_ms: 100,
                 ..config()
             },
-        );
-        /// Polls `f` every millisecond, for at most 10 s (no fixed sleeps: CI may be slow).
-        async fn until(f: impl Fn() -> bool) {
-            for _ in 0..10_000 {
-                if f() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            panic!("condition not reached");
-        }
-        let slow = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(rows_of(&[999.0], 1)).await }
-        });
-        until(|| model.runs.lock().unwrap().len() == 1).await;
+        )
+        .unwrap();
+        let slow = occupy(&b, &model).await;
         // One running (its worker is busy), two queued: the next is refused at once.
-        let q1 = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(rows_of(&[1.0], 1)).await }
-        });
-        let q2 = tokio::spawn({
-            let b = b.clone();
-            async move { b.infer(rows_of(&[1.0], 1)).await }
-        });
+        let q1 = spawn_infer(&b, vec![1.0], 1);
+        let q2 = spawn_infer(&b, vec![1.0], 1);
         until(|| b.queued() == 2).await;
         assert_eq!(b.infer(rows_of(&[1.0], 1)).await, Err(RunError::Busy));
         assert_eq!(slow.await.unwrap(), Err(RunError::Timeout(100)));
         // The queued ones run once the stuck worker comes back.
         assert!(q1.await.unwrap().is_ok());
         assert!(q2.await.unwrap().is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_whose_caller_left_are_not_run_and_threads_stop_with_the_batcher() {
+        let model = RowSum::new(true);
+        let b = Batcher::spawn(
+            model.clone(),
+            BatchConfig {
+                batch_size_max: 1,
+                ..config()
+            },
+        )
+        .unwrap();
+        let slow = occupy(&b, &model).await;
+        // Queued behind the slow run, then abandoned: it must not run.
+        let gone = spawn_infer(&b, vec![7.0, 7.0], 2);
+        until(|| b.queued() == 1).await;
+        gone.abort();
+        assert!(slow.await.unwrap().is_ok());
+        assert_eq!(
+            b.infer(rows_of(&[1.0], 1)).await.unwrap()[0]
+                .to_vec::<f32>()
+                .unwrap(),
+            vec![1.0]
+        );
+        assert_eq!(
+            *model.runs.lock().unwrap(),
+            vec![1, 1],
+            "the abandoned request ran"
+        );
+        // The run threads and the watchdog hold the model; they let go once the batcher
+        // is dropped.
+        drop(b);
+        until(|| Arc::strong_count(&model) == 1).await;
     }
 
     #[test]

@@ -33,7 +33,7 @@
 //! let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../backend/models/tiny_cnn.onnx"))?;
 //! let model = TractBackend::new().load(&bytes)?;
 //! assert_eq!(model.info().inputs[0].name, "input");
-//! let batcher = Batcher::spawn(model.clone(), BatchConfig::default());
+//! let batcher = Batcher::spawn(model.clone(), BatchConfig::default())?;
 //!
 //! let image = Tensor::from_slice(&[1, 1, 28, 28], &[0.5f32; 784])?;
 //! let inputs = validate_inputs(model.info(), vec![NamedTensor::new("input", image)], 1 << 20)?;

@@ -1336,7 +1336,8 @@ impl<T: Transport> Node<T> {
                     })
             }
         };
-        let batcher = Batcher::spawn(model.clone(), config);
+        let batcher = Batcher::spawn(model.clone(), config)
+            .map_err(|e| CacheError::Io(format!("starting the run threads: {e}")))?;
         let rate = a.rate_per_s.map(|per_s| {
             let limit = RateLimit {
                 per_s,
