@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crat_backend::{BackendError, Dim, LoadedModel, ModelInfo};
@@ -107,6 +107,14 @@ fn rows(inputs: &[Tensor]) -> Option<u64> {
 /// Each worker is a thread of its own that takes the next batch from the queue as soon as
 /// it finishes a run, so under load a request costs no thread hand-off but the answer; a
 /// watchdog thread answers [`RunError::Timeout`] for a run past its limit.
+///
+/// A quick model runs on the caller's thread instead, when nothing is queued or running:
+/// after [`INLINE_AFTER_QUICK_RUNS`] runs in a row took at most [`INLINE_RUN_NS_MAX`] each,
+/// a request of no more input bytes than theirs skips both hand-offs (to the run thread and
+/// back), which is most of the latency a small model adds. One such run at a time; one past
+/// the quick limit needs a new series of quick runs before the next (a preempted run is
+/// one), and one that takes longer than [`INLINE_SLOW_NS`] turns it off for the model for
+/// good, so a caller's thread is never held for long twice.
 #[derive(Clone)]
 pub struct Batcher {
     handle: Arc<Handle>,
@@ -138,6 +146,58 @@ struct Shared {
     watch: Condvar,
     /// Run threads still alive.
     workers_alive: AtomicUsize,
+    /// Runs in progress on the run threads.
+    runs_active: AtomicUsize,
+    inline: Inline,
+}
+
+/// Runs of at most this many nanoseconds count as quick (50 µs: well within what an async
+/// task may take between two awaits).
+pub const INLINE_RUN_NS_MAX: u64 = 50_000;
+/// Quick runs in a row before requests run on the caller's thread.
+pub const INLINE_AFTER_QUICK_RUNS: u32 = 16;
+/// A run on the caller's thread that takes longer than this (100 ms, far beyond a
+/// scheduler's time slice, so a model whose run time depends on the values it is given)
+/// turns inlining off for the model.
+pub const INLINE_SLOW_NS: u64 = 100_000_000;
+
+/// When a request may run on the caller's thread.
+#[derive(Default)]
+struct Inline {
+    /// Quick single-request runs in a row (saturating).
+    quick_runs: AtomicU32,
+    /// The most input bytes among those runs: larger requests go to the run threads.
+    quick_bytes: AtomicU64,
+    /// A run on a caller's thread is in progress.
+    busy: AtomicBool,
+    /// Off for good (a run on a caller's thread was slow).
+    off: AtomicBool,
+}
+
+impl Inline {
+    /// Counts a single-request run of `bytes` input bytes that took `ns`.
+    fn record(&self, bytes: u64, ns: u64) {
+        if ns <= INLINE_RUN_NS_MAX {
+            self.quick_bytes.fetch_max(bytes, Ordering::Relaxed);
+            let _ = self
+                .quick_runs
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
+        } else {
+            self.quick_runs.store(0, Ordering::Relaxed);
+            self.quick_bytes.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Claims the one inline slot for a request of `bytes`, when runs so far allow it.
+    fn claim(&self, bytes: u64) -> bool {
+        !self.off.load(Ordering::Relaxed)
+            && self.quick_runs.load(Ordering::Relaxed) >= INLINE_AFTER_QUICK_RUNS
+            && bytes <= self.quick_bytes.load(Ordering::Relaxed)
+            && self
+                .busy
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 struct State {
@@ -171,6 +231,8 @@ impl Batcher {
             running: Mutex::new((0..config.workers).map(|_| None).collect()),
             watch: Condvar::new(),
             workers_alive: AtomicUsize::new(0),
+            runs_active: AtomicUsize::new(0),
+            inline: Inline::default(),
         });
         // From here on a failure closes what was started.
         let handle = Arc::new(Handle(shared.clone()));
@@ -205,6 +267,9 @@ impl Batcher {
     /// Runs one request (inputs validated, in model order) and returns its outputs.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RunError> {
         let shared = &self.handle.0;
+        if let Some(result) = shared.try_inline(&inputs) {
+            return result;
+        }
         let (reply, rx) = oneshot::channel();
         let job = Job {
             rows: rows(&inputs).unwrap_or(0),
@@ -225,12 +290,38 @@ impl Batcher {
 }
 
 impl Shared {
+    /// Runs `inputs` on this thread when the model is quick and idle (see [`Batcher`]).
+    fn try_inline(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RunError>> {
+        let bytes: u64 = inputs.iter().map(|t| t.bytes().len() as u64).sum();
+        if !self.inline.claim(bytes) {
+            return None;
+        }
+        // Only when nothing waits or runs: otherwise it would overtake them.
+        let idle =
+            self.runs_active.load(Ordering::Acquire) == 0 && self.state.lock().queue.is_empty();
+        let result = idle.then(|| {
+            metrics::histogram!(crate::metrics::BATCH_SIZE).record(1.0);
+            let started = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| self.model.run(inputs)))
+                .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))));
+            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if ns > INLINE_SLOW_NS {
+                self.inline.off.store(true, Ordering::Relaxed);
+            }
+            self.inline.record(bytes, ns);
+            result.map_err(RunError::Backend)
+        });
+        self.inline.busy.store(false, Ordering::Release);
+        result
+    }
+
     /// One worker: takes a batch as soon as it is free, runs it, answers, again; returns
     /// once the queue is closed and empty.
     fn worker(&self, slot: usize) {
         while let Some(batch) = self.next_batch() {
             metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
             self.run_batch(slot, batch);
+            self.runs_active.fetch_sub(1, Ordering::AcqRel);
         }
         self.workers_alive.fetch_sub(1, Ordering::AcqRel);
         self.watch.notify_all();
@@ -250,6 +341,9 @@ impl Shared {
                 None => self.work.wait(&mut state),
             }
         };
+        // Counted while the queue is locked, so a caller never sees it empty and nothing
+        // running while this batch is on its way to run.
+        self.runs_active.fetch_add(1, Ordering::AcqRel);
         let max = u64::from(self.config.batch_size_max);
         let mut total = first.rows;
         if max <= 1 || rows(&first.inputs).is_none() || total >= max {
@@ -327,7 +421,14 @@ impl Shared {
     }
 
     fn run_one(&self, slot: usize, job: Job) {
-        if let Some((mut replies, result)) = self.guarded(slot, &job.inputs, vec![job.reply]) {
+        let bytes: u64 = job.inputs.iter().map(|t| t.bytes().len() as u64).sum();
+        let started = Instant::now();
+        let run = self.guarded(slot, &job.inputs, vec![job.reply]);
+        self.inline.record(
+            bytes,
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+        );
+        if let Some((mut replies, result)) = run {
             drop(job.inputs);
             if let Some(reply) = replies.pop() {
                 let _ = reply.send(result.map_err(RunError::Backend));
@@ -500,6 +601,8 @@ mod tests {
     struct RowSum {
         info: ModelInfo,
         runs: Mutex<Vec<u64>>,
+        /// Whether each run was on a run thread (else on a caller's).
+        on_run_thread: Mutex<Vec<bool>>,
     }
 
     impl RowSum {
@@ -523,6 +626,7 @@ mod tests {
                     }],
                 },
                 runs: Mutex::new(Vec::new()),
+                on_run_thread: Mutex::new(Vec::new()),
             })
         }
     }
@@ -535,6 +639,10 @@ mod tests {
             let x = inputs[0].to_vec::<f32>().unwrap();
             let (n, k) = (inputs[0].shape()[0], inputs[0].shape()[1] as usize);
             self.runs.lock().unwrap().push(n);
+            self.on_run_thread
+                .lock()
+                .unwrap()
+                .push(std::thread::current().name() == Some("crat-run"));
             if x.iter().any(|v| v.is_nan()) {
                 return Err(BackendError::Run("NaN in input".into()));
             }
@@ -583,6 +691,15 @@ mod tests {
         let slow = spawn_infer(b, vec![999.0], 1);
         until(|| model.runs.lock().unwrap().len() == 1).await;
         slow
+    }
+
+    /// A batcher of `model` that runs requests one by one, without waiting for company.
+    fn unbatched(model: &Arc<RowSum>) -> Batcher {
+        let config = BatchConfig {
+            batch_size_max: 1,
+            ..config()
+        };
+        Batcher::spawn(model.clone(), config).unwrap()
     }
 
     fn config() -> BatchConfig {
@@ -691,14 +808,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_whose_caller_left_are_not_run_and_threads_stop_with_the_batcher() {
         let model = RowSum::new(true);
-        let b = Batcher::spawn(
-            model.clone(),
-            BatchConfig {
-                batch_size_max: 1,
-                ..config()
-            },
-        )
-        .unwrap();
+        let b = unbatched(&model);
         let slow = occupy(&b, &model).await;
         // Queued behind the slow run, then abandoned: it must not run.
         let gone = spawn_infer(&b, vec![7.0, 7.0], 2);
@@ -720,6 +830,49 @@ mod tests {
         // is dropped.
         drop(b);
         until(|| Arc::strong_count(&model) == 1).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quick_runs_move_to_the_callers_thread_until_one_is_slow() {
+        let model = RowSum::new(true);
+        let b = unbatched(&model);
+        let last_on_run_thread = || *model.on_run_thread.lock().unwrap().last().unwrap();
+        // Quick runs in a row (a run preempted past the limit starts the count again).
+        let mut inline_after = None;
+        for i in 0..2_000 {
+            b.infer(rows_of(&[1.0, 2.0], 2)).await.unwrap();
+            if !last_on_run_thread() {
+                inline_after = Some(i);
+                break;
+            }
+        }
+        let inline_after = inline_after.expect("a quick model never ran on the caller's thread");
+        assert!(inline_after >= INLINE_AFTER_QUICK_RUNS as usize);
+        // More input bytes than the quick runs had: a run thread.
+        let out = b.infer(rows_of(&[1.0, 2.0, 3.0, 4.0], 2)).await.unwrap();
+        assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![3.0, 7.0]);
+        assert!(last_on_run_thread());
+        // Errors and panics on the caller's thread come back as on a run thread.
+        for _ in 0..2_000 {
+            let bad = b.infer(rows_of(&[f32::NAN, 1.0], 2)).await;
+            assert!(matches!(bad, Err(RunError::Backend(BackendError::Run(_)))));
+            if !last_on_run_thread() {
+                break;
+            }
+        }
+        assert!(!last_on_run_thread(), "never inline again");
+        // A slow run on the caller's thread (a second) turns inlining off for good.
+        for _ in 0..2_000 {
+            b.infer(rows_of(&[999.0], 1)).await.unwrap();
+            if !last_on_run_thread() {
+                break;
+            }
+        }
+        assert!(!last_on_run_thread(), "the slow request never ran inline");
+        for _ in 0..50 {
+            b.infer(rows_of(&[1.0, 2.0], 2)).await.unwrap();
+            assert!(last_on_run_thread());
+        }
     }
 
     #[test]
