@@ -58,8 +58,9 @@ fn overhead(c: &mut Criterion) {
                     ..BatchConfig::default()
                 },
             )
+            .unwrap()
         });
-        g.bench_function("node path (validate + batcher + blocking pool)", |b| {
+        g.bench_function("node path (validate + batcher + run thread)", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let start = Instant::now();
@@ -99,6 +100,7 @@ fn throughput(c: &mut Criterion) {
                     ..BatchConfig::default()
                 },
             )
+            .unwrap()
         });
         let batcher = Arc::new(batcher);
         g.bench_function(name, |b| {
