@@ -418,7 +418,8 @@ impl SqliteLedger {
         // Usage rows arrive for every task and land at random places in the indexes: with
         // SQLite's default 2 MiB page cache, nearly every one re-reads its pages from the
         // operating system's cache.
-        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).db()?;
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .db()?;
         migrate(&mut conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
