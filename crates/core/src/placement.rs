@@ -163,6 +163,10 @@ pub struct Placer {
     /// Candidate indices in id order (empty when the candidates came in id order).
     by_id: Vec<u32>,
     heap: BinaryHeap<Slot>,
+    /// Buffers of [`Placer::place`], kept from call to call (they carry nothing).
+    taken: Vec<Slot>,
+    skipped: Vec<Slot>,
+    operators: Vec<(u64, u32)>,
 }
 
 impl Placer {
@@ -176,7 +180,20 @@ impl Placer {
         candidates.truncate(PLACEMENT_CANDIDATES_MAX);
         // Truncated to PLACEMENT_CANDIDATES_MAX = 2^24 above, so indices and ranks fit
         // RANK_BITS.
-        let in_order = candidates.windows(2).all(|w| w[0].id < w[1].id);
+        let slot = |rank: usize, c: &Candidate| {
+            (c.online && c.free_rps > 0).then(|| Slot::new(c.free_rps, c.rating, rank as u32))
+        };
+        // One pass for candidates in id order (the usual case): each one's slot, ranked by
+        // its position, while checking the order.
+        let mut heap: Vec<Slot> = Vec::with_capacity(candidates.len());
+        let mut in_order = true;
+        for (rank, c) in candidates.iter().enumerate() {
+            if rank > 0 && candidates[rank - 1].id >= c.id {
+                in_order = false;
+                break;
+            }
+            heap.extend(slot(rank, c));
+        }
         let by_id: Vec<u32> = if in_order {
             Vec::new()
         } else {
@@ -187,28 +204,22 @@ impl Placer {
                     .cmp(&candidates[b as usize].id)
                     .then(a.cmp(&b))
             });
+            heap.clear();
+            heap.extend(
+                by_id
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(rank, &i)| slot(rank, &candidates[i as usize])),
+            );
             by_id
-        };
-        let slot = |rank: usize, c: &Candidate| {
-            (c.online && c.free_rps > 0).then(|| Slot::new(c.free_rps, c.rating, rank as u32))
-        };
-        let heap: Vec<Slot> = if in_order {
-            candidates
-                .iter()
-                .enumerate()
-                .filter_map(|(rank, c)| slot(rank, c))
-                .collect()
-        } else {
-            by_id
-                .iter()
-                .enumerate()
-                .filter_map(|(rank, &i)| slot(rank, &candidates[i as usize]))
-                .collect()
         };
         Self {
             candidates,
             by_id,
             heap: BinaryHeap::from(heap),
+            taken: Vec::new(),
+            skipped: Vec::new(),
+            operators: Vec::new(),
         }
     }
 
@@ -220,6 +231,12 @@ impl Placer {
         } else {
             self.by_id[rank as usize] as usize
         }
+    }
+
+    /// The candidates, each with the free capacity placing left it: for a caller that
+    /// fills the same buffer again for its next placer (no fresh allocation to fault in).
+    pub fn into_candidates(self) -> Vec<Candidate> {
+        self.candidates
     }
 
     /// Free capacity left on a node, `None` if it is not a candidate (a linear search).
@@ -251,10 +268,13 @@ impl Placer {
             Some(r) => (request.rps.div_ceil(r), r),
             None => (u32::MAX, PLACEMENT_REPLICAS_MAX),
         };
-        let mut taken: Vec<Slot> = Vec::new();
-        let mut skipped: Vec<Slot> = Vec::new();
+        let mut taken = std::mem::take(&mut self.taken);
+        let mut skipped = std::mem::take(&mut self.skipped);
+        let mut operators = std::mem::take(&mut self.operators);
+        taken.clear();
+        skipped.clear();
+        operators.clear();
         let mut out = Vec::new();
-        let mut operators: Vec<(u64, u32)> = Vec::new();
         let mut left = request.rps;
         while left > 0 && (out.len() as u32) < replicas_max {
             let Some(slot) = self.heap.pop() else { break };
@@ -286,22 +306,25 @@ impl Placer {
             taken.push(slot);
         }
         let placed: u32 = out.iter().map(|a| a.rps).sum();
-        self.heap.extend(skipped);
-        if left > 0 {
-            self.heap.extend(taken);
-            return Err(PlacementError::NoCapacity {
+        self.heap.extend(skipped.drain(..));
+        let result = if left > 0 {
+            self.heap.extend(taken.drain(..));
+            Err(PlacementError::NoCapacity {
                 needed_rps: request.rps,
                 placed_rps: placed,
-            });
-        }
-        for (slot, a) in taken.into_iter().zip(&out) {
-            let free_rps = slot.free_rps() - a.rps;
-            self.candidates[a.candidate as usize].free_rps = free_rps;
-            if free_rps > 0 {
-                self.heap.push(slot.with_free_rps(free_rps));
+            })
+        } else {
+            for (slot, a) in taken.drain(..).zip(&out) {
+                let free_rps = slot.free_rps() - a.rps;
+                self.candidates[a.candidate as usize].free_rps = free_rps;
+                if free_rps > 0 {
+                    self.heap.push(slot.with_free_rps(free_rps));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        };
+        (self.taken, self.skipped, self.operators) = (taken, skipped, operators);
+        result
     }
 }
 
@@ -377,6 +400,13 @@ mod tests {
         assert_eq!(p.place(&Request::rate(10, r(3))).unwrap().len(), 1);
         assert_eq!(p.free_rps(&NodeId::from_bytes([1; 32])), Some(0));
         assert!(p.place(&Request::rate(1, r(3))).is_err());
+        // The candidates come back in their order, with what placing left them.
+        let back = p.into_candidates();
+        assert_eq!(
+            back.iter().map(|c| c.free_rps).collect::<Vec<_>>(),
+            [0, 100]
+        );
+        assert_eq!(back[1].id, NodeId::from_bytes([2; 32]));
     }
 
     #[test]

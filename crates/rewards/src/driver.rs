@@ -8,7 +8,7 @@ use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 use serde::{Deserialize, Serialize};
 
-use crate::pass::{ActivitySlot, Computed, Detail, Scratch, compute_filled, slots};
+use crate::pass::{ActivitySlot, Computed, Detail, RoundPart, Scratch, compute_filled};
 use crate::{
     Aggregates, Interval, NodeInput, NodeOutcome, NodeResult, Params, RewardsError, Round,
     RoundInputs, RoundOutcome,
@@ -524,7 +524,75 @@ impl RoundDriver {
     pub fn close_round<R>(
         &mut self,
         income: MicroUsd,
-        fill: impl FnMut(usize, ActivitySlot<'_>),
+        mut fill: impl FnMut(usize, ActivitySlot<'_>),
+        detail: RoundDetail,
+        f: impl FnOnce(&ClosedRound) -> R,
+    ) -> Result<R, RewardsError> {
+        // One part holding every node, filled in order.
+        self.close_round_in_parts(
+            income,
+            usize::MAX,
+            |parts| {
+                for part in parts {
+                    part.fill(&mut fill);
+                }
+            },
+            detail,
+            f,
+        )
+    }
+
+    /// [`RoundDriver::close_round`] with the nodes in parts of `part_nodes` consecutive
+    /// nodes (the last may be shorter, `part_nodes` of 0 counts as 1), which `run` runs in
+    /// any order and on any threads, each with [`RoundPart::fill`]: it writes each of the
+    /// part's nodes' activity and runs that node's rules (all but the bonus) right after, so
+    /// the round's pass over its nodes is spread over the threads that run the parts. A part
+    /// that `run` leaves alone runs with nothing written (its nodes did nothing). The outcome
+    /// is the same however the parts are run, and the same as [`RoundDriver::close_round`]'s
+    /// for the same activity.
+    ///
+    /// On error (invalid inputs: the first in input order is reported) the driver is
+    /// unchanged and `f` is not called; `fill` may then have run for nodes after the one at
+    /// fault, in other parts.
+    ///
+    /// ```
+    /// use crat_core::hardware::PowerRating;
+    /// use crat_core::id::NodeId;
+    /// use crat_core::money::MicroUsd;
+    /// use crat_rewards::{Interval, NodeProfile, Params, RoundDetail, RoundDriver};
+    ///
+    /// let mut driver = RoundDriver::new(Params::default(), 0, 0);
+    /// for b in 1..=5u8 {
+    ///     driver.register(NodeProfile {
+    ///         id: NodeId::from_bytes([b; 32]),
+    ///         rating: PowerRating::MAX,
+    ///         registered_at_s: 0,
+    ///         mining_income_usd_micro_per_day: MicroUsd::new(500_000),
+    ///     });
+    /// }
+    /// // Parts of two nodes, each run on a thread of its own; every node online all day.
+    /// let day = Interval::new(0, 86_400);
+    /// let paid = driver.close_round_in_parts(
+    ///     MicroUsd::new(1_000_000),
+    ///     2,
+    ///     |parts| {
+    ///         std::thread::scope(|s| {
+    ///             for part in parts {
+    ///                 s.spawn(move || part.fill(|_, mut slot| slot.online().push(day)));
+    ///             }
+    ///         })
+    ///     },
+    ///     RoundDetail::ResultsOnly,
+    ///     |closed| closed.results().iter().map(|r| r.guaranteed_usd_micro.get()).sum::<u64>(),
+    /// )?;
+    /// assert_eq!(paid, 5 * 500_000);
+    /// # Ok::<(), crat_rewards::RewardsError>(())
+    /// ```
+    pub fn close_round_in_parts<R>(
+        &mut self,
+        income: MicroUsd,
+        part_nodes: usize,
+        run: impl FnOnce(&mut [RoundPart<'_>]),
         detail: RoundDetail,
         f: impl FnOnce(&ClosedRound) -> R,
     ) -> Result<R, RewardsError> {
@@ -535,7 +603,8 @@ impl RoundDriver {
             &mut inputs,
             &mut self.scratch,
             detail.pass_detail(),
-            slots(fill),
+            part_nodes,
+            run,
         )
         .and_then(|c| round_after(&inputs, &c.outcome.aggregates).map(|r| (c, r)));
         let (computed, round) = match computed {
@@ -553,6 +622,7 @@ impl RoundDriver {
         self.scratch.recycle(computed);
         Ok(result)
     }
+
     /// The next round's inputs without nodes (a placeholder while they are out).
     fn next_shell(&self) -> RoundInputs {
         RoundInputs {

@@ -98,7 +98,7 @@ pub use explain::{Explanation, Neighbour, explain};
 pub use json::INTERCHANGE_BYTES_MAX;
 pub use outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
 pub use params::{Interval, PEAK_WINDOWS_MAX, Params};
-pub use pass::{ActivitySlot, compute};
+pub use pass::{ActivitySlot, RoundPart, compute};
 pub use rank::ROUND_NODES_MAX;
 pub use round::{NodeInput, Round, RoundInputs};
 pub use rules::{BonusSchedule, NodeBreakdown, ONLINE_INTERVALS_MAX, paid_ranks};

@@ -2,14 +2,18 @@
 //! one pass over the nodes in input order (rule 1, the rank keys, and under
 //! [`Detail::Results`] every rule but the bonus), the rank order ([`crate::rank`]), then the
 //! bonuses and, when the rank-ordered outcome is wanted, a pass that writes each node's
-//! outcome straight to its place. [`Scratch`] keeps the buffers from round to round, and
-//! [`ActivitySlot`] is how a caller writes a node's activity into the round being closed.
+//! outcome straight to its place. The first pass may run in parts of consecutive nodes
+//! ([`RoundPart`], on any threads; put together in input order, so the outcome is the same).
+//! [`Scratch`] keeps the buffers from round to round, and [`ActivitySlot`] is how a caller
+//! writes a node's activity into the round being closed.
 
 use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
 
 use crate::outcome::{Aggregates, NodeOutcome, NodeResult, RoundOutcome};
-use crate::rank::{RankBuffers, RankKey, id_order, id_order_entry, rank_order, top_order};
+use crate::rank::{
+    Extrema, RankBuffers, RankKey, id_order, id_order_entry, rank_order, top_order_in_parts,
+};
 use crate::round::{NodeInput, Round, RoundInputs};
 use crate::rules::{BonusSchedule, Ctx, pool_of};
 use crate::{Interval, NodeActivity, RewardsError};
@@ -69,6 +73,8 @@ pub(crate) struct Scratch {
     by_id: Vec<u64>,
     by_id_tmp: Vec<u64>,
     rank: RankBuffers,
+    /// The first pass's state per part of a round.
+    parts: Vec<PartPass>,
     /// The outcome buffer of an earlier round, handed back by the driver.
     pub(crate) out: Vec<NodeOutcome>,
     /// The positions buffer of an earlier round, handed back by the driver.
@@ -101,116 +107,367 @@ pub(crate) fn compute_with(
     detail: Detail,
 ) -> Result<Computed, RewardsError> {
     let ctx = Ctx::new(inputs)?;
-    let mut pass = PassOne::new(scratch, detail, inputs.nodes.len());
+    let n = inputs.nodes.len();
+    let (mut uptimes, mut results) = first_pass_buffers(scratch, detail, n);
+    let mut parts = std::mem::take(&mut scratch.parts);
+    parts.truncate(1);
+    parts.resize_with(1, PartPass::default);
+    let part = &mut parts[0];
+    part.start();
     for (i, node) in inputs.nodes.iter().enumerate() {
-        pass.node(&ctx, i, node)?;
+        if let Err(e) = part.node(
+            &ctx,
+            detail,
+            i,
+            node,
+            uptimes.get_mut(i),
+            results.get_mut(i),
+        ) {
+            part.error = Some(e);
+            break;
+        }
     }
-    finish(&ctx, &inputs.round, &inputs.nodes, pass, scratch, detail)
+    let computed =
+        gather(&mut parts, uptimes, results, &mut scratch.ranked, detail).and_then(|passed| {
+            finish(
+                &ctx,
+                &inputs.round,
+                &inputs.nodes,
+                passed,
+                &parts,
+                scratch,
+                detail,
+            )
+        });
+    scratch.parts = parts;
+    computed
 }
 
-/// [`compute_with`] of `inputs` once `fill(i, node)` has written each node's activity,
-/// called for each node just before its rules run (one pass over the nodes, not two).
+/// [`compute_with`] of `inputs` once each node's activity is written, in parts of
+/// `part_nodes` consecutive nodes (the last may be shorter): `run` runs the parts (each with
+/// [`RoundPart::fill`], in any order, on any threads), and a part it leaves alone is run with
+/// nothing written. A part writes each node's activity just before that node's rules run
+/// (one pass over the nodes, not two), so a round's first pass is spread over the threads
+/// that run its parts; the outcome is the same however they are run.
 pub(crate) fn compute_filled(
     inputs: &mut RoundInputs,
     scratch: &mut Scratch,
     detail: Detail,
-    mut fill: impl FnMut(usize, &mut NodeInput),
+    part_nodes: usize,
+    run: impl FnOnce(&mut [RoundPart<'_>]),
 ) -> Result<Computed, RewardsError> {
-    let ctx = Ctx::for_round(&inputs.params, &inputs.round, inputs.nodes.len())?;
-    let mut pass = PassOne::new(scratch, detail, inputs.nodes.len());
-    for (i, node) in inputs.nodes.iter_mut().enumerate() {
-        fill(i, node);
-        pass.node(&ctx, i, node)?;
+    let RoundInputs {
+        params,
+        round,
+        nodes,
+    } = inputs;
+    let ctx = Ctx::for_round(params, round, nodes.len())?;
+    let n = nodes.len();
+    let part_nodes = part_nodes.max(1);
+    let (mut uptimes, mut results) = first_pass_buffers(scratch, detail, n);
+    let mut states = std::mem::take(&mut scratch.parts);
+    states.truncate(n.div_ceil(part_nodes));
+    states.resize_with(n.div_ceil(part_nodes), PartPass::default);
+    {
+        let mut uptimes = uptimes.chunks_mut(part_nodes);
+        let mut results = results.chunks_mut(part_nodes);
+        let mut parts: Vec<RoundPart<'_>> = nodes
+            .chunks_mut(part_nodes)
+            .zip(states.iter_mut())
+            .enumerate()
+            .map(|(p, (nodes, pass))| {
+                pass.start();
+                RoundPart {
+                    ctx: &ctx,
+                    detail,
+                    first: p * part_nodes,
+                    nodes,
+                    uptimes: uptimes.next().unwrap_or_default(),
+                    results: results.next().unwrap_or_default(),
+                    pass,
+                }
+            })
+            .collect();
+        run(&mut parts);
+        for part in &mut parts {
+            part.fill(|_, _| {});
+        }
     }
-    finish(&ctx, &inputs.round, &inputs.nodes, pass, scratch, detail)
+    let computed = gather(&mut states, uptimes, results, &mut scratch.ranked, detail)
+        .and_then(|passed| finish(&ctx, round, nodes, passed, &states, scratch, detail));
+    scratch.parts = states;
+    computed
 }
 
-/// Every rule but the bonus (rules 1–3, 5, 6's keys, 9–13), node by node in input order:
-/// results written sequentially, rank keys for the eligible nodes.
-struct PassOne {
+/// The first pass's per-node buffers, from `scratch`: the uptimes (rule 1) of every node
+/// when the outcome is wanted, the results of every node under [`Detail::Results`] (written
+/// by position, so the parts of a round can write theirs at once), else empty.
+fn first_pass_buffers(
+    scratch: &mut Scratch,
     detail: Detail,
-    merged: Vec<Interval>,
-    uptimes: Vec<(u64, u64)>,
-    ranked: Vec<RankKey>,
-    results: Vec<NodeResult>,
-    guaranteed_paid: u64,
-    /// Whether the ids strictly increase so far: then they are unique and in id order.
-    in_id_order: bool,
-    previous: Option<NodeId>,
-}
-
-impl PassOne {
-    fn new(scratch: &mut Scratch, detail: Detail, n: usize) -> Self {
-        let mut uptimes = std::mem::take(&mut scratch.uptimes);
+    n: usize,
+) -> (Vec<(u64, u64)>, Vec<NodeResult>) {
+    let mut uptimes = std::mem::take(&mut scratch.uptimes);
+    let mut results = std::mem::take(&mut scratch.results);
+    // Every entry is written by the pass before it is read: an earlier round's values are
+    // left in place rather than cleared first.
+    if detail.outcomes() {
+        uptimes.truncate(n);
+        uptimes.resize(n, (0, 0));
+    } else {
         uptimes.clear();
-        let mut ranked = std::mem::take(&mut scratch.ranked);
-        ranked.clear();
-        let mut results = std::mem::take(&mut scratch.results);
-        results.clear();
-        if detail != Detail::Outcomes {
+    }
+    match detail {
+        Detail::Results => {
+            results.truncate(n);
+            results.resize(n, NodeResult::default());
+        }
+        Detail::OutcomesAndResults => {
+            results.clear();
             results.reserve(n);
         }
-        Self {
-            detail,
-            merged: Vec::with_capacity(16),
-            uptimes,
-            ranked,
-            results,
-            guaranteed_paid: 0,
-            in_id_order: true,
-            previous: None,
+        Detail::Outcomes => results.clear(),
+    }
+    (uptimes, results)
+}
+
+/// What the first pass leaves for [`finish`].
+struct Passed {
+    /// Under outcomes: each node's `(uptime_s, peak_uptime_s)`.
+    uptimes: Vec<(u64, u64)>,
+    /// Under outcomes: the eligible nodes' rank keys, in input order (under
+    /// [`Detail::Results`] they stay in the parts, and this is an empty buffer).
+    ranked: Vec<RankKey>,
+    /// The number of eligible nodes.
+    eligible: usize,
+    /// The span of their keys' fields.
+    extrema: Extrema,
+    /// Under [`Detail::Results`]: each node's result, bonus not yet set.
+    results: Vec<NodeResult>,
+    /// Under [`Detail::Results`]: the guaranteed USD of all nodes.
+    guaranteed_paid: u64,
+    /// Whether the ids strictly increase: then they are unique and in id order.
+    in_id_order: bool,
+}
+
+/// The parts' passes put together in input order: the first error a pass over all nodes in
+/// order would have met (a node's own, or the guaranteed total's overflow), or what they
+/// found. Under outcomes their rank keys are gathered into `ranked`'s buffer; under
+/// [`Detail::Results`] they stay in the parts (the paid ranks are selected from there).
+fn gather(
+    parts: &mut [PartPass],
+    uptimes: Vec<(u64, u64)>,
+    results: Vec<NodeResult>,
+    ranked: &mut Vec<RankKey>,
+    detail: Detail,
+) -> Result<Passed, RewardsError> {
+    let mut all = std::mem::take(ranked);
+    all.clear();
+    let single = parts.len() == 1;
+    let mut guaranteed_paid = 0u128;
+    let mut in_id_order = true;
+    let mut last: Option<NodeId> = None;
+    let (mut eligible, mut extrema) = (0, Extrema::default());
+    for part in parts.iter_mut() {
+        // A part's total covers its nodes before its error, if any: the total of all nodes
+        // in order overflows before that error exactly when it overflows here.
+        guaranteed_paid += part.guaranteed_paid;
+        if guaranteed_paid > u128::from(u64::MAX) {
+            return Err(RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"));
+        }
+        if let Some(e) = part.error.take() {
+            return Err(e);
+        }
+        if let Some((first, part_last)) = part.ids {
+            in_id_order &= part.in_id_order && last.is_none_or(|l| l < first);
+            last = Some(part_last);
+        }
+        eligible += part.ranked.len();
+        extrema.merge(&part.extrema);
+        if !detail.outcomes() {
+            continue;
+        }
+        if single {
+            // One part (a round closed in one go): its keys are taken, not copied.
+            std::mem::swap(&mut all, &mut part.ranked);
+        } else {
+            all.extend_from_slice(&part.ranked);
         }
     }
+    Ok(Passed {
+        uptimes,
+        ranked: all,
+        eligible,
+        extrema,
+        results,
+        // Checked against u64::MAX above.
+        guaranteed_paid: guaranteed_paid as u64,
+        in_id_order,
+    })
+}
 
-    #[inline]
-    fn node(&mut self, ctx: &Ctx<'_>, i: usize, node: &NodeInput) -> Result<(), RewardsError> {
-        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut self.merged)?;
-        if self.previous.is_some_and(|p| p >= node.id) {
-            self.in_id_order = false;
+/// One part of a round being closed in parts ([`crate::RoundDriver::close_round_in_parts`]):
+/// consecutive nodes whose activity is written and whose rules (all but the bonus, which
+/// needs every node's rank) run together, on whichever thread runs the part.
+#[derive(Debug)]
+pub struct RoundPart<'a> {
+    ctx: &'a Ctx<'a>,
+    detail: Detail,
+    first: usize,
+    nodes: &'a mut [NodeInput],
+    uptimes: &'a mut [(u64, u64)],
+    results: &'a mut [NodeResult],
+    pass: &'a mut PartPass,
+}
+
+impl RoundPart<'_> {
+    /// Index in the round's inputs of its first node.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// Its number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether it has no node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Writes each of its nodes' activity with `fill(i, slot)` (`i`: the node's index in the
+    /// round's inputs, increasing; the slot starts empty) and runs the node's rules right
+    /// after. A part runs once: a second call does nothing. The first invalid input stops
+    /// the part (the round then fails with the first error in input order).
+    pub fn fill(&mut self, mut fill: impl FnMut(usize, ActivitySlot<'_>)) {
+        if self.pass.done {
+            return;
         }
-        self.previous = Some(node.id);
-        if self.detail.outcomes() {
+        self.pass.done = true;
+        for (j, node) in self.nodes.iter_mut().enumerate() {
+            let i = self.first + j;
+            fill(i, ActivitySlot { node });
+            let (uptime, result) = (self.uptimes.get_mut(j), self.results.get_mut(j));
+            if let Err(e) = self
+                .pass
+                .node(self.ctx, self.detail, i, node, uptime, result)
+            {
+                self.pass.error = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Every rule but the bonus (rules 1–3, 5, 6's keys, 9–13) over one part's nodes, node by
+/// node in input order: uptimes or results written at each node's position, rank keys for
+/// the eligible nodes. Its buffers are kept in [`Scratch`] from round to round.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PartPass {
+    merged: Vec<Interval>,
+    ranked: Vec<RankKey>,
+    /// The span of `ranked`'s fields.
+    extrema: Extrema,
+    /// Under [`Detail::Results`], the guaranteed USD of the nodes passed (at most
+    /// `ROUND_NODES_MAX` amounts below 2^64: no overflow).
+    guaranteed_paid: u128,
+    /// The first and last ids passed.
+    ids: Option<(NodeId, NodeId)>,
+    /// Whether the ids passed strictly increase.
+    in_id_order: bool,
+    /// The error that stopped the part.
+    error: Option<RewardsError>,
+    /// Whether the part ran.
+    done: bool,
+}
+
+impl PartPass {
+    /// Ready for a round (buffers kept).
+    fn start(&mut self) {
+        self.ranked.clear();
+        self.extrema = Extrema::default();
+        self.guaranteed_paid = 0;
+        self.ids = None;
+        self.in_id_order = true;
+        self.error = None;
+        self.done = false;
+    }
+
+    /// Node `i`'s rules: under outcomes its uptimes into `uptime`, else its result (bonus
+    /// not yet set) into `result`; its rank key when eligible.
+    #[inline]
+    fn node(
+        &mut self,
+        ctx: &Ctx<'_>,
+        detail: Detail,
+        i: usize,
+        node: &NodeInput,
+        uptime: Option<&mut (u64, u64)>,
+        result: Option<&mut NodeResult>,
+    ) -> Result<(), RewardsError> {
+        let (uptime_s, peak_uptime_s) = ctx.uptime(i, &node.online, &mut self.merged)?;
+        match &mut self.ids {
+            None => self.ids = Some((node.id, node.id)),
+            Some((_, last)) => {
+                if *last >= node.id {
+                    self.in_id_order = false;
+                }
+                *last = node.id;
+            }
+        }
+        if detail.outcomes() {
             // Rule 1 and rule 6's key here; the other rules when each outcome is written.
-            self.uptimes.push((uptime_s, peak_uptime_s));
+            if let Some(u) = uptime {
+                *u = (uptime_s, peak_uptime_s);
+            }
             if ctx.eligible(node, uptime_s) {
                 let uptime_total_s = Ctx::uptime_total(i, node, uptime_s)?;
-                self.ranked.push(RankKey::new(i, node, uptime_total_s));
+                self.push_key(RankKey::new(i, node, uptime_total_s));
             }
             return Ok(());
         }
-        // Every rule but the bonus, the result written in input order.
+        // Every rule but the bonus, the result written at the node's position.
         let b = ctx.breakdown_after_uptime(i, node, uptime_s, peak_uptime_s)?;
-        self.guaranteed_paid = self
-            .guaranteed_paid
-            .checked_add(b.guaranteed_usd_micro.get())
-            .ok_or_else(|| RewardsError::overflow("nodes", "guaranteed_paid_usd_micro"))?;
+        self.guaranteed_paid += u128::from(b.guaranteed_usd_micro.get());
         if b.eligible {
-            self.ranked.push(RankKey::new(i, node, b.uptime_total_s));
+            self.push_key(RankKey::new(i, node, b.uptime_total_s));
         }
-        self.results.push(b.result(MicroUsd::ZERO));
+        if let Some(r) = result {
+            *r = b.result(MicroUsd::ZERO);
+        }
         Ok(())
+    }
+
+    /// An eligible node's rank key.
+    #[inline]
+    fn push_key(&mut self, key: RankKey) {
+        self.extrema.add(&key);
+        self.ranked.push(key);
     }
 }
 
-/// The ranks and bonuses (rules 4, 6–8) after [`PassOne`] went over `nodes`, and the
+/// The ranks and bonuses (rules 4, 6–8) after the first pass went over `nodes`, and the
 /// outcome.
 fn finish(
     ctx: &Ctx<'_>,
     round: &Round,
     nodes: &[NodeInput],
-    pass: PassOne,
+    passed: Passed,
+    parts: &[PartPass],
     scratch: &mut Scratch,
     detail: Detail,
 ) -> Result<Computed, RewardsError> {
     let n = nodes.len();
-    let PassOne {
+    let Passed {
         uptimes,
         mut ranked,
+        eligible,
+        extrema,
         mut results,
         guaranteed_paid,
         in_id_order,
-        ..
-    } = pass;
+    } = passed;
 
     // Ids unique; then rule 6's order is total and the unstable sort deterministic.
     // In id order (as a driver lists them) the ids are unique and the id order is the input
@@ -230,7 +487,6 @@ fn finish(
     };
 
     // Rules 4, 7, 8.
-    let eligible = ranked.len();
     let pool = pool_of(ctx.params, round)?;
     let schedule = BonusSchedule::new(pool, ctx.params.min_bonus_usd_micro, eligible as u64);
 
@@ -243,11 +499,12 @@ fn finish(
         // Results carry no rank: only the paid ranks' order matters (a few thousand of a
         // million eligible nodes), found by selection instead of a full sort.
         // paid_ranks ≤ eligible ≤ ROUND_NODES_MAX.
-        top_order(
+        top_order_in_parts(
             nodes,
-            &mut ranked,
+            parts.iter().map(|p| p.ranked.as_slice()),
+            (eligible, &extrema),
             schedule.paid_ranks as usize,
-            &mut scratch.rank,
+            (&mut scratch.rank, &mut ranked),
             &mut order,
         );
         for (r, &i) in order.iter().enumerate() {
@@ -406,13 +663,6 @@ impl ActivitySlot<'_> {
         self.node.validations_failed = activity.validations_failed;
         self.node.crat_external_micro = activity.crat_external_micro;
     }
-}
-
-/// `fill` as [`compute_filled`] calls it: each node's empty activity as a slot.
-pub(crate) fn slots(
-    mut fill: impl FnMut(usize, ActivitySlot<'_>),
-) -> impl FnMut(usize, &mut NodeInput) {
-    move |i, node| fill(i, ActivitySlot { node })
 }
 
 #[cfg(test)]

@@ -210,7 +210,7 @@ pub(crate) fn top_order(
     if ranked.len() >= RADIX_MIN
         && let Some(layout) = KeyLayout::fit(ranked)
     {
-        top_by_packed_keys(nodes, ranked, k, &layout, scratch, order);
+        top_by_packed_keys(nodes, ranked.iter(), k, &layout, scratch, order);
         return;
     }
     if ranked.len() < RADIX_MIN || k > ranked.len() / 8 {
@@ -224,13 +224,43 @@ pub(crate) fn top_order(
     order.extend(top.iter().map(|key| key.index));
 }
 
+/// [`top_order`] of the keys of `parts` (one after another in input order, `len` in all, with
+/// fields spanning `extrema`), read where they are: on large rounds whose fields pack, the
+/// packed keys are made straight from the parts; otherwise the keys are first gathered into
+/// `gathered`. The same order as [`top_order`] of the gathered keys.
+pub(crate) fn top_order_in_parts<'r>(
+    nodes: &[NodeInput],
+    parts: impl Iterator<Item = &'r [RankKey]> + Clone,
+    (len, extrema): (usize, &Extrema),
+    k: usize,
+    (scratch, gathered): (&mut RankBuffers, &mut Vec<RankKey>),
+    order: &mut Vec<u32>,
+) {
+    order.clear();
+    let k = k.min(len);
+    if k == 0 {
+        return;
+    }
+    if len >= RADIX_MIN
+        && let Some(layout) = KeyLayout::of(extrema)
+    {
+        top_by_packed_keys(nodes, parts.flatten(), k, &layout, scratch, order);
+        return;
+    }
+    gathered.clear();
+    for part in parts {
+        gathered.extend_from_slice(part);
+    }
+    top_order(nodes, gathered, k, scratch, order);
+}
+
 /// [`top_order`] by packed keys (as [`rank_by_packed_keys`] packs them): a radix selection,
 /// digit by digit from the most significant, narrows the keys to those that rule 6's first
 /// three criteria put among the first `k` (with every key equal to the last of them in all
 /// three), and only those are sorted, then ordered by id where all three are equal.
-fn top_by_packed_keys(
+fn top_by_packed_keys<'r>(
     nodes: &[NodeInput],
-    ranked: &[RankKey],
+    ranked: impl IntoIterator<Item = &'r RankKey>,
     k: usize,
     layout: &KeyLayout,
     scratch: &mut RankBuffers,
@@ -241,7 +271,7 @@ fn top_by_packed_keys(
     keys.clear();
     let (mut and, mut or) = (u128::MAX, 0u128);
     let packed = layout.keys();
-    keys.extend(ranked.iter().map(|key| {
+    keys.extend(ranked.into_iter().map(|key| {
         let e = packed(key);
         (and, or) = (and & e, or | e);
         e
@@ -430,6 +460,48 @@ fn rank_by_score(
     scratch.ranked_tmp = sorted;
 }
 
+/// The span of rank keys' fields that [`KeyLayout`] packs: gathered key by key where the
+/// keys are made (the parts of a round's pass each keep their own, then merged), so that
+/// ranking need not read the keys once more to find them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Extrema {
+    score_max: u128,
+    uptime_max: u64,
+    registered_min: u64,
+    registered_max: u64,
+}
+
+impl Default for Extrema {
+    /// The extrema of no key.
+    fn default() -> Self {
+        Self {
+            score_max: 0,
+            uptime_max: 0,
+            registered_min: u64::MAX,
+            registered_max: 0,
+        }
+    }
+}
+
+impl Extrema {
+    /// Widened to cover `k`.
+    #[inline]
+    pub(crate) fn add(&mut self, k: &RankKey) {
+        self.score_max = self.score_max.max(k.score);
+        self.uptime_max = self.uptime_max.max(k.uptime_total_s);
+        self.registered_min = self.registered_min.min(k.registered_at_s);
+        self.registered_max = self.registered_max.max(k.registered_at_s);
+    }
+
+    /// Widened to cover `other`'s keys too.
+    pub(crate) fn merge(&mut self, other: &Self) {
+        self.score_max = self.score_max.max(other.score_max);
+        self.uptime_max = self.uptime_max.max(other.uptime_max);
+        self.registered_min = self.registered_min.min(other.registered_min);
+        self.registered_max = self.registered_max.max(other.registered_max);
+    }
+}
+
 /// How [`rank_order`] packs rule 6's first three criteria above a node's position: the
 /// score and the total uptime inverted (higher first), the registration time from the
 /// earliest (earlier first).
@@ -443,15 +515,23 @@ struct KeyLayout {
 impl KeyLayout {
     /// The layout for `ranked`, if its fields fit 128 bits with the position.
     fn fit(ranked: &[RankKey]) -> Option<Self> {
-        let bits = |max: u128| 128 - max.leading_zeros();
-        let (mut score_max, mut uptime_max) = (0, 0);
-        let (mut registered_min, mut registered_max) = (u64::MAX, 0);
+        let mut extrema = Extrema::default();
         for k in ranked {
-            score_max = score_max.max(k.score);
-            uptime_max = uptime_max.max(k.uptime_total_s);
-            registered_min = registered_min.min(k.registered_at_s);
-            registered_max = registered_max.max(k.registered_at_s);
+            extrema.add(k);
         }
+        Self::of(&extrema)
+    }
+
+    /// The layout for keys whose fields span `extrema`, if they fit 128 bits with the
+    /// position.
+    fn of(extrema: &Extrema) -> Option<Self> {
+        let bits = |max: u128| 128 - max.leading_zeros();
+        let Extrema {
+            score_max,
+            uptime_max,
+            registered_min,
+            registered_max,
+        } = *extrema;
         let registered_min = registered_min.min(registered_max);
         let layout = Self {
             score_bits: bits(score_max),
@@ -735,6 +815,32 @@ pub(crate) mod tests {
                 let mut top = Vec::new();
                 top_order(&nodes, &mut c, k, &mut RankBuffers::default(), &mut top);
                 assert_eq!(top, ia[..k], "{count} nodes, first {k}");
+                // The same keys left in parts (as a round's pass in parts leaves them), with
+                // their extrema gathered part by part.
+                for part_len in [1_000, 1_024, count] {
+                    let parts: Vec<&[RankKey]> = keys.chunks(part_len).collect();
+                    let mut extrema = Extrema::default();
+                    for part in &parts {
+                        let mut e = Extrema::default();
+                        part.iter().for_each(|key| e.add(key));
+                        extrema.merge(&e);
+                    }
+                    let mut gathered = Vec::new();
+                    let mut in_parts = vec![u32::MAX; 3];
+                    top_order_in_parts(
+                        &nodes,
+                        parts.iter().copied(),
+                        (count, &extrema),
+                        k,
+                        (&mut RankBuffers::default(), &mut gathered),
+                        &mut in_parts,
+                    );
+                    assert_eq!(
+                        in_parts,
+                        ia[..k],
+                        "{count} nodes in parts of {part_len}, first {k}"
+                    );
+                }
             }
         }
         assert_eq!(paths.len(), 3, "every path is exercised: {paths:?}");

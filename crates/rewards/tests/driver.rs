@@ -294,3 +294,164 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
     assert_eq!(copying, filled);
     assert_eq!(copying, lean);
 }
+
+/// A driver of `n` nodes (ids 1..=n, ratings and incomes varied) for the parts tests.
+fn parts_driver(n: u8, income_per_day: impl Fn(u8) -> u64) -> RoundDriver {
+    let mut d = RoundDriver::new(Params::default(), 0, 0);
+    for b in 1..=n {
+        d.register_with_state(
+            NodeProfile {
+                id: id(b),
+                rating: PowerRating::new(1 + b % 5).unwrap(),
+                registered_at_s: u64::from(b % 3),
+                mining_income_usd_micro_per_day: MicroUsd::new(income_per_day(b)),
+            },
+            CarriedState {
+                crat_micro: MicroCrat::new(u64::from(b % 4) * 1_000_000),
+                streak: u64::from(b % 2),
+                uptime_total_s: 0,
+            },
+        );
+    }
+    d
+}
+
+/// A round closed in parts, whatever their size and however they are run (in reverse, on
+/// threads of their own, some left alone), is the round closed in one go: same inputs,
+/// outcome, results and carried state, under both details.
+#[test]
+fn rounds_closed_in_parts_are_rounds_closed_in_one_go() {
+    let mut x = 11u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let n = 50u8;
+    for detail in [RoundDetail::Outcome, RoundDetail::ResultsOnly] {
+        for part_nodes in [0usize, 1, 3, 7, 16, 50, 1_000] {
+            let mut whole = parts_driver(n, |b| 100_000 * u64::from(b));
+            let mut parts = whole.clone();
+            let mut threaded = whole.clone();
+            for round in 0..4u64 {
+                let activity: Vec<(u64, u64, u64, u64)> = (0..n)
+                    .map(|_| (next() % 30_000, next() % 5_000, next() % 3, next() % 13))
+                    .collect();
+                // Nodes 10..20 did nothing: their activity is not written, and a part of them
+                // only is left alone.
+                let idle = |i: usize| (10..20).contains(&i);
+                let fill = |i: usize, mut slot: ActivitySlot<'_>| {
+                    if idle(i) {
+                        return;
+                    }
+                    let (from, short, ok, failed) = activity[i];
+                    slot.online()
+                        .push(Interval::new(round * DAY + from, (round + 1) * DAY - short));
+                    slot.set_validations(ok, u64::from(failed == 0));
+                };
+                let income = MicroUsd::new(next() % 5_000_000);
+                let want = whole
+                    .close_round(income, fill, detail, ClosedRound::clone)
+                    .unwrap();
+                let reversed = parts
+                    .close_round_in_parts(
+                        income,
+                        part_nodes,
+                        |parts| {
+                            for part in parts.iter_mut().rev() {
+                                let last = part.first() + part.len() - 1;
+                                if !(idle(part.first()) && idle(last)) {
+                                    part.fill(fill);
+                                    // A second run does nothing.
+                                    part.fill(|_, _| panic!("a part runs once"));
+                                }
+                            }
+                        },
+                        detail,
+                        ClosedRound::clone,
+                    )
+                    .unwrap();
+                let on_threads = threaded
+                    .close_round_in_parts(
+                        income,
+                        part_nodes,
+                        |parts| {
+                            std::thread::scope(|s| {
+                                for part in parts {
+                                    s.spawn(move || part.fill(fill));
+                                }
+                            })
+                        },
+                        detail,
+                        ClosedRound::clone,
+                    )
+                    .unwrap();
+                for got in [&reversed, &on_threads] {
+                    let what = format!("{detail:?}, parts of {part_nodes}, round {round}");
+                    assert_eq!(got.inputs, want.inputs, "{what}");
+                    assert_eq!(got.outcome, want.outcome, "{what}");
+                    assert_eq!(got.results(), want.results(), "{what}");
+                }
+            }
+            assert_eq!(parts, whole);
+            assert_eq!(threaded, whole);
+        }
+    }
+}
+
+/// A round closed in parts fails as the round closed in one go does: with the first error in
+/// input order (a node's own, or the guaranteed total's overflow before it), the driver
+/// unchanged.
+#[test]
+fn rounds_closed_in_parts_fail_with_the_first_error_in_input_order() {
+    let day = Interval::new(0, DAY);
+    let backwards = Interval::new(DAY, 0);
+    // (nodes whose income is near u64::MAX, nodes with an interval ending before its start)
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[], &[12]),
+        (&[], &[3, 12]),
+        (&[2, 9], &[]),
+        // The total overflows at node 9, before node 12's error (in another part).
+        (&[2, 9], &[12]),
+        // Node 5's error comes before the total overflows at node 9.
+        (&[2, 9], &[5]),
+    ];
+    for (rich, broken) in cases {
+        let income = |b: u8| {
+            if rich.contains(&usize::from(b - 1)) {
+                u64::MAX - 1
+            } else {
+                400_000
+            }
+        };
+        let fill = |i: usize, mut slot: ActivitySlot<'_>| {
+            slot.online()
+                .push(if broken.contains(&i) { backwards } else { day });
+        };
+        let mut whole = parts_driver(20, income);
+        let before = whole.clone();
+        let want = whole
+            .close_round(MicroUsd::new(1_000), fill, RoundDetail::ResultsOnly, |_| ())
+            .unwrap_err();
+        assert_eq!(whole, before);
+        for part_nodes in [1, 4, 8, 20] {
+            let mut parts = before.clone();
+            let got = parts
+                .close_round_in_parts(
+                    MicroUsd::new(1_000),
+                    part_nodes,
+                    |parts| {
+                        for part in parts.iter_mut().rev() {
+                            part.fill(fill);
+                        }
+                    },
+                    RoundDetail::ResultsOnly,
+                    |_| (),
+                )
+                .unwrap_err();
+            assert_eq!(got, want, "{rich:?} {broken:?}, parts of {part_nodes}");
+            assert_eq!(parts, before);
+        }
+    }
+}

@@ -1,5 +1,5 @@
 //! Phase 5 of a round, the close: each node's activity written into the rewards driver's
-//! round by position, the round closed by [`crat_rewards::RoundDriver::close_round`] (whose
+//! round by position, the round closed by [`crat_rewards::RoundDriver::close_round_in_parts`] (whose
 //! results are the only source of payouts and CRAT), the round's metrics taken from them,
 //! and the providers that earned less than their electricity cost for
 //! `behaviour.departure_rounds` rounds marked to leave.
@@ -16,13 +16,17 @@ use crate::scenario::{Scenario, Strategy};
 /// Amounts below which [`gini`] sorts on one thread (splitting costs more than it saves).
 const PAR_SORT_MIN: usize = 1 << 17;
 
-/// Nodes per parallel work item of the metrics pass.
-const METRICS_CHUNK: usize = 16_384;
+/// Nodes per parallel work item of the metrics pass: small enough that a round of 10,000
+/// nodes spreads over the cores (its sums are integers and its lists kept in order, so the
+/// chunk size changes no byte of the results).
+const METRICS_CHUNK: usize = 2_048;
 
-/// The round's metrics taken from its results (the only source of payouts and CRAT), each
-/// node's totals updated, and the positions in `nodes` (increasing) of the providers that
-/// leave this round (marked departed). `nodes[k]` is the round's k-th input (its id checked
-/// when its activity was written) and `results[k]` its result.
+/// The round's metrics taken from its results (the only source of payouts and CRAT) and its
+/// validation draws, each node's totals updated, and the positions in `nodes` (increasing)
+/// of the providers that leave this round (marked departed). `nodes[k]` is the round's k-th
+/// input (its id checked when its activity was written) and `results[k]` its result. Each
+/// node's earnings and CRAT balance are left in `earnings` and `crats`, for [`gini`] and
+/// [`top_decile_share`], which the caller runs.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn outcome_metrics(
     results: &[NodeResult],
@@ -85,6 +89,9 @@ pub(super) fn outcome_metrics(
                 n.crat_end = o.crat_end_micro.get();
                 n.uptime_total = o.uptime_total_s;
                 let d = draws.get(chunk * c + k);
+                p.validations += d.ran;
+                p.validations_failed += d.failed;
+                p.strategies.framed_reports_refused += d.framed_refused;
                 n.validations_failed += d.failed;
                 if n.caught_at_task.is_none()
                     && let Some(at) = d.first_caught()
@@ -141,6 +148,9 @@ pub(super) fn outcome_metrics(
     let mut departures: Vec<usize> = Vec::new();
     for (p, d) in parts {
         m.nodes_active += p.nodes_active;
+        m.validations += p.validations;
+        m.validations_failed += p.validations_failed;
+        m.strategies.framed_reports_refused += p.strategies.framed_reports_refused;
         for class in 0..5 {
             m.class_nodes[class] += p.class_nodes[class];
             m.class_guaranteed_usd_micro[class] += p.class_guaranteed_usd_micro[class];
@@ -155,14 +165,12 @@ pub(super) fn outcome_metrics(
         m.strategies.add_nodes(&p.strategies);
         departures.extend(d);
     }
-    m.gini_earnings = gini(earnings);
-    m.crat_top_decile_share = top_decile_share(crats);
     Ok(departures)
 }
 
 /// Gini coefficient of non-negative amounts (0 = equal, → 1 = one holds all). A reported
 /// statistic, not money.
-fn gini(v: &mut [u64]) -> f64 {
+pub(super) fn gini(v: &mut [u64]) -> f64 {
     let n = v.len();
     let total: u128 = v.iter().map(|&x| u128::from(x)).sum();
     if n == 0 || total == 0 {
@@ -183,7 +191,7 @@ fn gini(v: &mut [u64]) -> f64 {
 }
 
 /// Share of the total held by the top 10 % of holders.
-fn top_decile_share(v: &mut [u64]) -> f64 {
+pub(super) fn top_decile_share(v: &mut [u64]) -> f64 {
     let n = v.len();
     let total: u128 = v.iter().map(|&x| u128::from(x)).sum();
     if n == 0 || total == 0 {

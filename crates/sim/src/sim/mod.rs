@@ -10,11 +10,13 @@
 //! 3. [`demand`]: per-request requests hour by hour, served up to the online capacity left
 //!    and priced by [`PricingParams::request_cost`];
 //! 4. [`validation`]: sampled validations drawn per node from its own stream (who ran and who
-//!    failed how many re-runs), chunk by chunk as the close reads them (a helper thread makes
-//!    the chunks ahead of it), so that phases 4 and 5 overlap;
-//! 5. [`close`]: the round closed through [`RoundDriver::close_round`], whose results are the
-//!    only source of payouts and CRAT; metrics are taken from them; providers whose earnings
-//!    stayed below their electricity cost for `behaviour.departure_rounds` rounds leave.
+//!    failed how many re-runs), chunk by chunk as the close reads them, so that phases 4 and 5
+//!    run together;
+//! 5. [`close`]: the round closed through [`RoundDriver::close_round_in_parts`] (parts of one
+//!    draws chunk, spread over the threads: each makes its draws, writes its nodes' activity
+//!    and runs their rules), whose results are the only source of payouts and CRAT; metrics
+//!    are taken from them; providers whose earnings stayed below their electricity cost for
+//!    `behaviour.departure_rounds` rounds leave.
 //!
 //! [`PricingParams::quote`]: crat_core::pricing::PricingParams::quote
 //! [`PricingParams::request_cost`]: crat_core::pricing::PricingParams::request_cost
@@ -26,18 +28,21 @@ mod placement;
 mod strategies;
 mod validation;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crat_core::bps::Bps;
 use crat_core::gpu_table::GpuTable;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
+use crat_core::placement::Candidate;
 use crat_rewards::{ActivitySlot, ClosedRound, Interval, NodeProfile, RoundDetail, RoundDriver};
 use rand::Rng;
 use rayon::prelude::*;
 
 use self::churn::Churned;
 use self::placement::Placed;
-use self::validation::Draws;
+use self::validation::{DRAW_CHUNK, Draws};
 use crate::SimError;
 use crate::report::{NodeSummary, Populations, Report, RoundMetrics};
 use crate::scenario::{HOURS_PER_ROUND_MAX, Scenario, SessionModel, Strategy};
@@ -132,6 +137,8 @@ pub struct Simulation {
 struct Buffers {
     /// Online intervals and capacity (phase 1).
     churned: Churned,
+    /// Placement candidates (phase 2).
+    candidates: Vec<Candidate>,
     /// Earnings and CRAT balances, for the round's Gini and top-decile share (phase 5).
     earnings: Vec<u64>,
     crats: Vec<u64>,
@@ -476,14 +483,19 @@ impl Simulation {
         let mut buf = std::mem::take(&mut self.buffers);
         let churned = self.churn(&clock, std::mem::take(&mut buf.churned));
         let demand_factor = demand::demand_factor(&self.scenario, clock.round);
-        let placed = self.place(&clock, &churned, demand_factor)?;
+        let mut placed = self.place(
+            &clock,
+            (&churned, std::mem::take(&mut buf.candidates)),
+            demand_factor,
+        )?;
+        buf.candidates = std::mem::take(&mut placed.candidates);
         let d = &self.scenario.demand;
         let cost = self
             .scenario
             .pricing
             .request_cost(d.model_bytes, d.input_bytes)?;
         let served = self.serve(&clock, &churned, &placed, demand_factor);
-        // The draws are made as the close reads them (and ahead of it on another thread).
+        // The draws are made as the close reads them (each part of the close its own chunk).
         let draws = Draws::new(
             (&self.scenario, self.framed_refused),
             (clock.round, clock.length_s),
@@ -525,15 +537,8 @@ impl Simulation {
         };
         m.strategies.invented_credits_attempted = invented.attempted;
         m.strategies.invented_credits_charged = invented.charged;
+        // The close sums the validation draws into `m` too.
         let (departures, result) = self.close(f, income, &churned, &draws, &mut buf, &mut m)?;
-        // Every draw is made by now (the close read each node's).
-        let (validations, validations_caught) =
-            draws.iter().fold((0u64, 0u64), |(ran, failed), d| {
-                (ran + d.ran, failed + d.failed)
-            });
-        m.validations = validations;
-        m.validations_failed = validations_caught;
-        m.strategies.framed_reports_refused = draws.iter().map(|d| d.framed_refused).sum();
         m.departures = departures.len() as u64;
         m.initial_nodes = self.initial_nodes;
         self.leave(&departures);
@@ -568,11 +573,11 @@ impl Simulation {
     }
 
     /// Phase 2, [`placement`]: the round's per-instance deployments placed on the nodes
-    /// online at its start.
+    /// online at its start (the candidates written into the buffer given with `churned`).
     fn place(
         &self,
         clock: &RoundClock,
-        churned: &Churned,
+        churned: (&Churned, Vec<Candidate>),
         demand_factor: f64,
     ) -> Result<Placed, SimError> {
         placement::place(
@@ -622,11 +627,12 @@ impl Simulation {
     ) -> Result<(Vec<usize>, Option<R>), SimError> {
         let sc = &self.scenario;
         let ids = &self.ids;
-        // The driver's k-th node is `ids[k]`, checked here where its input is written anyway.
-        let mismatch = std::cell::Cell::new(None);
+        // The driver's k-th node is `ids[k]`, checked here where its input is written anyway
+        // (the first mismatch in node order is reported, whichever thread finds it).
+        let mismatch = &AtomicUsize::new(usize::MAX);
         let fill = |k: usize, mut slot: ActivitySlot<'_>| {
-            if ids.get(k) != Some(slot.id()) && mismatch.get().is_none() {
-                mismatch.set(Some(*slot.id()));
+            if ids.get(k) != Some(slot.id()) {
+                mismatch.fetch_min(k, Ordering::Relaxed);
             }
             let online = slot.online();
             match churned.online(k) {
@@ -638,7 +644,7 @@ impl Simulation {
             slot.set_validations(d.ok, d.failed);
         };
         let nodes = &mut self.nodes;
-        let sums = (&mut buf.earnings, &mut buf.crats);
+        let (earnings, crats) = (&mut buf.earnings, &mut buf.crats);
         // The rank-ordered outcome only for a caller that looks at it.
         let detail = if f.is_some() {
             RoundDetail::Outcome
@@ -646,30 +652,40 @@ impl Simulation {
             RoundDetail::ResultsOnly
         };
         let driver = &mut self.driver;
-        // Phase 4 overlaps the close: a helper makes the draws' chunks in order, from the
-        // second (the close makes the first itself), while the close reads them node by node;
-        // a chunk not made yet when the close reaches it is made by the close.
         rayon::in_place_scope(|scope| {
-            if draws.chunks() > 1 {
-                scope.spawn(|_| draws.make_from(1));
-            }
-            driver.close_round(income, fill, detail, |closed| {
-                if let Some(id) = mismatch.get() {
-                    return Err(SimError::from(crat_rewards::RewardsError::UnknownNode {
-                        id,
-                    }));
-                }
-                let departures = close::outcome_metrics(
-                    closed.results(),
-                    &closed.outcome.aggregates,
-                    sc,
-                    nodes,
-                    draws,
-                    sums,
-                    m,
-                )?;
-                Ok((departures, f.map(|f| f(closed))))
-            })
+            // Phases 4 and 5 together, in parts of one draws chunk each, spread over the
+            // pool's threads: a part makes its nodes' validation draws (phase 4), writes their
+            // activity and runs their rules.
+            driver.close_round_in_parts(
+                income,
+                DRAW_CHUNK,
+                |parts| parts.par_iter_mut().for_each(|part| part.fill(fill)),
+                detail,
+                move |closed| {
+                    let k = mismatch.load(Ordering::Relaxed);
+                    if let Some(n) = closed.inputs.nodes.get(k) {
+                        return Err(SimError::from(crat_rewards::RewardsError::UnknownNode {
+                            id: n.id,
+                        }));
+                    }
+                    let departures = close::outcome_metrics(
+                        closed.results(),
+                        &closed.outcome.aggregates,
+                        sc,
+                        nodes,
+                        draws,
+                        (&mut *earnings, &mut *crats),
+                        m,
+                    )?;
+                    // The round's inequality figures, a sort and a selection of what the
+                    // metrics gathered, on other threads while the driver carries the round
+                    // forward (the scope waits for them).
+                    let (gini, decile) = (&mut m.gini_earnings, &mut m.crat_top_decile_share);
+                    scope.spawn(move |_| *gini = close::gini(earnings));
+                    scope.spawn(move |_| *decile = close::top_decile_share(crats));
+                    Ok((departures, f.map(|f| f(closed))))
+                },
+            )
         })?
     }
 

@@ -30,15 +30,18 @@ pub(super) struct Placed {
     pub(super) sla_hours_total: u64,
     /// Per hour, the capacity-seconds the placed deployments reserve.
     pub(super) reserved_per_hour: Vec<u64>,
+    /// The candidates buffer, for the next round's placement.
+    pub(super) candidates: Vec<Candidate>,
 }
 
 /// Phase 2: places the round's per-instance deployments (`demand_factor` times the
-/// scenario's clients) on the nodes online at the round's start, candidates in id order.
+/// scenario's clients) on the nodes online at the round's start, candidates in id order,
+/// written into `candidates` (an earlier round's buffer, handed back in [`Placed`]).
 pub(super) fn place(
     sc: &Scenario,
     clock: &RoundClock,
     (nodes, ids): (&[Node], &[NodeId]),
-    churned: &Churned,
+    (churned, mut candidates): (&Churned, Vec<Candidate>),
     capacity_rps: &[u32; 6],
     demand_factor: f64,
 ) -> Result<Placed, SimError> {
@@ -58,15 +61,16 @@ pub(super) fn place(
         sla_hours_ok: 0,
         sla_hours_total: 0,
         reserved_per_hour: Vec::new(),
+        candidates: Vec::new(),
     };
     if instances > 0 {
-        // Candidates in id order, so the placer need not sort them.
+        // Candidates in id order, so the placer need not sort them; written over the last
+        // round's (memory already mapped and cached: writing 56 bytes a node afresh cost
+        // more than making them).
         let per_operator = sc.population.nodes_per_operator;
-        let candidates: Vec<Candidate> = nodes
-            .par_iter()
-            .zip(ids)
-            .enumerate()
-            .map(|(k, (n, id))| Candidate {
+        candidates.clear();
+        candidates.par_extend(nodes.par_iter().zip(ids).enumerate().map(|(k, (n, id))| {
+            Candidate {
                 id: *id,
                 rating: n.rating,
                 free_rps: capacity_rps[usize::from(n.rating.get())],
@@ -75,8 +79,8 @@ pub(super) fn place(
                     .online(k)
                     .first()
                     .is_some_and(|iv| iv.start_s <= start_s),
-            })
-            .collect();
+            }
+        }));
         let mut placer = Placer::new(candidates);
         let rating_min = PowerRating::new(d.rating_min).unwrap_or(PowerRating::MIN);
         let plan = DeployPlan::PerInstance(PerInstancePlan {
@@ -103,7 +107,9 @@ pub(super) fn place(
                 sla.hours_met(&assigned, d.guaranteed_rps, |c| churned.online(c as usize));
         }
         placed.sla_hours_total = instances * hours as u64;
+        candidates = placer.into_candidates();
     }
+    placed.candidates = candidates;
     placed.reserved_per_hour = (0..hours)
         .map(|h| placed.placed * u64::from(d.guaranteed_rps) * hour_len(start_s, end_s, h))
         .collect();

@@ -94,9 +94,9 @@ pub(super) struct DrawKey {
 
 /// Phase 4: each node's validation draws of a round, made chunk by chunk
 /// ([`DRAW_CHUNK`] nodes) the first time one of the chunk's draws is asked for, by whichever
-/// thread asks first (the close reads them in node order while a helper makes the chunks
-/// ahead of it). A draw depends only on its node and the round, so the draws are the same
-/// whoever makes them, in whatever order.
+/// thread asks first (each part of the close reads its own chunk's, on whichever thread runs
+/// it). A draw depends only on its node and the round, so the draws are the same whoever
+/// makes them, in whatever order.
 pub(super) struct Draws<'a> {
     keys: &'a [DrawKey],
     node_capacity: &'a [u64],
@@ -174,24 +174,11 @@ impl<'a> Draws<'a> {
         (0..self.chunks.len()).flat_map(|c| self.chunk(c).iter())
     }
 
-    /// Makes every chunk not made yet, in order from chunk `from` (then those before it).
-    pub(super) fn make_from(&self, from: usize) {
-        let n = self.chunks.len();
-        for c in (from..n).chain(0..from.min(n)) {
-            self.chunk(c);
-        }
-    }
-
     /// Makes every chunk not made yet, in parallel.
     pub(super) fn make_all(&self) {
         (0..self.chunks.len()).into_par_iter().for_each(|c| {
             self.chunk(c);
         });
-    }
-
-    /// Chunks of the round.
-    pub(super) fn chunks(&self) -> usize {
-        self.chunks.len()
     }
 
     fn chunk(&self, c: usize) -> &[Draw] {
