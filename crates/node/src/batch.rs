@@ -320,7 +320,10 @@ impl Shared {
     fn worker(&self, slot: usize) {
         while let Some(batch) = self.next_batch() {
             metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
-            self.run_batch(slot, batch);
+            // Runs catch their own panics; this catches one in the stacking or splitting
+            // around them, so the thread lives on and the batch's callers, their replies
+            // dropped, get `Stopped` instead of waiting for ever.
+            let _ = catch_unwind(AssertUnwindSafe(|| self.run_batch(slot, batch)));
             self.runs_active.fetch_sub(1, Ordering::AcqRel);
         }
         self.workers_alive.fetch_sub(1, Ordering::AcqRel);
@@ -861,8 +864,13 @@ mod tests {
             }
         }
         assert!(!last_on_run_thread(), "never inline again");
-        // A slow run on the caller's thread (a second) turns inlining off for good.
-        for _ in 0..2_000 {
+        // A slow run on the caller's thread (a second) turns inlining off for good. Quick
+        // runs first each time: a slow run on a run thread (or a preempted quick one) starts
+        // the series again.
+        for _ in 0..20 {
+            for _ in 0..INLINE_AFTER_QUICK_RUNS {
+                b.infer(rows_of(&[1.0, 2.0], 2)).await.unwrap();
+            }
             b.infer(rows_of(&[999.0], 1)).await.unwrap();
             if !last_on_run_thread() {
                 break;
