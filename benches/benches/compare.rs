@@ -49,7 +49,8 @@ use crat_benches::http::{
     load,
 };
 use crat_benches::procs::{
-    CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, stripped,
+    CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, node_command,
+    stripped,
 };
 use crat_core::id::SdkKey;
 use crat_core::tensor::{NamedTensor, Tensor};
@@ -276,13 +277,9 @@ impl Network {
         for i in 0..NODES {
             let node_port = free_port(&taken);
             taken.push(node_port);
-            let mut command = stripped(crat);
-            command
-                .env("ORT_DYLIB_PATH", &settings.ort_dylib)
-                .args(["node", "--dispatcher", &addr, "--dispatcher-id"])
-                .arg(id.to_string())
-                .args(["--listen", &format!("127.0.0.1:{node_port}"), "--data-dir"])
-                .arg(dir.path().join(format!("node{i}")));
+            let data_dir = dir.path().join(format!("node{i}"));
+            let mut command = node_command(crat, &addr, &id, node_port, &data_dir);
+            command.env("ORT_DYLIB_PATH", &settings.ort_dylib);
             nodes.push(Proc::spawn(format!("node{i}"), command, &logs));
         }
         for node in &mut nodes {

@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
 use crat_benches::procs::{
-    CpuSample, Dispatcher, Proc, cores, deploy_ready, free_port, load_1m, stripped,
+    CpuSample, Dispatcher, Proc, cores, deploy_ready, free_port, load_1m, node_command,
 };
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, tensors_agree};
@@ -321,12 +321,7 @@ async fn run(settings: &Settings, config: Config, round: usize) -> Run {
             }
             Config::ByHand | Config::Tract => dir.path().join(format!("node{i}")),
         };
-        let mut command = stripped(crat);
-        command
-            .args(["node", "--dispatcher", &addr, "--dispatcher-id"])
-            .arg(id.to_string())
-            .args(["--listen", &format!("127.0.0.1:{node_port}"), "--data-dir"])
-            .arg(&data_dir);
+        let mut command = node_command(crat, &addr, &id, node_port, &data_dir);
         match config {
             Config::Default => {}
             Config::ByHand => {

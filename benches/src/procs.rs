@@ -240,6 +240,24 @@ pub fn stripped(crat: &Path) -> Command {
     command
 }
 
+/// `crat node` (environment as [`stripped`]) joining the dispatcher at `addr` (id `id`),
+/// listening on 127.0.0.1:`port`, with its data in `data_dir`.
+pub fn node_command(
+    crat: &Path,
+    addr: &str,
+    id: &crat_core::id::NodeId,
+    port: u16,
+    data_dir: &Path,
+) -> Command {
+    let mut command = stripped(crat);
+    command
+        .args(["node", "--dispatcher", addr, "--dispatcher-id"])
+        .arg(id.to_string())
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir);
+    command
+}
+
 /// The processes whose parent is `pid` (from `/proc/*/stat`), e.g. uvicorn's workers.
 pub fn children(pid: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
