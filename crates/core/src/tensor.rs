@@ -192,8 +192,8 @@ impl Element for bool {
 }
 
 /// A dense tensor: dtype, shape and little-endian element bytes, always valid.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "RawTensor", into = "RawTensor")]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawTensor")]
 pub struct Tensor {
     dtype: DType,
     shape: Vec<u64>,
@@ -217,13 +217,26 @@ impl TryFrom<RawTensor> for Tensor {
     }
 }
 
-impl From<Tensor> for RawTensor {
-    fn from(t: Tensor) -> Self {
-        RawTensor {
-            dtype: t.dtype,
-            shape: t.shape,
-            data: t.data,
+/// [`RawTensor`] borrowed from a [`Tensor`]: the same serde form, written without copying
+/// the data (serde's `into` would clone the whole tensor on every encode, and a frame is
+/// encoded twice, once to size it).
+#[derive(Serialize)]
+#[serde(rename = "RawTensor")]
+struct RawTensorRef<'a> {
+    dtype: DType,
+    shape: &'a [u64],
+    #[serde(with = "serde_bytes")]
+    data: &'a [u8],
+}
+
+impl Serialize for Tensor {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        RawTensorRef {
+            dtype: self.dtype,
+            shape: &self.shape,
+            data: &self.data,
         }
+        .serialize(serializer)
     }
 }
 
@@ -376,6 +389,24 @@ pub fn tensors_bytes(tensors: &[NamedTensor]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serializes_as_its_raw_form_and_back() {
+        let t = Tensor::from_slice(&[2, 3], &[1.5f32, -2.0, 0.0, 4.25, 8.0, 9.5]).unwrap();
+        let raw = RawTensor {
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        };
+        // Byte for byte what the derived form wrote, in postcard and in JSON.
+        let bytes = postcard::to_allocvec(&t).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&raw).unwrap());
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            serde_json::to_string(&raw).unwrap()
+        );
+        assert_eq!(postcard::from_bytes::<Tensor>(&bytes).unwrap(), t);
+    }
 
     #[test]
     fn validates_length() {

@@ -10,6 +10,9 @@
 //!   queue answers [`RunError::Busy`] at once.
 //! - The best batch size depends on model and backend (tract runs PaddleOCR *slower* per item
 //!   at batch 32 than at batch 1), so [`measure_batch_size`] picks it by timing the model.
+//!   A model with symbolic sizes besides the batch dimension (an image model taking any
+//!   height and width) has no shape to time at load: [`Batcher::measure_while_serving`]
+//!   times the batches it actually serves instead, at each candidate size in turn.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -135,6 +138,14 @@ impl Drop for Handle {
 struct Shared {
     model: Arc<dyn LoadedModel>,
     config: BatchConfig,
+    /// `config.batch_size_max` until a measurement while serving replaces it.
+    batch_size_max: AtomicU32,
+    /// True while `explore` holds a measurement in progress.
+    exploring: AtomicBool,
+    /// The measurement while serving ([`Batcher::measure_while_serving`]).
+    explore: Mutex<Option<Explore>>,
+    /// Its result, once it chose.
+    tuning: Mutex<Option<BatchTuning>>,
     state: Mutex<State>,
     /// Run threads wait on it for requests.
     work: Condvar,
@@ -223,6 +234,10 @@ impl Batcher {
         let shared = Arc::new(Shared {
             model,
             config,
+            batch_size_max: AtomicU32::new(config.batch_size_max),
+            exploring: AtomicBool::new(false),
+            explore: Mutex::new(None),
+            tuning: Mutex::new(None),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
@@ -254,9 +269,46 @@ impl Batcher {
         Ok(Self { handle, config })
     }
 
-    /// The limits in force (merging is off for models without a batch dimension).
+    /// The limits in force (merging is off for models without a batch dimension), with the
+    /// batch size a measurement while serving chose, once it has.
     pub fn config(&self) -> BatchConfig {
-        self.config
+        BatchConfig {
+            batch_size_max: self.handle.0.batch_size_max.load(Ordering::Relaxed),
+            ..self.config
+        }
+    }
+
+    /// Chooses the batch size by timing the batches this batcher serves, for a model whose
+    /// symbolic sizes beyond the batch dimension leave nothing to time at load
+    /// ([`has_symbolic_inner_size`]). From now on the batches are formed for each of `sizes`
+    /// in turn; a run whose rows fill its batch is one sample of that size's time per item:
+    /// the run thread's CPU time (stacking, the run, splitting), which a run preempted by
+    /// other work on a busy machine does not inflate. That is the run's whole cost when
+    /// the backend runs on the calling thread (tract; ONNX Runtime with one intra-op
+    /// thread, the default); a backend running a request on a pool of its own threads is
+    /// timed by its calling thread's share alone.
+    /// Once every size has [`EXPLORE_SAMPLES`], the size with the lowest time per item in
+    /// its best run is kept (a larger one must be at least 5 % faster, as in
+    /// [`measure_batch_size`]): the best, because what a busy machine adds to a run (caches
+    /// emptied by other work) only ever adds. A size the load does not fill
+    /// [`EXPLORE_SHORT_MAX`] times in a row, or whose run takes longer than
+    /// [`EXPLORE_RUN_NS_MAX`], is dropped with every larger one. The samples are real requests on the cores as busy as they are,
+    /// so no run is spent on measuring; the choice holds for every shape the model is
+    /// given. Does nothing for a model without a batch dimension or an empty `sizes`.
+    pub fn measure_while_serving(&self, sizes: &[u32]) {
+        let shared = &self.handle.0;
+        if !shared.model.info().batchable() {
+            return;
+        }
+        if let Some(explore) = Explore::new(sizes) {
+            *shared.explore.lock() = Some(explore);
+            shared.exploring.store(true, Ordering::Release);
+        }
+    }
+
+    /// What the measurement while serving chose, once it has (`None` before).
+    pub fn tuning(&self) -> Option<BatchTuning> {
+        self.handle.0.tuning.lock().clone()
     }
 
     /// Requests waiting now.
@@ -318,12 +370,22 @@ impl Shared {
     /// One worker: takes a batch as soon as it is free, runs it, answers, again; returns
     /// once the queue is closed and empty.
     fn worker(&self, slot: usize) {
-        while let Some(batch) = self.next_batch() {
+        while let Some((batch, target)) = self.next_batch() {
             metrics::histogram!(crate::metrics::BATCH_SIZE).record(batch.len() as f64);
+            let rows: u64 = batch.iter().map(|j| j.rows).sum();
+            let cpu = target.and_then(|_| thread_cpu_ns());
             // Runs catch their own panics; this catches one in the stacking or splitting
             // around them, so the thread lives on and the batch's callers, their replies
             // dropped, get `Stopped` instead of waiting for ever.
-            let _ = catch_unwind(AssertUnwindSafe(|| self.run_batch(slot, batch)));
+            let ran = catch_unwind(AssertUnwindSafe(|| self.run_batch(slot, batch)));
+            if let (Some(target), Ok(Some(wall_ns))) = (target, ran) {
+                // The thread's CPU time, which a preempted run does not inflate; the wall
+                // time where the system has no per-thread clock.
+                let ns = cpu
+                    .zip(thread_cpu_ns())
+                    .map_or(wall_ns, |(before, after)| after.saturating_sub(before));
+                self.explored(target, rows, ns);
+            }
             self.runs_active.fetch_sub(1, Ordering::AcqRel);
         }
         self.workers_alive.fetch_sub(1, Ordering::AcqRel);
@@ -333,8 +395,9 @@ impl Shared {
     /// The next batch: the oldest request and those after it that stack with it, up to
     /// `batch_size_max` rows, waiting for company until the oldest has waited
     /// `queue_delay_us_max`. Requests whose caller is gone are dropped unrun. `None` once
-    /// the queue is closed and empty.
-    fn next_batch(&self) -> Option<Vec<Job>> {
+    /// the queue is closed and empty. While measuring, the batch is formed for the size
+    /// being measured, which comes back with it.
+    fn next_batch(&self) -> Option<(Vec<Job>, Option<u32>)> {
         let mut state = self.state.lock();
         let first = loop {
             match state.queue.pop_front() {
@@ -347,10 +410,15 @@ impl Shared {
         // Counted while the queue is locked, so a caller never sees it empty and nothing
         // running while this batch is on its way to run.
         self.runs_active.fetch_add(1, Ordering::AcqRel);
-        let max = u64::from(self.config.batch_size_max);
+        let target = if self.exploring.load(Ordering::Acquire) {
+            self.explore.lock().as_mut().map(Explore::target)
+        } else {
+            None
+        };
+        let max = u64::from(target.unwrap_or_else(|| self.batch_size_max.load(Ordering::Relaxed)));
         let mut total = first.rows;
         if max <= 1 || rows(&first.inputs).is_none() || total >= max {
-            return Some(vec![first]);
+            return Some((vec![first], target));
         }
         let first_key = key(&first.inputs);
         let deadline = first.enqueued + Duration::from_micros(self.config.queue_delay_us_max);
@@ -381,29 +449,47 @@ impl Shared {
             total += job.rows;
             batch.push(job);
         }
-        Some(batch)
+        Some((batch, target))
     }
 
-    fn run_batch(&self, slot: usize, mut batch: Vec<Job>) {
+    /// Counts a run of `rows` formed for the measured size `target` that took `ns`; once the
+    /// measurement chooses, its size is the one in force.
+    fn explored(&self, target: u32, rows: u64, ns: u64) {
+        let mut explore = self.explore.lock();
+        let Some(tuning) = explore.as_mut().and_then(|e| e.record(target, rows, ns)) else {
+            return;
+        };
+        *explore = None;
+        self.exploring.store(false, Ordering::Release);
+        self.batch_size_max
+            .store(tuning.batch_size_max, Ordering::Relaxed);
+        tracing::info!(chosen = tuning.batch_size_max, best_per_item_ns = ?tuning.per_item_ns, "batch size measured while serving");
+        *self.tuning.lock() = Some(tuning);
+    }
+
+    /// Runs a batch and answers its callers; gives the run's nanoseconds when it succeeded
+    /// (a merged run that had to be rerun request by request gives `None`).
+    fn run_batch(&self, slot: usize, mut batch: Vec<Job>) -> Option<u64> {
         if batch.len() == 1 {
             let job = batch.pop().expect("invariant: batch has one job");
-            self.run_one(slot, job);
-            return;
+            return self.run_one(slot, job);
         }
         let counts: Vec<u64> = batch.iter().map(|j| j.rows).collect();
         let total: u64 = counts.iter().sum();
         let merged = stack(&batch);
         let (inputs, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.inputs, j.reply)).unzip();
-        let Some((replies, result)) = self.guarded(slot, &merged, replies) else {
-            return; // past its limit: the watchdog answered every caller
-        };
+        let started = Instant::now();
+        // Past its limit (`None`): the watchdog answered every caller.
+        let (replies, result) = self.guarded(slot, &merged, replies)?;
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(merged);
         match result.map(|outs| split(outs, &counts, total)) {
             Ok(Some(parts)) => {
                 for (reply, part) in replies.into_iter().zip(parts) {
                     let _ = reply.send(Ok(part));
                 }
+                Some(ns)
             }
             // The merged run failed or returned outputs that cannot be split by rows: run
             // each request alone so only the faulty ones fail.
@@ -419,24 +505,25 @@ impl Shared {
                         },
                     );
                 }
+                None
             }
         }
     }
 
-    fn run_one(&self, slot: usize, job: Job) {
+    /// Runs one request and answers it; gives the run's nanoseconds when it succeeded.
+    fn run_one(&self, slot: usize, job: Job) -> Option<u64> {
         let bytes: u64 = job.inputs.iter().map(|t| t.bytes().len() as u64).sum();
         let started = Instant::now();
         let run = self.guarded(slot, &job.inputs, vec![job.reply]);
-        self.inline.record(
-            bytes,
-            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        );
-        if let Some((mut replies, result)) = run {
-            drop(job.inputs);
-            if let Some(reply) = replies.pop() {
-                let _ = reply.send(result.map_err(RunError::Backend));
-            }
+        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.inline.record(bytes, ns);
+        let (mut replies, result) = run?;
+        drop(job.inputs);
+        let ok = result.is_ok();
+        if let Some(reply) = replies.pop() {
+            let _ = reply.send(result.map_err(RunError::Backend));
         }
+        ok.then_some(ns)
     }
 
     /// Runs `inputs`, catching panics, with `replies` in the worker's slot for the
@@ -539,8 +626,155 @@ fn split(outputs: Vec<Tensor>, counts: &[u64], total: u64) -> Option<Vec<Vec<Ten
 pub struct BatchTuning {
     /// The batch size with the lowest time per item.
     pub batch_size_max: u32,
-    /// (batch size, nanoseconds per item), for each size tried.
+    /// (batch size, nanoseconds per item in its best run), for each size tried.
     pub per_item_ns: Vec<(u32, u64)>,
+}
+
+/// CPU time this thread has used, in nanoseconds (`None` where the system cannot say).
+fn thread_cpu_ns() -> Option<u64> {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID).ok()?;
+    let ns = i128::from(t.tv_sec()) * 1_000_000_000 + i128::from(t.tv_nsec());
+    u64::try_from(ns).ok()
+}
+
+/// Full batches timed per candidate size by [`Batcher::measure_while_serving`].
+pub const EXPLORE_SAMPLES: u32 = 8;
+/// A candidate size whose full batch takes longer than this (100 ms of the run thread's CPU)
+/// is dropped by [`Batcher::measure_while_serving`] with every larger one: its callers wait
+/// that long, and batching's gains per item show at far smaller sizes.
+pub const EXPLORE_RUN_NS_MAX: u64 = 100_000_000;
+/// Batches in a row formed for a candidate size that the queue could not fill, after which
+/// [`Batcher::measure_while_serving`] drops that size and every larger one.
+pub const EXPLORE_SHORT_MAX: u32 = 8;
+/// Runs a measurement at load makes per batch size (the best counts).
+pub const MEASURE_REPS: u32 = 3;
+
+/// A measurement while serving ([`Batcher::measure_while_serving`]): candidate sizes,
+/// ascending, each with the best time per item of its full batches so far.
+#[derive(Debug)]
+struct Explore {
+    candidates: Vec<Candidate>,
+    /// Index of the candidate the last batch was formed for.
+    last: usize,
+}
+
+#[derive(Debug)]
+struct Candidate {
+    size: u32,
+    /// Full batches timed.
+    samples: u32,
+    /// The fewest nanoseconds per item among them.
+    best_ns: u64,
+    /// Batches in a row formed for this size that the queue could not fill.
+    short: u32,
+}
+
+impl Explore {
+    /// Over `sizes` (0 ignored, duplicates once); `None` when none is left.
+    fn new(sizes: &[u32]) -> Option<Self> {
+        let mut sizes: Vec<u32> = sizes.iter().copied().filter(|&n| n > 0).collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        if sizes.is_empty() {
+            return None;
+        }
+        Some(Self {
+            last: sizes.len() - 1,
+            candidates: sizes
+                .into_iter()
+                .map(|size| Candidate {
+                    size,
+                    samples: 0,
+                    best_ns: u64::MAX,
+                    short: 0,
+                })
+                .collect(),
+        })
+    }
+
+    /// The size the next batch is formed for: the candidates still short of samples, in
+    /// turn, so each is timed under the same conditions as the others.
+    fn target(&mut self) -> u32 {
+        let n = self.candidates.len();
+        for step in 1..=n {
+            let i = (self.last + step) % n;
+            if self.candidates[i].samples < EXPLORE_SAMPLES {
+                self.last = i;
+                return self.candidates[i].size;
+            }
+        }
+        // Every candidate is complete; `record` has chosen already, so this is not reached
+        // while measuring.
+        self.candidates[self.last % n].size
+    }
+
+    /// Counts a successful run of `rows` formed for `target` that took `ns`: a sample when
+    /// the rows filled it, a short batch when they did not. Gives the choice once every
+    /// remaining candidate has its samples.
+    fn record(&mut self, target: u32, rows: u64, ns: u64) -> Option<BatchTuning> {
+        let i = self.candidates.iter().position(|c| c.size == target)?;
+        let c = &mut self.candidates[i];
+        let drop_from_here = match rows.cmp(&u64::from(target)) {
+            std::cmp::Ordering::Equal => {
+                c.short = 0;
+                c.samples = c.samples.saturating_add(1);
+                c.best_ns = c.best_ns.min(ns / rows);
+                // Too slow a batch for its callers to wait for.
+                ns > EXPLORE_RUN_NS_MAX
+            }
+            std::cmp::Ordering::Less => {
+                c.short += 1;
+                // The load does not queue this many.
+                c.short >= EXPLORE_SHORT_MAX
+            }
+            // A request larger than the size runs alone: it says nothing about the size.
+            std::cmp::Ordering::Greater => false,
+        };
+        // The smallest size stays, whatever it costs: requests are served at it anyway.
+        if drop_from_here && i > 0 {
+            self.candidates.truncate(i);
+            self.last = i - 1;
+        }
+        if !self.candidates.iter().all(|c| c.samples >= EXPLORE_SAMPLES) {
+            return None;
+        }
+        let per_item_ns: Vec<(u32, u64)> = self
+            .candidates
+            .iter()
+            .map(|c| (c.size, c.best_ns))
+            .collect();
+        Some(BatchTuning {
+            batch_size_max: choose(&per_item_ns)?,
+            per_item_ns,
+        })
+    }
+}
+
+/// The size with the lowest time per item among `(size, ns per item)`, ascending; a larger
+/// size must be at least 5 % faster per item to win, so noise does not buy latency for
+/// nothing.
+fn choose(per_item_ns: &[(u32, u64)]) -> Option<u32> {
+    let mut chosen = *per_item_ns.first()?;
+    for &(n, ns) in &per_item_ns[1..] {
+        if u128::from(ns) * 100 < u128::from(chosen.1) * 95 {
+            chosen = (n, ns);
+        }
+    }
+    Some(chosen.0)
+}
+
+/// True when `info` is batchable but an input has a symbolic size beyond the batch dimension,
+/// so [`measure_batch_size`] has no shape to time: [`Batcher::measure_while_serving`] times
+/// the requests instead.
+pub fn has_symbolic_inner_size(info: &ModelInfo) -> bool {
+    info.batchable()
+        && info.inputs.iter().any(|spec| {
+            spec.shape
+                .get(1..)
+                .unwrap_or_default()
+                .iter()
+                .any(|d| matches!(d, Dim::Symbolic(_)))
+        })
 }
 
 /// Times `model` on zero inputs at each of `sizes` (best of `reps` runs) and picks the size
@@ -580,14 +814,8 @@ pub fn measure_batch_size(
         }
         per_item_ns.push((n, best / u64::from(n)));
     }
-    let mut chosen = *per_item_ns.first()?;
-    for &(n, ns) in &per_item_ns[1..] {
-        if ns * 100 < chosen.1 * 95 {
-            chosen = (n, ns);
-        }
-    }
     Some(BatchTuning {
-        batch_size_max: chosen.0,
+        batch_size_max: choose(&per_item_ns)?,
         per_item_ns,
     })
 }
@@ -886,7 +1114,160 @@ mod tests {
     #[test]
     fn measure_picks_the_fastest_per_item_size() {
         let model = RowSum::new(true);
-        // K is symbolic: nothing to time.
+        // K is symbolic: nothing to time at load.
+        assert!(has_symbolic_inner_size(model.info()));
         assert_eq!(measure_batch_size(model.as_ref(), &[1, 8], 1), None);
+        assert!(!has_symbolic_inner_size(RowSum::new(false).info()));
+        // A larger size must be at least 5 % faster per item to win.
+        assert_eq!(choose(&[(1, 1000), (2, 960), (4, 951)]), Some(1));
+        assert_eq!(choose(&[(1, 1000), (2, 940), (4, 880)]), Some(4));
+        assert_eq!(choose(&[(1, 1000), (2, 940), (4, 990)]), Some(2));
+        assert_eq!(choose(&[]), None);
+    }
+
+    /// Feeds `e` full batches of the size it asks for, `ns_per_item(size)` each, until it
+    /// chooses; the sizes asked for, in order, and the choice.
+    fn explore_until_chosen(
+        e: &mut Explore,
+        ns_per_item: impl Fn(u32) -> u64,
+    ) -> (Vec<u32>, BatchTuning) {
+        let mut asked = Vec::new();
+        for _ in 0..1_000 {
+            let size = e.target();
+            asked.push(size);
+            let rows = u64::from(size);
+            if let Some(t) = e.record(size, rows, ns_per_item(size) * rows) {
+                return (asked, t);
+            }
+        }
+        panic!("no choice after 1,000 batches: {e:?}");
+    }
+
+    #[test]
+    fn measuring_while_serving_takes_each_size_in_turn_and_keeps_the_fastest() {
+        assert!(Explore::new(&[]).is_none());
+        assert!(Explore::new(&[0]).is_none());
+        let mut e = Explore::new(&[4, 1, 2, 2, 0]).unwrap();
+        let (asked, t) = explore_until_chosen(&mut e, |n| match n {
+            1 => 1_000,
+            2 => 900,
+            _ => 800,
+        });
+        // In turn, five full batches each.
+        assert_eq!(asked, [1, 2, 4].repeat(EXPLORE_SAMPLES as usize));
+        assert_eq!(t.per_item_ns, [(1, 1_000), (2, 900), (4, 800)]);
+        assert_eq!(t.batch_size_max, 4);
+        // Batching does not pay: one at a time.
+        let mut e = Explore::new(&[1, 2, 4]).unwrap();
+        let (_, t) = explore_until_chosen(&mut e, |n| 1_000 + u64::from(n));
+        assert_eq!(t.batch_size_max, 1);
+        // The best run counts, not one slowed by a busy machine.
+        let mut e = Explore::new(&[1, 2]).unwrap();
+        assert_eq!(e.target(), 1);
+        assert_eq!(e.record(1, 1, 50_000), None);
+        assert_eq!(e.target(), 2);
+        assert_eq!(e.record(2, 2, 2 * 700), None);
+        let (_, t) = explore_until_chosen(&mut e, |n| if n == 1 { 1_000 } else { 800 });
+        assert_eq!(t.per_item_ns, [(1, 1_000), (2, 700)]);
+        // A size whose batch runs past the limit goes, with every larger one; the smallest
+        // stays whatever it costs.
+        let mut e = Explore::new(&[1, 2, 4, 8]).unwrap();
+        let (asked, t) = explore_until_chosen(&mut e, |n| EXPLORE_RUN_NS_MAX / 3 + u64::from(n));
+        // A batch of 4 takes 4/3 of the limit: 4 and 8 go at 4's first run.
+        assert_eq!(&asked[..3], [1, 2, 4]);
+        assert!(asked[3..].iter().all(|&n| n <= 2), "{asked:?}");
+        assert_eq!(
+            t.per_item_ns.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(t.batch_size_max, 1);
+    }
+
+    #[test]
+    fn sizes_the_load_does_not_fill_are_dropped() {
+        let mut e = Explore::new(&[1, 2, 8, 16]).unwrap();
+        // Batches formed for 8 hold 3 rows: short; one that fills in between starts the count
+        // again; a request larger than the size says nothing.
+        let mut shorts = 0;
+        let mut chosen = None;
+        for _ in 0..1_000 {
+            let size = e.target();
+            let rows = match size {
+                8 if shorts == 3 => {
+                    shorts += 1;
+                    8
+                }
+                8 => {
+                    shorts += 1;
+                    3
+                }
+                16 => 17,
+                n => u64::from(n),
+            };
+            if let Some(t) = e.record(size, rows, rows * 1_000 / u64::from(size.min(2))) {
+                chosen = Some(t);
+                break;
+            }
+        }
+        let t = chosen.expect("a choice");
+        // 8 was short EXPLORE_SHORT_MAX times in a row (after its one full batch): it and 16 went.
+        assert_eq!(shorts, 1 + 3 + EXPLORE_SHORT_MAX as usize);
+        assert_eq!(
+            t.per_item_ns.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(t.batch_size_max, 2);
+        // A batch formed for a size already dropped is ignored.
+        let mut e = Explore::new(&[1, 2]).unwrap();
+        assert_eq!(e.record(8, 8, 1), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_without_a_shape_to_time_is_measured_on_the_batches_it_serves() {
+        let model = RowSum::new(true);
+        let b = unbatched(&model);
+        b.measure_while_serving(&[1, 2, 4]);
+        assert_eq!(b.tuning(), None);
+        assert_eq!(b.config().batch_size_max, 1);
+        // Bursts of requests, each caller checking its own answer, until it has chosen.
+        for burst in 0..2_000u32 {
+            if b.tuning().is_some() {
+                break;
+            }
+            let calls: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let v = (burst * 8 + i) as f32;
+                    (v, spawn_infer(&b, vec![v, 1.0, 2.0], 3))
+                })
+                .collect();
+            for (v, call) in calls {
+                let out = call.await.unwrap().unwrap();
+                assert_eq!(out[0].to_vec::<f32>().unwrap(), [v + 3.0]);
+            }
+        }
+        let t = b.tuning().expect("a choice");
+        assert_eq!(b.config().batch_size_max, t.batch_size_max);
+        assert_eq!(t.per_item_ns[0].0, 1);
+        assert!(t.per_item_ns.iter().all(|p| [1, 2, 4].contains(&p.0)));
+        // Batches of up to the chosen size only from now on.
+        let runs = model.runs.lock().unwrap().len();
+        let calls: Vec<_> = (0..16).map(|_| spawn_infer(&b, vec![1.0; 3], 3)).collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        let after = model.runs.lock().unwrap()[runs..].to_vec();
+        assert!(
+            after.iter().all(|&n| n <= u64::from(t.batch_size_max)),
+            "{after:?} {t:?}"
+        );
+
+        // A model without a batch dimension is never measured.
+        let fixed = RowSum::new(false);
+        let b = unbatched(&fixed);
+        b.measure_while_serving(&[1, 2]);
+        for _ in 0..50 {
+            b.infer(rows_of(&[1.0], 1)).await.unwrap();
+        }
+        assert_eq!(b.tuning(), None);
     }
 }

@@ -54,7 +54,9 @@ use ed25519_dalek::SigningKey;
 use parking_lot::{Mutex, RwLock};
 
 use crate::activity::{Activity, ActivitySnapshot};
-use crate::batch::{BatchConfig, Batcher, RunError, measure_batch_size};
+use crate::batch::{
+    BatchConfig, Batcher, MEASURE_REPS, RunError, has_symbolic_inner_size, measure_batch_size,
+};
 use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleStatus, IdleWorkload};
 use crate::metrics::{self as m, Failure};
@@ -63,7 +65,9 @@ use crate::probe::HardwareReport;
 /// How batch sizes are chosen per model.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchSizing {
-    /// Measure at load ([`measure_batch_size`]) over these candidate sizes.
+    /// Measure at load ([`measure_batch_size`]) over these candidate sizes; a model with
+    /// symbolic sizes beyond the batch dimension is measured on the batches it serves
+    /// instead ([`Batcher::measure_while_serving`]).
     Measure(Vec<u32>),
     /// Use this size for every model.
     Fixed(u32),
@@ -1322,22 +1326,38 @@ impl<T: Transport> Node<T> {
             })
             .await?;
         let mut config = inner.config.batch;
+        // Sizes to measure at the first request's shape, for a model whose symbolic sizes
+        // beyond the batch dimension leave nothing to time now.
+        let mut measure_later = None;
         config.batch_size_max = match &inner.config.batch_sizing {
             BatchSizing::Fixed(n) => *n,
             BatchSizing::Measure(sizes) => {
-                let (m, sizes) = (model.clone(), sizes.clone());
-                tokio::task::spawn_blocking(move || measure_batch_size(m.as_ref(), &sizes, 3))
-                    .await
-                    .ok()
-                    .flatten()
-                    .map_or(1, |t| {
+                let (m, candidates) = (model.clone(), sizes.clone());
+                let tuning = tokio::task::spawn_blocking(move || {
+                    measure_batch_size(m.as_ref(), &candidates, MEASURE_REPS)
+                })
+                .await
+                .ok()
+                .flatten();
+                match tuning {
+                    Some(t) => {
                         tracing::info!(model = %model_id, chosen = t.batch_size_max, per_item_ns = ?t.per_item_ns, "batch size measured");
                         t.batch_size_max
-                    })
+                    }
+                    None => {
+                        if has_symbolic_inner_size(model.info()) {
+                            measure_later = Some(sizes.clone());
+                        }
+                        1
+                    }
+                }
             }
         };
         let batcher = Batcher::spawn(model.clone(), config)
             .map_err(|e| CacheError::Io(format!("starting the run threads: {e}")))?;
+        if let Some(sizes) = measure_later {
+            batcher.measure_while_serving(&sizes);
+        }
         let rate = a.rate_per_s.map(|per_s| {
             let limit = RateLimit {
                 per_s,
