@@ -290,9 +290,9 @@ impl Batcher {
     /// Once every size has [`EXPLORE_SAMPLES`], the size with the lowest time per item in
     /// its best run is kept (a larger one must be at least 5 % faster, as in
     /// [`measure_batch_size`]): the best, because what a busy machine adds to a run (caches
-    /// emptied by other work) only ever adds. A size the load does not fill
-    /// [`EXPLORE_SHORT_MAX`] times in a row, or whose run takes longer than
-    /// [`EXPLORE_RUN_NS_MAX`], is dropped with every larger one. The samples are real requests on the cores as busy as they are,
+    /// emptied by other work) only ever adds. A size the load does not fill, or whose
+    /// merged runs fail, [`EXPLORE_SHORT_MAX`] times in a row, or whose run takes longer
+    /// than [`EXPLORE_RUN_NS_MAX`], is dropped with every larger one. The samples are real requests on the cores as busy as they are,
     /// so no run is spent on measuring; the choice holds for every shape the model is
     /// given. Does nothing for a model without a batch dimension or an empty `sizes`.
     pub fn measure_while_serving(&self, sizes: &[u32]) {
@@ -378,13 +378,19 @@ impl Shared {
             // around them, so the thread lives on and the batch's callers, their replies
             // dropped, get `Stopped` instead of waiting for ever.
             let ran = catch_unwind(AssertUnwindSafe(|| self.run_batch(slot, batch)));
-            if let (Some(target), Ok(Some(wall_ns))) = (target, ran) {
-                // The thread's CPU time, which a preempted run does not inflate; the wall
-                // time where the system has no per-thread clock.
-                let ns = cpu
-                    .zip(thread_cpu_ns())
-                    .map_or(wall_ns, |(before, after)| after.saturating_sub(before));
-                self.explored(target, rows, ns);
+            match (target, ran) {
+                (Some(target), Ok(Ran::Done(wall_ns))) => {
+                    // The thread's CPU time, which a preempted run does not inflate; the
+                    // wall time where the system has no per-thread clock.
+                    let ns = cpu
+                        .zip(thread_cpu_ns())
+                        .map_or(wall_ns, |(before, after)| after.saturating_sub(before));
+                    self.explored(target, rows, ns);
+                }
+                // A model that fails merged batches counts them as unfilled: after a few in
+                // a row the size goes, rather than every batch being run twice.
+                (Some(target), Ok(Ran::MergedFailed)) => self.explored(target, 0, 0),
+                _ => {}
             }
             self.runs_active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -467,12 +473,11 @@ impl Shared {
         *self.tuning.lock() = Some(tuning);
     }
 
-    /// Runs a batch and answers its callers; gives the run's nanoseconds when it succeeded
-    /// (a merged run that had to be rerun request by request gives `None`).
-    fn run_batch(&self, slot: usize, mut batch: Vec<Job>) -> Option<u64> {
+    /// Runs a batch and answers its callers.
+    fn run_batch(&self, slot: usize, mut batch: Vec<Job>) -> Ran {
         if batch.len() == 1 {
             let job = batch.pop().expect("invariant: batch has one job");
-            return self.run_one(slot, job);
+            return self.run_one(slot, job).map_or(Ran::Failed, Ran::Done);
         }
         let counts: Vec<u64> = batch.iter().map(|j| j.rows).collect();
         let total: u64 = counts.iter().sum();
@@ -480,8 +485,9 @@ impl Shared {
         let (inputs, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|j| (j.inputs, j.reply)).unzip();
         let started = Instant::now();
-        // Past its limit (`None`): the watchdog answered every caller.
-        let (replies, result) = self.guarded(slot, &merged, replies)?;
+        let Some((replies, result)) = self.guarded(slot, &merged, replies) else {
+            return Ran::Failed; // past its limit: the watchdog answered every caller
+        };
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(merged);
         match result.map(|outs| split(outs, &counts, total)) {
@@ -489,7 +495,7 @@ impl Shared {
                 for (reply, part) in replies.into_iter().zip(parts) {
                     let _ = reply.send(Ok(part));
                 }
-                Some(ns)
+                Ran::Done(ns)
             }
             // The merged run failed or returned outputs that cannot be split by rows: run
             // each request alone so only the faulty ones fail.
@@ -505,7 +511,7 @@ impl Shared {
                         },
                     );
                 }
-                None
+                Ran::MergedFailed
             }
         }
     }
@@ -628,6 +634,17 @@ pub struct BatchTuning {
     pub batch_size_max: u32,
     /// (batch size, nanoseconds per item in its best run), for each size tried.
     pub per_item_ns: Vec<(u32, u64)>,
+}
+
+/// How a batch's run went.
+enum Ran {
+    /// It succeeded in this many nanoseconds (wall time).
+    Done(u64),
+    /// Its requests were merged, the merged run failed (or its outputs could not be split by
+    /// rows), and each was rerun alone.
+    MergedFailed,
+    /// It failed, panicked or outlived its limit.
+    Failed,
 }
 
 /// CPU time this thread has used, in nanoseconds (`None` where the system cannot say).
@@ -834,6 +851,8 @@ mod tests {
         runs: Mutex<Vec<u64>>,
         /// Whether each run was on a run thread (else on a caller's).
         on_run_thread: Mutex<Vec<bool>>,
+        /// Fail every run of more than one row.
+        fail_merged: AtomicBool,
     }
 
     impl RowSum {
@@ -858,6 +877,7 @@ mod tests {
                 },
                 runs: Mutex::new(Vec::new()),
                 on_run_thread: Mutex::new(Vec::new()),
+                fail_merged: AtomicBool::new(false),
             })
         }
     }
@@ -870,6 +890,9 @@ mod tests {
             let x = inputs[0].to_vec::<f32>().unwrap();
             let (n, k) = (inputs[0].shape()[0], inputs[0].shape()[1] as usize);
             self.runs.lock().unwrap().push(n);
+            if n > 1 && self.fail_merged.load(Ordering::Relaxed) {
+                return Err(BackendError::Run("no batches".into()));
+            }
             self.on_run_thread
                 .lock()
                 .unwrap()
@@ -1260,6 +1283,31 @@ mod tests {
             after.iter().all(|&n| n <= u64::from(t.batch_size_max)),
             "{after:?} {t:?}"
         );
+
+        // A model whose merged runs fail keeps one request per run.
+        let failing = RowSum::new(true);
+        failing.fail_merged.store(true, Ordering::Relaxed);
+        let b = unbatched(&failing);
+        b.measure_while_serving(&[1, 2, 4]);
+        for burst in 0..2_000u32 {
+            if b.tuning().is_some() {
+                break;
+            }
+            let calls: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let v = (burst * 8 + i) as f32;
+                    (v, spawn_infer(&b, vec![v], 1))
+                })
+                .collect();
+            for (v, call) in calls {
+                assert_eq!(
+                    call.await.unwrap().unwrap()[0].to_vec::<f32>().unwrap(),
+                    [v]
+                );
+            }
+        }
+        let t = b.tuning().expect("a choice");
+        assert_eq!((t.batch_size_max, t.per_item_ns.len()), (1, 1), "{t:?}");
 
         // A model without a batch dimension is never measured.
         let fixed = RowSum::new(false);
