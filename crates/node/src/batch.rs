@@ -1245,6 +1245,29 @@ mod tests {
         assert_eq!(e.record(8, 8, 1), None);
     }
 
+    /// Sends bursts of 8 one-row requests of `k` columns, each caller checking its own
+    /// answer, until `b`'s measurement while serving has chosen (at most 2,000 bursts).
+    async fn bursts_until_chosen(b: &Batcher, k: u64) -> BatchTuning {
+        for burst in 0..2_000u32 {
+            if let Some(t) = b.tuning() {
+                return t;
+            }
+            let calls: Vec<_> = (0..8u32)
+                .map(|i| {
+                    let v = (burst * 8 + i) as f32;
+                    let mut row = vec![1.0; k as usize];
+                    row[0] = v;
+                    (v + (k - 1) as f32, spawn_infer(b, row, k))
+                })
+                .collect();
+            for (sum, call) in calls {
+                let out = call.await.unwrap().unwrap();
+                assert_eq!(out[0].to_vec::<f32>().unwrap(), [sum]);
+            }
+        }
+        b.tuning().expect("a choice after 2,000 bursts")
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_model_without_a_shape_to_time_is_measured_on_the_batches_it_serves() {
         let model = RowSum::new(true);
@@ -1252,23 +1275,7 @@ mod tests {
         b.measure_while_serving(&[1, 2, 4]);
         assert_eq!(b.tuning(), None);
         assert_eq!(b.config().batch_size_max, 1);
-        // Bursts of requests, each caller checking its own answer, until it has chosen.
-        for burst in 0..2_000u32 {
-            if b.tuning().is_some() {
-                break;
-            }
-            let calls: Vec<_> = (0..8u32)
-                .map(|i| {
-                    let v = (burst * 8 + i) as f32;
-                    (v, spawn_infer(&b, vec![v, 1.0, 2.0], 3))
-                })
-                .collect();
-            for (v, call) in calls {
-                let out = call.await.unwrap().unwrap();
-                assert_eq!(out[0].to_vec::<f32>().unwrap(), [v + 3.0]);
-            }
-        }
-        let t = b.tuning().expect("a choice");
+        let t = bursts_until_chosen(&b, 3).await;
         assert_eq!(b.config().batch_size_max, t.batch_size_max);
         assert_eq!(t.per_item_ns[0].0, 1);
         assert!(t.per_item_ns.iter().all(|p| [1, 2, 4].contains(&p.0)));
@@ -1289,24 +1296,7 @@ mod tests {
         failing.fail_merged.store(true, Ordering::Relaxed);
         let b = unbatched(&failing);
         b.measure_while_serving(&[1, 2, 4]);
-        for burst in 0..2_000u32 {
-            if b.tuning().is_some() {
-                break;
-            }
-            let calls: Vec<_> = (0..8u32)
-                .map(|i| {
-                    let v = (burst * 8 + i) as f32;
-                    (v, spawn_infer(&b, vec![v], 1))
-                })
-                .collect();
-            for (v, call) in calls {
-                assert_eq!(
-                    call.await.unwrap().unwrap()[0].to_vec::<f32>().unwrap(),
-                    [v]
-                );
-            }
-        }
-        let t = b.tuning().expect("a choice");
+        let t = bursts_until_chosen(&b, 1).await;
         assert_eq!((t.batch_size_max, t.per_item_ns.len()), (1, 1), "{t:?}");
 
         // A model without a batch dimension is never measured.
