@@ -290,11 +290,14 @@ impl Batcher {
     /// Once every size has [`EXPLORE_SAMPLES`], the size with the lowest time per item in
     /// its best run is kept (a larger one must be at least 5 % faster, as in
     /// [`measure_batch_size`]): the best, because what a busy machine adds to a run (caches
-    /// emptied by other work) only ever adds. A size the load does not fill, or whose
-    /// merged runs fail, [`EXPLORE_SHORT_MAX`] times in a row, or whose run takes longer
-    /// than [`EXPLORE_RUN_NS_MAX`], is dropped with every larger one. The samples are real requests on the cores as busy as they are,
-    /// so no run is spent on measuring; the choice holds for every shape the model is
-    /// given. Does nothing for a model without a batch dimension or an empty `sizes`.
+    /// emptied by other work) only ever adds. A size is first tried once the next smaller
+    /// one has a sample, and only when that sample's time per item says its batch would
+    /// take at most [`EXPLORE_RUN_NS_MAX`]. A size the load does not fill, or whose merged
+    /// runs fail, [`EXPLORE_SHORT_MAX`] times in a row, or whose batch takes longer than
+    /// that or outlives the run's time limit, is dropped with every larger one. The samples
+    /// are real requests on the cores as busy as they are, so no run is spent on measuring;
+    /// the choice holds for every shape the model is given. Does nothing for a model
+    /// without a batch dimension or an empty `sizes`.
     pub fn measure_while_serving(&self, sizes: &[u32]) {
         let shared = &self.handle.0;
         if !shared.model.info().batchable() {
@@ -390,6 +393,12 @@ impl Shared {
                 // A model that fails merged batches counts them as unfilled: after a few in
                 // a row the size goes, rather than every batch being run twice.
                 (Some(target), Ok(Ran::MergedFailed)) => self.explored(target, 0, 0),
+                // Past the run's time limit: far too slow a size.
+                (Some(target), Ok(Ran::TimedOut)) => {
+                    if let Some(e) = self.explore.lock().as_mut() {
+                        e.drop_from(target);
+                    }
+                }
                 _ => {}
             }
             self.runs_active.fetch_sub(1, Ordering::AcqRel);
@@ -477,7 +486,7 @@ impl Shared {
     fn run_batch(&self, slot: usize, mut batch: Vec<Job>) -> Ran {
         if batch.len() == 1 {
             let job = batch.pop().expect("invariant: batch has one job");
-            return self.run_one(slot, job).map_or(Ran::Failed, Ran::Done);
+            return self.run_one(slot, job);
         }
         let counts: Vec<u64> = batch.iter().map(|j| j.rows).collect();
         let total: u64 = counts.iter().sum();
@@ -486,7 +495,7 @@ impl Shared {
             batch.into_iter().map(|j| (j.inputs, j.reply)).unzip();
         let started = Instant::now();
         let Some((replies, result)) = self.guarded(slot, &merged, replies) else {
-            return Ran::Failed; // past its limit: the watchdog answered every caller
+            return Ran::TimedOut; // the watchdog answered every caller
         };
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(merged);
@@ -516,20 +525,26 @@ impl Shared {
         }
     }
 
-    /// Runs one request and answers it; gives the run's nanoseconds when it succeeded.
-    fn run_one(&self, slot: usize, job: Job) -> Option<u64> {
+    /// Runs one request and answers it.
+    fn run_one(&self, slot: usize, job: Job) -> Ran {
         let bytes: u64 = job.inputs.iter().map(|t| t.bytes().len() as u64).sum();
         let started = Instant::now();
         let run = self.guarded(slot, &job.inputs, vec![job.reply]);
         let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.inline.record(bytes, ns);
-        let (mut replies, result) = run?;
+        let Some((mut replies, result)) = run else {
+            return Ran::TimedOut;
+        };
         drop(job.inputs);
-        let ok = result.is_ok();
+        let ran = if result.is_ok() {
+            Ran::Done(ns)
+        } else {
+            Ran::Failed
+        };
         if let Some(reply) = replies.pop() {
             let _ = reply.send(result.map_err(RunError::Backend));
         }
-        ok.then_some(ns)
+        ran
     }
 
     /// Runs `inputs`, catching panics, with `replies` in the worker's slot for the
@@ -643,8 +658,10 @@ enum Ran {
     /// Its requests were merged, the merged run failed (or its outputs could not be split by
     /// rows), and each was rerun alone.
     MergedFailed,
-    /// It failed, panicked or outlived its limit.
+    /// It failed or panicked.
     Failed,
+    /// It outlived the run's time limit (its callers were answered `Timeout`).
+    TimedOut,
 }
 
 /// CPU time this thread has used, in nanoseconds (`None` where the system cannot say).
@@ -710,12 +727,27 @@ impl Explore {
     }
 
     /// The size the next batch is formed for: the candidates still short of samples, in
-    /// turn, so each is timed under the same conditions as the others.
+    /// turn, so each is timed under the same conditions as the others. A size is first
+    /// tried once the next smaller one has a sample whose time per item says a batch of this
+    /// size would take at most [`EXPLORE_RUN_NS_MAX`]; otherwise it goes, with every larger.
     fn target(&mut self) -> u32 {
+        let too_long = (1..self.candidates.len()).find(|&i| {
+            let smaller = &self.candidates[i - 1];
+            smaller.samples > 0
+                && smaller
+                    .best_ns
+                    .saturating_mul(u64::from(self.candidates[i].size))
+                    > EXPLORE_RUN_NS_MAX
+        });
+        if let Some(i) = too_long {
+            self.candidates.truncate(i);
+            self.last = self.last.min(i - 1);
+        }
         let n = self.candidates.len();
         for step in 1..=n {
             let i = (self.last + step) % n;
-            if self.candidates[i].samples < EXPLORE_SAMPLES {
+            let open = i == 0 || self.candidates[i - 1].samples > 0;
+            if open && self.candidates[i].samples < EXPLORE_SAMPLES {
                 self.last = i;
                 return self.candidates[i].size;
             }
@@ -723,6 +755,16 @@ impl Explore {
         // Every candidate is complete; `record` has chosen already, so this is not reached
         // while measuring.
         self.candidates[self.last % n].size
+    }
+
+    /// Drops `target` and every larger size, unless it is the smallest.
+    fn drop_from(&mut self, target: u32) {
+        if let Some(i) = self.candidates.iter().position(|c| c.size == target)
+            && i > 0
+        {
+            self.candidates.truncate(i);
+            self.last = i - 1;
+        }
     }
 
     /// Counts a successful run of `rows` formed for `target` that took `ns`: a sample when
@@ -748,9 +790,8 @@ impl Explore {
             std::cmp::Ordering::Greater => false,
         };
         // The smallest size stays, whatever it costs: requests are served at it anyway.
-        if drop_from_here && i > 0 {
-            self.candidates.truncate(i);
-            self.last = i - 1;
+        if drop_from_here {
+            self.drop_from(target);
         }
         if !self.candidates.iter().all(|c| c.samples >= EXPLORE_SAMPLES) {
             return None;
@@ -1196,9 +1237,25 @@ mod tests {
         // stays whatever it costs.
         let mut e = Explore::new(&[1, 2, 4, 8]).unwrap();
         let (asked, t) = explore_until_chosen(&mut e, |n| EXPLORE_RUN_NS_MAX / 3 + u64::from(n));
-        // A batch of 4 takes 4/3 of the limit: 4 and 8 go at 4's first run.
-        assert_eq!(&asked[..3], [1, 2, 4]);
-        assert!(asked[3..].iter().all(|&n| n <= 2), "{asked:?}");
+        // A batch of 4 would take 4/3 of the limit by 2's time per item: 4 and 8 are never
+        // tried.
+        assert_eq!(&asked[..2], [1, 2]);
+        assert!(asked.iter().all(|&n| n <= 2), "{asked:?}");
+        // A batch that did take longer goes at once; so does one past the time limit.
+        let mut e = Explore::new(&[1, 2, 4]).unwrap();
+        assert_eq!((e.target(), e.target()), (1, 1));
+        assert_eq!(e.record(1, 1, 1_000), None);
+        assert_eq!(e.target(), 2);
+        assert_eq!(e.record(2, 2, EXPLORE_RUN_NS_MAX + 1), None);
+        assert!(e.candidates.iter().all(|c| c.size == 1));
+        let mut e = Explore::new(&[1, 2, 4]).unwrap();
+        assert_eq!(e.record(1, 1, 1_000), None);
+        e.drop_from(4);
+        e.drop_from(1);
+        assert_eq!(
+            e.candidates.iter().map(|c| c.size).collect::<Vec<_>>(),
+            [1, 2]
+        );
         assert_eq!(
             t.per_item_ns.iter().map(|p| p.0).collect::<Vec<_>>(),
             [1, 2]
@@ -1296,6 +1353,24 @@ mod tests {
         failing.fail_merged.store(true, Ordering::Relaxed);
         let b = unbatched(&failing);
         b.measure_while_serving(&[1, 2, 4]);
+        let t = bursts_until_chosen(&b, 1).await;
+        assert_eq!((t.batch_size_max, t.per_item_ns.len()), (1, 1), "{t:?}");
+
+        // A batch formed for a size that outlives the run's time limit drops the size.
+        let slow = RowSum::new(true);
+        let config = BatchConfig {
+            batch_size_max: 1,
+            run_timeout_ms: 200,
+            ..BatchConfig::default()
+        };
+        let b = Batcher::spawn(slow.clone(), config).unwrap();
+        b.measure_while_serving(&[1, 2]);
+        b.infer(rows_of(&[1.0], 1)).await.unwrap();
+        // The next batch is formed for 2; its run sleeps a second.
+        assert_eq!(
+            b.infer(rows_of(&[999.0], 1)).await,
+            Err(RunError::Timeout(200))
+        );
         let t = bursts_until_chosen(&b, 1).await;
         assert_eq!((t.batch_size_max, t.per_item_ns.len()), (1, 1), "{t:?}");
 

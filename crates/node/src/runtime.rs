@@ -1326,8 +1326,8 @@ impl<T: Transport> Node<T> {
             })
             .await?;
         let mut config = inner.config.batch;
-        // Sizes to measure at the first request's shape, for a model whose symbolic sizes
-        // beyond the batch dimension leave nothing to time now.
+        // Sizes to measure on the batches served, for a model whose symbolic sizes beyond the
+        // batch dimension leave nothing to time now.
         let mut measure_later = None;
         config.batch_size_max = match &inner.config.batch_sizing {
             BatchSizing::Fixed(n) => *n,
