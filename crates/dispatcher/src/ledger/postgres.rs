@@ -1764,7 +1764,7 @@ impl Ledger for PgLedger {
     }
 
     fn resign_rounds(&self) {
-        self.leader.resign();
+        self.leader.resign(&self.pool);
     }
 
     fn announce_active(&self, addr: &PeerAddr) -> Result<(), LedgerError> {

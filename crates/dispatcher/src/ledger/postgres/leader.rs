@@ -142,8 +142,19 @@ impl Leadership {
         }
     }
 
-    /// Lets go of the lock (closes its session), so that another dispatcher takes it at once.
-    pub(super) fn resign(&self) {
-        *self.state.lock() = None;
+    /// Lets go of the lock, so that another dispatcher takes it at once: unlocked on its own
+    /// session, which is then closed. (Closing alone releases it too, but only once the server
+    /// has noticed the socket close, a moment later.)
+    pub(super) fn resign(&self, pool: &Pool) {
+        let Some(session) = self.state.lock().take() else {
+            return;
+        };
+        if session.holds {
+            let client = session.client.clone();
+            // Best effort: if it fails or times out, closing the session releases the lock.
+            let _ = pool.within(CHECK_TIMEOUT, async move {
+                client.simple_query("SELECT pg_advisory_unlock_all()").await
+            });
+        }
     }
 }
