@@ -297,7 +297,8 @@ impl Batcher {
     /// that or outlives the run's time limit, is dropped with every larger one. The samples
     /// are real requests on the cores as busy as they are, so no run is spent on measuring;
     /// the choice holds for every shape the model is given. Does nothing for a model
-    /// without a batch dimension or an empty `sizes`.
+    /// without a batch dimension or an empty `sizes`. It settles for what it has timed after
+    /// [`EXPLORE_BATCHES_MAX`] batches.
     pub fn measure_while_serving(&self, sizes: &[u32]) {
         let shared = &self.handle.0;
         if !shared.model.info().batchable() {
@@ -381,25 +382,24 @@ impl Shared {
             // around them, so the thread lives on and the batch's callers, their replies
             // dropped, get `Stopped` instead of waiting for ever.
             let ran = catch_unwind(AssertUnwindSafe(|| self.run_batch(slot, batch)));
-            match (target, ran) {
-                (Some(target), Ok(Ran::Done(wall_ns))) => {
-                    // The thread's CPU time, which a preempted run does not inflate; the
-                    // wall time where the system has no per-thread clock.
-                    let ns = cpu
-                        .zip(thread_cpu_ns())
-                        .map_or(wall_ns, |(before, after)| after.saturating_sub(before));
-                    self.explored(target, rows, ns);
-                }
-                // A model that fails merged batches counts them as unfilled: after a few in
-                // a row the size goes, rather than every batch being run twice.
-                (Some(target), Ok(Ran::MergedFailed)) => self.explored(target, 0, 0),
-                // Past the run's time limit: far too slow a size.
-                (Some(target), Ok(Ran::TimedOut)) => {
-                    if let Some(e) = self.explore.lock().as_mut() {
-                        e.drop_from(target);
-                    }
-                }
-                _ => {}
+            if let Some(target) = target {
+                let seen = match ran {
+                    Ok(Ran::Done(wall_ns)) => Seen::Rows {
+                        rows,
+                        // The thread's CPU time, which a preempted run does not inflate;
+                        // the wall time where the system has no per-thread clock.
+                        ns: cpu
+                            .zip(thread_cpu_ns())
+                            .map_or(wall_ns, |(before, after)| after.saturating_sub(before)),
+                    },
+                    // A model that fails merged batches counts them as unfilled: after a
+                    // few in a row the size goes, rather than every batch being run twice.
+                    Ok(Ran::MergedFailed) => Seen::Rows { rows: 0, ns: 0 },
+                    // Past the run's time limit: far too slow a size.
+                    Ok(Ran::TimedOut) => Seen::TooSlow,
+                    Ok(Ran::Failed) | Err(_) => Seen::Nothing,
+                };
+                self.explored(target, seen);
             }
             self.runs_active.fetch_sub(1, Ordering::AcqRel);
         }
@@ -467,11 +467,22 @@ impl Shared {
         Some((batch, target))
     }
 
-    /// Counts a run of `rows` formed for the measured size `target` that took `ns`; once the
+    /// Counts what a batch formed for the measured size `target` showed; once the
     /// measurement chooses, its size is the one in force.
-    fn explored(&self, target: u32, rows: u64, ns: u64) {
+    fn explored(&self, target: u32, seen: Seen) {
         let mut explore = self.explore.lock();
-        let Some(tuning) = explore.as_mut().and_then(|e| e.record(target, rows, ns)) else {
+        let Some(e) = explore.as_mut() else {
+            return;
+        };
+        let tuning = match seen {
+            Seen::Rows { rows, ns } => e.record(target, rows, ns),
+            Seen::TooSlow => {
+                e.drop_from(target);
+                e.finished()
+            }
+            Seen::Nothing => e.finished(),
+        };
+        let Some(tuning) = tuning else {
             return;
         };
         *explore = None;
@@ -651,6 +662,16 @@ pub struct BatchTuning {
     pub per_item_ns: Vec<(u32, u64)>,
 }
 
+/// What a batch formed for a measured size showed the measurement.
+enum Seen {
+    /// A run of `rows` (0: a merged run that failed) that took `ns`.
+    Rows { rows: u64, ns: u64 },
+    /// A run past the time limit.
+    TooSlow,
+    /// A failed run, which says nothing about the size.
+    Nothing,
+}
+
 /// How a batch's run went.
 enum Ran {
     /// It succeeded in this many nanoseconds (wall time).
@@ -680,6 +701,10 @@ pub const EXPLORE_RUN_NS_MAX: u64 = 100_000_000;
 /// Batches in a row formed for a candidate size that the queue could not fill, after which
 /// [`Batcher::measure_while_serving`] drops that size and every larger one.
 pub const EXPLORE_SHORT_MAX: u32 = 8;
+/// Batches a measurement while serving forms before it settles for what it has timed (the
+/// smallest size when nothing): requests that all fail, or all carry more rows than a size,
+/// would otherwise keep it from ever finishing.
+pub const EXPLORE_BATCHES_MAX: u32 = 4_096;
 /// Runs a measurement at load makes per batch size (the best counts).
 pub const MEASURE_REPS: u32 = 3;
 
@@ -690,6 +715,8 @@ struct Explore {
     candidates: Vec<Candidate>,
     /// Index of the candidate the last batch was formed for.
     last: usize,
+    /// Batches formed so far (at most [`EXPLORE_BATCHES_MAX`] count).
+    batches: u32,
 }
 
 #[derive(Debug)]
@@ -713,6 +740,7 @@ impl Explore {
             return None;
         }
         Some(Self {
+            batches: 0,
             last: sizes.len() - 1,
             candidates: sizes
                 .into_iter()
@@ -731,6 +759,7 @@ impl Explore {
     /// tried once the next smaller one has a sample whose time per item says a batch of this
     /// size would take at most [`EXPLORE_RUN_NS_MAX`]; otherwise it goes, with every larger.
     fn target(&mut self) -> u32 {
+        self.batches = self.batches.saturating_add(1);
         let too_long = (1..self.candidates.len()).find(|&i| {
             let smaller = &self.candidates[i - 1];
             smaller.samples > 0
@@ -793,16 +822,24 @@ impl Explore {
         if drop_from_here {
             self.drop_from(target);
         }
-        if !self.candidates.iter().all(|c| c.samples >= EXPLORE_SAMPLES) {
+        self.finished()
+    }
+
+    /// The choice, once every candidate has its samples, or after [`EXPLORE_BATCHES_MAX`]
+    /// batches among the candidates timed so far (the smallest size when none was).
+    fn finished(&self) -> Option<BatchTuning> {
+        let complete = self.candidates.iter().all(|c| c.samples >= EXPLORE_SAMPLES);
+        if !complete && self.batches < EXPLORE_BATCHES_MAX {
             return None;
         }
         let per_item_ns: Vec<(u32, u64)> = self
             .candidates
             .iter()
+            .filter(|c| c.samples > 0)
             .map(|c| (c.size, c.best_ns))
             .collect();
         Some(BatchTuning {
-            batch_size_max: choose(&per_item_ns)?,
+            batch_size_max: choose(&per_item_ns).unwrap_or(self.candidates[0].size),
             per_item_ns,
         })
     }
@@ -1300,6 +1337,36 @@ mod tests {
         // A batch formed for a size already dropped is ignored.
         let mut e = Explore::new(&[1, 2]).unwrap();
         assert_eq!(e.record(8, 8, 1), None);
+    }
+
+    #[test]
+    fn measuring_while_serving_settles_after_its_batch_limit() {
+        // Requests that all carry more rows than any size: nothing is ever timed.
+        let mut e = Explore::new(&[1, 2]).unwrap();
+        let mut formed = 0;
+        let t = loop {
+            let size = e.target();
+            formed += 1;
+            if let Some(t) = e.record(size, 3, 1_000) {
+                break t;
+            }
+            assert!(formed < EXPLORE_BATCHES_MAX, "{e:?}");
+        };
+        assert_eq!(formed, EXPLORE_BATCHES_MAX);
+        assert_eq!((t.batch_size_max, t.per_item_ns.len()), (1, 0));
+        // Only 1 was timed (2's batches all too large): it is chosen from what there is.
+        let mut e = Explore::new(&[1, 2]).unwrap();
+        assert_eq!(e.target(), 1);
+        assert_eq!(e.record(1, 1, 1_000), None);
+        let t = loop {
+            let size = e.target();
+            let rows = if size == 1 { 1 } else { 5 };
+            if let Some(t) = e.record(size, rows, 1_000 * rows) {
+                break t;
+            }
+        };
+        assert_eq!(t.per_item_ns, [(1, 1_000)]);
+        assert_eq!(t.batch_size_max, 1);
     }
 
     /// Sends bursts of 8 one-row requests of `k` columns, each caller checking its own
