@@ -348,7 +348,7 @@ impl Batcher {
 impl Shared {
     /// Runs `inputs` on this thread when the model is quick and idle (see [`Batcher`]).
     fn try_inline(&self, inputs: &[Tensor]) -> Option<Result<Vec<Tensor>, RunError>> {
-        let bytes: u64 = inputs.iter().map(|t| t.bytes().len() as u64).sum();
+        let bytes = input_bytes(inputs);
         if !self.inline.claim(bytes) {
             return None;
         }
@@ -360,7 +360,7 @@ impl Shared {
             let started = Instant::now();
             let result = catch_unwind(AssertUnwindSafe(|| self.model.run(inputs)))
                 .unwrap_or_else(|panic| Err(BackendError::Panicked(panic_message(&*panic))));
-            let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            let ns = elapsed_ns(started);
             if ns > INLINE_SLOW_NS {
                 self.inline.off.store(true, Ordering::Relaxed);
             }
@@ -508,7 +508,7 @@ impl Shared {
         let Some((replies, result)) = self.guarded(slot, &merged, replies) else {
             return Ran::TimedOut; // the watchdog answered every caller
         };
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ns = elapsed_ns(started);
         drop(merged);
         match result.map(|outs| split(outs, &counts, total)) {
             Ok(Some(parts)) => {
@@ -538,10 +538,10 @@ impl Shared {
 
     /// Runs one request and answers it.
     fn run_one(&self, slot: usize, job: Job) -> Ran {
-        let bytes: u64 = job.inputs.iter().map(|t| t.bytes().len() as u64).sum();
+        let bytes = input_bytes(&job.inputs);
         let started = Instant::now();
         let run = self.guarded(slot, &job.inputs, vec![job.reply]);
-        let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let ns = elapsed_ns(started);
         self.inline.record(bytes, ns);
         let Some((mut replies, result)) = run else {
             return Ran::TimedOut;
@@ -683,6 +683,16 @@ enum Ran {
     Failed,
     /// It outlived the run's time limit (its callers were answered `Timeout`).
     TimedOut,
+}
+
+/// Nanoseconds since `started` (saturating).
+fn elapsed_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Input bytes of a request: what the quick runs that allow inlining are compared by.
+fn input_bytes(inputs: &[Tensor]) -> u64 {
+    inputs.iter().map(|t| t.bytes().len() as u64).sum()
 }
 
 /// CPU time this thread has used, in nanoseconds (`None` where the system cannot say).
@@ -905,7 +915,7 @@ pub fn measure_batch_size(
         for _ in 0..reps.max(1) {
             let t = Instant::now();
             model.run(&inputs).ok()?;
-            best = best.min(t.elapsed().as_nanos() as u64);
+            best = best.min(elapsed_ns(t));
         }
         per_item_ns.push((n, best / u64::from(n)));
     }
