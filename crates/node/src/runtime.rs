@@ -55,7 +55,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::activity::{Activity, ActivitySnapshot};
 use crate::batch::{
-    BatchConfig, Batcher, MEASURE_REPS, RunError, has_symbolic_inner_size, measure_batch_size,
+    BatchConfig, BatchTuning, Batcher, MEASURE_REPS, RunError, has_symbolic_inner_size,
+    measure_batch_size,
 };
 use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleStatus, IdleWorkload};
@@ -566,6 +567,19 @@ impl<T: Transport> Node<T> {
             .map(|s| s.batcher.queued() as u64)
             .sum();
         (inner.inflight.load(Ordering::Relaxed), queued)
+    }
+
+    /// The batching limits in force for `deployment` (the batch size as chosen for its model)
+    /// and, for a model whose batch size is measured on the tasks it serves
+    /// ([`Batcher::measure_while_serving`]), what that measurement chose, once it has; `None`
+    /// when the node does not serve `deployment`.
+    pub fn batching(
+        &self,
+        deployment: &DeploymentId,
+    ) -> Option<(BatchConfig, Option<BatchTuning>)> {
+        let served = self.inner.served.read();
+        let batcher = &served.get(deployment)?.batcher;
+        Some((batcher.config(), batcher.tuning()))
     }
 
     /// What the hardware probe found (and the rating the node claims; the dispatcher pays

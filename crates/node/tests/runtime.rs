@@ -377,3 +377,58 @@ async fn a_node_whose_dispatcher_keeps_restarting_comes_back_at_once() {
     running.abort();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model whose image sizes are symbolic (the PaddleOCR classifier takes any height and
+/// width) has no shape to time when it loads: under `BatchSizing::Measure` its batch size is
+/// measured on the tasks it serves, and the size chosen is in force from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_with_symbolic_image_sizes_has_its_batch_size_measured_on_the_tasks_it_serves() {
+    const CLS: &[u8] = include_bytes!("../../backend/models/ch_ppocr_mobile_v2.0_cls_infer.onnx");
+    let backend: Arc<dyn InferenceBackend> = Arc::new(TractBackend::new());
+    let node = TestNode::start(
+        vec![(assignment(dep(1), CLS), CLS.to_vec())],
+        backend,
+        |c| {
+            c.batch_sizing = BatchSizing::Measure(vec![1, 2]);
+        },
+    )
+    .await;
+    let (config, tuning) = node.node.batching(&dep(1)).unwrap();
+    assert_eq!((config.batch_size_max, tuning), (1, None));
+    assert!(node.node.batching(&dep(2)).is_none());
+
+    let conn = node.client("client").await;
+    let dkey = dispatcher_key();
+    let x = Tensor::zeros(crat_core::tensor::DType::F32, &[1, 3, 48, 192]).unwrap();
+    let mut task = 0u64;
+    // Bursts of 8 tasks at once (so that batches of 2 form) until the measurement chooses;
+    // the ticket pays for 1,000.
+    let tuning = loop {
+        if let Some((_, Some(tuning))) = node.node.batching(&dep(1)) {
+            break tuning;
+        }
+        assert!(task < 800, "nothing chosen after {task} tasks");
+        let mut calls = Vec::new();
+        for _ in 0..8 {
+            task += 1;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&task.to_le_bytes());
+            let req = ClientToNode::Infer(Box::new(InferRequest::new(
+                TaskId::from_bytes(id),
+                dep(1),
+                ticket(&dkey, dep(1), node.id, NOW + 60),
+                vec![NamedTensor::new("x", x.clone())],
+            )));
+            let conn = conn.clone();
+            calls.push(tokio::spawn(async move { call(&conn, &req).await }));
+        }
+        for c in calls {
+            let answer = c.await.unwrap();
+            assert_eq!(code(&answer), None, "{answer:?}");
+        }
+    };
+    assert_eq!(tuning.per_item_ns[0].0, 1, "{tuning:?}");
+    assert!([1, 2].contains(&tuning.batch_size_max), "{tuning:?}");
+    let (config, _) = node.node.batching(&dep(1)).unwrap();
+    assert_eq!(config.batch_size_max, tuning.batch_size_max);
+}
