@@ -6,7 +6,7 @@
 
 use crat_benches::infer_f32;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
-use crat_core::sign::{Receipt, Signed, tensors_digest};
+use crat_core::sign::{ProvenReceipt, Receipt, tensors_digest};
 use crat_core::wire::{ClientToNode, NodeAck};
 use crat_transport::Frame;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -60,13 +60,13 @@ fn codec(c: &mut Criterion) {
         inputs_digest: request.inputs_digest,
         outputs_digest: digest,
     };
-    let signed = Signed::sign(receipt(tensors_digest(outputs)), &key);
+    let signed = ProvenReceipt::sign(receipt(tensors_digest(outputs)), &key);
     let mut g = c.benchmark_group("receipt");
     g.bench_function("tensors_digest 1 MiB", |b| {
         b.iter(|| black_box(tensors_digest(black_box(outputs))))
     });
     g.bench_function("sign", |b| {
-        b.iter(|| black_box(Signed::sign(receipt(black_box([3; 32])), &key)))
+        b.iter(|| black_box(ProvenReceipt::sign(receipt(black_box([3; 32])), &key)))
     });
     g.bench_function("verify", |b| {
         b.iter(|| black_box(signed.verify(Some(&node)).is_ok()))

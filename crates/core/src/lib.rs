@@ -82,6 +82,7 @@ pub mod gpu_table;
 pub mod hardware;
 pub mod id;
 pub mod limit;
+mod merkle;
 pub mod money;
 pub mod placement;
 pub mod policy;

@@ -84,6 +84,9 @@ pub enum SignatureError {
     /// The signature does not match the body under the signer's key and this type's domain.
     #[error("signature does not verify")]
     BadSignature,
+    /// A receipt's proof does not lead to the root its node signed.
+    #[error("the receipt is not under the root its node signed")]
+    BadProof,
 }
 
 /// A body with its signer and an ed25519 signature over `DOMAIN ‖ postcard(body)`.
@@ -171,6 +174,137 @@ impl Signable for Receipt {
     const DOMAIN: &'static [u8] = b"crat/v1/receipt\0";
 }
 
+/// Most receipts one [`ReceiptRoot`] covers.
+pub const RECEIPTS_PER_ROOT_MAX: u32 = 256;
+/// Most hashes in a [`ProvenReceipt`]'s path: the height of a tree of
+/// [`RECEIPTS_PER_ROOT_MAX`] leaves.
+pub const RECEIPT_PATH_MAX: usize = 8;
+
+/// Prefix of a receipt's leaf hash in a [`ReceiptRoot`]'s tree.
+const RECEIPT_LEAF_DOMAIN: &[u8] = b"crat/v1/receipt-leaf\0";
+/// Prefix of an inner node's hash in a [`ReceiptRoot`]'s tree (unlike a leaf's, so an inner
+/// node never passes for a receipt).
+const RECEIPT_NODE_DOMAIN: &[u8] = b"crat/v1/receipt-node\0";
+
+/// What a node signs for the answers it gives together: the root of a binary hash tree
+/// (blake3) whose leaves are their [`Receipt`]s in order, pairs hashed level by level and a
+/// level's odd last node carried up as it is. One signature for many answers: an ed25519
+/// signature is most of what a small model's task costs a node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ReceiptRoot {
+    /// The tree's root.
+    pub root: [u8; 32],
+    /// Its leaves (receipts), 1 to [`RECEIPTS_PER_ROOT_MAX`].
+    pub leaves: u32,
+}
+
+impl Signable for ReceiptRoot {
+    const DOMAIN: &'static [u8] = b"crat/v1/receipt-root\0";
+}
+
+/// A node's receipt for one answer with the proof that the node gave it: the node's
+/// signature over the root of the tree of receipts it gave together ([`ReceiptRoot`]), and
+/// this receipt's place and path in that tree. The evidence a spot check rests on: a client
+/// cannot forge one (the root is signed by the node), and a node cannot deny one.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ProvenReceipt {
+    /// The receipt.
+    pub body: Receipt,
+    /// The signed root of the tree it is a leaf of.
+    pub root: Signed<ReceiptRoot>,
+    /// Its leaf's position in the tree.
+    pub index: u32,
+    /// The sibling hashes from its leaf up to the root (none where a level's odd last node
+    /// is carried up): at most [`RECEIPT_PATH_MAX`].
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, RECEIPT_PATH_MAX>")]
+    pub path: Vec<[u8; 32]>,
+}
+
+fn receipt_leaf(receipt: &Receipt) -> [u8; 32] {
+    *blake3::hash(&signing_bytes(RECEIPT_LEAF_DOMAIN, receipt)).as_bytes()
+}
+
+fn receipt_node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(RECEIPT_NODE_DOMAIN);
+    h.update(left);
+    h.update(right);
+    *h.finalize().as_bytes()
+}
+
+impl ProvenReceipt {
+    /// Proves every receipt of `bodies` with one signature per [`RECEIPTS_PER_ROOT_MAX`] of
+    /// them, in order.
+    pub fn sign_all(bodies: Vec<Receipt>, key: &SigningKey) -> Vec<Self> {
+        let mut out = Vec::with_capacity(bodies.len());
+        let mut bodies = bodies.into_iter().peekable();
+        while bodies.peek().is_some() {
+            let group: Vec<Receipt> = bodies
+                .by_ref()
+                .take(RECEIPTS_PER_ROOT_MAX as usize)
+                .collect();
+            let levels =
+                crate::merkle::levels(group.iter().map(receipt_leaf).collect(), receipt_node);
+            let root = Signed::sign(
+                ReceiptRoot {
+                    root: levels[levels.len() - 1][0],
+                    leaves: group.len() as u32,
+                },
+                key,
+            );
+            for (i, body) in group.into_iter().enumerate() {
+                let path = crate::merkle::path(&levels, i);
+                out.push(Self {
+                    body,
+                    root: root.clone(),
+                    index: i as u32,
+                    path,
+                });
+            }
+        }
+        out
+    }
+
+    /// Proves one receipt (a tree of one leaf, its own root).
+    pub fn sign(body: Receipt, key: &SigningKey) -> Self {
+        Self::sign_all(vec![body], key)
+            .pop()
+            .expect("invariant: one receipt gives one proof")
+    }
+
+    /// Who signed it.
+    pub fn signer(&self) -> NodeId {
+        self.root.signer
+    }
+
+    /// Checks the proof: the receipt is leaf `index` of the signed root's tree, names its
+    /// signer as its node, and the root's signature verifies (and is `expected`'s, if given).
+    pub fn verify(&self, expected: Option<&NodeId>) -> Result<&Receipt, SignatureError> {
+        if self.body.node != self.root.signer {
+            return Err(SignatureError::WrongSigner {
+                expected: self.body.node,
+                actual: self.root.signer,
+            });
+        }
+        let leaves = self.root.body.leaves;
+        if leaves > RECEIPTS_PER_ROOT_MAX {
+            return Err(SignatureError::BadProof);
+        }
+        let root = crate::merkle::root_from_path(
+            receipt_leaf(&self.body),
+            self.index as usize,
+            leaves as usize,
+            &self.path,
+            receipt_node,
+        );
+        if root != Some(self.root.body.root) {
+            return Err(SignatureError::BadProof);
+        }
+        self.root.verify(expected)?;
+        Ok(&self.body)
+    }
+}
+
 /// A client's signed, cumulative acknowledgement of the answers one node gave it under one
 /// ticket: the evidence that the work was received, without which it is not charged (see
 /// [`policy::acks`](crate::policy::acks)). Signed by the client's transport key, the one the
@@ -216,8 +350,8 @@ pub enum ReceiptError {
     Signature(#[from] SignatureError),
 }
 
-impl Signed<Receipt> {
-    /// Checks that this receipt is `node`'s signature over exactly this answer: `task` of
+impl ProvenReceipt {
+    /// Checks that this receipt is `node`'s signed statement of exactly this answer: `task` of
     /// `deployment`, run on inputs with digest `inputs_digest`, returning `outputs`. What a
     /// client (or the dispatcher's canary) checks of every answer before using it: an answer
     /// without a valid receipt is a failed attempt.
@@ -798,8 +932,8 @@ mod tests {
             inputs_digest: tensors_digest(&inputs),
             outputs_digest: tensors_digest(&outputs),
         };
-        let r = Signed::sign(body.clone(), &n);
-        let check = |r: &Signed<Receipt>, inputs: &[NamedTensor], outputs: &[NamedTensor]| {
+        let r = ProvenReceipt::sign(body.clone(), &n);
+        let check = |r: &ProvenReceipt, inputs: &[NamedTensor], outputs: &[NamedTensor]| {
             r.check_answer(&id(&n), &task, &DEP, &tensors_digest(inputs), outputs)
         };
         assert_eq!(check(&r, &inputs, &outputs), Ok(()));
@@ -811,12 +945,75 @@ mod tests {
             Err(ReceiptError::Subject)
         );
         // Signed by someone else in the node's name, or tampered with after signing.
-        let mut forged = Signed::sign(body.clone(), &key(3));
-        forged.signer = id(&n);
+        let mut forged = ProvenReceipt::sign(body.clone(), &key(3));
+        forged.root.signer = id(&n);
         assert!(matches!(
             check(&forged, &inputs, &outputs),
             Err(ReceiptError::Signature(_))
         ));
+    }
+
+    /// Receipts proven together: each verifies alone with its own path under the one
+    /// signature, for every count (odd levels carried up); a receipt, path, index or leaf
+    /// count changed after signing, or a proof moved to another receipt, does not.
+    #[test]
+    fn receipts_proven_together_verify_one_by_one_and_not_otherwise() {
+        let n = key(2);
+        let receipt = |i: u32| Receipt {
+            task: crate::id::TaskId::from_bytes([i as u8; 16]),
+            deployment: DEP,
+            model: crate::id::ModelId::from_bytes([9; 32]),
+            node: id(&n),
+            inputs_digest: [i as u8; 32],
+            outputs_digest: [(i >> 8) as u8; 32],
+        };
+        for count in [1u32, 2, 3, 5, 8, 13, 256, 257, 600] {
+            let proofs = ProvenReceipt::sign_all((0..count).map(receipt).collect(), &n);
+            assert_eq!(proofs.len(), count as usize);
+            let roots: std::collections::HashSet<_> =
+                proofs.iter().map(|p| p.root.signature.to_bytes()).collect();
+            assert_eq!(roots.len(), count.div_ceil(RECEIPTS_PER_ROOT_MAX) as usize);
+            for (i, p) in proofs.iter().enumerate() {
+                assert_eq!(p.body, receipt(i as u32));
+                assert_eq!(p.verify(Some(&id(&n))), Ok(&p.body), "{count}: {i}");
+                assert!(p.path.len() <= RECEIPT_PATH_MAX);
+            }
+            let p = &proofs[proofs.len() / 2];
+            let bad = |f: &dyn Fn(&mut ProvenReceipt)| {
+                let mut q = p.clone();
+                f(&mut q);
+                q.verify(Some(&id(&n))).err()
+            };
+            let proof = Some(SignatureError::BadProof);
+            assert_eq!(bad(&|q| q.body.outputs_digest[0] ^= 1), proof);
+            assert_eq!(bad(&|q| q.index = q.root.body.leaves), proof);
+            if count > 1 {
+                assert_eq!(bad(&|q| q.path[0][0] ^= 1), proof);
+                assert_eq!(bad(&|q| q.index ^= 1), proof);
+                assert_eq!(bad(&|q| q.body = proofs[0].body.clone()), proof);
+                assert_eq!(
+                    bad(&|q| {
+                        q.path.pop();
+                    }),
+                    proof
+                );
+            }
+            assert_eq!(bad(&|q| q.path.push([0; 32])), proof);
+            assert!(matches!(
+                bad(&|q| q.root.body.leaves += 1),
+                Some(SignatureError::BadProof | SignatureError::BadSignature)
+            ));
+            assert!(matches!(
+                bad(&|q| q.root.body.root[0] ^= 1),
+                Some(SignatureError::BadProof)
+            ));
+            // A receipt naming another node than the root's signer.
+            assert!(matches!(
+                bad(&|q| q.body.node = id(&key(3))),
+                Some(SignatureError::WrongSigner { .. })
+            ));
+        }
+        assert!(ProvenReceipt::sign_all(Vec::new(), &n).is_empty());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::policy::acks::AckProof;
 use crate::pricing::{
     DeployPlan, PerInstancePlan, PerRequestPlan, PriceQuote, TaskPrice, UpdateFrequency,
 };
-use crate::sign::{Ack, BackendInfo, Receipt, Registration, Signed, Ticket};
+use crate::sign::{Ack, BackendInfo, ProvenReceipt, Receipt, Registration, Signed, Ticket};
 use crate::tensor::{DType, NamedTensor, Tensor};
 use crate::wire::*;
 
@@ -139,7 +139,7 @@ pub fn task_price() -> impl Strategy<Value = TaskPrice> {
 }
 
 /// A signed receipt (by a random key).
-pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
+pub fn signed_receipt() -> impl Strategy<Value = ProvenReceipt> {
     (
         task_id(),
         (deployment_id(), model_id()),
@@ -149,7 +149,7 @@ pub fn signed_receipt() -> impl Strategy<Value = Signed<Receipt>> {
     )
         .prop_map(
             |(task, (deployment, model), node, (inputs_digest, outputs_digest), seed)| {
-                Signed::sign(
+                ProvenReceipt::sign(
                     Receipt {
                         task,
                         deployment,

@@ -34,11 +34,11 @@ use crate::id::{DeploymentId, KeyId, ModelId, NodeId, PeerAddr, SdkKey, TaskId};
 use crate::money::Credits;
 use crate::policy::acks::AckProof;
 use crate::pricing::{DeployPlan, PriceQuote};
-use crate::sign::{Ack, Receipt, Registration, Signed, Ticket};
+use crate::sign::{Ack, ProvenReceipt, Registration, Signed, Ticket};
 use crate::tensor::NamedTensor;
 
 /// The protocol version every message starts with.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Longest error message carried in a [`WireError`].
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 1024;
 /// Largest model chunk in an upload or fetch (fits the 1 MiB control frame with room to spare).
@@ -1235,7 +1235,7 @@ pub const REPORT_RECEIPTS_MAX: usize = 3;
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct ValidationReport {
     /// The receipts, 2 or 3.
-    pub receipts: Vec<Signed<Receipt>>,
+    pub receipts: Vec<ProvenReceipt>,
     /// The nodes whose answers agreed (at least 2, more than half of the receipts).
     pub majority: Vec<NodeId>,
 }
@@ -1381,7 +1381,7 @@ pub enum NodeToClient {
         /// Time spent computing, in microseconds.
         compute_us: u64,
         /// The node's receipt (its digests are of the request's inputs and of `outputs`).
-        receipt: Box<Signed<Receipt>>,
+        receipt: Box<ProvenReceipt>,
     },
 }
 
@@ -1499,30 +1499,30 @@ mod tests {
     #[test]
     fn version_trailing_and_canonical() {
         let bytes = encode(&NodeAck::Ok).unwrap();
-        assert_eq!(bytes, vec![6, 0, 0]);
+        assert_eq!(bytes, vec![7, 0, 0]);
         assert_eq!(decode::<NodeAck>(&bytes).unwrap(), NodeAck::Ok);
         assert_eq!(decode::<NodeAck>(&[]), Err(CodecError::Truncated));
         assert_eq!(
             decode::<NodeAck>(&[1, 0, 0]),
             Err(CodecError::Version { got: 1 })
         );
-        for old in [2, 3, 4, 5] {
+        for old in [2, 3, 4, 5, 6] {
             assert_eq!(
                 decode::<NodeAck>(&[old, 0, 0]),
                 Err(CodecError::Version { got: old.into() })
             );
         }
         assert_eq!(
-            decode::<NodeAck>(&[6, 0, 0, 0]),
+            decode::<NodeAck>(&[7, 0, 0, 0]),
             Err(CodecError::Trailing(1))
         );
         assert!(matches!(
-            decode::<NodeAck>(&[6, 0]),
+            decode::<NodeAck>(&[7, 0]),
             Err(CodecError::Malformed(_))
         ));
         // Variant 0 spelled as a two-byte varint.
         assert_eq!(
-            decode::<NodeAck>(&[6, 0, 0x80, 0x00]),
+            decode::<NodeAck>(&[7, 0, 0x80, 0x00]),
             Err(CodecError::NonCanonical)
         );
     }

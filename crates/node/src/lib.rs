@@ -56,5 +56,6 @@ pub mod idle;
 pub mod metrics;
 pub mod ort_setup;
 pub mod probe;
+pub mod receipts;
 pub mod runtime;
 pub mod standing;

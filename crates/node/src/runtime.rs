@@ -62,6 +62,7 @@ use crate::cache::{CacheError, ModelCache, ModelStore};
 use crate::idle::{IdleController, IdleStatus, IdleWorkload};
 use crate::metrics::{self as m, Failure};
 use crate::probe::HardwareReport;
+use crate::receipts::ReceiptSigner;
 
 /// How batch sizes are chosen per model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -253,6 +254,8 @@ struct Inner<T: Transport> {
     /// ([`NodeConfig::dispatcher_alternates`]).
     dispatcher_turn: std::sync::atomic::AtomicUsize,
     key: SigningKey,
+    /// Signs the answers' receipts, several under one signature when they finish together.
+    receipts: Arc<ReceiptSigner>,
     id: NodeId,
     transport: T,
     config: NodeConfig,
@@ -366,6 +369,7 @@ impl<T: Transport> Node<T> {
             inner: Arc::new(Inner {
                 dispatcher_turn: std::sync::atomic::AtomicUsize::new(0),
                 id: NodeId::from_key(&parts.key.verifying_key()),
+                receipts: ReceiptSigner::new(parts.key.clone()),
                 key: parts.key,
                 transport: parts.transport,
                 cache: parts.cache,
@@ -897,17 +901,18 @@ impl<T: Transport> Node<T> {
             compute_us,
         });
         // The receipt commits to exactly what is returned; a spot check rests on it.
-        let receipt = Signed::sign(
-            Receipt {
+        // Answers finishing together share one signature (see `crate::receipts`).
+        let receipt = inner
+            .receipts
+            .prove(Receipt {
                 task: req.task,
                 deployment: req.deployment,
                 model: served.assignment.model,
                 node: inner.id,
                 inputs_digest,
                 outputs_digest: tensors_digest(&outputs),
-            },
-            &inner.key,
-        );
+            })
+            .await;
         NodeToClient::Receipted {
             task: req.task,
             outputs,

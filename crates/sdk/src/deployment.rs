@@ -9,7 +9,7 @@ use crat_core::bps::Bps;
 use crat_core::id::{DeploymentId, ModelId, NodeId, TaskId};
 use crat_core::money::Credits;
 use crat_core::pricing::DeployPlan;
-use crat_core::sign::{Receipt, ReceiptError, Signed, Ticket};
+use crat_core::sign::{ProvenReceipt, ReceiptError, Signed, Ticket};
 use crat_core::tensor::NamedTensor;
 use crat_core::verify::{Tolerance, agree};
 use crat_core::wire::{
@@ -97,7 +97,7 @@ struct Paid<'a> {
 /// task, these inputs and these outputs).
 struct Answer {
     outputs: Vec<NamedTensor>,
-    receipt: Box<Signed<Receipt>>,
+    receipt: Box<ProvenReceipt>,
 }
 
 struct Shared {
@@ -795,7 +795,7 @@ impl<T: Transport> Deployment<T> {
     /// Sends a [`ValidationReport`] in the background (dropped when
     /// [`REPORTS_PENDING_MAX`] are pending).
     fn report<const N: usize>(&self, answers: [(&Replica, &Answer); N], majority: &[NodeId]) {
-        let receipts: Vec<Signed<Receipt>> =
+        let receipts: Vec<ProvenReceipt> =
             answers.iter().map(|(_, a)| (*a.receipt).clone()).collect();
         let Ok(permit) = self.shared.reports.clone().try_acquire_owned() else {
             bump(&self.counters(), |c| &c.reports_dropped);

@@ -12,7 +12,7 @@ use common::*;
 use crat_core::id::NodeId;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
-use crat_core::sign::{Receipt, Signed, tensors_digest};
+use crat_core::sign::{ProvenReceipt, Receipt, tensors_digest};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{ClientToNode, NodeToClient, Replica};
 use crat_transport::memory::MemoryNetwork;
@@ -59,7 +59,7 @@ async fn infer_many_keeps_order_and_bounds_concurrency() {
                             tokio::time::sleep(Duration::from_millis(1 + delay)).await;
                             inflight.fetch_sub(1, Ordering::SeqCst);
                             // Receipted, as every answer must be.
-                            let receipt = Signed::sign(
+                            let receipt = ProvenReceipt::sign(
                                 Receipt {
                                     task: req.task,
                                     deployment: req.deployment,

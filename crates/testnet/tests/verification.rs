@@ -23,7 +23,7 @@ use std::time::Duration;
 use common::*;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
 use crat_core::money::Credits;
-use crat_core::sign::{Receipt, Signed};
+use crat_core::sign::{ProvenReceipt, Receipt};
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::wire::{
     ClientCall, DispatcherResponse, ErrorCode, Unverifiable, ValidationReport, Verifiability,
@@ -81,8 +81,8 @@ fn receipt(
     task: TaskId,
     deployment: DeploymentId,
     digest: u8,
-) -> Signed<Receipt> {
-    Signed::sign(
+) -> ProvenReceipt {
+    ProvenReceipt::sign(
         Receipt {
             task,
             deployment,
@@ -147,7 +147,7 @@ async fn validation_reports_are_checked_before_crediting() {
     let dep = dep.id();
     let task = TaskId::from_bytes([5; 16]);
     let r = |i: usize, digest: u8| receipt(&keys[i], ids[i], task, dep, digest);
-    let report = |receipts: Vec<Signed<Receipt>>, majority: Vec<NodeId>| {
+    let report = |receipts: Vec<ProvenReceipt>, majority: Vec<NodeId>| {
         ClientCall::ReportValidation(Box::new(ValidationReport { receipts, majority }))
     };
     let send = |call| raw_call(&net, &sdk_key, call);
@@ -197,7 +197,7 @@ async fn validation_reports_are_checked_before_crediting() {
     // cannot get it failed for answering them.
     let mut framed = r(1, 2).body;
     framed.inputs_digest = [2; 32];
-    let framed = Signed::sign(framed, &keys[1]);
+    let framed = ProvenReceipt::sign(framed, &keys[1]);
     assert_eq!(
         code(&send(report(vec![r(0, 1), framed, r(2, 1)], vec![a, c])).await),
         Some(ErrorCode::BadRequest)

@@ -300,24 +300,12 @@ impl RowTree {
         if rows > DIM_MAX as usize {
             return Err(shape);
         }
-        let mut level: Vec<[u8; 32]> = product
+        let leaves = product
             .chunks(m as usize)
             .zip(0u32..)
             .map(|(r, i)| leaf(i, r))
             .collect();
-        let mut levels = Vec::new();
-        while level.len() > 1 {
-            let next = level
-                .chunks(2)
-                .map(|p| match p {
-                    [l, r] => node(l, r),
-                    [carried] => *carried,
-                    _ => unreachable!("chunks(2) yields one or two"),
-                })
-                .collect();
-            levels.push(std::mem::replace(&mut level, next));
-        }
-        levels.push(level);
+        let levels = crate::merkle::levels(leaves, node);
         Ok(Self { levels, m })
     }
 
@@ -358,19 +346,7 @@ impl RowTree {
         if row >= n {
             return Err(ChallengeError::Row { row, n });
         }
-        let mut path = Vec::new();
-        let mut i = row as usize;
-        for level in &self.levels[..self.levels.len() - 1] {
-            let sibling = if i % 2 == 1 {
-                Some(i - 1)
-            } else {
-                (i + 1 < level.len()).then_some(i + 1)
-            };
-            if let Some(s) = sibling {
-                path.push(level[s]);
-            }
-            i /= 2;
-        }
+        let path = crate::merkle::path(&self.levels, row as usize);
         Ok(path)
     }
 }
@@ -389,21 +365,10 @@ pub fn verify_opening(
     if opening.values.len() != spec.m as usize {
         return Err(ChallengeError::NotCommitted(row));
     }
-    let mut hash = leaf(row, &opening.values);
-    let mut path = opening.path.iter();
-    let (mut i, mut count) = (row as usize, n as usize);
-    while count > 1 {
-        if i % 2 == 1 {
-            let s = path.next().ok_or(ChallengeError::NotCommitted(row))?;
-            hash = node(s, &hash);
-        } else if i + 1 < count {
-            let s = path.next().ok_or(ChallengeError::NotCommitted(row))?;
-            hash = node(&hash, s);
-        }
-        i /= 2;
-        count = count.div_ceil(2);
-    }
-    if path.next().is_some() || hash != *root {
+    let leaf = leaf(row, &opening.values);
+    if crate::merkle::root_from_path(leaf, row as usize, n as usize, &opening.path, node)
+        != Some(*root)
+    {
         return Err(ChallengeError::NotCommitted(row));
     }
     let expected = spec.product_row(row);

@@ -341,7 +341,7 @@ impl ReportBook {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sign::{Receipt, Signed};
+    use crate::sign::{ProvenReceipt, Receipt};
     use ed25519_dalek::SigningKey;
 
     fn key(b: u8) -> SigningKey {
@@ -352,8 +352,8 @@ mod tests {
         NodeId::from_key(&key(b).verifying_key())
     }
 
-    fn receipt(signer: u8, task: u8, digest: u8) -> Signed<Receipt> {
-        Signed::sign(
+    fn receipt(signer: u8, task: u8, digest: u8) -> ProvenReceipt {
+        ProvenReceipt::sign(
             Receipt {
                 task: TaskId::from_bytes([task; 16]),
                 deployment: DeploymentId::from_bytes([9; 16]),
@@ -366,7 +366,7 @@ mod tests {
         )
     }
 
-    fn report(receipts: Vec<Signed<Receipt>>, majority: &[u8]) -> ValidationReport {
+    fn report(receipts: Vec<ProvenReceipt>, majority: &[u8]) -> ValidationReport {
         ValidationReport {
             receipts,
             majority: majority.iter().map(|b| node(*b)).collect(),
@@ -431,7 +431,7 @@ mod tests {
         // "disagreeing" replica is not failed (a client framing an honest node).
         let mut framed = receipt(3, 5, 7);
         framed.body.inputs_digest = [1; 32];
-        let framed = Signed::sign(framed.body, &key(3));
+        let framed = ProvenReceipt::sign(framed.body, &key(3));
         assert_eq!(
             check(report(
                 vec![receipt(1, 5, 0), receipt(2, 5, 0), framed],
@@ -443,7 +443,7 @@ mod tests {
         // one that differs is not failed.
         let mut updated = receipt(3, 5, 7);
         updated.body.model = crate::id::ModelId::from_bytes([6; 32]);
-        let updated = Signed::sign(updated.body, &key(3));
+        let updated = ProvenReceipt::sign(updated.body, &key(3));
         assert_eq!(
             check(report(
                 vec![receipt(1, 5, 0), receipt(2, 5, 0), updated],
