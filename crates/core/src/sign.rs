@@ -170,15 +170,11 @@ pub struct Receipt {
     pub outputs_digest: [u8; 32],
 }
 
-impl Signable for Receipt {
-    const DOMAIN: &'static [u8] = b"crat/v1/receipt\0";
-}
-
 /// Most receipts one [`ReceiptRoot`] covers.
 pub const RECEIPTS_PER_ROOT_MAX: u32 = 256;
 /// Most hashes in a [`ProvenReceipt`]'s path: the height of a tree of
-/// [`RECEIPTS_PER_ROOT_MAX`] leaves.
-pub const RECEIPT_PATH_MAX: usize = 8;
+/// [`RECEIPTS_PER_ROOT_MAX`] leaves (8).
+pub const RECEIPT_PATH_MAX: usize = RECEIPTS_PER_ROOT_MAX.next_power_of_two().ilog2() as usize;
 
 /// Prefix of a receipt's leaf hash in a [`ReceiptRoot`]'s tree.
 const RECEIPT_LEAF_DOMAIN: &[u8] = b"crat/v1/receipt-leaf\0";
@@ -270,11 +266,6 @@ impl ProvenReceipt {
         Self::sign_all(vec![body], key)
             .pop()
             .expect("invariant: one receipt gives one proof")
-    }
-
-    /// Who signed it.
-    pub fn signer(&self) -> NodeId {
-        self.root.signer
     }
 
     /// Checks the proof: the receipt is leaf `index` of the signed root's tree, names its

@@ -346,8 +346,7 @@ impl RowTree {
         if row >= n {
             return Err(ChallengeError::Row { row, n });
         }
-        let path = crate::merkle::path(&self.levels, row as usize);
-        Ok(path)
+        Ok(crate::merkle::path(&self.levels, row as usize))
     }
 }
 
