@@ -61,8 +61,8 @@ impl ReceiptSigner {
                 }
             });
         }
-        // The signer drops no sender unanswered; should one be lost (a panic while
-        // signing), the receipt is signed alone.
+        // The signer answers every receipt it takes; should it panic, the receipts it held
+        // are let go (`IdleOnPanic`) and each is signed alone here.
         match rx.await {
             Ok(proof) => proof,
             Err(_) => ProvenReceipt::sign(receipt, &self.key),
@@ -74,6 +74,7 @@ impl ReceiptSigner {
     fn sign_pending(&self) -> bool {
         let pending = std::mem::take(&mut self.state.lock().pending);
         if !pending.is_empty() {
+            let _idle_on_panic = IdleOnPanic(self);
             let (bodies, senders): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
             let proofs = ProvenReceipt::sign_all(bodies, &self.key);
             for (sender, proof) in senders.into_iter().zip(proofs) {
@@ -86,6 +87,21 @@ impl ReceiptSigner {
             false
         } else {
             true
+        }
+    }
+}
+
+/// Should signing panic, lets go of every receipt waiting (their callers sign them alone)
+/// and marks the signer idle, so the next receipt starts a new signing task: without it the
+/// signer would stay "at work" and every later receipt would wait for ever.
+struct IdleOnPanic<'a>(&'a ReceiptSigner);
+
+impl Drop for IdleOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.state.lock();
+            state.pending.clear();
+            state.signing = false;
         }
     }
 }
@@ -137,5 +153,34 @@ mod tests {
         assert!(roots.len() < 2_000, "{} signatures", roots.len());
         assert!(!signer.state.lock().signing);
         assert!(signer.state.lock().pending.is_empty());
+    }
+
+    /// A panic while signing lets the waiting receipts go and leaves the signer idle, so
+    /// no caller waits for ever and the next receipt is signed as usual.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_signing_leaves_no_receipt_waiting() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let node = NodeId::from_key(&key.verifying_key());
+        let signer = ReceiptSigner::new(key);
+        // A receipt waiting on a signer at work, which then panics.
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = signer.state.lock();
+            state.pending.push((receipt(node, 0), tx));
+            state.signing = true;
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _idle_on_panic = IdleOnPanic(&signer);
+            panic!("signing failed");
+        }));
+        assert!(panicked.is_err());
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), rx).await;
+        assert!(
+            matches!(answer, Ok(Err(_))),
+            "the waiting receipt is let go"
+        );
+        assert!(!signer.state.lock().signing);
+        let proof = signer.prove(receipt(node, 1)).await;
+        assert_eq!(proof.verify(Some(&node)), Ok(&receipt(node, 1)));
     }
 }
