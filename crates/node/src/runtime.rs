@@ -305,7 +305,13 @@ struct Inner<T: Transport> {
     /// Usage reports answered so far, and how many records the last answer held.
     usage_reports: AtomicU64,
     usage_held: AtomicUsize,
+    /// Acknowledgements being verified beside their tasks ([`ACKS_CHECKED_BESIDE_MAX`]).
+    ack_checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Acknowledgements verified beside their tasks at once; past it one is verified before its
+/// task.
+const ACKS_CHECKED_BESIDE_MAX: usize = 64;
 
 /// A running node. Cheap to clone.
 pub struct Node<T: Transport> {
@@ -400,6 +406,7 @@ impl<T: Transport> Node<T> {
                 control: tokio::sync::Mutex::new(()),
                 flush_usage: tokio::sync::Notify::new(),
                 usage_reports: AtomicU64::new(0),
+                ack_checks: Arc::new(tokio::sync::Semaphore::new(ACKS_CHECKED_BESIDE_MAX)),
                 usage_held: AtomicUsize::new(0),
             }),
         }
@@ -961,14 +968,45 @@ impl<T: Transport> Node<T> {
     /// the one counting the most tasks), to forward with the usage it covers. One that is not
     /// the ticket's client's signature over this ticket and this node is ignored (a spot
     /// check's validator receives the task as the worker got it, acknowledgement included).
+    ///
+    /// Its signature is verified beside the task (an ed25519 verification costs about as much
+    /// as a small model's run) while the ticket's unacknowledged tasks are under half of
+    /// [`NodeConfig::unacknowledged_tasks_max`] (the task is served whatever it says) and at
+    /// most [`ACKS_CHECKED_BESIDE_MAX`] are being verified; otherwise before the task, which
+    /// it may be what lets through.
     fn take_ack(&self, ticket: &Signed<Ticket>, ack: &Signed<Ack>, now_s: u64) {
-        let body = &ack.body;
-        if body.ticket_nonce != ticket.body.nonce
-            || body.node != self.inner.id
-            || ack.verify(Some(&ticket.body.client)).is_err()
-        {
+        if ack.body.ticket_nonce != ticket.body.nonce || ack.body.node != self.inner.id {
             return;
         }
+        let half = self.inner.config.unacknowledged_tasks_max / 2;
+        let far_from_the_limit = {
+            let uses = self.inner.ticket_uses.lock();
+            uses.get(&ticket.body.nonce).is_some_and(|u| {
+                let acknowledged = u.ack.as_ref().map_or(0, |a| a.body.tasks);
+                u.served.saturating_sub(acknowledged) < half
+            })
+        };
+        let beside = far_from_the_limit
+            .then(|| self.inner.ack_checks.clone().try_acquire_owned().ok())
+            .flatten();
+        match beside {
+            Some(permit) => {
+                let (me, ticket, ack) = (self.clone(), ticket.clone(), ack.clone());
+                tokio::spawn(async move {
+                    me.keep_ack(&ticket, &ack, now_s);
+                    drop(permit);
+                });
+            }
+            None => self.keep_ack(ticket, ack, now_s),
+        }
+    }
+
+    /// [`take_ack`](Self::take_ack)'s verification and keeping.
+    fn keep_ack(&self, ticket: &Signed<Ticket>, ack: &Signed<Ack>, now_s: u64) {
+        if ack.verify(Some(&ticket.body.client)).is_err() {
+            return;
+        }
+        let body = &ack.body;
         let kept = self.ticket_use(ticket, now_s, |u| {
             if u.ack
                 .as_ref()

@@ -249,3 +249,97 @@ async fn unreported_usage_survives_a_node_restart() {
     // Reported and acknowledged: the journal empties.
     wait_for(|| journaled() == Some(0)).await;
 }
+
+/// A client's acknowledgement is verified beside its task while the ticket is far from its
+/// unacknowledged limit, and before it near the limit (where it may be what lets the task
+/// through): a forged one is never kept either way, and a real one is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_are_verified_beside_their_tasks_and_forged_ones_never_kept() {
+    use crat_core::id::NodeId;
+    use crat_core::money::Credits;
+    use crat_core::sign::{Ack, Signed};
+    use crat_core::wire::ClientToNode;
+    use crat_transport::Transport;
+
+    let node = TestNode::start(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        tract(),
+        |c| c.unacknowledged_tasks_max = 8,
+    )
+    .await;
+    let client = ed25519_dalek::SigningKey::from_bytes(&[77; 32]);
+    let client_id = NodeId::from_key(&client.verifying_key());
+    let endpoint = node.net.bind("mem:acker", client_id).unwrap();
+    let conn = endpoint
+        .connect(&"mem:node".parse().unwrap(), &node.id)
+        .await
+        .unwrap();
+    let mut body = ticket(&dispatcher_key(), dep(1), node.id, NOW + 60).body;
+    body.client = client_id;
+    let t = Signed::sign(body, &dispatcher_key());
+    let ack = |tasks: u64, key: &ed25519_dalek::SigningKey| {
+        Signed::sign(
+            Ack {
+                ticket_nonce: t.body.nonce,
+                node: node.id,
+                tasks,
+                credits: Credits::new(tasks),
+                accumulator: [0; 32],
+            },
+            key,
+        )
+    };
+    let task = |n: u64, ack: Option<Signed<Ack>>| {
+        let mut req = infer(n, t.clone(), dep(1), image(n as u32));
+        if let ClientToNode::Infer(r) = &mut req {
+            r.ack = ack.map(Box::new);
+        }
+        req
+    };
+
+    // Far from the limit (2 of 8 unacknowledged): a forged acknowledgement of both is
+    // verified beside the task, which is served, and not kept.
+    for n in 0..2 {
+        assert_eq!(code(&call(&conn, &task(n, None)).await), None);
+    }
+    let forger = ed25519_dalek::SigningKey::from_bytes(&[78; 32]);
+    assert_eq!(
+        code(&call(&conn, &task(2, Some(ack(2, &forger)))).await),
+        None
+    );
+    for n in 3..8 {
+        assert_eq!(code(&call(&conn, &task(n, None)).await), None);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // 8 unacknowledged: the forged acknowledgement counted nothing.
+    assert_eq!(
+        code(&call(&conn, &task(8, None)).await),
+        Some(ErrorCode::Busy)
+    );
+    // At the limit a real acknowledgement is verified before the task, and lets it through.
+    assert_eq!(
+        code(&call(&conn, &task(8, Some(ack(8, &client)))).await),
+        None
+    );
+    // Far from it again, a real one verified beside its task is kept and forwarded.
+    assert_eq!(
+        code(&call(&conn, &task(9, Some(ack(9, &client)))).await),
+        None
+    );
+    wait_for(|| {
+        node.seen
+            .lock()
+            .unwrap()
+            .acks
+            .iter()
+            .any(|p| p.ack.body.tasks == 9)
+    })
+    .await;
+    let seen = node.seen.lock().unwrap();
+    assert!(
+        seen.acks
+            .iter()
+            .all(|p| p.ack.signer == client_id && p.ack.body.tasks >= 8),
+        "only the client's acknowledgements are forwarded"
+    );
+}

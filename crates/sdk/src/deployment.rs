@@ -48,10 +48,13 @@ const STALE_RENEW_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 const REPORTS_PENDING_MAX: usize = 16;
 
 /// Answers whose receipt signature is verified (an ed25519 verification costs about as much
-/// as a small model's run): every one of a node's first [`RECEIPTS_VERIFIED_FIRST`], then one
-/// in [`RECEIPTS_VERIFIED_ONE_IN`] at random, and every one after a node's receipt failed. The
-/// receipt's digests are checked on every answer; the dispatcher's canaries verify every
-/// receipt they get, so a node forging signatures is caught either way.
+/// as a small model's run): every one of a node's first [`RECEIPTS_VERIFIED_FIRST`] and every
+/// one after a node's receipt failed, before the answer is used; then one in
+/// [`RECEIPTS_VERIFIED_ONE_IN`] at random, beside the caller (the answer is returned while
+/// its signature is checked; a failure marks the node as above, counts in
+/// [`Stats::receipts_invalid`](crate::Stats::receipts_invalid) and is reported to the
+/// dispatcher). The receipt's digests are checked on every answer; the dispatcher's canaries
+/// verify every receipt they get, so a node forging signatures is caught either way.
 #[derive(Default)]
 struct ReceiptSampler {
     /// Receipts verified per node, and whether one failed.
@@ -65,16 +68,35 @@ const RECEIPTS_VERIFIED_ONE_IN: u32 = 16;
 /// Nodes remembered (the map is emptied beyond: verification starts over).
 const RECEIPT_NODES_MAX: usize = 4_096;
 
+/// Sampled signature checks running beside their callers at once, per deployment handle;
+/// past it a sampled answer is checked before it is returned.
+const RECEIPTS_CHECKED_BESIDE_MAX: usize = 64;
+
+/// When an answer's receipt signature is verified ([`ReceiptSampler::verify`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verify {
+    /// Before the answer is used.
+    Now,
+    /// Beside the caller, once the answer is returned.
+    Beside,
+    /// Not this one (its digests are checked).
+    No,
+}
+
 impl ReceiptSampler {
-    fn should_verify(&mut self, node: &NodeId) -> bool {
+    fn verify(&mut self, node: &NodeId) -> Verify {
         if self.nodes.len() >= RECEIPT_NODES_MAX && !self.nodes.contains_key(node) {
             self.nodes.clear();
         }
         let (seen, failed) = self.nodes.entry(*node).or_insert((0, false));
-        let verify = *failed
-            || *seen < RECEIPTS_VERIFIED_FIRST
-            || rand::random::<u32>().is_multiple_of(RECEIPTS_VERIFIED_ONE_IN);
-        if verify {
+        let verify = if *failed || *seen < RECEIPTS_VERIFIED_FIRST {
+            Verify::Now
+        } else if rand::random::<u32>().is_multiple_of(RECEIPTS_VERIFIED_ONE_IN) {
+            Verify::Beside
+        } else {
+            Verify::No
+        };
+        if verify != Verify::No {
             *seen = seen.saturating_add(1);
         }
         verify
@@ -118,6 +140,8 @@ struct Shared {
     flush_scheduled: std::sync::atomic::AtomicBool,
     /// Which answers' receipt signatures are verified.
     receipts: Mutex<ReceiptSampler>,
+    /// Sampled signature checks running beside their callers.
+    receipt_checks: Arc<tokio::sync::Semaphore>,
     /// The shapes of the inputs sent, told to the dispatcher for its canaries.
     shapes: Mutex<ShapeTally>,
 }
@@ -186,6 +210,7 @@ impl<T: Transport> Deployment<T> {
                 acks: Mutex::new(AckLedger::new()),
                 flush_scheduled: std::sync::atomic::AtomicBool::new(false),
                 receipts: Mutex::new(ReceiptSampler::default()),
+                receipt_checks: Arc::new(tokio::sync::Semaphore::new(RECEIPTS_CHECKED_BESIDE_MAX)),
                 shapes: Mutex::new(ShapeTally::default()),
             }),
         }
@@ -816,6 +841,27 @@ impl<T: Transport> Deployment<T> {
         });
     }
 
+    /// Verifies the signature of `receipt` (whose digests were checked: it names the answer
+    /// returned) beside the caller; a receipt of `node` that fails counts as one that failed
+    /// before its answer was used, but for the answer, which the caller has.
+    fn check_receipt_beside(
+        &self,
+        node: NodeId,
+        receipt: Box<ProvenReceipt>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = receipt.verify(Some(&node)) {
+                tracing::warn!(%node, error = %e, "a sampled receipt's signature does not verify");
+                me.shared.receipts.lock().failed(node);
+                bump(&me.counters(), |c| &c.receipts_invalid);
+                me.report_no_receipt(node);
+            }
+            drop(permit);
+        });
+    }
+
     /// Tells the dispatcher in the background that `node` answered without a valid receipt
     /// (it sends the node a canary; dropped when [`REPORTS_PENDING_MAX`] reports are pending).
     fn report_no_receipt(&self, node: NodeId) {
@@ -895,14 +941,30 @@ impl<T: Transport> Deployment<T> {
                 receipt,
                 ..
             } if answered == task => {
-                let verify = evidence || self.shared.receipts.lock().should_verify(&replica.node);
-                let checked = if verify {
+                let mut verify = if evidence {
+                    Verify::Now
+                } else {
+                    self.shared.receipts.lock().verify(&replica.node)
+                };
+                let beside = match verify {
+                    Verify::Beside => self.shared.receipt_checks.clone().try_acquire_owned().ok(),
+                    _ => None,
+                };
+                if verify == Verify::Beside && beside.is_none() {
+                    verify = Verify::Now;
+                }
+                let checked = if verify == Verify::Now {
                     receipt.check_answer(&replica.node, &task, &self.id, inputs_digest, &outputs)
                 } else {
                     receipt.describes(&replica.node, &task, &self.id, inputs_digest, &outputs)
                 };
                 match checked {
-                    Ok(()) => Ok(Answer { outputs, receipt }),
+                    Ok(()) => {
+                        if let Some(permit) = beside {
+                            self.check_receipt_beside(replica.node, receipt.clone(), permit);
+                        }
+                        Ok(Answer { outputs, receipt })
+                    }
                     Err(e) => {
                         self.shared.receipts.lock().failed(replica.node);
                         invalid(e)

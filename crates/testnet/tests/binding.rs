@@ -20,6 +20,7 @@ use crat_core::id::{NodeId, PeerAddr, TaskId};
 use crat_core::money::Credits;
 use crat_core::tensor::NamedTensor;
 use crat_core::wire::{ClientToNode, ErrorCode, InferRequest, NodeToClient};
+use crat_dispatcher::DispatcherConfig;
 use crat_testnet::{LocalNetwork, NodeSpec, loopback_quic};
 use crat_transport::quic::QuicTransport;
 use crat_transport::{Connection, ConnectionExt, Conversation, FrameLimits, Transport, serve};
@@ -323,11 +324,9 @@ async fn with_a_withholder(
     caught_max: u32,
 ) -> (LocalNetwork, NodeId, crat_sdk::Deployment<QuicTransport>) {
     let mut cfg = config(dir);
-    cfg.dispatch.replicas = 4;
     cfg.dispatch.caught_max = caught_max;
     cfg.canary.interval_ms = canary_interval_ms;
-    let mut net = network(cfg, dir).await;
-    let withholder = add_fronted_node(&mut net, None, |answer| match answer {
+    with_a_tamperer(dir, cfg, |answer| match answer {
         NodeToClient::Receipted {
             task,
             outputs,
@@ -339,18 +338,27 @@ async fn with_a_withholder(
             compute_us,
         },
         other => other,
-    });
+    })
+    .await
+}
+
+/// A network of `cfg` and a deployment of the tiny CNN on 4 replicas, one of them a real node
+/// behind a front end that passes its answers through `tamper`.
+async fn with_a_tamperer(
+    dir: &std::path::Path,
+    mut cfg: DispatcherConfig,
+    tamper: fn(NodeToClient) -> NodeToClient,
+) -> (LocalNetwork, NodeId, crat_sdk::Deployment<QuicTransport>) {
+    cfg.dispatch.replicas = 4;
+    let mut net = network(cfg, dir).await;
+    let tamperer = add_fronted_node(&mut net, None, tamper);
     net.wait_online(4, Duration::from_secs(30)).await.unwrap();
     let (client, _) = client_with(&net, 1_000_000).await;
     let model = client.upload_model(TINY, |_| {}).await.unwrap();
     let d = client.deploy(model, per_request(100_000)).await.unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    assert!(
-        net.dispatcher()
-            .ready_replicas(&d.id())
-            .contains(&withholder)
-    );
-    (net, withholder, d)
+    assert!(net.dispatcher().ready_replicas(&d.id()).contains(&tamperer));
+    (net, tamperer, d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,6 +440,80 @@ async fn a_reported_withholder_gets_a_canary_at_once() {
     );
     for n in net.nodes.iter().filter(|n| n.id() != withholder) {
         assert_eq!(ledger.validations(&n.id(), 0, u64::MAX).unwrap().1, 0);
+    }
+    net.shutdown();
+}
+
+/// Answers passed through the forger so far.
+static FORGER_ANSWERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A node that signs its first 20 answers' receipts honestly and then forges the signature
+/// (the receipt still names the answer exactly: only the signature is wrong). Its first
+/// answers are all verified before use, so the forgery is met only by the sampled checks,
+/// which run beside the caller once the answer is returned: it must still be caught, the node
+/// failed over from then on and reported to the dispatcher, whose canary fails it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_forging_signatures_after_its_first_answers_is_caught_by_the_sampled_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.dispatch.caught_max = 3;
+    cfg.canary.interval_ms = 3_600_000;
+    // No spot checks (whose answers are verified before use): only the sampled checks.
+    cfg.validation_bps = crat_core::bps::Bps(0);
+    cfg.validation_bps_suspect = crat_core::bps::Bps(0);
+    let (net, forger, d) = with_a_tamperer(dir.path(), cfg, |answer| match answer {
+        NodeToClient::Receipted {
+            task,
+            outputs,
+            compute_us,
+            mut receipt,
+        } => {
+            let n = FORGER_ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n >= 20 {
+                let mut bytes = receipt.root.signature.to_bytes();
+                bytes[40] ^= 1;
+                receipt.root.signature = ed25519_dalek::Signature::from_bytes(&bytes);
+            }
+            NodeToClient::Receipted {
+                task,
+                outputs,
+                compute_us,
+                receipt,
+            }
+        }
+        other => other,
+    })
+    .await;
+
+    // A quarter of the tasks go to the forger: about 280 forged answers, one in 16 of them
+    // checked (missing them all: (15/16)^280 < 1e-7). Every task is answered.
+    for i in 0..1_200 {
+        d.infer(vec![NamedTensor::new("input", input(i))])
+            .await
+            .unwrap();
+    }
+    let stats = d.stats();
+    assert!(stats.receipts_invalid > 0, "forgery not caught: {stats:?}");
+    // Once caught, every answer of the forger is checked before use, and fails over.
+    assert!(
+        stats.failovers + 1 >= stats.receipts_invalid,
+        "answers of a caught forger were used: {stats:?}"
+    );
+    assert!(
+        FORGER_ANSWERS.load(std::sync::atomic::Ordering::Relaxed) > 200,
+        "the forger got too few tasks"
+    );
+    // The client reported it: the dispatcher's canary fails it (the next sweep is an hour
+    // away).
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ledger.validations(&forger, 0, u64::MAX).unwrap().1 == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed validation: {:?}",
+            net.dispatcher().stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     net.shutdown();
 }

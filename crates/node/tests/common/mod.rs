@@ -42,6 +42,8 @@ impl Clock for ManualClock {
 pub struct Seen {
     pub states: Vec<(DeploymentId, ReplicaState)>,
     pub usage: Vec<UsageRecord>,
+    /// The acknowledgements the usage reports carried.
+    pub acks: Vec<crat_core::policy::acks::AckProof>,
     pub heartbeats: u64,
     pub registered: Option<NodeId>,
     /// Usage reports are answered `Busy` (a dispatcher that cannot take them now).
@@ -131,6 +133,7 @@ pub fn fake_dispatcher(
                             ));
                         }
                         seen.usage.extend(report.records);
+                        seen.acks.extend(report.acks);
                         DispatcherReply::UsageAck {
                             accepted: n,
                             duplicates: 0,
