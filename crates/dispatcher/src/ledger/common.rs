@@ -2,11 +2,15 @@
 //! the databases' signed 64-bit integers, the journal's kinds, the columns read back and the
 //! encodings of records as stored.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use crat_core::id::NodeId;
 use crat_core::money::Credits;
+use crat_core::policy::acks::Tally;
 use crat_core::wire::ModelSignature;
 
-use super::{AccountName, LedgerError};
+use super::{AccountName, LedgerError, UsageCharge};
 
 /// Sums over the whole ledger, for audits: see [`LedgerTotals::is_conserved`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
@@ -169,3 +173,77 @@ pub(super) enum Charging {
 pub(super) const ACK_COLUMNS: &str = "ticket_nonce, node, deployment, key, settle_at_s, \
      acked_tasks, acked_credits, acked_accumulator, charged_tasks, charged_credits, \
      charged_accumulator";
+
+/// The acknowledgement of a pair (ticket nonce, node) as one charge found it.
+pub(super) enum Pair {
+    /// No acknowledgement stored: nothing to count.
+    Absent,
+    /// Its usage window was settled (the settlement charged its work).
+    Settled,
+    /// Stored and open: the charged tally, and whether this charge changed it.
+    Open { charged: Tally, changed: bool },
+}
+
+/// What one charge of usage records (each backend's `charge_rows`) knows of the
+/// acknowledgements of the pairs its records name: each pair's row is read once (`load`,
+/// the backend's), its charged tally counted in memory, and the tallies it changed written
+/// once at the end ([`Self::changed`]). Nothing else in the transaction touches these rows,
+/// so this is the reading and writing per record it replaces, without a lookup and an update
+/// per record. Bounded by the records of one charge.
+#[derive(Default)]
+pub(super) struct Pairs {
+    pairs: HashMap<([u8; 16], NodeId), Pair>,
+}
+
+impl Pairs {
+    fn pair(
+        &mut self,
+        nonce: &[u8; 16],
+        node: &NodeId,
+        load: impl FnOnce() -> Result<Pair, LedgerError>,
+    ) -> Result<&mut Pair, LedgerError> {
+        match self.pairs.entry((*nonce, *node)) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => Ok(e.insert(load()?)),
+        }
+    }
+
+    /// Whether the pair (`nonce`, `node`) has a settled acknowledgement.
+    pub(super) fn settled(
+        &mut self,
+        nonce: &[u8; 16],
+        node: &NodeId,
+        load: impl FnOnce() -> Result<Pair, LedgerError>,
+    ) -> Result<bool, LedgerError> {
+        Ok(matches!(self.pair(nonce, node, load)?, Pair::Settled))
+    }
+
+    /// Counts a charged record in the charged tally of its pair's acknowledgement, if one is
+    /// stored and not settled.
+    pub(super) fn count(
+        &mut self,
+        c: &UsageCharge,
+        load: impl FnOnce() -> Result<Pair, LedgerError>,
+    ) -> Result<(), LedgerError> {
+        if let Pair::Open { charged, changed } = self.pair(&c.record.ticket_nonce, &c.node, load)? {
+            charged
+                .add(&c.record.task, &c.record.inputs_digest, c.cost)
+                .ok_or(LedgerError::Overflow("charged tally"))?;
+            *changed = true;
+        }
+        Ok(())
+    }
+
+    /// The charged tallies this charge changed, to write.
+    pub(super) fn changed(self) -> impl Iterator<Item = ([u8; 16], NodeId, Tally)> {
+        self.pairs
+            .into_iter()
+            .filter_map(|((nonce, node), pair)| match pair {
+                Pair::Open {
+                    charged,
+                    changed: true,
+                } => Some((nonce, node, charged)),
+                _ => None,
+            })
+    }
+}

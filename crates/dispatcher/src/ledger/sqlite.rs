@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehav
 mod acks;
 
 use super::common::{
-    Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS,
+    Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS, Pairs,
     ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, session_rows, signature_json,
     to_i64,
 };
@@ -789,6 +789,7 @@ fn charge_rows(
 ) -> Result<UsageOutcome, LedgerError> {
     let mut outcome = UsageOutcome::default();
     let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
+    let mut pairs = Pairs::default();
     for (index, c) in charges.iter().enumerate() {
         let r = &c.record;
         let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
@@ -816,7 +817,11 @@ fn charge_rows(
                 })
             }
         };
-        if charging == Charging::Records && acks::settled(tx, &r.ticket_nonce, &c.node)? {
+        if charging == Charging::Records
+            && pairs.settled(&r.ticket_nonce, &c.node, || {
+                acks::pair(tx, &r.ticket_nonce, &c.node)
+            })?
+        {
             // The settlement of its acknowledgement charged its work already.
             outcome.duplicates += 1;
             outcome.duplicated.push(index as u32);
@@ -851,7 +856,7 @@ fn charge_rows(
             continue;
         }
         if charging == Charging::Records {
-            acks::count(tx, c)?;
+            pairs.count(c, || acks::pair(tx, &c.record.ticket_nonce, &c.node))?;
         }
         outcome.accepted += 1;
         outcome.charged = add(outcome.charged, charge, "charged")?;
@@ -872,6 +877,7 @@ fn charge_rows(
             )?;
         }
     }
+    acks::write_charged(tx, pairs)?;
     for (id, allowance) in &allowances {
         if allowance.changed {
             tx.prepare_cached("UPDATE deployments SET allowance_left = ?2 WHERE id = ?1")

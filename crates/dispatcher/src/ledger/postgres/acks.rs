@@ -10,7 +10,8 @@ use tokio_postgres::Row;
 use super::pool::Tx;
 use super::{bytes_at, from_i64, get, to_i64, u64_at};
 use crate::ledger::common::ACK_COLUMNS as COLUMNS;
-use crate::ledger::{AckRecord, LedgerError, StoredAck, UsageCharge};
+use crate::ledger::common::{Pair, Pairs};
+use crate::ledger::{AckRecord, LedgerError, StoredAck};
 
 fn row(row: &Row) -> Result<StoredAck, LedgerError> {
     let tally = |at: usize, what: &str| -> Result<Tally, LedgerError> {
@@ -125,49 +126,43 @@ pub(super) fn mark_settled(tx: &mut Tx<'_>, a: &StoredAck, now_s: u64) -> Result
     Ok(())
 }
 
-/// Whether the pair (`nonce`, `node`) has a settled acknowledgement.
-pub(super) fn settled(
-    tx: &mut Tx<'_>,
-    nonce: &[u8; 16],
-    node: &NodeId,
-) -> Result<bool, LedgerError> {
-    tx.exists(
-        "SELECT 1 FROM acks WHERE ticket_nonce = $1 AND node = $2 AND settled_at_s IS NOT NULL",
+/// The acknowledgement of the pair (`nonce`, `node`), read for a charge's
+/// [`Pairs`](crate::ledger::common::Pairs); locked, so a settlement of the pair waits for
+/// the charge's counts.
+pub(super) fn pair(tx: &mut Tx<'_>, nonce: &[u8; 16], node: &NodeId) -> Result<Pair, LedgerError> {
+    let held = tx.query_opt(
+        "SELECT settled_at_s, charged_tasks, charged_credits, charged_accumulator
+         FROM acks WHERE ticket_nonce = $1 AND node = $2 FOR UPDATE",
         &[&nonce.as_slice(), node.as_bytes()],
-    )
+    )?;
+    Ok(match held {
+        None => Pair::Absent,
+        Some(row) if get::<Option<i64>>(&row, 0)?.is_some() => Pair::Settled,
+        Some(row) => Pair::Open {
+            charged: Tally {
+                tasks: from_i64(get(&row, 1)?, "charged tasks")?,
+                credits: Credits::new(from_i64(get(&row, 2)?, "charged credits")?),
+                accumulator: bytes_at(&row, 3, "charged accumulator")?,
+            },
+            changed: false,
+        },
+    })
 }
 
-/// Counts a charged record in the charged tally of its pair's acknowledgement, if one is
-/// stored and not settled.
-pub(super) fn count(tx: &mut Tx<'_>, c: &UsageCharge) -> Result<(), LedgerError> {
-    let nonce = c.record.ticket_nonce.as_slice();
-    let node = c.node.as_bytes().as_slice();
-    let Some(held) = tx.query_opt(
-        "SELECT charged_tasks, charged_credits, charged_accumulator FROM acks
-         WHERE ticket_nonce = $1 AND node = $2 AND settled_at_s IS NULL FOR UPDATE",
-        &[&nonce, &node],
-    )?
-    else {
-        return Ok(());
-    };
-    let mut charged = Tally {
-        tasks: from_i64(get(&held, 0)?, "charged tasks")?,
-        credits: Credits::new(from_i64(get(&held, 1)?, "charged credits")?),
-        accumulator: bytes_at(&held, 2, "charged accumulator")?,
-    };
-    charged
-        .add(&c.record.task, &c.record.inputs_digest, c.cost)
-        .ok_or(LedgerError::Overflow("charged tally"))?;
-    tx.execute(
-        "UPDATE acks SET charged_tasks = $3, charged_credits = $4, charged_accumulator = $5
-         WHERE ticket_nonce = $1 AND node = $2",
-        &[
-            &nonce,
-            &node,
-            &to_i64(charged.tasks, "charged tasks")?,
-            &to_i64(charged.credits.get(), "charged credits")?,
-            &charged.accumulator,
-        ],
-    )?;
+/// Writes the charged tallies a charge changed.
+pub(super) fn write_charged(tx: &mut Tx<'_>, pairs: Pairs) -> Result<(), LedgerError> {
+    for (nonce, node, charged) in pairs.changed() {
+        tx.execute(
+            "UPDATE acks SET charged_tasks = $3, charged_credits = $4, charged_accumulator = $5
+             WHERE ticket_nonce = $1 AND node = $2",
+            &[
+                &nonce.as_slice(),
+                node.as_bytes(),
+                &to_i64(charged.tasks, "charged tasks")?,
+                &to_i64(charged.credits.get(), "charged credits")?,
+                &charged.accumulator,
+            ],
+        )?;
+    }
     Ok(())
 }

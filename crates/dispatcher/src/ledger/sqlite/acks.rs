@@ -11,7 +11,8 @@ use rusqlite::{OptionalExtension, Row, Transaction, params};
 
 use super::{Db, bytes_at, from_i64, to_i64, u64_at};
 use crate::ledger::common::ACK_COLUMNS as COLUMNS;
-use crate::ledger::{AckRecord, LedgerError, StoredAck, UsageCharge};
+use crate::ledger::common::{Pair, Pairs};
+use crate::ledger::{AckRecord, LedgerError, StoredAck};
 
 fn row(row: &Row<'_>) -> Result<StoredAck, LedgerError> {
     let tally = |at: usize, what: &str| -> Result<Tally, LedgerError> {
@@ -142,62 +143,58 @@ pub(super) fn mark_settled(
     Ok(())
 }
 
-/// Whether the pair (`nonce`, `node`) has a settled acknowledgement.
-pub(super) fn settled(
+/// The acknowledgement of the pair (`nonce`, `node`), read for a charge's
+/// [`Pairs`](crate::ledger::common::Pairs).
+pub(super) fn pair(
     tx: &Transaction<'_>,
     nonce: &[u8; 16],
     node: &NodeId,
-) -> Result<bool, LedgerError> {
-    tx.prepare_cached(
-        "SELECT 1 FROM acks WHERE ticket_nonce = ?1 AND node = ?2 AND settled_at_s IS NOT NULL",
-    )
-    .db()?
-    .exists(params![nonce.as_slice(), node.as_bytes().as_slice()])
-    .db()
-}
-
-/// Counts a charged record in the charged tally of its pair's acknowledgement, if one is
-/// stored and not settled.
-pub(super) fn count(tx: &Transaction<'_>, c: &UsageCharge) -> Result<(), LedgerError> {
-    let nonce = c.record.ticket_nonce.as_slice();
-    let node = c.node.as_bytes().as_slice();
-    let held: Option<(i64, i64, Vec<u8>)> = tx
+) -> Result<Pair, LedgerError> {
+    let held: Option<(Option<i64>, i64, i64, Vec<u8>)> = tx
         .prepare_cached(
-            "SELECT charged_tasks, charged_credits, charged_accumulator FROM acks
-             WHERE ticket_nonce = ?1 AND node = ?2 AND settled_at_s IS NULL",
+            "SELECT settled_at_s, charged_tasks, charged_credits, charged_accumulator
+             FROM acks WHERE ticket_nonce = ?1 AND node = ?2",
         )
         .db()?
-        .query_row(params![nonce, node], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
+        .query_row(
+            params![nonce.as_slice(), node.as_bytes().as_slice()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
         .optional()
         .db()?;
-    let Some((tasks, credits, accumulator)) = held else {
-        return Ok(());
-    };
-    let mut charged = Tally {
-        tasks: from_i64(tasks, "charged tasks")?,
-        credits: Credits::new(from_i64(credits, "charged credits")?),
-        accumulator: accumulator
-            .try_into()
-            .map_err(|_| LedgerError::Corrupt("charged accumulator".into()))?,
-    };
-    charged
-        .add(&c.record.task, &c.record.inputs_digest, c.cost)
-        .ok_or(LedgerError::Overflow("charged tally"))?;
-    tx.prepare_cached(
-        "UPDATE acks SET charged_tasks = ?3, charged_credits = ?4, charged_accumulator = ?5
-         WHERE ticket_nonce = ?1 AND node = ?2",
-    )
-    .db()?
-    .execute(params![
-        nonce,
-        node,
-        to_i64(charged.tasks, "charged tasks")?,
-        to_i64(charged.credits.get(), "charged credits")?,
-        charged.accumulator.as_slice(),
-    ])
-    .db()?;
+    Ok(match held {
+        None => Pair::Absent,
+        Some((Some(_), ..)) => Pair::Settled,
+        Some((None, tasks, credits, accumulator)) => Pair::Open {
+            charged: Tally {
+                tasks: from_i64(tasks, "charged tasks")?,
+                credits: Credits::new(from_i64(credits, "charged credits")?),
+                accumulator: accumulator
+                    .try_into()
+                    .map_err(|_| LedgerError::Corrupt("charged accumulator".into()))?,
+            },
+            changed: false,
+        },
+    })
+}
+
+/// Writes the charged tallies a charge changed.
+pub(super) fn write_charged(tx: &Transaction<'_>, pairs: Pairs) -> Result<(), LedgerError> {
+    for (nonce, node, charged) in pairs.changed() {
+        tx.prepare_cached(
+            "UPDATE acks SET charged_tasks = ?3, charged_credits = ?4, charged_accumulator = ?5
+             WHERE ticket_nonce = ?1 AND node = ?2",
+        )
+        .db()?
+        .execute(params![
+            nonce.as_slice(),
+            node.as_bytes().as_slice(),
+            to_i64(charged.tasks, "charged tasks")?,
+            to_i64(charged.credits.get(), "charged credits")?,
+            charged.accumulator.as_slice(),
+        ])
+        .db()?;
+    }
     Ok(())
 }
 
