@@ -105,7 +105,10 @@ pub struct NodeConfig {
     pub memory_bytes_max: u64,
     /// Heartbeat interval until the dispatcher says otherwise. Default 5 s.
     pub heartbeat_interval_ms: u64,
-    /// How often usage is reported. Default 1 s.
+    /// How often usage is reported. Default 1 s. A report holds at most
+    /// [`USAGE_RECORDS_MAX`] records; after a full one that the dispatcher mostly took, the
+    /// next goes at once, so a node serving more tasks a second than a report holds does not
+    /// fall behind.
     pub usage_flush_ms: u64,
     /// Usage records kept while unacknowledged; above it new tasks are refused. Default 100,000.
     pub usage_buffer_max: usize,
@@ -1483,11 +1486,16 @@ impl<T: Transport> Node<T> {
     async fn usage_loop(self) {
         let inner = &self.inner;
         let mut journaled = u64::MAX;
+        // The last report was full and mostly taken: records are waiting behind it.
+        let mut behind = false;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)) => {}
-                () = inner.flush_usage.notified() => {}
+            if !behind {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(inner.config.usage_flush_ms)) => {}
+                    () = inner.flush_usage.notified() => {}
+                }
             }
+            behind = false;
             if let Some(path) = inner.config.usage_journal.clone() {
                 let changes = inner.usage_changes.load(Ordering::Relaxed);
                 if changes != journaled {
@@ -1559,6 +1567,11 @@ impl<T: Transport> Node<T> {
                             usage.push_front(r.clone());
                         }
                     }
+                    // Held records go again with the next report: only one that took most of
+                    // a full report makes the next one go at once (never a loop resending
+                    // what the dispatcher holds).
+                    behind =
+                        n == USAGE_RECORDS_MAX && held.len() <= n / 2 && usage.len() > held.len();
                     inner.usage_held.store(held.len(), Ordering::Release);
                     inner.usage_reports.fetch_add(1, Ordering::AcqRel);
                 }

@@ -343,3 +343,56 @@ async fn acknowledgements_are_verified_beside_their_tasks_and_forged_ones_never_
         "only the client's acknowledgements are forwarded"
     );
 }
+
+/// A node holding more usage than one report takes sends the next report at once, not an
+/// interval later: a backlog of two and a half reports (here from its journal) is taken
+/// within one interval of the first report. Before, one report went per interval, so a node
+/// serving more tasks a second than a report holds fell behind until its buffer was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_usage_goes_in_reports_back_to_back() {
+    use crat_core::id::TaskId;
+    use crat_core::wire::{NodeRequest, USAGE_RECORDS_MAX, UsageRecord, UsageReport};
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("usage.journal");
+    let n = USAGE_RECORDS_MAX * 2 + 500;
+    let records: Vec<UsageRecord> = (0..n as u64)
+        .map(|i| {
+            let mut task = [0u8; 16];
+            task[..8].copy_from_slice(&i.to_le_bytes());
+            UsageRecord {
+                task: TaskId::from_bytes(task),
+                deployment: dep(1),
+                inputs_digest: [0; 32],
+                key: KeyId::from_bytes([9; 16]),
+                ticket_nonce: [4; 16],
+                input_bytes: 3136,
+                output_bytes: 40,
+                compute_us: 10,
+            }
+        })
+        .collect();
+    let report = NodeRequest::Usage(UsageReport {
+        records,
+        acks: Vec::new(),
+    });
+    std::fs::write(&journal, crat_core::wire::encode(&report).unwrap()).unwrap();
+    let node = TestNode::start(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        tract(),
+        |c| {
+            c.usage_journal = Some(journal.clone());
+            c.usage_flush_ms = 3_000;
+        },
+    )
+    .await;
+    wait_for(|| !node.seen.lock().unwrap().usage.is_empty()).await;
+    let first = Instant::now();
+    wait_for(|| node.seen.lock().unwrap().usage.len() >= n).await;
+    assert!(
+        first.elapsed() < Duration::from_millis(2_000),
+        "the backlog took {:?} after the first report (the interval is 3 s)",
+        first.elapsed()
+    );
+    assert_eq!(node.seen.lock().unwrap().usage.len(), n);
+}
