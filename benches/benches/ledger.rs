@@ -4,7 +4,9 @@
 //! (`scripts/postgres.sh start` prints one), on PostgreSQL in a fresh schema.
 //! Each iteration charges one report of 2,000 records of one (ticket, node) pair whose client
 //! acknowledged them (the case a node serving one client at 4,000 tasks/s sends every
-//! second), new task ids each time.
+//! second), new task ids each time: time-ordered as the SDK makes them
+//! (`TaskId::time_ordered`), and, for SQLite, random (`…/sqlite_random_ids`), as they were
+//! before.
 //!
 //! ```text
 //! cargo bench -p crat-benches --bench ledger
@@ -103,18 +105,28 @@ fn prepare(ledger: &dyn Ledger) {
         .unwrap();
 }
 
+/// How a report's task ids are made.
+#[derive(Clone, Copy)]
+enum Ids {
+    /// As the SDK makes them: time-ordered, one millisecond apart here.
+    TimeOrdered,
+    /// 16 random bytes.
+    Random,
+}
+
 /// A report of fresh tasks.
-fn report(next: &AtomicU64) -> Vec<UsageCharge> {
+fn report(next: &AtomicU64, ids: Ids) -> Vec<UsageCharge> {
     (0..RECORDS)
         .map(|_| {
             let n = next.fetch_add(1, Ordering::Relaxed);
-            let mut task = [0u8; 16];
-            task[..8].copy_from_slice(&n.to_be_bytes());
-            let mut digest = [0u8; 32];
-            digest[..8].copy_from_slice(&n.to_le_bytes());
+            let task = match ids {
+                Ids::TimeOrdered => TaskId::time_ordered(1_765_000_000_000 + n, rand::random()),
+                Ids::Random => TaskId::from_bytes(rand::random()),
+            };
+            let digest: [u8; 32] = rand::random();
             UsageCharge {
                 record: UsageRecord {
-                    task: TaskId::from_bytes(task),
+                    task,
                     deployment: DeploymentId::from_bytes([1; 16]),
                     inputs_digest: digest,
                     key: KeyId::from_bytes([1; 16]),
@@ -131,7 +143,7 @@ fn report(next: &AtomicU64) -> Vec<UsageCharge> {
         .collect()
 }
 
-fn charge(c: &mut Criterion, name: &str, ledger: &dyn Ledger) {
+fn charge(c: &mut Criterion, name: &str, ledger: &dyn Ledger, ids: Ids) {
     prepare(ledger);
     let next = AtomicU64::new(0);
     let mut g = c.benchmark_group("ledger/charge_usage");
@@ -139,7 +151,7 @@ fn charge(c: &mut Criterion, name: &str, ledger: &dyn Ledger) {
     g.sample_size(20);
     g.bench_function(name, |b| {
         b.iter_batched(
-            || report(&next),
+            || report(&next, ids),
             |charges| {
                 let outcome = ledger.charge_usage(&charges).unwrap();
                 assert_eq!(u64::from(outcome.accepted), RECORDS);
@@ -153,14 +165,16 @@ fn charge(c: &mut Criterion, name: &str, ledger: &dyn Ledger) {
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteLedger::open(&dir.path().join("ledger.sqlite")).unwrap();
-    charge(c, "sqlite", &sqlite);
+    charge(c, "sqlite", &sqlite, Ids::TimeOrdered);
+    let random = SqliteLedger::open(&dir.path().join("random.sqlite")).unwrap();
+    charge(c, "sqlite_random_ids", &random, Ids::Random);
     if let Ok(url) = std::env::var("CRAT_TEST_POSTGRES_URL") {
         let options = PgOptions {
             schema: format!("bench_ledger_{}", std::process::id()),
             ..PgOptions::default()
         };
         let pg = PgLedger::connect_with(&url, &options).unwrap();
-        charge(c, "postgres", &pg);
+        charge(c, "postgres", &pg, Ids::TimeOrdered);
     }
 }
 

@@ -214,7 +214,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let lease = deployment.lease().await?;
     let victim = lease.replicas.first().map(|r| r.node);
     let tasks: Vec<(TaskId, usize)> = (0..args.tasks)
-        .map(|i| (TaskId::from_bytes(rand::random()), i % inputs.len()))
+        .map(|i| (crat_sdk::new_task_id(), i % inputs.len()))
         .collect();
     let bar = ProgressBar::new(args.tasks as u64);
     bar.set_style(ProgressStyle::with_template(

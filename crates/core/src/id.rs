@@ -182,6 +182,30 @@ byte_id!(
     KeyId, 16, "key_"
 );
 
+impl TaskId {
+    /// A fresh task id that sorts by when it was made: `unix_ms` (milliseconds since the Unix
+    /// epoch, its low 48 bits, big-endian) then the 80 bits of `random`, the layout of a
+    /// UUIDv7. Stores keyed by task id (the dispatcher's usage table, whose key begins with
+    /// it) then insert near the end of their index instead of at a random place: on SQLite a
+    /// report of 2,000 records took 6 times as long with random ids
+    /// (`cargo bench -p crat-benches --bench ledger`). 80 random bits keep it unguessable.
+    /// The SDK and the dispatcher's canaries both make their ids this way, so a node cannot
+    /// tell a canary by its id.
+    ///
+    /// ```
+    /// # use crat_core::id::TaskId;
+    /// let a = TaskId::time_ordered(1_765_000_000_000, [0xff; 10]);
+    /// let b = TaskId::time_ordered(1_765_000_000_001, [0; 10]);
+    /// assert!(a < b);
+    /// ```
+    pub fn time_ordered(unix_ms: u64, random: [u8; 10]) -> Self {
+        let mut b = [0u8; 16];
+        b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+        b[6..].copy_from_slice(&random);
+        Self(b)
+    }
+}
+
 impl NodeId {
     /// The id of an ed25519 verifying key.
     pub fn from_key(key: &VerifyingKey) -> Self {
@@ -320,6 +344,21 @@ impl FromStr for SdkKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_ordered_task_ids_sort_by_their_millisecond_then_their_random_bits() {
+        let t = TaskId::time_ordered(0x0102_0304_0506, [9; 10]);
+        assert_eq!(t.as_bytes()[..6], [1, 2, 3, 4, 5, 6]);
+        assert_eq!(t.as_bytes()[6..], [9; 10]);
+        // Only the low 48 bits of the time are kept (until the year 10889).
+        assert_eq!(TaskId::time_ordered(0xffff_0102_0304_0506, [9; 10]), t);
+        let mut ids: Vec<TaskId> = (0..100u64)
+            .map(|i| TaskId::time_ordered(1_765_000_000_000 + i / 10, [(i % 10) as u8; 10]))
+            .collect();
+        let made = ids.clone();
+        ids.sort();
+        assert_eq!(ids, made);
+    }
 
     #[test]
     fn text_forms_round_trip() {

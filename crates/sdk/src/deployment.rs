@@ -38,6 +38,17 @@ struct LeaseState {
     fetched: std::time::Instant,
 }
 
+/// A fresh task id, for [`Deployment::infer_task`] (keep it to retry the task: a retry with
+/// the same id and inputs is charged once): time-ordered with 80 random bits
+/// ([`TaskId::time_ordered`]), which keeps the dispatcher's usage table inserting near its
+/// end.
+pub fn new_task_id() -> TaskId {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    TaskId::time_ordered(unix_ms, rand::random())
+}
+
 /// A lease whose replica could not be reached is renewed at the next task (the dispatcher
 /// may have re-placed it), but at most once per this interval, so a dispatcher that has not
 /// noticed the failure yet is not asked again for every task.
@@ -436,10 +447,9 @@ impl<T: Transport> Deployment<T> {
         Ok(state)
     }
 
-    /// Runs one task with a fresh random [`TaskId`]; see [`Deployment::infer_task`].
+    /// Runs one task with a fresh id ([`new_task_id`]); see [`Deployment::infer_task`].
     pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, Error> {
-        self.infer_task(TaskId::from_bytes(rand::random()), inputs)
-            .await
+        self.infer_task(new_task_id(), inputs).await
     }
 
     /// Runs task `task` on one of the deployment's replicas and returns its outputs.

@@ -90,7 +90,7 @@ mod stats;
 pub use client::{Client, UploadProgress};
 pub use config::ClientConfig;
 pub use crat_transport::Transport;
-pub use deployment::Deployment;
+pub use deployment::{Deployment, new_task_id};
 pub use error::Error;
 pub use stats::Stats;
 

@@ -606,7 +606,12 @@ impl<T: Transport> Dispatcher<T> {
             .await?;
         let identity = rand::random::<u32>() as usize % state.transports.len().max(1);
         let ticket = self.canary_ticket(state, dep, identity, replica, audience)?;
-        let task = TaskId::from_bytes(new_id());
+        // Made as the SDK makes clients' ids (`crat_sdk::new_task_id`): a node cannot tell a
+        // canary by its id.
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let task = TaskId::time_ordered(unix_ms, new_id());
         // Never refuses: the oldest canary is forgotten instead.
         let _ = state
             .tasks
