@@ -14,7 +14,9 @@
 //! checks that each FastAPI's answer is the gateway's (the same JSON header byte for byte, the
 //! outputs within the network's tolerance), warms every side up, then measures every side
 //! with the same concurrency (`CRAT_COMPARE_IN_FLIGHT`, default 64, then one in flight), one
-//! side after another, two rounds:
+//! side after another, two rounds, each run once the machine is quiet (at most 0.1 cores busy
+//! over 1.2 s, longer than the nodes' usage interval: the network has taken the previous
+//! run's usage):
 //!
 //! - `crat SDK`: `Deployment::infer` from this process (QUIC to the nodes);
 //! - `crat gateway`: KServe v2 binary requests over HTTP/1.1 keep-alive connections to `crat
@@ -50,7 +52,7 @@ use crat_benches::http::{
 };
 use crat_benches::procs::{
     CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, node_command,
-    stripped,
+    settle, stripped,
 };
 use crat_core::id::SdkKey;
 use crat_core::tensor::{NamedTensor, Tensor};
@@ -58,6 +60,12 @@ use crat_sdk::Deployment;
 use crat_transport::quic::QuicTransport;
 
 const NODES: usize = 2;
+/// Before each measured run the machine settles: at most [`SETTLED_CORES_MAX`] cores busy
+/// (every process: the previous run's network digesting its usage, FastAPI's workers) over
+/// this window, longer than the nodes' usage interval, or [`SETTLE_WAIT_MAX`] waited.
+const SETTLE_WINDOW: Duration = Duration::from_millis(1_200);
+const SETTLED_CORES_MAX: f64 = 0.1;
+const SETTLE_WAIT_MAX: Duration = Duration::from_secs(15);
 /// How long a process may take to print what it prints when started.
 const START_S_MAX: u64 = 60;
 /// How long the deployment may take to have both replicas ready.
@@ -548,6 +556,7 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
                 model.tasks
             });
             for &side in &sides {
+                settle(SETTLE_WINDOW, SETTLED_CORES_MAX, SETTLE_WAIT_MAX).await;
                 let before = CpuSample::take(&pids);
                 let summary = match side {
                     Side::Sdk => sdk(tasks, in_flight).await,
