@@ -23,6 +23,22 @@ struct Received {
     given: u64,
     /// Tasks in the last acknowledgement the dispatcher accepted.
     reported: u64,
+    /// An acknowledgement is being signed beside the tasks ([`AckLedger::due`]).
+    signing: bool,
+    /// One signed beside the tasks, not given yet.
+    ready: Option<Signed<Ack>>,
+}
+
+/// What [`AckLedger::due`] says of the next task to a node.
+#[derive(Debug)]
+pub(crate) enum Due {
+    /// It carries no acknowledgement.
+    No,
+    /// It carries this one.
+    Ready(Signed<Ack>),
+    /// It carries none, and this one is to be signed beside it and handed back with
+    /// [`AckLedger::signed`]: the next task carries it.
+    Sign(Ack),
 }
 
 /// A (ticket nonce, node) pair.
@@ -58,27 +74,49 @@ impl AckLedger {
                 tally: Tally::default(),
                 given: 0,
                 reported: 0,
+                signing: false,
+                ready: None,
             });
         // A tally that would overflow stays as it is: the node stops serving the ticket
         // long before, and a new lease starts a new one.
         let _ = entry.tally.add(task, inputs_digest, cost);
     }
 
-    /// A fresh acknowledgement for `node` under ticket `nonce` when at least `every` answers
-    /// came since the last one it was given.
-    pub(crate) fn due(
-        &mut self,
-        nonce: [u8; 16],
-        node: NodeId,
-        every: u64,
-        identity: &SigningKey,
-    ) -> Option<Signed<Ack>> {
-        let entry = self.entries.get_mut(&(nonce, node))?;
+    /// The acknowledgement for `node` under ticket `nonce` the next task carries: one is due
+    /// when at least `every` answers came since the last one it was given. It is signed beside
+    /// the tasks (an ed25519 signature costs about as much as a small model's run): the first
+    /// task that finds one due asks for it to be signed ([`Due::Sign`]), and the next one
+    /// carries it, cumulative, counting at least the answers it was due for.
+    pub(crate) fn due(&mut self, nonce: [u8; 16], node: NodeId, every: u64) -> Due {
+        let Some(entry) = self.entries.get_mut(&(nonce, node)) else {
+            return Due::No;
+        };
         if entry.tally.tasks < entry.given.saturating_add(every.max(1)) {
-            return None;
+            return Due::No;
         }
-        entry.given = entry.tally.tasks;
-        Some(Signed::sign(entry.tally.ack(nonce, node), identity))
+        if let Some(ack) = entry.ready.take() {
+            entry.given = ack.body.tasks;
+            return Due::Ready(ack);
+        }
+        if entry.signing {
+            return Due::No;
+        }
+        entry.signing = true;
+        Due::Sign(entry.tally.ack(nonce, node))
+    }
+
+    /// Takes back an acknowledgement [`due`](Self::due) asked to be signed.
+    pub(crate) fn signed(&mut self, ack: Signed<Ack>) {
+        let Some(entry) = self
+            .entries
+            .get_mut(&(ack.body.ticket_nonce, ack.body.node))
+        else {
+            return;
+        };
+        entry.signing = false;
+        if ack.body.tasks > entry.given {
+            entry.ready = Some(ack);
+        }
     }
 
     /// Signed acknowledgements of every pair with answers the dispatcher has not been told
@@ -122,5 +160,85 @@ impl AckLedger {
                 r.reported = r.reported.max(*tasks);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crat_core::id::{DeploymentId, KeyId, TaskId};
+    use crat_core::money::Credits;
+    use crat_core::pricing::TaskPrice;
+
+    fn ticket() -> Signed<Ticket> {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        Signed::sign(
+            Ticket {
+                deployment: DeploymentId::from_bytes([1; 16]),
+                key: KeyId::from_bytes([2; 16]),
+                credit_budget: Credits::new(1_000),
+                issued_at_s: 0,
+                expires_at_s: 100,
+                nonce: [4; 16],
+                audience: vec![],
+                client: NodeId::from_bytes([3; 32]),
+                price: TaskPrice {
+                    fixed: Credits::new(1),
+                    per_block: Credits::ZERO,
+                    block_bytes: 1,
+                },
+            },
+            &key,
+        )
+    }
+
+    /// An acknowledgement is signed beside the tasks: asked for by the first task it is due
+    /// at, carried by the next one, never asked twice at once, and cumulative.
+    #[test]
+    fn acknowledgements_are_signed_beside_the_tasks_and_carried_by_the_next() {
+        let (t, node) = (ticket(), NodeId::from_bytes([9; 32]));
+        let identity = SigningKey::from_bytes(&[5; 32]);
+        let mut ledger = AckLedger::new();
+        let answer = |ledger: &mut AckLedger, i: u8| {
+            ledger.received(
+                &t,
+                node,
+                &TaskId::from_bytes([i; 16]),
+                &[i; 32],
+                Credits::new(1),
+            );
+        };
+        assert!(
+            matches!(ledger.due([4; 16], node, 2), Due::No),
+            "nothing received"
+        );
+        answer(&mut ledger, 1);
+        assert!(
+            matches!(ledger.due([4; 16], node, 2), Due::No),
+            "one answer of two"
+        );
+        answer(&mut ledger, 2);
+        let Due::Sign(body) = ledger.due([4; 16], node, 2) else {
+            panic!("due after two answers");
+        };
+        assert_eq!(body.tasks, 2);
+        // Being signed: the next tasks carry nothing and ask for nothing more.
+        answer(&mut ledger, 3);
+        assert!(matches!(ledger.due([4; 16], node, 2), Due::No));
+        ledger.signed(Signed::sign(body, &identity));
+        let Due::Ready(ack) = ledger.due([4; 16], node, 2) else {
+            panic!("the signed acknowledgement goes with the next task");
+        };
+        assert_eq!(ack.body.tasks, 2);
+        // Given: the next one is due two answers after it.
+        assert!(matches!(ledger.due([4; 16], node, 2), Due::No));
+        answer(&mut ledger, 4);
+        let Due::Sign(next) = ledger.due([4; 16], node, 2) else {
+            panic!("due again two answers after the one given");
+        };
+        assert_eq!(next.tasks, 4);
+        // One signed for a count already given is dropped.
+        ledger.signed(Signed::sign(ack.body.clone(), &identity));
+        assert!(matches!(ledger.due([4; 16], node, 2), Due::Sign(_)));
     }
 }

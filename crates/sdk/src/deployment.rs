@@ -20,7 +20,7 @@ use crat_transport::{ConnectionExt, Conversation, Transport};
 use futures_util::{Stream, StreamExt};
 use parking_lot::Mutex;
 
-use crate::acks::AckLedger;
+use crate::acks::{AckLedger, Due};
 use crate::client::Client;
 use crate::error::{Error, unexpected};
 use crate::pool::breaks_connection;
@@ -547,19 +547,26 @@ impl<T: Transport> Deployment<T> {
             }
             let replica = &lease.lease.replicas[start.wrapping_add(tried) % n];
             attempts += 1;
-            // The node's latest acknowledgement travels with the task, when one is due.
+            // The node's latest acknowledgement travels with the task, when one is due; it is
+            // signed beside the tasks, and the next task to the node carries it.
             if let ClientToNode::Infer(r) = &mut message {
-                r.ack = self
-                    .shared
-                    .acks
-                    .lock()
-                    .due(
-                        lease.lease.ticket.body.nonce,
-                        replica.node,
-                        config.ack_every_tasks,
-                        &self.client.inner.identity,
-                    )
-                    .map(Box::new);
+                let due = self.shared.acks.lock().due(
+                    lease.lease.ticket.body.nonce,
+                    replica.node,
+                    config.ack_every_tasks,
+                );
+                r.ack = match due {
+                    Due::No => None,
+                    Due::Ready(ack) => Some(Box::new(ack)),
+                    Due::Sign(body) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let ack = Signed::sign(body, &me.client.inner.identity);
+                            me.shared.acks.lock().signed(ack);
+                        });
+                        None
+                    }
+                };
             }
             if failing_over {
                 bump(&self.counters(), |c| &c.failovers);
