@@ -85,22 +85,18 @@ impl CpuSample {
 }
 
 /// Waits until the machine is quiet: until a `window` in which every process together used
-/// at most `cores_max` cores, or `wait_max` has passed; returns the time waited. A run
+/// at most `cores_max` cores, or `wait_max` has passed. A run
 /// measured right after another would otherwise also measure the network digesting the
 /// previous run (its usage reports, acknowledgements and ledger writes), which a steady load
 /// does not meet; a window longer than the nodes' usage interval (1 s) sees those.
-pub async fn settle(
-    window: std::time::Duration,
-    cores_max: f64,
-    wait_max: std::time::Duration,
-) -> std::time::Duration {
+pub async fn settle(window: std::time::Duration, cores_max: f64, wait_max: std::time::Duration) {
     let started = std::time::Instant::now();
     loop {
         let before = CpuSample::take(&[]);
         tokio::time::sleep(window).await;
         let (ours, others) = before.cores(CpuSample::take(&[]), cores());
         if ours + others <= cores_max || started.elapsed() >= wait_max {
-            return started.elapsed();
+            return;
         }
     }
 }

@@ -958,19 +958,18 @@ impl<T: Transport> Deployment<T> {
                 receipt,
                 ..
             } if answered == task => {
-                let mut verify = if evidence {
+                let verify = if evidence {
                     Verify::Now
                 } else {
                     self.shared.receipts.lock().verify(&replica.node)
                 };
-                let beside = match verify {
-                    Verify::Beside => self.shared.receipt_checks.clone().try_acquire_owned().ok(),
-                    _ => None,
-                };
-                if verify == Verify::Beside && beside.is_none() {
-                    verify = Verify::Now;
-                }
-                let checked = if verify == Verify::Now {
+                // A check beside the caller holds a permit; without one it is made now.
+                let beside = (verify == Verify::Beside)
+                    .then(|| self.shared.receipt_checks.clone().try_acquire_owned().ok())
+                    .flatten();
+                let checked = if verify == Verify::Now
+                    || (verify == Verify::Beside && beside.is_none())
+                {
                     receipt.check_answer(&replica.node, &task, &self.id, inputs_digest, &outputs)
                 } else {
                     receipt.describes(&replica.node, &task, &self.id, inputs_digest, &outputs)
