@@ -730,6 +730,10 @@ impl crate::stream::RecvHalf for RecvStream {
             .map_err(|e| read_exact_err(e, expected))
     }
 
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<bytes::Bytes>, TransportError> {
+        RecvStream::read_chunk(self, max).await.map_err(read_err)
+    }
+
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
         RecvStream::read(self, buf).await.map_err(read_err)
     }

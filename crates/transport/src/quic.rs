@@ -561,6 +561,13 @@ impl crate::stream::RecvHalf for RecvStream {
             .map_err(|e| read_exact_err(e, expected))
     }
 
+    async fn read_chunk(&mut self, max: usize) -> Result<Option<bytes::Bytes>, TransportError> {
+        Ok(RecvStream::read_chunk(self, max, true)
+            .await
+            .map_err(read_err)?
+            .map(|chunk| chunk.bytes))
+    }
+
     async fn read_some(&mut self, buf: &mut [u8]) -> Result<Option<usize>, TransportError> {
         RecvStream::read(self, buf).await.map_err(read_err)
     }
