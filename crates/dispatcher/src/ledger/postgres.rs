@@ -640,7 +640,122 @@ fn query_rounds(tx: &mut Tx<'_>, sql: &str, param: i64) -> Result<Vec<RoundRecor
     tx.query(sql, &[&param])?.iter().map(round_row).collect()
 }
 
-/// The body of [`Ledger::charge_usage`] and of the charges of [`Ledger::settle_acks`].
+/// Which of `keys` (deployment, task, inputs digest) have a usage row: one query for all.
+fn usage_rows_present(
+    tx: &mut Tx<'_>,
+    keys: &[(&DeploymentId, &TaskId, &[u8; 32])],
+) -> Result<HashSet<(DeploymentId, TaskId, [u8; 32])>, LedgerError> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let deployments: Vec<&[u8]> = keys.iter().map(|k| k.0.as_bytes().as_slice()).collect();
+    let tasks: Vec<&[u8]> = keys.iter().map(|k| k.1.as_bytes().as_slice()).collect();
+    let digests: Vec<&[u8]> = keys.iter().map(|k| k.2.as_slice()).collect();
+    tx.query(
+        "SELECT u.deployment, u.task, u.inputs_digest
+         FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS k(deployment, task, inputs_digest)
+         JOIN usage u ON u.deployment = k.deployment AND u.task = k.task
+                     AND u.inputs_digest = k.inputs_digest",
+        &[&deployments, &tasks, &digests],
+    )?
+    .iter()
+    .map(|row| {
+        Ok((
+            DeploymentId::from_bytes(bytes_at(row, 0, "deployment id")?),
+            TaskId::from_bytes(bytes_at(row, 1, "task id")?),
+            bytes_at(row, 2, "inputs digest")?,
+        ))
+    })
+    .collect()
+}
+
+/// The rows one charge adds, gathered to be written in one statement per table: a report
+/// of thousands of records was two round trips to the server per record.
+#[derive(Default)]
+struct ChargeRows<'a> {
+    tasks: Vec<&'a [u8]>,
+    deployments: Vec<&'a [u8]>,
+    keys: Vec<&'a [u8]>,
+    nodes: Vec<&'a [u8]>,
+    input_bytes: Vec<i64>,
+    output_bytes: Vec<i64>,
+    compute_us: Vec<i64>,
+    charged: Vec<i64>,
+    uncollected: Vec<i64>,
+    at_s: Vec<i64>,
+    digests: Vec<&'a [u8]>,
+    /// The journal's usage movements (those with a charge), in the records' order.
+    journal_accounts: Vec<AccountName>,
+    journal_amounts: Vec<i64>,
+    journal_deployments: Vec<&'a [u8]>,
+    journal_tasks: Vec<&'a [u8]>,
+    journal_at_s: Vec<i64>,
+}
+
+impl ChargeRows<'_> {
+    fn write(&self, tx: &mut Tx<'_>) -> Result<(), LedgerError> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        // Every key was checked absent under the deployments' row locks, in this
+        // serializable transaction: a row that appeared since is a conflict to retry, not a
+        // duplicate to skip after its allowance was counted.
+        let inserted = tx.execute(
+            "INSERT INTO usage (task, deployment, key, node, input_bytes, output_bytes,
+                     compute_us, charged, uncollected, at_s, inputs_digest)
+             SELECT * FROM unnest($1::bytea[], $2::bytea[], $3::bytea[], $4::bytea[],
+                     $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[],
+                     $10::bigint[], $11::bytea[])",
+            &[
+                &self.tasks,
+                &self.deployments,
+                &self.keys,
+                &self.nodes,
+                &self.input_bytes,
+                &self.output_bytes,
+                &self.compute_us,
+                &self.charged,
+                &self.uncollected,
+                &self.at_s,
+                &self.digests,
+            ],
+        )?;
+        if inserted != self.tasks.len() as u64 {
+            return Err(LedgerError::Corrupt(format!(
+                "{inserted} usage rows written of {}",
+                self.tasks.len()
+            )));
+        }
+        if self.journal_amounts.is_empty() {
+            return Ok(());
+        }
+        let accounts: Vec<&str> = self
+            .journal_accounts
+            .iter()
+            .map(AccountName::as_str)
+            .collect();
+        tx.execute(
+            "INSERT INTO journal (account, kind, amount, deployment, task, at_s, counts_as_income)
+             SELECT account, $6::text, amount, deployment, task, at_s, TRUE
+             FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bigint[])
+                  WITH ORDINALITY AS m(account, amount, deployment, task, at_s, n)
+             ORDER BY n",
+            &[
+                &accounts,
+                &self.journal_amounts,
+                &self.journal_deployments,
+                &self.journal_tasks,
+                &self.journal_at_s,
+                &Kind::Usage.as_str(),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// The body of [`Ledger::charge_usage`] and of the charges of [`Ledger::settle_acks`]: the
+/// same rules as SQLite's, read and written in a few statements (the deployments locked,
+/// the keys already present, then the rows) instead of a few per record.
 fn charge_rows(
     tx: &mut Tx<'_>,
     charges: &[UsageCharge],
@@ -648,31 +763,50 @@ fn charge_rows(
 ) -> Result<UsageOutcome, LedgerError> {
     let mut outcome = UsageOutcome::default();
     let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
+    for c in charges {
+        // Values the columns cannot hold are refused before anything is locked.
+        let r = &c.record;
+        for (value, what) in [
+            (r.input_bytes, "input_bytes"),
+            (r.output_bytes, "output_bytes"),
+            (r.compute_us, "compute_us"),
+            (c.at_s, "at_s"),
+            (c.cost.get(), "cost"),
+        ] {
+            to_i64(value, what)?;
+        }
+        if let Entry::Vacant(entry) = allowances.entry(c.record.deployment) {
+            // Locked: concurrent charges of one allowance queue here.
+            let row = tx
+                .query_opt(
+                    "SELECT account, allowance_left FROM deployments WHERE id = $1 FOR UPDATE",
+                    &[c.record.deployment.as_bytes()],
+                )?
+                .ok_or_else(|| {
+                    LedgerError::NotFound(format!("deployment {}", c.record.deployment))
+                })?;
+            entry.insert(Allowance {
+                account: account_at(&row, 0)?,
+                left: Credits::new(u64_at(&row, 1, "allowance_left")?),
+                changed: false,
+            });
+        }
+    }
+    let keys: Vec<_> = charges
+        .iter()
+        .map(|c| {
+            (
+                &c.record.deployment,
+                &c.record.task,
+                &c.record.inputs_digest,
+            )
+        })
+        .collect();
+    let mut present = usage_rows_present(tx, &keys)?;
     let mut pairs = Pairs::default();
+    let mut rows = ChargeRows::default();
     for (index, c) in charges.iter().enumerate() {
         let r = &c.record;
-        let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
-        let output_bytes = to_i64(r.output_bytes, "output_bytes")?;
-        let compute_us = to_i64(r.compute_us, "compute_us")?;
-        let at_s = to_i64(c.at_s, "at_s")?;
-        to_i64(c.cost.get(), "cost")?;
-        let allowance = match allowances.entry(r.deployment) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                // Locked: concurrent charges of one allowance queue here.
-                let row = tx
-                    .query_opt(
-                        "SELECT account, allowance_left FROM deployments WHERE id = $1 FOR UPDATE",
-                        &[r.deployment.as_bytes()],
-                    )?
-                    .ok_or_else(|| LedgerError::NotFound(format!("deployment {}", r.deployment)))?;
-                entry.insert(Allowance {
-                    account: account_at(&row, 0)?,
-                    left: Credits::new(u64_at(&row, 1, "allowance_left")?),
-                    changed: false,
-                })
-            }
-        };
         if charging == Charging::Records
             && pairs.settled(&r.ticket_nonce, &c.node, || {
                 acks::pair(tx, &r.ticket_nonce, &c.node)
@@ -683,31 +817,30 @@ fn charge_rows(
             outcome.duplicated.push(index as u32);
             continue;
         }
-        let (charge, uncollected) = allowance.split(c.cost);
-        let inserted = tx.execute(
-            "INSERT INTO usage (task, deployment, key, node, input_bytes,
-                     output_bytes, compute_us, charged, uncollected, at_s, inputs_digest)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (deployment, task, inputs_digest) DO NOTHING",
-            &[
-                r.task.as_bytes(),
-                r.deployment.as_bytes(),
-                r.key.as_bytes(),
-                c.node.as_bytes(),
-                &input_bytes,
-                &output_bytes,
-                &compute_us,
-                &to_i64(charge.get(), "charge")?,
-                &to_i64(uncollected.get(), "uncollected")?,
-                &at_s,
-                &r.inputs_digest,
-            ],
-        )?;
-        if inserted == 0 {
+        // Stored before, or earlier in this charge.
+        if !present.insert((r.deployment, r.task, r.inputs_digest)) {
             outcome.duplicates += 1;
             outcome.duplicated.push(index as u32);
             continue;
         }
+        let allowance = allowances
+            .get_mut(&r.deployment)
+            .ok_or_else(|| LedgerError::NotFound(format!("deployment {}", r.deployment)))?;
+        let (charge, uncollected) = allowance.split(c.cost);
+        rows.tasks.push(r.task.as_bytes());
+        rows.deployments.push(r.deployment.as_bytes());
+        rows.keys.push(r.key.as_bytes());
+        rows.nodes.push(c.node.as_bytes());
+        let at_s = to_i64(c.at_s, "at_s")?;
+        rows.input_bytes.push(to_i64(r.input_bytes, "input_bytes")?);
+        rows.output_bytes
+            .push(to_i64(r.output_bytes, "output_bytes")?);
+        rows.compute_us.push(to_i64(r.compute_us, "compute_us")?);
+        rows.charged.push(to_i64(charge.get(), "charge")?);
+        rows.uncollected
+            .push(to_i64(uncollected.get(), "uncollected")?);
+        rows.at_s.push(at_s);
+        rows.digests.push(&r.inputs_digest);
         if charging == Charging::Records {
             pairs.count(c, || acks::pair(tx, &c.record.ticket_nonce, &c.node))?;
         }
@@ -716,21 +849,14 @@ fn charge_rows(
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
         allowance.take(charge);
         if charge > Credits::ZERO {
-            let account = allowance.account.clone();
-            journal(
-                tx,
-                &Movement {
-                    account: &account,
-                    kind: Kind::Usage,
-                    amount: charge,
-                    deployment: Some(&r.deployment),
-                    task: Some(&r.task),
-                    at_s: c.at_s,
-                    counts_as_income: true,
-                },
-            )?;
+            rows.journal_accounts.push(allowance.account.clone());
+            rows.journal_amounts.push(to_i64(charge.get(), "amount")?);
+            rows.journal_deployments.push(r.deployment.as_bytes());
+            rows.journal_tasks.push(r.task.as_bytes());
+            rows.journal_at_s.push(at_s);
         }
     }
+    rows.write(tx)?;
     acks::write_charged(tx, pairs)?;
     for (id, allowance) in &allowances {
         if allowance.changed {
@@ -1330,15 +1456,9 @@ impl Ledger for PgLedger {
         keys: &[(DeploymentId, TaskId, [u8; 32])],
     ) -> Result<Vec<bool>, LedgerError> {
         self.read(|tx| {
-            keys.iter()
-                .map(|(d, t, digest)| {
-                    tx.exists(
-                        "SELECT 1 FROM usage
-                         WHERE deployment = $1 AND task = $2 AND inputs_digest = $3",
-                        &[d.as_bytes(), t.as_bytes(), digest],
-                    )
-                })
-                .collect()
+            let refs: Vec<_> = keys.iter().map(|(d, t, digest)| (d, t, digest)).collect();
+            let present = usage_rows_present(tx, &refs)?;
+            Ok(keys.iter().map(|k| present.contains(k)).collect())
         })
     }
 
