@@ -344,18 +344,12 @@ async fn acknowledgements_are_verified_beside_their_tasks_and_forged_ones_never_
     );
 }
 
-/// A node holding more usage than one report takes sends the next report at once, not an
-/// interval later: a backlog of two and a half reports (here from its journal) is taken
-/// within one interval of the first report. Before, one report went per interval, so a node
-/// serving more tasks a second than a report holds fell behind until its buffer was full.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_of_usage_goes_in_reports_back_to_back() {
+/// A usage journal of `n` records of deployment 1, in `dir`.
+fn usage_journal(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
     use crat_core::id::TaskId;
-    use crat_core::wire::{NodeRequest, USAGE_RECORDS_MAX, UsageRecord, UsageReport};
+    use crat_core::wire::{NodeRequest, UsageRecord, UsageReport};
 
-    let dir = tempfile::tempdir().unwrap();
-    let journal = dir.path().join("usage.journal");
-    let n = USAGE_RECORDS_MAX * 2 + 500;
+    let journal = dir.join("usage.journal");
     let records: Vec<UsageRecord> = (0..n as u64)
         .map(|i| {
             let mut task = [0u8; 16];
@@ -377,6 +371,20 @@ async fn a_backlog_of_usage_goes_in_reports_back_to_back() {
         acks: Vec::new(),
     });
     std::fs::write(&journal, crat_core::wire::encode(&report).unwrap()).unwrap();
+    journal
+}
+
+/// A node holding more usage than one report takes sends the next report at once, not an
+/// interval later: a backlog of two and a half reports (here from its journal) is taken
+/// within one interval of the first report. Before, one report went per interval, so a node
+/// serving more tasks a second than a report holds fell behind until its buffer was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_usage_goes_in_reports_back_to_back() {
+    use crat_core::wire::USAGE_RECORDS_MAX;
+
+    let dir = tempfile::tempdir().unwrap();
+    let n = USAGE_RECORDS_MAX * 2 + 500;
+    let journal = usage_journal(dir.path(), n);
     let node = TestNode::start(
         vec![(assignment(dep(1), TINY), TINY.to_vec())],
         tract(),
@@ -395,4 +403,43 @@ async fn a_backlog_of_usage_goes_in_reports_back_to_back() {
         first.elapsed()
     );
     assert_eq!(node.seen.lock().unwrap().usage.len(), n);
+}
+
+/// Records the dispatcher holds (waiting for a client's acknowledgement) go again with the
+/// next report, an interval later: a report of which the dispatcher held more than half is
+/// not followed at once, so a dispatcher holding records never gets them resent in a loop.
+/// With a backlog of two and a half reports and three quarters of each held, one report
+/// goes in the first half interval, and the next one after the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_mostly_held_waits_for_the_interval_before_the_next() {
+    use crat_core::wire::USAGE_RECORDS_MAX;
+
+    let dir = tempfile::tempdir().unwrap();
+    let journal = usage_journal(dir.path(), USAGE_RECORDS_MAX * 2 + 500);
+    let node = TestNode::start_with(
+        vec![(assignment(dep(1), TINY), TINY.to_vec())],
+        tract(),
+        Seen {
+            hold_usage: USAGE_RECORDS_MAX * 3 / 4,
+            ..Seen::default()
+        },
+        |c| {
+            c.usage_journal = Some(journal.clone());
+            c.usage_flush_ms = 2_000;
+        },
+    )
+    .await;
+    wait_for(|| node.seen.lock().unwrap().usage_reports >= 1).await;
+    let first = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        node.seen.lock().unwrap().usage_reports,
+        1,
+        "a report mostly held was followed within {:?}",
+        first.elapsed()
+    );
+    wait_for(|| node.seen.lock().unwrap().usage_reports >= 2).await;
+    assert!(first.elapsed() >= Duration::from_millis(1_500));
+    let seen = node.seen.lock().unwrap();
+    assert_eq!(seen.usage.len(), 2 * (USAGE_RECORDS_MAX / 4));
 }

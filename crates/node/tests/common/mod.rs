@@ -48,6 +48,11 @@ pub struct Seen {
     pub registered: Option<NodeId>,
     /// Usage reports are answered `Busy` (a dispatcher that cannot take them now).
     pub refuse_usage: bool,
+    /// The first this many records of every usage report are held (answered as held for a
+    /// client's acknowledgement, as a dispatcher does), the rest accepted.
+    pub hold_usage: usize,
+    /// Usage reports answered with `UsageAck`.
+    pub usage_reports: u64,
 }
 
 pub fn dep(n: u8) -> DeploymentId {
@@ -132,12 +137,14 @@ pub fn fake_dispatcher(
                                 "not now",
                             ));
                         }
-                        seen.usage.extend(report.records);
+                        let held = seen.hold_usage.min(n as usize);
+                        seen.usage.extend(report.records.into_iter().skip(held));
                         seen.acks.extend(report.acks);
+                        seen.usage_reports += 1;
                         DispatcherReply::UsageAck {
-                            accepted: n,
+                            accepted: n - held as u32,
                             duplicates: 0,
-                            held: vec![],
+                            held: (0..held as u32).collect(),
                         }
                     }
                     // This fake keeps no books.
@@ -245,6 +252,16 @@ impl TestNode {
         backend: Arc<dyn InferenceBackend>,
         configure: impl FnOnce(&mut NodeConfig),
     ) -> Self {
+        Self::start_with(models, backend, Seen::default(), configure).await
+    }
+
+    /// [`Self::start`] against a fake dispatcher set up as `seen` says from the start.
+    pub async fn start_with(
+        models: Vec<(Assignment, Vec<u8>)>,
+        backend: Arc<dyn InferenceBackend>,
+        seen: Seen,
+        configure: impl FnOnce(&mut NodeConfig),
+    ) -> Self {
         let net = MemoryNetwork::new();
         let dkey = dispatcher_key();
         let did = NodeId::from_key(&dkey.verifying_key());
@@ -252,7 +269,7 @@ impl TestNode {
         let nkey = SigningKey::from_bytes(&[2; 32]);
         let id = NodeId::from_key(&nkey.verifying_key());
         let transport = net.bind("mem:node", id).unwrap();
-        let seen = Arc::new(Mutex::new(Seen::default()));
+        let seen = Arc::new(Mutex::new(seen));
         {
             let (seen, models) = (seen.clone(), models.clone());
             tokio::spawn(async move {
