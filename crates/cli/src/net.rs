@@ -343,6 +343,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
+/// A node's runtime: its network threads do not preempt its model runs
+/// ([`crat_node::priority`]).
+fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(crat_node::priority::network_thread)
+        .build()
+        .context("starting the tokio runtime")
+}
+
 // ------------------------------------------------------------------------------------------
 // crat dispatcher
 
@@ -777,7 +787,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .probe(),
         None => SystemProbe.probe(),
     };
-    let rt = runtime()?;
+    let rt = node_runtime()?;
     // ONNX Runtime from the configured path, ORT_DYLIB_PATH, a Python package or the data
     // directory, else installed there from PyPI; tract (with the reason printed) otherwise.
     let mut onnxruntime = file.node.onnxruntime;

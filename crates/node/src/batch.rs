@@ -256,7 +256,10 @@ impl Batcher {
             let s = shared.clone();
             let started = std::thread::Builder::new()
                 .name("crat-run".into())
-                .spawn(move || s.worker(slot));
+                .spawn(move || {
+                    crate::priority::run_thread();
+                    s.worker(slot)
+                });
             if let Err(e) = started {
                 shared.workers_alive.fetch_sub(1, Ordering::AcqRel);
                 return Err(e);
@@ -941,6 +944,8 @@ mod tests {
         on_run_thread: Mutex<Vec<bool>>,
         /// Fail every run of more than one row.
         fail_merged: AtomicBool,
+        /// The scheduling policy of the thread of every run (Linux).
+        policies: Mutex<Vec<Option<i32>>>,
     }
 
     impl RowSum {
@@ -966,6 +971,7 @@ mod tests {
                 runs: Mutex::new(Vec::new()),
                 on_run_thread: Mutex::new(Vec::new()),
                 fail_merged: AtomicBool::new(false),
+                policies: Mutex::new(Vec::new()),
             })
         }
     }
@@ -985,6 +991,11 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(std::thread::current().name() == Some("crat-run"));
+            #[cfg(target_os = "linux")]
+            self.policies
+                .lock()
+                .unwrap()
+                .push(crate::priority::policy_of("thread-self"));
             if x.iter().any(|v| v.is_nan()) {
                 return Err(BackendError::Run("NaN in input".into()));
             }
@@ -1076,6 +1087,35 @@ mod tests {
         assert_eq!(runs.iter().sum::<u64>(), 60);
         assert!(runs.len() < 40, "requests were merged: {runs:?}");
         assert!(runs.iter().all(|&r| r <= 64));
+    }
+
+    /// Started from a network thread (`SCHED_BATCH`, as in `crat node`), a batcher's run
+    /// threads still run under the default policy: network work yields to runs, not runs
+    /// to each other.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn run_threads_started_from_a_network_thread_run_under_the_default_policy() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .on_thread_start(crate::priority::network_thread)
+            .build()
+            .unwrap();
+        let model = RowSum::new(true);
+        let out = rt.block_on(rt.spawn({
+            let model = model.clone();
+            async move {
+                assert!(crate::priority::is_network_thread());
+                let b = Batcher::spawn(model, config()).unwrap();
+                b.infer(rows_of(&[1.0, 2.0], 2)).await.unwrap()
+            }
+        }));
+        assert_eq!(out.unwrap()[0].to_vec::<f32>().unwrap(), vec![3.0]);
+        assert_eq!(*model.on_run_thread.lock().unwrap(), vec![true]);
+        assert_eq!(
+            *model.policies.lock().unwrap(),
+            vec![Some(libc::SCHED_OTHER)]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
