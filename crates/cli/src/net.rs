@@ -343,14 +343,16 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// A node's runtime: its network threads do not preempt its model runs
-/// ([`crat_node::priority`]).
-fn node_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(crat_node::priority::network_thread)
-        .build()
-        .context("starting the tokio runtime")
+/// A node's runtime. On a node that serves on the CPU (no GPU), its network threads do not
+/// preempt its model runs ([`crat_node::priority`]); a GPU node's runs leave the CPU to
+/// them, and there they keep preempting the machine's other programs.
+fn node_runtime(cpu_only: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if cpu_only {
+        builder.on_thread_start(crat_node::priority::network_thread);
+    }
+    builder.build().context("starting the tokio runtime")
 }
 
 // ------------------------------------------------------------------------------------------
@@ -787,7 +789,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .probe(),
         None => SystemProbe.probe(),
     };
-    let rt = node_runtime()?;
+    let rt = node_runtime(hardware.hardware.gpus.is_empty())?;
     // ONNX Runtime from the configured path, ORT_DYLIB_PATH, a Python package or the data
     // directory, else installed there from PyPI; tract (with the reason printed) otherwise.
     let mut onnxruntime = file.node.onnxruntime;

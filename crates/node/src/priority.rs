@@ -11,8 +11,17 @@
 //! inheritance) put themselves back under the default policy with [`run_thread`], and keep
 //! preempting as usual.
 //!
-//! `crat node` runs its tokio runtime this way; a daemon composed from these crates sets
-//! it with [`tokio::runtime::Builder::on_thread_start`]:
+//! The price: on a machine whose cores are saturated by *other* programs, a batch thread
+//! waits for them too. Measured (benches/compare, tiny CNN, SDK side, two `yes` processes
+//! beside it on the 2 cores, 2026-12-06 23:17–23:20): at 64 in flight 14,141 / 14,932
+//! tasks/s against 13,189 / 14,131 under the default policy, but at one in flight 719 / 470
+//! tasks/s (p99 7.8–8.0 ms) against 2,430 / 2,329 (p99 4.1–4.2 ms). So `crat node` uses it
+//! only on a node without a GPU, whose runs are what keeps its cores busy; a GPU node's
+//! runs leave the CPU to its network threads, which keep preempting the machine's other
+//! programs as before.
+//!
+//! A daemon composed from these crates sets it with
+//! [`tokio::runtime::Builder::on_thread_start`]:
 //!
 //! ```
 //! let rt = tokio::runtime::Builder::new_multi_thread()
