@@ -20,6 +20,8 @@ What is set, and why:
 - onnxruntime: the CPU execution provider and default session options: graph optimisation
   ORT_ENABLE_ALL, sequential execution, intra_op_num_threads 0 (onnxruntime's choice: one
   thread per physical core, in each worker). `--intra-op-threads N` sets it.
+- `ORT_DISABLE_TELEMETRY=1` unless already set: onnxruntime's PyPI build otherwise starts a
+  telemetry uploader; the nodes run with it off too.
 - The model runs inside the async handler: for a model this small a hop to a thread pool
   costs more than the run, and each worker has its own event loop.
 """
@@ -32,11 +34,15 @@ import os
 import pathlib
 from contextlib import asynccontextmanager
 
-import numpy as np
-import onnxruntime as ort
-import uvicorn
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+# onnxruntime's PyPI build uploads telemetry unless this is set before it loads; the nodes
+# run with it off too (crat_backend::ort's docs), so both sides do the same work.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI, Request, Response  # noqa: E402
+from fastapi.responses import JSONResponse  # noqa: E402
 
 # uvicorn's workers are new processes that import this module: the launcher passes its
 # arguments through the environment.

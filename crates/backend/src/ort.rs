@@ -54,6 +54,21 @@
 //! for another path later fails with [`BackendError::Unavailable`] rather than quietly using
 //! the first one. A failed load leaves nothing behind, so a later attempt with a correct path
 //! can still succeed.
+//!
+//! # Telemetry
+//! Microsoft's builds of ONNX Runtime (the PyPI wheel `scripts/install-onnxruntime.sh`
+//! installs, 1.31.1) collect telemetry on Linux too: the process, the OS and CPU, each session
+//! (the model's graph name, producer and metadata, the execution providers) and run counts and
+//! times. They keep it in `~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db` and
+//! upload it to `mobile.events.data.microsoft.com`. A node runs its clients' models: none of
+//! that leaves the machine. This crate turns the events off on its environment
+//! (`DisableTelemetryEvents`), but only the environment variable [`TELEMETRY_OFF_ENV`] set to
+//! `1` *before the library loads* keeps the uploader from starting and the database from being
+//! written (checked on 1.31.1: with the call alone, a node still looked up the collector's
+//! address and wrote two events). The `crat` binary sets it first thing; a program embedding
+//! this crate should do the same before any thread starts (or export it), and is warned in
+//! the log when it did not. ONNX Runtime also stays quiet where a CI variable (`CI`,
+//! `GITHUB_ACTIONS`, …) is set.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -76,6 +91,15 @@ pub const INTRA_THREADS_MAX: usize = 256;
 
 /// Environment variable naming the ONNX Runtime library when the configuration does not.
 pub const DYLIB_PATH_ENV: &str = "ORT_DYLIB_PATH";
+
+/// Environment variable that, set to `1` before ONNX Runtime loads, keeps its telemetry
+/// uploader from starting (see [Telemetry](self#telemetry)).
+pub const TELEMETRY_OFF_ENV: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Whether [`TELEMETRY_OFF_ENV`] is set to `1` in this process's environment.
+pub fn telemetry_off_in_env() -> bool {
+    std::env::var_os(TELEMETRY_OFF_ENV).is_some_and(|v| v == "1")
+}
 
 /// Where a session runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -163,6 +187,13 @@ fn environment(path: &Path) -> Result<Environment, BackendError> {
             path.display()
         )));
     }
+    if !telemetry_off_in_env() {
+        tracing::warn!(
+            "{TELEMETRY_OFF_ENV} is not 1: ONNX Runtime's telemetry uploader may start \
+             (Microsoft's builds send it to mobile.events.data.microsoft.com); set it before \
+             the process starts threads, as `crat` does"
+        );
+    }
     let env = catch_panic(|| {
         let builder = ort::init_from(path).map_err(|e| {
             BackendError::Unavailable(format!(
@@ -170,9 +201,14 @@ fn environment(path: &Path) -> Result<Environment, BackendError> {
                 path.display()
             ))
         })?;
-        builder.with_name("crat-node").build().map_err(|e| {
-            BackendError::Unavailable(format!("cannot create an ONNX Runtime environment: {e}"))
-        })
+        // Events off on this environment; the uploader itself only by the variable above.
+        builder
+            .with_name("crat-node")
+            .with_telemetry(false)
+            .build()
+            .map_err(|e| {
+                BackendError::Unavailable(format!("cannot create an ONNX Runtime environment: {e}"))
+            })
     })?;
     *runtime = Some((path.to_path_buf(), env.clone()));
     Ok(env)

@@ -87,7 +87,21 @@ fn init_tracing() {
         .try_init();
 }
 
+/// Keeps ONNX Runtime's telemetry uploader from starting in every command that loads it (a
+/// node, a dispatcher's reference backend, `gpu-check`, `demo`, `gateway --local`): see
+/// `crat_backend::ort`'s docs. A value the operator exported is left as it is.
+#[allow(unsafe_code)]
+fn onnx_runtime_telemetry_off() {
+    use crat_backend::ort::TELEMETRY_OFF_ENV;
+    if std::env::var_os(TELEMETRY_OFF_ENV).is_none() {
+        // SAFETY: called first thing in `main`, before this process starts any thread, so no
+        // other thread can be reading or writing the environment.
+        unsafe { std::env::set_var(TELEMETRY_OFF_ENV, "1") };
+    }
+}
+
 fn main() -> ExitCode {
+    onnx_runtime_telemetry_off();
     crat_alloc::retain_freed_memory_ms(crat_alloc::RETAIN_FREED_MEMORY_MS);
     let cli = Cli::parse();
     init_tracing();

@@ -56,3 +56,55 @@ fn gpu_check_verifies_a_challenge_and_the_models_on_the_selected_backend() {
         assert!(stderr.contains("no NVIDIA GPU detected"), "{stderr}");
     }
 }
+
+/// Microsoft's ONNX Runtime builds (the PyPI wheel the tests load) keep telemetry in
+/// `~/.cache/Microsoft/DeveloperTools/.onnxruntime/` and upload it, unless
+/// `ORT_DISABLE_TELEMETRY` is 1 before the library loads; `crat` sets it. Run with a home of
+/// its own and an environment without the variable (nor the CI variables that also quiet
+/// ONNX Runtime), in a network namespace of its own so that nothing can leave even if this
+/// fails: ONNX Runtime must load and nothing may appear under that home.
+#[test]
+fn crat_keeps_onnx_runtime_telemetry_off() {
+    let home = tempfile::tempdir().unwrap();
+    let mut command = Command::new("unshare");
+    command
+        .args(["--net", "--", env!("CARGO_BIN_EXE_crat")])
+        .args(["gpu-check", "--runs", "1", "--challenge-size", "16"])
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    let dylib = crat_backend::ort::DYLIB_PATH_ENV;
+    if let Some(path) = std::env::var_os(dylib) {
+        command.env(dylib, path);
+    }
+    let out = command
+        .output()
+        .expect("unshare (util-linux) runs the command in a network namespace of its own");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Otherwise ONNX Runtime never loaded and this proves nothing.
+    assert!(
+        stdout.contains("backend: \"ort/"),
+        "ONNX Runtime did not load ({dylib}): {stdout}\n{stderr}"
+    );
+    let written: Vec<_> = walk(home.path());
+    assert!(
+        written.is_empty(),
+        "ONNX Runtime wrote under its home: {written:?}"
+    );
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
