@@ -61,6 +61,10 @@
 //! counted in `DispatcherStats::canary_models_exempt`, skipped by every later sweep). Nothing
 //! bounds what tract allocates while it loads or runs beyond the estimate: tract has no
 //! memory limit (the estimate's blind spots are listed in `crat_backend::onnx_check::memory`).
+//! A model the gate found verifiable was loaded and run by the gate on the same first
+//! reference backend: that model is kept for the canaries (within
+//! [`CanaryConfig::models_cached_max`]), so a new deployment's first canary loads nothing.
+//! Loads made here are counted in `DispatcherStats::canary_reference_loads`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -294,6 +298,26 @@ impl<T: Transport> CanaryState<T> {
     }
 
     /// Whether `task` is a canary (its usage is not charged).
+    /// Keeps `loaded` as the reference model of `model` (at most `cached_max`, the cache
+    /// emptied when full): a canary's load, or the determinism gate's, which ran it on the same
+    /// first reference backend, so that the first canary of a new deployment does not load the
+    /// model a second time. Nothing is kept where canaries have no reference backend.
+    pub(super) fn keep_reference(
+        &self,
+        model: ModelId,
+        loaded: Arc<dyn LoadedModel>,
+        cached_max: usize,
+    ) {
+        if self.reference.is_none() {
+            return;
+        }
+        let mut models = self.models.lock();
+        if models.len() >= cached_max.max(1) {
+            models.clear();
+        }
+        models.insert(model, loaded);
+    }
+
     pub(super) fn is_canary(&self, task: &TaskId) -> bool {
         self.tasks.lock().contains(task)
     }
@@ -861,11 +885,12 @@ impl<T: Transport> Dispatcher<T> {
             }
             Err(ReferenceLoadError::Backend(e)) => return Err(format!("reference load: {e}")),
         };
-        let mut models = state.models.lock();
-        if models.len() >= self.inner.config.canary.models_cached_max.max(1) {
-            models.clear();
-        }
-        models.insert(dep.model, model.clone());
+        Counters::add(&self.inner.counters.canary_reference_loads, 1);
+        state.keep_reference(
+            dep.model,
+            model.clone(),
+            self.inner.config.canary.models_cached_max,
+        );
         Ok(model)
     }
 }

@@ -567,21 +567,26 @@ impl<T: Transport> Dispatcher<T> {
     }
 
     /// The determinism gate's verdict on `model` (once per model; may take a while, or be
-    /// `Busy`).
+    /// `Busy`). The model the gate loaded on the canaries' reference backend is kept for
+    /// them.
     async fn gate_verdict(
         &self,
         model: ModelId,
         model_bytes: u64,
     ) -> Result<Verifiability, Refusal> {
-        Ok(self
+        let (verdict, reference) = self
             .inner
             .gate
-            .verdict(
+            .verdict_keeping(
                 model,
                 model_bytes,
                 self.read_model(&model, self.inner.config.gate.model_bytes_max),
             )
-            .await?)
+            .await?;
+        if let (Some(loaded), Some(canary)) = (reference, &self.inner.canary) {
+            canary.keep_reference(model, loaded, self.inner.config.canary.models_cached_max);
+        }
+        Ok(verdict)
     }
 
     /// Replaces a deployment's model ([`ClientCall::UpdateModel`]): the account may use the

@@ -68,8 +68,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crat_backend::InferenceBackend;
 use crat_backend::onnx_check::{Bytes, check_model};
+use crat_backend::{InferenceBackend, LoadedModel};
 use crat_core::id::ModelId;
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, agree};
@@ -202,20 +202,34 @@ impl Gate {
 
     /// The verdict on `model` (of `model_bytes` bytes): remembered, or reached now from the
     /// bytes `read` returns (read only when needed) within the time limit;
-    /// [`GateError::OverMemory`] for a model a node cannot hold (remembered too).
+    /// [`GateError::OverMemory`] for a model a node cannot hold (remembered too). (The service
+    /// uses [`verdict_keeping`](Self::verdict_keeping).)
+    #[cfg(test)]
     pub(super) async fn verdict(
         &self,
         model: ModelId,
         model_bytes: u64,
         read: impl Future<Output = Result<Vec<u8>, String>>,
     ) -> Result<Verifiability, GateError> {
+        Ok(self.verdict_keeping(model, model_bytes, read).await?.0)
+    }
+
+    /// [`verdict`](Self::verdict), with the model as the first reference backend loaded it
+    /// when the verdict was reached now and is verifiable: what a canary would load next (see
+    /// `CanaryState::keep_reference`).
+    pub(super) async fn verdict_keeping(
+        &self,
+        model: ModelId,
+        model_bytes: u64,
+        read: impl Future<Output = Result<Vec<u8>, String>>,
+    ) -> Result<(Verifiability, Option<Arc<dyn LoadedModel>>), GateError> {
         if let Some(d) = self.verdicts.lock().get(&model) {
-            return d.clone().map_err(GateError::OverMemory);
+            return d.clone().map(|v| (v, None)).map_err(GateError::OverMemory);
         }
         if model_bytes > self.config.model_bytes_max {
             let v = Verifiability::Unverifiable(Unverifiable::TooLarge);
             self.remember(model, v);
-            return Ok(v);
+            return Ok((v, None));
         }
         let slot = self
             .slots
@@ -234,25 +248,34 @@ impl Gate {
             judge_model(&bytes, &backends, seed, input_bytes_max, &tolerance, bounds)
         });
         let limit = Duration::from_millis(self.config.timeout_ms);
-        let decision = match tokio::time::timeout(limit, job).await {
-            Ok(Ok(d)) => d,
+        let (decision, reference) = match tokio::time::timeout(limit, job).await {
+            Ok(Ok(judged)) => judged,
             Ok(Err(e)) => {
                 tracing::error!(%model, error = %e, "determinism gate task failed");
-                Ok(Verifiability::Unverifiable(Unverifiable::NotRunnable))
+                (
+                    Ok(Verifiability::Unverifiable(Unverifiable::NotRunnable)),
+                    None,
+                )
             }
-            Err(_) => Ok(Verifiability::Unverifiable(Unverifiable::TimedOut)),
+            Err(_) => (
+                Ok(Verifiability::Unverifiable(Unverifiable::TimedOut)),
+                None,
+            ),
         };
         if let Err(over) = &decision {
             tracing::warn!(%model, reason = %over, "deploy refused: over a node's memory");
         }
         self.remember_decision(model, decision.clone());
-        decision.map_err(GateError::OverMemory)
+        decision
+            .map(|v| (v, reference))
+            .map_err(GateError::OverMemory)
     }
 }
 
 /// The gate's decision on a model's bytes, on the calling thread (see the module docs): its
 /// memory estimate against `bounds`, random operators, then two runs on each backend of
-/// inputs generated from `seed`.
+/// inputs generated from `seed`. With a verifiable verdict, the model as the first backend
+/// (the canaries' reference) loaded it, so that the first canary need not load it again.
 pub(crate) fn judge_model(
     bytes: &[u8],
     backends: &[Arc<dyn InferenceBackend>],
@@ -260,8 +283,9 @@ pub(crate) fn judge_model(
     input_bytes_max: u64,
     tolerance: &Tolerance,
     bounds: MemoryBounds,
-) -> Decision {
-    let unverifiable = |why| Ok(Verifiability::Unverifiable(why));
+) -> (Decision, Option<Arc<dyn LoadedModel>>) {
+    let decision = |d| (d, None);
+    let unverifiable = |why| decision(Ok(Verifiability::Unverifiable(why)));
     let summary = match check_model(bytes) {
         Ok(s) => s,
         Err(e) => {
@@ -270,11 +294,11 @@ pub(crate) fn judge_model(
         }
     };
     if summary.memory.bytes > bounds.node_bytes_max {
-        return Err(OverMemory {
+        return decision(Err(OverMemory {
             estimate_bytes: summary.memory.bytes,
             max: bounds.node_bytes_max,
             detail: summary.memory.to_string(),
-        });
+        }));
     }
     if summary.uses_random_ops() {
         tracing::info!(
@@ -285,7 +309,7 @@ pub(crate) fn judge_model(
         return unverifiable(Unverifiable::RandomOperator);
     }
     if backends.is_empty() {
-        return Ok(Verifiability::Verifiable);
+        return decision(Ok(Verifiability::Verifiable));
     }
     if summary.memory.bytes > bounds.reference_bytes_max {
         tracing::warn!(
@@ -305,10 +329,14 @@ pub(crate) fn judge_model(
     };
     let tensors: Vec<Tensor> = inputs.into_iter().map(|t| t.tensor).collect();
     let mut runs = Vec::with_capacity(backends.len());
-    for backend in backends {
+    let mut reference = None;
+    for (i, backend) in backends.iter().enumerate() {
         let ran = backend.load(bytes).and_then(|model| {
             let first = run_named(&*model, &tensors)?;
             let second = run_named(&*model, &tensors)?;
+            if i == 0 {
+                reference = Some(model);
+            }
             Ok([first, second])
         });
         runs.push(
@@ -318,7 +346,9 @@ pub(crate) fn judge_model(
             .ok(),
         );
     }
-    Ok(judge_runs(&runs, tolerance))
+    let verdict = judge_runs(&runs, tolerance);
+    let reference = reference.filter(|_| verdict == Verifiability::Verifiable);
+    (Ok(verdict), reference)
 }
 
 /// The verdict on what each backend made of the same inputs: `None` where it did not load or
@@ -354,7 +384,7 @@ pub(crate) fn judge_runs(
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    use crat_backend::{BackendError, LoadedModel, ModelInfo};
+    use crat_backend::{BackendError, ModelInfo};
 
     use super::*;
 
@@ -459,7 +489,9 @@ mod tests {
     };
 
     fn judge(bytes: &[u8], backends: &[Arc<dyn InferenceBackend>]) -> Verifiability {
-        judge_model(bytes, backends, 7, 1 << 20, &Tolerance::default(), ROOMY).unwrap()
+        judge_model(bytes, backends, 7, 1 << 20, &Tolerance::default(), ROOMY)
+            .0
+            .unwrap()
     }
 
     #[test]
@@ -518,11 +550,35 @@ mod tests {
         assert_eq!(judge(TINY, &backends), v(Unverifiable::BackendsDisagree));
     }
 
+    /// The model the first backend (the canaries' reference) loaded comes back with a
+    /// verifiable verdict, for the canaries to use, and only then.
+    #[test]
+    fn a_verifiable_verdict_hands_over_the_reference_model() {
+        let judge_keeping = |backends: &[Arc<dyn InferenceBackend>]| {
+            judge_model(TINY, backends, 7, 1 << 20, &Tolerance::default(), ROOMY)
+        };
+        let first = fake(|| 1.0);
+        let backends: Vec<Arc<dyn InferenceBackend>> = vec![first.clone(), fake(|| 1.0)];
+        let (verdict, reference) = judge_keeping(&backends);
+        assert_eq!(verdict, Ok(Verifiability::Verifiable));
+        let reference = reference.expect("the reference model of a verifiable verdict");
+        assert_eq!(
+            reference.run(&[]).unwrap()[0].to_vec::<f32>().unwrap(),
+            vec![1.0]
+        );
+        assert_eq!(first.loads.load(Ordering::Relaxed), 1);
+        // Backends that disagree: nothing to keep.
+        let backends: Vec<Arc<dyn InferenceBackend>> = vec![fake(|| 1.0), fake(|| 2.0)];
+        let (verdict, reference) = judge_keeping(&backends);
+        assert_eq!(verdict, Ok(v(Unverifiable::BackendsDisagree)));
+        assert!(reference.is_none());
+    }
+
     #[test]
     fn limits_and_unrunnable_models() {
         // Inputs above the limit: the tiny CNN takes 1x1x28x28 floats (3,136 bytes).
         assert_eq!(
-            judge_model(TINY, &[tract()], 7, 3_000, &Tolerance::default(), ROOMY),
+            judge_model(TINY, &[tract()], 7, 3_000, &Tolerance::default(), ROOMY).0,
             Ok(v(Unverifiable::TooLarge))
         );
         // Not a model the check accepts.
@@ -582,7 +638,7 @@ mod tests {
                 node_bytes_max,
                 reference_bytes_max,
             };
-            judge_model(TINY, &backends, 7, 1 << 20, &Tolerance::default(), bounds)
+            judge_model(TINY, &backends, 7, 1 << 20, &Tolerance::default(), bounds).0
         };
         // Over what the references may hold: unverifiable (exempt from canaries), not run.
         assert_eq!(

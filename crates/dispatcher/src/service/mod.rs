@@ -153,6 +153,9 @@ pub struct DispatcherStats {
     /// from canaries from then on. (Models the determinism gate found so are unverifiable and
     /// never reach a canary.)
     pub canary_models_exempt: u64,
+    /// Reference models loaded for canaries (a model the determinism gate ran at deploy is
+    /// kept from the gate, not loaded again).
+    pub canary_reference_loads: u64,
     /// Clients' reports of answers without a valid receipt (each may send a canary to the
     /// node at once).
     pub receipt_reports: u64,
@@ -190,6 +193,7 @@ struct Counters {
     canaries_failed: AtomicU64,
     canaries_inconclusive: AtomicU64,
     canary_models_exempt: AtomicU64,
+    canary_reference_loads: AtomicU64,
     receipt_reports: AtomicU64,
     key_lookups: AtomicU64,
     unknown_keys_cached: AtomicU64,
@@ -218,6 +222,7 @@ impl Counters {
             canaries_failed: get(&self.canaries_failed),
             canaries_inconclusive: get(&self.canaries_inconclusive),
             canary_models_exempt: get(&self.canary_models_exempt),
+            canary_reference_loads: get(&self.canary_reference_loads),
             receipt_reports: get(&self.receipt_reports),
             key_lookups: get(&self.key_lookups),
             unknown_keys_cached: get(&self.unknown_keys_cached),

@@ -362,6 +362,9 @@ pub async fn canaries_catch<T: Sdk>(
     let stats = net.dispatcher().stats();
     assert!(stats.canaries_failed >= 2, "{stats:?}");
     assert!(stats.canaries_passed > 0, "{stats:?}");
+    // The determinism gate ran the model at deploy on the canaries' reference backend: the
+    // canaries use that model, nothing loads it again.
+    assert_eq!(stats.canary_reference_loads, 0, "{stats:?}");
     assert!(!net.dispatcher().ready_replicas(&d.id()).contains(&cheater));
 
     // The ledger: failures for the cheater only; a correct canary answer is not a
