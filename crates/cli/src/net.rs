@@ -227,6 +227,9 @@ struct NodeSection {
     /// Start stopped: join the network only when START is pressed on the dashboard. Default
     /// false.
     start_stopped: Option<bool>,
+    /// The node's network threads yield to its model runs (`crat_node::priority`). Default:
+    /// on for a node without a GPU, off with one.
+    network_threads_yield: Option<bool>,
     /// The idle workload (`[node.idle]`): what runs while the node has no work.
     idle: Option<IdleSection>,
     /// Where ONNX Runtime comes from (`path`, `install`, `index_url`): see
@@ -343,13 +346,21 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the tokio runtime")
 }
 
-/// A node's runtime. On a node that serves on the CPU (no GPU), its network threads do not
-/// preempt its model runs ([`crat_node::priority`]); a GPU node's runs leave the CPU to
-/// them, and there they keep preempting the machine's other programs.
-fn node_runtime(cpu_only: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+/// Whether a node's network threads yield to its model runs ([`crat_node::priority`]): as
+/// configured, else on a node that serves on the CPU (no GPU), whose own runs keep its cores
+/// busy. A GPU node's runs leave the CPU to its network threads, and there they keep
+/// preempting the machine's other programs. A CPU node on a machine busy with other programs
+/// answers one task at a time faster without it (`network_threads_yield = false`; figures in
+/// `crat_node::priority`'s docs).
+fn network_threads_yield(configured: Option<bool>, has_gpu: bool) -> bool {
+    configured.unwrap_or(!has_gpu)
+}
+
+/// A node's runtime, its network threads yielding to model runs when `yield_to_runs`.
+fn node_runtime(yield_to_runs: bool) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    if cpu_only {
+    if yield_to_runs {
         builder.on_thread_start(crat_node::priority::network_thread);
     }
     builder.build().context("starting the tokio runtime")
@@ -789,7 +800,10 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
         .probe(),
         None => SystemProbe.probe(),
     };
-    let rt = node_runtime(hardware.hardware.gpus.is_empty())?;
+    let rt = node_runtime(network_threads_yield(
+        file.node.network_threads_yield,
+        !hardware.hardware.gpus.is_empty(),
+    ))?;
     // ONNX Runtime from the configured path, ORT_DYLIB_PATH, a Python package or the data
     // directory, else installed there from PyPI; tract (with the reason printed) otherwise.
     let mut onnxruntime = file.node.onnxruntime;

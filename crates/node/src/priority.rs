@@ -18,7 +18,8 @@
 //! tasks/s (p99 7.8–8.0 ms) against 2,430 / 2,329 (p99 4.1–4.2 ms). So `crat node` uses it
 //! only on a node without a GPU, whose runs are what keeps its cores busy; a GPU node's
 //! runs leave the CPU to its network threads, which keep preempting the machine's other
-//! programs as before.
+//! programs as before. `[node] network_threads_yield` in `crat node`'s settings overrides
+//! that choice either way.
 //!
 //! A daemon composed from these crates sets it with
 //! [`tokio::runtime::Builder::on_thread_start`]:

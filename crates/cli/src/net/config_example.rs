@@ -31,7 +31,7 @@ const NODE_UNIT: &str = include_str!("../../../../dist/systemd/crat-node.service
 const DISPATCHER_UNIT: &str = include_str!("../../../../dist/systemd/crat-dispatcher.service");
 
 /// The keys the example writes as `#key = value` (off as shipped).
-const OFF_AS_SHIPPED: [&str; 21] = [
+const OFF_AS_SHIPPED: [&str; 22] = [
     "dispatcher.ledger",
     "dispatcher.ledger_schema",
     "dispatcher.ledger_ca",
@@ -42,6 +42,7 @@ const OFF_AS_SHIPPED: [&str; 21] = [
     "dispatcher.cluster_addr",
     "node.gpu",
     "node.dashboard_token",
+    "node.network_threads_yield",
     "node.idle",
     "node.idle.command",
     "node.idle.idle_s",
@@ -144,6 +145,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         dashboard_addr,
         dashboard_token,
         start_stopped,
+        network_threads_yield,
         idle,
         onnxruntime,
     } = node;
@@ -208,6 +210,10 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         ("node.dashboard_addr", dashboard_addr.is_some()),
         ("node.dashboard_token", dashboard_token.is_some()),
         ("node.start_stopped", start_stopped.is_some()),
+        (
+            "node.network_threads_yield",
+            network_threads_yield.is_some(),
+        ),
         ("node.idle", idle.is_some()),
         ("node.onnxruntime.path", path.is_some()),
         ("node.onnxruntime.install", install.is_some()),
