@@ -5,8 +5,10 @@
 //! (keys, ticket budgets, ticket memory, report plausibility and caps); this is their glue
 //! to the ledger, the blob store and the upload area.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crat_backend::LoadedModel;
 use crat_core::bps::Bps;
 use crat_core::expiring::WhenFull;
 use crat_core::id::{DeploymentId, KeyId, ModelId, NodeId, SdkKey};
@@ -526,7 +528,7 @@ impl<T: Transport> Dispatcher<T> {
         }
         // The determinism gate (once per model; may take a while, or be `Busy`), before
         // anything is placed or charged.
-        let verifiability = self.gate_verdict(model, model_bytes).await?;
+        let (verifiability, reference) = self.gate_verdict(model, model_bytes).await?;
         let id = DeploymentId::from_bytes(new_id());
         // Place first (nothing is charged if there is no capacity), then charge; if the
         // charge fails the placement is undone before any node hears of it. A per-request
@@ -561,20 +563,21 @@ impl<T: Transport> Dispatcher<T> {
             return Err(e);
         }
         self.inner.deployments.write().insert(id, record.clone());
+        self.keep_for_canaries(model, reference);
         self.apply(effects).await;
         tracing::info!(deployment = %id, %model, upfront = price.upfront.get(), %verifiability, "deployed");
         Ok(DispatcherResponse::Deployment(self.describe(&record).await))
     }
 
     /// The determinism gate's verdict on `model` (once per model; may take a while, or be
-    /// `Busy`). The model the gate loaded on the canaries' reference backend is kept for
-    /// them.
+    /// `Busy`), with the model the gate loaded on the canaries' reference backend when it ran
+    /// it now: [`keep_for_canaries`](Self::keep_for_canaries) once the deployment stands.
     async fn gate_verdict(
         &self,
         model: ModelId,
         model_bytes: u64,
-    ) -> Result<Verifiability, Refusal> {
-        let (verdict, reference) = self
+    ) -> Result<(Verifiability, Option<Arc<dyn LoadedModel>>), Refusal> {
+        Ok(self
             .inner
             .gate
             .verdict_keeping(
@@ -582,11 +585,16 @@ impl<T: Transport> Dispatcher<T> {
                 model_bytes,
                 self.read_model(&model, self.inner.config.gate.model_bytes_max),
             )
-            .await?;
+            .await?)
+    }
+
+    /// Keeps the gate's reference model of a deployment that now stands for its canaries, so
+    /// that the first canary does not load it again (a deploy refused after the gate keeps
+    /// nothing).
+    fn keep_for_canaries(&self, model: ModelId, reference: Option<Arc<dyn LoadedModel>>) {
         if let (Some(loaded), Some(canary)) = (reference, &self.inner.canary) {
             canary.keep_reference(model, loaded, self.inner.config.canary.models_cached_max);
         }
-        Ok(verdict)
     }
 
     /// Replaces a deployment's model ([`ClientCall::UpdateModel`]): the account may use the
@@ -636,7 +644,7 @@ impl<T: Transport> Dispatcher<T> {
         };
         new.check_replaces(&old)
             .map_err(|e| err(ErrorCode::ModelRejected, format!("{e}")))?;
-        let verifiability = self.gate_verdict(model, model_bytes).await?;
+        let (verifiability, reference) = self.gate_verdict(model, model_bytes).await?;
         let update = ModelUpdate {
             deployment: id,
             seq: d.updates.saturating_add(1),
@@ -663,6 +671,7 @@ impl<T: Transport> Dispatcher<T> {
                 e => e,
             })?;
         self.inner.deployments.write().insert(id, after.clone());
+        self.keep_for_canaries(model, reference);
         let effects = self
             .inner
             .dispatch
