@@ -19,7 +19,8 @@ export ORT_DYLIB_PATH CRAT_ORT_WHEEL
 # every process that loads it unless this is 1 before it loads (crat_backend::ort's docs): the
 # tests and the Python tools they start send traffic to loopback only. The `crat` binary sets it
 # itself, and .cargo/config.toml for what cargo runs.
-export ORT_DISABLE_TELEMETRY=1
+# (ORT_TELEMETRY_DISABLED: the same switch as newer versions name it.)
+export ORT_DISABLE_TELEMETRY=1 ORT_TELEMETRY_DISABLED=1
 # A throwaway PostgreSQL 15 server (scripts/postgres.sh) for the PostgreSQL ledger's tests
 # (crat-dispatcher's `postgres` feature, crates/cli/tests/postgres_ledger.rs), in a state directory
 # of this run's own, stopped when this script exits, also when a test fails.

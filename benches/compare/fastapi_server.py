@@ -20,8 +20,9 @@ What is set, and why:
 - onnxruntime: the CPU execution provider and default session options: graph optimisation
   ORT_ENABLE_ALL, sequential execution, intra_op_num_threads 0 (onnxruntime's choice: one
   thread per physical core, in each worker). `--intra-op-threads N` sets it.
-- `ORT_DISABLE_TELEMETRY=1` unless already set: onnxruntime's PyPI build otherwise starts a
-  telemetry uploader; the nodes run with it off too.
+- `ORT_DISABLE_TELEMETRY=1` (and newer versions' `ORT_TELEMETRY_DISABLED=1`) unless already
+  set: onnxruntime's PyPI build otherwise starts a telemetry uploader; the nodes run with it
+  off too.
 - The model runs inside the async handler: for a model this small a hop to a thread pool
   costs more than the run, and each worker has its own event loop.
 """
@@ -37,6 +38,7 @@ from contextlib import asynccontextmanager
 # onnxruntime's PyPI build uploads telemetry unless this is set before it loads; the nodes
 # run with it off too (crat_backend::ort's docs), so both sides do the same work.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")  # newer versions' name
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402

@@ -25,6 +25,7 @@ import time
 # onnxruntime's PyPI build uploads telemetry unless this is set before it loads; the nodes
 # run with it off too (crat_backend::ort's docs), so both sides do the same work.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")  # newer versions' name
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402

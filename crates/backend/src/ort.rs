@@ -62,10 +62,12 @@
 //! times. They keep it in `~/.cache/Microsoft/DeveloperTools/.onnxruntime/onnxruntime.db` and
 //! upload it to `mobile.events.data.microsoft.com`. A node runs its clients' models: none of
 //! that leaves the machine. This crate turns the events off on its environment
-//! (`DisableTelemetryEvents`), but only the environment variable [`TELEMETRY_OFF_ENV`] set to
-//! `1` *before the library loads* keeps the uploader from starting and the database from being
-//! written (checked on 1.31.1: with the call alone, a node still looked up the collector's
-//! address and wrote two events). The `crat` binary sets it first thing; a program embedding
+//! (`DisableTelemetryEvents`), but only an environment variable set to `1` *before the library
+//! loads* keeps the uploader from starting and the database from being written (checked on
+//! 1.31.1: with the call alone, a node still looked up the collector's address and wrote two
+//! events). 1.31.1 reads `ORT_DISABLE_TELEMETRY`; newer sources read `ORT_TELEMETRY_DISABLED`,
+//! and a node may load a newer library from the operator's Python packages, so both are set
+//! ([`TELEMETRY_OFF_ENVS`]). The `crat` binary sets it first thing; a program embedding
 //! this crate should do the same before any thread starts (or export it), and is warned in
 //! the log when it did not. ONNX Runtime also stays quiet where a CI variable (`CI`,
 //! `GITHUB_ACTIONS`, …) is set.
@@ -92,13 +94,16 @@ pub const INTRA_THREADS_MAX: usize = 256;
 /// Environment variable naming the ONNX Runtime library when the configuration does not.
 pub const DYLIB_PATH_ENV: &str = "ORT_DYLIB_PATH";
 
-/// Environment variable that, set to `1` before ONNX Runtime loads, keeps its telemetry
-/// uploader from starting (see [Telemetry](self#telemetry)).
-pub const TELEMETRY_OFF_ENV: &str = "ORT_DISABLE_TELEMETRY";
+/// Environment variables that, set to `1` before ONNX Runtime loads, keep its telemetry
+/// uploader from starting: the one 1.31.1 reads, and the one newer versions read (see
+/// [Telemetry](self#telemetry)).
+pub const TELEMETRY_OFF_ENVS: [&str; 2] = ["ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED"];
 
-/// Whether [`TELEMETRY_OFF_ENV`] is set to `1` in this process's environment.
+/// Whether every one of [`TELEMETRY_OFF_ENVS`] is set to `1` in this process's environment.
 pub fn telemetry_off_in_env() -> bool {
-    std::env::var_os(TELEMETRY_OFF_ENV).is_some_and(|v| v == "1")
+    TELEMETRY_OFF_ENVS
+        .iter()
+        .all(|name| std::env::var_os(name).is_some_and(|v| v == "1"))
 }
 
 /// Where a session runs.
@@ -189,7 +194,7 @@ fn environment(path: &Path) -> Result<Environment, BackendError> {
     }
     if !telemetry_off_in_env() {
         tracing::warn!(
-            "{TELEMETRY_OFF_ENV} is not 1: ONNX Runtime's telemetry uploader may start \
+            "{TELEMETRY_OFF_ENVS:?} are not all 1: ONNX Runtime's telemetry uploader may start \
              (Microsoft's builds send it to mobile.events.data.microsoft.com); set it before \
              the process starts threads, as `crat` does"
         );

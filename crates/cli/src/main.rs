@@ -92,11 +92,12 @@ fn init_tracing() {
 /// `crat_backend::ort`'s docs. A value the operator exported is left as it is.
 #[allow(unsafe_code)]
 fn onnx_runtime_telemetry_off() {
-    use crat_backend::ort::TELEMETRY_OFF_ENV;
-    if std::env::var_os(TELEMETRY_OFF_ENV).is_none() {
-        // SAFETY: called first thing in `main`, before this process starts any thread, so no
-        // other thread can be reading or writing the environment.
-        unsafe { std::env::set_var(TELEMETRY_OFF_ENV, "1") };
+    for name in crat_backend::ort::TELEMETRY_OFF_ENVS {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: called first thing in `main`, before this process starts any thread, so
+            // no other thread can be reading or writing the environment.
+            unsafe { std::env::set_var(name, "1") };
+        }
     }
 }
 

@@ -59,7 +59,8 @@ fn gpu_check_verifies_a_challenge_and_the_models_on_the_selected_backend() {
 
 /// Microsoft's ONNX Runtime builds (the PyPI wheel the tests load) keep telemetry in
 /// `~/.cache/Microsoft/DeveloperTools/.onnxruntime/` and upload it, unless
-/// `ORT_DISABLE_TELEMETRY` is 1 before the library loads; `crat` sets it. Run with a home of
+/// `ORT_DISABLE_TELEMETRY` is 1 before the library loads; `crat` sets it (and newer
+/// versions' `ORT_TELEMETRY_DISABLED`). Run with a home of
 /// its own and an environment without the variable (nor the CI variables that also quiet
 /// ONNX Runtime), in a network namespace of its own so that nothing can leave even if this
 /// fails: ONNX Runtime must load and nothing may appear under that home.
