@@ -218,7 +218,9 @@ impl<T: Transport> CanaryState<T> {
 pub(super) struct CanaryState<T: Transport> {
     transports: Vec<T>,
     reference: Option<Arc<dyn InferenceBackend>>,
+    /// Reference models kept loaded, at most `models_cached_max` (emptied when full).
     models: Mutex<HashMap<ModelId, Arc<dyn LoadedModel>>>,
+    models_cached_max: usize,
     /// Connections by (identity, node).
     conns: Mutex<HashMap<(usize, NodeId), T::Connection>>,
     /// The lease each identity holds per deployment, reused by its canaries until it nears
@@ -247,6 +249,7 @@ impl<T: Transport> CanaryState<T> {
             transports: parts.transports,
             reference: parts.references.first().cloned(),
             models: Mutex::new(HashMap::new()),
+            models_cached_max: config.models_cached_max.max(1),
             conns: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
             tasks: Mutex::new(ExpiringMap::new(config.tasks_remembered_max.max(1))),
@@ -297,27 +300,22 @@ impl<T: Transport> CanaryState<T> {
         self.exempt.lock().contains(model)
     }
 
-    /// Whether `task` is a canary (its usage is not charged).
-    /// Keeps `loaded` as the reference model of `model` (at most `cached_max`, the cache
-    /// emptied when full): a canary's load, or the determinism gate's, which ran it on the same
-    /// first reference backend, so that the first canary of a new deployment does not load the
-    /// model a second time. Nothing is kept where canaries have no reference backend.
-    pub(super) fn keep_reference(
-        &self,
-        model: ModelId,
-        loaded: Arc<dyn LoadedModel>,
-        cached_max: usize,
-    ) {
+    /// Keeps `loaded` as the reference model of `model` (the cache emptied when full): a
+    /// canary's load, or the determinism gate's, which ran it on the same first reference
+    /// backend, so that the first canary of a new deployment does not load the model a second
+    /// time. Nothing is kept where canaries have no reference backend.
+    pub(super) fn keep_reference(&self, model: ModelId, loaded: Arc<dyn LoadedModel>) {
         if self.reference.is_none() {
             return;
         }
         let mut models = self.models.lock();
-        if models.len() >= cached_max.max(1) {
+        if models.len() >= self.models_cached_max {
             models.clear();
         }
         models.insert(model, loaded);
     }
 
+    /// Whether `task` is a canary (its usage is not charged).
     pub(super) fn is_canary(&self, task: &TaskId) -> bool {
         self.tasks.lock().contains(task)
     }
@@ -886,11 +884,7 @@ impl<T: Transport> Dispatcher<T> {
             Err(ReferenceLoadError::Backend(e)) => return Err(format!("reference load: {e}")),
         };
         Counters::add(&self.inner.counters.canary_reference_loads, 1);
-        state.keep_reference(
-            dep.model,
-            model.clone(),
-            self.inner.config.canary.models_cached_max,
-        );
+        state.keep_reference(dep.model, model.clone());
         Ok(model)
     }
 }

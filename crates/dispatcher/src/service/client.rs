@@ -593,7 +593,7 @@ impl<T: Transport> Dispatcher<T> {
     /// nothing).
     fn keep_for_canaries(&self, model: ModelId, reference: Option<Arc<dyn LoadedModel>>) {
         if let (Some(loaded), Some(canary)) = (reference, &self.inner.canary) {
-            canary.keep_reference(model, loaded, self.inner.config.canary.models_cached_max);
+            canary.keep_reference(model, loaded);
         }
     }
 
