@@ -1,12 +1,13 @@
 //! Encode + decode of a 1 MiB f32 tensor message (goal ≥ 2 GB/s), and a small control
 //! message, through the same framing every transport uses; and what a node adds to every
-//! answer for spot checks: the outputs' digest and a signed [`Receipt`], and its check.
+//! answer for spot checks: the outputs' digest and a signed [`Receipt`] (with and without a
+//! nonce made ahead of time), and its check.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use crat_benches::infer_f32;
 use crat_core::id::{DeploymentId, NodeId, TaskId};
-use crat_core::sign::{ProvenReceipt, Receipt, tensors_digest};
+use crat_core::sign::{ProvenReceipt, Receipt, SigningNonce, tensors_digest};
 use crat_core::wire::{ClientToNode, NodeAck};
 use crat_transport::Frame;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -68,6 +69,27 @@ fn codec(c: &mut Criterion) {
     g.bench_function("sign", |b| {
         b.iter(|| black_box(ProvenReceipt::sign(receipt(black_box([3; 32])), &key)))
     });
+    // With a nonce made ahead of time (what a node's receipts are signed with while it
+    // has one): the signing left on an answer's path, and the nonce's making, off it.
+    let nonce = || {
+        let mut random: [u8; 64] = std::array::from_fn(|_| rand::random());
+        SigningNonce::from_random(&mut random)
+    };
+    g.bench_function("sign_with_nonce", |b| {
+        b.iter_batched(
+            nonce,
+            |n| {
+                let mut n = Some(n);
+                black_box(ProvenReceipt::sign_all_with(
+                    vec![receipt(black_box([3; 32]))],
+                    &key,
+                    || n.take(),
+                ))
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.bench_function("nonce", |b| b.iter(|| black_box(nonce())));
     g.bench_function("verify", |b| {
         b.iter(|| black_box(signed.verify(Some(&node)).is_ok()))
     });

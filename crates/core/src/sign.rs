@@ -42,8 +42,12 @@
 //! ));
 //! ```
 
+use curve25519_dalek::{EdwardsPoint, Scalar};
+use ed25519_dalek::hazmat::ExpandedSecretKey;
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha512};
+use zeroize::Zeroize;
 
 use crate::hardware::{HardwareInfo, PowerRating};
 use crate::id::{DeploymentId, KeyId, NodeId, PeerAddr};
@@ -109,10 +113,86 @@ fn signing_bytes<T: Serialize>(domain: &[u8], body: &T) -> Vec<u8> {
     out
 }
 
+/// A one-time ed25519 signing nonce made ahead of time, for [`Signed::sign_with`].
+///
+/// An ed25519 signature is `(R, s)` with `R = r·B` and `s = r + H(R ‖ A ‖ M)·a` (RFC 8032
+/// §5.1.6). RFC 8032 derives `r` from the key and the message, so that a signer with a broken
+/// random source cannot repeat it; a signature whose `r` is uniform modulo ℓ, secret and used
+/// once verifies alike (verification never sees how `r` was chosen). Made ahead of time from
+/// random bytes, the nonce takes the signature's costly part, the multiplication `r·B`, off
+/// the signing path: a node makes nonces while its CPU is idle and signs an answer's receipt
+/// with a hash and a multiply-add (`benches/benches/codec.rs`, `receipt/sign_with_nonce`).
+///
+/// # Security
+/// A nonce used for two messages gives the secret key away, and a predictable one too. A
+/// `SigningNonce` is neither `Clone` nor `Copy`, signing consumes it, and its scalar is zeroed
+/// when it is dropped; the 64 bytes it is made from must come from a cryptographic random
+/// source (the operating system's) and serve once. No nonce in hand: [`Signed::sign`], the
+/// deterministic RFC 8032 signature.
+pub struct SigningNonce {
+    r: Scalar,
+    /// `r·B`, compressed: the signature's `R`.
+    big_r: [u8; 32],
+}
+
+impl SigningNonce {
+    /// The nonce of `random` (64 bytes from a cryptographic random source, reduced modulo ℓ:
+    /// uniform), and its point `r·B`. The bytes are zeroed.
+    pub fn from_random(random: &mut [u8; 64]) -> Self {
+        let r = Scalar::from_bytes_mod_order_wide(random);
+        random.zeroize();
+        let big_r = EdwardsPoint::mul_base(&r).compress().to_bytes();
+        Self { r, big_r }
+    }
+
+    /// Signs `message` with `key`, consuming the nonce.
+    fn sign(mut self, key: &SigningKey, message: &[u8]) -> Signature {
+        let mut expanded = ExpandedSecretKey::from(key.as_bytes());
+        let k = Scalar::from_hash(
+            Sha512::new()
+                .chain_update(self.big_r)
+                .chain_update(key.verifying_key().as_bytes())
+                .chain_update(message),
+        );
+        let s = k * expanded.scalar + self.r;
+        expanded.scalar.zeroize();
+        expanded.hash_prefix.zeroize();
+        self.r.zeroize();
+        Signature::from_components(self.big_r, s.to_bytes())
+    }
+}
+
+impl Drop for SigningNonce {
+    fn drop(&mut self) {
+        self.r.zeroize();
+    }
+}
+
+impl std::fmt::Debug for SigningNonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningNonce(..)")
+    }
+}
+
 impl<T: Signable> Signed<T> {
     /// Signs `body` with `key`.
     pub fn sign(body: T, key: &SigningKey) -> Self {
         let signature = key.sign(&signing_bytes(T::DOMAIN, &body));
+        Self {
+            body,
+            signer: NodeId::from_key(&key.verifying_key()),
+            signature,
+        }
+    }
+
+    /// Signs `body` with `key` and a nonce made ahead of time (see [`SigningNonce`]): the
+    /// same signature scheme as [`sign`](Self::sign), verified alike, several times cheaper
+    /// to make once the nonce is in hand. Without one (`None`), [`sign`](Self::sign).
+    pub fn sign_with(body: T, key: &SigningKey, nonce: Option<SigningNonce>) -> Self {
+        let Some(nonce) = nonce else {
+            return Self::sign(body, key);
+        };
+        let signature = nonce.sign(key, &signing_bytes(T::DOMAIN, &body));
         Self {
             body,
             signer: NodeId::from_key(&key.verifying_key()),
@@ -232,6 +312,16 @@ impl ProvenReceipt {
     /// Proves every receipt of `bodies` with one signature per [`RECEIPTS_PER_ROOT_MAX`] of
     /// them, in order.
     pub fn sign_all(bodies: Vec<Receipt>, key: &SigningKey) -> Vec<Self> {
+        Self::sign_all_with(bodies, key, || None)
+    }
+
+    /// [`sign_all`](Self::sign_all), each signature with the next nonce of `nonces` (see
+    /// [`SigningNonce`]) while it has one.
+    pub fn sign_all_with(
+        bodies: Vec<Receipt>,
+        key: &SigningKey,
+        mut nonces: impl FnMut() -> Option<SigningNonce>,
+    ) -> Vec<Self> {
         let mut out = Vec::with_capacity(bodies.len());
         let mut bodies = bodies.into_iter().peekable();
         while bodies.peek().is_some() {
@@ -241,12 +331,13 @@ impl ProvenReceipt {
                 .collect();
             let levels =
                 crate::merkle::levels(group.iter().map(receipt_leaf).collect(), receipt_node);
-            let root = Signed::sign(
+            let root = Signed::sign_with(
                 ReceiptRoot {
                     root: levels[levels.len() - 1][0],
                     leaves: group.len() as u32,
                 },
                 key,
+                nonces(),
             );
             for (i, body) in group.into_iter().enumerate() {
                 let path = crate::merkle::path(&levels, i);
@@ -942,6 +1033,75 @@ mod tests {
             check(&forged, &inputs, &outputs),
             Err(ReceiptError::Signature(_))
         ));
+    }
+
+    /// Signatures made with a nonce made ahead of time are ed25519 signatures like any:
+    /// they verify (strictly, and with plain RFC 8032 verification), bind their body and
+    /// signer, differ from the deterministic signature and from each other (each nonce is
+    /// its own), and their `R` is the nonce's point.
+    #[test]
+    fn signatures_with_nonces_made_ahead_verify_as_ed25519_and_bind_their_body() {
+        let k = key(4);
+        let q = |rounds| StandingQuery {
+            node: id(&k),
+            rounds,
+            issued_at_s: 1_000,
+        };
+        let nonce = |b: u8| {
+            let mut random = [b; 64];
+            random[0] = b.wrapping_mul(31);
+            SigningNonce::from_random(&mut random)
+        };
+        let mut random = [7; 64];
+        let n = SigningNonce::from_random(&mut random);
+        assert_eq!(random, [0; 64], "the random bytes are zeroed");
+        let big_r = n.big_r;
+        let a = Signed::sign_with(q(3), &k, Some(n));
+        assert_eq!(a.signature.r_bytes(), &big_r);
+        assert_eq!(a.verify(Some(&id(&k))), Ok(&q(3)));
+        k.verifying_key()
+            .verify_strict(&signing_bytes(StandingQuery::DOMAIN, &q(3)), &a.signature)
+            .unwrap();
+        ed25519_dalek::Verifier::verify(
+            &k.verifying_key(),
+            &signing_bytes(StandingQuery::DOMAIN, &q(3)),
+            &a.signature,
+        )
+        .unwrap();
+        let b = Signed::sign_with(q(3), &k, Some(nonce(8)));
+        assert_eq!(b.verify(Some(&id(&k))), Ok(&q(3)));
+        assert_ne!(a.signature, b.signature);
+        assert_ne!(a.signature, Signed::sign(q(3), &k).signature);
+        // Without a nonce: the deterministic signature.
+        assert_eq!(Signed::sign_with(q(3), &k, None), Signed::sign(q(3), &k));
+        // Another body, another signer: refused.
+        let mut changed = b.clone();
+        changed.body.rounds = 4;
+        assert_eq!(
+            changed.verify(None).err(),
+            Some(SignatureError::BadSignature)
+        );
+        let mut other = b.clone();
+        other.signer = id(&key(5));
+        assert_eq!(other.verify(None).err(), Some(SignatureError::BadSignature));
+
+        // Receipts proven together take one nonce per root, and verify.
+        let receipt = |i: u32| Receipt {
+            task: crate::id::TaskId::from_bytes([i as u8; 16]),
+            deployment: DEP,
+            model: crate::id::ModelId::from_bytes([9; 32]),
+            node: id(&k),
+            inputs_digest: [i as u8; 32],
+            outputs_digest: [1; 32],
+        };
+        let mut taken = 0u8;
+        let count = RECEIPTS_PER_ROOT_MAX + 1;
+        let proofs = ProvenReceipt::sign_all_with((0..count).map(receipt).collect(), &k, || {
+            taken += 1;
+            Some(nonce(taken))
+        });
+        assert_eq!(taken, 2);
+        assert!(proofs.iter().all(|p| p.verify(Some(&id(&k))).is_ok()));
     }
 
     /// Receipts proven together: each verifies alone with its own path under the one

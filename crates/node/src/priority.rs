@@ -59,6 +59,16 @@ pub fn run_thread() {
     }
 }
 
+/// Puts the calling thread under `SCHED_IDLE`: it runs only on a core nothing else wants, for
+/// work made ahead of time (the receipts' signing nonces, `crate::receipts`). A refusal is
+/// logged at debug level; the thread then keeps its inherited policy.
+pub(crate) fn idle_thread() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = set_policy(libc::SCHED_IDLE) {
+        tracing::debug!(error = %e, "idle thread left under its inherited scheduling policy");
+    }
+}
+
 /// Whether the calling thread runs under `SCHED_BATCH` ([`network_thread`] was called on
 /// it); always `false` elsewhere than Linux.
 pub fn is_network_thread() -> bool {
