@@ -18,6 +18,7 @@
 //! | `crat_node_deployments_served` | gauge | — |
 //! | `crat_node_failures_total` | counter | `kind` (see [`Failure`]) |
 //! | `crat_node_challenges_total` | counter | `phase` (`commit`, `open`), `result` (`ok`, `failed`) |
+//! | `crat_node_receipt_signatures_total` | counter | `nonce`: `ahead` (made while idle, see `crate::receipts`) or `none` (signed from nothing) |
 //! | `crat_node_usage_records_reported_total` | counter | — (records in usage reports the dispatcher answered) |
 //! | `crat_node_usage_records_acknowledged_total` | counter | `state` (`accepted`, `held`) |
 //! | `crat_node_usage_records_pending` | gauge | — (not yet acknowledged) |
@@ -40,6 +41,9 @@ use crat_core::wire::NodeToClient;
 use metrics::{counter, gauge, histogram};
 
 use crate::probe::GpuStats;
+
+/// Receipt roots signed, by whether a nonce made ahead of time was at hand.
+pub const RECEIPT_SIGNATURES_TOTAL: &str = "crat_node_receipt_signatures_total";
 
 /// Tasks answered, by outcome.
 pub const TASKS_TOTAL: &str = "crat_node_tasks_total";
@@ -231,6 +235,16 @@ pub(crate) fn task(answer: &NodeToClient, took: Duration) {
     }
 }
 
+/// Counts receipt roots signed: `ahead` with a nonce made ahead of time, `none` without.
+pub(crate) fn receipt_signatures(ahead: u64, none: u64) {
+    if ahead > 0 {
+        counter!(RECEIPT_SIGNATURES_TOTAL, "nonce" => "ahead").increment(ahead);
+    }
+    if none > 0 {
+        counter!(RECEIPT_SIGNATURES_TOTAL, "nonce" => "none").increment(none);
+    }
+}
+
 /// `ok` or `failed`.
 pub(crate) const fn result(ok: bool) -> &'static str {
     if ok { "ok" } else { "failed" }
@@ -304,6 +318,8 @@ mod tests {
                 Duration::from_millis(3),
             );
             failure(Failure::QueueFull);
+            receipt_signatures(3, 0);
+            receipt_signatures(0, 2);
             record_gpu(
                 1,
                 &GpuStats {
@@ -323,6 +339,8 @@ mod tests {
         // Only served tasks are timed.
         assert!(!text.contains(TASK_DURATION_SECONDS), "{text}");
         assert!(text.contains(r#"crat_node_failures_total{kind="queue_full"} 1"#));
+        assert!(text.contains(r#"crat_node_receipt_signatures_total{nonce="ahead"} 3"#));
+        assert!(text.contains(r#"crat_node_receipt_signatures_total{nonce="none"} 2"#));
         assert!(text.contains(r#"crat_node_gpu_utilisation_ratio{gpu="1"} 0.25"#));
         assert!(text.contains(r#"crat_node_gpu_memory_used_bytes{gpu="1"} 1073741824"#));
         assert!(text.contains(r#"crat_node_gpu_memory_total_bytes{gpu="1"} 85899345920"#));

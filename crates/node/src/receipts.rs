@@ -153,7 +153,17 @@ impl ReceiptSigner {
         if !pending.is_empty() {
             let _idle_on_panic = IdleOnPanic(self);
             let (bodies, senders): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-            let proofs = ProvenReceipt::sign_all_with(bodies, &self.key, || self.nonces.take());
+            let (mut ahead, mut none) = (0, 0);
+            let proofs = ProvenReceipt::sign_all_with(bodies, &self.key, || {
+                let nonce = self.nonces.take();
+                if nonce.is_some() {
+                    ahead += 1;
+                } else {
+                    none += 1;
+                }
+                nonce
+            });
+            crate::metrics::receipt_signatures(ahead, none);
             for (sender, proof) in senders.into_iter().zip(proofs) {
                 let _ = sender.send(proof);
             }
