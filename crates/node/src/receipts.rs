@@ -141,8 +141,10 @@ impl ReceiptSigner {
         }
     }
 
-    /// Signing nonces ready now (at most [`NONCES_MAX`]).
-    pub fn nonces_ready(&self) -> usize {
+    /// Signing nonces ready now (at most [`NONCES_MAX`]). Waits for the pool's lock, which
+    /// the maker may hold while preempted: for tests only.
+    #[cfg(test)]
+    fn nonces_ready(&self) -> usize {
         self.nonces.ready.lock().len()
     }
 
