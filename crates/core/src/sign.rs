@@ -1035,6 +1035,19 @@ mod tests {
         ));
     }
 
+    /// Receipt `i` of the node of `key`, in a test's series (tasks and inputs told apart by
+    /// `i`).
+    fn numbered_receipt(key: &SigningKey, i: u32) -> Receipt {
+        Receipt {
+            task: crate::id::TaskId::from_bytes([i as u8; 16]),
+            deployment: DEP,
+            model: crate::id::ModelId::from_bytes([9; 32]),
+            node: id(key),
+            inputs_digest: [i as u8; 32],
+            outputs_digest: [(i >> 8) as u8; 32],
+        }
+    }
+
     /// Signatures made with a nonce made ahead of time are ed25519 signatures like any:
     /// they verify (strictly, and with plain RFC 8032 verification), bind their body and
     /// signer, differ from the deterministic signature and from each other (each nonce is
@@ -1086,17 +1099,10 @@ mod tests {
         assert_eq!(other.verify(None).err(), Some(SignatureError::BadSignature));
 
         // Receipts proven together take one nonce per root, and verify.
-        let receipt = |i: u32| Receipt {
-            task: crate::id::TaskId::from_bytes([i as u8; 16]),
-            deployment: DEP,
-            model: crate::id::ModelId::from_bytes([9; 32]),
-            node: id(&k),
-            inputs_digest: [i as u8; 32],
-            outputs_digest: [1; 32],
-        };
         let mut taken = 0u8;
         let count = RECEIPTS_PER_ROOT_MAX + 1;
-        let proofs = ProvenReceipt::sign_all_with((0..count).map(receipt).collect(), &k, || {
+        let bodies = (0..count).map(|i| numbered_receipt(&k, i)).collect();
+        let proofs = ProvenReceipt::sign_all_with(bodies, &k, || {
             taken += 1;
             Some(nonce(taken))
         });
@@ -1110,14 +1116,7 @@ mod tests {
     #[test]
     fn receipts_proven_together_verify_one_by_one_and_not_otherwise() {
         let n = key(2);
-        let receipt = |i: u32| Receipt {
-            task: crate::id::TaskId::from_bytes([i as u8; 16]),
-            deployment: DEP,
-            model: crate::id::ModelId::from_bytes([9; 32]),
-            node: id(&n),
-            inputs_digest: [i as u8; 32],
-            outputs_digest: [(i >> 8) as u8; 32],
-        };
+        let receipt = |i: u32| numbered_receipt(&n, i);
         for count in [1u32, 2, 3, 5, 8, 13, 256, 257, 600] {
             let proofs = ProvenReceipt::sign_all((0..count).map(receipt).collect(), &n);
             assert_eq!(proofs.len(), count as usize);
