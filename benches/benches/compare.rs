@@ -38,7 +38,10 @@
 //! `CRAT_COMPARE_SCALE` (multiplies every task count; default 1),
 //! `CRAT_COMPARE_INTRA_OP_THREADS` (the FastAPI servers; default `0,1`),
 //! `CRAT_COMPARE_IN_FLIGHT` (default 64), `CRAT_COMPARE_ONLY` (one side's name, e.g.
-//! `crat SDK`: only it is measured, for a profiler to attach to; no ratios).
+//! `crat SDK`: only it is measured, for a profiler to attach to; no ratios),
+//! `CRAT_COMPARE_LATENCIES` (a folder: each measured run's requests, when each was sent and
+//! how long it took, go to `{model}-{side}-{in flight}-round{n}.txt` there, e.g.
+//! `tiny-crat-sdk-1-round2.txt`).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -48,7 +51,7 @@ use std::time::Duration;
 
 use crat_benches::http::{
     Conn, FastApi, Summary, balanced_connections, check_same_answer, connections, infer_request,
-    load,
+    load_samples, write_samples,
 };
 use crat_benches::procs::{
     CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, node_command,
@@ -145,6 +148,9 @@ struct Settings {
     /// FastAPI's `intra_op_num_threads`: one server per value.
     intra_op_threads: Vec<u32>,
     in_flight: usize,
+    /// Where each measured run's requests are written (`CRAT_COMPARE_LATENCIES`, a folder):
+    /// `http::write_samples`, one file per run.
+    latencies: Option<PathBuf>,
 }
 
 fn env_path(name: &str) -> Option<PathBuf> {
@@ -238,6 +244,11 @@ impl Settings {
                 })
                 .collect(),
             in_flight: env_parse("CRAT_COMPARE_IN_FLIGHT", 64),
+            latencies: env_path("CRAT_COMPARE_LATENCIES").inspect(|dir| {
+                std::fs::create_dir_all(dir).unwrap_or_else(|e| {
+                    panic!("CRAT_COMPARE_LATENCIES: cannot make {}: {e}", dir.display())
+                })
+            }),
         }
     }
 
@@ -512,7 +523,7 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
         let d = net.deployment.clone();
         let x = NamedTensor::new(model.input, x.clone());
         async move {
-            let (summary, _) = load(tasks, vec![(); in_flight], move |()| {
+            let (summary, _, samples) = load_samples(tasks, vec![(); in_flight], move |()| {
                 let (d, x) = (d.clone(), x.clone());
                 async move {
                     d.infer(vec![x])
@@ -521,7 +532,7 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
                 }
             })
             .await;
-            summary
+            (summary, samples)
         }
     };
     // Each HTTP run opens its connections first (untimed): a server may close idle
@@ -534,7 +545,8 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
                 Side::FastApi(_) => balanced_connections(addr, &request, in_flight, 2).await,
                 _ => connections(addr, &request, in_flight).await,
             };
-            load(tasks, conns, Conn::infer).await.0
+            let (summary, _, samples) = load_samples(tasks, conns, Conn::infer).await;
+            (summary, samples)
         }
     };
     // Warm-up: leases, connections, every FastAPI worker, the batchers' measured sizes.
@@ -558,11 +570,20 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
             for &side in &sides {
                 settle(SETTLE_WINDOW, SETTLED_CORES_MAX, SETTLE_WAIT_MAX).await;
                 let before = CpuSample::take(&pids);
-                let summary = match side {
+                let (summary, samples) = match side {
                     Side::Sdk => sdk(tasks, in_flight).await,
                     _ => over_http(side, tasks, in_flight).await,
                 };
                 let cpu = before.cores(CpuSample::take(&pids), cores());
+                if let Some(dir) = &settings.latencies {
+                    let side_name = side.name().to_lowercase().replace(' ', "-");
+                    let path = dir.join(format!(
+                        "{}-{side_name}-{in_flight}-round{round}.txt",
+                        model.name
+                    ));
+                    write_samples(&path, &samples)
+                        .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+                }
                 let run = Run {
                     model: model.name,
                     in_flight,

@@ -46,9 +46,52 @@ impl Summary {
     }
 }
 
+/// One request of a run: when it was sent, from the run's start, and how long its answer
+/// took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// When it was sent, from the run's start.
+    pub start: Duration,
+    /// From sent to answered.
+    pub latency: Duration,
+}
+
+/// Writes `samples` to `path`, in the order they were sent, one per line: the start and the
+/// latency in microseconds (a `#` line names the columns). For a look at what a run's tail is
+/// made of (when its slow requests came, together or apart), which p99 alone does not say.
+pub fn write_samples(path: &Path, samples: &[Sample]) -> std::io::Result<()> {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by_key(|s| s.start);
+    let mut out = String::with_capacity(24 * sorted.len() + 32);
+    out.push_str("# start_us latency_us\n");
+    for s in &sorted {
+        out.push_str(&format!(
+            "{} {}\n",
+            s.start.as_micros(),
+            s.latency.as_micros()
+        ));
+    }
+    std::fs::write(path, out)
+}
+
 /// Runs `tasks` calls of `call` with one worker per state (each owns its `S`, so the
 /// number of states is the number in flight); gives the states back.
 pub async fn load<S, F, Fut>(tasks: usize, states: Vec<S>, call: F) -> (Summary, Vec<S>)
+where
+    S: Send + 'static,
+    F: Fn(S) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = S> + Send,
+{
+    let (summary, states, _) = load_samples(tasks, states, call).await;
+    (summary, states)
+}
+
+/// [`load`], also giving back each request's [`Sample`].
+pub async fn load_samples<S, F, Fut>(
+    tasks: usize,
+    states: Vec<S>,
+    call: F,
+) -> (Summary, Vec<S>, Vec<Sample>)
 where
     S: Send + 'static,
     F: Fn(S) -> Fut + Clone + Send + 'static,
@@ -61,23 +104,28 @@ where
         let next = next.clone();
         let call = call.clone();
         workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut samples = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < tasks {
                 let t = Instant::now();
                 state = call(state).await;
-                latencies.push(t.elapsed());
+                samples.push(Sample {
+                    start: t.duration_since(started),
+                    latency: t.elapsed(),
+                });
             }
-            (latencies, state)
+            (samples, state)
         }));
     }
     let mut all = Vec::with_capacity(tasks);
     let mut states = Vec::with_capacity(workers.len());
     for w in workers {
-        let (latencies, state) = w.await.unwrap();
-        all.extend(latencies);
+        let (samples, state) = w.await.unwrap();
+        all.extend(samples);
         states.push(state);
     }
-    (Summary::of(all, started.elapsed()), states)
+    let took = started.elapsed();
+    let summary = Summary::of(all.iter().map(|s| s.latency).collect(), took);
+    (summary, states, all)
 }
 
 /// A KServe v2 binary infer request of one input and one output, `POST
@@ -377,4 +425,54 @@ pub fn check_same_answer(fastapi: &Answer, gateway: &Answer) -> String {
          network's tolerance",
         g.len()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_load_gives_one_sample_per_request_and_writes_them_in_the_order_sent() {
+        let tasks = 40;
+        let (summary, states, samples) = load_samples(tasks, vec![0u32; 4], |n| async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            n + 1
+        })
+        .await;
+        assert_eq!(samples.len(), tasks);
+        assert_eq!(
+            states.iter().sum::<u32>() as usize,
+            tasks,
+            "each request ran once"
+        );
+        assert!(
+            samples
+                .iter()
+                .all(|s| s.latency >= Duration::from_millis(1))
+        );
+        let mut latencies: Vec<Duration> = samples.iter().map(|s| s.latency).collect();
+        latencies.sort();
+        assert_eq!(
+            summary.p50, latencies[20],
+            "the summary is of these samples"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.txt");
+        let out_of_order = [
+            Sample {
+                start: Duration::from_micros(250),
+                latency: Duration::from_micros(190),
+            },
+            Sample {
+                start: Duration::from_micros(7),
+                latency: Duration::from_micros(1_234),
+            },
+        ];
+        write_samples(&path, &out_of_order).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# start_us latency_us\n7 1234\n250 190\n"
+        );
+    }
 }
