@@ -340,10 +340,7 @@ pub(crate) fn now_s() -> u64 {
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    runtime_of(None)
 }
 
 /// Whether a node's network threads yield to its model runs ([`crat_node::priority`]): as
@@ -354,6 +351,18 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// `crat_node::priority`'s docs).
 fn network_threads_yield(configured: Option<bool>, has_gpu: bool) -> bool {
     configured.unwrap_or(!has_gpu)
+}
+
+/// A runtime of `threads` workers (at least one), else of tokio's default (one per core).
+pub(crate) fn runtime_of(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads.max(1));
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
 }
 
 /// A node's runtime, its network threads yielding to model runs when `yield_to_runs`.

@@ -120,6 +120,11 @@ pub struct GatewayConfig {
     pub clients_max: usize,
     /// Deployment handles (each with its lease) held per client. Default 64.
     pub deployments_per_client_max: usize,
+    /// Threads `crat gateway` serves on (its tokio runtime's workers; a program embedding
+    /// the gateway serves it on its own runtime). 0, the default: a quarter of the machine's
+    /// cores, at least one (see `crat`'s `network_threads`: fewer threads to wake answer one
+    /// request at a time sooner).
+    pub threads: usize,
 }
 
 impl Default for GatewayConfig {
@@ -133,6 +138,7 @@ impl Default for GatewayConfig {
             infer_inflight_max: 256,
             clients_max: 64,
             deployments_per_client_max: 64,
+            threads: 0,
         }
     }
 }
@@ -246,6 +252,14 @@ impl Gateway {
             let _ = stop.send(true);
         };
         let http = async {
+            // Each answer is written as soon as it is ready: without TCP_NODELAY the kernel
+            // holds a write back while an earlier one is unacknowledged (Nagle), and a client
+            // delaying its ACK holds up the answer's end.
+            let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "TCP_NODELAY not set on a connection");
+                }
+            });
             let served = axum::serve(http, self.router())
                 .with_graceful_shutdown(stopped(stopping.clone()))
                 .await;

@@ -58,7 +58,7 @@ const OFF_AS_SHIPPED: [&str; 22] = [
 
 /// The `[gateway]` keys ([`GatewayConfig`] fills absent ones with defaults, so presence is
 /// checked on the TOML itself). Keep in step with the destructuring in [`keys_set`].
-const GATEWAY_KEYS: [&str; 8] = [
+const GATEWAY_KEYS: [&str; 9] = [
     "listen",
     "grpc_addr",
     "models",
@@ -67,6 +67,7 @@ const GATEWAY_KEYS: [&str; 8] = [
     "infer_inflight_max",
     "clients_max",
     "deployments_per_client_max",
+    "threads",
 ];
 
 /// The example with its `#key = value` and `#[table]` lines switched on: a `#` directly
@@ -170,6 +171,7 @@ fn keys_set(file: &ConfigFile) -> BTreeMap<&'static str, bool> {
         infer_inflight_max: _,
         clients_max: _,
         deployments_per_client_max: _,
+        threads: _,
     } = gateway;
     let mut set = BTreeMap::from([
         ("dispatcher.listen", listen.is_some()),
