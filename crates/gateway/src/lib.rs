@@ -122,8 +122,8 @@ pub struct GatewayConfig {
     pub deployments_per_client_max: usize,
     /// Threads `crat gateway` serves on (its tokio runtime's workers; a program embedding
     /// the gateway serves it on its own runtime). 0, the default: a quarter of the machine's
-    /// cores, at least one (see `crat`'s `network_threads`: fewer threads to wake answer one
-    /// request at a time sooner).
+    /// cores, at least one: fewer threads to hand a request's tasks between answer it sooner
+    /// (measured in `benches/compare/README.md`, 2026-12-07 05:30).
     pub threads: usize,
 }
 
