@@ -115,6 +115,8 @@ pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let rt = if args.local {
         runtime()?
     } else {
+        // Checked before a runtime is built on `threads` (the gateway checks it again).
+        config.validate()?;
         runtime_of(Some(threads(config.threads, available_cores())))?
     };
     rt.block_on(async move {

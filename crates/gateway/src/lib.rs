@@ -96,6 +96,9 @@ pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-leng
 /// Most configured model names.
 pub const MODELS_MAX: usize = 4_096;
 
+/// Most threads [`GatewayConfig::threads`] may name.
+pub const THREADS_MAX: usize = 1_024;
+
 /// The gateway's settings: the `[gateway]` table of `crat gateway --config`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -123,7 +126,8 @@ pub struct GatewayConfig {
     /// Threads `crat gateway` serves on (its tokio runtime's workers; a program embedding
     /// the gateway serves it on its own runtime). 0, the default: a quarter of the machine's
     /// cores, at least one: fewer threads to hand a request's tasks between answer it sooner
-    /// (measured in `benches/compare/README.md`, 2026-12-07 05:30).
+    /// (measured in `benches/compare/README.md`, 2026-12-07 05:30). At most
+    /// [`THREADS_MAX`].
     pub threads: usize,
 }
 
@@ -162,6 +166,12 @@ impl GatewayConfig {
             return Err(GatewayError::Config(format!(
                 "grpc_addr and listen are both {}: gRPC needs a port of its own",
                 self.listen
+            )));
+        }
+        if self.threads > THREADS_MAX {
+            return Err(GatewayError::Config(format!(
+                "threads is {}, at most {THREADS_MAX}",
+                self.threads
             )));
         }
         if self.models.len() > MODELS_MAX {
@@ -317,6 +327,18 @@ mod tests {
                 .to_string()
                 .contains("clients_max")
         );
+        let mut bad = c.clone();
+        bad.threads = THREADS_MAX + 1;
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            GatewayError::Config(format!(
+                "threads is {}, at most {THREADS_MAX}",
+                THREADS_MAX + 1
+            ))
+            .to_string()
+        );
+        bad.threads = THREADS_MAX;
+        assert!(bad.validate().is_ok());
         let mut bad = c;
         bad.models
             .insert("a/b".into(), DeploymentId::from_bytes([0; 16]));
