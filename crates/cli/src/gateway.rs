@@ -32,7 +32,7 @@ use crat_dispatcher::{DispatcherConfig, admin};
 use crat_gateway::{Gateway, GatewayConfig, Upstream};
 use crat_testnet::{LocalNetwork, NodeSpec};
 
-use crate::net::{load_config, now_s, runtime, runtime_of};
+use crate::net::{available_cores, load_config, now_s, runtime, runtime_of};
 
 const TINY: &[u8] = include_bytes!("../../backend/models/tiny_cnn.onnx");
 /// The tiny CNN's input: one 28 × 28 grey image, f32.
@@ -94,10 +94,6 @@ fn threads(configured: usize, cores: usize) -> usize {
     } else {
         (cores / 4).max(1)
     }
-}
-
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 pub(crate) fn run(args: GatewayArgs) -> anyhow::Result<()> {

@@ -353,6 +353,11 @@ fn network_threads_yield(configured: Option<bool>, has_gpu: bool) -> bool {
     configured.unwrap_or(!has_gpu)
 }
 
+/// The cores this process may run on (at least one).
+pub(crate) fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// A runtime of `threads` workers (at least one), else of tokio's default (one per core).
 pub(crate) fn runtime_of(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -802,7 +807,7 @@ fn node_run(args: NodeRunArgs) -> anyhow::Result<()> {
             }],
             CpuInfo {
                 model: "declared".into(),
-                cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+                cores: u32::try_from(available_cores()).unwrap_or(u32::MAX),
                 memory_bytes: 0,
             },
         )
