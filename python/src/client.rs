@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crat_core::id::{DeploymentId, ModelId, NodeId, SdkKey};
@@ -94,8 +94,8 @@ impl Client {
     ///
     /// `model` is the ONNX bytes (`bytes`, `bytearray`) or a path (`str`, `os.PathLike`).
     /// `progress`, if given, is called with an `UploadProgress` when the upload begins and
-    /// after every acknowledged chunk; if it raises, the upload stops and the exception
-    /// propagates.
+    /// after every acknowledged chunk; if it raises, the upload stops before its next chunk
+    /// (unfinished: a later upload resumes it) and the exception propagates.
     #[pyo3(signature = (model, progress = None))]
     fn upload_model(
         &self,
@@ -115,27 +115,22 @@ impl Client {
             ));
         };
         let client = self.inner.clone();
-        let failure: Mutex<Option<PyErr>> = Mutex::new(None);
-        let stop = tokio::sync::Notify::new();
+        let mut failure: Option<PyErr> = None;
+        // A callback that raises stops the upload before its next chunk goes out.
         let report = |p: crat_sdk::UploadProgress| {
-            let Some(callback) = &progress else { return };
-            let mut failed = failure.lock().unwrap_or_else(|e| e.into_inner());
-            if failed.is_some() {
-                return;
-            }
-            let called = Python::attach(|py| callback.call1(py, (UploadProgress::from(p),)));
-            if let Err(e) = called {
-                *failed = Some(e);
-                stop.notify_one();
+            let Some(callback) = &progress else {
+                return ControlFlow::Continue(());
+            };
+            match Python::attach(|py| callback.call1(py, (UploadProgress::from(p),))) {
+                Ok(_) => ControlFlow::Continue(()),
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
             }
         };
-        let uploaded = wait(py, async {
-            tokio::select! {
-                id = client.upload_model(&bytes, report) => id.map(Some),
-                () = stop.notified() => Ok(None),
-            }
-        })?;
-        if let Some(e) = failure.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let uploaded = wait(py, client.upload_model_with(&bytes, report))?;
+        if let Some(e) = failure {
             return Err(e);
         }
         uploaded

@@ -41,9 +41,11 @@ def test_a_raising_callback_stops_the_upload(client: cryptorat.Client) -> None:
     with pytest.raises(RuntimeError, match="stop here"):
         client.upload_model(model, progress=progress)
     assert len(calls) == 2  # the first chunk's report raised; none after
-    # What the dispatcher received is kept: the next upload resumes.
+    # The upload stopped there and was not finished; what the dispatcher received is kept:
+    # the next upload resumes.
     reports: list[cryptorat.UploadProgress] = []
     client.upload_model(model, progress=reports.append)
+    assert not reports[0].already_stored
     assert reports[-1].acked_bytes == len(model)
 
 

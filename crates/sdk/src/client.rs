@@ -2,6 +2,7 @@
 //! ([`pool`](crate::pool)), and the calls that go to the dispatcher (upload, quote, balance,
 //! key status; `deploy` is written beside [`Deployment`](crate::Deployment)).
 
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -273,6 +274,25 @@ impl<T: Transport> Client<T> {
         model: &[u8],
         mut progress: impl FnMut(UploadProgress),
     ) -> Result<ModelId, Error> {
+        let uploaded = self
+            .upload_model_with(model, |p| {
+                progress(p);
+                ControlFlow::Continue(())
+            })
+            .await?;
+        // This `progress` never stops it.
+        uploaded.ok_or_else(|| Error::Internal("the upload stopped unasked".into()))
+    }
+
+    /// [`Client::upload_model`] with a `progress` that may stop the upload: when it returns
+    /// [`ControlFlow::Break`], no further chunk is sent nor the upload finished, and this
+    /// returns `Ok(None)`. What the dispatcher acknowledged stays there: a later upload of
+    /// the same bytes resumes from it.
+    pub async fn upload_model_with(
+        &self,
+        model: &[u8],
+        mut progress: impl FnMut(UploadProgress) -> ControlFlow<()>,
+    ) -> Result<Option<ModelId>, Error> {
         let id = ModelId::from_bytes(*blake3::hash(model).as_bytes());
         let total = model.len() as u64;
         let begin = self
@@ -283,14 +303,15 @@ impl<T: Transport> Client<T> {
             .await?;
         let (received, chunk) = match begin {
             DispatcherResponse::ModelStored { model, .. } if model == id => {
-                progress(UploadProgress {
+                // Stored already: there is nothing left to stop.
+                let _ = progress(UploadProgress {
                     model: id,
                     acked_bytes: total,
                     total_bytes: total,
                     resumed_from_bytes: total,
                     already_stored: true,
                 });
-                return Ok(id);
+                return Ok(Some(id));
             }
             DispatcherResponse::Upload {
                 received_bytes,
@@ -313,7 +334,9 @@ impl<T: Transport> Client<T> {
             resumed_from_bytes: start,
             already_stored: false,
         };
-        progress(report(acked));
+        if progress(report(acked)).is_break() {
+            return Ok(None);
+        }
         // `chunk` ≤ CHUNK_BYTES_MAX, so it fits in usize.
         let offsets = (start..total).step_by(chunk as usize);
         let mut acks = stream::iter(offsets)
@@ -336,11 +359,14 @@ impl<T: Transport> Client<T> {
             .buffer_unordered(self.inner.config.upload_window.max(1));
         while let Some(bytes) = acks.next().await {
             acked += bytes?;
-            progress(report(acked));
+            if progress(report(acked)).is_break() {
+                // Dropping the stream gives up the chunks in flight.
+                return Ok(None);
+            }
         }
         drop(acks);
         match self.call(ClientCall::UploadFinish { model: id }).await? {
-            DispatcherResponse::ModelStored { model, .. } if model == id => Ok(id),
+            DispatcherResponse::ModelStored { model, .. } if model == id => Ok(Some(id)),
             other => Err(unexpected("UploadFinish", &other)),
         }
     }

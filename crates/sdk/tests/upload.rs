@@ -7,6 +7,7 @@ use common::*;
 use crat_core::id::ModelId;
 use crat_sdk::{Error, UploadProgress};
 use crat_transport::memory::MemoryNetwork;
+use std::ops::ControlFlow;
 
 const CHUNK: u32 = 1024;
 
@@ -114,6 +115,68 @@ async fn interrupted_upload_resumes_where_the_dispatcher_stopped() {
         "nothing below the resume point is sent again"
     );
     assert_eq!(s.models[&id], TINY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_that_breaks_stops_the_upload_before_the_next_chunk_and_the_finish() {
+    let net = MemoryNetwork::new();
+    let clock = clock();
+    let fake = start_dispatcher(&net, clock.clone(), CHUNK);
+    let mut config = config(clock);
+    config.upload_window = 4;
+    let client = client(&net, "mem:client", sdk_key(), config).await.unwrap();
+    let id = ModelId::of_bytes(TINY);
+    let chunks = TINY.len().div_ceil(CHUNK as usize);
+    assert!(chunks > 10, "the model has {chunks} chunks");
+
+    let mut reports = 0;
+    let stopped = client
+        .upload_model_with(TINY, |p| {
+            reports += 1;
+            if p.acked_bytes >= 3 * u64::from(CHUNK) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(stopped, None);
+    assert_eq!(
+        reports, 4,
+        "the start and three chunks; nothing after the break"
+    );
+    // Only the window in flight at the break may still land; the upload was not finished.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let have = {
+        let s = fake.state();
+        assert!(
+            s.chunk_log.len() <= 3 + 4,
+            "{} chunks sent",
+            s.chunk_log.len()
+        );
+        assert!(!s.models.contains_key(&id));
+        s.uploads[&id].contiguous(u64::from(CHUNK))
+    };
+
+    // A break at the very first report sends nothing.
+    let sent = fake.state().chunk_log.len();
+    let again = client
+        .upload_model_with(TINY, |_| ControlFlow::Break(()))
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(fake.state().chunk_log.len(), sent);
+
+    // The next upload resumes and finishes.
+    let mut seen = Vec::new();
+    assert_eq!(
+        client.upload_model(TINY, |p| seen.push(p)).await.unwrap(),
+        id
+    );
+    assert_eq!(seen[0].resumed_from_bytes, have);
+    assert!(!seen[0].already_stored);
+    assert_eq!(fake.state().models[&id], TINY);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,6 +139,11 @@ pub enum UploadError {
     /// No upload of this model is in progress.
     #[error("no upload of model {0} is in progress")]
     NotStarted(ModelId),
+    /// The upload of this model is being finished ([`Uploads::finish`]): it can be neither
+    /// begun again nor finished twice until that ends. [`Uploads::hold`] makes callers wait
+    /// instead.
+    #[error("the upload of model {0} is being finished")]
+    Finishing(ModelId),
     /// A chunk at a wrong offset or of a wrong length.
     #[error("bad chunk: {0}")]
     BadChunk(String),
@@ -228,6 +233,8 @@ struct State {
     contiguous: u64,
     received: u64,
     touched: Instant,
+    /// [`Uploads::finish`] is verifying it: its files are not to be touched.
+    finishing: bool,
 }
 
 impl State {
@@ -312,9 +319,56 @@ fn bitmap_bytes(chunks: u64) -> u64 {
 /// and the client starts over). [`Uploads::finish`] reads the file once, hashes and checks
 /// it from that buffer while the file is fsynced in parallel, and renames it to `<id>.model`
 /// for [`super::BlobStore::put_file`].
+///
+/// One account's upload of one model is finished at most once at a time: while
+/// [`Uploads::finish`] verifies it, a [`Uploads::begin`] of the same model is refused
+/// ([`UploadError::Finishing`]) rather than let it truncate the file being verified, and an
+/// [`Uploads::abort`] leaves it to the finish. A server holds the model
+/// ([`Uploads::hold`]) around each begin and each finish-and-store, so that a begin or a
+/// repeated finish waits for a finish under way and then finds the model stored.
 pub struct Uploads {
     config: UploadConfig,
-    uploads: tokio::sync::Mutex<HashMap<Key, Arc<Upload>>>,
+    uploads: Arc<tokio::sync::Mutex<HashMap<Key, Arc<Upload>>>>,
+    holds: Arc<Mutex<HashMap<Key, Held>>>,
+}
+
+/// A held model's lock, and how many [`Hold`]s hold it or wait for it.
+#[derive(Default)]
+struct Held {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    users: usize,
+}
+
+/// One account's model held by [`Uploads::hold`]; released when dropped.
+#[must_use = "the model is held only while the Hold lives"]
+pub struct Hold {
+    key: Key,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    holds: Arc<Mutex<HashMap<Key, Held>>>,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("owner", &self.key.0.as_str())
+            .field("model", &self.key.1)
+            .finish()
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        // Forget the lock once nobody holds or awaits it (also when a wait was cancelled):
+        // the map only has the keys in use.
+        let mut holds = self.holds.lock();
+        if let Some(held) = holds.get_mut(&self.key) {
+            held.users -= 1;
+            if held.users == 0 {
+                holds.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Uploads {
@@ -369,8 +423,37 @@ impl Uploads {
         }
         Ok(Self {
             config,
-            uploads: tokio::sync::Mutex::new(uploads),
+            uploads: Arc::new(tokio::sync::Mutex::new(uploads)),
+            holds: Arc::default(),
         })
+    }
+
+    /// Holds `owner`'s model `id` until the returned [`Hold`] drops, waiting first for
+    /// whoever holds it now (in the order they asked). What a server wraps around a begin
+    /// and around a finish with the storing of its result, so that none of them sees another
+    /// half done. The held keys are those in use: the map grows only with the callers
+    /// waiting.
+    pub async fn hold(&self, owner: &AccountName, id: ModelId) -> Hold {
+        let key = (owner.clone(), id);
+        let lock = {
+            let mut holds = self.holds.lock();
+            let held = holds.entry(key.clone()).or_default();
+            held.users += 1;
+            held.lock.clone()
+        };
+        // Counted from here: dropping the Hold (also before it got the lock) uncounts it.
+        let mut hold = Hold {
+            key,
+            guard: None,
+            holds: self.holds.clone(),
+        };
+        hold.guard = Some(lock.lock_owned().await);
+        hold
+    }
+
+    /// Number of models held or waited for ([`Uploads::hold`]).
+    pub fn held(&self) -> usize {
+        self.holds.lock().len()
     }
 
     /// The configuration.
@@ -436,6 +519,9 @@ impl Uploads {
                 )));
             }
             let mut state = upload.state.lock();
+            if state.finishing {
+                return Err(UploadError::Finishing(id));
+            }
             state.touched = Instant::now();
             return Ok(upload.progress(&state));
         }
@@ -468,7 +554,10 @@ impl Uploads {
             let idle_max = Duration::from_secs(self.config.upload_idle_s_max);
             let stale = uploads
                 .iter()
-                .map(|(k, u)| (u.state.lock().touched, k.clone()))
+                .filter_map(|(k, u)| {
+                    let state = u.state.lock();
+                    (!state.finishing).then(|| (state.touched, k.clone()))
+                })
                 .filter(|(touched, _)| touched.elapsed() > idle_max)
                 .min();
             let Some((_, stale)) = stale else {
@@ -542,25 +631,33 @@ impl Uploads {
     /// [`UploadConfig::memory_bytes_max`] ([`UploadError::OverMemory`]); any failure discards
     /// the upload. Returns the staged
     /// file, fsynced, for [`super::BlobStore::put_file`].
+    ///
+    /// While it runs, the upload is marked: a begin or another finish of it gets
+    /// [`UploadError::Finishing`]. The work goes on to its end, and the mark goes, even if
+    /// the returned future is dropped.
     pub async fn finish(
         &self,
         owner: &AccountName,
         id: ModelId,
     ) -> Result<StagedModel, UploadError> {
         let key = (owner.clone(), id);
+        // The upload stays in the map, marked, while it is verified: a begin of the same
+        // model then cannot create its files again under the finish.
         let upload = {
-            let mut uploads = self.uploads.lock().await;
+            let uploads = self.uploads.lock().await;
             let upload = uploads.get(&key).ok_or(UploadError::NotStarted(id))?;
-            {
-                let state = upload.state.lock();
-                if state.received < upload.chunks {
-                    return Err(UploadError::Incomplete {
-                        received: upload.progress(&state).received_bytes,
-                        total: upload.total,
-                    });
-                }
+            let mut state = upload.state.lock();
+            if state.finishing {
+                return Err(UploadError::Finishing(id));
             }
-            uploads.remove(&key).ok_or(UploadError::NotStarted(id))?
+            if state.received < upload.chunks {
+                return Err(UploadError::Incomplete {
+                    received: upload.progress(&state).received_bytes,
+                    total: upload.total,
+                });
+            }
+            state.finishing = true;
+            upload.clone()
         };
         let (part, meta, model) = (
             self.path(&key, "part"),
@@ -569,37 +666,51 @@ impl Uploads {
         );
         let dir = self.config.staging_dir.clone();
         let memory_max = self.config.memory_bytes_max;
-        let result =
-            blocking(move || verify(&upload, &part, &meta, &model, &dir, memory_max)).await;
-        if result.is_err() {
-            self.remove_files(&key).await;
-        }
-        result
+        let uploads = self.uploads.clone();
+        // On the blocking pool, which finishes it even if this future is dropped.
+        blocking(move || {
+            let result = verify(&upload, &part, &meta, &model, &dir, memory_max);
+            // Under the map's lock, so that no begin creates the files again in between.
+            let mut uploads = uploads.blocking_lock();
+            if uploads.get(&key).is_some_and(|u| Arc::ptr_eq(u, &upload)) {
+                uploads.remove(&key);
+            }
+            if result.is_err() {
+                remove_files([meta, part]);
+            }
+            result
+        })
+        .await
     }
 
-    /// Drops `owner`'s upload of `id` and its files (nothing if none is in progress).
+    /// Drops `owner`'s upload of `id` and its files: nothing if none is in progress, or if
+    /// it is being finished (the finish keeps or discards it).
     pub async fn abort(&self, owner: &AccountName, id: ModelId) {
         let key = (owner.clone(), id);
-        let removed = self.uploads.lock().await.remove(&key);
-        if removed.is_some() {
+        let mut uploads = self.uploads.lock().await;
+        if uploads.get(&key).is_some_and(|u| !u.state.lock().finishing) {
+            uploads.remove(&key);
+            // Under the map's lock, so that no begin creates the files again in between.
             self.remove_files(&key).await;
         }
     }
 
     async fn remove_files(&self, key: &Key) {
         let paths = [self.path(key, "meta"), self.path(key, "part")];
-        let _ = tokio::task::spawn_blocking(move || {
-            for path in paths {
-                match fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(path = %path.display(), error = %e, "cannot remove");
-                    }
-                }
+        let _ = tokio::task::spawn_blocking(move || remove_files(paths)).await;
+    }
+}
+
+/// Removes an upload's files, those that exist (blocking).
+fn remove_files(paths: [PathBuf; 2]) {
+    for path in paths {
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove");
             }
-        })
-        .await;
+        }
     }
 }
 
@@ -649,6 +760,7 @@ fn create(
             contiguous: 0,
             received: 0,
             touched: Instant::now(),
+            finishing: false,
         }),
     })
 }
@@ -715,6 +827,7 @@ fn load(config: &UploadConfig, id: ModelId, meta_path: &Path) -> Result<Upload, 
         contiguous: 0,
         received: 0,
         touched: Instant::now(),
+        finishing: false,
     };
     // Bits past the last chunk mean damage.
     if (chunks..bitmap_bytes(chunks) * 8).any(|c| state.has(c)) {
@@ -1108,6 +1221,126 @@ mod tests {
         uploads.begin(&owner(), id(3), 10).await.unwrap();
         assert_eq!(uploads.in_progress().await, 2);
         assert_eq!(staging_files(dir.path()).len(), 4);
+    }
+
+    /// Each round races a finish against a begin of the same model, as a client does that
+    /// stops an upload after its last chunk went out and starts it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_begin_during_a_finish_neither_spoils_it_nor_is_spoilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Arc::new(Uploads::open(config(dir.path(), 1024)).unwrap());
+        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
+        let (mut refused, mut begun) = (0, 0);
+        for round in 0..100 {
+            uploads.abort(&owner(), id).await;
+            uploads
+                .begin(&owner(), id, model.len() as u64)
+                .await
+                .unwrap();
+            send(&uploads, id, &model, &chunks).await;
+            let finish = tokio::spawn({
+                let uploads = uploads.clone();
+                async move { uploads.finish(&owner(), id).await }
+            });
+            let begin = uploads.begin(&owner(), id, model.len() as u64).await;
+            let staged = finish.await.unwrap().unwrap();
+            assert_eq!(fs::read(&staged.path).unwrap(), model, "round {round}");
+            fs::remove_file(&staged.path).unwrap();
+            match begin {
+                Err(UploadError::Finishing(_)) => refused += 1,
+                Ok(p) => {
+                    begun += 1;
+                    // A whole upload (begun before the finish) or a new one.
+                    assert!(p.received_bytes == 0 || p.received_bytes == p.total_bytes);
+                    let files = staging_files(dir.path());
+                    if p.received_bytes == 0 {
+                        assert_eq!(files.len(), 2, "round {round}: {files:?}");
+                        let part = dir.path().join(format!("staging/alice.{id}.part"));
+                        assert_eq!(fs::metadata(part).unwrap().len(), model.len() as u64);
+                    }
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+        assert_eq!(refused + begun, 100);
+    }
+
+    #[tokio::test]
+    async fn an_upload_being_finished_is_left_to_the_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 1024);
+        cfg.uploads_max = 1;
+        cfg.upload_idle_s_max = 0;
+        let model = tiny_cnn();
+        let id = ModelId::of_bytes(&model);
+        let uploads = Uploads::open(cfg).unwrap();
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
+        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
+        send(&uploads, id, &model, &chunks).await;
+        // What `finish` marks while it verifies.
+        let upload = uploads.uploads.lock().await[&(owner(), id)].clone();
+        upload.state.lock().finishing = true;
+        assert!(matches!(
+            uploads.begin(&owner(), id, model.len() as u64).await,
+            Err(UploadError::Finishing(m)) if m == id
+        ));
+        assert!(matches!(
+            uploads.finish(&owner(), id).await,
+            Err(UploadError::Finishing(m)) if m == id
+        ));
+        uploads.abort(&owner(), id).await;
+        std::thread::sleep(Duration::from_millis(5));
+        // Idle, but not dropped to make room: another model is refused.
+        assert!(matches!(
+            uploads
+                .begin(&owner(), ModelId::from_bytes([7; 32]), 10)
+                .await,
+            Err(UploadError::Busy { max: 1 })
+        ));
+        assert_eq!(uploads.in_progress().await, 1);
+        assert_eq!(staging_files(dir.path()).len(), 2);
+        upload.state.lock().finishing = false;
+        let staged = uploads.finish(&owner(), id).await.unwrap();
+        assert_eq!(fs::read(&staged.path).unwrap(), model);
+        assert_eq!(uploads.in_progress().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_hold_waits_for_the_one_before_and_is_forgotten_when_released() {
+        /// Polls `f` once.
+        fn now_or_never<F: std::future::Future>(f: F) -> Option<F::Output> {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::pin::pin!(f).poll(&mut cx) {
+                std::task::Poll::Ready(out) => Some(out),
+                std::task::Poll::Pending => None,
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        let (a, b) = (ModelId::from_bytes([1; 32]), ModelId::from_bytes([2; 32]));
+        let bob = AccountName::new("bob").unwrap();
+        let first = uploads.hold(&owner(), a).await;
+        // Another model, or another account's upload of the same one, is not held.
+        let other = now_or_never(uploads.hold(&owner(), b)).unwrap();
+        let bobs = now_or_never(uploads.hold(&bob, a)).unwrap();
+        assert_eq!(uploads.held(), 3);
+        drop((other, bobs));
+        // A wait given up leaves nothing behind.
+        assert!(now_or_never(uploads.hold(&owner(), a)).is_none());
+        assert_eq!(uploads.held(), 1);
+        let alice = owner();
+        let mut second = Box::pin(uploads.hold(&alice, a));
+        assert!(now_or_never(&mut second).is_none());
+        drop(first);
+        let second = second.await;
+        assert_eq!(uploads.held(), 1);
+        drop(second);
+        assert_eq!(uploads.held(), 0);
     }
 
     #[tokio::test]

@@ -185,6 +185,9 @@ impl<T: Transport> Dispatcher<T> {
         let now = self.inner.clock.now_s();
         match req.call {
             ClientCall::UploadBegin { model, total_bytes } => {
+                // Held, like a finish: a begin during a finish of the same model waits for
+                // it and then finds the model stored.
+                let _held = self.inner.uploads.hold(&key.account, model).await;
                 if let Some(stored) = self.already_stored(model, &key.account).await? {
                     return Ok(stored);
                 }
@@ -208,7 +211,13 @@ impl<T: Transport> Dispatcher<T> {
                 Ok(upload_progress(p))
             }
             ClientCall::UploadFinish { model } => {
+                // Held from the check to the ledger's record: a repeated finish (a client
+                // that redials) or a begin of the same model waits for this one.
+                let _held = self.inner.uploads.hold(&key.account, model).await;
                 if let Some(stored) = self.already_stored(model, &key.account).await? {
+                    // A partial upload of stored bytes (one begun again while they were
+                    // being stored) has nothing left to give.
+                    self.inner.uploads.abort(&key.account, model).await;
                     return Ok(stored);
                 }
                 let staged = self.inner.uploads.finish(&key.account, model).await?;

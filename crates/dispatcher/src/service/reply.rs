@@ -139,7 +139,9 @@ fn upload(e: UploadError) -> WireError {
         UploadError::HashMismatch { .. }
         | UploadError::NotOnnx(_)
         | UploadError::OverMemory { .. } => ErrorCode::ModelRejected,
-        UploadError::Busy { .. } | UploadError::DiskFull { .. } => ErrorCode::Busy,
+        UploadError::Busy { .. } | UploadError::DiskFull { .. } | UploadError::Finishing(_) => {
+            ErrorCode::Busy
+        }
         UploadError::Quota(_) => ErrorCode::QuotaExceeded,
         UploadError::NotStarted(_) => ErrorCode::NotFound,
         UploadError::Mismatch(_) | UploadError::BadChunk(_) | UploadError::Incomplete { .. } => {
