@@ -130,6 +130,54 @@ async fn dispatcher_restart_keeps_everything() {
     net.shutdown();
 }
 
+/// A store that copies (an object store) leaves the staged file behind: the dispatcher
+/// removes it once the model is recorded. A store that fails leaves it for the next upload,
+/// which finishes it again.
+#[cfg(feature = "object-store")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_upload_leaves_nothing_staged_and_a_failed_store_is_finished_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("object-store");
+    let mut cfg = config(dir.path());
+    cfg.models_store = Some(format!("file://{}", store.display()));
+    let staging = cfg.data_dir.join("uploads");
+    let net = network(cfg, dir.path()).await;
+    let (client, _key) = client_with(&net, 1_000).await;
+    let staged = || -> Vec<String> {
+        std::fs::read_dir(&staging)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+
+    let tiny = client.upload_model(TINY, |_| {}).await.unwrap();
+    assert!(store.join(tiny.to_string()).exists());
+    assert_eq!(staged(), Vec::<String>::new());
+
+    // A folder where the store would put the model: storing fails, the staged model stays.
+    let model: &[u8] = include_bytes!("../../backend/models/tiny_cnn_v2.onnx");
+    let id = ModelId::of_bytes(model);
+    std::fs::create_dir(store.join(id.to_string())).unwrap();
+    let err = client.upload_model(model, |_| {}).await.unwrap_err();
+    assert!(matches!(err, Error::Internal(_)), "{err}");
+    assert_eq!(staged().len(), 1, "{:?}", staged());
+    assert!(staged()[0].ends_with(&format!("{id}.model")));
+
+    std::fs::remove_dir(store.join(id.to_string())).unwrap();
+    let mut seen = Vec::new();
+    assert_eq!(
+        client.upload_model(model, |p| seen.push(p)).await.unwrap(),
+        id
+    );
+    assert!(seen.iter().all(|p| !p.already_stored));
+    assert_eq!(
+        std::fs::read(store.join(id.to_string())).unwrap(),
+        model.to_vec()
+    );
+    assert_eq!(staged(), Vec::<String>::new());
+    net.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_typed_errors_and_charges_nothing() {
     let dir = tempfile::tempdir().unwrap();

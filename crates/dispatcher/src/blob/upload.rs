@@ -90,7 +90,8 @@ pub struct UploadProgress {
 /// A finished, verified upload, ready for [`super::BlobStore::put_file`].
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct StagedModel {
-    /// The file (removed at the next [`Uploads::open`] if it is still in the staging area).
+    /// The file. Removed by [`Uploads::discard`] once stored; until then the next
+    /// [`Uploads::begin`] of the model takes it up again (and [`Uploads::open`] removes it).
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
@@ -318,7 +319,10 @@ fn bitmap_bytes(chunks: u64) -> u64 {
 /// survive without its bytes, which the final blake3 check catches (the upload is discarded
 /// and the client starts over). [`Uploads::finish`] reads the file once, hashes and checks
 /// it from that buffer while the file is fsynced in parallel, and renames it to `<id>.model`
-/// for [`super::BlobStore::put_file`].
+/// for [`super::BlobStore::put_file`]. The server removes that file once the model is stored
+/// and recorded ([`Uploads::discard`]); if storing failed, the next [`Uploads::begin`] of the
+/// model takes it up as a whole upload, so the client finishes it again without sending it
+/// again.
 ///
 /// One account's upload of one model is finished at most once at a time: while
 /// [`Uploads::finish`] verifies it, a [`Uploads::begin`] of the same model is refused
@@ -570,9 +574,19 @@ impl Uploads {
             self.remove_files(&stale).await;
         }
         let chunk = self.config.chunk_bytes;
-        let (data_path, meta_path) = (self.path(&key, "part"), self.path(&key, "meta"));
-        let upload =
-            blocking(move || create(id, total_bytes, chunk, &data_path, &meta_path)).await?;
+        let (data_path, meta_path, staged) = (
+            self.path(&key, "part"),
+            self.path(&key, "meta"),
+            self.path(&key, "model"),
+        );
+        let upload = blocking(move || {
+            if let Some(upload) = restage(id, total_bytes, chunk, &staged, &data_path, &meta_path)?
+            {
+                return Ok(upload);
+            }
+            create(id, total_bytes, chunk, &data_path, &meta_path)
+        })
+        .await?;
         let progress = upload.progress(&upload.state.lock());
         uploads.insert(key, Arc::new(upload));
         Ok(progress)
@@ -695,14 +709,28 @@ impl Uploads {
         }
     }
 
+    /// Removes the files of `key`'s upload, a staged model of it included.
     async fn remove_files(&self, key: &Key) {
-        let paths = [self.path(key, "meta"), self.path(key, "part")];
+        let paths = [
+            self.path(key, "meta"),
+            self.path(key, "part"),
+            self.path(key, "model"),
+        ];
         let _ = tokio::task::spawn_blocking(move || remove_files(paths)).await;
+    }
+
+    /// Removes `staged` once [`super::BlobStore::put_file`] stored it and the server
+    /// recorded it (a store that copies leaves it in place). Until then it stays: a store
+    /// that failed leaves it for the next [`Uploads::begin`] of the model, which takes it up
+    /// as a whole upload, so the client finishes it again and sends nothing again.
+    pub async fn discard(&self, staged: &StagedModel) {
+        let path = staged.path.clone();
+        let _ = tokio::task::spawn_blocking(move || remove_files([path])).await;
     }
 }
 
 /// Removes an upload's files, those that exist (blocking).
-fn remove_files(paths: [PathBuf; 2]) {
+fn remove_files<const N: usize>(paths: [PathBuf; N]) {
     for path in paths {
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -712,6 +740,85 @@ fn remove_files(paths: [PathBuf; 2]) {
             }
         }
     }
+}
+
+/// The model a finish staged and nobody stored (storing it failed), made a whole upload
+/// again so that it is finished again, not sent again (blocking). `None` if there is none;
+/// one of another size is removed.
+fn restage(
+    id: ModelId,
+    total: u64,
+    chunk: u32,
+    staged: &Path,
+    data_path: &Path,
+    meta_path: &Path,
+) -> Result<Option<Upload>, UploadError> {
+    let len = match fs::metadata(staged) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(format!("stat {}", staged.display()))(e)),
+    };
+    if len != total {
+        tracing::warn!(%id, len, total, "removing a staged model of another size");
+        fs::remove_file(staged).map_err(io_err(format!("remove {}", staged.display())))?;
+        return Ok(None);
+    }
+    let chunks = chunk_count(total, chunk);
+    let mut state = State {
+        bitmap: vec![0u8; bitmap_bytes(chunks) as usize],
+        contiguous: chunks,
+        received: chunks,
+        touched: Instant::now(),
+        finishing: false,
+    };
+    for c in 0..chunks {
+        state.bitmap[(c / 8) as usize] |= 1 << (c % 8);
+    }
+    // The sidecar first: a crash before the rename leaves a sidecar without data, which
+    // `open` removes, and the staged model, which it removes too.
+    let meta = write_meta(id, total, chunk, &state.bitmap, meta_path)?;
+    fs::rename(staged, data_path).map_err(io_err(format!("rename {}", staged.display())))?;
+    let data = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(data_path)
+        .map_err(io_err(format!("open {}", data_path.display())))?;
+    tracing::info!(%id, "a staged model that was not stored is an upload again");
+    Ok(Some(Upload {
+        id,
+        total,
+        chunk,
+        chunks,
+        data,
+        meta,
+        state: Mutex::new(state),
+    }))
+}
+
+/// Creates an upload's sidecar: its header and `bitmap` (blocking).
+fn write_meta(
+    id: ModelId,
+    total: u64,
+    chunk: u32,
+    bitmap: &[u8],
+    meta_path: &Path,
+) -> Result<File, UploadError> {
+    let mut header = Vec::with_capacity(HEADER_BYTES as usize + bitmap.len());
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&total.to_le_bytes());
+    header.extend_from_slice(&chunk.to_le_bytes());
+    header.extend_from_slice(id.as_bytes());
+    header.extend_from_slice(bitmap);
+    let meta = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(meta_path)
+        .map_err(io_err(format!("create {}", meta_path.display())))?;
+    meta.write_all_at(&header, 0)
+        .map_err(io_err(format!("write {}", meta_path.display())))?;
+    Ok(meta)
 }
 
 /// Creates the files of a new upload (blocking).
@@ -733,21 +840,7 @@ fn create(
     data.set_len(total)
         .map_err(io_err(format!("size {}", data_path.display())))?;
     let bitmap = vec![0u8; bitmap_bytes(chunks) as usize];
-    let mut header = Vec::with_capacity(HEADER_BYTES as usize + bitmap.len());
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&total.to_le_bytes());
-    header.extend_from_slice(&chunk.to_le_bytes());
-    header.extend_from_slice(id.as_bytes());
-    header.extend_from_slice(&bitmap);
-    let meta = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(meta_path)
-        .map_err(io_err(format!("create {}", meta_path.display())))?;
-    meta.write_all_at(&header, 0)
-        .map_err(io_err(format!("write {}", meta_path.display())))?;
+    let meta = write_meta(id, total, chunk, &bitmap, meta_path)?;
     Ok(Upload {
         id,
         total,
@@ -1265,6 +1358,51 @@ mod tests {
             }
         }
         assert_eq!(refused + begun, 100);
+    }
+
+    #[tokio::test]
+    async fn a_staged_model_not_stored_is_finished_again_without_being_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = tiny_cnn();
+        let (id, total) = (ModelId::of_bytes(&model), model.len() as u64);
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        uploads.begin(&owner(), id, total).await.unwrap();
+        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
+        send(&uploads, id, &model, &chunks).await;
+        // Finished, then storing it failed: nothing removed the staged file.
+        let staged = uploads.finish(&owner(), id).await.unwrap();
+        let p = uploads.begin(&owner(), id, total).await.unwrap();
+        assert_eq!(p.received_bytes, total, "a whole upload again");
+        assert!(!staged.path.exists());
+        // What it wrote survives a restart, as any upload's state does.
+        drop(uploads);
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        assert_eq!(
+            uploads
+                .begin(&owner(), id, total)
+                .await
+                .unwrap()
+                .received_bytes,
+            total
+        );
+        let again = uploads.finish(&owner(), id).await.unwrap();
+        assert_eq!(again, staged);
+        assert_eq!(fs::read(&again.path).unwrap(), model);
+        uploads.discard(&again).await;
+        assert!(staging_files(dir.path()).is_empty());
+
+        // One of another size is not taken up: the upload starts over.
+        fs::write(&staged.path, b"short").unwrap();
+        let p = uploads.begin(&owner(), id, total).await.unwrap();
+        assert_eq!(p.received_bytes, 0);
+        assert_eq!(
+            staging_files(dir.path()),
+            [format!("alice.{id}.meta"), format!("alice.{id}.part")]
+        );
+        // Dropping an upload drops a staged model of it too.
+        fs::write(&staged.path, &model).unwrap();
+        uploads.abort(&owner(), id).await;
+        assert!(staging_files(dir.path()).is_empty());
     }
 
     #[tokio::test]

@@ -221,14 +221,18 @@ impl<T: Transport> Dispatcher<T> {
                     return Ok(stored);
                 }
                 let staged = self.inner.uploads.finish(&key.account, model).await?;
+                // Should storing or recording fail, the staged file stays, and the client's
+                // next upload of the model finishes it again without sending it again.
                 self.inner
                     .blobs
                     .put_file(&model, &staged.path)
                     .await
                     .map_err(|e| Refusal::Internal(e.to_string()))?;
-                self.remember_model(model, staged.bytes, staged.signature, &key.account, now)
+                let (bytes, signature) = (staged.bytes, staged.signature.clone());
+                self.remember_model(model, bytes, signature, &key.account, now)
                     .await?;
-                tracing::info!(%model, bytes = staged.bytes, "model stored");
+                self.inner.uploads.discard(&staged).await;
+                tracing::info!(%model, bytes, "model stored");
                 Ok(DispatcherResponse::ModelStored {
                     model,
                     bytes: staged.bytes,
