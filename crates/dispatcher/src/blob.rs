@@ -24,12 +24,19 @@
 //! let store = LocalBlobStore::open(&blobs)?;
 //! let (alice, id) = (AccountName::new("alice")?, ModelId::of_bytes(&model));
 //! let chunk = uploads.config().chunk_bytes as usize;
-//! uploads.begin(&alice, id, model.len() as u64).await?;
+//! {
+//!     // A server holds the model around a begin, and around a finish and its storing.
+//!     let _held = uploads.hold(&alice, id).await;
+//!     uploads.begin(&alice, id, model.len() as u64).await?;
+//! }
 //! for (i, part) in model.chunks(chunk).enumerate() {
 //!     uploads.write(&alice, id, (i * chunk) as u64, part).await?;
 //! }
+//! let _held = uploads.hold(&alice, id).await;
 //! let staged = uploads.finish(&alice, id).await?;
 //! store.put_file(&id, &staged.path).await?;
+//! // Stored: the staged file goes (had storing failed, the next begin would take it up).
+//! uploads.discard(&staged).await;
 //! assert_eq!(store.size(&id).await?, Some(model.len() as u64));
 //! # Ok(()) }
 //! ```
@@ -43,7 +50,7 @@ use crat_core::id::ModelId;
 
 mod upload;
 
-pub use upload::{StagedModel, UploadConfig, UploadError, UploadProgress, Uploads};
+pub use upload::{Hold, StagedModel, UploadConfig, UploadError, UploadProgress, Uploads};
 
 /// Why a blob operation failed.
 #[derive(Debug, thiserror::Error)]

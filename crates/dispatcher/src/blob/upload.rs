@@ -329,7 +329,8 @@ fn bitmap_bytes(chunks: u64) -> u64 {
 /// ([`UploadError::Finishing`]) rather than let it truncate the file being verified, and an
 /// [`Uploads::abort`] leaves it to the finish. A server holds the model
 /// ([`Uploads::hold`]) around each begin and each finish-and-store, so that a begin or a
-/// repeated finish waits for a finish under way and then finds the model stored.
+/// repeated finish waits for a finish under way and then finds the model stored, and a
+/// begin never takes up a staged model that is being stored.
 pub struct Uploads {
     config: UploadConfig,
     uploads: Arc<tokio::sync::Mutex<HashMap<Key, Arc<Upload>>>>,
