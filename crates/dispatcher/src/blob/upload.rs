@@ -91,7 +91,8 @@ pub struct UploadProgress {
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct StagedModel {
     /// The file. Removed by [`Uploads::discard`] once stored; until then the next
-    /// [`Uploads::begin`] of the model takes it up again (and [`Uploads::open`] removes it).
+    /// [`Uploads::begin`] of the model, or [`Uploads::open`] after a restart, takes it up
+    /// again as a whole upload.
     pub path: PathBuf,
     /// Its size.
     pub bytes: u64,
@@ -386,9 +387,10 @@ impl std::fmt::Debug for Uploads {
 
 impl Uploads {
     /// Opens the staging area: creates the directory, picks up the partial uploads a
-    /// previous run left (so they resume), and removes what cannot be resumed (orphan or
-    /// damaged files, uploads made with another chunk size or above the size limit, finished
-    /// models never stored).
+    /// previous run left (so they resume) and the finished models it did not store whose
+    /// bytes still hash to their id (whole uploads again, to be finished again), and removes
+    /// what cannot be resumed (orphan or damaged files, uploads made with another chunk size
+    /// or above the size limit).
     pub fn open(config: UploadConfig) -> Result<Self, UploadError> {
         if config.chunk_bytes == 0 {
             return Err(UploadError::BadChunk("chunk_bytes must be positive".into()));
@@ -417,6 +419,21 @@ impl Uploads {
                     }
                 },
                 ("part", Some(_)) => path.with_extension("meta").exists(),
+                // After its `.meta` (names are sorted): a partial upload of the same model
+                // wins over it.
+                ("model", Some((owner, id))) if !uploads.contains_key(&(owner.clone(), id)) => {
+                    match restage_at_open(&config, id, path) {
+                        Ok(Some(upload)) => {
+                            uploads.insert((owner, id), Arc::new(upload));
+                            true
+                        }
+                        Ok(None) => false,
+                        Err(e) => {
+                            tracing::warn!(%id, error = %e, "discarding a staged model");
+                            false
+                        }
+                    }
+                }
                 _ => false,
             };
             if !keep
@@ -776,7 +793,7 @@ fn restage(
         state.bitmap[(c / 8) as usize] |= 1 << (c % 8);
     }
     // The sidecar first: a crash before the rename leaves a sidecar without data, which
-    // `open` removes, and the staged model, which it removes too.
+    // `open` removes, and the staged model, which it takes up again.
     let meta = write_meta(id, total, chunk, &state.bitmap, meta_path)?;
     fs::rename(staged, data_path).map_err(io_err(format!("rename {}", staged.display())))?;
     let data = OpenOptions::new()
@@ -794,6 +811,30 @@ fn restage(
         meta,
         state: Mutex::new(state),
     }))
+}
+
+/// A staged model found at [`Uploads::open`], made a whole upload again if it is within the
+/// size limit and its bytes hash to `id` (blocking; `None` otherwise).
+fn restage_at_open(
+    config: &UploadConfig,
+    id: ModelId,
+    staged: &Path,
+) -> Result<Option<Upload>, UploadError> {
+    let total = fs::metadata(staged)
+        .map_err(io_err(format!("stat {}", staged.display())))?
+        .len();
+    if total > config.model_bytes_max {
+        return Ok(None);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(File::open(staged).map_err(io_err(format!("open {}", staged.display())))?)
+        .map_err(io_err(format!("read {}", staged.display())))?;
+    if hasher.finalize().as_bytes() != id.as_bytes() {
+        return Ok(None);
+    }
+    let (part, meta) = (staged.with_extension("part"), staged.with_extension("meta"));
+    restage(id, total, config.chunk_bytes, staged, &part, &meta)
 }
 
 /// Creates an upload's sidecar: its header and `bitmap` (blocking).
@@ -1388,6 +1429,24 @@ mod tests {
         );
         let again = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(again, staged);
+        assert_eq!(fs::read(&again.path).unwrap(), model);
+        // Not stored this time either, and the dispatcher restarts: an upload again.
+        drop(uploads);
+        let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
+        assert_eq!(uploads.in_progress().await, 1);
+        assert_eq!(
+            staging_files(dir.path()),
+            [format!("alice.{id}.meta"), format!("alice.{id}.part")]
+        );
+        assert_eq!(
+            uploads
+                .begin(&owner(), id, total)
+                .await
+                .unwrap()
+                .received_bytes,
+            total
+        );
+        let again = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(fs::read(&again.path).unwrap(), model);
         uploads.discard(&again).await;
         assert!(staging_files(dir.path()).is_empty());
