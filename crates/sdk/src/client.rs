@@ -293,7 +293,7 @@ impl<T: Transport> Client<T> {
         model: &[u8],
         mut progress: impl FnMut(UploadProgress) -> ControlFlow<()>,
     ) -> Result<Option<ModelId>, Error> {
-        let id = ModelId::from_bytes(*blake3::hash(model).as_bytes());
+        let id = ModelId::of_bytes(model);
         let total = model.len() as u64;
         let begin = self
             .call(ClientCall::UploadBegin {

@@ -826,13 +826,12 @@ fn restage_at_open(
     if total > config.model_bytes_max {
         return Ok(None);
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher
-        .update_reader(File::open(staged).map_err(io_err(format!("open {}", staged.display())))?)
-        .map_err(io_err(format!("read {}", staged.display())))?;
-    if hasher.finalize().as_bytes() != id.as_bytes() {
+    // Read whole, as a finish reads it, so that the id is made by the one rule.
+    let bytes = fs::read(staged).map_err(io_err(format!("read {}", staged.display())))?;
+    if ModelId::of_bytes(&bytes) != id {
         return Ok(None);
     }
+    drop(bytes);
     let (part, meta) = (staged.with_extension("part"), staged.with_extension("meta"));
     restage(id, total, config.chunk_bytes, staged, &part, &meta)
 }
@@ -1073,6 +1072,17 @@ mod tests {
             );
         }
         last.unwrap()
+    }
+
+    /// Begins `model`'s upload and sends every chunk.
+    async fn upload_whole(uploads: &Uploads, id: ModelId, model: &[u8]) {
+        uploads
+            .begin(&owner(), id, model.len() as u64)
+            .await
+            .unwrap();
+        let chunk = uploads.config().chunk_bytes as usize;
+        let order: Vec<usize> = (0..model.len().div_ceil(chunk)).collect();
+        send(uploads, id, model, &order).await;
     }
 
     fn staging_files(dir: &Path) -> Vec<String> {
@@ -1366,15 +1376,10 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Arc::new(Uploads::open(config(dir.path(), 1024)).unwrap());
-        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
         let (mut refused, mut begun) = (0, 0);
         for round in 0..100 {
             uploads.abort(&owner(), id).await;
-            uploads
-                .begin(&owner(), id, model.len() as u64)
-                .await
-                .unwrap();
-            send(&uploads, id, &model, &chunks).await;
+            upload_whole(&uploads, id, &model).await;
             let finish = tokio::spawn({
                 let uploads = uploads.clone();
                 async move { uploads.finish(&owner(), id).await }
@@ -1408,9 +1413,7 @@ mod tests {
         let model = tiny_cnn();
         let (id, total) = (ModelId::of_bytes(&model), model.len() as u64);
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-        uploads.begin(&owner(), id, total).await.unwrap();
-        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
-        send(&uploads, id, &model, &chunks).await;
+        upload_whole(&uploads, id, &model).await;
         // Finished, then storing it failed: nothing removed the staged file.
         let staged = uploads.finish(&owner(), id).await.unwrap();
         let p = uploads.begin(&owner(), id, total).await.unwrap();
@@ -1474,12 +1477,7 @@ mod tests {
         let model = tiny_cnn();
         let id = ModelId::of_bytes(&model);
         let uploads = Uploads::open(cfg).unwrap();
-        uploads
-            .begin(&owner(), id, model.len() as u64)
-            .await
-            .unwrap();
-        let chunks: Vec<usize> = (0..model.len().div_ceil(1024)).collect();
-        send(&uploads, id, &model, &chunks).await;
+        upload_whole(&uploads, id, &model).await;
         // What `finish` marks while it verifies.
         let upload = uploads.uploads.lock().await[&(owner(), id)].clone();
         upload.state.lock().finishing = true;
