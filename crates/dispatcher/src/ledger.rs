@@ -9,13 +9,14 @@
 //! `ledger::suite`) tests the trait's behaviour; each backend runs all of it on its own
 //! ledgers (PostgreSQL's need a server: `CRAT_TEST_POSTGRES_URL`, set by `scripts/test.sh`).
 //!
-//! Credits move in exactly four ways, each a row of the journal and an update of a balance in
-//! the same transaction: a **grant** adds to an account; a **deploy** takes the plan's
-//! up-front price from the account (for a per-request plan that is the allowance, held by the
-//! deployment); a **usage** charge takes a task's cost from its deployment's allowance, once
-//! per task id; an **undeploy** returns what is left of an allowance to the account. A
-//! round's client income is the deploy charges of per-instance plans plus the usage charges
-//! made inside the round.
+//! Credits move in exactly four ways, each journalled and applied to a balance in the same
+//! transaction: a **grant** adds to an account; a **deploy** takes the plan's up-front price
+//! from the account (for a per-request plan that is the allowance, held by the deployment); a
+//! **usage** charge takes a task's cost from its deployment's allowance, once per task id
+//! (each task's charge is a row of the usage table; the journal has one movement per
+//! deployment and time of each charge, their sum); an **undeploy** returns what is left of an
+//! allowance to the account. A round's client income is the deploy charges of per-instance
+//! plans plus the usage charges made inside the round.
 //!
 //! The ledger also keeps the clients' **acknowledgements** (per ticket and node: the latest
 //! acknowledged tally, what usage charged against it, whether its usage window was settled),

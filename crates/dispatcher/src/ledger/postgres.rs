@@ -31,8 +31,8 @@ use self::rows::{
 };
 use super::common::{
     Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS, Pairs,
-    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, session_rows, signature_json,
-    to_i64,
+    ROUND_COLUMNS, ROUND_NODE_COLUMNS, UsageMovements, add, from_i64, opt_to_i64, session_rows,
+    signature_json, to_i64,
 };
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
@@ -684,16 +684,16 @@ struct ChargeRows<'a> {
     uncollected: Vec<i64>,
     at_s: Vec<i64>,
     digests: Vec<&'a [u8]>,
-    /// The journal's usage movements (those with a charge), in the records' order.
-    journal_accounts: Vec<AccountName>,
-    journal_amounts: Vec<i64>,
-    journal_deployments: Vec<&'a [u8]>,
-    journal_tasks: Vec<&'a [u8]>,
-    journal_at_s: Vec<i64>,
+    /// The journal's usage movements: one per (time, deployment).
+    movements: UsageMovements,
 }
 
 impl ChargeRows<'_> {
-    fn write(&self, tx: &mut Tx<'_>) -> Result<(), LedgerError> {
+    fn write(
+        &self,
+        tx: &mut Tx<'_>,
+        allowances: &HashMap<DeploymentId, Allowance>,
+    ) -> Result<(), LedgerError> {
         if self.tasks.is_empty() {
             return Ok(());
         }
@@ -726,29 +726,20 @@ impl ChargeRows<'_> {
                 self.tasks.len()
             )));
         }
-        if self.journal_amounts.is_empty() {
-            return Ok(());
+        for (at_s, deployment, amount) in self.movements.iter() {
+            journal(
+                tx,
+                &Movement {
+                    account: &allowances[deployment].account,
+                    kind: Kind::Usage,
+                    amount,
+                    deployment: Some(deployment),
+                    task: None,
+                    at_s,
+                    counts_as_income: true,
+                },
+            )?;
         }
-        let accounts: Vec<&str> = self
-            .journal_accounts
-            .iter()
-            .map(AccountName::as_str)
-            .collect();
-        tx.execute(
-            "INSERT INTO journal (account, kind, amount, deployment, task, at_s, counts_as_income)
-             SELECT account, $6::text, amount, deployment, task, at_s, TRUE
-             FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bigint[])
-                  WITH ORDINALITY AS m(account, amount, deployment, task, at_s, n)
-             ORDER BY n",
-            &[
-                &accounts,
-                &self.journal_amounts,
-                &self.journal_deployments,
-                &self.journal_tasks,
-                &self.journal_at_s,
-                &Kind::Usage.as_str(),
-            ],
-        )?;
         Ok(())
     }
 }
@@ -848,15 +839,9 @@ fn charge_rows(
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
         allowance.take(charge);
-        if charge > Credits::ZERO {
-            rows.journal_accounts.push(allowance.account.clone());
-            rows.journal_amounts.push(to_i64(charge.get(), "amount")?);
-            rows.journal_deployments.push(r.deployment.as_bytes());
-            rows.journal_tasks.push(r.task.as_bytes());
-            rows.journal_at_s.push(at_s);
-        }
+        rows.movements.add(c.at_s, r.deployment, charge)?;
     }
-    rows.write(tx)?;
+    rows.write(tx, &allowances)?;
     acks::write_charged(tx, pairs)?;
     for (id, allowance) in &allowances {
         if allowance.changed {

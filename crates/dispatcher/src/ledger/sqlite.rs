@@ -19,8 +19,8 @@ mod acks;
 
 use super::common::{
     Allowance, Charging, DEPLOYMENT_COLUMNS, KEY_COLUMNS, Kind, LedgerTotals, NODE_COLUMNS, Pairs,
-    ROUND_COLUMNS, ROUND_NODE_COLUMNS, add, from_i64, opt_to_i64, session_rows, signature_json,
-    to_i64,
+    ROUND_COLUMNS, ROUND_NODE_COLUMNS, UsageMovements, add, from_i64, opt_to_i64, session_rows,
+    signature_json, to_i64,
 };
 use super::{
     AccountName, AckRecord, AckSettlement, DeploymentRecord, KeyRecord, Ledger, LedgerError,
@@ -790,6 +790,7 @@ fn charge_rows(
     let mut outcome = UsageOutcome::default();
     let mut allowances: HashMap<DeploymentId, Allowance> = HashMap::new();
     let mut pairs = Pairs::default();
+    let mut movements = UsageMovements::default();
     for (index, c) in charges.iter().enumerate() {
         let r = &c.record;
         let input_bytes = to_i64(r.input_bytes, "input_bytes")?;
@@ -862,22 +863,23 @@ fn charge_rows(
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
         allowance.take(charge);
-        if charge > Credits::ZERO {
-            journal(
-                tx,
-                &Movement {
-                    account: &allowance.account,
-                    kind: Kind::Usage,
-                    amount: charge,
-                    deployment: Some(&r.deployment),
-                    task: Some(&r.task),
-                    at_s: c.at_s,
-                    counts_as_income: true,
-                },
-            )?;
-        }
+        movements.add(c.at_s, r.deployment, charge)?;
     }
     acks::write_charged(tx, pairs)?;
+    for (at_s, deployment, amount) in movements.iter() {
+        journal(
+            tx,
+            &Movement {
+                account: &allowances[deployment].account,
+                kind: Kind::Usage,
+                amount,
+                deployment: Some(deployment),
+                task: None,
+                at_s,
+                counts_as_income: true,
+            },
+        )?;
+    }
     for (id, allowance) in &allowances {
         if allowance.changed {
             tx.prepare_cached("UPDATE deployments SET allowance_left = ?2 WHERE id = ?1")
@@ -2088,6 +2090,58 @@ mod tests {
 
     mod suite {
         crate::ledger::suite::ledger_suite!(super::SqliteFactory::new());
+    }
+
+    #[test]
+    fn a_charge_journals_one_usage_movement_per_deployment_and_time() {
+        let f = SqliteFactory::new();
+        let ledger = f.fresh();
+        let a = setup(&ledger, 1000);
+        for d in [1, 2] {
+            ledger
+                .create_deployment(&per_request(&a, d, 300, 20))
+                .unwrap();
+        }
+        ledger
+            .charge_usage(&[
+                charge(1, 1, 5, 30),
+                charge(2, 2, 7, 30),
+                charge(1, 3, 11, 30),
+                charge(1, 4, 13, 31),
+                // Nothing charged (the task is a duplicate): no movement.
+                charge(1, 1, 5, 32),
+            ])
+            .unwrap();
+        let conn = ledger.conn.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT deployment, task IS NULL, amount, at_s FROM journal
+                 WHERE kind = 'usage' ORDER BY id",
+            )
+            .unwrap();
+        let rows: Vec<(Vec<u8>, bool, i64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let d = |n: u8| dep_id(n).as_bytes().to_vec();
+        assert_eq!(
+            rows,
+            [
+                (d(1), true, 16, 30),
+                (d(2), true, 7, 30),
+                (d(1), true, 13, 31)
+            ]
+        );
+        drop(stmt);
+        drop(conn);
+        // Each task's charge stays in the usage table.
+        assert_eq!(
+            ledger.usage(&dep_id(1), &task(3)).unwrap()[0].charged,
+            Credits::new(11)
+        );
+        assert_eq!(ledger.income(0, 100).unwrap(), Credits::new(36));
+        assert!(ledger.totals().unwrap().is_conserved());
     }
 
     #[test]
