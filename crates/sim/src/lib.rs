@@ -67,12 +67,11 @@
 //!
 //! # Performance
 //!
-//! 10,000 nodes × 1,000 one-day rounds took about 1.4 s and 1,000,000 nodes × 100 rounds
-//! about 12.7 s in a release build on two quiet cores (2026-12-06); with the validation
-//! draws made during the close and the paid ranks found by radix selection, 1.49 s and
-//! 16.5 s beside another job using both cores, where the build before took 2.09 s and
-//! 19.05 s (medians, same day): `docs/simulator.md` has the measurements, where a round's
-//! time goes, and how to rerun them.
+//! 10,000 nodes × 1,000 one-day rounds took 0.87–0.92 s and 1,000,000 nodes × 100 rounds
+//! 9.8–9.9 s in 0.75 GB, release builds on a quiet 2-core VM (2026-12-06, the round close in
+//! parts on both cores). The same code on another 2-core VM the next day took 1.8–1.9 s and
+//! 13.1 s: the close gains little from a second core there. `docs/simulator.md` has every
+//! measurement, where a round's time goes, and how to rerun them.
 
 mod error;
 pub mod report;

@@ -162,8 +162,10 @@ impl Allowance {
 /// The journal's usage movements of one charge: one per (time, deployment), the sum of the
 /// credits its records took from the allowance. The usage table keeps each task's charge;
 /// the journal keeps the movements of money, which every reader sums (income by time,
-/// audits). A movement per task was half of what a usage record cost SQLite (`cargo bench -p
-/// crat-benches --bench ledger`: 23.4 → 11.2 ms per report of 2,000 records, 2026-12-07).
+/// audits). A movement per task was half of what a usage record cost: `cargo bench -p
+/// crat-benches --bench ledger`, one report of 2,000 records, alternated with the build
+/// before on the 2-core VM of `benches/compare/README.md` (2026-12-07): SQLite 23.1–23.3 →
+/// 11.1–11.4 ms, PostgreSQL (on the same cores) 51.4–51.8 → 30.3 ms.
 #[derive(Default)]
 pub(super) struct UsageMovements {
     sums: std::collections::BTreeMap<(u64, crat_core::id::DeploymentId), Credits>,
