@@ -173,9 +173,9 @@ struct Shared {
 /// `cargo bench --bench backends` and 40–53 µs inside a node serving one request at a time
 /// (2-core VM, 2026-12-07). With 50 µs, one run in six went to the run threads and the score
 /// hovered around the limit. With 100 µs, the SDK side of `benches/compare` at one in flight
-/// (three alternated invocations of four measured runs each) had p50 0.168–0.184 ms against 0.184–0.194
-/// ms, p99 0.262–0.320 ms (median 0.293) against 0.290–0.328 ms (median 0.302), and 0.242 ms
-/// of CPU per task against 0.252 (medians).
+/// (three alternated invocations of four measured runs each) had p50 0.168–0.184 ms against
+/// 0.184–0.194 ms, p99 0.262–0.320 ms (median 0.293) against 0.290–0.328 ms (median 0.302),
+/// and 0.242 ms of CPU per task against 0.252 (medians).
 pub const INLINE_RUN_NS_MAX: u64 = 100_000;
 /// Quick runs in a row before requests run on the caller's thread: the score inlining
 /// needs (see [`Batcher`]).
