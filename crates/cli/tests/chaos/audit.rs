@@ -129,46 +129,47 @@ pub(crate) fn audit(
         totals.granted.get()
     )?;
 
-    // Every charge exactly once: one journal row per charging usage row, same amounts.
+    // Every charge exactly once: at most one usage row per task, and the journal's usage
+    // movements (one per deployment and time of each charge) come, per deployment and time,
+    // to what the usage rows charged.
     let doubled: i64 = db.query_row(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM journal WHERE kind = 'usage'
-             GROUP BY deployment, task HAVING COUNT(*) > 1)",
+        "SELECT COUNT(*) FROM (SELECT 1 FROM usage GROUP BY deployment, task HAVING COUNT(*) > 1)",
         [],
         |r| r.get(0),
     )?;
-    ensure!(
-        doubled == 0,
-        "{doubled} tasks have more than one usage charge in the journal"
-    );
+    ensure!(doubled == 0, "{doubled} tasks have more than one usage row");
     let (rows_charging, rows_sum): (i64, i64) = db.query_row(
         "SELECT COUNT(*), COALESCE(SUM(charged), 0) FROM usage WHERE charged > 0",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let (journal_rows, journal_sum): (i64, i64) = db.query_row(
+    let (movements, journal_sum): (i64, i64) = db.query_row(
         "SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM journal WHERE kind = 'usage'",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     ensure!(
-        (rows_charging, rows_sum) == (journal_rows, journal_sum),
-        "usage rows charging ({rows_charging} rows, {rows_sum} credits) and usage journal \
-         ({journal_rows} rows, {journal_sum} credits) differ"
+        rows_sum == journal_sum,
+        "usage rows charged {rows_sum} credits ({rows_charging} rows), the usage journal \
+         {journal_sum} ({movements} movements)"
     );
     let unmatched: i64 = db.query_row(
-        "SELECT COUNT(*) FROM journal j WHERE kind = 'usage' AND NOT EXISTS
-             (SELECT 1 FROM usage u WHERE u.deployment = j.deployment AND u.task = j.task
-                  AND u.charged = j.amount)",
+        "WITH j AS (SELECT deployment, at_s, SUM(amount) FROM journal WHERE kind = 'usage'
+                        GROUP BY deployment, at_s),
+              u AS (SELECT deployment, at_s, SUM(charged) FROM usage WHERE charged > 0
+                        GROUP BY deployment, at_s)
+         SELECT (SELECT COUNT(*) FROM (SELECT * FROM j EXCEPT SELECT * FROM u))
+              + (SELECT COUNT(*) FROM (SELECT * FROM u EXCEPT SELECT * FROM j))",
         [],
         |r| r.get(0),
     )?;
     ensure!(
         unmatched == 0,
-        "{unmatched} usage journal rows match no usage row"
+        "{unmatched} (deployment, second) pairs where the usage journal and the usage rows differ"
     );
     writeln!(
         report,
-        "charges: {journal_rows} usage charges, each once in the journal and once as a usage row ({journal_sum} credits)"
+        "charges: {rows_charging} usage rows charged, each task once, {rows_sum} credits; the journal's {movements} usage movements come to the same per deployment and second"
     )?;
 
     // Every answered task billed at most once, and every one billed.

@@ -19,9 +19,9 @@
 //!
 //! - money is conserved: Σ balances + allowances + income = Σ grants, and the grants are
 //!   exactly what the operator granted;
-//! - every charge is present exactly once: at most one usage row per task (the ledger's key),
-//!   one `usage` journal row per usage row that charged credits with the same amount, and no
-//!   journal row of a task twice;
+//! - every charge is present exactly once: at most one usage row per task, and the `usage`
+//!   journal movements (one per deployment and time of each charge) come, per deployment
+//!   and second, to what the usage rows charged;
 //! - every task a client got an answer for is billed at most once, and every one is billed:
 //!   per deployment, the clients' acknowledgements stored in the ledger cover exactly the
 //!   answers the clients got, every acknowledgement's usage window is settled, usage rows
