@@ -168,29 +168,36 @@ impl Allowance {
 /// 11.1–11.4 ms, PostgreSQL (on the same cores) 51.4–51.8 → 30.3 ms.
 #[derive(Default)]
 pub(super) struct UsageMovements {
-    sums: std::collections::BTreeMap<(u64, crat_core::id::DeploymentId), Credits>,
+    /// (time, deployment) → the deployment's account and the credits taken.
+    sums: std::collections::BTreeMap<(u64, crat_core::id::DeploymentId), (AccountName, Credits)>,
 }
 
 impl UsageMovements {
-    /// Counts `charge`, taken from `deployment`'s allowance at `at_s`.
+    /// Counts `charge`, taken from `deployment`'s allowance (held for `account`) at `at_s`.
     pub(super) fn add(
         &mut self,
         at_s: u64,
         deployment: crat_core::id::DeploymentId,
+        account: &AccountName,
         charge: Credits,
     ) -> Result<(), LedgerError> {
         if charge > Credits::ZERO {
-            let sum = self.sums.entry((at_s, deployment)).or_insert(Credits::ZERO);
+            let (_, sum) = self
+                .sums
+                .entry((at_s, deployment))
+                .or_insert_with(|| (account.clone(), Credits::ZERO));
             *sum = add(*sum, charge, "usage movement")?;
         }
         Ok(())
     }
 
-    /// The movements, oldest first: (time, deployment, credits).
+    /// The movements, oldest first: (time, deployment, account, credits).
     pub(super) fn iter(
         &self,
-    ) -> impl Iterator<Item = (u64, &crat_core::id::DeploymentId, Credits)> + '_ {
-        self.sums.iter().map(|((at_s, d), c)| (*at_s, d, *c))
+    ) -> impl Iterator<Item = (u64, &crat_core::id::DeploymentId, &AccountName, Credits)> + '_ {
+        self.sums
+            .iter()
+            .map(|((at_s, d), (account, c))| (*at_s, d, account, *c))
     }
 }
 

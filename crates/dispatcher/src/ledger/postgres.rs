@@ -689,11 +689,7 @@ struct ChargeRows<'a> {
 }
 
 impl ChargeRows<'_> {
-    fn write(
-        &self,
-        tx: &mut Tx<'_>,
-        allowances: &HashMap<DeploymentId, Allowance>,
-    ) -> Result<(), LedgerError> {
+    fn write(&self, tx: &mut Tx<'_>) -> Result<(), LedgerError> {
         if self.tasks.is_empty() {
             return Ok(());
         }
@@ -726,11 +722,11 @@ impl ChargeRows<'_> {
                 self.tasks.len()
             )));
         }
-        for (at_s, deployment, amount) in self.movements.iter() {
+        for (at_s, deployment, account, amount) in self.movements.iter() {
             journal(
                 tx,
                 &Movement {
-                    account: &allowances[deployment].account,
+                    account,
                     kind: Kind::Usage,
                     amount,
                     deployment: Some(deployment),
@@ -839,9 +835,10 @@ fn charge_rows(
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
         allowance.take(charge);
-        rows.movements.add(c.at_s, r.deployment, charge)?;
+        rows.movements
+            .add(c.at_s, r.deployment, &allowance.account, charge)?;
     }
-    rows.write(tx, &allowances)?;
+    rows.write(tx)?;
     acks::write_charged(tx, pairs)?;
     for (id, allowance) in &allowances {
         if allowance.changed {

@@ -863,14 +863,14 @@ fn charge_rows(
         outcome.charged = add(outcome.charged, charge, "charged")?;
         outcome.uncollected = outcome.uncollected.saturating_add(uncollected);
         allowance.take(charge);
-        movements.add(c.at_s, r.deployment, charge)?;
+        movements.add(c.at_s, r.deployment, &allowance.account, charge)?;
     }
     acks::write_charged(tx, pairs)?;
-    for (at_s, deployment, amount) in movements.iter() {
+    for (at_s, deployment, account, amount) in movements.iter() {
         journal(
             tx,
             &Movement {
-                account: &allowances[deployment].account,
+                account,
                 kind: Kind::Usage,
                 amount,
                 deployment: Some(deployment),
