@@ -1085,6 +1085,15 @@ mod tests {
         send(uploads, id, model, &order).await;
     }
 
+    /// The bytes a begin of `model`'s upload finds received.
+    async fn received_at_begin(uploads: &Uploads, id: ModelId, total: u64) -> u64 {
+        uploads
+            .begin(&owner(), id, total)
+            .await
+            .unwrap()
+            .received_bytes
+    }
+
     fn staging_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir.join("staging"))
             .unwrap()
@@ -1416,20 +1425,16 @@ mod tests {
         upload_whole(&uploads, id, &model).await;
         // Finished, then storing it failed: nothing removed the staged file.
         let staged = uploads.finish(&owner(), id).await.unwrap();
-        let p = uploads.begin(&owner(), id, total).await.unwrap();
-        assert_eq!(p.received_bytes, total, "a whole upload again");
+        assert_eq!(
+            received_at_begin(&uploads, id, total).await,
+            total,
+            "a whole upload again"
+        );
         assert!(!staged.path.exists());
         // What it wrote survives a restart, as any upload's state does.
         drop(uploads);
         let uploads = Uploads::open(config(dir.path(), 1024)).unwrap();
-        assert_eq!(
-            uploads
-                .begin(&owner(), id, total)
-                .await
-                .unwrap()
-                .received_bytes,
-            total
-        );
+        assert_eq!(received_at_begin(&uploads, id, total).await, total);
         let again = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(again, staged);
         assert_eq!(fs::read(&again.path).unwrap(), model);
@@ -1441,14 +1446,7 @@ mod tests {
             staging_files(dir.path()),
             [format!("alice.{id}.meta"), format!("alice.{id}.part")]
         );
-        assert_eq!(
-            uploads
-                .begin(&owner(), id, total)
-                .await
-                .unwrap()
-                .received_bytes,
-            total
-        );
+        assert_eq!(received_at_begin(&uploads, id, total).await, total);
         let again = uploads.finish(&owner(), id).await.unwrap();
         assert_eq!(fs::read(&again.path).unwrap(), model);
         uploads.discard(&again).await;
@@ -1456,8 +1454,7 @@ mod tests {
 
         // One of another size is not taken up: the upload starts over.
         fs::write(&staged.path, b"short").unwrap();
-        let p = uploads.begin(&owner(), id, total).await.unwrap();
-        assert_eq!(p.received_bytes, 0);
+        assert_eq!(received_at_begin(&uploads, id, total).await, 0);
         assert_eq!(
             staging_files(dir.path()),
             [format!("alice.{id}.meta"), format!("alice.{id}.part")]
