@@ -34,17 +34,8 @@ if [ -n "${CRAT_GPU_WHEELS:-}" ]; then
 else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
 fi
-# The wheel's libonnxruntime, and the directories of the CUDA and cuDNN libraries it loads
-# (the Python package preloads them itself; a Rust process finds them on LD_LIBRARY_PATH).
-read -r ORT_DYLIB_PATH NVIDIA_LIBS < <("$venv/bin/python" - <<'EOF'
-import glob, os, onnxruntime
-capi = os.path.join(os.path.dirname(onnxruntime.__file__), "capi")
-lib = sorted(glob.glob(os.path.join(capi, "libonnxruntime.so.*")))[-1]
-site = os.path.dirname(os.path.dirname(onnxruntime.__file__))
-dirs = sorted({os.path.dirname(p) for p in glob.glob(os.path.join(site, "nvidia", "**", "lib*.so*"), recursive=True)})
-print(lib, ":".join(dirs + [capi]))
-EOF
-)
+# The wheel's libonnxruntime, and the directories of the CUDA and cuDNN libraries it loads.
+read -r ORT_DYLIB_PATH NVIDIA_LIBS < <("$venv/bin/python" scripts/onnxruntime-gpu-libs.py)
 export ORT_DYLIB_PATH
 export LD_LIBRARY_PATH="${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CUDA_DEVICE_ORDER=PCI_BUS_ID

@@ -57,8 +57,8 @@ gateway_venv="${CRAT_GATEWAY_VENV:-$HOME/.cache/cryptorat-gateway-venv}"
     exit 1
 }
 gateway_python="$gateway_venv/bin/python"
-if ! "$gateway_python" -c 'import tritonclient.http, tritonclient.grpc, numpy, onnxruntime, pytest' 2>/dev/null; then
-    echo "scripts/test.sh: the gateway tests need tritonclient[http,grpc], numpy, onnxruntime and pytest" >&2
+if ! "$gateway_python" -c 'import tritonclient.http, tritonclient.grpc, numpy, onnxruntime, pytest, fastapi, uvicorn' 2>/dev/null; then
+    echo "scripts/test.sh: the gateway tests need tritonclient[http,grpc], numpy, onnxruntime, pytest, fastapi and uvicorn" >&2
     exit 1
 fi
 cargo build --locked -p crat-cli --bin crat
@@ -67,4 +67,7 @@ CRAT_BIN="$(cd "$(dirname "$CRAT_BIN")" && pwd)/crat"
 export CRAT_BIN
 "$gateway_python" -m pytest -q -p no:cacheprovider tests/gateway
 tests/gateway/curl.sh
+# The comparison's Python scripts (issue 19): its FastAPI anchor against the same Triton
+# client, and the finder of onnxruntime-gpu's libraries.
+"$gateway_python" -m pytest -q -p no:cacheprovider tests/benches
 # --- end gateway ---

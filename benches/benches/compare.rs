@@ -41,17 +41,24 @@
 //! `crat SDK`: only it is measured, for a profiler to attach to; no ratios),
 //! `CRAT_COMPARE_LATENCIES` (a folder: each measured run's requests, when each was sent and
 //! how long it took, go to `{model}-{side}-{in flight}-round{n}.txt` there, e.g.
-//! `tiny-crat-sdk-1-round2.txt`).
+//! `tiny-crat-sdk-1-round2.txt`), `CRAT_COMPARE_DEVICE` (`cpu`, the default, or `cuda`: the
+//! nodes must select ONNX Runtime with the CUDA provider, `ort/cuda`, so the library of
+//! `CRAT_COMPARE_ORT_DYLIB` must be onnxruntime-gpu's with its CUDA libraries loadable, and
+//! each FastAPI runs onnxruntime-gpu's CUDA provider and refuses to start without it;
+//! `CRAT_COMPARE_INTRA_OP_THREADS` then defaults to `0`; `benches/compare/gpu/` runs it on a
+//! lent GPU machine), `CRAT_BENCHES_DIR` (the repository's `benches/` folder, where the models
+//! and `fastapi_server.py` are read from; default: where the bench was built).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crat_benches::benches_dir;
 use crat_benches::http::{
-    Conn, FastApi, Summary, balanced_connections, check_same_answer, connections, infer_request,
-    load_samples, write_samples,
+    Conn, FastApi, Provider, Summary, balanced_connections, check_same_answer, connections,
+    infer_request, load_samples, write_samples,
 };
 use crat_benches::procs::{
     CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, node_command,
@@ -92,7 +99,7 @@ struct Model {
 
 impl Model {
     fn all(detector: Option<PathBuf>) -> Vec<Model> {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/backend/models");
+        let models = benches_dir().join("../crates/backend/models");
         vec![
             Model {
                 name: "tiny",
@@ -145,6 +152,9 @@ struct Settings {
     /// Measure only the side of this name (`CRAT_COMPARE_ONLY`, e.g. `crat SDK`): to profile
     /// it; nothing is compared.
     only: Option<String>,
+    /// Where both sides run the models (`CRAT_COMPARE_DEVICE`): the nodes must select ONNX
+    /// Runtime on it (`ort/cpu`, `ort/cuda`) and FastAPI runs onnxruntime's provider for it.
+    device: Provider,
     /// FastAPI's `intra_op_num_threads`: one server per value.
     intra_op_threads: Vec<u32>,
     in_flight: usize,
@@ -223,11 +233,17 @@ impl Settings {
                 }
             );
         }
+        let device = match std::env::var("CRAT_COMPARE_DEVICE").as_deref() {
+            Err(_) | Ok("" | "cpu") => Provider::Cpu,
+            Ok("cuda") => Provider::Cuda,
+            Ok(other) => panic!("CRAT_COMPARE_DEVICE={other:?}: cpu (the default) or cuda"),
+        };
         Self {
             crat,
             python,
             ort_dylib,
             models,
+            device,
             scale: env_parse("CRAT_COMPARE_SCALE", 1.0),
             only: std::env::var("CRAT_COMPARE_ONLY")
                 .ok()
@@ -235,7 +251,12 @@ impl Settings {
             intra_op_threads: std::env::var("CRAT_COMPARE_INTRA_OP_THREADS")
                 .ok()
                 .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| "0,1".into())
+                // On a GPU the threads only run what the CUDA provider leaves to the CPU: one
+                // server, with onnxruntime's default.
+                .unwrap_or_else(|| match device {
+                    Provider::Cpu => "0,1".into(),
+                    Provider::Cuda => "0".into(),
+                })
                 .split(',')
                 .map(|t| {
                     t.trim().parse().unwrap_or_else(|_| {
@@ -305,11 +326,13 @@ impl Network {
             let backend = node
                 .wait_for("backend: ", false, Duration::from_secs(START_S_MAX))
                 .await;
+            let wanted = format!("ort/{}", settings.device.name());
             assert_eq!(
                 backend.trim_start_matches("backend: ").trim(),
-                "ort/cpu",
-                "{} must serve with ONNX Runtime:\n{}",
+                wanted,
+                "{} must serve with ONNX Runtime on {} (CRAT_COMPARE_DEVICE):\n{}",
                 node.name,
+                settings.device.name(),
                 node.tail()
             );
             node.wait_for(" serving on ", true, Duration::from_secs(START_S_MAX))
@@ -467,7 +490,15 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
     let mut servers: Vec<FastApi> = settings
         .intra_op_threads
         .iter()
-        .map(|&threads| FastApi::start(&settings.python, &model.path, model.name, threads))
+        .map(|&threads| {
+            FastApi::start(
+                &settings.python,
+                &model.path,
+                model.name,
+                threads,
+                settings.device,
+            )
+        })
         .collect();
     let net = Network::start(settings, model, &bytes).await;
     let mut pids = net.pids();
@@ -605,11 +636,13 @@ async fn compare(settings: &Settings, model: &Model) -> Vec<Run> {
 fn main() {
     let settings = Settings::from_env();
     println!(
-        "CryptoRAT (crat dispatcher, {NODES} crat nodes on ONNX Runtime {}, crat gateway; \
-         separate processes) against FastAPI + uvicorn (2 workers) + onnxruntime with \
-         intra_op_num_threads {:?} (FastAPI iN; 0: onnxruntime's default), on loopback; {} \
-         cores; load average {}",
+        "CryptoRAT (crat dispatcher, {NODES} crat nodes on ONNX Runtime {} (ort/{}), crat \
+         gateway; separate processes) against FastAPI + uvicorn (2 workers) + onnxruntime \
+         ({} provider) with intra_op_num_threads {:?} (FastAPI iN; 0: onnxruntime's \
+         default), on loopback; {} cores; load average {}",
         settings.ort_dylib.display(),
+        settings.device.name(),
+        settings.device.name(),
         settings.intra_op_threads,
         cores(),
         load_1m()

@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crat_backend::tract::TractBackend;
-use crat_benches::http::{Conn, FastApi, Summary, check_same_answer, infer_request, load};
+use crat_benches::http::{
+    Conn, FastApi, Provider, Summary, check_same_answer, infer_request, load,
+};
 use crat_benches::now_s;
 use crat_core::money::Credits;
 use crat_core::pricing::{DeployPlan, PerRequestPlan};
@@ -93,6 +95,7 @@ fn main() {
                     .join("../crates/backend/models/tiny_cnn.onnx"),
                 "tiny",
                 threads,
+                Provider::Cpu,
             ))
         }
         None => {

@@ -4,7 +4,7 @@ gateway. benches/benches/gateway.rs starts it (CRAT_COMPARE_PYTHON) and drives i
 same request bytes as the gateway.
 
     python benches/compare/fastapi_server.py crates/backend/models/tiny_cnn.onnx \
-        --name tiny --port 8000 [--workers 2] [--intra-op-threads 0]
+        --name tiny --port 8000 [--workers 2] [--intra-op-threads 0] [--provider cpu]
 
 Serves `GET /v2/health/ready` and `POST /v2/models/{name}/infer`. An infer body is a JSON
 header (`Inference-Header-Content-Length` bytes; all of the body without that header), then
@@ -20,6 +20,11 @@ What is set, and why:
 - onnxruntime: the CPU execution provider and default session options: graph optimisation
   ORT_ENABLE_ALL, sequential execution, intra_op_num_threads 0 (onnxruntime's choice: one
   thread per physical core, in each worker). `--intra-op-threads N` sets it.
+- `--provider cuda`: the CUDA execution provider alone, with its default options (device 0),
+  from the onnxruntime-gpu package. onnxruntime silently runs a session on the CPU when the
+  CUDA provider cannot load (a missing CUDA or cuDNN library, no GPU), so the launcher first
+  opens the model itself and exits with the reason unless the session's providers start with
+  CUDAExecutionProvider; each worker checks the same.
 - `ORT_DISABLE_TELEMETRY=1` (and newer versions' `ORT_TELEMETRY_DISABLED=1`) unless already
   set: onnxruntime's PyPI build otherwise starts a telemetry uploader; the nodes run with it
   off too.
@@ -51,6 +56,8 @@ from fastapi.responses import JSONResponse  # noqa: E402
 MODEL_ENV = "CRAT_COMPARE_MODEL"
 NAME_ENV = "CRAT_COMPARE_MODEL_NAME"
 THREADS_ENV = "CRAT_COMPARE_INTRA_OP_THREADS"
+PROVIDER_ENV = "CRAT_COMPARE_PROVIDER"
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 DTYPES = {
     "FP32": "<f4",
@@ -67,13 +74,39 @@ KSERVE_NAMES = {np.dtype(d).newbyteorder("="): name for name, d in DTYPES.items(
 model: dict = {}
 
 
+def open_session(path: str, threads: int, provider: str) -> ort.InferenceSession:
+    """The model's session on `provider` (a key of PROVIDERS); SystemExit with the reason
+    when onnxruntime runs it on anything else."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    wanted = PROVIDERS[provider]
+    if provider == "cuda" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu's own way to load the CUDA and cuDNN libraries of the `nvidia-*`
+        # wheels in this python's packages (it does not find them otherwise, unless
+        # LD_LIBRARY_PATH names their folders).
+        ort.preload_dlls()
+    if wanted not in ort.get_available_providers():
+        raise SystemExit(
+            f"fastapi_server: onnxruntime {ort.__version__} ({ort.__file__}) has no {wanted}: "
+            f"it offers {ort.get_available_providers()}"
+            + (" (install onnxruntime-gpu for --provider cuda)" if provider == "cuda" else "")
+        )
+    session = ort.InferenceSession(path, options, providers=[wanted])
+    if session.get_providers()[:1] != [wanted]:
+        raise SystemExit(
+            f"fastapi_server: onnxruntime runs {path} with {session.get_providers()}, not "
+            f"{wanted} (its log above says why the provider did not load)"
+        )
+    return session
+
+
 @asynccontextmanager
 async def lifespan(_app: FastAPI):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get(THREADS_ENV, "0"))
     model["name"] = os.environ[NAME_ENV]
-    model["session"] = ort.InferenceSession(
-        os.environ[MODEL_ENV], options, providers=["CPUExecutionProvider"]
+    model["session"] = open_session(
+        os.environ[MODEL_ENV],
+        int(os.environ.get(THREADS_ENV, "0")),
+        os.environ.get(PROVIDER_ENV, "cpu"),
     )
     yield
 
@@ -152,11 +185,24 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--intra-op-threads", type=int, default=0, help="0: onnxruntime's choice")
+    parser.add_argument(
+        "--provider", choices=sorted(PROVIDERS), default="cpu", help="onnxruntime's provider"
+    )
     args = parser.parse_args()
 
     os.environ[MODEL_ENV] = str(args.model.resolve())
     os.environ[NAME_ENV] = args.name or args.model.stem
     os.environ[THREADS_ENV] = str(args.intra_op_threads)
+    os.environ[PROVIDER_ENV] = args.provider
+    if args.provider != "cpu":
+        # Checked once here, so a server that cannot run on the GPU stops at once with the
+        # reason instead of each worker failing its start-up. (The CPU provider always loads.)
+        session = open_session(os.environ[MODEL_ENV], args.intra_op_threads, args.provider)
+        print(
+            f"fastapi_server: {os.environ[NAME_ENV]} runs with {session.get_providers()}",
+            flush=True,
+        )
+        del session
     uvicorn.run(
         "fastapi_server:app",
         app_dir=str(pathlib.Path(__file__).resolve().parent),

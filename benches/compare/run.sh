@@ -5,6 +5,8 @@
 #
 #   benches/compare/run.sh                 # every model
 #   CRAT_COMPARE_MODELS=cls benches/compare/run.sh
+#   CRAT_COMPARE_DEVICE=cuda benches/compare/run.sh    # on a GPU: onnxruntime-gpu both sides
+#   CRAT_COMPARE_SETUP_ONLY=1 benches/compare/run.sh   # set up, print the detector's path
 #
 # Needs network access once (PyPI): the Python packages of requirements.txt in a virtual
 # environment, the rapidocr-onnxruntime wheel the detector comes from, ONNX Runtime for the
@@ -14,7 +16,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 cache="${CRAT_COMPARE_CACHE:-$HOME/.cache/cryptorat-compare}"
-venv="${CRAT_COMPARE_VENV:-$HOME/.cache/cryptorat-compare-venv}"
+device="${CRAT_COMPARE_DEVICE:-cpu}"
+case "$device" in
+cpu) venv="${CRAT_COMPARE_VENV:-$HOME/.cache/cryptorat-compare-venv}" ;;
+# onnxruntime-gpu and the CUDA 13 / cuDNN 9 wheels it loads, in a virtual environment of
+# their own (onnxruntime and onnxruntime-gpu cannot share one).
+cuda) venv="${CRAT_COMPARE_VENV:-$HOME/.cache/cryptorat-compare-gpu-venv}" ;;
+*) echo "CRAT_COMPARE_DEVICE=$device: cpu (the default) or cuda" >&2; exit 2 ;;
+esac
 # The detector: PaddleOCR's PP-OCRv4 text detection model as the rapidocr-onnxruntime
 # package ships it (Apache-2.0).
 rapidocr="rapidocr_onnxruntime-1.4.4-py3-none-any.whl"
@@ -24,7 +33,14 @@ detector="$cache/ch_PP-OCRv4_det_infer.onnx"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r benches/compare/requirements.txt
+if [[ "$device" == cuda ]]; then
+    # requirements.txt with onnxruntime-gpu (and its CUDA wheels) for onnxruntime.
+    grep -v '^onnxruntime==' benches/compare/requirements.txt >"$venv/requirements-cuda.txt"
+    echo 'onnxruntime-gpu[cuda,cudnn]==1.31.1' >>"$venv/requirements-cuda.txt"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$venv/requirements-cuda.txt"
+else
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r benches/compare/requirements.txt
+fi
 
 mkdir -p "$cache"
 if [[ ! -f "$detector" ]]; then
@@ -39,9 +55,21 @@ open(sys.argv[2], "wb").write(data)
 PY
 fi
 
-ort="${CRAT_COMPARE_ORT_DYLIB:-${ORT_DYLIB_PATH:-}}"
-if [[ -z "$ort" ]]; then
-    ort="$(scripts/install-onnxruntime.sh)"
+if [[ -n "${CRAT_COMPARE_SETUP_ONLY:-}" ]]; then
+    echo "$detector"
+    exit 0
+fi
+
+if [[ "$device" == cuda ]]; then
+    # The nodes load onnxruntime-gpu's own library, and find its CUDA libraries.
+    read -r ort nvidia_libs < <("$venv/bin/python" scripts/onnxruntime-gpu-libs.py)
+    export LD_LIBRARY_PATH="${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export CUDA_DEVICE_ORDER=PCI_BUS_ID CRAT_COMPARE_DEVICE=cuda
+else
+    ort="${CRAT_COMPARE_ORT_DYLIB:-${ORT_DYLIB_PATH:-}}"
+    if [[ -z "$ort" ]]; then
+        ort="$(scripts/install-onnxruntime.sh)"
+    fi
 fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

@@ -304,9 +304,36 @@ pub struct FastApi {
     pub intra_op_threads: u32,
 }
 
+/// The onnxruntime execution provider a FastAPI server runs its model with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Provider {
+    /// `CPUExecutionProvider` (onnxruntime from PyPI).
+    Cpu,
+    /// `CUDAExecutionProvider` alone (onnxruntime-gpu): the server refuses to start when
+    /// onnxruntime does not run the model with it, rather than falling back to the CPU.
+    Cuda,
+}
+
+impl Provider {
+    /// Its name on `fastapi_server.py`'s command line and in a node's backend
+    /// (`ort/cpu`, `ort/cuda`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Cpu => "cpu",
+            Provider::Cuda => "cuda",
+        }
+    }
+}
+
 impl FastApi {
     /// Starts `python benches/compare/fastapi_server.py model --name name` (2 workers).
-    pub fn start(python: &Path, model: &Path, name: &str, intra_op_threads: u32) -> Self {
+    pub fn start(
+        python: &Path,
+        model: &Path,
+        name: &str,
+        intra_op_threads: u32,
+        provider: Provider,
+    ) -> Self {
         // A port the system had free; released again for the server to bind (another process
         // could take it in between: the readiness check would then fail loudly).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -314,12 +341,13 @@ impl FastApi {
             .local_addr()
             .unwrap()
             .port();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("compare/fastapi_server.py");
+        let script = crate::benches_dir().join("compare/fastapi_server.py");
         let child = Command::new(python)
             .arg(script)
             .arg(model)
             .args(["--name", name, "--port", &port.to_string()])
             .args(["--intra-op-threads", &intra_op_threads.to_string()])
+            .args(["--provider", provider.name()])
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));

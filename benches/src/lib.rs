@@ -173,3 +173,15 @@ pub fn data_dir() -> tempfile::TempDir {
     }
     tempfile::tempdir().expect("a temporary directory for the bench")
 }
+
+/// This crate's folder (`benches/`, beside `crates/`): `CRAT_BENCHES_DIR` when set, for a
+/// bench binary built on one machine and run from a copy of the repository elsewhere
+/// (`benches/compare/gpu/device.sh`), else where it was built.
+pub fn benches_dir() -> std::path::PathBuf {
+    std::env::var_os("CRAT_BENCHES_DIR")
+        .filter(|v| !v.is_empty())
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
+}
