@@ -23,6 +23,15 @@ parts=.gpu
 dir="${CRAT_GPU_DIR:-/tmp/crat-gpu}"
 out="${OUT:-$dir/out}"
 
+# xz's decompression, by Python's lzma where the image has no `xz`.
+unxz_stream() {
+    if command -v xz >/dev/null; then
+        xz -d
+    else
+        python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer, 1 << 20)'
+    fi
+}
+
 # Which parts are here and whole (every part's sha256 is in SHA256SUMS).
 check_parts() {
     [[ -f "$parts/SHA256SUMS" ]] || { log "no $parts/SHA256SUMS: carry it with each part"; return 1; }
@@ -50,7 +59,7 @@ run)
     check_parts || { log "not every part is here (or one is damaged): nothing run"; exit 1; }
     rm -rf "$dir"
     mkdir -p "$dir" "$out"
-    cat "$parts"/part-* | xz -d | tar -x -C "$dir"
+    cat "$parts"/part-* | unxz_stream | tar -x -C "$dir"
     nvidia-smi 2>&1 | tee "$out/nvidia-smi.txt" >&2 || log "nvidia-smi failed"
 
     # The FastAPI side's Python: the machine's python3 with onnxruntime-gpu and the FastAPI
