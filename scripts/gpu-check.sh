@@ -35,10 +35,7 @@ else
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"
 fi
 # The wheel's libonnxruntime, and the directories of the CUDA and cuDNN libraries it loads.
-read -r ORT_DYLIB_PATH NVIDIA_LIBS < <("$venv/bin/python" scripts/onnxruntime-gpu-libs.py)
-export ORT_DYLIB_PATH
-export LD_LIBRARY_PATH="${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_DEVICE_ORDER=PCI_BUS_ID
+. scripts/onnxruntime-gpu-env.sh "$venv/bin/python"
 log "ONNX Runtime: $ORT_DYLIB_PATH"
 
 crat="${CRAT_BIN:-}"

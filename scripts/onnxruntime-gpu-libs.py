@@ -2,7 +2,8 @@
 folders of the CUDA and cuDNN libraries it loads, for a Rust process (`crat`) to find them:
 
     read -r ORT_DYLIB_PATH NVIDIA_LIBS < <(python scripts/onnxruntime-gpu-libs.py)
-    export ORT_DYLIB_PATH LD_LIBRARY_PATH="$NVIDIA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+(`scripts/onnxruntime-gpu-env.sh`, sourced, does that and exports what `crat` needs.)
 
 Prints one line: the newest `libonnxruntime.so.*` in the package's `capi` folder, then a
 `:`-separated list of every folder holding an `nvidia-*` wheel's libraries (`nvidia/**/lib*.so*`)

@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,8 +91,7 @@ fn main() {
                 });
             Some(FastApi::start(
                 &PathBuf::from(python),
-                &Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../crates/backend/models/tiny_cnn.onnx"),
+                &crat_benches::benches_dir().join("../crates/backend/models/tiny_cnn.onnx"),
                 "tiny",
                 threads,
                 Provider::Cpu,

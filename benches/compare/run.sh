@@ -62,9 +62,9 @@ fi
 
 if [[ "$device" == cuda ]]; then
     # The nodes load onnxruntime-gpu's own library, and find its CUDA libraries.
-    read -r ort nvidia_libs < <("$venv/bin/python" scripts/onnxruntime-gpu-libs.py)
-    export LD_LIBRARY_PATH="${nvidia_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-    export CUDA_DEVICE_ORDER=PCI_BUS_ID CRAT_COMPARE_DEVICE=cuda
+    . scripts/onnxruntime-gpu-env.sh "$venv/bin/python"
+    ort="$ORT_DYLIB_PATH"
+    export CRAT_COMPARE_DEVICE=cuda
 else
     ort="${CRAT_COMPARE_ORT_DYLIB:-${ORT_DYLIB_PATH:-}}"
     if [[ -z "$ort" ]]; then

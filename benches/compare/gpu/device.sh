@@ -68,15 +68,12 @@ run)
     python="$dir/python"
     printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" >"$python"
     chmod +x "$python"
-    read -r ORT_DYLIB_PATH NVIDIA_LIBS < <("$python" scripts/onnxruntime-gpu-libs.py)
-    export ORT_DYLIB_PATH
-    export LD_LIBRARY_PATH="${NVIDIA_LIBS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    . scripts/onnxruntime-gpu-env.sh "$python"
     # The driver's libraries (libcuda, libnvidia-ml for the nodes' GPU probe), last, where
     # the image mounts them, in case the loader's own paths miss them.
     for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
         [[ -d "$d" ]] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
     done
-    export CUDA_DEVICE_ORDER=PCI_BUS_ID
     log "ONNX Runtime: $ORT_DYLIB_PATH"
     log "LD_LIBRARY_PATH: $LD_LIBRARY_PATH"
 
