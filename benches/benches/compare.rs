@@ -61,8 +61,8 @@ use crat_benches::http::{
     infer_request, load_samples, write_samples,
 };
 use crat_benches::procs::{
-    CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, node_command,
-    settle, stripped,
+    CpuSample, Dispatcher, Proc, children, cores, deploy_ready, free_port, load_1m, machine,
+    node_command, settle, stripped,
 };
 use crat_core::id::SdkKey;
 use crat_core::tensor::{NamedTensor, Tensor};
@@ -639,12 +639,13 @@ fn main() {
         "CryptoRAT (crat dispatcher, {NODES} crat nodes on ONNX Runtime {} (ort/{}), crat \
          gateway; separate processes) against FastAPI + uvicorn (2 workers) + onnxruntime \
          ({} provider) with intra_op_num_threads {:?} (FastAPI iN; 0: onnxruntime's \
-         default), on loopback; {} cores; load average {}",
+         default), on loopback; {} cores ({}); load average {}",
         settings.ort_dylib.display(),
         settings.device.name(),
         settings.device.name(),
         settings.intra_op_threads,
         cores(),
+        machine(),
         load_1m()
     );
     println!("crat: {}", settings.crat.display());

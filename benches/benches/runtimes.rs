@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 use crat_backend::InferenceBackend;
 use crat_backend::tract::TractBackend;
 use crat_benches::procs::{
-    CpuSample, Dispatcher, Proc, cores, deploy_ready, free_port, load_1m, node_command,
+    CpuSample, Dispatcher, Proc, cores, deploy_ready, free_port, load_1m, machine, node_command,
 };
 use crat_core::tensor::{NamedTensor, Tensor};
 use crat_core::verify::{Tolerance, tensors_agree};
@@ -511,7 +511,7 @@ fn main() {
         "default: persistent node data directories under {}",
         settings.data_root.display()
     );
-    println!("{cores} cores; load average {}", load_1m());
+    println!("{cores} cores ({}); load average {}", machine(), load_1m());
     // Ignored by the bench's own stripping: shown so that a reader sees what the shell had.
     for name in [
         "ORT_DYLIB_PATH",

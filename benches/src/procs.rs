@@ -18,6 +18,17 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The machine a bench ran on, for its header: the CPU model as the node reports it
+/// ([`crat_node::probe::SystemProbe`]) and the kernel release. Runs on different VMs of
+/// the same size differ by more than most changes a bench measures.
+pub fn machine() -> String {
+    use crat_node::probe::HardwareProbe as _;
+    let cpu = crat_node::probe::SystemProbe.probe().hardware.cpu.model;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "?".into(), |s| s.trim().to_owned());
+    format!("{cpu}, kernel {kernel}")
+}
+
 /// The 1-minute load average.
 pub fn load_1m() -> String {
     std::fs::read_to_string("/proc/loadavg")
