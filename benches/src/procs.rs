@@ -19,14 +19,102 @@ pub fn cores() -> usize {
 }
 
 /// The machine a bench ran on, for its header: the CPU model as the node reports it
-/// ([`crat_node::probe::SystemProbe`]) and the kernel release. Runs on different VMs of
-/// the same size differ by more than most changes a bench measures.
+/// ([`crat_node::probe::SystemProbe`]), the kernel release and [`wake_round_trips`]. Runs
+/// on different VMs of the same size differ by more than most changes a bench measures.
 pub fn machine() -> String {
     use crat_node::probe::HardwareProbe as _;
     let cpu = crat_node::probe::SystemProbe.probe().hardware.cpu.model;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map_or_else(|_| "?".into(), |s| s.trim().to_owned());
-    format!("{cpu}, kernel {kernel}")
+    let us = |d: Option<Duration>| {
+        d.map_or_else(|| "?".into(), |d| format!("{:.1}", d.as_secs_f64() * 1e6))
+    };
+    let wake = wake_round_trips(WAKE_ROUND_TRIPS);
+    format!(
+        "{cpu}, kernel {kernel}; a thread woken and waking back: {} µs from another core, {} µs on one",
+        us(wake.across),
+        us(wake.within)
+    )
+}
+
+/// Round trips [`machine`] times.
+const WAKE_ROUND_TRIPS: usize = 2_000;
+
+/// Medians of [`wake_round_trips`].
+#[derive(Clone, Copy, Debug)]
+pub struct WakeRoundTrips {
+    /// The two threads on two cores; `None` with one core, or when they cannot be pinned.
+    pub across: Option<Duration>,
+    /// The two threads on one core; `None` when they cannot be pinned.
+    pub within: Option<Duration>,
+}
+
+/// The median time, over `trips` round trips (at least one), for a thread to wake another
+/// one blocked reading a pipe and be woken back the same way: with the two pinned to two
+/// cores (`across`) and to one (`within`). It is the price of each hand-off between threads
+/// or processes on an idle machine, which one request at a time pays several times over
+/// (client, node and their runtimes' threads), and it is the machine's, not the code's: on
+/// the 2-vCPU VM of 2026-12-07 it was about 50 µs across and 2.6 µs within (unpinned, the
+/// scheduler placed the same two threads either way from one run to the next), so latency
+/// measured in microseconds moves with the VM drawn.
+pub fn wake_round_trips(trips: usize) -> WakeRoundTrips {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    use nix::unistd::Pid;
+    let allowed: Vec<usize> = sched_getaffinity(Pid::from_raw(0))
+        .map(|set| {
+            (0..CpuSet::count())
+                .filter(|&c| set.is_set(c).unwrap_or(false))
+                .collect()
+        })
+        .unwrap_or_default();
+    let first = allowed.first().copied();
+    WakeRoundTrips {
+        across: first
+            .zip(allowed.get(1).copied())
+            .and_then(|(a, b)| pipe_round_trip(trips, a, b)),
+        within: first.and_then(|a| pipe_round_trip(trips, a, a)),
+    }
+}
+
+/// [`wake_round_trips`] with this side pinned to core `mine` and the peer to `peers`.
+fn pipe_round_trip(trips: usize, mine: usize, peers: usize) -> Option<Duration> {
+    use std::io::{Read, Write};
+    fn pin(cpu: usize) -> Option<()> {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).ok()?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).ok()
+    }
+    let (mut to_peer_r, mut to_peer) = std::io::pipe().ok()?;
+    let (mut to_me_r, mut to_me) = std::io::pipe().ok()?;
+    let peer = std::thread::spawn(move || {
+        pin(peers)?;
+        let mut b = [0u8; 1];
+        while to_peer_r.read_exact(&mut b).is_ok() && to_me.write_all(&b).is_ok() {}
+        Some(())
+    });
+    // On a thread of its own, so that the caller's affinity is left as it was.
+    let times = std::thread::spawn(move || {
+        pin(mine)?;
+        let mut b = [0u8; 1];
+        let times: Option<Vec<Duration>> = (0..trips.max(1))
+            .map(|_| {
+                let t = Instant::now();
+                to_peer.write_all(&[1]).ok()?;
+                to_me_r.read_exact(&mut b).ok()?;
+                Some(t.elapsed())
+            })
+            .collect();
+        drop(to_peer);
+        times
+    })
+    .join()
+    .ok()
+    .flatten();
+    // Ends when the writing end is dropped (or at once when it could not be pinned).
+    peer.join().ok()??;
+    let mut times = times?;
+    times.sort_unstable();
+    times.get(times.len() / 2).copied()
 }
 
 /// The 1-minute load average.
@@ -417,5 +505,21 @@ pub async fn deploy_ready(
             info.replicas_ready
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_round_trips_are_measured_on_one_core_and_across_two() {
+        let wake = wake_round_trips(200);
+        let plausible = |d: Duration| d > Duration::ZERO && d < Duration::from_secs(1);
+        assert!(wake.within.is_some_and(plausible), "{wake:?}");
+        if cores() > 1 {
+            assert!(wake.across.is_some_and(plausible), "{wake:?}");
+        }
+        println!("{}", machine());
     }
 }
