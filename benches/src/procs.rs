@@ -54,9 +54,9 @@ pub struct WakeRoundTrips {
 /// cores (`across`) and to one (`within`). It is the price of each hand-off between threads
 /// or processes on an idle machine, which one request at a time pays several times over
 /// (client, node and their runtimes' threads), and it is the machine's, not the code's: on
-/// the 2-vCPU VM of 2026-12-07 it was about 50 µs across and 2.6 µs within (unpinned, the
-/// scheduler placed the same two threads either way from one run to the next), so latency
-/// measured in microseconds moves with the VM drawn.
+/// the 2-vCPU VM of 2026-12-07 it was 58–65 µs across and 2.6–3.9 µs within (this crate's
+/// unit test, three runs; unpinned, the scheduler placed the same two threads either way
+/// from one run to the next), so latency measured in microseconds moves with the VM drawn.
 pub fn wake_round_trips(trips: usize) -> WakeRoundTrips {
     use nix::sched::{CpuSet, sched_getaffinity};
     use nix::unistd::Pid;
