@@ -448,22 +448,25 @@ impl<T: Transport> Dispatcher<T> {
 
     async fn describe(&self, d: &DeploymentRecord) -> DeploymentInfo {
         let signature = self.model_signature(d.model).await;
+        // The dispatch state is read before the load failures: a deployment that fails to
+        // load has its reasons recorded before it leaves the dispatch state, so one no longer
+        // there (stopped, or being stopped: the ledger's write may not have landed yet) is
+        // seen with its reasons, as failed rather than stopped.
+        let live = if d.stopped_at_s.is_none() {
+            self.inner.dispatch.lock().deployment_state(&d.id)
+        } else {
+            None
+        };
         let failure = self.inner.load_failures.lock().get(&d.id).cloned();
-        let (state, ready, wanted) = if d.stopped_at_s.is_some() {
+        let (state, ready, wanted) = live.unwrap_or_else(|| {
             let state = if failure.is_some() {
                 DeploymentState::Failed
             } else {
                 DeploymentState::Stopped
             };
             (state, 0, 0)
-        } else {
-            self.inner
-                .dispatch
-                .lock()
-                .deployment_state(&d.id)
-                .unwrap_or((DeploymentState::Stopped, 0, 0))
-        };
-        let (on_model, shortfall) = if d.stopped_at_s.is_some() {
+        });
+        let (on_model, shortfall) = if live.is_none() {
             (0, None)
         } else {
             let dispatch = self.inner.dispatch.lock();
