@@ -373,3 +373,78 @@ async fn deployments_end_with_their_lifetime_or_their_spent_allowance() {
     ));
     net.shutdown();
 }
+
+/// A deployment whose model no node can load is stopped in the ledger, and what is left of its
+/// allowance refunded in time, even when the first stop cannot be written: another writer
+/// holds the ledger's file (a real second SQLite connection, past the dispatcher's busy
+/// timeout). The deployment reads as failed meanwhile, and the stop is written on a later
+/// tick once the file is free — not only after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again() {
+    use crat_core::wire::DeploymentState;
+    const UNLOADABLE: &[u8] =
+        include_bytes!("../../backend/tests/data/malicious/unknown_operator.onnx");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let ledger_file = cfg.ledger_path();
+    let net = network(cfg, dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(UNLOADABLE, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(10_000)).await.unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    let stopped_in_ledger = || ledger.deployment(&d.id()).unwrap().unwrap().stopped_at_s;
+
+    // Another writer takes the file before the nodes have failed (they hear of the deployment
+    // on their next heartbeat, a second apart).
+    let other = rusqlite::Connection::open(&ledger_file).unwrap();
+    other.busy_timeout(Duration::from_secs(10)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(
+        stopped_in_ledger(),
+        None,
+        "stopped before the ledger was held"
+    );
+    // The nodes fail it; the dispatcher takes it out of service (it reads as failed, with the
+    // nodes' reasons) and tries to write the stop, which waits for the file...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = d.info().await.unwrap();
+        if info.state == DeploymentState::Failed {
+            assert!(
+                info.failure.as_ref().is_some_and(|f| !f.is_empty()),
+                "{info:?}"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not failed while the ledger was held: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...past the dispatcher's busy timeout (5 s): that write fails.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        stopped_in_ledger(),
+        None,
+        "written while the ledger was held"
+    );
+    assert!(matches!(
+        d.wait_ready(Duration::from_secs(1)).await,
+        Err(crat_sdk::Error::ModelRejected(_))
+    ));
+    other.execute_batch("ROLLBACK").unwrap();
+
+    // The file is free: a later tick writes the stop.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stopped_in_ledger().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed deployment was never stopped in the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.info().await.unwrap().state, DeploymentState::Failed);
+    assert_eq!(net.dispatcher().online_nodes(), 3, "every node is still up");
+    net.shutdown();
+}

@@ -358,14 +358,38 @@ impl<T: Transport> Dispatcher<T> {
                 })
                 .collect()
         };
-        // Models that failed to load on several nodes (the dispatch state machine counts).
+        // Models that failed to load on several nodes (the dispatch state machine counts):
+        // their reasons are recorded first (a deployment described between leaving the
+        // dispatch state and its stop reaching the ledger reads as failed, with them).
         let failed = self.inner.dispatch.lock().failed_deployments();
-        for (id, reasons) in failed {
-            self.inner
-                .load_failures
-                .lock()
-                .insert(id, reasons.join("; "));
-            ending.push((id, End::LoadFailed));
+        {
+            let mut failures = self.inner.load_failures.lock();
+            for (id, reasons) in failed {
+                failures.insert(id, reasons.join("; "));
+            }
+        }
+        // Every failed deployment the ledger does not yet record as stopped: those found now,
+        // and those whose stop did not reach the ledger on an earlier tick (a write that
+        // failed). Stopping left the dispatch state at once, so it would not name them again;
+        // their allowance would wait for a restart to be refunded. Stopping is idempotent.
+        let unstopped_failed: Vec<DeploymentId> = {
+            let deployments = self.inner.deployments.read();
+            let failures = self.inner.load_failures.lock();
+            failures
+                .keys()
+                .filter(|id| {
+                    deployments
+                        .get(id)
+                        .is_some_and(|d| d.stopped_at_s.is_none())
+                })
+                .copied()
+                .collect()
+        };
+        for id in unstopped_failed {
+            match ending.iter_mut().find(|(e, _)| *e == id) {
+                Some(entry) => entry.1 = End::LoadFailed,
+                None => ending.push((id, End::LoadFailed)),
+            }
         }
         let mut stopped = Vec::with_capacity(ending.len());
         for (id, end) in ending {
