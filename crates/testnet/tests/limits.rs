@@ -448,3 +448,51 @@ async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again
     assert_eq!(net.dispatcher().online_nodes(), 3, "every node is still up");
     net.shutdown();
 }
+
+/// An owner's undeploy whose stop cannot be written (another writer holds the ledger's file
+/// past the dispatcher's busy timeout) is refused with an error, the deployment no longer
+/// serves, and the dispatcher writes the stop on a later tick once the file is free: its
+/// allowance is not held until a restart, and a restart would not serve it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undeploy_whose_stop_could_not_be_written_is_finished_by_the_dispatcher() {
+    use crat_core::wire::DeploymentState;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let ledger_file = cfg.ledger_path();
+    let net = network(cfg, dir.path()).await;
+    let (client, _) = client_with(&net, 1_000_000).await;
+    let model = client.upload_model(TINY, |_| {}).await.unwrap();
+    let d = client.deploy(model, per_request(10_000)).await.unwrap();
+    d.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let ledger = net.dispatcher().ledger().clone();
+    let stopped_in_ledger = || ledger.deployment(&d.id()).unwrap().unwrap().stopped_at_s;
+
+    let other = rusqlite::Connection::open(&ledger_file).unwrap();
+    other.busy_timeout(Duration::from_secs(10)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let refused = d.undeploy().await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        stopped_in_ledger(),
+        None,
+        "written while the ledger was held"
+    );
+    assert_eq!(d.info().await.unwrap().state, DeploymentState::Stopped);
+    assert!(
+        d.infer(vec![NamedTensor::new("input", input(1))])
+            .await
+            .is_err()
+    );
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stopped_in_ledger().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the undeployed deployment was never stopped in the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(d.info().await.unwrap().state, DeploymentState::Stopped);
+    net.shutdown();
+}

@@ -30,6 +30,10 @@ pub enum End {
     /// Its model failed to load on several nodes (decided by the dispatch state machine:
     /// `Dispatch::failed_deployments`).
     LoadFailed,
+    /// Its owner undeployed it, and the dispatcher finishes that stop: the deployment left
+    /// the dispatch state but its stop did not reach the ledger then (a write that failed).
+    /// Never returned by [`ends`].
+    Undeployed,
 }
 
 /// Whether a running deployment of `plan`, created at `created_at_s`, with `allowance_left`,

@@ -325,7 +325,9 @@ impl<T: Transport> Dispatcher<T> {
     /// [`DispatcherConfig::spent_deployment_idle_s`](super::DispatcherConfig), and those
     /// whose model failed to load on several nodes
     /// ([`crat_core::dispatch::Dispatch::failed_deployments`]; they describe themselves as
-    /// `Failed` with the nodes' reasons). Runs every tick; returns what it stopped.
+    /// `Failed` with the nodes' reasons); and finishes the stops that did not reach the ledger
+    /// (an owner's undeploy or a load failure whose write failed). Runs every tick; returns
+    /// what it stopped.
     pub async fn end_due_deployments(&self, now: u64) -> Vec<(DeploymentId, End)> {
         let idle_s = self.inner.config.spent_deployment_idle_s;
         let mut ending: Vec<(DeploymentId, End)> = {
@@ -364,31 +366,41 @@ impl<T: Transport> Dispatcher<T> {
         let failed = self.inner.dispatch.lock().failed_deployments();
         {
             let mut failures = self.inner.load_failures.lock();
-            for (id, reasons) in failed {
-                failures.insert(id, reasons.join("; "));
+            for (id, reasons) in &failed {
+                failures.insert(*id, reasons.join("; "));
             }
         }
-        // Every failed deployment the ledger does not yet record as stopped: those found now,
-        // and those whose stop did not reach the ledger on an earlier tick (a write that
-        // failed). Stopping left the dispatch state at once, so it would not name them again;
-        // their allowance would wait for a restart to be refunded. Stopping is idempotent.
-        let unstopped_failed: Vec<DeploymentId> = {
-            let deployments = self.inner.deployments.read();
-            let failures = self.inner.load_failures.lock();
-            failures
-                .keys()
-                .filter(|id| {
-                    deployments
-                        .get(id)
-                        .is_some_and(|d| d.stopped_at_s.is_none())
-                })
-                .copied()
+        let failed = failed.into_iter().map(|(id, _)| id);
+        // A deployment the ledger does not record as stopped that the dispatch state no
+        // longer holds is one whose stop did not reach the ledger: the write failed (or is
+        // under way; a stop is idempotent). Deploying enters the dispatch state before the
+        // ledger and this map, and stopping leaves it first, so nothing else looks like
+        // that. Without this, nothing would name it again before a restart (which would serve
+        // it once more), and its allowance would stay held. Read one lock at a time.
+        let unstopped: Vec<DeploymentId> = self
+            .inner
+            .deployments
+            .read()
+            .values()
+            .filter(|d| d.stopped_at_s.is_none())
+            .map(|d| d.id)
+            .collect();
+        let orphaned: Vec<DeploymentId> = {
+            let dispatch = self.inner.dispatch.lock();
+            unstopped
+                .into_iter()
+                .filter(|id| dispatch.deployment_state(id).is_none())
                 .collect()
         };
-        for id in unstopped_failed {
+        for id in failed.chain(orphaned) {
+            let end = if self.inner.load_failures.lock().contains_key(&id) {
+                End::LoadFailed
+            } else {
+                End::Undeployed
+            };
             match ending.iter_mut().find(|(e, _)| *e == id) {
-                Some(entry) => entry.1 = End::LoadFailed,
-                None => ending.push((id, End::LoadFailed)),
+                Some(entry) => entry.1 = end,
+                None => ending.push((id, end)),
             }
         }
         let mut stopped = Vec::with_capacity(ending.len());
