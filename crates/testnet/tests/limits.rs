@@ -374,6 +374,35 @@ async fn deployments_end_with_their_lifetime_or_their_spent_allowance() {
     net.shutdown();
 }
 
+/// Holds the SQLite ledger's `file` with a second connection (`BEGIN IMMEDIATE`): the
+/// dispatcher's writes wait for it past their busy timeout (5 s) and fail; its reads go on
+/// (WAL). `ROLLBACK` on the connection frees the file.
+fn hold_ledger(file: &std::path::Path) -> rusqlite::Connection {
+    let other = rusqlite::Connection::open(file).unwrap();
+    other.busy_timeout(Duration::from_secs(10)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    other
+}
+
+/// Waits (20 s at most) until `net`'s ledger records `deployment` as stopped.
+async fn wait_stopped_in_ledger(net: &LocalNetwork, deployment: crat_core::id::DeploymentId) {
+    let ledger = net.dispatcher().ledger().clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while ledger
+        .deployment(&deployment)
+        .unwrap()
+        .unwrap()
+        .stopped_at_s
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{deployment} was never stopped in the ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A deployment whose model no node can load is stopped in the ledger, and what is left of its
 /// allowance refunded in time, even when the first stop cannot be written: another writer
 /// holds the ledger's file (a real second SQLite connection, past the dispatcher's busy
@@ -396,9 +425,7 @@ async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again
 
     // Another writer takes the file before the nodes have failed (they hear of the deployment
     // on their next heartbeat, a second apart).
-    let other = rusqlite::Connection::open(&ledger_file).unwrap();
-    other.busy_timeout(Duration::from_secs(10)).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let other = hold_ledger(&ledger_file);
     assert_eq!(
         stopped_in_ledger(),
         None,
@@ -436,14 +463,7 @@ async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again
     other.execute_batch("ROLLBACK").unwrap();
 
     // The file is free: a later tick writes the stop.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stopped_in_ledger().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the failed deployment was never stopped in the ledger"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_stopped_in_ledger(&net, d.id()).await;
     assert_eq!(d.info().await.unwrap().state, DeploymentState::Failed);
     assert_eq!(net.dispatcher().online_nodes(), 3, "every node is still up");
     net.shutdown();
@@ -467,9 +487,7 @@ async fn an_undeploy_whose_stop_could_not_be_written_is_finished_by_the_dispatch
     let ledger = net.dispatcher().ledger().clone();
     let stopped_in_ledger = || ledger.deployment(&d.id()).unwrap().unwrap().stopped_at_s;
 
-    let other = rusqlite::Connection::open(&ledger_file).unwrap();
-    other.busy_timeout(Duration::from_secs(10)).unwrap();
-    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let other = hold_ledger(&ledger_file);
     let refused = d.undeploy().await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(
@@ -485,14 +503,7 @@ async fn an_undeploy_whose_stop_could_not_be_written_is_finished_by_the_dispatch
     );
     other.execute_batch("ROLLBACK").unwrap();
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while stopped_in_ledger().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the undeployed deployment was never stopped in the ledger"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_stopped_in_ledger(&net, d.id()).await;
     assert_eq!(d.info().await.unwrap().state, DeploymentState::Stopped);
     net.shutdown();
 }
