@@ -15,6 +15,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 static GLOBAL: crat_benches::MiMalloc = crat_benches::MiMalloc;
 
 fn rounds(c: &mut Criterion) {
+    // The memory settings of `crat sim run`.
+    crat_benches::retain_freed_memory_ms(1_000);
+    crat_benches::huge_pages_off_unless_asked();
     let mut g = c.benchmark_group("sim_rounds");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     const NODES: u64 = 10_000;

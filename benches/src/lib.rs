@@ -8,7 +8,7 @@ pub mod load;
 pub mod procs;
 
 /// The benches run on the `crat` binary's allocator (see [`crat_alloc`]).
-pub use crat_alloc::{MiMalloc, retain_freed_memory_ms};
+pub use crat_alloc::{MiMalloc, huge_pages_off_unless_asked, retain_freed_memory_ms};
 
 use crat_core::id::{DeploymentId, KeyId, TaskId};
 use crat_core::money::Credits;

@@ -60,6 +60,8 @@ pub(crate) enum SimCommand {
 
 /// Runs one `crat sim` verb.
 pub(crate) fn run(cmd: SimCommand) -> anyhow::Result<()> {
+    // A run faults in its heap once and reuses it round after round (see crat-alloc).
+    crat_alloc::huge_pages_off_unless_asked();
     match cmd {
         SimCommand::Run {
             scenario,

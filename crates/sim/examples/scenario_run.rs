@@ -10,6 +10,7 @@ static GLOBAL: crat_alloc::MiMalloc = crat_alloc::MiMalloc;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     crat_alloc::retain_freed_memory_ms(crat_alloc::RETAIN_FREED_MEMORY_MS);
+    crat_alloc::huge_pages_off_unless_asked();
     let started = std::time::Instant::now();
     let path = std::env::args()
         .nth(1)
