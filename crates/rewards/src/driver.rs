@@ -427,6 +427,32 @@ impl RoundDriver {
         before - self.next.nodes.len()
     }
 
+    /// Removes the nodes at `positions` of the driver's order (by id: the order of
+    /// [`RoundDriver::close_round`]'s inputs and results), strictly increasing; returns how
+    /// many. For a caller that keeps its own per-node arrays in that order (the simulator):
+    /// no ids to sort or compare. Positions that are not increasing or not below
+    /// [`RoundDriver::node_count`] are refused ([`RewardsError::OutOfRange`], field
+    /// `positions[j]`), and the driver is not changed.
+    pub fn deregister_at(&mut self, positions: &[usize]) -> Result<usize, RewardsError> {
+        let n = self.next.nodes.len();
+        for (j, &p) in positions.iter().enumerate() {
+            if p >= n || (j > 0 && p <= positions[j - 1]) {
+                return Err(RewardsError::out_of_range(
+                    format!("positions[{j}]"),
+                    format!("{p}: positions must increase and stay below {n} nodes"),
+                ));
+            }
+        }
+        let mut at = 0usize;
+        let mut gone = positions.iter().copied().peekable();
+        self.next.nodes.retain(|_| {
+            let removed = gone.next_if_eq(&at).is_some();
+            at += 1;
+            !removed
+        });
+        Ok(positions.len())
+    }
+
     /// Removes a node; `false` if it was not registered.
     pub fn deregister(&mut self, id: &NodeId) -> bool {
         match self.position(id) {

@@ -231,7 +231,15 @@ fn in_place_and_copying_drivers_agree_over_many_rounds() {
             }
             assert_eq!(in_place.deregister_all(&gone), 3);
             assert_eq!(filled.deregister_all(&gone), 3);
-            assert_eq!(lean.deregister_all(&gone), 3);
+            // By position in the driver's (id) order, as the simulator removes them.
+            let mut order: Vec<NodeId> = (1..=70u8).map(id).collect();
+            order.sort_unstable();
+            let mut at: Vec<usize> = gone
+                .iter()
+                .map(|g| order.iter().position(|i| i == g).unwrap())
+                .collect();
+            at.sort_unstable();
+            assert_eq!(lean.deregister_at(&at), Ok(3));
         }
         let ids: Vec<_> = (1..=70u8)
             .map(id)
@@ -454,4 +462,33 @@ fn rounds_closed_in_parts_fail_with_the_first_error_in_input_order() {
             assert_eq!(parts, before);
         }
     }
+}
+
+/// Positions that do not increase, or that name no node, are refused with the position at
+/// fault, and nothing is removed.
+#[test]
+fn deregister_at_refuses_bad_positions_and_changes_nothing() {
+    let mut d = RoundDriver::new(Params::default(), 0, 0);
+    for b in 1..=5u8 {
+        d.register(profile(b));
+    }
+    for (bad, field) in [
+        (vec![1, 1], "positions[1]"),
+        (vec![3, 2], "positions[1]"),
+        (vec![0, 5], "positions[1]"),
+        (vec![9], "positions[0]"),
+    ] {
+        match d.deregister_at(&bad) {
+            Err(RewardsError::OutOfRange { field: f, .. }) => assert_eq!(f, field, "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        assert_eq!(d.node_count(), 5, "{bad:?}");
+    }
+    let mut order: Vec<NodeId> = (1..=5u8).map(id).collect();
+    order.sort_unstable();
+    assert_eq!(d.deregister_at(&[]), Ok(0));
+    assert_eq!(d.deregister_at(&[0, 4]), Ok(2));
+    assert_eq!(d.node_count(), 3);
+    assert!(d.state(&order[0]).is_none() && d.state(&order[4]).is_none());
+    assert!(order[1..4].iter().all(|i| d.state(i).is_some()));
 }
