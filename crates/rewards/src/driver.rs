@@ -84,18 +84,51 @@ fn round_after(inputs: &RoundInputs, aggregates: &Aggregates) -> Result<Round, R
     })
 }
 
-/// Turns a closed round's inputs into the next round's in place: the one place the carried
-/// state (CRAT, streak, total uptime) moves from a round's results (`results[i]` is node
-/// `i`'s) to the next inputs.
+/// Turns a closed round's inputs into the next round's in place (`results[i]` is node `i`'s).
 fn carry(inputs: &mut RoundInputs, results: &[NodeResult], round: Round) {
-    // One pass: the carried state written and the activity cleared node by node.
-    for (n, r) in inputs.nodes.iter_mut().zip(results) {
+    carry_nodes(&mut inputs.nodes, results);
+    inputs.round = round;
+}
+
+/// The one place the carried state (CRAT, streak, total uptime) moves from a round's results
+/// to the next round's inputs, node by node (`results[i]` is `nodes[i]`'s), each node's
+/// activity cleared in the same pass.
+fn carry_nodes(nodes: &mut [NodeInput], results: &[NodeResult]) {
+    for (n, r) in nodes.iter_mut().zip(results) {
         n.crat_start_micro = r.crat_end_micro;
         n.streak_start = r.streak_end;
         n.uptime_total_s_before = r.uptime_total_s;
         clear_node_activity(n);
     }
-    inputs.round = round;
+}
+
+/// One part of a closed round being carried forward
+/// ([`RoundDriver::close_round_in_parts`]): consecutive nodes whose carried state moves from
+/// their results to the next round's inputs, on whichever thread runs the part.
+#[derive(Debug)]
+pub struct CarryPart<'a> {
+    nodes: &'a mut [NodeInput],
+    results: &'a [NodeResult],
+    done: bool,
+}
+
+impl CarryPart<'_> {
+    /// Carries its nodes forward. A part runs once: a second call does nothing.
+    pub fn run(&mut self) {
+        if !std::mem::replace(&mut self.done, true) {
+            carry_nodes(self.nodes, self.results);
+        }
+    }
+
+    /// Its number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether it has no node.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
 }
 
 /// Empties a round's activity (online intervals, validations, external CRAT, income): what
@@ -563,6 +596,7 @@ impl RoundDriver {
                     part.fill(&mut fill);
                 }
             },
+            |_| {},
             detail,
             f,
         )
@@ -577,9 +611,14 @@ impl RoundDriver {
     /// is the same however the parts are run, and the same as [`RoundDriver::close_round`]'s
     /// for the same activity.
     ///
+    /// Once `f` has seen the closed round, the round is carried forward in parts of the same
+    /// nodes, which `carry` runs in any order and on any threads, each with
+    /// [`CarryPart::run`]; the parts it leaves alone are carried after it, on the calling
+    /// thread (`|_| {}` carries the whole round there).
+    ///
     /// On error (invalid inputs: the first in input order is reported) the driver is
-    /// unchanged and `f` is not called; `fill` may then have run for nodes after the one at
-    /// fault, in other parts.
+    /// unchanged and neither `f` nor `carry` is called; `fill` may then have run for nodes
+    /// after the one at fault, in other parts.
     ///
     /// ```
     /// use crat_core::hardware::PowerRating;
@@ -608,6 +647,8 @@ impl RoundDriver {
     ///             }
     ///         })
     ///     },
+    ///     // Carried forward on this thread.
+    ///     |_| {},
     ///     RoundDetail::ResultsOnly,
     ///     |closed| closed.results().iter().map(|r| r.guaranteed_usd_micro.get()).sum::<u64>(),
     /// )?;
@@ -619,6 +660,7 @@ impl RoundDriver {
         income: MicroUsd,
         part_nodes: usize,
         run: impl FnOnce(&mut [RoundPart<'_>]),
+        carry: impl FnOnce(&mut [CarryPart<'_>]),
         detail: RoundDetail,
         f: impl FnOnce(&ClosedRound) -> R,
     ) -> Result<R, RewardsError> {
@@ -643,7 +685,24 @@ impl RoundDriver {
         let closed = ClosedRound::from_computed(inputs, computed);
         let result = f(&closed);
         let (mut inputs, computed) = closed.into_computed();
-        carry(&mut inputs, &computed.results, round);
+        {
+            let part_nodes = part_nodes.max(1);
+            let mut parts: Vec<CarryPart<'_>> = inputs
+                .nodes
+                .chunks_mut(part_nodes)
+                .zip(computed.results.chunks(part_nodes))
+                .map(|(nodes, results)| CarryPart {
+                    nodes,
+                    results,
+                    done: false,
+                })
+                .collect();
+            carry(&mut parts);
+            for part in &mut parts {
+                part.run();
+            }
+        }
+        inputs.round = round;
         self.next = inputs;
         self.scratch.recycle(computed);
         Ok(result)

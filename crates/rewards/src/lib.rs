@@ -90,8 +90,8 @@ mod rules;
 mod settlement;
 
 pub use driver::{
-    CarriedState, ClosedRound, ListedActivity, NodeActivity, NodeProfile, RoundDetail, RoundDriver,
-    carry_forward,
+    CarriedState, CarryPart, ClosedRound, ListedActivity, NodeActivity, NodeProfile, RoundDetail,
+    RoundDriver, carry_forward,
 };
 pub use error::RewardsError;
 pub use explain::{Explanation, Neighbour, explain};

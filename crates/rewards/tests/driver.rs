@@ -324,9 +324,9 @@ fn parts_driver(n: u8, income_per_day: impl Fn(u8) -> u64) -> RoundDriver {
     d
 }
 
-/// A round closed in parts, whatever their size and however they are run (in reverse, on
-/// threads of their own, some left alone), is the round closed in one go: same inputs,
-/// outcome, results and carried state, under both details.
+/// A round closed and carried forward in parts, whatever their size and however they are run
+/// (in reverse, on threads of their own, some left alone), is the round closed in one go:
+/// same inputs, outcome, results and carried state, under both details.
 #[test]
 fn rounds_closed_in_parts_are_rounds_closed_in_one_go() {
     let mut x = 11u64;
@@ -376,6 +376,13 @@ fn rounds_closed_in_parts_are_rounds_closed_in_one_go() {
                                 }
                             }
                         },
+                        // Every other part carried here, backwards; the driver carries the rest.
+                        |parts| {
+                            for part in parts.iter_mut().rev().step_by(2) {
+                                part.run();
+                                part.run();
+                            }
+                        },
                         detail,
                         ClosedRound::clone,
                     )
@@ -388,6 +395,13 @@ fn rounds_closed_in_parts_are_rounds_closed_in_one_go() {
                             std::thread::scope(|s| {
                                 for part in parts {
                                     s.spawn(move || part.fill(fill));
+                                }
+                            })
+                        },
+                        |parts| {
+                            std::thread::scope(|s| {
+                                for part in parts {
+                                    s.spawn(move || part.run());
                                 }
                             })
                         },
@@ -454,6 +468,7 @@ fn rounds_closed_in_parts_fail_with_the_first_error_in_input_order() {
                             part.fill(fill);
                         }
                     },
+                    |_| panic!("a round that failed is not carried forward"),
                     RoundDetail::ResultsOnly,
                     |_| (),
                 )

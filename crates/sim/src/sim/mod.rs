@@ -36,7 +36,9 @@ use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
 use crat_core::money::{Credits, MicroCrat, MicroUsd};
 use crat_core::placement::Candidate;
-use crat_rewards::{ActivitySlot, ClosedRound, Interval, NodeProfile, RoundDetail, RoundDriver};
+use crat_rewards::{
+    ActivitySlot, CarryPart, ClosedRound, Interval, NodeProfile, RoundDetail, RoundDriver,
+};
 use rand::Rng;
 use rayon::prelude::*;
 
@@ -660,6 +662,8 @@ impl Simulation {
                 income,
                 DRAW_CHUNK,
                 |parts| parts.par_iter_mut().for_each(|part| part.fill(fill)),
+                // Carried forward on the pool's threads too, beside the inequality figures.
+                |parts| parts.par_iter_mut().for_each(CarryPart::run),
                 detail,
                 move |closed| {
                     let k = mismatch.load(Ordering::Relaxed);
