@@ -121,7 +121,7 @@ fn quic(c: &mut Criterion) {
     let big = infer_bytes(64 << 20);
     for (name, config) in [
         (
-            "64 MiB transfer (default config, MTU 1452)",
+            "64 MiB transfer (default config, MTU discovery up to 6550)",
             QuicConfig::default(),
         ),
         (
