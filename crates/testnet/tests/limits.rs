@@ -384,17 +384,20 @@ fn hold_ledger(file: &std::path::Path) -> rusqlite::Connection {
     other
 }
 
-/// Waits (20 s at most) until `net`'s ledger records `deployment` as stopped.
-async fn wait_stopped_in_ledger(net: &LocalNetwork, deployment: crat_core::id::DeploymentId) {
-    let ledger = net.dispatcher().ledger().clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while ledger
+/// When `net`'s ledger records `deployment` as stopped, if it does.
+fn stopped_in_ledger(net: &LocalNetwork, deployment: crat_core::id::DeploymentId) -> Option<u64> {
+    let ledger = net.dispatcher().ledger();
+    ledger
         .deployment(&deployment)
         .unwrap()
         .unwrap()
         .stopped_at_s
-        .is_none()
-    {
+}
+
+/// Waits (20 s at most) until `net`'s ledger records `deployment` as stopped.
+async fn wait_stopped_in_ledger(net: &LocalNetwork, deployment: crat_core::id::DeploymentId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stopped_in_ledger(net, deployment).is_none() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{deployment} was never stopped in the ledger"
@@ -420,14 +423,12 @@ async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again
     let (client, _) = client_with(&net, 1_000_000).await;
     let model = client.upload_model(UNLOADABLE, |_| {}).await.unwrap();
     let d = client.deploy(model, per_request(10_000)).await.unwrap();
-    let ledger = net.dispatcher().ledger().clone();
-    let stopped_in_ledger = || ledger.deployment(&d.id()).unwrap().unwrap().stopped_at_s;
 
     // Another writer takes the file before the nodes have failed (they hear of the deployment
     // on their next heartbeat, a second apart).
     let other = hold_ledger(&ledger_file);
     assert_eq!(
-        stopped_in_ledger(),
+        stopped_in_ledger(&net, d.id()),
         None,
         "stopped before the ledger was held"
     );
@@ -452,7 +453,7 @@ async fn a_failed_deployments_stop_is_written_once_the_ledger_takes_writes_again
     // ...past the dispatcher's busy timeout (5 s): that write fails.
     tokio::time::sleep(Duration::from_secs(7)).await;
     assert_eq!(
-        stopped_in_ledger(),
+        stopped_in_ledger(&net, d.id()),
         None,
         "written while the ledger was held"
     );
@@ -484,14 +485,12 @@ async fn an_undeploy_whose_stop_could_not_be_written_is_finished_by_the_dispatch
     let model = client.upload_model(TINY, |_| {}).await.unwrap();
     let d = client.deploy(model, per_request(10_000)).await.unwrap();
     d.wait_ready(Duration::from_secs(30)).await.unwrap();
-    let ledger = net.dispatcher().ledger().clone();
-    let stopped_in_ledger = || ledger.deployment(&d.id()).unwrap().unwrap().stopped_at_s;
 
     let other = hold_ledger(&ledger_file);
     let refused = d.undeploy().await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(
-        stopped_in_ledger(),
+        stopped_in_ledger(&net, d.id()),
         None,
         "written while the ledger was held"
     );

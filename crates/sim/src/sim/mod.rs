@@ -694,8 +694,9 @@ impl Simulation {
     }
 
     /// Departed providers, at `positions` in `nodes` (increasing), leave the driver and
-    /// `nodes` at once. A round loses a few nodes of many: only they are visited, and the
-    /// nodes after the first of them move down in a few block copies.
+    /// `nodes` at once. A round loses a few nodes of many: in the simulator's arrays only
+    /// they are visited, and the nodes after the first of them move down in a few block
+    /// copies; the driver drops them by position in one pass over its list.
     fn leave(&mut self, positions: &[usize]) -> Result<(), SimError> {
         if positions.is_empty() {
             return Ok(());
