@@ -21,6 +21,7 @@
 //! [`PricingParams::quote`]: crat_core::pricing::PricingParams::quote
 //! [`PricingParams::request_cost`]: crat_core::pricing::PricingParams::request_cost
 
+mod awake;
 mod churn;
 mod close;
 mod demand;
@@ -466,7 +467,9 @@ impl Simulation {
         // The whole round runs on a worker of rayon's pool: its parallel passes then fork
         // and join inside the pool instead of each handing its work over from this thread
         // and waiting (a round of 10,000 nodes spent ~15 % of its time switching threads).
-        rayon::scope(|_| self.round_with(None::<fn(&ClosedRound)>)).map(|_| ())
+        // The pool's workers poll for work until it ends, rather than sleep between passes
+        // (see `awake`).
+        awake::with_workers_awake(|| self.round_with(None::<fn(&ClosedRound)>)).map(|_| ())
     }
 
     /// One round, phase by phase (see the module docs); the closed round goes to `f` when
