@@ -17,9 +17,10 @@ use crate::scenario::{Scenario, Strategy};
 const PAR_SORT_MIN: usize = 1 << 17;
 
 /// Nodes per parallel work item of the metrics pass: small enough that a round of 10,000
-/// nodes spreads over the cores (its sums are integers and its lists kept in order, so the
-/// chunk size changes no byte of the results).
-const METRICS_CHUNK: usize = 2_048;
+/// nodes spreads evenly over the cores (ten items: with five, one core ran three of them
+/// while the other waited; its sums are integers and its lists kept in order, so the chunk
+/// size changes no byte of the results).
+const METRICS_CHUNK: usize = 1_024;
 
 /// The round's metrics taken from its results (the only source of payouts and CRAT) and its
 /// validation draws, each node's totals updated, and the positions in `nodes` (increasing)
