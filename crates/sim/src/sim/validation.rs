@@ -139,8 +139,9 @@ impl<'a> Draws<'a> {
         let sampling = total_cap > 0 && sampled > 0;
         let per_cap = sampled as f64 / total_cap.max(1) as f64;
         let tables = if sampling {
+            // Built on the pool's threads: the round waits for them (a thousand terms each).
             capacity_rps
-                .iter()
+                .par_iter()
                 .map(|&c| PoissonTable::new((u64::from(c) * length_s) as f64 * per_cap))
                 .collect()
         } else {
