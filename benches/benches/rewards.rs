@@ -2,7 +2,9 @@
 //! four online intervals (some overlapping, some reaching outside the round), random ratings,
 //! CRAT balances, streaks and validations. Goal (issue 4): 1,000,000 nodes ≤ 200 ms and
 //! 10,000 nodes ≤ 2 ms. Measured twice: nodes listed in random order, and in id order (the
-//! order the multi-round driver keeps them in).
+//! order the multi-round driver keeps them in). Then the multi-round driver closing rounds
+//! with results only (`RoundDetail::ResultsOnly`, what the simulator asks for: only the paid
+//! ranks are put in order), one round an iteration, every round with the same activity.
 //!
 //! `cargo bench -p crat-benches --bench rewards`
 //!
@@ -16,7 +18,10 @@ use std::time::Duration;
 use crat_core::hardware::PowerRating;
 use crat_core::id::NodeId;
 use crat_core::money::{MicroCrat, MicroUsd};
-use crat_rewards::{Interval, NodeInput, Params, Round, RoundInputs, compute};
+use crat_rewards::{
+    CarriedState, Interval, NodeInput, NodeProfile, Params, Round, RoundDetail, RoundDriver,
+    RoundInputs, compute,
+};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -104,5 +109,68 @@ fn close_round(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, close_round);
+fn driver_results_only(c: &mut Criterion) {
+    crat_benches::retain_freed_memory_ms(1_000);
+    let mut group = c.benchmark_group("rewards/driver_results_only");
+    for n in [10_000usize, 100_000, 1_000_000] {
+        let inputs = id_ordered(&round(n));
+        // Five times the income of the rounds above, so that 2,827 ranks are paid (the bonus
+        // schedule pays about √(2 × pool / minimum bonus) ranks): at 10,000 nodes about the
+        // share the simulator's bench_10k pays (2,853 of 9,857 eligible).
+        let income = MicroUsd::new(inputs.round.income_usd_micro.get() * 5);
+        let first = inputs.round.start_s;
+        let mut driver = RoundDriver::new(inputs.params.clone(), 1, first);
+        driver.register_all(
+            inputs
+                .nodes
+                .iter()
+                .map(|node| {
+                    let profile = NodeProfile {
+                        id: node.id,
+                        rating: node.rating,
+                        registered_at_s: node.registered_at_s,
+                        mining_income_usd_micro_per_day: node.mining_income_usd_micro_per_day,
+                    };
+                    let state = CarriedState {
+                        crat_micro: node.crat_start_micro,
+                        streak: node.streak_start,
+                        uptime_total_s: node.uptime_total_s_before,
+                    };
+                    (profile, state)
+                })
+                .collect(),
+        );
+        if n >= 1_000_000 {
+            group.sample_size(10);
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(8));
+        }
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                // The same activity, moved into the round being closed.
+                let shift = driver.next_round().start_s - first;
+                driver
+                    .close_round(
+                        income,
+                        |i, mut slot| {
+                            let node = &inputs.nodes[i];
+                            slot.online().extend(
+                                node.online
+                                    .iter()
+                                    .map(|iv| Interval::new(iv.start_s + shift, iv.end_s + shift)),
+                            );
+                            slot.set_validations(node.validations_ok, node.validations_failed);
+                        },
+                        RoundDetail::ResultsOnly,
+                        |closed| closed.outcome.aggregates.paid_ranks,
+                    )
+                    .expect("the round closes")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, close_round, driver_results_only);
 criterion_main!(benches);

@@ -258,6 +258,11 @@ pub(crate) fn top_order_in_parts<'r>(
 /// digit by digit from the most significant, narrows the keys to those that rule 6's first
 /// three criteria put among the first `k` (with every key equal to the last of them in all
 /// three), and only those are sorted, then ordered by id where all three are equal.
+///
+/// When the first digit spreads the keys (at most [`SPREAD_BUCKET_MAX`] keys share the
+/// `k`-th key's digit, as with some ten thousand keys with distinct scores), the keys are
+/// instead put in digit order in one pass (a counting sort) and only the buckets up to the
+/// `k`-th key's are sorted: the same first `k`, with two fewer passes over the keys.
 fn top_by_packed_keys<'r>(
     nodes: &[NodeInput],
     ranked: impl IntoIterator<Item = &'r RankKey>,
@@ -302,6 +307,41 @@ fn top_by_packed_keys<'r>(
             below += counts[at];
             at += 1;
         }
+        if lo == 0 && counts[at] <= SPREAD_BUCKET_MAX {
+            // No key is known to be in yet (keys[hi..] are out): keys[..hi] go into their
+            // buckets, every key written (a branch per key would be mispredicted as often
+            // as a key is in), and the buckets holding the first `k` are sorted.
+            #[cfg(test)]
+            SPREAD_PATH.with(|n| n.set(n.get() + 1));
+            let end = below + counts[at];
+            let mut start = 0;
+            for c in counts.iter_mut() {
+                (*c, start) = (start, start + *c);
+            }
+            tmp.clear();
+            tmp.resize(hi, 0);
+            for &e in &keys[..hi] {
+                let d = digit(e);
+                tmp[counts[d]] = e;
+                counts[d] += 1;
+            }
+            // counts[d] is now where bucket d ends.
+            tmp.truncate(end);
+            let mut bucket_start = 0;
+            for &bucket_end in &counts[..=at] {
+                if bucket_end - bucket_start > 1 {
+                    tmp[bucket_start..bucket_end].sort_unstable();
+                }
+                bucket_start = bucket_end;
+            }
+            std::mem::swap(&mut keys, tmp);
+            order_ties_by_id(nodes, &mut keys);
+            order.extend(keys[..k].iter().map(|&e| packed_index(e)));
+            scratch.keys = keys;
+            return;
+        }
+        #[cfg(test)]
+        NARROWING_PATH.with(|n| n.set(n.get() + 1));
         tmp.clear();
         let mut write = lo;
         (and, or) = (u128::MAX, 0);
@@ -367,6 +407,18 @@ fn bucket_sort(keys: &mut Vec<u128>, tmp: &mut Vec<u128>, counts: &mut Vec<usize
         start = end;
     }
     std::mem::swap(keys, tmp);
+}
+
+/// Keys sharing the `k`-th key's first digit up to which [`top_by_packed_keys`] sorts the
+/// first buckets at once instead of narrowing digit by digit (a million keys put some 500
+/// in a bucket of the first digit: those are narrowed).
+const SPREAD_BUCKET_MAX: usize = 256;
+
+#[cfg(test)]
+thread_local! {
+    /// How often [`top_by_packed_keys`] took each way (for the tests to see both taken).
+    static SPREAD_PATH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static NARROWING_PATH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Eligible nodes below which rule 6 is a plain comparison sort.
@@ -781,11 +833,7 @@ pub(crate) mod tests {
                     }
                 })
                 .collect();
-            let keys: Vec<RankKey> = nodes
-                .iter()
-                .enumerate()
-                .map(|(i, node)| RankKey::new(i, node, node.uptime_total_s_before))
-                .collect();
+            let keys = keys_of(&nodes);
             paths.insert(match rank_path(&keys) {
                 RankPath::Packed(_) => "packed",
                 RankPath::Score => "score",
@@ -844,5 +892,51 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(paths.len(), 3, "every path is exercised: {paths:?}");
+        assert!(
+            SPREAD_PATH.with(|n| n.get()) > 0,
+            "the spread way is exercised"
+        );
+    }
+
+    /// Each node's rank key, its total uptime the one it starts the round with.
+    fn keys_of(nodes: &[NodeInput]) -> Vec<RankKey> {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, node)| RankKey::new(i, node, node.uptime_total_s_before))
+            .collect()
+    }
+
+    #[test]
+    fn clustered_keys_are_narrowed_digit_by_digit() {
+        // One score; total uptimes in two clusters far apart, spread within each: the first
+        // digit puts some 3,000 keys in each of two buckets, so the selection narrows.
+        let mut x = 5u64;
+        let nodes: Vec<NodeInput> = (0..6_000u64)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&x.to_be_bytes());
+                NodeInput {
+                    // Some uptimes repeat (ties decided by id).
+                    uptime_total_s_before: (i % 2) << 40 | (x >> 50),
+                    ..input(id)
+                }
+            })
+            .collect();
+        let keys = keys_of(&nodes);
+        let mut all = keys.clone();
+        all.sort_unstable_by(|p, q| cmp_rank(&nodes, p, q));
+        let before = NARROWING_PATH.with(|n| n.get());
+        for k in [1, 700, 2_999, 3_000, 3_001, 5_999] {
+            let mut c = keys.clone();
+            let mut top = Vec::new();
+            top_order(&nodes, &mut c, k, &mut RankBuffers::default(), &mut top);
+            let want: Vec<u32> = all[..k].iter().map(|key| key.index).collect();
+            assert_eq!(top, want, "first {k}");
+        }
+        assert!(NARROWING_PATH.with(|n| n.get()) > before, "narrowed");
     }
 }
