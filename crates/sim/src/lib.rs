@@ -71,9 +71,11 @@
 //! 9.8–9.9 s in 0.75 GB, release builds on a quiet 2-core VM (2026-12-06, the round close in
 //! parts on both cores). The same code on another 2-core VM the next day took 1.8–1.9 s and
 //! 13.1 s: the close gains little from a second core there. On a third, an Intel KVM guest
-//! (2026-12-08), 1.24–1.31 s and 14.7–16.9 s; there a million-node run took 22.5–23.0 s
-//! until simulator runs turned transparent huge pages off (`crat_alloc`). `docs/simulator.md`
-//! has every measurement, where a round's time goes, and how to rerun them.
+//! (2026-12-08), 1.04–1.19 s and 14.5–14.8 s once rayon's workers poll for work during a
+//! round instead of sleeping between its passes (1.19–1.40 s and 14.3–14.6 s before); there
+//! a million-node run took 22.5–23.0 s until simulator runs turned transparent huge pages
+//! off (`crat_alloc`). `docs/simulator.md` has every measurement, where a round's time goes,
+//! and how to rerun them.
 
 mod error;
 pub mod report;
