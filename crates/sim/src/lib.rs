@@ -1,9 +1,9 @@
 //! `crat-sim`: a round-by-round simulator of the network's economics, for researchers.
 //!
 //! It runs the real rules against thousands to millions of virtual nodes: placement and
-//! pricing from `crat-core`, payouts and CRAT from `crat-rewards`' [`RoundDriver`]
-//! (never a re-implementation), so a simulated round can be recomputed by anyone from its
-//! exported inputs (`crat rewards compute`).
+//! pricing from `crat-core`, payouts and CRAT from `crat-rewards`'
+//! [`RoundDriver`](crat_rewards::RoundDriver) (never a re-implementation), so a simulated
+//! round can be recomputed by anyone from its exported inputs (`crat rewards compute`).
 //!
 //! - [`scenario`]: the TOML scenario (population and GPU mix, churn, outages, demand,
 //!   validation and cheaters, strategies, provider behaviour, rewards and pricing
