@@ -114,6 +114,42 @@ mod tests {
     }
 
     #[test]
+    fn workers_waiting_inside_a_pass_are_not_held_by_the_polling() {
+        // Two threads and nested passes of uneven work, as a round's: a worker often waits
+        // inside a pass for work it split off, and picks up whatever job is pending then,
+        // a polling turn included. A turn that polled until the round ended would hold the
+        // pass below it, and the round would never end: the first design (one poller pinned
+        // to each worker, polling until the round ended) hung here within the minute.
+        within_a_minute(|| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                for round in 0..5_000u64 {
+                    let sum: u64 = with_workers_awake(|| {
+                        (0..16u32)
+                            .into_par_iter()
+                            .map(|i| {
+                                (0..64u32)
+                                    .into_par_iter()
+                                    .with_max_len(1)
+                                    .map(|j| (0..(u64::from(i * j) + round) % 97).sum::<u64>())
+                                    .sum::<u64>()
+                            })
+                            .sum()
+                    });
+                    let want: u64 = (0..16u64)
+                        .flat_map(|i| (0..64u64).map(move |j| (i * j + round) % 97))
+                        .map(|n| n * n.saturating_sub(1) / 2)
+                        .sum();
+                    assert_eq!(sum, want, "round {round}");
+                }
+            });
+        });
+    }
+
+    #[test]
     fn a_panicking_round_stops_the_pollers_and_panics() {
         within_a_minute(|| {
             let pool = rayon::ThreadPoolBuilder::new()
